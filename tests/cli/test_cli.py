@@ -1,0 +1,140 @@
+"""The ``ttc`` command line through its real entry point, in subprocesses, on a real SQLite store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ttc.storage import TraceStore
+
+
+def run_ttc(*args: str, db: Path, check: bool = True, extra_env: dict[str, str] | None = None,
+            timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TTC_DB": str(db), **(extra_env or {})}
+    proc = subprocess.run([sys.executable, "-m", "ttc", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ttc {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_eval_50_gsm8k_rows_then_show_and_export(tmp_path: Path) -> None:
+    db = tmp_path / "eval.db"
+    proc = run_ttc("eval", "--dataset", "gsm8k", "--limit", "50", "--backend", "scripted", "--strategy",
+                   "best_of_n", "-o", "n=4", "--budget", "400", "--seed", "1", db=db)
+    assert "accuracy" in proc.stdout
+    with TraceStore(str(db)) as store:
+        traces = store.list_traces(limit=1000)
+        assert len(traces) == 50
+        assert {t.status for t in traces} == {"done"}
+        assert sorted(t.problem_index for t in traces) == list(range(50))
+        first = traces[0].id
+        record = store.get_trace(first)
+        assert any(e.kind == "grade" for e in record.events)
+    shown = run_ttc("traces", "show", first[:8], db=db)
+    assert "selected" in shown.stdout and "question" in shown.stdout
+    exported = run_ttc("traces", "export", first, "--format", "json", db=db)
+    data = json.loads(exported.stdout)
+    assert data["id"] == first and len(data["nodes"]) == 5
+    listed = run_ttc("traces", "list", db=db)
+    assert first[:8] in listed.stdout
+
+
+def test_solve_prints_answer_and_trace(tmp_path: Path) -> None:
+    proc = run_ttc("solve", "What is 20 + 22?", "--backend", "scripted", "--seed", "4", "--json",
+                   db=tmp_path / "s.db")
+    data = json.loads(proc.stdout)
+    assert data["trace_id"] and data["strategy"] == "self_consistency"
+    assert data["usage"]["generated_tokens"] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("solve", "", "--backend", "scripted"), "prompt is empty"),
+        (("solve", "q", "--backend", "scripted", "--budget", "0"), "positive"),
+        (("solve", "q", "--backend", "scripted", "--strategy", "magic"), "unknown strategy"),
+        (("solve", "q", "--backend", "scripted", "-o", "bogus=1", "--strategy", "best_of_n"), "unknown option"),
+        (("solve", "q"), "no backend is configured"),
+        (("traces", "show", "deadbeef"), "no trace"),
+        (("eval", "--dataset", "nosuch"), "unknown dataset"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    proc = run_ttc(*args, db=tmp_path / "e.db", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unreadable_dataset_row(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "1+1?", "answer": "2"}\n{not json\n', encoding="utf-8")
+    proc = run_ttc("eval", "--dataset", str(bad), "--backend", "scripted", db=tmp_path / "e.db", check=False)
+    assert proc.returncode == 2
+    assert "bad.jsonl:2" in proc.stderr and "not valid JSON" in proc.stderr
+
+
+def test_unwritable_database(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the store's folder should be", encoding="utf-8")
+    proc = run_ttc("solve", "q", "--backend", "scripted", db=blocker / "sub" / "t.db", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "not-a-folder" in proc.stderr
+
+
+def test_locked_database(tmp_path: Path) -> None:
+    db = tmp_path / "locked.db"
+    TraceStore(str(db)).close()
+    holder = sqlite3.connect(db, timeout=1)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        proc = run_ttc("solve", "q", "--backend", "scripted", db=db, check=False,
+                       extra_env={"TTC_DB_BUSY_TIMEOUT_S": "1"})
+    finally:
+        holder.rollback()
+        holder.close()
+    assert proc.returncode == 2
+    assert "lock" in proc.stderr.lower() and "Traceback" not in proc.stderr
+
+
+def _done_count(db: Path) -> int:
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            return int(conn.execute("SELECT count(*) FROM traces WHERE status = 'done'").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_eval_killed_mid_run_resumes_without_duplicates(tmp_path: Path) -> None:
+    db = tmp_path / "resume.db"
+    env = {**os.environ, "TTC_DB": str(db), "TTC_SCRIPTED_DELAY_S": "0.05"}
+    args = [sys.executable, "-m", "ttc", "eval", "--dataset", "gsm8k", "--limit", "60", "--backend", "scripted",
+            "--strategy", "best_of_n", "-o", "n=2", "--budget", "200", "--concurrency", "4"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _done_count(db) < 12 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = _done_count(db)
+    assert 12 <= partial < 60, f"the run should have been killed mid-way, {partial} done"
+    with TraceStore(str(db)) as store:
+        [run] = store.list_runs()
+        assert run.status == "running"
+    resumed = run_ttc("eval", "--dataset", "gsm8k", "--limit", "60", "--backend", "scripted", "--strategy",
+                      "best_of_n", "-o", "n=2", "--budget", "200", "--resume", run.id, db=db)
+    assert "accuracy" in resumed.stdout
+    with TraceStore(str(db)) as store:
+        done = store.list_traces(run_id=run.id, status="done", limit=1000)
+        indices = [t.problem_index for t in done]
+        assert sorted(indices) == list(range(60)), "every problem done exactly once"
+        assert not store.list_traces(run_id=run.id, status="running", limit=1000)

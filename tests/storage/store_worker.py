@@ -1,0 +1,39 @@
+"""A second process for the storage tests: it opens the same trace database as the test process.
+
+``store_worker.py DB crash``        opens a run and a trace, prints their ids as JSON, then waits to be killed.
+``store_worker.py DB write RUN N``  writes N complete traces into RUN, then prints "ok".
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from trace_data import BUDGET, make_events, make_nodes, make_problem, make_result
+
+from ttc.storage import TraceStore
+
+
+def main() -> None:
+    db, mode = sys.argv[1], sys.argv[2]
+    store = TraceStore(db)
+    if mode == "crash":
+        run_id = store.create_run(kind="eval", config={"who": "worker"})
+        trace_id = store.start_trace(problem=make_problem(1), strategy="beam", budget=BUDGET, backend="worker",
+                                     seed=1, run_id=run_id)
+        print(json.dumps({"run_id": run_id, "trace_id": trace_id}), flush=True)
+        time.sleep(60)
+        return
+    run_id, count = sys.argv[3], int(sys.argv[4])
+    for i in range(count):
+        nodes = make_nodes(20, seed=1000 + i)
+        trace_id = store.start_trace(problem=make_problem(1000 + i), strategy="beam", budget=BUDGET,
+                                     backend="worker", seed=i, run_id=run_id)
+        store.finish_trace(trace_id, result=make_result(trace_id, nodes), nodes=nodes, events=make_events(5, i))
+    store.close()
+    print("ok", flush=True)
+
+
+if __name__ == "__main__":
+    main()

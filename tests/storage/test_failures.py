@@ -1,0 +1,141 @@
+"""A locked, unwritable or foreign database, and a process killed mid-trace: errors say what to do."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from trace_data import BUDGET, make_nodes, make_problem, make_result
+
+from ttc.errors import StorageError
+from ttc.storage import TraceStore
+
+BUSY_S = 0.3
+
+
+def _start(store: TraceStore) -> str:
+    return store.start_trace(problem=make_problem(0), strategy="beam", budget=BUDGET, backend="b", seed=0)
+
+
+def test_a_lock_held_past_busy_timeout_is_reported_and_the_store_recovers(db_path: Path) -> None:
+    with TraceStore(str(db_path), busy_timeout_s=BUSY_S) as store:
+        trace_id = _start(store)
+        holder = sqlite3.connect(db_path, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            began = time.perf_counter()
+            nodes = make_nodes(5)
+            with pytest.raises(StorageError) as caught:
+                store.finish_trace(trace_id, result=make_result(trace_id, nodes), nodes=nodes, events=[])
+            waited = time.perf_counter() - began
+            message = str(caught.value)
+            assert "locked" in message and str(db_path) in message
+            assert "Stop the other program" in message and "TTC_DB" in message
+            assert BUSY_S * 0.9 <= waited < BUSY_S + 5
+            with pytest.raises(StorageError, match="locked"):  # opening needs the write lock too
+                TraceStore(str(db_path), busy_timeout_s=BUSY_S)
+            assert store.get_trace(trace_id).status == "running"  # WAL: reads go on while the writer waits
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        store.finish_trace(trace_id, result=make_result(trace_id, nodes), nodes=nodes, events=[])
+        assert store.get_trace(trace_id).status == "done"
+
+
+def test_a_lock_released_within_busy_timeout_is_waited_for(db_path: Path) -> None:
+    with TraceStore(str(db_path), busy_timeout_s=5.0) as store:
+        holder = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN EXCLUSIVE")
+        holder.execute("INSERT INTO runs (id, kind, name, config, status, started_at) "
+                       "VALUES ('r1', 'solve', NULL, '{}', 'running', '2024-01-01 00:00:00.000000')")
+        releaser = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+        releaser.start()
+        trace_id = store.start_trace(problem=make_problem(1), strategy="s", budget=BUDGET, backend="b",
+                                     seed=None, run_id="r1")
+        releaser.join()
+        holder.close()
+        assert store.get_trace(trace_id).run_id == "r1"
+
+
+def test_a_path_under_a_file_is_refused(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    with pytest.raises(StorageError, match=r"is a file, not a directory.*TTC_DB"):
+        TraceStore(str(blocker / "traces.db"))
+
+
+def test_a_directory_as_the_database_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match=r"cannot open the trace database .*TTC_DB"):
+        TraceStore(str(tmp_path))
+
+
+def test_a_read_only_database_is_refused_at_open(db_path: Path) -> None:
+    TraceStore(str(db_path)).close()
+    with pytest.raises(StorageError, match=r"not writable.*make the file and its directory writable"):
+        TraceStore(f"sqlite:///file:{db_path}?mode=ro&uri=true")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="file permissions do not bind root")
+def test_a_read_only_file_is_refused_at_open(db_path: Path) -> None:
+    TraceStore(str(db_path)).close()
+    db_path.chmod(0o444)
+    try:
+        with pytest.raises(StorageError, match="not writable"):
+            TraceStore(str(db_path))
+    finally:
+        db_path.chmod(0o644)
+
+
+def test_a_file_that_is_not_a_database_is_refused(db_path: Path) -> None:
+    db_path.write_text("these are notes, not a database\n" * 200)
+    with pytest.raises(StorageError, match=r"not an SQLite database.*move it away"):
+        TraceStore(str(db_path))
+
+
+def test_a_database_from_a_newer_schema_is_refused(db_path: Path) -> None:
+    TraceStore(str(db_path)).close()
+    with sqlite3.connect(db_path) as raw:
+        raw.execute("PRAGMA user_version = 99")
+    with pytest.raises(StorageError, match="schema version 99"):
+        TraceStore(str(db_path))
+
+
+def test_unusable_urls_are_explained(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="in-memory"):
+        TraceStore("sqlite://")
+    with pytest.raises(StorageError, match="no database driver"):
+        TraceStore("nosuchdb://host/db")
+
+
+def test_killed_process_leaves_a_running_trace_that_mark_stale_running_fails(
+    db_path: Path, spawn_worker: Callable[..., subprocess.Popen[str]]
+) -> None:
+    process = spawn_worker(db_path, "crash")
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line, process.stderr.read() if process.stderr else "worker printed nothing"
+    ids = json.loads(line)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+    assert process.returncode == -signal.SIGKILL
+
+    with TraceStore(str(db_path)) as store:
+        trace = store.get_trace(ids["trace_id"])
+        assert (trace.status, trace.run_id, trace.backend) == ("running", ids["run_id"], "worker")
+        mine = store.start_trace(problem=make_problem(2), strategy="s", budget=BUDGET, backend="b", seed=None,
+                                 run_id=ids["run_id"])
+        store.finish_trace(mine, result=make_result(mine, []), nodes=[], events=[])
+        assert store.mark_stale_running(ids["run_id"]) == 1
+        assert store.mark_stale_running(ids["run_id"]) == 0
+        stale = store.get_trace(ids["trace_id"])
+        assert (stale.status, stale.error) == ("failed", "interrupted")
+        assert stale.finished_at is not None
+        assert store.get_trace(mine).status == "done"

@@ -1,0 +1,118 @@
+"""best_of_n on the scripted backend: exact budget accounting, selection rules, trace contents."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import pytest
+
+from ttc.budget import Meter
+from ttc.strategies.base import Context, make_strategy
+from ttc.testing import ScriptedBackend
+from ttc.trace import TraceRecorder
+from ttc.types import Budget, Problem
+
+pytestmark = pytest.mark.anyio
+
+
+class AnswerScorer:
+    """Scores a solution by a fixed table of answers: a verifier double for selection logic only."""
+
+    def __init__(self, table: dict[str, float]) -> None:
+        self.table = table
+        self.calls = 0
+
+    async def score(self, question: str, solution: str) -> float:
+        self.calls += 1
+        for answer, value in self.table.items():
+            if f"answer is {answer}." in solution:
+                return value
+        return 0.0
+
+
+def ctx_for(backend: ScriptedBackend, seed: int = 0, verifier: AnswerScorer | None = None) -> Context:
+    return Context(backend=backend, recorder=TraceRecorder(), rng=random.Random(seed), verifier=verifier,
+                   prompt_template="Q: {question}\nA:")
+
+
+def texts(*answers: str) -> Sequence[str]:
+    return [f"work\nThe answer is {a}." for a in answers]
+
+
+async def test_majority_without_verifier() -> None:
+    backend = ScriptedBackend(texts("3", "5", "3", "7"))
+    ctx = ctx_for(backend)
+    strategy = make_strategy("best_of_n", {"n": 4, "max_tokens": 64})
+    result = await strategy.run(Problem("1+2?"), Meter(Budget(tokens=100_000)), ctx)
+    assert result.answer == "3"
+    assert len(result.candidates) == 4
+    assert len(backend.calls) == 1 and backend.calls[0].n == 4
+    selected = [n for n in ctx.recorder.nodes() if n.status == "selected"]
+    assert len(selected) == 1 and selected[0].answer == "3"
+
+
+async def test_score_selection_prefers_verifier() -> None:
+    backend = ScriptedBackend(texts("3", "5", "3", "7"))
+    verifier = AnswerScorer({"7": 0.9, "3": 0.2, "5": 0.1})
+    ctx = ctx_for(backend, verifier=verifier)
+    result = await make_strategy("best_of_n", {"n": 4, "select": "score"}).run(
+        Problem("q"), Meter(Budget(tokens=100_000)), ctx)
+    assert result.answer == "7"
+    assert result.score == pytest.approx(0.9)
+    assert verifier.calls == 4
+
+
+async def test_weighted_vote_is_default_with_verifier() -> None:
+    # "3" has two votes of weight 0.2 (0.4 total); "7" one vote of weight 0.9: weighted vote picks 7.
+    backend = ScriptedBackend(texts("3", "7", "3", "5"))
+    ctx = ctx_for(backend, verifier=AnswerScorer({"7": 0.9, "3": 0.2, "5": 0.1}))
+    result = await make_strategy("best_of_n", {"n": 4}).run(Problem("q"), Meter(Budget(tokens=100_000)), ctx)
+    assert result.answer == "7"
+    select = next(e for e in ctx.recorder.events() if e.kind == "select")
+    assert select.payload["how"] == "weighted_vote"
+
+
+async def test_budget_trims_max_tokens_to_an_equal_share() -> None:
+    long = "x" * 100 + "\nThe answer is 1."
+    backend = ScriptedBackend([long])
+    meter = Meter(Budget(tokens=250))
+    await make_strategy("best_of_n", {"n": 8, "max_tokens": 100}).run(Problem("q"), meter, ctx_for(backend))
+    assert backend.calls[0].n == 8 and backend.calls[0].sampling.max_tokens == 31
+    assert meter.usage().generated_tokens == 8 * 31
+    tiny = Meter(Budget(tokens=5))
+    backend2 = ScriptedBackend([long])
+    await make_strategy("best_of_n", {"n": 8, "max_tokens": 100}).run(Problem("q"), tiny, ctx_for(backend2))
+    assert backend2.calls[0].n == 5 and backend2.calls[0].sampling.max_tokens == 1
+    assert tiny.usage().generated_tokens == 5
+
+
+async def test_usage_counts_prompt_and_calls() -> None:
+    backend = ScriptedBackend(texts("1"))
+    meter = Meter(Budget(tokens=100_000))
+    await make_strategy("best_of_n", {"n": 3}).run(Problem("abc"), meter, ctx_for(backend))
+    usage = meter.usage()
+    assert usage.backend_calls == 1
+    assert usage.prompt_tokens == len("Q: abc\nA:")
+    assert usage.generated_tokens == 3 * len(texts("1")[0])
+
+
+async def test_tie_break_is_seeded() -> None:
+    answers = texts("1", "2", "3", "4")
+    picks = set()
+    for seed in range(12):
+        result = await make_strategy("best_of_n", {"n": 4}).run(
+            Problem("q"), Meter(Budget(tokens=100_000)), ctx_for(ScriptedBackend(answers), seed=seed))
+        again = await make_strategy("best_of_n", {"n": 4}).run(
+            Problem("q"), Meter(Budget(tokens=100_000)), ctx_for(ScriptedBackend(answers), seed=seed))
+        assert result.answer == again.answer
+        picks.add(result.answer)
+    assert len(picks) > 1, "different seeds should break a four-way tie differently"
+
+
+async def test_no_answer_anywhere_returns_first_text() -> None:
+    backend = ScriptedBackend(["no digits here"])
+    result = await make_strategy("best_of_n", {"n": 2}).run(Problem("q"), Meter(Budget(tokens=10_000)),
+                                                             ctx_for(backend))
+    assert result.answer is None
+    assert result.text == "no digits here"

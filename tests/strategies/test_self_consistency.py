@@ -1,0 +1,90 @@
+"""self_consistency on the scripted backend: early stopping, budget exactness, round structure."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from ttc.budget import Meter
+from ttc.strategies.base import Context, make_strategy
+from ttc.testing import ScriptedBackend
+from ttc.trace import TraceRecorder
+from ttc.types import Budget, Problem
+
+pytestmark = pytest.mark.anyio
+
+
+def ctx_for(backend: ScriptedBackend, seed: int = 0) -> Context:
+    return Context(backend=backend, recorder=TraceRecorder(), rng=random.Random(seed),
+                   prompt_template="Q: {question}\nA:")
+
+
+def answer(a: str) -> str:
+    return f"step\nThe answer is {a}."
+
+
+async def test_unanimous_first_round_stops_early() -> None:
+    backend = ScriptedBackend([answer("4")])
+    ctx = ctx_for(backend)
+    meter = Meter(Budget(tokens=10_000))
+    result = await make_strategy("self_consistency", {"max_samples": 16, "round_size": 4}).run(
+        Problem("2+2"), meter, ctx)
+    assert result.answer == "4"
+    assert len(backend.calls) == 1
+    stops = [e for e in ctx.recorder.events() if e.kind == "stop"]
+    assert stops and stops[0].payload["reason"] == "decided"
+    assert meter.usage().generated_tokens == 4 * len(answer("4"))
+
+
+async def test_split_vote_uses_all_samples() -> None:
+    backend = ScriptedBackend([answer("1"), answer("2")])
+    result = await make_strategy("self_consistency", {"max_samples": 12, "round_size": 4}).run(
+        Problem("q"), Meter(Budget(tokens=10_000)), ctx_for(backend))
+    assert len(backend.calls) == 3
+    assert len(result.candidates) == 12
+
+
+async def test_lead_that_cannot_be_overturned_stops() -> None:
+    # 3 of the first 4 say "5": with stop_share 0.9 the share rule does not fire, but with max_samples 5
+    # one more sample cannot overturn a lead of 2.
+    backend = ScriptedBackend([answer("5"), answer("5"), answer("5"), answer("6")])
+    result = await make_strategy("self_consistency", {"max_samples": 5, "round_size": 4, "stop_share": 0.9}).run(
+        Problem("q"), Meter(Budget(tokens=10_000)), ctx_for(backend))
+    assert len(backend.calls) == 1
+    assert result.answer == "5"
+
+
+async def test_budget_is_never_exceeded_and_last_round_trimmed() -> None:
+    texts = [answer("1") + " " * 20, answer("2") + " " * 20]
+    length = len(texts[0])
+    backend = ScriptedBackend(texts)
+    meter = Meter(Budget(tokens=2 * length + length // 2))
+    await make_strategy("self_consistency", {"max_samples": 16, "round_size": 2, "max_tokens": length}).run(
+        Problem("q"), meter, ctx_for(backend))
+    assert [c.n for c in backend.calls] == [2, 2]
+    assert backend.calls[-1].sampling.max_tokens == (length // 2) // 2
+    assert meter.usage().generated_tokens == 2 * length + 2 * ((length // 2) // 2)
+    assert meter.usage().generated_tokens <= meter.budget.tokens
+
+
+async def test_calls_budget_is_honoured() -> None:
+    backend = ScriptedBackend([answer("1"), answer("2")])
+    meter = Meter(Budget(calls=2))
+    await make_strategy("self_consistency", {"max_samples": 16, "round_size": 2}).run(
+        Problem("q"), meter, ctx_for(backend))
+    assert len(backend.calls) == 2
+    assert meter.usage().backend_calls == 2
+
+
+async def test_same_seed_same_trace() -> None:
+    def responder(prompt: str, index: int, seed: int | None) -> str:
+        return answer(str((seed or 0) % 3))
+
+    runs = []
+    for _ in range(2):
+        ctx = ctx_for(ScriptedBackend(responder), seed=11)
+        result = await make_strategy("self_consistency", {"max_samples": 8, "round_size": 2}).run(
+            Problem("q"), Meter(Budget(tokens=10_000)), ctx)
+        runs.append((result.answer, [(n.text, n.status) for n in ctx.recorder.nodes()]))
+    assert runs[0] == runs[1]

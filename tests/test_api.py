@@ -1,0 +1,134 @@
+"""The public API end to end on the scripted backend and a real SQLite trace store."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import ttc
+from ttc import Budget, ConfigError, solve, solve_batch
+from ttc.errors import BackendError
+from ttc.storage import TraceStore
+from ttc.testing import ScriptedBackend, guessing_responder
+
+EXPECTED_API = {"solve", "asolve", "solve_batch", "Budget", "Usage", "Result", "grade", "extract_answer"}
+
+
+def test_public_api_is_exported() -> None:
+    assert set(ttc.__all__) >= EXPECTED_API
+    for name in ttc.__all__:
+        assert hasattr(ttc, name), name
+
+
+def test_import_prints_api_in_fresh_interpreter() -> None:
+    out = subprocess.run([sys.executable, "-c", "import ttc; print(ttc.__all__)"], capture_output=True,
+                         text=True, check=True)
+    assert "'solve'" in out.stdout and "'solve_batch'" in out.stdout
+
+
+def test_solve_writes_a_done_trace(tmp_path: Path) -> None:
+    store = TraceStore(str(tmp_path / "t.db"))
+    backend = ScriptedBackend(["6 * 7 = 42\nThe answer is 42."])
+    result = solve("What is 6 * 7?", 500, backend=backend, store=store, seed=3, strategy="best_of_n", n=4)
+    assert result.answer == "42"
+    assert result.strategy == "best_of_n"
+    assert result.usage.generated_tokens == 4 * len("6 * 7 = 42\nThe answer is 42.")
+    record = store.get_trace(result.trace_id or "")
+    assert record.status == "done"
+    assert record.seed == 3
+    assert len(record.nodes) == 5  # the prompt and four samples
+    assert sum(n.status == "selected" for n in record.nodes) == 1
+    assert [e.kind for e in record.events][:1] == ["plan"]
+    store.close()
+
+
+def test_default_store_from_env(_isolated_store: Path) -> None:
+    result = solve("2+2?", 200, backend=ScriptedBackend(["The answer is 4."]), seed=1)
+    with TraceStore() as store:
+        assert store.get_trace(result.trace_id or "").status == "done"
+    assert _isolated_store.exists()
+
+
+def test_store_false_writes_nothing(_isolated_store: Path) -> None:
+    result = solve("2+2?", 200, backend=ScriptedBackend(["The answer is 4."]), store=False)
+    assert result.trace_id is None
+    assert not _isolated_store.exists()
+
+
+def test_auto_strategy_rule() -> None:
+    result = solve("2+2?", 2048, backend=ScriptedBackend(["The answer is 4."]), store=False, max_tokens=128)
+    assert result.strategy == "self_consistency"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"prompt": "", "budget": 10}, "prompt is empty"),
+        ({"prompt": "   ", "budget": 10}, "prompt is empty"),
+        ({"prompt": "q", "budget": 0}, "positive"),
+        ({"prompt": "q", "budget": -5}, "positive"),
+        ({"prompt": "q", "budget": 10, "strategy": "nope"}, "unknown strategy 'nope'"),
+        ({"prompt": "q", "budget": 10, "strategy": "best_of_n", "nn": 3}, "unknown option 'nn'"),
+        ({"prompt": "q", "budget": 10, "strategy": "best_of_n", "n": 0}, "invalid options"),
+    ],
+)
+def test_bad_input_raises_config_error(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        solve(backend=ScriptedBackend(["The answer is 1."]), store=False, **kwargs)  # type: ignore[arg-type]
+
+
+def test_no_backend_configured_says_how() -> None:
+    with pytest.raises(ConfigError, match="TTC_VLLM_URL"):
+        solve("q", 10, store=False)
+
+
+def test_backend_failure_leaves_failed_trace(tmp_path: Path) -> None:
+    store = TraceStore(str(tmp_path / "t.db"))
+    backend = ScriptedBackend(["The answer is 1."], fail_after=1)
+    with pytest.raises(BackendError, match="refused"):
+        solve("q", 10_000, backend=backend, store=store, strategy="self_consistency", max_samples=8,
+              round_size=2, stop_share=1.0)
+    [trace] = store.list_traces()
+    assert trace.status == "failed"
+    record = store.get_trace(trace.id)
+    assert "BackendError" in (record.error or "")
+    assert len(record.nodes) == 3  # the prompt and the first round's two samples were kept
+    store.close()
+
+
+def test_solve_batch_many_questions_concurrently(tmp_path: Path) -> None:
+    store = TraceStore(str(tmp_path / "t.db"))
+    questions = [f"What is {i} + {i}?" for i in range(40)]
+    results = solve_batch(questions, 400, backend=ScriptedBackend(guessing_responder), store=store, seed=5,
+                          strategy="best_of_n", n=3, concurrency=6)
+    assert len(results) == 40
+    assert all(r.trace_id for r in results)
+    traces = store.list_traces(limit=100)
+    assert len(traces) == 40 and {t.status for t in traces} == {"done"}
+    again = solve_batch(questions, 400, backend=ScriptedBackend(guessing_responder), store=False, seed=5,
+                        strategy="best_of_n", n=3, concurrency=2)
+    assert [r.answer for r in results] == [r.answer for r in again]
+    store.close()
+
+
+def test_budget_type_errors() -> None:
+    with pytest.raises(ConfigError):
+        Budget()
+    with pytest.raises(ConfigError):
+        Budget(tokens=1.5)  # type: ignore[arg-type]
+    assert Budget.of(100) == Budget(tokens=100)
+
+
+def test_200_concurrent_solves_lose_no_row(tmp_path: Path) -> None:
+    store = TraceStore(str(tmp_path / "t.db"))
+    questions = [f"What is {i} * 3?" for i in range(200)]
+    results = solve_batch(questions, 300, backend=ScriptedBackend(guessing_responder), store=store, seed=0,
+                          strategy="best_of_n", n=2, concurrency=200)
+    traces = store.list_traces(limit=1000)
+    assert len(traces) == 200 and {t.status for t in traces} == {"done"}
+    assert {r.trace_id for r in results} == {t.id for t in traces}
+    assert sum(len(store.get_trace(t.id).nodes) for t in traces) == 200 * 3
+    store.close()

@@ -1,0 +1,460 @@
+"""Answer extraction, normalization and grading, against real MATH-500 / GSM8K answers and real worker processes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from ttc.errors import ConfigError
+from ttc.verifiers import answer
+from ttc.verifiers.answer import (
+    GradeResult,
+    agrade,
+    answers_equivalent,
+    extract_answer,
+    grade,
+    grade_detail,
+    normalize_answer,
+    shutdown_grader,
+)
+
+PAIRS = json.loads(Path(__file__).with_name("grading_pairs.json").read_text(encoding="utf-8"))
+DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+
+# Pure functions: a slow moment on a shared machine must not fail them.
+NO_DEADLINE = settings(deadline=None)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_workers_after_module() -> Iterator[None]:
+    yield
+    shutdown_grader()
+
+
+# ------------------------------------------------------------------------------------------------ extraction
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (r"so the result is \boxed{42}.", "42"),
+        (r"\boxed{\frac{1}{2}}", r"\frac{1}{2}"),
+        (r"\boxed{\frac{\sqrt{3}}{2^{\frac{1}{2}}}}", r"\frac{\sqrt{3}}{2^{\frac{1}{2}}}"),
+        (r"first \boxed{1}, then corrected: \boxed{2}", "2"),
+        (r"\fbox{7}", "7"),
+        (r"\boxed{\{1,2\}}", r"\{1,2\}"),
+        (r"\boxed{\text{(C)}}", r"\text{(C)}"),
+        (r"The answer is $\boxed{ 3 }$", "3"),
+        (r"\boxed 5.", "5"),
+        (r"\boxed{3} and then \boxed{4", "3"),  # the last box was cut off by the token limit
+        (r"\boxed{} oops, \boxed{8}", "8"),
+        (r"\boxed{8} then an empty \boxed{}", "8"),
+    ],
+)
+def test_extract_boxed(text: str, expected: str) -> None:
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Janet sells 9 eggs.\nShe makes 9 * 2 = $<<9*2=18>>18.\n#### 18", "18"),
+        ("#### 1,234", "1,234"),
+        ("####-7", "-7"),
+        ("#### $18.", "18"),
+        ("#### 5\nthe answer is 6", "5"),
+        ("#### Step 1\nwe get 5\n#### Step 2\nso 7 in all", "7"),  # markdown headings are not answers
+        ("#### Final Answer: 18", "18"),
+    ],
+)
+def test_extract_gsm8k_hashes(text: str, expected: str) -> None:
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Step 1: 3 + 4 = 7.\nThe answer is 42.", "42"),
+        ("Answer: 17", "17"),
+        ("**Answer:** (C)", "(C)"),
+        ("**Answer**: 12", "12"),
+        (r"The answer is $\frac{1}{2}$.", r"\frac{1}{2}"),
+        (r"Final Answer: The final answer is $5\sqrt{2}$. I hope it is correct.", r"5\sqrt{2}"),
+        ("The answer is 18 dollars per day.", "18"),
+        ("The answer is $18.", "18"),
+        (r"The answer is $\$32,348$.", r"\$32,348"),
+        ("The answer is x = 5.", "x = 5"),
+        ("The answer is 3.5.", "3.5"),
+        (r"The answer is \(x^2\).", "x^2"),
+        ("the answer is east.", "east"),
+    ],
+)
+def test_extract_answer_phrase(text: str, expected: str) -> None:
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("She has 3 apples and buys 1,234 more", "1234"),
+        ("the temperature fell to -5 degrees", "-5"),
+        ("It costs 12.50 in total.", "12.50"),
+        ("7 - 5 = 2", "2"),
+        ("so 3-5", "5"),  # a hyphen glued to a digit is subtraction, not a sign
+        ("a value of .5", ".5"),
+        ("x2 and y3 are names", None),
+        ("no numbers here", None),
+        ("", None),
+        ("The answer is:\n\n42 eggs", "42"),  # empty phrase answer falls back to the last number
+    ],
+)
+def test_extract_last_number_fallback(text: str, expected: str | None) -> None:
+    assert extract_answer(text) == expected
+
+
+def test_extraction_priority() -> None:
+    assert extract_answer("The answer is 5.\n#### 6\n\\boxed{7} and 8") == "7"
+    assert extract_answer("The answer is 5.\n#### 6") == "6"
+    assert extract_answer("The answer is 5. Check: 2 + 3 = 5, and 9 is odd.") == "5"
+
+
+FILLER = st.text(st.characters(exclude_categories=["Nd"], exclude_characters="\\#$"), max_size=60)
+
+
+@NO_DEADLINE
+@given(FILLER, st.integers(min_value=-(10**12), max_value=10**12))
+def test_boxed_integer_round_trip(filler: str, n: int) -> None:
+    assert extract_answer(f"{filler} \\boxed{{{n}}}") == str(n)
+
+
+@NO_DEADLINE
+@given(FILLER, st.integers(min_value=-(10**6), max_value=10**6), st.integers(min_value=1, max_value=10**6))
+def test_boxed_nested_fraction_round_trip(filler: str, p: int, q: int) -> None:
+    assert extract_answer(f"{filler} \\boxed{{\\frac{{{p}}}{{{q}}}}} {filler}") == f"\\frac{{{p}}}{{{q}}}"
+
+
+@NO_DEADLINE
+@given(FILLER, st.integers(min_value=-(10**12), max_value=10**12))
+def test_gsm8k_hashes_round_trip(filler: str, n: int) -> None:
+    assume("####" not in filler)
+    assert extract_answer(f"{filler}\n#### {n}") == str(n)
+    assert extract_answer(f"{filler}\n#### {n:,}") == f"{n:,}"
+
+
+@NO_DEADLINE
+@given(FILLER, FILLER, st.integers(min_value=-(10**12), max_value=10**12))
+def test_last_number_fallback(before: str, after: str, n: int) -> None:
+    assume("answer" not in (before + after).lower())
+    assume(not after.lstrip().startswith((".", ",")))  # "5.x" / "5,x" are fine; this keeps the sign rule simple
+    text = f"{before} 7 then {n:,} {after}"
+    assert extract_answer(text) == str(n)
+
+
+@NO_DEADLINE
+@given(FILLER, st.decimals(min_value=-1000, max_value=1000, places=3, allow_nan=False, allow_infinity=False))
+def test_last_number_decimal(filler: str, d: object) -> None:
+    assume("answer" not in filler.lower())
+    assert normalize_answer(extract_answer(f"{filler} total {d}") or "") == normalize_answer(str(d))
+
+
+# ------------------------------------------------------------------------------------------------ normalization
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        (r"\left( 3, \frac{\pi}{2} \right)", r"(3,\frac{\pi}{2})"),
+        (r"\dfrac{14}{3}", r"\frac{14}{3}"),
+        (r"\tfrac{14}{3}", r"\frac{14}{3}"),
+        (r"\frac43", r"\frac{4}{3}"),
+        (r"\frac 59", r"\frac{5}{9}"),
+        (r"\frac{270}7\text{ degrees}", r"\frac{270}{7}"),
+        (r"11\sqrt2", r"11\sqrt{2}"),
+        (r"\sqrt[3]{2}", r"\sqrt[3]{2}"),
+        (r"\text{(C)}", "C"),
+        ("(C)", "C"),
+        (r"\text{Evelyn}", "Evelyn"),
+        (r"90^\circ", "90"),
+        (r"90^{\circ}", "90"),
+        ("90°", "90"),
+        (r"10,\!080", "10080"),
+        (r"11,\! 111,\! 111,\! 100", "11111111100"),
+        (r"\$32,\!348", "32348"),
+        (r"\$18.90", "18.9"),
+        ("3.0", "3"),
+        ("-0.0", "0"),
+        (".35625", "0.35625"),
+        ("007", "7"),
+        ("$5$", "5"),
+        (r"\(5\)", "5"),
+        ("42.", "42"),
+        (r"864 \mbox{ inches}^2", "864"),
+        (r"5.4 \text{ cents}", "5.4"),
+        (r"15\%", "15%"),
+        ("x \\in [-2,7]", "x\\in[-2,7]"),
+        ("2 \\pi r", "2\\pi r"),
+        (r"\boxed{5}", "5"),
+    ],
+)
+def test_normalize_answer(raw: str, key: str) -> None:
+    assert normalize_answer(raw) == key
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("(3,4]", "(3,4)"),
+        ("1,234", "1.234"),
+        ("12", "1,2"),
+        ("0.15", "0.015"),
+        ("x=5", "5"),  # equal only by math-verify's reading of an assignment, so not by key
+        ("15\\%", "15"),
+        ("\\pi r", "\\pi"),
+        ("x \\text{ cm}", "x"),  # a unit is dropped only after a plain number
+        ("3+4\\mathrm{i}", "3+4"),  # a one-letter "unit" is a symbol
+        ("2\\text{ e}", "2"),
+        ("-5", "5"),
+        ("(C)", "C)"),
+        ("\\text{east}", "\\text{west}"),
+        ("52_8", "52"),
+        ("\\frac{1}{2}", "\\frac{2}{1}"),
+        ("2,-1", "-1,2"),  # unordered lists are math-verify's business
+    ],
+)
+def test_normalize_keeps_different_answers_apart(a: str, b: str) -> None:
+    assert normalize_answer(a) != normalize_answer(b)
+
+
+@NO_DEADLINE
+@given(st.integers())
+def test_normalize_thousands_separators(n: int) -> None:
+    assert normalize_answer(f"{n:,}") == str(n)
+    assert normalize_answer(f"{n}.000") == str(n)
+
+
+def _real_answers() -> list[str]:
+    rows: list[str] = []
+    for name, field in (("math500_test.jsonl", "answer"), ("gsm8k_test.jsonl", "answer")):
+        path = DATASETS / name
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                value = json.loads(line)[field]
+                rows.append(value.split("####")[-1].strip() if name.startswith("gsm8k") else value)
+    return rows
+
+
+def test_normalize_is_idempotent_on_real_answers() -> None:
+    answers = _real_answers()
+    if not answers:
+        pytest.skip(f"datasets not found under {DATASETS}")
+    for raw in answers:
+        key = normalize_answer(raw)
+        assert key, raw
+        assert normalize_answer(key) == key, raw
+
+
+# ------------------------------------------------------------------------------------------------ grading
+
+
+def _dataset_golds() -> dict[str, str]:
+    golds: dict[str, str] = {}
+    math500 = DATASETS / "math500_test.jsonl"
+    if math500.exists():
+        for line in math500.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            golds["math500:" + row["unique_id"]] = row["answer"]
+    gsm8k = DATASETS / "gsm8k_test.jsonl"
+    if gsm8k.exists():
+        for index, line in enumerate(gsm8k.read_text(encoding="utf-8").splitlines()):
+            golds[f"gsm8k:{index}"] = json.loads(line)["answer"].split("####")[-1].strip()
+    return golds
+
+
+def test_pairs_are_drawn_from_the_real_datasets() -> None:
+    golds = _dataset_golds()
+    if not golds:
+        pytest.skip(f"datasets not found under {DATASETS}")
+    assert len(PAIRS) >= 60
+    assert sum(pair["equivalent"] for pair in PAIRS) >= 30
+    assert sum(not pair["equivalent"] for pair in PAIRS) >= 30
+    for pair in PAIRS:
+        assert golds[pair["source"]] == pair["gold"], pair
+
+
+def test_reference_solutions_grade_correct_against_their_own_answers() -> None:
+    math500, gsm8k = DATASETS / "math500_test.jsonl", DATASETS / "gsm8k_test.jsonl"
+    if not (math500.exists() and gsm8k.exists()):
+        pytest.skip(f"datasets not found under {DATASETS}")
+    for line in math500.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        assert grade_detail(row["solution"], row["answer"]).correct, row["unique_id"]
+    for line in gsm8k.read_text(encoding="utf-8").splitlines():
+        solution = json.loads(line)["answer"]
+        assert grade(solution, solution.split("####")[-1].strip()), solution
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=[f"{i}-{p['source'].split('/')[-1]}" for i, p in enumerate(PAIRS)])
+def test_grading_hand_checked_pairs(pair: dict[str, object]) -> None:
+    result = grade_detail(str(pair["prediction"]), str(pair["gold"]))
+    assert result.correct is pair["equivalent"], (pair, result)
+    assert result.reason in ("exact", "equivalent", "not equivalent"), result
+
+
+def test_grade_reasons() -> None:
+    assert grade_detail(r"\boxed{\dfrac{14}{3}}", r"\frac{14}{3}") == GradeResult(True, r"\dfrac{14}{3}", "exact")
+    assert grade_detail("no digits at all", "5") == GradeResult(False, None, "no answer found")
+    assert grade_detail(r"\boxed{14/3}", r"\frac{14}{3}").reason == "equivalent"
+    assert grade_detail(r"\boxed{17}", "18") == GradeResult(False, "17", "not equivalent")
+    assert grade(r"\boxed{0.5}", r"\frac{1}{2}") is True
+    assert grade(r"\boxed{0.6}", r"\frac{1}{2}") is False
+    unreadable = grade_detail(r"\boxed{\\}", r"\frac{1}{2}")
+    assert unreadable.correct is False
+    assert unreadable.reason.startswith("parse error"), unreadable
+
+
+def test_answers_equivalent() -> None:
+    assert answers_equivalent(r"\frac{1}{2}", "0.5")
+    assert answers_equivalent("x=5", "5")
+    assert answers_equivalent("1,-2", "-2,1")
+    assert not answers_equivalent(r"\frac{1}{2}", "0.6")
+    assert not answers_equivalent("", "5")
+    assert not answers_equivalent("5", "")
+
+
+def test_bad_arguments_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="timeout_s"):
+        grade(r"\boxed{1}", "1", timeout_s=0)
+    with pytest.raises(ConfigError, match="timeout_s"):
+        answers_equivalent("1", "1", timeout_s=float("nan"))
+    with pytest.raises(ConfigError, match="gold answer"):
+        grade_detail(r"\boxed{1}", "  ")
+
+
+def test_verdicts_are_cached_by_key() -> None:
+    assert answers_equivalent(r"\frac{3}{9}", r"\frac{1}{3}")
+    cached = answer._cache.get((normalize_answer(r"\frac{3}{9}"), normalize_answer(r"\frac{1}{3}")))
+    assert cached is not None and cached.equal
+
+
+# ------------------------------------------------------------------------------------------------ workers
+
+
+def test_pathological_input_times_out_and_the_pool_recovers() -> None:
+    assert grade(r"\boxed{1/2}", "0.5")  # start a worker outside the timed part
+    started = time.monotonic()
+    result = grade_detail(r"\boxed{9^{9^{9}}}", "3", timeout_s=1.0)  # sympy tries to evaluate the power
+    elapsed = time.monotonic() - started
+    assert result == GradeResult(False, "9^{9^{9}}", "timeout after 1s")
+    assert elapsed < 1.0 + 2.5, elapsed  # the deadline plus killing the worker, on a loaded machine
+    assert grade_detail(r"\boxed{2/6}", r"\frac{1}{3}").reason == "equivalent"
+
+
+def test_hung_worker_is_killed_and_replaced() -> None:
+    first_pid = answer._run_in_worker(os.getpid, (), 10.0).value
+    assert isinstance(first_pid, int) and first_pid != os.getpid()
+    started = time.monotonic()
+    outcome = answer._run_in_worker(time.sleep, (60,), 0.5)  # idle workers are reused last-in first-out
+    assert outcome.status == "timeout" and outcome.detail == "timeout after 0.5s"
+    assert time.monotonic() - started < 0.5 + 2.5
+    with pytest.raises(ProcessLookupError):
+        os.kill(first_pid, 0)
+    assert answer._run_in_worker(os.getpid, (), 10.0).value not in (first_pid, None)
+
+
+def test_crashed_worker_is_reported_and_replaced() -> None:
+    outcome = answer._run_in_worker(os._exit, (3,), 10.0)
+    assert outcome.status == "crashed" and "exit code 3" in outcome.detail
+    assert answers_equivalent(r"\frac{5}{10}", "0.5")
+
+
+def test_workers_load_only_what_grading_needs() -> None:
+    expression = "sorted(m for m in __import__('sys').modules if m.startswith('ttc'))"
+    outcome = answer._run_in_worker(eval, (expression,), 10.0)
+    assert outcome.value == ["ttc", "ttc.errors", "ttc.verifiers", "ttc.verifiers.answer"]
+
+
+def test_a_script_without_a_main_guard_can_grade(tmp_path: Path) -> None:
+    script = tmp_path / "grade_it.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})\n"
+        "from ttc.verifiers.answer import grade\n"
+        "print(grade(r'\\boxed{2/4}', '0.5'), grade(r'\\boxed{3/4}', '0.5'))\n",
+        encoding="utf-8",
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False)
+    assert (done.returncode, done.stdout.strip()) == (0, "True False"), done.stderr
+
+
+def test_shutdown_then_reuse() -> None:
+    assert answers_equivalent(r"\frac{6}{10}", "0.6")
+    shutdown_grader()
+    assert answers_equivalent(r"\frac{7}{10}", "0.7")
+
+
+def test_many_threads_share_the_pool() -> None:
+    results: dict[int, bool] = {}
+
+    def check(k: int) -> None:
+        results[k] = answers_equivalent(f"\\frac{{{k}}}{{11}}", f"{k}/11" if k % 2 else f"{k + 1}/11")
+
+    threads = [threading.Thread(target=check, args=(k,)) for k in range(1, 17)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == {k: bool(k % 2) for k in range(1, 17)}
+
+
+@pytest.mark.anyio
+async def test_fifty_concurrent_agrade_calls() -> None:
+    cases = [(f"\\frac{{{k}}}{{7}}", f"\\boxed{{{k if k % 3 else k + 1}/7}}", k % 3 != 0) for k in range(1, 51)]
+    results: dict[int, GradeResult] = {}
+    ticks: list[float] = []
+    done = anyio.Event()
+
+    async def ticker() -> None:  # the loop must keep running while checks are in flight
+        while not done.is_set():
+            ticks.append(time.monotonic())
+            await anyio.sleep(0.01)
+
+    async def run(index: int, gold: str, prediction: str) -> None:
+        results[index] = await agrade(prediction, gold)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(ticker)
+        async with anyio.create_task_group() as graders:
+            for index, (gold, prediction, _) in enumerate(cases):
+                graders.start_soon(run, index, gold, prediction)
+        done.set()
+
+    for index, (_, _, expected) in enumerate(cases):
+        assert results[index].correct is expected, (cases[index], results[index])
+        assert results[index].reason == ("equivalent" if expected else "not equivalent")
+    gaps = [later - earlier for earlier, later in itertools.pairwise(ticks)]
+    assert gaps and max(gaps) < 1.0, max(gaps)
+
+
+@pytest.mark.anyio
+async def test_agrade_quick_paths_and_timeout() -> None:
+    assert await agrade("#### 1,234", "1234") == GradeResult(True, "1,234", "exact")
+    assert await agrade("nothing", "1") == GradeResult(False, None, "no answer found")
+    slow = await agrade(r"\boxed{9^{9^{9}}}", "4", timeout_s=1.0)
+    assert slow.reason == "timeout after 1s" and not slow.correct

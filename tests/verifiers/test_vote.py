@@ -1,0 +1,149 @@
+"""Majority and weighted voting over extracted answers."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from ttc.errors import ConfigError
+from ttc.verifiers.vote import VoteResult, majority_vote
+
+# Pure functions: a slow moment on a shared machine must not fail them.
+NO_DEADLINE = settings(deadline=None)
+
+
+def test_plain_majority_groups_by_normalized_key() -> None:
+    result = majority_vote([r"\frac{1}{2}", "3", r"\dfrac{1}{2}", "3", r"\frac12", None])
+    assert result.key == r"\frac{1}{2}"
+    assert result.answer == r"\frac{1}{2}"  # the first spelling seen in the winning class
+    assert result.share == pytest.approx(3 / 5)
+    assert dict(result.tally) == {r"\frac{1}{2}": 3.0, "3": 2.0}
+
+
+def test_gsm8k_style_numbers_group_across_spellings() -> None:
+    result = majority_vote(["1,000", "1000", "$1000$", "999", "1000.0"])
+    assert result.key == "1000"
+    assert result.answer == "1,000"
+    assert result.share == pytest.approx(4 / 5)
+
+
+def test_no_votes() -> None:
+    assert majority_vote([]) == VoteResult(answer=None, key=None, share=0.0, tally={})
+    empty = majority_vote([None, None, "  ", "$$"])
+    assert (empty.answer, empty.key, empty.share, dict(empty.tally)) == (None, None, 0.0, {})
+
+
+def test_weights_can_outvote_a_count_majority() -> None:
+    result = majority_vote(["7", "7", "7", "9"], weights=[0.1, 0.1, 0.1, 0.9])
+    assert result.key == "9"
+    assert result.share == pytest.approx(0.9 / 1.2)
+    assert dict(result.tally) == pytest.approx({"7": 0.3, "9": 0.9})
+
+
+def test_weights_of_none_answers_do_not_count() -> None:
+    result = majority_vote([None, "2", "3"], weights=[100.0, 1.0, 2.0])
+    assert result.key == "3"
+    assert result.share == pytest.approx(2 / 3)
+
+
+def test_all_zero_weights_still_pick_a_class_with_zero_share() -> None:
+    result = majority_vote(["4", "5"], weights=[0.0, 0.0])
+    assert result.key == "4"
+    assert result.share == 0.0
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ([1.0], "2 answers but 1 weights"),
+        ([1.0, -0.5], "#1 is -0.5"),
+        ([math.nan, 1.0], "#0 is nan"),
+        ([1.0, math.inf], "#1 is inf"),
+    ],
+)
+def test_invalid_weights_are_config_errors(weights: list[float], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        majority_vote(["1", "2"], weights=weights)
+
+
+def test_tie_without_rng_goes_to_the_first_seen_key() -> None:
+    assert majority_vote(["b", "a", "a", "b"]).key == "b"
+    assert majority_vote(["a", "b", "b", "a"]).key == "a"
+
+
+def test_tie_with_rng_chooses_among_sorted_keys() -> None:
+    winners = {majority_vote(["b", "a", "c"], rng=random.Random(seed)).key for seed in range(40)}
+    assert winners == {"a", "b", "c"}
+    for seed in range(10):
+        expected = random.Random(seed).choice(["a", "b", "c"])
+        assert majority_vote(["c", "b", "a"], rng=random.Random(seed)).key == expected
+
+
+def test_rng_is_not_consumed_without_a_tie() -> None:
+    rng = random.Random(3)
+    majority_vote(["1", "1", "2"], rng=rng)
+    assert rng.random() == random.Random(3).random()
+
+
+ANSWERS = st.lists(st.one_of(st.none(), st.sampled_from(["1", "2", "3", r"\frac{1}{2}", "0.5", "x+1"])), max_size=30)
+
+
+@NO_DEADLINE
+@given(ANSWERS, st.randoms(use_true_random=False))
+def test_permutation_does_not_change_an_untied_winner(answers: list[str | None], shuffler: random.Random) -> None:
+    result = majority_vote(answers)
+    values = sorted(result.tally.values(), reverse=True)
+    assume(len(values) == 1 or (len(values) > 1 and values[0] > values[1]))
+    shuffled = list(answers)
+    shuffler.shuffle(shuffled)
+    again = majority_vote(shuffled)
+    assert again.key == result.key
+    assert again.share == result.share
+    assert dict(again.tally) == dict(result.tally)
+
+
+@NO_DEADLINE
+@given(
+    st.lists(
+        st.tuples(st.one_of(st.none(), st.sampled_from(["4", "5", "6", "7"])), st.floats(0, 1e6)),
+        max_size=30,
+    )
+)
+def test_share_is_a_fraction_and_tally_adds_up(votes: list[tuple[str | None, float]]) -> None:
+    answers = [answer for answer, _ in votes]
+    weights = [weight for _, weight in votes]
+    result = majority_vote(answers, weights)
+    assert 0.0 <= result.share <= 1.0
+    voted = math.fsum(weight for answer, weight in votes if answer is not None)
+    assert math.fsum(result.tally.values()) == pytest.approx(voted)
+    if result.key is not None:
+        assert result.tally[result.key] == max(result.tally.values())
+
+
+@NO_DEADLINE
+@given(
+    st.lists(st.tuples(st.sampled_from(["4", "5", "6"]), st.integers(1, 1000)), min_size=1, max_size=30),
+    st.floats(min_value=1e-3, max_value=1e3),
+)
+def test_scaling_weights_keeps_winner_and_share(votes: list[tuple[str, int]], scale: float) -> None:
+    answers = [answer for answer, _ in votes]
+    weights = [float(weight) for _, weight in votes]
+    result = majority_vote(answers, weights)
+    values = sorted(result.tally.values(), reverse=True)
+    assume(len(values) == 1 or values[0] > values[1])
+    scaled = majority_vote(answers, [weight * scale for weight in weights])
+    assert scaled.key == result.key
+    assert scaled.share == pytest.approx(result.share)
+
+
+@NO_DEADLINE
+@given(st.lists(st.sampled_from(["a", "b", "c", "d"]), min_size=1, max_size=20), st.integers(0, 2**32))
+def test_seeded_tie_breaks_are_reproducible(answers: list[str], seed: int) -> None:
+    first = majority_vote(answers, rng=random.Random(seed))
+    second = majority_vote(list(reversed(answers)), rng=random.Random(seed))
+    assert first.key == second.key  # ties are broken over sorted keys, so input order does not matter
+    assert first == majority_vote(answers, rng=random.Random(seed))

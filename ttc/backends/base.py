@@ -1,0 +1,77 @@
+"""The contract between strategies and the engines that run models.
+
+Prompts travel as token ids, never text: a child node's prompt is its parent's exact ids plus new ones, so a
+prefix is never re-tokenized differently, vLLM's prefix cache hits, and the local engine's radix lookup finds
+the shared KV blocks. Strategies never see a KV cache; ``release`` is their only hint about one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from ttc.types import Completion, PromptLogprobs, Sampling
+
+
+@dataclass(frozen=True)
+class BackendStats:
+    """Cumulative counters since the backend was created; strategies diff two snapshots to get a run's share.
+
+    ``peak_kv_tokens`` / ``live_kv_tokens`` are exact for the local engine; remote backends report 0 (the
+    strategy estimates live KV from its tree's unique tokens instead). ``prefix_cache_hit_rate`` is the
+    server's own figure where it publishes one.
+    """
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    generated_tokens: int = 0
+    scored_tokens: int = 0
+    live_kv_tokens: int = 0
+    peak_kv_tokens: int = 0
+    kv_bytes_per_token: int = 0
+    prefix_cache_hit_rate: float | None = None
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """An engine that can extend token sequences and score them. One implementation per engine."""
+
+    @property
+    def name(self) -> str:
+        """A short label for traces, e.g. ``local:/path/to/model`` or ``vllm:http://host:8000``."""
+        ...
+
+    @property
+    def eos_token_id(self) -> int | None: ...
+
+    async def tokenize(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of ``text``. ``add_special_tokens=True`` is for the start of a prompt (BOS where the model
+        expects one); pieces appended to an existing prompt are tokenized without."""
+        ...
+
+    async def detokenize(self, token_ids: Sequence[int]) -> str: ...
+
+    async def complete(self, prompt: Sequence[int], n: int, sampling: Sampling) -> list[Completion]:
+        """``n`` independent continuations of ``prompt``.
+
+        With ``sampling.seed`` set, the same call returns the same completions. Generation stops at EOS, at
+        ``max_tokens``, or right after a stop string (which is kept in the text and the token ids).
+        """
+        ...
+
+    async def prompt_logprobs(self, prompt: Sequence[int], top_k: int = 0) -> PromptLogprobs:
+        """Log-probabilities of every prompt token, plus the ``top_k`` most likely tokens at each position."""
+        ...
+
+    async def release(self, prompt: Sequence[int]) -> None:
+        """Hint that no future request will extend ``prompt``: its private KV may be freed now."""
+        ...
+
+    def stats(self) -> BackendStats: ...
+
+    async def aclose(self) -> None: ...
+
+
+__all__ = ["Backend", "BackendStats"]

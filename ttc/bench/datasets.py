@@ -1,0 +1,116 @@
+"""Benchmark loaders: GSM8K, MATH-500 and AIME JSONL files, any JSONL with question/answer fields, and the
+built-in synthetic benchmark. Data is read from local files only; ttc never downloads a dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from ttc.errors import ConfigError
+from ttc.types import Problem
+
+FILES = {"gsm8k": "gsm8k_test.jsonl", "math500": "math500_test.jsonl", "aime24": "aime24_test.jsonl"}
+SYNTHETIC = ("synthetic", "synthetic-stateful")
+
+
+def data_dir() -> Path:
+    """``TTC_DATA_DIR``, else the first of ``../shared/datasets`` and ``./datasets`` that exists."""
+    configured = os.environ.get("TTC_DATA_DIR")
+    if configured:
+        return Path(configured)
+    for candidate in (Path.cwd().parent / "shared" / "datasets", Path.cwd() / "datasets",
+                      Path(__file__).resolve().parents[3] / "shared" / "datasets"):
+        if candidate.is_dir():
+            return candidate
+    raise ConfigError("no dataset folder found: set TTC_DATA_DIR to the folder holding gsm8k_test.jsonl, "
+                      "math500_test.jsonl and aime24_test.jsonl, or pass a .jsonl path")
+
+
+def dataset_names() -> list[str]:
+    return [*FILES, *SYNTHETIC]
+
+
+def load_dataset(name: str, *, limit: int | None = None, offset: int = 0, seed: int = 0,
+                 levels: Sequence[int] | None = None) -> list[Problem]:
+    """Problems of a named dataset (see :func:`dataset_names`) or of a JSONL file path.
+
+    ``offset``/``limit`` select a slice; ``seed`` and ``levels`` apply to the synthetic datasets.
+    Problem ``index`` is the row's position in the file, so a resumed evaluation can match rows exactly.
+    """
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be >= 1, got {limit}")
+    if offset < 0:
+        raise ConfigError(f"offset must be >= 0, got {offset}")
+    if name in SYNTHETIC:
+        return _synthetic(name, limit or 100, offset, seed, levels)
+    path = data_dir() / FILES[name] if name in FILES else Path(name)
+    if not path.is_file():
+        raise ConfigError(f"unknown dataset {name!r}: use one of {', '.join(dataset_names())} or a path to a "
+                          ".jsonl file")
+    label = name if name in FILES else path.stem
+    return _read_jsonl(path, label, limit, offset)
+
+
+def _read_jsonl(path: Path, label: str, limit: int | None, offset: int) -> list[Problem]:
+    problems: list[Problem] = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh):
+            if lineno < offset or not line.strip():
+                continue
+            if limit is not None and len(problems) >= limit:
+                break
+            problems.append(_parse_row(line, path, lineno, label))
+    return problems
+
+
+def _parse_row(line: str, path: Path, lineno: int, label: str) -> Problem:
+    where = f"{path}:{lineno + 1}"
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: not valid JSON ({exc.msg}); fix or remove that line") from None
+    if not isinstance(row, dict):
+        raise ConfigError(f"{where}: expected a JSON object with question/problem and answer fields")
+    question = row.get("question") or row.get("problem")
+    answer = row.get("answer")
+    if not isinstance(question, str) or not question.strip():
+        raise ConfigError(f"{where}: no 'question' or 'problem' text")
+    if answer is None or str(answer).strip() == "":
+        raise ConfigError(f"{where}: no 'answer'")
+    meta = {k: v for k, v in row.items() if k in ("level", "subject", "unique_id", "id")}
+    return Problem(question=question, gold=_gold(str(answer)), dataset=label, index=lineno, meta=meta)
+
+
+_GSM8K_GOLD = re.compile(r"####\s*(.+?)\s*$", re.S)
+
+
+def _gold(answer: str) -> str:
+    """GSM8K answers are worked solutions ending in ``#### N``: the gold is N, without thousands commas."""
+    match = _GSM8K_GOLD.search(answer)
+    if match:
+        return match.group(1).replace(",", "").strip()
+    return answer.strip()
+
+
+def _synthetic(name: str, limit: int, offset: int, seed: int, levels: Sequence[int] | None) -> list[Problem]:
+    """The synthetic benchmark; for the stateful variant, each context's questions become consecutive rows."""
+    from ttc.bench import synthetic
+
+    if name == "synthetic":
+        items = synthetic.generate(seed, offset + limit, levels or synthetic.LEVELS)
+    else:
+        contexts = synthetic.generate_stateful(seed, offset + limit, STATEFUL_QUESTIONS)
+        items = [p for ctx in contexts for p in ctx.problems]
+    return [Problem(question=p.question, gold=p.answer, dataset=name, index=i,
+                    meta={"level": p.level, "seed": seed})
+            for i, p in enumerate(items) if offset <= i < offset + limit]
+
+
+STATEFUL_QUESTIONS = 3
+
+
+__all__ = ["data_dir", "dataset_names", "load_dataset"]

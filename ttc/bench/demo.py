@@ -1,0 +1,57 @@
+"""The main job on the embedded default: greedy decoding against test-time compute on the synthetic benchmark.
+
+It answers the first question a newcomer has — does spending more compute per question buy accuracy? — with
+real (small) models on a laptop CPU, and leaves every trace in the store to inspect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ttc.api import Session
+from ttc.bench.datasets import load_dataset
+from ttc.bench.eval import EvalReport, Progress, evaluate
+from ttc.types import Budget
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One configuration compared in the demo."""
+
+    label: str
+    strategy: str
+    options: Mapping[str, object]
+    budget: int
+
+
+GREEDY = Arm("greedy", "best_of_n", {"n": 1, "temperature": 0.0, "max_tokens": 160}, 160)
+
+
+def default_arms(samples: int) -> list[Arm]:
+    return [
+        GREEDY,
+        Arm(f"majority@{samples}", "best_of_n", {"n": samples, "select": "vote", "max_tokens": 160},
+            160 * samples),
+        Arm(f"prm-weighted@{samples}", "best_of_n", {"n": samples, "select": "weighted_vote", "max_tokens": 160},
+            160 * samples),
+    ]
+
+
+async def run_demo(session: Session, *, problems: int, samples: int, seed: int, concurrency: int,
+                   progress: Progress | None = None) -> list[tuple[Arm, EvalReport]]:
+    """Evaluate each arm on the same held-out synthetic problems (seed 10_000 + seed: never trained on)."""
+    data = load_dataset("synthetic", limit=problems, seed=10_000 + seed)
+    reports = []
+    for arm in default_arms(samples):
+        if arm.options.get("select") == "weighted_vote" and session.setup.verifier is None:
+            continue
+        report = await evaluate(data, Budget(tokens=arm.budget), session, strategy=arm.strategy,
+                                options=arm.options, seed=seed, concurrency=concurrency,
+                                config={"demo": arm.label, "dataset": "synthetic", "problems": problems},
+                                progress=progress)
+        reports.append((arm, report))
+    return reports
+
+
+__all__ = ["GREEDY", "Arm", "default_arms", "run_demo"]

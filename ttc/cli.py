@@ -1,0 +1,289 @@
+"""The ``ttc`` command line: solve one question, evaluate a dataset, inspect traces.
+
+Every deliberate failure is a TTCError: it is printed as one line without a traceback and the exit code is 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ttc.api import Session, open_session, solve_problem
+from ttc.bench.datasets import dataset_names, load_dataset
+from ttc.bench.eval import EvalReport, evaluate
+from ttc.cli_render import render_trace
+from ttc.errors import ConfigError, TTCError
+from ttc.storage import TraceStore
+from ttc.types import Budget, Problem, Result
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Test-time compute for language models.")
+traces_app = typer.Typer(no_args_is_help=True, help="Inspect recorded traces.")
+app.add_typer(traces_app, name="traces")
+out = Console()
+err = Console(stderr=True)
+
+BackendOpt = Annotated[str, typer.Option(help="auto | local | vllm | scripted (a dry-run stand-in model)")]
+UrlOpt = Annotated[str | None, typer.Option(help="vLLM server URL (comma-separated for replicas)")]
+ModelOpt = Annotated[str | None, typer.Option(help="Hugging Face model folder for the local engine")]
+DbOpt = Annotated[str | None, typer.Option("--db", help="trace store: file path or SQLAlchemy URL (TTC_DB)")]
+OptionOpt = Annotated[list[str] | None, typer.Option("--option", "-o", help="strategy option KEY=VALUE")]
+
+
+def parse_options(pairs: list[str] | None) -> dict[str, object]:
+    """``KEY=VALUE`` pairs; values are read as JSON when they parse (numbers, booleans), else as strings."""
+    options: dict[str, object] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"option {pair!r} is not KEY=VALUE (e.g. -o n=16)")
+        try:
+            options[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key.strip()] = raw
+    return options
+
+
+def make_session(backend: str, url: str | None, model: str | None, db: str | None) -> Session:
+    from ttc.testing import ScriptedBackend, guessing_responder
+
+    if backend not in ("auto", "local", "vllm", "scripted"):
+        raise ConfigError(f"unknown backend {backend!r}: use auto, local, vllm or scripted")
+    if backend == "vllm" and not url:
+        raise ConfigError("--backend vllm needs --url http://HOST:PORT (or set TTC_VLLM_URL and use auto)")
+    if backend == "local" and not model:
+        raise ConfigError("--backend local needs --model DIR (a Hugging Face model folder), or use auto")
+    if backend == "scripted":
+        # TTC_SCRIPTED_DELAY_S simulates model latency, to exercise progress, interruption and resume.
+        delay = float(os.environ.get("TTC_SCRIPTED_DELAY_S", "0") or 0)
+        session = open_session(backend=ScriptedBackend(guessing_responder, delay_s=delay), store=db,
+                               verifier=None, prompt_template=None)
+        session.setup.owned = True
+        return session
+    return open_session(backend=None, store=db, verifier=None, prompt_template=None,
+                        url=url if backend in ("auto", "vllm") else None,
+                        model=model if backend in ("auto", "local") else None)
+
+
+@app.command()
+def solve(
+    question: Annotated[str, typer.Argument(help="the question to answer")],
+    budget: Annotated[int, typer.Option(help="generated-token budget")] = 2048,
+    strategy: Annotated[str, typer.Option(help="auto, best_of_n, self_consistency, ...")] = "auto",
+    backend: BackendOpt = "auto",
+    url: UrlOpt = None,
+    model: ModelOpt = None,
+    seed: Annotated[int | None, typer.Option(help="random seed (default: random, recorded in the trace)")] = None,
+    option: OptionOpt = None,
+    db: DbOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Answer one question within a token budget and record its trace."""
+    session = make_session(backend, url, model, db)
+    options = parse_options(option)
+
+    async def main() -> Result:
+        try:
+            return await solve_problem(Problem(question=question), Budget.of(budget), session, strategy=strategy,
+                                       seed=seed, options=options)
+        finally:
+            await session.aclose()
+
+    result = anyio.run(main)
+    if as_json:
+        out.print_json(json.dumps(_result_json(result)))
+        return
+    out.print(f"[bold]answer:[/bold] {result.answer}")
+    out.print(f"strategy={result.strategy} score={result.score} tokens={result.usage.generated_tokens} "
+              f"calls={result.usage.backend_calls} wall={result.usage.wall_s:.2f}s")
+    if result.trace_id:
+        out.print(f"trace: {result.trace_id}  (ttc traces show {result.trace_id[:8]})")
+
+
+def _result_json(result: Result) -> dict[str, Any]:
+    return {"answer": result.answer, "text": result.text, "score": result.score, "strategy": result.strategy,
+            "trace_id": result.trace_id, "usage": result.usage.__dict__,
+            "candidates": [c.__dict__ for c in result.candidates]}
+
+
+@app.command("eval")
+def eval_cmd(
+    dataset: Annotated[str, typer.Option(help=f"{', '.join(dataset_names())}, or a .jsonl path")] = "gsm8k",
+    limit: Annotated[int | None, typer.Option(help="number of problems (default: all)")] = None,
+    offset: Annotated[int, typer.Option(help="skip this many rows first")] = 0,
+    budget: Annotated[int, typer.Option(help="generated-token budget per problem")] = 2048,
+    strategy: Annotated[str, typer.Option()] = "auto",
+    backend: BackendOpt = "auto",
+    url: UrlOpt = None,
+    model: ModelOpt = None,
+    seed: Annotated[int, typer.Option(help="base seed; problem i uses seed + i")] = 0,
+    concurrency: Annotated[int, typer.Option(help="problems in flight at once")] = 8,
+    resume: Annotated[str | None, typer.Option(help="continue the run with this id")] = None,
+    option: OptionOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Evaluate a strategy on a dataset: accuracy, mean tokens, wall time; every trace is recorded."""
+    problems = load_dataset(dataset, limit=limit, offset=offset, seed=seed)
+    options = parse_options(option)
+    session = make_session(backend, url, model, db)
+    config = {"dataset": dataset, "limit": limit, "offset": offset, "budget": budget, "strategy": strategy,
+              "backend": session.setup.backend.name, "seed": seed, "options": options}
+
+    async def main() -> EvalReport:
+        try:
+            with _progress() as bar:
+                task = bar.add_task(f"{dataset} · {strategy}", total=len(problems))
+                return await evaluate(problems, Budget.of(budget), session, strategy=strategy, options=options,
+                                      seed=seed, concurrency=concurrency, config=config, resume=resume,
+                                      progress=lambda _p, _r: bar.advance(task))
+        finally:
+            await session.aclose()
+
+    report = anyio.run(main)
+    table = Table(title=f"run {report.run_id}")
+    for col in ("problems", "done", "failed", "accuracy", "mean tokens", "wall s"):
+        table.add_column(col, justify="right")
+    table.add_row(str(report.total), str(report.done), str(report.failed), f"{report.accuracy:.3f}",
+                  f"{report.mean_tokens:.1f}", f"{report.wall_s:.1f}")
+    out.print(table)
+    for line in report.errors[:10]:
+        err.print(f"[red]{line}[/red]")
+    out.print(f"inspect: ttc traces list --run {report.run_id}")
+    if report.failed or report.done < report.total:
+        err.print(f"{report.total - report.done} problems not done: rerun with --resume {report.run_id}")
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    problems: Annotated[int, typer.Option(help="held-out synthetic problems")] = 40,
+    samples: Annotated[int, typer.Option(help="samples per question for the test-time-compute arms")] = 8,
+    seed: Annotated[int, typer.Option()] = 0,
+    concurrency: Annotated[int, typer.Option()] = 8,
+    db: DbOpt = None,
+) -> None:
+    """Greedy versus test-time compute on the bundled mini models (no server, no GPU): accuracy, tokens, time."""
+    from ttc.bench.demo import run_demo
+
+    session = make_session("auto", None, None, db)
+
+    async def main() -> list[tuple[Any, EvalReport]]:
+        try:
+            with _progress() as bar:
+                task = bar.add_task("demo", total=None)
+                return await run_demo(session, problems=problems, samples=samples, seed=seed,
+                                      concurrency=concurrency, progress=lambda _p, _r: bar.advance(task))
+        finally:
+            await session.aclose()
+
+    reports = anyio.run(main)
+    table = Table(title=f"synthetic benchmark, {problems} held-out problems, backend {session.setup.backend.name}")
+    for col in ("arm", "accuracy", "mean tokens", "wall s", "run"):
+        table.add_column(col, justify="right")
+    for arm, report in reports:
+        table.add_row(arm.label, f"{report.accuracy:.3f}", f"{report.mean_tokens:.1f}", f"{report.wall_s:.1f}",
+                      report.run_id)
+    out.print(table)
+    last = reports[-1][1]
+    out.print(f"inspect: ttc traces list --run {last.run_id}   then   ttc traces show {last.trace_ids[0][:8]}"
+              if last.trace_ids else "")
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err, transient=False, disable=not sys.stderr.isatty())
+
+
+@traces_app.command("list")
+def traces_list(
+    run: Annotated[str | None, typer.Option(help="only traces of this run")] = None,
+    status: Annotated[str | None, typer.Option(help="running, done or failed")] = None,
+    limit: Annotated[int, typer.Option()] = 50,
+    db: DbOpt = None,
+) -> None:
+    """List recent traces."""
+    with TraceStore(db) as store:
+        rows = store.list_traces(run_id=run, status=status, limit=limit)
+    table = Table()
+    for col in ("id", "status", "strategy", "answer", "tokens", "question"):
+        table.add_column(col)
+    for t in rows:
+        table.add_row(t.id[:8], t.status, t.strategy, str(t.answer), str(t.generated_tokens),
+                      _short(t.question, 60))
+    out.print(table)
+
+
+@traces_app.command("runs")
+def traces_runs(limit: Annotated[int, typer.Option()] = 20, db: DbOpt = None) -> None:
+    """List recent runs (evaluations and solves)."""
+    with TraceStore(db) as store:
+        rows = store.list_runs(limit=limit)
+    table = Table()
+    for col in ("id", "kind", "status", "started", "summary"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.id, r.kind, r.status, str(r.started_at)[:19], json.dumps(r.summary)[:80])
+    out.print(table)
+
+
+@traces_app.command("show")
+def traces_show(trace_id: Annotated[str, typer.Argument(help="trace id or a unique prefix")],
+                db: DbOpt = None) -> None:
+    """Show one trace: its problem, result, usage, and the tree of nodes."""
+    with TraceStore(db) as store:
+        record = store.get_trace(trace_id)
+    render_trace(out, record)
+
+
+@traces_app.command("export")
+def traces_export(trace_id: Annotated[str, typer.Argument()],
+                  format: Annotated[str, typer.Option(help="json")] = "json",
+                  output: Annotated[Path | None, typer.Option(help="write to this file instead of stdout")] = None,
+                  db: DbOpt = None) -> None:
+    """Export a trace as JSON."""
+    if format != "json":
+        raise ConfigError(f"unknown export format {format!r}: only json is supported")
+    with TraceStore(db) as store:
+        data = store.export_trace(trace_id)
+    text = json.dumps(data, indent=2, default=str)
+    if output is None:
+        sys.stdout.write(text + "\n")
+    else:
+        output.write_text(text + "\n", encoding="utf-8")
+
+
+def _short(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def main() -> None:
+    """Entry point: typed errors become one red line and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except TTCError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise SystemExit(2) from None
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise SystemExit(130) from None
+    except Exception as exc:  # click's usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        raise
+
+
+__all__ = ["app", "main"]

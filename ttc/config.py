@@ -1,0 +1,103 @@
+"""Settings from the environment, and the choice of the default backend.
+
+Environment variables (all optional):
+
+- ``TTC_VLLM_URL``: a vLLM server (comma-separated for replicas); wins over everything else.
+- ``TTC_MODEL``: a Hugging Face model folder for the in-process local engine.
+- ``TTC_DB``: the trace store, as a file path or an SQLAlchemy URL.
+- ``TTC_DATA_DIR``: where benchmark JSONL files live (default: ``../shared/datasets`` or ``./datasets``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ttc.backends.base import Backend
+from ttc.errors import ConfigError
+from ttc.strategies.base import DEFAULT_PROMPT_TEMPLATE
+from ttc.verifiers.base import OutcomeVerifier, ProcessVerifier, StepwiseOutcome
+
+NO_BACKEND_HELP = (
+    "no backend is configured: pass backend=..., or set TTC_VLLM_URL=http://HOST:PORT to use a vLLM server, "
+    "or TTC_MODEL=/path/to/hf-model-folder to run a model in process (needs `pip install 'ttc-engine[local]'`)"
+)
+
+
+@dataclass
+class BackendSetup:
+    """A backend together with the prompt format and verifier that belong with its model."""
+
+    backend: Backend
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    verifier: OutcomeVerifier | None = None
+    prm: ProcessVerifier | None = None
+    owned: bool = True
+    closers: tuple[Backend, ...] = ()
+
+    async def aclose(self) -> None:
+        """Close the backends this setup opened (a caller's own backend is left open)."""
+        if self.owned:
+            for backend in (self.backend, *self.closers):
+                await backend.aclose()
+
+
+def env(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def default_backend(*, url: str | None = None, model: str | Path | None = None) -> BackendSetup:
+    """Resolve the backend to use when the caller gave none: a vLLM URL, then a local model folder."""
+    url = url or env("TTC_VLLM_URL")
+    if url:
+        return BackendSetup(backend=_vllm(url))
+    model = model or env("TTC_MODEL")
+    if model:
+        return BackendSetup(backend=_local(Path(model)))
+    embedded = _embedded()
+    if embedded is not None:
+        return embedded
+    raise ConfigError(NO_BACKEND_HELP)
+
+
+def _vllm(url: str) -> Backend:
+    try:
+        from ttc.backends.vllm import VLLMBackend
+    except ImportError as exc:  # pragma: no cover - the module ships with ttc
+        raise ConfigError(f"the vLLM backend is unavailable: {exc}") from exc
+    return VLLMBackend([u.strip() for u in url.split(",") if u.strip()])
+
+
+def _local(path: Path) -> Backend:
+    if not path.is_dir():
+        raise ConfigError(f"model folder {path} does not exist: TTC_MODEL / --model must name a folder with "
+                          "config.json, model.safetensors and tokenizer.json")
+    try:
+        from ttc.backends.local import LocalBackend
+    except ImportError as exc:
+        raise ConfigError(f"the local engine needs torch: `pip install 'ttc-engine[local]'` ({exc})") from exc
+    return LocalBackend.from_pretrained(path)
+
+
+def _embedded() -> BackendSetup | None:
+    """The bundled mini reasoner and mini PRM on the local engine, when the package ships them and torch is
+    installed; None otherwise (the caller then explains how to configure a backend)."""
+    from ttc.models import mini_model_path, mini_prompt
+
+    try:
+        import torch  # noqa: F401
+
+        reasoner_dir, prm_dir = mini_model_path("reasoner"), mini_model_path("prm")
+    except (ImportError, ConfigError):
+        return None
+    from ttc.verifiers.prm import load_prm
+
+    reasoner = _local(reasoner_dir)
+    prm = load_prm(_local(prm_dir), "mini")
+    return BackendSetup(backend=reasoner, prompt_template=mini_prompt("{question}"), verifier=StepwiseOutcome(prm),
+                        prm=prm, closers=(prm.backend,))
+
+
+__all__ = ["NO_BACKEND_HELP", "BackendSetup", "default_backend", "env"]

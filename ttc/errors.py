@@ -1,0 +1,51 @@
+"""Every failure ttc raises on purpose is a ``TTCError``; its message says what went wrong and what to do.
+
+The tree::
+
+    TTCError
+    ├── ConfigError          bad input or settings: empty prompt, budget <= 0, unknown strategy or option,
+    │                        no backend configured, unreadable dataset row
+    ├── BackendError         a backend refused, failed or timed out (``retryable`` says whether a retry may help)
+    ├── BudgetExhausted      a strategy was asked to spend what its budget no longer holds
+    ├── VerifierError        a verifier could not score (bad preset, missing judgement tokens)
+    └── StorageError         the trace store cannot be opened, is locked, or is not writable
+
+The CLI prints these without a traceback and exits non-zero; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+
+class TTCError(Exception):
+    """Base of every error ttc raises deliberately."""
+
+
+class ConfigError(TTCError, ValueError):
+    """Input or configuration is invalid; the message names the field and a valid alternative."""
+
+
+class BackendError(TTCError):
+    """A backend call failed. ``retryable`` is true for transient faults (connection, 429, 5xx)."""
+
+    def __init__(self, message: str, *, url: str | None = None, kind: str | None = None,
+                 retryable: bool = False) -> None:
+        where = " ".join(part for part in (kind, url) if part)
+        super().__init__(f"{message} [{where}]" if where else message)
+        self.url = url
+        self.kind = kind
+        self.retryable = retryable
+
+
+class BudgetExhausted(TTCError):
+    """Raised when a spend is requested that the remaining budget cannot cover."""
+
+
+class VerifierError(TTCError):
+    """A verifier could not produce a score."""
+
+
+class StorageError(TTCError):
+    """The trace store failed: unreachable, locked, unwritable, or a trace id that does not exist."""
+
+
+__all__ = ["BackendError", "BudgetExhausted", "ConfigError", "StorageError", "TTCError", "VerifierError"]

@@ -1,0 +1,212 @@
+"""Where the trace database lives, how connections to it are set up, and how its failures are explained.
+
+SQLite is configured for one writer and many readers across processes: WAL journal (readers never block the
+writer and see only committed data), foreign keys on, a busy timeout so a briefly held lock is waited for,
+and transactions that ttc begins itself. Python's sqlite3 module would otherwise start transactions late and
+implicitly, so a writer could read a snapshot and then find it stale when it first writes (an immediate
+"database is locked" that no timeout helps); the writer therefore opens every transaction with
+``BEGIN IMMEDIATE``, taking the write lock up front, and readers with a plain ``BEGIN`` for a consistent
+snapshot.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import platformdirs
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, SQLAlchemyError
+
+from ttc.errors import StorageError
+
+DEFAULT_BUSY_TIMEOUT_S: Final = 10.0
+ENV_VAR: Final = "TTC_DB"
+
+
+@dataclass(frozen=True)
+class Location:
+    """A resolved database: its URL and, for SQLite, the file (named in every error message)."""
+
+    url: URL
+    path: Path | None
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.get_backend_name() == "sqlite"
+
+    def describe(self) -> str:
+        if self.path is not None:
+            return str(self.path)
+        if self.is_sqlite and self.url.database:
+            return self.url.database
+        return self.url.render_as_string(hide_password=True)
+
+
+def default_path() -> Path:
+    return Path(platformdirs.user_data_dir("ttc")) / "traces.db"
+
+
+def resolve_location(url: str | None) -> Location:
+    """``url`` -> env ``TTC_DB`` -> the per-user data directory; a plain path means an SQLite file there."""
+    given = url if url is not None else os.environ.get(ENV_VAR) or None
+    if given is None:
+        return _sqlite_file(default_path())
+    if "://" not in given:
+        return _sqlite_file(Path(given).expanduser())
+    try:
+        parsed = make_url(given)
+    except ArgumentError as exc:
+        raise StorageError(
+            f"{given!r} is neither a file path nor a valid SQLAlchemy URL ({exc}); "
+            "pass a path such as ~/traces.db or a URL such as postgresql://user@host/db "
+            f"(argument or {ENV_VAR})"
+        ) from exc
+    if parsed.get_backend_name() != "sqlite":
+        return Location(parsed, None)
+    database = parsed.database or ""
+    if database in ("", ":memory:") or parsed.query.get("mode") == "memory":
+        raise StorageError(
+            f"in-memory SQLite ({given!r}) cannot hold a trace store: the writer thread and the readers each "
+            "open their own connection and would each see an empty database; pass a file path instead"
+        )
+    if database.startswith("file:"):
+        return Location(parsed, None)
+    return _sqlite_file(Path(database).expanduser(), parsed)
+
+
+def _sqlite_file(path: Path, url: URL | None = None) -> Location:
+    path = path.absolute()
+    if path.parent.exists() and not path.parent.is_dir():
+        raise StorageError(
+            f"cannot put the trace database at {path}: {path.parent} is a file, not a directory; "
+            f"set {ENV_VAR} to a path in a writable directory"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot create the directory {path.parent} for the trace database {path} "
+            f"({exc.strerror or exc}); make it writable or set {ENV_VAR} to a path in a writable directory"
+        ) from exc
+    url = URL.create("sqlite", database=str(path)) if url is None else url.set(database=str(path))
+    return Location(url, path)
+
+
+def make_engine(location: Location, *, busy_timeout_s: float, writer: bool) -> Engine:
+    """An engine for the writer thread (one connection, ``BEGIN IMMEDIATE``) or for readers (a pool)."""
+    if not location.is_sqlite:
+        return _create(location, pool_pre_ping=True)
+    connect_args: dict[str, Any] = {"timeout": busy_timeout_s, "check_same_thread": False}
+    if location.path is None:
+        connect_args["uri"] = True
+    engine = _create(location, connect_args=connect_args)
+    busy_ms = max(0, int(busy_timeout_s * 1000))
+    begin_sql = "BEGIN IMMEDIATE" if writer else "BEGIN"
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+        dbapi_connection.isolation_level = None  # ttc emits BEGIN itself (see the module docstring)
+        cursor = dbapi_connection.cursor()
+        try:
+            if writer:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")  # durable across crashes in WAL mode
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        connection.exec_driver_sql(begin_sql)
+
+    return engine
+
+
+def _create(location: Location, **options: Any) -> Engine:
+    try:
+        return create_engine(location.url, **options)
+    except (NoSuchModuleError, ImportError) as exc:
+        driver = location.url.drivername
+        raise StorageError(
+            f"no database driver for {location.describe()} ({driver}: {exc}); install the driver package "
+            "(for PostgreSQL: pip install psycopg) or use an SQLite file path"
+        ) from exc
+    except ArgumentError as exc:
+        raise StorageError(f"cannot use the database URL {location.describe()}: {exc}") from exc
+
+
+def _sqlite_code(exc: BaseException) -> str:
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    return str(getattr(orig, "sqlite_errorname", "") or "")
+
+
+def _detail(exc: BaseException) -> str:
+    orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    return str(orig).splitlines()[0] if str(orig) else type(orig).__name__
+
+
+def storage_error(
+    exc: BaseException, location: Location, doing: str, *, busy_timeout_s: float, hint: str | None = None
+) -> StorageError:
+    """Turn a driver failure into a StorageError that names the database, what failed, and what to do.
+
+    ``hint`` is the advice for failures caused by the data being written (a constraint, a value the database
+    or JSON cannot hold); failures of the database itself (locked, read-only, unreachable) carry their own.
+    """
+    if isinstance(exc, StorageError):
+        return exc
+    where = location.describe()
+    code = _sqlite_code(exc)
+    detail = _detail(exc)
+    lowered = detail.lower()
+    if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in lowered:
+        return StorageError(
+            f"the trace database {where} is locked: another connection held it for more than "
+            f"{busy_timeout_s:g}s while {doing}. Stop the other program (or stuck ttc process) using it, "
+            f"or set {ENV_VAR} to a different file"
+        )
+    if code.startswith("SQLITE_READONLY") or "readonly database" in lowered:
+        return StorageError(
+            f"the trace database {where} is not writable ({detail}) while {doing}; make the file and its "
+            f"directory writable, or set {ENV_VAR} to a writable path"
+        )
+    if code.startswith("SQLITE_CANTOPEN") or "unable to open database" in lowered:
+        return StorageError(
+            f"cannot open the trace database {where} ({detail}) while {doing}; check that the path is a file "
+            f"in an existing, writable directory, or set {ENV_VAR} to another path"
+        )
+    if code.startswith("SQLITE_NOTADB") or "not a database" in lowered:
+        return StorageError(
+            f"{where} is not an SQLite database ({detail}); move it away or set {ENV_VAR} to another path"
+        )
+    if code.startswith(("SQLITE_FULL", "SQLITE_IOERR")):
+        return StorageError(f"the trace database {where} failed to write ({detail}); free disk space or "
+                            f"set {ENV_VAR} to a path on another disk")
+    if isinstance(exc, IntegrityError | TypeError | ValueError | OverflowError) or (
+        isinstance(exc, SQLAlchemyError) and not isinstance(exc, DBAPIError)
+    ):
+        advice = hint or "check the values being written"
+        return StorageError(f"the trace store rejected the data while {doing}: {detail}; {advice}")
+    if isinstance(exc, DBAPIError) and not location.is_sqlite:
+        return StorageError(
+            f"the trace database {where} failed while {doing} ({detail}); check that the server is running "
+            f"and that the URL (argument or {ENV_VAR}) is right"
+        )
+    return StorageError(f"the trace database {where} failed while {doing}: {detail}")
+
+
+__all__ = [
+    "DEFAULT_BUSY_TIMEOUT_S",
+    "ENV_VAR",
+    "Location",
+    "default_path",
+    "make_engine",
+    "resolve_location",
+    "storage_error",
+]

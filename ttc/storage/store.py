@@ -1,0 +1,515 @@
+"""TraceStore: the one place that owns connections to the trace database.
+
+Writes go through a single writer thread (ttc.storage.writer), so a sync call blocks until its transaction has
+committed and an async call awaits the same without blocking the event loop. Reads run on the calling thread
+in short sessions of their own; with SQLite in WAL mode they never wait for the writer and see only committed
+traces. Several processes may open the same file: SQLite's lock orders their writers, waiting up to
+``busy_timeout_s`` before reporting the database as locked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from ttc.errors import ConfigError, StorageError
+from ttc.storage import convert
+from ttc.storage.database import (
+    DEFAULT_BUSY_TIMEOUT_S,
+    Location,
+    make_engine,
+    resolve_location,
+    storage_error,
+)
+from ttc.storage.models import (
+    RUN_KINDS,
+    RUN_STATUSES,
+    SCHEMA_VERSION,
+    TRACE_STATUSES,
+    Base,
+    EventRow,
+    NodeRow,
+    ProblemRow,
+    RunRow,
+    TraceRow,
+)
+from ttc.storage.records import RunSummary, TraceRecord, TraceSummary
+from ttc.storage.writer import Writer
+from ttc.types import Budget, Node, Problem, Result, TraceEvent
+
+T = TypeVar("T")
+
+MIN_PREFIX = 6
+STALE_ERROR = "interrupted"
+_STILL_RUNNING = (
+    "nothing of this write was saved and the trace is still 'running'; record the failure with fail_trace"
+)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _check_limit(limit: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ConfigError(f"limit must be a positive int, got {limit!r}")
+
+
+async def _wait(future: Future[T]) -> T:
+    """Await a queued write. Cancelling the caller does not withdraw it: a trace handed over is kept."""
+    wrapped = asyncio.wrap_future(future)
+    wrapped.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return await asyncio.shield(wrapped)
+
+
+def _env_busy_timeout() -> float:
+    """``TTC_DB_BUSY_TIMEOUT_S``: how long a locked database is waited for before StorageError (default 10 s)."""
+    raw = os.environ.get("TTC_DB_BUSY_TIMEOUT_S", "").strip()
+    if not raw:
+        return DEFAULT_BUSY_TIMEOUT_S
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"TTC_DB_BUSY_TIMEOUT_S must be a number of seconds, got {raw!r}") from None
+
+
+class TraceStore:
+    """The trace store; see the module docstring for its threading and process model."""
+
+    def __init__(self, url: str | None = None, *, busy_timeout_s: float | None = None) -> None:
+        if busy_timeout_s is None:
+            busy_timeout_s = _env_busy_timeout()
+        if not busy_timeout_s >= 0:
+            raise ConfigError(f"busy_timeout_s must be >= 0 seconds, got {busy_timeout_s!r}")
+        self._location: Location = resolve_location(url)
+        self._busy_timeout_s = busy_timeout_s
+        self._write_engine = make_engine(self._location, busy_timeout_s=busy_timeout_s, writer=True)
+        self._read_engine = make_engine(self._location, busy_timeout_s=busy_timeout_s, writer=False)
+        try:
+            self._writer = Writer(
+                self._write_engine,
+                open_work=self._open_schema,
+                explain_open=self._explainer("opening it"),
+                name="ttc-trace-writer",
+            )
+        except BaseException:
+            self._write_engine.dispose()
+            self._read_engine.dispose()
+            raise
+        self._closed = False
+        atexit.register(self.close)
+
+    @property
+    def url(self) -> str:
+        return self._location.url.render_as_string(hide_password=True)
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Drain queued writes, stop the writer thread, release every connection. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        self._writer.close()
+        self._write_engine.dispose()
+        self._read_engine.dispose()
+
+    def __enter__(self) -> TraceStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _open_schema(self, connection: Connection) -> None:
+        """Create missing tables and prove the database is writable now, not at the first trace."""
+        if not self._location.is_sqlite:
+            Base.metadata.create_all(connection)
+            return
+        version = int(connection.exec_driver_sql("PRAGMA user_version").scalar_one())
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"the trace database {self._location.describe()} has schema version {version}, newer "
+                f"than this ttc understands ({SCHEMA_VERSION}); upgrade ttc or set TTC_DB to another file"
+            )
+        Base.metadata.create_all(connection)
+        connection.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    # -- plumbing --------------------------------------------------------------------------------------------
+
+    def _explainer(self, doing: str, hint: str | None = None) -> Callable[[BaseException], BaseException]:
+        def explain(exc: BaseException) -> BaseException:
+            if isinstance(exc, SQLAlchemyError | TypeError | ValueError | OverflowError):
+                error = storage_error(
+                    exc, self._location, doing, busy_timeout_s=self._busy_timeout_s, hint=hint
+                )
+                error.__cause__ = exc
+                return error
+            return exc
+
+        return explain
+
+    def _submit(self, work: Callable[[Connection], T], doing: str, hint: str | None = None) -> Future[T]:
+        return self._writer.submit(work, self._explainer(doing, hint))
+
+    def _read(self, work: Callable[[Session], T], doing: str) -> T:
+        try:
+            with Session(self._read_engine) as session, session.begin():
+                return work(session)
+        except SQLAlchemyError as exc:
+            raise storage_error(exc, self._location, doing, busy_timeout_s=self._busy_timeout_s) from exc
+
+    # -- runs ------------------------------------------------------------------------------------------------
+
+    def create_run(self, *, kind: str, config: Mapping[str, object], name: str | None = None) -> str:
+        """Open a run (status 'running') that traces can join; returns its id."""
+        _check_choice("run kind", kind, RUN_KINDS)
+        run_id = str(uuid.uuid4())
+        values = {"id": run_id, "kind": kind, "name": name, "config": dict(config), "status": "running",
+                  "started_at": _now()}
+
+        def work(connection: Connection) -> None:
+            connection.execute(insert(RunRow).values(**values))
+
+        self._submit(work, "creating a run", "the run config must be JSON-serialisable").result()
+        return run_id
+
+    def finish_run(self, run_id: str, *, status: str, summary: Mapping[str, object]) -> None:
+        _check_choice("run status", status, RUN_STATUSES[1:])
+        values = {"status": status, "summary": dict(summary), "finished_at": _now()}
+
+        def work(connection: Connection) -> None:
+            updated = connection.execute(update(RunRow).where(RunRow.id == run_id).values(**values))
+            if updated.rowcount != 1:
+                raise StorageError(
+                    f"no run {run_id!r} in {self._location.describe()}; use the id create_run returned"
+                )
+
+        self._submit(work, f"finishing run {run_id}", "the summary must be JSON-serialisable").result()
+
+    # -- trace writes ----------------------------------------------------------------------------------------
+
+    def _start_work(
+        self, *, problem: Problem, strategy: str, budget: Budget, backend: str, seed: int | None,
+        run_id: str | None,
+    ) -> tuple[str, Future[None]]:
+        trace_id = str(uuid.uuid4())
+        problem_values = convert.problem_row(problem)
+        trace_values = {
+            "id": trace_id, "run_id": run_id, "problem_id": problem_values["id"], "strategy": strategy,
+            "backend": backend, "budget": convert.budget_json(budget), "seed": seed, "status": "running",
+            "started_at": _now(),
+        }
+
+        def work(connection: Connection) -> None:
+            if run_id is not None and not _exists(connection, RunRow.id, run_id):
+                raise StorageError(f"no run {run_id!r} in {self._location.describe()}; "
+                                   "start traces with the id create_run returned")
+            _ensure_problem(connection, problem_values)
+            connection.execute(insert(TraceRow).values(**trace_values))
+
+        hint = "the problem's meta must be JSON-serialisable and the seed fit in 64 bits"
+        return trace_id, self._submit(work, "starting a trace", hint)
+
+    def start_trace(self, *, problem: Problem, strategy: str, budget: Budget, backend: str, seed: int | None,
+                    run_id: str | None = None) -> str:
+        """Record that a strategy starts on a problem; the trace reads 'running' until finished or failed."""
+        trace_id, future = self._start_work(problem=problem, strategy=strategy, budget=budget,
+                                            backend=backend, seed=seed, run_id=run_id)
+        future.result()
+        return trace_id
+
+    async def astart_trace(self, *, problem: Problem, strategy: str, budget: Budget, backend: str,
+                           seed: int | None, run_id: str | None = None) -> str:
+        trace_id, future = self._start_work(problem=problem, strategy=strategy, budget=budget,
+                                            backend=backend, seed=seed, run_id=run_id)
+        await _wait(future)
+        return trace_id
+
+    def _finish_work(self, trace_id: str, result: Result, nodes: Sequence[Node],
+                     events: Sequence[TraceEvent]) -> Future[None]:
+        if result.trace_id is not None and result.trace_id != trace_id:
+            raise ConfigError(
+                f"result.trace_id is {result.trace_id!r} but it is being saved as trace {trace_id!r}"
+            )
+        values = {
+            "status": "done", "answer": result.answer, "text": result.text, "score": result.score,
+            "strategy": result.strategy, "usage": convert.usage_json(result.usage),
+            "candidates": convert.candidates_json(result.candidates), "finished_at": _now(),
+        }
+        node_values = convert.node_rows(trace_id, nodes)
+        event_values = convert.event_rows(trace_id, events)
+
+        def work(connection: Connection) -> None:
+            closed_as = _close_trace(connection, trace_id, values, self._location)
+            if closed_as is not None:
+                raise StorageError(f"trace {trace_id} is already '{closed_as}'; a trace is finished only once")
+            _insert_tree(connection, node_values, event_values)
+
+        return self._submit(work, f"finishing trace {trace_id}", _STILL_RUNNING)
+
+    def finish_trace(self, trace_id: str, *, result: Result, nodes: Sequence[Node],
+                     events: Sequence[TraceEvent]) -> None:
+        """Save the tree, the events and the result, and mark the trace 'done', in one transaction.
+
+        On any failure none of it is visible and the trace stays 'running', so the caller can fail_trace it.
+        The trace's strategy becomes ``result.strategy``: the one that actually ran.
+        """
+        self._finish_work(trace_id, result, nodes, events).result()
+
+    async def afinish_trace(self, trace_id: str, *, result: Result, nodes: Sequence[Node],
+                            events: Sequence[TraceEvent]) -> None:
+        await _wait(self._finish_work(trace_id, result, nodes, events))
+
+    def _fail_work(self, trace_id: str, error: str, nodes: Sequence[Node],
+                   events: Sequence[TraceEvent]) -> Future[None]:
+        values = {"status": "failed", "error": error, "finished_at": _now()}
+        node_values = convert.node_rows(trace_id, nodes)
+        event_values = convert.event_rows(trace_id, events)
+
+        def work(connection: Connection) -> None:
+            closed_as = _close_trace(connection, trace_id, values, self._location)
+            if closed_as is not None or (not node_values and not event_values):
+                return
+            try:
+                with connection.begin_nested():
+                    _insert_tree(connection, node_values, event_values)
+            except (SQLAlchemyError, TypeError, ValueError, OverflowError) as exc:
+                # The failure itself must be recorded even when the partial tree cannot be.
+                lost = f"its {len(node_values)} nodes and {len(event_values)} events were not saved"
+                note = f"{error} ({lost}: {str(exc).splitlines()[0]})"
+                connection.execute(update(TraceRow).where(TraceRow.id == trace_id).values(error=note))
+
+        return self._submit(work, f"failing trace {trace_id}")
+
+    def fail_trace(self, trace_id: str, *, error: str, nodes: Sequence[Node] = (),
+                   events: Sequence[TraceEvent] = ()) -> None:
+        """Mark a running trace 'failed' with ``error``, keeping whatever partial tree it grew.
+
+        A trace that is already done or failed keeps its status and data: failing is the cleanup path after an
+        error (or a cancellation that raced a finished write) and must not raise over the original error.
+        An unknown id still raises StorageError.
+        """
+        self._fail_work(trace_id, error, nodes, events).result()
+
+    async def afail_trace(self, trace_id: str, *, error: str, nodes: Sequence[Node] = (),
+                          events: Sequence[TraceEvent] = ()) -> None:
+        await _wait(self._fail_work(trace_id, error, nodes, events))
+
+    def mark_stale_running(self, run_id: str) -> int:
+        """Fail the traces of ``run_id`` left 'running' by a process that died; returns how many.
+
+        Call it only when no live process still works on this run: its running traces would be failed too.
+        """
+        def work(connection: Connection) -> int:
+            updated = connection.execute(
+                update(TraceRow)
+                .where(TraceRow.run_id == run_id, TraceRow.status == "running")
+                .values(status="failed", error=STALE_ERROR, finished_at=_now())
+            )
+            return int(updated.rowcount)
+
+        return self._submit(work, f"marking stale traces of run {run_id}").result()
+
+    # -- reads -----------------------------------------------------------------------------------------------
+
+    def list_runs(self, limit: int = 50) -> list[RunSummary]:
+        """The newest runs first, with their trace counts."""
+        _check_limit(limit)
+
+        def work(session: Session) -> list[RunSummary]:
+            query = select(RunRow).order_by(RunRow.started_at.desc(), RunRow.id).limit(limit)
+            runs = session.scalars(query).all()
+            counts = _trace_counts(session, [run.id for run in runs])
+            return [_run_summary(run, counts.get(run.id, {})) for run in runs]
+
+        return self._read(work, "listing runs")
+
+    def get_run(self, run_id: str) -> RunSummary:
+        def work(session: Session) -> RunSummary:
+            run = session.get(RunRow, run_id)
+            if run is None:
+                where = self._location.describe()
+                raise StorageError(f"no run {run_id!r} in {where}; list_runs shows the runs")
+            return _run_summary(run, _trace_counts(session, [run_id]).get(run_id, {}))
+
+        return self._read(work, f"reading run {run_id}")
+
+    def list_traces(self, *, run_id: str | None = None, status: str | None = None,
+                    limit: int = 50) -> list[TraceSummary]:
+        """The newest traces first, optionally of one run and/or one status."""
+        _check_limit(limit)
+        if status is not None:
+            _check_choice("trace status", status, TRACE_STATUSES)
+        query = select(TraceRow, ProblemRow).join(ProblemRow, TraceRow.problem_id == ProblemRow.id)
+        if run_id is not None:
+            query = query.where(TraceRow.run_id == run_id)
+        if status is not None:
+            query = query.where(TraceRow.status == status)
+        query = query.order_by(TraceRow.started_at.desc(), TraceRow.id).limit(limit)
+
+        def work(session: Session) -> list[TraceSummary]:
+            return [_trace_summary(trace, problem) for trace, problem in session.execute(query)]
+
+        return self._read(work, "listing traces")
+
+    def get_trace(self, trace_id: str) -> TraceRecord:
+        """One whole trace by id, or by a unique prefix of at least 6 characters."""
+        def work(session: Session) -> TraceRecord:
+            trace = self._find_trace(session, trace_id)
+            problem = session.get_one(ProblemRow, trace.problem_id)
+            nodes = session.scalars(
+                select(NodeRow).where(NodeRow.trace_id == trace.id).order_by(NodeRow.id)
+            ).all()
+            events = session.scalars(
+                select(EventRow).where(EventRow.trace_id == trace.id).order_by(EventRow.seq)
+            ).all()
+            return _trace_record(trace, problem, nodes, events)
+
+        return self._read(work, f"reading trace {trace_id}")
+
+    def export_trace(self, trace_id: str) -> dict[str, object]:
+        """A JSON-ready dict of the whole trace, for ``ttc traces export``."""
+        return self.get_trace(trace_id).to_json()
+
+    def done_problem_indices(self, run_id: str) -> set[int]:
+        """Indices of the problems a run has finished, so a resumed eval skips them."""
+        query = (
+            select(ProblemRow.index)
+            .join(TraceRow, TraceRow.problem_id == ProblemRow.id)
+            .where(TraceRow.run_id == run_id, TraceRow.status == "done", ProblemRow.index.is_not(None))
+            .distinct()
+        )
+
+        def work(session: Session) -> set[int]:
+            return {index for index in session.scalars(query) if index is not None}
+
+        return self._read(work, f"reading finished problems of run {run_id}")
+
+    def _find_trace(self, session: Session, trace_id: str) -> TraceRow:
+        trace = session.get(TraceRow, trace_id)
+        if trace is not None:
+            return trace
+        where = self._location.describe()
+        if len(trace_id) >= MIN_PREFIX:
+            matches = session.scalars(
+                select(TraceRow).where(TraceRow.id.startswith(trace_id, autoescape=True)).limit(2)
+            ).all()
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise StorageError(f"trace id prefix {trace_id!r} matches several traces in {where}; "
+                                   "give more characters of the id")
+        raise StorageError(f"no trace {trace_id!r} in {where} (ids or unique prefixes of at least "
+                           f"{MIN_PREFIX} characters); run `ttc traces list` to see the trace ids")
+
+
+# -- transaction helpers (run on the writer thread) ----------------------------------------------------------
+
+
+def _exists(connection: Connection, key: InstrumentedAttribute[str], value: str) -> bool:
+    return connection.execute(select(key).where(key == value)).first() is not None
+
+
+def _ensure_problem(connection: Connection, values: dict[str, Any]) -> None:
+    if _exists(connection, ProblemRow.id, values["id"]):
+        return
+    try:
+        with connection.begin_nested():
+            connection.execute(insert(ProblemRow).values(**values))
+    except IntegrityError:  # another process stored the same problem first: it is the same content
+        if not _exists(connection, ProblemRow.id, values["id"]):
+            raise
+
+
+def _close_trace(connection: Connection, trace_id: str, values: dict[str, Any], location: Location) -> str | None:
+    """Move a running trace to its final status; returns None, or the status of a trace closed before."""
+    updated = connection.execute(
+        update(TraceRow).where(TraceRow.id == trace_id, TraceRow.status == "running").values(**values)
+    )
+    if updated.rowcount == 1:
+        return None
+    status = connection.execute(select(TraceRow.status).where(TraceRow.id == trace_id)).scalar_one_or_none()
+    if status is None:
+        raise StorageError(f"no trace {trace_id!r} in {location.describe()}; use the id start_trace returned")
+    return str(status)
+
+
+def _insert_tree(connection: Connection, nodes: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:
+    if nodes:
+        connection.execute(insert(NodeRow), nodes)
+    if events:
+        connection.execute(insert(EventRow), events)
+
+
+# -- row -> record -------------------------------------------------------------------------------------------
+
+
+def _trace_counts(session: Session, run_ids: list[str]) -> dict[str, dict[str, int]]:
+    if not run_ids:
+        return {}
+    rows = session.execute(
+        select(TraceRow.run_id, TraceRow.status, func.count())
+        .where(TraceRow.run_id.in_(run_ids))
+        .group_by(TraceRow.run_id, TraceRow.status)
+    )
+    counts: dict[str, dict[str, int]] = {}
+    for run_id, status, count in rows:
+        if run_id is not None:
+            counts.setdefault(run_id, {})[status] = int(count)
+    return counts
+
+
+def _run_summary(run: RunRow, counts: Mapping[str, int]) -> RunSummary:
+    return RunSummary(
+        id=run.id, kind=run.kind, name=run.name, status=run.status, config=dict(run.config),
+        summary=None if run.summary is None else dict(run.summary), started_at=run.started_at,
+        finished_at=run.finished_at, traces=sum(counts.values()), done=counts.get("done", 0),
+        failed=counts.get("failed", 0),
+    )
+
+
+def _trace_summary(trace: TraceRow, problem: ProblemRow) -> TraceSummary:
+    usage = trace.usage or {}
+    generated = usage.get("generated_tokens")
+    return TraceSummary(
+        id=trace.id, run_id=trace.run_id, status=trace.status, strategy=trace.strategy, backend=trace.backend,
+        seed=trace.seed, dataset=problem.dataset, problem_index=problem.index, question=problem.question,
+        answer=trace.answer, score=trace.score,
+        generated_tokens=None if generated is None else int(generated), error=trace.error,
+        started_at=trace.started_at, finished_at=trace.finished_at,
+    )
+
+
+def _trace_record(trace: TraceRow, problem: ProblemRow, nodes: Sequence[NodeRow],
+                  events: Sequence[EventRow]) -> TraceRecord:
+    return TraceRecord(
+        id=trace.id, run_id=trace.run_id, status=trace.status, strategy=trace.strategy, backend=trace.backend,
+        seed=trace.seed, budget=convert.budget_from(trace.budget), problem=convert.problem_from(problem),
+        answer=trace.answer, text=trace.text, score=trace.score, error=trace.error,
+        usage=convert.usage_from(trace.usage), candidates=convert.candidates_from(trace.candidates),
+        nodes=[convert.node_from(node) for node in nodes],
+        events=[convert.event_from(event) for event in events],
+        started_at=trace.started_at, finished_at=trace.finished_at,
+    )
+
+
+__all__ = ["MIN_PREFIX", "STALE_ERROR", "TraceStore"]

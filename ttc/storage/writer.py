@@ -1,0 +1,123 @@
+"""The single writer: one thread, one connection, one transaction at a time.
+
+Every write of a TraceStore is a job queued here. Serialising writes in one place means SQLite never sees two
+writers from the same process fighting over its lock (which would turn concurrency into "database is locked"
+errors), each job is exactly one transaction (all of it commits or none of it does), and callers on any thread
+or event loop only wait on a future.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Connection, Engine
+
+from ttc.errors import StorageError
+
+T = TypeVar("T")
+
+Work = Callable[[Connection], T]
+Explain = Callable[[BaseException], BaseException]
+
+
+@dataclass(frozen=True)
+class _Job(Generic[T]):
+    work: Work[T]
+    explain: Explain
+    future: Future[T]
+
+
+class Writer:
+    """Owns the write connection; ``submit`` queues a transaction and returns a future for its result.
+
+    ``open_work`` runs first, in its own transaction (schema creation, a write probe); if it fails the
+    constructor raises its explained error and no thread is left behind.
+    """
+
+    def __init__(self, engine: Engine, *, open_work: Work[None], explain_open: Explain, name: str) -> None:
+        self._engine = engine
+        self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+        opened: Future[None] = Future()
+        self._thread = threading.Thread(
+            target=self._run, args=(_Job(open_work, explain_open, opened),), name=name, daemon=True
+        )
+        self._thread.start()
+        try:
+            opened.result()
+        except BaseException:
+            self._closed = True
+            self._thread.join()
+            raise
+
+    def submit(self, work: Work[T], explain: Explain) -> Future[T]:
+        future: Future[T] = Future()
+        with self._lock:
+            if self._closed:
+                raise StorageError("the trace store is closed; open a new TraceStore to write more traces")
+            self._queue.put(_Job(work, explain, future))
+        return future
+
+    def close(self) -> None:
+        """Finish every queued write, then stop the thread and release its connection."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
+        self._thread.join()
+
+    def _run(self, open_job: _Job[None]) -> None:
+        try:
+            connection = self._engine.connect()
+        except Exception as exc:
+            open_job.future.set_exception(open_job.explain(exc))
+            return
+        try:
+            with connection:
+                if not self._execute(connection, open_job):
+                    return
+                while (job := self._queue.get()) is not None:
+                    self._execute(connection, job)
+        finally:
+            self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        """Whatever ends the thread, nobody may wait forever on a write that will not run."""
+        with self._lock:
+            self._closed = True
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None and job.future.set_running_or_notify_cancel():
+                stopped = StorageError("the trace store's writer stopped before this write ran; reopen it")
+                job.future.set_exception(stopped)
+
+    @staticmethod
+    def _execute(connection: Connection, job: _Job[T]) -> bool:
+        if not job.future.set_running_or_notify_cancel():
+            return True
+        try:
+            with connection.begin():
+                value = job.work(connection)
+        except Exception as exc:
+            if connection.in_transaction():  # a failed BEGIN can leave a half-open transaction object
+                try:
+                    connection.rollback()
+                except Exception:  # the connection is unusable; the next job reports why
+                    connection.invalidate()
+            job.future.set_exception(job.explain(exc))
+            return False
+        job.future.set_result(value)
+        return True
+
+
+__all__ = ["Explain", "Work", "Writer"]

@@ -1,0 +1,146 @@
+"""The Strategy contract and the registry that maps names to strategies.
+
+A strategy takes a problem and a budget and spends the budget through ``ctx.backend``; it never decides how much
+to spend (the controller does) and never touches the trace store (the API writes what ``ctx.recorder`` holds).
+Options are pydantic models with ``extra="forbid"``, so a misspelt option is an error, not a silent default.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ttc.backends.base import Backend
+from ttc.budget import Meter
+from ttc.errors import ConfigError
+from ttc.trace import TraceRecorder
+from ttc.types import Candidate, Problem, Sampling
+from ttc.verifiers.base import OutcomeVerifier, ProcessVerifier
+
+DEFAULT_PROMPT_TEMPLATE = (
+    "Question: {question}\n"
+    "Solve step by step and end with 'The answer is N.'\n"
+    "Answer:\n"
+)
+
+
+class StrategyOptions(BaseModel):
+    """Base of every strategy's options: immutable, and unknown fields rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+OptionsT = TypeVar("OptionsT", bound=StrategyOptions)
+
+
+@dataclass
+class Context:
+    """What a strategy may use while it runs. ``rng`` is seeded: the same seed gives the same trace.
+
+    ``verifier`` scores whole solutions; ``prm`` scores steps (tree searches need it). When only a PRM is
+    configured, the API also sets ``verifier`` to the PRM aggregated over steps.
+    """
+
+    backend: Backend
+    recorder: TraceRecorder
+    rng: random.Random
+    verifier: OutcomeVerifier | None = None
+    prm: ProcessVerifier | None = None
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    step_delimiter: str = "\n"
+
+    def render(self, question: str) -> str:
+        return self.prompt_template.format(question=question)
+
+    def next_seed(self) -> int:
+        return self.rng.randrange(2**31)
+
+
+@dataclass(frozen=True)
+class StrategyResult:
+    """What a strategy found. ``text`` and ``answer`` are those of the chosen candidate."""
+
+    answer: str | None
+    text: str
+    score: float | None
+    candidates: tuple[Candidate, ...] = field(default_factory=tuple)
+
+
+class Strategy(ABC, Generic[OptionsT]):
+    """One test-time-compute algorithm. Subclasses set ``name`` and ``Options`` and implement ``run``."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[StrategyOptions]]
+
+    def __init__(self, options: OptionsT) -> None:
+        self.options = options
+
+    @abstractmethod
+    async def run(self, problem: Problem, meter: Meter, ctx: Context) -> StrategyResult:
+        """Spend at most ``meter.budget`` on ``problem``; record every node in ``ctx.recorder``."""
+
+    def sampling(self, seed: int, max_tokens: int, temperature: float, top_p: float = 1.0,
+                 stop: Sequence[str] = ()) -> Sampling:
+        return Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=tuple(stop), seed=seed)
+
+
+_REGISTRY: dict[str, type[Strategy[Any]]] = {}
+
+S = TypeVar("S", bound=type[Strategy[Any]])
+
+
+def register(cls: S) -> S:
+    """Class decorator adding a strategy to the registry under ``cls.name``."""
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ConfigError(f"strategy name {cls.name!r} is registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def strategy_names() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def make_strategy(name: str, options: Mapping[str, object] | None = None) -> Strategy[Any]:
+    """Build a registered strategy; unknown names and invalid or unknown options raise ConfigError."""
+    _load_builtin()
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise ConfigError(f"unknown strategy {name!r}: choose one of {', '.join(sorted(_REGISTRY))} or 'auto'")
+    try:
+        opts = cls.Options(**dict(options or {}))
+    except ValidationError as exc:
+        problems = "; ".join(_describe(err) for err in exc.errors())
+        valid = ", ".join(sorted(cls.Options.model_fields))
+        raise ConfigError(f"invalid options for strategy {name!r}: {problems} (valid options: {valid})") from None
+    return cls(opts)
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    where = ".".join(str(p) for p in err.get("loc", ()))
+    if err.get("type") == "extra_forbidden":
+        return f"unknown option {where!r}"
+    return f"{where}: {err.get('msg')}"
+
+
+def _load_builtin() -> None:
+    """Import the built-in strategy modules, so that their ``@register`` has run (imports are cached)."""
+    import ttc.strategies.builtin  # noqa: F401
+
+
+__all__ = [
+    "DEFAULT_PROMPT_TEMPLATE",
+    "Context",
+    "Strategy",
+    "StrategyOptions",
+    "StrategyResult",
+    "make_strategy",
+    "register",
+    "strategy_names",
+]

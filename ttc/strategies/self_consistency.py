@@ -1,0 +1,75 @@
+"""Self-consistency with early stopping: sample in rounds, vote after each, stop once the vote is decided.
+
+"Decided" means either the leader's share of the (weighted) vote has reached ``stop_share`` after at least
+``min_samples`` samples, or the leader is ahead by more than the remaining samples could overturn. Easy questions
+stop after one round and leave budget unspent; hard ones use all of ``max_samples``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pydantic import Field
+
+from ttc.budget import Meter
+from ttc.strategies.base import Context, Strategy, StrategyOptions, StrategyResult, register
+from ttc.strategies.sampling import Selection, choose, draw, mark_selected, record, resolve_selection, score
+from ttc.types import Candidate, Problem
+
+
+class SelfConsistencyOptions(StrategyOptions):
+    max_samples: int = Field(16, ge=1, le=4096)
+    round_size: int = Field(4, ge=1, le=4096)
+    min_samples: int = Field(4, ge=1)
+    stop_share: float = Field(0.75, gt=0.0, le=1.0, description="leader's vote share that ends sampling")
+    max_tokens: int = Field(512, ge=1)
+    temperature: float = Field(0.8, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    select: Selection = "auto"
+
+
+@register
+class SelfConsistency(Strategy[SelfConsistencyOptions]):
+    name = "self_consistency"
+    Options = SelfConsistencyOptions
+
+    async def run(self, problem: Problem, meter: Meter, ctx: Context) -> StrategyResult:
+        opts = self.options
+        how = resolve_selection(opts.select, ctx)
+        prompt_text = ctx.render(problem.question)
+        prompt = await ctx.backend.tokenize(prompt_text, add_special_tokens=True)
+        root = ctx.recorder.add_node(parent=None, text=prompt_text, token_count=len(prompt))
+        candidates: list[Candidate] = []
+        while len(candidates) < opts.max_samples:
+            want = min(opts.round_size, opts.max_samples - len(candidates))
+            completions = await draw(ctx, meter, prompt, want, opts.max_tokens, opts.temperature, opts.top_p)
+            if not completions:
+                ctx.recorder.event("stop", {"reason": "budget", "samples": len(candidates)})
+                break
+            candidates += await score(ctx, meter, problem.question, record(ctx, root, completions))
+            choice = choose(ctx, candidates, how)
+            vote = choice.vote
+            share = vote.share if vote is not None else 0.0
+            ctx.recorder.event("round", {"samples": len(candidates), "leader": vote.key if vote else None,
+                                         "share": share, "tally": dict(vote.tally) if vote else {}})
+            if self._decided(candidates, choice.vote.tally if choice.vote else {}, share):
+                ctx.recorder.event("stop", {"reason": "decided", "samples": len(candidates), "share": share})
+                break
+        choice = choose(ctx, candidates, how)
+        mark_selected(ctx, choice)
+        best = choice.candidate
+        return StrategyResult(answer=best.answer if best else None, text=best.text if best else "",
+                              score=best.score if best else None, candidates=tuple(candidates))
+
+    def _decided(self, candidates: list[Candidate], tally: Mapping[str, float], share: float) -> bool:
+        opts = self.options
+        if len(candidates) >= opts.min_samples and share >= opts.stop_share:
+            return True
+        ranked = sorted(tally.values(), reverse=True)
+        if not ranked:
+            return False
+        runner_up = ranked[1] if len(ranked) > 1 else 0.0
+        remaining = opts.max_samples - len(candidates)
+        # Each remaining sample adds at most weight 1 (scores are probabilities), so a lead larger than the
+        # number of samples still to come cannot be overturned.
+        return ranked[0] - runner_up > remaining

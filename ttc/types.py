@@ -1,0 +1,220 @@
+"""Value types shared by every part of ttc: budgets, usage, sampling settings, completions, nodes, results.
+
+They are frozen so that a value handed to a strategy, a backend or the trace store cannot change under it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Literal
+
+from ttc.errors import ConfigError
+
+FinishReason = Literal["stop", "length", "abort"]
+NodeStatus = Literal["active", "pruned", "finished", "selected"]
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and (not math.isfinite(value) or value <= 0):
+        raise ConfigError(f"Budget.{name} must be a positive number or None (unlimited), got {value!r}")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much a question may spend. ``None`` means unlimited along that axis.
+
+    ``tokens`` counts generated tokens (the unit every strategy is compared in), ``wall_s`` seconds of wall
+    time, ``calls`` backend calls. At least one limit must be set, or a search could run forever.
+    """
+
+    tokens: int | None = None
+    wall_s: float | None = None
+    calls: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.tokens is not None and (isinstance(self.tokens, bool) or not isinstance(self.tokens, int)):
+            raise ConfigError(f"Budget.tokens must be an int, got {type(self.tokens).__name__}")
+        _positive("tokens", self.tokens)
+        _positive("wall_s", self.wall_s)
+        _positive("calls", self.calls)
+        if self.tokens is None and self.wall_s is None and self.calls is None:
+            raise ConfigError("Budget needs at least one limit: tokens, wall_s or calls")
+
+    @classmethod
+    def of(cls, budget: int | Budget) -> Budget:
+        """Accept the API's ``int | Budget``: an int is a number of generated tokens."""
+        if isinstance(budget, Budget):
+            return budget
+        if isinstance(budget, bool) or not isinstance(budget, int):
+            raise ConfigError(f"budget must be an int (generated tokens) or a Budget, got {budget!r}")
+        return cls(tokens=budget)
+
+    def scaled(self, share: float) -> Budget:
+        """A sub-budget holding ``share`` of each limit (at least one unit of each finite limit)."""
+        if not 0 < share <= 1:
+            raise ConfigError(f"budget share must be in (0, 1], got {share}")
+        return Budget(
+            tokens=None if self.tokens is None else max(1, int(self.tokens * share)),
+            wall_s=None if self.wall_s is None else self.wall_s * share,
+            calls=None if self.calls is None else max(1, int(self.calls * share)),
+        )
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a run spent. ``peak_kv_tokens`` is the largest number of KV-cache tokens live at once."""
+
+    generated_tokens: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    verifier_tokens: int = 0
+    backend_calls: int = 0
+    verifier_calls: int = 0
+    peak_kv_tokens: int = 0
+    wall_s: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        """Sum two usages; the peak of a sum is the larger peak (runs are assumed not to overlap)."""
+        values = {f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
+        values["peak_kv_tokens"] = max(self.peak_kv_tokens, other.peak_kv_tokens)
+        return Usage(**values)
+
+    def with_(self, **changes: int | float) -> Usage:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Per-call sampling settings, in the shape both vLLM and the local engine accept."""
+
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ConfigError(f"Sampling.max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ConfigError(f"Sampling.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"Sampling.top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled continuation. ``text`` is derived from ``token_ids``; a stop string is kept in both."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: FinishReason
+    logprobs: tuple[float, ...] | None = None
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+
+    @property
+    def cumulative_logprob(self) -> float | None:
+        return None if self.logprobs is None else float(sum(self.logprobs))
+
+
+@dataclass(frozen=True)
+class PromptLogprobs:
+    """Log-probabilities of a prompt's own tokens, for scoring (token-level PRMs, perplexity).
+
+    ``top[i]`` maps token id -> logprob for the distribution at position ``i`` (predicting ``token_ids[i]``
+    from ``token_ids[:i]``); it always contains ``token_ids[i]`` itself and the requested top-k. ``top[0]``
+    is ``None``: nothing predicts the first token.
+    """
+
+    token_ids: tuple[int, ...]
+    top: tuple[Mapping[int, float] | None, ...]
+
+    def token_logprob(self, position: int) -> float | None:
+        dist = self.top[position]
+        return None if dist is None else dist.get(self.token_ids[position])
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node of a strategy's tree as the trace store records it. Ids are local to a trace."""
+
+    id: int
+    parent: int | None
+    depth: int
+    text: str
+    token_count: int
+    status: NodeStatus = "active"
+    logprob: float | None = None
+    step_scores: tuple[float, ...] = ()
+    score: float | None = None
+    answer: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class TraceEvent:
+    """A decision worth replaying: a round's selection, a controller allocation, an early stop.
+
+    ``payload`` must be JSON-serialisable; ``t`` is seconds since the trace started.
+    """
+
+    kind: str
+    payload: Mapping[str, object]
+    t: float = 0.0
+    node_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A question as strategies see it. ``gold`` is known only in evaluation and never shown to a strategy."""
+
+    question: str
+    gold: str | None = None
+    dataset: str | None = None
+    index: int | None = None
+    meta: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A complete solution a strategy considered for the final answer."""
+
+    text: str
+    answer: str | None
+    score: float | None
+    token_count: int
+    node_id: int | None = None
+    votes: float | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    """What ``solve`` returns: the chosen answer, the text it came from, and what it cost."""
+
+    answer: str | None
+    text: str
+    score: float | None
+    strategy: str
+    usage: Usage
+    trace_id: str | None
+    candidates: tuple[Candidate, ...] = field(default_factory=tuple)
+
+
+__all__ = [
+    "Budget",
+    "Candidate",
+    "Completion",
+    "FinishReason",
+    "Node",
+    "NodeStatus",
+    "Problem",
+    "PromptLogprobs",
+    "Result",
+    "Sampling",
+    "TraceEvent",
+    "Usage",
+]

@@ -1,0 +1,671 @@
+"""Final answers: pull one out of a solution, give it a canonical key, and decide whether two answers agree.
+
+Equality has two levels. ``normalize_answer`` is a conservative string key (voting groups by it, and equal keys
+are equal answers without further work). Anything subtler (``14/3`` against ``\\frac{14}{3}``, ``0.15`` against
+``\\frac{3}{20}``, an unordered solution set) goes to math-verify, which runs in worker processes: its own timeout
+relies on ``SIGALRM``, which only works in the main thread, and some inputs make sympy run for minutes. The parent
+enforces a hard deadline per check and kills a worker that overruns it, so grading can neither hang nor crash
+the caller, whatever the model wrote.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import logging
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Literal, cast
+
+import anyio.lowlevel
+import anyio.to_thread
+
+from ttc.errors import ConfigError, VerifierError
+
+# --------------------------------------------------------------------------------------------- extraction
+
+_BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+_HASHES = re.compile(r"####[ \t]*([^\n]*)")
+_ANSWER_PHRASE = re.compile(r"\banswer\b\**[ \t]*(?:is\b[ \t]*:?|[:：])\**[ \t]*", re.IGNORECASE)
+# A number not glued to a word or another number; thousands groups only when they are complete.
+_NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|(?<![\w.])-?\.\d+")
+_LEADING_NUMBER_THEN_WORD = re.compile(r"(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)\s+[A-Za-z]")
+_SENTENCE_END = re.compile(r"\.(?=\s|$)")
+# ``$...$`` whose content may hold an escaped currency sign: ``$\$32,348$``.
+_MATH_SEGMENT = re.compile(r"\$+((?:\\\$|[^$])+)\$+")
+_UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
+
+
+def _braced_group(text: str, start: int) -> tuple[str, int] | None:
+    """The contents of the ``{...}`` group opening at ``start`` and the index after it; None if unclosed.
+
+    Escaped braces (``\\{``) do not count, as in TeX, so ``\\boxed{\\{1,2\\}}`` reads as ``\\{1,2\\}``.
+    """
+    depth = 0
+    i = start
+    while i < len(text):
+        char = text[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start + 1 : i], i + 1
+        i += 1
+    return None
+
+
+def _box_argument(text: str, end: int) -> str | None:
+    """The argument of a ``\\boxed`` whose name ends at ``end``: a braced group, or ``\\boxed 5`` style token."""
+    i = end
+    while i < len(text) and text[i] in " \t":
+        i += 1
+    if i < len(text) and text[i] == "{":
+        group = _braced_group(text, i)
+        return group[0] if group else None
+    token = re.match(r"[^\s$]+", text[i:])
+    return token.group(0).rstrip(".") if token else None
+
+
+def _last_boxed(text: str) -> str | None:
+    """The last complete, non-empty box; a box cut off by the token limit does not count."""
+    for match in reversed(list(_BOX.finditer(text))):
+        content = _box_argument(text, match.end())
+        if content is not None and content.strip():
+            return content.strip()
+    return None
+
+
+def _strip_dollars(text: str) -> str:
+    """Drop math delimiters around (or, for a lone currency sign, before) an answer written in prose."""
+    text = text.strip().strip("*").strip()
+    math_segment = _MATH_SEGMENT.match(text)
+    if math_segment:
+        return math_segment.group(1).strip()
+    for opening, closing in (("\\(", "\\)"), ("\\[", "\\]")):
+        if text.startswith(opening) and closing in text:
+            return text[len(opening) : text.index(closing)].strip()
+    return _UNESCAPED_DOLLAR.sub("", text).strip()
+
+
+def _clean_phrase_answer(raw: str) -> str:
+    """``42 dollars per day.`` -> ``42``; ``$\\frac{1}{2}$.`` -> ``\\frac{1}{2}``; ``x = 5.`` -> ``x = 5``."""
+    raw = raw.strip().strip("*").strip()
+    if _MATH_SEGMENT.match(raw) or raw.startswith(("\\(", "\\[")):
+        return _strip_dollars(raw).rstrip(".").strip()
+    end = _SENTENCE_END.search(raw)
+    text = _strip_dollars(raw[: end.start()] if end else raw).rstrip(".").strip()
+    number = _LEADING_NUMBER_THEN_WORD.match(text)
+    return number.group(1) if number else text
+
+
+def _last_number(text: str) -> str | None:
+    numbers = _NUMBER.findall(text)
+    return numbers[-1].replace(",", "") if numbers else None
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer a solution states, or None.
+
+    Priority follows how explicit the statement is: the last ``\\boxed{}``/``\\fbox{}``, then GSM8K's
+    ``#### N``, then "The answer is X" / "Answer: X", and only then the last number in the text, which is a
+    guess that is right for most arithmetic word problems and wrong for LaTeX answers (so say them explicitly).
+    """
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        return boxed
+    for raw in reversed(_HASHES.findall(text)):
+        answer = _strip_dollars(raw).rstrip(".").strip()
+        if answer and not answer[0].isalpha():  # "#### Step 2" is a markdown heading, not GSM8K's answer line
+            return answer
+    phrases = list(_ANSWER_PHRASE.finditer(text))
+    if phrases:
+        line_end = text.find("\n", phrases[-1].end())
+        answer = _clean_phrase_answer(text[phrases[-1].end() : line_end if line_end >= 0 else len(text)])
+        if answer:
+            return answer
+    return _last_number(text)
+
+
+# --------------------------------------------------------------------------------------------- normalization
+
+_WRAPPER = re.compile(r"\\(?:text|textbf|textrm|textit|mbox|mathrm|boxed|fbox)\s*(?=\{)")
+_SIZED_DELIMITERS = re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|big|Big|bigg|Bigg)(?![A-Za-z])\.?")
+_SPACING = re.compile(r"(?<!\\)\\[!,;: ]|~|\\displaystyle(?![A-Za-z])|\\quad(?![A-Za-z])|\\qquad(?![A-Za-z])")
+_DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree(?![A-Za-z])")
+# Two letters at least: ``3+4\\mathrm{i}`` is a complex number, not 3+4 with a unit.
+_TRAILING_UNIT = re.compile(r"(?:\\(?:text|mbox|mathrm|textrm)\{\s*[A-Za-z][A-Za-z ]*[A-Za-z]\s*\})(?:\^\{?[23]\}?)?$")
+_PLAIN_NUMBER = re.compile(r"([-+]?)(\d{1,3}(?:,\d{3})+|\d*)(?:\.(\d*))?")
+_INTEGER = re.compile(r"-?\d+")
+_WHITESPACE = re.compile(r"(\\[A-Za-z]+)?\s+(?=([A-Za-z])?)")
+_FRAC_OR_SQRT = re.compile(r"\\(frac|sqrt)(?![A-Za-z])")
+_CONTROL_SEQUENCE = re.compile(r"\\(?:[A-Za-z]+|.)", re.DOTALL)
+
+
+def _unwrap_whole(text: str) -> str:
+    """``\\text{(C)}`` -> ``(C)``: a wrapper around the entire answer carries no meaning of its own."""
+    while True:
+        match = _WRAPPER.match(text)
+        if not match:
+            return text
+        group = _braced_group(text, match.end())
+        if group is None or group[1] != len(text):
+            return text
+        text = group[0].strip()
+
+
+def _brace_arguments(text: str) -> str:
+    """Brace the arguments of ``\\frac`` and ``\\sqrt``: ``\\frac43`` and ``\\frac 4{3}`` become ``\\frac{4}{3}``."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        match = _FRAC_OR_SQRT.match(text, i)
+        if not match:
+            out.append(text[i])
+            i += 1
+            continue
+        out.append(match.group(0))
+        i = match.end()
+        if match.group(1) == "sqrt" and i < len(text) and text[i] == "[":
+            close = text.find("]", i)
+            if close < 0:
+                return "".join(out) + text[i:]
+            out.append(text[i : close + 1])
+            i = close + 1
+        for _ in range(2 if match.group(1) == "frac" else 1):
+            argument, i = _read_argument(text, i)
+            if argument is None:
+                break
+            out.append("{" + _brace_arguments(argument) + "}")
+    return "".join(out)
+
+
+def _read_argument(text: str, i: int) -> tuple[str | None, int]:
+    """One TeX macro argument starting at ``i``: a braced group, a control word, or a single character."""
+    while i < len(text) and text[i] == " ":
+        i += 1
+    if i >= len(text):
+        return None, i
+    if text[i] == "{":
+        group = _braced_group(text, i)
+        return (group[0], group[1]) if group else (None, i)
+    if text[i] == "\\":
+        word = _CONTROL_SEQUENCE.match(text, i)
+        if word is not None:
+            return word.group(0), word.end()
+    return text[i], i + 1
+
+
+def _canonical_number(text: str) -> str | None:
+    """``"1,234.50"`` -> ``"1234.5"``, ``"3.0"`` -> ``"3"``, ``".5"`` -> ``"0.5"``; None unless a plain number."""
+    match = _PLAIN_NUMBER.fullmatch(text)
+    if not match or not (match.group(2) or match.group(3)):
+        return None
+    sign, integer, fraction = match.group(1), match.group(2).replace(",", ""), match.group(3) or ""
+    integer = integer.lstrip("0") or "0"
+    fraction = fraction.rstrip("0")
+    number = integer + ("." + fraction if fraction else "")
+    return number if sign != "-" or number == "0" else "-" + number
+
+
+def _without_unit(text: str) -> str:
+    """Drop a trailing ``\\text{ cm}^2``-style unit, but only after a pure number (no letters of its own)."""
+    unit = _TRAILING_UNIT.search(text)
+    if unit is None:
+        return text
+    head = text[: unit.start()].strip()
+    if head and not re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", head)):
+        return head
+    return text
+
+
+def _squeeze_spaces(text: str) -> str:
+    """Remove whitespace, except where it ends a control word before a letter (``\\pi r`` is not ``\\pir``)."""
+    return _WHITESPACE.sub(lambda m: (m.group(1) or "") + (" " if m.group(1) and m.group(2) else ""), text)
+
+
+def normalize_answer(answer: str) -> str:
+    """A canonical key: two answers with the same key are the same answer; the converse is math-verify's job.
+
+    Only rewrites that cannot merge different answers are applied: delimiters, spacing, ``\\left``/``\\right``,
+    wrappers such as ``\\text{}``, ``\\dfrac`` -> ``\\frac``, degree signs, a currency sign, a unit after a plain
+    number, thousands separators and trailing zeros of plain numbers, and ``(C)`` -> ``C`` for a choice letter.
+    """
+    text = answer.strip()
+    text = text.replace("\\$", "").replace("$", "")
+    if (text.startswith("\\(") and text.endswith("\\)")) or (text.startswith("\\[") and text.endswith("\\]")):
+        text = text[2:-2]
+    text = _SPACING.sub(" ", text).replace("{,}", ",").replace("\\%", "%")
+    text = _SIZED_DELIMITERS.sub("", text)
+    text = re.sub(r"\\[dt]frac(?![A-Za-z])", r"\\frac", text)
+    text = _DEGREES.sub("", text).strip().rstrip(".").strip()
+    text = _unwrap_whole(text)
+    text = _without_unit(text)
+    text = _brace_arguments(_squeeze_spaces(text)).rstrip(".")
+    choice = re.fullmatch(r"\(([A-Z])\)", text)
+    if choice:
+        return choice.group(1)
+    number = _canonical_number(text)
+    return number if number is not None else text
+
+
+# --------------------------------------------------------------------------------------------- worker pool
+
+_WORKER_START_TIMEOUT_S = 120.0
+_ERROR_TEXT_LIMIT = 200
+_POOL_SIZE = max(1, min(2, os.cpu_count() or 1))
+Status = Literal["ok", "error", "timeout", "crashed"]
+
+# Workers are fresh interpreters (fork + exec), not multiprocessing children: those re-import the caller's
+# ``__main__``, which breaks a script without an ``if __name__ == "__main__"`` guard, and plain fork is unsafe
+# in a threaded parent. A worker needs only this module and ttc.errors, so it registers bare ``ttc`` and
+# ``ttc.verifiers`` packages first: the real ``ttc/__init__`` imports the whole service (SQLAlchemy, HTTP
+# clients), which would add about a second to every worker start.
+_WORKER_BOOT = """
+import sys, types
+sys.path[:0] = {path!r}
+for name, folder in {packages!r}:
+    package = types.ModuleType(name)
+    package.__path__ = [folder]
+    sys.modules[name] = package
+from ttc.verifiers.answer import _serve
+_serve(int(sys.argv[1]), int(sys.argv[2]))
+"""
+_PACKAGES = [
+    ("ttc", os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    ("ttc.verifiers", os.path.dirname(os.path.abspath(__file__))),
+]
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What one call in a worker came to; ``value`` is set for "ok", ``detail`` explains the others."""
+
+    status: Status
+    value: object = None
+    detail: str = ""
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    """A worker stuck in sympy never reads its pipe again, so it watches for its parent's death instead."""
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    os._exit(0)
+
+
+def _serve(read_fd: int, write_fd: int) -> None:
+    """Worker main loop: answer pickled ``(function, args)`` requests until the parent sends None or leaves."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
+    logging.getLogger("math_verify").setLevel(logging.CRITICAL)
+    logging.getLogger("latex2sympy2_extended").setLevel(logging.CRITICAL)
+    requests, replies = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
+    try:
+        import math_verify  # noqa: F401  (paid once here, not inside the first timed check)
+
+        replies.send(("ready", None))
+        while (request := requests.recv()) is not None:
+            function, args = request
+            try:
+                reply: tuple[str, object] = ("ok", function(*args))
+            except Exception as exc:
+                reply = ("error", f"{type(exc).__name__}: {exc}"[:_ERROR_TEXT_LIMIT])
+            replies.send(reply)
+    except (EOFError, OSError):
+        return
+
+
+class _Worker:
+    """One worker process and its two pipes; used by one caller at a time."""
+
+    def __init__(self) -> None:
+        child_read, parent_write = os.pipe()
+        parent_read, child_write = os.pipe()
+        boot = _WORKER_BOOT.format(path=[p for p in sys.path if p], packages=_PACKAGES)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", boot, str(child_read), str(child_write)],
+                pass_fds=(child_read, child_write), stdin=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            for fd in (child_read, parent_write, parent_read, child_write):
+                os.close(fd)
+            raise VerifierError(f"cannot start an answer-grading worker with {sys.executable!r}: {exc}") from exc
+        os.close(child_read)
+        os.close(child_write)
+        self.requests = Connection(parent_write, readable=False)
+        self.replies = Connection(parent_read, writable=False)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        try:
+            if self.replies.poll(timeout_s) and self.replies.recv() == ("ready", None):
+                return
+        except (EOFError, OSError):
+            pass
+        self.stop()
+        raise VerifierError(
+            f"the answer-grading worker failed to start (exit code {self.process.returncode}, see its stderr "
+            f"above); check that `{sys.executable} -c 'import ttc.verifiers.answer, math_verify'` works"
+        )
+
+    def call(self, function: Callable[..., object], args: tuple[object, ...], timeout_s: float) -> _Outcome:
+        try:
+            self.requests.send((function, args))
+            if not self.replies.poll(timeout_s):
+                return _Outcome("timeout", detail=f"timeout after {timeout_s:g}s")
+            status, value = self.replies.recv()
+        except (EOFError, OSError):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(1.0)
+            return _Outcome("crashed", detail=f"grading worker died (exit code {self.process.returncode})")
+        if status == "ok":
+            return _Outcome("ok", value=value)
+        return _Outcome("error", detail=str(value))
+
+    def stop(self) -> None:
+        """Kill rather than ask: a worker stuck in sympy would not read a polite request."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.requests.close()
+        self.replies.close()
+
+    def retire(self) -> None:
+        """Ask an idle worker to leave, then make sure it did."""
+        with contextlib.suppress(OSError):
+            self.requests.send(None)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(1.0)
+        self.stop()
+
+
+class _WorkerPool:
+    """At most ``size`` workers, started on demand; a worker that overran its deadline is killed, not reused."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._cond = threading.Condition()
+        self._idle: list[_Worker] = []
+        self._live = 0
+        self._closed = False
+
+    def call(self, function: Callable[..., object], args: tuple[object, ...], timeout_s: float) -> _Outcome:
+        worker = self._acquire()
+        reusable = False
+        try:
+            outcome = worker.call(function, args, timeout_s)
+            reusable = outcome.status in ("ok", "error")
+            return outcome
+        finally:
+            self._release(worker, reusable)
+
+    def _acquire(self) -> _Worker:
+        with self._cond:
+            while not self._idle and self._live >= self._size:
+                self._cond.wait()
+            if self._idle:
+                return self._idle.pop()
+            self._live += 1
+        try:
+            worker = _Worker()
+            worker.wait_ready(_WORKER_START_TIMEOUT_S)
+        except BaseException:
+            with self._cond:
+                self._live -= 1
+                self._cond.notify()
+            raise
+        return worker
+
+    def _release(self, worker: _Worker, reusable: bool) -> None:
+        with self._cond:
+            if reusable and not self._closed:
+                self._idle.append(worker)
+                self._cond.notify()
+                return
+        if reusable:
+            worker.retire()
+        else:
+            worker.stop()
+        with self._cond:
+            self._live -= 1
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Retire idle workers now; busy ones are retired when their call returns."""
+        with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._live -= len(idle)
+            self._cond.notify_all()
+        for worker in idle:
+            worker.retire()
+
+
+_pool: _WorkerPool | None = None
+_pool_lock = threading.Lock()
+
+
+def _get_pool() -> _WorkerPool:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = _WorkerPool(size=_POOL_SIZE)
+        return _pool
+
+
+def shutdown_grader() -> None:
+    """Stop the worker processes; the next check starts fresh ones. Calls already running finish first."""
+    global _pool
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.close()
+
+
+atexit.register(shutdown_grader)
+
+
+def _run_in_worker(function: Callable[..., object], args: tuple[object, ...], timeout_s: float) -> _Outcome:
+    """Run ``function(*args)`` in a grading worker under a hard deadline (importable functions only)."""
+    return _get_pool().call(function, args, timeout_s)
+
+
+# --------------------------------------------------------------------------------------------- equivalence
+
+
+@dataclass(frozen=True)
+class GradeResult:
+    """A verdict and why: "exact", "equivalent", "not equivalent", "no answer found", "timeout after 5s", ..."""
+
+    correct: bool
+    predicted: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    equal: bool
+    reason: str
+
+
+def _math_verify_keys(gold_key: str, predicted_key: str) -> tuple[bool, str]:
+    """Runs inside a worker. Keys are wrapped in ``$...$`` so that bare LaTeX and plain expressions both parse."""
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+    def parsed(key: str) -> list[object]:
+        configs = [LatexExtractionConfig(), ExprExtractionConfig()]
+        result: list[object] = parse(f"${key}$", extraction_config=configs, parsing_timeout=None)
+        return result or parse(key, extraction_config=[ExprExtractionConfig()], parsing_timeout=None)
+
+    gold = parsed(gold_key)
+    if not gold:
+        return False, f"parse error: math-verify cannot read the gold answer {gold_key[:80]!r}"
+    predicted = parsed(predicted_key)
+    if not predicted:
+        return False, f"parse error: math-verify cannot read the answer {predicted_key[:80]!r}"
+    # Errors stay quiet so that one failing reading (sympy, string) does not hide another that matches.
+    equal = bool(verify(gold, predicted, timeout_seconds=None, raise_on_error=False))
+    return equal, "equivalent" if equal else "not equivalent"
+
+
+class _VerdictCache:
+    """LRU of settled verdicts by (gold key, answer key). Timeouts and crashes are not settled, so not kept."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._maxsize = maxsize
+        self._items: OrderedDict[tuple[str, str], _Verdict] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> _Verdict | None:
+        with self._lock:
+            verdict = self._items.get(key)
+            if verdict is not None:
+                self._items.move_to_end(key)
+            return verdict
+
+    def put(self, key: tuple[str, str], verdict: _Verdict) -> None:
+        with self._lock:
+            self._items[key] = verdict
+            self._items.move_to_end(key)
+            while len(self._items) > self._maxsize:
+                self._items.popitem(last=False)
+
+
+_cache = _VerdictCache(maxsize=8192)
+
+
+def _check_timeout(timeout_s: float) -> None:
+    if not math.isfinite(timeout_s) or timeout_s <= 0:
+        raise ConfigError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+
+
+def _quick_verdict(gold_key: str, predicted_key: str) -> _Verdict | None:
+    """A verdict without a worker when the keys settle it; None when math-verify has to look."""
+    if not predicted_key:
+        return _Verdict(False, "no answer found")
+    if gold_key == predicted_key:
+        return _Verdict(True, "exact")
+    if _INTEGER.fullmatch(gold_key) and _INTEGER.fullmatch(predicted_key):
+        return _Verdict(False, "not equivalent")  # two distinct canonical integers never agree
+    return _cache.get((gold_key, predicted_key))
+
+
+def _worker_verdict(gold_key: str, predicted_key: str, timeout_s: float) -> _Verdict:
+    outcome = _run_in_worker(_math_verify_keys, (gold_key, predicted_key), timeout_s)
+    if outcome.status == "ok":
+        equal, reason = cast(tuple[bool, str], outcome.value)
+        verdict = _Verdict(equal, reason)
+    elif outcome.status == "error":
+        verdict = _Verdict(False, f"comparison error: {outcome.detail}")
+    else:
+        return _Verdict(False, outcome.detail)
+    _cache.put((gold_key, predicted_key), verdict)
+    return verdict
+
+
+def _gold_key(gold: str) -> str:
+    gold_key = normalize_answer(gold)
+    if not gold_key:
+        raise ConfigError(f"the gold answer {gold!r} is empty; pass the reference final answer (e.g. '42')")
+    return gold_key
+
+
+@dataclass(frozen=True)
+class _NeedsWorker:
+    """A grading the keys could not settle: math-verify has to compare ``gold_key`` with ``answer_key``."""
+
+    predicted: str
+    gold_key: str
+    answer_key: str
+
+
+def _grade_quickly(prediction_text: str, gold: str, timeout_s: float) -> GradeResult | _NeedsWorker:
+    _check_timeout(timeout_s)
+    gold_key = _gold_key(gold)
+    predicted = extract_answer(prediction_text)
+    if predicted is None:
+        return GradeResult(False, None, "no answer found")
+    answer_key = normalize_answer(predicted)
+    quick = _quick_verdict(gold_key, answer_key)
+    if quick is not None:
+        return GradeResult(quick.equal, predicted, quick.reason)
+    return _NeedsWorker(predicted, gold_key, answer_key)
+
+
+def answers_equivalent(a: str, b: str, *, timeout_s: float = 5.0) -> bool:
+    """Whether two final answers agree; ``a`` plays the reference (``x=5`` accepts ``5``). Empty never agrees."""
+    _check_timeout(timeout_s)
+    key_a, key_b = normalize_answer(a), normalize_answer(b)
+    if not key_a:
+        return False
+    quick = _quick_verdict(key_a, key_b)
+    return (quick if quick is not None else _worker_verdict(key_a, key_b, timeout_s)).equal
+
+
+def grade_detail(prediction_text: str, gold: str, *, timeout_s: float = 5.0) -> GradeResult:
+    """Extract the answer from a solution and compare it with the gold final answer (not a gold solution).
+
+    Blocks for up to ``timeout_s`` seconds per check (plus worker start-up on first use); in async code use
+    ``agrade``. An empty gold answer is a ConfigError: it is a dataset bug, not a wrong prediction. A
+    VerifierError means no worker process could start at all (a broken installation), never a bad answer.
+    """
+    step = _grade_quickly(prediction_text, gold, timeout_s)
+    if isinstance(step, GradeResult):
+        return step
+    verdict = _worker_verdict(step.gold_key, step.answer_key, timeout_s)
+    return GradeResult(verdict.equal, step.predicted, verdict.reason)
+
+
+def grade(prediction_text: str, gold: str, *, timeout_s: float = 5.0) -> bool:
+    """Whether the solution's final answer equals the gold final answer."""
+    return grade_detail(prediction_text, gold, timeout_s=timeout_s).correct
+
+
+_thread_limiter: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar("ttc_grader_threads")
+
+
+def _limiter() -> anyio.CapacityLimiter:
+    """One limiter per event loop, as wide as the pool: more threads would only queue for a worker while
+    holding slots of anyio's shared default limiter that other code (trace writes) needs."""
+    try:
+        return _thread_limiter.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(_POOL_SIZE)
+        _thread_limiter.set(limiter)
+        return limiter
+
+
+async def agrade(prediction_text: str, gold: str, *, timeout_s: float = 5.0) -> GradeResult:
+    """``grade_detail`` for async code: quick verdicts inline, math-verify checks on a worker thread."""
+    step = _grade_quickly(prediction_text, gold, timeout_s)
+    if isinstance(step, GradeResult):
+        return step
+    work = functools.partial(_worker_verdict, step.gold_key, step.answer_key, timeout_s)
+    verdict = await anyio.to_thread.run_sync(work, abandon_on_cancel=True, limiter=_limiter())
+    return GradeResult(verdict.equal, step.predicted, verdict.reason)
+
+
+__all__ = [
+    "GradeResult",
+    "agrade",
+    "answers_equivalent",
+    "extract_answer",
+    "grade",
+    "grade_detail",
+    "normalize_answer",
+    "shutdown_grader",
+]

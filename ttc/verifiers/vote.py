@@ -1,0 +1,81 @@
+"""Majority and weighted voting over final answers (self-consistency and its verifier-weighted variants).
+
+Answers are grouped by ``normalize_answer`` key, not by pairwise math-verify checks: those would cost O(n^2)
+worker round trips per vote, and a vote runs after every sampling round. Two spellings of one answer that the
+key does not unify (``0.5`` and ``\\frac{1}{2}``) therefore split their votes; that is the price of speed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from ttc.errors import ConfigError
+from ttc.verifiers.answer import normalize_answer
+
+
+@dataclass(frozen=True)
+class VoteResult:
+    """The winning answer class: ``answer`` is its first-seen original spelling, ``key`` its normalized key."""
+
+    answer: str | None
+    key: str | None
+    share: float
+    tally: Mapping[str, float]
+
+
+def _checked_weights(answers: Sequence[str | None], weights: Sequence[float] | None) -> list[float]:
+    if weights is None:
+        return [1.0] * len(answers)
+    if len(weights) != len(answers):
+        raise ConfigError(
+            f"majority_vote got {len(answers)} answers but {len(weights)} weights; pass one weight per answer"
+        )
+    for index, weight in enumerate(weights):
+        if not math.isfinite(weight) or weight < 0:
+            raise ConfigError(f"vote weight #{index} is {weight!r}; weights must be finite and >= 0")
+    return [float(weight) for weight in weights]
+
+
+def majority_vote(
+    answers: Sequence[str | None],
+    weights: Sequence[float] | None = None,
+    rng: random.Random | None = None,
+) -> VoteResult:
+    """The answer class with the largest total weight.
+
+    None answers (and answers that normalize to nothing) do not vote. Ties go to ``rng.choice`` over the tied
+    keys in sorted order, so a seeded rng gives the same winner every time; without an rng, to the key seen
+    first. Sums use ``math.fsum`` so that the order of the answers cannot change the winner.
+    """
+    checked = _checked_weights(answers, weights)
+    members: dict[str, list[float]] = {}
+    first_spelling: dict[str, str] = {}
+    for answer, weight in zip(answers, checked, strict=True):
+        if answer is None:
+            continue
+        key = normalize_answer(answer)
+        if not key:
+            continue
+        members.setdefault(key, []).append(weight)
+        first_spelling.setdefault(key, answer)
+    if not members:
+        return VoteResult(answer=None, key=None, share=0.0, tally=MappingProxyType({}))
+    tally = {key: math.fsum(values) for key, values in members.items()}
+    best = max(tally.values())
+    tied = [key for key, total in tally.items() if total == best]
+    if len(tied) == 1:
+        winner = tied[0]
+    elif rng is not None:
+        winner = rng.choice(sorted(tied))
+    else:
+        winner = tied[0]  # dicts keep insertion order, so this is the first-seen key
+    total = math.fsum(tally.values())
+    share = tally[winner] / total if total > 0 else 0.0
+    return VoteResult(answer=first_spelling[winner], key=winner, share=share, tally=MappingProxyType(tally))
+
+
+__all__ = ["VoteResult", "majority_vote"]
