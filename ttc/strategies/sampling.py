@@ -10,6 +10,7 @@ from ttc.budget import Meter
 from ttc.strategies.base import Context
 from ttc.types import Candidate, Completion, Sampling
 from ttc.verifiers.answer import extract_answer, normalize_answer
+from ttc.verifiers.base import score_outcome_costed
 from ttc.verifiers.vote import VoteResult, majority_vote
 
 Selection = Literal["auto", "score", "vote", "weighted_vote"]
@@ -45,8 +46,8 @@ async def score(ctx: Context, meter: Meter, question: str, candidates: Sequence[
         return list(candidates)
     scored = []
     for cand in candidates:
-        value = await ctx.verifier.score(question, cand.text)
-        meter.charge_verifier(0)
+        value, tokens = await score_outcome_costed(ctx.verifier, question, cand.text)
+        meter.charge_verifier(tokens)
         if cand.node_id is not None:
             ctx.recorder.update(cand.node_id, score=value)
         scored.append(Candidate(text=cand.text, answer=cand.answer, score=value, token_count=cand.token_count,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
 from ttc.errors import ConfigError
@@ -43,6 +44,36 @@ def aggregate(step_scores: Sequence[float], how: Aggregation = "min") -> float:
     raise ConfigError(f"unknown aggregation {how!r}: use one of min, last, prod, mean")
 
 
+@dataclass(frozen=True)
+class StepScores:
+    """Scores of every step, and what computing them cost: tokens not scored before, steps found cached."""
+
+    scores: tuple[float, ...]
+    scored_tokens: int = 0
+    cached_steps: int = 0
+
+
+@runtime_checkable
+class CostedProcessVerifier(Protocol):
+    """A process verifier that also reports what each scoring cost (the PRM adapters do)."""
+
+    async def score_steps_detailed(self, question: str, steps: Sequence[str]) -> StepScores: ...
+
+
+async def score_steps_costed(prm: ProcessVerifier, question: str, steps: Sequence[str]) -> StepScores:
+    """Step scores with their cost; a verifier that cannot report cost is charged nothing."""
+    if isinstance(prm, CostedProcessVerifier):
+        return await prm.score_steps_detailed(question, steps)
+    return StepScores(tuple(await prm.score_steps(question, steps)))
+
+
+async def score_outcome_costed(verifier: OutcomeVerifier, question: str, solution: str) -> tuple[float, int]:
+    """An outcome score and the verifier tokens it cost (known for PRMs used through StepwiseOutcome)."""
+    if isinstance(verifier, StepwiseOutcome):
+        return await verifier.score_detailed(question, solution)
+    return await verifier.score(question, solution), 0
+
+
 def split_steps(solution: str, delimiter: str = "\n") -> list[str]:
     """Steps of a solution: pieces between delimiters, stripped of surrounding whitespace, empty ones dropped."""
     return [piece.strip() for piece in solution.split(delimiter) if piece.strip()]
@@ -57,10 +88,25 @@ class StepwiseOutcome:
         self.delimiter = delimiter
 
     async def score(self, question: str, solution: str) -> float:
+        return (await self.score_detailed(question, solution))[0]
+
+    async def score_detailed(self, question: str, solution: str) -> tuple[float, int]:
         steps = split_steps(solution, self.delimiter)
         if not steps:
-            return 0.0
-        return aggregate(await self.prm.score_steps(question, steps), self.how)
+            return 0.0, 0
+        result = await score_steps_costed(self.prm, question, steps)
+        return aggregate(result.scores, self.how), result.scored_tokens
 
 
-__all__ = ["Aggregation", "OutcomeVerifier", "ProcessVerifier", "StepwiseOutcome", "aggregate", "split_steps"]
+__all__ = [
+    "Aggregation",
+    "CostedProcessVerifier",
+    "OutcomeVerifier",
+    "ProcessVerifier",
+    "StepScores",
+    "StepwiseOutcome",
+    "aggregate",
+    "score_outcome_costed",
+    "score_steps_costed",
+    "split_steps",
+]

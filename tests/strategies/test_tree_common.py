@@ -1,0 +1,222 @@
+"""What every step-level search shares (ttc.strategies.tree): budget planning, step boundaries, PRM scoring,
+KV release and accounting, reproducibility, failures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+from tree_doubles import HashPRM, TablePRM, prefix_of, random_responder, run_search, tree_responder
+
+from ttc.backends.base import BackendStats
+from ttc.budget import Meter
+from ttc.errors import BackendError, ConfigError, VerifierError
+from ttc.strategies.base import Context, make_strategy
+from ttc.strategies.tree import SearchTree, TreeSearchOptions, plan_round
+from ttc.testing import ScriptedBackend
+from ttc.trace import TraceRecorder
+from ttc.types import Budget, Problem
+
+pytestmark = pytest.mark.anyio
+
+SEARCHES = {
+    "beam": {"beam_width": 2, "expand": 3, "max_step_tokens": 24},
+    "dvts": {"subtrees": 3, "expand": 2, "max_step_tokens": 24},
+    "rebase": {"width": 6, "max_step_tokens": 24},
+    "ets": {"width": 6, "max_step_tokens": 24},
+}
+
+
+def test_plan_round_reserves_worst_case_and_trims_the_last() -> None:
+    meter = Meter(Budget(tokens=45))
+    assert plan_round(meter, [2, 2, 2], 10) == [(2, 10), (2, 10), (1, 5)]
+    assert plan_round(Meter(Budget(tokens=1000, calls=2)), [1, 1, 1], 10) == [(1, 10), (1, 10), (0, 0)]
+    assert plan_round(Meter(Budget(wall_s=60)), [7, 3], 10) == [(7, 10), (3, 10)]
+    assert plan_round(Meter(Budget(tokens=25)), [4, 1], 10) == [(2, 10), (1, 5)]
+
+
+async def test_without_a_process_verifier_the_search_refuses() -> None:
+    ctx = Context(backend=ScriptedBackend(["a\n"]), recorder=TraceRecorder(), rng=__import__("random").Random(0))
+    with pytest.raises(ConfigError, match="verifier=prm"):
+        await make_strategy("beam").run(Problem("q"), Meter(Budget(tokens=100)), ctx)
+
+
+async def test_step_boundaries_decide_completion() -> None:
+    backend = ScriptedBackend(tree_responder({"": ["go on\n", "The answer is 4.\n", "2 + 2 = 4\n",
+                                                   "ends without a delimiter", "y" * 40 + "\n"]}))
+    ctx = Context(backend=backend, recorder=TraceRecorder(), rng=__import__("random").Random(0), prm=TablePRM(),
+                  prompt_template="Q: {question}\n")
+    tree = await SearchTree.open(Problem("q"), Meter(Budget(tokens=1000)), ctx,
+                                 TreeSearchOptions(max_step_tokens=20))
+    children = await tree.expand([(tree.root, 5)])
+    assert [c.complete for c in children] == [False, True, False, True, True]
+    assert children[1].answer == "4"
+    assert backend.calls[0].sampling.stop == ("\n",)
+    assert all(c.prefix == tree.root.prefix + c.token_ids for c in children)
+    deeper = await tree.expand([(children[0], 1)])
+    assert deeper[0].depth == 2 and deeper[0].prefix == children[0].prefix + deeper[0].token_ids
+    shallow = await SearchTree.open(Problem("q"), Meter(Budget(tokens=1000)), ctx, TreeSearchOptions(max_depth=1))
+    assert all(c.complete for c in await shallow.expand([(shallow.root, 3)]))
+
+
+async def test_children_extend_their_parent_exact_ids() -> None:
+    script = {"": ["a\n", "b\n", "c\n", "d\n"], "a\n": ["a1\n", "a2\n"], "b\n": ["b1\n", "b2\n"]}
+    prm = TablePRM({"a": 0.9, "b": 0.8})
+    backend = ScriptedBackend(tree_responder(script))
+    await run_search("beam", {"beam_width": 2, "expand": 2}, backend, prm)
+    prompts = [call.prompt for call in backend.calls]
+    assert prompts[:3] == [prefix_of(), prefix_of("a\n"), prefix_of("b\n")]
+    assert prefix_of("a\n", "a1\n") in prompts
+
+
+async def test_prm_sees_the_whole_path_and_scores_are_kept_on_nodes() -> None:
+    script = {"": ["a\n"], "a\n": ["b\n"], "a\nb\n": ["The answer is 1.\n"]}
+    prm = TablePRM({"a": 0.9, "b": 0.3, "The answer is 1.": 0.6})
+    for how, expected in (("last", 0.6), ("min", 0.3), ("mean", 0.6), ("prod", 0.9 * 0.3 * 0.6)):
+        prm.calls.clear()
+        result, ctx, _ = await run_search("beam", {"beam_width": 1, "expand": 1, "aggregate": how},
+                                          ScriptedBackend(tree_responder(script)), prm)
+        assert prm.calls == [("a",), ("a", "b"), ("a", "b", "The answer is 1.")]
+        leaf = ctx.recorder.node(result.candidates[0].node_id or 0)
+        assert leaf.step_scores == (0.9, 0.3, 0.6)
+        assert leaf.score == pytest.approx(expected)
+        assert result.score == pytest.approx(expected)
+
+
+async def test_empty_step_inherits_its_parent_scores() -> None:
+    script = {"": ["a\n"], "a\n": ["\n"], "a\n\n": ["The answer is 2.\n"]}
+    prm = TablePRM({"a": 0.7, "The answer is 2.": 0.4})
+    result, ctx, _ = await run_search("beam", {"beam_width": 1, "expand": 1}, ScriptedBackend(tree_responder(script)),
+                                      prm)
+    blank = next(n for n in ctx.recorder.nodes() if n.text == "\n")
+    assert blank.step_scores == (0.7,) and blank.score == pytest.approx(0.7)
+    assert ("a", "The answer is 2.") in prm.calls
+    assert result.answer == "2"
+
+
+async def test_peak_kv_counts_shared_ancestors_once() -> None:
+    script = {"": ["a\n", "b\n", "c\n", "d\n"], "a\n": ["a1\n", "a2\n"], "c\n": ["c1\n", "c2\n"]}
+    prm = TablePRM({"a": 0.9, "b": 0.1, "c": 0.8, "d": 0.2, "a1": 0.9, "a2": 0.3, "c1": 0.7, "c2": 0.1})
+    answer = "The answer is 0.\n"
+    _, _, meter = await run_search("beam", {"beam_width": 2, "expand": 2},
+                                   ScriptedBackend(tree_responder(script, fallback=answer)), prm)
+    prompt = len(prefix_of())
+    # Largest moment: prompt, a and c (2 each), a1 and c1 (3 each), and the four fresh answer steps.
+    assert meter.usage().peak_kv_tokens == prompt + 2 * 2 + 2 * 3 + 4 * len(answer)
+
+
+class EngineLikeBackend(ScriptedBackend):
+    """Reports live KV as the local engine does; the search must take its figure over its own estimate."""
+
+    def stats(self) -> BackendStats:
+        base = super().stats()
+        return BackendStats(calls=base.calls, live_kv_tokens=1000 + 10 * base.calls)
+
+
+async def test_engine_live_kv_is_used_when_reported() -> None:
+    backend = EngineLikeBackend(random_responder)
+    _, _, meter = await run_search("rebase", {"width": 4}, backend, HashPRM())
+    assert meter.usage().peak_kv_tokens == 1000 + 10 * len(backend.calls)
+
+
+async def test_every_node_is_released_once_it_can_no_longer_grow() -> None:
+    backend = ScriptedBackend(random_responder)
+    _, ctx, _ = await run_search("beam", {"beam_width": 2, "expand": 3}, backend, HashPRM())
+    nodes = ctx.recorder.nodes()
+
+    def ids(node_id: int) -> tuple[int, ...]:
+        node = nodes[node_id]
+        own = tuple(ord(ch) for ch in node.text)
+        return own if node.parent is None else ids(node.parent) + own
+
+    assert sorted(backend.released) == sorted(ids(n.id) for n in nodes)
+    for node in nodes:
+        if node.status == "pruned":
+            assert node.reason
+
+
+@pytest.mark.parametrize("name", sorted(SEARCHES))
+@pytest.mark.parametrize("tokens", [7, 60, 157, 400])
+async def test_budget_is_never_exceeded(name: str, tokens: int) -> None:
+    backend = ScriptedBackend(random_responder)
+    _, _, meter = await run_search(name, SEARCHES[name], backend, HashPRM(), budget=Budget(tokens=tokens))
+    usage = meter.usage()
+    assert usage.generated_tokens <= tokens
+    assert usage.backend_calls == len(backend.calls)
+    planned = sum(call.n * call.sampling.max_tokens for call in backend.calls)
+    assert planned >= usage.generated_tokens
+    if tokens < 400:
+        # The budget binds: the last expansions were trimmed, in samples or in step length.
+        assert any(call.sampling.max_tokens < 24 for call in backend.calls) or meter.tokens_left() < 24
+
+
+def steady_responder(prompt_text: str, index: int, seed: int | None) -> str:
+    depth = prompt_text.count("\n") - 1
+    return f"The answer is {index}.\n" if depth >= 3 else f"s{depth} t{index} {(seed or 0) % 97}\n"
+
+
+@pytest.mark.parametrize("name", sorted(SEARCHES))
+async def test_calls_budget_is_honoured(name: str) -> None:
+    free = ScriptedBackend(steady_responder)
+    await run_search(name, SEARCHES[name], free, HashPRM(), budget=Budget(calls=1000))
+    assert len(free.calls) > 3
+    backend = ScriptedBackend(steady_responder)
+    _, _, meter = await run_search(name, SEARCHES[name], backend, HashPRM(), budget=Budget(calls=3))
+    assert len(backend.calls) == 3 and meter.usage().backend_calls == 3
+
+
+def _trace(ctx: Context) -> tuple[list[object], list[object]]:
+    nodes = [(n.id, n.parent, n.text, n.status, n.score, n.reason) for n in ctx.recorder.nodes()]
+    events = [(e.kind, dict(e.payload)) for e in ctx.recorder.events()]
+    for _, payload in events:
+        payload.pop("t", None)
+    return nodes, events
+
+
+@pytest.mark.parametrize("name", sorted(SEARCHES))
+async def test_same_seed_same_trace(name: str) -> None:
+    traces = []
+    for seed in (5, 5, 6):
+        backend = ScriptedBackend(random_responder)
+        result, ctx, meter = await run_search(name, SEARCHES[name], backend, HashPRM(), seed=seed,
+                                              budget=Budget(tokens=600))
+        traces.append((_trace(ctx), result.answer, meter.usage().generated_tokens, backend.calls))
+    assert traces[0] == traces[1]
+    assert traces[0] != traces[2]
+
+
+async def test_no_complete_leaf_returns_the_best_partial_without_an_answer() -> None:
+    script = {"": ["a\n", "b\n"]}
+    result, ctx, _ = await run_search("rebase", {"width": 2}, ScriptedBackend(tree_responder(script)),
+                                      TablePRM({"a": 0.2, "b": 0.7}), budget=Budget(calls=1))
+    assert result.answer is None and result.candidates == ()
+    assert result.text == "b\n"
+    statuses = {n.text: (n.status, n.reason) for n in ctx.recorder.nodes()}
+    assert statuses["b\n"][0] == "selected"
+    assert statuses["a\n"] == ("pruned", "search ended: budget spent")
+
+
+class MiscountingPRM:
+    async def score_steps(self, question: str, steps: Sequence[str]) -> list[float]:
+        return [0.5] * (len(steps) + 1)
+
+
+async def test_a_prm_that_miscounts_steps_is_a_verifier_error() -> None:
+    with pytest.raises(VerifierError, match="one score per step"):
+        await run_search("beam", {}, ScriptedBackend(random_responder), MiscountingPRM())
+
+
+async def test_backend_failure_surfaces_as_itself_and_releases_held_nodes() -> None:
+    backend = ScriptedBackend(tree_responder({"": ["a\n", "b\n", "c\n"]}), fail_after=1)
+    with pytest.raises(BackendError):
+        await run_search("rebase", {"width": 3}, backend, TablePRM({"a": 0.5, "b": 0.5, "c": 0.5}))
+    for step in ("a\n", "b\n", "c\n"):
+        assert prefix_of(step) in backend.released
+
+
+async def test_step_delimiter_comes_from_the_context() -> None:
+    script = {"": ["first part\n\n"], "first part\n\n": ["The answer is 3.\n\n"]}
+    backend = ScriptedBackend(tree_responder(script))
+    result, _, _ = await run_search("beam", {"beam_width": 1, "expand": 1}, backend, TablePRM(), delimiter="\n\n")
+    assert {call.sampling.stop for call in backend.calls} == {("\n\n",)}
+    assert result.answer == "3"

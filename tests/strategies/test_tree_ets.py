@@ -1,0 +1,108 @@
+"""ETS as a search: the program's choice drives pruning, reasons and events; it reduces to REBASE at zero weights."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+
+import pytest
+from tree_doubles import HashPRM, TablePRM, prefix_of, random_responder, round_events, run_search, tree_responder
+
+from ttc.errors import ConfigError
+from ttc.strategies.base import make_strategy
+from ttc.strategies.ets import EtsOptions
+from ttc.testing import ScriptedBackend
+
+pytestmark = pytest.mark.anyio
+
+A, B, C = "x = 1 + 2\n", "x = 2 + 1\n", "the area of a circle is pi r2\n"  # 10, 10 and 30 tokens
+SCRIPT = {"": [A, B, C, "The answer is 3.\n"]}
+SCORES = {"x = 1 + 2": 0.8, "x = 2 + 1": 0.75, "the area of a circle is pi r2": 0.6}
+OPTIONS = {"width": 4, "balance_temperature": 0.2, "lambda_kv": 2.5, "lambda_coverage": 1.0, "n_clusters": 2}
+
+
+async def test_the_program_keeps_one_of_two_near_duplicates_and_drops_the_dear_cousin() -> None:
+    backend = ScriptedBackend(tree_responder(SCRIPT))
+    result, ctx, _ = await run_search("ets", OPTIONS, backend, TablePRM(SCORES))
+    node = {n.text: n for n in ctx.recorder.nodes()}
+    event = round_events(ctx)[0]
+    assert event["clusters"] == {str(node[A].id): 0, str(node[B].id): 0, str(node[C].id): 1}
+    assert event["kept"] == [node[A].id]
+    assert sorted(event["pruned"]) == sorted([node[B].id, node[C].id])  # type: ignore[arg-type]
+    assert node[B].reason == "ilp: redundant cluster"
+    assert node[C].reason == "ilp: kv cost"
+    assert event["allocation"] == {str(node[A].id): 3}
+    # Worked by hand: A keeps its softmax weight, pays 2.5 x 10/50 of the tree's tokens, covers 1 of 2 clusters.
+    weight_a = 1 / (1 + math.exp(-0.05 / 0.2) + math.exp(-0.2 / 0.2))
+    assert event["objective"] == pytest.approx(weight_a - 2.5 * 10 / 50 + 0.5)
+    assert event["ilp_status"] == "optimal"
+    assert prefix_of(B) in backend.released and prefix_of(C) in backend.released
+    assert [(call.prompt, call.n) for call in backend.calls] == [(prefix_of(), 4), (prefix_of(A), 3)]
+    assert len(result.candidates) == 4
+    json.dumps([dict(e.payload) for e in ctx.recorder.events()])
+
+
+async def test_cheap_kv_keeps_both_clusters() -> None:
+    backend = ScriptedBackend(tree_responder(SCRIPT))
+    _, ctx, _ = await run_search("ets", {**OPTIONS, "lambda_kv": 0.1}, backend, TablePRM(SCORES))
+    assert len(round_events(ctx)[0]["kept"]) == 3  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+async def test_zero_weights_make_ets_rebase(seed: int) -> None:
+    rebase_backend, ets_backend = ScriptedBackend(random_responder), ScriptedBackend(random_responder)
+    rebase, _, _ = await run_search("rebase", {"width": 6}, rebase_backend, HashPRM(), seed=seed)
+    ets, ctx, _ = await run_search("ets", {"width": 6, "lambda_kv": 0.0, "lambda_coverage": 0.0}, ets_backend,
+                                   HashPRM(), seed=seed)
+    assert ets_backend.calls == rebase_backend.calls
+    assert [c.text for c in ets.candidates] == [c.text for c in rebase.candidates]
+    assert all(not n.reason or not n.reason.startswith("ilp") for n in ctx.recorder.nodes())
+
+
+class EmbeddingBackend(ScriptedBackend):
+    """A backend that embeds sequences (as the local engine may): steps starting with 'x' point one way."""
+
+    def __init__(self, *args: object, asynchronous: bool = False, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.embedded: list[list[list[int]]] = []
+        self.asynchronous = asynchronous
+
+    def _vectors(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        self.embedded.append([list(s) for s in sequences])
+        last_steps = ["".join(map(chr, s)).rstrip("\n").rsplit("\n", 1)[-1] for s in sequences]
+        return [[1.0, 0.0] if step.startswith("x") else [0.0, 1.0] for step in last_steps]
+
+    def embed(self, sequences: Sequence[Sequence[int]]) -> object:
+        if self.asynchronous:
+            async def later() -> list[list[float]]:
+                return self._vectors(sequences)
+            return later()
+        return self._vectors(sequences)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_a_backend_that_embeds_is_used_by_default(asynchronous: bool) -> None:
+    backend = EmbeddingBackend(tree_responder(SCRIPT), asynchronous=asynchronous)
+    options = {k: v for k, v in OPTIONS.items() if k != "n_clusters"}
+    _, ctx, _ = await run_search("ets", options, backend, TablePRM(SCORES))
+    assert sorted(map(tuple, backend.embedded[0])) == sorted([prefix_of(A), prefix_of(B), prefix_of(C)])
+    event = round_events(ctx)[0]
+    assert sorted(event["clusters"].values()) == [0, 0, 1]  # type: ignore[attr-defined]
+    assert len(event["kept"]) == 1  # type: ignore[arg-type]
+
+
+async def test_a_missing_embedding_model_fails_before_spending() -> None:
+    backend = ScriptedBackend(random_responder)
+    with pytest.raises(ConfigError, match="does not exist"):
+        await run_search("ets", {"embedder": "/nonexistent/embedding-model"}, backend, HashPRM())
+    assert backend.calls == []
+
+
+def test_options_are_registered_and_checked() -> None:
+    strategy = make_strategy("ets", {"width": 8, "lambda_kv": 0.5, "kv_cost": "nodes"})
+    assert isinstance(strategy.options, EtsOptions) and strategy.options.lambda_kv == 0.5
+    with pytest.raises(ConfigError, match="lambda_kb"):
+        make_strategy("ets", {"lambda_kb": 1.0})
+    with pytest.raises(ConfigError, match="lambda_kv"):
+        make_strategy("ets", {"lambda_kv": -1.0})

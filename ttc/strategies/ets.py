@@ -1,0 +1,81 @@
+"""ETS, efficient tree search (Hooper et al. 2025): REBASE's exploration with a KV-aware choice of what to keep.
+
+Before REBASE shares out the width, an integer program (``ets_ilp``) picks the open nodes worth keeping: it
+rewards their softmax weights, charges ``lambda_kv`` for the KV each one keeps live (an ancestor shared by kept
+siblings is charged once, so keeping siblings is cheap and keeping scattered cousins is dear), and pays
+``lambda_coverage`` for every semantic cluster of steps that keeps at least one member, so cheap redundancy does
+not crowd out a genuinely different line of reasoning. Steps are clustered by embedding (``embedder``) with
+average linkage up to cosine distance ``cluster_threshold`` (or into ``n_clusters``). Nodes the program drops are
+pruned and released; the width then goes to the kept nodes in proportion to their softmax weights, as in REBASE.
+With ``lambda_kv = 0`` and ``lambda_coverage = 0`` every node is kept and ETS is REBASE.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import anyio.to_thread
+from pydantic import Field
+
+from ttc.budget import Meter
+from ttc.strategies.base import Context, StrategyResult, register
+from ttc.strategies.embed import cluster, embed_steps, resolve_embedder
+from ttc.strategies.ets_ilp import KvCost, paper_problem, solve_retention
+from ttc.strategies.rebase import RebaseBase, RebaseOptions, Retained
+from ttc.strategies.tree import SearchTree, StepNode
+from ttc.types import Problem
+
+
+class EtsOptions(RebaseOptions):
+    lambda_kv: float = Field(1.0, ge=0.0, description="weight of the KV cost of kept nodes (the paper's lambda_b)")
+    lambda_coverage: float = Field(1.0, ge=0.0, description="weight of semantic coverage (the paper's lambda_s)")
+    cluster_threshold: float = Field(0.5, gt=0.0, le=2.0, description="cosine distance that separates clusters")
+    n_clusters: int | None = Field(None, ge=1, description="fixed number of clusters instead of a threshold")
+    embedder: str = Field("auto", min_length=1, description="auto, ngram, backend, or a local model folder")
+    kv_cost: KvCost = Field("tokens", description="charge a node its tokens' share of the tree, or 1 / nodes")
+
+
+@register
+class Ets(RebaseBase[EtsOptions]):
+    name = "ets"
+    Options = EtsOptions
+
+    async def run(self, problem: Problem, meter: Meter, ctx: Context) -> StrategyResult:
+        resolve_embedder(self.options.embedder, ctx.backend)  # a bad embedder fails before any tokens are spent
+        return await super().run(problem, meter, ctx)
+
+    async def retain(self, tree: SearchTree, frontier: list[StepNode], owed: int) -> Retained:
+        opts = self.options
+        labels = await self._clusters(tree, frontier)
+        paths = [node.path()[:-1] for node in frontier]
+        problem = paper_problem(
+            ids=[n.id for n in frontier], scores=[n.score for n in frontier],
+            tokens=[len(n.token_ids) for n in frontier], ancestors=[[a.id for a in path] for path in paths],
+            ancestor_tokens={a.id: len(a.token_ids) for path in paths for a in path}, clusters=labels,
+            temperature=opts.balance_temperature, lambda_kv=opts.lambda_kv, lambda_coverage=opts.lambda_coverage,
+            max_keep=owed, kv_cost=opts.kv_cost)
+        solution = await anyio.to_thread.run_sync(functools.partial(solve_retention, problem))
+        kept_ids = set(solution.kept)
+        kept = [n for n in frontier if n.id in kept_ids]
+        dropped = [n for n in frontier if n.id not in kept_ids]
+        cluster_of = {n.id: label for n, label in zip(frontier, labels, strict=True)}
+        covered = set(solution.covered)
+        reasons = {n.id: "ilp: redundant cluster" if cluster_of[n.id] in covered else "ilp: kv cost"
+                   for n in dropped}
+        payload: dict[str, object] = {
+            "clusters": {str(n.id): cluster_of[n.id] for n in frontier},
+            "n_clusters": len(set(labels)),
+            "covered": list(solution.covered),
+            "objective": solution.objective,
+            "reward": solution.reward,
+            "kv_cost": solution.kv_cost,
+            "ilp_status": solution.status,
+        }
+        return Retained(nodes=kept, dropped=dropped, reasons=reasons, payload=payload)
+
+    async def _clusters(self, tree: SearchTree, frontier: list[StepNode]) -> list[int]:
+        if len(frontier) == 1:
+            return [0]
+        embedder = resolve_embedder(self.options.embedder, tree.ctx.backend)
+        vectors = await embed_steps(embedder, [n.text for n in frontier], [n.prefix for n in frontier])
+        return cluster(vectors, threshold=self.options.cluster_threshold, n_clusters=self.options.n_clusters)

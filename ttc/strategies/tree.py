@@ -1,0 +1,373 @@
+"""The search tree shared by step-level searches (beam, DVTS, REBASE, ETS): grow, score, prune, account, choose.
+
+A node is one reasoning step: a continuation sampled up to and including the step delimiter. It keeps the token
+ids it was generated with, and a child's prompt is its parent's exact prompt ids plus its own, so nothing is ever
+re-tokenized and every backend sees the tree's sharing. A search only decides *which* nodes to expand, with how
+many children, and which to drop; this module does the rest the same way for all of them:
+
+- expansion within budget: every expansion of a round is planned up front (highest priority first, trimmed as
+  ``Meter.plan`` trims), then the round's backend calls run concurrently, so a batching engine sees them together;
+- PRM scoring of each new step against its whole path (``score_steps``), kept on the node with its aggregate;
+- KV hygiene: a node that will never be extended again (pruned, finished, or already expanded, since its
+  children now hold its prefix) is released at once, so the local engine frees its private blocks;
+- live-KV accounting: the engine's own figure when it reports one, else the tree's unique live tokens (prompt
+  plus every node on a live path, shared ancestors once), noted after generation (the round's peak) and after
+  pruning;
+- the final choice among complete leaves, by aggregated PRM score or PRM-weighted vote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+from abc import abstractmethod
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import anyio
+from pydantic import Field
+
+from ttc.budget import Meter
+from ttc.errors import ConfigError, VerifierError
+from ttc.strategies.base import Context, Strategy, StrategyOptions, StrategyResult
+from ttc.strategies.sampling import choose, mark_selected
+from ttc.types import Candidate, Completion, Problem, Sampling
+from ttc.verifiers.answer import extract_answer
+from ttc.verifiers.base import Aggregation, ProcessVerifier, aggregate, score_steps_costed
+
+TreeSelection = Literal["score", "weighted_vote"]
+
+# A step "states the answer" only when it says so explicitly; extract_answer alone would take any number.
+_STATED_ANSWER = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])|####|\banswer\b\**[ \t]*(?:is\b|[:：])", re.IGNORECASE)
+
+
+class TreeSearchOptions(StrategyOptions):
+    """Options every step-level search shares."""
+
+    max_depth: int = Field(24, ge=1, le=1024, description="steps per solution at most; a step at this depth ends it")
+    max_step_tokens: int = Field(256, ge=1, description="generated tokens per step at most")
+    temperature: float = Field(0.8, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    aggregate: Aggregation = Field("last", description="how step scores rank a path: min, last, prod or mean")
+    select: TreeSelection = Field("weighted_vote", description="final pick: best score, or PRM-weighted vote")
+
+
+@dataclass(eq=False)
+class StepNode:
+    """One step of the tree. The root is the prompt (``token_ids`` = prompt ids, depth 0)."""
+
+    id: int
+    parent: StepNode | None
+    prefix: tuple[int, ...]
+    token_ids: tuple[int, ...]
+    text: str
+    depth: int
+    step_scores: tuple[float, ...] = ()
+    score: float = 0.0
+    complete: bool = False
+    answer: str | None = None
+    held: bool = True
+    expanded: bool = False
+    pruned: bool = False
+    children: list[StepNode] = field(default_factory=list)
+
+    def path(self) -> list[StepNode]:
+        """The steps from the first one down to this node (the root excluded)."""
+        steps: list[StepNode] = []
+        node: StepNode | None = self
+        while node is not None and node.parent is not None:
+            steps.append(node)
+            node = node.parent
+        return steps[::-1]
+
+    def solution(self) -> str:
+        return "".join(step.text for step in self.path())
+
+    @property
+    def open(self) -> bool:
+        """On the frontier: may still be expanded."""
+        return not (self.complete or self.expanded or self.pruned)
+
+
+def plan_round(meter: Meter, wants: Sequence[int], max_tokens: int) -> list[tuple[int, int]]:
+    """(children, max_tokens) for each expansion in order, as ``Meter.plan`` would grant them one after another.
+
+    Each grant reserves its worst case (children x max_tokens, one call) before the next is planned, so running
+    the whole round concurrently can never generate more than the budget allows; the last expansions are the
+    ones trimmed: first their number of children, then, for the very last, their step length.
+    """
+    if meter.exhausted():
+        return [(0, 0)] * len(wants)
+    tokens, calls = meter.tokens_left(), meter.calls_left()
+    grants: list[tuple[int, int]] = []
+    for n in wants:
+        if n < 1 or max_tokens < 1 or tokens == 0 or calls == 0:
+            grants.append((0, 0))
+            continue
+        if tokens is None or tokens >= n * max_tokens:
+            grant = (n, max_tokens)
+        elif tokens >= max_tokens:
+            grant = (tokens // max_tokens, max_tokens)
+        else:
+            grant = (1, tokens)
+        grants.append(grant)
+        if tokens is not None:
+            tokens -= grant[0] * grant[1]
+        if calls is not None:
+            calls -= 1
+    return grants
+
+
+async def run_concurrently(jobs: Sequence[Callable[[], Coroutine[Any, Any, None]]]) -> None:
+    """Run jobs concurrently; the first failure cancels the rest and is raised as itself, not as a group, so
+    callers see the typed error (BackendError, VerifierError) they would see from one call."""
+    try:
+        async with anyio.create_task_group() as group:
+            for job in jobs:
+                group.start_soon(job)
+    except BaseExceptionGroup as failures:
+        raise _first_leaf(failures) from None
+
+
+def _first_leaf(failures: BaseExceptionGroup[BaseException]) -> BaseException:
+    for exc in failures.exceptions:
+        if not isinstance(exc, BaseExceptionGroup):
+            return exc
+    return _first_leaf(failures.exceptions[0])  # type: ignore[arg-type]
+
+
+def by_rank(node: StepNode) -> tuple[float, int]:
+    """Sort key: best score first, then creation order (so ties break the same way every run)."""
+    return (-node.score, node.id)
+
+
+class SearchTree:
+    """A live search over one problem. Create it with :meth:`open`."""
+
+    def __init__(self, problem: Problem, meter: Meter, ctx: Context, prm: ProcessVerifier,
+                 options: TreeSearchOptions, root: StepNode) -> None:
+        self.problem = problem
+        self.meter = meter
+        self.ctx = ctx
+        self.prm = prm
+        self.options = options
+        self.root = root
+        self.nodes: list[StepNode] = [root]
+        self.finished: list[StepNode] = []
+        self.rounds = 0
+
+    @classmethod
+    async def open(cls, problem: Problem, meter: Meter, ctx: Context, options: TreeSearchOptions) -> SearchTree:
+        if ctx.prm is None:
+            raise ConfigError("tree searches score every step with a process verifier: pass one, e.g. "
+                              "solve(..., verifier=prm) with a ProcessVerifier (score_steps)")
+        if not ctx.step_delimiter:
+            raise ConfigError("the step delimiter is empty: set Context.step_delimiter, e.g. '\\n'")
+        text = ctx.render(problem.question)
+        prompt = tuple(await ctx.backend.tokenize(text, add_special_tokens=True))
+        node_id = ctx.recorder.add_node(parent=None, text=text, token_count=len(prompt))
+        root = StepNode(id=node_id, parent=None, prefix=prompt, token_ids=prompt, text=text, depth=0)
+        tree = cls(problem, meter, ctx, ctx.prm, options, root)
+        tree.note_kv()
+        return tree
+
+    # -- reading -------------------------------------------------------------------------------------------------
+    def frontier(self) -> list[StepNode]:
+        """Nodes that may still be expanded, best first."""
+        return sorted((n for n in self.nodes if n.open), key=by_rank)
+
+    def live_tokens(self) -> int:
+        """KV tokens the tree needs now: every held node and its ancestors, each counted once."""
+        seen: set[int] = set()
+        total = 0
+        for node in self.nodes:
+            walk: StepNode | None = node if node.held else None
+            while walk is not None and walk.id not in seen:
+                seen.add(walk.id)
+                total += len(walk.token_ids)
+                walk = walk.parent
+        return total
+
+    def note_kv(self) -> None:
+        live = self.ctx.backend.stats().live_kv_tokens
+        self.meter.note_kv(live if live > 0 else self.live_tokens())
+
+    # -- growing -------------------------------------------------------------------------------------------------
+    async def expand(self, requests: Sequence[tuple[StepNode, int]]) -> list[StepNode]:
+        """Give each node (in priority order) up to its number of children within budget; return the new nodes.
+
+        Expansions run in waves: a wave plans what the budget grants at worst case and runs it concurrently;
+        when that trimmed some, the next wave plans again from what was actually spent. With budget to spare
+        there is one wave and one backend call per node. Nodes the budget cannot reach stay on the frontier.
+        """
+        for node, _ in requests:
+            if not node.open:
+                raise ConfigError(f"node {node.id} cannot be expanded: it is complete, expanded or pruned")
+        wants = [max(0, k) for _, k in requests]
+        created: list[StepNode] = []
+        expanded: list[StepNode] = []
+        while any(wants):
+            grants = plan_round(self.meter, wants, self.options.max_step_tokens)
+            jobs = [(i, k, cap) for i, (k, cap) in enumerate(grants) if k > 0]
+            if not jobs:
+                break
+            wave = await self._wave([(requests[i][0], k, cap) for i, k, cap in jobs])
+            for i, k, _ in jobs:
+                wants[i] -= k
+                if not requests[i][0].expanded:
+                    requests[i][0].expanded = True
+                    expanded.append(requests[i][0])
+            created += wave
+            if sum(len(n.token_ids) for n in wave) == 0:
+                break
+        self.note_kv()
+        await self._score(created)
+        for child in created:
+            if child.complete:
+                await self._finish(child)
+        for node in expanded:
+            await self._release(node)
+        return created
+
+    async def _wave(self, jobs: Sequence[tuple[StepNode, int, int]]) -> list[StepNode]:
+        """One concurrent backend call per (node, children, max_tokens); the children, in job order."""
+        seeded = [(node, k, cap, self.ctx.next_seed()) for node, k, cap in jobs]
+        drawn: list[list[Completion]] = [[] for _ in seeded]
+
+        async def run(index: int, node: StepNode, k: int, cap: int, seed: int) -> None:
+            sampling = Sampling(max_tokens=cap, temperature=self.options.temperature, top_p=self.options.top_p,
+                                stop=(self.ctx.step_delimiter,), seed=seed)
+            drawn[index] = await self.ctx.backend.complete(node.prefix, k, sampling)
+            live = self.ctx.backend.stats().live_kv_tokens
+            if live > 0:
+                self.meter.note_kv(live)
+
+        await run_concurrently([functools.partial(run, index, *job) for index, job in enumerate(seeded)])
+        children: list[StepNode] = []
+        for (node, _, _, _), completions in zip(seeded, drawn, strict=True):
+            self.meter.charge(completions)
+            children += [self._add_child(node, c) for c in completions]
+        return children
+
+    def _add_child(self, parent: StepNode, completion: Completion) -> StepNode:
+        ids = tuple(completion.token_ids)
+        depth = parent.depth + 1
+        delimiter = self.ctx.step_delimiter
+        stated = bool(_STATED_ANSWER.search(completion.text)) and extract_answer(completion.text) is not None
+        ended = completion.finish_reason != "stop" or not completion.text.endswith(delimiter)
+        node_id = self.ctx.recorder.add_node(parent=parent.id, text=completion.text, token_count=len(ids),
+                                             logprob=completion.cumulative_logprob)
+        child = StepNode(id=node_id, parent=parent, prefix=parent.prefix + ids, token_ids=ids,
+                         text=completion.text, depth=depth,
+                         complete=stated or ended or depth >= self.options.max_depth)
+        parent.children.append(child)
+        self.nodes.append(child)
+        return child
+
+    async def _score(self, nodes: Sequence[StepNode]) -> None:
+        """PRM scores for each node's path, concurrently; an empty step inherits its parent's scores."""
+        results: dict[int, list[float]] = {}
+
+        async def one(node: StepNode) -> None:
+            steps = [s for s in (step.text.strip() for step in node.path()) if s]
+            if not node.text.strip():
+                parent = node.parent
+                results[node.id] = list(parent.step_scores) if parent is not None else []
+                return
+            scored = await score_steps_costed(self.prm, self.problem.question, steps)
+            scores = scored.scores
+            self.meter.charge_verifier(scored.scored_tokens)
+            if len(scores) != len(steps):
+                raise VerifierError(f"the process verifier returned {len(scores)} scores for {len(steps)} steps: "
+                                    "score_steps must return one score per step")
+            results[node.id] = [float(s) for s in scores]
+
+        await run_concurrently([functools.partial(one, node) for node in nodes])
+        for node in nodes:
+            node.step_scores = tuple(results[node.id])
+            node.score = aggregate(node.step_scores, self.options.aggregate) if node.step_scores else 0.0
+            self.ctx.recorder.update(node.id, step_scores=node.step_scores, score=node.score)
+
+    async def _finish(self, node: StepNode) -> None:
+        node.answer = extract_answer(node.solution())
+        self.finished.append(node)
+        self.ctx.recorder.update(node.id, status="finished", answer=node.answer)
+        await self._release(node)
+
+    async def _release(self, node: StepNode) -> None:
+        if node.held:
+            node.held = False
+            await self.ctx.backend.release(node.prefix)
+
+    async def prune(self, nodes: Sequence[StepNode], reason: str | Mapping[int, str]) -> None:
+        """Drop frontier nodes: marked pruned with the reason (one for all, or per node id), KV released."""
+        for node in nodes:
+            why = reason if isinstance(reason, str) else reason[node.id]
+            node.pruned = True
+            self.ctx.recorder.update(node.id, status="pruned", reason=why)
+            await self._release(node)
+        if nodes:
+            self.note_kv()
+
+    def round_event(self, kept: Sequence[StepNode], pruned: Sequence[StepNode], **extra: object) -> None:
+        """Record one round's selection: who was kept, who was pruned, and every frontier score."""
+        everyone = sorted([*kept, *pruned], key=lambda n: n.id)
+        payload: dict[str, object] = {
+            "round": self.rounds,
+            "kept": [n.id for n in kept],
+            "pruned": [n.id for n in pruned],
+            "scores": {str(n.id): n.score for n in everyone},
+            "finished": len(self.finished),
+            "generated_tokens": self.meter.usage().generated_tokens,
+        }
+        payload.update(extra)
+        self.ctx.recorder.event("round", payload)
+        self.rounds += 1
+
+    async def close(self) -> list[StepNode]:
+        """End the search: whatever is still open is dropped and released; returns those partial leaves."""
+        leftover = self.frontier()
+        reason = "search ended: budget spent" if self.meter.exhausted() else "search ended"
+        await self.prune(leftover, reason)
+        for node in self.nodes:
+            await self._release(node)
+        return leftover
+
+    def result(self, leftover: Sequence[StepNode]) -> StrategyResult:
+        """The chosen solution among complete leaves; partial ones (answer None) only when none completed."""
+        leaves = self.finished or sorted(leftover, key=by_rank)
+        candidates = [Candidate(text=n.solution(), answer=n.answer, score=n.score,
+                                token_count=len(n.prefix) - len(self.root.prefix), node_id=n.id) for n in leaves]
+        choice = choose(self.ctx, candidates, self.options.select)
+        mark_selected(self.ctx, choice)
+        best = choice.candidate
+        return StrategyResult(answer=best.answer if best else None, text=best.text if best else "",
+                              score=best.score if best else None,
+                              candidates=tuple(candidates[: len(self.finished)]))
+
+
+TreeOptionsT = TypeVar("TreeOptionsT", bound=TreeSearchOptions)
+
+
+class TreeSearch(Strategy[TreeOptionsT]):
+    """Base of the step-level searches: subclasses implement :meth:`search` on a :class:`SearchTree`."""
+
+    async def run(self, problem: Problem, meter: Meter, ctx: Context) -> StrategyResult:
+        tree = await SearchTree.open(problem, meter, ctx, self.options)
+        try:
+            await self.search(tree)
+        except BaseException:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await tree.close()
+            raise
+        leftover = await tree.close()
+        return tree.result(leftover)
+
+    @abstractmethod
+    async def search(self, tree: SearchTree) -> None:
+        """Grow and prune ``tree`` until the budget or the search is done."""
+
+
+__all__ = ["SearchTree", "StepNode", "TreeSearch", "TreeSearchOptions", "TreeSelection", "by_rank", "plan_round"]

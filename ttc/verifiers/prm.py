@@ -1,0 +1,250 @@
+"""Process reward models on any backend, with incremental scoring.
+
+A PRM scores every step of a solution. In a tree search most of a new node's steps were already scored as its
+parent's, so scores are cached by a hash of (question, step prefix): a child costs only its new step. The request
+still carries the whole prefix as token ids, so vLLM's prefix cache or the local engine's KV tree makes the prefix
+cheap to re-read; ``StepScores.scored_tokens`` counts only what had not been scored before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+import anyio
+
+from ttc.backends.base import Backend
+from ttc.errors import VerifierError
+from ttc.types import PromptLogprobs
+from ttc.verifiers.base import StepScores
+from ttc.verifiers.prm_presets import PRMPreset, get_preset
+
+
+@runtime_checkable
+class SupportsChatTemplate(Protocol):
+    async def tokenize_chat(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool) -> list[int]:
+        ...
+
+
+@runtime_checkable
+class SupportsPooling(Protocol):
+    async def pool(self, prompt: Sequence[int]) -> list[list[float]]: ...
+
+
+class StepScoreCache:
+    """LRU map from a hash of (question, steps[:i+1]) to the score of step i."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._data: OrderedDict[bytes, float] = OrderedDict()
+
+    @staticmethod
+    def keys(question: str, steps: Sequence[str]) -> list[bytes]:
+        digest = hashlib.sha256(question.encode())
+        out = []
+        for step in steps:
+            digest.update(b"\x1e" + step.encode())
+            out.append(digest.copy().digest())
+        return out
+
+    def get(self, key: bytes) -> float | None:
+        value = self._data.get(key)
+        if value is not None:
+            self._data.move_to_end(key)
+        return value
+
+    def put(self, key: bytes, value: float) -> None:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.capacity:
+            self._data.popitem(last=False)
+
+
+class CachedPRM(ABC):
+    """Shared machinery: the cache, usage counters, and the ProcessVerifier methods."""
+
+    def __init__(self, backend: Backend, preset: PRMPreset, *, cache: StepScoreCache | None = None) -> None:
+        self.backend = backend
+        self.preset = preset
+        self.cache = cache or StepScoreCache()
+        self.scored_tokens = 0
+        self.calls = 0
+
+    async def score_steps(self, question: str, steps: Sequence[str]) -> list[float]:
+        return list((await self.score_steps_detailed(question, steps)).scores)
+
+    async def score_steps_detailed(self, question: str, steps: Sequence[str]) -> StepScores:
+        if not steps:
+            return StepScores((), 0, 0)
+        keys = self.cache.keys(question, steps)
+        cached: list[float] = []
+        for key in keys:
+            value = self.cache.get(key)
+            if value is None:
+                break
+            cached.append(value)
+        if len(cached) == len(steps):
+            return StepScores(tuple(cached), 0, len(cached))
+        scores, new_tokens = await self._score(question, steps, len(cached))
+        if len(scores) != len(steps):
+            raise VerifierError(f"{self.preset.name}: got {len(scores)} scores for {len(steps)} steps")
+        for key, value in zip(keys, scores, strict=True):
+            self.cache.put(key, value)
+        self.scored_tokens += new_tokens
+        self.calls += 1
+        return StepScores(tuple(scores), new_tokens, len(cached))
+
+    async def score_many(self, question: str, candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+        """Score several candidates concurrently (the backend batches them)."""
+        results: list[list[float]] = [[] for _ in candidates]
+
+        async def one(i: int) -> None:
+            results[i] = await self.score_steps(question, candidates[i])
+
+        async with anyio.create_task_group() as tg:
+            for i in range(len(candidates)):
+                tg.start_soon(one, i)
+        return results
+
+    async def single_token(self, text: str) -> int:
+        ids = await self.backend.tokenize(text)
+        if len(ids) != 1:
+            raise VerifierError(f"PRM preset {self.preset.name!r}: {text!r} must be one token for this model, "
+                                f"got {len(ids)} ({ids}); pick a preset that matches the model")
+        return ids[0]
+
+    @abstractmethod
+    async def _score(self, question: str, steps: Sequence[str], cached_steps: int) -> tuple[list[float], int]:
+        """All step scores, and how many tokens beyond the cached steps' prefix were sent."""
+
+
+def judgement(dist: Mapping[int, float] | None, good: int, bad: int, where: str) -> float:
+    """P(good) / (P(good) + P(bad)) from a logprob distribution; a token outside the returned top-k counts as
+    impossible, but at least one of the two must be present."""
+    if dist is None:
+        raise VerifierError(f"no distribution at {where}")
+    lg, lb = dist.get(good), dist.get(bad)
+    if lg is None and lb is None:
+        raise VerifierError(f"neither judgement token is among the returned logprobs at {where}: raise top_k "
+                            "(and the server's --max-logprobs) or check the preset's good/bad tokens")
+    if lg is None:
+        return 0.0
+    if lb is None:
+        return 1.0
+    top = max(lg, lb)
+    pg, pb = math.exp(lg - top), math.exp(lb - top)
+    return pg / (pg + pb)
+
+
+class TokenPRM(CachedPRM):
+    """Math-Shepherd-style PRM: judgement read from the distribution right after each step tag."""
+
+    async def _score(self, question: str, steps: Sequence[str], cached_steps: int) -> tuple[list[float], int]:
+        p = self.preset
+        tag, good, bad = [await self.single_token(t) for t in (p.tag, p.good, p.bad)]
+        ids = await self.backend.tokenize(p.prefix.format(question=question), add_special_tokens=True)
+        tags: list[int] = []
+        for n, step in enumerate(steps, start=1):
+            ids += await self.backend.tokenize(p.step_template.format(step=step, n=n))
+            ids.append(tag)
+            tags.append(len(ids) - 1)
+            ids += await self.backend.tokenize(p.separator) if n < len(steps) else [good]
+        known = tags[cached_steps - 1] + 1 if cached_steps else 0
+        lp = await self.backend.prompt_logprobs(ids, top_k=p.top_k)
+        return [judgement(lp.top[t + 1], good, bad, f"step {i + 1}") for i, t in enumerate(tags)], len(ids) - known
+
+
+class ChatPRM(CachedPRM):
+    """RLHFlow-style PRM: steps as user turns, ``+``/``-`` as the assistant's judgement."""
+
+    def _messages(self, question: str, steps: Sequence[str], upto: int) -> list[dict[str, str]]:
+        msgs: list[dict[str, str]] = []
+        for i, step in enumerate(steps[:upto]):
+            content = self.preset.first_turn.format(question=question, step=step) if i == 0 else step
+            msgs += [{"role": "user", "content": content}, {"role": "assistant", "content": self.preset.good}]
+        return msgs
+
+    async def _score(self, question: str, steps: Sequence[str], cached_steps: int) -> tuple[list[float], int]:
+        backend = self.backend
+        if not isinstance(backend, SupportsChatTemplate):
+            raise VerifierError(f"chat PRMs need a backend that applies chat templates; {backend.name} does not")
+        good, bad = await self.single_token(self.preset.good), await self.single_token(self.preset.bad)
+        positions = []
+        for k in range(len(steps)):
+            turns = self._messages(question, steps, k + 1)[:-1]
+            positions.append(len(await backend.tokenize_chat(turns, add_generation_prompt=True)))
+        ids = await backend.tokenize_chat(self._messages(question, steps, len(steps)), add_generation_prompt=False)
+        if any(pos >= len(ids) or ids[pos] != good for pos in positions):
+            raise VerifierError("the chat template does not place the judgement token where expected: "
+                                "its prompts are not prefixes of the whole conversation")
+        lp = await backend.prompt_logprobs(ids, top_k=self.preset.top_k)
+        known = positions[cached_steps - 1] + 1 if cached_steps else 0
+        return [judgement(lp.top[pos], good, bad, f"step {i + 1}") for i, pos in enumerate(positions)], len(ids) - known
+
+
+class PoolingPRM(CachedPRM):
+    """Qwen2.5-Math-PRM-style: a reward head's positive-class probability at each step separator."""
+
+    async def _score(self, question: str, steps: Sequence[str], cached_steps: int) -> tuple[list[float], int]:
+        backend = self.backend
+        if not isinstance(backend, SupportsPooling) or not isinstance(backend, SupportsChatTemplate):
+            raise VerifierError(f"pooling PRMs need vLLM's pooling endpoint; {backend.name} does not offer it")
+        p = self.preset
+        sep = await self.single_token(p.tag)
+        messages = [{"role": "user", "content": p.prefix.format(question=question)},
+                    {"role": "assistant", "content": p.tag.join(steps) + p.tag}]
+        if p.system:
+            messages.insert(0, {"role": "system", "content": p.system})
+        ids = await backend.tokenize_chat(messages, add_generation_prompt=False)
+        where = [i for i, t in enumerate(ids) if t == sep]
+        rows = await backend.pool(ids)
+        picked = rows if len(rows) == len(where) else [rows[i] for i in where] if len(rows) == len(ids) else None
+        if picked is None or len(picked) != len(steps):
+            raise VerifierError(f"pooling PRM returned {len(rows)} rows for {len(ids)} tokens and {len(steps)} steps")
+        known = where[cached_steps - 1] + 1 if cached_steps else 0
+        return [float(row[p.positive_class]) for row in picked], len(ids) - known
+
+
+class GenerativeJudge(CachedPRM):
+    """For models without a PRM: ask the model whether each step is correct and read P(Yes) against P(No)."""
+
+    TEMPLATE = ("Question: {question}\nSolution so far:\n{previous}\nNew step: {step}\n"
+                "Is the new step correct? Answer Yes or No.\nAnswer:")
+
+    async def _score(self, question: str, steps: Sequence[str], cached_steps: int) -> tuple[list[float], int]:
+        good, bad = await self.single_token(self.preset.good), await self.single_token(self.preset.bad)
+        scores = list(await self._cached_prefix(question, steps, cached_steps))
+        sent = 0
+        for k in range(cached_steps, len(steps)):
+            text = self.TEMPLATE.format(question=question, previous="\n".join(steps[:k]) or "(none)", step=steps[k])
+            ids = await self.backend.tokenize(text, add_special_tokens=True) + [good]
+            lp: PromptLogprobs = await self.backend.prompt_logprobs(ids, top_k=self.preset.top_k)
+            scores.append(judgement(lp.top[-1], good, bad, f"step {k + 1}"))
+            sent += len(ids)
+        return scores, sent
+
+    async def _cached_prefix(self, question: str, steps: Sequence[str], upto: int) -> list[float]:
+        keys = self.cache.keys(question, steps[:upto])
+        return [self.cache.get(k) or 0.0 for k in keys]
+
+
+FAMILIES: dict[str, type[CachedPRM]] = {"token": TokenPRM, "chat": ChatPRM, "pooling": PoolingPRM}
+
+
+def load_prm(backend: Backend, preset: str | PRMPreset = "mini") -> CachedPRM:
+    """A PRM of the preset's family on ``backend`` (the backend serving the PRM checkpoint)."""
+    chosen = get_preset(preset) if isinstance(preset, str) else preset
+    return FAMILIES[chosen.family](backend, chosen)
+
+
+def judge(backend: Backend, *, yes: str = " Yes", no: str = " No") -> GenerativeJudge:
+    """A generative judge on the policy (or any instruction-following model)."""
+    return GenerativeJudge(backend, PRMPreset(name="judge", family="chat", good=yes, bad=no))
+
+
+__all__ = ["CachedPRM", "ChatPRM", "GenerativeJudge", "PoolingPRM", "StepScoreCache", "StepScores",
+           "SupportsChatTemplate", "SupportsPooling", "TokenPRM", "judge", "judgement", "load_prm"]

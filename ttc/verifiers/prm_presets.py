@@ -1,0 +1,97 @@
+"""Process reward model presets: how each PRM family wants a solution written and where its judgement is read.
+
+Presets are data, looked up by name, so supporting another checkpoint of a known family is a new entry (or a
+JSON file), never an if-chain on model names. Three families:
+
+- ``token``: Math-Shepherd style. Each step is followed by a step tag; the PRM's next-token distribution right
+  after the tag, restricted to a "good" and a "bad" token, gives P(step correct). Read from prompt logprobs.
+- ``chat``: RLHFlow style. Each step is a user turn, the assistant answers ``+`` or ``-``; P(``+``) against
+  P(``-``) at each assistant turn is the score. Needs the model's chat template.
+- ``pooling``: Qwen2.5-Math-PRM style. A reward head returns per-token class probabilities; the positive-class
+  probability at each step-separator token is the score. Needs vLLM's pooling endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Literal
+
+from ttc.errors import ConfigError
+
+Family = Literal["token", "chat", "pooling"]
+
+
+@dataclass(frozen=True)
+class PRMPreset:
+    """One PRM family's format. ``prefix`` holds ``{question}``; ``step_template`` holds ``{step}`` and may hold
+    ``{n}`` (1-based step number). For ``token`` PRMs the text is ``prefix + sum(step_template + tag + separator)``;
+    ``chat`` PRMs put ``first_turn`` (``{question}``, ``{step}``) and then each step in user turns; ``pooling`` PRMs
+    join steps with ``tag`` inside ``prefix``'s ``{steps}``."""
+
+    name: str
+    family: Family
+    good: str = "+"
+    bad: str = "-"
+    tag: str = ""
+    prefix: str = "{question}\n"
+    step_template: str = "{step}"
+    separator: str = "\n"
+    first_turn: str = "{question} {step}"
+    system: str | None = None
+    positive_class: int = 1
+    top_k: int = 20
+
+    def __post_init__(self) -> None:
+        if self.family == "token" and not self.tag:
+            raise ConfigError(f"PRM preset {self.name!r}: a token PRM needs a step tag")
+        if self.family not in ("token", "chat", "pooling"):
+            raise ConfigError(f"PRM preset {self.name!r}: unknown family {self.family!r} (token, chat, pooling)")
+
+
+PRESETS: dict[str, PRMPreset] = {
+    "math-shepherd": PRMPreset(
+        name="math-shepherd", family="token", tag="ки", good="+", bad="-", prefix="{question} ",
+        step_template="Step {n}: {step} ", separator="\n",
+    ),
+    "rlhflow": PRMPreset(name="rlhflow", family="chat", good="+", bad="-", first_turn="{question} {step}"),
+    "qwen2.5-math-prm": PRMPreset(
+        name="qwen2.5-math-prm", family="pooling", tag="<extra_0>",
+        system="Please reason step by step, and put your final answer within \\boxed{}.",
+        prefix="{question}", positive_class=1,
+    ),
+}
+
+
+def preset_from_json(path: Path) -> PRMPreset:
+    """A preset from a JSON file (keys as in :class:`PRMPreset`; unknown keys are an error)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read PRM preset {path}: {exc}") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"PRM preset {path} must be a JSON object")
+    known = {f.name for f in fields(PRMPreset)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"PRM preset {path}: unknown keys {unknown}; valid keys: {sorted(known)}")
+    return PRMPreset(**{"name": path.stem, **data})
+
+
+def get_preset(name: str) -> PRMPreset:
+    """A registered preset, ``mini`` (the bundled PRM's own file), or a path to a preset JSON file."""
+    if name in PRESETS:
+        return PRESETS[name]
+    if name == "mini":
+        from ttc.models import mini_model_path
+
+        return preset_from_json(mini_model_path("prm") / "prm.json")
+    path = Path(name)
+    if path.suffix == ".json" and path.is_file():
+        return preset_from_json(path)
+    raise ConfigError(f"unknown PRM preset {name!r}: use one of {', '.join([*PRESETS, 'mini'])} or a .json file")
+
+
+__all__ = ["PRESETS", "Family", "PRMPreset", "get_preset", "preset_from_json"]
