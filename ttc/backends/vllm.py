@@ -1,0 +1,390 @@
+"""The vLLM backend: ttc's client for one or more vLLM servers speaking the OpenAI-compatible HTTP API.
+
+One deployment serves many concurrent searches. Prompts travel as token ids so that vLLM's automatic prefix
+caching shares a search tree's common prefixes; requests of one question stick to one replica for the same reason
+(see ``ttc.backends.routing``). All requests share one ``httpx.AsyncClient`` connection pool and one semaphore, so
+a search that fans out wide never opens more than ``max_concurrency`` requests at once.
+
+Usage accounting comes from the server: per-call prompt, completion and cached prompt tokens (cached ones need
+the server flag ``--enable-prompt-tokens-details``; without it they read 0), and the prefix-cache hit rate from its
+Prometheus ``/metrics`` counters (``prefix_cache_snapshot`` before and after a run, ``prefix_cache_hit_rate`` to
+diff them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from ttc.backends.base import BackendStats
+from ttc.backends.lru import LRUCache
+from ttc.backends.retry import Backoff
+from ttc.backends.routing import Replica, ReplicaRouter
+from ttc.backends.vllm_errors import (
+    connection_error,
+    context_length_error,
+    error_from_response,
+    protocol_error,
+    timeout_error,
+)
+from ttc.backends.vllm_metrics import (
+    PrefixCacheSnapshot,
+    ReplicaCounters,
+    counters_from_metrics,
+    prefix_cache_hit_rate,
+)
+from ttc.backends.vllm_protocol import (
+    ServerInfo,
+    completion_payload,
+    parse_completions,
+    parse_models,
+    parse_prompt_logprobs,
+    prompt_logprobs_payload,
+)
+from ttc.errors import BackendError, ConfigError
+from ttc.types import Completion, PromptLogprobs, Sampling
+
+# Failures that mean "this replica is not there": bench it and fail over.
+_UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout)
+# The connection broke mid-request (server restarting, idle keep-alive closed): worth another try.
+_BROKEN = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+
+
+@dataclass
+class _LoopState:
+    """The client, semaphore and lock of one event loop; asyncio objects cannot be shared across loops."""
+
+    loop: asyncio.AbstractEventLoop
+    client: httpx.AsyncClient
+    semaphore: asyncio.Semaphore
+    connect_lock: asyncio.Lock
+
+
+def _normalise_url(url: str) -> str:
+    url = url.strip().rstrip("/")
+    if url.endswith("/v1"):
+        url = url[: -len("/v1")]
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"vLLM server URL must start with http:// or https://, got {url!r} "
+                          "(e.g. http://127.0.0.1:8000)")
+    return url
+
+
+class VLLMBackend:
+    """A ``Backend`` that sends every request to vLLM servers over HTTP.
+
+    ``base_url`` is a server root (``http://host:8000``) or several, one per replica. ``model`` defaults to the
+    first model the server lists. ``retries`` counts extra attempts after the first, made on connection errors,
+    429 and 5xx only, with exponential backoff and seeded jitter (``backoff_s`` is the first delay).
+    """
+
+    def __init__(self, base_url: str | Sequence[str], model: str | None = None, api_key: str | None = None,
+                 max_concurrency: int = 64, timeout: float = 120.0, retries: int = 3, *,
+                 prefix_tokens: int = 32, cooldown_s: float = 10.0, backoff_s: float = 0.25, seed: int = 0,
+                 cache_size: int = 4096, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        if max_concurrency < 1:
+            raise ConfigError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if not timeout > 0:
+            raise ConfigError(f"timeout must be > 0 seconds, got {timeout}")
+        if retries < 0:
+            raise ConfigError(f"retries must be >= 0, got {retries}")
+        self.urls = tuple(_normalise_url(u) for u in urls)
+        self._router = ReplicaRouter(self.urls, prefix_tokens=prefix_tokens, cooldown_s=cooldown_s)
+        self._model = model
+        self._api_key = api_key
+        self.max_concurrency = max_concurrency
+        self.timeout = timeout
+        self.retries = retries
+        self._backoff = Backoff(base_s=backoff_s, seed=seed)
+        self._transport = transport
+        self._tokens: LRUCache[tuple[str, bool], tuple[int, ...]] = LRUCache(cache_size)
+        self._texts: LRUCache[tuple[int, ...], str] = LRUCache(cache_size)
+        self._state: _LoopState | None = None
+        self._info: ServerInfo | None = None
+        self._eos: int | None = None
+        self._baseline: PrefixCacheSnapshot | None = None
+        self._latest: PrefixCacheSnapshot | None = None
+        self._calls = self._prompt_tokens = self._cached_tokens = self._generated = self._scored = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+
+    @classmethod
+    def from_env(cls, **options: Any) -> VLLMBackend:
+        """Build from ``TTC_VLLM_URL`` (comma-separated for replicas), ``TTC_VLLM_MODEL``, ``TTC_VLLM_API_KEY``."""
+        raw = os.environ.get("TTC_VLLM_URL", "")
+        urls = [u.strip() for u in raw.split(",") if u.strip()]
+        if not urls:
+            raise ConfigError("TTC_VLLM_URL is not set: set it to the vLLM server's base URL, e.g. "
+                              "http://127.0.0.1:8000 (comma-separate several replicas)")
+        return cls(urls, model=os.environ.get("TTC_VLLM_MODEL") or None,
+                   api_key=os.environ.get("TTC_VLLM_API_KEY") or None, **options)
+
+    # -- identity -------------------------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return "vllm:" + ",".join(self.urls)
+
+    @property
+    def model(self) -> str | None:
+        """The served model's name: as given, or as discovered by ``connect``."""
+        return self._info.model if self._info is not None else self._model
+
+    @property
+    def max_model_len(self) -> int | None:
+        return None if self._info is None else self._info.max_model_len
+
+    @property
+    def eos_token_id(self) -> int | None:
+        """The EOS id, known after ``connect`` when the server runs with ``--enable-tokenizer-info-endpoint``."""
+        return self._eos
+
+    # -- connection -----------------------------------------------------------------------------------------
+
+    def _loop_state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        if self._state is None or self._state.loop is not loop:
+            # A new event loop (e.g. a second asyncio.run): the old pool's connections belong to the old loop.
+            headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+            limits = httpx.Limits(max_connections=self.max_concurrency,
+                                  max_keepalive_connections=self.max_concurrency)
+            timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0))
+            client = httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout, transport=self._transport)
+            self._state = _LoopState(loop, client, asyncio.Semaphore(self.max_concurrency), asyncio.Lock())
+        return self._state
+
+    async def connect(self) -> ServerInfo:
+        """Learn the model name, its context length and EOS id once; later calls return the cached answer."""
+        if self._info is not None:
+            return self._info
+        async with self._loop_state().connect_lock:
+            if self._info is None:
+                response = await self._send("models", "GET", "/v1/models")
+                self._info = parse_models(self._json(response, "models"), self._model, url=str(response.url))
+                self._eos = await self._discover_eos()
+                self._baseline = self._latest = await self.prefix_cache_snapshot()
+            return self._info
+
+    async def _discover_eos(self) -> int | None:
+        """EOS from ``/tokenizer_info`` (an optional endpoint); None when the server does not offer it."""
+        try:
+            response = await self._send("tokenizer_info", "GET", "/tokenizer_info", retry=False)
+        except BackendError:
+            return None
+        eos = self._json(response, "tokenizer_info").get("eos_token")
+        if isinstance(eos, dict):
+            eos = eos.get("content")
+        if not isinstance(eos, str) or not eos:
+            return None
+        ids = await self.tokenize(eos)
+        return ids[0] if len(ids) == 1 else None
+
+    async def aclose(self) -> None:
+        """Close the connection pool. A pool opened on another (finished) event loop is dropped, not closed:
+        its connections can only be closed from the loop that opened them."""
+        state, self._state = self._state, None
+        if state is not None and state.loop is asyncio.get_running_loop():
+            await state.client.aclose()
+
+    async def __aenter__(self) -> VLLMBackend:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    # -- transport ------------------------------------------------------------------------------------------
+
+    async def _send(self, kind: str, method: str, path: str, *, body: dict[str, Any] | None = None,
+                    prompt: Sequence[int] | None = None, replica: Replica | None = None,
+                    retry: bool = True) -> httpx.Response:
+        """One request with bounded concurrency, failover and retries; returns a 2xx response or raises."""
+        state = self._loop_state()
+        attempts = self.retries + 1 if retry else 1
+        previous: Replica | None = None
+        for attempt in range(attempts):
+            target = replica or self._router.pick(prompt, avoid=previous)
+            url = target.url + path
+            final = attempt + 1 == attempts
+            try:
+                response = await self._exchange(state, target, method, url, body)
+            except _UNREACHABLE as exc:
+                self._router.mark_down(target)
+                if final:
+                    raise connection_error(exc, kind=kind, url=url, attempts=attempts) from exc
+                if not self._router.has_alternative(target) or replica is not None:
+                    await asyncio.sleep(self._backoff.delay(attempt))
+            except _BROKEN as exc:
+                if final:
+                    raise connection_error(exc, kind=kind, url=url, attempts=attempts) from exc
+                await asyncio.sleep(self._backoff.delay(attempt))
+            except httpx.TimeoutException as exc:
+                raise timeout_error(exc, kind=kind, url=url, timeout=self.timeout) from exc
+            except httpx.HTTPError as exc:
+                raise BackendError(f"HTTP request failed: {type(exc).__name__}: {exc}", url=url,
+                                   kind=kind) from exc
+            else:
+                if target.failures:
+                    self._router.mark_up(target)
+                if response.is_success:
+                    return response
+                error = error_from_response(response, kind=kind, url=url)
+                if not error.retryable or final:
+                    raise error
+                await asyncio.sleep(self._backoff.delay(attempt))
+            previous = target
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _exchange(self, state: _LoopState, target: Replica, method: str, url: str,
+                        body: dict[str, Any] | None) -> httpx.Response:
+        async with state.semaphore:
+            self._router.begin(target)
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            try:
+                return await state.client.request(method, url, json=body)
+            finally:
+                self.in_flight -= 1
+                self._router.end(target)
+
+    @staticmethod
+    def _json(response: httpx.Response, kind: str) -> Any:
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise protocol_error(f"the body is not JSON: {response.text[:200]!r}", kind=kind,
+                                 url=str(response.url)) from exc
+
+    # -- tokenization ---------------------------------------------------------------------------------------
+
+    async def tokenize(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        """Token ids from the server's own tokenizer (cached), so ttc needs no tokenizer for remote models."""
+        key = (text, add_special_tokens)
+        cached = self._tokens.get(key)
+        if cached is not None:
+            return list(cached)
+        body: dict[str, Any] = {"prompt": text, "add_special_tokens": add_special_tokens}
+        if self.model is not None:
+            body["model"] = self.model
+        response = await self._send("tokenize", "POST", "/tokenize", body=body)
+        tokens = self._json(response, "tokenize").get("tokens")
+        if not isinstance(tokens, list):
+            raise protocol_error("/tokenize returned no token list", kind="tokenize", url=str(response.url))
+        ids = tuple(int(t) for t in tokens)
+        self._tokens.put(key, ids)
+        return list(ids)
+
+    async def detokenize(self, token_ids: Sequence[int]) -> str:
+        key = tuple(token_ids)
+        cached = self._texts.get(key)
+        if cached is not None:
+            return cached
+        body: dict[str, Any] = {"tokens": list(key)}
+        if self.model is not None:
+            body["model"] = self.model
+        response = await self._send("detokenize", "POST", "/detokenize", body=body)
+        text = self._json(response, "detokenize").get("prompt")
+        if not isinstance(text, str):
+            raise protocol_error("/detokenize returned no text", kind="detokenize", url=str(response.url))
+        self._texts.put(key, text)
+        return text
+
+    # -- generation and scoring -----------------------------------------------------------------------------
+
+    def _check_fits(self, info: ServerInfo, prompt_len: int, max_tokens: int, kind: str) -> None:
+        if info.max_model_len is not None and prompt_len + max_tokens > info.max_model_len:
+            raise context_length_error(prompt_tokens=prompt_len, max_tokens=max_tokens,
+                                       max_model_len=info.max_model_len, kind=kind, url=",".join(self.urls))
+
+    async def complete(self, prompt: Sequence[int], n: int, sampling: Sampling) -> list[Completion]:
+        """``n`` continuations in one request; every completion carries the call's prompt and cached counts.
+
+        ``stats().generated_tokens`` counts what the server generated, so a greedy call with ``n > 1`` (answered
+        by one generation) adds its tokens once.
+        """
+        if n < 1:
+            raise ConfigError(f"n must be >= 1, got {n}")
+        if len(prompt) == 0:
+            raise ConfigError("prompt must hold at least one token id")
+        info = await self.connect()
+        self._check_fits(info, len(prompt), sampling.max_tokens, "complete")
+        # vLLM refuses n > 1 with greedy decoding; n greedy continuations are one continuation n times.
+        sent_n = 1 if sampling.temperature == 0 else n
+        payload = completion_payload(info.model, prompt, sent_n, sampling)
+        response = await self._send("complete", "POST", "/v1/completions", body=payload, prompt=prompt)
+        completions, usage = parse_completions(self._json(response, "complete"), n=sent_n,
+                                               want_logprobs=sampling.logprobs, url=str(response.url))
+        self._calls += 1
+        self._prompt_tokens += usage.prompt_tokens
+        self._cached_tokens += usage.cached_prompt_tokens
+        self._generated += usage.completion_tokens or sum(len(c.token_ids) for c in completions)
+        return completions * (n // sent_n)
+
+    async def prompt_logprobs(self, prompt: Sequence[int], top_k: int = 0) -> PromptLogprobs:
+        """Logprobs of each prompt token (and the ``top_k`` best) from one ``max_tokens=1`` request.
+
+        The server caps ``top_k`` at its ``--max-logprobs`` (20 by default); a larger value is refused with 400.
+        """
+        if top_k < 0:
+            raise ConfigError(f"top_k must be >= 0, got {top_k}")
+        if len(prompt) == 0:
+            raise ConfigError("prompt must hold at least one token id")
+        info = await self.connect()
+        self._check_fits(info, len(prompt), 1, "prompt_logprobs")
+        payload = prompt_logprobs_payload(info.model, prompt, top_k)
+        response = await self._send("prompt_logprobs", "POST", "/v1/completions", body=payload, prompt=prompt)
+        result, _usage = parse_prompt_logprobs(self._json(response, "prompt_logprobs"), prompt,
+                                               url=str(response.url))
+        self._calls += 1
+        self._scored += len(prompt)
+        return result
+
+    async def release(self, prompt: Sequence[int]) -> None:
+        """Nothing to do: vLLM evicts cached prefixes by itself (LRU), and keeping them is what makes hits."""
+        return None
+
+    # -- accounting -----------------------------------------------------------------------------------------
+
+    async def prefix_cache_snapshot(self) -> PrefixCacheSnapshot:
+        """Every reachable replica's prefix-cache counters now; benched replicas and those without them are left out."""
+        counters: dict[str, ReplicaCounters] = {}
+        for replica in self._router.replicas:
+            if not self._router.is_healthy(replica):
+                continue
+            try:
+                response = await self._send("metrics", "GET", "/metrics", replica=replica, retry=False)
+            except BackendError:
+                continue
+            found = counters_from_metrics(response.text)
+            if found is not None:
+                counters[replica.url] = found
+        snapshot = PrefixCacheSnapshot(counters)
+        self._latest = snapshot
+        if self._baseline is None:
+            self._baseline = snapshot
+        return snapshot
+
+    def stats(self) -> BackendStats:
+        """Counters since creation. The hit rate covers first use up to the latest ``prefix_cache_snapshot``."""
+        rate = None
+        if self._baseline is not None and self._latest is not None:
+            rate = prefix_cache_hit_rate(self._baseline, self._latest)
+        return BackendStats(
+            calls=self._calls,
+            prompt_tokens=self._prompt_tokens,
+            cached_prompt_tokens=self._cached_tokens,
+            generated_tokens=self._generated,
+            scored_tokens=self._scored,
+            prefix_cache_hit_rate=rate,
+        )
+
+
+__all__ = ["PrefixCacheSnapshot", "VLLMBackend", "prefix_cache_hit_rate"]

@@ -1,0 +1,100 @@
+"""Turning vLLM's HTTP failures into ``BackendError`` messages that say what to do.
+
+Which failures are retryable follows HTTP semantics: 429 and 5xx are the server's transient state, any other 4xx
+is a problem with the request itself, which a retry would only repeat.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from ttc.errors import BackendError
+
+_MAX_BODY_CHARS = 500
+
+
+def server_message(response: httpx.Response) -> str:
+    """The human-readable message in a vLLM error body (either of its JSON shapes), else the raw body."""
+    text = response.text
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text.strip()[:_MAX_BODY_CHARS] or response.reason_phrase
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])[:_MAX_BODY_CHARS]
+        for key in ("message", "detail"):
+            if isinstance(body.get(key), str):
+                return str(body[key])[:_MAX_BODY_CHARS]
+    return text.strip()[:_MAX_BODY_CHARS]
+
+
+def is_retryable_status(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+def error_from_response(response: httpx.Response, *, kind: str, url: str) -> BackendError:
+    """A ``BackendError`` for a non-2xx response, with a hint matching the status."""
+    status = response.status_code
+    message = server_message(response)
+    retryable = is_retryable_status(status)
+    if status in (401, 403):
+        hint = "the server rejected the API key; pass api_key= or set TTC_VLLM_API_KEY to the server's --api-key"
+    elif status == 404:
+        hint = ("not found: check the URL (it should be the server root, e.g. http://host:8000) and that the model "
+                "name is one listed by GET /v1/models")
+    elif status == 429:
+        hint = "the server is overloaded; lower max_concurrency or add replicas"
+    elif status >= 500:
+        hint = "the server failed; see its log"
+    elif "maximum context length" in message:
+        hint = "shorten the prompt or lower Sampling.max_tokens"
+    else:
+        hint = "the request was invalid for this server"
+    return BackendError(f"vLLM answered HTTP {status}: {message} ({hint})", url=url, kind=kind,
+                        retryable=retryable)
+
+
+def context_length_error(*, prompt_tokens: int, max_tokens: int, max_model_len: int, kind: str,
+                         url: str) -> BackendError:
+    """The request cannot fit the server's context window; said before sending it."""
+    return BackendError(
+        f"request does not fit the model's context: prompt of {prompt_tokens} tokens + max_tokens {max_tokens} "
+        f"= {prompt_tokens + max_tokens} tokens, over the server's max_model_len of {max_model_len}; shorten the "
+        "prompt, lower Sampling.max_tokens, or serve the model with a larger --max-model-len",
+        url=url, kind=kind, retryable=False,
+    )
+
+
+def connection_error(exc: Exception, *, kind: str, url: str, attempts: int) -> BackendError:
+    return BackendError(
+        f"could not reach the vLLM server after {attempts} attempt(s): {type(exc).__name__}: {exc or 'no detail'} "
+        "(is it running, and is the URL right?)",
+        url=url, kind=kind, retryable=True,
+    )
+
+
+def timeout_error(exc: Exception, *, kind: str, url: str, timeout: float) -> BackendError:
+    return BackendError(
+        f"no answer from the vLLM server within {timeout:g}s ({type(exc).__name__}); the server may be overloaded: "
+        "raise timeout= or lower max_concurrency / max_tokens",
+        url=url, kind=kind, retryable=True,
+    )
+
+
+def protocol_error(detail: str, *, kind: str, url: str) -> BackendError:
+    return BackendError(f"unexpected answer from the vLLM server: {detail}", url=url, kind=kind, retryable=False)
+
+
+__all__ = [
+    "connection_error",
+    "context_length_error",
+    "error_from_response",
+    "is_retryable_status",
+    "protocol_error",
+    "server_message",
+    "timeout_error",
+]

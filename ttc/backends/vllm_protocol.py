@@ -1,0 +1,169 @@
+"""The JSON ttc exchanges with vLLM's OpenAI-compatible server: request bodies out, typed values back.
+
+Kept apart from the transport so the shapes can be checked without a server and so the client's own cost per
+request (building and parsing these) can be measured on its own.
+
+Prompts go out as token ids and completions come back with ``return_token_ids``, so no text is ever re-tokenized:
+the ids a strategy sends are the ids the server's prefix cache sees.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ttc.backends.vllm_errors import protocol_error
+from ttc.types import Completion, FinishReason, PromptLogprobs, Sampling
+
+_FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What ``/v1/models`` says about the served model."""
+
+    model: str
+    max_model_len: int | None
+
+
+@dataclass(frozen=True)
+class CallUsage:
+    """Token counts of one request as the server reported them (prompt counted once, whatever ``n``)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_prompt_tokens: int
+
+
+def completion_payload(model: str, prompt: Sequence[int], n: int, sampling: Sampling) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "model": model,
+        "prompt": list(prompt),
+        "n": n,
+        "max_tokens": sampling.max_tokens,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "return_token_ids": True,
+        "include_stop_str_in_output": True,
+    }
+    if sampling.stop:
+        payload["stop"] = list(sampling.stop)
+    if sampling.seed is not None:
+        payload["seed"] = sampling.seed
+    if sampling.logprobs:
+        payload["logprobs"] = 0  # the sampled token's own logprob, no alternatives
+    return payload
+
+
+def prompt_logprobs_payload(model: str, prompt: Sequence[int], top_k: int) -> dict[str, Any]:
+    return {
+        "model": model,
+        "prompt": list(prompt),
+        "max_tokens": 1,
+        "temperature": 0.0,
+        "prompt_logprobs": top_k,
+        "return_token_ids": True,
+    }
+
+
+def parse_models(body: Any, wanted: str | None, *, url: str) -> ServerInfo:
+    """The served model named ``wanted`` (or the only/first one) and its context length."""
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list) or not data:
+        raise protocol_error("GET /v1/models listed no model", kind="models", url=url)
+    cards = [card for card in data if isinstance(card, dict) and isinstance(card.get("id"), str)]
+    names = [str(card["id"]) for card in cards]
+    if wanted is None:
+        card = cards[0] if cards else None
+    else:
+        card = next((c for c in cards if c["id"] == wanted), None)
+        if card is None:
+            raise protocol_error(f"model {wanted!r} is not served here; the server lists {names}. Pass one of "
+                                 "those as model= (or TTC_VLLM_MODEL)", kind="models", url=url)
+    if card is None:
+        raise protocol_error("GET /v1/models returned no usable model card", kind="models", url=url)
+    limit = card.get("max_model_len")
+    return ServerInfo(model=str(card["id"]), max_model_len=limit if isinstance(limit, int) else None)
+
+
+def parse_usage(body: Mapping[str, Any]) -> CallUsage:
+    """Usage of one response; ``cached_tokens`` is 0 when the server runs without --enable-prompt-tokens-details."""
+    usage = body.get("usage") or {}
+    details = usage.get("prompt_tokens_details") or {}
+    return CallUsage(
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        cached_prompt_tokens=int(details.get("cached_tokens") or 0),
+    )
+
+
+def _choices(body: Any, *, kind: str, url: str) -> list[dict[str, Any]]:
+    choices = body.get("choices") if isinstance(body, dict) else None
+    if not isinstance(choices, list) or not choices:
+        raise protocol_error("the response holds no choices", kind=kind, url=url)
+    return sorted((c for c in choices if isinstance(c, dict)), key=lambda c: int(c.get("index", 0)))
+
+
+def parse_completions(body: Any, *, n: int, want_logprobs: bool, url: str,
+                      kind: str = "complete") -> tuple[list[Completion], CallUsage]:
+    """``n`` completions in index order, each with its token ids (and logprobs when asked for)."""
+    choices = _choices(body, kind=kind, url=url)
+    if len(choices) != n:
+        raise protocol_error(f"asked for n={n} completions, got {len(choices)}", kind=kind, url=url)
+    usage = parse_usage(body)
+    out = [_completion(choice, usage, want_logprobs, kind=kind, url=url) for choice in choices]
+    return out, usage
+
+
+def _completion(choice: Mapping[str, Any], usage: CallUsage, want_logprobs: bool, *, kind: str,
+                url: str) -> Completion:
+    token_ids = choice.get("token_ids")
+    if not isinstance(token_ids, list):
+        raise protocol_error("a choice has no token_ids; ttc needs vLLM >= 0.10.2, whose completions API accepts "
+                             "return_token_ids", kind=kind, url=url)
+    logprobs: tuple[float, ...] | None = None
+    if want_logprobs:
+        block = choice.get("logprobs") or {}
+        values = block.get("token_logprobs")
+        if not isinstance(values, list) or len(values) != len(token_ids):
+            raise protocol_error("logprobs were requested but the choice has none per token", kind=kind, url=url)
+        logprobs = tuple(-math.inf if v is None else float(v) for v in values)
+    return Completion(
+        text=str(choice.get("text") or ""),
+        token_ids=tuple(int(t) for t in token_ids),
+        finish_reason=_FINISH.get(str(choice.get("finish_reason")), "abort"),
+        logprobs=logprobs,
+        prompt_tokens=usage.prompt_tokens,
+        cached_prompt_tokens=usage.cached_prompt_tokens,
+    )
+
+
+def parse_prompt_logprobs(body: Any, prompt: Sequence[int], *, url: str,
+                          kind: str = "prompt_logprobs") -> tuple[PromptLogprobs, CallUsage]:
+    """Per-position distributions over the prompt; position 0 has none (nothing predicts it)."""
+    choice = _choices(body, kind=kind, url=url)[0]
+    rows = choice.get("prompt_logprobs")
+    if not isinstance(rows, list) or len(rows) != len(prompt):
+        got = len(rows) if isinstance(rows, list) else "none"
+        raise protocol_error(f"expected {len(prompt)} prompt logprob rows, got {got}", kind=kind, url=url)
+    top: list[Mapping[int, float] | None] = []
+    for row in rows:
+        if row is None:
+            top.append(None)
+            continue
+        top.append({int(token): float(entry["logprob"]) for token, entry in row.items()})
+    return PromptLogprobs(token_ids=tuple(prompt), top=tuple(top)), parse_usage(body)
+
+
+__all__ = [
+    "CallUsage",
+    "ServerInfo",
+    "completion_payload",
+    "parse_completions",
+    "parse_models",
+    "parse_prompt_logprobs",
+    "parse_usage",
+    "prompt_logprobs_payload",
+]
