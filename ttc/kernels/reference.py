@@ -1,0 +1,226 @@
+"""Cascade attention in plain torch: the CPU production path and the reference the Triton kernels are held to.
+
+Each segment is attended ONCE for all the branches that read it: their query rows are stacked into one matrix
+and multiplied against the segment's keys, so a prefix shared by 64 branches costs one matrix-matrix product
+instead of 64 matrix-vector products over 64 copies of the same KV. Partial results are then merged per branch
+through their log-sum-exp, which is exact because softmax over a union of disjoint key sets is the lse-weighted
+mix of the softmaxes over the parts.
+
+Segments with the same number of readers and similar lengths (typically the per-branch suffixes) are attended
+together in one batched product over zero-padded copies of their KV: hundreds of tiny products would otherwise
+cost more in per-operation overhead than in arithmetic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ttc.kernels.segments import Forest, Segment
+
+# Scores per block ([segments x H_kv, rows, keys] fp32) stay around 8 MiB: large enough for efficient matrix
+# products, small enough to stay mostly in cache across the max / exp / sum passes, and a 16k-token prefix
+# read by 256 branches never materialises gigabytes of scores. (Measured: 2-8 MiB blocks are fastest.)
+_SCORE_BLOCK_ELEMENTS = 1 << 21
+_MIN_KEY_BLOCK = 64
+# Segments are stacked at most this many bytes of K (and of V) at a time: the copy stays in cache for the
+# products that read it, and large fresh allocations (page faults on every call) are avoided.
+_STACK_BYTES = 2 << 20
+
+
+def merge_state(
+    o_a: torch.Tensor, lse_a: torch.Tensor, o_b: torch.Tensor, lse_b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge two partial attention results over disjoint key sets into the result over their union.
+
+    ``o_*`` are ``[..., D]`` outputs normalised over their own keys and ``lse_*`` the matching ``[...]``
+    log-sum-exp of the scaled scores. A part with ``lse = -inf`` (no keys) contributes nothing; if both parts are
+    empty the result is zeros with ``lse = -inf`` rather than NaN. Statistics are computed in fp32; the output
+    keeps the promoted dtype of ``o_a`` and ``o_b``.
+    """
+    if o_a.shape != o_b.shape or lse_a.shape != lse_b.shape or o_a.shape[:-1] != lse_a.shape:
+        raise ValueError(
+            f"merge_state needs o_a, o_b of one shape [..., D] and lse_a, lse_b of shape [...]; got "
+            f"{tuple(o_a.shape)}, {tuple(lse_a.shape)}, {tuple(o_b.shape)}, {tuple(lse_b.shape)}"
+        )
+    out_dtype = torch.promote_types(o_a.dtype, o_b.dtype)
+    lse_a, lse_b = lse_a.float(), lse_b.float()
+    top = _finite_or_zero(torch.maximum(lse_a, lse_b))
+    w_a = torch.exp(lse_a - top)
+    w_b = torch.exp(lse_b - top)
+    total = w_a + w_b
+    inv = _safe_reciprocal(total)
+    merged = o_a.float() * (w_a * inv).unsqueeze(-1) + o_b.float() * (w_b * inv).unsqueeze(-1)
+    return merged.to(out_dtype), top + torch.log(total)
+
+
+def forest_attention_torch(q: torch.Tensor, forest: Forest) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of every branch over its segments: ``([B, T, H_q, D]`` in q's dtype, ``[B, T, H_q]`` fp32)."""
+    outs: list[torch.Tensor] = []
+    lses: list[torch.Tensor] = []
+    branches: list[torch.Tensor] = []
+    for group in _groups(forest):
+        index = group.rows.to(q.device)
+        out, lse = _group_attention(q.index_select(0, index.flatten()), group, forest)
+        outs.append(out)
+        lses.append(lse)
+        branches.append(index.flatten())
+    return _scatter_merge(torch.cat(outs), torch.cat(lses), torch.cat(branches), q)
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Segments attended in one batched product: same reader count, lengths padded to ``padded``."""
+
+    segments: tuple[Segment, ...]
+    rows: torch.Tensor  # [n, m] branch indices
+    padded: int
+
+
+def _groups(forest: Forest) -> list[_Group]:
+    """Bucket the non-empty segments by (readers, causal, padded length); padding wastes at most 1/8.
+
+    Buckets are cut into stacks of at most ``_STACK_BYTES``; a lone segment is never copied.
+    """
+    buckets: dict[tuple[int, bool, int], list[int]] = {}
+    for number, (seg, rows) in enumerate(zip(forest.segments, forest.rows, strict=True)):
+        if seg.length > 0 and rows.numel() > 0:
+            key = (rows.numel(), seg.causal, _padded_length(seg.length))
+            buckets.setdefault(key, []).append(number)
+    groups = []
+    row_bytes = forest.heads_kv * forest.head_dim * 4
+    for (_, _, size_class), members in buckets.items():
+        per_stack = max(1, _STACK_BYTES // (size_class * row_bytes))
+        for first in range(0, len(members), per_stack):
+            chosen = members[first : first + per_stack]
+            groups.append(
+                _Group(
+                    segments=tuple(forest.segments[i] for i in chosen),
+                    rows=torch.stack([forest.rows[i] for i in chosen]),
+                    padded=max(forest.segments[i].length for i in chosen),
+                )
+            )
+    return groups
+
+
+def _padded_length(length: int) -> int:
+    """The size class of a length: its top four bits rounded up, so classes are at most 1/8 wider."""
+    step = 1 << max(0, length.bit_length() - 4)
+    return -(-length // step) * step
+
+
+def _stack_kv(group: _Group) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V as ``[n*H_kv, P, D]``; a lone segment is a view (never copied), a group one padded copy."""
+    segments = group.segments
+    if len(segments) == 1:  # [L, H, D] -> [H, L, D] strided views, which bmm reads without copying
+        return segments[0].k.float().transpose(0, 1), segments[0].v.float().transpose(0, 1)
+    if all(seg.length == group.padded for seg in segments):
+        keys = torch.stack([seg.k.transpose(0, 1) for seg in segments])
+        values = torch.stack([seg.v.transpose(0, 1) for seg in segments])
+    else:
+        first = segments[0].k
+        shape = (len(segments), first.shape[1], group.padded, first.shape[2])
+        keys, values = first.new_empty(shape), first.new_empty(shape)
+        for slot, seg in enumerate(segments):
+            keys[slot, :, : seg.length] = seg.k.transpose(0, 1)
+            values[slot, :, : seg.length] = seg.v.transpose(0, 1)
+            keys[slot, :, seg.length :] = 0  # masked out, but must not hold NaN bit patterns
+            values[slot, :, seg.length :] = 0
+    n, heads_kv, padded, dim = keys.shape
+    return keys.float().view(n * heads_kv, padded, dim), values.float().view(n * heads_kv, padded, dim)
+
+
+def _group_attention(
+    q_rows: torch.Tensor, group: _Group, forest: Forest
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attend each segment of a group for its ``m`` readers: ``[n*m, T, H_q, D]`` fp32 and ``[n*m, T, H_q]``.
+
+    Query heads are folded as ``[n*H_kv, m*T*group, D]``, so each KV head multiplies the stacked queries of its
+    whole GQA group at once; the KV is never repeated per query head.
+    """
+    n, m = group.rows.shape
+    tokens, heads_kv, gsize, dim = forest.tokens, forest.heads_kv, forest.group, forest.head_dim
+    queries = (
+        (q_rows.float() * forest.scale)
+        .view(n, m, tokens, heads_kv, gsize, dim)
+        .permute(0, 3, 1, 2, 4, 5)
+        .reshape(n * heads_kv, m * tokens * gsize, dim)
+    )
+    keys, values = _stack_kv(group)
+    limits = _visible_limits(group, forest, q_rows.device)
+    block = max(_MIN_KEY_BLOCK, _SCORE_BLOCK_ELEMENTS // (queries.shape[0] * queries.shape[1]))
+    out, lse = _block_attention(queries, keys, values, 0, min(group.padded, block), limits)
+    for start in range(block, group.padded, block):
+        stop = min(group.padded, start + block)
+        part_out, part_lse = _block_attention(queries, keys, values, start, stop, limits)
+        out, lse = merge_state(out, lse, part_out, part_lse)
+    out = out.view(n, heads_kv, m, tokens, gsize, dim).permute(0, 2, 3, 1, 4, 5)
+    lse = lse.view(n, heads_kv, m, tokens, gsize).permute(0, 2, 3, 1, 4)
+    return out.reshape(n * m, tokens, -1, dim), lse.reshape(n * m, tokens, -1)
+
+
+def _visible_limits(group: _Group, forest: Forest, device: torch.device) -> torch.Tensor | None:
+    """Per score row, the first hidden key position (``[n*H_kv, rows, 1]``), or None if every key is visible.
+
+    Padding hides positions ``>= L``; a causal segment also hides ``>= L - T + t + 1`` from query token ``t``.
+    """
+    lengths = torch.tensor([s.length for s in group.segments], dtype=torch.int64, device=device)
+    causal = group.segments[0].causal
+    if not causal and bool((lengths == group.padded).all()):
+        return None
+    n, m = group.rows.shape
+    tokens, gsize = forest.tokens, forest.group
+    token = torch.arange(m * tokens * gsize, device=device) // gsize % tokens
+    hidden_tail = (tokens - 1 - token) if causal else torch.zeros_like(token)
+    limits = lengths.view(n, 1) - hidden_tail.view(1, -1)  # [n, rows]
+    return limits.repeat_interleave(forest.heads_kv, dim=0).unsqueeze(-1)
+
+
+def _block_attention(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    start: int,
+    stop: int,
+    limits: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention of the stacked queries over key positions ``[start, stop)``."""
+    scores = torch.bmm(queries, keys[:, start:stop].transpose(1, 2))  # [batch, rows, keys]
+    if limits is not None:
+        low = int(limits.min())
+        if low < stop:
+            lo = max(start, low)
+            positions = torch.arange(lo, stop, device=scores.device)
+            scores[:, :, lo - start :].masked_fill_(positions >= limits, float("-inf"))
+    top = _finite_or_zero(scores.amax(dim=-1, keepdim=True))
+    probs = scores.sub_(top).exp_()
+    total = probs.sum(dim=-1)
+    out = torch.bmm(probs, values[:, start:stop])
+    return out.mul_(_safe_reciprocal(total).unsqueeze(-1)), top.squeeze(-1) + torch.log(total)
+
+
+def _scatter_merge(
+    outs: torch.Tensor, lses: torch.Tensor, branches: torch.Tensor, q: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge every (segment, branch) partial into its branch at once; a branch may own many partials."""
+    batch = q.shape[0]
+    flat_lse = lses.reshape(lses.shape[0], -1)
+    top = torch.full((batch, flat_lse.shape[1]), float("-inf"), dtype=torch.float32, device=q.device)
+    top.scatter_reduce_(0, branches.unsqueeze(1).expand_as(flat_lse), flat_lse, "amax")
+    top = _finite_or_zero(top.view(q.shape[:3]))
+    weights = torch.exp(lses - top.index_select(0, branches))
+    total = torch.zeros_like(top).index_add_(0, branches, weights)
+    out = torch.zeros((batch, *outs.shape[1:]), dtype=torch.float32, device=q.device)
+    out.index_add_(0, branches, outs.mul_(weights.unsqueeze(-1)))
+    out.mul_(_safe_reciprocal(total).unsqueeze(-1))
+    return out.to(q.dtype), top + torch.log(total)
+
+
+def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
+    """Replace -inf maxima (rows with no keys) by 0 so that ``x - max`` never computes ``-inf - -inf``."""
+    return torch.where(torch.isneginf(x), torch.zeros_like(x), x)
+
+
+def _safe_reciprocal(total: torch.Tensor) -> torch.Tensor:
+    return torch.where(total > 0, 1.0 / total, torch.zeros_like(total))
