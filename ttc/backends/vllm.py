@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -296,6 +296,30 @@ class VLLMBackend:
             raise protocol_error("/detokenize returned no text", kind="detokenize", url=str(response.url))
         self._texts.put(key, text)
         return text
+
+    async def tokenize_chat(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool) -> list[int]:
+        """Token ids of a conversation rendered by the served model's own chat template (chat-judgement PRMs)."""
+        body: dict[str, Any] = {"messages": [dict(m) for m in messages],
+                                "add_generation_prompt": add_generation_prompt}
+        if self.model is not None:
+            body["model"] = self.model
+        response = await self._send("tokenize", "POST", "/tokenize", body=body)
+        tokens = self._json(response, "tokenize").get("tokens")
+        if not isinstance(tokens, list):
+            raise protocol_error("/tokenize returned no token list", kind="tokenize", url=str(response.url))
+        return [int(t) for t in tokens]
+
+    async def pool(self, prompt: Sequence[int]) -> list[list[float]]:
+        """Per-token outputs of a pooling model's head (``token_classify``), e.g. a PRM's class probabilities."""
+        body: dict[str, Any] = {"input": list(prompt), "task": "token_classify", "add_special_tokens": False}
+        if self.model is not None:
+            body["model"] = self.model
+        response = await self._send("pooling", "POST", "/pooling", body=body)
+        data = self._json(response, "pooling").get("data")
+        rows = data[0].get("data") if isinstance(data, list) and data and isinstance(data[0], dict) else None
+        if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
+            raise protocol_error("/pooling returned no per-token rows", kind="pooling", url=str(response.url))
+        return [[float(x) for x in row] for row in rows]
 
     # -- generation and scoring -----------------------------------------------------------------------------
 
