@@ -35,6 +35,12 @@ def _vocab() -> dict[str, int]:
     return vocab
 
 
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
 def write_tokenizer(out: Path) -> int:
     """Write a character-level fast tokenizer; returns its vocabulary size."""
     from tokenizers import Tokenizer, decoders, models
@@ -54,6 +60,8 @@ def write_tokenizer(out: Path) -> int:
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
         "model_max_length": MAX_POSITIONS,
+        # A plain chat template, so chat-judgement PRMs can be exercised against the server.
+        "chat_template": CHAT_TEMPLATE,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}

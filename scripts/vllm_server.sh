@@ -64,7 +64,7 @@ print(c.get("max_position_embeddings") or 2048)' "$model/config.json")}"
         --host 127.0.0.1 --port "$port" \
         --enforce-eager --dtype float32 \
         --enable-prefix-caching --enable-prompt-tokens-details --enable-tokenizer-info-endpoint \
-        --max-logprobs 20 --max-num-seqs 64 \
+        --max-logprobs "${TTC_VLLM_MAX_LOGPROBS:-128}" --max-num-seqs 64 \
         --max-model-len "$max_len" --no-enable-chunked-prefill --max-num-batched-tokens "$batched" \
         ${TTC_VLLM_EXTRA_ARGS:-} \
         >"$logfile" 2>&1 </dev/null &

@@ -8,9 +8,9 @@ interrupted evaluation ends with one done trace per problem: none missing, none 
 from __future__ import annotations
 
 import time
-from functools import partial
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from ttc.api import Session, bounded_gather, solve_problem
 from ttc.errors import ConfigError, TTCError

@@ -26,6 +26,10 @@ async def draw(ctx: Context, meter: Meter, prompt: Sequence[int], n: int, max_to
     completions = await ctx.backend.complete(prompt, k, sampling)
     meter.charge(completions)
     meter.note_kv(ctx.backend.stats().live_kv_tokens or len(prompt) + sum(len(c.token_ids) for c in completions))
+    # Complete samples are never extended: let the engine free their private KV now (the shared prompt stays
+    # cached for the next round).
+    for c in completions:
+        await ctx.backend.release([*prompt, *c.token_ids])
     return completions
 
 

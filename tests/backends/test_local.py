@@ -1,0 +1,367 @@
+"""LocalBackend end to end on tiny real checkpoints: sampling contract, stops, KV sharing, reuse, batching."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from ttc.backends.base import Backend
+from ttc.backends.local import LocalBackend
+from ttc.engine.synthetic import EOS_ID, build_checkpoint
+from ttc.errors import BackendError, ConfigError
+from ttc.types import Completion, Sampling
+
+REPO = Path(__file__).resolve().parents[2]
+MINI_REASONER = REPO / "ttc" / "models" / "mini" / "reasoner"
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_checkpoint(tmp_path_factory.mktemp("llama"), family="llama", seed=4)
+
+
+@pytest.fixture
+async def backend(model_path: Path) -> AsyncIterator[LocalBackend]:
+    async with LocalBackend.from_pretrained(model_path, threads=1) as b:
+        yield b
+
+
+def _ids(completions: list[Completion]) -> list[tuple[int, ...]]:
+    return [c.token_ids for c in completions]
+
+
+def _fed(completions: list[Completion]) -> int:
+    """KV tokens the branches themselves added: every generated token except the last, which is never fed."""
+    return sum(len(c.token_ids) - 1 for c in completions)
+
+
+@pytest.mark.anyio
+async def test_implements_the_backend_protocol(backend: LocalBackend, model_path: Path) -> None:
+    assert isinstance(backend, Backend)
+    assert backend.name == f"local:{model_path}"
+    assert backend.eos_token_id == EOS_ID
+    ids = await backend.tokenize("Hi there!")
+    assert len(ids) == 9
+    assert await backend.detokenize(ids) == "Hi there!"
+    assert await backend.tokenize("Hi there!", add_special_tokens=True) == ids  # this tokenizer adds no BOS
+    assert backend.stats().kv_bytes_per_token == backend.engine.model.kv_bytes_per_token
+
+
+@pytest.mark.anyio
+async def test_same_seed_same_samples_and_different_seeds_differ(model_path: Path) -> None:
+    sampling = Sampling(max_tokens=12, temperature=1.0, seed=11)
+    async with LocalBackend.from_pretrained(model_path, threads=1) as one, \
+            LocalBackend.from_pretrained(model_path, threads=1) as two:
+        prompt = await one.tokenize("Pick a number: ")
+        first = await one.complete(prompt, 4, sampling)
+        again = await one.complete(prompt, 4, sampling)  # second run hits the cached prompt
+        fresh = await two.complete(prompt, 4, sampling)
+        other = await one.complete(prompt, 4, Sampling(max_tokens=12, temperature=1.0, seed=12))
+    assert _ids(first) == _ids(again) == _ids(fresh)
+    assert _ids(other) != _ids(first)
+    assert len(set(_ids(first))) > 1
+    assert again[0].cached_prompt_tokens == len(prompt) - 1
+
+
+@pytest.mark.anyio
+async def test_stop_string_is_kept_and_finishes_with_stop(backend: LocalBackend) -> None:
+    prompt = await backend.tokenize("Once upon a time")
+    sampling = Sampling(max_tokens=30, temperature=1.0, seed=3)
+    [free] = await backend.complete(prompt, 1, sampling)
+    stop = free.text[8:10]
+    texts = [await backend.detokenize(free.token_ids[:k]) for k in range(len(free.token_ids) + 1)]
+    cut = next(k for k, text in enumerate(texts) if stop in text)
+    [stopped] = await backend.complete(prompt, 1, Sampling(max_tokens=30, temperature=1.0, seed=3, stop=(stop,)))
+    assert stopped.finish_reason == "stop"
+    assert stopped.token_ids == free.token_ids[:cut]
+    assert stopped.text == await backend.detokenize(free.token_ids[:cut])
+    assert stopped.text.endswith(stop)
+
+
+@pytest.mark.anyio
+async def test_max_tokens_finishes_with_length(backend: LocalBackend) -> None:
+    prompt = await backend.tokenize("abc")
+    outs = await backend.complete(prompt, 3, Sampling(max_tokens=5, temperature=0.0, logprobs=True))
+    for out in outs:
+        assert out.finish_reason == "length" and len(out.token_ids) == 5
+        assert out.logprobs is not None and len(out.logprobs) == 5 and all(lp <= 0 for lp in out.logprobs)
+        assert out.prompt_tokens == 3
+    [plain] = await backend.complete(prompt, 1, Sampling(max_tokens=2, temperature=0.0))
+    assert plain.logprobs is None
+
+
+@pytest.mark.anyio
+async def test_eos_finishes_with_stop_and_is_kept(model_path: Path, tmp_path: Path) -> None:
+    async with LocalBackend.from_pretrained(model_path, threads=1) as backend:
+        prompt = await backend.tokenize("The end is near")
+        [free] = await backend.complete(prompt, 1, Sampling(max_tokens=20, temperature=1.0, seed=8))
+    index = next(i for i in range(3, 20) if free.token_ids[i] not in free.token_ids[:i])
+    eos = free.token_ids[index]
+    folder = shutil.copytree(model_path, tmp_path / "eos")
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": eos}))
+    async with LocalBackend.from_pretrained(folder, threads=1) as backend:
+        [ended] = await backend.complete(prompt, 1, Sampling(max_tokens=20, temperature=1.0, seed=8))
+    assert ended.finish_reason == "stop"
+    assert ended.token_ids == free.token_ids[: index + 1]
+
+
+@pytest.mark.anyio
+async def test_forked_branches_share_the_prompt_kv(backend: LocalBackend) -> None:
+    prompt = await backend.tokenize("A fairly long shared prompt. " * 4)
+    outs = await backend.complete(prompt, 6, Sampling(max_tokens=10, temperature=1.0, seed=1))
+    stats = backend.stats()
+    assert stats.live_kv_tokens == len(prompt) + _fed(outs)
+    assert stats.peak_kv_tokens == len(prompt) + _fed(outs)
+    assert stats.live_kv_tokens < 2 * len(prompt)  # six private copies would be 6 * len(prompt)
+
+
+@pytest.mark.anyio
+async def test_release_frees_only_the_released_branch(backend: LocalBackend) -> None:
+    prompt = await backend.tokenize("Shared prefix for release: ")
+    outs = await backend.complete(prompt, 3, Sampling(max_tokens=8, temperature=1.0, seed=2))
+    await backend.release(prompt + list(outs[0].token_ids))
+    assert backend.stats().live_kv_tokens == len(prompt) + _fed(outs[1:])
+    await backend.release(prompt + list(outs[0].token_ids))  # nothing left to drop: a no-op
+    assert backend.stats().live_kv_tokens == len(prompt) + _fed(outs[1:])
+    for out in outs[1:]:
+        await backend.release(prompt + list(out.token_ids))
+    stats = backend.stats()
+    assert stats.live_kv_tokens == 0
+    assert stats.peak_kv_tokens == len(prompt) + _fed(outs)
+    backend.engine.tree.check()
+    # Released blocks stay cached: the same prompt is found again.
+    [again] = await backend.complete(prompt, 1, Sampling(max_tokens=1, temperature=0.0))
+    assert again.cached_prompt_tokens == len(prompt) - 1
+
+
+@pytest.mark.anyio
+async def test_radix_reuse_of_a_parent_plus_its_completion(backend: LocalBackend) -> None:
+    prompt = await backend.tokenize("Question: what is 2+2?\n")
+    [first] = await backend.complete(prompt, 1, Sampling(max_tokens=10, temperature=1.0, seed=4))
+    child_prompt = prompt + list(first.token_ids)
+    [child] = await backend.complete(child_prompt, 1, Sampling(max_tokens=5, temperature=1.0, seed=5))
+    assert child.prompt_tokens == len(child_prompt)
+    assert child.cached_prompt_tokens == len(prompt) + len(first.token_ids) - 1
+    stats = backend.stats()
+    assert stats.calls == 2
+    assert stats.prompt_tokens == len(prompt) + len(child_prompt)
+    assert stats.cached_prompt_tokens == child.cached_prompt_tokens
+    assert stats.generated_tokens == len(first.token_ids) + len(child.token_ids)
+
+
+async def _workload(backend: LocalBackend) -> list[tuple[list[int], int, Sampling]]:
+    texts = ["Alpha beta", "Alpha gamma delta", "Zeta", "Alpha beta"]
+    return [
+        (await backend.tokenize(text), n, Sampling(max_tokens=16, temperature=t, top_p=p, seed=seed))
+        for text, n, t, p, seed in zip(texts, [2, 3, 1, 2], [1.0, 0.8, 0.0, 1.0], [1.0, 0.9, 1.0, 0.95],
+                                       [10, 20, 30, 40], strict=True)
+    ]
+
+
+@pytest.mark.anyio
+async def test_concurrent_calls_batch_together_and_match_sequential_results(model_path: Path) -> None:
+    async with LocalBackend.from_pretrained(model_path, threads=1) as sequential:
+        work = await _workload(sequential)
+        alone = [await sequential.complete(p, n, s) for p, n, s in work]
+        sequential_steps = sequential.engine.counters.decode_steps
+    async with LocalBackend.from_pretrained(model_path, threads=1) as concurrent:
+        together = await asyncio.gather(*(concurrent.complete(p, n, s) for p, n, s in work))
+        concurrent_steps = concurrent.engine.counters.decode_steps
+        concurrent.engine.tree.check()
+    assert [_ids(c) for c in together] == [_ids(c) for c in alone]
+    assert concurrent_steps < sequential_steps / 2
+
+
+@pytest.mark.anyio
+async def test_unshared_engine_gives_the_same_samples_with_private_copies(model_path: Path) -> None:
+    sampling = Sampling(max_tokens=8, temperature=1.0, seed=6)
+    async with LocalBackend.from_pretrained(model_path, threads=1) as shared, \
+            LocalBackend.from_pretrained(model_path, share_prefix=False, threads=1) as private:
+        prompt = await shared.tokenize("Private copies of this prompt")
+        a = await shared.complete(prompt, 4, sampling)
+        b = await private.complete(prompt, 4, sampling)
+        assert _ids(a) == _ids(b)
+        assert private.stats().peak_kv_tokens == 4 * len(prompt) + _fed(b)
+        assert shared.stats().peak_kv_tokens == len(prompt) + _fed(a)
+        [again] = await private.complete(prompt, 1, sampling)
+        assert again.cached_prompt_tokens == 0
+        for out in b:
+            await private.release(prompt + list(out.token_ids))
+        await private.release(prompt + list(again.token_ids))
+        assert private.stats().live_kv_tokens == 0
+        assert private.engine.tree.cached_tokens == 0
+
+
+@pytest.mark.anyio
+async def test_cancelled_call_frees_its_kv_and_the_engine_keeps_serving(backend: LocalBackend) -> None:
+    prompt = await backend.tokenize("Cancel me")
+    task = asyncio.create_task(backend.complete(prompt, 2, Sampling(max_tokens=1500, temperature=1.0, seed=1)))
+    while backend.engine.counters.decode_steps < 3:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [ok] = await backend.complete(prompt, 1, Sampling(max_tokens=3, temperature=0.0))
+    assert len(ok.token_ids) == 3
+    assert backend.stats().live_kv_tokens == len(prompt) + 2  # only the finished call's hold remains
+
+
+@pytest.mark.anyio
+async def test_a_failing_step_fails_its_calls_and_the_engine_recovers(
+    backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompt = await backend.tokenize("Fail once")
+    model = backend.engine.model
+    real = model.hidden_states
+    calls = {"n": 0}
+
+    def flaky(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 3:  # prefill, first decode step, then a failure mid-generation
+            raise RuntimeError("simulated device fault")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(model, "hidden_states", flaky)
+    with pytest.raises(BackendError, match="simulated device fault"):
+        await backend.complete(prompt, 2, Sampling(max_tokens=20, temperature=1.0, seed=1))
+    assert backend.stats().live_kv_tokens == 0
+    assert backend.engine.tree.cached_tokens == 0  # half-written KV is never offered for reuse
+    [ok] = await backend.complete(prompt, 1, Sampling(max_tokens=4, temperature=0.0))
+    assert ok.finish_reason == "length" and ok.cached_prompt_tokens == 0
+
+
+@pytest.mark.anyio
+async def test_event_loop_stays_responsive_while_decoding(backend: LocalBackend) -> None:
+    prompt = await backend.tokenize("Responsive")
+    task = asyncio.create_task(backend.complete(prompt, 4, Sampling(max_tokens=200, temperature=1.0, seed=2)))
+    ticks = 0
+    while not task.done():
+        await asyncio.sleep(0.005)
+        ticks += 1
+    await task
+    assert ticks > 5
+
+
+@pytest.mark.anyio
+async def test_invalid_requests_raise_config_errors(backend: LocalBackend) -> None:
+    with pytest.raises(ConfigError, match="at least one token"):
+        await backend.complete([], 1, Sampling())
+    with pytest.raises(ConfigError, match="n must be a positive int"):
+        await backend.complete([5], 0, Sampling())
+    with pytest.raises(ConfigError, match="outside the model's vocabulary"):
+        await backend.complete([10_000], 1, Sampling())
+    with pytest.raises(ConfigError, match="top_k"):
+        await backend.prompt_logprobs([5, 6], top_k=-1)
+    with pytest.raises(ConfigError, match="no room"):
+        await backend.complete([5] * 4096, 1, Sampling())
+
+
+@pytest.mark.anyio
+async def test_scoring_counts_and_single_token_prompts(backend: LocalBackend) -> None:
+    scored = await backend.prompt_logprobs([7], top_k=3)
+    assert scored.top == (None,)
+    scored = await backend.prompt_logprobs([7, 8, 9], top_k=0)
+    assert [len(d) if d else 0 for d in scored.top] == [0, 1, 1]
+    assert backend.stats().scored_tokens == 2  # two distributions computed; a lone token has none
+    await backend.prompt_logprobs([7, 8, 9], top_k=0)
+    assert backend.stats().scored_tokens == 2  # all cached: nothing computed again
+    await backend.prompt_logprobs([7, 8, 9, 10], top_k=0)
+    assert backend.stats().scored_tokens == 3
+
+
+@pytest.mark.anyio
+async def test_cache_and_hold_caps_bound_memory(model_path: Path) -> None:
+    async with LocalBackend.from_pretrained(model_path, threads=1, cache_tokens=50, max_held=2) as backend:
+        for i in range(5):
+            await backend.prompt_logprobs([10 + i] * 30, top_k=1)
+            assert backend.engine.tree.cached_tokens <= 50
+        outs = [await backend.complete([20 + i] * 10, 1, Sampling(max_tokens=5, temperature=0.0)) for i in range(3)]
+        # Only the two most recent finished sequences are still held (10 prompt + 4 fed tokens each).
+        assert backend.stats().live_kv_tokens == 2 * (10 + 4)
+        assert all(len(o[0].token_ids) == 5 for o in outs)
+        backend.engine.tree.check()
+    async with LocalBackend.from_pretrained(model_path, threads=1, cache_tokens=30) as backend:
+        for i in range(3):
+            await backend.complete([30 + i] * 10, 1, Sampling(max_tokens=5, temperature=0.0))
+            # Each hold pins 14 live tokens; a third would exceed the 30-token budget, so the oldest goes.
+            assert backend.stats().live_kv_tokens == min(i + 1, 2) * 14
+
+
+@pytest.mark.anyio
+async def test_tree_search_workload_keeps_counts_exact_and_results_independent_of_the_cache(
+    model_path: Path,
+) -> None:
+    """Grow, score and prune a random tree; every answer must equal a cache-free engine's, counts must add up."""
+    rng = random.Random(0)
+    async with LocalBackend.from_pretrained(model_path, threads=1, cache_tokens=200) as cached, \
+            LocalBackend.from_pretrained(model_path, threads=1, share_prefix=False) as plain:
+        frontier = [await cached.tokenize("Root question: ")]
+        for round_ in range(6):
+            parent = rng.choice(frontier)
+            sampling = Sampling(max_tokens=rng.randint(1, 8), temperature=1.0, seed=round_, stop=("e",))
+            outs, expected = await asyncio.gather(cached.complete(parent, 3, sampling),
+                                                  plain.complete(parent, 3, sampling))
+            assert _ids(outs) == _ids(expected)
+            children = [parent + list(o.token_ids) for o in outs]
+            scored, reference = await cached.prompt_logprobs(children[0], 2), await plain.prompt_logprobs(
+                children[0], 2)
+            for i in range(1, len(children[0])):
+                assert scored.token_logprob(i) == pytest.approx(reference.token_logprob(i), abs=1e-4)
+            pruned = rng.sample(children, 2)
+            for child in pruned:
+                await cached.release(child)
+            frontier += [c for c in children if c not in pruned]
+            cached.engine.tree.check()
+            engine = cached.engine
+            assert engine.stats().live_kv_tokens == engine.tree.live_tokens
+            assert engine.tree.cached_tokens <= 200
+
+
+@pytest.mark.anyio
+async def test_closed_backend_refuses_work(model_path: Path) -> None:
+    backend = LocalBackend.from_pretrained(model_path, threads=1)
+    await backend.complete([5, 6], 1, Sampling(max_tokens=2))
+    await backend.aclose()
+    with pytest.raises(Exception, match="closed"):
+        await backend.complete([5, 6], 1, Sampling(max_tokens=2))
+
+
+def test_importing_the_backend_does_not_import_torch() -> None:
+    code = "import sys, ttc.backends.local; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(not (MINI_REASONER / "config.json").is_file(), reason="the bundled mini reasoner is not built")
+@pytest.mark.anyio
+async def test_bundled_mini_reasoner_decodes_like_transformers() -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ttc.models import mini_prompt
+
+    reference = AutoModelForCausalLM.from_pretrained(MINI_REASONER, dtype=torch.float32).eval()
+    async with LocalBackend.from_pretrained(MINI_REASONER, threads=1) as backend:
+        prompt = await backend.tokenize(mini_prompt("What is 3 + 4 * 2?"), add_special_tokens=True)
+        [ours] = await backend.complete(prompt, 1, Sampling(max_tokens=48, temperature=0.0))
+        scored = await backend.prompt_logprobs(prompt + list(ours.token_ids))
+    with torch.no_grad():
+        out = reference.generate(torch.tensor([prompt]), max_new_tokens=48, do_sample=False,
+                                 pad_token_id=backend.eos_token_id)
+    expected = out[0, len(prompt):].tolist()
+    if backend.eos_token_id in expected:
+        expected = expected[: expected.index(backend.eos_token_id) + 1]
+    assert list(ours.token_ids) == expected
+    full = prompt + list(ours.token_ids)
+    with torch.no_grad():
+        ref = torch.log_softmax(reference(torch.tensor([full])).logits[0].float(), dim=-1)
+    for i in range(1, len(full)):
+        assert scored.token_logprob(i) == pytest.approx(ref[i - 1, full[i]].item(), abs=1e-4)

@@ -1,0 +1,90 @@
+"""Process reward models against the real vLLM server: the same step scores as the local engine, chat PRMs
+through the server's chat template, and pooling requests in vLLM's documented shape."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ttc.backends.vllm import VLLMBackend
+from ttc.verifiers.prm import ChatPRM, PoolingPRM, TokenPRM
+from ttc.verifiers.prm_presets import PRMPreset
+
+pytestmark = pytest.mark.anyio
+
+TOKEN_PRESET = PRMPreset(name="tiny", family="token", tag="@", good="Y", bad="N", prefix="Q: {question}\n",
+                         top_k=100)
+CHAT_PRESET = PRMPreset(name="tiny-chat", family="chat", good="Y", bad="N", top_k=100)
+QUESTION = "Tom has 3 apples and buys 4 more. How many?"
+STEPS = ["3 + 4 = 7", "7 * 1 = 7", "The answer is 7."]
+
+
+@pytest.mark.vllm
+async def test_token_prm_scores_agree_with_local_engine(vllm_url: str, vllm_model_dir: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from ttc.backends.local import LocalBackend
+
+    del torch
+    remote = VLLMBackend(vllm_url)
+    local = LocalBackend.from_pretrained(vllm_model_dir, threads=1)
+    try:
+        on_server = await TokenPRM(remote, TOKEN_PRESET).score_steps(QUESTION, STEPS)
+        in_process = await TokenPRM(local, TOKEN_PRESET).score_steps(QUESTION, STEPS)
+    finally:
+        await remote.aclose()
+        await local.aclose()
+    assert on_server == pytest.approx(in_process, abs=1e-3)
+
+
+@pytest.mark.vllm
+async def test_chat_prm_through_server_chat_template(vllm_url: str, vllm_model_dir: Path) -> None:
+    if "chat_template" not in json.loads((vllm_model_dir / "tokenizer_config.json").read_text()):
+        pytest.skip("the served checkpoint has no chat template")
+    remote = VLLMBackend(vllm_url)
+    try:
+        prm = ChatPRM(remote, CHAT_PRESET)
+        scores = await prm.score_steps(QUESTION, STEPS)
+        longer = await prm.score_steps_detailed(QUESTION, [*STEPS, "done"])
+    finally:
+        await remote.aclose()
+    assert len(scores) == 3 and all(0.0 < s < 1.0 for s in scores)
+    assert longer.cached_steps == 3 and longer.scores[:3] == pytest.approx(scores)
+
+
+async def test_pooling_prm_request_and_response_contract() -> None:
+    """vLLM's /pooling schema (PoolingCompletionRequest / PoolingResponse): token ids in ``input``, per-token
+    rows in ``data[0].data``; the PRM reads the positive class at each separator token."""
+    sep = 7
+    pooled: list[dict[str, object]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if request.url.path == "/tokenize" and "messages" in body:
+            steps = body["messages"][-1]["content"].split("<extra_0>")[:-1]
+            ids = [1, 2, 3] + [t for i, _ in enumerate(steps) for t in (10 + i, sep)]
+            return httpx.Response(200, json={"tokens": ids, "count": len(ids), "max_model_len": 512})
+        if request.url.path == "/tokenize":
+            ids = [sep] if body["prompt"] == "<extra_0>" else [ord(c) for c in body["prompt"]]
+            return httpx.Response(200, json={"tokens": ids, "count": len(ids), "max_model_len": 512})
+        if request.url.path == "/pooling":
+            pooled.append(body)
+            rows = [[0.9, 0.1] if t != sep else [0.8 - 0.1 * i, 0.2 + 0.1 * i] for i, t in enumerate(body["input"])]
+            return httpx.Response(200, json={"id": "p", "object": "list", "created": 0, "model": "m",
+                                             "data": [{"index": 0, "object": "pooling", "data": rows}],
+                                             "usage": {"prompt_tokens": len(rows), "total_tokens": len(rows)}})
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "m", "max_model_len": 512}]})
+        return httpx.Response(404)
+
+    backend = VLLMBackend("http://prm.test", model="m", transport=httpx.MockTransport(handler))
+    preset = PRMPreset(name="pool", family="pooling", tag="<extra_0>", prefix="{question}")
+    try:
+        scores = await PoolingPRM(backend, preset).score_steps("q", ["a", "b", "c"])
+    finally:
+        await backend.aclose()
+    assert scores == pytest.approx([0.6, 0.8, 1.0])
+    assert pooled == [{"input": [1, 2, 3, 10, 7, 11, 7, 12, 7], "task": "token_classify",
+                       "add_special_tokens": False, "model": "m"}]

@@ -1,0 +1,62 @@
+"""Incremental detokenization (including characters split across byte tokens) and stop strings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ttc.engine.detokenizer import IncrementalDetokenizer
+from ttc.engine.synthetic import char_tokenizer
+
+
+def _byte_level_tokenizer() -> Any:
+    """A byte-level BPE with no merges: every UTF-8 byte is its own token, so é and emoji span several."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tokenizer = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(sorted(alphabet))}, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
+
+
+def test_streamed_text_equals_full_decode_and_never_shows_partial_characters() -> None:
+    tokenizer = _byte_level_tokenizer()
+    text = "héllo wörld 😀 ok"
+    ids = tokenizer.encode(text).ids
+    assert len(ids) > len(text)  # multi-byte characters really are split
+    detok = IncrementalDetokenizer(tokenizer)
+    for i, token in enumerate(ids):
+        detok.push(token)
+        assert "\ufffd" not in detok.text
+        assert tokenizer.decode(ids[: i + 1]).startswith(detok.text)
+    assert detok.text == text
+
+
+def test_stop_string_is_found_when_completed_across_tokens() -> None:
+    tokenizer = char_tokenizer()
+    detok = IncrementalDetokenizer(tokenizer, stops=["\n\n", "The answer"])
+    pushed = 0
+    for token in tokenizer.encode("so The answer is").ids:
+        pushed += 1
+        if (hit := detok.push(token)) is not None:
+            break
+    assert hit == "The answer"
+    assert detok.text == "so The answer"
+    assert pushed == len("so The answer")
+
+
+def test_earliest_ending_stop_wins_and_absent_stops_never_fire() -> None:
+    tokenizer = char_tokenizer()
+    detok = IncrementalDetokenizer(tokenizer, stops=["xyz", "b"])
+    hits = [detok.push(t) for t in tokenizer.encode("aaxyb").ids]
+    assert hits == [None, None, None, None, "b"]
+    none = IncrementalDetokenizer(tokenizer, stops=["###"])
+    assert all(none.push(t) is None for t in tokenizer.encode("## # ##").ids)
+
+
+def test_special_tokens_add_no_text() -> None:
+    tokenizer = char_tokenizer()
+    detok = IncrementalDetokenizer(tokenizer)
+    for t in [tokenizer.token_to_id("a"), 1, tokenizer.token_to_id("b")]:
+        detok.push(t)
+    assert detok.text == "ab"

@@ -1,0 +1,108 @@
+"""Loading model folders: what is accepted, and the errors that say what is missing or unsupported."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from ttc.engine.config import load_config
+from ttc.engine.loading import load_model
+from ttc.engine.synthetic import EOS_ID
+from ttc.errors import ConfigError
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _edit_config(folder: Path, **changes: object) -> None:
+    path = folder / "config.json"
+    raw = json.loads(path.read_text())
+    raw.update(changes)
+    path.write_text(json.dumps(raw))
+
+
+def test_loads_both_families(llama_path: Path, qwen2_path: Path) -> None:
+    llama = load_model(llama_path, device="cpu")
+    qwen = load_model(qwen2_path, device="cpu")
+    assert llama.config.model_type == "llama" and not llama.config.qkv_bias
+    assert llama.config.tie_word_embeddings and llama.model.weights.lm_head is llama.model.weights.embed
+    assert qwen.config.model_type == "qwen2" and qwen.config.qkv_bias
+    assert qwen.model.weights.layers[0].qkv_bias is not None
+    assert qwen.model.weights.lm_head is not qwen.model.weights.embed
+    assert llama.model.dtype == torch.float32 and llama.model.device.type == "cpu"
+    assert llama.config.eos_token_ids == (EOS_ID,)
+    c = llama.config
+    assert llama.model.kv_bytes_per_token == 2 * c.num_layers * c.num_kv_heads * c.head_dim * 4
+
+
+def test_missing_folder_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_model(tmp_path / "nope")
+
+
+@pytest.mark.parametrize(
+    ("remove", "message"),
+    [("config.json", "config.json not found"), ("tokenizer.json", "tokenizer.json not found"),
+     ("model.safetensors", "no \\*.safetensors")],
+)
+def test_missing_file_is_a_config_error(llama_path: Path, tmp_path: Path, remove: str, message: str) -> None:
+    folder = _copy(llama_path, tmp_path / "model")
+    (folder / remove).unlink()
+    with pytest.raises(ConfigError, match=message) as info:
+        load_model(folder)
+    assert str(folder) in str(info.value)
+
+
+def test_unsupported_architecture_is_rejected(llama_path: Path, tmp_path: Path) -> None:
+    folder = _copy(llama_path, tmp_path / "model")
+    _edit_config(folder, model_type="gpt2")
+    with pytest.raises(ConfigError, match=r"model_type 'gpt2' is not supported.*llama.*qwen2"):
+        load_model(folder)
+
+
+def test_unsupported_rope_scaling_is_rejected(llama_path: Path, tmp_path: Path) -> None:
+    folder = _copy(llama_path, tmp_path / "model")
+    _edit_config(folder, rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0})
+    with pytest.raises(ConfigError, match="rope type 'yarn'"):
+        load_model(folder)
+
+
+def test_missing_weight_is_reported(llama_path: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = _copy(llama_path, tmp_path / "model")
+    tensors = load_file(str(folder / "model.safetensors"))
+    del tensors["model.layers.1.mlp.down_proj.weight"]
+    save_file(tensors, str(folder / "model.safetensors"))
+    with pytest.raises(ConfigError, match=r"model.layers.1.mlp.down_proj.weight.*missing"):
+        load_model(folder)
+
+
+def test_old_style_rope_keys_are_read(llama_path: Path, tmp_path: Path) -> None:
+    folder = _copy(llama_path, tmp_path / "model")
+    raw = json.loads((folder / "config.json").read_text())
+    raw.pop("rope_parameters")
+    raw.update(rope_theta=250000.0, rope_scaling={"type": "linear", "factor": 2.0})
+    (folder / "config.json").write_text(json.dumps(raw))
+    rope = load_config(folder).rope
+    assert (rope.theta, rope.kind, rope.factor) == (250000.0, "linear", 2.0)
+
+
+def test_generation_config_eos_wins(llama_path: Path, tmp_path: Path) -> None:
+    folder = _copy(llama_path, tmp_path / "model")
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [7, 9]}))
+    assert load_config(folder).eos_token_ids == (7, 9)
+
+
+def test_bad_device_and_dtype(llama_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown dtype"):
+        load_model(llama_path, dtype="int8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            load_model(llama_path, device="cuda")

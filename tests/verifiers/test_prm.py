@@ -1,0 +1,159 @@
+"""Process reward model adapters on a real (tiny, seeded) checkpoint run by the local engine.
+
+Scores are checked against transformers' own logits for the same token ids, so the adapters' prompt layout,
+tag positions and judgement arithmetic are verified end to end, and incremental scoring is proven by counting
+what the engine actually computed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from ttc.backends.local import LocalBackend  # noqa: E402
+from ttc.engine.synthetic import build_checkpoint  # noqa: E402
+from ttc.errors import ConfigError, VerifierError  # noqa: E402
+from ttc.verifiers.base import aggregate, split_steps  # noqa: E402
+from ttc.verifiers.prm import GenerativeJudge, TokenPRM, judge, load_prm  # noqa: E402
+from ttc.verifiers.prm_presets import PRMPreset, get_preset  # noqa: E402
+
+pytestmark = pytest.mark.anyio
+
+PRESET = PRMPreset(name="tiny", family="token", tag="@", good="Y", bad="N", prefix="Q: {question}\n",
+                   step_template="{step}", separator="\n", top_k=100)
+QUESTION = "Tom has 3 apples and buys 4 more. How many?"
+STEPS = ["3 + 4 = 7", "7 * 1 = 7", "The answer is 7."]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_checkpoint(tmp_path_factory.mktemp("prm"), family="llama", seed=5)
+
+
+@pytest.fixture
+async def backend(tiny_model: Path) -> AsyncIterator[LocalBackend]:
+    local = LocalBackend.from_pretrained(tiny_model, threads=1)
+    try:
+        yield local
+    finally:
+        await local.aclose()
+
+
+def reference_scores(model_dir: Path, ids: list[int], tag_id: int, good: int, bad: int) -> list[float]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0]
+    out = []
+    for pos, tok in enumerate(ids):
+        if tok == tag_id:
+            lp = torch.log_softmax(logits[pos].double(), dim=-1)
+            pg, pb = math.exp(lp[good]), math.exp(lp[bad])
+            out.append(pg / (pg + pb))
+    return out
+
+
+async def test_token_prm_matches_transformers(backend: LocalBackend, tiny_model: Path) -> None:
+    prm = TokenPRM(backend, PRESET)
+    scores = await prm.score_steps(QUESTION, STEPS)
+    assert len(scores) == 3 and all(0.0 < s < 1.0 for s in scores)
+    tag, good, bad = [await backend.tokenize(t) for t in ("@", "Y", "N")]
+    ids = await backend.tokenize(f"Q: {QUESTION}\n", add_special_tokens=True)
+    for i, step in enumerate(STEPS):
+        ids += await backend.tokenize(step) + tag + (await backend.tokenize("\n") if i < 2 else good)
+    expected = reference_scores(tiny_model, ids, tag[0], good[0], bad[0])
+    assert scores == pytest.approx(expected, abs=1e-4)
+
+
+async def test_incremental_scoring_scores_only_the_new_step(backend: LocalBackend) -> None:
+    prm = TokenPRM(backend, PRESET)
+    first = await prm.score_steps_detailed(QUESTION, STEPS[:2])
+    engine_before = backend.stats().scored_tokens
+    second = await prm.score_steps_detailed(QUESTION, STEPS)
+    engine_cost = backend.stats().scored_tokens - engine_before
+    assert second.cached_steps == 2
+    assert second.scores[:2] == pytest.approx(first.scores, abs=1e-6)
+    # the separator after the old last tag (it was followed by a filler before), the step, its tag, a filler
+    new_step_tokens = 1 + len(await backend.tokenize(STEPS[2])) + 2
+    assert second.scored_tokens == new_step_tokens
+    assert first.scored_tokens > 3 * second.scored_tokens
+    assert engine_cost <= new_step_tokens + 2, "the engine re-read only the new step"
+    again = await prm.score_steps_detailed(QUESTION, STEPS)
+    assert again.scored_tokens == 0 and again.cached_steps == 3
+    assert prm.calls == 2
+
+
+async def test_batched_scoring_equals_one_by_one(backend: LocalBackend) -> None:
+    candidates = [STEPS, ["3 + 4 = 8", "The answer is 8."], ["3 * 4 = 12"]]
+    together = await TokenPRM(backend, PRESET).score_many(QUESTION, candidates)
+    alone = [await TokenPRM(backend, PRESET).score_steps(QUESTION, c) for c in candidates]
+    for a, b in zip(together, alone, strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+
+
+async def test_generative_judge_reads_yes_against_no(backend: LocalBackend, tiny_model: Path) -> None:
+    verdicts = judge(backend, yes="Y", no="N", top_k=128)
+    assert isinstance(verdicts, GenerativeJudge)
+    scores = await verdicts.score_steps(QUESTION, STEPS[:2])
+    assert len(scores) == 2 and all(0.0 < s < 1.0 for s in scores)
+    text = GenerativeJudge.TEMPLATE.format(question=QUESTION, previous="(none)", step=STEPS[0])
+    ids = await backend.tokenize(text, add_special_tokens=True)
+    good, bad = [await backend.tokenize(t) for t in ("Y", "N")]
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].double(), dim=-1)
+    expected = math.exp(lp[good[0]]) / (math.exp(lp[good[0]]) + math.exp(lp[bad[0]]))
+    assert scores[0] == pytest.approx(expected, abs=1e-4)
+
+
+async def test_multi_token_judgement_is_a_clear_error(backend: LocalBackend) -> None:
+    bad_preset = PRMPreset(name="bad", family="token", tag="@@", good="Y", bad="N")
+    with pytest.raises(VerifierError, match="must be one token"):
+        await TokenPRM(backend, bad_preset).score_steps(QUESTION, STEPS)
+
+
+def test_presets_are_data() -> None:
+    shepherd = get_preset("math-shepherd")
+    assert (shepherd.family, shepherd.tag, shepherd.good, shepherd.bad) == ("token", "ки", "+", "-")
+    assert get_preset("qwen2.5-math-prm").family == "pooling"
+    assert get_preset("rlhflow").family == "chat"
+    with pytest.raises(ConfigError, match="unknown PRM preset"):
+        get_preset("no-such-prm")
+    with pytest.raises(ConfigError, match="needs a step tag"):
+        PRMPreset(name="x", family="token")
+
+
+def test_preset_from_json(tmp_path: Path) -> None:
+    path = tmp_path / "mine.json"
+    path.write_text('{"family": "token", "tag": "#", "good": "G", "bad": "B"}', encoding="utf-8")
+    preset = get_preset(str(path))
+    assert preset.name == "mine" and preset.tag == "#"
+    path.write_text('{"family": "token", "tag": "#", "colour": "red"}', encoding="utf-8")
+    with pytest.raises(ConfigError, match="unknown keys"):
+        get_preset(str(path))
+
+
+async def test_load_prm_picks_family(backend: LocalBackend) -> None:
+    assert isinstance(load_prm(backend, PRESET), TokenPRM)
+
+
+def test_aggregation_and_splitting_edge_cases() -> None:
+    assert aggregate([0.9, 0.2, 0.8], "min") == pytest.approx(0.2)
+    assert aggregate([0.9, 0.2, 0.8], "last") == pytest.approx(0.8)
+    assert aggregate([0.5, 0.5], "prod") == pytest.approx(0.25)
+    assert aggregate([0.5, 1.0], "mean") == pytest.approx(0.75)
+    with pytest.raises(ConfigError):
+        aggregate([], "min")
+    with pytest.raises(ConfigError):
+        aggregate([0.5], "median")  # type: ignore[arg-type]
+    assert split_steps("a\n\n  \nb  \n", "\n") == ["a", "b"]
+    assert split_steps("step one\n\nstep two\n\n", "\n\n") == ["step one", "step two"]
+    assert split_steps("   \n\n", "\n") == []

@@ -1,0 +1,169 @@
+"""The in-process backend: a Llama/Qwen2 checkpoint run by ttc's own engine, with no server.
+
+Its point is tree-shaped decoding: the KV cache is a tree of blocks, so branches forked from one prompt share
+its KV, a resubmitted prefix is found and reused, and attention reads each shared block once for all branches
+(see ``ttc.engine``). Compute runs on a worker thread that batches every concurrent call, so the event loop
+stays responsive and concurrent ``complete`` calls decode together.
+
+Importing this module does not import torch; ``LocalBackend.from_pretrained`` does, so ``import ttc`` stays
+fast for users of remote backends only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, cast
+
+from ttc.backends.base import BackendStats
+from ttc.errors import ConfigError
+from ttc.types import Completion, PromptLogprobs, Sampling
+
+if TYPE_CHECKING:
+    import torch
+
+    from ttc.engine.engine import Engine
+    from ttc.engine.scheduler import Scheduler
+
+
+class LocalBackend:
+    """``Backend`` implementation over the local engine. Build it with :meth:`from_pretrained`."""
+
+    def __init__(self, engine: Engine, scheduler: Scheduler, *, name: str) -> None:
+        self._engine = engine
+        self._scheduler = scheduler
+        self._name = name
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        max_batch: int = 64,
+        share_prefix: bool = True,
+        cache_tokens: int | None = None,
+        max_held: int = 1024,
+        seed: int = 0,
+        threads: int | None = None,
+    ) -> LocalBackend:
+        """Load the checkpoint folder at ``path`` (config.json, *.safetensors, tokenizer.json).
+
+        ``device`` defaults to CUDA when present, else CPU; ``dtype`` to fp32 on CPU and bf16 on CUDA.
+        ``max_batch`` caps branches decoded per step. ``share_prefix=False`` gives every branch a private copy
+        of its prompt's KV and disables prefix reuse (the baseline for measuring sharing). Finished sequences stay
+        live until ``release`` (a strategy usually extends them next), at most ``max_held`` of them and only while
+        live KV stays within ``cache_tokens`` (oldest dropped first); unreferenced KV is kept for prefix reuse up to
+        ``cache_tokens`` more (least recently used evicted first); it defaults to 1 GiB worth of KV. ``seed``
+        drives requests that bring no seed of their own. ``threads`` sets the engine thread's CPU thread count
+        (default: torch's); 1 is fastest for small models on busy machines.
+        """
+        if max_batch < 1:
+            raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
+        if cache_tokens is not None and cache_tokens < 0:
+            raise ConfigError(f"cache_tokens must be >= 0 or None, got {cache_tokens}")
+        if max_held < 0:
+            raise ConfigError(f"max_held must be >= 0, got {max_held}")
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads must be >= 1 or None, got {threads}")
+        from ttc.engine.engine import Engine
+        from ttc.engine.loading import load_model
+        from ttc.engine.scheduler import Scheduler
+
+        loaded = load_model(path, device=device, dtype=dtype)
+        engine = Engine(loaded, share_prefix=share_prefix, cache_tokens=cache_tokens, max_held=max_held, seed=seed)
+        scheduler = Scheduler(engine, max_batch=max_batch, threads=threads)
+        return cls(engine, scheduler, name=f"local:{loaded.folder}")
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def eos_token_id(self) -> int | None:
+        eos = self._engine.config.eos_token_ids
+        return eos[0] if eos else None
+
+    @property
+    def engine(self) -> Engine:
+        """The engine itself, for inspection (KV tree, config); drive it only through this backend."""
+        return self._engine
+
+    async def tokenize(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        return list(self._engine.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    async def detokenize(self, token_ids: Sequence[int]) -> str:
+        return str(self._engine.tokenizer.decode(list(token_ids), skip_special_tokens=True))
+
+    async def complete(self, prompt: Sequence[int], n: int, sampling: Sampling) -> list[Completion]:
+        from ttc.engine.engine import GenerationRequest
+
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"n must be a positive int, got {n!r}")
+        tokens = tuple(int(t) for t in prompt)
+        self._engine.validate_prompt(tokens)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        request = GenerationRequest(tokens, n, sampling, reply=_settle(loop, future))
+        self._scheduler.submit(request)
+        try:
+            return cast(list[Completion], await future)
+        except asyncio.CancelledError:
+            request.cancelled = True
+            raise
+
+    async def prompt_logprobs(self, prompt: Sequence[int], top_k: int = 0) -> PromptLogprobs:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise ConfigError(f"top_k must be an int >= 0, got {top_k!r}")
+        tokens = tuple(int(t) for t in prompt)
+        self._engine.validate_prompt(tokens)
+        return cast(PromptLogprobs, await self._call(lambda engine: engine.score(tokens, top_k)))
+
+    async def release(self, prompt: Sequence[int]) -> None:
+        tokens = tuple(int(t) for t in prompt)
+        await self._call(lambda engine: engine.release(tokens))
+
+    def stats(self) -> BackendStats:
+        return self._engine.stats()
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._scheduler.close)
+
+    async def __aenter__(self) -> LocalBackend:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def _call(self, run: Callable[[Engine], object]) -> object:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._scheduler.call(run, _settle(loop, future))
+        return await future
+
+
+def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> Callable[[object], None]:
+    """A reply callback for the engine thread that resolves ``future`` on its own event loop."""
+
+    def resolve(result: object) -> None:
+        if future.done():
+            return
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+    def reply(result: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the caller's loop has closed; nobody is waiting any more
+            loop.call_soon_threadsafe(resolve, result)
+
+    return reply
+
+
+__all__ = ["LocalBackend"]

@@ -1,0 +1,168 @@
+"""What the engine needs to know about a checkpoint, read from its ``config.json`` and validated up front.
+
+Reading the config ourselves (instead of through transformers) keeps loading cheap and lets every unsupported
+setting fail at load time with a message that names the file and the setting, rather than as wrong numbers later.
+Both config layouts are accepted: ``rope_theta`` / ``rope_scaling`` at the top level (transformers 4) and the
+``rope_parameters`` mapping (transformers 5).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ttc.errors import ConfigError
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclass(frozen=True)
+class RopeConfig:
+    """Rotary embedding settings; ``kind`` is one of ``SUPPORTED_ROPE_TYPES``."""
+
+    theta: float
+    kind: str = "default"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_positions: int = 8192
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a Llama- or Qwen2-family decoder."""
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    max_positions: int
+    rope: RopeConfig
+    attention_bias: bool
+    mlp_bias: bool
+    tie_word_embeddings: bool
+    eos_token_ids: tuple[int, ...]
+
+    @property
+    def qkv_bias(self) -> bool:
+        """Qwen2 always has q/k/v biases; Llama only when ``attention_bias`` says so."""
+        return self.model_type == "qwen2" or self.attention_bias
+
+
+def _require(raw: Mapping[str, Any], key: str, path: Path) -> Any:
+    if key not in raw:
+        raise ConfigError(f"{path} has no {key!r}; a Llama/Qwen2 config.json must define it")
+    return raw[key]
+
+
+def _eos_ids(value: object) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, int):
+        return (value,)
+    if isinstance(value, list):
+        return tuple(int(v) for v in value)
+    return ()
+
+
+def _rope(raw: Mapping[str, Any], path: Path) -> RopeConfig:
+    params = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+    if not isinstance(params, Mapping):
+        raise ConfigError(f"{path}: rope_parameters/rope_scaling must be a mapping, got {params!r}")
+    kind = str(params.get("rope_type", params.get("type", "default")))
+    if kind not in SUPPORTED_ROPE_TYPES:
+        raise ConfigError(
+            f"{path}: rope type {kind!r} is not supported; the local engine handles {SUPPORTED_ROPE_TYPES}"
+        )
+    theta = params.get("rope_theta", raw.get("rope_theta", 10000.0))
+    return RopeConfig(
+        theta=float(theta),
+        kind=kind,
+        factor=float(params.get("factor", 1.0)),
+        low_freq_factor=float(params.get("low_freq_factor", 1.0)),
+        high_freq_factor=float(params.get("high_freq_factor", 4.0)),
+        original_max_positions=int(params.get("original_max_position_embeddings", 8192)),
+    )
+
+
+def _check_supported(raw: Mapping[str, Any], path: Path) -> str:
+    model_type = str(raw.get("model_type", ""))
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ConfigError(
+            f"{path}: model_type {model_type!r} is not supported; the local engine runs "
+            f"{SUPPORTED_MODEL_TYPES} checkpoints (LlamaForCausalLM, Qwen2ForCausalLM)"
+        )
+    act = raw.get("hidden_act", "silu")
+    if act != "silu":
+        raise ConfigError(f"{path}: hidden_act {act!r} is not supported; expected 'silu' (SwiGLU MLP)")
+    if raw.get("use_sliding_window"):
+        raise ConfigError(f"{path}: sliding-window attention is not supported; set use_sliding_window=false")
+    if float(raw.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise ConfigError(f"{path}: partial_rotary_factor != 1 is not supported")
+    return model_type
+
+
+def parse_config(raw: Mapping[str, Any], path: Path) -> ModelConfig:
+    """Validate a decoded ``config.json``; ``path`` only names the source in error messages."""
+    model_type = _check_supported(raw, path)
+    hidden = int(_require(raw, "hidden_size", path))
+    heads = int(_require(raw, "num_attention_heads", path))
+    kv_heads = int(raw.get("num_key_value_heads") or heads)
+    if heads % kv_heads:
+        raise ConfigError(f"{path}: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
+    head_dim = int(raw.get("head_dim") or hidden // heads)
+    return ModelConfig(
+        model_type=model_type,
+        vocab_size=int(_require(raw, "vocab_size", path)),
+        hidden_size=hidden,
+        intermediate_size=int(_require(raw, "intermediate_size", path)),
+        num_layers=int(_require(raw, "num_hidden_layers", path)),
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+        max_positions=int(raw.get("max_position_embeddings", 2048)),
+        rope=_rope(raw, path),
+        attention_bias=bool(raw.get("attention_bias", False)),
+        mlp_bias=bool(raw.get("mlp_bias", False)),
+        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        eos_token_ids=_eos_ids(raw.get("eos_token_id")),
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}; expected a JSON object") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object")
+    return data
+
+
+def load_config(folder: Path) -> ModelConfig:
+    """Read ``folder/config.json``; ``generation_config.json``'s EOS ids win when present (as in generate)."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ConfigError(
+            f"{path} not found; a local model folder needs config.json, *.safetensors and tokenizer.json"
+        )
+    config = parse_config(_read_json(path), path)
+    generation = folder / "generation_config.json"
+    if generation.is_file():
+        eos = _eos_ids(_read_json(generation).get("eos_token_id"))
+        if eos:
+            config = replace(config, eos_token_ids=eos)
+    return config
+
+
+__all__ = ["ModelConfig", "RopeConfig", "load_config", "parse_config"]

@@ -1,0 +1,393 @@
+"""The synchronous core of the local engine: prefill, batched decode steps, prompt scoring, holds.
+
+Everything here runs on one thread (the scheduler's worker), so the KV tree needs no locks. A request is
+prefilled once, reusing the longest cached prefix, and forked into ``n`` branches; every ``step`` then decodes
+one token for every active branch of every request in a single forward.
+
+A finished branch keeps a *hold* on its blocks, keyed by its full token sequence (prompt + completion), because
+a search strategy usually extends what it just generated. ``release`` drops the hold; blocks nobody holds stay
+in the tree as cache until evicted. Holds are capped, oldest dropped first, by count (``max_held``) and by live
+KV tokens (``cache_tokens``), so a caller that never releases cannot pin memory forever.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ttc.backends.base import BackendStats
+from ttc.engine.detokenizer import IncrementalDetokenizer
+from ttc.engine.kv_tree import KVBlock, KVTree, ScoredPosition
+from ttc.engine.loading import LoadedModel
+from ttc.engine.plans import DecodePlan, ExtendPlan
+from ttc.engine.sampler import RowSettings, branch_seed, make_generator, sample
+from ttc.errors import ConfigError
+from ttc.types import Completion, FinishReason, PromptLogprobs, Sampling
+
+Reply = Callable[[object], None]
+"""Receives a request's result, or the exception it failed with (called on the engine thread)."""
+
+_LOGIT_CHUNK_ELEMENTS = 1 << 24
+_BRANCH_CAPACITY = 128
+
+
+@dataclass
+class GenerationRequest:
+    prompt: tuple[int, ...]
+    n: int
+    sampling: Sampling
+    reply: Reply
+    cancelled: bool = False
+
+
+@dataclass
+class _Branch:
+    request: _Running
+    index: int
+    block: KVBlock
+    settings: RowSettings
+    detok: IncrementalDetokenizer
+    generated: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    pending: int | None = None
+    finish: FinishReason | None = None
+
+
+@dataclass
+class _Running:
+    request: GenerationRequest
+    cached: int
+    branches: list[_Branch] = field(default_factory=list)
+
+
+@dataclass
+class Counters:
+    calls: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    generated_tokens: int = 0
+    scored_tokens: int = 0
+    decode_steps: int = 0
+
+
+class Engine:
+    """Model + KV tree + sampling; see the module docstring. Not thread-safe: one thread drives it."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        share_prefix: bool = True,
+        cache_tokens: int | None = None,
+        max_held: int = 1024,
+        seed: int = 0,
+    ) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.config = loaded.config
+        self.tokenizer = loaded.tokenizer
+        self.eos = frozenset(self.config.eos_token_ids)
+        bytes_per_token = self.model.kv_bytes_per_token
+        budget = max(4096, (1 << 30) // bytes_per_token) if cache_tokens is None else cache_tokens
+        self.tree = KVTree(
+            num_layers=self.config.num_layers,
+            kv_heads=self.config.num_kv_heads,
+            head_dim=self.config.head_dim,
+            device=self.model.device,
+            dtype=self.model.dtype,
+            cache_tokens=budget,
+            share=share_prefix,
+        )
+        self.share = share_prefix
+        self.max_held = max_held
+        self.hold_budget_tokens = budget
+        self.holds: OrderedDict[tuple[int, ...], list[KVBlock]] = OrderedDict()
+        self._held_count = 0
+        self._rng = random.Random(seed)
+        self._running: list[_Running] = []
+        self._active: list[_Branch] = []
+        self._stats_lock = threading.Lock()
+        self.counters = Counters()
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def active_branches(self) -> int:
+        return len(self._active)
+
+    def stats(self) -> BackendStats:
+        with self._stats_lock:
+            c = self.counters
+            return BackendStats(
+                calls=c.calls,
+                prompt_tokens=c.prompt_tokens,
+                cached_prompt_tokens=c.cached_prompt_tokens,
+                generated_tokens=c.generated_tokens,
+                scored_tokens=c.scored_tokens,
+                live_kv_tokens=self.tree.live_tokens,
+                peak_kv_tokens=self.tree.peak_live_tokens,
+                kv_bytes_per_token=self.tree.bytes_per_token,
+                prefix_cache_hit_rate=c.cached_prompt_tokens / c.prompt_tokens if c.prompt_tokens else None,
+            )
+
+    def validate_prompt(self, prompt: Sequence[int]) -> None:
+        """Reject prompts the model cannot run, with the reason and the fix."""
+        if not prompt:
+            raise ConfigError("prompt must hold at least one token id; tokenize a non-empty text first")
+        vocab = self.config.vocab_size
+        bad = next((t for t in prompt if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ConfigError(f"prompt token id {bad} is outside the model's vocabulary [0, {vocab})")
+        if len(prompt) >= self.config.max_positions:
+            raise ConfigError(
+                f"prompt of {len(prompt)} tokens leaves no room in the model's {self.config.max_positions}-position "
+                "context; shorten it"
+            )
+
+    # ------------------------------------------------------------------ prefill
+    def _prefix_views(self, block: KVBlock, upto: int) -> list[tuple[KVBlock, int]]:
+        """(block, tokens used) along ``block``'s path, covering absolute positions [0, upto)."""
+        return [(b, min(b.length, upto - b.start)) for b in block.path() if b.start < upto]
+
+    def _extend(self, tokens: Sequence[int], end: KVBlock, matched: int, start: int) -> tuple[KVBlock, Tensor]:
+        """Run ``tokens[start:]`` over the cached KV of ``tokens[:start]`` (the path to ``end`` covers
+        ``tokens[:matched]``); store KV for ``tokens[matched:]`` as a new block. Returns the block ending
+        ``tokens`` and the hidden states of ``tokens[start:]``."""
+        count = len(tokens) - start
+        layers, two, heads, dim = self.tree.shape
+        scratch = torch.empty(layers, two, count, heads, dim, device=self.model.device, dtype=self.model.dtype)
+        plan = ExtendPlan(self._prefix_views(end, start), scratch)
+        ids = torch.tensor([list(tokens[start:])], device=self.model.device)
+        positions = torch.arange(start, len(tokens), device=self.model.device)[None, :]
+        hidden = self.model.hidden_states(ids, positions, len(tokens) - 1, plan)[0]
+        if matched < len(tokens):
+            end = self.tree.add(end, tokens[matched:], scratch[:, :, matched - start :])
+        return end, hidden
+
+    # ------------------------------------------------------------------ requests
+    def start(self, request: GenerationRequest) -> None:
+        """Prefill ``request``'s prompt and fork its branches (some may finish at once)."""
+        prompt = request.prompt
+        end, matched = self.tree.lookup(prompt)
+        start = min(matched, len(prompt) - 1)
+        end, hidden = self._extend(prompt, end, matched, start)
+        logits = self.model.logits(hidden[-1:])
+        running = _Running(request, cached=start)
+        with self._stats_lock:
+            self.counters.calls += 1
+            self.counters.prompt_tokens += len(prompt)
+            self.counters.cached_prompt_tokens += start
+        seed = request.sampling.seed if request.sampling.seed is not None else self._rng.getrandbits(63)
+        for index in range(request.n):
+            running.branches.append(self._fork(running, index, end, seed))
+        tokens, logprobs = sample(logits.expand(request.n, -1), [b.settings for b in running.branches])
+        self._running.append(running)
+        for branch, token, logprob in zip(running.branches, tokens, logprobs, strict=True):
+            self._accept(branch, token, logprob)
+        self.tree.trim()  # the prompt is held now; older cache (or, unshared, the prompt itself) may go
+        self._deliver_finished()
+
+    def _fork(self, running: _Running, index: int, end: KVBlock, seed: int) -> _Branch:
+        sampling = running.request.sampling
+        capacity = min(sampling.max_tokens, _BRANCH_CAPACITY)
+        block = self.tree.branch(end, capacity) if self.share else self.tree.copy_path(end, end.end + capacity)
+        self.tree.acquire(block)
+        generator = make_generator(branch_seed(seed, index), self.model.device)
+        settings = RowSettings(sampling.temperature, sampling.top_p, generator)
+        return _Branch(running, index, block, settings, IncrementalDetokenizer(self.tokenizer, sampling.stop))
+
+    def _accept(self, branch: _Branch, token: int, logprob: float) -> None:
+        branch.generated.append(token)
+        branch.logprobs.append(logprob)
+        stop = branch.detok.push(token)
+        sampling = branch.request.request.sampling
+        if token in self.eos or stop is not None:
+            self._finish(branch, "stop")
+        elif len(branch.generated) >= sampling.max_tokens or branch.block.end >= self.config.max_positions:
+            self._finish(branch, "length")
+        else:
+            branch.pending = token
+            self._active.append(branch)
+
+    def _finish(self, branch: _Branch, reason: FinishReason) -> None:
+        branch.finish = reason
+        branch.pending = None
+        branch.block = self.tree.seal(branch.block)
+        key = branch.request.request.prompt + tuple(branch.generated)
+        self.holds.setdefault(key, []).append(branch.block)
+        self.holds.move_to_end(key)
+        self._held_count += 1
+        with self._stats_lock:
+            self.counters.generated_tokens += len(branch.generated)
+        while self.holds and (
+            self._held_count > self.max_held or self.tree.live_tokens > self.hold_budget_tokens
+        ):
+            self._drop_hold(next(iter(self.holds)))
+
+    def _drop_hold(self, key: tuple[int, ...]) -> bool:
+        blocks = self.holds.get(key)
+        if not blocks:
+            return False
+        block = blocks.pop(0)
+        if not blocks:
+            del self.holds[key]
+        self._held_count -= 1
+        self.tree.release(block)
+        return True
+
+    def _deliver_finished(self) -> None:
+        done = [r for r in self._running if all(b.finish is not None for b in r.branches)]
+        if not done:
+            return
+        self._running = [r for r in self._running if r not in done]
+        for running in done:
+            running.request.reply([self._completion(running, b) for b in running.branches])
+
+    def _completion(self, running: _Running, branch: _Branch) -> Completion:
+        assert branch.finish is not None
+        return Completion(
+            text=self.tokenizer.decode(branch.generated, skip_special_tokens=True),
+            token_ids=tuple(branch.generated),
+            finish_reason=branch.finish,
+            logprobs=tuple(branch.logprobs) if running.request.sampling.logprobs else None,
+            prompt_tokens=len(running.request.prompt),
+            cached_prompt_tokens=running.cached,
+        )
+
+    # ------------------------------------------------------------------ decoding
+    def step(self) -> None:
+        """Decode one token for every active branch, all requests in one forward."""
+        self._drop_cancelled()
+        branches, self._active = self._active, []
+        if not branches:
+            return
+        offsets, positions, tokens = [], [], []
+        for branch in branches:
+            assert branch.pending is not None
+            offset = self.tree.append(branch.block, branch.pending)
+            offsets.append(offset)
+            positions.append(branch.block.start + offset)
+            tokens.append([branch.pending])
+        with self._stats_lock:
+            self.counters.decode_steps += 1
+        plan = DecodePlan([b.block for b in branches], offsets)
+        device = self.model.device
+        ids = torch.tensor(tokens, device=device)
+        pos = torch.tensor(positions, device=device)[:, None]
+        hidden = self.model.hidden_states(ids, pos, max(positions), plan)
+        logits = self.model.logits(hidden[:, 0])
+        sampled, logprobs = sample(logits, [b.settings for b in branches])
+        for branch, token, logprob in zip(branches, sampled, logprobs, strict=True):
+            self._accept(branch, token, logprob)
+        self._deliver_finished()
+
+    def _drop_cancelled(self) -> None:
+        cancelled = [r for r in self._running if r.request.cancelled]
+        for running in cancelled:
+            self._abandon(running)
+
+    def _abandon(self, running: _Running) -> None:
+        """Forget a request: its active branches release their blocks, finished ones their holds."""
+        self._running.remove(running)
+        self._active = [b for b in self._active if b.request is not running]
+        for branch in running.branches:
+            if branch.finish is None:
+                self.tree.release(self.tree.seal(branch.block))
+            else:
+                self._drop_hold_on(branch)
+
+    def _drop_hold_on(self, branch: _Branch) -> None:
+        key = branch.request.request.prompt + tuple(branch.generated)
+        blocks = self.holds.get(key, [])
+        if branch.block in blocks:
+            blocks.remove(branch.block)
+            if not blocks:
+                del self.holds[key]
+            self._held_count -= 1
+            self.tree.release(branch.block)
+
+    def fail_all(self, error: BaseException) -> None:
+        """Abandon every running request, telling each caller ``error``.
+
+        A step that failed half-way may have left tokens whose KV was never written, so every unreferenced block
+        is evicted too: a later request must not find them.
+        """
+        failed = list(self._running)
+        for running in failed:
+            self._abandon(running)
+        self.tree.clear_cache()
+        for running in failed:
+            running.request.reply(error)
+
+    # ------------------------------------------------------------------ release
+    def release(self, tokens: Sequence[int]) -> bool:
+        """Drop one hold on the sequence ``tokens``; False when nothing held it."""
+        return self._drop_hold(tuple(tokens))
+
+    # ------------------------------------------------------------------ scoring
+    def score(self, prompt: Sequence[int], top_k: int) -> PromptLogprobs:
+        """Logprobs of every prompt token; positions whose distributions are cached are not recomputed."""
+        tokens = tuple(prompt)
+        end, matched = self.tree.lookup(tokens)
+        first = self._first_unscored(end, len(tokens), top_k)
+        with self._stats_lock:
+            self.counters.calls += 1
+            # Only positions whose distributions are computed now count: cached ones cost nothing.
+            self.counters.scored_tokens += max(0, len(tokens) - first)
+        if first < len(tokens):
+            start = first - 1
+            end, hidden = self._extend(tokens, end, matched, start)
+            self._store_scores(end, tokens, start, hidden[:-1], top_k)
+        result = self._read_scores(end, tokens, top_k)
+        self.tree.trim()
+        return result
+
+    def _first_unscored(self, end: KVBlock, length: int, top_k: int) -> int:
+        """First position in [1, length) without a cached distribution of at least ``top_k`` entries."""
+        position = 1
+        for b in end.path():
+            for offset in range(max(0, position - b.start), b.length):
+                scored = b.scores.get(offset)
+                if scored is None or scored.top_k < top_k:
+                    return max(1, b.start + offset)
+                position = b.start + offset + 1
+        return min(max(position, 1), length)
+
+    def _store_scores(self, end: KVBlock, tokens: Sequence[int], start: int, hidden: Tensor, top_k: int) -> None:
+        """Distributions predicting ``tokens[start + 1:]`` from ``hidden`` (one row per predicting token)."""
+        targets = torch.tensor(tokens[start + 1 :], device=hidden.device)
+        rows = max(1, _LOGIT_CHUNK_ELEMENTS // self.config.vocab_size)
+        path = end.path()
+        starts = [b.start for b in path]
+        for first in range(0, hidden.shape[0], rows):
+            logprobs = torch.log_softmax(self.model.logits(hidden[first : first + rows]), dim=-1)
+            chosen = logprobs.gather(1, targets[first : first + rows, None]).squeeze(1).tolist()
+            k = min(top_k, logprobs.shape[-1])
+            values, ids = logprobs.topk(k, dim=-1) if k else (logprobs[:, :0], logprobs[:, :0].long())
+            for i, (own, vals, idx) in enumerate(zip(chosen, values.tolist(), ids.tolist(), strict=True)):
+                position = start + 1 + first + i
+                block = path[bisect.bisect_right(starts, position) - 1]
+                block.scores[position - block.start] = ScoredPosition(top_k, tuple(zip(idx, vals, strict=True)), own)
+
+    def _read_scores(self, end: KVBlock, tokens: Sequence[int], top_k: int) -> PromptLogprobs:
+        top: list[dict[int, float] | None] = [None]
+        for block in end.path():
+            for offset in range(1 if block.start == 0 else 0, block.length):
+                scored = block.scores.get(offset)
+                if scored is None:
+                    raise RuntimeError(f"position {block.start + offset} was scored but has no distribution")
+                dist = dict(scored.top[:top_k])
+                dist[block.tokens[offset]] = scored.logprob
+                top.append(dist)
+        if len(top) != len(tokens):
+            raise RuntimeError(f"scored {len(top)} positions for a {len(tokens)}-token prompt")
+        return PromptLogprobs(token_ids=tuple(tokens), top=tuple(top))
+
+
+__all__ = ["Counters", "Engine", "GenerationRequest", "Reply"]

@@ -1,0 +1,142 @@
+"""The worker thread that drives the engine and batches concurrent requests.
+
+Requests from any number of asyncio tasks (or event loops) land in an inbox. The worker drains it between decode
+steps: new generation requests are prefilled and join the running batch at the next step, so many concurrent
+``complete`` calls share one forward per token, which is what makes best-of-N and tree search fast. Scoring and
+release requests run between steps too. Heavy compute thus never blocks an event loop, and the engine's state is
+touched by this one thread only.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ttc.engine.engine import Engine, GenerationRequest, Reply
+from ttc.errors import BackendError, TTCError
+
+
+@dataclass
+class _Call:
+    """A short job (score, release) run between steps; its result or exception goes to ``reply``."""
+
+    run: Callable[[Engine], object]
+    reply: Reply
+
+
+class Scheduler:
+    """Owns the worker thread; ``max_batch`` caps how many branches decode together.
+
+    ``threads`` sets the worker's CPU intra-op thread count (OpenMP's setting is per thread, so the rest of the
+    process keeps its own). Small models on a busy machine decode far faster single-threaded, because tiny
+    matmuls split across spinning threads mostly wait for cores.
+    """
+
+    def __init__(self, engine: Engine, *, max_batch: int = 64, threads: int | None = None) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self.threads = threads
+        self._wake = threading.Condition()
+        self._inbox: deque[GenerationRequest | _Call] = deque()
+        self._waiting: deque[GenerationRequest] = deque()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+
+    def submit(self, work: GenerationRequest | _Call) -> None:
+        with self._wake:
+            if self._closing:
+                raise BackendError("the local engine is closed", kind="local")
+            self._inbox.append(work)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="ttc-local-engine", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def call(self, run: Callable[[Engine], object], reply: Reply) -> None:
+        self.submit(_Call(run, reply))
+
+    def close(self) -> None:
+        """Stop the worker (blocking until it exits); pending requests fail with BackendError."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _loop(self) -> None:
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        while True:
+            with self._wake:
+                while not self._inbox and not self._has_work() and not self._closing:
+                    self._wake.wait()
+                if self._closing:
+                    break
+                work = list(self._inbox)
+                self._inbox.clear()
+            self._take(work)
+            self._admit()
+            self._step()
+        self._shutdown()
+
+    def _has_work(self) -> bool:
+        return self.engine.active_branches > 0 or bool(self._waiting)
+
+    def _take(self, work: Sequence[GenerationRequest | _Call]) -> None:
+        for item in work:
+            if isinstance(item, GenerationRequest):
+                self._waiting.append(item)
+                continue
+            try:
+                result = item.run(self.engine)
+            except Exception as exc:
+                item.reply(exc)
+            else:
+                item.reply(result)
+
+    def _admit(self) -> None:
+        """Prefill waiting requests while the batch has room (an oversized request runs alone)."""
+        while self._waiting:
+            request = self._waiting[0]
+            active = self.engine.active_branches
+            if active and active + request.n > self.max_batch:
+                return
+            self._waiting.popleft()
+            if request.cancelled:
+                continue
+            try:
+                self.engine.start(request)
+            except Exception as exc:
+                request.reply(_as_backend_error(exc))
+
+    def _step(self) -> None:
+        try:
+            self.engine.step()
+        except Exception as exc:
+            self.engine.fail_all(_as_backend_error(exc))
+
+    def _shutdown(self) -> None:
+        error = BackendError("the local engine was closed before this request finished", kind="local")
+        self.engine.fail_all(error)
+        with self._wake:
+            leftovers = list(self._inbox) + list(self._waiting)
+            self._inbox.clear()
+        self._waiting.clear()
+        for item in leftovers:
+            item.reply(error)
+
+
+def _as_backend_error(exc: Exception) -> Exception:
+    if isinstance(exc, TTCError):
+        return exc
+    error = BackendError(f"local engine failed: {type(exc).__name__}: {exc}", kind="local")
+    error.__cause__ = exc
+    return error
+
+
+__all__ = ["Scheduler"]
