@@ -123,18 +123,20 @@ class CachedPRM(ABC):
 
 
 def judgement(dist: Mapping[int, float] | None, good: int, bad: int, where: str) -> float:
-    """P(good) / (P(good) + P(bad)) from a logprob distribution; a token outside the returned top-k counts as
-    impossible, but at least one of the two must be present."""
+    """P(good) / (P(good) + P(bad)) from a logprob distribution.
+
+    A judgement token missing from the returned top-k is at most as likely as the least likely token returned,
+    and is given that bound; at least one of the two must be present.
+    """
     if dist is None:
         raise VerifierError(f"no distribution at {where}")
     lg, lb = dist.get(good), dist.get(bad)
     if lg is None and lb is None:
         raise VerifierError(f"neither judgement token is among the returned logprobs at {where}: raise top_k "
                             "(and the server's --max-logprobs) or check the preset's good/bad tokens")
-    if lg is None:
-        return 0.0
-    if lb is None:
-        return 1.0
+    floor = min(dist.values())
+    lg = floor if lg is None else lg
+    lb = floor if lb is None else lb
     top = max(lg, lb)
     pg, pb = math.exp(lg - top), math.exp(lb - top)
     return pg / (pg + pb)
@@ -241,9 +243,9 @@ def load_prm(backend: Backend, preset: str | PRMPreset = "mini") -> CachedPRM:
     return FAMILIES[chosen.family](backend, chosen)
 
 
-def judge(backend: Backend, *, yes: str = " Yes", no: str = " No") -> GenerativeJudge:
+def judge(backend: Backend, *, yes: str = " Yes", no: str = " No", top_k: int = 20) -> GenerativeJudge:
     """A generative judge on the policy (or any instruction-following model)."""
-    return GenerativeJudge(backend, PRMPreset(name="judge", family="chat", good=yes, bad=no))
+    return GenerativeJudge(backend, PRMPreset(name="judge", family="chat", good=yes, bad=no, top_k=top_k))
 
 
 __all__ = ["CachedPRM", "ChatPRM", "GenerativeJudge", "PoolingPRM", "StepScoreCache", "StepScores",
