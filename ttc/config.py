@@ -83,22 +83,29 @@ def _local(path: Path) -> Backend:
 
 
 def _embedded() -> BackendSetup | None:
-    """The bundled mini reasoner and mini PRM on the local engine, when the package ships them and torch is
-    installed; None otherwise (the caller then explains how to configure a backend)."""
-    from ttc.models import mini_model_path, mini_prompt
-
+    """The embedded default when the package ships the mini models and torch is installed; None otherwise (the
+    caller then explains how to configure a backend)."""
     try:
         import torch  # noqa: F401
-
-        reasoner_dir, prm_dir = mini_model_path("reasoner"), mini_model_path("prm")
-    except (ImportError, ConfigError):
+    except ImportError:
         return None
+    try:
+        return embedded_setup()
+    except ConfigError:
+        return None
+
+
+def embedded_setup(*, threads: int | None = None) -> BackendSetup:
+    """The bundled mini reasoner and mini PRM, each on its own local engine, with the reasoner's prompt format."""
+    from ttc.backends.local import LocalBackend
+    from ttc.models import mini_model_path, mini_prompt
     from ttc.verifiers.prm import load_prm
 
-    reasoner = _local(reasoner_dir)
-    prm = load_prm(_local(prm_dir), "mini")
+    reasoner_dir, prm_dir = mini_model_path("reasoner"), mini_model_path("prm")
+    reasoner = LocalBackend.from_pretrained(reasoner_dir, threads=threads)
+    prm = load_prm(LocalBackend.from_pretrained(prm_dir, threads=threads), "mini")
     return BackendSetup(backend=reasoner, prompt_template=mini_prompt("{question}"), verifier=StepwiseOutcome(prm),
                         prm=prm, closers=(prm.backend,))
 
 
-__all__ = ["NO_BACKEND_HELP", "BackendSetup", "default_backend", "env"]
+__all__ = ["NO_BACKEND_HELP", "BackendSetup", "default_backend", "embedded_setup", "env"]

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import math
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import anyio
 
 from ttc.backends.base import Backend
+from ttc.backends.lru import LRUCache
 from ttc.errors import VerifierError
 from ttc.types import PromptLogprobs
 from ttc.verifiers.base import StepScores
@@ -36,11 +36,10 @@ class SupportsPooling(Protocol):
 
 
 class StepScoreCache:
-    """LRU map from a hash of (question, steps[:i+1]) to the score of step i."""
+    """Scores by a hash of (question, steps[:i+1]): the key of step i depends on every step before it."""
 
     def __init__(self, capacity: int = 100_000) -> None:
-        self.capacity = capacity
-        self._data: OrderedDict[bytes, float] = OrderedDict()
+        self._lru: LRUCache[bytes, float] = LRUCache(capacity)
 
     @staticmethod
     def keys(question: str, steps: Sequence[str]) -> list[bytes]:
@@ -52,25 +51,21 @@ class StepScoreCache:
         return out
 
     def get(self, key: bytes) -> float | None:
-        value = self._data.get(key)
-        if value is not None:
-            self._data.move_to_end(key)
-        return value
+        return self._lru.get(key)
 
     def put(self, key: bytes, value: float) -> None:
-        self._data[key] = value
-        self._data.move_to_end(key)
-        while len(self._data) > self.capacity:
-            self._data.popitem(last=False)
+        self._lru.put(key, value)
 
 
 class CachedPRM(ABC):
     """Shared machinery: the cache, usage counters, and the ProcessVerifier methods."""
 
-    def __init__(self, backend: Backend, preset: PRMPreset, *, cache: StepScoreCache | None = None) -> None:
+    def __init__(self, backend: Backend, preset: PRMPreset, *, cache: StepScoreCache | None = None,
+                 incremental: bool = True) -> None:
         self.backend = backend
         self.preset = preset
         self.cache = cache or StepScoreCache()
+        self.incremental = incremental
         self.scored_tokens = 0
         self.calls = 0
 
@@ -82,7 +77,7 @@ class CachedPRM(ABC):
             return StepScores((), 0, 0)
         keys = self.cache.keys(question, steps)
         cached: list[float] = []
-        for key in keys:
+        for key in keys if self.incremental else ():
             value = self.cache.get(key)
             if value is None:
                 break

@@ -1,0 +1,135 @@
+"""Tree search against best-of-N on the synthetic benchmark, with the bundled mini reasoner and mini PRM.
+
+For each token budget, every strategy answers the same held-out problems (levels 4 to 8) on the local engine:
+accuracy, generated tokens, peak live KV tokens (exact, from the engine's block tree) and wall time. Problems run
+one at a time so each peak KV figure belongs to one search. Prints a table, writes a PNG of accuracy against
+generated tokens, and ends with headline ratios: ETS against REBASE at the same width, and the best search
+against best-of-N on levels 6 to 8.
+
+    python benchmarks/tree_search.py --problems 60 --budgets 1024,4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+
+from ttc.api import Session, solve_problem
+from ttc.bench.datasets import load_dataset
+from ttc.bench.report import format_table, median
+from ttc.config import embedded_setup
+from ttc.types import Budget, Problem
+from ttc.verifiers.answer import grade
+
+
+@dataclass
+class Cell:
+    strategy: str
+    budget: int
+    correct: list[bool] = field(default_factory=list)
+    levels: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    peak_kv: list[int] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def accuracy(self, levels: set[int] | None = None) -> float:
+        picked = [c for c, lv in zip(self.correct, self.levels, strict=True) if levels is None or lv in levels]
+        return sum(picked) / len(picked) if picked else 0.0
+
+
+def arms(width: int, step_tokens: int) -> dict[str, Mapping[str, object]]:
+    tree = {"max_step_tokens": step_tokens, "max_depth": 12, "select": "weighted_vote", "aggregate": "last"}
+    return {
+        "best_of_n": {"n": width, "max_tokens": step_tokens * 12, "select": "weighted_vote"},
+        "beam": {**tree, "beam_width": max(1, width // 4), "expand": 4},
+        "dvts": {**tree, "subtrees": max(1, width // 4), "expand": 4},
+        "rebase": {**tree, "width": width},
+        "ets": {**tree, "width": width},
+    }
+
+
+async def run_cell(session: Session, problems: list[Problem], name: str, options: Mapping[str, object],
+                   budget: int, seed: int) -> Cell:
+    cell = Cell(name, budget)
+    start = time.perf_counter()
+    for problem in problems:
+        result = await solve_problem(problem, Budget(tokens=budget), session, strategy=name,
+                                     seed=seed + (problem.index or 0), options=options)
+        cell.correct.append(grade(result.text, problem.gold or ""))
+        cell.levels.append(int(str(problem.meta.get("level", 0))))
+        cell.tokens.append(result.usage.generated_tokens)
+        cell.peak_kv.append(result.usage.peak_kv_tokens)
+    cell.wall_s = time.perf_counter() - start
+    return cell
+
+
+def plot(cells: list[Cell], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in dict.fromkeys(c.strategy for c in cells):
+        mine = sorted((c for c in cells if c.strategy == name), key=lambda c: c.budget)
+        ax.plot([sum(c.tokens) / len(c.tokens) for c in mine], [c.accuracy() for c in mine], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("generated tokens per problem (mean)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("synthetic levels 4-8, mini reasoner + mini PRM")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+async def main(args: argparse.Namespace) -> None:
+    problems = load_dataset("synthetic", limit=args.problems, seed=20_000 + args.seed, levels=range(4, 9))
+    session = Session(setup=embedded_setup(threads=args.threads), store=None)
+    cells: list[Cell] = []
+    try:
+        for budget in args.budgets:
+            for name, options in arms(args.width, args.step_tokens).items():
+                cells.append(await run_cell(session, problems, name, options, budget, args.seed))
+                c = cells[-1]
+                print(f"  {name} @ {budget}: acc={c.accuracy():.3f} tokens={median(c.tokens):.0f} "
+                      f"kv={median(c.peak_kv):.0f} wall={c.wall_s:.1f}s", flush=True)
+    finally:
+        await session.aclose()
+    hard = {6, 7, 8}
+    print(format_table(["strategy", "budget", "acc", "acc L6-8", "mean tokens", "median peak KV", "wall s"],
+                       [[c.strategy, c.budget, c.accuracy(), c.accuracy(hard), sum(c.tokens) / len(c.tokens),
+                         median(c.peak_kv), c.wall_s] for c in cells]))
+    plot(cells, args.plot)
+    print(f"plot: {args.plot}")
+    top = max(args.budgets)
+    by = {c.strategy: c for c in cells if c.budget == top}
+    ets, rebase, bon = by["ets"], by["rebase"], by["best_of_n"]
+    searches = [by[n] for n in ("beam", "dvts", "rebase", "ets")]
+    best = max(searches, key=lambda c: c.accuracy(hard))
+    print(f"ets_kv_reduction={median(rebase.peak_kv) / max(1.0, median(ets.peak_kv)):.2f} "
+          f"ets_speedup={rebase.wall_s / max(1e-9, ets.wall_s):.2f} "
+          f"ets_acc_delta={100 * (ets.accuracy() - rebase.accuracy()):.1f} "
+          f"best_search={best.strategy} search_minus_bon_l68={100 * (best.accuracy(hard) - bon.accuracy(hard)):.1f}")
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--problems", type=int, default=60)
+    p.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")], default=[1024, 4096])
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--step-tokens", type=int, default=24)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", type=Path, default=Path("benchmarks/results/tree_search.png"))
+    return p.parse_args()
+
+
+if __name__ == "__main__":
+    anyio.run(main, parse())
