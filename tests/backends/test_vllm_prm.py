@@ -88,3 +88,25 @@ async def test_pooling_prm_request_and_response_contract() -> None:
     assert scores == pytest.approx([0.6, 0.8, 1.0])
     assert pooled == [{"input": [1, 2, 3, 10, 7, 11, 7, 12, 7], "task": "token_classify",
                        "add_special_tokens": False, "model": "m"}]
+
+
+@pytest.mark.vllm
+async def test_beam_search_on_the_server_with_a_server_prm(vllm_url: str) -> None:
+    """One tree search end to end on vLLM: steps sampled and scored by the real server, KV counted from the tree."""
+    from ttc.api import asolve
+
+    policy = VLLMBackend(vllm_url)
+    scorer = TokenPRM(VLLMBackend(vllm_url), TOKEN_PRESET)
+    try:
+        before = await policy.prefix_cache_snapshot()
+        result = await asolve(QUESTION, 600, strategy="beam", backend=policy, verifier=scorer, store=False, seed=3,
+                              beam_width=2, expand=2, max_depth=3, max_step_tokens=12)
+        after = await policy.prefix_cache_snapshot()
+    finally:
+        await policy.aclose()
+        await scorer.backend.aclose()
+    assert result.strategy == "beam"
+    assert 0 < result.usage.generated_tokens <= 600
+    assert result.usage.verifier_tokens > 0 and scorer.calls > 0
+    assert result.usage.peak_kv_tokens > result.usage.prompt_tokens // max(1, result.usage.backend_calls)
+    assert after.queries >= before.queries

@@ -51,3 +51,28 @@ def test_self_consistency_runs_rounds_on_vllm(vllm_url: str, tmp_path: Path) -> 
         # The second round reuses the prompt the server saw in the first.
         assert result.usage.cached_prompt_tokens >= 256
         assert store.get_trace(result.trace_id or "").status == "done"
+
+
+def test_eval_records_the_servers_prefix_cache_hit_rate(vllm_url: str, tmp_path: Path) -> None:
+    import anyio
+
+    from ttc.api import open_session
+    from ttc.bench.datasets import load_dataset
+    from ttc.bench.eval import evaluate
+    from ttc.types import Budget
+
+    store = TraceStore(str(tmp_path / "t.db"))
+    session = open_session(backend=VLLMBackend(vllm_url), store=store, verifier=None, prompt_template=None)
+
+    async def main() -> str:
+        try:
+            report = await evaluate(load_dataset("gsm8k", limit=3), Budget(tokens=200), session,
+                                    strategy="best_of_n", options={"n": 4, "max_tokens": 16}, seed=0)
+            return report.run_id
+        finally:
+            await session.setup.backend.aclose()
+
+    run_id = anyio.run(main)
+    summary = store.get_run(run_id).summary or {}
+    assert isinstance(summary.get("prefix_cache_hit_rate"), float)
+    store.close()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from ttc.api import Session, bounded_gather, solve_problem
+from ttc.backends.base import Backend
 from ttc.errors import ConfigError, TTCError
 from ttc.storage import TraceStore
 from ttc.types import Budget, Problem, Result, TraceEvent
@@ -66,12 +67,37 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
         if progress is not None:
             progress(problem, result)
 
+    before = await cache_snapshot(session.setup.backend)
     await bounded_gather([partial(one, p) for p in todo], concurrency)
+    hit_rate = await cache_hit_rate(session.setup.backend, before)
     report = summarize(store, run_id, total=len(problems), wall_s=time.monotonic() - started, errors=errors)
     store.finish_run(run_id, status="done" if not errors else "failed",
                      summary={"accuracy": report.accuracy, "done": report.done, "failed": report.failed,
-                              "correct": report.correct, "mean_tokens": report.mean_tokens})
+                              "correct": report.correct, "mean_tokens": report.mean_tokens,
+                              "prefix_cache_hit_rate": hit_rate})
     return report
+
+
+async def cache_snapshot(backend: Backend) -> object | None:
+    """The server's prefix-cache counters, for backends that publish them (vLLM); None otherwise."""
+    from ttc.backends.vllm import VLLMBackend
+
+    if not isinstance(backend, VLLMBackend):
+        return None
+    try:
+        return await backend.prefix_cache_snapshot()
+    except TTCError:
+        return None
+
+
+async def cache_hit_rate(backend: Backend, before: object | None) -> float | None:
+    """Share of prompt tokens the server's prefix cache served since ``before`` (None when unknown)."""
+    from ttc.backends.vllm_metrics import PrefixCacheSnapshot, prefix_cache_hit_rate
+
+    after = await cache_snapshot(backend)
+    if not isinstance(before, PrefixCacheSnapshot) or not isinstance(after, PrefixCacheSnapshot):
+        return None
+    return prefix_cache_hit_rate(before, after)
 
 
 def _open_run(store: TraceStore, resume: str | None, config: Mapping[str, object]) -> str:
