@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""How much test-time compute buys with the bundled mini models, on held-out synthetic problems.
+
+    python3 benchmarks/mini_models.py            # 160 problems from EVAL_SEEDS, 16 samples each
+    python3 benchmarks/mini_models.py --n 400
+
+Measured, per level and overall: the reasoner's greedy accuracy; majority vote over 16 samples; best of the
+same 16 samples ranked by the mini PRM (step scores aggregated by min, last step, product); pass@16 (an
+oracle ceiling). Also the PRM's step-level AUROC on the samples' exactly labelled steps, and how often the draft
+model's greedy next step equals the reasoner's own greedy next step. Inference is plain ``transformers``
+``generate`` on CPU. The last line is ``name=value`` pairs for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shared cores: do not spin while waiting
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ttc.bench.synthetic import (
+    EVAL_SEEDS,
+    SyntheticProblem,
+    check_answer,
+    extract_answer,
+    generate,
+    label_steps,
+    split_steps,
+)
+from ttc.models import mini_model_path, mini_prompt
+
+
+class Models:
+    def __init__(self) -> None:
+        self.tokenizer = AutoTokenizer.from_pretrained(mini_model_path("reasoner"))
+        self.tokenizer.padding_side = "left"
+        load = {"dtype": torch.float32}
+        self.reasoner = AutoModelForCausalLM.from_pretrained(mini_model_path("reasoner"), **load).eval()
+        self.draft = AutoModelForCausalLM.from_pretrained(mini_model_path("draft"), **load).eval()
+        self.prm = AutoModelForCausalLM.from_pretrained(mini_model_path("prm"), **load).eval()
+        self.preset = json.loads((mini_model_path("prm") / "prm.json").read_text(encoding="utf-8"))
+        ids = self.tokenizer.convert_tokens_to_ids
+        self.tag_id = ids(self.preset["step_tag"])
+        self.good_id = ids(self.preset["good_token"])
+        self.bad_id = ids(self.preset["bad_token"])
+
+
+@torch.no_grad()
+def complete(models: Models, model: torch.nn.Module, prompts: Sequence[str], *, samples: int = 1,
+             temperature: float = 0.0, max_new_tokens: int = 170, rows: int = 128) -> list[list[str]]:
+    """``samples`` completions per prompt, greedy when ``temperature`` is 0; text only, cut at EOS."""
+    tok = models.tokenizer
+    out: list[list[str]] = [[] for _ in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths finish together
+    per_batch = max(1, rows // samples)
+    for start in range(0, len(order), per_batch):
+        chunk = order[start : start + per_batch]
+        enc = tok([prompts[i] for i in chunk], return_tensors="pt", padding=True)
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature else {
+            "do_sample": False}
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=samples,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **sampling)
+        texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        for row, text in enumerate(texts):
+            out[chunk[row // samples]].append(text)
+    return out
+
+
+def plain(text: str, preset: dict[str, str]) -> str:
+    """A sample cut before any tag or judgement character, which a solution never legitimately contains."""
+    reserved = {preset["step_tag"], preset["good_token"], preset["bad_token"]}
+    cut = next((i for i, ch in enumerate(text) if ch in reserved), len(text))
+    return text[:cut]
+
+
+@torch.no_grad()
+def prm_step_scores(models: Models, questions: Sequence[str], solutions: Sequence[list[str]],
+                    batch: int = 64) -> list[list[float]]:
+    """P(step correct) for each step, built only from the preset in prm.json."""
+    preset = models.preset
+    tag, delimiter = preset["step_tag"], preset["step_delimiter"]
+    texts = [
+        preset["prompt_template"].format(question=q) + delimiter.join(s + tag for s in steps)
+        for q, steps in zip(questions, solutions, strict=True)
+    ]
+    tok = models.tokenizer
+    tok.padding_side = "right"
+    scores: list[list[float]] = []
+    for start in range(0, len(texts), batch):
+        enc = tok(texts[start : start + batch], return_tensors="pt", padding=True)
+        logits = models.prm(**enc).logits
+        pair = torch.stack([logits[..., models.good_id], logits[..., models.bad_id]], dim=-1).softmax(-1)[..., 0]
+        for row in range(len(enc["input_ids"])):
+            at_tags = enc["input_ids"][row] == models.tag_id
+            scores.append(pair[row][at_tags].tolist())
+    tok.padding_side = "left"
+    return scores
+
+
+def aggregate(scores: Sequence[float], how: str) -> float:
+    if not scores:
+        return 0.0
+    if how == "min":
+        return min(scores)
+    if how == "last":
+        return scores[-1]
+    product = 1.0
+    for s in scores:
+        product *= s
+    return product
+
+
+def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores)
+    pos = sum(labels)
+    neg = len(labels) - pos
+    if not pos or not neg:
+        return float("nan")
+    return float((sum(r for r, y in zip(ranks, labels, strict=True) if y) - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def draft_match(models: Models, problems: Sequence[SyntheticProblem], greedy: Sequence[str]) -> tuple[int, int]:
+    """(matches, steps): the draft's greedy line vs the reasoner's greedy line, given the reasoner's prefix."""
+    prompts: list[str] = []
+    targets: list[str] = []
+    for problem, text in zip(problems, greedy, strict=True):
+        lines = text.split("\n")
+        for i, line in enumerate(lines):
+            prompts.append(mini_prompt(problem.question) + "".join(f"{prev}\n" for prev in lines[:i]))
+            targets.append(line)
+    proposals = complete(models, models.draft, prompts, max_new_tokens=24, rows=192)
+    matches = sum(p[0].split("\n")[0] == t for p, t in zip(proposals, targets, strict=True))
+    return matches, len(targets)
+
+
+def pct(values: Sequence[bool]) -> str:
+    return f"{100 * sum(values) / max(1, len(values)):5.1f}"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=160, help="held-out problems (levels 1-8 in equal shares)")
+    parser.add_argument("--seed", type=int, default=EVAL_SEEDS.start, help="must be one of EVAL_SEEDS")
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    if args.seed not in EVAL_SEEDS:
+        parser.error(f"--seed must be a held-out seed in [{EVAL_SEEDS.start}, {EVAL_SEEDS.stop})")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    models = Models()
+    problems = generate(args.seed, args.n)
+    prompts = [mini_prompt(p.question) for p in problems]
+    timings: dict[str, float] = {}
+
+    started = time.time()
+    greedy = [c[0] for c in complete(models, models.reasoner, prompts)]
+    timings["greedy"] = time.time() - started
+
+    started = time.time()
+    sampled = complete(models, models.reasoner, prompts, samples=args.samples, temperature=args.temperature)
+    timings["sampling"] = time.time() - started
+
+    started = time.time()
+    flat = [(i, plain(s, models.preset)) for i, group in enumerate(sampled) for s in group]
+    step_lists = [split_steps(text) for _, text in flat]
+    step_scores = prm_step_scores(models, [problems[i].question for i, _ in flat], step_lists)
+    timings["prm"] = time.time() - started
+
+    started = time.time()
+    matches, draft_steps = draft_match(models, problems, greedy)
+    timings["draft"] = time.time() - started
+
+    rows: dict[str, dict[str, list[bool]]] = {}
+    auroc_scores: list[float] = []
+    auroc_labels: list[bool] = []
+    for i, problem in enumerate(problems):
+        group = range(i * args.samples, (i + 1) * args.samples)
+        answers = [extract_answer(flat[k][1]) for k in group]
+        votes = Counter(a for a in answers if a is not None)
+        majority = votes.most_common(1)[0][0] if votes else None
+        row = {
+            "greedy": check_answer(problem, greedy[i]),
+            f"maj{args.samples}": majority == problem.answer,
+            f"pass@{args.samples}": any(a == problem.answer for a in answers),
+        }
+        for how in ("min", "last", "prod"):
+            best = max(group, key=lambda k: aggregate(step_scores[k], how))
+            row[f"bo{args.samples}_prm_{how}"] = check_answer(problem, flat[best][1])
+        for key, ok in row.items():
+            rows.setdefault(key, {}).setdefault("all", []).append(ok)
+            rows[key].setdefault(f"L{problem.level}", []).append(ok)
+        seen: set[str] = set()
+        for k in group:  # each distinct sample once, so easy problems' repeated solutions do not dominate
+            if flat[k][1] in seen:
+                continue
+            seen.add(flat[k][1])
+            labels = label_steps(problem, flat[k][1])
+            auroc_scores += step_scores[k][: len(labels)]
+            auroc_labels += labels[: len(step_scores[k])]
+
+    levels = [*sorted({f"L{p.level}" for p in problems}), "all"]
+    print(f"held-out problems: {len(problems)} (seed {args.seed}), {args.samples} samples at T={args.temperature}")
+    print(f"{'method':<16}" + "".join(f"{lv:>7}" for lv in levels))
+    for key, by_level in rows.items():
+        print(f"{key:<16}" + "".join(f"{pct(by_level[lv]):>7}" for lv in levels))
+    prm_auroc = auroc(auroc_scores, auroc_labels)
+    print(f"PRM step AUROC {prm_auroc:.3f} on {len(auroc_labels)} distinct labelled steps "
+          f"({100 * sum(auroc_labels) / max(1, len(auroc_labels)):.1f}% correct)")
+    print(f"draft = reasoner greedy next step: {matches}/{draft_steps}")
+    print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+
+    def acc(key: str) -> float:
+        return sum(rows[key]["all"]) / len(problems)
+
+    summary = {
+        "greedy_acc": acc("greedy"),
+        f"bo{args.samples}_prm_acc": acc(f"bo{args.samples}_prm_min"),
+        f"bo{args.samples}_prm_last_acc": acc(f"bo{args.samples}_prm_last"),
+        f"maj{args.samples}_acc": acc(f"maj{args.samples}"),
+        f"pass{args.samples}": acc(f"pass@{args.samples}"),
+        "prm_auroc": prm_auroc,
+        "draft_step_match": matches / max(1, draft_steps),
+    }
+    print(" ".join(f"{k}={v:.3f}" for k, v in summary.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,517 @@
+#!/usr/bin/env python3
+"""Train the bundled mini models (reasoner, draft, process reward model) on the synthetic benchmark, on CPU.
+
+    python3 scripts/train_mini_models.py                      # all three, into ttc/models/mini/
+    python3 scripts/train_mini_models.py --stage prm          # only the PRM (needs a trained reasoner)
+
+Order matters: the reasoner first; the draft learns the same data; the PRM is trained on solutions *sampled
+from the trained reasoner* (temperature 1, several per problem), each step labelled exactly by
+``ttc.bench.synthetic.label_steps``, so it learns the reasoner's real mistakes. The PRM starts from the
+reasoner's weights: it already reads the questions and the arithmetic, and only has to learn to judge.
+
+Every run is a pure function of ``--seed``: data come from ``TRAIN_SEEDS`` through ``random.Random(seed)``,
+weights from ``torch.manual_seed``; training runs a fixed number of steps (never "until time is up"), on two
+threads. Each model folder gets a ``train_log.json`` with the settings, wall time and final numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# Other work shares these cores: busy-waiting OpenMP threads would then burn most of the time slice.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ttc.bench.synthetic import (
+    EVAL_SEEDS,
+    TRAIN_SEEDS,
+    SyntheticProblem,
+    check_answer,
+    generate,
+    generate_stateful,
+    label_steps,
+    split_steps,
+)
+from ttc.models import STEP_DELIMITER, mini_prompt
+from ttc.models.mini.tokenizer import (
+    BAD_TOKEN,
+    BOS,
+    CHARACTERS,
+    EOS,
+    GOOD_TOKEN,
+    PAD,
+    SPECIAL_TOKENS,
+    STEP_TAG,
+    VOCAB,
+    VOCAB_SIZE,
+    encode,
+    save_tokenizer,
+)
+
+BOS_ID, EOS_ID, PAD_ID = VOCAB.index(BOS), VOCAB.index(EOS), VOCAB.index(PAD)
+GOOD_ID, BAD_ID, TAG_ID = VOCAB.index(GOOD_TOKEN), VOCAB.index(BAD_TOKEN), VOCAB.index(STEP_TAG)
+MAX_POSITIONS = 512
+DEV_SEED = EVAL_SEEDS.start + 500_000  # held out, and distinct from the benchmark's default seed
+PRM_DATA_SEED = 900_000  # inside TRAIN_SEEDS, away from the chunks the reasoner saw first
+
+
+@dataclass(frozen=True)
+class Shape:
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+
+
+@dataclass(frozen=True)
+class Schedule:
+    steps: int
+    tokens_per_batch: int
+    lr: float
+    warmup: int = 100
+    weight_decay: float = 0.01
+
+
+SHAPES = {
+    "reasoner": Shape(hidden=256, layers=4, heads=8, intermediate=688),
+    "draft": Shape(hidden=128, layers=4, heads=4, intermediate=352),
+}
+
+
+def log(path: Path, **fields: object) -> None:
+    line = json.dumps(fields)
+    print(line, flush=True)
+    with path.open("a") as handle:
+        handle.write(line + "\n")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def new_model(shape: Shape) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.heads,
+        max_position_embeddings=MAX_POSITIONS,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+    )
+    config._attn_implementation = "eager"
+    return LlamaForCausalLM(config)
+
+
+def load_model(path: Path) -> LlamaForCausalLM:
+    model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
+    return model
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------------- data
+
+
+def sft_example(problem: SyntheticProblem) -> tuple[list[int], int]:
+    """Token ids ``BOS prompt solution EOS`` and where the solution starts (the loss covers only the solution)."""
+    prompt = [BOS_ID, *encode(mini_prompt(problem.question))]
+    return [*prompt, *encode(problem.solution), EOS_ID], len(prompt)
+
+
+def training_problems(chunk: int, size: int, max_level: int = 8) -> list[SyntheticProblem]:
+    """Chunk ``chunk`` of the training stream: mostly word problems, an eighth stateful (context) questions."""
+    seed = TRAIN_SEEDS.start + chunk
+    problems = generate(seed, size - size // 8, levels=range(1, max_level + 1))
+    for context in generate_stateful(TRAIN_SEEDS.start + 500_000 + chunk, size // 24 + 1, 3):
+        problems.extend(context.problems)
+    return problems[:size]
+
+
+def curriculum(chunk: int) -> int:
+    """The hardest level in chunk ``chunk``: short problems first, so copying operands and two-digit arithmetic
+    are learned where they are cheap, then all eight levels from chunk 36 on."""
+    return min(8, 2 + chunk // 6)
+
+
+def length_batches(items: Sequence[tuple[list[int], int]], tokens_per_batch: int,
+                   rng: random.Random) -> list[list[tuple[list[int], int]]]:
+    """Group items of similar length so that padding is small; the order of groups is shuffled."""
+    ordered = sorted(items, key=lambda item: len(item[0]))
+    batches: list[list[tuple[list[int], int]]] = []
+    current: list[tuple[list[int], int]] = []
+    for item in ordered:
+        if current and (len(current) + 1) * len(item[0]) > tokens_per_batch:
+            batches.append(current)
+            current = []
+        current.append(item)
+    if current:
+        batches.append(current)
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(batch: Sequence[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and a mask of the target positions (solution tokens) for next-token loss."""
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), width), PAD_ID, dtype=torch.long)
+    target_mask = torch.zeros((len(batch), width), dtype=torch.bool)
+    for row, (tokens, start) in enumerate(batch):
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        target_mask[row, start : len(tokens)] = True
+    return ids, target_mask
+
+
+def sft_batches(seed: int, tokens_per_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    rng = random.Random(seed)
+    chunk = 0
+    while True:
+        items = [sft_example(p) for p in training_problems(seed * 10_000 + chunk, 384, curriculum(chunk))]
+        for batch in length_batches(items, tokens_per_batch, rng):
+            yield collate(batch)
+        chunk += 1
+
+
+def lr_at(step: int, schedule: Schedule) -> float:
+    if step < schedule.warmup:
+        return schedule.lr * (step + 1) / schedule.warmup
+    progress = (step - schedule.warmup) / max(1, schedule.steps - schedule.warmup)
+    return schedule.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def optimizer_for(model: torch.nn.Module, schedule: Schedule) -> torch.optim.Optimizer:
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": schedule.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=schedule.lr,
+        betas=(0.9, 0.98),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ generation
+
+
+@torch.no_grad()
+def complete(model: LlamaForCausalLM, prompts: Sequence[str], *, samples: int = 1, temperature: float = 0.0,
+             max_new_tokens: int = 170, batch_rows: int = 96) -> list[list[str]]:
+    """``samples`` completions per prompt (greedy when temperature is 0), cut at EOS."""
+    model.eval()
+    results: list[list[str]] = [[] for _ in prompts]
+    per_batch = max(1, batch_rows // samples)
+    for start in range(0, len(prompts), per_batch):
+        chunk = prompts[start : start + per_batch]
+        encoded = [[BOS_ID, *encode(p)] for p in chunk]
+        width = max(len(e) for e in encoded)
+        ids = torch.tensor([[PAD_ID] * (width - len(e)) + e for e in encoded])
+        attention = (torch.arange(width)[None, :] >= torch.tensor([width - len(e) for e in encoded])[:, None]).long()
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=attention,
+            max_new_tokens=max_new_tokens,
+            do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else None,
+            top_k=0 if temperature > 0 else None,
+            top_p=1.0 if temperature > 0 else None,
+            num_return_sequences=samples,
+            eos_token_id=EOS_ID,
+            pad_token_id=PAD_ID,
+        )
+        for row, tokens in enumerate(out[:, width:].tolist()):
+            if EOS_ID in tokens:
+                tokens = tokens[: tokens.index(EOS_ID)]
+            text = "".join(VOCAB[t] if t >= len(SPECIAL_TOKENS) else "\0" for t in tokens)
+            results[start + row // samples].append(text)
+    return results
+
+
+def greedy_accuracy(model: LlamaForCausalLM, problems: Sequence[SyntheticProblem]) -> dict[str, float]:
+    ordered = sorted(range(len(problems)), key=lambda i: problems[i].level)
+    texts = complete(model, [mini_prompt(problems[i].question) for i in ordered])
+    correct = {i: check_answer(problems[i], t[0]) for i, t in zip(ordered, texts, strict=True)}
+    by_level: dict[str, list[bool]] = {}
+    for i, ok in correct.items():
+        by_level.setdefault(f"L{problems[i].level}", []).append(ok)
+    summary = {level: sum(v) / len(v) for level, v in sorted(by_level.items())}
+    summary["all"] = sum(correct.values()) / len(correct)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- LM training
+
+
+def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path) -> dict[str, object]:
+    seed_everything(seed)
+    model = new_model(SHAPES[name])
+    optimizer = optimizer_for(model, schedule)
+    dev = generate(DEV_SEED, 96)
+    log(log_path, event="start", model=name, params=n_params(model), schedule=asdict(schedule),
+        shape=asdict(SHAPES[name]), seed=seed)
+    started = time.time()
+    tokens = 0
+    batches = sft_batches(seed, schedule.tokens_per_batch)
+    running = 0.0
+    model.train()
+    for step in range(schedule.steps):
+        ids, target_mask = next(batches)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, schedule)
+        logits = model(input_ids=ids).logits[:, :-1]
+        targets = ids[:, 1:]
+        mask = target_mask[:, 1:]
+        loss = F.cross_entropy(logits[mask], targets[mask])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        tokens += ids.numel()
+        running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
+        if step % 50 == 0 or step == schedule.steps - 1:
+            elapsed = time.time() - started
+            log(log_path, model=name, step=step, loss=round(running, 4), lr=round(lr_at(step, schedule), 6),
+                tokens=tokens, elapsed_s=round(elapsed, 1), tok_per_s=round(tokens / max(elapsed, 1e-9)))
+        if (step + 1) % 400 == 0 and step + 1 < schedule.steps:
+            log(log_path, model=name, step=step + 1, dev_greedy=greedy_accuracy(model, dev))
+            model.train()
+    train_s = time.time() - started
+    dev_scores = greedy_accuracy(model, dev)
+    save_lm(model, out / name)
+    result: dict[str, object] = {
+        "model": name, "params": n_params(model), "train_s": round(train_s, 1), "tokens": tokens,
+        "final_loss": round(running, 4), "dev_greedy": dev_scores, "schedule": asdict(schedule),
+        "shape": asdict(SHAPES[name]), "seed": seed,
+    }
+    log(log_path, event="done", **result)
+    (out / name / "train_log.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def save_lm(model: LlamaForCausalLM, directory: Path) -> None:
+    """Ship weights in bfloat16 (what vLLM's CPU backend runs) with the tokenizer and generation defaults."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shipped = LlamaForCausalLM(model.config)
+    shipped.load_state_dict(model.state_dict())
+    shipped.to(torch.bfloat16)
+    shipped.config._attn_implementation = "sdpa"
+    shipped.save_pretrained(directory)
+    GenerationConfig(
+        bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID, do_sample=False, max_new_tokens=256
+    ).save_pretrained(directory)
+    save_tokenizer(directory)
+
+
+# --------------------------------------------------------------------------------------------- PRM training
+
+
+def prm_text(question: str, steps: Sequence[str]) -> str:
+    """The PRM's input: the reasoner's prompt, then each step followed by the step tag (see prm.json)."""
+    return mini_prompt(question) + STEP_DELIMITER.join(step + STEP_TAG for step in steps)
+
+
+def prm_example(question: str, steps: Sequence[str], labels: Sequence[bool]) -> tuple[list[int], list[int]]:
+    """Ids of the PRM input and, per tag, (position of the tag, 1 if good else 0) packed as two lists."""
+    ids = [BOS_ID, *encode(prm_text(question, steps))]
+    positions = [i for i, t in enumerate(ids) if t == TAG_ID]
+    if len(positions) != len(labels):
+        raise AssertionError("every step must carry exactly one tag")
+    return ids, [p * 2 + int(ok) for p, ok in zip(positions, labels, strict=True)]
+
+
+_PLAIN = set(CHARACTERS) - {STEP_TAG, GOOD_TOKEN, BAD_TOKEN}
+
+
+def clean(text: str) -> str:
+    """A sample up to its first character that is not plain text (a tag, a judgement or a special token)."""
+    for i, ch in enumerate(text):
+        if ch not in _PLAIN:
+            return text[:i]
+    return text
+
+
+def sample_prm_data(reasoner: LlamaForCausalLM, problems: Sequence[SyntheticProblem], samples: int,
+                    seed: int) -> list[tuple[list[int], list[int]]]:
+    """Sample ``samples`` solutions per problem at temperature 1 and label each step exactly (duplicates dropped)."""
+    torch.manual_seed(seed)
+    ordered = sorted(problems, key=lambda p: p.level)
+    texts = complete(reasoner, [mini_prompt(p.question) for p in ordered], samples=samples, temperature=1.0)
+    data = []
+    for problem, solutions in zip(ordered, texts, strict=True):
+        for text in dict.fromkeys(clean(s) for s in solutions):
+            steps = split_steps(text)
+            if not steps:
+                continue
+            data.append(prm_example(problem.question, steps, label_steps(problem, text)))
+    return data
+
+
+def prm_collate(batch: Sequence[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                      torch.Tensor]:
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), width), PAD_ID, dtype=torch.long)
+    rows, cols, labels = [], [], []
+    for row, (tokens, packed) in enumerate(batch):
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        for code in packed:
+            rows.append(row)
+            cols.append(code // 2)
+            labels.append(code % 2)
+    return ids, torch.tensor(rows), torch.tensor(cols), torch.tensor(labels)
+
+
+def judgement_logits(model: LlamaForCausalLM, ids: torch.Tensor, rows: torch.Tensor,
+                     cols: torch.Tensor) -> torch.Tensor:
+    """(n_tags, 2) logits of [bad, good] at each tag; softmax of it is the PRM's P(step correct)."""
+    logits = model(input_ids=ids).logits[rows, cols]
+    return torch.stack([logits[:, BAD_ID], logits[:, GOOD_ID]], dim=1)
+
+
+def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """Probability that a random good step outscores a random bad one (ties count half)."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores)
+    pos = sum(labels)
+    neg = len(labels) - pos
+    if pos == 0 or neg == 0:
+        return float("nan")
+    return float((sum(r for r, y in zip(ranks, labels, strict=True) if y) - pos * (pos + 1) / 2) / (pos * neg))
+
+
+@torch.no_grad()
+def prm_eval(model: LlamaForCausalLM, data: Sequence[tuple[list[int], list[int]]]) -> dict[str, float]:
+    model.eval()
+    scores: list[float] = []
+    labels: list[int] = []
+    for start in range(0, len(data), 32):
+        ids, rows, cols, y = prm_collate(data[start : start + 32])
+        scores += judgement_logits(model, ids, rows, cols).softmax(-1)[:, 1].tolist()
+        labels += y.tolist()
+    return {"auroc": round(auroc(scores, labels), 4), "steps": len(labels),
+            "good_fraction": round(sum(labels) / max(1, len(labels)), 4)}
+
+
+def train_prm(schedule: Schedule, out: Path, seed: int, log_path: Path, n_problems: int,
+              samples: int) -> dict[str, object]:
+    seed_everything(seed)
+    reasoner = load_model(out / "reasoner")
+    started = time.time()
+    problems = generate(PRM_DATA_SEED + seed, n_problems - n_problems // 8)
+    for context in generate_stateful(PRM_DATA_SEED + 50_000 + seed, n_problems // 24 + 1, 3):
+        problems.extend(context.problems)
+    data = sample_prm_data(reasoner, problems, samples, seed)
+    sample_s = time.time() - started
+    rng = random.Random(seed)
+    rng.shuffle(data)
+    held = data[: len(data) // 10]
+    train = data[len(data) // 10 :]
+    log(log_path, event="prm_data", samples=len(data), sample_s=round(sample_s, 1),
+        tags=sum(len(p) for _, p in data), good=sum(c % 2 for _, p in data for c in p))
+    model = reasoner  # the PRM starts from the reasoner: it already reads questions and arithmetic
+    log(log_path, model="prm", step=0, held_out=prm_eval(model, held))
+    optimizer = optimizer_for(model, schedule)
+    started = time.time()
+    step = 0
+    running = 0.0
+    while step < schedule.steps:
+        for batch in length_batches(train, schedule.tokens_per_batch, rng):
+            if step >= schedule.steps:
+                break
+            model.train()
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, schedule)
+            ids, rows, cols, y = prm_collate(batch)
+            loss = F.cross_entropy(judgement_logits(model, ids, rows, cols), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
+            if step % 50 == 0:
+                log(log_path, model="prm", step=step, loss=round(running, 4),
+                    elapsed_s=round(time.time() - started, 1))
+            if (step + 1) % 300 == 0:
+                log(log_path, model="prm", step=step + 1, held_out=prm_eval(model, held))
+            step += 1
+    train_s = time.time() - started
+    held_scores = prm_eval(model, held)
+    save_lm(model, out / "prm")
+    write_prm_preset(out / "prm")
+    result: dict[str, object] = {
+        "model": "prm", "params": n_params(model), "sample_s": round(sample_s, 1), "train_s": round(train_s, 1),
+        "problems": len(problems), "samples_per_problem": samples, "labelled_solutions": len(data),
+        "final_loss": round(running, 4), "held_out": held_scores, "schedule": asdict(schedule), "seed": seed,
+        "init": "reasoner",
+    }
+    log(log_path, event="done", **result)
+    (out / "prm" / "train_log.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def write_prm_preset(directory: Path) -> None:
+    preset = {
+        "format": "math-shepherd",
+        "step_tag": STEP_TAG,
+        "good_token": GOOD_TOKEN,
+        "bad_token": BAD_TOKEN,
+        "prompt_template": mini_prompt("{question}"),
+        "step_delimiter": STEP_DELIMITER,
+        "input": "prompt_template.format(question=question) + step_delimiter.join(step + step_tag for step in steps)",
+        "score": "p(good_token) / (p(good_token) + p(bad_token)) from the next-token distribution at each step_tag",
+    }
+    (directory / "prm.json").write_text(json.dumps(preset, indent=2, ensure_ascii=False) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------------ main
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=["all", "reasoner", "draft", "prm"], default="all")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "ttc/models/mini")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reasoner-steps", type=int, default=1800)
+    parser.add_argument("--draft-steps", type=int, default=3000)
+    parser.add_argument("--prm-steps", type=int, default=900)
+    parser.add_argument("--prm-problems", type=int, default=720)
+    parser.add_argument("--prm-samples", type=int, default=8)
+    parser.add_argument("--log", type=Path, default=Path("runs/train_mini_models.jsonl"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    args.log.parent.mkdir(parents=True, exist_ok=True)
+    if args.stage in ("all", "reasoner"):
+        train_lm("reasoner", Schedule(steps=args.reasoner_steps, tokens_per_batch=2048, lr=1e-3), args.out,
+                 args.seed, args.log)
+    if args.stage in ("all", "draft"):
+        train_lm("draft", Schedule(steps=args.draft_steps, tokens_per_batch=2048, lr=2e-3), args.out,
+                 args.seed + 1, args.log)
+    if args.stage in ("all", "prm"):
+        train_prm(Schedule(steps=args.prm_steps, tokens_per_batch=3072, lr=3e-4, warmup=50), args.out, args.seed,
+                  args.log, args.prm_problems, args.prm_samples)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The bundled mini models on a real vLLM server: greedy continuations agree with the local engine, and the mini
+PRM's step scores agree between the two backends (to 1e-3).
+
+Each model needs its own server: ``TTC_TEST_VLLM_MINI_<NAME>_URL`` (NAME = REASONER, DRAFT or PRM). CI serves the
+PRM; the others run where a developer starts them (see the README's model card).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ttc.backends.vllm import VLLMBackend
+from ttc.bench.synthetic import generate
+from ttc.types import Sampling
+
+pytestmark = [pytest.mark.vllm, pytest.mark.anyio]
+
+
+def server(name: str) -> str:
+    url = os.environ.get(f"TTC_TEST_VLLM_MINI_{name.upper()}_URL", "").strip()
+    if not url:
+        pytest.skip(f"TTC_TEST_VLLM_MINI_{name.upper()}_URL not set (a vLLM server on the mini {name})")
+    return url.rstrip("/")
+
+
+@pytest.mark.parametrize("name", ["reasoner", "draft", "prm"])
+async def test_greedy_continuations_agree_with_the_local_engine(name: str) -> None:
+    pytest.importorskip("torch")
+    from ttc.backends.local import LocalBackend
+    from ttc.models import mini_model_path, mini_prompt
+
+    url = server(name)
+    remote = VLLMBackend(url)
+    local = LocalBackend.from_pretrained(mini_model_path(name), threads=1)  # type: ignore[arg-type]
+    greedy = Sampling(max_tokens=48, temperature=0.0)
+    try:
+        for problem in generate(seed=4242, n=4):
+            prompt = await local.tokenize(mini_prompt(problem.question), add_special_tokens=True)
+            assert await remote.tokenize(mini_prompt(problem.question), add_special_tokens=True) == prompt
+            [served] = await remote.complete(prompt, 1, greedy)
+            [in_process] = await local.complete(prompt, 1, greedy)
+            assert served.token_ids == in_process.token_ids, problem.question
+    finally:
+        await remote.aclose()
+        await local.aclose()
+
+
+async def test_mini_prm_scores_agree_across_backends() -> None:
+    pytest.importorskip("torch")
+    from ttc.backends.local import LocalBackend
+    from ttc.models import mini_model_path
+    from ttc.verifiers.prm import load_prm
+
+    url = server("prm")
+    remote = load_prm(VLLMBackend(url), "mini")
+    local = load_prm(LocalBackend.from_pretrained(mini_model_path("prm"), threads=1), "mini")
+    try:
+        for problem in generate(seed=777, n=4, levels=[3, 5]):
+            steps = problem.solution.strip().split("\n")
+            on_server = await remote.score_steps(problem.question, steps)
+            in_process = await local.score_steps(problem.question, steps)
+            assert on_server == pytest.approx(in_process, abs=1e-3)
+    finally:
+        await remote.backend.aclose()
+        await local.backend.aclose()

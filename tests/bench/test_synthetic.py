@@ -1,0 +1,182 @@
+"""The synthetic benchmark: determinism, exact step values, step labels, answer checks, stateful contexts."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ttc.bench import synthetic
+from ttc.bench.synthetic import (
+    EVAL_SEEDS,
+    TRAIN_SEEDS,
+    SyntheticProblem,
+    check_answer,
+    evaluate,
+    extract_answer,
+    generate,
+    generate_stateful,
+    label_steps,
+    split_steps,
+)
+from ttc.errors import ConfigError
+from ttc.models.mini.tokenizer import BAD_TOKEN, CHARACTERS, GOOD_TOKEN, STEP_TAG
+
+STEP = re.compile(r"^(\d+) ([-+*/]) (\d+)$")
+
+
+def _value_of(expr: str) -> int | None:
+    match = STEP.match(expr)
+    assert match is not None, expr
+    return evaluate(int(match[1]), match[2], int(match[3]))
+
+
+def test_same_seed_same_problems_and_different_seeds_differ() -> None:
+    assert generate(7, 40) == generate(7, 40)
+    assert generate(7, 40) != generate(8, 40)
+    assert generate(7, 40)[:10] == generate(7, 10)
+    assert generate_stateful(3, 4, 3) == generate_stateful(3, 4, 3)
+    assert generate_stateful(3, 4, 3) != generate_stateful(4, 4, 3)
+
+
+def test_generation_ignores_the_global_random_state() -> None:
+    import random
+
+    random.seed(1)
+    first = generate(11, 20)
+    random.seed(2)
+    assert generate(11, 20) == first
+
+
+def test_train_and_eval_seeds_are_disjoint() -> None:
+    assert set(TRAIN_SEEDS).isdisjoint(EVAL_SEEDS)
+
+
+@pytest.mark.parametrize("level", range(1, 9))
+def test_every_step_value_is_its_expression_and_the_solution_is_in_the_fixed_format(level: int) -> None:
+    for problem in generate(level * 101, 30, levels=[level]):
+        assert problem.level == level == len(problem.steps)
+        for step in problem.steps:
+            assert _value_of(step.expr) == step.value
+            assert 0 <= step.value <= synthetic.MAX_VALUE
+        lines = problem.solution.split("\n")
+        assert lines[:-1] == [f"{s.expr} = {s.value}" for s in problem.steps]
+        assert lines[-1] == f"The answer is {problem.answer}."
+        assert problem.answer == str(problem.steps[-1].value)
+        assert label_steps(problem, problem.solution) == [True] * (level + 1)
+
+
+def test_levels_cycle_evenly_and_harder_levels_use_larger_operands() -> None:
+    problems = generate(5, 800)
+    counts = {level: sum(p.level == level for p in problems) for level in range(1, 9)}
+    assert set(counts.values()) == {100}
+
+    def biggest(level: int) -> int:
+        return max(int(n) for p in problems if p.level == level for n in re.findall(r"\d+", p.question))
+    assert biggest(1) < biggest(8)
+
+
+def test_each_step_uses_numbers_from_the_question_or_earlier_steps() -> None:
+    """Nothing in a solution is invented: every operand is stated in the question or computed before."""
+    for problem in generate(21, 200):
+        known = set(re.findall(r"\d+", problem.question))
+        for step in problem.steps:
+            a, _, b = step.expr.split(" ")
+            assert a in known and b in known, (problem.question, step)
+            known.add(str(step.value))
+
+
+def test_reserved_tokens_never_occur_in_benchmark_text() -> None:
+    texts = [p.question + p.solution for p in generate(3, 400)]
+    texts += [p.question + p.solution for c in generate_stateful(3, 30, 3) for p in c.problems]
+    allowed = set(CHARACTERS) - {STEP_TAG, GOOD_TOKEN, BAD_TOKEN}
+    assert all(set(text) <= allowed for text in texts)
+
+
+def test_bad_arguments_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="levels"):
+        generate(0, 3, levels=[0])
+    with pytest.raises(ConfigError, match="levels"):
+        generate(0, 3, levels=[])
+    with pytest.raises(ConfigError, match="n must"):
+        generate(0, -1)
+    with pytest.raises(ConfigError, match="questions_per_context"):
+        generate_stateful(0, 2, 0)
+
+
+def test_label_steps_on_hand_made_solutions() -> None:
+    problem = SyntheticProblem(
+        question="Ann has 12 pens. Ann buys 7 more. Ann gives 5 to Ben. How many pens does Ann have?",
+        answer="14",
+        steps=(synthetic.Step("12 + 7", 19), synthetic.Step("19 - 5", 14)),
+        level=2,
+        solution="12 + 7 = 19\n19 - 5 = 14\nThe answer is 14.",
+    )
+    assert label_steps(problem, problem.solution) == [True, True, True]
+    # a wrong value makes that step and everything after it wrong, even a right-looking final answer
+    assert label_steps(problem, "12 + 7 = 18\n18 - 4 = 14\nThe answer is 14.") == [False, False, False]
+    # right value but arithmetic that does not hold is wrong
+    assert label_steps(problem, "12 + 8 = 19\n19 - 5 = 14\nThe answer is 14.") == [False, False, False]
+    # the first step right, the second wrong
+    assert label_steps(problem, "12 + 7 = 19\n19 - 6 = 13\nThe answer is 13.") == [True, False, False]
+    # steps right, final answer wrong or malformed
+    assert label_steps(problem, "12 + 7 = 19\n19 - 5 = 14\nThe answer is 15.") == [True, True, False]
+    assert label_steps(problem, "12 + 7 = 19\n19 - 5 = 14\nanswer: 14") == [True, True, False]
+    # an extra step instead of the answer line, and garbage lines
+    assert label_steps(problem, "12 + 7 = 19\n19 - 5 = 14\n14 + 0 = 14") == [True, True, False]
+    assert label_steps(problem, "12 + 7 = 19\nnineteen minus five") == [True, False]
+    # a truncated solution is labelled as far as it goes; blank lines do not count as steps
+    assert label_steps(problem, "12 + 7 = 19\n\n") == [True]
+    assert label_steps(problem, "") == []
+
+
+def test_label_steps_on_corrupted_generated_solutions() -> None:
+    for problem in generate(33, 60, levels=[2, 3, 4, 5]):
+        lines = problem.solution.split("\n")
+        for i, step in enumerate(problem.steps):
+            corrupted = list(lines)
+            corrupted[i] = f"{step.expr} = {step.value + 1}"
+            labels = label_steps(problem, "\n".join(corrupted))
+            assert labels == [True] * i + [False] * (len(lines) - i)
+
+
+def test_check_answer_uses_the_last_answer_line() -> None:
+    problem = generate(2, 1)[0]
+    assert check_answer(problem, problem.solution)
+    assert check_answer(problem, f"The answer is 1000.\nThe answer is {problem.answer}.")
+    assert not check_answer(problem, f"The answer is {problem.answer}.\nThe answer is 1000.")
+    assert not check_answer(problem, problem.answer)
+    assert extract_answer("The answer is 007.") == "7"
+    assert extract_answer("no answer") is None
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(min_value=0, max_value=10**9), st.sampled_from(range(1, 9)))
+def test_any_seed_gives_consistent_problems(seed: int, level: int) -> None:
+    (problem,) = generate(seed, 1, levels=[level])
+    assert len(problem.steps) == level
+    assert all(_value_of(s.expr) == s.value for s in problem.steps)
+    assert check_answer(problem, problem.solution)
+
+
+def test_stateful_contexts_share_a_paragraph_and_each_question_is_solvable_from_it() -> None:
+    contexts = generate_stateful(9, 20, 3)
+    assert len(contexts) == 20
+    for context in contexts:
+        assert len(context.queries) == len(context.problems) == 3
+        for query, problem in zip(context.queries, context.problems, strict=True):
+            assert problem.question == f"{context.context} {query}"
+            assert 1 <= len(problem.steps) <= 7
+            known = set(re.findall(r"\d+", context.context))
+            for step in problem.steps:
+                assert _value_of(step.expr) == step.value
+                a, _, b = step.expr.split(" ")
+                assert a in known and b in known
+                known.add(str(step.value))
+            assert label_steps(problem, problem.solution) == [True] * (len(problem.steps) + 1)
+
+
+def test_split_steps_strips_lines_and_drops_blank_ones() -> None:
+    assert split_steps(" 1 + 2 = 3 \n\nThe answer is 3.\n") == ["1 + 2 = 3", "The answer is 3."]

@@ -1,0 +1,361 @@
+"""Seeded synthetic arithmetic word problems whose every intermediate step can be checked exactly.
+
+Real benchmarks (GSM8K, MATH) only say whether the final answer is right. Process reward models, step-level
+search and draft models need to know which *step* went wrong, so this generator keeps the exact value of every
+step. The solution format is fixed so that a line of model output can be parsed back into a step::
+
+    12 + 7 = 19
+    19 * 3 = 57
+    The answer is 57.
+
+One computation per line (``a op b = c`` with ``op`` in ``+ - * /``, division always exact), then the answer
+line. Texts are compact on purpose: the bundled mini models read them one character per token.
+
+Seeds: training uses ``TRAIN_SEEDS``; every held-out measurement uses ``EVAL_SEEDS``. The two ranges are
+disjoint, and each call to :func:`generate` draws from its own ``random.Random(seed)``, so a problem set is a
+pure function of ``(seed, n, levels)``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ttc.errors import ConfigError
+
+TRAIN_SEEDS = range(0, 1_000_000)
+"""Seeds the mini models were trained on (and the only ones training may use)."""
+
+EVAL_SEEDS = range(1_000_000, 2_000_000)
+"""Held-out seeds: benchmarks and tests measure on these, never train on them."""
+
+LEVELS = range(1, 9)
+"""A level is the number of computation steps; operand sizes also grow with it."""
+
+MAX_VALUE = 50
+"""No intermediate value exceeds this: small two-digit arithmetic is what a model of a few million parameters
+learns on a CPU in well under an hour, so the difficulty comes from the number of steps."""
+
+ANSWER_PREFIX = "The answer is "
+
+NAMES = ("Ann", "Ben", "Eve", "Kim", "Max", "Sam", "Tom", "Amy", "Bob", "Eli", "Meg", "Sue", "Ted", "Kai")
+OBJECTS = ("pens", "cards", "coins", "books", "eggs", "apples", "shells", "stamps", "beads", "cups")
+
+_STEP_LINE = re.compile(r"^(\d+) ([-+*/]) (\d+) = (-?\d+)$")
+_ANSWER_LINE = re.compile(r"^The answer is (-?\d+)\.$")
+_ANSWER_ANYWHERE = re.compile(r"The answer is (-?\d+)\.")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One computation: ``expr`` such as ``"12 + 7"`` and its exact integer ``value``."""
+
+    expr: str
+    value: int
+
+    @property
+    def line(self) -> str:
+        return f"{self.expr} = {self.value}"
+
+
+@dataclass(frozen=True)
+class SyntheticProblem:
+    """A question, its exact answer, and the exact value of each step of the reference solution."""
+
+    question: str
+    answer: str
+    steps: tuple[Step, ...]
+    level: int
+    solution: str
+
+
+@dataclass(frozen=True)
+class StatefulContext:
+    """A paragraph of quantities and relations, and several questions answerable from it.
+
+    ``problems[i].question`` is ``f"{context} {queries[i]}"``, so each problem is self-contained; the split into
+    ``context`` and ``queries`` is what sleep-time compute needs (think about the context before the queries).
+    """
+
+    context: str
+    queries: tuple[str, ...]
+    problems: tuple[SyntheticProblem, ...]
+
+
+def evaluate(a: int, op: str, b: int) -> int | None:
+    """The exact value of ``a op b``, or None when it is not an integer (inexact division, division by 0)."""
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    if op == "/":
+        return a // b if b != 0 and a % b == 0 else None
+    raise ConfigError(f"unknown operator {op!r}; expected one of + - * /")
+
+
+def solution_text(steps: Sequence[Step], answer: int) -> str:
+    """The one fixed solution format: a line per step, then the answer line (no trailing newline)."""
+    return "\n".join([*(step.line for step in steps), f"{ANSWER_PREFIX}{answer}."])
+
+
+def _problem(question: str, steps: list[Step], level: int) -> SyntheticProblem:
+    answer = steps[-1].value
+    return SyntheticProblem(question, str(answer), tuple(steps), level, solution_text(steps, answer))
+
+
+def _step(steps: list[Step], a: int, op: str, b: int) -> int:
+    value = evaluate(a, op, b)
+    if value is None or not 0 <= value <= MAX_VALUE:
+        raise AssertionError(f"generator produced an invalid step {a} {op} {b}")  # a bug, never user input
+    steps.append(Step(f"{a} {op} {b}", value))
+    return value
+
+
+def _max_operand(level: int) -> int:
+    """The largest number an event adds or removes: single digits at level 1, up to 13 at level 8."""
+    return 5 + level
+
+
+# An event turns the current count into a new one and says so in one sentence. It returns None when it does
+# not fit the current count (e.g. nothing divides it) and the caller picks another event.
+_Event = Callable[[random.Random, str, int, int, list[Step]], "tuple[str, int] | None"]
+
+
+def _buy(rng: random.Random, who: str, cur: int, top: int, steps: list[Step]) -> tuple[str, int] | None:
+    b = rng.randint(2, top)
+    if cur + b > MAX_VALUE:
+        return None
+    verb = rng.choice(("buys", "finds", "gets", "wins"))
+    return f"{who} {verb} {b} more.", _step(steps, cur, "+", b)
+
+
+def _receive(rng: random.Random, who: str, cur: int, top: int, steps: list[Step]) -> tuple[str, int] | None:
+    b = rng.randint(2, top)
+    if cur + b > MAX_VALUE:
+        return None
+    giver = rng.choice([name for name in NAMES if name != who])
+    return f"{giver} gives {who} {b}.", _step(steps, cur, "+", b)
+
+
+def _give(rng: random.Random, who: str, cur: int, top: int, steps: list[Step]) -> tuple[str, int] | None:
+    if cur < 3:
+        return None
+    b = rng.randint(1, min(top, cur - 1))
+    taker = rng.choice([name for name in NAMES if name != who])
+    return f"{who} gives {b} to {taker}.", _step(steps, cur, "-", b)
+
+
+def _lose(rng: random.Random, who: str, cur: int, top: int, steps: list[Step]) -> tuple[str, int] | None:
+    if cur < 3:
+        return None
+    b = rng.randint(1, min(top, cur - 1))
+    verb = rng.choice(("loses", "sells", "uses"))
+    return f"{who} {verb} {b}.", _step(steps, cur, "-", b)
+
+
+def _times(rng: random.Random, who: str, cur: int, top: int, steps: list[Step]) -> tuple[str, int] | None:
+    factors = [k for k in (2, 3) if cur * k <= MAX_VALUE]
+    if not factors:
+        return None
+    k = rng.choice(factors)
+    return f"{who} gets {k} times as many.", _step(steps, cur, "*", k)
+
+
+def _share(rng: random.Random, who: str, cur: int, top: int, steps: list[Step]) -> tuple[str, int] | None:
+    parts = [k for k in (2, 3) if cur % k == 0 and cur // k >= 2]
+    if not parts:
+        return None
+    k = rng.choice(parts)
+    return f"{who} keeps 1 of {k} equal parts.", _step(steps, cur, "/", k)
+
+
+def _boxes(rng: random.Random, who: str, cur: int, top: int, steps: list[Step]) -> tuple[str, int] | None:
+    k, m = rng.randint(2, 5), rng.randint(2, 9)
+    if cur + k * m > MAX_VALUE:
+        return None
+    extra = _step(steps, k, "*", m)
+    return f"{who} buys {k} boxes of {m}.", _step(steps, cur, "+", extra)
+
+
+def _rate(rng: random.Random, who: str, cur: int, top: int, steps: list[Step]) -> tuple[str, int] | None:
+    r, d = rng.randint(2, 9), rng.randint(2, 5)
+    if cur + r * d > MAX_VALUE:
+        return None
+    extra = _step(steps, r, "*", d)
+    return f"{who} gets {r} a day for {d} days.", _step(steps, cur, "+", extra)
+
+
+_ONE_STEP: tuple[_Event, ...] = (_buy, _receive, _give, _lose, _times, _share)
+_TWO_STEP: tuple[_Event, ...] = (_boxes, _rate)
+
+
+def _one_problem(rng: random.Random, level: int) -> SyntheticProblem:
+    who, things = rng.choice(NAMES), rng.choice(OBJECTS)
+    top = _max_operand(level)
+    steps: list[Step] = []
+    if level >= 2 and rng.random() < 0.3:
+        k, m = rng.randint(2, 5), rng.randint(2, 9)
+        cur = _step(steps, k, "*", m)
+        sentences = [f"{who} has {k} bags of {m} {things}."]
+    else:
+        cur = rng.randint(2, 10 + 3 * level)
+        sentences = [f"{who} has {cur} {things}."]
+    while len(steps) < level:
+        pool = _ONE_STEP + _TWO_STEP if level - len(steps) >= 2 else _ONE_STEP
+        mark = len(steps)
+        made = rng.choice(pool)(rng, who, cur, top, steps)
+        if made is None:
+            del steps[mark:]
+            continue
+        sentence, cur = made
+        sentences.append(sentence)
+    sentences.append(f"How many {things} now?")
+    return _problem(" ".join(sentences), steps, level)
+
+
+def _check_levels(levels: Sequence[int]) -> list[int]:
+    chosen = list(levels)
+    if not chosen or any(level not in LEVELS for level in chosen):
+        raise ConfigError(f"levels must be a non-empty selection of 1..8, got {chosen!r}")
+    return chosen
+
+
+def generate(seed: int, n: int, levels: Sequence[int] = LEVELS) -> list[SyntheticProblem]:
+    """``n`` problems, levels cycling through ``levels`` so every level is equally represented.
+
+    Deterministic: the same ``(seed, n, levels)`` always gives the same list, and the first ``k`` problems of
+    a larger ``n`` are the same ``k`` problems.
+    """
+    if n < 0:
+        raise ConfigError(f"n must be >= 0, got {n}")
+    chosen = _check_levels(levels)
+    rng = random.Random(seed)
+    return [_one_problem(rng, chosen[i % len(chosen)]) for i in range(n)]
+
+
+def _relation(rng: random.Random, name: str, base: str, base_value: int, things: str,
+              steps: list[Step]) -> tuple[str, int]:
+    """One sentence relating ``name``'s count to ``base``'s; appends the step that computes it."""
+    while True:
+        kind = rng.randrange(3)
+        if kind == 0 and base_value + 9 <= MAX_VALUE:
+            b = rng.randint(2, 9)
+            return f"{name} has {b} more {things} than {base}.", _step(steps, base_value, "+", b)
+        if kind == 1 and base_value > 3:
+            b = rng.randint(1, min(9, base_value - 2))
+            return f"{name} has {b} fewer {things} than {base}.", _step(steps, base_value, "-", b)
+        if kind == 2 and base_value * 3 <= MAX_VALUE:
+            k = rng.randint(2, 3)
+            return f"{name} has {k} times as many {things} as {base}.", _step(steps, base_value, "*", k)
+
+
+def _stateful_context(rng: random.Random, questions: int) -> StatefulContext:
+    """A chain of people whose counts depend on earlier ones; questions ask about one or two of them."""
+    people = rng.sample(NAMES, 4)
+    things = rng.choice(OBJECTS)
+    first = rng.randint(5, 20)
+    sentences = [f"{people[0]} has {first} {things}."]
+    value = {people[0]: first}
+    derivation: dict[str, list[Step]] = {people[0]: []}
+    for i in range(1, len(people)):
+        base = rng.choice(people[:i])
+        steps = list(derivation[base])
+        sentence, value[people[i]] = _relation(rng, people[i], base, value[base], things, steps)
+        sentences.append(sentence)
+        derivation[people[i]] = steps
+    context = " ".join(sentences)
+    queries: list[str] = []
+    problems: list[SyntheticProblem] = []
+    while len(problems) < questions:
+        a, b = rng.sample(people[1:], 2) if rng.random() < 0.5 else (rng.choice(people[1:]), None)
+        steps = list(derivation[a])
+        if b is None:
+            query = f"How many {things} does {a} have?"
+        else:
+            steps += [s for s in derivation[b] if s not in steps]
+            if value[a] + value[b] > MAX_VALUE:
+                continue
+            query = f"How many {things} do {a} and {b} have together?"
+            _step(steps, value[a], "+", value[b])
+        queries.append(query)
+        problems.append(_problem(f"{context} {query}", steps, len(steps)))
+    return StatefulContext(context, tuple(queries), tuple(problems))
+
+
+def generate_stateful(seed: int, n_contexts: int, questions_per_context: int) -> list[StatefulContext]:
+    """``n_contexts`` contexts of four related quantities, each with ``questions_per_context`` questions."""
+    if n_contexts < 0 or questions_per_context < 1:
+        raise ConfigError(
+            f"need n_contexts >= 0 and questions_per_context >= 1, got {n_contexts} and {questions_per_context}"
+        )
+    rng = random.Random(seed)
+    return [_stateful_context(rng, questions_per_context) for _ in range(n_contexts)]
+
+
+def split_steps(solution_text: str) -> list[str]:
+    """The non-empty lines of a solution, stripped: the unit that step labels and step scores refer to."""
+    return [line.strip() for line in solution_text.split("\n") if line.strip()]
+
+
+def _line_value(line: str) -> int | None:
+    """The value a step line claims, if the line is well formed and its arithmetic is right."""
+    match = _STEP_LINE.match(line)
+    if match is None:
+        return None
+    a, op, b, claimed = int(match[1]), match[2], int(match[3]), int(match[4])
+    return claimed if evaluate(a, op, b) == claimed else None
+
+
+def label_steps(problem: SyntheticProblem, solution_text: str) -> list[bool]:
+    """One label per line of ``solution_text`` (see :func:`split_steps`).
+
+    Line ``i`` is correct when every earlier line was, and either ``i`` is within the reference steps, the
+    line is well formed, its arithmetic is right and its value equals reference step ``i``; or ``i`` is right
+    after the last reference step and the line is ``The answer is <answer>.``. Anything else (extra steps,
+    a wrong value, a malformed line) is wrong, and so is every line after it.
+    """
+    labels: list[bool] = []
+    ok = True
+    for i, line in enumerate(split_steps(solution_text)):
+        if ok and i < len(problem.steps):
+            ok = _line_value(line) == problem.steps[i].value
+        elif ok and i == len(problem.steps):
+            match = _ANSWER_LINE.match(line)
+            ok = match is not None and match[1] == problem.answer
+        else:
+            ok = False
+        labels.append(ok)
+    return labels
+
+
+def extract_answer(text: str) -> str | None:
+    """The number in the last ``The answer is N.`` of ``text``, or None when there is none."""
+    found = _ANSWER_ANYWHERE.findall(text)
+    return str(int(found[-1])) if found else None
+
+
+def check_answer(problem: SyntheticProblem, text: str) -> bool:
+    """Whether ``text`` ends in (contains, last) the answer line with the right number."""
+    return extract_answer(text) == problem.answer
+
+
+__all__ = [
+    "EVAL_SEEDS",
+    "LEVELS",
+    "TRAIN_SEEDS",
+    "StatefulContext",
+    "Step",
+    "SyntheticProblem",
+    "check_answer",
+    "evaluate",
+    "extract_answer",
+    "generate",
+    "generate_stateful",
+    "label_steps",
+    "solution_text",
+    "split_steps",
+]
