@@ -14,7 +14,6 @@ model's greedy next step equals the reasoner's own greedy next step. Inference i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -39,6 +38,7 @@ from ttc.bench.synthetic import (
     split_steps,
 )
 from ttc.models import mini_model_path, mini_prompt
+from ttc.verifiers.prm_presets import PRMPreset, get_preset
 
 
 class Models:
@@ -49,11 +49,11 @@ class Models:
         self.reasoner = AutoModelForCausalLM.from_pretrained(mini_model_path("reasoner"), **load).eval()
         self.draft = AutoModelForCausalLM.from_pretrained(mini_model_path("draft"), **load).eval()
         self.prm = AutoModelForCausalLM.from_pretrained(mini_model_path("prm"), **load).eval()
-        self.preset = json.loads((mini_model_path("prm") / "prm.json").read_text(encoding="utf-8"))
+        self.preset = get_preset("mini")
         ids = self.tokenizer.convert_tokens_to_ids
-        self.tag_id = ids(self.preset["step_tag"])
-        self.good_id = ids(self.preset["good_token"])
-        self.bad_id = ids(self.preset["bad_token"])
+        self.tag_id = ids(self.preset.tag)
+        self.good_id = ids(self.preset.good)
+        self.bad_id = ids(self.preset.bad)
 
 
 @torch.no_grad()
@@ -77,9 +77,9 @@ def complete(models: Models, model: torch.nn.Module, prompts: Sequence[str], *, 
     return out
 
 
-def plain(text: str, preset: dict[str, str]) -> str:
+def plain(text: str, preset: PRMPreset) -> str:
     """A sample cut before any tag or judgement character, which a solution never legitimately contains."""
-    reserved = {preset["step_tag"], preset["good_token"], preset["bad_token"]}
+    reserved = {preset.tag, preset.good, preset.bad}
     cut = next((i for i, ch in enumerate(text) if ch in reserved), len(text))
     return text[:cut]
 
@@ -87,11 +87,11 @@ def plain(text: str, preset: dict[str, str]) -> str:
 @torch.no_grad()
 def prm_step_scores(models: Models, questions: Sequence[str], solutions: Sequence[list[str]],
                     batch: int = 64) -> list[list[float]]:
-    """P(step correct) for each step, built only from the preset in prm.json."""
-    preset = models.preset
-    tag, delimiter = preset["step_tag"], preset["step_delimiter"]
+    """P(step correct) for each step, the input built only from the preset in prm.json (as TokenPRM does)."""
+    p = models.preset
     texts = [
-        preset["prompt_template"].format(question=q) + delimiter.join(s + tag for s in steps)
+        p.prefix.format(question=q)
+        + "".join(p.step_template.format(step=s, n=n) + p.tag + p.separator for n, s in enumerate(steps, start=1))
         for q, steps in zip(questions, solutions, strict=True)
     ]
     tok = models.tokenizer
@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=160, help="held-out problems (levels 1-8 in equal shares)")
     parser.add_argument("--seed", type=int, default=EVAL_SEEDS.start, help="must be one of EVAL_SEEDS")
     parser.add_argument("--samples", type=int, default=16)
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=0.8, help="the strategies' default")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     if args.seed not in EVAL_SEEDS:

@@ -5,7 +5,7 @@
     python3 scripts/train_mini_models.py --stage prm          # only the PRM (needs a trained reasoner)
 
 Order matters: the reasoner first; the draft learns the same data; the PRM is trained on solutions *sampled
-from the trained reasoner* (temperature 1, several per problem), each step labelled exactly by
+from the trained reasoner* (temperature 0.7, several per problem), each step labelled exactly by
 ``ttc.bench.synthetic.label_steps``, so it learns the reasoner's real mistakes. The PRM starts from the
 reasoner's weights: it already reads the questions and the arithmetic, and only has to learn to judge.
 
@@ -67,6 +67,7 @@ BOS_ID, EOS_ID, PAD_ID = VOCAB.index(BOS), VOCAB.index(EOS), VOCAB.index(PAD)
 GOOD_ID, BAD_ID, TAG_ID = VOCAB.index(GOOD_TOKEN), VOCAB.index(BAD_TOKEN), VOCAB.index(STEP_TAG)
 MAX_POSITIONS = 512
 DEV_SEED = EVAL_SEEDS.start + 500_000  # held out, and distinct from the benchmark's default seed
+SAMPLE_TEMPERATURE = 0.7  # near the strategies' default (0.8): the PRM learns the mistakes it will be shown
 PRM_DATA_SEED = 900_000  # inside TRAIN_SEEDS, away from the chunks the reasoner saw first
 
 
@@ -353,11 +354,11 @@ def clean(text: str) -> str:
 
 
 def sample_prm_data(reasoner: LlamaForCausalLM, problems: Sequence[SyntheticProblem], samples: int,
-                    seed: int) -> list[tuple[list[int], list[int]]]:
-    """Sample ``samples`` solutions per problem at temperature 1 and label each step exactly (duplicates dropped)."""
+                    seed: int, temperature: float) -> list[tuple[list[int], list[int]]]:
+    """Sample ``samples`` solutions per problem and label each step exactly (duplicates dropped)."""
     torch.manual_seed(seed)
     ordered = sorted(problems, key=lambda p: p.level)
-    texts = complete(reasoner, [mini_prompt(p.question) for p in ordered], samples=samples, temperature=1.0)
+    texts = complete(reasoner, [mini_prompt(p.question) for p in ordered], samples=samples, temperature=temperature)
     data = []
     for problem, solutions in zip(ordered, texts, strict=True):
         for text in dict.fromkeys(clean(s) for s in solutions):
@@ -365,6 +366,33 @@ def sample_prm_data(reasoner: LlamaForCausalLM, problems: Sequence[SyntheticProb
             if not steps:
                 continue
             data.append(prm_example(problem.question, steps, label_steps(problem, text)))
+    return data
+
+
+def corrupted_data(problems: Sequence[SyntheticProblem], per_problem: int,
+                   rng: random.Random) -> list[tuple[list[int], list[int]]]:
+    """Each reference solution, and ``per_problem`` copies with one value made wrong (a step's result off by a
+    little, or the final answer), cut right after that line.
+
+    The reasoner's samples alone teach mostly "late steps of hard problems go wrong": that ranks steps across
+    problems well but cannot tell ``2 + 4 = 6`` from ``2 + 4 = 5``. A correct and a near-miss line under the same
+    prefix make the PRM check the arithmetic itself, which is what ranking one problem's candidates needs.
+    """
+    data = []
+    for problem in problems:
+        lines = split_steps(problem.solution)
+        data.append(prm_example(problem.question, lines, label_steps(problem, problem.solution)))
+        for _ in range(per_problem):
+            k = rng.randrange(len(lines))
+            if k < len(problem.steps):
+                step = problem.steps[k]
+                wrong = step.value + rng.choice([d for d in range(-10, 11) if d and step.value + d >= 0])
+                line = f"{step.expr} = {wrong}"
+            else:
+                wrong = int(problem.answer) + rng.choice([-2, -1, 1, 2, 10])
+                line = f"The answer is {max(0, wrong) if wrong != int(problem.answer) else wrong + 1}."
+            text = STEP_DELIMITER.join([*lines[:k], line])
+            data.append(prm_example(problem.question, split_steps(text), label_steps(problem, text)))
     return data
 
 
@@ -415,19 +443,19 @@ def prm_eval(model: LlamaForCausalLM, data: Sequence[tuple[list[int], list[int]]
 
 
 def train_prm(schedule: Schedule, out: Path, seed: int, log_path: Path, n_problems: int,
-              samples: int) -> dict[str, object]:
+              samples: int, corrupted: int) -> dict[str, object]:
     seed_everything(seed)
     reasoner = load_model(out / "reasoner")
     started = time.time()
     problems = generate(PRM_DATA_SEED + seed, n_problems - n_problems // 8)
     for context in generate_stateful(PRM_DATA_SEED + 50_000 + seed, n_problems // 24 + 1, 3):
         problems.extend(context.problems)
-    data = sample_prm_data(reasoner, problems, samples, seed)
+    data = sample_prm_data(reasoner, problems, samples, seed, SAMPLE_TEMPERATURE)
     sample_s = time.time() - started
     rng = random.Random(seed)
     rng.shuffle(data)
-    held = data[: len(data) // 10]
-    train = data[len(data) // 10 :]
+    held = data[: len(data) // 10]  # held-out steps are the reasoner's own, as in use
+    train = data[len(data) // 10 :] + corrupted_data(problems, corrupted, rng)
     log(log_path, event="prm_data", samples=len(data), sample_s=round(sample_s, 1),
         tags=sum(len(p) for _, p in data), good=sum(c % 2 for _, p in data for c in p))
     model = reasoner  # the PRM starts from the reasoner: it already reads questions and arithmetic
@@ -462,7 +490,8 @@ def train_prm(schedule: Schedule, out: Path, seed: int, log_path: Path, n_proble
     write_prm_preset(out / "prm")
     result: dict[str, object] = {
         "model": "prm", "params": n_params(model), "sample_s": round(sample_s, 1), "train_s": round(train_s, 1),
-        "problems": len(problems), "samples_per_problem": samples, "labelled_solutions": len(data),
+        "problems": len(problems), "samples_per_problem": samples, "sample_temperature": SAMPLE_TEMPERATURE,
+        "corrupted_per_problem": corrupted, "train_solutions": len(train), "labelled_solutions": len(data),
         "final_loss": round(running, 4), "held_out": held_scores, "schedule": asdict(schedule), "seed": seed,
         "init": "reasoner",
     }
@@ -472,15 +501,17 @@ def train_prm(schedule: Schedule, out: Path, seed: int, log_path: Path, n_proble
 
 
 def write_prm_preset(directory: Path) -> None:
+    """``prm.json`` in :class:`ttc.verifiers.prm_presets.PRMPreset`'s keys: a token (Math-Shepherd-style) PRM
+    whose input is exactly :func:`prm_text` (the separator after the last tag does not change any score)."""
     preset = {
-        "format": "math-shepherd",
-        "step_tag": STEP_TAG,
-        "good_token": GOOD_TOKEN,
-        "bad_token": BAD_TOKEN,
-        "prompt_template": mini_prompt("{question}"),
-        "step_delimiter": STEP_DELIMITER,
-        "input": "prompt_template.format(question=question) + step_delimiter.join(step + step_tag for step in steps)",
-        "score": "p(good_token) / (p(good_token) + p(bad_token)) from the next-token distribution at each step_tag",
+        "family": "token",
+        "tag": STEP_TAG,
+        "good": GOOD_TOKEN,
+        "bad": BAD_TOKEN,
+        "prefix": mini_prompt("{question}"),
+        "step_template": "{step}",
+        "separator": STEP_DELIMITER,
+        "top_k": VOCAB_SIZE,
     }
     (directory / "prm.json").write_text(json.dumps(preset, indent=2, ensure_ascii=False) + "\n")
 
@@ -493,11 +524,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--stage", choices=["all", "reasoner", "draft", "prm"], default="all")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "ttc/models/mini")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--reasoner-steps", type=int, default=1800)
+    parser.add_argument("--reasoner-steps", type=int, default=1600)
     parser.add_argument("--draft-steps", type=int, default=3000)
-    parser.add_argument("--prm-steps", type=int, default=900)
+    parser.add_argument("--prm-steps", type=int, default=1200)
     parser.add_argument("--prm-problems", type=int, default=720)
     parser.add_argument("--prm-samples", type=int, default=8)
+    parser.add_argument("--prm-corrupted", type=int, default=2, help="near-miss copies per reference solution")
+    parser.add_argument("--prm-lr", type=float, default=3e-4)
     parser.add_argument("--log", type=Path, default=Path("runs/train_mini_models.jsonl"))
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
@@ -509,8 +542,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         train_lm("draft", Schedule(steps=args.draft_steps, tokens_per_batch=2048, lr=2e-3), args.out,
                  args.seed + 1, args.log)
     if args.stage in ("all", "prm"):
-        train_prm(Schedule(steps=args.prm_steps, tokens_per_batch=3072, lr=3e-4, warmup=50), args.out, args.seed,
-                  args.log, args.prm_problems, args.prm_samples)
+        train_prm(Schedule(steps=args.prm_steps, tokens_per_batch=3072, lr=args.prm_lr, warmup=50), args.out,
+                  args.seed, args.log, args.prm_problems, args.prm_samples, args.prm_corrupted)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,22 @@ def test_bad_input_raises_config_error(kwargs: dict[str, object], message: str) 
         solve(backend=ScriptedBackend(["The answer is 1."]), store=False, **kwargs)  # type: ignore[arg-type]
 
 
-def test_no_backend_configured_says_how() -> None:
+def test_nothing_configured_runs_the_embedded_mini_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torch")
+    monkeypatch.delenv("TTC_VLLM_URL", raising=False)
+    monkeypatch.delenv("TTC_MODEL", raising=False)
+    result = solve("Ann has 12 pens. She buys 7 more. How many pens now?", 400, store=False,
+                   strategy="best_of_n", n=2, max_tokens=120, seed=0)
+    assert result.usage.generated_tokens > 0
+    assert result.answer is not None  # the mini reasoner writes "The answer is N."
+
+
+def test_no_backend_and_no_mini_models_says_how(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import ttc.models
+
+    monkeypatch.delenv("TTC_VLLM_URL", raising=False)
+    monkeypatch.delenv("TTC_MODEL", raising=False)
+    monkeypatch.setattr(ttc.models, "_MINI_DIR", tmp_path)
     with pytest.raises(ConfigError, match="TTC_VLLM_URL"):
         solve("q", 10, store=False)
 

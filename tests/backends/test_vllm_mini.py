@@ -1,8 +1,8 @@
 """The bundled mini models on a real vLLM server: greedy continuations agree with the local engine, and the mini
 PRM's step scores agree between the two backends (to 1e-3).
 
-Each model needs its own server: ``TTC_TEST_VLLM_MINI_<NAME>_URL`` (NAME = REASONER, DRAFT or PRM). CI serves the
-PRM; the others run where a developer starts them (see the README's model card).
+Each model needs its own server: ``TTC_TEST_VLLM_MINI_<NAME>_URL`` (NAME = REASONER, DRAFT or PRM). CI serves each
+in turn on one port after the main suite (see .ci/run).
 """
 
 from __future__ import annotations

@@ -51,3 +51,13 @@ def test_synthetic_is_deterministic_per_seed() -> None:
     assert all(p.gold is not None for p in a)
     stateful = load_dataset("synthetic-stateful", limit=6, seed=1)
     assert len(stateful) == 6
+
+
+def test_synthetic_rows_come_from_held_out_seeds_only() -> None:
+    from ttc.bench.synthetic import EVAL_SEEDS, TRAIN_SEEDS, generate
+
+    rows = load_dataset("synthetic", limit=12, seed=3)
+    assert [p.question for p in rows] == [p.question for p in generate(EVAL_SEEDS.start + 3, 12)]
+    assert [p.question for p in rows] != [p.question for p in generate(TRAIN_SEEDS.start + 3, 12)]
+    with pytest.raises(ConfigError, match="synthetic seed"):
+        load_dataset("synthetic", limit=2, seed=-1)

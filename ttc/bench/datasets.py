@@ -97,13 +97,20 @@ def _gold(answer: str) -> str:
 
 
 def _synthetic(name: str, limit: int, offset: int, seed: int, levels: Sequence[int] | None) -> list[Problem]:
-    """The synthetic benchmark; for the stateful variant, each context's questions become consecutive rows."""
+    """The synthetic benchmark; for the stateful variant, each context's questions become consecutive rows.
+
+    ``seed`` counts from the start of ``EVAL_SEEDS``, so an evaluation never draws the problems the bundled
+    models were trained on, whatever seed it is given.
+    """
     from ttc.bench import synthetic
 
+    if not 0 <= seed < len(synthetic.EVAL_SEEDS):
+        raise ConfigError(f"synthetic seed must be in [0, {len(synthetic.EVAL_SEEDS)}), got {seed}")
+    held_out = synthetic.EVAL_SEEDS.start + seed
     if name == "synthetic":
-        items = synthetic.generate(seed, offset + limit, levels or synthetic.LEVELS)
+        items = synthetic.generate(held_out, offset + limit, levels or synthetic.LEVELS)
     else:
-        contexts = synthetic.generate_stateful(seed, offset + limit, STATEFUL_QUESTIONS)
+        contexts = synthetic.generate_stateful(held_out, offset + limit, STATEFUL_QUESTIONS)
         items = [p for ctx in contexts for p in ctx.problems]
     return [Problem(question=p.question, gold=p.answer, dataset=name, index=i,
                     meta={"level": p.level, "seed": seed})

@@ -40,7 +40,7 @@ def default_arms(samples: int) -> list[Arm]:
 
 async def run_demo(session: Session, *, problems: int, samples: int, seed: int, concurrency: int,
                    progress: Progress | None = None) -> list[tuple[Arm, EvalReport]]:
-    """Evaluate each arm on the same held-out synthetic problems (seed 10_000 + seed: never trained on)."""
+    """Evaluate each arm on the same held-out synthetic problems (held-out seeds: never trained on)."""
     data = load_dataset("synthetic", limit=problems, seed=10_000 + seed)
     reports = []
     for arm in default_arms(samples):
