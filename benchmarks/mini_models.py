@@ -6,9 +6,10 @@
 
 Measured, per level and overall: the reasoner's greedy accuracy; majority vote over 16 samples; best of the
 same 16 samples ranked by the mini PRM (step scores aggregated by min, last step, product); pass@16 (an
-oracle ceiling). Also the PRM's step-level AUROC on the samples' exactly labelled steps, and how often the draft
-model's greedy next step equals the reasoner's own greedy next step. Inference is plain ``transformers``
-``generate`` on CPU. The last line is ``name=value`` pairs for scripts.
+oracle ceiling). Also the PRM's step-level AUROC on the samples' exactly labelled steps, how often it ranks a
+right next step above a wrong one after the same prefix, and how often the draft model's greedy next step equals
+the reasoner's own greedy next step. Inference is plain ``transformers`` ``generate`` on CPU. The last line is
+``name=value`` pairs for scripts.
 """
 
 from __future__ import annotations
@@ -132,6 +133,25 @@ def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     return float((sum(r for r, y in zip(ranks, labels, strict=True) if y) - pos * (pos + 1) / 2) / (pos * neg))
 
 
+def same_prefix_pairs(candidates: dict[tuple[str, ...], dict[str, tuple[bool, float]]]) -> tuple[float, int]:
+    """(share of pairs ranked right, pairs) over every right and wrong next step that follow the same prefix.
+
+    Step AUROC pools steps of all problems, so a PRM can score well on it by knowing that late steps of hard
+    problems tend to be wrong. Best-of-N and tree search instead compare one problem's candidates after a
+    shared prefix; this is the figure that decides whether ranking by the PRM can beat a vote (0.5 is chance).
+    """
+    wins = 0.0
+    pairs = 0
+    for options in candidates.values():
+        right = [score for ok, score in options.values() if ok]
+        wrong = [score for ok, score in options.values() if not ok]
+        for r in right:
+            for w in wrong:
+                pairs += 1
+                wins += 1.0 if r > w else 0.5 if r == w else 0.0
+    return (wins / pairs if pairs else float("nan")), pairs
+
+
 def draft_match(models: Models, problems: Sequence[SyntheticProblem], greedy: Sequence[str]) -> tuple[int, int]:
     """(matches, steps): the draft's greedy line vs the reasoner's greedy line, given the reasoner's prefix."""
     prompts: list[str] = []
@@ -187,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     rows: dict[str, dict[str, list[bool]]] = {}
     auroc_scores: list[float] = []
+    next_steps: dict[tuple[str, ...], dict[str, tuple[bool, float]]] = {}
     auroc_labels: list[bool] = []
     for i, problem in enumerate(problems):
         group = range(i * args.samples, (i + 1) * args.samples)
@@ -211,6 +232,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             seen.add(flat[k][1])
             labels = label_steps(problem, flat[k][1])
             auroc_scores += step_scores[k][: len(labels)]
+            steps = step_lists[k]
+            for j, (ok, score) in enumerate(zip(labels, step_scores[k], strict=False)):
+                next_steps.setdefault((str(i), *steps[:j]), {})[steps[j]] = (ok, score)
+                if not ok:
+                    break  # past the first wrong step there is no right alternative under the same prefix
             auroc_labels += labels[: len(step_scores[k])]
 
     levels = [*sorted({f"L{p.level}" for p in problems}), "all"]
@@ -221,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     prm_auroc = auroc(auroc_scores, auroc_labels)
     print(f"PRM step AUROC {prm_auroc:.3f} on {len(auroc_labels)} distinct labelled steps "
           f"({100 * sum(auroc_labels) / max(1, len(auroc_labels)):.1f}% correct)")
+    pair_acc, pairs = same_prefix_pairs(next_steps)
+    print(f"PRM ranks the right next step above a wrong one after the same prefix: {pair_acc:.3f} of {pairs} pairs")
     print(f"draft = reasoner greedy next step: {matches}/{draft_steps}")
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
 
@@ -234,6 +262,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"maj{args.samples}_acc": acc(f"maj{args.samples}"),
         f"pass{args.samples}": acc(f"pass@{args.samples}"),
         "prm_auroc": prm_auroc,
+        "prm_same_prefix_pair_acc": pair_acc,
         "draft_step_match": matches / max(1, draft_steps),
     }
     print(" ".join(f"{k}={v:.3f}" for k, v in summary.items()))
