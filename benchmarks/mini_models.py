@@ -133,7 +133,11 @@ def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     return float((sum(r for r, y in zip(ranks, labels, strict=True) if y) - pos * (pos + 1) / 2) / (pos * neg))
 
 
-def same_prefix_pairs(candidates: dict[tuple[str, ...], dict[str, tuple[bool, float]]]) -> tuple[float, int]:
+NextSteps = dict[tuple[int, tuple[str, ...]], dict[str, tuple[bool, float]]]
+"""Per (problem, prefix of steps): each next step seen, whether it is right, and its PRM score."""
+
+
+def same_prefix_pairs(candidates: NextSteps) -> tuple[float, int]:
     """(share of pairs ranked right, pairs) over every right and wrong next step that follow the same prefix.
 
     Step AUROC pools steps of all problems, so a PRM can score well on it by knowing that late steps of hard
@@ -207,8 +211,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     rows: dict[str, dict[str, list[bool]]] = {}
     auroc_scores: list[float] = []
-    next_steps: dict[tuple[str, ...], dict[str, tuple[bool, float]]] = {}
     auroc_labels: list[bool] = []
+    next_steps: NextSteps = {}
     for i, problem in enumerate(problems):
         group = range(i * args.samples, (i + 1) * args.samples)
         answers = [extract_answer(flat[k][1]) for k in group]
@@ -234,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             auroc_scores += step_scores[k][: len(labels)]
             steps = step_lists[k]
             for j, (ok, score) in enumerate(zip(labels, step_scores[k], strict=False)):
-                next_steps.setdefault((str(i), *steps[:j]), {})[steps[j]] = (ok, score)
+                next_steps.setdefault((i, tuple(steps[:j])), {})[steps[j]] = (ok, score)
                 if not ok:
                     break  # past the first wrong step there is no right alternative under the same prefix
             auroc_labels += labels[: len(step_scores[k])]
