@@ -5,11 +5,11 @@
     python3 benchmarks/mini_models.py --n 400
 
 Measured, per level and overall: the reasoner's greedy accuracy; majority vote over 16 samples; best of the
-same 16 samples ranked by the mini PRM (step scores aggregated by min, last step, product); pass@16 (an
-oracle ceiling). Also the PRM's step-level AUROC on the samples' exactly labelled steps, how often it ranks a
-right next step above a wrong one after the same prefix, and how often the draft model's greedy next step equals
-the reasoner's own greedy next step. Inference is plain ``transformers`` ``generate`` on CPU. The last line is
-``name=value`` pairs for scripts.
+same 16 samples ranked by the mini PRM (step scores aggregated by min, last step, product); best of them, and a
+weighted vote, by the mini checker (likelihood); pass@16 (an oracle ceiling). Also each verifier's step AUROC
+on the samples' exactly labelled steps, how often it ranks a right next step above a wrong one after the same
+prefix, and how often the draft model's greedy next step equals the reasoner's own greedy next step. Inference
+is plain ``transformers`` ``generate`` on CPU. The last line is ``name=value`` pairs for scripts.
 """
 
 from __future__ import annotations
@@ -43,13 +43,15 @@ from ttc.verifiers.prm_presets import PRMPreset, get_preset
 
 
 class Models:
-    def __init__(self) -> None:
+    def __init__(self, prm_dir: Path | None = None) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(mini_model_path("reasoner"))
         self.tokenizer.padding_side = "left"
         load = {"dtype": torch.float32}
         self.reasoner = AutoModelForCausalLM.from_pretrained(mini_model_path("reasoner"), **load).eval()
         self.draft = AutoModelForCausalLM.from_pretrained(mini_model_path("draft"), **load).eval()
-        self.prm = AutoModelForCausalLM.from_pretrained(mini_model_path("prm"), **load).eval()
+        self.prm = AutoModelForCausalLM.from_pretrained(prm_dir or mini_model_path("prm"), **load).eval()
+        self.checker = AutoModelForCausalLM.from_pretrained(mini_model_path("checker"), **load).eval()
+        self.checker_preset = get_preset("mini-checker")
         self.preset = get_preset("mini")
         ids = self.tokenizer.convert_tokens_to_ids
         self.tag_id = ids(self.preset.tag)
@@ -106,6 +108,36 @@ def prm_step_scores(models: Models, questions: Sequence[str], solutions: Sequenc
             at_tags = enc["input_ids"][row] == models.tag_id
             scores.append(pair[row][at_tags].tolist())
     tok.padding_side = "left"
+    return scores
+
+
+@torch.no_grad()
+def checker_step_scores(models: Models, questions: Sequence[str], solutions: Sequence[list[str]],
+                        batch: int = 64) -> list[list[float]]:
+    """exp(least token logprob) of each step under the checker, the input built as LikelihoodPRM builds it."""
+    p, tok = models.checker_preset, models.tokenizer
+    encoded: list[tuple[list[int], list[tuple[int, int]]]] = []
+    for question, steps in zip(questions, solutions, strict=True):
+        ids = tok(p.prefix.format(question=question))["input_ids"]
+        spans = []
+        for n, step in enumerate(steps, start=1):
+            if n > 1:
+                ids += tok(p.separator, add_special_tokens=False)["input_ids"]
+            start = len(ids)
+            ids += tok(p.step_template.format(step=step, n=n), add_special_tokens=False)["input_ids"]
+            spans.append((start, len(ids)))
+        encoded.append((ids, spans))
+    scores: list[list[float]] = []
+    for first in range(0, len(encoded), batch):
+        chunk = encoded[first : first + batch]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.full((len(chunk), width), tok.pad_token_id)
+        for row, (tokens, _) in enumerate(chunk):
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+        logprobs = torch.log_softmax(models.checker(input_ids=ids).logits.float(), dim=-1)
+        own = logprobs[:, :-1].gather(2, ids[:, 1:, None]).squeeze(2)  # own[:, i - 1] is token i's logprob
+        for row, (_, spans) in enumerate(chunk):
+            scores.append([float(own[row, a - 1 : b - 1].min().exp()) if b > a else 1.0 for a, b in spans])
     return scores
 
 
@@ -181,12 +213,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--temperature", type=float, default=0.8, help="the strategies' default")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prm", type=Path, default=None, help="a candidate PRM folder instead of the shipped one "
+                        "(same tokenizer and prm.json format)")
     args = parser.parse_args(argv)
     if args.seed not in EVAL_SEEDS:
         parser.error(f"--seed must be a held-out seed in [{EVAL_SEEDS.start}, {EVAL_SEEDS.stop})")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    models = Models()
+    models = Models(args.prm)
     problems = generate(args.seed, args.n)
     prompts = [mini_prompt(p.question) for p in problems]
     timings: dict[str, float] = {}
@@ -206,6 +240,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     timings["prm"] = time.time() - started
 
     started = time.time()
+    checker_scores = checker_step_scores(models, [problems[i].question for i, _ in flat], step_lists)
+    timings["checker"] = time.time() - started
+
+    started = time.time()
     matches, draft_steps = draft_match(models, problems, greedy)
     timings["draft"] = time.time() - started
 
@@ -213,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     auroc_scores: list[float] = []
     auroc_labels: list[bool] = []
     next_steps: NextSteps = {}
+    checker_next: NextSteps = {}
+    checker_auroc_scores: list[float] = []
     for i, problem in enumerate(problems):
         group = range(i * args.samples, (i + 1) * args.samples)
         answers = [extract_answer(flat[k][1]) for k in group]
@@ -226,6 +266,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         for how in ("min", "last", "prod"):
             best = max(group, key=lambda k: aggregate(step_scores[k], how))
             row[f"bo{args.samples}_prm_{how}"] = check_answer(problem, flat[best][1])
+        best = max(group, key=lambda k: aggregate(checker_scores[k], "min"))
+        row[f"bo{args.samples}_checker"] = check_answer(problem, flat[best][1])
+        weights: Counter[str] = Counter()
+        for k, answer in zip(group, answers, strict=True):
+            if answer is not None:
+                weights[answer] += aggregate(checker_scores[k], "min")
+        row[f"wvote{args.samples}_checker"] = bool(weights) and weights.most_common(1)[0][0] == problem.answer
         for key, ok in row.items():
             rows.setdefault(key, {}).setdefault("all", []).append(ok)
             rows[key].setdefault(f"L{problem.level}", []).append(ok)
@@ -237,11 +284,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             labels = label_steps(problem, flat[k][1])
             auroc_scores += step_scores[k][: len(labels)]
             steps = step_lists[k]
-            for j, (ok, score) in enumerate(zip(labels, step_scores[k], strict=False)):
+            for j, (ok, score, checked) in enumerate(zip(labels, step_scores[k], checker_scores[k], strict=False)):
                 next_steps.setdefault((i, tuple(steps[:j])), {})[steps[j]] = (ok, score)
+                checker_next.setdefault((i, tuple(steps[:j])), {})[steps[j]] = (ok, checked)
                 if not ok:
                     break  # past the first wrong step there is no right alternative under the same prefix
             auroc_labels += labels[: len(step_scores[k])]
+            # The checker judges a step on its own, so a path's label at step j is "every step up to j is right":
+            # its score there is the least step score so far (as the searches aggregate it).
+            running = [min(checker_scores[k][: j + 1]) for j in range(len(checker_scores[k]))]
+            checker_auroc_scores += running[: len(labels)]
 
     levels = [*sorted({f"L{p.level}" for p in problems}), "all"]
     print(f"held-out problems: {len(problems)} (seed {args.seed}), {args.samples} samples at T={args.temperature}")
@@ -253,6 +305,10 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"({100 * sum(auroc_labels) / max(1, len(auroc_labels)):.1f}% correct)")
     pair_acc, pairs = same_prefix_pairs(next_steps)
     print(f"PRM ranks the right next step above a wrong one after the same prefix: {pair_acc:.3f} of {pairs} pairs")
+    checker_auroc = auroc(checker_auroc_scores, auroc_labels)
+    checker_pair, _ = same_prefix_pairs(checker_next)
+    print(f"checker (likelihood) step AUROC {checker_auroc:.3f}; right next step above a wrong one: "
+          f"{checker_pair:.3f} of {pairs} pairs")
     print(f"draft = reasoner greedy next step: {matches}/{draft_steps}")
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
 
@@ -267,6 +323,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"pass{args.samples}": acc(f"pass@{args.samples}"),
         "prm_auroc": prm_auroc,
         "prm_same_prefix_pair_acc": pair_acc,
+        f"bo{args.samples}_checker_acc": acc(f"bo{args.samples}_checker"),
+        f"wvote{args.samples}_checker_acc": acc(f"wvote{args.samples}_checker"),
+        "checker_auroc": checker_auroc,
+        "checker_same_prefix_pair_acc": checker_pair,
         "draft_step_match": matches / max(1, draft_steps),
     }
     print(" ".join(f"{k}={v:.3f}" for k, v in summary.items()))

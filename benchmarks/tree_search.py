@@ -1,4 +1,4 @@
-"""Tree search against best-of-N on the synthetic benchmark, with the bundled mini reasoner and mini PRM.
+"""Tree search against best-of-N on the synthetic benchmark, with the bundled mini reasoner and mini checker.
 
 For each token budget, every strategy answers the same held-out problems (levels 4 to 8) on the local engine:
 accuracy, generated tokens, peak live KV tokens (exact, from the engine's block tree) and wall time. Problems run
@@ -6,14 +6,14 @@ one at a time so each peak KV figure belongs to one search. Prints a table, writ
 generated tokens, and ends with headline ratios: ETS against REBASE at the same width, and the best search
 against best-of-N on levels 6 to 8.
 
-    python benchmarks/tree_search.py --problems 60 --budgets 1024,4096
+    python benchmarks/tree_search.py --problems 60 --budgets 1024,2048,4096 --ets-lambda-kv 1,2
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,23 +42,33 @@ class Cell:
         return sum(picked) / len(picked) if picked else 0.0
 
 
-def arms(width: int, step_tokens: int) -> dict[str, Mapping[str, object]]:
-    tree = {"max_step_tokens": step_tokens, "max_depth": 12, "select": "weighted_vote", "aggregate": "last"}
-    return {
+def width_for(budget: int, width: int | None) -> int:
+    """The search width a budget buys: ``budget / 128`` (a mini solution is about 100 tokens), so that a larger
+    budget widens every search instead of leaving tokens unspent once ``width`` answers are complete."""
+    return width if width is not None else max(4, budget // 128)
+
+
+def arms(width: int, step_tokens: int, ets_lambda_kv: Sequence[float]) -> dict[str, Mapping[str, object]]:
+    tree = {"max_step_tokens": step_tokens, "max_depth": 12, "select": "weighted_vote"}
+    found: dict[str, Mapping[str, object]] = {
         "best_of_n": {"n": width, "max_tokens": step_tokens * 12, "select": "weighted_vote"},
         "beam": {**tree, "beam_width": max(1, width // 4), "expand": 4},
         "dvts": {**tree, "subtrees": max(1, width // 4), "expand": 4},
         "rebase": {**tree, "width": width},
-        "ets": {**tree, "width": width},
     }
+    for weight in ets_lambda_kv:
+        found["ets" if weight == ets_lambda_kv[0] else f"ets_kv{weight:g}"] = {**tree, "width": width,
+                                                                               "lambda_kv": weight}
+    return found
 
 
 async def run_cell(session: Session, problems: list[Problem], name: str, options: Mapping[str, object],
                    budget: int, seed: int) -> Cell:
     cell = Cell(name, budget)
+    strategy = "ets" if name.startswith("ets") else name
     start = time.perf_counter()
     for problem in problems:
-        result = await solve_problem(problem, Budget(tokens=budget), session, strategy=name,
+        result = await solve_problem(problem, Budget(tokens=budget), session, strategy=strategy,
                                      seed=seed + (problem.index or 0), options=options)
         cell.correct.append(grade(result.text, problem.gold or ""))
         cell.levels.append(int(str(problem.meta.get("level", 0))))
@@ -81,7 +91,7 @@ def plot(cells: list[Cell], path: Path) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("generated tokens per problem (mean)")
     ax.set_ylabel("accuracy")
-    ax.set_title("synthetic levels 4-8, mini reasoner + mini PRM")
+    ax.set_title("synthetic levels 4-8, mini reasoner + mini checker")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -95,10 +105,11 @@ async def main(args: argparse.Namespace) -> None:
     cells: list[Cell] = []
     try:
         for budget in args.budgets:
-            for name, options in arms(args.width, args.step_tokens).items():
+            width = width_for(budget, args.width)
+            for name, options in arms(width, args.step_tokens, args.ets_lambda_kv).items():
                 cells.append(await run_cell(session, problems, name, options, budget, args.seed))
                 c = cells[-1]
-                print(f"  {name} @ {budget}: acc={c.accuracy():.3f} tokens={median(c.tokens):.0f} "
+                print(f"  {name} @ {budget} (width {width}): acc={c.accuracy():.3f} tokens={median(c.tokens):.0f} "
                       f"kv={median(c.peak_kv):.0f} wall={c.wall_s:.1f}s", flush=True)
     finally:
         await session.aclose()
@@ -111,8 +122,13 @@ async def main(args: argparse.Namespace) -> None:
     top = max(args.budgets)
     by = {c.strategy: c for c in cells if c.budget == top}
     ets, rebase, bon = by["ets"], by["rebase"], by["best_of_n"]
-    searches = [by[n] for n in ("beam", "dvts", "rebase", "ets")]
+    searches = [c for name, c in by.items() if name != "best_of_n"]
     best = max(searches, key=lambda c: c.accuracy(hard))
+    for name, c in by.items():
+        if name.startswith("ets"):
+            print(f"{name} vs rebase @ {top}: peak KV {median(rebase.peak_kv) / max(1.0, median(c.peak_kv)):.2f}x "
+                  f"smaller, {rebase.wall_s / max(1e-9, c.wall_s):.2f}x faster, "
+                  f"accuracy {100 * (c.accuracy() - rebase.accuracy()):+.1f} points")
     print(f"ets_kv_reduction={median(rebase.peak_kv) / max(1.0, median(ets.peak_kv)):.2f} "
           f"ets_speedup={rebase.wall_s / max(1e-9, ets.wall_s):.2f} "
           f"ets_acc_delta={100 * (ets.accuracy() - rebase.accuracy()):.1f} "
@@ -123,7 +139,9 @@ def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--problems", type=int, default=60)
     p.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")], default=[1024, 4096])
-    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--width", type=int, default=None, help="fixed search width (default: budget / 128)")
+    p.add_argument("--ets-lambda-kv", type=lambda s: [float(x) for x in s.split(",")], default=[1.0],
+                   help="ETS's KV weight; several values add one ETS arm each (the first is the headline)")
     p.add_argument("--step-tokens", type=int, default=24)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)

@@ -4,10 +4,10 @@
     python3 scripts/train_mini_models.py                      # all three, into ttc/models/mini/
     python3 scripts/train_mini_models.py --stage prm          # only the PRM (needs a trained reasoner)
 
-Order matters: the reasoner first; the draft learns the same data; the PRM is trained on solutions *sampled
-from the trained reasoner* (temperature 0.7, several per problem), each step labelled exactly by
-``ttc.bench.synthetic.label_steps``, so it learns the reasoner's real mistakes. The PRM starts from the
-reasoner's weights: it already reads the questions and the arithmetic, and only has to learn to judge.
+Order matters: the reasoner first; the draft learns the same data; the checker learns it too, for 2.5x as many
+steps, so that it knows the right step far more often than the reasoner; the PRM starts from the checker and is
+trained on solutions *sampled from the trained reasoner* (temperature 0.8, several per problem), each step
+labelled exactly by ``ttc.bench.synthetic.label_steps``, so it learns the reasoner's real mistakes.
 
 Every run is a pure function of ``--seed``: data come from ``TRAIN_SEEDS`` through ``random.Random(seed)``,
 weights from ``torch.manual_seed``; training runs a fixed number of steps (never "until time is up"), on two
@@ -17,10 +17,12 @@ threads. Each model folder gets a ``train_log.json`` with the settings, wall tim
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
 import random
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -38,10 +40,12 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ttc.bench.synthetic import (
+    ANSWER_PREFIX,
     EVAL_SEEDS,
     TRAIN_SEEDS,
     SyntheticProblem,
     check_answer,
+    evaluate,
     generate,
     generate_stateful,
     label_steps,
@@ -67,7 +71,7 @@ BOS_ID, EOS_ID, PAD_ID = VOCAB.index(BOS), VOCAB.index(EOS), VOCAB.index(PAD)
 GOOD_ID, BAD_ID, TAG_ID = VOCAB.index(GOOD_TOKEN), VOCAB.index(BAD_TOKEN), VOCAB.index(STEP_TAG)
 MAX_POSITIONS = 512
 DEV_SEED = EVAL_SEEDS.start + 500_000  # held out, and distinct from the benchmark's default seed
-SAMPLE_TEMPERATURE = 0.7  # near the strategies' default (0.8): the PRM learns the mistakes it will be shown
+SAMPLE_TEMPERATURE = 0.8  # the strategies' default: the PRM learns the mistakes it will be shown
 PRM_DATA_SEED = 900_000  # inside TRAIN_SEEDS, away from the chunks the reasoner saw first
 
 
@@ -91,6 +95,10 @@ class Schedule:
 SHAPES = {
     "reasoner": Shape(hidden=256, layers=4, heads=8, intermediate=688),
     "draft": Shape(hidden=128, layers=4, heads=4, intermediate=352),
+    # The checker: the reasoner's shape, trained on the same data 2.5x longer, so that it knows the right next step
+    # far more often than the reasoner it judges. It scores steps by likelihood (preset mini-checker) and is the
+    # token PRM's starting point.
+    "checker": Shape(hidden=256, layers=4, heads=8, intermediate=688),
 }
 
 
@@ -369,14 +377,67 @@ def sample_prm_data(reasoner: LlamaForCausalLM, problems: Sequence[SyntheticProb
     return data
 
 
-def corrupted_data(problems: Sequence[SyntheticProblem], per_problem: int,
-                   rng: random.Random) -> list[tuple[list[int], list[int]]]:
-    """Each reference solution, and ``per_problem`` copies with one value made wrong (a step's result off by a
-    little, or the final answer), cut right after that line.
+def _question_numbers(question: str) -> list[int]:
+    return [int(tok) for tok in re.findall(r"\d+", question)]
+
+
+def near_misses(problem: SyntheticProblem, k: int, rng: random.Random, count: int) -> list[str]:
+    """Up to ``count`` distinct wrong lines for line ``k`` of the reference solution, in the reasoner's styles.
+
+    Most of the reasoner's mistakes are not bad arithmetic but the wrong computation done right: the wrong
+    operator for a sentence, an operand taken from another sentence, a sentence skipped or an answer given
+    early. So most near misses here are well-formed, arithmetically true lines that are still the wrong step;
+    a checker that only recomputes ``a op b`` cannot tell them apart, only one that follows the question can.
+    """
+    wrong: dict[str, None] = {}
+    previous = [step.value for step in problem.steps[:k]]
+    numbers = sorted(set(_question_numbers(problem.question)) | set(previous))
+    tries = 0
+    while len(wrong) < count and tries < 40 * count:
+        tries += 1
+        if k >= len(problem.steps):  # the answer line
+            kind = rng.choice(["answer_value", "answer_value", "extra_step"])
+            if kind == "answer_value":
+                value = rng.choice([*previous, int(problem.answer) + rng.choice([-10, -2, -1, 1, 2, 10])])
+                line = f"{ANSWER_PREFIX}{value}."
+            else:
+                line = f"{problem.answer} {rng.choice('+-*')} {rng.choice(numbers)} = {rng.randint(0, 60)}"
+        else:
+            ref = problem.steps[k]
+            a_text, op, b_text = ref.expr.split(" ")
+            a, b = int(a_text), int(b_text)
+            kind = rng.choice(["operator", "operand", "operand", "arithmetic", "early_answer", "skip"])
+            if kind == "operator":
+                op = rng.choice([o for o in "+-*/" if o != op])
+            elif kind == "operand":
+                other = rng.choice([n for n in numbers if n not in (a, b)] or [a + 1])
+                a, b = (other, b) if rng.random() < 0.5 else (a, other)
+            elif kind == "early_answer":
+                wrong[f"{ANSWER_PREFIX}{rng.choice([*previous, ref.value])}."] = None
+                continue
+            elif kind == "skip" and k + 1 < len(problem.steps):
+                a_text, op, b_text = problem.steps[k + 1].expr.split(" ")
+                a, b = int(a_text), int(b_text)
+            value = evaluate(a, op, b)
+            if kind == "arithmetic" or value is None or value < 0:
+                value = ref.value + rng.choice([d for d in (-10, -3, -2, -1, 1, 2, 3, 10) if ref.value + d >= 0])
+            line = f"{a} {op} {b} = {value}"
+        wrong[line] = None
+    reference = split_steps(problem.solution)[:k]
+    # A different computation with the right value, or the right answer given early, is not a wrong step.
+    right_answer = f"{ANSWER_PREFIX}{problem.answer}."
+    return [line for line in wrong
+            if line != right_answer and not label_steps(problem, STEP_DELIMITER.join([*reference, line]))[-1]]
+
+
+def contrastive_data(problems: Sequence[SyntheticProblem], per_problem: int,
+                     rng: random.Random) -> list[tuple[list[int], list[int]]]:
+    """Each reference solution, and ``per_problem`` copies cut right after one near-miss line (see
+    :func:`near_misses`) that follows a correct prefix.
 
     The reasoner's samples alone teach mostly "late steps of hard problems go wrong": that ranks steps across
-    problems well but cannot tell ``2 + 4 = 6`` from ``2 + 4 = 5``. A correct and a near-miss line under the same
-    prefix make the PRM check the arithmetic itself, which is what ranking one problem's candidates needs.
+    problems well but not one problem's candidates. A right and a wrong line under the same prefix are what
+    make the PRM judge the step itself, which is what best-of-N and tree search ask of it.
     """
     data = []
     for problem in problems:
@@ -384,15 +445,9 @@ def corrupted_data(problems: Sequence[SyntheticProblem], per_problem: int,
         data.append(prm_example(problem.question, lines, label_steps(problem, problem.solution)))
         for _ in range(per_problem):
             k = rng.randrange(len(lines))
-            if k < len(problem.steps):
-                step = problem.steps[k]
-                wrong = step.value + rng.choice([d for d in range(-10, 11) if d and step.value + d >= 0])
-                line = f"{step.expr} = {wrong}"
-            else:
-                wrong = int(problem.answer) + rng.choice([-2, -1, 1, 2, 10])
-                line = f"The answer is {max(0, wrong) if wrong != int(problem.answer) else wrong + 1}."
-            text = STEP_DELIMITER.join([*lines[:k], line])
-            data.append(prm_example(problem.question, split_steps(text), label_steps(problem, text)))
+            for line in near_misses(problem, k, rng, 1):
+                text = STEP_DELIMITER.join([*lines[:k], line])
+                data.append(prm_example(problem.question, split_steps(text), label_steps(problem, text)))
     return data
 
 
@@ -410,11 +465,10 @@ def prm_collate(batch: Sequence[tuple[list[int], list[int]]]) -> tuple[torch.Ten
     return ids, torch.tensor(rows), torch.tensor(cols), torch.tensor(labels)
 
 
-def judgement_logits(model: LlamaForCausalLM, ids: torch.Tensor, rows: torch.Tensor,
-                     cols: torch.Tensor) -> torch.Tensor:
+def judgement_logits(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """(n_tags, 2) logits of [bad, good] at each tag; softmax of it is the PRM's P(step correct)."""
-    logits = model(input_ids=ids).logits[rows, cols]
-    return torch.stack([logits[:, BAD_ID], logits[:, GOOD_ID]], dim=1)
+    at_tags = logits[rows, cols]
+    return torch.stack([at_tags[:, BAD_ID], at_tags[:, GOOD_ID]], dim=1)
 
 
 def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
@@ -436,29 +490,63 @@ def prm_eval(model: LlamaForCausalLM, data: Sequence[tuple[list[int], list[int]]
     labels: list[int] = []
     for start in range(0, len(data), 32):
         ids, rows, cols, y = prm_collate(data[start : start + 32])
-        scores += judgement_logits(model, ids, rows, cols).softmax(-1)[:, 1].tolist()
+        scores += judgement_logits(model(input_ids=ids).logits, rows, cols).softmax(-1)[:, 1].tolist()
         labels += y.tolist()
     return {"auroc": round(auroc(scores, labels), 4), "steps": len(labels),
             "good_fraction": round(sum(labels) / max(1, len(labels)), 4)}
 
 
-def train_prm(schedule: Schedule, out: Path, seed: int, log_path: Path, n_problems: int,
-              samples: int, corrupted: int) -> dict[str, object]:
-    seed_everything(seed)
-    reasoner = load_model(out / "reasoner")
+def solution_lm_mask(ids: torch.Tensor, batch: Sequence[tuple[list[int], list[int]]]) -> torch.Tensor:
+    """Next-token targets to keep the reasoner's skill in the PRM: the solution tokens (not tags, not the
+    question) of examples whose every step is right, so the PRM still knows what the next step should be."""
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    newline = VOCAB.index(STEP_DELIMITER)
+    for row, (tokens, packed) in enumerate(batch):
+        if all(code % 2 for code in packed):
+            mask[row, tokens.index(newline) : len(tokens) - 1] = True
+    targets = torch.roll(ids, -1, dims=1)
+    return mask & (targets != TAG_ID) & (targets != PAD_ID)
+
+
+def cached_samples(reasoner_dir: Path, cache_dir: Path, problems: Sequence[SyntheticProblem], samples: int,
+                   seed: int) -> tuple[list[tuple[list[int], list[int]]], float]:
+    """The reasoner's labelled samples, from a cache keyed by its weights and the settings when there is one:
+    sampling is the slow part of PRM training, and it does not change while the PRM's recipe is tuned."""
+    digest = hashlib.sha256((reasoner_dir / "model.safetensors").read_bytes()).hexdigest()[:12]
+    path = cache_dir / f"prm_samples_{digest}_n{len(problems)}x{samples}_T{SAMPLE_TEMPERATURE}_s{seed}.json"
+    if path.is_file():
+        return [(ids, packed) for ids, packed in json.loads(path.read_text())], 0.0
     started = time.time()
-    problems = generate(PRM_DATA_SEED + seed, n_problems - n_problems // 8)
-    for context in generate_stateful(PRM_DATA_SEED + 50_000 + seed, n_problems // 24 + 1, 3):
+    data = sample_prm_data(load_model(reasoner_dir), problems, samples, seed, SAMPLE_TEMPERATURE)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return data, time.time() - started
+
+
+def prm_problems(seed: int, stateful_seed: int, n: int) -> list[SyntheticProblem]:
+    """About ``n`` training problems: seven eighths word problems, the rest stateful (context) questions."""
+    problems = generate(seed, n - n // 8)
+    for context in generate_stateful(stateful_seed, n // 24 + 1, 3):
         problems.extend(context.problems)
-    data = sample_prm_data(reasoner, problems, samples, seed, SAMPLE_TEMPERATURE)
-    sample_s = time.time() - started
+    return problems
+
+
+def train_prm(schedule: Schedule, out: Path, seed: int, log_path: Path, n_problems: int, samples: int,
+              contrastive_problems: int, near_miss_count: int, lm_weight: float,
+              init: Path) -> dict[str, object]:
+    seed_everything(seed)
+    problems = prm_problems(PRM_DATA_SEED + seed, PRM_DATA_SEED + 50_000 + seed, n_problems)
+    data, sample_s = cached_samples(out / "reasoner", log_path.parent, problems, samples, seed)
     rng = random.Random(seed)
     rng.shuffle(data)
     held = data[: len(data) // 10]  # held-out steps are the reasoner's own, as in use
-    train = data[len(data) // 10 :] + corrupted_data(problems, corrupted, rng)
-    log(log_path, event="prm_data", samples=len(data), sample_s=round(sample_s, 1),
+    paired = prm_problems(PRM_DATA_SEED + 60_000 + seed, PRM_DATA_SEED + 70_000 + seed, contrastive_problems)
+    train = data[len(data) // 10 :] + contrastive_data(paired, near_miss_count, rng)
+    log(log_path, event="prm_data", samples=len(data), sample_s=round(sample_s, 1), train=len(train),
         tags=sum(len(p) for _, p in data), good=sum(c % 2 for _, p in data for c in p))
-    model = reasoner  # the PRM starts from the reasoner: it already reads questions and arithmetic
+    # A judge must know the right step better than the policy it judges: it starts from the checker LM (the
+    # reasoner's shape and data, trained longer), as 1B policies are searched against 8B PRMs in practice.
+    model = load_model(init)
     log(log_path, model="prm", step=0, held_out=prm_eval(model, held))
     optimizer = optimizer_for(model, schedule)
     started = time.time()
@@ -472,7 +560,11 @@ def train_prm(schedule: Schedule, out: Path, seed: int, log_path: Path, n_proble
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, schedule)
             ids, rows, cols, y = prm_collate(batch)
-            loss = F.cross_entropy(judgement_logits(model, ids, rows, cols), y)
+            logits = model(input_ids=ids).logits
+            loss = F.cross_entropy(judgement_logits(logits, rows, cols), y)
+            lm_mask = solution_lm_mask(ids, batch)
+            if lm_weight and lm_mask.any():
+                loss = loss + lm_weight * F.cross_entropy(logits[lm_mask], torch.roll(ids, -1, dims=1)[lm_mask])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -491,9 +583,10 @@ def train_prm(schedule: Schedule, out: Path, seed: int, log_path: Path, n_proble
     result: dict[str, object] = {
         "model": "prm", "params": n_params(model), "sample_s": round(sample_s, 1), "train_s": round(train_s, 1),
         "problems": len(problems), "samples_per_problem": samples, "sample_temperature": SAMPLE_TEMPERATURE,
-        "corrupted_per_problem": corrupted, "train_solutions": len(train), "labelled_solutions": len(data),
+        "contrastive_problems": contrastive_problems, "near_misses_per_problem": near_miss_count,
+        "lm_weight": lm_weight, "train_solutions": len(train), "labelled_solutions": len(data),
         "final_loss": round(running, 4), "held_out": held_scores, "schedule": asdict(schedule), "seed": seed,
-        "init": "reasoner",
+        "init": init.name,
     }
     log(log_path, event="done", **result)
     (out / "prm" / "train_log.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -516,20 +609,31 @@ def write_prm_preset(directory: Path) -> None:
     (directory / "prm.json").write_text(json.dumps(preset, indent=2, ensure_ascii=False) + "\n")
 
 
+def write_checker_preset(directory: Path) -> None:
+    """``prm.json`` for the checker: a likelihood verifier over the reasoner's own prompt and step format."""
+    preset = {"family": "likelihood", "prefix": mini_prompt("{question}"), "step_template": "{step}",
+              "separator": STEP_DELIMITER}
+    (directory / "prm.json").write_text(json.dumps(preset, indent=2) + "\n")
+
+
 # ------------------------------------------------------------------------------------------------------ main
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=["all", "reasoner", "draft", "prm"], default="all")
+    parser.add_argument("--stage", choices=["all", "reasoner", "draft", "checker", "prm"], default="all")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "ttc/models/mini")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reasoner-steps", type=int, default=1600)
     parser.add_argument("--draft-steps", type=int, default=3000)
+    parser.add_argument("--checker-steps", type=int, default=4000)
     parser.add_argument("--prm-steps", type=int, default=1200)
     parser.add_argument("--prm-problems", type=int, default=720)
     parser.add_argument("--prm-samples", type=int, default=8)
-    parser.add_argument("--prm-corrupted", type=int, default=2, help="near-miss copies per reference solution")
+    parser.add_argument("--prm-contrastive-problems", type=int, default=4000,
+                        help="reference solutions shown with near-miss copies")
+    parser.add_argument("--prm-near-misses", type=int, default=4, help="near-miss copies per reference solution")
+    parser.add_argument("--prm-lm-weight", type=float, default=0.3, help="weight of the kept next-step loss")
     parser.add_argument("--prm-lr", type=float, default=3e-4)
     parser.add_argument("--log", type=Path, default=Path("runs/train_mini_models.jsonl"))
     args = parser.parse_args(argv)
@@ -541,9 +645,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.stage in ("all", "draft"):
         train_lm("draft", Schedule(steps=args.draft_steps, tokens_per_batch=2048, lr=2e-3), args.out,
                  args.seed + 1, args.log)
+    if args.stage in ("all", "checker"):
+        train_lm("checker", Schedule(steps=args.checker_steps, tokens_per_batch=2048, lr=1e-3), args.out,
+                 args.seed + 2, args.log)
+        write_checker_preset(args.out / "checker")
     if args.stage in ("all", "prm"):
         train_prm(Schedule(steps=args.prm_steps, tokens_per_batch=3072, lr=args.prm_lr, warmup=50), args.out,
-                  args.seed, args.log, args.prm_problems, args.prm_samples, args.prm_corrupted)
+                  args.seed, args.log, args.prm_problems, args.prm_samples, args.prm_contrastive_problems,
+                  args.prm_near_misses, args.prm_lm_weight, args.out / "checker")
 
 
 if __name__ == "__main__":

@@ -108,15 +108,17 @@ def _threads(default: int | None) -> int | None:
 
 
 def embedded_setup(*, threads: int | None = None) -> BackendSetup:
-    """The bundled mini reasoner and mini PRM, each on its own local engine, with the reasoner's prompt format."""
+    """The bundled mini reasoner and mini checker (its process verifier), each on its own local engine."""
     from ttc.backends.local import LocalBackend
     from ttc.models import mini_model_path, mini_prompt
     from ttc.verifiers.prm import load_prm
 
-    reasoner_dir, prm_dir = mini_model_path("reasoner"), mini_model_path("prm")
+    reasoner_dir, checker_dir = mini_model_path("reasoner"), mini_model_path("checker")
     threads = threads or _threads(1)
     reasoner = LocalBackend.from_pretrained(reasoner_dir, threads=threads)
-    prm = load_prm(LocalBackend.from_pretrained(prm_dir, threads=threads), "mini")
+    # The checker's likelihood ranks a right next step above a wrong one far more often than the mini token PRM
+    # does (the model card has both figures), so it is the default's process verifier.
+    prm = load_prm(LocalBackend.from_pretrained(checker_dir, threads=threads), "mini-checker")
     return BackendSetup(backend=reasoner, prompt_template=mini_prompt("{question}"), verifier=StepwiseOutcome(prm),
                         prm=prm, closers=(prm.backend,))
 

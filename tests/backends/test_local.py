@@ -365,3 +365,35 @@ async def test_bundled_mini_reasoner_decodes_like_transformers() -> None:
         ref = torch.log_softmax(reference(torch.tensor([full])).logits[0].float(), dim=-1)
     for i in range(1, len(full)):
         assert scored.token_logprob(i) == pytest.approx(ref[i - 1, full[i]].item(), abs=1e-4)
+
+
+@pytest.mark.skipif(not (MINI_REASONER / "config.json").is_file(), reason="the bundled mini reasoner is not built")
+@pytest.mark.anyio
+async def test_embed_is_the_last_tokens_final_hidden_state_cached_or_not() -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ttc.models import mini_prompt
+
+    reference = AutoModelForCausalLM.from_pretrained(MINI_REASONER, dtype=torch.float32).eval()
+    async with LocalBackend.from_pretrained(MINI_REASONER, threads=1) as backend:
+        prompt = await backend.tokenize(mini_prompt("Ann has 12 pens. She buys 7 more."), add_special_tokens=True)
+        step_a = prompt + await backend.tokenize("12 + 7 = 19\n")
+        step_b = prompt + await backend.tokenize("12 - 7 = 5\n")
+        cold = await backend.embed([step_a, step_b])
+        [held] = await backend.complete(step_a, 1, Sampling(max_tokens=4, temperature=0.0))
+        warm = await backend.embed([step_a])  # now the whole of step_a is in the KV tree
+        assert backend.stats().live_kv_tokens > 0
+        await backend.release(step_a)
+    with torch.no_grad():
+        for ids, row in ((step_a, cold[0]), (step_b, cold[1]), (step_a, warm[0])):
+            expected = reference.model(torch.tensor([ids])).last_hidden_state[0, -1]
+            assert torch.tensor(row) == pytest.approx(expected, abs=1e-4)
+    assert cold[0] != cold[1]
+    assert held.token_ids
+
+
+@pytest.mark.anyio
+async def test_embed_rejects_bad_sequences(backend: LocalBackend) -> None:
+    with pytest.raises(ConfigError, match="at least one token"):
+        await backend.embed([[]])

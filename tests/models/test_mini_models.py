@@ -1,5 +1,6 @@
 """The bundled mini models: they load from the package with plain transformers, share one lossless character
-tokenizer, continue deterministically, solve easy problems, and the PRM prefers correct steps to corrupted ones."""
+tokenizer, continue deterministically, solve easy problems, and the PRM and the checker prefer correct steps to
+corrupted ones."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from ttc.verifiers.prm_presets import get_preset
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-NAMES = ("reasoner", "draft", "prm")
+NAMES = ("reasoner", "draft", "prm", "checker")
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
 
 
@@ -93,6 +94,7 @@ def test_sizes_and_shipped_precision() -> None:
     assert params["reasoner"] <= 8_000_000
     assert params["draft"] <= 1_500_000
     assert params["draft"] < params["reasoner"]
+    assert params["checker"] == params["reasoner"]  # the same shape, trained longer
     assert total_bytes <= 25 * 2**20
 
 
@@ -145,8 +147,6 @@ def test_prm_preset_is_a_token_preset_of_single_tokens(tokenizer: object) -> Non
     assert len(ids) == 3 and tokenizer.unk_token_id not in ids  # type: ignore[attr-defined]
 
 
-@pytest.mark.xfail(strict=True, reason="known defect of the shipped mini PRM: it ranks steps by position and "
-                   "difficulty (step AUROC 0.88) but does not yet check a step's arithmetic; see the model card")
 def test_prm_scores_a_correct_step_above_a_corrupted_one(models: dict[str, object], tokenizer: object) -> None:
     problems = generate(EVAL_SEEDS.start + 11, 10, levels=[2, 3])
     wins = 0
@@ -161,3 +161,23 @@ def test_prm_scores_a_correct_step_above_a_corrupted_one(models: dict[str, objec
         assert good[0] == pytest.approx(bad[0], abs=1e-5)  # causal: the shared first step scores the same
         wins += good[1] > bad[1]
     assert wins >= 9
+
+
+@pytest.mark.anyio
+async def test_checker_scores_a_correct_step_far_above_a_corrupted_one() -> None:
+    from ttc.backends.local import LocalBackend
+    from ttc.verifiers.prm import LikelihoodPRM, load_prm
+
+    problems = generate(EVAL_SEEDS.start + 11, 10, levels=[2, 3])
+    async with LocalBackend.from_pretrained(mini_model_path("checker"), threads=2) as backend:
+        checker = load_prm(backend, "mini-checker")
+        assert isinstance(checker, LikelihoodPRM)
+        for problem in problems:
+            steps = problem.solution.split(STEP_DELIMITER)
+            corrupted = list(steps)
+            corrupted[1] = f"{problem.steps[1].expr} = {problem.steps[1].value + 10}"
+            good = await checker.score_steps(problem.question, steps)
+            bad = await checker.score_steps(problem.question, corrupted)
+            assert good[0] == pytest.approx(bad[0], abs=1e-6)  # the shared first step (and from the cache)
+            assert min(good) > 0.5, (problem.question, good)
+            assert bad[1] < 0.01 and good[1] > 100 * bad[1]

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tree_doubles import HashPRM, run_search
+from tree_doubles import HashPRM, round_events, run_search
 
 from ttc.types import Budget
 
@@ -53,3 +53,16 @@ async def test_search_on_the_engine_releases_every_hold(name: str, backend: obje
     assert usage.generated_tokens == stats.generated_tokens
     assert max(n.depth for n in ctx.recorder.nodes()) >= 2, "the tree should branch past its first steps"
     assert result.candidates
+
+
+async def test_ets_clusters_steps_by_the_engines_hidden_states(backend: object) -> None:
+    from ttc.strategies.embed import BackendEmbedder, resolve_embedder
+
+    assert isinstance(resolve_embedder("auto", backend), BackendEmbedder)
+    options = {**SEARCHES["ets"], "width": 8, "max_step_tokens": 96, "temperature": 1.0}
+    _, ctx, _ = await run_search("ets", options, backend, HashPRM(),  # type: ignore[arg-type]
+                                 budget=Budget(tokens=BUDGET), seed=0)
+    events = round_events(ctx)
+    assert events and all(e["ilp_status"] == "optimal" for e in events)
+    assert max(int(e["n_clusters"]) for e in events) > 1  # type: ignore[call-overload]
+    assert backend.stats().live_kv_tokens == 0  # type: ignore[attr-defined]

@@ -157,3 +157,43 @@ def test_aggregation_and_splitting_edge_cases() -> None:
     assert split_steps("a\n\n  \nb  \n", "\n") == ["a", "b"]
     assert split_steps("step one\n\nstep two\n\n", "\n\n") == ["step one", "step two"]
     assert split_steps("   \n\n", "\n") == []
+
+
+LIKELIHOOD = PRMPreset(name="tiny-likelihood", family="likelihood", prefix="Q: {question}\n", separator="\n")
+
+
+async def test_likelihood_prm_is_the_least_token_probability_of_each_step(backend: LocalBackend,
+                                                                           tiny_model: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from ttc.verifiers.prm import LikelihoodPRM
+
+    prm = load_prm(backend, LIKELIHOOD)
+    assert isinstance(prm, LikelihoodPRM) and prm.preferred_aggregate == "min"
+    scores = await prm.score_steps(QUESTION, STEPS)
+    prefix = await backend.tokenize(f"Q: {QUESTION}\n", add_special_tokens=True)
+    ids, spans = list(prefix), []
+    for n, step in enumerate(STEPS):
+        if n:
+            ids += await backend.tokenize("\n")
+        start = len(ids)
+        ids += await backend.tokenize(step)
+        spans.append((start, len(ids)))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), dim=-1)
+    expected = [math.exp(min(lp[i - 1, ids[i]].item() for i in range(a, b))) for a, b in spans]
+    assert scores == pytest.approx(expected, rel=1e-3)
+    assert all(0.0 < s <= 1.0 for s in scores)
+    before = backend.stats().scored_tokens
+    longer = await prm.score_steps(QUESTION, [*STEPS, "Done."])
+    assert longer[:3] == scores  # the cached steps keep their scores: a step's score depends on steps up to it
+    assert backend.stats().scored_tokens - before == len(await backend.tokenize("\nDone."))
+
+
+def test_likelihood_preset_from_the_checker_folder() -> None:
+    preset = get_preset("mini-checker")
+    assert preset.family == "likelihood"
+    assert preset.prefix.format(question="Q?") == "Q?\n"
+    with pytest.raises(ConfigError, match="mini-checker"):
+        get_preset("no-such-preset")

@@ -123,6 +123,13 @@ class LocalBackend:
         self._engine.validate_prompt(tokens)
         return cast(PromptLogprobs, await self._call(lambda engine: engine.score(tokens, top_k)))
 
+    async def embed(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Hidden-state embeddings of whole token sequences (see ``Engine.embed``); ETS's ``auto`` embedder."""
+        batch = [tuple(int(t) for t in sequence) for sequence in sequences]
+        for tokens in batch:
+            self._engine.validate_prompt(tokens)
+        return cast(list[list[float]], await self._call(lambda engine: engine.embed(batch)))
+
     async def release(self, prompt: Sequence[int]) -> None:
         tokens = tuple(int(t) for t in prompt)
         await self._call(lambda engine: engine.release(tokens))

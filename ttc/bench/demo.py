@@ -33,7 +33,7 @@ def default_arms(samples: int) -> list[Arm]:
         GREEDY,
         Arm(f"majority@{samples}", "best_of_n", {"n": samples, "select": "vote", "max_tokens": 160},
             160 * samples),
-        Arm(f"prm-weighted@{samples}", "best_of_n", {"n": samples, "select": "weighted_vote", "max_tokens": 160},
+        Arm(f"verifier-weighted@{samples}", "best_of_n", {"n": samples, "select": "weighted_vote", "max_tokens": 160},
             160 * samples),
     ]
 

@@ -330,6 +330,24 @@ class Engine:
         """Drop one hold on the sequence ``tokens``; False when nothing held it."""
         return self._drop_hold(tuple(tokens))
 
+    # ------------------------------------------------------------------ embedding
+    def embed(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        """The final hidden state at each sequence's last token, one row per sequence.
+
+        It is what the model has made of the whole sequence, and so of a search-tree step in its context: ETS
+        clusters these to tell redundant steps from different ones. Cached prefixes are read, not recomputed,
+        so embedding a node the search still holds costs one token's forward pass.
+        """
+        rows: list[list[float]] = []
+        for sequence in sequences:
+            tokens = tuple(sequence)
+            self.validate_prompt(tokens)
+            end, matched = self.tree.lookup(tokens)
+            _, hidden = self._extend(tokens, end, matched, min(matched, len(tokens) - 1))
+            rows.append(hidden[-1].float().tolist())
+        self.tree.trim()
+        return rows
+
     # ------------------------------------------------------------------ scoring
     def score(self, prompt: Sequence[int], top_k: int) -> PromptLogprobs:
         """Logprobs of every prompt token; positions whose distributions are cached are not recomputed."""

@@ -1,4 +1,4 @@
-"""Models shipped with ttc: the mini reasoner, draft and process reward model, and how to prompt them.
+"""Models shipped with ttc: the mini reasoner, draft, process reward model and checker, and how to prompt them.
 
 They are small enough to run on a laptop CPU and were trained on :mod:`ttc.bench.synthetic`, so test-time
 compute strategies can be exercised end to end with real models and real accuracy gains, without downloads.
@@ -11,7 +11,7 @@ from typing import Literal, get_args
 
 from ttc.errors import ConfigError
 
-MiniModelName = Literal["reasoner", "draft", "prm"]
+MiniModelName = Literal["reasoner", "draft", "prm", "checker"]
 
 STEP_DELIMITER = "\n"
 """What separates two steps in a mini model's solution (and in the process reward model's input)."""

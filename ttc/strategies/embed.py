@@ -6,7 +6,8 @@ Three embedders, chosen by the ``embedder`` option:
   surface similarity only ("3 + 4 = 7" and "4 + 3 = 7" are close, a paraphrase may not be), which is what a
   search over sampled steps mostly needs to collapse: near-duplicates.
 - ``"backend"``: the backend's own hidden states, when it offers ``embed(token_ids_list)`` (the local engine
-  can, for free, since the sequences are already in its KV cache). It embeds each step in its context.
+  does, for one token's forward pass, since the sequences are already in its KV cache). It embeds each step in
+  its context: the final hidden state after the step, which is what the model will continue from.
 - a folder path: a sentence-embedding model loaded with transformers from that folder (never downloaded),
   mean-pooled over tokens.
 
@@ -144,6 +145,20 @@ def resolve_embedder(name: str, backend: object) -> AnyEmbedder:
     return TransformerEmbedder(name)
 
 
+NGRAM_THRESHOLD = 0.5
+"""Surface n-grams: steps that share most of their characters are one cluster."""
+
+HIDDEN_STATE_THRESHOLD = 0.1
+"""A model's last hidden state after a step is what it will continue from, so two steps that leave the same
+state (``22 + 12 = 34`` and ``32 + 12 = 34``) are at distance ~0, while steps with different results are 0.2 to
+0.5 apart on the mini models; n-grams at 0.5 would lump those together, since they share most characters."""
+
+
+def default_threshold(embedder: AnyEmbedder) -> float:
+    """The cosine distance that separates clusters when the ``cluster_threshold`` option is not set."""
+    return HIDDEN_STATE_THRESHOLD if isinstance(embedder, BackendEmbedder) else NGRAM_THRESHOLD
+
+
 async def embed_steps(embedder: AnyEmbedder, texts: Sequence[str],
                       sequences: Sequence[Sequence[int]]) -> FloatArray:
     """Embed steps by text, or by token sequence for the backend's embedder."""
@@ -188,5 +203,6 @@ def _normalised(matrix: FloatArray) -> FloatArray:
     return out
 
 
-__all__ = ["AnyEmbedder", "BackendEmbedder", "Embedder", "HashedNgramEmbedder", "TransformerEmbedder", "cluster",
-           "embed_steps", "resolve_embedder"]
+__all__ = ["HIDDEN_STATE_THRESHOLD", "NGRAM_THRESHOLD", "AnyEmbedder", "BackendEmbedder", "Embedder",
+           "HashedNgramEmbedder", "TransformerEmbedder", "cluster", "default_threshold", "embed_steps",
+           "resolve_embedder"]

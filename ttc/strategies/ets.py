@@ -19,7 +19,7 @@ from pydantic import Field
 
 from ttc.budget import Meter
 from ttc.strategies.base import Context, StrategyResult, register
-from ttc.strategies.embed import cluster, embed_steps, resolve_embedder
+from ttc.strategies.embed import cluster, default_threshold, embed_steps, resolve_embedder
 from ttc.strategies.ets_ilp import KvCost, paper_problem, solve_retention
 from ttc.strategies.rebase import RebaseBase, RebaseOptions, Retained
 from ttc.strategies.tree import SearchTree, StepNode
@@ -29,7 +29,9 @@ from ttc.types import Problem
 class EtsOptions(RebaseOptions):
     lambda_kv: float = Field(1.0, ge=0.0, description="weight of the KV cost of kept nodes (the paper's lambda_b)")
     lambda_coverage: float = Field(1.0, ge=0.0, description="weight of semantic coverage (the paper's lambda_s)")
-    cluster_threshold: float = Field(0.5, gt=0.0, le=2.0, description="cosine distance that separates clusters")
+    cluster_threshold: float | None = Field(
+        None, gt=0.0, le=2.0,
+        description="cosine distance that separates clusters (default: the embedder's own, see embed.py)")
     n_clusters: int | None = Field(None, ge=1, description="fixed number of clusters instead of a threshold")
     embedder: str = Field("auto", min_length=1, description="auto, ngram, backend, or a local model folder")
     kv_cost: KvCost = Field("tokens", description="charge a node its tokens' share of the tree, or 1 / nodes")
@@ -78,4 +80,5 @@ class Ets(RebaseBase[EtsOptions]):
             return [0]
         embedder = resolve_embedder(self.options.embedder, tree.ctx.backend)
         vectors = await embed_steps(embedder, [n.text for n in frontier], [n.prefix for n in frontier])
-        return cluster(vectors, threshold=self.options.cluster_threshold, n_clusters=self.options.n_clusters)
+        threshold = self.options.cluster_threshold or default_threshold(embedder)
+        return cluster(vectors, threshold=threshold, n_clusters=self.options.n_clusters)

@@ -50,7 +50,10 @@ class TreeSearchOptions(StrategyOptions):
     max_step_tokens: int = Field(256, ge=1, description="generated tokens per step at most")
     temperature: float = Field(0.8, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    aggregate: Aggregation = Field("last", description="how step scores rank a path: min, last, prod or mean")
+    # Unset: the verifier's own ``preferred_aggregate``, else "last", which suits PRMs trained to judge the whole
+    # prefix at each step. A verifier that judges each step on its own (likelihood) prefers "min": it scores a
+    # consistent sequel to a wrong step high, so a path is only as good as its weakest step.
+    aggregate: Aggregation | None = Field(None, description="how step scores rank a path: min, last, prod or mean")
     select: TreeSelection = Field("weighted_vote", description="final pick: best score, or PRM-weighted vote")
 
 
@@ -173,6 +176,12 @@ class SearchTree:
         tree.note_kv()
         return tree
 
+    @property
+    def aggregation(self) -> Aggregation:
+        """How step scores rank a path: the option when set, else what the verifier prefers, else ``last``."""
+        preferred: Aggregation = getattr(self.prm, "preferred_aggregate", "last")
+        return self.options.aggregate or preferred
+
     # -- reading -------------------------------------------------------------------------------------------------
     def frontier(self) -> list[StepNode]:
         """Nodes that may still be expanded, best first."""
@@ -287,7 +296,7 @@ class SearchTree:
         await run_concurrently([functools.partial(one, node) for node in nodes])
         for node in nodes:
             node.step_scores = tuple(results[node.id])
-            node.score = aggregate(node.step_scores, self.options.aggregate) if node.step_scores else 0.0
+            node.score = aggregate(node.step_scores, self.aggregation) if node.step_scores else 0.0
             self.ctx.recorder.update(node.id, step_scores=node.step_scores, score=node.score)
 
     async def _finish(self, node: StepNode) -> None:

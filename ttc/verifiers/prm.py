@@ -20,7 +20,7 @@ from ttc.backends.base import Backend
 from ttc.backends.lru import LRUCache
 from ttc.errors import VerifierError
 from ttc.types import PromptLogprobs
-from ttc.verifiers.base import StepScores
+from ttc.verifiers.base import Aggregation, StepScores
 from ttc.verifiers.prm_presets import PRMPreset, get_preset
 
 
@@ -206,6 +206,43 @@ class PoolingPRM(CachedPRM):
         return [float(row[p.positive_class]) for row in picked], len(ids) - known
 
 
+class LikelihoodPRM(CachedPRM):
+    """A step's score is exp(the least logprob among its tokens) under a language model that knows the task.
+
+    A model trained longer than the policy (or a larger one of its family) puts little probability on a wrong
+    operand, operator or value, and one such token is enough to mark the step; averaging would dilute it over
+    the step's well-predicted tokens. A step's own tokens are scored, not the separator after it, so its score
+    depends only on the steps up to it and caches like every other family's.
+    """
+
+    preferred_aggregate: Aggregation = "min"
+    """Each step is judged on its own, so a path is as good as its weakest step (tree searches read this)."""
+
+    async def _score(self, question: str, steps: Sequence[str], cached_steps: int) -> tuple[list[float], int]:
+        p = self.preset
+        ids = await self.backend.tokenize(p.prefix.format(question=question), add_special_tokens=True)
+        spans: list[tuple[int, int]] = []
+        for n, step in enumerate(steps, start=1):
+            if n > 1:
+                ids += await self.backend.tokenize(p.separator)
+            start = max(1, len(ids))  # nothing predicts the first token of the input
+            ids += await self.backend.tokenize(p.step_template.format(step=step, n=n))
+            spans.append((start, len(ids)))
+        if not ids:
+            raise VerifierError(f"{p.name}: the question and steps tokenized to nothing; check the preset's prefix")
+        lp = await self.backend.prompt_logprobs(ids, top_k=0)
+        known = spans[cached_steps - 1][1] if cached_steps else 0
+        return [self._step_score(lp, a, b) for a, b in spans], len(ids) - known
+
+    @staticmethod
+    def _step_score(lp: PromptLogprobs, start: int, end: int) -> float:
+        """An empty step carries no evidence either way: it keeps the score 1."""
+        values = [lp.token_logprob(i) for i in range(start, end)]
+        if any(v is None for v in values):
+            raise VerifierError("the backend's prompt logprobs lack a prompt token's own logprob")
+        return math.exp(min((v for v in values if v is not None), default=0.0))
+
+
 class GenerativeJudge(CachedPRM):
     """For models without a PRM: ask the model whether each step is correct and read P(Yes) against P(No)."""
 
@@ -229,7 +266,8 @@ class GenerativeJudge(CachedPRM):
         return [self.cache.get(k) or 0.0 for k in keys]
 
 
-FAMILIES: dict[str, type[CachedPRM]] = {"token": TokenPRM, "chat": ChatPRM, "pooling": PoolingPRM}
+FAMILIES: dict[str, type[CachedPRM]] = {"token": TokenPRM, "chat": ChatPRM, "pooling": PoolingPRM,
+                                        "likelihood": LikelihoodPRM}
 
 
 def load_prm(backend: Backend, preset: str | PRMPreset = "mini") -> CachedPRM:
@@ -243,5 +281,5 @@ def judge(backend: Backend, *, yes: str = " Yes", no: str = " No", top_k: int = 
     return GenerativeJudge(backend, PRMPreset(name="judge", family="chat", good=yes, bad=no, top_k=top_k))
 
 
-__all__ = ["CachedPRM", "ChatPRM", "GenerativeJudge", "PoolingPRM", "StepScoreCache", "StepScores",
+__all__ = ["CachedPRM", "ChatPRM", "GenerativeJudge", "LikelihoodPRM", "PoolingPRM", "StepScoreCache", "StepScores",
            "SupportsChatTemplate", "SupportsPooling", "TokenPRM", "judge", "judgement", "load_prm"]

@@ -9,6 +9,8 @@ JSON file), never an if-chain on model names. Three families:
   P(``-``) at each assistant turn is the score. Needs the model's chat template.
 - ``pooling``: Qwen2.5-Math-PRM style. A reward head returns per-token class probabilities; the positive-class
   probability at each step-separator token is the score. Needs vLLM's pooling endpoint.
+- ``likelihood``: any causal LM that knows the task better than the policy. A step's score is the probability
+  of its least likely token given the question and the steps before it. Read from prompt logprobs.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Literal
 
 from ttc.errors import ConfigError
 
-Family = Literal["token", "chat", "pooling"]
+Family = Literal["token", "chat", "pooling", "likelihood"]
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,9 @@ class PRMPreset:
     def __post_init__(self) -> None:
         if self.family == "token" and not self.tag:
             raise ConfigError(f"PRM preset {self.name!r}: a token PRM needs a step tag")
-        if self.family not in ("token", "chat", "pooling"):
-            raise ConfigError(f"PRM preset {self.name!r}: unknown family {self.family!r} (token, chat, pooling)")
+        if self.family not in ("token", "chat", "pooling", "likelihood"):
+            raise ConfigError(f"PRM preset {self.name!r}: unknown family {self.family!r} "
+                              "(token, chat, pooling, likelihood)")
 
 
 PRESETS: dict[str, PRMPreset] = {
@@ -81,17 +84,18 @@ def preset_from_json(path: Path) -> PRMPreset:
 
 
 def get_preset(name: str) -> PRMPreset:
-    """A registered preset, ``mini`` (the bundled PRM's own file), or a path to a preset JSON file."""
+    """A registered preset, ``mini`` or ``mini-checker`` (the bundled models' own files), or a preset JSON file."""
     if name in PRESETS:
         return PRESETS[name]
-    if name == "mini":
+    if name in ("mini", "mini-checker"):
         from ttc.models import mini_model_path
 
-        return preset_from_json(mini_model_path("prm") / "prm.json")
+        return preset_from_json(mini_model_path("prm" if name == "mini" else "checker") / "prm.json")
     path = Path(name)
     if path.suffix == ".json" and path.is_file():
         return preset_from_json(path)
-    raise ConfigError(f"unknown PRM preset {name!r}: use one of {', '.join([*PRESETS, 'mini'])} or a .json file")
+    raise ConfigError(f"unknown PRM preset {name!r}: use one of {', '.join([*PRESETS, 'mini', 'mini-checker'])} "
+                      "or a .json file")
 
 
 __all__ = ["PRESETS", "Family", "PRMPreset", "get_preset", "preset_from_json"]
