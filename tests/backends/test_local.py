@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -340,15 +341,24 @@ def test_importing_the_backend_does_not_import_torch() -> None:
     assert out.stdout.strip() == "False"
 
 
-@pytest.mark.skipif(not (MINI_REASONER / "config.json").is_file(), reason="the bundled mini reasoner is not built")
-@pytest.mark.anyio
-async def test_bundled_mini_reasoner_decodes_like_transformers() -> None:
+@pytest.fixture(scope="module")
+def mini_reference() -> object:
+    """The bundled mini reasoner in plain transformers (fp32): what the local engine must reproduce."""
+    if not (MINI_REASONER / "config.json").is_file():
+        pytest.skip("the bundled mini reasoner is not built")
     import torch
     from transformers import AutoModelForCausalLM
 
+    return AutoModelForCausalLM.from_pretrained(MINI_REASONER, dtype=torch.float32).eval()
+
+
+@pytest.mark.anyio
+async def test_bundled_mini_reasoner_decodes_like_transformers(mini_reference: object) -> None:
+    import torch
+
     from ttc.models import mini_prompt
 
-    reference = AutoModelForCausalLM.from_pretrained(MINI_REASONER, dtype=torch.float32).eval()
+    reference: Any = mini_reference
     async with LocalBackend.from_pretrained(MINI_REASONER, threads=1) as backend:
         prompt = await backend.tokenize(mini_prompt("What is 3 + 4 * 2?"), add_special_tokens=True)
         [ours] = await backend.complete(prompt, 1, Sampling(max_tokens=48, temperature=0.0))
@@ -367,15 +377,13 @@ async def test_bundled_mini_reasoner_decodes_like_transformers() -> None:
         assert scored.token_logprob(i) == pytest.approx(ref[i - 1, full[i]].item(), abs=1e-4)
 
 
-@pytest.mark.skipif(not (MINI_REASONER / "config.json").is_file(), reason="the bundled mini reasoner is not built")
 @pytest.mark.anyio
-async def test_embed_is_the_last_tokens_final_hidden_state_cached_or_not() -> None:
+async def test_embed_is_the_last_tokens_final_hidden_state_cached_or_not(mini_reference: object) -> None:
     import torch
-    from transformers import AutoModelForCausalLM
 
     from ttc.models import mini_prompt
 
-    reference = AutoModelForCausalLM.from_pretrained(MINI_REASONER, dtype=torch.float32).eval()
+    reference: Any = mini_reference
     async with LocalBackend.from_pretrained(MINI_REASONER, threads=1) as backend:
         prompt = await backend.tokenize(mini_prompt("Ann has 12 pens. She buys 7 more."), add_special_tokens=True)
         step_a = prompt + await backend.tokenize("12 + 7 = 19\n")
