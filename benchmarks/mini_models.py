@@ -3,13 +3,15 @@
 
     python3 benchmarks/mini_models.py            # 160 problems from EVAL_SEEDS, 16 samples each
     python3 benchmarks/mini_models.py --n 400
+    python3 benchmarks/mini_models.py --policy checker --levels 5-8 --n 80   # a longer-trained policy's vote
 
 Measured, per level and overall: the reasoner's greedy accuracy; majority vote over 16 samples; best of the
-same 16 samples ranked by the mini PRM (step scores aggregated by min, last step, product); best of them, and a
-weighted vote, by the mini checker (likelihood); pass@16 (an oracle ceiling). Also each verifier's step AUROC
-on the samples' exactly labelled steps, how often it ranks a right next step above a wrong one after the same
-prefix, and how often the draft model's greedy next step equals the reasoner's own greedy next step. Inference
-is plain ``transformers`` ``generate`` on CPU. The last line is ``name=value`` pairs for scripts.
+same 16 samples ranked by the mini PRM (step scores aggregated by min, last step, product); best of them by the
+mini checker (likelihood), by min (StepwiseOutcome's default) and by product, and a vote weighted by its min;
+pass@16 (an oracle ceiling). Also each verifier's step AUROC on the samples' exactly labelled steps, how often
+it ranks a right next step above a wrong one after the same prefix, and how often the draft model's greedy next
+step equals the reasoner's own greedy next step. Inference is plain ``transformers`` ``generate`` on CPU.
+The last line is ``name=value`` pairs for scripts.
 """
 
 from __future__ import annotations
@@ -43,14 +45,14 @@ from ttc.verifiers.prm_presets import PRMPreset, get_preset
 
 
 class Models:
-    def __init__(self, prm_dir: Path | None = None) -> None:
+    def __init__(self, prm_dir: Path | None = None, checker_dir: Path | None = None) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(mini_model_path("reasoner"))
         self.tokenizer.padding_side = "left"
         load = {"dtype": torch.float32}
         self.reasoner = AutoModelForCausalLM.from_pretrained(mini_model_path("reasoner"), **load).eval()
         self.draft = AutoModelForCausalLM.from_pretrained(mini_model_path("draft"), **load).eval()
         self.prm = AutoModelForCausalLM.from_pretrained(prm_dir or mini_model_path("prm"), **load).eval()
-        self.checker = AutoModelForCausalLM.from_pretrained(mini_model_path("checker"), **load).eval()
+        self.checker = AutoModelForCausalLM.from_pretrained(checker_dir or mini_model_path("checker"), **load).eval()
         self.checker_preset = get_preset("mini-checker")
         self.preset = get_preset("mini")
         ids = self.tokenizer.convert_tokens_to_ids
@@ -208,29 +210,36 @@ def pct(values: Sequence[bool]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=160, help="held-out problems (levels 1-8 in equal shares)")
+    parser.add_argument("--n", type=int, default=160, help="held-out problems (levels in equal shares)")
+    parser.add_argument("--levels", type=lambda s: range(int(s.split("-")[0]), int(s.split("-")[-1]) + 1),
+                        default=range(1, 9), help="a level range such as 5-8 (default 1-8)")
+    parser.add_argument("--policy", choices=["reasoner", "checker"], default="reasoner",
+                        help="the model that answers and is sampled; checker shows a longer-trained policy voting")
     parser.add_argument("--seed", type=int, default=EVAL_SEEDS.start, help="must be one of EVAL_SEEDS")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--temperature", type=float, default=0.8, help="the strategies' default")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prm", type=Path, default=None, help="a candidate PRM folder instead of the shipped one "
                         "(same tokenizer and prm.json format)")
+    parser.add_argument("--checker", type=Path, default=None, help="a candidate checker folder instead of the "
+                        "shipped one")
     args = parser.parse_args(argv)
     if args.seed not in EVAL_SEEDS:
         parser.error(f"--seed must be a held-out seed in [{EVAL_SEEDS.start}, {EVAL_SEEDS.stop})")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    models = Models(args.prm)
-    problems = generate(args.seed, args.n)
+    models = Models(args.prm, args.checker)
+    problems = generate(args.seed, args.n, levels=args.levels)
+    policy = models.reasoner if args.policy == "reasoner" else models.checker
     prompts = [mini_prompt(p.question) for p in problems]
     timings: dict[str, float] = {}
 
     started = time.time()
-    greedy = [c[0] for c in complete(models, models.reasoner, prompts)]
+    greedy = [c[0] for c in complete(models, policy, prompts)]
     timings["greedy"] = time.time() - started
 
     started = time.time()
-    sampled = complete(models, models.reasoner, prompts, samples=args.samples, temperature=args.temperature)
+    sampled = complete(models, policy, prompts, samples=args.samples, temperature=args.temperature)
     timings["sampling"] = time.time() - started
 
     started = time.time()
@@ -266,8 +275,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         for how in ("min", "last", "prod"):
             best = max(group, key=lambda k: aggregate(step_scores[k], how))
             row[f"bo{args.samples}_prm_{how}"] = check_answer(problem, flat[best][1])
-        best = max(group, key=lambda k: aggregate(checker_scores[k], "min"))
-        row[f"bo{args.samples}_checker"] = check_answer(problem, flat[best][1])
+        for how in ("min", "prod"):  # min first: StepwiseOutcome's default
+            best = max(group, key=lambda k: aggregate(checker_scores[k], how))
+            row[f"bo{args.samples}_checker_{how}"] = check_answer(problem, flat[best][1])
         weights: Counter[str] = Counter()
         for k, answer in zip(group, answers, strict=True):
             if answer is not None:
@@ -296,7 +306,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             checker_auroc_scores += running[: len(labels)]
 
     levels = [*sorted({f"L{p.level}" for p in problems}), "all"]
-    print(f"held-out problems: {len(problems)} (seed {args.seed}), {args.samples} samples at T={args.temperature}")
+    print(f"held-out problems: {len(problems)} (seed {args.seed}), {args.samples} samples at T={args.temperature} "
+          f"from the {args.policy}")
     print(f"{'method':<16}" + "".join(f"{lv:>7}" for lv in levels))
     for key, by_level in rows.items():
         print(f"{key:<16}" + "".join(f"{pct(by_level[lv]):>7}" for lv in levels))
@@ -309,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     checker_pair, _ = same_prefix_pairs(checker_next)
     print(f"checker (likelihood) step AUROC {checker_auroc:.3f}; right next step above a wrong one: "
           f"{checker_pair:.3f} of {pairs} pairs")
-    print(f"draft = reasoner greedy next step: {matches}/{draft_steps}")
+    print(f"draft = {args.policy} greedy next step: {matches}/{draft_steps}")
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
 
     def acc(key: str) -> float:
@@ -323,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"pass{args.samples}": acc(f"pass@{args.samples}"),
         "prm_auroc": prm_auroc,
         "prm_same_prefix_pair_acc": pair_acc,
-        f"bo{args.samples}_checker_acc": acc(f"bo{args.samples}_checker"),
+        f"bo{args.samples}_checker_acc": acc(f"bo{args.samples}_checker_min"),
+        f"bo{args.samples}_checker_prod_acc": acc(f"bo{args.samples}_checker_prod"),
         f"wvote{args.samples}_checker_acc": acc(f"wvote{args.samples}_checker"),
         "checker_auroc": checker_auroc,
         "checker_same_prefix_pair_acc": checker_pair,
