@@ -8,7 +8,8 @@
 Measured, per level and overall: the reasoner's greedy accuracy; majority vote over 16 samples; best of the
 same 16 samples ranked by the mini PRM (step scores aggregated by min, last step, product); best of them by the
 mini checker (likelihood), by min (StepwiseOutcome's default) and by product, and a vote weighted by its min;
-pass@16 (an oracle ceiling). Also each verifier's step AUROC on the samples' exactly labelled steps, how often
+pass@16 (an oracle ceiling), and the share of problems with a sample whose every step is right (the ceiling
+of any verifier that judges steps). Also each verifier's step AUROC on the samples' exactly labelled steps, how often
 it ranks a right next step above a wrong one after the same prefix, and how often the draft model's greedy next
 step equals the reasoner's own greedy next step. Inference is plain ``transformers`` ``generate`` on CPU.
 The last line is ``name=value`` pairs for scripts.
@@ -271,6 +272,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             "greedy": check_answer(problem, greedy[i]),
             f"maj{args.samples}": majority == problem.answer,
             f"pass@{args.samples}": any(a == problem.answer for a in answers),
+            # The ceiling of any verifier that judges steps: a sample whose every step is right. Below pass@N
+            # on long problems, where wrong chains can still land on the right number.
+            f"pass@{args.samples}_steps": any(
+                all(labels) and len(labels) == len(problem.steps) + 1
+                for labels in (label_steps(problem, flat[k][1]) for k in group)
+            ),
         }
         for how in ("min", "last", "prod"):
             best = max(group, key=lambda k: aggregate(step_scores[k], how))
@@ -332,6 +339,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"bo{args.samples}_prm_last_acc": acc(f"bo{args.samples}_prm_last"),
         f"maj{args.samples}_acc": acc(f"maj{args.samples}"),
         f"pass{args.samples}": acc(f"pass@{args.samples}"),
+        f"pass{args.samples}_steps": acc(f"pass@{args.samples}_steps"),
         "prm_auroc": prm_auroc,
         "prm_same_prefix_pair_acc": pair_acc,
         f"bo{args.samples}_checker_acc": acc(f"bo{args.samples}_checker_min"),
