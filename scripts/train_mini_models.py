@@ -66,6 +66,7 @@ from ttc.models.mini.tokenizer import (
     encode,
     save_tokenizer,
 )
+from ttc.verifiers.metrics import auroc
 
 BOS_ID, EOS_ID, PAD_ID = VOCAB.index(BOS), VOCAB.index(EOS), VOCAB.index(PAD)
 GOOD_ID, BAD_ID, TAG_ID = VOCAB.index(GOOD_TOKEN), VOCAB.index(BAD_TOKEN), VOCAB.index(STEP_TAG)
@@ -471,27 +472,15 @@ def judgement_logits(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tenso
     return torch.stack([at_tags[:, BAD_ID], at_tags[:, GOOD_ID]], dim=1)
 
 
-def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
-    """Probability that a random good step outscores a random bad one (ties count half)."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(scores)
-    pos = sum(labels)
-    neg = len(labels) - pos
-    if pos == 0 or neg == 0:
-        return float("nan")
-    return float((sum(r for r, y in zip(ranks, labels, strict=True) if y) - pos * (pos + 1) / 2) / (pos * neg))
-
-
 @torch.no_grad()
 def prm_eval(model: LlamaForCausalLM, data: Sequence[tuple[list[int], list[int]]]) -> dict[str, float]:
     model.eval()
     scores: list[float] = []
-    labels: list[int] = []
+    labels: list[bool] = []
     for start in range(0, len(data), 32):
         ids, rows, cols, y = prm_collate(data[start : start + 32])
         scores += judgement_logits(model(input_ids=ids).logits, rows, cols).softmax(-1)[:, 1].tolist()
-        labels += y.tolist()
+        labels += [bool(v) for v in y.tolist()]
     return {"auroc": round(auroc(scores, labels), 4), "steps": len(labels),
             "good_fraction": round(sum(labels) / max(1, len(labels)), 4)}
 
