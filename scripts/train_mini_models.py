@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Train the bundled mini models (reasoner, draft, process reward model) on the synthetic benchmark, on CPU.
+"""Train the bundled mini models (reasoner, draft, checker, process reward model) on the synthetic benchmark, on CPU.
 
-    python3 scripts/train_mini_models.py                      # all three, into ttc/models/mini/
+    python3 scripts/train_mini_models.py                      # all four, into ttc/models/mini/
     python3 scripts/train_mini_models.py --stage prm          # only the PRM (needs a trained reasoner)
 
 Order matters: the reasoner first; the draft learns the same data; the checker learns it too, for 2.5x as many
@@ -9,9 +9,11 @@ steps, so that it knows the right step far more often than the reasoner; the PRM
 trained on solutions *sampled from the trained reasoner* (temperature 0.8, several per problem), each step
 labelled exactly by ``ttc.bench.synthetic.label_steps``, so it learns the reasoner's real mistakes.
 
-Every run is a pure function of ``--seed``: data come from ``TRAIN_SEEDS`` through ``random.Random(seed)``,
-weights from ``torch.manual_seed``; training runs a fixed number of steps (never "until time is up"), on two
-threads. Each model folder gets a ``train_log.json`` with the settings, wall time and final numbers.
+Every run is a pure function of ``--seed`` on a given machine and torch build: data come from ``TRAIN_SEEDS``
+through ``random.Random(seed)``, weights from ``torch.manual_seed``; training runs a fixed number of steps (never
+"until time is up"), on two threads. Another CPU can round differently; the draft came out bit for bit the same on
+a second machine, the 1600-step reasoner did not (the README's model card has both). Each model folder gets a
+``train_log.json`` with the settings, wall time and final numbers.
 """
 
 from __future__ import annotations
