@@ -4,6 +4,7 @@
     python3 benchmarks/mini_models.py            # 480 problems from EVAL_SEEDS, 16 samples each (~25 min, 2 cores)
     python3 benchmarks/mini_models.py --n 160    # quicker, but a figure moves by several points with the draw
     python3 benchmarks/mini_models.py --policy checker --levels 5-8 --n 80   # a longer-trained policy's vote
+    python3 benchmarks/mini_models.py --reasoner DIR --seed 1500000 --n 240  # a candidate reasoner, on the dev seed
 
 Measured, per level and overall: the reasoner's greedy accuracy; majority vote over 16 samples, and the same
 vote as if different wrong chains never shared an answer (so coinciding wrong answers cannot be blamed); best of the
@@ -49,11 +50,12 @@ from ttc.verifiers.prm_presets import PRMPreset, get_preset
 
 
 class Models:
-    def __init__(self, prm_dir: Path | None = None, checker_dir: Path | None = None) -> None:
+    def __init__(self, prm_dir: Path | None = None, checker_dir: Path | None = None,
+                 reasoner_dir: Path | None = None) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(mini_model_path("reasoner"))
         self.tokenizer.padding_side = "left"
         load = {"dtype": torch.float32}
-        self.reasoner = AutoModelForCausalLM.from_pretrained(mini_model_path("reasoner"), **load).eval()
+        self.reasoner = AutoModelForCausalLM.from_pretrained(reasoner_dir or mini_model_path("reasoner"), **load).eval()
         self.draft = AutoModelForCausalLM.from_pretrained(mini_model_path("draft"), **load).eval()
         self.prm = AutoModelForCausalLM.from_pretrained(prm_dir or mini_model_path("prm"), **load).eval()
         self.checker = AutoModelForCausalLM.from_pretrained(checker_dir or mini_model_path("checker"), **load).eval()
@@ -217,12 +219,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "(same tokenizer and prm.json format)")
     parser.add_argument("--checker", type=Path, default=None, help="a candidate checker folder instead of the "
                         "shipped one")
+    parser.add_argument("--reasoner", type=Path, default=None, help="a candidate reasoner folder instead of the "
+                        "shipped one (e.g. one trained with --solutions varied)")
     args = parser.parse_args(argv)
     if args.seed not in EVAL_SEEDS:
         parser.error(f"--seed must be a held-out seed in [{EVAL_SEEDS.start}, {EVAL_SEEDS.stop})")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    models = Models(args.prm, args.checker)
+    models = Models(args.prm, args.checker, args.reasoner)
     problems = generate(args.seed, args.n, levels=args.levels)
     policy = models.reasoner if args.policy == "reasoner" else models.checker
     prompts = [mini_prompt(p.question) for p in problems]

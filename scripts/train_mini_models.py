@@ -52,6 +52,7 @@ from ttc.bench.synthetic import (
     generate_stateful,
     label_steps,
     split_steps,
+    varied_solution,
 )
 from ttc.models import STEP_DELIMITER, mini_prompt
 from ttc.models.mini.tokenizer import (
@@ -76,6 +77,7 @@ MAX_POSITIONS = 512
 DEV_SEED = EVAL_SEEDS.start + 500_000  # held out, and distinct from the benchmark's default seed
 SAMPLE_TEMPERATURE = 0.8  # the strategies' default: the PRM learns the mistakes it will be shown
 PRM_DATA_SEED = 900_000  # inside TRAIN_SEEDS, away from the chunks the reasoner saw first
+VARIED_ORDER_SEED = 12_345  # plus the model's seed: the stream of solution orders under --solutions varied
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def new_model(shape: Shape) -> LlamaForCausalLM:
+def new_model(shape: Shape, attention: str = "eager") -> LlamaForCausalLM:
     config = LlamaConfig(
         vocab_size=VOCAB_SIZE,
         hidden_size=shape.hidden,
@@ -133,7 +135,7 @@ def new_model(shape: Shape) -> LlamaForCausalLM:
         eos_token_id=EOS_ID,
         pad_token_id=PAD_ID,
     )
-    config._attn_implementation = "eager"
+    config._attn_implementation = attention
     return LlamaForCausalLM(config)
 
 
@@ -149,10 +151,14 @@ def n_params(model: torch.nn.Module) -> int:
 # ----------------------------------------------------------------------------------------------------- data
 
 
-def sft_example(problem: SyntheticProblem) -> tuple[list[int], int]:
-    """Token ids ``BOS prompt solution EOS`` and where the solution starts (the loss covers only the solution)."""
+def sft_example(problem: SyntheticProblem, orders: random.Random | None = None) -> tuple[list[int], int]:
+    """Token ids ``BOS prompt solution EOS`` and where the solution starts (the loss covers only the solution).
+
+    With ``orders`` the solution is one of the problem's valid orders drawn from it (``varied_solution``) instead
+    of the fixed reference order."""
     prompt = [BOS_ID, *encode(mini_prompt(problem.question))]
-    return [*prompt, *encode(problem.solution), EOS_ID], len(prompt)
+    solution = problem.solution if orders is None else varied_solution(problem, orders)
+    return [*prompt, *encode(solution), EOS_ID], len(prompt)
 
 
 def training_problems(chunk: int, size: int, max_level: int = 8) -> list[SyntheticProblem]:
@@ -198,11 +204,12 @@ def collate(batch: Sequence[tuple[list[int], int]]) -> tuple[torch.Tensor, torch
     return ids, target_mask
 
 
-def sft_batches(seed: int, tokens_per_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def sft_batches(seed: int, tokens_per_batch: int, varied: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     rng = random.Random(seed)
+    orders = random.Random(VARIED_ORDER_SEED + seed) if varied else None
     chunk = 0
     while True:
-        items = [sft_example(p) for p in training_problems(seed * 10_000 + chunk, 384, curriculum(chunk))]
+        items = [sft_example(p, orders) for p in training_problems(seed * 10_000 + chunk, 384, curriculum(chunk))]
         for batch in length_batches(items, tokens_per_batch, rng):
             yield collate(batch)
         chunk += 1
@@ -276,16 +283,17 @@ def greedy_accuracy(model: LlamaForCausalLM, problems: Sequence[SyntheticProblem
 # ---------------------------------------------------------------------------------------------- LM training
 
 
-def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path) -> dict[str, object]:
+def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path, *, varied: bool = False,
+             attention: str = "eager") -> dict[str, object]:
     seed_everything(seed)
-    model = new_model(SHAPES[name])
+    model = new_model(SHAPES[name], attention)
     optimizer = optimizer_for(model, schedule)
     dev = generate(DEV_SEED, 96)
     log(log_path, event="start", model=name, params=n_params(model), schedule=asdict(schedule),
-        shape=asdict(SHAPES[name]), seed=seed)
+        shape=asdict(SHAPES[name]), seed=seed, varied=varied, attention=attention)
     started = time.time()
     tokens = 0
-    batches = sft_batches(seed, schedule.tokens_per_batch)
+    batches = sft_batches(seed, schedule.tokens_per_batch, varied)
     running = 0.0
     model.train()
     for step in range(schedule.steps):
@@ -315,7 +323,7 @@ def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path
     result: dict[str, object] = {
         "model": name, "params": n_params(model), "train_s": round(train_s, 1), "tokens": tokens,
         "final_loss": round(running, 4), "dev_greedy": dev_scores, "schedule": asdict(schedule),
-        "shape": asdict(SHAPES[name]), "seed": seed,
+        "shape": asdict(SHAPES[name]), "seed": seed, "varied": varied, "attention": attention,
     }
     log(log_path, event="done", **result)
     (out / name / "train_log.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -627,18 +635,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--prm-lm-weight", type=float, default=0.3, help="weight of the kept next-step loss")
     parser.add_argument("--prm-lr", type=float, default=3e-4)
     parser.add_argument("--log", type=Path, default=Path("runs/train_mini_models.jsonl"))
+    parser.add_argument("--solutions", choices=["fixed", "varied"], default="fixed",
+                        help="train the language models on the fixed reference order (the shipped models) or on "
+                        "valid orders drawn per example (ttc.bench.synthetic.varied_solution)")
+    parser.add_argument("--attention", choices=["eager", "sdpa"], default="eager",
+                        help="attention while training (the shipped models: eager; sdpa is 1.3x faster per step)")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    lm = {"varied": args.solutions == "varied", "attention": args.attention}
     args.log.parent.mkdir(parents=True, exist_ok=True)
     if args.stage in ("all", "reasoner"):
         train_lm("reasoner", Schedule(steps=args.reasoner_steps, tokens_per_batch=2048, lr=1e-3), args.out,
-                 args.seed, args.log)
+                 args.seed, args.log, **lm)
     if args.stage in ("all", "draft"):
         train_lm("draft", Schedule(steps=args.draft_steps, tokens_per_batch=2048, lr=2e-3), args.out,
-                 args.seed + 1, args.log)
+                 args.seed + 1, args.log, **lm)
     if args.stage in ("all", "checker"):
         train_lm("checker", Schedule(steps=args.checker_steps, tokens_per_batch=2048, lr=1e-3), args.out,
-                 args.seed + 2, args.log)
+                 args.seed + 2, args.log, **lm)
         write_checker_preset(args.out / "checker")
     if args.stage in ("all", "prm"):
         train_prm(Schedule(steps=args.prm_steps, tokens_per_batch=3072, lr=args.prm_lr, warmup=50), args.out,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 
 import pytest
@@ -20,6 +21,7 @@ from ttc.bench.synthetic import (
     generate_stateful,
     label_steps,
     split_steps,
+    varied_solution,
 )
 from ttc.errors import ConfigError
 from ttc.models.mini.tokenizer import BAD_TOKEN, CHARACTERS, GOOD_TOKEN, STEP_TAG
@@ -110,7 +112,7 @@ def test_label_steps_on_hand_made_solutions() -> None:
     problem = SyntheticProblem(
         question="Ann has 12 pens. Ann buys 7 more. Ann gives 5 to Ben. How many pens does Ann have?",
         answer="14",
-        steps=(synthetic.Step("12 + 7", 19), synthetic.Step("19 - 5", 14)),
+        steps=(synthetic.Step("12 + 7", 19), synthetic.Step("19 - 5", 14, inputs=(0,))),
         level=2,
         solution="12 + 7 = 19\n19 - 5 = 14\nThe answer is 14.",
     )
@@ -180,3 +182,81 @@ def test_stateful_contexts_share_a_paragraph_and_each_question_is_solvable_from_
 
 def test_split_steps_strips_lines_and_drops_blank_ones() -> None:
     assert split_steps(" 1 + 2 = 3 \n\nThe answer is 3.\n") == ["1 + 2 = 3", "The answer is 3."]
+
+
+def _all_problems() -> list[SyntheticProblem]:
+    return [*generate(8, 240), *(p for c in generate_stateful(8, 40, 3) for p in c.problems)]
+
+
+def test_step_inputs_are_earlier_steps_whose_values_are_operands() -> None:
+    """The step graph is what varied orders and labels rely on: each input comes earlier and is an operand, and
+    every step but the last feeds a later one (nothing computed is left unused)."""
+    for problem in _all_problems():
+        used: set[int] = set()
+        for i, step in enumerate(problem.steps):
+            a, _, b = step.expr.split(" ")
+            operands = [int(a), int(b)]
+            for k in step.inputs:
+                assert k < i, (problem.question, step)
+                operands.remove(problem.steps[k].value)  # raises when the input is not an operand
+            used.update(step.inputs)
+        assert used == set(range(len(problem.steps) - 1)), problem.question
+
+
+def test_the_step_graph_leaves_the_generated_problems_unchanged() -> None:
+    """Same questions and the same fixed-order solutions as before the graph existed: the bundled models were
+    trained on these, and seeds must keep naming the same problems."""
+    problems = generate(1_000_000, 3)
+    assert [p.solution for p in problems] == [
+        "2 + 4 = 6\nThe answer is 6.",
+        "4 - 1 = 3\n3 + 5 = 8\nThe answer is 8.",
+        "11 - 8 = 3\n3 * 3 = 9\n9 + 7 = 16\nThe answer is 16.",
+    ]
+
+
+def test_varied_solutions_are_valid_deterministic_and_several() -> None:
+    distinct = 0
+    for problem in _all_problems():
+        texts = [varied_solution(problem, random.Random(seed)) for seed in range(6)]
+        assert texts[0] == varied_solution(problem, random.Random(0))
+        for text in texts:
+            assert all(label_steps(problem, text)), (problem.question, text)
+            assert check_answer(problem, text)
+            lines = split_steps(text)[:-1]
+            assert sorted(int(line.rsplit(" ", 1)[1]) for line in lines) == sorted(s.value for s in problem.steps)
+        distinct += len(set(texts)) > 1
+    assert distinct > 0.8 * len(_all_problems())
+
+
+def test_a_product_from_the_question_may_come_before_the_count_it_joins() -> None:
+    problem = next(
+        p for p in generate(4, 200, levels=[3])
+        if any(not s.inputs for s in p.steps[1:]) and p.steps[0].value != p.steps[1].value
+    )
+    i = next(i for i, s in enumerate(problem.steps) if i > 0 and not s.inputs)  # the boxes (or rate) product
+    lines = problem.solution.split("\n")
+    hoisted = [lines[i], *lines[:i], *lines[i + 1 :]]
+    assert label_steps(problem, "\n".join(hoisted)) == [True] * len(lines)
+    # the step that adds the product cannot come before it
+    joined = [*lines[:i], lines[i + 1], lines[i], *lines[i + 2 :]]
+    assert label_steps(problem, "\n".join(joined))[i] is False
+
+
+def test_two_chains_of_a_together_question_may_come_in_either_order() -> None:
+    problem = next(
+        p for c in generate_stateful(2, 40, 3) for p in c.problems
+        if "together" in p.question and len(p.steps[-1].inputs) == 2 and 0 not in p.steps[-1].inputs
+        and all(not s.inputs or s.inputs == (k - 1,) for k, s in enumerate(p.steps[:-1]))
+        and p.steps[-1].inputs[1] == len(p.steps) - 2 and p.steps[len(p.steps) - 2].inputs == ()
+    )
+    lines = problem.solution.split("\n")
+    b_first = [lines[-3], *lines[:-3], *lines[-2:]]
+    assert label_steps(problem, "\n".join(b_first)) == [True] * len(lines)
+
+
+def test_nothing_after_the_answer_line_is_right() -> None:
+    problem = generate(5, 1, levels=[2])[0]
+    text = f"{problem.solution}\n{problem.solution.split(chr(10))[-1]}"
+    assert label_steps(problem, text) == [True, True, True, False]
+    early = f"{problem.solution.split(chr(10))[0]}\nThe answer is {problem.answer}."
+    assert label_steps(problem, early) == [True, False]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ttc.errors import ConfigError
 
@@ -50,10 +50,16 @@ _ANSWER_ANYWHERE = re.compile(r"The answer is (-?\d+)\.")
 
 @dataclass(frozen=True)
 class Step:
-    """One computation: ``expr`` such as ``"12 + 7"`` and its exact integer ``value``."""
+    """One computation: ``expr`` such as ``"12 + 7"`` and its exact integer ``value``.
+
+    ``inputs`` are the indices (in the problem's ``steps``) of the earlier steps whose values this one consumes,
+    in operand order; the other operands come from the question. They make the solution a graph rather than a
+    list, so any order that computes a step after its inputs is a valid solution (:func:`varied_solution`).
+    """
 
     expr: str
     value: int
+    inputs: tuple[int, ...] = ()
 
     @property
     def line(self) -> str:
@@ -204,6 +210,7 @@ def _one_problem(rng: random.Random, level: int) -> SyntheticProblem:
     else:
         cur = rng.randint(2, 10 + 3 * level)
         sentences = [f"{who} has {cur} {things}."]
+    cur_step: int | None = 0 if steps else None  # the step whose value is the running count
     while len(steps) < level:
         pool = _ONE_STEP + _TWO_STEP if level - len(steps) >= 2 else _ONE_STEP
         mark = len(steps)
@@ -213,6 +220,12 @@ def _one_problem(rng: random.Random, level: int) -> SyntheticProblem:
             continue
         sentence, cur = made
         sentences.append(sentence)
+        # An event's last step updates the running count; any step before it in the same event multiplies two
+        # numbers of the sentence (boxes, a rate) and so depends on nothing.
+        last = len(steps) - 1
+        running = () if cur_step is None else (cur_step,)
+        steps[last] = replace(steps[last], inputs=(*running, *range(mark, last)))
+        cur_step = last
     sentences.append(f"How many {things} now?")
     return _problem(" ".join(sentences), steps, level)
 
@@ -253,6 +266,21 @@ def _relation(rng: random.Random, name: str, base: str, base_value: int, things:
             return f"{name} has {k} times as many {things} as {base}.", _step(steps, base_value, "*", k)
 
 
+def _merge(first: list[Step], second: Sequence[Step]) -> tuple[list[Step], int]:
+    """``first`` followed by the steps of ``second`` it lacks (two derivations share their common ancestors),
+    with ``second``'s inputs renumbered; also the merged index of ``second``'s last step (-1 when empty)."""
+    merged = list(first)
+    where: list[int] = []
+    for step in second:
+        step = replace(step, inputs=tuple(where[k] for k in step.inputs))
+        if step in merged:
+            where.append(merged.index(step))
+        else:
+            where.append(len(merged))
+            merged.append(step)
+    return merged, where[-1] if where else -1
+
+
 def _stateful_context(rng: random.Random, questions: int) -> StatefulContext:
     """A chain of people whose counts depend on earlier ones; questions ask about one or two of them."""
     people = rng.sample(NAMES, 4)
@@ -265,6 +293,8 @@ def _stateful_context(rng: random.Random, questions: int) -> StatefulContext:
         base = rng.choice(people[:i])
         steps = list(derivation[base])
         sentence, value[people[i]] = _relation(rng, people[i], base, value[base], things, steps)
+        if len(steps) > 1:
+            steps[-1] = replace(steps[-1], inputs=(len(steps) - 2,))
         sentences.append(sentence)
         derivation[people[i]] = steps
     context = " ".join(sentences)
@@ -276,11 +306,13 @@ def _stateful_context(rng: random.Random, questions: int) -> StatefulContext:
         if b is None:
             query = f"How many {things} does {a} have?"
         else:
-            steps += [s for s in derivation[b] if s not in steps]
             if value[a] + value[b] > MAX_VALUE:
                 continue
+            steps, b_last = _merge(steps, derivation[b])
             query = f"How many {things} do {a} and {b} have together?"
             _step(steps, value[a], "+", value[b])
+            a_last = len(derivation[a]) - 1
+            steps[-1] = replace(steps[-1], inputs=tuple(k for k in (a_last, b_last) if k >= 0))
         queries.append(query)
         problems.append(_problem(f"{context} {query}", steps, len(steps)))
     return StatefulContext(context, tuple(queries), tuple(problems))
@@ -294,6 +326,33 @@ def generate_stateful(seed: int, n_contexts: int, questions_per_context: int) ->
         )
     rng = random.Random(seed)
     return [_stateful_context(rng, questions_per_context) for _ in range(n_contexts)]
+
+
+def varied_solution(problem: SyntheticProblem, rng: random.Random) -> str:
+    """Another valid solution of ``problem``: its steps in a random order that computes each after its inputs
+    (a product from the question can come before the count it is added to), with the operands of ``+`` and
+    ``*`` in a random order; every value, and so every label, is unchanged.
+
+    One problem then has several right chains, as a real problem has several ways to be solved; the fixed
+    order of :attr:`SyntheticProblem.solution` gives the answer exactly one.
+    """
+    steps = problem.steps
+    done: set[int] = set()
+    order: list[int] = []
+    while len(order) < len(steps):
+        ready = [i for i in range(len(steps)) if i not in done and all(k in done for k in steps[i].inputs)]
+        if not ready:
+            raise AssertionError("a step depends on a later one")  # a generator bug, never user input
+        pick = rng.choice(ready)
+        done.add(pick)
+        order.append(pick)
+    lines = []
+    for i in order:
+        a, op, b = steps[i].expr.split(" ")
+        if op in "+*" and rng.random() < 0.5:
+            a, b = b, a
+        lines.append(f"{a} {op} {b} = {steps[i].value}")
+    return "\n".join([*lines, f"{ANSWER_PREFIX}{problem.answer}."])
 
 
 def split_steps(solution_text: str) -> list[str]:
@@ -313,21 +372,31 @@ def _line_value(line: str) -> int | None:
 def label_steps(problem: SyntheticProblem, solution_text: str) -> list[bool]:
     """One label per line of ``solution_text`` (see :func:`split_steps`).
 
-    Line ``i`` is correct when every earlier line was, and either ``i`` is within the reference steps, the
-    line is well formed, its arithmetic is right and its value equals reference step ``i``; or ``i`` is right
-    after the last reference step and the line is ``The answer is <answer>.``. Anything else (extra steps,
-    a wrong value, a malformed line) is wrong, and so is every line after it.
+    A line is correct when every earlier line was and either it is a well-formed step whose arithmetic is right
+    and whose value is that of a step not yet done all of whose inputs are done (so any order of
+    :func:`varied_solution` labels right), or every step is done and it is ``The answer is <answer>.``. Anything
+    else (an extra step, a wrong value, a malformed line, an early answer) is wrong, and so is every line after
+    it. When several ready steps have the claimed value, the first of them in reference order is the one done.
     """
+    steps = problem.steps
+    done: set[int] = set()
     labels: list[bool] = []
-    ok = True
-    for i, line in enumerate(split_steps(solution_text)):
-        if ok and i < len(problem.steps):
-            ok = _line_value(line) == problem.steps[i].value
-        elif ok and i == len(problem.steps):
-            match = _ANSWER_LINE.match(line)
-            ok = match is not None and match[1] == problem.answer
-        else:
+    ok, answered = True, False
+    for line in split_steps(solution_text):
+        if not ok or answered:
             ok = False
+        elif len(done) < len(steps):
+            claimed = _line_value(line)
+            ready = [
+                i for i in range(len(steps))
+                if i not in done and steps[i].value == claimed and all(k in done for k in steps[i].inputs)
+            ]
+            ok = bool(ready)
+            if ok:
+                done.add(ready[0])
+        else:
+            match = _ANSWER_LINE.match(line)
+            ok = answered = match is not None and match[1] == problem.answer
         labels.append(ok)
     return labels
 
@@ -358,4 +427,5 @@ __all__ = [
     "label_steps",
     "solution_text",
     "split_steps",
+    "varied_solution",
 ]
