@@ -328,6 +328,11 @@ def generate_stateful(seed: int, n_contexts: int, questions_per_context: int) ->
     return [_stateful_context(rng, questions_per_context) for _ in range(n_contexts)]
 
 
+def _ready(steps: Sequence[Step], done: set[int]) -> list[int]:
+    """The steps not yet done whose inputs all are: what a valid solution may compute next."""
+    return [i for i in range(len(steps)) if i not in done and all(k in done for k in steps[i].inputs)]
+
+
 def varied_solution(problem: SyntheticProblem, rng: random.Random) -> str:
     """Another valid solution of ``problem``: its steps in a random order that computes each after its inputs
     (a product from the question can come before the count it is added to), with the operands of ``+`` and
@@ -340,7 +345,7 @@ def varied_solution(problem: SyntheticProblem, rng: random.Random) -> str:
     done: set[int] = set()
     order: list[int] = []
     while len(order) < len(steps):
-        ready = [i for i in range(len(steps)) if i not in done and all(k in done for k in steps[i].inputs)]
+        ready = _ready(steps, done)
         if not ready:
             raise AssertionError("a step depends on a later one")  # a generator bug, never user input
         pick = rng.choice(ready)
@@ -387,10 +392,7 @@ def label_steps(problem: SyntheticProblem, solution_text: str) -> list[bool]:
             ok = False
         elif len(done) < len(steps):
             claimed = _line_value(line)
-            ready = [
-                i for i in range(len(steps))
-                if i not in done and steps[i].value == claimed and all(k in done for k in steps[i].inputs)
-            ]
+            ready = [i for i in _ready(steps, done) if steps[i].value == claimed]
             ok = bool(ready)
             if ok:
                 done.add(ready[0])
