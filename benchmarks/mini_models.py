@@ -5,6 +5,7 @@
     python3 benchmarks/mini_models.py --n 160    # quicker, but a figure moves by several points with the draw
     python3 benchmarks/mini_models.py --policy checker --levels 5-8 --n 80   # a longer-trained policy's vote
     python3 benchmarks/mini_models.py --reasoner DIR --seed 1500000 --n 240  # a candidate reasoner, on the dev seed
+    python3 benchmarks/mini_models.py --family totals --reasoner DIR           # totals questions (ttc.bench.totals)
 
 Measured, per level and overall: the reasoner's greedy accuracy; majority vote over 16 samples, and the same
 vote as if different wrong chains never shared an answer (so coinciding wrong answers cannot be blamed); best of the
@@ -44,6 +45,7 @@ from ttc.bench.synthetic import (
     label_steps,
     split_steps,
 )
+from ttc.bench.totals import generate_totals
 from ttc.models import mini_model_path, mini_prompt
 from ttc.verifiers.metrics import auroc
 from ttc.verifiers.prm_presets import PRMPreset, get_preset
@@ -212,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--policy", choices=["reasoner", "checker"], default="reasoner",
                         help="the model that answers and is sampled; checker shows a longer-trained policy voting")
     parser.add_argument("--seed", type=int, default=EVAL_SEEDS.start, help="must be one of EVAL_SEEDS")
+    parser.add_argument("--family", choices=["chain", "totals"], default="chain",
+                        help="the word problems of ttc.bench.synthetic (the shipped models' family) or the totals "
+                        "questions of ttc.bench.totals")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--temperature", type=float, default=0.8, help="the strategies' default")
     parser.add_argument("--threads", type=int, default=2)
@@ -227,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     models = Models(args.prm, args.checker, args.reasoner)
-    problems = generate(args.seed, args.n, levels=args.levels)
+    problems = (generate if args.family == "chain" else generate_totals)(args.seed, args.n, levels=args.levels)
     policy = models.reasoner if args.policy == "reasoner" else models.checker
     prompts = [mini_prompt(p.question) for p in problems]
     timings: dict[str, float] = {}

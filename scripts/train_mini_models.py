@@ -54,6 +54,7 @@ from ttc.bench.synthetic import (
     split_steps,
     varied_solution,
 )
+from ttc.bench.totals import generate_totals
 from ttc.models import STEP_DELIMITER, mini_prompt
 from ttc.models.mini.tokenizer import (
     BAD_TOKEN,
@@ -78,6 +79,7 @@ DEV_SEED = EVAL_SEEDS.start + 500_000  # held out, and distinct from the benchma
 SAMPLE_TEMPERATURE = 0.8  # the strategies' default: the PRM learns the mistakes it will be shown
 PRM_DATA_SEED = 900_000  # inside TRAIN_SEEDS, away from the chunks the reasoner saw first
 VARIED_ORDER_SEED = 12_345  # plus the model's seed: the stream of solution orders under --solutions varied
+TOTALS_SEED = 700_000  # inside TRAIN_SEEDS: the totals questions of --totals-fraction (plus the chunk)
 
 
 @dataclass(frozen=True)
@@ -161,10 +163,18 @@ def sft_example(problem: SyntheticProblem, orders: random.Random | None = None) 
     return [*prompt, *encode(solution), EOS_ID], len(prompt)
 
 
-def training_problems(chunk: int, size: int, max_level: int = 8) -> list[SyntheticProblem]:
-    """Chunk ``chunk`` of the training stream: mostly word problems, an eighth stateful (context) questions."""
+def training_problems(chunk: int, size: int, max_level: int = 8, totals_fraction: float = 0.0
+                      ) -> list[SyntheticProblem]:
+    """Chunk ``chunk`` of the training stream: mostly word problems, an eighth stateful (context) questions, and
+    ``totals_fraction`` of it totals questions (``ttc.bench.totals``) in place of word problems. Each totals
+    question comes with its own grouping of the sum, so the stream shows many right chains per kind of question.
+    At 0 the stream is exactly that of the shipped models."""
     seed = TRAIN_SEEDS.start + chunk
-    problems = generate(seed, size - size // 8, levels=range(1, max_level + 1))
+    totals = round(size * totals_fraction)
+    levels = range(1, max_level + 1)
+    problems = generate(seed, size - size // 8 - totals, levels=levels)
+    if totals:
+        problems += generate_totals(TRAIN_SEEDS.start + TOTALS_SEED + chunk, totals, levels=levels)
     for context in generate_stateful(TRAIN_SEEDS.start + 500_000 + chunk, size // 24 + 1, 3):
         problems.extend(context.problems)
     return problems[:size]
@@ -204,12 +214,14 @@ def collate(batch: Sequence[tuple[list[int], int]]) -> tuple[torch.Tensor, torch
     return ids, target_mask
 
 
-def sft_batches(seed: int, tokens_per_batch: int, varied: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def sft_batches(seed: int, tokens_per_batch: int, varied: bool = False, totals_fraction: float = 0.0
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     rng = random.Random(seed)
     orders = random.Random(VARIED_ORDER_SEED + seed) if varied else None
     chunk = 0
     while True:
-        items = [sft_example(p, orders) for p in training_problems(seed * 10_000 + chunk, 384, curriculum(chunk))]
+        problems = training_problems(seed * 10_000 + chunk, 384, curriculum(chunk), totals_fraction)
+        items = [sft_example(p, orders) for p in problems]
         for batch in length_batches(items, tokens_per_batch, rng):
             yield collate(batch)
         chunk += 1
@@ -284,16 +296,24 @@ def greedy_accuracy(model: LlamaForCausalLM, problems: Sequence[SyntheticProblem
 
 
 def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path, *, varied: bool = False,
-             attention: str = "eager") -> dict[str, object]:
+             attention: str = "eager", totals_fraction: float = 0.0) -> dict[str, object]:
     seed_everything(seed)
     model = new_model(SHAPES[name], attention)
     optimizer = optimizer_for(model, schedule)
     dev = generate(DEV_SEED, 96)
+    dev_totals = generate_totals(DEV_SEED, 96) if totals_fraction else []
+
+    def dev_scores() -> dict[str, object]:
+        scores: dict[str, object] = {"dev_greedy": greedy_accuracy(model, dev)}
+        if dev_totals:
+            scores["dev_totals_greedy"] = greedy_accuracy(model, dev_totals)
+        return scores
+
     log(log_path, event="start", model=name, params=n_params(model), schedule=asdict(schedule),
-        shape=asdict(SHAPES[name]), seed=seed, varied=varied, attention=attention)
+        shape=asdict(SHAPES[name]), seed=seed, varied=varied, attention=attention, totals_fraction=totals_fraction)
     started = time.time()
     tokens = 0
-    batches = sft_batches(seed, schedule.tokens_per_batch, varied)
+    batches = sft_batches(seed, schedule.tokens_per_batch, varied, totals_fraction)
     running = 0.0
     model.train()
     for step in range(schedule.steps):
@@ -315,16 +335,18 @@ def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path
             log(log_path, model=name, step=step, loss=round(running, 4), lr=round(lr_at(step, schedule), 6),
                 tokens=tokens, elapsed_s=round(elapsed, 1), tok_per_s=round(tokens / max(elapsed, 1e-9)))
         if (step + 1) % 400 == 0 and step + 1 < schedule.steps:
-            log(log_path, model=name, step=step + 1, dev_greedy=greedy_accuracy(model, dev))
+            log(log_path, model=name, step=step + 1, **dev_scores())
             model.train()
     train_s = time.time() - started
-    dev_scores = greedy_accuracy(model, dev)
+    final = dev_scores()
     save_lm(model, out / name)
     result: dict[str, object] = {
         "model": name, "params": n_params(model), "train_s": round(train_s, 1), "tokens": tokens,
-        "final_loss": round(running, 4), "dev_greedy": dev_scores, "schedule": asdict(schedule),
+        "final_loss": round(running, 4), **final, "schedule": asdict(schedule),
         "shape": asdict(SHAPES[name]), "seed": seed, "varied": varied, "attention": attention,
     }
+    if totals_fraction:
+        result["totals_fraction"] = totals_fraction
     log(log_path, event="done", **result)
     (out / name / "train_log.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -509,10 +531,12 @@ def solution_lm_mask(ids: torch.Tensor, batch: Sequence[tuple[list[int], list[in
 
 def cached_samples(reasoner_dir: Path, cache_dir: Path, problems: Sequence[SyntheticProblem], samples: int,
                    seed: int) -> tuple[list[tuple[list[int], list[int]]], float]:
-    """The reasoner's labelled samples, from a cache keyed by its weights and the settings when there is one:
-    sampling is the slow part of PRM training, and it does not change while the PRM's recipe is tuned."""
+    """The reasoner's labelled samples, from a cache keyed by its weights, the problems and the settings when
+    there is one: sampling is the slow part of PRM training, and it does not change while the PRM's recipe is
+    tuned."""
     digest = hashlib.sha256((reasoner_dir / "model.safetensors").read_bytes()).hexdigest()[:12]
-    path = cache_dir / f"prm_samples_{digest}_n{len(problems)}x{samples}_T{SAMPLE_TEMPERATURE}_s{seed}.json"
+    asked = hashlib.sha256("\n".join(p.question for p in problems).encode()).hexdigest()[:8]
+    path = cache_dir / f"prm_samples_{digest}_{asked}_n{len(problems)}x{samples}_T{SAMPLE_TEMPERATURE}_s{seed}.json"
     if path.is_file():
         return [(ids, packed) for ids, packed in json.loads(path.read_text())], 0.0
     started = time.time()
@@ -522,9 +546,14 @@ def cached_samples(reasoner_dir: Path, cache_dir: Path, problems: Sequence[Synth
     return data, time.time() - started
 
 
-def prm_problems(seed: int, stateful_seed: int, n: int) -> list[SyntheticProblem]:
-    """About ``n`` training problems: seven eighths word problems, the rest stateful (context) questions."""
-    problems = generate(seed, n - n // 8)
+def prm_problems(seed: int, stateful_seed: int, n: int, totals_seed: int = 0, totals_fraction: float = 0.0
+                 ) -> list[SyntheticProblem]:
+    """About ``n`` training problems: seven eighths word problems, the rest stateful (context) questions, with
+    ``totals_fraction`` of them totals questions (from ``totals_seed``) in place of word problems."""
+    totals = round(n * totals_fraction)
+    problems = generate(seed, n - n // 8 - totals)
+    if totals:
+        problems += generate_totals(totals_seed, totals)
     for context in generate_stateful(stateful_seed, n // 24 + 1, 3):
         problems.extend(context.problems)
     return problems
@@ -532,14 +561,16 @@ def prm_problems(seed: int, stateful_seed: int, n: int) -> list[SyntheticProblem
 
 def train_prm(schedule: Schedule, out: Path, seed: int, log_path: Path, n_problems: int, samples: int,
               contrastive_problems: int, near_miss_count: int, lm_weight: float,
-              init: Path) -> dict[str, object]:
+              init: Path, totals_fraction: float = 0.0) -> dict[str, object]:
     seed_everything(seed)
-    problems = prm_problems(PRM_DATA_SEED + seed, PRM_DATA_SEED + 50_000 + seed, n_problems)
+    problems = prm_problems(PRM_DATA_SEED + seed, PRM_DATA_SEED + 50_000 + seed, n_problems,
+                            PRM_DATA_SEED + 80_000 + seed, totals_fraction)
     data, sample_s = cached_samples(out / "reasoner", log_path.parent, problems, samples, seed)
     rng = random.Random(seed)
     rng.shuffle(data)
     held = data[: len(data) // 10]  # held-out steps are the reasoner's own, as in use
-    paired = prm_problems(PRM_DATA_SEED + 60_000 + seed, PRM_DATA_SEED + 70_000 + seed, contrastive_problems)
+    paired = prm_problems(PRM_DATA_SEED + 60_000 + seed, PRM_DATA_SEED + 70_000 + seed, contrastive_problems,
+                          PRM_DATA_SEED + 90_000 + seed, totals_fraction)
     train = data[len(data) // 10 :] + contrastive_data(paired, near_miss_count, rng)
     log(log_path, event="prm_data", samples=len(data), sample_s=round(sample_s, 1), train=len(train),
         tags=sum(len(p) for _, p in data), good=sum(c % 2 for _, p in data for c in p))
@@ -640,10 +671,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "valid orders drawn per example (ttc.bench.synthetic.varied_solution)")
     parser.add_argument("--attention", choices=["eager", "sdpa"], default="eager",
                         help="attention while training (the shipped models: eager; sdpa is 1.3x faster per step)")
+    parser.add_argument("--totals-fraction", type=float, default=0.0,
+                        help="share of the training problems that are totals questions (ttc.bench.totals), each "
+                        "with its own grouping of the sum; the shipped models: 0")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    if not 0.0 <= args.totals_fraction <= 0.5:
+        parser.error(f"--totals-fraction must be in [0, 0.5] (the rest are word and context problems), "
+                     f"got {args.totals_fraction}")
     torch.set_num_threads(args.threads)
-    lm = {"varied": args.solutions == "varied", "attention": args.attention}
+    lm = {"varied": args.solutions == "varied", "attention": args.attention, "totals_fraction": args.totals_fraction}
     args.log.parent.mkdir(parents=True, exist_ok=True)
     if args.stage in ("all", "reasoner"):
         train_lm("reasoner", Schedule(steps=args.reasoner_steps, tokens_per_batch=2048, lr=1e-3), args.out,
@@ -658,7 +695,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.stage in ("all", "prm"):
         train_prm(Schedule(steps=args.prm_steps, tokens_per_batch=3072, lr=args.prm_lr, warmup=50), args.out,
                   args.seed, args.log, args.prm_problems, args.prm_samples, args.prm_contrastive_problems,
-                  args.prm_near_misses, args.prm_lm_weight, args.out / "checker")
+                  args.prm_near_misses, args.prm_lm_weight, args.out / "checker", args.totals_fraction)
 
 
 if __name__ == "__main__":

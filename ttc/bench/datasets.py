@@ -14,7 +14,7 @@ from ttc.errors import ConfigError
 from ttc.types import Problem
 
 FILES = {"gsm8k": "gsm8k_test.jsonl", "math500": "math500_test.jsonl", "aime24": "aime24_test.jsonl"}
-SYNTHETIC = ("synthetic", "synthetic-stateful")
+SYNTHETIC = ("synthetic", "synthetic-stateful", "synthetic-totals")
 
 
 def data_dir() -> Path:
@@ -97,18 +97,21 @@ def _gold(answer: str) -> str:
 
 
 def _synthetic(name: str, limit: int, offset: int, seed: int, levels: Sequence[int] | None) -> list[Problem]:
-    """The synthetic benchmark; for the stateful variant, each context's questions become consecutive rows.
+    """The synthetic benchmark; for the stateful variant, each context's questions become consecutive rows;
+    ``synthetic-totals`` is the totals questions of :mod:`ttc.bench.totals`.
 
     ``seed`` counts from the start of ``EVAL_SEEDS``, so an evaluation never draws the problems the bundled
     models were trained on, whatever seed it is given.
     """
-    from ttc.bench import synthetic
+    from ttc.bench import synthetic, totals
 
     if not 0 <= seed < len(synthetic.EVAL_SEEDS):
         raise ConfigError(f"synthetic seed must be in [0, {len(synthetic.EVAL_SEEDS)}), got {seed}")
     held_out = synthetic.EVAL_SEEDS.start + seed
     if name == "synthetic":
         items = synthetic.generate(held_out, offset + limit, levels or synthetic.LEVELS)
+    elif name == "synthetic-totals":
+        items = totals.generate_totals(held_out, offset + limit, levels or synthetic.LEVELS)
     else:
         contexts = synthetic.generate_stateful(held_out, offset + limit, STATEFUL_QUESTIONS)
         items = [p for ctx in contexts for p in ctx.problems]

@@ -67,14 +67,33 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Term:
+    """One person's count in a totals question (:mod:`ttc.bench.totals`): ``count`` things, or ``count`` bags
+    of ``per_bag`` when ``per_bag`` is set (a product to compute before it can be added)."""
+
+    count: int
+    per_bag: int | None = None
+
+    @property
+    def value(self) -> int:
+        return self.count if self.per_bag is None else self.count * self.per_bag
+
+
+@dataclass(frozen=True)
 class SyntheticProblem:
-    """A question, its exact answer, and the exact value of each step of the reference solution."""
+    """A question, its exact answer, and the exact value of each step of the reference solution.
+
+    ``terms`` is empty for the word problems of this module. A totals problem (:mod:`ttc.bench.totals`) sets
+    it: its answer is the sum of the terms, any grouping of the sum is a valid solution, and :func:`label_steps`
+    and :func:`varied_solution` judge and draw solutions by the terms rather than by ``steps``.
+    """
 
     question: str
     answer: str
     steps: tuple[Step, ...]
     level: int
     solution: str
+    terms: tuple[Term, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -230,7 +249,8 @@ def _one_problem(rng: random.Random, level: int) -> SyntheticProblem:
     return _problem(" ".join(sentences), steps, level)
 
 
-def _check_levels(levels: Sequence[int]) -> list[int]:
+def check_levels(levels: Sequence[int]) -> list[int]:
+    """``levels`` as a list, or a ConfigError naming the allowed range."""
     chosen = list(levels)
     if not chosen or any(level not in LEVELS for level in chosen):
         raise ConfigError(f"levels must be a non-empty selection of 1..8, got {chosen!r}")
@@ -245,7 +265,7 @@ def generate(seed: int, n: int, levels: Sequence[int] = LEVELS) -> list[Syntheti
     """
     if n < 0:
         raise ConfigError(f"n must be >= 0, got {n}")
-    chosen = _check_levels(levels)
+    chosen = check_levels(levels)
     rng = random.Random(seed)
     return [_one_problem(rng, chosen[i % len(chosen)]) for i in range(n)]
 
@@ -339,8 +359,13 @@ def varied_solution(problem: SyntheticProblem, rng: random.Random) -> str:
     ``*`` in a random order; every value, and so every label, is unchanged.
 
     One problem then has several right chains, as a real problem has several ways to be solved; the fixed
-    order of :attr:`SyntheticProblem.solution` gives the answer exactly one.
+    order of :attr:`SyntheticProblem.solution` gives the answer exactly one. A totals problem gets a new grouping
+    of its sum (:func:`ttc.bench.totals.random_chain`), so its intermediate values change too.
     """
+    if problem.terms:
+        from ttc.bench.totals import random_chain  # totals builds on this module's types
+
+        return solution_text(random_chain(problem.terms, rng), int(problem.answer))
     steps = problem.steps
     done: set[int] = set()
     order: list[int] = []
@@ -365,12 +390,26 @@ def split_steps(solution_text: str) -> list[str]:
     return [line.strip() for line in solution_text.split("\n") if line.strip()]
 
 
-def _line_value(line: str) -> int | None:
-    """The value a step line claims, if the line is well formed and its arithmetic is right."""
+def parse_step(line: str) -> tuple[int, str, int, int] | None:
+    """``(a, op, b, claimed)`` of a well-formed step line ``a op b = claimed``, else None."""
     match = _STEP_LINE.match(line)
     if match is None:
         return None
-    a, op, b, claimed = int(match[1]), match[2], int(match[3]), int(match[4])
+    return int(match[1]), match[2], int(match[3]), int(match[4])
+
+
+def is_answer_line(line: str, answer: str) -> bool:
+    """Whether ``line`` is exactly ``The answer is <answer>.``."""
+    match = _ANSWER_LINE.match(line)
+    return match is not None and match[1] == answer
+
+
+def _line_value(line: str) -> int | None:
+    """The value a step line claims, if the line is well formed and its arithmetic is right."""
+    parsed = parse_step(line)
+    if parsed is None:
+        return None
+    a, op, b, claimed = parsed
     return claimed if evaluate(a, op, b) == claimed else None
 
 
@@ -382,7 +421,12 @@ def label_steps(problem: SyntheticProblem, solution_text: str) -> list[bool]:
     :func:`varied_solution` labels right), or every step is done and it is ``The answer is <answer>.``. Anything
     else (an extra step, a wrong value, a malformed line, an early answer) is wrong, and so is every line after
     it. When several ready steps have the claimed value, the first of them in reference order is the one done.
+    A totals problem is labelled by :func:`ttc.bench.totals.label_total_steps`.
     """
+    if problem.terms:
+        from ttc.bench.totals import label_total_steps  # totals builds on this module's types
+
+        return label_total_steps(problem, solution_text)
     steps = problem.steps
     done: set[int] = set()
     labels: list[bool] = []
@@ -397,8 +441,7 @@ def label_steps(problem: SyntheticProblem, solution_text: str) -> list[bool]:
             if ok:
                 done.add(ready[0])
         else:
-            match = _ANSWER_LINE.match(line)
-            ok = answered = match is not None and match[1] == problem.answer
+            ok = answered = is_answer_line(line, problem.answer)
         labels.append(ok)
     return labels
 
@@ -421,12 +464,16 @@ __all__ = [
     "StatefulContext",
     "Step",
     "SyntheticProblem",
+    "Term",
     "check_answer",
+    "check_levels",
     "evaluate",
     "extract_answer",
     "generate",
     "generate_stateful",
+    "is_answer_line",
     "label_steps",
+    "parse_step",
     "solution_text",
     "split_steps",
     "varied_solution",

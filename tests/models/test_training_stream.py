@@ -1,0 +1,49 @@
+"""The training script's problem stream: the shipped recipe's stream is unchanged, totals questions mix in."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from ttc.bench.synthetic import TRAIN_SEEDS, generate, generate_stateful, label_steps
+
+
+@pytest.fixture(scope="module")
+def script() -> ModuleType:
+    path = Path(__file__).resolve().parents[2] / "scripts" / "train_mini_models.py"
+    spec = importlib.util.spec_from_file_location("train_mini_models", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_without_totals_the_stream_is_the_shipped_models_stream(script: ModuleType) -> None:
+    chunk, size, top = 12, 384, 4
+    expected = generate(TRAIN_SEEDS.start + chunk, size - size // 8, levels=range(1, top + 1))
+    for context in generate_stateful(TRAIN_SEEDS.start + 500_000 + chunk, size // 24 + 1, 3):
+        expected.extend(context.problems)
+    assert script.training_problems(chunk, size, top) == expected[:size]
+
+
+def test_a_totals_fraction_replaces_word_problems_with_totals_questions(script: ModuleType) -> None:
+    mixed = script.training_problems(40, 384, 3, 0.25)
+    totals = [p for p in mixed if p.terms]
+    assert len(mixed) == 384 and len(totals) == 96
+    assert {p.level for p in totals} == {1, 2, 3}
+    assert mixed == script.training_problems(40, 384, 3, 0.25)
+    for problem in totals[:20]:
+        ids, start = script.sft_example(problem)
+        text = "".join(script.VOCAB[t] for t in ids[start:-1])
+        assert text == problem.solution and all(label_steps(problem, text))
+    # the PRM's problems take the same share, from their own seeds
+    prm = script.prm_problems(900_000, 950_000, 720, 980_000, 0.25)
+    assert sum(bool(p.terms) for p in prm) == 180
