@@ -398,10 +398,23 @@ def parse_step(line: str) -> tuple[int, str, int, int] | None:
     return int(match[1]), match[2], int(match[3]), int(match[4])
 
 
-def is_answer_line(line: str, answer: str) -> bool:
-    """Whether ``line`` is exactly ``The answer is <answer>.``."""
-    match = _ANSWER_LINE.match(line)
-    return match is not None and match[1] == answer
+def label_lines(solution_text: str, answer: str, steps_left: Callable[[], bool],
+                do_step: Callable[[str], bool]) -> list[bool]:
+    """The labelling every family shares, one label per line (see :func:`split_steps`): while ``steps_left()``,
+    a line is right when ``do_step(line)`` (which judges it and, when right, does it); then the line must be
+    ``The answer is <answer>.``. After the first wrong line, or after the answer, every line is wrong."""
+    labels: list[bool] = []
+    ok, answered = True, False
+    for line in split_steps(solution_text):
+        if not ok or answered:
+            ok = False
+        elif steps_left():
+            ok = do_step(line)
+        else:
+            match = _ANSWER_LINE.match(line)
+            ok = answered = match is not None and match[1] == answer
+        labels.append(ok)
+    return labels
 
 
 def _line_value(line: str) -> int | None:
@@ -429,21 +442,15 @@ def label_steps(problem: SyntheticProblem, solution_text: str) -> list[bool]:
         return label_total_steps(problem, solution_text)
     steps = problem.steps
     done: set[int] = set()
-    labels: list[bool] = []
-    ok, answered = True, False
-    for line in split_steps(solution_text):
-        if not ok or answered:
-            ok = False
-        elif len(done) < len(steps):
-            claimed = _line_value(line)
-            ready = [i for i in _ready(steps, done) if steps[i].value == claimed]
-            ok = bool(ready)
-            if ok:
-                done.add(ready[0])
-        else:
-            ok = answered = is_answer_line(line, problem.answer)
-        labels.append(ok)
-    return labels
+
+    def do_step(line: str) -> bool:
+        claimed = _line_value(line)
+        ready = [i for i in _ready(steps, done) if steps[i].value == claimed]
+        if ready:
+            done.add(ready[0])
+        return bool(ready)
+
+    return label_lines(solution_text, problem.answer, lambda: len(done) < len(steps), do_step)
 
 
 def extract_answer(text: str) -> str | None:
@@ -471,7 +478,7 @@ __all__ = [
     "extract_answer",
     "generate",
     "generate_stateful",
-    "is_answer_line",
+    "label_lines",
     "label_steps",
     "parse_step",
     "solution_text",

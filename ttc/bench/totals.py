@@ -27,10 +27,9 @@ from ttc.bench.synthetic import (
     Term,
     check_levels,
     evaluate,
-    is_answer_line,
+    label_lines,
     parse_step,
     solution_text,
-    split_steps,
 )
 from ttc.errors import ConfigError
 
@@ -118,17 +117,8 @@ def label_total_steps(problem: SyntheticProblem, solution_text: str) -> list[boo
         raise ConfigError("label_total_steps needs a totals problem (one with terms)")
     bags = Counter((t.count, t.per_bag) for t in problem.terms if t.per_bag is not None)
     available = Counter(t.count for t in problem.terms if t.per_bag is None)
-    labels: list[bool] = []
-    ok, answered = True, False
-    for line in split_steps(solution_text):
-        if not ok or answered:
-            ok = False
-        elif bags or available.total() > 1:
-            ok = _apply(parse_step(line), bags, available)
-        else:
-            ok = answered = is_answer_line(line, problem.answer)
-        labels.append(ok)
-    return labels
+    return label_lines(solution_text, problem.answer, lambda: bool(bags) or available.total() > 1,
+                       lambda line: _apply(parse_step(line), bags, available))
 
 
 def _apply(parsed: tuple[int, str, int, int] | None, bags: Counter[tuple[int, int]],
