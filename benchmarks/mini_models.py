@@ -6,6 +6,7 @@
     python3 benchmarks/mini_models.py --policy checker --levels 5-8 --n 80   # a longer-trained policy's vote
     python3 benchmarks/mini_models.py --reasoner DIR --seed 1500000 --n 240  # a candidate reasoner, on the dev seed
     python3 benchmarks/mini_models.py --family totals --reasoner DIR           # totals questions (ttc.bench.totals)
+    python3 benchmarks/mini_models.py --family mix --reasoner DIR --checker DIR  # half word problems, half totals
 
 Measured, per level and overall: the reasoner's greedy accuracy; majority vote over 16 samples, and the same
 vote as if different wrong chains never shared an answer (so coinciding wrong answers cannot be blamed); best of the
@@ -201,6 +202,20 @@ def draft_match(models: Models, problems: Sequence[SyntheticProblem], greedy: Se
     return matches, len(targets)
 
 
+def held_out(family: str, seed: int, n: int, levels: Sequence[int]) -> list[SyntheticProblem]:
+    """``n`` problems of ``family``; ``mix`` is the first half of the word problems' draw and the first half of
+    the totals questions' draw, so each family's half is the same problems as in a run of that family alone."""
+    if family == "chain":
+        return generate(seed, n, levels=levels)
+    if family == "totals":
+        return generate_totals(seed, n, levels=levels)
+    return generate(seed, n - n // 2, levels=levels) + generate_totals(seed, n // 2, levels=levels)
+
+
+def family_of(problem: SyntheticProblem) -> str:
+    return "totals" if problem.terms else "words"
+
+
 def pct(values: Sequence[bool]) -> str:
     return f"{100 * sum(values) / max(1, len(values)):5.1f}"
 
@@ -214,9 +229,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--policy", choices=["reasoner", "checker"], default="reasoner",
                         help="the model that answers and is sampled; checker shows a longer-trained policy voting")
     parser.add_argument("--seed", type=int, default=EVAL_SEEDS.start, help="must be one of EVAL_SEEDS")
-    parser.add_argument("--family", choices=["chain", "totals"], default="chain",
-                        help="the word problems of ttc.bench.synthetic (the shipped models' family) or the totals "
-                        "questions of ttc.bench.totals")
+    parser.add_argument("--family", choices=["chain", "totals", "mix"], default="chain",
+                        help="the word problems of ttc.bench.synthetic (the shipped models' family), the totals "
+                        "questions of ttc.bench.totals, or half of each (reported per family too)")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--temperature", type=float, default=0.8, help="the strategies' default")
     parser.add_argument("--threads", type=int, default=2)
@@ -232,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     models = Models(args.prm, args.checker, args.reasoner)
-    problems = (generate if args.family == "chain" else generate_totals)(args.seed, args.n, levels=args.levels)
+    problems = held_out(args.family, args.seed, args.n, args.levels)
     policy = models.reasoner if args.policy == "reasoner" else models.checker
     prompts = [mini_prompt(p.question) for p in problems]
     timings: dict[str, float] = {}
@@ -305,8 +320,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 weights[answer] += aggregate(checker_scores[k], "min")
         row[f"wvote{args.samples}_checker"] = bool(weights) and weights.most_common(1)[0][0] == problem.answer
         for key, ok in row.items():
-            rows.setdefault(key, {}).setdefault("all", []).append(ok)
-            rows[key].setdefault(f"L{problem.level}", []).append(ok)
+            for column in ("all", f"L{problem.level}", *([family_of(problem)] if args.family == "mix" else [])):
+                rows.setdefault(key, {}).setdefault(column, []).append(ok)
         seen: set[str] = set()
         for k in group:  # each distinct sample once, so easy problems' repeated solutions do not dominate
             if flat[k][1] in seen:
@@ -326,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             running = [min(checker_scores[k][: j + 1]) for j in range(len(checker_scores[k]))]
             checker_auroc_scores += running[: len(labels)]
 
-    levels = [*sorted({f"L{p.level}" for p in problems}), "all"]
+    levels = [*sorted({f"L{p.level}" for p in problems}), *(["words", "totals"] if args.family == "mix" else []), "all"]
     print(f"held-out problems: {len(problems)} (seed {args.seed}), {args.samples} samples at T={args.temperature} "
           f"from the {args.policy}")
     print(f"{'method':<16}" + "".join(f"{lv:>7}" for lv in levels))

@@ -19,6 +19,7 @@ a second machine, the 1600-step reasoner did not (the README's model card has bo
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import math
@@ -30,6 +31,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 # Other work shares these cores: busy-waiting OpenMP threads would then burn most of the time slice.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -186,12 +188,14 @@ def curriculum(chunk: int) -> int:
     return min(8, 2 + chunk // 6)
 
 
-def length_batches(items: Sequence[tuple[list[int], int]], tokens_per_batch: int,
-                   rng: random.Random) -> list[list[tuple[list[int], int]]]:
+Item = TypeVar("Item", tuple[list[int], int], tuple[list[int], list[int]])  # an LM example or a PRM example
+
+
+def length_batches(items: Sequence[Item], tokens_per_batch: int, rng: random.Random) -> list[list[Item]]:
     """Group items of similar length so that padding is small; the order of groups is shuffled."""
     ordered = sorted(items, key=lambda item: len(item[0]))
-    batches: list[list[tuple[list[int], int]]] = []
-    current: list[tuple[list[int], int]] = []
+    batches: list[list[Item]] = []
+    current: list[Item] = []
     for item in ordered:
         if current and (len(current) + 1) * len(item[0]) > tokens_per_batch:
             batches.append(current)
@@ -296,7 +300,7 @@ def greedy_accuracy(model: LlamaForCausalLM, problems: Sequence[SyntheticProblem
 
 
 def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path, *, varied: bool = False,
-             attention: str = "eager", totals_fraction: float = 0.0) -> dict[str, object]:
+             attention: str = "eager", totals_fraction: float = 0.0, save_every: int = 0) -> dict[str, object]:
     seed_everything(seed)
     model = new_model(SHAPES[name], attention)
     optimizer = optimizer_for(model, schedule)
@@ -337,6 +341,11 @@ def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path
         if (step + 1) % 400 == 0 and step + 1 < schedule.steps:
             log(log_path, model=name, step=step + 1, **dev_scores())
             model.train()
+        if save_every and (step + 1) % save_every == 0 and step + 1 < schedule.steps:
+            # A snapshot on the way (at this step's learning rate, not the schedule's end): one long run then
+            # shows where along its learning curve a benchmark target is met.
+            save_lm(model, out / f"{name}-step{step + 1}")
+            model.train()
     train_s = time.time() - started
     final = dev_scores()
     save_lm(model, out / name)
@@ -355,7 +364,7 @@ def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path
 def save_lm(model: LlamaForCausalLM, directory: Path) -> None:
     """Ship weights in bfloat16 (what vLLM's CPU backend runs) with the tokenizer and generation defaults."""
     directory.mkdir(parents=True, exist_ok=True)
-    shipped = LlamaForCausalLM(model.config)
+    shipped = LlamaForCausalLM(copy.deepcopy(model.config))  # a copy: the attention switch below must not reach it
     shipped.load_state_dict(model.state_dict())
     shipped.to(torch.bfloat16)
     shipped.config._attn_implementation = "sdpa"
@@ -451,9 +460,11 @@ def near_misses(problem: SyntheticProblem, k: int, rng: random.Random, count: in
             elif kind == "skip" and k + 1 < len(problem.steps):
                 a_text, op, b_text = problem.steps[k + 1].expr.split(" ")
                 a, b = int(a_text), int(b_text)
-            value = evaluate(a, op, b)
-            if kind == "arithmetic" or value is None or value < 0:
+            computed = evaluate(a, op, b)
+            if kind == "arithmetic" or computed is None or computed < 0:
                 value = ref.value + rng.choice([d for d in (-10, -3, -2, -1, 1, 2, 3, 10) if ref.value + d >= 0])
+            else:
+                value = computed
             line = f"{a} {op} {b} = {value}"
         wrong[line] = None
     reference = split_steps(problem.solution)[:k]
@@ -674,13 +685,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--totals-fraction", type=float, default=0.0,
                         help="share of the training problems that are totals questions (ttc.bench.totals), each "
                         "with its own grouping of the sum; the shipped models: 0")
+    parser.add_argument("--save-every", type=int, default=0,
+                        help="also save each language model every this many steps, as DIR/NAME-stepK (0: only "
+                        "at the end)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     if not 0.0 <= args.totals_fraction <= 0.5:
         parser.error(f"--totals-fraction must be in [0, 0.5] (the rest are word and context problems), "
                      f"got {args.totals_fraction}")
     torch.set_num_threads(args.threads)
-    lm = {"varied": args.solutions == "varied", "attention": args.attention, "totals_fraction": args.totals_fraction}
+    lm = {"varied": args.solutions == "varied", "attention": args.attention, "totals_fraction": args.totals_fraction,
+          "save_every": args.save_every}
     args.log.parent.mkdir(parents=True, exist_ok=True)
     if args.stage in ("all", "reasoner"):
         train_lm("reasoner", Schedule(steps=args.reasoner_steps, tokens_per_batch=2048, lr=1e-3), args.out,

@@ -47,3 +47,21 @@ def test_a_totals_fraction_replaces_word_problems_with_totals_questions(script: 
     # the PRM's problems take the same share, from their own seeds
     prm = script.prm_problems(900_000, 950_000, 720, 980_000, 0.25)
     assert sum(bool(p.terms) for p in prm) == 180
+
+
+def test_save_every_writes_loadable_snapshots_on_the_way(script: ModuleType, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    real_accuracy = script.greedy_accuracy
+    monkeypatch.setattr(script, "greedy_accuracy", lambda model, problems: real_accuracy(model, problems[:2]))
+    schedule = script.Schedule(steps=4, tokens_per_batch=512, lr=1e-3, warmup=1)
+    result = script.train_lm("draft", schedule, tmp_path, 3, tmp_path / "log.jsonl", attention="sdpa", save_every=2)
+    assert result["schedule"]["steps"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["draft", "draft-step2"]
+    snapshot = script.load_model(tmp_path / "draft-step2")
+    final = script.load_model(tmp_path / "draft")
+    assert (tmp_path / "draft-step2" / "tokenizer.json").is_file()
+    # the snapshot is step 2, not a copy of the final weights: two more optimiser steps moved them
+    assert not torch.equal(snapshot.model.embed_tokens.weight, final.model.embed_tokens.weight)
+    assert final.config.vocab_size == snapshot.config.vocab_size
