@@ -345,7 +345,6 @@ def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path
             # A snapshot on the way (at this step's learning rate, not the schedule's end): one long run then
             # shows where along its learning curve a benchmark target is met.
             save_lm(model, out / f"{name}-step{step + 1}")
-            model.train()
     train_s = time.time() - started
     final = dev_scores()
     save_lm(model, out / name)
@@ -364,7 +363,8 @@ def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path
 def save_lm(model: LlamaForCausalLM, directory: Path) -> None:
     """Ship weights in bfloat16 (what vLLM's CPU backend runs) with the tokenizer and generation defaults."""
     directory.mkdir(parents=True, exist_ok=True)
-    shipped = LlamaForCausalLM(copy.deepcopy(model.config))  # a copy: the attention switch below must not reach it
+    # A copy of the config: the attention switch below must not reach the model in training.
+    shipped = LlamaForCausalLM(copy.deepcopy(model.config))
     shipped.load_state_dict(model.state_dict())
     shipped.to(torch.bfloat16)
     shipped.config._attn_implementation = "sdpa"
