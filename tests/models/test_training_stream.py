@@ -65,3 +65,28 @@ def test_save_every_writes_loadable_snapshots_on_the_way(script: ModuleType, tmp
     # the snapshot is step 2, not a copy of the final weights: two more optimiser steps moved them
     assert not torch.equal(snapshot.model.embed_tokens.weight, final.model.embed_tokens.weight)
     assert final.config.vocab_size == snapshot.config.vocab_size
+
+
+def test_judge_attention_reaches_the_checker_and_not_the_policy(script: ModuleType, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    real_accuracy = script.greedy_accuracy
+    monkeypatch.setattr(script, "greedy_accuracy", lambda model, problems: real_accuracy(model, problems[:2]))
+    trained: dict[str, str] = {}
+    real_train_lm = script.train_lm
+
+    def recording(name: str, *args: object, **kwargs: object) -> dict[str, object]:
+        trained[name] = str(kwargs["attention"])
+        return real_train_lm(name, *args, **kwargs)
+
+    monkeypatch.setattr(script, "train_lm", recording)
+    script.main(["--stage", "checker", "--judge-attention", "sdpa", "--checker-steps", "2", "--out", str(tmp_path),
+                 "--log", str(tmp_path / "log.jsonl"), "--threads", "1"])
+    assert trained == {"checker": "sdpa"}
+    assert json.loads((tmp_path / "checker" / "train_log.json").read_text())["attention"] == "sdpa"
+    assert (tmp_path / "checker" / "prm.json").is_file()
+    # the policy models keep eager attention unless asked, so the shipped reasoner and draft reproduce
+    script.main(["--stage", "draft", "--draft-steps", "1", "--out", str(tmp_path), "--log",
+                 str(tmp_path / "log.jsonl"), "--threads", "1"])
+    assert trained["draft"] == "eager"
