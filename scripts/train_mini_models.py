@@ -684,8 +684,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="attention while training the reasoner and the draft (the shipped models: eager; sdpa "
                         "is 1.3x faster per step but moves a reasoner on the steep part of its curve)")
     parser.add_argument("--judge-attention", choices=["eager", "sdpa"], default="sdpa",
-                        help="attention while training the checker and the PRM (the shipped models: sdpa; they "
-                        "are trained well past the policy, so the kernel's float-level changes do not move them)")
+                        help="attention while training the checker and the PRM (the shipped models: sdpa; the "
+                        "model card compares them with the eager-trained pair)")
     parser.add_argument("--totals-fraction", type=float, default=0.0,
                         help="share of the training problems that are totals questions (ttc.bench.totals), each "
                         "with its own grouping of the sum; the shipped models: 0")

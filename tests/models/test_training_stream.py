@@ -71,6 +71,9 @@ def test_judge_attention_reaches_the_checker_and_not_the_policy(script: ModuleTy
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
+    import torch
+
+    threads = str(torch.get_num_threads())  # main sets torch's thread count for the whole process
     real_accuracy = script.greedy_accuracy
     monkeypatch.setattr(script, "greedy_accuracy", lambda model, problems: real_accuracy(model, problems[:2]))
     trained: dict[str, str] = {}
@@ -82,11 +85,11 @@ def test_judge_attention_reaches_the_checker_and_not_the_policy(script: ModuleTy
 
     monkeypatch.setattr(script, "train_lm", recording)
     script.main(["--stage", "checker", "--judge-attention", "sdpa", "--checker-steps", "2", "--out", str(tmp_path),
-                 "--log", str(tmp_path / "log.jsonl"), "--threads", "1"])
+                 "--log", str(tmp_path / "log.jsonl"), "--threads", threads])
     assert trained == {"checker": "sdpa"}
     assert json.loads((tmp_path / "checker" / "train_log.json").read_text())["attention"] == "sdpa"
     assert (tmp_path / "checker" / "prm.json").is_file()
-    # the policy models keep eager attention unless asked, so the shipped reasoner and draft reproduce
+    # the policy models keep eager attention unless asked, as the shipped reasoner and draft were trained
     script.main(["--stage", "draft", "--draft-steps", "1", "--out", str(tmp_path), "--log",
-                 str(tmp_path / "log.jsonl"), "--threads", "1"])
+                 str(tmp_path / "log.jsonl"), "--threads", threads])
     assert trained["draft"] == "eager"
