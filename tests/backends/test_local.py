@@ -402,6 +402,42 @@ async def test_embed_is_the_last_tokens_final_hidden_state_cached_or_not(mini_re
 
 
 @pytest.mark.anyio
+async def test_embed_runs_held_nodes_in_one_forward_and_prefills_the_rest(mini_reference: object) -> None:
+    import torch
+
+    from ttc.models import mini_prompt
+
+    reference: Any = mini_reference
+    async with LocalBackend.from_pretrained(MINI_REASONER, threads=1) as backend:
+        prompt = await backend.tokenize(mini_prompt("Ann has 12 pens. She buys 7 more."), add_special_tokens=True)
+        [done] = await backend.complete(prompt, 1, Sampling(max_tokens=12, temperature=0.0))
+        node = prompt + list(done.token_ids)  # held: every token but the last, which was never fed back, is cached
+        inner = node[:-4]  # wholly cached, inside the held path
+        cold = prompt + await backend.tokenize("12 - 7 = 5\n")
+        model = backend.engine.model
+        forwards = []
+        original = model.hidden_states
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            forwards.append(args[0].shape)
+            return original(*args, **kwargs)
+
+        model.hidden_states = counted  # type: ignore[method-assign]
+        rows = await backend.embed([node, inner, node])
+        assert [tuple(shape) for shape in forwards] == [(2, 1)]  # the two distinct sequences, one forward
+        forwards.clear()
+        mixed = await backend.embed([cold, node, inner])
+        assert [tuple(shape) for shape in forwards] == [(1, len(cold) - len(prompt)), (2, 1)]
+        backend.engine.tree.check()
+        await backend.release(node)
+    assert rows[0] == rows[2]
+    with torch.no_grad():
+        for ids, row in ((node, rows[0]), (inner, rows[1]), (cold, mixed[0]), (node, mixed[1]), (inner, mixed[2])):
+            expected = reference.model(torch.tensor([ids])).last_hidden_state[0, -1]
+            assert torch.tensor(row) == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.anyio
 async def test_embed_rejects_bad_sequences(backend: LocalBackend) -> None:
     with pytest.raises(ConfigError, match="at least one token"):
         await backend.embed([[]])

@@ -26,7 +26,7 @@ from ttc.backends.base import BackendStats
 from ttc.engine.detokenizer import IncrementalDetokenizer
 from ttc.engine.kv_tree import KVBlock, KVTree, ScoredPosition
 from ttc.engine.loading import LoadedModel
-from ttc.engine.plans import DecodePlan, ExtendPlan
+from ttc.engine.plans import DecodePlan, ExtendPlan, LastTokenPlan
 from ttc.engine.sampler import RowSettings, branch_seed, make_generator, sample
 from ttc.errors import ConfigError
 from ttc.types import Completion, FinishReason, PromptLogprobs, Sampling
@@ -173,16 +173,61 @@ class Engine:
     # ------------------------------------------------------------------ requests
     def start(self, request: GenerationRequest) -> None:
         """Prefill ``request``'s prompt and fork its branches (some may finish at once)."""
-        prompt = request.prompt
-        end, matched = self.tree.lookup(prompt)
-        start = min(matched, len(prompt) - 1)
-        end, hidden = self._extend(prompt, end, matched, start)
-        logits = self.model.logits(hidden[-1:])
-        running = _Running(request, cached=start)
+        errors: list[Exception] = []
+        self.start_all([request], lambda _, error: errors.append(error))
+        if errors:
+            raise errors[0]
+
+    def start_all(self, requests: Sequence[GenerationRequest],
+                  on_error: Callable[[GenerationRequest, Exception], None]) -> None:
+        """Prefill and fork ``requests``, in order; a request that cannot start goes to ``on_error`` instead.
+
+        A search extends what it holds, so most prompts are cached but for their last token (the last one a
+        finished branch sampled is never fed back): those run together in one forward, as a decode step would.
+        Prompts with more to compute are prefilled one by one, first, so the batched lookups see their blocks.
+        """
+        ready: dict[int, tuple[KVBlock, Tensor, int]] = {}  # request index -> (prompt's block, logits, cached)
+        light: list[int] = []
+        for index, request in enumerate(requests):
+            prompt = request.prompt
+            try:
+                end, matched = self.tree.lookup(prompt)
+                if self.share and matched >= len(prompt) - 1:
+                    light.append(index)
+                    continue
+                end, hidden = self._extend(prompt, end, matched, matched)
+                ready[index] = (end, self.model.logits(hidden[-1:]), matched)
+            except Exception as exc:
+                on_error(request, exc)
+        if light:
+            prompts = list(dict.fromkeys(requests[index].prompt for index in light))
+            try:
+                ends, hidden = self._last_tokens(prompts)
+                logits = self.model.logits(hidden)
+            except Exception as exc:
+                for index in light:
+                    on_error(requests[index], exc)
+            else:
+                row = {prompt: k for k, prompt in enumerate(prompts)}
+                for index in light:
+                    k = row[requests[index].prompt]
+                    ready[index] = (ends[k], logits[k : k + 1], len(requests[index].prompt) - 1)
+        for index, request in enumerate(requests):
+            if index in ready:
+                try:
+                    self._launch(request, *ready[index])
+                except Exception as exc:
+                    on_error(request, exc)
+        self.tree.trim()  # the prompts are held now; older cache (or, unshared, a prompt itself) may go
+        self._deliver_finished()
+
+    def _launch(self, request: GenerationRequest, end: KVBlock, logits: Tensor, cached: int) -> None:
+        """Fork ``request``'s branches under its prompt's block ``end`` and sample their first tokens."""
+        running = _Running(request, cached=cached)
         with self._stats_lock:
             self.counters.calls += 1
-            self.counters.prompt_tokens += len(prompt)
-            self.counters.cached_prompt_tokens += start
+            self.counters.prompt_tokens += len(request.prompt)
+            self.counters.cached_prompt_tokens += cached
         seed = request.sampling.seed if request.sampling.seed is not None else self._rng.getrandbits(63)
         for index in range(request.n):
             running.branches.append(self._fork(running, index, end, seed))
@@ -190,8 +235,6 @@ class Engine:
         self._running.append(running)
         for branch, token, logprob in zip(running.branches, tokens, logprobs, strict=True):
             self._accept(branch, token, logprob)
-        self.tree.trim()  # the prompt is held now; older cache (or, unshared, the prompt itself) may go
-        self._deliver_finished()
 
     def _fork(self, running: _Running, index: int, end: KVBlock, seed: int) -> _Branch:
         sampling = running.request.sampling
@@ -335,17 +378,45 @@ class Engine:
         """The final hidden state at each sequence's last token, one row per sequence.
 
         It is what the model has made of the whole sequence, and so of a search-tree step in its context: ETS
-        clusters these to tell redundant steps from different ones. Cached prefixes are read, not recomputed,
-        so embedding a node the search still holds costs one token's forward pass.
+        clusters these to tell redundant steps from different ones. Cached prefixes are read, not recomputed:
+        the sequences whose tokens before the last are all cached (a frontier the search holds) run their last
+        tokens together in one forward, the others are prefilled one by one.
         """
-        rows: list[list[float]] = []
-        for sequence in sequences:
-            tokens = tuple(sequence)
+        wanted = [tuple(sequence) for sequence in sequences]
+        found: dict[tuple[int, ...], list[float]] = {}
+        distinct = list(dict.fromkeys(wanted))
+        # Prefills first: the blocks they add are then visible to the lookups of the batched rows.
+        for tokens in distinct:
             end, matched = self.tree.lookup(tokens)
-            _, hidden = self._extend(tokens, end, matched, min(matched, len(tokens) - 1))
-            rows.append(hidden[-1].float().tolist())
+            if matched < len(tokens) - 1:
+                _, hidden = self._extend(tokens, end, matched, matched)
+                found[tokens] = hidden[-1].float().tolist()
+        rest = [tokens for tokens in distinct if tokens not in found]
+        if rest:
+            _, hidden = self._last_tokens(rest)
+            found.update(zip(rest, hidden.float().tolist(), strict=True))
         self.tree.trim()
-        return rows
+        return [found[tokens] for tokens in wanted]
+
+    def _last_tokens(self, batch: Sequence[tuple[int, ...]]) -> tuple[list[KVBlock], Tensor]:
+        """One forward over the last tokens of distinct sequences whose other tokens are all cached: the block
+        ending each sequence, and the final hidden states [B, hidden]. A last token the tree lacks is kept as a
+        one-token block, as a prefill keeps its tokens."""
+        looked = [self.tree.lookup(tokens) for tokens in batch]
+        layers, two, heads, dim = self.tree.shape
+        scratch = torch.empty(layers, two, len(batch), heads, dim, device=self.model.device, dtype=self.model.dtype)
+        prefixes = [self._prefix_views(end, len(tokens) - 1) for tokens, (end, _) in zip(batch, looked, strict=True)]
+        device = self.model.device
+        ids = torch.tensor([[tokens[-1]] for tokens in batch], device=device)
+        positions = [len(tokens) - 1 for tokens in batch]
+        hidden = self.model.hidden_states(ids, torch.tensor(positions, device=device)[:, None], max(positions),
+                                          LastTokenPlan(prefixes, scratch))
+        ends = []
+        for row, (tokens, (end, matched)) in enumerate(zip(batch, looked, strict=True)):
+            if matched < len(tokens):
+                end = self.tree.add(end, tokens[-1:], scratch[:, :, row : row + 1])
+            ends.append(end)
+        return ends, hidden[:, 0]
 
     # ------------------------------------------------------------------ scoring
     def score(self, prompt: Sequence[int], top_k: int) -> PromptLogprobs:

@@ -1,10 +1,13 @@
 """Attention plans: how one forward's new KV is stored and which tree blocks each query row attends over.
 
-Two shapes of forward exist. *Extend* runs one sequence's new tokens (a prompt suffix, or tokens to score) over
+Three shapes of forward exist. *Extend* runs one sequence's new tokens (a prompt suffix, or tokens to score) over
 a cached prefix: the prefix blocks are read-only segments and the fresh KV, kept in a scratch buffer, is the
 causal segment. *Decode* runs one new token for every active branch: each token's KV is written into its
 branch's open block, and the segments are the distinct blocks on all branches' paths, each listing the rows
-that read it, so a prefix shared by 32 branches is one segment with 32 queries.
+that read it, so a prefix shared by 32 branches is one segment with 32 queries. *Last token* runs the final
+token of many sequences whose earlier tokens are cached, one row each, to read their final hidden states
+(embedding search-tree nodes): prefix blocks are shared segments as in decode, and each row's own KV goes to a
+scratch buffer, since no branch is decoding into those sequences.
 """
 
 from __future__ import annotations
@@ -69,4 +72,32 @@ class DecodePlan:
         ]
 
 
-__all__ = ["DecodePlan", "ExtendPlan"]
+class LastTokenPlan:
+    """Row ``i`` is the last token of a sequence whose first tokens ``prefixes[i]`` (block, tokens used) covers.
+
+    ``scratch`` is [layers, 2, B, H_kv, D]; after the forward, ``scratch[:, :, i]`` holds row ``i``'s KV. A
+    block read to different depths by different rows is one segment per depth.
+    """
+
+    def __init__(self, prefixes: Sequence[Sequence[tuple[KVBlock, int]]], scratch: Tensor) -> None:
+        self.scratch = scratch
+        groups: dict[tuple[int, int], tuple[KVBlock, int, list[int]]] = {}
+        for row, prefix in enumerate(prefixes):
+            for block, used in prefix:
+                if used > 0:
+                    groups.setdefault((block.id, used), (block, used, []))[2].append(row)
+        self.groups = [(block, used, torch.tensor(rows, dtype=torch.int64)) for block, used, rows in groups.values()]
+        self.own = [torch.tensor([row], dtype=torch.int64) for row in range(len(prefixes))]
+
+    def segments_for(self, layer: int, keys: Tensor, values: Tensor) -> list[Segment]:
+        own = self.scratch[layer]
+        own[0].copy_(keys[:, 0])
+        own[1].copy_(values[:, 0])
+        segments = [Segment(block.keys(layer, used), block.values(layer, used), rows)
+                    for block, used, rows in self.groups]
+        segments += [Segment(own[0, row : row + 1], own[1, row : row + 1], rows, causal=True)
+                     for row, rows in enumerate(self.own)]
+        return segments
+
+
+__all__ = ["DecodePlan", "ExtendPlan", "LastTokenPlan"]

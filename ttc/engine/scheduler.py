@@ -100,19 +100,24 @@ class Scheduler:
                 item.reply(result)
 
     def _admit(self) -> None:
-        """Prefill waiting requests while the batch has room (an oversized request runs alone)."""
+        """Prefill waiting requests, together, while the batch has room (an oversized request runs alone)."""
+        admitted: list[GenerationRequest] = []
+        active = self.engine.active_branches
         while self._waiting:
             request = self._waiting[0]
-            active = self.engine.active_branches
             if active and active + request.n > self.max_batch:
-                return
+                break
             self._waiting.popleft()
             if request.cancelled:
                 continue
-            try:
-                self.engine.start(request)
-            except Exception as exc:
-                request.reply(_as_backend_error(exc))
+            admitted.append(request)
+            active += request.n
+        if not admitted:
+            return
+        try:
+            self.engine.start_all(admitted, lambda request, error: request.reply(_as_backend_error(error)))
+        except Exception as exc:  # past the requests' own failures: the engine's state is in doubt
+            self.engine.fail_all(_as_backend_error(exc))
 
     def _step(self) -> None:
         try:

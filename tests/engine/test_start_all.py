@@ -1,0 +1,62 @@
+"""Starting many requests at once: prompts a search holds share one forward, and decode as if started alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ttc.engine.engine import Engine, GenerationRequest
+from ttc.engine.loading import load_model
+from ttc.types import Completion, Sampling
+
+
+def _engine(path: Path) -> Engine:
+    return Engine(load_model(path, device="cpu", dtype=torch.float32), seed=0)
+
+
+def _run(engine: Engine, prompts: list[tuple[int, ...]], sampling: Sampling, n: int = 1) -> list[list[Completion]]:
+    """Start ``prompts`` together and decode them to the end, on this thread (no scheduler)."""
+    results: dict[int, Any] = {}
+    requests = [GenerationRequest(prompt, n, sampling, reply=lambda result, i=i: results.__setitem__(i, result))
+                for i, prompt in enumerate(prompts)]
+    engine.start_all(requests, lambda request, error: results.__setitem__(requests.index(request), error))
+    while engine.active_branches:
+        engine.step()
+    errors = [r for r in results.values() if isinstance(r, Exception)]
+    assert not errors, errors
+    return [results[i] for i in range(len(prompts))]
+
+
+def _count_forwards(engine: Engine) -> list[tuple[int, ...]]:
+    """Record the [B, T] shape of every forward the engine runs from now on."""
+    shapes: list[tuple[int, ...]] = []
+    original = engine.model.hidden_states
+
+    def counted(tokens: torch.Tensor, *args: Any) -> torch.Tensor:
+        shapes.append(tuple(tokens.shape))
+        return original(tokens, *args)
+
+    engine.model.hidden_states = counted  # type: ignore[method-assign]
+    return shapes
+
+
+def test_held_prompts_start_in_one_forward_and_decode_as_if_alone(checkpoint: Path) -> None:
+    engine = _engine(checkpoint)
+    prompt = (1, 5, 9, 13, 17, 21)
+    [branches] = _run(engine, [prompt], Sampling(max_tokens=6, temperature=1.0, seed=3), n=4)
+    nodes = list(dict.fromkeys(prompt + c.token_ids for c in branches))  # held: all but each last token cached
+    assert len(nodes) > 1
+    cold = (2, 4, 6, 8, 10, 12, 14)
+    greedy = Sampling(max_tokens=5, temperature=0.0)
+    forwards = _count_forwards(engine)
+    together = _run(engine, [*nodes, nodes[0], cold], greedy)
+    # The cold prompt is prefilled first, on its own; then the distinct held prompts run their last tokens.
+    assert forwards[:2] == [(1, len(cold)), (len(nodes), 1)]
+    engine.tree.check()
+    for prompt_ids, [completion] in zip([*nodes, nodes[0], cold], together, strict=True):
+        [[alone]] = _run(_engine(checkpoint), [prompt_ids], greedy)  # a fresh engine prefills the whole prompt
+        assert completion.token_ids == alone.token_ids
+        assert completion.prompt_tokens == len(prompt_ids)
+    assert [c.cached_prompt_tokens for [c] in together] == [len(n) - 1 for n in nodes] + [len(nodes[0]) - 1, 0]
