@@ -12,6 +12,7 @@ against best-of-N on levels 6 to 8.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -117,8 +118,9 @@ async def main(args: argparse.Namespace) -> None:
     print(format_table(["strategy", "budget", "acc", "acc L6-8", "mean tokens", "median peak KV", "wall s"],
                        [[c.strategy, c.budget, c.accuracy(), c.accuracy(hard), sum(c.tokens) / len(c.tokens),
                          median(c.peak_kv), c.wall_s] for c in cells]))
-    plot(cells, args.plot)
-    print(f"plot: {args.plot}")
+    if not args.no_plot:
+        plot(cells, args.plot)
+        print(f"plot: {args.plot}")
     top = max(args.budgets)
     by = {c.strategy: c for c in cells if c.budget == top}
     ets, rebase, bon = by["ets"], by["rebase"], by["best_of_n"]
@@ -146,7 +148,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", type=Path, default=Path("benchmarks/results/tree_search.png"))
-    return p.parse_args()
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG (it needs the plot extra: matplotlib)")
+    args = p.parse_args()
+    # Checked before the run, which takes many minutes, rather than when the figure is drawn at its end.
+    if not args.no_plot and importlib.util.find_spec("matplotlib") is None:
+        p.error("the plot needs matplotlib: pip install -e '.[plot]', or pass --no-plot")
+    return args
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ labelled exactly by ``ttc.bench.synthetic.label_steps``, so it learns the reason
 Every run is a pure function of ``--seed`` on a given machine and torch build: data come from ``TRAIN_SEEDS``
 through ``random.Random(seed)``, weights from ``torch.manual_seed``; training runs a fixed number of steps (never
 "until time is up"), on two threads. Another CPU can round differently; the draft came out bit for bit the same on
-a second machine, the 1600-step reasoner did not (the README's model card has both). Each model folder gets a
+a second machine, the 1600-step reasoner did not (docs/mini_models.md has both). Each model folder gets a
 ``train_log.json`` with the settings, wall time and final numbers.
 """
 
@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ttc.bench.synthetic import (
     ANSWER_PREFIX,
     EVAL_SEEDS,
+    LEVELS,
     TRAIN_SEEDS,
     SyntheticProblem,
     check_answer,
@@ -171,15 +172,24 @@ def training_problems(chunk: int, size: int, max_level: int = 8, totals_fraction
     ``totals_fraction`` of it totals questions (``ttc.bench.totals``) in place of word problems. Each totals
     question comes with its own grouping of the sum, so the stream shows many right chains per kind of question.
     At 0 the stream is exactly that of the shipped models."""
-    seed = TRAIN_SEEDS.start + chunk
-    totals = round(size * totals_fraction)
-    levels = range(1, max_level + 1)
-    problems = generate(seed, size - size // 8 - totals, levels=levels)
-    if totals:
-        problems += generate_totals(TRAIN_SEEDS.start + TOTALS_SEED + chunk, totals, levels=levels)
-    for context in generate_stateful(TRAIN_SEEDS.start + 500_000 + chunk, size // 24 + 1, 3):
-        problems.extend(context.problems)
+    start = TRAIN_SEEDS.start + chunk
+    problems = problem_mix(start, start + 500_000, start + TOTALS_SEED, size, totals_fraction,
+                           range(1, max_level + 1))
     return problems[:size]
+
+
+def problem_mix(seed: int, stateful_seed: int, totals_seed: int, n: int, totals_fraction: float,
+                levels: Sequence[int] = LEVELS) -> list[SyntheticProblem]:
+    """About ``n`` problems: seven eighths word problems, ``totals_fraction`` of them replaced by totals
+    questions, then stateful (context) questions for the rest; each kind from its own seed, so the policy's and
+    the PRM's streams are built one way."""
+    totals = round(n * totals_fraction)
+    problems = generate(seed, n - n // 8 - totals, levels=levels)
+    if totals:
+        problems += generate_totals(totals_seed, totals, levels=levels)
+    for context in generate_stateful(stateful_seed, n // 24 + 1, 3):
+        problems.extend(context.problems)
+    return problems
 
 
 def curriculum(chunk: int) -> int:
@@ -559,15 +569,8 @@ def cached_samples(reasoner_dir: Path, cache_dir: Path, problems: Sequence[Synth
 
 def prm_problems(seed: int, stateful_seed: int, n: int, totals_seed: int = 0, totals_fraction: float = 0.0
                  ) -> list[SyntheticProblem]:
-    """About ``n`` training problems: seven eighths word problems, the rest stateful (context) questions, with
-    ``totals_fraction`` of them totals questions (from ``totals_seed``) in place of word problems."""
-    totals = round(n * totals_fraction)
-    problems = generate(seed, n - n // 8 - totals)
-    if totals:
-        problems += generate_totals(totals_seed, totals)
-    for context in generate_stateful(stateful_seed, n // 24 + 1, 3):
-        problems.extend(context.problems)
-    return problems
+    """The PRM's problems: :func:`problem_mix` over all eight levels, not cut to ``n``."""
+    return problem_mix(seed, stateful_seed, totals_seed, n, totals_fraction)
 
 
 def train_prm(schedule: Schedule, out: Path, seed: int, log_path: Path, n_problems: int, samples: int,
@@ -685,7 +688,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "is 1.3x faster per step but moves a reasoner on the steep part of its curve)")
     parser.add_argument("--judge-attention", choices=["eager", "sdpa"], default="sdpa",
                         help="attention while training the checker and the PRM (the shipped models: sdpa; the "
-                        "model card compares them with the eager-trained pair)")
+                        "docs/mini_models.md compares them with the eager-trained pair)")
     parser.add_argument("--totals-fraction", type=float, default=0.0,
                         help="share of the training problems that are totals questions (ttc.bench.totals), each "
                         "with its own grouping of the sum; the shipped models: 0")
