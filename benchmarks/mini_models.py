@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How much test-time compute buys with the bundled mini models, on held-out synthetic problems.
 
-    python3 benchmarks/mini_models.py            # 480 problems from EVAL_SEEDS, 16 samples each (~25 min, 2 cores)
+    python3 benchmarks/mini_models.py            # 480 problems from EVAL_SEEDS, 16 samples each (~11 min, 2 cores)
     python3 benchmarks/mini_models.py --n 160    # quicker, but a figure moves by several points with the draw
     python3 benchmarks/mini_models.py --policy checker --levels 5-8 --n 80   # a longer-trained policy's vote
     python3 benchmarks/mini_models.py --reasoner DIR --seed 1500000 --n 240  # a candidate reasoner, on the dev seed
@@ -48,6 +48,7 @@ from ttc.bench.synthetic import (
 )
 from ttc.bench.totals import generate_totals
 from ttc.models import mini_model_path, mini_prompt
+from ttc.strategies.base import TEMPERATURE, TOP_P
 from ttc.verifiers.metrics import auroc
 from ttc.verifiers.prm_presets import PRMPreset, get_preset
 
@@ -72,7 +73,8 @@ class Models:
 
 @torch.no_grad()
 def complete(models: Models, model: torch.nn.Module, prompts: Sequence[str], *, samples: int = 1,
-             temperature: float = 0.0, max_new_tokens: int = 170, rows: int = 128) -> list[list[str]]:
+             temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 170,
+             rows: int = 128) -> list[list[str]]:
     """``samples`` completions per prompt, greedy when ``temperature`` is 0; text only, cut at EOS."""
     tok = models.tokenizer
     out: list[list[str]] = [[] for _ in prompts]
@@ -81,7 +83,7 @@ def complete(models: Models, model: torch.nn.Module, prompts: Sequence[str], *, 
     for start in range(0, len(order), per_batch):
         chunk = order[start : start + per_batch]
         enc = tok([prompts[i] for i in chunk], return_tensors="pt", padding=True)
-        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature else {
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": top_p} if temperature else {
             "do_sample": False}
         gen = model.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=samples,
                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **sampling)
@@ -233,7 +235,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="the word problems of ttc.bench.synthetic (the shipped models' family), the totals "
                         "questions of ttc.bench.totals, or half of each (reported per family too)")
     parser.add_argument("--samples", type=int, default=16)
-    parser.add_argument("--temperature", type=float, default=0.8, help="the strategies' default")
+    parser.add_argument("--sampling-seed", type=int, default=None, help="reseed torch before sampling: other "
+                        "samples of the same problems (without it, the samples follow from --seed)")
+    parser.add_argument("--temperature", type=float, default=TEMPERATURE, help="the strategies' default")
+    parser.add_argument("--top-p", type=float, default=TOP_P, help="the strategies' default")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prm", type=Path, default=None, help="a candidate PRM folder instead of the shipped one "
                         "(same tokenizer and prm.json format)")
@@ -257,7 +262,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     timings["greedy"] = time.time() - started
 
     started = time.time()
-    sampled = complete(models, policy, prompts, samples=args.samples, temperature=args.temperature)
+    if args.sampling_seed is not None:
+        torch.manual_seed(args.sampling_seed)
+    sampled = complete(models, policy, prompts, samples=args.samples, temperature=args.temperature,
+                       top_p=args.top_p)
     timings["sampling"] = time.time() - started
 
     started = time.time()
@@ -343,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     levels = [*sorted({f"L{p.level}" for p in problems}), *(["words", "totals"] if args.family == "mix" else []), "all"]
     print(f"held-out problems: {len(problems)} (seed {args.seed}), {args.samples} samples at T={args.temperature} "
+          f"top_p={args.top_p} "
           f"from the {args.policy}")
     print(f"{'method':<16}" + "".join(f"{lv:>7}" for lv in levels))
     for key, by_level in rows.items():

@@ -29,6 +29,16 @@ DEFAULT_PROMPT_TEMPLATE = (
 )
 
 
+TEMPERATURE = 0.8
+"""The sampling strategies' default temperature."""
+
+TOP_P = 0.95
+"""The sampling strategies' default nucleus. Dropping the last 5% of probability mass removes tail tokens that
+derail a long chain and keeps the choices a model is really unsure of. With the bundled mini models it lifts best
+of 16 by the token PRM by 4 to 7.5 points and the vote by 1.4 to 2.5, on every draw measured; best of 16 by the checker
+stays within its draw-to-draw spread (docs/mini_models.md)."""
+
+
 class StrategyOptions(BaseModel):
     """Base of every strategy's options: immutable, and unknown fields rejected."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from ttc.budget import Meter
-from ttc.strategies.base import Context, Strategy, StrategyOptions, StrategyResult, register
+from ttc.strategies.base import TEMPERATURE, TOP_P, Context, Strategy, StrategyOptions, StrategyResult, register
 from ttc.strategies.sampling import Selection, choose, draw, mark_selected, record, resolve_selection, score
 from ttc.types import Problem
 
@@ -17,8 +17,8 @@ from ttc.types import Problem
 class BestOfNOptions(StrategyOptions):
     n: int = Field(8, ge=1, le=4096, description="samples to draw")
     max_tokens: int = Field(512, ge=1, description="generated tokens per sample at most")
-    temperature: float = Field(0.8, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    temperature: float = Field(TEMPERATURE, ge=0.0)
+    top_p: float = Field(TOP_P, gt=0.0, le=1.0)
     select: Selection = "auto"
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pydantic import Field
 
 from ttc.budget import Meter
-from ttc.strategies.base import Context, Strategy, StrategyOptions, StrategyResult, register
+from ttc.strategies.base import TEMPERATURE, TOP_P, Context, Strategy, StrategyOptions, StrategyResult, register
 from ttc.strategies.sampling import Selection, choose, draw, mark_selected, record, resolve_selection, score
 from ttc.types import Candidate, Problem
 
@@ -23,8 +23,8 @@ class SelfConsistencyOptions(StrategyOptions):
     min_samples: int = Field(4, ge=1)
     stop_share: float = Field(0.75, gt=0.0, le=1.0, description="leader's vote share that ends sampling")
     max_tokens: int = Field(512, ge=1)
-    temperature: float = Field(0.8, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    temperature: float = Field(TEMPERATURE, ge=0.0)
+    top_p: float = Field(TOP_P, gt=0.0, le=1.0)
     select: Selection = "auto"
 
 

@@ -31,7 +31,7 @@ from pydantic import Field
 
 from ttc.budget import Meter
 from ttc.errors import ConfigError, VerifierError
-from ttc.strategies.base import Context, Strategy, StrategyOptions, StrategyResult
+from ttc.strategies.base import TEMPERATURE, TOP_P, Context, Strategy, StrategyOptions, StrategyResult
 from ttc.strategies.sampling import choose, mark_selected
 from ttc.types import Candidate, Completion, Problem, Sampling
 from ttc.verifiers.answer import extract_answer
@@ -48,8 +48,8 @@ class TreeSearchOptions(StrategyOptions):
 
     max_depth: int = Field(24, ge=1, le=1024, description="steps per solution at most; a step at this depth ends it")
     max_step_tokens: int = Field(256, ge=1, description="generated tokens per step at most")
-    temperature: float = Field(0.8, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    temperature: float = Field(TEMPERATURE, ge=0.0)
+    top_p: float = Field(TOP_P, gt=0.0, le=1.0)
     # Unset: the verifier's own ``preferred_aggregate``, else "last", which suits PRMs trained to judge the whole
     # prefix at each step. A verifier that judges each step on its own (likelihood) prefers "min": it scores a
     # consistent sequel to a wrong step high, so a path is only as good as its weakest step.
