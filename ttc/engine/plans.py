@@ -5,9 +5,9 @@ a cached prefix: the prefix blocks are read-only segments and the fresh KV, kept
 causal segment. *Decode* runs one new token for every active branch: each token's KV is written into its
 branch's open block, and the segments are the distinct blocks on all branches' paths, each listing the rows
 that read it, so a prefix shared by 32 branches is one segment with 32 queries. *Last token* runs the final
-token of many sequences whose earlier tokens are cached, one row each, to read their final hidden states
-(embedding search-tree nodes): prefix blocks are shared segments as in decode, and each row's own KV goes to a
-scratch buffer, since no branch is decoding into those sequences.
+token of many sequences whose earlier tokens are cached, one row each (requests that extend what a search holds,
+and search-tree nodes to embed): prefix blocks are shared segments as in decode, and each row's own KV goes to a
+scratch buffer, from which the engine keeps it as a block where the tree lacks that token.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The worker thread that drives the engine and batches concurrent requests.
 
 Requests from any number of asyncio tasks (or event loops) land in an inbox. The worker drains it between decode
-steps: new generation requests are prefilled and join the running batch at the next step, so many concurrent
-``complete`` calls share one forward per token, which is what makes best-of-N and tree search fast. Scoring and
-release requests run between steps too. Heavy compute thus never blocks an event loop, and the engine's state is
-touched by this one thread only.
+steps: new generation requests are prefilled (those that extend held sequences in one forward together) and join
+the running batch at the next step, so many concurrent ``complete`` calls share one forward per token, which is
+what makes best-of-N and tree search fast. Scoring and release requests run between steps too. Heavy compute thus
+never blocks an event loop, and the engine's state is touched by this one thread only.
 """
 
 from __future__ import annotations
