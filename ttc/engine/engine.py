@@ -182,44 +182,58 @@ class Engine:
                   on_error: Callable[[GenerationRequest, Exception], None]) -> None:
         """Prefill and fork ``requests``, in order; a request that cannot start goes to ``on_error`` instead.
 
-        A search extends what it holds, so most prompts are cached but for their last token (the last one a
-        finished branch sampled is never fed back): those run together in one forward, as a decode step would.
-        Prompts with more to compute are prefilled one by one, first, so the batched lookups see their blocks.
+        Prompts are prefilled together as :meth:`_prefill` allows; a prompt repeated in the batch is computed
+        once, and its later requests count all but its last token as cached, as if started after the first.
         """
-        ready: dict[int, tuple[KVBlock, Tensor, int]] = {}  # request index -> (prompt's block, logits, cached)
-        light: list[int] = []
-        for index, request in enumerate(requests):
+        done, failed = self._prefill([request.prompt for request in requests])
+        seen: set[tuple[int, ...]] = set()
+        for request in requests:
             prompt = request.prompt
+            if prompt in failed:
+                on_error(request, failed[prompt])
+                continue
+            end, hidden, cached = done[prompt]
+            if prompt in seen:
+                cached = len(prompt) - 1
+            seen.add(prompt)
             try:
-                end, matched = self.tree.lookup(prompt)
-                if self.share and matched >= len(prompt) - 1:
-                    light.append(index)
-                    continue
-                end, hidden = self._extend(prompt, end, matched, matched)
-                ready[index] = (end, self.model.logits(hidden[-1:]), matched)
+                self._launch(request, end, self.model.logits(hidden[None]), cached)
             except Exception as exc:
                 on_error(request, exc)
-        if light:
-            prompts = list(dict.fromkeys(requests[index].prompt for index in light))
-            try:
-                ends, hidden = self._last_tokens(prompts)
-                logits = self.model.logits(hidden)
-            except Exception as exc:
-                for index in light:
-                    on_error(requests[index], exc)
-            else:
-                row = {prompt: k for k, prompt in enumerate(prompts)}
-                for index in light:
-                    k = row[requests[index].prompt]
-                    ready[index] = (ends[k], logits[k : k + 1], len(requests[index].prompt) - 1)
-        for index, request in enumerate(requests):
-            if index in ready:
-                try:
-                    self._launch(request, *ready[index])
-                except Exception as exc:
-                    on_error(request, exc)
         self.tree.trim()  # the prompts are held now; older cache (or, unshared, a prompt itself) may go
         self._deliver_finished()
+
+    def _prefill(self, sequences: Sequence[tuple[int, ...]]) -> tuple[
+            dict[tuple[int, ...], tuple[KVBlock, Tensor, int]], dict[tuple[int, ...], Exception]]:
+        """Compute what the tree lacks of each distinct sequence: the block ending it, the final hidden state at
+        its last token, and how many of its tokens were cached; and the sequences that failed, with their errors.
+
+        A search extends what it holds, and a held sequence is cached but for its last token (the last one a
+        finished branch sampled is never fed back): those run together in one forward, as a decode step would.
+        Sequences with more to compute are prefilled one by one, first, so the batched lookups see their blocks.
+        """
+        done: dict[tuple[int, ...], tuple[KVBlock, Tensor, int]] = {}
+        failed: dict[tuple[int, ...], Exception] = {}
+        light: list[tuple[int, ...]] = []
+        for tokens in dict.fromkeys(sequences):
+            try:
+                end, matched = self.tree.lookup(tokens)
+                if matched >= len(tokens) - 1:
+                    light.append(tokens)
+                    continue
+                end, hidden = self._extend(tokens, end, matched, matched)
+                done[tokens] = (end, hidden[-1], matched)
+            except Exception as exc:
+                failed[tokens] = exc
+        if light:
+            try:
+                ends, last = self._last_tokens(light)
+            except Exception as exc:
+                failed.update(dict.fromkeys(light, exc))
+            else:
+                for row, tokens in enumerate(light):
+                    done[tokens] = (ends[row], last[row], len(tokens) - 1)
+        return done, failed
 
     def _launch(self, request: GenerationRequest, end: KVBlock, logits: Tensor, cached: int) -> None:
         """Fork ``request``'s branches under its prompt's block ``end`` and sample their first tokens."""
@@ -378,25 +392,15 @@ class Engine:
         """The final hidden state at each sequence's last token, one row per sequence.
 
         It is what the model has made of the whole sequence, and so of a search-tree step in its context: ETS
-        clusters these to tell redundant steps from different ones. Cached prefixes are read, not recomputed:
-        the sequences whose tokens before the last are all cached (a frontier the search holds) run their last
-        tokens together in one forward, the others are prefilled one by one.
+        clusters these to tell redundant steps from different ones. Cached prefixes are read, not recomputed,
+        and a frontier the search holds runs its last tokens in one forward (:meth:`_prefill`).
         """
         wanted = [tuple(sequence) for sequence in sequences]
-        found: dict[tuple[int, ...], list[float]] = {}
-        distinct = list(dict.fromkeys(wanted))
-        # Prefills first: the blocks they add are then visible to the lookups of the batched rows.
-        for tokens in distinct:
-            end, matched = self.tree.lookup(tokens)
-            if matched < len(tokens) - 1:
-                _, hidden = self._extend(tokens, end, matched, matched)
-                found[tokens] = hidden[-1].float().tolist()
-        rest = [tokens for tokens in distinct if tokens not in found]
-        if rest:
-            _, hidden = self._last_tokens(rest)
-            found.update(zip(rest, hidden.float().tolist(), strict=True))
+        done, failed = self._prefill(wanted)
         self.tree.trim()
-        return [found[tokens] for tokens in wanted]
+        for error in failed.values():
+            raise error
+        return [done[tokens][1].float().tolist() for tokens in wanted]
 
     def _last_tokens(self, batch: Sequence[tuple[int, ...]]) -> tuple[list[KVBlock], Tensor]:
         """One forward over the last tokens of distinct sequences whose other tokens are all cached: the block
