@@ -32,7 +32,8 @@ from ttc.config import embedded_setup
 from ttc.engine.engine import Engine
 from ttc.types import Budget
 
-CALLS = ("start", "start_all", "step", "score", "embed")  # start_all and start: whichever the engine has
+# start_all and start, score_all and score: whichever the engine has
+CALLS = ("start", "start_all", "step", "score", "score_all", "embed")
 
 seconds: collections.Counter[str] = collections.Counter()
 counts: collections.Counter[str] = collections.Counter()
@@ -66,9 +67,10 @@ async def main(args: argparse.Namespace) -> None:
     finally:
         await session.aclose()
     wall = time.perf_counter() - started
-    # start calls start_all on engines that have both: count the outer call only.
-    if counts["start_all"] and counts["start"]:
-        del seconds["start"], counts["start"]
+    # start calls start_all (score, score_all) on engines that have both: count the inner, batched call only.
+    for single, batched in (("start", "start_all"), ("score", "score_all")):
+        if counts[batched] and counts[single]:
+            del seconds[single], counts[single]
     print(f"{args.strategy} at {args.budget} tokens, {len(problems)} problems: {wall:.1f} s")
     for name in (n for n in CALLS if counts[n]):
         print(f"  {name:<9} {seconds[name]:7.2f} s  {counts[name]:6d} calls")

@@ -121,7 +121,12 @@ class LocalBackend:
             raise ConfigError(f"top_k must be an int >= 0, got {top_k!r}")
         tokens = tuple(int(t) for t in prompt)
         self._engine.validate_prompt(tokens)
-        return cast(PromptLogprobs, await self._call(lambda engine: engine.score(tokens, top_k)))
+        from ttc.engine.engine import ScoreRequest
+
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._scheduler.submit(ScoreRequest(tokens, top_k, reply=_settle(loop, future)))
+        return cast(PromptLogprobs, await future)
 
     async def embed(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
         """Hidden-state embeddings of whole token sequences (see ``Engine.embed``); ETS's ``auto`` embedder."""

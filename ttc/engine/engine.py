@@ -18,6 +18,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar, cast
 
 import torch
 from torch import Tensor
@@ -26,7 +27,7 @@ from ttc.backends.base import BackendStats
 from ttc.engine.detokenizer import IncrementalDetokenizer
 from ttc.engine.kv_tree import KVBlock, KVTree, ScoredPosition
 from ttc.engine.loading import LoadedModel
-from ttc.engine.plans import DecodePlan, ExtendPlan, LastTokenPlan
+from ttc.engine.plans import DecodePlan, ExtendPlan
 from ttc.engine.sampler import RowSettings, branch_seed, make_generator, sample
 from ttc.errors import ConfigError
 from ttc.types import Completion, FinishReason, PromptLogprobs, Sampling
@@ -36,6 +37,10 @@ Reply = Callable[[object], None]
 
 _LOGIT_CHUNK_ELEMENTS = 1 << 24
 _BRANCH_CAPACITY = 128
+# A batched forward of ragged rows is padded to its longest row: rows join one while its padding stays below its
+# real tokens and its padded size below this many tokens (activations, scratch KV and scores stay small).
+_FORWARD_TOKENS = 4096
+_Row = TypeVar("_Row")
 
 
 @dataclass
@@ -45,6 +50,15 @@ class GenerationRequest:
     sampling: Sampling
     reply: Reply
     cancelled: bool = False
+
+
+@dataclass
+class ScoreRequest:
+    """Logprobs of every token of ``prompt``, each with the ``top_k`` most likely alternatives."""
+
+    prompt: tuple[int, ...]
+    top_k: int
+    reply: Reply
 
 
 @dataclass
@@ -155,20 +169,35 @@ class Engine:
         """(block, tokens used) along ``block``'s path, covering absolute positions [0, upto)."""
         return [(b, min(b.length, upto - b.start)) for b in block.path() if b.start < upto]
 
-    def _extend(self, tokens: Sequence[int], end: KVBlock, matched: int, start: int) -> tuple[KVBlock, Tensor]:
-        """Run ``tokens[start:]`` over the cached KV of ``tokens[:start]`` (the path to ``end`` covers
-        ``tokens[:matched]``); store KV for ``tokens[matched:]`` as a new block. Returns the block ending
-        ``tokens`` and the hidden states of ``tokens[start:]``."""
-        count = len(tokens) - start
+    def _run(self, rows: Sequence[tuple[tuple[int, ...], KVBlock, int]]) -> tuple[list[KVBlock], Tensor]:
+        """One forward over ``tokens[start:]`` of every (tokens, end, start) row, each over its cached
+        ``tokens[:start]`` on the path to ``end``; what the tree lacks of a row's tokens is kept as a new block.
+        Returns the block ending each row's tokens and the hidden states [B, T, hidden] of the rows' new tokens
+        (a shorter row is padded at its end).
+
+        Callers look every row up first: a lookup can split a block that another row's prefix reads. Before
+        keeping KV the tree is looked up again, row by row, so rows that share new tokens keep them once.
+        """
+        counts = [len(tokens) - start for tokens, _, start in rows]
+        width = max(counts)
         layers, two, heads, dim = self.tree.shape
-        scratch = torch.empty(layers, two, count, heads, dim, device=self.model.device, dtype=self.model.dtype)
-        plan = ExtendPlan(self._prefix_views(end, start), scratch)
-        ids = torch.tensor([list(tokens[start:])], device=self.model.device)
-        positions = torch.arange(start, len(tokens), device=self.model.device)[None, :]
-        hidden = self.model.hidden_states(ids, positions, len(tokens) - 1, plan)[0]
-        if matched < len(tokens):
-            end = self.tree.add(end, tokens[matched:], scratch[:, :, matched - start :])
-        return end, hidden
+        device = self.model.device
+        scratch = torch.empty(layers, two, len(rows), width, heads, dim, device=device, dtype=self.model.dtype)
+        plan = ExtendPlan([self._prefix_views(end, start) for _, end, start in rows], scratch)
+        padded = [(tokens, start, width - n) for (tokens, _, start), n in zip(rows, counts, strict=True)]
+        ids = torch.tensor([[*tokens[start:], *[tokens[-1]] * pad] for tokens, start, pad in padded], device=device)
+        positions = torch.tensor([[*range(start, len(tokens)), *[len(tokens) - 1] * pad]
+                                  for tokens, start, pad in padded], device=device)
+        hidden = self.model.hidden_states(ids, positions, max(len(tokens) for tokens, _, _ in rows) - 1, plan)
+        ends = []
+        for row, ((tokens, _, start), n) in enumerate(zip(rows, counts, strict=True)):
+            end, matched = self.tree.lookup(tokens)
+            if matched < len(tokens):
+                kv = scratch[:, :, row, matched - start : n]
+                # A batch's rows each get their own storage: a view would keep the whole padded scratch alive.
+                end = self.tree.add(end, tokens[matched:], kv.clone() if len(rows) > 1 else kv)
+            ends.append(end)
+        return ends, hidden
 
     # ------------------------------------------------------------------ requests
     def start(self, request: GenerationRequest) -> None:
@@ -221,8 +250,8 @@ class Engine:
                 if matched >= len(tokens) - 1:
                     light.append(tokens)
                     continue
-                end, hidden = self._extend(tokens, end, matched, matched)
-                done[tokens] = (end, hidden[-1], matched)
+                (end,), hidden = self._run([(tokens, end, matched)])
+                done[tokens] = (end, hidden[0, -1], matched)
             except Exception as exc:
                 failed[tokens] = exc
         if light:
@@ -407,38 +436,59 @@ class Engine:
         ending each sequence, and the final hidden states [B, hidden]. A last token the tree lacks is kept as a
         one-token block, as a prefill keeps its tokens."""
         looked = [self.tree.lookup(tokens) for tokens in batch]
-        layers, two, heads, dim = self.tree.shape
-        scratch = torch.empty(layers, two, len(batch), heads, dim, device=self.model.device, dtype=self.model.dtype)
-        prefixes = [self._prefix_views(end, len(tokens) - 1) for tokens, (end, _) in zip(batch, looked, strict=True)]
-        device = self.model.device
-        ids = torch.tensor([[tokens[-1]] for tokens in batch], device=device)
-        positions = [len(tokens) - 1 for tokens in batch]
-        hidden = self.model.hidden_states(ids, torch.tensor(positions, device=device)[:, None], max(positions),
-                                          LastTokenPlan(prefixes, scratch))
-        ends = []
-        for row, (tokens, (end, matched)) in enumerate(zip(batch, looked, strict=True)):
-            if matched < len(tokens):
-                end = self.tree.add(end, tokens[-1:], scratch[:, :, row : row + 1])
-            ends.append(end)
+        ends, hidden = self._run([(tokens, end, len(tokens) - 1)
+                                  for tokens, (end, _) in zip(batch, looked, strict=True)])
         return ends, hidden[:, 0]
 
     # ------------------------------------------------------------------ scoring
     def score(self, prompt: Sequence[int], top_k: int) -> PromptLogprobs:
         """Logprobs of every prompt token; positions whose distributions are cached are not recomputed."""
-        tokens = tuple(prompt)
-        end, matched = self.tree.lookup(tokens)
-        first = self._first_unscored(end, len(tokens), top_k)
+        results: list[object] = []
+        self.score_all([ScoreRequest(tuple(prompt), top_k, results.append)])
+        if isinstance(results[0], Exception):
+            raise results[0]
+        return cast(PromptLogprobs, results[0])
+
+    def score_all(self, requests: Sequence[ScoreRequest]) -> None:
+        """Score every request, replying to each with its logprobs or its error.
+
+        A search scores all its new nodes at once, each a cached path plus a new step: the positions without a
+        cached distribution run together, in as few forwards as their lengths allow (:func:`_padded_groups`).
+        """
+        keys = list(dict.fromkeys((request.prompt, request.top_k) for request in requests))
+        ends: dict[tuple[tuple[int, ...], int], KVBlock] = {}
+        failed: dict[tuple[tuple[int, ...], int], Exception] = {}
+        for key in keys:  # every lookup first: one can split a block another key's path reads
+            try:
+                ends[key] = self.tree.lookup(key[0])[0]
+            except Exception as exc:
+                failed[key] = exc
+        work = []  # (tokens, top_k, end, start): run tokens[start:], store the distributions after each
+        for (tokens, top_k), end in ends.items():
+            first = self._first_unscored(end, len(tokens), top_k)
+            if first < len(tokens):
+                work.append((tokens, top_k, end, first - 1))
         with self._stats_lock:
-            self.counters.calls += 1
+            self.counters.calls += len(requests)
             # Only positions whose distributions are computed now count: cached ones cost nothing.
-            self.counters.scored_tokens += max(0, len(tokens) - first)
-        if first < len(tokens):
-            start = first - 1
-            end, hidden = self._extend(tokens, end, matched, start)
-            self._store_scores(end, tokens, start, hidden[:-1], top_k)
-        result = self._read_scores(end, tokens, top_k)
-        self.tree.trim()
-        return result
+            self.counters.scored_tokens += sum(len(tokens) - start - 1 for tokens, _, _, start in work)
+        for group in _padded_groups(work, lambda row: len(row[0]) - row[3]):
+            try:
+                done, hidden = self._run([(tokens, end, start) for tokens, _, end, start in group])
+                for row, ((tokens, top_k, _, start), end) in enumerate(zip(group, done, strict=True)):
+                    self._store_scores(end, tokens, start, hidden[row, : len(tokens) - start - 1], top_k)
+                    ends[(tokens, top_k)] = end
+            except Exception as exc:
+                failed.update(dict.fromkeys(((tokens, top_k) for tokens, top_k, _, _ in group), exc))
+        results: dict[tuple[tuple[int, ...], int], object] = dict(failed)
+        for key in ends.keys() - failed.keys():
+            try:
+                results[key] = self._read_scores(ends[key], *key)
+            except Exception as exc:
+                results[key] = exc
+        self.tree.trim()  # before the replies: a caller sees the cache within its cap once it has its scores
+        for request in requests:
+            request.reply(results[(request.prompt, request.top_k)])
 
     def _first_unscored(self, end: KVBlock, length: int, top_k: int) -> int:
         """First position in [1, length) without a cached distribution of at least ``top_k`` entries."""
@@ -482,4 +532,20 @@ class Engine:
         return PromptLogprobs(token_ids=tuple(tokens), top=tuple(top))
 
 
-__all__ = ["Counters", "Engine", "GenerationRequest", "Reply"]
+def _padded_groups(rows: Sequence[_Row], count: Callable[[_Row], int]) -> list[list[_Row]]:
+    """Rows in forwards of similar lengths, longest first: a forward takes the next row while its padding stays
+    below its real tokens and its padded size within ``_FORWARD_TOKENS`` (a row longer than that runs alone)."""
+    groups: list[list[_Row]] = []
+    real = width = 0
+    for row in sorted(rows, key=count, reverse=True):
+        n = count(row)
+        size = (len(groups[-1]) + 1) * width if groups else 0
+        if not groups or size > 2 * (real + n) or size > _FORWARD_TOKENS:
+            groups.append([])
+            real, width = 0, n
+        groups[-1].append(row)
+        real += n
+    return groups
+
+
+__all__ = ["Counters", "Engine", "GenerationRequest", "Reply", "ScoreRequest"]

@@ -1,13 +1,12 @@
 """Attention plans: how one forward's new KV is stored and which tree blocks each query row attends over.
 
-Three shapes of forward exist. *Extend* runs one sequence's new tokens (a prompt suffix, or tokens to score) over
-a cached prefix: the prefix blocks are read-only segments and the fresh KV, kept in a scratch buffer, is the
-causal segment. *Decode* runs one new token for every active branch: each token's KV is written into its
-branch's open block, and the segments are the distinct blocks on all branches' paths, each listing the rows
-that read it, so a prefix shared by 32 branches is one segment with 32 queries. *Last token* runs the final
-token of many sequences whose earlier tokens are cached, one row each (requests that extend what a search holds,
-and search-tree nodes to embed): prefix blocks are shared segments as in decode, and each row's own KV goes to a
-scratch buffer, from which the engine keeps it as a block where the tree lacks that token.
+Two shapes of forward exist. *Extend* runs new tokens for one or more sequences, each over its own cached
+prefix: a prompt suffix to prefill, the last tokens of sequences a search holds (to start requests that extend
+them, or to embed search-tree nodes), tokens to score. Prefix blocks are read-only segments, one per block and
+depth however many rows read it, and each row's fresh KV, kept in a scratch buffer, is its causal segment; the
+engine keeps from the scratch what the tree lacks. *Decode* runs one new token for every active branch: each
+token's KV is written into its branch's open block, and the segments are the distinct blocks on all branches'
+paths, each listing the rows that read it, so a prefix shared by 32 branches is one segment with 32 queries.
 """
 
 from __future__ import annotations
@@ -22,25 +21,30 @@ from ttc.kernels import Segment
 
 
 class ExtendPlan:
-    """One sequence: ``prefix`` (block, tokens used) pairs, then the forward's own tokens in ``scratch``.
+    """Row ``i`` runs its new tokens over the cached positions ``prefixes[i]`` (block, tokens used) covers.
 
-    ``scratch`` is [layers, 2, T, H_kv, D]; after the forward it holds the new tokens' KV, ready to become
-    (part of) a tree block.
+    ``scratch`` is [layers, 2, B, T, H_kv, D]; after the forward, ``scratch[:, :, i, :n]`` holds the KV of row
+    ``i``'s first ``n`` tokens. A row with fewer than ``T`` tokens is padded at its end, where causal attention
+    keeps every real token from seeing the padding.
     """
 
-    def __init__(self, prefix: Sequence[tuple[KVBlock, int]], scratch: Tensor) -> None:
-        self.prefix = [(block, used) for block, used in prefix if used > 0]
+    def __init__(self, prefixes: Sequence[Sequence[tuple[KVBlock, int]]], scratch: Tensor) -> None:
         self.scratch = scratch
-        self._row = torch.zeros(1, dtype=torch.int64)
+        groups: dict[tuple[int, int], tuple[KVBlock, int, list[int]]] = {}
+        for row, prefix in enumerate(prefixes):
+            for block, used in prefix:
+                if used > 0:
+                    groups.setdefault((block.id, used), (block, used, []))[2].append(row)
+        self.groups = [(block, used, torch.tensor(rows, dtype=torch.int64)) for block, used, rows in groups.values()]
+        self.own = [torch.tensor([row], dtype=torch.int64) for row in range(len(prefixes))]
 
     def segments_for(self, layer: int, keys: Tensor, values: Tensor) -> list[Segment]:
         own = self.scratch[layer]
-        own[0].copy_(keys[0])
-        own[1].copy_(values[0])
-        segments = [
-            Segment(block.keys(layer, used), block.values(layer, used), self._row) for block, used in self.prefix
-        ]
-        segments.append(Segment(own[0], own[1], self._row, causal=True))
+        own[0].copy_(keys)
+        own[1].copy_(values)
+        segments = [Segment(block.keys(layer, used), block.values(layer, used), rows)
+                    for block, used, rows in self.groups]
+        segments += [Segment(own[0, row], own[1, row], rows, causal=True) for row, rows in enumerate(self.own)]
         return segments
 
 
@@ -72,32 +76,4 @@ class DecodePlan:
         ]
 
 
-class LastTokenPlan:
-    """Row ``i`` is the last token of a sequence whose first tokens ``prefixes[i]`` (block, tokens used) covers.
-
-    ``scratch`` is [layers, 2, B, H_kv, D]; after the forward, ``scratch[:, :, i]`` holds row ``i``'s KV. A
-    block read to different depths by different rows is one segment per depth.
-    """
-
-    def __init__(self, prefixes: Sequence[Sequence[tuple[KVBlock, int]]], scratch: Tensor) -> None:
-        self.scratch = scratch
-        groups: dict[tuple[int, int], tuple[KVBlock, int, list[int]]] = {}
-        for row, prefix in enumerate(prefixes):
-            for block, used in prefix:
-                if used > 0:
-                    groups.setdefault((block.id, used), (block, used, []))[2].append(row)
-        self.groups = [(block, used, torch.tensor(rows, dtype=torch.int64)) for block, used, rows in groups.values()]
-        self.own = [torch.tensor([row], dtype=torch.int64) for row in range(len(prefixes))]
-
-    def segments_for(self, layer: int, keys: Tensor, values: Tensor) -> list[Segment]:
-        own = self.scratch[layer]
-        own[0].copy_(keys[:, 0])
-        own[1].copy_(values[:, 0])
-        segments = [Segment(block.keys(layer, used), block.values(layer, used), rows)
-                    for block, used, rows in self.groups]
-        segments += [Segment(own[0, row : row + 1], own[1, row : row + 1], rows, causal=True)
-                     for row, rows in enumerate(self.own)]
-        return segments
-
-
-__all__ = ["DecodePlan", "ExtendPlan", "LastTokenPlan"]
+__all__ = ["DecodePlan", "ExtendPlan"]

@@ -3,7 +3,8 @@
 Requests from any number of asyncio tasks (or event loops) land in an inbox. The worker drains it between decode
 steps: new generation requests are prefilled (those that extend held sequences in one forward together) and join
 the running batch at the next step, so many concurrent ``complete`` calls share one forward per token, which is
-what makes best-of-N and tree search fast. Scoring and release requests run between steps too. Heavy compute thus
+what makes best-of-N and tree search fast. Scoring requests run between steps too, those that arrive together
+in as few forwards as their lengths allow, and so do releases. Heavy compute thus
 never blocks an event loop, and the engine's state is touched by this one thread only.
 """
 
@@ -16,13 +17,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ttc.engine.engine import Engine, GenerationRequest, Reply
+from ttc.engine.engine import Engine, GenerationRequest, Reply, ScoreRequest
 from ttc.errors import BackendError, TTCError
 
 
 @dataclass
 class _Call:
-    """A short job (score, release) run between steps; its result or exception goes to ``reply``."""
+    """A short job (release, embed) run between steps; its result or exception goes to ``reply``."""
 
     run: Callable[[Engine], object]
     reply: Reply
@@ -41,12 +42,12 @@ class Scheduler:
         self.max_batch = max_batch
         self.threads = threads
         self._wake = threading.Condition()
-        self._inbox: deque[GenerationRequest | _Call] = deque()
+        self._inbox: deque[GenerationRequest | ScoreRequest | _Call] = deque()
         self._waiting: deque[GenerationRequest] = deque()
         self._thread: threading.Thread | None = None
         self._closing = False
 
-    def submit(self, work: GenerationRequest | _Call) -> None:
+    def submit(self, work: GenerationRequest | ScoreRequest | _Call) -> None:
         with self._wake:
             if self._closing:
                 raise BackendError("the local engine is closed", kind="local")
@@ -87,17 +88,35 @@ class Scheduler:
     def _has_work(self) -> bool:
         return self.engine.active_branches > 0 or bool(self._waiting)
 
-    def _take(self, work: Sequence[GenerationRequest | _Call]) -> None:
+    def _take(self, work: Sequence[GenerationRequest | ScoreRequest | _Call]) -> None:
+        """Queue generation requests; run the rest in arrival order, consecutive scoring requests together."""
+        scores: list[ScoreRequest] = []
         for item in work:
             if isinstance(item, GenerationRequest):
                 self._waiting.append(item)
-                continue
-            try:
-                result = item.run(self.engine)
-            except Exception as exc:
-                item.reply(exc)
+            elif isinstance(item, ScoreRequest):
+                scores.append(item)
             else:
-                item.reply(result)
+                self._score(scores)
+                scores = []
+                try:
+                    result = item.run(self.engine)
+                except Exception as exc:
+                    item.reply(exc)
+                else:
+                    item.reply(result)
+        self._score(scores)
+
+    def _score(self, requests: Sequence[ScoreRequest]) -> None:
+        if not requests:
+            return
+        try:
+            self.engine.score_all(requests)
+        except Exception as exc:  # past the requests' own failures: the engine's state is in doubt
+            error = _as_backend_error(exc)
+            for request in requests:
+                request.reply(error)
+            self.engine.fail_all(error)
 
     def _admit(self) -> None:
         """Prefill waiting requests, together, while the batch has room (an oversized request runs alone)."""
