@@ -52,7 +52,7 @@ def test_new_nodes_score_in_one_forward_as_transformers_scores_them(checkpoint: 
     question = tuple(range(3, 40))
     engine.score(question, 3)  # the parent path, scored and cached as a search's is
     # Siblings of different lengths; two share new tokens the tree lacks (4, 5, 6); one repeats.
-    nodes = [question + (4, 5, 6, 7), question + (4, 5, 6, 9, 10, 11), question + (12,), question + (4, 5, 6, 7)]
+    nodes = [(*question, 4, 5, 6, 7), (*question, 4, 5, 6, 9, 10, 11), (*question, 12), (*question, 4, 5, 6, 7)]
     forwards = _count_forwards(engine)
     together = _score_all(engine, nodes, 3)
     # One forward, from each node's last cached token (its distribution predicts the first new one); the
