@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from ttc.backends.local import LocalBackend
 from ttc.engine.engine import Engine, ScoreRequest
 from ttc.engine.loading import load_model
 from ttc.types import PromptLogprobs
+
+CountForwards = Callable[[Engine], list[tuple[int, ...]]]
 
 
 def _engine(path: Path) -> Engine:
@@ -34,26 +37,15 @@ def _score_all(engine: Engine, prompts: list[tuple[int, ...]], top_k: int) -> li
     return [results[i] for i in range(len(prompts))]
 
 
-def _count_forwards(engine: Engine) -> list[tuple[int, ...]]:
-    """Record the [B, T] shape of every forward the engine runs from now on."""
-    shapes: list[tuple[int, ...]] = []
-    original = engine.model.hidden_states
-
-    def counted(tokens: torch.Tensor, *args: Any) -> torch.Tensor:
-        shapes.append(tuple(tokens.shape))
-        return original(tokens, *args)
-
-    engine.model.hidden_states = counted  # type: ignore[method-assign]
-    return shapes
-
-
-def test_new_nodes_score_in_one_forward_as_transformers_scores_them(checkpoint: Path) -> None:
+def test_new_nodes_score_in_one_forward_as_transformers_scores_them(
+    checkpoint: Path, count_forwards: CountForwards,
+) -> None:
     engine = _engine(checkpoint)
     question = tuple(range(3, 40))
     engine.score(question, 3)  # the parent path, scored and cached as a search's is
     # Siblings of different lengths; two share new tokens the tree lacks (4, 5, 6); one repeats.
     nodes = [(*question, 4, 5, 6, 7), (*question, 4, 5, 6, 9, 10, 11), (*question, 12), (*question, 4, 5, 6, 7)]
-    forwards = _count_forwards(engine)
+    forwards = count_forwards(engine)
     together = _score_all(engine, nodes, 3)
     # One forward, from each node's last cached token (its distribution predicts the first new one); the
     # repeated node runs once, the shorter rows are padded to the longest.
@@ -76,11 +68,13 @@ def test_new_nodes_score_in_one_forward_as_transformers_scores_them(checkpoint: 
     assert len(forwards) == 1
 
 
-def test_rows_of_very_different_lengths_run_in_separate_forwards(checkpoint: Path) -> None:
+def test_rows_of_very_different_lengths_run_in_separate_forwards(
+    checkpoint: Path, count_forwards: CountForwards,
+) -> None:
     engine = _engine(checkpoint)
     long = tuple(range(3, 60))
     short = [(3, 60 + i, 61 + i) for i in range(5)]
-    forwards = _count_forwards(engine)
+    forwards = count_forwards(engine)
     results = _score_all(engine, [*short, long], 0)
     # A forward takes rows, longest first, while its padding stays below its real tokens: the long prompt
     # takes one short one (54 padded positions for 60 real ones), the other four run together.
@@ -92,11 +86,13 @@ def test_rows_of_very_different_lengths_run_in_separate_forwards(checkpoint: Pat
 
 
 @pytest.mark.anyio
-async def test_concurrent_scoring_calls_share_forwards(checkpoint: Path) -> None:
+async def test_concurrent_scoring_calls_share_forwards(
+    checkpoint: Path, count_forwards: CountForwards,
+) -> None:
     async with LocalBackend.from_pretrained(checkpoint, threads=1) as backend:
         question = list(range(3, 30))
         await backend.prompt_logprobs(question, top_k=2)
-        forwards = _count_forwards(backend.engine)
+        forwards = count_forwards(backend.engine)
         nodes = [[*question, 40 + i, 41 + i, 42 + i] for i in range(8)]
         together = await asyncio.gather(*(backend.prompt_logprobs(node, top_k=2) for node in nodes))
         assert len(forwards) < len(nodes)  # calls that land together are scored together

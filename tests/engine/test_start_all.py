@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import torch
 from ttc.engine.engine import Engine, GenerationRequest
 from ttc.engine.loading import load_model
 from ttc.types import Completion, Sampling
+
+CountForwards = Callable[[Engine], list[tuple[int, ...]]]
 
 
 def _engine(path: Path) -> Engine:
@@ -29,20 +32,9 @@ def _run(engine: Engine, prompts: list[tuple[int, ...]], sampling: Sampling, n: 
     return [results[i] for i in range(len(prompts))]
 
 
-def _count_forwards(engine: Engine) -> list[tuple[int, ...]]:
-    """Record the [B, T] shape of every forward the engine runs from now on."""
-    shapes: list[tuple[int, ...]] = []
-    original = engine.model.hidden_states
-
-    def counted(tokens: torch.Tensor, *args: Any) -> torch.Tensor:
-        shapes.append(tuple(tokens.shape))
-        return original(tokens, *args)
-
-    engine.model.hidden_states = counted  # type: ignore[method-assign]
-    return shapes
-
-
-def test_held_prompts_start_in_one_forward_and_decode_as_if_alone(checkpoint: Path) -> None:
+def test_held_prompts_start_in_one_forward_and_decode_as_if_alone(
+    checkpoint: Path, count_forwards: CountForwards,
+) -> None:
     engine = _engine(checkpoint)
     prompt = (1, 5, 9, 13, 17, 21)
     [branches] = _run(engine, [prompt], Sampling(max_tokens=6, temperature=1.0, seed=3), n=4)
@@ -50,7 +42,7 @@ def test_held_prompts_start_in_one_forward_and_decode_as_if_alone(checkpoint: Pa
     assert len(nodes) > 1
     cold = (2, 4, 6, 8, 10, 12, 14)
     greedy = Sampling(max_tokens=5, temperature=0.0)
-    forwards = _count_forwards(engine)
+    forwards = count_forwards(engine)
     together = _run(engine, [*nodes, nodes[0], cold], greedy)
     # The cold prompt is prefilled first, on its own; then the distinct held prompts run their last tokens.
     assert forwards[:2] == [(1, len(cold)), (len(nodes), 1)]
