@@ -123,10 +123,9 @@ class LocalBackend:
         self._engine.validate_prompt(tokens)
         from ttc.engine.engine import ScoreRequest
 
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._scheduler.submit(ScoreRequest(tokens, top_k, reply=_settle(loop, future)))
-        return cast(PromptLogprobs, await future)
+        # A request of its own, not a call: the scheduler scores requests that arrive together in one batch.
+        scored = await self._send(lambda reply: self._scheduler.submit(ScoreRequest(tokens, top_k, reply)))
+        return cast(PromptLogprobs, scored)
 
     async def embed(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
         """Hidden-state embeddings of whole token sequences (see ``Engine.embed``); ETS's ``auto`` embedder."""
@@ -154,9 +153,13 @@ class LocalBackend:
         await self.aclose()
 
     async def _call(self, run: Callable[[Engine], object]) -> object:
+        return await self._send(lambda reply: self._scheduler.call(run, reply))
+
+    async def _send(self, submit: Callable[[Callable[[object], None]], None]) -> object:
+        """Submit work to the engine thread with a reply callback, and await the reply on this event loop."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._scheduler.call(run, _settle(loop, future))
+        submit(_settle(loop, future))
         return await future
 
 

@@ -4,8 +4,8 @@ Requests from any number of asyncio tasks (or event loops) land in an inbox. The
 steps: new generation requests are prefilled (those that extend held sequences in one forward together) and join
 the running batch at the next step, so many concurrent ``complete`` calls share one forward per token, which is
 what makes best-of-N and tree search fast. Scoring requests run between steps too, those that arrive together
-in as few forwards as their lengths allow, and so do releases. Heavy compute thus
-never blocks an event loop, and the engine's state is touched by this one thread only.
+in as few forwards as their lengths allow, and so do releases. Heavy compute thus never blocks an event loop,
+and the engine's state is touched by this one thread only.
 """
 
 from __future__ import annotations
