@@ -2,9 +2,9 @@
 
 The forward never owns a KV cache. Each layer hands its fresh keys and values to an ``AttentionPlan``, which
 stores them wherever the caller keeps KV (blocks of the shared tree, or a scratch buffer) and answers with the
-segments those queries attend over. That is what lets one batched forward serve branches of many requests whose
-KV lives in a shared tree: attention goes through ``ttc.kernels.forest_attention``, which reads each shared
-block once for every branch that includes it.
+attention over the segments those queries read. That is what lets one batched forward serve branches of many
+requests whose KV lives in a shared tree: a plan attends through ``ttc.kernels.layout_attention``, which reads each
+shared block once for every branch that includes it, over a forest layout the plan checked once for all layers.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from torch import Tensor
 from ttc.engine.config import ModelConfig
 from ttc.engine.rope import RotaryTable, apply_rotary
 from ttc.engine.weights import LayerWeights, ModelWeights
-from ttc.kernels import Segment, forest_attention
 
 
 class AttentionPlan(Protocol):
     """Where a forward's KV goes and what each query row attends over."""
 
-    def segments_for(self, layer: int, keys: Tensor, values: Tensor) -> list[Segment]:
-        """Store this layer's new ``keys``/``values`` [B, T, H_kv, D] and return the segments to attend."""
+    def attend(self, layer: int, q: Tensor, keys: Tensor, values: Tensor, scale: float) -> Tensor:
+        """Store this layer's new ``keys``/``values`` [B, T, H_kv, D] and return the attention of ``q``
+        [B, T, H_q, D] over the segments each row reads."""
         ...
 
 
@@ -82,8 +82,7 @@ class Transformer:
         q = apply_rotary(q.reshape(batch, steps, c.num_heads, c.head_dim), cos, sin)
         k = apply_rotary(k.reshape(batch, steps, c.num_kv_heads, c.head_dim), cos, sin)
         v = v.reshape(batch, steps, c.num_kv_heads, c.head_dim)
-        segments = plan.segments_for(index, k, v)
-        out = forest_attention(q.contiguous(), segments, scale=self.scale)
+        out = plan.attend(index, q.contiguous(), k, v, self.scale)
         return F.linear(out.reshape(batch, steps, self._q_size), layer.o_proj, layer.o_bias)
 
     @staticmethod

@@ -7,6 +7,8 @@ depth however many rows read it, and each row's fresh KV, kept in a scratch buff
 engine keeps from the scratch what the tree lacks. *Decode* runs one new token for every active branch: each
 token's KV is written into its branch's open block, and the segments are the distinct blocks on all branches'
 paths, each listing the rows that read it, so a prefix shared by 32 branches is one segment with 32 queries.
+Every layer attends the same forest, so a plan checks its layout once, when it is made, and each layer passes
+only its own KV (``ttc.kernels.layout_attention``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ttc.engine.kv_tree import KVBlock
-from ttc.kernels import Segment
+from ttc.kernels import forest_layout, layout_attention
 
 
 class ExtendPlan:
@@ -35,17 +37,23 @@ class ExtendPlan:
             for block, used in prefix:
                 if used > 0:
                     groups.setdefault((block.id, used), (block, used, []))[2].append(row)
-        self.groups = [(block, used, torch.tensor(rows, dtype=torch.int64)) for block, used, rows in groups.values()]
-        self.own = [torch.tensor([row], dtype=torch.int64) for row in range(len(prefixes))]
+        self.prefix = [_kv_views(block, used) for block, used, _ in groups.values()]
+        batch, tokens = int(scratch.shape[2]), int(scratch.shape[3])
+        self.layout = forest_layout(
+            [torch.tensor(rows, dtype=torch.int64) for _, _, rows in groups.values()]
+            + [torch.tensor([row], dtype=torch.int64) for row in range(batch)],
+            [used for _, used, _ in groups.values()] + [tokens] * batch,
+            [False] * len(groups) + [True] * batch,
+            batch=batch,
+            tokens=tokens,
+        )
 
-    def segments_for(self, layer: int, keys: Tensor, values: Tensor) -> list[Segment]:
+    def attend(self, layer: int, q: Tensor, keys: Tensor, values: Tensor, scale: float) -> Tensor:
         own = self.scratch[layer]
         own[0].copy_(keys)
         own[1].copy_(values)
-        segments = [Segment(block.keys(layer, used), block.values(layer, used), rows)
-                    for block, used, rows in self.groups]
-        segments += [Segment(own[0, row], own[1, row], rows, causal=True) for row, rows in enumerate(self.own)]
-        return segments
+        return layout_attention(q, self.layout, [k[layer] for k, _ in self.prefix] + list(own[0].unbind(0)),
+                                [v[layer] for _, v in self.prefix] + list(own[1].unbind(0)), scale=scale)
 
 
 class DecodePlan:
@@ -59,21 +67,29 @@ class DecodePlan:
             for block in leaf.path():
                 rows_of.setdefault(block.id, (block, []))[1].append(row)
         leaf_ids = {leaf.id for leaf in self.leaves}
-        self.groups = [
-            (block, torch.tensor(rows, dtype=torch.int64), block.id in leaf_ids)
-            for block, rows in rows_of.values()
-            if block.length > 0
-        ]
+        blocks = [(block, rows) for block, rows in rows_of.values() if block.length > 0]
+        self.kv = [_kv_views(block, block.length) for block, _ in blocks]
+        self.layout = forest_layout(
+            [torch.tensor(rows, dtype=torch.int64) for _, rows in blocks],
+            [block.length for block, _ in blocks],
+            [block.id in leaf_ids for block, _ in blocks],
+            batch=len(self.leaves),
+            tokens=1,
+        )
 
-    def segments_for(self, layer: int, keys: Tensor, values: Tensor) -> list[Segment]:
+    def attend(self, layer: int, q: Tensor, keys: Tensor, values: Tensor, scale: float) -> Tensor:
         fresh = torch.stack((keys[:, 0], values[:, 0]), dim=1)  # [B, 2, H_kv, D]
         for row, (leaf, offset) in enumerate(zip(self.leaves, self.offsets, strict=True)):
             assert leaf.storage is not None
             leaf.storage[layer, :, offset].copy_(fresh[row])
-        return [
-            Segment(block.keys(layer), block.values(layer), rows, causal=is_leaf)
-            for block, rows, is_leaf in self.groups
-        ]
+        return layout_attention(q, self.layout, [k[layer] for k, _ in self.kv], [v[layer] for _, v in self.kv],
+                                scale=scale)
+
+
+def _kv_views(block: KVBlock, used: int) -> tuple[Tensor, Tensor]:
+    """The first ``used`` positions of a block's keys and values across all layers, [layers, used, H_kv, D]."""
+    assert block.storage is not None
+    return block.storage[:, 0, :used], block.storage[:, 1, :used]
 
 
 __all__ = ["DecodePlan", "ExtendPlan"]

@@ -1,4 +1,4 @@
-"""The one entry point to cascade attention: validates the forest once and picks an implementation.
+"""The entry points to cascade attention: validate the forest once and pick an implementation.
 
 ``impl="auto"`` runs the torch path on CPU and the Triton kernels on CUDA (falling back to torch when Triton is
 not installed), so callers such as the local engine never branch on the device themselves.
@@ -14,7 +14,7 @@ import torch
 
 from ttc.errors import ConfigError
 from ttc.kernels.reference import forest_attention_torch
-from ttc.kernels.segments import Forest, Segment, check_forest
+from ttc.kernels.segments import Forest, ForestLayout, Segment, bind_forest, check_forest
 
 Impl = Literal["auto", "torch", "triton"]
 _IMPLS = ("auto", "torch", "triton")
@@ -46,9 +46,35 @@ def forest_attention_with_lse(
 
     The lse lets a caller merge this result with attention over further keys (``merge_state``).
     """
+    _check_impl(impl)
+    return _attend(q, check_forest(q, segments, scale), impl)
+
+
+def layout_attention(
+    q: torch.Tensor,
+    layout: ForestLayout,
+    keys: Sequence[torch.Tensor],
+    values: Sequence[torch.Tensor],
+    *,
+    scale: float | None = None,
+    impl: Impl = "auto",
+) -> torch.Tensor:
+    """:func:`forest_attention` over a checked layout (``forest_layout``) and each segment's ``[L, H_kv, D]`` KV.
+
+    The layers of one forward attend the same forest over different KV: checking the structure, and deriving
+    each implementation's tables from it, once per forward instead of once per layer is what this entry saves.
+    ``keys[i]`` and ``values[i]`` belong to the layout's segment ``i``.
+    """
+    _check_impl(impl)
+    return _attend(q, bind_forest(q, layout, keys, values, scale), impl)[0]
+
+
+def _check_impl(impl: Impl) -> None:
     if impl not in _IMPLS:
         raise ConfigError(f"impl must be one of {', '.join(_IMPLS)}; got {impl!r}")
-    forest = check_forest(q, segments, scale)
+
+
+def _attend(q: torch.Tensor, forest: Forest, impl: Impl) -> tuple[torch.Tensor, torch.Tensor]:
     if _use_triton(q, impl):
         return _run_triton(q, forest)
     return forest_attention_torch(q, forest)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ttc.kernels.segments import Forest, Segment
+from ttc.kernels.segments import Forest
 
 # Scores per block ([segments x H_kv, rows, keys] fp32) stay around 8 MiB: large enough for efficient matrix
 # products, small enough to stay mostly in cache across the max / exp / sum passes, and a 16k-token prefix
@@ -57,48 +57,73 @@ def merge_state(
 
 def forest_attention_torch(q: torch.Tensor, forest: Forest) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of every branch over its segments: ``([B, T, H_q, D]`` in q's dtype, ``[B, T, H_q]`` fp32)."""
+    groups, branches = _groups(forest, q.device)
+    scaled = q.float() * forest.scale
     outs: list[torch.Tensor] = []
     lses: list[torch.Tensor] = []
-    branches: list[torch.Tensor] = []
-    for group in _groups(forest):
-        index = group.rows.to(q.device)
-        out, lse = _group_attention(q.index_select(0, index.flatten()), group, forest)
+    for group in groups:
+        out, lse = _group_attention(scaled.index_select(0, group.flat_rows), group, forest)
         outs.append(out)
         lses.append(lse)
-        branches.append(index.flatten())
-    return _scatter_merge(torch.cat(outs), torch.cat(lses), torch.cat(branches), q)
+    return _scatter_merge(torch.cat(outs), torch.cat(lses), branches, q)
 
 
 @dataclass(frozen=True)
 class _Group:
-    """Segments attended in one batched product: same reader count, lengths padded to ``padded``."""
+    """Segments attended in one batched product: same reader count, lengths padded to ``padded``.
 
-    segments: tuple[Segment, ...]
-    rows: torch.Tensor  # [n, m] branch indices
+    Everything here follows from the forest's layout and head shape, not from its KV, so it is built once per
+    layout (and kept in ``ForestLayout.cache``) however many layers attend that forest.
+    """
+
+    members: tuple[int, ...]  # segment indices
+    lengths: tuple[int, ...]
+    flat_rows: torch.Tensor  # [n*m] branch indices, segment-major
+    shape: tuple[int, int]  # (n segments, m readers each)
     padded: int
+    limits: torch.Tensor | None  # first hidden key per score row, [n*H_kv, rows, 1]; None when all are visible
+    first_hidden: int  # the smallest of ``limits`` (``padded`` when None): key blocks before it need no mask
 
 
-def _groups(forest: Forest) -> list[_Group]:
+def _groups(forest: Forest, device: torch.device) -> tuple[list[_Group], torch.Tensor]:
+    """The layout's groups for this head shape and device, and every group's branch indices in order."""
+    key = ("torch", forest.heads_kv, forest.group, forest.head_dim, device)
+    cached = forest.layout.cache.get(key)
+    if cached is None:
+        groups = _build_groups(forest, device)
+        cached = groups, torch.cat([g.flat_rows for g in groups])
+        forest.layout.cache[key] = cached
+    return cached  # type: ignore[return-value]
+
+
+def _build_groups(forest: Forest, device: torch.device) -> list[_Group]:
     """Bucket the non-empty segments by (readers, causal, padded length); padding wastes at most 1/8.
 
     Buckets are cut into stacks of at most ``_STACK_BYTES``; a lone segment is never copied.
     """
+    layout = forest.layout
     buckets: dict[tuple[int, bool, int], list[int]] = {}
-    for number, (seg, rows) in enumerate(zip(forest.segments, forest.rows, strict=True)):
-        if seg.length > 0 and rows.numel() > 0:
-            key = (rows.numel(), seg.causal, _padded_length(seg.length))
-            buckets.setdefault(key, []).append(number)
+    for number, (length, rows, causal) in enumerate(zip(layout.lengths, layout.rows, layout.causal, strict=True)):
+        if length > 0 and rows.numel() > 0:
+            buckets.setdefault((rows.numel(), causal, _padded_length(length)), []).append(number)
     groups = []
     row_bytes = forest.heads_kv * forest.head_dim * 4
-    for (_, _, size_class), members in buckets.items():
+    for (readers, causal, size_class), members in buckets.items():
         per_stack = max(1, _STACK_BYTES // (size_class * row_bytes))
         for first in range(0, len(members), per_stack):
-            chosen = members[first : first + per_stack]
+            chosen = tuple(members[first : first + per_stack])
+            lengths = tuple(layout.lengths[i] for i in chosen)
+            padded = max(lengths)
+            limits = _visible_limits(lengths, padded, causal, readers, forest, device)
             groups.append(
                 _Group(
-                    segments=tuple(forest.segments[i] for i in chosen),
-                    rows=torch.stack([forest.rows[i] for i in chosen]),
-                    padded=max(forest.segments[i].length for i in chosen),
+                    members=chosen,
+                    lengths=lengths,
+                    flat_rows=torch.cat([layout.rows[i] for i in chosen]).to(device),
+                    shape=(len(chosen), readers),
+                    padded=padded,
+                    limits=limits,
+                    first_hidden=padded if limits is None else int(limits.min()),
                 )
             )
     return groups
@@ -110,70 +135,66 @@ def _padded_length(length: int) -> int:
     return -(-length // step) * step
 
 
-def _stack_kv(group: _Group) -> tuple[torch.Tensor, torch.Tensor]:
+def _stack_kv(group: _Group, forest: Forest) -> tuple[torch.Tensor, torch.Tensor]:
     """K and V as ``[n*H_kv, P, D]``; a lone segment is a view (never copied), a group one padded copy."""
-    segments = group.segments
-    if len(segments) == 1:  # [L, H, D] -> [H, L, D] strided views, which bmm reads without copying
-        return segments[0].k.float().transpose(0, 1), segments[0].v.float().transpose(0, 1)
-    if all(seg.length == group.padded for seg in segments):
-        keys = torch.stack([seg.k.transpose(0, 1) for seg in segments])
-        values = torch.stack([seg.v.transpose(0, 1) for seg in segments])
+    keys = [forest.keys[i] for i in group.members]
+    values = [forest.values[i] for i in group.members]
+    if len(keys) == 1:  # [L, H, D] -> [H, L, D] strided views, which bmm reads without copying
+        return keys[0].float().transpose(0, 1), values[0].float().transpose(0, 1)
+    if all(length == group.padded for length in group.lengths):
+        k_all = torch.stack([k.transpose(0, 1) for k in keys])
+        v_all = torch.stack([v.transpose(0, 1) for v in values])
     else:
-        first = segments[0].k
-        shape = (len(segments), first.shape[1], group.padded, first.shape[2])
-        keys, values = first.new_empty(shape), first.new_empty(shape)
-        for slot, seg in enumerate(segments):
-            keys[slot, :, : seg.length] = seg.k.transpose(0, 1)
-            values[slot, :, : seg.length] = seg.v.transpose(0, 1)
-            keys[slot, :, seg.length :] = 0  # masked out, but must not hold NaN bit patterns
-            values[slot, :, seg.length :] = 0
-    n, heads_kv, padded, dim = keys.shape
-    return keys.float().view(n * heads_kv, padded, dim), values.float().view(n * heads_kv, padded, dim)
+        first = keys[0]
+        shape = (len(keys), first.shape[1], group.padded, first.shape[2])
+        k_all, v_all = first.new_zeros(shape), first.new_zeros(shape)  # padding is masked out, but never NaN
+        for slot, (k, v, length) in enumerate(zip(keys, values, group.lengths, strict=True)):
+            k_all[slot, :, :length] = k.transpose(0, 1)
+            v_all[slot, :, :length] = v.transpose(0, 1)
+    n, heads_kv, padded, dim = k_all.shape
+    return k_all.float().view(n * heads_kv, padded, dim), v_all.float().view(n * heads_kv, padded, dim)
 
 
 def _group_attention(
     q_rows: torch.Tensor, group: _Group, forest: Forest
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attend each segment of a group for its ``m`` readers: ``[n*m, T, H_q, D]`` fp32 and ``[n*m, T, H_q]``.
+    """Attend each segment of a group for its ``m`` readers (``q_rows``: their fp32 queries, already scaled):
+    ``[n*m, T, H_q, D]`` fp32 and ``[n*m, T, H_q]``.
 
     Query heads are folded as ``[n*H_kv, m*T*group, D]``, so each KV head multiplies the stacked queries of its
     whole GQA group at once; the KV is never repeated per query head.
     """
-    n, m = group.rows.shape
+    n, m = group.shape
     tokens, heads_kv, gsize, dim = forest.tokens, forest.heads_kv, forest.group, forest.head_dim
     queries = (
-        (q_rows.float() * forest.scale)
-        .view(n, m, tokens, heads_kv, gsize, dim)
+        q_rows.view(n, m, tokens, heads_kv, gsize, dim)
         .permute(0, 3, 1, 2, 4, 5)
         .reshape(n * heads_kv, m * tokens * gsize, dim)
     )
-    keys, values = _stack_kv(group)
-    limits = _visible_limits(group, forest, q_rows.device)
+    keys, values = _stack_kv(group, forest)
     block = max(_MIN_KEY_BLOCK, _SCORE_BLOCK_ELEMENTS // (queries.shape[0] * queries.shape[1]))
-    out, lse = _block_attention(queries, keys, values, 0, min(group.padded, block), limits)
+    out, lse = _block_attention(queries, keys, values, 0, min(group.padded, block), group)
     for start in range(block, group.padded, block):
         stop = min(group.padded, start + block)
-        part_out, part_lse = _block_attention(queries, keys, values, start, stop, limits)
+        part_out, part_lse = _block_attention(queries, keys, values, start, stop, group)
         out, lse = merge_state(out, lse, part_out, part_lse)
     out = out.view(n, heads_kv, m, tokens, gsize, dim).permute(0, 2, 3, 1, 4, 5)
     lse = lse.view(n, heads_kv, m, tokens, gsize).permute(0, 2, 3, 1, 4)
     return out.reshape(n * m, tokens, -1, dim), lse.reshape(n * m, tokens, -1)
 
 
-def _visible_limits(group: _Group, forest: Forest, device: torch.device) -> torch.Tensor | None:
+def _visible_limits(lengths: tuple[int, ...], padded: int, causal: bool, readers: int, forest: Forest,
+                    device: torch.device) -> torch.Tensor | None:
     """Per score row, the first hidden key position (``[n*H_kv, rows, 1]``), or None if every key is visible.
 
     Padding hides positions ``>= L``; a causal segment also hides ``>= L - T + t + 1`` from query token ``t``.
     """
-    lengths = torch.tensor([s.length for s in group.segments], dtype=torch.int64, device=device)
-    causal = group.segments[0].causal
-    if not causal and bool((lengths == group.padded).all()):
+    if not causal and all(length == padded for length in lengths):
         return None
-    n, m = group.rows.shape
     tokens, gsize = forest.tokens, forest.group
-    token = torch.arange(m * tokens * gsize, device=device) // gsize % tokens
+    token = torch.arange(readers * tokens * gsize, device=device) // gsize % tokens
     hidden_tail = (tokens - 1 - token) if causal else torch.zeros_like(token)
-    limits = lengths.view(n, 1) - hidden_tail.view(1, -1)  # [n, rows]
+    limits = torch.tensor(lengths, dtype=torch.int64, device=device).view(-1, 1) - hidden_tail.view(1, -1)
     return limits.repeat_interleave(forest.heads_kv, dim=0).unsqueeze(-1)
 
 
@@ -183,17 +204,19 @@ def _block_attention(
     values: torch.Tensor,
     start: int,
     stop: int,
-    limits: torch.Tensor | None,
+    group: _Group,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax attention of the stacked queries over key positions ``[start, stop)``."""
+    """Softmax attention of the stacked queries over key positions ``[start, stop)`` of ``group``'s keys."""
     scores = torch.bmm(queries, keys[:, start:stop].transpose(1, 2))  # [batch, rows, keys]
+    limits = group.limits if group.first_hidden < stop else None
+    masked = limits is not None
     if limits is not None:
-        low = int(limits.min())
-        if low < stop:
-            lo = max(start, low)
-            positions = torch.arange(lo, stop, device=scores.device)
-            scores[:, :, lo - start :].masked_fill_(positions >= limits, float("-inf"))
-    top = _finite_or_zero(scores.amax(dim=-1, keepdim=True))
+        lo = max(start, group.first_hidden)
+        positions = torch.arange(lo, stop, device=scores.device)
+        scores[:, :, lo - start :].masked_fill_(positions >= limits, float("-inf"))
+    top = scores.amax(dim=-1, keepdim=True)
+    if masked:
+        top = _finite_or_zero(top)  # a row may see no key of this block
     probs = scores.sub_(top).exp_()
     total = probs.sum(dim=-1)
     out = torch.bmm(probs, values[:, start:stop])
@@ -223,4 +246,9 @@ def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
 
 
 def _safe_reciprocal(total: torch.Tensor) -> torch.Tensor:
-    return torch.where(total > 0, 1.0 / total, torch.zeros_like(total))
+    """``1 / total`` for a softmax denominator taken after subtracting the maximum, and 1 where it is 0.
+
+    Such a total is either 0 (no keys: every term is ``exp(-inf)``, and so is the numerator) or at least 1 (the
+    maximum's own term is ``exp(0)``), so clamping at 1 changes nothing else and never divides by zero.
+    """
+    return total.clamp_min(1.0).reciprocal_()

@@ -305,9 +305,8 @@ def _kv_tensors(forest: Forest) -> tuple[list[torch.Tensor], list[torch.Tensor],
     Views into one KV pool already share strides and are used in place; anything else is copied contiguous.
     Empty segments are never read, so their layout does not count.
     """
-    keys = [s.k for s in forest.segments]
-    values = [s.v for s in forest.segments]
-    live = [t for s in forest.segments if s.length > 0 for t in (s.k, s.v)]
+    keys, values = list(forest.keys), list(forest.values)
+    live = [t for k, v, n in zip(keys, values, forest.layout.lengths, strict=True) if n > 0 for t in (k, v)]
     strides = {_layout(t) for t in live}
     if len(strides) == 1:
         stride_l, stride_h, stride_d = strides.pop()
@@ -358,8 +357,8 @@ def _plan(
     tokens, group = forest.tokens, forest.group
 
     m = np.array([r.numel() for r in forest.rows], dtype=np.int64)
-    length = np.array([s.length for s in forest.segments], dtype=np.int64)
-    causal = np.array([int(s.causal) for s in forest.segments], dtype=np.int64)
+    length = np.array(forest.layout.lengths, dtype=np.int64)
+    causal = np.array(forest.layout.causal, dtype=np.int64)
     live = (m > 0) & (length > 0)
     n_rows = m * tokens * group
     block_m = min(max_block_m, max(16, triton.next_power_of_2(int(n_rows[live].max(initial=1)))))
