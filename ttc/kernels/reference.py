@@ -14,6 +14,7 @@ cost more in per-operation overhead than in arithmetic.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -88,12 +89,10 @@ class _Group:
 def _groups(forest: Forest, device: torch.device) -> tuple[list[_Group], torch.Tensor]:
     """The layout's groups for this head shape and device, and every group's branch indices in order."""
     key = ("torch", forest.heads_kv, forest.group, forest.head_dim, device)
-    cached = forest.layout.cache.get(key)
-    if cached is None:
+    if key not in forest.layout.cache:
         groups = _build_groups(forest, device)
-        cached = groups, torch.cat([g.flat_rows for g in groups])
-        forest.layout.cache[key] = cached
-    return cached  # type: ignore[return-value]
+        forest.layout.cache[key] = groups, torch.cat([g.flat_rows for g in groups])
+    return cast(tuple[list[_Group], torch.Tensor], forest.layout.cache[key])
 
 
 def _build_groups(forest: Forest, device: torch.device) -> list[_Group]:
