@@ -8,8 +8,9 @@
     python3 benchmarks/mini_models.py --family totals --reasoner DIR           # totals questions (ttc.bench.totals)
     python3 benchmarks/mini_models.py --family mix --reasoner DIR --checker DIR  # half word problems, half totals
 
-Measured, per level and overall: the reasoner's greedy accuracy; majority vote over 16 samples, and the same
-vote as if different wrong chains never shared an answer (so coinciding wrong answers cannot be blamed); best of the
+Measured, per level and overall: the reasoner's greedy accuracy; majority vote over 16 samples, the same
+vote as if different wrong chains never shared an answer (so coinciding wrong answers cannot be blamed), and how
+often the vote returns the greedy answer, right or wrong (``maj16=greedy``); best of the
 same 16 samples ranked by the mini PRM (step scores aggregated by min, last step, product); best of them by the
 mini checker (likelihood), by min (StepwiseOutcome's default) and by product, and a vote weighted by its min;
 pass@16 (an oracle ceiling), and the share of problems with a sample whose every step is right (the ceiling
@@ -305,6 +306,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             "greedy": check_answer(problem, greedy[i]),
             f"maj{args.samples}": majority == problem.answer,
             f"maj{args.samples}_unpooled": bool(unpooled) and unpooled.most_common(1)[0][0] == problem.answer,
+            # Not a score: how often the vote returns greedy decoding's answer, right or wrong. Where a problem
+            # has one chain of decisions the vote estimates the greedy answer, so this grows with the samples.
+            f"maj{args.samples}=greedy": majority is not None and majority == extract_answer(greedy[i]),
             f"pass@{args.samples}": right_votes > 0,
             # The ceiling of any verifier that judges steps: a sample whose every step is right. Below pass@N
             # on long problems, where wrong chains can still land on the right number.
@@ -381,6 +385,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"bo{args.samples}_prm_last_acc": acc(f"bo{args.samples}_prm_last"),
         f"maj{args.samples}_acc": acc(f"maj{args.samples}"),
         f"maj{args.samples}_unpooled_acc": acc(f"maj{args.samples}_unpooled"),
+        f"maj{args.samples}_is_greedy": acc(f"maj{args.samples}=greedy"),
         f"pass{args.samples}": acc(f"pass@{args.samples}"),
         f"pass{args.samples}_steps": acc(f"pass@{args.samples}_steps"),
         "prm_auroc": prm_auroc,
