@@ -208,13 +208,12 @@ def _block_attention(
     """Softmax attention of the stacked queries over key positions ``[start, stop)`` of ``group``'s keys."""
     scores = torch.bmm(queries, keys[:, start:stop].transpose(1, 2))  # [batch, rows, keys]
     limits = group.limits if group.first_hidden < stop else None
-    masked = limits is not None
     if limits is not None:
         lo = max(start, group.first_hidden)
         positions = torch.arange(lo, stop, device=scores.device)
         scores[:, :, lo - start :].masked_fill_(positions >= limits, float("-inf"))
     top = scores.amax(dim=-1, keepdim=True)
-    if masked:
+    if limits is not None:
         top = _finite_or_zero(top)  # a row may see no key of this block
     probs = scores.sub_(top).exp_()
     total = probs.sum(dim=-1)
