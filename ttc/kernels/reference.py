@@ -6,19 +6,23 @@ instead of 64 matrix-vector products over 64 copies of the same KV. Partial resu
 through their log-sum-exp, which is exact because softmax over a union of disjoint key sets is the lse-weighted
 mix of the softmaxes over the parts.
 
-Segments with the same number of readers and similar lengths (typically the per-branch suffixes) are attended
-together in one batched product over zero-padded copies of their KV: hundreds of tiny products would otherwise
-cost more in per-operation overhead than in arithmetic.
+Short segments that the same branches read (the blocks of one path, split where other sequences left the tree)
+are joined into one, their KV concatenated: softmax over the concatenation is softmax over the union, so this is
+exact, and one product over a joined run costs less than a product and a merge per block. Then segments with the
+same number of readers and similar lengths (typically the per-branch suffixes) are attended together in one
+batched product over zero-padded copies of their KV: hundreds of tiny products would otherwise cost more in
+per-operation overhead than in arithmetic.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
 import torch
 
-from ttc.kernels.segments import Forest
+from ttc.kernels.segments import Forest, ForestLayout
 
 # Scores per block ([segments x H_kv, rows, keys] fp32) stay around 8 MiB: large enough for efficient matrix
 # products, small enough to stay mostly in cache across the max / exp / sum passes, and a 16k-token prefix
@@ -28,6 +32,9 @@ _MIN_KEY_BLOCK = 64
 # Segments are stacked at most this many bytes of K (and of V) at a time: the copy stays in cache for the
 # products that read it, and large fresh allocations (page faults on every call) are avoided.
 _STACK_BYTES = 2 << 20
+# Segments read by the same rows are joined while the joined run stays this short: below it, a segment's fixed
+# cost (about twenty small operations and a merge) outweighs copying its KV; a longer segment stays a view.
+_JOIN_TOKENS = 512
 
 
 def merge_state(
@@ -70,14 +77,28 @@ def forest_attention_torch(q: torch.Tensor, forest: Forest) -> tuple[torch.Tenso
 
 
 @dataclass(frozen=True)
+class _Unit:
+    """Segments read by the same rows, attended as one: their KV concatenated in ``members`` order.
+
+    Only the last member may be causal, so that the queries' own tokens end the concatenation, where a causal
+    segment's mask expects them.
+    """
+
+    members: tuple[int, ...]  # segment indices
+    rows: torch.Tensor  # the rows every member is read by
+    length: int
+    causal: bool
+
+
+@dataclass(frozen=True)
 class _Group:
-    """Segments attended in one batched product: same reader count, lengths padded to ``padded``.
+    """Units attended in one batched product: same reader count, lengths padded to ``padded``.
 
     Everything here follows from the forest's layout and head shape, not from its KV, so it is built once per
     layout (and kept in ``ForestLayout.cache``) however many layers attend that forest.
     """
 
-    members: tuple[int, ...]  # segment indices
+    members: tuple[_Unit, ...]
     lengths: tuple[int, ...]
     flat_rows: torch.Tensor  # [n*m] branch indices, segment-major
     shape: tuple[int, int]  # (n segments, m readers each)
@@ -96,29 +117,27 @@ def _groups(forest: Forest, device: torch.device) -> tuple[list[_Group], torch.T
 
 
 def _build_groups(forest: Forest, device: torch.device) -> list[_Group]:
-    """Bucket the non-empty segments by (readers, causal, padded length); padding wastes at most 1/8.
+    """Bucket the units by (readers, causal, padded length); padding wastes at most 1/8.
 
     Buckets are cut into stacks of at most ``_STACK_BYTES``; a lone segment is never copied.
     """
-    layout = forest.layout
-    buckets: dict[tuple[int, bool, int], list[int]] = {}
-    for number, (length, rows, causal) in enumerate(zip(layout.lengths, layout.rows, layout.causal, strict=True)):
-        if length > 0 and rows.numel() > 0:
-            buckets.setdefault((rows.numel(), causal, _padded_length(length)), []).append(number)
+    buckets: dict[tuple[int, bool, int], list[_Unit]] = {}
+    for unit in _units(forest.layout):
+        buckets.setdefault((unit.rows.numel(), unit.causal, _padded_length(unit.length)), []).append(unit)
     groups = []
     row_bytes = forest.heads_kv * forest.head_dim * 4
     for (readers, causal, size_class), members in buckets.items():
         per_stack = max(1, _STACK_BYTES // (size_class * row_bytes))
         for first in range(0, len(members), per_stack):
             chosen = tuple(members[first : first + per_stack])
-            lengths = tuple(layout.lengths[i] for i in chosen)
+            lengths = tuple(unit.length for unit in chosen)
             padded = max(lengths)
             limits = _visible_limits(lengths, padded, causal, readers, forest, device)
             groups.append(
                 _Group(
                     members=chosen,
                     lengths=lengths,
-                    flat_rows=torch.cat([layout.rows[i] for i in chosen]).to(device),
+                    flat_rows=torch.cat([unit.rows for unit in chosen]).to(device),
                     shape=(len(chosen), readers),
                     padded=padded,
                     limits=limits,
@@ -126,6 +145,32 @@ def _build_groups(forest: Forest, device: torch.device) -> list[_Group]:
                 )
             )
     return groups
+
+
+def _units(layout: ForestLayout) -> list[_Unit]:
+    """The non-empty segments, those read by the same rows joined in order while the join stays within
+    ``_JOIN_TOKENS``; a causal segment comes after its readers' other segments and closes its unit."""
+    by_rows: dict[tuple[int, ...], list[int]] = {}
+    for number, (length, rows) in enumerate(zip(layout.lengths, layout.rows, strict=True)):
+        if length > 0 and rows.numel() > 0:
+            by_rows.setdefault(tuple(sorted(rows.tolist())), []).append(number)
+    units: list[_Unit] = []
+    for readers, numbers in by_rows.items():
+        rows = torch.tensor(readers, dtype=torch.int64)
+        ordered = sorted(numbers, key=lambda number: layout.causal[number])  # stable: causal ones last
+        run: list[int] = []
+        for number in ordered:
+            total = sum(layout.lengths[i] for i in run)
+            if run and (layout.causal[run[-1]] or total + layout.lengths[number] > _JOIN_TOKENS):
+                units.append(_unit(layout, run, rows))
+                run = []
+            run.append(number)
+        units.append(_unit(layout, run, rows))
+    return units
+
+
+def _unit(layout: ForestLayout, members: Sequence[int], rows: torch.Tensor) -> _Unit:
+    return _Unit(tuple(members), rows, sum(layout.lengths[i] for i in members), layout.causal[members[-1]])
 
 
 def _padded_length(length: int) -> int:
@@ -136,8 +181,8 @@ def _padded_length(length: int) -> int:
 
 def _stack_kv(group: _Group, forest: Forest) -> tuple[torch.Tensor, torch.Tensor]:
     """K and V as ``[n*H_kv, P, D]``; a lone segment is a view (never copied), a group one padded copy."""
-    keys = [forest.keys[i] for i in group.members]
-    values = [forest.values[i] for i in group.members]
+    keys = [_joined(forest.keys, unit) for unit in group.members]
+    values = [_joined(forest.values, unit) for unit in group.members]
     if len(keys) == 1:  # [L, H, D] -> [H, L, D] strided views, which bmm reads without copying
         return keys[0].float().transpose(0, 1), values[0].float().transpose(0, 1)
     if all(length == group.padded for length in group.lengths):
@@ -152,6 +197,13 @@ def _stack_kv(group: _Group, forest: Forest) -> tuple[torch.Tensor, torch.Tensor
             v_all[slot, :, :length] = v.transpose(0, 1)
     n, heads_kv, padded, dim = k_all.shape
     return k_all.float().view(n * heads_kv, padded, dim), v_all.float().view(n * heads_kv, padded, dim)
+
+
+def _joined(tensors: Sequence[torch.Tensor], unit: _Unit) -> torch.Tensor:
+    """A unit's ``[L, H_kv, D]`` keys or values: the lone member's own tensor, else its members' concatenated."""
+    if len(unit.members) == 1:
+        return tensors[unit.members[0]]
+    return torch.cat([tensors[i] for i in unit.members])
 
 
 def _group_attention(
@@ -224,8 +276,11 @@ def _block_attention(
 def _scatter_merge(
     outs: torch.Tensor, lses: torch.Tensor, branches: torch.Tensor, q: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merge every (segment, branch) partial into its branch at once; a branch may own many partials."""
+    """Merge every (unit, branch) partial into its branch at once; a branch may own many partials."""
     batch = q.shape[0]
+    if branches.numel() == batch:  # every branch owns exactly one partial (each reads at least one): a reorder
+        out = outs.new_empty((batch, *outs.shape[1:])).index_copy_(0, branches, outs)
+        return out.to(q.dtype), lses.new_empty((batch, *lses.shape[1:])).index_copy_(0, branches, lses)
     flat_lse = lses.reshape(lses.shape[0], -1)
     top = torch.full((batch, flat_lse.shape[1]), float("-inf"), dtype=torch.float32, device=q.device)
     top.scatter_reduce_(0, branches.unsqueeze(1).expand_as(flat_lse), flat_lse, "amax")
