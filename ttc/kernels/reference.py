@@ -159,18 +159,19 @@ def _units(layout: ForestLayout) -> list[_Unit]:
         rows = torch.tensor(readers, dtype=torch.int64)
         ordered = sorted(numbers, key=lambda number: layout.causal[number])  # stable: causal ones last
         run: list[int] = []
+        total = 0  # positions in ``run``
         for number in ordered:
-            total = sum(layout.lengths[i] for i in run)
             if run and (layout.causal[run[-1]] or total + layout.lengths[number] > _JOIN_TOKENS):
-                units.append(_unit(layout, run, rows))
-                run = []
+                units.append(_unit(layout, run, rows, total))
+                run, total = [], 0
             run.append(number)
-        units.append(_unit(layout, run, rows))
+            total += layout.lengths[number]
+        units.append(_unit(layout, run, rows, total))
     return units
 
 
-def _unit(layout: ForestLayout, members: Sequence[int], rows: torch.Tensor) -> _Unit:
-    return _Unit(tuple(members), rows, sum(layout.lengths[i] for i in members), layout.causal[members[-1]])
+def _unit(layout: ForestLayout, members: Sequence[int], rows: torch.Tensor, length: int) -> _Unit:
+    return _Unit(tuple(members), rows, length, layout.causal[members[-1]])
 
 
 def _padded_length(length: int) -> int:
