@@ -697,9 +697,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "at the end)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    if not 0.0 <= args.totals_fraction <= 0.5:
-        parser.error(f"--totals-fraction must be in [0, 0.5] (the rest are word and context problems), "
-                     f"got {args.totals_fraction}")
+    if not 0.0 <= args.totals_fraction <= 0.875:
+        parser.error(f"--totals-fraction must be in [0, 0.875] (an eighth are context questions, the rest word "
+                     f"problems), got {args.totals_fraction}")
     torch.set_num_threads(args.threads)
     lm = {"varied": args.solutions == "varied", "attention": args.attention, "totals_fraction": args.totals_fraction,
           "save_every": args.save_every}

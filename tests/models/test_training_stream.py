@@ -49,6 +49,22 @@ def test_a_totals_fraction_replaces_word_problems_with_totals_questions(script: 
     assert sum(bool(p.terms) for p in prm) == 180
 
 
+def test_at_seven_eighths_the_stream_holds_no_word_problems(script: ModuleType) -> None:
+    stream = script.training_problems(40, 384, 3, 0.875)
+    assert len(stream) == 384
+    context = [q for c in generate_stateful(TRAIN_SEEDS.start + 500_000 + 40, 384 // 24 + 1, 3) for q in c.problems]
+    assert sum(bool(p.terms) for p in stream) == 336
+    assert [p for p in stream if not p.terms] == context[:48]  # the rest are context questions, no word problems
+
+
+def test_a_totals_fraction_above_seven_eighths_is_refused(script: ModuleType,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as refused:
+        script.main(["--totals-fraction", "0.9", "--out", "unused"])
+    assert refused.value.code == 2
+    assert "--totals-fraction must be in [0, 0.875]" in capsys.readouterr().err
+
+
 def test_save_every_writes_loadable_snapshots_on_the_way(script: ModuleType, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
