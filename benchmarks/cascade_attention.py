@@ -4,8 +4,8 @@ B branches share one prefix and each has its own suffix. The baseline is what at
 sharing: every branch attends over its own copy of prefix + suffix (``scaled_dot_product_attention`` on
 ``[B, H_kv, L, D]`` with grouped-query heads). The cascade path reads the prefix once for all branches.
 
-    python3 benchmarks/kernels.py            # CPU: torch cascade vs SDPA; GPU too when CUDA is present
-    python3 benchmarks/kernels.py --quick    # fewer configurations and repeats
+    python3 benchmarks/cascade_attention.py            # CPU: torch cascade vs SDPA; GPU too when CUDA is present
+    python3 benchmarks/cascade_attention.py --quick    # fewer configurations and repeats
 
 On CUDA it also times the Triton kernels and reports the memory-bandwidth bound (every KV byte read once at
 ``--peak-bw`` bytes/s) and the fraction of it achieved. The last line holds headline figures as name=value.
