@@ -28,7 +28,7 @@ import random
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -50,6 +50,7 @@ from ttc.bench.synthetic import (
     TRAIN_SEEDS,
     SyntheticProblem,
     check_answer,
+    commuted_solution,
     evaluate,
     generate,
     generate_stateful,
@@ -81,7 +82,10 @@ MAX_POSITIONS = 512
 DEV_SEED = EVAL_SEEDS.start + 500_000  # held out, and distinct from the benchmark's default seed
 SAMPLE_TEMPERATURE = 0.8  # the strategies' default: the PRM learns the mistakes it will be shown
 PRM_DATA_SEED = 900_000  # inside TRAIN_SEEDS, away from the chunks the reasoner saw first
-VARIED_ORDER_SEED = 12_345  # plus the model's seed: the stream of solution orders under --solutions varied
+VARIED_ORDER_SEED = 12_345  # plus the model's seed: the stream of solution orders under --solutions varied/commuted
+SOLUTIONS: dict[str, Callable[[SyntheticProblem, random.Random], str] | None] = {
+    "fixed": None, "varied": varied_solution, "commuted": commuted_solution,
+}
 TOTALS_SEED = 700_000  # inside TRAIN_SEEDS: the totals questions of --totals-fraction (plus the chunk)
 
 
@@ -156,13 +160,15 @@ def n_params(model: torch.nn.Module) -> int:
 # ----------------------------------------------------------------------------------------------------- data
 
 
-def sft_example(problem: SyntheticProblem, orders: random.Random | None = None) -> tuple[list[int], int]:
+def sft_example(problem: SyntheticProblem, orders: random.Random | None = None, solutions: str = "varied"
+                ) -> tuple[list[int], int]:
     """Token ids ``BOS prompt solution EOS`` and where the solution starts (the loss covers only the solution).
 
-    With ``orders`` the solution is one of the problem's valid orders drawn from it (``varied_solution``) instead
-    of the fixed reference order."""
+    With ``orders`` the solution is one of the problem's valid orders drawn from it by ``SOLUTIONS[solutions]``
+    (``varied_solution`` or ``commuted_solution``) instead of the fixed reference order."""
     prompt = [BOS_ID, *encode(mini_prompt(problem.question))]
-    solution = problem.solution if orders is None else varied_solution(problem, orders)
+    draw = SOLUTIONS[solutions]
+    solution = problem.solution if orders is None or draw is None else draw(problem, orders)
     return [*prompt, *encode(solution), EOS_ID], len(prompt)
 
 
@@ -228,14 +234,14 @@ def collate(batch: Sequence[tuple[list[int], int]]) -> tuple[torch.Tensor, torch
     return ids, target_mask
 
 
-def sft_batches(seed: int, tokens_per_batch: int, varied: bool = False, totals_fraction: float = 0.0
+def sft_batches(seed: int, tokens_per_batch: int, solutions: str = "fixed", totals_fraction: float = 0.0
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     rng = random.Random(seed)
-    orders = random.Random(VARIED_ORDER_SEED + seed) if varied else None
+    orders = random.Random(VARIED_ORDER_SEED + seed) if SOLUTIONS[solutions] else None
     chunk = 0
     while True:
         problems = training_problems(seed * 10_000 + chunk, 384, curriculum(chunk), totals_fraction)
-        items = [sft_example(p, orders) for p in problems]
+        items = [sft_example(p, orders, solutions) for p in problems]
         for batch in length_batches(items, tokens_per_batch, rng):
             yield collate(batch)
         chunk += 1
@@ -309,7 +315,7 @@ def greedy_accuracy(model: LlamaForCausalLM, problems: Sequence[SyntheticProblem
 # ---------------------------------------------------------------------------------------------- LM training
 
 
-def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path, *, varied: bool = False,
+def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path, *, solutions: str = "fixed",
              attention: str = "eager", totals_fraction: float = 0.0, save_every: int = 0) -> dict[str, object]:
     seed_everything(seed)
     model = new_model(SHAPES[name], attention)
@@ -324,10 +330,11 @@ def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path
         return scores
 
     log(log_path, event="start", model=name, params=n_params(model), schedule=asdict(schedule),
-        shape=asdict(SHAPES[name]), seed=seed, varied=varied, attention=attention, totals_fraction=totals_fraction)
+        shape=asdict(SHAPES[name]), seed=seed, solutions=solutions, attention=attention,
+        totals_fraction=totals_fraction)
     started = time.time()
     tokens = 0
-    batches = sft_batches(seed, schedule.tokens_per_batch, varied, totals_fraction)
+    batches = sft_batches(seed, schedule.tokens_per_batch, solutions, totals_fraction)
     running = 0.0
     model.train()
     for step in range(schedule.steps):
@@ -361,7 +368,7 @@ def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path
     result: dict[str, object] = {
         "model": name, "params": n_params(model), "train_s": round(train_s, 1), "tokens": tokens,
         "final_loss": round(running, 4), **final, "schedule": asdict(schedule),
-        "shape": asdict(SHAPES[name]), "seed": seed, "varied": varied, "attention": attention,
+        "shape": asdict(SHAPES[name]), "seed": seed, "varied": solutions == "varied", "attention": attention,
     }
     if totals_fraction:
         result["totals_fraction"] = totals_fraction
@@ -680,9 +687,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--prm-lm-weight", type=float, default=0.3, help="weight of the kept next-step loss")
     parser.add_argument("--prm-lr", type=float, default=3e-4)
     parser.add_argument("--log", type=Path, default=Path("runs/train_mini_models.jsonl"))
-    parser.add_argument("--solutions", choices=["fixed", "varied"], default="fixed",
+    parser.add_argument("--solutions", choices=sorted(SOLUTIONS), default="fixed",
                         help="train the language models on the fixed reference order (the shipped models) or on "
-                        "valid orders drawn per example (ttc.bench.synthetic.varied_solution)")
+                        "valid orders drawn per example: varied (ttc.bench.synthetic.varied_solution: the same "
+                        "values in another order) or commuted (commuted_solution: additions and subtractions in "
+                        "another order, so other intermediate counts)")
     parser.add_argument("--attention", choices=["eager", "sdpa"], default="eager",
                         help="attention while training the reasoner and the draft (the shipped models: eager; sdpa "
                         "is 1.3x faster per step but moves a reasoner on the steep part of its curve)")
@@ -701,7 +710,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--totals-fraction must be in [0, 0.875] (an eighth are context questions, the rest word "
                      f"problems), got {args.totals_fraction}")
     torch.set_num_threads(args.threads)
-    lm = {"varied": args.solutions == "varied", "attention": args.attention, "totals_fraction": args.totals_fraction,
+    lm = {"solutions": args.solutions, "attention": args.attention, "totals_fraction": args.totals_fraction,
           "save_every": args.save_every}
     args.log.parent.mkdir(parents=True, exist_ok=True)
     if args.stage in ("all", "reasoner"):
