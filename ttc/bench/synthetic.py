@@ -101,11 +101,11 @@ class SyntheticProblem:
     """A question, its exact answer, and the exact value of each step of the reference solution.
 
     ``start`` and ``events`` are set for the word problems of this module: the count a question starts from and
-    what each sentence does to it, from which :func:`commuted_solution` draws other orders and :func:`label_steps`
-    judges them. ``terms`` is empty for the word problems of this module. A totals problem
-    (:mod:`ttc.bench.totals`) sets it: its answer is the sum of the terms, any grouping of the sum is a valid
-    solution, and :func:`label_steps` and :func:`varied_solution` judge and draw solutions by the terms rather
-    than by ``steps``.
+    what each sentence does to it, from which :mod:`ttc.bench.groupings` draws other orders and groupings of the
+    solution and :func:`label_steps` judges them. ``terms`` is empty for the word problems of this module. A
+    totals problem (:mod:`ttc.bench.totals`) sets it: its answer is the sum of the terms, any grouping of the sum
+    is a valid solution, and :func:`label_steps` and :func:`varied_solution` judge and draw solutions by the terms
+    rather than by ``steps``.
     """
 
     question: str
@@ -421,126 +421,6 @@ def varied_solution(problem: SyntheticProblem, rng: random.Random) -> str:
     return "\n".join([*lines, f"{ANSWER_PREFIX}{problem.answer}."])
 
 
-def _runs(events: Sequence[Event]) -> list[list[int]]:
-    """The events in runs that may be done in any order: each maximal stretch of additions and subtractions is
-    one run, and a product or a share is a run of its own (it does not commute with what is around it)."""
-    runs: list[list[int]] = []
-    for i, event in enumerate(events):
-        if runs and event.additive and events[runs[-1][-1]].additive:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    return runs
-
-
-def _event_lines(event: Event, count: int) -> tuple[list[str], int]:
-    """The lines that apply ``event`` to ``count`` (its product first, when it has one) and the new count."""
-    value = event.apply(count)
-    if value is None:
-        raise AssertionError(f"event {event} does not apply to {count}")  # a generator bug, never user input
-    lines = []
-    if event.amount.per_bag is not None:
-        lines.append(f"{event.amount.count} * {event.amount.per_bag} = {event.amount.value}")
-    return [*lines, f"{count} {event.op} {event.amount.value} = {value}"], value
-
-
-def commuted_solution(problem: SyntheticProblem, rng: random.Random, tries: int = 20) -> str:
-    """Another right solution of a word problem: each run of additions and subtractions done in a random
-    order, so its intermediate counts differ from the reference's (``4 - 1 = 3, 3 + 5 = 8`` or ``4 + 5 = 9,
-    9 - 1 = 8``), as a real problem's solutions differ in what they compute on the way.
-
-    An order is kept only when every count stays in ``0..MAX_VALUE`` (the range the reference keeps), out of
-    ``tries`` draws per run; else the run keeps the reference order. A problem without events (a context or a
-    totals question) gets :func:`varied_solution`.
-    """
-    if problem.start is None:
-        return varied_solution(problem, rng)
-    events = problem.events
-    lines: list[str] = []
-    count = problem.start.value
-    if problem.start.per_bag is not None:
-        lines.append(f"{problem.start.count} * {problem.start.per_bag} = {count}")
-    for run in _runs(events):
-        order = run
-        for _ in range(tries if len(run) > 1 else 0):
-            drawn = rng.sample(run, len(run))
-            if _in_range(count, [events[i] for i in drawn]):
-                order = drawn
-                break
-        for i in order:
-            made, count = _event_lines(events[i], count)
-            lines.extend(made)
-    if str(count) != problem.answer:
-        raise AssertionError("a commuted order changed the answer")  # a bug, never user input
-    return "\n".join([*lines, f"{ANSWER_PREFIX}{problem.answer}."])
-
-
-def _in_range(count: int, events: Sequence[Event]) -> bool:
-    for event in events:
-        value = event.apply(count)
-        if value is None or not 0 <= value <= MAX_VALUE:
-            return False
-        count = value
-    return True
-
-
-def _operands(a: int, op: str, b: int) -> tuple[int, int]:
-    """The operands of ``a op b`` as a key that ignores their order where ``op`` commutes."""
-    return (min(a, b), max(a, b)) if op in "+*" else (a, b)
-
-
-def _label_events(problem: SyntheticProblem, start: Term, solution_text: str) -> list[bool]:
-    """:func:`label_steps` for a word problem, judged by its events: a step is right when its arithmetic is and
-    its value is that of a product not yet computed (the starting bags, or an event's boxes), or the count
-    after one event not yet done of the current run (any order within a run of additions and subtractions;
-    an event's product must come first). A line that computes a product or an event exactly is judged as that;
-    any other line by its value against the products and the first event left, which is how the step graph
-    judges the reference steps. So this accepts every solution the step graph does and also the commuted
-    orders, without letting a wrong line pass because its value matches some later event's."""
-    events = problem.events
-    runs = _runs(events)
-    count: int | None = None if start.per_bag is not None else start.value
-    products = {i for i, event in enumerate(events) if event.amount.per_bag is not None}
-    run = 0
-    pending = set(runs[0]) if runs else set()
-
-    def do_step(line: str) -> bool:
-        nonlocal count, run, pending
-        claimed = _line_value(line)
-        parsed = parse_step(line)
-        if claimed is None or parsed is None:
-            return False
-        a, op, b, _ = parsed
-        # What the line computes decides first: "7 * 3 = 21" is the boxes' product even when taking 4 from a
-        # count of 25 would also leave 21. Where no reading fits, its value alone decides, as it does for the
-        # reference steps, and then only against the first event left (the reference's next step).
-        for exact in (True, False):
-            if count is not None:
-                ready = sorted(pending - products)
-                for i in ready if exact else ready[:1]:
-                    event = events[i]
-                    fits = op == event.op and _operands(a, op, b) == _operands(count, op, event.amount.value)
-                    if (fits or not exact) and event.apply(count) == claimed:
-                        count = claimed
-                        pending.discard(i)
-                        if not pending:
-                            run += 1
-                            pending = set(runs[run]) if run < len(runs) else set()
-                        return True
-            bags = [(-1, start)] if count is None else []
-            for i, term in [*bags, *((i, events[i].amount) for i in sorted(products))]:
-                fits = op == "*" and _operands(a, op, b) == _operands(term.count, op, term.per_bag or 0)
-                if (fits or not exact) and term.value == claimed:
-                    if i < 0:
-                        count = claimed
-                    else:
-                        products.discard(i)
-                    return True
-        return False
-
-    return label_lines(solution_text, problem.answer, lambda: count is None or run < len(runs), do_step)
-
-
 def split_steps(solution_text: str) -> list[str]:
     """The non-empty lines of a solution, stripped: the unit that step labels and step scores refer to."""
     return [line.strip() for line in solution_text.split("\n") if line.strip()]
@@ -585,19 +465,23 @@ def _line_value(line: str) -> int | None:
 def label_steps(problem: SyntheticProblem, solution_text: str) -> list[bool]:
     """One label per line of ``solution_text`` (see :func:`split_steps`).
 
-    A line is correct when every earlier line was and either it is a well-formed step whose arithmetic is right
-    and whose value is that of a step not yet done all of whose inputs are done (so any order of
-    :func:`varied_solution` labels right), or every step is done and it is ``The answer is <answer>.``. Anything
-    else (an extra step, a wrong value, a malformed line, an early answer) is wrong, and so is every line after
-    it. When several ready steps have the claimed value, the first of them in reference order is the one done.
-    A totals problem is labelled by :func:`ttc.bench.totals.label_total_steps`.
+    A word problem is judged by what each line computes, in any order and grouping of its runs of gains and
+    losses (:func:`ttc.bench.groupings.label_grouped_steps`); a totals problem by
+    :func:`ttc.bench.totals.label_total_steps`. Any other problem (a context question) by its step graph: a line
+    is correct when every earlier line was and either it is a well-formed step whose arithmetic is right and whose
+    value is that of a step not yet done all of whose inputs are done (so any order of :func:`varied_solution`
+    labels right), or every step is done and it is ``The answer is <answer>.``. Anything else (an extra step, a
+    wrong value, a malformed line, an early answer) is wrong, and so is every line after it. When several ready
+    steps have the claimed value, the first of them in reference order is the one done.
     """
     if problem.terms:
         from ttc.bench.totals import label_total_steps  # totals builds on this module's types
 
         return label_total_steps(problem, solution_text)
     if problem.start is not None:
-        return _label_events(problem, problem.start, solution_text)
+        from ttc.bench.groupings import label_grouped_steps  # groupings builds on this module's types
+
+        return label_grouped_steps(problem, solution_text)
     steps = problem.steps
     done: set[int] = set()
 
@@ -633,7 +517,6 @@ __all__ = [
     "Term",
     "check_answer",
     "check_levels",
-    "commuted_solution",
     "evaluate",
     "extract_answer",
     "generate",
