@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -43,6 +44,7 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ttc.bench.groupings import commuted_solution, grouped_solution
 from ttc.bench.synthetic import (
     ANSWER_PREFIX,
     EVAL_SEEDS,
@@ -50,7 +52,6 @@ from ttc.bench.synthetic import (
     TRAIN_SEEDS,
     SyntheticProblem,
     check_answer,
-    commuted_solution,
     evaluate,
     generate,
     generate_stateful,
@@ -82,9 +83,10 @@ MAX_POSITIONS = 512
 DEV_SEED = EVAL_SEEDS.start + 500_000  # held out, and distinct from the benchmark's default seed
 SAMPLE_TEMPERATURE = 0.8  # the strategies' default: the PRM learns the mistakes it will be shown
 PRM_DATA_SEED = 900_000  # inside TRAIN_SEEDS, away from the chunks the reasoner saw first
-VARIED_ORDER_SEED = 12_345  # plus the model's seed: the stream of solution orders under --solutions varied/commuted
+VARIED_ORDER_SEED = 12_345  # plus the model's seed: the stream of solution orders under --solutions other than fixed
 SOLUTIONS: dict[str, Callable[[SyntheticProblem, random.Random], str] | None] = {
-    "fixed": None, "varied": varied_solution, "commuted": commuted_solution,
+    "fixed": None, "varied": varied_solution, "commuted": commuted_solution, "grouped": grouped_solution,
+    "grouped-swapped": functools.partial(grouped_solution, swap=True),
 }
 TOTALS_SEED = 700_000  # inside TRAIN_SEEDS: the totals questions of --totals-fraction (plus the chunk)
 
@@ -164,8 +166,8 @@ def sft_example(problem: SyntheticProblem, orders: random.Random | None = None, 
                 ) -> tuple[list[int], int]:
     """Token ids ``BOS prompt solution EOS`` and where the solution starts (the loss covers only the solution).
 
-    With ``orders`` the solution is one of the problem's valid orders drawn from it by ``SOLUTIONS[solutions]``
-    (``varied_solution`` or ``commuted_solution``) instead of the fixed reference order."""
+    With ``orders`` the solution is one of the problem's valid solutions drawn from it by ``SOLUTIONS[solutions]``
+    instead of the fixed reference order."""
     prompt = [BOS_ID, *encode(mini_prompt(problem.question))]
     draw = SOLUTIONS[solutions]
     solution = problem.solution if orders is None or draw is None else draw(problem, orders)
@@ -316,9 +318,14 @@ def greedy_accuracy(model: LlamaForCausalLM, problems: Sequence[SyntheticProblem
 
 
 def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path, *, solutions: str = "fixed",
-             attention: str = "eager", totals_fraction: float = 0.0, save_every: int = 0) -> dict[str, object]:
+             attention: str = "eager", totals_fraction: float = 0.0, save_every: int = 0,
+             teacher: Path | None = None) -> dict[str, object]:
+    """Train one language model on the solution stream: next-token loss on the solutions, or, with ``teacher``,
+    the teacher's next-token distribution at the same positions (distillation: where a problem has several right
+    next steps, the data draw one at random, and a draft must learn which one its target picks)."""
     seed_everything(seed)
     model = new_model(SHAPES[name], attention)
+    teacher_model = None if teacher is None else load_model(teacher, attention).eval()
     optimizer = optimizer_for(model, schedule)
     dev = generate(DEV_SEED, 96)
     dev_totals = generate_totals(DEV_SEED, 96) if totals_fraction else []
@@ -344,7 +351,12 @@ def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path
         logits = model(input_ids=ids).logits[:, :-1]
         targets = ids[:, 1:]
         mask = target_mask[:, 1:]
-        loss = F.cross_entropy(logits[mask], targets[mask])
+        if teacher_model is None:
+            loss = F.cross_entropy(logits[mask], targets[mask])
+        else:
+            with torch.no_grad():
+                wanted = teacher_model(input_ids=ids).logits[:, :-1][mask].log_softmax(-1)
+            loss = F.kl_div(logits[mask].log_softmax(-1), wanted, log_target=True, reduction="batchmean")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -370,6 +382,10 @@ def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path
         "final_loss": round(running, 4), **final, "schedule": asdict(schedule),
         "shape": asdict(SHAPES[name]), "seed": seed, "varied": solutions == "varied", "attention": attention,
     }
+    if solutions not in ("fixed", "varied"):
+        result["solutions"] = solutions
+    if teacher is not None:
+        result["teacher"] = teacher.name
     if totals_fraction:
         result["totals_fraction"] = totals_fraction
     log(log_path, event="done", **result)
@@ -689,9 +705,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--log", type=Path, default=Path("runs/train_mini_models.jsonl"))
     parser.add_argument("--solutions", choices=sorted(SOLUTIONS), default="fixed",
                         help="train the language models on the fixed reference order (the shipped models) or on "
-                        "valid orders drawn per example: varied (ttc.bench.synthetic.varied_solution: the same "
-                        "values in another order) or commuted (commuted_solution: additions and subtractions in "
-                        "another order, so other intermediate counts)")
+                        "valid solutions drawn per example: varied (ttc.bench.synthetic.varied_solution: the same "
+                        "values in another order), commuted (ttc.bench.groupings.commuted_solution: additions and "
+                        "subtractions in another order, so other intermediate counts), grouped (grouped_solution: "
+                        "also gains or losses totalled first) or grouped-swapped (and operands either way round)")
     parser.add_argument("--attention", choices=["eager", "sdpa"], default="eager",
                         help="attention while training the reasoner and the draft (the shipped models: eager; sdpa "
                         "is 1.3x faster per step but moves a reasoner on the steep part of its curve)")
@@ -704,6 +721,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--save-every", type=int, default=0,
                         help="also save each language model every this many steps, as DIR/NAME-stepK (0: only "
                         "at the end)")
+    parser.add_argument("--draft-from", choices=["data", "reasoner"], default="data",
+                        help="train the draft on the solutions themselves, or on the trained reasoner's next-token "
+                        "distribution over them (distillation: where several next steps are right, the draft "
+                        "learns the one the reasoner picks)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     if not 0.0 <= args.totals_fraction <= 0.875:
@@ -718,7 +739,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                  args.seed, args.log, **lm)
     if args.stage in ("all", "draft"):
         train_lm("draft", Schedule(steps=args.draft_steps, tokens_per_batch=2048, lr=2e-3), args.out,
-                 args.seed + 1, args.log, **lm)
+                 args.seed + 1, args.log, **lm,
+                 teacher=args.out / "reasoner" if args.draft_from == "reasoner" else None)
     if args.stage in ("all", "checker"):
         train_lm("checker", Schedule(steps=args.checker_steps, tokens_per_batch=2048, lr=1e-3), args.out,
                  args.seed + 2, args.log, **{**lm, "attention": args.judge_attention})

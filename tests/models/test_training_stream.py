@@ -109,3 +109,45 @@ def test_judge_attention_reaches_the_checker_and_not_the_policy(script: ModuleTy
     script.main(["--stage", "draft", "--draft-steps", "1", "--out", str(tmp_path), "--log",
                  str(tmp_path / "log.jsonl"), "--threads", threads])
     assert trained["draft"] == "eager"
+
+
+@pytest.mark.parametrize("solutions", ["varied", "commuted", "grouped", "grouped-swapped"])
+def test_every_kind_of_solution_in_the_stream_is_right(script: ModuleType, solutions: str) -> None:
+    import random
+
+    orders = random.Random(5)
+    problems = script.training_problems(41, 384, 8)
+    texts = []
+    for problem in problems:
+        ids, start = script.sft_example(problem, orders, solutions)
+        text = "".join(script.VOCAB[t] for t in ids[start:-1])
+        assert all(label_steps(problem, text)) and text.endswith(f"The answer is {problem.answer}."), text
+        texts.append(text)
+    assert sum(text != problem.solution for text, problem in zip(texts, problems, strict=True)) > len(problems) // 4
+
+
+def test_a_draft_distilled_from_a_teacher_moves_towards_its_distribution(script: ModuleType, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--draft-from reasoner: the loss is the teacher's next-token distribution, so a few steps bring the student's
+    distribution on a batch of solutions closer to the teacher's than the same schedule on the data does."""
+    import torch
+    import torch.nn.functional as F
+
+    monkeypatch.setattr(script, "greedy_accuracy", lambda model, problems: {"all": 0.0})
+    schedule = script.Schedule(steps=12, tokens_per_batch=1024, lr=2e-3, warmup=1)
+    script.train_lm("draft", schedule, tmp_path / "teacher", 7, tmp_path / "log.jsonl", attention="sdpa")
+    teacher_dir = tmp_path / "teacher" / "draft"
+    distilled = script.train_lm("draft", schedule, tmp_path / "kd", 3, tmp_path / "log.jsonl", attention="sdpa",
+                                teacher=teacher_dir)
+    script.train_lm("draft", schedule, tmp_path / "data", 3, tmp_path / "log.jsonl", attention="sdpa")
+    assert distilled["teacher"] == "draft"
+    ids, mask = next(script.sft_batches(11, 1024))
+    teacher = script.load_model(teacher_dir).eval()
+
+    def distance(folder: Path) -> float:
+        with torch.no_grad():
+            wanted = teacher(input_ids=ids).logits[mask].log_softmax(-1)
+            got = script.load_model(folder).eval()(input_ids=ids).logits[mask].log_softmax(-1)
+        return float(F.kl_div(got, wanted, log_target=True, reduction="batchmean"))
+
+    assert distance(tmp_path / "kd" / "draft") < distance(tmp_path / "data" / "draft")
