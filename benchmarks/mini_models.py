@@ -56,12 +56,12 @@ from ttc.verifiers.prm_presets import PRMPreset, get_preset
 
 class Models:
     def __init__(self, prm_dir: Path | None = None, checker_dir: Path | None = None,
-                 reasoner_dir: Path | None = None) -> None:
+                 reasoner_dir: Path | None = None, draft_dir: Path | None = None) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(mini_model_path("reasoner"))
         self.tokenizer.padding_side = "left"
         load = {"dtype": torch.float32}
         self.reasoner = AutoModelForCausalLM.from_pretrained(reasoner_dir or mini_model_path("reasoner"), **load).eval()
-        self.draft = AutoModelForCausalLM.from_pretrained(mini_model_path("draft"), **load).eval()
+        self.draft = AutoModelForCausalLM.from_pretrained(draft_dir or mini_model_path("draft"), **load).eval()
         self.prm = AutoModelForCausalLM.from_pretrained(prm_dir or mini_model_path("prm"), **load).eval()
         self.checker = AutoModelForCausalLM.from_pretrained(checker_dir or mini_model_path("checker"), **load).eval()
         self.checker_preset = get_preset("mini-checker")
@@ -247,12 +247,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "shipped one")
     parser.add_argument("--reasoner", type=Path, default=None, help="a candidate reasoner folder instead of the "
                         "shipped one (e.g. one trained with --solutions varied)")
+    parser.add_argument("--draft", type=Path, default=None, help="a candidate draft folder instead of the shipped "
+                        "one (e.g. one distilled from the reasoner with --draft-from reasoner)")
     args = parser.parse_args(argv)
     if args.seed not in EVAL_SEEDS:
         parser.error(f"--seed must be a held-out seed in [{EVAL_SEEDS.start}, {EVAL_SEEDS.stop})")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    models = Models(args.prm, args.checker, args.reasoner)
+    models = Models(args.prm, args.checker, args.reasoner, args.draft)
     problems = held_out(args.family, args.seed, args.n, args.levels)
     policy = models.reasoner if args.policy == "reasoner" else models.checker
     prompts = [mini_prompt(p.question) for p in problems]

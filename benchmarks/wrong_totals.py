@@ -19,6 +19,7 @@ import os
 import statistics
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shared cores: do not spin while waiting
@@ -74,24 +75,43 @@ def share(counter: Counter[str], total: int) -> list[str]:
     return [f"  {kind:45s} {n:5d} {100 * n / max(1, total):5.1f}%" for kind, n in counter.most_common()]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def sampling_parser(description: str, top_p: float) -> argparse.ArgumentParser:
+    """The options the wrong-answer scripts share: the policy, held-out problems, and how to sample them."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reasoner", type=Path, default=None, help="the policy folder (default: the shipped one)")
     parser.add_argument("--n", type=int, default=240)
     parser.add_argument("--seed", type=int, default=1_500_000, help="must be one of EVAL_SEEDS")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--top-p", type=float, default=top_p)
     parser.add_argument("--threads", type=int, default=2)
+    return parser
+
+
+def parse_sampling_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     args = parser.parse_args()
     if args.seed not in EVAL_SEEDS:
         parser.error(f"--seed must be a held-out seed in [{EVAL_SEEDS.start}, {EVAL_SEEDS.stop})")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    return args
+
+
+def greedy_and_samples(args: argparse.Namespace, problems: Sequence[SyntheticProblem]
+                       ) -> tuple[list[str], list[list[str]]]:
+    """The policy's greedy solution of each problem and ``args.samples`` sampled ones."""
     models = Models(reasoner_dir=args.reasoner)
-    problems = generate_totals(args.seed, args.n)
     prompts = [mini_prompt(p.question) for p in problems]
     greedy = [c[0] for c in complete(models, models.reasoner, prompts)]
-    sampled = complete(models, models.reasoner, prompts, samples=args.samples, temperature=args.temperature)
+    sampled = complete(models, models.reasoner, prompts, samples=args.samples, temperature=args.temperature,
+                       top_p=args.top_p)
+    return greedy, sampled
+
+
+def main() -> None:
+    args = parse_sampling_args(sampling_parser(__doc__ or "", top_p=1.0))
+    problems = generate_totals(args.seed, args.n)
+    greedy, sampled = greedy_and_samples(args, problems)
 
     kinds: Counter[str] = Counter()
     steps: Counter[str] = Counter()
