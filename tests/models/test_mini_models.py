@@ -183,3 +183,23 @@ async def test_checker_scores_a_correct_step_far_above_a_corrupted_one() -> None
             assert good[0] == pytest.approx(bad[0], abs=1e-6)  # the shared first step (and from the cache)
             assert min(good) > 0.5, (problem.question, good)
             assert bad[1] < 0.01 and good[1] > 100 * bad[1]
+
+
+def test_sampled_reasoner_slips_in_arithmetic_and_check_arithmetic_leaves_those_out() -> None:
+    from collections import Counter
+
+    from ttc import solve
+    from ttc.verifiers.arithmetic import computes_right
+
+    problem = generate(EVAL_SEEDS.start, 3, levels=[3, 4, 5])[2]
+    runs = {
+        check: solve(problem.question, 20_000, store=False, strategy="self_consistency", max_samples=16,
+                     round_size=16, select="vote", check_arithmetic=check, seed=0, max_tokens=160)
+        for check in (False, True)
+    }
+    texts = [c.text for c in runs[True].candidates]
+    assert texts == [c.text for c in runs[False].candidates]  # the check changes the choice, not the samples
+    right = [c.answer for c in runs[True].candidates if computes_right(c.text)]
+    assert 0 < len(right) < len(texts)  # at T=0.8 the mini reasoner slips in some samples, not all
+    top = Counter(a for a in right if a is not None).most_common()
+    assert runs[True].answer in {a for a, n in top if n == top[0][1]}

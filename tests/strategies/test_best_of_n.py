@@ -116,3 +116,13 @@ async def test_no_answer_anywhere_returns_first_text() -> None:
                                                              ctx_for(backend))
     assert result.answer is None
     assert result.text == "no digits here"
+
+
+async def test_check_arithmetic_applies_to_the_score_pick() -> None:
+    slip, right = "17 + 8 = 24\nThe answer is 24.", "17 + 8 = 25\nThe answer is 25."
+    scorer = AnswerScorer({"24": 0.9, "25": 0.4})
+    for check, winner in ((False, "24"), (True, "25")):
+        result = await make_strategy("best_of_n", {"n": 4, "select": "score", "check_arithmetic": check}).run(
+            Problem("17 + 8?"), Meter(Budget(tokens=10_000)),
+            ctx_for(ScriptedBackend([slip, right]), verifier=scorer))
+        assert result.answer == winner

@@ -88,3 +88,31 @@ async def test_same_seed_same_trace() -> None:
             Problem("q"), Meter(Budget(tokens=10_000)), ctx)
         runs.append((result.answer, [(n.text, n.status) for n in ctx.recorder.nodes()]))
     assert runs[0] == runs[1]
+
+
+SLIP = "17 + 8 = 24\nThe answer is 24."
+RIGHT = "17 + 8 = 25\nThe answer is 25."
+
+
+async def test_check_arithmetic_leaves_slips_out_of_the_vote() -> None:
+    texts = [SLIP, SLIP, SLIP, RIGHT, RIGHT]
+    for check, winner in ((False, "24"), (True, "25")):
+        ctx = ctx_for(ScriptedBackend(texts))
+        result = await make_strategy("self_consistency", {
+            "max_samples": 5, "round_size": 5, "check_arithmetic": check}).run(
+            Problem("17 + 8?"), Meter(Budget(tokens=10_000)), ctx)
+        assert result.answer == winner
+        assert len(result.candidates) == 5  # a slip is kept in the result and the trace, only not counted
+        select = [e for e in ctx.recorder.events() if e.kind == "select"][-1]
+        assert select.payload["arithmetic_slips"] == (3 if check else 0)
+        assert select.payload["tally"] == ({"25": 2.0} if check else {"24": 3.0, "25": 2.0})
+
+
+async def test_check_arithmetic_keeps_every_sample_when_all_slip() -> None:
+    ctx = ctx_for(ScriptedBackend([SLIP, "17 + 8 = 26\nThe answer is 26.", SLIP]))
+    result = await make_strategy("self_consistency", {
+        "max_samples": 3, "round_size": 3, "check_arithmetic": True}).run(
+        Problem("17 + 8?"), Meter(Budget(tokens=10_000)), ctx)
+    assert result.answer == "24"
+    select = [e for e in ctx.recorder.events() if e.kind == "select"][-1]
+    assert select.payload["arithmetic_slips"] == 0

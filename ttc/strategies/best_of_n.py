@@ -10,7 +10,16 @@ from pydantic import Field
 
 from ttc.budget import Meter
 from ttc.strategies.base import TEMPERATURE, TOP_P, Context, Strategy, StrategyOptions, StrategyResult, register
-from ttc.strategies.sampling import Selection, choose, draw, mark_selected, record, resolve_selection, score
+from ttc.strategies.sampling import (
+    CHECK_ARITHMETIC,
+    Selection,
+    choose,
+    draw,
+    mark_selected,
+    record,
+    resolve_selection,
+    score,
+)
 from ttc.types import Problem
 
 
@@ -20,6 +29,7 @@ class BestOfNOptions(StrategyOptions):
     temperature: float = Field(TEMPERATURE, ge=0.0)
     top_p: float = Field(TOP_P, gt=0.0, le=1.0)
     select: Selection = "auto"
+    check_arithmetic: bool = Field(False, description=CHECK_ARITHMETIC)
 
 
 @register
@@ -35,7 +45,7 @@ class BestOfN(Strategy[BestOfNOptions]):
         completions = await draw(ctx, meter, prompt, opts.n, opts.max_tokens, opts.temperature, opts.top_p)
         ctx.recorder.event("sample", {"requested": opts.n, "drawn": len(completions)})
         candidates = await score(ctx, meter, problem.question, record(ctx, root, completions))
-        choice = choose(ctx, candidates, resolve_selection(opts.select, ctx))
+        choice = choose(ctx, candidates, resolve_selection(opts.select, ctx), opts.check_arithmetic)
         mark_selected(ctx, choice)
         best = choice.candidate
         return StrategyResult(

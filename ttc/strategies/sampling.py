@@ -10,10 +10,13 @@ from ttc.budget import Meter
 from ttc.strategies.base import Context
 from ttc.types import Candidate, Completion, Sampling
 from ttc.verifiers.answer import extract_answer, normalize_answer
+from ttc.verifiers.arithmetic import computes_right
 from ttc.verifiers.base import score_outcome_costed
 from ttc.verifiers.vote import VoteResult, majority_vote
 
 Selection = Literal["auto", "score", "vote", "weighted_vote"]
+CHECK_ARITHMETIC = ("samples that write a wrong result for an equation (17 + 8 = 24) take no part in the choice, "
+                    "unless all do")
 
 
 async def draw(ctx: Context, meter: Meter, prompt: Sequence[int], n: int, max_tokens: int,
@@ -64,6 +67,7 @@ class Choice:
     candidate: Candidate | None
     how: str
     vote: VoteResult | None
+    slipped: int = 0  # candidates left out of the choice for wrong arithmetic (``check_arithmetic``)
 
 
 def resolve_selection(selection: Selection, ctx: Context) -> str:
@@ -72,24 +76,32 @@ def resolve_selection(selection: Selection, ctx: Context) -> str:
     return selection
 
 
-def choose(ctx: Context, candidates: Sequence[Candidate], how: str) -> Choice:
+def choose(ctx: Context, candidates: Sequence[Candidate], how: str, check_arithmetic: bool = False) -> Choice:
     """Pick the final candidate: by highest score, by plain majority, or by score-weighted majority.
 
     Within the winning answer class, the best-scored (then shortest, then first) member is returned, so the
-    reported text actually contains the reported answer.
+    reported text actually contains the reported answer. With ``check_arithmetic``, candidates that write a wrong
+    result for an equation (``ttc.verifiers.arithmetic``) take no part, unless every candidate does: then all do,
+    so a question is never left unanswered for it.
     """
+    slipped = 0
+    if check_arithmetic:
+        right = [c for c in candidates if computes_right(c.text)]
+        if right:
+            slipped = len(candidates) - len(right)
+            candidates = right
     if not candidates:
         return Choice(None, how, None)
     if how == "score":
         best = max(candidates, key=lambda c: (c.score if c.score is not None else float("-inf"), -c.token_count))
-        return Choice(best, how, None)
+        return Choice(best, how, None, slipped)
     weights = [max(c.score, 0.0) if how == "weighted_vote" and c.score is not None else 1.0 for c in candidates]
     result = majority_vote([c.answer for c in candidates], weights, rng=ctx.rng)
     if result.key is None:
-        return Choice(candidates[0], how, result)
+        return Choice(candidates[0], how, result, slipped)
     members = [c for c in candidates if c.answer is not None and normalize_answer(c.answer) == result.key]
     best = max(members, key=lambda c: (c.score if c.score is not None else 0.0, -c.token_count))
-    return Choice(best, how, result)
+    return Choice(best, how, result, slipped)
 
 
 def mark_selected(ctx: Context, choice: Choice) -> None:
@@ -98,5 +110,6 @@ def mark_selected(ctx: Context, choice: Choice) -> None:
         ctx.recorder.update(cand.node_id, status="selected")
     tally = dict(choice.vote.tally) if choice.vote is not None else {}
     ctx.recorder.event("select", {"how": choice.how, "answer": cand.answer if cand else None,
-                                  "score": cand.score if cand else None, "tally": tally},
+                                  "score": cand.score if cand else None, "tally": tally,
+                                  "arithmetic_slips": choice.slipped},
                        node_id=cand.node_id if cand else None)

@@ -13,7 +13,16 @@ from pydantic import Field
 
 from ttc.budget import Meter
 from ttc.strategies.base import TEMPERATURE, TOP_P, Context, Strategy, StrategyOptions, StrategyResult, register
-from ttc.strategies.sampling import Selection, choose, draw, mark_selected, record, resolve_selection, score
+from ttc.strategies.sampling import (
+    CHECK_ARITHMETIC,
+    Selection,
+    choose,
+    draw,
+    mark_selected,
+    record,
+    resolve_selection,
+    score,
+)
 from ttc.types import Candidate, Problem
 
 
@@ -26,6 +35,7 @@ class SelfConsistencyOptions(StrategyOptions):
     temperature: float = Field(TEMPERATURE, ge=0.0)
     top_p: float = Field(TOP_P, gt=0.0, le=1.0)
     select: Selection = "auto"
+    check_arithmetic: bool = Field(False, description=CHECK_ARITHMETIC)
 
 
 @register
@@ -47,7 +57,7 @@ class SelfConsistency(Strategy[SelfConsistencyOptions]):
                 ctx.recorder.event("stop", {"reason": "budget", "samples": len(candidates)})
                 break
             candidates += await score(ctx, meter, problem.question, record(ctx, root, completions))
-            choice = choose(ctx, candidates, how)
+            choice = choose(ctx, candidates, how, opts.check_arithmetic)
             vote = choice.vote
             share = vote.share if vote is not None else 0.0
             ctx.recorder.event("round", {"samples": len(candidates), "leader": vote.key if vote else None,
@@ -55,7 +65,7 @@ class SelfConsistency(Strategy[SelfConsistencyOptions]):
             if self._decided(candidates, choice.vote.tally if choice.vote else {}, share):
                 ctx.recorder.event("stop", {"reason": "decided", "samples": len(candidates), "share": share})
                 break
-        choice = choose(ctx, candidates, how)
+        choice = choose(ctx, candidates, how, opts.check_arithmetic)
         mark_selected(ctx, choice)
         best = choice.candidate
         return StrategyResult(answer=best.answer if best else None, text=best.text if best else "",

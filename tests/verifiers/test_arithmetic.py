@@ -1,0 +1,44 @@
+"""The calculator check: wrong results of written equations are found, and nothing else is."""
+
+from __future__ import annotations
+
+import pytest
+
+from ttc.verifiers.arithmetic import arithmetic_slips, computes_right
+
+
+@pytest.mark.parametrize(("text", "slips"), [
+    ("17 + 8 = 25\n25 - 3 = 22\nThe answer is 22.", []),
+    ("17 + 8 = 24\n24 - 3 = 21\nThe answer is 21.", ["17 + 8 = 24"]),
+    ("4 * 6 = 24\n24 / 3 = 9\n9 - 2 = 6", ["24 / 3 = 9", "9 - 2 = 6"]),
+    ("5 - 8 = -3", []),
+    ("7 / 2 = 3", ["7 / 2 = 3"]),  # an integer result must be exact
+    ("10 / 3 = 3", ["10 / 3 = 3"]),
+    ("10 / 3 = 3.33", []),  # a result with decimals may be rounded to them
+    ("10 / 3 = 3.4", ["10 / 3 = 3.4"]),
+    ("3 + 4 = 7.5", ["3 + 4 = 7.5"]),
+    ("2.5 * 1.5 = 3.75", []),
+    ("12 / 0 = 0", ["12 / 0 = 0"]),
+    ("1,000 + 250 = 1,250 pens", []),
+    ("1,000 + 250 = 1,205 pens", ["1,000 + 250 = 1,205"]),
+    ("She earns <<48/2=25>>25 dollars.", ["48/2=25"]),
+    ("3 × 4 = 12 and 12 ÷ 4 = 2", ["12 ÷ 4 = 2"]),
+    ("so 48/2 = 25 clips", ["48/2 = 25"]),
+    ("x = 3 + 4 = 8.", ["3 + 4 = 8"]),
+])
+def test_wrong_results_are_found_as_written(text: str, slips: list[str]) -> None:
+    assert arithmetic_slips(text) == slips
+    assert computes_right(text) is (not slips)
+
+
+@pytest.mark.parametrize("text", [
+    "3 + 4 * 2 = 11",  # part of a longer expression: not a lone equation
+    "4 * 2 = 11 + 3",  # the result is computed with further
+    "-3 + 5 = 2",
+    "5 * 3 = 15%",
+    "a3 + 4 = 9",
+    "He pays 5 * 3 dollars = 15",  # units between the operands and the result
+    "1.5.2 + 3 = 7",
+])
+def test_equations_it_cannot_read_alone_are_skipped(text: str) -> None:
+    assert arithmetic_slips(text) == []

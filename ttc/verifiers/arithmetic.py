@@ -1,0 +1,81 @@
+"""A calculator's check of a solution: every ``a op b = c`` it writes must state the right ``c``.
+
+Sampling at a useful temperature makes a small model slip in arithmetic it gets right greedily (``17 + 8 = 24``),
+and a vote then counts those slips as if they were other readings of the question. Recomputing each written
+equation needs no model and no reference answer, so a vote can leave such samples out (``check_arithmetic`` of
+the sampling strategies).
+
+Only a lone binary equation is checked: two plain numbers, one operator, ``=``, one number. An equation inside a
+longer expression (``3 + 4 * 2 = 11``), one with units or a percent sign, or one whose result the text goes on to
+compute with is skipped rather than guessed at, so the check never calls right arithmetic wrong. A result written
+with decimals may be rounded to them (``10 / 3 = 3.33``); an integer result must be exact (``7 / 2 = 3`` is a slip).
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+_NUMBER = r"\d{1,3}(?:,\d{3})+(?![\d,])|\d+(?:\.\d+)?"
+_EQUATION = re.compile(
+    rf"(?P<a>{_NUMBER})[ \t]*(?P<op>[-+*/×÷])[ \t]*(?P<b>{_NUMBER})[ \t]*=[ \t]*(?P<c>-?(?:{_NUMBER}))"
+)
+_OPERATORS = "+-*/×÷^"
+# Before the first operand: anything that would make it part of a longer expression or a longer number.
+_BAD_BEFORE = set(_OPERATORS) | set(".,)")
+# After the result: anything that would make it an operand of more arithmetic, a longer number, or a percent.
+_BAD_AFTER = set(_OPERATORS) | set("%(")
+
+
+def _value(number: str) -> Fraction:
+    return Fraction(number.replace(",", ""))
+
+
+def _exact(a: Fraction, op: str, b: Fraction) -> Fraction | None:
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op in "*×":
+        return a * b
+    return a / b if b != 0 else None
+
+
+def _decimals(number: str) -> int:
+    return len(number.split(".")[1]) if "." in number else 0
+
+
+def _stands_alone(text: str, start: int, end: int) -> bool:
+    if start and text[start - 1].isalnum():  # glued to a word: ``a3 + 4 = 7``
+        return False
+    before = text[:start].rstrip(" \t")
+    if before and before[-1] in _BAD_BEFORE:
+        return False
+    after = text[end:].lstrip(" \t")
+    if not after:
+        return True
+    if after[0] in _BAD_AFTER or after[0].isdigit():
+        return False
+    return not (after[0] == "." and after[1:2].isdigit())
+
+
+def arithmetic_slips(text: str) -> list[str]:
+    """The lone binary equations of ``text`` whose stated result is wrong, as written, in order."""
+    slips = []
+    for match in _EQUATION.finditer(text):
+        if not _stands_alone(text, match.start(), match.end()):
+            continue
+        exact = _exact(_value(match["a"]), match["op"], _value(match["b"]))
+        claimed = _value(match["c"])
+        tolerance = Fraction(1, 2 * 10 ** _decimals(match["c"])) if _decimals(match["c"]) else Fraction(0)
+        if exact is None or abs(exact - claimed) > tolerance:
+            slips.append(match.group(0))
+    return slips
+
+
+def computes_right(text: str) -> bool:
+    """Whether every lone binary equation of ``text`` states its exact (or correctly rounded) result."""
+    return not arithmetic_slips(text)
+
+
+__all__ = ["arithmetic_slips", "computes_right"]
