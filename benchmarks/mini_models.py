@@ -9,7 +9,9 @@
     python3 benchmarks/mini_models.py --family mix --reasoner DIR --checker DIR  # half word problems, half totals
 
 Measured, per level and overall: the reasoner's greedy accuracy; majority vote over 16 samples, the same
-vote as if different wrong chains never shared an answer (so coinciding wrong answers cannot be blamed), and how
+vote as if different wrong chains never shared an answer (so coinciding wrong answers cannot be blamed), the
+vote among the samples that write no wrong result for an equation (``maj16_arith``: ``check_arithmetic`` of the
+sampling strategies, so what arithmetic slips cost the vote), and how
 often the vote returns the greedy answer, right or wrong (``maj16=greedy``); best of the
 same 16 samples ranked by the mini PRM (step scores aggregated by min, last step, product); best of them by the
 mini checker (likelihood), by min (StepwiseOutcome's default) and by product, and a vote weighted by its min;
@@ -50,6 +52,7 @@ from ttc.bench.synthetic import (
 from ttc.bench.totals import generate_totals
 from ttc.models import mini_model_path, mini_prompt
 from ttc.strategies.base import TEMPERATURE, TOP_P
+from ttc.verifiers.arithmetic import computes_right
 from ttc.verifiers.metrics import auroc
 from ttc.verifiers.prm_presets import PRMPreset, get_preset
 
@@ -304,12 +307,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         unpooled = Counter(a if a == problem.answer else f"{a}\0{flat[k][1]}"
                            for k, a in zip(group, answers, strict=True) if a is not None)
         right_votes = votes.get(problem.answer, 0)
+        # As the strategies' check_arithmetic: where every sample slips, every sample votes.
+        checked = [k for k in group if computes_right(flat[k][1])] or list(group)
+        arith = Counter(a for k in checked if (a := answers[k - group.start]) is not None)
         row = {
             "greedy": check_answer(problem, greedy[i]),
             f"maj{args.samples}": majority == problem.answer,
             f"maj{args.samples}_unpooled": bool(unpooled) and unpooled.most_common(1)[0][0] == problem.answer,
             # Not a score: how often the vote returns greedy decoding's answer, right or wrong. Where a problem
             # has one chain of decisions the vote estimates the greedy answer, so this grows with the samples.
+            f"maj{args.samples}_arith": bool(arith) and arith.most_common(1)[0][0] == problem.answer,
             f"maj{args.samples}=greedy": majority is not None and majority == extract_answer(greedy[i]),
             f"pass@{args.samples}": right_votes > 0,
             # The ceiling of any verifier that judges steps: a sample whose every step is right. Below pass@N
@@ -387,6 +394,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"bo{args.samples}_prm_last_acc": acc(f"bo{args.samples}_prm_last"),
         f"maj{args.samples}_acc": acc(f"maj{args.samples}"),
         f"maj{args.samples}_unpooled_acc": acc(f"maj{args.samples}_unpooled"),
+        f"maj{args.samples}_arith_acc": acc(f"maj{args.samples}_arith"),
         f"maj{args.samples}_is_greedy": acc(f"maj{args.samples}=greedy"),
         f"pass{args.samples}": acc(f"pass@{args.samples}"),
         f"pass{args.samples}_steps": acc(f"pass@{args.samples}_steps"),
