@@ -126,3 +126,16 @@ async def test_check_arithmetic_applies_to_the_score_pick() -> None:
             Problem("17 + 8?"), Meter(Budget(tokens=10_000)),
             ctx_for(ScriptedBackend([slip, right]), verifier=scorer))
         assert result.answer == winner
+
+
+async def test_check_operands_applies_to_the_score_pick() -> None:
+    question = "Tom has 3 bags of 4 cups. How many cups?"
+    misread, read = "3 * 6 = 18\nThe answer is 18.", "3 * 4 = 12\nThe answer is 12."
+    scorer = AnswerScorer({"18": 0.9, "12": 0.4})
+    for check, winner in ((False, "18"), (True, "12")):
+        ctx = ctx_for(ScriptedBackend([misread, read]), verifier=scorer)
+        result = await make_strategy("best_of_n", {"n": 4, "select": "score", "check_operands": check}).run(
+            Problem(question), Meter(Budget(tokens=10_000)), ctx)
+        assert result.answer == winner
+        select = [e for e in ctx.recorder.events() if e.kind == "select"][-1]
+        assert select.payload["left_out"] == (2 if check else 0)

@@ -104,7 +104,8 @@ async def test_check_arithmetic_leaves_slips_out_of_the_vote() -> None:
         assert result.answer == winner
         assert len(result.candidates) == 5  # a slip is kept in the result and the trace, only not counted
         select = [e for e in ctx.recorder.events() if e.kind == "select"][-1]
-        assert select.payload["arithmetic_slips"] == (3 if check else 0)
+        assert select.payload["left_out"] == (3 if check else 0)
+        assert select.payload["failed"] == ({"arithmetic": 3} if check else {})
         assert select.payload["tally"] == ({"25": 2.0} if check else {"24": 3.0, "25": 2.0})
 
 
@@ -115,4 +116,36 @@ async def test_check_arithmetic_keeps_every_sample_when_all_slip() -> None:
         Problem("17 + 8?"), Meter(Budget(tokens=10_000)), ctx)
     assert result.answer == "24"
     select = [e for e in ctx.recorder.events() if e.kind == "select"][-1]
-    assert select.payload["arithmetic_slips"] == 0
+    assert select.payload["left_out"] == 0
+    assert select.payload["failed"] == {"arithmetic": 3}
+
+
+QUESTION = "Tom has 3 bags of 4 cups. Sue gives Tom 5. How many cups now?"
+READ = "3 * 4 = 12\n12 + 5 = 17\nThe answer is 17."
+MISREAD = "3 * 6 = 18\n18 + 5 = 23\nThe answer is 23."  # no 6 in the question: a misread operand
+SLIPPED_READ = "3 * 4 = 12\n12 + 5 = 23\nThe answer is 23."
+
+
+async def test_check_operands_leaves_misread_operands_out_of_the_vote() -> None:
+    texts = [MISREAD, MISREAD, MISREAD, READ, READ]
+    for check, winner in ((False, "23"), (True, "17")):
+        ctx = ctx_for(ScriptedBackend(texts))
+        result = await make_strategy("self_consistency", {
+            "max_samples": 5, "round_size": 5, "check_operands": check}).run(
+            Problem(QUESTION), Meter(Budget(tokens=10_000)), ctx)
+        assert result.answer == winner
+        assert len(result.candidates) == 5
+        select = [e for e in ctx.recorder.events() if e.kind == "select"][-1]
+        assert select.payload["failed"] == ({"operands": 3} if check else {})
+
+
+async def test_checks_combine_and_count_each_failure() -> None:
+    ctx = ctx_for(ScriptedBackend([MISREAD, SLIPPED_READ, SLIPPED_READ, READ]))
+    result = await make_strategy("self_consistency", {
+        "max_samples": 4, "round_size": 4, "check_operands": True, "check_arithmetic": True}).run(
+        Problem(QUESTION), Meter(Budget(tokens=10_000)), ctx)
+    assert result.answer == "17"  # 23 has three samples, each failing one check
+    select = [e for e in ctx.recorder.events() if e.kind == "select"][-1]
+    assert select.payload["left_out"] == 3
+    assert select.payload["failed"] == {"arithmetic": 2, "operands": 1}
+    assert select.payload["tally"] == {"17": 1.0}

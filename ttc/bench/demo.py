@@ -33,10 +33,12 @@ def default_arms(samples: int) -> list[Arm]:
         GREEDY,
         Arm(f"majority@{samples}", "best_of_n", {"n": samples, "select": "vote", "max_tokens": 160},
             160 * samples),
-        # Drawn with the plain vote's seeds; samples that miscompute a line do not vote. The mini reasoner slips in
-        # arithmetic when sampled where it does not greedily (docs/mini_models.md: arithmetic slips).
+        # Drawn with the plain vote's seeds; samples that miscompute a line or compute with a number nothing gave
+        # do not vote. The mini reasoner slips in arithmetic when sampled where it does not greedily, and misreads
+        # operands (docs/mini_models.md: arithmetic slips and misread operands).
         Arm(f"checked majority@{samples}", "best_of_n",
-            {"n": samples, "select": "vote", "check_arithmetic": True, "max_tokens": 160}, 160 * samples),
+            {"n": samples, "select": "vote", "check_arithmetic": True, "check_operands": True, "max_tokens": 160},
+            160 * samples),
         Arm(f"verifier-weighted@{samples}", "best_of_n", {"n": samples, "select": "weighted_vote", "max_tokens": 160},
             160 * samples),
     ]

@@ -12,6 +12,8 @@ from ttc.budget import Meter
 from ttc.strategies.base import TEMPERATURE, TOP_P, Context, Strategy, StrategyOptions, StrategyResult, register
 from ttc.strategies.sampling import (
     CHECK_ARITHMETIC,
+    CHECK_OPERANDS,
+    Checks,
     Selection,
     choose,
     draw,
@@ -30,6 +32,7 @@ class BestOfNOptions(StrategyOptions):
     top_p: float = Field(TOP_P, gt=0.0, le=1.0)
     select: Selection = "auto"
     check_arithmetic: bool = Field(False, description=CHECK_ARITHMETIC)
+    check_operands: bool = Field(False, description=CHECK_OPERANDS)
 
 
 @register
@@ -45,7 +48,8 @@ class BestOfN(Strategy[BestOfNOptions]):
         completions = await draw(ctx, meter, prompt, opts.n, opts.max_tokens, opts.temperature, opts.top_p)
         ctx.recorder.event("sample", {"requested": opts.n, "drawn": len(completions)})
         candidates = await score(ctx, meter, problem.question, record(ctx, root, completions))
-        choice = choose(ctx, candidates, resolve_selection(opts.select, ctx), opts.check_arithmetic)
+        checks = Checks(arithmetic=opts.check_arithmetic, operands=opts.check_operands)
+        choice = choose(ctx, candidates, resolve_selection(opts.select, ctx), checks, problem.question)
         mark_selected(ctx, choice)
         best = choice.candidate
         return StrategyResult(

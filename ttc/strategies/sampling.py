@@ -12,11 +12,14 @@ from ttc.types import Candidate, Completion, Sampling
 from ttc.verifiers.answer import extract_answer, normalize_answer
 from ttc.verifiers.arithmetic import computes_right
 from ttc.verifiers.base import score_outcome_costed
+from ttc.verifiers.operands import operands_sourced
 from ttc.verifiers.vote import VoteResult, majority_vote
 
 Selection = Literal["auto", "score", "vote", "weighted_vote"]
 CHECK_ARITHMETIC = ("samples that write a wrong result for an equation (17 + 8 = 24) take no part in the choice, "
                     "unless all do")
+CHECK_OPERANDS = ("samples that compute with a number neither the question nor an earlier line gives take no part "
+                  "in the choice, unless all do; only for problems that state all their data")
 
 
 async def draw(ctx: Context, meter: Meter, prompt: Sequence[int], n: int, max_tokens: int,
@@ -63,11 +66,29 @@ async def score(ctx: Context, meter: Meter, question: str, candidates: Sequence[
 
 
 @dataclass(frozen=True)
+class Checks:
+    """Model-free checks a sample must pass to take part in the choice (``check_*`` options of the strategies)."""
+
+    arithmetic: bool = False  # every lone ``a op b = c`` states the right c (ttc.verifiers.arithmetic)
+    operands: bool = False  # every operand was given by the question or an earlier line (ttc.verifiers.operands)
+
+    def failed(self, question: str, text: str) -> list[str]:
+        """The names of the checks ``text`` fails, in a fixed order."""
+        failed = []
+        if self.arithmetic and not computes_right(text):
+            failed.append("arithmetic")
+        if self.operands and not operands_sourced(question, text):
+            failed.append("operands")
+        return failed
+
+
+@dataclass(frozen=True)
 class Choice:
     candidate: Candidate | None
     how: str
     vote: VoteResult | None
-    slipped: int = 0  # candidates left out of the choice for wrong arithmetic (``check_arithmetic``)
+    left_out: int = 0  # candidates that failed a check and took no part in the choice
+    failed: tuple[tuple[str, int], ...] = ()  # (check, candidates failing it) for each check that is on
 
 
 def resolve_selection(selection: Selection, ctx: Context) -> str:
@@ -76,32 +97,35 @@ def resolve_selection(selection: Selection, ctx: Context) -> str:
     return selection
 
 
-def choose(ctx: Context, candidates: Sequence[Candidate], how: str, check_arithmetic: bool = False) -> Choice:
+def choose(ctx: Context, candidates: Sequence[Candidate], how: str, checks: Checks = Checks(),
+           question: str = "") -> Choice:
     """Pick the final candidate: by highest score, by plain majority, or by score-weighted majority.
 
     Within the winning answer class, the best-scored (then shortest, then first) member is returned, so the
-    reported text actually contains the reported answer. With ``check_arithmetic``, candidates that write a wrong
-    result for an equation (``ttc.verifiers.arithmetic``) take no part, unless every candidate does: then all do,
-    so a question is never left unanswered for it.
+    reported text actually contains the reported answer. Candidates that fail one of ``checks`` (read against
+    ``question``) take no part, unless every candidate fails one: then all do, so a question is never left
+    unanswered for it.
     """
-    slipped = 0
-    if check_arithmetic:
-        right = [c for c in candidates if computes_right(c.text)]
-        if right:
-            slipped = len(candidates) - len(right)
-            candidates = right
+    names = [name for name, on in (("arithmetic", checks.arithmetic), ("operands", checks.operands)) if on]
+    failures = [checks.failed(question, c.text) for c in candidates]
+    failed = tuple((name, sum(name in f for f in failures)) for name in names)
+    passing = [c for c, f in zip(candidates, failures, strict=True) if not f]
+    left_out = 0
+    if passing:
+        left_out = len(candidates) - len(passing)
+        candidates = passing
     if not candidates:
         return Choice(None, how, None)
     if how == "score":
         best = max(candidates, key=lambda c: (c.score if c.score is not None else float("-inf"), -c.token_count))
-        return Choice(best, how, None, slipped)
+        return Choice(best, how, None, left_out, failed)
     weights = [max(c.score, 0.0) if how == "weighted_vote" and c.score is not None else 1.0 for c in candidates]
     result = majority_vote([c.answer for c in candidates], weights, rng=ctx.rng)
     if result.key is None:
-        return Choice(candidates[0], how, result, slipped)
+        return Choice(candidates[0], how, result, left_out, failed)
     members = [c for c in candidates if c.answer is not None and normalize_answer(c.answer) == result.key]
     best = max(members, key=lambda c: (c.score if c.score is not None else 0.0, -c.token_count))
-    return Choice(best, how, result, slipped)
+    return Choice(best, how, result, left_out, failed)
 
 
 def mark_selected(ctx: Context, choice: Choice) -> None:
@@ -111,5 +135,5 @@ def mark_selected(ctx: Context, choice: Choice) -> None:
     tally = dict(choice.vote.tally) if choice.vote is not None else {}
     ctx.recorder.event("select", {"how": choice.how, "answer": cand.answer if cand else None,
                                   "score": cand.score if cand else None, "tally": tally,
-                                  "arithmetic_slips": choice.slipped},
+                                  "left_out": choice.left_out, "failed": dict(choice.failed)},
                        node_id=cand.node_id if cand else None)

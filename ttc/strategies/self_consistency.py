@@ -15,6 +15,8 @@ from ttc.budget import Meter
 from ttc.strategies.base import TEMPERATURE, TOP_P, Context, Strategy, StrategyOptions, StrategyResult, register
 from ttc.strategies.sampling import (
     CHECK_ARITHMETIC,
+    CHECK_OPERANDS,
+    Checks,
     Selection,
     choose,
     draw,
@@ -36,6 +38,7 @@ class SelfConsistencyOptions(StrategyOptions):
     top_p: float = Field(TOP_P, gt=0.0, le=1.0)
     select: Selection = "auto"
     check_arithmetic: bool = Field(False, description=CHECK_ARITHMETIC)
+    check_operands: bool = Field(False, description=CHECK_OPERANDS)
 
 
 @register
@@ -46,6 +49,7 @@ class SelfConsistency(Strategy[SelfConsistencyOptions]):
     async def run(self, problem: Problem, meter: Meter, ctx: Context) -> StrategyResult:
         opts = self.options
         how = resolve_selection(opts.select, ctx)
+        checks = Checks(arithmetic=opts.check_arithmetic, operands=opts.check_operands)
         prompt_text = ctx.render(problem.question)
         prompt = await ctx.backend.tokenize(prompt_text, add_special_tokens=True)
         root = ctx.recorder.add_node(parent=None, text=prompt_text, token_count=len(prompt))
@@ -57,7 +61,7 @@ class SelfConsistency(Strategy[SelfConsistencyOptions]):
                 ctx.recorder.event("stop", {"reason": "budget", "samples": len(candidates)})
                 break
             candidates += await score(ctx, meter, problem.question, record(ctx, root, completions))
-            choice = choose(ctx, candidates, how, opts.check_arithmetic)
+            choice = choose(ctx, candidates, how, checks, problem.question)
             vote = choice.vote
             share = vote.share if vote is not None else 0.0
             ctx.recorder.event("round", {"samples": len(candidates), "leader": vote.key if vote else None,
@@ -65,7 +69,7 @@ class SelfConsistency(Strategy[SelfConsistencyOptions]):
             if self._decided(candidates, choice.vote.tally if choice.vote else {}, share):
                 ctx.recorder.event("stop", {"reason": "decided", "samples": len(candidates), "share": share})
                 break
-        choice = choose(ctx, candidates, how, opts.check_arithmetic)
+        choice = choose(ctx, candidates, how, checks, problem.question)
         mark_selected(ctx, choice)
         best = choice.candidate
         return StrategyResult(answer=best.answer if best else None, text=best.text if best else "",

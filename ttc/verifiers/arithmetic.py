@@ -14,9 +14,12 @@ with decimals may be rounded to them (``10 / 3 = 3.33``); an integer result must
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 
 _NUMBER = r"\d{1,3}(?:,\d{3})+(?![\d,])|\d+(?:\.\d+)?"
+NUMBER = re.compile(_NUMBER)
 _EQUATION = re.compile(
     rf"(?P<a>{_NUMBER})[ \t]*(?P<op>[-+*/×÷])[ \t]*(?P<b>{_NUMBER})[ \t]*=[ \t]*(?P<c>-?(?:{_NUMBER}))"
 )
@@ -27,7 +30,20 @@ _BAD_BEFORE = set(_OPERATORS) | set(".,)")
 _BAD_AFTER = set(_OPERATORS) | set("%(")
 
 
-def _value(number: str) -> Fraction:
+@dataclass(frozen=True)
+class Equation:
+    """One lone ``a op b = c`` as written, with where it starts in the text."""
+
+    a: str
+    op: str
+    b: str
+    c: str
+    start: int
+    text: str
+
+
+def value(number: str) -> Fraction:
+    """The exact value of a number as the solutions write it (``1,200``, ``2.5``)."""
     return Fraction(number.replace(",", ""))
 
 
@@ -59,17 +75,21 @@ def _stands_alone(text: str, start: int, end: int) -> bool:
     return not (after[0] == "." and after[1:2].isdigit())
 
 
+def lone_equations(text: str) -> Iterator[Equation]:
+    """The lone binary equations of ``text`` in order; those inside longer expressions are not yielded."""
+    for match in _EQUATION.finditer(text):
+        if _stands_alone(text, match.start(), match.end()):
+            yield Equation(match["a"], match["op"], match["b"], match["c"], match.start(), match.group(0))
+
+
 def arithmetic_slips(text: str) -> list[str]:
     """The lone binary equations of ``text`` whose stated result is wrong, as written, in order."""
     slips = []
-    for match in _EQUATION.finditer(text):
-        if not _stands_alone(text, match.start(), match.end()):
-            continue
-        exact = _exact(_value(match["a"]), match["op"], _value(match["b"]))
-        claimed = _value(match["c"])
-        tolerance = Fraction(1, 2 * 10 ** _decimals(match["c"])) if _decimals(match["c"]) else Fraction(0)
-        if exact is None or abs(exact - claimed) > tolerance:
-            slips.append(match.group(0))
+    for eq in lone_equations(text):
+        exact = _exact(value(eq.a), eq.op, value(eq.b))
+        tolerance = Fraction(1, 2 * 10 ** _decimals(eq.c)) if _decimals(eq.c) else Fraction(0)
+        if exact is None or abs(exact - value(eq.c)) > tolerance:
+            slips.append(eq.text)
     return slips
 
 
@@ -78,4 +98,4 @@ def computes_right(text: str) -> bool:
     return not arithmetic_slips(text)
 
 
-__all__ = ["arithmetic_slips", "computes_right"]
+__all__ = ["NUMBER", "Equation", "arithmetic_slips", "computes_right", "lone_equations", "value"]

@@ -1,0 +1,53 @@
+"""A provenance check of a solution: every number it computes with must have been given before it is used.
+
+A small model's commonest confident mistake in a word problem is a misread operand: a number that is in neither
+the question nor anything the solution has written so far (``6 + 4 = 10`` where the question has a 3 and a 4, and no
+line made a 6). The wrong chain that follows can still land on the right number, which is how such samples fool a
+vote and a likelihood verifier alike. Like the calculator's check (``ttc.verifiers.arithmetic``) this needs no model
+and no reference answer, so a vote can leave such samples out (``check_operands`` of the sampling strategies).
+
+A number counts as given when the question states it (in digits, or as a common number word: ``three``, ``twice``,
+``half``, ``dozen``; a percent gives 100) or the solution writes it anywhere before the equation that uses it
+(``An hour has 60 minutes, so 3 * 60 = 180``). Only the operands of lone ``a op b = c`` equations are checked, read
+as the calculator's check reads them. A solution that computes with a constant it never states (``3 * 60 = 180``
+with no 60 before it) fails, so switch the check on only where problems state all their data or solutions state
+their constants, as the synthetic benchmark's do.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+from ttc.verifiers.arithmetic import NUMBER, lone_equations, value
+
+_WORDS = {
+    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
+    "ten": 10, "eleven": 11, "twelve": 12, "twenty": 20, "hundred": 100, "thousand": 1000,
+    "twice": 2, "double": 2, "doubles": 2, "half": 2, "halves": 2, "triple": 3, "triples": 3, "thrice": 3,
+    "dozen": 12, "dozens": 12, "percent": 100, "%": 100,
+}
+_WORD = re.compile(r"%|\b(?:" + "|".join(w for w in _WORDS if w != "%") + r")\b", re.IGNORECASE)
+
+
+def _given(text: str) -> set[Fraction]:
+    found = {value(m.group(0)) for m in NUMBER.finditer(text)}
+    return found | {Fraction(_WORDS[m.group(0).lower()]) for m in _WORD.finditer(text)}
+
+
+def unsourced_operands(question: str, solution: str) -> list[str]:
+    """Operands of ``solution``'s lone equations that neither ``question`` nor the solution before them gives."""
+    from_question = _given(question)
+    missing = []
+    for eq in lone_equations(solution):
+        given = from_question | _given(solution[: eq.start])
+        missing += [operand for operand in (eq.a, eq.b) if value(operand) not in given]
+    return missing
+
+
+def operands_sourced(question: str, solution: str) -> bool:
+    """Whether every number ``solution`` computes with was given by ``question`` or written earlier in it."""
+    return not unsourced_operands(question, solution)
+
+
+__all__ = ["operands_sourced", "unsourced_operands"]
