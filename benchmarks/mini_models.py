@@ -11,20 +11,25 @@
 Measured, per level and overall: the reasoner's greedy accuracy; majority vote over 16 samples, the same
 vote as if different wrong chains never shared an answer (so coinciding wrong answers cannot be blamed), the
 vote among the samples that write no wrong result for an equation (``maj16_arith``: ``check_arithmetic`` of the
-sampling strategies, so what arithmetic slips cost the vote), and how
+sampling strategies, so what arithmetic slips cost the vote) and among those that also compute only with numbers
+the question or an earlier line gives (``maj16_checked``: ``check_operands`` too), and how
 often the vote returns the greedy answer, right or wrong (``maj16=greedy``); best of the
 same 16 samples ranked by the mini PRM (step scores aggregated by min, last step, product); best of them by the
-mini checker (likelihood), by min (StepwiseOutcome's default) and by product, and a vote weighted by its min;
+mini checker (likelihood), by min (StepwiseOutcome's default), by product and among the samples that compute
+right (``bo16_checker_arith``) or pass both checks (``bo16_checker_checked``), and a vote weighted by its min;
 pass@16 (an oracle ceiling), and the share of problems with a sample whose every step is right (the ceiling
 of any verifier that judges steps). Also each verifier's step AUROC on the samples' exactly labelled steps, how often
 it ranks a right next step above a wrong one after the same prefix, and how often the draft model's greedy next
 step equals the reasoner's own greedy next step. Inference is plain ``transformers`` ``generate`` on CPU.
-The last line is ``name=value`` pairs for scripts.
+``--dump FILE`` writes every problem's greedy answer, samples and step scores as JSON lines, so another
+selection rule can be scored on the same samples without sampling again. The last line is ``name=value`` pairs
+for scripts.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -52,7 +57,7 @@ from ttc.bench.synthetic import (
 from ttc.bench.totals import generate_totals
 from ttc.models import mini_model_path, mini_prompt
 from ttc.strategies.base import TEMPERATURE, TOP_P
-from ttc.verifiers.arithmetic import computes_right
+from ttc.strategies.sampling import Checks
 from ttc.verifiers.metrics import auroc
 from ttc.verifiers.prm_presets import PRMPreset, get_preset
 
@@ -222,6 +227,12 @@ def family_of(problem: SyntheticProblem) -> str:
     return "totals" if problem.terms else "words"
 
 
+def top_answer(answers: Sequence[str | None]) -> str | None:
+    """The plain vote's winner (the first-seen of tied answers), None when no sample has an answer."""
+    tally = Counter(a for a in answers if a is not None)
+    return tally.most_common(1)[0][0] if tally else None
+
+
 def pct(values: Sequence[bool]) -> str:
     return f"{100 * sum(values) / max(1, len(values)):5.1f}"
 
@@ -252,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "shipped one (e.g. one trained with --solutions varied)")
     parser.add_argument("--draft", type=Path, default=None, help="a candidate draft folder instead of the shipped "
                         "one (e.g. one distilled from the reasoner with --draft-from reasoner)")
+    parser.add_argument("--dump", type=Path, default=None, help="write each problem's greedy solution, samples "
+                        "and their PRM and checker step scores here (JSON lines)")
     args = parser.parse_args(argv)
     if args.seed not in EVAL_SEEDS:
         parser.error(f"--seed must be a held-out seed in [{EVAL_SEEDS.start}, {EVAL_SEEDS.stop})")
@@ -307,16 +320,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         unpooled = Counter(a if a == problem.answer else f"{a}\0{flat[k][1]}"
                            for k, a in zip(group, answers, strict=True) if a is not None)
         right_votes = votes.get(problem.answer, 0)
-        # As the strategies' check_arithmetic: where every sample slips, every sample votes.
-        checked = [k for k in group if computes_right(flat[k][1])] or list(group)
-        arith = Counter(a for k in checked if (a := answers[k - group.start]) is not None)
+        # As the strategies' check_arithmetic and check_operands: where every sample fails, every sample votes.
+        arith, checked = (
+            [k for k in group if not checks.failed(problem.question, flat[k][1])] or list(group)
+            for checks in (Checks(arithmetic=True), Checks(arithmetic=True, operands=True))
+        )
+        arith_top, checked_top = (top_answer([answers[k - group.start] for k in keep]) for keep in (arith, checked))
         row = {
             "greedy": check_answer(problem, greedy[i]),
             f"maj{args.samples}": majority == problem.answer,
             f"maj{args.samples}_unpooled": bool(unpooled) and unpooled.most_common(1)[0][0] == problem.answer,
             # Not a score: how often the vote returns greedy decoding's answer, right or wrong. Where a problem
             # has one chain of decisions the vote estimates the greedy answer, so this grows with the samples.
-            f"maj{args.samples}_arith": bool(arith) and arith.most_common(1)[0][0] == problem.answer,
+            f"maj{args.samples}_arith": arith_top == problem.answer,
+            f"maj{args.samples}_checked": checked_top == problem.answer,
             f"maj{args.samples}=greedy": majority is not None and majority == extract_answer(greedy[i]),
             f"pass@{args.samples}": right_votes > 0,
             # The ceiling of any verifier that judges steps: a sample whose every step is right. Below pass@N
@@ -335,6 +352,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         for how in ("min", "prod"):  # min first: StepwiseOutcome's default
             best = max(group, key=lambda k: aggregate(checker_scores[k], how))
             row[f"bo{args.samples}_checker_{how}"] = check_answer(problem, flat[best][1])
+        # best_of_n with the checks: the checker picks among the samples that pass them.
+        for name, keep in (("arith", arith), ("checked", checked)):
+            best = max(keep, key=lambda k: aggregate(checker_scores[k], "min"))
+            row[f"bo{args.samples}_checker_{name}"] = check_answer(problem, flat[best][1])
         weights: Counter[str] = Counter()
         for k, answer in zip(group, answers, strict=True):
             if answer is not None:
@@ -351,9 +372,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             labels = labels_of[k]
             auroc_scores += step_scores[k][: len(labels)]
             steps = step_lists[k]
-            for j, (ok, score, checked) in enumerate(zip(labels, step_scores[k], checker_scores[k], strict=False)):
+            for j, (ok, score, judged) in enumerate(zip(labels, step_scores[k], checker_scores[k], strict=False)):
                 next_steps.setdefault((i, tuple(steps[:j])), {})[steps[j]] = (ok, score)
-                checker_next.setdefault((i, tuple(steps[:j])), {})[steps[j]] = (ok, checked)
+                checker_next.setdefault((i, tuple(steps[:j])), {})[steps[j]] = (ok, judged)
                 if not ok:
                     break  # past the first wrong step there is no right alternative under the same prefix
             auroc_labels += labels[: len(step_scores[k])]
@@ -361,6 +382,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             # its score there is the least step score so far (as the searches aggregate it).
             running = [min(checker_scores[k][: j + 1]) for j in range(len(checker_scores[k]))]
             checker_auroc_scores += running[: len(labels)]
+
+    if args.dump is not None:
+        with args.dump.open("w") as out:
+            for i, problem in enumerate(problems):
+                group = range(i * args.samples, (i + 1) * args.samples)
+                out.write(json.dumps({
+                    "question": problem.question, "answer": problem.answer, "level": problem.level,
+                    "greedy": greedy[i], "samples": [flat[k][1] for k in group],
+                    "prm": [step_scores[k] for k in group], "checker": [checker_scores[k] for k in group],
+                }) + "\n")
 
     levels = [*sorted({f"L{p.level}" for p in problems}), *(["words", "totals"] if args.family == "mix" else []), "all"]
     print(f"held-out problems: {len(problems)} (seed {args.seed}), {args.samples} samples at T={args.temperature} "
@@ -395,6 +426,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"maj{args.samples}_acc": acc(f"maj{args.samples}"),
         f"maj{args.samples}_unpooled_acc": acc(f"maj{args.samples}_unpooled"),
         f"maj{args.samples}_arith_acc": acc(f"maj{args.samples}_arith"),
+        f"maj{args.samples}_checked_acc": acc(f"maj{args.samples}_checked"),
         f"maj{args.samples}_is_greedy": acc(f"maj{args.samples}=greedy"),
         f"pass{args.samples}": acc(f"pass@{args.samples}"),
         f"pass{args.samples}_steps": acc(f"pass@{args.samples}_steps"),
@@ -402,6 +434,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "prm_same_prefix_pair_acc": pair_acc,
         f"bo{args.samples}_checker_acc": acc(f"bo{args.samples}_checker_min"),
         f"bo{args.samples}_checker_prod_acc": acc(f"bo{args.samples}_checker_prod"),
+        f"bo{args.samples}_checker_arith_acc": acc(f"bo{args.samples}_checker_arith"),
+        f"bo{args.samples}_checker_checked_acc": acc(f"bo{args.samples}_checker_checked"),
         f"wvote{args.samples}_checker_acc": acc(f"wvote{args.samples}_checker"),
         "checker_auroc": checker_auroc,
         "checker_same_prefix_pair_acc": checker_pair,
