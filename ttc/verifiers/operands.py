@@ -7,11 +7,11 @@ vote and a likelihood verifier alike. Like the calculator's check (``ttc.verifie
 and no reference answer, so a vote can leave such samples out (``check_operands`` of the sampling strategies).
 
 A number counts as given when the question states it (in digits, or as a common number word: ``three``, ``twice``,
-``half``, ``dozen``; a percent gives 100) or the solution writes it anywhere before the equation that uses it
-(``An hour has 60 minutes, so 3 * 60 = 180``). Only the operands of lone ``a op b = c`` equations are checked, read
-as the calculator's check reads them. A solution that computes with a constant it never states (``3 * 60 = 180``
-with no 60 before it) fails, so switch the check on only where problems state all their data or solutions state
-their constants, as the synthetic benchmark's do.
+``dozen``; ``half`` gives 2 and 0.5, a percent 100 and 0.01) or the solution writes it anywhere before the equation
+that uses it (``An hour has 60 minutes, so 3 * 60 = 180``). Only the operands of lone ``a op b = c`` equations are
+checked, read as the calculator's check reads them. A solution that computes with a constant it never states
+(``3 * 60 = 180`` with no 60 before it) fails, so switch the check on only where problems state all their data or
+solutions state their constants, as the synthetic benchmark's do.
 """
 
 from __future__ import annotations
@@ -21,18 +21,23 @@ from fractions import Fraction
 
 from ttc.verifiers.arithmetic import NUMBER, lone_equations, value
 
-_WORDS = {
-    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
-    "ten": 10, "eleven": 11, "twelve": 12, "twenty": 20, "hundred": 100, "thousand": 1000,
-    "twice": 2, "double": 2, "doubles": 2, "half": 2, "halves": 2, "triple": 3, "triples": 3, "thrice": 3,
-    "dozen": 12, "dozens": 12, "percent": 100, "%": 100,
+_WORDS: dict[str, tuple[Fraction, ...]] = {
+    **{word: (Fraction(n),) for n, word in enumerate(
+        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"])},
+    "twenty": (Fraction(20),), "hundred": (Fraction(100),), "thousand": (Fraction(1000),),
+    "twice": (Fraction(2),), "double": (Fraction(2),), "doubles": (Fraction(2),),
+    "triple": (Fraction(3),), "triples": (Fraction(3),), "thrice": (Fraction(3),),
+    "half": (Fraction(2), Fraction(1, 2)), "halves": (Fraction(2), Fraction(1, 2)),
+    "third": (Fraction(3), Fraction(1, 3)), "quarter": (Fraction(4), Fraction(1, 4)),
+    "dozen": (Fraction(12),), "dozens": (Fraction(12),),
+    "percent": (Fraction(100), Fraction(1, 100)), "%": (Fraction(100), Fraction(1, 100)),
 }
 _WORD = re.compile(r"%|\b(?:" + "|".join(w for w in _WORDS if w != "%") + r")\b", re.IGNORECASE)
 
 
 def _given(text: str) -> set[Fraction]:
     found = {value(m.group(0)) for m in NUMBER.finditer(text)}
-    return found | {Fraction(_WORDS[m.group(0).lower()]) for m in _WORD.finditer(text)}
+    return found.union(*(_WORDS[m.group(0).lower()] for m in _WORD.finditer(text)))
 
 
 def unsourced_operands(question: str, solution: str) -> list[str]:
