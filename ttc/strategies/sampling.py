@@ -72,6 +72,10 @@ class Checks:
     arithmetic: bool = False  # every lone ``a op b = c`` states the right c (ttc.verifiers.arithmetic)
     operands: bool = False  # every operand was given by the question or an earlier line (ttc.verifiers.operands)
 
+    def enabled(self) -> list[str]:
+        """The names of the checks that are on, in the order ``failed`` reports them."""
+        return [name for name, on in (("arithmetic", self.arithmetic), ("operands", self.operands)) if on]
+
     def failed(self, question: str, text: str) -> list[str]:
         """The names of the checks ``text`` fails, in a fixed order."""
         failed = []
@@ -106,9 +110,8 @@ def choose(ctx: Context, candidates: Sequence[Candidate], how: str, checks: Chec
     ``question``) take no part, unless every candidate fails one: then all do, so a question is never left
     unanswered for it.
     """
-    names = [name for name, on in (("arithmetic", checks.arithmetic), ("operands", checks.operands)) if on]
     failures = [checks.failed(question, c.text) for c in candidates]
-    failed = tuple((name, sum(name in f for f in failures)) for name in names)
+    failed = tuple((name, sum(name in f for f in failures)) for name in checks.enabled())
     passing = [c for c, f in zip(candidates, failures, strict=True) if not f]
     left_out = 0
     if passing:

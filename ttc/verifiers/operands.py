@@ -1,10 +1,11 @@
 """A provenance check of a solution: every number it computes with must have been given before it is used.
 
-A small model's commonest confident mistake in a word problem is a misread operand: a number that is in neither
-the question nor anything the solution has written so far (``6 + 4 = 10`` where the question has a 3 and a 4, and no
-line made a 6). The wrong chain that follows can still land on the right number, which is how such samples fool a
-vote and a likelihood verifier alike. Like the calculator's check (``ttc.verifiers.arithmetic``) this needs no model
-and no reference answer, so a vote can leave such samples out (``check_operands`` of the sampling strategies).
+One of a small model's confident mistakes in a word problem is a misread operand: a number that is in neither the
+question nor anything the solution has written so far (``6 + 4 = 10`` where the question has a 3 and a 4, and no
+line made a 6). The wrong chain that follows can still land on the right number, and wrong chains that share a
+misreading share a wrong answer, which is how such samples mislead a vote. Like the calculator's check
+(``ttc.verifiers.arithmetic``) this needs no model and no reference answer, so a vote can leave such samples out
+(``check_operands`` of the sampling strategies).
 
 A number counts as given when the question states it (in digits, or as a common number word: ``three``, ``twice``,
 ``dozen``; ``half`` gives 2 and 0.5, a percent 100 and 0.01) or the solution writes it anywhere before the equation
