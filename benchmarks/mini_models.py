@@ -313,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         answers = [extract_answer(flat[k][1]) for k in group]
         labels_of = {k: label_steps(problem, flat[k][1]) for k in group}
         votes = Counter(a for a in answers if a is not None)
-        majority = votes.most_common(1)[0][0] if votes else None
+        majority = top_answer(answers)
         # The same vote if different wrong chains never shared an answer: right samples still pool, a wrong one
         # only with copies of its own text. It separates wrong answers that coincide from a policy that is
         # simply confident in one wrong chain.
@@ -330,10 +330,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             "greedy": check_answer(problem, greedy[i]),
             f"maj{args.samples}": majority == problem.answer,
             f"maj{args.samples}_unpooled": bool(unpooled) and unpooled.most_common(1)[0][0] == problem.answer,
-            # Not a score: how often the vote returns greedy decoding's answer, right or wrong. Where a problem
-            # has one chain of decisions the vote estimates the greedy answer, so this grows with the samples.
             f"maj{args.samples}_arith": arith_top == problem.answer,
             f"maj{args.samples}_checked": checked_top == problem.answer,
+            # Not a score: how often the vote returns greedy decoding's answer, right or wrong. Where a problem
+            # has one chain of decisions the vote estimates the greedy answer, so this grows with the samples.
             f"maj{args.samples}=greedy": majority is not None and majority == extract_answer(greedy[i]),
             f"pass@{args.samples}": right_votes > 0,
             # The ceiling of any verifier that judges steps: a sample whose every step is right. Below pass@N
