@@ -9,30 +9,13 @@ from __future__ import annotations
 from pydantic import Field
 
 from ttc.budget import Meter
-from ttc.strategies.base import TEMPERATURE, TOP_P, Context, Strategy, StrategyOptions, StrategyResult, register
-from ttc.strategies.sampling import (
-    CHECK_ARITHMETIC,
-    CHECK_OPERANDS,
-    Checks,
-    Selection,
-    choose,
-    draw,
-    mark_selected,
-    record,
-    resolve_selection,
-    score,
-)
+from ttc.strategies.base import Context, Strategy, StrategyResult, register
+from ttc.strategies.sampling import SampledOptions, choose, draw, mark_selected, record, resolve_selection, score
 from ttc.types import Problem
 
 
-class BestOfNOptions(StrategyOptions):
+class BestOfNOptions(SampledOptions):
     n: int = Field(8, ge=1, le=4096, description="samples to draw")
-    max_tokens: int = Field(512, ge=1, description="generated tokens per sample at most")
-    temperature: float = Field(TEMPERATURE, ge=0.0)
-    top_p: float = Field(TOP_P, gt=0.0, le=1.0)
-    select: Selection = "auto"
-    check_arithmetic: bool = Field(False, description=CHECK_ARITHMETIC)
-    check_operands: bool = Field(False, description=CHECK_OPERANDS)
 
 
 @register
@@ -48,8 +31,7 @@ class BestOfN(Strategy[BestOfNOptions]):
         completions = await draw(ctx, meter, prompt, opts.n, opts.max_tokens, opts.temperature, opts.top_p)
         ctx.recorder.event("sample", {"requested": opts.n, "drawn": len(completions)})
         candidates = await score(ctx, meter, problem.question, record(ctx, root, completions))
-        checks = Checks(arithmetic=opts.check_arithmetic, operands=opts.check_operands)
-        choice = choose(ctx, candidates, resolve_selection(opts.select, ctx), checks, problem.question)
+        choice = choose(ctx, candidates, resolve_selection(opts.select, ctx), opts.checks, problem.question)
         mark_selected(ctx, choice)
         best = choice.candidate
         return StrategyResult(

@@ -6,8 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from pydantic import Field
+
 from ttc.budget import Meter
-from ttc.strategies.base import Context
+from ttc.strategies.base import TEMPERATURE, TOP_P, Context, StrategyOptions
 from ttc.types import Candidate, Completion, Sampling
 from ttc.verifiers.answer import extract_answer, normalize_answer
 from ttc.verifiers.arithmetic import computes_right
@@ -84,6 +86,21 @@ class Checks:
         if self.operands and not operands_sourced(question, text):
             failed.append("operands")
         return failed
+
+
+class SampledOptions(StrategyOptions):
+    """What every sample-then-choose strategy is asked: how to draw its samples and how to choose among them."""
+
+    max_tokens: int = Field(512, ge=1, description="generated tokens per sample at most")
+    temperature: float = Field(TEMPERATURE, ge=0.0)
+    top_p: float = Field(TOP_P, gt=0.0, le=1.0)
+    select: Selection = "auto"
+    check_arithmetic: bool = Field(False, description=CHECK_ARITHMETIC)
+    check_operands: bool = Field(False, description=CHECK_OPERANDS)
+
+    @property
+    def checks(self) -> Checks:
+        return Checks(arithmetic=self.check_arithmetic, operands=self.check_operands)
 
 
 @dataclass(frozen=True)

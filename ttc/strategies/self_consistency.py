@@ -12,33 +12,16 @@ from collections.abc import Mapping
 from pydantic import Field
 
 from ttc.budget import Meter
-from ttc.strategies.base import TEMPERATURE, TOP_P, Context, Strategy, StrategyOptions, StrategyResult, register
-from ttc.strategies.sampling import (
-    CHECK_ARITHMETIC,
-    CHECK_OPERANDS,
-    Checks,
-    Selection,
-    choose,
-    draw,
-    mark_selected,
-    record,
-    resolve_selection,
-    score,
-)
+from ttc.strategies.base import Context, Strategy, StrategyResult, register
+from ttc.strategies.sampling import SampledOptions, choose, draw, mark_selected, record, resolve_selection, score
 from ttc.types import Candidate, Problem
 
 
-class SelfConsistencyOptions(StrategyOptions):
+class SelfConsistencyOptions(SampledOptions):
     max_samples: int = Field(16, ge=1, le=4096)
     round_size: int = Field(4, ge=1, le=4096)
     min_samples: int = Field(4, ge=1)
     stop_share: float = Field(0.75, gt=0.0, le=1.0, description="leader's vote share that ends sampling")
-    max_tokens: int = Field(512, ge=1)
-    temperature: float = Field(TEMPERATURE, ge=0.0)
-    top_p: float = Field(TOP_P, gt=0.0, le=1.0)
-    select: Selection = "auto"
-    check_arithmetic: bool = Field(False, description=CHECK_ARITHMETIC)
-    check_operands: bool = Field(False, description=CHECK_OPERANDS)
 
 
 @register
@@ -49,7 +32,6 @@ class SelfConsistency(Strategy[SelfConsistencyOptions]):
     async def run(self, problem: Problem, meter: Meter, ctx: Context) -> StrategyResult:
         opts = self.options
         how = resolve_selection(opts.select, ctx)
-        checks = Checks(arithmetic=opts.check_arithmetic, operands=opts.check_operands)
         prompt_text = ctx.render(problem.question)
         prompt = await ctx.backend.tokenize(prompt_text, add_special_tokens=True)
         root = ctx.recorder.add_node(parent=None, text=prompt_text, token_count=len(prompt))
@@ -61,7 +43,7 @@ class SelfConsistency(Strategy[SelfConsistencyOptions]):
                 ctx.recorder.event("stop", {"reason": "budget", "samples": len(candidates)})
                 break
             candidates += await score(ctx, meter, problem.question, record(ctx, root, completions))
-            choice = choose(ctx, candidates, how, checks, problem.question)
+            choice = choose(ctx, candidates, how, opts.checks, problem.question)
             vote = choice.vote
             share = vote.share if vote is not None else 0.0
             ctx.recorder.event("round", {"samples": len(candidates), "leader": vote.key if vote else None,
@@ -69,7 +51,7 @@ class SelfConsistency(Strategy[SelfConsistencyOptions]):
             if self._decided(candidates, choice.vote.tally if choice.vote else {}, share):
                 ctx.recorder.event("stop", {"reason": "decided", "samples": len(candidates), "share": share})
                 break
-        choice = choose(ctx, candidates, how, checks, problem.question)
+        choice = choose(ctx, candidates, how, opts.checks, problem.question)
         mark_selected(ctx, choice)
         best = choice.candidate
         return StrategyResult(answer=best.answer if best else None, text=best.text if best else "",
