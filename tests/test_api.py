@@ -129,6 +129,24 @@ def test_solve_batch_many_questions_concurrently(tmp_path: Path) -> None:
     store.close()
 
 
+def test_solve_batch_raises_the_typed_error_itself(tmp_path: Path) -> None:
+    """A failed batch raises its first TTCError, so `except ttc.TTCError` catches it (not an ExceptionGroup)."""
+    with pytest.raises(ConfigError, match="unknown strategy 'nope'"):
+        solve_batch(["What is 2+3?", "What is 4+4?"], 256, strategy="nope",
+                    backend=ScriptedBackend(guessing_responder), store=False)
+    with pytest.raises(ConfigError, match="concurrency must be >= 1"):
+        solve_batch(["What is 2+3?"], 256, backend=ScriptedBackend(guessing_responder), store=False,
+                    concurrency=0)
+
+
+def test_an_explicit_model_comes_before_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from ttc.config import default_backend
+
+    monkeypatch.setenv("TTC_VLLM_URL", "http://127.0.0.1:9")
+    with pytest.raises(ConfigError, match=r"model folder .*missing.* does not exist"):
+        default_backend(model=tmp_path / "missing")
+
+
 def test_budget_type_errors() -> None:
     with pytest.raises(ConfigError):
         Budget()

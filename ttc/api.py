@@ -146,8 +146,7 @@ async def asolve_batch(prompts: Sequence[str], budget: int | Budget, *, strategy
     """
     questions = [check_prompt(p) for p in prompts]
     limits = Budget.of(budget)
-    if concurrency < 1:
-        raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+    check_concurrency(concurrency)
     base_seed = secrets.randbits(30) if seed is None else seed
     session = open_session(backend=backend, store=store, verifier=verifier, prompt_template=prompt_template)
     jobs = [
@@ -165,22 +164,37 @@ async def bounded_gather(jobs: Sequence[Callable[[], Awaitable[T]]], concurrency
     """Run coroutine factories with at most ``concurrency`` in flight; results in input order.
 
     Only ``concurrency`` tasks exist at once (a fixed pool of workers pulls from the list), so a batch of ten
-    thousand questions does not create ten thousand tasks. The first failure cancels the rest and is raised.
+    thousand questions does not create ten thousand tasks. The first failure cancels the rest and is raised as
+    itself (a ``TTCError`` stays one), not wrapped in the task group's ``ExceptionGroup``.
     """
+    check_concurrency(concurrency)
     results: list[T | None] = [None] * len(jobs)
     next_index = 0
+    failures: list[Exception] = []
 
-    async def worker() -> None:
+    async def worker(scope: anyio.CancelScope) -> None:
         nonlocal next_index
         while next_index < len(jobs):
             i = next_index
             next_index += 1
-            results[i] = await jobs[i]()
+            try:
+                results[i] = await jobs[i]()
+            except Exception as exc:
+                failures.append(exc)
+                scope.cancel()
+                return
 
     async with anyio.create_task_group() as tg:
         for _ in range(min(concurrency, len(jobs))):
-            tg.start_soon(worker)
+            tg.start_soon(worker, tg.cancel_scope)
+    if failures:
+        raise failures[0]
     return results  # type: ignore[return-value]
+
+
+def check_concurrency(concurrency: int) -> None:
+    if concurrency < 1:
+        raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
 
 
 def _run_sync(func: Callable[[], Awaitable[T]]) -> T:
@@ -209,5 +223,5 @@ def solve_batch(prompts: Sequence[str], budget: int | Budget, *, strategy: str =
                                           concurrency=concurrency, **options))
 
 
-__all__ = ["Session", "asolve", "asolve_batch", "bounded_gather", "open_session", "solve", "solve_batch",
-           "solve_problem"]
+__all__ = ["Session", "asolve", "asolve_batch", "bounded_gather", "check_concurrency", "open_session", "solve",
+           "solve_batch", "solve_problem"]

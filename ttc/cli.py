@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import anyio
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -101,7 +102,7 @@ def solve(
     if as_json:
         out.print_json(json.dumps(_result_json(result)))
         return
-    out.print(f"[bold]answer:[/bold] {result.answer}")
+    out.print(f"[bold]answer:[/bold] {escape(str(result.answer))}")
     out.print(f"strategy={result.strategy} score={result.score} tokens={result.usage.generated_tokens} "
               f"calls={result.usage.backend_calls} wall={result.usage.wall_s:.2f}s")
     if result.trace_id:
@@ -155,7 +156,7 @@ def eval_cmd(
                   f"{report.mean_tokens:.1f}", f"{report.wall_s:.1f}")
     out.print(table)
     for line in report.errors[:10]:
-        err.print(f"[red]{line}[/red]")
+        err.print(f"[red]{escape(line)}[/red]")
     out.print(f"inspect: ttc traces list --run {report.run_id}")
     if report.failed or report.done < report.total:
         err.print(f"{report.total - report.done} problems not done: rerun with --resume {report.run_id}")
@@ -216,8 +217,8 @@ def traces_list(
     for col in ("id", "status", "strategy", "answer", "tokens", "question"):
         table.add_column(col)
     for t in rows:
-        table.add_row(t.id[:8], t.status, t.strategy, str(t.answer), str(t.generated_tokens),
-                      _short(t.question, 60))
+        table.add_row(t.id[:8], t.status, escape(t.strategy), escape(str(t.answer)), str(t.generated_tokens),
+                      escape(_short(t.question, 60)))
     out.print(table)
 
 
@@ -230,7 +231,7 @@ def traces_runs(limit: Annotated[int, typer.Option()] = 20, db: DbOpt = None) ->
     for col in ("id", "kind", "status", "started", "summary"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r.id, r.kind, r.status, str(r.started_at)[:19], json.dumps(r.summary)[:80])
+        table.add_row(r.id, r.kind, r.status, str(r.started_at)[:19], escape(json.dumps(r.summary)[:80]))
     out.print(table)
 
 
@@ -257,7 +258,11 @@ def traces_export(trace_id: Annotated[str, typer.Argument()],
     if output is None:
         sys.stdout.write(text + "\n")
     else:
-        output.write_text(text + "\n", encoding="utf-8")
+        try:
+            output.write_text(text + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot write {output}: {exc.strerror or exc}; pass --output a path in a writable "
+                              "folder") from None
 
 
 def _short(text: str, width: int) -> str:
@@ -268,9 +273,11 @@ def _short(text: str, width: int) -> str:
 def main() -> None:
     """Entry point: typed errors become one red line and exit code 2."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns an Exit's code (typer.Exit(1) after failed problems, 130 on
+        # Ctrl-C) instead of exiting with it, so the code is passed on here.
+        code = app(standalone_mode=False)
     except TTCError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise SystemExit(2) from None
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
@@ -284,6 +291,10 @@ def main() -> None:
             exc.show()
             raise SystemExit(exc.exit_code) from None
         raise
+    if code == 130:
+        err.print("interrupted")
+    if isinstance(code, int) and code:
+        raise SystemExit(code)
 
 
 __all__ = ["app", "main"]

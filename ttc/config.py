@@ -50,12 +50,18 @@ def env(name: str) -> str | None:
 
 
 def default_backend(*, url: str | None = None, model: str | Path | None = None) -> BackendSetup:
-    """Resolve the backend to use when the caller gave none: a vLLM URL, then a local model folder."""
-    url = url or env("TTC_VLLM_URL")
+    """Resolve the backend to use when the caller gave none: a vLLM URL, then a local model folder.
+
+    What the caller names (``url``, ``model``) comes before the environment (``TTC_VLLM_URL``, ``TTC_MODEL``), so
+    ``ttc solve --backend local --model DIR`` runs DIR even where a shell exports a server's URL.
+    """
     if url:
         return BackendSetup(backend=_vllm(url))
-    model = model or env("TTC_MODEL")
     if model:
+        return BackendSetup(backend=_local(Path(model)))
+    if url := env("TTC_VLLM_URL"):
+        return BackendSetup(backend=_vllm(url))
+    if model := env("TTC_MODEL"):
         return BackendSetup(backend=_local(Path(model)))
     embedded = _embedded()
     if embedded is not None:

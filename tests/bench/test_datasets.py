@@ -61,3 +61,13 @@ def test_synthetic_rows_come_from_held_out_seeds_only() -> None:
     assert [p.question for p in rows] != [p.question for p in generate(TRAIN_SEEDS.start + 3, 12)]
     with pytest.raises(ConfigError, match="synthetic seed"):
         load_dataset("synthetic", limit=2, seed=-1)
+
+
+def test_unreadable_files_are_config_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'\xff\xfe{"question": "x", "answer": "1"}\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_dataset(str(latin))
+    monkeypatch.setenv("TTC_DATA_DIR", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"gsm8k_test\.jsonl, which does not exist: set TTC_DATA_DIR"):
+        load_dataset("gsm8k")

@@ -67,6 +67,8 @@ def test_solve_prints_answer_and_trace(tmp_path: Path) -> None:
         (("solve", "q", "--backend", "vllm"), "needs --url"),
         (("traces", "show", "deadbeef"), "no trace"),
         (("eval", "--dataset", "nosuch"), "unknown dataset"),
+        (("eval", "--dataset", "synthetic", "--limit", "2", "--backend", "scripted", "--concurrency", "0"),
+         "concurrency must be >= 1"),
     ],
 )
 def test_errors_are_one_line_without_traceback(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
@@ -74,6 +76,52 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path, args: tuple[str, 
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_eval_with_failed_problems_exits_1(tmp_path: Path) -> None:
+    proc = run_ttc("eval", "--dataset", "synthetic", "--limit", "2", "--backend", "scripted", "--strategy", "nope",
+                   db=tmp_path / "e.db", check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "unknown strategy 'nope'" in proc.stderr and "2 problems not done: rerun with --resume" in proc.stderr
+
+
+def test_resume_refuses_other_settings_and_counts_each_problem_once(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    args = ("eval", "--dataset", "synthetic", "--limit", "3", "--backend", "scripted", "--budget", "256")
+    run_ttc(*args, db=db)
+    with TraceStore(str(db)) as store:
+        [run] = store.list_runs()
+    other = run_ttc("eval", "--dataset", "synthetic-totals", "--limit", "3", "--backend", "scripted", "--budget",
+                    "256", "--resume", run.id, db=db, check=False)
+    assert other.returncode == 2
+    assert "other settings (dataset 'synthetic' -> 'synthetic-totals')" in " ".join(other.stderr.split())
+    again = run_ttc(*args, "--resume", run.id, db=db)
+    assert "│        3 │    3 │" in again.stdout  # three problems, three done: nothing solved twice
+    with TraceStore(str(db)) as store:
+        assert len(store.list_traces(run_id=run.id, limit=100)) == 3
+
+
+def test_text_with_markup_characters_is_printed_as_text(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    solved = run_ttc("solve", "Ann has [/] 12 pens and 7 more [b]. How many?", "--backend", "scripted", db=db)
+    assert "answer:" in solved.stdout
+    listed = run_ttc("traces", "list", db=db)
+    assert "[/]" in listed.stdout and "Traceback" not in listed.stderr
+    unreachable = run_ttc("solve", "q", "--backend", "vllm", "--url", "http://127.0.0.1:9", db=db, check=False)
+    assert unreachable.returncode == 2
+    assert "http://127.0.0.1:9/" in " ".join(unreachable.stderr.split())  # the [kind url] tail of BackendError
+
+
+def test_unwritable_export_and_busy_timeout_are_config_errors(tmp_path: Path) -> None:
+    db = tmp_path / "x.db"
+    run_ttc("solve", "What is 2 + 2?", "--backend", "scripted", db=db)
+    with TraceStore(str(db)) as store:
+        [trace] = store.list_traces()
+    export = run_ttc("traces", "export", trace.id, "--output", str(tmp_path / "nodir" / "x.json"), db=db,
+                     check=False)
+    assert export.returncode == 2 and "cannot write" in export.stderr and "Traceback" not in export.stderr
+    busy = run_ttc("traces", "list", db=db, check=False, extra_env={"TTC_DB_BUSY_TIMEOUT_S": "inf"})
+    assert busy.returncode == 2 and "finite" in busy.stderr
 
 
 def test_unreadable_dataset_row(tmp_path: Path) -> None:

@@ -48,6 +48,9 @@ def load_dataset(name: str, *, limit: int | None = None, offset: int = 0, seed: 
     if name in SYNTHETIC:
         return _synthetic(name, limit or 100, offset, seed, levels)
     path = data_dir() / FILES[name] if name in FILES else Path(name)
+    if name in FILES and not path.is_file():
+        raise ConfigError(f"dataset {name!r} is {path}, which does not exist: set TTC_DATA_DIR to the folder "
+                          f"that holds {FILES[name]}")
     if not path.is_file():
         raise ConfigError(f"unknown dataset {name!r}: use one of {', '.join(dataset_names())} or a path to a "
                           ".jsonl file")
@@ -57,13 +60,18 @@ def load_dataset(name: str, *, limit: int | None = None, offset: int = 0, seed: 
 
 def _read_jsonl(path: Path, label: str, limit: int | None, offset: int) -> list[Problem]:
     problems: list[Problem] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh):
-            if lineno < offset or not line.strip():
-                continue
-            if limit is not None and len(problems) >= limit:
-                break
-            problems.append(_parse_row(line, path, lineno, label))
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh):
+                if lineno < offset or not line.strip():
+                    continue
+                if limit is not None and len(problems) >= limit:
+                    break
+                problems.append(_parse_row(line, path, lineno, label))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason}); save it as UTF-8 JSON lines") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read dataset {path}: {exc.strerror or exc}") from None
     return problems
 
 

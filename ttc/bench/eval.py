@@ -7,15 +7,16 @@ interrupted evaluation ends with one done trace per problem: none missing, none 
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from functools import partial
 
-from ttc.api import Session, bounded_gather, solve_problem
+from ttc.api import Session, bounded_gather, check_concurrency, solve_problem
 from ttc.backends.base import Backend
 from ttc.errors import ConfigError, TTCError
-from ttc.storage import TraceStore
+from ttc.storage import TraceStore, TraceSummary
 from ttc.types import Budget, Problem, Result, TraceEvent
 from ttc.verifiers.answer import agrade
 
@@ -49,8 +50,10 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
         raise ConfigError("evaluation writes every trace: it needs a trace store (do not pass store=False)")
     if any(p.gold is None for p in problems):
         raise ConfigError("every problem of an evaluation needs a gold answer")
+    check_concurrency(concurrency)
     run_id = _open_run(store, resume, config or {})
-    todo = [p for p in problems if p.index not in store.done_problem_indices(run_id)]
+    done_before = store.done_problem_indices(run_id)
+    todo = [p for p in problems if p.index not in done_before]
     session.run_id = run_id
     session.extra_events = _grade_event
     started = time.monotonic()
@@ -70,7 +73,8 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
     before = await cache_snapshot(session.setup.backend)
     await bounded_gather([partial(one, p) for p in todo], concurrency)
     hit_rate = await cache_hit_rate(session.setup.backend, before)
-    report = summarize(store, run_id, total=len(problems), wall_s=time.monotonic() - started, errors=errors)
+    report = summarize(store, run_id, total=len(problems), wall_s=time.monotonic() - started, errors=errors,
+                       indices={p.index for p in problems})
     store.finish_run(run_id, status="done" if not errors else "failed",
                      summary={"accuracy": report.accuracy, "done": report.done, "failed": report.failed,
                               "correct": report.correct, "mean_tokens": report.mean_tokens,
@@ -103,9 +107,23 @@ async def cache_hit_rate(backend: Backend, before: object | None) -> float | Non
 def _open_run(store: TraceStore, resume: str | None, config: Mapping[str, object]) -> str:
     if resume is None:
         return store.create_run(kind="eval", config=config)
-    store.get_run(resume)
+    _check_same_settings(resume, store.get_run(resume).config, config)
     store.mark_stale_running(resume)
     return resume
+
+
+def _check_same_settings(run_id: str, stored: Mapping[str, object], given: Mapping[str, object]) -> None:
+    """A resumed run must evaluate the same problems the same way, or its figures would mix two runs.
+
+    Only where the backend lives may change (a restarted server on another port): its name is not compared.
+    """
+    given = json.loads(json.dumps(dict(given), default=str))  # as the store keeps it: tuples become lists
+    differ = sorted(key for key in (stored.keys() | given.keys()) - {"backend"}
+                    if stored.get(key) != given.get(key))
+    if differ:
+        changes = ", ".join(f"{key} {stored.get(key)!r} -> {given.get(key)!r}" for key in differ)
+        raise ConfigError(f"run {run_id} was started with other settings ({changes}): resume it with the "
+                          f"settings it was started with, or leave out --resume to start a new run")
 
 
 async def _grade_event(problem: Problem, result: Result) -> Sequence[TraceEvent]:
@@ -115,21 +133,27 @@ async def _grade_event(problem: Problem, result: Result) -> Sequence[TraceEvent]
 
 
 def summarize(store: TraceStore, run_id: str, *, total: int, wall_s: float,
-              errors: Sequence[str] = ()) -> EvalReport:
-    """Accuracy and cost of a run, read back from the store (so resumed runs count their earlier traces)."""
-    done = store.list_traces(run_id=run_id, status="done", limit=1_000_000)
-    failed_indices = {t.problem_index for t in store.list_traces(run_id=run_id, status="failed", limit=1_000_000)}
+              errors: Sequence[str] = (), indices: Set[int | None] | None = None) -> EvalReport:
+    """Accuracy and cost of a run, read back from the store (so resumed runs count their earlier traces).
+
+    Each problem counts once, by its newest done trace; with ``indices``, only those problems count.
+    """
+    wanted = (lambda index: True) if indices is None else indices.__contains__
+    done: dict[int | None, TraceSummary] = {}
+    for trace in store.list_traces(run_id=run_id, status="done", limit=1_000_000):  # newest first
+        if wanted(trace.problem_index):
+            done.setdefault(trace.problem_index, trace)
+    failed_indices = {t.problem_index for t in store.list_traces(run_id=run_id, status="failed", limit=1_000_000)
+                      if wanted(t.problem_index)}
     correct = 0
     tokens = 0
-    done_indices = set()
-    for summary in done:
+    for summary in done.values():
         record = store.get_trace(summary.id)
-        done_indices.add(summary.problem_index)
         tokens += record.usage.generated_tokens
         correct += any(e.kind == "grade" and e.payload.get("correct") is True for e in record.events)
-    return EvalReport(run_id=run_id, total=total, done=len(done), failed=len(failed_indices - done_indices),
+    return EvalReport(run_id=run_id, total=total, done=len(done), failed=len(failed_indices - done.keys()),
                       correct=correct, mean_tokens=tokens / len(done) if done else 0.0, wall_s=wall_s,
-                      trace_ids=tuple(s.id for s in done), errors=tuple(errors))
+                      trace_ids=tuple(s.id for s in done.values()), errors=tuple(errors))
 
 
 __all__ = ["EvalReport", "evaluate", "summarize"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import math
 import os
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -95,8 +96,8 @@ class TraceStore:
     def __init__(self, url: str | None = None, *, busy_timeout_s: float | None = None) -> None:
         if busy_timeout_s is None:
             busy_timeout_s = _env_busy_timeout()
-        if not busy_timeout_s >= 0:
-            raise ConfigError(f"busy_timeout_s must be >= 0 seconds, got {busy_timeout_s!r}")
+        if not 0 <= busy_timeout_s < math.inf:
+            raise ConfigError(f"busy_timeout_s must be a finite number of seconds >= 0, got {busy_timeout_s!r}")
         self._location: Location = resolve_location(url)
         self._busy_timeout_s = busy_timeout_s
         self._write_engine = make_engine(self._location, busy_timeout_s=busy_timeout_s, writer=True)
