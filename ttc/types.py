@@ -97,12 +97,29 @@ class Sampling:
     logprobs: bool = False
 
     def __post_init__(self) -> None:
-        if self.max_tokens < 1:
-            raise ConfigError(f"Sampling.max_tokens must be >= 1, got {self.max_tokens}")
-        if self.temperature < 0:
-            raise ConfigError(f"Sampling.temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"Sampling.top_p must be in (0, 1], got {self.top_p}")
+        # Checked here, in the caller's thread: a wrong type would otherwise fail inside an engine thread or a
+        # server as an error that names neither the field nor the fix.
+        if not _is_int(self.max_tokens) or self.max_tokens < 1:
+            raise ConfigError(f"Sampling.max_tokens must be an int >= 1, got {self.max_tokens!r}")
+        if not _is_real(self.temperature) or not 0 <= self.temperature < math.inf:
+            raise ConfigError(f"Sampling.temperature must be a finite number >= 0, got {self.temperature!r}")
+        if not _is_real(self.top_p) or not 0 < self.top_p <= 1:
+            raise ConfigError(f"Sampling.top_p must be in (0, 1], got {self.top_p!r}")
+        if isinstance(self.stop, str) or not isinstance(self.stop, tuple | list) or not all(
+            isinstance(s, str) and s for s in self.stop
+        ):
+            raise ConfigError(f"Sampling.stop must be a tuple of non-empty strings (stop=('\\n\\n',) for one), "
+                              f"got {self.stop!r}")
+        if self.seed is not None and not _is_int(self.seed):
+            raise ConfigError(f"Sampling.seed must be an int or None, got {self.seed!r}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)

@@ -263,6 +263,59 @@ async def test_invalid_requests_raise_config_errors(backend: LocalBackend) -> No
         await backend.prompt_logprobs([5, 6], top_k=-1)
     with pytest.raises(ConfigError, match="no room"):
         await backend.complete([5] * 4096, 1, Sampling())
+    with pytest.raises(ConfigError, match="token ids, not text"):
+        await backend.complete("What is 2 + 2?", 1, Sampling())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"token id 2\.5 is not an int"):
+        await backend.prompt_logprobs([5, 2.5])  # type: ignore[list-item]
+    with pytest.raises(ConfigError, match="sequence of token ids"):
+        await backend.release(None)  # type: ignore[arg-type]
+    assert backend.stats().live_kv_tokens == 0
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"stop": "\n\n"}, "tuple of non-empty strings"),
+        ({"stop": None}, "tuple of non-empty strings"),
+        ({"stop": ("",)}, "tuple of non-empty strings"),
+        ({"seed": 1.5}, "seed must be an int"),
+        ({"max_tokens": True}, "max_tokens must be an int"),
+        ({"max_tokens": 2.5}, "max_tokens must be an int"),
+        ({"temperature": float("nan")}, "finite number"),
+        ({"top_p": "0.9"}, "top_p must be in"),
+    ],
+)
+def test_sampling_rejects_wrong_types_before_any_engine_sees_them(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Sampling(**settings)
+
+
+@pytest.mark.anyio
+async def test_a_completion_ends_within_the_context_and_can_be_scored_whole(model_path: Path) -> None:
+    async with LocalBackend.from_pretrained(model_path, threads=1) as backend:
+        positions = backend.engine.config.max_positions
+        prompt = [5] * (positions - 3)
+        [completion] = await backend.complete(prompt, 1, Sampling(max_tokens=50, temperature=0.0))
+        assert completion.finish_reason == "length"
+        whole = prompt + list(completion.token_ids)
+        assert len(whole) == positions  # the context's every position, not one past it
+        scored = await backend.prompt_logprobs(whole)
+        assert len(scored.top) == positions
+        with pytest.raises(ConfigError, match="no room"):
+            await backend.complete(whole, 1, Sampling())
+
+
+@pytest.mark.anyio
+async def test_requests_scored_together_keep_their_own_top_k(model_path: Path) -> None:
+    async with LocalBackend.from_pretrained(model_path, threads=1) as alone:
+        wanted = await alone.prompt_logprobs([7, 8, 9, 10, 11], top_k=4)
+    async with LocalBackend.from_pretrained(model_path, threads=1) as backend:
+        wide, narrow = await asyncio.gather(backend.prompt_logprobs([7, 8, 9, 10, 11], top_k=4),
+                                            backend.prompt_logprobs([7, 8, 9, 10, 11], top_k=0))
+        assert wide.top[0] is None and wanted.top[0] is None
+        for got, want in zip(wide.top[1:], wanted.top[1:], strict=True):  # batched rows round a little apart
+            assert got == pytest.approx(want, abs=1e-5)
+        assert [len(d) if d else 0 for d in narrow.top] == [0, 1, 1, 1, 1]
 
 
 @pytest.mark.anyio

@@ -52,3 +52,24 @@ def test_held_prompts_start_in_one_forward_and_decode_as_if_alone(
         assert completion.token_ids == alone.token_ids
         assert completion.prompt_tokens == len(prompt_ids)
     assert [c.cached_prompt_tokens for [c] in together] == [len(n) - 1 for n in nodes] + [len(nodes[0]) - 1, 0]
+
+
+def test_a_branch_done_at_once_does_not_evict_a_prompt_started_with_it(checkpoint: Path) -> None:
+    """A one-token request drops its hold while the batch starts, which trims the cache: with no room for cache
+    (or for holds), the next request's freshly prefilled prompt must still be there when its branch forks."""
+    first, second = (1, 5, 9, 13, 17, 21), (2, 4, 6, 8, 10, 12, 14)
+    greedy = Sampling(max_tokens=8, temperature=0.0)
+    [[alone]] = _run(_engine(checkpoint), [second], greedy)
+    for settings in ({"cache_tokens": 0}, {"share_prefix": False, "max_held": 0}):
+        engine = Engine(load_model(checkpoint, device="cpu", dtype=torch.float32), seed=0, **settings)
+        requests = [GenerationRequest(first, 2, Sampling(max_tokens=1, temperature=0.0), reply=lambda _: None)]
+        out: list[list[Completion]] = []
+        requests.append(GenerationRequest(second, 1, greedy, reply=out.append))
+        errors: list[Exception] = []
+        engine.start_all(requests, lambda _, error: errors.append(error))  # noqa: B023 (called before the loop goes on)
+        assert not errors
+        while engine.active_branches:
+            engine.step()
+        [[completion]] = out
+        assert completion.token_ids == alone.token_ids, settings
+        engine.tree.check()

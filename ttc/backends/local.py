@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+import numbers
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
@@ -104,7 +105,7 @@ class LocalBackend:
 
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"n must be a positive int, got {n!r}")
-        tokens = tuple(int(t) for t in prompt)
+        tokens = token_ids(prompt)
         self._engine.validate_prompt(tokens)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
@@ -119,8 +120,8 @@ class LocalBackend:
     async def prompt_logprobs(self, prompt: Sequence[int], top_k: int = 0) -> PromptLogprobs:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
             raise ConfigError(f"top_k must be an int >= 0, got {top_k!r}")
-        tokens = tuple(int(t) for t in prompt)
-        self._engine.validate_prompt(tokens)
+        tokens = token_ids(prompt)
+        self._engine.validate_prompt(tokens, generate=False)
         from ttc.engine.engine import ScoreRequest
 
         # A request of its own, not a call: the scheduler scores requests that arrive together in one batch.
@@ -129,13 +130,13 @@ class LocalBackend:
 
     async def embed(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
         """Hidden-state embeddings of whole token sequences (see ``Engine.embed``); ETS's ``auto`` embedder."""
-        batch = [tuple(int(t) for t in sequence) for sequence in sequences]
+        batch = [token_ids(sequence) for sequence in sequences]
         for tokens in batch:
-            self._engine.validate_prompt(tokens)
+            self._engine.validate_prompt(tokens, generate=False)
         return cast(list[list[float]], await self._call(lambda engine: engine.embed(batch)))
 
     async def release(self, prompt: Sequence[int]) -> None:
-        tokens = tuple(int(t) for t in prompt)
+        tokens = token_ids(prompt)
         await self._call(lambda engine: engine.release(tokens))
 
     def stats(self) -> BackendStats:
@@ -163,6 +164,19 @@ class LocalBackend:
         return await future
 
 
+def token_ids(prompt: object) -> tuple[int, ...]:
+    """The engine's form of a prompt; text or other values are a ConfigError saying how to get token ids."""
+    if isinstance(prompt, str | bytes):
+        raise ConfigError("a prompt must be token ids, not text: `await backend.tokenize(text)` gives them")
+    if not isinstance(prompt, Iterable):
+        raise ConfigError(f"a prompt must be a sequence of token ids, got {type(prompt).__name__}")
+    ids = tuple(prompt)
+    bad = next((t for t in ids if isinstance(t, bool) or not isinstance(t, numbers.Integral)), None)
+    if bad is not None:
+        raise ConfigError(f"token id {bad!r} is not an int: a prompt must be token ids from `backend.tokenize`")
+    return tuple(int(t) for t in ids)
+
+
 def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> Callable[[object], None]:
     """A reply callback for the engine thread that resolves ``future`` on its own event loop."""
 
@@ -181,4 +195,4 @@ def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> Cal
     return reply
 
 
-__all__ = ["LocalBackend"]
+__all__ = ["LocalBackend", "token_ids"]

@@ -150,17 +150,22 @@ class Engine:
                 prefix_cache_hit_rate=c.cached_prompt_tokens / c.prompt_tokens if c.prompt_tokens else None,
             )
 
-    def validate_prompt(self, prompt: Sequence[int]) -> None:
-        """Reject prompts the model cannot run, with the reason and the fix."""
+    def validate_prompt(self, prompt: Sequence[int], *, generate: bool = True) -> None:
+        """Reject prompts the model cannot run, with the reason and the fix.
+
+        A prompt to extend needs a free position for its first new token; one only scored or embedded may fill
+        the context, as a completion that stopped at the context's end does.
+        """
         if not prompt:
             raise ConfigError("prompt must hold at least one token id; tokenize a non-empty text first")
         vocab = self.config.vocab_size
         bad = next((t for t in prompt if not 0 <= t < vocab), None)
         if bad is not None:
             raise ConfigError(f"prompt token id {bad} is outside the model's vocabulary [0, {vocab})")
-        if len(prompt) >= self.config.max_positions:
+        if len(prompt) + generate > self.config.max_positions:
+            room = "leaves no room" if generate else "does not fit"
             raise ConfigError(
-                f"prompt of {len(prompt)} tokens leaves no room in the model's {self.config.max_positions}-position "
+                f"prompt of {len(prompt)} tokens {room} in the model's {self.config.max_positions}-position "
                 "context; shorten it"
             )
 
@@ -214,22 +219,24 @@ class Engine:
         Prompts are prefilled together as :meth:`_prefill` allows; a prompt repeated in the batch is computed
         once, and its later requests count all but its last token as cached, as if started after the first.
         """
-        done, failed = self._prefill([request.prompt for request in requests])
         seen: set[tuple[int, ...]] = set()
-        for request in requests:
-            prompt = request.prompt
-            if prompt in failed:
-                on_error(request, failed[prompt])
-                continue
-            end, hidden, cached = done[prompt]
-            if prompt in seen:
-                cached = len(prompt) - 1
-            seen.add(prompt)
-            try:
-                self._launch(request, end, self.model.logits(hidden[None]), cached)
-            except Exception as exc:
-                on_error(request, exc)
-        self.tree.trim()  # the prompts are held now; older cache (or, unshared, a prompt itself) may go
+        # No prompt may be evicted before its branches hold it; after, older cache (or, unshared, a prompt
+        # itself) may go.
+        with self.tree.trim_deferred():
+            done, failed = self._prefill([request.prompt for request in requests])
+            for request in requests:
+                prompt = request.prompt
+                if prompt in failed:
+                    on_error(request, failed[prompt])
+                    continue
+                end, hidden, cached = done[prompt]
+                if prompt in seen:
+                    cached = len(prompt) - 1
+                seen.add(prompt)
+                try:
+                    self._launch(request, end, self.model.logits(hidden[None]), cached)
+                except Exception as exc:
+                    on_error(request, exc)
         self._deliver_finished()
 
     def _prefill(self, sequences: Sequence[tuple[int, ...]]) -> tuple[
@@ -272,8 +279,13 @@ class Engine:
             self.counters.prompt_tokens += len(request.prompt)
             self.counters.cached_prompt_tokens += cached
         seed = request.sampling.seed if request.sampling.seed is not None else self._rng.getrandbits(63)
-        for index in range(request.n):
-            running.branches.append(self._fork(running, index, end, seed))
+        try:
+            for index in range(request.n):
+                running.branches.append(self._fork(running, index, end, seed))
+        except Exception:
+            for branch in running.branches:  # the request fails whole: give back what its branches hold
+                self.tree.release(self.tree.seal(branch.block))
+            raise
         tokens, logprobs = sample(logits.expand(request.n, -1), [b.settings for b in running.branches])
         self._running.append(running)
         for branch, token, logprob in zip(running.branches, tokens, logprobs, strict=True):
@@ -295,7 +307,7 @@ class Engine:
         sampling = branch.request.request.sampling
         if token in self.eos or stop is not None:
             self._finish(branch, "stop")
-        elif len(branch.generated) >= sampling.max_tokens or branch.block.end >= self.config.max_positions:
+        elif len(branch.generated) >= sampling.max_tokens or branch.block.end + 1 >= self.config.max_positions:
             self._finish(branch, "length")
         else:
             branch.pending = token
@@ -515,7 +527,10 @@ class Engine:
             for i, (own, vals, idx) in enumerate(zip(chosen, values.tolist(), ids.tolist(), strict=True)):
                 position = start + 1 + first + i
                 block = path[bisect.bisect_right(starts, position) - 1]
-                block.scores[position - block.start] = ScoredPosition(top_k, tuple(zip(idx, vals, strict=True)), own)
+                known = block.scores.get(position - block.start)
+                if known is None or known.top_k < top_k:  # a request batched with this one may want more
+                    block.scores[position - block.start] = ScoredPosition(top_k, tuple(zip(idx, vals, strict=True)),
+                                                                          own)
 
     def _read_scores(self, end: KVBlock, tokens: Sequence[int], top_k: int) -> PromptLogprobs:
         top: list[dict[int, float] | None] = [None]

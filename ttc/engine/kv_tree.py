@@ -17,9 +17,10 @@ Blocks are split where a new prefix diverges inside them. A block that a sequenc
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -128,6 +129,7 @@ class KVTree:
         self.live_tokens = 0
         self.cached_tokens = 0
         self.peak_live_tokens = 0
+        self._trim_deferred = 0
 
     # ----------------------------------------------------------------- storage
     def allocate(self, capacity: int) -> Tensor:
@@ -304,9 +306,24 @@ class KVTree:
         return parent
 
     # ---------------------------------------------------------------- eviction
+    @contextlib.contextmanager
+    def trim_deferred(self) -> Iterator[None]:
+        """Evict nothing until the block ends, then trim once.
+
+        Starting a batch prefills every prompt before any is held; a branch of an early request that finishes
+        at once releases its hold, and a trim then could evict a later request's prompt before its branches
+        hold it.
+        """
+        self._trim_deferred += 1
+        try:
+            yield
+        finally:
+            self._trim_deferred -= 1
+            self.trim()
+
     def trim(self) -> None:
         """Evict unreferenced leaf blocks, least recently used first, until cached tokens fit the cap."""
-        if self.cached_tokens <= self.cache_tokens:
+        if self._trim_deferred or self.cached_tokens <= self.cache_tokens:
             return
         heap = [(b.last_used, b.id) for b in self.blocks.values() if self._evictable(b)]
         heapq.heapify(heap)
