@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from ttc.budget import Meter
+from ttc.errors import ConfigError
 from ttc.strategies.base import Context, make_strategy
 from ttc.testing import ScriptedBackend
 from ttc.trace import TraceRecorder
@@ -87,6 +88,19 @@ async def test_budget_trims_max_tokens_to_an_equal_share() -> None:
     assert tiny.usage().generated_tokens == 5
 
 
+async def test_a_sample_cut_by_the_budget_has_no_answer_unless_it_states_one() -> None:
+    """Cut mid-line, a sample's last number is an intermediate value: it must not vote as an answer."""
+    backend = ScriptedBackend(["27 + 9 = 36\n36 - 7 = 29\nThe answer is 29."])
+    result = await make_strategy("best_of_n", {"n": 4, "max_tokens": 12}).run(Problem("q"), Meter(Budget(tokens=48)),
+                                                                              ctx_for(backend))
+    assert {c.text for c in result.candidates} == {"27 + 9 = 36\n"}
+    assert result.answer is None and all(c.answer is None for c in result.candidates)
+    stated = ScriptedBackend(["The answer is 29. Because 27 + 9 = 36"])
+    result = await make_strategy("best_of_n", {"n": 2, "max_tokens": 30}).run(Problem("q"), Meter(Budget(tokens=60)),
+                                                                              ctx_for(stated))
+    assert result.answer == "29"  # stated before the cut: it counts
+
+
 async def test_usage_counts_prompt_and_calls() -> None:
     backend = ScriptedBackend(texts("1"))
     meter = Meter(Budget(tokens=100_000))
@@ -139,3 +153,11 @@ async def test_check_operands_applies_to_the_score_pick() -> None:
         assert result.answer == winner
         select = [e for e in ctx.recorder.events() if e.kind == "select"][-1]
         assert select.payload["left_out"] == (2 if check else 0)
+
+
+@pytest.mark.parametrize("select", ["score", "weighted_vote"])
+async def test_ranking_by_score_without_a_verifier_is_a_config_error(select: str) -> None:
+    """Without scores the pick would fall to the shortest sample (or a plain vote) without a word."""
+    with pytest.raises(ConfigError, match="none is configured"):
+        await make_strategy("best_of_n", {"n": 2, "select": select}).run(
+            Problem("q"), Meter(Budget(tokens=1000)), ctx_for(ScriptedBackend(texts("1", "2"))))

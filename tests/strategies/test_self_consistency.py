@@ -149,3 +149,37 @@ async def test_checks_combine_and_count_each_failure() -> None:
     assert select.payload["left_out"] == 3
     assert select.payload["failed"] == {"arithmetic": 2, "operands": 1}
     assert select.payload["tally"] == {"17": 1.0}
+
+
+async def test_samples_the_checks_leave_out_do_not_decide_the_vote() -> None:
+    """One passing sample among slips is not min_samples agreeing: sampling goes on."""
+    backend = ScriptedBackend([RIGHT, SLIP, SLIP, SLIP])
+    ctx = ctx_for(backend)
+    result = await make_strategy("self_consistency", {
+        "max_samples": 8, "round_size": 4, "min_samples": 4, "check_arithmetic": True}).run(
+        Problem("17 + 8?"), Meter(Budget(tokens=10_000)), ctx)
+    assert result.answer == "25" and len(backend.calls) == 2
+    assert not [e for e in ctx.recorder.events() if e.kind == "stop" and e.payload["samples"] == 4]
+
+
+class TableScorer:
+    """An outcome verifier whose scores are not probabilities (a reward model's raw score)."""
+
+    def __init__(self, table: dict[str, float]) -> None:
+        self.table = table
+
+    async def score(self, question: str, solution: str) -> float:
+        return self.table[solution]
+
+
+async def test_a_weighted_lead_is_not_taken_as_final_when_a_score_can_exceed_one() -> None:
+    a, b_low, b_high = answer("3"), "other work\nThe answer is 5.", "more work\nThe answer is 5."
+    scorer = TableScorer({a: 1.0, b_low: 0.5, b_high: 5.0})
+    backend = ScriptedBackend([a, a, a, b_low, b_high])
+    ctx = Context(backend=backend, recorder=TraceRecorder(), rng=random.Random(0), verifier=scorer,
+                  prompt_template="Q: {question}\nA:")
+    result = await make_strategy("self_consistency", {
+        "max_samples": 5, "round_size": 4, "min_samples": 4, "stop_share": 0.9}).run(
+        Problem("q"), Meter(Budget(tokens=10_000)), ctx)
+    assert len(result.candidates) == 5  # a lead of 2.5 with one sample to come is not safe: it may weigh 5
+    assert result.answer == "5"

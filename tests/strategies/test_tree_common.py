@@ -196,6 +196,19 @@ async def test_no_complete_leaf_returns_the_best_partial_without_an_answer() -> 
     assert statuses["a\n"] == ("pruned", "search ended: budget spent")
 
 
+async def test_a_leaf_cut_by_its_token_limit_states_no_answer_unless_it_said_one() -> None:
+    """A step that runs out of tokens ends its path mid-line; its last number is not the path's answer."""
+    script = {"": ["27 + 9 = 36, then 36 - 7 = 29\n", "The answer is 29. Since 27 + 9 = 36 and 36 - 7 = 29\n"]}
+    result, ctx, _ = await run_search("beam", {"beam_width": 2, "expand": 2, "max_step_tokens": 14},
+                                      ScriptedBackend(tree_responder(script)), TablePRM(default=0.5))
+    answers = {n.text: n.answer for n in ctx.recorder.nodes() if n.parent is not None}
+    assert answers == {"27 + 9 = 36, t": None, "The answer is ": None}
+    assert result.answer is None
+    result, ctx, _ = await run_search("beam", {"beam_width": 2, "expand": 2, "max_step_tokens": 18},
+                                      ScriptedBackend(tree_responder(script)), TablePRM(default=0.5))
+    assert result.answer == "29"  # "The answer is 29." fits before the cut
+
+
 class MiscountingPRM:
     async def score_steps(self, question: str, steps: Sequence[str]) -> list[float]:
         return [0.5] * (len(steps) + 1)

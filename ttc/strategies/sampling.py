@@ -9,9 +9,10 @@ from typing import Literal
 from pydantic import Field
 
 from ttc.budget import Meter
+from ttc.errors import ConfigError
 from ttc.strategies.base import TEMPERATURE, TOP_P, Context, StrategyOptions
 from ttc.types import Candidate, Completion, Sampling
-from ttc.verifiers.answer import extract_answer, normalize_answer
+from ttc.verifiers.answer import extract_answer, extract_stated_answer, normalize_answer
 from ttc.verifiers.arithmetic import computes_right
 from ttc.verifiers.base import score_outcome_costed
 from ttc.verifiers.operands import operands_sourced
@@ -45,7 +46,8 @@ def record(ctx: Context, root: int, completions: Sequence[Completion]) -> list[C
     """Add each completion as a finished child of ``root`` and return it as an unscored candidate."""
     out = []
     for c in completions:
-        answer = extract_answer(c.text)
+        # A sample cut off by its token limit has no final line: its last number is an intermediate value.
+        answer = extract_stated_answer(c.text) if c.finish_reason == "length" else extract_answer(c.text)
         node = ctx.recorder.add_node(parent=root, text=c.text, token_count=len(c.token_ids), status="finished",
                                      logprob=c.cumulative_logprob, answer=answer)
         out.append(Candidate(text=c.text, answer=answer, score=None, token_count=len(c.token_ids), node_id=node))
@@ -110,11 +112,15 @@ class Choice:
     vote: VoteResult | None
     left_out: int = 0  # candidates that failed a check and took no part in the choice
     failed: tuple[tuple[str, int], ...] = ()  # (check, candidates failing it) for each check that is on
+    passing: int = 0  # candidates that passed every check that is on (all of them when none is on)
 
 
 def resolve_selection(selection: Selection, ctx: Context) -> str:
     if selection == "auto":
         return "weighted_vote" if ctx.verifier is not None else "vote"
+    if selection in ("score", "weighted_vote") and ctx.verifier is None:
+        raise ConfigError(f"select={selection!r} ranks samples by a verifier's score and none is configured: pass "
+                          "verifier=... (or a PRM), or use select='vote'")
     return selection
 
 
@@ -136,16 +142,17 @@ def choose(ctx: Context, candidates: Sequence[Candidate], how: str, checks: Chec
         candidates = passing
     if not candidates:
         return Choice(None, how, None)
+    n_passing = len(passing)
     if how == "score":
         best = max(candidates, key=lambda c: (c.score if c.score is not None else float("-inf"), -c.token_count))
-        return Choice(best, how, None, left_out, failed)
+        return Choice(best, how, None, left_out, failed, n_passing)
     weights = [max(c.score, 0.0) if how == "weighted_vote" and c.score is not None else 1.0 for c in candidates]
     result = majority_vote([c.answer for c in candidates], weights, rng=ctx.rng)
     if result.key is None:
-        return Choice(candidates[0], how, result, left_out, failed)
+        return Choice(candidates[0], how, result, left_out, failed, n_passing)
     members = [c for c in candidates if c.answer is not None and normalize_answer(c.answer) == result.key]
     best = max(members, key=lambda c: (c.score if c.score is not None else 0.0, -c.token_count))
-    return Choice(best, how, result, left_out, failed)
+    return Choice(best, how, result, left_out, failed, n_passing)
 
 
 def mark_selected(ctx: Context, choice: Choice) -> None:

@@ -7,13 +7,20 @@ stop after one round and leave budget unspent; hard ones use all of ``max_sample
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from pydantic import Field
 
 from ttc.budget import Meter
 from ttc.strategies.base import Context, Strategy, StrategyResult, register
-from ttc.strategies.sampling import SampledOptions, choose, draw, mark_selected, record, resolve_selection, score
+from ttc.strategies.sampling import (
+    Choice,
+    SampledOptions,
+    choose,
+    draw,
+    mark_selected,
+    record,
+    resolve_selection,
+    score,
+)
 from ttc.types import Candidate, Problem
 
 
@@ -48,7 +55,7 @@ class SelfConsistency(Strategy[SelfConsistencyOptions]):
             share = vote.share if vote is not None else 0.0
             ctx.recorder.event("round", {"samples": len(candidates), "leader": vote.key if vote else None,
                                          "share": share, "tally": dict(vote.tally) if vote else {}})
-            if self._decided(candidates, choice.vote.tally if choice.vote else {}, share):
+            if self._decided(choice, len(candidates), how, share):
                 ctx.recorder.event("stop", {"reason": "decided", "samples": len(candidates), "share": share})
                 break
         choice = choose(ctx, candidates, how, opts.checks, problem.question)
@@ -57,15 +64,24 @@ class SelfConsistency(Strategy[SelfConsistencyOptions]):
         return StrategyResult(answer=best.answer if best else None, text=best.text if best else "",
                               score=best.score if best else None, candidates=tuple(candidates))
 
-    def _decided(self, candidates: list[Candidate], tally: Mapping[str, float], share: float) -> bool:
+    def _decided(self, choice: Choice, drawn: int, how: str, share: float) -> bool:
+        """Only the samples that vote count: those the checks left out neither reach ``min_samples`` nor lead.
+
+        Where every sample so far failed a check, all vote, but the first one to pass would replace them all, so
+        nothing is decided yet.
+        """
         opts = self.options
-        if len(candidates) >= opts.min_samples and share >= opts.stop_share:
+        if choice.vote is None or not choice.passing:
+            return False
+        if choice.passing >= opts.min_samples and share >= opts.stop_share:
             return True
-        ranked = sorted(tally.values(), reverse=True)
+        if how != "vote":
+            # A verifier's score is a number that ranks solutions, with no upper bound: a weighted lead can
+            # always be overturned.
+            return False
+        ranked = sorted(choice.vote.tally.values(), reverse=True)
         if not ranked:
             return False
         runner_up = ranked[1] if len(ranked) > 1 else 0.0
-        remaining = opts.max_samples - len(candidates)
-        # Each remaining sample adds at most weight 1 (scores are probabilities), so a lead larger than the
-        # number of samples still to come cannot be overturned.
-        return ranked[0] - runner_up > remaining
+        # Each sample still to come adds one vote, so a larger lead cannot be overturned.
+        return ranked[0] - runner_up > opts.max_samples - drawn

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import re
 from abc import abstractmethod
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,14 +33,10 @@ from ttc.errors import ConfigError, VerifierError
 from ttc.strategies.base import TEMPERATURE, TOP_P, Context, Strategy, StrategyOptions, StrategyResult
 from ttc.strategies.sampling import choose, mark_selected
 from ttc.types import Candidate, Completion, Problem, Sampling
-from ttc.verifiers.answer import extract_answer
+from ttc.verifiers.answer import extract_answer, extract_stated_answer
 from ttc.verifiers.base import Aggregation, ProcessVerifier, aggregate, score_steps_costed
 
 TreeSelection = Literal["score", "weighted_vote"]
-
-# A step "states the answer" only when it says so explicitly; extract_answer alone would take any number.
-_STATED_ANSWER = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])|####|\banswer\b\**[ \t]*(?:is\b|[:：])", re.IGNORECASE)
-
 
 class TreeSearchOptions(StrategyOptions):
     """Options every step-level search shares."""
@@ -70,6 +65,7 @@ class StepNode:
     step_scores: tuple[float, ...] = ()
     score: float = 0.0
     complete: bool = False
+    cut: bool = False  # the step ran out of tokens (finish reason "length")
     answer: str | None = None
     held: bool = True
     expanded: bool = False
@@ -264,12 +260,12 @@ class SearchTree:
         ids = tuple(completion.token_ids)
         depth = parent.depth + 1
         delimiter = self.ctx.step_delimiter
-        stated = bool(_STATED_ANSWER.search(completion.text)) and extract_answer(completion.text) is not None
+        stated = extract_stated_answer(completion.text) is not None
         ended = completion.finish_reason != "stop" or not completion.text.endswith(delimiter)
         node_id = self.ctx.recorder.add_node(parent=parent.id, text=completion.text, token_count=len(ids),
                                              logprob=completion.cumulative_logprob)
         child = StepNode(id=node_id, parent=parent, prefix=parent.prefix + ids, token_ids=ids,
-                         text=completion.text, depth=depth,
+                         text=completion.text, depth=depth, cut=completion.finish_reason == "length",
                          complete=stated or ended or depth >= self.options.max_depth)
         parent.children.append(child)
         self.nodes.append(child)
@@ -300,7 +296,8 @@ class SearchTree:
             self.ctx.recorder.update(node.id, step_scores=node.step_scores, score=node.score)
 
     async def _finish(self, node: StepNode) -> None:
-        node.answer = extract_answer(node.solution())
+        # A path whose last step ran out of tokens stops mid-line: only an answer it states counts (else partial).
+        node.answer = (extract_stated_answer if node.cut else extract_answer)(node.solution())
         self.finished.append(node)
         self.ctx.recorder.update(node.id, status="finished", answer=node.answer)
         await self._release(node)

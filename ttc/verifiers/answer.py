@@ -125,6 +125,16 @@ def extract_answer(text: str) -> str | None:
     ``#### N``, then "The answer is X" / "Answer: X", and only then the last number in the text, which is a
     guess that is right for most arithmetic word problems and wrong for LaTeX answers (so say them explicitly).
     """
+    stated = extract_stated_answer(text)
+    return stated if stated is not None else _last_number(text)
+
+
+def extract_stated_answer(text: str) -> str | None:
+    """The answer a solution states explicitly (a box, ``#### N``, "the answer is X"), or None.
+
+    For text cut off before its end (a sample that ran out of tokens): its last number is an intermediate
+    value, not an answer, so only an explicit statement counts.
+    """
     boxed = _last_boxed(text)
     if boxed is not None:
         return boxed
@@ -138,7 +148,7 @@ def extract_answer(text: str) -> str | None:
         answer = _clean_phrase_answer(text[phrases[-1].end() : line_end if line_end >= 0 else len(text)])
         if answer:
             return answer
-    return _last_number(text)
+    return None
 
 
 # --------------------------------------------------------------------------------------------- normalization
@@ -664,6 +674,7 @@ __all__ = [
     "agrade",
     "answers_equivalent",
     "extract_answer",
+    "extract_stated_answer",
     "grade",
     "grade_detail",
     "normalize_answer",
