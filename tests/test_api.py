@@ -148,6 +148,9 @@ def test_an_explicit_model_comes_before_the_environment(monkeypatch: pytest.Monk
 
 
 def test_budget_type_errors() -> None:
+    for limits in ({"wall_s": "5"}, {"calls": "3"}, {"calls": 2.5}, {"wall_s": True}, {"wall_s": float("inf")}):
+        with pytest.raises(ConfigError, match="must be a positive"):
+            Budget(**limits)  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         Budget()
     with pytest.raises(ConfigError):

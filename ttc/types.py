@@ -16,9 +16,12 @@ FinishReason = Literal["stop", "length", "abort"]
 NodeStatus = Literal["active", "pruned", "finished", "selected"]
 
 
-def _positive(name: str, value: float | None) -> None:
-    if value is not None and (not math.isfinite(value) or value <= 0):
-        raise ConfigError(f"Budget.{name} must be a positive number or None (unlimited), got {value!r}")
+def _positive(name: str, value: float | None, *, whole: bool = False) -> None:
+    if value is None:
+        return
+    kind = "a positive int" if whole else "a positive number"
+    if not (_is_int(value) if whole else _is_real(value)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"Budget.{name} must be {kind} or None (unlimited), got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class Budget:
             raise ConfigError(f"Budget.tokens must be an int, got {type(self.tokens).__name__}")
         _positive("tokens", self.tokens)
         _positive("wall_s", self.wall_s)
-        _positive("calls", self.calls)
+        _positive("calls", self.calls, whole=True)
         if self.tokens is None and self.wall_s is None and self.calls is None:
             raise ConfigError("Budget needs at least one limit: tokens, wall_s or calls")
 

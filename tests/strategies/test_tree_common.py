@@ -16,6 +16,7 @@ from ttc.strategies.tree import SearchTree, TreeSearchOptions, plan_round
 from ttc.testing import ScriptedBackend
 from ttc.trace import TraceRecorder
 from ttc.types import Budget, Problem
+from ttc.verifiers.base import StepwiseOutcome
 
 pytestmark = pytest.mark.anyio
 
@@ -207,6 +208,21 @@ async def test_a_leaf_cut_by_its_token_limit_states_no_answer_unless_it_said_one
     result, ctx, _ = await run_search("beam", {"beam_width": 2, "expand": 2, "max_step_tokens": 18},
                                       ScriptedBackend(tree_responder(script)), TablePRM(default=0.5))
     assert result.answer == "29"  # "The answer is 29." fits before the cut
+
+
+class NanPRM:
+    async def score_steps(self, question: str, steps: Sequence[str]) -> list[float]:
+        return [float("nan")] * len(steps)
+
+
+@pytest.mark.parametrize("name", ["beam", "rebase"])
+async def test_a_verifier_score_that_is_not_a_finite_number_is_a_verifier_error(name: str) -> None:
+    with pytest.raises(VerifierError, match="NanPRM returned the score nan"):
+        await run_search(name, SEARCHES[name], ScriptedBackend(random_responder), NanPRM())
+    ctx = Context(backend=ScriptedBackend(random_responder), recorder=TraceRecorder(),
+                  rng=__import__("random").Random(0), verifier=StepwiseOutcome(NanPRM()))
+    with pytest.raises(VerifierError, match="NanPRM returned the score nan"):
+        await make_strategy("best_of_n", {"n": 2}).run(Problem("q"), Meter(Budget(tokens=1000)), ctx)
 
 
 class MiscountingPRM:

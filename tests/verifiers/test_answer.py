@@ -104,6 +104,12 @@ def test_extract_gsm8k_hashes(text: str, expected: str) -> None:
         ("The answer is 3.5.", "3.5"),
         (r"The answer is \(x^2\).", "x^2"),
         ("the answer is east.", "east"),
+        ("The answer is 18, because she has 18 pens.", "18"),
+        ("The answer is 18; she keeps them all.", "18"),
+        ("The answer is 3/4 of the cake.", "3/4"),
+        ("The answer is 5 (five).", "5"),
+        ("The answer is 1, 2, 3.", "1, 2, 3"),  # a list, not a number and then prose
+        ("The answer is 5.\nI checked it, so the answer is correct.", "5"),  # a judgement, not an answer
     ],
 )
 def test_extract_answer_phrase(text: str, expected: str) -> None:
@@ -331,6 +337,11 @@ def test_grade_reasons() -> None:
 
 def test_answers_equivalent() -> None:
     assert answers_equivalent(r"\frac{1}{2}", "0.5")
+    assert answers_equivalent("11/4", "2 3/4")  # a mixed number
+    assert not answers_equivalent("23/4", "2 3/4")
+    for number in ("25", "12.5", "7.5", "2.5"):  # a percent answers as its number, whatever its digits
+        assert answers_equivalent(number, number + "%") and answers_equivalent(number, number + "\\%")
+    assert not answers_equivalent("12.5", "1.25%")
     assert answers_equivalent("x=5", "5")
     assert answers_equivalent("1,-2", "-2,1")
     assert not answers_equivalent(r"\frac{1}{2}", "0.6")

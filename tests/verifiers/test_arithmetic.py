@@ -39,6 +39,9 @@ def test_wrong_results_are_found_as_written(text: str, slips: list[str]) -> None
     "a3 + 4 = 9",
     "He pays 5 * 3 dollars = 15",  # units between the operands and the result
     "1.5.2 + 3 = 7",
+    "7 / 2 = 3 remainder 1",  # a quotient with its remainder: the result goes on past 3
+    "7 / 2 = 3 R 1",
+    "22 / 5 = 4 with 2 left over",
 ])
 def test_equations_it_cannot_read_alone_are_skipped(text: str) -> None:
     assert arithmetic_slips(text) == []

@@ -35,6 +35,11 @@ def test_operands_nothing_gave_are_found(solution: str, missing: list[str]) -> N
     ("Three friends share 1,200 dollars.", "1200 / 3 = 400"),
     ("The 80 dollar coat is 25% off.", "80 * 25 = 2000\n2000 / 100 = 20"),
     ("A ticket costs 2.50 dollars; she buys 4.", "2.5 * 4 = 10"),
+    ("Tom has fifteen apples and buys thirty more.", "15 + 30 = 45"),
+    ("Tom has twenty-five apples and buys 5 more.", "25 + 5 = 30"),
+    ("Tom has Forty Two apples and eats 2.", "42 - 2 = 40"),
+    ("A shirt costs $20 and is 25% off.", "20 * 0.25 = 5\n20 - 5 = 15"),
+    ("A shirt costs $20 and is 25 percent off.", "20 * 0.25 = 5\n20 - 5 = 15"),
 ])
 def test_numbers_given_in_words_or_stated_before_use_count(question: str, solution: str) -> None:
     assert unsourced_operands(question, solution) == []
@@ -49,3 +54,8 @@ def test_every_reference_solution_of_the_benchmarks_passes() -> None:
     problems = [*generate(EVAL_SEEDS.start, 400), *generate_totals(EVAL_SEEDS.start, 400)]
     for problem in problems:
         assert operands_sourced(problem.question, problem.solution), (problem.question, problem.solution)
+
+
+def test_a_compound_or_a_percent_gives_only_its_own_numbers() -> None:
+    assert unsourced_operands("Tom has twenty-five apples.", "26 + 3 = 29") == ["26", "3"]
+    assert unsourced_operands("A shirt costs $20 and is 25% off.", "20 * 0.26 = 5.2") == ["0.26"]

@@ -40,7 +40,13 @@ _HASHES = re.compile(r"####[ \t]*([^\n]*)")
 _ANSWER_PHRASE = re.compile(r"\banswer\b\**[ \t]*(?:is\b[ \t]*:?|[:：])\**[ \t]*", re.IGNORECASE)
 # A number not glued to a word or another number; thousands groups only when they are complete.
 _NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|(?<![\w.])-?\.\d+")
-_LEADING_NUMBER_THEN_WORD = re.compile(r"(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)\s+[A-Za-z]")
+# A number (or a fraction) and then prose: ``18 pens``, ``3/4 of the cake``, ``18, because ...``, ``5 (five)``.
+# A comma before another number is a list (``1, 2, 3``), so only a comma before a word ends the answer.
+_LEADING_NUMBER_THEN_WORD = re.compile(
+    r"(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?)(?:\s+[A-Za-z(]|\s*;|,\s*[A-Za-z])"
+)
+# What "the answer is ..." says when it judges an answer rather than giving one.
+_JUDGEMENTS = frozenset({"correct", "incorrect", "right", "wrong", "confirmed", "verified", "consistent"})
 _SENTENCE_END = re.compile(r"\.(?=\s|$)")
 # ``$...$`` whose content may hold an escaped currency sign: ``$\$32,348$``.
 _MATH_SEGMENT = re.compile(r"\$+((?:\\\$|[^$])+)\$+")
@@ -142,11 +148,10 @@ def extract_stated_answer(text: str) -> str | None:
         answer = _strip_dollars(raw).rstrip(".").strip()
         if answer and not answer[0].isalpha():  # "#### Step 2" is a markdown heading, not GSM8K's answer line
             return answer
-    phrases = list(_ANSWER_PHRASE.finditer(text))
-    if phrases:
-        line_end = text.find("\n", phrases[-1].end())
-        answer = _clean_phrase_answer(text[phrases[-1].end() : line_end if line_end >= 0 else len(text)])
-        if answer:
+    for phrase in reversed(list(_ANSWER_PHRASE.finditer(text))):
+        line_end = text.find("\n", phrase.end())
+        answer = _clean_phrase_answer(text[phrase.end() : line_end if line_end >= 0 else len(text)])
+        if answer and answer.lower() not in _JUDGEMENTS:  # "so the answer is correct" restates an earlier one
             return answer
     return None
 
@@ -161,6 +166,7 @@ _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree(?![A-Za-z])")
 _TRAILING_UNIT = re.compile(r"(?:\\(?:text|mbox|mathrm|textrm)\{\s*[A-Za-z][A-Za-z ]*[A-Za-z]\s*\})(?:\^\{?[23]\}?)?$")
 _PLAIN_NUMBER = re.compile(r"([-+]?)(\d{1,3}(?:,\d{3})+|\d*)(?:\.(\d*))?")
 _INTEGER = re.compile(r"-?\d+")
+_MIXED_NUMBER = re.compile(r"(\d+)\s+(\d+/\d+)")
 _WHITESPACE = re.compile(r"(\\[A-Za-z]+)?\s+(?=([A-Za-z])?)")
 _FRAC_OR_SQRT = re.compile(r"\\(frac|sqrt)(?![A-Za-z])")
 _CONTROL_SEQUENCE = re.compile(r"\\(?:[A-Za-z]+|.)", re.DOTALL)
@@ -265,6 +271,9 @@ def normalize_answer(answer: str) -> str:
     text = _DEGREES.sub("", text).strip().rstrip(".").strip()
     text = _unwrap_whole(text)
     text = _without_unit(text)
+    mixed = _MIXED_NUMBER.fullmatch(text)
+    if mixed:  # 2 3/4 is 2+3/4, not the 23/4 that dropping its space would make
+        text = f"{mixed.group(1)}+{mixed.group(2)}"
     text = _brace_arguments(_squeeze_spaces(text)).rstrip(".")
     choice = re.fullmatch(r"\(([A-Z])\)", text)
     if choice:
@@ -569,6 +578,10 @@ def _quick_verdict(gold_key: str, predicted_key: str) -> _Verdict | None:
         return _Verdict(False, "no answer found")
     if gold_key == predicted_key:
         return _Verdict(True, "exact")
+    number = gold_key.removesuffix("%")
+    if number == predicted_key.removesuffix("%") and _canonical_number(number) is not None:
+        # 12.5% answers "what percent" as 12.5 does; math-verify agrees for some numbers (25%) and not others.
+        return _Verdict(True, "equivalent")
     if _INTEGER.fullmatch(gold_key) and _INTEGER.fullmatch(predicted_key):
         return _Verdict(False, "not equivalent")  # two distinct canonical integers never agree
     return _cache.get((gold_key, predicted_key))

@@ -28,6 +28,8 @@ _OPERATORS = "+-*/×÷^"
 _BAD_BEFORE = set(_OPERATORS) | set(".,)")
 # After the result: anything that would make it an operand of more arithmetic, a longer number, or a percent.
 _BAD_AFTER = set(_OPERATORS) | set("%(")
+# ``7 / 2 = 3 remainder 1``: the result goes on past c, so the equation is not ``a / b = c`` alone.
+_REMAINDER = re.compile(r"(?:remainder|rem\b|r\s*\d|with\s+\d+\s+left)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ def _stands_alone(text: str, start: int, end: int) -> bool:
     after = text[end:].lstrip(" \t")
     if not after:
         return True
-    if after[0] in _BAD_AFTER or after[0].isdigit():
+    if after[0] in _BAD_AFTER or after[0].isdigit() or _REMAINDER.match(after):
         return False
     return not (after[0] == "." and after[1:2].isdigit())
 

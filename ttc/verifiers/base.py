@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-from ttc.errors import ConfigError
+from ttc.errors import ConfigError, VerifierError
 
 Aggregation = Literal["min", "last", "prod", "mean"]
 
@@ -63,15 +63,29 @@ class CostedProcessVerifier(Protocol):
 async def score_steps_costed(prm: ProcessVerifier, question: str, steps: Sequence[str]) -> StepScores:
     """Step scores with their cost; a verifier that cannot report cost is charged nothing."""
     if isinstance(prm, CostedProcessVerifier):
-        return await prm.score_steps_detailed(question, steps)
-    return StepScores(tuple(await prm.score_steps(question, steps)))
+        scored = await prm.score_steps_detailed(question, steps)
+    else:
+        scored = StepScores(tuple(await prm.score_steps(question, steps)))
+    for value in scored.scores:
+        _check_score(prm, value)
+    return scored
 
 
 async def score_outcome_costed(verifier: OutcomeVerifier, question: str, solution: str) -> tuple[float, int]:
     """An outcome score and the verifier tokens it cost (known for PRMs used through StepwiseOutcome)."""
     if isinstance(verifier, StepwiseOutcome):
-        return await verifier.score_detailed(question, solution)
-    return await verifier.score(question, solution), 0
+        value, tokens = await verifier.score_detailed(question, solution)
+    else:
+        value, tokens = await verifier.score(question, solution), 0
+    _check_score(verifier, value)
+    return value, tokens
+
+
+def _check_score(verifier: object, value: object) -> None:
+    """Scores are compared, summed and apportioned: a NaN or a string would fail far from its cause."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise VerifierError(f"{type(verifier).__name__} returned the score {value!r}: a verifier's scores must be "
+                            "finite numbers")
 
 
 def split_steps(solution: str, delimiter: str = "\n") -> list[str]:

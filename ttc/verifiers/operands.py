@@ -7,12 +7,12 @@ misreading share a wrong answer, which is how such samples mislead a vote. Like 
 (``ttc.verifiers.arithmetic``) this needs no model and no reference answer, so a vote can leave such samples out
 (``check_operands`` of the sampling strategies).
 
-A number counts as given when the question states it (in digits, or as a common number word: ``three``, ``twice``,
-``dozen``; ``half`` gives 2 and 0.5, a percent 100 and 0.01) or the solution writes it anywhere before the equation
-that uses it (``An hour has 60 minutes, so 3 * 60 = 180``). Only the operands of lone ``a op b = c`` equations are
-checked, read as the calculator's check reads them. A solution that computes with a constant it never states
-(``3 * 60 = 180`` with no 60 before it) fails, so switch the check on only where problems state all their data or
-solutions state their constants, as the synthetic benchmark's do.
+A number counts as given when the question states it (in digits, or as a common number word: ``three``,
+``twenty-five``, ``twice``, ``dozen``; ``half`` gives 2 and 0.5, a percent 100 and 0.01, ``25%`` also 0.25) or the
+solution writes it anywhere before the equation that uses it (``An hour has 60 minutes, so 3 * 60 = 180``). Only the
+operands of lone ``a op b = c`` equations are checked, read as the calculator's check reads them. A solution that
+computes with a constant it never states (``3 * 60 = 180`` with no 60 before it) fails, so switch the check on only
+where problems state all their data or solutions state their constants, as the synthetic benchmark's do.
 """
 
 from __future__ import annotations
@@ -22,10 +22,13 @@ from fractions import Fraction
 
 from ttc.verifiers.arithmetic import NUMBER, lone_equations, value
 
+_SMALL = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+          "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
+_TENS = ["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 _WORDS: dict[str, tuple[Fraction, ...]] = {
-    **{word: (Fraction(n),) for n, word in enumerate(
-        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"])},
-    "twenty": (Fraction(20),), "hundred": (Fraction(100),), "thousand": (Fraction(1000),),
+    **{word: (Fraction(n),) for n, word in enumerate(_SMALL)},
+    **{word: (Fraction(20 + 10 * n),) for n, word in enumerate(_TENS)},
+    "hundred": (Fraction(100),), "thousand": (Fraction(1000),),
     "twice": (Fraction(2),), "double": (Fraction(2),), "doubles": (Fraction(2),),
     "triple": (Fraction(3),), "triples": (Fraction(3),), "thrice": (Fraction(3),),
     "half": (Fraction(2), Fraction(1, 2)), "halves": (Fraction(2), Fraction(1, 2)),
@@ -34,10 +37,17 @@ _WORDS: dict[str, tuple[Fraction, ...]] = {
     "percent": (Fraction(100), Fraction(1, 100)), "%": (Fraction(100), Fraction(1, 100)),
 }
 _WORD = re.compile(r"%|\b(?:" + "|".join(w for w in _WORDS if w != "%") + r")\b", re.IGNORECASE)
+# ``twenty-five``, ``thirty two``: a tens word and a unit word name one number.
+_COMPOUND = re.compile(rf"\b({'|'.join(_TENS)})[- ]({'|'.join(_SMALL[1:10])})\b", re.IGNORECASE)
+# ``25%``, ``25 percent``: the rate is 25 and also 0.25.
+_PERCENT = re.compile(rf"({NUMBER.pattern})\s*(?:%|percent\b)", re.IGNORECASE)
 
 
 def _given(text: str) -> set[Fraction]:
     found = {value(m.group(0)) for m in NUMBER.finditer(text)}
+    found |= {Fraction(_TENS.index(m.group(1).lower()) * 10 + 20 + _SMALL.index(m.group(2).lower()))
+              for m in _COMPOUND.finditer(text)}
+    found |= {value(m.group(1)) / 100 for m in _PERCENT.finditer(text)}
     return found.union(*(_WORDS[m.group(0).lower()] for m in _WORD.finditer(text)))
 
 
