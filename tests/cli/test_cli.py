@@ -187,3 +187,28 @@ def test_eval_killed_mid_run_resumes_without_duplicates(tmp_path: Path) -> None:
         indices = [t.problem_index for t in done]
         assert sorted(indices) == list(range(60)), "every problem done exactly once"
         assert not store.list_traces(run_id=run.id, status="running", limit=1000)
+
+
+def test_a_run_still_evaluated_by_a_live_process_is_not_resumed(tmp_path: Path) -> None:
+    db = tmp_path / "live.db"
+    env = {**os.environ, "TTC_DB": str(db), "TTC_SCRIPTED_DELAY_S": "0.2"}
+    args = ["eval", "--dataset", "synthetic", "--limit", "12", "--backend", "scripted", "--concurrency", "1"]
+    first = subprocess.Popen([sys.executable, "-m", "ttc", *args], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while _done_count(db) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with TraceStore(str(db)) as store:
+            [run] = store.list_runs()
+        second = run_ttc(*args, "--resume", run.id, db=db, check=False)
+        assert second.returncode == 2, second.stderr
+        assert f"being evaluated by process {first.pid}" in " ".join(second.stderr.split())
+    finally:
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    with TraceStore(str(db)) as store:
+        traces = store.list_traces(run_id=run.id, limit=100)
+        assert len(traces) == 12 and {t.status for t in traces} == {"done"}  # the refused resume failed none
+    again = run_ttc(*args, "--resume", run.id, db=db)  # finished and no longer held: resuming is a no-op
+    assert "│       12 │   12 │" in again.stdout

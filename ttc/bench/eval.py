@@ -2,7 +2,8 @@
 
 A run is a row in the store; each problem is a trace carrying a ``grade`` event. Resuming a run marks traces a
 dead process left ``running`` as failed and solves exactly the problems that have no ``done`` trace yet, so an
-interrupted evaluation ends with one done trace per problem: none missing, none twice.
+interrupted evaluation ends with one done trace per problem: none missing, none twice. A run that a live process
+on this machine still evaluates is not resumed (``TraceStore.claim_run``), nor one started with other settings.
 """
 
 from __future__ import annotations
@@ -106,8 +107,11 @@ async def cache_hit_rate(backend: Backend, before: object | None) -> float | Non
 
 def _open_run(store: TraceStore, resume: str | None, config: Mapping[str, object]) -> str:
     if resume is None:
-        return store.create_run(kind="eval", config=config)
+        run_id = store.create_run(kind="eval", config=config)
+        store.claim_run(run_id)
+        return run_id
     _check_same_settings(resume, store.get_run(resume).config, config)
+    store.claim_run(resume)  # refused while the process that holds it still runs: its traces are not stale
     store.mark_stale_running(resume)
     return resume
 

@@ -85,6 +85,17 @@ class RunRow(Base):
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
 
 
+class RunLeaseRow(Base):
+    """Which process works on a run now: resuming a run a live process still evaluates would fail its traces."""
+
+    __tablename__ = "run_leases"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    host: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int] = mapped_column(Integer)
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class ProblemRow(Base):
     """A question, stored once however many traces answer it (the id is a hash of its content)."""
 
@@ -171,6 +182,7 @@ __all__ = [
     "EventRow",
     "NodeRow",
     "ProblemRow",
+    "RunLeaseRow",
     "RunRow",
     "TraceRow",
     "UTCDateTime",

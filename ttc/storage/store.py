@@ -13,6 +13,7 @@ import asyncio
 import atexit
 import math
 import os
+import socket
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
@@ -20,7 +21,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
@@ -42,6 +43,7 @@ from ttc.storage.models import (
     EventRow,
     NodeRow,
     ProblemRow,
+    RunLeaseRow,
     RunRow,
     TraceRow,
 )
@@ -77,6 +79,16 @@ async def _wait(future: Future[T]) -> T:
     wrapped = asyncio.wrap_future(future)
     wrapped.add_done_callback(lambda done: done.cancelled() or done.exception())
     return await asyncio.shield(wrapped)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _env_busy_timeout() -> float:
@@ -193,6 +205,25 @@ class TraceStore:
         self._submit(work, "creating a run", "the run config must be JSON-serialisable").result()
         return run_id
 
+    def claim_run(self, run_id: str) -> None:
+        """Record this process as the one working on ``run_id``; refuse while another live process on this host
+        holds it. A holder on another host cannot be checked from here, so it is taken over: resume a run on the
+        machine that started it.
+        """
+        host, pid = socket.gethostname(), os.getpid()
+
+        def work(connection: Connection) -> None:  # one BEGIN IMMEDIATE: no second claimant reads in between
+            held = connection.execute(select(RunLeaseRow).where(RunLeaseRow.run_id == run_id)).first()
+            if held is not None and held.host == host and held.pid != pid and _process_alive(held.pid):
+                raise ConfigError(
+                    f"run {run_id} is being evaluated by process {held.pid} on this machine (since "
+                    f"{held.claimed_at:%Y-%m-%d %H:%M:%S} UTC): wait for it to finish or stop it, then resume"
+                )
+            connection.execute(delete(RunLeaseRow).where(RunLeaseRow.run_id == run_id))
+            connection.execute(insert(RunLeaseRow).values(run_id=run_id, host=host, pid=pid, claimed_at=_now()))
+
+        self._submit(work, f"claiming run {run_id}").result()
+
     def finish_run(self, run_id: str, *, status: str, summary: Mapping[str, object]) -> None:
         _check_choice("run status", status, RUN_STATUSES[1:])
         values = {"status": status, "summary": dict(summary), "finished_at": _now()}
@@ -203,6 +234,7 @@ class TraceStore:
                 raise StorageError(
                     f"no run {run_id!r} in {self._location.describe()}; use the id create_run returned"
                 )
+            connection.execute(delete(RunLeaseRow).where(RunLeaseRow.run_id == run_id))
 
         self._submit(work, f"finishing run {run_id}", "the summary must be JSON-serialisable").result()
 
