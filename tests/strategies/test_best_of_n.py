@@ -13,6 +13,7 @@ from ttc.strategies.base import Context, make_strategy
 from ttc.testing import ScriptedBackend
 from ttc.trace import TraceRecorder
 from ttc.types import Budget, Problem
+from ttc.verifiers.base import StepScores, StepwiseOutcome
 
 pytestmark = pytest.mark.anyio
 
@@ -161,3 +162,28 @@ async def test_ranking_by_score_without_a_verifier_is_a_config_error(select: str
     with pytest.raises(ConfigError, match="none is configured"):
         await make_strategy("best_of_n", {"n": 2, "select": select}).run(
             Problem("q"), Meter(Budget(tokens=1000)), ctx_for(ScriptedBackend(texts("1", "2"))))
+
+
+class CachingPRM:
+    """Scores steps once per distinct solution and reports later scorings as cached, as the PRM adapters do."""
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[str, ...]] = set()
+
+    async def score_steps(self, question: str, steps: Sequence[str]) -> list[float]:
+        return list((await self.score_steps_detailed(question, steps)).scores)
+
+    async def score_steps_detailed(self, question: str, steps: Sequence[str]) -> StepScores:
+        cached = len(steps) if tuple(steps) in self.seen else 0
+        self.seen.add(tuple(steps))
+        return StepScores(tuple(0.5 for _ in steps), 0 if cached else 10 * len(steps), cached)
+
+
+async def test_verifier_calls_count_scorings_not_cache_hits() -> None:
+    backend = ScriptedBackend(texts("1", "2", "1", "1", "2", "1", "1", "1"))
+    ctx = Context(backend=backend, recorder=TraceRecorder(), rng=random.Random(0),
+                  verifier=StepwiseOutcome(CachingPRM()), prompt_template="Q: {question}\nA:")
+    meter = Meter(Budget(tokens=10_000))
+    await make_strategy("best_of_n", {"n": 8}).run(Problem("q"), meter, ctx)
+    assert meter.usage().verifier_calls == 2  # two distinct solutions; six scorings came from the cache
+    assert meter.usage().verifier_tokens == 2 * 10 * 2

@@ -60,8 +60,8 @@ async def score(ctx: Context, meter: Meter, question: str, candidates: Sequence[
         return list(candidates)
     scored = []
     for cand in candidates:
-        value, tokens = await score_outcome_costed(ctx.verifier, question, cand.text)
-        meter.charge_verifier(tokens)
+        value, tokens, calls = await score_outcome_costed(ctx.verifier, question, cand.text)
+        meter.charge_verifier(tokens, calls=calls)
         if cand.node_id is not None:
             ctx.recorder.update(cand.node_id, score=value)
         scored.append(Candidate(text=cand.text, answer=cand.answer, score=value, token_count=cand.token_count,

@@ -283,7 +283,7 @@ class SearchTree:
                 return
             scored = await score_steps_costed(self.prm, self.problem.question, steps)
             scores = scored.scores
-            self.meter.charge_verifier(scored.scored_tokens)
+            self.meter.charge_verifier(scored.scored_tokens, calls=scored.calls)
             if len(scores) != len(steps):
                 raise VerifierError(f"the process verifier returned {len(scores)} scores for {len(steps)} steps: "
                                     "score_steps must return one score per step")

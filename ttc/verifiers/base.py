@@ -52,6 +52,11 @@ class StepScores:
     scored_tokens: int = 0
     cached_steps: int = 0
 
+    @property
+    def calls(self) -> int:
+        """Verifier calls this scoring made: none where every step came from the cache."""
+        return int(self.cached_steps < len(self.scores))
+
 
 @runtime_checkable
 class CostedProcessVerifier(Protocol):
@@ -71,14 +76,16 @@ async def score_steps_costed(prm: ProcessVerifier, question: str, steps: Sequenc
     return scored
 
 
-async def score_outcome_costed(verifier: OutcomeVerifier, question: str, solution: str) -> tuple[float, int]:
-    """An outcome score and the verifier tokens it cost (known for PRMs used through StepwiseOutcome)."""
+async def score_outcome_costed(verifier: OutcomeVerifier, question: str,
+                               solution: str) -> tuple[float, int, int]:
+    """An outcome score, the verifier tokens it cost and the verifier calls it made (both known for PRMs used
+    through StepwiseOutcome; any other verifier counts as one call of unknown tokens)."""
     if isinstance(verifier, StepwiseOutcome):
-        value, tokens = await verifier.score_detailed(question, solution)
+        value, tokens, calls = await verifier.score_detailed(question, solution)
     else:
-        value, tokens = await verifier.score(question, solution), 0
+        value, tokens, calls = await verifier.score(question, solution), 0, 1
     _check_score(verifier, value)
-    return value, tokens
+    return value, tokens, calls
 
 
 def _check_score(verifier: object, value: object) -> None:
@@ -104,12 +111,13 @@ class StepwiseOutcome:
     async def score(self, question: str, solution: str) -> float:
         return (await self.score_detailed(question, solution))[0]
 
-    async def score_detailed(self, question: str, solution: str) -> tuple[float, int]:
+    async def score_detailed(self, question: str, solution: str) -> tuple[float, int, int]:
+        """The score, the tokens scored anew and the calls made (none where every step was cached)."""
         steps = split_steps(solution, self.delimiter)
         if not steps:
-            return 0.0, 0
+            return 0.0, 0, 0
         result = await score_steps_costed(self.prm, question, steps)
-        return aggregate(result.scores, self.how), result.scored_tokens
+        return aggregate(result.scores, self.how), result.scored_tokens, result.calls
 
 
 __all__ = [
