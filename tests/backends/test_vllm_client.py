@@ -427,6 +427,51 @@ def test_invalid_settings_are_config_errors() -> None:
         VLLMBackend("http://a", max_concurrency=0)
     with pytest.raises(ConfigError, match="retries"):
         VLLMBackend("http://a", retries=-1)
+    for options in ({"retries": 1.5}, {"timeout": None}, {"timeout": 0}, {"max_concurrency": None},
+                    {"backoff_s": float("inf")}, {"cache_size": 0}, {"prefix_tokens": True}):
+        with pytest.raises(ConfigError, match=next(iter(options))):
+            VLLMBackend("http://a", **options)  # type: ignore[arg-type]
+
+
+async def test_a_text_prompt_is_refused_before_it_goes_out_as_a_batch_of_characters() -> None:
+    fake = FakeVLLM()
+    backend = make_backend(fake)
+    with pytest.raises(ConfigError, match="token ids, not text"):
+        await backend.complete("What is 2+2?", 1, Sampling())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="not an int"):
+        await backend.prompt_logprobs([1, "2"])  # type: ignore[list-item]
+    assert "/v1/completions" not in fake.paths()
+
+
+@pytest.mark.parametrize(("path", "answer"), [
+    ("/v1/completions", {"choices": [{"index": None, "text": "x", "token_ids": [1]}]}),
+    ("/v1/completions", ["not", "an", "object"]),
+    ("/tokenize", ["a", "list"]),
+    ("/tokenize", {"tokens": ["x"]}),
+])
+async def test_a_body_not_shaped_as_vllms_is_a_backend_error(path: str, answer: Any) -> None:
+    fake = FakeVLLM()
+
+    async def odd(request: httpx.Request) -> httpx.Response:
+        if request.url.path == path and not (path == "/tokenize" and b"</s>" in request.content):
+            return httpx.Response(200, json=answer)
+        return await fake(request)
+
+    backend = make_backend(odd)
+    with pytest.raises(BackendError, match="unexpected answer from the vLLM server"):
+        if path == "/tokenize":
+            await backend.tokenize("hi")
+        else:
+            await backend.complete([1, 2, 3], 1, Sampling(max_tokens=4))
+
+
+async def test_a_connect_that_fails_half_way_is_tried_again_whole() -> None:
+    fake = FakeVLLM(fail={"/tokenize": [503] * 4})
+    backend = make_backend(fake)
+    with pytest.raises(BackendError):
+        await backend.connect()
+    await backend.connect()
+    assert backend.eos_token_id == 2  # the EOS lookup ran again once the server answered
 
 
 def test_the_backend_survives_a_new_event_loop() -> None:

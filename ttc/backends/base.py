@@ -7,10 +7,12 @@ the shared KV blocks. Strategies never see a KV cache; ``release`` is their only
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from ttc.errors import ConfigError
 from ttc.types import Completion, PromptLogprobs, Sampling
 
 
@@ -74,4 +76,17 @@ class Backend(Protocol):
     async def aclose(self) -> None: ...
 
 
-__all__ = ["Backend", "BackendStats"]
+def token_ids(prompt: object) -> tuple[int, ...]:
+    """The engine's form of a prompt; text or other values are a ConfigError saying how to get token ids."""
+    if isinstance(prompt, str | bytes):
+        raise ConfigError("a prompt must be token ids, not text: `await backend.tokenize(text)` gives them")
+    if not isinstance(prompt, Iterable):
+        raise ConfigError(f"a prompt must be a sequence of token ids, got {type(prompt).__name__}")
+    ids = tuple(prompt)
+    bad = next((t for t in ids if isinstance(t, bool) or not isinstance(t, numbers.Integral)), None)
+    if bad is not None:
+        raise ConfigError(f"token id {bad!r} is not an int: a prompt must be token ids from `backend.tokenize`")
+    return tuple(int(t) for t in ids)
+
+
+__all__ = ["Backend", "BackendStats", "token_ids"]

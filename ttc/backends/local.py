@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import numbers
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
-from ttc.backends.base import BackendStats
+from ttc.backends.base import BackendStats, token_ids
 from ttc.errors import ConfigError
 from ttc.types import Completion, PromptLogprobs, Sampling
 
@@ -164,19 +163,6 @@ class LocalBackend:
         return await future
 
 
-def token_ids(prompt: object) -> tuple[int, ...]:
-    """The engine's form of a prompt; text or other values are a ConfigError saying how to get token ids."""
-    if isinstance(prompt, str | bytes):
-        raise ConfigError("a prompt must be token ids, not text: `await backend.tokenize(text)` gives them")
-    if not isinstance(prompt, Iterable):
-        raise ConfigError(f"a prompt must be a sequence of token ids, got {type(prompt).__name__}")
-    ids = tuple(prompt)
-    bad = next((t for t in ids if isinstance(t, bool) or not isinstance(t, numbers.Integral)), None)
-    if bad is not None:
-        raise ConfigError(f"token id {bad!r} is not an int: a prompt must be token ids from `backend.tokenize`")
-    return tuple(int(t) for t in ids)
-
-
 def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> Callable[[object], None]:
     """A reply callback for the engine thread that resolves ``future`` on its own event loop."""
 
@@ -195,4 +181,4 @@ def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> Cal
     return reply
 
 
-__all__ = ["LocalBackend", "token_ids"]
+__all__ = ["LocalBackend"]

@@ -14,15 +14,17 @@ diff them).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import httpx
 
-from ttc.backends.base import BackendStats
+from ttc.backends.base import BackendStats, token_ids
 from ttc.backends.lru import LRUCache
 from ttc.backends.retry import Backoff
 from ttc.backends.routing import Replica, ReplicaRouter
@@ -76,6 +78,17 @@ def _normalise_url(url: str) -> str:
     return url
 
 
+@contextlib.contextmanager
+def _shape(kind: str, response: httpx.Response) -> Iterator[None]:
+    """A body that is JSON but not of the shape vLLM sends becomes a BackendError naming the call and the server,
+    not a TypeError from deep inside the parser."""
+    try:
+        yield
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+        raise protocol_error(f"the {kind} response is not shaped as vLLM's ({type(exc).__name__}: {exc})",
+                             kind=kind, url=str(response.url)) from exc
+
+
 class VLLMBackend:
     """A ``Backend`` that sends every request to vLLM servers over HTTP.
 
@@ -89,12 +102,16 @@ class VLLMBackend:
                  prefix_tokens: int = 32, cooldown_s: float = 10.0, backoff_s: float = 0.25, seed: int = 0,
                  cache_size: int = 4096, transport: httpx.AsyncBaseTransport | None = None) -> None:
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
-        if max_concurrency < 1:
-            raise ConfigError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        if not timeout > 0:
-            raise ConfigError(f"timeout must be > 0 seconds, got {timeout}")
-        if retries < 0:
-            raise ConfigError(f"retries must be >= 0, got {retries}")
+        for name, count, least in (("max_concurrency", max_concurrency, 1), ("retries", retries, 0),
+                                   ("prefix_tokens", prefix_tokens, 1), ("cache_size", cache_size, 1)):
+            if isinstance(count, bool) or not isinstance(count, int) or count < least:
+                raise ConfigError(f"{name} must be an int >= {least}, got {count!r}")
+        for name, seconds, positive in (("timeout", timeout, True), ("cooldown_s", cooldown_s, False),
+                                        ("backoff_s", backoff_s, False)):
+            number = not isinstance(seconds, bool) and isinstance(seconds, int | float)
+            if not number or not 0 <= seconds < math.inf or (positive and seconds == 0):
+                bound = "> 0" if positive else ">= 0"
+                raise ConfigError(f"{name} must be a finite number of seconds {bound}, got {seconds!r}")
         self.urls = tuple(_normalise_url(u) for u in urls)
         self._router = ReplicaRouter(self.urls, prefix_tokens=prefix_tokens, cooldown_s=cooldown_s)
         self._model = model
@@ -167,9 +184,15 @@ class VLLMBackend:
         async with self._loop_state().connect_lock:
             if self._info is None:
                 response = await self._send("models", "GET", "/v1/models")
-                self._info = parse_models(self._json(response, "models"), self._model, url=str(response.url))
-                self._eos = await self._discover_eos()
-                self._baseline = self._latest = await self.prefix_cache_snapshot()
+                with _shape("models", response):
+                    info = parse_models(self._json(response, "models"), self._model, url=str(response.url))
+                self._info = info  # the EOS lookup and the cache snapshot below ask the server with it
+                try:
+                    self._eos = await self._discover_eos()
+                    self._baseline = self._latest = await self.prefix_cache_snapshot()
+                except BaseException:
+                    self._info = None  # not connected after all: the next call starts over
+                    raise
             return self._info
 
     async def _discover_eos(self) -> int | None:
@@ -256,12 +279,16 @@ class VLLMBackend:
                 self._router.end(target)
 
     @staticmethod
-    def _json(response: httpx.Response, kind: str) -> Any:
+    def _json(response: httpx.Response, kind: str) -> dict[str, Any]:
         try:
-            return response.json()
+            body = response.json()
         except ValueError as exc:
             raise protocol_error(f"the body is not JSON: {response.text[:200]!r}", kind=kind,
                                  url=str(response.url)) from exc
+        if not isinstance(body, dict):
+            raise protocol_error(f"the body is not a JSON object: {response.text[:200]!r}", kind=kind,
+                                 url=str(response.url))
+        return body
 
     # -- tokenization ---------------------------------------------------------------------------------------
 
@@ -278,7 +305,8 @@ class VLLMBackend:
         tokens = self._json(response, "tokenize").get("tokens")
         if not isinstance(tokens, list):
             raise protocol_error("/tokenize returned no token list", kind="tokenize", url=str(response.url))
-        ids = tuple(int(t) for t in tokens)
+        with _shape("tokenize", response):
+            ids = tuple(int(t) for t in tokens)
         self._tokens.put(key, ids)
         return list(ids)
 
@@ -307,7 +335,8 @@ class VLLMBackend:
         tokens = self._json(response, "tokenize").get("tokens")
         if not isinstance(tokens, list):
             raise protocol_error("/tokenize returned no token list", kind="tokenize", url=str(response.url))
-        return [int(t) for t in tokens]
+        with _shape("tokenize", response):
+            return [int(t) for t in tokens]
 
     async def pool(self, prompt: Sequence[int]) -> list[list[float]]:
         """Per-token outputs of a pooling model's head (``token_classify``), e.g. a PRM's class probabilities."""
@@ -319,7 +348,8 @@ class VLLMBackend:
         rows = data[0].get("data") if isinstance(data, list) and data and isinstance(data[0], dict) else None
         if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
             raise protocol_error("/pooling returned no per-token rows", kind="pooling", url=str(response.url))
-        return [[float(x) for x in row] for row in rows]
+        with _shape("pooling", response):
+            return [[float(x) for x in row] for row in rows]
 
     # -- generation and scoring -----------------------------------------------------------------------------
 
@@ -334,8 +364,9 @@ class VLLMBackend:
         ``stats().generated_tokens`` counts what the server generated, so a greedy call with ``n > 1`` (answered
         by one generation) adds its tokens once.
         """
-        if n < 1:
-            raise ConfigError(f"n must be >= 1, got {n}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"n must be a positive int, got {n!r}")
+        prompt = token_ids(prompt)  # a str would go out as a batch of one-character prompts
         if len(prompt) == 0:
             raise ConfigError("prompt must hold at least one token id")
         info = await self.connect()
@@ -344,8 +375,9 @@ class VLLMBackend:
         sent_n = 1 if sampling.temperature == 0 else n
         payload = completion_payload(info.model, prompt, sent_n, sampling)
         response = await self._send("complete", "POST", "/v1/completions", body=payload, prompt=prompt)
-        completions, usage = parse_completions(self._json(response, "complete"), n=sent_n,
-                                               want_logprobs=sampling.logprobs, url=str(response.url))
+        with _shape("complete", response):
+            completions, usage = parse_completions(self._json(response, "complete"), n=sent_n,
+                                                   want_logprobs=sampling.logprobs, url=str(response.url))
         self._calls += 1
         self._prompt_tokens += usage.prompt_tokens
         self._cached_tokens += usage.cached_prompt_tokens
@@ -357,16 +389,18 @@ class VLLMBackend:
 
         The server caps ``top_k`` at its ``--max-logprobs`` (20 by default); a larger value is refused with 400.
         """
-        if top_k < 0:
-            raise ConfigError(f"top_k must be >= 0, got {top_k}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise ConfigError(f"top_k must be an int >= 0, got {top_k!r}")
+        prompt = token_ids(prompt)
         if len(prompt) == 0:
             raise ConfigError("prompt must hold at least one token id")
         info = await self.connect()
         self._check_fits(info, len(prompt), 1, "prompt_logprobs")
         payload = prompt_logprobs_payload(info.model, prompt, top_k)
         response = await self._send("prompt_logprobs", "POST", "/v1/completions", body=payload, prompt=prompt)
-        result, _usage = parse_prompt_logprobs(self._json(response, "prompt_logprobs"), prompt,
-                                               url=str(response.url))
+        with _shape("prompt_logprobs", response):
+            result, _usage = parse_prompt_logprobs(self._json(response, "prompt_logprobs"), prompt,
+                                                   url=str(response.url))
         self._calls += 1
         self._scored += len(prompt)
         return result
