@@ -71,3 +71,11 @@ def test_unreadable_files_are_config_errors(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("TTC_DATA_DIR", str(tmp_path))
     with pytest.raises(ConfigError, match=r"gsm8k_test\.jsonl, which does not exist: set TTC_DATA_DIR"):
         load_dataset("gsm8k")
+
+
+def test_synthetic_levels_are_checked_not_widened() -> None:
+    with pytest.raises(ConfigError, match="non-empty selection"):
+        load_dataset("synthetic", limit=4, levels=[])
+    with pytest.raises(ConfigError, match="has no levels"):
+        load_dataset("synthetic-stateful", limit=4, levels=[2])
+    assert {p.meta["level"] for p in load_dataset("synthetic", limit=8, levels=[3])} == {3}

@@ -69,6 +69,8 @@ def test_solve_prints_answer_and_trace(tmp_path: Path) -> None:
         (("eval", "--dataset", "nosuch"), "unknown dataset"),
         (("eval", "--dataset", "synthetic", "--limit", "2", "--backend", "scripted", "--concurrency", "0"),
          "concurrency must be >= 1"),
+        (("demo", "--samples", "0"), "samples must be >= 1"),
+        (("demo", "--seed", "990000"), "seed must be in [0, 990000)"),
     ],
 )
 def test_errors_are_one_line_without_traceback(tmp_path: Path, args: tuple[str, ...], message: str) -> None:

@@ -116,10 +116,14 @@ def _synthetic(name: str, limit: int, offset: int, seed: int, levels: Sequence[i
     if not 0 <= seed < len(synthetic.EVAL_SEEDS):
         raise ConfigError(f"synthetic seed must be in [0, {len(synthetic.EVAL_SEEDS)}), got {seed}")
     held_out = synthetic.EVAL_SEEDS.start + seed
+    chosen = synthetic.LEVELS if levels is None else levels  # an empty choice is an error, not every level
     if name == "synthetic":
-        items = synthetic.generate(held_out, offset + limit, levels or synthetic.LEVELS)
+        items = synthetic.generate(held_out, offset + limit, chosen)
     elif name == "synthetic-totals":
-        items = totals.generate_totals(held_out, offset + limit, levels or synthetic.LEVELS)
+        items = totals.generate_totals(held_out, offset + limit, chosen)
+    elif levels is not None:
+        raise ConfigError(f"{name} has no levels: its questions each take a few steps from one context; leave "
+                          "levels out")
     else:
         contexts = synthetic.generate_stateful(held_out, offset + limit, STATEFUL_QUESTIONS)
         items = [p for ctx in contexts for p in ctx.problems]

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from ttc.api import Session
 from ttc.bench.datasets import load_dataset
 from ttc.bench.eval import EvalReport, Progress, evaluate
+from ttc.bench.synthetic import EVAL_SEEDS
+from ttc.errors import ConfigError
 from ttc.types import Budget
 
 
@@ -44,10 +46,18 @@ def default_arms(samples: int) -> list[Arm]:
     ]
 
 
+_DEMO_SEED_OFFSET = 10_000  # the demo's problems sit apart from the synthetic dataset's first seeds
+
+
 async def run_demo(session: Session, *, problems: int, samples: int, seed: int, concurrency: int,
                    progress: Progress | None = None) -> list[tuple[Arm, EvalReport]]:
     """Evaluate each arm on the same held-out synthetic problems (held-out seeds: never trained on)."""
-    data = load_dataset("synthetic", limit=problems, seed=10_000 + seed)
+    # Checked here, by the names the caller gave: past this point they become a limit, a budget and a seed offset.
+    if problems < 1 or samples < 1:
+        raise ConfigError(f"problems and samples must be >= 1, got problems={problems} samples={samples}")
+    if not 0 <= seed < len(EVAL_SEEDS) - _DEMO_SEED_OFFSET:
+        raise ConfigError(f"seed must be in [0, {len(EVAL_SEEDS) - _DEMO_SEED_OFFSET}), got {seed}")
+    data = load_dataset("synthetic", limit=problems, seed=_DEMO_SEED_OFFSET + seed)
     reports = []
     for arm in default_arms(samples):
         if arm.options.get("select") == "weighted_vote" and session.setup.verifier is None:

@@ -51,6 +51,11 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
         raise ConfigError("evaluation writes every trace: it needs a trace store (do not pass store=False)")
     if any(p.gold is None for p in problems):
         raise ConfigError("every problem of an evaluation needs a gold answer")
+    indices = [p.index for p in problems]
+    if None in indices or len(set(indices)) != len(indices):
+        # A problem's index is how a run knows it is done, and seeds it: two alike would count as one.
+        raise ConfigError("every problem of an evaluation needs its own index (its position in the dataset): "
+                          "load them with ttc.bench.datasets.load_dataset, or set Problem(index=i) for each")
     check_concurrency(concurrency)
     run_id = _open_run(store, resume, config or {})
     done_before = store.done_problem_indices(run_id)
