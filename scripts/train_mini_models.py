@@ -730,6 +730,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not 0.0 <= args.totals_fraction <= 0.875:
         parser.error(f"--totals-fraction must be in [0, 0.875] (an eighth are context questions, the rest word "
                      f"problems), got {args.totals_fraction}")
+    # Every derived data seed must stay in TRAIN_SEEDS, or training would draw the held-out problems: the language
+    # models read chunk seeds (seed + k) * 10_000 + chunk (fewer chunks than steps) offset up to TOTALS_SEED, the
+    # PRM PRM_DATA_SEED + 90_000 + seed.
+    most_steps = max(args.reasoner_steps, args.draft_steps, args.checker_steps)
+    highest = max((args.seed + 2) * 10_000 + most_steps + TOTALS_SEED, PRM_DATA_SEED + 90_000 + args.seed)
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    if highest >= TRAIN_SEEDS.stop:
+        parser.error(f"--seed {args.seed} would draw training problems from seed {highest}, outside TRAIN_SEEDS "
+                     f"[{TRAIN_SEEDS.start}, {TRAIN_SEEDS.stop}) where the held-out problems live; use a seed in "
+                     f"[0, {(TRAIN_SEEDS.stop - most_steps - TOTALS_SEED) // 10_000 - 2}]")
     torch.set_num_threads(args.threads)
     lm = {"solutions": args.solutions, "attention": args.attention, "totals_fraction": args.totals_fraction,
           "save_every": args.save_every}

@@ -260,3 +260,12 @@ def test_nothing_after_the_answer_line_is_right() -> None:
     assert label_steps(problem, text) == [True, True, True, False]
     early = f"{problem.solution.split(chr(10))[0]}\nThe answer is {problem.answer}."
     assert label_steps(problem, early) == [True, False]
+
+
+def test_a_negative_seed_is_refused_since_it_replays_its_positive_twin() -> None:
+    from ttc.bench.totals import generate_totals
+
+    for make in (lambda: generate(-1_000_000, 2), lambda: generate_totals(-5, 2),
+                 lambda: generate_stateful(-5, 1, 1)):
+        with pytest.raises(ConfigError, match="seed must be an int >= 0"):
+            make()

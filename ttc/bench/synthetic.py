@@ -293,6 +293,15 @@ def check_levels(levels: Sequence[int]) -> list[int]:
     return chosen
 
 
+def check_seed(seed: int) -> random.Random:
+    """The generator for ``seed``; a negative seed is refused, since ``random.Random(-s)`` draws what ``s`` does and
+    a negative training seed would replay a held-out one."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be an int >= 0 (training seeds in [{TRAIN_SEEDS.start}, {TRAIN_SEEDS.stop}), "
+                          f"held-out ones in [{EVAL_SEEDS.start}, {EVAL_SEEDS.stop})), got {seed!r}")
+    return random.Random(seed)
+
+
 def generate(seed: int, n: int, levels: Sequence[int] = LEVELS) -> list[SyntheticProblem]:
     """``n`` problems, levels cycling through ``levels`` so every level is equally represented.
 
@@ -302,7 +311,7 @@ def generate(seed: int, n: int, levels: Sequence[int] = LEVELS) -> list[Syntheti
     if n < 0:
         raise ConfigError(f"n must be >= 0, got {n}")
     chosen = check_levels(levels)
-    rng = random.Random(seed)
+    rng = check_seed(seed)
     return [_one_problem(rng, chosen[i % len(chosen)]) for i in range(n)]
 
 
@@ -380,7 +389,7 @@ def generate_stateful(seed: int, n_contexts: int, questions_per_context: int) ->
         raise ConfigError(
             f"need n_contexts >= 0 and questions_per_context >= 1, got {n_contexts} and {questions_per_context}"
         )
-    rng = random.Random(seed)
+    rng = check_seed(seed)
     return [_stateful_context(rng, questions_per_context) for _ in range(n_contexts)]
 
 
@@ -517,6 +526,7 @@ __all__ = [
     "Term",
     "check_answer",
     "check_levels",
+    "check_seed",
     "evaluate",
     "extract_answer",
     "generate",

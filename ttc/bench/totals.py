@@ -26,6 +26,7 @@ from ttc.bench.synthetic import (
     SyntheticProblem,
     Term,
     check_levels,
+    check_seed,
     evaluate,
     label_lines,
     parse_step,
@@ -100,7 +101,7 @@ def generate_totals(seed: int, n: int, levels: Sequence[int] = LEVELS) -> list[S
     if n < 0:
         raise ConfigError(f"n must be >= 0, got {n}")
     chosen = check_levels(levels)
-    rng = random.Random(seed)
+    rng = check_seed(seed)
     return [_one_problem(rng, chosen[i % len(chosen)]) for i in range(n)]
 
 
