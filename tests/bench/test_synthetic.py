@@ -269,3 +269,18 @@ def test_a_negative_seed_is_refused_since_it_replays_its_positive_twin() -> None
                  lambda: generate_stateful(-5, 1, 1)):
         with pytest.raises(ConfigError, match="seed must be an int >= 0"):
             make()
+
+
+def test_context_question_lines_are_judged_by_what_they_compute() -> None:
+    """Two ready steps with one value (7 * 2 and 7 + 7 are both 14) are told apart by their operands, in whichever
+    order a solution takes them; a line that only lands on a step's value is wrong."""
+    contexts = generate_stateful(1_000_579, 2, 3)
+    problem = next(p for c in contexts for p in c.problems
+                   if p.question.startswith("Sam has 7 apples") and "Sue and Ben" in p.question)
+    assert [s.line for s in problem.steps] == ["7 * 2 = 14", "7 + 7 = 14", "14 - 3 = 11", "14 + 11 = 25"]
+    other_order = "7 + 7 = 14\n14 - 3 = 11\n2 * 7 = 14\n14 + 11 = 25\nThe answer is 25."
+    assert label_steps(problem, other_order) == [True] * 5
+    for seed in range(20):
+        assert all(label_steps(problem, varied_solution(problem, random.Random(seed))))
+    made_up = "\n".join(f"{s.value - 1} + 1 = {s.value}" for s in problem.steps) + "\nThe answer is 25."
+    assert label_steps(problem, made_up) == [False] * 5

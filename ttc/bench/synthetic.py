@@ -462,26 +462,18 @@ def label_lines(solution_text: str, answer: str, steps_left: Callable[[], bool],
     return labels
 
 
-def _line_value(line: str) -> int | None:
-    """The value a step line claims, if the line is well formed and its arithmetic is right."""
-    parsed = parse_step(line)
-    if parsed is None:
-        return None
-    a, op, b, claimed = parsed
-    return claimed if evaluate(a, op, b) == claimed else None
-
-
 def label_steps(problem: SyntheticProblem, solution_text: str) -> list[bool]:
     """One label per line of ``solution_text`` (see :func:`split_steps`).
 
     A word problem is judged by what each line computes, in any order and grouping of its runs of gains and
     losses (:func:`ttc.bench.groupings.label_grouped_steps`); a totals problem by
     :func:`ttc.bench.totals.label_total_steps`. Any other problem (a context question) by its step graph: a line
-    is correct when every earlier line was and either it is a well-formed step whose arithmetic is right and whose
-    value is that of a step not yet done all of whose inputs are done (so any order of :func:`varied_solution`
-    labels right), or every step is done and it is ``The answer is <answer>.``. Anything else (an extra step, a
-    wrong value, a malformed line, an early answer) is wrong, and so is every line after it. When several ready
-    steps have the claimed value, the first of them in reference order is the one done.
+    is correct when every earlier line was and either it computes a step not yet done all of whose inputs are
+    done (its operands, either way round for ``+`` and ``*``, and its value; so any order of
+    :func:`varied_solution` labels right), or every step is done and it is ``The answer is <answer>.``. Anything
+    else (an extra step, a step repeated, other arithmetic landing on a step's value, a malformed line, an early
+    answer) is wrong, and so is every line after it. Where a line could be either of two ready steps, both
+    readings are followed.
     """
     if problem.terms:
         from ttc.bench.totals import label_total_steps  # totals builds on this module's types
@@ -492,16 +484,32 @@ def label_steps(problem: SyntheticProblem, solution_text: str) -> list[bool]:
 
         return label_grouped_steps(problem, solution_text)
     steps = problem.steps
-    done: set[int] = set()
+    # Every reading of the lines so far: a line can compute either of two ready steps with the same expression,
+    # and only a later line tells which, so each choice is followed.
+    readings: set[frozenset[int]] = {frozenset()}
 
     def do_step(line: str) -> bool:
-        claimed = _line_value(line)
-        ready = [i for i in _ready(steps, done) if steps[i].value == claimed]
-        if ready:
-            done.add(ready[0])
-        return bool(ready)
+        parsed = parse_step(line)
+        following = {reading | {i} for reading in readings for i in _ready(steps, set(reading))
+                     if parsed is not None and _computes(parsed, steps[i])}
+        if following:
+            readings.clear()
+            readings.update(following)
+        return bool(following)
 
-    return label_lines(solution_text, problem.answer, lambda: len(done) < len(steps), do_step)
+    return label_lines(solution_text, problem.answer, lambda: len(next(iter(readings))) < len(steps), do_step)
+
+
+def _computes(line: tuple[int, str, int, int], step: Step) -> bool:
+    """Whether a parsed line is ``step``'s computation: its operator and operands (either way round for ``+`` and
+    ``*``) and its value; a line that only lands on the value by other arithmetic is not."""
+    wanted = parse_step(step.line)
+    assert wanted is not None, step.line
+    a, op, b, claimed = line
+    step_a, step_op, step_b, value = wanted
+    if op != step_op or claimed != value:
+        return False
+    return (a, b) == (step_a, step_b) or (op in "+*" and (a, b) == (step_b, step_a))
 
 
 def extract_answer(text: str) -> str | None:
