@@ -44,7 +44,6 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from ttc.bench.synthetic import (
     EVAL_SEEDS,
     SyntheticProblem,
@@ -213,6 +212,29 @@ def draft_match(models: Models, problems: Sequence[SyntheticProblem], greedy: Se
     return matches, len(targets)
 
 
+def level_range(text: str) -> list[int]:
+    """``--levels 5-8`` (or ``3``) as a list of levels, refused by argparse unless it lies within 1..8."""
+    try:
+        low, _, high = text.partition("-")
+        levels = list(range(int(low), int(high or low) + 1))
+    except ValueError:
+        levels = []
+    if not levels or levels[0] < 1 or levels[-1] > 8:
+        raise argparse.ArgumentTypeError(f"a level range within 1-8 such as 5-8, got {text!r}")
+    return levels
+
+
+def at_least_one(text: str) -> int:
+    """A count that must be >= 1 (problems, samples): zero would print figures of nothing."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}")
+    return value
+
+
 def held_out(family: str, seed: int, n: int, levels: Sequence[int]) -> list[SyntheticProblem]:
     """``n`` problems of ``family``; ``mix`` is the first half of the word problems' draw and the first half of
     the totals questions' draw, so each family's half is the same problems as in a run of that family alone."""
@@ -239,17 +261,17 @@ def pct(values: Sequence[bool]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=480, help="held-out problems (levels in equal shares); 160 "
+    parser.add_argument("--n", type=at_least_one, default=480, help="held-out problems (levels in equal shares); 160 "
                         "moves by several points with the draw, so the targets are measured on 480")
-    parser.add_argument("--levels", type=lambda s: range(int(s.split("-")[0]), int(s.split("-")[-1]) + 1),
-                        default=range(1, 9), help="a level range such as 5-8 (default 1-8)")
+    parser.add_argument("--levels", type=level_range, default=range(1, 9),
+                        help="a level range such as 5-8 (default 1-8)")
     parser.add_argument("--policy", choices=["reasoner", "checker"], default="reasoner",
                         help="the model that answers and is sampled; checker shows a longer-trained policy voting")
     parser.add_argument("--seed", type=int, default=EVAL_SEEDS.start, help="must be one of EVAL_SEEDS")
     parser.add_argument("--family", choices=["chain", "totals", "mix"], default="chain",
                         help="the word problems of ttc.bench.synthetic (the shipped models' family), the totals "
                         "questions of ttc.bench.totals, or half of each (reported per family too)")
-    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--samples", type=at_least_one, default=16)
     parser.add_argument("--sampling-seed", type=int, default=None, help="reseed torch before sampling: other "
                         "samples of the same problems (without it, the samples follow from --seed)")
     parser.add_argument("--temperature", type=float, default=TEMPERATURE, help="the strategies' default")

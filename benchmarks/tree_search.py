@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,8 +40,10 @@ class Cell:
     wall_s: float = 0.0
 
     def accuracy(self, levels: set[int] | None = None) -> float:
+        """Share solved, over ``levels`` only when given; nan where the run drew none of them (not 0.0, which
+        would read as a measured figure)."""
         picked = [c for c, lv in zip(self.correct, self.levels, strict=True) if levels is None or lv in levels]
-        return sum(picked) / len(picked) if picked else 0.0
+        return sum(picked) / len(picked) if picked else math.nan
 
 
 def width_for(budget: int, width: int | None) -> int:
@@ -125,7 +128,7 @@ async def main(args: argparse.Namespace) -> None:
     by = {c.strategy: c for c in cells if c.budget == top}
     ets, rebase, bon = by["ets"], by["rebase"], by["best_of_n"]
     searches = [c for name, c in by.items() if name != "best_of_n"]
-    best = max(searches, key=lambda c: c.accuracy(hard))
+    best = max(searches, key=lambda c: c.accuracy(hard) if not math.isnan(c.accuracy(hard)) else c.accuracy())
     for name, c in by.items():
         if name.startswith("ets"):
             print(f"{name} vs rebase @ {top}: peak KV {median(rebase.peak_kv) / max(1.0, median(c.peak_kv)):.2f}x "
@@ -150,6 +153,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--plot", type=Path, default=Path("benchmarks/results/tree_search.png"))
     p.add_argument("--no-plot", action="store_true", help="skip the PNG (it needs the plot extra: matplotlib)")
     args = p.parse_args()
+    if args.problems < 1:
+        p.error(f"--problems must be >= 1, got {args.problems}")
     # Checked before the run, which takes many minutes, rather than when the figure is drawn at its end.
     if not args.no_plot and importlib.util.find_spec("matplotlib") is None:
         p.error("the plot needs matplotlib: pip install -e '.[plot]', or pass --no-plot")

@@ -29,6 +29,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shared cores: do not spin
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from mini_models import level_range
 from wrong_totals import greedy_and_samples, parse_sampling_args, sampling_parser, share
 
 from ttc.bench.groupings import runs_of
@@ -84,8 +85,8 @@ def orders(problem: SyntheticProblem) -> str:
 
 def main() -> None:
     parser = sampling_parser(__doc__ or "", top_p=TOP_P)
-    parser.add_argument("--levels", type=lambda s: range(int(s.split("-")[0]), int(s.split("-")[-1]) + 1),
-                        default=range(1, 9), help="a level range such as 5-8 (default 1-8)")
+    parser.add_argument("--levels", type=level_range, default=range(1, 9),
+                        help="a level range such as 5-8 (default 1-8)")
     args = parse_sampling_args(parser)
     problems = generate(args.seed, args.n, levels=args.levels)
     greedy, sampled = greedy_and_samples(args, problems)
