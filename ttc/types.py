@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Literal
+from typing import Literal, TypeGuard
 
 from ttc.errors import ConfigError
 
@@ -20,7 +20,7 @@ def _positive(name: str, value: float | None, *, whole: bool = False) -> None:
     if value is None:
         return
     kind = "a positive int" if whole else "a positive number"
-    if not (_is_int(value) if whole else _is_real(value)) or not math.isfinite(value) or value <= 0:
+    if not (is_int(value) if whole else is_number(value)) or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"Budget.{name} must be {kind} or None (unlimited), got {value!r}")
 
 
@@ -37,7 +37,7 @@ class Budget:
     calls: int | None = None
 
     def __post_init__(self) -> None:
-        if self.tokens is not None and (isinstance(self.tokens, bool) or not isinstance(self.tokens, int)):
+        if self.tokens is not None and not is_int(self.tokens):
             raise ConfigError(f"Budget.tokens must be an int, got {type(self.tokens).__name__}")
         _positive("tokens", self.tokens)
         _positive("wall_s", self.wall_s)
@@ -50,7 +50,7 @@ class Budget:
         """Accept the API's ``int | Budget``: an int is a number of generated tokens."""
         if isinstance(budget, Budget):
             return budget
-        if isinstance(budget, bool) or not isinstance(budget, int):
+        if not is_int(budget):
             raise ConfigError(f"budget must be an int (generated tokens) or a Budget, got {budget!r}")
         return cls(tokens=budget)
 
@@ -102,26 +102,28 @@ class Sampling:
     def __post_init__(self) -> None:
         # Checked here, in the caller's thread: a wrong type would otherwise fail inside an engine thread or a
         # server as an error that names neither the field nor the fix.
-        if not _is_int(self.max_tokens) or self.max_tokens < 1:
+        if not is_int(self.max_tokens) or self.max_tokens < 1:
             raise ConfigError(f"Sampling.max_tokens must be an int >= 1, got {self.max_tokens!r}")
-        if not _is_real(self.temperature) or not 0 <= self.temperature < math.inf:
+        if not is_number(self.temperature) or not 0 <= self.temperature < math.inf:
             raise ConfigError(f"Sampling.temperature must be a finite number >= 0, got {self.temperature!r}")
-        if not _is_real(self.top_p) or not 0 < self.top_p <= 1:
+        if not is_number(self.top_p) or not 0 < self.top_p <= 1:
             raise ConfigError(f"Sampling.top_p must be in (0, 1], got {self.top_p!r}")
         if isinstance(self.stop, str) or not isinstance(self.stop, tuple | list) or not all(
             isinstance(s, str) and s for s in self.stop
         ):
             raise ConfigError(f"Sampling.stop must be a tuple of non-empty strings (stop=('\\n\\n',) for one), "
                               f"got {self.stop!r}")
-        if self.seed is not None and not _is_int(self.seed):
+        if self.seed is not None and not is_int(self.seed):
             raise ConfigError(f"Sampling.seed must be an int or None, got {self.seed!r}")
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> TypeGuard[int]:
+    """An int and not a bool: ``True`` would otherwise pass every count check as 1."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_real(value: object) -> bool:
+def is_number(value: object) -> TypeGuard[int | float]:
+    """An int or a float and not a bool (a string such as ``"5"`` is not one either)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -237,4 +239,6 @@ __all__ = [
     "Sampling",
     "TraceEvent",
     "Usage",
+    "is_int",
+    "is_number",
 ]

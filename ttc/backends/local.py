@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ttc.backends.base import BackendStats, token_ids
 from ttc.errors import ConfigError
-from ttc.types import Completion, PromptLogprobs, Sampling
+from ttc.types import Completion, PromptLogprobs, Sampling, is_int
 
 if TYPE_CHECKING:
     import torch
@@ -102,7 +102,7 @@ class LocalBackend:
     async def complete(self, prompt: Sequence[int], n: int, sampling: Sampling) -> list[Completion]:
         from ttc.engine.engine import GenerationRequest
 
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if not is_int(n) or n < 1:
             raise ConfigError(f"n must be a positive int, got {n!r}")
         tokens = token_ids(prompt)
         self._engine.validate_prompt(tokens)
@@ -117,7 +117,7 @@ class LocalBackend:
             raise
 
     async def prompt_logprobs(self, prompt: Sequence[int], top_k: int = 0) -> PromptLogprobs:
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        if not is_int(top_k) or top_k < 0:
             raise ConfigError(f"top_k must be an int >= 0, got {top_k!r}")
         tokens = token_ids(prompt)
         self._engine.validate_prompt(tokens, generate=False)

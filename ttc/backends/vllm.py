@@ -50,7 +50,7 @@ from ttc.backends.vllm_protocol import (
     prompt_logprobs_payload,
 )
 from ttc.errors import BackendError, ConfigError
-from ttc.types import Completion, PromptLogprobs, Sampling
+from ttc.types import Completion, PromptLogprobs, Sampling, is_int, is_number
 
 # Failures that mean "this replica is not there": bench it and fail over.
 _UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout)
@@ -104,12 +104,11 @@ class VLLMBackend:
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         for name, count, least in (("max_concurrency", max_concurrency, 1), ("retries", retries, 0),
                                    ("prefix_tokens", prefix_tokens, 1), ("cache_size", cache_size, 1)):
-            if isinstance(count, bool) or not isinstance(count, int) or count < least:
+            if not is_int(count) or count < least:
                 raise ConfigError(f"{name} must be an int >= {least}, got {count!r}")
         for name, seconds, positive in (("timeout", timeout, True), ("cooldown_s", cooldown_s, False),
                                         ("backoff_s", backoff_s, False)):
-            number = not isinstance(seconds, bool) and isinstance(seconds, int | float)
-            if not number or not 0 <= seconds < math.inf or (positive and seconds == 0):
+            if not is_number(seconds) or not 0 <= seconds < math.inf or (positive and seconds == 0):
                 bound = "> 0" if positive else ">= 0"
                 raise ConfigError(f"{name} must be a finite number of seconds {bound}, got {seconds!r}")
         self.urls = tuple(_normalise_url(u) for u in urls)
@@ -364,7 +363,7 @@ class VLLMBackend:
         ``stats().generated_tokens`` counts what the server generated, so a greedy call with ``n > 1`` (answered
         by one generation) adds its tokens once.
         """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if not is_int(n) or n < 1:
             raise ConfigError(f"n must be a positive int, got {n!r}")
         prompt = token_ids(prompt)  # a str would go out as a batch of one-character prompts
         if len(prompt) == 0:
@@ -389,7 +388,7 @@ class VLLMBackend:
 
         The server caps ``top_k`` at its ``--max-logprobs`` (20 by default); a larger value is refused with 400.
         """
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        if not is_int(top_k) or top_k < 0:
             raise ConfigError(f"top_k must be an int >= 0, got {top_k!r}")
         prompt = token_ids(prompt)
         if len(prompt) == 0:

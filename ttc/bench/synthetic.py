@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from ttc.errors import ConfigError
+from ttc.types import is_int
 
 TRAIN_SEEDS = range(0, 1_000_000)
 """Seeds the mini models were trained on (and the only ones training may use)."""
@@ -296,7 +297,7 @@ def check_levels(levels: Sequence[int]) -> list[int]:
 def check_seed(seed: int) -> random.Random:
     """The generator for ``seed``; a negative seed is refused, since ``random.Random(-s)`` draws what ``s`` does and
     a negative training seed would replay a held-out one."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ConfigError(f"seed must be an int >= 0 (training seeds in [{TRAIN_SEEDS.start}, {TRAIN_SEEDS.stop}), "
                           f"held-out ones in [{EVAL_SEEDS.start}, {EVAL_SEEDS.stop})), got {seed!r}")
     return random.Random(seed)

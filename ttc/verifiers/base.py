@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
 from ttc.errors import ConfigError, VerifierError
+from ttc.types import is_number
 
 Aggregation = Literal["min", "last", "prod", "mean"]
 
@@ -90,7 +91,7 @@ async def score_outcome_costed(verifier: OutcomeVerifier, question: str,
 
 def _check_score(verifier: object, value: object) -> None:
     """Scores are compared, summed and apportioned: a NaN or a string would fail far from its cause."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if not is_number(value) or not math.isfinite(value):
         raise VerifierError(f"{type(verifier).__name__} returned the score {value!r}: a verifier's scores must be "
                             "finite numbers")
 
