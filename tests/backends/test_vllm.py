@@ -244,7 +244,7 @@ async def test_one_question_sticks_to_one_replica_and_new_questions_spread(vllm_
     port = httpx.URL(vllm_url).port
     replicas = [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
     transport = CountingTransport()
-    client = VLLMBackend(replicas, prefix_tokens=16, transport=transport)
+    client = VLLMBackend(replicas, block_tokens=4, transport=transport)
     try:
         question = await client.tokenize(QUESTION)
         await client.connect()

@@ -17,7 +17,7 @@ import pytest
 
 from ttc.backends.base import Backend
 from ttc.backends.retry import Backoff
-from ttc.backends.routing import ReplicaRouter
+from ttc.backends.routing import ReplicaRouter, block_keys
 from ttc.backends.vllm import VLLMBackend
 from ttc.backends.vllm_metrics import (
     PrefixCacheSnapshot,
@@ -84,23 +84,60 @@ class FakeClock:
         return self.now
 
 
-def test_router_keeps_a_prefix_on_its_replica_and_places_new_prefixes_on_the_least_loaded() -> None:
-    router = ReplicaRouter(["http://a", "http://b", "http://c"], prefix_tokens=4)
-    first = router.pick([1, 2, 3, 4, 99])
+def test_router_sends_a_prompt_where_its_longest_prefix_went_and_new_prompts_to_the_least_loaded() -> None:
+    router = ReplicaRouter(["http://a", "http://b", "http://c"], block_tokens=2)
+    question = [1, 2, 3, 4]
+    first = router.pick(question)
     router.begin(first)
     router.begin(first)
-    # Same first 4 tokens: same replica even though it is now the busiest.
-    assert router.pick([1, 2, 3, 4, 5, 6, 7]) is first
+    # Every block of the branch's question went to ``first``: it stays there though it is the busiest.
+    assert router.pick([*question, 5, 6, 7]) is first
     other = router.pick([9, 9, 9, 9])
     assert other is not first and other.in_flight == 0
     router.begin(other)
     third = router.pick([7, 7, 7, 7])
     assert third not in (first, other)
+    # A deeper node follows the longest prefix, not the first block: [1, 2, 3, 4, 5, 6] went to ``first`` and
+    # [1, 2, 8, 8, 8, 8] goes where [1, 2, 8, 8] was sent (placed on the least loaded, since only 1 of 3 blocks
+    # was cached).
+    fork = router.pick([1, 2, 8, 8, 8, 8])
+    assert fork is not first
+    router.begin(fork)
+    router.begin(fork)
+    router.begin(fork)
+    assert router.pick([1, 2, 8, 8, 8, 8, 9, 9]) is fork
+
+
+def test_router_spreads_new_questions_behind_a_shared_template() -> None:
+    # Every prompt opens with the same 8-token template; the questions differ after it.
+    router = ReplicaRouter(["http://a", "http://b"], block_tokens=4)
+    template = [5, 5, 5, 5, 6, 6, 6, 6]
+    placed = []
+    for q in range(4):
+        replica = router.pick([*template, *([100 + q] * 12)])
+        router.begin(replica)
+        placed.append(replica.index)
+    assert sorted(placed) == [0, 0, 1, 1]  # not all on the replica that saw the template first
+
+
+def test_router_spills_a_busy_prefix_to_an_idle_replica() -> None:
+    router = ReplicaRouter(["http://a", "http://b"], block_tokens=2, spill_in_flight=3)
+    question = [1, 2, 3, 4]
+    home = router.pick(question)
+    for _ in range(2):
+        router.begin(home)
+    assert router.pick([*question, 5]) is home  # 2 more in flight than the other: still worth the cache
+    router.begin(home)
+    spilled = router.pick([*question, 6])
+    assert spilled is not home  # 3 more in flight: the load wins
+    router.begin(spilled)
+    # The spilled replica now holds the question too, so its branches may follow it there.
+    assert router.pick([*question, 7]) is spilled
 
 
 def test_router_fails_over_and_brings_a_replica_back_after_its_cooldown() -> None:
     clock = FakeClock()
-    router = ReplicaRouter(["http://a", "http://b"], prefix_tokens=2, cooldown_s=5.0, clock=clock)
+    router = ReplicaRouter(["http://a", "http://b"], block_tokens=2, cooldown_s=5.0, clock=clock)
     a = router.pick([1, 2])
     router.mark_down(a)
     b = router.pick([1, 2])
@@ -118,14 +155,26 @@ def test_router_fails_over_and_brings_a_replica_back_after_its_cooldown() -> Non
 
 
 def test_router_bounds_its_affinity_table_and_validates_input() -> None:
-    router = ReplicaRouter(["http://a", "http://b"], prefix_tokens=1, max_keys=3)
+    router = ReplicaRouter(["http://a", "http://b"], block_tokens=1, max_keys=3)
     for token in range(10):
-        router.pick([token])
-    assert len(router._affinity) == 3
+        router.pick([token, token])
+    assert len(router._holders) == 3
     with pytest.raises(ConfigError):
         ReplicaRouter([])
     with pytest.raises(ConfigError):
         ReplicaRouter(["http://a", "http://a"])
+    for bad in ({"block_tokens": 0}, {"block_tokens": True}, {"spill_in_flight": 0}, {"min_cached": 1.5},
+                {"min_cached": float("nan")}, {"max_keys": 0}):
+        with pytest.raises(ConfigError):
+            ReplicaRouter(["http://a"], **bad)  # type: ignore[arg-type]
+
+
+def test_block_keys_name_equal_prefixes_alike_and_only_full_blocks() -> None:
+    assert block_keys([1, 2, 3], 4) == []
+    a, b = block_keys([1, 2, 3, 4, 5, 6, 7], 2), block_keys([1, 2, 3, 4, 9, 9], 2)
+    assert len(a) == 3 and len(b) == 3
+    assert a[:2] == b[:2] and a[2] != b[2]
+    assert block_keys([3, 4, 1, 2], 2)[1] != a[1]  # the same blocks in another order are another prefix
 
 
 def test_backoff_grows_exponentially_with_seeded_jitter() -> None:
@@ -428,7 +477,8 @@ def test_invalid_settings_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="retries"):
         VLLMBackend("http://a", retries=-1)
     for options in ({"retries": 1.5}, {"timeout": None}, {"timeout": 0}, {"max_concurrency": None},
-                    {"backoff_s": float("inf")}, {"cache_size": 0}, {"prefix_tokens": True}):
+                    {"backoff_s": float("inf")}, {"cache_size": 0}, {"block_tokens": True},
+                    {"spill_in_flight": 0}, {"min_cached": -0.1}):
         with pytest.raises(ConfigError, match=next(iter(options))):
             VLLMBackend("http://a", **options)  # type: ignore[arg-type]
 

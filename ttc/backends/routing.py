@@ -1,10 +1,21 @@
-"""Choosing a vLLM replica for each request: prefix affinity, least-loaded placement, failover.
+"""Choosing a vLLM replica for each request: longest cached prefix, least-loaded placement, failover.
 
 A search tree sends many requests whose prompts share the question (and often much more). vLLM's prefix cache is
-per server, so those requests should land on the server that already holds the question's KV blocks: requests
-are keyed by their first ``prefix_tokens`` token ids and a key sticks to the replica it was first placed on while
-that replica stays healthy. New keys go to the replica with the fewest requests in flight. A replica that refuses
-connections is benched for ``cooldown_s`` and its keys move elsewhere; after the cool-down it is tried again.
+per server and holds full blocks of ``block_tokens`` tokens, so a request should land on the server that already
+holds the longest run of its leading blocks. The router remembers, for each block-aligned prefix it has sent,
+which replicas it went to, and sends a prompt to the healthy replica that holds most of it, fewest requests in
+flight breaking ties.
+
+Two things override that affinity, since cache hits are worth less than a balanced fleet:
+
+- A prompt whose best cached prefix is under ``min_cached`` of its length goes to the least-loaded replica. A chat
+  template or system prompt shared by every question would otherwise pin every new question to the replica that
+  saw the template first; what a new question shares with old ones is worth little next to its own tokens.
+- When the best-cached replica has ``spill_in_flight`` or more requests in flight beyond the least-loaded one,
+  the prompt spills there: one busy question cannot queue behind itself while other replicas idle.
+
+A replica that refuses connections is benched for ``cooldown_s`` and what it held is forgotten: a server that
+went away may come back with an empty cache.
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ttc.errors import ConfigError
+from ttc.types import is_int, is_number
 
 
 @dataclass
@@ -31,52 +43,91 @@ class Replica:
         return now >= self.down_until
 
 
+def block_keys(prompt: Sequence[int], block_tokens: int) -> list[int]:
+    """One key per full block of ``prompt``: key ``i`` stands for the prompt's first ``(i + 1) * block_tokens``
+    tokens, chained so that equal keys mean equal prefixes (up to hash collisions, which cost a cache miss)."""
+    keys: list[int] = []
+    key = 0
+    for end in range(block_tokens, len(prompt) + 1, block_tokens):
+        key = hash((key, tuple(prompt[end - block_tokens : end])))
+        keys.append(key)
+    return keys
+
+
 class ReplicaRouter:
     """Routes prompts to replicas. Not thread-safe: it lives on one event loop, where nothing preempts it."""
 
-    def __init__(self, urls: Sequence[str], *, prefix_tokens: int = 32, cooldown_s: float = 10.0,
-                 max_keys: int = 16384, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, urls: Sequence[str], *, block_tokens: int = 16, min_cached: float = 0.5,
+                 spill_in_flight: int = 32, cooldown_s: float = 10.0, max_keys: int = 65536,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if not urls:
             raise ConfigError("the vLLM backend needs at least one server URL, e.g. http://127.0.0.1:8000")
         if len(set(urls)) != len(urls):
             raise ConfigError(f"vLLM server URLs must be distinct, got {list(urls)}")
-        if prefix_tokens < 1:
-            raise ConfigError(f"prefix_tokens must be >= 1, got {prefix_tokens}")
+        for name, count in (("block_tokens", block_tokens), ("spill_in_flight", spill_in_flight),
+                            ("max_keys", max_keys)):
+            if not is_int(count) or count < 1:
+                raise ConfigError(f"{name} must be an int >= 1, got {count!r}")
+        if not is_number(min_cached) or not 0 <= min_cached <= 1:
+            raise ConfigError(f"min_cached must be a fraction in [0, 1], got {min_cached!r}")
         self.replicas = [Replica(url=u, index=i) for i, u in enumerate(urls)]
-        self.prefix_tokens = prefix_tokens
+        self.block_tokens = block_tokens
+        self.min_cached = min_cached
+        self.spill_in_flight = spill_in_flight
         self.cooldown_s = cooldown_s
         self._max_keys = max_keys
         self._clock = clock
-        self._affinity: OrderedDict[tuple[int, ...], Replica] = OrderedDict()
+        # Block-prefix key -> the replicas it was sent to; least recently sent keys are forgotten first.
+        self._holders: OrderedDict[int, set[int]] = OrderedDict()
 
     def pick(self, prompt: Sequence[int] | None = None, avoid: Replica | None = None) -> Replica:
         """The replica for ``prompt`` (None: any). ``avoid`` is skipped when another healthy replica exists."""
         now = self._clock()
-        key = None if prompt is None else tuple(prompt[: self.prefix_tokens])
-        if key is not None:
-            sticky = self._affinity.get(key)
-            if sticky is not None and sticky.healthy(now) and sticky is not avoid:
-                self._affinity.move_to_end(key)
-                return sticky
-        chosen = self._least_loaded(now, avoid)
-        if key is not None:
-            self._remember(key, chosen)
+        candidates = self._candidates(now, avoid)
+        keys = [] if prompt is None else block_keys(prompt, self.block_tokens)
+        least = min(candidates, key=lambda r: (r.in_flight, r.index))
+        chosen = least
+        cached = self._cached_blocks(keys, candidates)
+        if prompt is not None and cached:
+            best = max(candidates, key=lambda r: (cached.get(r.index, 0), -r.in_flight, -r.index))
+            cached_tokens = cached.get(best.index, 0) * self.block_tokens
+            if (cached_tokens >= self.min_cached * len(prompt)
+                    and best.in_flight - least.in_flight < self.spill_in_flight):
+                chosen = best
+        self._remember(keys, chosen)
         return chosen
 
-    def _least_loaded(self, now: float, avoid: Replica | None) -> Replica:
+    def _candidates(self, now: float, avoid: Replica | None) -> list[Replica]:
         healthy = [r for r in self.replicas if r.healthy(now) and r is not avoid]
         if not healthy:
             healthy = [r for r in self.replicas if r.healthy(now)]
         if not healthy:
             # Every replica is benched: try the one whose cool-down ends first rather than failing outright.
-            return min(self.replicas, key=lambda r: (r.down_until, r.index))
-        return min(healthy, key=lambda r: (r.in_flight, r.index))
+            return [min(self.replicas, key=lambda r: (r.down_until, r.index))]
+        return healthy
 
-    def _remember(self, key: tuple[int, ...], replica: Replica) -> None:
-        self._affinity[key] = replica
-        self._affinity.move_to_end(key)
-        while len(self._affinity) > self._max_keys:
-            self._affinity.popitem(last=False)
+    def _cached_blocks(self, keys: Sequence[int], candidates: Sequence[Replica]) -> dict[int, int]:
+        """How many leading blocks of the prompt each candidate was sent, for those sent any."""
+        wanted = {r.index for r in candidates}
+        found: dict[int, int] = {}
+        for blocks in range(len(keys), 0, -1):
+            for index in self._holders.get(keys[blocks - 1], ()):
+                if index in wanted and index not in found:
+                    found[index] = blocks
+            if len(found) == len(wanted):
+                break
+        return found
+
+    def _remember(self, keys: Sequence[int], replica: Replica) -> None:
+        for key in keys:
+            holders = self._holders.get(key)
+            if holders is None:
+                self._holders[key] = {replica.index}
+            else:
+                holders.add(replica.index)
+                self._holders.move_to_end(key)
+        while len(self._holders) > self._max_keys:
+            self._holders.popitem(last=False)
 
     def has_alternative(self, replica: Replica) -> bool:
         """Whether a healthy replica other than ``replica`` exists (a retry can fail over without waiting)."""
@@ -87,8 +138,11 @@ class ReplicaRouter:
         return replica.healthy(self._clock())
 
     def mark_down(self, replica: Replica) -> None:
+        """Bench ``replica``; what it cached is forgotten, since a server that went away may come back empty."""
         replica.failures += 1
         replica.down_until = self._clock() + self.cooldown_s
+        for holders in self._holders.values():
+            holders.discard(replica.index)
 
     def mark_up(self, replica: Replica) -> None:
         replica.failures = 0
@@ -101,4 +155,4 @@ class ReplicaRouter:
         replica.in_flight -= 1
 
 
-__all__ = ["Replica", "ReplicaRouter"]
+__all__ = ["Replica", "ReplicaRouter", "block_keys"]

@@ -1,9 +1,10 @@
 """The vLLM backend: ttc's client for one or more vLLM servers speaking the OpenAI-compatible HTTP API.
 
 One deployment serves many concurrent searches. Prompts travel as token ids so that vLLM's automatic prefix
-caching shares a search tree's common prefixes; requests of one question stick to one replica for the same reason
-(see ``ttc.backends.routing``). All requests share one ``httpx.AsyncClient`` connection pool and one semaphore, so
-a search that fans out wide never opens more than ``max_concurrency`` requests at once.
+caching shares a search tree's common prefixes; each request goes to the replica that was sent the longest run of
+its leading blocks, unless that replica is far busier than another (see ``ttc.backends.routing``). All requests
+share one ``httpx.AsyncClient`` connection pool and one semaphore, so a search that fans out wide never opens more
+than ``max_concurrency`` requests at once.
 
 Usage accounting comes from the server: per-call prompt, completion and cached prompt tokens (cached ones need
 the server flag ``--enable-prompt-tokens-details``; without it they read 0), and the prefix-cache hit rate from its
@@ -95,15 +96,18 @@ class VLLMBackend:
     ``base_url`` is a server root (``http://host:8000``) or several, one per replica. ``model`` defaults to the
     first model the server lists. ``retries`` counts extra attempts after the first, made on connection errors,
     429 and 5xx only, with exponential backoff and seeded jitter (``backoff_s`` is the first delay).
+    ``block_tokens`` (vLLM's KV block size), ``min_cached`` and ``spill_in_flight`` tune replica affinity; see
+    ``ttc.backends.routing.ReplicaRouter``.
     """
 
     def __init__(self, base_url: str | Sequence[str], model: str | None = None, api_key: str | None = None,
                  max_concurrency: int = 64, timeout: float = 120.0, retries: int = 3, *,
-                 prefix_tokens: int = 32, cooldown_s: float = 10.0, backoff_s: float = 0.25, seed: int = 0,
+                 block_tokens: int = 16, min_cached: float = 0.5, spill_in_flight: int = 32,
+                 cooldown_s: float = 10.0, backoff_s: float = 0.25, seed: int = 0,
                  cache_size: int = 4096, transport: httpx.AsyncBaseTransport | None = None) -> None:
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         for name, count, least in (("max_concurrency", max_concurrency, 1), ("retries", retries, 0),
-                                   ("prefix_tokens", prefix_tokens, 1), ("cache_size", cache_size, 1)):
+                                   ("cache_size", cache_size, 1)):
             if not is_int(count) or count < least:
                 raise ConfigError(f"{name} must be an int >= {least}, got {count!r}")
         for name, seconds, positive in (("timeout", timeout, True), ("cooldown_s", cooldown_s, False),
@@ -112,7 +116,8 @@ class VLLMBackend:
                 bound = "> 0" if positive else ">= 0"
                 raise ConfigError(f"{name} must be a finite number of seconds {bound}, got {seconds!r}")
         self.urls = tuple(_normalise_url(u) for u in urls)
-        self._router = ReplicaRouter(self.urls, prefix_tokens=prefix_tokens, cooldown_s=cooldown_s)
+        self._router = ReplicaRouter(self.urls, block_tokens=block_tokens, min_cached=min_cached,
+                                     spill_in_flight=spill_in_flight, cooldown_s=cooldown_s)
         self._model = model
         self._api_key = api_key
         self.max_concurrency = max_concurrency
