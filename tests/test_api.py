@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import ttc
-from ttc import Budget, ConfigError, solve, solve_batch
+from ttc import Budget, ConfigError, asolve, solve, solve_batch
 from ttc.errors import BackendError
 from ttc.storage import TraceStore
 from ttc.testing import ScriptedBackend, guessing_responder
@@ -168,3 +170,50 @@ def test_200_concurrent_solves_lose_no_row(tmp_path: Path) -> None:
     assert {r.trace_id for r in results} == {t.id for t in traces}
     assert sum(len(store.get_trace(t.id).nodes) for t in traces) == 200 * 3
     store.close()
+
+
+class _SlowStartStore(TraceStore):
+    """A store whose start write lands at once but whose id comes back late (a busy writer, a locked file)."""
+
+    async def astart_trace(self, **fields: Any) -> str:
+        trace_id = self.start_trace(**fields)
+        await asyncio.sleep(0.3)
+        return trace_id
+
+
+def test_cancelled_while_starting_the_trace_leaves_no_running_trace(tmp_path: Path) -> None:
+    store = _SlowStartStore(str(tmp_path / "t.db"))
+
+    async def main() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asolve("2+2?", 200, backend=ScriptedBackend(["The answer is 4."]), store=store,
+                                          seed=1), 0.05)
+
+    asyncio.run(main())
+    [trace] = store.list_traces()
+    assert trace.status == "failed"
+    assert store.get_trace(trace.id).error == "cancelled"
+    store.close()
+
+
+@pytest.mark.parametrize("seed", [-1, -2, "7", 1.5, True])
+def test_seed_must_be_a_non_negative_int(seed: object) -> None:
+    """random.Random(-s) draws what Random(s) does: seed=-2 gave batch members 1 and 3 the same samples."""
+    with pytest.raises(ConfigError, match="seed must be an int >= 0"):
+        solve("What is 3 + 3?", 400, backend=ScriptedBackend(guessing_responder), store=False, seed=seed,  # type: ignore[arg-type]
+              strategy="best_of_n", n=2)
+    with pytest.raises(ConfigError, match="seed must be an int >= 0"):
+        solve_batch(["What is 3 + 3?"] * 4, 400, backend=ScriptedBackend(guessing_responder), store=False,
+                    seed=seed, strategy="best_of_n", n=3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("threads", ["abc", "0", "-2", "\u00b2"])
+def test_a_bad_ttc_threads_is_reported_not_taken_for_no_backend(monkeypatch: pytest.MonkeyPatch,
+                                                                threads: str) -> None:
+    """With only the embedded mini models to run, a wrong TTC_THREADS said "no backend is configured"."""
+    pytest.importorskip("torch")
+    from ttc.config import default_backend
+
+    monkeypatch.setenv("TTC_THREADS", threads)
+    with pytest.raises(ConfigError, match="TTC_THREADS must be a positive integer"):
+        default_backend()

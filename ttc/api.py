@@ -25,7 +25,7 @@ from ttc.errors import ConfigError
 from ttc.storage import TraceStore
 from ttc.strategies.base import Context, Strategy, make_strategy
 from ttc.trace import TraceRecorder
-from ttc.types import Budget, Problem, Result, TraceEvent
+from ttc.types import Budget, Problem, Result, TraceEvent, is_int
 from ttc.verifiers.base import OutcomeVerifier, ProcessVerifier, StepwiseOutcome
 
 VerifierArg = OutcomeVerifier | ProcessVerifier | None
@@ -77,6 +77,14 @@ def check_prompt(prompt: object) -> str:
     return prompt
 
 
+def check_seed(seed: object) -> int | None:
+    """``None`` (draw one) or an int >= 0: ``random.Random(-s)`` draws what ``Random(s)`` does, so a negative seed
+    would replay another one (and batch members ``seed + i`` would repeat each other)."""
+    if seed is not None and (not is_int(seed) or seed < 0):
+        raise ConfigError(f"seed must be an int >= 0 or None (a fresh one each run), got {seed!r}")
+    return seed
+
+
 async def solve_problem(problem: Problem, budget: Budget, session: Session, *, strategy: str,
                         seed: int | None, options: Mapping[str, object]) -> Result:
     """The core: run one problem end to end and record its trace."""
@@ -84,13 +92,14 @@ async def solve_problem(problem: Problem, budget: Budget, session: Session, *, s
     name, opts = plan_strategy(strategy, budget, has_verifier=session.setup.verifier is not None,
                                options=options)
     runner: Strategy[Any] = make_strategy(name, opts)
-    seed = secrets.randbits(31) if seed is None else seed
+    checked = check_seed(seed)
+    seed = secrets.randbits(31) if checked is None else checked
     recorder = TraceRecorder()
     backend = session.setup.backend
     trace_id = None
     if session.store is not None:
-        trace_id = await session.store.astart_trace(problem=problem, strategy=name, budget=budget,
-                                                    backend=backend.name, seed=seed, run_id=session.run_id)
+        trace_id = await _start_trace(session.store, recorder, problem=problem, strategy=name, budget=budget,
+                                      backend=backend.name, seed=seed, run_id=session.run_id)
     recorder.event("plan", {"strategy": name, "options": dict(opts), "seed": seed,
                             "budget": {"tokens": budget.tokens, "wall_s": budget.wall_s, "calls": budget.calls}})
     ctx = Context(backend=backend, recorder=recorder, rng=random.Random(seed), verifier=session.setup.verifier,
@@ -111,6 +120,23 @@ async def solve_problem(problem: Problem, budget: Budget, session: Session, *, s
         raise
 
 
+async def _start_trace(store: TraceStore, recorder: TraceRecorder, **fields: Any) -> str:
+    """Start a trace; a cancellation while its row is being written marks that row failed, never 'running'.
+
+    The store keeps a start write it was handed even when the caller is cancelled, so the id is waited for
+    (shielded) and the trace failed before the cancellation goes on.
+    """
+    start = asyncio.ensure_future(store.astart_trace(**fields))
+    try:
+        return await asyncio.shield(start)
+    except asyncio.CancelledError as exc:
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait([start])
+        if not start.cancelled() and start.exception() is None:
+            await _mark_failed(store, start.result(), exc, recorder)
+        raise
+
+
 async def _mark_failed(store: TraceStore, trace_id: str, exc: BaseException, recorder: TraceRecorder) -> None:
     message = "cancelled" if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt) else \
         f"{type(exc).__name__}: {exc}"
@@ -128,6 +154,7 @@ async def asolve(prompt: str, budget: int | Budget, *, strategy: str = "auto", b
     """
     question = check_prompt(prompt)
     limits = Budget.of(budget)
+    check_seed(seed)
     session = open_session(backend=backend, store=store, verifier=verifier, prompt_template=prompt_template)
     try:
         return await solve_problem(Problem(question=question), limits, session, strategy=strategy, seed=seed,
@@ -147,7 +174,8 @@ async def asolve_batch(prompts: Sequence[str], budget: int | Budget, *, strategy
     questions = [check_prompt(p) for p in prompts]
     limits = Budget.of(budget)
     check_concurrency(concurrency)
-    base_seed = secrets.randbits(30) if seed is None else seed
+    checked = check_seed(seed)
+    base_seed = secrets.randbits(30) if checked is None else checked
     session = open_session(backend=backend, store=store, verifier=verifier, prompt_template=prompt_template)
     jobs = [
         lambda i=i, q=q: solve_problem(Problem(question=q, index=i), limits, session, strategy=strategy,
@@ -223,5 +251,5 @@ def solve_batch(prompts: Sequence[str], budget: int | Budget, *, strategy: str =
                                           concurrency=concurrency, **options))
 
 
-__all__ = ["Session", "asolve", "asolve_batch", "bounded_gather", "check_concurrency", "open_session", "solve",
-           "solve_batch", "solve_problem"]
+__all__ = ["Session", "asolve", "asolve_batch", "bounded_gather", "check_concurrency", "check_seed", "open_session",
+           "solve", "solve_batch", "solve_problem"]

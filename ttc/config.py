@@ -91,15 +91,20 @@ def _local(path: Path) -> Backend:
 
 def _embedded() -> BackendSetup | None:
     """The embedded default when the package ships the mini models and torch is installed; None otherwise (the
-    caller then explains how to configure a backend)."""
+    caller then explains how to configure a backend). Only their absence means None: a wrong ``TTC_THREADS`` or a
+    model that fails to load is reported as itself."""
     try:
         import torch  # noqa: F401
     except ImportError:
         return None
+    from ttc.models import mini_model_path
+
     try:
-        return embedded_setup()
+        mini_model_path("reasoner")
+        mini_model_path("checker")
     except ConfigError:
         return None
+    return embedded_setup()
 
 
 def _threads(default: int | None) -> int | None:
@@ -108,7 +113,7 @@ def _threads(default: int | None) -> int | None:
     raw = env("TTC_THREADS")
     if raw is None:
         return default
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:  # "²".isdigit() is true, and int("²") fails
         raise ConfigError(f"TTC_THREADS must be a positive integer, got {raw!r}")
     return int(raw)
 
