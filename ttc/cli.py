@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from ttc.api import Session, open_session, solve_problem
 from ttc.bench.datasets import dataset_names, load_dataset
@@ -217,8 +218,8 @@ def traces_list(
     for col in ("id", "status", "strategy", "answer", "tokens", "question"):
         table.add_column(col)
     for t in rows:
-        table.add_row(t.id[:8], t.status, escape(t.strategy), escape(str(t.answer)), str(t.generated_tokens),
-                      escape(_short(t.question, 60)))
+        table.add_row(t.id[:8], t.status, Text(t.strategy), Text(str(t.answer)), str(t.generated_tokens),
+                      Text(_short(t.question, 60)))
     out.print(table)
 
 
@@ -231,7 +232,7 @@ def traces_runs(limit: Annotated[int, typer.Option()] = 20, db: DbOpt = None) ->
     for col in ("id", "kind", "status", "started", "summary"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r.id, r.kind, r.status, str(r.started_at)[:19], escape(json.dumps(r.summary)[:80]))
+        table.add_row(r.id, r.kind, r.status, str(r.started_at)[:19], Text(json.dumps(r.summary)[:80]))
     out.print(table)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ttc.storage import TraceStore
+from ttc.types import Budget, Node, Problem, Result, TraceEvent, Usage
 
 
 def run_ttc(*args: str, db: Path, check: bool = True, extra_env: dict[str, str] | None = None,
@@ -112,6 +113,30 @@ def test_text_with_markup_characters_is_printed_as_text(tmp_path: Path) -> None:
     unreachable = run_ttc("solve", "q", "--backend", "vllm", "--url", "http://127.0.0.1:9", db=db, check=False)
     assert unreachable.returncode == 2
     assert "http://127.0.0.1:9/" in " ".join(unreachable.stderr.split())  # the [kind url] tail of BackendError
+
+
+def test_show_and_list_print_stored_text_verbatim(tmp_path: Path) -> None:
+    """Ratios read as emoji codes (a:b:c became a🅱c), a bracketed strategy name as markup ([/] crashed show),
+    and a trailing backslash was doubled."""
+    db = tmp_path / "v.db"
+    question = "The ratio a:b:c is 1:x:2 [/] in C:\\dir\\"
+    node = Node(id=0, parent=None, depth=0, text="so a:b:c = 1:x:2", token_count=3, answer="6\\",
+                reason="kept :x: [b]")
+    with TraceStore(str(db)) as store:
+        trace_id = store.start_trace(problem=Problem(question=question, gold="a:b:c"), strategy="beam[/]",
+                                     budget=Budget.of(10), backend="b:x:", seed=1)
+        result = Result(answer="6\\", text=node.text, score=None, strategy="beam[/]", usage=Usage(),
+                        trace_id=trace_id)
+        store.finish_trace(trace_id, result=result, nodes=[node],
+                           events=[TraceEvent(kind="pick:x:", payload={"why": "a:b:c"})])
+    wide = {"COLUMNS": "300"}
+    shown = run_ttc("traces", "show", trace_id[:8], db=db, extra_env=wide).stdout
+    for text in (f"question: {question}\n", "gold: a:b:c\n", "strategy: beam[/] ", "backend: b:x: ",
+                 "answer: 6\\ ", "answer=6\\ ", "(kept :x: [b])", "so a:b:c = 1:x:2", "pick:x:", "'a:b:c'"):
+        assert text in shown, text
+    listed = run_ttc("traces", "list", db=db, extra_env=wide).stdout
+    for text in ("The ratio a:b:c is 1:x:2 [/] in C:\\dir\\ ", " beam[/] ", " 6\\ "):
+        assert text in listed, text
 
 
 def test_unwritable_export_and_busy_timeout_are_config_errors(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from trace_data import BUDGET, make_nodes, make_problem, make_result
 
-from ttc.errors import StorageError
+from ttc.errors import ConfigError, StorageError
 from ttc.storage import TraceStore
 
 BUSY_S = 0.3
@@ -65,6 +65,27 @@ def test_a_lock_released_within_busy_timeout_is_waited_for(db_path: Path) -> Non
         assert store.get_trace(trace_id).run_id == "r1"
 
 
+def _start_while_locked_for(store: TraceStore, db_path: Path, seconds: float) -> str:
+    holder = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    releaser = threading.Timer(seconds, lambda: holder.execute("COMMIT"))
+    releaser.start()
+    try:
+        return _start(store)
+    finally:
+        releaser.join()
+        holder.close()
+
+
+def test_a_busy_timeout_sqlite_cannot_hold_is_refused_not_turned_into_no_wait(db_path: Path) -> None:
+    """SQLite keeps the timeout in a C int of milliseconds: 3e6 s overflowed to 0 and nothing was waited for."""
+    with pytest.raises(ConfigError, match=r"busy_timeout_s must be .*at most 2147483"):
+        TraceStore(str(db_path), busy_timeout_s=3e6)
+    with TraceStore(str(db_path), busy_timeout_s=2147483.0) as store:  # the longest one SQLite can hold
+        trace_id = _start_while_locked_for(store, db_path, BUSY_S)
+        assert store.get_trace(trace_id).status == "running"
+
+
 def test_a_path_under_a_file_is_refused(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
@@ -106,6 +127,18 @@ def test_a_database_from_a_newer_schema_is_refused(db_path: Path) -> None:
         raw.execute("PRAGMA user_version = 99")
     with pytest.raises(StorageError, match="schema version 99"):
         TraceStore(str(db_path))
+
+
+def test_an_sqlite_database_of_another_program_is_refused_and_left_alone(db_path: Path) -> None:
+    """It was stamped as a ttc schema around its own 'traces' table, then every read failed: no such column."""
+    with sqlite3.connect(db_path) as raw:
+        raw.execute("CREATE TABLE traces (id INTEGER PRIMARY KEY, payload TEXT)")
+        raw.execute("INSERT INTO traces (payload) VALUES ('not ours')")
+    with pytest.raises(StorageError, match=r"not a ttc trace store.*traces.*TTC_DB"):
+        TraceStore(str(db_path))
+    with sqlite3.connect(db_path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone() == (0,)
+        assert raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall() == [("traces",)]
 
 
 def test_unusable_urls_are_explained(tmp_path: Path) -> None:

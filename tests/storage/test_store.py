@@ -126,6 +126,14 @@ def test_list_traces_filters_orders_and_limits(store: TraceStore) -> None:
         store.list_traces(limit=0)
 
 
+def test_list_traces_of_an_unknown_run_is_an_error_not_an_empty_list(store: TraceStore) -> None:
+    """A mistyped or shortened run id listed nothing, exactly like a run without traces."""
+    run_id = store.create_run(kind="eval", config={})
+    assert store.list_traces(run_id=run_id) == []  # a real run with no traces yet is simply empty
+    with pytest.raises(StorageError, match=r"no run '.{8}' in .*ttc traces runs"):
+        store.list_traces(run_id=run_id[:8])
+
+
 def test_runs_are_listed_with_their_counts(store: TraceStore) -> None:
     run_id = store.create_run(kind="eval", config={"budget": 512, "strategies": ["beam"]}, name="gsm8k")
     for i in range(3):

@@ -25,6 +25,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModu
 from ttc.errors import StorageError
 
 DEFAULT_BUSY_TIMEOUT_S: Final = 10.0
+MAX_BUSY_TIMEOUT_S: Final = 2147483.0
+"""SQLite holds the busy timeout in a C int of milliseconds; a longer one overflows to 0 (no waiting at all)."""
 ENV_VAR: Final = "TTC_DB"
 
 
@@ -204,6 +206,7 @@ def storage_error(
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT_S",
     "ENV_VAR",
+    "MAX_BUSY_TIMEOUT_S",
     "Location",
     "default_path",
     "make_engine",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import math
 import os
 import socket
 import uuid
@@ -21,7 +20,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, inspect, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
@@ -29,6 +28,7 @@ from ttc.errors import ConfigError, StorageError
 from ttc.storage import convert
 from ttc.storage.database import (
     DEFAULT_BUSY_TIMEOUT_S,
+    MAX_BUSY_TIMEOUT_S,
     Location,
     make_engine,
     resolve_location,
@@ -108,8 +108,11 @@ class TraceStore:
     def __init__(self, url: str | None = None, *, busy_timeout_s: float | None = None) -> None:
         if busy_timeout_s is None:
             busy_timeout_s = _env_busy_timeout()
-        if not 0 <= busy_timeout_s < math.inf:
-            raise ConfigError(f"busy_timeout_s must be a finite number of seconds >= 0, got {busy_timeout_s!r}")
+        if not 0 <= busy_timeout_s <= MAX_BUSY_TIMEOUT_S:
+            raise ConfigError(
+                f"busy_timeout_s must be a finite number of seconds >= 0 and at most {MAX_BUSY_TIMEOUT_S:.0f} "
+                f"(about 24 days, the longest wait SQLite can hold), got {busy_timeout_s!r}"
+            )
         self._location: Location = resolve_location(url)
         self._busy_timeout_s = busy_timeout_s
         self._write_engine = make_engine(self._location, busy_timeout_s=busy_timeout_s, writer=True)
@@ -163,6 +166,13 @@ class TraceStore:
                 f"the trace database {self._location.describe()} has schema version {version}, newer "
                 f"than this ttc understands ({SCHEMA_VERSION}); upgrade ttc or set TTC_DB to another file"
             )
+        if version == 0:  # never opened by ttc, which stamps user_version in the transaction creating its tables
+            clashing = sorted(set(inspect(connection).get_table_names()) & set(Base.metadata.tables))
+            if clashing:
+                raise StorageError(
+                    f"{self._location.describe()} is an SQLite database but not a ttc trace store: it already "
+                    f"has tables ttc did not create ({', '.join(clashing)}); set TTC_DB to another file"
+                )
         Base.metadata.create_all(connection)
         connection.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -388,7 +398,7 @@ class TraceStore:
 
     def list_traces(self, *, run_id: str | None = None, status: str | None = None,
                     limit: int = 50) -> list[TraceSummary]:
-        """The newest traces first, optionally of one run and/or one status."""
+        """The newest traces first, optionally of one run (which must exist) and/or one status."""
         _check_limit(limit)
         if status is not None:
             _check_choice("trace status", status, TRACE_STATUSES)
@@ -400,6 +410,9 @@ class TraceStore:
         query = query.order_by(TraceRow.started_at.desc(), TraceRow.id).limit(limit)
 
         def work(session: Session) -> list[TraceSummary]:
+            if run_id is not None and session.get(RunRow, run_id) is None:
+                raise StorageError(f"no run {run_id!r} in {self._location.describe()}; give a whole run id as "
+                                   "`ttc traces runs` shows it")
             return [_trace_summary(trace, problem) for trace, problem in session.execute(query)]
 
         return self._read(work, "listing traces")
