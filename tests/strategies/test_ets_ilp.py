@@ -142,3 +142,23 @@ def test_invalid_problems_are_config_errors() -> None:
                       temperature=1.0, lambda_kv=1.0, lambda_coverage=1.0)
     with pytest.raises(ConfigError, match="temperature"):
         softmax([0.1], 0.0)
+
+
+def test_a_solve_stopped_by_its_time_limit_is_not_called_optimal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HiGHS at its time limit hands back its incumbent (status 1), which may be poor: not "optimal", and never
+    worse than the single-best-leaf fallback."""
+    import numpy as np
+    import scipy.optimize
+    from scipy.optimize import OptimizeResult
+
+    def stopped(cost: object, **kwargs: object) -> OptimizeResult:
+        x = np.zeros(len(cost))  # type: ignore[arg-type]
+        x[2] = 1.0  # the cousin alone: 0.3 - 0.12 * 3 = -0.06
+        return OptimizeResult(x=x, status=1, success=False, message="Time limit reached.")
+
+    monkeypatch.setattr(scipy.optimize, "milp", stopped)
+    solution = solve_retention(siblings_and_cousin(0.12, 0.0))
+    assert solution.status != "optimal"
+    # The fallback keeps s1 alone: 0.5 - 0.12 * (1 + 2) = 0.14 beats the incumbent's -0.06.
+    assert solution.kept == (1,) and solution.objective == pytest.approx(0.14)
+    assert solution.status == "fallback"

@@ -30,10 +30,11 @@ SEARCHES = {
 
 def test_plan_round_reserves_worst_case_and_trims_the_last() -> None:
     meter = Meter(Budget(tokens=45))
-    assert plan_round(meter, [2, 2, 2], 10) == [(2, 10), (2, 10), (1, 5)]
+    assert plan_round(meter, [2, 2, 2], 10) == [(2, 10), (2, 10), (0, 0)]
     assert plan_round(Meter(Budget(tokens=1000, calls=2)), [1, 1, 1], 10) == [(1, 10), (1, 10), (0, 0)]
     assert plan_round(Meter(Budget(wall_s=60)), [7, 3], 10) == [(7, 10), (3, 10)]
-    assert plan_round(Meter(Budget(tokens=25)), [4, 1], 10) == [(2, 10), (1, 5)]
+    assert plan_round(Meter(Budget(tokens=25)), [4, 1], 10) == [(2, 10), (0, 0)]
+    assert plan_round(Meter(Budget(tokens=5)), [2, 1], 10) == [(1, 5), (0, 0)]
 
 
 async def test_without_a_process_verifier_the_search_refuses() -> None:
@@ -249,3 +250,32 @@ async def test_step_delimiter_comes_from_the_context() -> None:
     result, _, _ = await run_search("beam", {"beam_width": 1, "expand": 1}, backend, TablePRM(), delimiter="\n\n")
     assert {call.sampling.stop for call in backend.calls} == {("\n\n",)}
     assert result.answer == "3"
+
+
+@pytest.mark.parametrize("name", ["beam", "rebase"])
+async def test_when_no_leaf_states_an_answer_the_vote_falls_back_to_the_best_scored_leaf(name: str) -> None:
+    """No answer to vote on: the pick is the best-scored complete leaf, not whichever finished first."""
+    script = {"": ["no number here", "still no number"]}
+    options = {"beam": {"beam_width": 2, "expand": 1}, "rebase": {"width": 2}}[name]
+    result, _, _ = await run_search(name, options, ScriptedBackend(tree_responder(script)),
+                                    TablePRM({"no number here": 0.1, "still no number": 0.9}))
+    assert len(result.candidates) == 2 and all(c.answer is None for c in result.candidates)
+    assert result.answer is None
+    assert result.text == "still no number" and result.score == pytest.approx(0.9)
+
+
+async def test_a_step_is_not_cut_short_for_tokens_only_reserved_ahead_of_it() -> None:
+    """Within a wave, earlier expansions reserve their worst case; the next wave replans from what they really
+    spent. A later expansion must wait for that rather than have its step cut to the reserved remainder."""
+    step = "abcdef\n"  # 7 tokens, under the 10-token step limit
+    backend = ScriptedBackend(lambda prompt, index, seed: step)
+    ctx = Context(backend=backend, recorder=TraceRecorder(), rng=__import__("random").Random(0), prm=TablePRM(),
+                  prompt_template="Q: {question}\n")
+    meter = Meter(Budget(tokens=66))
+    tree = await SearchTree.open(Problem("q"), meter, ctx, TreeSearchOptions(max_step_tokens=10))
+    first = await tree.expand([(tree.root, 3)])  # 21 tokens: 45 left, worst case 3 x 2 x 10 = 60
+    created = await tree.expand([(node, 2) for node in first])
+    assert meter.usage().generated_tokens <= 66
+    assert len(created) == 6
+    assert not any(child.cut for child in created), "the budget held a whole step for every child"
+    assert all(call.sampling.max_tokens == 10 for call in backend.calls)

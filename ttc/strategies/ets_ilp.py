@@ -59,8 +59,9 @@ class RetentionProblem:
 class Retention:
     """The solution: kept leaves and the ancestors they keep live, with the objective's parts.
 
-    ``status`` is ``"optimal"``, or ``"fallback"`` when HiGHS returned no solution in time and the single
-    best-valued leaf was kept instead.
+    ``status`` is ``"optimal"``, ``"time_limit"`` when HiGHS stopped at its time limit and its unproven
+    incumbent is kept, or ``"fallback"`` when HiGHS returned no solution in time (or only one worse than this)
+    and the single best-valued leaf was kept instead.
     """
 
     kept: tuple[int, ...]
@@ -125,11 +126,16 @@ def solve_retention(problem: RetentionProblem, *, time_limit_s: float = 10.0) ->
             matrix[r, col] = coef
     result = milp(cost, constraints=LinearConstraint(matrix.tocsr(), lower, upper), bounds=Bounds(0, 1),
                   integrality=np.ones(n + m + k), options={"mip_rel_gap": 0.0, "time_limit": time_limit_s})
+    best = max(range(n), key=lambda i: (leaves[i].value - problem.lambda_kv * leaves[i].cost, -i))
+    fallback = _retention(problem, {leaves[best].id}, "fallback")
     if result.x is None:
-        best = max(range(n), key=lambda i: (leaves[i].value - problem.lambda_kv * leaves[i].cost, -i))
-        return _retention(problem, {leaves[best].id}, "fallback")
+        return fallback
     chosen = {leaves[i].id for i in range(n) if result.x[i] > 0.5}
-    return _retention(problem, chosen, "optimal")
+    if result.status == 0:
+        return _retention(problem, chosen, "optimal")
+    # Stopped early (time limit): HiGHS's incumbent is feasible but unproven, and may be worse than the fallback.
+    incumbent = _retention(problem, chosen, "time_limit")
+    return fallback if problem.min_keep <= 1 and fallback.objective > incumbent.objective else incumbent
 
 
 def _retention(problem: RetentionProblem, kept_ids: set[int], status: str) -> Retention:

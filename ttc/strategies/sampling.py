@@ -148,8 +148,9 @@ def choose(ctx: Context, candidates: Sequence[Candidate], how: str, checks: Chec
         return Choice(best, how, None, left_out, failed, n_passing)
     weights = [max(c.score, 0.0) if how == "weighted_vote" and c.score is not None else 1.0 for c in candidates]
     result = majority_vote([c.answer for c in candidates], weights, rng=ctx.rng)
-    if result.key is None:
-        return Choice(candidates[0], how, result, left_out, failed, n_passing)
+    if result.key is None:  # no answer to vote on: the best-scored candidate (the first when none is scored)
+        fallback = max(candidates, key=lambda c: c.score if c.score is not None else float("-inf"))
+        return Choice(fallback, how, result, left_out, failed, n_passing)
     members = [c for c in candidates if c.answer is not None and normalize_answer(c.answer) == result.key]
     best = max(members, key=lambda c: (c.score if c.score is not None else 0.0, -c.token_count))
     return Choice(best, how, result, left_out, failed, n_passing)

@@ -95,7 +95,8 @@ def plan_round(meter: Meter, wants: Sequence[int], max_tokens: int) -> list[tupl
 
     Each grant reserves its worst case (children x max_tokens, one call) before the next is planned, so running
     the whole round concurrently can never generate more than the budget allows; the last expansions are the
-    ones trimmed: first their number of children, then, for the very last, their step length.
+    ones trimmed: first their number of children; a step length is trimmed only for the first grant, since
+    later ones see only tokens reserved (not yet spent) ahead of them and wait for the next wave instead.
     """
     if meter.exhausted():
         return [(0, 0)] * len(wants)
@@ -109,6 +110,11 @@ def plan_round(meter: Meter, wants: Sequence[int], max_tokens: int) -> list[tupl
             grant = (n, max_tokens)
         elif tokens >= max_tokens:
             grant = (tokens // max_tokens, max_tokens)
+        elif any(k for k, _ in grants):
+            # Only reserved, not spent, by the grants ahead: the next wave replans from what they really used,
+            # rather than cutting this step short now.
+            grants.append((0, 0))
+            continue
         else:
             grant = (1, tokens)
         grants.append(grant)
