@@ -7,6 +7,7 @@
     python3 benchmarks/mini_models.py --reasoner DIR --seed 1500000 --n 240  # a candidate reasoner, on the dev seed
     python3 benchmarks/mini_models.py --family totals --reasoner DIR           # totals questions (ttc.bench.totals)
     python3 benchmarks/mini_models.py --family mix --reasoner DIR --checker DIR  # half word problems, half totals
+    python3 benchmarks/mini_models.py --seed 1500000 --n 240 --calculator  # the same policy if it never slipped
 
 Measured, per level and overall: the reasoner's greedy accuracy; majority vote over 16 samples, the same
 vote as if different wrong chains never shared an answer (so coinciding wrong answers cannot be blamed), the
@@ -30,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import statistics
 import sys
 import time
@@ -41,7 +44,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shared cores: do not spin while waiting
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ttc.bench.synthetic import (
@@ -79,11 +82,59 @@ class Models:
         self.bad_id = ids(self.preset.bad)
 
 
+class Calculator(LogitsProcessor):
+    """Writes the result of each line ``a op b = `` itself, digit by digit, whatever the model would write there.
+
+    A diagnostic (``--calculator``): with every computation right, what is left of a policy's mistakes is its
+    reading of the question. Only a line that is one binary equation of whole numbers with a whole result is
+    filled in (the solutions' format); the character-level tokenizer makes each digit one token.
+    """
+
+    _LINE = re.compile(r"^(\d+) ([-+*/]) (\d+) = (\d*)$")
+
+    def __init__(self, tokenizer: AutoTokenizer) -> None:
+        self.chars = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        self.newline = tokenizer.convert_tokens_to_ids("\n")
+        self.ids = {c: i for i, c in enumerate(self.chars)}
+        self.number_ids = [self.ids[c] for c in "0123456789."]
+
+    def _result(self, line: str) -> tuple[str, str] | None:
+        match = self._LINE.match(line)
+        if match is None:
+            return None
+        a, op, b = int(match[1]), match[2], int(match[3])
+        if op == "/" and (b == 0 or a % b):
+            return None
+        value = a + b if op == "+" else a - b if op == "-" else a * b if op == "*" else a // b
+        return (str(value), match[4]) if value >= 0 else None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for row, ids in enumerate(input_ids.tolist()):
+            line: list[str] = []
+            for token in reversed(ids[-24:]):
+                if token == self.newline:
+                    break
+                line.append(self.chars[token])
+            else:
+                continue  # no line start in reach: not one of the format's equations
+            found = self._result("".join(reversed(line)))
+            if found is None or not found[0].startswith(found[1]):
+                continue
+            result, written = found
+            if len(written) < len(result):
+                scores[row, :] = -math.inf
+                scores[row, self.ids[result[len(written)]]] = 0.0
+            else:
+                scores[row, self.number_ids] = -math.inf  # the result is whole: the number ends here
+        return scores
+
+
 @torch.no_grad()
 def complete(models: Models, model: torch.nn.Module, prompts: Sequence[str], *, samples: int = 1,
              temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 170,
-             rows: int = 128) -> list[list[str]]:
-    """``samples`` completions per prompt, greedy when ``temperature`` is 0; text only, cut at EOS."""
+             rows: int = 128, calculator: bool = False) -> list[list[str]]:
+    """``samples`` completions per prompt, greedy when ``temperature`` is 0; text only, cut at EOS. With
+    ``calculator``, each equation's result is written by ``Calculator``, not the model."""
     tok = models.tokenizer
     out: list[list[str]] = [[] for _ in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths finish together
@@ -93,8 +144,10 @@ def complete(models: Models, model: torch.nn.Module, prompts: Sequence[str], *, 
         enc = tok([prompts[i] for i in chunk], return_tensors="pt", padding=True)
         sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": top_p} if temperature else {
             "do_sample": False}
+        processors = LogitsProcessorList([Calculator(tok)] if calculator else [])
         gen = model.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=samples,
-                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **sampling)
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                             logits_processor=processors, **sampling)
         texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         for row, text in enumerate(texts):
             out[chunk[row // samples]].append(text)
@@ -285,6 +338,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "shipped one (e.g. one trained with --solutions varied)")
     parser.add_argument("--draft", type=Path, default=None, help="a candidate draft folder instead of the shipped "
                         "one (e.g. one distilled from the reasoner with --draft-from reasoner)")
+    parser.add_argument("--calculator", action="store_true", help="write each equation's result for the policy, "
+                        "greedy and sampled alike: the figures of the same policy if it never slipped in arithmetic")
     parser.add_argument("--dump", type=Path, default=None, help="write each problem's greedy solution, samples "
                         "and their PRM and checker step scores here (JSON lines)")
     args = parser.parse_args(argv)
@@ -299,14 +354,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     timings: dict[str, float] = {}
 
     started = time.time()
-    greedy = [c[0] for c in complete(models, policy, prompts)]
+    greedy = [c[0] for c in complete(models, policy, prompts, calculator=args.calculator)]
     timings["greedy"] = time.time() - started
 
     started = time.time()
     if args.sampling_seed is not None:
         torch.manual_seed(args.sampling_seed)
     sampled = complete(models, policy, prompts, samples=args.samples, temperature=args.temperature,
-                       top_p=args.top_p)
+                       top_p=args.top_p, calculator=args.calculator)
     timings["sampling"] = time.time() - started
 
     started = time.time()
@@ -417,8 +472,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     levels = [*sorted({f"L{p.level}" for p in problems}), *(["words", "totals"] if args.family == "mix" else []), "all"]
     print(f"held-out problems: {len(problems)} (seed {args.seed}), {args.samples} samples at T={args.temperature} "
-          f"top_p={args.top_p} "
-          f"from the {args.policy}")
+          f"top_p={args.top_p} from the {args.policy}"
+          + (", every equation's result written by the calculator" if args.calculator else ""))
     print(f"{'method':<16}" + "".join(f"{lv:>7}" for lv in levels))
     for key, by_level in rows.items():
         print(f"{key:<16}" + "".join(f"{pct(by_level[lv]):>7}" for lv in levels))

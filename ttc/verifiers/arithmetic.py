@@ -1,7 +1,7 @@
 """A calculator's check of a solution: every ``a op b = c`` it writes must state the right ``c``.
 
-Sampling at a useful temperature makes a small model slip in arithmetic it gets right greedily (``17 + 8 = 24``),
-and a vote then counts those slips as if they were other readings of the question. Recomputing each written
+A small model slips in arithmetic (``17 + 8 = 24``), and more often at a useful sampling temperature than greedily;
+a vote then counts those slips as if they were other readings of the question. Recomputing each written
 equation needs no model and no reference answer, so a vote can leave such samples out (``check_arithmetic`` of
 the sampling strategies).
 
