@@ -15,7 +15,7 @@ from ttc.strategies.base import Context, make_strategy
 from ttc.strategies.tree import SearchTree, TreeSearchOptions, plan_round
 from ttc.testing import ScriptedBackend
 from ttc.trace import TraceRecorder
-from ttc.types import Budget, Problem
+from ttc.types import Budget, Completion, Problem, Sampling
 from ttc.verifiers.base import StepwiseOutcome
 
 pytestmark = pytest.mark.anyio
@@ -279,3 +279,26 @@ async def test_a_step_is_not_cut_short_for_tokens_only_reserved_ahead_of_it() ->
     assert len(created) == 6
     assert not any(child.cut for child in created), "the budget held a whole step for every child"
     assert all(call.sampling.max_tokens == 10 for call in backend.calls)
+
+
+class MergedStopBackend(ScriptedBackend):
+    """A subword tokenizer can finish the stop string inside a token that goes on (``"\\n\\nThe"``): the completion
+    then stops with text past the delimiter, as the local engine returns it (text is derived from whole tokens)."""
+
+    async def complete(self, prompt: Sequence[int], n: int, sampling: Sampling) -> list[Completion]:
+        out = await super().complete(prompt, n, sampling)
+        merged = []
+        for c in out:
+            if c.finish_reason == "stop" and any(c.text.endswith(s) for s in sampling.stop):
+                c = Completion(text=c.text + "Th", token_ids=(*c.token_ids, ord("T"), ord("h")),
+                               finish_reason="stop", prompt_tokens=c.prompt_tokens)
+            merged.append(c)
+        return merged
+
+
+async def test_a_step_whose_stop_ends_inside_a_token_is_still_a_step_not_the_end() -> None:
+    script = {"": ["2 + 1 = 3\n"], "2 + 1 = 3\nTh": ["e answer is 3."]}
+    backend = MergedStopBackend(tree_responder(script))
+    result, _, _ = await run_search("beam", {"beam_width": 1, "expand": 1}, backend, TablePRM())
+    assert len(backend.calls) == 2, "the first step ended at its delimiter, so the search went on"
+    assert result.answer == "3"

@@ -267,7 +267,10 @@ class SearchTree:
         depth = parent.depth + 1
         delimiter = self.ctx.step_delimiter
         stated = extract_stated_answer(completion.text) is not None
-        ended = completion.finish_reason != "stop" or not completion.text.endswith(delimiter)
+        # The delimiter is the only stop string, so a stop with the delimiter in the text ended a step; one without
+        # it was the end of sequence. (A subword token can finish the delimiter and go on, "\n\nThe", so the text
+        # need not end with it.)
+        ended = completion.finish_reason != "stop" or delimiter not in completion.text
         node_id = self.ctx.recorder.add_node(parent=parent.id, text=completion.text, token_count=len(ids),
                                              logprob=completion.cumulative_logprob)
         child = StepNode(id=node_id, parent=parent, prefix=parent.prefix + ids, token_ids=ids,
