@@ -65,6 +65,24 @@ def test_auto_strategy_rule() -> None:
     assert result.strategy == "self_consistency"
 
 
+@pytest.mark.parametrize("max_tokens", [True, False, 1.5, "64", 0, -3])
+def test_auto_refuses_a_max_tokens_that_is_not_a_positive_int(max_tokens: object) -> None:
+    """max_tokens=True passed an isinstance(int) check and ran 16 samples of 1 token each."""
+    with pytest.raises(ConfigError, match="max_tokens must be a positive int"):
+        solve("2+2?", 2048, backend=ScriptedBackend(["The answer is 4."]), store=False, max_tokens=max_tokens)
+
+
+def test_auto_keeps_its_round_defaults_within_the_callers_max_samples() -> None:
+    """max_samples=2 left min_samples and round_size at 4, so the vote-share early stop could never fire."""
+    from ttc.controller import plan_strategy
+
+    name, opts = plan_strategy("auto", Budget(tokens=100_000), has_verifier=False, options={"max_samples": 2})
+    assert name == "self_consistency"
+    assert opts == {"max_samples": 2, "min_samples": 2, "round_size": 2}
+    with pytest.raises(ConfigError, match="max_samples must be a positive int"):
+        plan_strategy("auto", Budget(tokens=100_000), has_verifier=False, options={"max_samples": True})
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -80,6 +98,22 @@ def test_auto_strategy_rule() -> None:
 def test_bad_input_raises_config_error(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         solve(backend=ScriptedBackend(["The answer is 1."]), store=False, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_bad_prompt_template_is_refused_before_the_default_backend_opens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The template was checked after default_backend() had loaded the local models, which were never closed."""
+    import ttc.api
+
+    opened: list[object] = []
+
+    def default_backend(**kwargs: object) -> object:
+        opened.append(kwargs)
+        raise AssertionError("the default backend was opened for a prompt_template that is refused")
+
+    monkeypatch.setattr(ttc.api, "default_backend", default_backend)
+    with pytest.raises(ConfigError, match=r"prompt_template must contain the placeholder \{question\}"):
+        solve("2+2?", 200, store=False, prompt_template="no placeholder here")
+    assert opened == []
 
 
 def test_nothing_configured_runs_the_embedded_mini_models(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -205,6 +239,64 @@ def test_seed_must_be_a_non_negative_int(seed: object) -> None:
     with pytest.raises(ConfigError, match="seed must be an int >= 0"):
         solve_batch(["What is 3 + 3?"] * 4, 400, backend=ScriptedBackend(guessing_responder), store=False,
                     seed=seed, strategy="best_of_n", n=3)  # type: ignore[arg-type]
+
+
+class _ClosingBackend(ScriptedBackend):
+    def __init__(self) -> None:
+        super().__init__(["The answer is 1."])
+        self.closed = 0
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+@pytest.mark.parametrize("in_event_loop", [False, True])
+def test_embedded_setup_closes_the_reasoner_when_the_checker_fails(monkeypatch: pytest.MonkeyPatch,
+                                                                    in_event_loop: bool) -> None:
+    """A checker that failed to load left the reasoner's engine open (asolve opens it inside an event loop)."""
+    from ttc.backends.local import LocalBackend
+    from ttc.config import embedded_setup
+
+    reasoner = _ClosingBackend()
+    loaded: list[Path] = []
+
+    def from_pretrained(path: Path, **kwargs: object) -> ScriptedBackend:
+        loaded.append(path)
+        if len(loaded) == 2:
+            raise ConfigError("the checker's weights are unreadable")
+        return reasoner
+
+    monkeypatch.setattr(LocalBackend, "from_pretrained", from_pretrained)
+
+    async def in_loop() -> None:
+        embedded_setup()
+
+    with pytest.raises(ConfigError, match="checker's weights are unreadable"):
+        asyncio.run(in_loop()) if in_event_loop else embedded_setup()
+    assert len(loaded) == 2
+    assert reasoner.closed == 1
+
+
+def test_embedded_setup_keeps_the_checkers_error_when_closing_the_reasoner_fails(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ttc.backends.local import LocalBackend
+    from ttc.config import embedded_setup
+
+    class FailingClose(ScriptedBackend):
+        async def aclose(self) -> None:
+            raise BackendError("engine thread is stuck", kind="local")
+
+    backends = iter([FailingClose(["The answer is 1."])])
+
+    def from_pretrained(path: Path, **kwargs: object) -> ScriptedBackend:
+        for backend in backends:
+            return backend
+        raise ConfigError("the checker's weights are unreadable")
+
+    monkeypatch.setattr(LocalBackend, "from_pretrained", from_pretrained)
+    with pytest.raises(ConfigError, match="checker's weights are unreadable") as caught:
+        embedded_setup()
+    assert any("engine thread is stuck" in note for note in caught.value.__notes__)
 
 
 @pytest.mark.parametrize("threads", ["abc", "0", "-2", "\u00b2"])

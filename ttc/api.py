@@ -52,7 +52,12 @@ class Session:
 
 def open_session(*, backend: Backend | None, store: StoreArg, verifier: VerifierArg,
                  prompt_template: str | None, model: str | Path | None = None, url: str | None = None) -> Session:
-    """Resolve backend and store once for a batch; the session closes what it opened itself."""
+    """Resolve backend and store once for a batch; the session closes what it opened itself.
+
+    The prompt template is checked before anything is opened, so a refused one leaves no backend loaded.
+    """
+    if prompt_template is not None and "{question}" not in prompt_template:
+        raise ConfigError("prompt_template must contain the placeholder {question}")
     setup = BackendSetup(backend=backend, owned=False) if backend is not None else default_backend(url=url,
                                                                                                  model=model)
     if isinstance(verifier, ProcessVerifier):
@@ -61,8 +66,6 @@ def open_session(*, backend: Backend | None, store: StoreArg, verifier: Verifier
     elif verifier is not None:
         setup.verifier = verifier
     if prompt_template is not None:
-        if "{question}" not in prompt_template:
-            raise ConfigError("prompt_template must contain the placeholder {question}")
         setup.prompt_template = prompt_template
     owned = not isinstance(store, TraceStore) and store is not False
     trace_store = store if isinstance(store, TraceStore) else None if store is False else TraceStore(store)

@@ -126,6 +126,21 @@ def test_list_traces_filters_orders_and_limits(store: TraceStore) -> None:
         store.list_traces(limit=0)
 
 
+def test_list_traces_without_a_limit_gives_every_trace_of_a_run(store: TraceStore) -> None:
+    """Evaluation read "all" of a run's traces with limit=1_000_000, which silently cut a larger run."""
+    run = store.create_run(kind="eval", config={})
+    other = store.create_run(kind="eval", config={})
+    written = [_write_trace(store, i, run_id=run, nodes=1) for i in range(53)]  # more than the default 50
+    _write_trace(store, 99, run_id=other, nodes=1)
+    everything = store.list_traces(run_id=run, limit=None)
+    assert [t.id for t in everything] == list(reversed(written))  # newest first, none left out
+    assert len(store.list_traces(run_id=run, status="done", limit=None)) == 53
+    assert len(store.list_traces(run_id=run)) == 50
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(ConfigError, match="limit must be a positive int or None"):
+            store.list_traces(limit=bad)  # type: ignore[arg-type]
+
+
 def test_list_traces_of_an_unknown_run_is_an_error_not_an_empty_list(store: TraceStore) -> None:
     """A mistyped or shortened run id listed nothing, exactly like a run without traces."""
     run_id = store.create_run(kind="eval", config={})

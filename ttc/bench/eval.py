@@ -149,10 +149,10 @@ def summarize(store: TraceStore, run_id: str, *, total: int, wall_s: float,
     """
     wanted = (lambda index: True) if indices is None else indices.__contains__
     done: dict[int | None, TraceSummary] = {}
-    for trace in store.list_traces(run_id=run_id, status="done", limit=1_000_000):  # newest first
+    for trace in store.list_traces(run_id=run_id, status="done", limit=None):  # newest first
         if wanted(trace.problem_index):
             done.setdefault(trace.problem_index, trace)
-    failed_indices = {t.problem_index for t in store.list_traces(run_id=run_id, status="failed", limit=1_000_000)
+    failed_indices = {t.problem_index for t in store.list_traces(run_id=run_id, status="failed", limit=None)
                       if wanted(t.problem_index)}
     correct = 0
     tokens = 0

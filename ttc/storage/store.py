@@ -49,7 +49,7 @@ from ttc.storage.models import (
 )
 from ttc.storage.records import RunSummary, TraceRecord, TraceSummary
 from ttc.storage.writer import Writer
-from ttc.types import Budget, Node, Problem, Result, TraceEvent
+from ttc.types import Budget, Node, Problem, Result, TraceEvent, is_int
 
 T = TypeVar("T")
 
@@ -69,9 +69,13 @@ def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
-def _check_limit(limit: int) -> None:
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ConfigError(f"limit must be a positive int, got {limit!r}")
+def _check_limit(limit: int | None, *, unlimited: bool = False) -> None:
+    """A positive int; ``None`` (no limit) too where ``unlimited``."""
+    if unlimited and limit is None:
+        return
+    if not is_int(limit) or limit < 1:
+        also = " or None (no limit)" if unlimited else ""
+        raise ConfigError(f"limit must be a positive int{also}, got {limit!r}")
 
 
 async def _wait(future: Future[T]) -> T:
@@ -397,9 +401,12 @@ class TraceStore:
         return self._read(work, f"reading run {run_id}")
 
     def list_traces(self, *, run_id: str | None = None, status: str | None = None,
-                    limit: int = 50) -> list[TraceSummary]:
-        """The newest traces first, optionally of one run (which must exist) and/or one status."""
-        _check_limit(limit)
+                    limit: int | None = 50) -> list[TraceSummary]:
+        """The newest traces first, optionally of one run (which must exist) and/or one status.
+
+        ``limit=None`` lists every matching trace (all of a run's, say), with no cut-off.
+        """
+        _check_limit(limit, unlimited=True)
         if status is not None:
             _check_choice("trace status", status, TRACE_STATUSES)
         query = select(TraceRow, ProblemRow).join(ProblemRow, TraceRow.problem_id == ProblemRow.id)
@@ -407,7 +414,9 @@ class TraceStore:
             query = query.where(TraceRow.run_id == run_id)
         if status is not None:
             query = query.where(TraceRow.status == status)
-        query = query.order_by(TraceRow.started_at.desc(), TraceRow.id).limit(limit)
+        query = query.order_by(TraceRow.started_at.desc(), TraceRow.id)
+        if limit is not None:
+            query = query.limit(limit)
 
         def work(session: Session) -> list[TraceSummary]:
             if run_id is not None and session.get(RunRow, run_id) is None:
