@@ -6,8 +6,11 @@ Every deliberate failure is a TTCError: it is printed as one line without a trac
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
+from collections.abc import Mapping
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,7 +26,7 @@ from ttc.api import Session, open_session, solve_problem
 from ttc.bench.datasets import dataset_names, load_dataset
 from ttc.bench.eval import EvalReport, evaluate
 from ttc.cli_render import render_trace
-from ttc.errors import ConfigError, TTCError
+from ttc.errors import ConfigError, StorageError, TTCError
 from ttc.storage import TraceStore
 from ttc.types import Budget, Problem, Result
 
@@ -245,17 +248,49 @@ def traces_show(trace_id: Annotated[str, typer.Argument(help="trace id or a uniq
     render_trace(out, record)
 
 
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def _strict_json(value: object, where: str) -> object:
+    """``value`` with every non-finite float replaced by "NaN", "Infinity" or "-Infinity" (lossless, and
+    valid JSON), datetimes and dates as ISO strings, and tuples as lists. Any other non-JSON value is a
+    StorageError naming where it is, never silently stringified."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else _NON_FINITE[repr(value)]
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        converted: dict[str, object] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise StorageError(f"cannot export {where}: key {key!r} is a {type(key).__name__}, not a string; "
+                                  "JSON objects take string keys only")
+            converted[key] = _strict_json(item, f"{where}.{key}")
+        return converted
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    raise StorageError(f"cannot export {where}: a {type(value).__name__} ({value!r:.60}) has no JSON form; "
+                      "store only JSON values (str, number, bool, None, lists, dicts) in traces")
+
+
 @traces_app.command("export")
 def traces_export(trace_id: Annotated[str, typer.Argument()],
                   format: Annotated[str, typer.Option(help="json")] = "json",
                   output: Annotated[Path | None, typer.Option(help="write to this file instead of stdout")] = None,
                   db: DbOpt = None) -> None:
-    """Export a trace as JSON."""
+    """Export a trace as strict JSON (RFC 8259).
+
+    JSON has no NaN or infinity: a non-finite number (e.g. a logprob of -inf) is written as a string.
+
+    Those strings are "NaN", "Infinity" and "-Infinity"; float() reads each back. Times are ISO 8601 strings.
+    """
     if format != "json":
         raise ConfigError(f"unknown export format {format!r}: only json is supported")
     with TraceStore(db) as store:
         data = store.export_trace(trace_id)
-    text = json.dumps(data, indent=2, default=str)
+    text = json.dumps(_strict_json(data, "trace"), indent=2, allow_nan=False)
     if output is None:
         sys.stdout.write(text + "\n")
     else:

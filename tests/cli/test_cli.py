@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -239,3 +240,27 @@ def test_a_run_still_evaluated_by_a_live_process_is_not_resumed(tmp_path: Path) 
         assert len(traces) == 12 and {t.status for t in traces} == {"done"}  # the refused resume failed none
     again = run_ttc(*args, "--resume", run.id, db=db)  # finished and no longer held: resuming is a no-op
     assert "│       12 │   12 │" in again.stdout
+
+
+def test_export_writes_non_finite_floats_as_strings_in_strict_json(tmp_path: Path) -> None:
+    """A node with logprob=-inf was exported as the bare token -Infinity, which strict JSON parsers reject."""
+    db = tmp_path / "nf.db"
+    nodes = [Node(id=0, parent=None, depth=0, text="a", token_count=1, logprob=-math.inf, score=math.inf,
+                  step_scores=(0.5, -math.inf))]
+    with TraceStore(str(db)) as store:
+        trace_id = store.start_trace(problem=Problem(question="q"), strategy="beam", budget=Budget.of(10),
+                                     backend="b", seed=1)
+        result = Result(answer="1", text="a", score=None, strategy="beam", usage=Usage(), trace_id=trace_id)
+        store.finish_trace(trace_id, result=result, nodes=nodes,
+                           events=[TraceEvent(kind="pick", payload={"best": math.inf})])
+
+    def reject(token: str) -> float:
+        raise ValueError(f"non-standard JSON token {token}")
+
+    exported = run_ttc("traces", "export", trace_id, db=db).stdout
+    data = json.loads(exported, parse_constant=reject)
+    [node] = data["nodes"]
+    assert node["logprob"] == "-Infinity" and node["score"] == "Infinity"
+    assert node["step_scores"] == [0.5, "-Infinity"]
+    assert data["events"][0]["payload"] == {"best": "Infinity"}
+    assert data["started_at"].startswith("20")

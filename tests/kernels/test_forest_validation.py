@@ -8,8 +8,10 @@ os.environ["TRITON_INTERPRET"] = "1"
 
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from forest_cases import Maker
@@ -87,6 +89,22 @@ def test_bad_impl_and_scale_are_rejected(make: Maker) -> None:
     with pytest.raises(ConfigError, match="scale must be a positive finite number"):
         forest_attention(q, segments, scale=0.0)
 
+
+
+@pytest.mark.parametrize("scale", [np.float32(0.25), np.float64(0.25), np.int64(1), Fraction(1, 4), 0.25, 1])
+def test_any_real_scale_is_accepted(make: Maker, scale: object) -> None:
+    """A numpy float32 scale (e.g. read from a model config array) was rejected as not a number."""
+    q, segments = make.randn(1, 1, 4, 8), [make.segment(3, [0])]
+    expected = forest_attention(q, segments, scale=float(scale))  # type: ignore[arg-type]
+    assert torch.equal(forest_attention(q, segments, scale=scale), expected)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("scale", [True, np.float32("nan"), np.float64("inf"), -1.0, np.float32(0), "0.5",
+                                   torch.tensor(0.5)])
+def test_non_real_non_finite_and_non_positive_scales_are_rejected(make: Maker, scale: object) -> None:
+    q, segments = make.randn(1, 1, 4, 8), [make.segment(3, [0])]
+    with pytest.raises(ConfigError, match="scale must be a positive finite number"):
+        forest_attention(q, segments, scale=scale)  # type: ignore[arg-type]
 
 def test_triton_on_cpu_without_the_interpreter_explains_what_to_do() -> None:
     script = (

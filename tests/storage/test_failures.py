@@ -172,3 +172,47 @@ def test_killed_process_leaves_a_running_trace_that_mark_stale_running_fails(
         assert (stale.status, stale.error) == ("failed", "interrupted")
         assert stale.finished_at is not None
         assert store.get_trace(mine).status == "done"
+
+
+class _Abort(BaseException):
+    """A BaseException that is neither KeyboardInterrupt nor SystemExit, raised inside a write."""
+
+
+def _raise_abort(connection: object) -> None:
+    raise _Abort("stop here")
+
+
+def test_a_base_exception_in_a_write_resolves_its_future_and_later_writes_fail_typed(db_path: Path) -> None:
+    """A BaseException killed the writer thread with the job's future still pending: its caller hung forever."""
+    store = TraceStore(str(db_path), busy_timeout_s=BUSY_S)
+    try:
+        writer = store._writer
+        pending = writer.submit(_raise_abort, lambda exc: exc)
+        with pytest.raises(_Abort):
+            pending.result(timeout=10)
+        later = None
+        deadline = time.monotonic() + 10
+        with pytest.raises(StorageError, match="writer stopped"):
+            while time.monotonic() < deadline:  # a submit racing the thread's end is failed by the drain
+                later = writer.submit(lambda connection: None, lambda exc: exc)
+                later.result(timeout=10)
+                time.sleep(0.01)
+    finally:
+        store.close()
+
+
+def test_an_error_while_explaining_a_failed_write_still_resolves_its_future(db_path: Path) -> None:
+    with TraceStore(str(db_path), busy_timeout_s=BUSY_S) as store:
+
+        def broken_explain(exc: BaseException) -> BaseException:
+            raise RuntimeError("explaining failed")
+
+        def fail(connection: object) -> None:
+            raise ValueError("bad value")
+
+        pending = store._writer.submit(fail, broken_explain)
+        with pytest.raises(StorageError, match="bad value") as caught:
+            pending.result(timeout=10)
+        assert "explaining failed" in str(caught.value)
+        assert store.list_traces() == []  # the writer still works
+        assert _start(store)

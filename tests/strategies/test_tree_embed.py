@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ttc.errors import ConfigError
+from ttc.errors import BackendError, ConfigError
 from ttc.strategies.embed import (
     BackendEmbedder,
     HashedNgramEmbedder,
@@ -59,6 +60,44 @@ async def test_backend_embedder_passes_token_ids_and_normalises() -> None:
     vectors = await embed_steps(embedder, ["ignored", "ignored"], [[1, 2, 3], [4]])
     assert vectors == pytest.approx(np.array([[3, 1], [1, 1]]) / np.sqrt([[10], [2]]))
 
+
+
+class EmbedsBadly(ScriptedBackend):
+    def __init__(self, rows: list[list[float]]) -> None:
+        super().__init__(["a"])
+        self.rows = rows
+
+    def embed(self, sequences: list[list[int]]) -> list[list[float]]:
+        return self.rows
+
+
+@pytest.mark.parametrize(
+    ("rows", "says"),
+    [
+        ([[1.0, float("nan")], [1.0, 2.0]], "not finite"),
+        ([[1.0, float("inf")], [1.0, 2.0]], "not finite"),
+        ([[1.0, 2.0, 3.0, 4.0]], "1 rows for 2 sequences"),  # reshape(2, -1) used to split it silently
+        ([[1.0, 2.0], [1.0, 2.0], [3.0, 4.0]], "3 rows for 2 sequences"),
+        ([[1.0, 2.0], [1.0]], "not a matrix"),
+    ],
+)
+async def test_backend_embeddings_of_the_wrong_shape_or_non_finite_are_backend_errors(
+        rows: list[list[float]], says: str) -> None:
+    embedder = BackendEmbedder(EmbedsBadly(rows))
+    with pytest.raises(BackendError, match=says):
+        await embed_steps(embedder, ["a", "b"], [[1], [2]])
+
+
+class NanEmbedder:
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return np.full((len(texts), 4), np.nan)
+
+
+async def test_text_embedder_returning_nan_and_cluster_on_nan_raise_typed_errors() -> None:
+    with pytest.raises(ConfigError, match="not finite"):
+        await embed_steps(NanEmbedder(), ["a", "b"], [[1], [2]])
+    with pytest.raises(ConfigError, match="not finite"):
+        cluster(np.array([[1.0, np.nan], [1.0, 0.0]]), threshold=0.5)
 
 def test_resolve_embedder_names() -> None:
     plain = ScriptedBackend(["a"])

@@ -12,6 +12,7 @@ the KV tensors: a forward's layers share one layout and differ only in their KV 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -268,6 +269,12 @@ def _check_rows(rows: tuple[torch.Tensor, ...], lengths: tuple[int, ...], causal
 def _check_scale(scale: float | None, head_dim: int) -> float:
     if scale is None:
         return 1.0 / math.sqrt(head_dim)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+    value = math.nan
+    if isinstance(scale, numbers.Real) and not isinstance(scale, bool):  # numpy floats and ints are Real too
+        try:
+            value = float(scale)
+        except OverflowError:  # an int too large for a float
+            value = math.inf
+    if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"scale must be a positive finite number or None (1/sqrt(D)), got {scale!r}")
-    return float(scale)
+    return value

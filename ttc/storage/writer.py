@@ -44,6 +44,7 @@ class Writer:
         self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
+        self._stopped_by: str | None = None
         opened: Future[None] = Future()
         self._thread = threading.Thread(
             target=self._run, args=(_Job(open_work, explain_open, opened),), name=name, daemon=True
@@ -59,6 +60,9 @@ class Writer:
     def submit(self, work: Work[T], explain: Explain) -> Future[T]:
         future: Future[T] = Future()
         with self._lock:
+            if self._stopped_by is not None:
+                raise StorageError(f"the trace store's writer stopped ({self._stopped_by}), so this write was not "
+                                   "run; open a new TraceStore to write more traces")
             if self._closed:
                 raise StorageError("the trace store is closed; open a new TraceStore to write more traces")
             self._queue.put(_Job(work, explain, future))
@@ -74,50 +78,82 @@ class Writer:
         self._thread.join()
 
     def _run(self, open_job: _Job[None]) -> None:
+        stopped_by: str | None = None
         try:
-            connection = self._engine.connect()
-        except Exception as exc:
-            open_job.future.set_exception(open_job.explain(exc))
-            return
-        try:
+            try:
+                connection = self._engine.connect()
+            except BaseException as exc:  # the constructor raises it from the open job's future
+                _fail(open_job, exc)
+                stopped_by = f"it could not connect: {_describe(exc)}"
+                return
             with connection:
-                if not self._execute(connection, open_job):
+                if self._execute(connection, open_job) is not None:
                     return
                 while (job := self._queue.get()) is not None:
-                    self._execute(connection, job)
+                    failure = self._execute(connection, job)
+                    if failure is not None and not isinstance(failure, Exception):
+                        # KeyboardInterrupt, SystemExit and the like mean stop: the job's caller has it
+                        stopped_by = f"a write raised {_describe(failure)}"
+                        return
+        except BaseException as exc:
+            stopped_by = f"it failed: {_describe(exc)}"
+            raise
         finally:
-            self._fail_pending()
+            self._fail_pending(stopped_by)
 
-    def _fail_pending(self) -> None:
+    def _fail_pending(self, stopped_by: str | None) -> None:
         """Whatever ends the thread, nobody may wait forever on a write that will not run."""
         with self._lock:
             self._closed = True
+            self._stopped_by = stopped_by
+        why = f" ({stopped_by})" if stopped_by else ""
         while True:
             try:
                 job = self._queue.get_nowait()
             except queue.Empty:
                 return
             if job is not None and job.future.set_running_or_notify_cancel():
-                stopped = StorageError("the trace store's writer stopped before this write ran; reopen it")
+                stopped = StorageError(f"the trace store's writer stopped before this write ran{why}; reopen it")
                 job.future.set_exception(stopped)
 
     @staticmethod
-    def _execute(connection: Connection, job: _Job[T]) -> bool:
+    def _execute(connection: Connection, job: _Job[T]) -> BaseException | None:
+        """Run one job in one transaction; resolves its future whatever is raised, and returns the failure."""
         if not job.future.set_running_or_notify_cancel():
-            return True
+            return None
         try:
             with connection.begin():
                 value = job.work(connection)
-        except Exception as exc:
-            if connection.in_transaction():  # a failed BEGIN can leave a half-open transaction object
-                try:
-                    connection.rollback()
-                except Exception:  # the connection is unusable; the next job reports why
-                    connection.invalidate()
-            job.future.set_exception(job.explain(exc))
-            return False
+        except BaseException as exc:
+            try:
+                if connection.in_transaction():  # a failed BEGIN can leave a half-open transaction object
+                    try:
+                        connection.rollback()
+                    except Exception:  # the connection is unusable; the next job reports why
+                        connection.invalidate()
+            finally:
+                _fail(job, exc)
+            return exc
         job.future.set_result(value)
-        return True
+        return None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _fail(job: _Job[Any], exc: BaseException) -> None:
+    """Set the job's explained error on its future; if explaining fails, a StorageError carrying both."""
+    try:
+        error = job.explain(exc)
+    except Exception as failure:
+        error = StorageError(f"a write failed with {_describe(exc)}, and explaining it raised {_describe(failure)}; "
+                             "this is a bug in ttc, please report it with both messages")
+        error.__cause__ = exc
+    except BaseException:
+        job.future.set_exception(exc)
+        raise
+    job.future.set_exception(error)
 
 
 __all__ = ["Explain", "Work", "Writer"]

@@ -28,7 +28,7 @@ import anyio.to_thread
 import numpy as np
 import numpy.typing as npt
 
-from ttc.errors import ConfigError
+from ttc.errors import BackendError, ConfigError
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -128,7 +128,12 @@ class BackendEmbedder:
         result = self.backend.embed([list(s) for s in sequences])  # type: ignore[attr-defined]
         if inspect.isawaitable(result):
             result = await result
-        return _normalised(np.asarray(result, dtype=np.float64).reshape(len(sequences), -1))
+        name = getattr(self.backend, "name", type(self.backend).__name__)
+        problem = _vector_problem(result, len(sequences), "sequences")
+        if problem is not None:
+            raise BackendError(f"backend {name!r} returned embeddings that are {problem}; fix its embed() or use "
+                               "embedder='ngram'", kind=str(name))
+        return _normalised(np.asarray(result, dtype=np.float64))
 
 
 AnyEmbedder = Embedder | BackendEmbedder
@@ -165,7 +170,12 @@ async def embed_steps(embedder: AnyEmbedder, texts: Sequence[str],
     if isinstance(embedder, BackendEmbedder):
         return await embedder.embed_tokens(sequences)
     # A model embedder computes on the CPU for a while: off the event loop, so other searches keep going.
-    return await anyio.to_thread.run_sync(embedder.embed, list(texts))
+    vectors = await anyio.to_thread.run_sync(embedder.embed, list(texts))
+    problem = _vector_problem(vectors, len(texts), "texts")
+    if problem is not None:
+        raise ConfigError(f"embedder {type(embedder).__name__} returned vectors that are {problem}; use "
+                          "embedder='ngram' or another embedding model")
+    return vectors
 
 
 def cluster(vectors: FloatArray, *, threshold: float | None = None, n_clusters: int | None = None) -> list[int]:
@@ -185,6 +195,9 @@ def cluster(vectors: FloatArray, *, threshold: float | None = None, n_clusters: 
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import squareform
 
+    problem = _vector_problem(vectors, count, "vectors")
+    if problem is not None:
+        raise ConfigError(f"cluster needs one finite vector per row, got vectors that are {problem}")
     unit = _normalised(np.asarray(vectors, dtype=np.float64))
     distance = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
     np.fill_diagonal(distance, 0.0)
@@ -195,6 +208,22 @@ def cluster(vectors: FloatArray, *, threshold: float | None = None, n_clusters: 
         raw = fcluster(tree, t=threshold, criterion="distance")
     relabel: dict[int, int] = {}
     return [relabel.setdefault(int(label), len(relabel)) for label in raw]
+
+
+def _vector_problem(raw: object, rows: int, of: str) -> str | None:
+    """What is wrong with ``raw`` as a matrix of one finite vector per row (``rows`` of them), or None."""
+    try:
+        matrix = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        return f"not a matrix of numbers ({exc})"
+    if matrix.ndim != 2:
+        return f"not a matrix (shape {matrix.shape})"
+    if matrix.shape[0] != rows:
+        return f"{matrix.shape[0]} rows for {rows} {of}"
+    if not np.isfinite(matrix).all():
+        bad = sorted({int(row) for row in np.nonzero(~np.isfinite(matrix))[0]})
+        return f"not finite (NaN or infinity in rows {bad[:10]})"
+    return None
 
 
 def _normalised(matrix: FloatArray) -> FloatArray:
