@@ -174,3 +174,25 @@ def test_appends_grow_storage_without_losing_kv() -> None:
     _decode(tree, branch, list(range(1, 40)))
     assert _path_values(branch) == list(range(40))
     assert branch.capacity >= 39
+
+
+def test_lookup_finds_the_longest_prefix_when_sibling_branches_share_a_first_token() -> None:
+    # Two branches of one prompt decode the same first tokens at different speeds: siblings under one token.
+    tree = _tree()
+    prompt = _insert(tree, [7, 7])
+    slow, fast = tree.branch(prompt, 8), tree.branch(prompt, 8)
+    for block in (slow, fast):
+        tree.acquire(block)
+    _decode(tree, slow, [1])
+    _decode(tree, fast, [1, 2])
+    # A request extends what the fast branch has written so far: [1, 2] is closed, and [3, 4, 5] cached under it.
+    head, matched = tree.lookup([7, 7, 1, 2])
+    assert matched == 4 and head.tokens == [1, 2]
+    _insert(tree, [7, 7, 1, 2, 3, 4, 5])
+    _decode(tree, slow, [2, 3, 9])
+    # The slow branch now shares 3 tokens with the request at that level and stops there; the longest cached
+    # prefix runs through the fast branch's head to all 7 tokens.
+    block, matched = tree.match([7, 7, 1, 2, 3, 4, 5, 6])
+    assert matched == 7 and _path_tokens(block) == [7, 7, 1, 2, 3, 4, 5]
+    end, found = tree.lookup([7, 7, 1, 2, 3, 4, 5])
+    assert found == 7 and _path_values(end) == [7, 7, 1, 2, 3, 4, 5]

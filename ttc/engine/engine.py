@@ -197,6 +197,8 @@ class Engine:
         ends = []
         for row, ((tokens, _, start), n) in enumerate(zip(rows, counts, strict=True)):
             end, matched = self.tree.lookup(tokens)
+            if matched < start:  # the KV of tokens[matched:start] is in no scratch row: keeping it would corrupt
+                raise RuntimeError(f"the cached prefix shrank from {start} to {matched} tokens during a forward")
             if matched < len(tokens):
                 kv = scratch[:, :, row, matched - start : n]
                 # A batch's rows each get their own storage: a view would keep the whole padded scratch alive.

@@ -157,23 +157,28 @@ class KVTree:
     def match(self, tokens: Sequence[int]) -> tuple[KVBlock, int]:
         """The deepest block on the longest cached prefix of ``tokens`` and that prefix's length.
 
-        The prefix may end inside the returned block; nothing is modified.
+        The prefix may end inside the returned block; nothing is modified. Branches decoding side by side leave
+        several children under one first token, so the child sharing most tokens at one level is not always on
+        the longest path (a sibling it outran may hold a deeper child): every fully matched child is followed.
+        Where two paths match equally far, one that ends at a block's end is preferred (no split needed).
         """
-        block, matched = self.root, 0
         if not self.share:
-            return block, 0
-        while matched < len(tokens):
-            best, best_len = None, 0
+            return self.root, 0
+        best, best_len, best_whole = self.root, 0, True
+        stack = [(self.root, 0)]
+        while stack:
+            block, matched = stack.pop()
+            if matched > best_len or (matched == best_len and not best_whole):
+                best, best_len, best_whole = block, matched, True
+            if matched == len(tokens):
+                continue
             for child in block.children.get(tokens[matched], ()):
                 common = _common_prefix(child.tokens, tokens[matched:])
-                if common > best_len:
-                    best, best_len = child, common
-            if best is None:
-                break
-            block, matched = best, matched + best_len
-            if best_len < best.length:
-                break
-        return block, matched
+                if common == child.length:
+                    stack.append((child, matched + common))
+                elif matched + common > best_len:
+                    best, best_len, best_whole = child, matched + common, False
+        return best, best_len
 
     def lookup(self, tokens: Sequence[int]) -> tuple[KVBlock, int]:
         """Like ``match`` but splits blocks so the prefix ends exactly at the returned block's end.
