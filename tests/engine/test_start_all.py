@@ -73,3 +73,28 @@ def test_a_branch_done_at_once_does_not_evict_a_prompt_started_with_it(checkpoin
         [[completion]] = out
         assert completion.token_ids == alone.token_ids, settings
         engine.tree.check()
+
+
+def test_a_fork_that_fails_after_its_first_branch_leaves_nothing_held(checkpoint: Path, monkeypatch: Any) -> None:
+    """A request fails whole when one of its branches cannot be set up: no open block may stay held."""
+    import ttc.engine.engine as engine_module
+
+    made: list[int] = []
+    real = engine_module.IncrementalDetokenizer
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        made.append(1)
+        if len(made) == 2:
+            raise RuntimeError("detokenizer refused")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "IncrementalDetokenizer", failing)
+    engine = _engine(checkpoint)
+    errors: list[Exception] = []
+    request = GenerationRequest((1, 5, 9, 13), 3, Sampling(max_tokens=4, temperature=1.0, seed=1),
+                                reply=lambda result: None)
+    engine.start_all([request], lambda _, error: errors.append(error))
+    assert [str(e) for e in errors] == ["detokenizer refused"]
+    engine.tree.check()
+    assert engine.tree.live_tokens == 0 and engine.active_branches == 0
+    assert not any(block.open for block in engine.tree.blocks.values())

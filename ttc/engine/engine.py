@@ -296,11 +296,14 @@ class Engine:
     def _fork(self, running: _Running, index: int, end: KVBlock, seed: int) -> _Branch:
         sampling = running.request.sampling
         capacity = min(sampling.max_tokens, _BRANCH_CAPACITY)
-        block = self.tree.branch(end, capacity) if self.share else self.tree.copy_path(end, end.end + capacity)
-        self.tree.acquire(block)
+        # Everything that can fail comes before the block is taken: a branch not yet in ``running.branches`` is
+        # not released by ``_launch``'s cleanup.
         generator = make_generator(branch_seed(seed, index), self.model.device)
         settings = RowSettings(sampling.temperature, sampling.top_p, generator)
-        return _Branch(running, index, block, settings, IncrementalDetokenizer(self.tokenizer, sampling.stop))
+        detok = IncrementalDetokenizer(self.tokenizer, sampling.stop)
+        block = self.tree.branch(end, capacity) if self.share else self.tree.copy_path(end, end.end + capacity)
+        self.tree.acquire(block)
+        return _Branch(running, index, block, settings, detok)
 
     def _accept(self, branch: _Branch, token: int, logprob: float) -> None:
         branch.generated.append(token)
