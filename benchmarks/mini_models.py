@@ -51,6 +51,7 @@ from ttc.bench.synthetic import (
     EVAL_SEEDS,
     SyntheticProblem,
     check_answer,
+    evaluate,
     extract_answer,
     generate,
     label_steps,
@@ -102,11 +103,8 @@ class Calculator(LogitsProcessor):
         match = self._LINE.match(line)
         if match is None:
             return None
-        a, op, b = int(match[1]), match[2], int(match[3])
-        if op == "/" and (b == 0 or a % b):
-            return None
-        value = a + b if op == "+" else a - b if op == "-" else a * b if op == "*" else a // b
-        return (str(value), match[4]) if value >= 0 else None
+        value = evaluate(int(match[1]), match[2], int(match[3]))
+        return (str(value), match[4]) if value is not None and value >= 0 else None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for row, ids in enumerate(input_ids.tolist()):
