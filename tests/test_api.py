@@ -246,7 +246,7 @@ class _ClosingBackend(ScriptedBackend):
         super().__init__(["The answer is 1."])
         self.closed = 0
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
         self.closed += 1
 
 
@@ -283,7 +283,7 @@ def test_embedded_setup_keeps_the_checkers_error_when_closing_the_reasoner_fails
     from ttc.config import embedded_setup
 
     class FailingClose(ScriptedBackend):
-        async def aclose(self) -> None:
+        def close(self) -> None:
             raise BackendError("engine thread is stuck", kind="local")
 
     backends = iter([FailingClose(["The answer is 1."])])

@@ -12,11 +12,8 @@ Environment variables (all optional):
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-
-import anyio
 
 from ttc.backends.base import Backend
 from ttc.errors import ConfigError
@@ -135,22 +132,15 @@ def embedded_setup(*, threads: int | None = None) -> BackendSetup:
         # PRM does (the model card has both figures), so it is the default's process verifier.
         prm = load_prm(LocalBackend.from_pretrained(checker_dir, threads=threads), "mini-checker")
     except BaseException as exc:
-        _close_after_failure(reasoner, exc)
+        # Synchronous: asolve resolves its backend inside an event loop, where aclose could not be awaited here.
+        try:
+            reasoner.close()
+        except Exception as close_error:
+            exc.add_note(f"closing {reasoner.name} after this error failed too: {type(close_error).__name__}: "
+                         f"{close_error}")
         raise
     return BackendSetup(backend=reasoner, prompt_template=mini_prompt("{question}"), verifier=StepwiseOutcome(prm),
                         prm=prm, closers=(prm.backend,))
-
-
-def _close_after_failure(backend: Backend, error: BaseException) -> None:
-    """Close ``backend``, opened before ``error`` struck, from sync code that may run inside an event loop (asolve
-    resolves its backend there), so on a thread of its own. ``error`` stays the one raised; a failure to close is
-    added to it as a note."""
-    try:
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pool.submit(anyio.run, backend.aclose).result()
-    except Exception as close_error:
-        error.add_note(f"closing {backend.name} after this error failed too: {type(close_error).__name__}: "
-                       f"{close_error}")
 
 
 __all__ = ["NO_BACKEND_HELP", "BackendSetup", "default_backend", "embedded_setup", "env"]

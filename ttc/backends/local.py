@@ -141,8 +141,12 @@ class LocalBackend:
     def stats(self) -> BackendStats:
         return self._engine.stats()
 
+    def close(self) -> None:
+        """Stop the engine's worker, blocking until it exits (at once when it never started)."""
+        self._scheduler.close()
+
     async def aclose(self) -> None:
-        await asyncio.to_thread(self._scheduler.close)
+        await asyncio.to_thread(self.close)
 
     async def __aenter__(self) -> LocalBackend:
         return self
