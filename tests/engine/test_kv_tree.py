@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ttc.engine.kv_tree import KVBlock, KVTree
@@ -74,6 +75,24 @@ def test_release_frees_only_private_blocks() -> None:
     assert tree.live_tokens == 0
     assert tree.cached_tokens == 54
     assert tree.peak_live_tokens == 54
+
+
+def test_an_over_release_changes_no_count() -> None:
+    """release() decremented the shared prompt before it found the branch unheld, leaving the prompt one holder
+    short while its sibling still read it."""
+    tree = _tree()
+    prompt = _insert(tree, list(range(50)))
+    a, b = tree.branch(prompt, 4), tree.branch(prompt, 4)
+    tree.acquire(a)
+    _decode(tree, a, [7, 7])
+    tree.release(tree.seal(a))
+    tree.acquire(b)
+    _decode(tree, b, [8])
+    before = (prompt.refs, tree.live_tokens, tree.cached_tokens)
+    with pytest.raises(ValueError, match="released more often than acquired"):
+        tree.release(a)
+    assert (prompt.refs, tree.live_tokens, tree.cached_tokens) == before == (1, 51, 2)
+    tree.check()
 
 
 def test_radix_lookup_finds_a_resubmitted_prefix_and_splits_inside_blocks() -> None:

@@ -287,10 +287,16 @@ class KVTree:
         self.peak_live_tokens = max(self.peak_live_tokens, self.live_tokens)
 
     def release(self, block: KVBlock) -> None:
-        """Drop one holder; blocks nobody holds become cached, and the cache is trimmed to its cap."""
-        for b in block.path():
+        """Drop one holder; blocks nobody holds become cached, and the cache is trimmed to its cap.
+
+        An over-release is refused before any count changes: the prompt blocks above a branch are held by its
+        siblings too, and a partial decrement would leave them under-counted and open to eviction.
+        """
+        path = block.path()
+        for b in path:
             if b.refs <= 0:
                 raise ValueError(f"{b!r} released more often than acquired")
+        for b in path:
             b.refs -= 1
             if b.refs == 0:
                 self.live_tokens -= b.length
