@@ -102,7 +102,7 @@ def test_bad_input_raises_config_error(kwargs: dict[str, object], message: str) 
 
 def test_a_bad_prompt_template_is_refused_before_the_default_backend_opens(monkeypatch: pytest.MonkeyPatch) -> None:
     """The template was checked after default_backend() had loaded the local models, which were never closed."""
-    import ttc.api
+    import ttc.session
 
     opened: list[object] = []
 
@@ -110,7 +110,7 @@ def test_a_bad_prompt_template_is_refused_before_the_default_backend_opens(monke
         opened.append(kwargs)
         raise AssertionError("the default backend was opened for a prompt_template that is refused")
 
-    monkeypatch.setattr(ttc.api, "default_backend", default_backend)
+    monkeypatch.setattr(ttc.session, "default_backend", default_backend)
     with pytest.raises(ConfigError, match=r"prompt_template must contain the placeholder \{question\}"):
         solve("2+2?", 200, store=False, prompt_template="no placeholder here")
     assert opened == []

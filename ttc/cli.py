@@ -22,11 +22,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from ttc.api import Session, open_session, solve_problem
+from ttc.api import Session, check_budget_scope, open_session, solve_problem
 from ttc.bench.datasets import dataset_names, load_dataset
 from ttc.bench.eval import EvalReport, evaluate
 from ttc.cli_render import render_trace
 from ttc.errors import ConfigError, StorageError, TTCError
+from ttc.pooled import check_pooled
 from ttc.storage import TraceStore
 from ttc.types import Budget, Problem, Result
 
@@ -132,15 +133,24 @@ def eval_cmd(
     seed: Annotated[int, typer.Option(help="base seed; problem i uses seed + i")] = 0,
     concurrency: Annotated[int, typer.Option(help="problems in flight at once")] = 8,
     resume: Annotated[str | None, typer.Option(help="continue the run with this id")] = None,
+    budget_scope: Annotated[str, typer.Option(
+        help="'question': each problem gets --budget; 'batch': the problems share --budget times their number, "
+             "and easy ones leave theirs to those whose votes are split (strategy auto or self_consistency)")
+    ] = "question",
     option: OptionOpt = None,
     db: DbOpt = None,
 ) -> None:
     """Evaluate a strategy on a dataset: accuracy, mean tokens, wall time; every trace is recorded."""
     problems = load_dataset(dataset, limit=limit, offset=offset, seed=seed)
     options = parse_options(option)
+    scope = check_budget_scope(budget_scope)
+    if scope == "batch":
+        check_pooled(Budget.of(budget), 1, strategy=strategy, options=options)
     session = make_session(backend, url, model, db)
     config = {"dataset": dataset, "limit": limit, "offset": offset, "budget": budget, "strategy": strategy,
               "backend": session.setup.backend.name, "seed": seed, "options": options}
+    if scope != "question":
+        config["budget_scope"] = scope
 
     async def main() -> EvalReport:
         try:
@@ -148,7 +158,8 @@ def eval_cmd(
                 task = bar.add_task(f"{dataset} · {strategy}", total=len(problems))
                 return await evaluate(problems, Budget.of(budget), session, strategy=strategy, options=options,
                                       seed=seed, concurrency=concurrency, config=config, resume=resume,
-                                      progress=lambda _p, _r: bar.advance(task))
+                                      progress=lambda _p, _r: bar.advance(task),
+                                      budget_scope=scope)
         finally:
             await session.aclose()
 

@@ -55,3 +55,30 @@ async def test_a_runs_summary_reads_every_one_of_its_traces(tmp_path: Path, monk
         assert (again.done, again.trace_ids) == (3, report.trace_ids)
     finally:
         await session.aclose()
+
+
+async def test_a_batch_sharing_one_budget_fails_whole_and_resumes_whole(tmp_path: Path) -> None:
+    db = str(tmp_path / "t.db")
+    problems = [Problem(f"What is {i} + 1?", gold=str(i + 1), index=i) for i in range(5)]
+    options = {"max_tokens": 40, "stop_share": 1.0}
+    failing = open_session(backend=ScriptedBackend(guessing_responder, fail_after=7), store=db, verifier=None,
+                           prompt_template=None)
+    try:
+        report = await evaluate(problems, Budget(tokens=160), failing, strategy="auto", options=options, seed=0,
+                                budget_scope="batch")
+        assert report.done == 0 and report.failed == 5
+        assert report.errors and "the batch of 5 problems sharing one budget" in report.errors[0]
+    finally:
+        await failing.aclose()
+    session = open_session(backend=ScriptedBackend(guessing_responder), store=db, verifier=None, prompt_template=None)
+    try:
+        again = await evaluate(problems, Budget(tokens=160), session, strategy="auto", options=options, seed=0,
+                               budget_scope="batch", resume=report.run_id)
+        assert (again.done, again.failed) == (5, 0)
+        assert session.store is not None
+        traces = session.store.list_traces(run_id=report.run_id)
+        assert sorted(t.status for t in traces) == ["done"] * 5 + ["failed"] * 5  # the failed ones are kept
+        done = [t for t in traces if t.status == "done"]
+        assert sum(session.store.get_trace(t.id).usage.generated_tokens for t in done) <= 5 * 160
+    finally:
+        await session.aclose()

@@ -72,6 +72,10 @@ def test_solve_prints_answer_and_trace(tmp_path: Path) -> None:
         (("eval", "--dataset", "synthetic", "--limit", "2", "--backend", "scripted", "--concurrency", "0"),
          "concurrency must be >= 1"),
         (("demo", "--samples", "0"), "samples must be >= 1"),
+        (("eval", "--dataset", "synthetic", "--limit", "2", "--backend", "scripted", "--budget-scope", "all"),
+         "budget_scope must be 'question'"),
+        (("eval", "--dataset", "synthetic", "--limit", "2", "--backend", "scripted", "--budget-scope", "batch",
+          "--strategy", "beam"), "use strategy='auto' or 'self_consistency'"),
         (("demo", "--seed", "990000"), "seed must be in [0, 990000)"),
     ],
 )
@@ -87,6 +91,22 @@ def test_eval_with_failed_problems_exits_1(tmp_path: Path) -> None:
                    db=tmp_path / "e.db", check=False)
     assert proc.returncode == 1, proc.stderr
     assert "unknown strategy 'nope'" in proc.stderr and "2 problems not done: rerun with --resume" in proc.stderr
+
+
+def test_eval_with_one_budget_for_the_batch(tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    proc = run_ttc("eval", "--dataset", "synthetic", "--limit", "12", "--backend", "scripted", "--budget", "200",
+                   "--budget-scope", "batch", "-o", "max_tokens=100", "--seed", "2", db=db)
+    assert "│       12 │   12 │" in proc.stdout
+    with TraceStore(str(db)) as store:
+        [run] = store.list_runs()
+        traces = store.list_traces(run_id=run.id, limit=100)
+        assert {t.status for t in traces} == {"done"} and len(traces) == 12
+        records = [store.get_trace(t.id) for t in traces]
+    plans = [next(e.payload for e in r.events if e.kind == "plan") for r in records]
+    assert {p["batch_budget"]["tokens"] for p in plans} == {12 * 200}  # type: ignore[index]
+    assert sum(r.usage.generated_tokens for r in records) <= 12 * 200
+    assert {len(r.nodes) for r in records} != {len(records[0].nodes)}  # rounds went where votes were split
 
 
 def test_resume_refuses_other_settings_and_counts_each_problem_once(tmp_path: Path) -> None:

@@ -14,9 +14,10 @@ from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from functools import partial
 
-from ttc.api import Session, bounded_gather, check_concurrency, solve_problem
+from ttc.api import BudgetScope, Session, bounded_gather, check_budget_scope, check_concurrency, solve_problem
 from ttc.backends.base import Backend
 from ttc.errors import ConfigError, TTCError
+from ttc.pooled import check_pooled, solve_pooled
 from ttc.storage import TraceStore, TraceSummary
 from ttc.types import Budget, Problem, Result, TraceEvent
 from ttc.verifiers.answer import agrade
@@ -44,8 +45,13 @@ class EvalReport:
 async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session, *, strategy: str,
                    options: Mapping[str, object], seed: int, concurrency: int = 8,
                    config: Mapping[str, object] | None = None, resume: str | None = None,
-                   progress: Progress | None = None) -> EvalReport:
-    """Solve and grade ``problems``; with ``resume`` set, continue that run instead of starting a new one."""
+                   progress: Progress | None = None, budget_scope: BudgetScope = "question") -> EvalReport:
+    """Solve and grade ``problems``; with ``resume`` set, continue that run instead of starting a new one.
+
+    ``budget`` is each problem's. With ``budget_scope="batch"`` the problems still to solve share ``budget`` times
+    their number (``ttc.pooled``), so a run spends the same on average and the controller decides where; a resumed
+    run shares what its remaining problems would have had. A wall-time limit then applies to the batch as a whole.
+    """
     store = session.store
     if store is None:
         raise ConfigError("evaluation writes every trace: it needs a trace store (do not pass store=False)")
@@ -57,6 +63,8 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
         raise ConfigError("every problem of an evaluation needs its own index (its position in the dataset): "
                           "load them with ttc.bench.datasets.load_dataset, or set Problem(index=i) for each")
     check_concurrency(concurrency)
+    if check_budget_scope(budget_scope) == "batch":
+        check_pooled(budget, 1, strategy=strategy, options=options)
     run_id = _open_run(store, resume, config or {})
     done_before = store.done_problem_indices(run_id)
     todo = [p for p in problems if p.index not in done_before]
@@ -76,8 +84,25 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
         if progress is not None:
             progress(problem, result)
 
+    async def pooled() -> None:
+        shared = Budget(tokens=None if budget.tokens is None else budget.tokens * len(todo), wall_s=budget.wall_s,
+                        calls=None if budget.calls is None else budget.calls * len(todo))
+        try:
+            results: Sequence[Result | None] = await solve_pooled(
+                todo, shared, session, strategy=strategy, options=options, concurrency=concurrency,
+                seeds=[seed + (p.index or 0) for p in todo])
+        except TTCError as exc:
+            errors.append(f"the batch of {len(todo)} problems sharing one budget: {exc}")
+            results = [None] * len(todo)
+        for problem, result in zip(todo, results, strict=True):
+            if progress is not None:
+                progress(problem, result)
+
     before = await cache_snapshot(session.setup.backend)
-    await bounded_gather([partial(one, p) for p in todo], concurrency)
+    if budget_scope == "batch" and todo:
+        await pooled()
+    else:
+        await bounded_gather([partial(one, p) for p in todo], concurrency)
     hit_rate = await cache_hit_rate(session.setup.backend, before)
     report = summarize(store, run_id, total=len(problems), wall_s=time.monotonic() - started, errors=errors,
                        indices={p.index for p in problems})

@@ -11,17 +11,9 @@ from pydantic import Field
 
 from ttc.budget import Meter
 from ttc.strategies.base import Context, Strategy, StrategyResult, register
-from ttc.strategies.sampling import (
-    Choice,
-    SampledOptions,
-    choose,
-    draw,
-    mark_selected,
-    record,
-    resolve_selection,
-    score,
-)
-from ttc.types import Candidate, Problem
+from ttc.strategies.sampling import SampledOptions, resolve_selection
+from ttc.strategies.vote_rounds import VoteRounds
+from ttc.types import Problem
 
 
 class SelfConsistencyOptions(SampledOptions):
@@ -38,50 +30,14 @@ class SelfConsistency(Strategy[SelfConsistencyOptions]):
 
     async def run(self, problem: Problem, meter: Meter, ctx: Context) -> StrategyResult:
         opts = self.options
-        how = resolve_selection(opts.select, ctx)
-        prompt_text = ctx.render(problem.question)
-        prompt = await ctx.backend.tokenize(prompt_text, add_special_tokens=True)
-        root = ctx.recorder.add_node(parent=None, text=prompt_text, token_count=len(prompt))
-        candidates: list[Candidate] = []
-        while len(candidates) < opts.max_samples:
-            want = min(opts.round_size, opts.max_samples - len(candidates))
-            completions = await draw(ctx, meter, prompt, want, opts.max_tokens, opts.temperature, opts.top_p)
-            if not completions:
-                ctx.recorder.event("stop", {"reason": "budget", "samples": len(candidates)})
+        rounds = VoteRounds(problem, ctx, opts, resolve_selection(opts.select, ctx))
+        await rounds.open()
+        while rounds.drawn < opts.max_samples:
+            if not await rounds.extend(meter, min(opts.round_size, opts.max_samples - rounds.drawn)):
+                ctx.recorder.event("stop", {"reason": "budget", "samples": rounds.drawn})
                 break
-            candidates += await score(ctx, meter, problem.question, record(ctx, root, completions))
-            choice = choose(ctx, candidates, how, opts.checks, problem.question)
-            vote = choice.vote
-            share = vote.share if vote is not None else 0.0
-            ctx.recorder.event("round", {"samples": len(candidates), "leader": vote.key if vote else None,
-                                         "share": share, "tally": dict(vote.tally) if vote else {}})
-            if self._decided(choice, len(candidates), how, share):
-                ctx.recorder.event("stop", {"reason": "decided", "samples": len(candidates), "share": share})
+            if rounds.decided(min_samples=opts.min_samples, stop_share=opts.stop_share,
+                              max_samples=opts.max_samples):
+                ctx.recorder.event("stop", {"reason": "decided", "samples": rounds.drawn, "share": rounds.share})
                 break
-        choice = choose(ctx, candidates, how, opts.checks, problem.question)
-        mark_selected(ctx, choice)
-        best = choice.candidate
-        return StrategyResult(answer=best.answer if best else None, text=best.text if best else "",
-                              score=best.score if best else None, candidates=tuple(candidates))
-
-    def _decided(self, choice: Choice, drawn: int, how: str, share: float) -> bool:
-        """Only the samples that vote count: those the checks left out neither reach ``min_samples`` nor lead.
-
-        Where every sample so far failed a check, all vote, but the first one to pass would replace them all, so
-        nothing is decided yet.
-        """
-        opts = self.options
-        if choice.vote is None or not choice.passing:
-            return False
-        if choice.passing >= opts.min_samples and share >= opts.stop_share:
-            return True
-        if how != "vote":
-            # A verifier's score is a number that ranks solutions, with no upper bound: a weighted lead can
-            # always be overturned.
-            return False
-        ranked = sorted(choice.vote.tally.values(), reverse=True)
-        if not ranked:
-            return False
-        runner_up = ranked[1] if len(ranked) > 1 else 0.0
-        # Each sample still to come adds one vote, so a larger lead cannot be overturned.
-        return ranked[0] - runner_up > opts.max_samples - drawn
+        return rounds.finish()

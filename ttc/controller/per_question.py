@@ -52,4 +52,4 @@ def _positive_int(opts: Mapping[str, object], name: str, default: int) -> int:
     return value
 
 
-__all__ = ["plan_strategy"]
+__all__ = ["AUTO_MAX_SAMPLES", "DEFAULT_MAX_TOKENS", "plan_strategy"]

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""One budget for a batch against the same budget split evenly, with the bundled mini reasoner on the local engine.
+
+Every arm answers the same held-out synthetic problems (the level mix) and chooses among its samples the same way:
+``--select checked`` (the default) by a checked vote, where samples that write a wrong result for an equation or
+compute with a number nothing gave do not vote (the mini reasoner's gain from sampling lives there;
+docs/mini_models.md), or ``--select auto`` by the embedded default's vote weighted by the mini checker. Arms:
+
+- ``greedy``: one sample at temperature 0, for reference;
+- ``uniform@16``: 16 samples for every question (best-of-N's even split), the baseline;
+- ``per-question SC``: self-consistency with a budget of 16 samples per question, stopping early where the vote
+  is decided (by the rule the pooled arms use); what it saves is lost to the batch;
+- ``pooled xF``: ``solve_batch(..., budget_scope="batch")`` with a token budget of F times what ``uniform@16``
+  generated, shared by the controller: easy questions stop after a round, split ones draw up to 64 samples.
+
+Prints accuracy, generated tokens and wall time per arm, and ends with the headline figures: the pooled batch's
+accuracy at the uniform arm's tokens against the uniform arm's, and the tokens the uniform arm spent for each token
+of the cheapest pooled arm that matches its accuracy.
+
+    python3 benchmarks/batch_budget.py --problems 240 --fractions 0.25,0.5,0.75,1.0
+    python3 benchmarks/batch_budget.py --problems 240 --fractions 0.5,0.75,1.0 --select auto
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import anyio
+
+from ttc.api import Session, solve_problem
+from ttc.bench.datasets import load_dataset
+from ttc.bench.report import format_table
+from ttc.concurrency import bounded_gather
+from ttc.config import embedded_setup
+from ttc.controller import pooled_options
+from ttc.pooled import solve_pooled
+from ttc.types import Budget, Problem, Result
+from ttc.verifiers.answer import grade
+
+MAX_TOKENS = 160
+SELECTIONS: dict[str, Mapping[str, object]] = {
+    "checked": {"select": "vote", "check_arithmetic": True, "check_operands": True, "max_tokens": MAX_TOKENS},
+    "auto": {"max_tokens": MAX_TOKENS},
+}
+
+
+@dataclass(frozen=True)
+class Arm:
+    label: str
+    correct: int
+    problems: int
+    tokens: int
+    samples: int
+    wall_s: float
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.problems
+
+    def line(self) -> str:
+        return (f"  {self.label}: accuracy {self.correct}/{self.problems}, {self.tokens} tokens, "
+                f"{self.samples} samples, {self.wall_s:.1f} s")
+
+
+def tally(label: str, problems: Sequence[Problem], results: Sequence[Result], wall_s: float) -> Arm:
+    correct = sum(grade(r.text, p.gold or "") for p, r in zip(problems, results, strict=True))
+    return Arm(label, correct, len(problems), sum(r.usage.generated_tokens for r in results),
+               sum(len(r.candidates) for r in results), wall_s)
+
+
+async def per_question(session: Session, problems: Sequence[Problem], label: str, strategy: str,
+                       options: Mapping[str, object], budget: int, seed: int, concurrency: int) -> Arm:
+    start = time.perf_counter()
+    jobs = [partial(solve_problem, p, Budget(tokens=budget), session, strategy=strategy,
+                    seed=seed + (p.index or 0), options=options) for p in problems]
+    results = await bounded_gather(jobs, concurrency)
+    return tally(label, problems, results, time.perf_counter() - start)
+
+
+async def pooled(session: Session, problems: Sequence[Problem], label: str, tokens: int, options: Mapping[str, object],
+                 seed: int, concurrency: int) -> Arm:
+    start = time.perf_counter()
+    results = await solve_pooled(problems, Budget(tokens=tokens), session, strategy="auto", options=options,
+                                 seeds=[seed + (p.index or 0) for p in problems], concurrency=concurrency)
+    return tally(label, problems, results, time.perf_counter() - start)
+
+
+async def main(args: argparse.Namespace) -> None:
+    problems = load_dataset("synthetic", limit=args.problems, seed=30_000 + args.seed)
+    session = Session(setup=embedded_setup(threads=args.threads), store=None)
+    run = partial(per_question, session, problems, seed=args.seed, concurrency=args.concurrency)
+    chosen = SELECTIONS[args.select]
+    early_stop = pooled_options("auto", {**chosen, "max_samples": args.samples}, has_verifier=True)
+    arms: list[Arm] = []
+    try:
+        arms.append(await run("greedy", "best_of_n", {"n": 1, "temperature": 0.0, "max_tokens": MAX_TOKENS},
+                              MAX_TOKENS))
+        print(arms[-1].line(), flush=True)
+        uniform = await run(f"uniform@{args.samples}", "best_of_n", {"n": args.samples, **chosen},
+                            args.samples * MAX_TOKENS)
+        arms.append(uniform)
+        print(arms[-1].line(), flush=True)
+        arms.append(await run("per-question SC", "self_consistency", early_stop, args.samples * MAX_TOKENS))
+        print(arms[-1].line(), flush=True)
+        pools = []
+        for fraction in args.fractions:
+            tokens = max(len(problems) * MAX_TOKENS, round(fraction * uniform.tokens))
+            pools.append(await pooled(session, problems, f"pooled x{fraction:g}", tokens, chosen, args.seed,
+                                      args.concurrency))
+            arms.append(pools[-1])
+            print(arms[-1].line(), flush=True)
+    finally:
+        await session.aclose()
+    print(format_table(["arm", "accuracy", "generated tokens", "tokens / uniform", "samples", "wall s"],
+                       [[a.label, a.accuracy, a.tokens, a.tokens / uniform.tokens, a.samples, a.wall_s]
+                        for a in arms]))
+    equal = min(pools, key=lambda a: abs(a.tokens - uniform.tokens))
+    matching = [a for a in pools if a.correct >= uniform.correct]
+    ratio = uniform.tokens / min(a.tokens for a in matching) if matching else float("nan")
+    print(f"pooled_acc={100 * equal.accuracy:.1f} uniform_acc={100 * uniform.accuracy:.1f} "
+          f"pooled_gain={100 * (equal.accuracy - uniform.accuracy):.1f} "
+          f"greedy_acc={100 * arms[0].accuracy:.1f} token_ratio_at_uniform_acc={ratio:.2f}")
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--problems", type=int, default=120)
+    p.add_argument("--samples", type=int, default=16, help="samples per question of the uniform arm")
+    p.add_argument("--fractions", type=lambda s: [float(x) for x in s.split(",")], default=[0.25, 0.5, 1.0],
+                   help="pooled budgets, as fractions of the tokens the uniform arm generated")
+    p.add_argument("--select", choices=sorted(SELECTIONS), default="checked",
+                   help="how every arm chooses among its samples: a checked vote, or the checker-weighted vote")
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    if args.problems < 1 or args.samples < 1:
+        p.error("--problems and --samples must be >= 1")
+    if not args.fractions or any(f <= 0 for f in args.fractions):
+        p.error("--fractions must be positive")
+    return args
+
+
+if __name__ == "__main__":
+    anyio.run(main, parse())

@@ -1,0 +1,72 @@
+"""The batch controller's allocation rules, on their own: who gets the next round, and what is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from ttc.controller import Pool, Standing, check_affordable, first_wave, next_wave, pooled_options
+from ttc.errors import ConfigError
+from ttc.types import Budget
+
+
+def standing(index: int, *, drawn: int = 4, cap: int = 16, open: bool = True, margin: float = 0.5) -> Standing:
+    return Standing(index=index, drawn=drawn, cap=cap, open=open, margin=margin)
+
+
+def test_a_budget_that_cannot_give_each_question_one_sample_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"cannot give each of 10 questions one sample of up to max_tokens=100"):
+        check_affordable(Budget(tokens=999), 10, 100)
+    with pytest.raises(ConfigError, match=r"raise budget\.calls to at least the number of questions"):
+        check_affordable(Budget(calls=9), 10, 100)
+    check_affordable(Budget(tokens=1000, calls=10), 10, 100)
+
+
+def test_only_strategies_that_grow_a_vote_can_share_a_batch_budget() -> None:
+    with pytest.raises(ConfigError, match=r"use strategy='auto' or 'self_consistency'.*not 'beam'"):
+        pooled_options("beam", {}, has_verifier=False)
+    assert pooled_options("auto", {}, has_verifier=False) == {"max_samples": 64}
+    assert pooled_options("auto", {"max_samples": 8}, has_verifier=False) == {"max_samples": 8}
+    assert pooled_options("self_consistency", {}, has_verifier=True) == {}
+
+
+def test_a_weighted_vote_stops_only_on_agreement() -> None:
+    """A weighted lead misleads early, so under auto a verifier's vote stops only when 8 samples agree."""
+    unanimous = {"max_samples": 64, "stop_share": 1.0, "min_samples": 8}
+    assert pooled_options("auto", {}, has_verifier=True) == unanimous
+    assert pooled_options("auto", {"select": "weighted_vote"}, has_verifier=False) == {"select": "weighted_vote",
+                                                                                     **unanimous}
+    assert pooled_options("auto", {"select": "vote"}, has_verifier=True) == {"select": "vote", "max_samples": 64}
+    assert pooled_options("auto", {"stop_share": 0.9}, has_verifier=True)["stop_share"] == 0.9
+
+
+def test_the_first_wave_is_a_full_round_each_when_the_pool_affords_it() -> None:
+    assert first_wave(Pool(Budget(tokens=10 * 4 * 100)), 10, round_size=4, cap=64, max_tokens=100) == 4
+    assert first_wave(Pool(Budget(tokens=10 * 2 * 100 + 99)), 10, round_size=4, cap=64, max_tokens=100) == 2
+    assert first_wave(Pool(Budget(calls=10)), 10, round_size=4, cap=3, max_tokens=100) == 3
+
+
+def test_closed_and_capped_questions_get_no_round() -> None:
+    pool = Pool(Budget(tokens=10_000))
+    grants = next_wave([standing(0, open=False), standing(1, drawn=16), standing(2, drawn=14), standing(3)], pool,
+                       round_size=4, max_tokens=100)
+    assert grants == {2: 2, 3: 4}
+
+
+def test_a_short_pool_goes_to_the_least_settled_questions_first() -> None:
+    pool = Pool(Budget(tokens=1000))
+    pool.tokens_spent = 100  # 900 left: two rounds of 4 x 100 and one sample
+    grants = next_wave([standing(0, margin=0.6), standing(1, margin=0.1), standing(2, margin=0.3),
+                        standing(3, margin=0.9)], pool, round_size=4, max_tokens=100)
+    assert grants == {1: 4, 2: 4, 0: 1}
+    assert sum(grants.values()) * 100 <= 900
+
+
+def test_calls_and_time_limit_the_wave() -> None:
+    pool = Pool(Budget(calls=12))
+    pool.calls_spent = 10
+    assert next_wave([standing(i) for i in range(5)], pool, round_size=4, max_tokens=100) == {0: 4, 1: 4}
+    now = [0.0]
+    timed = Pool(Budget(wall_s=5.0), clock=lambda: now[0])
+    assert next_wave([standing(0)], timed, round_size=4, max_tokens=100) == {0: 4}
+    now[0] = 5.0
+    assert next_wave([standing(0)], timed, round_size=4, max_tokens=100) == {}

@@ -1,0 +1,126 @@
+"""A batch under one shared budget (budget_scope="batch"), end to end through solve_batch with real SQLite.
+
+The scripted backend stands in for the model so the controller's decisions can be asserted exactly; the test on the
+bundled mini models is tests/test_pooled_mini.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from ttc import solve_batch
+from ttc.errors import BackendError, ConfigError
+from ttc.storage import TraceStore
+from ttc.testing import ScriptedBackend
+
+EASY = [f"easy {i}" for i in range(6)]
+HARD = [f"hard {i}" for i in range(2)]
+SAMPLE = len("The answer is 4.")
+
+
+def responder(prompt_text: str, index: int, seed: int | None) -> str:
+    """Easy questions always get the same answer; hard ones split three ways, by seed."""
+    if "easy" in prompt_text:
+        return "The answer is 4."
+    digest = hashlib.sha256(f"{prompt_text}|{index}|{seed}".encode()).digest()
+    return f"The answer is {5 + digest[0] % 3}."
+
+
+def events(store: TraceStore, trace_id: str | None, kind: str) -> list[dict[str, object]]:
+    assert trace_id is not None
+    return [dict(e.payload) for e in store.get_trace(trace_id).events if e.kind == kind]
+
+
+def test_what_easy_questions_leave_goes_to_the_split_ones(tmp_path: Path) -> None:
+    store = TraceStore(str(tmp_path / "t.db"))
+    questions = EASY + HARD
+    budget = len(questions) * 16 * SAMPLE  # an equal share would be 16 samples each
+    results = solve_batch(questions, budget, backend=ScriptedBackend(responder), store=store, seed=3,
+                          budget_scope="batch", max_tokens=SAMPLE, round_size=4, stop_share=0.9)
+    drawn = [len(r.candidates) for r in results]
+    assert drawn[:6] == [4] * 6  # unanimous after the first round
+    # The split votes drew everything the easy ones left, far beyond an equal share of 16 each.
+    assert drawn[6:] == [52, 52]
+    assert sum(r.usage.generated_tokens for r in results) == budget
+    assert [r.answer for r in results[:6]] == ["4"] * 6
+    for r in results[:6]:
+        assert events(store, r.trace_id, "stop") == [{"reason": "decided", "samples": 4, "share": 1.0}]
+    hard = results[6]
+    grants = events(store, hard.trace_id, "grant")
+    assert [g["samples"] for g in grants] == [4] * 13
+    [plan] = events(store, hard.trace_id, "plan")
+    assert plan["budget_scope"] == "batch" and plan["batch_size"] == 8
+    assert plan["batch_budget"] == {"tokens": budget, "wall_s": None, "calls": None}
+    assert all(t.status == "done" for t in store.list_traces())
+    store.close()
+
+
+@pytest.mark.parametrize("samples_affordable", [8, 20, 37])
+def test_the_batch_never_spends_more_than_its_budget(samples_affordable: int) -> None:
+    budget = samples_affordable * SAMPLE
+    results = solve_batch(EASY[:2] + HARD, budget, backend=ScriptedBackend(responder), store=False, seed=1,
+                          budget_scope="batch", max_tokens=SAMPLE, round_size=4, stop_share=0.9)
+    assert sum(r.usage.generated_tokens for r in results) <= budget
+    assert all(r.answer is not None for r in results)
+    # Every sample the pool could afford was drawn: the split questions could use more than is left.
+    assert budget - sum(r.usage.generated_tokens for r in results) < SAMPLE
+
+
+def test_the_same_seed_spends_the_same_way_at_any_concurrency(tmp_path: Path) -> None:
+    def run(concurrency: int) -> list[tuple[str | None, int]]:
+        results = solve_batch(EASY[:3] + HARD, 30 * SAMPLE, backend=ScriptedBackend(responder, delay_s=0.001),
+                              store=False, seed=9, budget_scope="batch", max_tokens=SAMPLE, concurrency=concurrency)
+        return [(r.answer, len(r.candidates)) for r in results]
+
+    assert run(1) == run(8)
+
+
+def test_a_failure_marks_every_trace_of_the_batch_failed(tmp_path: Path) -> None:
+    store = TraceStore(str(tmp_path / "t.db"))
+    with pytest.raises(BackendError, match="refused"):
+        solve_batch(EASY[:2] + HARD, 100 * SAMPLE, backend=ScriptedBackend(responder, fail_after=6), store=store,
+                    seed=0, budget_scope="batch", max_tokens=SAMPLE, concurrency=2, stop_share=0.95)
+    traces = store.list_traces()
+    assert len(traces) == 4
+    assert {t.status for t in traces} == {"failed"}
+    for t in traces:
+        # each kept its prompt and the rounds it had drawn
+        assert store.get_trace(t.id).nodes[0].parent is None
+    store.close()
+
+
+def test_what_cannot_share_a_budget_is_refused_before_anything_runs() -> None:
+    backend = ScriptedBackend(responder)
+    with pytest.raises(ConfigError, match="use strategy='auto' or 'self_consistency'"):
+        solve_batch(EASY, 10_000, backend=backend, store=False, strategy="best_of_n", budget_scope="batch")
+    with pytest.raises(ConfigError, match="cannot give each of 6 questions one sample"):
+        solve_batch(EASY, 6 * 512 - 1, backend=backend, store=False, budget_scope="batch")
+    with pytest.raises(ConfigError, match="budget_scope must be 'question'"):
+        solve_batch(EASY, 10_000, backend=backend, store=False, budget_scope="everything")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown option 'n'"):
+        solve_batch(EASY, 10_000, backend=backend, store=False, budget_scope="batch", n=4)
+    assert backend.calls == []
+    assert solve_batch([], 10, backend=backend, store=False, budget_scope="batch") == []
+
+
+def test_a_cancelled_batch_leaves_no_trace_running(tmp_path: Path) -> None:
+    import anyio
+
+    from ttc import asolve_batch
+
+    store = TraceStore(str(tmp_path / "t.db"))
+
+    async def main() -> bool:
+        with anyio.move_on_after(0.3) as scope:
+            await asolve_batch(EASY[:2] + HARD, 100 * SAMPLE, backend=ScriptedBackend(responder, delay_s=0.05),
+                               store=store, seed=0, budget_scope="batch", max_tokens=SAMPLE, stop_share=0.95)
+        return scope.cancelled_caught
+
+    assert anyio.run(main), "the batch should still have been drawing when cancelled"
+    traces = store.list_traces()
+    assert len(traces) == 4 and {t.status for t in traces} == {"failed"}
+    assert {store.get_trace(t.id).error for t in traces} == {"cancelled"}
+    store.close()

@@ -1,0 +1,52 @@
+"""Running many questions' coroutines with a bound on how many are in flight."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import anyio
+
+from ttc.errors import ConfigError
+
+T = TypeVar("T")
+
+
+async def bounded_gather(jobs: Sequence[Callable[[], Awaitable[T]]], concurrency: int) -> list[T]:
+    """Run coroutine factories with at most ``concurrency`` in flight; results in input order.
+
+    Only ``concurrency`` tasks exist at once (a fixed pool of workers pulls from the list), so a batch of ten
+    thousand questions does not create ten thousand tasks. The first failure cancels the rest and is raised as
+    itself (a ``TTCError`` stays one), not wrapped in the task group's ``ExceptionGroup``.
+    """
+    check_concurrency(concurrency)
+    results: list[T | None] = [None] * len(jobs)
+    next_index = 0
+    failures: list[Exception] = []
+
+    async def worker(scope: anyio.CancelScope) -> None:
+        nonlocal next_index
+        while next_index < len(jobs):
+            i = next_index
+            next_index += 1
+            try:
+                results[i] = await jobs[i]()
+            except Exception as exc:
+                failures.append(exc)
+                scope.cancel()
+                return
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(min(concurrency, len(jobs))):
+            tg.start_soon(worker, tg.cancel_scope)
+    if failures:
+        raise failures[0]
+    return results  # type: ignore[return-value]
+
+
+def check_concurrency(concurrency: int) -> None:
+    if concurrency < 1:
+        raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+
+
+__all__ = ["bounded_gather", "check_concurrency"]

@@ -1,0 +1,127 @@
+"""One budget for a whole batch: which questions get the next round of samples.
+
+A pooled batch spends its budget in waves. The first wave gives every question the same first round. After
+it, a question whose vote is decided, or that has reached its own cap of samples, gets nothing more, and what it
+did not spend stays in the pool for the questions still undecided. Each later wave grants one round to every
+undecided question the pool can still afford, the least settled first (the smallest margin between leader and
+runner-up), so that when the pool runs short its last samples go where they are most likely to change an answer.
+
+A grant is a worst case (samples x ``max_tokens``), so the pool is never overdrawn; what a round did not use is
+back in the pool for the next wave. Waves are barriers and a grant depends only on the samples drawn so far, so a
+seeded batch spends its budget the same way every time, however its requests interleave.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ttc.controller.per_question import AUTO_MAX_SAMPLES
+from ttc.errors import ConfigError
+from ttc.types import Budget
+
+POOLED_STRATEGIES = ("auto", "self_consistency")
+WEIGHTED_MIN_SAMPLES = 8
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where one question of the batch stands between waves."""
+
+    index: int  # position in the batch
+    drawn: int  # samples drawn so far
+    cap: int  # samples it may draw at most
+    open: bool  # neither decided nor out of samples: it could use another round
+    margin: float  # leader's lead over the runner-up, as a share of the vote (ttc.strategies.vote_rounds)
+
+
+@dataclass
+class Pool:
+    """The batch's budget and what the whole batch has spent from it (every question's tokens and calls)."""
+
+    budget: Budget
+    clock: Callable[[], float] = time.monotonic
+    tokens_spent: int = 0
+    calls_spent: int = 0
+    _start: float = field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        self._start = self.clock()
+
+    def tokens_left(self) -> int | None:
+        return None if self.budget.tokens is None else max(0, self.budget.tokens - self.tokens_spent)
+
+    def calls_left(self) -> int | None:
+        return None if self.budget.calls is None else max(0, self.budget.calls - self.calls_spent)
+
+    def out_of_time(self) -> bool:
+        """Whether the wall limit has passed: it is checked before each wave, never in the middle of one."""
+        return self.budget.wall_s is not None and self.clock() - self._start >= self.budget.wall_s
+
+
+def pooled_options(strategy: str, options: Mapping[str, object], *, has_verifier: bool) -> dict[str, object]:
+    """The self-consistency options every question of a pooled batch runs with.
+
+    A pooled batch grows self-consistency votes a round at a time, so only ``auto`` and ``self_consistency`` can
+    share a batch's budget. Under ``auto`` a question may draw up to ``AUTO_MAX_SAMPLES``: its cap is what the
+    pool could lend it, not an equal share. Where ``auto`` votes weighted by a verifier, a question stops only when
+    ``WEIGHTED_MIN_SAMPLES`` samples all agree: a weighted lead misleads early (with the bundled mini models,
+    stopping at a 0.75 share lost 7 points against an even split of the same tokens; benchmarks/batch_budget.py).
+    """
+    if strategy not in POOLED_STRATEGIES:
+        raise ConfigError(f"budget_scope='batch' shares the budget by growing self-consistency votes round by round: "
+                          f"use strategy='auto' or 'self_consistency' with it, not {strategy!r} (or keep "
+                          "budget_scope='question')")
+    opts = dict(options)
+    if strategy == "auto":
+        opts.setdefault("max_samples", AUTO_MAX_SAMPLES)
+        if opts.get("select", "auto") in ("weighted_vote", "score") or (opts.get("select", "auto") == "auto"
+                                                                      and has_verifier):
+            opts.setdefault("stop_share", 1.0)
+            opts.setdefault("min_samples", WEIGHTED_MIN_SAMPLES)
+    return opts
+
+
+def check_affordable(budget: Budget, questions: int, max_tokens: int) -> None:
+    """Refuse a batch budget that cannot give every question one sample: some questions would get no answer."""
+    if budget.tokens is not None and budget.tokens < questions * max_tokens:
+        raise ConfigError(
+            f"a batch budget of {budget.tokens} tokens cannot give each of {questions} questions one sample of up to "
+            f"max_tokens={max_tokens} ({questions * max_tokens} tokens): raise the budget or lower max_tokens")
+    if budget.calls is not None and budget.calls < questions:
+        raise ConfigError(f"a batch budget of {budget.calls} calls cannot give each of {questions} questions one "
+                          "backend call: raise budget.calls to at least the number of questions")
+
+
+def first_wave(pool: Pool, questions: int, *, round_size: int, cap: int, max_tokens: int) -> int:
+    """How many samples every question draws first: a full round when the pool affords one for all."""
+    samples = min(round_size, cap)
+    left = pool.tokens_left()
+    if left is not None:
+        samples = min(samples, left // (questions * max_tokens))
+    return max(1, samples)
+
+
+def next_wave(standings: Sequence[Standing], pool: Pool, *, round_size: int, max_tokens: int) -> dict[int, int]:
+    """The samples each question draws in the next wave, by batch index; empty when the batch is done."""
+    if pool.out_of_time():
+        return {}
+    tokens, calls = pool.tokens_left(), pool.calls_left()
+    grants: dict[int, int] = {}
+    for s in sorted((s for s in standings if s.open and s.drawn < s.cap), key=lambda s: (s.margin, s.drawn, s.index)):
+        if calls is not None and calls < 1:
+            break
+        samples = min(round_size, s.cap - s.drawn)
+        if tokens is not None:
+            samples = min(samples, tokens // max_tokens)
+            if samples < 1:
+                break
+            tokens -= samples * max_tokens
+        if calls is not None:
+            calls -= 1
+        grants[s.index] = samples
+    return grants
+
+
+__all__ = ["POOLED_STRATEGIES", "Pool", "Standing", "check_affordable", "first_wave", "next_wave", "pooled_options"]

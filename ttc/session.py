@@ -1,0 +1,161 @@
+"""What the questions of one call share (backend, verifier, store), and one question's trace from start to end.
+
+A question's trace is opened before its strategy spends anything and closed in one transaction with the whole tree
+and the result; any failure marks it failed, with whatever nodes were recorded, before the error reaches the
+caller. The single-question path (``ttc.api``) and the pooled batch (``ttc.pooled``) both go through
+:class:`QuestionRun`, so neither can leave a trace that reads as running or complete when it is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+
+from ttc.backends.base import Backend
+from ttc.budget import Meter
+from ttc.config import BackendSetup, default_backend
+from ttc.errors import ConfigError
+from ttc.storage import TraceStore
+from ttc.strategies.base import Context, StrategyResult
+from ttc.trace import TraceRecorder
+from ttc.types import Budget, Problem, Result, TraceEvent, is_int
+from ttc.verifiers.base import OutcomeVerifier, ProcessVerifier, StepwiseOutcome
+
+VerifierArg = OutcomeVerifier | ProcessVerifier | None
+
+StoreArg = TraceStore | str | Literal[False] | None
+
+
+@dataclass
+class Session:
+    """Everything shared by the questions of one call: backend, verifier, prompt format, trace store."""
+
+    setup: BackendSetup
+    store: TraceStore | None
+    run_id: str | None = None
+    extra_events: Callable[[Problem, Result], Awaitable[Sequence[TraceEvent]]] | None = None
+    _owned_store: bool = field(default=False, repr=False)
+
+    async def aclose(self) -> None:
+        await self.setup.aclose()
+        if self._owned_store and self.store is not None:
+            await anyio.to_thread.run_sync(self.store.close)
+
+
+def open_session(*, backend: Backend | None, store: StoreArg, verifier: VerifierArg,
+                 prompt_template: str | None, model: str | Path | None = None, url: str | None = None) -> Session:
+    """Resolve backend and store once for a batch; the session closes what it opened itself.
+
+    The prompt template is checked before anything is opened, so a refused one leaves no backend loaded.
+    """
+    if prompt_template is not None and "{question}" not in prompt_template:
+        raise ConfigError("prompt_template must contain the placeholder {question}")
+    setup = BackendSetup(backend=backend, owned=False) if backend is not None else default_backend(url=url,
+                                                                                                 model=model)
+    if isinstance(verifier, ProcessVerifier):
+        setup.prm = verifier
+        setup.verifier = StepwiseOutcome(verifier)
+    elif verifier is not None:
+        setup.verifier = verifier
+    if prompt_template is not None:
+        setup.prompt_template = prompt_template
+    owned = not isinstance(store, TraceStore) and store is not False
+    trace_store = store if isinstance(store, TraceStore) else None if store is False else TraceStore(store)
+    return Session(setup=setup, store=trace_store, _owned_store=owned)
+
+
+def check_prompt(prompt: object) -> str:
+    if not isinstance(prompt, str):
+        raise ConfigError(f"prompt must be a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise ConfigError("prompt is empty: pass the question text to solve")
+    return prompt
+
+
+def check_seed(seed: object) -> int | None:
+    """``None`` (draw one) or an int >= 0: ``random.Random(-s)`` draws what ``Random(s)`` does, so a negative seed
+    would replay another one (and batch members ``seed + i`` would repeat each other)."""
+    if seed is not None and (not is_int(seed) or seed < 0):
+        raise ConfigError(f"seed must be an int >= 0 or None (a fresh one each run), got {seed!r}")
+    return seed
+
+
+@dataclass
+class QuestionRun:
+    """One question under way: the recorder, context and meter its strategy uses, and its trace id."""
+
+    problem: Problem
+    strategy: str
+    session: Session
+    recorder: TraceRecorder
+    ctx: Context
+    meter: Meter
+    trace_id: str | None
+
+    @classmethod
+    async def start(cls, problem: Problem, budget: Budget, session: Session, *, strategy: str,
+                    options: Mapping[str, object], seed: int,
+                    plan: Mapping[str, object] | None = None) -> QuestionRun:
+        """Open the question's trace and record its plan; ``plan`` adds fields to the plan event."""
+        recorder = TraceRecorder()
+        backend = session.setup.backend
+        trace_id = None
+        if session.store is not None:
+            trace_id = await _start_trace(session.store, recorder, problem=problem, strategy=strategy,
+                                          budget=budget, backend=backend.name, seed=seed, run_id=session.run_id)
+        recorder.event("plan", {"strategy": strategy, "options": dict(options), "seed": seed,
+                                "budget": {"tokens": budget.tokens, "wall_s": budget.wall_s, "calls": budget.calls},
+                                **(plan or {})})
+        ctx = Context(backend=backend, recorder=recorder, rng=random.Random(seed), verifier=session.setup.verifier,
+                      prm=session.setup.prm, prompt_template=session.setup.prompt_template)
+        return cls(problem=problem, strategy=strategy, session=session, recorder=recorder, ctx=ctx,
+                   meter=Meter(budget), trace_id=trace_id)
+
+    async def finish(self, found: StrategyResult) -> Result:
+        """Write the whole tree and the result in one transaction, and return the result."""
+        result = Result(answer=found.answer, text=found.text, score=found.score, strategy=self.strategy,
+                        usage=self.meter.usage(), trace_id=self.trace_id, candidates=found.candidates)
+        store = self.session.store
+        if store is not None and self.trace_id is not None:
+            extra = await self.session.extra_events(self.problem, result) if self.session.extra_events else ()
+            await store.afinish_trace(self.trace_id, result=result, nodes=self.recorder.nodes(),
+                                      events=[*self.recorder.events(), *extra])
+        return result
+
+    async def fail(self, exc: BaseException) -> None:
+        """Mark the trace failed with what was recorded so far (shielded: a cancellation cannot skip it)."""
+        if self.session.store is not None and self.trace_id is not None:
+            await _mark_failed(self.session.store, self.trace_id, exc, self.recorder)
+
+
+async def _start_trace(store: TraceStore, recorder: TraceRecorder, **fields: Any) -> str:
+    """Start a trace; a cancellation while its row is being written marks that row failed, never 'running'.
+
+    The store keeps a start write it was handed even when the caller is cancelled, so the id is waited for
+    (shielded) and the trace failed before the cancellation goes on.
+    """
+    start = asyncio.ensure_future(store.astart_trace(**fields))
+    try:
+        return await asyncio.shield(start)
+    except asyncio.CancelledError as exc:
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait([start])
+        if not start.cancelled() and start.exception() is None:
+            await _mark_failed(store, start.result(), exc, recorder)
+        raise
+
+
+async def _mark_failed(store: TraceStore, trace_id: str, exc: BaseException, recorder: TraceRecorder) -> None:
+    message = "cancelled" if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt) else \
+        f"{type(exc).__name__}: {exc}"
+    with anyio.CancelScope(shield=True):
+        await store.afail_trace(trace_id, error=message, nodes=recorder.nodes(), events=recorder.events())
+
+
+__all__ = ["QuestionRun", "Session", "StoreArg", "VerifierArg", "check_prompt", "check_seed", "open_session"]
