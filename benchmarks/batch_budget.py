@@ -7,15 +7,22 @@ compute with a number nothing gave do not vote (the mini reasoner's gain from sa
 docs/mini_models.md), or ``--select auto`` by the embedded default's vote weighted by the mini checker. Arms:
 
 - ``greedy``: one sample at temperature 0, for reference;
-- ``uniform@16``: 16 samples for every question (best-of-N's even split), the baseline;
+- ``uniform@16``: 16 samples for every question (best-of-N's even split), the baseline, and ``uniform@K`` for
+  16 times each pooled fraction, so every pooled arm has an even split of about its tokens beside it;
 - ``per-question SC``: self-consistency with a budget of 16 samples per question, stopping early where the vote
   is decided (by the rule the pooled arms use); what it saves is lost to the batch;
 - ``pooled xF``: ``solve_batch(..., budget_scope="batch")`` with a token budget of F times what ``uniform@16``
   generated, shared by the controller: easy questions stop after a round, split ones draw up to 64 samples.
 
+The arms are replayed the same samples (``ttc.bench.replay``): the i-th sample any arm draws for a problem is the
+i-th the reasoner ever drew for it, and the checker scores each sample once. So ``uniform@16`` and the pooled arms'
+first 16 samples of a problem are the same ones, and arms differ by how they spend samples, not by the luck of
+their draws (independent draws moved an arm by two or three points over 240 problems; ``--fresh`` gives each arm
+its own). Wall times are the replayed runs' and say little; tokens are counted as if every sample were drawn.
+
 Prints accuracy, generated tokens and wall time per arm, and ends with the headline figures: the pooled batch's
-accuracy at the uniform arm's tokens against the uniform arm's, and the tokens the uniform arm spent for each token
-of the cheapest pooled arm that matches its accuracy.
+accuracy at the uniform@16 arm's tokens against that arm's, the mean gain of the pooled arms over the even splits
+beside them, and the tokens uniform@16 spent for each token of the cheapest pooled arm that matches its accuracy.
 
     python3 benchmarks/batch_budget.py --problems 240 --fractions 0.25,0.5,0.75,1.0
     python3 benchmarks/batch_budget.py --problems 240 --fractions 0.5,0.75,1.0 --select auto
@@ -33,6 +40,7 @@ import anyio
 
 from ttc.api import Session, solve_problem
 from ttc.bench.datasets import load_dataset
+from ttc.bench.replay import ReplayBackend, ScoreCache
 from ttc.bench.report import format_table
 from ttc.concurrency import bounded_gather
 from ttc.config import embedded_setup
@@ -91,8 +99,18 @@ async def pooled(session: Session, problems: Sequence[Problem], label: str, toke
 
 async def main(args: argparse.Namespace) -> None:
     problems = load_dataset("synthetic", limit=args.problems, seed=30_000 + args.seed)
-    session = Session(setup=embedded_setup(threads=args.threads), store=None)
-    run = partial(per_question, session, problems, seed=args.seed, concurrency=args.concurrency)
+    setup = embedded_setup(threads=args.threads)
+    replay = None
+    if not args.fresh:
+        replay = setup.backend = ReplayBackend(setup.backend)
+        setup.verifier = ScoreCache(setup.verifier) if setup.verifier is not None else None
+    session = Session(setup=setup, store=None)
+
+    async def run(label: str, strategy: str, options: Mapping[str, object], budget: int) -> Arm:
+        if replay is not None:
+            replay.rewind()
+        return await per_question(session, problems, label, strategy, options, budget, args.seed, args.concurrency)
+
     chosen = SELECTIONS[args.select]
     early_stop = pooled_options("auto", {**chosen, "max_samples": args.samples}, has_verifier=True)
     arms: list[Arm] = []
@@ -106,8 +124,18 @@ async def main(args: argparse.Namespace) -> None:
         print(arms[-1].line(), flush=True)
         arms.append(await run("per-question SC", "self_consistency", early_stop, args.samples * MAX_TOKENS))
         print(arms[-1].line(), flush=True)
+        evens: dict[float, Arm] = {}
+        for fraction in args.fractions:
+            k = max(1, round(fraction * args.samples))
+            evens[fraction] = uniform if k == args.samples else await run(
+                f"uniform@{k}", "best_of_n", {"n": k, **chosen}, k * MAX_TOKENS)
+            if k != args.samples:
+                arms.append(evens[fraction])
+                print(arms[-1].line(), flush=True)
         pools = []
         for fraction in args.fractions:
+            if replay is not None:
+                replay.rewind()
             tokens = max(len(problems) * MAX_TOKENS, round(fraction * uniform.tokens))
             pools.append(await pooled(session, problems, f"pooled x{fraction:g}", tokens, chosen, args.seed,
                                       args.concurrency))
@@ -121,8 +149,10 @@ async def main(args: argparse.Namespace) -> None:
     equal = min(pools, key=lambda a: abs(a.tokens - uniform.tokens))
     matching = [a for a in pools if a.correct >= uniform.correct]
     ratio = uniform.tokens / min(a.tokens for a in matching) if matching else float("nan")
+    gains = [100 * (pool.accuracy - evens[f].accuracy) for f, pool in zip(args.fractions, pools, strict=True)]
     print(f"pooled_acc={100 * equal.accuracy:.1f} uniform_acc={100 * uniform.accuracy:.1f} "
           f"pooled_gain={100 * (equal.accuracy - uniform.accuracy):.1f} "
+          f"mean_gain_over_even={sum(gains) / len(gains):.1f} "
           f"greedy_acc={100 * arms[0].accuracy:.1f} token_ratio_at_uniform_acc={ratio:.2f}")
 
 
@@ -134,6 +164,7 @@ def parse() -> argparse.Namespace:
                    help="pooled budgets, as fractions of the tokens the uniform arm generated")
     p.add_argument("--select", choices=sorted(SELECTIONS), default="checked",
                    help="how every arm chooses among its samples: a checked vote, or the checker-weighted vote")
+    p.add_argument("--fresh", action="store_true", help="draw every arm's samples anew instead of replaying one pool")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)

@@ -61,6 +61,14 @@ def test_a_short_pool_goes_to_the_least_settled_questions_first() -> None:
     assert sum(grants.values()) * 100 <= 900
 
 
+def test_first_rounds_a_short_pool_cut_down_are_completed_first() -> None:
+    pool = Pool(Budget(tokens=1000))  # ten samples' worth
+    grants = next_wave([standing(0, drawn=1, margin=1.0), standing(1, drawn=8, margin=0.0),
+                        standing(2, drawn=2, margin=0.0), standing(3, drawn=1, margin=0.5)], pool,
+                       round_size=4, max_tokens=100)
+    assert grants == {2: 2, 3: 3, 0: 3, 1: 2}
+
+
 def test_calls_and_time_limit_the_wave() -> None:
     pool = Pool(Budget(calls=12))
     pool.calls_spent = 10

@@ -4,7 +4,8 @@ A pooled batch spends its budget in waves. The first wave gives every question t
 it, a question whose vote is decided, or that has reached its own cap of samples, gets nothing more, and what it
 did not spend stays in the pool for the questions still undecided. Each later wave grants one round to every
 undecided question the pool can still afford, the least settled first (the smallest margin between leader and
-runner-up), so that when the pool runs short its last samples go where they are most likely to change an answer.
+runner-up), so that when the pool runs short its last samples go where they are most likely to change an answer;
+a question whose first round the pool cut short is brought up to a full round before that.
 
 A grant is a worst case (samples x ``max_tokens``), so the pool is never overdrawn; what a round did not use is
 back in the pool for the next wave. Waves are barriers and a grant depends only on the samples drawn so far, so a
@@ -104,15 +105,21 @@ def first_wave(pool: Pool, questions: int, *, round_size: int, cap: int, max_tok
 
 
 def next_wave(standings: Sequence[Standing], pool: Pool, *, round_size: int, max_tokens: int) -> dict[int, int]:
-    """The samples each question draws in the next wave, by batch index; empty when the batch is done."""
+    """The samples each question draws in the next wave, by batch index; empty when the batch is done.
+
+    Questions whose first round a short pool cut down are brought up to a full round before any other gets more:
+    a vote of one or two samples says too little to rank, and an even first round is what an equal split would
+    have given them.
+    """
     if pool.out_of_time():
         return {}
     tokens, calls = pool.tokens_left(), pool.calls_left()
     grants: dict[int, int] = {}
-    for s in sorted((s for s in standings if s.open and s.drawn < s.cap), key=lambda s: (s.margin, s.drawn, s.index)):
+    wanting = (s for s in standings if s.open and s.drawn < s.cap)
+    for s in sorted(wanting, key=lambda s: (s.drawn >= round_size, s.margin, s.drawn, s.index)):
         if calls is not None and calls < 1:
             break
-        samples = min(round_size, s.cap - s.drawn)
+        samples = min(round_size - s.drawn if s.drawn < round_size else round_size, s.cap - s.drawn)
         if tokens is not None:
             samples = min(samples, tokens // max_tokens)
             if samples < 1:
