@@ -139,6 +139,7 @@ def test_an_sqlite_database_of_another_program_is_refused_and_left_alone(db_path
     with sqlite3.connect(db_path) as raw:
         assert raw.execute("PRAGMA user_version").fetchone() == (0,)
         assert raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall() == [("traces",)]
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("delete",)  # not switched to WAL either
 
 
 def test_unusable_urls_are_explained(tmp_path: Path) -> None:

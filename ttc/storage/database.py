@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -99,8 +100,12 @@ def _sqlite_file(path: Path, url: URL | None = None) -> Location:
     return Location(url, path)
 
 
-def make_engine(location: Location, *, busy_timeout_s: float, writer: bool) -> Engine:
-    """An engine for the writer thread (one connection, ``BEGIN IMMEDIATE``) or for readers (a pool)."""
+def make_engine(location: Location, *, busy_timeout_s: float, writer: bool, own_tables: Collection[str] = ()) -> Engine:
+    """An engine for the writer thread (one connection, ``BEGIN IMMEDIATE``) or for readers (a pool).
+
+    The writer switches the file to WAL, which persists in the file, except in another program's database that
+    already has tables named like ``own_tables``: the store refuses that file, and leaves it as it found it.
+    """
     if not location.is_sqlite:
         return _create(location, pool_pre_ping=True)
     connect_args: dict[str, Any] = {"timeout": busy_timeout_s, "check_same_thread": False}
@@ -115,7 +120,7 @@ def make_engine(location: Location, *, busy_timeout_s: float, writer: bool) -> E
         dbapi_connection.isolation_level = None  # ttc emits BEGIN itself (see the module docstring)
         cursor = dbapi_connection.cursor()
         try:
-            if writer:
+            if writer and not _foreign(cursor, own_tables):
                 cursor.execute("PRAGMA journal_mode=WAL")
                 cursor.execute("PRAGMA synchronous=NORMAL")  # durable across crashes in WAL mode
             cursor.execute("PRAGMA foreign_keys=ON")
@@ -128,6 +133,14 @@ def make_engine(location: Location, *, busy_timeout_s: float, writer: bool) -> E
         connection.exec_driver_sql(begin_sql)
 
     return engine
+
+
+def _foreign(cursor: sqlite3.Cursor, own_tables: Collection[str]) -> bool:
+    """Whether the file was never opened by ttc (user_version 0) and yet has one of its table names."""
+    if not own_tables or cursor.execute("PRAGMA user_version").fetchone()[0] != 0:
+        return False
+    names = {row[0] for row in cursor.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return bool(names & set(own_tables))
 
 
 def _create(location: Location, **options: Any) -> Engine:

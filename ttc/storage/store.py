@@ -119,7 +119,8 @@ class TraceStore:
             )
         self._location: Location = resolve_location(url)
         self._busy_timeout_s = busy_timeout_s
-        self._write_engine = make_engine(self._location, busy_timeout_s=busy_timeout_s, writer=True)
+        self._write_engine = make_engine(self._location, busy_timeout_s=busy_timeout_s, writer=True,
+                                         own_tables=tuple(Base.metadata.tables))
         self._read_engine = make_engine(self._location, busy_timeout_s=busy_timeout_s, writer=False)
         try:
             self._writer = Writer(
