@@ -25,7 +25,8 @@ accuracy at the uniform@16 arm's tokens against that arm's, the mean gain of the
 beside them, and the tokens uniform@16 spent for each token of the cheapest pooled arm that matches its accuracy.
 
     python3 benchmarks/batch_budget.py --problems 240 --fractions 0.25,0.5,0.75,1.0
-    python3 benchmarks/batch_budget.py --problems 240 --fractions 0.5,0.75,1.0 --select auto
+    python3 benchmarks/batch_budget.py --problems 240 --fractions 0.25,0.5,0.75,1.0 --select auto
+    python3 benchmarks/batch_budget.py --problems 240 --select auto --stop-share 0.75 --min-samples 4
 """
 
 from __future__ import annotations
@@ -112,13 +113,16 @@ async def main(args: argparse.Namespace) -> None:
         return await per_question(session, problems, label, strategy, options, budget, args.seed, args.concurrency)
 
     chosen = SELECTIONS[args.select]
+    stop_rule = {name: value for name, value in (("stop_share", args.stop_share), ("min_samples", args.min_samples))
+                 if value is not None}
+    chosen = {**chosen, **stop_rule}
     early_stop = pooled_options("auto", {**chosen, "max_samples": args.samples}, has_verifier=True)
     arms: list[Arm] = []
     try:
         arms.append(await run("greedy", "best_of_n", {"n": 1, "temperature": 0.0, "max_tokens": MAX_TOKENS},
                               MAX_TOKENS))
         print(arms[-1].line(), flush=True)
-        uniform = await run(f"uniform@{args.samples}", "best_of_n", {"n": args.samples, **chosen},
+        uniform = await run(f"uniform@{args.samples}", "best_of_n", {"n": args.samples, **SELECTIONS[args.select]},
                             args.samples * MAX_TOKENS)
         arms.append(uniform)
         print(arms[-1].line(), flush=True)
@@ -128,7 +132,7 @@ async def main(args: argparse.Namespace) -> None:
         for fraction in args.fractions:
             k = max(1, round(fraction * args.samples))
             evens[fraction] = uniform if k == args.samples else await run(
-                f"uniform@{k}", "best_of_n", {"n": k, **chosen}, k * MAX_TOKENS)
+                f"uniform@{k}", "best_of_n", {"n": k, **SELECTIONS[args.select]}, k * MAX_TOKENS)
             if k != args.samples:
                 arms.append(evens[fraction])
                 print(arms[-1].line(), flush=True)
@@ -164,6 +168,9 @@ def parse() -> argparse.Namespace:
                    help="pooled budgets, as fractions of the tokens the uniform arm generated")
     p.add_argument("--select", choices=sorted(SELECTIONS), default="checked",
                    help="how every arm chooses among its samples: a checked vote, or the checker-weighted vote")
+    p.add_argument("--stop-share", type=float, default=None,
+                   help="the early-stopping arms' stop_share (default: the controller's rule for the selection)")
+    p.add_argument("--min-samples", type=int, default=None, help="the early-stopping arms' min_samples")
     p.add_argument("--fresh", action="store_true", help="draw every arm's samples anew instead of replaying one pool")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)

@@ -68,7 +68,8 @@ def pooled_options(strategy: str, options: Mapping[str, object], *, has_verifier
     share a batch's budget. Under ``auto`` a question may draw up to ``AUTO_MAX_SAMPLES``: its cap is what the
     pool could lend it, not an equal share. Where ``auto`` votes weighted by a verifier, a question stops only when
     ``WEIGHTED_MIN_SAMPLES`` samples all agree: a weighted lead misleads early (with the bundled mini models,
-    stopping at a 0.75 share lost 7 points against an even split of the same tokens; benchmarks/batch_budget.py).
+    stopping at a 0.75 share after 4 samples left the batch 6.7 points below an even split of the same tokens;
+    benchmarks/batch_budget.py).
     """
     if strategy not in POOLED_STRATEGIES:
         raise ConfigError(f"budget_scope='batch' shares the budget by growing self-consistency votes round by round: "
