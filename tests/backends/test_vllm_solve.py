@@ -76,3 +76,24 @@ def test_eval_records_the_servers_prefix_cache_hit_rate(vllm_url: str, tmp_path:
     summary = store.get_run(run_id).summary or {}
     assert isinstance(summary.get("prefix_cache_hit_rate"), float)
     store.close()
+
+
+def test_a_batch_shares_one_budget_on_vllm(vllm_url: str, tmp_path: Path) -> None:
+    from ttc import solve_batch
+
+    questions = [QUESTION, "What is 7 * 6?", "What is 50 - 8?"]
+    budget = 3 * 8 * 16
+    with TraceStore(str(tmp_path / "t.db")) as store:
+        backend = VLLMBackend(vllm_url)
+        results = solve_batch(questions, budget, backend=backend, store=store, seed=3, budget_scope="batch",
+                              max_tokens=16, round_size=4, stop_share=1.0, max_samples=16)
+        again = solve_batch(questions, budget, backend=backend, store=False, seed=3, budget_scope="batch",
+                            max_tokens=16, round_size=4, stop_share=1.0, max_samples=16, concurrency=1)
+        assert sum(r.usage.generated_tokens for r in results) <= budget
+        assert sum(r.usage.backend_calls for r in results) == backend.stats().calls // 2
+        assert [[c.text for c in r.candidates] for r in results] == [[c.text for c in r.candidates] for r in again]
+        for r in results:
+            record = store.get_trace(r.trace_id or "")
+            assert record.status == "done"
+            assert sum(int(str(e.payload["samples"])) for e in record.events if e.kind == "grant") == len(r.candidates)
+        asyncio.run(backend.aclose())
