@@ -20,7 +20,9 @@ first 16 samples of a problem are the same ones, and arms differ by how they spe
 their draws (independent draws moved an arm by two or three points over 240 problems; ``--fresh`` gives each arm
 its own). Wall times are the replayed runs' and say little; tokens are counted as if every sample were drawn.
 
-Prints accuracy, generated tokens and wall time per arm, and ends with the headline figures: the pooled batch's
+Prints uniform@16's problems grouped by their first four samples (how many pass both checks, and whether those
+agree) with the checked vote's accuracy over the four and over all sixteen, to show where more samples pay; then
+accuracy, generated tokens and wall time per arm, and ends with the headline figures: the pooled batch's
 accuracy at the uniform@16 arm's tokens against that arm's, the mean gain of the pooled arms over the even splits
 beside them, and the tokens uniform@16 spent for each token of the cheapest pooled arm that matches its accuracy.
 
@@ -47,10 +49,13 @@ from ttc.concurrency import bounded_gather
 from ttc.config import embedded_setup
 from ttc.controller import pooled_options
 from ttc.pooled import solve_pooled
-from ttc.types import Budget, Problem, Result
-from ttc.verifiers.answer import grade
+from ttc.strategies.sampling import Checks
+from ttc.types import Budget, Candidate, Problem, Result
+from ttc.verifiers.answer import grade, normalize_answer
+from ttc.verifiers.vote import majority_vote
 
 MAX_TOKENS = 160
+CHECKS = Checks(arithmetic=True, operands=True)
 SELECTIONS: dict[str, Mapping[str, object]] = {
     "checked": {"select": "vote", "check_arithmetic": True, "check_operands": True, "max_tokens": MAX_TOKENS},
     "auto": {"max_tokens": MAX_TOKENS},
@@ -65,6 +70,7 @@ class Arm:
     tokens: int
     samples: int
     wall_s: float
+    results: Sequence[Result] = ()
 
     @property
     def accuracy(self) -> float:
@@ -78,7 +84,29 @@ class Arm:
 def tally(label: str, problems: Sequence[Problem], results: Sequence[Result], wall_s: float) -> Arm:
     correct = sum(grade(r.text, p.gold or "") for p, r in zip(problems, results, strict=True))
     return Arm(label, correct, len(problems), sum(r.usage.generated_tokens for r in results),
-               sum(len(r.candidates) for r in results), wall_s)
+               sum(len(r.candidates) for r in results), wall_s, results)
+
+
+def checked_vote_right(problem: Problem, candidates: Sequence[Candidate]) -> bool:
+    """Whether the vote among the candidates that pass both checks (all of them when none does) is right."""
+    passing = [c for c in candidates if not CHECKS.failed(problem.question, c.text)] or list(candidates)
+    winner = majority_vote([c.answer for c in passing]).key
+    return winner is not None and winner == normalize_answer(problem.gold or "")
+
+
+def breakdown(problems: Sequence[Problem], results: Sequence[Result], first: int) -> list[list[object]]:
+    """Problems grouped by their first ``first`` samples (how many pass both checks; whether those agree), with the
+    checked vote's accuracy over those samples and over all of them: where more samples pay, and where they do not."""
+    groups: dict[tuple[int, str], list[tuple[bool, bool]]] = {}
+    for problem, result in zip(problems, results, strict=True):
+        head = result.candidates[:first]
+        passing = [c for c in head if not CHECKS.failed(problem.question, c.text)]
+        answers = {normalize_answer(c.answer) for c in (passing or head) if c.answer is not None}
+        key = (len(passing), "agree" if len(answers) == 1 else "split")
+        groups.setdefault(key, []).append((checked_vote_right(problem, head),
+                                           checked_vote_right(problem, result.candidates)))
+    return [[f"{n} pass, {agree}", len(rows), sum(a for a, _ in rows) / len(rows), sum(b for _, b in rows) / len(rows)]
+            for (n, agree), rows in sorted(groups.items())]
 
 
 async def per_question(session: Session, problems: Sequence[Problem], label: str, strategy: str,
@@ -147,6 +175,11 @@ async def main(args: argparse.Namespace) -> None:
             print(arms[-1].line(), flush=True)
     finally:
         await session.aclose()
+    first = min(4, args.samples)
+    print(f"uniform@{args.samples}'s problems by their first {first} samples, with the checked vote over those and "
+          f"over all {args.samples}:")
+    print(format_table(["first samples", "problems", f"vote@{first}", f"vote@{args.samples}"],
+                       breakdown(problems, uniform.results, first)))
     print(format_table(["arm", "accuracy", "generated tokens", "tokens / uniform", "samples", "wall s"],
                        [[a.label, a.accuracy, a.tokens, a.tokens / uniform.tokens, a.samples, a.wall_s]
                         for a in arms]))
