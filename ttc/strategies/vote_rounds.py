@@ -47,15 +47,16 @@ class VoteRounds:
         The batch controller gives its last rounds to the questions with the smallest margin: those are the ones
         a few more samples are most likely to change.
         """
+        leader, runner_up, total = self._top_two()
+        return (leader - runner_up) / total if total > 0 else 0.0
+
+    def _top_two(self) -> tuple[float, float, float]:
+        """The leader's and the runner-up's votes, and all votes (zeros before any answer)."""
         vote = self.choice.vote if self.choice is not None else None
-        if vote is None:
-            return 0.0
-        ranked = sorted(vote.tally.values(), reverse=True)
-        total = sum(ranked)
-        if total <= 0:
-            return 0.0
-        runner_up = ranked[1] if len(ranked) > 1 else 0.0
-        return (ranked[0] - runner_up) / total
+        ranked = sorted(vote.tally.values(), reverse=True) if vote is not None else []
+        if not ranked:
+            return 0.0, 0.0, 0.0
+        return ranked[0], ranked[1] if len(ranked) > 1 else 0.0, sum(ranked)
 
     async def extend(self, meter: Meter, k: int) -> int:
         """Draw up to ``k`` more samples within ``meter``, score them and vote again; returns how many came."""
@@ -91,12 +92,9 @@ class VoteRounds:
             # A verifier's score is a number that ranks solutions, with no upper bound: a weighted lead can
             # always be overturned.
             return False
-        ranked = sorted(choice.vote.tally.values(), reverse=True)
-        if not ranked:
-            return False
-        runner_up = ranked[1] if len(ranked) > 1 else 0.0
+        leader, runner_up, total = self._top_two()
         # Each sample still to come adds one vote, so a larger lead cannot be overturned.
-        return ranked[0] - runner_up > max_samples - self.drawn
+        return total > 0 and leader - runner_up > max_samples - self.drawn
 
     def finish(self) -> StrategyResult:
         """Choose among every sample drawn, mark the chosen node and return it."""
