@@ -18,6 +18,8 @@ def _isolated_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     monkeypatch.setenv("TTC_DB", str(db))
     monkeypatch.delenv("TTC_VLLM_URL", raising=False)
     monkeypatch.delenv("TTC_MODEL", raising=False)
+    monkeypatch.delenv("TTC_DRAFT_URL", raising=False)
+    monkeypatch.delenv("TTC_DRAFT_MODEL", raising=False)
     if DATASETS.is_dir() and "TTC_DATA_DIR" not in os.environ:
         monkeypatch.setenv("TTC_DATA_DIR", str(DATASETS))
     yield db

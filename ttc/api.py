@@ -45,7 +45,8 @@ async def solve_problem(problem: Problem, budget: Budget, session: Session, *, s
     runner: Strategy[Any] = make_strategy(name, opts)
     checked = check_seed(seed)
     run = await QuestionRun.start(problem, budget, session, strategy=name, options=opts,
-                                  seed=secrets.randbits(31) if checked is None else checked)
+                                  seed=secrets.randbits(31) if checked is None else checked,
+                                  uses_draft=runner.uses_draft)
     try:
         return await run.finish(await runner.run(problem, run.meter, run.ctx))
     except BaseException as exc:
@@ -55,16 +56,18 @@ async def solve_problem(problem: Problem, budget: Budget, session: Session, *, s
 
 async def asolve(prompt: str, budget: int | Budget, *, strategy: str = "auto", backend: Backend | None = None,
                  store: StoreArg = None, seed: int | None = None, verifier: VerifierArg = None,
-                 prompt_template: str | None = None, **options: object) -> Result:
+                 prompt_template: str | None = None, draft: Backend | None = None, **options: object) -> Result:
     """Answer one question within ``budget`` (an int is a number of generated tokens).
 
     ``store=None`` writes the trace to the default store (``TTC_DB`` or the user data directory); ``False``
-    writes none. Extra keyword arguments are the strategy's options; unknown ones raise ConfigError.
+    writes none. ``draft`` is the small model the lookahead strategy drafts with (it must share the target's
+    tokenizer). Extra keyword arguments are the strategy's options; unknown ones raise ConfigError.
     """
     question = check_prompt(prompt)
     limits = Budget.of(budget)
     check_seed(seed)
-    session = open_session(backend=backend, store=store, verifier=verifier, prompt_template=prompt_template)
+    session = open_session(backend=backend, store=store, verifier=verifier, prompt_template=prompt_template,
+                           draft=draft)
     try:
         return await solve_problem(Problem(question=question), limits, session, strategy=strategy, seed=seed,
                                    options=options)
@@ -76,7 +79,7 @@ async def asolve_batch(prompts: Sequence[str], budget: int | Budget, *, strategy
                        backend: Backend | None = None, store: StoreArg = None, seed: int | None = None,
                        verifier: VerifierArg = None, prompt_template: str | None = None,
                        concurrency: int = 8, budget_scope: BudgetScope = "question",
-                       **options: object) -> list[Result]:
+                       draft: Backend | None = None, **options: object) -> list[Result]:
     """Answer many questions concurrently, at most ``concurrency`` at a time, sharing one backend and store.
 
     ``budget_scope="question"`` gives every question ``budget``; ``"batch"`` makes ``budget`` the whole batch's,
@@ -91,7 +94,8 @@ async def asolve_batch(prompts: Sequence[str], budget: int | Budget, *, strategy
         check_pooled(limits, len(questions), strategy=strategy, options=options)
     checked = check_seed(seed)
     base_seed = secrets.randbits(30) if checked is None else checked
-    session = open_session(backend=backend, store=store, verifier=verifier, prompt_template=prompt_template)
+    session = open_session(backend=backend, store=store, verifier=verifier, prompt_template=prompt_template,
+                           draft=draft)
     try:
         if budget_scope == "batch":
             problems = [Problem(question=q, index=i) for i, q in enumerate(questions)]
@@ -126,20 +130,22 @@ def _run_sync(func: Callable[[], Awaitable[T]]) -> T:
 
 def solve(prompt: str, budget: int | Budget, *, strategy: str = "auto", backend: Backend | None = None,
           store: StoreArg = None, seed: int | None = None, verifier: VerifierArg = None,
-          prompt_template: str | None = None, **options: object) -> Result:
+          prompt_template: str | None = None, draft: Backend | None = None, **options: object) -> Result:
     """Blocking form of :func:`asolve`."""
     return _run_sync(lambda: asolve(prompt, budget, strategy=strategy, backend=backend, store=store, seed=seed,
-                                    verifier=verifier, prompt_template=prompt_template, **options))
+                                    verifier=verifier, prompt_template=prompt_template, draft=draft, **options))
 
 
 def solve_batch(prompts: Sequence[str], budget: int | Budget, *, strategy: str = "auto",
                 backend: Backend | None = None, store: StoreArg = None, seed: int | None = None,
                 verifier: VerifierArg = None, prompt_template: str | None = None,
-                concurrency: int = 8, budget_scope: BudgetScope = "question", **options: object) -> list[Result]:
+                concurrency: int = 8, budget_scope: BudgetScope = "question", draft: Backend | None = None,
+                **options: object) -> list[Result]:
     """Blocking form of :func:`asolve_batch`."""
     return _run_sync(lambda: asolve_batch(prompts, budget, strategy=strategy, backend=backend, store=store,
                                           seed=seed, verifier=verifier, prompt_template=prompt_template,
-                                          concurrency=concurrency, budget_scope=budget_scope, **options))
+                                          concurrency=concurrency, budget_scope=budget_scope, draft=draft,
+                                          **options))
 
 
 __all__ = ["BudgetScope", "QuestionRun", "Session", "asolve", "asolve_batch", "bounded_gather", "check_budget_scope",

@@ -4,6 +4,8 @@ Environment variables (all optional):
 
 - ``TTC_VLLM_URL``: a vLLM server (comma-separated for replicas); wins over everything else.
 - ``TTC_MODEL``: a Hugging Face model folder for the in-process local engine.
+- ``TTC_DRAFT_MODEL`` / ``TTC_DRAFT_URL``: a draft model (a local folder, or a vLLM server) for the lookahead
+  strategy; it must share the target's tokenizer. The embedded default brings the mini draft.
 - ``TTC_DB``: the trace store, as a file path or an SQLAlchemy URL.
 - ``TTC_THREADS``: CPU threads of the local engine.
 - ``TTC_DATA_DIR``: where benchmark JSONL files live (default: ``../shared/datasets`` or ``./datasets``).
@@ -12,6 +14,7 @@ Environment variables (all optional):
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,12 +39,22 @@ class BackendSetup:
     prm: ProcessVerifier | None = None
     owned: bool = True
     closers: tuple[Backend, ...] = ()
+    draft: Backend | None = None
+    draft_loader: Callable[[], Backend] | None = None
+
+    def draft_backend(self) -> Backend | None:
+        """The draft model, loaded on first use: only lookahead needs one, so other runs never pay for it. A draft
+        this setup loaded is closed with it; a caller's own draft is left open."""
+        if self.draft is None and self.draft_loader is not None:
+            self.draft = self.draft_loader()
+            self.closers = (*self.closers, self.draft)
+        return self.draft
 
     async def aclose(self) -> None:
         """Close the backends this setup opened (a caller's own backend is left open)."""
-        if self.owned:
-            for backend in (self.backend, *self.closers):
-                await backend.aclose()
+        own = (self.backend, *self.closers) if self.owned else tuple(b for b in self.closers if b is self.draft)
+        for backend in own:
+            await backend.aclose()
 
 
 def env(name: str) -> str | None:
@@ -56,17 +69,27 @@ def default_backend(*, url: str | None = None, model: str | Path | None = None) 
     ``ttc solve --backend local --model DIR`` runs DIR even where a shell exports a server's URL.
     """
     if url:
-        return BackendSetup(backend=_vllm(url))
+        return with_draft(BackendSetup(backend=_vllm(url)))
     if model:
-        return BackendSetup(backend=_local(Path(model)))
+        return with_draft(BackendSetup(backend=_local(Path(model))))
     if url := env("TTC_VLLM_URL"):
-        return BackendSetup(backend=_vllm(url))
+        return with_draft(BackendSetup(backend=_vllm(url)))
     if model := env("TTC_MODEL"):
-        return BackendSetup(backend=_local(Path(model)))
+        return with_draft(BackendSetup(backend=_local(Path(model))))
     embedded = _embedded()
     if embedded is not None:
-        return embedded
+        return with_draft(embedded)
     raise ConfigError(NO_BACKEND_HELP)
+
+
+def with_draft(setup: BackendSetup) -> BackendSetup:
+    """Where the draft model comes from: ``TTC_DRAFT_URL``, then ``TTC_DRAFT_MODEL``, then what the setup brings."""
+    if url := env("TTC_DRAFT_URL"):
+        setup.draft_loader = lambda: _vllm(url)
+    elif model := env("TTC_DRAFT_MODEL"):
+        path = Path(model)
+        setup.draft_loader = lambda: _local(path, what="TTC_DRAFT_MODEL")
+    return setup
 
 
 def _vllm(url: str) -> Backend:
@@ -78,9 +101,9 @@ def _vllm(url: str) -> Backend:
                        api_key=env("TTC_VLLM_API_KEY"))
 
 
-def _local(path: Path) -> Backend:
+def _local(path: Path, *, what: str = "TTC_MODEL / --model") -> Backend:
     if not path.is_dir():
-        raise ConfigError(f"model folder {path} does not exist: TTC_MODEL / --model must name a folder with "
+        raise ConfigError(f"model folder {path} does not exist: {what} must name a folder with "
                           "config.json, model.safetensors and tokenizer.json")
     try:
         from ttc.backends.local import LocalBackend
@@ -139,8 +162,10 @@ def embedded_setup(*, threads: int | None = None) -> BackendSetup:
             exc.add_note(f"closing {reasoner.name} after this error failed too: {type(close_error).__name__}: "
                          f"{close_error}")
         raise
+    draft_dir = mini_model_path("draft")
     return BackendSetup(backend=reasoner, prompt_template=mini_prompt("{question}"), verifier=StepwiseOutcome(prm),
-                        prm=prm, closers=(prm.backend,))
+                        prm=prm, closers=(prm.backend,),
+                        draft_loader=lambda: LocalBackend.from_pretrained(draft_dir, threads=threads))
 
 
-__all__ = ["NO_BACKEND_HELP", "BackendSetup", "default_backend", "embedded_setup", "env"]
+__all__ = ["NO_BACKEND_HELP", "BackendSetup", "default_backend", "embedded_setup", "env", "with_draft"]

