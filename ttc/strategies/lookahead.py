@@ -157,6 +157,8 @@ class Lookahead(Strategy[LookaheadOptions]):
         heads = [chain.prefix + sum((p.token_ids for p in proposals[:i]), ()) for i in range(len(proposals) + 1)]
         if proposals and ends_solution(proposals[-1], ctx.step_delimiter):
             heads.pop()
+        # A round without proposals is one plain target step, trimmed to what is left (never to nothing: the
+        # budget was not exhausted when the round was planned).
         checks = await self._check(ctx, meter, heads, cap if k > 0 else meter.plan(1, cap)[1])
         tally.target_tokens += sum(len(c.token_ids) for c in checks)
         # The wave decodes together, so the target's sequential decode steps are those of its longest step.
@@ -191,8 +193,6 @@ class Lookahead(Strategy[LookaheadOptions]):
         async def one(index: int) -> None:
             found[index] = (await ctx.backend.complete(heads[index], 1, self._sampling(ctx, cap)))[0]
 
-        if cap < 1:
-            return []
         await run_concurrently([functools.partial(one, i) for i in range(len(heads))])
         checks = [c for c in found if c is not None]
         for check in checks:
