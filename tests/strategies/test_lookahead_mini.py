@@ -38,17 +38,23 @@ def test_lookahead_writes_the_reasoners_greedy_solution_and_accepts_draft_steps(
     assert accepted / proposed > 0.25
 
 
-def test_the_embedded_draft_loads_only_for_lookahead_and_closes_with_the_setup(tmp_path: Path) -> None:
+def test_the_embedded_draft_loads_only_for_lookahead_and_closes_with_the_setup() -> None:
+    import anyio
+
+    from ttc.errors import BackendError
+    from ttc.session import Session
+    from ttc.types import Sampling
+
     question = load_dataset("synthetic", limit=1, seed=41_100)[0].question
     setup = default_backend()
     try:
-        assert setup.draft is None
-        from ttc.session import Session
-        assert Session(setup=setup, store=None).setup.draft_backend() is not None
-        assert setup.draft in setup.closers
+        assert setup.draft is None  # nothing has asked for it yet
+        draft = Session(setup=setup, store=None).setup.draft_backend()
+        assert draft is not None and draft in setup.closers
     finally:
-        import anyio
         anyio.run(setup.aclose)
+    with pytest.raises(BackendError, match="closed"):
+        anyio.run(draft.complete, [1, 5, 6], 1, Sampling(max_tokens=2, temperature=0.0))
     result = solve(question, 1500, strategy="lookahead", store=False, seed=1)
     assert result.answer is not None
 
