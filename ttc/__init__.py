@@ -6,7 +6,7 @@ concurrently; every run is recorded as a trace (``ttc traces``).
 
 from ttc.api import asolve, asolve_batch, solve, solve_batch
 from ttc.backends.base import Backend, BackendStats
-from ttc.errors import BackendError, BudgetExhausted, ConfigError, StorageError, TTCError, VerifierError
+from ttc.errors import BackendError, BudgetExhausted, ConfigError, NotFound, StorageError, TTCError, VerifierError
 from ttc.strategies.base import strategy_names
 from ttc.types import Budget, Candidate, Completion, Node, Problem, Result, Sampling, Usage
 from ttc.verifiers.answer import extract_answer, grade
@@ -23,6 +23,7 @@ __all__ = [
     "Completion",
     "ConfigError",
     "Node",
+    "NotFound",
     "Problem",
     "Result",
     "Sampling",

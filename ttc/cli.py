@@ -5,12 +5,10 @@ Every deliberate failure is a TTCError: it is printed as one line without a trac
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 import os
 import sys
-from collections.abc import Mapping
-from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,9 +24,10 @@ from ttc.api import Session, check_budget_scope, open_session, solve_problem
 from ttc.bench.datasets import dataset_names, load_dataset
 from ttc.bench.eval import EvalReport, evaluate
 from ttc.cli_render import render_trace
-from ttc.errors import ConfigError, StorageError, TTCError
+from ttc.errors import ConfigError, TTCError
 from ttc.pooled import check_pooled
 from ttc.storage import TraceStore
+from ttc.storage.export import strict_json
 from ttc.types import Budget, Problem, Result
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Test-time compute for language models.")
@@ -213,6 +212,25 @@ def demo(
               if last.trace_ids else "")
 
 
+@app.command()
+def view(
+    db: DbOpt = None,
+    host: Annotated[str, typer.Option(help="address to listen on (127.0.0.1: this machine only)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on (0: any free port)")] = 8321,
+) -> None:
+    """Browse the trace store in a web browser: runs, traces, each trace's tree, scores and decisions."""
+    from ttc.viewer import make_server, serve
+
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be from 0 to 65535, got {port}")
+    with TraceStore(db) as store:
+        server = make_server(store, host, port)
+        # One line, flushed at once, so a script starting the viewer can read the address it got.
+        print(f"ttc viewer on {server.url} for {store.url} (Ctrl-C stops it)", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            serve(server)
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=err, transient=False, disable=not sys.stderr.isatty())
@@ -259,33 +277,6 @@ def traces_show(trace_id: Annotated[str, typer.Argument(help="trace id or a uniq
     render_trace(out, record)
 
 
-_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
-
-
-def _strict_json(value: object, where: str) -> object:
-    """``value`` with every non-finite float replaced by "NaN", "Infinity" or "-Infinity" (lossless, and
-    valid JSON), datetimes and dates as ISO strings, and tuples as lists. Any other non-JSON value is a
-    StorageError naming where it is, never silently stringified."""
-    if value is None or isinstance(value, (str, bool, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else _NON_FINITE[repr(value)]
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    if isinstance(value, Mapping):
-        converted: dict[str, object] = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise StorageError(f"cannot export {where}: key {key!r} is a {type(key).__name__}, not a string; "
-                                  "JSON objects take string keys only")
-            converted[key] = _strict_json(item, f"{where}.{key}")
-        return converted
-    if isinstance(value, (list, tuple)):
-        return [_strict_json(item, f"{where}[{i}]") for i, item in enumerate(value)]
-    raise StorageError(f"cannot export {where}: a {type(value).__name__} ({value!r:.60}) has no JSON form; "
-                      "store only JSON values (str, number, bool, None, lists, dicts) in traces")
-
-
 @traces_app.command("export")
 def traces_export(trace_id: Annotated[str, typer.Argument()],
                   format: Annotated[str, typer.Option(help="json")] = "json",
@@ -301,7 +292,7 @@ def traces_export(trace_id: Annotated[str, typer.Argument()],
         raise ConfigError(f"unknown export format {format!r}: only json is supported")
     with TraceStore(db) as store:
         data = store.export_trace(trace_id)
-    text = json.dumps(_strict_json(data, "trace"), indent=2, allow_nan=False)
+    text = json.dumps(strict_json(data, "trace"), indent=2, allow_nan=False)
     if output is None:
         sys.stdout.write(text + "\n")
     else:

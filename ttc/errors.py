@@ -9,6 +9,7 @@ The tree::
     ├── BudgetExhausted      a strategy was asked to spend what its budget no longer holds
     ├── VerifierError        a verifier could not score (bad preset, missing judgement tokens)
     └── StorageError         the trace store cannot be opened, is locked, or is not writable
+        └── NotFound         a run or trace id (or id prefix) that names no record, or several
 
 The CLI prints these without a traceback and exits non-zero; anything else is a bug.
 """
@@ -48,4 +49,9 @@ class StorageError(TTCError):
     """The trace store failed: unreachable, locked, unwritable, or a trace id that does not exist."""
 
 
-__all__ = ["BackendError", "BudgetExhausted", "ConfigError", "StorageError", "TTCError", "VerifierError"]
+class NotFound(StorageError):
+    """A run or trace id, or an id prefix, names no record in the store (or, for a prefix, several)."""
+
+
+__all__ = ["BackendError", "BudgetExhausted", "ConfigError", "NotFound", "StorageError", "TTCError",
+           "VerifierError"]

@@ -24,7 +24,7 @@ from sqlalchemy import Connection, delete, func, insert, inspect, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from ttc.errors import ConfigError, StorageError
+from ttc.errors import ConfigError, NotFound, StorageError
 from ttc.storage import convert
 from ttc.storage.database import (
     DEFAULT_BUSY_TIMEOUT_S,
@@ -246,7 +246,7 @@ class TraceStore:
         def work(connection: Connection) -> None:
             updated = connection.execute(update(RunRow).where(RunRow.id == run_id).values(**values))
             if updated.rowcount != 1:
-                raise StorageError(
+                raise NotFound(
                     f"no run {run_id!r} in {self._location.describe()}; use the id create_run returned"
                 )
             connection.execute(delete(RunLeaseRow).where(RunLeaseRow.run_id == run_id))
@@ -269,7 +269,7 @@ class TraceStore:
 
         def work(connection: Connection) -> None:
             if run_id is not None and not _exists(connection, RunRow.id, run_id):
-                raise StorageError(f"no run {run_id!r} in {self._location.describe()}; "
+                raise NotFound(f"no run {run_id!r} in {self._location.describe()}; "
                                    "start traces with the id create_run returned")
             _ensure_problem(connection, problem_values)
             connection.execute(insert(TraceRow).values(**trace_values))
@@ -396,7 +396,7 @@ class TraceStore:
             run = session.get(RunRow, run_id)
             if run is None:
                 where = self._location.describe()
-                raise StorageError(f"no run {run_id!r} in {where}; list_runs shows the runs")
+                raise NotFound(f"no run {run_id!r} in {where}; list_runs shows the runs")
             return _run_summary(run, _trace_counts(session, [run_id]).get(run_id, {}))
 
         return self._read(work, f"reading run {run_id}")
@@ -421,7 +421,7 @@ class TraceStore:
 
         def work(session: Session) -> list[TraceSummary]:
             if run_id is not None and session.get(RunRow, run_id) is None:
-                raise StorageError(f"no run {run_id!r} in {self._location.describe()}; give a whole run id as "
+                raise NotFound(f"no run {run_id!r} in {self._location.describe()}; give a whole run id as "
                                    "`ttc traces runs` shows it")
             return [_trace_summary(trace, problem) for trace, problem in session.execute(query)]
 
@@ -472,9 +472,9 @@ class TraceStore:
             if len(matches) == 1:
                 return matches[0]
             if len(matches) > 1:
-                raise StorageError(f"trace id prefix {trace_id!r} matches several traces in {where}; "
+                raise NotFound(f"trace id prefix {trace_id!r} matches several traces in {where}; "
                                    "give more characters of the id")
-        raise StorageError(f"no trace {trace_id!r} in {where} (ids or unique prefixes of at least "
+        raise NotFound(f"no trace {trace_id!r} in {where} (ids or unique prefixes of at least "
                            f"{MIN_PREFIX} characters); run `ttc traces list` to see the trace ids")
 
 
@@ -505,7 +505,7 @@ def _close_trace(connection: Connection, trace_id: str, values: dict[str, Any], 
         return None
     status = connection.execute(select(TraceRow.status).where(TraceRow.id == trace_id)).scalar_one_or_none()
     if status is None:
-        raise StorageError(f"no trace {trace_id!r} in {location.describe()}; use the id start_trace returned")
+        raise NotFound(f"no trace {trace_id!r} in {location.describe()}; use the id start_trace returned")
     return str(status)
 
 

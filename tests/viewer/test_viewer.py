@@ -1,0 +1,145 @@
+"""The trace viewer over HTTP, on a real SQLite store holding real traces (a solve, a tree search, a failure)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ttc import solve
+from ttc.errors import BackendError, ConfigError
+from ttc.storage import TraceStore
+from ttc.storage.export import strict_json
+from ttc.testing import ScriptedBackend
+from ttc.viewer import make_server
+from ttc.viewer.pages import tree_rows
+from ttc.viewer.server import ViewerServer
+
+HOSTILE = "What is <script>alert('x')</script> 2 + 3?"
+SOLUTION = "2 + 3 = 5\nThe answer is 5."
+
+
+@dataclass
+class Viewer:
+    store: TraceStore
+    server: ViewerServer
+    client: httpx.Client
+    solved: str
+    searched: str
+    failed: str
+
+
+@pytest.fixture
+def viewer(tmp_path: Path) -> Iterator[Viewer]:
+    store = TraceStore(str(tmp_path / "traces.db"))
+    solved = solve(HOSTILE, 400, strategy="best_of_n", n=3, backend=ScriptedBackend([SOLUTION]), store=store,
+                   seed=1).trace_id
+    searched = solve("What is 2 + 3?", 400, strategy="lookahead", gamma=2, backend=ScriptedBackend([SOLUTION]),
+                     draft=ScriptedBackend(["2 + 3 = 6\nThe answer is 6."]), store=store, seed=2).trace_id
+    with pytest.raises(BackendError):
+        solve("What fails?", 400, strategy="best_of_n", backend=ScriptedBackend([SOLUTION], fail_after=0),
+              store=store, seed=3)
+    [failed] = store.list_traces(status="failed")
+    server = make_server(store, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    assert solved is not None and searched is not None
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            yield Viewer(store, server, client, solved, searched, failed.id)
+    finally:
+        server.shutdown()
+        server.server_close()
+        store.close()
+
+
+def test_the_index_lists_every_trace_with_links(viewer: Viewer) -> None:
+    page = viewer.client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for trace_id in (viewer.solved, viewer.searched, viewer.failed):
+        assert f'href="/traces/{trace_id}"' in page.text
+    assert "<script>alert" not in page.text and "&lt;script&gt;alert" in page.text
+    assert "scripted backend refused the call" in page.text  # the failed trace's error
+
+
+def test_the_index_filters_by_status(viewer: Viewer) -> None:
+    page = viewer.client.get("/", params={"status": "failed"})
+    assert viewer.failed in page.text and viewer.solved not in page.text
+    refused = viewer.client.get("/", params={"status": "bogus"})
+    assert refused.status_code == 400 and "trace status must be one of running, done, failed" in refused.text
+    assert viewer.client.get("/", params={"limit": "0"}).status_code == 400
+
+
+def test_a_trace_page_shows_the_tree_the_decisions_and_the_chosen_path(viewer: Viewer) -> None:
+    page = viewer.client.get(f"/traces/{viewer.solved[:8]}")  # a unique prefix finds it too
+    assert page.status_code == 200
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page.text and "<script>alert" not in page.text
+    record = viewer.store.get_trace(viewer.solved)
+    for node in record.nodes:
+        assert f'id="node-{node.id}"' in page.text
+    for event in record.events:
+        assert f"<td>{event.kind}</td>" in page.text
+    selected = [n for n in record.nodes if n.status == "selected"]
+    assert len(selected) == 1 and f'<tr id="node-{selected[0].id}" class="path">' in page.text
+
+
+def test_a_lookahead_trace_shows_which_model_wrote_each_step(viewer: Viewer) -> None:
+    page = viewer.client.get(f"/traces/{viewer.searched}")
+    assert "written by the target" in page.text and "draft step rejected" in page.text
+    assert "lookahead_summary" in page.text
+
+
+def test_the_json_endpoint_is_the_export(viewer: Viewer) -> None:
+    reply = viewer.client.get(f"/api/traces/{viewer.searched}")
+    assert reply.status_code == 200 and reply.headers["content-type"] == "application/json"
+    assert reply.json() == json.loads(json.dumps(strict_json(viewer.store.export_trace(viewer.searched), "t")))
+
+
+def test_unknown_ids_and_pages_are_404_with_the_stores_message(viewer: Viewer) -> None:
+    missing = viewer.client.get("/traces/ffffffffff")
+    assert missing.status_code == 404 and "no trace" in missing.text and "ttc traces list" in missing.text
+    api = viewer.client.get("/api/traces/ffffffffff")
+    assert api.status_code == 404 and "no trace" in api.json()["error"]
+    assert viewer.client.get("/nowhere").status_code == 404
+    run = viewer.client.get("/", params={"run": "no-such-run"})
+    assert run.status_code == 404 and "no run" in run.text
+
+
+def test_tree_rows_walk_a_deep_chain_without_recursion(viewer: Viewer) -> None:
+    from ttc.types import Node
+
+    chain = [Node(id=i, parent=i - 1 if i else None, depth=i, text=f"{i}\n", token_count=1,
+                  status="selected" if i == 4999 else "active") for i in range(5000)]
+    rows = tree_rows(chain, limit=5000)
+    assert [r.depth for r in rows] == list(range(5000)) and all(r.on_selected_path for r in rows)
+
+
+def test_a_taken_port_is_a_config_error(viewer: Viewer) -> None:
+    port = viewer.server.server_address[1]
+    with pytest.raises(ConfigError, match="cannot serve the viewer"):
+        make_server(viewer.store, "127.0.0.1", port)
+
+
+def test_ttc_view_prints_its_address_and_serves_until_stopped(tmp_path: Path) -> None:
+    db = tmp_path / "cli.db"
+    env = {**os.environ, "TTC_DB": str(db)}
+    proc = subprocess.Popen([sys.executable, "-m", "ttc", "view", "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("ttc viewer on http://127.0.0.1:"), line + (proc.stderr.read() if proc.stderr else "")
+        url = line.split()[3]
+        page = httpx.get(url + "/", timeout=10)
+        assert page.status_code == 200 and "No runs recorded" in page.text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -1,0 +1,118 @@
+"""The viewer's HTTP server: the standard library's threading server, read-only routes over one TraceStore.
+
+Routes: ``/`` (runs and traces; ``?run=ID``, ``?status=done``, ``?limit=N``), ``/traces/ID`` (one trace, by id or a
+unique prefix), ``/api/traces/ID`` (the trace as strict JSON, as ``ttc traces export`` writes it). A request the
+store refuses (an unknown or ambiguous id, a bad filter) gets the store's own message with 404 or 400, never a
+stack trace.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ttc.errors import ConfigError, NotFound, StorageError
+from ttc.storage import TraceStore
+from ttc.storage.export import strict_json
+from ttc.viewer.pages import error_page, index_page, trace_page
+
+DEFAULT_LIMIT = 200
+MAX_LIMIT = 10_000
+
+
+class ViewerServer(ThreadingHTTPServer):
+    """A threading HTTP server that knows its store. Store reads are safe from several threads at once."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], store: TraceStore) -> None:
+        super().__init__(address, ViewerHandler)
+        self.store = store
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+
+class ViewerHandler(BaseHTTPRequestHandler):
+    server: ViewerServer
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        path = unquote(parts.path)
+        query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+        try:
+            if path == "/":
+                self._index(query)
+            elif path.startswith("/traces/") and path.count("/") == 2:
+                record = self.server.store.get_trace(path.removeprefix("/traces/"))
+                self._send(HTTPStatus.OK, trace_page(record, store=self.server.store.url))
+            elif path.startswith("/api/traces/") and path.count("/") == 3:
+                data = strict_json(self.server.store.export_trace(path.removeprefix("/api/traces/")), "trace")
+                self._send(HTTPStatus.OK, json.dumps(data, allow_nan=False), "application/json")
+            else:
+                self._fail(HTTPStatus.NOT_FOUND, f"no page at {path}: the viewer has /, /traces/ID and "
+                           "/api/traces/ID")
+        except ConfigError as exc:
+            self._fail(HTTPStatus.BAD_REQUEST, str(exc))
+        except NotFound as exc:
+            self._fail(HTTPStatus.NOT_FOUND, str(exc))
+        except StorageError as exc:
+            self._fail(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
+
+    def _index(self, query: dict[str, str]) -> None:
+        limit = _limit(query.get("limit"))
+        run, status = query.get("run") or None, query.get("status") or None
+        store = self.server.store
+        traces = store.list_traces(run_id=run, status=status, limit=limit)
+        self._send(HTTPStatus.OK, index_page(store.list_runs(limit=50), traces, run=run, status=status,
+                                             limit=limit, store=store.url))
+
+    def _fail(self, status: HTTPStatus, message: str) -> None:
+        if self.path.startswith("/api/"):
+            self._send(status, json.dumps({"error": message}), "application/json")
+        else:
+            self._send(status, error_page(status.value, message))
+
+    def _send(self, status: HTTPStatus, body: str, content_type: str = "text/html; charset=utf-8") -> None:
+        data = body.encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: a local viewer's access log would only bury the URL it printed."""
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_LIMIT
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
+        raise ConfigError(f"limit must be a whole number from 1 to {MAX_LIMIT}, got {raw!r}")
+    return int(raw)
+
+
+def make_server(store: TraceStore, host: str = "127.0.0.1", port: int = 8321) -> ViewerServer:
+    """A viewer bound to ``host:port`` (port 0: any free port; ``server.url`` says which), not yet serving."""
+    try:
+        return ViewerServer((host, port), store)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve the viewer on {host}:{port}: {exc.strerror or exc}; pick another --port "
+                          "(0 takes any free one)") from None
+
+
+def serve(server: ViewerServer) -> None:
+    """Serve until interrupted; the caller closes the store."""
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+__all__ = ["DEFAULT_LIMIT", "ViewerHandler", "ViewerServer", "make_server", "serve"]
