@@ -26,7 +26,7 @@ from ttc.backends.base import Backend
 from ttc.budget import Meter
 from ttc.errors import ConfigError
 from ttc.strategies.base import Context, Strategy, StrategyOptions, StrategyResult, register
-from ttc.strategies.tree import run_concurrently
+from ttc.strategies.tree import ends_solution, run_concurrently
 from ttc.types import Candidate, Completion, Problem, Sampling
 from ttc.verifiers.answer import extract_answer, extract_stated_answer
 
@@ -61,14 +61,6 @@ class Tally:
     draft_tokens: int = 0
     target_tokens: int = 0
     target_passes: int = 0
-
-
-def ends_solution(completion: Completion, delimiter: str) -> bool:
-    """A step ends the solution when it states the answer, or generation stopped for anything but the delimiter
-    (end of sequence, token limit)."""
-    if extract_stated_answer(completion.text) is not None:
-        return True
-    return completion.finish_reason != "stop" or delimiter not in completion.text
 
 
 def steps_to_propose(meter: Meter, gamma: int, max_tokens: int) -> int | None:
@@ -228,4 +220,4 @@ class Lookahead(Strategy[LookaheadOptions]):
         return StrategyResult(answer=answer, text=text, score=None, candidates=(candidate,))
 
 
-__all__ = ["Lookahead", "LookaheadOptions", "accepted_prefix", "ends_solution", "steps_to_propose"]
+__all__ = ["Lookahead", "LookaheadOptions", "accepted_prefix", "steps_to_propose"]

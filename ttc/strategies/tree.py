@@ -90,6 +90,16 @@ class StepNode:
         return not (self.complete or self.expanded or self.pruned)
 
 
+def ends_solution(completion: Completion, delimiter: str) -> bool:
+    """A step ends the solution when it states the answer, or when generation stopped for anything but the step
+    delimiter. The delimiter is the only stop string, so a stop with the delimiter in the text ended a step and one
+    without it was the end of sequence; a token limit ends it too. (A subword token can finish the delimiter and go
+    on, "\n\nThe", so the text need not end with it.)"""
+    if extract_stated_answer(completion.text) is not None:
+        return True
+    return completion.finish_reason != "stop" or delimiter not in completion.text
+
+
 def plan_round(meter: Meter, wants: Sequence[int], max_tokens: int) -> list[tuple[int, int]]:
     """(children, max_tokens) for each expansion in order, as ``Meter.plan`` would grant them one after another.
 
@@ -265,17 +275,11 @@ class SearchTree:
     def _add_child(self, parent: StepNode, completion: Completion) -> StepNode:
         ids = tuple(completion.token_ids)
         depth = parent.depth + 1
-        delimiter = self.ctx.step_delimiter
-        stated = extract_stated_answer(completion.text) is not None
-        # The delimiter is the only stop string, so a stop with the delimiter in the text ended a step; one without
-        # it was the end of sequence. (A subword token can finish the delimiter and go on, "\n\nThe", so the text
-        # need not end with it.)
-        ended = completion.finish_reason != "stop" or delimiter not in completion.text
         node_id = self.ctx.recorder.add_node(parent=parent.id, text=completion.text, token_count=len(ids),
                                              logprob=completion.cumulative_logprob)
         child = StepNode(id=node_id, parent=parent, prefix=parent.prefix + ids, token_ids=ids,
                          text=completion.text, depth=depth, cut=completion.finish_reason == "length",
-                         complete=stated or ended or depth >= self.options.max_depth)
+                         complete=ends_solution(completion, self.ctx.step_delimiter) or depth >= self.options.max_depth)
         parent.children.append(child)
         self.nodes.append(child)
         return child
@@ -385,4 +389,5 @@ class TreeSearch(Strategy[TreeOptionsT]):
         """Grow and prune ``tree`` until the budget or the search is done."""
 
 
-__all__ = ["SearchTree", "StepNode", "TreeSearch", "TreeSearchOptions", "TreeSelection", "by_rank", "plan_round"]
+__all__ = ["SearchTree", "StepNode", "TreeSearch", "TreeSearchOptions", "TreeSelection", "by_rank", "ends_solution",
+           "plan_round"]
