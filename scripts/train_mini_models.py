@@ -686,6 +686,15 @@ def write_checker_preset(directory: Path) -> None:
 # ------------------------------------------------------------------------------------------------------ main
 
 
+def draft_shape(text: str) -> Shape:
+    """``HIDDENxLAYERS``, e.g. ``192x2``: the draft's shape, with heads of 32 dimensions."""
+    hidden, _, layers = text.partition("x")
+    if not (hidden.isdigit() and layers.isdigit()) or int(hidden) % 32 or int(layers) < 1:
+        raise argparse.ArgumentTypeError(f"expected HIDDENxLAYERS with HIDDEN a multiple of 32, got {text!r}")
+    width = int(hidden)
+    return Shape(hidden=width, layers=int(layers), heads=width // 32, intermediate=round(width * 2.75 / 16) * 16)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", choices=["all", "reasoner", "draft", "checker", "prm"], default="all")
@@ -725,8 +734,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="train the draft on the solutions themselves, or on the trained reasoner's next-token "
                         "distribution over them (distillation: where several next steps are right, the draft "
                         "learns the one the reasoner picks)")
+    parser.add_argument("--draft-shape", type=draft_shape, default=None, metavar="HIDDENxLAYERS",
+                        help="the draft's width and depth instead of the shipped 128x4 (heads of 32 dimensions, "
+                        "an MLP 2.75x as wide)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    if args.draft_shape is not None:
+        SHAPES["draft"] = args.draft_shape
     if not 0.0 <= args.totals_fraction <= 0.875:
         parser.error(f"--totals-fraction must be in [0, 0.875] (an eighth are context questions, the rest word "
                      f"problems), got {args.totals_fraction}")
