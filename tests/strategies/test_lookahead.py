@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,7 @@ TARGET = ["1 + 2 = 3\n", "3 * 4 = 12\n", "12 - 5 = 7\n", "7 + 1 = 8\n", "The ans
 TEMPLATE = "Q: {question}\nA:\n"
 
 
-def writer(lines: Sequence[str]) -> ScriptedBackend:
+def writer(lines: Sequence[str], fail_after: int | None = None) -> ScriptedBackend:
     """A model that writes ``lines`` in order: its next line is the one after those already in the prompt (a
     prompt that strays from ``lines`` gets the line at the same position)."""
 
@@ -30,7 +31,7 @@ def writer(lines: Sequence[str]) -> ScriptedBackend:
         done = prompt_text.split("A:\n", 1)[1].count("\n")
         return "".join(lines[done:])
 
-    return ScriptedBackend(respond)
+    return ScriptedBackend(respond, fail_after=fail_after)
 
 
 def ctx_for(target: ScriptedBackend, draft: ScriptedBackend | None) -> Context:
@@ -139,3 +140,24 @@ def test_solve_runs_lookahead_with_the_callers_draft_and_refuses_none() -> None:
         solve("q", 500, strategy="lookahead", backend=writer(TARGET), store=False, prompt_template=TEMPLATE)
     with pytest.raises(ConfigError, match="draft must be a Backend"):
         solve("q", 500, strategy="lookahead", backend=target, draft="/some/dir", store=False)  # type: ignore[arg-type]
+
+
+def test_a_draft_that_fails_mid_solution_fails_the_trace_and_releases_the_round(tmp_path: Path) -> None:
+    from ttc.errors import BackendError
+    from ttc.storage import TraceStore
+
+    target = writer(TARGET)
+    draft = writer(TARGET, fail_after=3)
+    store = TraceStore(f"{tmp_path}/t.db")
+    with pytest.raises(BackendError, match="fail_after"):
+        solve("q", 500, strategy="lookahead", backend=target, draft=draft, store=store, prompt_template=TEMPLATE,
+              gamma=2)
+    [failed] = store.list_traces(status="failed")
+    record = store.get_trace(failed.id)
+    assert "BackendError" in (record.error or "")
+    # The first round kept two draft steps and the target's third; the second round's second proposal failed.
+    # Nothing either model generated may stay held.
+    assert [n.reason for n in record.nodes if n.parent is not None] == ["written by the draft"] * 2 + \
+        ["written by the target"]
+    assert len(draft.released) == len(draft.calls) and len(target.released) == len(target.calls)
+    store.close()
