@@ -40,8 +40,10 @@ async def solve_problem(problem: Problem, budget: Budget, session: Session, *, s
                         seed: int | None, options: Mapping[str, object]) -> Result:
     """The core: run one problem end to end and record its trace."""
     check_prompt(problem.question)
-    name, opts = plan_strategy(strategy, budget, has_verifier=session.setup.verifier is not None,
-                               options=options)
+    setup = session.setup
+    name, opts = plan_strategy(strategy, budget, has_verifier=setup.verifier is not None, options=options,
+                               has_prm=setup.prm is not None, solution_tokens=setup.solution_tokens,
+                               step_tokens=setup.step_tokens)
     runner: Strategy[Any] = make_strategy(name, opts)
     checked = check_seed(seed)
     run = await QuestionRun.start(problem, budget, session, strategy=name, options=opts,

@@ -209,7 +209,7 @@ def demo(
     out.print(table)
     last = reports[-1][1]
     out.print(f"inspect: ttc traces list --run {last.run_id}   then   ttc traces show {last.trace_ids[0][:8]}"
-              if last.trace_ids else "")
+              f"   (or browse them: ttc view)" if last.trace_ids else "")
 
 
 @app.command()

@@ -41,6 +41,11 @@ class BackendSetup:
     closers: tuple[Backend, ...] = ()
     draft: Backend | None = None
     draft_loader: Callable[[], Backend] | None = None
+    solution_tokens: int | None = None
+    """A typical solution's length in tokens, where the setup knows its model (the controller sizes searches by
+    it); None for models nothing is known of."""
+    step_tokens: int | None = None
+    """The most tokens one reasoning step of this model takes, where the setup knows it."""
 
     def draft_backend(self) -> Backend | None:
         """The draft model, loaded on first use: only lookahead needs one, so other runs never pay for it. A draft
@@ -55,6 +60,12 @@ class BackendSetup:
         own = (self.backend, *self.closers) if self.owned else tuple(b for b in self.closers if b is self.draft)
         for backend in own:
             await backend.aclose()
+
+
+MINI_SOLUTION_TOKENS = 128
+"""A mini solution is about 100 tokens (one character each); searches over the mini models get one path per 128."""
+MINI_STEP_TOKENS = 24
+"""A mini step (``17 + 8 = 25``, ``The answer is 25.``) is under 24 characters."""
 
 
 def env(name: str) -> str | None:
@@ -165,7 +176,8 @@ def embedded_setup(*, threads: int | None = None) -> BackendSetup:
     draft_dir = mini_model_path("draft")
     return BackendSetup(backend=reasoner, prompt_template=mini_prompt("{question}"), verifier=StepwiseOutcome(prm),
                         prm=prm, closers=(prm.backend,),
-                        draft_loader=lambda: LocalBackend.from_pretrained(draft_dir, threads=threads))
+                        draft_loader=lambda: LocalBackend.from_pretrained(draft_dir, threads=threads),
+                        solution_tokens=MINI_SOLUTION_TOKENS, step_tokens=MINI_STEP_TOKENS)
 
 
 __all__ = ["NO_BACKEND_HELP", "BackendSetup", "default_backend", "embedded_setup", "env", "with_draft"]

@@ -43,6 +43,9 @@ def default_arms(samples: int) -> list[Arm]:
             160 * samples),
         Arm(f"verifier-weighted@{samples}", "best_of_n", {"n": samples, "select": "weighted_vote", "max_tokens": 160},
             160 * samples),
+        # The same tokens spent by the controller's own choice: with a process verifier, step-level beam search
+        # (benchmarks/search_vs_sampling.py: ahead of best-of-N at every budget measured).
+        Arm("auto (beam search)", "auto", {}, 160 * samples),
     ]
 
 
@@ -60,7 +63,7 @@ async def run_demo(session: Session, *, problems: int, samples: int, seed: int, 
     data = load_dataset("synthetic", limit=problems, seed=_DEMO_SEED_OFFSET + seed)
     reports = []
     for arm in default_arms(samples):
-        if arm.options.get("select") == "weighted_vote" and session.setup.verifier is None:
+        if (arm.options.get("select") == "weighted_vote" or arm.strategy == "auto") and session.setup.verifier is None:
             continue
         report = await evaluate(data, Budget(tokens=arm.budget), session, strategy=arm.strategy,
                                 options=arm.options, seed=seed, concurrency=concurrency,

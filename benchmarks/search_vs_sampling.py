@@ -1,0 +1,114 @@
+"""Step-level beam search against best-of-N, both ranked by the mini checker, across budgets: which spends tokens
+better, and by how much (Snell et al. 2024 report a compute-optimal strategy over 4x as efficient as best-of-N).
+
+Held-out synthetic problems of the whole level mix, the same problems and seeds for every cell. Best-of-N draws
+``budget / 128`` samples (a mini solution is about 100 tokens) and takes the verifier-weighted vote; beam search
+keeps ``budget / 512`` nodes (at least 1), each with 4 children per step, and takes the weighted vote of its
+complete solutions. Greedy decoding is the floor.
+
+    python3 benchmarks/search_vs_sampling.py                       # 96 problems, budgets 256-4096
+    python3 benchmarks/search_vs_sampling.py --problems 48 --budgets 512,2048
+
+The last line is ``name=value`` pairs: ``token_ratio_at_<budget>`` (the tokens best-of-N spends to reach beam
+search's accuracy at that budget, over the tokens beam search spent; ``>`` marks a lower bound, where best-of-N
+never reaches it within the budgets run) and ``gain_at_<budget>`` (beam search's accuracy minus best-of-N's, in
+points).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import math
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tree_search import Cell, run_cell  # noqa: E402
+
+from ttc.api import Session  # noqa: E402
+from ttc.bench.datasets import load_dataset  # noqa: E402
+from ttc.bench.report import format_table  # noqa: E402
+from ttc.config import embedded_setup  # noqa: E402
+
+STEP = {"max_step_tokens": 24, "max_depth": 12, "select": "weighted_vote"}
+
+
+def best_of_n(budget: int) -> dict[str, object]:
+    return {"n": max(1, budget // 128), "max_tokens": 288, "select": "weighted_vote"}
+
+
+def beam(budget: int) -> dict[str, object]:
+    return {**STEP, "beam_width": max(1, budget // 512), "expand": 4}
+
+
+def mean(values: list[int]) -> float:
+    return sum(values) / len(values)
+
+
+def tokens_to_reach(curve: list[Cell], accuracy: float) -> tuple[float, bool]:
+    """The tokens best-of-N needs for ``accuracy``, read off its curve (accuracy made non-decreasing in tokens,
+    interpolated linearly in log tokens); (its largest tokens, True) when it never gets there."""
+    points = sorted((mean(c.tokens), c.accuracy()) for c in curve)
+    best = 0.0
+    envelope = []
+    for tokens, acc in points:
+        best = max(best, acc)
+        envelope.append((tokens, best))
+    if envelope[0][1] >= accuracy:
+        return envelope[0][0], False
+    for (t0, a0), (t1, a1) in itertools.pairwise(envelope):
+        if a1 >= accuracy > a0:
+            share = (accuracy - a0) / (a1 - a0)
+            return math.exp(math.log(t0) + share * (math.log(t1) - math.log(t0))), False
+    return envelope[-1][0], True
+
+
+async def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--problems", type=int, default=96, help="held-out problems, levels 1-8 in equal shares")
+    parser.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")], default=[256, 512, 1024, 2048,
+                                                                                                4096])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    problems = load_dataset("synthetic", limit=args.problems, seed=22_000 + args.seed)
+    session = Session(setup=embedded_setup(threads=1), store=None)
+    cells: list[Cell] = []
+    try:
+        greedy = await run_cell(session, problems, "best_of_n", {"n": 1, "temperature": 0.0, "max_tokens": 288},
+                                288, args.seed)
+        greedy.strategy = "greedy"
+        cells.append(greedy)
+        for budget in args.budgets:
+            for name, options in (("best_of_n", best_of_n(budget)), ("beam", beam(budget))):
+                cells.append(await run_cell(session, problems, name, options, budget, args.seed))
+                c = cells[-1]
+                print(f"  {name} @ {budget}: acc={c.accuracy():.3f} tokens={mean(c.tokens):.0f} wall={c.wall_s:.1f}s",
+                      flush=True)
+    finally:
+        await session.aclose()
+    easy, hard = {1, 2, 3}, {4, 5, 6, 7, 8}
+    print(f"{len(problems)} held-out problems of levels 1-8; verifier: the mini checker")
+    print(format_table(["strategy", "budget", "acc", "acc L1-3", "acc L4-8", "mean tokens", "wall s"],
+                       [[c.strategy, c.budget, c.accuracy(), c.accuracy(easy), c.accuracy(hard), mean(c.tokens),
+                         c.wall_s] for c in cells]))
+    bon = [c for c in cells if c.strategy == "best_of_n"]
+    searches = [c for c in cells if c.strategy == "beam"]
+    for c in searches:
+        need, bound = tokens_to_reach(bon, c.accuracy())
+        print(f"beam @ {c.budget}: {100 * c.accuracy():.1f}% with {mean(c.tokens):.0f} tokens; best-of-N needs "
+              f"{'more than ' if bound else ''}{need:.0f} tokens for it ({need / mean(c.tokens):.1f}x)")
+    ratios = []
+    for c in searches:
+        need, bound = tokens_to_reach(bon, c.accuracy())
+        ratios.append(f"token_ratio_at_{c.budget}={'>' if bound else ''}{need / mean(c.tokens):.2f}")
+    gains = " ".join(f"gain_at_{b.budget}={100 * (s.accuracy() - b.accuracy()):.1f}"
+                     for b, s in zip(bon, searches, strict=True))
+    print(f"{' '.join(ratios)} {gains}")
+
+if __name__ == "__main__":
+    asyncio.run(main())

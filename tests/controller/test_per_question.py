@@ -1,0 +1,59 @@
+"""The ``auto`` rule: which strategy a question gets, and its size, from the budget and what verifies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ttc.controller import plan_strategy
+from ttc.types import Budget
+
+
+def test_a_process_verifier_gets_beam_search_sized_by_the_budget() -> None:
+    name, opts = plan_strategy("auto", Budget(tokens=2048), has_verifier=True, has_prm=True, options={},
+                               solution_tokens=128, step_tokens=24)
+    # 2048 tokens buy 16 solutions of 128: 4 beam nodes with 4 children each.
+    assert name == "beam"
+    assert opts == {"beam_width": 4, "expand": 4, "max_step_tokens": 24, "select": "weighted_vote"}
+    _, small = plan_strategy("auto", Budget(tokens=300), has_verifier=True, has_prm=True, options={},
+                             solution_tokens=128, step_tokens=24)
+    assert small["beam_width"] == 1
+    _, unknown = plan_strategy("auto", Budget(tokens=8192), has_verifier=True, has_prm=True, options={})
+    assert unknown["beam_width"] == 4 and unknown["max_step_tokens"] == 256  # a 512-token solution, 256-token step
+    _, endless = plan_strategy("auto", Budget(wall_s=5.0), has_verifier=True, has_prm=True, options={})
+    assert endless["beam_width"] == 16
+
+
+def test_the_callers_search_options_win() -> None:
+    _, opts = plan_strategy("auto", Budget(tokens=2048), has_verifier=True, has_prm=True,
+                            options={"beam_width": 2, "max_depth": 10}, solution_tokens=128, step_tokens=24)
+    assert opts["beam_width"] == 2 and opts["max_depth"] == 10 and opts["expand"] == 4
+
+
+@pytest.mark.parametrize("options", [{"n": 8}, {"max_tokens": 200}, {"check_arithmetic": True}])
+def test_sampling_options_keep_auto_on_best_of_n(options: dict[str, object]) -> None:
+    name, opts = plan_strategy("auto", Budget(tokens=2048), has_verifier=True, has_prm=True, options=options)
+    assert name == "best_of_n" and set(options) <= set(opts)
+
+
+def test_an_outcome_verifier_alone_keeps_best_of_n() -> None:
+    name, opts = plan_strategy("auto", Budget(tokens=2048), has_verifier=True, has_prm=False, options={})
+    assert name == "best_of_n" and opts == {"n": 4}
+
+
+def test_auto_searches_on_the_embedded_default(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from ttc import solve
+    from ttc.bench.datasets import load_dataset
+    from ttc.storage import TraceStore
+
+    problem = load_dataset("synthetic", limit=1, seed=42_000)[0]
+    store = TraceStore(str(tmp_path / "t.db"))
+    result = solve(problem.question, 1024, store=store, seed=5)
+    assert result.strategy == "beam" and result.usage.generated_tokens <= 1024
+    record = store.get_trace(result.trace_id or "")
+    [plan] = [e.payload for e in record.events if e.kind == "plan"]
+    assert plan["options"] == {"beam_width": 2, "expand": 4, "max_step_tokens": 24, "select": "weighted_vote"}
+    assert any(e.kind == "round" for e in record.events) and record.status == "done"
+    store.close()
