@@ -20,7 +20,8 @@ def test_a_process_verifier_gets_beam_search_sized_by_the_budget() -> None:
                              solution_tokens=128, step_tokens=24)
     assert small["beam_width"] == 1
     _, unknown = plan_strategy("auto", Budget(tokens=8192), has_verifier=True, has_prm=True, options={})
-    assert unknown["beam_width"] == 4 and unknown["max_step_tokens"] == 256  # a 512-token solution, 256-token step
+    # Nothing known of the model: a 512-token solution, and the search's own step limit.
+    assert unknown["beam_width"] == 4 and "max_step_tokens" not in unknown
     _, endless = plan_strategy("auto", Budget(wall_s=5.0), has_verifier=True, has_prm=True, options={})
     assert endless["beam_width"] == 16
 

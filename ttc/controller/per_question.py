@@ -26,7 +26,6 @@ from ttc.types import Budget, is_int
 
 AUTO_MAX_SAMPLES = 64
 DEFAULT_MAX_TOKENS = 512
-DEFAULT_STEP_TOKENS = 256
 AUTO_MAX_BEAM = 16
 BEAM_EXPAND = 4
 
@@ -36,16 +35,15 @@ def plan_strategy(strategy: str, budget: Budget, *, has_verifier: bool, options:
                   step_tokens: int | None = None) -> tuple[str, dict[str, object]]:
     """Return the strategy name and options to run for one question.
 
-    ``solution_tokens`` and ``step_tokens`` are the backend's typical solution and step lengths (defaults: 512
-    and 256, for models nothing is known of).
+    ``solution_tokens`` and ``step_tokens`` are the backend's typical solution and longest step lengths, where its
+    setup knows them (else 512 tokens a solution, and the search's default step limit).
     """
     if not isinstance(strategy, str) or not strategy:
         raise ConfigError("strategy must be a non-empty name such as 'auto', 'best_of_n' or 'self_consistency'")
     if strategy != "auto":
         return strategy, dict(options)
     if has_prm and set(options) <= _BEAM_OPTIONS:
-        return "beam", _beam_options(budget, options, solution_tokens or DEFAULT_MAX_TOKENS,
-                                     step_tokens or DEFAULT_STEP_TOKENS)
+        return "beam", _beam_options(budget, options, solution_tokens or DEFAULT_MAX_TOKENS, step_tokens)
     opts = dict(options)
     max_tokens = _positive_int(opts, "max_tokens", DEFAULT_MAX_TOKENS)
     affordable = AUTO_MAX_SAMPLES if budget.tokens is None else max(1, budget.tokens // max_tokens)
@@ -67,11 +65,14 @@ _BEAM_OPTIONS = frozenset({"max_step_tokens", "max_depth", "temperature", "top_p
 
 
 def _beam_options(budget: Budget, options: Mapping[str, object], solution_tokens: int,
-                  step_tokens: int) -> dict[str, object]:
-    """Beam search sized to the budget: one beam node per ``BEAM_EXPAND`` solutions' worth of tokens."""
+                  step_tokens: int | None) -> dict[str, object]:
+    """Beam search sized to the budget: one beam node per ``BEAM_EXPAND`` solutions' worth of tokens; steps as
+    long as the backend's model writes them, where the setup knows (else the search's own default)."""
     paths = AUTO_MAX_BEAM * BEAM_EXPAND if budget.tokens is None else budget.tokens // solution_tokens
     opts: dict[str, object] = {"beam_width": min(AUTO_MAX_BEAM, max(1, paths // BEAM_EXPAND)),
-                               "expand": BEAM_EXPAND, "max_step_tokens": step_tokens, "select": "weighted_vote"}
+                               "expand": BEAM_EXPAND, "select": "weighted_vote"}
+    if step_tokens is not None:
+        opts["max_step_tokens"] = step_tokens
     opts.update(options)
     return opts
 
@@ -84,4 +85,4 @@ def _positive_int(opts: Mapping[str, object], name: str, default: int) -> int:
     return value
 
 
-__all__ = ["AUTO_MAX_BEAM", "AUTO_MAX_SAMPLES", "DEFAULT_MAX_TOKENS", "DEFAULT_STEP_TOKENS", "plan_strategy"]
+__all__ = ["AUTO_MAX_BEAM", "AUTO_MAX_SAMPLES", "DEFAULT_MAX_TOKENS", "plan_strategy"]
