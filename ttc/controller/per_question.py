@@ -3,8 +3,8 @@
 The rule for ``strategy="auto"`` (documented, deliberately simple until a learned controller replaces it):
 
 - with a process verifier configured (one that scores steps), step-level ``beam`` search against it, ranked by
-  score-weighted vote. With the bundled mini models it is ahead of best-of-N from 1024 tokens up and within two
-  points of it below; best-of-N needs 2.1x to 6.5x the tokens for its accuracy at 1024 and 2048
+  score-weighted vote. With the bundled mini models it is ahead of best-of-N from 1024 tokens up and within about
+  two points of it below; best-of-N needs 2.1x to 6.5x the tokens for its accuracy at 1024 and 2048
   (``benchmarks/search_vs_sampling.py``). Searching the steps is the better way to spend there for easy and hard
   questions alike. The beam keeps ``budget / (4 * solution_tokens)`` nodes (at
   least 1, at most 16) with 4 children each, steps of ``step_tokens``; both sizes come with the backend setup
