@@ -113,6 +113,15 @@ def test_unknown_ids_and_pages_are_404_with_the_stores_message(viewer: Viewer) -
     assert run.status_code == 404 and "no run" in run.text
 
 
+def test_a_failing_read_is_answered_with_its_error(viewer: Viewer, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(**_: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(viewer.store, "list_runs", broken)
+    page = viewer.client.get("/")
+    assert page.status_code == 500 and "RuntimeError: disk on fire" in page.text
+
+
 def test_tree_rows_walk_a_deep_chain_without_recursion(viewer: Viewer) -> None:
     from ttc.types import Node
 

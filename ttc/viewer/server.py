@@ -62,6 +62,8 @@ class ViewerHandler(BaseHTTPRequestHandler):
             self._fail(HTTPStatus.NOT_FOUND, str(exc))
         except StorageError as exc:
             self._fail(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
+        except Exception as exc:  # a bug: answered, not a dropped connection, so the page says what broke
+            self._fail(HTTPStatus.INTERNAL_SERVER_ERROR, f"the viewer failed: {type(exc).__name__}: {exc}")
 
     def _index(self, query: dict[str, str]) -> None:
         limit = _limit(query.get("limit"))
