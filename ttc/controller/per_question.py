@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ttc.errors import ConfigError
+from ttc.strategies.beam import BeamOptions
 from ttc.types import Budget, is_int
 
 AUTO_MAX_SAMPLES = 64
@@ -61,8 +62,7 @@ def plan_strategy(strategy: str, budget: Budget, *, has_verifier: bool, options:
     return "self_consistency", opts
 
 
-_BEAM_OPTIONS = frozenset({"max_step_tokens", "max_depth", "temperature", "top_p", "aggregate", "select",
-                           "beam_width", "expand"})
+_BEAM_OPTIONS = frozenset(BeamOptions.model_fields)
 
 
 def _beam_options(budget: Budget, options: Mapping[str, object], solution_tokens: int,
