@@ -146,7 +146,7 @@ class Lookahead(Strategy[LookaheadOptions]):
             if ends_solution(step, ctx.step_delimiter):
                 break
         # The target's step after each prefix of the proposal; none after a proposal that ends the solution.
-        heads = [chain.prefix + sum((p.token_ids for p in proposals[:i]), ()) for i in range(len(proposals) + 1)]
+        heads = [chain.prefix, *held[draft]]  # the draft's sequences are the chain plus 1, 2, ... proposals
         if proposals and ends_solution(proposals[-1], ctx.step_delimiter):
             heads.pop()
         # A round without proposals is one plain target step, trimmed to what is left (never to nothing: the
