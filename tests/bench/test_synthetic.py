@@ -180,6 +180,30 @@ def test_stateful_contexts_share_a_paragraph_and_each_question_is_solvable_from_
             assert label_steps(problem, problem.solution) == [True] * (len(problem.steps) + 1)
 
 
+def test_stateful_notes_derive_every_count_and_the_noted_solutions_read_them_back() -> None:
+    for context in generate_stateful(19, 30, 4):
+        lines = context.notes.splitlines()
+        assert context.notes.endswith("\n") and len(lines) == 1 + 4 * 3
+        sentences = context.context.split(". ")
+        counts = {lines[0].split(": ")[0]: int(lines[0].split(": ")[1])}
+        assert sentences[0].startswith(f"{lines[0].split(': ')[0]} has {lines[0].split(': ')[1]} ")
+        for k in range(3):
+            sentence, base, line, fact = lines[1 + 4 * k: 5 + 4 * k]
+            assert sentence.rstrip(".") == sentences[k + 1].rstrip(".")
+            name, value = base.split(": ")
+            assert sentence.endswith(f" {name}.") and counts[name] == int(value)
+            expr, _, result = line.partition(" = ")
+            assert expr.startswith(f"{value} ") and _value_of(expr) == int(result)
+            assert fact == f"{sentence.split(' ')[0]}: {result}"
+            counts[sentence.split(" ")[0]] = int(result)
+        for query, problem, noted in zip(context.queries, context.problems, context.noted_solutions, strict=True):
+            asked = re.findall(r"\b([A-Z][a-z]+)\b", query.split(" many ")[1])
+            read = [f"{name}: {counts[name]}" for name in asked]
+            assert noted.splitlines()[:len(read)] == read
+            assert check_answer(problem, noted)
+            assert set(noted) <= set(CHARACTERS) and set(context.notes) <= set(CHARACTERS)
+
+
 def test_split_steps_strips_lines_and_drops_blank_ones() -> None:
     assert split_steps(" 1 + 2 = 3 \n\nThe answer is 3.\n") == ["1 + 2 = 3", "The answer is 3."]
 

@@ -130,6 +130,15 @@ class StatefulContext:
     context: str
     queries: tuple[str, ...]
     problems: tuple[SyntheticProblem, ...]
+    notes: str = ""
+    """What thinking about the context alone derives, one line each ending in a newline: the first person's count
+    (``Meg: 13``), then for each later person in the context's order their sentence, the count of the person it
+    refers to, the computation and their count (``Ted has 9 more cups than Meg.``, ``Meg: 13``, ``13 + 9 = 22``,
+    ``Ted: 22``). Each line needs one lookup in what is right above it, which a small model can learn. The
+    reference for what a model writes at sleep time."""
+    noted_solutions: tuple[str, ...] = ()
+    """``noted_solutions[i]`` answers ``queries[i]`` from the context and its ``notes``: the asked counts read back
+    (``Sam: 27``), their sum when two are asked, and the answer line."""
 
 
 def evaluate(a: int, op: str, b: int) -> int | None:
@@ -355,6 +364,7 @@ def _stateful_context(rng: random.Random, questions: int) -> StatefulContext:
     sentences = [f"{people[0]} has {first} {things}."]
     value = {people[0]: first}
     derivation: dict[str, list[Step]] = {people[0]: []}
+    notes = f"{people[0]}: {first}\n"
     for i in range(1, len(people)):
         base = rng.choice(people[:i])
         steps = list(derivation[base])
@@ -363,9 +373,11 @@ def _stateful_context(rng: random.Random, questions: int) -> StatefulContext:
             steps[-1] = replace(steps[-1], inputs=(len(steps) - 2,))
         sentences.append(sentence)
         derivation[people[i]] = steps
+        notes += f"{sentence}\n{base}: {value[base]}\n{steps[-1].line}\n{people[i]}: {value[people[i]]}\n"
     context = " ".join(sentences)
     queries: list[str] = []
     problems: list[SyntheticProblem] = []
+    noted: list[str] = []
     while len(problems) < questions:
         a, b = rng.sample(people[1:], 2) if rng.random() < 0.5 else (rng.choice(people[1:]), None)
         steps = list(derivation[a])
@@ -381,7 +393,10 @@ def _stateful_context(rng: random.Random, questions: int) -> StatefulContext:
             steps[-1] = replace(steps[-1], inputs=tuple(k for k in (a_last, b_last) if k >= 0))
         queries.append(query)
         problems.append(_problem(f"{context} {query}", steps, len(steps)))
-    return StatefulContext(context, tuple(queries), tuple(problems))
+        answer = steps[-1].value
+        read = "".join(f"{name}: {value[name]}\n" for name in (a, b) if name is not None)
+        noted.append(read + solution_text([] if b is None else [Step(f"{value[a]} + {value[b]}", answer)], answer))
+    return StatefulContext(context, tuple(queries), tuple(problems), notes, tuple(noted))
 
 
 def generate_stateful(seed: int, n_contexts: int, questions_per_context: int) -> list[StatefulContext]:
