@@ -7,8 +7,9 @@ concurrently; every run is recorded as a trace (``ttc traces``).
 from ttc.api import asolve, asolve_batch, solve, solve_batch
 from ttc.backends.base import Backend, BackendStats
 from ttc.errors import BackendError, BudgetExhausted, ConfigError, NotFound, StorageError, TTCError, VerifierError
+from ttc.sleeptime import asleep, load_notes, sleep
 from ttc.strategies.base import strategy_names
-from ttc.types import Budget, Candidate, Completion, Node, Problem, Result, Sampling, Usage
+from ttc.types import Budget, Candidate, Completion, Node, Notes, Problem, Result, Sampling, Usage
 from ttc.verifiers.answer import extract_answer, grade
 
 __version__ = "0.1.0"
@@ -24,6 +25,7 @@ __all__ = [
     "ConfigError",
     "Node",
     "NotFound",
+    "Notes",
     "Problem",
     "Result",
     "Sampling",
@@ -32,10 +34,13 @@ __all__ = [
     "Usage",
     "VerifierError",
     "__version__",
+    "asleep",
     "asolve",
     "asolve_batch",
     "extract_answer",
     "grade",
+    "load_notes",
+    "sleep",
     "solve",
     "solve_batch",
     "strategy_names",

@@ -26,9 +26,11 @@ from ttc.bench.eval import EvalReport, evaluate
 from ttc.cli_render import render_trace
 from ttc.errors import ConfigError, TTCError
 from ttc.pooled import check_pooled
+from ttc.session import check_context
+from ttc.sleeptime import load_notes, sleep_in_session, sleep_options
 from ttc.storage import TraceStore
 from ttc.storage.export import strict_json
-from ttc.types import Budget, Problem, Result
+from ttc.types import Budget, Notes, Problem, Result
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Test-time compute for language models.")
 traces_app = typer.Typer(no_args_is_help=True, help="Inspect recorded traces.")
@@ -57,7 +59,8 @@ def parse_options(pairs: list[str] | None) -> dict[str, object]:
     return options
 
 
-def make_session(backend: str, url: str | None, model: str | None, db: str | None) -> Session:
+def make_session(backend: str, url: str | None, model: str | None, db: str | None, *, context: str | None = None,
+                 notes: Notes | None = None, contextual: bool = False) -> Session:
     from ttc.testing import ScriptedBackend, guessing_responder
 
     if backend not in ("auto", "local", "vllm", "scripted"):
@@ -70,12 +73,14 @@ def make_session(backend: str, url: str | None, model: str | None, db: str | Non
         # TTC_SCRIPTED_DELAY_S simulates model latency, to exercise progress, interruption and resume.
         delay = float(os.environ.get("TTC_SCRIPTED_DELAY_S", "0") or 0)
         session = open_session(backend=ScriptedBackend(guessing_responder, delay_s=delay), store=db,
-                               verifier=None, prompt_template=None)
+                               verifier=None, prompt_template=None, context=context, notes=notes,
+                               contextual=contextual)
         session.setup.owned = True
         return session
     return open_session(backend=None, store=db, verifier=None, prompt_template=None,
                         url=url if backend in ("auto", "vllm") else None,
-                        model=model if backend in ("auto", "local") else None)
+                        model=model if backend in ("auto", "local") else None, context=context, notes=notes,
+                        contextual=contextual)
 
 
 @app.command()
@@ -90,10 +95,14 @@ def solve(
     option: OptionOpt = None,
     db: DbOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    context: Annotated[str | None, typer.Option(help="text the question is about")] = None,
+    notes: Annotated[str | None, typer.Option(
+        help="id of a sleep trace (`ttc sleep`): ask the question with its context and notes")] = None,
 ) -> None:
     """Answer one question within a token budget and record its trace."""
-    session = make_session(backend, url, model, db)
     options = parse_options(option)
+    kept = load_notes(notes, store=db) if notes is not None else None
+    session = make_session(backend, url, model, db, context=context, notes=kept)
 
     async def main() -> Result:
         try:
@@ -111,6 +120,43 @@ def solve(
               f"calls={result.usage.backend_calls} wall={result.usage.wall_s:.2f}s")
     if result.trace_id:
         out.print(f"trace: {result.trace_id}  (ttc traces show {result.trace_id[:8]})")
+
+
+@app.command("sleep")
+def sleep_cmd(
+    context: Annotated[str, typer.Argument(help="the context questions will be about")],
+    budget: Annotated[int, typer.Option(help="generated-token budget for thinking about it")] = 1024,
+    backend: BackendOpt = "auto",
+    url: UrlOpt = None,
+    model: ModelOpt = None,
+    seed: Annotated[int | None, typer.Option(help="random seed (default: random, recorded in the trace)")] = None,
+    option: OptionOpt = None,
+    db: DbOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the notes as JSON")] = False,
+) -> None:
+    """Think about a context before its questions come (sleep-time compute); then `ttc solve Q --notes ID`."""
+    options = sleep_options(parse_options(option))
+    check_context(context, None)
+    session = make_session(backend, url, model, db, contextual=True)
+
+    async def main() -> Notes:
+        try:
+            return await sleep_in_session(context, Budget.of(budget), session, seed=seed, sleep_template=None,
+                                          options=options)
+        finally:
+            await session.aclose()
+
+    notes = anyio.run(main)
+    if as_json:
+        out.print_json(json.dumps({"context": notes.context, "notes": notes.text, "trace_id": notes.trace_id,
+                                   "model": notes.model, "usage": notes.usage.__dict__}))
+        return
+    out.print("[bold]notes:[/bold]")
+    out.print(escape(notes.text) if notes.text else "(none)")
+    out.print(f"tokens={notes.usage.generated_tokens} calls={notes.usage.backend_calls} "
+              f"wall={notes.usage.wall_s:.2f}s")
+    if notes.trace_id:
+        out.print(f"trace: {notes.trace_id}  (ttc solve QUESTION --notes {notes.trace_id[:8]})")
 
 
 def _result_json(result: Result) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ttc.backends.base import Backend
+from ttc.contexts import DEFAULT_CONTEXT_TEMPLATE, DEFAULT_SLEEP_TEMPLATE
 from ttc.errors import ConfigError
 from ttc.strategies.base import DEFAULT_PROMPT_TEMPLATE
 from ttc.verifiers.base import OutcomeVerifier, ProcessVerifier, StepwiseOutcome
@@ -46,6 +47,10 @@ class BackendSetup:
     it); None for models nothing is known of."""
     step_tokens: int | None = None
     """The most tokens one reasoning step of this model takes, where the setup knows it."""
+    sleep_template: str = DEFAULT_SLEEP_TEMPLATE
+    """How this model is asked to think about a context before questions come (``ttc.contexts``)."""
+    context_template: str = DEFAULT_CONTEXT_TEMPLATE
+    """How this model is asked a question about a context, with or without notes."""
 
     def draft_backend(self) -> Backend | None:
         """The draft model, loaded on first use: only lookahead needs one, so other runs never pay for it. A draft
@@ -64,6 +69,8 @@ class BackendSetup:
 
 MINI_SOLUTION_TOKENS = 128
 """A mini solution is about 100 tokens (one character each); searches over the mini models get one path per 128."""
+MINI_STATEFUL_SOLUTION_TOKENS = 288
+"""The mini stateful reasoner's longest writing: a context's derivation and an answer, about 250 characters."""
 MINI_STEP_TOKENS = 24
 """A mini step (``17 + 8 = 25``, ``The answer is 25.``) is under 24 characters."""
 
@@ -73,11 +80,14 @@ def env(name: str) -> str | None:
     return value or None
 
 
-def default_backend(*, url: str | None = None, model: str | Path | None = None) -> BackendSetup:
+def default_backend(*, url: str | None = None, model: str | Path | None = None,
+                    contextual: bool = False) -> BackendSetup:
     """Resolve the backend to use when the caller gave none: a vLLM URL, then a local model folder.
 
     What the caller names (``url``, ``model``) comes before the environment (``TTC_VLLM_URL``, ``TTC_MODEL``), so
-    ``ttc solve --backend local --model DIR`` runs DIR even where a shell exports a server's URL.
+    ``ttc solve --backend local --model DIR`` runs DIR even where a shell exports a server's URL. ``contextual``
+    asks for the model that answers questions about a shared context: a configured model does both, and the
+    embedded default then brings its stateful reasoner instead of the reasoner.
     """
     if url:
         return with_draft(BackendSetup(backend=_vllm(url)))
@@ -87,7 +97,7 @@ def default_backend(*, url: str | None = None, model: str | Path | None = None) 
         return with_draft(BackendSetup(backend=_vllm(url)))
     if model := env("TTC_MODEL"):
         return with_draft(BackendSetup(backend=_local(Path(model))))
-    embedded = _embedded()
+    embedded = _embedded(contextual)
     if embedded is not None:
         return with_draft(embedded)
     raise ConfigError(NO_BACKEND_HELP)
@@ -123,7 +133,7 @@ def _local(path: Path, *, what: str = "TTC_MODEL / --model") -> Backend:
     return LocalBackend.from_pretrained(path, threads=_threads(None))
 
 
-def _embedded() -> BackendSetup | None:
+def _embedded(contextual: bool = False) -> BackendSetup | None:
     """The embedded default when the package ships the mini models and torch is installed; None otherwise (the
     caller then explains how to configure a backend). Only their absence means None: a wrong ``TTC_THREADS`` or a
     model that fails to load is reported as itself."""
@@ -131,14 +141,15 @@ def _embedded() -> BackendSetup | None:
         import torch  # noqa: F401
     except ImportError:
         return None
-    from ttc.models import mini_model_path
+    from ttc.models import MiniModelName, mini_model_path
 
+    needed: tuple[MiniModelName, ...] = ("stateful",) if contextual else ("reasoner", "checker")
     try:
-        mini_model_path("reasoner")
-        mini_model_path("checker")
+        for name in needed:
+            mini_model_path(name)
     except ConfigError:
         return None
-    return embedded_setup()
+    return embedded_context_setup() if contextual else embedded_setup()
 
 
 def _threads(default: int | None) -> int | None:
@@ -180,4 +191,19 @@ def embedded_setup(*, threads: int | None = None) -> BackendSetup:
                         solution_tokens=MINI_SOLUTION_TOKENS, step_tokens=MINI_STEP_TOKENS)
 
 
-__all__ = ["NO_BACKEND_HELP", "BackendSetup", "default_backend", "embedded_setup", "env", "with_draft"]
+def embedded_context_setup(*, threads: int | None = None) -> BackendSetup:
+    """The bundled mini stateful reasoner: questions about a shared context, and notes about one at sleep time.
+
+    It has no verifier: the checker was trained on the reasoner's prompts, not on contexts with notes.
+    """
+    from ttc.backends.local import LocalBackend
+    from ttc.models import MINI_CONTEXT_TEMPLATE, MINI_SLEEP_TEMPLATE, mini_model_path, mini_prompt
+
+    model = LocalBackend.from_pretrained(mini_model_path("stateful"), threads=threads or _threads(1))
+    return BackendSetup(backend=model, prompt_template=mini_prompt("{question}"),
+                        solution_tokens=MINI_STATEFUL_SOLUTION_TOKENS, step_tokens=MINI_STEP_TOKENS,
+                        sleep_template=MINI_SLEEP_TEMPLATE, context_template=MINI_CONTEXT_TEMPLATE)
+
+
+__all__ = ["NO_BACKEND_HELP", "BackendSetup", "default_backend", "embedded_context_setup", "embedded_setup", "env",
+           "with_draft"]

@@ -20,11 +20,12 @@ import anyio
 from ttc.backends.base import Backend
 from ttc.budget import Meter
 from ttc.config import BackendSetup, default_backend, with_draft
+from ttc.contexts import context_prompt_template, template_fields
 from ttc.errors import ConfigError
 from ttc.storage import TraceStore
 from ttc.strategies.base import Context, StrategyResult
 from ttc.trace import TraceRecorder
-from ttc.types import Budget, Problem, Result, TraceEvent, is_int
+from ttc.types import Budget, Notes, Problem, Result, TraceEvent, is_int
 from ttc.verifiers.base import OutcomeVerifier, ProcessVerifier, StepwiseOutcome
 
 VerifierArg = OutcomeVerifier | ProcessVerifier | None
@@ -40,6 +41,8 @@ class Session:
     store: TraceStore | None
     run_id: str | None = None
     extra_events: Callable[[Problem, Result], Awaitable[Sequence[TraceEvent]]] | None = None
+    plan: Mapping[str, object] = field(default_factory=dict)
+    """Fields every question's plan event carries (the shared context and its notes)."""
     _owned_store: bool = field(default=False, repr=False)
 
     async def aclose(self) -> None:
@@ -50,11 +53,16 @@ class Session:
 
 def open_session(*, backend: Backend | None, store: StoreArg, verifier: VerifierArg,
                  prompt_template: str | None, model: str | Path | None = None, url: str | None = None,
-                 draft: Backend | None = None) -> Session:
+                 draft: Backend | None = None, context: str | None = None, notes: Notes | None = None,
+                 contextual: bool = False) -> Session:
     """Resolve backend and store once for a batch; the session closes what it opened itself.
 
     ``draft`` (the caller's, left open) wins over ``TTC_DRAFT_URL`` / ``TTC_DRAFT_MODEL`` and the embedded mini
     draft, which are loaded only when a strategy asks for a draft.
+
+    With a ``context`` (and optionally the ``notes`` written about it at sleep time) every question is asked
+    through the setup's context template, or through ``prompt_template``, which must then hold ``{context}``.
+    A context, or ``contextual`` (a sleep run), makes the embedded default its model for contexts.
 
     The prompt template is checked before anything is opened, so a refused one leaves no backend loaded.
     """
@@ -63,8 +71,12 @@ def open_session(*, backend: Backend | None, store: StoreArg, verifier: Verifier
     if draft is not None and not isinstance(draft, Backend):
         raise ConfigError(f"draft must be a Backend (e.g. LocalBackend.from_pretrained(DIR)), got "
                           f"{type(draft).__name__}")
+    context, notes = check_context(context, notes)
+    if context is not None and prompt_template is not None:
+        template_fields(prompt_template, name="prompt_template", allowed={"context", "notes", "question"},
+                        required={"context", "question"} | ({"notes"} if notes is not None else set()))
     setup = with_draft(BackendSetup(backend=backend, owned=False)) if backend is not None else \
-        default_backend(url=url, model=model)
+        default_backend(url=url, model=model, contextual=contextual or context is not None)
     if draft is not None:
         setup.draft, setup.draft_loader = draft, None
     if isinstance(verifier, ProcessVerifier):
@@ -72,11 +84,34 @@ def open_session(*, backend: Backend | None, store: StoreArg, verifier: Verifier
         setup.verifier = StepwiseOutcome(verifier)
     elif verifier is not None:
         setup.verifier = verifier
-    if prompt_template is not None:
+    plan: dict[str, object] = {}
+    if context is not None:
+        setup.prompt_template = context_prompt_template(
+            prompt_template if prompt_template is not None else setup.context_template, context,
+            None if notes is None else notes.text)
+        plan["context"] = {"text": context, "notes": None if notes is None else notes.text,
+                           "notes_trace": None if notes is None else notes.trace_id,
+                           "notes_model": None if notes is None else notes.model,
+                           "sleep_tokens": 0 if notes is None else notes.usage.generated_tokens}
+    elif prompt_template is not None:
         setup.prompt_template = prompt_template
     owned = not isinstance(store, TraceStore) and store is not False
     trace_store = store if isinstance(store, TraceStore) else None if store is False else TraceStore(store)
-    return Session(setup=setup, store=trace_store, _owned_store=owned)
+    return Session(setup=setup, store=trace_store, plan=plan, _owned_store=owned)
+
+
+def check_context(context: object, notes: object) -> tuple[str | None, Notes | None]:
+    """The context questions are asked about: ``context``, or the one ``notes`` were written about."""
+    if notes is not None and not isinstance(notes, Notes):
+        raise ConfigError(f"notes must be the Notes that ttc.sleep returned (or ttc.load_notes(trace_id)), got "
+                          f"{type(notes).__name__}")
+    if context is not None:
+        if not isinstance(context, str) or not context.strip():
+            raise ConfigError("context must be a non-empty string: the text the questions are about")
+        if notes is not None and notes.context != context:
+            raise ConfigError("these notes were written about another context: pass notes alone (their context "
+                              "comes with them), or the context they were written about")
+    return (notes.context if notes is not None else context), notes
 
 
 def check_prompt(prompt: object) -> str:
@@ -125,7 +160,7 @@ class QuestionRun:
                                           budget=budget, backend=backend.name, seed=seed, run_id=session.run_id)
         recorder.event("plan", {"strategy": strategy, "options": dict(options), "seed": seed,
                                 "budget": {"tokens": budget.tokens, "wall_s": budget.wall_s, "calls": budget.calls},
-                                **(plan or {})})
+                                **session.plan, **(plan or {})})
         ctx = Context(backend=backend, recorder=recorder, rng=random.Random(seed), verifier=session.setup.verifier,
                       prm=session.setup.prm, prompt_template=session.setup.prompt_template, draft=draft)
         return cls(problem=problem, strategy=strategy, session=session, recorder=recorder, ctx=ctx,
@@ -172,4 +207,5 @@ async def _mark_failed(store: TraceStore, trace_id: str, exc: BaseException, rec
         await store.afail_trace(trace_id, error=message, nodes=recorder.nodes(), events=recorder.events())
 
 
-__all__ = ["QuestionRun", "Session", "StoreArg", "VerifierArg", "check_prompt", "check_seed", "open_session"]
+__all__ = ["QuestionRun", "Session", "StoreArg", "VerifierArg", "check_context", "check_prompt", "check_seed",
+           "open_session"]

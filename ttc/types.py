@@ -226,6 +226,22 @@ class Result:
     candidates: tuple[Candidate, ...] = field(default_factory=tuple)
 
 
+@dataclass(frozen=True)
+class Notes:
+    """What sleep-time compute wrote about a context before its questions came (``ttc.sleep``).
+
+    Pass them to ``solve(..., notes=notes)``: each question is then asked with the context and these notes, and
+    its trace names the sleep trace and what the notes cost, so the cost can be shared out over the questions.
+    """
+
+    context: str
+    text: str
+    usage: Usage
+    trace_id: str | None
+    model: str
+    """The backend that wrote them (``Backend.name``)."""
+
+
 __all__ = [
     "Budget",
     "Candidate",
@@ -233,6 +249,7 @@ __all__ = [
     "FinishReason",
     "Node",
     "NodeStatus",
+    "Notes",
     "Problem",
     "PromptLogprobs",
     "Result",

@@ -77,6 +77,9 @@ def test_solve_prints_answer_and_trace(tmp_path: Path) -> None:
         (("eval", "--dataset", "synthetic", "--limit", "2", "--backend", "scripted", "--budget-scope", "batch",
           "--strategy", "beam"), "use strategy='auto' or 'self_consistency'"),
         (("demo", "--seed", "990000"), "seed must be in [0, 990000)"),
+        (("solve", "Q?", "--backend", "scripted", "--notes", "deadbeef"), "no trace"),
+        (("sleep", "A context.", "--backend", "scripted", "-o", "n=0"), "invalid sleep options"),
+        (("solve", "Q?", "--backend", "scripted", "--context", " "), "context must be a non-empty string"),
     ],
 )
 def test_errors_are_one_line_without_traceback(tmp_path: Path, args: tuple[str, ...], message: str) -> None:

@@ -1,4 +1,5 @@
-"""Models shipped with ttc: the mini reasoner, draft, process reward model and checker, and how to prompt them.
+"""Models shipped with ttc: the mini reasoner, draft, process reward model, checker and stateful reasoner, and how
+to prompt them.
 
 They are small enough to run on a laptop CPU and were trained on :mod:`ttc.bench.synthetic`, so test-time
 compute strategies can be exercised end to end with real models and real accuracy gains, without downloads.
@@ -11,7 +12,7 @@ from typing import Literal, get_args
 
 from ttc.errors import ConfigError
 
-MiniModelName = Literal["reasoner", "draft", "prm", "checker"]
+MiniModelName = Literal["reasoner", "draft", "prm", "checker", "stateful"]
 
 STEP_DELIMITER = "\n"
 """What separates two steps in a mini model's solution (and in the process reward model's input)."""
@@ -28,6 +29,14 @@ def mini_prompt(question: str) -> str:
     return f"{question}\n"
 
 
+MINI_CONTEXT_TEMPLATE = "{context}\n{notes}{question}\n"
+"""How the mini stateful reasoner reads a question about a shared context: the context, the notes written about
+it at sleep time (none: an empty string), the question; its solution follows."""
+
+MINI_SLEEP_TEMPLATE = "{context}\n"
+"""What the mini stateful reasoner continues with notes about a context when no question has come yet."""
+
+
 def mini_model_path(name: MiniModelName) -> Path:
     """The folder of a bundled mini model, loadable with ``transformers.AutoModelForCausalLM.from_pretrained``."""
     if name not in get_args(MiniModelName):
@@ -41,4 +50,5 @@ def mini_model_path(name: MiniModelName) -> Path:
     return path
 
 
-__all__ = ["STEP_DELIMITER", "MiniModelName", "mini_model_path", "mini_prompt"]
+__all__ = ["MINI_CONTEXT_TEMPLATE", "MINI_SLEEP_TEMPLATE", "STEP_DELIMITER", "MiniModelName", "mini_model_path",
+           "mini_prompt"]

@@ -1,0 +1,171 @@
+"""Sleep-time compute on the scripted backend and a real SQLite store: drafts, the consensus, the trace, the notes
+read back, and questions asked with them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import ttc
+from ttc import ConfigError, Notes, NotFound, load_notes, sleep, solve, solve_batch
+from ttc.cli import app
+from ttc.errors import BackendError
+from ttc.sleeptime import agreement, note_lines
+from ttc.storage import TraceStore
+from ttc.strategies.base import DEFAULT_PROMPT_TEMPLATE
+from ttc.testing import ScriptedBackend
+
+CONTEXT = "Meg has 13 cups. Ted has 9 more cups than Meg. Sam has 5 more cups than Ted."
+RIGHT = "13 + 9 = 22\nTed has 22 cups.\n22 + 5 = 27\nSam has 27 cups.\n"
+SLIP = "13 + 9 = 23\nTed has 23 cups.\n23 + 5 = 28\nSam has 28 cups.\n"  # miscomputes, then agrees with itself
+STRAY = "13 + 9 = 22\nTed has 22 cups.\n22 - 5 = 17\nSam has 17 cups.\n"  # right, then a wrong reading
+TEMPLATE = "C: {context}\n{notes}Q: {question}\n"
+
+
+def store_at(tmp_path: Path) -> TraceStore:
+    return TraceStore(str(tmp_path / "t.db"))
+
+
+def test_consensus_keeps_the_draft_sharing_most_lines(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    backend = ScriptedBackend([STRAY, RIGHT, SLIP, RIGHT, STRAY + "22 + 1 = 23\n"])
+    notes = sleep(CONTEXT, 2000, backend=backend, store=store, seed=4, n=5, max_tokens=200)
+    assert notes.text == RIGHT.strip()
+    assert notes.context == CONTEXT and notes.model == "scripted"
+    assert notes.usage.generated_tokens == sum(len(t) for t in (STRAY, RIGHT, SLIP, RIGHT)) + len(STRAY) + 12
+    record = store.get_trace(notes.trace_id or "")
+    assert record.status == "done" and record.strategy == "sleep"
+    assert record.problem.question == CONTEXT and record.text == RIGHT.strip() and record.answer is None
+    assert len(record.nodes) == 6  # the prompt and five drafts
+    selected = [n for n in record.nodes if n.status == "selected"]
+    assert [n.text for n in selected] == [RIGHT]
+    select = next(e for e in record.events if e.kind == "select")
+    assert select.payload["how"] == "consensus" and select.payload["left_out"] == {"cut_off": 0, "arithmetic": 1}
+    plan = record.events[0].payload
+    assert plan["strategy"] == "sleep" and plan["options"]["n"] == 5 and plan["options"]["temperature"] == 0.8
+    store.close()
+
+
+def test_agreement_is_summed_jaccard_overlap() -> None:
+    lines = [note_lines("a\nb\n"), note_lines("a\nb"), note_lines("a\nc"), frozenset()]
+    assert agreement(lines) == pytest.approx([1 + 1 / 3, 1 + 1 / 3, 2 / 3, 0.0])
+
+
+def test_a_filter_that_would_leave_nothing_is_not_applied(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    notes = sleep(CONTEXT, 2000, backend=ScriptedBackend([SLIP]), store=store, seed=1, n=3, max_tokens=200)
+    assert notes.text == SLIP.strip()  # every draft slips: one is still kept, and the trace says none passed
+    select = next(e for e in store.get_trace(notes.trace_id or "").events if e.kind == "select")
+    assert select.payload["left_out"] == {"cut_off": 0, "arithmetic": 0}
+    store.close()
+
+
+def test_drafts_cut_off_by_the_token_limit_are_not_kept(tmp_path: Path) -> None:
+    backend = ScriptedBackend([RIGHT + "x" * 100, RIGHT + "x" * 100, STRAY])
+    notes = sleep(CONTEXT, 2000, backend=backend, store=False, seed=1, n=3, max_tokens=80)
+    assert notes.text == STRAY.strip()
+
+
+def test_one_draft_is_greedy_and_the_budget_sets_the_number_of_drafts(tmp_path: Path) -> None:
+    backend = ScriptedBackend([RIGHT])
+    sleep(CONTEXT, 100, backend=backend, store=False, max_tokens=100)
+    sleep(CONTEXT, 450, backend=backend, store=False, max_tokens=100)
+    sleep(CONTEXT, 10**6, backend=backend, store=False, max_tokens=100)
+    assert [(c.n, c.sampling.temperature) for c in backend.calls] == [(1, 0.0), (4, 0.8), (8, 0.8)]
+
+
+@pytest.mark.parametrize("budget", [1, 50, 120, 999])
+def test_sleep_never_generates_more_than_its_budget(budget: int) -> None:
+    notes = sleep(CONTEXT, budget, backend=ScriptedBackend([RIGHT * 3]), store=False, n=6, max_tokens=300)
+    assert 0 < notes.usage.generated_tokens <= budget
+
+
+def test_questions_are_asked_with_the_context_and_the_notes(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    notes = sleep(CONTEXT, 500, backend=ScriptedBackend([RIGHT]), store=store, seed=2, n=1)
+    answerer = ScriptedBackend(["The answer is 27."])
+    result = solve("How many cups does Sam have?", 100, backend=answerer, store=store, seed=0, notes=notes,
+                   prompt_template=TEMPLATE, strategy="best_of_n", n=1)
+    assert result.answer == "27"
+    prompt = "".join(chr(t) for t in answerer.calls[0].prompt)
+    assert prompt == f"C: {CONTEXT}\n{RIGHT}Q: How many cups does Sam have?\n"
+    context = store.get_trace(result.trace_id or "").events[0].payload["context"]
+    assert context == {"text": CONTEXT, "notes": RIGHT.strip(), "notes_trace": notes.trace_id,
+                       "notes_model": "scripted", "sleep_tokens": len(RIGHT)}
+    store.close()
+
+
+def test_a_context_without_notes_and_the_default_context_template() -> None:
+    answerer = ScriptedBackend(["The answer is 5."])
+    solve_batch(["Q1?", "Q2?"], 100, backend=answerer, store=False, context="A {braced} context.",
+                strategy="best_of_n", n=1)
+    prompts = ["".join(chr(t) for t in call.prompt) for call in answerer.calls]
+    assert all(p.startswith("Context: A {braced} context.\nQuestion: Q") for p in prompts)
+    assert prompts[0] == "Context: A {braced} context.\nQuestion: Q1?\n" + DEFAULT_PROMPT_TEMPLATE.split("\n", 1)[1]
+
+
+def test_notes_read_back_from_the_store_equal_those_returned(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    notes = sleep(CONTEXT, 500, backend=ScriptedBackend([RIGHT]), store=store, seed=2, n=1)
+    assert load_notes((notes.trace_id or "")[:10], store=store) == notes
+    answer = solve("2+2?", 100, backend=ScriptedBackend(["The answer is 4."]), store=store, seed=1)
+    with pytest.raises(NotFound, match="not a sleep run"):
+        load_notes(answer.trace_id or "", store=store)
+    with pytest.raises(NotFound):
+        load_notes("no-such-trace", store=store)
+    store.close()
+
+
+def test_a_sleep_that_fails_leaves_a_failed_trace_and_no_notes(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    with pytest.raises(BackendError):
+        sleep(CONTEXT, 500, backend=ScriptedBackend([RIGHT], fail_after=0), store=store, seed=1)
+    [summary] = store.list_traces()
+    assert summary.status == "failed" and summary.strategy == "sleep"
+    with pytest.raises(NotFound, match="'failed'"):
+        load_notes(summary.id, store=store)
+    store.close()
+
+
+def test_bad_input_is_refused_before_anything_runs() -> None:
+    backend = ScriptedBackend([RIGHT])
+    notes = Notes(context=CONTEXT, text=RIGHT, usage=ttc.Usage(), trace_id=None, model="scripted")
+    refusals = [
+        (lambda: sleep("  ", 100, backend=backend, store=False), "context must be a non-empty string"),
+        (lambda: sleep(CONTEXT, 100, backend=backend, store=False, beams=3), "unknown|Extra inputs"),
+        (lambda: sleep(CONTEXT, 100, backend=backend, store=False, n=0), "greater than or equal to 1"),
+        (lambda: sleep(CONTEXT, 100, backend=backend, store=False, sleep_template="think"), r"\{context\}"),
+        (lambda: sleep(CONTEXT, 100, backend=backend, store=False, sleep_template="{context} {x}"), r"\{x\}"),
+        (lambda: solve("Q?", 100, backend=backend, store=False, notes="notes"), "must be the Notes"),  # type: ignore[arg-type]
+        (lambda: solve("Q?", 100, backend=backend, store=False, notes=notes, context="Another context."),
+         "another context"),
+        (lambda: solve("Q?", 100, backend=backend, store=False, notes=notes, prompt_template="{question}"),
+         r"\{context\}, \{notes\}"),
+        (lambda: solve("Q?", 100, backend=backend, store=False, notes=notes,
+                       prompt_template="{context} {question}"), r"\{notes\}"),
+        (lambda: solve("Q?", 100, backend=backend, store=False, context=""), "context must be a non-empty"),
+    ]
+    for call, message in refusals:
+        with pytest.raises(ConfigError, match=message):
+            call()
+    assert backend.calls == []
+
+
+def test_cli_sleeps_then_answers_with_the_notes(tmp_path: Path) -> None:
+    db = str(tmp_path / "cli.db")
+    runner = CliRunner()
+    slept = runner.invoke(app, ["sleep", CONTEXT, "--backend", "scripted", "--db", db, "--seed", "3", "--json",
+                                "-o", "n=2"])
+    assert slept.exit_code == 0, slept.output
+    made = json.loads(slept.output)
+    assert made["context"] == CONTEXT and made["trace_id"]
+    asked = runner.invoke(app, ["solve", "How many cups does Sam have?", "--backend", "scripted", "--db", db,
+                                "--notes", made["trace_id"][:12], "--json", "--seed", "1"])
+    assert asked.exit_code == 0, asked.output
+    with TraceStore(db) as store:
+        trace = store.get_trace(json.loads(asked.output)["trace_id"])
+        assert trace.events[0].payload["context"]["notes_trace"] == made["trace_id"]
+        assert trace.nodes[0].text.startswith(f"Context: {CONTEXT}\n{made['notes']}\nQuestion: How many")

@@ -1,0 +1,79 @@
+"""Prompts for questions about a shared context, and for thinking about a context before any question comes.
+
+Sleep-time compute splits a prompt in two: a context that is known early (a document, a state of the world) and
+questions that arrive later. Two templates, owned by the backend setup because they belong with its model:
+
+- the sleep template (``{context}``) asks the model to work out what follows from the context;
+- the context template (``{context}``, ``{notes}``, ``{question}``) asks a question about the context. ``{notes}``
+  becomes the notes written at sleep time, each line ending in a newline, or nothing when there are none, so one
+  template serves questions with and without notes.
+
+Contexts and notes are user text, so their braces are escaped before a template with ``{question}`` still open is
+handed to the strategies (which format it once more).
+"""
+
+from __future__ import annotations
+
+import string
+
+from ttc.errors import ConfigError
+
+DEFAULT_SLEEP_TEMPLATE = (
+    "Context: {context}\n"
+    "No question has been asked yet. Work out what follows from this context: compute the quantities it "
+    "implies, one per line, so that later questions about it can be answered quickly.\n"
+    "Notes:\n"
+)
+
+DEFAULT_CONTEXT_TEMPLATE = (
+    "Context: {context}\n"
+    "{notes}"
+    "Question: {question}\n"
+    "Solve step by step and end with 'The answer is N.'\n"
+    "Answer:\n"
+)
+
+
+def template_fields(template: object, *, name: str, required: set[str], allowed: set[str]) -> set[str]:
+    """The placeholders of ``template``; a ConfigError names what is missing or unknown."""
+    if not isinstance(template, str):
+        raise ConfigError(f"{name} must be a string, got {type(template).__name__}")
+    try:
+        found = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+    except ValueError as exc:
+        raise ConfigError(f"{name} is not a valid format string ({exc}); write a literal brace as {{{{ or }}}}") \
+            from None
+    if missing := sorted(required - found):
+        raise ConfigError(f"{name} must contain the placeholder(s) {', '.join('{' + m + '}' for m in missing)}")
+    if unknown := sorted(found - allowed):
+        raise ConfigError(f"{name} has unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)}; it may "
+                          f"use {', '.join('{' + a + '}' for a in sorted(allowed))}")
+    return found
+
+
+def _escape(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def sleep_prompt_template(template: str) -> str:
+    """``template`` (with ``{context}``) as a strategy's prompt template (with ``{question}``): sleep runs treat
+    the context as the question they are given."""
+    template_fields(template, name="sleep_template", required={"context"}, allowed={"context"})
+    return template.format(context="{question}")
+
+
+def context_prompt_template(template: str, context: str, notes: str | None) -> str:
+    """A prompt template with the context and notes filled in and ``{question}`` left open."""
+    needed = {"context", "question"} | ({"notes"} if notes is not None else set())
+    template_fields(template, name="the context template", required=needed, allowed={"context", "notes", "question"})
+    lines = "".join(f"{line}\n" for line in (notes or "").strip("\n").splitlines())
+    return template.format(context=_escape(context), notes=_escape(lines), question="{question}")
+
+
+__all__ = [
+    "DEFAULT_CONTEXT_TEMPLATE",
+    "DEFAULT_SLEEP_TEMPLATE",
+    "context_prompt_template",
+    "sleep_prompt_template",
+    "template_fields",
+]

@@ -1,0 +1,196 @@
+"""Sleep-time compute: think about a context before its questions arrive, so that each question costs less.
+
+``sleep(context, budget)`` asks the model (through the setup's sleep template) to work out what follows from the
+context, and keeps one set of notes; ``solve(question, budget, notes=notes)`` then asks each question with the
+context and those notes. The sleep run is a trace of its own (strategy ``sleep``), written like any question's:
+opened before anything is spent, finished in one transaction, failed on any error. ``load_notes`` reads finished
+notes back from the store, so the thinking and the questions can happen in different processes.
+
+With budget for several drafts of the notes, the kept one is the *consensus*: among the drafts that ended on
+their own (not cut off by the token limit) and, with ``check_arithmetic``, whose every lone ``a op b = c`` is
+right (unless no draft passes), the one that shares the most lines with the others. Notes have no single answer
+to vote on; a fact several drafts derived alike is more likely right than one a single draft wrote.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from ttc.backends.base import Backend
+from ttc.budget import Meter
+from ttc.contexts import sleep_prompt_template
+from ttc.errors import ConfigError, NotFound
+from ttc.session import QuestionRun, Session, StoreArg, check_context, check_seed, open_session
+from ttc.storage import TraceStore
+from ttc.strategies.base import TEMPERATURE, TOP_P, Context, StrategyOptions, StrategyResult
+from ttc.strategies.sampling import draw
+from ttc.types import Budget, Candidate, Completion, Notes, Problem
+from ttc.verifiers.arithmetic import computes_right
+
+SLEEP = "sleep"
+"""The strategy name of a sleep run's trace."""
+
+MAX_DRAFTS = 8
+"""The most drafts of the notes a budget buys unless ``n`` says otherwise."""
+
+
+class SleepOptions(StrategyOptions):
+    n: int | None = Field(None, ge=1, le=64, description="drafts of the notes; default: as many as the budget "
+                          "affords at max_tokens each, up to 8")
+    max_tokens: int | None = Field(None, ge=1, description="tokens per draft at most; default: the setup's solution "
+                                   "length, or 1024 where it is unknown")
+    temperature: float | None = Field(None, ge=0.0, description="default: greedy for one draft, 0.8 for several")
+    top_p: float = Field(TOP_P, gt=0.0, le=1.0)
+    check_arithmetic: bool = Field(True, description="drafts that miscompute a lone equation are not kept, "
+                                   "unless all do")
+
+
+def sleep_options(options: dict[str, object]) -> SleepOptions:
+    try:
+        return SleepOptions.model_validate(options)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        valid = ", ".join(sorted(SleepOptions.model_fields))
+        raise ConfigError(f"invalid sleep options: {problems} (valid options: {valid})") from None
+
+
+def plan_drafts(opts: SleepOptions, budget: Budget, solution_tokens: int | None) -> dict[str, Any]:
+    """The drafts, their length and temperature that ``opts`` and the budget give."""
+    max_tokens = opts.max_tokens or solution_tokens or 1024
+    n = opts.n or max(1, min(MAX_DRAFTS, (budget.tokens or MAX_DRAFTS * max_tokens) // max_tokens))
+    temperature = opts.temperature if opts.temperature is not None else 0.0 if n == 1 else TEMPERATURE
+    return {"n": n, "max_tokens": max_tokens, "temperature": temperature, "top_p": opts.top_p,
+            "check_arithmetic": opts.check_arithmetic}
+
+
+def agreement(lines: Sequence[frozenset[str]]) -> list[float]:
+    """For each draft, the summed Jaccard overlap of its lines with every other draft's."""
+    out = []
+    for i, mine in enumerate(lines):
+        total = 0.0
+        for j, theirs in enumerate(lines):
+            if i != j and (mine or theirs):
+                total += len(mine & theirs) / len(mine | theirs)
+        out.append(total)
+    return out
+
+
+def note_lines(text: str) -> frozenset[str]:
+    return frozenset(line.strip() for line in text.splitlines() if line.strip())
+
+
+async def think(context: str, meter: Meter, ctx: Context, plan: dict[str, Any]) -> StrategyResult:
+    """Draw the drafts of the notes and keep the consensus; record each draft and the choice."""
+    prompt_text = ctx.render(context)
+    prompt = await ctx.backend.tokenize(prompt_text, add_special_tokens=True)
+    root = ctx.recorder.add_node(parent=None, text=prompt_text, token_count=len(prompt))
+    completions = await draw(ctx, meter, prompt, plan["n"], plan["max_tokens"], plan["temperature"], plan["top_p"])
+    ctx.recorder.event("sample", {"requested": plan["n"], "drawn": len(completions)})
+    nodes = [ctx.recorder.add_node(parent=root, text=c.text, token_count=len(c.token_ids), status="finished",
+                                   logprob=c.cumulative_logprob) for c in completions]
+    if not completions:
+        ctx.recorder.event("select", {"how": "consensus", "kept": None, "reason": "the budget bought no draft"})
+        return StrategyResult(answer=None, text="", score=None)
+    eligible, left_out = _eligible(completions, plan["check_arithmetic"])
+    scores = agreement([note_lines(completions[i].text) for i in eligible])
+    best = eligible[max(range(len(eligible)), key=lambda k: (scores[k], -k))]
+    by_draft = dict(zip(eligible, scores, strict=True))
+    candidates = tuple(Candidate(text=c.text.strip(), answer=None, score=by_draft.get(i), node_id=nodes[i],
+                                 token_count=len(c.token_ids)) for i, c in enumerate(completions))
+    for i, node in enumerate(nodes):
+        if i in by_draft:
+            ctx.recorder.update(node, score=by_draft[i])
+    ctx.recorder.update(nodes[best], status="selected")
+    ctx.recorder.event("select", {"how": "consensus", "kept": best, "agreement": [round(s, 4) for s in scores],
+                                  "left_out": left_out}, node_id=nodes[best])
+    return StrategyResult(answer=None, text=completions[best].text.strip(), score=by_draft[best],
+                          candidates=candidates)
+
+
+def _eligible(completions: Sequence[Completion], check_arithmetic: bool) -> tuple[list[int], dict[str, int]]:
+    """The drafts the choice may keep, and how many each filter left out. A filter that would leave none is not
+    applied: some notes beat none, and the trace says which filters failed everything."""
+    eligible = list(range(len(completions)))
+    left_out: dict[str, int] = {}
+    filters: list[tuple[str, Callable[[Completion], bool]]] = [("cut_off", lambda c: c.finish_reason != "length")]
+    if check_arithmetic:
+        filters.append(("arithmetic", lambda c: computes_right(c.text)))
+    for name, keep in filters:
+        passing = [i for i in eligible if keep(completions[i])]
+        left_out[name] = len(eligible) - len(passing) if passing else 0
+        eligible = passing or eligible
+    return eligible, left_out
+
+
+async def asleep(context: str, budget: int | Budget, *, backend: Backend | None = None, store: StoreArg = None,
+                 seed: int | None = None, sleep_template: str | None = None, **options: object) -> Notes:
+    """Think about ``context`` within ``budget`` before any question comes, and return the notes kept.
+
+    ``sleep_template`` (with ``{context}``) overrides how the setup asks its model to think. Options: ``n``,
+    ``max_tokens``, ``temperature``, ``top_p``, ``check_arithmetic`` (see :class:`SleepOptions`).
+    """
+    check_context(context, None)
+    limits = Budget.of(budget)
+    check_seed(seed)
+    opts = sleep_options(dict(options))
+    if sleep_template is not None:
+        sleep_prompt_template(sleep_template)
+    session = open_session(backend=backend, store=store, verifier=None, prompt_template=None, contextual=True)
+    try:
+        return await sleep_in_session(context, limits, session, seed=seed, sleep_template=sleep_template,
+                                      options=opts)
+    finally:
+        await session.aclose()
+
+
+async def sleep_in_session(context: str, budget: Budget, session: Session, *, seed: int | None,
+                           sleep_template: str | None, options: SleepOptions) -> Notes:
+    """The sleep run on a session opened with ``contextual=True`` (the caller closes it)."""
+    checked = check_seed(seed)
+    setup = session.setup
+    setup.prompt_template = sleep_prompt_template(sleep_template or setup.sleep_template)
+    plan = plan_drafts(options, budget, setup.solution_tokens)
+    run = await QuestionRun.start(Problem(question=context), budget, session, strategy=SLEEP, options=plan,
+                                  seed=secrets.randbits(31) if checked is None else checked)
+    try:
+        result = await run.finish(await think(context, run.meter, run.ctx, plan))
+    except BaseException as exc:
+        await run.fail(exc)
+        raise
+    return Notes(context=context, text=result.text, usage=result.usage, trace_id=result.trace_id,
+                 model=setup.backend.name)
+
+
+def sleep(context: str, budget: int | Budget, *, backend: Backend | None = None, store: StoreArg = None,
+          seed: int | None = None, sleep_template: str | None = None, **options: object) -> Notes:
+    """Blocking form of :func:`asleep`."""
+    from ttc.api import _run_sync
+
+    return _run_sync(lambda: asleep(context, budget, backend=backend, store=store, seed=seed,
+                                    sleep_template=sleep_template, **options))
+
+
+def load_notes(trace_id: str, *, store: TraceStore | str | None = None) -> Notes:
+    """The notes of a finished sleep run, read back from the trace store (an id or a unique prefix of one)."""
+    owned = not isinstance(store, TraceStore)
+    trace_store = store if isinstance(store, TraceStore) else TraceStore(store)
+    try:
+        record = trace_store.get_trace(trace_id)
+    finally:
+        if owned:
+            trace_store.close()
+    if record.strategy != SLEEP:
+        raise NotFound(f"trace {record.id} is a {record.strategy!r} run, not a sleep run: pass the trace id that "
+                       "ttc.sleep (or `ttc sleep`) printed")
+    if record.status != "done":
+        raise NotFound(f"sleep trace {record.id} is {record.status!r}, so it has no notes to use: sleep again")
+    return Notes(context=record.problem.question, text=record.text or "", usage=record.usage, trace_id=record.id,
+                 model=record.backend)
+
+
+__all__ = ["SLEEP", "SleepOptions", "agreement", "asleep", "load_notes", "plan_drafts", "sleep", "sleep_in_session",
+           "sleep_options", "think"]
