@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""Train the bundled mini models (reasoner, draft, checker, process reward model) on the synthetic benchmark, on CPU.
+"""Train the bundled mini models (reasoner, draft, checker, process reward model, stateful reasoner) on the
+synthetic benchmark, on CPU.
 
-    python3 scripts/train_mini_models.py                      # all four, into ttc/models/mini/
+    python3 scripts/train_mini_models.py                      # all five, into ttc/models/mini/
     python3 scripts/train_mini_models.py --stage prm          # only the PRM (needs a trained reasoner)
 
 Order matters: the reasoner first; the draft learns the same data; the checker learns it too, for 2.5x as many
 steps, so that it knows the right step far more often than the reasoner; the PRM starts from the checker and is
 trained on solutions *sampled from the trained reasoner* (temperature 0.8, several per problem), each step
-labelled exactly by ``ttc.bench.synthetic.label_steps``, so it learns the reasoner's real mistakes.
+labelled exactly by ``ttc.bench.synthetic.label_steps``, so it learns the reasoner's real mistakes. The stateful
+reasoner starts from the trained draft and learns context questions: notes about a context (sleep time), answers
+from the context alone, and answers from the context and its notes.
 
 Every run is a pure function of ``--seed`` on a given machine and torch build: data come from ``TRAIN_SEEDS``
 through ``random.Random(seed)``, weights from ``torch.manual_seed``; training runs a fixed number of steps (never
@@ -50,6 +53,7 @@ from ttc.bench.synthetic import (
     EVAL_SEEDS,
     LEVELS,
     TRAIN_SEEDS,
+    StatefulContext,
     SyntheticProblem,
     check_answer,
     evaluate,
@@ -60,7 +64,7 @@ from ttc.bench.synthetic import (
     varied_solution,
 )
 from ttc.bench.totals import generate_totals
-from ttc.models import STEP_DELIMITER, mini_prompt
+from ttc.models import MINI_CONTEXT_TEMPLATE, MINI_SLEEP_TEMPLATE, STEP_DELIMITER, mini_prompt
 from ttc.models.mini.tokenizer import (
     BAD_TOKEN,
     BOS,
@@ -115,7 +119,12 @@ SHAPES = {
     # far more often than the reasoner it judges. It scores steps by likelihood (preset mini-checker) and is the
     # token PRM's starting point.
     "checker": Shape(hidden=256, layers=4, heads=8, intermediate=688),
+    # The stateful reasoner knows only context questions (ttc.bench.synthetic.generate_stateful) and notes about a
+    # context, a narrower task than the reasoner's, so it is smaller.
+    "stateful": Shape(hidden=192, layers=4, heads=6, intermediate=528),
 }
+STATEFUL_SEED = 800_000  # inside TRAIN_SEEDS: the stateful reasoner's contexts are chunk seeds above it
+STATEFUL_TOKENS = 288  # the longest notes and a derivation from the context alone are about 250 characters
 
 
 def log(path: Path, **fields: object) -> None:
@@ -408,6 +417,111 @@ def save_lm(model: LlamaForCausalLM, directory: Path) -> None:
     save_tokenizer(directory)
 
 
+# ------------------------------------------------------------------------------------- stateful reasoner
+
+
+def stateful_examples(context: StatefulContext) -> list[tuple[list[int], int]]:
+    """One context's examples for the stateful reasoner: its notes written from the context alone (sleep time),
+    each question answered from the context alone (the notes' derivation written out, then the answer read from
+    it), and each answered from the context and its notes (the answer read from them)."""
+
+    def example(prompt: str, target: str) -> tuple[list[int], int]:
+        ids = [BOS_ID, *encode(prompt)]
+        return [*ids, *encode(target), EOS_ID], len(ids)
+
+    items = [example(MINI_SLEEP_TEMPLATE.format(context=context.context), context.notes)]
+    for query, noted in zip(context.queries, context.noted_solutions, strict=True):
+        items.append(example(MINI_CONTEXT_TEMPLATE.format(context=context.context, notes="", question=query),
+                             context.notes + noted))
+        items.append(example(MINI_CONTEXT_TEMPLATE.format(context=context.context, notes=context.notes,
+                                                          question=query), noted))
+    return items
+
+
+def stateful_batches(seed: int, tokens_per_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    rng = random.Random(seed)
+    chunk = 0
+    while True:
+        contexts = generate_stateful(TRAIN_SEEDS.start + STATEFUL_SEED + seed * 10_000 + chunk, 128, 3)
+        items = [item for context in contexts for item in stateful_examples(context)]
+        yield from (collate(batch) for batch in length_batches(items, tokens_per_batch, rng))
+        chunk += 1
+
+
+def stateful_scores(model: LlamaForCausalLM, contexts: Sequence[StatefulContext]) -> dict[str, float]:
+    """Greedy accuracy on the questions from the context alone, from the context and its true notes, and from
+    the context and the model's own greedy notes; and the share of contexts whose notes it writes exactly."""
+    notes = [t[0] for t in complete(model, [MINI_SLEEP_TEMPLATE.format(context=c.context) for c in contexts],
+                                    max_new_tokens=STATEFUL_TOKENS)]
+    exact = sum(n == c.notes for n, c in zip(notes, contexts, strict=True))
+    scores: dict[str, float] = {"notes_exact": exact / len(contexts)}
+    for arm, written in (("raw", [""] * len(contexts)), ("true_notes", [c.notes for c in contexts]),
+                         ("own_notes", [n if n.endswith("\n") else n + "\n" for n in notes])):
+        prompts, problems = [], []
+        for context, text in zip(contexts, written, strict=True):
+            for query, problem in zip(context.queries, context.problems, strict=True):
+                prompts.append(MINI_CONTEXT_TEMPLATE.format(context=context.context, notes=text, question=query))
+                problems.append(problem)
+        texts = complete(model, prompts, max_new_tokens=STATEFUL_TOKENS)
+        scores[arm] = sum(check_answer(p, t[0]) for p, t in zip(problems, texts, strict=True)) / len(problems)
+    return scores
+
+
+def train_stateful(schedule: Schedule, out: Path, seed: int, log_path: Path, start: Path | None,
+                   layers: int | None = None) -> dict[str, object]:
+    """Train the stateful reasoner on context questions, with and without notes, and on the notes: from
+    ``start`` (a trained model of the family, which already copies names and numbers from its prompt), or from
+    scratch."""
+    seed_everything(seed)
+    model = new_model(SHAPES["stateful"], "eager") if start is None else load_model(start, "eager")
+    if layers is not None and layers < model.config.num_hidden_layers:
+        # The first layers of a trained model: it already copies names and numbers, and the package's weights
+        # stay within their size budget.
+        model.model.layers = model.model.layers[:layers]
+        model.config.num_hidden_layers = layers
+        if getattr(model.config, "layer_types", None):
+            model.config.layer_types = model.config.layer_types[:layers]
+    optimizer = optimizer_for(model, schedule)
+    dev = generate_stateful(DEV_SEED, 64, 3)
+    shape = Shape(hidden=model.config.hidden_size, layers=model.config.num_hidden_layers,
+                  heads=model.config.num_attention_heads, intermediate=model.config.intermediate_size)
+    log(log_path, event="start", model="stateful", params=n_params(model), schedule=asdict(schedule),
+        shape=asdict(shape), seed=seed, start=None if start is None else start.name)
+    started, tokens, running = time.time(), 0, 0.0
+    batches = stateful_batches(seed, schedule.tokens_per_batch)
+    model.train()
+    for step in range(schedule.steps):
+        ids, target_mask = next(batches)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, schedule)
+        logits = model(input_ids=ids).logits[:, :-1]
+        mask = target_mask[:, 1:]
+        loss = F.cross_entropy(logits[mask], ids[:, 1:][mask])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        tokens += ids.numel()
+        running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
+        if step % 50 == 0 or step == schedule.steps - 1:
+            elapsed = time.time() - started
+            log(log_path, model="stateful", step=step, loss=round(running, 4), lr=round(lr_at(step, schedule), 6),
+                tokens=tokens, elapsed_s=round(elapsed, 1))
+        if (step + 1) % 1000 == 0 and step + 1 < schedule.steps:
+            log(log_path, model="stateful", step=step + 1, dev=stateful_scores(model, dev))
+            model.train()
+    train_s = time.time() - started
+    save_lm(model, out / "stateful")
+    result: dict[str, object] = {
+        "model": "stateful", "params": n_params(model), "train_s": round(train_s, 1), "tokens": tokens,
+        "final_loss": round(running, 4), "dev": stateful_scores(model, dev), "schedule": asdict(schedule),
+        "shape": asdict(shape), "seed": seed, "start": None if start is None else start.name,
+    }
+    log(log_path, event="done", **result)
+    (out / "stateful" / "train_log.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 # --------------------------------------------------------------------------------------------- PRM training
 
 
@@ -697,13 +811,20 @@ def draft_shape(text: str) -> Shape:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=["all", "reasoner", "draft", "checker", "prm"], default="all")
+    parser.add_argument("--stage", choices=["all", "reasoner", "draft", "checker", "prm", "stateful"], default="all")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "ttc/models/mini")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reasoner-steps", type=int, default=1600)
     parser.add_argument("--draft-steps", type=int, default=3000)
     parser.add_argument("--checker-steps", type=int, default=4000)
     parser.add_argument("--prm-steps", type=int, default=1200)
+    parser.add_argument("--stateful-steps", type=int, default=6000)
+    parser.add_argument("--stateful-from", choices=["draft", "checker", "scratch"], default="draft",
+                        help="start the stateful reasoner from the trained draft (the shipped one), from the first "
+                        "--stateful-layers layers of the trained checker, or from scratch (192x4)")
+    parser.add_argument("--stateful-layers", type=int, default=3,
+                        help="with --stateful-from checker: the layers kept (three fit the package's size budget)")
+    parser.add_argument("--stateful-lr", type=float, default=1e-3)
     parser.add_argument("--prm-problems", type=int, default=720)
     parser.add_argument("--prm-samples", type=int, default=8)
     parser.add_argument("--prm-contrastive-problems", type=int, default=4000,
@@ -775,6 +896,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                   args.seed, args.log, args.prm_problems, args.prm_samples, args.prm_contrastive_problems,
                   args.prm_near_misses, args.prm_lm_weight, args.out / "checker", args.totals_fraction,
                   args.judge_attention)
+    if args.stage in ("all", "stateful"):
+        start = None if args.stateful_from == "scratch" else args.out / args.stateful_from
+        train_stateful(Schedule(steps=args.stateful_steps, tokens_per_batch=2048, lr=args.stateful_lr), args.out,
+                       args.seed + 3, args.log, start,
+                       args.stateful_layers if args.stateful_from == "checker" else None)
 
 
 if __name__ == "__main__":

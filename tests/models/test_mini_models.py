@@ -18,7 +18,7 @@ from ttc.verifiers.prm_presets import get_preset
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-NAMES = ("reasoner", "draft", "prm", "checker")
+NAMES = ("reasoner", "draft", "prm", "checker", "stateful")
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
 
 
@@ -95,6 +95,7 @@ def test_sizes_and_shipped_precision() -> None:
     assert params["draft"] <= 1_500_000
     assert params["draft"] < params["reasoner"]
     assert params["checker"] == params["reasoner"]  # the same shape, trained longer
+    assert params["stateful"] == params["draft"]  # the draft, trained further on contexts
     assert total_bytes <= 25 * 2**20
 
 

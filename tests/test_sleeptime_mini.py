@@ -1,0 +1,61 @@
+"""Sleep-time compute end to end on the embedded default: the mini stateful reasoner thinks about held-out contexts,
+and its notes make each question cheaper than answering from the context alone."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import pytest
+
+import ttc
+from ttc.bench.synthetic import EVAL_SEEDS, generate_stateful
+from ttc.models import mini_model_path
+from ttc.storage import TraceStore
+
+pytest.importorskip("torch")
+
+CONTEXTS = generate_stateful(EVAL_SEEDS.start + 700_000, 12, 3)
+GREEDY = {"strategy": "best_of_n", "n": 1, "temperature": 0.0, "max_tokens": 288}
+
+
+def test_the_embedded_stateful_reasoner_writes_notes_that_make_questions_cheaper(tmp_path: Path) -> None:
+    store = TraceStore(str(tmp_path / "sleep.db"))
+    notes = [ttc.sleep(c.context, 288, store=store, seed=i) for i, c in enumerate(CONTEXTS)]
+    assert {n.model for n in notes} == {f"local:{mini_model_path('stateful')}"}
+    assert all(n.usage.generated_tokens <= 288 for n in notes)
+    exact = sum(n.text == c.notes.strip() for n, c in zip(notes, CONTEXTS, strict=True))
+    assert exact >= 1, f"greedy notes equal the reference on {exact} of {len(CONTEXTS)} contexts"  # 3 measured
+
+    with_notes, alone = [], []
+    for c, n in zip(CONTEXTS, notes, strict=True):
+        with_notes += ttc.solve_batch(list(c.queries), 288, notes=n, store=store, seed=0, **GREEDY)
+        alone += ttc.solve_batch(list(c.queries), 288, context=c.context, store=store, seed=0, **GREEDY)
+    golds = [p.answer for c in CONTEXTS for p in c.problems]
+    right_notes = sum(r.answer == g for r, g in zip(with_notes, golds, strict=True))
+    right_alone = sum(r.answer == g for r, g in zip(alone, golds, strict=True))
+    # 7 and 10 of 36 when measured: the model reads a count back by its name unreliably (see the model card).
+    assert right_notes >= 3 and right_alone >= 5, (right_notes, right_alone)
+    tokens_notes = statistics.mean(r.usage.generated_tokens for r in with_notes)
+    tokens_alone = statistics.mean(r.usage.generated_tokens for r in alone)
+    assert tokens_notes * 4 < tokens_alone, (tokens_notes, tokens_alone)
+
+    trace = store.get_trace(with_notes[0].trace_id or "")
+    assert trace.backend == notes[0].model
+    assert trace.events[0].payload["context"]["notes_trace"] == notes[0].trace_id
+    assert trace.nodes[0].text == f"{CONTEXTS[0].context}\n{notes[0].text}\n{CONTEXTS[0].queries[0]}\n"
+    assert ttc.load_notes(notes[0].trace_id or "", store=store) == notes[0]
+    store.close()
+
+
+def test_consensus_of_drafts_is_kept_and_recorded(tmp_path: Path) -> None:
+    store = TraceStore(str(tmp_path / "drafts.db"))
+    context = CONTEXTS[1]
+    notes = ttc.sleep(context.context, 8 * 288, store=store, seed=5)
+    trace = store.get_trace(notes.trace_id or "")
+    drafts = [n for n in trace.nodes if n.parent is not None]
+    assert len(drafts) == 8 and trace.events[0].payload["options"]["temperature"] == 0.8
+    select = next(e for e in trace.events if e.kind == "select")
+    kept = next(n for n in drafts if n.status == "selected")
+    assert kept.text.strip() == notes.text and kept.score == pytest.approx(max(select.payload["agreement"]), abs=1e-4)
+    store.close()
