@@ -135,7 +135,7 @@ def test_bad_input_is_refused_before_anything_runs() -> None:
     notes = Notes(context=CONTEXT, text=RIGHT, usage=ttc.Usage(), trace_id=None, model="scripted")
     refusals = [
         (lambda: sleep("  ", 100, backend=backend, store=False), "context must be a non-empty string"),
-        (lambda: sleep(CONTEXT, 100, backend=backend, store=False, beams=3), "unknown|Extra inputs"),
+        (lambda: sleep(CONTEXT, 100, backend=backend, store=False, beams=3), "unknown option 'beams'"),
         (lambda: sleep(CONTEXT, 100, backend=backend, store=False, n=0), "greater than or equal to 1"),
         (lambda: sleep(CONTEXT, 100, backend=backend, store=False, sleep_template="think"), r"\{context\}"),
         (lambda: sleep(CONTEXT, 100, backend=backend, store=False, sleep_template="{context} {x}"), r"\{x\}"),

@@ -15,18 +15,18 @@ to vote on; a fact several drafts derived alike is more likely right than one a 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from ttc.backends.base import Backend
 from ttc.budget import Meter
 from ttc.contexts import sleep_prompt_template
-from ttc.errors import ConfigError, NotFound
+from ttc.errors import NotFound
 from ttc.session import QuestionRun, Session, StoreArg, check_context, check_seed, open_session
 from ttc.storage import TraceStore
-from ttc.strategies.base import TEMPERATURE, TOP_P, Context, StrategyOptions, StrategyResult
+from ttc.strategies.base import TEMPERATURE, TOP_P, Context, StrategyOptions, StrategyResult, parse_options
 from ttc.strategies.sampling import draw
 from ttc.types import Budget, Candidate, Completion, Notes, Problem
 from ttc.verifiers.arithmetic import computes_right
@@ -49,13 +49,8 @@ class SleepOptions(StrategyOptions):
                                    "unless all do")
 
 
-def sleep_options(options: dict[str, object]) -> SleepOptions:
-    try:
-        return SleepOptions.model_validate(options)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        valid = ", ".join(sorted(SleepOptions.model_fields))
-        raise ConfigError(f"invalid sleep options: {problems} (valid options: {valid})") from None
+def sleep_options(options: Mapping[str, object]) -> SleepOptions:
+    return parse_options(SleepOptions, options, what="sleep options")
 
 
 def plan_drafts(opts: SleepOptions, budget: Budget, solution_tokens: int | None) -> dict[str, Any]:

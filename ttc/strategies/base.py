@@ -127,13 +127,17 @@ def make_strategy(name: str, options: Mapping[str, object] | None = None) -> Str
     cls = _REGISTRY.get(name)
     if cls is None:
         raise ConfigError(f"unknown strategy {name!r}: choose one of {', '.join(sorted(_REGISTRY))} or 'auto'")
+    return cls(parse_options(cls.Options, options, what=f"options for strategy {name!r}"))
+
+
+def parse_options(model: type[OptionsT], options: Mapping[str, object] | None, *, what: str) -> OptionsT:
+    """``options`` checked against ``model``; a ConfigError names each bad or unknown one and the valid ones."""
     try:
-        opts = cls.Options(**dict(options or {}))
+        return model(**dict(options or {}))
     except ValidationError as exc:
         problems = "; ".join(_describe(err) for err in exc.errors())
-        valid = ", ".join(sorted(cls.Options.model_fields))
-        raise ConfigError(f"invalid options for strategy {name!r}: {problems} (valid options: {valid})") from None
-    return cls(opts)
+        valid = ", ".join(sorted(model.model_fields))
+        raise ConfigError(f"invalid {what}: {problems} (valid options: {valid})") from None
 
 
 def _describe(err: Mapping[str, Any]) -> str:
@@ -155,6 +159,7 @@ __all__ = [
     "StrategyOptions",
     "StrategyResult",
     "make_strategy",
+    "parse_options",
     "register",
     "strategy_names",
 ]
