@@ -275,6 +275,14 @@ def optimizer_for(model: torch.nn.Module, schedule: Schedule) -> torch.optim.Opt
     )
 
 
+def apply_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One optimizer step on ``loss``, gradients clipped to norm 1."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+
+
 # ------------------------------------------------------------------------------------------------ generation
 
 
@@ -366,10 +374,7 @@ def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path
             with torch.no_grad():
                 wanted = teacher_model(input_ids=ids).logits[:, :-1][mask].log_softmax(-1)
             loss = F.kl_div(logits[mask].log_softmax(-1), wanted, log_target=True, reduction="batchmean")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        apply_step(model, optimizer, loss)
         tokens += ids.numel()
         running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
         if step % 50 == 0 or step == schedule.steps - 1:
@@ -497,10 +502,7 @@ def train_stateful(schedule: Schedule, out: Path, seed: int, log_path: Path, sta
         logits = model(input_ids=ids).logits[:, :-1]
         mask = target_mask[:, 1:]
         loss = F.cross_entropy(logits[mask], ids[:, 1:][mask])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        apply_step(model, optimizer, loss)
         tokens += ids.numel()
         running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
         if step % 50 == 0 or step == schedule.steps - 1:
@@ -746,10 +748,7 @@ def train_prm(schedule: Schedule, out: Path, seed: int, log_path: Path, n_proble
             lm_mask = solution_lm_mask(ids, batch)
             if lm_weight and lm_mask.any():
                 loss = loss + lm_weight * F.cross_entropy(logits[lm_mask], torch.roll(ids, -1, dims=1)[lm_mask])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
+            apply_step(model, optimizer, loss)
             running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
             if step % 50 == 0:
                 log(log_path, model="prm", step=step, loss=round(running, 4),
