@@ -52,6 +52,8 @@ from ttc.bench.synthetic import (
     ANSWER_PREFIX,
     EVAL_SEEDS,
     LEVELS,
+    NAMES,
+    OBJECTS,
     TRAIN_SEEDS,
     StatefulContext,
     SyntheticProblem,
@@ -124,6 +126,7 @@ SHAPES = {
     "stateful": Shape(hidden=192, layers=4, heads=6, intermediate=528),
 }
 STATEFUL_SEED = 800_000  # inside TRAIN_SEEDS: the stateful reasoner's contexts are chunk seeds above it
+RECALL_SEED = 4_242  # plus the model's seed: the stream of recall drills (names and counts, not problems)
 STATEFUL_TOKENS = 288  # the longest notes and a derivation from the context alone are about 250 characters
 
 
@@ -443,12 +446,29 @@ def stateful_examples(context: StatefulContext) -> list[tuple[list[int], int]]:
     return items
 
 
-def stateful_batches(seed: int, tokens_per_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def recall_drill(rng: random.Random) -> tuple[list[int], int]:
+    """A short list of ``Name: count`` lines and a question about one name, answered by reading its count back.
+
+    In the context examples a count can be read back by guessing (the last one written, the first person's), and
+    a model trained on them alone guessed; here every name is as likely to be asked and the counts are random, so
+    only matching the name is right."""
+    names = rng.sample(NAMES, rng.randint(3, 8))
+    counts = {name: rng.randint(1, 199) for name in names}
+    asked = rng.choice(names)
+    prompt = [BOS_ID, *encode("".join(f"{n}: {c}\n" for n, c in counts.items())
+                              + f"How many {rng.choice(OBJECTS)} does {asked} have?\n")]
+    answer = f"{asked}: {counts[asked]}\n{ANSWER_PREFIX}{counts[asked]}."
+    return [*prompt, *encode(answer), EOS_ID], len(prompt)
+
+
+def stateful_batches(seed: int, tokens_per_batch: int, drills: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     rng = random.Random(seed)
+    drill_rng = random.Random(RECALL_SEED + seed)
     chunk = 0
     while True:
         contexts = generate_stateful(TRAIN_SEEDS.start + STATEFUL_SEED + seed * 10_000 + chunk, 128, 3)
         items = [item for context in contexts for item in stateful_examples(context)]
+        items += [recall_drill(drill_rng) for _ in range(drills * len(contexts))]
         yield from (collate(batch) for batch in length_batches(items, tokens_per_batch, rng))
         chunk += 1
 
@@ -473,7 +493,7 @@ def stateful_scores(model: LlamaForCausalLM, contexts: Sequence[StatefulContext]
 
 
 def train_stateful(schedule: Schedule, out: Path, seed: int, log_path: Path, start: Path | None,
-                   layers: int | None = None) -> dict[str, object]:
+                   layers: int | None = None, drills: int = 0) -> dict[str, object]:
     """Train the stateful reasoner on context questions, with and without notes, and on the notes: from
     ``start`` (a trained model of the family, which already copies names and numbers from its prompt), or from
     scratch."""
@@ -491,9 +511,9 @@ def train_stateful(schedule: Schedule, out: Path, seed: int, log_path: Path, sta
     shape = Shape(hidden=model.config.hidden_size, layers=model.config.num_hidden_layers,
                   heads=model.config.num_attention_heads, intermediate=model.config.intermediate_size)
     log(log_path, event="start", model="stateful", params=n_params(model), schedule=asdict(schedule),
-        shape=asdict(shape), seed=seed, start=None if start is None else start.name)
+        shape=asdict(shape), seed=seed, start=None if start is None else start.name, drills=drills)
     started, tokens, running = time.time(), 0, 0.0
-    batches = stateful_batches(seed, schedule.tokens_per_batch)
+    batches = stateful_batches(seed, schedule.tokens_per_batch, drills)
     model.train()
     for step in range(schedule.steps):
         ids, target_mask = next(batches)
@@ -517,7 +537,7 @@ def train_stateful(schedule: Schedule, out: Path, seed: int, log_path: Path, sta
     result: dict[str, object] = {
         "model": "stateful", "params": n_params(model), "train_s": round(train_s, 1), "tokens": tokens,
         "final_loss": round(running, 4), "dev": stateful_scores(model, dev), "schedule": asdict(schedule),
-        "shape": asdict(shape), "seed": seed, "start": None if start is None else start.name,
+        "shape": asdict(shape), "seed": seed, "start": None if start is None else start.name, "drills": drills,
     }
     log(log_path, event="done", **result)
     (out / "stateful" / "train_log.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -824,6 +844,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--stateful-layers", type=int, default=3,
                         help="with --stateful-from checker: the layers kept (three fit the package's size budget)")
     parser.add_argument("--stateful-lr", type=float, default=1e-3)
+    parser.add_argument("--stateful-drills", type=int, default=0,
+                        help="recall drills per training context (a list of Name: count lines and a question)")
     parser.add_argument("--prm-problems", type=int, default=720)
     parser.add_argument("--prm-samples", type=int, default=8)
     parser.add_argument("--prm-contrastive-problems", type=int, default=4000,
@@ -899,7 +921,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         start = None if args.stateful_from == "scratch" else args.out / args.stateful_from
         train_stateful(Schedule(steps=args.stateful_steps, tokens_per_batch=2048, lr=args.stateful_lr), args.out,
                        args.seed + 3, args.log, start,
-                       args.stateful_layers if args.stateful_from == "checker" else None)
+                       args.stateful_layers if args.stateful_from == "checker" else None, args.stateful_drills)
 
 
 if __name__ == "__main__":
