@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ttc.backends.vllm import VLLMBackend
-from ttc.bench.synthetic import generate
+from ttc.bench.synthetic import generate, generate_stateful
 from ttc.models import MiniModelName, mini_model_path
 from ttc.types import Sampling
 from ttc.verifiers.prm import CachedPRM, load_prm
@@ -30,23 +30,26 @@ def server(name: str) -> str:
     return url.rstrip("/")
 
 
-@pytest.mark.parametrize("name", ["reasoner", "draft", "prm", "checker"])
+@pytest.mark.parametrize("name", ["reasoner", "draft", "prm", "checker", "stateful"])
 async def test_greedy_continuations_agree_with_the_local_engine(name: str) -> None:
     pytest.importorskip("torch")
     from ttc.backends.local import LocalBackend
-    from ttc.models import mini_prompt
+    from ttc.models import MINI_SLEEP_TEMPLATE, mini_prompt
 
     url = server(name)
     remote = VLLMBackend(url)
     local = LocalBackend.from_pretrained(mini_model_path(name), threads=1)  # type: ignore[arg-type]
     greedy = Sampling(max_tokens=48, temperature=0.0)
+    # The stateful reasoner is asked what it is for: notes about a context.
+    texts = [MINI_SLEEP_TEMPLATE.format(context=c.context) for c in generate_stateful(4242, 4, 1)] \
+        if name == "stateful" else [mini_prompt(p.question) for p in generate(seed=4242, n=4)]
     try:
-        for problem in generate(seed=4242, n=4):
-            prompt = await local.tokenize(mini_prompt(problem.question), add_special_tokens=True)
-            assert await remote.tokenize(mini_prompt(problem.question), add_special_tokens=True) == prompt
+        for text in texts:
+            prompt = await local.tokenize(text, add_special_tokens=True)
+            assert await remote.tokenize(text, add_special_tokens=True) == prompt
             [served] = await remote.complete(prompt, 1, greedy)
             [in_process] = await local.complete(prompt, 1, greedy)
-            assert served.token_ids == in_process.token_ids, problem.question
+            assert served.token_ids == in_process.token_ids, text
     finally:
         await remote.aclose()
         await local.aclose()
