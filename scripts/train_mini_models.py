@@ -278,6 +278,15 @@ def optimizer_for(model: torch.nn.Module, schedule: Schedule) -> torch.optim.Opt
     )
 
 
+def log_progress(log_path: Path, name: str, step: int, schedule: Schedule, running: float, tokens: int,
+                 started: float) -> None:
+    """Every 50th step and the last: the running loss, learning rate, tokens seen and throughput."""
+    if step % 50 == 0 or step == schedule.steps - 1:
+        elapsed = time.time() - started
+        log(log_path, model=name, step=step, loss=round(running, 4), lr=round(lr_at(step, schedule), 6),
+            tokens=tokens, elapsed_s=round(elapsed, 1), tok_per_s=round(tokens / max(elapsed, 1e-9)))
+
+
 def apply_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     """One optimizer step on ``loss``, gradients clipped to norm 1."""
     optimizer.zero_grad(set_to_none=True)
@@ -380,10 +389,7 @@ def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path
         apply_step(model, optimizer, loss)
         tokens += ids.numel()
         running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
-        if step % 50 == 0 or step == schedule.steps - 1:
-            elapsed = time.time() - started
-            log(log_path, model=name, step=step, loss=round(running, 4), lr=round(lr_at(step, schedule), 6),
-                tokens=tokens, elapsed_s=round(elapsed, 1), tok_per_s=round(tokens / max(elapsed, 1e-9)))
+        log_progress(log_path, name, step, schedule, running, tokens, started)
         if (step + 1) % 400 == 0 and step + 1 < schedule.steps:
             log(log_path, model=name, step=step + 1, **dev_scores())
             model.train()
@@ -525,10 +531,7 @@ def train_stateful(schedule: Schedule, out: Path, seed: int, log_path: Path, sta
         apply_step(model, optimizer, loss)
         tokens += ids.numel()
         running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
-        if step % 50 == 0 or step == schedule.steps - 1:
-            elapsed = time.time() - started
-            log(log_path, model="stateful", step=step, loss=round(running, 4), lr=round(lr_at(step, schedule), 6),
-                tokens=tokens, elapsed_s=round(elapsed, 1))
+        log_progress(log_path, "stateful", step, schedule, running, tokens, started)
         if (step + 1) % 1000 == 0 and step + 1 < schedule.steps:
             log(log_path, model="stateful", step=step + 1, dev=stateful_scores(model, dev))
             model.train()
