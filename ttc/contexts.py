@@ -62,10 +62,11 @@ def sleep_prompt_template(template: str) -> str:
     return template.format(context="{question}")
 
 
-def context_prompt_template(template: str, context: str, notes: str | None) -> str:
+def context_prompt_template(template: str, context: str, notes: str | None, *,
+                            name: str = "the context template") -> str:
     """A prompt template with the context and notes filled in and ``{question}`` left open."""
     needed = {"context", "question"} | ({"notes"} if notes is not None else set())
-    template_fields(template, name="the context template", required=needed, allowed={"context", "notes", "question"})
+    template_fields(template, name=name, required=needed, allowed={"context", "notes", "question"})
     lines = "".join(f"{line}\n" for line in (notes or "").strip("\n").splitlines())
     return template.format(context=_escape(context), notes=_escape(lines), question="{question}")
 

@@ -20,7 +20,7 @@ import anyio
 from ttc.backends.base import Backend
 from ttc.budget import Meter
 from ttc.config import BackendSetup, default_backend, with_draft
-from ttc.contexts import context_prompt_template, template_fields
+from ttc.contexts import context_prompt_template
 from ttc.errors import ConfigError
 from ttc.storage import TraceStore
 from ttc.strategies.base import Context, StrategyResult
@@ -72,9 +72,10 @@ def open_session(*, backend: Backend | None, store: StoreArg, verifier: Verifier
         raise ConfigError(f"draft must be a Backend (e.g. LocalBackend.from_pretrained(DIR)), got "
                           f"{type(draft).__name__}")
     context, notes = check_context(context, notes)
-    if context is not None and prompt_template is not None:
-        template_fields(prompt_template, name="prompt_template", allowed={"context", "notes", "question"},
-                        required={"context", "question"} | ({"notes"} if notes is not None else set()))
+    notes_text = None if notes is None else notes.text
+    # A caller's template is filled (and so checked) before the backend loads.
+    filled = None if context is None or prompt_template is None else \
+        context_prompt_template(prompt_template, context, notes_text, name="prompt_template")
     setup = with_draft(BackendSetup(backend=backend, owned=False)) if backend is not None else \
         default_backend(url=url, model=model, contextual=contextual or context is not None)
     if draft is not None:
@@ -86,10 +87,9 @@ def open_session(*, backend: Backend | None, store: StoreArg, verifier: Verifier
         setup.verifier = verifier
     plan: dict[str, object] = {}
     if context is not None:
-        setup.prompt_template = context_prompt_template(
-            prompt_template if prompt_template is not None else setup.context_template, context,
-            None if notes is None else notes.text)
-        plan["context"] = {"text": context, "notes": None if notes is None else notes.text,
+        setup.prompt_template = filled if filled is not None else \
+            context_prompt_template(setup.context_template, context, notes_text)
+        plan["context"] = {"text": context, "notes": notes_text,
                            "notes_trace": None if notes is None else notes.trace_id,
                            "notes_model": None if notes is None else notes.model,
                            "sleep_tokens": 0 if notes is None else notes.usage.generated_tokens}

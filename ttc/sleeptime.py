@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import Field
 
+from ttc.api import _run_sync
 from ttc.backends.base import Backend
 from ttc.budget import Meter
 from ttc.contexts import sleep_prompt_template
@@ -163,8 +164,6 @@ async def sleep_in_session(context: str, budget: Budget, session: Session, *, se
 def sleep(context: str, budget: int | Budget, *, backend: Backend | None = None, store: StoreArg = None,
           seed: int | None = None, sleep_template: str | None = None, **options: object) -> Notes:
     """Blocking form of :func:`asleep`."""
-    from ttc.api import _run_sync
-
     return _run_sync(lambda: asleep(context, budget, backend=backend, store=store, seed=seed,
                                     sleep_template=sleep_template, **options))
 
