@@ -98,6 +98,10 @@ class Sampling:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     logprobs: bool = False
+    distinct: bool = False
+    """Draw the ``n`` continuations without replacement: ``n`` different token sequences, fewer only when the
+    (temperature-scaled, top-p-truncated) distribution has fewer. The local engine draws them by stochastic beam
+    search; a backend that cannot refuses the call."""
 
     def __post_init__(self) -> None:
         # Checked here, in the caller's thread: a wrong type would otherwise fail inside an engine thread or a
@@ -115,6 +119,11 @@ class Sampling:
                               f"got {self.stop!r}")
         if self.seed is not None and not is_int(self.seed):
             raise ConfigError(f"Sampling.seed must be an int or None, got {self.seed!r}")
+        if not isinstance(self.distinct, bool):
+            raise ConfigError(f"Sampling.distinct must be a bool, got {self.distinct!r}")
+        if self.distinct and self.temperature == 0:
+            raise ConfigError("Sampling.distinct draws from a distribution and greedy decoding has one sequence: "
+                              "set a temperature > 0, or distinct=False")
 
 
 def is_int(value: object) -> TypeGuard[int]:

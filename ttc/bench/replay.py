@@ -17,6 +17,7 @@ from dataclasses import replace
 import anyio
 
 from ttc.backends.base import Backend, BackendStats
+from ttc.errors import ConfigError
 from ttc.types import Completion, PromptLogprobs, Sampling
 from ttc.verifiers.base import OutcomeVerifier, score_outcome_costed
 
@@ -47,6 +48,9 @@ class ReplayBackend:
 
     async def complete(self, prompt: Sequence[int], n: int, sampling: Sampling) -> list[Completion]:
         """The next ``n`` samples of this prompt and these settings (the seed aside: the pool's first draw set it)."""
+        if sampling.distinct:
+            raise ConfigError("a replayed pool hands out independent samples in turn and cannot draw without "
+                              "replacement: compare Sampling(distinct=True) arms on the local engine directly")
         key = (tuple(prompt), replace(sampling, seed=None))
         lock = self._locks.setdefault(key, anyio.Lock())
         async with lock:

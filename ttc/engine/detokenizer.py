@@ -28,6 +28,15 @@ class IncrementalDetokenizer:
         self._prefix_offset = 0
         self._read_offset = 0
 
+    def copy(self) -> IncrementalDetokenizer:
+        """An independent detokenizer in the same state, for a sequence that forks."""
+        twin = IncrementalDetokenizer(self.tokenizer, self.stops)
+        twin.ids = list(self.ids)
+        twin.text = self.text
+        twin._prefix_offset = self._prefix_offset
+        twin._read_offset = self._read_offset
+        return twin
+
     def push(self, token_id: int) -> str | None:
         """Add a token; return the stop string it completed, if any."""
         self.ids.append(token_id)

@@ -4,6 +4,10 @@ Everything here runs on one thread (the scheduler's worker), so the KV tree need
 prefilled once, reusing the longest cached prefix, and forked into ``n`` branches; every ``step`` then decodes
 one token for every active branch of every request in a single forward.
 
+A request for distinct continuations (``Sampling.distinct``) is a beam instead (``ttc.engine.distinct``): each
+step keeps its ``n`` best children of its live branches and finished ones, forking a branch that keeps several
+children under a sealed block they share and dropping one that keeps none.
+
 A finished branch keeps a *hold* on its blocks, keyed by its full token sequence (prompt + completion), because
 a search strategy usually extends what it just generated. ``release`` drops the hold; blocks nobody holds stay
 in the tree as cache until evicted. Holds are capped, oldest dropped first, by count (``max_held``) and by live
@@ -25,6 +29,7 @@ from torch import Tensor
 
 from ttc.backends.base import BackendStats
 from ttc.engine.detokenizer import IncrementalDetokenizer
+from ttc.engine.distinct import Pick, select
 from ttc.engine.kv_tree import KVBlock, KVTree, ScoredPosition
 from ttc.engine.loading import LoadedModel
 from ttc.engine.plans import DecodePlan, ExtendPlan
@@ -72,6 +77,9 @@ class _Branch:
     logprobs: list[float] = field(default_factory=list)
     pending: int | None = None
     finish: FinishReason | None = None
+    inherited: int = 0  # generated tokens copied from the branch it forked from, which decoded and counted them
+    phi: float = 0.0  # distinct requests: the text's log-probability under the sampling distribution
+    gumbel: float = 0.0  # distinct requests: its perturbed value (the beam keeps the largest)
 
 
 @dataclass
@@ -79,6 +87,7 @@ class _Running:
     request: GenerationRequest
     cached: int
     branches: list[_Branch] = field(default_factory=list)
+    generator: torch.Generator | None = None  # distinct requests: the beam's noise
 
 
 @dataclass
@@ -282,16 +291,69 @@ class Engine:
             self.counters.cached_prompt_tokens += cached
         seed = request.sampling.seed if request.sampling.seed is not None else self._rng.getrandbits(63)
         try:
-            for index in range(request.n):
+            for index in range(1 if request.sampling.distinct else request.n):
                 running.branches.append(self._fork(running, index, end, seed))
         except Exception:
             for branch in running.branches:  # the request fails whole: give back what its branches hold
                 self.tree.release(self.tree.seal(branch.block))
             raise
+        if request.sampling.distinct:
+            running.generator = make_generator(branch_seed(seed, -1), self.model.device)
+            self._grow(running, running.branches, logits.reshape(1, -1))
+            self._running.append(running)
+            return
         tokens, logprobs = sample(logits.expand(request.n, -1), [b.settings for b in running.branches])
         self._running.append(running)
         for branch, token, logprob in zip(running.branches, tokens, logprobs, strict=True):
             self._accept(branch, token, logprob)
+
+    def _grow(self, running: _Running, live: Sequence[_Branch], logits: Tensor) -> None:
+        """One step of a distinct request's beam: keep its best finished branches and children of ``live``
+        (whose next-token ``logits`` these are), forking a branch kept more than once, dropping one kept never."""
+        sampling = running.request.sampling
+        assert running.generator is not None
+        finished = [b for b in running.branches if b.finish is not None]
+        kept, picks = select(logits, [b.phi for b in live], [b.gumbel for b in live], [b.gumbel for b in finished],
+                             running.request.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                             generator=running.generator)
+        for index, branch in enumerate(finished):
+            if index not in kept:
+                self._drop_hold_on(branch)
+        children: dict[int, list[Pick]] = {}
+        for pick in picks:
+            children.setdefault(pick.row, []).append(pick)
+        model_logprobs = torch.log_softmax(logits, dim=-1)
+        grown: list[tuple[_Branch, Pick]] = []
+        for row, branch in enumerate(live):
+            mine = children.get(row, [])
+            if len(mine) == 1:
+                grown.append((branch, mine[0]))
+                continue
+            self._count(branch)
+            sealed = self.tree.seal(branch.block)
+            for pick in mine:  # several children share the prefix decoded so far, each in a block of its own
+                grown.append((self._split(branch, sealed), pick))
+            self.tree.release(sealed)
+        running.branches = [b for i, b in enumerate(finished) if i in kept] + [b for b, _ in grown]
+        for branch, pick in grown:
+            branch.phi, branch.gumbel = pick.logprob, pick.gumbel
+            self._accept(branch, pick.token, float(model_logprobs[pick.row, pick.token]))
+
+    def _split(self, parent: _Branch, sealed: KVBlock) -> _Branch:
+        """A copy of live ``parent`` that decodes into a new block under ``sealed``, the block ending its text."""
+        sampling = parent.request.request.sampling
+        capacity = max(1, min(sampling.max_tokens - len(parent.generated), _BRANCH_CAPACITY))
+        block = self.tree.branch(sealed, capacity)
+        self.tree.acquire(block)
+        return _Branch(parent.request, parent.index, block, parent.settings, parent.detok.copy(),
+                       generated=list(parent.generated), logprobs=list(parent.logprobs),
+                       inherited=len(parent.generated), phi=parent.phi, gumbel=parent.gumbel)
+
+    def _count(self, branch: _Branch) -> None:
+        """Count the tokens ``branch`` decoded itself: once, when it finishes, is dropped or forks."""
+        with self._stats_lock:
+            self.counters.generated_tokens += len(branch.generated) - branch.inherited
+        branch.inherited = len(branch.generated)
 
     def _fork(self, running: _Running, index: int, end: KVBlock, seed: int) -> _Branch:
         sampling = running.request.sampling
@@ -326,8 +388,7 @@ class Engine:
         self.holds.setdefault(key, []).append(branch.block)
         self.holds.move_to_end(key)
         self._held_count += 1
-        with self._stats_lock:
-            self.counters.generated_tokens += len(branch.generated)
+        self._count(branch)
         while self.holds and (
             self._held_count > self.max_held or self.tree.live_tokens > self.hold_budget_tokens
         ):
@@ -350,6 +411,8 @@ class Engine:
             return
         self._running = [r for r in self._running if r not in done]
         for running in done:
+            if running.generator is not None:  # a draw without replacement, in the order it ranks them
+                running.branches.sort(key=lambda b: b.gumbel, reverse=True)
             running.request.reply([self._completion(running, b) for b in running.branches])
 
     def _completion(self, running: _Running, branch: _Branch) -> Completion:
@@ -385,9 +448,21 @@ class Engine:
         pos = torch.tensor(positions, device=device)[:, None]
         hidden = self.model.hidden_states(ids, pos, max(positions), plan)
         logits = self.model.logits(hidden[:, 0])
-        sampled, logprobs = sample(logits, [b.settings for b in branches])
-        for branch, token, logprob in zip(branches, sampled, logprobs, strict=True):
-            self._accept(branch, token, logprob)
+        rows: dict[int, list[int]] = {}  # a distinct request's live branches, by row, to grow as one beam
+        independent = []
+        for row, branch in enumerate(branches):
+            if branch.request.generator is None:
+                independent.append(row)
+            else:
+                rows.setdefault(id(branch.request), []).append(row)
+        if independent:
+            own = logits if not rows else logits.index_select(0, torch.tensor(independent, device=device))
+            sampled, logprobs = sample(own, [branches[i].settings for i in independent])
+            for row, token, logprob in zip(independent, sampled, logprobs, strict=True):
+                self._accept(branches[row], token, logprob)
+        for beam in rows.values():
+            index = torch.tensor(beam, device=device)
+            self._grow(branches[beam[0]].request, [branches[i] for i in beam], logits.index_select(0, index))
         self._deliver_finished()
 
     def _drop_cancelled(self) -> None:

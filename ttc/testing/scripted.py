@@ -62,6 +62,9 @@ class ScriptedBackend:
     async def complete(self, prompt: Sequence[int], n: int, sampling: Sampling) -> list[Completion]:
         if n < 1:
             raise ConfigError(f"n must be >= 1, got {n}")
+        if sampling.distinct:
+            raise ConfigError("the scripted backend replays its script and cannot draw without replacement: "
+                              "use the local engine for Sampling(distinct=True)")
         if self._fail_after is not None and len(self.calls) >= self._fail_after:
             raise BackendError("scripted backend refused the call (fail_after reached)", kind="complete",
                                url="scripted://", retryable=False)
