@@ -1,4 +1,4 @@
-"""Best-of-N: draw N independent solutions in one call, then pick one.
+"""Best-of-N: draw N solutions in one call, independent or without replacement (``distinct``), then pick one.
 
 The pick is by verifier score (``select="score"``), by score-weighted majority (the default when a verifier is
 configured), or by plain majority over extracted answers (the default without one).
@@ -6,16 +6,27 @@ configured), or by plain majority over extracted answers (the default without on
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ttc.budget import Meter
 from ttc.strategies.base import Context, Strategy, StrategyResult, register
 from ttc.strategies.sampling import SampledOptions, choose, draw, mark_selected, record, resolve_selection, score
 from ttc.types import Problem
 
+DISTINCT = ("draw the samples without replacement, so all n are different texts (fewer where the sampling "
+            "distribution has fewer): a verifier then chooses among more candidates; the local engine only")
+
 
 class BestOfNOptions(SampledOptions):
     n: int = Field(8, ge=1, le=4096, description="samples to draw")
+    distinct: bool = Field(False, description=DISTINCT)
+
+    @model_validator(mode="after")
+    def _distinct_needs_temperature(self) -> BestOfNOptions:
+        if self.distinct and self.temperature == 0:
+            raise ValueError("distinct=True draws different samples and greedy decoding has one: set a temperature "
+                             "> 0, or distinct=False")
+        return self
 
 
 @register
@@ -28,8 +39,9 @@ class BestOfN(Strategy[BestOfNOptions]):
         prompt_text = ctx.render(problem.question)
         prompt = await ctx.backend.tokenize(prompt_text, add_special_tokens=True)
         root = ctx.recorder.add_node(parent=None, text=prompt_text, token_count=len(prompt))
-        completions = await draw(ctx, meter, prompt, opts.n, opts.max_tokens, opts.temperature, opts.top_p)
-        ctx.recorder.event("sample", {"requested": opts.n, "drawn": len(completions)})
+        completions = await draw(ctx, meter, prompt, opts.n, opts.max_tokens, opts.temperature, opts.top_p,
+                                 distinct=opts.distinct)
+        ctx.recorder.event("sample", {"requested": opts.n, "drawn": len(completions), "distinct": opts.distinct})
         candidates = await score(ctx, meter, problem.question, record(ctx, root, completions))
         choice = choose(ctx, candidates, resolve_selection(opts.select, ctx), opts.checks, problem.question)
         mark_selected(ctx, choice)

@@ -26,12 +26,14 @@ CHECK_OPERANDS = ("samples that compute with a number neither the question nor a
 
 
 async def draw(ctx: Context, meter: Meter, prompt: Sequence[int], n: int, max_tokens: int,
-               temperature: float, top_p: float) -> list[Completion]:
-    """Up to ``n`` samples of up to ``max_tokens`` each, trimmed to what the budget still allows."""
+               temperature: float, top_p: float, *, distinct: bool = False) -> list[Completion]:
+    """Up to ``n`` samples of up to ``max_tokens`` each, trimmed to what the budget still allows; ``distinct``
+    draws them without replacement (different texts, fewer where the distribution has fewer)."""
     k, cap = meter.plan(n, max_tokens)
     if k == 0:
         return []
-    sampling = Sampling(max_tokens=cap, temperature=temperature, top_p=top_p, seed=ctx.next_seed())
+    sampling = Sampling(max_tokens=cap, temperature=temperature, top_p=top_p, seed=ctx.next_seed(),
+                        distinct=distinct)
     completions = await ctx.backend.complete(prompt, k, sampling)
     meter.charge(completions)
     meter.note_kv(ctx.backend.stats().live_kv_tokens or len(prompt) + sum(len(c.token_ids) for c in completions))

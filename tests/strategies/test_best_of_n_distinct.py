@@ -1,0 +1,61 @@
+"""best_of_n(distinct=True) on the embedded mini reasoner and checker: different samples, the same budget rules."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import pytest
+
+from ttc import solve, solve_batch
+from ttc.bench.datasets import load_dataset
+from ttc.errors import ConfigError
+from ttc.storage import TraceStore
+from ttc.testing import ScriptedBackend
+
+pytest.importorskip("torch")
+
+
+def _texts(store: TraceStore, trace_id: str | None) -> list[str]:
+    assert trace_id is not None
+    record = store.get_trace(trace_id)
+    assert record.status == "done"
+    root = next(n for n in record.nodes if n.parent is None)
+    return [n.text for n in record.nodes if n.parent == root.id]
+
+
+def test_distinct_samples_are_different_texts_charged_like_independent_ones(tmp_path: Path) -> None:
+    problems = load_dataset("synthetic", limit=12, seed=42_000)
+    questions = [p.question for p in problems]
+    store = TraceStore(str(tmp_path / "t.db"))
+    runs = {
+        distinct: solve_batch(questions, 16 * 200, strategy="best_of_n", n=16, max_tokens=200, distinct=distinct,
+                              store=store, seed=5)
+        for distinct in (False, True)
+    }
+    different = {}
+    for distinct, results in runs.items():
+        counts = []
+        for result in results:
+            texts = _texts(store, result.trace_id)
+            record = store.get_trace(result.trace_id or "")
+            [sample] = [e.payload for e in record.events if e.kind == "sample"]
+            assert sample == {"requested": 16, "drawn": len(texts), "distinct": distinct}
+            if distinct:
+                assert len(set(texts)) == len(texts) <= 16
+            else:
+                assert len(texts) == 16
+            counts.append(len(set(texts)))
+            assert result.usage.generated_tokens == sum(n.token_count for n in record.nodes if n.parent is not None)
+        different[distinct] = statistics.mean(counts)
+    store.close()
+    # The reasoner repeats itself: independent samples of these problems hold fewer different texts.
+    assert different[True] > different[False] + 1
+
+
+def test_a_distinct_draw_needs_a_temperature_and_an_engine_that_can_draw_it() -> None:
+    with pytest.raises(ConfigError, match="temperature"):
+        solve("What is 2 + 3?", 400, strategy="best_of_n", distinct=True, temperature=0.0, store=False)
+    with pytest.raises(ConfigError, match="local engine"):
+        solve("What is 2 + 3?", 400, strategy="best_of_n", distinct=True, store=False,
+              backend=ScriptedBackend(["The answer is 5."]))
