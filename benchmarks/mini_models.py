@@ -8,6 +8,7 @@
     python3 benchmarks/mini_models.py --family totals --reasoner DIR           # totals questions (ttc.bench.totals)
     python3 benchmarks/mini_models.py --family mix --reasoner DIR --checker DIR  # half word problems, half totals
     python3 benchmarks/mini_models.py --seed 1500000 --n 240 --calculator  # the same policy if it never slipped
+    python3 benchmarks/mini_models.py --distinct  # the 16 samples drawn without replacement (ttc's local engine)
 
 Measured, per level and overall: the reasoner's greedy accuracy; majority vote over 16 samples, the same
 vote as if different wrong chains never shared an answer (so coinciding wrong answers cannot be blamed), the
@@ -21,7 +22,10 @@ right (``bo16_checker_arith``) or pass both checks (``bo16_checker_checked``), a
 pass@16 (an oracle ceiling), and the share of problems with a sample whose every step is right (the ceiling
 of any verifier that judges steps). Also each verifier's step AUROC on the samples' exactly labelled steps, how often
 it ranks a right next step above a wrong one after the same prefix, and how often the draft model's greedy next
-step equals the reasoner's own greedy next step. Inference is plain ``transformers`` ``generate`` on CPU.
+step equals the reasoner's own greedy next step. Inference is plain ``transformers`` ``generate`` on CPU; with
+``--distinct`` the samples are drawn without replacement instead (``Sampling(distinct=True)``: ttc's local engine,
+by stochastic beam search), so a problem has up to 16 different samples, fewer where the sampling distribution
+has fewer texts, and every per-sample figure counts the samples drawn.
 ``--dump FILE`` writes every problem's greedy answer, samples and step scores as JSON lines, so another
 selection rule can be scored on the same samples without sampling again. The last line is ``name=value`` pairs
 for scripts.
@@ -30,6 +34,7 @@ for scripts.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import os
@@ -47,6 +52,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ttc.backends.local import LocalBackend
 from ttc.bench.synthetic import (
     EVAL_SEEDS,
     SyntheticProblem,
@@ -61,6 +67,7 @@ from ttc.bench.totals import generate_totals
 from ttc.models import mini_model_path, mini_prompt
 from ttc.strategies.base import TEMPERATURE, TOP_P
 from ttc.strategies.sampling import Checks
+from ttc.types import Sampling
 from ttc.verifiers.metrics import auroc
 from ttc.verifiers.prm_presets import PRMPreset, get_preset
 
@@ -150,6 +157,34 @@ def complete(models: Models, model: torch.nn.Module, prompts: Sequence[str], *, 
         for row, text in enumerate(texts):
             out[chunk[row // samples]].append(text)
     return out
+
+
+def complete_distinct(folder: Path, prompts: Sequence[str], *, samples: int, temperature: float, top_p: float,
+                      seed: int, threads: int, max_new_tokens: int = 170) -> tuple[list[list[str]], int]:
+    """Up to ``samples`` different completions per prompt, drawn without replacement by ttc's local engine, and
+    the tokens the engine decoded for them (a prefix that samples share is decoded once)."""
+
+    async def run() -> tuple[list[list[str]], int]:
+        backend = LocalBackend.from_pretrained(folder, max_batch=128, threads=threads)
+        gate = asyncio.Semaphore(8)  # 8 beams of 16 fill a decode step
+
+        async def one(index: int, prompt: str) -> list[str]:
+            async with gate:
+                ids = await backend.tokenize(prompt, add_special_tokens=True)
+                drawn = await backend.complete(ids, samples, Sampling(
+                    max_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed * 1_000_000 + index,
+                    distinct=True))
+                for c in drawn:
+                    await backend.release([*ids, *c.token_ids])
+                return [c.text for c in drawn]
+
+        try:
+            texts = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
+            return list(texts), backend.stats().generated_tokens
+        finally:
+            await backend.aclose()
+
+    return asyncio.run(run())
 
 
 def plain(text: str, preset: PRMPreset) -> str:
@@ -338,6 +373,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "one (e.g. one distilled from the reasoner with --draft-from reasoner)")
     parser.add_argument("--calculator", action="store_true", help="write each equation's result for the policy, "
                         "greedy and sampled alike: the figures of the same policy if it never slipped in arithmetic")
+    parser.add_argument("--distinct", action="store_true", help="draw the samples without replacement with ttc's "
+                        "local engine (Sampling(distinct=True)): up to --samples different texts per problem")
     parser.add_argument("--dump", type=Path, default=None, help="write each problem's greedy solution, samples "
                         "and their PRM and checker step scores here (JSON lines)")
     args = parser.parse_args(argv)
@@ -356,11 +393,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     timings["greedy"] = time.time() - started
 
     started = time.time()
-    if args.sampling_seed is not None:
-        torch.manual_seed(args.sampling_seed)
-    sampled = complete(models, policy, prompts, samples=args.samples, temperature=args.temperature,
-                       top_p=args.top_p, calculator=args.calculator)
+    decoded: int | None = None
+    if args.distinct:
+        if args.calculator:
+            parser.error("--distinct draws with ttc's engine, which has no calculator; drop one of the two")
+        folder = (args.reasoner or mini_model_path("reasoner")) if args.policy == "reasoner" else (
+            args.checker or mini_model_path("checker"))
+        sampled, decoded = complete_distinct(folder, prompts, samples=args.samples, temperature=args.temperature,
+                                             top_p=args.top_p, seed=args.sampling_seed or 0, threads=args.threads)
+    else:
+        if args.sampling_seed is not None:
+            torch.manual_seed(args.sampling_seed)
+        sampled = complete(models, policy, prompts, samples=args.samples, temperature=args.temperature,
+                           top_p=args.top_p, calculator=args.calculator)
     timings["sampling"] = time.time() - started
+    groups, start = [], 0
+    for drawn in sampled:  # a problem's samples, as indexes into ``flat``
+        groups.append(range(start, start + len(drawn)))
+        start += len(drawn)
 
     started = time.time()
     flat = [(i, plain(s, models.preset)) for i, group in enumerate(sampled) for s in group]
@@ -384,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     checker_auroc_scores: list[float] = []
     greedy_misses: list[tuple[int, int]] = []  # (samples with the right answer, copies of the top wrong chain)
     for i, problem in enumerate(problems):
-        group = range(i * args.samples, (i + 1) * args.samples)
+        group = groups[i]
         answers = [extract_answer(flat[k][1]) for k in group]
         labels_of = {k: label_steps(problem, flat[k][1]) for k in group}
         votes = Counter(a for a in answers if a is not None)
@@ -461,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.dump is not None:
         with args.dump.open("w") as out:
             for i, problem in enumerate(problems):
-                group = range(i * args.samples, (i + 1) * args.samples)
+                group = groups[i]
                 out.write(json.dumps({
                     "question": problem.question, "answer": problem.answer, "level": problem.level,
                     "greedy": greedy[i], "samples": [flat[k][1] for k in group],
@@ -470,11 +520,17 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     levels = [*sorted({f"L{p.level}" for p in problems}), *(["words", "totals"] if args.family == "mix" else []), "all"]
     print(f"held-out problems: {len(problems)} (seed {args.seed}), {args.samples} samples at T={args.temperature} "
-          f"top_p={args.top_p} from the {args.policy}"
+          f"top_p={args.top_p} from the {args.policy}" + (", drawn without replacement" if args.distinct else "")
           + (", every equation's result written by the calculator" if args.calculator else ""))
     print(f"{'method':<16}" + "".join(f"{lv:>7}" for lv in levels))
     for key, by_level in rows.items():
         print(f"{key:<16}" + "".join(f"{pct(by_level[lv]):>7}" for lv in levels))
+    texts = [len(set(flat[k][1] for k in group)) for group in groups]
+    sample_tokens = sum(len(models.tokenizer(text, add_special_tokens=False)["input_ids"]) for group in sampled
+                        for text in group)
+    print(f"samples per problem: {statistics.mean(len(g) for g in groups):.2f} drawn, "
+          f"{statistics.mean(texts):.2f} different texts; {sample_tokens} sample tokens"
+          + (f", {decoded} decoded (a prefix shared by samples is decoded once)" if decoded is not None else ""))
     if greedy_misses:
         right, wrong = (statistics.median(column) for column in zip(*greedy_misses, strict=True))
         print(f"on the {len(greedy_misses)} problems greedy gets wrong, of {args.samples} samples a median {right:g} "
@@ -515,6 +571,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "checker_auroc": checker_auroc,
         "checker_same_prefix_pair_acc": checker_pair,
         "draft_step_match": matches / max(1, draft_steps),
+        "texts_per_problem": statistics.mean(texts),
     }
     print(" ".join(f"{k}={v:.3f}" for k, v in summary.items()))
 

@@ -8,6 +8,7 @@ complete solutions. Greedy decoding is the floor.
 
     python3 benchmarks/search_vs_sampling.py                       # 96 problems, budgets 256-4096
     python3 benchmarks/search_vs_sampling.py --problems 48 --budgets 512,2048
+    python3 benchmarks/search_vs_sampling.py --distinct   # best-of-N's samples drawn without replacement
 
 The last line is ``name=value`` pairs: ``token_ratio_at_<budget>`` (the tokens best-of-N spends to reach beam
 search's accuracy at that budget, over the tokens beam search spent; ``>`` marks a lower bound, where best-of-N
@@ -38,8 +39,8 @@ from ttc.config import embedded_setup  # noqa: E402
 STEP = {"max_step_tokens": 24, "max_depth": 12, "select": "weighted_vote"}
 
 
-def best_of_n(budget: int) -> dict[str, object]:
-    return {"n": max(1, budget // 128), "max_tokens": 288, "select": "weighted_vote"}
+def best_of_n(budget: int, distinct: bool = False) -> dict[str, object]:
+    return {"n": max(1, budget // 128), "max_tokens": 288, "select": "weighted_vote", "distinct": distinct}
 
 
 def beam(budget: int) -> dict[str, object]:
@@ -74,6 +75,7 @@ async def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")], default=[256, 512, 1024, 2048,
                                                                                                 4096])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--distinct", action="store_true", help="best-of-N draws its samples without replacement")
     args = parser.parse_args(argv)
     problems = load_dataset("synthetic", limit=args.problems, seed=22_000 + args.seed)
     session = Session(setup=embedded_setup(threads=1), store=None)
@@ -84,7 +86,7 @@ async def main(argv: list[str] | None = None) -> None:
         greedy.strategy = "greedy"
         cells.append(greedy)
         for budget in args.budgets:
-            for name, options in (("best_of_n", best_of_n(budget)), ("beam", beam(budget))):
+            for name, options in (("best_of_n", best_of_n(budget, args.distinct)), ("beam", beam(budget))):
                 cells.append(await run_cell(session, problems, name, options, budget, args.seed))
                 c = cells[-1]
                 print(f"  {name} @ {budget}: acc={c.accuracy():.3f} tokens={mean(c.tokens):.0f} wall={c.wall_s:.1f}s",
@@ -92,7 +94,8 @@ async def main(argv: list[str] | None = None) -> None:
     finally:
         await session.aclose()
     easy, hard = {1, 2, 3}, {4, 5, 6, 7, 8}
-    print(f"{len(problems)} held-out problems of levels 1-8; verifier: the mini checker")
+    print(f"{len(problems)} held-out problems of levels 1-8; verifier: the mini checker"
+          + ("; best-of-N's samples drawn without replacement" if args.distinct else ""))
     print(format_table(["strategy", "budget", "acc", "acc L1-3", "acc L4-8", "mean tokens", "wall s"],
                        [[c.strategy, c.budget, c.accuracy(), c.accuracy(easy), c.accuracy(hard), mean(c.tokens),
                          c.wall_s] for c in cells]))
