@@ -9,6 +9,7 @@ complete solutions. Greedy decoding is the floor.
     python3 benchmarks/search_vs_sampling.py                       # 96 problems, budgets 256-4096
     python3 benchmarks/search_vs_sampling.py --problems 48 --budgets 512,2048
     python3 benchmarks/search_vs_sampling.py --distinct   # best-of-N's samples drawn without replacement
+    python3 benchmarks/search_vs_sampling.py --arms beam --distinct-beam   # beam search alone, distinct children
 
 The last line is ``name=value`` pairs: ``token_ratio_at_<budget>`` (the tokens best-of-N spends to reach beam
 search's accuracy at that budget, over the tokens beam search spent; ``>`` marks a lower bound, where best-of-N
@@ -43,8 +44,8 @@ def best_of_n(budget: int, distinct: bool = False) -> dict[str, object]:
     return {"n": max(1, budget // 128), "max_tokens": 288, "select": "weighted_vote", "distinct": distinct}
 
 
-def beam(budget: int) -> dict[str, object]:
-    return {**STEP, "beam_width": max(1, budget // 512), "expand": 4}
+def beam(budget: int, distinct: bool = False) -> dict[str, object]:
+    return {**STEP, "beam_width": max(1, budget // 512), "expand": 4, "distinct": distinct}
 
 
 def mean(values: list[int]) -> float:
@@ -76,7 +77,13 @@ async def main(argv: list[str] | None = None) -> None:
                                                                                                 4096])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--distinct", action="store_true", help="best-of-N draws its samples without replacement")
+    parser.add_argument("--distinct-beam", action="store_true", help="beam search draws each node's children "
+                        "without replacement")
+    parser.add_argument("--arms", type=lambda s: s.split(","), default=["best_of_n", "beam"],
+                        help="which of best_of_n,beam to run (the comparison needs both)")
     args = parser.parse_args(argv)
+    if not args.arms or set(args.arms) - {"best_of_n", "beam"}:
+        parser.error(f"--arms takes best_of_n, beam or both, comma-separated; got {','.join(args.arms)}")
     problems = load_dataset("synthetic", limit=args.problems, seed=22_000 + args.seed)
     session = Session(setup=embedded_setup(threads=1), store=None)
     cells: list[Cell] = []
@@ -86,7 +93,10 @@ async def main(argv: list[str] | None = None) -> None:
         greedy.strategy = "greedy"
         cells.append(greedy)
         for budget in args.budgets:
-            for name, options in (("best_of_n", best_of_n(budget, args.distinct)), ("beam", beam(budget))):
+            for name, options in (("best_of_n", best_of_n(budget, args.distinct)),
+                                  ("beam", beam(budget, args.distinct_beam))):
+                if name not in args.arms:
+                    continue
                 cells.append(await run_cell(session, problems, name, options, budget, args.seed))
                 c = cells[-1]
                 print(f"  {name} @ {budget}: acc={c.accuracy():.3f} tokens={mean(c.tokens):.0f} wall={c.wall_s:.1f}s",
@@ -95,12 +105,16 @@ async def main(argv: list[str] | None = None) -> None:
         await session.aclose()
     easy, hard = {1, 2, 3}, {4, 5, 6, 7, 8}
     print(f"{len(problems)} held-out problems of levels 1-8; verifier: the mini checker"
-          + ("; best-of-N's samples drawn without replacement" if args.distinct else ""))
+          + ("; best-of-N's samples drawn without replacement" if args.distinct else "")
+          + ("; beam search's children drawn without replacement" if args.distinct_beam else ""))
     print(format_table(["strategy", "budget", "acc", "acc L1-3", "acc L4-8", "mean tokens", "wall s"],
                        [[c.strategy, c.budget, c.accuracy(), c.accuracy(easy), c.accuracy(hard), mean(c.tokens),
                          c.wall_s] for c in cells]))
     bon = [c for c in cells if c.strategy == "best_of_n"]
     searches = [c for c in cells if c.strategy == "beam"]
+    if not bon or not searches:
+        print(" ".join(f"{c.strategy}_acc_at_{c.budget}={100 * c.accuracy():.1f}" for c in cells[1:]))
+        return
     for c in searches:
         need, bound = tokens_to_reach(bon, c.accuracy())
         print(f"beam @ {c.budget}: {100 * c.accuracy():.1f}% with {mean(c.tokens):.0f} tokens; best-of-N needs "

@@ -43,7 +43,7 @@ async def solve_problem(problem: Problem, budget: Budget, session: Session, *, s
     setup = session.setup
     name, opts = plan_strategy(strategy, budget, has_verifier=setup.verifier is not None, options=options,
                                has_prm=setup.prm is not None, solution_tokens=setup.solution_tokens,
-                               step_tokens=setup.step_tokens)
+                               step_tokens=setup.step_tokens, distinct_children=setup.distinct_children)
     runner: Strategy[Any] = make_strategy(name, opts)
     checked = check_seed(seed)
     run = await QuestionRun.start(problem, budget, session, strategy=name, options=opts,

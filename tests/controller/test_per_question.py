@@ -26,6 +26,21 @@ def test_a_process_verifier_gets_beam_search_sized_by_the_budget() -> None:
     assert endless["beam_width"] == 16
 
 
+def test_a_setup_that_draws_distinct_children_gets_them_in_narrow_beams_unless_the_caller_says_no() -> None:
+    plan = {"has_verifier": True, "has_prm": True, "solution_tokens": 128, "step_tokens": 24}
+    _, opts = plan_strategy("auto", Budget(tokens=1024), options={}, distinct_children=True, **plan)
+    assert opts["distinct"] is True and opts["beam_width"] == 2
+    _, wide = plan_strategy("auto", Budget(tokens=2048), options={}, distinct_children=True, **plan)
+    assert wide["beam_width"] == 4 and "distinct" not in wide
+    _, narrowed = plan_strategy("auto", Budget(tokens=2048), options={"beam_width": 1}, distinct_children=True,
+                                **plan)
+    assert narrowed["distinct"] is True
+    _, mine = plan_strategy("auto", Budget(tokens=1024), options={"distinct": False}, distinct_children=True, **plan)
+    assert mine["distinct"] is False
+    _, other = plan_strategy("auto", Budget(tokens=1024), options={}, **plan)
+    assert "distinct" not in other
+
+
 def test_the_callers_search_options_win() -> None:
     _, opts = plan_strategy("auto", Budget(tokens=2048), has_verifier=True, has_prm=True,
                             options={"beam_width": 2, "max_depth": 10}, solution_tokens=128, step_tokens=24)
@@ -55,6 +70,7 @@ def test_auto_searches_on_the_embedded_default(tmp_path: Path) -> None:
     assert result.strategy == "beam" and result.usage.generated_tokens <= 1024
     record = store.get_trace(result.trace_id or "")
     [plan] = [e.payload for e in record.events if e.kind == "plan"]
-    assert plan["options"] == {"beam_width": 2, "expand": 4, "max_step_tokens": 24, "select": "weighted_vote"}
+    assert plan["options"] == {"beam_width": 2, "expand": 4, "max_step_tokens": 24, "select": "weighted_vote",
+                               "distinct": True}
     assert any(e.kind == "round" for e in record.events) and record.status == "done"
     store.close()

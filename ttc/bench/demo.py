@@ -43,8 +43,8 @@ def default_arms(samples: int) -> list[Arm]:
             160 * samples),
         Arm(f"verifier-weighted@{samples}", "best_of_n", {"n": samples, "select": "weighted_vote", "max_tokens": 160},
             160 * samples),
-        # The same tokens spent by the controller's own choice: with a process verifier, step-level beam search
-        # (benchmarks/search_vs_sampling.py: ahead of best-of-N from 1024 tokens up, level with it below).
+        # The same budget given to the controller's own choice: with a process verifier, step-level beam search,
+        # each node's children drawn without replacement on the embedded default (benchmarks/search_vs_sampling.py).
         Arm("auto (beam search)", "auto", {}, 160 * samples),
     ]
 

@@ -8,7 +8,10 @@ The rule for ``strategy="auto"`` (documented, deliberately simple until a learne
   (``benchmarks/search_vs_sampling.py``). Searching the steps is the better way to spend there for easy and hard
   questions alike. The beam keeps ``budget / (4 * solution_tokens)`` nodes (at
   least 1, at most 16) with 4 children each, steps of ``step_tokens``; both sizes come with the backend setup
-  (a mini solution is about 100 tokens, a step under 24). Options that only sampling strategies take (``n``,
+  (a mini solution is about 100 tokens, a step under 24). Where the setup says so (the embedded default), a node's
+  children are drawn without replacement while the beam is at most ``AUTO_DISTINCT_MAX_BEAM`` nodes wide: on the
+  mini models that lifts the search by 14.6 points at 512 tokens on two draws of 96 problems, for a third fewer
+  tokens; wider beams do as well or better with independent children. Options that only sampling strategies take (``n``,
   ``max_tokens``, ...) keep the question on ``best_of_n``, as before;
 - with an outcome verifier only, ``best_of_n`` ranked by score-weighted vote;
 - without one, ``self_consistency``, which stops early on easy questions and saves budget;
@@ -30,22 +33,28 @@ AUTO_MAX_SAMPLES = 64
 DEFAULT_MAX_TOKENS = 512
 AUTO_MAX_BEAM = 16
 BEAM_EXPAND = 4
+AUTO_DISTINCT_MAX_BEAM = 2
+"""The widest beam whose children ``auto`` draws without replacement, where the setup allows it. On the mini
+models different children lift beams of 1 and 2 nodes by 14.6 points at 512 tokens (two draws) and by 14.6 and -1.0
+at 1024; wider beams do as well or better with independent children (-1.0 to -5.2 points with different ones)."""
 
 
 def plan_strategy(strategy: str, budget: Budget, *, has_verifier: bool, options: Mapping[str, object],
                   has_prm: bool = False, solution_tokens: int | None = None,
-                  step_tokens: int | None = None) -> tuple[str, dict[str, object]]:
+                  step_tokens: int | None = None, distinct_children: bool = False) -> tuple[str, dict[str, object]]:
     """Return the strategy name and options to run for one question.
 
     ``solution_tokens`` and ``step_tokens`` are the backend's typical solution and longest step lengths, where its
-    setup knows them (else 512 tokens a solution, and the search's default step limit).
+    setup knows them (else 512 tokens a solution, and the search's default step limit); ``distinct_children``
+    says the setup's searches draw a node's children without replacement.
     """
     if not isinstance(strategy, str) or not strategy:
         raise ConfigError("strategy must be a non-empty name such as 'auto', 'best_of_n' or 'self_consistency'")
     if strategy != "auto":
         return strategy, dict(options)
     if has_prm and set(options) <= _BEAM_OPTIONS:
-        return "beam", _beam_options(budget, options, solution_tokens or DEFAULT_MAX_TOKENS, step_tokens)
+        return "beam", _beam_options(budget, options, solution_tokens or DEFAULT_MAX_TOKENS, step_tokens,
+                                     distinct_children)
     opts = dict(options)
     max_tokens = _positive_int(opts, "max_tokens", DEFAULT_MAX_TOKENS)
     affordable = AUTO_MAX_SAMPLES if budget.tokens is None else max(1, budget.tokens // max_tokens)
@@ -66,15 +75,19 @@ _BEAM_OPTIONS = frozenset(BeamOptions.model_fields)
 
 
 def _beam_options(budget: Budget, options: Mapping[str, object], solution_tokens: int,
-                  step_tokens: int | None) -> dict[str, object]:
+                  step_tokens: int | None, distinct: bool) -> dict[str, object]:
     """Beam search sized to the budget: one beam node per ``BEAM_EXPAND`` solutions' worth of tokens; steps as
-    long as the backend's model writes them, where the setup knows (else the search's own default)."""
+    long as the backend's model writes them, where the setup knows (else the search's own default); children drawn
+    without replacement where the setup says so."""
     paths = AUTO_MAX_BEAM * BEAM_EXPAND if budget.tokens is None else budget.tokens // solution_tokens
     opts: dict[str, object] = {"beam_width": min(AUTO_MAX_BEAM, max(1, paths // BEAM_EXPAND)),
                                "expand": BEAM_EXPAND, "select": "weighted_vote"}
     if step_tokens is not None:
         opts["max_step_tokens"] = step_tokens
     opts.update(options)
+    width = opts["beam_width"]
+    if distinct and "distinct" not in options and is_int(width) and width <= AUTO_DISTINCT_MAX_BEAM:
+        opts["distinct"] = True
     return opts
 
 
@@ -86,4 +99,4 @@ def _positive_int(opts: Mapping[str, object], name: str, default: int) -> int:
     return value
 
 
-__all__ = ["AUTO_MAX_BEAM", "AUTO_MAX_SAMPLES", "DEFAULT_MAX_TOKENS", "plan_strategy"]
+__all__ = ["AUTO_DISTINCT_MAX_BEAM", "AUTO_MAX_BEAM", "AUTO_MAX_SAMPLES", "DEFAULT_MAX_TOKENS", "plan_strategy"]

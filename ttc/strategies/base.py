@@ -38,6 +38,17 @@ derail a long chain and keeps the choices a model is really unsure of. With the 
 of 16 by the token PRM by 4 to 7.5 points and the vote by 1.4 to 2.5, on every draw measured; best of 16 by the checker
 stays within its draw-to-draw spread (docs/mini_models.md)."""
 
+DISTINCT = ("draw without replacement, so one call's samples are all different texts (fewer where the sampling "
+            "distribution has fewer): a verifier then chooses among more candidates; the local engine only")
+
+
+def check_distinct(distinct: bool, temperature: float) -> None:
+    """Refuse ``distinct`` with greedy decoding, which has one text to draw; raised inside an options validator,
+    so it reaches the caller as the options' ConfigError."""
+    if distinct and temperature == 0:
+        raise ValueError("distinct=True draws different samples and greedy decoding has one: set a temperature > 0, "
+                         "or distinct=False")
+
 
 class StrategyOptions(BaseModel):
     """Base of every strategy's options: immutable, and unknown fields rejected."""
@@ -154,10 +165,12 @@ def _load_builtin() -> None:
 
 __all__ = [
     "DEFAULT_PROMPT_TEMPLATE",
+    "DISTINCT",
     "Context",
     "Strategy",
     "StrategyOptions",
     "StrategyResult",
+    "check_distinct",
     "make_strategy",
     "parse_options",
     "register",

@@ -9,12 +9,9 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from ttc.budget import Meter
-from ttc.strategies.base import Context, Strategy, StrategyResult, register
+from ttc.strategies.base import DISTINCT, Context, Strategy, StrategyResult, check_distinct, register
 from ttc.strategies.sampling import SampledOptions, choose, draw, mark_selected, record, resolve_selection, score
 from ttc.types import Problem
-
-DISTINCT = ("draw the samples without replacement, so all n are different texts (fewer where the sampling "
-            "distribution has fewer): a verifier then chooses among more candidates; the local engine only")
 
 
 class BestOfNOptions(SampledOptions):
@@ -23,9 +20,7 @@ class BestOfNOptions(SampledOptions):
 
     @model_validator(mode="after")
     def _distinct_needs_temperature(self) -> BestOfNOptions:
-        if self.distinct and self.temperature == 0:
-            raise ValueError("distinct=True draws different samples and greedy decoding has one: set a temperature "
-                             "> 0, or distinct=False")
+        check_distinct(self.distinct, self.temperature)
         return self
 
 

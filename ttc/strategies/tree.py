@@ -26,11 +26,20 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import anyio
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ttc.budget import Meter
 from ttc.errors import ConfigError, VerifierError
-from ttc.strategies.base import TEMPERATURE, TOP_P, Context, Strategy, StrategyOptions, StrategyResult
+from ttc.strategies.base import (
+    DISTINCT,
+    TEMPERATURE,
+    TOP_P,
+    Context,
+    Strategy,
+    StrategyOptions,
+    StrategyResult,
+    check_distinct,
+)
 from ttc.strategies.sampling import choose, mark_selected
 from ttc.types import Candidate, Completion, Problem, Sampling
 from ttc.verifiers.answer import extract_answer, extract_stated_answer
@@ -50,6 +59,12 @@ class TreeSearchOptions(StrategyOptions):
     # consistent sequel to a wrong step high, so a path is only as good as its weakest step.
     aggregate: Aggregation | None = Field(None, description="how step scores rank a path: min, last, prod or mean")
     select: TreeSelection = Field("weighted_vote", description="final pick: best score, or PRM-weighted vote")
+    distinct: bool = Field(False, description=f"a node's children: {DISTINCT}")
+
+    @model_validator(mode="after")
+    def _distinct_needs_temperature(self) -> TreeSearchOptions:
+        check_distinct(self.distinct, self.temperature)
+        return self
 
 
 @dataclass(eq=False)
@@ -259,7 +274,7 @@ class SearchTree:
 
         async def run(index: int, node: StepNode, k: int, cap: int, seed: int) -> None:
             sampling = Sampling(max_tokens=cap, temperature=self.options.temperature, top_p=self.options.top_p,
-                                stop=(self.ctx.step_delimiter,), seed=seed)
+                                stop=(self.ctx.step_delimiter,), seed=seed, distinct=self.options.distinct)
             drawn[index] = await self.ctx.backend.complete(node.prefix, k, sampling)
             live = self.ctx.backend.stats().live_kv_tokens
             if live > 0:
@@ -269,6 +284,18 @@ class SearchTree:
         children: list[StepNode] = []
         for (node, _, _, _), completions in zip(seeded, drawn, strict=True):
             self.meter.charge(completions)
+            if self.options.distinct:
+                # A node whose children the budget split over several waves was drawn without replacement
+                # within each wave only: a later wave's repeat of an earlier child is spent but not kept.
+                known = {child.token_ids for child in node.children}
+                repeats = [c for c in completions if tuple(c.token_ids) in known]
+                for c in repeats:
+                    await self.ctx.backend.release(node.prefix + tuple(c.token_ids))
+                if repeats:
+                    self.ctx.recorder.event("repeats", {"count": len(repeats),
+                                                        "tokens": sum(len(c.token_ids) for c in repeats)},
+                                            node_id=node.id)
+                completions = [c for c in completions if tuple(c.token_ids) not in known]
             children += [self._add_child(node, c) for c in completions]
         return children
 

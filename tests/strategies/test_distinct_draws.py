@@ -1,4 +1,5 @@
-"""best_of_n(distinct=True) on the embedded mini reasoner and checker: different samples, the same budget rules."""
+"""distinct=True on the embedded mini reasoner and checker: best_of_n's samples and a search's children are
+different texts, under the same budget rules."""
 
 from __future__ import annotations
 
@@ -53,9 +54,38 @@ def test_distinct_samples_are_different_texts_charged_like_independent_ones(tmp_
     assert different[True] > different[False] + 1
 
 
+def test_a_searchs_siblings_are_different_steps(tmp_path: Path) -> None:
+    problems = load_dataset("synthetic", limit=6, seed=42_100)
+    store = TraceStore(str(tmp_path / "t.db"))
+    results = solve_batch([p.question for p in problems], 2048, strategy="beam", beam_width=2, expand=4,
+                          distinct=True, store=store, seed=2)
+    siblings = repeats = 0
+    for result in results:
+        assert result.trace_id is not None
+        record = store.get_trace(result.trace_id)
+        assert record.status == "done"
+        children: dict[int, list[str]] = {}
+        for node in record.nodes:
+            if node.parent is not None:
+                children.setdefault(node.parent, []).append(node.text)
+        for texts in children.values():
+            assert len(set(texts)) == len(texts) <= 8  # the root has beam_width x expand children
+            siblings += len(texts)
+        # A node expanded over several waves (the budget running short) may draw an earlier child again: spent,
+        # not kept, and counted in a repeats event.
+        repeated = sum(e.payload["tokens"] for e in record.events if e.kind == "repeats")
+        repeats += repeated
+        assert result.usage.generated_tokens == repeated + sum(n.token_count for n in record.nodes
+                                                                          if n.parent is not None)
+    store.close()
+    assert siblings > 0 and repeats > 0
+
+
 def test_a_distinct_draw_needs_a_temperature_and_an_engine_that_can_draw_it() -> None:
     with pytest.raises(ConfigError, match="temperature"):
         solve("What is 2 + 3?", 400, strategy="best_of_n", distinct=True, temperature=0.0, store=False)
+    with pytest.raises(ConfigError, match="temperature"):
+        solve("What is 2 + 3?", 400, strategy="beam", distinct=True, temperature=0.0, store=False)
     with pytest.raises(ConfigError, match="local engine"):
         solve("What is 2 + 3?", 400, strategy="best_of_n", distinct=True, store=False,
               backend=ScriptedBackend(["The answer is 5."]))
