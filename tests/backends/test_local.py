@@ -190,9 +190,11 @@ async def test_unshared_engine_gives_the_same_samples_with_private_copies(model_
 
 
 @pytest.mark.anyio
-async def test_cancelled_call_frees_its_kv_and_the_engine_keeps_serving(backend: LocalBackend) -> None:
+@pytest.mark.parametrize("distinct", [False, True], ids=["independent", "without-replacement"])
+async def test_cancelled_call_frees_its_kv_and_the_engine_keeps_serving(backend: LocalBackend, distinct: bool) -> None:
     prompt = await backend.tokenize("Cancel me")
-    task = asyncio.create_task(backend.complete(prompt, 2, Sampling(max_tokens=1500, temperature=1.0, seed=1)))
+    sampling = Sampling(max_tokens=1500, temperature=1.0, seed=1, distinct=distinct)
+    task = asyncio.create_task(backend.complete(prompt, 6 if distinct else 2, sampling))
     while backend.engine.counters.decode_steps < 3:
         await asyncio.sleep(0.01)
     task.cancel()
@@ -201,6 +203,7 @@ async def test_cancelled_call_frees_its_kv_and_the_engine_keeps_serving(backend:
     [ok] = await backend.complete(prompt, 1, Sampling(max_tokens=3, temperature=0.0))
     assert len(ok.token_ids) == 3
     assert backend.stats().live_kv_tokens == len(prompt) + 2  # only the finished call's hold remains
+    backend.engine.tree.check()
 
 
 @pytest.mark.anyio

@@ -107,23 +107,6 @@ async def test_two_draws_without_replacement_follow_the_model(backend: LocalBack
     assert tv_first < 0.05 and tv_second < 0.05
 
 
-@pytest.mark.anyio
-async def test_a_cancelled_beam_frees_its_kv(backend: LocalBackend) -> None:
-    import asyncio
-
-    prompt = await backend.tokenize("Cancel the beam")
-    task = asyncio.create_task(backend.complete(prompt, 6, _distinct(5, max_tokens=1500)))
-    while backend.engine.counters.decode_steps < 5:
-        await asyncio.sleep(0.01)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    [ok] = await backend.complete(prompt, 1, Sampling(max_tokens=3, temperature=0.0))
-    assert backend.stats().live_kv_tokens == len(prompt) + 2
-    assert len(ok.token_ids) == 3
-    backend.engine.tree.check()
-
-
 def test_greedy_decoding_has_no_distinct_draw() -> None:
     with pytest.raises(ConfigError, match="temperature > 0"):
         Sampling(temperature=0.0, distinct=True)
