@@ -66,7 +66,14 @@ from ttc.bench.synthetic import (
     varied_solution,
 )
 from ttc.bench.totals import generate_totals
-from ttc.models import MINI_CONTEXT_TEMPLATE, MINI_SLEEP_TEMPLATE, STEP_DELIMITER, mini_prompt
+from ttc.models import (
+    MINI_CONTEXT_TEMPLATE,
+    MINI_PATH_TEMPLATE,
+    MINI_SLEEP_TEMPLATE,
+    MINI_SYNTHESIS_TEMPLATE,
+    STEP_DELIMITER,
+    mini_prompt,
+)
 from ttc.models.mini.tokenizer import (
     BAD_TOKEN,
     BOS,
@@ -81,6 +88,9 @@ from ttc.models.mini.tokenizer import (
     encode,
     save_tokenizer,
 )
+from ttc.strategies.base import TOP_P
+from ttc.strategies.synthesis import merge_paths, render_synthesis
+from ttc.verifiers.answer import extract_answer
 from ttc.verifiers.metrics import auroc
 
 BOS_ID, EOS_ID, PAD_ID = VOCAB.index(BOS), VOCAB.index(EOS), VOCAB.index(PAD)
@@ -300,8 +310,9 @@ def apply_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: t
 
 @torch.no_grad()
 def complete(model: LlamaForCausalLM, prompts: Sequence[str], *, samples: int = 1, temperature: float = 0.0,
-             max_new_tokens: int = 170, batch_rows: int = 96) -> list[list[str]]:
-    """``samples`` completions per prompt (greedy when temperature is 0), cut at EOS."""
+             max_new_tokens: int = 170, batch_rows: int = 96, top_p: float = 1.0) -> list[list[str]]:
+    """``samples`` completions per prompt (greedy when temperature is 0, from the ``top_p`` nucleus when not),
+    cut at EOS."""
     model.eval()
     results: list[list[str]] = [[] for _ in prompts]
     per_batch = max(1, batch_rows // samples)
@@ -318,7 +329,7 @@ def complete(model: LlamaForCausalLM, prompts: Sequence[str], *, samples: int = 
             do_sample=temperature > 0,
             temperature=temperature if temperature > 0 else None,
             top_k=0 if temperature > 0 else None,
-            top_p=1.0 if temperature > 0 else None,
+            top_p=top_p if temperature > 0 else None,
             num_return_sequences=samples,
             eos_token_id=EOS_ID,
             pad_token_id=PAD_ID,
@@ -429,6 +440,171 @@ def save_lm(model: LlamaForCausalLM, directory: Path) -> None:
         bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID, do_sample=False, max_new_tokens=256
     ).save_pretrained(directory)
     save_tokenizer(directory)
+
+
+# ------------------------------------------------------------------------------------------------ synthesizer
+
+
+SYNTHESIS_SEED = 600_000  # inside TRAIN_SEEDS, away from the chunks of the other stages
+SYNTHESIS_PATHS = 8  # paths sampled per problem: the parallel_thinking strategy's default
+# Paths per training example, drawn from the eight: mostly all of them, and some with none, so that the
+# synthesizer's own solution without paths (the control for what the paths add) is in its training distribution.
+SYNTHESIS_SIZES = (0, 1, 2, 4, 8, 8, 8, 8)
+SYNTHESIS_POSITIONS = 1536  # a level-8 question and eight different paths are about 1300 characters
+
+
+def synthesis_example(question: str, paths: Sequence[str], solution: str) -> tuple[list[int], int]:
+    """``BOS synthesis-prompt solution EOS`` and where the solution starts; the prompt is the strategy's own
+    rendering (``ttc.strategies.synthesis``) with the mini templates."""
+    text = render_synthesis(question, paths, MINI_SYNTHESIS_TEMPLATE, MINI_PATH_TEMPLATE)
+    prompt = [BOS_ID, *encode(text)]
+    return [*prompt, *encode(solution), EOS_ID], len(prompt)
+
+
+def synthesis_paths(reasoner_dir: Path, cache_dir: Path, problems: Sequence[SyntheticProblem], samples: int,
+                    seed: int) -> list[list[str]]:
+    """``samples`` reasoner paths per problem at the strategies' temperature and nucleus, in the problems' order;
+    cached like the PRM's samples, keyed by the reasoner's weights, the problems and the settings."""
+    digest = hashlib.sha256((reasoner_dir / "model.safetensors").read_bytes()).hexdigest()[:12]
+    asked = hashlib.sha256("\n".join(p.question for p in problems).encode()).hexdigest()[:8]
+    path = cache_dir / (f"synthesis_paths_{digest}_{asked}_n{len(problems)}x{samples}_T{SAMPLE_TEMPERATURE}"
+                        f"_p{TOP_P}_s{seed}.json")
+    if path.is_file():
+        cached: list[list[str]] = json.loads(path.read_text())
+        return cached
+    torch.manual_seed(seed)
+    order = sorted(range(len(problems)), key=lambda i: problems[i].level)
+    texts = complete(load_model(reasoner_dir), [mini_prompt(problems[i].question) for i in order],
+                     samples=samples, temperature=SAMPLE_TEMPERATURE, top_p=TOP_P)
+    paths: list[list[str]] = [[] for _ in problems]
+    for i, sampled in zip(order, texts, strict=True):
+        paths[i] = [clean(t) for t in sampled]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(paths))
+    return paths
+
+
+def synthesis_target(problem: SyntheticProblem, shown: Sequence[str], target: str) -> str:
+    """What the synthesizer learns to write after the paths ``shown``: the whole reference solution; its answer
+    line alone (then it cannot solve the problem over again in its head and must conclude from the paths); or
+    (``right-path``) the most common shown path that reaches the right answer, copied, and the reference solution
+    only where none does (so it learns to pick a path to copy, and to solve where no path is right)."""
+    if target == "solution":
+        return problem.solution
+    if target == "answer":
+        return problem.solution.strip().splitlines()[-1]
+    right = [path.text for path in merge_paths([text.strip() for text in shown]) if check_answer(problem, path.text)]
+    return right[0] if right else problem.solution
+
+
+def synthesis_data(problems: Sequence[SyntheticProblem], paths: Sequence[Sequence[str]], per_problem: int,
+                   rng: random.Random, target: str) -> list[tuple[list[int], int]]:
+    """``per_problem`` examples per problem, each a random subset of its paths (sizes from ``SYNTHESIS_SIZES``)
+    with the reference's solution or answer as the target: right paths are to be kept, wrong ones outvoted or
+    corrected."""
+    data = []
+    for problem, sampled in zip(problems, paths, strict=True):
+        for _ in range(per_problem):
+            chosen = rng.sample(list(sampled), rng.choice(SYNTHESIS_SIZES))
+            data.append(synthesis_example(problem.question, chosen, synthesis_target(problem, chosen, target)))
+    return data
+
+
+def synthesis_scores(model: LlamaForCausalLM, problems: Sequence[SyntheticProblem],
+                     paths: Sequence[Sequence[str]], reasoner_greedy: Sequence[str]) -> dict[str, float]:
+    """On dev problems: the reasoner's greedy answer, the majority of its paths, any path right, and the
+    synthesizer's solution with the paths and without them (its own skill, the control)."""
+    with_paths = complete(model, [render_synthesis(p.question, ps, MINI_SYNTHESIS_TEMPLATE, MINI_PATH_TEMPLATE)
+                                  for p, ps in zip(problems, paths, strict=True)])
+    alone = complete(model, [render_synthesis(p.question, [], MINI_SYNTHESIS_TEMPLATE, MINI_PATH_TEMPLATE)
+                             for p in problems])
+
+    def majority(texts: Sequence[str]) -> str | None:
+        answers = [a for a in (extract_answer(t) for t in texts) if a is not None]
+        return max(answers, key=answers.count) if answers else None
+
+    n = len(problems)
+    pairs = list(zip(problems, paths, with_paths, alone, strict=True))
+    return {
+        "reasoner_greedy": sum(check_answer(p, t) for p, t in zip(problems, reasoner_greedy, strict=True)) / n,
+        "majority": sum(majority(ps) == p.answer for p, ps, _, _ in pairs) / n,
+        "any_path": sum(any(check_answer(p, t) for t in ps) for p, ps, _, _ in pairs) / n,
+        "synthesis": sum(check_answer(p, w[0]) for p, _, w, _ in pairs) / n,
+        "synthesizer_alone": sum(check_answer(p, a[0]) for p, _, _, a in pairs) / n,
+        # What it does with the paths: copy one verbatim, state their majority's answer, or write what it writes
+        # without them (counts of problems).
+        "copies_a_path": sum(w[0].strip() in {t.strip() for t in ps} for _, ps, w, _ in pairs),
+        "states_the_majority": sum(extract_answer(w[0]) == majority(ps) for _, ps, w, _ in pairs),
+        "same_as_alone": sum(w[0].strip() == a[0].strip() for _, _, w, a in pairs),
+    }
+
+
+def score_synthesizer(model_dir: Path, reasoner_dir: Path, seed: int) -> dict[str, float]:
+    """A trained synthesizer's dev figures, as its training run logs them at the end (the same problems and
+    paths: the paths come from the cache when the run left one)."""
+    dev = generate(DEV_SEED, 96)
+    dev_paths = synthesis_paths(reasoner_dir, Path("runs/cache"), dev, SYNTHESIS_PATHS, seed + 1)
+    dev_greedy = [t[0] for t in complete(load_model(reasoner_dir), [mini_prompt(p.question) for p in dev])]
+    return synthesis_scores(load_model(model_dir), dev, dev_paths, dev_greedy)
+
+
+def train_synthesizer(schedule: Schedule, out: Path, seed: int, log_path: Path, n_problems: int, per_problem: int,
+                      attention: str, target: str) -> dict[str, object]:
+    """Fine-tune a copy of the trained reasoner to read a question and eight of its own sampled paths and write
+    the final solution (ParaThinker's recipe: one model, its own paths). Started from the reasoner, the
+    synthesizer knows the problems as well as the policy; what it gains beyond its own solution without paths is
+    what the paths give it."""
+    seed_everything(seed)
+    reasoner_dir = out / "reasoner"
+    cache = Path("runs/cache")
+    problems = generate(TRAIN_SEEDS.start + SYNTHESIS_SEED + seed * 10_000, n_problems)
+    started = time.time()
+    paths = synthesis_paths(reasoner_dir, cache, problems, SYNTHESIS_PATHS, seed)
+    sampling_s = time.time() - started
+    dev = generate(DEV_SEED, 96)
+    dev_paths = synthesis_paths(reasoner_dir, cache, dev, SYNTHESIS_PATHS, seed + 1)
+    reasoner = load_model(reasoner_dir)
+    dev_greedy = [t[0] for t in complete(reasoner, [mini_prompt(p.question) for p in dev])]
+    rng = random.Random(seed)
+    data = synthesis_data(problems, paths, per_problem, rng, target)
+    model = load_model(reasoner_dir, attention)
+    model.config.max_position_embeddings = SYNTHESIS_POSITIONS
+    optimizer = optimizer_for(model, schedule)
+    log(log_path, event="start", model="synthesizer", params=n_params(model), schedule=asdict(schedule), seed=seed,
+        problems=n_problems, examples=len(data), sampling_s=round(sampling_s, 1), attention=attention, target=target)
+    started = time.time()
+    tokens, running, step = 0, 0.0, 0
+    model.train()
+    while step < schedule.steps:
+        for batch in length_batches(data, schedule.tokens_per_batch, rng):
+            if step == schedule.steps:
+                break
+            ids, target_mask = collate(batch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, schedule)
+            logits = model(input_ids=ids).logits[:, :-1]
+            mask = target_mask[:, 1:]
+            loss = F.cross_entropy(logits[mask], ids[:, 1:][mask])
+            apply_step(model, optimizer, loss)
+            tokens += ids.numel()
+            running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
+            log_progress(log_path, "synthesizer", step, schedule, running, tokens, started)
+            step += 1
+            if step % 400 == 0 and step < schedule.steps:
+                log(log_path, model="synthesizer", step=step, dev=synthesis_scores(model, dev, dev_paths, dev_greedy))
+                model.train()
+    train_s = time.time() - started
+    final = synthesis_scores(model, dev, dev_paths, dev_greedy)
+    save_lm(model, out / "synthesizer")
+    result: dict[str, object] = {
+        "model": "synthesizer", "params": n_params(model), "train_s": round(train_s, 1),
+        "sampling_s": round(sampling_s, 1), "tokens": tokens, "final_loss": round(running, 4), "dev": final,
+        "schedule": asdict(schedule), "seed": seed, "problems": n_problems, "examples": len(data),
+        "attention": attention, "start": "reasoner", "target": target,
+    }
+    log(log_path, event="done", **result)
+    (out / "synthesizer" / "train_log.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 # ------------------------------------------------------------------------------------- stateful reasoner
@@ -833,7 +1009,8 @@ def draft_shape(text: str) -> Shape:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=["all", "reasoner", "draft", "checker", "prm", "stateful"], default="all")
+    parser.add_argument("--stage", choices=["all", "reasoner", "draft", "checker", "prm", "stateful", "synthesizer"],
+                        default="all")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "ttc/models/mini")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reasoner-steps", type=int, default=1600)
@@ -883,6 +1060,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="the draft's width and depth instead of the shipped 128x4 (heads of 32 dimensions, "
                         "an MLP 2.75x as wide)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--synthesizer-steps", type=int, default=800)
+    parser.add_argument("--synthesizer-problems", type=int, default=2400,
+                        help="training problems, eight reasoner paths each")
+    parser.add_argument("--synthesizer-examples", type=int, default=3,
+                        help="training examples per problem, each a random subset of its paths")
+    parser.add_argument("--score-synthesizer", type=Path, default=None, metavar="DIR",
+                        help="print the dev figures of the synthesizer in DIR (paths from --out's reasoner) and stop")
+    parser.add_argument("--synthesizer-target", choices=["solution", "right-path", "answer"], default="solution",
+                        help="what the synthesizer learns to write after the paths: the reference solution (the "
+                             "shipped one), the most common right path (the reference where none is right), or the "
+                             "answer line")
     args = parser.parse_args(argv)
     if args.draft_shape is not None:
         SHAPES["draft"] = args.draft_shape
@@ -901,6 +1089,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                      f"[{TRAIN_SEEDS.start}, {TRAIN_SEEDS.stop}) where the held-out problems live; use a seed in "
                      f"[0, {(TRAIN_SEEDS.stop - most_steps - TOTALS_SEED) // 10_000 - 2}]")
     torch.set_num_threads(args.threads)
+    if args.score_synthesizer is not None:
+        print(json.dumps(score_synthesizer(args.score_synthesizer, args.out / "reasoner", args.seed)))
+        return
     lm = {"solutions": args.solutions, "attention": args.attention, "totals_fraction": args.totals_fraction,
           "save_every": args.save_every}
     args.log.parent.mkdir(parents=True, exist_ok=True)
@@ -920,6 +1111,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                   args.seed, args.log, args.prm_problems, args.prm_samples, args.prm_contrastive_problems,
                   args.prm_near_misses, args.prm_lm_weight, args.out / "checker", args.totals_fraction,
                   args.judge_attention)
+    if args.stage in ("all", "synthesizer"):
+        train_synthesizer(Schedule(steps=args.synthesizer_steps, tokens_per_batch=8192, lr=5e-4, warmup=50),
+                          args.out, args.seed, args.log, args.synthesizer_problems, args.synthesizer_examples,
+                          args.judge_attention, args.synthesizer_target)
     if args.stage in ("all", "stateful"):
         start = None if args.stateful_from == "scratch" else args.out / args.stateful_from
         train_stateful(Schedule(steps=args.stateful_steps, tokens_per_batch=2048, lr=args.stateful_lr), args.out,

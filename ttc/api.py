@@ -48,7 +48,7 @@ async def solve_problem(problem: Problem, budget: Budget, session: Session, *, s
     checked = check_seed(seed)
     run = await QuestionRun.start(problem, budget, session, strategy=name, options=opts,
                                   seed=secrets.randbits(31) if checked is None else checked,
-                                  uses_draft=runner.uses_draft)
+                                  uses_draft=runner.uses_draft, uses_synthesizer=runner.uses_synthesizer)
     try:
         return await run.finish(await runner.run(problem, run.meter, run.ctx))
     except BaseException as exc:

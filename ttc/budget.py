@@ -45,21 +45,25 @@ class Meter:
         tokens, calls, left_s = self.tokens_left(), self.calls_left(), self.time_left()
         return tokens == 0 or calls == 0 or left_s == 0.0
 
-    def plan(self, n: int, max_tokens: int) -> tuple[int, int]:
+    def plan(self, n: int, max_tokens: int, *, reserve: int = 0) -> tuple[int, int]:
         """The (samples, max_tokens per sample) to request now: at most (n, max_tokens), within budget.
 
         The worst case of a call is ``samples * max_tokens`` generated tokens, so that is what must fit. When it
         does not, the number of samples is kept and ``max_tokens`` trimmed to an equal share of what is left (the
         caller asked for that many samples); only when less than one token per sample is left are samples
-        dropped. Returns (0, 0) when nothing more may be generated.
+        dropped. ``reserve`` tokens are kept back for a later call of the caller's (a synthesis after the
+        samples). Returns (0, 0) when nothing more may be generated.
         """
         if self.exhausted() or n < 1 or max_tokens < 1:
             return 0, 0
         left = self.tokens_left()
-        if left is None or left >= n * max_tokens:
+        if left is None:
+            return n, max_tokens
+        left = max(0, left - reserve)
+        if left >= n * max_tokens:
             return n, max_tokens
         share = left // n
-        return (n, share) if share >= 1 else (left, 1)
+        return (n, share) if share >= 1 else (left, 1) if left else (0, 0)
 
     # -- recording ----------------------------------------------------------------------------------------------
     def charge(self, completions: Sequence[Completion], *, calls: int = 1) -> None:

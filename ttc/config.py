@@ -22,6 +22,7 @@ from ttc.backends.base import Backend
 from ttc.contexts import DEFAULT_CONTEXT_TEMPLATE, DEFAULT_SLEEP_TEMPLATE
 from ttc.errors import ConfigError
 from ttc.strategies.base import DEFAULT_PROMPT_TEMPLATE
+from ttc.strategies.synthesis import PATH_TEMPLATE, SYNTHESIS_TEMPLATE
 from ttc.verifiers.base import OutcomeVerifier, ProcessVerifier, StepwiseOutcome
 
 NO_BACKEND_HELP = (
@@ -54,6 +55,14 @@ class BackendSetup:
     """How this model is asked to think about a context before questions come (``ttc.contexts``)."""
     context_template: str = DEFAULT_CONTEXT_TEMPLATE
     """How this model is asked a question about a context, with or without notes."""
+    synthesizer: Backend | None = None
+    synthesizer_loader: Callable[[], Backend] | None = None
+    """The model that reads a question's parallel paths and writes the final solution (parallel thinking); without
+    one the target model synthesizes."""
+    synthesis_template: str = SYNTHESIS_TEMPLATE
+    """How the synthesizer is shown a question and its paths (``ttc.strategies.synthesis``)."""
+    path_template: str = PATH_TEMPLATE
+    """How one distinct path appears in the synthesis template."""
 
     def draft_backend(self) -> Backend | None:
         """The draft model, loaded on first use: only lookahead needs one, so other runs never pay for it. A draft
@@ -63,9 +72,17 @@ class BackendSetup:
             self.closers = (*self.closers, self.draft)
         return self.draft
 
+    def synthesizer_backend(self) -> Backend | None:
+        """The synthesis model, loaded on first use like the draft: only parallel thinking needs one."""
+        if self.synthesizer is None and self.synthesizer_loader is not None:
+            self.synthesizer = self.synthesizer_loader()
+            self.closers = (*self.closers, self.synthesizer)
+        return self.synthesizer
+
     async def aclose(self) -> None:
         """Close the backends this setup opened (a caller's own backend is left open)."""
-        own = (self.backend, *self.closers) if self.owned else tuple(b for b in self.closers if b is self.draft)
+        own = (self.backend, *self.closers) if self.owned else \
+            tuple(b for b in self.closers if b is self.draft or b is self.synthesizer)
         for backend in own:
             await backend.aclose()
 
@@ -167,9 +184,10 @@ def _threads(default: int | None) -> int | None:
 
 
 def embedded_setup(*, threads: int | None = None) -> BackendSetup:
-    """The bundled mini reasoner and mini checker (its process verifier), each on its own local engine."""
+    """The bundled mini reasoner and mini checker (its process verifier), each on its own local engine; the mini
+    draft and the mini synthesizer load when a strategy asks for them."""
     from ttc.backends.local import LocalBackend
-    from ttc.models import mini_model_path, mini_prompt
+    from ttc.models import MINI_PATH_TEMPLATE, MINI_SYNTHESIS_TEMPLATE, mini_model_path, mini_prompt
     from ttc.verifiers.prm import load_prm
 
     reasoner_dir, checker_dir = mini_model_path("reasoner"), mini_model_path("checker")
@@ -191,6 +209,9 @@ def embedded_setup(*, threads: int | None = None) -> BackendSetup:
     return BackendSetup(backend=reasoner, prompt_template=mini_prompt("{question}"), verifier=StepwiseOutcome(prm),
                         prm=prm, closers=(prm.backend,),
                         draft_loader=lambda: LocalBackend.from_pretrained(draft_dir, threads=threads),
+                        synthesizer_loader=lambda: LocalBackend.from_pretrained(mini_model_path("synthesizer"),
+                                                                                threads=threads),
+                        synthesis_template=MINI_SYNTHESIS_TEMPLATE, path_template=MINI_PATH_TEMPLATE,
                         solution_tokens=MINI_SOLUTION_TOKENS, step_tokens=MINI_STEP_TOKENS,
                         # Different children lift narrow beams on the mini models by 14.6 to 16.6 points at 512
                         # tokens (docs/mini_models.md, samples drawn without replacement); auto uses them there.

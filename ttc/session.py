@@ -145,15 +145,18 @@ class QuestionRun:
     @classmethod
     async def start(cls, problem: Problem, budget: Budget, session: Session, *, strategy: str,
                     options: Mapping[str, object], seed: int,
-                    plan: Mapping[str, object] | None = None, uses_draft: bool = False) -> QuestionRun:
+                    plan: Mapping[str, object] | None = None, uses_draft: bool = False,
+                    uses_synthesizer: bool = False) -> QuestionRun:
         """Open the question's trace and record its plan; ``plan`` adds fields to the plan event.
 
-        ``uses_draft`` loads the session's draft model (if it has one) before the trace opens, so a draft that
-        fails to load leaves no trace.
+        ``uses_draft`` and ``uses_synthesizer`` load the session's draft or synthesis model (if it has one) before
+        the trace opens, so a model that fails to load leaves no trace.
         """
         recorder = TraceRecorder()
-        backend = session.setup.backend
-        draft = session.setup.draft_backend() if uses_draft else None
+        setup = session.setup
+        backend = setup.backend
+        draft = setup.draft_backend() if uses_draft else None
+        synthesizer = setup.synthesizer_backend() if uses_synthesizer else None
         trace_id = None
         if session.store is not None:
             trace_id = await _start_trace(session.store, recorder, problem=problem, strategy=strategy,
@@ -161,8 +164,9 @@ class QuestionRun:
         recorder.event("plan", {"strategy": strategy, "options": dict(options), "seed": seed,
                                 "budget": {"tokens": budget.tokens, "wall_s": budget.wall_s, "calls": budget.calls},
                                 **session.plan, **(plan or {})})
-        ctx = Context(backend=backend, recorder=recorder, rng=random.Random(seed), verifier=session.setup.verifier,
-                      prm=session.setup.prm, prompt_template=session.setup.prompt_template, draft=draft)
+        ctx = Context(backend=backend, recorder=recorder, rng=random.Random(seed), verifier=setup.verifier,
+                      prm=setup.prm, prompt_template=setup.prompt_template, draft=draft, synthesizer=synthesizer,
+                      synthesis_template=setup.synthesis_template, path_template=setup.path_template)
         return cls(problem=problem, strategy=strategy, session=session, recorder=recorder, ctx=ctx,
                    meter=Meter(budget), trace_id=trace_id)
 

@@ -18,7 +18,7 @@ from ttc.verifiers.prm_presets import get_preset
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-NAMES = ("reasoner", "draft", "prm", "checker", "stateful")
+NAMES = ("reasoner", "draft", "prm", "checker", "stateful", "synthesizer")
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
 
 
@@ -96,7 +96,12 @@ def test_sizes_and_shipped_precision() -> None:
     assert params["draft"] < params["reasoner"]
     assert params["checker"] == params["reasoner"]  # the same shape, trained longer
     assert params["stateful"] == params["draft"]  # the draft, trained further on contexts
-    assert total_bytes <= 25 * 2**20
+    assert params["synthesizer"] == params["reasoner"]  # the reasoner, trained further to read its own paths
+    # The limit is on the three every setup needs (reasoner, draft, PRM); the checker, the stateful
+    # reasoner and the synthesizer come on top, and the whole bundle stays small.
+    assert sum((mini_model_path(n) / "model.safetensors").stat().st_size for n in ("reasoner", "draft", "prm")) \
+        <= 25 * 2**20
+    assert total_bytes <= 32 * 2**20
 
 
 def _greedy(model: object, tokenizer: object, prompts: list[str], max_new_tokens: int = 120) -> list[str]:
@@ -122,6 +127,18 @@ def test_reasoner_and_draft_continue_deterministically_in_the_solution_format(
     )
     assert solved_reasoner >= 8, "the reasoner should solve most one- and two-step problems greedily"
     assert solved >= 4
+
+
+def test_synthesizer_reads_its_prompt_and_writes_a_solution(models: dict[str, object], tokenizer: object) -> None:
+    from ttc.models import MINI_PATH_TEMPLATE, MINI_SYNTHESIS_TEMPLATE
+    from ttc.strategies.synthesis import render_synthesis
+
+    problems = generate(EVAL_SEEDS.start + 13, 16, levels=[2, 3])
+    prompts = [render_synthesis(p.question, [p.solution] * 8, MINI_SYNTHESIS_TEMPLATE, MINI_PATH_TEMPLATE)
+               for p in problems]
+    first = _greedy(models["synthesizer"], tokenizer, prompts)
+    assert first == _greedy(models["synthesizer"], tokenizer, prompts)
+    assert sum(check_answer(p, t) for p, t in zip(problems, first, strict=True)) >= 12
 
 
 def _prm_scores(models: dict[str, object], tokenizer: object, question: str, steps: list[str]) -> list[float]:

@@ -12,7 +12,7 @@ from typing import Literal, get_args
 
 from ttc.errors import ConfigError
 
-MiniModelName = Literal["reasoner", "draft", "prm", "checker", "stateful"]
+MiniModelName = Literal["reasoner", "draft", "prm", "checker", "stateful", "synthesizer"]
 
 STEP_DELIMITER = "\n"
 """What separates two steps in a mini model's solution (and in the process reward model's input)."""
@@ -36,6 +36,13 @@ it at sleep time (none: an empty string), the question; its solution follows."""
 MINI_SLEEP_TEMPLATE = "{context}\n"
 """What the mini stateful reasoner continues with notes about a context when no question has come yet."""
 
+MINI_SYNTHESIS_TEMPLATE = "{question}\n{paths}so:\n"
+"""How the mini synthesizer reads a question and the reasoner's paths for it (parallel thinking); its final
+solution follows, in the reasoner's format. With no paths it is the question, then ``so:``."""
+
+MINI_PATH_TEMPLATE = "{count} of {total}:\n{text}\n"
+"""One distinct path in :data:`MINI_SYNTHESIS_TEMPLATE`: how many of the sampled paths wrote it, then its text."""
+
 
 def mini_model_path(name: MiniModelName) -> Path:
     """The folder of a bundled mini model, loadable with ``transformers.AutoModelForCausalLM.from_pretrained``."""
@@ -50,5 +57,13 @@ def mini_model_path(name: MiniModelName) -> Path:
     return path
 
 
-__all__ = ["MINI_CONTEXT_TEMPLATE", "MINI_SLEEP_TEMPLATE", "STEP_DELIMITER", "MiniModelName", "mini_model_path",
-           "mini_prompt"]
+__all__ = [
+    "MINI_CONTEXT_TEMPLATE",
+    "MINI_PATH_TEMPLATE",
+    "MINI_SLEEP_TEMPLATE",
+    "MINI_SYNTHESIS_TEMPLATE",
+    "STEP_DELIMITER",
+    "MiniModelName",
+    "mini_model_path",
+    "mini_prompt",
+]

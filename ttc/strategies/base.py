@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ttc.backends.base import Backend
 from ttc.budget import Meter
 from ttc.errors import ConfigError
+from ttc.strategies.synthesis import PATH_TEMPLATE, SYNTHESIS_TEMPLATE
 from ttc.trace import TraceRecorder
 from ttc.types import Candidate, Problem, Sampling
 from ttc.verifiers.base import OutcomeVerifier, ProcessVerifier
@@ -65,7 +66,10 @@ class Context:
 
     ``verifier`` scores whole solutions; ``prm`` scores steps (tree searches need it). When only a PRM is
     configured, the API also sets ``verifier`` to the PRM aggregated over steps. ``draft`` is a smaller model with
-    the same tokenizer, set only for strategies whose ``uses_draft`` is true (lookahead).
+    the same tokenizer, set only for strategies whose ``uses_draft`` is true (lookahead). ``synthesizer`` is the
+    setup's synthesis model, set only for strategies whose ``uses_synthesizer`` is true (parallel thinking; without
+    one the target synthesizes); ``synthesis_template`` and ``path_template`` are the prompt it reads
+    (``ttc.strategies.synthesis``).
     """
 
     backend: Backend
@@ -76,6 +80,9 @@ class Context:
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
     step_delimiter: str = "\n"
     draft: Backend | None = None
+    synthesizer: Backend | None = None
+    synthesis_template: str = SYNTHESIS_TEMPLATE
+    path_template: str = PATH_TEMPLATE
 
     def render(self, question: str) -> str:
         return self.prompt_template.format(question=question)
@@ -101,6 +108,8 @@ class Strategy(ABC, Generic[OptionsT]):
     Options: ClassVar[type[StrategyOptions]]
     uses_draft: ClassVar[bool] = False
     """Whether the strategy runs a draft model beside the target; only then is one loaded."""
+    uses_synthesizer: ClassVar[bool] = False
+    """Whether the strategy runs the setup's synthesis model beside the target; only then is one loaded."""
 
     def __init__(self, options: OptionsT) -> None:
         self.options = options

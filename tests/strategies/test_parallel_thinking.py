@@ -1,0 +1,153 @@
+"""parallel_thinking on scripted models: the synthesis prompt, who synthesizes, the budget, left-out paths, trace."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from ttc import solve
+from ttc.budget import Meter
+from ttc.errors import ConfigError
+from ttc.strategies.base import Context, make_strategy
+from ttc.strategies.synthesis import PATH_TEMPLATE, SYNTHESIS_TEMPLATE, merge_paths, render_synthesis
+from ttc.testing import ScriptedBackend
+from ttc.trace import TraceRecorder
+from ttc.types import Budget, Problem
+
+pytestmark = pytest.mark.anyio
+
+PATHS = ["1 + 2 = 3\nThe answer is 3.", "1 + 2 = 4\nThe answer is 4.", "1 + 2 = 3\nThe answer is 3."]
+TEMPLATE = "{question}\n{paths}so:\n"
+PATH = "{count} of {total}:\n{text}\n"
+
+
+def sampler() -> ScriptedBackend:
+    """The target: path ``i`` of a call is ``PATHS[i % 3]``; asked to synthesize, it says so."""
+
+    def respond(prompt: str, index: int, seed: int | None) -> str:
+        if prompt.endswith("so:\n") or "attempts at it" in prompt:  # the mini template's end, the generic one's
+            return "the target wrote this"
+        return PATHS[index % len(PATHS)]
+
+    return ScriptedBackend(respond)
+
+
+def synthesizer() -> ScriptedBackend:
+    """A synthesizer that answers with the last answer line its prompt shows (so a test sees what it was shown)."""
+
+    def respond(prompt: str, index: int, seed: int | None) -> str:
+        lines = [line for line in prompt.splitlines() if line.startswith("The answer is")]
+        return lines[-1] if lines else "The answer is 0."
+
+    return ScriptedBackend(respond)
+
+
+def context(target: ScriptedBackend, synth: ScriptedBackend | None) -> Context:
+    return Context(backend=target, recorder=TraceRecorder(), rng=random.Random(0), prompt_template="{question}\n",
+                   synthesizer=synth, synthesis_template=TEMPLATE, path_template=PATH)
+
+
+async def run(target: ScriptedBackend, synth: ScriptedBackend | None, budget: Budget | None = None,
+              **options: object) -> tuple[str, str | None, Context, Meter]:
+    ctx = context(target, synth)
+    meter = Meter(budget or Budget(tokens=10_000))
+    found = await make_strategy("parallel_thinking", {"paths": 3, **options}).run(Problem(question="q?"), meter, ctx)
+    return found.text, found.answer, ctx, meter
+
+
+def test_identical_paths_are_shown_once_with_their_count_most_common_first() -> None:
+    merged = merge_paths(["b", "a", "b", "c", "a", "b"])
+    assert [(p.text, p.count) for p in merged] == [("b", 3), ("a", 2), ("c", 1)]
+    text = render_synthesis("q?", [" x\n", "y", "x"], TEMPLATE, PATH)
+    assert text == "q?\n2 of 3:\nx\n1 of 3:\ny\nso:\n"
+    assert render_synthesis("q?", [], TEMPLATE, PATH) == "q?\nso:\n"
+    generic = render_synthesis("What is 1 + 2?", ["The answer is 3."], SYNTHESIS_TEMPLATE, PATH_TEMPLATE)
+    assert "What is 1 + 2?" in generic and "Attempt 1 (written by 1 of 1):\nThe answer is 3." in generic
+
+
+async def test_the_setups_synthesizer_reads_every_path_and_its_solution_is_the_answer() -> None:
+    target, synth = sampler(), synthesizer()
+    text, answer, ctx, meter = await run(target, synth)
+    # One batched call for the three paths on the target, one greedy call on the synthesizer.
+    assert [c.n for c in target.calls] == [3] and len(synth.calls) == 1
+    assert synth.calls[0].sampling.temperature == 0.0
+    shown = "".join(chr(t) for t in synth.calls[0].prompt)
+    assert shown == "q?\n2 of 3:\n1 + 2 = 3\nThe answer is 3.\n1 of 3:\n1 + 2 = 4\nThe answer is 4.\nso:\n"
+    assert (text, answer) == ("The answer is 4.", "4")
+    usage = meter.usage()
+    assert usage.generated_tokens == sum(len(p) for p in PATHS) + len(text)
+    assert usage.backend_calls == 2 and usage.prompt_tokens == len("q?\n") + len(shown)
+    [event] = [e.payload for e in ctx.recorder.events() if e.kind == "synthesis"]
+    assert event == {"synthesizer": "setup", "paths": 3, "shown": 3, "left_out": 0, "prompt_tokens": len(shown)}
+    nodes = ctx.recorder.nodes()
+    # The question and its three paths; the synthesis prompt is a root of its own, its solution the selected node.
+    assert [(n.parent, n.status) for n in nodes] == [(None, "active"), (0, "finished"), (0, "finished"),
+                                                      (0, "finished"), (None, "active"), (4, "selected")]
+    assert nodes[5].answer == "4"
+
+
+async def test_without_a_synthesizer_the_target_synthesizes() -> None:
+    target = sampler()
+    text, _, ctx, _ = await run(target, None)
+    assert text == "the target wrote this" and len(target.calls) == 2
+    assert [e.payload["synthesizer"] for e in ctx.recorder.events() if e.kind == "synthesis"] == ["target"]
+
+
+async def test_the_paths_leave_the_synthesis_its_tokens() -> None:
+    target, synth = sampler(), synthesizer()
+    # 60 tokens: 30 kept for a synthesis of at most 30, so the three paths share 30 (10 each, cut off).
+    text, _, _, meter = await run(target, synth, Budget(tokens=60), synthesis_max_tokens=30)
+    assert target.calls[0].sampling.max_tokens == 10 and synth.calls[0].sampling.max_tokens == 30
+    assert meter.usage().generated_tokens <= 60 and text
+
+
+def test_the_meter_keeps_a_reserve_back_from_a_plan() -> None:
+    meter = Meter(Budget(tokens=100))
+    assert meter.plan(4, 50, reserve=20) == (4, 20)
+    assert meter.plan(4, 50, reserve=97) == (3, 1)  # fewer samples only below one token each
+    assert meter.plan(4, 50, reserve=100) == (0, 0)
+    assert Meter(Budget(wall_s=60)).plan(4, 50, reserve=10) == (4, 50)  # no token budget: nothing to keep back
+
+
+async def test_a_budget_of_one_call_goes_to_the_synthesis() -> None:
+    target, synth = sampler(), synthesizer()
+    text, _, ctx, meter = await run(target, synth, Budget(calls=1))
+    assert target.calls == [] and len(synth.calls) == 1 and meter.usage().backend_calls == 1
+    assert [e.payload["drawn"] for e in ctx.recorder.events() if e.kind == "sample"] == [0]
+    assert text == "The answer is 0."  # it was shown no path
+
+
+async def test_the_least_common_paths_are_left_out_of_a_prompt_too_long() -> None:
+    target, synth = sampler(), synthesizer()
+    full = len("q?\n2 of 3:\n1 + 2 = 3\nThe answer is 3.\n1 of 3:\n1 + 2 = 4\nThe answer is 4.\nso:\n")
+    _, answer, ctx, _ = await run(target, synth, synthesis_max_prompt_tokens=full - 1)
+    shown = "".join(chr(t) for t in synth.calls[0].prompt)
+    # The total counts the paths shown: the prompt reads as if only those were sampled.
+    assert shown == "q?\n2 of 2:\n1 + 2 = 3\nThe answer is 3.\nso:\n" and answer == "3"
+    [event] = [e.payload for e in ctx.recorder.events() if e.kind == "synthesis"]
+    assert (event["shown"], event["left_out"]) == (2, 1)
+
+
+async def test_bad_templates_and_options_are_refused_before_anything_runs() -> None:
+    with pytest.raises(ConfigError, match=r"synthesis_template must contain \{paths\}"):
+        make_strategy("parallel_thinking", {"synthesis_template": "{question}"})
+    with pytest.raises(ConfigError, match="path_template may use only the fields"):
+        make_strategy("parallel_thinking", {"path_template": "{text} {score}"})
+    with pytest.raises(ConfigError, match="temperature"):
+        make_strategy("parallel_thinking", {"temperature": 0})
+
+
+async def test_options_templates_win_over_the_setups() -> None:
+    target, synth = sampler(), synthesizer()
+    await run(target, synth, synthesis_template="Q {question}\n{paths}=>", path_template="[{index}] {text}\n")
+    shown = "".join(chr(t) for t in synth.calls[0].prompt)
+    assert shown.startswith("Q q?\n[1] 1 + 2 = 3\nThe answer is 3.\n[2] 1 + 2 = 4") and shown.endswith("=>")
+
+
+def test_solve_runs_it_through_the_api_with_the_target_as_synthesizer() -> None:
+    target = sampler()
+    result = solve("q?", 10_000, strategy="parallel_thinking", backend=target, store=False, seed=3,
+                   paths=3)
+    assert result.strategy == "parallel_thinking" and result.text == "the target wrote this"
+    assert result.usage.backend_calls == 2 and len(result.candidates) == 4

@@ -1,0 +1,136 @@
+"""Parallel thinking: several reasoning paths at once, then one synthesis that reads them all (ParaThinker).
+
+The paths are one batched call (the local engine decodes them as one batch over the shared prompt). The synthesis
+is a second, greedy call whose prompt is the question and the paths (``ttc.strategies.synthesis``), and its
+solution is the answer: where a vote can only count the paths' answers, the synthesizer can read their steps
+against the question, keep a right path that few wrote, or write its own.
+
+The synthesizer is the setup's synthesis model when it has one (the embedded default brings the mini synthesizer,
+trained on this prompt), else the target model itself, with the setup's synthesis template; the prompt is text,
+so a synthesizer with another tokenizer than the target's works as well. One budget covers both calls: the paths
+are planned with the synthesis's ``synthesis_max_tokens`` (and its call) kept back, so the synthesis always runs.
+A synthesis prompt longer than ``synthesis_max_prompt_tokens`` leaves out the least common paths until it fits,
+and the trace's ``synthesis`` event says how many it showed and left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import Field, model_validator
+
+from ttc.backends.base import Backend
+from ttc.budget import Meter
+from ttc.errors import ConfigError
+from ttc.strategies.base import (
+    DISTINCT,
+    TEMPERATURE,
+    TOP_P,
+    Context,
+    Strategy,
+    StrategyOptions,
+    StrategyResult,
+    register,
+)
+from ttc.strategies.sampling import draw, record
+from ttc.strategies.synthesis import PATH_TEMPLATE, SYNTHESIS_TEMPLATE, check_templates, merge_paths, render_synthesis
+from ttc.types import Candidate, Completion, Problem, Sampling
+from ttc.verifiers.answer import extract_answer, extract_stated_answer
+
+
+class ParallelThinkingOptions(StrategyOptions):
+    paths: int = Field(8, ge=1, le=64, description="reasoning paths sampled at once")
+    max_tokens: int = Field(256, ge=1, description="generated tokens per path at most")
+    temperature: float = Field(TEMPERATURE, gt=0.0, description="the paths' temperature")
+    top_p: float = Field(TOP_P, gt=0.0, le=1.0)
+    distinct: bool = Field(False, description=DISTINCT)
+    synthesis_max_tokens: int = Field(256, ge=1, description="generated tokens of the synthesis at most")
+    synthesis_max_prompt_tokens: int = Field(
+        1280, ge=1, description="the synthesis prompt's length at most: the least common paths are left out "
+                                "until it fits (set it to the synthesizer's context minus synthesis_max_tokens)")
+    synthesis_template: str | None = Field(None, description="the synthesis prompt, with {question}, {paths} and "
+                                                             "optionally {total}; default: the setup's")
+    path_template: str | None = Field(None, description="one distinct path, with {text} and optionally {index}, "
+                                                        "{count}, {total}; default: the setup's")
+
+    @model_validator(mode="after")
+    def _check(self) -> ParallelThinkingOptions:
+        if self.synthesis_template is not None or self.path_template is not None:
+            try:
+                check_templates(self.synthesis_template or SYNTHESIS_TEMPLATE, self.path_template or PATH_TEMPLATE)
+            except ConfigError as exc:  # raised as ValueError, so the options' ConfigError carries its message
+                raise ValueError(str(exc)) from None
+        return self
+
+
+@register
+class ParallelThinking(Strategy[ParallelThinkingOptions]):
+    name = "parallel_thinking"
+    Options = ParallelThinkingOptions
+    uses_synthesizer = True
+
+    async def run(self, problem: Problem, meter: Meter, ctx: Context) -> StrategyResult:
+        opts = self.options
+        prompt_text = ctx.render(problem.question)
+        prompt = await ctx.backend.tokenize(prompt_text, add_special_tokens=True)
+        root = ctx.recorder.add_node(parent=None, text=prompt_text, token_count=len(prompt))
+        paths = await self._paths(ctx, meter, prompt)
+        ctx.recorder.event("sample", {"requested": opts.paths, "drawn": len(paths), "distinct": opts.distinct})
+        candidates = record(ctx, root, paths)
+        synthesizer = ctx.synthesizer or ctx.backend
+        text, shown, tokens = await self._synthesis_prompt(ctx, synthesizer, problem.question, paths)
+        node = ctx.recorder.add_node(parent=None, text=text, token_count=len(tokens))
+        ctx.recorder.event("synthesis", {"synthesizer": "setup" if ctx.synthesizer else "target",
+                                         "paths": len(paths), "shown": shown, "left_out": len(paths) - shown,
+                                         "prompt_tokens": len(tokens)}, node_id=node)
+        final = await self._synthesize(ctx, synthesizer, meter, tokens, node)
+        return StrategyResult(answer=final.answer if final else None, text=final.text if final else "",
+                              score=None, candidates=(*candidates, *([final] if final else [])))
+
+    async def _paths(self, ctx: Context, meter: Meter, prompt: Sequence[int]) -> list[Completion]:
+        """The paths, within what the budget leaves after the synthesis (its tokens and its call)."""
+        opts = self.options
+        calls = meter.calls_left()
+        if calls is not None and calls < 2:
+            return []
+        k, cap = meter.plan(opts.paths, opts.max_tokens, reserve=opts.synthesis_max_tokens)
+        if k == 0:
+            return []
+        return await draw(ctx, meter, prompt, k, cap, opts.temperature, opts.top_p, distinct=opts.distinct)
+
+    async def _synthesis_prompt(self, ctx: Context, synthesizer: Backend, question: str,
+                                paths: Sequence[Completion]) -> tuple[str, int, list[int]]:
+        """The synthesis prompt, its token ids and how many of the paths it shows: the least common paths (the
+        latest first among equals) are left out while it is longer than ``synthesis_max_prompt_tokens``."""
+        opts = self.options
+        template = opts.synthesis_template or ctx.synthesis_template
+        path_template = opts.path_template or ctx.path_template
+        texts = [c.text for c in paths]
+        order = merge_paths([t.strip() for t in texts])
+        while True:
+            kept_texts = {p.text for p in order}
+            shown = [t for t in texts if t.strip() in kept_texts]
+            text = render_synthesis(question, shown, template, path_template)
+            tokens = await synthesizer.tokenize(text, add_special_tokens=True)
+            if len(tokens) <= opts.synthesis_max_prompt_tokens or not order:
+                return text, len(shown), tokens
+            order = order[:-1]
+
+    async def _synthesize(self, ctx: Context, synthesizer: Backend, meter: Meter, prompt: Sequence[int],
+                          node: int) -> Candidate | None:
+        k, cap = meter.plan(1, self.options.synthesis_max_tokens)
+        if k == 0:
+            ctx.recorder.event("stop", {"reason": "budget", "at": "synthesis"})
+            return None
+        sampling = Sampling(max_tokens=cap, temperature=0.0, seed=ctx.next_seed())
+        (completion,) = await synthesizer.complete(prompt, 1, sampling)
+        meter.charge([completion])
+        meter.note_kv(synthesizer.stats().live_kv_tokens or len(prompt) + len(completion.token_ids))
+        await synthesizer.release([*prompt, *completion.token_ids])
+        text = completion.text
+        answer = extract_stated_answer(text) if completion.finish_reason == "length" else extract_answer(text)
+        child = ctx.recorder.add_node(parent=node, text=text, token_count=len(completion.token_ids),
+                                      status="selected", logprob=completion.cumulative_logprob, answer=answer)
+        ctx.recorder.event("select", {"how": "synthesis", "answer": answer}, node_id=child)
+        return Candidate(text=text, answer=answer, score=None, token_count=len(completion.token_ids),
+                         node_id=child)
