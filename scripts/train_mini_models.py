@@ -305,6 +305,19 @@ def apply_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: t
     optimizer.step()
 
 
+def masked_lm_step(model: LlamaForCausalLM, optimizer: torch.optim.Optimizer, ids: torch.Tensor,
+                   target_mask: torch.Tensor, step: int, schedule: Schedule) -> float:
+    """One step of next-token loss on the target positions (``target_mask``) at the schedule's learning rate;
+    returns the loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, schedule)
+    logits = model(input_ids=ids).logits[:, :-1]
+    mask = target_mask[:, 1:]
+    loss = F.cross_entropy(logits[mask], ids[:, 1:][mask])
+    apply_step(model, optimizer, loss)
+    return float(loss.item())
+
+
 # ------------------------------------------------------------------------------------------------ generation
 
 
@@ -580,14 +593,9 @@ def train_synthesizer(schedule: Schedule, out: Path, seed: int, log_path: Path, 
             if step == schedule.steps:
                 break
             ids, target_mask = collate(batch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, schedule)
-            logits = model(input_ids=ids).logits[:, :-1]
-            mask = target_mask[:, 1:]
-            loss = F.cross_entropy(logits[mask], ids[:, 1:][mask])
-            apply_step(model, optimizer, loss)
+            loss = masked_lm_step(model, optimizer, ids, target_mask, step, schedule)
             tokens += ids.numel()
-            running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
+            running = loss if step == 0 else 0.98 * running + 0.02 * loss
             log_progress(log_path, "synthesizer", step, schedule, running, tokens, started)
             step += 1
             if step % 400 == 0 and step < schedule.steps:
@@ -699,14 +707,9 @@ def train_stateful(schedule: Schedule, out: Path, seed: int, log_path: Path, sta
     model.train()
     for step in range(schedule.steps):
         ids, target_mask = next(batches)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, schedule)
-        logits = model(input_ids=ids).logits[:, :-1]
-        mask = target_mask[:, 1:]
-        loss = F.cross_entropy(logits[mask], ids[:, 1:][mask])
-        apply_step(model, optimizer, loss)
+        loss = masked_lm_step(model, optimizer, ids, target_mask, step, schedule)
         tokens += ids.numel()
-        running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
+        running = loss if step == 0 else 0.98 * running + 0.02 * loss
         log_progress(log_path, "stateful", step, schedule, running, tokens, started)
         if (step + 1) % 1000 == 0 and step + 1 < schedule.steps:
             log(log_path, model="stateful", step=step + 1, dev=stateful_scores(model, dev))

@@ -90,6 +90,12 @@ class Context:
     def next_seed(self) -> int:
         return self.rng.randrange(2**31)
 
+    async def open_question(self, question: str) -> tuple[str, list[int], int]:
+        """The question's prompt (text and token ids) and its node, the root of the question's tree."""
+        text = self.render(question)
+        prompt = await self.backend.tokenize(text, add_special_tokens=True)
+        return text, prompt, self.recorder.add_node(parent=None, text=text, token_count=len(prompt))
+
 
 @dataclass(frozen=True)
 class StrategyResult:

@@ -31,9 +31,7 @@ class BestOfN(Strategy[BestOfNOptions]):
 
     async def run(self, problem: Problem, meter: Meter, ctx: Context) -> StrategyResult:
         opts = self.options
-        prompt_text = ctx.render(problem.question)
-        prompt = await ctx.backend.tokenize(prompt_text, add_special_tokens=True)
-        root = ctx.recorder.add_node(parent=None, text=prompt_text, token_count=len(prompt))
+        _, prompt, root = await ctx.open_question(problem.question)
         completions = await draw(ctx, meter, prompt, opts.n, opts.max_tokens, opts.temperature, opts.top_p,
                                  distinct=opts.distinct)
         ctx.recorder.event("sample", {"requested": opts.n, "drawn": len(completions), "distinct": opts.distinct})

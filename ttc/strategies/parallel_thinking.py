@@ -71,9 +71,7 @@ class ParallelThinking(Strategy[ParallelThinkingOptions]):
 
     async def run(self, problem: Problem, meter: Meter, ctx: Context) -> StrategyResult:
         opts = self.options
-        prompt_text = ctx.render(problem.question)
-        prompt = await ctx.backend.tokenize(prompt_text, add_special_tokens=True)
-        root = ctx.recorder.add_node(parent=None, text=prompt_text, token_count=len(prompt))
+        _, prompt, root = await ctx.open_question(problem.question)
         paths = await self._paths(ctx, meter, prompt)
         ctx.recorder.event("sample", {"requested": opts.paths, "drawn": len(paths), "distinct": opts.distinct})
         candidates = record(ctx, root, paths)

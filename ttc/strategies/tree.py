@@ -195,9 +195,8 @@ class SearchTree:
                               "solve(..., verifier=prm) with a ProcessVerifier (score_steps)")
         if not ctx.step_delimiter:
             raise ConfigError("the step delimiter is empty: set Context.step_delimiter, e.g. '\\n'")
-        text = ctx.render(problem.question)
-        prompt = tuple(await ctx.backend.tokenize(text, add_special_tokens=True))
-        node_id = ctx.recorder.add_node(parent=None, text=text, token_count=len(prompt))
+        text, ids, node_id = await ctx.open_question(problem.question)
+        prompt = tuple(ids)
         root = StepNode(id=node_id, parent=None, prefix=prompt, token_ids=prompt, text=text, depth=0)
         tree = cls(problem, meter, ctx, ctx.prm, options, root)
         tree.note_kv()

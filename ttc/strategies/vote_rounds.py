@@ -27,9 +27,7 @@ class VoteRounds:
 
     async def open(self) -> None:
         """Tokenize the prompt and record it as the root of the question's tree."""
-        prompt_text = self.ctx.render(self.problem.question)
-        self._prompt = await self.ctx.backend.tokenize(prompt_text, add_special_tokens=True)
-        self._root = self.ctx.recorder.add_node(parent=None, text=prompt_text, token_count=len(self._prompt))
+        _, self._prompt, self._root = await self.ctx.open_question(self.problem.question)
 
     @property
     def drawn(self) -> int:
