@@ -463,13 +463,18 @@ SYNTHESIS_PATHS = 8  # paths sampled per problem: the parallel_thinking strategy
 # Paths per training example, drawn from the eight: mostly all of them, and some with none, so that the
 # synthesizer's own solution without paths (the control for what the paths add) is in its training distribution.
 SYNTHESIS_SIZES = (0, 1, 2, 4, 8, 8, 8, 8)
+# The synthesis prompt of the mini templates: with the question (shipped), or the paths alone
+# (``--synthesizer-prompt paths-only``), where solving alone is impossible and a path must be chosen.
+SYNTHESIS_PROMPTS = {"question": MINI_SYNTHESIS_TEMPLATE,
+                     "paths-only": MINI_SYNTHESIS_TEMPLATE.replace("{question}\n", "")}
+SYNTHESIS = {"prompt": "question"}  # set by --synthesizer-prompt
 SYNTHESIS_POSITIONS = 1536  # a level-8 question and eight different paths are about 1300 characters
 
 
 def synthesis_example(question: str, paths: Sequence[str], solution: str) -> tuple[list[int], int]:
     """``BOS synthesis-prompt solution EOS`` and where the solution starts; the prompt is the strategy's own
     rendering (``ttc.strategies.synthesis``) with the mini templates."""
-    text = render_synthesis(question, paths, MINI_SYNTHESIS_TEMPLATE, MINI_PATH_TEMPLATE)
+    text = render_synthesis(question, paths, SYNTHESIS_PROMPTS[SYNTHESIS["prompt"]], MINI_PATH_TEMPLATE)
     prompt = [BOS_ID, *encode(text)]
     return [*prompt, *encode(solution), EOS_ID], len(prompt)
 
@@ -506,8 +511,12 @@ def synthesis_target(problem: SyntheticProblem, shown: Sequence[str], target: st
         return problem.solution
     if target == "answer":
         return problem.solution.strip().splitlines()[-1]
-    right = [path.text for path in merge_paths([text.strip() for text in shown]) if check_answer(problem, path.text)]
-    return right[0] if right else problem.solution
+    merged = [path.text for path in merge_paths([text.strip() for text in shown])]
+    right = [text for text in merged if check_answer(problem, text)]
+    if right:
+        return right[0]
+    # Shown only the paths, it cannot know the reference: where none is right it copies the most common.
+    return merged[0] if SYNTHESIS["prompt"] == "paths-only" else problem.solution
 
 
 def synthesis_data(problems: Sequence[SyntheticProblem], paths: Sequence[Sequence[str]], per_problem: int,
@@ -518,7 +527,8 @@ def synthesis_data(problems: Sequence[SyntheticProblem], paths: Sequence[Sequenc
     data = []
     for problem, sampled in zip(problems, paths, strict=True):
         for _ in range(per_problem):
-            chosen = rng.sample(list(sampled), rng.choice(SYNTHESIS_SIZES))
+            sizes = SYNTHESIS_SIZES if SYNTHESIS["prompt"] == "question" else SYNTHESIS_SIZES[1:]
+            chosen = rng.sample(list(sampled), rng.choice(sizes))
             data.append(synthesis_example(problem.question, chosen, synthesis_target(problem, chosen, target)))
     return data
 
@@ -527,9 +537,10 @@ def synthesis_scores(model: LlamaForCausalLM, problems: Sequence[SyntheticProble
                      paths: Sequence[Sequence[str]], reasoner_greedy: Sequence[str]) -> dict[str, float]:
     """On dev problems: the reasoner's greedy answer, the majority of its paths, any path right, and the
     synthesizer's solution with the paths and without them (its own skill, the control)."""
-    with_paths = complete(model, [render_synthesis(p.question, ps, MINI_SYNTHESIS_TEMPLATE, MINI_PATH_TEMPLATE)
+    template = SYNTHESIS_PROMPTS[SYNTHESIS["prompt"]]
+    with_paths = complete(model, [render_synthesis(p.question, ps, template, MINI_PATH_TEMPLATE)
                                   for p, ps in zip(problems, paths, strict=True)])
-    alone = complete(model, [render_synthesis(p.question, [], MINI_SYNTHESIS_TEMPLATE, MINI_PATH_TEMPLATE)
+    alone = complete(model, [render_synthesis(p.question, [], template, MINI_PATH_TEMPLATE)
                              for p in problems])
 
     def majority(texts: Sequence[str]) -> str | None:
@@ -584,7 +595,8 @@ def train_synthesizer(schedule: Schedule, out: Path, seed: int, log_path: Path, 
     model.config.max_position_embeddings = SYNTHESIS_POSITIONS
     optimizer = optimizer_for(model, schedule)
     log(log_path, event="start", model="synthesizer", params=n_params(model), schedule=asdict(schedule), seed=seed,
-        problems=n_problems, examples=len(data), sampling_s=round(sampling_s, 1), attention=attention, target=target)
+        problems=n_problems, examples=len(data), sampling_s=round(sampling_s, 1), attention=attention, target=target,
+        prompt=SYNTHESIS["prompt"])
     started = time.time()
     tokens, running, step = 0, 0.0, 0
     model.train()
@@ -608,7 +620,7 @@ def train_synthesizer(schedule: Schedule, out: Path, seed: int, log_path: Path, 
         "model": "synthesizer", "params": n_params(model), "train_s": round(train_s, 1),
         "sampling_s": round(sampling_s, 1), "tokens": tokens, "final_loss": round(running, 4), "dev": final,
         "schedule": asdict(schedule), "seed": seed, "problems": n_problems, "examples": len(data),
-        "attention": attention, "start": "reasoner", "target": target,
+        "attention": attention, "start": "reasoner", "target": target, "prompt": SYNTHESIS["prompt"],
     }
     log(log_path, event="done", **result)
     (out / "synthesizer" / "train_log.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -1070,6 +1082,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="training examples per problem, each a random subset of its paths")
     parser.add_argument("--score-synthesizer", type=Path, default=None, metavar="DIR",
                         help="print the dev figures of the synthesizer in DIR (paths from --out's reasoner) and stop")
+    parser.add_argument("--synthesizer-prompt", choices=sorted(SYNTHESIS_PROMPTS), default="question",
+                        help="what the synthesizer is shown: the question and the paths, or the paths alone")
     parser.add_argument("--synthesizer-target", choices=["solution", "right-path", "answer"], default="solution",
                         help="what the synthesizer learns to write after the paths: the reference solution (the "
                              "shipped one), the most common right path (the reference where none is right), or the "
@@ -1092,6 +1106,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                      f"[{TRAIN_SEEDS.start}, {TRAIN_SEEDS.stop}) where the held-out problems live; use a seed in "
                      f"[0, {(TRAIN_SEEDS.stop - most_steps - TOTALS_SEED) // 10_000 - 2}]")
     torch.set_num_threads(args.threads)
+    SYNTHESIS["prompt"] = args.synthesizer_prompt
     if args.score_synthesizer is not None:
         print(json.dumps(score_synthesizer(args.score_synthesizer, args.out / "reasoner", args.seed)))
         return
