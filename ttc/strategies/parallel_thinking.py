@@ -34,8 +34,7 @@ from ttc.strategies.base import (
 )
 from ttc.strategies.sampling import draw, record
 from ttc.strategies.synthesis import PATH_TEMPLATE, SYNTHESIS_TEMPLATE, check_templates, merge_paths, render_synthesis
-from ttc.types import Candidate, Completion, Problem, Sampling
-from ttc.verifiers.answer import extract_answer, extract_stated_answer
+from ttc.types import Candidate, Completion, Problem
 
 
 class ParallelThinkingOptions(StrategyOptions):
@@ -91,10 +90,8 @@ class ParallelThinking(Strategy[ParallelThinkingOptions]):
         calls = meter.calls_left()
         if calls is not None and calls < 2:
             return []
-        k, cap = meter.plan(opts.paths, opts.max_tokens, reserve=opts.synthesis_max_tokens)
-        if k == 0:
-            return []
-        return await draw(ctx, meter, prompt, k, cap, opts.temperature, opts.top_p, distinct=opts.distinct)
+        return await draw(ctx, meter, prompt, opts.paths, opts.max_tokens, opts.temperature, opts.top_p,
+                          distinct=opts.distinct, reserve=opts.synthesis_max_tokens)
 
     async def _synthesis_prompt(self, ctx: Context, synthesizer: Backend, question: str,
                                 paths: Sequence[Completion]) -> tuple[str, int, list[int]]:
@@ -116,19 +113,13 @@ class ParallelThinking(Strategy[ParallelThinkingOptions]):
 
     async def _synthesize(self, ctx: Context, synthesizer: Backend, meter: Meter, prompt: Sequence[int],
                           node: int) -> Candidate | None:
-        k, cap = meter.plan(1, self.options.synthesis_max_tokens)
-        if k == 0:
+        completions = await draw(ctx, meter, prompt, 1, self.options.synthesis_max_tokens, 0.0, 1.0,
+                                 backend=synthesizer)
+        if not completions:
             ctx.recorder.event("stop", {"reason": "budget", "at": "synthesis"})
             return None
-        sampling = Sampling(max_tokens=cap, temperature=0.0, seed=ctx.next_seed())
-        (completion,) = await synthesizer.complete(prompt, 1, sampling)
-        meter.charge([completion])
-        meter.note_kv(synthesizer.stats().live_kv_tokens or len(prompt) + len(completion.token_ids))
-        await synthesizer.release([*prompt, *completion.token_ids])
-        text = completion.text
-        answer = extract_stated_answer(text) if completion.finish_reason == "length" else extract_answer(text)
-        child = ctx.recorder.add_node(parent=node, text=text, token_count=len(completion.token_ids),
-                                      status="selected", logprob=completion.cumulative_logprob, answer=answer)
-        ctx.recorder.event("select", {"how": "synthesis", "answer": answer}, node_id=child)
-        return Candidate(text=text, answer=answer, score=None, token_count=len(completion.token_ids),
-                         node_id=child)
+        (final,) = record(ctx, node, completions)
+        if final.node_id is not None:  # record gives every candidate its node
+            ctx.recorder.update(final.node_id, status="selected")
+        ctx.recorder.event("select", {"how": "synthesis", "answer": final.answer}, node_id=final.node_id)
+        return final

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from ttc.backends.base import Backend
 from ttc.budget import Meter
 from ttc.errors import ConfigError
 from ttc.strategies.base import TEMPERATURE, TOP_P, Context, StrategyOptions
@@ -26,21 +27,24 @@ CHECK_OPERANDS = ("samples that compute with a number neither the question nor a
 
 
 async def draw(ctx: Context, meter: Meter, prompt: Sequence[int], n: int, max_tokens: int,
-               temperature: float, top_p: float, *, distinct: bool = False) -> list[Completion]:
-    """Up to ``n`` samples of up to ``max_tokens`` each, trimmed to what the budget still allows; ``distinct``
-    draws them without replacement (different texts, fewer where the distribution has fewer)."""
-    k, cap = meter.plan(n, max_tokens)
+               temperature: float, top_p: float, *, distinct: bool = False, reserve: int = 0,
+               backend: Backend | None = None) -> list[Completion]:
+    """Up to ``n`` samples of up to ``max_tokens`` each, trimmed to what the budget still allows once ``reserve``
+    tokens are kept back; ``distinct`` draws them without replacement (different texts, fewer where the
+    distribution has fewer). ``backend`` is the model to ask (default: the target, ``ctx.backend``)."""
+    model = backend or ctx.backend
+    k, cap = meter.plan(n, max_tokens, reserve=reserve)
     if k == 0:
         return []
     sampling = Sampling(max_tokens=cap, temperature=temperature, top_p=top_p, seed=ctx.next_seed(),
                         distinct=distinct)
-    completions = await ctx.backend.complete(prompt, k, sampling)
+    completions = await model.complete(prompt, k, sampling)
     meter.charge(completions)
-    meter.note_kv(ctx.backend.stats().live_kv_tokens or len(prompt) + sum(len(c.token_ids) for c in completions))
+    meter.note_kv(model.stats().live_kv_tokens or len(prompt) + sum(len(c.token_ids) for c in completions))
     # Complete samples are never extended: let the engine free their private KV now (the shared prompt stays
     # cached for the next round).
     for c in completions:
-        await ctx.backend.release([*prompt, *c.token_ids])
+        await model.release([*prompt, *c.token_ids])
     return completions
 
 
