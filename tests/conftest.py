@@ -20,6 +20,8 @@ def _isolated_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     monkeypatch.delenv("TTC_MODEL", raising=False)
     monkeypatch.delenv("TTC_DRAFT_URL", raising=False)
     monkeypatch.delenv("TTC_DRAFT_MODEL", raising=False)
+    monkeypatch.delenv("TTC_SYNTHESIZER_URL", raising=False)
+    monkeypatch.delenv("TTC_SYNTHESIZER_MODEL", raising=False)
     if DATASETS.is_dir() and "TTC_DATA_DIR" not in os.environ:
         monkeypatch.setenv("TTC_DATA_DIR", str(DATASETS))
     yield db

@@ -59,20 +59,21 @@ async def solve_problem(problem: Problem, budget: Budget, session: Session, *, s
 async def asolve(prompt: str, budget: int | Budget, *, strategy: str = "auto", backend: Backend | None = None,
                  store: StoreArg = None, seed: int | None = None, verifier: VerifierArg = None,
                  prompt_template: str | None = None, draft: Backend | None = None, context: str | None = None,
-                 notes: Notes | None = None, **options: object) -> Result:
+                 notes: Notes | None = None, synthesizer: Backend | None = None, **options: object) -> Result:
     """Answer one question within ``budget`` (an int is a number of generated tokens).
 
     ``store=None`` writes the trace to the default store (``TTC_DB`` or the user data directory); ``False``
     writes none. ``draft`` is the small model the lookahead strategy drafts with (it must share the target's
-    tokenizer). ``context`` is text the question is about; ``notes`` are what ``ttc.sleep`` wrote about a context
-    before the question came (their context comes with them). Extra keyword arguments are the strategy's options;
-    unknown ones raise ConfigError.
+    tokenizer); ``synthesizer`` the model that reads parallel thinking's paths and writes the answer. ``context``
+    is text the question is about; ``notes`` are what ``ttc.sleep`` wrote about a context before the question came
+    (their context comes with them). Extra keyword arguments are the strategy's options; unknown ones raise
+    ConfigError.
     """
     question = check_prompt(prompt)
     limits = Budget.of(budget)
     check_seed(seed)
     session = open_session(backend=backend, store=store, verifier=verifier, prompt_template=prompt_template,
-                           draft=draft, context=context, notes=notes)
+                           draft=draft, context=context, notes=notes, synthesizer=synthesizer)
     try:
         return await solve_problem(Problem(question=question), limits, session, strategy=strategy, seed=seed,
                                    options=options)
@@ -85,7 +86,7 @@ async def asolve_batch(prompts: Sequence[str], budget: int | Budget, *, strategy
                        verifier: VerifierArg = None, prompt_template: str | None = None,
                        concurrency: int = 8, budget_scope: BudgetScope = "question",
                        draft: Backend | None = None, context: str | None = None, notes: Notes | None = None,
-                       **options: object) -> list[Result]:
+                       synthesizer: Backend | None = None, **options: object) -> list[Result]:
     """Answer many questions concurrently, at most ``concurrency`` at a time, sharing one backend and store.
 
     ``budget_scope="question"`` gives every question ``budget``; ``"batch"`` makes ``budget`` the whole batch's,
@@ -101,7 +102,7 @@ async def asolve_batch(prompts: Sequence[str], budget: int | Budget, *, strategy
     checked = check_seed(seed)
     base_seed = secrets.randbits(30) if checked is None else checked
     session = open_session(backend=backend, store=store, verifier=verifier, prompt_template=prompt_template,
-                           draft=draft, context=context, notes=notes)
+                           draft=draft, context=context, notes=notes, synthesizer=synthesizer)
     try:
         if budget_scope == "batch":
             problems = [Problem(question=q, index=i) for i, q in enumerate(questions)]
@@ -137,23 +138,24 @@ def _run_sync(func: Callable[[], Awaitable[T]]) -> T:
 def solve(prompt: str, budget: int | Budget, *, strategy: str = "auto", backend: Backend | None = None,
           store: StoreArg = None, seed: int | None = None, verifier: VerifierArg = None,
           prompt_template: str | None = None, draft: Backend | None = None, context: str | None = None,
-          notes: Notes | None = None, **options: object) -> Result:
+          notes: Notes | None = None, synthesizer: Backend | None = None, **options: object) -> Result:
     """Blocking form of :func:`asolve`."""
     return _run_sync(lambda: asolve(prompt, budget, strategy=strategy, backend=backend, store=store, seed=seed,
                                     verifier=verifier, prompt_template=prompt_template, draft=draft,
-                                    context=context, notes=notes, **options))
+                                    context=context, notes=notes, synthesizer=synthesizer, **options))
 
 
 def solve_batch(prompts: Sequence[str], budget: int | Budget, *, strategy: str = "auto",
                 backend: Backend | None = None, store: StoreArg = None, seed: int | None = None,
                 verifier: VerifierArg = None, prompt_template: str | None = None,
                 concurrency: int = 8, budget_scope: BudgetScope = "question", draft: Backend | None = None,
-                context: str | None = None, notes: Notes | None = None, **options: object) -> list[Result]:
+                context: str | None = None, notes: Notes | None = None, synthesizer: Backend | None = None,
+                **options: object) -> list[Result]:
     """Blocking form of :func:`asolve_batch`."""
     return _run_sync(lambda: asolve_batch(prompts, budget, strategy=strategy, backend=backend, store=store,
                                           seed=seed, verifier=verifier, prompt_template=prompt_template,
                                           concurrency=concurrency, budget_scope=budget_scope, draft=draft,
-                                          context=context, notes=notes, **options))
+                                          context=context, notes=notes, synthesizer=synthesizer, **options))
 
 
 __all__ = ["BudgetScope", "QuestionRun", "Session", "asolve", "asolve_batch", "bounded_gather", "check_budget_scope",

@@ -183,19 +183,29 @@ def eval_cmd(
              "and easy ones leave theirs to those whose votes are split (strategy auto or self_consistency)")
     ] = "question",
     option: OptionOpt = None,
+    sleep_budget: Annotated[int | None, typer.Option(
+        help="think about each context once before its questions, within this many tokens (sleep-time compute; "
+             "datasets of questions about contexts: synthetic-stateful, or JSONL rows with a 'context')")] = None,
+    sleep_option: Annotated[list[str] | None, typer.Option(
+        "--sleep-option", help="sleep option KEY=VALUE (n, max_tokens, temperature, ...; see `ttc sleep`)")] = None,
     db: DbOpt = None,
 ) -> None:
     """Evaluate a strategy on a dataset: accuracy, mean tokens, wall time; every trace is recorded."""
     problems = load_dataset(dataset, limit=limit, offset=offset, seed=seed)
     options = parse_options(option)
+    sleep_opts = parse_options(sleep_option)
     scope = check_budget_scope(budget_scope)
     if scope == "batch":
         check_pooled(Budget.of(budget), 1, strategy=strategy, options=options)
-    session = make_session(backend, url, model, db)
+    sleep = None if sleep_budget is None else Budget.of(sleep_budget)
+    # Questions about contexts go to the setup's model for contexts (the embedded default's stateful reasoner).
+    session = make_session(backend, url, model, db, contextual=any(p.context is not None for p in problems))
     config = {"dataset": dataset, "limit": limit, "offset": offset, "budget": budget, "strategy": strategy,
               "backend": session.setup.backend.name, "seed": seed, "options": options}
     if scope != "question":
         config["budget_scope"] = scope
+    if sleep_budget is not None:
+        config |= {"sleep_budget": sleep_budget, "sleep_options": sleep_opts}
 
     async def main() -> EvalReport:
         try:
@@ -204,16 +214,21 @@ def eval_cmd(
                 return await evaluate(problems, Budget.of(budget), session, strategy=strategy, options=options,
                                       seed=seed, concurrency=concurrency, config=config, resume=resume,
                                       progress=lambda _p, _r: bar.advance(task),
-                                      budget_scope=scope)
+                                      budget_scope=scope, sleep=sleep, sleep_opts=sleep_opts)
         finally:
             await session.aclose()
 
     report = anyio.run(main)
     table = Table(title=f"run {report.run_id}")
-    for col in ("problems", "done", "failed", "accuracy", "mean tokens", "wall s"):
+    columns = ["problems", "done", "failed", "accuracy", "mean tokens"]
+    row = [str(report.total), str(report.done), str(report.failed), f"{report.accuracy:.3f}",
+           f"{report.mean_tokens:.1f}"]
+    if sleep is not None:
+        columns += ["contexts", "sleep tokens", "all tokens / question"]
+        row += [str(report.contexts), str(report.sleep_tokens), f"{report.mean_total_tokens:.1f}"]
+    for col in [*columns, "wall s"]:
         table.add_column(col, justify="right")
-    table.add_row(str(report.total), str(report.done), str(report.failed), f"{report.accuracy:.3f}",
-                  f"{report.mean_tokens:.1f}", f"{report.wall_s:.1f}")
+    table.add_row(*row, f"{report.wall_s:.1f}")
     out.print(table)
     for line in report.errors[:10]:
         err.print(f"[red]{escape(line)}[/red]")

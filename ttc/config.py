@@ -6,6 +6,9 @@ Environment variables (all optional):
 - ``TTC_MODEL``: a Hugging Face model folder for the in-process local engine.
 - ``TTC_DRAFT_MODEL`` / ``TTC_DRAFT_URL``: a draft model (a local folder, or a vLLM server) for the lookahead
   strategy; it must share the target's tokenizer. The embedded default brings the mini draft.
+- ``TTC_SYNTHESIZER_MODEL`` / ``TTC_SYNTHESIZER_URL``: the model that reads parallel thinking's paths and writes
+  the answer (a local folder, or a vLLM server), asked through the generic synthesis templates; without one the
+  target synthesizes. The embedded default brings the mini synthesizer.
 - ``TTC_DB``: the trace store, as a file path or an SQLAlchemy URL.
 - ``TTC_THREADS``: CPU threads of the local engine.
 - ``TTC_DATA_DIR``: where benchmark JSONL files live (default: ``../shared/datasets`` or ``./datasets``).
@@ -110,26 +113,39 @@ def default_backend(*, url: str | None = None, model: str | Path | None = None,
     embedded default then brings its stateful reasoner instead of the reasoner.
     """
     if url:
-        return with_draft(BackendSetup(backend=_vllm(url)))
+        return with_helpers(BackendSetup(backend=_vllm(url)))
     if model:
-        return with_draft(BackendSetup(backend=_local(Path(model))))
+        return with_helpers(BackendSetup(backend=_local(Path(model))))
     if url := env("TTC_VLLM_URL"):
-        return with_draft(BackendSetup(backend=_vllm(url)))
+        return with_helpers(BackendSetup(backend=_vllm(url)))
     if model := env("TTC_MODEL"):
-        return with_draft(BackendSetup(backend=_local(Path(model))))
+        return with_helpers(BackendSetup(backend=_local(Path(model))))
     embedded = _embedded(contextual)
     if embedded is not None:
-        return with_draft(embedded)
+        return with_helpers(embedded)
     raise ConfigError(NO_BACKEND_HELP)
 
 
-def with_draft(setup: BackendSetup) -> BackendSetup:
-    """Where the draft model comes from: ``TTC_DRAFT_URL``, then ``TTC_DRAFT_MODEL``, then what the setup brings."""
+def with_helpers(setup: BackendSetup) -> BackendSetup:
+    """Where the draft and the synthesis model come from: ``TTC_DRAFT_URL``, then ``TTC_DRAFT_MODEL``, then what
+    the setup brings; likewise ``TTC_SYNTHESIZER_URL`` and ``TTC_SYNTHESIZER_MODEL``. Both load on first use.
+
+    A synthesizer from the environment is asked through the generic synthesis templates, not the ones the setup
+    had for its own (the embedded default's mini synthesizer reads a format no other model was trained on).
+    """
     if url := env("TTC_DRAFT_URL"):
         setup.draft_loader = lambda: _vllm(url)
     elif model := env("TTC_DRAFT_MODEL"):
         path = Path(model)
         setup.draft_loader = lambda: _local(path, what="TTC_DRAFT_MODEL")
+    synthesizer_url, synthesizer_model = env("TTC_SYNTHESIZER_URL"), env("TTC_SYNTHESIZER_MODEL")
+    if synthesizer_url:
+        setup.synthesizer_loader = lambda: _vllm(synthesizer_url)
+    elif synthesizer_model:
+        folder = Path(synthesizer_model)
+        setup.synthesizer_loader = lambda: _local(folder, what="TTC_SYNTHESIZER_MODEL")
+    if synthesizer_url or synthesizer_model:
+        setup.synthesis_template, setup.path_template = SYNTHESIS_TEMPLATE, PATH_TEMPLATE
     return setup
 
 
@@ -233,4 +249,4 @@ def embedded_context_setup(*, threads: int | None = None) -> BackendSetup:
 
 
 __all__ = ["NO_BACKEND_HELP", "BackendSetup", "default_backend", "embedded_context_setup", "embedded_setup", "env",
-           "with_draft"]
+           "with_helpers"]

@@ -19,11 +19,13 @@ import anyio
 
 from ttc.backends.base import Backend
 from ttc.budget import Meter
-from ttc.config import BackendSetup, default_backend, with_draft
+from ttc.config import BackendSetup, default_backend, with_helpers
 from ttc.contexts import context_prompt_template
 from ttc.errors import ConfigError
 from ttc.storage import TraceStore
+from ttc.storage.convert import stored_meta
 from ttc.strategies.base import Context, StrategyResult
+from ttc.strategies.synthesis import PATH_TEMPLATE, SYNTHESIS_TEMPLATE
 from ttc.trace import TraceRecorder
 from ttc.types import Budget, Notes, Problem, Result, TraceEvent, is_int
 from ttc.verifiers.base import OutcomeVerifier, ProcessVerifier, StepwiseOutcome
@@ -43,6 +45,9 @@ class Session:
     extra_events: Callable[[Problem, Result], Awaitable[Sequence[TraceEvent]]] | None = None
     plan: Mapping[str, object] = field(default_factory=dict)
     """Fields every question's plan event carries (the shared context and its notes)."""
+    notes: dict[str, Notes] = field(default_factory=dict)
+    """Notes written at sleep time, by the context they are about: a problem with that ``context`` is asked with
+    them (an evaluation fills this from its sleep runs)."""
     _owned_store: bool = field(default=False, repr=False)
 
     async def aclose(self) -> None:
@@ -54,11 +59,13 @@ class Session:
 def open_session(*, backend: Backend | None, store: StoreArg, verifier: VerifierArg,
                  prompt_template: str | None, model: str | Path | None = None, url: str | None = None,
                  draft: Backend | None = None, context: str | None = None, notes: Notes | None = None,
-                 contextual: bool = False) -> Session:
+                 contextual: bool = False, synthesizer: Backend | None = None) -> Session:
     """Resolve backend and store once for a batch; the session closes what it opened itself.
 
     ``draft`` (the caller's, left open) wins over ``TTC_DRAFT_URL`` / ``TTC_DRAFT_MODEL`` and the embedded mini
-    draft, which are loaded only when a strategy asks for a draft.
+    draft, which are loaded only when a strategy asks for a draft; ``synthesizer`` likewise over
+    ``TTC_SYNTHESIZER_URL`` / ``TTC_SYNTHESIZER_MODEL`` and the mini synthesizer, and is asked through the generic
+    synthesis templates (parallel thinking's ``synthesis_template=`` and ``path_template=`` options override them).
 
     With a ``context`` (and optionally the ``notes`` written about it at sleep time) every question is asked
     through the setup's context template, or through ``prompt_template``, which must then hold ``{context}``.
@@ -68,18 +75,22 @@ def open_session(*, backend: Backend | None, store: StoreArg, verifier: Verifier
     """
     if prompt_template is not None and "{question}" not in prompt_template:
         raise ConfigError("prompt_template must contain the placeholder {question}")
-    if draft is not None and not isinstance(draft, Backend):
-        raise ConfigError(f"draft must be a Backend (e.g. LocalBackend.from_pretrained(DIR)), got "
-                          f"{type(draft).__name__}")
+    for name, given in (("draft", draft), ("synthesizer", synthesizer)):
+        if given is not None and not isinstance(given, Backend):
+            raise ConfigError(f"{name} must be a Backend (e.g. LocalBackend.from_pretrained(DIR)), got "
+                              f"{type(given).__name__}")
     context, notes = check_context(context, notes)
     notes_text = None if notes is None else notes.text
     # A caller's template is filled (and so checked) before the backend loads.
     filled = None if context is None or prompt_template is None else \
         context_prompt_template(prompt_template, context, notes_text, name="prompt_template")
-    setup = with_draft(BackendSetup(backend=backend, owned=False)) if backend is not None else \
+    setup = with_helpers(BackendSetup(backend=backend, owned=False)) if backend is not None else \
         default_backend(url=url, model=model, contextual=contextual or context is not None)
     if draft is not None:
         setup.draft, setup.draft_loader = draft, None
+    if synthesizer is not None:
+        setup.synthesizer, setup.synthesizer_loader = synthesizer, None
+        setup.synthesis_template, setup.path_template = SYNTHESIS_TEMPLATE, PATH_TEMPLATE
     if isinstance(verifier, ProcessVerifier):
         setup.prm = verifier
         setup.verifier = StepwiseOutcome(verifier)
@@ -89,10 +100,7 @@ def open_session(*, backend: Backend | None, store: StoreArg, verifier: Verifier
     if context is not None:
         setup.prompt_template = filled if filled is not None else \
             context_prompt_template(setup.context_template, context, notes_text)
-        plan["context"] = {"text": context, "notes": notes_text,
-                           "notes_trace": None if notes is None else notes.trace_id,
-                           "notes_model": None if notes is None else notes.model,
-                           "sleep_tokens": 0 if notes is None else notes.usage.generated_tokens}
+        plan["context"] = context_plan(context, notes)
     elif prompt_template is not None:
         setup.prompt_template = prompt_template
     owned = not isinstance(store, TraceStore) and store is not False
@@ -112,6 +120,34 @@ def check_context(context: object, notes: object) -> tuple[str | None, Notes | N
             raise ConfigError("these notes were written about another context: pass notes alone (their context "
                               "comes with them), or the context they were written about")
     return (notes.context if notes is not None else context), notes
+
+
+def context_plan(context: str, notes: Notes | None) -> dict[str, object]:
+    """What a question's plan event says of the context it was asked about, and of the notes it was given."""
+    return {"text": context, "notes": None if notes is None else notes.text,
+            "notes_trace": None if notes is None else notes.trace_id,
+            "notes_model": None if notes is None else notes.model,
+            "sleep_tokens": 0 if notes is None else notes.usage.generated_tokens}
+
+
+def question_prompt(problem: Problem, session: Session) -> tuple[str, dict[str, object]]:
+    """The prompt template ``problem`` is asked through, and the plan fields that say so.
+
+    A problem with its own ``context`` is asked through the setup's context template, with the session's notes
+    about that context if it has them; a session opened about one context takes no problem about another.
+    """
+    setup = session.setup
+    stored_meta(problem)  # a meta key the store keeps the context under is refused before the trace opens
+    if problem.context is None:
+        return setup.prompt_template, {}
+    context, _ = check_context(problem.context, None)
+    if "context" in session.plan:
+        raise ConfigError("this session asks every question about the context it was opened with: leave out "
+                          "Problem.context, or open the session without context= and notes=")
+    assert context is not None
+    notes = session.notes.get(context)
+    template = context_prompt_template(setup.context_template, context, None if notes is None else notes.text)
+    return template, {"context": context_plan(context, notes)}
 
 
 def check_prompt(prompt: object) -> str:
@@ -146,14 +182,16 @@ class QuestionRun:
     async def start(cls, problem: Problem, budget: Budget, session: Session, *, strategy: str,
                     options: Mapping[str, object], seed: int,
                     plan: Mapping[str, object] | None = None, uses_draft: bool = False,
-                    uses_synthesizer: bool = False) -> QuestionRun:
+                    uses_synthesizer: bool = False, prompt_template: str | None = None) -> QuestionRun:
         """Open the question's trace and record its plan; ``plan`` adds fields to the plan event.
 
         ``uses_draft`` and ``uses_synthesizer`` load the session's draft or synthesis model (if it has one) before
-        the trace opens, so a model that fails to load leaves no trace.
+        the trace opens, so a model that fails to load leaves no trace. ``prompt_template`` replaces the one
+        the problem would be asked through (a sleep run's).
         """
         recorder = TraceRecorder()
         setup = session.setup
+        template, context_fields = question_prompt(problem, session)
         backend = setup.backend
         draft = setup.draft_backend() if uses_draft else None
         synthesizer = setup.synthesizer_backend() if uses_synthesizer else None
@@ -163,9 +201,10 @@ class QuestionRun:
                                           budget=budget, backend=backend.name, seed=seed, run_id=session.run_id)
         recorder.event("plan", {"strategy": strategy, "options": dict(options), "seed": seed,
                                 "budget": {"tokens": budget.tokens, "wall_s": budget.wall_s, "calls": budget.calls},
-                                **session.plan, **(plan or {})})
+                                **session.plan, **context_fields, **(plan or {})})
         ctx = Context(backend=backend, recorder=recorder, rng=random.Random(seed), verifier=setup.verifier,
-                      prm=setup.prm, prompt_template=setup.prompt_template, draft=draft, synthesizer=synthesizer,
+                      prm=setup.prm, prompt_template=prompt_template or template, draft=draft,
+                      synthesizer=synthesizer,
                       synthesis_template=setup.synthesis_template, path_template=setup.path_template)
         return cls(problem=problem, strategy=strategy, session=session, recorder=recorder, ctx=ctx,
                    meter=Meter(budget), trace_id=trace_id)
@@ -212,4 +251,4 @@ async def _mark_failed(store: TraceStore, trace_id: str, exc: BaseException, rec
 
 
 __all__ = ["QuestionRun", "Session", "StoreArg", "VerifierArg", "check_context", "check_prompt", "check_seed",
-           "open_session"]
+           "context_plan", "open_session", "question_prompt"]

@@ -148,10 +148,11 @@ async def sleep_in_session(context: str, budget: Budget, session: Session, *, se
     """The sleep run on a session opened with ``contextual=True`` (the caller closes it)."""
     checked = check_seed(seed)
     setup = session.setup
-    setup.prompt_template = sleep_prompt_template(sleep_template or setup.sleep_template)
+    template = sleep_prompt_template(sleep_template or setup.sleep_template)
     plan = plan_drafts(options, budget, setup.solution_tokens)
     run = await QuestionRun.start(Problem(question=context), budget, session, strategy=SLEEP, options=plan,
-                                  seed=secrets.randbits(31) if checked is None else checked)
+                                  seed=secrets.randbits(31) if checked is None else checked,
+                                  prompt_template=template)
     try:
         result = await run.finish(await think(context, run.meter, run.ctx, plan))
     except BaseException as exc:

@@ -201,13 +201,19 @@ class TraceEvent:
 
 @dataclass(frozen=True)
 class Problem:
-    """A question as strategies see it. ``gold`` is known only in evaluation and never shown to a strategy."""
+    """A question as strategies see it. ``gold`` is known only in evaluation and never shown to a strategy.
+
+    ``context`` is text that this question shares with others (a document, the state of a word problem): the
+    question is asked through the setup's context template, with the notes a sleep run wrote about that context
+    where the session has them, so several questions can share one sleep run (``ttc eval --sleep-budget``).
+    """
 
     question: str
     gold: str | None = None
     dataset: str | None = None
     index: int | None = None
     meta: Mapping[str, object] = field(default_factory=dict)
+    context: str | None = None
 
 
 @dataclass(frozen=True)

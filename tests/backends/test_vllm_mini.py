@@ -1,8 +1,8 @@
 """The bundled mini models on a real vLLM server: greedy continuations agree with the local engine, the mini
 PRM's step scores agree between the two backends (to 1e-3), and so do the mini checker's likelihood scores.
 
-Each model needs its own server: ``TTC_TEST_VLLM_MINI_<NAME>_URL`` (NAME = REASONER, DRAFT, PRM or CHECKER). CI
-serves each in turn on one port after the main suite (see .ci/run).
+Each model needs its own server: ``TTC_TEST_VLLM_MINI_<NAME>_URL`` (NAME = REASONER, DRAFT, PRM, CHECKER, STATEFUL or
+SYNTHESIZER). CI serves each in turn on one port after the main suite (see .ci/run).
 """
 
 from __future__ import annotations
@@ -30,19 +30,32 @@ def server(name: str) -> str:
     return url.rstrip("/")
 
 
-@pytest.mark.parametrize("name", ["reasoner", "draft", "prm", "checker", "stateful"])
+def prompts(name: str) -> list[str]:
+    """What each model is asked in use: the stateful reasoner notes about a context, the synthesizer a question
+    with several solutions to read (long prompts, near its 1536 positions), the others a question."""
+    from ttc.models import MINI_PATH_TEMPLATE, MINI_SLEEP_TEMPLATE, MINI_SYNTHESIS_TEMPLATE, mini_prompt
+    from ttc.strategies.synthesis import render_synthesis
+
+    if name == "stateful":
+        return [MINI_SLEEP_TEMPLATE.format(context=c.context) for c in generate_stateful(4242, 4, 1)]
+    if name == "synthesizer":
+        # Each problem's reference, another problem's reference (a wrong path), and the reference again.
+        long = generate(seed=4242, n=4, levels=[6, 7, 8])
+        return [render_synthesis(p.question, [p.solution, long[i - 1].solution, p.solution],
+                                 MINI_SYNTHESIS_TEMPLATE, MINI_PATH_TEMPLATE) for i, p in enumerate(long)]
+    return [mini_prompt(p.question) for p in generate(seed=4242, n=4)]
+
+
+@pytest.mark.parametrize("name", ["reasoner", "draft", "prm", "checker", "stateful", "synthesizer"])
 async def test_greedy_continuations_agree_with_the_local_engine(name: str) -> None:
     pytest.importorskip("torch")
     from ttc.backends.local import LocalBackend
-    from ttc.models import MINI_SLEEP_TEMPLATE, mini_prompt
 
     url = server(name)
     remote = VLLMBackend(url)
     local = LocalBackend.from_pretrained(mini_model_path(name), threads=1)  # type: ignore[arg-type]
     greedy = Sampling(max_tokens=48, temperature=0.0)
-    # The stateful reasoner is asked what it is for: notes about a context.
-    texts = [MINI_SLEEP_TEMPLATE.format(context=c.context) for c in generate_stateful(4242, 4, 1)] \
-        if name == "stateful" else [mini_prompt(p.question) for p in generate(seed=4242, n=4)]
+    texts = prompts(name)
     try:
         for text in texts:
             prompt = await local.tokenize(text, add_special_tokens=True)

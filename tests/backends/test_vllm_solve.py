@@ -97,3 +97,34 @@ def test_a_batch_shares_one_budget_on_vllm(vllm_url: str, tmp_path: Path) -> Non
             assert record.status == "done"
             assert sum(int(str(e.payload["samples"])) for e in record.events if e.kind == "grant") == len(r.candidates)
         asyncio.run(backend.aclose())
+
+
+def test_parallel_thinking_with_a_synthesizer_served_by_vllm(vllm_url: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """TTC_SYNTHESIZER_URL names the synthesizer: it reads the target's paths as text (its own tokenizer) and
+    writes the answer greedily, so its solution is what the server writes for that prompt."""
+    from ttc.strategies.synthesis import PATH_TEMPLATE, SYNTHESIS_TEMPLATE, render_synthesis
+    from ttc.testing import ScriptedBackend
+    from ttc.types import Sampling
+
+    paths = ["12 + 30 = 42\nThe answer is 42.", "12 + 30 = 41\nThe answer is 41."]
+    target = ScriptedBackend(lambda _prompt, index, _seed: paths[index % 2])
+    monkeypatch.setenv("TTC_SYNTHESIZER_URL", vllm_url)
+    with TraceStore(str(tmp_path / "t.db")) as store:
+        result = solve(QUESTION, 1000, strategy="parallel_thinking", backend=target, store=store, seed=5, paths=4,
+                       synthesis_max_tokens=16)
+        record = store.get_trace(result.trace_id or "")
+        synthesis = next(e.payload for e in record.events if e.kind == "synthesis")
+        assert synthesis["synthesizer"] == "setup" and synthesis["shown"] == 4
+
+
+        async def served_greedily(text: str) -> tuple[list[int], str]:
+            async with VLLMBackend(vllm_url) as served:
+                prompt = await served.tokenize(text, add_special_tokens=True)
+                [completion] = await served.complete(prompt, 1, Sampling(max_tokens=16, temperature=0.0))
+                return prompt, completion.text
+
+        prompt, expected = asyncio.run(served_greedily(render_synthesis(QUESTION, paths * 2, SYNTHESIS_TEMPLATE,
+                                                                        PATH_TEMPLATE)))
+        assert record.status == "done" and result.text == expected.strip()
+        assert len(target.calls) == 1 and synthesis["prompt_tokens"] == len(prompt)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -151,3 +152,27 @@ def test_solve_runs_it_through_the_api_with_the_target_as_synthesizer() -> None:
                    paths=3)
     assert result.strategy == "parallel_thinking" and result.text == "the target wrote this"
     assert result.usage.backend_calls == 2 and len(result.candidates) == 4
+
+
+def test_a_callers_synthesizer_reads_the_paths_through_the_generic_templates() -> None:
+    target, synth = sampler(), synthesizer()
+    result = solve("q?", 10_000, strategy="parallel_thinking", backend=target, synthesizer=synth, store=False,
+                   seed=3, paths=3)
+    shown = "".join(chr(t) for t in synth.calls[0].prompt)
+    assert shown == render_synthesis("q?", PATHS, SYNTHESIS_TEMPLATE, PATH_TEMPLATE)
+    # It answers with the last answer line shown: the least common path's, listed last.
+    assert result.text == "The answer is 4." and len(target.calls) == 1 and len(synth.calls) == 1
+    with pytest.raises(ConfigError, match="synthesizer must be a Backend"):
+        solve("q?", 10_000, strategy="parallel_thinking", backend=target, synthesizer="http://x", store=False)  # type: ignore[arg-type]
+
+
+def test_the_environment_names_a_synthesizer_loaded_only_for_parallel_thinking(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from ttc.config import BackendSetup, with_helpers
+
+    monkeypatch.setenv("TTC_SYNTHESIZER_MODEL", str(tmp_path / "absent"))
+    setup = with_helpers(BackendSetup(backend=sampler(), synthesis_template=TEMPLATE, path_template=PATH))
+    assert (setup.synthesis_template, setup.path_template) == (SYNTHESIS_TEMPLATE, PATH_TEMPLATE)
+    assert solve("q?", 1000, strategy="best_of_n", backend=sampler(), store=False, n=2).answer is not None
+    with pytest.raises(ConfigError, match="TTC_SYNTHESIZER_MODEL must name a folder"):
+        solve("q?", 10_000, strategy="parallel_thinking", backend=sampler(), store=False, paths=3)

@@ -89,8 +89,12 @@ def _parse_row(line: str, path: Path, lineno: int, label: str) -> Problem:
         raise ConfigError(f"{where}: no 'question' or 'problem' text")
     if answer is None or str(answer).strip() == "":
         raise ConfigError(f"{where}: no 'answer'")
+    context = row.get("context")
+    if context is not None and (not isinstance(context, str) or not context.strip()):
+        raise ConfigError(f"{where}: 'context' must be the text the question is about, or left out")
     meta = {k: v for k, v in row.items() if k in ("level", "subject", "unique_id", "id")}
-    return Problem(question=question, gold=_gold(str(answer)), dataset=label, index=lineno, meta=meta)
+    return Problem(question=question, gold=_gold(str(answer)), dataset=label, index=lineno, meta=meta,
+                   context=context)
 
 
 _GSM8K_GOLD = re.compile(r"####\s*(.+?)\s*$", re.S)
@@ -125,8 +129,14 @@ def _synthetic(name: str, limit: int, offset: int, seed: int, levels: Sequence[i
         raise ConfigError(f"{name} has no levels: its questions each take a few steps from one context; leave "
                           "levels out")
     else:
+        # Each question is asked about its context (Problem.context), so an evaluation can think about a context
+        # once, at sleep time, for all of its questions.
         contexts = synthetic.generate_stateful(held_out, offset + limit, STATEFUL_QUESTIONS)
-        items = [p for ctx in contexts for p in ctx.problems]
+        rows = [(query, p, ctx.context) for ctx in contexts for query, p in zip(ctx.queries, ctx.problems,
+                                                                                 strict=True)]
+        return [Problem(question=query, gold=p.answer, dataset=name, index=i,
+                        meta={"level": p.level, "seed": seed}, context=context)
+                for i, (query, p, context) in enumerate(rows) if offset <= i < offset + limit]
     return [Problem(question=p.question, gold=p.answer, dataset=name, index=i,
                     meta={"level": p.level, "seed": seed})
             for i, p in enumerate(items) if offset <= i < offset + limit]

@@ -4,6 +4,12 @@ A run is a row in the store; each problem is a trace carrying a ``grade`` event.
 dead process left ``running`` as failed and solves exactly the problems that have no ``done`` trace yet, so an
 interrupted evaluation ends with one done trace per problem: none missing, none twice. A run that a live process
 on this machine still evaluates is not resumed (``TraceStore.claim_run``), nor one started with other settings.
+
+Problems about a shared context (``Problem.context``: the ``synthetic-stateful`` questions) are asked with it.
+With a sleep budget, each context is first thought about once (``ttc.sleeptime``; a sleep trace in the same run)
+and its questions are asked with those notes, so the notes' cost is shared by every question about the context.
+A resumed run reuses the notes it wrote; the questions of a context whose sleep run failed are left undone (never
+asked without the notes the run was started to use), to be solved when the run is resumed.
 """
 
 from __future__ import annotations
@@ -18,9 +24,15 @@ from ttc.api import BudgetScope, Session, bounded_gather, check_budget_scope, ch
 from ttc.backends.base import Backend
 from ttc.errors import ConfigError, TTCError
 from ttc.pooled import check_pooled, solve_pooled
+from ttc.session import question_prompt
+from ttc.sleeptime import SLEEP, SleepOptions, load_notes, sleep_in_session, sleep_options
 from ttc.storage import TraceStore, TraceSummary
 from ttc.types import Budget, Problem, Result, TraceEvent
 from ttc.verifiers.answer import agrade
+
+SLEEP_SEED_OFFSET = 1 << 30
+"""A context's sleep run draws from ``seed + SLEEP_SEED_OFFSET + i``, ``i`` the index of its first question: apart
+from every question's ``seed + index``, and the same on a resumed run."""
 
 Progress = Callable[[Problem, Result | None], None]
 
@@ -36,32 +48,57 @@ class EvalReport:
     wall_s: float
     trace_ids: tuple[str, ...] = field(default_factory=tuple)
     errors: tuple[str, ...] = field(default_factory=tuple)
+    contexts: int = 0
+    """Contexts thought about at sleep time (each once, whatever number of questions it has)."""
+    sleep_tokens: int = 0
+    """Generated tokens of those sleep runs, all together; ``mean_tokens`` counts the questions' own only."""
 
     @property
     def accuracy(self) -> float:
         return self.correct / self.done if self.done else 0.0
 
+    @property
+    def mean_total_tokens(self) -> float:
+        """Tokens per done question with the sleep runs' shared out over them: what a question cost in all."""
+        return self.mean_tokens + (self.sleep_tokens / self.done if self.done else 0.0)
+
 
 async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session, *, strategy: str,
                    options: Mapping[str, object], seed: int, concurrency: int = 8,
                    config: Mapping[str, object] | None = None, resume: str | None = None,
-                   progress: Progress | None = None, budget_scope: BudgetScope = "question") -> EvalReport:
+                   progress: Progress | None = None, budget_scope: BudgetScope = "question",
+                   sleep: Budget | None = None, sleep_opts: Mapping[str, object] | None = None) -> EvalReport:
     """Solve and grade ``problems``; with ``resume`` set, continue that run instead of starting a new one.
 
     ``budget`` is each problem's. With ``budget_scope="batch"`` the problems still to solve share ``budget`` times
     their number (``ttc.pooled``), so a run spends the same on average and the controller decides where; a resumed
     run shares what its remaining problems would have had. A wall-time limit then applies to the batch as a whole.
+
+    ``sleep`` is each context's budget for thinking before its questions (``sleep_opts``: the options of
+    ``ttc.sleep``); the session must then be contextual (``open_session(contextual=True)``), like any session
+    asking questions about contexts.
     """
     store = session.store
     if store is None:
         raise ConfigError("evaluation writes every trace: it needs a trace store (do not pass store=False)")
     if any(p.gold is None for p in problems):
         raise ConfigError("every problem of an evaluation needs a gold answer")
+    thinking = None
+    if sleep is not None:
+        if not any(p.context is not None for p in problems):
+            raise ConfigError("a sleep budget thinks about each context before its questions, and these problems "
+                              "have none: use a dataset of questions about contexts (synthetic-stateful, or JSONL "
+                              "rows with a 'context' field), or leave the sleep budget out")
+        thinking = sleep_options(dict(sleep_opts or {}))
+    elif sleep_opts:
+        raise ConfigError("sleep options need a sleep budget: give one, or leave the sleep options out")
     indices = [p.index for p in problems]
     if None in indices or len(set(indices)) != len(indices):
         # A problem's index is how a run knows it is done, and seeds it: two alike would count as one.
         raise ConfigError("every problem of an evaluation needs its own index (its position in the dataset): "
                           "load them with ttc.bench.datasets.load_dataset, or set Problem(index=i) for each")
+    for problem in problems:
+        question_prompt(problem, session)  # a context this session cannot ask about is refused before the run opens
     check_concurrency(concurrency)
     if check_budget_scope(budget_scope) == "batch":
         check_pooled(budget, 1, strategy=strategy, options=options)
@@ -72,6 +109,10 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
     session.extra_events = _grade_event
     started = time.monotonic()
     errors: list[str] = []
+    if sleep is not None and thinking is not None:
+        unthought = await think_first(problems, todo, sleep, thinking, session, seed=seed, concurrency=concurrency,
+                                      errors=errors)
+        todo = [p for p in todo if p.context not in unthought]
 
     async def one(problem: Problem) -> None:
         problem_seed = seed + (problem.index or 0)
@@ -105,12 +146,50 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
         await bounded_gather([partial(one, p) for p in todo], concurrency)
     hit_rate = await cache_hit_rate(session.setup.backend, before)
     report = summarize(store, run_id, total=len(problems), wall_s=time.monotonic() - started, errors=errors,
-                       indices={p.index for p in problems})
-    store.finish_run(run_id, status="done" if not errors else "failed",
-                     summary={"accuracy": report.accuracy, "done": report.done, "failed": report.failed,
-                              "correct": report.correct, "mean_tokens": report.mean_tokens,
-                              "prefix_cache_hit_rate": hit_rate})
+                       indices={p.index for p in problems},
+                       contexts={p.context for p in problems if p.context is not None} if sleep else None)
+    summary: dict[str, object] = {"accuracy": report.accuracy, "done": report.done, "failed": report.failed,
+                                  "correct": report.correct, "mean_tokens": report.mean_tokens,
+                                  "prefix_cache_hit_rate": hit_rate}
+    if sleep is not None:
+        summary |= {"contexts": report.contexts, "sleep_tokens": report.sleep_tokens,
+                    "mean_total_tokens": report.mean_total_tokens}
+    store.finish_run(run_id, status="done" if not errors else "failed", summary=summary)
     return report
+
+
+async def think_first(problems: Sequence[Problem], todo: Sequence[Problem], budget: Budget, options: SleepOptions,
+                      session: Session, *, seed: int, concurrency: int, errors: list[str]) -> set[str]:
+    """Notes about every context the questions in ``todo`` are about, into ``session.notes``: the ones this run
+    already wrote (a resumed run) read back, the others from a sleep run each. Returns the contexts whose sleep run
+    failed (each failure is added to ``errors``)."""
+    store = session.store
+    assert store is not None and session.run_id is not None
+    first: dict[str, int] = {}  # each context's first question over all the problems: a resume seeds it alike
+    for problem in problems:
+        if problem.context is not None:
+            first.setdefault(problem.context, problem.index or 0)
+    needed = dict.fromkeys(p.context for p in todo if p.context is not None)
+    written: dict[str, str] = {}
+    for trace in store.list_traces(run_id=session.run_id, status="done", limit=None):  # newest first
+        if trace.strategy == SLEEP:
+            written.setdefault(trace.question, trace.id)
+    failed: set[str] = set()
+
+    async def one(context: str) -> None:
+        if context in written:
+            session.notes[context] = load_notes(written[context], store=store)
+            return
+        try:
+            session.notes[context] = await sleep_in_session(
+                context, budget, session, seed=seed + SLEEP_SEED_OFFSET + first[context], sleep_template=None,
+                options=options)
+        except TTCError as exc:
+            errors.append(f"sleep run on the context of problem {first[context]}: {exc}")
+            failed.add(context)
+
+    await bounded_gather([partial(one, context) for context in needed], concurrency)
+    return failed
 
 
 async def cache_snapshot(backend: Backend) -> object | None:
@@ -161,21 +240,29 @@ def _check_same_settings(run_id: str, stored: Mapping[str, object], given: Mappi
 
 
 async def _grade_event(problem: Problem, result: Result) -> Sequence[TraceEvent]:
-    verdict = await agrade(result.text, problem.gold or "")
+    if problem.gold is None:
+        return ()  # a sleep run's: notes about a context have no answer to grade
+    verdict = await agrade(result.text, problem.gold)
     return [TraceEvent(kind="grade", payload={"correct": verdict.correct, "predicted": verdict.predicted,
                                               "gold": problem.gold, "reason": verdict.reason})]
 
 
 def summarize(store: TraceStore, run_id: str, *, total: int, wall_s: float,
-              errors: Sequence[str] = (), indices: Set[int | None] | None = None) -> EvalReport:
+              errors: Sequence[str] = (), indices: Set[int | None] | None = None,
+              contexts: Set[str] | None = None) -> EvalReport:
     """Accuracy and cost of a run, read back from the store (so resumed runs count their earlier traces).
 
-    Each problem counts once, by its newest done trace; with ``indices``, only those problems count.
+    Each problem counts once, by its newest done trace; with ``indices``, only those problems count. With
+    ``contexts``, the newest done sleep run about each of them counts its tokens once.
     """
     wanted = (lambda index: True) if indices is None else indices.__contains__
     done: dict[int | None, TraceSummary] = {}
+    slept: dict[str, int] = {}
     for trace in store.list_traces(run_id=run_id, status="done", limit=None):  # newest first
-        if wanted(trace.problem_index):
+        if trace.strategy == SLEEP:
+            if contexts is not None and trace.question in contexts:
+                slept.setdefault(trace.question, trace.generated_tokens or 0)
+        elif wanted(trace.problem_index):
             done.setdefault(trace.problem_index, trace)
     failed_indices = {t.problem_index for t in store.list_traces(run_id=run_id, status="failed", limit=None)
                       if wanted(t.problem_index)}
@@ -187,7 +274,8 @@ def summarize(store: TraceStore, run_id: str, *, total: int, wall_s: float,
         correct += any(e.kind == "grade" and e.payload.get("correct") is True for e in record.events)
     return EvalReport(run_id=run_id, total=total, done=len(done), failed=len(failed_indices - done.keys()),
                       correct=correct, mean_tokens=tokens / len(done) if done else 0.0, wall_s=wall_s,
-                      trace_ids=tuple(s.id for s in done.values()), errors=tuple(errors))
+                      trace_ids=tuple(s.id for s in done.values()), errors=tuple(errors), contexts=len(slept),
+                      sleep_tokens=sum(slept.values()))
 
 
-__all__ = ["EvalReport", "evaluate", "summarize"]
+__all__ = ["SLEEP_SEED_OFFSET", "EvalReport", "evaluate", "summarize", "think_first"]

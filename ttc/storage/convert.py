@@ -13,14 +13,30 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, fields
 from typing import Any, cast
 
+from ttc.errors import ConfigError
 from ttc.storage.models import EventRow, NodeRow, ProblemRow
 from ttc.types import Budget, Candidate, Node, NodeStatus, Problem, TraceEvent, Usage
 
+CONTEXT_KEY = "context"
+"""Where a problem's shared context is kept in its stored ``meta`` (the problems table has no column for it)."""
+
+
+def stored_meta(problem: Problem) -> dict[str, object]:
+    """The meta as stored: the problem's own, plus its context under ``CONTEXT_KEY`` when it has one."""
+    if CONTEXT_KEY in problem.meta:
+        raise ConfigError(f"a problem's meta may not hold {CONTEXT_KEY!r}: pass the text it is about as "
+                          "Problem(context=...)")
+    meta = dict(problem.meta)
+    if problem.context is not None:
+        meta[CONTEXT_KEY] = problem.context
+    return meta
+
 
 def problem_id(problem: Problem) -> str:
-    """A content hash, so the same question asked by many traces (an eval, a resume) is stored once."""
+    """A content hash, so the same question asked by many traces (an eval, a resume) is stored once; a context
+    is part of the content, so one question about two contexts is two problems."""
     canonical = json.dumps(
-        [problem.dataset, problem.index, problem.question, problem.gold, dict(problem.meta)],
+        [problem.dataset, problem.index, problem.question, problem.gold, stored_meta(problem)],
         sort_keys=True,
         default=str,
         ensure_ascii=False,
@@ -35,13 +51,15 @@ def problem_row(problem: Problem) -> dict[str, Any]:
         "index": problem.index,
         "question": problem.question,
         "gold": problem.gold,
-        "meta": dict(problem.meta),
+        "meta": stored_meta(problem),
     }
 
 
 def problem_from(row: ProblemRow) -> Problem:
-    return Problem(question=row.question, gold=row.gold, dataset=row.dataset, index=row.index,
-                   meta=dict(row.meta or {}))
+    meta = dict(row.meta or {})
+    context = meta.pop(CONTEXT_KEY, None)
+    return Problem(question=row.question, gold=row.gold, dataset=row.dataset, index=row.index, meta=meta,
+                   context=context if isinstance(context, str) else None)
 
 
 def node_rows(trace_id: str, nodes: Sequence[Node]) -> list[dict[str, Any]]:
