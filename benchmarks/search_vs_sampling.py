@@ -10,11 +10,15 @@ complete solutions. Greedy decoding is the floor.
     python3 benchmarks/search_vs_sampling.py --problems 48 --budgets 512,2048
     python3 benchmarks/search_vs_sampling.py --distinct   # best-of-N's samples drawn without replacement
     python3 benchmarks/search_vs_sampling.py --arms beam --distinct-beam   # beam search alone, distinct children
+    python3 benchmarks/search_vs_sampling.py --arms dvts,rebase,ets --distinct-beam --budgets 1024,2048
+
+The other searches are sized alike: DVTS keeps ``budget / 512`` subtrees of 4 children, REBASE and ETS
+``budget / 128`` solutions in flight; ``--distinct-beam`` draws every search's children without replacement.
 
 The last line is ``name=value`` pairs: ``token_ratio_at_<budget>`` (the tokens best-of-N spends to reach beam
 search's accuracy at that budget, over the tokens beam search spent; ``>`` marks a lower bound, where best-of-N
 never reaches it within the budgets run) and ``gain_at_<budget>`` (beam search's accuracy minus best-of-N's, in
-points).
+points); without both arms, ``<arm>_acc_at_<budget>`` for every cell run.
 """
 
 from __future__ import annotations
@@ -48,6 +52,18 @@ def beam(budget: int, distinct: bool = False) -> dict[str, object]:
     return {**STEP, "beam_width": max(1, budget // 512), "expand": 4, "distinct": distinct}
 
 
+def search(name: str, budget: int, distinct: bool) -> dict[str, object]:
+    """A search's options at ``budget``: as many children per step as beam search's, ``budget / 128``."""
+    if name == "beam":
+        return beam(budget, distinct)
+    if name == "dvts":
+        return {**STEP, "subtrees": max(1, budget // 512), "expand": 4, "distinct": distinct}
+    return {**STEP, "width": max(1, budget // 128), "distinct": distinct}  # rebase, ets
+
+
+SEARCHES = ("beam", "dvts", "rebase", "ets")
+
+
 def mean(values: list[int]) -> float:
     return sum(values) / len(values)
 
@@ -77,13 +93,14 @@ async def main(argv: list[str] | None = None) -> None:
                                                                                                 4096])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--distinct", action="store_true", help="best-of-N draws its samples without replacement")
-    parser.add_argument("--distinct-beam", action="store_true", help="beam search draws each node's children "
+    parser.add_argument("--distinct-beam", action="store_true", help="the searches draw each node's children "
                         "without replacement")
     parser.add_argument("--arms", type=lambda s: s.split(","), default=["best_of_n", "beam"],
-                        help="which of best_of_n,beam to run (the comparison needs both)")
+                        help="which of best_of_n,beam,dvts,rebase,ets to run (the comparison needs best_of_n and "
+                             "beam)")
     args = parser.parse_args(argv)
-    if not args.arms or set(args.arms) - {"best_of_n", "beam"}:
-        parser.error(f"--arms takes best_of_n, beam or both, comma-separated; got {','.join(args.arms)}")
+    if not args.arms or set(args.arms) - {"best_of_n", *SEARCHES}:
+        parser.error(f"--arms takes best_of_n, beam, dvts, rebase or ets, comma-separated; got {','.join(args.arms)}")
     problems = load_dataset("synthetic", limit=args.problems, seed=22_000 + args.seed)
     session = Session(setup=embedded_setup(threads=1), store=None)
     cells: list[Cell] = []
@@ -94,7 +111,7 @@ async def main(argv: list[str] | None = None) -> None:
         cells.append(greedy)
         for budget in args.budgets:
             for name, options in (("best_of_n", best_of_n(budget, args.distinct)),
-                                  ("beam", beam(budget, args.distinct_beam))):
+                                  *((arm, search(arm, budget, args.distinct_beam)) for arm in SEARCHES)):
                 if name not in args.arms:
                     continue
                 cells.append(await run_cell(session, problems, name, options, budget, args.seed))
@@ -106,7 +123,7 @@ async def main(argv: list[str] | None = None) -> None:
     easy, hard = {1, 2, 3}, {4, 5, 6, 7, 8}
     print(f"{len(problems)} held-out problems of levels 1-8; verifier: the mini checker"
           + ("; best-of-N's samples drawn without replacement" if args.distinct else "")
-          + ("; beam search's children drawn without replacement" if args.distinct_beam else ""))
+          + ("; the searches' children drawn without replacement" if args.distinct_beam else ""))
     print(format_table(["strategy", "budget", "acc", "acc L1-3", "acc L4-8", "mean tokens", "wall s"],
                        [[c.strategy, c.budget, c.accuracy(), c.accuracy(easy), c.accuracy(hard), mean(c.tokens),
                          c.wall_s] for c in cells]))

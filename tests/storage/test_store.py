@@ -260,3 +260,27 @@ def test_budget_and_seed_come_back_as_written(store: TraceStore) -> None:
                                  seed=2**62, run_id=None)
     record = store.get_trace(trace_id)
     assert (record.budget, record.seed, record.status, record.result) == (budget, 2**62, "running", None)
+
+
+def test_a_nan_score_is_refused_not_read_back_as_unscored(store: TraceStore) -> None:
+    """SQLite keeps a NaN REAL as NULL: a done trace would read "not scored" where a NaN was recorded."""
+    import dataclasses
+    import math
+
+    nodes = make_nodes(5, seed=2)
+    trace_id = store.start_trace(problem=make_problem(0), strategy="beam", budget=BUDGET, backend="x", seed=0)
+    bad = [*nodes[:3], dataclasses.replace(nodes[3], score=math.nan), nodes[4]]
+    with pytest.raises(ConfigError, match="node 3's score is NaN"):
+        store.finish_trace(trace_id, result=make_result(trace_id, bad), nodes=bad, events=[])
+    with pytest.raises(ConfigError, match="result's score is NaN"):
+        store.finish_trace(trace_id, result=dataclasses.replace(make_result(trace_id, nodes), score=math.nan),
+                           nodes=nodes, events=[])
+    assert store.get_trace(trace_id).status == "running"  # nothing of either write is visible
+    store.fail_trace(trace_id, error="ConfigError: node 3's score is NaN", nodes=bad, events=[])
+    failed = store.get_trace(trace_id)
+    assert failed.status == "failed" and len(failed.nodes) == 5 and failed.nodes[3].score is None
+
+    infinite = [dataclasses.replace(nodes[0], logprob=-math.inf), *nodes[1:]]
+    kept = store.start_trace(problem=make_problem(1), strategy="beam", budget=BUDGET, backend="x", seed=0)
+    store.finish_trace(kept, result=make_result(kept, infinite), nodes=infinite, events=[])
+    assert store.get_trace(kept).nodes == infinite  # infinities are kept exactly

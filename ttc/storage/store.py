@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import math
 import os
 import socket
 import uuid
@@ -59,6 +60,19 @@ _STILL_RUNNING = (
     "nothing of this write was saved and the trace is still 'running'; record the failure with fail_trace"
 )
 
+
+
+def _check_no_nan(result: Result, nodes: Sequence[Node]) -> None:
+    """SQLite stores a NaN REAL as NULL, which reads back as "not scored": a done trace would say something else
+    than what was recorded. Refused here, so the trace is failed with this message instead (a failed trace keeps
+    its nodes, a NaN among them as NULL)."""
+    if result.score is not None and math.isnan(result.score):
+        raise ConfigError("the result's score is NaN, which the store cannot keep: a score must be a number")
+    for node in nodes:
+        for name, value in (("score", node.score), ("logprob", node.logprob)):  # step scores are JSON: kept
+            if value is not None and math.isnan(value):
+                raise ConfigError(f"node {node.id}'s {name} is NaN, which the store cannot keep: a score or "
+                                  "log-probability must be a number (infinities are kept)")
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -298,6 +312,7 @@ class TraceStore:
             raise ConfigError(
                 f"result.trace_id is {result.trace_id!r} but it is being saved as trace {trace_id!r}"
             )
+        _check_no_nan(result, nodes)
         values = {
             "status": "done", "answer": result.answer, "text": result.text, "score": result.score,
             "strategy": result.strategy, "usage": convert.usage_json(result.usage),
