@@ -22,7 +22,7 @@ from rich.text import Text
 
 from ttc.api import Session, check_budget_scope, open_session, solve_problem
 from ttc.bench.datasets import dataset_names, load_dataset
-from ttc.bench.eval import EvalReport, evaluate
+from ttc.bench.eval import EvalReport, check_sleep, evaluate
 from ttc.cli_render import render_trace
 from ttc.errors import ConfigError, TTCError
 from ttc.pooled import check_pooled
@@ -198,12 +198,16 @@ def eval_cmd(
     if scope == "batch":
         check_pooled(Budget.of(budget), 1, strategy=strategy, options=options)
     sleep = None if sleep_budget is None else Budget.of(sleep_budget)
+    check_sleep(problems, sleep, sleep_opts)  # before the model loads
+    contextual = any(p.context is not None for p in problems)
     # Questions about contexts go to the setup's model for contexts (the embedded default's stateful reasoner).
-    session = make_session(backend, url, model, db, contextual=any(p.context is not None for p in problems))
+    session = make_session(backend, url, model, db, contextual=contextual)
     config = {"dataset": dataset, "limit": limit, "offset": offset, "budget": budget, "strategy": strategy,
               "backend": session.setup.backend.name, "seed": seed, "options": options}
     if scope != "question":
         config["budget_scope"] = scope
+    if contextual:
+        config["contexts"] = True  # asked with their contexts: a run that asked them whole does not resume as one
     if sleep_budget is not None:
         config |= {"sleep_budget": sleep_budget, "sleep_options": sleep_opts}
 

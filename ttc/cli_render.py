@@ -55,6 +55,8 @@ def build_tree(record: TraceRecord) -> Tree:
 
 def render_trace(console: Console, record: TraceRecord) -> None:
     problem = record.problem
+    if problem.context is not None:
+        console.print(Text.assemble(("context:", "bold"), " ", problem.context.strip()))
     console.print(Text.assemble(("question:", "bold"), " ", problem.question.strip()))
     if problem.gold is not None:
         console.print(Text.assemble(("gold:", "bold"), " ", problem.gold))

@@ -133,8 +133,9 @@ def context_plan(context: str, notes: Notes | None) -> dict[str, object]:
 def question_prompt(problem: Problem, session: Session) -> tuple[str, dict[str, object]]:
     """The prompt template ``problem`` is asked through, and the plan fields that say so.
 
-    A problem with its own ``context`` is asked through the setup's context template, with the session's notes
-    about that context if it has them; a session opened about one context takes no problem about another.
+    A problem with its own ``context`` is asked through the setup's context template (not through a caller's
+    ``prompt_template``, which has no ``{context}``), with the session's notes about that context if it has them;
+    a session opened about one context takes no problem with a context of its own.
     """
     setup = session.setup
     stored_meta(problem)  # a meta key the store keeps the context under is refused before the trace opens

@@ -212,3 +212,47 @@ def test_a_problems_context_is_part_of_what_the_store_keeps(tmp_path: Path) -> N
         assert store.get_trace(trace_id).problem == a
     finally:
         store.close()
+
+
+async def test_a_runs_notes_stay_with_the_run_not_the_session(tmp_path: Path) -> None:
+    """A later run on the same session without a sleep budget asks with the context alone, as its report says."""
+    session = scripted(tmp_path)
+    problems = stateful(3)
+    seen: list[tuple[int | None, bool]] = []
+    try:
+        await evaluate(problems, Budget(tokens=60), session, strategy="best_of_n", options=GREEDY, seed=0,
+                       sleep=Budget(tokens=40), sleep_opts={"max_tokens": 40},
+                       progress=lambda p, r: seen.append((p.index, r is not None)))
+        assert session.notes == {} and seen and all(done for _, done in seen)
+        later = await evaluate(problems, Budget(tokens=60), session, strategy="best_of_n", options=GREEDY, seed=0)
+        assert session.store is not None
+        record = session.store.get_trace(later.trace_ids[0])
+        assert record.events[0].payload["context"]["notes"] is None and later.sleep_tokens == 0
+    finally:
+        await session.aclose()
+
+
+def test_the_command_line_refuses_a_sleep_budget_without_contexts_before_loading_a_model(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TTC_DB": str(tmp_path / "t.db"), "COLUMNS": "400"}
+    proc = subprocess.run([sys.executable, "-m", "ttc", "eval", "--dataset", "synthetic", "--limit", "3",
+                           "--sleep-budget", "100", "--backend", "local", "--model", str(tmp_path / "absent")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    # The model folder does not exist: the sleep refusal came first.
+    assert proc.returncode == 2 and "these problems have none" in proc.stderr, proc.stderr
+    ok = subprocess.run([sys.executable, "-m", "ttc", "eval", "--dataset", "synthetic-stateful", "--limit", "3",
+                         "--backend", "scripted", "--strategy", "best_of_n", "-o", "n=1", "--budget", "60",
+                         "--sleep-budget", "60", "--sleep-option", "max_tokens=30"],
+                        capture_output=True, text=True, env=env, timeout=120)
+    assert ok.returncode == 0 and "sleep tokens" in ok.stdout, ok.stdout + ok.stderr
+    with TraceStore(str(tmp_path / "t.db")) as store:
+        [run] = store.list_runs()
+        assert (run.config["sleep_budget"], run.config["sleep_options"], run.config["contexts"]) == \
+            (60, {"max_tokens": 30}, True)
+        question = next(t for t in store.list_traces(run_id=run.id, limit=None) if t.strategy != SLEEP)
+    shown = subprocess.run([sys.executable, "-m", "ttc", "traces", "show", question.id], capture_output=True,
+                           text=True, env=env, timeout=120)
+    assert shown.returncode == 0 and "context: " in shown.stdout, shown.stdout + shown.stderr

@@ -26,19 +26,29 @@ def test_a_process_verifier_gets_beam_search_sized_by_the_budget() -> None:
     assert endless["beam_width"] == 16
 
 
-def test_a_setup_that_draws_distinct_children_gets_them_in_narrow_beams_unless_the_caller_says_no() -> None:
+def test_a_setup_that_draws_distinct_children_gets_rebase_with_different_children() -> None:
     plan = {"has_verifier": True, "has_prm": True, "solution_tokens": 128, "step_tokens": 24}
-    _, opts = plan_strategy("auto", Budget(tokens=1024), options={}, distinct_children=True, **plan)
-    assert opts["distinct"] is True and opts["beam_width"] == 2
-    _, wide = plan_strategy("auto", Budget(tokens=2048), options={}, distinct_children=True, **plan)
-    assert wide["beam_width"] == 4 and "distinct" not in wide
-    _, narrowed = plan_strategy("auto", Budget(tokens=2048), options={"beam_width": 1}, distinct_children=True,
-                                **plan)
-    assert narrowed["distinct"] is True
-    _, mine = plan_strategy("auto", Budget(tokens=1024), options={"distinct": False}, distinct_children=True, **plan)
-    assert mine["distinct"] is False
-    _, other = plan_strategy("auto", Budget(tokens=1024), options={}, **plan)
-    assert "distinct" not in other
+    name, opts = plan_strategy("auto", Budget(tokens=1024), options={}, distinct_children=True, **plan)
+    # 1024 tokens buy 8 solutions of 128: 8 in flight, each round's children different next steps.
+    assert name == "rebase"
+    assert opts == {"width": 8, "select": "weighted_vote", "distinct": True, "max_step_tokens": 24}
+    for budget, width in ((Budget(tokens=100), 1), (Budget(tokens=100_000), 64), (Budget(wall_s=5.0), 64)):
+        assert plan_strategy("auto", budget, options={}, distinct_children=True, **plan)[1]["width"] == width
+    name, mine = plan_strategy("auto", Budget(tokens=1024), options={"distinct": False, "width": 3},
+                               distinct_children=True, **plan)
+    assert name == "rebase" and (mine["distinct"], mine["width"]) == (False, 3)
+
+
+def test_beam_options_keep_beam_search_with_different_children_in_narrow_beams() -> None:
+    plan = {"has_verifier": True, "has_prm": True, "solution_tokens": 128, "step_tokens": 24}
+    name, narrowed = plan_strategy("auto", Budget(tokens=2048), options={"beam_width": 1}, distinct_children=True,
+                                   **plan)
+    assert name == "beam" and narrowed["distinct"] is True
+    name, wide = plan_strategy("auto", Budget(tokens=2048), options={"beam_width": 4}, distinct_children=True,
+                               **plan)
+    assert name == "beam" and "distinct" not in wide
+    name, other = plan_strategy("auto", Budget(tokens=1024), options={}, **plan)
+    assert name == "beam" and "distinct" not in other  # a setup that cannot draw them gets beam search, as before
 
 
 def test_the_callers_search_options_win() -> None:
@@ -67,10 +77,9 @@ def test_auto_searches_on_the_embedded_default(tmp_path: Path) -> None:
     problem = load_dataset("synthetic", limit=1, seed=42_000)[0]
     store = TraceStore(str(tmp_path / "t.db"))
     result = solve(problem.question, 1024, store=store, seed=5)
-    assert result.strategy == "beam" and result.usage.generated_tokens <= 1024
+    assert result.strategy == "rebase" and result.usage.generated_tokens <= 1024
     record = store.get_trace(result.trace_id or "")
     [plan] = [e.payload for e in record.events if e.kind == "plan"]
-    assert plan["options"] == {"beam_width": 2, "expand": 4, "max_step_tokens": 24, "select": "weighted_vote",
-                               "distinct": True}
+    assert plan["options"] == {"width": 8, "select": "weighted_vote", "distinct": True, "max_step_tokens": 24}
     assert any(e.kind == "round" for e in record.events) and record.status == "done"
     store.close()

@@ -43,9 +43,9 @@ def default_arms(samples: int) -> list[Arm]:
             160 * samples),
         Arm(f"verifier-weighted@{samples}", "best_of_n", {"n": samples, "select": "weighted_vote", "max_tokens": 160},
             160 * samples),
-        # The same budget given to the controller's own choice: with a process verifier, step-level beam search,
-        # each node's children drawn without replacement on the embedded default (benchmarks/search_vs_sampling.py).
-        Arm("auto (beam search)", "auto", {}, 160 * samples),
+        # The same budget given to the controller's own choice: with a process verifier, a step-level search; on
+        # the embedded default REBASE, each round's children different next steps (benchmarks/search_vs_sampling.py).
+        Arm("auto (tree search)", "auto", {}, 160 * samples),
     ]
 
 

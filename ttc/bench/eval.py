@@ -51,7 +51,8 @@ class EvalReport:
     contexts: int = 0
     """Contexts thought about at sleep time (each once, whatever number of questions it has)."""
     sleep_tokens: int = 0
-    """Generated tokens of those sleep runs, all together; ``mean_tokens`` counts the questions' own only."""
+    """Generated tokens of those sleep runs (the done ones: a failed run's notes reached no question), all
+    together; ``mean_tokens`` counts the questions' own only."""
 
     @property
     def accuracy(self) -> float:
@@ -59,7 +60,8 @@ class EvalReport:
 
     @property
     def mean_total_tokens(self) -> float:
-        """Tokens per done question with the sleep runs' shared out over them: what a question cost in all."""
+        """Tokens per done question with the sleep runs' shared out over them (over every done question, those
+        without a context too): what a question cost in all."""
         return self.mean_tokens + (self.sleep_tokens / self.done if self.done else 0.0)
 
 
@@ -76,22 +78,15 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
 
     ``sleep`` is each context's budget for thinking before its questions (``sleep_opts``: the options of
     ``ttc.sleep``); the session must then be contextual (``open_session(contextual=True)``), like any session
-    asking questions about contexts.
+    asking questions about contexts. Questions about a context are asked through the setup's context template
+    (``session.notes`` adds the notes a caller has for a context); a run's own notes are not kept on the session.
     """
     store = session.store
     if store is None:
         raise ConfigError("evaluation writes every trace: it needs a trace store (do not pass store=False)")
     if any(p.gold is None for p in problems):
         raise ConfigError("every problem of an evaluation needs a gold answer")
-    thinking = None
-    if sleep is not None:
-        if not any(p.context is not None for p in problems):
-            raise ConfigError("a sleep budget thinks about each context before its questions, and these problems "
-                              "have none: use a dataset of questions about contexts (synthetic-stateful, or JSONL "
-                              "rows with a 'context' field), or leave the sleep budget out")
-        thinking = sleep_options(dict(sleep_opts or {}))
-    elif sleep_opts:
-        raise ConfigError("sleep options need a sleep budget: give one, or leave the sleep options out")
+    thinking = check_sleep(problems, sleep, sleep_opts)
     indices = [p.index for p in problems]
     if None in indices or len(set(indices)) != len(indices):
         # A problem's index is how a run knows it is done, and seeds it: two alike would count as one.
@@ -109,10 +104,41 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
     session.extra_events = _grade_event
     started = time.monotonic()
     errors: list[str] = []
-    if sleep is not None and thinking is not None:
-        unthought = await think_first(problems, todo, sleep, thinking, session, seed=seed, concurrency=concurrency,
-                                      errors=errors)
-        todo = [p for p in todo if p.context not in unthought]
+    before = await cache_snapshot(session.setup.backend)
+    given_notes = session.notes
+    session.notes = dict(given_notes)  # this run's sleep runs add to a copy: a later run on the session starts over
+    try:
+        if sleep is not None and thinking is not None:
+            unthought = await think_first(problems, todo, sleep, thinking, session, seed=seed,
+                                          concurrency=concurrency, errors=errors)
+            for problem in todo:
+                if problem.context in unthought and progress is not None:
+                    progress(problem, None)
+            todo = [p for p in todo if p.context not in unthought]
+        await _solve_all(todo, budget, session, strategy=strategy, options=options, seed=seed,
+                         concurrency=concurrency, budget_scope=budget_scope, errors=errors, progress=progress)
+    finally:
+        session.notes = given_notes
+
+    hit_rate = await cache_hit_rate(session.setup.backend, before)
+    report = summarize(store, run_id, total=len(problems), wall_s=time.monotonic() - started, errors=errors,
+                       indices={p.index for p in problems},
+                       contexts={p.context for p in problems if p.context is not None} if sleep else None)
+    summary: dict[str, object] = {"accuracy": report.accuracy, "done": report.done, "failed": report.failed,
+                                  "correct": report.correct, "mean_tokens": report.mean_tokens,
+                                  "prefix_cache_hit_rate": hit_rate}
+    if sleep is not None:
+        summary |= {"contexts": report.contexts, "sleep_tokens": report.sleep_tokens,
+                    "mean_total_tokens": report.mean_total_tokens}
+    store.finish_run(run_id, status="done" if not errors else "failed", summary=summary)
+    return report
+
+
+async def _solve_all(todo: Sequence[Problem], budget: Budget, session: Session, *, strategy: str,
+                     options: Mapping[str, object], seed: int, concurrency: int, budget_scope: BudgetScope,
+                     errors: list[str], progress: Progress | None) -> None:
+    """Solve ``todo`` one problem at a time each (problem ``i`` seeded ``seed + i``), or as one pooled batch;
+    each failure is added to ``errors``, and every problem is reported to ``progress``."""
 
     async def one(problem: Problem) -> None:
         problem_seed = seed + (problem.index or 0)
@@ -139,23 +165,25 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
             if progress is not None:
                 progress(problem, result)
 
-    before = await cache_snapshot(session.setup.backend)
     if budget_scope == "batch" and todo:
         await pooled()
     else:
         await bounded_gather([partial(one, p) for p in todo], concurrency)
-    hit_rate = await cache_hit_rate(session.setup.backend, before)
-    report = summarize(store, run_id, total=len(problems), wall_s=time.monotonic() - started, errors=errors,
-                       indices={p.index for p in problems},
-                       contexts={p.context for p in problems if p.context is not None} if sleep else None)
-    summary: dict[str, object] = {"accuracy": report.accuracy, "done": report.done, "failed": report.failed,
-                                  "correct": report.correct, "mean_tokens": report.mean_tokens,
-                                  "prefix_cache_hit_rate": hit_rate}
-    if sleep is not None:
-        summary |= {"contexts": report.contexts, "sleep_tokens": report.sleep_tokens,
-                    "mean_total_tokens": report.mean_total_tokens}
-    store.finish_run(run_id, status="done" if not errors else "failed", summary=summary)
-    return report
+
+
+def check_sleep(problems: Sequence[Problem], sleep: Budget | None,
+                options: Mapping[str, object] | None) -> SleepOptions | None:
+    """The sleep options of an evaluation, checked before anything loads: a sleep budget needs questions about
+    contexts, and sleep options need a sleep budget."""
+    if sleep is None:
+        if options:
+            raise ConfigError("sleep options need a sleep budget: give one, or leave the sleep options out")
+        return None
+    if not any(p.context is not None for p in problems):
+        raise ConfigError("a sleep budget thinks about each context before its questions, and these problems have "
+                          "none: use a dataset of questions about contexts (synthetic-stateful, or JSONL rows with "
+                          "a 'context' field), or leave the sleep budget out")
+    return sleep_options(dict(options or {}))
 
 
 async def think_first(problems: Sequence[Problem], todo: Sequence[Problem], budget: Budget, options: SleepOptions,
@@ -278,4 +306,4 @@ def summarize(store: TraceStore, run_id: str, *, total: int, wall_s: float,
                       sleep_tokens=sum(slept.values()))
 
 
-__all__ = ["SLEEP_SEED_OFFSET", "EvalReport", "evaluate", "summarize", "think_first"]
+__all__ = ["SLEEP_SEED_OFFSET", "EvalReport", "check_sleep", "evaluate", "summarize", "think_first"]

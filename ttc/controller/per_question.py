@@ -2,17 +2,21 @@
 
 The rule for ``strategy="auto"`` (documented, deliberately simple until a learned controller replaces it):
 
-- with a process verifier configured (one that scores steps), step-level ``beam`` search against it, ranked by
-  score-weighted vote. With the bundled mini models it is ahead of best-of-N from 1024 tokens up and within about
-  two points of it below; best-of-N needs 2.1x to 6.5x the tokens for its accuracy at 1024 and 2048
-  (``benchmarks/search_vs_sampling.py``). Searching the steps is the better way to spend there for easy and hard
-  questions alike. The beam keeps ``budget / (4 * solution_tokens)`` nodes (at
-  least 1, at most 16) with 4 children each, steps of ``step_tokens``; both sizes come with the backend setup
-  (a mini solution is about 100 tokens, a step under 24). Where the setup says so (the embedded default), a node's
-  children are drawn without replacement while the beam is at most ``AUTO_DISTINCT_MAX_BEAM`` nodes wide: on the
-  mini models that lifts the search by 14.6 to 16.6 points at 512 tokens on three draws of 96 problems, for a
-  third fewer tokens; wider beams do as well or better with independent children. Options that only sampling
-  strategies take (``n``, ``max_tokens``, ...) keep the question on ``best_of_n``, as before;
+- with a process verifier configured (one that scores steps), a step-level tree search against it, ranked by
+  score-weighted vote. Where the setup draws a node's children without replacement (``distinct_children``: the
+  embedded default), ``rebase`` with different children: ``budget / solution_tokens`` solutions in flight (1 to
+  ``AUTO_MAX_WIDTH``), each round's children shared out over them by score and drawn as different next steps. On the
+  mini models it solves 79.2-82.3% of two draws of 96 problems from 1024 tokens up (a third draw: 63.5-71.9% up to
+  2048), spending 330-1430 tokens, where beam search reaches 71.9% at 4096 tokens and best-of-N 58.3-67.7% at
+  4096-8192 (``benchmarks/search_vs_sampling.py``; docs/mini_models.md). Elsewhere (a vLLM server cannot draw
+  without replacement) step-level ``beam`` search: with the bundled mini models it is ahead of best-of-N from 1024
+  tokens up and within about two points of it below; best-of-N needs 2.1x to 6.5x the tokens for its accuracy at
+  1024 and 2048. Searching the steps is the better way to spend there for easy and hard questions alike. The beam
+  keeps ``budget / (4 * solution_tokens)`` nodes (at least 1, at most 16) with 4 children each, steps of
+  ``step_tokens``; both sizes come with the backend setup (a mini solution is about 100 tokens, a step under 24).
+  Beam options (``beam_width``, ``expand``) keep ``auto`` on beam search, whose children are then drawn without
+  replacement, where the setup can, while the beam is at most ``AUTO_DISTINCT_MAX_BEAM`` nodes wide. Options that
+  only sampling strategies take (``n``, ``max_tokens``, ...) keep the question on ``best_of_n``, as before;
 - with an outcome verifier only, ``best_of_n`` ranked by score-weighted vote;
 - without one, ``self_consistency``, which stops early on easy questions and saves budget;
 - the number of samples is what the token budget affords at the strategy's ``max_tokens`` per sample
@@ -27,14 +31,18 @@ from collections.abc import Mapping
 
 from ttc.errors import ConfigError
 from ttc.strategies.beam import BeamOptions
+from ttc.strategies.rebase import RebaseOptions
 from ttc.types import Budget, is_int
 
 AUTO_MAX_SAMPLES = 64
 DEFAULT_MAX_TOKENS = 512
 AUTO_MAX_BEAM = 16
 BEAM_EXPAND = 4
+AUTO_MAX_WIDTH = AUTO_MAX_BEAM * BEAM_EXPAND
+"""The most solutions ``auto``'s REBASE keeps in flight: as many as its widest beam expands."""
 AUTO_DISTINCT_MAX_BEAM = 2
-"""The widest beam whose children ``auto`` draws without replacement, where the setup allows it. On the mini
+"""The widest beam whose children ``auto`` draws without replacement, where the setup allows it and the caller's
+beam options keep ``auto`` on beam search (without them such a setup gets REBASE with different children). On the mini
 models different children lift a beam of 1 node by 14.6 to 16.6 points at 512 tokens and one of 2 by 14.6, -1.1
 and 2.1 at 1024 (three draws); wider beams do as well or better with independent children (-1.0 to -5.2 points
 with different ones, +2.1 once)."""
@@ -53,6 +61,8 @@ def plan_strategy(strategy: str, budget: Budget, *, has_verifier: bool, options:
         raise ConfigError("strategy must be a non-empty name such as 'auto', 'best_of_n' or 'self_consistency'")
     if strategy != "auto":
         return strategy, dict(options)
+    if has_prm and distinct_children and set(options) <= _REBASE_OPTIONS:
+        return "rebase", _rebase_options(budget, options, solution_tokens or DEFAULT_MAX_TOKENS, step_tokens)
     if has_prm and set(options) <= _BEAM_OPTIONS:
         return "beam", _beam_options(budget, options, solution_tokens or DEFAULT_MAX_TOKENS, step_tokens,
                                      distinct_children)
@@ -73,6 +83,20 @@ def plan_strategy(strategy: str, budget: Budget, *, has_verifier: bool, options:
 
 
 _BEAM_OPTIONS = frozenset(BeamOptions.model_fields)
+_REBASE_OPTIONS = frozenset(RebaseOptions.model_fields)
+
+
+def _rebase_options(budget: Budget, options: Mapping[str, object], solution_tokens: int,
+                    step_tokens: int | None) -> dict[str, object]:
+    """REBASE sized to the budget: one solution in flight per solution's worth of tokens, each round's children
+    drawn without replacement (the setup can); steps as long as the backend's model writes them."""
+    paths = AUTO_MAX_WIDTH if budget.tokens is None else budget.tokens // solution_tokens
+    opts: dict[str, object] = {"width": min(AUTO_MAX_WIDTH, max(1, paths)), "select": "weighted_vote",
+                               "distinct": True}
+    if step_tokens is not None:
+        opts["max_step_tokens"] = step_tokens
+    opts.update(options)
+    return opts
 
 
 def _beam_options(budget: Budget, options: Mapping[str, object], solution_tokens: int,
@@ -100,4 +124,5 @@ def _positive_int(opts: Mapping[str, object], name: str, default: int) -> int:
     return value
 
 
-__all__ = ["AUTO_DISTINCT_MAX_BEAM", "AUTO_MAX_BEAM", "AUTO_MAX_SAMPLES", "DEFAULT_MAX_TOKENS", "plan_strategy"]
+__all__ = ["AUTO_DISTINCT_MAX_BEAM", "AUTO_MAX_BEAM", "AUTO_MAX_SAMPLES", "AUTO_MAX_WIDTH", "DEFAULT_MAX_TOKENS",
+           "plan_strategy"]

@@ -61,7 +61,6 @@ _STILL_RUNNING = (
 )
 
 
-
 def _check_no_nan(result: Result, nodes: Sequence[Node]) -> None:
     """SQLite stores a NaN REAL as NULL, which reads back as "not scored": a done trace would say something else
     than what was recorded. Refused here, so the trace is failed with this message instead (a failed trace keeps
@@ -69,10 +68,11 @@ def _check_no_nan(result: Result, nodes: Sequence[Node]) -> None:
     if result.score is not None and math.isnan(result.score):
         raise ConfigError("the result's score is NaN, which the store cannot keep: a score must be a number")
     for node in nodes:
-        for name, value in (("score", node.score), ("logprob", node.logprob)):  # step scores are JSON: kept
+        for name, value in (("score", node.score), ("logprob", node.logprob)):  # SQLite's JSON keeps a NaN step
             if value is not None and math.isnan(value):
                 raise ConfigError(f"node {node.id}'s {name} is NaN, which the store cannot keep: a score or "
                                   "log-probability must be a number (infinities are kept)")
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
