@@ -7,6 +7,7 @@ generated tokens, and ends with headline ratios: ETS against REBASE at the same 
 against best-of-N on levels 6 to 8.
 
     python benchmarks/tree_search.py --problems 60 --budgets 1024,2048,4096 --ets-lambda-kv 1,2
+    python benchmarks/tree_search.py --problems 40 --budgets 2048 --distinct   # children without replacement
 """
 
 from __future__ import annotations
@@ -52,10 +53,12 @@ def width_for(budget: int, width: int | None) -> int:
     return width if width is not None else max(4, budget // 128)
 
 
-def arms(width: int, step_tokens: int, ets_lambda_kv: Sequence[float]) -> dict[str, Mapping[str, object]]:
-    tree = {"max_step_tokens": step_tokens, "max_depth": 12, "select": "weighted_vote"}
+def arms(width: int, step_tokens: int, ets_lambda_kv: Sequence[float],
+         distinct: bool = False) -> dict[str, Mapping[str, object]]:
+    """Every strategy at ``width``; ``distinct`` draws the samples and each node's children without replacement."""
+    tree = {"max_step_tokens": step_tokens, "max_depth": 12, "select": "weighted_vote", "distinct": distinct}
     found: dict[str, Mapping[str, object]] = {
-        "best_of_n": {"n": width, "max_tokens": step_tokens * 12, "select": "weighted_vote"},
+        "best_of_n": {"n": width, "max_tokens": step_tokens * 12, "select": "weighted_vote", "distinct": distinct},
         "beam": {**tree, "beam_width": max(1, width // 4), "expand": 4},
         "dvts": {**tree, "subtrees": max(1, width // 4), "expand": 4},
         "rebase": {**tree, "width": width},
@@ -110,7 +113,7 @@ async def main(args: argparse.Namespace) -> None:
     try:
         for budget in args.budgets:
             width = width_for(budget, args.width)
-            for name, options in arms(width, args.step_tokens, args.ets_lambda_kv).items():
+            for name, options in arms(width, args.step_tokens, args.ets_lambda_kv, args.distinct).items():
                 cells.append(await run_cell(session, problems, name, options, budget, args.seed))
                 c = cells[-1]
                 print(f"  {name} @ {budget} (width {width}): acc={c.accuracy():.3f} tokens={median(c.tokens):.0f} "
@@ -148,6 +151,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--ets-lambda-kv", type=lambda s: [float(x) for x in s.split(",")], default=[1.0],
                    help="ETS's KV weight; several values add one ETS arm each (the first is the headline)")
     p.add_argument("--step-tokens", type=int, default=24)
+    p.add_argument("--distinct", action="store_true", help="samples and children drawn without replacement")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", type=Path, default=Path("benchmarks/results/tree_search.png"))

@@ -130,6 +130,15 @@ def context_plan(context: str, notes: Notes | None) -> dict[str, object]:
             "sleep_tokens": 0 if notes is None else notes.usage.generated_tokens}
 
 
+def about_text(plan: Mapping[str, object]) -> str | None:
+    """The context a plan's ``context`` field names, with its notes after it: what the question is about."""
+    fields = plan.get("context")
+    if not isinstance(fields, Mapping):
+        return None
+    notes = fields.get("notes")
+    return f"{fields['text']}\n{notes}" if notes else str(fields["text"])
+
+
 def question_prompt(problem: Problem, session: Session) -> tuple[str, dict[str, object]]:
     """The prompt template ``problem`` is asked through, and the plan fields that say so.
 
@@ -205,7 +214,7 @@ class QuestionRun:
                                 **session.plan, **context_fields, **(plan or {})})
         ctx = Context(backend=backend, recorder=recorder, rng=random.Random(seed), verifier=setup.verifier,
                       prm=setup.prm, prompt_template=prompt_template or template, draft=draft,
-                      synthesizer=synthesizer,
+                      synthesizer=synthesizer, about=about_text({**session.plan, **context_fields}),
                       synthesis_template=setup.synthesis_template, path_template=setup.path_template)
         return cls(problem=problem, strategy=strategy, session=session, recorder=recorder, ctx=ctx,
                    meter=Meter(budget), trace_id=trace_id)

@@ -83,9 +83,17 @@ class Context:
     synthesizer: Backend | None = None
     synthesis_template: str = SYNTHESIS_TEMPLATE
     path_template: str = PATH_TEMPLATE
+    about: str | None = None
+    """The context the question is asked about, with its notes, where it has one: the prompt template holds it,
+    the question alone does not."""
 
     def render(self, question: str) -> str:
         return self.prompt_template.format(question=question)
+
+    def question_text(self, question: str) -> str:
+        """The question as verifiers, answer checks and a synthesizer read it: after its context and notes, so that
+        a PRM judges steps about what the model was shown, and an operand check finds the context's numbers."""
+        return question if not self.about else f"{self.about}\n{question}"
 
     def next_seed(self) -> int:
         return self.rng.randrange(2**31)

@@ -35,8 +35,9 @@ class BestOfN(Strategy[BestOfNOptions]):
         completions = await draw(ctx, meter, prompt, opts.n, opts.max_tokens, opts.temperature, opts.top_p,
                                  distinct=opts.distinct)
         ctx.recorder.event("sample", {"requested": opts.n, "drawn": len(completions), "distinct": opts.distinct})
-        candidates = await score(ctx, meter, problem.question, record(ctx, root, completions))
-        choice = choose(ctx, candidates, resolve_selection(opts.select, ctx), opts.checks, problem.question)
+        candidates = await score(ctx, meter, ctx.question_text(problem.question), record(ctx, root, completions))
+        choice = choose(ctx, candidates, resolve_selection(opts.select, ctx), opts.checks,
+                        ctx.question_text(problem.question))
         mark_selected(ctx, choice)
         best = choice.candidate
         return StrategyResult(

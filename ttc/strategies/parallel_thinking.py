@@ -75,7 +75,8 @@ class ParallelThinking(Strategy[ParallelThinkingOptions]):
         ctx.recorder.event("sample", {"requested": opts.paths, "drawn": len(paths), "distinct": opts.distinct})
         candidates = record(ctx, root, paths)
         synthesizer = ctx.synthesizer or ctx.backend
-        text, shown, tokens = await self._synthesis_prompt(ctx, synthesizer, problem.question, paths)
+        text, shown, tokens = await self._synthesis_prompt(ctx, synthesizer, ctx.question_text(problem.question),
+                                                            paths)
         node = ctx.recorder.add_node(parent=None, text=text, token_count=len(tokens))
         ctx.recorder.event("synthesis", {"synthesizer": "setup" if ctx.synthesizer else "target",
                                          "paths": len(paths), "shown": shown, "left_out": len(paths) - shown,

@@ -320,7 +320,7 @@ class SearchTree:
                 parent = node.parent
                 results[node.id] = list(parent.step_scores) if parent is not None else []
                 return
-            scored = await score_steps_costed(self.prm, self.problem.question, steps)
+            scored = await score_steps_costed(self.prm, self.ctx.question_text(self.problem.question), steps)
             scores = scored.scores
             self.meter.charge_verifier(scored.scored_tokens, calls=scored.calls)
             if len(scores) != len(steps):

@@ -64,9 +64,10 @@ class VoteRounds:
         completions = await draw(self.ctx, meter, self._prompt, k, opts.max_tokens, opts.temperature, opts.top_p)
         if not completions:
             return 0
-        self.candidates += await score(self.ctx, meter, self.problem.question,
+        self.candidates += await score(self.ctx, meter, self.ctx.question_text(self.problem.question),
                                        record(self.ctx, self._root, completions))
-        self.choice = choose(self.ctx, self.candidates, self.how, opts.checks, self.problem.question)
+        self.choice = choose(self.ctx, self.candidates, self.how, opts.checks,
+                             self.ctx.question_text(self.problem.question))
         vote = self.choice.vote
         self.ctx.recorder.event("round", {"samples": self.drawn, "leader": vote.key if vote else None,
                                           "share": self.share, "tally": dict(vote.tally) if vote else {}})
@@ -96,7 +97,8 @@ class VoteRounds:
 
     def finish(self) -> StrategyResult:
         """Choose among every sample drawn, mark the chosen node and return it."""
-        choice = choose(self.ctx, self.candidates, self.how, self.options.checks, self.problem.question)
+        choice = choose(self.ctx, self.candidates, self.how, self.options.checks,
+                        self.ctx.question_text(self.problem.question))
         mark_selected(self.ctx, choice)
         best = choice.candidate
         return StrategyResult(answer=best.answer if best else None, text=best.text if best else "",
