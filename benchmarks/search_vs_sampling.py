@@ -18,7 +18,8 @@ The other searches are sized alike: DVTS keeps ``budget / 512`` subtrees of 4 ch
 The last line is ``name=value`` pairs: ``token_ratio_at_<budget>`` (the tokens best-of-N spends to reach beam
 search's accuracy at that budget, over the tokens beam search spent; ``>`` marks a lower bound, where best-of-N
 never reaches it within the budgets run) and ``gain_at_<budget>`` (beam search's accuracy minus best-of-N's, in
-points); without both arms, ``<arm>_acc_at_<budget>`` for every cell run.
+points); other searches' figures are named alike after their arm (``rebase_token_ratio_at_<budget>``); without
+best-of-N or a search, ``<arm>_acc_at_<budget>`` for every cell run.
 """
 
 from __future__ import annotations
@@ -128,21 +129,21 @@ async def main(argv: list[str] | None = None) -> None:
                        [[c.strategy, c.budget, c.accuracy(), c.accuracy(easy), c.accuracy(hard), mean(c.tokens),
                          c.wall_s] for c in cells]))
     bon = [c for c in cells if c.strategy == "best_of_n"]
-    searches = [c for c in cells if c.strategy == "beam"]
+    searches = [c for c in cells if c.strategy in SEARCHES]
     if not bon or not searches:
         print(" ".join(f"{c.strategy}_acc_at_{c.budget}={100 * c.accuracy():.1f}" for c in cells[1:]))
         return
+    headline = []
     for c in searches:
         need, bound = tokens_to_reach(bon, c.accuracy())
-        print(f"beam @ {c.budget}: {100 * c.accuracy():.1f}% with {mean(c.tokens):.0f} tokens; best-of-N needs "
-              f"{'more than ' if bound else ''}{need:.0f} tokens for it ({need / mean(c.tokens):.1f}x)")
-    ratios = []
-    for c in searches:
-        need, bound = tokens_to_reach(bon, c.accuracy())
-        ratios.append(f"token_ratio_at_{c.budget}={'>' if bound else ''}{need / mean(c.tokens):.2f}")
-    gains = " ".join(f"gain_at_{b.budget}={100 * (s.accuracy() - b.accuracy()):.1f}"
-                     for b, s in zip(bon, searches, strict=True))
-    print(f"{' '.join(ratios)} {gains}")
+        print(f"{c.strategy} @ {c.budget}: {100 * c.accuracy():.1f}% with {mean(c.tokens):.0f} tokens; best-of-N "
+              f"needs {'more than ' if bound else ''}{need:.0f} tokens for it ({need / mean(c.tokens):.1f}x)")
+        prefix = "" if c.strategy == "beam" else f"{c.strategy}_"  # beam search's names as they always were
+        same = next(b for b in bon if b.budget == c.budget)
+        headline.append((f"{prefix}token_ratio_at_{c.budget}={'>' if bound else ''}{need / mean(c.tokens):.2f}",
+                         f"{prefix}gain_at_{c.budget}={100 * (c.accuracy() - same.accuracy()):.1f}"))
+    print(" ".join([ratio for ratio, _ in headline] + [gain for _, gain in headline]))
+
 
 if __name__ == "__main__":
     asyncio.run(main())

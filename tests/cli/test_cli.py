@@ -287,3 +287,34 @@ def test_export_writes_non_finite_floats_as_strings_in_strict_json(tmp_path: Pat
     assert node["step_scores"] == [0.5, "-Infinity"]
     assert data["events"][0]["payload"] == {"best": "Infinity"}
     assert data["started_at"].startswith("20")
+
+
+def test_eval_with_sleep_killed_mid_run_resumes_thinking_once_per_context(tmp_path: Path) -> None:
+    """Killed while thinking about its contexts: the resume keeps the notes already written, thinks again only
+    about the contexts whose sleep run died, and asks every question once, with its context's done notes."""
+    db = tmp_path / "sleep.db"
+    env = {**os.environ, "TTC_DB": str(db), "TTC_SCRIPTED_DELAY_S": "0.1"}
+    args = ["eval", "--dataset", "synthetic-stateful", "--limit", "30", "--backend", "scripted", "--strategy",
+            "best_of_n", "-o", "n=1", "--budget", "100", "--sleep-budget", "60", "--concurrency", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "ttc", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _done_count(db) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with TraceStore(str(db)) as store:
+        [run] = store.list_runs()
+        before = {t.id for t in store.list_traces(run_id=run.id, status="done", limit=None) if t.strategy == "sleep"}
+    assert 3 <= len(before) < 10, f"the run should have been killed while thinking, {len(before)} contexts done"
+    run_ttc(*args, "--resume", run.id, db=db)
+    with TraceStore(str(db)) as store:
+        done = store.list_traces(run_id=run.id, status="done", limit=None)
+        sleeps = {t.id: t.question for t in done if t.strategy == "sleep"}
+        assert before <= sleeps.keys() and len(set(sleeps.values())) == len(sleeps) == 10
+        questions = [t for t in done if t.strategy != "sleep"]
+        assert sorted(t.problem_index for t in questions) == list(range(30))
+        for summary in questions:
+            plan = store.get_trace(summary.id).events[0].payload["context"]
+            assert sleeps[plan["notes_trace"]] == plan["text"]
+        assert not store.list_traces(run_id=run.id, status="running", limit=None)
