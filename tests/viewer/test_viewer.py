@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
@@ -95,6 +96,25 @@ def test_a_lookahead_trace_shows_which_model_wrote_each_step(viewer: Viewer) -> 
     page = viewer.client.get(f"/traces/{viewer.searched}")
     assert "written by the target" in page.text and "draft step rejected" in page.text
     assert "lookahead_summary" in page.text
+
+
+def test_a_question_about_a_context_shows_the_context(viewer: Viewer) -> None:
+    from ttc.bench.eval import evaluate
+    from ttc.session import open_session
+    from ttc.types import Budget, Problem
+
+    context = "Ann has <b>2</b> pens. She buys 3 more."
+    session = open_session(backend=ScriptedBackend([SOLUTION]), store=viewer.store, verifier=None,
+                           prompt_template=None)
+    problem = Problem("How many pens does Ann have?", gold="5", index=0, context=context)
+    try:
+        report = anyio.run(lambda: evaluate([problem], Budget(tokens=200), session, strategy="best_of_n",
+                                            options={"n": 1}, seed=0))
+    finally:
+        anyio.run(session.aclose)
+    page = viewer.client.get(f"/traces/{report.trace_ids[0]}")
+    assert "<th>context</th>" in page.text and "Ann has &lt;b&gt;2&lt;/b&gt; pens." in page.text
+    assert "<th>context</th>" not in viewer.client.get(f"/traces/{viewer.solved}").text
 
 
 def test_the_json_endpoint_is_the_export(viewer: Viewer) -> None:
