@@ -7,7 +7,7 @@ The rule for ``strategy="auto"`` (documented, deliberately simple until a learne
   embedded default), ``rebase`` with different children: ``budget / solution_tokens`` solutions in flight (1 to
   ``AUTO_MAX_WIDTH``), each round's children shared out over them by score and drawn as different next steps. On the
   mini models it solves 79.2-82.3% of two draws of 96 problems from 1024 tokens up (a third draw: 63.5-71.9% up to
-  2048), spending 330-1430 tokens, where beam search reaches 71.9% at 4096 tokens and best-of-N 58.3-67.7% at
+  2048), spending 320-1430 tokens, where beam search reaches 71.9-74.0% at 4096 tokens and best-of-N 58.3-67.7% at
   4096-8192 (``benchmarks/search_vs_sampling.py``; docs/mini_models.md). Elsewhere (a vLLM server cannot draw
   without replacement) step-level ``beam`` search: with the bundled mini models it is ahead of best-of-N from 1024
   tokens up and within about two points of it below; best-of-N needs 2.1x to 6.5x the tokens for its accuracy at
