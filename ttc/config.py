@@ -134,20 +134,23 @@ def with_helpers(setup: BackendSetup) -> BackendSetup:
     A synthesizer from the environment is asked through the generic synthesis templates, not the ones the setup
     had for its own (the embedded default's mini synthesizer reads a format no other model was trained on).
     """
-    if url := env("TTC_DRAFT_URL"):
-        setup.draft_loader = lambda: _vllm(url)
-    elif model := env("TTC_DRAFT_MODEL"):
-        path = Path(model)
-        setup.draft_loader = lambda: _local(path, what="TTC_DRAFT_MODEL")
-    synthesizer_url, synthesizer_model = env("TTC_SYNTHESIZER_URL"), env("TTC_SYNTHESIZER_MODEL")
-    if synthesizer_url:
-        setup.synthesizer_loader = lambda: _vllm(synthesizer_url)
-    elif synthesizer_model:
-        folder = Path(synthesizer_model)
-        setup.synthesizer_loader = lambda: _local(folder, what="TTC_SYNTHESIZER_MODEL")
-    if synthesizer_url or synthesizer_model:
+    if (draft := _env_model("TTC_DRAFT_URL", "TTC_DRAFT_MODEL")) is not None:
+        setup.draft_loader = draft
+    if (synthesizer := _env_model("TTC_SYNTHESIZER_URL", "TTC_SYNTHESIZER_MODEL")) is not None:
+        setup.synthesizer_loader = synthesizer
         setup.synthesis_template, setup.path_template = SYNTHESIS_TEMPLATE, PATH_TEMPLATE
     return setup
+
+
+def _env_model(url_var: str, model_var: str) -> Callable[[], Backend] | None:
+    """A loader for the model the environment names: a vLLM server (``url_var``) before a local folder
+    (``model_var``); None when it names neither."""
+    if url := env(url_var):
+        return lambda: _vllm(url)
+    if model := env(model_var):
+        path = Path(model)
+        return lambda: _local(path, what=model_var)
+    return None
 
 
 def _vllm(url: str) -> Backend:
