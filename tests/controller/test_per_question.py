@@ -32,7 +32,10 @@ def test_a_setup_that_draws_distinct_children_gets_rebase_with_different_childre
     # 1024 tokens buy 8 solutions of 128: 8 in flight, each round's children different next steps.
     assert name == "rebase"
     assert opts == {"width": 8, "select": "weighted_vote", "distinct": True, "max_step_tokens": 24}
-    for budget, width in ((Budget(tokens=100), 1), (Budget(tokens=100_000), 64), (Budget(wall_s=5.0), 64)):
+    # Below 8 in flight, two per solution's worth: a narrow search of different children spends about half.
+    for budget, width in ((Budget(tokens=100), 1), (Budget(tokens=256), 4), (Budget(tokens=512), 8),
+                          (Budget(tokens=700), 8), (Budget(tokens=2048), 16), (Budget(tokens=100_000), 64),
+                          (Budget(wall_s=5.0), 64)):
         assert plan_strategy("auto", budget, options={}, distinct_children=True, **plan)[1]["width"] == width
     name, mine = plan_strategy("auto", Budget(tokens=1024), options={"distinct": False, "width": 3},
                                distinct_children=True, **plan)
