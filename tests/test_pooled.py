@@ -94,7 +94,7 @@ def test_a_failure_marks_every_trace_of_the_batch_failed(tmp_path: Path) -> None
 
 def test_what_cannot_share_a_budget_is_refused_before_anything_runs() -> None:
     backend = ScriptedBackend(responder)
-    with pytest.raises(ConfigError, match="use strategy='auto' or 'self_consistency'"):
+    with pytest.raises(ConfigError, match="use strategy='auto', 'self_consistency' or a tree search"):
         solve_batch(EASY, 10_000, backend=backend, store=False, strategy="best_of_n", budget_scope="batch")
     with pytest.raises(ConfigError, match="cannot give each of 6 questions one sample"):
         solve_batch(EASY, 6 * 512 - 1, backend=backend, store=False, budget_scope="batch")

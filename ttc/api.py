@@ -91,8 +91,10 @@ async def asolve_batch(prompts: Sequence[str], budget: int | Budget, *, strategy
 
     ``budget_scope="question"`` gives every question ``budget``; ``"batch"`` makes ``budget`` the whole batch's,
     shared by the controller (``ttc.controller.batch``): easy questions stop early and what they leave goes to the
-    questions whose votes are still split. Question ``i`` is seeded with ``seed + i``, so a batch is reproducible
-    and its members independent. With ``context`` or ``notes`` every question is about that one context.
+    questions whose votes are still split, as more samples (``ttc.pooled``) or, where ``auto`` searches or a tree
+    search is named, as further searches (``ttc.pooled_search``). Question ``i`` is seeded with ``seed + i``, so a
+    batch is reproducible and its members independent. With ``context`` or ``notes`` every question is about that
+    one context.
     """
     questions = [check_prompt(p) for p in prompts]
     limits = Budget.of(budget)

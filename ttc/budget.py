@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from ttc.types import Budget, Completion, Usage
 
@@ -64,6 +65,16 @@ class Meter:
             return n, max_tokens
         share = left // n
         return (n, share) if share >= 1 else (left, 1) if left else (0, 0)
+
+    def allow(self, *, tokens: int | None, calls: int | None) -> None:
+        """Let at most ``tokens`` more generated tokens and ``calls`` more backend calls through from now on.
+
+        A pooled batch grants a question its budget one search at a time: the controller reserves a grant from the
+        batch's pool, and the question's meter then stops the search at that grant (``None``: no limit on that
+        axis), so the pool is never overdrawn whatever the search decides to spend.
+        """
+        self.budget = replace(self.budget, tokens=None if tokens is None else self._generated + tokens,
+                              calls=None if calls is None else self._calls + calls)
 
     # -- recording ----------------------------------------------------------------------------------------------
     def charge(self, completions: Sequence[Completion], *, calls: int = 1) -> None:

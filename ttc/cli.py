@@ -180,7 +180,8 @@ def eval_cmd(
     resume: Annotated[str | None, typer.Option(help="continue the run with this id")] = None,
     budget_scope: Annotated[str, typer.Option(
         help="'question': each problem gets --budget; 'batch': the problems share --budget times their number, "
-             "and easy ones leave theirs to those whose votes are split (strategy auto or self_consistency)")
+             "and easy ones leave theirs to those whose votes are split (strategy auto, self_consistency or a "
+             "tree search)")
     ] = "question",
     option: OptionOpt = None,
     sleep_budget: Annotated[int | None, typer.Option(

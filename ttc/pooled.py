@@ -1,24 +1,39 @@
 """A batch of questions answered under one shared budget (``solve_batch(..., budget_scope="batch")``).
 
-Each question runs self-consistency, but the rounds are granted by the batch controller
-(``ttc.controller.batch``) rather than by a budget of its own: what an easy question does not spend (its vote
-settles in the first round) is spent on the questions whose votes are still split. Every question keeps its own
-trace, seed and usage; the trace's ``plan`` event says it shared a batch budget and each ``grant`` event records a
-round the controller gave it.
+Where ``auto`` would search a question's steps, or a tree search is named, the batch is a batch of searches
+(``ttc.pooled_search``). Otherwise each question runs self-consistency, but the rounds are granted by the batch
+controller (``ttc.controller.batch``) rather than by a budget of its own: what an easy question does not spend
+(its vote settles in the first round) is spent on the questions whose votes are still split. Every question keeps
+its own trace, seed and usage; the trace's ``plan`` event says it shared a batch budget and each ``grant`` event
+records a round the controller gave it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from ttc.concurrency import bounded_gather
-from ttc.controller.batch import Pool, Standing, check_affordable, first_wave, next_wave, pooled_options
+from ttc.controller.batch import (
+    Pool,
+    Standing,
+    check_affordable,
+    check_affordable_search,
+    first_wave,
+    next_wave,
+    pooled_options,
+)
+from ttc.controller.per_question import plan_strategy
+from ttc.pooled_search import Planner, solve_searches
 from ttc.session import QuestionRun, Session, check_prompt
-from ttc.strategies.base import make_strategy
+from ttc.strategies.base import make_strategy, strategy_class, strategy_names
+from ttc.strategies.beam import BeamOptions
+from ttc.strategies.rebase import RebaseOptions
 from ttc.strategies.sampling import resolve_selection
 from ttc.strategies.self_consistency import SelfConsistencyOptions
+from ttc.strategies.tree import TreeSearch
 from ttc.strategies.vote_rounds import VoteRounds
 from ttc.types import Budget, Problem, Result
 
@@ -63,13 +78,100 @@ class _Question:
 
 
 def check_pooled(budget: Budget, questions: int, *, strategy: str, options: Mapping[str, object],
-                 has_verifier: bool = False) -> SelfConsistencyOptions:
-    """The options every question runs with, refused (ConfigError) before anything is opened when the strategy
-    cannot share a budget, an option is invalid, or the budget cannot give each question one sample."""
+                 session: Session | None = None) -> None:
+    """Refuse (ConfigError) what cannot share a batch budget before any question runs: a strategy that can neither
+    grow a vote nor search, an invalid option, or a budget too small to give each question a start.
+
+    Without a ``session`` (before one is opened) ``auto`` may still go either way, so its options are checked
+    against both kinds and the budget is left to the check with a session, which knows the setup.
+    """
+    if session is not None:
+        if plan_pooled(strategy, budget, questions, session, options) is None:
+            sampling_options(budget, questions, strategy=strategy, options=options,
+                             has_verifier=session.setup.verifier is not None)
+        return
+    if strategy in search_names():
+        check_affordable_search(budget, questions, make_strategy(strategy, options).options.max_step_tokens)
+    elif strategy == "auto" and set(options) <= SEARCH_OPTIONS and not set(options) <= SAMPLING_OPTIONS:
+        return
+    elif strategy == "auto":
+        make_strategy(STRATEGY, pooled_options(strategy, options, has_verifier=False))
+    else:
+        sampling_options(budget, questions, strategy=strategy, options=options)
+
+
+def sampling_options(budget: Budget, questions: int, *, strategy: str, options: Mapping[str, object],
+                     has_verifier: bool = False) -> SelfConsistencyOptions:
+    """The self-consistency options every question of a batch that pools samples runs with, refused (ConfigError)
+    when the strategy cannot grow a vote, an option is invalid, or the budget cannot give each question one
+    sample."""
     opts: SelfConsistencyOptions = make_strategy(
         STRATEGY, pooled_options(strategy, options, has_verifier=has_verifier)).options
     check_affordable(budget, questions, opts.max_tokens)
     return opts
+
+
+def search_names() -> list[str]:
+    """The registered strategies that search a question's steps, each of which can share a batch budget."""
+    return [n for n in strategy_names() if issubclass(strategy_class(n), TreeSearch)]
+
+
+SEARCH_OPTIONS = frozenset(RebaseOptions.model_fields) | frozenset(BeamOptions.model_fields)
+SAMPLING_OPTIONS = frozenset(SelfConsistencyOptions.model_fields)
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """How a pooled batch searches: the strategy, the search a grant buys, the first grant, and each next one's
+    multiple of the one before."""
+
+    strategy: str
+    planner: Planner
+    share: int | None
+    growth: int
+
+
+def plan_pooled(strategy: str, budget: Budget, questions: int, session: Session,
+                options: Mapping[str, object]) -> SearchPlan | None:
+    """How a pooled batch searches, where it does: a tree search named (its options at every grant, the batch's
+    even share each), or ``auto`` on a setup where it would search (``ttc.controller.plan_strategy`` sizes each
+    search for its grant, which doubles from the even share). ``None`` where the batch pools samples."""
+    share = None if budget.tokens is None else budget.tokens // questions
+    setup = session.setup
+
+    def auto(tokens: int | None) -> tuple[str, dict[str, object]]:
+        return plan_strategy("auto", budget if tokens is None else Budget(tokens=max(1, tokens)),
+                             has_verifier=setup.verifier is not None, options=options, has_prm=setup.prm is not None,
+                             solution_tokens=setup.solution_tokens, step_tokens=setup.step_tokens,
+                             distinct_children=setup.distinct_children)
+
+    if strategy == "auto":
+        name, opts = auto(share)
+        if name not in search_names():
+            return None
+        make_strategy(name, opts)  # refused here, before any trace opens, when an option is invalid
+
+        def planner(tokens: int | None) -> TreeSearch[Any]:
+            return _search(*auto(tokens))
+
+        growth = 2
+    elif strategy in search_names():
+        name, runner = strategy, _search(strategy, options)
+
+        def planner(tokens: int | None) -> TreeSearch[Any]:
+            return runner
+
+        growth = 1
+    else:
+        return None
+    check_affordable_search(budget, questions, planner(share).options.max_step_tokens)
+    return SearchPlan(name, planner, share, growth)
+
+
+def _search(name: str, options: Mapping[str, object]) -> TreeSearch[Any]:
+    runner = make_strategy(name, options)
+    assert isinstance(runner, TreeSearch)  # only search names reach here
+    return runner
 
 
 async def solve_pooled(problems: Sequence[Problem], budget: Budget, session: Session, *, strategy: str,
@@ -77,13 +179,18 @@ async def solve_pooled(problems: Sequence[Problem], budget: Budget, session: Ses
     """Answer ``problems`` spending at most ``budget`` for all of them together; results in input order."""
     for problem in problems:
         check_prompt(problem.question)
-    opts = check_pooled(budget, len(problems), strategy=strategy, options=options,
-                        has_verifier=session.setup.verifier is not None)
+    plan = {"budget_scope": "batch", "batch_size": len(problems),
+            "batch_budget": {"tokens": budget.tokens, "wall_s": budget.wall_s, "calls": budget.calls}}
+    search = plan_pooled(strategy, budget, len(problems), session, options) if problems else None
+    if search is not None:
+        return await solve_searches(problems, budget, session, strategy=search.strategy, planner=search.planner,
+                                    share=search.share, growth=search.growth, seeds=seeds, plan=plan,
+                                    concurrency=concurrency)
+    opts = sampling_options(budget, len(problems), strategy=strategy, options=options,
+                            has_verifier=session.setup.verifier is not None)
     if not problems:
         return []
     pool = Pool(budget)
-    plan = {"budget_scope": "batch", "batch_size": len(problems),
-            "batch_budget": {"tokens": budget.tokens, "wall_s": budget.wall_s, "calls": budget.calls}}
     own_budget = Budget(tokens=opts.max_samples * opts.max_tokens)
     questions: list[_Question] = []
     try:
@@ -99,9 +206,7 @@ async def solve_pooled(problems: Sequence[Problem], budget: Budget, session: Ses
         wave = 0
         while grants:
             await bounded_gather([partial(questions[i].draw, k, wave) for i, k in grants.items()], concurrency)
-            usages = [q.run.meter.usage() for q in questions]
-            pool.tokens_spent = sum(u.generated_tokens for u in usages)
-            pool.calls_spent = sum(u.backend_calls for u in usages)
+            pool.settle(q.run.meter.usage() for q in questions)
             wave += 1
             grants = next_wave([q.standing() for q in questions], pool, round_size=opts.round_size,
                                max_tokens=opts.max_tokens)
@@ -118,4 +223,4 @@ async def solve_pooled(problems: Sequence[Problem], budget: Budget, session: Ses
         raise
 
 
-__all__ = ["check_pooled", "solve_pooled"]
+__all__ = ["SearchPlan", "check_pooled", "plan_pooled", "sampling_options", "search_names", "solve_pooled"]

@@ -75,7 +75,7 @@ def test_solve_prints_answer_and_trace(tmp_path: Path) -> None:
         (("eval", "--dataset", "synthetic", "--limit", "2", "--backend", "scripted", "--budget-scope", "all"),
          "budget_scope must be 'question'"),
         (("eval", "--dataset", "synthetic", "--limit", "2", "--backend", "scripted", "--budget-scope", "batch",
-          "--strategy", "beam"), "use strategy='auto' or 'self_consistency'"),
+          "--strategy", "best_of_n"), "'self_consistency' or a tree search"),
         (("demo", "--seed", "990000"), "seed must be in [0, 990000)"),
         (("solve", "Q?", "--backend", "scripted", "--notes", "deadbeef"), "no trace"),
         (("sleep", "A context.", "--backend", "scripted", "-o", "n=0"), "invalid sleep options"),

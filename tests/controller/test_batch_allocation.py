@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ttc.controller import Pool, Standing, check_affordable, first_wave, next_wave, pooled_options
+from ttc.controller.batch import Grant, SearchStanding, check_affordable_search, search_wave
 from ttc.errors import ConfigError
 from ttc.types import Budget
 
@@ -21,9 +22,9 @@ def test_a_budget_that_cannot_give_each_question_one_sample_is_refused() -> None
     check_affordable(Budget(tokens=1000, calls=10), 10, 100)
 
 
-def test_only_strategies_that_grow_a_vote_can_share_a_batch_budget() -> None:
-    with pytest.raises(ConfigError, match=r"use strategy='auto' or 'self_consistency'.*not 'beam'"):
-        pooled_options("beam", {}, has_verifier=False)
+def test_only_strategies_that_grow_a_vote_or_search_can_share_a_batch_budget() -> None:
+    with pytest.raises(ConfigError, match=r"use strategy='auto', 'self_consistency' or a tree search.*not 'best_of_n'"):
+        pooled_options("best_of_n", {}, has_verifier=False)
     assert pooled_options("auto", {}, has_verifier=False) == {"max_samples": 64}
     assert pooled_options("auto", {"max_samples": 8}, has_verifier=False) == {"max_samples": 8}
     assert pooled_options("self_consistency", {}, has_verifier=True) == {}
@@ -78,3 +79,39 @@ def test_calls_and_time_limit_the_wave() -> None:
     assert next_wave([standing(0)], timed, round_size=4, max_tokens=100) == {0: 4}
     now[0] = 5.0
     assert next_wave([standing(0)], timed, round_size=4, max_tokens=100) == {}
+
+
+def searcher(index: int, *, searches: int = 1, cap: int = 4, open: bool = True, margin: float = 0.5,
+             next_tokens: int | None = 1000) -> SearchStanding:
+    return SearchStanding(index=index, searches=searches, cap=cap, open=open, margin=margin, next_tokens=next_tokens)
+
+
+def test_a_search_wave_gives_whole_searches_to_the_least_settled_first() -> None:
+    pool = Pool(Budget(tokens=10_000))
+    pool.tokens_spent = 7_500  # 2500 left
+    grants = search_wave([searcher(0, margin=0.6), searcher(1, margin=0.1, next_tokens=2000),
+                          searcher(2, margin=0.3), searcher(3, open=False, margin=1.0),
+                          searcher(4, searches=4, margin=0.0), searcher(5, margin=0.7, next_tokens=500)], pool)
+    # The least settled takes 2000; the next needs 1000 and waits; a smaller grant behind it still fits.
+    assert grants == {1: Grant(tokens=2000, calls=None), 5: Grant(tokens=500, calls=None)}
+
+
+def test_a_search_wave_shares_calls_and_stops_at_the_time_limit() -> None:
+    pool = Pool(Budget(tokens=100_000, calls=40))
+    pool.calls_spent = 10
+    grants = search_wave([searcher(i, searches=0, margin=0.0) for i in range(4)], pool)
+    assert grants == {i: Grant(tokens=1000, calls=7) for i in range(4)}
+    short = Pool(Budget(calls=3))
+    assert len(search_wave([searcher(i, next_tokens=None) for i in range(5)], short)) == 3
+    now = [0.0]
+    timed = Pool(Budget(wall_s=5.0), clock=lambda: now[0])
+    assert search_wave([searcher(0, next_tokens=None)], timed) == {0: Grant(tokens=None, calls=None)}
+    now[0] = 5.0
+    assert search_wave([searcher(0, next_tokens=None)], timed) == {}
+
+
+def test_a_batch_budget_must_give_each_search_one_step() -> None:
+    with pytest.raises(ConfigError, match=r"cannot give each of 10 questions' searches one step of up to "
+                                          r"max_step_tokens=24"):
+        check_affordable_search(Budget(tokens=239), 10, 24)
+    check_affordable_search(Budget(tokens=240), 10, 24)

@@ -96,7 +96,7 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
         question_prompt(problem, session)  # a context this session cannot ask about is refused before the run opens
     check_concurrency(concurrency)
     if check_budget_scope(budget_scope) == "batch":
-        check_pooled(budget, 1, strategy=strategy, options=options)
+        check_pooled(budget, 1, strategy=strategy, options=options, session=session)
     run_id = _open_run(store, resume, config or {})
     done_before = store.done_problem_indices(run_id)
     todo = [p for p in problems if p.index not in done_before]

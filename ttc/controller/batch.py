@@ -10,17 +10,21 @@ a question whose first round the pool cut short is brought up to a full round be
 A grant is a worst case (samples x ``max_tokens``), so the pool is never overdrawn; what a round did not use is
 back in the pool for the next wave. Waves are barriers and a grant depends only on the samples drawn so far, so a
 seeded batch spends its budget the same way every time, however its requests interleave.
+
+A batch of tree searches (``ttc.pooled_search``) is granted whole searches instead (``search_wave``): a grant is
+the tokens one search may spend at most, which its meter enforces, and the questions whose solutions disagree get
+the next searches, least settled first, while the pool affords their grants.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ttc.controller.per_question import AUTO_MAX_SAMPLES
 from ttc.errors import ConfigError
-from ttc.types import Budget
+from ttc.types import Budget, Usage
 
 POOLED_STRATEGIES = ("auto", "self_consistency")
 WEIGHTED_MIN_SAMPLES = 8
@@ -56,6 +60,12 @@ class Pool:
     def calls_left(self) -> int | None:
         return None if self.budget.calls is None else max(0, self.budget.calls - self.calls_spent)
 
+    def settle(self, usages: Iterable[Usage]) -> None:
+        """What the whole batch has spent, from every question's usage after a wave."""
+        spent = list(usages)
+        self.tokens_spent = sum(u.generated_tokens for u in spent)
+        self.calls_spent = sum(u.backend_calls for u in spent)
+
     def out_of_time(self) -> bool:
         """Whether the wall limit has passed: it is checked before each wave, never in the middle of one."""
         return self.budget.wall_s is not None and self.clock() - self._start >= self.budget.wall_s
@@ -72,8 +82,9 @@ def pooled_options(strategy: str, options: Mapping[str, object], *, has_verifier
     benchmarks/batch_budget.py).
     """
     if strategy not in POOLED_STRATEGIES:
-        raise ConfigError(f"budget_scope='batch' shares the budget by growing self-consistency votes round by round: "
-                          f"use strategy='auto' or 'self_consistency' with it, not {strategy!r} (or keep "
+        raise ConfigError(f"budget_scope='batch' shares the budget by growing self-consistency votes round by round "
+                          f"or by granting tree searches one at a time: use strategy='auto', 'self_consistency' or a "
+                          f"tree search (beam, dvts, rebase, ets) with it, not {strategy!r} (or keep "
                           "budget_scope='question')")
     opts = dict(options)
     if strategy == "auto":
@@ -91,6 +102,18 @@ def check_affordable(budget: Budget, questions: int, max_tokens: int) -> None:
         raise ConfigError(
             f"a batch budget of {budget.tokens} tokens cannot give each of {questions} questions one sample of up to "
             f"max_tokens={max_tokens} ({questions * max_tokens} tokens): raise the budget or lower max_tokens")
+    if budget.calls is not None and budget.calls < questions:
+        raise ConfigError(f"a batch budget of {budget.calls} calls cannot give each of {questions} questions one "
+                          "backend call: raise budget.calls to at least the number of questions")
+
+
+def check_affordable_search(budget: Budget, questions: int, step_tokens: int) -> None:
+    """Refuse a batch budget that cannot give every question's search one step: some would get no answer."""
+    if budget.tokens is not None and budget.tokens < questions * step_tokens:
+        raise ConfigError(
+            f"a batch budget of {budget.tokens} tokens cannot give each of {questions} questions' searches one step "
+            f"of up to max_step_tokens={step_tokens} ({questions * step_tokens} tokens): raise the budget or lower "
+            "max_step_tokens")
     if budget.calls is not None and budget.calls < questions:
         raise ConfigError(f"a batch budget of {budget.calls} calls cannot give each of {questions} questions one "
                           "backend call: raise budget.calls to at least the number of questions")
@@ -132,4 +155,49 @@ def next_wave(standings: Sequence[Standing], pool: Pool, *, round_size: int, max
     return grants
 
 
-__all__ = ["POOLED_STRATEGIES", "Pool", "Standing", "check_affordable", "first_wave", "next_wave", "pooled_options"]
+@dataclass(frozen=True)
+class SearchStanding:
+    """Where one question of a pooled batch of tree searches stands between waves."""
+
+    index: int  # position in the batch
+    searches: int  # searches run so far
+    cap: int  # searches it may run at most
+    open: bool  # neither decided nor out of searches
+    margin: float  # its weighted vote's leader's lead over the runner-up, as a share of the vote (0.0 before any)
+    next_tokens: int | None  # the grant its next search would need (None: the batch has no token limit)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What one search of a pooled batch may spend at most (``None``: no limit on that axis)."""
+
+    tokens: int | None
+    calls: int | None
+
+
+def search_wave(standings: Sequence[SearchStanding], pool: Pool) -> dict[int, Grant]:
+    """The searches of the next wave of a pooled batch of tree searches, by batch index; empty when it is done.
+
+    Every question still open and under its cap gets one more search, the least settled first (the smallest
+    margin of its weighted vote), while the pool affords that search's whole grant (the search's own meter stops
+    it there, so the pool is never overdrawn; a question whose grant no longer fits waits, and a smaller one behind
+    it may go). A batch budget of calls is shared out evenly over the wave's searches, at least one each.
+    """
+    if pool.out_of_time():
+        return {}
+    tokens, calls = pool.tokens_left(), pool.calls_left()
+    chosen: list[SearchStanding] = []
+    for s in sorted(standings, key=lambda s: (s.margin, s.searches, s.index)):
+        if not s.open or s.searches >= s.cap or (calls is not None and len(chosen) >= calls):
+            continue
+        if tokens is not None and s.next_tokens is not None:
+            if s.next_tokens > tokens:
+                continue
+            tokens -= s.next_tokens
+        chosen.append(s)
+    each_calls = None if calls is None or not chosen else calls // len(chosen)
+    return {s.index: Grant(tokens=s.next_tokens, calls=each_calls) for s in chosen}
+
+
+__all__ = ["POOLED_STRATEGIES", "Grant", "Pool", "SearchStanding", "Standing", "check_affordable",
+           "check_affordable_search", "first_wave", "next_wave", "pooled_options", "search_wave"]

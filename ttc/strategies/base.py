@@ -155,12 +155,18 @@ def strategy_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make_strategy(name: str, options: Mapping[str, object] | None = None) -> Strategy[Any]:
-    """Build a registered strategy; unknown names and invalid or unknown options raise ConfigError."""
+def strategy_class(name: str) -> type[Strategy[Any]]:
+    """The registered strategy called ``name``; an unknown name raises ConfigError listing the known ones."""
     _load_builtin()
     cls = _REGISTRY.get(name)
     if cls is None:
         raise ConfigError(f"unknown strategy {name!r}: choose one of {', '.join(sorted(_REGISTRY))} or 'auto'")
+    return cls
+
+
+def make_strategy(name: str, options: Mapping[str, object] | None = None) -> Strategy[Any]:
+    """Build a registered strategy; unknown names and invalid or unknown options raise ConfigError."""
+    cls = strategy_class(name)
     return cls(parse_options(cls.Options, options, what=f"options for strategy {name!r}"))
 
 
@@ -197,5 +203,6 @@ __all__ = [
     "make_strategy",
     "parse_options",
     "register",
+    "strategy_class",
     "strategy_names",
 ]

@@ -189,15 +189,23 @@ class SearchTree:
         self.rounds = 0
 
     @classmethod
-    async def open(cls, problem: Problem, meter: Meter, ctx: Context, options: TreeSearchOptions) -> SearchTree:
+    async def open(cls, problem: Problem, meter: Meter, ctx: Context, options: TreeSearchOptions, *,
+                   root: StepNode | None = None) -> SearchTree:
+        """A new search over ``problem``; from ``root``, the root of an earlier search of the same question, it
+        grows new children under that recorded prompt node instead of opening another (a pooled batch's next
+        search for a question: one tree per question in its trace)."""
         if ctx.prm is None:
             raise ConfigError("tree searches score every step with a process verifier: pass one, e.g. "
                               "solve(..., verifier=prm) with a ProcessVerifier (score_steps)")
         if not ctx.step_delimiter:
             raise ConfigError("the step delimiter is empty: set Context.step_delimiter, e.g. '\\n'")
-        text, ids, node_id = await ctx.open_question(problem.question)
-        prompt = tuple(ids)
-        root = StepNode(id=node_id, parent=None, prefix=prompt, token_ids=prompt, text=text, depth=0)
+        if root is None:
+            text, ids, node_id = await ctx.open_question(problem.question)
+            prompt = tuple(ids)
+            root = StepNode(id=node_id, parent=None, prefix=prompt, token_ids=prompt, text=text, depth=0)
+        else:
+            root = StepNode(id=root.id, parent=None, prefix=root.prefix, token_ids=root.token_ids, text=root.text,
+                            depth=0)
         tree = cls(problem, meter, ctx, ctx.prm, options, root)
         tree.note_kv()
         return tree
@@ -382,15 +390,22 @@ class SearchTree:
 
     def result(self, leftover: Sequence[StepNode]) -> StrategyResult:
         """The chosen solution among complete leaves; partial ones (answer None) only when none completed."""
-        leaves = self.finished or sorted(leftover, key=by_rank)
-        candidates = [Candidate(text=n.solution(), answer=n.answer, score=n.score,
-                                token_count=len(n.prefix) - len(self.root.prefix), node_id=n.id) for n in leaves]
-        choice = choose(self.ctx, candidates, self.options.select)
-        mark_selected(self.ctx, choice)
-        best = choice.candidate
-        return StrategyResult(answer=best.answer if best else None, text=best.text if best else "",
-                              score=best.score if best else None,
-                              candidates=tuple(candidates[: len(self.finished)]))
+        return choose_leaves(self.ctx, len(self.root.prefix), self.finished, leftover, self.options.select)
+
+
+def choose_leaves(ctx: Context, prompt_tokens: int, finished: Sequence[StepNode], leftover: Sequence[StepNode],
+                  select: TreeSelection) -> StrategyResult:
+    """The chosen solution among the complete leaves of one question's searches (several in a pooled batch, all
+    grown from one prompt of ``prompt_tokens``), marked in the trace; partial leaves (answer None) only when none
+    completed."""
+    leaves = list(finished) or sorted(leftover, key=by_rank)
+    candidates = [Candidate(text=n.solution(), answer=n.answer, score=n.score,
+                            token_count=len(n.prefix) - prompt_tokens, node_id=n.id) for n in leaves]
+    choice = choose(ctx, candidates, select)
+    mark_selected(ctx, choice)
+    best = choice.candidate
+    return StrategyResult(answer=best.answer if best else None, text=best.text if best else "",
+                          score=best.score if best else None, candidates=tuple(candidates[: len(finished)]))
 
 
 TreeOptionsT = TypeVar("TreeOptionsT", bound=TreeSearchOptions)
@@ -401,19 +416,22 @@ class TreeSearch(Strategy[TreeOptionsT]):
 
     async def run(self, problem: Problem, meter: Meter, ctx: Context) -> StrategyResult:
         tree = await SearchTree.open(problem, meter, ctx, self.options)
+        return tree.result(await self.grow(tree))
+
+    async def grow(self, tree: SearchTree) -> list[StepNode]:
+        """Search ``tree`` and close it, returning its partial leaves; a failed search still releases its KV."""
         try:
             await self.search(tree)
         except BaseException:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await tree.close()
             raise
-        leftover = await tree.close()
-        return tree.result(leftover)
+        return await tree.close()
 
     @abstractmethod
     async def search(self, tree: SearchTree) -> None:
         """Grow and prune ``tree`` until the budget or the search is done."""
 
 
-__all__ = ["SearchTree", "StepNode", "TreeSearch", "TreeSearchOptions", "TreeSelection", "by_rank", "ends_solution",
-           "plan_round"]
+__all__ = ["SearchTree", "StepNode", "TreeSearch", "TreeSearchOptions", "TreeSelection", "by_rank", "choose_leaves",
+           "ends_solution", "plan_round"]

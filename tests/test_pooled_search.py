@@ -1,0 +1,151 @@
+"""A batch of tree searches under one shared budget (budget_scope="batch"), end to end with real SQLite.
+
+The scripted backend and a table PRM stand in for the models so the controller's decisions can be asserted exactly;
+the run on the bundled mini models is in tests/test_pooled_mini.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from ttc import solve_batch
+from ttc.budget import Meter
+from ttc.errors import BackendError, ConfigError
+from ttc.pooled_search import MAX_SEARCHES
+from ttc.storage import TraceStore
+from ttc.testing import ScriptedBackend
+from ttc.types import Budget, Completion
+
+EASY = [f"easy {i}" for i in range(4)]
+HARD = [f"hard {i}" for i in range(2)]
+STEP = "Add them up.\n"
+
+
+class StepPRM:
+    """Every step scores 0.8: the vote is then a plain count, and what splits it is the responder."""
+
+    async def score_steps(self, question: str, steps: Sequence[str]) -> list[float]:
+        return [0.8] * len(steps)
+
+
+def responder(prompt_text: str, index: int, seed: int | None) -> str:
+    """One step, then an answer: easy questions always 4, hard ones one of three answers by seed and sample."""
+    if not prompt_text.endswith(STEP):
+        return STEP
+    if "easy" in prompt_text:
+        return "The answer is 4.\n"
+    digest = hashlib.sha256(f"{prompt_text}|{index}|{seed}".encode()).digest()
+    return f"The answer is {5 + digest[0] % 3}.\n"
+
+
+def events(store: TraceStore, trace_id: str | None, kind: str) -> list[dict[str, object]]:
+    assert trace_id is not None
+    return [dict(e.payload) for e in store.get_trace(trace_id).events if e.kind == kind]
+
+
+OPTIONS = {"width": 3, "max_step_tokens": 20, "max_depth": 4}
+
+
+def test_what_easy_questions_leave_goes_to_the_split_ones(tmp_path: Path) -> None:
+    store = TraceStore(str(tmp_path / "t.db"))
+    questions = EASY + HARD
+    budget = len(questions) * 300
+    results = solve_batch(questions, budget, backend=ScriptedBackend(responder), verifier=StepPRM(), store=store,
+                          seed=3, strategy="rebase", budget_scope="batch", **OPTIONS)
+    assert sum(r.usage.generated_tokens for r in results) <= budget
+    assert [r.answer for r in results[:4]] == ["4"] * 4
+    for r in results[:4]:
+        assert r.strategy == "rebase"
+        assert events(store, r.trace_id, "stop") == [{"reason": "decided", "searches": 1, "solutions": 3}]
+        assert len(events(store, r.trace_id, "grant")) == 1
+    for r in results[4:]:
+        # Split votes: searched again, up to the cap, every search grown from the one prompt node.
+        [stop] = events(store, r.trace_id, "stop")
+        assert stop == {"reason": "max_searches", "searches": MAX_SEARCHES, "solutions": 3 * MAX_SEARCHES}
+        assert [g["tokens"] for g in events(store, r.trace_id, "grant")] == [300] * MAX_SEARCHES
+        assert len(r.candidates) == 3 * MAX_SEARCHES
+        assert r.usage.generated_tokens > 300  # more than an even share
+        assert r.trace_id is not None
+        nodes = store.get_trace(r.trace_id).nodes
+        assert sum(n.parent is None for n in nodes) == 1
+        [plan] = events(store, r.trace_id, "plan")
+        assert plan["budget_scope"] == "batch" and plan["batch_size"] == 6 and plan["max_searches"] == MAX_SEARCHES
+        assert plan["strategy"] == "rebase"
+    assert all(t.status == "done" for t in store.list_traces())
+    store.close()
+
+
+@pytest.mark.parametrize("per_question", [20, 45, 130])
+def test_the_batch_never_spends_more_than_its_budget(per_question: int) -> None:
+    questions = EASY[:2] + HARD
+    budget = per_question * len(questions)
+    results = solve_batch(questions, budget, backend=ScriptedBackend(responder), verifier=StepPRM(), store=False,
+                          seed=1, strategy="rebase", budget_scope="batch", **OPTIONS)
+    assert sum(r.usage.generated_tokens for r in results) <= budget
+    assert len(results) == len(questions)
+
+
+def test_auto_pools_beam_searches_twice_as_large_each_time(tmp_path: Path) -> None:
+    """Under auto each further search of a question gets twice the grant, and auto sizes the beam for it."""
+    store = TraceStore(str(tmp_path / "t.db"))
+    results = solve_batch(EASY[:2] + HARD, 4 * 2048, backend=ScriptedBackend(responder), verifier=StepPRM(),
+                          store=store, seed=5, budget_scope="batch")
+    assert {r.strategy for r in results} == {"beam"}
+    assert [r.answer for r in results[:2]] == ["4", "4"]
+    for r in results[:2]:
+        assert [(g["tokens"], g["options"]["beam_width"]) for g in events(store, r.trace_id, "grant")] == [(2048, 1)]
+    for r in results[2:]:
+        grants = events(store, r.trace_id, "grant")
+        assert [(g["tokens"], g["options"]["beam_width"]) for g in grants] == [(2048, 1), (4096, 2)]
+        # The next grant, 8192 tokens, is more than the pool has left at worst case: never overdrawn.
+        assert events(store, r.trace_id, "stop") == [{"reason": "batch_budget", "searches": 2, "solutions": 12}]
+    assert sum(r.usage.generated_tokens for r in results) <= 4 * 2048
+    [plan] = events(store, results[0].trace_id, "plan")
+    assert plan["strategy"] == "beam" and plan["budget_scope"] == "batch" and plan["growth"] == 2
+    store.close()
+
+
+def test_the_same_seed_spends_the_same_way_at_any_concurrency() -> None:
+    def run(concurrency: int) -> list[tuple[str | None, int, int]]:
+        results = solve_batch(EASY[:2] + HARD, 4 * 200, backend=ScriptedBackend(responder, delay_s=0.001),
+                              verifier=StepPRM(), store=False, seed=9, strategy="rebase", budget_scope="batch",
+                              concurrency=concurrency, **OPTIONS)
+        return [(r.answer, len(r.candidates), r.usage.generated_tokens) for r in results]
+
+    assert run(1) == run(8)
+
+
+def test_a_failure_marks_every_trace_of_the_batch_failed(tmp_path: Path) -> None:
+    store = TraceStore(str(tmp_path / "t.db"))
+    with pytest.raises(BackendError, match="refused"):
+        solve_batch(EASY[:2] + HARD, 4 * 300, backend=ScriptedBackend(responder, fail_after=10), verifier=StepPRM(),
+                    store=store, seed=0, strategy="rebase", budget_scope="batch", concurrency=2, **OPTIONS)
+    traces = store.list_traces()
+    assert len(traces) == 4 and {t.status for t in traces} == {"failed"}
+    store.close()
+
+
+def test_what_cannot_start_a_search_each_is_refused_before_anything_runs() -> None:
+    backend = ScriptedBackend(responder)
+    with pytest.raises(ConfigError, match="cannot give each of 4 questions' searches one step"):
+        solve_batch(EASY, 4 * 20 - 1, backend=backend, verifier=StepPRM(), store=False, strategy="rebase",
+                    budget_scope="batch", **OPTIONS)
+    with pytest.raises(ConfigError, match="unknown option 'n'"):
+        solve_batch(EASY, 10_000, backend=backend, verifier=StepPRM(), store=False, strategy="rebase",
+                    budget_scope="batch", n=4)
+    with pytest.raises(ConfigError, match="process verifier"):
+        solve_batch(EASY, 10_000, backend=backend, store=False, strategy="rebase", budget_scope="batch")
+    assert backend.calls == []
+
+
+def test_a_meter_grant_limits_what_comes_next_only() -> None:
+    meter = Meter(Budget(tokens=10, wall_s=100.0))
+    meter.charge([Completion(text="abc", token_ids=(1, 2, 3), finish_reason="stop")])
+    meter.allow(tokens=5, calls=2)
+    assert meter.tokens_left() == 5 and meter.calls_left() == 2
+    meter.allow(tokens=None, calls=None)
+    assert meter.tokens_left() is None and not meter.exhausted()
