@@ -374,6 +374,15 @@ def _short(text: str, width: int) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
+def _is_usage_error(exc: Exception) -> bool:
+    """A usage error of the command line (a missing argument, a bad value, an unknown command): click's own, or
+    those of the copy of click that typer vendors from 0.2x on, which do not derive from click's."""
+    import click
+
+    kinds = tuple(k for k in (click.ClickException, getattr(typer, "TyperException", None)) if isinstance(k, type))
+    return isinstance(exc, kinds) and hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int)
+
+
 def main() -> None:
     """Entry point: typed errors become one red line and exit code 2."""
     try:
@@ -389,11 +398,9 @@ def main() -> None:
         err.print("interrupted")
         raise SystemExit(130) from None
     except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            raise SystemExit(exc.exit_code) from None
+        if _is_usage_error(exc):
+            exc.show()  # type: ignore[attr-defined]
+            raise SystemExit(exc.exit_code) from None  # type: ignore[attr-defined]
         raise
     if code == 130:
         err.print("interrupted")

@@ -89,6 +89,21 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path, args: tuple[str, 
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("traces", "show"), "Missing argument"),
+        (("nosuchcommand",), "No such command"),
+        (("eval", "--limit", "many"), "Invalid value for '--limit'"),
+    ],
+)
+def test_usage_errors_print_usage_without_traceback(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    proc = run_ttc(*args, db=tmp_path / "e.db", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Usage:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_eval_with_failed_problems_exits_1(tmp_path: Path) -> None:
     proc = run_ttc("eval", "--dataset", "synthetic", "--limit", "2", "--backend", "scripted", "--strategy", "nope",
                    db=tmp_path / "e.db", check=False)
