@@ -149,3 +149,24 @@ def test_a_meter_grant_limits_what_comes_next_only() -> None:
     assert meter.tokens_left() == 5 and meter.calls_left() == 2
     meter.allow(tokens=None, calls=None)
     assert meter.tokens_left() is None and not meter.exhausted()
+
+
+def test_a_cancelled_batch_of_searches_leaves_no_trace_running(tmp_path: Path) -> None:
+    import anyio
+
+    from ttc import asolve_batch
+
+    store = TraceStore(str(tmp_path / "t.db"))
+
+    async def main() -> bool:
+        with anyio.move_on_after(0.3) as scope:
+            await asolve_batch(EASY[:2] + HARD, 4 * 300, backend=ScriptedBackend(responder, delay_s=0.05),
+                               verifier=StepPRM(), store=store, seed=0, strategy="rebase", budget_scope="batch",
+                               **OPTIONS)
+        return scope.cancelled_caught
+
+    assert anyio.run(main), "the batch should still have been searching when cancelled"
+    traces = store.list_traces()
+    assert len(traces) == 4 and {t.status for t in traces} == {"failed"}
+    assert {store.get_trace(t.id).error for t in traces} == {"cancelled"}
+    store.close()
