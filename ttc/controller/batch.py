@@ -102,9 +102,7 @@ def check_affordable(budget: Budget, questions: int, max_tokens: int) -> None:
         raise ConfigError(
             f"a batch budget of {budget.tokens} tokens cannot give each of {questions} questions one sample of up to "
             f"max_tokens={max_tokens} ({questions * max_tokens} tokens): raise the budget or lower max_tokens")
-    if budget.calls is not None and budget.calls < questions:
-        raise ConfigError(f"a batch budget of {budget.calls} calls cannot give each of {questions} questions one "
-                          "backend call: raise budget.calls to at least the number of questions")
+    _check_calls(budget, questions)
 
 
 def check_affordable_search(budget: Budget, questions: int, step_tokens: int) -> None:
@@ -114,6 +112,10 @@ def check_affordable_search(budget: Budget, questions: int, step_tokens: int) ->
             f"a batch budget of {budget.tokens} tokens cannot give each of {questions} questions' searches one step "
             f"of up to max_step_tokens={step_tokens} ({questions * step_tokens} tokens): raise the budget or lower "
             "max_step_tokens")
+    _check_calls(budget, questions)
+
+
+def _check_calls(budget: Budget, questions: int) -> None:
     if budget.calls is not None and budget.calls < questions:
         raise ConfigError(f"a batch budget of {budget.calls} calls cannot give each of {questions} questions one "
                           "backend call: raise budget.calls to at least the number of questions")
