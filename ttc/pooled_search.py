@@ -81,11 +81,7 @@ class _Searcher:
         weights = [max(n.score, 0.0) for n in self.finished]
         if not any(weights):
             weights = [1.0] * len(self.finished)
-        ranked = sorted(majority_vote([n.answer for n in self.finished], weights).tally.values(), reverse=True)
-        total = sum(ranked)
-        if not ranked or total <= 0:
-            return 0.0
-        return (ranked[0] - (ranked[1] if len(ranked) > 1 else 0.0)) / total
+        return majority_vote([n.answer for n in self.finished], weights).margin
 
     def standing(self) -> SearchStanding:
         return SearchStanding(index=self.index, searches=self.searches, cap=MAX_SEARCHES, open=self.open,

@@ -45,8 +45,8 @@ class VoteRounds:
         The batch controller gives its last rounds to the questions with the smallest margin: those are the ones
         a few more samples are most likely to change.
         """
-        leader, runner_up, total = self._top_two()
-        return (leader - runner_up) / total if total > 0 else 0.0
+        vote = self.choice.vote if self.choice is not None else None
+        return vote.margin if vote is not None else 0.0
 
     def _top_two(self) -> tuple[float, float, float]:
         """The leader's and the runner-up's votes, and all votes (zeros before any answer)."""

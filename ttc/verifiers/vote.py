@@ -26,6 +26,16 @@ class VoteResult:
     share: float
     tally: Mapping[str, float]
 
+    @property
+    def margin(self) -> float:
+        """The leader's lead over the runner-up, as a share of the whole vote (1.0 unopposed, 0.0 with no votes):
+        the batch controller grants its next rounds or searches to the questions where it is smallest."""
+        ranked = sorted(self.tally.values(), reverse=True)
+        total = sum(ranked)
+        if not ranked or total <= 0:
+            return 0.0
+        return (ranked[0] - (ranked[1] if len(ranked) > 1 else 0.0)) / total
+
 
 def _checked_weights(answers: Sequence[str | None], weights: Sequence[float] | None) -> list[float]:
     if weights is None:
