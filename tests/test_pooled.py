@@ -6,10 +6,10 @@ bundled mini models is tests/test_pooled_mini.py.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
+from pooled_doubles import answer, events
 
 from ttc import solve_batch
 from ttc.errors import BackendError, ConfigError
@@ -21,18 +21,7 @@ HARD = [f"hard {i}" for i in range(2)]
 SAMPLE = len("The answer is 4.")
 
 
-def responder(prompt_text: str, index: int, seed: int | None) -> str:
-    """Easy questions always get the same answer; hard ones split three ways, by seed."""
-    if "easy" in prompt_text:
-        return "The answer is 4."
-    digest = hashlib.sha256(f"{prompt_text}|{index}|{seed}".encode()).digest()
-    return f"The answer is {5 + digest[0] % 3}."
-
-
-def events(store: TraceStore, trace_id: str | None, kind: str) -> list[dict[str, object]]:
-    assert trace_id is not None
-    return [dict(e.payload) for e in store.get_trace(trace_id).events if e.kind == kind]
-
+responder = answer
 
 def test_what_easy_questions_leave_goes_to_the_split_ones(tmp_path: Path) -> None:
     store = TraceStore(str(tmp_path / "t.db"))

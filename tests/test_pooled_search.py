@@ -6,11 +6,11 @@ the run on the bundled mini models is in tests/test_pooled_mini.py.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from pooled_doubles import answer, events
 
 from ttc import solve_batch
 from ttc.budget import Meter
@@ -36,15 +36,7 @@ def responder(prompt_text: str, index: int, seed: int | None) -> str:
     """One step, then an answer: easy questions always 4, hard ones one of three answers by seed and sample."""
     if not prompt_text.endswith(STEP):
         return STEP
-    if "easy" in prompt_text:
-        return "The answer is 4.\n"
-    digest = hashlib.sha256(f"{prompt_text}|{index}|{seed}".encode()).digest()
-    return f"The answer is {5 + digest[0] % 3}.\n"
-
-
-def events(store: TraceStore, trace_id: str | None, kind: str) -> list[dict[str, object]]:
-    assert trace_id is not None
-    return [dict(e.payload) for e in store.get_trace(trace_id).events if e.kind == kind]
+    return answer(prompt_text, index, seed) + "\n"
 
 
 OPTIONS = {"width": 3, "max_step_tokens": 20, "max_depth": 4}
