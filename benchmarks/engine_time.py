@@ -35,7 +35,7 @@ from ttc.types import Budget
 # start_all and start, score_all and score: whichever the engine has
 CALLS = ("start", "start_all", "step", "score", "score_all", "embed")
 
-seconds: collections.Counter[str] = collections.Counter()
+seconds: collections.defaultdict[str, float] = collections.defaultdict(float)
 counts: collections.Counter[str] = collections.Counter()
 
 

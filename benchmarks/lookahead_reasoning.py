@@ -28,6 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -107,7 +108,8 @@ async def main(argv: list[str] | None = None) -> None:
             greedy.draft_tokens.append(0)
             for gamma, arm in arms.items():
                 _, recorder = await timed(problem, arm, "lookahead", {"gamma": gamma}, target, draft)
-                [counts] = [e.payload for e in recorder.events() if e.kind == "lookahead_summary"]
+                [counts] = [cast(dict[str, int], e.payload) for e in recorder.events()
+                            if e.kind == "lookahead_summary"]
                 arm.target_passes.append(counts["target_passes"])
                 arm.draft_tokens.append(counts["draft_tokens"])
                 arm.proposed += counts["proposed"]

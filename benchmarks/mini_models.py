@@ -45,11 +45,20 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shared cores: do not spin while waiting
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationMixin,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ttc.backends.local import LocalBackend
@@ -72,16 +81,22 @@ from ttc.verifiers.metrics import auroc
 from ttc.verifiers.prm_presets import PRMPreset, get_preset
 
 
+def load_model(path: Path) -> PreTrainedModel:
+    """A causal LM in float32, in inference mode."""
+    model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    torch.nn.Module.eval(model)  # transformers' own eval() is untyped
+    return model
+
+
 class Models:
     def __init__(self, prm_dir: Path | None = None, checker_dir: Path | None = None,
                  reasoner_dir: Path | None = None, draft_dir: Path | None = None) -> None:
-        self.tokenizer = AutoTokenizer.from_pretrained(mini_model_path("reasoner"))
+        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(mini_model_path("reasoner"))
         self.tokenizer.padding_side = "left"
-        load = {"dtype": torch.float32}
-        self.reasoner = AutoModelForCausalLM.from_pretrained(reasoner_dir or mini_model_path("reasoner"), **load).eval()
-        self.draft = AutoModelForCausalLM.from_pretrained(draft_dir or mini_model_path("draft"), **load).eval()
-        self.prm = AutoModelForCausalLM.from_pretrained(prm_dir or mini_model_path("prm"), **load).eval()
-        self.checker = AutoModelForCausalLM.from_pretrained(checker_dir or mini_model_path("checker"), **load).eval()
+        self.reasoner = load_model(reasoner_dir or mini_model_path("reasoner"))
+        self.draft = load_model(draft_dir or mini_model_path("draft"))
+        self.prm = load_model(prm_dir or mini_model_path("prm"))
+        self.checker = load_model(checker_dir or mini_model_path("checker"))
         self.checker_preset = get_preset("mini-checker")
         self.preset = get_preset("mini")
         ids = self.tokenizer.convert_tokens_to_ids
@@ -100,7 +115,7 @@ class Calculator(LogitsProcessor):
 
     _LINE = re.compile(r"^(\d+) ([-+*/]) (\d+) = (\d*)$")
 
-    def __init__(self, tokenizer: AutoTokenizer) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.chars = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
         self.newline = tokenizer.convert_tokens_to_ids("\n")
         self.ids = {c: i for i, c in enumerate(self.chars)}
@@ -135,7 +150,7 @@ class Calculator(LogitsProcessor):
 
 
 @torch.no_grad()
-def complete(models: Models, model: torch.nn.Module, prompts: Sequence[str], *, samples: int = 1,
+def complete(models: Models, model: PreTrainedModel, prompts: Sequence[str], *, samples: int = 1,
              temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 170,
              rows: int = 128, calculator: bool = False) -> list[list[str]]:
     """``samples`` completions per prompt, greedy when ``temperature`` is 0; text only, cut at EOS. With
@@ -150,7 +165,7 @@ def complete(models: Models, model: torch.nn.Module, prompts: Sequence[str], *, 
         sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": top_p} if temperature else {
             "do_sample": False}
         processors = LogitsProcessorList([Calculator(tok)] if calculator else [])
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=samples,
+        gen = cast(GenerationMixin, model).generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=samples,
                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                              logits_processor=processors, **sampling)
         texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -481,11 +496,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name, keep in (("arith", arith), ("checked", checked)):
             best = max(keep, key=lambda k: aggregate(checker_scores[k], "min"))
             row[f"bo{args.samples}_checker_{name}"] = check_answer(problem, flat[best][1])
-        weights: Counter[str] = Counter()
+        weights: dict[str, float] = {}
         for k, answer in zip(group, answers, strict=True):
             if answer is not None:
-                weights[answer] += aggregate(checker_scores[k], "min")
-        row[f"wvote{args.samples}_checker"] = bool(weights) and weights.most_common(1)[0][0] == problem.answer
+                weights[answer] = weights.get(answer, 0.0) + aggregate(checker_scores[k], "min")
+        row[f"wvote{args.samples}_checker"] = bool(weights) and max(weights, key=weights.__getitem__) == problem.answer
         for key, ok in row.items():
             for column in ("all", f"L{problem.level}", *([family_of(problem)] if args.family == "mix" else [])):
                 rows.setdefault(key, {}).setdefault(column, []).append(ok)

@@ -31,6 +31,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,8 +107,7 @@ async def run_context(context: StatefulContext, index: int, spec: ArmSpec, backe
 async def run_arm(contexts: list[StatefulContext], spec: ArmSpec, backend: LocalBackend) -> Arm:
     arm = Arm(spec)
     started = time.perf_counter()
-    await bounded_gather([lambda i=i, c=c: run_context(c, i, spec, backend, arm) for i, c in enumerate(contexts)],
-                         8)
+    await bounded_gather([partial(run_context, c, i, spec, backend, arm) for i, c in enumerate(contexts)], 8)
     arm.seconds = time.perf_counter() - started
     return arm
 
@@ -130,7 +130,7 @@ async def read_back(contexts: list[StatefulContext], backend: LocalBackend) -> C
             tally["named"] += said == name
             tally["right" if value == counts[name] else "other" if value in counts.values() else "none"] += 1
 
-    await bounded_gather([lambda c=c: one(c) for c in contexts], 8)
+    await bounded_gather([partial(one, c) for c in contexts], 8)
     return tally
 
 
