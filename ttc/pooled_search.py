@@ -6,7 +6,8 @@ gets one search sized for an even share of the batch. A search spends what its s
 than its grant (REBASE with different children spends a third to a half of it on the mini models), and the rest
 stays in the pool. A question whose complete solutions all give one answer is then decided; the others, least
 settled first, get another search, grown from the same prompt node with seeds of their own, while the pool affords
-its whole grant. Under ``auto`` each further search has twice the grant of the one before and is what ``auto``
+its whole grant (a fresh search: growing the first one's tree again from the leaves it dropped solved fewer;
+docs/mini_models.md). Under ``auto`` each further search has twice the grant of the one before and is what ``auto``
 runs with that budget (a wider REBASE on the embedded default, where a wider search found more than another of
 the same width; docs/mini_models.md). A named search keeps its options and its grant. A question's answer is the
 verifier-weighted vote over the complete solutions of all its searches. Waves are barriers and a grant depends only
