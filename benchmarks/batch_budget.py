@@ -51,7 +51,7 @@ from ttc.controller import pooled_options
 from ttc.pooled import solve_pooled
 from ttc.strategies.sampling import Checks
 from ttc.types import Budget, Candidate, Problem, Result
-from ttc.verifiers.answer import grade, normalize_answer
+from ttc.verifiers.answer import grade_result, normalize_answer
 from ttc.verifiers.vote import majority_vote
 
 MAX_TOKENS = 160
@@ -82,7 +82,7 @@ class Arm:
 
 
 def tally(label: str, problems: Sequence[Problem], results: Sequence[Result], wall_s: float) -> Arm:
-    correct = sum(grade(r.text, p.gold or "") for p, r in zip(problems, results, strict=True))
+    correct = sum(grade_result(r, p.gold or "").correct for p, r in zip(problems, results, strict=True))
     return Arm(label, correct, len(problems), sum(r.usage.generated_tokens for r in results),
                sum(len(r.candidates) for r in results), wall_s, results)
 

@@ -39,7 +39,7 @@ from ttc.controller.per_question import AUTO_FULL_WIDTH
 from ttc.pooled import solve_pooled
 from ttc.storage import TraceStore
 from ttc.types import Budget, Problem, Result
-from ttc.verifiers.answer import grade
+from ttc.verifiers.answer import grade_result
 
 NARROW = "even split, budget / 128"
 
@@ -62,7 +62,7 @@ class Arm:
 
 def record(arm: Arm, problems: list[Problem], results: list[Result], searches: list[int]) -> Arm:
     for problem, result, count in zip(problems, results, searches, strict=True):
-        arm.correct.append(grade(result.text, problem.gold or ""))
+        arm.correct.append(grade_result(result, problem.gold or "").correct)
         arm.tokens.append(result.usage.generated_tokens)
         arm.searches.append(count)
     return arm

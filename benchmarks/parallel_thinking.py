@@ -41,7 +41,7 @@ from ttc.bench.report import format_table  # noqa: E402
 from ttc.config import BackendSetup, embedded_setup  # noqa: E402
 from ttc.models import MINI_SYNTHESIS_TEMPLATE, mini_model_path  # noqa: E402
 from ttc.types import Budget, Problem  # noqa: E402
-from ttc.verifiers.answer import grade  # noqa: E402
+from ttc.verifiers.answer import grade_result  # noqa: E402
 
 PATHS = 8
 PATH_TOKENS = 288  # a mini solution is about 100 tokens; the reasoner's context is 512
@@ -81,7 +81,7 @@ async def run_arm(session: Session, problems: list[Problem], name: str, strategy
         result = await solve_problem(problem, BUDGET, session, strategy=strategy, seed=seed + (problem.index or 0),
                                      options=options)
         arm.wall_s.append(time.perf_counter() - started)
-        arm.correct.append(grade(result.text, problem.gold or ""))
+        arm.correct.append(grade_result(result, problem.gold or "").correct)
         arm.levels.append(int(str(problem.meta.get("level", 0))))
         arm.generated.append(result.usage.generated_tokens)
         arm.prompt.append(result.usage.prompt_tokens)

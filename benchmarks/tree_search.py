@@ -27,7 +27,7 @@ from ttc.bench.datasets import load_dataset
 from ttc.bench.report import format_table, median
 from ttc.config import embedded_setup
 from ttc.types import Budget, Problem
-from ttc.verifiers.answer import grade
+from ttc.verifiers.answer import grade_result
 
 
 @dataclass
@@ -77,7 +77,7 @@ async def run_cell(session: Session, problems: list[Problem], name: str, options
     for problem in problems:
         result = await solve_problem(problem, Budget(tokens=budget), session, strategy=strategy,
                                      seed=seed + (problem.index or 0), options=options)
-        cell.correct.append(grade(result.text, problem.gold or ""))
+        cell.correct.append(grade_result(result, problem.gold or "").correct)
         cell.levels.append(int(str(problem.meta.get("level", 0))))
         cell.tokens.append(result.usage.generated_tokens)
         cell.peak_kv.append(result.usage.peak_kv_tokens)

@@ -225,8 +225,8 @@ def eval_cmd(
 
     report = anyio.run(main)
     table = Table(title=f"run {report.run_id}")
-    columns = ["problems", "done", "failed", "accuracy", "mean tokens"]
-    row = [str(report.total), str(report.done), str(report.failed), f"{report.accuracy:.3f}",
+    columns = ["problems", "done", "failed", "no answer", "accuracy", "mean tokens"]
+    row = [str(report.total), str(report.done), str(report.failed), str(report.unanswered), f"{report.accuracy:.3f}",
            f"{report.mean_tokens:.1f}"]
     if sleep is not None:
         columns += ["contexts", "sleep tokens", "all tokens / question"]
@@ -237,6 +237,9 @@ def eval_cmd(
     out.print(table)
     for line in report.errors[:10]:
         err.print(f"[red]{escape(line)}[/red]")
+    if report.unanswered:
+        out.print(f"{report.unanswered} of {report.done} questions ended without an answer (counted wrong): no "
+                  "solution finished within the budget, or none stated one; a larger --budget lets long ones finish")
     out.print(f"inspect: ttc traces list --run {report.run_id}")
     if report.failed or report.done < report.total:
         err.print(f"{report.total - report.done} problems not done: rerun with --resume {report.run_id}")

@@ -82,3 +82,30 @@ async def test_a_batch_sharing_one_budget_fails_whole_and_resumes_whole(tmp_path
         assert sum(session.store.get_trace(t.id).usage.generated_tokens for t in done) <= 5 * 160
     finally:
         await session.aclose()
+
+
+async def test_a_question_left_without_an_answer_is_counted_wrong_and_reported(tmp_path: Path) -> None:
+    """Samples cut short by their token limit state no answer; their text's last number (here the gold answer)
+    is an intermediate value, so the run counts them wrong, and says how many there were."""
+
+    def respond(prompt_text: str, index: int, seed: int | None) -> str:
+        return "4 + 0 = 4\nThe answer is 4." if "long" in prompt_text else "The answer is 4."
+
+    session = open_session(backend=ScriptedBackend(respond), store=str(tmp_path / "t.db"), verifier=None,
+                           prompt_template=None)
+    problems = [Problem(f"What is 4 + 0? ({kind})", gold="4", index=i) for i, kind in enumerate(["long", "short"])]
+    try:
+        report = await evaluate(problems, Budget(tokens=100), session, strategy="best_of_n",
+                                options={"n": 1, "max_tokens": 16}, seed=0)
+        assert (report.done, report.correct, report.unanswered) == (2, 1, 1)
+        store = session.store
+        assert store is not None
+        assert store.get_run(report.run_id).summary["unanswered"] == 1  # type: ignore[index]
+        grades = {}
+        for trace_id in report.trace_ids:
+            record = store.get_trace(trace_id)
+            [grade] = [e.payload for e in record.events if e.kind == "grade"]
+            grades[record.answer] = (grade["correct"], grade["reason"])
+        assert grades == {None: (False, "no answer"), "4": (True, "exact")}
+    finally:
+        await session.aclose()

@@ -127,6 +127,23 @@ def test_eval_with_one_budget_for_the_batch(tmp_path: Path) -> None:
     assert {len(r.nodes) for r in records} != {len(records[0].nodes)}  # rounds went where votes were split
 
 
+def test_eval_says_how_many_questions_the_budget_left_without_an_answer(tmp_path: Path) -> None:
+    """The embedded default at 64 tokens a question: a search whose every path is cut short has no answer, which
+    counts wrong even where its partial text ends on the gold number, and the summary says how many there were."""
+    db = tmp_path / "n.db"
+    proc = run_ttc("eval", "--dataset", "synthetic", "--limit", "6", "--seed", "5", "--budget", "64", db=db)
+    with TraceStore(str(db)) as store:
+        [run] = store.list_runs()
+        records = [store.get_trace(t.id) for t in store.list_traces(run_id=run.id, limit=None)]
+    unanswered = [r for r in records if r.answer is None]
+    assert 0 < len(unanswered) < len(records)
+    assert f"{len(unanswered)} of 6 questions ended without an answer" in proc.stdout
+    assert (run.summary or {})["unanswered"] == len(unanswered)
+    for record in unanswered:
+        [grade] = [e.payload for e in record.events if e.kind == "grade"]
+        assert (grade["correct"], grade["reason"]) == (False, "no answer")
+
+
 def test_resume_refuses_other_settings_and_counts_each_problem_once(tmp_path: Path) -> None:
     db = tmp_path / "r.db"
     args = ("eval", "--dataset", "synthetic", "--limit", "3", "--backend", "scripted", "--budget", "256")

@@ -18,14 +18,17 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from ttc.errors import ConfigError
+from ttc.types import Result, Usage
 from ttc.verifiers import answer
 from ttc.verifiers.answer import (
     GradeResult,
     agrade,
+    agrade_result,
     answers_equivalent,
     extract_answer,
     grade,
     grade_detail,
+    grade_result,
     normalize_answer,
     shutdown_grader,
 )
@@ -469,3 +472,22 @@ async def test_agrade_quick_paths_and_timeout() -> None:
     assert await agrade("nothing", "1") == GradeResult(False, None, "no answer found")
     slow = await agrade(r"\boxed{9^{9^{9}}}", "4", timeout_s=1.0)
     assert slow.reason == "timeout after 1s" and not slow.correct
+
+
+def _result(answer: str | None, text: str) -> Result:
+    return Result(answer=answer, text=text, score=None, strategy="rebase", usage=Usage(), trace_id=None)
+
+
+@pytest.mark.anyio
+async def test_a_result_without_an_answer_is_wrong_whatever_its_text_ends_with() -> None:
+    """A search whose every path the budget cut short returns a partial solution and no answer; the last number of
+    that text is an intermediate value, which grading the text alone credited when it matched the gold answer."""
+    partial = _result(None, "3 * 10 = 30\n30 + 12 = 42\n")
+    assert grade("3 * 10 = 30\n30 + 12 = 42\n", "42")  # the text alone reads as right
+    assert grade_result(partial, "42") == GradeResult(False, None, "no answer")
+    assert await agrade_result(partial, "42") == GradeResult(False, None, "no answer")
+    stated = _result("42", "3 * 10 = 30\n30 + 12 = 42\nThe answer is 42.")
+    assert grade_result(stated, "42").correct and (await agrade_result(stated, "42")).correct
+    assert not grade_result(_result("41", "The answer is 41."), "42").correct
+    with pytest.raises(ConfigError, match="gold answer"):
+        grade_result(partial, " ")

@@ -28,7 +28,7 @@ from ttc.session import question_prompt
 from ttc.sleeptime import SLEEP, SleepOptions, load_notes, sleep_in_session, sleep_options
 from ttc.storage import TraceStore, TraceSummary
 from ttc.types import Budget, Problem, Result, TraceEvent
-from ttc.verifiers.answer import agrade
+from ttc.verifiers.answer import agrade_result
 
 SLEEP_SEED_OFFSET = 1 << 30
 """A context's sleep run draws from ``seed + SLEEP_SEED_OFFSET + i``, ``i`` the index of its first question: apart
@@ -53,6 +53,10 @@ class EvalReport:
     sleep_tokens: int = 0
     """Generated tokens of those sleep runs (the done ones: a failed run's notes reached no question), all
     together; ``mean_tokens`` counts the questions' own only."""
+    unanswered: int = 0
+    """Done questions whose result states no answer, counted wrong: no solution finished within the budget (a
+    tree search's every path cut short) or stated one. Many of them say the budget is too small for the questions,
+    not that the strategy chose badly."""
 
     @property
     def accuracy(self) -> float:
@@ -125,7 +129,8 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
                        indices={p.index for p in problems},
                        contexts={p.context for p in problems if p.context is not None} if sleep else None)
     summary: dict[str, object] = {"accuracy": report.accuracy, "done": report.done, "failed": report.failed,
-                                  "correct": report.correct, "mean_tokens": report.mean_tokens,
+                                  "correct": report.correct, "unanswered": report.unanswered,
+                                  "mean_tokens": report.mean_tokens,
                                   "prefix_cache_hit_rate": hit_rate}
     if sleep is not None:
         summary |= {"contexts": report.contexts, "sleep_tokens": report.sleep_tokens,
@@ -270,7 +275,7 @@ def _check_same_settings(run_id: str, stored: Mapping[str, object], given: Mappi
 async def _grade_event(problem: Problem, result: Result) -> Sequence[TraceEvent]:
     if problem.gold is None:
         return ()  # a sleep run's: notes about a context have no answer to grade
-    verdict = await agrade(result.text, problem.gold)
+    verdict = await agrade_result(result, problem.gold)
     return [TraceEvent(kind="grade", payload={"correct": verdict.correct, "predicted": verdict.predicted,
                                               "gold": problem.gold, "reason": verdict.reason})]
 
@@ -303,7 +308,7 @@ def summarize(store: TraceStore, run_id: str, *, total: int, wall_s: float,
     return EvalReport(run_id=run_id, total=total, done=len(done), failed=len(failed_indices - done.keys()),
                       correct=correct, mean_tokens=tokens / len(done) if done else 0.0, wall_s=wall_s,
                       trace_ids=tuple(s.id for s in done.values()), errors=tuple(errors), contexts=len(slept),
-                      sleep_tokens=sum(slept.values()))
+                      sleep_tokens=sum(slept.values()), unanswered=sum(s.answer is None for s in done.values()))
 
 
 __all__ = ["SLEEP_SEED_OFFSET", "EvalReport", "check_sleep", "evaluate", "summarize", "think_first"]

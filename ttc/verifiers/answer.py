@@ -26,12 +26,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 import anyio.lowlevel
 import anyio.to_thread
 
 from ttc.errors import ConfigError, VerifierError
+
+if TYPE_CHECKING:  # the grading workers import this module and nothing they do not need
+    from ttc.types import Result
 
 # --------------------------------------------------------------------------------------------- extraction
 
@@ -682,14 +685,40 @@ async def agrade(prediction_text: str, gold: str, *, timeout_s: float = 5.0) -> 
     return GradeResult(verdict.equal, step.predicted, verdict.reason)
 
 
+NO_ANSWER = "no answer"
+"""The reason of a grade for a result that states no answer."""
+
+
+def grade_result(result: Result, gold: str, *, timeout_s: float = 5.0) -> GradeResult:
+    """Grade what a result answers. Without an answer (``result.answer`` None: a search whose every path the budget
+    cut short returns a partial solution, a sample that ran out of tokens) it is wrong, whatever numbers its text
+    holds: the last of them is an intermediate value, which grading the text alone would credit. With one, its
+    text is graded as ``grade_detail`` grades it."""
+    if result.answer is None:
+        _gold_key(gold)  # an empty gold answer is a dataset bug either way
+        return GradeResult(False, None, NO_ANSWER)
+    return grade_detail(result.text, gold, timeout_s=timeout_s)
+
+
+async def agrade_result(result: Result, gold: str, *, timeout_s: float = 5.0) -> GradeResult:
+    """``grade_result`` for async code."""
+    if result.answer is None:
+        _gold_key(gold)
+        return GradeResult(False, None, NO_ANSWER)
+    return await agrade(result.text, gold, timeout_s=timeout_s)
+
+
 __all__ = [
+    "NO_ANSWER",
     "GradeResult",
     "agrade",
+    "agrade_result",
     "answers_equivalent",
     "extract_answer",
     "extract_stated_answer",
     "grade",
     "grade_detail",
+    "grade_result",
     "normalize_answer",
     "shutdown_grader",
 ]
