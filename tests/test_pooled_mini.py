@@ -58,6 +58,8 @@ def test_a_batch_shares_its_budget_over_searches_on_the_mini_models(tmp_path: Pa
         grants = [e.payload for e in record.events if e.kind == "grant"]
         assert [g["tokens"] for g in grants] == [256 * 2**k for k in range(len(grants))]
         widths.append([g["options"]["width"] for g in grants])
+        # A search narrowed to one finishable path would look decided; the pool's next search finishes instead.
+        assert {g["options"]["narrow_to_finish"] for g in grants} == {False}
         [stop] = [e.payload for e in record.events if e.kind == "stop"]
         assert stop["reason"] in {"decided", "max_searches", "batch_budget"}
         assert stop["searches"] == len(grants)

@@ -31,7 +31,8 @@ def test_a_setup_that_draws_distinct_children_gets_rebase_with_different_childre
     name, opts = plan_strategy("auto", Budget(tokens=1024), options={}, distinct_children=True, **plan)
     # 1024 tokens buy 8 solutions of 128: 8 in flight, each round's children different next steps.
     assert name == "rebase"
-    assert opts == {"width": 8, "select": "weighted_vote", "distinct": True, "max_step_tokens": 24}
+    assert opts == {"width": 8, "select": "weighted_vote", "distinct": True, "narrow_to_finish": True,
+                    "max_step_tokens": 24}
     # Below 8 in flight, two per solution's worth: a narrow search of different children spends about half.
     for budget, width in ((Budget(tokens=100), 1), (Budget(tokens=256), 4), (Budget(tokens=512), 8),
                           (Budget(tokens=700), 8), (Budget(tokens=2048), 16), (Budget(tokens=100_000), 64),
@@ -83,6 +84,26 @@ def test_auto_searches_on_the_embedded_default(tmp_path: Path) -> None:
     assert result.strategy == "rebase" and result.usage.generated_tokens <= 1024
     record = store.get_trace(result.trace_id or "")
     [plan] = [e.payload for e in record.events if e.kind == "plan"]
-    assert plan["options"] == {"width": 8, "select": "weighted_vote", "distinct": True, "max_step_tokens": 24}
+    assert plan["options"] == {"width": 8, "select": "weighted_vote", "distinct": True, "narrow_to_finish": True,
+                               "max_step_tokens": 24}
     assert any(e.kind == "round" for e in record.events) and record.status == "done"
+    store.close()
+
+
+def test_auto_at_a_small_budget_narrows_to_paths_it_can_finish(tmp_path: Path) -> None:
+    """Level-7 and 8 problems at 256 tokens: the full width of 4 cuts every path short, so no answer at all."""
+    pytest.importorskip("torch")
+    from ttc import solve
+    from ttc.bench.datasets import load_dataset
+    from ttc.storage import TraceStore
+
+    problems = [p for p in load_dataset("synthetic", limit=96, seed=24_000) if p.meta["level"] >= 7][:6]
+    store = TraceStore(str(tmp_path / "t.db"))
+    narrowed = [solve(p.question, 256, store=store, seed=i) for i, p in enumerate(problems)]
+    full = [solve(p.question, 256, store=False, seed=i, narrow_to_finish=False) for i, p in enumerate(problems)]
+    answered = sum(r.answer is not None for r in narrowed)
+    assert answered > sum(r.answer is not None for r in full) and answered >= 2
+    assert all(r.usage.generated_tokens <= 256 for r in narrowed)
+    rounds = [e.payload for r in narrowed for e in store.get_trace(r.trace_id or "").events if e.kind == "round"]
+    assert any("narrowed_from" in payload for payload in rounds)
     store.close()

@@ -12,6 +12,7 @@ from ttc.strategies.ets_ilp import softmax
 from ttc.strategies.rebase import apportion
 from ttc.strategies.tree import StepNode
 from ttc.testing import ScriptedBackend
+from ttc.types import Budget
 
 pytestmark = pytest.mark.anyio
 
@@ -64,3 +65,24 @@ async def test_ends_with_exactly_width_solutions(seed: int) -> None:
     assert len(result.candidates) == 5
     for event in round_events(ctx):
         assert sum(event["allocation"].values()) == event["owed"]  # type: ignore[attr-defined]
+
+
+def slow_responder(prompt_text: str, index: int, seed: int | None) -> str:
+    """Seven steps to an answer on every path: a budget for a few paths, not for four."""
+    depth = prompt_text.count("\n") - 1
+    return "The answer is 1.\n" if depth >= 6 else f"step {depth} {'x' * (index % 3)}\n"
+
+
+async def test_narrowing_to_what_the_budget_can_finish_leaves_an_answer_where_the_full_width_leaves_none() -> None:
+    budget = Budget(tokens=180)  # the full width finishes a path from 210 tokens on, the narrowed search from 170
+    wide, _, wide_meter = await run_search("rebase", {"width": 4}, ScriptedBackend(slow_responder), HashPRM(),
+                                           budget=budget)
+    assert wide.answer is None and all(c.answer is None for c in wide.candidates)  # every path cut short
+    narrow, ctx, meter = await run_search("rebase", {"width": 4, "narrow_to_finish": True},
+                                          ScriptedBackend(slow_responder), HashPRM(), budget=budget)
+    assert narrow.answer == "1"
+    assert meter.usage().generated_tokens <= 180 and wide_meter.usage().generated_tokens <= 180
+    rounds = round_events(ctx)
+    narrowed = [r for r in rounds if "narrowed_from" in r]
+    assert narrowed and all(r["owed"] < r["narrowed_from"] for r in narrowed)  # type: ignore[operator]
+    assert all("narrowed_from" not in r for r in round_events(ctx)[: rounds.index(narrowed[0])])

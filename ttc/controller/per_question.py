@@ -6,11 +6,13 @@ The rule for ``strategy="auto"`` (documented, deliberately simple until a learne
   score-weighted vote. Where the setup draws a node's children without replacement (``distinct_children``: the
   embedded default), ``rebase`` with different children: ``budget / solution_tokens`` solutions in flight (1 to
   ``AUTO_MAX_WIDTH``), but twice that below ``AUTO_FULL_WIDTH`` (8), each round's children shared out over them by
-  score and drawn as different next steps. On the mini models it solves 79.2-82.3% of two draws of 96 problems
-  from 1024 tokens up (a third draw: 66.7-71.9% at 1024-2048), spending 320-1430 tokens, where beam search reaches
-  71.9-74.0% at 4096 tokens and best-of-N 58.3-67.7% at 4096-8192 (``benchmarks/search_vs_sampling.py``;
-  docs/mini_models.md). Elsewhere (a vLLM server cannot draw
-  without replacement) step-level ``beam`` search: with the bundled mini models it is ahead of best-of-N from 1024
+  score and drawn as different next steps, and while none has finished only as many as the budget can finish
+  (``narrow_to_finish``: at 256 and 512 tokens it left 19 and 2 of 192 held-out problems unanswered, against 54
+  and 31, and solved 58.9% and 71.9% against 56.8% and 70.3%). On the mini models it solves 79.2-82.3% of two
+  draws of 96 problems from 1024 tokens up (a third draw: 66.7-71.9% at 1024-2048), spending 320-1430 tokens,
+  where beam search reaches 71.9-74.0% at 4096 tokens and best-of-N 58.3-67.7% at 4096-8192
+  (``benchmarks/search_vs_sampling.py``; docs/mini_models.md). Elsewhere (a vLLM server cannot draw without
+  replacement) step-level ``beam`` search: with the bundled mini models it is ahead of best-of-N from 1024
   tokens up and within about two points of it below; best-of-N needs 2.1x to 6.5x the tokens for its accuracy at
   1024 and 2048. Searching the steps is the better way to spend there for easy and hard questions alike. The beam
   keeps ``budget / (4 * solution_tokens)`` nodes (at least 1, at most 16) with 4 children each, steps of
@@ -46,8 +48,10 @@ AUTO_FULL_WIDTH = 8
 children share their prefixes and drop repeats, so a narrow search spends about half a solution per path (a
 width-8 REBASE spends 283 tokens on average on the mini models): at 256 and 512 tokens twice the width solved 58.3%
 and 71.4% of 192 held-out problems against 50.5% and 65.6%, and 63.5% and 75.0% of 96 others against 51.0% and
-67.7%. Wider than ``budget / solution_tokens`` from 1024 tokens up is no better (width 16 at 1024 tokens 74.0%
-against width 8's 74.5%; width 32 71.4%): the budget then cuts the hard questions' searches short."""
+67.7% (each result's text graded, before ``grade_result``; with narrowing and graded by it, 58.9% and 71.9% of the
+192 against 50.0% and 65.6%). Wider than ``budget / solution_tokens`` from 1024 tokens up is no better (width 16
+at 1024 tokens 74.0% against width 8's 74.5%; width 32 71.4%): the budget then cuts the hard questions' searches
+short."""
 AUTO_DISTINCT_MAX_BEAM = 2
 """The widest beam whose children ``auto`` draws without replacement, where the setup allows it and the caller's
 beam options keep ``auto`` on beam search (without them such a setup gets REBASE with different children). On the mini
@@ -97,14 +101,15 @@ _REBASE_OPTIONS = frozenset(RebaseOptions.model_fields)
 def _rebase_options(budget: Budget, options: Mapping[str, object], solution_tokens: int,
                     step_tokens: int | None) -> dict[str, object]:
     """REBASE sized to the budget: one solution in flight per solution's worth of tokens, two up to
-    ``AUTO_FULL_WIDTH``, each round's children drawn without replacement (the setup can); steps as long as the
-    backend's model writes them."""
+    ``AUTO_FULL_WIDTH``, each round's children drawn without replacement (the setup can), narrowed to the paths
+    the budget can finish while none has (``narrow_to_finish``); steps as long as the backend's model writes
+    them."""
     if budget.tokens is None:
         paths = AUTO_MAX_WIDTH
     else:
         paths = max(budget.tokens // solution_tokens, min(AUTO_FULL_WIDTH, 2 * budget.tokens // solution_tokens))
     opts: dict[str, object] = {"width": min(AUTO_MAX_WIDTH, max(1, paths)), "select": "weighted_vote",
-                               "distinct": True}
+                               "distinct": True, "narrow_to_finish": True}
     if step_tokens is not None:
         opts["max_step_tokens"] = step_tokens
     opts.update(options)
