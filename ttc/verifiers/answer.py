@@ -694,18 +694,19 @@ def grade_result(result: Result, gold: str, *, timeout_s: float = 5.0) -> GradeR
     cut short returns a partial solution, a sample that ran out of tokens) it is wrong, whatever numbers its text
     holds: the last of them is an intermediate value, which grading the text alone would credit. With one, its
     text is graded as ``grade_detail`` grades it."""
-    if result.answer is None:
-        _gold_key(gold)  # an empty gold answer is a dataset bug either way
-        return GradeResult(False, None, NO_ANSWER)
-    return grade_detail(result.text, gold, timeout_s=timeout_s)
+    return _unanswered(result, gold) or grade_detail(result.text, gold, timeout_s=timeout_s)
 
 
 async def agrade_result(result: Result, gold: str, *, timeout_s: float = 5.0) -> GradeResult:
     """``grade_result`` for async code."""
-    if result.answer is None:
-        _gold_key(gold)
-        return GradeResult(False, None, NO_ANSWER)
-    return await agrade(result.text, gold, timeout_s=timeout_s)
+    return _unanswered(result, gold) or await agrade(result.text, gold, timeout_s=timeout_s)
+
+
+def _unanswered(result: Result, gold: str) -> GradeResult | None:
+    if result.answer is not None:
+        return None
+    _gold_key(gold)  # an empty gold answer is a dataset bug either way
+    return GradeResult(False, None, NO_ANSWER)
 
 
 __all__ = [
