@@ -165,9 +165,10 @@ def complete(models: Models, model: PreTrainedModel, prompts: Sequence[str], *, 
         sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": top_p} if temperature else {
             "do_sample": False}
         processors = LogitsProcessorList([Calculator(tok)] if calculator else [])
-        gen = cast(GenerationMixin, model).generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=samples,
-                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                             logits_processor=processors, **sampling)
+        generator = cast(GenerationMixin, model)  # PreTrainedModel alone does not declare generate()
+        gen = generator.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=samples,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                                 logits_processor=processors, **sampling)
         texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         for row, text in enumerate(texts):
             out[chunk[row // samples]].append(text)
