@@ -10,10 +10,11 @@ questions about each. Every arm runs through ``ttc.asleep`` / ``ttc.asolve_batch
 Figures per arm: accuracy, test-time tokens per question, sleep tokens per context, and the total per question
 when a context's sleep tokens are shared out over its Q questions. Generated tokens are the cost unit (ttc's one
 budget unit), as in the sleep-time compute paper. A diagnostic line first: every person of every context asked
-about alone with the reference notes, and how often the model reads back their count (its weak spot).
+about alone with the reference notes, and how often the model reads back their count (every answer ends so).
 
     python3 benchmarks/sleep_time.py                          # 60 contexts x 5 questions
     python3 benchmarks/sleep_time.py --contexts 24 --questions 3
+    python3 benchmarks/sleep_time.py --model runs/stateful/stateful   # a candidate from a training run
 
 The last line is ``name=value`` pairs for the best sleep arm (highest accuracy, then fewest test-time tokens):
 ``accuracy`` and ``test_time_accuracy`` (the best test-time-only arm's), ``test_time_ratio`` (tokens per question
@@ -145,11 +146,13 @@ async def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--questions", type=int, default=5, help="questions per context")
     parser.add_argument("--samples", default="1,2,4,8,16", help="test-time-only arms: samples per question")
     parser.add_argument("--sleep", default="1:1,4:1,8:1,8:4", help="sleep arms: DRAFTS:SAMPLES")
+    parser.add_argument("--model", default=None, metavar="DIR",
+                        help="a stateful reasoner to measure instead of the shipped one (a training run's output)")
     args = parser.parse_args(argv)
     contexts = generate_stateful(SEED, args.contexts, args.questions)
     specs = [ArmSpec(0, int(k)) for k in args.samples.split(",")]
     specs += [ArmSpec(int(s), int(k)) for s, _, k in (x.partition(":") for x in args.sleep.split(","))]
-    backend = LocalBackend.from_pretrained(mini_model_path("stateful"), threads=1)
+    backend = LocalBackend.from_pretrained(args.model or mini_model_path("stateful"), threads=1)
     try:
         arms = [await run_arm(contexts, spec, backend) for spec in specs]
         tally = await read_back(contexts, backend)

@@ -9,14 +9,15 @@ Order matters: the reasoner first; the draft learns the same data; the checker l
 steps, so that it knows the right step far more often than the reasoner; the PRM starts from the checker and is
 trained on solutions *sampled from the trained reasoner* (temperature 0.8, several per problem), each step
 labelled exactly by ``ttc.bench.synthetic.label_steps``, so it learns the reasoner's real mistakes. The stateful
-reasoner starts from the trained draft and learns context questions: notes about a context (sleep time), answers
-from the context alone, and answers from the context and its notes.
+reasoner starts from the trained draft, learns to read a count back by name on recall drills alone, then learns
+context questions: notes about a context (sleep time), answers from the context alone, and answers from the
+context and its notes (the shipped one with ``--stage stateful --threads 1``).
 
 Every run is a pure function of ``--seed`` on a given machine and torch build: data come from ``TRAIN_SEEDS``
 through ``random.Random(seed)``, weights from ``torch.manual_seed``; training runs a fixed number of steps (never
-"until time is up"), on two threads. Another CPU can round differently; the draft came out bit for bit the same on
-a second machine, the 1600-step reasoner did not (docs/mini_models.md has both). Each model folder gets a
-``train_log.json`` with the settings, wall time and final numbers.
+"until time is up"), on two threads unless ``--threads`` says otherwise. Another CPU can round differently; the
+draft came out bit for bit the same on a second machine, the 1600-step reasoner did not (docs/mini_models.md has
+both). Each model folder gets a ``train_log.json`` with the settings, wall time and final numbers.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -675,13 +676,32 @@ def stateful_batches(seed: int, tokens_per_batch: int, drills: int = 0) -> Itera
         chunk += 1
 
 
+def drill_batches(seed: int, tokens_per_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Recall drills alone, for the warm-up that teaches reading a count back by name before the contexts."""
+    rng = random.Random(seed)
+    drill_rng = random.Random(RECALL_SEED + seed)
+    while True:
+        items = [recall_drill(drill_rng) for _ in range(2000)]
+        yield from (collate(batch) for batch in length_batches(items, tokens_per_batch, rng))
+
+
+def drill_score(model: LlamaForCausalLM, n: int = 200) -> float:
+    """Greedy share of held-out recall drills whose whole answer (the name, its count, the answer line) is right."""
+    rng = random.Random(RECALL_SEED - 1)  # the training streams draw from RECALL_SEED + seed, seed >= 0
+    drills = [recall_drill(rng) for _ in range(n)]
+    prompts = ["".join(VOCAB[i] for i in ids[1:start]) for ids, start in drills]
+    texts = complete(model, prompts, max_new_tokens=40)
+    targets = ["".join(VOCAB[i] for i in ids[start:-1]) for ids, start in drills]
+    return sum(t[0] == target for t, target in zip(texts, targets, strict=True)) / n
+
+
 def stateful_scores(model: LlamaForCausalLM, contexts: Sequence[StatefulContext]) -> dict[str, float]:
     """Greedy accuracy on the questions from the context alone, from the context and its true notes, and from
     the context and the model's own greedy notes; and the share of contexts whose notes it writes exactly."""
     notes = [t[0] for t in complete(model, [MINI_SLEEP_TEMPLATE.format(context=c.context) for c in contexts],
                                     max_new_tokens=STATEFUL_TOKENS)]
     exact = sum(n == c.notes for n, c in zip(notes, contexts, strict=True))
-    scores: dict[str, float] = {"notes_exact": exact / len(contexts)}
+    scores: dict[str, float] = {"notes_exact": exact / len(contexts), "drills": drill_score(model)}
     for arm, written in (("raw", [""] * len(contexts)), ("true_notes", [c.notes for c in contexts]),
                          ("own_notes", [n if n.endswith("\n") else n + "\n" for n in notes])):
         prompts, problems = [], []
@@ -695,10 +715,15 @@ def stateful_scores(model: LlamaForCausalLM, contexts: Sequence[StatefulContext]
 
 
 def train_stateful(schedule: Schedule, out: Path, seed: int, log_path: Path, start: Path | None,
-                   layers: int | None = None, drills: int = 0) -> dict[str, object]:
+                   layers: int | None = None, drills: int = 0, drill_steps: int = 0) -> dict[str, object]:
     """Train the stateful reasoner on context questions, with and without notes, and on the notes: from
     ``start`` (a trained model of the family, which already copies names and numbers from its prompt), or from
-    scratch."""
+    scratch; with ``drill_steps``, first that many steps of recall drills alone (a schedule of their own).
+
+    Every answer ends by reading a count back by name, and mixed into the contexts that is a few tokens of each
+    example, which a small character model learns last: trained on the contexts alone, the model shipped before
+    read back a guess among the four counts. Drills alone start the matching, and the contexts, with drills still
+    mixed in, train on top of it (docs/mini_models.md has the curves)."""
     seed_everything(seed)
     model = new_model(SHAPES["stateful"], "eager") if start is None else load_model(start, "eager")
     if layers is not None and layers < model.config.num_hidden_layers:
@@ -708,12 +733,27 @@ def train_stateful(schedule: Schedule, out: Path, seed: int, log_path: Path, sta
         model.config.num_hidden_layers = layers
         if getattr(model.config, "layer_types", None):
             model.config.layer_types = model.config.layer_types[:layers]
+    if drill_steps > 0:
+        warm = replace(schedule, steps=drill_steps)
+        optimizer = optimizer_for(model, warm)
+        started, running = time.time(), 0.0
+        model.train()
+        batches = drill_batches(seed, warm.tokens_per_batch)
+        for step in range(drill_steps):
+            ids, target_mask = next(batches)
+            loss = masked_lm_step(model, optimizer, ids, target_mask, step, warm)
+            running = loss if step == 0 else 0.98 * running + 0.02 * loss
+            log_progress(log_path, "stateful-drills", step, warm, running, 0, started)
+            if (step + 1) % 1000 == 0 or step + 1 == drill_steps:
+                log(log_path, model="stateful-drills", step=step + 1, drills=drill_score(model))
+                model.train()
     optimizer = optimizer_for(model, schedule)
     dev = generate_stateful(DEV_SEED, 64, 3)
     shape = Shape(hidden=model.config.hidden_size, layers=model.config.num_hidden_layers,
                   heads=model.config.num_attention_heads, intermediate=model.config.intermediate_size)
     log(log_path, event="start", model="stateful", params=n_params(model), schedule=asdict(schedule),
-        shape=asdict(shape), seed=seed, start=None if start is None else start.name, drills=drills)
+        shape=asdict(shape), seed=seed, start=None if start is None else start.name, drills=drills,
+        drill_steps=drill_steps)
     started, tokens, running = time.time(), 0, 0.0
     batches = stateful_batches(seed, schedule.tokens_per_batch, drills)
     model.train()
@@ -732,6 +772,7 @@ def train_stateful(schedule: Schedule, out: Path, seed: int, log_path: Path, sta
         "model": "stateful", "params": n_params(model), "train_s": round(train_s, 1), "tokens": tokens,
         "final_loss": round(running, 4), "dev": stateful_scores(model, dev), "schedule": asdict(schedule),
         "shape": asdict(shape), "seed": seed, "start": None if start is None else start.name, "drills": drills,
+        "drill_steps": drill_steps,
     }
     log(log_path, event="done", **result)
     (out / "stateful" / "train_log.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -1032,15 +1073,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--draft-steps", type=int, default=3000)
     parser.add_argument("--checker-steps", type=int, default=4000)
     parser.add_argument("--prm-steps", type=int, default=1200)
-    parser.add_argument("--stateful-steps", type=int, default=6000)
+    parser.add_argument("--stateful-steps", type=int, default=6000,
+                        help="steps on context questions, after the recall drills")
     parser.add_argument("--stateful-from", choices=["draft", "checker", "scratch"], default="draft",
                         help="start the stateful reasoner from the trained draft (the shipped one), from the first "
                         "--stateful-layers layers of the trained checker, or from scratch (192x4)")
     parser.add_argument("--stateful-layers", type=int, default=3,
                         help="with --stateful-from checker: the layers kept (three fit the package's size budget)")
     parser.add_argument("--stateful-lr", type=float, default=1e-3)
-    parser.add_argument("--stateful-drills", type=int, default=0,
+    parser.add_argument("--stateful-drills", type=int, default=4,
                         help="recall drills per training context (a list of Name: count lines and a question)")
+    parser.add_argument("--stateful-drill-steps", type=int, default=8000,
+                        help="steps of recall drills alone before the contexts, on a schedule of their own")
     parser.add_argument("--prm-problems", type=int, default=720)
     parser.add_argument("--prm-samples", type=int, default=8)
     parser.add_argument("--prm-contrastive-problems", type=int, default=4000,
@@ -1137,7 +1181,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         start = None if args.stateful_from == "scratch" else args.out / args.stateful_from
         train_stateful(Schedule(steps=args.stateful_steps, tokens_per_batch=2048, lr=args.stateful_lr), args.out,
                        args.seed + 3, args.log, start,
-                       args.stateful_layers if args.stateful_from == "checker" else None, args.stateful_drills)
+                       args.stateful_layers if args.stateful_from == "checker" else None, args.stateful_drills,
+                       args.stateful_drill_steps)
 
 
 if __name__ == "__main__":

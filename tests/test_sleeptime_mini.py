@@ -3,6 +3,7 @@ and its notes make each question cheaper than answering from the context alone."
 
 from __future__ import annotations
 
+import re
 import statistics
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import ttc
 from ttc.bench.synthetic import EVAL_SEEDS, generate_stateful
 from ttc.models import mini_model_path
 from ttc.storage import TraceStore
+from ttc.types import Notes, Usage
 
 pytest.importorskip("torch")
 
@@ -25,7 +27,7 @@ def test_the_embedded_stateful_reasoner_writes_notes_that_make_questions_cheaper
     assert {n.model for n in notes} == {f"local:{mini_model_path('stateful')}"}
     assert all(n.usage.generated_tokens <= 288 for n in notes)
     exact = sum(n.text == c.notes.strip() for n, c in zip(notes, CONTEXTS, strict=True))
-    assert exact >= 1, f"greedy notes equal the reference on {exact} of {len(CONTEXTS)} contexts"  # 3 measured
+    assert exact >= 1, f"greedy notes equal the reference on {exact} of {len(CONTEXTS)} contexts"  # 4 measured
 
     with_notes, alone = [], []
     for c, n in zip(CONTEXTS, notes, strict=True):
@@ -34,8 +36,9 @@ def test_the_embedded_stateful_reasoner_writes_notes_that_make_questions_cheaper
     golds = [p.answer for c in CONTEXTS for p in c.problems]
     right_notes = sum(r.answer == g for r, g in zip(with_notes, golds, strict=True))
     right_alone = sum(r.answer == g for r, g in zip(alone, golds, strict=True))
-    # 7 and 10 of 36 when measured: the model reads a count back by its name unreliably (see the model card).
-    assert right_notes >= 3 and right_alone >= 5, (right_notes, right_alone)
+    # 6 and 8 of 36 when measured: these 12 contexts are hard for it (the dev contexts: 47% from the context
+    # alone); test_reads_a_count_back_by_name checks the reading back, the step every answer ends with.
+    assert right_notes >= 3 and right_alone >= 4, (right_notes, right_alone)
     tokens_notes = statistics.mean(r.usage.generated_tokens for r in with_notes)
     tokens_alone = statistics.mean(r.usage.generated_tokens for r in alone)
     assert tokens_notes * 4 < tokens_alone, (tokens_notes, tokens_alone)
@@ -46,6 +49,21 @@ def test_the_embedded_stateful_reasoner_writes_notes_that_make_questions_cheaper
     assert trace.nodes[0].text == f"{CONTEXTS[0].context}\n{notes[0].text}\n{CONTEXTS[0].queries[0]}\n"
     assert ttc.load_notes(notes[0].trace_id or "", store=store) == notes[0]
     store.close()
+
+
+def test_reads_a_count_back_by_name() -> None:
+    """Every person of 12 held-out contexts asked about alone, with the reference notes: a count is read back by
+    the name asked, not guessed among the four (25%)."""
+    right = asked = 0
+    for context in CONTEXTS:
+        counts = dict(re.findall(r"^([A-Z][a-z]+): (\d+)$", context.notes, flags=re.M))
+        things = context.queries[0].split(" ")[2]
+        notes = Notes(context.context, context.notes, Usage(), None, f"local:{mini_model_path('stateful')}")
+        questions = [f"How many {things} does {name} have?" for name in counts]
+        results = ttc.solve_batch(questions, 288, notes=notes, store=False, seed=0, **GREEDY)
+        right += sum(r.answer == counts[name] for name, r in zip(counts, results, strict=True))
+        asked += len(questions)
+    assert asked == 48 and right >= 24, f"{right} of {asked} counts read back"  # 37 measured; a guess gets 12
 
 
 def test_consensus_of_drafts_is_kept_and_recorded(tmp_path: Path) -> None:

@@ -159,3 +159,38 @@ def test_a_seed_whose_data_would_reach_the_held_out_seeds_is_refused(script: Mod
     with pytest.raises(SystemExit):
         script.main(["--stage", "draft", "--seed", seed, "--out", "/nonexistent"])
     assert message in capsys.readouterr().err
+
+
+def test_drills_ask_every_name_and_answer_with_its_count(script: ModuleType) -> None:
+    import re
+
+    stream, again = script.drill_batches(3, 1024), script.drill_batches(3, 1024)
+    batches = [next(stream) for _ in range(4)]
+    first = next(again)
+    assert all(a.equal(b) for a, b in zip(batches[0], first, strict=True))  # one stream per seed
+    places: set[str] = set()
+    rows = [row for ids, mask in batches for row in zip(ids.tolist(), mask.tolist(), strict=True)]
+    for row, mask in rows:
+        prompt = "".join(script.VOCAB[t] for t, m in zip(row, mask, strict=True) if not m and t > 3)
+        answer = "".join(script.VOCAB[t] for t, m in zip(row, mask, strict=True) if m and t > 3)
+        counts = dict(re.findall(r"^([A-Z][a-z]+): (\d+)$", prompt, flags=re.M))
+        name = re.search(r"does ([A-Z][a-z]+) have\?", prompt)
+        assert name is not None and answer == f"{name[1]}: {counts[name[1]]}\nThe answer is {counts[name[1]]}."
+        listed = list(counts)
+        places.add("first" if name[1] == listed[0] else "last" if name[1] == listed[-1] else "between")
+    assert places == {"first", "between", "last"}  # only matching the name finds the count, not its place
+
+
+def test_drill_steps_come_before_the_contexts_on_their_own_schedule(script: ModuleType, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    monkeypatch.setattr(script, "stateful_scores", lambda model, contexts: {"drills": script.drill_score(model, 2)})
+    schedule = script.Schedule(steps=2, tokens_per_batch=512, lr=1e-3, warmup=1)
+    result = script.train_stateful(schedule, tmp_path, 3, tmp_path / "log.jsonl", None, drills=1, drill_steps=3)
+    assert result["drill_steps"] == 3 and result["drills"] == 1
+    events = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    parts = [e["model"] for e in events if "loss" in e]
+    assert parts == ["stateful-drills", "stateful-drills", "stateful", "stateful"]  # steps 0 and 2, then 0 and 1
+    assert [e["step"] for e in events if e.get("model") == "stateful-drills" and "drills" in e] == [3]
+    assert (tmp_path / "stateful" / "model.safetensors").is_file()
