@@ -714,6 +714,26 @@ def stateful_scores(model: LlamaForCausalLM, contexts: Sequence[StatefulContext]
     return scores
 
 
+def masked_lm_steps(model: LlamaForCausalLM, schedule: Schedule, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+                    log_path: Path, name: str, check: Callable[[int], None]) -> tuple[float, int]:
+    """``schedule.steps`` steps of next-token loss on ``batches`` with an optimizer of their own, logged as
+    ``name``; ``check(step)`` after every 1000th step but the last (the caller checks the end). Returns the
+    running loss and the tokens read."""
+    optimizer = optimizer_for(model, schedule)
+    started, tokens, running = time.time(), 0, 0.0
+    model.train()
+    for step in range(schedule.steps):
+        ids, target_mask = next(batches)
+        loss = masked_lm_step(model, optimizer, ids, target_mask, step, schedule)
+        tokens += ids.numel()
+        running = loss if step == 0 else 0.98 * running + 0.02 * loss
+        log_progress(log_path, name, step, schedule, running, tokens, started)
+        if (step + 1) % 1000 == 0 and step + 1 < schedule.steps:
+            check(step + 1)
+            model.train()
+    return running, tokens
+
+
 def train_stateful(schedule: Schedule, out: Path, seed: int, log_path: Path, start: Path | None,
                    layers: int | None = None, drills: int = 0, drill_steps: int = 0) -> dict[str, object]:
     """Train the stateful reasoner on context questions, with and without notes, and on the notes: from
@@ -734,38 +754,22 @@ def train_stateful(schedule: Schedule, out: Path, seed: int, log_path: Path, sta
         if getattr(model.config, "layer_types", None):
             model.config.layer_types = model.config.layer_types[:layers]
     if drill_steps > 0:
-        warm = replace(schedule, steps=drill_steps)
-        optimizer = optimizer_for(model, warm)
-        started, running = time.time(), 0.0
-        model.train()
-        batches = drill_batches(seed, warm.tokens_per_batch)
-        for step in range(drill_steps):
-            ids, target_mask = next(batches)
-            loss = masked_lm_step(model, optimizer, ids, target_mask, step, warm)
-            running = loss if step == 0 else 0.98 * running + 0.02 * loss
-            log_progress(log_path, "stateful-drills", step, warm, running, 0, started)
-            if (step + 1) % 1000 == 0 or step + 1 == drill_steps:
-                log(log_path, model="stateful-drills", step=step + 1, drills=drill_score(model))
-                model.train()
-    optimizer = optimizer_for(model, schedule)
+        def drill_check(step: int) -> None:
+            log(log_path, model="stateful-drills", step=step, drills=drill_score(model))
+
+        masked_lm_steps(model, replace(schedule, steps=drill_steps), drill_batches(seed, schedule.tokens_per_batch),
+                        log_path, "stateful-drills", drill_check)
+        drill_check(drill_steps)
     dev = generate_stateful(DEV_SEED, 64, 3)
     shape = Shape(hidden=model.config.hidden_size, layers=model.config.num_hidden_layers,
                   heads=model.config.num_attention_heads, intermediate=model.config.intermediate_size)
     log(log_path, event="start", model="stateful", params=n_params(model), schedule=asdict(schedule),
         shape=asdict(shape), seed=seed, start=None if start is None else start.name, drills=drills,
         drill_steps=drill_steps)
-    started, tokens, running = time.time(), 0, 0.0
-    batches = stateful_batches(seed, schedule.tokens_per_batch, drills)
-    model.train()
-    for step in range(schedule.steps):
-        ids, target_mask = next(batches)
-        loss = masked_lm_step(model, optimizer, ids, target_mask, step, schedule)
-        tokens += ids.numel()
-        running = loss if step == 0 else 0.98 * running + 0.02 * loss
-        log_progress(log_path, "stateful", step, schedule, running, tokens, started)
-        if (step + 1) % 1000 == 0 and step + 1 < schedule.steps:
-            log(log_path, model="stateful", step=step + 1, dev=stateful_scores(model, dev))
-            model.train()
+    started = time.time()
+    running, tokens = masked_lm_steps(
+        model, schedule, stateful_batches(seed, schedule.tokens_per_batch, drills), log_path, "stateful",
+        lambda step: log(log_path, model="stateful", step=step, dev=stateful_scores(model, dev)))
     train_s = time.time() - started
     save_lm(model, out / "stateful")
     result: dict[str, object] = {
