@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import statistics
 import sys
 import time
@@ -119,17 +118,17 @@ async def read_back(contexts: list[StatefulContext], backend: LocalBackend) -> C
     tally: Counter[str] = Counter()
 
     async def one(context: StatefulContext) -> None:
-        counts = dict(re.findall(r"^([A-Z][a-z]+): (\d+)$", context.notes, flags=re.M))
-        things = context.queries[0].split(" ")[2]
+        people = context.each_person()
+        counts = {count for _, _, count in people}
         notes = Notes(context.context, context.notes, Usage(), None, backend.name)
-        asked = [f"How many {things} does {name} have?" for name in counts]
-        results = await asolve_batch(asked, ANSWER_TOKENS, backend=backend, store=False, seed=0,
-                                     prompt_template=MINI_CONTEXT_TEMPLATE, notes=notes, strategy="best_of_n", n=1,
-                                     max_tokens=ANSWER_TOKENS, temperature=0.0, concurrency=len(asked))
-        for name, result in zip(counts, results, strict=True):
+        results = await asolve_batch([question for _, question, _ in people], ANSWER_TOKENS, backend=backend,
+                                     store=False, seed=0, prompt_template=MINI_CONTEXT_TEMPLATE, notes=notes,
+                                     strategy="best_of_n", n=1, max_tokens=ANSWER_TOKENS, temperature=0.0,
+                                     concurrency=len(people))
+        for (name, _, count), result in zip(people, results, strict=True):
             said, _, value = (result.text.splitlines() or [""])[0].partition(": ")
             tally["named"] += said == name
-            tally["right" if value == counts[name] else "other" if value in counts.values() else "none"] += 1
+            tally["right" if value == count else "other" if value in counts else "none"] += 1
 
     await bounded_gather([partial(one, c) for c in contexts], 8)
     return tally

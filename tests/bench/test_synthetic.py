@@ -308,3 +308,17 @@ def test_context_question_lines_are_judged_by_what_they_compute() -> None:
         assert all(label_steps(problem, varied_solution(problem, random.Random(seed))))
     made_up = "\n".join(f"{s.value - 1} + 1 = {s.value}" for s in problem.steps) + "\nThe answer is 25."
     assert label_steps(problem, made_up) == [False] * 5
+
+
+def test_each_person_of_a_context_is_asked_about_alone_with_their_count() -> None:
+    for context in generate_stateful(11, 20, 3):
+        people = context.each_person()
+        assert len(people) == 4 and len({name for name, _, _ in people}) == 4
+        assert all(name in context.context and f"{name}: {count}\n" in context.notes for name, _, count in people)
+        things = context.queries[0].split(" ")[2]
+        assert [q for _, q, _ in people] == [f"How many {things} does {n} have?" for n, _, _ in people]
+        # a question the context itself asks about one person has that person's count as its answer
+        for query, problem in zip(context.queries, context.problems, strict=True):
+            for _, question, count in people:
+                if query == question:
+                    assert problem.answer == count

@@ -45,6 +45,7 @@ NAMES = ("Ann", "Ben", "Eve", "Kim", "Max", "Sam", "Tom", "Amy", "Bob", "Eli", "
 OBJECTS = ("pens", "cards", "coins", "books", "eggs", "apples", "shells", "stamps", "beads", "cups")
 
 _STEP_LINE = re.compile(r"^(\d+) ([-+*/]) (\d+) = (-?\d+)$")
+_COUNT_LINE = re.compile(r"^([A-Z][a-z]+): (\d+)$", flags=re.M)  # a person's count in the notes
 _ANSWER_LINE = re.compile(r"^The answer is (-?\d+)\.$")
 _ANSWER_ANYWHERE = re.compile(r"The answer is (-?\d+)\.")
 
@@ -139,6 +140,13 @@ class StatefulContext:
     noted_solutions: tuple[str, ...] = ()
     """``noted_solutions[i]`` answers ``queries[i]`` from the context and its ``notes``: the asked counts read back
     (``Sam: 27``), their sum when two are asked, and the answer line."""
+
+    def each_person(self) -> list[tuple[str, str, str]]:
+        """``(name, question, count)`` for every person of the context, asked about alone, in the notes' order:
+        the check of reading a count back by name, which every answer about a context ends with."""
+        counts = dict(_COUNT_LINE.findall(self.notes))
+        things = self.queries[0].split(" ")[2]  # every query is "How many {things} ..."
+        return [(name, f"How many {things} does {name} have?", count) for name, count in counts.items()]
 
 
 def evaluate(a: int, op: str, b: int) -> int | None:
