@@ -26,6 +26,7 @@ import argparse
 import copy
 import functools
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -307,14 +308,20 @@ def apply_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: t
 
 
 def masked_lm_step(model: LlamaForCausalLM, optimizer: torch.optim.Optimizer, ids: torch.Tensor,
-                   target_mask: torch.Tensor, step: int, schedule: Schedule) -> float:
-    """One step of next-token loss on the target positions (``target_mask``) at the schedule's learning rate;
-    returns the loss."""
+                   target_mask: torch.Tensor, step: int, schedule: Schedule,
+                   teacher: LlamaForCausalLM | None = None) -> float:
+    """One step at the schedule's learning rate on the target positions (``target_mask``): next-token loss, or,
+    with ``teacher``, the divergence from the teacher's next-token distribution there; returns the loss."""
     for group in optimizer.param_groups:
         group["lr"] = lr_at(step, schedule)
     logits = model(input_ids=ids).logits[:, :-1]
     mask = target_mask[:, 1:]
-    loss = F.cross_entropy(logits[mask], ids[:, 1:][mask])
+    if teacher is None:
+        loss = F.cross_entropy(logits[mask], ids[:, 1:][mask])
+    else:
+        with torch.no_grad():
+            wanted = teacher(input_ids=ids).logits[:, :-1][mask].log_softmax(-1)
+        loss = F.kl_div(logits[mask].log_softmax(-1), wanted, log_target=True, reduction="batchmean")
     apply_step(model, optimizer, loss)
     return float(loss.item())
 
@@ -380,7 +387,6 @@ def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path
     seed_everything(seed)
     model = new_model(SHAPES[name], attention)
     teacher_model = None if teacher is None else load_model(teacher, attention).eval()
-    optimizer = optimizer_for(model, schedule)
     dev = generate(DEV_SEED, 96)
     dev_totals = generate_totals(DEV_SEED, 96) if totals_fraction else []
 
@@ -390,38 +396,21 @@ def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path
             scores["dev_totals_greedy"] = greedy_accuracy(model, dev_totals)
         return scores
 
+    def check(step: int) -> None:
+        if step % 400 == 0:
+            log(log_path, model=name, step=step, **dev_scores())
+        if save_every and step % save_every == 0:
+            # A snapshot on the way (at this step's learning rate, not the schedule's end): one long run then
+            # shows where along its learning curve a benchmark target is met.
+            save_lm(model, out / f"{name}-step{step}")
+
     log(log_path, event="start", model=name, params=n_params(model), schedule=asdict(schedule),
         shape=asdict(SHAPES[name]), seed=seed, solutions=solutions, attention=attention,
         totals_fraction=totals_fraction)
     started = time.time()
-    tokens = 0
-    batches = sft_batches(seed, schedule.tokens_per_batch, solutions, totals_fraction)
-    running = 0.0
-    model.train()
-    for step in range(schedule.steps):
-        ids, target_mask = next(batches)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, schedule)
-        logits = model(input_ids=ids).logits[:, :-1]
-        targets = ids[:, 1:]
-        mask = target_mask[:, 1:]
-        if teacher_model is None:
-            loss = F.cross_entropy(logits[mask], targets[mask])
-        else:
-            with torch.no_grad():
-                wanted = teacher_model(input_ids=ids).logits[:, :-1][mask].log_softmax(-1)
-            loss = F.kl_div(logits[mask].log_softmax(-1), wanted, log_target=True, reduction="batchmean")
-        apply_step(model, optimizer, loss)
-        tokens += ids.numel()
-        running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
-        log_progress(log_path, name, step, schedule, running, tokens, started)
-        if (step + 1) % 400 == 0 and step + 1 < schedule.steps:
-            log(log_path, model=name, step=step + 1, **dev_scores())
-            model.train()
-        if save_every and (step + 1) % save_every == 0 and step + 1 < schedule.steps:
-            # A snapshot on the way (at this step's learning rate, not the schedule's end): one long run then
-            # shows where along its learning curve a benchmark target is met.
-            save_lm(model, out / f"{name}-step{step + 1}")
+    running, tokens = masked_lm_steps(model, schedule, sft_batches(seed, schedule.tokens_per_batch, solutions,
+                                                                   totals_fraction),
+                                      log_path, name, check, every=math.gcd(400, save_every), teacher=teacher_model)
     train_s = time.time() - started
     final = dev_scores()
     save_lm(model, out / name)
@@ -594,26 +583,16 @@ def train_synthesizer(schedule: Schedule, out: Path, seed: int, log_path: Path, 
     data = synthesis_data(problems, paths, per_problem, rng, target)
     model = load_model(reasoner_dir, attention)
     model.config.max_position_embeddings = SYNTHESIS_POSITIONS
-    optimizer = optimizer_for(model, schedule)
     log(log_path, event="start", model="synthesizer", params=n_params(model), schedule=asdict(schedule), seed=seed,
         problems=n_problems, examples=len(data), sampling_s=round(sampling_s, 1), attention=attention, target=target,
         prompt=SYNTHESIS["prompt"])
     started = time.time()
-    tokens, running, step = 0, 0.0, 0
-    model.train()
-    while step < schedule.steps:
-        for batch in length_batches(data, schedule.tokens_per_batch, rng):
-            if step == schedule.steps:
-                break
-            ids, target_mask = collate(batch)
-            loss = masked_lm_step(model, optimizer, ids, target_mask, step, schedule)
-            tokens += ids.numel()
-            running = loss if step == 0 else 0.98 * running + 0.02 * loss
-            log_progress(log_path, "synthesizer", step, schedule, running, tokens, started)
-            step += 1
-            if step % 400 == 0 and step < schedule.steps:
-                log(log_path, model="synthesizer", step=step, dev=synthesis_scores(model, dev, dev_paths, dev_greedy))
-                model.train()
+    epochs = (collate(b) for _ in itertools.count() for b in length_batches(data, schedule.tokens_per_batch, rng))
+
+    def check(step: int) -> None:
+        log(log_path, model="synthesizer", step=step, dev=synthesis_scores(model, dev, dev_paths, dev_greedy))
+
+    running, tokens = masked_lm_steps(model, schedule, epochs, log_path, "synthesizer", check, every=400)
     train_s = time.time() - started
     final = synthesis_scores(model, dev, dev_paths, dev_greedy)
     save_lm(model, out / "synthesizer")
@@ -715,20 +694,21 @@ def stateful_scores(model: LlamaForCausalLM, contexts: Sequence[StatefulContext]
 
 
 def masked_lm_steps(model: LlamaForCausalLM, schedule: Schedule, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
-                    log_path: Path, name: str, check: Callable[[int], None]) -> tuple[float, int]:
-    """``schedule.steps`` steps of next-token loss on ``batches`` with an optimizer of their own, logged as
-    ``name``; ``check(step)`` after every 1000th step but the last (the caller checks the end). Returns the
+                    log_path: Path, name: str, check: Callable[[int], None], *, every: int = 1000,
+                    teacher: LlamaForCausalLM | None = None) -> tuple[float, int]:
+    """``schedule.steps`` steps of :func:`masked_lm_step` on ``batches`` with an optimizer of their own, logged as
+    ``name``; ``check(step)`` after every ``every``-th step but the last (the caller checks the end). Returns the
     running loss and the tokens read."""
     optimizer = optimizer_for(model, schedule)
     started, tokens, running = time.time(), 0, 0.0
     model.train()
     for step in range(schedule.steps):
         ids, target_mask = next(batches)
-        loss = masked_lm_step(model, optimizer, ids, target_mask, step, schedule)
+        loss = masked_lm_step(model, optimizer, ids, target_mask, step, schedule, teacher)
         tokens += ids.numel()
         running = loss if step == 0 else 0.98 * running + 0.02 * loss
         log_progress(log_path, name, step, schedule, running, tokens, started)
-        if (step + 1) % 1000 == 0 and step + 1 < schedule.steps:
+        if (step + 1) % every == 0 and step + 1 < schedule.steps:
             check(step + 1)
             model.train()
     return running, tokens

@@ -194,3 +194,23 @@ def test_drill_steps_come_before_the_contexts_on_their_own_schedule(script: Modu
     assert parts == ["stateful-drills", "stateful-drills", "stateful", "stateful"]  # steps 0 and 2, then 0 and 1
     assert [e["step"] for e in events if e.get("model") == "stateful-drills" and "drills" in e] == [3]
     assert (tmp_path / "stateful" / "model.safetensors").is_file()
+
+
+def test_a_language_model_run_saves_its_snapshots_and_a_draft_can_learn_from_its_teacher(
+        script: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import math
+
+    monkeypatch.setattr(script, "greedy_accuracy", lambda model, problems: 0.0)  # generation is not under test
+    schedule = script.Schedule(steps=4, tokens_per_batch=512, lr=1e-3, warmup=1)
+    log = tmp_path / "log.jsonl"
+    script.train_lm("reasoner", schedule, tmp_path, 0, log, save_every=2)
+    assert (tmp_path / "reasoner-step2" / "model.safetensors").is_file()
+    assert not (tmp_path / "reasoner-step4").exists()  # the end is the model itself, not a snapshot
+    script.train_lm("draft", script.Schedule(steps=2, tokens_per_batch=512, lr=1e-3, warmup=1), tmp_path, 1, log,
+                    teacher=tmp_path / "reasoner")
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    done = {e["model"]: e for e in events if e.get("event") == "done"}
+    assert done["draft"]["teacher"] == "reasoner" and "teacher" not in done["reasoner"]
+    assert all(math.isfinite(e["loss"]) and e["loss"] >= 0 for e in events if "loss" in e)
+    assert [e["step"] for e in events if e.get("model") == "draft" and "loss" in e] == [0, 1]
