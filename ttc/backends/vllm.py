@@ -302,27 +302,31 @@ class VLLMBackend:
         cached = self._tokens.get(key)
         if cached is not None:
             return list(cached)
-        body: dict[str, Any] = {"prompt": text, "add_special_tokens": add_special_tokens}
-        if self.model is not None:
-            body["model"] = self.model
-        response = await self._send("tokenize", "POST", "/tokenize", body=body)
+        ids = await self._tokenized({"prompt": text, "add_special_tokens": add_special_tokens})
+        self._tokens.put(key, ids)
+        return list(ids)
+
+    async def _tokenized(self, body: dict[str, Any]) -> tuple[int, ...]:
+        """The token ids /tokenize returns for ``body`` (a text or a conversation)."""
+        response = await self._send("tokenize", "POST", "/tokenize", body=self._for_model(body))
         tokens = self._json(response, "tokenize").get("tokens")
         if not isinstance(tokens, list):
             raise protocol_error("/tokenize returned no token list", kind="tokenize", url=str(response.url))
         with _shape("tokenize", response):
-            ids = tuple(int(t) for t in tokens)
-        self._tokens.put(key, ids)
-        return list(ids)
+            return tuple(int(t) for t in tokens)
+
+    def _for_model(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``body`` naming the served model where one is set: a server with several models needs the name."""
+        if self.model is not None:
+            body["model"] = self.model
+        return body
 
     async def detokenize(self, token_ids: Sequence[int]) -> str:
         key = tuple(token_ids)
         cached = self._texts.get(key)
         if cached is not None:
             return cached
-        body: dict[str, Any] = {"tokens": list(key)}
-        if self.model is not None:
-            body["model"] = self.model
-        response = await self._send("detokenize", "POST", "/detokenize", body=body)
+        response = await self._send("detokenize", "POST", "/detokenize", body=self._for_model({"tokens": list(key)}))
         text = self._json(response, "detokenize").get("prompt")
         if not isinstance(text, str):
             raise protocol_error("/detokenize returned no text", kind="detokenize", url=str(response.url))
@@ -331,22 +335,12 @@ class VLLMBackend:
 
     async def tokenize_chat(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool) -> list[int]:
         """Token ids of a conversation rendered by the served model's own chat template (chat-judgement PRMs)."""
-        body: dict[str, Any] = {"messages": [dict(m) for m in messages],
-                                "add_generation_prompt": add_generation_prompt}
-        if self.model is not None:
-            body["model"] = self.model
-        response = await self._send("tokenize", "POST", "/tokenize", body=body)
-        tokens = self._json(response, "tokenize").get("tokens")
-        if not isinstance(tokens, list):
-            raise protocol_error("/tokenize returned no token list", kind="tokenize", url=str(response.url))
-        with _shape("tokenize", response):
-            return [int(t) for t in tokens]
+        return list(await self._tokenized({"messages": [dict(m) for m in messages],
+                                           "add_generation_prompt": add_generation_prompt}))
 
     async def pool(self, prompt: Sequence[int]) -> list[list[float]]:
         """Per-token outputs of a pooling model's head (``token_classify``), e.g. a PRM's class probabilities."""
-        body: dict[str, Any] = {"input": list(prompt), "task": "token_classify", "add_special_tokens": False}
-        if self.model is not None:
-            body["model"] = self.model
+        body = self._for_model({"input": list(prompt), "task": "token_classify", "add_special_tokens": False})
         response = await self._send("pooling", "POST", "/pooling", body=body)
         data = self._json(response, "pooling").get("data")
         rows = data[0].get("data") if isinstance(data, list) and data and isinstance(data[0], dict) else None
