@@ -20,6 +20,7 @@ from ttc.bench.synthetic import (
     generate,
     generate_stateful,
     label_steps,
+    renamed,
     split_steps,
     varied_solution,
 )
@@ -322,3 +323,27 @@ def test_each_person_of_a_context_is_asked_about_alone_with_their_count() -> Non
             for _, question, count in people:
                 if query == question:
                     assert problem.answer == count
+
+
+def test_a_renamed_problem_tells_the_same_numbers_about_other_people_and_things() -> None:
+    from ttc.bench.totals import generate_totals
+
+    words = re.compile(r"[A-Za-z]+")
+    for problem in [*generate(EVAL_SEEDS.start, 40), *generate_totals(EVAL_SEEDS.start, 16)]:
+        other = renamed(problem, random.Random(3))
+        assert other == renamed(problem, random.Random(3))
+        assert (other.answer, other.steps, other.solution, other.terms) == (
+            problem.answer, problem.steps, problem.solution, problem.terms)
+        assert re.findall(r"\d+", other.question) == re.findall(r"\d+", problem.question)
+        before, after = words.findall(problem.question), words.findall(other.question)
+        assert len(before) == len(after)
+        swap: dict[str, str] = {}
+        for old, new in zip(before, after, strict=True):
+            if old in synthetic.NAMES or old in synthetic.OBJECTS:
+                assert swap.setdefault(old, new) == new  # the same person or thing is renamed the same way
+                assert (new in synthetic.NAMES) == (old in synthetic.NAMES)
+            else:
+                assert old == new
+        assert len(set(swap.values())) == len(swap)  # different people stay different
+    changed = sum(renamed(p, random.Random(i)).question != p.question for i, p in enumerate(generate(5, 40)))
+    assert changed >= 38

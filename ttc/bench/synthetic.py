@@ -48,6 +48,7 @@ _STEP_LINE = re.compile(r"^(\d+) ([-+*/]) (\d+) = (-?\d+)$")
 _COUNT_LINE = re.compile(r"^([A-Z][a-z]+): (\d+)$", flags=re.M)  # a person's count in the notes
 _ANSWER_LINE = re.compile(r"^The answer is (-?\d+)\.$")
 _ANSWER_ANYWHERE = re.compile(r"The answer is (-?\d+)\.")
+_NAME_OR_OBJECT = re.compile(r"\b(" + "|".join(NAMES + OBJECTS) + r")\b")
 
 
 @dataclass(frozen=True)
@@ -454,6 +455,22 @@ def varied_solution(problem: SyntheticProblem, rng: random.Random) -> str:
     return "\n".join([*lines, f"{ANSWER_PREFIX}{problem.answer}."])
 
 
+def renamed(problem: SyntheticProblem, rng: random.Random) -> SyntheticProblem:
+    """The same problem told about other people and other things: every name and object word of the question
+    replaced by a random permutation of :data:`NAMES` and of :data:`OBJECTS`, so distinct people stay distinct.
+
+    Numbers, sentences, steps and answer are unchanged, so a model that reads the question rightly writes the
+    same solution for every renaming; where its mistakes differ between renamings, they depend on the words it
+    read around the numbers rather than on the problem (``benchmarks/renamed_vote.py``).
+    """
+    people = list(NAMES)
+    rng.shuffle(people)
+    things = list(OBJECTS)
+    rng.shuffle(things)
+    swap = dict(zip(NAMES, people, strict=True)) | dict(zip(OBJECTS, things, strict=True))
+    return replace(problem, question=_NAME_OR_OBJECT.sub(lambda m: swap[m[0]], problem.question))
+
+
 def split_steps(solution_text: str) -> list[str]:
     """The non-empty lines of a solution, stripped: the unit that step labels and step scores refer to."""
     return [line.strip() for line in solution_text.split("\n") if line.strip()]
@@ -566,6 +583,7 @@ __all__ = [
     "label_lines",
     "label_steps",
     "parse_step",
+    "renamed",
     "solution_text",
     "split_steps",
     "varied_solution",
