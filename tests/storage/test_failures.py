@@ -142,9 +142,13 @@ def test_an_sqlite_database_of_another_program_is_refused_and_left_alone(db_path
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("delete",)  # not switched to WAL either
 
 
-def test_unusable_urls_are_explained(tmp_path: Path) -> None:
+def test_unusable_urls_are_explained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(StorageError, match="in-memory"):
         TraceStore("sqlite://")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StorageError, match=r"in-memory SQLite \(':memory:'\).*store=False"):
+        TraceStore(":memory:")  # sqlite3's own spelling: refused, not a file named ':memory:'
+    assert not (tmp_path / ":memory:").exists()
     with pytest.raises(StorageError, match="no database driver"):
         TraceStore("nosuchdb://host/db")
 

@@ -50,6 +50,11 @@ class Location:
         return self.url.render_as_string(hide_password=True)
 
 
+_IN_MEMORY = ("in-memory SQLite ({given!r}) cannot hold a trace store: the writer thread and the readers each open "
+              "their own connection and would each see an empty database; pass a file path instead (or, in Python, "
+              "store=False to write no traces)")
+
+
 def default_path() -> Path:
     return Path(platformdirs.user_data_dir("ttc")) / "traces.db"
 
@@ -59,6 +64,8 @@ def resolve_location(url: str | None) -> Location:
     given = url if url is not None else os.environ.get(ENV_VAR) or None
     if given is None:
         return _sqlite_file(default_path())
+    if given == ":memory:":  # sqlite3's name for an in-memory database, which would be a file of that name here
+        raise StorageError(_IN_MEMORY.format(given=given))
     if "://" not in given:
         return _sqlite_file(Path(given).expanduser())
     try:
@@ -73,10 +80,7 @@ def resolve_location(url: str | None) -> Location:
         return Location(parsed, None)
     database = parsed.database or ""
     if database in ("", ":memory:") or parsed.query.get("mode") == "memory":
-        raise StorageError(
-            f"in-memory SQLite ({given!r}) cannot hold a trace store: the writer thread and the readers each "
-            "open their own connection and would each see an empty database; pass a file path instead"
-        )
+        raise StorageError(_IN_MEMORY.format(given=given))
     if database.startswith("file:"):
         return Location(parsed, None)
     return _sqlite_file(Path(database).expanduser(), parsed)
