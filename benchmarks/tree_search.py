@@ -1,8 +1,9 @@
 """Tree search against best-of-N on the synthetic benchmark, with the bundled mini reasoner and mini checker.
 
 For each token budget, every strategy answers the same held-out problems (levels 4 to 8) on the local engine:
-accuracy, generated tokens, peak live KV tokens (exact, from the engine's block tree) and wall time. Problems run
-one at a time so each peak KV figure belongs to one search. Prints a table, writes a PNG of accuracy against
+accuracy, generated tokens, peak live KV tokens (exact, from the engine's block tree), the live KV tokens held at a
+decode step, averaged over the search (ETS's "average KV cache size during the search") and wall time. Problems run
+one at a time so each KV figure belongs to one search. Prints a table, writes a PNG of accuracy against
 generated tokens, and ends with headline ratios: ETS against REBASE at the same width, and the best search
 against best-of-N on levels 6 to 8.
 
@@ -38,6 +39,8 @@ class Cell:
     levels: list[int] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     peak_kv: list[int] = field(default_factory=list)
+    mean_kv: list[float] = field(default_factory=list)
+    """Per problem, the live KV tokens held at a decode step, averaged over the search's steps (ETS's measure)."""
     wall_s: float = 0.0
 
     def accuracy(self, levels: set[int] | None = None) -> float:
@@ -74,9 +77,14 @@ async def run_cell(session: Session, problems: list[Problem], name: str, options
     cell = Cell(name, budget)
     strategy = "ets" if name.startswith("ets") else name
     start = time.perf_counter()
+    backend = session.setup.backend
     for problem in problems:
+        before = backend.stats()  # problems run one at a time, so the engine's counters are this search's
         result = await solve_problem(problem, Budget(tokens=budget), session, strategy=strategy,
                                      seed=seed + (problem.index or 0), options=options)
+        after = backend.stats()
+        steps = after.decode_steps - before.decode_steps
+        cell.mean_kv.append((after.kv_token_steps - before.kv_token_steps) / steps if steps else 0.0)
         cell.correct.append(grade_result(result, problem.gold or "").correct)
         cell.levels.append(int(str(problem.meta.get("level", 0))))
         cell.tokens.append(result.usage.generated_tokens)
@@ -121,9 +129,10 @@ async def main(args: argparse.Namespace) -> None:
     finally:
         await session.aclose()
     hard = {6, 7, 8}
-    print(format_table(["strategy", "budget", "acc", "acc L6-8", "mean tokens", "median peak KV", "wall s"],
+    print(format_table(["strategy", "budget", "acc", "acc L6-8", "mean tokens", "median peak KV",
+                        "median mean KV", "wall s"],
                        [[c.strategy, c.budget, c.accuracy(), c.accuracy(hard), sum(c.tokens) / len(c.tokens),
-                         median(c.peak_kv), c.wall_s] for c in cells]))
+                         median(c.peak_kv), median(c.mean_kv), c.wall_s] for c in cells]))
     if not args.no_plot:
         plot(cells, args.plot)
         print(f"plot: {args.plot}")
@@ -135,9 +144,11 @@ async def main(args: argparse.Namespace) -> None:
     for name, c in by.items():
         if name.startswith("ets"):
             print(f"{name} vs rebase @ {top}: peak KV {median(rebase.peak_kv) / max(1.0, median(c.peak_kv)):.2f}x "
-                  f"smaller, {rebase.wall_s / max(1e-9, c.wall_s):.2f}x faster, "
+                  f"smaller, mean KV {median(rebase.mean_kv) / max(1.0, median(c.mean_kv)):.2f}x smaller, "
+                  f"{rebase.wall_s / max(1e-9, c.wall_s):.2f}x faster, "
                   f"accuracy {100 * (c.accuracy() - rebase.accuracy()):+.1f} points")
     print(f"ets_kv_reduction={median(rebase.peak_kv) / max(1.0, median(ets.peak_kv)):.2f} "
+          f"ets_mean_kv_reduction={median(rebase.mean_kv) / max(1.0, median(ets.mean_kv)):.2f} "
           f"ets_speedup={rebase.wall_s / max(1e-9, ets.wall_s):.2f} "
           f"ets_acc_delta={100 * (ets.accuracy() - rebase.accuracy()):.1f} "
           f"best_search={best.strategy} search_minus_bon_l68={100 * (best.accuracy(hard) - bon.accuracy(hard)):.1f}")

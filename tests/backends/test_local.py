@@ -113,6 +113,18 @@ async def test_forked_branches_share_the_prompt_kv(backend: LocalBackend) -> Non
 
 
 @pytest.mark.anyio
+async def test_each_decode_step_counts_the_kv_it_reads_once(backend: LocalBackend) -> None:
+    prompt = await backend.tokenize("Another shared prompt, for the mean KV. ")
+    before = backend.stats()
+    outs = await backend.complete(prompt, 4, Sampling(max_tokens=10, temperature=1.0, seed=3))
+    after = backend.stats()
+    fed = [len(c.token_ids) - 1 for c in outs]  # step j feeds every branch that has a j-th token to feed
+    assert after.decode_steps - before.decode_steps == max(fed)
+    live_at_step = [len(prompt) + sum(min(j, f) for f in fed) for j in range(1, max(fed) + 1)]  # prompt once
+    assert after.kv_token_steps - before.kv_token_steps == sum(live_at_step)
+
+
+@pytest.mark.anyio
 async def test_release_frees_only_the_released_branch(backend: LocalBackend) -> None:
     prompt = await backend.tokenize("Shared prefix for release: ")
     outs = await backend.complete(prompt, 3, Sampling(max_tokens=8, temperature=1.0, seed=2))

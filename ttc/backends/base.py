@@ -21,8 +21,10 @@ class BackendStats:
     """Cumulative counters since the backend was created; strategies diff two snapshots to get a run's share.
 
     ``peak_kv_tokens`` / ``live_kv_tokens`` are exact for the local engine; remote backends report 0 (the
-    strategy estimates live KV from its tree's unique tokens instead). ``prefix_cache_hit_rate`` is the
-    server's own figure where it publishes one.
+    strategy estimates live KV from its tree's unique tokens instead). ``kv_token_steps`` sums the live KV tokens
+    of every decode step (``decode_steps``), so over an interval their ratio is the mean KV held per step: the
+    "average KV cache size during the search" that ETS is measured by, where the peak says only how large the
+    tree grew once. ``prefix_cache_hit_rate`` is the server's own figure where it publishes one.
     """
 
     calls: int = 0
@@ -32,6 +34,8 @@ class BackendStats:
     scored_tokens: int = 0
     live_kv_tokens: int = 0
     peak_kv_tokens: int = 0
+    decode_steps: int = 0
+    kv_token_steps: int = 0
     kv_bytes_per_token: int = 0
     prefix_cache_hit_rate: float | None = None
 

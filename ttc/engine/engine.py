@@ -98,6 +98,7 @@ class Counters:
     generated_tokens: int = 0
     scored_tokens: int = 0
     decode_steps: int = 0
+    kv_token_steps: int = 0
 
 
 class Engine:
@@ -155,6 +156,8 @@ class Engine:
                 scored_tokens=c.scored_tokens,
                 live_kv_tokens=self.tree.live_tokens,
                 peak_kv_tokens=self.tree.peak_live_tokens,
+                decode_steps=c.decode_steps,
+                kv_token_steps=c.kv_token_steps,
                 kv_bytes_per_token=self.tree.bytes_per_token,
                 prefix_cache_hit_rate=c.cached_prompt_tokens / c.prompt_tokens if c.prompt_tokens else None,
             )
@@ -442,6 +445,7 @@ class Engine:
             tokens.append([branch.pending])
         with self._stats_lock:
             self.counters.decode_steps += 1
+            self.counters.kv_token_steps += self.tree.live_tokens  # KV held during this forward, new tokens too
         plan = DecodePlan([b.block for b in branches], offsets)
         device = self.model.device
         ids = torch.tensor(tokens, device=device)
