@@ -85,12 +85,12 @@ def write_model(out: Path, vocab_size: int) -> None:
         head_dim=64,
         max_position_embeddings=MAX_POSITIONS,
         rms_norm_eps=1e-5,
-        rope_theta=10000.0,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
         tie_word_embeddings=False,
         initializer_range=0.02,
-        torch_dtype="float32",
+        dtype="float32",
     )
     model = LlamaForCausalLM(config)
     with torch.no_grad():
@@ -102,7 +102,7 @@ def write_model(out: Path, vocab_size: int) -> None:
         model.lm_head.weight[UNK_ID].zero_()
         model.lm_head.weight[BOS_ID].zero_()
         model.lm_head.weight[EOS_ID].mul_(0.25)
-    model.to(torch.float32)
+    torch.nn.Module.to(model, torch.float32)  # transformers' own to() is typed for other arguments
     model.save_pretrained(str(out), safe_serialization=True)
 
 

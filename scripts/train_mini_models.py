@@ -164,7 +164,7 @@ def new_model(shape: Shape, attention: str = "eager") -> LlamaForCausalLM:
         num_attention_heads=shape.heads,
         num_key_value_heads=shape.heads,
         max_position_embeddings=MAX_POSITIONS,
-        rope_theta=10000.0,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         tie_word_embeddings=True,
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
@@ -302,7 +302,7 @@ def log_progress(log_path: Path, name: str, step: int, schedule: Schedule, runni
 def apply_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     """One optimizer step on ``loss``, gradients clipped to norm 1."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    torch.autograd.backward(loss)
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
 
@@ -334,7 +334,7 @@ def complete(model: LlamaForCausalLM, prompts: Sequence[str], *, samples: int = 
              max_new_tokens: int = 170, batch_rows: int = 96, top_p: float = 1.0) -> list[list[str]]:
     """``samples`` completions per prompt (greedy when temperature is 0, from the ``top_p`` nucleus when not),
     cut at EOS."""
-    model.eval()
+    torch.nn.Module.eval(model)  # transformers' own eval() is untyped
     results: list[list[str]] = [[] for _ in prompts]
     per_batch = max(1, batch_rows // samples)
     for start in range(0, len(prompts), per_batch):
@@ -386,7 +386,9 @@ def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path
     next steps, the data draw one at random, and a draft must learn which one its target picks)."""
     seed_everything(seed)
     model = new_model(SHAPES[name], attention)
-    teacher_model = None if teacher is None else load_model(teacher, attention).eval()
+    teacher_model = None if teacher is None else load_model(teacher, attention)
+    if teacher_model is not None:
+        torch.nn.Module.eval(teacher_model)
     dev = generate(DEV_SEED, 96)
     dev_totals = generate_totals(DEV_SEED, 96) if totals_fraction else []
 
@@ -436,11 +438,12 @@ def save_lm(model: LlamaForCausalLM, directory: Path) -> None:
     # A copy of the config: the attention switch below must not reach the model in training.
     shipped = LlamaForCausalLM(copy.deepcopy(model.config))
     shipped.load_state_dict(model.state_dict())
-    shipped.to(torch.bfloat16)
+    torch.nn.Module.to(shipped, torch.bfloat16)  # transformers' own to() is typed for other arguments
     shipped.config._attn_implementation = "sdpa"
     shipped.save_pretrained(directory)
-    GenerationConfig(
-        bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID, do_sample=False, max_new_tokens=256
+    GenerationConfig.from_dict(
+        {"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID, "do_sample": False,
+         "max_new_tokens": 256}
     ).save_pretrained(directory)
     save_tokenizer(directory)
 
@@ -905,7 +908,7 @@ def judgement_logits(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tenso
 
 @torch.no_grad()
 def prm_eval(model: LlamaForCausalLM, data: Sequence[tuple[list[int], list[int]]]) -> dict[str, float]:
-    model.eval()
+    torch.nn.Module.eval(model)
     scores: list[float] = []
     labels: list[bool] = []
     for start in range(0, len(data), 32):
