@@ -113,7 +113,7 @@ async def test_forked_branches_share_the_prompt_kv(backend: LocalBackend) -> Non
 
 
 @pytest.mark.anyio
-async def test_each_decode_step_counts_the_kv_it_reads_once(backend: LocalBackend) -> None:
+async def test_each_decode_step_counts_the_kv_held_with_the_shared_prompt_once(backend: LocalBackend) -> None:
     prompt = await backend.tokenize("Another shared prompt, for the mean KV. ")
     before = backend.stats()
     outs = await backend.complete(prompt, 4, Sampling(max_tokens=10, temperature=1.0, seed=3))
