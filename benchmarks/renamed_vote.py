@@ -17,6 +17,7 @@ writes the same solution for every renaming. The arms, on the same problems: gre
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import statistics
@@ -76,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     def right(problem: SyntheticProblem, answer: str | None) -> bool:
         return answer == problem.answer
 
-    greedy_right = [right(p, extract_answer(g)) for p, g in zip(problems, greedy, strict=True)]
+    greedy_answers = [extract_answer(g) for g in greedy]
+    greedy_right = [right(p, a) for p, a in zip(problems, greedy_answers, strict=True)]
     missed = [i for i, ok in enumerate(greedy_right) if not ok]
     arms = {
         f"vote of {k} samples": sampled,
@@ -90,8 +92,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         answers = [[extract_answer(t) for t in group] for group in texts]
         vote = [right(p, top_answer(a)) for p, a in zip(problems, answers, strict=True)]
         each = [statistics.mean(right(p, x) for x in a) for p, a in zip(problems, answers, strict=True)]
-        same = [statistics.mean(x == extract_answer(greedy[i]) for x in answers[i]) for i in range(len(problems))]
-        right_where_missed = statistics.median(sum(right(problems[i], x) for x in answers[i]) for i in missed)
+        same = [statistics.mean(x == greedy_answers[i] for x in answers[i]) for i in range(len(problems))]
+        right_where_missed = (statistics.median(sum(right(problems[i], x) for x in answers[i]) for i in missed)
+                              if missed else math.nan)  # greedy solved every problem drawn
         figures[key] = 100 * statistics.mean(vote)
         rows.append([label, figures[key], 100 * statistics.mean(each), 100 * statistics.mean(same),
                      right_where_missed])
