@@ -409,10 +409,11 @@ def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path
     log(log_path, event="start", model=name, params=n_params(model), schedule=asdict(schedule),
         shape=asdict(SHAPES[name]), seed=seed, solutions=solutions, attention=attention,
         totals_fraction=totals_fraction)
+    batches = sft_batches(seed, schedule.tokens_per_batch, solutions, totals_fraction)
     started = time.time()
-    running, tokens = masked_lm_steps(model, schedule, sft_batches(seed, schedule.tokens_per_batch, solutions,
-                                                                   totals_fraction),
-                                      log_path, name, check, every=math.gcd(400, save_every), teacher=teacher_model)
+    # Dev scores every 400 steps and snapshots every save_every: check() is called at every multiple of either.
+    running, tokens = masked_lm_steps(model, schedule, batches, log_path, name, check, every=math.gcd(400, save_every),
+                                      teacher=teacher_model)
     train_s = time.time() - started
     final = dev_scores()
     save_lm(model, out / name)
