@@ -111,7 +111,7 @@ def test_a_bad_prompt_template_is_refused_before_the_default_backend_opens(monke
         raise AssertionError("the default backend was opened for a prompt_template that is refused")
 
     monkeypatch.setattr(ttc.session, "default_backend", default_backend)
-    with pytest.raises(ConfigError, match=r"prompt_template must contain the placeholder \{question\}"):
+    with pytest.raises(ConfigError, match=r"prompt_template must contain the placeholder\(s\) \{question\}"):
         solve("2+2?", 200, store=False, prompt_template="no placeholder here")
     assert opened == []
 
@@ -170,7 +170,7 @@ def test_solve_batch_raises_the_typed_error_itself(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown strategy 'nope'"):
         solve_batch(["What is 2+3?", "What is 4+4?"], 256, strategy="nope",
                     backend=ScriptedBackend(guessing_responder), store=False)
-    with pytest.raises(ConfigError, match="concurrency must be >= 1"):
+    with pytest.raises(ConfigError, match="concurrency must be an int >= 1"):
         solve_batch(["What is 2+3?"], 256, backend=ScriptedBackend(guessing_responder), store=False,
                     concurrency=0)
 
@@ -309,3 +309,54 @@ def test_a_bad_ttc_threads_is_reported_not_taken_for_no_backend(monkeypatch: pyt
     monkeypatch.setenv("TTC_THREADS", threads)
     with pytest.raises(ConfigError, match="TTC_THREADS must be a positive integer"):
         default_backend()
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda b: solve_batch("abc", 64, backend=b, store=False), "prompts must be a list of question strings"),
+        (lambda b: solve_batch(None, 64, backend=b, store=False), "prompts must be a list of question strings"),
+        (lambda b: solve_batch(["2+3?"], 64, backend=b, store=False, concurrency="2"),
+         "concurrency must be an int >= 1"),
+        (lambda b: solve_batch(["2+3?"], 64, backend=b, store=False, concurrency=1.5),
+         "concurrency must be an int >= 1"),
+        (lambda b: solve_batch(["2+3?"], 64, backend=b, store=False, concurrency=True),
+         "concurrency must be an int >= 1"),
+        (lambda b: solve("2+3?", 64, backend=b, store=False, prompt_template="Q: {question} {foo}"),
+         r"unknown placeholder\(s\) \{foo\}"),
+        (lambda b: solve("2+3?", 64, backend=b, store=False, prompt_template='{"q": "{question}"}'),
+         "unknown placeholder"),
+        (lambda b: solve("2+3?", 64, backend=b, store=False, prompt_template="{question} {0}"),
+         r"unknown placeholder\(s\) \{0\}"),
+        (lambda b: solve("2+3?", 64, backend=b, store=False, prompt_template=5),
+         "prompt_template must be a string"),
+        (lambda b: solve("2+3?", 64, backend=b, store=True), "store must be a path or database URL"),
+        (lambda b: solve("2+3?", 64, backend="local", store=False), "backend must be a Backend"),
+        (lambda b: solve("2+3?", 64, backend=b, store=False, verifier="mini-checker"),
+         "verifier must be an OutcomeVerifier or a ProcessVerifier"),
+        (lambda b: solve("2+3? \ud800", 64, backend=b, store=False), "prompt is not valid Unicode text"),
+        (lambda b: solve("2+3?", 64, backend=b, store=False, strategy="best_of_n", n=True),
+         "n: Input should be a valid integer"),
+        (lambda b: solve("2+3?", 64, backend=b, store=False, strategy="best_of_n", n="3"),
+         "n: Input should be a valid integer"),
+        (lambda b: solve("2+3?", 64, backend=b, store=False, strategy="best_of_n", distinct="yes"),
+         "distinct: Input should be a valid boolean"),
+        (lambda b: solve("2+3?", 64, backend=b, store=False, strategy="self_consistency", min_samples=10,
+                         max_samples=4), r"min_samples \(10\) is above max_samples \(4\)"),
+        (lambda b: ttc.load_notes(None), "trace_id must be the sleep trace's id"),  # type: ignore[arg-type]
+    ],
+)
+def test_arguments_of_the_wrong_kind_get_a_config_error(call: Any, message: str) -> None:
+    """Each of these failed deep inside (a TypeError, a KeyError) or ran with a silently wrong reading (a string
+    as one question per letter, ``n=True`` as one sample)."""
+    backend = ScriptedBackend(guessing_responder)
+    with pytest.raises(ConfigError, match=message):
+        call(backend)
+    assert backend.calls == []
+
+
+def test_a_pooled_batch_caps_its_weighted_minimum_at_the_callers_max_samples() -> None:
+    from ttc.controller.batch import pooled_options
+
+    assert pooled_options("auto", {"max_samples": 4}, has_verifier=True)["min_samples"] == 4
+    assert pooled_options("auto", {}, has_verifier=True)["min_samples"] == 8

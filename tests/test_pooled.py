@@ -78,6 +78,9 @@ def test_a_failure_marks_every_trace_of_the_batch_failed(tmp_path: Path) -> None
     for t in traces:
         # each kept its prompt and the rounds it had drawn
         assert store.get_trace(t.id).nodes[0].parent is None
+    # the question whose call failed carries the error; the others were stopped because of it
+    errors = [str(store.get_trace(t.id).error) for t in traces]
+    assert errors.count("cancelled") == 3 and sum(e.startswith("BackendError: ") for e in errors) == 1
     store.close()
 
 

@@ -118,6 +118,9 @@ def test_a_failure_marks_every_trace_of_the_batch_failed(tmp_path: Path) -> None
                     store=store, seed=0, strategy="rebase", budget_scope="batch", concurrency=2, **OPTIONS)
     traces = store.list_traces()
     assert len(traces) == 4 and {t.status for t in traces} == {"failed"}
+    # the question whose call failed carries the error; the others were stopped because of it
+    errors = [str(store.get_trace(t.id).error) for t in traces]
+    assert errors.count("cancelled") == 3 and sum(e.startswith("BackendError: ") for e in errors) == 1
     store.close()
 
 

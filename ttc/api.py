@@ -25,6 +25,7 @@ from ttc.session import (
     StoreArg,
     VerifierArg,
     check_prompt,
+    check_prompts,
     check_seed,
     open_session,
 )
@@ -40,11 +41,7 @@ async def solve_problem(problem: Problem, budget: Budget, session: Session, *, s
                         seed: int | None, options: Mapping[str, object]) -> Result:
     """The core: run one problem end to end and record its trace."""
     check_prompt(problem.question)
-    setup = session.setup
-    name, opts = plan_strategy(strategy, budget, has_verifier=setup.verifier is not None, options=options,
-                               has_prm=setup.prm is not None, solution_tokens=setup.solution_tokens,
-                               step_tokens=setup.step_tokens, distinct_children=setup.distinct_children)
-    runner: Strategy[Any] = make_strategy(name, opts)
+    name, opts, runner = plan_runner(strategy, budget, session, options)
     checked = check_seed(seed)
     run = await QuestionRun.start(problem, budget, session, strategy=name, options=opts,
                                   seed=secrets.randbits(31) if checked is None else checked,
@@ -54,6 +51,17 @@ async def solve_problem(problem: Problem, budget: Budget, session: Session, *, s
     except BaseException as exc:
         await run.fail(exc)
         raise
+
+
+def plan_runner(strategy: str, budget: Budget, session: Session,
+                options: Mapping[str, object]) -> tuple[str, dict[str, object], Strategy[Any]]:
+    """The strategy the controller picks for ``budget`` on this session's setup, its options, and the strategy
+    built with them: an unknown name or a bad option raises ConfigError here, before anything is spent."""
+    setup = session.setup
+    name, opts = plan_strategy(strategy, budget, has_verifier=setup.verifier is not None, options=options,
+                               has_prm=setup.prm is not None, solution_tokens=setup.solution_tokens,
+                               step_tokens=setup.step_tokens, distinct_children=setup.distinct_children)
+    return name, opts, make_strategy(name, opts)
 
 
 async def asolve(prompt: str, budget: int | Budget, *, strategy: str = "auto", backend: Backend | None = None,
@@ -96,7 +104,7 @@ async def asolve_batch(prompts: Sequence[str], budget: int | Budget, *, strategy
     batch is reproducible and its members independent. With ``context`` or ``notes`` every question is about that
     one context.
     """
-    questions = [check_prompt(p) for p in prompts]
+    questions = check_prompts(prompts)
     limits = Budget.of(budget)
     check_concurrency(concurrency)
     if check_budget_scope(budget_scope) == "batch":
@@ -161,4 +169,4 @@ def solve_batch(prompts: Sequence[str], budget: int | Budget, *, strategy: str =
 
 
 __all__ = ["BudgetScope", "QuestionRun", "Session", "asolve", "asolve_batch", "bounded_gather", "check_budget_scope",
-           "check_concurrency", "check_seed", "open_session", "solve", "solve_batch", "solve_problem"]
+           "check_concurrency", "check_seed", "open_session", "plan_runner", "solve", "solve_batch", "solve_problem"]

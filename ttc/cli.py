@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,7 +28,7 @@ from ttc.bench.eval import EvalReport, check_sleep, evaluate
 from ttc.cli_render import render_trace
 from ttc.errors import ConfigError, TTCError
 from ttc.pooled import check_pooled
-from ttc.session import check_context
+from ttc.session import check_context, check_prompt
 from ttc.sleeptime import load_notes, sleep_in_session, sleep_options
 from ttc.storage import TraceStore
 from ttc.storage.export import strict_json
@@ -59,6 +61,18 @@ def parse_options(pairs: list[str] | None) -> dict[str, object]:
     return options
 
 
+def scripted_delay() -> float:
+    """``TTC_SCRIPTED_DELAY_S``: seconds the scripted backend waits per call (default 0)."""
+    raw = os.environ.get("TTC_SCRIPTED_DELAY_S", "").strip()
+    try:
+        delay = float(raw or 0)
+    except ValueError:
+        delay = math.nan
+    if not math.isfinite(delay) or delay < 0:
+        raise ConfigError(f"TTC_SCRIPTED_DELAY_S must be a finite number of seconds >= 0, got {raw!r}")
+    return delay
+
+
 def make_session(backend: str, url: str | None, model: str | None, db: str | None, *, context: str | None = None,
                  notes: Notes | None = None, contextual: bool = False) -> Session:
     from ttc.testing import ScriptedBackend, guessing_responder
@@ -71,7 +85,7 @@ def make_session(backend: str, url: str | None, model: str | None, db: str | Non
         raise ConfigError("--backend local needs --model DIR (a Hugging Face model folder), or use auto")
     if backend == "scripted":
         # TTC_SCRIPTED_DELAY_S simulates model latency, to exercise progress, interruption and resume.
-        delay = float(os.environ.get("TTC_SCRIPTED_DELAY_S", "0") or 0)
+        delay = scripted_delay()
         session = open_session(backend=ScriptedBackend(guessing_responder, delay_s=delay), store=db,
                                verifier=None, prompt_template=None, context=context, notes=notes,
                                contextual=contextual)
@@ -100,6 +114,7 @@ def solve(
         help="id of a sleep trace (`ttc sleep`): ask the question with its context and notes")] = None,
 ) -> None:
     """Answer one question within a token budget and record its trace."""
+    check_prompt(question)  # before a model loads or a store is made
     options = parse_options(option)
     kept = load_notes(notes, store=db) if notes is not None else None
     session = make_session(backend, url, model, db, context=context, notes=kept)
@@ -292,7 +307,7 @@ def view(
 
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port must be from 0 to 65535, got {port}")
-    with TraceStore(db) as store:
+    with TraceStore(db, read_only=True) as store:
         server = make_server(store, host, port)
         # One line, flushed at once, so a script starting the viewer can read the address it got.
         print(f"ttc viewer on {server.url} for {store.url} (Ctrl-C stops it)", flush=True)
@@ -313,7 +328,7 @@ def traces_list(
     db: DbOpt = None,
 ) -> None:
     """List recent traces."""
-    with TraceStore(db) as store:
+    with TraceStore(db, read_only=True) as store:
         rows = store.list_traces(run_id=run, status=status, limit=limit)
     table = Table()
     for col in ("id", "status", "strategy", "answer", "tokens", "question"):
@@ -327,10 +342,11 @@ def traces_list(
 @traces_app.command("runs")
 def traces_runs(limit: Annotated[int, typer.Option()] = 20, db: DbOpt = None) -> None:
     """List recent runs (evaluations and solves)."""
-    with TraceStore(db) as store:
+    with TraceStore(db, read_only=True) as store:
         rows = store.list_runs(limit=limit)
     table = Table()
-    for col in ("id", "kind", "status", "started", "summary"):
+    table.add_column("id", no_wrap=True, min_width=36)  # whole: `--run` takes whole run ids
+    for col in ("kind", "status", "started", "summary"):
         table.add_column(col)
     for r in rows:
         table.add_row(r.id, r.kind, r.status, str(r.started_at)[:19], Text(json.dumps(r.summary)[:80]))
@@ -341,7 +357,7 @@ def traces_runs(limit: Annotated[int, typer.Option()] = 20, db: DbOpt = None) ->
 def traces_show(trace_id: Annotated[str, typer.Argument(help="trace id or a unique prefix")],
                 db: DbOpt = None) -> None:
     """Show one trace: its problem, result, usage, and the tree of nodes."""
-    with TraceStore(db) as store:
+    with TraceStore(db, read_only=True) as store:
         record = store.get_trace(trace_id)
     render_trace(out, record)
 
@@ -359,7 +375,7 @@ def traces_export(trace_id: Annotated[str, typer.Argument()],
     """
     if format != "json":
         raise ConfigError(f"unknown export format {format!r}: only json is supported")
-    with TraceStore(db) as store:
+    with TraceStore(db, read_only=True) as store:
         data = store.export_trace(trace_id)
     text = json.dumps(strict_json(data, "trace"), indent=2, allow_nan=False)
     if output is None:
@@ -386,8 +402,15 @@ def _is_usage_error(exc: Exception) -> bool:
     return isinstance(exc, kinds) and hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int)
 
 
+def _terminate_as_interrupt(_signum: int, _frame: object) -> None:
+    """SIGTERM (``kill``, ``timeout``, a scheduler) ends a command the way Ctrl-C does: the event loop cancels its
+    work, so every open trace is marked failed ('cancelled') instead of being left 'running'."""
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 def main() -> None:
     """Entry point: typed errors become one red line and exit code 2."""
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         # Without standalone mode click returns an Exit's code (typer.Exit(1) after failed problems, 130 on
         # Ctrl-C) instead of exiting with it, so the code is passed on here.

@@ -8,6 +8,7 @@ from typing import TypeVar
 import anyio
 
 from ttc.errors import ConfigError
+from ttc.types import is_int
 
 T = TypeVar("T")
 
@@ -44,9 +45,9 @@ async def bounded_gather(jobs: Sequence[Callable[[], Awaitable[T]]], concurrency
     return results  # type: ignore[return-value]
 
 
-def check_concurrency(concurrency: int) -> None:
-    if concurrency < 1:
-        raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+def check_concurrency(concurrency: object) -> None:
+    if not is_int(concurrency) or concurrency < 1:
+        raise ConfigError(f"concurrency must be an int >= 1 (questions in flight at once), got {concurrency!r}")
 
 
 __all__ = ["bounded_gather", "check_concurrency"]

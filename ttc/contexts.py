@@ -39,7 +39,7 @@ def template_fields(template: object, *, name: str, required: set[str], allowed:
     if not isinstance(template, str):
         raise ConfigError(f"{name} must be a string, got {type(template).__name__}")
     try:
-        found = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+        found = _fields(template)
     except ValueError as exc:
         raise ConfigError(f"{name} is not a valid format string ({exc}); write a literal brace as {{{{ or }}}}") \
             from None
@@ -48,6 +48,17 @@ def template_fields(template: object, *, name: str, required: set[str], allowed:
     if unknown := sorted(found - allowed):
         raise ConfigError(f"{name} has unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)}; it may "
                           f"use {', '.join('{' + a + '}' for a in sorted(allowed))}")
+    return found
+
+
+def _fields(template: str) -> set[str]:
+    """Every placeholder, those nested in a format spec too (``{question:{width}}`` names ``width``)."""
+    found: set[str] = set()
+    for _, name, spec, _ in string.Formatter().parse(template):
+        if name is not None:
+            found.add(name)
+        if spec:
+            found |= _fields(spec)
     return found
 
 

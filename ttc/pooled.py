@@ -27,7 +27,7 @@ from ttc.controller.batch import (
 )
 from ttc.controller.per_question import plan_strategy
 from ttc.pooled_search import Planner, solve_searches
-from ttc.session import QuestionRun, Session, check_prompt
+from ttc.session import QuestionRun, Session, check_prompt, fail_batch, guarded
 from ttc.strategies.base import make_strategy, strategy_class, strategy_names
 from ttc.strategies.beam import BeamOptions
 from ttc.strategies.rebase import RebaseOptions
@@ -206,13 +206,14 @@ async def solve_pooled(problems: Sequence[Problem], budget: Budget, session: Ses
                                           options=opts.model_dump(), seed=seed, plan=plan)
             rounds = VoteRounds(problem, run.ctx, opts, resolve_selection(opts.select, run.ctx))
             questions.append(_Question(index, run, rounds, opts))
-        await bounded_gather([q.rounds.open for q in questions], concurrency)
+        await bounded_gather([partial(guarded, q.run, q.rounds.open) for q in questions], concurrency)
         samples = first_wave(pool, len(questions), round_size=opts.round_size, cap=opts.max_samples,
                              max_tokens=opts.max_tokens)
         grants = {q.index: samples for q in questions}
         wave = 0
         while grants:
-            await bounded_gather([partial(questions[i].draw, k, wave) for i, k in grants.items()], concurrency)
+            await bounded_gather([partial(guarded, questions[i].run, partial(questions[i].draw, k, wave))
+                                  for i, k in grants.items()], concurrency)
             pool.settle(q.run.meter.usage() for q in questions)
             wave += 1
             grants = next_wave([q.standing() for q in questions], pool, round_size=opts.round_size,
@@ -224,9 +225,7 @@ async def solve_pooled(problems: Sequence[Problem], budget: Budget, session: Ses
             q.finished = True
         return results
     except BaseException as exc:
-        for q in questions:
-            if not q.finished:
-                await q.run.fail(exc)
+        await fail_batch([q.run for q in questions if not q.finished], exc)
         raise
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from ttc.concurrency import bounded_gather
 from ttc.controller.batch import Grant, Pool, SearchStanding, search_wave
-from ttc.session import QuestionRun, Session
+from ttc.session import QuestionRun, Session, fail_batch, guarded
 from ttc.strategies.tree import SearchTree, StepNode, TreeSearch, TreeSelection, choose_leaves
 from ttc.types import Budget, Problem, Result
 from ttc.verifiers.vote import majority_vote
@@ -122,14 +122,13 @@ async def solve_searches(problems: Sequence[Problem], budget: Budget, session: S
             members.append(_Searcher(index, run, planner, share, growth))
         wave = 0
         while grants := search_wave([m.standing() for m in members], pool):
-            await bounded_gather([partial(members[i].search, g, wave) for i, g in grants.items()], concurrency)
+            await bounded_gather([partial(guarded, members[i].run, partial(members[i].search, g, wave))
+                                  for i, g in grants.items()], concurrency)
             pool.settle(m.run.meter.usage() for m in members)
             wave += 1
         return [await m.finish(first.options.select) for m in members]
     except BaseException as exc:
-        for m in members:
-            if not m.done:
-                await m.run.fail(exc)
+        await fail_batch([m.run for m in members if not m.done], exc)
         raise
 
 

@@ -9,18 +9,19 @@ caller. The single-question path (``ttc.api``) and the pooled batch (``ttc.poole
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import anyio
 
 from ttc.backends.base import Backend
 from ttc.budget import Meter
 from ttc.config import BackendSetup, default_backend, with_helpers
-from ttc.contexts import context_prompt_template
+from ttc.contexts import context_prompt_template, template_fields
 from ttc.errors import ConfigError
 from ttc.storage import TraceStore
 from ttc.storage.convert import stored_meta
@@ -29,6 +30,8 @@ from ttc.strategies.synthesis import PATH_TEMPLATE, SYNTHESIS_TEMPLATE
 from ttc.trace import TraceRecorder
 from ttc.types import Budget, Notes, Problem, Result, TraceEvent, is_int
 from ttc.verifiers.base import OutcomeVerifier, ProcessVerifier, StepwiseOutcome
+
+T = TypeVar("T")
 
 VerifierArg = OutcomeVerifier | ProcessVerifier | None
 
@@ -73,13 +76,17 @@ def open_session(*, backend: Backend | None, store: StoreArg, verifier: Verifier
 
     The prompt template is checked before anything is opened, so a refused one leaves no backend loaded.
     """
-    if prompt_template is not None and "{question}" not in prompt_template:
-        raise ConfigError("prompt_template must contain the placeholder {question}")
-    for name, given in (("draft", draft), ("synthesizer", synthesizer)):
+    for name, given in (("backend", backend), ("draft", draft), ("synthesizer", synthesizer)):
         if given is not None and not isinstance(given, Backend):
             raise ConfigError(f"{name} must be a Backend (e.g. LocalBackend.from_pretrained(DIR)), got "
                               f"{type(given).__name__}")
+    if verifier is not None and not isinstance(verifier, OutcomeVerifier | ProcessVerifier):
+        raise ConfigError(f"verifier must be an OutcomeVerifier or a ProcessVerifier (e.g. load_prm("
+                          f"backend, 'mini-checker') from ttc.verifiers.prm), got {type(verifier).__name__}")
+    check_store(store)
     context, notes = check_context(context, notes)
+    if prompt_template is not None and context is None:
+        template_fields(prompt_template, name="prompt_template", required={"question"}, allowed={"question"})
     notes_text = None if notes is None else notes.text
     # A caller's template is filled (and so checked) before the backend loads.
     filled = None if context is None or prompt_template is None else \
@@ -116,6 +123,7 @@ def check_context(context: object, notes: object) -> tuple[str | None, Notes | N
     if context is not None:
         if not isinstance(context, str) or not context.strip():
             raise ConfigError("context must be a non-empty string: the text the questions are about")
+        check_unicode(context, "context")
         if notes is not None and notes.context != context:
             raise ConfigError("these notes were written about another context: pass notes alone (their context "
                               "comes with them), or the context they were written about")
@@ -160,12 +168,39 @@ def question_prompt(problem: Problem, session: Session) -> tuple[str, dict[str, 
     return template, {"context": context_plan(context, notes)}
 
 
+def check_store(store: object) -> None:
+    """A store argument's type: ``True`` or a number would otherwise fail deep inside URL parsing."""
+    if store is None or store is False or isinstance(store, TraceStore | str | os.PathLike):
+        return
+    raise ConfigError(f"store must be a path or database URL, a TraceStore, None (the default store) or False (no "
+                      f"traces), got {store!r}")
+
+
 def check_prompt(prompt: object) -> str:
     if not isinstance(prompt, str):
         raise ConfigError(f"prompt must be a string, got {type(prompt).__name__}")
     if not prompt.strip():
         raise ConfigError("prompt is empty: pass the question text to solve")
+    check_unicode(prompt, "prompt")
     return prompt
+
+
+def check_prompts(prompts: object) -> list[str]:
+    """A batch's questions: a list or tuple of strings (a lone string would be read as one question per letter)."""
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+        raise ConfigError(f"prompts must be a list of question strings, got {type(prompts).__name__}; use "
+                          "ttc.solve for one question")
+    return [check_prompt(p) for p in prompts]
+
+
+def check_unicode(text: str, name: str) -> None:
+    """Refuse a lone surrogate (text decoded from bytes with ``surrogateescape``): no store or tokenizer can
+    encode it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(f"{name} is not valid Unicode text (a lone surrogate at position {exc.start}): decode "
+                          "the bytes it came from with their real encoding") from None
 
 
 def check_seed(seed: object) -> int | None:
@@ -187,6 +222,8 @@ class QuestionRun:
     ctx: Context
     meter: Meter
     trace_id: str | None
+    failure: BaseException | None = None
+    """The error this question's own work raised, where a batch runs several questions' work together."""
 
     @classmethod
     async def start(cls, problem: Problem, budget: Budget, session: Session, *, strategy: str,
@@ -231,9 +268,35 @@ class QuestionRun:
         return result
 
     async def fail(self, exc: BaseException) -> None:
-        """Mark the trace failed with what was recorded so far (shielded: a cancellation cannot skip it)."""
+        """Mark the trace failed with what was recorded so far (shielded: a cancellation cannot skip it).
+
+        Where that write fails too (the disk is full, the database locked), ``exc`` stays the error the caller
+        sees, with a note that the trace still reads 'running': the first failure is the one to fix.
+        """
         if self.session.store is not None and self.trace_id is not None:
-            await _mark_failed(self.session.store, self.trace_id, exc, self.recorder)
+            try:
+                await _mark_failed(self.session.store, self.trace_id, exc, self.recorder)
+            except Exception as cleanup:
+                exc.add_note(f"trace {self.trace_id} could not be marked failed either, so it still reads "
+                             f"'running': {cleanup}")
+
+
+async def guarded(run: QuestionRun, work: Callable[[], Awaitable[T]]) -> T:
+    """One piece of ``run``'s work in a batch; an error it raises is remembered as that question's own."""
+    try:
+        return await work()
+    except BaseException as exc:
+        run.failure = exc
+        raise
+
+
+async def fail_batch(unfinished: Sequence[QuestionRun], exc: BaseException) -> None:
+    """Fail the unfinished traces of a batch that stopped on ``exc``: the question whose work raised it gets the
+    error and the others read 'cancelled', as in a batch of separate questions; an error of the batch itself (no
+    question's own) goes to every one."""
+    owner = next((run for run in unfinished if run.failure is exc), None)
+    for run in unfinished:
+        await run.fail(exc if owner is None or run is owner else asyncio.CancelledError())
 
 
 async def _start_trace(store: TraceStore, recorder: TraceRecorder, **fields: Any) -> str:
@@ -260,5 +323,20 @@ async def _mark_failed(store: TraceStore, trace_id: str, exc: BaseException, rec
         await store.afail_trace(trace_id, error=message, nodes=recorder.nodes(), events=recorder.events())
 
 
-__all__ = ["QuestionRun", "Session", "StoreArg", "VerifierArg", "check_context", "check_prompt", "check_seed",
-           "context_plan", "open_session", "question_prompt"]
+__all__ = [
+    "QuestionRun",
+    "Session",
+    "StoreArg",
+    "VerifierArg",
+    "check_context",
+    "check_prompt",
+    "check_prompts",
+    "check_seed",
+    "check_store",
+    "check_unicode",
+    "context_plan",
+    "fail_batch",
+    "guarded",
+    "open_session",
+    "question_prompt",
+]

@@ -24,8 +24,8 @@ from ttc.api import _run_sync
 from ttc.backends.base import Backend
 from ttc.budget import Meter
 from ttc.contexts import sleep_prompt_template
-from ttc.errors import NotFound
-from ttc.session import QuestionRun, Session, StoreArg, check_context, check_seed, open_session
+from ttc.errors import ConfigError, NotFound
+from ttc.session import QuestionRun, Session, StoreArg, check_context, check_seed, check_store, open_session
 from ttc.storage import TraceStore
 from ttc.strategies.base import TEMPERATURE, TOP_P, Context, StrategyOptions, StrategyResult, parse_options
 from ttc.strategies.sampling import draw
@@ -171,8 +171,12 @@ def sleep(context: str, budget: int | Budget, *, backend: Backend | None = None,
 
 def load_notes(trace_id: str, *, store: TraceStore | str | None = None) -> Notes:
     """The notes of a finished sleep run, read back from the trace store (an id or a unique prefix of one)."""
+    if not isinstance(trace_id, str) or not trace_id.strip():
+        raise ConfigError(f"trace_id must be the sleep trace's id (a string that ttc.sleep's Notes.trace_id or `ttc "
+                          f"sleep` gave), got {trace_id!r}")
+    check_store(store)
     owned = not isinstance(store, TraceStore)
-    trace_store = store if isinstance(store, TraceStore) else TraceStore(store)
+    trace_store = store if isinstance(store, TraceStore) else TraceStore(store, read_only=True)
     try:
         record = trace_store.get_trace(trace_id)
     finally:

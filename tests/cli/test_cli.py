@@ -70,7 +70,7 @@ def test_solve_prints_answer_and_trace(tmp_path: Path) -> None:
         (("traces", "show", "deadbeef"), "no trace"),
         (("eval", "--dataset", "nosuch"), "unknown dataset"),
         (("eval", "--dataset", "synthetic", "--limit", "2", "--backend", "scripted", "--concurrency", "0"),
-         "concurrency must be >= 1"),
+         "concurrency must be an int >= 1"),
         (("demo", "--samples", "0"), "samples must be >= 1"),
         (("eval", "--dataset", "synthetic", "--limit", "2", "--backend", "scripted", "--budget-scope", "all"),
          "budget_scope must be 'question'"),
@@ -80,6 +80,10 @@ def test_solve_prints_answer_and_trace(tmp_path: Path) -> None:
         (("solve", "Q?", "--backend", "scripted", "--notes", "deadbeef"), "no trace"),
         (("sleep", "A context.", "--backend", "scripted", "-o", "n=0"), "invalid sleep options"),
         (("solve", "Q?", "--backend", "scripted", "--context", " "), "context must be a non-empty string"),
+        (("eval", "--dataset", "synthetic", "--limit", "1", "--offset", "100000000", "--backend", "scripted"),
+         "100000 problems per seed"),
+        (("traces", "list", "--db", ""), "the trace database path is empty"),
+        (("traces", "list", "--db", "/nonexistent/dir/x.db"), "there is no trace database at /nonexistent"),
     ],
 )
 def test_errors_are_one_line_without_traceback(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
@@ -87,6 +91,14 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path, args: tuple[str, 
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("delay", ["abc", "-1", "nan"])
+def test_a_bad_scripted_delay_is_a_config_error(tmp_path: Path, delay: str) -> None:
+    proc = run_ttc("solve", "What is 2 + 3?", "--backend", "scripted", db=tmp_path / "d.db", check=False,
+                   extra_env={"TTC_SCRIPTED_DELAY_S": delay})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "TTC_SCRIPTED_DELAY_S must be a finite number of seconds >= 0" in proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -105,10 +117,46 @@ def test_usage_errors_print_usage_without_traceback(tmp_path: Path, args: tuple[
 
 
 def test_eval_with_failed_problems_exits_1(tmp_path: Path) -> None:
-    proc = run_ttc("eval", "--dataset", "synthetic", "--limit", "2", "--backend", "scripted", "--strategy", "nope",
-                   db=tmp_path / "e.db", check=False)
+    """A server that is not there fails each problem's trace; the summary counts them and says how to go on."""
+    proc = run_ttc("eval", "--dataset", "synthetic", "--limit", "2", "--backend", "vllm", "--url",
+                   "http://127.0.0.1:9", db=tmp_path / "e.db", check=False)
     assert proc.returncode == 1, proc.stderr
-    assert "unknown strategy 'nope'" in proc.stderr and "2 problems not done: rerun with --resume" in proc.stderr
+    assert "│        2 │    0 │      2 │" in proc.stdout
+    assert "could not reach the vLLM server" in proc.stderr
+    assert "2 problems not done: rerun with --resume" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--strategy", "nope"), "unknown strategy 'nope'"),
+        (("--strategy", "best_of_n", "-o", "n=0"), "n: Input should be greater than or equal to 1"),
+        (("-o", "foo=1"), "unknown option 'foo'"),
+        (("--strategy", "best_of_n", "-o", "n=true"), "n: Input should be a valid integer"),
+        (("--seed", "-1"), "seed must be an int >= 0"),
+    ],
+)
+def test_eval_refuses_a_bad_strategy_option_or_seed_before_the_run_opens(
+        tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    """Checked once, up front: a run that fails the same way on every problem would only say 'rerun'."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"question": "What is 2 + 3?", "answer": "5"}\n{"question": "What is 4 + 4?", "answer": "8"}\n')
+    db = tmp_path / "e.db"
+    proc = run_ttc("eval", "--dataset", str(rows), "--backend", "scripted", *args, db=db, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert message in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
+    with TraceStore(str(db)) as store:
+        assert store.list_runs() == []
+
+
+def test_eval_of_no_problems_is_an_error(tmp_path: Path) -> None:
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"question": "What is 2 + 3?", "answer": "5"}\n')
+    for args in (("--dataset", str(tmp_path / "empty.jsonl")), ("--dataset", str(rows), "--offset", "5")):
+        (tmp_path / "empty.jsonl").write_text("")
+        proc = run_ttc("eval", *args, "--backend", "scripted", db=tmp_path / "e.db", check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert "no problems to evaluate" in proc.stderr
 
 
 def test_eval_with_one_budget_for_the_batch(tmp_path: Path) -> None:
@@ -350,3 +398,33 @@ def test_eval_with_sleep_killed_mid_run_resumes_thinking_once_per_context(tmp_pa
             plan = store.get_trace(summary.id).events[0].payload["context"]
             assert sleeps[plan["notes_trace"]] == plan["text"]
         assert not store.list_traces(run_id=run.id, status="running", limit=None)
+
+
+def test_sigterm_fails_the_open_traces_and_marks_the_run_interrupted(tmp_path: Path) -> None:
+    """`kill` or `timeout` used to leave every open trace 'running' for good; now it ends like Ctrl-C."""
+    db = tmp_path / "term.db"
+    env = {**os.environ, "TTC_DB": str(db), "TTC_SCRIPTED_DELAY_S": "0.3"}
+    args = [sys.executable, "-m", "ttc", "eval", "--dataset", "synthetic", "--limit", "40", "--backend", "scripted",
+            "--concurrency", "2"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while _done_count(db) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    with TraceStore(str(db), read_only=True) as store:
+        [run] = store.list_runs()
+        traces = store.list_traces(run_id=run.id, limit=100)
+        assert run.status == "interrupted"
+        assert not [t for t in traces if t.status == "running"]
+        assert {store.get_trace(t.id).error for t in traces if t.status == "failed"} == {"cancelled"}
+        assert 2 <= len([t for t in traces if t.status == "done"]) < 40
+
+
+def test_runs_show_whole_ids_on_a_narrow_terminal(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    run_ttc("eval", "--dataset", "synthetic", "--limit", "1", "--backend", "scripted", db=db)
+    with TraceStore(str(db), read_only=True) as store:
+        [run] = store.list_runs()
+    proc = run_ttc("traces", "runs", db=db, extra_env={"COLUMNS": "80"})
+    assert run.id in proc.stdout  # it was cut to '4720254a-2c41-4f2…', which `--run` does not take

@@ -153,7 +153,34 @@ def test_unusable_urls_are_explained(tmp_path: Path, monkeypatch: pytest.MonkeyP
         TraceStore("nosuchdb://host/db")
 
 
-def test_killed_process_leaves_a_running_trace_that_mark_stale_running_fails(
+def test_a_killed_process_s_trace_is_failed_by_the_next_writer_on_its_host(
+    db_path: Path, spawn_worker: Callable[..., subprocess.Popen[str]]
+) -> None:
+    """SIGKILL leaves no chance to fail a trace; it read 'running' for good until its run was resumed."""
+    process = spawn_worker(db_path, "crash")
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line, process.stderr.read() if process.stderr else "worker printed nothing"
+    ids = json.loads(line)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+
+    with TraceStore(str(db_path), read_only=True) as reader:  # a reader changes nothing
+        assert reader.get_trace(ids["trace_id"]).status == "running"
+    with TraceStore(str(db_path)) as store:
+        stale = store.get_trace(ids["trace_id"])
+        assert (stale.status, stale.error) == ("failed", f"interrupted: process {process.pid} ended without "
+                                                         "finishing it")
+        assert stale.finished_at is not None
+        mine = store.start_trace(problem=make_problem(2), strategy="s", budget=BUDGET, backend="b", seed=None)
+    with TraceStore(str(db_path)) as again:  # this process is alive: its open trace is left alone
+        assert again.get_trace(mine).status == "running"
+        again.finish_trace(mine, result=make_result(mine, []), nodes=[], events=[])
+    with sqlite3.connect(db_path) as raw:
+        assert raw.execute("SELECT count(*) FROM trace_owners").fetchone() == (0,)
+
+
+def test_a_trace_of_a_process_on_another_host_is_left_to_mark_stale_running(
     db_path: Path, spawn_worker: Callable[..., subprocess.Popen[str]]
 ) -> None:
     process = spawn_worker(db_path, "crash")
@@ -164,6 +191,8 @@ def test_killed_process_leaves_a_running_trace_that_mark_stale_running_fails(
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=10)
     assert process.returncode == -signal.SIGKILL
+    with sqlite3.connect(db_path) as raw:  # as if the process had run on another machine
+        raw.execute("UPDATE trace_owners SET host = 'elsewhere'")
 
     with TraceStore(str(db_path)) as store:
         trace = store.get_trace(ids["trace_id"])

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tree_doubles import TablePRM
 
+from ttc import solve
 from ttc.errors import BackendError, ConfigError
 from ttc.strategies.embed import (
     BackendEmbedder,
@@ -17,7 +19,7 @@ from ttc.strategies.embed import (
     embed_steps,
     resolve_embedder,
 )
-from ttc.testing import ScriptedBackend
+from ttc.testing import ScriptedBackend, guessing_responder
 
 pytestmark = pytest.mark.anyio
 
@@ -107,6 +109,17 @@ def test_resolve_embedder_names() -> None:
         resolve_embedder("backend", plain)
     with pytest.raises(ConfigError, match="does not exist"):
         resolve_embedder("/no/such/folder", plain)
+
+
+def test_a_folder_without_a_model_is_refused_before_a_search_spends_anything(tmp_path: Path) -> None:
+    """The model was loaded at the first clustering, so a small search never noticed and a larger one failed
+    halfway."""
+    pytest.importorskip("transformers")
+    backend = ScriptedBackend(guessing_responder)
+    with pytest.raises(ConfigError, match="cannot load an embedding model"):
+        solve("What is 2 + 3?", 96, strategy="ets", backend=backend, store=False, embedder=str(tmp_path),
+              verifier=TablePRM())
+    assert backend.calls == []
 
 
 @pytest.mark.slow

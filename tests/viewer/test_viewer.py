@@ -160,6 +160,11 @@ def test_a_taken_port_is_a_config_error(viewer: Viewer) -> None:
 def test_ttc_view_prints_its_address_and_serves_until_stopped(tmp_path: Path) -> None:
     db = tmp_path / "cli.db"
     env = {**os.environ, "TTC_DB": str(db)}
+    missing = subprocess.run([sys.executable, "-m", "ttc", "view", "--port", "0"], capture_output=True, text=True,
+                             env=env, timeout=60)
+    assert missing.returncode == 2 and "there is no trace database at" in missing.stderr  # and it made none
+    assert not db.exists()
+    TraceStore(str(db)).close()
     proc = subprocess.Popen([sys.executable, "-m", "ttc", "view", "--port", "0"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     try:

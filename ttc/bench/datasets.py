@@ -108,6 +108,11 @@ def _gold(answer: str) -> str:
     return answer.strip()
 
 
+MAX_SYNTHETIC_ROWS = 100_000
+"""Rows of one synthetic seed: a row's problem is drawn after every row before it (5-6 s for the last one here), so
+an offset far beyond this would generate for minutes before the first problem."""
+
+
 def _synthetic(name: str, limit: int, offset: int, seed: int, levels: Sequence[int] | None) -> list[Problem]:
     """The synthetic benchmark; for the stateful variant, each context's questions become consecutive rows;
     ``synthetic-totals`` is the totals questions of :mod:`ttc.bench.totals`.
@@ -119,6 +124,9 @@ def _synthetic(name: str, limit: int, offset: int, seed: int, levels: Sequence[i
 
     if not 0 <= seed < len(synthetic.EVAL_SEEDS):
         raise ConfigError(f"synthetic seed must be in [0, {len(synthetic.EVAL_SEEDS)}), got {seed}")
+    if offset + limit > MAX_SYNTHETIC_ROWS:
+        raise ConfigError(f"a synthetic dataset has {MAX_SYNTHETIC_ROWS} problems per seed (offset + limit is "
+                          f"{offset + limit}): draw more with other seeds")
     held_out = synthetic.EVAL_SEEDS.start + seed
     chosen = synthetic.LEVELS if levels is None else levels  # an empty choice is an error, not every level
     if name == "synthetic":

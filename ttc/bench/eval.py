@@ -14,13 +14,23 @@ asked without the notes the run was started to use), to be solved when the run i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from functools import partial
 
-from ttc.api import BudgetScope, Session, bounded_gather, check_budget_scope, check_concurrency, solve_problem
+from ttc.api import (
+    BudgetScope,
+    Session,
+    bounded_gather,
+    check_budget_scope,
+    check_concurrency,
+    check_seed,
+    plan_runner,
+    solve_problem,
+)
 from ttc.backends.base import Backend
 from ttc.errors import ConfigError, TTCError
 from ttc.pooled import check_pooled, solve_pooled
@@ -88,6 +98,8 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
     store = session.store
     if store is None:
         raise ConfigError("evaluation writes every trace: it needs a trace store (do not pass store=False)")
+    if not problems:
+        raise ConfigError("no problems to evaluate: the dataset is empty, or its offset and limit leave none")
     if any(p.gold is None for p in problems):
         raise ConfigError("every problem of an evaluation needs a gold answer")
     thinking = check_sleep(problems, sleep, sleep_opts)
@@ -99,8 +111,11 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
     for problem in problems:
         question_prompt(problem, session)  # a context this session cannot ask about is refused before the run opens
     check_concurrency(concurrency)
+    check_seed(seed)
     if check_budget_scope(budget_scope) == "batch":
         check_pooled(budget, 1, strategy=strategy, options=options, session=session)
+    else:
+        plan_runner(strategy, budget, session, options)  # a bad strategy or option fails here, not per problem
     run_id = _open_run(store, resume, config or {})
     done_before = store.done_problem_indices(run_id)
     todo = [p for p in problems if p.index not in done_before]
@@ -121,6 +136,10 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
             todo = [p for p in todo if p.context not in unthought]
         await _solve_all(todo, budget, session, strategy=strategy, options=options, seed=seed,
                          concurrency=concurrency, budget_scope=budget_scope, errors=errors, progress=progress)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        # Ctrl-C or SIGTERM: the run says so (its traces read 'cancelled'), and --resume finishes it.
+        store.finish_run(run_id, status="interrupted", summary={})
+        raise
     finally:
         session.notes = given_notes
 

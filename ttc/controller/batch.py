@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from ttc.controller.per_question import AUTO_MAX_SAMPLES
 from ttc.errors import ConfigError
-from ttc.types import Budget, Usage
+from ttc.types import Budget, Usage, is_int
 
 POOLED_STRATEGIES = ("auto", "self_consistency")
 WEIGHTED_MIN_SAMPLES = 8
@@ -92,7 +92,8 @@ def pooled_options(strategy: str, options: Mapping[str, object], *, has_verifier
         if opts.get("select", "auto") in ("weighted_vote", "score") or (opts.get("select", "auto") == "auto"
                                                                       and has_verifier):
             opts.setdefault("stop_share", 1.0)
-            opts.setdefault("min_samples", WEIGHTED_MIN_SAMPLES)
+            cap = opts["max_samples"]
+            opts.setdefault("min_samples", min(WEIGHTED_MIN_SAMPLES, cap) if is_int(cap) else WEIGHTED_MIN_SAMPLES)
     return opts
 
 

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import platformdirs
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 
 from ttc.errors import StorageError
+from ttc.storage.models import LATER_TABLES, Base
 
 DEFAULT_BUSY_TIMEOUT_S: Final = 10.0
 MAX_BUSY_TIMEOUT_S: Final = 2147483.0
@@ -59,9 +60,23 @@ def default_path() -> Path:
     return Path(platformdirs.user_data_dir("ttc")) / "traces.db"
 
 
-def resolve_location(url: str | None) -> Location:
-    """``url`` -> env ``TTC_DB`` -> the per-user data directory; a plain path means an SQLite file there."""
+def resolve_location(url: str | None, *, create: bool = True) -> Location:
+    """``url`` -> env ``TTC_DB`` -> the per-user data directory; a plain path means an SQLite file there.
+
+    ``create=False`` (a reader) makes no directory and refuses an SQLite file that is not there: a mistyped path
+    should say so, not read as an empty store.
+    """
     given = url if url is not None else os.environ.get(ENV_VAR) or None
+    if given is not None and not given.strip():
+        raise StorageError(f"the trace database path is empty: pass a file path or URL (or unset {ENV_VAR} to use "
+                           f"the default, {default_path()})")
+    location = _resolve(given)
+    if location.path is not None:
+        _place(location.path, create=create)
+    return location
+
+
+def _resolve(given: str | None) -> Location:
     if given is None:
         return _sqlite_file(default_path())
     if given == ":memory:":  # sqlite3's name for an in-memory database, which would be a file of that name here
@@ -88,6 +103,17 @@ def resolve_location(url: str | None) -> Location:
 
 def _sqlite_file(path: Path, url: URL | None = None) -> Location:
     path = path.absolute()
+    url = URL.create("sqlite", database=str(path)) if url is None else url.set(database=str(path))
+    return Location(url, path)
+
+
+def _place(path: Path, *, create: bool) -> None:
+    """Make the directory a store's file goes in; a reader's file must already be there."""
+    if not create:
+        if not path.is_file():
+            raise StorageError(f"there is no trace database at {path}: check the path (or {ENV_VAR}); a store is "
+                               "made by the first solve or eval that writes to it")
+        return
     if path.parent.exists() and not path.parent.is_dir():
         raise StorageError(
             f"cannot put the trace database at {path}: {path.parent} is a file, not a directory; "
@@ -100,22 +126,31 @@ def _sqlite_file(path: Path, url: URL | None = None) -> Location:
             f"cannot create the directory {path.parent} for the trace database {path} "
             f"({exc.strerror or exc}); make it writable or set {ENV_VAR} to a path in a writable directory"
         ) from exc
-    url = URL.create("sqlite", database=str(path)) if url is None else url.set(database=str(path))
-    return Location(url, path)
 
 
-def make_engine(location: Location, *, busy_timeout_s: float, writer: bool, own_tables: Collection[str] = ()) -> Engine:
+def make_engine(location: Location, *, busy_timeout_s: float, writer: bool, own_tables: Collection[str] = (),
+                read_only: bool = False) -> Engine:
     """An engine for the writer thread (one connection, ``BEGIN IMMEDIATE``) or for readers (a pool).
 
     The writer switches the file to WAL, which persists in the file, except in another program's database that
     already has tables named like ``own_tables``: the store refuses that file, and leaves it as it found it.
+    ``read_only`` opens an SQLite file with ``mode=ro``, so that a reader can neither create nor change it.
     """
     if not location.is_sqlite:
         return _create(location, pool_pre_ping=True)
     connect_args: dict[str, Any] = {"timeout": busy_timeout_s, "check_same_thread": False}
     if location.path is None:
         connect_args["uri"] = True
-    engine = _create(location, connect_args=connect_args)
+    if read_only and location.path is not None:
+        path = location.path
+
+        def connect() -> sqlite3.Connection:
+            return sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=busy_timeout_s,
+                                   check_same_thread=False)
+
+        engine = _create(location, creator=connect)
+    else:
+        engine = _create(location, connect_args=connect_args)
     busy_ms = max(0, int(busy_timeout_s * 1000))
     begin_sql = "BEGIN IMMEDIATE" if writer else "BEGIN"
 
@@ -137,6 +172,25 @@ def make_engine(location: Location, *, busy_timeout_s: float, writer: bool, own_
         connection.exec_driver_sql(begin_sql)
 
     return engine
+
+
+def check_layout(connection: Connection, location: Location, *, partial: bool = False) -> None:
+    """Refuse a store whose tables or columns are not the ones this ttc writes: a dropped table would otherwise be
+    created again, empty, and its done traces would read as complete without their events. ``partial`` allows
+    missing tables (a server database that has not been set up yet), not missing columns."""
+    present = set(inspect(connection).get_table_names())
+    problems: list[str] = []
+    for name, table in Base.metadata.tables.items():
+        if name not in present:
+            if not partial and name not in LATER_TABLES:
+                problems.append(f"table {name} is missing")
+            continue
+        columns = {column["name"] for column in inspect(connection).get_columns(name)}
+        problems += [f"column {name}.{c.name} is missing" for c in table.columns if c.name not in columns]
+    if problems:
+        raise StorageError(f"the trace database {location.describe()} is not laid out as ttc writes it "
+                           f"({'; '.join(problems)}): it was changed outside ttc; restore it from a copy, or set "
+                           f"{ENV_VAR} to another file")
 
 
 def _foreign(cursor: sqlite3.Cursor, own_tables: Collection[str]) -> bool:
@@ -225,6 +279,7 @@ __all__ = [
     "ENV_VAR",
     "MAX_BUSY_TIMEOUT_S",
     "Location",
+    "check_layout",
     "default_path",
     "make_engine",
     "resolve_location",

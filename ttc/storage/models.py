@@ -29,6 +29,10 @@ from sqlalchemy.types import TypeDecorator
 SCHEMA_VERSION: Final = 1
 """Stored in SQLite's ``user_version``; a file written by a newer schema is refused rather than misread."""
 
+LATER_TABLES: Final = ("trace_owners",)
+"""Tables added after schema 1 that older ttc ignores: a store without them is whole, and the next store opened
+for writing creates them."""
+
 RUN_KINDS: Final = ("solve", "eval")
 RUN_STATUSES: Final = ("running", "done", "failed", "interrupted")
 TRACE_STATUSES: Final = ("running", "done", "failed")
@@ -94,6 +98,18 @@ class RunLeaseRow(Base):
     host: Mapped[str] = mapped_column(Text)
     pid: Mapped[int] = mapped_column(Integer)
     claimed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class TraceOwnerRow(Base):
+    """Which process writes a trace that still reads 'running'. A process killed outright (SIGKILL, a crash, the
+    machine going down) cannot fail its own traces; the next store opened for writing on its host sees that the
+    process is gone and fails them as interrupted. The row goes when the trace is finished or failed."""
+
+    __tablename__ = "trace_owners"
+
+    trace_id: Mapped[str] = mapped_column(ForeignKey("traces.id", ondelete="CASCADE"), primary_key=True)
+    host: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int] = mapped_column(Integer)
 
 
 class ProblemRow(Base):
@@ -173,6 +189,7 @@ class EventRow(Base):
 
 
 __all__ = [
+    "LATER_TABLES",
     "NODE_STATUSES",
     "RUN_KINDS",
     "RUN_STATUSES",
@@ -184,6 +201,7 @@ __all__ = [
     "ProblemRow",
     "RunLeaseRow",
     "RunRow",
+    "TraceOwnerRow",
     "TraceRow",
     "UTCDateTime",
 ]

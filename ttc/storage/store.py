@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, delete, func, insert, inspect, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, inspect, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
@@ -31,6 +31,7 @@ from ttc.storage.database import (
     DEFAULT_BUSY_TIMEOUT_S,
     MAX_BUSY_TIMEOUT_S,
     Location,
+    check_layout,
     make_engine,
     resolve_location,
     storage_error,
@@ -46,6 +47,7 @@ from ttc.storage.models import (
     ProblemRow,
     RunLeaseRow,
     RunRow,
+    TraceOwnerRow,
     TraceRow,
 )
 from ttc.storage.records import RunSummary, TraceRecord, TraceSummary
@@ -123,7 +125,10 @@ def _env_busy_timeout() -> float:
 class TraceStore:
     """The trace store; see the module docstring for its threading and process model."""
 
-    def __init__(self, url: str | None = None, *, busy_timeout_s: float | None = None) -> None:
+    def __init__(self, url: str | None = None, *, busy_timeout_s: float | None = None,
+                 read_only: bool = False) -> None:
+        """``read_only`` (the CLI's readers and the viewer) opens an existing store without a writer: it creates
+        no file, changes nothing, and refuses a path where there is no store."""
         if busy_timeout_s is None:
             busy_timeout_s = _env_busy_timeout()
         if not 0 <= busy_timeout_s <= MAX_BUSY_TIMEOUT_S:
@@ -131,20 +136,27 @@ class TraceStore:
                 f"busy_timeout_s must be a finite number of seconds >= 0 and at most {MAX_BUSY_TIMEOUT_S:.0f} "
                 f"(about 24 days, the longest wait SQLite can hold), got {busy_timeout_s!r}"
             )
-        self._location: Location = resolve_location(url)
+        self._location: Location = resolve_location(url, create=not read_only)
         self._busy_timeout_s = busy_timeout_s
-        self._write_engine = make_engine(self._location, busy_timeout_s=busy_timeout_s, writer=True,
-                                         own_tables=tuple(Base.metadata.tables))
-        self._read_engine = make_engine(self._location, busy_timeout_s=busy_timeout_s, writer=False)
+        self._read_engine = make_engine(self._location, busy_timeout_s=busy_timeout_s, writer=False,
+                                        read_only=read_only)
+        self._write_engine: Engine | None = None
+        self._writer: Writer | None = None
         try:
-            self._writer = Writer(
-                self._write_engine,
-                open_work=self._open_schema,
-                explain_open=self._explainer("opening it"),
-                name="ttc-trace-writer",
-            )
+            if read_only:
+                self._read(self._check_schema, "opening it")
+            else:
+                self._write_engine = make_engine(self._location, busy_timeout_s=busy_timeout_s, writer=True,
+                                                 own_tables=tuple(Base.metadata.tables))
+                self._writer = Writer(
+                    self._write_engine,
+                    open_work=self._open_schema,
+                    explain_open=self._explainer("opening it"),
+                    name="ttc-trace-writer",
+                )
         except BaseException:
-            self._write_engine.dispose()
+            if self._write_engine is not None:
+                self._write_engine.dispose()
             self._read_engine.dispose()
             raise
         self._closed = False
@@ -162,8 +174,10 @@ class TraceStore:
             return
         self._closed = True
         atexit.unregister(self.close)
-        self._writer.close()
-        self._write_engine.dispose()
+        if self._writer is not None:
+            self._writer.close()
+        if self._write_engine is not None:
+            self._write_engine.dispose()
         self._read_engine.dispose()
 
     def __enter__(self) -> TraceStore:
@@ -177,14 +191,11 @@ class TraceStore:
     def _open_schema(self, connection: Connection) -> None:
         """Create missing tables and prove the database is writable now, not at the first trace."""
         if not self._location.is_sqlite:
+            check_layout(connection, self._location, partial=True)
             Base.metadata.create_all(connection)
+            _fail_orphans(connection)
             return
-        version = int(connection.exec_driver_sql("PRAGMA user_version").scalar_one())
-        if version > SCHEMA_VERSION:
-            raise StorageError(
-                f"the trace database {self._location.describe()} has schema version {version}, newer "
-                f"than this ttc understands ({SCHEMA_VERSION}); upgrade ttc or set TTC_DB to another file"
-            )
+        version = self._schema_version(connection)
         if version == 0:  # never opened by ttc, which stamps user_version in the transaction creating its tables
             clashing = sorted(set(inspect(connection).get_table_names()) & set(Base.metadata.tables))
             if clashing:
@@ -192,8 +203,28 @@ class TraceStore:
                     f"{self._location.describe()} is an SQLite database but not a ttc trace store: it already "
                     f"has tables ttc did not create ({', '.join(clashing)}); set TTC_DB to another file"
                 )
+        else:
+            check_layout(connection, self._location)  # before create_all, which would refill a dropped table
         Base.metadata.create_all(connection)
         connection.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        _fail_orphans(connection)
+
+    def _check_schema(self, session: Session) -> None:
+        """A reader's check of what the writer would create: the store must be ttc's, whole, and not newer."""
+        connection = session.connection()
+        if self._location.is_sqlite and self._schema_version(connection) == 0:
+            raise StorageError(f"{self._location.describe()} holds no ttc traces (it is an SQLite database ttc never "
+                               "wrote to): check the path, or TTC_DB")
+        check_layout(connection, self._location)
+
+    def _schema_version(self, connection: Connection) -> int:
+        version = int(connection.exec_driver_sql("PRAGMA user_version").scalar_one())
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"the trace database {self._location.describe()} has schema version {version}, newer "
+                f"than this ttc understands ({SCHEMA_VERSION}); upgrade ttc or set TTC_DB to another file"
+            )
+        return version
 
     # -- plumbing --------------------------------------------------------------------------------------------
 
@@ -210,6 +241,9 @@ class TraceStore:
         return explain
 
     def _submit(self, work: Callable[[Connection], T], doing: str, hint: str | None = None) -> Future[T]:
+        if self._writer is None:
+            raise StorageError(f"the trace database {self._location.describe()} was opened read-only, so "
+                               f"{doing} is not possible: open it with TraceStore(path) to write")
         return self._writer.submit(work, self._explainer(doing, hint))
 
     def _read(self, work: Callable[[Session], T], doing: str) -> T:
@@ -218,6 +252,10 @@ class TraceStore:
                 return work(session)
         except SQLAlchemyError as exc:
             raise storage_error(exc, self._location, doing, busy_timeout_s=self._busy_timeout_s) from exc
+        except (ValueError, TypeError) as exc:  # a stored value that does not read back (JSON, a timestamp)
+            raise StorageError(f"the trace database {self._location.describe()} holds a value that cannot be read "
+                               f"back while {doing} ({type(exc).__name__}: {exc}); it was changed outside ttc: "
+                               "restore it from a copy, or set TTC_DB to another file") from exc
 
     # -- runs ------------------------------------------------------------------------------------------------
 
@@ -287,6 +325,8 @@ class TraceStore:
                                    "start traces with the id create_run returned")
             _ensure_problem(connection, problem_values)
             connection.execute(insert(TraceRow).values(**trace_values))
+            connection.execute(insert(TraceOwnerRow).values(trace_id=trace_id, host=socket.gethostname(),
+                                                            pid=os.getpid()))
 
         hint = "the problem's meta must be JSON-serialisable and the seed fit in 64 bits"
         return trace_id, self._submit(work, "starting a trace", hint)
@@ -388,6 +428,8 @@ class TraceStore:
                 .where(TraceRow.run_id == run_id, TraceRow.status == "running")
                 .values(status="failed", error=STALE_ERROR, finished_at=_now())
             )
+            connection.execute(delete(TraceOwnerRow).where(
+                TraceOwnerRow.trace_id.in_(select(TraceRow.id).where(TraceRow.run_id == run_id))))
             return int(updated.rowcount)
 
         return self._submit(work, f"marking stale traces of run {run_id}").result()
@@ -411,7 +453,7 @@ class TraceStore:
             run = session.get(RunRow, run_id)
             if run is None:
                 where = self._location.describe()
-                raise NotFound(f"no run {run_id!r} in {where}; list_runs shows the runs")
+                raise NotFound(f"no run {run_id!r} in {where}; `ttc traces runs` (TraceStore.list_runs) shows the runs")
             return _run_summary(run, _trace_counts(session, [run_id]).get(run_id, {}))
 
         return self._read(work, f"reading run {run_id}")
@@ -511,12 +553,30 @@ def _ensure_problem(connection: Connection, values: dict[str, Any]) -> None:
             raise
 
 
+def _fail_orphans(connection: Connection) -> None:
+    """Fail the running traces whose process on this host is gone (see TraceOwnerRow); a process on another host
+    cannot be checked from here, so its traces are left as they are."""
+    owners = connection.execute(
+        select(TraceOwnerRow.trace_id, TraceOwnerRow.pid).where(TraceOwnerRow.host == socket.gethostname())
+    ).all()
+    for trace_id, pid in owners:
+        if _process_alive(pid):
+            continue
+        connection.execute(
+            update(TraceRow).where(TraceRow.id == trace_id, TraceRow.status == "running")
+            .values(status="failed", error=f"{STALE_ERROR}: process {pid} ended without finishing it",
+                    finished_at=_now())
+        )
+        connection.execute(delete(TraceOwnerRow).where(TraceOwnerRow.trace_id == trace_id))
+
+
 def _close_trace(connection: Connection, trace_id: str, values: dict[str, Any], location: Location) -> str | None:
     """Move a running trace to its final status; returns None, or the status of a trace closed before."""
     updated = connection.execute(
         update(TraceRow).where(TraceRow.id == trace_id, TraceRow.status == "running").values(**values)
     )
     if updated.rowcount == 1:
+        connection.execute(delete(TraceOwnerRow).where(TraceOwnerRow.trace_id == trace_id))
         return None
     status = connection.execute(select(TraceRow.status).where(TraceRow.id == trace_id)).scalar_one_or_none()
     if status is None:

@@ -52,9 +52,13 @@ def check_distinct(distinct: bool, temperature: float) -> None:
 
 
 class StrategyOptions(BaseModel):
-    """Base of every strategy's options: immutable, and unknown fields rejected."""
+    """Base of every strategy's options: immutable, unknown fields rejected, and values taken as their own type.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strict, because lenient coercion would read ``n=True`` as one sample and ``distinct="no"`` as False: a value
+    of the wrong type is an error, as everywhere else in the API (an int is still a float).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 OptionsT = TypeVar("OptionsT", bound=StrategyOptions)
@@ -184,7 +188,8 @@ def _describe(err: Mapping[str, Any]) -> str:
     where = ".".join(str(p) for p in err.get("loc", ()))
     if err.get("type") == "extra_forbidden":
         return f"unknown option {where!r}"
-    return f"{where}: {err.get('msg')}"
+    message = str(err.get("msg"))
+    return f"{where}: {message}" if where else message.removeprefix("Value error, ")
 
 
 def _load_builtin() -> None:

@@ -70,7 +70,8 @@ class HashedNgramEmbedder:
 class TransformerEmbedder:
     """A sentence-embedding model from a local folder (config, weights, tokenizer), mean-pooled and normalised.
 
-    The model is loaded on first use and shared by every embedder of the same folder.
+    The model is loaded when the embedder is made, so a folder that holds no model fails before a search spends
+    anything, and it is shared by every embedder of the same folder.
     """
 
     def __init__(self, path: str | Path, *, max_length: int = 256) -> None:
@@ -79,6 +80,7 @@ class TransformerEmbedder:
             raise ConfigError(f"embedding model folder {str(self.path)!r} does not exist: pass a local folder "
                               "holding a transformers model and tokenizer, or use embedder='ngram'")
         self.max_length = max_length
+        _load_model(str(self.path.resolve()))
 
     def embed(self, texts: Sequence[str]) -> FloatArray:
         if not texts:

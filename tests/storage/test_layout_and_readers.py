@@ -1,0 +1,82 @@
+"""A store changed outside ttc is refused rather than misread, and readers open a store without changing it."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from trace_data import BUDGET, make_events, make_nodes, make_problem, make_result
+
+from ttc.errors import StorageError
+from ttc.storage import TraceStore
+
+
+def _done_trace(path: Path) -> str:
+    with TraceStore(str(path)) as store:
+        trace_id = store.start_trace(problem=make_problem(0), strategy="beam", budget=BUDGET, backend="b", seed=0)
+        nodes = make_nodes(5)
+        store.finish_trace(trace_id, result=make_result(trace_id, nodes), nodes=nodes, events=make_events(3))
+    return trace_id
+
+
+def test_a_dropped_table_is_refused_not_created_again_empty(tmp_path: Path) -> None:
+    """create_all used to make a new, empty events table: the done trace then read as complete without events."""
+    db = tmp_path / "t.db"
+    _done_trace(db)
+    with sqlite3.connect(db) as raw:
+        raw.execute("DROP TABLE events")
+    for read_only in (False, True):
+        with pytest.raises(StorageError, match=r"not laid out as ttc writes it \(table events is missing\)"):
+            TraceStore(str(db), read_only=read_only)
+    with sqlite3.connect(db) as raw:
+        assert "events" not in {row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def test_a_dropped_column_is_refused_at_open(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    _done_trace(db)
+    with sqlite3.connect(db) as raw:
+        raw.execute("ALTER TABLE traces DROP COLUMN candidates")
+    with pytest.raises(StorageError, match=r"column traces\.candidates is missing.*restore it from a copy"):
+        TraceStore(str(db))
+
+
+def test_a_stored_value_that_does_not_read_back_is_a_storage_error(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    trace_id = _done_trace(db)
+    with sqlite3.connect(db) as raw:
+        raw.execute("UPDATE traces SET started_at = 'yesterday'")
+    with TraceStore(str(db), read_only=True) as store, \
+            pytest.raises(StorageError, match=r"holds a value that cannot be read back while listing traces"):
+        store.list_traces()
+    with sqlite3.connect(db) as raw:
+        raw.execute("UPDATE traces SET started_at = '2026-01-01T00:00:00+00:00', usage = '{bad json'")
+    with TraceStore(str(db), read_only=True) as store, \
+            pytest.raises(StorageError, match="cannot be read back"):
+        store.get_trace(trace_id)
+
+
+def test_a_reader_creates_nothing_and_says_where_it_looked(tmp_path: Path) -> None:
+    missing = tmp_path / "typo" / "dir" / "x.db"
+    with pytest.raises(StorageError, match=r"there is no trace database at .*x\.db: check the path"):
+        TraceStore(str(missing), read_only=True)
+    assert not (tmp_path / "typo").exists()
+    with pytest.raises(StorageError, match="path is empty"):
+        TraceStore("", read_only=True)
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).close()
+    with pytest.raises(StorageError, match="holds no ttc traces"):
+        TraceStore(str(other), read_only=True)
+
+
+def test_a_reader_reads_without_writing(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    trace_id = _done_trace(db)
+    before = db.read_bytes()
+    with TraceStore(str(db), read_only=True) as store:
+        assert store.get_trace(trace_id).status == "done"
+        assert [t.id for t in store.list_traces()] == [trace_id]
+        with pytest.raises(StorageError, match="opened read-only"):
+            store.start_trace(problem=make_problem(1), strategy="beam", budget=BUDGET, backend="b", seed=0)
+    assert db.read_bytes() == before
