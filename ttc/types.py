@@ -88,6 +88,11 @@ class Usage:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
+MIN_TEMPERATURE = 1e-4
+"""The smallest temperature above 0: logits divided by much less overflow a float32 softmax (NaN), and at this
+one a logit gap of 0.01 already weighs e^100 to 1, so nothing below it differs from greedy decoding."""
+
+
 @dataclass(frozen=True)
 class Sampling:
     """Per-call sampling settings, in the shape both vLLM and the local engine accept."""
@@ -110,6 +115,9 @@ class Sampling:
             raise ConfigError(f"Sampling.max_tokens must be an int >= 1, got {self.max_tokens!r}")
         if not is_number(self.temperature) or not 0 <= self.temperature < math.inf:
             raise ConfigError(f"Sampling.temperature must be a finite number >= 0, got {self.temperature!r}")
+        if 0 < self.temperature < MIN_TEMPERATURE:
+            raise ConfigError(f"Sampling.temperature {self.temperature!r} is too small to scale logits by (below "
+                              f"{MIN_TEMPERATURE:g} they overflow to infinity): use 0 for greedy decoding")
         if not is_number(self.top_p) or not 0 < self.top_p <= 1:
             raise ConfigError(f"Sampling.top_p must be in (0, 1], got {self.top_p!r}")
         if isinstance(self.stop, str) or not isinstance(self.stop, tuple | list) or not all(
@@ -258,6 +266,7 @@ class Notes:
 
 
 __all__ = [
+    "MIN_TEMPERATURE",
     "Budget",
     "Candidate",
     "Completion",

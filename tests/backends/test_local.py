@@ -272,7 +272,41 @@ async def test_invalid_requests_raise_config_errors(backend: LocalBackend) -> No
         await backend.prompt_logprobs([5, 2.5])  # type: ignore[list-item]
     with pytest.raises(ConfigError, match="sequence of token ids"):
         await backend.release(None)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"sampling must be a ttc.types.Sampling, got dict"):
+        await backend.complete([5], 1, {"max_tokens": 5})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="tokenize takes text"):
+        await backend.tokenize(None)  # type: ignore[arg-type]
+    for ids in ([-1], [1, 10_000]):
+        with pytest.raises(ConfigError, match="outside the model's vocabulary"):
+            await backend.detokenize(ids)
+    with pytest.raises(ConfigError, match="embed takes a list of token id sequences"):
+        await backend.embed(None)  # type: ignore[arg-type]
     assert backend.stats().live_kv_tokens == 0
+
+
+def test_loader_settings_of_the_wrong_type_are_config_errors(model_path: Path) -> None:
+    for settings in ({"max_batch": "8"}, {"max_held": 1.5}, {"threads": "2"}, {"cache_tokens": True}):
+        with pytest.raises(ConfigError, match="must be an int"):
+            LocalBackend.from_pretrained(model_path, **settings)  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_text_the_vocabulary_cannot_spell_is_refused_not_read_as_unknown_tokens() -> None:
+    """The mini models' 64 characters have no 'C', 'D' or 'P': 'CAPS Dog' was read as '<unk>A<unk>S <unk>og'."""
+    from ttc.models import mini_model_path
+
+    async with LocalBackend.from_pretrained(mini_model_path("reasoner"), threads=1) as mini:
+        with pytest.raises(ConfigError, match=r"has no token for 'C', 'D', 'P' in 'CAPS Dog'"):
+            await mini.tokenize("CAPS Dog")
+        assert await mini.detokenize(await mini.tokenize("Ann has 12 pens.")) == "Ann has 12 pens."
+
+
+@pytest.mark.parametrize("temperature", [1e-45, 1e-40, 5e-5])
+def test_a_temperature_too_small_to_scale_logits_by_is_refused(temperature: float) -> None:
+    """At 1e-45 the scaled logits overflowed, the softmax gave NaN, and every sample was the pad token."""
+    with pytest.raises(ConfigError, match="too small to scale logits by"):
+        Sampling(temperature=temperature)
+    assert Sampling(temperature=1e-4).temperature == 1e-4
 
 
 @pytest.mark.parametrize(
@@ -416,7 +450,8 @@ async def test_bundled_mini_reasoner_decodes_like_transformers(mini_reference: o
 
     reference: Any = mini_reference
     async with LocalBackend.from_pretrained(MINI_REASONER, threads=1) as backend:
-        prompt = await backend.tokenize(mini_prompt("What is 3 + 4 * 2?"), add_special_tokens=True)
+        question = "Ann has 3 pens. She buys 4 bags of 2 pens. How many pens does she have?"
+        prompt = await backend.tokenize(mini_prompt(question), add_special_tokens=True)
         [ours] = await backend.complete(prompt, 1, Sampling(max_tokens=48, temperature=0.0))
         scored = await backend.prompt_logprobs(prompt + list(ours.token_ids))
     with torch.no_grad():

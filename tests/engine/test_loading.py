@@ -106,3 +106,57 @@ def test_bad_device_and_dtype(llama_path: Path) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             load_model(llama_path, device="cuda")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"hidden_size": "abc"}, "hidden_size must be a positive integer, got 'abc'"),
+        ({"vocab_size": None}, "has no 'vocab_size'"),
+        ({"num_attention_heads": 0}, "num_attention_heads must be a positive integer, got 0"),
+        ({"rms_norm_eps": "x"}, "rms_norm_eps must be a positive number"),
+        ({"eos_token_id": "2"}, "eos_token_id must be a token id or a list of token ids, got '2'"),
+    ],
+)
+def test_a_bad_config_value_names_its_key(llama_path: Path, tmp_path: Path, changes: dict[str, object],
+                                          message: str) -> None:
+    """They raised ValueError or TypeError from int(), or (eos_token_id) were dropped, so decoding never stopped."""
+    folder = _copy(llama_path, tmp_path / "model")
+    _edit_config(folder, **changes)
+    with pytest.raises(ConfigError, match=message):
+        load_model(folder)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"num_hidden_layers": 1}, r"the weights hold 2 layers and config.json says num_hidden_layers=1"),
+        ({"num_key_value_heads": 4}, r"self_attn.k_proj.weight' has shape .* where config.json implies"),
+        ({"head_dim": 8}, r"self_attn.q_proj.weight' has shape .* where config.json implies"),
+        ({"intermediate_size": 12}, r"mlp.gate_proj.weight' has shape .* where config.json implies"),
+    ],
+)
+def test_weights_that_the_config_does_not_describe_are_refused_at_load(
+        llama_path: Path, tmp_path: Path, changes: dict[str, object], message: str) -> None:
+    """A config with fewer layers ran a truncated model without a word; wrong head sizes failed at the first
+    forward as a reshape error."""
+    folder = _copy(llama_path, tmp_path / "model")
+    _edit_config(folder, **changes)
+    with pytest.raises(ConfigError, match=message):
+        load_model(folder)
+
+
+@pytest.mark.parametrize("content", [b"garbage" * 10, b"", b"\x08\x00\x00\x00\x00\x00\x00\x00{}"])
+def test_damaged_weights_are_a_config_error(llama_path: Path, tmp_path: Path, content: bytes) -> None:
+    folder = _copy(llama_path, tmp_path / "model")
+    (folder / "model.safetensors").write_bytes(content)
+    with pytest.raises(ConfigError, match=r"model.safetensors .*damaged or incomplete|weight .* is missing"):
+        load_model(folder)
+
+
+@pytest.mark.parametrize("index", ["nope", '{"weight_map": []}', '{"weight_map": {"a": 1}}'])
+def test_a_malformed_shard_index_is_a_config_error(llama_path: Path, tmp_path: Path, index: str) -> None:
+    folder = _copy(llama_path, tmp_path / "model")
+    (folder / "model.safetensors.index.json").write_text(index)
+    with pytest.raises(ConfigError, match=r"model\.safetensors\.index\.json"):
+        load_model(folder)

@@ -130,6 +130,15 @@ async def test_the_least_common_paths_are_left_out_of_a_prompt_too_long() -> Non
     assert (event["shown"], event["left_out"]) == (2, 1)
 
 
+async def test_a_prompt_limit_that_leaves_no_room_for_a_path_is_refused_before_any_path_is_drawn() -> None:
+    """Every path was left out and the synthesizer answered unaided, after the paths' tokens were spent."""
+    target, synth = sampler(), synthesizer()
+    with pytest.raises(ConfigError, match=r"takes 7 tokens before any path is shown, and "
+                                          r"synthesis_max_prompt_tokens is 7"):
+        await run(target, synth, synthesis_max_prompt_tokens=len("q?\nso:\n"))
+    assert target.calls == [] and synth.calls == []
+
+
 async def test_bad_templates_and_options_are_refused_before_anything_runs() -> None:
     with pytest.raises(ConfigError, match=r"synthesis_template must contain \{paths\}"):
         make_strategy("parallel_thinking", {"synthesis_template": "{question}"})

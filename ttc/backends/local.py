@@ -36,6 +36,8 @@ class LocalBackend:
         self._engine = engine
         self._scheduler = scheduler
         self._name = name
+        unk = getattr(engine.tokenizer.model, "unk_token", None)
+        self._unk: int | None = engine.tokenizer.token_to_id(unk) if isinstance(unk, str) else None
 
     @classmethod
     def from_pretrained(
@@ -62,14 +64,14 @@ class LocalBackend:
         drives requests that bring no seed of their own. ``threads`` sets the engine thread's CPU thread count
         (default: torch's); 1 is fastest for small models on busy machines.
         """
-        if max_batch < 1:
-            raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
-        if cache_tokens is not None and cache_tokens < 0:
-            raise ConfigError(f"cache_tokens must be >= 0 or None, got {cache_tokens}")
-        if max_held < 0:
-            raise ConfigError(f"max_held must be >= 0, got {max_held}")
-        if threads is not None and threads < 1:
-            raise ConfigError(f"threads must be >= 1 or None, got {threads}")
+        if not is_int(max_batch) or max_batch < 1:
+            raise ConfigError(f"max_batch must be an int >= 1, got {max_batch!r}")
+        if cache_tokens is not None and (not is_int(cache_tokens) or cache_tokens < 0):
+            raise ConfigError(f"cache_tokens must be an int >= 0 or None, got {cache_tokens!r}")
+        if not is_int(max_held) or max_held < 0:
+            raise ConfigError(f"max_held must be an int >= 0, got {max_held!r}")
+        if threads is not None and (not is_int(threads) or threads < 1):
+            raise ConfigError(f"threads must be an int >= 1 or None, got {threads!r}")
         from ttc.engine.engine import Engine
         from ttc.engine.loading import load_model
         from ttc.engine.scheduler import Scheduler
@@ -94,16 +96,31 @@ class LocalBackend:
         return self._engine
 
     async def tokenize(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
-        return list(self._engine.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
+        """Token ids of ``text``. A character the vocabulary has no token for is a ConfigError, not an unknown
+        token: the model would read something else than was asked (a small character vocabulary such as the
+        mini models' has 64 tokens; byte-level vocabularies have no unknown token at all)."""
+        if not isinstance(text, str):
+            raise ConfigError(f"tokenize takes text (a str), got {type(text).__name__}")
+        encoding = self._engine.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        if self._unk is not None and self._unk in encoding.ids:
+            unknown = sorted({text[start:end] for token, (start, end) in zip(encoding.ids, encoding.offsets,
+                                                                             strict=True) if token == self._unk})
+            raise ConfigError(f"{self.name} has no token for {', '.join(map(repr, unknown))} in {_short(text)!r}: "
+                              "write the text (a prompt template's own words too) with the characters its "
+                              "vocabulary holds, or use a model that reads them (TTC_MODEL, TTC_VLLM_URL)")
+        return list(encoding.ids)
 
     async def detokenize(self, token_ids: Sequence[int]) -> str:
-        return str(self._engine.tokenizer.decode(list(token_ids), skip_special_tokens=True))
+        ids = _in_vocabulary(token_ids, self._engine.config.vocab_size)
+        return str(self._engine.tokenizer.decode(list(ids), skip_special_tokens=True))
 
     async def complete(self, prompt: Sequence[int], n: int, sampling: Sampling) -> list[Completion]:
         from ttc.engine.engine import GenerationRequest
 
         if not is_int(n) or n < 1:
             raise ConfigError(f"n must be a positive int, got {n!r}")
+        if not isinstance(sampling, Sampling):
+            raise ConfigError(f"sampling must be a ttc.types.Sampling, got {type(sampling).__name__}")
         tokens = token_ids(prompt)
         self._engine.validate_prompt(tokens)
         loop = asyncio.get_running_loop()
@@ -129,6 +146,8 @@ class LocalBackend:
 
     async def embed(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
         """Hidden-state embeddings of whole token sequences (see ``Engine.embed``); ETS's ``auto`` embedder."""
+        if isinstance(sequences, str | bytes) or not isinstance(sequences, Sequence):
+            raise ConfigError(f"embed takes a list of token id sequences, got {type(sequences).__name__}")
         batch = [token_ids(sequence) for sequence in sequences]
         for tokens in batch:
             self._engine.validate_prompt(tokens, generate=False)
@@ -165,6 +184,18 @@ class LocalBackend:
         future: asyncio.Future[Any] = loop.create_future()
         submit(_settle(loop, future))
         return await future
+
+
+def _in_vocabulary(ids: object, vocab: int) -> tuple[int, ...]:
+    checked = token_ids(ids)
+    bad = next((t for t in checked if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise ConfigError(f"token id {bad} is outside the model's vocabulary [0, {vocab})")
+    return checked
+
+
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> Callable[[object], None]:

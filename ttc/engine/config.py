@@ -58,20 +58,33 @@ class ModelConfig:
         return self.model_type == "qwen2" or self.attention_bias
 
 
-def _require(raw: Mapping[str, Any], key: str, path: Path) -> Any:
-    if key not in raw:
-        raise ConfigError(f"{path} has no {key!r}; a Llama/Qwen2 config.json must define it")
-    return raw[key]
-
-
-def _eos_ids(value: object) -> tuple[int, ...]:
+def _eos_ids(value: object, path: Path) -> tuple[int, ...]:
+    """``eos_token_id``: an id or a list of ids. Anything else is an error: dropped, decoding would never stop."""
     if value is None:
         return ()
-    if isinstance(value, int):
-        return (value,)
-    if isinstance(value, list):
-        return tuple(int(v) for v in value)
-    return ()
+    ids = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ids):
+        raise ConfigError(f"{path}: eos_token_id must be a token id or a list of token ids, got {value!r}")
+    return tuple(ids)
+
+
+def _int(raw: Mapping[str, Any], key: str, path: Path, default: int | None = None) -> int:
+    """A positive whole-number setting (an architecture size); ``default`` where the key is absent or null."""
+    value = raw.get(key)
+    if value is None:
+        if default is None:
+            raise ConfigError(f"{path} has no {key!r}; a Llama/Qwen2 config.json must define it")
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{path}: {key} must be a positive integer, got {value!r}")
+    return value
+
+
+def _float(raw: Mapping[str, Any], key: str, path: Path, default: float) -> float:
+    value = raw.get(key, default)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < float("inf"):
+        raise ConfigError(f"{path}: {key} must be a positive number, got {value!r}")
+    return float(value)
 
 
 def _rope(raw: Mapping[str, Any], path: Path) -> RopeConfig:
@@ -83,9 +96,9 @@ def _rope(raw: Mapping[str, Any], path: Path) -> RopeConfig:
         raise ConfigError(
             f"{path}: rope type {kind!r} is not supported; the local engine handles {SUPPORTED_ROPE_TYPES}"
         )
-    theta = params.get("rope_theta", raw.get("rope_theta", 10000.0))
+    theta = _float(params, "rope_theta", path, _float(raw, "rope_theta", path, 10000.0))
     return RopeConfig(
-        theta=float(theta),
+        theta=theta,
         kind=kind,
         factor=float(params.get("factor", 1.0)),
         low_freq_factor=float(params.get("low_freq_factor", 1.0)),
@@ -114,28 +127,28 @@ def _check_supported(raw: Mapping[str, Any], path: Path) -> str:
 def parse_config(raw: Mapping[str, Any], path: Path) -> ModelConfig:
     """Validate a decoded ``config.json``; ``path`` only names the source in error messages."""
     model_type = _check_supported(raw, path)
-    hidden = int(_require(raw, "hidden_size", path))
-    heads = int(_require(raw, "num_attention_heads", path))
-    kv_heads = int(raw.get("num_key_value_heads") or heads)
+    hidden = _int(raw, "hidden_size", path)
+    heads = _int(raw, "num_attention_heads", path)
+    kv_heads = _int(raw, "num_key_value_heads", path, default=heads)
     if heads % kv_heads:
         raise ConfigError(f"{path}: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
-    head_dim = int(raw.get("head_dim") or hidden // heads)
+    head_dim = _int(raw, "head_dim", path, default=max(1, hidden // heads))
     return ModelConfig(
         model_type=model_type,
-        vocab_size=int(_require(raw, "vocab_size", path)),
+        vocab_size=_int(raw, "vocab_size", path),
         hidden_size=hidden,
-        intermediate_size=int(_require(raw, "intermediate_size", path)),
-        num_layers=int(_require(raw, "num_hidden_layers", path)),
+        intermediate_size=_int(raw, "intermediate_size", path),
+        num_layers=_int(raw, "num_hidden_layers", path),
         num_heads=heads,
         num_kv_heads=kv_heads,
         head_dim=head_dim,
-        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-        max_positions=int(raw.get("max_position_embeddings", 2048)),
+        rms_norm_eps=_float(raw, "rms_norm_eps", path, 1e-6),
+        max_positions=_int(raw, "max_position_embeddings", path, default=2048),
         rope=_rope(raw, path),
         attention_bias=bool(raw.get("attention_bias", False)),
         mlp_bias=bool(raw.get("mlp_bias", False)),
         tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-        eos_token_ids=_eos_ids(raw.get("eos_token_id")),
+        eos_token_ids=_eos_ids(raw.get("eos_token_id"), path),
     )
 
 
@@ -159,7 +172,7 @@ def load_config(folder: Path) -> ModelConfig:
     config = parse_config(_read_json(path), path)
     generation = folder / "generation_config.json"
     if generation.is_file():
-        eos = _eos_ids(_read_json(generation).get("eos_token_id"))
+        eos = _eos_ids(_read_json(generation).get("eos_token_id"), generation)
         if eos:
             config = replace(config, eos_token_ids=eos)
     return config

@@ -7,6 +7,7 @@ has five: on small batches the per-call overhead, not the arithmetic, dominates.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,12 @@ class ModelWeights:
 def _safetensors_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"cannot read {index} ({exc}); expected a JSON object with a 'weight_map'") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ConfigError(f"{index}: 'weight_map' must map each tensor name to a .safetensors file name")
         return [folder / name for name in sorted(set(weight_map.values()))]
     files = sorted(folder.glob("*.safetensors"))
     if not files:
@@ -60,7 +66,11 @@ def read_tensors(folder: Path) -> dict[str, Tensor]:
     for file in _safetensors_files(folder):
         if not file.is_file():
             raise ConfigError(f"{file} is listed in the safetensors index but missing")
-        tensors.update(load_file(str(file)))
+        try:
+            tensors.update(load_file(str(file)))
+        except Exception as exc:  # safetensors raises its own error type from Rust
+            raise ConfigError(f"cannot read the weights in {file} ({exc}); the file is damaged or incomplete: "
+                              "save or copy the model again") from None
     return tensors
 
 
@@ -73,13 +83,19 @@ class _Taker:
         self.device = device
         self.dtype = dtype
 
-    def get(self, name: str) -> Tensor:
+    def get(self, name: str, shape: tuple[int, ...]) -> Tensor:
+        """The tensor ``name``, which must have ``shape`` (the config's): a mismatch is a ConfigError at load
+        time, not a reshape error at the first forward, nor a model that quietly runs fewer layers."""
         if name not in self.tensors:
             raise ConfigError(f"{self.folder}: weight {name!r} is missing; is this a Llama/Qwen2 checkpoint?")
-        return self.tensors[name].to(device=self.device, dtype=self.dtype)
+        tensor = self.tensors[name]
+        if tuple(tensor.shape) != shape:
+            raise ConfigError(f"{self.folder}: weight {name!r} has shape {tuple(tensor.shape)} where config.json "
+                              f"implies {shape}; the config does not describe these weights")
+        return tensor.to(device=self.device, dtype=self.dtype)
 
-    def maybe(self, name: str) -> Tensor | None:
-        return self.get(name) if name in self.tensors else None
+    def maybe(self, name: str, shape: tuple[int, ...]) -> Tensor | None:
+        return self.get(name, shape) if name in self.tensors else None
 
 
 def _fuse(parts: list[Tensor]) -> Tensor:
@@ -97,41 +113,49 @@ def _fuse_bias(parts: list[Tensor | None]) -> Tensor | None:
 
 def _layer(take: _Taker, i: int, config: ModelConfig) -> LayerWeights:
     p = f"model.layers.{i}."
-    attn = [f"{p}self_attn.{n}_proj" for n in ("q", "k", "v")]
-    qkv_bias = _fuse_bias([take.maybe(f"{a}.bias") for a in attn])
+    hidden, inner = config.hidden_size, config.intermediate_size
+    q_rows, kv_rows = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    attn = [(f"{p}self_attn.q_proj", q_rows), (f"{p}self_attn.k_proj", kv_rows), (f"{p}self_attn.v_proj", kv_rows)]
+    qkv_bias = _fuse_bias([take.maybe(f"{a}.bias", (rows,)) for a, rows in attn])
     if config.qkv_bias and qkv_bias is None:
         raise ConfigError(f"{take.folder}: layer {i} has no q/k/v biases but the config requires them")
     mlp = [f"{p}mlp.{n}_proj" for n in ("gate", "up")]
     return LayerWeights(
-        input_norm=take.get(f"{p}input_layernorm.weight"),
-        qkv=_fuse([take.get(f"{a}.weight") for a in attn]),
+        input_norm=take.get(f"{p}input_layernorm.weight", (hidden,)),
+        qkv=_fuse([take.get(f"{a}.weight", (rows, hidden)) for a, rows in attn]),
         qkv_bias=qkv_bias,
-        o_proj=take.get(f"{p}self_attn.o_proj.weight"),
-        o_bias=take.maybe(f"{p}self_attn.o_proj.bias"),
-        post_norm=take.get(f"{p}post_attention_layernorm.weight"),
-        gate_up=_fuse([take.get(f"{m}.weight") for m in mlp]),
-        gate_up_bias=_fuse_bias([take.maybe(f"{m}.bias") for m in mlp]),
-        down=take.get(f"{p}mlp.down_proj.weight"),
-        down_bias=take.maybe(f"{p}mlp.down_proj.bias"),
+        o_proj=take.get(f"{p}self_attn.o_proj.weight", (hidden, q_rows)),
+        o_bias=take.maybe(f"{p}self_attn.o_proj.bias", (hidden,)),
+        post_norm=take.get(f"{p}post_attention_layernorm.weight", (hidden,)),
+        gate_up=_fuse([take.get(f"{m}.weight", (inner, hidden)) for m in mlp]),
+        gate_up_bias=_fuse_bias([take.maybe(f"{m}.bias", (inner,)) for m in mlp]),
+        down=take.get(f"{p}mlp.down_proj.weight", (hidden, inner)),
+        down_bias=take.maybe(f"{p}mlp.down_proj.bias", (hidden,)),
     )
+
+
+def _layer_count(tensors: dict[str, Tensor]) -> int:
+    indices = [int(m.group(1)) for name in tensors if (m := re.match(r"model\.layers\.(\d+)\.", name))]
+    return max(indices) + 1 if indices else 0
 
 
 def load_weights(folder: Path, config: ModelConfig, device: torch.device, dtype: torch.dtype) -> ModelWeights:
     """Read and lay out the weights; an untied checkpoint without ``lm_head.weight`` is rejected."""
-    take = _Taker(read_tensors(folder), folder, device, dtype)
-    embed = take.get("model.embed_tokens.weight")
-    if tuple(embed.shape) != (config.vocab_size, config.hidden_size):
-        raise ConfigError(
-            f"{folder}: embed_tokens has shape {tuple(embed.shape)}, config says "
-            f"({config.vocab_size}, {config.hidden_size})"
-        )
-    lm_head = take.maybe("lm_head.weight")
+    tensors = read_tensors(folder)
+    if (stored := _layer_count(tensors)) != config.num_layers:
+        raise ConfigError(f"{folder}: the weights hold {stored} layers and config.json says num_hidden_layers="
+                          f"{config.num_layers}; the config does not describe these weights")
+    take = _Taker(tensors, folder, device, dtype)
+    vocab_by_hidden = (config.vocab_size, config.hidden_size)
+    embed = take.get("model.embed_tokens.weight", vocab_by_hidden)
+    lm_head = take.maybe("lm_head.weight", vocab_by_hidden)
     if lm_head is None:
         if not config.tie_word_embeddings:
             raise ConfigError(f"{folder}: lm_head.weight is missing and tie_word_embeddings is false")
         lm_head = embed
     layers = tuple(_layer(take, i, config) for i in range(config.num_layers))
-    return ModelWeights(embed=embed, layers=layers, final_norm=take.get("model.norm.weight"), lm_head=lm_head)
+    final_norm = take.get("model.norm.weight", (config.hidden_size,))
+    return ModelWeights(embed=embed, layers=layers, final_norm=final_norm, lm_head=lm_head)
 
 
 __all__ = ["LayerWeights", "ModelWeights", "load_weights", "read_tensors"]

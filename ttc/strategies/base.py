@@ -13,14 +13,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from ttc.backends.base import Backend
 from ttc.budget import Meter
 from ttc.errors import ConfigError
 from ttc.strategies.synthesis import PATH_TEMPLATE, SYNTHESIS_TEMPLATE
 from ttc.trace import TraceRecorder
-from ttc.types import Candidate, Problem, Sampling
+from ttc.types import MIN_TEMPERATURE, Candidate, Problem, Sampling, is_number
 from ttc.verifiers.base import OutcomeVerifier, ProcessVerifier
 
 DEFAULT_PROMPT_TEMPLATE = (
@@ -59,6 +59,15 @@ class StrategyOptions(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @model_validator(mode="after")
+    def _temperature_scales_logits(self) -> StrategyOptions:
+        """Every sampled option set's temperature is 0 (greedy) or one logits can be divided by."""
+        temperature = getattr(self, "temperature", None)
+        if is_number(temperature) and 0 < temperature < MIN_TEMPERATURE:
+            raise ValueError(f"temperature {temperature!r} is too small to scale logits by (below "
+                             f"{MIN_TEMPERATURE:g} they overflow): use 0 for greedy decoding")
+        return self
 
 
 OptionsT = TypeVar("OptionsT", bound=StrategyOptions)

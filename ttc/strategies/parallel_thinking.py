@@ -10,7 +10,8 @@ trained on this prompt), else the target model itself, with the setup's synthesi
 so a synthesizer with another tokenizer than the target's works as well. One budget covers both calls: the paths
 are planned with the synthesis's ``synthesis_max_tokens`` (and its call) kept back, so the synthesis always runs.
 A synthesis prompt longer than ``synthesis_max_prompt_tokens`` leaves out the least common paths until it fits,
-and the trace's ``synthesis`` event says how many it showed and left out.
+and the trace's ``synthesis`` event says how many it showed and left out; a limit the prompt exceeds with no path
+at all is a ConfigError before any path is drawn.
 """
 
 from __future__ import annotations
@@ -71,10 +72,11 @@ class ParallelThinking(Strategy[ParallelThinkingOptions]):
     async def run(self, problem: Problem, meter: Meter, ctx: Context) -> StrategyResult:
         opts = self.options
         _, prompt, root = await ctx.open_question(problem.question)
+        synthesizer = ctx.synthesizer or ctx.backend
+        await self._check_room(ctx, synthesizer, ctx.question_text(problem.question))
         paths = await self._paths(ctx, meter, prompt)
         ctx.recorder.event("sample", {"requested": opts.paths, "drawn": len(paths), "distinct": opts.distinct})
         candidates = record(ctx, root, paths)
-        synthesizer = ctx.synthesizer or ctx.backend
         text, shown, tokens = await self._synthesis_prompt(ctx, synthesizer, ctx.question_text(problem.question),
                                                             paths)
         node = ctx.recorder.add_node(parent=None, text=text, token_count=len(tokens))
@@ -111,6 +113,18 @@ class ParallelThinking(Strategy[ParallelThinkingOptions]):
             if len(tokens) <= opts.synthesis_max_prompt_tokens or not order:
                 return text, len(shown), tokens
             order = order[:-1]
+
+    async def _check_room(self, ctx: Context, synthesizer: Backend, question: str) -> None:
+        """Refuse, before any path is drawn, a ``synthesis_max_prompt_tokens`` that the question's synthesis prompt
+        exceeds with no path in it: every path would be left out, and the synthesizer would answer unaided."""
+        opts = self.options
+        template = opts.synthesis_template or ctx.synthesis_template
+        bare = render_synthesis(question, [], template, opts.path_template or ctx.path_template)
+        needed = len(await synthesizer.tokenize(bare, add_special_tokens=True))
+        if needed >= opts.synthesis_max_prompt_tokens:
+            raise ConfigError(f"the synthesis prompt takes {needed} tokens before any path is shown, and "
+                              f"synthesis_max_prompt_tokens is {opts.synthesis_max_prompt_tokens}: raise it (up to "
+                              "the synthesizer's context minus synthesis_max_tokens), or ask a shorter question")
 
     async def _synthesize(self, ctx: Context, synthesizer: Backend, meter: Meter, prompt: Sequence[int],
                           node: int) -> Candidate | None:
