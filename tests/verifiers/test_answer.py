@@ -359,6 +359,46 @@ def test_bad_arguments_are_config_errors() -> None:
         answers_equivalent("1", "1", timeout_s=float("nan"))
     with pytest.raises(ConfigError, match="gold answer"):
         grade_detail(r"\boxed{1}", "  ")
+    # These raised TypeError, AttributeError, or (a wait the worker pipe cannot hold) OverflowError.
+    for call, message in ((lambda: grade(None, "5"), "prediction_text must be a string"),  # type: ignore[arg-type]
+                          (lambda: grade("5", None), "gold must be a string"),  # type: ignore[arg-type]
+                          (lambda: grade(b"5", "5"), "prediction_text must be a string"),  # type: ignore[arg-type]
+                          (lambda: extract_answer(None), "text must be a string"),  # type: ignore[arg-type]
+                          (lambda: grade("5", "5", timeout_s="5"), "timeout_s"),  # type: ignore[arg-type]
+                          (lambda: grade(r"\boxed{0.5}", r"\frac12", timeout_s=1e12), "timeout_s")):
+        with pytest.raises(ConfigError, match=message):
+            call()
+
+
+@pytest.mark.parametrize(
+    ("text", "gold", "correct"),
+    [
+        # A currency sign before an amount that prose follows is not the opening of $...$ math.
+        ("The answer is $5, and he spent $3 on lunch.", "5", True),
+        ("The answer is $5 and he keeps $3.", "5", True),
+        ("The answer is $12.50 per hour.", "12.5", True),
+        ("The answer is $2\\sqrt{3}$.", "2\\sqrt{3}", True),
+        # A later remark about the answer is not an answer.
+        ("The answer is 5.\nI checked, the answer is correct!", "5", True),
+        ("The answer is 5.\nThe answer is reasonable.", "5", True),
+        ("The answer is 19.\nThe answer is plausible: 12 + 8 = 20.", "20", False),
+        # A word between "the answer is" and the answer.
+        ("The answer is therefore 19.", "19", True),
+        ("The answer is thus $\\frac{1}{2}$.", "\\frac12", True),
+        # GSM8K's answer line with a unit, as "the answer is" lines already were.
+        ("#### 72 dollars", "72", True),
+        ("#### 5 cookies", "5", True),
+        # A negative mixed number, and a list that squeezing would have read as one number.
+        ("The answer is -2 3/4.", "-\\frac{11}{4}", True),
+        ("The answer is -2 3/4.", "-\\frac{23}{4}", False),
+        ("\\boxed{12, 345}", "12345", False),
+        ("\\boxed{1, 2, 3}", "1,2,3", True),
+        # An answer stated on the line after "the answer is:".
+        ("So the answer is:\n$$\\frac{1}{2}$$", "\\frac12", True),
+    ],
+)
+def test_answers_stated_in_prose_grade_by_what_they_state(text: str, gold: str, correct: bool) -> None:
+    assert grade(text, gold) is correct
 
 
 def test_verdicts_are_cached_by_key() -> None:

@@ -10,7 +10,6 @@ caller, whatever the model wrote.
 from __future__ import annotations
 
 import functools
-import math
 import re
 import threading
 from collections import OrderedDict
@@ -38,8 +37,17 @@ _NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|(?
 _LEADING_NUMBER_THEN_WORD = re.compile(
     r"(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?)(?:\s+[A-Za-z(]|\s*;|,\s*[A-Za-z])"
 )
-# What "the answer is ..." says when it judges an answer rather than giving one.
-_JUDGEMENTS = frozenset({"correct", "incorrect", "right", "wrong", "confirmed", "verified", "consistent"})
+# What "the answer is ..." says when it judges an answer rather than giving one: a phrase whose first word is one
+# of these (``correct!``, ``plausible: 12 + 8 = 20``) restates an earlier answer.
+_JUDGEMENTS = frozenset({"correct", "incorrect", "right", "wrong", "confirmed", "verified", "consistent",
+                         "reasonable", "plausible", "valid", "sensible", "accurate"})
+_FIRST_WORD = re.compile(r"[A-Za-z]+")
+# A word between "the answer is" and the answer itself: ``the answer is therefore 19``.
+_FILLER = re.compile(r"(?:therefore|thus|hence|indeed|then|so|clearly|simply|just|actually|finally|exactly)\b,?\s*",
+                     re.IGNORECASE)
+# ``$5, and he spent $3``: a currency sign before a number that prose follows, not the opening of ``$...$`` math
+# (which ``$5$``, ``$2\sqrt{3}$`` and ``$5 + 3 = 8$`` are: their closing sign follows the math directly).
+_CURRENCY = re.compile(r"\$\s?(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)(?=[.,;!?]?(?:\s|$))")
 _SENTENCE_END = re.compile(r"\.(?=\s|$)")
 # ``$...$`` whose content may hold an escaped currency sign: ``$\$32,348$``.
 _MATH_SEGMENT = re.compile(r"\$+((?:\\\$|[^$])+)\$+")
@@ -101,9 +109,25 @@ def _strip_dollars(text: str) -> str:
     return _UNESCAPED_DOLLAR.sub("", text).strip()
 
 
+def _currency_amount(text: str) -> str | None:
+    """The amount of a ``$5, and ...`` answer: a currency sign, a number, then prose or the end, with no math
+    segment closing after it (a later ``$`` opens another amount: it follows a space)."""
+    amount = _CURRENCY.match(text)
+    if amount is None:
+        return None
+    rest = text[amount.end():]
+    closing = _UNESCAPED_DOLLAR.search(rest)
+    return amount.group(1) if closing is None or rest[closing.start() - 1 : closing.start()].isspace() else None
+
+
 def _clean_phrase_answer(raw: str) -> str:
     """``42 dollars per day.`` -> ``42``; ``$\\frac{1}{2}$.`` -> ``\\frac{1}{2}``; ``x = 5.`` -> ``x = 5``."""
     raw = raw.strip().strip("*").strip()
+    while filler := _FILLER.match(raw):
+        raw = raw[filler.end():]
+    amount = _currency_amount(raw)
+    if amount is not None:
+        return amount
     if _MATH_SEGMENT.match(raw) or raw.startswith(("\\(", "\\[")):
         return _strip_dollars(raw).rstrip(".").strip()
     end = _SENTENCE_END.search(raw)
@@ -124,7 +148,7 @@ def extract_answer(text: str) -> str | None:
     ``#### N``, then "The answer is X" / "Answer: X", and only then the last number in the text, which is a
     guess that is right for most arithmetic word problems and wrong for LaTeX answers (so say them explicitly).
     """
-    stated = extract_stated_answer(text)
+    stated = extract_stated_answer(_check_text(text, "text"))
     return stated if stated is not None else _last_number(text)
 
 
@@ -138,15 +162,34 @@ def extract_stated_answer(text: str) -> str | None:
     if boxed is not None:
         return boxed
     for raw in reversed(_HASHES.findall(text)):
-        answer = _strip_dollars(raw).rstrip(".").strip()
+        answer = _clean_phrase_answer(raw)
         if answer and not answer[0].isalpha():  # "#### Step 2" is a markdown heading, not GSM8K's answer line
             return answer
     for phrase in reversed(list(_ANSWER_PHRASE.finditer(text))):
-        line_end = text.find("\n", phrase.end())
-        answer = _clean_phrase_answer(text[phrase.end() : line_end if line_end >= 0 else len(text)])
-        if answer and answer.lower() not in _JUDGEMENTS:  # "so the answer is correct" restates an earlier one
+        answer = _clean_phrase_answer(_phrase_line(text, phrase.end()))
+        if answer and not _is_judgement(answer):  # "the answer is correct!" restates an earlier one
             return answer
     return None
+
+
+def _is_judgement(answer: str) -> bool:
+    """``correct``, ``correct!``, ``plausible: 12 + 8 = 20``, ``right because ...``; not ``right angle``."""
+    first = _FIRST_WORD.match(answer)
+    if first is None or first.group(0).lower() not in _JUDGEMENTS:
+        return False
+    rest = answer[first.end():]
+    return not rest or not rest[0].isspace() or bool(re.match(r"\s+(?:because|since|as|and|so|given)\b", rest))
+
+
+def _phrase_line(text: str, start: int) -> str:
+    """What follows "the answer is" on its line; where nothing does, the next line if it states the answer by
+    itself (math, a box, or a number first: ``The answer is:`` then ``$$\\frac{1}{2}$$``)."""
+    line_end = text.find("\n", start)
+    line = text[start : line_end if line_end >= 0 else len(text)]
+    if line.strip().strip("*:").strip() or line_end < 0:
+        return line
+    following = next((ln for ln in text[line_end:].splitlines() if ln.strip()), "").strip()
+    return following if re.match(r"(?:\$|\\[(\[]|\\boxed|-?\d)", following) else line
 
 
 # --------------------------------------------------------------------------------------------- normalization
@@ -159,7 +202,10 @@ _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree(?![A-Za-z])")
 _TRAILING_UNIT = re.compile(r"(?:\\(?:text|mbox|mathrm|textrm)\{\s*[A-Za-z][A-Za-z ]*[A-Za-z]\s*\})(?:\^\{?[23]\}?)?$")
 _PLAIN_NUMBER = re.compile(r"([-+]?)(\d{1,3}(?:,\d{3})+|\d*)(?:\.(\d*))?")
 _INTEGER = re.compile(r"-?\d+")
-_MIXED_NUMBER = re.compile(r"(\d+)\s+(\d+/\d+)")
+_MIXED_NUMBER = re.compile(r"(-?)(\d+)\s+(\d+/\d+)")
+# ``12, 345`` is a list of two numbers; squeezed to ``12,345`` it would read as twelve thousand.
+_LIST_COMMA = re.compile(r"(?<=\d),\s+(?=\d)")
+_LIST_MARK = ",\x00"  # a list's comma, marked before spacing commands (``10,\!080``) become spaces
 _WHITESPACE = re.compile(r"(\\[A-Za-z]+)?\s+(?=([A-Za-z])?)")
 _FRAC_OR_SQRT = re.compile(r"\\(frac|sqrt)(?![A-Za-z])")
 _CONTROL_SEQUENCE = re.compile(r"\\(?:[A-Za-z]+|.)", re.DOTALL)
@@ -254,7 +300,7 @@ def normalize_answer(answer: str) -> str:
     wrappers such as ``\\text{}``, ``\\dfrac`` -> ``\\frac``, degree signs, a currency sign, a unit after a plain
     number, thousands separators and trailing zeros of plain numbers, and ``(C)`` -> ``C`` for a choice letter.
     """
-    text = answer.strip()
+    text = _LIST_COMMA.sub(_LIST_MARK, answer.strip())
     text = text.replace("\\$", "").replace("$", "")
     if (text.startswith("\\(") and text.endswith("\\)")) or (text.startswith("\\[") and text.endswith("\\]")):
         text = text[2:-2]
@@ -265,9 +311,10 @@ def normalize_answer(answer: str) -> str:
     text = _unwrap_whole(text)
     text = _without_unit(text)
     mixed = _MIXED_NUMBER.fullmatch(text)
-    if mixed:  # 2 3/4 is 2+3/4, not the 23/4 that dropping its space would make
-        text = f"{mixed.group(1)}+{mixed.group(2)}"
-    text = _brace_arguments(_squeeze_spaces(text)).rstrip(".")
+    if mixed:  # 2 3/4 is 2+3/4, not the 23/4 that dropping its space would make; -2 3/4 is -(2+3/4)
+        sign, whole, part = mixed.groups()
+        text = f"-({whole}+{part})" if sign else f"{whole}+{part}"
+    text = ", ".join(_brace_arguments(_squeeze_spaces(piece)) for piece in text.split(_LIST_MARK)).rstrip(".")
     choice = re.fullmatch(r"\(([A-Z])\)", text)
     if choice:
         return choice.group(1)
@@ -339,9 +386,21 @@ class _VerdictCache:
 _cache = _VerdictCache(maxsize=8192)
 
 
-def _check_timeout(timeout_s: float) -> None:
-    if not math.isfinite(timeout_s) or timeout_s <= 0:
-        raise ConfigError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+MAX_TIMEOUT_S = 3600.0
+"""Longer than any comparison takes; a wait far beyond it overflows the worker pipe's poll."""
+
+
+def _check_timeout(timeout_s: object) -> None:
+    # A local check, not ttc.types.is_number: grading workers import this module and should load no more of ttc.
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not 0 < timeout_s <= MAX_TIMEOUT_S:
+        raise ConfigError(f"timeout_s must be a number of seconds above 0 and at most {MAX_TIMEOUT_S:g}, got "
+                          f"{timeout_s!r}")
+
+
+def _check_text(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {type(value).__name__}")
+    return value
 
 
 def _quick_verdict(gold_key: str, predicted_key: str) -> _Verdict | None:
@@ -390,7 +449,8 @@ class _NeedsWorker:
 
 def _grade_quickly(prediction_text: str, gold: str, timeout_s: float) -> GradeResult | _NeedsWorker:
     _check_timeout(timeout_s)
-    gold_key = _gold_key(gold)
+    _check_text(prediction_text, "prediction_text")
+    gold_key = _gold_key(_check_text(gold, "gold"))
     predicted = extract_answer(prediction_text)
     if predicted is None:
         return GradeResult(False, None, "no answer found")
@@ -404,7 +464,7 @@ def _grade_quickly(prediction_text: str, gold: str, timeout_s: float) -> GradeRe
 def answers_equivalent(a: str, b: str, *, timeout_s: float = 5.0) -> bool:
     """Whether two final answers agree; ``a`` plays the reference (``x=5`` accepts ``5``). Empty never agrees."""
     _check_timeout(timeout_s)
-    key_a, key_b = normalize_answer(a), normalize_answer(b)
+    key_a, key_b = normalize_answer(_check_text(a, "a")), normalize_answer(_check_text(b, "b"))
     if not key_a:
         return False
     quick = _quick_verdict(key_a, key_b)
