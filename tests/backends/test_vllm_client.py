@@ -247,7 +247,7 @@ class FakeVLLM:
         prompt = body["prompt"]
         usage: dict[str, Any] = {"prompt_tokens": len(prompt), "completion_tokens": 0}
         if self.cached_tokens is not None:
-            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+            usage["prompt_tokens_details"] = {"cached_tokens": min(self.cached_tokens, len(prompt))}
         if body.get("prompt_logprobs") is not None:
             rows: list[Any] = [None] + [{str(t): {"logprob": -1.5, "rank": 3}, "7": {"logprob": -0.1, "rank": 1}}
                                         for t in prompt[1:]]
@@ -541,3 +541,104 @@ async def test_greedy_with_several_samples_asks_the_server_for_one() -> None:
     assert dict(fake.requests)["/v1/completions"]["n"] == 1  # vLLM refuses n > 1 when greedy
     assert len(out) == 3 and len({c.token_ids for c in out}) == 1
     assert backend.stats().generated_tokens == 2
+
+
+async def test_failover_to_a_healthy_replica_when_one_does_not_answer_in_time() -> None:
+    """A hung replica failed every call sent to it, though a healthy one was there."""
+    fake = FakeVLLM()
+    hung_hits: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "hung":
+            hung_hits.append(request.url.path)
+            await asyncio.sleep(5)
+        return await fake(request)
+
+    backend = make_backend(handler, ["http://hung:1", "http://alive:2"], retries=1, cooldown_s=60, timeout=0.2)
+    for i in range(4):
+        out = await backend.complete([i + 1, 1, 1], 1, Sampling(max_tokens=2))
+        assert out[0].token_ids == (100, 101)
+    assert len(hung_hits) == 1  # tried once, then benched for its cool-down
+    await backend.aclose()
+
+
+async def test_the_timeout_bounds_the_whole_exchange() -> None:
+    backend = make_backend(FakeVLLM(delay_s=1.0), timeout=0.2)
+    with pytest.raises(BackendError, match=r"no answer from the vLLM server within 0.2s"):
+        await backend.tokenize("hi")
+    await backend.aclose()
+
+
+def _choice(index: int, **fields: Any) -> dict[str, Any]:
+    return {"index": index, "text": "ab", "token_ids": [97, 98], "finish_reason": "stop", **fields}
+
+
+@pytest.mark.parametrize(("choices", "usage", "message"), [
+    ([_choice(0, token_ids=list(range(50)), text="x" * 50)], None, "holds 50 tokens, over the max_tokens=8"),
+    ([_choice(0)], {"prompt_tokens": 9999, "completion_tokens": 2}, "usage counts 9999 prompt tokens"),
+    ([_choice(0)], {"prompt_tokens": -5, "completion_tokens": 2}, "negative token counts"),
+    ([_choice(0, text=None)], None, "a choice has no text"),
+    ([_choice(0, token_ids=[32.7, 1])], None, "token_ids are not a list of ints"),
+    ([_choice(0, token_ids=["32"])], None, "token_ids are not a list of ints"),
+    ([_choice(0, token_ids=[True])], None, "token_ids are not a list of ints"),
+    ([_choice(0), _choice(0)], None, r"indices are \[0, 0\], not 0 to 1"),
+])
+async def test_completions_the_server_could_not_have_meant_are_protocol_errors(
+        choices: list[dict[str, Any]], usage: dict[str, Any] | None, message: str) -> None:
+    """Each was accepted: 50 tokens on a budget of 8, usage taken as given, '32.7' read as token 32, a missing
+    text read as '', two copies of choice 0 as two samples."""
+    fake = FakeVLLM()
+
+    async def odd(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/completions":
+            return httpx.Response(200, json={"choices": choices, "usage": usage or {"prompt_tokens": 3}})
+        return await fake(request)
+
+    backend = make_backend(odd)
+    with pytest.raises(BackendError, match=message) as err:
+        await backend.complete([1, 2, 3], len(choices), Sampling(max_tokens=8, temperature=0.8))
+    assert not err.value.retryable
+    await backend.aclose()
+
+
+async def test_token_counts_are_what_was_sent_and_what_came_back() -> None:
+    fake = FakeVLLM()
+
+    async def without_usage(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/completions":
+            return httpx.Response(200, json={"choices": [_choice(0)]})
+        return await fake(request)
+
+    backend = make_backend(without_usage)
+    await backend.complete([1, 2, 3], 1, Sampling(max_tokens=8))
+    stats = backend.stats()
+    assert (stats.prompt_tokens, stats.generated_tokens) == (3, 2)
+    await backend.aclose()
+
+
+@pytest.mark.parametrize(("urls", "message"), [
+    (8000, "must be a server URL or a list of them"),
+    (None, "must be a server URL or a list of them"),
+    (["http://127.0.0.1:8000", 5], "must be a string"),
+    ("http://127.0.0.1:1,http://127.0.0.1:2", "holds several URLs: pass replicas as a list"),
+    ("http://host:notaport", "is not a valid server URL"),
+    ("http://h:8000?x=1", "without a query or fragment"),
+])
+def test_server_urls_are_checked_when_the_backend_is_made(urls: Any, message: str) -> None:
+    """They raised TypeError or AttributeError, or httpx.InvalidURL at the first request."""
+    with pytest.raises(ConfigError, match=message):
+        VLLMBackend(urls)
+
+
+async def test_a_redirect_names_where_it_leads() -> None:
+    fake = FakeVLLM()
+
+    async def moved(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(301, headers={"location": "http://elsewhere:8000/v1/models"})
+        return await fake(request)
+
+    backend = make_backend(moved)
+    with pytest.raises(BackendError, match=r"redirects to http://elsewhere:8000/v1/models"):
+        await backend.complete([1], 1, Sampling(max_tokens=2))
+    await backend.aclose()

@@ -69,13 +69,25 @@ class _LoopState:
     connect_lock: asyncio.Lock
 
 
-def _normalise_url(url: str) -> str:
+def _normalise_url(url: object) -> str:
+    if not isinstance(url, str):
+        raise ConfigError(f"a vLLM server URL must be a string such as http://127.0.0.1:8000, got {url!r}")
+    if "," in url:
+        raise ConfigError(f"{url!r} holds several URLs: pass replicas as a list (VLLMBackend([url1, url2])), or "
+                          "comma-separated in TTC_VLLM_URL")
     url = url.strip().rstrip("/")
     if url.endswith("/v1"):
         url = url[: -len("/v1")]
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"vLLM server URL must start with http:// or https://, got {url!r} "
                           "(e.g. http://127.0.0.1:8000)")
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ConfigError(f"{url!r} is not a valid server URL ({exc}); e.g. http://127.0.0.1:8000") from None
+    if not parsed.host or parsed.query or parsed.fragment:
+        raise ConfigError(f"{url!r} must be a server root (scheme, host and port, e.g. http://127.0.0.1:8000), "
+                          "without a query or fragment")
     return url
 
 
@@ -105,6 +117,8 @@ class VLLMBackend:
                  block_tokens: int = 16, min_cached: float = 0.5, spill_in_flight: int = 32,
                  cooldown_s: float = 10.0, backoff_s: float = 0.25, seed: int = 0,
                  cache_size: int = 4096, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        if not isinstance(base_url, str) and not (isinstance(base_url, Sequence) and base_url):
+            raise ConfigError(f"base_url must be a server URL or a list of them, got {base_url!r}")
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         for name, count, least in (("max_concurrency", max_concurrency, 1), ("retries", retries, 0),
                                    ("cache_size", cache_size, 1)):
@@ -253,8 +267,11 @@ class VLLMBackend:
                 if final:
                     raise connection_error(exc, kind=kind, url=url, attempts=attempts) from exc
                 await asyncio.sleep(self._backoff.delay(attempt))
-            except httpx.TimeoutException as exc:
-                raise timeout_error(exc, kind=kind, url=url, timeout=self.timeout) from exc
+            except (httpx.TimeoutException, TimeoutError) as exc:
+                # A replica that does not answer in time is benched like one that refuses: another may answer.
+                self._router.mark_down(target)
+                if final or replica is not None or not self._router.has_alternative(target):
+                    raise timeout_error(exc, kind=kind, url=url, timeout=self.timeout) from exc
             except httpx.HTTPError as exc:
                 raise BackendError(f"HTTP request failed: {type(exc).__name__}: {exc}", url=url,
                                    kind=kind) from exc
@@ -277,7 +294,9 @@ class VLLMBackend:
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
             try:
-                return await state.client.request(method, url, json=body)
+                # httpx's timeout bounds each read; this bounds the whole exchange (a server trickling bytes).
+                async with asyncio.timeout(self.timeout):
+                    return await state.client.request(method, url, json=body)
             finally:
                 self.in_flight -= 1
                 self._router.end(target)
@@ -378,11 +397,15 @@ class VLLMBackend:
         response = await self._send("complete", "POST", "/v1/completions", body=payload, prompt=prompt)
         with _shape("complete", response):
             completions, usage = parse_completions(self._json(response, "complete"), n=sent_n,
-                                                   want_logprobs=sampling.logprobs, url=str(response.url))
+                                                   want_logprobs=sampling.logprobs, url=str(response.url),
+                                                   max_tokens=sampling.max_tokens)
+        if usage.prompt_tokens not in (0, len(prompt)) or usage.cached_prompt_tokens > len(prompt):
+            raise protocol_error(f"usage counts {usage.prompt_tokens} prompt tokens ({usage.cached_prompt_tokens} "
+                                 f"cached) for a prompt of {len(prompt)}", kind="complete", url=str(response.url))
         self._calls += 1
-        self._prompt_tokens += usage.prompt_tokens
+        self._prompt_tokens += len(prompt)  # what was sent, which the server's count (where given) equals
         self._cached_tokens += usage.cached_prompt_tokens
-        self._generated += usage.completion_tokens or sum(len(c.token_ids) for c in completions)
+        self._generated += sum(len(c.token_ids) for c in completions)  # what came back, not what usage claims
         return completions * (n // sent_n)
 
     async def prompt_logprobs(self, prompt: Sequence[int], top_k: int = 0) -> PromptLogprobs:

@@ -50,6 +50,9 @@ def error_from_response(response: httpx.Response, *, kind: str, url: str) -> Bac
         hint = "the server is overloaded; lower max_concurrency or add replicas"
     elif status >= 500:
         hint = "the server failed; see its log"
+    elif 300 <= status < 400:
+        hint = (f"the URL redirects to {response.headers.get('location', 'another address')}: pass the server root "
+                "it redirects to")
     elif "maximum context length" in message:
         hint = "shorten the prompt or lower Sampling.max_tokens"
     else:

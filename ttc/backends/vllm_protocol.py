@@ -85,18 +85,22 @@ def parse_models(body: Any, wanted: str | None, *, url: str) -> ServerInfo:
     if card is None:
         raise protocol_error("GET /v1/models returned no usable model card", kind="models", url=url)
     limit = card.get("max_model_len")
-    return ServerInfo(model=str(card["id"]), max_model_len=limit if isinstance(limit, int) else None)
+    usable = isinstance(limit, int) and not isinstance(limit, bool) and limit > 0
+    return ServerInfo(model=str(card["id"]), max_model_len=limit if usable else None)
 
 
 def parse_usage(body: Mapping[str, Any]) -> CallUsage:
     """Usage of one response; ``cached_tokens`` is 0 when the server runs without --enable-prompt-tokens-details."""
     usage = body.get("usage") or {}
     details = usage.get("prompt_tokens_details") or {}
-    return CallUsage(
+    counts = CallUsage(
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
         completion_tokens=int(usage.get("completion_tokens") or 0),
         cached_prompt_tokens=int(details.get("cached_tokens") or 0),
     )
+    if min(counts.prompt_tokens, counts.completion_tokens, counts.cached_prompt_tokens) < 0:
+        raise ValueError(f"negative token counts in usage: {usage}")
+    return counts
 
 
 def _choices(body: Any, *, kind: str, url: str) -> list[dict[str, Any]]:
@@ -106,23 +110,44 @@ def _choices(body: Any, *, kind: str, url: str) -> list[dict[str, Any]]:
     return sorted((c for c in choices if isinstance(c, dict)), key=lambda c: int(c.get("index", 0)))
 
 
-def parse_completions(body: Any, *, n: int, want_logprobs: bool, url: str,
+def _ids(values: object) -> tuple[int, ...] | None:
+    """Token ids as the server must send them: a list of ints (a float, a string or a bool is not one)."""
+    if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return None
+    return tuple(values)
+
+
+def parse_completions(body: Any, *, n: int, want_logprobs: bool, url: str, max_tokens: int | None = None,
                       kind: str = "complete") -> tuple[list[Completion], CallUsage]:
-    """``n`` completions in index order, each with its token ids (and logprobs when asked for)."""
+    """``n`` completions in index order (indices 0 to n-1, once each), each with its text and token ids (and
+    logprobs when asked for), none longer than ``max_tokens``: more would spend past the caller's budget."""
     choices = _choices(body, kind=kind, url=url)
     if len(choices) != n:
         raise protocol_error(f"asked for n={n} completions, got {len(choices)}", kind=kind, url=url)
+    if [c.get("index", 0) for c in choices] != list(range(n)):
+        raise protocol_error(f"the choices' indices are {[c.get('index') for c in choices]}, not 0 to {n - 1}",
+                             kind=kind, url=url)
     usage = parse_usage(body)
     out = [_completion(choice, usage, want_logprobs, kind=kind, url=url) for choice in choices]
+    longest = max(len(c.token_ids) for c in out)
+    if max_tokens is not None and longest > max_tokens:
+        raise protocol_error(f"a completion holds {longest} tokens, over the max_tokens={max_tokens} asked for",
+                             kind=kind, url=url)
     return out, usage
 
 
 def _completion(choice: Mapping[str, Any], usage: CallUsage, want_logprobs: bool, *, kind: str,
                 url: str) -> Completion:
-    token_ids = choice.get("token_ids")
-    if not isinstance(token_ids, list):
+    if "token_ids" not in choice:
         raise protocol_error("a choice has no token_ids; ttc needs vLLM >= 0.10.2, whose completions API accepts "
                              "return_token_ids", kind=kind, url=url)
+    token_ids = _ids(choice.get("token_ids"))
+    if token_ids is None:
+        raise protocol_error(f"a choice's token_ids are not a list of ints: {str(choice.get('token_ids'))[:80]}",
+                             kind=kind, url=url)
+    text = choice.get("text")
+    if not isinstance(text, str):
+        raise protocol_error("a choice has no text", kind=kind, url=url)
     logprobs: tuple[float, ...] | None = None
     if want_logprobs:
         block = choice.get("logprobs") or {}
@@ -131,8 +156,8 @@ def _completion(choice: Mapping[str, Any], usage: CallUsage, want_logprobs: bool
             raise protocol_error("logprobs were requested but the choice has none per token", kind=kind, url=url)
         logprobs = tuple(-math.inf if v is None else float(v) for v in values)
     return Completion(
-        text=str(choice.get("text") or ""),
-        token_ids=tuple(int(t) for t in token_ids),
+        text=text,
+        token_ids=token_ids,
         finish_reason=_FINISH.get(str(choice.get("finish_reason")), "abort"),
         logprobs=logprobs,
         prompt_tokens=usage.prompt_tokens,
