@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pooled_doubles import answer, events
 
-from ttc import solve_batch
+from ttc import Budget, solve_batch
 from ttc.errors import BackendError, ConfigError
 from ttc.storage import TraceStore
 from ttc.testing import ScriptedBackend
@@ -116,3 +116,13 @@ def test_a_cancelled_batch_leaves_no_trace_running(tmp_path: Path) -> None:
     assert len(traces) == 4 and {t.status for t in traces} == {"failed"}
     assert {store.get_trace(t.id).error for t in traces} == {"cancelled"}
     store.close()
+
+
+def test_a_batch_out_of_time_stops_drawing_within_a_wave() -> None:
+    """The wall limit was checked only between waves, so the first wave always ran whole: 10 calls of 0.1 s
+    on a 0.2 s batch."""
+    backend = ScriptedBackend(responder, delay_s=0.1)
+    questions = [f"Tom has {i} apples and 4 pears. How many?" for i in range(10)]
+    solve_batch(questions, Budget(wall_s=0.2), backend=backend, store=False, seed=0, budget_scope="batch",
+                concurrency=1)
+    assert len(backend.calls) <= 3

@@ -165,3 +165,10 @@ def test_a_cancelled_batch_of_searches_leaves_no_trace_running(tmp_path: Path) -
     assert len(traces) == 4 and {t.status for t in traces} == {"failed"}
     assert {store.get_trace(t.id).error for t in traces} == {"cancelled"}
     store.close()
+
+
+@pytest.mark.parametrize("strategy", ["beam", "rebase", "auto", "self_consistency"])
+def test_an_empty_batch_sharing_a_budget_answers_nothing(strategy: str) -> None:
+    """A named tree search raised a ConfigError that told the caller to use a tree search."""
+    assert solve_batch([], 100, strategy=strategy, backend=ScriptedBackend(responder), verifier=StepPRM(),
+                       store=False, budget_scope="batch") == []

@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 import ttc
-from ttc import ConfigError, Notes, NotFound, load_notes, sleep, solve, solve_batch
+from ttc import ConfigError, Notes, NotFound, Usage, load_notes, sleep, solve, solve_batch
 from ttc.cli import app
-from ttc.errors import BackendError
+from ttc.errors import BackendError, BudgetExhausted
 from ttc.sleeptime import agreement, note_lines
 from ttc.storage import TraceStore
 from ttc.strategies.base import DEFAULT_PROMPT_TEMPLATE
@@ -77,10 +77,30 @@ def test_one_draft_is_greedy_and_the_budget_sets_the_number_of_drafts(tmp_path: 
     assert [(c.n, c.sampling.temperature) for c in backend.calls] == [(1, 0.0), (4, 0.8), (8, 0.8)]
 
 
-@pytest.mark.parametrize("budget", [1, 50, 120, 999])
+@pytest.mark.parametrize("budget", [120, 999])
 def test_sleep_never_generates_more_than_its_budget(budget: int) -> None:
     notes = sleep(CONTEXT, budget, backend=ScriptedBackend([RIGHT * 3]), store=False, n=6, max_tokens=300)
     assert 0 < notes.usage.generated_tokens <= budget
+
+
+@pytest.mark.parametrize("budget", [1, 50])
+def test_a_sleep_budget_that_finishes_no_line_of_notes_is_an_error(budget: int, tmp_path: Path) -> None:
+    """It returned the cut-off text ('Ted: 2' of 'Ted: 22'), or none, as notes; questions then read it."""
+    store = store_at(tmp_path)
+    with pytest.raises(BudgetExhausted, match="no draft of the notes finished a line"):
+        sleep(CONTEXT, budget, backend=ScriptedBackend([RIGHT * 3]), store=store, n=6, max_tokens=300)
+    [trace] = store.list_traces()
+    assert trace.status == "failed" and "BudgetExhausted" in str(trace.error)
+
+
+def test_a_cut_off_draft_keeps_only_its_finished_lines(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    lines = RIGHT.splitlines(keepends=True)
+    budget = len(lines[0]) + len(lines[1]) // 2  # the second line cut in the middle
+    notes = sleep(CONTEXT, budget, backend=ScriptedBackend([RIGHT]), store=store, n=1, max_tokens=budget)
+    assert notes.text == lines[0].strip()
+    [select] = [e.payload for e in store.get_trace(notes.trace_id or "").events if e.kind == "select"]
+    assert select["unfinished_line_dropped"] is True and select["failed_all"] == ["cut_off"]
 
 
 def test_questions_are_asked_with_the_context_and_the_notes(tmp_path: Path) -> None:
@@ -169,3 +189,20 @@ def test_cli_sleeps_then_answers_with_the_notes(tmp_path: Path) -> None:
         trace = store.get_trace(json.loads(asked.output)["trace_id"])
         assert trace.events[0].payload["context"]["notes_trace"] == made["trace_id"]
         assert trace.nodes[0].text.startswith(f"Context: {CONTEXT}\n{made['notes']}\nQuestion: How many")
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"context": "C\udcff"}, "notes.context is not valid Unicode text"),
+    ({"context": 5}, "notes.context must be the non-empty text"),
+    ({"context": ""}, "notes.context must be the non-empty text"),
+    ({"text": 7}, "notes.text must be a string"),
+    ({"usage": None}, "notes.usage must be a ttc.Usage"),
+])
+def test_notes_built_by_hand_are_checked_like_those_sleep_returns(changes: dict[str, object], message: str) -> None:
+    """They raised AttributeError or UnicodeEncodeError from deep inside, or (an empty context) were accepted."""
+    fields: dict[str, object] = {"context": CONTEXT, "text": RIGHT, "usage": Usage(), "trace_id": None,
+                                 "model": "m", **changes}
+    backend = ScriptedBackend(["The answer is 1."])
+    with pytest.raises(ConfigError, match=message):
+        solve("How many cups does Sam have?", 100, backend=backend, store=False, notes=Notes(**fields))  # type: ignore[arg-type]
+    assert backend.calls == []

@@ -186,19 +186,21 @@ async def solve_pooled(problems: Sequence[Problem], budget: Budget, session: Ses
     """Answer ``problems`` spending at most ``budget`` for all of them together; results in input order."""
     for problem in problems:
         check_prompt(problem.question)
+    if not problems:
+        return []
     plan = {"budget_scope": "batch", "batch_size": len(problems),
             "batch_budget": {"tokens": budget.tokens, "wall_s": budget.wall_s, "calls": budget.calls}}
-    search = plan_pooled(strategy, budget, len(problems), session, options) if problems else None
+    search = plan_pooled(strategy, budget, len(problems), session, options)
     if search is not None:
         return await solve_searches(problems, budget, session, strategy=search.strategy, planner=search.planner,
                                     share=search.share, growth=search.growth, seeds=seeds, plan=plan,
                                     concurrency=concurrency)
     opts = sampling_options(budget, len(problems), strategy=strategy, options=options,
                             has_verifier=session.setup.verifier is not None)
-    if not problems:
-        return []
     pool = Pool(budget)
-    own_budget = Budget(tokens=opts.max_samples * opts.max_tokens)
+    # Each question's meter also holds the batch's wall limit (they all start now), so a wave stops drawing
+    # once the batch is out of time, not only the next wave.
+    own_budget = Budget(tokens=opts.max_samples * opts.max_tokens, wall_s=budget.wall_s)
     questions: list[_Question] = []
     try:
         for index, (problem, seed) in enumerate(zip(problems, seeds, strict=True)):

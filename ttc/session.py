@@ -28,7 +28,7 @@ from ttc.storage.convert import stored_meta
 from ttc.strategies.base import Context, StrategyResult
 from ttc.strategies.synthesis import PATH_TEMPLATE, SYNTHESIS_TEMPLATE
 from ttc.trace import TraceRecorder
-from ttc.types import Budget, Notes, Problem, Result, TraceEvent, is_int
+from ttc.types import Budget, Notes, Problem, Result, TraceEvent, Usage, is_int
 from ttc.verifiers.base import OutcomeVerifier, ProcessVerifier, StepwiseOutcome
 
 T = TypeVar("T")
@@ -120,6 +120,8 @@ def check_context(context: object, notes: object) -> tuple[str | None, Notes | N
     if notes is not None and not isinstance(notes, Notes):
         raise ConfigError(f"notes must be the Notes that ttc.sleep returned (or ttc.load_notes(trace_id)), got "
                           f"{type(notes).__name__}")
+    if notes is not None:
+        check_notes(notes)
     if context is not None:
         if not isinstance(context, str) or not context.strip():
             raise ConfigError("context must be a non-empty string: the text the questions are about")
@@ -128,6 +130,18 @@ def check_context(context: object, notes: object) -> tuple[str | None, Notes | N
             raise ConfigError("these notes were written about another context: pass notes alone (their context "
                               "comes with them), or the context they were written about")
     return (notes.context if notes is not None else context), notes
+
+
+def check_notes(notes: Notes) -> None:
+    """Notes built or edited by hand hold what ttc.sleep's do: a context, a text, a Usage."""
+    if not isinstance(notes.context, str) or not notes.context.strip():
+        raise ConfigError("notes.context must be the non-empty text the notes were written about")
+    check_unicode(notes.context, "notes.context")
+    if not isinstance(notes.text, str):
+        raise ConfigError(f"notes.text must be a string, got {type(notes.text).__name__}")
+    check_unicode(notes.text, "notes.text")
+    if not isinstance(notes.usage, Usage):
+        raise ConfigError(f"notes.usage must be a ttc.Usage, got {type(notes.usage).__name__}")
 
 
 def context_plan(context: str, notes: Notes | None) -> dict[str, object]:

@@ -24,7 +24,7 @@ from ttc.api import _run_sync
 from ttc.backends.base import Backend
 from ttc.budget import Meter
 from ttc.contexts import sleep_prompt_template
-from ttc.errors import ConfigError, NotFound
+from ttc.errors import BudgetExhausted, ConfigError, NotFound
 from ttc.session import QuestionRun, Session, StoreArg, check_context, check_seed, check_store, open_session
 from ttc.storage import TraceStore
 from ttc.strategies.base import TEMPERATURE, TOP_P, Context, StrategyOptions, StrategyResult, parse_options
@@ -90,8 +90,9 @@ async def think(context: str, meter: Meter, ctx: Context, plan: dict[str, Any]) 
                                    logprob=c.cumulative_logprob) for c in completions]
     if not completions:
         ctx.recorder.event("select", {"how": "consensus", "kept": None, "reason": "the budget bought no draft"})
-        return StrategyResult(answer=None, text="", score=None)
-    eligible, left_out = _eligible(completions, plan["check_arithmetic"])
+        raise BudgetExhausted("the sleep budget bought no draft of the notes: raise it (a draft takes up to "
+                              f"{plan['max_tokens']} tokens)")
+    eligible, left_out, failed_all = _eligible(completions, plan["check_arithmetic"])
     scores = agreement([note_lines(completions[i].text) for i in eligible])
     best = eligible[max(range(len(eligible)), key=lambda k: (scores[k], -k))]
     by_draft = dict(zip(eligible, scores, strict=True))
@@ -100,26 +101,39 @@ async def think(context: str, meter: Meter, ctx: Context, plan: dict[str, Any]) 
     for i, node in enumerate(nodes):
         if i in by_draft:
             ctx.recorder.update(node, score=by_draft[i])
+    text = completions[best].text
+    cut_off = completions[best].finish_reason == "length"
+    if cut_off:  # every draft was cut off: its unfinished last line ("Ted: 2" of "Ted: 22") would mislead
+        text = text[: text.rfind("\n") + 1]
+    if not text.strip():
+        ctx.recorder.event("select", {"how": "consensus", "kept": None, "left_out": left_out,
+                                      "failed_all": failed_all, "reason": "no draft finished a line"})
+        raise BudgetExhausted(f"no draft of the notes finished a line within {plan['max_tokens']} tokens: raise "
+                              "the sleep budget (or max_tokens)")
     ctx.recorder.update(nodes[best], status="selected")
     ctx.recorder.event("select", {"how": "consensus", "kept": best, "agreement": [round(s, 4) for s in scores],
-                                  "left_out": left_out}, node_id=nodes[best])
-    return StrategyResult(answer=None, text=completions[best].text.strip(), score=by_draft[best],
-                          candidates=candidates)
+                                  "left_out": left_out, "failed_all": failed_all,
+                                  "unfinished_line_dropped": cut_off}, node_id=nodes[best])
+    return StrategyResult(answer=None, text=text.strip(), score=by_draft[best], candidates=candidates)
 
 
-def _eligible(completions: Sequence[Completion], check_arithmetic: bool) -> tuple[list[int], dict[str, int]]:
-    """The drafts the choice may keep, and how many each filter left out. A filter that would leave none is not
-    applied: some notes beat none, and the trace says which filters failed everything."""
+def _eligible(completions: Sequence[Completion],
+              check_arithmetic: bool) -> tuple[list[int], dict[str, int], list[str]]:
+    """The drafts the choice may keep, how many each filter left out, and the filters every draft failed. A
+    filter that would leave none is not applied (some notes beat none); the trace names it in ``failed_all``."""
     eligible = list(range(len(completions)))
     left_out: dict[str, int] = {}
+    failed_all: list[str] = []
     filters: list[tuple[str, Callable[[Completion], bool]]] = [("cut_off", lambda c: c.finish_reason != "length")]
     if check_arithmetic:
         filters.append(("arithmetic", lambda c: computes_right(c.text)))
     for name, keep in filters:
         passing = [i for i in eligible if keep(completions[i])]
         left_out[name] = len(eligible) - len(passing) if passing else 0
+        if not passing:
+            failed_all.append(name)
         eligible = passing or eligible
-    return eligible, left_out
+    return eligible, left_out, failed_all
 
 
 async def asleep(context: str, budget: int | Budget, *, backend: Backend | None = None, store: StoreArg = None,

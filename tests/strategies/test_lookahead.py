@@ -161,3 +161,14 @@ def test_a_draft_that_fails_mid_solution_fails_the_trace_and_releases_the_round(
         ["written by the target"]
     assert len(draft.released) == len(draft.calls) and len(target.released) == len(target.calls)
     store.close()
+
+
+def test_no_call_starts_once_the_wall_time_is_spent_within_a_round() -> None:
+    """Draft and target steps kept starting after the deadline: 7 calls of 0.1 s on a 0.05 s budget."""
+    def steps(prompt: str, index: int, seed: int | None) -> str:
+        return "Add.\n" if prompt.count("Add.") < 4 else "The answer is 5.\n"
+
+    target, draft = ScriptedBackend(steps, delay_s=0.1), ScriptedBackend(steps, delay_s=0.1)
+    solve("Ann has 2 pens and buys 3. How many?", Budget(wall_s=0.05), strategy="lookahead", backend=target,
+          draft=draft, store=False, seed=0)
+    assert len(draft.calls) == 1 and target.calls == []

@@ -137,6 +137,8 @@ class Lookahead(Strategy[LookaheadOptions]):
         proposals: list[Completion] = []
         prefix = chain.prefix
         for _ in range(k):
+            if meter.exhausted():  # the wall time can run out within a round: no call starts after it
+                break
             step = (await draft.complete(prefix, 1, self._sampling(ctx, cap)))[0]
             meter.charge([step])
             tally.draft_tokens += len(step.token_ids)
@@ -149,6 +151,8 @@ class Lookahead(Strategy[LookaheadOptions]):
         heads = [chain.prefix, *held[draft]]  # the draft's sequences are the chain plus 1, 2, ... proposals
         if proposals and ends_solution(proposals[-1], ctx.step_delimiter):
             heads.pop()
+        if meter.exhausted():
+            return
         # A round without proposals is one plain target step, trimmed to what is left (never to nothing: the
         # budget was not exhausted when the round was planned).
         checks = await self._check(ctx, meter, heads, cap if k > 0 else meter.plan(1, cap)[1])
