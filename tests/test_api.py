@@ -360,3 +360,11 @@ def test_a_pooled_batch_caps_its_weighted_minimum_at_the_callers_max_samples() -
 
     assert pooled_options("auto", {"max_samples": 4}, has_verifier=True)["min_samples"] == 4
     assert pooled_options("auto", {}, has_verifier=True)["min_samples"] == 8
+
+
+def test_a_store_given_as_a_path_object_is_used(tmp_path: Path) -> None:
+    db = tmp_path / "traces.db"
+    result = solve("What is 2+3?", 64, backend=ScriptedBackend(["The answer is 5."]), store=db,
+                   strategy="best_of_n", n=1)
+    with TraceStore(db, read_only=True) as store:
+        assert store.get_trace(result.trace_id or "").status == "done"

@@ -35,7 +35,7 @@ T = TypeVar("T")
 
 VerifierArg = OutcomeVerifier | ProcessVerifier | None
 
-StoreArg = TraceStore | str | Literal[False] | None
+StoreArg = TraceStore | str | os.PathLike[str] | Literal[False] | None
 
 
 @dataclass

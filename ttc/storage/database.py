@@ -60,13 +60,13 @@ def default_path() -> Path:
     return Path(platformdirs.user_data_dir("ttc")) / "traces.db"
 
 
-def resolve_location(url: str | None, *, create: bool = True) -> Location:
+def resolve_location(url: str | os.PathLike[str] | None, *, create: bool = True) -> Location:
     """``url`` -> env ``TTC_DB`` -> the per-user data directory; a plain path means an SQLite file there.
 
     ``create=False`` (a reader) makes no directory and refuses an SQLite file that is not there: a mistyped path
     should say so, not read as an empty store.
     """
-    given = url if url is not None else os.environ.get(ENV_VAR) or None
+    given = os.fspath(url) if url is not None else os.environ.get(ENV_VAR) or None
     if given is not None and not given.strip():
         raise StorageError(f"the trace database path is empty: pass a file path or URL (or unset {ENV_VAR} to use "
                            f"the default, {default_path()})")

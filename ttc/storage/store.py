@@ -125,7 +125,7 @@ def _env_busy_timeout() -> float:
 class TraceStore:
     """The trace store; see the module docstring for its threading and process model."""
 
-    def __init__(self, url: str | None = None, *, busy_timeout_s: float | None = None,
+    def __init__(self, url: str | os.PathLike[str] | None = None, *, busy_timeout_s: float | None = None,
                  read_only: bool = False) -> None:
         """``read_only`` (the CLI's readers and the viewer) opens an existing store without a writer: it creates
         no file, changes nothing, and refuses a path where there is no store."""
