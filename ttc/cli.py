@@ -12,12 +12,12 @@ import os
 import signal
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import anyio
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -25,7 +25,7 @@ from rich.text import Text
 from ttc.api import Session, check_budget_scope, open_session, solve_problem
 from ttc.bench.datasets import dataset_names, load_dataset
 from ttc.bench.eval import EvalReport, check_sleep, evaluate
-from ttc.cli_render import render_trace
+from ttc.cli_render import render_trace, shown
 from ttc.errors import ConfigError, TTCError
 from ttc.pooled import check_pooled
 from ttc.session import check_context, check_prompt
@@ -130,8 +130,8 @@ def solve(
     if as_json:
         out.print_json(json.dumps(_result_json(result)))
         return
-    out.print(f"[bold]answer:[/bold] {escape(str(result.answer))}")
-    out.print(f"strategy={result.strategy} score={result.score} tokens={result.usage.generated_tokens} "
+    out.print(Text.assemble(("answer:", "bold"), " ", shown(result.answer)))
+    out.print(f"strategy={shown(result.strategy)} score={result.score} tokens={result.usage.generated_tokens} "
               f"calls={result.usage.backend_calls} wall={result.usage.wall_s:.2f}s")
     if result.trace_id:
         out.print(f"trace: {result.trace_id}  (ttc traces show {result.trace_id[:8]})")
@@ -167,7 +167,7 @@ def sleep_cmd(
                                    "model": notes.model, "usage": notes.usage.__dict__}))
         return
     out.print("[bold]notes:[/bold]")
-    out.print(escape(notes.text) if notes.text else "(none)")
+    out.print(Text(shown(notes.text)) if notes.text else "(none)")
     out.print(f"tokens={notes.usage.generated_tokens} calls={notes.usage.backend_calls} "
               f"wall={notes.usage.wall_s:.2f}s")
     if notes.trace_id:
@@ -251,7 +251,7 @@ def eval_cmd(
     table.add_row(*row, f"{report.wall_s:.1f}")
     out.print(table)
     for line in report.errors[:10]:
-        err.print(f"[red]{escape(line)}[/red]")
+        err.print(Text(shown(line), style="red"))
     if report.unanswered:
         out.print(f"{report.unanswered} of {report.done} questions ended without an answer (counted wrong): no "
                   "solution finished within the budget, or none stated one; a larger --budget lets long ones finish")
@@ -334,8 +334,8 @@ def traces_list(
     for col in ("id", "status", "strategy", "answer", "tokens", "question"):
         table.add_column(col)
     for t in rows:
-        table.add_row(t.id[:8], t.status, Text(t.strategy), Text(str(t.answer)), str(t.generated_tokens),
-                      Text(_short(t.question, 60)))
+        table.add_row(t.id[:8], t.status, Text(shown(t.strategy)), Text(shown(t.answer)), str(t.generated_tokens),
+                      Text(shown(_short(t.question, 60))))
     out.print(table)
 
 
@@ -402,10 +402,15 @@ def _is_usage_error(exc: Exception) -> bool:
     return isinstance(exc, kinds) and hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int)
 
 
-def _terminate_as_interrupt(_signum: int, _frame: object) -> None:
-    """SIGTERM (``kill``, ``timeout``, a scheduler) ends a command the way Ctrl-C does: the event loop cancels its
-    work, so every open trace is marked failed ('cancelled') instead of being left 'running'."""
-    os.kill(os.getpid(), signal.SIGINT)
+def _terminate_as_interrupt(_signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (``kill``, ``timeout``, a scheduler) ends a command the way Ctrl-C does: the SIGINT handler in place
+    (the event loop's, which cancels its work so that every open trace is marked failed 'cancelled') runs for it.
+    Where SIGINT is ignored (a background job of a script), SIGTERM still ends the command."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
 
 
 def main() -> None:
@@ -416,7 +421,7 @@ def main() -> None:
         # Ctrl-C) instead of exiting with it, so the code is passed on here.
         code = app(standalone_mode=False)
     except TTCError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        err.print(Text.assemble(("error:", "red"), " ", shown(exc)), highlight=False)
         raise SystemExit(2) from None
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None

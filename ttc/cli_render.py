@@ -1,7 +1,9 @@
 """Terminal rendering of a recorded trace: header, usage, decisions, and the node tree.
 
 Stored text (questions, answers, node text, strategy and event names) is printed as rich ``Text``, never as
-markup: markup would read ``[/]`` as a tag, ``a:b:c`` as an emoji code and double a trailing backslash.
+markup: markup would read ``[/]`` as a tag, ``a:b:c`` as an emoji code and double a trailing backslash. It is
+also passed through :func:`shown` first, since it is model output or user input: an escape sequence in it would
+otherwise reach the terminal (clear the screen, hide what follows, make a link).
 """
 
 from __future__ import annotations
@@ -19,16 +21,29 @@ STATUS_STYLE = {"selected": "bold green", "finished": "cyan", "pruned": "dim red
 MAX_RENDERED_NODES = 500
 
 
+_BIDI_CONTROLS = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def shown(text: object) -> str:
+    """``text`` safe for a terminal: control characters (ESC, NUL, DEL, C1) and bidirectional overrides become
+    visible escapes such as ``\\x1b``; newlines and tabs stay."""
+    value = str(text)
+    if value.isprintable():
+        return value
+    return "".join(ch if ch in "\n\t" or (ch.isprintable() and ch not in _BIDI_CONTROLS) else ascii(ch)[1:-1]
+                   for ch in value)
+
+
 def node_label(node: Node) -> Text:
     style = STATUS_STYLE.get(node.status, "white")
     label = Text.assemble((f"#{node.id} {node.status}", style), f" tok={node.token_count}")
     if node.score is not None:
         label.append(f" score={node.score:.3f}")
     if node.answer is not None:
-        label.append(f" answer={node.answer}")
+        label.append(f" answer={shown(node.answer)}")
     if node.reason:
-        label.append(f" ({node.reason})")
-    text = " ⏎ ".join(line.strip() for line in node.text.strip().splitlines() if line.strip())
+        label.append(f" ({shown(node.reason)})")
+    text = " ⏎ ".join(shown(line.strip()) for line in node.text.strip().splitlines() if line.strip())
     if len(text) > 100:
         text = text[:99] + "…"
     label.append("  ")
@@ -56,16 +71,16 @@ def build_tree(record: TraceRecord) -> Tree:
 def render_trace(console: Console, record: TraceRecord) -> None:
     problem = record.problem
     if problem.context is not None:
-        console.print(Text.assemble(("context:", "bold"), " ", problem.context.strip()))
-    console.print(Text.assemble(("question:", "bold"), " ", problem.question.strip()))
+        console.print(Text.assemble(("context:", "bold"), " ", shown(problem.context.strip())))
+    console.print(Text.assemble(("question:", "bold"), " ", shown(problem.question.strip())))
     if problem.gold is not None:
-        console.print(Text.assemble(("gold:", "bold"), " ", problem.gold))
+        console.print(Text.assemble(("gold:", "bold"), " ", shown(problem.gold)))
     console.print(Text.assemble(("status:", "bold"), f" {record.status}   ", ("strategy:", "bold"),
-                                f" {record.strategy}   ", ("backend:", "bold"), f" {record.backend}   ",
+                                f" {shown(record.strategy)}   ", ("backend:", "bold"), f" {shown(record.backend)}   ",
                                 ("seed:", "bold"), f" {record.seed}"))
     if record.error:
-        console.print(Text.assemble(("error:", "red"), " ", record.error))
-    console.print(Text.assemble(("answer:", "bold"), f" {record.answer}   score={record.score}"))
+        console.print(Text.assemble(("error:", "red"), " ", shown(record.error)))
+    console.print(Text.assemble(("answer:", "bold"), f" {shown(record.answer)}   score={record.score}"))
     u = record.usage
     console.print(f"[bold]usage:[/bold] generated={u.generated_tokens} prompt={u.prompt_tokens} "
                   f"cached={u.cached_prompt_tokens} verifier={u.verifier_tokens} calls={u.backend_calls} "
@@ -75,4 +90,4 @@ def render_trace(console: Console, record: TraceRecord) -> None:
     console.print(build_tree(record))
 
 
-__all__ = ["build_tree", "node_label", "render_trace"]
+__all__ = ["build_tree", "node_label", "render_trace", "shown"]

@@ -428,3 +428,22 @@ def test_runs_show_whole_ids_on_a_narrow_terminal(tmp_path: Path) -> None:
         [run] = store.list_runs()
     proc = run_ttc("traces", "runs", db=db, extra_env={"COLUMNS": "80"})
     assert run.id in proc.stdout  # it was cut to '4720254a-2c41-4f2…', which `--run` does not take
+
+
+def test_model_output_cannot_drive_the_terminal(tmp_path: Path) -> None:
+    """Escape sequences in a question or an answer reached the terminal (clear the screen, hide what follows,
+    make a link); markup-built lines read ':smile:' as an emoji and doubled a trailing backslash."""
+    from ttc import solve
+    from ttc.testing import ScriptedBackend
+
+    db = tmp_path / "esc.db"
+    question = "Q\x1b[2J\x1b]8;;http://evil/\x1b\\LINK\u202e?"
+    trace_id = solve(question, 256, backend=ScriptedBackend(["S\x1b[5mX\nThe answer is 7\x1b[8m."]), store=str(db),
+                     strategy="best_of_n", n=2).trace_id
+    assert trace_id is not None
+    for args in (("traces", "show", trace_id[:8]), ("traces", "list")):
+        proc = run_ttc(*args, db=db, extra_env={"COLUMNS": "300"})
+        assert "\x1b" not in proc.stdout and "\u202e" not in proc.stdout
+        assert "\\x1b[2J" in proc.stdout and "\\u202e" in proc.stdout
+    missing = run_ttc("traces", "show", ":smile:", db=db, check=False)
+    assert "no trace ':smile:'" in missing.stderr

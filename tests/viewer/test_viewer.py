@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -177,3 +178,30 @@ def test_ttc_view_prints_its_address_and_serves_until_stopped(tmp_path: Path) ->
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_a_request_naming_another_host_is_refused(viewer: Viewer) -> None:
+    """A web page that points its own domain at 127.0.0.1 (DNS rebinding) could read every trace."""
+    stranger = viewer.client.get(f"/api/traces/{viewer.solved}", headers={"Host": "attacker.example:8321"})
+    assert stranger.status_code == 421 and "addressed to this machine" in stranger.json()["error"]
+    for host in ("127.0.0.1", "localhost:8321", "LOCALHOST"):
+        assert viewer.client.get("/", headers={"Host": host}).status_code == 200
+    page = viewer.client.get("/")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
+
+
+def test_sigterm_stops_a_viewer_started_with_sigint_ignored(tmp_path: Path) -> None:
+    """A background job of a script starts with SIGINT ignored; SIGTERM was turned into that SIGINT and lost."""
+    db = tmp_path / "bg.db"
+    TraceStore(str(db)).close()
+    proc = subprocess.Popen([sys.executable, "-m", "ttc", "view", "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "TTC_DB": str(db)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().startswith("ttc viewer on")
+        proc.terminate()
+        proc.wait(timeout=20)  # it stopped (the viewer ends quietly, as on Ctrl-C)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

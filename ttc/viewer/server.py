@@ -20,6 +20,10 @@ from ttc.viewer.pages import error_page, index_page, trace_page
 
 DEFAULT_LIMIT = 200
 MAX_LIMIT = 10_000
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
+CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+"""The pages are static HTML with one inline stylesheet and links: nothing else may load or run."""
 
 
 class ViewerServer(ThreadingHTTPServer):
@@ -41,6 +45,10 @@ class ViewerHandler(BaseHTTPRequestHandler):
     server: ViewerServer
 
     def do_GET(self) -> None:
+        if not self._addressed_here():
+            self._fail(HTTPStatus.MISDIRECTED_REQUEST, "the viewer answers only requests addressed to this machine "
+                       "(Host 127.0.0.1, localhost or [::1]); serve it with --host to reach it from elsewhere")
+            return
         parts = urlsplit(self.path)
         path = unquote(parts.path)
         query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
@@ -73,6 +81,18 @@ class ViewerHandler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, index_page(store.list_runs(limit=50), traces, run=run, status=status,
                                              limit=limit, store=store.url))
 
+    def _addressed_here(self) -> bool:
+        """A viewer bound to loopback answers only requests naming a loopback host. A web page can point its own
+        domain at 127.0.0.1 (DNS rebinding) and then read this machine's traces; its requests carry that domain in
+        ``Host``, which is how they are told apart. A viewer bound elsewhere was exposed on purpose."""
+        if self.server.server_address[0] not in LOOPBACK:
+            return True
+        host = self.headers.get("Host")
+        if host is None:
+            return True  # HTTP/1.0 without Host: not a browser, which always sends one
+        name = host.split("]")[0] + "]" if host.startswith("[") else host.rsplit(":", 1)[0]
+        return name.lower() in LOOPBACK_NAMES
+
     def _fail(self, status: HTTPStatus, message: str) -> None:
         if self.path.startswith("/api/"):
             self._send(status, json.dumps({"error": message}), "application/json")
@@ -85,6 +105,9 @@ class ViewerHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Content-Security-Policy", CSP)
+        self.send_header("X-Frame-Options", "DENY")
+        self.send_header("Referrer-Policy", "no-referrer")
         self.end_headers()
         self.wfile.write(data)
 
