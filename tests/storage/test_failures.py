@@ -153,18 +153,24 @@ def test_unusable_urls_are_explained(tmp_path: Path, monkeypatch: pytest.MonkeyP
         TraceStore("nosuchdb://host/db")
 
 
-def test_a_killed_process_s_trace_is_failed_by_the_next_writer_on_its_host(
-    db_path: Path, spawn_worker: Callable[..., subprocess.Popen[str]]
-) -> None:
-    """SIGKILL leaves no chance to fail a trace; it read 'running' for good until its run was resumed."""
+def _killed_worker(db_path: Path,
+                   spawn_worker: Callable[..., subprocess.Popen[str]]) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """A worker process that opened a run and a trace, then was killed outright; with the ids it printed."""
     process = spawn_worker(db_path, "crash")
     assert process.stdout is not None
     line = process.stdout.readline()
     assert line, process.stderr.read() if process.stderr else "worker printed nothing"
-    ids = json.loads(line)
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=10)
+    assert process.returncode == -signal.SIGKILL
+    return process, json.loads(line)
 
+
+def test_a_killed_process_s_trace_is_failed_by_the_next_writer_on_its_host(
+    db_path: Path, spawn_worker: Callable[..., subprocess.Popen[str]]
+) -> None:
+    """SIGKILL leaves no chance to fail a trace; it read 'running' for good until its run was resumed."""
+    process, ids = _killed_worker(db_path, spawn_worker)
     with TraceStore(str(db_path), read_only=True) as reader:  # a reader changes nothing
         assert reader.get_trace(ids["trace_id"]).status == "running"
     with TraceStore(str(db_path)) as store:
@@ -183,14 +189,7 @@ def test_a_killed_process_s_trace_is_failed_by_the_next_writer_on_its_host(
 def test_a_trace_of_a_process_on_another_host_is_left_to_mark_stale_running(
     db_path: Path, spawn_worker: Callable[..., subprocess.Popen[str]]
 ) -> None:
-    process = spawn_worker(db_path, "crash")
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    assert line, process.stderr.read() if process.stderr else "worker printed nothing"
-    ids = json.loads(line)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=10)
-    assert process.returncode == -signal.SIGKILL
+    _, ids = _killed_worker(db_path, spawn_worker)
     with sqlite3.connect(db_path) as raw:  # as if the process had run on another machine
         raw.execute("UPDATE trace_owners SET host = 'elsewhere'")
 
