@@ -251,7 +251,7 @@ def eval_cmd(
     table.add_row(*row, f"{report.wall_s:.1f}")
     out.print(table)
     for line in report.errors[:10]:
-        err.print(Text(shown(line), style="red"))
+        err.print(Text(shown(line), style="red"), soft_wrap=True)
     if report.unanswered:
         out.print(f"{report.unanswered} of {report.done} questions ended without an answer (counted wrong): no "
                   "solution finished within the budget, or none stated one; a larger --budget lets long ones finish")
@@ -421,7 +421,7 @@ def main() -> None:
         # Ctrl-C) instead of exiting with it, so the code is passed on here.
         code = app(standalone_mode=False)
     except TTCError as exc:
-        err.print(Text.assemble(("error:", "red"), " ", shown(exc)), highlight=False)
+        err.print(Text.assemble(("error:", "red"), " ", shown(exc)), highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None

@@ -87,10 +87,11 @@ def test_solve_prints_answer_and_trace(tmp_path: Path) -> None:
     ],
 )
 def test_errors_are_one_line_without_traceback(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
-    proc = run_ttc(*args, db=tmp_path / "e.db", check=False)
+    proc = run_ttc(*args, db=tmp_path / "e.db", check=False, extra_env={"COLUMNS": "80"})
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0  # one line, not wrapped at the console's width
 
 
 @pytest.mark.parametrize("delay", ["abc", "-1", "nan"])
