@@ -178,14 +178,15 @@ def check_layout(connection: Connection, location: Location, *, partial: bool = 
     """Refuse a store whose tables or columns are not the ones this ttc writes: a dropped table would otherwise be
     created again, empty, and its done traces would read as complete without their events. ``partial`` allows
     missing tables (a server database that has not been set up yet), not missing columns."""
-    present = set(inspect(connection).get_table_names())
+    inspector = inspect(connection)
+    present = set(inspector.get_table_names())
     problems: list[str] = []
     for name, table in Base.metadata.tables.items():
         if name not in present:
             if not partial and name not in LATER_TABLES:
                 problems.append(f"table {name} is missing")
             continue
-        columns = {column["name"] for column in inspect(connection).get_columns(name)}
+        columns = {column["name"] for column in inspector.get_columns(name)}
         problems += [f"column {name}.{c.name} is missing" for c in table.columns if c.name not in columns]
     if problems:
         raise StorageError(f"the trace database {location.describe()} is not laid out as ttc writes it "
