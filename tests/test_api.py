@@ -344,6 +344,7 @@ def test_a_bad_ttc_threads_is_reported_not_taken_for_no_backend(monkeypatch: pyt
         (lambda b: solve("2+3?", 64, backend=b, store=False, strategy="self_consistency", min_samples=10,
                          max_samples=4), r"min_samples \(10\) is above max_samples \(4\)"),
         (lambda b: ttc.load_notes(None), "trace_id must be the sleep trace's id"),  # type: ignore[arg-type]
+        (lambda b: ttc.load_notes("abcdef", store=False), "load_notes reads the notes from a trace store"),  # type: ignore[arg-type]
     ],
 )
 def test_arguments_of_the_wrong_kind_get_a_config_error(call: Any, message: str) -> None:

@@ -14,6 +14,7 @@ to vote on; a fact several drafts derived alike is more likely right than one a 
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -183,12 +184,15 @@ def sleep(context: str, budget: int | Budget, *, backend: Backend | None = None,
                                     sleep_template=sleep_template, **options))
 
 
-def load_notes(trace_id: str, *, store: TraceStore | str | None = None) -> Notes:
+def load_notes(trace_id: str, *, store: TraceStore | str | os.PathLike[str] | None = None) -> Notes:
     """The notes of a finished sleep run, read back from the trace store (an id or a unique prefix of one)."""
     if not isinstance(trace_id, str) or not trace_id.strip():
         raise ConfigError(f"trace_id must be the sleep trace's id (a string that ttc.sleep's Notes.trace_id or `ttc "
                           f"sleep` gave), got {trace_id!r}")
     check_store(store)
+    if isinstance(store, bool):
+        raise ConfigError("load_notes reads the notes from a trace store: pass its path or a TraceStore (or None "
+                          "for the default store), not False")
     owned = not isinstance(store, TraceStore)
     trace_store = store if isinstance(store, TraceStore) else TraceStore(store, read_only=True)
     try:
