@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
 from ttc.backends.base import BackendStats, token_ids
+from ttc.backends.base import token_ids as token_ids_of  # detokenize's parameter shadows the name
 from ttc.errors import ConfigError
 from ttc.types import Completion, PromptLogprobs, Sampling, is_int
 
@@ -111,7 +112,8 @@ class LocalBackend:
         return list(encoding.ids)
 
     async def detokenize(self, token_ids: Sequence[int]) -> str:
-        ids = _in_vocabulary(token_ids, self._engine.config.vocab_size)
+        ids = token_ids_of(token_ids)
+        self._engine.check_vocabulary(ids)
         return str(self._engine.tokenizer.decode(list(ids), skip_special_tokens=True))
 
     async def complete(self, prompt: Sequence[int], n: int, sampling: Sampling) -> list[Completion]:
@@ -184,14 +186,6 @@ class LocalBackend:
         future: asyncio.Future[Any] = loop.create_future()
         submit(_settle(loop, future))
         return await future
-
-
-def _in_vocabulary(ids: object, vocab: int) -> tuple[int, ...]:
-    checked = token_ids(ids)
-    bad = next((t for t in checked if not 0 <= t < vocab), None)
-    if bad is not None:
-        raise ConfigError(f"token id {bad} is outside the model's vocabulary [0, {vocab})")
-    return checked
 
 
 def _short(text: str, width: int = 60) -> str:

@@ -162,6 +162,13 @@ class Engine:
                 prefix_cache_hit_rate=c.cached_prompt_tokens / c.prompt_tokens if c.prompt_tokens else None,
             )
 
+    def check_vocabulary(self, token_ids: Sequence[int], what: str = "token id") -> None:
+        """Refuse an id outside the model's vocabulary (an index past the embedding table)."""
+        vocab = self.config.vocab_size
+        bad = next((t for t in token_ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ConfigError(f"{what} {bad} is outside the model's vocabulary [0, {vocab})")
+
     def validate_prompt(self, prompt: Sequence[int], *, generate: bool = True) -> None:
         """Reject prompts the model cannot run, with the reason and the fix.
 
@@ -170,10 +177,7 @@ class Engine:
         """
         if not prompt:
             raise ConfigError("prompt must hold at least one token id; tokenize a non-empty text first")
-        vocab = self.config.vocab_size
-        bad = next((t for t in prompt if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise ConfigError(f"prompt token id {bad} is outside the model's vocabulary [0, {vocab})")
+        self.check_vocabulary(prompt, "prompt token id")
         if len(prompt) + generate > self.config.max_positions:
             room = "leaves no room" if generate else "does not fit"
             raise ConfigError(
