@@ -13,6 +13,7 @@ import pytest
 import torch
 from forest_cases import LSE_TOLERANCE, TOLERANCE, Maker, assert_close, naive_attention, random_tree
 
+from ttc.errors import ConfigError
 from ttc.kernels import Segment, forest_attention, forest_attention_with_lse
 from ttc.kernels.segments import check_forest
 
@@ -164,6 +165,9 @@ def test_triton_splits_long_segments_and_merges_the_splits() -> None:
         out, lse = forest_attention_triton(q, check_forest(q, segments, None), kv_split=split)
         assert_close(out, want_out, 1e-5, f"kv_split={split} output")
         assert_close(lse, want_lse, 1e-5, f"kv_split={split} lse")
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ConfigError, match="kv_split must be a positive int number of keys"):
+            forest_attention_triton(q, check_forest(q, segments, None), kv_split=bad)  # type: ignore[arg-type]
 
 
 def test_torch_blocks_long_segments_without_changing_the_result(monkeypatch: pytest.MonkeyPatch) -> None:

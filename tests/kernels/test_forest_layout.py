@@ -74,3 +74,28 @@ def test_malformed_layouts_are_errors() -> None:
         forest_layout([torch.tensor([[0]])], [1], [False], batch=1, tokens=1)
     with pytest.raises(ConfigError, match="batch >= 1 and tokens >= 1"):
         forest_layout(rows, [4, 3], [False, False], batch=0, tokens=1)
+    with pytest.raises(ConfigError, match=r"int batch >= 1 and tokens >= 1, got 2.0 and 1"):
+        forest_layout(rows, [4, 3], [False, False], batch=2.0, tokens=1)  # type: ignore[arg-type]
+    for bad in (2.5, "3", True):
+        with pytest.raises(ConfigError, match=r"lengths\[1\] must be an int number of key positions"):
+            forest_layout(rows, [4, bad], [False, False], batch=2, tokens=1)  # type: ignore[list-item]
+
+
+def test_a_layout_keeps_its_own_copy_of_the_rows_it_checked() -> None:
+    """Changing the caller's row tensor afterwards must not change which keys a checked layout's rows read."""
+    make = Maker(0, 2, 8, torch.float32)
+    own = torch.tensor([1])
+    layout = forest_layout([torch.tensor([0]), own], [3, 3], [False, False], batch=2, tokens=1)
+    own[0] = 0
+    q, k, v = make.randn(2, 1, 2, 8), make.randn(3, 2, 8), make.randn(3, 2, 8)
+    fresh = forest_layout([torch.tensor([0]), torch.tensor([1])], [3, 3], [False, False], batch=2, tokens=1)
+    assert torch.equal(layout_attention(q, layout, [k, k], [v, v]), layout_attention(q, fresh, [k, k], [v, v]))
+
+
+def test_segments_must_be_a_list() -> None:
+    make = Maker(0, 2, 8, torch.float32)
+    q, k = make.randn(1, 1, 2, 8), make.randn(3, 2, 8)
+    segment = Segment(k, k, torch.tensor([0]))
+    for bad in (segment, (s for s in [segment])):
+        with pytest.raises(ConfigError, match=r"segments must be a list of ttc\.kernels\.Segment"):
+            forest_attention(q, bad)  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ttc.errors import ConfigError
 from ttc.kernels import merge_state
 
 
@@ -66,7 +67,7 @@ def test_half_precision_outputs_keep_their_dtype_and_lse_is_fp32() -> None:
 
 
 def test_mismatched_shapes_are_rejected() -> None:
-    with pytest.raises(ValueError, match="merge_state needs"):
+    with pytest.raises(ConfigError, match="merge_state needs"):
         merge_state(torch.zeros(2, 8), torch.zeros(2), torch.zeros(3, 8), torch.zeros(3))
-    with pytest.raises(ValueError, match="merge_state needs"):
+    with pytest.raises(ConfigError, match="merge_state needs"):
         merge_state(torch.zeros(2, 8), torch.zeros(2, 1), torch.zeros(2, 8), torch.zeros(2, 1))

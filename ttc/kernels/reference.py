@@ -22,6 +22,7 @@ from typing import cast
 
 import torch
 
+from ttc.errors import ConfigError
 from ttc.kernels.segments import Forest, ForestLayout
 
 # Scores per block ([segments x H_kv, rows, keys] fp32) stay around 8 MiB: large enough for efficient matrix
@@ -48,7 +49,7 @@ def merge_state(
     keeps the promoted dtype of ``o_a`` and ``o_b``.
     """
     if o_a.shape != o_b.shape or lse_a.shape != lse_b.shape or o_a.shape[:-1] != lse_a.shape:
-        raise ValueError(
+        raise ConfigError(
             f"merge_state needs o_a, o_b of one shape [..., D] and lse_a, lse_b of shape [...]; got "
             f"{tuple(o_a.shape)}, {tuple(lse_a.shape)}, {tuple(o_b.shape)}, {tuple(lse_b.shape)}"
         )

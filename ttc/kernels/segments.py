@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ttc.errors import ConfigError
+from ttc.types import is_int
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -128,15 +129,19 @@ def forest_layout(
         )
     if len(rows) == 0:
         raise ConfigError("forest attention needs at least one Segment; got an empty list")
-    if batch <= 0 or tokens <= 0:
-        raise ConfigError(f"a forest layout needs batch >= 1 and tokens >= 1, got {batch} and {tokens}")
+    if not is_int(batch) or not is_int(tokens) or batch <= 0 or tokens <= 0:
+        raise ConfigError(f"a forest layout needs int batch >= 1 and tokens >= 1, got {batch!r} and {tokens!r}")
+    for number, n in enumerate(lengths):
+        if not is_int(n):
+            raise ConfigError(f"lengths[{number}] must be an int number of key positions, got {n!r}")
     for number, r in enumerate(rows):
         if not isinstance(r, torch.Tensor) or r.dim() != 1 or r.dtype not in (torch.int64, torch.int32):
             raise ConfigError(
                 f"rows[{number}] must be a 1-D int64 tensor of query-row indices, got "
                 f"{getattr(r, 'dtype', type(r).__name__)} of shape {tuple(getattr(r, 'shape', ()))}"
             )
-    host = tuple(r.to(device="cpu", dtype=torch.int64) for r in rows)
+    # A copy: the layout is checked once and reused, so a later change to the caller's tensor must not reach it.
+    host = tuple(r.to(device="cpu", dtype=torch.int64, copy=True) for r in rows)
     sizes = tuple(int(n) for n in lengths)
     flags = tuple(bool(c) for c in causal)
     _check_rows(host, sizes, flags, batch, tokens)
@@ -146,6 +151,8 @@ def forest_layout(
 def check_forest(q: torch.Tensor, segments: Sequence[Segment], scale: float | None) -> Forest:
     """Validate ``q`` against ``segments`` and return the checked forest; raise ConfigError naming what is wrong."""
     batch, tokens, _, _ = _check_query(q)
+    if isinstance(segments, Segment) or not isinstance(segments, Sequence):
+        raise ConfigError(f"segments must be a list of ttc.kernels.Segment, got {type(segments).__name__}")
     for number, seg in enumerate(segments):
         if not isinstance(seg, Segment):
             raise ConfigError(f"segments[{number}] must be a ttc.kernels.Segment, got {type(seg).__name__}")

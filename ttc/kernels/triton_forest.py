@@ -27,6 +27,7 @@ import triton.language as tl
 
 from ttc.errors import ConfigError
 from ttc.kernels.segments import Forest
+from ttc.types import is_int
 
 _LOG2E = 1.4426950408889634
 _MAX_HEAD_DIM = 256
@@ -216,8 +217,8 @@ def forest_attention_triton(
     the launch fills the device.
     """
     _check_launchable(q, forest)
-    if kv_split is not None and kv_split <= 0:
-        raise ValueError(f"kv_split must be a positive number of keys, got {kv_split}")
+    if kv_split is not None and (not is_int(kv_split) or kv_split <= 0):
+        raise ConfigError(f"kv_split must be a positive int number of keys, got {kv_split!r}")
     if q.stride(-1) != 1:
         q = q.contiguous()
     interpret = interpreting()
