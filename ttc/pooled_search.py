@@ -25,7 +25,7 @@ from ttc.controller.batch import Grant, Pool, SearchStanding, search_wave
 from ttc.session import QuestionRun, Session, fail_batch, guarded
 from ttc.strategies.tree import SearchTree, StepNode, TreeSearch, TreeSelection, choose_leaves
 from ttc.types import Budget, Problem, Result
-from ttc.verifiers.vote import majority_vote
+from ttc.verifiers.vote import majority_vote, vote_weights
 
 MAX_SEARCHES = 4
 """The most searches one question of a pooled batch gets: under ``auto`` its grants are then 1, 2, 4 and 8 even
@@ -79,10 +79,7 @@ class _Searcher:
 
     def margin(self) -> float:
         """The weighted vote's leader's lead over the runner-up, as a share of the vote (1.0: all agree)."""
-        weights = [max(n.score, 0.0) for n in self.finished]
-        if not any(weights):
-            weights = [1.0] * len(self.finished)
-        return majority_vote([n.answer for n in self.finished], weights).margin
+        return majority_vote([n.answer for n in self.finished], vote_weights([n.score for n in self.finished])).margin
 
     def standing(self) -> SearchStanding:
         return SearchStanding(index=self.index, searches=self.searches, cap=MAX_SEARCHES, open=self.open,

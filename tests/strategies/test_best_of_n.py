@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from ttc.budget import Meter
-from ttc.errors import ConfigError
+from ttc.errors import ConfigError, VerifierError
 from ttc.strategies.base import Context, make_strategy
 from ttc.testing import ScriptedBackend
 from ttc.trace import TraceRecorder
@@ -187,3 +187,26 @@ async def test_verifier_calls_count_scorings_not_cache_hits() -> None:
     await make_strategy("best_of_n", {"n": 8}).run(Problem("q"), meter, ctx)
     assert meter.usage().verifier_calls == 2  # two distinct solutions; six scorings came from the cache
     assert meter.usage().verifier_tokens == 2 * 10 * 2
+
+
+async def test_a_sample_without_an_answer_does_not_take_the_checked_vote_alone() -> None:
+    """It passes the calculator check with nothing to check; the answered samples that slipped still vote."""
+    slipped = "3 + 4 = 8\nThe answer is 8."
+    backend = ScriptedBackend([slipped, slipped, "Let me think about the pens"])
+    ctx = ctx_for(backend)
+    result = await make_strategy("best_of_n", {"n": 3, "check_arithmetic": True}).run(
+        Problem("Ann has 3 pens and 4 more. How many?"), Meter(Budget(tokens=10_000)), ctx)
+    assert result.answer == "8"
+    select = next(e for e in ctx.recorder.events() if e.kind == "select")
+    assert select.payload["left_out"] == 0 and select.payload["failed"] == {"arithmetic": 2}
+
+
+async def test_weighted_vote_refuses_negative_scores_and_counts_when_every_score_is_zero() -> None:
+    backend = ScriptedBackend(texts("5", "5", "5", "6"))
+    with pytest.raises(VerifierError, match="scores must be >= 0"):
+        await make_strategy("best_of_n", {"n": 4}).run(
+            Problem("q"), Meter(Budget(tokens=100_000)), ctx_for(backend, verifier=AnswerScorer({"5": -1.0})))
+    for seed in range(6):  # all-zero weights once tied every answer and the seed's tie-break chose
+        ctx = ctx_for(ScriptedBackend(texts("5", "5", "5", "6")), seed=seed, verifier=AnswerScorer({}))
+        result = await make_strategy("best_of_n", {"n": 4}).run(Problem("q"), Meter(Budget(tokens=100_000)), ctx)
+        assert result.answer == "5"

@@ -140,10 +140,17 @@ async def test_a_prompt_limit_that_leaves_no_room_for_a_path_is_refused_before_a
 
 
 async def test_bad_templates_and_options_are_refused_before_anything_runs() -> None:
-    with pytest.raises(ConfigError, match=r"synthesis_template must contain \{paths\}"):
+    with pytest.raises(ConfigError, match=r"synthesis_template must contain the placeholder\(s\) \{paths\}"):
         make_strategy("parallel_thinking", {"synthesis_template": "{question}"})
-    with pytest.raises(ConfigError, match="path_template may use only the fields"):
+    # An escaped brace pair renders as the text "{paths}": the synthesizer would see no path at all.
+    with pytest.raises(ConfigError, match=r"synthesis_template must contain the placeholder\(s\) \{paths\}"):
+        make_strategy("parallel_thinking", {"synthesis_template": "Q: {question}\n{{paths}}\nA:"})
+    with pytest.raises(ConfigError, match=r"path_template must contain the placeholder\(s\) \{text\}"):
+        make_strategy("parallel_thinking", {"path_template": "{{text}} {index}"})
+    with pytest.raises(ConfigError, match=r"path_template has unknown placeholder\(s\) \{score\}"):
         make_strategy("parallel_thinking", {"path_template": "{text} {score}"})
+    with pytest.raises(ConfigError, match="synthesis_template does not render"):
+        make_strategy("parallel_thinking", {"synthesis_template": "{question} {paths!z}"})
     with pytest.raises(ConfigError, match="temperature"):
         make_strategy("parallel_thinking", {"temperature": 0})
 

@@ -183,3 +183,24 @@ async def test_a_weighted_lead_is_not_taken_as_final_when_a_score_can_exceed_one
         Problem("q"), Meter(Budget(tokens=10_000)), ctx)
     assert len(result.candidates) == 5  # a lead of 2.5 with one sample to come is not safe: it may weigh 5
     assert result.answer == "5"
+
+
+async def test_samples_without_an_answer_do_not_reach_min_samples() -> None:
+    backend = ScriptedBackend(["I am not sure.", "Hmm, unclear.", "No idea.", answer("5"), *[answer("6")] * 4])
+    ctx = ctx_for(backend)
+    result = await make_strategy("self_consistency", {
+        "max_samples": 16, "round_size": 4, "min_samples": 4, "stop_share": 0.75}).run(
+        Problem("q"), Meter(Budget(tokens=10_000)), ctx)
+    assert len(backend.calls) >= 2  # one answer among four samples decides nothing
+    assert result.answer == "6"
+
+
+async def test_a_tied_vote_answers_the_leader_its_trace_recorded() -> None:
+    for seed in range(8):
+        ctx = ctx_for(ScriptedBackend([answer("7"), answer("6")]), seed=seed)
+        result = await make_strategy("self_consistency", {
+            "max_samples": 4, "round_size": 2, "min_samples": 2, "stop_share": 0.5}).run(
+            Problem("q"), Meter(Budget(tokens=10_000)), ctx)
+        rounds = [e for e in ctx.recorder.events() if e.kind == "round"]
+        select = [e for e in ctx.recorder.events() if e.kind == "select"][-1]
+        assert result.answer == rounds[-1].payload["leader"] == select.payload["answer"], seed

@@ -302,3 +302,29 @@ async def test_a_step_whose_stop_ends_inside_a_token_is_still_a_step_not_the_end
     result, _, _ = await run_search("beam", {"beam_width": 1, "expand": 1}, backend, TablePRM())
     assert len(backend.calls) == 2, "the first step ended at its delimiter, so the search went on"
     assert result.answer == "3"
+
+
+async def test_ranking_by_score_prefers_a_leaf_that_answers_to_one_cut_off_before_its_answer() -> None:
+    long = "Let me think about this very carefully and at length\n"
+    script = {"": [long, "The answer is 4.\n"]}
+    result, _, _ = await run_search("beam", {"beam_width": 2, "expand": 1, "max_step_tokens": 20, "select": "score"},
+                                    ScriptedBackend(tree_responder(script)),
+                                    TablePRM({long[:20].strip(): 0.99, "The answer is 4.": 0.3}))
+    assert result.answer == "4" and result.score == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("name", ["beam", "rebase", "ets"])
+async def test_a_path_score_that_overflows_is_a_verifier_error(name: str) -> None:
+    with pytest.raises(VerifierError, match=r"scores inf under aggregate='prod'"):
+        await run_search(name, {**SEARCHES[name], "aggregate": "prod"}, ScriptedBackend(random_responder),
+                         TablePRM(default=1e200))
+
+
+async def test_a_negative_path_score_is_refused_before_a_weighted_vote_spends_the_budget() -> None:
+    backend = ScriptedBackend(random_responder)
+    with pytest.raises(VerifierError, match="select='weighted_vote' weighs answers by path score"):
+        await run_search("beam", SEARCHES["beam"], backend, TablePRM(default=-0.5))
+    assert len(backend.calls) == 1
+    result, _, _ = await run_search("beam", {**SEARCHES["beam"], "select": "score"}, ScriptedBackend(random_responder),
+                                    TablePRM(default=-0.5))
+    assert result.answer is not None

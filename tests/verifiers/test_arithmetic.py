@@ -25,6 +25,9 @@ from ttc.verifiers.arithmetic import arithmetic_slips, computes_right
     ("3 × 4 = 12 and 12 ÷ 4 = 2", ["12 ÷ 4 = 2"]),
     ("so 48/2 = 25 clips", ["48/2 = 25"]),
     ("x = 3 + 4 = 8.", ["3 + 4 = 8"]),
+    ("So, 12 + 4 = 15", ["12 + 4 = 15"]),  # a comma or full stop with a space after it is prose
+    ("She buys 4 more. 12 + 4 = 15.", ["12 + 4 = 15"]),
+    ("8 + 4 = 12, 12 + 4 = 15", ["12 + 4 = 15"]),
 ])
 def test_wrong_results_are_found_as_written(text: str, slips: list[str]) -> None:
     assert arithmetic_slips(text) == slips
@@ -39,6 +42,8 @@ def test_wrong_results_are_found_as_written(text: str, slips: list[str]) -> None
     "a3 + 4 = 9",
     "He pays 5 * 3 dollars = 15",  # units between the operands and the result
     "1.5.2 + 3 = 7",
+    ".5 + 1 = 3",  # touching the operand, a full stop or comma makes it part of a longer number
+    "2,12 + 4 = 9",
     "7 / 2 = 3 remainder 1",  # a quotient with its remainder: the result goes on past 3
     "7 / 2 = 3 R 1",
     "22 / 5 = 4 with 2 left over",

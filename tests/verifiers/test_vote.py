@@ -9,8 +9,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from ttc.errors import ConfigError
-from ttc.verifiers.vote import VoteResult, majority_vote
+from ttc.errors import ConfigError, VerifierError
+from ttc.verifiers.vote import VoteResult, majority_vote, vote_weights
 
 # Pure functions: a slow moment on a shared machine must not fail them.
 NO_DEADLINE = settings(deadline=None)
@@ -147,3 +147,15 @@ def test_seeded_tie_breaks_are_reproducible(answers: list[str], seed: int) -> No
     second = majority_vote(list(reversed(answers)), rng=random.Random(seed))
     assert first.key == second.key  # ties are broken over sorted keys, so input order does not matter
     assert first == majority_vote(answers, rng=random.Random(seed))
+
+
+def test_vote_weights_count_unscored_candidates_once_and_zero_weights_as_a_plain_vote() -> None:
+    assert vote_weights([0.5, None, 0.25]) == [0.5, 1.0, 0.25]
+    # A verifier that gives every candidate 0 prefers none: the counts decide, not the tie-break.
+    assert vote_weights([0.0, 0.0, 0.0]) == [1.0, 1.0, 1.0]
+    assert majority_vote(["5", "5", "6"], vote_weights([0.0, 0.0, 0.0]), rng=random.Random(3)).key == "5"
+
+
+def test_vote_weights_refuse_a_negative_score_with_what_to_do() -> None:
+    with pytest.raises(VerifierError, match=r"candidate #1 scored -0.1.*select='score'"):
+        vote_weights([0.2, -0.1])

@@ -17,7 +17,7 @@ from ttc.verifiers.answer import extract_answer, extract_stated_answer, normaliz
 from ttc.verifiers.arithmetic import computes_right
 from ttc.verifiers.base import score_outcome_costed
 from ttc.verifiers.operands import operands_sourced
-from ttc.verifiers.vote import VoteResult, majority_vote
+from ttc.verifiers.vote import VoteResult, majority_vote, vote_weights
 
 Selection = Literal["auto", "score", "vote", "weighted_vote"]
 CHECK_ARITHMETIC = ("samples that write a wrong result for an equation (17 + 8 = 24) take no part in the choice, "
@@ -119,6 +119,7 @@ class Choice:
     left_out: int = 0  # candidates that failed a check and took no part in the choice
     failed: tuple[tuple[str, int], ...] = ()  # (check, candidates failing it) for each check that is on
     passing: int = 0  # candidates that passed every check that is on (all of them when none is on)
+    voters: int = 0  # candidates that passed every check and state an answer: the votes a decision rests on
 
 
 def resolve_selection(selection: Selection, ctx: Context) -> str:
@@ -135,7 +136,8 @@ def choose(ctx: Context, candidates: Sequence[Candidate], how: str, checks: Chec
     """Pick the final candidate: by highest score, by plain majority, or by score-weighted majority.
 
     Within the winning answer class, the best-scored (then shortest, then first) member is returned, so the
-    reported text actually contains the reported answer. Candidates that fail one of ``checks`` (read against
+    reported text actually contains the reported answer; by score, the best-scored candidate that states an
+    answer (any candidate only where none does). Candidates that fail one of ``checks`` (read against
     ``question``) take no part, unless every candidate fails one: then all do, so a question is never left
     unanswered for it.
     """
@@ -143,23 +145,31 @@ def choose(ctx: Context, candidates: Sequence[Candidate], how: str, checks: Chec
     failed = tuple((name, sum(name in f for f in failures)) for name in checks.enabled())
     passing = [c for c, f in zip(candidates, failures, strict=True) if not f]
     left_out = 0
-    if passing:
+    # A sample that states no answer passes every check (it has nothing to check), so the passing ones alone
+    # choose only where one of them answers.
+    if any(has_answer(c) for c in passing):
         left_out = len(candidates) - len(passing)
         candidates = passing
     if not candidates:
         return Choice(None, how, None)
     n_passing = len(passing)
-    if how == "score":
-        best = max(candidates, key=lambda c: (c.score if c.score is not None else float("-inf"), -c.token_count))
+    if how == "score":  # the best-scored candidate that answers: one cut off before its answer answers nothing
+        ranked = [c for c in candidates if has_answer(c)] or list(candidates)
+        best = max(ranked, key=lambda c: (c.score if c.score is not None else float("-inf"), -c.token_count))
         return Choice(best, how, None, left_out, failed, n_passing)
-    weights = [max(c.score, 0.0) if how == "weighted_vote" and c.score is not None else 1.0 for c in candidates]
+    weights = vote_weights([c.score for c in candidates]) if how == "weighted_vote" else None
     result = majority_vote([c.answer for c in candidates], weights, rng=ctx.rng)
     if result.key is None:  # no answer to vote on: the best-scored candidate (the first when none is scored)
         fallback = max(candidates, key=lambda c: c.score if c.score is not None else float("-inf"))
         return Choice(fallback, how, result, left_out, failed, n_passing)
     members = [c for c in candidates if c.answer is not None and normalize_answer(c.answer) == result.key]
     best = max(members, key=lambda c: (c.score if c.score is not None else 0.0, -c.token_count))
-    return Choice(best, how, result, left_out, failed, n_passing)
+    return Choice(best, how, result, left_out, failed, n_passing, sum(has_answer(c) for c in passing))
+
+
+def has_answer(candidate: Candidate) -> bool:
+    """Whether the candidate states an answer a vote can count."""
+    return candidate.answer is not None and bool(normalize_answer(candidate.answer))
 
 
 def mark_selected(ctx: Context, choice: Choice) -> None:

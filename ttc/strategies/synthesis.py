@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ttc.contexts import template_fields
 from ttc.errors import ConfigError
 
 SYNTHESIS_TEMPLATE = (
@@ -58,19 +59,20 @@ def render_synthesis(question: str, texts: Sequence[str], template: str = SYNTHE
 
 
 def check_templates(template: str, path_template: str) -> None:
-    """Refuse templates that would drop the question or the paths, or name a field the renderer does not fill."""
-    for text, needed, allowed, what in (
-        (template, ("{question}", "{paths}"), {"question", "paths", "total"}, "synthesis_template"),
-        (path_template, ("{text}",), {"index", "count", "total", "text"}, "path_template"),
+    """Refuse templates that would drop the question or the paths, or name a field the renderer does not fill.
+
+    The fields are read as ``str.format`` reads them, so an escaped ``{{paths}}`` (a literal brace pair, which
+    renders as the text ``{paths}``) does not count as the paths.
+    """
+    for text, what, needed, allowed in (
+        (template, "synthesis_template", {"question", "paths"}, {"question", "paths", "total"}),
+        (path_template, "path_template", {"text"}, {"index", "count", "total", "text"}),
     ):
-        missing = [field for field in needed if field not in text]
-        if missing:
-            raise ConfigError(f"{what} must contain {' and '.join(missing)}, got {text!r}")
-        try:
+        template_fields(text, name=what, required=needed, allowed=allowed)
+        try:  # a conversion or format spec the fields cannot take (``{paths!z}``, ``{text:d}``)
             text.format(**dict.fromkeys(allowed, ""))
         except (KeyError, IndexError, ValueError) as exc:
-            raise ConfigError(f"{what} may use only the fields {', '.join(sorted(allowed))} (and {{{{ }}}} for a "
-                              f"brace), got {text!r}: {exc!r}") from None
+            raise ConfigError(f"{what} does not render ({exc}): got {text!r}") from None
 
 
 __all__ = ["PATH_TEMPLATE", "SYNTHESIS_TEMPLATE", "Path", "check_templates", "merge_paths", "render_synthesis"]

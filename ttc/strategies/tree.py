@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from abc import abstractmethod
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -340,6 +341,15 @@ class SearchTree:
         for node in nodes:
             node.step_scores = tuple(results[node.id])
             node.score = aggregate(node.step_scores, self.aggregation) if node.step_scores else 0.0
+            if not math.isfinite(node.score):  # each step's score is finite, but a product of them can overflow
+                raise VerifierError(f"the path of node {node.id} scores {node.score!r} under aggregate="
+                                    f"{self.aggregation!r} of its step scores {list(node.step_scores)}: path scores "
+                                    "must be finite; use aggregate='min' or 'last', or a verifier scoring in [0, 1]")
+            if node.score < 0 and self.options.select == "weighted_vote":
+                # Refused now, not once the budget is spent on leaves that the final vote cannot weigh.
+                raise VerifierError(f"the path of node {node.id} scores {node.score!r}: select='weighted_vote' "
+                                    "weighs answers by path score and needs scores >= 0 (a probability); use "
+                                    "select='score', or a verifier whose scores are >= 0")
             self.ctx.recorder.update(node.id, step_scores=node.step_scores, score=node.score)
 
     async def _finish(self, node: StepNode) -> None:

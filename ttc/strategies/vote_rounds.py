@@ -78,14 +78,14 @@ class VoteRounds:
 
         Either the leader's share has reached ``stop_share`` after at least ``min_samples`` voting samples, or
         (plain vote only) the leader is ahead by more than the samples still to come up to ``max_samples`` could
-        overturn. Only the samples that vote count: those the checks left out neither reach ``min_samples`` nor
-        lead. Where every sample so far failed a check, all vote, but the first one to pass would replace them
-        all, so nothing is decided yet.
+        overturn. Only the samples that vote count: those the checks left out, and those that state no answer,
+        neither reach ``min_samples`` nor lead. Where no sample so far both passed every check and answered,
+        all vote, but the first one to do so would replace them all, so nothing is decided yet.
         """
         choice = self.choice
-        if choice is None or choice.vote is None or not choice.passing:
+        if choice is None or choice.vote is None or not choice.voters:
             return False
-        if choice.passing >= min_samples and self.share >= stop_share:
+        if choice.voters >= min_samples and self.share >= stop_share:
             return True
         if self.how != "vote":
             # A verifier's score is a number that ranks solutions, with no upper bound: a weighted lead can
@@ -96,9 +96,15 @@ class VoteRounds:
         return total > 0 and leader - runner_up > max_samples - self.drawn
 
     def finish(self) -> StrategyResult:
-        """Choose among every sample drawn, mark the chosen node and return it."""
-        choice = choose(self.ctx, self.candidates, self.how, self.options.checks,
-                        self.ctx.question_text(self.problem.question))
+        """Choose among every sample drawn, mark the chosen node and return it.
+
+        The last round's choice already covers every sample, and is the leader its ``round`` event recorded: a
+        second vote would break a tie with a second draw of the rng and could answer another leader.
+        """
+        choice = self.choice
+        if choice is None:
+            choice = choose(self.ctx, self.candidates, self.how, self.options.checks,
+                            self.ctx.question_text(self.problem.question))
         mark_selected(self.ctx, choice)
         best = choice.candidate
         return StrategyResult(answer=best.answer if best else None, text=best.text if best else "",

@@ -24,8 +24,11 @@ _EQUATION = re.compile(
     rf"(?P<a>{_NUMBER})[ \t]*(?P<op>[-+*/×÷])[ \t]*(?P<b>{_NUMBER})[ \t]*=[ \t]*(?P<c>-?(?:{_NUMBER}))"
 )
 _OPERATORS = "+-*/×÷^"
-# Before the first operand: anything that would make it part of a longer expression or a longer number.
-_BAD_BEFORE = set(_OPERATORS) | set(".,)")
+# Before the first operand, spaces between or not: anything that would make it part of a longer expression.
+_BAD_BEFORE = set(_OPERATORS) | set(")")
+# Right before the first operand: what would make it part of a longer number (``1,12 + 4``, ``.5 + 1``); with a
+# space between, a comma or full stop is prose (``So, 12 + 4 = 15``, ``She buys 4 more. 12 + 4 = 15``).
+_BAD_TOUCHING = set(".,")
 # After the result: anything that would make it an operand of more arithmetic, a longer number, or a percent.
 _BAD_AFTER = set(_OPERATORS) | set("%(")
 # ``7 / 2 = 3 remainder 1``: the result goes on past c, so the equation is not ``a / b = c`` alone.
@@ -64,7 +67,7 @@ def _decimals(number: str) -> int:
 
 
 def _stands_alone(text: str, start: int, end: int) -> bool:
-    if start and text[start - 1].isalnum():  # glued to a word: ``a3 + 4 = 7``
+    if start and (text[start - 1].isalnum() or text[start - 1] in _BAD_TOUCHING):  # glued: ``a3 + 4 = 7``
         return False
     before = text[:start].rstrip(" \t")
     if before and before[-1] in _BAD_BEFORE:
