@@ -183,7 +183,8 @@ def _result_json(result: Result) -> dict[str, Any]:
 @app.command("eval")
 def eval_cmd(
     dataset: Annotated[str, typer.Option(help=f"{', '.join(dataset_names())}, or a .jsonl path")] = "gsm8k",
-    limit: Annotated[int | None, typer.Option(help="number of problems (default: all)")] = None,
+    limit: Annotated[int | None, typer.Option(
+        help="number of problems (default: all; 100 for a synthetic dataset)")] = None,
     offset: Annotated[int, typer.Option(help="skip this many rows first")] = 0,
     budget: Annotated[int, typer.Option(help="generated-token budget per problem")] = 2048,
     strategy: Annotated[str, typer.Option()] = "auto",

@@ -277,8 +277,10 @@ class QuestionRun:
         store = self.session.store
         if store is not None and self.trace_id is not None:
             extra = await self.session.extra_events(self.problem, result) if self.session.extra_events else ()
+            for event in extra:  # recorded now, so that each carries the time it was made (a grade at the end)
+                self.recorder.event(event.kind, event.payload, node_id=event.node_id)
             await store.afinish_trace(self.trace_id, result=result, nodes=self.recorder.nodes(),
-                                      events=[*self.recorder.events(), *extra])
+                                      events=self.recorder.events())
         return result
 
     async def fail(self, exc: BaseException) -> None:

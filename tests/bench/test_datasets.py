@@ -79,3 +79,37 @@ def test_synthetic_levels_are_checked_not_widened() -> None:
     with pytest.raises(ConfigError, match="has no levels"):
         load_dataset("synthetic-stateful", limit=4, levels=[2])
     assert {p.meta["level"] for p in load_dataset("synthetic", limit=8, levels=[3])} == {3}
+    for bad in ([2.0], [True], ["3"]):
+        with pytest.raises(ConfigError, match=r"non-empty selection of 1\.\.8"):
+            load_dataset("synthetic-totals", limit=3, levels=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="'math500' has none to select by"):
+        load_dataset("math500", limit=3, levels=[5])
+
+
+def test_a_stateful_slice_is_the_same_slice_of_a_longer_one() -> None:
+    whole = load_dataset("synthetic-stateful", limit=12, seed=2)
+    assert [(p.index, p.question, p.context) for p in load_dataset("synthetic-stateful", offset=4, limit=5, seed=2)] \
+        == [(p.index, p.question, p.context) for p in whole[4:9]]
+
+
+def test_answers_are_text_or_finite_numbers_and_never_empty(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    rows = ['{"question": "q", "answer": 12}', '{"question": "q", "answer": 1e20}', '{"question": "q", "answer": 2.5}',
+            '{"question": "q", "answer": "Half of 8 is 4. #### 1,004"}']
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    assert [p.gold for p in load_dataset(str(path))] == ["12", "100000000000000000000", "2.5", "1004"]
+    for answer, message in (("true", "a string or a number, got true"), ("[1, 2]", r"got \[1, 2\]"),
+                            ("{}", r"got \{\}"), ("NaN", "a finite number, got nan"),
+                            ("1e400", "a finite number, got inf"), ('"x #### "', r"no 'answer' \(after '####' too\)")):
+        path.write_text(f'{{"question": "q", "answer": {answer}}}\n', encoding="utf-8")
+        with pytest.raises(ConfigError, match=rf"x.jsonl:1: .*{message}"):
+            load_dataset(str(path))
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_row_and_blank_lines_are_not_rows(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"question": "q1", "answer": "1"}\n\n \n{"question": "q2", "answer": "2"}\n'
+                     b'{"question": "q3", "answer": "3"}\n')
+    rows = load_dataset(str(path))
+    assert [(p.question, p.index) for p in rows] == [("q1", 0), ("q2", 3), ("q3", 4)]
+    assert [p.question for p in load_dataset(str(path), offset=1, limit=1)] == ["q2"]

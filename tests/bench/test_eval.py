@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ttc.api import open_session
+from ttc.api import open_session, solve_problem
 from ttc.bench.eval import evaluate, summarize
 from ttc.errors import ConfigError
 from ttc.storage import TraceStore
@@ -107,5 +108,112 @@ async def test_a_question_left_without_an_answer_is_counted_wrong_and_reported(t
             [grade] = [e.payload for e in record.events if e.kind == "grade"]
             grades[record.answer] = (grade["correct"], grade["reason"])
         assert grades == {None: (False, "no answer"), "4": (True, "exact")}
+    finally:
+        await session.aclose()
+
+
+def plus_one(n: int) -> list[Problem]:
+    return [Problem(f"What is {i} + 1?", gold=str(i + 1), index=i, dataset="d") for i in range(n)]
+
+
+async def test_a_resume_with_other_problems_or_settings_is_refused(tmp_path: Path) -> None:
+    """Done traces are matched to problems by index: a resume reading other rows there, or run otherwise, would
+    count one run's answers for another's questions."""
+    session = open_session(backend=ScriptedBackend(guessing_responder), store=str(tmp_path / "t.db"), verifier=None,
+                           prompt_template=None)
+    try:
+        first = await evaluate(plus_one(2), Budget(tokens=200), session, strategy="best_of_n", options={"n": 2},
+                               seed=0)
+        times_nine = [Problem(f"What is {i} * 9?", gold=str(i * 9), index=i, dataset="d") for i in range(4)]
+        with pytest.raises(ConfigError, match="another problem at index 0 than this d's"):
+            await evaluate(times_nine, Budget(tokens=200), session, strategy="best_of_n", options={"n": 2}, seed=0,
+                           resume=first.run_id)
+        for changed in ({"strategy": "self_consistency", "options": {}}, {"seed": 9}, {"budget": Budget(tokens=50)}):
+            kwargs: dict[str, Any] = {"budget": Budget(tokens=200), "strategy": "best_of_n", "options": {"n": 2},
+                                      "seed": 0, **changed}
+            budget = kwargs.pop("budget")
+            with pytest.raises(ConfigError, match=r"started with other settings \(.*evaluate\."):
+                await evaluate(plus_one(4), budget, session, resume=first.run_id, **kwargs)
+        # The same problems, and more of them, the same way: the run goes on.
+        again = await evaluate(plus_one(4), Budget(tokens=200), session, strategy="best_of_n", options={"n": 2},
+                               seed=0, resume=first.run_id)
+        assert (again.done, again.total) == (4, 4)
+    finally:
+        await session.aclose()
+
+
+async def test_a_resume_on_another_model_is_refused(tmp_path: Path) -> None:
+    db = str(tmp_path / "t.db")
+    scripted = open_session(backend=ScriptedBackend(guessing_responder), store=db, verifier=None,
+                            prompt_template=None)
+    try:
+        first = await evaluate(plus_one(2), Budget(tokens=200), scripted, strategy="best_of_n", options={"n": 1},
+                               seed=0)
+    finally:
+        await scripted.aclose()
+    local = open_session(backend=None, store=db, verifier=None, prompt_template=None)
+    try:
+        with pytest.raises(ConfigError, match=r"evaluate\.model 'scripted' -> 'local:"):
+            await evaluate(plus_one(2), Budget(tokens=200), local, strategy="best_of_n", options={"n": 1}, seed=0,
+                           resume=first.run_id)
+    finally:
+        await local.aclose()
+
+
+async def test_an_evaluation_leaves_its_session_as_it_found_it(tmp_path: Path) -> None:
+    """A later solve on the same session belongs to no run: it was written into the run, graded, and counted."""
+    session = open_session(backend=ScriptedBackend(guessing_responder), store=str(tmp_path / "t.db"), verifier=None,
+                           prompt_template=None)
+    try:
+        report = await evaluate(plus_one(2), Budget(tokens=200), session, strategy="best_of_n", options={"n": 1},
+                                seed=0)
+        assert (session.run_id, session.extra_events) == (None, None)
+        later = await solve_problem(Problem("What is 7 + 1?", gold="8", index=0), Budget(tokens=200), session,
+                                    strategy="best_of_n", seed=0, options={"n": 1})
+        store = session.store
+        assert store is not None and later.trace_id is not None
+        assert store.get_trace(later.trace_id).run_id is None
+        assert summarize(store, report.run_id, total=2, wall_s=0.0).trace_ids == report.trace_ids
+    finally:
+        await session.aclose()
+
+
+async def test_an_error_that_is_no_questions_own_fails_the_run_and_the_grade_is_stamped_when_made(
+        tmp_path: Path) -> None:
+    def respond(prompt_text: str, index: int, seed: int | None) -> str:
+        if "3 + 1" in prompt_text:
+            raise RuntimeError("a bug in the responder")
+        return guessing_responder(prompt_text, index, seed)
+
+    session = open_session(backend=ScriptedBackend(respond), store=str(tmp_path / "t.db"), verifier=None,
+                           prompt_template=None)
+    try:
+        with pytest.raises(RuntimeError, match="a bug in the responder"):
+            await evaluate(plus_one(4), Budget(tokens=200), session, strategy="best_of_n", options={"n": 1}, seed=0,
+                           concurrency=1)
+        store = session.store
+        assert store is not None
+        [run] = store.list_runs()
+        assert run.status == "failed" and "a bug in the responder" in str(run.summary)
+        done = store.list_traces(run_id=run.id, status="done", limit=None)
+        assert done
+        for trace in done:
+            events = store.get_trace(trace.id).events
+            assert events[-1].kind == "grade" and events[-1].t >= max(e.t for e in events[:-1]) > 0
+    finally:
+        await session.aclose()
+
+
+async def test_golds_and_seeds_a_run_cannot_use_are_refused_before_it_opens(tmp_path: Path) -> None:
+    session = open_session(backend=ScriptedBackend(guessing_responder), store=str(tmp_path / "t.db"), verifier=None,
+                           prompt_template=None)
+    try:
+        with pytest.raises(ConfigError, match="a non-empty one"):
+            await evaluate([Problem("q", gold=" ", index=0)], Budget(tokens=200), session, strategy="best_of_n",
+                           options={}, seed=0)
+        with pytest.raises(ConfigError, match=r"seed 9223372036854775807 \+ index 3 \(the last\) reaches 2\*\*63"):
+            await evaluate(plus_one(4), Budget(tokens=200), session, strategy="best_of_n", options={},
+                           seed=(1 << 63) - 1)
+        assert session.store is not None and session.store.list_runs() == []
     finally:
         await session.aclose()

@@ -46,3 +46,17 @@ async def test_a_score_is_computed_once() -> None:
     cache = ScoreCache(Counting())
     assert [await cache.score("q", s) for s in ("a", "bb", "a")] == [1.0, 2.0, 1.0]
     assert calls == ["a", "bb"]
+
+
+async def test_a_pool_extended_with_its_first_seed_draws_new_samples_not_copies() -> None:
+    """A seeded backend asked again with the seed of the pool's first draw hands back its first samples."""
+    inner = ScriptedBackend(guessing_responder)
+    replay = ReplayBackend(inner)
+    prompt = await replay.tokenize("What is 3 + 4 + 12?")
+    sampling = Sampling(max_tokens=64, temperature=0.8, seed=7)
+    first = await replay.complete(prompt, 4, sampling)
+    replay.rewind()
+    pool = await replay.complete(prompt, 8, sampling)
+    assert [c.text for c in pool[:4]] == [c.text for c in first]
+    assert inner.calls[-1].sampling.seed != 7
+    assert [c.text for c in pool[4:]] != [c.text for c in first]  # the copies it drew were the first four again

@@ -118,13 +118,29 @@ def test_usage_errors_print_usage_without_traceback(tmp_path: Path, args: tuple[
 
 
 def test_eval_with_failed_problems_exits_1(tmp_path: Path) -> None:
-    """A server that is not there fails each problem's trace; the summary counts them and says how to go on."""
-    proc = run_ttc("eval", "--dataset", "synthetic", "--limit", "2", "--backend", "vllm", "--url",
-                   "http://127.0.0.1:9", db=tmp_path / "e.db", check=False)
+    """Questions the embedded model cannot read (its vocabulary has no capitals but a few) fail each problem's
+    trace; the summary counts them and says how to go on."""
+    data = tmp_path / "caps.jsonl"
+    data.write_text('{"question": "WHAT IS 2 + 3?", "answer": "5"}\n{"question": "QUICK: 4 + 4?", "answer": "8"}\n',
+                    encoding="utf-8")
+    proc = run_ttc("eval", "--dataset", str(data), "--strategy", "best_of_n", "-o", "n=1", db=tmp_path / "e.db",
+                   check=False)
     assert proc.returncode == 1, proc.stderr
     assert "│        2 │    0 │      2 │" in proc.stdout
-    assert "could not reach the vLLM server" in proc.stderr
+    assert "has no token for 'I', 'W'" in proc.stderr
     assert "2 problems not done: rerun with --resume" in proc.stderr
+
+
+def test_eval_on_a_server_that_is_not_there_stops_before_the_run_opens(tmp_path: Path) -> None:
+    proc = run_ttc("eval", "--dataset", "synthetic", "--limit", "2", "--backend", "vllm", "--url",
+                   "http://127.0.0.1:9", db=tmp_path / "e.db", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "could not reach the vLLM server" in proc.stderr and "Traceback" not in proc.stderr
+    store = TraceStore(tmp_path / "e.db")
+    try:
+        assert store.list_runs() == []
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize(
@@ -336,6 +352,7 @@ def test_a_run_still_evaluated_by_a_live_process_is_not_resumed(tmp_path: Path) 
         second = run_ttc(*args, "--resume", run.id, db=db, check=False)
         assert second.returncode == 2, second.stderr
         assert f"being evaluated by process {first.pid}" in " ".join(second.stderr.split())
+        assert "rejected the data" not in second.stderr  # the refusal is the claim's own, not a storage failure
     finally:
         _, err = first.communicate(timeout=120)
     assert first.returncode == 0, err

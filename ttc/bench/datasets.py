@@ -5,6 +5,7 @@ built-in synthetic benchmark. Data is read from local files only; ttc never down
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -54,16 +55,25 @@ def load_dataset(name: str, *, limit: int | None = None, offset: int = 0, seed: 
     if not path.is_file():
         raise ConfigError(f"unknown dataset {name!r}: use one of {', '.join(dataset_names())} or a path to a "
                           ".jsonl file")
+    if levels is not None:
+        raise ConfigError(f"levels select problems of the synthetic datasets; {name!r} has none to select by: "
+                          "leave levels out")
     label = name if name in FILES else path.stem
     return _read_jsonl(path, label, limit, offset)
 
 
 def _read_jsonl(path: Path, label: str, limit: int | None, offset: int) -> list[Problem]:
+    """Rows ``offset`` to ``offset + limit`` (blank lines are not rows), each indexed by its line in the file."""
     problems: list[Problem] = []
+    rows = 0
     try:
-        with path.open(encoding="utf-8") as fh:
+        # utf-8-sig: a byte-order mark, which some editors write at the start of a UTF-8 file, is not JSON.
+        with path.open(encoding="utf-8-sig") as fh:
             for lineno, line in enumerate(fh):
-                if lineno < offset or not line.strip():
+                if not line.strip():
+                    continue
+                rows += 1
+                if rows <= offset:
                     continue
                 if limit is not None and len(problems) >= limit:
                     break
@@ -84,17 +94,31 @@ def _parse_row(line: str, path: Path, lineno: int, label: str) -> Problem:
     if not isinstance(row, dict):
         raise ConfigError(f"{where}: expected a JSON object with question/problem and answer fields")
     question = row.get("question") or row.get("problem")
-    answer = row.get("answer")
     if not isinstance(question, str) or not question.strip():
         raise ConfigError(f"{where}: no 'question' or 'problem' text")
-    if answer is None or str(answer).strip() == "":
-        raise ConfigError(f"{where}: no 'answer'")
+    gold = _answer_text(row.get("answer"), where)
     context = row.get("context")
     if context is not None and (not isinstance(context, str) or not context.strip()):
         raise ConfigError(f"{where}: 'context' must be the text the question is about, or left out")
     meta = {k: v for k, v in row.items() if k in ("level", "subject", "unique_id", "id")}
-    return Problem(question=question, gold=_gold(str(answer)), dataset=label, index=lineno, meta=meta,
-                   context=context)
+    return Problem(question=question, gold=gold, dataset=label, index=lineno, meta=meta, context=context)
+
+
+def _answer_text(answer: object, where: str) -> str:
+    """The gold answer of a row: its text (a GSM8K solution's ``#### N``), or a JSON number written as an int
+    where it is whole (``1e20`` is ``100000000000000000000``, as a model would write it)."""
+    if answer is None:
+        raise ConfigError(f"{where}: no 'answer'")
+    if isinstance(answer, bool) or not isinstance(answer, str | int | float):
+        raise ConfigError(f"{where}: 'answer' must be a string or a number, got {json.dumps(answer)}")
+    if isinstance(answer, float):
+        if not math.isfinite(answer):
+            raise ConfigError(f"{where}: 'answer' must be a finite number, got {answer}")
+        answer = int(answer) if answer.is_integer() else repr(answer)
+    gold = _gold(str(answer))
+    if not gold:
+        raise ConfigError(f"{where}: no 'answer' (after '####' too)")
+    return gold
 
 
 _GSM8K_GOLD = re.compile(r"####\s*(.+?)\s*$", re.S)
@@ -139,7 +163,8 @@ def _synthetic(name: str, limit: int, offset: int, seed: int, levels: Sequence[i
     else:
         # Each question is asked about its context (Problem.context), so an evaluation can think about a context
         # once, at sleep time, for all of its questions.
-        contexts = synthetic.generate_stateful(held_out, offset + limit, STATEFUL_QUESTIONS)
+        contexts = synthetic.generate_stateful(held_out, -(-(offset + limit) // STATEFUL_QUESTIONS),
+                                               STATEFUL_QUESTIONS)
         rows = [(query, p, ctx.context) for ctx in contexts for query, p in zip(ctx.queries, ctx.problems,
                                                                                  strict=True)]
         return [Problem(question=query, gold=p.answer, dataset=name, index=i,

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from functools import partial
+from textwrap import shorten
 
 from ttc.api import (
     BudgetScope,
@@ -37,6 +38,7 @@ from ttc.pooled import check_pooled, solve_pooled
 from ttc.session import question_prompt
 from ttc.sleeptime import SLEEP, SleepOptions, load_notes, sleep_in_session, sleep_options
 from ttc.storage import TraceStore, TraceSummary
+from ttc.storage.convert import problem_id
 from ttc.types import Budget, Problem, Result, TraceEvent
 from ttc.verifiers.answer import agrade_result
 
@@ -100,8 +102,8 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
         raise ConfigError("evaluation writes every trace: it needs a trace store (do not pass store=False)")
     if not problems:
         raise ConfigError("no problems to evaluate: the dataset is empty, or its offset and limit leave none")
-    if any(p.gold is None for p in problems):
-        raise ConfigError("every problem of an evaluation needs a gold answer")
+    if any(p.gold is None or not p.gold.strip() for p in problems):
+        raise ConfigError("every problem of an evaluation needs a gold answer (a non-empty one)")
     thinking = check_sleep(problems, sleep, sleep_opts)
     indices = [p.index for p in problems]
     if None in indices or len(set(indices)) != len(indices):
@@ -112,20 +114,29 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
         question_prompt(problem, session)  # a context this session cannot ask about is refused before the run opens
     check_concurrency(concurrency)
     check_seed(seed)
+    last = max(p.index or 0 for p in problems)
+    if seed + last >= SEED_LIMIT:
+        raise ConfigError(f"problem i is seeded seed + i, and seed {seed} + index {last} (the last) reaches 2**63, "
+                          "which the trace store cannot keep: use a smaller seed")
     if check_budget_scope(budget_scope) == "batch":
         check_pooled(budget, 1, strategy=strategy, options=options, session=session)
     else:
         plan_runner(strategy, budget, session, options)  # a bad strategy or option fails here, not per problem
-    run_id = _open_run(store, resume, config or {})
+    settings = {"model": await model_identity(session.setup.backend),
+                "strategy": strategy, "options": dict(options), "seed": seed, "budget_scope": budget_scope,
+                "budget": [budget.tokens, budget.wall_s, budget.calls],
+                "sleep": None if sleep is None else [sleep.tokens, sleep.wall_s, sleep.calls],
+                "sleep_options": dict(sleep_opts or {})}
+    run_id = _open_run(store, resume, {**(config or {}), RUN_SETTINGS: settings}, problems)
     done_before = store.done_problem_indices(run_id)
     todo = [p for p in problems if p.index not in done_before]
+    given = session.run_id, session.extra_events, session.notes
     session.run_id = run_id
     session.extra_events = _grade_event
     started = time.monotonic()
     errors: list[str] = []
     before = await cache_snapshot(session.setup.backend)
-    given_notes = session.notes
-    session.notes = dict(given_notes)  # this run's sleep runs add to a copy: a later run on the session starts over
+    session.notes = dict(given[2])  # this run's sleep runs add to a copy: a later run on the session starts over
     try:
         if sleep is not None and thinking is not None:
             unthought = await think_first(problems, todo, sleep, thinking, session, seed=seed,
@@ -140,8 +151,12 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
         # Ctrl-C or SIGTERM: the run says so (its traces read 'cancelled'), and --resume finishes it.
         store.finish_run(run_id, status="interrupted", summary={})
         raise
+    except Exception as exc:  # an error that is no question's own (a bug, a broken backend double)
+        store.finish_run(run_id, status="failed", summary={"error": f"{type(exc).__name__}: {exc}"})
+        raise
     finally:
-        session.notes = given_notes
+        # The session is left as it was found: a later solve on it belongs to no run and is graded by no one.
+        session.run_id, session.extra_events, session.notes = given
 
     hit_rate = await cache_hit_rate(session.setup.backend, before)
     report = summarize(store, run_id, total=len(problems), wall_s=time.monotonic() - started, errors=errors,
@@ -266,12 +281,32 @@ async def cache_hit_rate(backend: Backend, before: object | None) -> float | Non
     return prefix_cache_hit_rate(before, after)
 
 
-def _open_run(store: TraceStore, resume: str | None, config: Mapping[str, object]) -> str:
+RUN_SETTINGS = "evaluate"
+"""The config key under which :func:`evaluate` keeps what decides a run's figures, so a resume is checked
+against them whatever its caller stored besides."""
+
+SEED_LIMIT = 1 << 63
+"""Seeds are stored as SQLite integers (signed 64-bit)."""
+
+
+async def model_identity(backend: Backend) -> str:
+    """Which model answers: a vLLM server's served model (not its address, which may change between a run and
+    its resume), else the backend's name (a local engine's model folder)."""
+    from ttc.backends.vllm import VLLMBackend
+
+    if isinstance(backend, VLLMBackend):
+        return f"vllm:{(await backend.connect()).model}"
+    return backend.name
+
+
+def _open_run(store: TraceStore, resume: str | None, config: Mapping[str, object],
+              problems: Sequence[Problem]) -> str:
     if resume is None:
         run_id = store.create_run(kind="eval", config=config)
         store.claim_run(run_id)
         return run_id
     _check_same_settings(resume, store.get_run(resume).config, config)
+    _check_same_problems(resume, store.done_problem_ids(resume), problems)
     store.claim_run(resume)  # refused while the process that holds it still runs: its traces are not stale
     store.mark_stale_running(resume)
     return resume
@@ -282,13 +317,37 @@ def _check_same_settings(run_id: str, stored: Mapping[str, object], given: Mappi
 
     Only where the backend lives may change (a restarted server on another port): its name is not compared.
     """
-    given = json.loads(json.dumps(dict(given), default=str))  # as the store keeps it: tuples become lists
+    given = _flat(json.loads(json.dumps(dict(given), default=str)))  # as the store keeps it: tuples become lists
+    stored = _flat(stored)
     differ = sorted(key for key in (stored.keys() | given.keys()) - {"backend"}
                     if stored.get(key) != given.get(key))
     if differ:
         changes = ", ".join(f"{key} {stored.get(key)!r} -> {given.get(key)!r}" for key in differ)
         raise ConfigError(f"run {run_id} was started with other settings ({changes}): resume it with the "
                           f"settings it was started with, or leave out --resume to start a new run")
+
+
+def _check_same_problems(run_id: str, done: Mapping[int, str], problems: Sequence[Problem]) -> None:
+    """A resume's problem at an index the run has done must be the problem done there: a done trace is matched to
+    its problem by index, so another file at the same path, or an edited one, would count its answers for
+    other questions."""
+    for problem in problems:
+        if problem.index is not None and problem.index in done and done[problem.index] != problem_id(problem):
+            raise ConfigError(f"run {run_id} solved another problem at index {problem.index} than this "
+                              f"{problem.dataset or 'dataset'}'s ({shorten(problem.question, 60)!r}): the dataset "
+                              "changed since the run started; resume it with the rows it was started with, or "
+                              "leave out --resume to start a new run")
+
+
+def _flat(config: Mapping[str, object]) -> dict[str, object]:
+    """``config`` with :data:`RUN_SETTINGS` spread into ``evaluate.<name>`` keys, so a refusal names what changed."""
+    flat = {key: value for key, value in config.items() if key != RUN_SETTINGS}
+    settings = config.get(RUN_SETTINGS)
+    if isinstance(settings, Mapping):
+        flat |= {f"{RUN_SETTINGS}.{key}": value for key, value in settings.items()}
+    elif settings is not None:
+        flat[RUN_SETTINGS] = settings
+    return flat
 
 
 async def _grade_event(problem: Problem, result: Result) -> Sequence[TraceEvent]:
@@ -330,4 +389,5 @@ def summarize(store: TraceStore, run_id: str, *, total: int, wall_s: float,
                       sleep_tokens=sum(slept.values()), unanswered=sum(s.answer is None for s in done.values()))
 
 
-__all__ = ["SLEEP_SEED_OFFSET", "EvalReport", "check_sleep", "evaluate", "summarize", "think_first"]
+__all__ = ["RUN_SETTINGS", "SLEEP_SEED_OFFSET", "EvalReport", "check_sleep", "evaluate", "model_identity",
+           "summarize", "think_first"]

@@ -11,6 +11,7 @@ scores, which are a pure function of the question and the solution.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -58,7 +59,7 @@ class ReplayBackend:
             start = self._cursor.get(key, 0)
             missing = start + n - len(drawn)
             if missing > 0:
-                fresh = await self.inner.complete(prompt, missing, sampling)
+                fresh = await self.inner.complete(prompt, missing, pool_sampling(sampling, len(drawn)))
                 drawn.extend(fresh)
                 self.fresh_samples += len(fresh)
             self._cursor[key] = start + n
@@ -83,6 +84,16 @@ class ReplayBackend:
         await self.inner.aclose()
 
 
+def pool_sampling(sampling: Sampling, drawn: int) -> Sampling:
+    """The settings of a draw that extends a pool of ``drawn`` samples: the pool's first draw keeps its seed, and
+    each later one gets a seed of its own, derived from that seed and the pool's size. A seeded backend asked
+    again with the first seed would hand back its first samples again, as copies."""
+    if drawn == 0 or sampling.seed is None:
+        return sampling
+    mixed = hashlib.sha256(f"{sampling.seed}:{drawn}".encode()).digest()
+    return replace(sampling, seed=int.from_bytes(mixed[:8], "big") >> 1)
+
+
 class ScoreCache:
     """An outcome verifier that scores each (question, solution) once and answers repeats from memory."""
 
@@ -97,4 +108,4 @@ class ScoreCache:
         return self._scores[key]
 
 
-__all__ = ["ReplayBackend", "ScoreCache"]
+__all__ = ["ReplayBackend", "ScoreCache", "pool_sampling"]

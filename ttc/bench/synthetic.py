@@ -307,7 +307,7 @@ def _event_of(made: Sequence[Step]) -> Event:
 def check_levels(levels: Sequence[int]) -> list[int]:
     """``levels`` as a list, or a ConfigError naming the allowed range."""
     chosen = list(levels)
-    if not chosen or any(level not in LEVELS for level in chosen):
+    if not chosen or any(not is_int(level) or level not in LEVELS for level in chosen):
         raise ConfigError(f"levels must be a non-empty selection of 1..8, got {chosen!r}")
     return chosen
 

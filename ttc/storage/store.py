@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, delete, func, insert, inspect, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from ttc.errors import ConfigError, NotFound, StorageError
+from ttc.errors import ConfigError, NotFound, StorageError, TTCError
 from ttc.storage import convert
 from ttc.storage.database import (
     DEFAULT_BUSY_TIMEOUT_S,
@@ -230,7 +230,10 @@ class TraceStore:
 
     def _explainer(self, doing: str, hint: str | None = None) -> Callable[[BaseException], BaseException]:
         def explain(exc: BaseException) -> BaseException:
-            if isinstance(exc, SQLAlchemyError | TypeError | ValueError | OverflowError):
+            # A ttc error the work raised itself (a run another process holds) already says what to do; it is a
+            # ValueError too, and was reported as data the store rejected.
+            if isinstance(exc, SQLAlchemyError | TypeError | ValueError | OverflowError) and \
+                    not isinstance(exc, TTCError):
                 error = storage_error(
                     exc, self._location, doing, busy_timeout_s=self._busy_timeout_s, hint=hint
                 )
@@ -514,6 +517,21 @@ class TraceStore:
 
         def work(session: Session) -> set[int]:
             return {index for index in session.scalars(query) if index is not None}
+
+        return self._read(work, f"reading finished problems of run {run_id}")
+
+    def done_problem_ids(self, run_id: str) -> dict[int, str]:
+        """Each finished problem's index and problem id (its content hash), so a resume can tell that the problem
+        at an index is the one the run solved there."""
+        query = (
+            select(ProblemRow.index, ProblemRow.id)
+            .join(TraceRow, TraceRow.problem_id == ProblemRow.id)
+            .where(TraceRow.run_id == run_id, TraceRow.status == "done", ProblemRow.index.is_not(None))
+            .distinct()
+        )
+
+        def work(session: Session) -> dict[int, str]:
+            return {index: pid for index, pid in session.execute(query) if index is not None}
 
         return self._read(work, f"reading finished problems of run {run_id}")
 
