@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import anyio
+from arguments import at_least_one
 
 from ttc.api import Session, solve_problem
 from ttc.bench.datasets import load_dataset
@@ -168,9 +169,11 @@ async def main(args: argparse.Namespace) -> None:
         for fraction in args.fractions:
             if replay is not None:
                 replay.rewind()
+            # A pooled batch affords at least one whole sample per problem, whatever the fraction asks.
             tokens = max(len(problems) * MAX_TOKENS, round(fraction * uniform.tokens))
-            pools.append(await pooled(session, problems, f"pooled x{fraction:g}", tokens, chosen, args.seed,
-                                      args.concurrency))
+            label = f"pooled x{fraction:g}" if tokens == round(fraction * uniform.tokens) else \
+                f"pooled x{tokens / uniform.tokens:.2f} (floor)"
+            pools.append(await pooled(session, problems, label, tokens, chosen, args.seed, args.concurrency))
             arms.append(pools[-1])
             print(arms[-1].line(), flush=True)
     finally:
@@ -195,18 +198,20 @@ async def main(args: argparse.Namespace) -> None:
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--problems", type=int, default=120)
-    p.add_argument("--samples", type=int, default=16, help="samples per question of the uniform arm")
+    p.add_argument("--problems", type=at_least_one, default=120)
+    p.add_argument("--samples", type=at_least_one, default=16, help="samples per question of the uniform arm")
     p.add_argument("--fractions", type=lambda s: [float(x) for x in s.split(",")], default=[0.25, 0.5, 1.0],
-                   help="pooled budgets, as fractions of the tokens the uniform arm generated")
+                   help="pooled budgets, as fractions of the tokens the uniform arm generated (at least "
+                        f"{MAX_TOKENS} tokens per problem, one whole sample each: a smaller fraction is raised to it "
+                        "and its arm labelled '(floor)')")
     p.add_argument("--select", choices=sorted(SELECTIONS), default="checked",
                    help="how every arm chooses among its samples: a checked vote, or the checker-weighted vote")
     p.add_argument("--stop-share", type=float, default=None,
                    help="the early-stopping arms' stop_share (default: the controller's rule for the selection)")
-    p.add_argument("--min-samples", type=int, default=None, help="the early-stopping arms' min_samples")
+    p.add_argument("--min-samples", type=at_least_one, default=None, help="the early-stopping arms' min_samples")
     p.add_argument("--fresh", action="store_true", help="draw every arm's samples anew instead of replaying one pool")
-    p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--concurrency", type=at_least_one, default=16)
+    p.add_argument("--threads", type=at_least_one, default=1)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     if args.problems < 1 or args.samples < 1:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
+from arguments import at_least_one, optional_count_list
 
 from ttc.api import Session, solve_problem
 from ttc.bench.datasets import load_dataset
@@ -146,21 +147,21 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def parse() -> argparse.Namespace:
-    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--problems", type=int, default=192)
-    p.add_argument("--budgets", type=ints, default=[256, 512, 1024],
+    p.add_argument("--problems", type=at_least_one, default=192)
+    p.add_argument("--budgets", type=optional_count_list, default=[256, 512, 1024],
                    help="budgets per question of the batch arm ('' for none)")
-    p.add_argument("--widths", type=ints, default=[], help="also the even split with this many solutions in flight")
-    p.add_argument("--even-budgets", type=ints, default=[256, 512, 1024, 2048, 4096],
+    p.add_argument("--widths", type=optional_count_list, default=[],
+                   help="also the even split with this many solutions in flight")
+    p.add_argument("--even-budgets", type=optional_count_list, default=[256, 512, 1024, 2048, 4096],
                    help="budgets per question of the even split (the batch arm's budgets are always run)")
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--concurrency", type=at_least_one, default=8)
+    p.add_argument("--threads", type=at_least_one, default=2)
     p.add_argument("--seed", type=int, default=0, help="sampling seed: problem i is searched with seed + i")
     p.add_argument("--problem-seed", type=int, default=24_000, help="the held-out problems' seed (a draw)")
     args = p.parse_args()
-    if args.problems < 1:
-        p.error(f"--problems must be >= 1, got {args.problems}")
+    if not args.budgets and not args.even_budgets:
+        p.error("--budgets and --even-budgets are both empty: there would be no arm to measure")
     return args
 
 

@@ -32,6 +32,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from arguments import at_least_one
+
 from ttc.kernels import Segment, forest_attention
 
 HEADS_Q, HEADS_KV, HEAD_DIM, SUFFIX = 32, 8, 128, 128
@@ -173,7 +175,8 @@ def run_gpu(cases: list[Case], repeats: int, max_gib: float, peak_bw: float, dty
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="B in {8, 64}, prefix in {1k, 4k}, 3 repeats")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case (default 5; 3 quick)")
+    parser.add_argument("--repeats", type=at_least_one, default=None,
+                        help="timed repeats per case (default 5; 3 quick)")
     parser.add_argument("--max-gib", type=float, default=6.0,
                         help="skip cases whose duplicated KV exceeds this many GiB (default 6)")
     parser.add_argument("--gpu-max-gib", type=float, default=24.0,
@@ -181,10 +184,14 @@ def main() -> None:
     parser.add_argument("--peak-bw", type=float, default=3.35e12,
                         help="GPU peak memory bandwidth in bytes/s (default 3.35e12, H100 SXM)")
     parser.add_argument("--gpu-dtype", choices=["float16", "bfloat16"], default="float16")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=at_least_one, default=None,
                         help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU table")
     args = parser.parse_args()
+    if args.no_cpu and not torch.cuda.is_available():
+        parser.error("--no-cpu leaves nothing to measure on a machine without a CUDA GPU")
+    if args.max_gib <= 0 or args.gpu_max_gib <= 0 or args.peak_bw <= 0:
+        parser.error("--max-gib, --gpu-max-gib and --peak-bw must be > 0: no case would fit")
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -196,6 +203,8 @@ def main() -> None:
         run_cpu(cases, repeats, args.max_gib, headline)
     if torch.cuda.is_available():
         run_gpu(cases, max(repeats, 20), args.gpu_max_gib, args.peak_bw, getattr(torch, args.gpu_dtype), headline)
+    if not headline:
+        parser.exit(1, f"{parser.prog}: every case exceeded --max-gib / --gpu-max-gib: nothing was measured\n")
     print(" ".join(f"{k}={v}" for k, v in headline.items()))
 
 

@@ -29,6 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from arguments import at_least_one, run_or_exit  # noqa: E402
+
 from ttc.backends.local import LocalBackend  # noqa: E402
 from ttc.types import Sampling  # noqa: E402
 
@@ -138,16 +140,17 @@ def _table(results: dict[str, Run], args: argparse.Namespace) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="Llama/Qwen2 folder (default: a random-init Llama, hidden 256, 4 layers)")
-    parser.add_argument("--prompt-tokens", type=int, default=1024)
-    parser.add_argument("--branches", type=int, default=32)
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="engine CPU threads (default: torch's)")
+    parser.add_argument("--model", help="Llama/Qwen2 folder (default: a random-init Llama, hidden 256, 4 layers); "
+                        "its context must hold --prompt-tokens plus --new-tokens (the mini models': 512)")
+    parser.add_argument("--prompt-tokens", type=at_least_one, default=1024)
+    parser.add_argument("--branches", type=at_least_one, default=32)
+    parser.add_argument("--new-tokens", type=at_least_one, default=128)
+    parser.add_argument("--repeats", type=at_least_one, default=3)
+    parser.add_argument("--threads", type=at_least_one, default=None, help="engine CPU threads (default: torch's)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         path = _model_path(args, Path(scratch))
-        results = asyncio.run(_measure(path, args))
+        results = run_or_exit(parser, lambda: asyncio.run(_measure(path, args)))
     shared, unshared = results["shared"], results["unshared"]
     print(_table(results, args))
     kv_ratio = shared.peak_kv_bytes / unshared.peak_kv_bytes

@@ -24,6 +24,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from arguments import at_least_one
 from tree_search import arms, width_for
 
 from ttc.api import Session, solve_problem
@@ -81,9 +82,9 @@ async def main(args: argparse.Namespace) -> None:
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--strategy", default="ets", choices=["best_of_n", "beam", "dvts", "rebase", "ets"])
-    p.add_argument("--budget", type=int, default=2048)
-    p.add_argument("--problems", type=int, default=10)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--budget", type=at_least_one, default=2048)
+    p.add_argument("--problems", type=at_least_one, default=10)
+    p.add_argument("--threads", type=at_least_one, default=1)
     return p.parse_args()
 
 

@@ -34,6 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from arguments import at_least_one, count_list, model_folder  # noqa: E402
+
 from ttc.backends.local import LocalBackend  # noqa: E402
 from ttc.bench.datasets import load_dataset  # noqa: E402
 from ttc.budget import Meter  # noqa: E402
@@ -85,12 +87,14 @@ async def tokens_per_second(backend: LocalBackend, problems: list[Problem]) -> f
 
 async def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--problems", type=int, default=96)
+    parser.add_argument("--problems", type=at_least_one, default=96)
     parser.add_argument("--seed", type=int, default=300, help="synthetic dataset seed (held-out problems)")
-    parser.add_argument("--gammas", default="1,2,3,4", help="draft steps per round, comma-separated")
-    parser.add_argument("--draft", type=Path, default=None, help="a candidate draft folder instead of the shipped one")
+    parser.add_argument("--gammas", type=count_list, default=[1, 2, 3, 4],
+                        help="draft steps per round, comma-separated")
+    parser.add_argument("--draft", type=model_folder, default=None,
+                        help="a candidate draft folder instead of the shipped one")
     args = parser.parse_args(argv)
-    gammas = [int(g) for g in args.gammas.split(",")]
+    gammas = args.gammas
     problems = load_dataset("synthetic", limit=args.problems, seed=args.seed)
     target = LocalBackend.from_pretrained(mini_model_path("reasoner"), threads=1)
     draft = LocalBackend.from_pretrained(args.draft or mini_model_path("draft"), threads=1)

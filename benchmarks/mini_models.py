@@ -61,6 +61,8 @@ from transformers import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from arguments import at_least_one, model_folder
+
 from ttc.backends.local import LocalBackend
 from ttc.bench.synthetic import (
     EVAL_SEEDS,
@@ -83,7 +85,7 @@ from ttc.verifiers.prm_presets import PRMPreset, get_preset
 
 def load_model(path: Path) -> PreTrainedModel:
     """A causal LM in float32, in inference mode."""
-    model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
     torch.nn.Module.eval(model)  # transformers' own eval() is untyped
     return model
 
@@ -91,7 +93,8 @@ def load_model(path: Path) -> PreTrainedModel:
 class Models:
     def __init__(self, prm_dir: Path | None = None, checker_dir: Path | None = None,
                  reasoner_dir: Path | None = None, draft_dir: Path | None = None) -> None:
-        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(mini_model_path("reasoner"))
+        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(mini_model_path("reasoner"),
+                                                                                     local_files_only=True)
         self.tokenizer.padding_side = "left"
         self.reasoner = load_model(reasoner_dir or mini_model_path("reasoner"))
         self.draft = load_model(draft_dir or mini_model_path("draft"))
@@ -326,17 +329,6 @@ def level_range(text: str) -> list[int]:
     return levels
 
 
-def at_least_one(text: str) -> int:
-    """A count that must be >= 1 (problems, samples): zero would print figures of nothing."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}")
-    return value
-
-
 def held_out(family: str, seed: int, n: int, levels: Sequence[int]) -> list[SyntheticProblem]:
     """``n`` problems of ``family``; ``mix`` is the first half of the word problems' draw and the first half of
     the totals questions' draw, so each family's half is the same problems as in a run of that family alone."""
@@ -378,14 +370,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "samples of the same problems (without it, the samples follow from --seed)")
     parser.add_argument("--temperature", type=float, default=TEMPERATURE, help="the strategies' default")
     parser.add_argument("--top-p", type=float, default=TOP_P, help="the strategies' default")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--prm", type=Path, default=None, help="a candidate PRM folder instead of the shipped one "
+    parser.add_argument("--threads", type=at_least_one, default=2)
+    parser.add_argument("--prm", type=model_folder, default=None,
+                        help="a candidate PRM folder instead of the shipped one "
                         "(same tokenizer and prm.json format)")
-    parser.add_argument("--checker", type=Path, default=None, help="a candidate checker folder instead of the "
+    parser.add_argument("--checker", type=model_folder, default=None, help="a candidate checker folder instead of the "
                         "shipped one")
-    parser.add_argument("--reasoner", type=Path, default=None, help="a candidate reasoner folder instead of the "
+    parser.add_argument("--reasoner", type=model_folder, default=None,
+                        help="a candidate reasoner folder instead of the "
                         "shipped one (e.g. one trained with --solutions varied)")
-    parser.add_argument("--draft", type=Path, default=None, help="a candidate draft folder instead of the shipped "
+    parser.add_argument("--draft", type=model_folder, default=None,
+                        help="a candidate draft folder instead of the shipped "
                         "one (e.g. one distilled from the reasoner with --draft-from reasoner)")
     parser.add_argument("--calculator", action="store_true", help="write each equation's result for the policy, "
                         "greedy and sampled alike: the figures of the same policy if it never slipped in arithmetic")
@@ -394,6 +389,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dump", type=Path, default=None, help="write each problem's greedy solution, samples "
                         "and their PRM and checker step scores here (JSON lines)")
     args = parser.parse_args(argv)
+    if args.distinct and args.calculator:  # before the models load and greedy decoding runs
+        parser.error("--distinct draws with ttc's engine, which has no calculator; drop one of the two")
     if args.seed not in EVAL_SEEDS:
         parser.error(f"--seed must be a held-out seed in [{EVAL_SEEDS.start}, {EVAL_SEEDS.stop})")
     torch.set_num_threads(args.threads)
@@ -411,8 +408,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.time()
     decoded: int | None = None
     if args.distinct:
-        if args.calculator:
-            parser.error("--distinct draws with ttc's engine, which has no calculator; drop one of the two")
         folder = (args.reasoner or mini_model_path("reasoner")) if args.policy == "reasoner" else (
             args.checker or mini_model_path("checker"))
         sampled, decoded = complete_distinct(folder, prompts, samples=args.samples, temperature=args.temperature,

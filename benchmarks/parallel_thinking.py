@@ -34,6 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from arguments import at_least_one  # noqa: E402
+
 from ttc.api import Session, solve_problem  # noqa: E402
 from ttc.backends.local import LocalBackend  # noqa: E402
 from ttc.bench.datasets import load_dataset  # noqa: E402
@@ -98,7 +100,8 @@ def synthesizer_alone() -> Session:
 
 async def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--problems", type=int, default=192, help="held-out problems, levels 1-8 in equal shares")
+    parser.add_argument("--problems", type=at_least_one, default=192,
+                        help="held-out problems, levels 1-8 in equal shares")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     problems = load_dataset("synthetic", limit=args.problems, seed=24_000 + args.seed)

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 import anyio
+from arguments import at_least_one
 
 from ttc.backends.local import LocalBackend
 from ttc.bench.datasets import load_dataset
@@ -102,8 +103,8 @@ async def main(args: argparse.Namespace) -> None:
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--problems", type=int, default=4)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--problems", type=at_least_one, default=4)
+    p.add_argument("--threads", type=at_least_one, default=1)
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
 

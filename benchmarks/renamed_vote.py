@@ -32,7 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mini_models import Models, at_least_one, complete, held_out, level_range, top_answer
+from arguments import at_least_one, model_folder
+from mini_models import Models, complete, held_out, level_range, top_answer
 
 from ttc.bench.report import format_table
 from ttc.bench.synthetic import EVAL_SEEDS, SyntheticProblem, extract_answer, renamed
@@ -53,8 +54,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--samples", type=at_least_one, default=16, help="samples, and renamings, per problem")
     parser.add_argument("--temperature", type=float, default=TEMPERATURE, help="the strategies' default")
     parser.add_argument("--top-p", type=float, default=TOP_P, help="the strategies' default")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--reasoner", type=Path, default=None, help="a candidate reasoner folder")
+    parser.add_argument("--threads", type=at_least_one, default=2)
+    parser.add_argument("--reasoner", type=model_folder, default=None, help="a candidate reasoner folder")
     args = parser.parse_args(argv)
     if args.seed not in EVAL_SEEDS:
         parser.error(f"--seed must be a held-out seed in [{EVAL_SEEDS.start}, {EVAL_SEEDS.stop})")

@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from arguments import at_least_one, count_list  # noqa: E402
 from tree_search import Cell, run_cell  # noqa: E402
 
 from ttc.api import Session  # noqa: E402
@@ -89,8 +90,9 @@ def tokens_to_reach(curve: list[Cell], accuracy: float) -> tuple[float, bool]:
 
 async def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--problems", type=int, default=96, help="held-out problems, levels 1-8 in equal shares")
-    parser.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")], default=[256, 512, 1024, 2048,
+    parser.add_argument("--problems", type=at_least_one, default=96,
+                        help="held-out problems, levels 1-8 in equal shares")
+    parser.add_argument("--budgets", type=count_list, default=[256, 512, 1024, 2048,
                                                                                                 4096])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--distinct", action="store_true", help="best-of-N draws its samples without replacement")

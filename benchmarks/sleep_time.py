@@ -38,6 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from arguments import at_least_one, count_list, model_folder  # noqa: E402
+
 from ttc.api import asolve_batch  # noqa: E402
 from ttc.backends.local import LocalBackend  # noqa: E402
 from ttc.bench.synthetic import EVAL_SEEDS, StatefulContext, generate_stateful  # noqa: E402
@@ -141,16 +143,17 @@ def cheapest_reaching(arms: list[Arm], accuracy: float) -> Arm | None:
 
 async def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--contexts", type=int, default=60)
-    parser.add_argument("--questions", type=int, default=5, help="questions per context")
-    parser.add_argument("--samples", default="1,2,4,8,16", help="test-time-only arms: samples per question")
-    parser.add_argument("--sleep", default="1:1,4:1,8:1,8:4", help="sleep arms: DRAFTS:SAMPLES")
-    parser.add_argument("--model", default=None, metavar="DIR",
+    parser.add_argument("--contexts", type=at_least_one, default=60)
+    parser.add_argument("--questions", type=at_least_one, default=5, help="questions per context")
+    parser.add_argument("--samples", type=count_list, default=[1, 2, 4, 8, 16],
+                        help="test-time-only arms: samples per question")
+    parser.add_argument("--sleep", type=sleep_arms, default=sleep_arms("1:1,4:1,8:1,8:4"),
+                        help="sleep arms: DRAFTS:SAMPLES, each >= 1")
+    parser.add_argument("--model", type=model_folder, default=None, metavar="DIR",
                         help="a stateful reasoner to measure instead of the shipped one (a training run's output)")
     args = parser.parse_args(argv)
     contexts = generate_stateful(SEED, args.contexts, args.questions)
-    specs = [ArmSpec(0, int(k)) for k in args.samples.split(",")]
-    specs += [ArmSpec(int(s), int(k)) for s, _, k in (x.partition(":") for x in args.sleep.split(","))]
+    specs = [ArmSpec(0, k) for k in args.samples] + [ArmSpec(drafts, k) for drafts, k in args.sleep]
     backend = LocalBackend.from_pretrained(args.model or mini_model_path("stateful"), threads=1)
     try:
         arms = [await run_arm(contexts, spec, backend) for spec in specs]
@@ -163,6 +166,18 @@ async def main(argv: list[str] | None = None) -> None:
           f"questions): the name copied {share['named']:.1f}%, the count right {share['right']:.1f}%, another "
           f"person's {share['other']:.1f}%, no one's {share['none']:.1f}%")
     report(arms, len(contexts), args.questions)
+
+
+def sleep_arms(text: str) -> list[tuple[int, int]]:
+    """``DRAFTS:SAMPLES`` pairs separated by commas, each count >= 1: a sleep arm drafts notes at least once (an
+    arm of no drafts is a test-time arm, which ``--samples`` gives)."""
+    try:
+        arms = [(int(d), int(k)) for d, sep, k in (part.partition(":") for part in text.split(",")) if sep]
+    except ValueError:
+        arms = []
+    if len(arms) != len(text.split(",")) or any(min(arm) < 1 for arm in arms):
+        raise argparse.ArgumentTypeError(f"must be DRAFTS:SAMPLES pairs of ints >= 1 such as 1:1,8:4; got {text!r}")
+    return arms
 
 
 def report(arms: list[Arm], n_contexts: int, questions: int) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
+from arguments import at_least_one, count_list
 
 from ttc.api import Session, solve_problem
 from ttc.bench.datasets import load_dataset
@@ -133,7 +134,7 @@ async def main(args: argparse.Namespace) -> None:
                         "median mean KV", "wall s"],
                        [[c.strategy, c.budget, c.accuracy(), c.accuracy(hard), sum(c.tokens) / len(c.tokens),
                          median(c.peak_kv), median(c.mean_kv), c.wall_s] for c in cells]))
-    if not args.no_plot:
+    if args.plot is not None:
         plot(cells, args.plot)
         print(f"plot: {args.plot}")
     top = max(args.budgets)
@@ -156,22 +157,24 @@ async def main(args: argparse.Namespace) -> None:
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--problems", type=int, default=60)
-    p.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")], default=[1024, 4096])
-    p.add_argument("--width", type=int, default=None, help="fixed search width (default: budget / 128)")
+    p.add_argument("--problems", type=at_least_one, default=60)
+    p.add_argument("--budgets", type=count_list, default=[1024, 4096])
+    p.add_argument("--width", type=at_least_one, default=None, help="fixed search width (default: budget / 128)")
     p.add_argument("--ets-lambda-kv", type=lambda s: [float(x) for x in s.split(",")], default=[1.0],
                    help="ETS's KV weight; several values add one ETS arm each (the first is the headline)")
-    p.add_argument("--step-tokens", type=int, default=24)
+    p.add_argument("--step-tokens", type=at_least_one, default=24)
     p.add_argument("--distinct", action="store_true", help="samples and children drawn without replacement")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=at_least_one, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--plot", type=Path, default=Path("benchmarks/results/tree_search.png"))
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG (it needs the plot extra: matplotlib)")
+    p.add_argument("--plot", type=Path, default=None, metavar="PNG",
+                   help="also draw accuracy against tokens into this PNG (needs the plot extra: matplotlib); the "
+                        "committed one is benchmarks/results/tree_search.png")
+    p.add_argument("--no-plot", action="store_true", help="draw no PNG even with --plot (the default draws none)")
     args = p.parse_args()
-    if args.problems < 1:
-        p.error(f"--problems must be >= 1, got {args.problems}")
+    if args.no_plot:
+        args.plot = None
     # Checked before the run, which takes many minutes, rather than when the figure is drawn at its end.
-    if not args.no_plot and importlib.util.find_spec("matplotlib") is None:
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
         p.error("the plot needs matplotlib: pip install -e '.[plot]', or pass --no-plot")
     return args
 

@@ -29,7 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mini_models import Models, at_least_one, complete
+from arguments import at_least_one, model_folder
+from mini_models import Models, complete
 
 from ttc.bench.synthetic import EVAL_SEEDS, SyntheticProblem, evaluate, extract_answer, parse_step, split_steps
 from ttc.bench.totals import generate_totals, label_total_steps
@@ -78,13 +79,14 @@ def share(counter: Counter[str], total: int) -> list[str]:
 def sampling_parser(description: str, top_p: float) -> argparse.ArgumentParser:
     """The options the wrong-answer scripts share: the policy, held-out problems, and how to sample them."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reasoner", type=Path, default=None, help="the policy folder (default: the shipped one)")
+    parser.add_argument("--reasoner", type=model_folder, default=None,
+                        help="the policy folder (default: the shipped one)")
     parser.add_argument("--n", type=at_least_one, default=240)
     parser.add_argument("--seed", type=int, default=1_500_000, help="must be one of EVAL_SEEDS")
     parser.add_argument("--samples", type=at_least_one, default=16)
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--top-p", type=float, default=top_p)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=at_least_one, default=2)
     return parser
 
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Train the bundled mini models (reasoner, draft, checker, process reward model, stateful reasoner) on the
-synthetic benchmark, on CPU.
+"""Train the bundled mini models (reasoner, draft, checker, process reward model, synthesizer, stateful reasoner)
+on the synthetic benchmark, on CPU.
 
-    python3 scripts/train_mini_models.py                      # all five, into ttc/models/mini/
+    python3 scripts/train_mini_models.py                      # all six, into ttc/models/mini/
     python3 scripts/train_mini_models.py --stage prm          # only the PRM (needs a trained reasoner)
 
 Order matters: the reasoner first; the draft learns the same data; the checker learns it too, for 2.5x as many
@@ -11,7 +11,8 @@ trained on solutions *sampled from the trained reasoner* (temperature 0.8, sever
 labelled exactly by ``ttc.bench.synthetic.label_steps``, so it learns the reasoner's real mistakes. The stateful
 reasoner starts from the trained draft, learns to read a count back by name on recall drills alone, then learns
 context questions: notes about a context (sleep time), answers from the context alone, and answers from the
-context and its notes (the shipped one with ``--stage stateful --threads 1``).
+context and its notes (the shipped one with ``--stage stateful --threads 1``). The synthesizer (parallel
+thinking) learns to write a solution after reading several sampled paths of the reasoner.
 
 Every run is a pure function of ``--seed`` on a given machine and torch build: data come from ``TRAIN_SEEDS``
 through ``random.Random(seed)``, weights from ``torch.manual_seed``; training runs a fixed number of steps (never
@@ -1126,17 +1127,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not 0.0 <= args.totals_fraction <= 0.875:
         parser.error(f"--totals-fraction must be in [0, 0.875] (an eighth are context questions, the rest word "
                      f"problems), got {args.totals_fraction}")
-    # Every derived data seed must stay in TRAIN_SEEDS, or training would draw the held-out problems: the language
-    # models read chunk seeds (seed + k) * 10_000 + chunk (fewer chunks than steps) offset up to TOTALS_SEED, the
-    # PRM PRM_DATA_SEED + 90_000 + seed.
-    most_steps = max(args.reasoner_steps, args.draft_steps, args.checker_steps)
-    highest = max((args.seed + 2) * 10_000 + most_steps + TOTALS_SEED, PRM_DATA_SEED + 90_000 + args.seed)
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
+    highest = highest_data_seed(args, args.seed)
     if highest >= TRAIN_SEEDS.stop:
+        largest = next(seed for seed in range(args.seed, -1, -1) if highest_data_seed(args, seed) < TRAIN_SEEDS.stop)
         parser.error(f"--seed {args.seed} would draw training problems from seed {highest}, outside TRAIN_SEEDS "
                      f"[{TRAIN_SEEDS.start}, {TRAIN_SEEDS.stop}) where the held-out problems live; use a seed in "
-                     f"[0, {(TRAIN_SEEDS.stop - most_steps - TOTALS_SEED) // 10_000 - 2}]")
+                     f"[0, {largest}]")
     torch.set_num_threads(args.threads)
     SYNTHESIS["prompt"] = args.synthesizer_prompt
     if args.score_synthesizer is not None:
@@ -1171,6 +1169,18 @@ def main(argv: Sequence[str] | None = None) -> None:
                        args.seed + 3, args.log, start,
                        args.stateful_layers if args.stateful_from == "checker" else None, args.stateful_drills,
                        args.stateful_drill_steps)
+
+
+def highest_data_seed(args: argparse.Namespace, seed: int) -> int:
+    """The largest problem seed any stage draws for ``seed``; each must stay in TRAIN_SEEDS, or training would draw
+    the held-out problems. The language models read chunk seeds (seed + k) * 10_000 + chunk (k up to 2, fewer
+    chunks than steps) offset up to TOTALS_SEED; the PRM PRM_DATA_SEED + 90_000 + seed; the synthesizer
+    SYNTHESIS_SEED + seed * 10_000; the stateful reasoner STATEFUL_SEED + (seed + 3) * 10_000 + chunk."""
+    most_steps: int = max(args.reasoner_steps, args.draft_steps, args.checker_steps)
+    stateful_steps: int = args.stateful_steps + args.stateful_drill_steps
+    return max((seed + 2) * 10_000 + most_steps + TOTALS_SEED, PRM_DATA_SEED + 90_000 + seed,
+               SYNTHESIS_SEED + seed * 10_000,
+               STATEFUL_SEED + (seed + 3) * 10_000 + stateful_steps)
 
 
 if __name__ == "__main__":

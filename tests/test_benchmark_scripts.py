@@ -6,6 +6,8 @@ imports the `kernels` package at start-up, so a `benchmarks/kernels.py` broke ev
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -28,3 +30,46 @@ def test_no_script_shadows_an_importable_module(stem: str, tmp_path: Path) -> No
     found = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True)
     origin = found.stdout.strip()
     assert not origin, f"benchmarks/{stem}.py shadows the importable module {stem!r} ({origin}) when run as a script"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("sleep_time.py", "--contexts", "0"), "argument --contexts: must be an int >= 1, got '0'"),
+    (("sleep_time.py", "--sleep", "0:1"), "argument --sleep: must be DRAFTS:SAMPLES pairs of ints >= 1"),
+    (("tree_search.py", "--budgets", "512,0"), "argument --budgets: must be distinct ints >= 1"),
+    (("lookahead_reasoning.py", "--gammas", "a"), "argument --gammas: must be distinct ints >= 1"),
+    (("batch_search.py", "--budgets", "", "--even-budgets", ""), "there would be no arm to measure"),
+    (("wrong_totals.py", "--reasoner", "no/such/folder"), "must be a model folder holding config.json"),
+    (("mini_models.py", "--distinct", "--calculator"), "which has no calculator"),
+])
+def test_a_setting_that_measures_nothing_is_a_usage_error_before_any_model_loads(
+        args: tuple[str, ...], message: str) -> None:
+    """Zero counts crashed with a traceback, some only after every arm had run; a missing model folder was read
+    as a Hub id and tried the network."""
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / args[0]), *args[1:]], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_training_refuses_every_seed_whose_data_would_reach_the_held_out_problems() -> None:
+    """The stateful reasoner's contexts were left out of the check: seed 17 drew them from a held-out seed."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_mini_models.py"
+    proc = subprocess.run([sys.executable, str(script), "--stage", "stateful", "--seed", "17"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "outside TRAIN_SEEDS" in proc.stderr, proc.stderr
+    largest = int(proc.stderr.rsplit("[0, ", 1)[1].split("]")[0])
+    spec = importlib.util.spec_from_file_location("train_mini_models", script)
+    assert spec is not None and spec.loader is not None
+    train = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = train  # its dataclasses look their module up while the script runs
+    try:
+        spec.loader.exec_module(train)
+    finally:
+        del sys.modules[spec.name]
+    defaults = argparse.Namespace(reasoner_steps=1600, draft_steps=3000, checker_steps=4000, stateful_steps=6000,
+                                  stateful_drill_steps=8000)
+    # The seed it suggests passes the check (the suggestion was once one past it); the next one does not.
+    assert train.highest_data_seed(defaults, largest) < train.TRAIN_SEEDS.stop <= train.highest_data_seed(
+        defaults, largest + 1)
+    stateful_contexts = train.STATEFUL_SEED + (17 + 3) * 10_000
+    assert train.highest_data_seed(defaults, 17) >= stateful_contexts >= train.TRAIN_SEEDS.stop
