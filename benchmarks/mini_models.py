@@ -61,6 +61,7 @@ from transformers import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, when a test loads it by path
 from arguments import at_least_one, model_folder
 
 from ttc.backends.local import LocalBackend
