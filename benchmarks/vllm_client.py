@@ -38,6 +38,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from arguments import at_least_one  # noqa: E402
+
 from ttc.backends.vllm import VLLMBackend  # noqa: E402
 from ttc.backends.vllm_protocol import completion_payload  # noqa: E402
 from ttc.types import Sampling  # noqa: E402
@@ -166,12 +168,13 @@ def report(results: dict[str, float]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default=os.environ.get("TTC_VLLM_URL"), help="use this running server")
+    parser.add_argument("--url", default=os.environ.get("TTC_VLLM_URL"),
+                        help="use this running server (default: $TTC_VLLM_URL; unset, the script starts its own)")
     parser.add_argument("--model-dir", type=Path, default=None, help="checkpoint to serve (default: tiny Llama)")
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--n", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--concurrency", type=at_least_one, default=64)
+    parser.add_argument("--n", type=at_least_one, default=8)
+    parser.add_argument("--max-tokens", type=at_least_one, default=32)
+    parser.add_argument("--rounds", type=at_least_one, default=4)
     args = parser.parse_args()
     if args.url:
         report(asyncio.run(measure(args.url, args.concurrency, args.n, args.max_tokens, args.rounds)))

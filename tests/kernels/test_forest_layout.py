@@ -99,3 +99,19 @@ def test_segments_must_be_a_list() -> None:
     for bad in (segment, (s for s in [segment])):
         with pytest.raises(ConfigError, match=r"segments must be a list of ttc\.kernels\.Segment"):
             forest_attention(q, bad)  # type: ignore[arg-type]
+
+
+def test_auto_leaves_heads_wider_than_the_triton_tiles_to_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU, impl='auto' chose Triton for any head, and a head above its tiles' width was a ConfigError."""
+    from types import SimpleNamespace
+
+    from ttc.kernels import dispatch
+    from ttc.kernels.segments import TRITON_MAX_HEAD_DIM
+
+    monkeypatch.setattr(dispatch, "_triton_installed", lambda: True)
+
+    def on_gpu(head_dim: int) -> torch.Tensor:
+        return SimpleNamespace(device=SimpleNamespace(type="cuda"), shape=(1, 1, 2, head_dim))  # type: ignore[return-value]
+
+    assert dispatch._use_triton(on_gpu(TRITON_MAX_HEAD_DIM), "auto")
+    assert not dispatch._use_triton(on_gpu(TRITON_MAX_HEAD_DIM + 64), "auto")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+import numpy as np
 import pytest
 
 from ttc.budget import Meter
@@ -210,3 +211,29 @@ async def test_weighted_vote_refuses_negative_scores_and_counts_when_every_score
         ctx = ctx_for(ScriptedBackend(texts("5", "5", "5", "6")), seed=seed, verifier=AnswerScorer({}))
         result = await make_strategy("best_of_n", {"n": 4}).run(Problem("q"), Meter(Budget(tokens=100_000)), ctx)
         assert result.answer == "5"
+
+
+class NumpyScorer:
+    """A verifier written with numpy, as many are: its scores are numpy scalars, not Python floats."""
+
+    async def score(self, question: str, solution: str) -> float:
+        return np.float32(0.9 if "answer is 7." in solution else 0.2)  # type: ignore[return-value]
+
+
+async def test_a_numpy_score_is_a_number_and_is_stored_as_a_float() -> None:
+    ctx = ctx_for(ScriptedBackend(texts("3", "7", "3")), verifier=NumpyScorer())  # type: ignore[arg-type]
+    result = await make_strategy("best_of_n", {"n": 3, "select": "score"}).run(
+        Problem("q"), Meter(Budget(tokens=100_000)), ctx)
+    assert result.answer == "7" and type(result.score) is float
+
+
+def test_a_stepwise_outcome_refuses_an_unknown_aggregation_when_made() -> None:
+    with pytest.raises(ConfigError, match="unknown aggregation 'product'"):
+        StepwiseOutcome(TablePRMForOutcome(), how="product")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="step delimiter must be a non-empty string"):
+        StepwiseOutcome(TablePRMForOutcome(), delimiter="")
+
+
+class TablePRMForOutcome:
+    async def score_steps(self, question: str, steps: Sequence[str]) -> list[float]:
+        return [0.5] * len(steps)

@@ -14,7 +14,7 @@ import torch
 
 from ttc.errors import ConfigError
 from ttc.kernels.reference import forest_attention_torch
-from ttc.kernels.segments import Forest, ForestLayout, Segment, bind_forest, check_forest
+from ttc.kernels.segments import TRITON_MAX_HEAD_DIM, Forest, ForestLayout, Segment, bind_forest, check_forest
 
 Impl = Literal["auto", "torch", "triton"]
 _IMPLS = ("auto", "torch", "triton")
@@ -85,7 +85,8 @@ def _use_triton(q: torch.Tensor, impl: Impl) -> bool:
         return False
     if impl == "triton":
         return True
-    return q.device.type == "cuda" and _triton_installed()
+    # The kernel's tiles hold a head of at most TRITON_MAX_HEAD_DIM; a wider one is the torch path's, not an error.
+    return q.device.type == "cuda" and q.shape[-1] <= TRITON_MAX_HEAD_DIM and _triton_installed()
 
 
 @functools.cache

@@ -25,6 +25,9 @@ from ttc.types import is_int
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
+TRITON_MAX_HEAD_DIM = 256
+"""The widest head the Triton kernel's tiles hold (its register budget); wider heads take the torch path."""
+
 @dataclass(frozen=True, eq=False)
 class Segment:
     """One run of KV positions shared by the branches listed in ``queries`` (a segment no branch reads is skipped).

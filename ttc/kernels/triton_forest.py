@@ -26,11 +26,10 @@ import triton
 import triton.language as tl
 
 from ttc.errors import ConfigError
-from ttc.kernels.segments import Forest
+from ttc.kernels.segments import TRITON_MAX_HEAD_DIM, Forest
 from ttc.types import is_int
 
 _LOG2E = 1.4426950408889634
-_MAX_HEAD_DIM = 256
 _MIN_SPLIT = 256  # keys per split below which splitting costs more (partials) than it gains (parallelism)
 _WORK_COLS = 10  # k_off, v_off, length, causal, rows_off, n_rows, row_start, key_start, key_end, part_base
 
@@ -294,9 +293,9 @@ def _check_launchable(q: torch.Tensor, forest: Forest) -> None:
         )
     if q.device.type not in ("cpu", "cuda"):
         raise ConfigError(f"impl='triton' runs on CUDA devices only, got {q.device}; use impl='torch'")
-    if forest.head_dim > _MAX_HEAD_DIM:
+    if forest.head_dim > TRITON_MAX_HEAD_DIM:
         raise ConfigError(
-            f"impl='triton' supports head dim up to {_MAX_HEAD_DIM}, got {forest.head_dim}; use impl='torch'"
+            f"impl='triton' supports head dim up to {TRITON_MAX_HEAD_DIM}, got {forest.head_dim}; use impl='torch'"
         )
 
 

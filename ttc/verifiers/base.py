@@ -6,14 +6,15 @@ Both are async because both real kinds run a model on a backend.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol, runtime_checkable
 
 from ttc.errors import ConfigError, VerifierError
-from ttc.types import is_number
 
 Aggregation = Literal["min", "last", "prod", "mean"]
+AGGREGATIONS: tuple[Aggregation, ...] = ("min", "last", "prod", "mean")
 
 
 @runtime_checkable
@@ -72,9 +73,7 @@ async def score_steps_costed(prm: ProcessVerifier, question: str, steps: Sequenc
         scored = await prm.score_steps_detailed(question, steps)
     else:
         scored = StepScores(tuple(await prm.score_steps(question, steps)))
-    for value in scored.scores:
-        _check_score(prm, value)
-    return scored
+    return replace(scored, scores=tuple(_check_score(prm, value) for value in scored.scores))
 
 
 async def score_outcome_costed(verifier: OutcomeVerifier, question: str,
@@ -85,15 +84,16 @@ async def score_outcome_costed(verifier: OutcomeVerifier, question: str,
         value, tokens, calls = await verifier.score_detailed(question, solution)
     else:
         value, tokens, calls = await verifier.score(question, solution), 0, 1
-    _check_score(verifier, value)
-    return value, tokens, calls
+    return _check_score(verifier, value), tokens, calls
 
 
-def _check_score(verifier: object, value: object) -> None:
-    """Scores are compared, summed and apportioned: a NaN or a string would fail far from its cause."""
-    if not is_number(value) or not math.isfinite(value):
+def _check_score(verifier: object, value: object) -> float:
+    """The score as a float; scores are compared, summed, apportioned and stored, so a NaN or a string would fail
+    far from its cause. Any real number is one (a numpy ``float32`` too), and is written to traces as a float."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
         raise VerifierError(f"{type(verifier).__name__} returned the score {value!r}: a verifier's scores must be "
                             "finite numbers")
+    return float(value)
 
 
 def split_steps(solution: str, delimiter: str = "\n") -> list[str]:
@@ -105,6 +105,10 @@ class StepwiseOutcome:
     """Uses a process verifier as an outcome verifier: the solution's steps scored, then aggregated."""
 
     def __init__(self, prm: ProcessVerifier, *, how: Aggregation = "min", delimiter: str = "\n") -> None:
+        if how not in AGGREGATIONS:
+            raise ConfigError(f"unknown aggregation {how!r}: use one of {', '.join(AGGREGATIONS)}")
+        if not isinstance(delimiter, str) or not delimiter:
+            raise ConfigError(f"the step delimiter must be a non-empty string, got {delimiter!r}")
         self.prm = prm
         self.how: Aggregation = how
         self.delimiter = delimiter
