@@ -288,9 +288,9 @@ def demo(
     table = Table(title=f"synthetic benchmark, {problems} held-out problems, backend {session.setup.backend.name}")
     for col in ("arm", "accuracy", "mean tokens", "wall s", "run"):
         table.add_column(col, justify="right")
-    for arm, report in reports:
+    for arm, report in reports:  # a run's first 8 characters: --run and --resume take a unique prefix
         table.add_row(arm.label, f"{report.accuracy:.3f}", f"{report.mean_tokens:.1f}", f"{report.wall_s:.1f}",
-                      report.run_id)
+                      report.run_id[:8])
     out.print(table)
     last = reports[-1][1]
     out.print(f"inspect: ttc traces list --run {last.run_id}   then   ttc traces show {last.trace_ids[0][:8]}"
@@ -330,7 +330,7 @@ def traces_list(
 ) -> None:
     """List recent traces."""
     with TraceStore(db, read_only=True) as store:
-        rows = store.list_traces(run_id=run, status=status, limit=limit)
+        rows = store.list_traces(run_id=None if run is None else store.get_run(run).id, status=status, limit=limit)
     table = Table()
     for col in ("id", "status", "strategy", "answer", "tokens", "question"):
         table.add_column(col)

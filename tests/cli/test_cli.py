@@ -465,3 +465,17 @@ def test_model_output_cannot_drive_the_terminal(tmp_path: Path) -> None:
         assert "\\x1b[2J" in proc.stdout and "\\u202e" in proc.stdout
     missing = run_ttc("traces", "show", ":smile:", db=db, check=False)
     assert "no trace ':smile:'" in missing.stderr
+
+
+def test_a_run_is_named_by_the_prefix_the_tables_show(tmp_path: Path) -> None:
+    db = tmp_path / "e.db"
+    args = ["eval", "--dataset", "synthetic", "--limit", "2", "--backend", "scripted", "--strategy", "best_of_n"]
+    run_ttc(*args, db=db)
+    with TraceStore(str(db)) as store:
+        [run] = store.list_runs()
+    listed = run_ttc("traces", "list", "--run", run.id[:8], db=db)
+    assert listed.stdout.count("done") == 2
+    resumed = run_ttc(*args, "--resume", run.id[:8], db=db)
+    assert f"run {run.id}" in resumed.stdout
+    missing = run_ttc("traces", "list", "--run", "ffffffff", db=db, check=False)
+    assert missing.returncode != 0 and "no run 'ffffffff'" in missing.stderr

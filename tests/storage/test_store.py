@@ -101,6 +101,20 @@ def test_ambiguous_prefix_is_refused(store: TraceStore, db_path: Path) -> None:
     assert store.get_trace("abcdef-1").id == "abcdef-1"
 
 
+def test_a_run_is_found_by_a_unique_prefix_of_its_id(store: TraceStore, db_path: Path) -> None:
+    """Tables show the first characters of a run's id; ``--run`` and ``--resume`` take them."""
+    runs = [store.create_run(kind="eval", config={"n": n}) for n in range(2)]
+    assert store.get_run(runs[0][:8]).id == runs[0]
+    with pytest.raises(StorageError, match=r"no run .*unique prefixes of at least 6"):
+        store.get_run(runs[0][:5])
+    with sqlite3.connect(db_path) as raw:  # give both runs the same first characters
+        for n, run_id in enumerate(runs):
+            raw.execute("UPDATE runs SET id = ? WHERE id = ?", (f"abcdef-{n}", run_id))
+    with pytest.raises(StorageError, match=r"matches several runs"):
+        store.get_run("abcdef")
+    assert store.get_run("abcdef-1").config == {"n": 1}
+
+
 def test_list_traces_filters_orders_and_limits(store: TraceStore) -> None:
     run_a = store.create_run(kind="eval", config={"strategy": "beam"}, name="a")
     run_b = store.create_run(kind="solve", config={})

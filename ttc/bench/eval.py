@@ -305,7 +305,9 @@ def _open_run(store: TraceStore, resume: str | None, config: Mapping[str, object
         run_id = store.create_run(kind="eval", config=config)
         store.claim_run(run_id)
         return run_id
-    _check_same_settings(resume, store.get_run(resume).config, config)
+    run = store.get_run(resume)  # a unique prefix of the id names it too
+    resume = run.id
+    _check_same_settings(resume, run.config, config)
     _check_same_problems(resume, store.done_problem_ids(resume), problems)
     store.claim_run(resume)  # refused while the process that holds it still runs: its traces are not stale
     store.mark_stale_running(resume)

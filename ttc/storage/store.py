@@ -452,12 +452,11 @@ class TraceStore:
         return self._read(work, "listing runs")
 
     def get_run(self, run_id: str) -> RunSummary:
+        """The run with this id, or with this unique prefix of at least ``MIN_PREFIX`` characters (as tables show)."""
+
         def work(session: Session) -> RunSummary:
-            run = session.get(RunRow, run_id)
-            if run is None:
-                where = self._location.describe()
-                raise NotFound(f"no run {run_id!r} in {where}; `ttc traces runs` (TraceStore.list_runs) shows the runs")
-            return _run_summary(run, _trace_counts(session, [run_id]).get(run_id, {}))
+            run = self._find_run(session, run_id)
+            return _run_summary(run, _trace_counts(session, [run.id]).get(run.id, {}))
 
         return self._read(work, f"reading run {run_id}")
 
@@ -534,6 +533,21 @@ class TraceStore:
             return {index: pid for index, pid in session.execute(query) if index is not None}
 
         return self._read(work, f"reading finished problems of run {run_id}")
+
+    def _find_run(self, session: Session, run_id: str) -> RunRow:
+        run = session.get(RunRow, run_id)
+        if run is not None:
+            return run
+        where = self._location.describe()
+        if len(run_id) >= MIN_PREFIX:
+            prefixed = select(RunRow).where(RunRow.id.startswith(run_id, autoescape=True)).limit(2)
+            matches = session.scalars(prefixed).all()
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise NotFound(f"run id prefix {run_id!r} matches several runs in {where}; give more characters")
+        raise NotFound(f"no run {run_id!r} in {where} (ids or unique prefixes of at least {MIN_PREFIX} characters); "
+                       "`ttc traces runs` (TraceStore.list_runs) shows the runs")
 
     def _find_trace(self, session: Session, trace_id: str) -> TraceRow:
         trace = session.get(TraceRow, trace_id)
