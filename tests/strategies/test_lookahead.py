@@ -172,3 +172,9 @@ def test_no_call_starts_once_the_wall_time_is_spent_within_a_round() -> None:
     solve("Ann has 2 pens and buys 3. How many?", Budget(wall_s=0.05), strategy="lookahead", backend=target,
           draft=draft, store=False, seed=0)
     assert len(draft.calls) == 1 and target.calls == []
+
+
+async def test_a_chain_stopped_by_max_depth_states_no_answer_it_did_not_write() -> None:
+    """Its last line's value (3 after one step) is an intermediate value, not the solution's answer."""
+    text, answer, _, _ = await run(writer(TARGET), writer(TARGET), gamma=1, max_depth=2)
+    assert text == "".join(TARGET[:2]) and answer is None

@@ -328,3 +328,15 @@ async def test_a_negative_path_score_is_refused_before_a_weighted_vote_spends_th
     result, _, _ = await run_search("beam", {**SEARCHES["beam"], "select": "score"}, ScriptedBackend(random_responder),
                                     TablePRM(default=-0.5))
     assert result.answer is not None
+
+
+@pytest.mark.parametrize("name", ["beam", "rebase"])
+async def test_a_path_stopped_by_max_depth_states_no_answer_it_did_not_write(name: str) -> None:
+    script = {"": ["1 + 2 = 3\n"], "1 + 2 = 3\n": ["3 * 4 = 12\n"]}
+    options = {"beam": {"beam_width": 1, "expand": 1}, "rebase": {"width": 1}}[name]
+    result, _, _ = await run_search(name, {**options, "max_depth": 2}, ScriptedBackend(tree_responder(script)),
+                                      TablePRM(default=0.5))
+    assert result.answer is None and result.text == "1 + 2 = 3\n3 * 4 = 12\n"
+    result, _, _ = await run_search(name, {**options, "max_depth": 3}, ScriptedBackend(tree_responder(
+        {**script, "1 + 2 = 3\n3 * 4 = 12\n": ["The answer is 12.\n"]})), TablePRM(default=0.5))
+    assert result.answer == "12"

@@ -49,6 +49,7 @@ class Chain:
     steps: list[Completion] = field(default_factory=list)
     complete: bool = False
     cut: bool = False
+    ended: bool = False  # the target ended the solution (rather than max_depth)
 
 
 @dataclass
@@ -206,11 +207,13 @@ class Lookahead(Strategy[LookaheadOptions]):
         chain.prefix += step.token_ids
         chain.steps.append(step)
         chain.cut = step.finish_reason == "length"
-        chain.complete = ends_solution(step, ctx.step_delimiter) or len(chain.steps) >= self.options.max_depth
+        chain.ended = ends_solution(step, ctx.step_delimiter)
+        chain.complete = chain.ended or len(chain.steps) >= self.options.max_depth
 
     def _result(self, ctx: Context, chain: Chain, tally: Tally, prompt: tuple[int, ...]) -> StrategyResult:
         text = "".join(step.text for step in chain.steps)
-        answer = (extract_stated_answer if chain.cut or not chain.complete else extract_answer)(text)
+        # Stopped mid-line, by max_depth or by the budget: only an answer the chain states counts.
+        answer = (extract_answer if chain.ended and not chain.cut else extract_stated_answer)(text)
         if chain.steps:
             ctx.recorder.update(chain.node, status="selected", answer=answer)
         ctx.recorder.event("lookahead_summary", {

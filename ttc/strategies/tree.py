@@ -82,6 +82,7 @@ class StepNode:
     score: float = 0.0
     complete: bool = False
     cut: bool = False  # the step ran out of tokens (finish reason "length")
+    ended: bool = False  # the model ended the solution here (rather than max_depth)
     answer: str | None = None
     held: bool = True
     expanded: bool = False
@@ -312,9 +313,10 @@ class SearchTree:
         depth = parent.depth + 1
         node_id = self.ctx.recorder.add_node(parent=parent.id, text=completion.text, token_count=len(ids),
                                              logprob=completion.cumulative_logprob)
+        ended = ends_solution(completion, self.ctx.step_delimiter)
         child = StepNode(id=node_id, parent=parent, prefix=parent.prefix + ids, token_ids=ids,
-                         text=completion.text, depth=depth, cut=completion.finish_reason == "length",
-                         complete=ends_solution(completion, self.ctx.step_delimiter) or depth >= self.options.max_depth)
+                         text=completion.text, depth=depth, cut=completion.finish_reason == "length", ended=ended,
+                         complete=ended or depth >= self.options.max_depth)
         parent.children.append(child)
         self.nodes.append(child)
         return child
@@ -353,8 +355,9 @@ class SearchTree:
             self.ctx.recorder.update(node.id, step_scores=node.step_scores, score=node.score)
 
     async def _finish(self, node: StepNode) -> None:
-        # A path whose last step ran out of tokens stops mid-line: only an answer it states counts (else partial).
-        node.answer = (extract_stated_answer if node.cut else extract_answer)(node.solution())
+        # A path whose last step ran out of tokens stops mid-line, and one stopped by max_depth before it ended
+        # stops mid-solution: only an answer it states counts, not the intermediate value it stopped on.
+        node.answer = (extract_answer if node.ended and not node.cut else extract_stated_answer)(node.solution())
         self.finished.append(node)
         self.ctx.recorder.update(node.id, status="finished", answer=node.answer)
         await self._release(node)
