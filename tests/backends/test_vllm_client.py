@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -642,3 +643,22 @@ async def test_a_redirect_names_where_it_leads() -> None:
     with pytest.raises(BackendError, match=r"redirects to http://elsewhere:8000/v1/models"):
         await backend.complete([1], 1, Sampling(max_tokens=2))
     await backend.aclose()
+
+
+async def test_requests_queued_behind_max_concurrency_spread_over_the_replicas() -> None:
+    """They were placed before they waited for a slot, all seeing the same loads, so they went to one replica."""
+    fake = FakeVLLM()
+    hosts: list[str] = []
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/completions":
+            hosts.append(request.url.host)
+            await asyncio.sleep(0.02)
+        return await fake(request)
+
+    backend = make_backend(slow, ["http://a:8000", "http://b:8000", "http://c:8000"], max_concurrency=6)
+    try:
+        await asyncio.gather(*[backend.complete([300 + i] * 40, 1, Sampling(max_tokens=4)) for i in range(30)])
+    finally:
+        await backend.aclose()
+    assert Counter(hosts) == {"a": 10, "b": 10, "c": 10}

@@ -19,7 +19,7 @@ from ttc.backends.local import LocalBackend  # noqa: E402
 from ttc.engine.synthetic import build_checkpoint  # noqa: E402
 from ttc.errors import ConfigError, VerifierError  # noqa: E402
 from ttc.verifiers.base import aggregate, split_steps  # noqa: E402
-from ttc.verifiers.prm import GenerativeJudge, TokenPRM, judge, load_prm  # noqa: E402
+from ttc.verifiers.prm import GenerativeJudge, StepScoreCache, TokenPRM, judge, judgement, load_prm  # noqa: E402
 from ttc.verifiers.prm_presets import PRMPreset, get_preset  # noqa: E402
 
 pytestmark = pytest.mark.anyio
@@ -139,6 +139,54 @@ def test_preset_from_json(tmp_path: Path) -> None:
     path.write_text('{"family": "token", "tag": "#", "colour": "red"}', encoding="utf-8")
     with pytest.raises(ConfigError, match="unknown keys"):
         get_preset(str(path))
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"tag": "#"}', "no 'family'"),
+    ('{"family": "token", "tag": "#", "top_k": "20"}', r"top_k must be an int >= 0, got '20'"),
+    ('{"family": "token", "tag": "#", "good": 5}', "good must be a string, got 5"),
+    ('{"family": "token", "tag": "#", "top_k": 1}', "top_k must be >= 2"),
+    ('{"family": "token", "tag": "#", "prefix": "Solve:\\n"}',
+      r"prefix must contain the placeholder\(s\) \{question\}"),
+    ('{"family": "token", "tag": "#", "prefix": "{q}\\n"}', r"prefix must contain the placeholder"),
+    ('{"family": "likelihood", "prefix": "{question} \\boxed{}"}', r"prefix has unknown placeholder\(s\) \{\}"),
+    ('{"family": "pooling", "tag": "#", "prefix": "{question}\\n{steps}"}', r"unknown placeholder\(s\) \{steps\}"),
+    ('{"family": "chat", "first_turn": "{question}"}', r"first_turn must contain the placeholder\(s\) \{step\}"),
+])
+def test_a_preset_that_could_not_score_is_refused_when_loaded(tmp_path: Path, text: str, message: str) -> None:
+    """Each of these loaded and then failed at the first scoring with a raw KeyError, IndexError or TypeError,
+    or (no question in the prefix) scored the steps without the question."""
+    path = tmp_path / "mine.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=message):
+        get_preset(str(path))
+
+
+def test_a_judgement_token_outside_the_top_k_is_bounded_by_the_top_k_alone() -> None:
+    """A prompt position also returns the prompt's own token; outside the top-k, its logprob bounds nothing.
+    With the good token after the last tag and top_k 3, the bad token's bound was the good token's own logprob."""
+    good, bad, other = 1, 2, 3
+    top_three = {10: -0.1, 11: -2.0, 12: -3.0}
+    score = judgement({**top_three, good: -4.0}, good, bad, "step 1", actual=good, top_k=3)
+    assert score == pytest.approx(math.exp(-4.0) / (math.exp(-4.0) + math.exp(-3.0)))
+    # Among the top-k, the prompt's own token is one of them, and the least of them is the bound.
+    score = judgement({10: -0.1, good: -2.0, other: -3.0}, good, bad, "step 1", actual=good, top_k=3)
+    assert score == pytest.approx(math.exp(-2.0) / (math.exp(-2.0) + math.exp(-3.0)))
+
+
+async def test_steps_must_be_a_list_of_strings(backend: LocalBackend) -> None:
+    prm = load_prm(backend, PRESET)
+    for steps in ("15 + 4 = 19", [None], [5]):
+        with pytest.raises(ConfigError, match="a list of step strings"):
+            await prm.score_steps(QUESTION, steps)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="given as a string"):
+        await prm.score_steps(None, STEPS)  # type: ignore[arg-type]
+
+
+def test_step_cache_keys_do_not_collide_across_splits_of_the_same_text() -> None:
+    keys = StepScoreCache.keys
+    assert len({keys("Q", ["A", "B"])[-1], keys("Q\x1eA", ["B"])[-1], keys("Q", ["A\x1eB"])[-1]}) == 3
+    assert len(keys("Q", ["A", "B"])) == 2 and keys("a", ["a"]) != []
 
 
 async def test_load_prm_picks_family(backend: LocalBackend) -> None:

@@ -289,17 +289,21 @@ class VLLMBackend:
 
     async def _exchange(self, state: _LoopState, target: Replica, method: str, url: str,
                         body: dict[str, Any] | None) -> httpx.Response:
-        async with state.semaphore:
-            self._router.begin(target)
-            self.in_flight += 1
-            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-            try:
-                # httpx's timeout bounds each read; this bounds the whole exchange (a server trickling bytes).
-                async with asyncio.timeout(self.timeout):
-                    return await state.client.request(method, url, json=body)
-            finally:
-                self.in_flight -= 1
-                self._router.end(target)
+        # A request counts on its replica from the moment it is placed, queued behind max_concurrency or not: the
+        # next pick (with no await in between) sees it, so requests that queue together spread over the replicas.
+        self._router.begin(target)
+        try:
+            async with state.semaphore:
+                self.in_flight += 1
+                self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+                try:
+                    # httpx's timeout bounds each read; this bounds the whole exchange (a server trickling bytes).
+                    async with asyncio.timeout(self.timeout):
+                        return await state.client.request(method, url, json=body)
+                finally:
+                    self.in_flight -= 1
+        finally:
+            self._router.end(target)
 
     @staticmethod
     def _json(response: httpx.Response, kind: str) -> dict[str, Any]:

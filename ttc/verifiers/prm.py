@@ -18,7 +18,7 @@ import anyio
 
 from ttc.backends.base import Backend
 from ttc.backends.lru import LRUCache
-from ttc.errors import VerifierError
+from ttc.errors import ConfigError, VerifierError
 from ttc.types import PromptLogprobs
 from ttc.verifiers.base import Aggregation, StepScores
 from ttc.verifiers.prm_presets import PRMPreset, get_preset
@@ -43,11 +43,15 @@ class StepScoreCache:
 
     @staticmethod
     def keys(question: str, steps: Sequence[str]) -> list[bytes]:
-        digest = hashlib.sha256(question.encode())
+        """Each text enters the hash after its length, so no split of the same characters between the question
+        and the steps (or between two steps) gives another key's input."""
+        digest = hashlib.sha256()
         out = []
-        for step in steps:
-            digest.update(b"\x1e" + step.encode())
-            out.append(digest.copy().digest())
+        for index, text in enumerate((question, *steps)):
+            data = text.encode()
+            digest.update(len(data).to_bytes(8, "big") + data)
+            if index:  # a key per step: the question's own hash keys nothing
+                out.append(digest.copy().digest())
         return out
 
     def get(self, key: bytes) -> float | None:
@@ -73,6 +77,11 @@ class CachedPRM(ABC):
         return list((await self.score_steps_detailed(question, steps)).scores)
 
     async def score_steps_detailed(self, question: str, steps: Sequence[str]) -> StepScores:
+        if not isinstance(question, str):
+            raise ConfigError(f"a PRM scores steps of a question given as a string, got {type(question).__name__}")
+        if isinstance(steps, str | bytes) or not all(isinstance(step, str) for step in steps):
+            raise ConfigError("a PRM scores a list of step strings (ttc.verifiers.base.split_steps makes one from a "
+                              f"solution), got {steps!r:.80}")
         if not steps:
             return StepScores((), 0, 0)
         keys = self.cache.keys(question, steps)
@@ -117,11 +126,14 @@ class CachedPRM(ABC):
         """All step scores, and how many tokens beyond the cached steps' prefix were sent."""
 
 
-def judgement(dist: Mapping[int, float] | None, good: int, bad: int, where: str) -> float:
+def judgement(dist: Mapping[int, float] | None, good: int, bad: int, where: str, *, actual: int | None = None,
+              top_k: int | None = None) -> float:
     """P(good) / (P(good) + P(bad)) from a logprob distribution.
 
-    A judgement token missing from the returned top-k is at most as likely as the least likely token returned,
-    and is given that bound; at least one of the two must be present.
+    A judgement token missing from the returned top-k is at most as likely as the least likely of the top-k, and
+    is given that bound; at least one of the two must be present. The distribution of a prompt position also
+    holds the prompt's own token there (``actual``) whether or not it is among the top-k: where it is not (one
+    entry more than ``top_k``), its logprob bounds nothing, so the bound is taken without it.
     """
     if dist is None:
         raise VerifierError(f"no distribution at {where}")
@@ -129,7 +141,10 @@ def judgement(dist: Mapping[int, float] | None, good: int, bad: int, where: str)
     if lg is None and lb is None:
         raise VerifierError(f"neither judgement token is among the returned logprobs at {where}: raise top_k "
                             "(and the server's --max-logprobs) or check the preset's good/bad tokens")
-    floor = min(dist.values())
+    ranked = dist
+    if actual is not None and top_k is not None and len(dist) > top_k and actual in dist:
+        ranked = {token: logprob for token, logprob in dist.items() if token != actual}
+    floor = min(ranked.values()) if ranked else min(dist.values())
     lg = floor if lg is None else lg
     lb = floor if lb is None else lb
     top = max(lg, lb)
@@ -152,7 +167,8 @@ class TokenPRM(CachedPRM):
             ids += await self.backend.tokenize(p.separator) if n < len(steps) else [good]
         known = tags[cached_steps - 1] + 1 if cached_steps else 0
         lp = await self.backend.prompt_logprobs(ids, top_k=p.top_k)
-        return [judgement(lp.top[t + 1], good, bad, f"step {i + 1}") for i, t in enumerate(tags)], len(ids) - known
+        return [judgement(lp.top[t + 1], good, bad, f"step {i + 1}", actual=ids[t + 1], top_k=p.top_k)
+                for i, t in enumerate(tags)], len(ids) - known
 
 
 class ChatPRM(CachedPRM):
@@ -180,7 +196,8 @@ class ChatPRM(CachedPRM):
                                 "its prompts are not prefixes of the whole conversation")
         lp = await backend.prompt_logprobs(ids, top_k=self.preset.top_k)
         known = positions[cached_steps - 1] + 1 if cached_steps else 0
-        return [judgement(lp.top[pos], good, bad, f"step {i + 1}") for i, pos in enumerate(positions)], len(ids) - known
+        return [judgement(lp.top[pos], good, bad, f"step {i + 1}", actual=ids[pos], top_k=self.preset.top_k)
+                for i, pos in enumerate(positions)], len(ids) - known
 
 
 class PoolingPRM(CachedPRM):

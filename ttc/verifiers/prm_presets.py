@@ -21,7 +21,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
 
+from ttc.contexts import template_fields
 from ttc.errors import ConfigError
+from ttc.types import is_int
 
 Family = Literal["token", "chat", "pooling", "likelihood"]
 
@@ -31,7 +33,9 @@ class PRMPreset:
     """One PRM family's format. ``prefix`` holds ``{question}``; ``step_template`` holds ``{step}`` and may hold
     ``{n}`` (1-based step number). For ``token`` PRMs the text is ``prefix + sum(step_template + tag + separator)``;
     ``chat`` PRMs put ``first_turn`` (``{question}``, ``{step}``) and then each step in user turns; ``pooling`` PRMs
-    join steps with ``tag`` inside ``prefix``'s ``{steps}``."""
+    ask ``prefix`` as the user's turn and answer with the steps joined by ``tag`` (and ended by one) as the
+    assistant's. Each template is checked when the preset is made: a placeholder it must hold, one the scorer
+    does not fill, or a stray brace is a ConfigError, not a failure at the first scoring."""
 
     name: str
     family: Family
@@ -47,11 +51,27 @@ class PRMPreset:
     top_k: int = 20
 
     def __post_init__(self) -> None:
-        if self.family == "token" and not self.tag:
-            raise ConfigError(f"PRM preset {self.name!r}: a token PRM needs a step tag")
+        where = f"PRM preset {self.name!r}"
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("positive_class", "top_k"):
+                if not is_int(value) or value < 0:
+                    raise ConfigError(f"{where}: {f.name} must be an int >= 0, got {value!r}")
+            elif not isinstance(value, str) and not (f.name == "system" and value is None):
+                raise ConfigError(f"{where}: {f.name} must be a string, got {value!r}")
         if self.family not in ("token", "chat", "pooling", "likelihood"):
-            raise ConfigError(f"PRM preset {self.name!r}: unknown family {self.family!r} "
-                              "(token, chat, pooling, likelihood)")
+            raise ConfigError(f"{where}: unknown family {self.family!r} (token, chat, pooling, likelihood)")
+        if self.family == "token" and not self.tag:
+            raise ConfigError(f"{where}: a token PRM needs a step tag")
+        if self.family in ("token", "chat") and self.top_k < 2:
+            raise ConfigError(f"{where}: a {self.family} PRM reads two judgement tokens from the top-k logprobs, "
+                              f"so top_k must be >= 2, got {self.top_k}")
+        template_fields(self.prefix, name=f"{where}: prefix", required={"question"}, allowed={"question"})
+        template_fields(self.step_template, name=f"{where}: step_template", required={"step"},
+                        allowed={"step", "n"})
+        if self.family == "chat":
+            template_fields(self.first_turn, name=f"{where}: first_turn", required={"question", "step"},
+                            allowed={"question", "step"})
 
 
 PRESETS: dict[str, PRMPreset] = {
@@ -80,6 +100,8 @@ def preset_from_json(path: Path) -> PRMPreset:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"PRM preset {path}: unknown keys {unknown}; valid keys: {sorted(known)}")
+    if "family" not in data:
+        raise ConfigError(f"PRM preset {path}: no 'family' (one of token, chat, pooling, likelihood)")
     return PRMPreset(**{"name": path.stem, **data})
 
 
