@@ -8,6 +8,7 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +216,40 @@ async def test_cancelled_call_frees_its_kv_and_the_engine_keeps_serving(backend:
     [ok] = await backend.complete(prompt, 1, Sampling(max_tokens=3, temperature=0.0))
     assert len(ok.token_ids) == 3
     assert backend.stats().live_kv_tokens == len(prompt) + 2  # only the finished call's hold remains
+    backend.engine.tree.check()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("read_first", [False, True], ids=["reply-after-cancel", "cancel-after-reply"])
+async def test_a_call_cancelled_once_the_engine_has_answered_frees_its_kv(
+        backend: LocalBackend, monkeypatch: pytest.MonkeyPatch, read_first: bool) -> None:
+    """The completions reached no caller, so no caller could release them: they held KV for good."""
+    import ttc.backends.local as local
+
+    answered = threading.Event()
+    settle = local._settle
+
+    def watched(*args: Any) -> Any:
+        reply = settle(*args)
+
+        def on_reply(result: object) -> None:
+            reply(result)
+            answered.set()
+
+        return on_reply
+
+    monkeypatch.setattr(local, "_settle", watched)
+    prompt = await backend.tokenize("Answered")
+    task = asyncio.create_task(backend.complete(prompt, 4, Sampling(max_tokens=4, temperature=1.0, seed=3)))
+    await asyncio.sleep(0)  # the request is submitted
+    assert answered.wait(60)  # the loop is blocked: the reply is queued on it, unread
+    if read_first:
+        await asyncio.sleep(0)  # the reply resolves the call's future before the cancellation lands
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await backend.release([1])  # one round trip through the engine thread: the orphans' release ran before it
+    assert backend.stats().live_kv_tokens == 0
     backend.engine.tree.check()
 
 

@@ -127,12 +127,21 @@ class LocalBackend:
         self._engine.validate_prompt(tokens)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        request = GenerationRequest(tokens, n, sampling, reply=_settle(loop, future))
+
+        def orphaned(result: object) -> None:
+            """Completions that came back to a caller who is gone hold KV that nobody else can release."""
+            if isinstance(result, list):
+                held = [(*tokens, *c.token_ids) for c in result if isinstance(c, Completion)]
+                self._scheduler.call(lambda engine: [engine.release(ids) for ids in held], lambda _: None)
+
+        request = GenerationRequest(tokens, n, sampling, reply=_settle(loop, future, orphaned))
         self._scheduler.submit(request)
         try:
             return cast(list[Completion], await future)
         except asyncio.CancelledError:
             request.cancelled = True
+            if future.done() and not future.cancelled() and future.exception() is None:
+                orphaned(future.result())  # delivered, then cancelled before the caller read it
             raise
 
     async def prompt_logprobs(self, prompt: Sequence[int], top_k: int = 0) -> PromptLogprobs:
@@ -192,11 +201,15 @@ def _short(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> Callable[[object], None]:
-    """A reply callback for the engine thread that resolves ``future`` on its own event loop."""
+def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any],
+            orphaned: Callable[[object], None] | None = None) -> Callable[[object], None]:
+    """A reply callback for the engine thread that resolves ``future`` on its own event loop; a result that
+    arrives after the caller was cancelled goes to ``orphaned``."""
 
     def resolve(result: object) -> None:
         if future.done():
+            if orphaned is not None and not isinstance(result, BaseException):
+                orphaned(result)
             return
         if isinstance(result, BaseException):
             future.set_exception(result)
