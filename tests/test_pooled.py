@@ -6,8 +6,11 @@ bundled mini models is tests/test_pooled_mini.py.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
+import anyio
 import pytest
 from pooled_doubles import answer, events
 
@@ -15,6 +18,7 @@ from ttc import Budget, solve_batch
 from ttc.errors import BackendError, ConfigError
 from ttc.storage import TraceStore
 from ttc.testing import ScriptedBackend
+from ttc.types import Completion, Sampling
 
 EASY = [f"easy {i}" for i in range(6)]
 HARD = [f"hard {i}" for i in range(2)]
@@ -126,3 +130,56 @@ def test_a_batch_out_of_time_stops_drawing_within_a_wave() -> None:
     solve_batch(questions, Budget(wall_s=0.2), backend=backend, store=False, seed=0, budget_scope="batch",
                 concurrency=1)
     assert len(backend.calls) <= 3
+
+
+class EvenPRM:
+    async def score_steps(self, question: str, steps: Sequence[str]) -> list[float]:
+        return [0.8] * len(steps)
+
+
+class SlowToOpen(TraceStore):
+    """A store whose trace opening takes a while, as a busy SQLite file's does under many questions."""
+
+    async def astart_trace(self, **fields: object) -> str:
+        await anyio.sleep(0.05)
+        return await super().astart_trace(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("strategy", ["self_consistency", "rebase"])
+def test_every_question_counts_the_batch_wall_time_from_the_batch_start(tmp_path: Path, strategy: str) -> None:
+    """Each question's clock started when its trace opened, so with four traces taking 0.2 s to open, calls
+    started at 0.24 s of a 0.12 s batch."""
+    started: list[float] = []
+
+    class Timed(ScriptedBackend):
+        async def complete(self, prompt: Sequence[int], n: int, sampling: Sampling) -> list[Completion]:
+            started.append(time.monotonic() - t0)
+            return await super().complete(prompt, n, sampling)
+
+    store = SlowToOpen(tmp_path / "t.db")
+    t0 = time.monotonic()
+    try:
+        options = {"max_step_tokens": 16} if strategy == "rebase" else {"max_tokens": 16}
+        results = solve_batch([f"Tom has {i} apples and 4 pears. How many?" for i in range(4)], Budget(wall_s=0.12),
+                              backend=Timed(answer), store=store, seed=0, budget_scope="batch", strategy=strategy,
+                              verifier=EvenPRM() if strategy == "rebase" else None, concurrency=4, **options)
+    finally:
+        store.close()
+    assert all(s < 0.12 for s in started), started
+    assert len(results) == 4
+
+
+@pytest.mark.parametrize("scope", ["batch", "question"])
+def test_a_seed_whose_last_question_would_pass_2_63_is_refused_before_any_trace_opens(
+        tmp_path: Path, scope: str) -> None:
+    store = TraceStore(tmp_path / "t.db")
+    try:
+        with pytest.raises(ConfigError, match=r"seed 9223372036854775806 \+ 2 reaches 2\*\*63"):
+            solve_batch(["hard 0", "hard 1", "hard 2"], 3000, backend=ScriptedBackend(answer), store=store,
+                        seed=(1 << 63) - 2, budget_scope=scope, strategy="self_consistency", max_tokens=16)
+        assert store.list_traces() == []
+        assert len(solve_batch(["hard 0", "hard 1"], 3000, backend=ScriptedBackend(answer), store=store,
+                               seed=(1 << 63) - 2, budget_scope=scope, strategy="self_consistency",
+                               max_tokens=16)) == 2
+    finally:
+        store.close()

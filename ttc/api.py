@@ -109,7 +109,7 @@ async def asolve_batch(prompts: Sequence[str], budget: int | Budget, *, strategy
     check_concurrency(concurrency)
     if check_budget_scope(budget_scope) == "batch":
         check_pooled(limits, len(questions), strategy=strategy, options=options)
-    checked = check_seed(seed)
+    checked = check_seed(seed, len(questions))
     base_seed = secrets.randbits(30) if checked is None else checked
     session = open_session(backend=backend, store=store, verifier=verifier, prompt_template=prompt_template,
                            draft=draft, context=context, notes=notes, synthesizer=synthesizer)

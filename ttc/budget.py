@@ -17,10 +17,13 @@ from ttc.types import Budget, Completion, Usage
 class Meter:
     """Accumulates Usage and answers "how much is left" along every axis of a Budget."""
 
-    def __init__(self, budget: Budget, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, budget: Budget, clock: Callable[[], float] = time.monotonic, *,
+                 started: float | None = None) -> None:
+        """``started`` (a reading of ``clock``) is when the wall time began, where it began before this meter:
+        the questions of a batch all count the batch's wall limit from the batch's start."""
         self.budget = budget
         self._clock = clock
-        self._start = clock()
+        self._start = clock() if started is None else started
         self._generated = 0
         self._prompt = 0
         self._cached = 0

@@ -198,20 +198,21 @@ async def solve_pooled(problems: Sequence[Problem], budget: Budget, session: Ses
     opts = sampling_options(budget, len(problems), strategy=strategy, options=options,
                             has_verifier=session.setup.verifier is not None)
     pool = Pool(budget)
-    # Each question's meter also holds the batch's wall limit (they all start now), so a wave stops drawing
-    # once the batch is out of time, not only the next wave.
+    # Each question's meter also holds the batch's wall limit, counted from the batch's start (not from when its
+    # trace opened), so a wave stops drawing once the batch is out of time, not only the next wave.
     own_budget = Budget(tokens=opts.max_samples * opts.max_tokens, wall_s=budget.wall_s)
     questions: list[_Question] = []
     try:
         for index, (problem, seed) in enumerate(zip(problems, seeds, strict=True)):
             run = await QuestionRun.start(problem, own_budget, session, strategy=STRATEGY,
-                                          options=opts.model_dump(), seed=seed, plan=plan)
+                                          options=opts.model_dump(), seed=seed, plan=plan, started=pool.started)
             rounds = VoteRounds(problem, run.ctx, opts, resolve_selection(opts.select, run.ctx))
             questions.append(_Question(index, run, rounds, opts))
         await bounded_gather([partial(guarded, q.run, q.rounds.open) for q in questions], concurrency)
         samples = first_wave(pool, len(questions), round_size=opts.round_size, cap=opts.max_samples,
                              max_tokens=opts.max_tokens)
-        grants = {q.index: samples for q in questions}
+        # Opening many traces can take the batch's whole wall time: then no wave starts at all.
+        grants = {} if pool.out_of_time() else {q.index: samples for q in questions}
         wave = 0
         while grants:
             await bounded_gather([partial(guarded, questions[i].run, partial(questions[i].draw, k, wave))

@@ -115,7 +115,8 @@ async def solve_searches(problems: Sequence[Problem], budget: Budget, session: S
         for index, (problem, seed) in enumerate(zip(problems, seeds, strict=True)):
             run = await QuestionRun.start(problem, own, session, strategy=strategy,
                                           options=first.options.model_dump(), seed=seed,
-                                          plan={**plan, "max_searches": MAX_SEARCHES, "growth": growth})
+                                          plan={**plan, "max_searches": MAX_SEARCHES, "growth": growth},
+                                          started=pool.started)
             members.append(_Searcher(index, run, planner, share, growth))
         wave = 0
         while grants := search_wave([m.standing() for m in members], pool):

@@ -217,11 +217,19 @@ def check_unicode(text: str, name: str) -> None:
                           "the bytes it came from with their real encoding") from None
 
 
-def check_seed(seed: object) -> int | None:
+SEED_LIMIT = 1 << 63
+"""Seeds are stored as SQLite integers (signed 64-bit): every seed a run uses must be below this."""
+
+
+def check_seed(seed: object, count: int = 1) -> int | None:
     """``None`` (draw one) or an int >= 0: ``random.Random(-s)`` draws what ``Random(s)`` does, so a negative seed
-    would replay another one (and batch members ``seed + i`` would repeat each other)."""
+    would replay another one (and batch members ``seed + i`` would repeat each other). ``count`` questions are
+    seeded ``seed`` to ``seed + count - 1``, and the last of them must fit the trace store too."""
     if seed is not None and (not is_int(seed) or seed < 0):
         raise ConfigError(f"seed must be an int >= 0 or None (a fresh one each run), got {seed!r}")
+    if seed is not None and seed + max(count, 1) - 1 >= SEED_LIMIT:
+        raise ConfigError(f"question i is seeded seed + i, and seed {seed} + {max(count, 1) - 1} reaches 2**63, "
+                          "which the trace store cannot keep: use a smaller seed")
     return seed
 
 
@@ -243,12 +251,14 @@ class QuestionRun:
     async def start(cls, problem: Problem, budget: Budget, session: Session, *, strategy: str,
                     options: Mapping[str, object], seed: int,
                     plan: Mapping[str, object] | None = None, uses_draft: bool = False,
-                    uses_synthesizer: bool = False, prompt_template: str | None = None) -> QuestionRun:
+                    uses_synthesizer: bool = False, prompt_template: str | None = None,
+                    started: float | None = None) -> QuestionRun:
         """Open the question's trace and record its plan; ``plan`` adds fields to the plan event.
 
         ``uses_draft`` and ``uses_synthesizer`` load the session's draft or synthesis model (if it has one) before
         the trace opens, so a model that fails to load leaves no trace. ``prompt_template`` replaces the one
-        the problem would be asked through (a sleep run's).
+        the problem would be asked through (a sleep run's). ``started`` (a ``time.monotonic()`` reading) is when
+        the budget's wall time began, where it began before this question (its batch's start).
         """
         recorder = TraceRecorder()
         setup = session.setup
@@ -268,7 +278,7 @@ class QuestionRun:
                       synthesizer=synthesizer, about=about_text({**session.plan, **context_fields}),
                       synthesis_template=setup.synthesis_template, path_template=setup.path_template)
         return cls(problem=problem, strategy=strategy, session=session, recorder=recorder, ctx=ctx,
-                   meter=Meter(budget), trace_id=trace_id)
+                   meter=Meter(budget, started=started), trace_id=trace_id)
 
     async def finish(self, found: StrategyResult) -> Result:
         """Write the whole tree and the result in one transaction, and return the result."""
@@ -340,6 +350,7 @@ async def _mark_failed(store: TraceStore, trace_id: str, exc: BaseException, rec
 
 
 __all__ = [
+    "SEED_LIMIT",
     "QuestionRun",
     "Session",
     "StoreArg",

@@ -35,7 +35,7 @@ from ttc.api import (
 from ttc.backends.base import Backend
 from ttc.errors import ConfigError, TTCError
 from ttc.pooled import check_pooled, solve_pooled
-from ttc.session import question_prompt
+from ttc.session import SEED_LIMIT, question_prompt
 from ttc.sleeptime import SLEEP, SleepOptions, load_notes, sleep_in_session, sleep_options
 from ttc.storage import TraceStore, TraceSummary
 from ttc.storage.convert import problem_id
@@ -284,10 +284,6 @@ async def cache_hit_rate(backend: Backend, before: object | None) -> float | Non
 RUN_SETTINGS = "evaluate"
 """The config key under which :func:`evaluate` keeps what decides a run's figures, so a resume is checked
 against them whatever its caller stored besides."""
-
-SEED_LIMIT = 1 << 63
-"""Seeds are stored as SQLite integers (signed 64-bit)."""
-
 
 async def model_identity(backend: Backend) -> str:
     """Which model answers: a vLLM server's served model (not its address, which may change between a run and

@@ -54,6 +54,11 @@ class Pool:
     def __post_init__(self) -> None:
         self._start = self.clock()
 
+    @property
+    def started(self) -> float:
+        """When the batch began, on its clock: each question's meter counts the wall limit from here."""
+        return self._start
+
     def tokens_left(self) -> int | None:
         return None if self.budget.tokens is None else max(0, self.budget.tokens - self.tokens_spent)
 
