@@ -172,3 +172,16 @@ def test_an_empty_batch_sharing_a_budget_answers_nothing(strategy: str) -> None:
     """A named tree search raised a ConfigError that told the caller to use a tree search."""
     assert solve_batch([], 100, strategy=strategy, backend=ScriptedBackend(responder), verifier=StepPRM(),
                        store=False, budget_scope="batch") == []
+
+
+@pytest.mark.parametrize("scope", ["batch", "question"])
+def test_a_named_search_without_a_process_verifier_is_refused_before_any_trace_opens(
+        tmp_path: Path, scope: str) -> None:
+    store = TraceStore(tmp_path / "t.db")
+    try:
+        with pytest.raises(ConfigError, match="tree searches score every step with a process verifier"):
+            solve_batch(EASY[:2], 2 * 2048, backend=ScriptedBackend(responder), verifier=None, store=store, seed=0,
+                        strategy="rebase", budget_scope=scope)
+        assert store.list_traces() == []  # each question's trace was opened, then failed on it
+    finally:
+        store.close()

@@ -30,6 +30,7 @@ from ttc.session import (
     open_session,
 )
 from ttc.strategies.base import Strategy, make_strategy
+from ttc.strategies.tree import NO_PROCESS_VERIFIER, TreeSearch
 from ttc.types import Budget, Notes, Problem, Result
 
 BudgetScope = Literal["question", "batch"]
@@ -61,7 +62,10 @@ def plan_runner(strategy: str, budget: Budget, session: Session,
     name, opts = plan_strategy(strategy, budget, has_verifier=setup.verifier is not None, options=options,
                                has_prm=setup.prm is not None, solution_tokens=setup.solution_tokens,
                                step_tokens=setup.step_tokens, distinct_children=setup.distinct_children)
-    return name, opts, make_strategy(name, opts)
+    runner = make_strategy(name, opts)
+    if isinstance(runner, TreeSearch) and setup.prm is None:
+        raise ConfigError(NO_PROCESS_VERIFIER)  # here, before a question's trace opens to fail on it
+    return name, opts, runner
 
 
 async def asolve(prompt: str, budget: int | Budget, *, strategy: str = "auto", backend: Backend | None = None,
@@ -118,6 +122,7 @@ async def asolve_batch(prompts: Sequence[str], budget: int | Budget, *, strategy
             problems = [Problem(question=q, index=i) for i, q in enumerate(questions)]
             return await solve_pooled(problems, limits, session, strategy=strategy, options=options,
                                       seeds=[base_seed + i for i in range(len(problems))], concurrency=concurrency)
+        plan_runner(strategy, limits, session, options)  # a bad strategy or option fails once, before any trace
         jobs = [
             lambda i=i, q=q: solve_problem(Problem(question=q, index=i), limits, session, strategy=strategy,
                                            seed=base_seed + i, options=options)

@@ -26,6 +26,7 @@ from ttc.controller.batch import (
     pooled_options,
 )
 from ttc.controller.per_question import plan_strategy
+from ttc.errors import ConfigError
 from ttc.pooled_search import Planner, solve_searches
 from ttc.session import QuestionRun, Session, check_prompt, fail_batch, guarded
 from ttc.strategies.base import make_strategy, strategy_class, strategy_names
@@ -33,7 +34,7 @@ from ttc.strategies.beam import BeamOptions
 from ttc.strategies.rebase import RebaseOptions
 from ttc.strategies.sampling import resolve_selection
 from ttc.strategies.self_consistency import SelfConsistencyOptions
-from ttc.strategies.tree import TreeSearch
+from ttc.strategies.tree import NO_PROCESS_VERIFIER, TreeSearch
 from ttc.strategies.vote_rounds import VoteRounds
 from ttc.types import Budget, Problem, Result
 
@@ -163,6 +164,8 @@ def plan_pooled(strategy: str, budget: Budget, questions: int, session: Session,
 
         growth = 2
     elif strategy in search_names():
+        if setup.prm is None:
+            raise ConfigError(NO_PROCESS_VERIFIER)  # before any question's trace opens
         name, runner = strategy, _search(strategy, options)
 
         def planner(tokens: int | None) -> TreeSearch[Any]:

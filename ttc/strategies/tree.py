@@ -48,6 +48,9 @@ from ttc.verifiers.base import Aggregation, ProcessVerifier, aggregate, score_st
 
 TreeSelection = Literal["score", "weighted_vote"]
 
+NO_PROCESS_VERIFIER = ("tree searches score every step with a process verifier: pass one, e.g. solve(..., "
+                       "verifier=prm) with a ProcessVerifier (score_steps)")
+
 class TreeSearchOptions(StrategyOptions):
     """Options every step-level search shares."""
 
@@ -197,8 +200,7 @@ class SearchTree:
         grows new children under that recorded prompt node instead of opening another (a pooled batch's next
         search for a question: one tree per question in its trace)."""
         if ctx.prm is None:
-            raise ConfigError("tree searches score every step with a process verifier: pass one, e.g. "
-                              "solve(..., verifier=prm) with a ProcessVerifier (score_steps)")
+            raise ConfigError(NO_PROCESS_VERIFIER)
         if not ctx.step_delimiter:
             raise ConfigError("the step delimiter is empty: set Context.step_delimiter, e.g. '\\n'")
         if root is None:
@@ -446,5 +448,5 @@ class TreeSearch(Strategy[TreeOptionsT]):
         """Grow and prune ``tree`` until the budget or the search is done."""
 
 
-__all__ = ["SearchTree", "StepNode", "TreeSearch", "TreeSearchOptions", "TreeSelection", "by_rank", "choose_leaves",
-           "ends_solution", "plan_round"]
+__all__ = ["NO_PROCESS_VERIFIER", "SearchTree", "StepNode", "TreeSearch", "TreeSearchOptions", "TreeSelection",
+           "by_rank", "choose_leaves", "ends_solution", "plan_round"]
