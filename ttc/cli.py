@@ -28,10 +28,11 @@ from ttc.bench.eval import EvalReport, check_sleep, evaluate
 from ttc.cli_render import render_trace, shown
 from ttc.errors import ConfigError, TTCError
 from ttc.pooled import check_pooled
-from ttc.session import check_context, check_prompt
+from ttc.session import check_context, check_prompt, check_seed
 from ttc.sleeptime import load_notes, sleep_in_session, sleep_options
 from ttc.storage import TraceStore
 from ttc.storage.export import strict_json
+from ttc.strategies.base import strategy_class
 from ttc.types import Budget, Notes, Problem, Result
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Test-time compute for language models.")
@@ -116,6 +117,9 @@ def solve(
     """Answer one question within a token budget and record its trace."""
     check_prompt(question)  # before a model loads or a store is made
     options = parse_options(option)
+    check_seed(seed)
+    if strategy != "auto":
+        strategy_class(strategy)  # an unknown name makes no store and loads no model
     kept = load_notes(notes, store=db) if notes is not None else None
     session = make_session(backend, url, model, db, context=context, notes=kept)
 
@@ -128,7 +132,7 @@ def solve(
 
     result = anyio.run(main)
     if as_json:
-        out.print_json(json.dumps(_result_json(result)))
+        _write_json(_result_json(result), "result")
         return
     out.print(Text.assemble(("answer:", "bold"), " ", shown(result.answer)))
     out.print(f"strategy={shown(result.strategy)} score={result.score} tokens={result.usage.generated_tokens} "
@@ -163,8 +167,8 @@ def sleep_cmd(
 
     notes = anyio.run(main)
     if as_json:
-        out.print_json(json.dumps({"context": notes.context, "notes": notes.text, "trace_id": notes.trace_id,
-                                   "model": notes.model, "usage": notes.usage.__dict__}))
+        _write_json({"context": notes.context, "notes": notes.text, "trace_id": notes.trace_id,
+                     "model": notes.model, "usage": notes.usage.__dict__}, "notes")
         return
     out.print("[bold]notes:[/bold]")
     out.print(Text(shown(notes.text)) if notes.text else "(none)")
@@ -172,6 +176,12 @@ def sleep_cmd(
               f"wall={notes.usage.wall_s:.2f}s")
     if notes.trace_id:
         out.print(f"trace: {notes.trace_id}  (ttc solve QUESTION --notes {notes.trace_id[:8]})")
+
+
+def _write_json(data: object, what: str) -> None:
+    """Plain strict JSON on stdout, whatever the terminal: a styled console colours it (FORCE_COLOR in CI) and
+    writes a non-finite score as a bare NaN, neither of which a JSON reader takes."""
+    sys.stdout.write(json.dumps(strict_json(data, what), indent=2, allow_nan=False) + "\n")
 
 
 def _result_json(result: Result) -> dict[str, Any]:
@@ -270,7 +280,8 @@ def demo(
     concurrency: Annotated[int, typer.Option()] = 8,
     db: DbOpt = None,
 ) -> None:
-    """Greedy versus test-time compute on the bundled mini models (no server, no GPU): accuracy, tokens, time."""
+    """Greedy versus test-time compute on the bundled mini models (no server, no GPU), or on the model TTC_MODEL or
+    TTC_VLLM_URL names: accuracy, tokens, time."""
     from ttc.bench.demo import run_demo
 
     session = make_session("auto", None, None, db)
@@ -342,7 +353,7 @@ def traces_list(
 
 @traces_app.command("runs")
 def traces_runs(limit: Annotated[int, typer.Option()] = 20, db: DbOpt = None) -> None:
-    """List recent runs (evaluations and solves)."""
+    """List recent evaluation runs (`ttc eval`, `ttc demo`); a single solve is a trace of no run."""
     with TraceStore(db, read_only=True) as store:
         rows = store.list_runs(limit=limit)
     table = Table()

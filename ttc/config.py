@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ttc.backends.base import Backend
+from ttc.backends.base import MAX_THREADS, Backend
 from ttc.contexts import DEFAULT_CONTEXT_TEMPLATE, DEFAULT_SLEEP_TEMPLATE
 from ttc.errors import ConfigError
 from ttc.strategies.base import DEFAULT_PROMPT_TEMPLATE
@@ -198,8 +198,8 @@ def _threads(default: int | None) -> int | None:
     raw = env("TTC_THREADS")
     if raw is None:
         return default
-    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:  # "²".isdigit() is true, and int("²") fails
-        raise ConfigError(f"TTC_THREADS must be a positive integer, got {raw!r}")
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_THREADS:  # "²".isdigit(), int("²") fails
+        raise ConfigError(f"TTC_THREADS must be an integer in [1, {MAX_THREADS}], got {raw!r}")
     return int(raw)
 
 

@@ -109,8 +109,9 @@ async def think(context: str, meter: Meter, ctx: Context, plan: dict[str, Any]) 
     if not text.strip():
         ctx.recorder.event("select", {"how": "consensus", "kept": None, "left_out": left_out,
                                       "failed_all": failed_all, "reason": "no draft finished a line"})
-        raise BudgetExhausted(f"no draft of the notes finished a line within {plan['max_tokens']} tokens: raise "
-                              "the sleep budget (or max_tokens)")
+        longest = max(len(c.token_ids) for c in completions)  # what the budget let a draft write, not the cap
+        raise BudgetExhausted(f"no draft of the notes finished a line within {longest} tokens (max_tokens "
+                              f"{plan['max_tokens']}): raise the sleep budget (or max_tokens)")
     ctx.recorder.update(nodes[best], status="selected")
     ctx.recorder.event("select", {"how": "consensus", "kept": best, "agreement": [round(s, 4) for s in scores],
                                   "left_out": left_out, "failed_all": failed_all,

@@ -567,3 +567,34 @@ async def test_embed_runs_held_nodes_in_one_forward_and_prefills_the_rest(mini_r
 async def test_embed_rejects_bad_sequences(backend: LocalBackend) -> None:
     with pytest.raises(ConfigError, match="at least one token"):
         await backend.embed([[]])
+
+
+@pytest.mark.anyio
+async def test_a_worker_that_cannot_start_fails_its_requests_instead_of_leaving_them_waiting(
+        model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An engine thread that died on its start-up (a thread count OpenMP refused) left every caller waiting."""
+    import torch
+
+    def refuse(threads: int) -> None:
+        raise ValueError("Overflow when unpacking long")
+
+    monkeypatch.setattr(torch, "set_num_threads", refuse)
+    backend = LocalBackend.from_pretrained(model_path, threads=2)
+    try:
+        prompt = await backend.tokenize("Fail to start")
+        with pytest.raises(BackendError, match="Overflow when unpacking long"):
+            await asyncio.wait_for(backend.complete(prompt, 1, Sampling(max_tokens=2)), timeout=30)
+    finally:
+        monkeypatch.undo()
+        await backend.aclose()
+
+
+def test_a_thread_count_beyond_what_an_engine_can_use_is_refused(model_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match=r"threads must be an int in \[1, 1024\]"):
+        LocalBackend.from_pretrained(model_path, threads=4_294_967_296)
+    monkeypatch.setenv("TTC_THREADS", "4294967296")
+    from ttc.config import embedded_setup
+
+    with pytest.raises(ConfigError, match=r"TTC_THREADS must be an integer in \[1, 1024\]"):
+        embedded_setup()

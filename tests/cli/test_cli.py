@@ -50,12 +50,17 @@ def test_eval_50_gsm8k_rows_then_show_and_export(tmp_path: Path) -> None:
     assert first[:8] in listed.stdout
 
 
-def test_solve_prints_answer_and_trace(tmp_path: Path) -> None:
+@pytest.mark.parametrize("colour", ["", "1"])
+def test_solve_prints_answer_and_trace(tmp_path: Path, colour: str) -> None:
+    """Under FORCE_COLOR (as CI sets it) the JSON came out styled with terminal escapes."""
     proc = run_ttc("solve", "What is 20 + 22?", "--backend", "scripted", "--seed", "4", "--json",
-                   db=tmp_path / "s.db")
+                   db=tmp_path / "s.db", extra_env={"FORCE_COLOR": colour} if colour else None)
     data = json.loads(proc.stdout)
     assert data["trace_id"] and data["strategy"] == "self_consistency"
     assert data["usage"]["generated_tokens"] > 0
+    notes = run_ttc("sleep", "Meg has 13 cups. Ted has 9 more cups than Meg.", "--backend", "scripted", "--seed", "4",
+                    "--json", db=tmp_path / "s.db", extra_env={"FORCE_COLOR": colour} if colour else None)
+    assert json.loads(notes.stdout)["trace_id"]
 
 
 @pytest.mark.parametrize(
@@ -479,3 +484,29 @@ def test_a_run_is_named_by_the_prefix_the_tables_show(tmp_path: Path) -> None:
     assert f"run {run.id}" in resumed.stdout
     missing = run_ttc("traces", "list", "--run", "ffffffff", db=db, check=False)
     assert missing.returncode != 0 and "no run 'ffffffff'" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("traces", "show", "abc\udcffdef"), "the trace id 'abc\\udcffdef' holds a character that is not text"),
+        (("traces", "list", "--run", "abc\udcffdef"), "the run id 'abc\\udcffdef' holds a character that is not text"),
+        (("traces", "list", "--limit", "9223372036854775808"), "limit must be a positive int below 2**63"),
+        (("traces", "runs", "--limit", "9223372036854775808"), "limit must be a positive int below 2**63"),
+        (("view", "--host", "", "--port", "0"), "--host must name an address, got ''"),
+        (("solve", "q", "--backend", "scripted", "--strategy", "best_of_n", "-o", "temperature=1e400"),
+         "temperature: Input should be a finite number"),
+        (("solve", "q", "--backend", "scripted", "--seed", str(1 << 63)), "reaches 2**63"),
+    ],
+)
+def test_bad_input_on_an_existing_store_is_one_line_naming_the_input(
+        tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    """A stray byte in an id read as a damaged database, a huge limit as an OverflowError traceback, and an empty
+    --host served the trace store on every interface."""
+    TraceStore(tmp_path / "e.db").close()
+    proc = run_ttc(*args, db=tmp_path / "e.db", check=False, extra_env={"COLUMNS": "80"}, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert "changed outside ttc" not in proc.stderr
+    with TraceStore(tmp_path / "e.db") as store:
+        assert store.list_traces() == []  # nothing was started to fail on it

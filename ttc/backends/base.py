@@ -15,6 +15,9 @@ from typing import Protocol, runtime_checkable
 from ttc.errors import ConfigError
 from ttc.types import Completion, PromptLogprobs, Sampling
 
+MAX_THREADS = 1024
+"""The most CPU threads a local engine is given: a larger count only makes its OpenMP pool start (or fail to
+start) threads that wait for each other, and one beyond 2**31 kills the engine's worker outright."""
 
 @dataclass(frozen=True)
 class BackendStats:
@@ -93,4 +96,4 @@ def token_ids(prompt: object) -> tuple[int, ...]:
     return tuple(int(t) for t in ids)
 
 
-__all__ = ["Backend", "BackendStats", "token_ids"]
+__all__ = ["MAX_THREADS", "Backend", "BackendStats", "token_ids"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
-from ttc.backends.base import BackendStats, token_ids
+from ttc.backends.base import MAX_THREADS, BackendStats, token_ids
 from ttc.backends.base import token_ids as token_ids_of  # detokenize's parameter shadows the name
 from ttc.errors import ConfigError
 from ttc.types import Completion, PromptLogprobs, Sampling, is_int
@@ -71,8 +71,8 @@ class LocalBackend:
             raise ConfigError(f"cache_tokens must be an int >= 0 or None, got {cache_tokens!r}")
         if not is_int(max_held) or max_held < 0:
             raise ConfigError(f"max_held must be an int >= 0, got {max_held!r}")
-        if threads is not None and (not is_int(threads) or threads < 1):
-            raise ConfigError(f"threads must be an int >= 1 or None, got {threads!r}")
+        if threads is not None and (not is_int(threads) or not 1 <= threads <= MAX_THREADS):
+            raise ConfigError(f"threads must be an int in [1, {MAX_THREADS}] or None, got {threads!r}")
         from ttc.engine.engine import Engine
         from ttc.engine.loading import load_model
         from ttc.engine.scheduler import Scheduler

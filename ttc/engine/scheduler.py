@@ -70,19 +70,28 @@ class Scheduler:
             thread.join()
 
     def _loop(self) -> None:
-        if self.threads is not None:
-            torch.set_num_threads(self.threads)
-        while True:
-            with self._wake:
-                while not self._inbox and not self._has_work() and not self._closing:
-                    self._wake.wait()
-                if self._closing:
-                    break
-                work = list(self._inbox)
-                self._inbox.clear()
-            self._take(work)
-            self._admit()
-            self._step()
+        try:
+            if self.threads is not None:
+                torch.set_num_threads(self.threads)
+            while True:
+                with self._wake:
+                    while not self._inbox and not self._has_work() and not self._closing:
+                        self._wake.wait()
+                    if self._closing:
+                        break
+                    work = list(self._inbox)
+                    self._inbox.clear()
+                self._take(work)
+                self._admit()
+                self._step()
+        except Exception as exc:
+            # Whatever stops the worker fails every request it holds, with the reason: their callers would otherwise
+            # wait for good. The next request starts a new worker.
+            self._shutdown(_as_backend_error(exc))
+            return
+        except BaseException as exc:
+            self._shutdown(BackendError(f"the local engine's worker stopped: {type(exc).__name__}", kind="local"))
+            raise
         self._shutdown()
 
     def _has_work(self) -> bool:
@@ -144,8 +153,8 @@ class Scheduler:
         except Exception as exc:
             self.engine.fail_all(_as_backend_error(exc))
 
-    def _shutdown(self) -> None:
-        error = BackendError("the local engine was closed before this request finished", kind="local")
+    def _shutdown(self, error: Exception | None = None) -> None:
+        error = error or BackendError("the local engine was closed before this request finished", kind="local")
         self.engine.fail_all(error)
         with self._wake:
             leftovers = list(self._inbox) + list(self._waiting)

@@ -85,13 +85,25 @@ def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
+def _check_id(value: object, what: str) -> None:
+    """An id as given (typed, pasted): text SQLite can take. A byte that is no character (a stray \\xff from a
+    terminal) failed in the query and read as a damaged database."""
+    if not isinstance(value, str):
+        raise ConfigError(f"a {what} id is a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"the {what} id {value!r} holds a character that is not text; copy the id again from "
+                          f"`ttc traces {'runs' if what == 'run' else 'list'}`") from None
+
+
 def _check_limit(limit: int | None, *, unlimited: bool = False) -> None:
     """A positive int; ``None`` (no limit) too where ``unlimited``."""
     if unlimited and limit is None:
         return
-    if not is_int(limit) or limit < 1:
+    if not is_int(limit) or not 1 <= limit < 1 << 63:  # SQLite's LIMIT is a signed 64-bit integer
         also = " or None (no limit)" if unlimited else ""
-        raise ConfigError(f"limit must be a positive int{also}, got {limit!r}")
+        raise ConfigError(f"limit must be a positive int below 2**63{also}, got {limit!r}")
 
 
 async def _wait(future: Future[T]) -> T:
@@ -255,6 +267,8 @@ class TraceStore:
                 return work(session)
         except SQLAlchemyError as exc:
             raise storage_error(exc, self._location, doing, busy_timeout_s=self._busy_timeout_s) from exc
+        except TTCError:  # the work's own refusal (an id that is not text, no such trace) says what to do
+            raise
         except (ValueError, TypeError) as exc:  # a stored value that does not read back (JSON, a timestamp)
             raise StorageError(f"the trace database {self._location.describe()} holds a value that cannot be read "
                                f"back while {doing} ({type(exc).__name__}: {exc}); it was changed outside ttc: "
@@ -469,6 +483,8 @@ class TraceStore:
         _check_limit(limit, unlimited=True)
         if status is not None:
             _check_choice("trace status", status, TRACE_STATUSES)
+        if run_id is not None:
+            _check_id(run_id, "run")
         query = select(TraceRow, ProblemRow).join(ProblemRow, TraceRow.problem_id == ProblemRow.id)
         if run_id is not None:
             query = query.where(TraceRow.run_id == run_id)
@@ -535,6 +551,7 @@ class TraceStore:
         return self._read(work, f"reading finished problems of run {run_id}")
 
     def _find_run(self, session: Session, run_id: str) -> RunRow:
+        _check_id(run_id, "run")
         run = session.get(RunRow, run_id)
         if run is not None:
             return run
@@ -550,6 +567,7 @@ class TraceStore:
                        "`ttc traces runs` (TraceStore.list_runs) shows the runs")
 
     def _find_trace(self, session: Session, trace_id: str) -> TraceRow:
+        _check_id(trace_id, "trace")
         trace = session.get(TraceRow, trace_id)
         if trace is not None:
             return trace

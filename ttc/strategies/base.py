@@ -55,10 +55,11 @@ class StrategyOptions(BaseModel):
     """Base of every strategy's options: immutable, unknown fields rejected, and values taken as their own type.
 
     Strict, because lenient coercion would read ``n=True`` as one sample and ``distinct="no"`` as False: a value
-    of the wrong type is an error, as everywhere else in the API (an int is still a float).
+    of the wrong type is an error, as everywhere else in the API (an int is still a float). A NaN or infinite
+    number is one too (``temperature=inf`` passed ``ge=0`` and failed in the sampler, its trace opened).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)  # NaN, inf: no setting
 
     @model_validator(mode="after")
     def _temperature_scales_logits(self) -> StrategyOptions:

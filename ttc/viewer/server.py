@@ -124,12 +124,18 @@ def _limit(raw: str | None) -> int:
 
 
 def make_server(store: TraceStore, host: str = "127.0.0.1", port: int = 8321) -> ViewerServer:
-    """A viewer bound to ``host:port`` (port 0: any free port; ``server.url`` says which), not yet serving."""
+    """A viewer bound to ``host:port`` (port 0: any free port; ``server.url`` says which), not yet serving.
+
+    An empty host is refused: the socket layer reads it as every interface, which would serve the whole trace
+    store to the network where the caller meant this machine (an unset ``--host "$HOST"``)."""
+    if not isinstance(host, str) or not host.strip():
+        raise ConfigError(f"--host must name an address, got {host!r}: 127.0.0.1 serves this machine only, 0.0.0.0 "
+                          "every interface")
     try:
         return ViewerServer((host, port), store)
     except OSError as exc:
-        raise ConfigError(f"cannot serve the viewer on {host}:{port}: {exc.strerror or exc}; pick another --port "
-                          "(0 takes any free one)") from None
+        raise ConfigError(f"cannot serve the viewer on {host}:{port}: {exc.strerror or exc}; check the --host "
+                          "address, or pick another --port (0 takes any free one)") from None
 
 
 def serve(server: ViewerServer) -> None:
