@@ -36,7 +36,10 @@ class RecordingPRM:
 
 def test_a_prm_judges_steps_after_the_context_and_its_notes() -> None:
     prm = RecordingPRM()
-    backend = ScriptedBackend(lambda _prompt, _index, _seed: "12 + 7 = 19\nThe answer is 19.")
+    # A step, then the answer: a search writes one line per call, and a path that only repeats the step would
+    # reach max_depth without an answer.
+    backend = ScriptedBackend(lambda prompt, _index, _seed: "The answer is 19." if prompt.endswith("= 19\n")
+                              else "12 + 7 = 19\nThe answer is 19.")
     notes = Notes(context=CONTEXT, text="Ann: 19", usage=Usage(generated_tokens=7), trace_id=None, model="scripted")
     result = solve(QUESTION, 2000, strategy="beam", backend=backend, verifier=prm, store=False, seed=0,
                    notes=notes, beam_width=1, expand=2, max_step_tokens=24)
