@@ -55,6 +55,7 @@ from ttc.storage.writer import Writer
 from ttc.types import Budget, Node, Problem, Result, TraceEvent, is_int
 
 T = TypeVar("T")
+RowT = TypeVar("RowT", RunRow, TraceRow)
 
 MIN_PREFIX = 6
 STALE_ERROR = "interrupted"
@@ -551,38 +552,29 @@ class TraceStore:
         return self._read(work, f"reading finished problems of run {run_id}")
 
     def _find_run(self, session: Session, run_id: str) -> RunRow:
-        _check_id(run_id, "run")
-        run = session.get(RunRow, run_id)
-        if run is not None:
-            return run
-        where = self._location.describe()
-        if len(run_id) >= MIN_PREFIX:
-            prefixed = select(RunRow).where(RunRow.id.startswith(run_id, autoescape=True)).limit(2)
-            matches = session.scalars(prefixed).all()
-            if len(matches) == 1:
-                return matches[0]
-            if len(matches) > 1:
-                raise NotFound(f"run id prefix {run_id!r} matches several runs in {where}; give more characters")
-        raise NotFound(f"no run {run_id!r} in {where} (ids or unique prefixes of at least {MIN_PREFIX} characters); "
-                       "`ttc traces runs` (TraceStore.list_runs) shows the runs")
+        return self._find(session, RunRow, run_id, "run", "`ttc traces runs` (TraceStore.list_runs) shows the runs")
 
     def _find_trace(self, session: Session, trace_id: str) -> TraceRow:
-        _check_id(trace_id, "trace")
-        trace = session.get(TraceRow, trace_id)
-        if trace is not None:
-            return trace
+        return self._find(session, TraceRow, trace_id, "trace", "run `ttc traces list` to see the trace ids")
+
+    def _find(self, session: Session, row: type[RowT], given: str, what: str, listing: str) -> RowT:
+        """The row with id ``given``, or the one whose id starts with it (at least ``MIN_PREFIX`` characters, as
+        tables show ids); NotFound says whether none or several matched."""
+        _check_id(given, what)
+        found = session.get(row, given)
+        if found is not None:
+            return found
         where = self._location.describe()
-        if len(trace_id) >= MIN_PREFIX:
-            matches = session.scalars(
-                select(TraceRow).where(TraceRow.id.startswith(trace_id, autoescape=True)).limit(2)
-            ).all()
+        if len(given) >= MIN_PREFIX:
+            key = row.id
+            matches = session.scalars(select(row).where(key.startswith(given, autoescape=True)).limit(2)).all()
             if len(matches) == 1:
                 return matches[0]
             if len(matches) > 1:
-                raise NotFound(f"trace id prefix {trace_id!r} matches several traces in {where}; "
-                                   "give more characters of the id")
-        raise NotFound(f"no trace {trace_id!r} in {where} (ids or unique prefixes of at least "
-                           f"{MIN_PREFIX} characters); run `ttc traces list` to see the trace ids")
+                raise NotFound(f"{what} id prefix {given!r} matches several {what}s in {where}; give more characters "
+                               "of the id")
+        raise NotFound(f"no {what} {given!r} in {where} (ids or unique prefixes of at least {MIN_PREFIX} "
+                       f"characters); {listing}")
 
 
 # -- transaction helpers (run on the writer thread) ----------------------------------------------------------

@@ -138,8 +138,8 @@ def choose(ctx: Context, candidates: Sequence[Candidate], how: str, checks: Chec
     Within the winning answer class, the best-scored (then shortest, then first) member is returned, so the
     reported text actually contains the reported answer; by score, the best-scored candidate that states an
     answer (any candidate only where none does). Candidates that fail one of ``checks`` (read against
-    ``question``) take no part, unless every candidate fails one: then all do, so a question is never left
-    unanswered for it.
+    ``question``) take no part, unless no candidate that passes them states an answer: then all do, so a question
+    is never left unanswered for them.
     """
     failures = [checks.failed(question, c.text) for c in candidates]
     failed = tuple((name, sum(name in f for f in failures)) for name in checks.enabled())
