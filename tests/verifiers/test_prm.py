@@ -245,3 +245,11 @@ def test_likelihood_preset_from_the_checker_folder() -> None:
     assert preset.prefix.format(question="Q?") == "Q?\n"
     with pytest.raises(ConfigError, match="mini-checker"):
         get_preset("no-such-preset")
+
+
+async def test_a_solution_longer_than_the_prms_context_is_the_verifiers_failure_named_as_such(
+        backend: LocalBackend) -> None:
+    """The engine's refusal read "shorten it", of a prompt the user never wrote: the PRM's own, step tags and all."""
+    long_steps = [f"{i} + 1 = {i + 1}" for i in range(400)]
+    with pytest.raises(VerifierError, match=r"PRM preset 'tiny' on .* cannot score this solution \(\d+ tokens"):
+        await load_prm(backend, PRESET).score_steps(QUESTION, long_steps)

@@ -121,6 +121,16 @@ class CachedPRM(ABC):
                                 f"got {len(ids)} ({ids}); pick a preset that matches the model")
         return ids[0]
 
+    async def _logprobs(self, ids: Sequence[int], top_k: int) -> PromptLogprobs:
+        """The prompt logprobs of a scoring prompt; one the PRM cannot read (longer than its context, with the
+        step tags the policy never wrote) is the verifier's failure, named as such, not a prompt to shorten."""
+        try:
+            return await self.backend.prompt_logprobs(ids, top_k=top_k)
+        except ConfigError as exc:
+            raise VerifierError(f"PRM preset {self.preset.name!r} on {self.backend.name} cannot score this "
+                                f"solution ({len(ids)} tokens with its question and step markers): {exc}; use "
+                                "a PRM with a longer context, or shorter solutions (max_tokens)") from exc
+
     @abstractmethod
     async def _score(self, question: str, steps: Sequence[str], cached_steps: int) -> tuple[list[float], int]:
         """All step scores, and how many tokens beyond the cached steps' prefix were sent."""
@@ -166,7 +176,7 @@ class TokenPRM(CachedPRM):
             tags.append(len(ids) - 1)
             ids += await self.backend.tokenize(p.separator) if n < len(steps) else [good]
         known = tags[cached_steps - 1] + 1 if cached_steps else 0
-        lp = await self.backend.prompt_logprobs(ids, top_k=p.top_k)
+        lp = await self._logprobs(ids, p.top_k)
         return [judgement(lp.top[t + 1], good, bad, f"step {i + 1}", actual=ids[t + 1], top_k=p.top_k)
                 for i, t in enumerate(tags)], len(ids) - known
 
@@ -194,7 +204,7 @@ class ChatPRM(CachedPRM):
         if any(pos >= len(ids) or ids[pos] != good for pos in positions):
             raise VerifierError("the chat template does not place the judgement token where expected: "
                                 "its prompts are not prefixes of the whole conversation")
-        lp = await backend.prompt_logprobs(ids, top_k=self.preset.top_k)
+        lp = await self._logprobs(ids, self.preset.top_k)
         known = positions[cached_steps - 1] + 1 if cached_steps else 0
         return [judgement(lp.top[pos], good, bad, f"step {i + 1}", actual=ids[pos], top_k=self.preset.top_k)
                 for i, pos in enumerate(positions)], len(ids) - known
@@ -247,7 +257,7 @@ class LikelihoodPRM(CachedPRM):
             spans.append((start, len(ids)))
         if not ids:
             raise VerifierError(f"{p.name}: the question and steps tokenized to nothing; check the preset's prefix")
-        lp = await self.backend.prompt_logprobs(ids, top_k=0)
+        lp = await self._logprobs(ids, 0)
         known = spans[cached_steps - 1][1] if cached_steps else 0
         return [self._step_score(lp, a, b) for a, b in spans], len(ids) - known
 
@@ -273,8 +283,8 @@ class GenerativeJudge(CachedPRM):
         for k in range(cached_steps, len(steps)):
             text = self.TEMPLATE.format(question=question, previous="\n".join(steps[:k]) or "(none)", step=steps[k])
             ids = await self.backend.tokenize(text, add_special_tokens=True) + [good]
-            lp: PromptLogprobs = await self.backend.prompt_logprobs(ids, top_k=self.preset.top_k)
-            scores.append(judgement(lp.top[-1], good, bad, f"step {k + 1}"))
+            lp = await self._logprobs(ids, self.preset.top_k)
+            scores.append(judgement(lp.top[-1], good, bad, f"step {k + 1}", actual=ids[-1], top_k=self.preset.top_k))
             sent += len(ids)
         return scores, sent
 
