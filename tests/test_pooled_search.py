@@ -185,3 +185,24 @@ def test_a_named_search_without_a_process_verifier_is_refused_before_any_trace_o
         assert store.list_traces() == []  # each question's trace was opened, then failed on it
     finally:
         store.close()
+
+
+class ZeroForOthersPRM:
+    """Scores the answer 5 at 0.8 and every other answer at exactly 0: a weight of nothing, not no answer."""
+
+    async def score_steps(self, question: str, steps: Sequence[str]) -> list[float]:
+        return [0.0 if "answer is" in step and "answer is 5" not in step else 0.8 for step in steps]
+
+
+def test_solutions_that_disagree_are_not_decided_where_the_verifier_scores_some_at_zero(tmp_path: Path) -> None:
+    """The weighted margin of 5 (0.8) over 6 and 7 (0 each) is 1.0, which read as every solution agreeing."""
+    store = TraceStore(str(tmp_path / "t.db"))
+    try:
+        results = solve_batch(HARD, 2 * 300, backend=ScriptedBackend(responder), verifier=ZeroForOthersPRM(),
+                              store=store, seed=3, strategy="rebase", budget_scope="batch", **OPTIONS)
+        for r in results:
+            answers = {c.answer for c in r.candidates}
+            [stop] = events(store, r.trace_id, "stop")
+            assert len(answers) > 1 and stop["reason"] != "decided"
+    finally:
+        store.close()

@@ -25,6 +25,7 @@ from ttc.controller.batch import Grant, Pool, SearchStanding, search_wave
 from ttc.session import QuestionRun, Session, fail_batch, guarded
 from ttc.strategies.tree import SearchTree, StepNode, TreeSearch, TreeSelection, choose_leaves
 from ttc.types import Budget, Problem, Result
+from ttc.verifiers.answer import normalize_answer
 from ttc.verifiers.vote import majority_vote, vote_weights
 
 MAX_SEARCHES = 4
@@ -70,12 +71,17 @@ class _Searcher:
         self.searches += 1
         if self.next_tokens is not None:
             self.next_tokens *= self.growth
-        if self.finished and self.margin() >= 1.0:
+        if self.unanimous():
             self._stop("decided")
         elif self.searches >= MAX_SEARCHES:
             self._stop("max_searches")
         elif run.meter.usage().generated_tokens == before:
             self._stop("budget")
+
+    def unanimous(self) -> bool:
+        """Whether every complete solution that states an answer states the same one (at least one does). Not the
+        weighted margin: a solution its verifier scores 0 weighs nothing there, yet gives another answer."""
+        return len({key for n in self.finished if n.answer is not None and (key := normalize_answer(n.answer))}) == 1
 
     def margin(self) -> float:
         """The weighted vote's leader's lead over the runner-up, as a share of the vote (1.0: all agree)."""
