@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import ttc
 from ttc import ConfigError, Notes, NotFound, Usage, load_notes, sleep, solve, solve_batch
 from ttc.cli import app
-from ttc.errors import BackendError, BudgetExhausted
+from ttc.errors import BackendError, BudgetExhausted, OutputError
 from ttc.sleeptime import agreement, note_lines
 from ttc.storage import TraceStore
 from ttc.strategies.base import DEFAULT_PROMPT_TEMPLATE
@@ -206,3 +206,27 @@ def test_notes_built_by_hand_are_checked_like_those_sleep_returns(changes: dict[
     with pytest.raises(ConfigError, match=message):
         solve("How many cups does Sam have?", 100, backend=backend, store=False, notes=Notes(**fields))  # type: ignore[arg-type]
     assert backend.calls == []
+
+
+def test_a_cut_off_draft_is_checked_and_compared_by_its_finished_lines() -> None:
+    """Cut at '22 + 5 = 2', the right draft failed the arithmetic check and lost to a misreading one."""
+    wrong_reading = "13 + 9 = 22\nTed has 23 cups.\nSam has 28 cups.\n"
+    notes = sleep(CONTEXT, 78, backend=ScriptedBackend([RIGHT, wrong_reading]), store=False, n=2, max_tokens=39,
+                  seed=0)
+    assert notes.text == "13 + 9 = 22\nTed has 22 cups."
+
+
+def test_a_tie_in_agreement_keeps_the_first_draft_whatever_the_rounding() -> None:
+    """Drafts 0 and 3 agree 43/30 each; summed in another order, draft 3's float was one bit larger."""
+    drafts = ["b\nc\nd\ng\n", "b\ng\n", "c\nd\ne\nf\n", "b\nd\nf\ng\n"]
+    notes = sleep("Meg has 13 cups.", 4000, backend=ScriptedBackend(drafts), store=False, n=4, max_tokens=50, seed=0)
+    assert notes.text == drafts[0].strip()
+
+
+def test_notes_the_model_ends_with_no_line_are_its_output_not_the_budgets_fault(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    with pytest.raises(OutputError, match="the model wrote empty notes"):
+        sleep("Meg has 13 cups.", 4000, backend=ScriptedBackend(["\n"]), store=store, n=2, max_tokens=100)
+    [trace] = store.list_traces()
+    assert trace.status == "failed" and "OutputError" in str(trace.error)
+    store.close()

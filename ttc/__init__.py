@@ -6,7 +6,16 @@ concurrently; every run is recorded as a trace (``ttc traces``).
 
 from ttc.api import asolve, asolve_batch, solve, solve_batch
 from ttc.backends.base import Backend, BackendStats
-from ttc.errors import BackendError, BudgetExhausted, ConfigError, NotFound, StorageError, TTCError, VerifierError
+from ttc.errors import (
+    BackendError,
+    BudgetExhausted,
+    ConfigError,
+    NotFound,
+    OutputError,
+    StorageError,
+    TTCError,
+    VerifierError,
+)
 from ttc.sleeptime import asleep, load_notes, sleep
 from ttc.strategies.base import strategy_names
 from ttc.types import Budget, Candidate, Completion, Node, Notes, Problem, Result, Sampling, Usage
@@ -26,6 +35,7 @@ __all__ = [
     "Node",
     "NotFound",
     "Notes",
+    "OutputError",
     "Problem",
     "Result",
     "Sampling",

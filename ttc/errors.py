@@ -7,6 +7,7 @@ The tree::
     │                        no backend configured, unreadable dataset row
     ├── BackendError         a backend refused, failed or timed out (``retryable`` says whether a retry may help)
     ├── BudgetExhausted      a strategy was asked to spend what its budget no longer holds
+    ├── OutputError          the model's output cannot serve, and more budget would not change it (empty notes)
     ├── VerifierError        a verifier could not score (bad preset, missing judgement tokens)
     └── StorageError         the trace store cannot be opened, is locked, or is not writable
         └── NotFound         a run or trace id (or id prefix) that names no record, or several
@@ -41,6 +42,11 @@ class BudgetExhausted(TTCError):
     """Raised when a spend is requested that the remaining budget cannot cover."""
 
 
+class OutputError(TTCError):
+    """What the model wrote cannot serve the strategy (notes with no line), and a larger budget would buy the same:
+    the model or its prompt template is what to change."""
+
+
 class VerifierError(TTCError):
     """A verifier could not produce a score."""
 
@@ -53,5 +59,5 @@ class NotFound(StorageError):
     """A run or trace id, or an id prefix, names no record in the store (or, for a prefix, several)."""
 
 
-__all__ = ["BackendError", "BudgetExhausted", "ConfigError", "NotFound", "StorageError", "TTCError",
+__all__ = ["BackendError", "BudgetExhausted", "ConfigError", "NotFound", "OutputError", "StorageError", "TTCError",
            "VerifierError"]

@@ -25,7 +25,7 @@ from ttc.api import _run_sync
 from ttc.backends.base import Backend
 from ttc.budget import Meter
 from ttc.contexts import sleep_prompt_template
-from ttc.errors import BudgetExhausted, ConfigError, NotFound
+from ttc.errors import BudgetExhausted, ConfigError, NotFound, OutputError
 from ttc.session import QuestionRun, Session, StoreArg, check_context, check_seed, check_store, open_session
 from ttc.storage import TraceStore
 from ttc.strategies.base import TEMPERATURE, TOP_P, Context, StrategyOptions, StrategyResult, parse_options
@@ -80,6 +80,12 @@ def note_lines(text: str) -> frozenset[str]:
     return frozenset(line.strip() for line in text.splitlines() if line.strip())
 
 
+def finished_text(draft: Completion) -> str:
+    """A draft's text up to its last finished line: one cut off by its token limit ends mid-line (``Ted: 2`` of
+    ``Ted: 22``, ``22 + 5 = 2``), which neither agrees with other drafts nor computes, and is not a note."""
+    return draft.text[: draft.text.rfind("\n") + 1] if draft.finish_reason == "length" else draft.text
+
+
 async def think(context: str, meter: Meter, ctx: Context, plan: dict[str, Any]) -> StrategyResult:
     """Draw the drafts of the notes and keep the consensus; record each draft and the choice."""
     prompt_text = ctx.render(context)
@@ -94,7 +100,8 @@ async def think(context: str, meter: Meter, ctx: Context, plan: dict[str, Any]) 
         raise BudgetExhausted("the sleep budget bought no draft of the notes: raise it (a draft takes up to "
                               f"{plan['max_tokens']} tokens)")
     eligible, left_out, failed_all = _eligible(completions, plan["check_arithmetic"])
-    scores = agreement([note_lines(completions[i].text) for i in eligible])
+    # Rounded: equal agreement summed in another order differs in its last bits, and the first draft wins a tie.
+    scores = [round(score, 9) for score in agreement([note_lines(finished_text(completions[i])) for i in eligible])]
     best = eligible[max(range(len(eligible)), key=lambda k: (scores[k], -k))]
     by_draft = dict(zip(eligible, scores, strict=True))
     candidates = tuple(Candidate(text=c.text.strip(), answer=None, score=by_draft.get(i), node_id=nodes[i],
@@ -102,13 +109,14 @@ async def think(context: str, meter: Meter, ctx: Context, plan: dict[str, Any]) 
     for i, node in enumerate(nodes):
         if i in by_draft:
             ctx.recorder.update(node, score=by_draft[i])
-    text = completions[best].text
-    cut_off = completions[best].finish_reason == "length"
-    if cut_off:  # every draft was cut off: its unfinished last line ("Ted: 2" of "Ted: 22") would mislead
-        text = text[: text.rfind("\n") + 1]
+    cut_off = completions[best].finish_reason == "length"  # every draft was: its unfinished last line is dropped
+    text = finished_text(completions[best])
     if not text.strip():
         ctx.recorder.event("select", {"how": "consensus", "kept": None, "left_out": left_out,
                                       "failed_all": failed_all, "reason": "no draft finished a line"})
+        if not cut_off:  # the model ended its notes itself: a larger budget would buy the same nothing
+            raise OutputError("the model wrote empty notes about the context (its drafts ended without a "
+                                "line): use a model that writes notes for this context template")
         longest = max(len(c.token_ids) for c in completions)  # what the budget let a draft write, not the cap
         raise BudgetExhausted(f"no draft of the notes finished a line within {longest} tokens (max_tokens "
                               f"{plan['max_tokens']}): raise the sleep budget (or max_tokens)")
@@ -128,7 +136,7 @@ def _eligible(completions: Sequence[Completion],
     failed_all: list[str] = []
     filters: list[tuple[str, Callable[[Completion], bool]]] = [("cut_off", lambda c: c.finish_reason != "length")]
     if check_arithmetic:
-        filters.append(("arithmetic", lambda c: computes_right(c.text)))
+        filters.append(("arithmetic", lambda c: computes_right(finished_text(c))))
     for name, keep in filters:
         passing = [i for i in eligible if keep(completions[i])]
         left_out[name] = len(eligible) - len(passing) if passing else 0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ttc import solve
+from ttc import asolve, solve
 from ttc.budget import Meter
 from ttc.errors import ConfigError
 from ttc.strategies.base import Context, make_strategy
@@ -192,3 +192,19 @@ def test_the_environment_names_a_synthesizer_loaded_only_for_parallel_thinking(
     assert solve("q?", 1000, strategy="best_of_n", backend=sampler(), store=False, n=2).answer is not None
     with pytest.raises(ConfigError, match="TTC_SYNTHESIZER_MODEL must name a folder"):
         solve("q?", 10_000, strategy="parallel_thinking", backend=sampler(), store=False, paths=3)
+
+
+async def test_a_wall_time_spent_before_the_synthesis_answers_by_the_paths_majority() -> None:
+    """Tokens and a call are kept back for the synthesis, time cannot be: the result had no answer and no text
+    though every path answered."""
+
+    def respond(prompt: str, index: int, seed: int | None) -> str:
+        if "attempts" in prompt:
+            return "SYN\nThe answer is 9."
+        return "The answer is 3." if index == 2 else "The answer is 2."
+
+    backend = ScriptedBackend(respond, delay_s=0.3)
+    result = await asolve("1+1?", Budget(tokens=2000, wall_s=0.2), strategy="parallel_thinking", backend=backend,
+                   store=False, paths=3, synthesis_max_tokens=50, seed=0)
+    assert (result.answer, result.text) == ("2", "The answer is 2.")
+    assert len(backend.calls) == 1  # the paths' call: no synthesis started past the wall time

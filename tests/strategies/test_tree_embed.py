@@ -145,3 +145,14 @@ def test_transformer_embedder_loads_a_local_folder(tmp_path: Path) -> None:
     # Padding must not change a text's vector: the short text alone equals it batched with a longer one.
     alone = embedder.embed(["x = 1 + 2"])
     assert np.allclose(alone[0], vectors[0], atol=1e-6)
+
+
+def test_asking_for_as_many_clusters_as_steps_keeps_identical_steps_together() -> None:
+    """maxclust gave every step its own cluster once asked for as many as there are steps, so ETS kept duplicates
+    as if they covered other paths."""
+    a, b, zero = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]
+    assert cluster(np.array([a, a, a, b]), n_clusters=4) == [0, 0, 0, 1]
+    assert cluster(np.array([a, a, a, b]), n_clusters=9) == [0, 0, 0, 1]
+    assert cluster(np.array([zero, zero, a]), n_clusters=3) == [0, 1, 2]  # empty steps are far from everything
+    with pytest.raises(ConfigError, match="n_clusters must be an int >= 1"):
+        cluster(np.array([a, b]), n_clusters=0)

@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ttc.errors import BackendError, ConfigError
+from ttc.types import is_int
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -193,6 +194,8 @@ def cluster(vectors: FloatArray, *, threshold: float | None = None, n_clusters: 
         return [0]
     if n_clusters is None and threshold is None:
         raise ConfigError("cluster needs a distance threshold or a number of clusters")
+    if n_clusters is not None and (not is_int(n_clusters) or n_clusters < 1):
+        raise ConfigError(f"n_clusters must be an int >= 1, got {n_clusters!r}")
     # Imported here: scipy's clustering takes a second to import, and only ETS needs it.
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import squareform
@@ -205,11 +208,20 @@ def cluster(vectors: FloatArray, *, threshold: float | None = None, n_clusters: 
     np.fill_diagonal(distance, 0.0)
     tree = linkage(squareform(distance, checks=False), method="average")
     if n_clusters is not None:
-        raw = fcluster(tree, t=n_clusters, criterion="maxclust")
+        # Never more clusters than there are different steps: asked for as many as there are steps, maxclust
+        # gives each its own, and identical steps would count as different paths.
+        raw = fcluster(tree, t=min(n_clusters, _different(unit)), criterion="maxclust")
     else:
         raw = fcluster(tree, t=threshold, criterion="distance")
     relabel: dict[int, int] = {}
     return [relabel.setdefault(int(label), len(relabel)) for label in raw]
+
+
+def _different(unit: np.ndarray) -> int:
+    """How many different directions the unit rows hold (each zero row counts alone: it is at distance 1 from
+    everything, another zero row too)."""
+    zero = ~unit.any(axis=1)
+    return int(zero.sum()) + len(np.unique(np.round(unit[~zero], 9), axis=0))
 
 
 def _vector_problem(raw: object, rows: int, of: str) -> str | None:

@@ -8,7 +8,9 @@ against the question, keep a right path that few wrote, or write its own.
 The synthesizer is the setup's synthesis model when it has one (the embedded default brings the mini synthesizer,
 trained on this prompt), else the target model itself, with the setup's synthesis template; the prompt is text,
 so a synthesizer with another tokenizer than the target's works as well. One budget covers both calls: the paths
-are planned with the synthesis's ``synthesis_max_tokens`` (and its call) kept back, so the synthesis always runs.
+are planned with the synthesis's ``synthesis_max_tokens`` (and its call) kept back, so the synthesis always runs
+within a token or call budget; where the wall time runs out first, the paths' majority answers (a ``select`` event
+with ``how: vote`` after the ``stop`` at the synthesis).
 A synthesis prompt longer than ``synthesis_max_prompt_tokens`` leaves out the least common paths until it fits,
 and the trace's ``synthesis`` event says how many it showed and left out; a limit the prompt exceeds with no path
 at all is a ConfigError before any path is drawn.
@@ -33,7 +35,7 @@ from ttc.strategies.base import (
     StrategyResult,
     register,
 )
-from ttc.strategies.sampling import draw, record
+from ttc.strategies.sampling import choose, draw, mark_selected, record
 from ttc.strategies.synthesis import PATH_TEMPLATE, SYNTHESIS_TEMPLATE, check_templates, merge_paths, render_synthesis
 from ttc.types import Candidate, Completion, Problem
 
@@ -84,6 +86,14 @@ class ParallelThinking(Strategy[ParallelThinkingOptions]):
                                          "paths": len(paths), "shown": shown, "left_out": len(paths) - shown,
                                          "prompt_tokens": len(tokens)}, node_id=node)
         final = await self._synthesize(ctx, synthesizer, meter, tokens, node)
+        if final is None and candidates:
+            # The wall time ran out before the synthesis (tokens and a call are kept back for it, time cannot be):
+            # the paths' own majority answers, recorded as such, rather than no answer at all.
+            choice = choose(ctx, candidates, "vote")
+            mark_selected(ctx, choice)
+            best = choice.candidate
+            return StrategyResult(answer=best.answer if best else None, text=best.text if best else "", score=None,
+                                  candidates=tuple(candidates))
         return StrategyResult(answer=final.answer if final else None, text=final.text if final else "",
                               score=None, candidates=(*candidates, *([final] if final else [])))
 
