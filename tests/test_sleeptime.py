@@ -230,3 +230,15 @@ def test_notes_the_model_ends_with_no_line_are_its_output_not_the_budgets_fault(
     [trace] = store.list_traces()
     assert trace.status == "failed" and "OutputError" in str(trace.error)
     store.close()
+
+
+def test_the_select_event_gives_each_draft_its_agreement_by_position(tmp_path: Path) -> None:
+    """It listed the agreement of the drafts still in the running only, so `kept` indexed another draft's."""
+    store = store_at(tmp_path)
+    backend = ScriptedBackend([RIGHT + "x" * 100, STRAY, RIGHT, RIGHT, SLIP])
+    notes = sleep(CONTEXT, 2000, backend=backend, store=store, seed=1, n=5, max_tokens=80)
+    [select] = [e.payload for e in store.get_trace(notes.trace_id or "").events if e.kind == "select"]
+    agreement = select["agreement"]
+    assert len(agreement) == 5 and agreement[0] is None and agreement[4] is None  # cut off; miscomputed
+    assert agreement[select["kept"]] == max(a for a in agreement if a is not None)
+    store.close()

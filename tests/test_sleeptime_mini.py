@@ -72,5 +72,6 @@ def test_consensus_of_drafts_is_kept_and_recorded(tmp_path: Path) -> None:
     assert len(drafts) == 8 and trace.events[0].payload["options"]["temperature"] == 0.8
     select = next(e for e in trace.events if e.kind == "select")
     kept = next(n for n in drafts if n.status == "selected")
-    assert kept.text.strip() == notes.text and kept.score == pytest.approx(max(select.payload["agreement"]), abs=1e-4)
+    scored = [a for a in select.payload["agreement"] if a is not None]
+    assert kept.text.strip() == notes.text and kept.score == pytest.approx(max(scored), abs=1e-4)
     store.close()

@@ -149,7 +149,8 @@ def sleep_cmd(
     url: UrlOpt = None,
     model: ModelOpt = None,
     seed: Annotated[int | None, typer.Option(help="random seed (default: random, recorded in the trace)")] = None,
-    option: OptionOpt = None,
+    option: Annotated[list[str] | None, typer.Option(
+        "--option", "-o", help="sleep option KEY=VALUE: n, max_tokens, temperature, top_p, check_arithmetic")] = None,
     db: DbOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the notes as JSON")] = False,
 ) -> None:
@@ -214,7 +215,7 @@ def eval_cmd(
         help="think about each context once before its questions, within this many tokens (sleep-time compute; "
              "datasets of questions about contexts: synthetic-stateful, or JSONL rows with a 'context')")] = None,
     sleep_option: Annotated[list[str] | None, typer.Option(
-        "--sleep-option", help="sleep option KEY=VALUE (n, max_tokens, temperature, ...; see `ttc sleep`)")] = None,
+        "--sleep-option", help="sleep option KEY=VALUE: n, max_tokens, temperature, top_p, check_arithmetic")] = None,
     db: DbOpt = None,
 ) -> None:
     """Evaluate a strategy on a dataset: accuracy, mean tokens, wall time; every trace is recorded."""

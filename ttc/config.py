@@ -2,7 +2,8 @@
 
 Environment variables (all optional):
 
-- ``TTC_VLLM_URL``: a vLLM server (comma-separated for replicas); wins over everything else.
+- ``TTC_VLLM_URL``: a vLLM server (comma-separated for replicas); wins over ``TTC_MODEL`` (a ``--url`` or
+  ``--model`` given on the command line wins over both).
 - ``TTC_MODEL``: a Hugging Face model folder for the in-process local engine.
 - ``TTC_DRAFT_MODEL`` / ``TTC_DRAFT_URL``: a draft model (a local folder, or a vLLM server) for the lookahead
   strategy; it must share the target's tokenizer. The embedded default brings the mini draft.
@@ -11,7 +12,8 @@ Environment variables (all optional):
   target synthesizes. The embedded default brings the mini synthesizer.
 - ``TTC_DB``: the trace store, as a file path or an SQLAlchemy URL.
 - ``TTC_THREADS``: CPU threads of the local engine.
-- ``TTC_DATA_DIR``: where benchmark JSONL files live (default: ``../shared/datasets`` or ``./datasets``).
+- ``TTC_DATA_DIR``: where benchmark JSONL files live (default: the first of ``../shared/datasets``,
+  ``./datasets`` and ``shared/datasets`` beside the checkout that exists).
 """
 
 from __future__ import annotations

@@ -121,7 +121,8 @@ async def think(context: str, meter: Meter, ctx: Context, plan: dict[str, Any]) 
         raise BudgetExhausted(f"no draft of the notes finished a line within {longest} tokens (max_tokens "
                               f"{plan['max_tokens']}): raise the sleep budget (or max_tokens)")
     ctx.recorder.update(nodes[best], status="selected")
-    ctx.recorder.event("select", {"how": "consensus", "kept": best, "agreement": [round(s, 4) for s in scores],
+    agreement_of = [None if by_draft.get(i) is None else round(by_draft[i], 4) for i in range(len(completions))]
+    ctx.recorder.event("select", {"how": "consensus", "kept": best, "agreement": agreement_of,
                                   "left_out": left_out, "failed_all": failed_all,
                                   "unfinished_line_dropped": cut_off}, node_id=nodes[best])
     return StrategyResult(answer=None, text=text.strip(), score=by_draft[best], candidates=candidates)

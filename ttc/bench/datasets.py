@@ -19,7 +19,8 @@ SYNTHETIC = ("synthetic", "synthetic-stateful", "synthetic-totals")
 
 
 def data_dir() -> Path:
-    """``TTC_DATA_DIR``, else the first of ``../shared/datasets`` and ``./datasets`` that exists."""
+    """``TTC_DATA_DIR``, else the first of ``../shared/datasets``, ``./datasets`` and ``shared/datasets`` beside the
+    checkout that exists."""
     configured = os.environ.get("TTC_DATA_DIR")
     if configured:
         return Path(configured)
