@@ -662,3 +662,32 @@ async def test_requests_queued_behind_max_concurrency_spread_over_the_replicas()
     finally:
         await backend.aclose()
     assert Counter(hosts) == {"a": 10, "b": 10, "c": 10}
+
+
+async def test_a_server_that_breaks_the_connection_mid_reply_is_not_called_unreachable() -> None:
+    """"Is it running, and is the URL right?" sent users to check what was fine: the server answered, then broke off."""
+
+    async def breaks(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/completions":
+            raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+        return await FakeVLLM()(request)
+
+    backend = make_backend(breaks, retries=1)
+    try:
+        with pytest.raises(BackendError, match="broke the connection mid-reply, 2 attempt") as caught:
+            await backend.complete([1, 2], 1, Sampling(max_tokens=2))
+        assert "is it running" not in str(caught.value) and caught.value.retryable
+    finally:
+        await backend.aclose()
+
+
+async def test_every_replica_refusing_says_so_not_only_the_last_one_tried() -> None:
+    async def refuses(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused")
+
+    backend = make_backend(refuses, ["http://a:1", "http://b:2"], retries=2)
+    try:
+        with pytest.raises(BackendError, match=r"could not reach any of 2 vLLM replicas \(the last tried below\)"):
+            await backend.complete([1, 2], 1, Sampling(max_tokens=2))
+    finally:
+        await backend.aclose()

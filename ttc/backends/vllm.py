@@ -260,12 +260,13 @@ class VLLMBackend:
             except _UNREACHABLE as exc:
                 self._router.mark_down(target)
                 if final:
-                    raise connection_error(exc, kind=kind, url=url, attempts=attempts) from exc
+                    tried = 1 if replica is not None else min(len(self.urls), attempts)
+                    raise connection_error(exc, kind=kind, url=url, attempts=attempts, replicas=tried) from exc
                 if not self._router.has_alternative(target) or replica is not None:
                     await asyncio.sleep(self._backoff.delay(attempt))
             except _BROKEN as exc:
                 if final:
-                    raise connection_error(exc, kind=kind, url=url, attempts=attempts) from exc
+                    raise connection_error(exc, kind=kind, url=url, attempts=attempts, reached=True) from exc
                 await asyncio.sleep(self._backoff.delay(attempt))
             except (httpx.TimeoutException, TimeoutError) as exc:
                 # A replica that does not answer in time is benched like one that refuses: another may answer.

@@ -72,9 +72,19 @@ def context_length_error(*, prompt_tokens: int, max_tokens: int, max_model_len: 
     )
 
 
-def connection_error(exc: Exception, *, kind: str, url: str, attempts: int) -> BackendError:
+def connection_error(exc: Exception, *, kind: str, url: str, attempts: int, reached: bool = False,
+                     replicas: int = 1) -> BackendError:
+    """The last attempt's failure: the server was not there (``reached`` false), or it was and the connection broke
+    mid-exchange (it closed, crashed or restarted while answering), which asks for another remedy."""
+    if reached:
+        return BackendError(
+            f"the vLLM server broke the connection mid-reply, {attempts} attempt(s): {type(exc).__name__}: "
+            f"{exc or 'no detail'} (did it crash or restart? its log says why)",
+            url=url, kind=kind, retryable=True,
+        )
+    which = "the vLLM server" if replicas == 1 else f"any of {replicas} vLLM replicas (the last tried below)"
     return BackendError(
-        f"could not reach the vLLM server after {attempts} attempt(s): {type(exc).__name__}: {exc or 'no detail'} "
+        f"could not reach {which} after {attempts} attempt(s): {type(exc).__name__}: {exc or 'no detail'} "
         "(is it running, and is the URL right?)",
         url=url, kind=kind, retryable=True,
     )
