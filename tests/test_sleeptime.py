@@ -43,7 +43,7 @@ def test_consensus_keeps_the_draft_sharing_most_lines(tmp_path: Path) -> None:
     selected = [n for n in record.nodes if n.status == "selected"]
     assert [n.text for n in selected] == [RIGHT]
     select = next(e for e in record.events if e.kind == "select")
-    assert select.payload["how"] == "consensus" and select.payload["left_out"] == {"cut_off": 0, "arithmetic": 1}
+    assert select.payload["how"] == "consensus" and select.payload["left_out"] == {"cut_off": 0, "empty": 0, "arithmetic": 1}
     plan = record.events[0].payload
     assert plan["strategy"] == "sleep" and plan["options"]["n"] == 5 and plan["options"]["temperature"] == 0.8
     store.close()
@@ -59,7 +59,7 @@ def test_a_filter_that_would_leave_nothing_is_not_applied(tmp_path: Path) -> Non
     notes = sleep(CONTEXT, 2000, backend=ScriptedBackend([SLIP]), store=store, seed=1, n=3, max_tokens=200)
     assert notes.text == SLIP.strip()  # every draft slips: one is still kept, and the trace says none passed
     select = next(e for e in store.get_trace(notes.trace_id or "").events if e.kind == "select")
-    assert select.payload["left_out"] == {"cut_off": 0, "arithmetic": 0}
+    assert select.payload["left_out"] == {"cut_off": 0, "empty": 0, "arithmetic": 0}
     store.close()
 
 
@@ -242,3 +242,10 @@ def test_the_select_event_gives_each_draft_its_agreement_by_position(tmp_path: P
     assert len(agreement) == 5 and agreement[0] is None and agreement[4] is None  # cut off; miscomputed
     assert agreement[select["kept"]] == max(a for a in agreement if a is not None)
     store.close()
+
+
+def test_an_empty_draft_is_not_kept_while_another_wrote_notes() -> None:
+    """It won the tie of no agreement (the first draft), and the notes came back empty, as an error."""
+    notes = sleep("Ann has 3 pens. Bob has 4 pens.", 4000, backend=ScriptedBackend(["", "Ann: 3\n", "Bob: 4\n"]),
+                  store=False, n=3, max_tokens=50, seed=0)
+    assert notes.text == "Ann: 3"

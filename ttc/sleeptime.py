@@ -135,7 +135,8 @@ def _eligible(completions: Sequence[Completion],
     eligible = list(range(len(completions)))
     left_out: dict[str, int] = {}
     failed_all: list[str] = []
-    filters: list[tuple[str, Callable[[Completion], bool]]] = [("cut_off", lambda c: c.finish_reason != "length")]
+    filters: list[tuple[str, Callable[[Completion], bool]]] = [("cut_off", lambda c: c.finish_reason != "length"),
+                                                               ("empty", lambda c: bool(finished_text(c).strip()))]
     if check_arithmetic:
         filters.append(("arithmetic", lambda c: computes_right(finished_text(c))))
     for name, keep in filters:
