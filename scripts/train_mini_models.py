@@ -1131,7 +1131,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--seed must be >= 0, got {args.seed}")
     highest = highest_data_seed(args, args.seed)
     if highest >= TRAIN_SEEDS.stop:
-        largest = next(seed for seed in range(args.seed, -1, -1) if highest_data_seed(args, seed) < TRAIN_SEEDS.stop)
+        # Every term grows with the seed by at most 10_000 a step, so the largest seed that fits is found at once.
+        largest = next((seed for seed in range(min(args.seed, TRAIN_SEEDS.stop // 10_000), -1, -1)
+                        if highest_data_seed(args, seed) < TRAIN_SEEDS.stop), None)
+        if largest is None:
+            parser.error(f"the step counts draw training problems up to seed {highest_data_seed(args, 0)} even at "
+                         f"--seed 0, outside TRAIN_SEEDS [{TRAIN_SEEDS.start}, {TRAIN_SEEDS.stop}) where the held-out "
+                         "problems live: use fewer steps")
         parser.error(f"--seed {args.seed} would draw training problems from seed {highest}, outside TRAIN_SEEDS "
                      f"[{TRAIN_SEEDS.start}, {TRAIN_SEEDS.stop}) where the held-out problems live; use a seed in "
                      f"[0, {largest}]")

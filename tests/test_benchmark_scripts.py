@@ -71,5 +71,8 @@ def test_training_refuses_every_seed_whose_data_would_reach_the_held_out_problem
     # The seed it suggests passes the check (the suggestion was once one past it); the next one does not.
     assert train.highest_data_seed(defaults, largest) < train.TRAIN_SEEDS.stop <= train.highest_data_seed(
         defaults, largest + 1)
+    for args in (["--stateful-steps", "300000"], ["--seed", "100000000"]):  # no seed fits; a far seed (it hung)
+        refused = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
     stateful_contexts = train.STATEFUL_SEED + (17 + 3) * 10_000
     assert train.highest_data_seed(defaults, 17) >= stateful_contexts >= train.TRAIN_SEEDS.stop

@@ -155,6 +155,7 @@ def sleep_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="print the notes as JSON")] = False,
 ) -> None:
     """Think about a context before its questions come (sleep-time compute); then `ttc solve Q --notes ID`."""
+    check_seed(seed)  # before a store is made or a model loads
     options = sleep_options(parse_options(option))
     check_context(context, None)
     session = make_session(backend, url, model, db, contextual=True)
@@ -342,7 +343,7 @@ def traces_list(
 ) -> None:
     """List recent traces."""
     with TraceStore(db, read_only=True) as store:
-        rows = store.list_traces(run_id=None if run is None else store.get_run(run).id, status=status, limit=limit)
+        rows = store.list_traces(run_id=run, status=status, limit=limit)
     table = Table()
     for col in ("id", "status", "strategy", "answer", "tokens", "question"):
         table.add_column(col)

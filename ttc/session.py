@@ -228,8 +228,8 @@ def check_seed(seed: object, count: int = 1) -> int | None:
     if seed is not None and (not is_int(seed) or seed < 0):
         raise ConfigError(f"seed must be an int >= 0 or None (a fresh one each run), got {seed!r}")
     if seed is not None and seed + max(count, 1) - 1 >= SEED_LIMIT:
-        raise ConfigError(f"question i is seeded seed + i, and seed {seed} + {max(count, 1) - 1} reaches 2**63, "
-                          "which the trace store cannot keep: use a smaller seed")
+        which = f"question i is seeded seed + i, and seed {seed} + {count - 1}" if count > 1 else f"seed {seed}"
+        raise ConfigError(f"{which} reaches 2**63, which the trace store cannot keep: use a smaller seed")
     return seed
 
 

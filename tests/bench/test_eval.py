@@ -211,9 +211,24 @@ async def test_golds_and_seeds_a_run_cannot_use_are_refused_before_it_opens(tmp_
         with pytest.raises(ConfigError, match="a non-empty one"):
             await evaluate([Problem("q", gold=" ", index=0)], Budget(tokens=200), session, strategy="best_of_n",
                            options={}, seed=0)
-        with pytest.raises(ConfigError, match=r"seed 9223372036854775807 \+ index 3 \(the last\) reaches 2\*\*63"):
+        with pytest.raises(ConfigError, match=r"seed 9223372036854775807 reaches 2\*\*63 at index 3 \(the last\)"):
             await evaluate(plus_one(4), Budget(tokens=200), session, strategy="best_of_n", options={},
                            seed=(1 << 63) - 1)
         assert session.store is not None and session.store.list_runs() == []
+    finally:
+        await session.aclose()
+
+
+async def test_a_run_begun_before_evaluate_kept_its_own_settings_still_resumes(tmp_path: Path) -> None:
+    """Its stored config has no evaluate settings, so every comparison with them read as a changed setting."""
+    session = open_session(backend=ScriptedBackend(guessing_responder), store=str(tmp_path / "t.db"), verifier=None,
+                           prompt_template=None)
+    try:
+        assert session.store is not None
+        config = {"dataset": "d", "strategy": "best_of_n"}
+        run_id = session.store.create_run(kind="eval", config=config)
+        report = await evaluate(plus_one(2), Budget(tokens=200), session, strategy="best_of_n", options={"n": 1},
+                                seed=0, config=config, resume=run_id)
+        assert (report.run_id, report.done) == (run_id, 2)
     finally:
         await session.aclose()

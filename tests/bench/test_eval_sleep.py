@@ -256,3 +256,16 @@ def test_the_command_line_refuses_a_sleep_budget_without_contexts_before_loading
     shown = subprocess.run([sys.executable, "-m", "ttc", "traces", "show", question.id], capture_output=True,
                            text=True, env=env, timeout=120)
     assert shown.returncode == 0 and "context: " in shown.stdout, shown.stdout + shown.stderr
+
+
+async def test_a_seed_whose_sleep_runs_pass_2_63_is_refused_before_the_run_opens(tmp_path: Path) -> None:
+    """A context's sleep run is seeded seed + 2**30 + i: each failed to be stored, and the run ended at 0.0."""
+    session = scripted(tmp_path)
+    problems = stateful(3)
+    try:
+        with pytest.raises(ConfigError, match=r"its context at seed \+ 2\*\*30 \+ i.*reaches 2\*\*63"):
+            await evaluate(problems, Budget(tokens=60), session, strategy="best_of_n", options=GREEDY,
+                           seed=(1 << 63) - 1 - (1 << 30) - 1, sleep=Budget(tokens=40), sleep_opts={"max_tokens": 40})
+        assert session.store is not None and session.store.list_runs() == []
+    finally:
+        await session.aclose()

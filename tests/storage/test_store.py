@@ -105,6 +105,7 @@ def test_a_run_is_found_by_a_unique_prefix_of_its_id(store: TraceStore, db_path:
     """Tables show the first characters of a run's id; ``--run`` and ``--resume`` take them."""
     runs = [store.create_run(kind="eval", config={"n": n}) for n in range(2)]
     assert store.get_run(runs[0][:8]).id == runs[0]
+    assert store.list_traces(run_id=runs[0][:8]) == []  # found, and empty
     with pytest.raises(StorageError, match=r"no run .*unique prefixes of at least 6"):
         store.get_run(runs[0][:5])
     with sqlite3.connect(db_path) as raw:  # give both runs the same first characters
@@ -156,11 +157,13 @@ def test_list_traces_without_a_limit_gives_every_trace_of_a_run(store: TraceStor
 
 
 def test_list_traces_of_an_unknown_run_is_an_error_not_an_empty_list(store: TraceStore) -> None:
-    """A mistyped or shortened run id listed nothing, exactly like a run without traces."""
+    """A mistyped run id listed nothing, exactly like a run without traces; a shortened one names its run."""
     run_id = store.create_run(kind="eval", config={})
     assert store.list_traces(run_id=run_id) == []  # a real run with no traces yet is simply empty
+    assert store.list_traces(run_id=run_id[:8]) == []  # its unique prefix names it
+    mistyped = "0" * 8 if not run_id.startswith("0") else "f" * 8
     with pytest.raises(StorageError, match=r"no run '.{8}' in .*ttc traces runs"):
-        store.list_traces(run_id=run_id[:8])
+        store.list_traces(run_id=mistyped)
 
 
 def test_runs_are_listed_with_their_counts(store: TraceStore) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ttc.budget import Meter
-from ttc.errors import ConfigError, VerifierError
+from ttc.errors import ConfigError
 from ttc.strategies.base import Context, make_strategy
 from ttc.testing import ScriptedBackend
 from ttc.trace import TraceRecorder
@@ -202,15 +202,15 @@ async def test_a_sample_without_an_answer_does_not_take_the_checked_vote_alone()
     assert select.payload["left_out"] == 0 and select.payload["failed"] == {"arithmetic": 2}
 
 
-async def test_weighted_vote_refuses_negative_scores_and_counts_when_every_score_is_zero() -> None:
-    backend = ScriptedBackend(texts("5", "5", "5", "6"))
-    with pytest.raises(VerifierError, match="scores must be >= 0"):
-        await make_strategy("best_of_n", {"n": 4}).run(
-            Problem("q"), Meter(Budget(tokens=100_000)), ctx_for(backend, verifier=AnswerScorer({"5": -1.0})))
-    for seed in range(6):  # all-zero weights once tied every answer and the seed's tie-break chose
-        ctx = ctx_for(ScriptedBackend(texts("5", "5", "5", "6")), seed=seed, verifier=AnswerScorer({}))
-        result = await make_strategy("best_of_n", {"n": 4}).run(Problem("q"), Meter(Budget(tokens=100_000)), ctx)
-        assert result.answer == "5"
+async def test_a_weighted_vote_where_no_score_is_above_zero_is_a_plain_count() -> None:
+    """Scores at or below 0 weigh nothing; where none weighs anything, the tie of every answer went to the seed's
+    tie-break, whatever the counts."""
+    for seed in range(6):
+        for table in ({}, {"5": -1.0, "6": -2.0}):  # all zero; all negative (a reward model's logits)
+            ctx = ctx_for(ScriptedBackend(texts("5", "5", "5", "6")), seed=seed, verifier=AnswerScorer(table))
+            result = await make_strategy("best_of_n", {"n": 4}).run(Problem("q"), Meter(Budget(tokens=100_000)),
+                                                                    ctx)
+            assert result.answer == "5"
 
 
 class NumpyScorer:

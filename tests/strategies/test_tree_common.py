@@ -320,12 +320,9 @@ async def test_a_path_score_that_overflows_is_a_verifier_error(name: str) -> Non
                          TablePRM(default=1e200))
 
 
-async def test_a_negative_path_score_is_refused_before_a_weighted_vote_spends_the_budget() -> None:
-    backend = ScriptedBackend(random_responder)
-    with pytest.raises(VerifierError, match="select='weighted_vote' weighs answers by path score"):
-        await run_search("beam", SEARCHES["beam"], backend, TablePRM(default=-0.5))
-    assert len(backend.calls) == 1
-    result, _, _ = await run_search("beam", {**SEARCHES["beam"], "select": "score"}, ScriptedBackend(random_responder),
+@pytest.mark.parametrize("select", ["weighted_vote", "score"])
+async def test_negative_path_scores_rank_and_vote_without_failing(select: str) -> None:
+    result, _, _ = await run_search("beam", {**SEARCHES["beam"], "select": select}, ScriptedBackend(random_responder),
                                     TablePRM(default=-0.5))
     assert result.answer is not None
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ttc.backends.base import MAX_THREADS, BackendStats, token_ids
 from ttc.backends.base import token_ids as token_ids_of  # detokenize's parameter shadows the name
-from ttc.errors import ConfigError
+from ttc.errors import BackendError, ConfigError
 from ttc.types import Completion, PromptLogprobs, Sampling, is_int
 
 if TYPE_CHECKING:
@@ -132,7 +132,8 @@ class LocalBackend:
             """Completions that came back to a caller who is gone hold KV that nobody else can release."""
             if isinstance(result, list):
                 held = [(*tokens, *c.token_ids) for c in result if isinstance(c, Completion)]
-                self._scheduler.call(lambda engine: [engine.release(ids) for ids in held], lambda _: None)
+                with contextlib.suppress(BackendError):  # a closed engine holds nothing any more
+                    self._scheduler.call(lambda engine: [engine.release(ids) for ids in held], lambda _: None)
 
         request = GenerationRequest(tokens, n, sampling, reply=_settle(loop, future, orphaned))
         self._scheduler.submit(request)

@@ -115,9 +115,11 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
     check_concurrency(concurrency)
     check_seed(seed)
     last = max(p.index or 0 for p in problems)
-    if seed + last >= SEED_LIMIT:
-        raise ConfigError(f"problem i is seeded seed + i, and seed {seed} + index {last} (the last) reaches 2**63, "
-                          "which the trace store cannot keep: use a smaller seed")
+    highest = seed + last + (SLEEP_SEED_OFFSET if sleep is not None else 0)  # a context's sleep run: see the offset
+    if highest >= SEED_LIMIT:
+        raise ConfigError(f"problem i is seeded seed + i{' (its context at seed + 2**30 + i)' if sleep else ''}, and "
+                          f"seed {seed} reaches 2**63 at index {last} (the last), which the trace store cannot "
+                          "keep: use a smaller seed")
     if check_budget_scope(budget_scope) == "batch":
         check_pooled(budget, 1, strategy=strategy, options=options, session=session)
     else:
@@ -316,6 +318,8 @@ def _check_same_settings(run_id: str, stored: Mapping[str, object], given: Mappi
     Only where the backend lives may change (a restarted server on another port): its name is not compared.
     """
     given = _flat(json.loads(json.dumps(dict(given), default=str)))  # as the store keeps it: tuples become lists
+    if RUN_SETTINGS not in stored:  # a run begun before evaluate kept its own settings: what it stored decides
+        given = {key: value for key, value in given.items() if not key.startswith(f"{RUN_SETTINGS}.")}
     stored = _flat(stored)
     differ = sorted(key for key in (stored.keys() | given.keys()) - {"backend"}
                     if stored.get(key) != given.get(key))

@@ -86,11 +86,12 @@ class Scheduler:
                 self._step()
         except Exception as exc:
             # Whatever stops the worker fails every request it holds, with the reason: their callers would otherwise
-            # wait for good. The next request starts a new worker.
-            self._shutdown(_as_backend_error(exc))
+            # wait for good. A request submitted from then on starts a new worker.
+            self._shutdown(_as_backend_error(exc), stopped=True)
             return
         except BaseException as exc:
-            self._shutdown(BackendError(f"the local engine's worker stopped: {type(exc).__name__}", kind="local"))
+            self._shutdown(BackendError(f"the local engine's worker stopped: {type(exc).__name__}", kind="local"),
+                           stopped=True)
             raise
         self._shutdown()
 
@@ -153,10 +154,15 @@ class Scheduler:
         except Exception as exc:
             self.engine.fail_all(_as_backend_error(exc))
 
-    def _shutdown(self, error: Exception | None = None) -> None:
+    def _shutdown(self, error: Exception | None = None, *, stopped: bool = False) -> None:
+        """Fail every request held. ``stopped``: the worker is ending on an error, not on close; it forgets itself
+        in the same lock as it takes the inbox, so a request submitted after this one starts a new worker instead of
+        waiting in an inbox no worker reads."""
         error = error or BackendError("the local engine was closed before this request finished", kind="local")
         self.engine.fail_all(error)
         with self._wake:
+            if stopped:
+                self._thread = None
             leftovers = list(self._inbox) + list(self._waiting)
             self._inbox.clear()
         self._waiting.clear()

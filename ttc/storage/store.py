@@ -477,28 +477,24 @@ class TraceStore:
 
     def list_traces(self, *, run_id: str | None = None, status: str | None = None,
                     limit: int | None = 50) -> list[TraceSummary]:
-        """The newest traces first, optionally of one run (which must exist) and/or one status.
+        """The newest traces first, optionally of one run (which must exist; an id or a unique prefix of it, as
+        tables show ids) and/or one status.
 
         ``limit=None`` lists every matching trace (all of a run's, say), with no cut-off.
         """
         _check_limit(limit, unlimited=True)
         if status is not None:
             _check_choice("trace status", status, TRACE_STATUSES)
-        if run_id is not None:
-            _check_id(run_id, "run")
-        query = select(TraceRow, ProblemRow).join(ProblemRow, TraceRow.problem_id == ProblemRow.id)
-        if run_id is not None:
-            query = query.where(TraceRow.run_id == run_id)
-        if status is not None:
-            query = query.where(TraceRow.status == status)
-        query = query.order_by(TraceRow.started_at.desc(), TraceRow.id)
-        if limit is not None:
-            query = query.limit(limit)
 
         def work(session: Session) -> list[TraceSummary]:
-            if run_id is not None and session.get(RunRow, run_id) is None:
-                raise NotFound(f"no run {run_id!r} in {self._location.describe()}; give a whole run id as "
-                                   "`ttc traces runs` shows it")
+            query = select(TraceRow, ProblemRow).join(ProblemRow, TraceRow.problem_id == ProblemRow.id)
+            if run_id is not None:
+                query = query.where(TraceRow.run_id == self._find_run(session, run_id).id)
+            if status is not None:
+                query = query.where(TraceRow.status == status)
+            query = query.order_by(TraceRow.started_at.desc(), TraceRow.id)
+            if limit is not None:
+                query = query.limit(limit)
             return [_trace_summary(trace, problem) for trace, problem in session.execute(query)]
 
         return self._read(work, "listing traces")

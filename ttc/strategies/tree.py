@@ -349,11 +349,6 @@ class SearchTree:
                 raise VerifierError(f"the path of node {node.id} scores {node.score!r} under aggregate="
                                     f"{self.aggregation!r} of its step scores {list(node.step_scores)}: path scores "
                                     "must be finite; use aggregate='min' or 'last', or a verifier scoring in [0, 1]")
-            if node.score < 0 and self.options.select == "weighted_vote":
-                # Refused now, not once the budget is spent on leaves that the final vote cannot weigh.
-                raise VerifierError(f"the path of node {node.id} scores {node.score!r}: select='weighted_vote' "
-                                    "weighs answers by path score and needs scores >= 0 (a probability); use "
-                                    "select='score', or a verifier whose scores are >= 0")
             self.ctx.recorder.update(node.id, step_scores=node.step_scores, score=node.score)
 
     async def _finish(self, node: StepNode) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from ttc.errors import ConfigError, VerifierError
+from ttc.errors import ConfigError
 from ttc.verifiers.answer import normalize_answer
 
 
@@ -53,17 +53,12 @@ def _checked_weights(answers: Sequence[str | None], weights: Sequence[float] | N
 def vote_weights(scores: Sequence[float | None]) -> list[float]:
     """Verifier scores as the weights of a weighted vote.
 
-    A weight is a share of belief, so a negative score has no meaning as one: it is refused (a verifier scoring
-    log-probabilities ranks solutions with ``select="score"``). An unscored candidate weighs 1. Where every
-    weight is 0 the verifier prefers nothing, and the vote is a plain count: all-zero weights would tie every
-    answer and leave the winner to the tie-break, whatever the counts.
+    A weight is a share of belief: a negative score (a reward model's logit) weighs nothing, as 0 does, and an
+    unscored candidate weighs 1. Where every weight is 0 the verifier prefers nothing, and the vote is a plain
+    count: all-zero weights would tie every answer and leave the winner to the tie-break, whatever the counts.
+    Rank by ``select="score"`` to use such scores' order rather than their size.
     """
-    for index, score in enumerate(scores):
-        if score is not None and score < 0:
-            raise VerifierError(f"a weighted vote weighs answers by their verifier scores, and candidate #{index} "
-                                f"scored {score!r}: scores must be >= 0 for it (a probability); rank by score "
-                                "with select='score', or use a verifier whose scores are >= 0")
-    weights = [1.0 if score is None else float(score) for score in scores]
+    weights = [1.0 if score is None else max(float(score), 0.0) for score in scores]
     return weights if any(weights) else [1.0] * len(weights)
 
 
