@@ -250,3 +250,10 @@ def test_an_empty_draft_is_not_kept_while_another_wrote_notes() -> None:
     notes = sleep("Ann has 3 pens. Bob has 4 pens.", 4000, backend=ScriptedBackend(["", "Ann: 3\n", "Bob: 4\n"]),
                   store=False, n=3, max_tokens=50, seed=0)
     assert notes.text == "Ann: 3"
+
+
+def test_a_cut_off_draft_with_notes_is_kept_over_one_that_ended_empty() -> None:
+    notes = sleep("Ann has 3 pens. Bob has 4 pens.", 4000,
+                  backend=ScriptedBackend(["", "Ann: 3\nBob: 4 pens and more"]), store=False, n=2, max_tokens=12,
+                  seed=0)
+    assert notes.text == "Ann: 3"

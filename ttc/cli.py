@@ -24,7 +24,7 @@ from rich.text import Text
 
 from ttc.api import Session, check_budget_scope, open_session, solve_problem
 from ttc.bench.datasets import dataset_names, load_dataset
-from ttc.bench.eval import EvalReport, check_sleep, evaluate
+from ttc.bench.eval import EvalReport, check_run_seeds, check_sleep, evaluate
 from ttc.cli_render import render_trace, shown
 from ttc.errors import ConfigError, TTCError
 from ttc.pooled import check_pooled
@@ -228,6 +228,7 @@ def eval_cmd(
         check_pooled(Budget.of(budget), 1, strategy=strategy, options=options)
     sleep = None if sleep_budget is None else Budget.of(sleep_budget)
     check_sleep(problems, sleep, sleep_opts)  # before the model loads
+    check_run_seeds(problems, seed, sleeps=sleep is not None)
     contextual = any(p.context is not None for p in problems)
     # Questions about contexts go to the setup's model for contexts (the embedded default's stateful reasoner).
     session = make_session(backend, url, model, db, contextual=contextual)

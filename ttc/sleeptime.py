@@ -114,7 +114,8 @@ async def think(context: str, meter: Meter, ctx: Context, plan: dict[str, Any]) 
     if not text.strip():
         ctx.recorder.event("select", {"how": "consensus", "kept": None, "left_out": left_out,
                                       "failed_all": failed_all, "reason": "no draft finished a line"})
-        if not cut_off:  # the model ended its notes itself: a larger budget would buy the same nothing
+        if not any(c.finish_reason == "length" for c in completions):  # every draft ended itself, empty: more
+            # budget would buy the same nothing
             raise OutputError("the model wrote empty notes about the context (its drafts ended without a "
                                 "line): use a model that writes notes for this context template")
         longest = max(len(c.token_ids) for c in completions)  # what the budget let a draft write, not the cap
@@ -135,8 +136,9 @@ def _eligible(completions: Sequence[Completion],
     eligible = list(range(len(completions)))
     left_out: dict[str, int] = {}
     failed_all: list[str] = []
-    filters: list[tuple[str, Callable[[Completion], bool]]] = [("cut_off", lambda c: c.finish_reason != "length"),
-                                                               ("empty", lambda c: bool(finished_text(c).strip()))]
+    # Empty first: a cut-off draft with finished lines is notes, a draft that ended with none is not.
+    filters: list[tuple[str, Callable[[Completion], bool]]] = [("empty", lambda c: bool(finished_text(c).strip())),
+                                                               ("cut_off", lambda c: c.finish_reason != "length")]
     if check_arithmetic:
         filters.append(("arithmetic", lambda c: computes_right(finished_text(c))))
     for name, keep in filters:

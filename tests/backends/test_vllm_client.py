@@ -687,7 +687,29 @@ async def test_every_replica_refusing_says_so_not_only_the_last_one_tried() -> N
 
     backend = make_backend(refuses, ["http://a:1", "http://b:2"], retries=2)
     try:
-        with pytest.raises(BackendError, match=r"could not reach any of 2 vLLM replicas \(the last tried below\)"):
+        with pytest.raises(BackendError, match=r"could not reach any of the 2 vLLM replicas \(the last tried below\)"):
             await backend.complete([1, 2], 1, Sampling(max_tokens=2))
+    finally:
+        await backend.aclose()
+
+
+async def test_a_refusal_after_other_replicas_answered_is_not_called_every_replica_refusing() -> None:
+    """Two replicas answered 503 and the third was never tried, yet the error said none could be reached."""
+    fake = FakeVLLM()
+    refusals = {"n": 0}
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path != "/v1/completions":
+            return await fake(request)
+        if request.url.host == "a" and refusals["n"]:
+            raise httpx.ConnectError("connection refused")
+        refusals["n"] += 1
+        return httpx.Response(503, json={"detail": "busy"})
+
+    backend = make_backend(handler, ["http://a:1", "http://b:2", "http://c:3"], retries=2)
+    try:
+        with pytest.raises(BackendError) as caught:
+            await backend.complete([1, 2], 1, Sampling(max_tokens=2))
+        assert "any of the" not in str(caught.value)
     finally:
         await backend.aclose()

@@ -510,3 +510,13 @@ def test_bad_input_on_an_existing_store_is_one_line_naming_the_input(
     assert "changed outside ttc" not in proc.stderr
     with TraceStore(tmp_path / "e.db") as store:
         assert store.list_traces() == []  # nothing was started to fail on it
+
+
+def test_eval_checks_its_sleep_runs_seeds_before_it_makes_a_store(tmp_path: Path) -> None:
+    data = tmp_path / "ctx.jsonl"
+    data.write_text('{"context": "Meg has 13 cups.", "question": "How many cups does Meg have?", "answer": "13"}\n',
+                    encoding="utf-8")
+    proc = run_ttc("eval", "--dataset", str(data), "--backend", "scripted", "--seed", str((1 << 63) - 1000),
+                   "--sleep-budget", "100", db=tmp_path / "e.db", check=False)
+    assert proc.returncode == 2 and "its context at seed + 2**30 + i" in proc.stderr, proc.stderr
+    assert not (tmp_path / "e.db").exists()

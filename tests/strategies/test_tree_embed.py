@@ -154,5 +154,8 @@ def test_asking_for_as_many_clusters_as_steps_keeps_identical_steps_together() -
     assert cluster(np.array([a, a, a, b]), n_clusters=4) == [0, 0, 0, 1]
     assert cluster(np.array([a, a, a, b]), n_clusters=9) == [0, 0, 0, 1]
     assert cluster(np.array([zero, zero, a]), n_clusters=3) == [0, 1, 2]  # empty steps are far from everything
+    # Identical rows came out 2e-16 apart while two rows differing in the 8th digit clipped to 0: the cut split the
+    # identical pair and merged the other.
+    assert cluster(np.array([a, a, b, [1e-8, 1.0, 0.0]]), n_clusters=4) == [0, 0, 1, 1]
     with pytest.raises(ConfigError, match="n_clusters must be an int >= 1"):
         cluster(np.array([a, b]), n_clusters=0)

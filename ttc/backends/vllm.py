@@ -251,6 +251,7 @@ class VLLMBackend:
         state = self._loop_state()
         attempts = self.retries + 1 if retry else 1
         previous: Replica | None = None
+        refused: set[str] = set()  # the replicas that could not be reached, for the error where none could
         for attempt in range(attempts):
             target = replica or self._router.pick(prompt, avoid=previous)
             url = target.url + path
@@ -259,9 +260,10 @@ class VLLMBackend:
                 response = await self._exchange(state, target, method, url, body)
             except _UNREACHABLE as exc:
                 self._router.mark_down(target)
+                refused.add(target.url)
                 if final:
-                    tried = 1 if replica is not None else min(len(self.urls), attempts)
-                    raise connection_error(exc, kind=kind, url=url, attempts=attempts, replicas=tried) from exc
+                    every = len(refused) if replica is None and len(refused) == len(self.urls) else 1
+                    raise connection_error(exc, kind=kind, url=url, attempts=attempts, replicas=every) from exc
                 if not self._router.has_alternative(target) or replica is not None:
                     await asyncio.sleep(self._backoff.delay(attempt))
             except _BROKEN as exc:

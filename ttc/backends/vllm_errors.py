@@ -82,7 +82,7 @@ def connection_error(exc: Exception, *, kind: str, url: str, attempts: int, reac
             f"{exc or 'no detail'} (did it crash or restart? its log says why)",
             url=url, kind=kind, retryable=True,
         )
-    which = "the vLLM server" if replicas == 1 else f"any of {replicas} vLLM replicas (the last tried below)"
+    which = "the vLLM server" if replicas == 1 else f"any of the {replicas} vLLM replicas (the last tried below)"
     return BackendError(
         f"could not reach {which} after {attempts} attempt(s): {type(exc).__name__}: {exc or 'no detail'} "
         "(is it running, and is the URL right?)",

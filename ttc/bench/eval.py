@@ -113,13 +113,7 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
     for problem in problems:
         question_prompt(problem, session)  # a context this session cannot ask about is refused before the run opens
     check_concurrency(concurrency)
-    check_seed(seed)
-    last = max(p.index or 0 for p in problems)
-    highest = seed + last + (SLEEP_SEED_OFFSET if sleep is not None else 0)  # a context's sleep run: see the offset
-    if highest >= SEED_LIMIT:
-        raise ConfigError(f"problem i is seeded seed + i{' (its context at seed + 2**30 + i)' if sleep else ''}, and "
-                          f"seed {seed} reaches 2**63 at index {last} (the last), which the trace store cannot "
-                          "keep: use a smaller seed")
+    check_run_seeds(problems, seed, sleeps=sleep is not None)
     if check_budget_scope(budget_scope) == "batch":
         check_pooled(budget, 1, strategy=strategy, options=options, session=session)
     else:
@@ -210,6 +204,18 @@ async def _solve_all(todo: Sequence[Problem], budget: Budget, session: Session, 
         await pooled()
     else:
         await bounded_gather([partial(one, p) for p in todo], concurrency)
+
+
+def check_run_seeds(problems: Sequence[Problem], seed: int, *, sleeps: bool) -> None:
+    """Refuse a seed that some problem's run (or, with ``sleeps``, its context's sleep run) would take past what the
+    trace store keeps; ``ttc eval`` asks before it makes a store or loads a model."""
+    check_seed(seed)
+    last = max((p.index or 0 for p in problems), default=0)
+    highest = seed + last + (SLEEP_SEED_OFFSET if sleeps else 0)  # a context's sleep run: see the offset
+    if highest >= SEED_LIMIT:
+        raise ConfigError(f"problem i is seeded seed + i{' (its context at seed + 2**30 + i)' if sleeps else ''}, "
+                          f"and seed {seed} reaches 2**63 at index {last} (the last), which the trace store cannot "
+                          "keep: use a smaller seed")
 
 
 def check_sleep(problems: Sequence[Problem], sleep: Budget | None,
@@ -391,5 +397,5 @@ def summarize(store: TraceStore, run_id: str, *, total: int, wall_s: float,
                       sleep_tokens=sum(slept.values()), unanswered=sum(s.answer is None for s in done.values()))
 
 
-__all__ = ["RUN_SETTINGS", "SLEEP_SEED_OFFSET", "EvalReport", "check_sleep", "evaluate", "model_identity",
-           "summarize", "think_first"]
+__all__ = ["RUN_SETTINGS", "SLEEP_SEED_OFFSET", "EvalReport", "check_run_seeds", "check_sleep", "evaluate",
+           "model_identity", "summarize", "think_first"]

@@ -165,7 +165,7 @@ class Scheduler:
                 self._thread = None
             leftovers = list(self._inbox) + list(self._waiting)
             self._inbox.clear()
-        self._waiting.clear()
+            self._waiting.clear()  # in the lock: once it is released, a new worker may queue requests here
         for item in leftovers:
             item.reply(error)
 

@@ -181,6 +181,10 @@ async def embed_steps(embedder: AnyEmbedder, texts: Sequence[str],
     return vectors
 
 
+SAME_DIRECTION = 1e-12
+"""Cosine distance below which two steps point the same way: float rounding leaves identical steps 1e-16 apart."""
+
+
 def cluster(vectors: FloatArray, *, threshold: float | None = None, n_clusters: int | None = None) -> list[int]:
     """Average-linkage agglomerative clusters under cosine distance; labels 0.. in order of first appearance.
 
@@ -198,6 +202,7 @@ def cluster(vectors: FloatArray, *, threshold: float | None = None, n_clusters: 
         raise ConfigError(f"n_clusters must be an int >= 1, got {n_clusters!r}")
     # Imported here: scipy's clustering takes a second to import, and only ETS needs it.
     from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.sparse.csgraph import connected_components
     from scipy.spatial.distance import squareform
 
     problem = _vector_problem(vectors, count, "vectors")
@@ -205,23 +210,21 @@ def cluster(vectors: FloatArray, *, threshold: float | None = None, n_clusters: 
         raise ConfigError(f"cluster needs one finite vector per row, got vectors that are {problem}")
     unit = _normalised(np.asarray(vectors, dtype=np.float64))
     distance = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
+    # Steps closer than rounding are one direction, at distance exactly 0 (identical steps came out 2e-16 apart,
+    # while two different ones clipped to 0): they merge first, and no cut separates them.
+    same = distance <= SAME_DIRECTION
+    distance[same] = 0.0
     np.fill_diagonal(distance, 0.0)
     tree = linkage(squareform(distance, checks=False), method="average")
     if n_clusters is not None:
-        # Never more clusters than there are different steps: asked for as many as there are steps, maxclust
+        # Never more clusters than there are different directions: asked for as many as there are steps, maxclust
         # gives each its own, and identical steps would count as different paths.
-        raw = fcluster(tree, t=min(n_clusters, _different(unit)), criterion="maxclust")
+        directions, _ = connected_components(same, directed=False)
+        raw = fcluster(tree, t=min(n_clusters, directions), criterion="maxclust")
     else:
         raw = fcluster(tree, t=threshold, criterion="distance")
     relabel: dict[int, int] = {}
     return [relabel.setdefault(int(label), len(relabel)) for label in raw]
-
-
-def _different(unit: np.ndarray) -> int:
-    """How many different directions the unit rows hold (each zero row counts alone: it is at distance 1 from
-    everything, another zero row too)."""
-    zero = ~unit.any(axis=1)
-    return int(zero.sum()) + len(np.unique(np.round(unit[~zero], 9), axis=0))
 
 
 def _vector_problem(raw: object, rows: int, of: str) -> str | None:
