@@ -156,6 +156,15 @@ def test_asking_for_as_many_clusters_as_steps_keeps_identical_steps_together() -
     assert cluster(np.array([zero, zero, a]), n_clusters=3) == [0, 1, 2]  # empty steps are far from everything
     # Identical rows came out 2e-16 apart while two rows differing in the 8th digit clipped to 0: the cut split the
     # identical pair and merged the other.
-    assert cluster(np.array([a, a, b, [1e-8, 1.0, 0.0]]), n_clusters=4) == [0, 0, 1, 1]
+    rng = np.random.default_rng(0)
+    for _ in range(1000):  # a step whose copy rounds to a distance above 0 from it
+        step = rng.normal(size=8)
+        unit = step / np.linalg.norm(step)
+        if 1.0 - float(unit @ unit) > 0:
+            break
+    other = rng.normal(size=8)
+    nearly = other.copy()
+    nearly[0] += 1e-8
+    assert cluster(np.array([step, step, other, nearly]), n_clusters=4) == [0, 0, 1, 1]
     with pytest.raises(ConfigError, match="n_clusters must be an int >= 1"):
         cluster(np.array([a, b]), n_clusters=0)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import numbers
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +30,6 @@ import numpy as np
 import numpy.typing as npt
 
 from ttc.errors import BackendError, ConfigError
-from ttc.types import is_int
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -198,7 +198,8 @@ def cluster(vectors: FloatArray, *, threshold: float | None = None, n_clusters: 
         return [0]
     if n_clusters is None and threshold is None:
         raise ConfigError("cluster needs a distance threshold or a number of clusters")
-    if n_clusters is not None and (not is_int(n_clusters) or n_clusters < 1):
+    if n_clusters is not None and (not isinstance(n_clusters, numbers.Integral) or isinstance(n_clusters, bool)
+                                   or n_clusters < 1):  # a numpy integer is one too
         raise ConfigError(f"n_clusters must be an int >= 1, got {n_clusters!r}")
     # Imported here: scipy's clustering takes a second to import, and only ETS needs it.
     from scipy.cluster.hierarchy import fcluster, linkage
