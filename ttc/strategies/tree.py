@@ -51,6 +51,7 @@ TreeSelection = Literal["score", "weighted_vote"]
 NO_PROCESS_VERIFIER = ("tree searches score every step with a process verifier: pass one, e.g. solve(..., "
                        "verifier=prm) with a ProcessVerifier (score_steps)")
 
+
 class TreeSearchOptions(StrategyOptions):
     """Options every step-level search shares."""
 
