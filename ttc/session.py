@@ -28,7 +28,7 @@ from ttc.storage.convert import stored_meta
 from ttc.strategies.base import Context, StrategyResult
 from ttc.strategies.synthesis import PATH_TEMPLATE, SYNTHESIS_TEMPLATE
 from ttc.trace import TraceRecorder
-from ttc.types import Budget, Notes, Problem, Result, TraceEvent, Usage, is_int
+from ttc.types import Budget, Notes, Problem, Result, TraceEvent, Usage, check_unicode, is_int
 from ttc.verifiers.base import OutcomeVerifier, ProcessVerifier, StepwiseOutcome
 
 T = TypeVar("T")
@@ -205,16 +205,6 @@ def check_prompts(prompts: object) -> list[str]:
         raise ConfigError(f"prompts must be a list of question strings, got {type(prompts).__name__}; use "
                           "ttc.solve for one question")
     return [check_prompt(p) for p in prompts]
-
-
-def check_unicode(text: str, name: str) -> None:
-    """Refuse a lone surrogate (text decoded from bytes with ``surrogateescape``): no store or tokenizer can
-    encode it."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ConfigError(f"{name} is not valid Unicode text (a lone surrogate at position {exc.start}): decode "
-                          "the bytes it came from with their real encoding") from None
 
 
 SEED_LIMIT = 1 << 63

@@ -134,6 +134,16 @@ class Sampling:
                               "set a temperature > 0, or distinct=False")
 
 
+def check_unicode(text: str, name: str) -> None:
+    """Refuse a lone surrogate (text decoded from bytes with ``surrogateescape``): no store or tokenizer can
+    encode it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(f"{name} is not valid Unicode text (a lone surrogate at position {exc.start}): decode "
+                          "the bytes it came from with their real encoding") from None
+
+
 def is_int(value: object) -> TypeGuard[int]:
     """An int and not a bool: ``True`` would otherwise pass every count check as 1."""
     return isinstance(value, int) and not isinstance(value, bool)
@@ -280,6 +290,7 @@ __all__ = [
     "Sampling",
     "TraceEvent",
     "Usage",
+    "check_unicode",
     "is_int",
     "is_number",
 ]

@@ -489,8 +489,8 @@ def test_a_run_is_named_by_the_prefix_the_tables_show(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("traces", "show", "abc\udcffdef"), "the trace id 'abc\\udcffdef' holds a character that is not text"),
-        (("traces", "list", "--run", "abc\udcffdef"), "the run id 'abc\\udcffdef' holds a character that is not text"),
+        (("traces", "show", "abc\udcffdef"), "the trace id 'abc\\udcffdef' is not valid Unicode text"),
+        (("traces", "list", "--run", "abc\udcffdef"), "the run id 'abc\\udcffdef' is not valid Unicode text"),
         (("traces", "list", "--limit", "9223372036854775808"), "limit must be a positive int below 2**63"),
         (("traces", "runs", "--limit", "9223372036854775808"), "limit must be a positive int below 2**63"),
         (("view", "--host", "", "--port", "0"), "--host must name an address, got ''"),

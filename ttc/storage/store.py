@@ -52,7 +52,7 @@ from ttc.storage.models import (
 )
 from ttc.storage.records import RunSummary, TraceRecord, TraceSummary
 from ttc.storage.writer import Writer
-from ttc.types import Budget, Node, Problem, Result, TraceEvent, is_int
+from ttc.types import Budget, Node, Problem, Result, TraceEvent, check_unicode, is_int
 
 T = TypeVar("T")
 RowT = TypeVar("RowT", RunRow, TraceRow)
@@ -91,11 +91,7 @@ def _check_id(value: object, what: str) -> None:
     terminal) failed in the query and read as a damaged database."""
     if not isinstance(value, str):
         raise ConfigError(f"a {what} id is a string, got {type(value).__name__}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ConfigError(f"the {what} id {value!r} holds a character that is not text; copy the id again from "
-                          f"`ttc traces {'runs' if what == 'run' else 'list'}`") from None
+    check_unicode(value, f"the {what} id {value!r}")
 
 
 def _check_limit(limit: int | None, *, unlimited: bool = False) -> None:
