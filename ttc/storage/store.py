@@ -516,17 +516,7 @@ class TraceStore:
 
     def done_problem_indices(self, run_id: str) -> set[int]:
         """Indices of the problems a run has finished, so a resumed eval skips them."""
-        query = (
-            select(ProblemRow.index)
-            .join(TraceRow, TraceRow.problem_id == ProblemRow.id)
-            .where(TraceRow.run_id == run_id, TraceRow.status == "done", ProblemRow.index.is_not(None))
-            .distinct()
-        )
-
-        def work(session: Session) -> set[int]:
-            return {index for index in session.scalars(query) if index is not None}
-
-        return self._read(work, f"reading finished problems of run {run_id}")
+        return set(self.done_problem_ids(run_id))
 
     def done_problem_ids(self, run_id: str) -> dict[int, str]:
         """Each finished problem's index and problem id (its content hash), so a resume can tell that the problem
