@@ -114,10 +114,10 @@ async def think(context: str, meter: Meter, ctx: Context, plan: dict[str, Any]) 
     if not text.strip():
         ctx.recorder.event("select", {"how": "consensus", "kept": None, "left_out": left_out,
                                       "failed_all": failed_all, "reason": "no draft finished a line"})
-        if not any(c.finish_reason == "length" for c in completions):  # every draft ended itself, empty: more
-            # budget would buy the same nothing
-            raise OutputError("the model wrote empty notes about the context (its drafts ended without a "
-                                "line): use a model that writes notes for this context template")
+        if not any(c.finish_reason == "length" for c in completions):
+            # Every draft ended itself, empty: a larger budget would buy the same nothing.
+            raise OutputError("the model wrote empty notes about the context (its drafts ended without a line): "
+                              "use a model that writes notes for this context template")
         longest = max(len(c.token_ids) for c in completions)  # what the budget let a draft write, not the cap
         raise BudgetExhausted(f"no draft of the notes finished a line within {longest} tokens (max_tokens "
                               f"{plan['max_tokens']}): raise the sleep budget (or max_tokens)")

@@ -126,13 +126,13 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
     run_id = _open_run(store, resume, {**(config or {}), RUN_SETTINGS: settings}, problems)
     done_before = store.done_problem_indices(run_id)
     todo = [p for p in problems if p.index not in done_before]
-    given = session.run_id, session.extra_events, session.notes
+    given_run, given_events, given_notes = session.run_id, session.extra_events, session.notes
     session.run_id = run_id
     session.extra_events = _grade_event
     started = time.monotonic()
     errors: list[str] = []
     before = await cache_snapshot(session.setup.backend)
-    session.notes = dict(given[2])  # this run's sleep runs add to a copy: a later run on the session starts over
+    session.notes = dict(given_notes)  # this run's sleep runs add to a copy: a later run on the session starts over
     try:
         if sleep is not None and thinking is not None:
             unthought = await think_first(problems, todo, sleep, thinking, session, seed=seed,
@@ -152,7 +152,7 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
         raise
     finally:
         # The session is left as it was found: a later solve on it belongs to no run and is graded by no one.
-        session.run_id, session.extra_events, session.notes = given
+        session.run_id, session.extra_events, session.notes = given_run, given_events, given_notes
 
     hit_rate = await cache_hit_rate(session.setup.backend, before)
     report = summarize(store, run_id, total=len(problems), wall_s=time.monotonic() - started, errors=errors,
