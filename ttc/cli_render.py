@@ -82,9 +82,12 @@ def render_trace(console: Console, record: TraceRecord) -> None:
         console.print(Text.assemble(("error:", "red"), " ", shown(record.error)))
     console.print(Text.assemble(("answer:", "bold"), f" {shown(record.answer)}   score={record.score}"))
     u = record.usage
-    console.print(f"[bold]usage:[/bold] generated={u.generated_tokens} prompt={u.prompt_tokens} "
-                  f"cached={u.cached_prompt_tokens} verifier={u.verifier_tokens} calls={u.backend_calls} "
-                  f"peak_kv={u.peak_kv_tokens} wall={u.wall_s:.3f}s")
+    if u is None:
+        console.print("[bold]usage:[/bold] not recorded (the trace did not finish)")
+    else:
+        console.print(f"[bold]usage:[/bold] generated={u.generated_tokens} prompt={u.prompt_tokens} "
+                      f"cached={u.cached_prompt_tokens} verifier={u.verifier_tokens} calls={u.backend_calls} "
+                      f"peak_kv={u.peak_kv_tokens} wall={u.wall_s:.3f}s")
     for event in record.events:
         console.print(Text.assemble((f"{event.t:8.3f}s {event.kind}", "magenta"), " ", str(dict(event.payload))))
     console.print(build_tree(record))

@@ -30,7 +30,7 @@ from ttc.session import QuestionRun, Session, StoreArg, check_context, check_see
 from ttc.storage import TraceStore
 from ttc.strategies.base import TEMPERATURE, TOP_P, Context, StrategyOptions, StrategyResult, parse_options
 from ttc.strategies.sampling import draw
-from ttc.types import Budget, Candidate, Completion, Notes, Problem
+from ttc.types import Budget, Candidate, Completion, Notes, Problem, Usage
 from ttc.verifiers.arithmetic import computes_right
 
 SLEEP = "sleep"
@@ -218,8 +218,8 @@ def load_notes(trace_id: str, *, store: TraceStore | str | os.PathLike[str] | No
                        "ttc.sleep (or `ttc sleep`) printed")
     if record.status != "done":
         raise NotFound(f"sleep trace {record.id} is {record.status!r}, so it has no notes to use: sleep again")
-    return Notes(context=record.problem.question, text=record.text or "", usage=record.usage, trace_id=record.id,
-                 model=record.backend)
+    return Notes(context=record.problem.question, text=record.text or "", usage=record.usage or Usage(),
+                 trace_id=record.id, model=record.backend)
 
 
 __all__ = ["SLEEP", "SleepOptions", "agreement", "asleep", "load_notes", "plan_drafts", "sleep", "sleep_in_session",

@@ -331,7 +331,7 @@ def test_eval_killed_mid_run_resumes_without_duplicates(tmp_path: Path) -> None:
     assert 12 <= partial < 60, f"the run should have been killed mid-way, {partial} done"
     with TraceStore(str(db)) as store:
         [run] = store.list_runs()
-        assert run.status == "running"
+        assert run.status == "interrupted"  # its process is gone: nothing would ever finish it
     resumed = run_ttc("eval", "--dataset", "gsm8k", "--limit", "60", "--backend", "scripted", "--strategy",
                       "best_of_n", "-o", "n=2", "--budget", "200", "--resume", run.id, db=db)
     assert "accuracy" in resumed.stdout
@@ -340,6 +340,7 @@ def test_eval_killed_mid_run_resumes_without_duplicates(tmp_path: Path) -> None:
         indices = [t.problem_index for t in done]
         assert sorted(indices) == list(range(60)), "every problem done exactly once"
         assert not store.list_traces(run_id=run.id, status="running", limit=1000)
+        assert store.get_run(run.id).status == "done"
 
 
 def test_a_run_still_evaluated_by_a_live_process_is_not_resumed(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """A second process for the storage tests: it opens the same trace database as the test process.
 
-``store_worker.py DB crash``        opens a run and a trace, prints their ids as JSON, then waits to be killed.
+``store_worker.py DB crash``        opens (and claims) a run and a trace, prints their ids as JSON, then waits to be killed.
 ``store_worker.py DB write RUN N``  writes N complete traces into RUN, then prints "ok".
 """
 
@@ -20,6 +20,7 @@ def main() -> None:
     store = TraceStore(db)
     if mode == "crash":
         run_id = store.create_run(kind="eval", config={"who": "worker"})
+        store.claim_run(run_id)
         trace_id = store.start_trace(problem=make_problem(1), strategy="beam", budget=BUDGET, backend="worker",
                                      seed=1, run_id=run_id)
         print(json.dumps({"run_id": run_id, "trace_id": trace_id}), flush=True)

@@ -178,12 +178,18 @@ def test_a_killed_process_s_trace_is_failed_by_the_next_writer_on_its_host(
         assert (stale.status, stale.error) == ("failed", f"interrupted: process {process.pid} ended without "
                                                          "finishing it")
         assert stale.finished_at is not None
+        run = store.get_run(ids["run_id"])  # it read 'running' for good, though nothing would ever finish it
+        assert (run.status, run.finished_at is not None) == ("interrupted", True)
         mine = store.start_trace(problem=make_problem(2), strategy="s", budget=BUDGET, backend="b", seed=None)
     with TraceStore(str(db_path)) as again:  # this process is alive: its open trace is left alone
         assert again.get_trace(mine).status == "running"
         again.finish_trace(mine, result=make_result(mine, []), nodes=[], events=[])
     with sqlite3.connect(db_path) as raw:
         assert raw.execute("SELECT count(*) FROM trace_owners").fetchone() == (0,)
+        assert raw.execute("SELECT count(*) FROM run_leases").fetchone() == (0,)
+    with TraceStore(str(db_path)) as resumed:  # claiming it again puts it back in progress
+        resumed.claim_run(ids["run_id"])
+        assert resumed.get_run(ids["run_id"]).status == "running"
 
 
 def test_a_trace_of_a_process_on_another_host_is_left_to_mark_stale_running(
@@ -192,8 +198,10 @@ def test_a_trace_of_a_process_on_another_host_is_left_to_mark_stale_running(
     _, ids = _killed_worker(db_path, spawn_worker)
     with sqlite3.connect(db_path) as raw:  # as if the process had run on another machine
         raw.execute("UPDATE trace_owners SET host = 'elsewhere'")
+        raw.execute("UPDATE run_leases SET host = 'elsewhere'")
 
     with TraceStore(str(db_path)) as store:
+        assert store.get_run(ids["run_id"]).status == "running"
         trace = store.get_trace(ids["trace_id"])
         assert (trace.status, trace.run_id, trace.backend) == ("running", ids["run_id"], "worker")
         mine = store.start_trace(problem=make_problem(2), strategy="s", budget=BUDGET, backend="b", seed=None,

@@ -33,6 +33,24 @@ def test_a_dropped_table_is_refused_not_created_again_empty(tmp_path: Path) -> N
         assert "events" not in {row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 
+def test_a_store_from_before_the_later_tables_opens_and_gains_them(tmp_path: Path) -> None:
+    """Stores written before trace_owners and run_leases existed are whole: readers open them, writers add both."""
+    db = tmp_path / "t.db"
+    trace_id = _done_trace(db)
+    with sqlite3.connect(db) as raw:
+        raw.execute("DROP TABLE trace_owners")
+        raw.execute("DROP TABLE run_leases")
+    with TraceStore(str(db), read_only=True) as store:
+        assert store.get_trace(trace_id).status == "done"
+        assert store.list_runs() == []
+    with TraceStore(str(db)) as store:
+        run_id = store.create_run(kind="eval", name="after", config={})
+        store.claim_run(run_id)
+    with sqlite3.connect(db) as raw:
+        names = {row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"trace_owners", "run_leases"} <= names
+
+
 def test_a_dropped_column_is_refused_at_open(tmp_path: Path) -> None:
     db = tmp_path / "t.db"
     _done_trace(db)

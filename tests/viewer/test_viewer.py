@@ -124,6 +124,19 @@ def test_the_json_endpoint_is_the_export(viewer: Viewer) -> None:
     assert reply.json() == json.loads(json.dumps(strict_json(viewer.store.export_trace(viewer.searched), "t")))
 
 
+def test_a_failed_trace_shows_its_usage_as_not_recorded_rather_than_zero(viewer: Viewer) -> None:
+    """A failed trace has no usage row: zeros read as 'spent nothing', which a partial tree can contradict."""
+    record = viewer.store.get_trace(viewer.failed)
+    assert record.usage is None and record.to_json()["usage"] is None
+    assert viewer.client.get(f"/api/traces/{viewer.failed}").json()["usage"] is None
+    page = viewer.client.get(f"/traces/{viewer.failed}").text
+    assert "not recorded (the trace did not finish)" in page and "generated=0" not in page
+    assert "answer</th><td><span class=\"muted\">none</span>" in page and "None" not in page
+    done = viewer.store.get_trace(viewer.solved)
+    assert done.usage is not None and done.usage.generated_tokens > 0
+    assert f"generated={done.usage.generated_tokens}" in viewer.client.get(f"/traces/{viewer.solved}").text
+
+
 def test_unknown_ids_and_pages_are_404_with_the_stores_message(viewer: Viewer) -> None:
     missing = viewer.client.get("/traces/ffffffffff")
     assert missing.status_code == 404 and "no trace" in missing.text and "ttc traces list" in missing.text

@@ -389,7 +389,7 @@ def summarize(store: TraceStore, run_id: str, *, total: int, wall_s: float,
     tokens = 0
     for summary in done.values():
         record = store.get_trace(summary.id)
-        tokens += record.usage.generated_tokens
+        tokens += 0 if record.usage is None else record.usage.generated_tokens
         correct += any(e.kind == "grade" and e.payload.get("correct") is True for e in record.events)
     return EvalReport(run_id=run_id, total=total, done=len(done), failed=len(failed_indices - done.keys()),
                       correct=correct, mean_tokens=tokens / len(done) if done else 0.0, wall_s=wall_s,

@@ -29,7 +29,7 @@ from sqlalchemy.types import TypeDecorator
 SCHEMA_VERSION: Final = 1
 """Stored in SQLite's ``user_version``; a file written by a newer schema is refused rather than misread."""
 
-LATER_TABLES: Final = ("trace_owners",)
+LATER_TABLES: Final = ("trace_owners", "run_leases")
 """Tables added after schema 1 that older ttc ignores: a store without them is whole, and the next store opened
 for writing creates them."""
 

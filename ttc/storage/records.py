@@ -86,7 +86,8 @@ class TraceRecord:
     text: str | None
     score: float | None
     error: str | None
-    usage: Usage
+    usage: Usage | None
+    """None where the trace recorded none: a trace that failed or is still running has not counted its usage."""
     candidates: tuple[Candidate, ...]
     nodes: list[Node]
     events: list[TraceEvent]
@@ -107,7 +108,7 @@ class TraceRecord:
             text=self.text or "",
             score=self.score,
             strategy=self.strategy,
-            usage=self.usage,
+            usage=self.usage or Usage(),
             trace_id=self.id,
             candidates=self.candidates,
         )
@@ -128,7 +129,7 @@ class TraceRecord:
             "text": self.text,
             "score": self.score,
             "error": self.error,
-            "usage": asdict(self.usage),
+            "usage": None if self.usage is None else asdict(self.usage),
             "candidates": [asdict(candidate) for candidate in self.candidates],
             "nodes": [{**asdict(node), "step_scores": list(node.step_scores)} for node in self.nodes],
             "events": [{**asdict(event), "payload": dict(event.payload)} for event in self.events],

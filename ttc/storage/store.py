@@ -302,6 +302,9 @@ class TraceStore:
                 )
             connection.execute(delete(RunLeaseRow).where(RunLeaseRow.run_id == run_id))
             connection.execute(insert(RunLeaseRow).values(run_id=run_id, host=host, pid=pid, claimed_at=_now()))
+            # A resumed run is in progress again until it finishes, whatever ended its last attempt.
+            connection.execute(update(RunRow).where(RunRow.id == run_id)
+                               .values(status="running", summary=None, finished_at=None))
 
         self._submit(work, f"claiming run {run_id}").result()
 
@@ -578,10 +581,23 @@ def _ensure_problem(connection: Connection, values: dict[str, Any]) -> None:
 
 
 def _fail_orphans(connection: Connection) -> None:
-    """Fail the running traces whose process on this host is gone (see TraceOwnerRow); a process on another host
-    cannot be checked from here, so its traces are left as they are."""
+    """Fail the running traces, and interrupt the running runs, whose process on this host is gone (see
+    TraceOwnerRow and RunLeaseRow); a process on another host cannot be checked from here, so its traces and runs
+    are left as they are."""
+    host = socket.gethostname()
+    leases = connection.execute(
+        select(RunLeaseRow.run_id, RunLeaseRow.pid).where(RunLeaseRow.host == host)
+    ).all()
+    for run_id, pid in leases:
+        if _process_alive(pid):
+            continue
+        connection.execute(  # as a Ctrl-C leaves it: --resume finishes it
+            update(RunRow).where(RunRow.id == run_id, RunRow.status == "running")
+            .values(status="interrupted", summary={}, finished_at=_now())
+        )
+        connection.execute(delete(RunLeaseRow).where(RunLeaseRow.run_id == run_id))
     owners = connection.execute(
-        select(TraceOwnerRow.trace_id, TraceOwnerRow.pid).where(TraceOwnerRow.host == socket.gethostname())
+        select(TraceOwnerRow.trace_id, TraceOwnerRow.pid).where(TraceOwnerRow.host == host)
     ).all()
     for trace_id, pid in owners:
         if _process_alive(pid):
@@ -660,7 +676,7 @@ def _trace_record(trace: TraceRow, problem: ProblemRow, nodes: Sequence[NodeRow]
         id=trace.id, run_id=trace.run_id, status=trace.status, strategy=trace.strategy, backend=trace.backend,
         seed=trace.seed, budget=convert.budget_from(trace.budget), problem=convert.problem_from(problem),
         answer=trace.answer, text=trace.text, score=trace.score, error=trace.error,
-        usage=convert.usage_from(trace.usage), candidates=convert.candidates_from(trace.candidates),
+        usage=None if trace.usage is None else convert.usage_from(trace.usage), candidates=convert.candidates_from(trace.candidates),
         nodes=[convert.node_from(node) for node in nodes],
         events=[convert.event_from(event) for event in events],
         started_at=trace.started_at, finished_at=trace.finished_at,
