@@ -1,6 +1,7 @@
 """A second process for the storage tests: it opens the same trace database as the test process.
 
-``store_worker.py DB crash``        opens (and claims) a run and a trace, prints their ids as JSON, then waits to be killed.
+``store_worker.py DB crash``        opens (and claims) a run and a trace, prints their ids as JSON, then waits
+                                    to be killed.
 ``store_worker.py DB write RUN N``  writes N complete traces into RUN, then prints "ok".
 """
 

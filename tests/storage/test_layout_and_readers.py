@@ -88,6 +88,27 @@ def test_a_reader_creates_nothing_and_says_where_it_looked(tmp_path: Path) -> No
         TraceStore(str(other), read_only=True)
 
 
+def test_a_reader_of_an_sqlite_uri_creates_nothing_and_reads_what_is_there(tmp_path: Path) -> None:
+    """A file: URI skipped the reader's mode=ro, so a typo made an empty file and blamed it for holding no traces."""
+    db = tmp_path / "u.db"
+    with pytest.raises(StorageError, match="cannot open the trace database"):
+        TraceStore(f"sqlite:///file:{db}?uri=true", read_only=True)
+    assert not db.exists()
+    trace_id = _done_trace(db)
+    for url in (f"sqlite:///file:{db}?uri=true", f"sqlite:///file:{db}"):
+        with TraceStore(url, read_only=True) as store:
+            assert store.get_trace(trace_id).status == "done"
+
+
+def test_ttc_db_is_read_as_every_ttc_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """' /abs/t.db' made a folder named ' ' in the working directory and wrote the traces there."""
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "sub" / "t.db"
+    monkeypatch.setenv("TTC_DB", f"  {db}\n")
+    TraceStore().close()
+    assert db.is_file() and not (tmp_path / " ").exists()
+
+
 def test_a_reader_reads_without_writing(tmp_path: Path) -> None:
     db = tmp_path / "t.db"
     trace_id = _done_trace(db)

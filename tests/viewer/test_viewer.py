@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -202,6 +204,51 @@ def test_a_request_naming_another_host_is_refused(viewer: Viewer) -> None:
     page = viewer.client.get("/")
     assert "default-src 'none'" in page.headers["content-security-policy"]
     assert page.headers["x-frame-options"] == "DENY"
+
+
+def _serving(store: TraceStore, host: str) -> Iterator[httpx.Client]:
+    server = make_server(store, host, 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            yield client
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_any_loopback_address_is_guarded_and_ipv6_loopback_serves(viewer: Viewer) -> None:
+    """A viewer on 127.0.0.2 skipped the Host check (only 127.0.0.1 counted as loopback); ::1 could not bind."""
+    for client in _serving(viewer.store, "127.0.0.2"):
+        stranger = client.get(f"/api/traces/{viewer.solved}", headers={"Host": "attacker.example"})
+        assert stranger.status_code == 421
+        assert client.get("/").status_code == 200  # Host 127.0.0.2:PORT, a loopback address
+    if not socket.has_ipv6:
+        return
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        return  # this machine has no IPv6 loopback
+    for client in _serving(viewer.store, "::1"):
+        assert str(client.base_url).startswith("http://[::1]:")
+        assert client.get(f"/api/traces/{viewer.solved}").json()["id"] == viewer.solved
+        assert client.get("/", headers={"Host": "attacker.example"}).status_code == 421
+
+
+def test_a_client_that_hangs_up_mid_answer_is_let_go_quietly(viewer: Viewer, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Writing to a reset socket raised into the 'bug' path, which wrote a second answer and printed two
+    tracebacks."""
+    monkeypatch.setattr(viewer.store, "export_trace", lambda _id: {"text": "x" * 20_000_000})
+    host, port = viewer.server.server_address[:2]
+    with socket.create_connection((host, port)) as raw:
+        raw.sendall(b"GET /api/traces/anything HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert raw.recv(100).startswith(b"HTTP/1.0 200")
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+    monkeypatch.undo()
+    assert viewer.client.get(f"/api/traces/{viewer.solved}").status_code == 200  # still serving
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_sigterm_stops_a_viewer_started_with_sigint_ignored(tmp_path: Path) -> None:

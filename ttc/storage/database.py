@@ -66,7 +66,9 @@ def resolve_location(url: str | os.PathLike[str] | None, *, create: bool = True)
     ``create=False`` (a reader) makes no directory and refuses an SQLite file that is not there: a mistyped path
     should say so, not read as an empty store.
     """
-    given = os.fspath(url) if url is not None else os.environ.get(ENV_VAR) or None
+    # Read as every TTC_* variable is (ttc.config.env): " /data/t.db" means /data/t.db, not a folder named " " in
+    # the working directory, and a blank value means unset.
+    given = os.fspath(url) if url is not None else os.environ.get(ENV_VAR, "").strip() or None
     if given is not None and not given.strip():
         raise StorageError(f"the trace database path is empty: pass a file path or URL (or unset {ENV_VAR} to use "
                            f"the default, {default_path()})")
@@ -96,8 +98,8 @@ def _resolve(given: str | None) -> Location:
     database = parsed.database or ""
     if database in ("", ":memory:") or parsed.query.get("mode") == "memory":
         raise StorageError(_IN_MEMORY.format(given=given))
-    if database.startswith("file:"):
-        return Location(parsed, None)
+    if database.startswith("file:"):  # an SQLite URI: its query (mode=ro, cache=shared) is SQLite's to read
+        return Location(parsed.update_query_dict({"uri": "true"}), None)
     return _sqlite_file(Path(database).expanduser(), parsed)
 
 
@@ -138,6 +140,8 @@ def make_engine(location: Location, *, busy_timeout_s: float, writer: bool, own_
     """
     if not location.is_sqlite:
         return _create(location, pool_pre_ping=True)
+    if read_only and location.path is None:  # an SQLite URI: a reader opens it read-only too, creating nothing
+        location = Location(location.url.update_query_dict({"mode": "ro"}), None)
     connect_args: dict[str, Any] = {"timeout": busy_timeout_s, "check_same_thread": False}
     if location.path is None:
         connect_args["uri"] = True

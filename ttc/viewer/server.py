@@ -8,7 +8,9 @@ stack trace.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -20,8 +22,6 @@ from ttc.viewer.pages import error_page, index_page, trace_page
 
 DEFAULT_LIMIT = 200
 MAX_LIMIT = 10_000
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
-LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
 CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 """The pages are static HTML with one inline stylesheet and links: nothing else may load or run."""
 
@@ -32,22 +32,26 @@ class ViewerServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], store: TraceStore) -> None:
+        if ":" in address[0]:  # an IPv6 address: the base class binds IPv4 sockets only
+            self.address_family = socket.AF_INET6
         super().__init__(address, ViewerHandler)
         self.store = store
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}"
+        host, port = str(self.server_address[0]), self.server_address[1]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 class ViewerHandler(BaseHTTPRequestHandler):
     server: ViewerServer
+    _answered = False
 
     def do_GET(self) -> None:
         if not self._addressed_here():
             self._fail(HTTPStatus.MISDIRECTED_REQUEST, "the viewer answers only requests addressed to this machine "
-                       "(Host 127.0.0.1, localhost or [::1]); serve it with --host to reach it from elsewhere")
+                       "(Host localhost or a loopback address such as 127.0.0.1 or [::1]); serve it with --host to "
+                       "reach it from elsewhere")
             return
         parts = urlsplit(self.path)
         path = unquote(parts.path)
@@ -85,15 +89,18 @@ class ViewerHandler(BaseHTTPRequestHandler):
         """A viewer bound to loopback answers only requests naming a loopback host. A web page can point its own
         domain at 127.0.0.1 (DNS rebinding) and then read this machine's traces; its requests carry that domain in
         ``Host``, which is how they are told apart. A viewer bound elsewhere was exposed on purpose."""
-        if self.server.server_address[0] not in LOOPBACK:
+        if not _loopback(str(self.server.server_address[0])):
             return True
         host = self.headers.get("Host")
         if host is None:
             return True  # HTTP/1.0 without Host: not a browser, which always sends one
-        name = host.split("]")[0] + "]" if host.startswith("[") else host.rsplit(":", 1)[0]
-        return name.lower() in LOOPBACK_NAMES
+        name = host[1:].split("]")[0] if host.startswith("[") else host.rsplit(":", 1)[0]
+        return _loopback(name)
 
     def _fail(self, status: HTTPStatus, message: str) -> None:
+        if self._answered:  # the headers went out: a second answer would only garble the first
+            self.close_connection = True
+            return
         if self.path.startswith("/api/"):
             self._send(status, json.dumps({"error": message}), "application/json")
         else:
@@ -101,18 +108,33 @@ class ViewerHandler(BaseHTTPRequestHandler):
 
     def _send(self, status: HTTPStatus, body: str, content_type: str = "text/html; charset=utf-8") -> None:
         data = body.encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Content-Security-Policy", CSP)
-        self.send_header("X-Frame-Options", "DENY")
-        self.send_header("Referrer-Policy", "no-referrer")
-        self.end_headers()
-        self.wfile.write(data)
+        self._answered = True
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Content-Security-Policy", CSP)
+            self.send_header("X-Frame-Options", "DENY")
+            self.send_header("Referrer-Policy", "no-referrer")
+            self.end_headers()
+            self.wfile.write(data)
+        except ConnectionError:  # the client went away mid-answer: nobody is left to tell
+            self.close_connection = True
 
     def log_message(self, format: str, *args: object) -> None:
         """Quiet: a local viewer's access log would only bury the URL it printed."""
+
+
+def _loopback(name: str) -> bool:
+    """Whether ``name`` (an address or a Host header's name) can only mean this machine: ``localhost`` or a
+    loopback address such as 127.0.0.2 or ::1. A domain name is not, even one that resolves here."""
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _limit(raw: str | None) -> int:
