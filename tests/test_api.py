@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -183,10 +185,26 @@ def test_an_explicit_model_comes_before_the_environment(monkeypatch: pytest.Monk
         default_backend(model=tmp_path / "missing")
 
 
+def test_options_are_recorded_as_read_so_the_trace_can_be_written(tmp_path: Path) -> None:
+    """numpy's float32 passed validation, the question was solved, and then the trace's write failed on it."""
+    np = pytest.importorskip("numpy")
+    with TraceStore(str(tmp_path / "t.db")) as store:
+        for temperature in (np.float32(0.5), Fraction(1, 2), Decimal("0.5")):
+            result = solve("What is 1 + 1?", 64, backend=ScriptedBackend(["The answer is 2."]), store=store,
+                           strategy="best_of_n", n=2, temperature=temperature)
+            assert result.trace_id is not None and result.answer == "2"
+            [plan] = [e for e in store.get_trace(result.trace_id).events if e.kind == "plan"]
+            assert plan.payload["options"] == {"n": 2, "temperature": 0.5}
+
+
 def test_budget_type_errors() -> None:
     for limits in ({"wall_s": "5"}, {"calls": "3"}, {"calls": 2.5}, {"wall_s": True}, {"wall_s": float("inf")}):
         with pytest.raises(ConfigError, match="must be a positive"):
             Budget(**limits)  # type: ignore[arg-type]
+    for limits in ({"tokens": 10**400}, {"wall_s": 10**400}, {"calls": 2**1024}, {"wall_s": 1e300}):
+        with pytest.raises(ConfigError, match=r"must be at most 2\*\*63 - 1, got a \d+-digit number"):
+            Budget(**limits)  # an OverflowError from isfinite, where it was an int past float range
+    assert Budget(tokens=2**63 - 1).tokens == 2**63 - 1
     with pytest.raises(ConfigError):
         Budget()
     with pytest.raises(ConfigError):

@@ -4,8 +4,12 @@ reads it after its context and notes, as the model's prompt holds them, not the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
-from ttc import solve
+import pytest
+
+from ttc import ConfigError, sleep, solve
+from ttc.storage import TraceStore
 from ttc.testing import ScriptedBackend
 from ttc.types import Notes, Usage
 
@@ -54,3 +58,38 @@ def test_the_synthesizer_reads_the_question_after_its_context() -> None:
           seed=0, context=CONTEXT, paths=2)
     shown = "".join(chr(t) for t in synthesizer.calls[0].prompt)
     assert shown.startswith(f"Question: {CONTEXT}\n{QUESTION}\n")
+
+
+def test_literal_braces_of_a_template_reach_the_prompt_with_a_context_as_without() -> None:
+    """The context template was formatted twice, so its {{literal}} became a placeholder the second time: a raw
+    KeyError after the trace opened, and a literal {{question}} became the question."""
+    prompts: list[str] = []
+
+    def answer(prompt: str, _index: int, _seed: int | None) -> str:
+        prompts.append(prompt)
+        return "12 + 7 = 19\nThe answer is 19."
+
+    template = "Ctx {{json}}: {context}\n{{question}} {{}}\nQ: {question}\n"
+    solve(QUESTION, 200, strategy="best_of_n", n=1, backend=ScriptedBackend(answer), store=False,
+          context="Ann has {12} pens.", prompt_template=template)
+    assert prompts == [f"Ctx {{json}}: Ann has {{12}} pens.\n{{question}} {{}}\nQ: {QUESTION}\n"]
+    sleep(CONTEXT, 64, backend=ScriptedBackend(answer), store=False, sleep_template="Think {{json}}: {context}\n")
+    assert prompts[-1] == f"Think {{json}}: {CONTEXT}\n"
+
+
+@pytest.mark.parametrize("options", [
+    {"prompt_template": "Q\udc80: {question}"},
+    {"prompt_template": "Q\udc80: {context} {question}", "context": CONTEXT},
+    {"strategy": "parallel_thinking", "synthesis_template": "{question}\n{paths}\n\udcffA:"},
+    {"strategy": "parallel_thinking", "path_template": "- {text}\udcff"},
+])
+def test_a_template_that_is_not_unicode_is_refused_before_anything_runs(options: dict[str, object],
+                                                                        tmp_path: Path) -> None:
+    """It reached the tokenizer (a raw TypeError) or the store (after the budget was spent) instead."""
+    backend = ScriptedBackend(["The answer is 1."])
+    with TraceStore(str(tmp_path / "t.db")) as store:
+        with pytest.raises(ConfigError, match="is not valid Unicode text"):
+            solve(QUESTION, 200, backend=backend, store=store, **options)  # type: ignore[arg-type]
+        assert store.list_traces() == [] and backend.calls == []
+    with pytest.raises(ConfigError, match="sleep_template is not valid Unicode text"):
+        sleep(CONTEXT, 64, backend=backend, store=False, sleep_template="{context}\udcff")

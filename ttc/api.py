@@ -65,7 +65,9 @@ def plan_runner(strategy: str, budget: Budget, session: Session,
     runner = make_strategy(name, opts)
     if isinstance(runner, TreeSearch) and setup.prm is None:
         raise ConfigError(NO_PROCESS_VERIFIER)  # here, before a question's trace opens to fail on it
-    return name, opts, runner
+    # The trace records the options as they were read (numpy's float32(0.5) as 0.5), which the store can write:
+    # the caller's own objects failed the trace's write after the whole question had been solved.
+    return name, runner.options.model_dump(mode="json", include=set(opts)), runner
 
 
 async def asolve(prompt: str, budget: int | Budget, *, strategy: str = "auto", backend: Backend | None = None,

@@ -8,8 +8,8 @@ questions that arrive later. Two templates, owned by the backend setup because t
   becomes the notes written at sleep time, each line ending in a newline, or nothing when there are none, so one
   template serves questions with and without notes.
 
-Contexts and notes are user text, so their braces are escaped before a template with ``{question}`` still open is
-handed to the strategies (which format it once more).
+A template filled here goes on to the strategies with ``{question}`` still open (they format it once more), so
+everything else in it, the user's literal ``{{ }}`` and the braces of contexts and notes alike, is escaped again.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import string
 
 from ttc.errors import ConfigError
+from ttc.types import check_unicode
 
 DEFAULT_SLEEP_TEMPLATE = (
     "Context: {context}\n"
@@ -38,6 +39,7 @@ def template_fields(template: object, *, name: str, required: set[str], allowed:
     """The placeholders of ``template``; a ConfigError names what is missing or unknown."""
     if not isinstance(template, str):
         raise ConfigError(f"{name} must be a string, got {type(template).__name__}")
+    check_unicode(template, name)
     try:
         found = _fields(template)
     except ValueError as exc:
@@ -66,11 +68,22 @@ def _escape(text: str) -> str:
     return text.replace("{", "{{").replace("}", "}}")
 
 
+def _left_open(template: str, field: str, **fields: str) -> str:
+    """``template`` formatted with ``fields``, as a strategy's template again: ``{field}`` becomes the open
+    ``{question}``, and every other brace of the result (a literal ``{{`` of the template, a brace of a field's
+    text) is escaped for the strategies' own format."""
+    marker = "\x00question\x00"
+    while any(marker in text for text in (template, *fields.values())):
+        marker += "\x00"
+    filled = template.format(**fields, **{field: marker})
+    return _escape(filled).replace(marker, "{question}")
+
+
 def sleep_prompt_template(template: str) -> str:
     """``template`` (with ``{context}``) as a strategy's prompt template (with ``{question}``): sleep runs treat
     the context as the question they are given."""
     template_fields(template, name="sleep_template", required={"context"}, allowed={"context"})
-    return template.format(context="{question}")
+    return _left_open(template, "context")
 
 
 def context_prompt_template(template: str, context: str, notes: str | None, *,
@@ -79,7 +92,7 @@ def context_prompt_template(template: str, context: str, notes: str | None, *,
     needed = {"context", "question"} | ({"notes"} if notes is not None else set())
     template_fields(template, name=name, required=needed, allowed={"context", "notes", "question"})
     lines = "".join(f"{line}\n" for line in (notes or "").strip("\n").splitlines())
-    return template.format(context=_escape(context), notes=_escape(lines), question="{question}")
+    return _left_open(template, "question", context=context, notes=lines)
 
 
 __all__ = [

@@ -16,12 +16,20 @@ FinishReason = Literal["stop", "length", "abort"]
 NodeStatus = Literal["active", "pruned", "finished", "selected"]
 
 
+BUDGET_LIMIT = 2**63 - 1
+"""The largest limit a budget takes; None is no limit."""
+
+
 def _positive(name: str, value: float | None, *, whole: bool = False) -> None:
     if value is None:
         return
     kind = "a positive int" if whole else "a positive number"
-    if not (is_int(value) if whole else is_number(value)) or not math.isfinite(value) or value <= 0:
+    if not (is_int(value) if whole else is_number(value)) or value <= 0 or value == math.inf:
         raise ConfigError(f"Budget.{name} must be {kind} or None (unlimited), got {value!r}")
+    # Before isfinite, which overflows on an int past float range; every limit is also read as a float.
+    if value > BUDGET_LIMIT or not math.isfinite(value):
+        raise ConfigError(f"Budget.{name} must be at most 2**63 - 1, got a {len(str(int(value)))}-digit number: "
+                          "use None for no limit on it")
 
 
 @dataclass(frozen=True)

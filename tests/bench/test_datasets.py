@@ -106,6 +106,19 @@ def test_answers_are_text_or_finite_numbers_and_never_empty(tmp_path: Path) -> N
             load_dataset(str(path))
 
 
+def test_a_lone_surrogate_in_any_kept_field_is_refused_with_its_line(tmp_path: Path) -> None:
+    """JSON can escape a lone surrogate; in an answer or a subject it crashed the store with a raw
+    UnicodeEncodeError after the run had opened."""
+    path = tmp_path / "x.jsonl"
+    for row, field in (('{"question": "q", "answer": "5\\udcff"}', "'answer'"),
+                       ('{"question": "q\\ud800", "answer": "5"}', "'question'"),
+                       ('{"question": "q", "answer": "5", "subject": "al\\ud800g"}', "'subject'"),
+                       ('{"question": "q", "answer": "5", "context": "c\\udc80"}', "'context'")):
+        path.write_text(f"{row}\n", encoding="utf-8")
+        with pytest.raises(ConfigError, match=rf"x.jsonl:1: {field} is not valid Unicode text"):
+            load_dataset(str(path))
+
+
 def test_a_byte_order_mark_is_not_part_of_the_first_row_and_blank_lines_are_not_rows(tmp_path: Path) -> None:
     path = tmp_path / "x.jsonl"
     path.write_bytes(b'\xef\xbb\xbf{"question": "q1", "answer": "1"}\n\n \n{"question": "q2", "answer": "2"}\n'

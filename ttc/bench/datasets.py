@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ttc.errors import ConfigError
-from ttc.types import Problem
+from ttc.types import Problem, check_unicode
 
 FILES = {"gsm8k": "gsm8k_test.jsonl", "math500": "math500_test.jsonl", "aime24": "aime24_test.jsonl"}
 SYNTHETIC = ("synthetic", "synthetic-stateful", "synthetic-totals")
@@ -102,6 +102,10 @@ def _parse_row(line: str, path: Path, lineno: int, label: str) -> Problem:
     if context is not None and (not isinstance(context, str) or not context.strip()):
         raise ConfigError(f"{where}: 'context' must be the text the question is about, or left out")
     meta = {k: v for k, v in row.items() if k in ("level", "subject", "unique_id", "id")}
+    texts = {"question": question, "answer": gold, "context": context or ""} | \
+        {key: value for key, value in meta.items() if isinstance(value, str)}
+    for key, text in texts.items():  # a JSON escape of a lone surrogate: no store or tokenizer can encode it
+        check_unicode(text, f"{where}: {key!r}")
     return Problem(question=question, gold=gold, dataset=label, index=lineno, meta=meta, context=context)
 
 
