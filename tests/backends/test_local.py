@@ -378,6 +378,19 @@ async def test_a_completion_ends_within_the_context_and_can_be_scored_whole(mode
 
 
 @pytest.mark.anyio
+async def test_a_stop_on_the_contexts_last_position_is_cut_by_its_length(model_path: Path) -> None:
+    """It read "stop", so a step-by-step caller (lookahead, a tree search) asked for the next step and was refused
+    with 'prompt of N tokens leaves no room' instead of ending a cut solution."""
+    async with LocalBackend.from_pretrained(model_path, threads=1) as backend:
+        positions = backend.engine.config.max_positions
+        prompt = [5] * (positions - 3)
+        [free] = await backend.complete(prompt, 1, Sampling(max_tokens=50, temperature=0.0))
+        assert len(free.token_ids) == 3 and free.text
+        [stopped] = await backend.complete(prompt, 1, Sampling(max_tokens=50, temperature=0.0, stop=(free.text,)))
+        assert stopped.token_ids == free.token_ids and stopped.finish_reason == "length"
+
+
+@pytest.mark.anyio
 async def test_requests_scored_together_keep_their_own_top_k(model_path: Path) -> None:
     async with LocalBackend.from_pretrained(model_path, threads=1) as alone:
         wanted = await alone.prompt_logprobs([7, 8, 9, 10, 11], top_k=4)

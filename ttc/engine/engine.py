@@ -379,9 +379,12 @@ class Engine:
         branch.logprobs.append(logprob)
         stop = branch.detok.push(token)
         sampling = branch.request.request.sampling
-        if token in self.eos or stop is not None:
+        full = branch.block.end + 1 >= self.config.max_positions  # no position left for another token
+        if token in self.eos or (stop is not None and not full):
             self._finish(branch, "stop")
-        elif len(branch.generated) >= sampling.max_tokens or branch.block.end + 1 >= self.config.max_positions:
+        elif full or len(branch.generated) >= sampling.max_tokens:
+            # A stop string on the context's last position ends a step whose sequence cannot go on: a caller
+            # reading "stop" would ask for the next step and be refused, so it is cut by the context's length.
             self._finish(branch, "length")
         else:
             branch.pending = token
