@@ -69,9 +69,17 @@ async def test_a_wrong_draft_step_is_rejected_and_the_target_writes_its_own() ->
     first = next(e.payload for e in ctx.recorder.events() if e.kind == "lookahead")
     assert (first["proposed"], first["accepted"], first["steps"]) == (3, 2, 3)
     pruned = [n for n in ctx.recorder.nodes() if n.status == "pruned"]
-    # The draft strays at each of its last three lines, so each round after the first rejects its first proposal.
-    assert [n.text for n in pruned] == wrong[2:]
-    assert pruned[0].reason is not None and "rejected" in pruned[0].reason
+    # The draft strays at each of its last three lines, so each round after the first rejects its first proposal;
+    # every proposal not taken is in the tree (only the first of each round's was), under the step it followed.
+    [summary] = [e.payload for e in ctx.recorder.events() if e.kind == "lookahead_summary"]
+    assert len(pruned) == summary["proposed"] - summary["accepted"]
+    by_id = {n.id: n for n in ctx.recorder.nodes()}
+    first_rejects = [n for n in pruned if by_id[n.parent].status != "pruned"]  # type: ignore[index]
+    assert [n.text for n in first_rejects] == wrong[2:]
+    assert all(n.reason is not None and "rejected" in n.reason for n in first_rejects)
+    followers = [n for n in pruned if n not in first_rejects]
+    assert [n.text for n in followers] == wrong[4:] and \
+        all(n.reason == "draft step after one not taken" for n in followers)
     chain = [n for n in ctx.recorder.nodes() if n.parent is not None and n.status != "pruned"]
     assert [n.text for n in chain] == TARGET
     assert chain[-1].status == "selected" and chain[-1].answer == "8"
@@ -172,6 +180,27 @@ def test_no_call_starts_once_the_wall_time_is_spent_within_a_round() -> None:
     solve("Ann has 2 pens and buys 3. How many?", Budget(wall_s=0.05), strategy="lookahead", backend=target,
           draft=draft, store=False, seed=0)
     assert len(draft.calls) == 1 and target.calls == []
+
+
+def test_drafts_paid_for_when_the_wall_time_ends_are_counted_and_recorded(tmp_path: Path) -> None:
+    """The round returned before counting them: the summary read 0 proposed beside their draft tokens, and the
+    tree held none of the steps."""
+    from ttc.storage import TraceStore
+
+    def steps(prompt: str, index: int, seed: int | None) -> str:
+        return "Add.\n" if prompt.count("Add.") < 4 else "The answer is 5.\n"
+
+    target, draft = ScriptedBackend(steps), ScriptedBackend(steps, delay_s=0.2)
+    with TraceStore(str(tmp_path / "t.db")) as store:
+        result = solve("Ann has 2 pens and buys 3. How many?", Budget(wall_s=0.3), strategy="lookahead",
+                       backend=target, draft=draft, store=store, seed=0, gamma=3)
+        assert result.trace_id is not None
+        record = store.get_trace(result.trace_id)
+    [summary] = [e.payload for e in record.events if e.kind == "lookahead_summary"]
+    pruned = [n for n in record.nodes if n.status == "pruned"]
+    assert target.calls == [] and summary["rounds"] == 1 and summary["proposed"] == len(draft.calls) >= 1
+    assert len(pruned) == summary["proposed"] and sum(n.token_count for n in pruned) == summary["draft_tokens"]
+    assert pruned[0].reason == "draft step not checked: the budget ran out after drafting"
 
 
 async def test_a_chain_stopped_by_max_depth_states_no_answer_it_did_not_write() -> None:

@@ -152,7 +152,10 @@ class Lookahead(Strategy[LookaheadOptions]):
         heads = [chain.prefix, *held[draft]]  # the draft's sequences are the chain plus 1, 2, ... proposals
         if proposals and ends_solution(proposals[-1], ctx.step_delimiter):
             heads.pop()
-        if meter.exhausted():
+        if meter.exhausted():  # the drafts were paid for: the trace and the summary count them all the same
+            tally.rounds += 1
+            tally.proposed += len(proposals)
+            self._unaccepted(ctx, chain, proposals, "draft step not checked: the budget ran out after drafting")
             return
         # A round without proposals is one plain target step, trimmed to what is left (never to nothing: the
         # budget was not exhausted when the round was planned).
@@ -173,14 +176,21 @@ class Lookahead(Strategy[LookaheadOptions]):
             self._extend(ctx, chain, step, source="draft")
             if chain.complete:
                 break
-        if not chain.complete and accepted < len(proposals):
-            node = ctx.recorder.add_node(parent=chain.node, text=proposals[accepted].text,
-                                         token_count=len(proposals[accepted].token_ids), status="pruned")
-            ctx.recorder.update(node, reason="draft step rejected: the target wrote another step")
+        if not chain.complete:
+            self._unaccepted(ctx, chain, proposals[accepted:], "draft step rejected: the target wrote another step")
         if not chain.complete and accepted < len(checks) and len(chain.steps) < self.options.max_depth:
             self._extend(ctx, chain, checks[accepted], source="target")
         ctx.recorder.event("lookahead", {"proposed": len(proposals), "accepted": accepted,
                                          "steps": len(chain.steps)}, node_id=chain.node)
+
+    def _unaccepted(self, ctx: Context, chain: Chain, proposals: Sequence[Completion], reason: str) -> None:
+        """Record draft steps the chain does not take as a pruned branch under its last node: the first with
+        ``reason``, each later one as following it, so that the tree holds every step the summary counts."""
+        parent = chain.node
+        for index, step in enumerate(proposals):
+            parent = ctx.recorder.add_node(parent=parent, text=step.text, token_count=len(step.token_ids),
+                                           status="pruned")
+            ctx.recorder.update(parent, reason=reason if index == 0 else "draft step after one not taken")
 
     async def _check(self, ctx: Context, meter: Meter, heads: Sequence[tuple[int, ...]],
                      cap: int) -> list[Completion]:
