@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -26,6 +28,7 @@ from ttc.verifiers.answer import (
     agrade_result,
     answers_equivalent,
     extract_answer,
+    extract_stated_answer,
     grade,
     grade_detail,
     grade_result,
@@ -407,6 +410,42 @@ def test_verdicts_are_cached_by_key() -> None:
     assert cached is not None and cached.equal
 
 
+@pytest.mark.parametrize(("text", "gold", "predicted"), [
+    # Markdown headings that start with a number or a label are not GSM8K's "#### N" answer line.
+    ("#### 1. Find the cost\n9 eggs.\n#### 2. Total\n9*2 = 18.\n\nThe answer is 18.", "18", "18"),
+    ("#### (b) Money\n9*2 = 18.\nThe answer is 18.", "18", "18"),
+    ("#### 1) Eggs left\n9*2 = 18.\nThe answer is 18.", "18", "18"),
+    # A later "answer is"/"answer:" that gives no answer, or reworks one, does not replace it.
+    ("The answer is 18.\nThe answer is in dollars.", "18", "18"),
+    ("The answer is 18.\n\nChecking the answer: 9 eggs at $2 is $18.", "18", "18"),
+    # A mixed number before a unit is the mixed number, not the digits run together (11/2).
+    ("The answer is 1 1/2 hours.", "\\frac{3}{2}", "1 1/2"),
+])
+def test_headings_asides_and_mixed_numbers_do_not_take_the_answers_place(text: str, gold: str,
+                                                                         predicted: str) -> None:
+    result = grade_detail(text, gold)
+    assert (result.correct, result.predicted) == (True, predicted)
+
+
+def test_a_mixed_number_before_a_unit_is_not_read_as_its_digits_run_together() -> None:
+    assert not grade("The answer is 1 1/2 hours.", "11/2")
+    assert extract_answer("#### 18 eggs") == "18" and extract_answer("The answer is Monday.") == "Monday"
+
+
+def test_many_unclosed_boxes_are_read_in_linear_time() -> None:
+    """Each unclosed box scanned the text to its end: 70k characters of a sample looping on \\boxed{ took 17 s."""
+    looping = "Let me box it: " + "\\boxed{" * 20_000
+    started = time.monotonic()
+    assert extract_stated_answer(looping + "\\boxed{7} and \\boxed{") == "7"
+    assert extract_stated_answer(looping) is None
+    assert time.monotonic() - started < 1.0
+
+
+def test_an_answer_nested_past_the_recursion_limit_is_graded_wrong_not_raised() -> None:
+    nested = "\\sqrt{" * 1000 + "2" + "}" * 1000
+    assert grade_detail(f"\\boxed{{{nested}}}", "2") == GradeResult(False, nested, "too deeply nested to compare")
+
+
 # ------------------------------------------------------------------------------------------------ workers
 
 
@@ -436,6 +475,71 @@ def test_crashed_worker_is_reported_and_replaced() -> None:
     outcome = grading_workers.run_in_worker(os._exit, (3,), 10.0)
     assert outcome.status == "crashed" and "exit code 3" in outcome.detail
     assert answers_equivalent(r"\frac{5}{10}", "0.5")
+
+
+def test_a_worker_that_died_while_idle_is_replaced_not_blamed() -> None:
+    """The next check went to the dead worker and a right answer graded wrong ('grading worker died')."""
+    assert grade(r"\boxed{1/2}", r"\frac{1}{2}")
+    pids = [grading_workers.run_in_worker(os.getpid, (), 10.0).value for _ in range(2)]
+    for pid in set(pids):
+        assert isinstance(pid, int)
+        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)  # reaped, as the pool's poll would find it
+    assert grade_detail(r"\boxed{3/2}", r"\frac{3}{2}") == GradeResult(True, "3/2", "equivalent")
+
+
+def test_a_worker_whose_parent_is_killed_mid_check_does_not_compute_for_good(tmp_path: Path) -> None:
+    """Its orphan watch is a thread, which a power of a huge integer (one C call holding the GIL) never lets
+    run: the worker went on at full CPU long after its parent was gone."""
+    script = tmp_path / "orphan.py"
+    script.write_text(
+        "import os, sys, threading, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})\n"
+        "from ttc.verifiers import grading_workers\n"
+        "pid = grading_workers.run_in_worker(os.getpid, (), 60.0).value\n"
+        "print(pid, flush=True)\n"
+        "grading_workers.run_in_worker(pow, (3, 3 ** 19), 3.0)\n",  # killed before this times out
+        encoding="utf-8",
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    worker = int(parent.stdout.readline())
+    time.sleep(1.0)  # the worker is inside pow now
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _alive(worker):
+        time.sleep(0.5)
+    alive = _alive(worker)
+    if alive:
+        os.kill(worker, signal.SIGKILL)
+    assert not alive, "the orphaned worker was still computing 30 s after its parent died"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+def test_a_forked_child_grades_on_its_own_workers() -> None:
+    """The child inherited the parent's pool and its pipes: grades came back crossed, or unpickling failed."""
+    import multiprocessing
+
+    assert grade(r"\boxed{1/2}", r"\frac{1}{2}")  # the parent's pool has a worker now
+    context = multiprocessing.get_context("fork")
+    with context.Pool(3) as pool:
+        results = pool.map(_grade_series, range(3))
+    assert results == [[j % 2 == 0 for j in range(6)] for _ in range(3)]
+    assert grade(r"\boxed{5/2}", r"\frac{5}{2}")  # and the parent's pool still answers
+
+
+def _grade_series(i: int) -> list[bool]:
+    return [grade(f"\\boxed{{{100 * i + j + 7}/{2 if j % 2 == 0 else 3}}}", f"\\frac{{{100 * i + j + 7}}}{{2}}")
+            for j in range(6)]
 
 
 def test_workers_load_only_what_grading_needs() -> None:

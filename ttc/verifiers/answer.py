@@ -35,8 +35,17 @@ _NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|(?
 # A number (or a fraction) and then prose: ``18 pens``, ``3/4 of the cake``, ``18, because ...``, ``5 (five)``.
 # A comma before another number is a list (``1, 2, 3``), so only a comma before a word ends the answer.
 _LEADING_NUMBER_THEN_WORD = re.compile(
-    r"(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?)(?:\s+[A-Za-z(]|\s*;|,\s*[A-Za-z])"
+    r"(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s+\d+/\d+|/\d+)?)(?:\s+[A-Za-z(]|\s*;|,\s*[A-Za-z])"
 )
+# A markdown heading after ``####``: ``#### 1. Find the cost``, ``#### (b) Money``, ``#### 2) Total``.
+_HEADING = re.compile(r"\s*\(?[A-Za-z0-9]{1,3}[.)]\s+[A-Za-z]")
+# "The answer is in dollars", "the answer is given below": the phrase goes on about the answer, giving none.
+_NOT_AN_ANSWER = frozenset({"in", "on", "at", "as", "below", "above", "following", "given", "not", "to", "from",
+                            "of", "that", "this", "which", "what", "how", "where", "when", "why", "expressed",
+                            "measured", "written", "rounded", "still", "unknown", "unclear"})
+# "Checking the answer: 9 eggs at $2 is $18" reworks an answer rather than stating one.
+_CHECKING = re.compile(r"\b(?:check(?:ing)?|verify(?:ing)?|double-check(?:ing)?|confirm(?:ing)?|test(?:ing)?)"
+                       r"\s+(?:the|my|our|this|that)?\s*$", re.IGNORECASE)
 # What "the answer is ..." says when it judges an answer rather than giving one: a phrase whose first word is one
 # of these (``correct!``, ``plausible: 12 + 8 = 20``) restates an earlier answer.
 _JUDGEMENTS = frozenset({"correct", "incorrect", "right", "wrong", "confirmed", "verified", "consistent",
@@ -76,22 +85,43 @@ def _braced_group(text: str, start: int) -> tuple[str, int] | None:
     return None
 
 
-def _box_argument(text: str, end: int) -> str | None:
+def _closing_braces(text: str) -> dict[int, int]:
+    """Where each ``{`` of ``text`` closes (unclosed ones are absent), in one pass: a text of many unclosed boxes
+    (a sample looping on ``\\boxed{``) would cost a scan to its end per box, quadratic in its length."""
+    closes: dict[int, int] = {}
+    opened: list[int] = []
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == "{":
+            opened.append(i)
+        elif char == "}" and opened:
+            closes[opened.pop()] = i
+        i += 1
+    return closes
+
+
+def _box_argument(text: str, end: int, closes: dict[int, int]) -> str | None:
     """The argument of a ``\\boxed`` whose name ends at ``end``: a braced group, or ``\\boxed 5`` style token."""
     i = end
     while i < len(text) and text[i] in " \t":
         i += 1
     if i < len(text) and text[i] == "{":
-        group = _braced_group(text, i)
-        return group[0] if group else None
+        close = closes.get(i)
+        return None if close is None else text[i + 1 : close]
     token = re.match(r"[^\s$]+", text[i:])
     return token.group(0).rstrip(".") if token else None
 
 
 def _last_boxed(text: str) -> str | None:
     """The last complete, non-empty box; a box cut off by the token limit does not count."""
-    for match in reversed(list(_BOX.finditer(text))):
-        content = _box_argument(text, match.end())
+    boxes = list(_BOX.finditer(text))
+    closes = _closing_braces(text) if boxes else {}
+    for match in reversed(boxes):
+        content = _box_argument(text, match.end(), closes)
         if content is not None and content.strip():
             return content.strip()
     return None
@@ -163,13 +193,23 @@ def extract_stated_answer(text: str) -> str | None:
         return boxed
     for raw in reversed(_HASHES.findall(text)):
         answer = _clean_phrase_answer(raw)
-        if answer and not answer[0].isalpha():  # "#### Step 2" is a markdown heading, not GSM8K's answer line
+        # "#### Step 2" and "#### 1. Find the cost" are markdown headings, not GSM8K's answer line.
+        if answer and not answer[0].isalpha() and not _HEADING.match(raw):
             return answer
     for phrase in reversed(list(_ANSWER_PHRASE.finditer(text))):
+        before = text[text.rfind("\n", 0, phrase.start()) + 1 : phrase.start()]
+        if _CHECKING.search(before):
+            continue
         answer = _clean_phrase_answer(_phrase_line(text, phrase.end()))
-        if answer and not _is_judgement(answer):  # "the answer is correct!" restates an earlier one
+        # "the answer is correct!" restates an earlier one; "the answer is in dollars" gives none
+        if answer and not _is_judgement(answer) and not _says_nothing(answer):
             return answer
     return None
+
+
+def _says_nothing(answer: str) -> bool:
+    first = _FIRST_WORD.match(answer)
+    return first is not None and first.group(0).lower() in _NOT_AN_ANSWER
 
 
 def _is_judgement(answer: str) -> bool:
@@ -454,7 +494,10 @@ def _grade_quickly(prediction_text: str, gold: str, timeout_s: float) -> GradeRe
     predicted = extract_answer(prediction_text)
     if predicted is None:
         return GradeResult(False, None, "no answer found")
-    answer_key = normalize_answer(predicted)
+    try:
+        answer_key = normalize_answer(predicted)
+    except RecursionError:  # hundreds of nested \sqrt{: no reference answer is like it
+        return GradeResult(False, predicted, "too deeply nested to compare")
     quick = _quick_verdict(gold_key, answer_key)
     if quick is not None:
         return GradeResult(quick.equal, predicted, quick.reason)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -67,6 +68,24 @@ def _exit_when_orphaned(parent_pid: int) -> None:
     os._exit(0)
 
 
+def _limit_cpu(timeout_s: float) -> None:
+    """Let the next call use at most about ``timeout_s`` more CPU seconds; past it the kernel ends the worker.
+
+    The parent kills a worker that overruns, and the orphan watch above ends one whose parent died, but that
+    watch is a thread: one C call that holds the GIL (a power of a huge integer) keeps it from ever running, and
+    an orphan would then compute for good. The kernel's CPU limit needs no GIL.
+    """
+    try:
+        import resource
+    except ImportError:  # not a POSIX system: the orphan watch is all there is
+        return
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    soft = math.ceil(used.ru_utime + used.ru_stime + timeout_s) + 2
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    if hard == resource.RLIM_INFINITY or soft <= hard:
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
 def _serve(read_fd: int, write_fd: int) -> None:
     """Worker main loop: answer pickled ``(function, args)`` requests until the parent sends None or leaves."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
@@ -79,7 +98,8 @@ def _serve(read_fd: int, write_fd: int) -> None:
 
         replies.send(("ready", None))
         while (request := requests.recv()) is not None:
-            function, args = request
+            function, args, timeout_s = request
+            _limit_cpu(timeout_s)
             try:
                 reply: tuple[str, object] = ("ok", function(*args))
             except Exception as exc:
@@ -124,7 +144,7 @@ class _Worker:
 
     def call(self, function: Callable[..., object], args: tuple[object, ...], timeout_s: float) -> Outcome:
         try:
-            self.requests.send((function, args))
+            self.requests.send((function, args, timeout_s))
             if not self.replies.poll(timeout_s):
                 return Outcome("timeout", detail=f"timeout after {timeout_s:g}s")
             status, value = self.replies.recv()
@@ -175,10 +195,17 @@ class _WorkerPool:
 
     def _acquire(self) -> _Worker:
         with self._cond:
-            while not self._idle and self._live >= self._size:
+            while True:
+                while self._idle:
+                    worker = self._idle.pop()
+                    if worker.process.poll() is None:
+                        return worker
+                    # It died while idle (killed, out of memory): a check sent to it would read as a crash.
+                    self._live -= 1
+                    worker.stop()
+                if self._live < self._size:
+                    break
                 self._cond.wait()
-            if self._idle:
-                return self._idle.pop()
             self._live += 1
         try:
             worker = _Worker()
@@ -217,6 +244,16 @@ class _WorkerPool:
 
 _pool: _WorkerPool | None = None
 _pool_lock = threading.Lock()
+
+
+def _forget_parents_pool() -> None:
+    """A forked child starts without workers: the parent's pipes, shared with it, would cross their replies."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()  # a lock another thread held at the fork would stay held here
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parents_pool)
 
 
 def _get_pool() -> _WorkerPool:
