@@ -220,6 +220,25 @@ async def test_cancelled_call_frees_its_kv_and_the_engine_keeps_serving(backend:
 
 
 @pytest.mark.anyio
+async def test_a_cancelled_request_waiting_for_room_does_not_hold_back_the_ones_behind_it(model_path: Path) -> None:
+    """It stayed at the head of the queue, so a request that fitted beside the running batch waited for all of
+    it to finish."""
+    async with LocalBackend.from_pretrained(model_path, threads=1, max_batch=4) as backend:
+        prompt = await backend.tokenize("Long one")
+        long = asyncio.create_task(backend.complete(prompt, 3, Sampling(max_tokens=1500, temperature=1.0, seed=0)))
+        while backend.engine.counters.decode_steps < 3:
+            await asyncio.sleep(0.01)
+        blocked = asyncio.create_task(backend.complete(prompt, 4, Sampling(max_tokens=5, temperature=1.0)))
+        await asyncio.sleep(0.05)  # queued: 3 + 4 branches do not fit in 4
+        blocked.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await blocked
+        [short] = await asyncio.wait_for(backend.complete(prompt, 1, Sampling(max_tokens=3, temperature=0.0)), 60)
+        assert len(short.token_ids) == 3 and not long.done()  # admitted beside the running batch
+        await long
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("read_first", [False, True], ids=["reply-after-cancel", "cancel-after-reply"])
 async def test_a_call_cancelled_once_the_engine_has_answered_frees_its_kv(
         backend: LocalBackend, monkeypatch: pytest.MonkeyPatch, read_first: bool) -> None:

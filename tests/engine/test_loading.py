@@ -100,9 +100,24 @@ def test_generation_config_eos_wins(llama_path: Path, tmp_path: Path) -> None:
     assert load_config(folder).eos_token_ids == (7, 9)
 
 
+def test_integer_weights_are_refused_as_a_quantized_checkpoint(llama_path: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = _copy(llama_path, tmp_path / "model")
+    tensors = load_file(str(folder / "model.safetensors"))
+    name = "model.layers.0.mlp.down_proj.weight"
+    tensors[name] = tensors[name].round().to(torch.int8)
+    save_file(tensors, str(folder / "model.safetensors"))
+    with pytest.raises(ConfigError, match=rf"{name}' is torch.int8, not a float: quantized checkpoints"):
+        load_model(folder)
+
+
 def test_bad_device_and_dtype(llama_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown dtype"):
         load_model(llama_path, dtype="int8")
+    for device in ("meta", "mps", "xpu"):  # a model without data, or raw RuntimeError/AssertionError from torch
+        with pytest.raises(ConfigError, match="is not supported by the local engine; use 'cpu', 'cuda'"):
+            load_model(llama_path, device=device)
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             load_model(llama_path, device="cuda")
@@ -116,6 +131,15 @@ def test_bad_device_and_dtype(llama_path: Path) -> None:
         ({"num_attention_heads": 0}, "num_attention_heads must be a positive integer, got 0"),
         ({"rms_norm_eps": "x"}, "rms_norm_eps must be a positive number"),
         ({"eos_token_id": "2"}, "eos_token_id must be a token id or a list of token ids, got '2'"),
+        # A rope factor of 0 ran, and every logprob came out NaN; a malformed one raised ValueError/TypeError.
+        ({"rope_parameters": {"rope_type": "linear", "factor": 0, "rope_theta": 1e4}}, "factor must be a positive"),
+        ({"rope_parameters": {"rope_type": "linear", "factor": "two"}}, "factor must be a positive number"),
+        ({"rope_parameters": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 2.0,
+                              "high_freq_factor": 2.0}}, "needs low_freq_factor != high_freq_factor"),
+        ({"partial_rotary_factor": "half"}, "partial_rotary_factor 'half' is not supported"),
+        ({"partial_rotary_factor": 0.5}, "partial_rotary_factor 0.5 is not supported"),
+        # Int8 weights were cast to floats without their scales: the model loaded and wrote garbage.
+        ({"quantization_config": {"quant_method": "bitsandbytes"}}, "quantized checkpoints are not supported"),
     ],
 )
 def test_a_bad_config_value_names_its_key(llama_path: Path, tmp_path: Path, changes: dict[str, object],

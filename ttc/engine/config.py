@@ -97,13 +97,17 @@ def _rope(raw: Mapping[str, Any], path: Path) -> RopeConfig:
             f"{path}: rope type {kind!r} is not supported; the local engine handles {SUPPORTED_ROPE_TYPES}"
         )
     theta = _float(params, "rope_theta", path, _float(raw, "rope_theta", path, 10000.0))
+    # A factor of 0 divided every position into NaN: each must be a positive number, named where it is not.
+    low, high = _float(params, "low_freq_factor", path, 1.0), _float(params, "high_freq_factor", path, 4.0)
+    if kind == "llama3" and low == high:
+        raise ConfigError(f"{path}: llama3 rope needs low_freq_factor != high_freq_factor, both are {low}")
     return RopeConfig(
         theta=theta,
         kind=kind,
-        factor=float(params.get("factor", 1.0)),
-        low_freq_factor=float(params.get("low_freq_factor", 1.0)),
-        high_freq_factor=float(params.get("high_freq_factor", 4.0)),
-        original_max_positions=int(params.get("original_max_position_embeddings", 8192)),
+        factor=_float(params, "factor", path, 1.0),
+        low_freq_factor=low,
+        high_freq_factor=high,
+        original_max_positions=_int(params, "original_max_position_embeddings", path, default=8192),
     )
 
 
@@ -119,8 +123,14 @@ def _check_supported(raw: Mapping[str, Any], path: Path) -> str:
         raise ConfigError(f"{path}: hidden_act {act!r} is not supported; expected 'silu' (SwiGLU MLP)")
     if raw.get("use_sliding_window"):
         raise ConfigError(f"{path}: sliding-window attention is not supported; set use_sliding_window=false")
-    if float(raw.get("partial_rotary_factor", 1.0)) != 1.0:
-        raise ConfigError(f"{path}: partial_rotary_factor != 1 is not supported")
+    rotary = raw.get("partial_rotary_factor")
+    if rotary is not None and (isinstance(rotary, bool) or rotary != 1):
+        raise ConfigError(f"{path}: partial_rotary_factor {rotary!r} is not supported: "
+                          "the local engine rotates every dimension (1.0)")
+    if raw.get("quantization_config") is not None:
+        # Its weights would be cast to floats as they are (int8 codes without their scales): garbage, silently.
+        raise ConfigError(f"{path}: quantized checkpoints are not supported by the local engine; use the model's "
+                          "fp16/bf16/fp32 weights, or serve this one with vLLM (--backend vllm)")
     return model_type
 
 

@@ -40,6 +40,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ConfigError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from exc
+    if resolved.type not in ("cpu", "cuda"):  # mps, xpu, meta: the engine is built and tested on these two only
+        raise ConfigError(f"device {device!r} is not supported by the local engine; use 'cpu', 'cuda' or 'cuda:N'")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
     return resolved

@@ -134,11 +134,12 @@ class Scheduler:
         active = self.engine.active_branches
         while self._waiting:
             request = self._waiting[0]
+            if request.cancelled:  # takes no room: it must not hold the requests behind it until the batch drains
+                self._waiting.popleft()
+                continue
             if active and active + request.n > self.max_batch:
                 break
             self._waiting.popleft()
-            if request.cancelled:
-                continue
             admitted.append(request)
             active += request.n
         if not admitted:

@@ -89,6 +89,9 @@ class _Taker:
         if name not in self.tensors:
             raise ConfigError(f"{self.folder}: weight {name!r} is missing; is this a Llama/Qwen2 checkpoint?")
         tensor = self.tensors[name]
+        if not tensor.is_floating_point():
+            raise ConfigError(f"{self.folder}: weight {name!r} is {tensor.dtype}, not a float: quantized "
+                              "checkpoints are not supported by the local engine; use the model's float weights")
         if tuple(tensor.shape) != shape:
             raise ConfigError(f"{self.folder}: weight {name!r} has shape {tuple(tensor.shape)} where config.json "
                               f"implies {shape}; the config does not describe these weights")
