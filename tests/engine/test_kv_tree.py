@@ -215,3 +215,42 @@ def test_lookup_finds_the_longest_prefix_when_sibling_branches_share_a_first_tok
     assert matched == 7 and _path_tokens(block) == [7, 7, 1, 2, 3, 4, 5]
     end, found = tree.lookup([7, 7, 1, 2, 3, 4, 5])
     assert found == 7 and _path_values(end) == [7, 7, 1, 2, 3, 4, 5]
+
+
+def _held_bytes(tree: KVTree) -> int:
+    """Bytes of storage the tree's blocks keep alive, each underlying allocation once (views share one)."""
+    seen: dict[int, int] = {}
+    for block in tree.blocks.values():
+        if block.storage is not None:
+            storage = block.storage.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+def test_a_sealed_block_keeps_only_the_storage_its_tokens_use() -> None:
+    """Growth doubled a step's storage (128 slots for a 5-token step) and sealing kept it: a cache capped at 2000
+    tokens held 8.7 times that in KV memory."""
+    tree = _tree()
+    per_token = 2 * 2 * 1 * 2 * 4  # layers, K and V, heads, head_dim, float32
+    prompt = _insert(tree, [7] * 4)
+    for step in range(20):
+        branch = tree.branch(prompt, 128)
+        tree.acquire(branch)
+        _decode(tree, branch, [step + 10] * 5)
+        sealed = tree.seal(branch)
+        assert sealed.capacity == 5 and _path_values(sealed) == [7] * 4 + [step + 10] * 5
+        tree.release(sealed)
+    tree.check()
+    assert _held_bytes(tree) == (4 + 20 * 5) * per_token
+
+
+def test_a_split_head_does_not_keep_its_evicted_tail_s_storage() -> None:
+    tree = _tree(cache_tokens=1000)
+    block = _insert(tree, list(range(100)))
+    head = tree.split(block, 4)
+    assert _path_values(block) == list(range(100)) and head.keys(0).shape[0] == 4
+    tree.cache_tokens = 4  # only the head fits: the tail is evicted
+    tree.trim()
+    tree.check()
+    assert block.id not in tree.blocks and head.id in tree.blocks
+    assert _held_bytes(tree) == 4 * 2 * 2 * 1 * 2 * 4

@@ -197,14 +197,15 @@ class KVTree:
     def split(self, block: KVBlock, offset: int) -> KVBlock:
         """Cut ``block`` before its ``offset``-th token; return the new head, leaving ``block`` as the tail.
 
-        The tail keeps its identity, so sequences decoding into it are unaffected. Both halves view the old
-        storage (no copy).
+        The tail keeps its identity, so sequences decoding into it are unaffected, and keeps viewing the old
+        storage; the head gets a copy of its part, so that the old storage goes when the tail does (a cached
+        tail is evicted before its head), not only when both have.
         """
         if not 0 < offset <= block.length:
             raise ValueError(f"split offset {offset} outside (0, {block.length}]")
         parent = block.parent
         assert parent is not None and block.storage is not None
-        head = KVBlock(next(self._ids), parent, block.start, block.storage[:, :, :offset])
+        head = KVBlock(next(self._ids), parent, block.start, block.storage[:, :, :offset].clone())
         head.tokens = block.tokens[:offset]
         head.refs = block.refs
         head.last_used = block.last_used
@@ -311,6 +312,10 @@ class KVTree:
         """
         block.open = False
         parent = block.parent
+        if block.length and block.storage is not None and block.capacity > block.length:
+            # Growth doubled its storage and a step may stop after a few tokens: kept as it is, a cached block
+            # would hold up to 128 tokens' KV for 5, and the cache's token cap would not bound its memory.
+            block.storage = block.storage[:, :, : block.length].clone()
         if block.length or parent is None or any(block.children.values()):
             return block
         self._remove(block)
