@@ -2,8 +2,10 @@
 
 Each held-out synthetic problem is solved one at a time (latency, not throughput), by the target's greedy decoding
 in one call and by the ``lookahead`` strategy at each ``gamma``, arms interleaved problem by problem so that
-machine noise falls on all of them alike. With greedy decoding lookahead must write the target's own solution, so
-the table checks that (``same text``) besides timing it. Two figures say where the time goes:
+machine noise falls on all of them alike. Both engines' prefix caches are emptied before every arm, so no arm
+finds the prompt, or the steps, that an arm before it computed: each meets the question as it would arrive.
+With greedy decoding lookahead must write the target's own solution, so the table checks that (``same text``)
+besides timing it. Two figures say where the time goes:
 
 - ``target passes``: the target's sequential decode steps (the tokens of the longest step in each wave), against
   the tokens greedy decoding generates one after another. This is what lookahead saves wherever the target's
@@ -67,6 +69,8 @@ async def timed(problem: Problem, arm: Arm, name: str, options: dict[str, object
     ctx = Context(backend=target, recorder=TraceRecorder(), rng=random.Random(0),
                   prompt_template=mini_prompt("{question}"), draft=draft)
     meter = Meter(Budget(tokens=BUDGET))
+    for backend in (target, draft):  # nothing is in flight between arms: the engines' threads are idle
+        backend.engine.tree.clear_cache()
     started = time.perf_counter()
     found = await make_strategy(name, options).run(problem, meter, ctx)
     arm.seconds.append(time.perf_counter() - started)
