@@ -197,6 +197,15 @@ def test_options_are_recorded_as_read_so_the_trace_can_be_written(tmp_path: Path
             assert plan.payload["options"] == {"n": 2, "temperature": 0.5}
 
 
+def test_problem_meta_keys_must_be_text() -> None:
+    """An int key beside a str one failed the store's sort_keys after the question had been solved."""
+    from ttc.types import Problem
+
+    with pytest.raises(ConfigError, match=r"Problem\.meta must be a mapping with str keys"):
+        Problem("q", meta={1: "a", "b": 2})  # type: ignore[dict-item]
+    assert Problem("q", meta={"level": 3}).meta == {"level": 3}
+
+
 def test_budget_type_errors() -> None:
     for limits in ({"wall_s": "5"}, {"calls": "3"}, {"calls": 2.5}, {"wall_s": True}, {"wall_s": float("inf")}):
         with pytest.raises(ConfigError, match="must be a positive"):

@@ -241,6 +241,12 @@ class Problem:
     meta: Mapping[str, object] = field(default_factory=dict)
     context: str | None = None
 
+    def __post_init__(self) -> None:
+        # The store keys a problem by its JSON (sort_keys): an int key beside a str one fails there, after the
+        # question has been solved, and a lone int key would come back as a str.
+        if not isinstance(self.meta, Mapping) or not all(isinstance(key, str) for key in self.meta):
+            raise ConfigError(f"Problem.meta must be a mapping with str keys, got {self.meta!r}")
+
 
 @dataclass(frozen=True)
 class Candidate:

@@ -81,6 +81,10 @@ def test_a_busy_timeout_sqlite_cannot_hold_is_refused_not_turned_into_no_wait(db
     """SQLite keeps the timeout in a C int of milliseconds: 3e6 s overflowed to 0 and nothing was waited for."""
     with pytest.raises(ConfigError, match=r"busy_timeout_s must be .*at most 2147483"):
         TraceStore(str(db_path), busy_timeout_s=3e6)
+    with pytest.raises(ConfigError, match=r"busy_timeout_s must be a finite number.*got '5'"):
+        TraceStore(str(db_path), busy_timeout_s="5")  # type: ignore[arg-type]  # a raw TypeError from <=
+    with pytest.raises(ConfigError, match="must be named by a path or a database URL, got 123"):
+        TraceStore(123)  # type: ignore[arg-type]
     with TraceStore(str(db_path), busy_timeout_s=2147483.0) as store:  # the longest one SQLite can hold
         trace_id = _start_while_locked_for(store, db_path, BUSY_S)
         assert store.get_trace(trace_id).status == "running"

@@ -52,7 +52,7 @@ from ttc.storage.models import (
 )
 from ttc.storage.records import RunSummary, TraceRecord, TraceSummary
 from ttc.storage.writer import Writer
-from ttc.types import Budget, Node, Problem, Result, TraceEvent, check_unicode, is_int
+from ttc.types import Budget, Node, Problem, Result, TraceEvent, check_unicode, is_int, is_number
 
 T = TypeVar("T")
 RowT = TypeVar("RowT", RunRow, TraceRow)
@@ -138,9 +138,11 @@ class TraceStore:
                  read_only: bool = False) -> None:
         """``read_only`` (the CLI's readers and the viewer) opens an existing store without a writer: it creates
         no file, changes nothing, and refuses a path where there is no store."""
+        if url is not None and not isinstance(url, str | os.PathLike):
+            raise ConfigError(f"the trace store must be named by a path or a database URL, got {url!r}")
         if busy_timeout_s is None:
             busy_timeout_s = _env_busy_timeout()
-        if not 0 <= busy_timeout_s <= MAX_BUSY_TIMEOUT_S:
+        if not is_number(busy_timeout_s) or not 0 <= busy_timeout_s <= MAX_BUSY_TIMEOUT_S:
             raise ConfigError(
                 f"busy_timeout_s must be a finite number of seconds >= 0 and at most {MAX_BUSY_TIMEOUT_S:.0f} "
                 f"(about 24 days, the longest wait SQLite can hold), got {busy_timeout_s!r}"
