@@ -107,3 +107,17 @@ def test_auto_at_a_small_budget_narrows_to_paths_it_can_finish(tmp_path: Path) -
     rounds = [e.payload for r in narrowed for e in store.get_trace(r.trace_id or "").events if e.kind == "round"]
     assert any("narrowed_from" in payload for payload in rounds)
     store.close()
+
+
+def test_n_keeps_auto_on_best_of_n_without_a_verifier_too() -> None:
+    """It went to self-consistency, which refused 'n' as an unknown option of a strategy the caller never named."""
+    from ttc import solve
+    from ttc.testing import ScriptedBackend
+
+    name, opts = plan_strategy("auto", Budget(tokens=1024), has_verifier=False, options={"n": 3})
+    assert (name, opts) == ("best_of_n", {"n": 3})
+    name, _ = plan_strategy("auto", Budget(tokens=1024), has_verifier=False, options={"max_tokens": 100})
+    assert name == "self_consistency"  # an option both take stays with the no-verifier default
+    result = solve("What is 2 + 3?", 1024, backend=ScriptedBackend(["2 + 3 = 5\nThe answer is 5."]), store=False,
+                   n=3)
+    assert (result.strategy, result.answer, len(result.candidates)) == ("best_of_n", "5", 3)
