@@ -100,6 +100,15 @@ def test_generation_config_eos_wins(llama_path: Path, tmp_path: Path) -> None:
     assert load_config(folder).eos_token_ids == (7, 9)
 
 
+def test_an_eos_id_outside_the_vocabulary_is_refused(llama_path: Path, tmp_path: Path) -> None:
+    """No token could be it, so decoding stopped only at its token limit."""
+    folder = _copy(llama_path, tmp_path / "model")
+    vocab = load_config(folder).vocab_size
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, vocab + 5]}))
+    with pytest.raises(ConfigError, match=rf"generation_config.json: eos_token_id \[{vocab + 5}\] is outside"):
+        load_config(folder)
+
+
 def test_integer_weights_are_refused_as_a_quantized_checkpoint(llama_path: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
 

@@ -56,7 +56,7 @@ async def test_a_draft_that_agrees_is_accepted_and_the_text_is_the_targets() -> 
     # stops proposing at the answer line, so the target has nothing to add after it).
     assert [(r["proposed"], r["accepted"], r["steps"]) for r in rounds] == [(2, 2, 3), (2, 2, 5)]
     [summary] = [e.payload for e in ctx.recorder.events() if e.kind == "lookahead_summary"]
-    assert summary["acceptance"] == 1.0 and summary["rounds"] == 2
+    assert summary["acceptance"] == 1.0 and summary["rounds"] == 2 and summary["draft"] == draft.name
     # Round one checks three prefixes (none, one and two draft steps) in one wave; round two two.
     assert len(target.calls) == 5 and len(draft.calls) == 4
 

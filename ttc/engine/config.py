@@ -181,10 +181,14 @@ def load_config(folder: Path) -> ModelConfig:
         )
     config = parse_config(_read_json(path), path)
     generation = folder / "generation_config.json"
+    where = path
     if generation.is_file():
         eos = _eos_ids(_read_json(generation).get("eos_token_id"), generation)
         if eos:
-            config = replace(config, eos_token_ids=eos)
+            config, where = replace(config, eos_token_ids=eos), generation
+    if outside := [i for i in config.eos_token_ids if i >= config.vocab_size]:
+        # No token could ever be one of them: decoding would stop only at its token limit.
+        raise ConfigError(f"{where}: eos_token_id {outside} is outside the vocabulary of {config.vocab_size} tokens")
     return config
 
 

@@ -227,6 +227,7 @@ class Lookahead(Strategy[LookaheadOptions]):
         if chain.steps:
             ctx.recorder.update(chain.node, status="selected", answer=answer)
         ctx.recorder.event("lookahead_summary", {
+            "draft": ctx.draft.name if ctx.draft is not None else None,  # the trace's backend names the target
             "rounds": tally.rounds, "proposed": tally.proposed, "accepted": tally.accepted,
             "acceptance": round(tally.accepted / tally.proposed, 4) if tally.proposed else None,
             "draft_tokens": tally.draft_tokens, "target_tokens": tally.target_tokens,
