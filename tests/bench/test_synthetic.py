@@ -287,6 +287,15 @@ def test_nothing_after_the_answer_line_is_right() -> None:
     assert label_steps(problem, early) == [True, False]
 
 
+def test_labels_read_the_answer_as_check_answer_does_and_survive_huge_numbers() -> None:
+    """'The answer is 07.' graded right and labelled wrong; a 5000-digit number crashed int() in the labeller."""
+    problem = generate(5, 1, levels=[1])[0]
+    padded = problem.solution.replace(f"The answer is {problem.answer}.", f"The answer is 0{problem.answer}.")
+    assert label_steps(problem, padded) == [True, True] and check_answer(problem, padded)
+    assert label_steps(problem, "9" * 5000 + " + 1 = 1") == [False]
+    assert not check_answer(problem, "The answer is " + "7" * 4301 + ".")
+
+
 def test_a_negative_seed_is_refused_since_it_replays_its_positive_twin() -> None:
     from ttc.bench.totals import generate_totals
 

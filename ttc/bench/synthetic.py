@@ -44,10 +44,12 @@ ANSWER_PREFIX = "The answer is "
 NAMES = ("Ann", "Ben", "Eve", "Kim", "Max", "Sam", "Tom", "Amy", "Bob", "Eli", "Meg", "Sue", "Ted", "Kai")
 OBJECTS = ("pens", "cards", "coins", "books", "eggs", "apples", "shells", "stamps", "beads", "cups")
 
-_STEP_LINE = re.compile(r"^(\d+) ([-+*/]) (\d+) = (-?\d+)$")
+# Numbers of at most 18 digits: every value of the family is far smaller, and int() refuses a string past 4300
+# digits (a sample that loops on one digit), which would crash the labelling instead of marking the line wrong.
+_STEP_LINE = re.compile(r"^(\d{1,18}) ([-+*/]) (\d{1,18}) = (-?\d{1,18})$")
 _COUNT_LINE = re.compile(r"^([A-Z][a-z]+): (\d+)$", flags=re.M)  # a person's count in the notes
-_ANSWER_LINE = re.compile(r"^The answer is (-?\d+)\.$")
-_ANSWER_ANYWHERE = re.compile(r"The answer is (-?\d+)\.")
+_ANSWER_LINE = re.compile(r"^The answer is (-?\d{1,18})\.$")
+_ANSWER_ANYWHERE = re.compile(r"The answer is (-?\d{1,18})\.")
 _NAME_OR_OBJECT = re.compile(r"\b(" + "|".join(NAMES + OBJECTS) + r")\b")
 
 
@@ -498,7 +500,8 @@ def label_lines(solution_text: str, answer: str, steps_left: Callable[[], bool],
             ok = do_step(line)
         else:
             match = _ANSWER_LINE.match(line)
-            ok = answered = match is not None and match[1] == answer
+            # Read as a number, as check_answer reads it: "07" states 7, and labels and grades must agree.
+            ok = answered = match is not None and str(int(match[1])) == answer
         labels.append(ok)
     return labels
 
