@@ -4,6 +4,7 @@ traceback after the models load, nor a table of nothing."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,30 @@ def optional_count_list(text: str) -> list[int]:
     return count_list(text) if text.strip() else []
 
 
+def sampling_temperature(text: str) -> float:
+    """A sampling temperature > 0: 0 is greedy decoding, which draws the same text every time (and transformers
+    refuses it for sampling)."""
+    value = _number(text)
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 100], got {text!r}")
+    return value
+
+
+def probability(text: str) -> float:
+    """A nucleus (top_p) in (0, 1], as the strategies take it."""
+    value = _number(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan  # fails every range check
+
+
 def model_folder(text: str) -> Path:
     """A local model folder (a ``config.json`` in it): a name that is no folder is refused here, rather than read
     as a Hub model id that a library would try to download."""
@@ -60,7 +85,8 @@ def run_or_exit(parser: argparse.ArgumentParser, main: Callable[[], T]) -> T:
     raise AssertionError("unreachable")  # parser.exit raises SystemExit
 
 
-__all__ = ["at_least_one", "count_list", "model_folder", "optional_count_list", "run_or_exit"]
+__all__ = ["at_least_one", "count_list", "model_folder", "optional_count_list", "probability", "run_or_exit",
+           "sampling_temperature"]
 
 if __name__ == "__main__":
     sys.exit("a module of the benchmark scripts, not a script")

@@ -62,7 +62,7 @@ from transformers import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, when a test loads it by path
-from arguments import at_least_one, model_folder
+from arguments import at_least_one, model_folder, probability, run_or_exit, sampling_temperature
 
 from ttc.backends.local import LocalBackend
 from ttc.bench.synthetic import (
@@ -369,8 +369,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--samples", type=at_least_one, default=16)
     parser.add_argument("--sampling-seed", type=int, default=None, help="reseed torch before sampling: other "
                         "samples of the same problems (without it, the samples follow from --seed)")
-    parser.add_argument("--temperature", type=float, default=TEMPERATURE, help="the strategies' default")
-    parser.add_argument("--top-p", type=float, default=TOP_P, help="the strategies' default")
+    parser.add_argument("--temperature", type=sampling_temperature, default=TEMPERATURE, help="the strategies' default")
+    parser.add_argument("--top-p", type=probability, default=TOP_P, help="the strategies' default")
     parser.add_argument("--threads", type=at_least_one, default=2)
     parser.add_argument("--prm", type=model_folder, default=None,
                         help="a candidate PRM folder instead of the shipped one "
@@ -411,8 +411,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.distinct:
         folder = (args.reasoner or mini_model_path("reasoner")) if args.policy == "reasoner" else (
             args.checker or mini_model_path("checker"))
-        sampled, decoded = complete_distinct(folder, prompts, samples=args.samples, temperature=args.temperature,
-                                             top_p=args.top_p, seed=args.sampling_seed or 0, threads=args.threads)
+        sampled, decoded = run_or_exit(parser, lambda: complete_distinct(
+            folder, prompts, samples=args.samples, temperature=args.temperature, top_p=args.top_p,
+            seed=args.sampling_seed or 0, threads=args.threads))
     else:
         if args.sampling_seed is not None:
             torch.manual_seed(args.sampling_seed)
@@ -444,6 +445,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     next_steps: NextSteps = {}
     checker_next: NextSteps = {}
     checker_auroc_scores: list[float] = []
+    # The same steps once each: a step is its problem and the steps up to it, which fix its label and both scores.
+    distinct_steps: dict[tuple[int, tuple[str, ...]], tuple[bool, float, float]] = {}
     greedy_misses: list[tuple[int, int]] = []  # (samples with the right answer, copies of the top wrong chain)
     for i, problem in enumerate(problems):
         group = groups[i]
@@ -519,6 +522,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             # its score there is the least step score so far (as the searches aggregate it).
             running = [min(checker_scores[k][: j + 1]) for j in range(len(checker_scores[k]))]
             checker_auroc_scores += running[: len(labels)]
+            for j, (ok, score, least) in enumerate(zip(labels, step_scores[k], running, strict=False)):
+                distinct_steps.setdefault((i, tuple(steps[: j + 1])), (ok, score, least))
 
     if args.dump is not None:
         with args.dump.open("w") as out:
@@ -548,8 +553,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"on the {len(greedy_misses)} problems greedy gets wrong, of {args.samples} samples a median {right:g} "
               f"have the right answer and {wrong:g} are copies of the most common wrong solution")
     prm_auroc = auroc(auroc_scores, auroc_labels)
-    print(f"PRM step AUROC {prm_auroc:.3f} on {len(auroc_labels)} distinct labelled steps "
-          f"({100 * sum(auroc_labels) / max(1, len(auroc_labels)):.1f}% correct)")
+    print(f"PRM step AUROC {prm_auroc:.3f} on the {len(auroc_labels)} labelled steps of the distinct samples "
+          f"({100 * sum(auroc_labels) / max(1, len(auroc_labels)):.1f}% correct; a prefix several samples share "
+          "counts once per sample)")
+    unique_labels = [ok for ok, _, _ in distinct_steps.values()]
+    prm_auroc_unique = auroc([score for _, score, _ in distinct_steps.values()], unique_labels)
+    checker_auroc_unique = auroc([least for _, _, least in distinct_steps.values()], unique_labels)
+    print(f"the same over the {len(unique_labels)} distinct steps (a problem's prefix counted once): PRM "
+          f"{prm_auroc_unique:.3f}, checker {checker_auroc_unique:.3f} "
+          f"({100 * sum(unique_labels) / max(1, len(unique_labels)):.1f}% correct)")
     pair_acc, pairs = same_prefix_pairs(next_steps)
     print(f"PRM ranks the right next step above a wrong one after the same prefix: {pair_acc:.3f} of {pairs} pairs")
     checker_auroc = auroc(checker_auroc_scores, auroc_labels)
@@ -574,6 +586,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"pass{args.samples}": acc(f"pass@{args.samples}"),
         f"pass{args.samples}_steps": acc(f"pass@{args.samples}_steps"),
         "prm_auroc": prm_auroc,
+        "prm_auroc_distinct_steps": prm_auroc_unique,
         "prm_same_prefix_pair_acc": pair_acc,
         f"bo{args.samples}_checker_acc": acc(f"bo{args.samples}_checker_min"),
         f"bo{args.samples}_checker_prod_acc": acc(f"bo{args.samples}_checker_prod"),
@@ -581,6 +594,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"bo{args.samples}_checker_checked_acc": acc(f"bo{args.samples}_checker_checked"),
         f"wvote{args.samples}_checker_acc": acc(f"wvote{args.samples}_checker"),
         "checker_auroc": checker_auroc,
+        "checker_auroc_distinct_steps": checker_auroc_unique,
         "checker_same_prefix_pair_acc": checker_pair,
         "draft_step_match": matches / max(1, draft_steps),
         "texts_per_problem": statistics.mean(texts),

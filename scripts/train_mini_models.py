@@ -965,7 +965,9 @@ def train_prm(schedule: Schedule, out: Path, seed: int, log_path: Path, n_proble
     data, sample_s = cached_samples(out / "reasoner", log_path.parent, problems, samples, seed)
     rng = random.Random(seed)
     rng.shuffle(data)
-    held = data[: len(data) // 10]  # held-out steps are the reasoner's own, as in use
+    # Held-out steps are the reasoner's own, as in use; they are held-out samples, not problems (a problem's other
+    # samples may train), so the log's AUROC on them reads high: the model card measures on held-out problems.
+    held = data[: len(data) // 10]
     paired = prm_problems(PRM_DATA_SEED + 60_000 + seed, PRM_DATA_SEED + 70_000 + seed, contrastive_problems,
                           PRM_DATA_SEED + 90_000 + seed, totals_fraction)
     train = data[len(data) // 10 :] + contrastive_data(paired, near_miss_count, rng)

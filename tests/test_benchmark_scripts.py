@@ -40,6 +40,9 @@ def test_no_script_shadows_an_importable_module(stem: str, tmp_path: Path) -> No
     (("batch_search.py", "--budgets", "", "--even-budgets", ""), "there would be no arm to measure"),
     (("wrong_totals.py", "--reasoner", "no/such/folder"), "must be a model folder holding config.json"),
     (("mini_models.py", "--distinct", "--calculator"), "which has no calculator"),
+    # A transformers traceback after the models loaded, or a table labelled with a nucleus nothing could use.
+    (("mini_models.py", "--temperature", "0"), "argument --temperature: must be a number in (0, 100], got '0'"),
+    (("mini_models.py", "--top-p", "1.5"), "argument --top-p: must be a number in (0, 1], got '1.5'"),
 ])
 def test_a_setting_that_measures_nothing_is_a_usage_error_before_any_model_loads(
         args: tuple[str, ...], message: str) -> None:

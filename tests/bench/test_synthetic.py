@@ -294,6 +294,8 @@ def test_labels_read_the_answer_as_check_answer_does_and_survive_huge_numbers() 
     assert label_steps(problem, padded) == [True, True] and check_answer(problem, padded)
     assert label_steps(problem, "9" * 5000 + " + 1 = 1") == [False]
     assert not check_answer(problem, "The answer is " + "7" * 4301 + ".")
+    decimal = problem.solution.replace(f"The answer is {problem.answer}.", f"The answer is {problem.answer}.5.")
+    assert not check_answer(problem, decimal)  # it read the whole part and graded "N.5" right
 
 
 def test_a_negative_seed_is_refused_since_it_replays_its_positive_twin() -> None:

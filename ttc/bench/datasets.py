@@ -146,8 +146,9 @@ def _synthetic(name: str, limit: int, offset: int, seed: int, levels: Sequence[i
     """The synthetic benchmark; for the stateful variant, each context's questions become consecutive rows;
     ``synthetic-totals`` is the totals questions of :mod:`ttc.bench.totals`.
 
-    ``seed`` counts from the start of ``EVAL_SEEDS``, so an evaluation never draws the problems the bundled
-    models were trained on, whatever seed it is given.
+    ``seed`` counts from the start of ``EVAL_SEEDS``, so an evaluation never draws the seeds the bundled models
+    were trained on, whatever seed it is given; a one- or two-step problem can still recur in training, since
+    there are few of them (the README's model card says how many).
     """
     from ttc.bench import synthetic, totals
 

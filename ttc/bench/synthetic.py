@@ -13,7 +13,8 @@ line. Texts are compact on purpose: the bundled mini models read them one charac
 
 Seeds: training uses ``TRAIN_SEEDS``; every held-out measurement uses ``EVAL_SEEDS``. The two ranges are
 disjoint, and each call to :func:`generate` draws from its own ``random.Random(seed)``, so a problem set is a
-pure function of ``(seed, n, levels)``.
+pure function of ``(seed, n, levels)``. Disjoint seeds are not disjoint problems where the problems are few: some
+level-1 and level-2 questions come out of both ranges.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ OBJECTS = ("pens", "cards", "coins", "books", "eggs", "apples", "shells", "stamp
 _STEP_LINE = re.compile(r"^(\d{1,18}) ([-+*/]) (\d{1,18}) = (-?\d{1,18})$")
 _COUNT_LINE = re.compile(r"^([A-Z][a-z]+): (\d+)$", flags=re.M)  # a person's count in the notes
 _ANSWER_LINE = re.compile(r"^The answer is (-?\d{1,18})\.$")
-_ANSWER_ANYWHERE = re.compile(r"The answer is (-?\d{1,18})\.")
+_ANSWER_ANYWHERE = re.compile(r"The answer is (-?\d{1,18})\.(?!\d)")  # "6.5." states no whole number
 _NAME_OR_OBJECT = re.compile(r"\b(" + "|".join(NAMES + OBJECTS) + r")\b")
 
 
