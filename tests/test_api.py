@@ -257,6 +257,69 @@ def test_cancelled_while_starting_the_trace_leaves_no_running_trace(tmp_path: Pa
     store.close()
 
 
+def test_cancelled_twice_while_starting_the_trace_leaves_no_running_trace(tmp_path: Path) -> None:
+    """A second task.cancel() (which an anyio shield does not stop) broke the wait for the trace's id, and the
+    trace read 'running' for good."""
+    store = TraceStore(str(tmp_path / "t.db"))
+
+    async def main() -> None:
+        task = asyncio.ensure_future(asolve("2+2?", 200, backend=ScriptedBackend(["The answer is 4."]),
+                                            store=store, seed=1))
+        await asyncio.sleep(0)  # the call is inside the trace's start write
+        task.cancel()
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    [trace] = store.list_traces()
+    assert (trace.status, store.get_trace(trace.id).error) == ("failed", "cancelled")
+    store.close()
+
+
+def test_a_pooled_batch_cancelled_twice_fails_every_trace(tmp_path: Path) -> None:
+    """The second cancel stopped the batch's loop of fail writes after the first: three traces read 'running'."""
+    from ttc import asolve_batch
+
+    store = TraceStore(str(tmp_path / "t.db"))
+
+    async def main() -> None:
+        task = asyncio.ensure_future(asolve_batch(
+            [f"What is {j} + {j}?" for j in range(4)], 8000, strategy="self_consistency", budget_scope="batch",
+            backend=ScriptedBackend(guessing_responder, delay_s=0.05), store=store, seed=1, concurrency=4))
+        await asyncio.sleep(0.1)  # every trace is open and a wave's calls are out
+        for _ in range(20):  # one of them lands while the traces' failures are being written
+            task.cancel()
+            await asyncio.sleep(0)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    traces = store.list_traces()
+    assert len(traces) == 4 and {(t.status, t.error) for t in traces} == {("failed", "cancelled")}
+    store.close()
+
+
+def test_a_cancelled_solve_closes_the_store_it_opened(tmp_path: Path) -> None:
+    """Session.aclose was cancelled with the call: each cancelled solve left a writer thread and its connections."""
+    import threading
+
+    import anyio
+
+    async def main() -> None:
+        with anyio.move_on_after(0.05):
+            await asolve("What is 2 + 3?", 200, strategy="best_of_n",
+                         backend=ScriptedBackend(["The answer is 5."], delay_s=1), store=str(tmp_path / "t.db"))
+
+    before = {t.ident for t in threading.enumerate()}
+    for _ in range(3):
+        anyio.run(main)
+    assert [t.name for t in threading.enumerate() if t.ident not in before and t.name == "ttc-trace-writer"] == []
+    with TraceStore(str(tmp_path / "t.db"), read_only=True) as store:
+        assert {t.status for t in store.list_traces()} == {"failed"}
+
+
 @pytest.mark.parametrize("seed", [-1, -2, "7", 1.5, True])
 def test_seed_must_be_a_non_negative_int(seed: object) -> None:
     """random.Random(-s) draws what Random(s) does: seed=-2 gave batch members 1 and 3 the same samples."""

@@ -12,6 +12,7 @@ import asyncio
 import os
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -54,9 +55,14 @@ class Session:
     _owned_store: bool = field(default=False, repr=False)
 
     async def aclose(self) -> None:
-        await self.setup.aclose()
-        if self._owned_store and self.store is not None:
-            await anyio.to_thread.run_sync(self.store.close)
+        """Close what the session opened. Shielded: a cancelled call (the usual way one ends early) left its
+        store's writer thread and connections open, and a backend that failed to close skipped the store."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.setup.aclose()
+            finally:
+                if self._owned_store and self.store is not None:
+                    await anyio.to_thread.run_sync(self.store.close)
 
 
 def open_session(*, backend: Backend | None, store: StoreArg, verifier: VerifierArg,
@@ -289,12 +295,7 @@ class QuestionRun:
         Where that write fails too (the disk is full, the database locked), ``exc`` stays the error the caller
         sees, with a note that the trace still reads 'running': the first failure is the one to fix.
         """
-        if self.session.store is not None and self.trace_id is not None:
-            try:
-                await _mark_failed(self.session.store, self.trace_id, exc, self.recorder)
-            except Exception as cleanup:
-                exc.add_note(f"trace {self.trace_id} could not be marked failed either, so it still reads "
-                             f"'running': {cleanup}")
+        await _fail_runs([(self, exc)])
 
 
 async def guarded(run: QuestionRun, work: Callable[[], Awaitable[T]]) -> T:
@@ -311,32 +312,78 @@ async def fail_batch(unfinished: Sequence[QuestionRun], exc: BaseException) -> N
     error and the others read 'cancelled', as in a batch of separate questions; an error of the batch itself (no
     question's own) goes to every one."""
     owner = next((run for run in unfinished if run.failure is exc), None)
-    for run in unfinished:
-        await run.fail(exc if owner is None or run is owner else asyncio.CancelledError())
+    await _fail_runs([(run, exc if owner is None or run is owner else asyncio.CancelledError())
+                      for run in unfinished])
+
+
+async def _fail_runs(failures: Sequence[tuple[QuestionRun, BaseException]]) -> None:
+    """Mark each run's trace failed with its error. Every write is queued before any is waited for, and the waits
+    outlast further cancellations: a second ``task.cancel()`` (which an anyio shield does not stop) cut a batch's
+    loop short and left the rest of its traces 'running'.
+
+    Where a write fails too (the disk is full, the database locked), the run's error stays the one the caller
+    sees, with a note that its trace still reads 'running': the first failure is the one to fix.
+    """
+    queued: list[tuple[QuestionRun, BaseException, Future[None]]] = []
+    for run, exc in failures:
+        store, trace_id = run.session.store, run.trace_id
+        if store is None or trace_id is None:
+            continue
+        try:
+            queued.append((run, exc, store.queue_fail_trace(trace_id, error=_failure_text(exc),
+                                                            nodes=run.recorder.nodes(),
+                                                            events=run.recorder.events())))
+        except Exception as cleanup:
+            _note_still_running(exc, trace_id, cleanup)
+    for run, exc, future in queued:
+        try:
+            await _outlast_cancellation(asyncio.wrap_future(future))
+        except Exception as cleanup:
+            _note_still_running(exc, run.trace_id, cleanup)
+
+
+def _note_still_running(exc: BaseException, trace_id: str | None, cleanup: Exception) -> None:
+    exc.add_note(f"trace {trace_id} could not be marked failed either, so it still reads 'running': {cleanup}")
+
+
+def _failure_text(exc: BaseException) -> str:
+    return "cancelled" if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt) else \
+        f"{type(exc).__name__}: {exc}"
+
+
+async def _outlast_cancellation(future: asyncio.Future[T]) -> T:
+    """``future``'s result, waited for through any number of cancellations of the caller (the caller re-raises
+    the first one afterwards). The store's writes take milliseconds; giving up on one leaves a trace 'running'."""
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
+    with anyio.CancelScope(shield=True):  # anyio's own cancellations; asyncio's task.cancel() is caught below
+        while not future.done():
+            try:
+                await asyncio.shield(future)
+            except asyncio.CancelledError:
+                continue
+    return future.result()
 
 
 async def _start_trace(store: TraceStore, recorder: TraceRecorder, **fields: Any) -> str:
     """Start a trace; a cancellation while its row is being written marks that row failed, never 'running'.
 
     The store keeps a start write it was handed even when the caller is cancelled, so the id is waited for
-    (shielded) and the trace failed before the cancellation goes on.
+    (through further cancellations too) and the trace failed before the cancellation goes on.
     """
     start = asyncio.ensure_future(store.astart_trace(**fields))
     try:
         return await asyncio.shield(start)
     except asyncio.CancelledError as exc:
-        with anyio.CancelScope(shield=True):
-            await asyncio.wait([start])
-        if not start.cancelled() and start.exception() is None:
-            await _mark_failed(store, start.result(), exc, recorder)
+        try:
+            trace_id = await _outlast_cancellation(start)
+        except Exception:
+            raise exc from None  # the row was never written: there is nothing to fail
+        try:
+            await _outlast_cancellation(asyncio.wrap_future(store.queue_fail_trace(
+                trace_id, error=_failure_text(exc), nodes=recorder.nodes(), events=recorder.events())))
+        except Exception as cleanup:
+            _note_still_running(exc, trace_id, cleanup)
         raise
-
-
-async def _mark_failed(store: TraceStore, trace_id: str, exc: BaseException, recorder: TraceRecorder) -> None:
-    message = "cancelled" if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt) else \
-        f"{type(exc).__name__}: {exc}"
-    with anyio.CancelScope(shield=True):
-        await store.afail_trace(trace_id, error=message, nodes=recorder.nodes(), events=recorder.events())
 
 
 __all__ = [

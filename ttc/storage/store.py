@@ -434,7 +434,13 @@ class TraceStore:
 
     async def afail_trace(self, trace_id: str, *, error: str, nodes: Sequence[Node] = (),
                           events: Sequence[TraceEvent] = ()) -> None:
-        await _wait(self._fail_work(trace_id, error, nodes, events))
+        await _wait(self.queue_fail_trace(trace_id, error=error, nodes=nodes, events=events))
+
+    def queue_fail_trace(self, trace_id: str, *, error: str, nodes: Sequence[Node] = (),
+                         events: Sequence[TraceEvent] = ()) -> Future[None]:
+        """``fail_trace`` handed to the writer without waiting: once this returns, the write happens whatever
+        becomes of the caller (a batch queues every trace's failure before it waits on any of them)."""
+        return self._fail_work(trace_id, error, nodes, events)
 
     def mark_stale_running(self, run_id: str) -> int:
         """Fail the traces of ``run_id`` left 'running' by a process that died; returns how many.
