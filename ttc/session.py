@@ -27,6 +27,7 @@ from ttc.errors import ConfigError
 from ttc.storage import TraceStore
 from ttc.storage.convert import stored_meta
 from ttc.strategies.base import Context, StrategyResult
+from ttc.strategies.lookahead import NO_DRAFT
 from ttc.strategies.synthesis import PATH_TEMPLATE, SYNTHESIS_TEMPLATE
 from ttc.trace import TraceRecorder
 from ttc.types import Budget, Notes, Problem, Result, TraceEvent, Usage, check_unicode, is_int
@@ -261,6 +262,8 @@ class QuestionRun:
         template, context_fields = question_prompt(problem, session)
         backend = setup.backend
         draft = setup.draft_backend() if uses_draft else None
+        if uses_draft and draft is None:  # refused here, before a trace opens only to fail on it
+            raise ConfigError(NO_DRAFT)
         synthesizer = setup.synthesizer_backend() if uses_synthesizer else None
         trace_id = None
         if session.store is not None:

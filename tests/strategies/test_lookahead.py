@@ -150,6 +150,16 @@ def test_solve_runs_lookahead_with_the_callers_draft_and_refuses_none() -> None:
         solve("q", 500, strategy="lookahead", backend=target, draft="/some/dir", store=False)  # type: ignore[arg-type]
 
 
+def test_no_draft_is_refused_before_a_trace_opens(tmp_path: Path) -> None:
+    """The trace opened and then failed on the missing draft: a failed trace for a call that never ran."""
+    from ttc.storage import TraceStore
+
+    with TraceStore(str(tmp_path / "t.db")) as store:
+        with pytest.raises(ConfigError, match="needs a draft model"):
+            solve("q", 500, strategy="lookahead", backend=writer(TARGET), store=store, prompt_template=TEMPLATE)
+        assert store.list_traces() == []
+
+
 def test_a_draft_that_fails_mid_solution_fails_the_trace_and_releases_the_round(tmp_path: Path) -> None:
     from ttc.errors import BackendError
     from ttc.storage import TraceStore
