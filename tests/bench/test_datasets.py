@@ -38,7 +38,7 @@ def test_bad_rows_name_file_and_line(tmp_path: Path) -> None:
     path.write_text('{"question": "q"}\n', encoding="utf-8")
     with pytest.raises(ConfigError, match=r"x.jsonl:1: no 'answer'"):
         load_dataset(str(path))
-    with pytest.raises(ConfigError, match="limit must be >= 1"):
+    with pytest.raises(ConfigError, match="limit must be an int >= 1"):
         load_dataset("gsm8k", limit=0)
 
 
@@ -71,6 +71,17 @@ def test_unreadable_files_are_config_errors(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("TTC_DATA_DIR", str(tmp_path))
     with pytest.raises(ConfigError, match=r"gsm8k_test\.jsonl, which does not exist: set TTC_DATA_DIR"):
         load_dataset("gsm8k")
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"limit": 2.5}, "limit must be an int >= 1, got 2.5"),
+    ({"offset": 1.5}, "offset must be an int >= 0, got 1.5"),
+    ({"seed": True}, "seed must be an int, got True"),  # it ran as seed 1, and the rows said seed True
+    ({"seed": "1"}, "seed must be an int, got '1'"),
+])
+def test_slice_and_seed_arguments_must_be_ints(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_dataset("synthetic", **kwargs)  # type: ignore[arg-type]
 
 
 def test_synthetic_levels_are_checked_not_widened() -> None:

@@ -107,6 +107,11 @@ def test_bad_arguments_are_config_errors() -> None:
         generate(0, -1)
     with pytest.raises(ConfigError, match="questions_per_context"):
         generate_stateful(0, 2, 0)
+    # A float count ran as its ceiling (2.5 questions became 3) or failed in range() with a raw TypeError.
+    with pytest.raises(ConfigError, match=r"n must be an int >= 0, got 2\.5"):
+        generate(0, 2.5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="need ints n_contexts >= 0 and questions_per_context >= 1"):
+        generate_stateful(0, 2, 2.5)  # type: ignore[arg-type]
 
 
 def test_label_steps_on_hand_made_solutions() -> None:

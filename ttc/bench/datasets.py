@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ttc.errors import ConfigError
-from ttc.types import Problem, check_unicode
+from ttc.types import Problem, check_unicode, is_int
 
 FILES = {"gsm8k": "gsm8k_test.jsonl", "math500": "math500_test.jsonl", "aime24": "aime24_test.jsonl"}
 SYNTHETIC = ("synthetic", "synthetic-stateful", "synthetic-totals")
@@ -43,10 +43,12 @@ def load_dataset(name: str, *, limit: int | None = None, offset: int = 0, seed: 
     ``offset``/``limit`` select a slice; ``seed`` and ``levels`` apply to the synthetic datasets.
     Problem ``index`` is the row's position in the file, so a resumed evaluation can match rows exactly.
     """
-    if limit is not None and limit < 1:
-        raise ConfigError(f"limit must be >= 1, got {limit}")
-    if offset < 0:
-        raise ConfigError(f"offset must be >= 0, got {offset}")
+    if limit is not None and (not is_int(limit) or limit < 1):
+        raise ConfigError(f"limit must be an int >= 1, got {limit!r}")
+    if not is_int(offset) or offset < 0:
+        raise ConfigError(f"offset must be an int >= 0, got {offset!r}")
+    if not is_int(seed):  # True would run as seed 1 and be stored as True
+        raise ConfigError(f"seed must be an int, got {seed!r}")
     if name in SYNTHETIC:
         return _synthetic(name, limit or 100, offset, seed, levels)
     path = data_dir() / FILES[name] if name in FILES else Path(name)

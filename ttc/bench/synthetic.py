@@ -330,8 +330,8 @@ def generate(seed: int, n: int, levels: Sequence[int] = LEVELS) -> list[Syntheti
     Deterministic: the same ``(seed, n, levels)`` always gives the same list, and the first ``k`` problems of
     a larger ``n`` are the same ``k`` problems.
     """
-    if n < 0:
-        raise ConfigError(f"n must be >= 0, got {n}")
+    if not is_int(n) or n < 0:
+        raise ConfigError(f"n must be an int >= 0, got {n!r}")
     chosen = check_levels(levels)
     rng = check_seed(seed)
     return [_one_problem(rng, chosen[i % len(chosen)]) for i in range(n)]
@@ -413,10 +413,10 @@ def _stateful_context(rng: random.Random, questions: int) -> StatefulContext:
 
 def generate_stateful(seed: int, n_contexts: int, questions_per_context: int) -> list[StatefulContext]:
     """``n_contexts`` contexts of four related quantities, each with ``questions_per_context`` questions."""
-    if n_contexts < 0 or questions_per_context < 1:
-        raise ConfigError(
-            f"need n_contexts >= 0 and questions_per_context >= 1, got {n_contexts} and {questions_per_context}"
-        )
+    if not (is_int(n_contexts) and is_int(questions_per_context)) or n_contexts < 0 or questions_per_context < 1:
+        # A float count ran (2.5 questions became 3) or failed in range() with a raw TypeError.
+        raise ConfigError(f"need ints n_contexts >= 0 and questions_per_context >= 1, got {n_contexts!r} and "
+                          f"{questions_per_context!r}")
     rng = check_seed(seed)
     return [_stateful_context(rng, questions_per_context) for _ in range(n_contexts)]
 
