@@ -20,7 +20,8 @@ same 16 samples ranked by the mini PRM (step scores aggregated by min, last step
 mini checker (likelihood), by min (StepwiseOutcome's default), by product and among the samples that compute
 right (``bo16_checker_arith``) or pass both checks (``bo16_checker_checked``), and a vote weighted by its min;
 pass@16 (an oracle ceiling), and the share of problems with a sample whose every step is right (the ceiling
-of any verifier that judges steps). Also each verifier's step AUROC on the samples' exactly labelled steps, how often
+of any verifier that judges steps). Also each verifier's step AUROC on the samples' exactly labelled steps (the
+steps of each distinct sample, and the distinct steps, a prefix that several samples share counted once), how often
 it ranks a right next step above a wrong one after the same prefix, and how often the draft model's greedy next
 step equals the reasoner's own greedy next step. Inference is plain ``transformers`` ``generate`` on CPU; with
 ``--distinct`` the samples are drawn without replacement instead (``Sampling(distinct=True)``: ttc's local engine,
