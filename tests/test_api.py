@@ -210,6 +210,8 @@ def test_budget_type_errors() -> None:
     for limits in ({"wall_s": "5"}, {"calls": "3"}, {"calls": 2.5}, {"wall_s": True}, {"wall_s": float("inf")}):
         with pytest.raises(ConfigError, match="must be a positive"):
             Budget(**limits)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="must be a positive number"):
+        Budget(wall_s=float("nan"))
     for limits in ({"tokens": 10**400}, {"wall_s": 10**400}, {"calls": 2**1024}, {"wall_s": 1e300}):
         with pytest.raises(ConfigError, match=r"must be at most 2\*\*63 - 1, got a \d+-digit number"):
             Budget(**limits)  # an OverflowError from isfinite, where it was an int past float range

@@ -75,6 +75,12 @@ def test_literal_braces_of_a_template_reach_the_prompt_with_a_context_as_without
     assert prompts == [f"Ctx {{json}}: Ann has {{12}} pens.\n{{question}} {{}}\nQ: {QUESTION}\n"]
     sleep(CONTEXT, 64, backend=ScriptedBackend(answer), store=False, sleep_template="Think {{json}}: {context}\n")
     assert prompts[-1] == f"Think {{json}}: {CONTEXT}\n"
+    # A conversion or format spec on the field left open is kept for it, not applied to a stand-in.
+    solve(QUESTION, 200, strategy="best_of_n", n=1, backend=ScriptedBackend(answer), store=False,
+          context="Ann has 12 pens.", prompt_template="{context}\nQ: {question!r}\n")
+    assert prompts[-1] == f"Ann has 12 pens.\nQ: {QUESTION!r}\n"
+    sleep(CONTEXT, 64, backend=ScriptedBackend(answer), store=False, sleep_template="Context: {context:.3}\n")
+    assert prompts[-1] == f"Context: {CONTEXT[:3]}\n"
 
 
 @pytest.mark.parametrize("options", [

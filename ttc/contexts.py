@@ -70,13 +70,21 @@ def _escape(text: str) -> str:
 
 def _left_open(template: str, field: str, **fields: str) -> str:
     """``template`` formatted with ``fields``, as a strategy's template again: ``{field}`` becomes the open
-    ``{question}``, and every other brace of the result (a literal ``{{`` of the template, a brace of a field's
-    text) is escaped for the strategies' own format."""
-    marker = "\x00question\x00"
-    while any(marker in text for text in (template, *fields.values())):
-        marker += "\x00"
-    filled = template.format(**fields, **{field: marker})
-    return _escape(filled).replace(marker, "{question}")
+    ``{question}`` (its conversion and format spec kept), and every other brace of the result (a literal ``{{`` of
+    the template, a brace of a field's text) is escaped for the strategies' own format."""
+    formatter = string.Formatter()
+    out: list[str] = []
+    for literal, name, spec, conversion in formatter.parse(template):
+        out.append(_escape(literal))
+        if name is None:
+            continue
+        if name == field:
+            out.append("{question" + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}")
+            continue
+        value = formatter.convert_field(fields[name], conversion) if conversion else fields[name]
+        shown = formatter.vformat(spec, (), fields) if spec else ""
+        out.append(_escape(formatter.format_field(value, shown)))
+    return "".join(out)
 
 
 def sleep_prompt_template(template: str) -> str:

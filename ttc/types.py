@@ -24,7 +24,7 @@ def _positive(name: str, value: float | None, *, whole: bool = False) -> None:
     if value is None:
         return
     kind = "a positive int" if whole else "a positive number"
-    if not (is_int(value) if whole else is_number(value)) or value <= 0 or value == math.inf:
+    if not (is_int(value) if whole else is_number(value)) or not value > 0 or value == math.inf:  # NaN fails > 0
         raise ConfigError(f"Budget.{name} must be {kind} or None (unlimited), got {value!r}")
     # Before isfinite, which overflows on an int past float range; every limit is also read as a float.
     if value > BUDGET_LIMIT or not math.isfinite(value):

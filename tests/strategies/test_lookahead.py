@@ -209,6 +209,7 @@ def test_drafts_paid_for_when_the_wall_time_ends_are_counted_and_recorded(tmp_pa
     [summary] = [e.payload for e in record.events if e.kind == "lookahead_summary"]
     pruned = [n for n in record.nodes if n.status == "pruned"]
     assert target.calls == [] and summary["rounds"] == 1 and summary["proposed"] == len(draft.calls) >= 1
+    assert summary["unchecked"] == summary["proposed"] and summary["acceptance"] is None
     assert len(pruned) == summary["proposed"] and sum(n.token_count for n in pruned) == summary["draft_tokens"]
     assert pruned[0].reason == "draft step not checked: the budget ran out after drafting"
 

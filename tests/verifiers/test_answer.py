@@ -415,6 +415,8 @@ def test_verdicts_are_cached_by_key() -> None:
     ("#### 1. Find the cost\n9 eggs.\n#### 2. Total\n9*2 = 18.\n\nThe answer is 18.", "18", "18"),
     ("#### (b) Money\n9*2 = 18.\nThe answer is 18.", "18", "18"),
     ("#### 1) Eggs left\n9*2 = 18.\nThe answer is 18.", "18", "18"),
+    ("9*2 = 18\n#### 18. That is 9 eggs times 2.", "18", "18"),  # the last line: the answer, not a heading
+    ("I can confirm the answer is 18.", "18", "18"),
     # A later "answer is"/"answer:" that gives no answer, or reworks one, does not replace it.
     ("The answer is 18.\nThe answer is in dollars.", "18", "18"),
     ("The answer is 18.\n\nChecking the answer: 9 eggs at $2 is $18.", "18", "18"),
@@ -538,6 +540,8 @@ def test_a_forked_child_grades_on_its_own_workers() -> None:
 
 
 def _grade_series(i: int) -> list[bool]:
+    # The child's worker is its own child, not one of the parent's it inherited with the pipes.
+    assert grading_workers.run_in_worker(os.getppid, (), 30.0).value == os.getpid()
     return [grade(f"\\boxed{{{100 * i + j + 7}/{2 if j % 2 == 0 else 3}}}", f"\\frac{{{100 * i + j + 7}}}{{2}}")
             for j in range(6)]
 

@@ -236,6 +236,15 @@ def test_any_loopback_address_is_guarded_and_ipv6_loopback_serves(viewer: Viewer
         assert client.get("/", headers={"Host": "attacker.example"}).status_code == 421
 
 
+def test_loopback_names_are_the_loopback_addresses_and_localhost_only() -> None:
+    from ttc.viewer.server import _loopback
+
+    for name in ("localhost", "127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1"):  # the last: an IPv4-mapped one
+        assert _loopback(name), name
+    for name in ("attacker.example", "10.0.0.1", "::ffff:8.8.8.8", "0.0.0.0", ""):
+        assert not _loopback(name), name
+
+
 def test_a_client_that_hangs_up_mid_answer_is_let_go_quietly(viewer: Viewer, monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     """Writing to a reset socket raised into the 'bug' path, which wrote a second answer and printed two

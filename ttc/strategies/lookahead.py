@@ -58,6 +58,7 @@ class Tally:
 
     rounds: int = 0
     proposed: int = 0
+    unchecked: int = 0  # proposed, then left when the budget ran out before the target's wave
     accepted: int = 0
     draft_tokens: int = 0
     target_tokens: int = 0
@@ -155,6 +156,7 @@ class Lookahead(Strategy[LookaheadOptions]):
         if meter.exhausted():  # the drafts were paid for: the trace and the summary count them all the same
             tally.rounds += 1
             tally.proposed += len(proposals)
+            tally.unchecked += len(proposals)
             self._unaccepted(ctx, chain, proposals, "draft step not checked: the budget ran out after drafting")
             return
         # A round without proposals is one plain target step, trimmed to what is left (never to nothing: the
@@ -228,8 +230,11 @@ class Lookahead(Strategy[LookaheadOptions]):
             ctx.recorder.update(chain.node, status="selected", answer=answer)
         ctx.recorder.event("lookahead_summary", {
             "draft": ctx.draft.name if ctx.draft is not None else None,  # the trace's backend names the target
-            "rounds": tally.rounds, "proposed": tally.proposed, "accepted": tally.accepted,
-            "acceptance": round(tally.accepted / tally.proposed, 4) if tally.proposed else None,
+            "rounds": tally.rounds, "proposed": tally.proposed, "unchecked": tally.unchecked,
+            "accepted": tally.accepted,
+            # Of the proposals the target checked: one left unchecked was neither accepted nor rejected.
+            "acceptance": round(tally.accepted / checked, 4) if (checked := tally.proposed - tally.unchecked)
+            else None,
             "draft_tokens": tally.draft_tokens, "target_tokens": tally.target_tokens,
             "target_passes": tally.target_passes,
         })

@@ -191,14 +191,17 @@ def extract_stated_answer(text: str) -> str | None:
     boxed = _last_boxed(text)
     if boxed is not None:
         return boxed
-    for raw in reversed(_HASHES.findall(text)):
+    for hashes in reversed(list(_HASHES.finditer(text))):
+        raw = hashes.group(1)
         answer = _clean_phrase_answer(raw)
-        # "#### Step 2" and "#### 1. Find the cost" are markdown headings, not GSM8K's answer line.
-        if answer and not answer[0].isalpha() and not _HEADING.match(raw):
+        # "#### Step 2" is a markdown heading, not GSM8K's answer line; so is "#### 1. Find the cost" where the
+        # solution goes on below it ("#### 18. That is 9 eggs times 2." on the last line is the answer).
+        heading = _HEADING.match(raw) is not None and bool(text[hashes.end():].strip())
+        if answer and not answer[0].isalpha() and not heading:
             return answer
     for phrase in reversed(list(_ANSWER_PHRASE.finditer(text))):
         before = text[text.rfind("\n", 0, phrase.start()) + 1 : phrase.start()]
-        if _CHECKING.search(before):
+        if _CHECKING.search(before) and "is" not in phrase.group(0).lower():  # "I can confirm the answer is 18"
             continue
         answer = _clean_phrase_answer(_phrase_line(text, phrase.end()))
         # "the answer is correct!" restates an earlier one; "the answer is in dollars" gives none

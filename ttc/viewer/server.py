@@ -48,6 +48,7 @@ class ViewerHandler(BaseHTTPRequestHandler):
     _answered = False
 
     def do_GET(self) -> None:
+        self._answered = False  # per request: a kept-alive connection asks again
         if not self._addressed_here():
             self._fail(HTTPStatus.MISDIRECTED_REQUEST, "the viewer answers only requests addressed to this machine "
                        "(Host localhost or a loopback address such as 127.0.0.1 or [::1]); serve it with --host to "
@@ -132,9 +133,11 @@ def _loopback(name: str) -> bool:
     if name.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(name).is_loopback
+        address = ipaddress.ip_address(name)
     except ValueError:
         return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is 127.0.0.1
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def _limit(raw: str | None) -> int:
