@@ -256,8 +256,9 @@ def storage_error(
         )
     if code.startswith("SQLITE_CANTOPEN") or "unable to open database" in lowered:
         return StorageError(
-            f"cannot open the trace database {where} ({detail}) while {doing}; check that the path is a file "
-            f"in an existing, writable directory, or set {ENV_VAR} to another path"
+            f"cannot open the trace database {where} ({detail}) while {doing}; check that the path names an "
+            f"existing store (a reader opens no other), or a file in an existing, writable directory, or set "
+            f"{ENV_VAR} to another path"
         )
     if code.startswith("SQLITE_NOTADB") or "not a database" in lowered:
         return StorageError(
