@@ -68,21 +68,8 @@ def _braced_group(text: str, start: int) -> tuple[str, int] | None:
 
     Escaped braces (``\\{``) do not count, as in TeX, so ``\\boxed{\\{1,2\\}}`` reads as ``\\{1,2\\}``.
     """
-    depth = 0
-    i = start
-    while i < len(text):
-        char = text[i]
-        if char == "\\":
-            i += 2
-            continue
-        if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1 : i], i + 1
-        i += 1
-    return None
+    close = _closing_braces(text[start:]).get(0)
+    return None if close is None else (text[start + 1 : start + close], start + close + 1)
 
 
 def _closing_braces(text: str) -> dict[int, int]:
