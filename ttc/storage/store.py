@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, delete, func, insert, inspect, select, update
+from sqlalchemy import Connection, Engine, Row, delete, func, insert, inspect, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
@@ -593,15 +593,14 @@ def _fail_orphans(connection: Connection) -> None:
     TraceOwnerRow and RunLeaseRow); a process on another host cannot be checked from here, so its traces and runs
     are left as they are."""
     host = socket.gethostname()
-    leases = connection.execute(select(RunLeaseRow.run_id, RunLeaseRow.pid).where(RunLeaseRow.host == host)).tuples()
+    leases = connection.execute(select(RunLeaseRow.run_id, RunLeaseRow.pid).where(RunLeaseRow.host == host))
     for run_id, _pid in _dead(leases):
         connection.execute(  # as a Ctrl-C leaves it: --resume finishes it
             update(RunRow).where(RunRow.id == run_id, RunRow.status == "running")
             .values(status="interrupted", summary={}, finished_at=_now())
         )
         connection.execute(delete(RunLeaseRow).where(RunLeaseRow.run_id == run_id))
-    owners = connection.execute(
-        select(TraceOwnerRow.trace_id, TraceOwnerRow.pid).where(TraceOwnerRow.host == host)).tuples()
+    owners = connection.execute(select(TraceOwnerRow.trace_id, TraceOwnerRow.pid).where(TraceOwnerRow.host == host))
     for trace_id, pid in _dead(owners):
         connection.execute(
             update(TraceRow).where(TraceRow.id == trace_id, TraceRow.status == "running")
@@ -611,7 +610,7 @@ def _fail_orphans(connection: Connection) -> None:
         connection.execute(delete(TraceOwnerRow).where(TraceOwnerRow.trace_id == trace_id))
 
 
-def _dead(holders: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+def _dead(holders: Iterable[Row[str, int]]) -> list[tuple[str, int]]:
     """The (id, pid) rows whose process is gone."""
     return [(key, pid) for key, pid in holders if not _process_alive(pid)]
 
