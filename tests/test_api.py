@@ -118,6 +118,38 @@ def test_a_bad_prompt_template_is_refused_before_the_default_backend_opens(monke
     assert opened == []
 
 
+def test_a_bad_store_is_refused_before_the_default_backend_opens(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    """The store opened after the embedded models had loaded, and a refused one left them unclosed."""
+    import ttc.session
+    from ttc.errors import StorageError
+
+    def default_backend(**kwargs: object) -> object:
+        raise AssertionError("the default backend was opened for a store that is refused")
+
+    monkeypatch.setattr(ttc.session, "default_backend", default_backend)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StorageError, match="is a file, not a directory"):
+        solve("2+2?", 200, store=str(blocker / "t.db"))
+
+
+def test_a_backend_that_fails_to_load_closes_the_store_the_call_opened(monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Path) -> None:
+    import threading
+
+    import ttc.session
+
+    def default_backend(**kwargs: object) -> object:
+        raise ConfigError("no model here")
+
+    monkeypatch.setattr(ttc.session, "default_backend", default_backend)
+    before = {t.ident for t in threading.enumerate()}
+    with pytest.raises(ConfigError, match="no model here"):
+        solve("2+2?", 200, store=str(tmp_path / "t.db"))
+    assert [t.name for t in threading.enumerate() if t.ident not in before and t.name == "ttc-trace-writer"] == []
+
+
 def test_nothing_configured_runs_the_embedded_mini_models(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("torch")
     monkeypatch.delenv("TTC_VLLM_URL", raising=False)

@@ -98,8 +98,17 @@ def open_session(*, backend: Backend | None, store: StoreArg, verifier: Verifier
     # A caller's template is filled (and so checked) before the backend loads.
     filled = None if context is None or prompt_template is None else \
         context_prompt_template(prompt_template, context, notes_text, name="prompt_template")
-    setup = with_helpers(BackendSetup(backend=backend, owned=False)) if backend is not None else \
-        default_backend(url=url, model=model, contextual=contextual or context is not None)
+    # The store first: a bad path is refused before any model loads (loaded engines were left unclosed), and a
+    # backend that fails to load closes the store this call opened.
+    owned = not isinstance(store, TraceStore) and store is not False
+    trace_store = store if isinstance(store, TraceStore) else None if store is False else TraceStore(store)
+    try:
+        setup = with_helpers(BackendSetup(backend=backend, owned=False)) if backend is not None else \
+            default_backend(url=url, model=model, contextual=contextual or context is not None)
+    except BaseException:
+        if owned and trace_store is not None:
+            trace_store.close()
+        raise
     if draft is not None:
         setup.draft, setup.draft_loader = draft, None
     if synthesizer is not None:
@@ -117,8 +126,6 @@ def open_session(*, backend: Backend | None, store: StoreArg, verifier: Verifier
         plan["context"] = context_plan(context, notes)
     elif prompt_template is not None:
         setup.prompt_template = prompt_template
-    owned = not isinstance(store, TraceStore) and store is not False
-    trace_store = store if isinstance(store, TraceStore) else None if store is False else TraceStore(store)
     return Session(setup=setup, store=trace_store, plan=plan, _owned_store=owned)
 
 
