@@ -75,7 +75,10 @@ class Budget:
 
 @dataclass(frozen=True)
 class Usage:
-    """What a run spent. ``peak_kv_tokens`` is the largest number of KV-cache tokens live at once."""
+    """What a run spent. ``peak_kv_tokens`` is the largest number of KV-cache tokens live at once: on the local
+    engine, the engine's own count at the run's calls, which includes every other question in flight on the same
+    engine (alone, it is the run's; in a concurrent batch, the engine's peak while the run was in it); elsewhere,
+    the run's own estimate (its prompt and the sequences it holds)."""
 
     generated_tokens: int = 0
     prompt_tokens: int = 0

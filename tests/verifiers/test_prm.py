@@ -114,6 +114,18 @@ async def test_generative_judge_reads_yes_against_no(backend: LocalBackend, tiny
     assert scores[0] == pytest.approx(expected, abs=1e-4)
 
 
+async def test_a_judge_counts_one_call_per_step_it_asks_about(backend: LocalBackend) -> None:
+    """It asks about each new step in a request of its own, and was counted as one call for all of them."""
+    verdicts = judge(backend, yes="Y", no="N", top_k=128)
+    first = await verdicts.score_steps_detailed(QUESTION, STEPS[:1])
+    more = await verdicts.score_steps_detailed(QUESTION, STEPS[:3])  # the first step comes from the cache
+    assert (first.calls, more.calls, verdicts.calls) == (1, 2, 3)
+    again = await verdicts.score_steps_detailed(QUESTION, STEPS[:3])
+    assert again.calls == 0 and verdicts.calls == 3
+    token = TokenPRM(backend, PRESET)
+    assert (await token.score_steps_detailed(QUESTION, STEPS[:3])).calls == 1  # the whole prefix at once
+
+
 async def test_multi_token_judgement_is_a_clear_error(backend: LocalBackend) -> None:
     bad_preset = PRMPreset(name="bad", family="token", tag="@@", good="Y", bad="N")
     with pytest.raises(VerifierError, match="must be one token"):

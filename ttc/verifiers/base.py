@@ -53,10 +53,15 @@ class StepScores:
     scores: tuple[float, ...]
     scored_tokens: int = 0
     cached_steps: int = 0
+    requests: int | None = None
+    """Backend calls the scoring made, where the verifier counts them (one per new step for a judge that asks
+    about each step); None: one call, unless every step came from the cache."""
 
     @property
     def calls(self) -> int:
         """Verifier calls this scoring made: none where every step came from the cache."""
+        if self.requests is not None:
+            return self.requests
         return int(self.cached_steps < len(self.scores))
 
 

@@ -12,7 +12,7 @@ import hashlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import anyio
 
@@ -64,6 +64,9 @@ class StepScoreCache:
 class CachedPRM(ABC):
     """Shared machinery: the cache, usage counters, and the ProcessVerifier methods."""
 
+    call_per_step: ClassVar[bool] = False
+    """Whether scoring sends one request per new step (else one for the whole prefix)."""
+
     def __init__(self, backend: Backend, preset: PRMPreset, *, cache: StepScoreCache | None = None,
                  incremental: bool = True) -> None:
         self.backend = backend
@@ -99,8 +102,9 @@ class CachedPRM(ABC):
         for key, value in zip(keys, scores, strict=True):
             self.cache.put(key, value)
         self.scored_tokens += new_tokens
-        self.calls += 1
-        return StepScores(tuple(scores), new_tokens, len(cached))
+        requests = len(steps) - len(cached) if self.call_per_step else 1
+        self.calls += requests
+        return StepScores(tuple(scores), new_tokens, len(cached), requests)
 
     async def score_many(self, question: str, candidates: Sequence[Sequence[str]]) -> list[list[float]]:
         """Score several candidates concurrently (the backend batches them)."""
@@ -272,6 +276,8 @@ class LikelihoodPRM(CachedPRM):
 
 class GenerativeJudge(CachedPRM):
     """For models without a PRM: ask the model whether each step is correct and read P(Yes) against P(No)."""
+
+    call_per_step = True  # one prompt_logprobs request for each step not scored before
 
     TEMPLATE = ("Question: {question}\nSolution so far:\n{previous}\nNew step: {step}\n"
                 "Is the new step correct? Answer Yes or No.\nAnswer:")
