@@ -71,6 +71,13 @@ def test_the_same_seed_spends_the_same_way_at_any_concurrency(tmp_path: Path) ->
     assert run(1) == run(8)
 
 
+def test_a_batch_budget_near_the_largest_limit_runs() -> None:
+    """Each question's cap (max_samples x max_tokens) passed 2**63 - 1 for a large max_tokens: refused as too large."""
+    results = solve_batch(EASY[:2], 2**62, backend=ScriptedBackend(responder), store=False, seed=0,
+                          budget_scope="batch", max_tokens=2**60)
+    assert [r.answer for r in results] == ["4", "4"]
+
+
 def test_a_failure_marks_every_trace_of_the_batch_failed(tmp_path: Path) -> None:
     store = TraceStore(str(tmp_path / "t.db"))
     with pytest.raises(BackendError, match="refused"):

@@ -111,6 +111,15 @@ def test_the_same_seed_spends_the_same_way_at_any_concurrency() -> None:
     assert run(1) == run(8)
 
 
+@pytest.mark.parametrize("strategy", ["beam", "auto"])
+def test_a_batch_budget_near_the_largest_limit_runs(strategy: str) -> None:
+    """A question's internal cap (its share times the searches' growth) passed 2**63 - 1, and a budget the caller
+    was allowed to give was refused as too large."""
+    results = solve_batch(EASY[:2], 2**62, backend=ScriptedBackend(responder), verifier=StepPRM(), store=False,
+                          seed=0, strategy=strategy, budget_scope="batch")
+    assert [r.answer for r in results] == ["4", "4"]
+
+
 def test_a_failure_marks_every_trace_of_the_batch_failed(tmp_path: Path) -> None:
     store = TraceStore(str(tmp_path / "t.db"))
     with pytest.raises(BackendError, match="refused"):

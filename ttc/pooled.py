@@ -36,7 +36,7 @@ from ttc.strategies.sampling import resolve_selection
 from ttc.strategies.self_consistency import SelfConsistencyOptions
 from ttc.strategies.tree import NO_PROCESS_VERIFIER, TreeSearch
 from ttc.strategies.vote_rounds import VoteRounds
-from ttc.types import Budget, Problem, Result
+from ttc.types import BUDGET_LIMIT, Budget, Problem, Result
 
 STRATEGY = "self_consistency"
 
@@ -203,7 +203,7 @@ async def solve_pooled(problems: Sequence[Problem], budget: Budget, session: Ses
     pool = Pool(budget)
     # Each question's meter also holds the batch's wall limit, counted from the batch's start (not from when its
     # trace opened), so a wave stops drawing once the batch is out of time, not only the next wave.
-    own_budget = Budget(tokens=opts.max_samples * opts.max_tokens, wall_s=budget.wall_s)
+    own_budget = Budget(tokens=min(BUDGET_LIMIT, opts.max_samples * opts.max_tokens), wall_s=budget.wall_s)
     questions: list[_Question] = []
     try:
         for index, (problem, seed) in enumerate(zip(problems, seeds, strict=True)):

@@ -24,7 +24,7 @@ from ttc.concurrency import bounded_gather
 from ttc.controller.batch import Grant, Pool, SearchStanding, search_wave
 from ttc.session import QuestionRun, Session, fail_batch, guarded
 from ttc.strategies.tree import SearchTree, StepNode, TreeSearch, TreeSelection, choose_leaves
-from ttc.types import Budget, Problem, Result
+from ttc.types import BUDGET_LIMIT, Budget, Problem, Result
 from ttc.verifiers.answer import normalize_answer
 from ttc.verifiers.vote import majority_vote, vote_weights
 
@@ -114,7 +114,7 @@ async def solve_searches(problems: Sequence[Problem], budget: Budget, session: S
     one ``growth`` times the one before."""
     first = planner(share)
     pool = Pool(budget)
-    cap = None if share is None else share * sum(growth**k for k in range(MAX_SEARCHES))
+    cap = None if share is None else min(BUDGET_LIMIT, share * sum(growth**k for k in range(MAX_SEARCHES)))
     own = Budget(tokens=cap, wall_s=budget.wall_s, calls=budget.calls)
     members: list[_Searcher] = []
     try:

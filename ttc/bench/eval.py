@@ -39,7 +39,7 @@ from ttc.session import SEED_LIMIT, question_prompt
 from ttc.sleeptime import SLEEP, SleepOptions, load_notes, sleep_in_session, sleep_options
 from ttc.storage import TraceStore, TraceSummary
 from ttc.storage.convert import problem_id
-from ttc.types import Budget, Problem, Result, TraceEvent
+from ttc.types import BUDGET_LIMIT, Budget, Problem, Result, TraceEvent
 from ttc.verifiers.answer import agrade_result
 
 SLEEP_SEED_OFFSET = 1 << 30
@@ -187,8 +187,10 @@ async def _solve_all(todo: Sequence[Problem], budget: Budget, session: Session, 
             progress(problem, result)
 
     async def pooled() -> None:
-        shared = Budget(tokens=None if budget.tokens is None else budget.tokens * len(todo), wall_s=budget.wall_s,
-                        calls=None if budget.calls is None else budget.calls * len(todo))
+        # Each question's share, times the questions, within the largest limit a budget takes.
+        shared = Budget(tokens=None if budget.tokens is None else min(BUDGET_LIMIT, budget.tokens * len(todo)),
+                        wall_s=budget.wall_s,
+                        calls=None if budget.calls is None else min(BUDGET_LIMIT, budget.calls * len(todo)))
         try:
             results: Sequence[Result | None] = await solve_pooled(
                 todo, shared, session, strategy=strategy, options=options, concurrency=concurrency,
