@@ -60,6 +60,34 @@ async def test_zero_weights_make_ets_rebase(seed: int) -> None:
     assert all(not n.reason or not n.reason.startswith("ilp") for n in ctx.recorder.nodes())
 
 
+async def test_zero_weights_keep_every_node_when_fewer_children_are_owed_than_nodes() -> None:
+    """Owed 2 children (a narrowed width) among 3 nodes weighted 0.6/0.2/0.2, the program kept the best and one
+    tie its own way, and the share-out then gave the best both: REBASE gives one each to the best and the first
+    tie. Its prune reason named a KV cost weighted 0."""
+    import types
+
+    from ttc.strategies.ets import Ets
+    from ttc.strategies.ets_ilp import softmax
+    from ttc.strategies.rebase import apportion
+    from ttc.strategies.tree import StepNode
+
+    root = StepNode(id=0, parent=None, prefix=(1, 2), token_ids=(1, 2), text="q", depth=0)
+    scores = [0.0, -0.2 * math.log(3), -0.2 * math.log(3)]  # softmax weights 0.6, 0.2, 0.2 at temperature 0.2
+    nodes = [StepNode(id=i + 1, parent=root, prefix=(1, 2, 3 + i), token_ids=(3 + i,), text=text, depth=1,
+                      score=score) for i, (score, text) in enumerate(zip(scores, ["a b c", "x y z", "p q r"],
+                                                                        strict=True))]
+    tree = types.SimpleNamespace(ctx=types.SimpleNamespace(backend=object()))
+    ets = Ets(EtsOptions(lambda_kv=0, lambda_coverage=0, embedder="ngram", width=4, balance_temperature=0.2))
+    retained = await ets.retain(tree, nodes, 2)  # type: ignore[arg-type]
+    assert [n.id for n in retained.nodes] == [1, 2, 3] and not retained.dropped
+    shares = apportion(retained.nodes, softmax([n.score for n in retained.nodes], 0.2), 2)
+    assert shares == apportion(nodes, softmax(scores, 0.2), 2) == {1: 1, 2: 1, 3: 0}
+    capped = Ets(EtsOptions(lambda_kv=0, lambda_coverage=1, n_clusters=3, embedder="ngram", width=4,
+                            balance_temperature=0.2))
+    dropped = await capped.retain(tree, nodes, 2)  # type: ignore[arg-type]
+    assert set(dropped.reasons.values()) == {"ilp: not among the 2 nodes the width keeps"}
+
+
 class EmbeddingBackend(ScriptedBackend):
     """A backend that embeds sequences (as the local engine may): steps starting with 'x' point one way."""
 

@@ -158,8 +158,10 @@ NGRAM_THRESHOLD = 0.5
 
 HIDDEN_STATE_THRESHOLD = 0.1
 """A model's last hidden state after a step is what it will continue from, so two steps that leave the same
-state (``22 + 12 = 34`` and ``32 + 12 = 34``) are at distance ~0, while steps with different results are 0.2 to
-0.5 apart on the mini models; n-grams at 0.5 would lump those together, since they share most characters."""
+state (``22 + 12 = 34`` and ``32 + 12 = 34``) are at distance ~0. Steps with different results are often 0.2 to
+0.5 apart on the mini models (``13 - 6 = 7`` against ``= 6``: 0.40), but not always: ``22 + 12 = 34`` against
+``= 35`` is 0.0002 apart, so at this threshold a right step and a miscomputed one can share a cluster. N-grams
+at 0.5 would lump far more together, since such steps share most characters."""
 
 
 def default_threshold(embedder: AnyEmbedder) -> float:

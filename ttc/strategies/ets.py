@@ -6,8 +6,9 @@ siblings is charged once, so keeping siblings is cheap and keeping scattered cou
 ``lambda_coverage`` for every semantic cluster of steps that keeps at least one member, so cheap redundancy does
 not crowd out a genuinely different line of reasoning. Steps are clustered by embedding (``embedder``) with
 average linkage up to cosine distance ``cluster_threshold`` (or into ``n_clusters``). Nodes the program drops are
-pruned and released; the width then goes to the kept nodes in proportion to their softmax weights, as in REBASE.
-With ``lambda_kv = 0`` and ``lambda_coverage = 0`` every node is kept and ETS is REBASE.
+pruned and released; the width then goes to the kept nodes in proportion to their softmax weights, as in REBASE
+(so a node kept for its cluster whose weight earns no share of the width is pruned there, and its cluster with it).
+With ``lambda_kv = 0`` and ``lambda_coverage = 0`` no program runs: every node is kept and ETS is REBASE.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ class Ets(RebaseBase[EtsOptions]):
 
     async def retain(self, tree: SearchTree, frontier: list[StepNode], owed: int) -> Retained:
         opts = self.options
+        if opts.lambda_kv == 0 and opts.lambda_coverage == 0:
+            # Weights alone: the program would keep the owed best nodes and break ties its own way (where the
+            # width is narrowed), not REBASE's; keeping everything is REBASE exactly.
+            return await super().retain(tree, frontier, owed)
         labels = await self._clusters(tree, frontier)
         paths = [node.path()[:-1] for node in frontier]
         problem = paper_problem(
@@ -62,8 +67,16 @@ class Ets(RebaseBase[EtsOptions]):
         dropped = [n for n in frontier if n.id not in kept_ids]
         cluster_of = {n.id: label for n, label in zip(frontier, labels, strict=True)}
         covered = set(solution.covered)
-        reasons = {n.id: "ilp: redundant cluster" if cluster_of[n.id] in covered else "ilp: kv cost"
-                   for n in dropped}
+        capped = len(kept) >= owed  # the width binds: a node may be dropped for it alone
+
+        def reason(node: StepNode) -> str:
+            if opts.lambda_coverage > 0 and cluster_of[node.id] in covered:
+                return "ilp: redundant cluster"
+            if capped or opts.lambda_kv == 0:
+                return f"ilp: not among the {owed} nodes the width keeps"
+            return "ilp: kv cost"
+
+        reasons = {n.id: reason(n) for n in dropped}
         payload: dict[str, object] = {
             "clusters": {str(n.id): cluster_of[n.id] for n in frontier},
             "n_clusters": len(set(labels)),

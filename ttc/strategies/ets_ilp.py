@@ -74,7 +74,8 @@ class Retention:
 
 
 def solve_retention(problem: RetentionProblem, *, time_limit_s: float = 10.0) -> Retention:
-    """Solve the program exactly (``mip_rel_gap=0``); ties are broken by HiGHS, deterministically."""
+    """Solve the program to optimality (``mip_rel_gap=0``) within HiGHS's tolerances: choices whose objectives
+    differ by less than about 1e-6 count as ties, which HiGHS breaks deterministically."""
     _check(problem)
     # Imported here: scipy.optimize takes a second to import, and only ETS needs it.
     from scipy.optimize import Bounds, LinearConstraint, milp
