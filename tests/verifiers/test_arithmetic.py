@@ -28,6 +28,12 @@ from ttc.verifiers.arithmetic import arithmetic_slips, computes_right
     ("So, 12 + 4 = 15", ["12 + 4 = 15"]),  # a comma or full stop with a space after it is prose
     ("She buys 4 more. 12 + 4 = 15.", ["12 + 4 = 15"]),
     ("8 + 4 = 12, 12 + 4 = 15", ["12 + 4 = 15"]),
+    # Each link of a chain is read (the first consumed the number the next starts with, and none was checked).
+    ("17 + 8 = 25 - 3 = 21", ["25 - 3 = 21"]),
+    ("3 * 2 + 4 * 2 = 6 + 8 = 15", ["6 + 8 = 15"]),
+    # A thousands-grouped result then a comma and prose is the whole number (it was read as its first group).
+    ("So she has 600 + 400 = 1,000, which she saves.", []),
+    ("So she has 600 + 400 = 1,100, which she saves.", ["600 + 400 = 1,100"]),
 ])
 def test_wrong_results_are_found_as_written(text: str, slips: list[str]) -> None:
     assert arithmetic_slips(text) == slips
@@ -47,6 +53,19 @@ def test_wrong_results_are_found_as_written(text: str, slips: list[str]) -> None
     "7 / 2 = 3 remainder 1",  # a quotient with its remainder: the result goes on past 3
     "7 / 2 = 3 R 1",
     "22 / 5 = 4 with 2 left over",
+    # Part of a longer product or difference written with a sign, a word or TeX the equation does not take, a
+    # time of day, a mixed number: only the tail would be read (all of these are right as written).
+    "He has 2 x 3 + 4 = 10 apples.",
+    "There are 20 x 20/100 = 4 students",
+    "2 · 3 + 4 = 10",
+    "5 \\times 3 + 1 = 16",
+    "5 \\cdot 3 + 1 = 16",
+    "2 times 3 + 4 = 10",
+    "20% of 50 + 10 = 20",
+    "\u22125 + 10 = 5",
+    "3:00 + 2 = 5:00",
+    "2 1/2 = 2.5",
+    "2 + 3 = 5 x 2 = 10",
 ])
 def test_equations_it_cannot_read_alone_are_skipped(text: str) -> None:
     assert arithmetic_slips(text) == []

@@ -40,6 +40,13 @@ def test_operands_nothing_gave_are_found(solution: str, missing: list[str]) -> N
     ("Tom has Forty Two apples and eats 2.", "42 - 2 = 40"),
     ("A shirt costs $20 and is 25% off.", "20 * 0.25 = 5\n20 - 5 = 15"),
     ("A shirt costs $20 and is 25 percent off.", "20 * 0.25 = 5\n20 - 5 = 15"),
+    ("The tank is two thirds full of 24 liters.", "24 / 3 = 8\n8 * 2 = 16"),
+    ("Three quarters of the 40 pens are red.", "40 / 4 = 10\n10 * 3 = 30"),
+    ("A fifth of the 40 pens are red.", "40 / 5 = 8"),
+    ("Each apple costs $.75. He buys 4.", "0.75 * 4 = 3"),
+    ("He pays $1,200, and then $300 more.", "1,200 + 300 = 1,500"),
+    # A link of a chain rewrites the expression before it: 7 is 3 + 4.
+    ("Ann buys 2 bags with 3 red and 4 blue marbles each.", "She has 2 * (3 + 4) = 2 * 7 = 14 marbles."),
 ])
 def test_numbers_given_in_words_or_stated_before_use_count(question: str, solution: str) -> None:
     assert unsourced_operands(question, solution) == []

@@ -18,19 +18,27 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
-_NUMBER = r"\d{1,3}(?:,\d{3})+(?![\d,])|\d+(?:\.\d+)?"
+# Thousands groups only where they are complete; a comma then prose ends the number (``1,000, which``).
+_NUMBER = r"\d{1,3}(?:,\d{3})+(?!\d|,\d)|\d+(?:\.\d+)?"
 NUMBER = re.compile(_NUMBER)
+# Looked for at every position (a lookahead), so that the links of a chain (``17 + 8 = 25 - 3 = 21``) are each
+# found, not only the first, which consumes the number the next one starts with.
 _EQUATION = re.compile(
-    rf"(?P<a>{_NUMBER})[ \t]*(?P<op>[-+*/×÷])[ \t]*(?P<b>{_NUMBER})[ \t]*=[ \t]*(?P<c>-?(?:{_NUMBER}))"
+    rf"(?=(?P<text>(?P<a>{_NUMBER})[ \t]*(?P<op>[-+*/×÷])[ \t]*(?P<b>{_NUMBER})[ \t]*=[ \t]*"
+    rf"(?P<c>-?(?:{_NUMBER}))))"
 )
 _OPERATORS = "+-*/×÷^"
 # Before the first operand, spaces between or not: anything that would make it part of a longer expression.
-_BAD_BEFORE = set(_OPERATORS) | set(")")
+_BAD_BEFORE = set(_OPERATORS) | set(")·⋅−–:")  # other times and minus signs, a time of day (``3:00 + 2``)
+# The same as words or TeX, or a number (``2 1/2``, a mixed number; ``2 x 3 + 4``, read as ``2`` then ``x``).
+_BAD_BEFORE_WORD = re.compile(r"(?:\b[xX]|\\times|\\cdot|\btimes|\bof|\d)\Z")  # \Z: a line break ends it
 # Right before the first operand: what would make it part of a longer number (``1,12 + 4``, ``.5 + 1``); with a
 # space between, a comma or full stop is prose (``So, 12 + 4 = 15``, ``She buys 4 more. 12 + 4 = 15``).
 _BAD_TOUCHING = set(".,")
 # After the result: anything that would make it an operand of more arithmetic, a longer number, or a percent.
 _BAD_AFTER = set(_OPERATORS) | set("%(")
+# ``2 + 3 = 5 x 2``: the result is an operand of a product written as a word, a letter or TeX.
+_BAD_AFTER_WORD = re.compile(r"(?:[xX·⋅−–](?![A-Za-z])|\\times|\\cdot|times\b)")
 # ``7 / 2 = 3 remainder 1``: the result goes on past c, so the equation is not ``a / b = c`` alone.
 _REMAINDER = re.compile(r"(?:remainder|rem\b|r\s*\d|with\s+\d+\s+left)", re.IGNORECASE)
 
@@ -70,12 +78,12 @@ def _stands_alone(text: str, start: int, end: int) -> bool:
     if start and (text[start - 1].isalnum() or text[start - 1] in _BAD_TOUCHING):  # glued: ``a3 + 4 = 7``
         return False
     before = text[:start].rstrip(" \t")
-    if before and before[-1] in _BAD_BEFORE:
+    if before and (before[-1] in _BAD_BEFORE or _BAD_BEFORE_WORD.search(before)):
         return False
     after = text[end:].lstrip(" \t")
     if not after:
         return True
-    if after[0] in _BAD_AFTER or after[0].isdigit() or _REMAINDER.match(after):
+    if after[0] in _BAD_AFTER or after[0].isdigit() or _REMAINDER.match(after) or _BAD_AFTER_WORD.match(after):
         return False
     return not (after[0] == "." and after[1:2].isdigit())
 
@@ -83,8 +91,9 @@ def _stands_alone(text: str, start: int, end: int) -> bool:
 def lone_equations(text: str) -> Iterator[Equation]:
     """The lone binary equations of ``text`` in order; those inside longer expressions are not yielded."""
     for match in _EQUATION.finditer(text):
-        if _stands_alone(text, match.start(), match.end()):
-            yield Equation(match["a"], match["op"], match["b"], match["c"], match.start(), match.group(0))
+        start, end = match.span("text")
+        if _stands_alone(text, start, end):
+            yield Equation(match["a"], match["op"], match["b"], match["c"], start, match["text"])
 
 
 def arithmetic_slips(text: str) -> list[str]:

@@ -10,7 +10,8 @@ misreading share a wrong answer, which is how such samples mislead a vote. Like 
 A number counts as given when the question states it (in digits, or as a common number word: ``three``,
 ``twenty-five``, ``twice``, ``dozen``; ``half`` gives 2 and 0.5, a percent 100 and 0.01, ``25%`` also 0.25) or the
 solution writes it anywhere before the equation that uses it (``An hour has 60 minutes, so 3 * 60 = 180``). Only the
-operands of lone ``a op b = c`` equations are checked, read as the calculator's check reads them. A solution that
+operands of lone ``a op b = c`` equations are checked, read as the calculator's check reads them, and not those of
+a link of a chain (``= 2 * 7 = 14``), which rewrites the expression before it. A solution that
 computes with a constant it never states (``3 * 60 = 180`` with no 60 before it) fails, so switch the check on only
 where problems state all their data or solutions state their constants, as the synthetic benchmark's do.
 """
@@ -32,7 +33,10 @@ _WORDS: dict[str, tuple[Fraction, ...]] = {
     "twice": (Fraction(2),), "double": (Fraction(2),), "doubles": (Fraction(2),),
     "triple": (Fraction(3),), "triples": (Fraction(3),), "thrice": (Fraction(3),),
     "half": (Fraction(2), Fraction(1, 2)), "halves": (Fraction(2), Fraction(1, 2)),
-    "third": (Fraction(3), Fraction(1, 3)), "quarter": (Fraction(4), Fraction(1, 4)),
+    "third": (Fraction(3), Fraction(1, 3)), "thirds": (Fraction(3), Fraction(1, 3)),
+    "quarter": (Fraction(4), Fraction(1, 4)), "quarters": (Fraction(4), Fraction(1, 4)),
+    "fourth": (Fraction(4), Fraction(1, 4)), "fourths": (Fraction(4), Fraction(1, 4)),
+    "fifth": (Fraction(5), Fraction(1, 5)), "fifths": (Fraction(5), Fraction(1, 5)),
     "dozen": (Fraction(12),), "dozens": (Fraction(12),),
     "percent": (Fraction(100), Fraction(1, 100)), "%": (Fraction(100), Fraction(1, 100)),
 }
@@ -43,8 +47,13 @@ _COMPOUND = re.compile(rf"\b({'|'.join(_TENS)})[- ]({'|'.join(_SMALL[1:10])})\b"
 _PERCENT = re.compile(rf"({NUMBER.pattern})\s*(?:%|percent\b)", re.IGNORECASE)
 
 
+# ``$.75``: a number that starts at its decimal point.
+_BARE_DECIMAL = re.compile(r"(?<![\d.])\.\d+")
+
+
 def _given(text: str) -> set[Fraction]:
     found = {value(m.group(0)) for m in NUMBER.finditer(text)}
+    found |= {value(f"0{m.group(0)}") for m in _BARE_DECIMAL.finditer(text)}
     found |= {Fraction(_TENS.index(m.group(1).lower()) * 10 + 20 + _SMALL.index(m.group(2).lower()))
               for m in _COMPOUND.finditer(text)}
     found |= {value(m.group(1)) / 100 for m in _PERCENT.finditer(text)}
@@ -57,6 +66,10 @@ def unsourced_operands(question: str, solution: str) -> list[str]:
     missing = []
     for eq in lone_equations(solution):
         given = from_question | _given(solution[: eq.start])
+        # A link of a chain (``2 * (3 + 4) = 2 * 7 = 14``) rewrites what stands before its ``=``: its operands are
+        # values of that expression's parts, which this check does not compute, so it is not judged.
+        if solution[: eq.start].rstrip(" \t").endswith("="):
+            continue
         missing += [operand for operand in (eq.a, eq.b) if value(operand) not in given]
     return missing
 
