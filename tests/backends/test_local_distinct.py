@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -53,6 +54,27 @@ async def test_a_beam_decodes_shared_prefixes_once_and_frees_what_it_drops(backe
     for c in drawn:
         await backend.release([*prompt, *c.token_ids])
     assert backend.stats().live_kv_tokens == 0
+
+
+@pytest.mark.anyio
+async def test_an_unshared_engine_gives_a_beam_private_copies_and_the_same_texts(backend: LocalBackend,
+                                                                                 model_path: Path) -> None:
+    """share_prefix=False is the baseline that measures sharing: a beam's children still shared their prompt and
+    common prefix there, so the baseline held as little KV as the engine it measured."""
+    prompt = await backend.tokenize("A rather long shared prompt here: ")
+    sampling = _distinct(2, max_tokens=4, temperature=0.7)
+    async with LocalBackend.from_pretrained(model_path, threads=1, share_prefix=False) as private:
+        shared_out = await backend.complete(prompt, 8, sampling)
+        private_out = await private.complete(prompt, 8, sampling)
+        assert [c.token_ids for c in private_out] == [c.token_ids for c in shared_out]
+        live = private.stats().live_kv_tokens
+        assert live >= 8 * len(prompt)  # every text holds its own copy of the prompt
+        for c in private_out:
+            await private.release([*prompt, *c.token_ids])
+        assert private.stats().live_kv_tokens == 0
+        private.engine.tree.check()
+    for c in shared_out:
+        await backend.release([*prompt, *c.token_ids])
 
 
 @pytest.mark.anyio

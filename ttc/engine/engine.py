@@ -350,7 +350,9 @@ class Engine:
         """A copy of live ``parent`` that decodes into a new block under ``sealed``, the block ending its text."""
         sampling = parent.request.request.sampling
         capacity = max(1, min(sampling.max_tokens - len(parent.generated), _BRANCH_CAPACITY))
-        block = self.tree.branch(sealed, capacity)
+        # Without sharing (the baseline that measures it), a child gets its own copy of the path, as a fork does.
+        block = self.tree.branch(sealed, capacity) if self.share else \
+            self.tree.copy_path(sealed, sealed.end + capacity)
         self.tree.acquire(block)
         return _Branch(parent.request, parent.index, block, parent.settings, parent.detok.copy(),
                        generated=list(parent.generated), logprobs=list(parent.logprobs),
