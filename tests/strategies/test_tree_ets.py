@@ -88,6 +88,27 @@ async def test_zero_weights_keep_every_node_when_fewer_children_are_owed_than_no
     assert set(dropped.reasons.values()) == {"ilp: not among the 2 nodes the width keeps"}
 
 
+async def test_a_node_its_kv_cost_drops_is_not_blamed_on_the_width() -> None:
+    """Two cheap siblings fill a width of 2 and a cousin behind a 60-token step is dropped: the program drops it at
+    any width, so its reason is its KV cost, not the width."""
+    import types
+
+    from ttc.strategies.ets import Ets
+    from ttc.strategies.tree import StepNode
+
+    root = StepNode(id=0, parent=None, prefix=(1,), token_ids=(1,), text="q", depth=0)
+    far = StepNode(id=4, parent=root, prefix=(1, *range(100, 160)), token_ids=tuple(range(100, 160)), text="far",
+                   depth=1, score=0.5)
+    nodes = [StepNode(id=1, parent=root, prefix=(1, 2), token_ids=(2,), text="a b", depth=1, score=0.5),
+             StepNode(id=2, parent=root, prefix=(1, 3), token_ids=(3,), text="c d", depth=1, score=0.5),
+             StepNode(id=3, parent=far, prefix=(*far.prefix, 5), token_ids=(5,), text="e f", depth=2, score=0.5)]
+    tree = types.SimpleNamespace(ctx=types.SimpleNamespace(backend=object()))
+    ets = Ets(EtsOptions(lambda_kv=5.0, lambda_coverage=0.0, embedder="ngram", width=4))
+    for owed in (2, 3):
+        retained = await ets.retain(tree, nodes, owed)  # type: ignore[arg-type]
+        assert [n.id for n in retained.nodes] == [1, 2] and retained.reasons == {3: "ilp: kv cost"}, owed
+
+
 class EmbeddingBackend(ScriptedBackend):
     """A backend that embeds sequences (as the local engine may): steps starting with 'x' point one way."""
 

@@ -443,6 +443,13 @@ def test_many_unclosed_boxes_are_read_in_linear_time() -> None:
     assert time.monotonic() - started < 1.0
 
 
+def test_a_long_answer_of_many_groups_normalizes_in_linear_time() -> None:
+    """Each group's brace match scanned the rest of the text: 8000 fractions took 45 s."""
+    started = time.monotonic()
+    assert normalize_answer("\\boxed{" + "\\frac{1}{2}" * 8000 + "}").count("frac") == 8000
+    assert time.monotonic() - started < 2.0
+
+
 def test_an_answer_nested_past_the_recursion_limit_is_graded_wrong_not_raised() -> None:
     nested = "\\sqrt{" * 1000 + "2" + "}" * 1000
     assert grade_detail(f"\\boxed{{{nested}}}", "2") == GradeResult(False, nested, "too deeply nested to compare")

@@ -34,6 +34,10 @@ from ttc.verifiers.arithmetic import arithmetic_slips, computes_right
     # A thousands-grouped result then a comma and prose is the whole number (it was read as its first group).
     ("So she has 600 + 400 = 1,000, which she saves.", []),
     ("So she has 600 + 400 = 1,100, which she saves.", ["600 + 400 = 1,100"]),
+    # Prose before or after is still prose: a label's colon, "a total of", a count of "times".
+    ("Step 1: 12 + 4 = 15", ["12 + 4 = 15"]),
+    ("She has a total of 12 + 4 = 15 apples.", ["12 + 4 = 15"]),
+    ("He jumps 3 * 4 = 13 times.", ["3 * 4 = 13"]),
 ])
 def test_wrong_results_are_found_as_written(text: str, slips: list[str]) -> None:
     assert arithmetic_slips(text) == slips

@@ -52,6 +52,11 @@ def test_numbers_given_in_words_or_stated_before_use_count(question: str, soluti
     assert unsourced_operands(question, solution) == []
 
 
+def test_a_label_before_an_equation_is_not_a_chain() -> None:
+    """Only a link that follows an expression's ``=`` rewrites it; ``Total = 6 + 4`` still names its operands."""
+    assert unsourced_operands("Tom has 3 apples and 4 pears.", "Total = 6 + 4 = 10") == ["6"]
+
+
 def test_an_unstated_constant_fails() -> None:
     # The documented limit: switch the check on only where solutions state what they compute with.
     assert unsourced_operands("She works 3 hours. How many minutes?", "3 * 60 = 180") == ["60"]

@@ -14,6 +14,7 @@ With ``lambda_kv = 0`` and ``lambda_coverage = 0`` no program runs: every node i
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 
 import anyio.to_thread
 from pydantic import Field
@@ -67,13 +68,17 @@ class Ets(RebaseBase[EtsOptions]):
         dropped = [n for n in frontier if n.id not in kept_ids]
         cluster_of = {n.id: label for n, label in zip(frontier, labels, strict=True)}
         covered = set(solution.covered)
-        capped = len(kept) >= owed  # the width binds: a node may be dropped for it alone
+        # Where the width binds, the nodes the program would keep without it were dropped for the width alone.
+        unbound: set[int] = set()
+        if dropped and len(kept) >= owed:
+            free = await anyio.to_thread.run_sync(functools.partial(solve_retention, replace(problem, max_keep=None)))
+            unbound = set(free.kept)
 
         def reason(node: StepNode) -> str:
+            if node.id in unbound or (opts.lambda_kv == 0 and opts.lambda_coverage == 0):
+                return f"ilp: not among the {owed} nodes the width keeps"
             if opts.lambda_coverage > 0 and cluster_of[node.id] in covered:
                 return "ilp: redundant cluster"
-            if capped or opts.lambda_kv == 0:
-                return f"ilp: not among the {owed} nodes the width keeps"
             return "ilp: kv cost"
 
         reasons = {n.id: reason(n) for n in dropped}

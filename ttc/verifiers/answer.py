@@ -68,17 +68,20 @@ def _braced_group(text: str, start: int) -> tuple[str, int] | None:
 
     Escaped braces (``\\{``) do not count, as in TeX, so ``\\boxed{\\{1,2\\}}`` reads as ``\\{1,2\\}``.
     """
-    close = _closing_braces(text[start:]).get(0)
-    return None if close is None else (text[start + 1 : start + close], start + close + 1)
+    close = _closing_braces(text, start).get(start)
+    return None if close is None else (text[start + 1 : close], close + 1)
 
 
-def _closing_braces(text: str) -> dict[int, int]:
+def _closing_braces(text: str, start: int | None = None) -> dict[int, int]:
     """Where each ``{`` of ``text`` closes (unclosed ones are absent), in one pass: a text of many unclosed boxes
-    (a sample looping on ``\\boxed{``) would cost a scan to its end per box, quadratic in its length."""
+    (a sample looping on ``\\boxed{``) would cost a scan to its end per box, quadratic in its length. From
+    ``start``, only the group opening there is wanted, and the scan ends where it closes."""
     closes: dict[int, int] = {}
     opened: list[int] = []
-    i = 0
+    i = start or 0
     while i < len(text):
+        if start is not None and start in closes:
+            break
         char = text[i]
         if char == "\\":
             i += 2

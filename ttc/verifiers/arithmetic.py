@@ -29,16 +29,21 @@ _EQUATION = re.compile(
 )
 _OPERATORS = "+-*/×÷^"
 # Before the first operand, spaces between or not: anything that would make it part of a longer expression.
-_BAD_BEFORE = set(_OPERATORS) | set(")·⋅−–:")  # other times and minus signs, a time of day (``3:00 + 2``)
-# The same as words or TeX, or a number (``2 1/2``, a mixed number; ``2 x 3 + 4``, read as ``2`` then ``x``).
-_BAD_BEFORE_WORD = re.compile(r"(?:\b[xX]|\\times|\\cdot|\btimes|\bof|\d)\Z")  # \Z: a line break ends it
+_BAD_BEFORE = set(_OPERATORS) | set(")·⋅−–")  # other times and minus signs
+# The same as words or TeX, a share of (``20% of 50 + 10``, ``half of``), or a number (``2 1/2``, a mixed number;
+# ``2 x 3 + 4``, read as ``2`` then ``x``). ``a total of 9 + 6 = 15`` is prose: only a share's ``of`` multiplies.
+_BAD_BEFORE_WORD = re.compile(
+    r"(?:\b[xX]|\\times|\\cdot|\btimes|(?:%|\d/\d+|\bhalf|\bthirds?|\bquarters?|\bfourths?|\bfifths?|"
+    r"\bpercent)\s+of|\d)\Z"  # \Z: a line break ends it
+)
 # Right before the first operand: what would make it part of a longer number (``1,12 + 4``, ``.5 + 1``); with a
 # space between, a comma or full stop is prose (``So, 12 + 4 = 15``, ``She buys 4 more. 12 + 4 = 15``).
-_BAD_TOUCHING = set(".,")
+_BAD_TOUCHING = set(".,:")  # and a time of day (``3:00 + 2``); ``Step 1: 12 + 4`` has a space after its colon
 # After the result: anything that would make it an operand of more arithmetic, a longer number, or a percent.
 _BAD_AFTER = set(_OPERATORS) | set("%(")
-# ``2 + 3 = 5 x 2``: the result is an operand of a product written as a word, a letter or TeX.
-_BAD_AFTER_WORD = re.compile(r"(?:[xX·⋅−–](?![A-Za-z])|\\times|\\cdot|times\b)")
+# ``2 + 3 = 5 x 2``: the result is an operand of a product written as a word, a letter or TeX (a number must
+# follow: ``it rang 3 * 4 = 12 times`` and ``= 16 – so she`` are prose).
+_BAD_AFTER_WORD = re.compile(r"(?:[xX·⋅−–]|\\times|\\cdot|times\b)[ \t]*\d")
 # ``7 / 2 = 3 remainder 1``: the result goes on past c, so the equation is not ``a / b = c`` alone.
 _REMAINDER = re.compile(r"(?:remainder|rem\b|r\s*\d|with\s+\d+\s+left)", re.IGNORECASE)
 

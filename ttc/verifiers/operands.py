@@ -68,7 +68,8 @@ def unsourced_operands(question: str, solution: str) -> list[str]:
         given = from_question | _given(solution[: eq.start])
         # A link of a chain (``2 * (3 + 4) = 2 * 7 = 14``) rewrites what stands before its ``=``: its operands are
         # values of that expression's parts, which this check does not compute, so it is not judged.
-        if solution[: eq.start].rstrip(" \t").endswith("="):
+        before = solution[: eq.start].rstrip(" \t")
+        if before.endswith("=") and before[:-1].rstrip(" \t")[-1:] in tuple("0123456789)"):  # not ``Total = 6 + 4``
             continue
         missing += [operand for operand in (eq.a, eq.b) if value(operand) not in given]
     return missing
