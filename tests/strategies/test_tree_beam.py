@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 from tree_doubles import TablePRM, prefix_of, round_events, run_search, tree_responder
 
+from ttc.errors import VerifierError
 from ttc.strategies.base import Context, StrategyResult
 from ttc.testing import ScriptedBackend
+from ttc.types import Budget
 
 pytestmark = pytest.mark.anyio
 
@@ -59,3 +61,33 @@ async def test_stops_at_max_depth() -> None:
                                       TablePRM(default=0.5))
     assert max(n.depth for n in ctx.recorder.nodes()) == 3
     assert all(c.text.count("\n") == 3 for c in result.candidates)
+
+
+@pytest.mark.parametrize("select", ["score", "weighted_vote"])
+async def test_a_fragment_the_budget_cut_does_not_beat_a_better_partial_path(select: str) -> None:
+    """The last wave's 2-token grant wrote the fragment 'c1', which counted as a finished leaf and was chosen over
+    the path scored 0.95, though neither states an answer."""
+    script = {"": ["aa\n", "cc\n"], "aa\n": ["a1\n"], "cc\n": ["c1\n"]}
+    table = {"aa": 0.9, "cc": 0.7, "a1": 0.95, "c1": 0.6}
+    result, _, _ = await run_search("beam", {"beam_width": 2, "expand": 1, "max_step_tokens": 3, "select": select},
+                                    ScriptedBackend(tree_responder(script)), TablePRM(table),
+                                    budget=Budget(tokens=11))
+    assert (result.text, result.score, result.answer) == ("aa\na1\n", 0.95, None)
+
+
+async def test_a_product_of_negative_step_scores_is_refused() -> None:
+    """Two negative scores multiply to a positive one: the path with two bad steps ranked first."""
+    script = {"": ["bad\n", "good\n"], "bad\n": ["The answer is 1.\n"], "good\n": ["The answer is 2.\n"]}
+    prm = TablePRM({"bad": -2.0, "good": 2.0, "The answer is 1.": -3.0, "The answer is 2.": 1.5})
+    with pytest.raises(VerifierError, match="product of step scores needs scores >= 0"):
+        await run_search("beam", {"beam_width": 2, "expand": 1, "aggregate": "prod"},
+                         ScriptedBackend(tree_responder(script)), prm)
+
+
+async def test_a_process_verifier_that_is_not_async_is_a_typed_error() -> None:
+    class SyncPRM:
+        def score_steps(self, question: str, steps: list[str]) -> list[float]:
+            return [0.5 for _ in steps]
+
+    with pytest.raises(VerifierError, match=r"SyncPRM\.score_steps must be a coroutine function"):
+        await run_search("beam", {"beam_width": 1, "expand": 2}, ScriptedBackend(tree_responder({})), SyncPRM())

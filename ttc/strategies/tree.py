@@ -400,16 +400,20 @@ class SearchTree:
         return leftover
 
     def result(self, leftover: Sequence[StepNode]) -> StrategyResult:
-        """The chosen solution among complete leaves; partial ones (answer None) only when none completed."""
+        """The chosen solution among complete leaves; partial ones (answer None) too when none completed with an
+    answer."""
         return choose_leaves(self.ctx, len(self.root.prefix), self.finished, leftover, self.options.select)
 
 
 def choose_leaves(ctx: Context, prompt_tokens: int, finished: Sequence[StepNode], leftover: Sequence[StepNode],
                   select: TreeSelection) -> StrategyResult:
     """The chosen solution among the complete leaves of one question's searches (several in a pooled batch, all
-    grown from one prompt of ``prompt_tokens``), marked in the trace; partial leaves (answer None) only when none
-    completed."""
-    leaves = list(finished) or sorted(leftover, key=by_rank)
+    grown from one prompt of ``prompt_tokens``), marked in the trace; partial leaves (answer None) too when none
+    completed with an answer."""
+    # A leaf the budget cut mid-step ends the search "finished" without an answer: where no finished leaf answers,
+    # the partial leaves compete with those on their scores (a fragment once beat a better-scored path).
+    answering = any(n.answer is not None for n in finished)
+    leaves = list(finished) if answering else [*finished, *sorted(leftover, key=by_rank)]
     candidates = [Candidate(text=n.solution(), answer=n.answer, score=n.score,
                             token_count=len(n.prefix) - prompt_tokens, node_id=n.id) for n in leaves]
     choice = choose(ctx, candidates, select)

@@ -5,13 +5,16 @@ Both are async because both real kinds run a model on a backend.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 from ttc.errors import ConfigError, VerifierError
+
+T = TypeVar("T")
 
 Aggregation = Literal["min", "last", "prod", "mean"]
 AGGREGATIONS: tuple[Aggregation, ...] = ("min", "last", "prod", "mean")
@@ -40,6 +43,9 @@ def aggregate(step_scores: Sequence[float], how: Aggregation = "min") -> float:
     if how == "last":
         return float(step_scores[-1])
     if how == "prod":
+        if any(score < 0 for score in step_scores):  # two negatives make a positive: the worse path would rank first
+            raise VerifierError(f"the product of step scores needs scores >= 0 (probabilities), got {min(step_scores)}"
+                                ": aggregate a verifier that scores below 0 (logits) by min, last or mean")
         return float(math.prod(step_scores))
     if how == "mean":
         return float(sum(step_scores) / len(step_scores))
@@ -75,9 +81,13 @@ class CostedProcessVerifier(Protocol):
 async def score_steps_costed(prm: ProcessVerifier, question: str, steps: Sequence[str]) -> StepScores:
     """Step scores with their cost; a verifier that cannot report cost is charged nothing."""
     if isinstance(prm, CostedProcessVerifier):
-        scored = await prm.score_steps_detailed(question, steps)
+        scored = await _awaited(prm, "score_steps_detailed", prm.score_steps_detailed(question, steps))
     else:
-        scored = StepScores(tuple(await prm.score_steps(question, steps)))
+        values = await _awaited(prm, "score_steps", prm.score_steps(question, steps))
+        if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+            raise VerifierError(f"{type(prm).__name__}.score_steps returned {values!r:.60}: it must return one "
+                                "score per step (a list of floats)")
+        scored = StepScores(tuple(values))
     return replace(scored, scores=tuple(_check_score(prm, value) for value in scored.scores))
 
 
@@ -90,6 +100,15 @@ async def score_outcome_costed(verifier: OutcomeVerifier, question: str,
     else:
         value, tokens, calls = await verifier.score(question, solution), 0, 1
     return _check_score(verifier, value), tokens, calls
+
+
+async def _awaited(verifier: object, method: str, result: Awaitable[T]) -> T:
+    """The result of a verifier's async method; a plain ``def`` passes the protocol's attribute check and then
+    failed at the ``await`` with a raw TypeError."""
+    if not inspect.isawaitable(result):  # typed as awaitable; a caller's plain def returns anything
+        raise VerifierError(f"{type(verifier).__name__}.{method} must be a coroutine function (async def), as the "
+                            "verifier protocols declare it")
+    return await result
 
 
 def _check_score(verifier: object, value: object) -> float:
