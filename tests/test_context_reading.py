@@ -83,6 +83,29 @@ def test_literal_braces_of_a_template_reach_the_prompt_with_a_context_as_without
     assert prompts[-1] == f"Context: {CONTEXT[:3]}\n"
 
 
+@pytest.mark.parametrize("template", ["Context: {context!x}\n", "{context:x}", "C: {context:{context}}"])
+def test_a_sleep_template_that_cannot_be_filled_is_refused_before_anything_runs(template: str) -> None:
+    """It passed the placeholder check and failed at the first prompt with a raw ValueError or KeyError."""
+    backend = ScriptedBackend(["Ann: 3\n"])
+    with pytest.raises(ConfigError, match="sleep_template does not render"):
+        sleep(CONTEXT, 100, backend=backend, store=False, sleep_template=template)
+    assert backend.calls == []
+
+
+@pytest.mark.parametrize("template", ["{context!x}{notes}{question}", "{context}{notes}{question:x}",
+                                      "{context}{notes}{question:>{context}}", "{context}{notes:{context}}{question}"])
+def test_a_context_template_that_cannot_be_filled_is_refused_before_anything_runs(template: str) -> None:
+    with pytest.raises(ConfigError, match="prompt_template does not render"):
+        solve(QUESTION, 100, backend=ScriptedBackend(["The answer is 1."]), store=False, context=CONTEXT,
+              prompt_template=template)
+
+
+def test_sleeping_on_no_context_is_refused() -> None:
+    """None read as 'no context': the model was asked about 'Context: None', and its notes failed only later."""
+    with pytest.raises(ConfigError, match="context must be the text to think about, got None"):
+        sleep(None, 100, backend=ScriptedBackend(["Ann: 3\n"]), store=False, seed=1)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("options", [
     {"prompt_template": "Q\udc80: {question}"},
     {"prompt_template": "Q\udc80: {context} {question}", "context": CONTEXT},

@@ -118,6 +118,7 @@ def solve(
     check_prompt(question)  # before a model loads or a store is made
     options = parse_options(option)
     check_seed(seed)
+    limits = Budget.of(budget)
     if strategy != "auto":
         strategy_class(strategy)  # an unknown name makes no store and loads no model
     kept = load_notes(notes, store=db) if notes is not None else None
@@ -125,7 +126,7 @@ def solve(
 
     async def main() -> Result:
         try:
-            return await solve_problem(Problem(question=question), Budget.of(budget), session, strategy=strategy,
+            return await solve_problem(Problem(question=question), limits, session, strategy=strategy,
                                        seed=seed, options=options)
         finally:
             await session.aclose()
@@ -158,11 +159,12 @@ def sleep_cmd(
     check_seed(seed)  # before a store is made or a model loads
     options = sleep_options(parse_options(option))
     check_context(context, None)
+    limits = Budget.of(budget)
     session = make_session(backend, url, model, db, contextual=True)
 
     async def main() -> Notes:
         try:
-            return await sleep_in_session(context, Budget.of(budget), session, seed=seed, sleep_template=None,
+            return await sleep_in_session(context, limits, session, seed=seed, sleep_template=None,
                                           options=options)
         finally:
             await session.aclose()

@@ -15,6 +15,7 @@ everything else in it, the user's literal ``{{ }}`` and the braces of contexts a
 from __future__ import annotations
 
 import string
+from collections.abc import Mapping
 
 from ttc.errors import ConfigError
 from ttc.types import check_unicode
@@ -35,8 +36,10 @@ DEFAULT_CONTEXT_TEMPLATE = (
 )
 
 
-def template_fields(template: object, *, name: str, required: set[str], allowed: set[str]) -> set[str]:
-    """The placeholders of ``template``; a ConfigError names what is missing or unknown."""
+def template_fields(template: object, *, name: str, required: set[str], allowed: set[str],
+                    values: Mapping[str, object] | None = None) -> set[str]:
+    """The placeholders of ``template``; a ConfigError names what is missing or unknown, or a conversion or format
+    spec the fields cannot take when filled with ``values`` (text for each, where not given)."""
     if not isinstance(template, str):
         raise ConfigError(f"{name} must be a string, got {type(template).__name__}")
     check_unicode(template, name)
@@ -50,6 +53,10 @@ def template_fields(template: object, *, name: str, required: set[str], allowed:
     if unknown := sorted(found - allowed):
         raise ConfigError(f"{name} has unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)}; it may "
                           f"use {', '.join('{' + a + '}' for a in sorted(allowed))}")
+    try:  # a conversion or format spec the values cannot take (``{context!x}``, ``{question:x}``) fails here
+        template.format(**(dict(values) if values is not None else dict.fromkeys(allowed, "text")))
+    except (ValueError, KeyError, IndexError) as exc:
+        raise ConfigError(f"{name} does not render ({exc}): got {template!r}") from None
     return found
 
 

@@ -157,6 +157,8 @@ async def asleep(context: str, budget: int | Budget, *, backend: Backend | None 
     ``sleep_template`` (with ``{context}``) overrides how the setup asks its model to think. Options: ``n``,
     ``max_tokens``, ``temperature``, ``top_p``, ``check_arithmetic`` (see :class:`SleepOptions`).
     """
+    if context is None:  # check_context reads None as "no context", which a sleep run cannot be about
+        raise ConfigError("context must be the text to think about, got None")
     check_context(context, None)
     limits = Budget.of(budget)
     check_seed(seed)

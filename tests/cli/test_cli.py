@@ -99,6 +99,15 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path, args: tuple[str, 
     assert proc.stderr.strip().count("\n") == 0  # one line, not wrapped at the console's width
 
 
+@pytest.mark.parametrize("command", [("solve", "What is 2 + 3?"), ("sleep", "Ann has 3 cups.")])
+def test_a_zero_budget_is_refused_before_the_store_is_made(tmp_path: Path, command: tuple[str, str]) -> None:
+    """The budget was read after the session had made the store (and loaded the model)."""
+    db = tmp_path / "never.db"
+    proc = run_ttc(*command, "--backend", "scripted", "--budget", "0", db=db, check=False)
+    assert proc.returncode == 2 and "positive" in proc.stderr
+    assert not db.exists()
+
+
 @pytest.mark.parametrize("delay", ["abc", "-1", "nan"])
 def test_a_bad_scripted_delay_is_a_config_error(tmp_path: Path, delay: str) -> None:
     proc = run_ttc("solve", "What is 2 + 3?", "--backend", "scripted", db=tmp_path / "d.db", check=False,

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ttc.contexts import template_fields
-from ttc.errors import ConfigError
 
 SYNTHESIS_TEMPLATE = (
     "Question: {question}\n"
@@ -64,15 +63,13 @@ def check_templates(template: str, path_template: str) -> None:
     The fields are read as ``str.format`` reads them, so an escaped ``{{paths}}`` (a literal brace pair, which
     renders as the text ``{paths}``) does not count as the paths.
     """
-    for text, what, needed, allowed in (
-        (template, "synthesis_template", {"question", "paths"}, {"question", "paths", "total"}),
-        (path_template, "path_template", {"text"}, {"index", "count", "total", "text"}),
+    for text, what, needed, values in (
+        (template, "synthesis_template", {"question", "paths"}, {"question": "", "paths": "", "total": 1}),
+        (path_template, "path_template", {"text"}, {"index": 1, "count": 1, "total": 1, "text": ""}),
     ):
-        template_fields(text, name=what, required=needed, allowed=allowed)
-        try:  # a conversion or format spec the fields cannot take (``{paths!z}``, ``{text:d}``)
-            text.format(**dict.fromkeys(allowed, ""))
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ConfigError(f"{what} does not render ({exc}): got {text!r}") from None
+        # Filled as the renderer fills them: a conversion or spec they cannot take (``{paths!z}``, ``{text:d}``)
+        # is refused, and one an int can (``{index:02d}``) is not.
+        template_fields(text, name=what, required=needed, allowed=set(values), values=values)
 
 
 __all__ = ["PATH_TEMPLATE", "SYNTHESIS_TEMPLATE", "Path", "check_templates", "merge_paths", "render_synthesis"]
