@@ -151,6 +151,10 @@ async def test_bad_templates_and_options_are_refused_before_anything_runs() -> N
         make_strategy("parallel_thinking", {"path_template": "{text} {score}"})
     with pytest.raises(ConfigError, match="synthesis_template does not render"):
         make_strategy("parallel_thinking", {"synthesis_template": "{question} {paths!z}"})
+    with pytest.raises(ConfigError, match="path_template does not render"):
+        make_strategy("parallel_thinking", {"path_template": "{text:d}"})
+    # The path's number is an int when rendered, so an int's format spec is a template's own choice.
+    make_strategy("parallel_thinking", {"path_template": "Path {index:02d} of {total}: {text}\n"})
     with pytest.raises(ConfigError, match="temperature"):
         make_strategy("parallel_thinking", {"temperature": 0})
 
