@@ -27,7 +27,7 @@ class ConfigError(TTCError, ValueError):
 
 
 class BackendError(TTCError):
-    """A backend call failed. ``retryable`` is true for transient faults (connection, 429, 5xx)."""
+    """A backend call failed. ``retryable`` is true for transient faults (connection, 429, 500, 502-504)."""
 
     def __init__(self, message: str, *, url: str | None = None, kind: str | None = None,
                  retryable: bool = False) -> None:

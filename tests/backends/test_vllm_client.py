@@ -310,6 +310,40 @@ async def test_model_is_discovered_once_under_concurrent_first_use() -> None:
     assert backend.model == "m" and backend.max_model_len == 512
 
 
+async def test_a_concurrent_connect_waits_until_the_first_has_finished() -> None:
+    """A second caller returned while the first still asked for the EOS id: it read eos_token_id as None, and its
+    completion went out before the baseline /metrics snapshot."""
+    fake = FakeVLLM()
+
+    async def slow_tokenizer_info(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/tokenizer_info":
+            await asyncio.sleep(0.1)
+        return await fake(request)
+
+    backend = make_backend(slow_tokenizer_info)
+    seen: list[int | None] = []
+
+    async def second() -> None:
+        await asyncio.sleep(0.02)
+        await backend.connect()
+        seen.append(backend.eos_token_id)
+        await backend.complete([1, 2, 3], 1, Sampling(max_tokens=2))
+
+    await asyncio.gather(backend.connect(), second())
+    assert seen == [2]
+    paths = fake.paths()
+    assert paths.index("/metrics") < paths.index("/v1/completions")
+    await backend.aclose()
+
+
+async def test_a_failed_async_with_closes_its_connection_pool() -> None:
+    backend = make_backend(FakeVLLM(), model="not-served")
+    with pytest.raises(BackendError, match="not-served"):
+        async with backend:
+            pass
+    assert backend._state is None  # the pool connect() opened was closed, not left to the garbage collector
+
+
 async def test_prompt_logprobs_maps_rows_to_token_ids() -> None:
     fake = FakeVLLM()
     backend = make_backend(fake)
@@ -362,6 +396,21 @@ async def test_overload_and_server_errors_are_retried_until_success(status: int)
     backend = make_backend(fake, retries=2)
     out = await backend.complete([1], 1, Sampling(max_tokens=2))
     assert len(out) == 1 and fake.paths().count("/v1/completions") == 3
+
+
+@pytest.mark.parametrize("status", [501, 505])
+async def test_a_server_that_cannot_serve_the_request_is_not_retried(status: int) -> None:
+    """vLLM answers 501 to a request its model does not implement; it was retried as a passing failure."""
+    fake = FakeVLLM(fail={"/v1/completions": [status] * 5})
+    backend = make_backend(fake, retries=3)
+    with pytest.raises(BackendError) as err:
+        await backend.complete([1], 1, Sampling(max_tokens=2))
+    assert fake.paths().count("/v1/completions") == 1 and not err.value.retryable
+    await backend.aclose()
+
+
+def test_backoff_stays_finite_however_many_retries() -> None:
+    assert Backoff(base_s=0.1, max_s=2.0).delay(5000) < 3.0  # 2.0**1024 raised OverflowError
 
 
 async def test_retries_give_up_with_a_retryable_error() -> None:
@@ -499,12 +548,19 @@ async def test_a_text_prompt_is_refused_before_it_goes_out_as_a_batch_of_charact
     ("/v1/completions", ["not", "an", "object"]),
     ("/tokenize", ["a", "list"]),
     ("/tokenize", {"tokens": ["x"]}),
+    ("/tokenize", {"tokens": [32.7, 5]}),  # read as [32, 5], though the same ids in a completion are refused
+    ("/tokenize", {"tokens": ["32", True]}),
+    # json.loads reads 1e999 as inf, and int(inf) raised a raw OverflowError
+    ("/v1/completions",
+     '{"choices": [{"index": 0, "text": "a", "token_ids": [97]}], "usage": {"prompt_tokens": 1e999}}'),
 ])
 async def test_a_body_not_shaped_as_vllms_is_a_backend_error(path: str, answer: Any) -> None:
     fake = FakeVLLM()
 
     async def odd(request: httpx.Request) -> httpx.Response:
         if request.url.path == path and not (path == "/tokenize" and b"</s>" in request.content):
+            if isinstance(answer, str):
+                return httpx.Response(200, content=answer.encode(), headers={"content-type": "application/json"})
             return httpx.Response(200, json=answer)
         return await fake(request)
 
@@ -624,6 +680,9 @@ async def test_token_counts_are_what_was_sent_and_what_came_back() -> None:
     ("http://127.0.0.1:1,http://127.0.0.1:2", "holds several URLs: pass replicas as a list"),
     ("http://host:notaport", "is not a valid server URL"),
     ("http://h:8000?x=1", "without a query or fragment"),
+    ("http://h:8000?", "without a query or fragment"),  # '/v1/models' was sent as the query
+    ("http://h:8000#", "without a query or fragment"),
+    ("http://h:70000", "a port is 1 to 65535"),  # a raw OverflowError at the first request
 ])
 def test_server_urls_are_checked_when_the_backend_is_made(urls: Any, message: str) -> None:
     """They raised TypeError or AttributeError, or httpx.InvalidURL at the first request."""

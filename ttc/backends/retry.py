@@ -22,7 +22,7 @@ class Backoff:
         self._rng = random.Random(seed)
 
     def delay(self, attempt: int) -> float:
-        raw = min(self.max_s, self.base_s * (2.0 ** max(0, attempt)))
+        raw = min(self.max_s, self.base_s * (2.0 ** min(max(0, attempt), 64)))  # 2.0**1024 overflows
         return raw * (0.5 + self._rng.random())
 
 

@@ -45,6 +45,7 @@ from ttc.backends.vllm_metrics import (
 from ttc.backends.vllm_protocol import (
     ServerInfo,
     completion_payload,
+    int_token_ids,
     parse_completions,
     parse_models,
     parse_prompt_logprobs,
@@ -85,9 +86,12 @@ def _normalise_url(url: object) -> str:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
         raise ConfigError(f"{url!r} is not a valid server URL ({exc}); e.g. http://127.0.0.1:8000") from None
-    if not parsed.host or parsed.query or parsed.fragment:
+    if not parsed.host or "?" in url or "#" in url:
+        # An empty query ("host:8000?") parses as none, yet the paths appended after it would land in it.
         raise ConfigError(f"{url!r} must be a server root (scheme, host and port, e.g. http://127.0.0.1:8000), "
                           "without a query or fragment")
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        raise ConfigError(f"{url!r} names port {parsed.port}; a port is 1 to 65535")
     return url
 
 
@@ -97,7 +101,7 @@ def _shape(kind: str, response: httpx.Response) -> Iterator[None]:
     not a TypeError from deep inside the parser."""
     try:
         yield
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError) as exc:
         raise protocol_error(f"the {kind} response is not shaped as vLLM's ({type(exc).__name__}: {exc})",
                              kind=kind, url=str(response.url)) from exc
 
@@ -107,7 +111,7 @@ class VLLMBackend:
 
     ``base_url`` is a server root (``http://host:8000``) or several, one per replica. ``model`` defaults to the
     first model the server lists. ``retries`` counts extra attempts after the first, made on connection errors,
-    429 and 5xx only, with exponential backoff and seeded jitter (``backoff_s`` is the first delay).
+    429, 500, 502, 503 and 504 only, with exponential backoff and seeded jitter (``backoff_s`` is the first delay).
     ``block_tokens`` (vLLM's KV block size), ``min_cached`` and ``spill_in_flight`` tune replica affinity; see
     ``ttc.backends.routing.ReplicaRouter``.
     """
@@ -143,6 +147,7 @@ class VLLMBackend:
         self._texts: LRUCache[tuple[int, ...], str] = LRUCache(cache_size)
         self._state: _LoopState | None = None
         self._info: ServerInfo | None = None
+        self._connected: ServerInfo | None = None  # set once connect() has finished
         self._eos: int | None = None
         self._baseline: PrefixCacheSnapshot | None = None
         self._latest: PrefixCacheSnapshot | None = None
@@ -197,10 +202,10 @@ class VLLMBackend:
 
     async def connect(self) -> ServerInfo:
         """Learn the model name, its context length and EOS id once; later calls return the cached answer."""
-        if self._info is not None:
-            return self._info
+        if self._connected is not None:
+            return self._connected
         async with self._loop_state().connect_lock:
-            if self._info is None:
+            if self._connected is None:
                 response = await self._send("models", "GET", "/v1/models")
                 with _shape("models", response):
                     info = parse_models(self._json(response, "models"), self._model, url=str(response.url))
@@ -211,7 +216,9 @@ class VLLMBackend:
                 except BaseException:
                     self._info = None  # not connected after all: the next call starts over
                     raise
-            return self._info
+                # Published last: a concurrent caller that finds it set may rely on the EOS id and the baseline.
+                self._connected = info
+            return self._connected
 
     async def _discover_eos(self) -> int | None:
         """EOS from ``/tokenizer_info`` (an optional endpoint); None when the server does not offer it."""
@@ -235,7 +242,11 @@ class VLLMBackend:
             await state.client.aclose()
 
     async def __aenter__(self) -> VLLMBackend:
-        await self.connect()
+        try:
+            await self.connect()
+        except BaseException:
+            await self.aclose()  # __aexit__ does not run when __aenter__ fails
+            raise
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -338,8 +349,11 @@ class VLLMBackend:
         tokens = self._json(response, "tokenize").get("tokens")
         if not isinstance(tokens, list):
             raise protocol_error("/tokenize returned no token list", kind="tokenize", url=str(response.url))
-        with _shape("tokenize", response):
-            return tuple(int(t) for t in tokens)
+        ids = int_token_ids(tokens)
+        if ids is None:
+            raise protocol_error("/tokenize returned token ids that are not a list of ints", kind="tokenize",
+                                 url=str(response.url))
+        return tuple(ids)
 
     def _for_model(self, body: dict[str, Any]) -> dict[str, Any]:
         """``body`` naming the served model where one is set: a server with several models needs the name."""

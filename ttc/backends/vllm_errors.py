@@ -1,7 +1,8 @@
 """Turning vLLM's HTTP failures into ``BackendError`` messages that say what to do.
 
-Which failures are retryable follows HTTP semantics: 429 and 5xx are the server's transient state, any other 4xx
-is a problem with the request itself, which a retry would only repeat.
+Which failures are retryable follows HTTP semantics: 429, 500 and 502-504 are the server's transient state; any
+other 4xx is a problem with the request itself, and 501 (what vLLM answers a request its model cannot serve) a
+problem with the server, which a retry would only repeat.
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ def server_message(response: httpx.Response) -> str:
     return text.strip()[:_MAX_BODY_CHARS]
 
 
+_TRANSIENT = frozenset({429, 500, 502, 503, 504})
+
+
 def is_retryable_status(status: int) -> bool:
-    return status == 429 or status >= 500
+    """Overload and server failures that may pass; 501 (vLLM's answer to NotImplementedError) and 505 never do."""
+    return status in _TRANSIENT
 
 
 def error_from_response(response: httpx.Response, *, kind: str, url: str) -> BackendError:
@@ -48,6 +53,8 @@ def error_from_response(response: httpx.Response, *, kind: str, url: str) -> Bac
                 "name is one listed by GET /v1/models")
     elif status == 429:
         hint = "the server is overloaded; lower max_concurrency or add replicas"
+    elif status == 501:
+        hint = "the server or its model does not support this request (e.g. scoring needs a pooling model)"
     elif status >= 500:
         hint = "the server failed; see its log"
     elif 300 <= status < 400:

@@ -110,7 +110,7 @@ def _choices(body: Any, *, kind: str, url: str) -> list[dict[str, Any]]:
     return sorted((c for c in choices if isinstance(c, dict)), key=lambda c: int(c.get("index", 0)))
 
 
-def _ids(values: object) -> tuple[int, ...] | None:
+def int_token_ids(values: object) -> tuple[int, ...] | None:
     """Token ids as the server must send them: a list of ints (a float, a string or a bool is not one)."""
     if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         return None
@@ -141,7 +141,7 @@ def _completion(choice: Mapping[str, Any], usage: CallUsage, want_logprobs: bool
     if "token_ids" not in choice:
         raise protocol_error("a choice has no token_ids; ttc needs vLLM >= 0.10.2, whose completions API accepts "
                              "return_token_ids", kind=kind, url=url)
-    token_ids = _ids(choice.get("token_ids"))
+    token_ids = int_token_ids(choice.get("token_ids"))
     if token_ids is None:
         raise protocol_error(f"a choice's token_ids are not a list of ints: {str(choice.get('token_ids'))[:80]}",
                              kind=kind, url=url)
@@ -186,6 +186,7 @@ __all__ = [
     "CallUsage",
     "ServerInfo",
     "completion_payload",
+    "int_token_ids",
     "parse_completions",
     "parse_models",
     "parse_prompt_logprobs",
