@@ -14,7 +14,7 @@ import anyio
 import pytest
 from pooled_doubles import answer, events
 
-from ttc import Budget, solve_batch
+from ttc import Budget, solve, solve_batch
 from ttc.errors import BackendError, ConfigError
 from ttc.storage import TraceStore
 from ttc.testing import ScriptedBackend
@@ -107,6 +107,29 @@ def test_what_cannot_share_a_budget_is_refused_before_anything_runs() -> None:
         solve_batch(EASY, 10_000, backend=backend, store=False, budget_scope="batch", n=4)
     assert backend.calls == []
     assert solve_batch([], 10, backend=backend, store=False, budget_scope="batch") == []
+
+
+@pytest.mark.parametrize("scope", ["batch", "question"])
+@pytest.mark.parametrize("select", ["weighted_vote", "score"])
+def test_a_choice_by_score_without_a_verifier_is_refused_before_any_trace_opens(
+        tmp_path: Path, scope: str, select: str) -> None:
+    """In a batch the first question's trace opened, then the refusal left it 'running'; per question each
+    question's trace opened to fail on it."""
+    store = TraceStore(tmp_path / "t.db")
+    backend = ScriptedBackend(responder)
+    with pytest.raises(ConfigError, match=f"select='{select}' ranks samples by a verifier's score"):
+        solve_batch(EASY[:3], 3000, backend=backend, store=store, budget_scope=scope,  # type: ignore[arg-type]
+                    strategy="self_consistency", select=select, max_tokens=16)
+    assert store.list_traces() == [] and backend.calls == []
+    store.close()
+
+
+def test_a_single_best_of_n_by_score_without_a_verifier_spends_nothing() -> None:
+    """Best-of-N chose only after drawing its samples, so the refusal came after the whole budget was spent."""
+    backend = ScriptedBackend(responder)
+    with pytest.raises(ConfigError, match="select='score' ranks samples by a verifier's score"):
+        solve("easy 1", 3000, backend=backend, store=False, strategy="best_of_n", select="score", max_tokens=16)
+    assert backend.calls == []
 
 
 def test_a_cancelled_batch_leaves_no_trace_running(tmp_path: Path) -> None:

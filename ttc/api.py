@@ -30,6 +30,7 @@ from ttc.session import (
     open_session,
 )
 from ttc.strategies.base import Strategy, make_strategy
+from ttc.strategies.sampling import SampledOptions, check_selection
 from ttc.strategies.tree import NO_PROCESS_VERIFIER, TreeSearch
 from ttc.types import Budget, Notes, Problem, Result
 
@@ -65,6 +66,8 @@ def plan_runner(strategy: str, budget: Budget, session: Session,
     runner = make_strategy(name, opts)
     if isinstance(runner, TreeSearch) and setup.prm is None:
         raise ConfigError(NO_PROCESS_VERIFIER)  # here, before a question's trace opens to fail on it
+    if isinstance(runner.options, SampledOptions):  # the same for a choice by score with no verifier
+        check_selection(runner.options.select, has_verifier=setup.verifier is not None)
     # The trace records the options as they were read (numpy's float32(0.5) as 0.5), which the store can write:
     # the caller's own objects failed the trace's write after the whole question had been solved.
     return name, runner.options.model_dump(mode="json", include=set(opts)), runner

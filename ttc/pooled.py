@@ -32,7 +32,7 @@ from ttc.session import QuestionRun, Session, check_prompt, fail_batch, guarded
 from ttc.strategies.base import make_strategy, strategy_class, strategy_names
 from ttc.strategies.beam import BeamOptions
 from ttc.strategies.rebase import RebaseOptions
-from ttc.strategies.sampling import resolve_selection
+from ttc.strategies.sampling import check_selection, resolve_selection
 from ttc.strategies.self_consistency import SelfConsistencyOptions
 from ttc.strategies.tree import NO_PROCESS_VERIFIER, TreeSearch
 from ttc.strategies.vote_rounds import VoteRounds
@@ -102,12 +102,14 @@ def check_pooled(budget: Budget, questions: int, *, strategy: str, options: Mapp
 
 
 def sampling_options(budget: Budget, questions: int, *, strategy: str, options: Mapping[str, object],
-                     has_verifier: bool = False) -> SelfConsistencyOptions:
+                     has_verifier: bool | None = None) -> SelfConsistencyOptions:
     """The self-consistency options every question of a batch that pools samples runs with, refused (ConfigError)
-    when the strategy cannot grow a vote, an option is invalid, or the budget cannot give each question one
-    sample."""
+    when the strategy cannot grow a vote, an option is invalid, the budget cannot give each question one sample,
+    or the choice needs a verifier the setup lacks (``has_verifier=None``: the setup is not known yet)."""
     opts: SelfConsistencyOptions = make_strategy(
-        STRATEGY, pooled_options(strategy, options, has_verifier=has_verifier)).options
+        STRATEGY, pooled_options(strategy, options, has_verifier=bool(has_verifier))).options
+    if has_verifier is not None:
+        check_selection(opts.select, has_verifier=has_verifier)
     check_affordable(budget, questions, opts.max_tokens)
     return opts
 
@@ -209,7 +211,11 @@ async def solve_pooled(problems: Sequence[Problem], budget: Budget, session: Ses
         for index, (problem, seed) in enumerate(zip(problems, seeds, strict=True)):
             run = await QuestionRun.start(problem, own_budget, session, strategy=STRATEGY,
                                           options=opts.model_dump(), seed=seed, plan=plan, started=pool.started)
-            rounds = VoteRounds(problem, run.ctx, opts, resolve_selection(opts.select, run.ctx))
+            try:
+                rounds = VoteRounds(problem, run.ctx, opts, resolve_selection(opts.select, run.ctx))
+            except BaseException as exc:  # its trace is open and not yet in `questions`: fail it here
+                await fail_batch([run], exc)
+                raise
             questions.append(_Question(index, run, rounds, opts))
         await bounded_gather([partial(guarded, q.run, q.rounds.open) for q in questions], concurrency)
         samples = first_wave(pool, len(questions), round_size=opts.round_size, cap=opts.max_samples,

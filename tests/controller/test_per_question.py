@@ -109,6 +109,16 @@ def test_auto_at_a_small_budget_narrows_to_paths_it_can_finish(tmp_path: Path) -
     store.close()
 
 
+def test_vote_round_options_take_auto_to_self_consistency_with_a_verifier_too() -> None:
+    """With a verifier they went to best-of-N, which refused them as unknown options of a strategy the caller
+    never named, though the same call with budget_scope='batch' ran self-consistency."""
+    for options in ({"max_samples": 8}, {"round_size": 2, "max_tokens": 64}, {"stop_share": 0.9}):
+        name, opts = plan_strategy("auto", Budget(tokens=1024), has_verifier=True, options=options)
+        assert name == "self_consistency" and opts.items() >= options.items()
+    name, opts = plan_strategy("auto", Budget(tokens=1024), has_verifier=True, options={"max_tokens": 64})
+    assert name == "best_of_n" and opts["n"] == 16  # options both take keep the verifier's best-of-N
+
+
 def test_n_keeps_auto_on_best_of_n_without_a_verifier_too() -> None:
     """It went to self-consistency, which refused 'n' as an unknown option of a strategy the caller never named."""
     from ttc import solve

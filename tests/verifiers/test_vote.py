@@ -44,6 +44,13 @@ def test_weights_can_outvote_a_count_majority() -> None:
     assert dict(result.tally) == pytest.approx({"7": 0.3, "9": 0.9})
 
 
+def test_weights_near_the_float_limit_still_vote() -> None:
+    """A verifier's scores of 1e308 are finite, but their sum raised a raw OverflowError."""
+    result = majority_vote(["7", "7", "9"], weights=[1e308, 1e308, 1.5e308])
+    assert result.key == "7"
+    assert result.share == pytest.approx(2 / 3.5)
+
+
 def test_weights_of_none_answers_do_not_count() -> None:
     result = majority_vote([None, "2", "3"], weights=[100.0, 1.0, 2.0])
     assert result.key == "3"

@@ -34,6 +34,7 @@ from collections.abc import Mapping
 
 from ttc.errors import ConfigError
 from ttc.strategies.beam import BeamOptions
+from ttc.strategies.best_of_n import BestOfNOptions
 from ttc.strategies.rebase import RebaseOptions
 from ttc.strategies.self_consistency import SelfConsistencyOptions
 from ttc.types import Budget, is_int
@@ -83,9 +84,12 @@ def plan_strategy(strategy: str, budget: Budget, *, has_verifier: bool, options:
     max_tokens = _positive_int(opts, "max_tokens", DEFAULT_MAX_TOKENS)
     affordable = AUTO_MAX_SAMPLES if budget.tokens is None else max(1, budget.tokens // max_tokens)
     samples = min(AUTO_MAX_SAMPLES, affordable)
-    if has_verifier or not set(opts) <= _SELF_CONSISTENCY_OPTIONS:
-        # With no verifier, options only best-of-N takes (n) keep it too, picking by plain majority: passed on to
-        # self-consistency, they were refused as unknown options of a strategy the caller never named.
+    named = set(opts)
+    # Options only one of the two takes choose it: passed to the other, they were refused as unknown options of a
+    # strategy the caller never named (n to self-consistency without a verifier; max_samples, round_size and the
+    # other vote-round options to best-of-N with one). Otherwise a verifier ranks best-of-N's samples.
+    wants_rounds = bool(named - _BEST_OF_N_OPTIONS) and named <= _SELF_CONSISTENCY_OPTIONS
+    if (has_verifier and not wants_rounds) or not named <= _SELF_CONSISTENCY_OPTIONS:
         opts.setdefault("n", samples)
         return "best_of_n", opts
     # The round defaults never exceed the caller's own max_samples: a min_samples above it would keep the early
@@ -99,6 +103,7 @@ def plan_strategy(strategy: str, budget: Budget, *, has_verifier: bool, options:
 
 _BEAM_OPTIONS = frozenset(BeamOptions.model_fields)
 _SELF_CONSISTENCY_OPTIONS = frozenset(SelfConsistencyOptions.model_fields)
+_BEST_OF_N_OPTIONS = frozenset(BestOfNOptions.model_fields)
 _REBASE_OPTIONS = frozenset(RebaseOptions.model_fields)
 
 

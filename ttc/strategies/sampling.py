@@ -123,9 +123,15 @@ class Choice:
 
 
 def resolve_selection(selection: Selection, ctx: Context) -> str:
+    return check_selection(selection, has_verifier=ctx.verifier is not None)
+
+
+def check_selection(selection: Selection, *, has_verifier: bool) -> str:
+    """The rule ``selection`` stands for on a setup with or without a verifier; ConfigError where it needs one and
+    there is none. Callers check it before a trace opens: best-of-N chooses only after its samples are drawn."""
     if selection == "auto":
-        return "weighted_vote" if ctx.verifier is not None else "vote"
-    if selection in ("score", "weighted_vote") and ctx.verifier is None:
+        return "weighted_vote" if has_verifier else "vote"
+    if selection in ("score", "weighted_vote") and not has_verifier:
         raise ConfigError(f"select={selection!r} ranks samples by a verifier's score and none is configured: pass "
                           "verifier=... (or a PRM), or use select='vote'")
     return selection

@@ -86,7 +86,7 @@ def majority_vote(
         first_spelling.setdefault(key, answer)
     if not members:
         return VoteResult(answer=None, key=None, share=0.0, tally=MappingProxyType({}))
-    tally = {key: math.fsum(values) for key, values in members.items()}
+    tally, total = _tally(members)
     best = max(tally.values())
     tied = [key for key, total in tally.items() if total == best]
     if len(tied) == 1:
@@ -95,9 +95,20 @@ def majority_vote(
         winner = rng.choice(sorted(tied))
     else:
         winner = tied[0]  # dicts keep insertion order, so this is the first-seen key
-    total = math.fsum(tally.values())
     share = tally[winner] / total if total > 0 else 0.0
     return VoteResult(answer=first_spelling[winner], key=winner, share=share, tally=MappingProxyType(tally))
+
+
+def _tally(members: dict[str, list[float]]) -> tuple[dict[str, float], float]:
+    """Each class's total weight and the sum of all. Weights near the float limit (a verifier's 1e308) overflow
+    the sums: they are then summed in units of the largest weight, which keeps the winner and its share."""
+    try:
+        tally = {key: math.fsum(values) for key, values in members.items()}
+        return tally, math.fsum(tally.values())
+    except OverflowError:
+        unit = max(max(values) for values in members.values())
+        tally = {key: math.fsum(value / unit for value in values) for key, values in members.items()}
+        return tally, math.fsum(tally.values())
 
 
 __all__ = ["VoteResult", "majority_vote", "vote_weights"]
