@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ttc.api import Session, check_budget_scope, open_session, solve_problem
-from ttc.bench.datasets import dataset_names, load_dataset
+from ttc.bench.datasets import dataset_names, dataset_setting, load_dataset
 from ttc.bench.eval import EvalReport, check_run_seeds, check_sleep, evaluate
 from ttc.cli_render import render_trace, shown
 from ttc.errors import ConfigError, TTCError
@@ -234,8 +234,8 @@ def eval_cmd(
     contextual = any(p.context is not None for p in problems)
     # Questions about contexts go to the setup's model for contexts (the embedded default's stateful reasoner).
     session = make_session(backend, url, model, db, contextual=contextual)
-    config = {"dataset": dataset, "limit": limit, "offset": offset, "budget": budget, "strategy": strategy,
-              "backend": session.setup.backend.name, "seed": seed, "options": options}
+    config = {"dataset": dataset_setting(dataset), "limit": limit, "offset": offset, "budget": budget,
+              "strategy": strategy, "backend": session.setup.backend.name, "seed": seed, "options": options}
     if scope != "question":
         config["budget_scope"] = scope
     if contextual:
@@ -302,15 +302,24 @@ def demo(
 
     reports = anyio.run(main)
     table = Table(title=f"synthetic benchmark, {problems} held-out problems, backend {session.setup.backend.name}")
-    for col in ("arm", "accuracy", "mean tokens", "wall s", "run"):
+    for col in ("arm", "accuracy", "failed", "mean tokens", "wall s", "run"):
         table.add_column(col, justify="right")
     for arm, report in reports:  # a run's first 8 characters: --run and --resume take a unique prefix
-        table.add_row(arm.label, f"{report.accuracy:.3f}", f"{report.mean_tokens:.1f}", f"{report.wall_s:.1f}",
-                      report.run_id[:8])
+        table.add_row(arm.label, f"{report.accuracy:.3f}", str(report.failed), f"{report.mean_tokens:.1f}",
+                      f"{report.wall_s:.1f}", report.run_id[:8])
     out.print(table)
     last = reports[-1][1]
     out.print(f"inspect: ttc traces list --run {last.run_id}   then   ttc traces show {last.trace_ids[0][:8]}"
               f"   (or browse them: ttc view)" if last.trace_ids else "")
+    # Accuracy counts the questions each arm finished: where some failed, the arms compared other questions.
+    failed = [(arm, report) for arm, report in reports if report.failed or report.done < report.total]
+    for arm, report in failed:
+        err.print(f"{arm.label}: {report.total - report.done} of {report.total} problems failed; its accuracy "
+                  f"counts the {report.done} it finished (ttc traces list --run {report.run_id[:8]})")
+        for line in report.errors[:3]:
+            err.print(Text(shown(line), style="red"), soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()

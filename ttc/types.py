@@ -136,6 +136,8 @@ class Sampling:
         ):
             raise ConfigError(f"Sampling.stop must be a tuple of non-empty strings (stop=('\\n\\n',) for one), "
                               f"got {self.stop!r}")
+        # A list is taken as the tuple it stands for: a Sampling is hashed as a cache key, and compared.
+        object.__setattr__(self, "stop", tuple(self.stop))
         if self.seed is not None and not is_int(self.seed):
             raise ConfigError(f"Sampling.seed must be an int or None, got {self.seed!r}")
         if not isinstance(self.distinct, bool):

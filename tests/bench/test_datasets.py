@@ -109,7 +109,12 @@ def test_answers_are_text_or_finite_numbers_and_never_empty(tmp_path: Path) -> N
             '{"question": "q", "answer": "Half of 8 is 4. #### 1,004"}']
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     assert [p.gold for p in load_dataset(str(path))] == ["12", "100000000000000000000", "2.5", "1004"]
+    path.write_text('{"question": "q", "answer": 0.00001}\n{"question": "q", "answer": -1.5e-07}\n', encoding="utf-8")
+    assert [p.gold for p in load_dataset(str(path))] == ["0.00001", "-0.00000015"]  # was '1e-05': graded apart
+    deep = "\\\\sqrt{" * 1000 + "2" + "}" * 1000
     for answer, message in (("true", "a string or a number, got true"), ("[1, 2]", r"got \[1, 2\]"),
+                            ('"$"', r"the gold answer '\$' is empty"),  # refused by grading, after the model ran
+                            ('"\\\\boxed{}"', "is empty"), (f'"{deep}"', "too deeply nested to grade"),
                             ("{}", r"got \{\}"), ("NaN", "a finite number, got nan"),
                             ("1e400", "a finite number, got inf"), ('"x #### "', r"no 'answer' \(after '####' too\)")):
         path.write_text(f'{{"question": "q", "answer": {answer}}}\n', encoding="utf-8")

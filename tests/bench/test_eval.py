@@ -211,6 +211,10 @@ async def test_golds_and_seeds_a_run_cannot_use_are_refused_before_it_opens(tmp_
         with pytest.raises(ConfigError, match="a non-empty one"):
             await evaluate([Problem("q", gold=" ", index=0)], Budget(tokens=200), session, strategy="best_of_n",
                            options={}, seed=0)
+        # Grading refused these only after the model had answered, and again on every resume.
+        with pytest.raises(ConfigError, match=r"problem 1: the gold answer '\\\\boxed\{\}' is empty"):
+            await evaluate([*plus_one(1), Problem("q", gold="\\boxed{}", index=1)], Budget(tokens=200), session,
+                           strategy="best_of_n", options={}, seed=0)
         with pytest.raises(ConfigError, match=r"seed 9223372036854775807 reaches 2\*\*63 at index 3 \(the last\)"):
             await evaluate(plus_one(4), Budget(tokens=200), session, strategy="best_of_n", options={},
                            seed=(1 << 63) - 1)

@@ -35,6 +35,17 @@ async def test_other_sampling_settings_draw_from_a_pool_of_their_own() -> None:
     assert len(greedy) == 1 and replay.fresh_samples == 3
 
 
+async def test_stop_strings_given_as_a_list_share_the_pool_of_the_same_tuple() -> None:
+    """Sampling takes a list of stop strings; the replay's pool key hashed it and raised a raw TypeError."""
+    inner = ScriptedBackend(guessing_responder)
+    replay = ReplayBackend(inner)
+    prompt = await replay.tokenize("What is 5 * 6?")
+    listed = await replay.complete(prompt, 2, Sampling(max_tokens=64, temperature=0.8, stop=["\n"], seed=1))
+    replay.rewind()
+    as_tuple = await replay.complete(prompt, 2, Sampling(max_tokens=64, temperature=0.8, stop=("\n",), seed=1))
+    assert as_tuple == listed and replay.fresh_samples == 2
+
+
 async def test_a_score_is_computed_once() -> None:
     calls: list[str] = []
 

@@ -239,6 +239,28 @@ def test_resume_refuses_other_settings_and_counts_each_problem_once(tmp_path: Pa
         assert len(store.list_traces(run_id=run.id, limit=100)) == 3
 
 
+def test_a_run_on_a_file_resumes_under_another_spelling_of_its_path(tmp_path: Path) -> None:
+    """'data.jsonl' started from one folder and './data.jsonl' or its absolute path on resume were refused as
+    other settings."""
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(f'{{"question": "What is {i} + 1?", "answer": {i + 1}}}\n' for i in range(3)))
+    db = tmp_path / "f.db"
+    args = ("--backend", "scripted", "--budget", "256")
+    proc = subprocess.run([sys.executable, "-m", "ttc", "eval", "--dataset", "data.jsonl", "--limit", "2", *args],
+                          capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "TTC_DB": str(db)},
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    with TraceStore(str(db)) as store:
+        [run] = store.list_runs()
+    assert run.config["dataset"] == str(data)
+    again = run_ttc("eval", "--dataset", str(data), "--limit", "2", *args, "--resume", run.id, db=db)
+    assert "│        2 │    2 │" in again.stdout
+    other = tmp_path / "other.jsonl"
+    other.write_text(data.read_text())
+    refused = run_ttc("eval", "--dataset", str(other), "--limit", "2", *args, "--resume", run.id, db=db, check=False)
+    assert refused.returncode == 2 and "other settings (dataset" in refused.stderr
+
+
 def test_text_with_markup_characters_is_printed_as_text(tmp_path: Path) -> None:
     db = tmp_path / "m.db"
     solved = run_ttc("solve", "Ann has [/] 12 pens and 7 more [b]. How many?", "--backend", "scripted", db=db)

@@ -4,6 +4,7 @@ built-in synthetic benchmark. Data is read from local files only; ttc never down
 
 from __future__ import annotations
 
+import decimal
 import json
 import math
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from ttc.errors import ConfigError
 from ttc.types import Problem, check_unicode, is_int
+from ttc.verifiers.answer import gold_key
 
 FILES = {"gsm8k": "gsm8k_test.jsonl", "math500": "math500_test.jsonl", "aime24": "aime24_test.jsonl"}
 SYNTHETIC = ("synthetic", "synthetic-stateful", "synthetic-totals")
@@ -63,6 +65,25 @@ def load_dataset(name: str, *, limit: int | None = None, offset: int = 0, seed: 
                           "leave levels out")
     label = name if name in FILES else path.stem
     return _read_jsonl(path, label, limit, offset)
+
+
+def dataset_setting(name: str) -> str:
+    """How a run records the dataset it read: a name as given, a file by its absolute path, so a resume that
+    spells the same file another way (``./data.jsonl``, or from another folder) is recognised as the same."""
+    return name if name in FILES or name in SYNTHETIC else str(Path(name).resolve())
+
+
+def same_dataset(recorded: object, given: object) -> bool:
+    """Whether two recorded dataset settings name one dataset: equal, or one file spelt two ways (a run
+    recorded before :func:`dataset_setting` kept the spelling it was given)."""
+    if recorded == given:
+        return True
+    if not isinstance(recorded, str) or not isinstance(given, str) or recorded in FILES or recorded in SYNTHETIC:
+        return False
+    try:
+        return os.path.samefile(recorded, given)
+    except OSError:  # either is not a file here
+        return False
 
 
 def _read_jsonl(path: Path, label: str, limit: int | None, offset: int) -> list[Problem]:
@@ -121,10 +142,15 @@ def _answer_text(answer: object, where: str) -> str:
     if isinstance(answer, float):
         if not math.isfinite(answer):
             raise ConfigError(f"{where}: 'answer' must be a finite number, got {answer}")
-        answer = int(answer) if answer.is_integer() else repr(answer)
+        # Written out in full: repr writes 0.00001 as '1e-05', which a model's '0.00001' does not grade equal to.
+        answer = int(answer) if answer.is_integer() else format(decimal.Decimal(repr(answer)), "f")
     gold = _gold(str(answer))
     if not gold:
         raise ConfigError(f"{where}: no 'answer' (after '####' too)")
+    try:
+        gold_key(gold)  # grading would refuse it only after the model had answered, on every resume again
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     return gold
 
 
@@ -186,4 +212,4 @@ def _synthetic(name: str, limit: int, offset: int, seed: int, levels: Sequence[i
 STATEFUL_QUESTIONS = 3
 
 
-__all__ = ["data_dir", "dataset_names", "load_dataset"]
+__all__ = ["data_dir", "dataset_names", "dataset_setting", "load_dataset", "same_dataset"]

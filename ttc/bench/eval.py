@@ -33,6 +33,7 @@ from ttc.api import (
     solve_problem,
 )
 from ttc.backends.base import Backend
+from ttc.bench.datasets import same_dataset
 from ttc.errors import ConfigError, TTCError
 from ttc.pooled import check_pooled, solve_pooled
 from ttc.session import SEED_LIMIT, question_prompt
@@ -40,7 +41,7 @@ from ttc.sleeptime import SLEEP, SleepOptions, load_notes, sleep_in_session, sle
 from ttc.storage import TraceStore, TraceSummary
 from ttc.storage.convert import problem_id
 from ttc.types import BUDGET_LIMIT, Budget, Problem, Result, TraceEvent
-from ttc.verifiers.answer import agrade_result
+from ttc.verifiers.answer import agrade_result, gold_key
 
 SLEEP_SEED_OFFSET = 1 << 30
 """A context's sleep run draws from ``seed + SLEEP_SEED_OFFSET + i``, ``i`` the index of its first question: apart
@@ -104,6 +105,11 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
         raise ConfigError("no problems to evaluate: the dataset is empty, or its offset and limit leave none")
     if any(p.gold is None or not p.gold.strip() for p in problems):
         raise ConfigError("every problem of an evaluation needs a gold answer (a non-empty one)")
+    for problem in problems:
+        try:
+            gold_key(problem.gold or "")  # one grading cannot read fails here, before the run opens
+        except ConfigError as exc:
+            raise ConfigError(f"problem {problem.index}: {exc}") from None
     thinking = check_sleep(problems, sleep, sleep_opts)
     indices = [p.index for p in problems]
     if None in indices or len(set(indices)) != len(indices):
@@ -329,8 +335,10 @@ def _check_same_settings(run_id: str, stored: Mapping[str, object], given: Mappi
     if RUN_SETTINGS not in stored:  # a run begun before evaluate kept its own settings: what it stored decides
         given = {key: value for key, value in given.items() if not key.startswith(f"{RUN_SETTINGS}.")}
     stored = _flat(stored)
-    differ = sorted(key for key in (stored.keys() | given.keys()) - {"backend"}
+    differ = sorted(key for key in (stored.keys() | given.keys()) - {"backend", "dataset"}
                     if stored.get(key) != given.get(key))
+    if not same_dataset(stored.get("dataset"), given.get("dataset")):
+        differ.insert(0, "dataset")
     if differ:
         changes = ", ".join(f"{key} {stored.get(key)!r} -> {given.get(key)!r}" for key in differ)
         raise ConfigError(f"run {run_id} was started with other settings ({changes}): resume it with the "

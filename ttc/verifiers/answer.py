@@ -464,11 +464,17 @@ def _worker_verdict(gold_key: str, predicted_key: str, timeout_s: float) -> _Ver
     return verdict
 
 
-def _gold_key(gold: str) -> str:
-    gold_key = normalize_answer(gold)
-    if not gold_key:
+def gold_key(gold: str) -> str:
+    """The key a gold answer is graded by; ConfigError where none can be (no final answer in it, or one too deeply
+    nested to read). Loaders and evaluations check it before a model runs: grading finds it only after."""
+    try:
+        key = normalize_answer(gold)
+    except RecursionError:
+        raise ConfigError(f"the gold answer {gold[:40]!r}... is too deeply nested to grade; pass the reference "
+                          "final answer in a plain form") from None
+    if not key:
         raise ConfigError(f"the gold answer {gold!r} is empty; pass the reference final answer (e.g. '42')")
-    return gold_key
+    return key
 
 
 @dataclass(frozen=True)
@@ -483,7 +489,7 @@ class _NeedsWorker:
 def _grade_quickly(prediction_text: str, gold: str, timeout_s: float) -> GradeResult | _NeedsWorker:
     _check_timeout(timeout_s)
     _check_text(prediction_text, "prediction_text")
-    gold_key = _gold_key(_check_text(gold, "gold"))
+    key = gold_key(_check_text(gold, "gold"))
     predicted = extract_answer(prediction_text)
     if predicted is None:
         return GradeResult(False, None, "no answer found")
@@ -491,10 +497,10 @@ def _grade_quickly(prediction_text: str, gold: str, timeout_s: float) -> GradeRe
         answer_key = normalize_answer(predicted)
     except RecursionError:  # hundreds of nested \sqrt{: no reference answer is like it
         return GradeResult(False, predicted, "too deeply nested to compare")
-    quick = _quick_verdict(gold_key, answer_key)
+    quick = _quick_verdict(key, answer_key)
     if quick is not None:
         return GradeResult(quick.equal, predicted, quick.reason)
-    return _NeedsWorker(predicted, gold_key, answer_key)
+    return _NeedsWorker(predicted, key, answer_key)
 
 
 def answers_equivalent(a: str, b: str, *, timeout_s: float = 5.0) -> bool:
@@ -570,7 +576,7 @@ async def agrade_result(result: Result, gold: str, *, timeout_s: float = 5.0) ->
 def _unanswered(result: Result, gold: str) -> GradeResult | None:
     if result.answer is not None:
         return None
-    _gold_key(gold)  # an empty gold answer is a dataset bug either way
+    gold_key(gold)  # an empty gold answer is a dataset bug either way
     return GradeResult(False, None, NO_ANSWER)
 
 
@@ -582,6 +588,7 @@ __all__ = [
     "answers_equivalent",
     "extract_answer",
     "extract_stated_answer",
+    "gold_key",
     "grade",
     "grade_detail",
     "grade_result",

@@ -1,0 +1,51 @@
+"""``ttc demo`` says when an arm's questions failed: accuracy counts only the questions an arm finished."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+import ttc.cli as cli
+from ttc.api import Session, open_session
+from ttc.bench.datasets import load_dataset
+from ttc.errors import BackendError
+from ttc.testing import ScriptedBackend
+from ttc.types import Completion, Sampling
+
+PROBLEMS = load_dataset("synthetic", limit=4, seed=10_000)  # the demo's own first problems (seed 0)
+
+
+def right_answer(prompt_text: str, index: int, seed: int | None) -> str:
+    problem = next(p for p in PROBLEMS if p.question in prompt_text)
+    return f"The answer is {problem.gold}."
+
+
+class FailsEveryOtherQuestion(ScriptedBackend):
+    async def complete(self, prompt: Sequence[int], n: int, sampling: Sampling) -> list[Completion]:
+        text = await self.detokenize(prompt)
+        if any(p.question in text for p in PROBLEMS[::2]):
+            raise BackendError("the server timed out", kind="complete", url="http://vllm:8000", retryable=False)
+        return await super().complete(prompt, n, sampling)
+
+
+def test_an_arm_whose_questions_failed_says_so_and_exits_1(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every arm read 'accuracy 1.000' over the half it finished, with no failed count or error, and exit 0."""
+    def make_session(*args: object, **kwargs: object) -> Session:
+        session = open_session(backend=FailsEveryOtherQuestion(right_answer), store=str(tmp_path / "d.db"),
+                               verifier=None, prompt_template=None)
+        session.setup.owned = True
+        return session
+
+    monkeypatch.setattr(cli, "make_session", make_session)
+    monkeypatch.setattr(sys, "argv", ["ttc", "demo", "--problems", "4", "--samples", "2"])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 1
+    out, err = capsys.readouterr()
+    assert "failed" in out
+    assert "greedy: 2 of 4 problems failed; its accuracy counts the 2 it finished" in " ".join(err.split())
+    assert "the server timed out" in err
