@@ -109,9 +109,14 @@ def test_auto_leaves_heads_wider_than_the_triton_tiles_to_torch(monkeypatch: pyt
     from ttc.kernels.segments import TRITON_MAX_HEAD_DIM
 
     monkeypatch.setattr(dispatch, "_triton_installed", lambda: True)
+    monkeypatch.setattr(dispatch, "_interpreting", lambda: False)
 
     def on_gpu(head_dim: int) -> torch.Tensor:
         return SimpleNamespace(device=SimpleNamespace(type="cuda"), shape=(1, 1, 2, head_dim))  # type: ignore[return-value]
 
     assert dispatch._use_triton(on_gpu(TRITON_MAX_HEAD_DIM), "auto")
     assert not dispatch._use_triton(on_gpu(TRITON_MAX_HEAD_DIM + 64), "auto")
+    # Kernels defined under TRITON_INTERPRET=1 (as the tests run them) cannot launch on a GPU's tensors: auto
+    # chose them there anyway, and the launch check refused the call.
+    monkeypatch.setattr(dispatch, "_interpreting", lambda: True)
+    assert not dispatch._use_triton(on_gpu(TRITON_MAX_HEAD_DIM), "auto")

@@ -86,7 +86,15 @@ def _use_triton(q: torch.Tensor, impl: Impl) -> bool:
     if impl == "triton":
         return True
     # The kernel's tiles hold a head of at most TRITON_MAX_HEAD_DIM; a wider one is the torch path's, not an error.
-    return q.device.type == "cuda" and q.shape[-1] <= TRITON_MAX_HEAD_DIM and _triton_installed()
+    # Kernels defined under TRITON_INTERPRET=1 run on the host only: CUDA tensors then take the torch path too.
+    return (q.device.type == "cuda" and q.shape[-1] <= TRITON_MAX_HEAD_DIM and _triton_installed()
+            and not _interpreting())
+
+
+def _interpreting() -> bool:
+    from ttc.kernels.triton_forest import interpreting
+
+    return interpreting()
 
 
 @functools.cache

@@ -148,7 +148,7 @@ def _merge_partials_kernel(  # type: ignore[no-untyped-def]
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)  # b * stride_ob in 32 bits wraps past 2**31 output elements
     b = row // tokens
     t = row % tokens
     head = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
