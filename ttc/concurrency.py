@@ -1,9 +1,10 @@
-"""Running many questions' coroutines with a bound on how many are in flight."""
+"""Running coroutines together: many questions with a bound on how many are in flight, or a few jobs at once,
+with the first failure raised as itself."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 import anyio
 
@@ -50,4 +51,22 @@ def check_concurrency(concurrency: object) -> None:
         raise ConfigError(f"concurrency must be an int >= 1 (questions in flight at once), got {concurrency!r}")
 
 
-__all__ = ["bounded_gather", "check_concurrency"]
+async def run_concurrently(jobs: Sequence[Callable[[], Coroutine[Any, Any, None]]]) -> None:
+    """Run jobs concurrently; the first failure cancels the rest and is raised as itself, not as a group, so
+    callers see the typed error (BackendError, VerifierError) they would see from one call."""
+    try:
+        async with anyio.create_task_group() as group:
+            for job in jobs:
+                group.start_soon(job)
+    except BaseExceptionGroup as failures:
+        raise _first_leaf(failures) from None
+
+
+def _first_leaf(failures: BaseExceptionGroup[BaseException]) -> BaseException:
+    for exc in failures.exceptions:
+        if not isinstance(exc, BaseExceptionGroup):
+            return exc
+    return _first_leaf(failures.exceptions[0])  # type: ignore[arg-type]
+
+
+__all__ = ["bounded_gather", "check_concurrency", "run_concurrently"]

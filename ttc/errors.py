@@ -6,6 +6,7 @@ The tree::
     ├── ConfigError          bad input or settings: empty prompt, budget <= 0, unknown strategy or option,
     │                        no backend configured, unreadable dataset row
     ├── BackendError         a backend refused, failed or timed out (``retryable`` says whether a retry may help)
+    │   └── ContextLengthError   the request does not fit the served model's context window
     ├── BudgetExhausted      a strategy was asked to spend what its budget no longer holds
     ├── OutputError          the model's output cannot serve, and more budget would not change it (empty notes)
     ├── VerifierError        a verifier could not score (bad preset, missing judgement tokens)
@@ -38,6 +39,11 @@ class BackendError(TTCError):
         self.retryable = retryable
 
 
+class ContextLengthError(BackendError):
+    """The request does not fit the served model's context window. Its own type, so a verifier whose scoring
+    prompt is too long can say so as its failure (the local engine refuses such a prompt as a ConfigError)."""
+
+
 class BudgetExhausted(TTCError):
     """Raised when a spend is requested that the remaining budget cannot cover."""
 
@@ -59,5 +65,5 @@ class NotFound(StorageError):
     """A run or trace id, or an id prefix, names no record in the store (or, for a prefix, several)."""
 
 
-__all__ = ["BackendError", "BudgetExhausted", "ConfigError", "NotFound", "OutputError", "StorageError", "TTCError",
-           "VerifierError"]
+__all__ = ["BackendError", "BudgetExhausted", "ConfigError", "ContextLengthError", "NotFound", "OutputError",
+           "StorageError", "TTCError", "VerifierError"]

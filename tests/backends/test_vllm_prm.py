@@ -61,7 +61,7 @@ async def test_pooling_prm_request_and_response_contract() -> None:
     pooled: list[dict[str, object]] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content)
+        body = json.loads(request.content) if request.content else {}  # connecting GETs /v1/models first
         if request.url.path == "/tokenize" and "messages" in body:
             steps = body["messages"][-1]["content"].split("<extra_0>")[:-1]
             ids = [1, 2, 3] + [t for i, _ in enumerate(steps) for t in (10 + i, sep)]

@@ -380,14 +380,22 @@ class VLLMBackend:
 
     async def pool(self, prompt: Sequence[int]) -> list[list[float]]:
         """Per-token outputs of a pooling model's head (``token_classify``), e.g. a PRM's class probabilities."""
+        prompt = token_ids(prompt)
+        if len(prompt) == 0:
+            raise ConfigError("prompt must hold at least one token id")
+        info = await self.connect()
+        self._check_fits(info, len(prompt), 0, "pooling")
         body = self._for_model({"input": list(prompt), "task": "token_classify", "add_special_tokens": False})
-        response = await self._send("pooling", "POST", "/pooling", body=body)
+        response = await self._send("pooling", "POST", "/pooling", body=body, prompt=prompt)
         data = self._json(response, "pooling").get("data")
         rows = data[0].get("data") if isinstance(data, list) and data and isinstance(data[0], dict) else None
         if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
             raise protocol_error("/pooling returned no per-token rows", kind="pooling", url=str(response.url))
         with _shape("pooling", response):
-            return [[float(x) for x in row] for row in rows]
+            out = [[float(x) for x in row] for row in rows]
+        self._calls += 1  # a PRM's scoring is a call like prompt_logprobs', and reads its prompt the same way
+        self._scored += len(prompt)
+        return out
 
     # -- generation and scoring -----------------------------------------------------------------------------
 

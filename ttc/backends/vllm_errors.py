@@ -11,7 +11,7 @@ import json
 
 import httpx
 
-from ttc.errors import BackendError
+from ttc.errors import BackendError, ContextLengthError
 
 _MAX_BODY_CHARS = 500
 
@@ -64,14 +64,14 @@ def error_from_response(response: httpx.Response, *, kind: str, url: str) -> Bac
         hint = "shorten the prompt or lower Sampling.max_tokens"
     else:
         hint = "the request was invalid for this server"
-    return BackendError(f"vLLM answered HTTP {status}: {message} ({hint})", url=url, kind=kind,
-                        retryable=retryable)
+    error = ContextLengthError if "maximum context length" in message else BackendError
+    return error(f"vLLM answered HTTP {status}: {message} ({hint})", url=url, kind=kind, retryable=retryable)
 
 
 def context_length_error(*, prompt_tokens: int, max_tokens: int, max_model_len: int, kind: str,
-                         url: str) -> BackendError:
+                         url: str) -> ContextLengthError:
     """The request cannot fit the server's context window; said before sending it."""
-    return BackendError(
+    return ContextLengthError(
         f"request does not fit the model's context: prompt of {prompt_tokens} tokens + max_tokens {max_tokens} "
         f"= {prompt_tokens + max_tokens} tokens, over the server's max_model_len of {max_model_len}; shorten the "
         "prompt, lower Sampling.max_tokens, or serve the model with a larger --max-model-len",

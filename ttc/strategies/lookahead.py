@@ -24,9 +24,10 @@ from pydantic import Field
 
 from ttc.backends.base import Backend
 from ttc.budget import Meter
+from ttc.concurrency import run_concurrently
 from ttc.errors import ConfigError
 from ttc.strategies.base import Context, Strategy, StrategyOptions, StrategyResult, register
-from ttc.strategies.tree import ends_solution, run_concurrently
+from ttc.strategies.tree import ends_solution
 from ttc.types import Candidate, Completion, Problem, Sampling
 from ttc.verifiers.answer import extract_answer, extract_stated_answer
 

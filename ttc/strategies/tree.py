@@ -22,14 +22,15 @@ import contextlib
 import functools
 import math
 from abc import abstractmethod
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import anyio
 from pydantic import Field, model_validator
 
 from ttc.budget import Meter
+from ttc.concurrency import run_concurrently
 from ttc.errors import ConfigError, VerifierError
 from ttc.strategies.base import (
     DISTINCT,
@@ -154,24 +155,6 @@ def plan_round(meter: Meter, wants: Sequence[int], max_tokens: int) -> list[tupl
         if calls is not None:
             calls -= 1
     return grants
-
-
-async def run_concurrently(jobs: Sequence[Callable[[], Coroutine[Any, Any, None]]]) -> None:
-    """Run jobs concurrently; the first failure cancels the rest and is raised as itself, not as a group, so
-    callers see the typed error (BackendError, VerifierError) they would see from one call."""
-    try:
-        async with anyio.create_task_group() as group:
-            for job in jobs:
-                group.start_soon(job)
-    except BaseExceptionGroup as failures:
-        raise _first_leaf(failures) from None
-
-
-def _first_leaf(failures: BaseExceptionGroup[BaseException]) -> BaseException:
-    for exc in failures.exceptions:
-        if not isinstance(exc, BaseExceptionGroup):
-            return exc
-    return _first_leaf(failures.exceptions[0])  # type: ignore[arg-type]
 
 
 def by_rank(node: StepNode) -> tuple[float, int]:

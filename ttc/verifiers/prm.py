@@ -8,17 +8,17 @@ cheap to re-read; ``StepScores.scored_tokens`` counts only what had not been sco
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import ClassVar, Protocol, runtime_checkable
 
-import anyio
-
 from ttc.backends.base import Backend
 from ttc.backends.lru import LRUCache
-from ttc.errors import ConfigError, VerifierError
+from ttc.concurrency import run_concurrently
+from ttc.errors import ConfigError, ContextLengthError, VerifierError
 from ttc.types import PromptLogprobs
 from ttc.verifiers.base import Aggregation, StepScores
 from ttc.verifiers.prm_presets import PRMPreset, get_preset
@@ -96,7 +96,7 @@ class CachedPRM(ABC):
             cached.append(value)
         if len(cached) == len(steps):
             return StepScores(tuple(cached), 0, len(cached))
-        scores, new_tokens = await self._score(question, steps, len(cached))
+        scores, new_tokens = await self._score(question, steps, cached)
         if len(scores) != len(steps):
             raise VerifierError(f"{self.preset.name}: got {len(scores)} scores for {len(steps)} steps")
         for key, value in zip(keys, scores, strict=True):
@@ -113,9 +113,8 @@ class CachedPRM(ABC):
         async def one(i: int) -> None:
             results[i] = await self.score_steps(question, candidates[i])
 
-        async with anyio.create_task_group() as tg:
-            for i in range(len(candidates)):
-                tg.start_soon(one, i)
+        # One candidate's VerifierError is raised as itself, as score_steps raises it, not in an ExceptionGroup.
+        await run_concurrently([functools.partial(one, i) for i in range(len(candidates))])
         return results
 
     async def single_token(self, text: str) -> int:
@@ -130,14 +129,18 @@ class CachedPRM(ABC):
         step tags the policy never wrote) is the verifier's failure, named as such, not a prompt to shorten."""
         try:
             return await self.backend.prompt_logprobs(ids, top_k=top_k)
-        except ConfigError as exc:
-            raise VerifierError(f"PRM preset {self.preset.name!r} on {self.backend.name} cannot score this "
-                                f"solution ({len(ids)} tokens with its question and step markers): {exc}; use "
-                                "a PRM with a longer context, or shorter solutions (max_tokens)") from exc
+        except (ConfigError, ContextLengthError) as exc:  # the local engine's refusal, and a server's
+            raise self._unreadable(ids, exc) from exc
+
+    def _unreadable(self, ids: Sequence[int], exc: Exception) -> VerifierError:
+        return VerifierError(f"PRM preset {self.preset.name!r} on {self.backend.name} cannot score this "
+                             f"solution ({len(ids)} tokens with its question and step markers): {exc}; use a PRM "
+                             "with a longer context, or shorter solutions (max_tokens)")
 
     @abstractmethod
-    async def _score(self, question: str, steps: Sequence[str], cached_steps: int) -> tuple[list[float], int]:
-        """All step scores, and how many tokens beyond the cached steps' prefix were sent."""
+    async def _score(self, question: str, steps: Sequence[str], cached: Sequence[float]) -> tuple[list[float], int]:
+        """All step scores, and how many tokens beyond the cached steps' prefix were sent; ``cached`` holds the
+        scores of the first steps, found in the cache before any await (a concurrent scoring may evict them)."""
 
 
 def judgement(dist: Mapping[int, float] | None, good: int, bad: int, where: str, *, actual: int | None = None,
@@ -169,7 +172,8 @@ def judgement(dist: Mapping[int, float] | None, good: int, bad: int, where: str,
 class TokenPRM(CachedPRM):
     """Math-Shepherd-style PRM: judgement read from the distribution right after each step tag."""
 
-    async def _score(self, question: str, steps: Sequence[str], cached_steps: int) -> tuple[list[float], int]:
+    async def _score(self, question: str, steps: Sequence[str], cached: Sequence[float]) -> tuple[list[float], int]:
+        cached_steps = len(cached)
         p = self.preset
         tag, good, bad = [await self.single_token(t) for t in (p.tag, p.good, p.bad)]
         ids = await self.backend.tokenize(p.prefix.format(question=question), add_special_tokens=True)
@@ -195,7 +199,8 @@ class ChatPRM(CachedPRM):
             msgs += [{"role": "user", "content": content}, {"role": "assistant", "content": self.preset.good}]
         return msgs
 
-    async def _score(self, question: str, steps: Sequence[str], cached_steps: int) -> tuple[list[float], int]:
+    async def _score(self, question: str, steps: Sequence[str], cached: Sequence[float]) -> tuple[list[float], int]:
+        cached_steps = len(cached)
         backend = self.backend
         if not isinstance(backend, SupportsChatTemplate):
             raise VerifierError(f"chat PRMs need a backend that applies chat templates; {backend.name} does not")
@@ -217,11 +222,16 @@ class ChatPRM(CachedPRM):
 class PoolingPRM(CachedPRM):
     """Qwen2.5-Math-PRM-style: a reward head's positive-class probability at each step separator."""
 
-    async def _score(self, question: str, steps: Sequence[str], cached_steps: int) -> tuple[list[float], int]:
+    async def _score(self, question: str, steps: Sequence[str], cached: Sequence[float]) -> tuple[list[float], int]:
+        cached_steps = len(cached)
         backend = self.backend
         if not isinstance(backend, SupportsPooling) or not isinstance(backend, SupportsChatTemplate):
             raise VerifierError(f"pooling PRMs need vLLM's pooling endpoint; {backend.name} does not offer it")
         p = self.preset
+        if any(p.tag in text for text in (question, *steps)):
+            # Steps are read at the separators: one inside a step would be read as another step.
+            raise VerifierError(f"PRM preset {p.name!r} separates steps with {p.tag!r}, and the question or a step "
+                                "contains it: remove it from the text before scoring")
         sep = await self.single_token(p.tag)
         messages = [{"role": "user", "content": p.prefix.format(question=question)},
                     {"role": "assistant", "content": p.tag.join(steps) + p.tag}]
@@ -229,10 +239,17 @@ class PoolingPRM(CachedPRM):
             messages.insert(0, {"role": "system", "content": p.system})
         ids = await backend.tokenize_chat(messages, add_generation_prompt=False)
         where = [i for i, t in enumerate(ids) if t == sep]
-        rows = await backend.pool(ids)
+        try:
+            rows = await backend.pool(ids)
+        except (ConfigError, ContextLengthError) as exc:
+            raise self._unreadable(ids, exc) from exc
         picked = rows if len(rows) == len(where) else [rows[i] for i in where] if len(rows) == len(ids) else None
         if picked is None or len(picked) != len(steps):
             raise VerifierError(f"pooling PRM returned {len(rows)} rows for {len(ids)} tokens and {len(steps)} steps")
+        narrow = next((row for row in picked if len(row) <= p.positive_class), None)
+        if narrow is not None:
+            raise VerifierError(f"PRM preset {p.name!r} reads class {p.positive_class} of the reward head, which "
+                                f"returned {len(narrow)} per token: set the preset's positive_class for this model")
         known = where[cached_steps - 1] + 1 if cached_steps else 0
         return [float(row[p.positive_class]) for row in picked], len(ids) - known
 
@@ -249,7 +266,8 @@ class LikelihoodPRM(CachedPRM):
     preferred_aggregate: Aggregation = "min"
     """Each step is judged on its own, so a path is as good as its weakest step (tree searches read this)."""
 
-    async def _score(self, question: str, steps: Sequence[str], cached_steps: int) -> tuple[list[float], int]:
+    async def _score(self, question: str, steps: Sequence[str], cached: Sequence[float]) -> tuple[list[float], int]:
+        cached_steps = len(cached)
         p = self.preset
         ids = await self.backend.tokenize(p.prefix.format(question=question), add_special_tokens=True)
         spans: list[tuple[int, int]] = []
@@ -282,21 +300,17 @@ class GenerativeJudge(CachedPRM):
     TEMPLATE = ("Question: {question}\nSolution so far:\n{previous}\nNew step: {step}\n"
                 "Is the new step correct? Answer Yes or No.\nAnswer:")
 
-    async def _score(self, question: str, steps: Sequence[str], cached_steps: int) -> tuple[list[float], int]:
+    async def _score(self, question: str, steps: Sequence[str], cached: Sequence[float]) -> tuple[list[float], int]:
         good, bad = await self.single_token(self.preset.good), await self.single_token(self.preset.bad)
-        scores = list(await self._cached_prefix(question, steps, cached_steps))
+        scores = list(cached)  # as found before the awaits above: re-read after them, an evicted one read as 0.0
         sent = 0
-        for k in range(cached_steps, len(steps)):
+        for k in range(len(cached), len(steps)):
             text = self.TEMPLATE.format(question=question, previous="\n".join(steps[:k]) or "(none)", step=steps[k])
             ids = await self.backend.tokenize(text, add_special_tokens=True) + [good]
             lp = await self._logprobs(ids, self.preset.top_k)
             scores.append(judgement(lp.top[-1], good, bad, f"step {k + 1}", actual=ids[-1], top_k=self.preset.top_k))
             sent += len(ids)
         return scores, sent
-
-    async def _cached_prefix(self, question: str, steps: Sequence[str], upto: int) -> list[float]:
-        keys = self.cache.keys(question, steps[:upto])
-        return [self.cache.get(k) or 0.0 for k in keys]
 
 
 FAMILIES: dict[str, type[CachedPRM]] = {"token": TokenPRM, "chat": ChatPRM, "pooling": PoolingPRM,

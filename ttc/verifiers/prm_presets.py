@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
@@ -112,7 +112,9 @@ def get_preset(name: str) -> PRMPreset:
     if name in ("mini", "mini-checker"):
         from ttc.models import mini_model_path
 
-        return preset_from_json(mini_model_path("prm" if name == "mini" else "checker") / "prm.json")
+        # Both files are prm.json: named by the file, both presets read 'prm' in every message.
+        return replace(preset_from_json(mini_model_path("prm" if name == "mini" else "checker") / "prm.json"),
+                       name=name)
     path = Path(name)
     if path.suffix == ".json" and path.is_file():
         return preset_from_json(path)
