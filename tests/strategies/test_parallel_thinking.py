@@ -28,7 +28,7 @@ def sampler() -> ScriptedBackend:
 
     def respond(prompt: str, index: int, seed: int | None) -> str:
         if prompt.endswith("so:\n") or "attempts at it" in prompt:  # the mini template's end, the generic one's
-            return "the target wrote this"
+            return "the target wrote this\nThe answer is 7."
         return PATHS[index % len(PATHS)]
 
     return ScriptedBackend(respond)
@@ -91,7 +91,7 @@ async def test_the_setups_synthesizer_reads_every_path_and_its_solution_is_the_a
 async def test_without_a_synthesizer_the_target_synthesizes() -> None:
     target = sampler()
     text, _, ctx, _ = await run(target, None)
-    assert text == "the target wrote this" and len(target.calls) == 2
+    assert text == "the target wrote this\nThe answer is 7." and len(target.calls) == 2
     assert [e.payload["synthesizer"] for e in ctx.recorder.events() if e.kind == "synthesis"] == ["target"]
 
 
@@ -128,6 +128,45 @@ async def test_the_least_common_paths_are_left_out_of_a_prompt_too_long() -> Non
     assert shown == "q?\n2 of 2:\n1 + 2 = 3\nThe answer is 3.\nso:\n" and answer == "3"
     [event] = [e.payload for e in ctx.recorder.events() if e.kind == "synthesis"]
     assert (event["shown"], event["left_out"]) == (2, 1)
+
+
+async def test_a_long_common_path_that_does_not_fit_leaves_room_for_shorter_ones() -> None:
+    """Paths were left out by count alone: a long path drawn twice took every path out with it, and the
+    synthesizer answered unaided after all of them were paid for."""
+    long_path = "1 + 2 = 3\n" * 30 + "The answer is 3."
+    scripted = [long_path, "1 + 2 = 4\nThe answer is 4.", long_path]
+    target = ScriptedBackend(lambda prompt, index, seed: scripted[index % 3])
+    synth = synthesizer()
+    limit = len("q?\n1 of 1:\n1 + 2 = 4\nThe answer is 4.\nso:\n")
+    _, answer, ctx, _ = await run(target, synth, synthesis_max_prompt_tokens=limit)
+    shown = "".join(chr(t) for t in synth.calls[0].prompt)
+    assert shown == "q?\n1 of 1:\n1 + 2 = 4\nThe answer is 4.\nso:\n" and answer == "4"
+    [event] = [e.payload for e in ctx.recorder.events() if e.kind == "synthesis"]
+    assert (event["shown"], event["left_out"]) == (1, 2)
+
+
+async def test_where_no_path_fits_the_paths_vote_without_a_synthesis() -> None:
+    long_path = "1 + 2 = 3\n" * 10 + "The answer is 3."
+    target = ScriptedBackend(lambda prompt, index, seed: long_path)
+    synth = synthesizer()
+    _, answer, ctx, _ = await run(target, synth, synthesis_max_prompt_tokens=40)
+    assert answer == "3" and synth.calls == []
+    assert [e.payload for e in ctx.recorder.events() if e.kind == "fallback"] == [{"to": "vote",
+                                                                                   "reason": "no_path_fits"}]
+
+
+async def test_a_synthesis_that_states_no_answer_gives_way_to_the_paths_vote() -> None:
+    """A synthesis cut by synthesis_max_tokens left the question unanswered though every path agreed."""
+    target = ScriptedBackend(lambda prompt, index, seed: "1 + 2 = 3\nThe answer is 3.")
+    synth = ScriptedBackend(lambda prompt, index, seed: "Let me check each attempt")
+    text, answer, ctx, _ = await run(target, synth)
+    assert (text, answer) == ("1 + 2 = 3\nThe answer is 3.", "3")
+    events = ctx.recorder.events()
+    assert [e.payload for e in events if e.kind == "fallback"] == [{"to": "vote", "reason": "synthesis_unanswered"}]
+    [select] = [e.payload for e in events if e.kind == "select"]
+    assert select["how"] == "vote" and select["answer"] == "3"
+    synthesis = ctx.recorder.nodes()[-1]
+    assert synthesis.parent == 4 and synthesis.status != "selected"  # kept in the trace, not chosen
 
 
 async def test_a_prompt_limit_that_leaves_no_room_for_a_path_is_refused_before_any_path_is_drawn() -> None:
@@ -170,7 +209,7 @@ def test_solve_runs_it_through_the_api_with_the_target_as_synthesizer() -> None:
     target = sampler()
     result = solve("q?", 10_000, strategy="parallel_thinking", backend=target, store=False, seed=3,
                    paths=3)
-    assert result.strategy == "parallel_thinking" and result.text == "the target wrote this"
+    assert result.strategy == "parallel_thinking" and result.text == "the target wrote this\nThe answer is 7."
     assert result.usage.backend_calls == 2 and len(result.candidates) == 4
 
 

@@ -39,10 +39,14 @@ async def test_unanimous_first_round_stops_early() -> None:
 
 async def test_split_vote_uses_all_samples() -> None:
     backend = ScriptedBackend([answer("1"), answer("2")])
+    ctx = ctx_for(backend)
     result = await make_strategy("self_consistency", {"max_samples": 12, "round_size": 4}).run(
-        Problem("q"), Meter(Budget(tokens=10_000)), ctx_for(backend))
+        Problem("q"), Meter(Budget(tokens=10_000)), ctx)
     assert len(backend.calls) == 3
     assert len(result.candidates) == 12
+    # The trace said nothing of why it stopped (a pooled batch's says max_samples).
+    assert [e.payload for e in ctx.recorder.events() if e.kind == "stop"] == [{"reason": "max_samples",
+                                                                               "samples": 12}]
 
 
 async def test_lead_that_cannot_be_overturned_stops() -> None:

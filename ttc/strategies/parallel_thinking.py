@@ -85,17 +85,27 @@ class ParallelThinking(Strategy[ParallelThinkingOptions]):
         ctx.recorder.event("synthesis", {"synthesizer": "setup" if ctx.synthesizer else "target",
                                          "paths": len(paths), "shown": shown, "left_out": len(paths) - shown,
                                          "prompt_tokens": len(tokens)}, node_id=node)
-        final = await self._synthesize(ctx, synthesizer, meter, tokens, node)
-        if final is None and candidates:
-            # The wall time ran out before the synthesis (tokens and a call are kept back for it, time cannot be):
-            # the paths' own majority answers, recorded as such, rather than no answer at all.
-            choice = choose(ctx, candidates, "vote")
-            mark_selected(ctx, choice)
-            best = choice.candidate
-            return StrategyResult(answer=best.answer if best else None, text=best.text if best else "", score=None,
-                                  candidates=tuple(candidates))
-        return StrategyResult(answer=final.answer if final else None, text=final.text if final else "",
-                              score=None, candidates=(*candidates, *([final] if final else [])))
+        # Where no path fits the prompt, a synthesis would answer unaided after every path was paid for.
+        final = await self._synthesize(ctx, synthesizer, meter, tokens, node) if shown or not paths else None
+        answered = any(c.answer is not None for c in candidates)
+        if final is not None and (final.answer is not None or not answered):
+            if final.node_id is not None:  # record gives every candidate its node
+                ctx.recorder.update(final.node_id, status="selected")
+            ctx.recorder.event("select", {"how": "synthesis", "answer": final.answer}, node_id=final.node_id)
+            return StrategyResult(answer=final.answer, text=final.text, score=None,
+                                  candidates=(*candidates, final))
+        if not candidates:
+            return StrategyResult(answer=None, text="", score=None, candidates=())
+        # The paths' own majority answers, recorded as such, rather than no answer at all: the wall time ran out
+        # before the synthesis (tokens and a call are kept back for it, time cannot be), no path fitted its prompt,
+        # or the synthesis stated no answer (cut by synthesis_max_tokens) where paths did.
+        why = "no_path_fits" if not shown else "wall_time" if final is None else "synthesis_unanswered"
+        ctx.recorder.event("fallback", {"to": "vote", "reason": why})
+        choice = choose(ctx, candidates, "vote")
+        mark_selected(ctx, choice)
+        best = choice.candidate
+        return StrategyResult(answer=best.answer if best else None, text=best.text if best else "", score=None,
+                              candidates=(*candidates, *([final] if final else [])))
 
     async def _paths(self, ctx: Context, meter: Meter, prompt: Sequence[int]) -> list[Completion]:
         """The paths, within what the budget leaves after the synthesis (its tokens and its call)."""
@@ -108,21 +118,32 @@ class ParallelThinking(Strategy[ParallelThinkingOptions]):
 
     async def _synthesis_prompt(self, ctx: Context, synthesizer: Backend, question: str,
                                 paths: Sequence[Completion]) -> tuple[str, int, list[int]]:
-        """The synthesis prompt, its token ids and how many of the paths it shows: the least common paths (the
-        latest first among equals) are left out while it is longer than ``synthesis_max_prompt_tokens``."""
+        """The synthesis prompt, its token ids and how many of the paths it shows. Where all of them make it longer
+        than ``synthesis_max_prompt_tokens``, the different paths are taken most common first (the earliest first
+        among equals), each kept only if the prompt still fits: a long common path that does not fit leaves room
+        for the shorter ones after it, where dropping the least common first left every path out."""
         opts = self.options
         template = opts.synthesis_template or ctx.synthesis_template
         path_template = opts.path_template or ctx.path_template
         texts = [c.text for c in paths]
-        order = merge_paths([t.strip() for t in texts])
-        while True:
-            kept_texts = {p.text for p in order}
-            shown = [t for t in texts if t.strip() in kept_texts]
+
+        async def rendered(kept: set[str]) -> tuple[str, int, list[int]]:
+            shown = [t for t in texts if t.strip() in kept]
             text = render_synthesis(question, shown, template, path_template)
-            tokens = await synthesizer.tokenize(text, add_special_tokens=True)
-            if len(tokens) <= opts.synthesis_max_prompt_tokens or not order:
-                return text, len(shown), tokens
-            order = order[:-1]
+            return text, len(shown), await synthesizer.tokenize(text, add_special_tokens=True)
+
+        order = merge_paths([t.strip() for t in texts])
+        best = await rendered({p.text for p in order})
+        if len(best[2]) <= opts.synthesis_max_prompt_tokens:
+            return best
+        kept: set[str] = set()
+        best = await rendered(kept)
+        for path in order:
+            trial = await rendered(kept | {path.text})
+            if len(trial[2]) <= opts.synthesis_max_prompt_tokens:
+                kept.add(path.text)
+                best = trial
+        return best
 
     async def _check_room(self, ctx: Context, synthesizer: Backend, question: str) -> None:
         """Refuse, before any path is drawn, a ``synthesis_max_prompt_tokens`` that the question's synthesis prompt
@@ -144,7 +165,4 @@ class ParallelThinking(Strategy[ParallelThinkingOptions]):
             ctx.recorder.event("stop", {"reason": "budget", "at": "synthesis"})
             return None
         (final,) = record(ctx, node, completions)
-        if final.node_id is not None:  # record gives every candidate its node
-            ctx.recorder.update(final.node_id, status="selected")
-        ctx.recorder.event("select", {"how": "synthesis", "answer": final.answer}, node_id=final.node_id)
         return final

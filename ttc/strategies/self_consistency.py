@@ -59,4 +59,6 @@ class SelfConsistency(Strategy[SelfConsistencyOptions]):
                               max_samples=opts.max_samples):
                 ctx.recorder.event("stop", {"reason": "decided", "samples": rounds.drawn, "share": rounds.share})
                 break
+        else:  # every sample drawn and the vote still split: the trace says so, as a pooled batch's does
+            ctx.recorder.event("stop", {"reason": "max_samples", "samples": rounds.drawn})
         return rounds.finish()
