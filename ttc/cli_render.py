@@ -51,18 +51,24 @@ def node_label(node: Node) -> Text:
     return label
 
 
-def build_tree(record: TraceRecord) -> Tree:
+def build_tree(record: TraceRecord, max_depth: int | None = None) -> Tree:
+    """The trace's nodes as a tree, drawn at most ``max_depth`` levels deep: a tree indents each level, and a
+    terminal draws nothing past its width, so deeper nodes (a search's 24 steps on 80 columns; the selected answer
+    among them) are drawn at the deepest level, after their parent, labelled with their depth."""
     children: dict[int | None, list[Node]] = defaultdict(list)
     for node in record.nodes:
         children[node.parent].append(node)
     tree = Tree(Text(f"trace {record.id}", style="bold"))
     shown = 0
-    stack: list[tuple[Tree, Node]] = [(tree, n) for n in reversed(children[None])]
+    stack: list[tuple[Tree, Node, int]] = [(tree, n, 1) for n in reversed(children[None])]
     while stack and shown < MAX_RENDERED_NODES:
-        branch, node = stack.pop()
-        sub = branch.add(node_label(node))
+        branch, node, level = stack.pop()
+        flat = max_depth is not None and level > max_depth
+        label = Text.assemble((f"d={node.depth} ", "dim"), node_label(node)) if flat else node_label(node)
+        sub = branch.add(label)
         shown += 1
-        stack.extend((sub, child) for child in reversed(children[node.id]))
+        below = branch if max_depth is not None and level >= max_depth else sub
+        stack.extend((below, child, level + 1) for child in reversed(children[node.id]))
     if len(record.nodes) > shown:
         tree.add(f"[dim]… {len(record.nodes) - shown} more nodes (ttc traces export for all)[/dim]")
     return tree
@@ -89,8 +95,10 @@ def render_trace(console: Console, record: TraceRecord) -> None:
                       f"cached={u.cached_prompt_tokens} verifier={u.verifier_tokens} calls={u.backend_calls} "
                       f"peak_kv={u.peak_kv_tokens} wall={u.wall_s:.3f}s")
     for event in record.events:
-        console.print(Text.assemble((f"{event.t:8.3f}s {event.kind}", "magenta"), " ", str(dict(event.payload))))
-    console.print(build_tree(record))
+        console.print(Text.assemble((f"{event.t:8.3f}s {shown(event.kind)}", "magenta"), " ",
+                                    str(dict(event.payload))))
+    # Each level indents 4 columns; a label keeps at least 40 of the width.
+    console.print(build_tree(record, max_depth=max(1, (console.width - 40) // 4)))
 
 
 __all__ = ["build_tree", "node_label", "render_trace", "shown"]

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from ttc.errors import ConfigError
 from ttc.types import Node, NodeStatus, TraceEvent
 
 
@@ -46,6 +47,7 @@ class TraceRecorder:
         return self._nodes[node_id]
 
     def event(self, kind: str, payload: Mapping[str, object], *, node_id: int | None = None) -> None:
+        _check_keys(kind, payload)
         self._events.append(TraceEvent(kind=kind, payload=dict(payload), t=round(time.monotonic() - self._t0, 6),
                                        node_id=node_id))
 
@@ -54,6 +56,23 @@ class TraceRecorder:
 
     def events(self) -> list[TraceEvent]:
         return list(self._events)
+
+
+def _check_keys(kind: str, payload: Mapping[str, object]) -> None:
+    """Refuse a payload key that is not a string, at any depth: the store's JSON turns ``1`` into ``"1"``, so
+    ``{1: 0.9, "1": 0.1}`` would read back as ``{"1": 0.1}``, and the trace would hold other data than was recorded.
+    """
+    stack: list[object] = [payload]
+    while stack:  # iterative: a deep payload must not raise RecursionError here
+        value = stack.pop()
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise ConfigError(f"the {kind!r} event's payload has the key {key!r} ({type(key).__name__}): "
+                                      "trace payloads are JSON, whose keys are strings; use str(key)")
+                stack.append(item)
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
 
 
 __all__ = ["TraceRecorder"]

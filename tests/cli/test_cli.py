@@ -296,6 +296,42 @@ def test_show_and_list_print_stored_text_verbatim(tmp_path: Path) -> None:
         assert text in listed, text
 
 
+def test_a_deep_search_is_drawn_whole_on_an_80_column_terminal(tmp_path: Path) -> None:
+    """Nodes past the width were not drawn (the selected answer among them) and not counted as left out."""
+    db = tmp_path / "deep.db"
+    nodes = [Node(id=i, parent=i - 1 if i else None, depth=i, text=f"step {i}", token_count=5,
+                  status="selected" if i == 29 else "active", answer="42" if i == 29 else None) for i in range(30)]
+    with TraceStore(str(db)) as store:
+        trace_id = store.start_trace(problem=Problem(question="q"), strategy="beam", budget=Budget.of(10),
+                                     backend="b", seed=1)
+        result = Result(answer="42", text="t", score=None, strategy="beam", usage=Usage(), trace_id=trace_id)
+        store.finish_trace(trace_id, result=result, nodes=nodes,
+                           events=[TraceEvent(kind="pick\x1b[31m\u202e", payload={})])
+    shown = run_ttc("traces", "show", trace_id[:8], db=db, extra_env={"COLUMNS": "80"}).stdout
+    assert all(f"#{i} " in shown for i in range(30)) and "d=29 #29 selected tok=5 answer=42" in shown
+    assert "more nodes" not in shown
+    # An event's name reached the terminal raw, though every other stored text is escaped.
+    assert "\x1b" not in shown and "\u202e" not in shown and "pick\\x1b[31m\\u202e" in shown
+
+
+def test_a_payload_nested_deeper_than_export_can_write_is_a_storage_error() -> None:
+    import numpy as np
+
+    from ttc.errors import StorageError
+    from ttc.storage.export import strict_json
+
+    nested: list[object] = []
+    for _ in range(600):  # asdict and a comprehension per level raised RecursionError from here
+        nested = [nested]
+    assert strict_json({"p": nested}, "trace") == {"p": nested}
+    for _ in range(5000):
+        nested = [nested]
+    with pytest.raises(StorageError, match="nested too deeply"):
+        strict_json({"p": nested}, "trace")
+    # numpy's non-finite floats are floats whose repr is not 'nan' (a KeyError)
+    assert strict_json([np.float64("nan"), np.float64("-inf")], "x") == ["NaN", "-Infinity"]
+
+
 def test_unwritable_export_and_busy_timeout_are_config_errors(tmp_path: Path) -> None:
     db = tmp_path / "x.db"
     run_ttc("solve", "What is 2 + 2?", "--backend", "scripted", db=db)

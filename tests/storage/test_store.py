@@ -301,3 +301,15 @@ def test_a_nan_score_is_refused_not_read_back_as_unscored(store: TraceStore) -> 
     kept = store.start_trace(problem=make_problem(1), strategy="beam", budget=BUDGET, backend="x", seed=0)
     store.finish_trace(kept, result=make_result(kept, infinite), nodes=infinite, events=[])
     assert store.get_trace(kept).nodes == infinite  # infinities are kept exactly
+
+
+def test_an_event_payload_key_that_is_not_a_string_is_refused_when_recorded() -> None:
+    """The store's JSON wrote 1 as "1": {1: 0.9, "1": 0.1} read back as {"1": 0.1}, with no error."""
+    from ttc.errors import ConfigError
+    from ttc.trace import TraceRecorder
+
+    recorder = TraceRecorder()
+    recorder.event("tally", {"scores": {"1": 0.9, "2": [{"deep": True}]}})
+    with pytest.raises(ConfigError, match=r"the 'tally' event's payload has the key 1 \(int\)"):
+        recorder.event("tally", {"scores": [{1: 0.9, "1": 0.1}]})
+    assert len(recorder.events()) == 1

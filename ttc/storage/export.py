@@ -8,17 +8,26 @@ from datetime import date, datetime
 
 from ttc.errors import StorageError
 
-_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
-
 
 def strict_json(value: object, where: str) -> object:
-    """``value`` with every non-finite float replaced by "NaN", "Infinity" or "-Infinity" (lossless, and
-    valid JSON), datetimes and dates as ISO strings, and tuples as lists. Any other non-JSON value is a
-    StorageError naming where it is, never silently stringified."""
+    """``value`` with every non-finite float replaced by "NaN", "Infinity" or "-Infinity" (valid JSON; a string
+    "NaN" exports the same, so a reader takes those strings back as the floats where a number is expected),
+    datetimes and dates as ISO strings, and tuples as lists. Any other non-JSON value is a StorageError naming
+    where it is, never silently stringified; so is a value nested too deeply to convert."""
+    try:
+        return _strict(value, where)
+    except RecursionError:
+        raise StorageError(f"cannot export {where}: it is nested too deeply to write as JSON here; read it with "
+                           "TraceStore.get_trace instead") from None
+
+
+def _strict(value: object, where: str) -> object:
     if value is None or isinstance(value, (str, bool, int)):
         return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else _NON_FINITE[repr(value)]
+    if isinstance(value, float):  # numpy's float64 too, whose repr is not "nan"
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
     if isinstance(value, (datetime, date)):
         return value.isoformat()
     if isinstance(value, Mapping):
@@ -27,10 +36,13 @@ def strict_json(value: object, where: str) -> object:
             if not isinstance(key, str):
                 raise StorageError(f"cannot export {where}: key {key!r} is a {type(key).__name__}, not a string; "
                                   "JSON objects take string keys only")
-            converted[key] = strict_json(item, f"{where}.{key}")
+            converted[key] = _strict(item, f"{where}.{key}")
         return converted
     if isinstance(value, (list, tuple)):
-        return [strict_json(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        items: list[object] = []
+        for i, item in enumerate(value):  # a loop, not a comprehension: one stack frame per level of nesting
+            items.append(_strict(item, f"{where}[{i}]"))
+        return items
     raise StorageError(f"cannot export {where}: a {type(value).__name__} ({value!r:.60}) has no JSON form; "
                       "store only JSON values (str, number, bool, None, lists, dicts) in traces")
 

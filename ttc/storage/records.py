@@ -132,7 +132,9 @@ class TraceRecord:
             "usage": None if self.usage is None else asdict(self.usage),
             "candidates": [asdict(candidate) for candidate in self.candidates],
             "nodes": [{**asdict(node), "step_scores": list(node.step_scores)} for node in self.nodes],
-            "events": [{**asdict(event), "payload": dict(event.payload)} for event in self.events],
+            # Not asdict: it deep-copies each payload recursively, which a deeply nested one cannot survive.
+            "events": [{"kind": event.kind, "payload": dict(event.payload), "t": event.t, "node_id": event.node_id}
+                       for event in self.events],
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
             "duration_s": self.duration_s,
