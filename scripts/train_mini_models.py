@@ -301,7 +301,11 @@ def log_progress(log_path: Path, name: str, step: int, schedule: Schedule, runni
 
 
 def apply_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-    """One optimizer step on ``loss``, gradients clipped to norm 1."""
+    """One optimizer step on ``loss``, gradients clipped to norm 1; a loss that is not finite stops the run, since
+    its step would turn every weight to NaN and the model would be saved as if trained."""
+    if not math.isfinite(loss.item()):
+        raise SystemExit(f"train_mini_models.py: the loss is {loss.item()}: stopping before the weights become NaN; "
+                         "lower the learning rate, or check --prm-lm-weight")
     optimizer.zero_grad(set_to_none=True)
     torch.autograd.backward(loss)
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -447,7 +451,7 @@ def save_lm(model: LlamaForCausalLM, directory: Path) -> None:
         {"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID, "do_sample": False,
          "max_new_tokens": 256}
     ).save_pretrained(directory)
-    save_tokenizer(directory)
+    save_tokenizer(directory, model.config.max_position_embeddings)
 
 
 # ------------------------------------------------------------------------------------------------ synthesizer
@@ -558,11 +562,11 @@ def synthesis_scores(model: LlamaForCausalLM, problems: Sequence[SyntheticProble
     }
 
 
-def score_synthesizer(model_dir: Path, reasoner_dir: Path, seed: int) -> dict[str, float]:
+def score_synthesizer(model_dir: Path, reasoner_dir: Path, seed: int, cache: Path) -> dict[str, float]:
     """A trained synthesizer's dev figures, as its training run logs them at the end (the same problems and
     paths: the paths come from the cache when the run left one)."""
     dev = generate(DEV_SEED, 96)
-    dev_paths = synthesis_paths(reasoner_dir, Path("runs/cache"), dev, SYNTHESIS_PATHS, seed + 1)
+    dev_paths = synthesis_paths(reasoner_dir, cache, dev, SYNTHESIS_PATHS, seed + 1)
     dev_greedy = [t[0] for t in complete(load_model(reasoner_dir), [mini_prompt(p.question) for p in dev])]
     return synthesis_scores(load_model(model_dir), dev, dev_paths, dev_greedy)
 
@@ -575,7 +579,7 @@ def train_synthesizer(schedule: Schedule, out: Path, seed: int, log_path: Path, 
     what the paths give it."""
     seed_everything(seed)
     reasoner_dir = out / "reasoner"
-    cache = Path("runs/cache")
+    cache = log_path.parent / "cache"  # beside the run's log, as the PRM's samples are
     problems = generate(TRAIN_SEEDS.start + SYNTHESIS_SEED + seed * 10_000, n_problems)
     started = time.time()
     paths = synthesis_paths(reasoner_dir, cache, problems, SYNTHESIS_PATHS, seed)
@@ -586,6 +590,8 @@ def train_synthesizer(schedule: Schedule, out: Path, seed: int, log_path: Path, 
     dev_greedy = [t[0] for t in complete(reasoner, [mini_prompt(p.question) for p in dev])]
     rng = random.Random(seed)
     data = synthesis_data(problems, paths, per_problem, rng, target)
+    if not data:  # an endless stream of no batches would wait for good
+        raise SystemExit("train_mini_models.py: no synthesizer examples to train on; raise --synthesizer-problems")
     model = load_model(reasoner_dir, attention)
     model.config.max_position_embeddings = SYNTHESIS_POSITIONS
     log(log_path, event="start", model="synthesizer", params=n_params(model), schedule=asdict(schedule), seed=seed,
@@ -756,10 +762,11 @@ def train_stateful(schedule: Schedule, out: Path, seed: int, log_path: Path, sta
         model, schedule, stateful_batches(seed, schedule.tokens_per_batch, drills), log_path, "stateful",
         lambda step: log(log_path, model="stateful", step=step, dev=stateful_scores(model, dev)))
     train_s = time.time() - started
+    scores = stateful_scores(model, dev)  # minutes: before the weights land, so a stop here leaves the old folder
     save_lm(model, out / "stateful")
     result: dict[str, object] = {
         "model": "stateful", "params": n_params(model), "train_s": round(train_s, 1), "tokens": tokens,
-        "final_loss": round(running, 4), "dev": stateful_scores(model, dev), "schedule": asdict(schedule),
+        "final_loss": round(running, 4), "dev": scores, "schedule": asdict(schedule),
         "shape": asdict(shape), "seed": seed, "start": None if start is None else start.name, "drills": drills,
         "drill_steps": drill_steps,
     }
@@ -1048,10 +1055,55 @@ def write_checker_preset(directory: Path) -> None:
 def draft_shape(text: str) -> Shape:
     """``HIDDENxLAYERS``, e.g. ``192x2``: the draft's shape, with heads of 32 dimensions."""
     hidden, _, layers = text.partition("x")
-    if not (hidden.isdigit() and layers.isdigit()) or int(hidden) % 32 or int(layers) < 1:
+    if not (hidden.isdigit() and layers.isdigit()) or int(hidden) % 32 or int(hidden) < 32 or int(layers) < 1:
         raise argparse.ArgumentTypeError(f"expected HIDDENxLAYERS with HIDDEN a multiple of 32, got {text!r}")
     width = int(hidden)
     return Shape(hidden=width, layers=int(layers), heads=width // 32, intermediate=round(width * 2.75 / 16) * 16)
+
+
+def count(least: int) -> Callable[[str], int]:
+    """An argparse type: an int of at least ``least`` (0 steps saved an untrained model as if trained)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected an int >= {least}, got {value}")
+        return value
+
+    return parse
+
+
+def rate(*, zero: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite float above 0 (at least 0 with ``zero``): a NaN weight trained a NaN model."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            raise argparse.ArgumentTypeError(f"expected a finite number {'>=' if zero else '>'} 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def check_inputs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Refuse, before any work, an --out that is a file, and a stage whose earlier stage's model is missing from
+    --out (found late, they failed as a download attempt or a raw FileNotFoundError after minutes of sampling)."""
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file; pass a folder (the models are written into DIR/NAME)")
+    needs = {"draft": ["reasoner"] if args.draft_from == "reasoner" else [], "prm": ["reasoner", "checker"],
+             "synthesizer": ["reasoner"],
+             "stateful": [] if args.stateful_from == "scratch" else [args.stateful_from]}
+    for name in needs.get(args.stage, []):  # --stage all trains each before it is read
+        folder = args.out / name
+        if not (folder / "config.json").is_file():
+            parser.error(f"--stage {args.stage} reads the trained {name} from {folder}, which has no model: train "
+                         f"it first (--stage {name} --out {args.out}), or pass the --out that holds it")
+    if args.score_synthesizer is not None and not (args.score_synthesizer / "config.json").is_file():
+        parser.error(f"--score-synthesizer {args.score_synthesizer} has no model (config.json)")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -1060,29 +1112,29 @@ def main(argv: Sequence[str] | None = None) -> None:
                         default="all")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "ttc/models/mini")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--reasoner-steps", type=int, default=1600)
-    parser.add_argument("--draft-steps", type=int, default=3000)
-    parser.add_argument("--checker-steps", type=int, default=4000)
-    parser.add_argument("--prm-steps", type=int, default=1200)
-    parser.add_argument("--stateful-steps", type=int, default=6000,
+    parser.add_argument("--reasoner-steps", type=count(1), default=1600)
+    parser.add_argument("--draft-steps", type=count(1), default=3000)
+    parser.add_argument("--checker-steps", type=count(1), default=4000)
+    parser.add_argument("--prm-steps", type=count(1), default=1200)
+    parser.add_argument("--stateful-steps", type=count(1), default=6000,
                         help="steps on context questions, after the recall drills")
     parser.add_argument("--stateful-from", choices=["draft", "checker", "scratch"], default="draft",
                         help="start the stateful reasoner from the trained draft (the shipped one), from the first "
                         "--stateful-layers layers of the trained checker, or from scratch (192x4)")
-    parser.add_argument("--stateful-layers", type=int, default=3,
+    parser.add_argument("--stateful-layers", type=count(1), default=3,
                         help="with --stateful-from checker: the layers kept (three fit the package's size budget)")
-    parser.add_argument("--stateful-lr", type=float, default=1e-3)
-    parser.add_argument("--stateful-drills", type=int, default=4,
+    parser.add_argument("--stateful-lr", type=rate(zero=False), default=1e-3)
+    parser.add_argument("--stateful-drills", type=count(0), default=4,
                         help="recall drills per training context (a list of Name: count lines and a question)")
-    parser.add_argument("--stateful-drill-steps", type=int, default=8000,
+    parser.add_argument("--stateful-drill-steps", type=count(0), default=8000,
                         help="steps of recall drills alone before the contexts, on a schedule of their own")
-    parser.add_argument("--prm-problems", type=int, default=720)
-    parser.add_argument("--prm-samples", type=int, default=8)
-    parser.add_argument("--prm-contrastive-problems", type=int, default=4000,
+    parser.add_argument("--prm-problems", type=count(1), default=720)
+    parser.add_argument("--prm-samples", type=count(1), default=8)
+    parser.add_argument("--prm-contrastive-problems", type=count(0), default=4000,
                         help="reference solutions shown with near-miss copies")
-    parser.add_argument("--prm-near-misses", type=int, default=4, help="near-miss copies per reference solution")
-    parser.add_argument("--prm-lm-weight", type=float, default=0.3, help="weight of the kept next-step loss")
-    parser.add_argument("--prm-lr", type=float, default=3e-4)
+    parser.add_argument("--prm-near-misses", type=count(0), default=4, help="near-miss copies per reference solution")
+    parser.add_argument("--prm-lm-weight", type=rate(zero=True), default=0.3, help="weight of the kept next-step loss")
+    parser.add_argument("--prm-lr", type=rate(zero=False), default=3e-4)
     parser.add_argument("--log", type=Path, default=Path("runs/train_mini_models.jsonl"))
     parser.add_argument("--solutions", choices=sorted(SOLUTIONS), default="fixed",
                         help="train the language models on the fixed reference order (the shipped models) or on "
@@ -1099,7 +1151,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--totals-fraction", type=float, default=0.0,
                         help="share of the training problems that are totals questions (ttc.bench.totals), each "
                         "with its own grouping of the sum; the shipped models: 0")
-    parser.add_argument("--save-every", type=int, default=0,
+    parser.add_argument("--save-every", type=count(0), default=0,
                         help="also save each language model every this many steps, as DIR/NAME-stepK (0: only "
                         "at the end)")
     parser.add_argument("--draft-from", choices=["data", "reasoner"], default="data",
@@ -1109,11 +1161,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--draft-shape", type=draft_shape, default=None, metavar="HIDDENxLAYERS",
                         help="the draft's width and depth instead of the shipped 128x4 (heads of 32 dimensions, "
                         "an MLP 2.75x as wide)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--synthesizer-steps", type=int, default=800)
-    parser.add_argument("--synthesizer-problems", type=int, default=2400,
+    parser.add_argument("--threads", type=count(1), default=2)
+    parser.add_argument("--synthesizer-steps", type=count(1), default=800)
+    parser.add_argument("--synthesizer-problems", type=count(1), default=2400,
                         help="training problems, eight reasoner paths each")
-    parser.add_argument("--synthesizer-examples", type=int, default=3,
+    parser.add_argument("--synthesizer-examples", type=count(1), default=3,
                         help="training examples per problem, each a random subset of its paths")
     parser.add_argument("--score-synthesizer", type=Path, default=None, metavar="DIR",
                         help="print the dev figures of the synthesizer in DIR (paths from --out's reasoner) and stop")
@@ -1124,6 +1176,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "shipped one), the most common right path (the reference where none is right), or the "
                              "answer line")
     args = parser.parse_args(argv)
+    if args.stateful_layers > SHAPES["checker"].layers:
+        parser.error(f"--stateful-layers keeps the checker's first layers: 1 to {SHAPES['checker'].layers}, got "
+                     f"{args.stateful_layers}")
+    check_inputs(args, parser)
     if args.draft_shape is not None:
         SHAPES["draft"] = args.draft_shape
     if not 0.0 <= args.totals_fraction <= 0.875:
@@ -1146,7 +1202,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     SYNTHESIS["prompt"] = args.synthesizer_prompt
     if args.score_synthesizer is not None:
-        print(json.dumps(score_synthesizer(args.score_synthesizer, args.out / "reasoner", args.seed)))
+        print(json.dumps(score_synthesizer(args.score_synthesizer, args.out / "reasoner", args.seed,
+                                           args.log.parent / "cache")))
         return
     lm = {"solutions": args.solutions, "attention": args.attention, "totals_fraction": args.totals_fraction,
           "save_every": args.save_every}

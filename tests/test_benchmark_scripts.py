@@ -79,3 +79,48 @@ def test_training_refuses_every_seed_whose_data_would_reach_the_held_out_problem
         assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
     stateful_contexts = train.STATEFUL_SEED + (17 + 3) * 10_000
     assert train.highest_data_seed(defaults, 17) >= stateful_contexts >= train.TRAIN_SEEDS.stop
+
+
+TRAIN = Path(__file__).resolve().parents[1] / "scripts" / "train_mini_models.py"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    # Each trained nothing or a broken model and exited 0, or raised a raw traceback (some after sampling).
+    (("--stage", "draft", "--draft-steps", "0"), "argument --draft-steps: expected an int >= 1, got 0"),
+    (("--stage", "draft", "--threads", "0"), "argument --threads: expected an int >= 1, got 0"),
+    (("--stage", "prm", "--prm-samples", "0"), "argument --prm-samples: expected an int >= 1, got 0"),
+    (("--stage", "prm", "--prm-lm-weight", "nan"), "argument --prm-lm-weight: expected a finite number >= 0"),
+    (("--stage", "stateful", "--stateful-lr", "-1"), "argument --stateful-lr: expected a finite number > 0"),
+    (("--stage", "stateful", "--stateful-layers", "9"), "--stateful-layers keeps the checker's first layers"),
+    (("--stage", "synthesizer", "--synthesizer-examples", "0"), "expected an int >= 1, got 0"),  # hung for good
+    (("--stage", "draft", "--draft-shape", "0x4"), "HIDDEN a multiple of 32"),
+    (("--stage", "draft", "--save-every", "-1"), "argument --save-every: expected an int >= 0"),
+])
+def test_training_settings_that_cannot_train_are_usage_errors(args: tuple[str, ...], message: str,
+                                                              tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(TRAIN), *args, "--out", str(tmp_path / "out")], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_training_refuses_a_missing_earlier_stage_or_a_file_for_out_before_any_work(tmp_path: Path) -> None:
+    """Found late: a Hub download attempt, or a raw FileNotFoundError after the samples were drawn."""
+    for stage, missing in (("prm", "reasoner"), ("stateful", "draft"), ("synthesizer", "reasoner")):
+        proc = subprocess.run([sys.executable, str(TRAIN), "--stage", stage, "--out", str(tmp_path)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and f"reads the trained {missing} from {tmp_path / missing}" in proc.stderr
+    (tmp_path / "afile").write_text("")
+    proc = subprocess.run([sys.executable, str(TRAIN), "--stage", "draft", "--out", str(tmp_path / "afile")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "is a file; pass a folder" in proc.stderr
+
+
+def test_each_bundled_tokenizer_config_states_its_models_context() -> None:
+    """The synthesizer's said 512 of its 1536 positions: transformers truncated a 961-token synthesis prompt."""
+    import json
+
+    mini = Path(__file__).resolve().parents[1] / "ttc" / "models" / "mini"
+    for folder in sorted(p for p in mini.iterdir() if (p / "config.json").is_file()):
+        positions = json.loads((folder / "config.json").read_text())["max_position_embeddings"]
+        assert json.loads((folder / "tokenizer_config.json").read_text())["model_max_length"] == positions, folder

@@ -60,8 +60,9 @@ def build_tokenizer() -> Any:
     return tokenizer
 
 
-def tokenizer_config() -> dict[str, Any]:
-    """``tokenizer_config.json``: special tokens, and no clean-up of spaces on decode (spaces are data here)."""
+def tokenizer_config(max_length: int = 512) -> dict[str, Any]:
+    """``tokenizer_config.json``: special tokens, no clean-up of spaces on decode (spaces are data here), and the
+    model's own context (transformers truncates and warns at ``model_max_length``)."""
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": BOS,
@@ -71,15 +72,15 @@ def tokenizer_config() -> dict[str, Any]:
         "add_bos_token": True,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
-        "model_max_length": 512,
+        "model_max_length": max_length,
     }
 
 
-def save_tokenizer(directory: Path) -> None:
-    """Write ``tokenizer.json`` and ``tokenizer_config.json`` into ``directory``."""
+def save_tokenizer(directory: Path, max_length: int = 512) -> None:
+    """Write ``tokenizer.json`` and ``tokenizer_config.json`` (for a model of ``max_length`` positions)."""
     directory.mkdir(parents=True, exist_ok=True)
     build_tokenizer().save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), indent=2) + "\n")
+    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(max_length), indent=2) + "\n")
 
 
 def encode(text: str) -> list[int]:
