@@ -9,6 +9,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -48,17 +49,25 @@ DbOpt = Annotated[str | None, typer.Option("--db", help="trace store: file path 
 OptionOpt = Annotated[list[str] | None, typer.Option("--option", "-o", help="strategy option KEY=VALUE")]
 
 
+_DECIMAL = re.compile(r"[+-]?(\d+\.\d*|\.\d+)")
+
+
 def parse_options(pairs: list[str] | None) -> dict[str, object]:
-    """``KEY=VALUE`` pairs; values are read as JSON when they parse (numbers, booleans), else as strings."""
+    """``KEY=VALUE`` pairs; values are read as JSON when they parse (numbers, booleans), as a number where they
+    are one JSON does not write (``.5``, ``5.``), else as strings (stripped, as JSON values are). A key given
+    twice is refused: which of the two would run is not what the command line says."""
     options: dict[str, object] = {}
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
+        key, raw = key.strip(), raw.strip()
+        if not sep or not key:
             raise ConfigError(f"option {pair!r} is not KEY=VALUE (e.g. -o n=16)")
+        if key in options:
+            raise ConfigError(f"option {key!r} is given twice ({key}={options[key]!r} and {pair!r}): give it once")
         try:
-            options[key.strip()] = json.loads(raw)
+            options[key] = json.loads(raw)
         except json.JSONDecodeError:
-            options[key.strip()] = raw
+            options[key] = float(raw) if _DECIMAL.fullmatch(raw) else raw
     return options
 
 
@@ -80,6 +89,18 @@ def make_session(backend: str, url: str | None, model: str | None, db: str | Non
 
     if backend not in ("auto", "local", "vllm", "scripted"):
         raise ConfigError(f"unknown backend {backend!r}: use auto, local, vllm or scripted")
+    # Each was dropped without a word: --model beside --url, either with a backend that reads neither, an empty one.
+    for name, value in (("--url", url), ("--model", model)):
+        if value is not None and not value.strip():
+            raise ConfigError(f"{name} is empty: name a {'server URL' if name == '--url' else 'model folder'}, or "
+                              "leave it out")
+    if url and model:
+        raise ConfigError("--url and --model name two models: pass --url for a vLLM server or --model for a local "
+                          "folder")
+    unread = {"vllm": model and "--model", "local": url and "--url", "scripted": (url and "--url") or
+              (model and "--model")}.get(backend)
+    if unread:
+        raise ConfigError(f"--backend {backend} does not read {unread}: leave it out, or use --backend auto")
     if backend == "vllm" and not url:
         raise ConfigError("--backend vllm needs --url http://HOST:PORT (or set TTC_VLLM_URL and use auto)")
     if backend == "local" and not model:

@@ -14,6 +14,11 @@ Environment variables (all optional):
 - ``TTC_THREADS``: CPU threads of the local engine.
 - ``TTC_DATA_DIR``: where benchmark JSONL files live (default: the first of ``../shared/datasets``,
   ``./datasets`` and ``shared/datasets`` beside the checkout that exists).
+- ``TTC_VLLM_MODEL`` / ``TTC_VLLM_API_KEY``: the served model's name and the server's API key, for every vLLM URL.
+- ``TTC_DB_BUSY_TIMEOUT_S``: seconds a locked trace store is waited for (default 10).
+- ``TTC_SCRIPTED_DELAY_S``: seconds the CLI's scripted stand-in model waits per call (default 0).
+
+Each is trimmed, a blank one is unset, and a folder or file path may start with ``~``.
 """
 
 from __future__ import annotations
@@ -116,13 +121,13 @@ def default_backend(*, url: str | None = None, model: str | Path | None = None,
     embedded default then brings its stateful reasoner instead of the reasoner.
     """
     if url:
-        return with_helpers(BackendSetup(backend=_vllm(url)))
+        return with_helpers(BackendSetup(backend=_vllm(url, what="url")))
     if model:
-        return with_helpers(BackendSetup(backend=_local(Path(model))))
+        return with_helpers(BackendSetup(backend=_local(Path(model).expanduser())))
     if url := env("TTC_VLLM_URL"):
-        return with_helpers(BackendSetup(backend=_vllm(url)))
+        return with_helpers(BackendSetup(backend=_vllm(url, what="TTC_VLLM_URL")))
     if model := env("TTC_MODEL"):
-        return with_helpers(BackendSetup(backend=_local(Path(model))))
+        return with_helpers(BackendSetup(backend=_local(Path(model).expanduser())))
     embedded = _embedded(contextual)
     if embedded is not None:
         return with_helpers(embedded)
@@ -148,20 +153,27 @@ def _env_model(url_var: str, model_var: str) -> Callable[[], Backend] | None:
     """A loader for the model the environment names: a vLLM server (``url_var``) before a local folder
     (``model_var``); None when it names neither."""
     if url := env(url_var):
-        return lambda: _vllm(url)
+        return lambda: _vllm(url, what=url_var)
     if model := env(model_var):
-        path = Path(model)
+        path = Path(model).expanduser()  # a quoted or .env value reaches here with its ~ unexpanded
         return lambda: _local(path, what=model_var)
     return None
 
 
-def _vllm(url: str) -> Backend:
+def _vllm(url: str, *, what: str) -> Backend:
+    """A vLLM backend for ``url``; an error in it names where it came from (``what``: a variable or argument)."""
     try:
         from ttc.backends.vllm import VLLMBackend
     except ImportError as exc:  # pragma: no cover - the module ships with ttc
         raise ConfigError(f"the vLLM backend is unavailable: {exc}") from exc
-    return VLLMBackend([u.strip() for u in url.split(",") if u.strip()], model=env("TTC_VLLM_MODEL"),
-                       api_key=env("TTC_VLLM_API_KEY"))
+    urls = [u.strip() for u in url.split(",") if u.strip()]
+    if not urls:
+        raise ConfigError(f"{what} {url!r} names no server URL: set it to one such as http://127.0.0.1:8000 "
+                          "(comma-separated for replicas)")
+    try:
+        return VLLMBackend(urls, model=env("TTC_VLLM_MODEL"), api_key=env("TTC_VLLM_API_KEY"))
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
 
 
 def _local(path: Path, *, what: str = "TTC_MODEL / --model") -> Backend:

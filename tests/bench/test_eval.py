@@ -236,3 +236,37 @@ async def test_a_run_begun_before_evaluate_kept_its_own_settings_still_resumes(t
         assert (report.run_id, report.done) == (run_id, 2)
     finally:
         await session.aclose()
+
+
+class NamedScripted(ScriptedBackend):
+    """A scripted model with a name of its own, as two model folders or served models have."""
+
+    def __init__(self, name: str, responses: list[str]) -> None:
+        super().__init__(responses)
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+
+async def test_a_resume_with_another_synthesizer_is_refused(tmp_path: Path) -> None:
+    """The run's settings named the target only: a resume with another synthesizer mixed two setups in one run."""
+    db = str(tmp_path / "t.db")
+
+    async def run(problems: list[Problem], synthesizer: str, resume: str | None = None) -> str:
+        session = open_session(backend=ScriptedBackend(guessing_responder), store=db, verifier=None,
+                               prompt_template=None,
+                               synthesizer=NamedScripted(synthesizer, [f"The answer is {len(synthesizer)}."]))
+        try:
+            report = await evaluate(problems, Budget(tokens=3000), session, strategy="parallel_thinking",
+                                    options={"paths": 2}, seed=0, config={"dataset": "d"}, resume=resume)
+            return report.run_id
+        finally:
+            await session.aclose()
+
+    run_id = await run(plus_one(2), "synth-a")
+    with pytest.raises(ConfigError, match=r"other settings \(evaluate.synthesizer 'synth-a' -> 'synth-bb'\)"):
+        await run(plus_one(4), "synth-bb", run_id)
+    assert await run(plus_one(4), "synth-a", run_id) == run_id
+

@@ -89,6 +89,13 @@ def test_solve_prints_answer_and_trace(tmp_path: Path, colour: str) -> None:
          "100000 problems per seed"),
         (("traces", "list", "--db", ""), "the trace database path is empty"),
         (("traces", "list", "--db", "/nonexistent/dir/x.db"), "there is no trace database at /nonexistent"),
+        # Each of these was dropped without a word: one of two models, a setting the backend never reads.
+        (("solve", "q", "--url", "http://127.0.0.1:9", "--model", "ttc/models/mini/draft"),
+         "--url and --model name two models"),
+        (("solve", "q", "--backend", "scripted", "--model", "/no/such"), "--backend scripted does not read --model"),
+        (("solve", "q", "--backend", "local", "--model", "x", "--url", "http://127.0.0.1:9"), "name two models"),
+        (("solve", "q", "--model", ""), "--model is empty"),
+        (("solve", "q", "--backend", "scripted", "-o", "n=2", "-o", "n=6"), "option 'n' is given twice"),
     ],
 )
 def test_errors_are_one_line_without_traceback(tmp_path: Path, args: tuple[str, ...], message: str) -> None:

@@ -163,8 +163,11 @@ class VLLMBackend:
         if not urls:
             raise ConfigError("TTC_VLLM_URL is not set: set it to the vLLM server's base URL, e.g. "
                               "http://127.0.0.1:8000 (comma-separate several replicas)")
-        return cls(urls, model=os.environ.get("TTC_VLLM_MODEL") or None,
-                   api_key=os.environ.get("TTC_VLLM_API_KEY") or None, **options)
+        # Trimmed, blank read as unset, as ttc.config reads them: ' qwen ' named no served model, and a blank key
+        # went out as 'Bearer   '.
+        model = os.environ.get("TTC_VLLM_MODEL", "").strip() or None
+        api_key = os.environ.get("TTC_VLLM_API_KEY", "").strip() or None
+        return cls(urls, model=model, api_key=api_key, **options)
 
     # -- identity -------------------------------------------------------------------------------------------
 

@@ -23,9 +23,9 @@ SYNTHETIC = ("synthetic", "synthetic-stateful", "synthetic-totals")
 def data_dir() -> Path:
     """``TTC_DATA_DIR``, else the first of ``../shared/datasets``, ``./datasets`` and ``shared/datasets`` beside the
     checkout that exists."""
-    configured = os.environ.get("TTC_DATA_DIR")
+    configured = os.environ.get("TTC_DATA_DIR", "").strip()  # blank is unset, as for every TTC_* variable
     if configured:
-        return Path(configured)
+        return Path(configured).expanduser()
     for candidate in (Path.cwd().parent / "shared" / "datasets", Path.cwd() / "datasets",
                       Path(__file__).resolve().parents[3] / "shared" / "datasets"):
         if candidate.is_dir():

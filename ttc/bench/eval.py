@@ -120,11 +120,19 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
         question_prompt(problem, session)  # a context this session cannot ask about is refused before the run opens
     check_concurrency(concurrency)
     check_run_seeds(problems, seed, sleeps=sleep is not None)
+    helpers: dict[str, object] = {}
     if check_budget_scope(budget_scope) == "batch":
         check_pooled(budget, 1, strategy=strategy, options=options, session=session)
     else:
-        plan_runner(strategy, budget, session, options)  # a bad strategy or option fails here, not per problem
-    settings = {"model": await model_identity(session.setup.backend),
+        _, _, runner = plan_runner(strategy, budget, session, options)  # a bad option fails here, not per problem
+        # The models beside the target that this strategy's answers also depend on: a resume with another one
+        # would mix two setups in one run.
+        if runner.uses_synthesizer:
+            synthesizer = session.setup.synthesizer_backend()
+            helpers["synthesizer"] = "target" if synthesizer is None else await model_identity(synthesizer)
+        if runner.uses_draft and (draft := session.setup.draft_backend()) is not None:
+            helpers["draft"] = await model_identity(draft)
+    settings = {"model": await model_identity(session.setup.backend), **helpers,
                 "strategy": strategy, "options": dict(options), "seed": seed, "budget_scope": budget_scope,
                 "budget": [budget.tokens, budget.wall_s, budget.calls],
                 "sleep": None if sleep is None else [sleep.tokens, sleep.wall_s, sleep.calls],

@@ -126,9 +126,13 @@ def _env_busy_timeout() -> float:
     if not raw:
         return DEFAULT_BUSY_TIMEOUT_S
     try:
-        return float(raw)
+        seconds = float(raw)
     except ValueError:
-        raise ConfigError(f"TTC_DB_BUSY_TIMEOUT_S must be a number of seconds, got {raw!r}") from None
+        seconds = math.nan
+    if not 0 <= seconds <= MAX_BUSY_TIMEOUT_S:  # the variable is named here, not the parameter it feeds
+        raise ConfigError(f"TTC_DB_BUSY_TIMEOUT_S must be a number of seconds from 0 to {MAX_BUSY_TIMEOUT_S:.0f}, "
+                          f"got {raw!r}")
+    return seconds
 
 
 class TraceStore:

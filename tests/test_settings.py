@@ -1,0 +1,82 @@
+"""Settings from the environment and the command line: each read as written, or refused naming what to fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ttc.backends.vllm import VLLMBackend
+from ttc.bench.datasets import data_dir
+from ttc.cli import parse_options
+from ttc.config import default_backend, with_helpers
+from ttc.errors import ConfigError
+from ttc.storage import TraceStore
+
+MINI = Path(__file__).resolve().parents[1] / "ttc" / "models" / "mini"
+
+
+def test_options_read_numbers_json_does_not_write_and_refuse_a_key_given_twice() -> None:
+    """'.5' stayed a string (then 'Input should be a valid number'); ' vote' kept its space; n=2 then n=6 ran 6."""
+    assert parse_options(["temperature=.5", "top_p=1.", "select= vote", "n= 5 "]) == {
+        "temperature": 0.5, "top_p": 1.0, "select": "vote", "n": 5}
+    with pytest.raises(ConfigError, match="option 'n' is given twice"):
+        parse_options(["n=2", "n=6"])
+
+
+def test_the_data_folder_is_read_like_every_other_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """' /path' named a folder whose name starts with a space; a blank value was a folder named '   '."""
+    monkeypatch.setenv("TTC_DATA_DIR", f"  {tmp_path}  ")
+    assert data_dir() == tmp_path
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("TTC_DATA_DIR", "~/data")
+    assert data_dir() == tmp_path / "data"
+    monkeypatch.setenv("TTC_DATA_DIR", "   ")
+    assert str(data_dir()).strip() == str(data_dir()) and data_dir() != Path("   ")
+
+
+def test_model_folders_expand_a_home_tilde(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """TTC_DB expanded ~, TTC_MODEL and the draft's folder did not: 'model folder ~/reasoner does not exist'."""
+    (tmp_path / "models").symlink_to(MINI)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("TTC_MODEL", "~/models/draft")
+    monkeypatch.setenv("TTC_DRAFT_MODEL", "~/models/nothing-here")
+    setup = default_backend()
+    try:
+        assert setup.backend.name.endswith("draft")
+        with pytest.raises(ConfigError, match=f"model folder {tmp_path}/models/nothing-here does not exist: "
+                                              "TTC_DRAFT_MODEL"):
+            setup.draft_backend()
+    finally:
+        import anyio
+
+        anyio.run(setup.aclose)
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("TTC_DRAFT_URL", "127.0.0.1:8001", "TTC_DRAFT_URL: vLLM server URL must start with http://"),
+    ("TTC_SYNTHESIZER_URL", ",", "TTC_SYNTHESIZER_URL ',' names no server URL"),
+])
+def test_a_bad_helper_url_names_its_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str,
+                                             message: str) -> None:
+    monkeypatch.setenv(variable, value)
+    setup = with_helpers(default_backend(url="http://127.0.0.1:9"))
+    loader = setup.draft_loader if variable == "TTC_DRAFT_URL" else setup.synthesizer_loader
+    assert loader is not None
+    with pytest.raises(ConfigError, match=message):
+        loader()
+
+
+def test_the_busy_timeout_variable_is_named_in_its_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TTC_DB_BUSY_TIMEOUT_S", "nan")
+    with pytest.raises(ConfigError, match="TTC_DB_BUSY_TIMEOUT_S must be a number of seconds from 0 to"):
+        TraceStore(tmp_path / "t.db")
+
+
+def test_from_env_trims_the_model_and_key_as_the_embedded_settings_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    """' qwen ' named no served model, and a blank key went out as 'Bearer   '."""
+    monkeypatch.setenv("TTC_VLLM_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("TTC_VLLM_MODEL", " qwen ")
+    monkeypatch.setenv("TTC_VLLM_API_KEY", "   ")
+    backend = VLLMBackend.from_env()
+    assert backend.model == "qwen" and backend._api_key is None
