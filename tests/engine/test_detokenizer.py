@@ -45,6 +45,27 @@ def test_stop_string_is_found_when_completed_across_tokens() -> None:
     assert pushed == len("so The answer")
 
 
+def test_a_stop_is_found_by_the_token_that_completes_it_though_that_token_starts_a_character() -> None:
+    """'Ġä¸' (a space and two of the three bytes of 中) completes 'is: ' and starts 中: the stop was found a
+    token late, and never where the sequence ended before the character did."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab |= {"Ġä": len(vocab), "Ġä¸": len(vocab) + 1}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[("Ġ", "ä"), ("Ġä", "¸")]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    ids = tokenizer.encode("is: 中").ids
+    assert [tokenizer.id_to_token(i) for i in ids] == ["i", "s", ":", "Ġä¸", "Ń"]
+    detok = IncrementalDetokenizer(tokenizer, stops=["is: "])
+    assert [detok.push(t) for t in ids[:4]] == [None, None, None, "is: "]
+    assert detok.text == "is:"  # the streamed text still waits for the whole character
+    plain = IncrementalDetokenizer(tokenizer)
+    for token in ids:
+        plain.push(token)
+    assert plain.text == "is: 中"
+
+
 def test_earliest_ending_stop_wins_and_absent_stops_never_fire() -> None:
     tokenizer = char_tokenizer()
     detok = IncrementalDetokenizer(tokenizer, stops=["xyz", "b"])

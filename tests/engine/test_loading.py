@@ -94,6 +94,31 @@ def test_old_style_rope_keys_are_read(llama_path: Path, tmp_path: Path) -> None:
     assert (rope.theta, rope.kind, rope.factor) == (250000.0, "linear", 2.0)
 
 
+def test_rope_keys_are_read_as_transformers_reads_them(llama_path: Path, tmp_path: Path) -> None:
+    """A legacy rope_scaling beside rope_parameters was ignored (transformers applies it: greedy text differed
+    from the first token), a yarn one there loaded as plain rope, and llama3's original context fell back to 8192
+    where transformers takes the config's own (logprobs 0.07-0.64 off)."""
+    folder = _copy(llama_path, tmp_path / "model")
+    raw = json.loads((folder / "config.json").read_text())
+    base = {"rope_parameters": {"rope_type": "default", "rope_theta": 5000.0}}
+    (folder / "config.json").write_text(json.dumps({**raw, **base, "rope_scaling": {"type": "linear", "factor": 4.0}}))
+    rope = load_config(folder).rope
+    assert (rope.theta, rope.kind, rope.factor) == (5000.0, "linear", 4.0)
+    (folder / "config.json").write_text(json.dumps({**raw, **base, "rope_scaling": {"rope_type": "yarn",
+                                                                                   "factor": 4.0}}))
+    with pytest.raises(ConfigError, match="rope type 'yarn'"):
+        load_config(folder)
+    llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "rope_theta": 1e4}
+    (folder / "config.json").write_text(json.dumps({**raw, "max_position_embeddings": 1024,
+                                                    "rope_parameters": llama3}))
+    assert load_config(folder).rope.original_max_positions == 1024
+    (folder / "config.json").write_text(json.dumps({**raw, "max_position_embeddings": 1024,
+                                                    "original_max_position_embeddings": 32,
+                                                    "rope_parameters": llama3}))
+    assert load_config(folder).rope.original_max_positions == 32
+
+
 def test_generation_config_eos_wins(llama_path: Path, tmp_path: Path) -> None:
     folder = _copy(llama_path, tmp_path / "model")
     (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [7, 9]}))

@@ -88,9 +88,15 @@ def _float(raw: Mapping[str, Any], key: str, path: Path, default: float) -> floa
 
 
 def _rope(raw: Mapping[str, Any], path: Path) -> RopeConfig:
-    params = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
-    if not isinstance(params, Mapping):
-        raise ConfigError(f"{path}: rope_parameters/rope_scaling must be a mapping, got {params!r}")
+    """The rotary embedding as transformers reads it: a legacy ``rope_scaling`` wins over ``rope_parameters``
+    (whose other keys, such as its theta, still hold); llama3's original context defaults to a top-level
+    ``original_max_position_embeddings``, else to ``max_position_embeddings``."""
+    for key in ("rope_parameters", "rope_scaling"):
+        if raw.get(key) is not None and not isinstance(raw[key], Mapping):
+            raise ConfigError(f"{path}: {key} must be a mapping, got {raw[key]!r}")
+    params = {**(raw.get("rope_parameters") or {}), **(raw.get("rope_scaling") or {})}
+    if raw.get("rope_scaling") and "rope_type" not in raw["rope_scaling"] and "type" in raw["rope_scaling"]:
+        params.pop("rope_type", None)  # the legacy key names the type the scaling is of
     kind = str(params.get("rope_type", params.get("type", "default")))
     if kind not in SUPPORTED_ROPE_TYPES:
         raise ConfigError(
@@ -107,7 +113,9 @@ def _rope(raw: Mapping[str, Any], path: Path) -> RopeConfig:
         factor=_float(params, "factor", path, 1.0),
         low_freq_factor=low,
         high_freq_factor=high,
-        original_max_positions=_int(params, "original_max_position_embeddings", path, default=8192),
+        original_max_positions=_int(params, "original_max_position_embeddings", path,
+                                    default=_int(raw, "original_max_position_embeddings", path,
+                                                 default=_int(raw, "max_position_embeddings", path, default=8192))),
     )
 
 

@@ -42,18 +42,27 @@ class IncrementalDetokenizer:
         self.ids.append(token_id)
         before = self.tokenizer.decode(self.ids[self._prefix_offset : self._read_offset])
         after = self.tokenizer.decode(self.ids[self._prefix_offset :])
-        if len(after) <= len(before) or after.endswith("\ufffd"):
+        if len(after) <= len(before):
             return None
+        if after.endswith("\ufffd"):
+            # The token also starts a character its successor completes: the text before that character is final,
+            # and a stop string it completes is found now (it was found a token late, or never where the
+            # sequence ended there), while the offsets wait for the whole character.
+            complete = after.rstrip("\ufffd")
+            if len(complete) <= len(before):
+                return None
+            return self._find_stop(self.text + complete[len(before) :], len(self.text))
         old_length = len(self.text)
         self.text += after[len(before) :]
         self._prefix_offset = self._read_offset
         self._read_offset = len(self.ids)
-        return self._find_stop(old_length)
+        return self._find_stop(self.text, old_length)
 
-    def _find_stop(self, old_length: int) -> str | None:
+    def _find_stop(self, text: str, old_length: int) -> str | None:
+        """The stop string ``text`` ends earliest with, among those that end past ``old_length``."""
         if not self.stops:
             return None
-        window = self.text[max(0, old_length - self._longest_stop + 1) :]
+        window = text[max(0, old_length - self._longest_stop + 1) :]
         found = [(window.find(s), s) for s in self.stops]
         hits = [(pos + len(s), s) for pos, s in found if pos >= 0]
         return min(hits)[1] if hits else None
