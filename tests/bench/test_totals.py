@@ -99,8 +99,9 @@ def test_random_chains_come_from_the_rng_alone() -> None:
 def test_bad_input_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="levels must be"):
         generate_totals(1, 4, levels=[9])
-    with pytest.raises(ConfigError, match="n must be"):
-        generate_totals(1, -1)
+    for n in (-1, 2.5, True, "3"):  # a raw TypeError for 2.5 and "3"; True made one problem
+        with pytest.raises(ConfigError, match="n must be an int >= 0"):
+            generate_totals(1, n)  # type: ignore[arg-type]
     from ttc.bench.synthetic import generate
 
     with pytest.raises(ConfigError, match="totals problem"):

@@ -47,7 +47,7 @@ def test_bad_input_says_what_to_do() -> None:
 
 def test_labels_that_are_not_true_or_false_are_refused() -> None:
     """np.asarray(..., dtype=bool) read a soft label of 0.1 as a right step: AUROC 1.0 for [.9, .5, .1]."""
-    for labels in ([0.9, 0.1, 0.0], ["yes", "no", "no"], [2, 0, 0]):
+    for labels in ([0.9, 0.1, 0.0], ["yes", "no", "no"], [2, 0, 0], [True, None, False]):  # None read as wrong
         with pytest.raises(ConfigError, match="labels must be True/False"):
             auroc([0.9, 0.5, 0.1], labels)  # type: ignore[arg-type]
     assert auroc([0.9, 0.5, 0.1], [1, 0, 0]) == auroc([0.9, 0.5, 0.1], [True, False, False]) == 1.0

@@ -33,6 +33,7 @@ from ttc.bench.synthetic import (
     solution_text,
 )
 from ttc.errors import ConfigError
+from ttc.types import is_int
 
 MAX_TOTAL = 99  # two-digit sums: carries are the arithmetic to get right
 MAX_COUNT = 30
@@ -98,8 +99,8 @@ def generate_totals(seed: int, n: int, levels: Sequence[int] = LEVELS) -> list[S
     """``n`` totals problems, levels cycling through ``levels``; a pure function of ``(seed, n, levels)``, and
     the first ``k`` problems of a larger ``n`` are the same ``k``. Each reference solution is one grouping drawn
     from the same seed (:func:`random_chain`)."""
-    if n < 0:
-        raise ConfigError(f"n must be >= 0, got {n}")
+    if not is_int(n) or n < 0:  # 2.5 raised a raw TypeError and True made one problem, as in generate
+        raise ConfigError(f"n must be an int >= 0, got {n!r}")
     chosen = check_levels(levels)
     rng = check_seed(seed)
     return [_one_problem(rng, chosen[i % len(chosen)]) for i in range(n)]

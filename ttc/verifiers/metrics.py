@@ -21,10 +21,10 @@ def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     """
     if len(scores) != len(labels):
         raise ConfigError(f"auroc needs one label per score, got {len(scores)} scores and {len(labels)} labels")
-    bad = next((label for label in labels if not (isinstance(label, bool | np.bool_) or label in (0, 1))), None)
-    if bad is not None:
-        # Soft labels (a Math-Shepherd estimate of 0.1) would all read as right: threshold them first.
-        raise ConfigError(f"auroc labels must be True/False (or 0/1), got {bad!r}: threshold soft labels first")
+    for label in labels:  # a loop, not next(..., None): a None label would pass as "none found" and read as wrong
+        if not (isinstance(label, bool | np.bool_) or (label is not None and label in (0, 1))):
+            # Soft labels (a Math-Shepherd estimate of 0.1) would all read as right: threshold them first.
+            raise ConfigError(f"auroc labels must be True/False (or 0/1), got {label!r}: threshold soft labels first")
     values = np.asarray(scores, dtype=np.float64)
     right = np.asarray(labels, dtype=bool)
     if np.isnan(values).any():
