@@ -4,9 +4,10 @@ KV release and accounting, reproducibility, failures."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
-from tree_doubles import HashPRM, TablePRM, prefix_of, random_responder, run_search, tree_responder
+from tree_doubles import HashPRM, TablePRM, make_ctx, prefix_of, random_responder, run_search, tree_responder
 
 from ttc.backends.base import BackendStats
 from ttc.budget import Meter
@@ -209,6 +210,28 @@ async def test_a_leaf_cut_by_its_token_limit_states_no_answer_unless_it_said_one
     result, ctx, _ = await run_search("beam", {"beam_width": 2, "expand": 2, "max_step_tokens": 18},
                                       ScriptedBackend(tree_responder(script)), TablePRM(default=0.5))
     assert result.answer == "29"  # "The answer is 29." fits before the cut
+    # '2' of 29 was read as the answer; '29.' may be the start of 29.5
+    for cap, cut in ((15, "The answer is 2"), (17, "The answer is 29.")):
+        result, ctx, _ = await run_search("beam", {"beam_width": 2, "expand": 2, "max_step_tokens": cap},
+                                          ScriptedBackend(tree_responder(script)), TablePRM(default=0.5))
+        assert {n.text: n.answer for n in ctx.recorder.nodes() if n.parent is not None}[cut] is None
+
+
+async def test_children_drawn_without_replacement_are_owed_past_a_wave_of_repeats() -> None:
+    """Split over waves of one child, a wave whose child repeated an earlier one read as 'generated nothing' and
+    ended the node's expansion: on the mini models REBASE at width 6 grew one chain."""
+    script = iter(["a\n", "a\n", "b\n", "c\n", "d\n"])  # the second wave draws the first wave's step again
+
+    class PerCallDistinct(ScriptedBackend):
+        async def complete(self, prompt: Sequence[int], n: int, sampling: Sampling) -> list[Completion]:
+            return await super().complete(prompt, n, replace(sampling, distinct=False))
+
+    backend = PerCallDistinct(lambda prompt, index, seed: next(script))
+    meter = Meter(Budget(tokens=70))
+    tree = await SearchTree.open(Problem("q"), meter, make_ctx(backend, HashPRM()),
+                                 TreeSearchOptions(max_step_tokens=40, distinct=True, temperature=1.0))
+    created = await tree.expand([(tree.root, 4)])
+    assert [child.text for child in created] == ["a\n", "b\n", "c\n"] and len(backend.calls) == 4
 
 
 class NanPRM:

@@ -650,3 +650,15 @@ async def test_a_result_without_an_answer_is_wrong_whatever_its_text_ends_with()
     assert not grade_result(_result("41", "The answer is 41."), "42").correct
     with pytest.raises(ConfigError, match="gold answer"):
         grade_result(partial, " ")
+
+
+def test_a_cut_text_states_only_an_answer_the_cut_cannot_have_shortened() -> None:
+    """'The answer is 3', cut from 36, was read as 3 in best-of-N, tree searches and lookahead alike."""
+    from ttc.verifiers.answer import extract_cut_answer
+
+    for text in ("The answer is 3", "The answer is 36.", "#### 1", "The answer is 3.5", "17 + 5 = 22\nThe answer"):
+        assert extract_cut_answer(text) is None, text
+    for text, stated in (("The answer is 36. ", "36"), ("The answer is 36 dollars", "36"), ("\\boxed{36}", "36"),
+                         ("The answer is 36.\nSo", "36")):
+        assert extract_cut_answer(text) == stated, text
+

@@ -44,7 +44,7 @@ from ttc.strategies.base import (
 )
 from ttc.strategies.sampling import choose, mark_selected
 from ttc.types import Candidate, Completion, Problem, Sampling
-from ttc.verifiers.answer import extract_answer, extract_stated_answer
+from ttc.verifiers.answer import extract_answer, extract_cut_answer, extract_stated_answer
 from ttc.verifiers.base import Aggregation, ProcessVerifier, aggregate, score_steps_costed
 
 TreeSelection = Literal["score", "weighted_vote"]
@@ -244,6 +244,7 @@ class SearchTree:
             jobs = [(i, k, cap) for i, (k, cap) in enumerate(grants) if k > 0]
             if not jobs:
                 break
+            spent = self.meter.usage().generated_tokens
             wave = await self._wave([(requests[i][0], k, cap) for i, k, cap in jobs])
             for i, k, _ in jobs:
                 wants[i] -= k
@@ -251,7 +252,9 @@ class SearchTree:
                     requests[i][0].expanded = True
                     expanded.append(requests[i][0])
             created += wave
-            if sum(len(n.token_ids) for n in wave) == 0:
+            # Stop where the wave generated nothing; one whose children all repeated earlier ones (drawn without
+            # replacement, then not kept) generated them, and the nodes' other children are still owed.
+            if self.meter.usage().generated_tokens == spent:
                 break
         self.note_kv()
         await self._score(created)
@@ -337,8 +340,11 @@ class SearchTree:
 
     async def _finish(self, node: StepNode) -> None:
         # A path whose last step ran out of tokens stops mid-line, and one stopped by max_depth before it ended
-        # stops mid-solution: only an answer it states counts, not the intermediate value it stopped on.
-        node.answer = (extract_answer if node.ended and not node.cut else extract_stated_answer)(node.solution())
+        # stops mid-solution: only an answer it states counts, not the intermediate value it stopped on (nor, cut,
+        # a number the cut may have shortened).
+        text = node.solution()
+        node.answer = extract_cut_answer(text) if node.cut else extract_answer(text) if node.ended else \
+            extract_stated_answer(text)
         self.finished.append(node)
         self.ctx.recorder.update(node.id, status="finished", answer=node.answer)
         await self._release(node)

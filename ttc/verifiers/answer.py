@@ -200,6 +200,16 @@ def extract_stated_answer(text: str) -> str | None:
     return None
 
 
+def extract_cut_answer(text: str) -> str | None:
+    """The answer a text cut off by a token limit states, where the cut cannot have shortened it, or None.
+
+    The cut may fall inside the answer: "The answer is 3" of 36, "3." of 3.5. An answer that one more digit after
+    the cut would change ran to the cut, so it is not stated yet; "The answer is 36. " or "36 dollars" are.
+    """
+    answer = extract_stated_answer(text)
+    return answer if answer is not None and extract_stated_answer(text + "0") == answer else None
+
+
 def _says_nothing(answer: str) -> bool:
     first = _FIRST_WORD.match(answer)
     return first is not None and first.group(0).lower() in _NOT_AN_ANSWER
@@ -587,6 +597,7 @@ __all__ = [
     "agrade_result",
     "answers_equivalent",
     "extract_answer",
+    "extract_cut_answer",
     "extract_stated_answer",
     "gold_key",
     "grade",
