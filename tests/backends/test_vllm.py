@@ -198,16 +198,19 @@ async def test_prefix_cache_hit_rate_rises_when_requests_share_a_prompt(backend:
     assert stats.prefix_cache_hit_rate is not None and stats.prefix_cache_hit_rate > 0
 
 
-async def test_over_long_request_names_the_lengths(backend: VLLMBackend) -> None:
+async def test_max_tokens_is_cut_to_the_context_and_a_prompt_with_no_room_is_named(backend: VLLMBackend) -> None:
     limit = (await backend.connect()).max_model_len
     assert limit is not None
-    prompt = (await unique_prompt(backend, limit))[: limit - 8]
+    whole = await unique_prompt(backend, limit)
+    prompt = whole[: limit - 8]
     fits = await backend.complete(prompt, 1, Sampling(max_tokens=8, temperature=0.0))
     assert len(fits[0].token_ids) <= 8
+    cut = await backend.complete(prompt, 1, Sampling(max_tokens=40, temperature=0.0))  # was refused
+    assert len(cut[0].token_ids) <= 8
     with pytest.raises(BackendError) as err:
-        await backend.complete(prompt, 1, Sampling(max_tokens=9))
+        await backend.complete(whole[:limit], 1, Sampling(max_tokens=9))
     message = str(err.value)
-    assert f"prompt of {limit - 8} tokens" in message and "max_tokens 9" in message
+    assert f"prompt of {limit} tokens leaves no room" in message
     assert f"max_model_len of {limit}" in message and err.value.url and not err.value.retryable
     with pytest.raises(BackendError, match=f"max_model_len of {limit}"):
         await backend.prompt_logprobs([*prompt, *prompt])

@@ -27,7 +27,7 @@ from ttc.backends.vllm_metrics import (
     parse_prometheus,
     prefix_cache_hit_rate,
 )
-from ttc.errors import BackendError, ConfigError
+from ttc.errors import BackendError, ConfigError, ContextLengthError
 from ttc.types import Sampling
 
 pytestmark = pytest.mark.anyio
@@ -367,16 +367,35 @@ async def test_tokenize_and_detokenize_are_cached() -> None:
     assert dict(fake.requests)["/tokenize"]["add_special_tokens"] is False
 
 
-async def test_over_long_request_is_refused_before_sending_with_the_lengths_named() -> None:
+async def test_a_prompt_that_leaves_no_room_is_refused_before_sending_with_the_lengths_named() -> None:
     fake = FakeVLLM(max_model_len=64)
     backend = make_backend(fake)
-    with pytest.raises(BackendError) as err:
-        await backend.complete(list(range(1, 61)), n=1, sampling=Sampling(max_tokens=10))
+    with pytest.raises(ContextLengthError) as err:
+        await backend.complete(list(range(1, 65)), n=1, sampling=Sampling(max_tokens=10))
     message = str(err.value)
-    assert "60" in message and "max_tokens 10" in message and "max_model_len of 64" in message
+    assert "prompt of 64 tokens leaves no room" in message and "max_model_len of 64" in message
     assert err.value.kind == "complete" and err.value.url == "http://vllm:8000"
     assert err.value.retryable is False
     assert "/v1/completions" not in fake.paths()
+
+
+async def test_max_tokens_is_cut_to_the_room_the_context_leaves() -> None:
+    """A prompt of 60 with max_tokens 10 in a 64-token context was refused, though the server (and the local
+    engine) answer it with 4 tokens: at the defaults every question of the mini reasoner on vLLM failed."""
+    fake = FakeVLLM(max_model_len=64)
+    backend = make_backend(fake)
+    out = await backend.complete(list(range(1, 61)), n=1, sampling=Sampling(max_tokens=10))
+    assert dict(fake.requests)["/v1/completions"]["max_tokens"] == 4 and out[0].token_ids == (100, 101)
+
+
+async def test_a_stop_on_the_contexts_last_position_finishes_length() -> None:
+    """As the local engine reports it: 'stop' there made a search ask for the next step of a full path."""
+    fake = FakeVLLM(max_model_len=64)
+    backend = make_backend(fake)
+    ended = await backend.complete(list(range(1, 63)), n=1, sampling=Sampling(max_tokens=10, stop=("e",)))
+    assert [c.finish_reason for c in ended] == ["length"]  # 62 + 2 tokens ending 'e' (101): the context is full
+    early = await backend.complete(list(range(1, 61)), n=1, sampling=Sampling(max_tokens=10, stop=("e",)))
+    assert [c.finish_reason for c in early] == ["stop"]
 
 
 async def test_client_errors_are_not_retried() -> None:

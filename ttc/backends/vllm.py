@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -51,7 +52,7 @@ from ttc.backends.vllm_protocol import (
     parse_prompt_logprobs,
     prompt_logprobs_payload,
 )
-from ttc.errors import BackendError, ConfigError
+from ttc.errors import BackendError, ConfigError, ContextLengthError
 from ttc.types import Completion, PromptLogprobs, Sampling, is_int, is_number
 
 # Failures that mean "this replica is not there": bench it and fail over.
@@ -402,6 +403,28 @@ class VLLMBackend:
 
     # -- generation and scoring -----------------------------------------------------------------------------
 
+    def _within_context(self, info: ServerInfo, prompt_len: int, sampling: Sampling) -> Sampling:
+        """``sampling`` with ``max_tokens`` cut to the room the context leaves after the prompt, as the local
+        engine (and the server itself) does: a step near the end of the context ends there, 'length', rather than
+        the whole solve failing. A prompt that leaves no room at all is refused, named, before it is sent."""
+        if info.max_model_len is None or prompt_len + sampling.max_tokens <= info.max_model_len:
+            return sampling
+        room = info.max_model_len - prompt_len
+        if room < 1:
+            raise ContextLengthError(f"prompt of {prompt_len} tokens leaves no room in the server's max_model_len "
+                                     f"of {info.max_model_len}: shorten it, or serve the model with a larger "
+                                     "--max-model-len", url=",".join(self.urls), kind="complete")
+        return dataclasses.replace(sampling, max_tokens=room)
+
+    @staticmethod
+    def _at_context_end(info: ServerInfo, prompt_len: int, completion: Completion, sampling: Sampling) -> Completion:
+        """A stop string on the context's last position ends a sequence that cannot go on: 'length', as the local
+        engine reports it, so a search does not ask for the next step of a path with no room left."""
+        full = info.max_model_len is not None and prompt_len + len(completion.token_ids) >= info.max_model_len
+        if full and completion.finish_reason == "stop" and any(completion.text.endswith(s) for s in sampling.stop):
+            return dataclasses.replace(completion, finish_reason="length")
+        return completion
+
     def _check_fits(self, info: ServerInfo, prompt_len: int, max_tokens: int, kind: str) -> None:
         if info.max_model_len is not None and prompt_len + max_tokens > info.max_model_len:
             raise context_length_error(prompt_tokens=prompt_len, max_tokens=max_tokens,
@@ -422,15 +445,16 @@ class VLLMBackend:
         if len(prompt) == 0:
             raise ConfigError("prompt must hold at least one token id")
         info = await self.connect()
-        self._check_fits(info, len(prompt), sampling.max_tokens, "complete")
+        sent = self._within_context(info, len(prompt), sampling)
         # vLLM refuses n > 1 with greedy decoding; n greedy continuations are one continuation n times.
         sent_n = 1 if sampling.temperature == 0 else n
-        payload = completion_payload(info.model, prompt, sent_n, sampling)
+        payload = completion_payload(info.model, prompt, sent_n, sent)
         response = await self._send("complete", "POST", "/v1/completions", body=payload, prompt=prompt)
         with _shape("complete", response):
             completions, usage = parse_completions(self._json(response, "complete"), n=sent_n,
                                                    want_logprobs=sampling.logprobs, url=str(response.url),
-                                                   max_tokens=sampling.max_tokens)
+                                                   max_tokens=sent.max_tokens)
+        completions = [self._at_context_end(info, len(prompt), c, sampling) for c in completions]
         if usage.prompt_tokens not in (0, len(prompt)) or usage.cached_prompt_tokens > len(prompt):
             raise protocol_error(f"usage counts {usage.prompt_tokens} prompt tokens ({usage.cached_prompt_tokens} "
                                  f"cached) for a prompt of {len(prompt)}", kind="complete", url=str(response.url))
