@@ -8,8 +8,10 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
+from ttc.bench.datasets import MAX_SYNTHETIC_ROWS
+from ttc.bench.synthetic import EVAL_SEEDS
 from ttc.errors import TTCError
 
 T = TypeVar("T")
@@ -24,6 +26,47 @@ def at_least_one(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}")
     return value
+
+
+def synthetic_problems(text: str) -> int:
+    """A count of synthetic problems: >= 1, and no more than one seed of the synthetic dataset holds, which
+    ``load_dataset`` would refuse only once the script runs."""
+    value = at_least_one(text)
+    if value > MAX_SYNTHETIC_ROWS:
+        raise argparse.ArgumentTypeError(f"must be an int in [1, {MAX_SYNTHETIC_ROWS}] (the problems one synthetic "
+                                         f"seed holds), got {text!r}")
+    return value
+
+
+def sampling_seed(text: str) -> int:
+    """A seed >= 0 for sampling: ttc refuses a negative one (``random.Random(-s)`` draws what ``Random(s)`` does),
+    but only when the first question is asked, after the models load."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}")
+    return value
+
+
+def synthetic_seed(base: int = 0) -> Callable[[str], int]:
+    """The type of a seed >= 0 (the scripts sample with it too, and ttc refuses a negative one) with which a script
+    draws its synthetic problems as ``base + seed``: the sum must be one of ``load_dataset``'s held-out seeds, and
+    the range is stated in the seed the user types, not in the sum."""
+    high = len(EVAL_SEEDS) - base
+
+    def seed(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if not 0 <= value < high:
+            shift = f" (the problems' synthetic seed is {base} + it)" if base else ""
+            raise argparse.ArgumentTypeError(f"must be an int in [0, {high}){shift}, got {text!r}")
+        return value
+
+    return seed
 
 
 def count_list(text: str) -> list[int]:
@@ -59,6 +102,25 @@ def probability(text: str) -> float:
     return value
 
 
+def positive_list(text: str) -> list[float]:
+    """A comma-separated list of finite numbers > 0 (budget fractions): nan or inf would pass a ``<= 0`` check
+    and fail only when the arm's budget is computed."""
+    values = [_number(part) for part in text.split(",")]
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"must be finite numbers > 0 separated by commas, such as 0.5,1; got {text!r}")
+    return values
+
+
+def weight_list(text: str) -> list[float]:
+    """A comma-separated list of distinct finite numbers >= 0 (cost weights): each is an arm of the table, and the
+    strategies refuse a negative weight only when that arm runs."""
+    values = [_number(part) for part in text.split(",")]
+    if not all(math.isfinite(v) and v >= 0 for v in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"must be distinct finite numbers >= 0 separated by commas, such as 0,1,2; "
+                                         f"got {text!r}")
+    return values
+
+
 def _number(text: str) -> float:
     try:
         return float(text)
@@ -80,13 +142,44 @@ def run_or_exit(parser: argparse.ArgumentParser, main: Callable[[], T]) -> T:
     that says what to change, not a traceback."""
     try:
         return main()
-    except TTCError as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
-    raise AssertionError("unreachable")  # parser.exit raises SystemExit
+    except (TTCError, BaseExceptionGroup) as exc:
+        error = _ttc_error(exc)
+        if error is None:
+            raise
+        _usage_exit(parser.prog, error)
 
 
-__all__ = ["at_least_one", "count_list", "model_folder", "optional_count_list", "probability", "run_or_exit",
-           "sampling_temperature"]
+def run_script(entry: Callable[[], T]) -> T:
+    """``entry()`` for a script's ``__main__``, where the parser may live inside ``entry``: a ttc error ends the
+    script as the usage error argparse would print (the script's name, "error:", exit code 2), not a traceback.
+    The scripts check what they can while parsing; this covers a setting the library refuses later."""
+    try:
+        return entry()
+    except (TTCError, BaseExceptionGroup) as exc:
+        error = _ttc_error(exc)
+        if error is None:
+            raise
+        _usage_exit(Path(sys.argv[0]).name, error)
+
+
+def _ttc_error(exc: BaseException) -> TTCError | None:
+    """``exc`` when it is a ttc error, the first of a task group's errors when they all are, else None: anything
+    else is a bug and keeps its traceback."""
+    if isinstance(exc, BaseExceptionGroup):
+        matched, rest = exc.split(TTCError)
+        return _ttc_error(matched.exceptions[0]) if matched is not None and rest is None else None
+    return exc if isinstance(exc, TTCError) else None
+
+
+def _usage_exit(prog: str, error: TTCError) -> NoReturn:
+    """What ``parser.error`` prints and how it exits, for an error found after parsing."""
+    sys.stderr.write(f"{prog}: error: {error}\n")
+    sys.exit(2)
+
+
+__all__ = ["at_least_one", "count_list", "model_folder", "optional_count_list", "positive_list", "probability",
+           "run_or_exit", "run_script", "sampling_seed", "sampling_temperature", "synthetic_problems", "synthetic_seed",
+           "weight_list"]
 
 if __name__ == "__main__":
     sys.exit("a module of the benchmark scripts, not a script")

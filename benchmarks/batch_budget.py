@@ -23,8 +23,10 @@ its own). Wall times are the replayed runs' and say little; tokens are counted a
 Prints uniform@16's problems grouped by their first four samples (how many pass both checks, and whether those
 agree) with the checked vote's accuracy over the four and over all sixteen, to show where more samples pay; then
 accuracy, generated tokens and wall time per arm, and ends with the headline figures: the pooled batch's
-accuracy at the uniform@16 arm's tokens against that arm's, the mean gain of the pooled arms over the even splits
-beside them, and the tokens uniform@16 spent for each token of the cheapest pooled arm that matches its accuracy.
+accuracy at the uniform@16 arm's tokens against that arm's (``pooled_acc``, ``pooled_gain``: only when 1.0 is among
+the fractions, the one pooled arm given uniform@16's tokens), the mean gain of the pooled arms over the even splits
+beside them, and the tokens uniform@16 spent for each token of the cheapest pooled arm that matches its accuracy
+(left out when none does).
 
     python3 benchmarks/batch_budget.py --problems 240 --fractions 0.25,0.5,0.75,1.0
     python3 benchmarks/batch_budget.py --problems 240 --fractions 0.25,0.5,0.75,1.0 --select auto
@@ -40,7 +42,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import anyio
-from arguments import at_least_one
+from arguments import at_least_one, positive_list, probability, run_script, synthetic_problems, synthetic_seed
 
 from ttc.api import Session, solve_problem
 from ttc.bench.datasets import load_dataset
@@ -56,6 +58,8 @@ from ttc.verifiers.answer import grade_result, normalize_answer
 from ttc.verifiers.vote import majority_vote
 
 MAX_TOKENS = 160
+SEED_BASE = 30_000
+"""The held-out problems' synthetic seed is this plus ``--seed``."""
 CHECKS = Checks(arithmetic=True, operands=True)
 SELECTIONS: dict[str, Mapping[str, object]] = {
     "checked": {"select": "vote", "check_arithmetic": True, "check_operands": True, "max_tokens": MAX_TOKENS},
@@ -128,7 +132,7 @@ async def pooled(session: Session, problems: Sequence[Problem], label: str, toke
 
 
 async def main(args: argparse.Namespace) -> None:
-    problems = load_dataset("synthetic", limit=args.problems, seed=30_000 + args.seed)
+    problems = load_dataset("synthetic", limit=args.problems, seed=SEED_BASE + args.seed)
     setup = embedded_setup(threads=args.threads)
     replay = None
     if not args.fresh:
@@ -165,7 +169,8 @@ async def main(args: argparse.Namespace) -> None:
             if k != args.samples:
                 arms.append(evens[fraction])
                 print(arms[-1].line(), flush=True)
-        pools = []
+        pools: list[Arm] = []
+        at_uniform: Arm | None = None
         for fraction in args.fractions:
             if replay is not None:
                 replay.rewind()
@@ -176,6 +181,8 @@ async def main(args: argparse.Namespace) -> None:
             pools.append(await pooled(session, problems, label, tokens, chosen, args.seed, args.concurrency))
             arms.append(pools[-1])
             print(arms[-1].line(), flush=True)
+            if tokens == uniform.tokens:
+                at_uniform = pools[-1]
     finally:
         await session.aclose()
     first = min(4, args.samples)
@@ -186,40 +193,51 @@ async def main(args: argparse.Namespace) -> None:
     print(format_table(["arm", "accuracy", "generated tokens", "tokens / uniform", "samples", "wall s"],
                        [[a.label, a.accuracy, a.tokens, a.tokens / uniform.tokens, a.samples, a.wall_s]
                         for a in arms]))
-    equal = min(pools, key=lambda a: abs(a.tokens - uniform.tokens))
-    matching = [a for a in pools if a.correct >= uniform.correct]
-    ratio = uniform.tokens / min(a.tokens for a in matching) if matching else float("nan")
     gains = [100 * (pool.accuracy - evens[f].accuracy) for f, pool in zip(args.fractions, pools, strict=True)]
-    print(f"pooled_acc={100 * equal.accuracy:.1f} uniform_acc={100 * uniform.accuracy:.1f} "
-          f"pooled_gain={100 * (equal.accuracy - uniform.accuracy):.1f} "
-          f"mean_gain_over_even={sum(gains) / len(gains):.1f} "
-          f"greedy_acc={100 * arms[0].accuracy:.1f} token_ratio_at_uniform_acc={ratio:.2f}")
+    print(headline(arms[0], uniform, at_uniform, pools, gains))
+
+
+def headline(greedy: Arm, uniform: Arm, at_uniform: Arm | None, pools: Sequence[Arm], gains: Sequence[float]) -> str:
+    """The last line's figures. ``pooled_acc`` and ``pooled_gain`` compare the pooled arm given exactly the tokens
+    uniform generated (fraction 1.0, not raised to the floor) with uniform, and are left out when no such arm ran;
+    ``token_ratio_at_uniform_acc`` is left out when no pooled arm matches uniform's accuracy. An undefined figure
+    is missing from the line rather than nan."""
+    figures = {"uniform_acc": f"{100 * uniform.accuracy:.1f}"}
+    if at_uniform is not None:
+        figures["pooled_acc"] = f"{100 * at_uniform.accuracy:.1f}"
+        figures["pooled_gain"] = f"{100 * (at_uniform.accuracy - uniform.accuracy):.1f}"
+    figures["mean_gain_over_even"] = f"{sum(gains) / len(gains):.1f}"
+    figures["greedy_acc"] = f"{100 * greedy.accuracy:.1f}"
+    matching = [a.tokens for a in pools if a.correct >= uniform.correct]
+    if matching:
+        figures["token_ratio_at_uniform_acc"] = f"{uniform.tokens / min(matching):.2f}"
+    return " ".join(f"{name}={value}" for name, value in figures.items())
 
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--problems", type=at_least_one, default=120)
+    p.add_argument("--problems", type=synthetic_problems, default=120)
     p.add_argument("--samples", type=at_least_one, default=16, help="samples per question of the uniform arm")
-    p.add_argument("--fractions", type=lambda s: [float(x) for x in s.split(",")], default=[0.25, 0.5, 1.0],
+    p.add_argument("--fractions", type=positive_list, default=[0.25, 0.5, 1.0],
                    help="pooled budgets, as fractions of the tokens the uniform arm generated (at least "
                         f"{MAX_TOKENS} tokens per problem, one whole sample each: a smaller fraction is raised to it "
-                        "and its arm labelled '(floor)')")
+                        "and its arm labelled '(floor)'); the headline's pooled_acc and pooled_gain need 1.0")
     p.add_argument("--select", choices=sorted(SELECTIONS), default="checked",
                    help="how every arm chooses among its samples: a checked vote, or the checker-weighted vote")
-    p.add_argument("--stop-share", type=float, default=None,
+    p.add_argument("--stop-share", type=probability, default=None,
                    help="the early-stopping arms' stop_share (default: the controller's rule for the selection)")
     p.add_argument("--min-samples", type=at_least_one, default=None, help="the early-stopping arms' min_samples")
     p.add_argument("--fresh", action="store_true", help="draw every arm's samples anew instead of replaying one pool")
     p.add_argument("--concurrency", type=at_least_one, default=16)
     p.add_argument("--threads", type=at_least_one, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=synthetic_seed(SEED_BASE), default=0,
+                   help=f"the problems are drawn with synthetic seed {SEED_BASE} + this, and sampled with it")
     args = p.parse_args()
-    if args.problems < 1 or args.samples < 1:
-        p.error("--problems and --samples must be >= 1")
-    if not args.fractions or any(f <= 0 for f in args.fractions):
-        p.error("--fractions must be positive")
+    if args.min_samples is not None and args.min_samples > args.samples:
+        p.error(f"argument --min-samples: must be at most --samples ({args.samples}), or the early-stopping arm could "
+                f"never stop early; got {args.min_samples}")
     return args
 
 
 if __name__ == "__main__":
-    anyio.run(main, parse())
+    run_script(lambda: anyio.run(main, parse()))

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-from arguments import at_least_one, optional_count_list
+from arguments import at_least_one, optional_count_list, run_script, sampling_seed, synthetic_problems, synthetic_seed
 
 from ttc.api import Session, solve_problem
 from ttc.bench.datasets import load_dataset
@@ -148,7 +148,7 @@ async def main(args: argparse.Namespace) -> None:
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--problems", type=at_least_one, default=192)
+    p.add_argument("--problems", type=synthetic_problems, default=192)
     p.add_argument("--budgets", type=optional_count_list, default=[256, 512, 1024],
                    help="budgets per question of the batch arm ('' for none)")
     p.add_argument("--widths", type=optional_count_list, default=[],
@@ -157,8 +157,9 @@ def parse() -> argparse.Namespace:
                    help="budgets per question of the even split (the batch arm's budgets are always run)")
     p.add_argument("--concurrency", type=at_least_one, default=8)
     p.add_argument("--threads", type=at_least_one, default=2)
-    p.add_argument("--seed", type=int, default=0, help="sampling seed: problem i is searched with seed + i")
-    p.add_argument("--problem-seed", type=int, default=24_000, help="the held-out problems' seed (a draw)")
+    p.add_argument("--seed", type=sampling_seed, default=0, help="sampling seed: problem i is searched with seed + i")
+    p.add_argument("--problem-seed", type=synthetic_seed(), default=24_000,
+                   help="the held-out problems' synthetic seed (a draw)")
     args = p.parse_args()
     if not args.budgets and not args.even_budgets:
         p.error("--budgets and --even-budgets are both empty: there would be no arm to measure")
@@ -166,4 +167,4 @@ def parse() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    anyio.run(main, parse())
+    run_script(lambda: anyio.run(main, parse()))

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from arguments import at_least_one, run_or_exit  # noqa: E402
+from arguments import at_least_one, run_or_exit, run_script  # noqa: E402
 
 from ttc.backends.local import LocalBackend  # noqa: E402
 from ttc.types import Sampling  # noqa: E402
@@ -163,4 +163,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

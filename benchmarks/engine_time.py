@@ -24,7 +24,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from arguments import at_least_one
+from arguments import at_least_one, run_script, synthetic_problems
 from tree_search import arms, width_for
 
 from ttc.api import Session, solve_problem
@@ -83,10 +83,10 @@ def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--strategy", default="ets", choices=["best_of_n", "beam", "dvts", "rebase", "ets"])
     p.add_argument("--budget", type=at_least_one, default=2048)
-    p.add_argument("--problems", type=at_least_one, default=10)
+    p.add_argument("--problems", type=synthetic_problems, default=10)
     p.add_argument("--threads", type=at_least_one, default=1)
     return p.parse_args()
 
 
 if __name__ == "__main__":
-    anyio.run(main, parse())
+    run_script(lambda: anyio.run(main, parse()))

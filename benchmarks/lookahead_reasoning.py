@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import random
 import statistics
 import sys
@@ -36,17 +37,30 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from arguments import at_least_one, count_list, model_folder  # noqa: E402
+from arguments import count_list, model_folder, run_script, synthetic_problems, synthetic_seed  # noqa: E402
 
 from ttc.backends.local import LocalBackend  # noqa: E402
 from ttc.bench.datasets import load_dataset  # noqa: E402
 from ttc.budget import Meter  # noqa: E402
 from ttc.models import mini_model_path, mini_prompt  # noqa: E402
 from ttc.strategies.base import Context, make_strategy  # noqa: E402
+from ttc.strategies.lookahead import LookaheadOptions  # noqa: E402
 from ttc.trace import TraceRecorder  # noqa: E402
 from ttc.types import Budget, Problem, Sampling  # noqa: E402
 
 BUDGET = 4000
+MAX_GAMMA = next(m.le for m in LookaheadOptions.model_fields["gamma"].metadata if hasattr(m, "le"))
+"""The largest gamma the lookahead strategy takes, read from its options so the check follows the strategy."""
+
+
+def gamma_list(text: str) -> list[int]:
+    """Distinct gammas in [1, MAX_GAMMA]: the strategy refuses a larger one only when its arm first runs, after
+    both models have loaded and the greedy arm has timed the first problem."""
+    gammas = count_list(text)
+    if max(gammas) > MAX_GAMMA:
+        raise argparse.ArgumentTypeError(f"must be gammas in [1, {MAX_GAMMA}] (the lookahead strategy's range), "
+                                         f"got {text!r}")
+    return gammas
 
 
 @dataclass
@@ -91,9 +105,9 @@ async def tokens_per_second(backend: LocalBackend, problems: list[Problem]) -> f
 
 async def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--problems", type=at_least_one, default=96)
-    parser.add_argument("--seed", type=int, default=300, help="synthetic dataset seed (held-out problems)")
-    parser.add_argument("--gammas", type=count_list, default=[1, 2, 3, 4],
+    parser.add_argument("--problems", type=synthetic_problems, default=96)
+    parser.add_argument("--seed", type=synthetic_seed(), default=300, help="synthetic dataset seed (held-out problems)")
+    parser.add_argument("--gammas", type=gamma_list, default=[1, 2, 3, 4],
                         help="draft steps per round, comma-separated")
     parser.add_argument("--draft", type=model_folder, default=None,
                         help="a candidate draft folder instead of the shipped one")
@@ -147,9 +161,10 @@ def report(problems: list[Problem], greedy: Arm, arms: dict[int, Arm], draft_rat
               f"{sum(arm.draft_tokens) / len(problems):>14.1f}{acceptance:>12.2f}{100 * same:>10.1f}%"
               f"{100 * sum(arm.right) / len(problems):>9.1f}%")
     _, speedup, pass_ratio, same, acceptance = max(rows[1:], key=lambda row: row[1])
-    print(f"speedup={speedup:.2f} target_pass_ratio={pass_ratio:.2f} same_text={same:.2f} "
-          f"acceptance={acceptance:.2f}")
+    # No proposal, no acceptance rate: the figure is left out rather than printed as nan.
+    print(f"speedup={speedup:.2f} target_pass_ratio={pass_ratio:.2f} same_text={same:.2f}"
+          + ("" if math.isnan(acceptance) else f" acceptance={acceptance:.2f}"))
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_script(lambda: asyncio.run(main()))

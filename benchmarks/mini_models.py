@@ -63,7 +63,7 @@ from transformers import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, when a test loads it by path
-from arguments import at_least_one, model_folder, probability, run_or_exit, sampling_temperature
+from arguments import at_least_one, model_folder, probability, run_or_exit, run_script, sampling_temperature
 
 from ttc.backends.local import LocalBackend
 from ttc.bench.synthetic import (
@@ -388,8 +388,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "greedy and sampled alike: the figures of the same policy if it never slipped in arithmetic")
     parser.add_argument("--distinct", action="store_true", help="draw the samples without replacement with ttc's "
                         "local engine (Sampling(distinct=True)): up to --samples different texts per problem")
-    parser.add_argument("--dump", type=Path, default=None, help="write each problem's greedy solution, samples "
-                        "and their PRM and checker step scores here (JSON lines)")
+    parser.add_argument("--dump", type=dump_file, default=None, help="write each problem's greedy solution, "
+                        "samples and their PRM and checker step scores here (JSON lines), after the report")
     args = parser.parse_args(argv)
     if args.distinct and args.calculator:  # before the models load and greedy decoding runs
         parser.error("--distinct draws with ttc's engine, which has no calculator; drop one of the two")
@@ -526,16 +526,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             for j, (ok, score, least) in enumerate(zip(labels, step_scores[k], running, strict=False)):
                 distinct_steps.setdefault((i, tuple(steps[: j + 1])), (ok, score, least))
 
-    if args.dump is not None:
-        with args.dump.open("w") as out:
-            for i, problem in enumerate(problems):
-                group = groups[i]
-                out.write(json.dumps({
-                    "question": problem.question, "answer": problem.answer, "level": problem.level,
-                    "greedy": greedy[i], "samples": [flat[k][1] for k in group],
-                    "prm": [step_scores[k] for k in group], "checker": [checker_scores[k] for k in group],
-                }) + "\n")
-
     levels = [*sorted({f"L{p.level}" for p in problems}), *(["words", "totals"] if args.family == "mix" else []), "all"]
     print(f"held-out problems: {len(problems)} (seed {args.seed}), {args.samples} samples at T={args.temperature} "
           f"top_p={args.top_p} from the {args.policy}" + (", drawn without replacement" if args.distinct else "")
@@ -600,8 +590,39 @@ def main(argv: Sequence[str] | None = None) -> None:
         "draft_step_match": matches / max(1, draft_steps),
         "texts_per_problem": statistics.mean(texts),
     }
-    print(" ".join(f"{k}={v:.3f}" for k, v in summary.items()))
+    print(headline(summary))
+    if args.dump is not None:
+        try:
+            write_dump(args.dump, [{
+                "question": problem.question, "answer": problem.answer, "level": problem.level,
+                "greedy": greedy[i], "samples": [flat[k][1] for k in groups[i]],
+                "prm": [step_scores[k] for k in groups[i]], "checker": [checker_scores[k] for k in groups[i]],
+            } for i, problem in enumerate(problems)])
+        except OSError as exc:
+            parser.exit(1, f"{parser.prog}: error: argument --dump: cannot write {str(args.dump)!r}: {exc}\n")
+
+
+def headline(summary: dict[str, float]) -> str:
+    """The last line, ``name=value`` pairs; a figure a run cannot define (an AUROC where every labelled step is
+    right, or none is; no same-prefix pair) is left out rather than printed as nan."""
+    return " ".join(f"{k}={v:.3f}" for k, v in summary.items() if not math.isnan(v))
+
+
+def dump_file(text: str) -> Path:
+    """A file ``--dump`` can create: its folder must exist and be writable, and the name no folder. Checked while
+    parsing, since the dump is written after every arm has run."""
+    path = Path(text)
+    if path.is_dir() or not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"must be a file to write in an existing, writable folder, got {text!r}")
+    return path
+
+
+def write_dump(path: Path, records: Sequence[dict[str, object]]) -> None:
+    """One JSON line per problem, so another selection rule can be scored on the same samples."""
+    with path.open("w") as out:
+        for record in records:
+            out.write(json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from arguments import at_least_one  # noqa: E402
+from arguments import run_script, synthetic_problems, synthetic_seed  # noqa: E402
 
 from ttc.api import Session, solve_problem  # noqa: E402
 from ttc.backends.local import LocalBackend  # noqa: E402
@@ -45,6 +45,8 @@ from ttc.models import MINI_SYNTHESIS_TEMPLATE, mini_model_path  # noqa: E402
 from ttc.types import Budget, Problem  # noqa: E402
 from ttc.verifiers.answer import grade_result  # noqa: E402
 
+SEED_BASE = 24_000
+"""The held-out problems' synthetic seed is this plus ``--seed``."""
 PATHS = 8
 PATH_TOKENS = 288  # a mini solution is about 100 tokens; the reasoner's context is 512
 BUDGET = Budget(tokens=PATHS * PATH_TOKENS + 256)
@@ -100,11 +102,12 @@ def synthesizer_alone() -> Session:
 
 async def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--problems", type=at_least_one, default=192,
+    parser.add_argument("--problems", type=synthetic_problems, default=192,
                         help="held-out problems, levels 1-8 in equal shares")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=synthetic_seed(SEED_BASE), default=0,
+                        help=f"the problems are drawn with synthetic seed {SEED_BASE} + this, and sampled with it")
     args = parser.parse_args(argv)
-    problems = load_dataset("synthetic", limit=args.problems, seed=24_000 + args.seed)
+    problems = load_dataset("synthetic", limit=args.problems, seed=SEED_BASE + args.seed)
     arms: list[Arm] = []
     session = Session(setup=embedded_setup(threads=1), store=None)
     try:
@@ -118,7 +121,7 @@ async def main(argv: list[str] | None = None) -> None:
     finally:
         await alone.aclose()
     easy, hard = {1, 2, 3}, {4, 5, 6, 7, 8}
-    print(f"{len(problems)} held-out problems of levels 1-8 (seed {24_000 + args.seed}); {PATHS} paths at the "
+    print(f"{len(problems)} held-out problems of levels 1-8 (seed {SEED_BASE + args.seed}); {PATHS} paths at the "
           f"strategies' temperature and nucleus")
     print(format_table(["arm", "acc", "acc L1-3", "acc L4-8", "generated tokens", "prompt tokens",
                         "wall s per question"],
@@ -136,4 +139,4 @@ async def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    run_script(lambda: anyio.run(main))

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 import anyio
-from arguments import at_least_one
+from arguments import at_least_one, run_script, synthetic_problems, synthetic_seed
 
 from ttc.backends.local import LocalBackend
 from ttc.bench.datasets import load_dataset
@@ -32,6 +32,9 @@ from ttc.trace import TraceRecorder
 from ttc.types import Budget, Node
 from ttc.verifiers.prm import TokenPRM
 from ttc.verifiers.prm_presets import get_preset
+
+SEED_BASE = 30_000
+"""The held-out problems' synthetic seed is this plus ``--seed``."""
 
 
 @dataclass
@@ -58,7 +61,7 @@ def step_paths(nodes: list[Node]) -> list[list[str]]:
 
 async def record_trees(problems: int, seed: int, threads: int) -> list[tuple[str, list[list[str]]]]:
     setup = embedded_setup(threads=threads)
-    data = load_dataset("synthetic", limit=problems, seed=30_000 + seed, levels=[8])
+    data = load_dataset("synthetic", limit=problems, seed=SEED_BASE + seed, levels=[8])
     trees = []
     try:
         for problem in data:
@@ -103,11 +106,12 @@ async def main(args: argparse.Namespace) -> None:
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--problems", type=at_least_one, default=4)
+    p.add_argument("--problems", type=synthetic_problems, default=4)
     p.add_argument("--threads", type=at_least_one, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=synthetic_seed(SEED_BASE), default=0,
+                   help=f"the problems are drawn with synthetic seed {SEED_BASE} + this")
     return p.parse_args()
 
 
 if __name__ == "__main__":
-    anyio.run(main, parse())
+    run_script(lambda: anyio.run(main, parse()))

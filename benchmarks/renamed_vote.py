@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from arguments import at_least_one, model_folder
+from arguments import at_least_one, model_folder, probability, run_script, sampling_temperature
 from mini_models import Models, complete, held_out, level_range, top_answer
 
 from ttc.bench.report import format_table
@@ -52,8 +52,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--levels", type=level_range, default=range(1, 9), help="a level range such as 5-8")
     parser.add_argument("--seed", type=int, default=EVAL_SEEDS.start, help="must be one of EVAL_SEEDS")
     parser.add_argument("--samples", type=at_least_one, default=16, help="samples, and renamings, per problem")
-    parser.add_argument("--temperature", type=float, default=TEMPERATURE, help="the strategies' default")
-    parser.add_argument("--top-p", type=float, default=TOP_P, help="the strategies' default")
+    parser.add_argument("--temperature", type=sampling_temperature, default=TEMPERATURE,
+                        help="the strategies' default")
+    parser.add_argument("--top-p", type=probability, default=TOP_P, help="the strategies' default")
     parser.add_argument("--threads", type=at_least_one, default=2)
     parser.add_argument("--reasoner", type=model_folder, default=None, help="a candidate reasoner folder")
     args = parser.parse_args(argv)
@@ -110,4 +111,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from arguments import run_script
+
 from ttc.backends.routing import Replica, ReplicaRouter, block_keys
 
 
@@ -160,4 +162,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

