@@ -17,9 +17,10 @@ MINI = Path(__file__).resolve().parents[1] / "ttc" / "models" / "mini"
 
 
 def test_options_read_numbers_json_does_not_write_and_refuse_a_key_given_twice() -> None:
-    """'.5' stayed a string (then 'Input should be a valid number'); ' vote' kept its space; n=2 then n=6 ran 6."""
-    assert parse_options(["temperature=.5", "top_p=1.", "select= vote", "n= 5 "]) == {
-        "temperature": 0.5, "top_p": 1.0, "select": "vote", "n": 5}
+    """'.5' stayed a string (then 'Input should be a valid number'); n=2 then n=6 ran 6. Text is kept as given:
+    a template's trailing newlines are part of it."""
+    assert parse_options(["temperature=.5", "top_p= 1. ", "path_template={text}\n\n", "n= 5 "]) == {
+        "temperature": 0.5, "top_p": 1.0, "path_template": "{text}\n\n", "n": 5}
     with pytest.raises(ConfigError, match="option 'n' is given twice"):
         parse_options(["n=2", "n=6"])
 

@@ -54,12 +54,13 @@ _DECIMAL = re.compile(r"[+-]?(\d+\.\d*|\.\d+)")
 
 def parse_options(pairs: list[str] | None) -> dict[str, object]:
     """``KEY=VALUE`` pairs; values are read as JSON when they parse (numbers, booleans), as a number where they
-    are one JSON does not write (``.5``, ``5.``), else as strings (stripped, as JSON values are). A key given
-    twice is refused: which of the two would run is not what the command line says."""
+    are one JSON does not write (``.5``, ``5.``), else as the text given, whitespace and all (a template's
+    trailing newlines are part of it). A key given twice is refused: which of the two would run is not what the
+    command line says."""
     options: dict[str, object] = {}
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
-        key, raw = key.strip(), raw.strip()
+        key = key.strip()
         if not sep or not key:
             raise ConfigError(f"option {pair!r} is not KEY=VALUE (e.g. -o n=16)")
         if key in options:
@@ -67,7 +68,7 @@ def parse_options(pairs: list[str] | None) -> dict[str, object]:
         try:
             options[key] = json.loads(raw)
         except json.JSONDecodeError:
-            options[key] = float(raw) if _DECIMAL.fullmatch(raw) else raw
+            options[key] = float(raw) if _DECIMAL.fullmatch(raw.strip()) else raw
     return options
 
 

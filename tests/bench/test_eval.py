@@ -270,3 +270,27 @@ async def test_a_resume_with_another_synthesizer_is_refused(tmp_path: Path) -> N
         await run(plus_one(4), "synth-bb", run_id)
     assert await run(plus_one(4), "synth-a", run_id) == run_id
 
+
+
+async def test_a_parallel_thinking_run_recorded_without_its_synthesizer_still_resumes(tmp_path: Path) -> None:
+    """Runs begun before the synthesizer was part of the settings were refused as 'evaluate.synthesizer None ->'."""
+    first = open_session(backend=ScriptedBackend(guessing_responder), store=str(tmp_path / "a.db"), verifier=None,
+                         prompt_template=None, synthesizer=NamedScripted("synth", ["The answer is 5."]))
+    try:
+        report = await evaluate(plus_one(1), Budget(tokens=3000), first, strategy="parallel_thinking",
+                                options={"paths": 2}, seed=0, config={"dataset": "d"})
+        assert first.store is not None
+        recorded = dict(first.store.get_run(report.run_id).config)
+    finally:
+        await first.aclose()
+    assert recorded["evaluate"].pop("synthesizer") == "synth"  # as a run of the earlier settings stored them
+    session = open_session(backend=ScriptedBackend(guessing_responder), store=str(tmp_path / "b.db"), verifier=None,
+                           prompt_template=None, synthesizer=NamedScripted("synth", ["The answer is 5."]))
+    try:
+        assert session.store is not None
+        old = session.store.create_run(kind="eval", config=recorded)
+        resumed = await evaluate(plus_one(2), Budget(tokens=3000), session, strategy="parallel_thinking",
+                                 options={"paths": 2}, seed=0, config={"dataset": "d"}, resume=old)
+        assert (resumed.run_id, resumed.done) == (old, 2)
+    finally:
+        await session.aclose()

@@ -95,15 +95,16 @@ def test_old_style_rope_keys_are_read(llama_path: Path, tmp_path: Path) -> None:
 
 
 def test_rope_keys_are_read_as_transformers_reads_them(llama_path: Path, tmp_path: Path) -> None:
-    """A legacy rope_scaling beside rope_parameters was ignored (transformers applies it: greedy text differed
-    from the first token), a yarn one there loaded as plain rope, and llama3's original context fell back to 8192
-    where transformers takes the config's own (logprobs 0.07-0.64 off)."""
+    """A legacy rope_scaling beside rope_parameters was ignored (transformers applies it in its place: greedy text
+    differed from the first token), a yarn one there loaded as plain rope, and llama3's original context fell back
+    to 8192 where transformers takes max_position_embeddings (logprobs 0.07 off). Each expectation is what
+    transformers 5's LlamaConfig reads from the same config.json."""
     folder = _copy(llama_path, tmp_path / "model")
-    raw = json.loads((folder / "config.json").read_text())
+    raw = {k: v for k, v in json.loads((folder / "config.json").read_text()).items() if k != "rope_theta"}
     base = {"rope_parameters": {"rope_type": "default", "rope_theta": 5000.0}}
     (folder / "config.json").write_text(json.dumps({**raw, **base, "rope_scaling": {"type": "linear", "factor": 4.0}}))
     rope = load_config(folder).rope
-    assert (rope.theta, rope.kind, rope.factor) == (5000.0, "linear", 4.0)
+    assert (rope.theta, rope.kind, rope.factor) == (10000.0, "linear", 4.0)  # rope_parameters' theta is replaced
     (folder / "config.json").write_text(json.dumps({**raw, **base, "rope_scaling": {"rope_type": "yarn",
                                                                                    "factor": 4.0}}))
     with pytest.raises(ConfigError, match="rope type 'yarn'"):
@@ -114,8 +115,8 @@ def test_rope_keys_are_read_as_transformers_reads_them(llama_path: Path, tmp_pat
                                                     "rope_parameters": llama3}))
     assert load_config(folder).rope.original_max_positions == 1024
     (folder / "config.json").write_text(json.dumps({**raw, "max_position_embeddings": 1024,
-                                                    "original_max_position_embeddings": 32,
-                                                    "rope_parameters": llama3}))
+                                                    "rope_parameters": {**llama3,
+                                                                        "original_max_position_embeddings": 32}}))
     assert load_config(folder).rope.original_max_positions == 32
 
 

@@ -343,6 +343,9 @@ def _check_same_settings(run_id: str, stored: Mapping[str, object], given: Mappi
     if RUN_SETTINGS not in stored:  # a run begun before evaluate kept its own settings: what it stored decides
         given = {key: value for key, value in given.items() if not key.startswith(f"{RUN_SETTINGS}.")}
     stored = _flat(stored)
+    for helper in (f"{RUN_SETTINGS}.synthesizer", f"{RUN_SETTINGS}.draft"):
+        if helper not in stored:  # a run begun before these were recorded: its resume is not refused for them
+            given.pop(helper, None)
     differ = sorted(key for key in (stored.keys() | given.keys()) - {"backend", "dataset"}
                     if stored.get(key) != given.get(key))
     if not same_dataset(stored.get("dataset"), given.get("dataset")):

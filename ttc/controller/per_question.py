@@ -20,7 +20,8 @@ The rule for ``strategy="auto"`` (documented, deliberately simple until a learne
   Beam options (``beam_width``, ``expand``) keep ``auto`` on beam search, whose children are then drawn without
   replacement, where the setup can, while the beam is at most ``AUTO_DISTINCT_MAX_BEAM`` nodes wide. Options that
   only sampling strategies take (``n``, ``max_tokens``, ...) keep the question on ``best_of_n``, as before;
-- with an outcome verifier only, ``best_of_n`` ranked by score-weighted vote;
+- with an outcome verifier only, ``best_of_n`` ranked by score-weighted vote (options only self-consistency takes,
+  such as ``max_samples`` or ``round_size``, take it to ``self_consistency`` with the weighted vote);
 - without one, ``self_consistency``, which stops early on easy questions and saves budget;
 - the number of samples is what the token budget affords at the strategy's ``max_tokens`` per sample
   (at least 1, at most 64); the default ``min_samples`` and ``round_size`` (4) never exceed ``max_samples``.

@@ -88,15 +88,13 @@ def _float(raw: Mapping[str, Any], key: str, path: Path, default: float) -> floa
 
 
 def _rope(raw: Mapping[str, Any], path: Path) -> RopeConfig:
-    """The rotary embedding as transformers reads it: a legacy ``rope_scaling`` wins over ``rope_parameters``
-    (whose other keys, such as its theta, still hold); llama3's original context defaults to a top-level
-    ``original_max_position_embeddings``, else to ``max_position_embeddings``."""
+    """The rotary embedding as transformers (5.x) reads it: a legacy ``rope_scaling`` replaces
+    ``rope_parameters`` whole, its theta then the top-level ``rope_theta`` (else 10000); llama3's original context
+    defaults to ``max_position_embeddings``."""
     for key in ("rope_parameters", "rope_scaling"):
         if raw.get(key) is not None and not isinstance(raw[key], Mapping):
             raise ConfigError(f"{path}: {key} must be a mapping, got {raw[key]!r}")
-    params = {**(raw.get("rope_parameters") or {}), **(raw.get("rope_scaling") or {})}
-    if raw.get("rope_scaling") and "rope_type" not in raw["rope_scaling"] and "type" in raw["rope_scaling"]:
-        params.pop("rope_type", None)  # the legacy key names the type the scaling is of
+    params = raw.get("rope_scaling") or raw.get("rope_parameters") or {}
     kind = str(params.get("rope_type", params.get("type", "default")))
     if kind not in SUPPORTED_ROPE_TYPES:
         raise ConfigError(
@@ -114,8 +112,7 @@ def _rope(raw: Mapping[str, Any], path: Path) -> RopeConfig:
         low_freq_factor=low,
         high_freq_factor=high,
         original_max_positions=_int(params, "original_max_position_embeddings", path,
-                                    default=_int(raw, "original_max_position_embeddings", path,
-                                                 default=_int(raw, "max_position_embeddings", path, default=8192))),
+                                    default=_int(raw, "max_position_embeddings", path, default=8192)),
     )
 
 

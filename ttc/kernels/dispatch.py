@@ -91,6 +91,7 @@ def _use_triton(q: torch.Tensor, impl: Impl) -> bool:
             and not _interpreting())
 
 
+@functools.cache  # fixed for the process: the kernels are defined once, interpreted or not
 def _interpreting() -> bool:
     from ttc.kernels.triton_forest import interpreting
 

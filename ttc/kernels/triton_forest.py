@@ -78,7 +78,7 @@ def _segment_partials_kernel(  # type: ignore[no-untyped-def]
     g = r % GROUP
     token = (r // GROUP) % tokens
     local = r // GROUP // tokens
-    branch = tl.load(ROWS + rows_off + local, mask=r_mask, other=0)
+    branch = tl.load(ROWS + rows_off + local, mask=r_mask, other=0).to(tl.int64)  # branch * stride_qb: 64 bits
     head = kv_head * GROUP + g
     d = tl.arange(0, BLOCK_D)
     d_mask = d < head_dim

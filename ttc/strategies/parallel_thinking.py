@@ -9,11 +9,13 @@ The synthesizer is the setup's synthesis model when it has one (the embedded def
 trained on this prompt), else the target model itself, with the setup's synthesis template; the prompt is text,
 so a synthesizer with another tokenizer than the target's works as well. One budget covers both calls: the paths
 are planned with the synthesis's ``synthesis_max_tokens`` (and its call) kept back, so the synthesis always runs
-within a token or call budget; where the wall time runs out first, the paths' majority answers (a ``select`` event
-with ``how: vote`` after the ``stop`` at the synthesis).
-A synthesis prompt longer than ``synthesis_max_prompt_tokens`` leaves out the least common paths until it fits,
-and the trace's ``synthesis`` event says how many it showed and left out; a limit the prompt exceeds with no path
-at all is a ConfigError before any path is drawn.
+within a token or call budget.
+Where all the paths make the synthesis prompt longer than ``synthesis_max_prompt_tokens``, the different paths are
+taken most common first, each only if the prompt still fits, and the trace's ``synthesis`` event says how many it
+showed and left out; a limit the prompt exceeds with no path at all is a ConfigError before any path is drawn.
+The paths' majority answers instead (a ``fallback`` event naming why, then a ``select`` event with ``how: vote``;
+the synthesis node, if any, is kept and not selected) where the wall time runs out before the synthesis, where no
+path fits its prompt, or where the synthesis states no answer while paths do.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ class ParallelThinkingOptions(StrategyOptions):
     distinct: bool = Field(False, description=DISTINCT)
     synthesis_max_tokens: int = Field(256, ge=1, description="generated tokens of the synthesis at most")
     synthesis_max_prompt_tokens: int = Field(
-        1280, ge=1, description="the synthesis prompt's length at most: the least common paths are left out "
-                                "until it fits (set it to the synthesizer's context minus synthesis_max_tokens)")
+        1280, ge=1, description="the synthesis prompt's length at most: paths are shown most common first while "
+                                "they fit (set it to the synthesizer's context minus synthesis_max_tokens)")
     synthesis_template: str | None = Field(None, description="the synthesis prompt, with {question}, {paths} and "
                                                              "optionally {total}; default: the setup's")
     path_template: str | None = Field(None, description="one distinct path, with {text} and optionally {index}, "

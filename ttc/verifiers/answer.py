@@ -204,7 +204,8 @@ def extract_cut_answer(text: str) -> str | None:
     """The answer a text cut off by a token limit states, where the cut cannot have shortened it, or None.
 
     The cut may fall inside the answer: "The answer is 3" of 36, "3." of 3.5. An answer that one more digit after
-    the cut would change ran to the cut, so it is not stated yet; "The answer is 36. " or "36 dollars" are.
+    the cut would change ran to the cut, so it is not stated yet; "The answer is 36. " or "36 dollars" are. It errs
+    on the side of no answer: "The answer is 36 " is refused too (its extraction reads on into the digit).
     """
     answer = extract_stated_answer(text)
     return answer if answer is not None and extract_stated_answer(text + "0") == answer else None

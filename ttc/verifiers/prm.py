@@ -133,6 +133,7 @@ class CachedPRM(ABC):
             raise self._unreadable(ids, exc) from exc
 
     def _unreadable(self, ids: Sequence[int], exc: Exception) -> VerifierError:
+        """The refusal of a scoring prompt as this verifier's failure: the prompt is the PRM's, not the caller's."""
         return VerifierError(f"PRM preset {self.preset.name!r} on {self.backend.name} cannot score this "
                              f"solution ({len(ids)} tokens with its question and step markers): {exc}; use a PRM "
                              "with a longer context, or shorter solutions (max_tokens)")

@@ -101,7 +101,8 @@ def majority_vote(
 
 def _tally(members: dict[str, list[float]]) -> tuple[dict[str, float], float]:
     """Each class's total weight and the sum of all. Weights near the float limit (a verifier's 1e308) overflow
-    the sums: they are then summed in units of the largest weight, which keeps the winner and its share."""
+    the sums: they are then summed in units of the largest weight, which keeps the winner and its share (the
+    tally, recorded in traces, is then in those units)."""
     try:
         tally = {key: math.fsum(values) for key, values in members.items()}
         return tally, math.fsum(tally.values())
