@@ -47,7 +47,9 @@ class IncrementalDetokenizer:
         if after.endswith("\ufffd"):
             # The token also starts a character its successor completes: the text before that character is final,
             # and a stop string it completes is found now (it was found a token late, or never where the
-            # sequence ended there), while the offsets wait for the whole character.
+            # sequence ended there), while the offsets wait for the whole character. A completion that stops there
+            # keeps the token, so its decoded text ends in the character's first bytes (U+FFFD); vLLM holds such a
+            # token back and finds the stop one token later.
             complete = after.rstrip("\ufffd")
             if len(complete) <= len(before):
                 return None
