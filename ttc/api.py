@@ -63,7 +63,13 @@ def plan_runner(strategy: str, budget: Budget, session: Session,
     name, opts = plan_strategy(strategy, budget, has_verifier=setup.verifier is not None, options=options,
                                has_prm=setup.prm is not None, solution_tokens=setup.solution_tokens,
                                step_tokens=setup.step_tokens, distinct_children=setup.distinct_children)
-    runner = make_strategy(name, opts)
+    try:
+        runner = make_strategy(name, opts)
+    except ConfigError as exc:
+        if strategy != "auto":
+            raise
+        # The message names a strategy the caller never did: say that auto chose it.
+        raise ConfigError(f"strategy 'auto' chose {name!r} for this setup and these options: {exc}") from None
     if isinstance(runner, TreeSearch) and setup.prm is None:
         raise ConfigError(NO_PROCESS_VERIFIER)  # here, before a question's trace opens to fail on it
     if isinstance(runner.options, SampledOptions):  # the same for a choice by score with no verifier
