@@ -3,6 +3,11 @@
 ``store_worker.py DB crash``        opens (and claims) a run and a trace, prints their ids as JSON, then waits
                                     to be killed.
 ``store_worker.py DB write RUN N``  writes N complete traces into RUN, then prints "ok".
+``store_worker.py DB open``         opens the store for writing (creating it if need be), prints "ok" or the error.
+``store_worker.py DB claim RUN``    claims RUN, prints "claimed" or the error, then waits to be killed (holding the
+                                    claim, if it got it).
+
+DB is a path or a database URL.
 """
 
 from __future__ import annotations
@@ -13,12 +18,29 @@ import time
 
 from trace_data import BUDGET, make_events, make_nodes, make_problem, make_result
 
+from ttc.errors import TTCError
 from ttc.storage import TraceStore
 
 
 def main() -> None:
     db, mode = sys.argv[1], sys.argv[2]
+    if mode == "open":
+        try:
+            TraceStore(db).close()
+        except TTCError as exc:
+            print(f"error: {exc}", flush=True)
+            return
+        print("ok", flush=True)
+        return
     store = TraceStore(db)
+    if mode == "claim":
+        try:
+            store.claim_run(sys.argv[3])
+            print("claimed", flush=True)
+        except TTCError as exc:
+            print(f"error: {exc}", flush=True)
+        time.sleep(60)
+        return
     if mode == "crash":
         run_id = store.create_run(kind="eval", config={"who": "worker"})
         store.claim_run(run_id)

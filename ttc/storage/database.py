@@ -7,6 +7,9 @@ implicitly, so a writer could read a snapshot and then find it stale when it fir
 "database is locked" that no timeout helps); the writer therefore opens every transaction with
 ``BEGIN IMMEDIATE``, taking the write lock up front, and readers with a plain ``BEGIN`` for a consistent
 snapshot.
+
+A PostgreSQL server gets the same wait: its ``lock_timeout`` is set to the busy timeout, so a table or row that
+another connection holds is waited for that long and then reported as locked, as SQLite's busy error is.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any, Final
 import platformdirs
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 
 from ttc.errors import StorageError
 from ttc.storage.models import LATER_TABLES, Base
@@ -30,6 +33,11 @@ DEFAULT_BUSY_TIMEOUT_S: Final = 10.0
 MAX_BUSY_TIMEOUT_S: Final = 2147483.0
 """SQLite holds the busy timeout in a C int of milliseconds; a longer one overflows to 0 (no waiting at all)."""
 ENV_VAR: Final = "TTC_DB"
+CREATION_LOCK: Final = 0x7474_635F_7363_6865
+"""The key of the PostgreSQL advisory lock that a store being opened for writing holds while it checks and creates
+the tables: two processes creating the same tables at once collide in the catalog (a duplicate key error)."""
+LOCK_NOT_AVAILABLE: Final = "55P03"
+"""PostgreSQL's SQLSTATE for a lock not granted within ``lock_timeout``: the server's "database is locked"."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +147,7 @@ def make_engine(location: Location, *, busy_timeout_s: float, writer: bool, own_
     ``read_only`` opens an SQLite file with ``mode=ro``, so that a reader can neither create nor change it.
     """
     if not location.is_sqlite:
-        return _create(location, pool_pre_ping=True)
+        return _create(location, pool_pre_ping=True, connect_args=_server_connect_args(location, busy_timeout_s))
     if read_only and location.path is None:  # an SQLite URI: a reader opens it read-only too, creating nothing
         location = Location(location.url.update_query_dict({"mode": "ro"}), None)
     connect_args: dict[str, Any] = {"timeout": busy_timeout_s, "check_same_thread": False}
@@ -178,16 +186,39 @@ def make_engine(location: Location, *, busy_timeout_s: float, writer: bool, own_
     return engine
 
 
-def check_layout(connection: Connection, location: Location, *, partial: bool = False) -> None:
+def _server_connect_args(location: Location, busy_timeout_s: float) -> dict[str, Any]:
+    """PostgreSQL's ``lock_timeout`` set to the busy timeout, after any ``options`` the URL already gives. Its 0
+    means "wait forever", the opposite of SQLite's, so the shortest wait is 1 ms."""
+    if location.url.get_backend_name() != "postgresql":
+        return {}
+    given = location.url.query.get("options")
+    lock_timeout = f"-c lock_timeout={max(1, int(busy_timeout_s * 1000))}"
+    options = [given] if isinstance(given, str) else list(given or ())
+    return {"options": " ".join([*options, lock_timeout])}
+
+
+def lock_for_creation(connection: Connection) -> None:
+    """Make the writers that open a server database take turns until their transaction ends, so that the second
+    one sees the tables the first created. SQLite's ``BEGIN IMMEDIATE`` already makes them take turns."""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({CREATION_LOCK})")
+
+
+def ttc_tables(connection: Connection) -> set[str]:
+    """The names of ttc's tables that the database holds; none at all means no store was created there yet."""
+    return set(inspect(connection).get_table_names()) & set(Base.metadata.tables)
+
+
+def check_layout(connection: Connection, location: Location) -> None:
     """Refuse a store whose tables or columns are not the ones this ttc writes: a dropped table would otherwise be
-    created again, empty, and its done traces would read as complete without their events. ``partial`` allows
-    missing tables (a server database that has not been set up yet), not missing columns."""
+    created again, empty, and its done traces would read as complete without their events. Only the
+    ``LATER_TABLES`` may be missing (a store written before they existed)."""
     inspector = inspect(connection)
     present = set(inspector.get_table_names())
     problems: list[str] = []
     for name, table in Base.metadata.tables.items():
         if name not in present:
-            if not partial and name not in LATER_TABLES:
+            if name not in LATER_TABLES:
                 problems.append(f"table {name} is missing")
             continue
         columns = {column["name"] for column in inspector.get_columns(name)}
@@ -224,6 +255,12 @@ def _sqlite_code(exc: BaseException) -> str:
     return str(getattr(orig, "sqlite_errorname", "") or "")
 
 
+def _sqlstate(exc: BaseException) -> str:
+    """The SQLSTATE of a server's error (psycopg names it ``sqlstate``, psycopg2 ``pgcode``); empty if none."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    return str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+
+
 def _detail(exc: BaseException) -> str:
     orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
     return str(orig).splitlines()[0] if str(orig) else type(orig).__name__
@@ -243,7 +280,8 @@ def storage_error(
     code = _sqlite_code(exc)
     detail = _detail(exc)
     lowered = detail.lower()
-    if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in lowered:
+    if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in lowered or \
+            _sqlstate(exc) == LOCK_NOT_AVAILABLE:
         return StorageError(
             f"the trace database {where} is locked: another connection held it for more than "
             f"{busy_timeout_s:g}s while {doing}. Stop the other program (or stuck ttc process) using it, "
@@ -267,7 +305,7 @@ def storage_error(
     if code.startswith(("SQLITE_FULL", "SQLITE_IOERR")):
         return StorageError(f"the trace database {where} failed to write ({detail}); free disk space or "
                             f"set {ENV_VAR} to a path on another disk")
-    if isinstance(exc, IntegrityError | TypeError | ValueError | OverflowError) or (
+    if isinstance(exc, IntegrityError | DataError | TypeError | ValueError | OverflowError) or (
         isinstance(exc, SQLAlchemyError) and not isinstance(exc, DBAPIError)
     ):
         advice = hint or "check the values being written"
@@ -281,13 +319,16 @@ def storage_error(
 
 
 __all__ = [
+    "CREATION_LOCK",
     "DEFAULT_BUSY_TIMEOUT_S",
     "ENV_VAR",
     "MAX_BUSY_TIMEOUT_S",
     "Location",
     "check_layout",
     "default_path",
+    "lock_for_creation",
     "make_engine",
     "resolve_location",
     "storage_error",
+    "ttc_tables",
 ]

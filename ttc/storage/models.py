@@ -4,15 +4,24 @@ The schema is append-only in spirit: a trace row is created ``running`` and upda
 ``done`` or ``failed``, in the same transaction that writes its nodes and events. Allowed values of every
 status and kind column are enforced by CHECK constraints, so a bad value fails inside the transaction that
 carries it (and takes the whole write with it) instead of leaving a row no reader understands.
+
+Every column holds the same values on every database. SQLite keeps anything Python hands it, so its columns are
+plain; a server database (PostgreSQL) is stricter, and three column types bridge the difference there:
+``BigInt`` (64-bit integers where PostgreSQL's INTEGER has 32 bits), ``SafeText``/``SafeString`` (text with NUL
+characters, which PostgreSQL's text refuses) and ``PortableJSON`` (NaN and infinities, which JSON itself has no
+tokens for). On SQLite they change nothing: the schema and the stored values are SQLite's own.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -37,6 +46,118 @@ RUN_KINDS: Final = ("solve", "eval")
 RUN_STATUSES: Final = ("running", "done", "failed", "interrupted")
 TRACE_STATUSES: Final = ("running", "done", "failed")
 NODE_STATUSES: Final = ("active", "pruned", "finished", "selected")
+
+
+BigInt: Final = BigInteger().with_variant(Integer(), "sqlite")
+"""A signed 64-bit integer (seeds reach 2**63 - 1). SQLite's INTEGER is already 64-bit, and keeping that name
+keeps the schema of existing SQLite stores as it was."""
+
+NUL_MARK: Final = "\u2400"
+"""The escape character of text on a server database: ``\u2400`` + ``0`` stands for a NUL character and
+``\u2400\u2400`` for the mark itself, so a stored string reads back exactly as it was written."""
+_NUL_ESCAPES: Final = {"\x00": NUL_MARK + "0", NUL_MARK: NUL_MARK + NUL_MARK}
+_NUL_UNESCAPES: Final = {"0": "\x00", NUL_MARK: NUL_MARK}
+_TO_ESCAPE: Final = re.compile(f"[\x00{NUL_MARK}]")
+_ESCAPED: Final = re.compile(f"{NUL_MARK}([0{NUL_MARK}])")
+
+JSON_TAG: Final = "$ttc"
+"""The key of the objects that stand for what JSON cannot hold, on a server database (see ``encode_json``)."""
+_NON_FINITE: Final = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+_ESCAPED_OBJECT: Final = "object"
+
+
+def _keeps_everything(dialect: Dialect) -> bool:
+    """SQLite stores NUL characters and NaN as they are; every other database gets the escaped forms."""
+    return dialect.name == "sqlite"
+
+
+def escape_nul(text: str) -> str:
+    """``text`` without NUL characters, which PostgreSQL's text types refuse; ``unescape_nul`` undoes it."""
+    return _TO_ESCAPE.sub(lambda match: _NUL_ESCAPES[match.group()], text)
+
+
+def unescape_nul(text: str) -> str:
+    """What ``escape_nul`` was given."""
+    return _ESCAPED.sub(lambda match: _NUL_UNESCAPES[match.group(1)], text)
+
+
+def _non_finite_name(value: float) -> str:
+    return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+
+
+def encode_json(value: Any) -> Any:
+    """``value`` with each NaN or infinity as ``{"$ttc": "NaN"}`` (or "Infinity", "-Infinity"): JSON has no token
+    for them, and PostgreSQL refuses the ones Python writes. An object of the caller's that has a ``"$ttc"`` key is
+    itself wrapped (``{"$ttc": "object", "items": [[key, value], ...]}``), so that ``decode_json`` gives back
+    exactly what was written whatever the data holds."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return {JSON_TAG: _non_finite_name(value)}
+    if isinstance(value, dict):
+        if JSON_TAG in value:
+            return {JSON_TAG: _ESCAPED_OBJECT, "items": [[key, encode_json(item)] for key, item in value.items()]}
+        return {key: encode_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [encode_json(item) for item in value]
+    return value
+
+
+def decode_json(value: Any) -> Any:
+    """What ``encode_json`` was given; a tagged object it did not write is left as it is."""
+    if isinstance(value, list):
+        return [decode_json(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    tag = value.get(JSON_TAG)
+    if len(value) == 1 and isinstance(tag, str) and tag in _NON_FINITE:
+        return _NON_FINITE[tag]
+    if tag == _ESCAPED_OBJECT and set(value) == {JSON_TAG, "items"} and isinstance(value["items"], list):
+        return {key: decode_json(item) for key, item in value["items"]}
+    return {key: decode_json(item) for key, item in value.items()}
+
+
+class PortableJSON(TypeDecorator[Any]):
+    """JSON that keeps NaN and infinities on every database: a step score of -inf or a NaN in an event payload
+    would otherwise make PostgreSQL refuse the whole trace. SQLite stores them as Python writes them."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return value if _keeps_everything(dialect) else encode_json(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        return value if _keeps_everything(dialect) else decode_json(value)
+
+
+class _NulSafe(TypeDecorator[str]):
+    """Text that may hold NUL characters on every database (a model can emit one; an error message can quote
+    one): PostgreSQL refuses them in text, so there they are stored escaped (see ``NUL_MARK``)."""
+
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is None or _keeps_everything(dialect):
+            return value
+        return escape_nul(value)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is None or _keeps_everything(dialect):
+            return value
+        return unescape_nul(value)
+
+
+class SafeText(_NulSafe):
+    """TEXT that keeps NUL characters on every database."""
+
+    impl = Text
+    cache_ok = True
+
+
+class SafeString(_NulSafe):
+    """VARCHAR(n) that keeps NUL characters on every database (ids: a NUL in one given to a query is not found)."""
+
+    impl = String
+    cache_ok = True
 
 
 def _one_of(column: str, values: tuple[str, ...]) -> CheckConstraint:
@@ -79,14 +200,14 @@ class RunRow(Base):
         Index("ix_runs_started_at", "started_at"),
     )
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    id: Mapped[str] = mapped_column(SafeString(36), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
-    name: Mapped[str | None] = mapped_column(Text)
-    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    name: Mapped[str | None] = mapped_column(SafeText)
+    config: Mapped[dict[str, Any]] = mapped_column(PortableJSON)
     status: Mapped[str] = mapped_column(String(16))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    summary: Mapped[dict[str, Any] | None] = mapped_column(PortableJSON(none_as_null=True))
 
 
 class RunLeaseRow(Base):
@@ -95,7 +216,7 @@ class RunLeaseRow(Base):
     __tablename__ = "run_leases"
 
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
-    host: Mapped[str] = mapped_column(Text)
+    host: Mapped[str] = mapped_column(SafeText)
     pid: Mapped[int] = mapped_column(Integer)
     claimed_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -108,7 +229,7 @@ class TraceOwnerRow(Base):
     __tablename__ = "trace_owners"
 
     trace_id: Mapped[str] = mapped_column(ForeignKey("traces.id", ondelete="CASCADE"), primary_key=True)
-    host: Mapped[str] = mapped_column(Text)
+    host: Mapped[str] = mapped_column(SafeText)
     pid: Mapped[int] = mapped_column(Integer)
 
 
@@ -117,12 +238,12 @@ class ProblemRow(Base):
 
     __tablename__ = "problems"
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    dataset: Mapped[str | None] = mapped_column(Text)
-    index: Mapped[int | None] = mapped_column("index", Integer)
-    question: Mapped[str] = mapped_column(Text)
-    gold: Mapped[str | None] = mapped_column(Text)
-    meta: Mapped[dict[str, Any]] = mapped_column(JSON)
+    id: Mapped[str] = mapped_column(SafeString(64), primary_key=True)
+    dataset: Mapped[str | None] = mapped_column(SafeText)
+    index: Mapped[int | None] = mapped_column("index", BigInt)
+    question: Mapped[str] = mapped_column(SafeText)
+    gold: Mapped[str | None] = mapped_column(SafeText)
+    meta: Mapped[dict[str, Any]] = mapped_column(PortableJSON)
 
 
 class TraceRow(Base):
@@ -137,20 +258,20 @@ class TraceRow(Base):
         Index("ix_traces_problem_id", "problem_id"),
     )
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    id: Mapped[str] = mapped_column(SafeString(36), primary_key=True)
     run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     problem_id: Mapped[str] = mapped_column(ForeignKey("problems.id"))
-    strategy: Mapped[str] = mapped_column(Text)
-    backend: Mapped[str] = mapped_column(Text)
-    budget: Mapped[dict[str, Any]] = mapped_column(JSON)
-    seed: Mapped[int | None] = mapped_column(Integer)
+    strategy: Mapped[str] = mapped_column(SafeText)
+    backend: Mapped[str] = mapped_column(SafeText)
+    budget: Mapped[dict[str, Any]] = mapped_column(PortableJSON)
+    seed: Mapped[int | None] = mapped_column(BigInt)
     status: Mapped[str] = mapped_column(String(16))
-    error: Mapped[str | None] = mapped_column(Text)
-    answer: Mapped[str | None] = mapped_column(Text)
-    text: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(SafeText)
+    answer: Mapped[str | None] = mapped_column(SafeText)
+    text: Mapped[str | None] = mapped_column(SafeText)
     score: Mapped[float | None] = mapped_column(Float)
-    usage: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
-    candidates: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
+    usage: Mapped[dict[str, Any] | None] = mapped_column(PortableJSON(none_as_null=True))
+    candidates: Mapped[list[dict[str, Any]] | None] = mapped_column(PortableJSON(none_as_null=True))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
@@ -165,14 +286,14 @@ class NodeRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     parent: Mapped[int | None] = mapped_column(Integer)
     depth: Mapped[int] = mapped_column(Integer)
-    text: Mapped[str] = mapped_column(Text)
-    token_count: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(SafeText)
+    token_count: Mapped[int] = mapped_column(BigInt)
     logprob: Mapped[float | None] = mapped_column(Float)
-    step_scores: Mapped[list[float]] = mapped_column(JSON)
+    step_scores: Mapped[list[float]] = mapped_column(PortableJSON)
     score: Mapped[float | None] = mapped_column(Float)
-    answer: Mapped[str | None] = mapped_column(Text)
+    answer: Mapped[str | None] = mapped_column(SafeText)
     status: Mapped[str] = mapped_column(String(16))
-    reason: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(SafeText)
 
 
 class EventRow(Base):
@@ -182,26 +303,36 @@ class EventRow(Base):
 
     trace_id: Mapped[str] = mapped_column(ForeignKey("traces.id", ondelete="CASCADE"), primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    kind: Mapped[str] = mapped_column(Text)
-    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    kind: Mapped[str] = mapped_column(SafeText)
+    payload: Mapped[dict[str, Any]] = mapped_column(PortableJSON)
     t: Mapped[float] = mapped_column(Float)
     node_id: Mapped[int | None] = mapped_column(Integer)
 
 
 __all__ = [
+    "JSON_TAG",
     "LATER_TABLES",
     "NODE_STATUSES",
+    "NUL_MARK",
     "RUN_KINDS",
     "RUN_STATUSES",
     "SCHEMA_VERSION",
     "TRACE_STATUSES",
     "Base",
+    "BigInt",
     "EventRow",
     "NodeRow",
+    "PortableJSON",
     "ProblemRow",
     "RunLeaseRow",
     "RunRow",
+    "SafeString",
+    "SafeText",
     "TraceOwnerRow",
     "TraceRow",
     "UTCDateTime",
+    "decode_json",
+    "encode_json",
+    "escape_nul",
+    "unescape_nul",
 ]

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Row, delete, func, insert, inspect, select, update
+from sqlalchemy import Connection, Engine, Row, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
@@ -29,12 +29,15 @@ from ttc.errors import ConfigError, NotFound, StorageError, TTCError
 from ttc.storage import convert
 from ttc.storage.database import (
     DEFAULT_BUSY_TIMEOUT_S,
+    ENV_VAR,
     MAX_BUSY_TIMEOUT_S,
     Location,
     check_layout,
+    lock_for_creation,
     make_engine,
     resolve_location,
     storage_error,
+    ttc_tables,
 )
 from ttc.storage.models import (
     RUN_KINDS,
@@ -87,11 +90,15 @@ def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
 
 
 def _check_id(value: object, what: str) -> None:
-    """An id as given (typed, pasted): text SQLite can take. A byte that is no character (a stray \\xff from a
-    terminal) failed in the query and read as a damaged database."""
+    """An id as given (typed, pasted): text every database can take. A byte that is no character (a stray \\xff
+    from a terminal) failed in the query and read as a damaged database; a NUL, which no id holds, is refused by
+    PostgreSQL's query itself."""
     if not isinstance(value, str):
         raise ConfigError(f"a {what} id is a string, got {type(value).__name__}")
     check_unicode(value, f"the {what} id {value!r}")
+    if "\x00" in value:
+        raise NotFound(f"no {what} has the id {value!r}: ids never contain a NUL character; copy the id as "
+                       "`ttc traces list` or `ttc traces runs` shows it")
 
 
 def _check_limit(limit: int | None, *, unlimited: bool = False) -> None:
@@ -204,25 +211,35 @@ class TraceStore:
         self.close()
 
     def _open_schema(self, connection: Connection) -> None:
-        """Create missing tables and prove the database is writable now, not at the first trace."""
-        if not self._location.is_sqlite:
-            check_layout(connection, self._location, partial=True)
-            Base.metadata.create_all(connection)
-            _fail_orphans(connection)
-            return
-        version = self._schema_version(connection)
-        if version == 0:  # never opened by ttc, which stamps user_version in the transaction creating its tables
-            clashing = sorted(set(inspect(connection).get_table_names()) & set(Base.metadata.tables))
-            if clashing:
-                raise StorageError(
-                    f"{self._location.describe()} is an SQLite database but not a ttc trace store: it already "
-                    f"has tables ttc did not create ({', '.join(clashing)}); set TTC_DB to another file"
-                )
-        else:
-            check_layout(connection, self._location)  # before create_all, which would refill a dropped table
+        """Create missing tables and prove the database is writable now, not at the first trace.
+
+        One rule on every database: all tables are created in a fresh one, and in a store only the
+        ``LATER_TABLES`` may be added; any other missing table is refused, since create_all would refill a
+        dropped table, empty, and its done traces would read as complete.
+        """
+        lock_for_creation(connection)
+        if not self._is_fresh(connection):
+            check_layout(connection, self._location)
         Base.metadata.create_all(connection)
-        connection.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if self._location.is_sqlite:
+            connection.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
         _fail_orphans(connection)
+
+    def _is_fresh(self, connection: Connection) -> bool:
+        """Whether ttc has not created its store in this database yet. SQLite stamps ``user_version`` in the
+        transaction that creates the tables, so a file still at 0 is fresh (and must not hold tables named like
+        ttc's: it is another program's); a server database is fresh while it holds none of ttc's tables."""
+        if not self._location.is_sqlite:
+            return not ttc_tables(connection)
+        if self._schema_version(connection) != 0:
+            return False
+        clashing = sorted(ttc_tables(connection))
+        if clashing:
+            raise StorageError(
+                f"{self._location.describe()} is an SQLite database but not a ttc trace store: it already "
+                f"has tables ttc did not create ({', '.join(clashing)}); set {ENV_VAR} to another file"
+            )
+        return True
 
     def _check_schema(self, session: Session) -> None:
         """A reader's check of what the writer would create: the store must be ttc's, whole, and not newer."""
@@ -230,6 +247,9 @@ class TraceStore:
         if self._location.is_sqlite and self._schema_version(connection) == 0:
             raise StorageError(f"{self._location.describe()} holds no ttc traces (it is an SQLite database ttc never "
                                "wrote to): check the path, or TTC_DB")
+        if not self._location.is_sqlite and not ttc_tables(connection):
+            raise StorageError(f"there is no trace store in the database {self._location.describe()} yet: a first "
+                               f"solve or eval creates it; check the URL (or {ENV_VAR})")
         check_layout(connection, self._location)
 
     def _schema_version(self, connection: Connection) -> int:
@@ -299,7 +319,10 @@ class TraceStore:
         """
         host, pid = socket.gethostname(), os.getpid()
 
-        def work(connection: Connection) -> None:  # one BEGIN IMMEDIATE: no second claimant reads in between
+        def work(connection: Connection) -> None:
+            # No second claimant may read the lease in between: SQLite's BEGIN IMMEDIATE already excludes it, and on
+            # a server the run's row lock makes it wait until this claim commits, then read this lease.
+            connection.execute(select(RunRow.id).where(RunRow.id == run_id).with_for_update())
             held = connection.execute(select(RunLeaseRow).where(RunLeaseRow.run_id == run_id)).first()
             if held is not None and held.host == host and held.pid != pid and _process_alive(held.pid):
                 raise ConfigError(
@@ -556,15 +579,17 @@ class TraceStore:
 
     def _find(self, session: Session, row: type[RowT], given: str, what: str, listing: str) -> RowT:
         """The row with id ``given``, or the one whose id starts with it (at least ``MIN_PREFIX`` characters, as
-        tables show ids); NotFound says whether none or several matched."""
+        tables show ids); NotFound says whether none or several matched. Ids are lowercase hex (UUIDs), so case is
+        ignored: SQLite's LIKE ignores it and PostgreSQL's does not, and an id typed in capitals names the same."""
         _check_id(given, what)
-        found = session.get(row, given)
+        wanted = given.lower()
+        found = session.get(row, wanted)
         if found is not None:
             return found
         where = self._location.describe()
-        if len(given) >= MIN_PREFIX:
+        if len(wanted) >= MIN_PREFIX:
             key = row.id
-            matches = session.scalars(select(row).where(key.startswith(given, autoescape=True)).limit(2)).all()
+            matches = session.scalars(select(row).where(key.startswith(wanted, autoescape=True)).limit(2)).all()
             if len(matches) == 1:
                 return matches[0]
             if len(matches) > 1:
