@@ -160,11 +160,37 @@ def test_a_server_s_data_error_is_rejected_data_and_its_lock_timeout_a_lock() ->
 
 
 def test_a_server_waits_for_a_lock_as_long_as_the_busy_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Its lock_timeout goes after the URL's own options; 0 would mean "wait forever" there, so it is 1 ms."""
+    """Each connection sets lock_timeout by SQL (any driver takes it), 1 ms at least since 0 waits forever there,
+    and reads committed data, which the creation and claim locks rely on."""
+    import sqlalchemy
+
     seen: list[dict[str, object]] = []
-    monkeypatch.setattr("ttc.storage.database.create_engine",
-                        lambda url, **options: seen.append(options.get("connect_args", {})))
-    location = Location(make_url("postgresql+psycopg://u@localhost/db?options=-csearch_path%3Dttc"), None)
-    make_engine(location, busy_timeout_s=2.5, writer=True)
-    make_engine(PG_LOCATION, busy_timeout_s=0, writer=False)
-    assert seen == [{"options": "-csearch_path=ttc -c lock_timeout=2500"}, {"options": "-c lock_timeout=1"}]
+
+    def create(url: object, **options: object) -> sqlalchemy.Engine:
+        seen.append(options)
+        return sqlalchemy.create_engine("sqlite://")
+
+    executed: list[str] = []
+
+    class Cursor:
+        def execute(self, sql: str) -> None:
+            executed.append(sql)
+
+        def close(self) -> None:
+            pass
+
+    class Connection:
+        def cursor(self) -> Cursor:
+            return Cursor()
+
+        def commit(self) -> None:
+            executed.append("COMMIT")
+
+    monkeypatch.setattr("ttc.storage.database.create_engine", create)
+    for timeout in (2.5, 0):
+        engine = make_engine(PG_LOCATION, busy_timeout_s=timeout, writer=True)
+        [set_timeout] = [listener for listener in engine.pool.dispatch.connect
+                         if getattr(listener, "__name__", "") == "_lock_timeout"]  # not the stand-in sqlite's own
+        set_timeout(Connection(), None)
+    assert executed == ["SET lock_timeout = 2500", "COMMIT", "SET lock_timeout = 1", "COMMIT"]
+    assert [options["isolation_level"] for options in seen] == ["READ COMMITTED"] * 2

@@ -39,8 +39,10 @@ def _conninfo(url: str) -> str:
 
 
 @pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A new, empty database on the server of TTC_TEST_PG_URL; its URL."""
+def pg_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A new, empty database on the server of TTC_TEST_PG_URL; its URL. Stores (and worker processes started
+    after this fixture) wait up to a minute for a lock, longer than a test waits for them to queue on it."""
+    monkeypatch.setenv("TTC_DB_BUSY_TIMEOUT_S", "60")
     given = os.environ[URL_VAR]
     name = f"ttc_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(_conninfo(given), autocommit=True) as admin:

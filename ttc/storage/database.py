@@ -147,7 +147,7 @@ def make_engine(location: Location, *, busy_timeout_s: float, writer: bool, own_
     ``read_only`` opens an SQLite file with ``mode=ro``, so that a reader can neither create nor change it.
     """
     if not location.is_sqlite:
-        return _create(location, pool_pre_ping=True, connect_args=_server_connect_args(location, busy_timeout_s))
+        return _server_engine(location, busy_timeout_s)
     if read_only and location.path is None:  # an SQLite URI: a reader opens it read-only too, creating nothing
         location = Location(location.url.update_query_dict({"mode": "ro"}), None)
     connect_args: dict[str, Any] = {"timeout": busy_timeout_s, "check_same_thread": False}
@@ -186,15 +186,27 @@ def make_engine(location: Location, *, busy_timeout_s: float, writer: bool, own_
     return engine
 
 
-def _server_connect_args(location: Location, busy_timeout_s: float) -> dict[str, Any]:
-    """PostgreSQL's ``lock_timeout`` set to the busy timeout, after any ``options`` the URL already gives. Its 0
-    means "wait forever", the opposite of SQLite's, so the shortest wait is 1 ms."""
+def _server_engine(location: Location, busy_timeout_s: float) -> Engine:
+    """An engine for a server database. On PostgreSQL every connection waits for a lock at most the busy timeout
+    (``lock_timeout``, set by SQL so that any driver takes it; its 0 means "wait forever", the opposite of SQLite's,
+    so the shortest wait is 1 ms), and transactions read committed data: the creation lock and ``claim_run``'s row
+    lock rely on a statement seeing what the transaction it waited for committed, which a server defaulting to
+    REPEATABLE READ would hide."""
     if location.url.get_backend_name() != "postgresql":
-        return {}
-    given = location.url.query.get("options")
-    lock_timeout = f"-c lock_timeout={max(1, int(busy_timeout_s * 1000))}"
-    options = [given] if isinstance(given, str) else list(given or ())
-    return {"options": " ".join([*options, lock_timeout])}
+        return _create(location, pool_pre_ping=True)
+    engine = _create(location, pool_pre_ping=True, isolation_level="READ COMMITTED")
+    lock_ms = max(1, int(busy_timeout_s * 1000))
+
+    @event.listens_for(engine, "connect")
+    def _lock_timeout(dbapi_connection: Any, _record: object) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"SET lock_timeout = {lock_ms}")
+        finally:
+            cursor.close()
+        dbapi_connection.commit()  # a SET in a driver's implicit transaction would be undone by its rollback
+
+    return engine
 
 
 def lock_for_creation(connection: Connection) -> None:
@@ -284,8 +296,8 @@ def storage_error(
             _sqlstate(exc) == LOCK_NOT_AVAILABLE:
         return StorageError(
             f"the trace database {where} is locked: another connection held it for more than "
-            f"{busy_timeout_s:g}s while {doing}. Stop the other program (or stuck ttc process) using it, "
-            f"or set {ENV_VAR} to a different file"
+            f"{busy_timeout_s:g}s while {doing}. Stop the other program (or stuck ttc process) using it, wait "
+            f"longer (TTC_DB_BUSY_TIMEOUT_S), or set {ENV_VAR} to another store"
         )
     if code.startswith("SQLITE_READONLY") or "readonly database" in lowered:
         return StorageError(

@@ -91,8 +91,8 @@ def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
 
 def _check_id(value: object, what: str) -> None:
     """An id as given (typed, pasted): text every database can take. A byte that is no character (a stray \\xff
-    from a terminal) failed in the query and read as a damaged database; a NUL, which no id holds, is refused by
-    PostgreSQL's query itself."""
+    from a terminal) failed in the query and read as a damaged database; a NUL, which no id holds, is named as
+    such rather than searched for."""
     if not isinstance(value, str):
         raise ConfigError(f"a {what} id is a string, got {type(value).__name__}")
     check_unicode(value, f"the {what} id {value!r}")
