@@ -140,26 +140,24 @@ def model_folder(text: str) -> Path:
 def run_or_exit(parser: argparse.ArgumentParser, main: Callable[[], T]) -> T:
     """``main()``, where a ttc error (a setting the models or the library refuse) ends the script as a usage error
     that says what to change, not a traceback."""
-    try:
-        return main()
-    except (TTCError, BaseExceptionGroup) as exc:
-        error = _ttc_error(exc)
-        if error is None:
-            raise
-        _usage_exit(parser.prog, error)
+    return _usage_errors(main, parser.prog)
 
 
 def run_script(entry: Callable[[], T]) -> T:
     """``entry()`` for a script's ``__main__``, where the parser may live inside ``entry``: a ttc error ends the
     script as the usage error argparse would print (the script's name, "error:", exit code 2), not a traceback.
     The scripts check what they can while parsing; this covers a setting the library refuses later."""
+    return _usage_errors(entry, Path(sys.argv[0]).name)
+
+
+def _usage_errors(entry: Callable[[], T], prog: str) -> T:
     try:
         return entry()
     except (TTCError, BaseExceptionGroup) as exc:
         error = _ttc_error(exc)
         if error is None:
             raise
-        _usage_exit(Path(sys.argv[0]).name, error)
+        _usage_exit(prog, error)
 
 
 def _ttc_error(exc: BaseException) -> TTCError | None:
