@@ -126,5 +126,13 @@ def test_parallel_thinking_with_a_synthesizer_served_by_vllm(vllm_url: str, tmp_
 
         prompt, expected = asyncio.run(served_greedily(render_synthesis(QUESTION, paths * 2, SYNTHESIS_TEMPLATE,
                                                                         PATH_TEMPLATE)))
-        assert record.status == "done" and result.text == expected.strip()
-        assert len(target.calls) == 1 and synthesis["prompt_tokens"] == len(prompt)
+        assert record.status == "done" and len(target.calls) == 1 and synthesis["prompt_tokens"] == len(prompt)
+        # The synthesis prompt is the second root; its child is what the server wrote.
+        prompt_node = [n for n in record.nodes if n.parent is None][1]
+        [written] = [n for n in record.nodes if n.parent == prompt_node.id]
+        assert written.text.strip() == expected.strip()
+        fallback = [e.payload for e in record.events if e.kind == "fallback"]
+        if written.answer is None:  # a tiny random model states none: the paths' vote answers, and says why
+            assert fallback == [{"to": "vote", "reason": "synthesis_unanswered"}] and result.answer in ("41", "42")
+        else:
+            assert fallback == [] and result.text == expected.strip()
