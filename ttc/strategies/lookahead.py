@@ -29,7 +29,7 @@ from ttc.errors import ConfigError
 from ttc.strategies.base import Context, Strategy, StrategyOptions, StrategyResult, register
 from ttc.strategies.tree import ends_solution
 from ttc.types import Candidate, Completion, Problem, Sampling
-from ttc.verifiers.answer import extract_answer, extract_cut_answer, extract_stated_answer
+from ttc.verifiers.answer import stopped_answer
 
 NO_DRAFT = ("the lookahead strategy needs a draft model: pass draft=<Backend> to solve, or set TTC_DRAFT_MODEL to "
             "a model folder with the target's tokenizer (the embedded default brings the mini draft)")
@@ -226,8 +226,7 @@ class Lookahead(Strategy[LookaheadOptions]):
     def _result(self, ctx: Context, chain: Chain, tally: Tally, prompt: tuple[int, ...]) -> StrategyResult:
         text = "".join(step.text for step in chain.steps)
         # Stopped mid-line, by max_depth or by the budget: only an answer the chain states counts.
-        answer = extract_cut_answer(text) if chain.cut else extract_answer(text) if chain.ended else \
-            extract_stated_answer(text)
+        answer = stopped_answer(text, cut=chain.cut, ended=chain.ended)
         if chain.steps:
             ctx.recorder.update(chain.node, status="selected", answer=answer)
         ctx.recorder.event("lookahead_summary", {

@@ -13,7 +13,7 @@ from ttc.budget import Meter
 from ttc.errors import ConfigError
 from ttc.strategies.base import TEMPERATURE, TOP_P, Context, StrategyOptions
 from ttc.types import Candidate, Completion, Sampling
-from ttc.verifiers.answer import extract_answer, extract_cut_answer, normalize_answer
+from ttc.verifiers.answer import normalize_answer, stopped_answer
 from ttc.verifiers.arithmetic import computes_right
 from ttc.verifiers.base import score_outcome_costed
 from ttc.verifiers.operands import operands_sourced
@@ -52,9 +52,8 @@ def record(ctx: Context, root: int, completions: Sequence[Completion]) -> list[C
     """Add each completion as a finished child of ``root`` and return it as an unscored candidate."""
     out = []
     for c in completions:
-        # A sample cut off by its token limit has no final line: its last number is an intermediate value, and an
-        # answer the cut ended on may be the start of a longer one.
-        answer = extract_cut_answer(c.text) if c.finish_reason == "length" else extract_answer(c.text)
+        # A sample cut off by its token limit has no final line: its last number is an intermediate value.
+        answer = stopped_answer(c.text, cut=c.finish_reason == "length", ended=True)
         node = ctx.recorder.add_node(parent=root, text=c.text, token_count=len(c.token_ids), status="finished",
                                      logprob=c.cumulative_logprob, answer=answer)
         out.append(Candidate(text=c.text, answer=answer, score=None, token_count=len(c.token_ids), node_id=node))

@@ -44,7 +44,7 @@ from ttc.strategies.base import (
 )
 from ttc.strategies.sampling import choose, mark_selected
 from ttc.types import Candidate, Completion, Problem, Sampling
-from ttc.verifiers.answer import extract_answer, extract_cut_answer, extract_stated_answer
+from ttc.verifiers.answer import extract_stated_answer, stopped_answer
 from ttc.verifiers.base import Aggregation, ProcessVerifier, aggregate, score_steps_costed
 
 TreeSelection = Literal["score", "weighted_vote"]
@@ -339,12 +339,8 @@ class SearchTree:
             self.ctx.recorder.update(node.id, step_scores=node.step_scores, score=node.score)
 
     async def _finish(self, node: StepNode) -> None:
-        # A path whose last step ran out of tokens stops mid-line, and one stopped by max_depth before it ended
-        # stops mid-solution: only an answer it states counts, not the intermediate value it stopped on (nor, cut,
-        # a number the cut may have shortened).
-        text = node.solution()
-        node.answer = extract_cut_answer(text) if node.cut else extract_answer(text) if node.ended else \
-            extract_stated_answer(text)
+        # A path whose last step ran out of tokens stops mid-line, and one stopped by max_depth mid-solution.
+        node.answer = stopped_answer(node.solution(), cut=node.cut, ended=node.ended)
         self.finished.append(node)
         self.ctx.recorder.update(node.id, status="finished", answer=node.answer)
         await self._release(node)

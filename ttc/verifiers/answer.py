@@ -211,6 +211,15 @@ def extract_cut_answer(text: str) -> str | None:
     return answer if answer is not None and extract_stated_answer(text + "0") == answer else None
 
 
+def stopped_answer(text: str, *, cut: bool, ended: bool) -> str | None:
+    """The answer of a solution by how it stopped: cut by a token limit, only an answer the cut cannot have
+    shortened (:func:`extract_cut_answer`); stopped before it ended (a depth or budget limit between steps), only an
+    answer it states, not the intermediate value it stopped on; ended, its final answer (:func:`extract_answer`)."""
+    if cut:
+        return extract_cut_answer(text)
+    return extract_answer(text) if ended else extract_stated_answer(text)
+
+
 def _says_nothing(answer: str) -> bool:
     first = _FIRST_WORD.match(answer)
     return first is not None and first.group(0).lower() in _NOT_AN_ANSWER
@@ -606,4 +615,5 @@ __all__ = [
     "grade_result",
     "normalize_answer",
     "shutdown_grader",
+    "stopped_answer",
 ]

@@ -8,11 +8,12 @@ cheap to re-read; ``StepScores.scored_tokens`` counts only what had not been sco
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import ClassVar, Protocol, runtime_checkable
 
 from ttc.backends.base import Backend
@@ -127,16 +128,19 @@ class CachedPRM(ABC):
     async def _logprobs(self, ids: Sequence[int], top_k: int) -> PromptLogprobs:
         """The prompt logprobs of a scoring prompt; one the PRM cannot read (longer than its context, with the
         step tags the policy never wrote) is the verifier's failure, named as such, not a prompt to shorten."""
-        try:
+        with self._readable(ids):
             return await self.backend.prompt_logprobs(ids, top_k=top_k)
-        except (ConfigError, ContextLengthError) as exc:  # the local engine's refusal, and a server's
-            raise self._unreadable(ids, exc) from exc
 
-    def _unreadable(self, ids: Sequence[int], exc: Exception) -> VerifierError:
-        """The refusal of a scoring prompt as this verifier's failure: the prompt is the PRM's, not the caller's."""
-        return VerifierError(f"PRM preset {self.preset.name!r} on {self.backend.name} cannot score this "
-                             f"solution ({len(ids)} tokens with its question and step markers): {exc}; use a PRM "
-                             "with a longer context, or shorter solutions (max_tokens)")
+    @contextlib.contextmanager
+    def _readable(self, ids: Sequence[int]) -> Iterator[None]:
+        """A refusal of the scoring prompt ``ids`` (the local engine's ConfigError, a server's ContextLengthError)
+        as this verifier's failure: the prompt is the PRM's, not the caller's."""
+        try:
+            yield
+        except (ConfigError, ContextLengthError) as exc:
+            raise VerifierError(f"PRM preset {self.preset.name!r} on {self.backend.name} cannot score this "
+                                f"solution ({len(ids)} tokens with its question and step markers): {exc}; use a PRM "
+                                "with a longer context, or shorter solutions (max_tokens)") from exc
 
     @abstractmethod
     async def _score(self, question: str, steps: Sequence[str], cached: Sequence[float]) -> tuple[list[float], int]:
@@ -240,10 +244,8 @@ class PoolingPRM(CachedPRM):
             messages.insert(0, {"role": "system", "content": p.system})
         ids = await backend.tokenize_chat(messages, add_generation_prompt=False)
         where = [i for i, t in enumerate(ids) if t == sep]
-        try:
+        with self._readable(ids):
             rows = await backend.pool(ids)
-        except (ConfigError, ContextLengthError) as exc:
-            raise self._unreadable(ids, exc) from exc
         picked = rows if len(rows) == len(where) else [rows[i] for i in where] if len(rows) == len(ids) else None
         if picked is None or len(picked) != len(steps):
             raise VerifierError(f"pooling PRM returned {len(rows)} rows for {len(ids)} tokens and {len(steps)} steps")
