@@ -124,12 +124,12 @@ class Sampling:
         # server as an error that names neither the field nor the fix.
         if not is_int(self.max_tokens) or self.max_tokens < 1:
             raise ConfigError(f"Sampling.max_tokens must be an int >= 1, got {self.max_tokens!r}")
-        if not is_number(self.temperature) or not 0 <= self.temperature < math.inf:
+        if not is_finite_number(self.temperature) or self.temperature < 0:
             raise ConfigError(f"Sampling.temperature must be a finite number >= 0, got {self.temperature!r}")
         if 0 < self.temperature < MIN_TEMPERATURE:
             raise ConfigError(f"Sampling.temperature {self.temperature!r} is too small to scale logits by (below "
                               f"{MIN_TEMPERATURE:g} they overflow to infinity): use 0 for greedy decoding")
-        if not is_number(self.top_p) or not 0 < self.top_p <= 1:
+        if not is_finite_number(self.top_p) or not 0 < self.top_p <= 1:
             raise ConfigError(f"Sampling.top_p must be in (0, 1], got {self.top_p!r}")
         if isinstance(self.stop, str) or not isinstance(self.stop, tuple | list) or not all(
             isinstance(s, str) and s for s in self.stop
@@ -165,6 +165,17 @@ def is_int(value: object) -> TypeGuard[int]:
 def is_number(value: object) -> TypeGuard[int | float]:
     """An int or a float and not a bool (a string such as ``"5"`` is not one either)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def is_finite_number(value: object) -> TypeGuard[int | float]:
+    """A number that reads as a finite float: an int past float range is not one, since the engine samples with
+    (and httpx times out after) the float it stands for, and converting it there would fail far from the caller."""
+    if not is_number(value):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 @dataclass(frozen=True)

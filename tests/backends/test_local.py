@@ -326,6 +326,9 @@ async def test_invalid_requests_raise_config_errors(backend: LocalBackend) -> No
         await backend.prompt_logprobs([5, 2.5])  # type: ignore[list-item]
     with pytest.raises(ConfigError, match="sequence of token ids"):
         await backend.release(None)  # type: ignore[arg-type]
+    for huge in ({"temperature": 10**400}, {"top_p": 10**400}):  # past float range: the sampler overflowed
+        with pytest.raises(ConfigError, match=next(iter(huge))):
+            Sampling(**huge)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"sampling must be a ttc.types.Sampling, got dict"):
         await backend.complete([5], 1, {"max_tokens": 5})  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="tokenize takes text"):

@@ -547,7 +547,7 @@ def test_invalid_settings_are_config_errors() -> None:
         VLLMBackend("http://a", retries=-1)
     for options in ({"retries": 1.5}, {"timeout": None}, {"timeout": 0}, {"max_concurrency": None},
                     {"backoff_s": float("inf")}, {"cache_size": 0}, {"block_tokens": True},
-                    {"spill_in_flight": 0}, {"min_cached": -0.1}):
+                    {"spill_in_flight": 0}, {"min_cached": -0.1}, {"timeout": 10**400}):
         with pytest.raises(ConfigError, match=next(iter(options))):
             VLLMBackend("http://a", **options)  # type: ignore[arg-type]
 

@@ -98,3 +98,26 @@ def test_a_fork_that_fails_after_its_first_branch_leaves_nothing_held(checkpoint
     engine.tree.check()
     assert engine.tree.live_tokens == 0 and engine.active_branches == 0
     assert not any(block.open for block in engine.tree.blocks.values())
+
+
+def test_a_request_whose_first_sample_fails_leaves_nothing_held(checkpoint: Path, monkeypatch: Any) -> None:
+    """Sampling the first tokens can fail after every branch has forked (both ways of drawing them): the
+    request fails whole and gives its prompt's KV back, or it stays held for the engine's life."""
+    import ttc.engine.engine as engine_module
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("sampler refused")
+
+    monkeypatch.setattr(engine_module, "sample", refuse)
+    monkeypatch.setattr(engine_module, "select", refuse)
+    engine = _engine(checkpoint)
+    for distinct in (False, True):
+        errors: list[Exception] = []
+        request = GenerationRequest((1, 5, 9, 13), 3, Sampling(max_tokens=4, temperature=1.0, seed=1,
+                                                                distinct=distinct), reply=lambda result: None)
+        engine.start_all([request], lambda _, error: errors.append(error))  # noqa: B023 (called at once)
+        assert [str(e) for e in errors] == ["sampler refused"], distinct
+        engine.tree.clear_cache()
+        engine.tree.check()
+        assert engine.tree.live_tokens == 0 and engine.active_branches == 0, distinct
+        assert engine.counters.calls == 0

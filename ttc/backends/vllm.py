@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,7 +52,7 @@ from ttc.backends.vllm_protocol import (
     prompt_logprobs_payload,
 )
 from ttc.errors import BackendError, ConfigError, ContextLengthError
-from ttc.types import Completion, PromptLogprobs, Sampling, is_int, is_number
+from ttc.types import Completion, PromptLogprobs, Sampling, is_finite_number, is_int
 
 # Failures that mean "this replica is not there": bench it and fail over.
 _UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout)
@@ -131,7 +130,7 @@ class VLLMBackend:
                 raise ConfigError(f"{name} must be an int >= {least}, got {count!r}")
         for name, seconds, positive in (("timeout", timeout, True), ("cooldown_s", cooldown_s, False),
                                         ("backoff_s", backoff_s, False)):
-            if not is_number(seconds) or not 0 <= seconds < math.inf or (positive and seconds == 0):
+            if not is_finite_number(seconds) or seconds < 0 or (positive and seconds == 0):
                 bound = "> 0" if positive else ">= 0"
                 raise ConfigError(f"{name} must be a finite number of seconds {bound}, got {seconds!r}")
         self.urls = tuple(_normalise_url(u) for u in urls)

@@ -292,27 +292,28 @@ class Engine:
     def _launch(self, request: GenerationRequest, end: KVBlock, logits: Tensor, cached: int) -> None:
         """Fork ``request``'s branches under its prompt's block ``end`` and sample their first tokens."""
         running = _Running(request, cached=cached)
+        seed = request.sampling.seed if request.sampling.seed is not None else self._rng.getrandbits(63)
+        # Running from its first fork, so that a failure anywhere below gives back whatever its branches hold
+        # (blocks, or holds of branches already finished): a request the caller never hears of again must not
+        # keep its prompt's KV alive for the engine's life.
+        self._running.append(running)
+        try:
+            for index in range(1 if request.sampling.distinct else request.n):
+                running.branches.append(self._fork(running, index, end, seed))
+            if request.sampling.distinct:
+                running.generator = make_generator(branch_seed(seed, -1), self.model.device)
+                self._grow(running, running.branches, logits.reshape(1, -1))
+            else:
+                tokens, logprobs = sample(logits.expand(request.n, -1), [b.settings for b in running.branches])
+                for branch, token, logprob in zip(running.branches, tokens, logprobs, strict=True):
+                    self._accept(branch, token, logprob)
+        except Exception:
+            self._abandon(running)
+            raise
         with self._stats_lock:
             self.counters.calls += 1
             self.counters.prompt_tokens += len(request.prompt)
             self.counters.cached_prompt_tokens += cached
-        seed = request.sampling.seed if request.sampling.seed is not None else self._rng.getrandbits(63)
-        try:
-            for index in range(1 if request.sampling.distinct else request.n):
-                running.branches.append(self._fork(running, index, end, seed))
-        except Exception:
-            for branch in running.branches:  # the request fails whole: give back what its branches hold
-                self.tree.release(self.tree.seal(branch.block))
-            raise
-        if request.sampling.distinct:
-            running.generator = make_generator(branch_seed(seed, -1), self.model.device)
-            self._grow(running, running.branches, logits.reshape(1, -1))
-            self._running.append(running)
-            return
-        tokens, logprobs = sample(logits.expand(request.n, -1), [b.settings for b in running.branches])
-        self._running.append(running)
-        for branch, token, logprob in zip(running.branches, tokens, logprobs, strict=True):
-            self._accept(branch, token, logprob)
 
     def _grow(self, running: _Running, live: Sequence[_Branch], logits: Tensor) -> None:
         """One step of a distinct request's beam: keep its best finished branches and children of ``live``
