@@ -74,6 +74,7 @@ def plan_runner(strategy: str, budget: Budget, session: Session,
         raise ConfigError(NO_PROCESS_VERIFIER)  # here, before a question's trace opens to fail on it
     if isinstance(runner.options, SampledOptions):  # the same for a choice by score with no verifier
         check_selection(runner.options.select, has_verifier=setup.verifier is not None)
+    runner.check_setup(setup.backend)
     # The trace records the options as they were read (numpy's float32(0.5) as 0.5), which the store can write:
     # the caller's own objects failed the trace's write after the whole question had been solved.
     return name, runner.options.model_dump(mode="json", include=set(opts)), runner

@@ -162,3 +162,20 @@ def test_a_solve_stopped_by_its_time_limit_is_not_called_optimal(monkeypatch: py
     # The fallback keeps s1 alone: 0.5 - 0.12 * (1 + 2) = 0.14 beats the incumbent's -0.06.
     assert solution.kept == (1,) and solution.objective == pytest.approx(0.14)
     assert solution.status == "fallback"
+
+
+def test_the_fallback_counts_a_leafs_path_and_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no solution from HiGHS, the single leaf kept is the best by the program's own objective: the cousin's
+    own cost is lowest, but its dear ancestor makes it the worst single leaf to keep."""
+    import scipy.optimize
+    from scipy.optimize import OptimizeResult
+
+    def unknown(cost: object, **kwargs: object) -> OptimizeResult:
+        return OptimizeResult(x=None, status=4, success=False, message="model_status is Unknown")
+
+    monkeypatch.setattr(scipy.optimize, "milp", unknown)
+    leaves = (Leaf(1, 0.3, 2.0, (P,), 0), Leaf(2, 0.3, 1.0, (Q,), 1))
+    solution = solve_retention(RetentionProblem(leaves=leaves, ancestor_cost={P: 1.0, Q: 5.0}, lambda_kv=0.1))
+    # Leaf 1: 0.3 - 0.1 * (2 + 1) + 1 = 1.0; leaf 2: 0.3 - 0.1 * (1 + 5) + 1 = 0.7.
+    assert solution.status == "fallback"
+    assert solution.kept == (1,) and solution.objective == pytest.approx(1.0)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from tree_doubles import HashPRM, TablePRM, prefix_of, random_responder, round_events, run_search, tree_responder
 
+import ttc
 from ttc.errors import ConfigError
+from ttc.storage import TraceStore
 from ttc.strategies.base import make_strategy
 from ttc.strategies.ets import EtsOptions
 from ttc.testing import ScriptedBackend
@@ -146,6 +149,24 @@ async def test_a_missing_embedding_model_fails_before_spending() -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         await run_search("ets", {"embedder": "/nonexistent/embedding-model"}, backend, HashPRM())
     assert backend.calls == []
+
+
+def test_a_missing_embedding_model_fails_before_any_trace_opens(tmp_path: Path) -> None:
+    """A batch failed once, before its questions' traces opened (each was left ``failed`` with the error)."""
+    db = tmp_path / "traces.db"
+    for name in ("/nonexistent/embedding-model", "backend"):  # no folder; a backend that cannot embed
+        with pytest.raises(ConfigError, match=r"does not exist|cannot embed"):
+            ttc.solve_batch(["1 + 2?", "2 + 3?"], 256, strategy="ets", embedder=name, store=str(db),
+                            backend=ScriptedBackend(random_responder), verifier=HashPRM(), concurrency=2)
+        assert TraceStore(str(db)).list_traces() == []
+
+
+def test_weights_past_the_programs_range_are_refused() -> None:
+    """Past about 1e20 HiGHS reads the costs as infinite and ETS quietly kept a fallback leaf every round."""
+    for name in ("lambda_kv", "lambda_coverage"):
+        with pytest.raises(ConfigError, match=name):
+            make_strategy("ets", {name: 1e21})
+    assert make_strategy("ets", {"lambda_kv": 1e6}).options.lambda_kv == 1e6  # type: ignore[attr-defined]
 
 
 def test_options_are_registered_and_checked() -> None:

@@ -142,6 +142,10 @@ class Strategy(ABC, Generic[OptionsT]):
     def __init__(self, options: OptionsT) -> None:
         self.options = options
 
+    def check_setup(self, backend: Backend) -> None:
+        """Refuse what this strategy cannot run with on ``backend`` (its options were checked when it was made):
+        called before any question's trace opens, so a setup error fails once, not as one failed trace each."""
+
     @abstractmethod
     async def run(self, problem: Problem, meter: Meter, ctx: Context) -> StrategyResult:
         """Spend at most ``meter.budget`` on ``problem``; record every node in ``ctx.recorder``."""

@@ -19,6 +19,7 @@ from dataclasses import replace
 import anyio.to_thread
 from pydantic import Field
 
+from ttc.backends.base import Backend
 from ttc.budget import Meter
 from ttc.strategies.base import Context, StrategyResult, register
 from ttc.strategies.embed import cluster, default_threshold, embed_steps, resolve_embedder
@@ -27,10 +28,18 @@ from ttc.strategies.rebase import RebaseBase, RebaseOptions, Retained
 from ttc.strategies.tree import SearchTree, StepNode
 from ttc.types import Problem
 
+MAX_LAMBDA = 1e6
+"""The largest weight ETS takes; the paper's are of order 1."""
+
 
 class EtsOptions(RebaseOptions):
-    lambda_kv: float = Field(1.0, ge=0.0, description="weight of the KV cost of kept nodes (the paper's lambda_b)")
-    lambda_coverage: float = Field(1.0, ge=0.0, description="weight of semantic coverage (the paper's lambda_s)")
+    # Both weights are scale-free (values sum to 1, costs are shares of the tree), so 1e6 is a generous bound:
+    # near 1e16 one term swamps the others to float precision, and past about 1e20 HiGHS reads the costs as
+    # infinite and returns no solution.
+    lambda_kv: float = Field(1.0, ge=0.0, le=MAX_LAMBDA,
+                             description="weight of the KV cost of kept nodes (the paper's lambda_b)")
+    lambda_coverage: float = Field(1.0, ge=0.0, le=MAX_LAMBDA,
+                                   description="weight of semantic coverage (the paper's lambda_s)")
     cluster_threshold: float | None = Field(
         None, gt=0.0, le=2.0,
         description="cosine distance that separates clusters (default: the embedder's own, see embed.py)")
@@ -44,8 +53,11 @@ class Ets(RebaseBase[EtsOptions]):
     name = "ets"
     Options = EtsOptions
 
+    def check_setup(self, backend: Backend) -> None:
+        resolve_embedder(self.options.embedder, backend)  # a folder holding no model, a backend that cannot embed
+
     async def run(self, problem: Problem, meter: Meter, ctx: Context) -> StrategyResult:
-        resolve_embedder(self.options.embedder, ctx.backend)  # a bad embedder fails before any tokens are spent
+        self.check_setup(ctx.backend)  # run alone (not through solve), it still fails before any tokens are spent
         return await super().run(problem, meter, ctx)
 
     async def retain(self, tree: SearchTree, frontier: list[StepNode], owed: int) -> Retained:

@@ -61,7 +61,7 @@ class Retention:
 
     ``status`` is ``"optimal"``, ``"time_limit"`` when HiGHS stopped at its time limit and its unproven
     incumbent is kept, or ``"fallback"`` when HiGHS returned no solution in time (or only one worse than this)
-    and the single best-valued leaf was kept instead.
+    and the single leaf with the best objective (its path's KV and its cluster counted) was kept instead.
     """
 
     kept: tuple[int, ...]
@@ -127,8 +127,9 @@ def solve_retention(problem: RetentionProblem, *, time_limit_s: float = 10.0) ->
             matrix[r, col] = coef
     result = milp(cost, constraints=LinearConstraint(matrix.tocsr(), lower, upper), bounds=Bounds(0, 1),
                   integrality=np.ones(n + m + k), options={"mip_rel_gap": 0.0, "time_limit": time_limit_s})
-    best = max(range(n), key=lambda i: (leaves[i].value - problem.lambda_kv * leaves[i].cost, -i))
-    fallback = _retention(problem, {leaves[best].id}, "fallback")
+    # The best single leaf by the program's own objective: its path's KV and its cluster count, as they would in
+    # the program's solution.
+    fallback = max((_retention(problem, {leaf.id}, "fallback") for leaf in leaves), key=lambda r: r.objective)
     if result.x is None:
         return fallback
     chosen = {leaves[i].id for i in range(n) if result.x[i] > 0.5}
