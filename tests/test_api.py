@@ -493,3 +493,33 @@ def test_a_store_given_as_a_path_object_is_used(tmp_path: Path) -> None:
                    strategy="best_of_n", n=1)
     with TraceStore(db, read_only=True) as store:
         assert store.get_trace(result.trace_id or "").status == "done"
+
+
+def test_a_question_about_a_context_records_the_context_as_its_problems(tmp_path: Path) -> None:
+    """solve and solve_batch with context= or notes= stored the bare question: `ttc traces show` showed no context,
+    and one question about two contexts was one problem."""
+    import sqlite3
+
+    from ttc import Notes, Usage
+
+    db = tmp_path / "t.db"
+    first, second = "Ann has 3 pens.", "Ann has 5 pens."
+    notes = Notes(context=second, text="Ann: 5", usage=Usage(), trace_id=None, model="scripted")
+    question = "How many pens does Ann have?"
+    answer = ScriptedBackend(["The answer is 3."])
+    with TraceStore(str(db)) as store:
+        ids = [solve(question, 64, backend=answer, store=store, seed=0, strategy="best_of_n", n=1,
+                     context=first).trace_id,
+               solve(question, 64, backend=answer, store=store, seed=0, strategy="best_of_n", n=1,
+                     notes=notes).trace_id]
+        for scope in ("question", "batch"):
+            ids += [r.trace_id for r in solve_batch([question], 600, backend=answer, store=store, seed=0,
+                                                    strategy="self_consistency", context=first,
+                                                    budget_scope=scope)]  # type: ignore[arg-type]
+        contexts = [store.get_trace(trace_id or "").problem.context for trace_id in ids]
+        assert contexts == [first, second, first, first]
+        assert store.get_trace(ids[0] or "").events[0].payload["context"]["text"] == first  # the plan, as before
+    with sqlite3.connect(db) as conn:
+        problems = [conn.execute("SELECT problem_id FROM traces WHERE id = ?", (i,)).fetchone()[0] for i in ids]
+    assert problems[0] != problems[1]  # one question about two contexts is two problems
+    assert problems[2] == problems[3] != problems[0]  # a batch's question has its index

@@ -122,3 +122,18 @@ def test_a_template_that_is_not_unicode_is_refused_before_anything_runs(options:
         assert store.list_traces() == [] and backend.calls == []
     with pytest.raises(ConfigError, match="sleep_template is not valid Unicode text"):
         sleep(CONTEXT, 64, backend=backend, store=False, sleep_template="{context}\udcff")
+
+
+def test_notes_reach_the_prompt_as_they_were_written() -> None:
+    """str.splitlines also split at \\r, form feeds, \\x1c-\\x1e, \\x85 and U+2028/U+2029 and wrote \\n there, so the
+    model read other notes than the stored ones (and than the trace's plan event names)."""
+    text = "Ann: 19\r\nBob: 4\x0cx\x1cy\x1dz\x1e\x85w\u2028v\u2029u\n\nCal: 2"
+    notes = Notes(context=CONTEXT, text=f"\n{text}\n\n", usage=Usage(), trace_id=None, model="scripted")
+    backend = ScriptedBackend(["The answer is 19."])
+    solve(QUESTION, 100, strategy="best_of_n", n=1, backend=backend, store=False, notes=notes,
+          prompt_template="C: {context}\n{notes}Q: {question}\n")
+    assert "".join(chr(t) for t in backend.calls[0].prompt) == f"C: {CONTEXT}\n{text}\nQ: {QUESTION}\n"
+    empty = Notes(context=CONTEXT, text="\n", usage=Usage(), trace_id=None, model="scripted")
+    solve(QUESTION, 100, strategy="best_of_n", n=1, backend=backend, store=False, notes=empty,
+          prompt_template="C: {context}\n{notes}Q: {question}\n")
+    assert "".join(chr(t) for t in backend.calls[1].prompt) == f"C: {CONTEXT}\nQ: {QUESTION}\n"

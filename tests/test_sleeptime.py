@@ -4,19 +4,25 @@ read back, and questions asked with them."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
+import anyio
 import pytest
 from typer.testing import CliRunner
 
 import ttc
-from ttc import ConfigError, Notes, NotFound, Usage, load_notes, sleep, solve, solve_batch
+from ttc import Budget, ConfigError, Notes, NotFound, Problem, Usage, load_notes, sleep, solve, solve_batch
+from ttc.bench.eval import evaluate
 from ttc.cli import app
 from ttc.errors import BackendError, BudgetExhausted, OutputError
-from ttc.sleeptime import agreement, note_lines
+from ttc.session import open_session
+from ttc.sleeptime import SLEEP, agreement, note_lines
 from ttc.storage import TraceStore
 from ttc.strategies.base import DEFAULT_PROMPT_TEMPLATE
 from ttc.testing import ScriptedBackend
+from ttc.types import Completion, Sampling
 
 CONTEXT = "Meg has 13 cups. Ted has 9 more cups than Meg. Sam has 5 more cups than Ted."
 RIGHT = "13 + 9 = 22\nTed has 22 cups.\n22 + 5 = 27\nSam has 27 cups.\n"
@@ -27,6 +33,19 @@ TEMPLATE = "C: {context}\n{notes}Q: {question}\n"
 
 def store_at(tmp_path: Path) -> TraceStore:
     return TraceStore(str(tmp_path / "t.db"))
+
+
+class WindowedBackend(ScriptedBackend):
+    """A scripted model with a context window: a completion ends, 'length', where prompt and text fill it, as the
+    local engine's and a vLLM server's do."""
+
+    def __init__(self, responses: Sequence[str], window: int) -> None:
+        super().__init__(responses)
+        self.window = window
+
+    async def complete(self, prompt: Sequence[int], n: int, sampling: Sampling) -> list[Completion]:
+        room = self.window - len(prompt)
+        return await super().complete(prompt, n, replace(sampling, max_tokens=min(sampling.max_tokens, room)))
 
 
 def test_consensus_keeps_the_draft_sharing_most_lines(tmp_path: Path) -> None:
@@ -61,6 +80,7 @@ def test_a_filter_that_would_leave_nothing_is_not_applied(tmp_path: Path) -> Non
     assert notes.text == SLIP.strip()  # every draft slips: one is still kept, and the trace says none passed
     select = next(e for e in store.get_trace(notes.trace_id or "").events if e.kind == "select")
     assert select.payload["left_out"] == {"cut_off": 0, "empty": 0, "arithmetic": 0}
+    assert select.payload["failed_all"] == select.payload["not_applied"] == ["arithmetic"]
     store.close()
 
 
@@ -102,6 +122,51 @@ def test_a_cut_off_draft_keeps_only_its_finished_lines(tmp_path: Path) -> None:
     assert notes.text == lines[0].strip()
     [select] = [e.payload for e in store.get_trace(notes.trace_id or "").events if e.kind == "select"]
     assert select["unfinished_line_dropped"] is True and select["failed_all"] == ["cut_off"]
+
+
+def test_a_draft_cut_off_at_a_line_end_drops_no_line(tmp_path: Path) -> None:
+    """The select event said unfinished_line_dropped for any cut-off draft, though this one lost nothing."""
+    store = store_at(tmp_path)
+    first = RIGHT.splitlines(keepends=True)[0]
+    notes = sleep(CONTEXT, len(first), backend=ScriptedBackend([RIGHT]), store=store, n=1, max_tokens=len(first))
+    assert notes.text == first.strip()
+    [select] = [e.payload for e in store.get_trace(notes.trace_id or "").events if e.kind == "select"]
+    assert select["unfinished_line_dropped"] is False and select["failed_all"] == ["cut_off"]
+    store.close()
+
+
+def test_a_draft_that_computes_right_is_kept_over_one_that_ended_but_miscomputes(tmp_path: Path) -> None:
+    """The checks ran in turn: the cut-off check left only the wrong draft, which then 'failed all' arithmetic
+    and was kept, though the cut-off draft's finished lines compute right."""
+    store = store_at(tmp_path)
+    wrong = "Meg: 13\n13 + 9 = 23\nTed: 23\n"
+    right = "Meg: 13\n13 + 9 = 22\nTed: 22\nEli: 5 cups, and the rest"
+    notes = sleep(CONTEXT, 4000, backend=ScriptedBackend([wrong, right]), store=store, n=2, max_tokens=30, seed=0)
+    assert notes.text == "Meg: 13\n13 + 9 = 22\nTed: 22"
+    [select] = [e.payload for e in store.get_trace(notes.trace_id or "").events if e.kind == "select"]
+    assert select["kept"] == 1 and select["agreement"][0] is None
+    assert select["left_out"] == {"empty": 0, "arithmetic": 1, "cut_off": 0}
+    assert select["failed_all"] == [] and select["not_applied"] == ["cut_off"]
+    assert select["unfinished_line_dropped"] is True
+    store.close()
+
+
+@pytest.mark.parametrize(("budget", "error", "message"), [
+    (4000, ConfigError, "the context leaves only 6 tokens of the model's window for notes"),
+    (8, BudgetExhausted, "no draft of the notes finished a line within 4 tokens"),
+])
+def test_drafts_cut_by_the_models_window_are_blamed_on_the_context(budget: int, error: type[Exception],
+                                                                   message: str, tmp_path: Path) -> None:
+    """Cut at the window's end, the drafts were said to be cut by the budget: 'raise the sleep budget', which
+    buys nothing. A budget that allows less than the window leaves is still the budget's fault."""
+    store = store_at(tmp_path)
+    prompt = len(f"Context: {CONTEXT}\n") + len(ttc.contexts.DEFAULT_SLEEP_TEMPLATE) - len("Context: {context}\n")
+    backend = WindowedBackend([RIGHT], window=prompt + 6)
+    with pytest.raises(error, match=message):
+        sleep(CONTEXT, budget, backend=backend, store=store, n=2, max_tokens=100)
+    [trace] = store.list_traces()
+    assert trace.status == "failed" and error.__name__ in str(trace.error)
+    store.close()
 
 
 def test_questions_are_asked_with_the_context_and_the_notes(tmp_path: Path) -> None:
@@ -190,6 +255,7 @@ def test_cli_sleeps_then_answers_with_the_notes(tmp_path: Path) -> None:
         trace = store.get_trace(json.loads(asked.output)["trace_id"])
         assert trace.events[0].payload["context"]["notes_trace"] == made["trace_id"]
         assert trace.nodes[0].text.startswith(f"Context: {CONTEXT}\n{made['notes']}\nQuestion: How many")
+        assert trace.problem.context == CONTEXT  # what `ttc traces show` prints as the question's context
 
 
 @pytest.mark.parametrize(("changes", "message"), [
@@ -198,6 +264,14 @@ def test_cli_sleeps_then_answers_with_the_notes(tmp_path: Path) -> None:
     ({"context": ""}, "notes.context must be the non-empty text"),
     ({"text": 7}, "notes.text must be a string"),
     ({"usage": None}, "notes.usage must be a ttc.Usage"),
+    ({"trace_id": object()}, "notes.trace_id must be the sleep trace's id"),
+    ({"trace_id": "t\udcff"}, "notes.trace_id is not valid Unicode text"),
+    ({"model": None}, "notes.model must be the name of the backend"),
+    ({"usage": Usage(generated_tokens="lots")}, "notes.usage.generated_tokens must be an int >= 0"),  # type: ignore[arg-type]
+    ({"usage": Usage(generated_tokens=float("nan"))}, "notes.usage.generated_tokens must be an int >= 0"),  # type: ignore[arg-type]
+    ({"usage": Usage(generated_tokens=-100)}, "notes.usage.generated_tokens must be an int >= 0"),
+    ({"usage": Usage(backend_calls=True)}, "notes.usage.backend_calls must be an int >= 0"),
+    ({"usage": Usage(wall_s=float("inf"))}, "notes.usage.wall_s must be a finite number"),
 ])
 def test_notes_built_by_hand_are_checked_like_those_sleep_returns(changes: dict[str, object], message: str) -> None:
     """They raised AttributeError or UnicodeEncodeError from deep inside, or (an empty context) were accepted."""
@@ -257,3 +331,44 @@ def test_a_cut_off_draft_with_notes_is_kept_over_one_that_ended_empty() -> None:
                   backend=ScriptedBackend(["", "Ann: 3\nBob: 4 pens and more"]), store=False, n=2, max_tokens=12,
                   seed=0)
     assert notes.text == "Ann: 3"
+
+
+def test_load_notes_of_a_sleep_still_running_says_so(tmp_path: Path) -> None:
+    """It said the trace had no notes to use and to sleep again, while the sleep run was still writing them."""
+    store = store_at(tmp_path)
+    trace_id = store.start_trace(problem=Problem(question=CONTEXT), strategy=SLEEP, budget=Budget(tokens=100),
+                                 backend="scripted", seed=0)
+    with pytest.raises(NotFound, match=r"still running.*wait for it to finish.*if its process died, sleep again"):
+        load_notes(trace_id, store=store)
+    store.close()
+
+
+OTHER = "Ann has 4 pens. Bob has 2 more pens than Ann."
+
+
+@pytest.mark.parametrize(("notes", "message"), [
+    (Notes(context=OTHER, text="Bob: 6", usage=Usage(generated_tokens=5), trace_id=None, model="m"),
+     "these notes were written about another context"),
+    (Notes(context=CONTEXT, text="Ted: 22", usage=Usage(generated_tokens=-5), trace_id=None, model="m"),
+     "notes.usage.generated_tokens must be an int >= 0"),
+    ("Ted: 22", "notes must be the Notes"),
+])
+def test_an_evaluations_notes_are_checked_and_must_be_about_the_problems_context(notes: object, message: str,
+                                                                                 tmp_path: Path) -> None:
+    """session.notes were used as they were: notes about another context, or with nonsense usage, reached the
+    prompt and the trace's plan event."""
+    backend = ScriptedBackend(["The answer is 22."])
+
+    async def run() -> None:
+        session = open_session(backend=backend, store=str(tmp_path / "e.db"), verifier=None, prompt_template=None,
+                               contextual=True)
+        session.notes = {CONTEXT: notes}  # type: ignore[dict-item]
+        try:
+            await evaluate([Problem(question="How many cups does Ted have?", gold="22", index=0, context=CONTEXT)],
+                           Budget(tokens=64), session, strategy="best_of_n", options={}, seed=0)
+        finally:
+            await session.aclose()
+
+    with pytest.raises(ConfigError, match=message):
+        anyio.run(run)
+    assert backend.calls == []

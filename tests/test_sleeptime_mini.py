@@ -10,6 +10,7 @@ import pytest
 
 import ttc
 from ttc.bench.synthetic import EVAL_SEEDS, generate_stateful
+from ttc.errors import ConfigError
 from ttc.models import mini_model_path
 from ttc.storage import TraceStore
 from ttc.types import Notes, Usage
@@ -75,3 +76,13 @@ def test_consensus_of_drafts_is_kept_and_recorded(tmp_path: Path) -> None:
     scored = [a for a in select.payload["agreement"] if a is not None]
     assert kept.text.strip() == notes.text and kept.score == pytest.approx(max(scored), abs=1e-4)
     store.close()
+
+
+def test_a_context_that_fills_the_models_window_is_named_not_the_budget() -> None:
+    """A 506-token prompt leaves 6 of the mini model's 512 positions: the draft was cut there, and the error said
+    to raise the sleep budget, which buys nothing."""
+    story = ("Meg has 13 cups. Ted has 9 more cups than Meg. Eli has 8 fewer cups than Meg. Sam has 5 more cups "
+             "than Ted.")
+    context = " ".join([story] * 4) + " Meg has 13 cups. Ted has 9 more cups than Meg. Eli has 8 fewer cups than"
+    with pytest.raises(ConfigError, match=r"leaves only 6 tokens of the model's window for notes.*shorten the context"):
+        ttc.sleep(context, 5000, n=1, seed=0, store=False)

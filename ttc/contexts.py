@@ -106,8 +106,16 @@ def context_prompt_template(template: str, context: str, notes: str | None, *,
     """A prompt template with the context and notes filled in and ``{question}`` left open."""
     needed = {"context", "question"} | ({"notes"} if notes is not None else set())
     template_fields(template, name=name, required=needed, allowed={"context", "notes", "question"})
-    lines = "".join(f"{line}\n" for line in (notes or "").strip("\n").splitlines())
-    return _left_open(template, "question", context=context, notes=lines)
+    return _left_open(template, "question", context=context, notes=notes_block(notes))
+
+
+def notes_block(notes: str | None) -> str:
+    """The notes as ``{notes}`` shows them: ending in a newline, so the template's next line starts on its own,
+    or nothing when there are none. Only ``\n`` ends a line: ``str.splitlines`` also splits at ``\r``, form
+    feeds, ``\x1c``-``\x1e``, ``\x85`` and U+2028/U+2029, and rewrote those to ``\n``, so the model read other
+    text than the stored notes."""
+    body = (notes or "").strip("\n")
+    return f"{body}\n" if body else ""
 
 
 __all__ = [

@@ -13,7 +13,7 @@ import os
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -30,7 +30,7 @@ from ttc.strategies.base import Context, StrategyResult
 from ttc.strategies.lookahead import NO_DRAFT
 from ttc.strategies.synthesis import PATH_TEMPLATE, SYNTHESIS_TEMPLATE
 from ttc.trace import TraceRecorder
-from ttc.types import Budget, Notes, Problem, Result, TraceEvent, Usage, check_unicode, is_int
+from ttc.types import Budget, Notes, Problem, Result, TraceEvent, Usage, check_unicode, is_finite_number, is_int
 from ttc.verifiers.base import OutcomeVerifier, ProcessVerifier, StepwiseOutcome
 
 T = TypeVar("T")
@@ -53,6 +53,9 @@ class Session:
     notes: dict[str, Notes] = field(default_factory=dict)
     """Notes written at sleep time, by the context they are about: a problem with that ``context`` is asked with
     them (an evaluation fills this from its sleep runs)."""
+    context: str | None = None
+    """The context every question of the session is about (``open_session``'s ``context`` or ``notes``): each
+    question's trace records it as its problem's, so one question about two contexts is two problems."""
     _owned_store: bool = field(default=False, repr=False)
 
     async def aclose(self) -> None:
@@ -126,7 +129,7 @@ def open_session(*, backend: Backend | None, store: StoreArg, verifier: Verifier
         plan["context"] = context_plan(context, notes)
     elif prompt_template is not None:
         setup.prompt_template = prompt_template
-    return Session(setup=setup, store=trace_store, plan=plan, _owned_store=owned)
+    return Session(setup=setup, store=trace_store, plan=plan, context=context, _owned_store=owned)
 
 
 def check_context(context: object, notes: object) -> tuple[str | None, Notes | None]:
@@ -141,21 +144,52 @@ def check_context(context: object, notes: object) -> tuple[str | None, Notes | N
             raise ConfigError("context must be a non-empty string: the text the questions are about")
         check_unicode(context, "context")
         if notes is not None and notes.context != context:
-            raise ConfigError("these notes were written about another context: pass notes alone (their context "
-                              "comes with them), or the context they were written about")
+            raise ConfigError(f"{ANOTHER_CONTEXT}: pass notes alone (their context comes with them), or the context "
+                              "they were written about")
     return (notes.context if notes is not None else context), notes
 
 
+ANOTHER_CONTEXT = "these notes were written about another context"
+
+
 def check_notes(notes: Notes) -> None:
-    """Notes built or edited by hand hold what ttc.sleep's do: a context, a text, a Usage."""
+    """Notes built or edited by hand hold what ttc.sleep's do: a context, a text, a Usage of counts, a trace id and
+    a model name. Each question's plan event carries them, so anything else failed the trace's write after the
+    question was solved, or stored nonsense as the sleep cost to share out."""
     if not isinstance(notes.context, str) or not notes.context.strip():
         raise ConfigError("notes.context must be the non-empty text the notes were written about")
     check_unicode(notes.context, "notes.context")
     if not isinstance(notes.text, str):
         raise ConfigError(f"notes.text must be a string, got {type(notes.text).__name__}")
     check_unicode(notes.text, "notes.text")
-    if not isinstance(notes.usage, Usage):
-        raise ConfigError(f"notes.usage must be a ttc.Usage, got {type(notes.usage).__name__}")
+    _check_origin(notes)
+    _check_usage(notes.usage)
+
+
+def _check_origin(notes: Notes) -> None:
+    """The sleep trace and model the notes name, as each question's trace names them: strings the store writes."""
+    if notes.trace_id is not None:
+        if not isinstance(notes.trace_id, str):
+            raise ConfigError(f"notes.trace_id must be the sleep trace's id (a string) or None, got "
+                              f"{type(notes.trace_id).__name__}")
+        check_unicode(notes.trace_id, "notes.trace_id")
+    if not isinstance(notes.model, str):
+        raise ConfigError(f"notes.model must be the name of the backend that wrote them (a string), got "
+                          f"{type(notes.model).__name__}")
+    check_unicode(notes.model, "notes.model")
+
+
+def _check_usage(usage: object) -> None:
+    """A notes' Usage holds counts: the sleep tokens of a question's plan are shared out over questions."""
+    if not isinstance(usage, Usage):
+        raise ConfigError(f"notes.usage must be a ttc.Usage, got {type(usage).__name__}")
+    for name in (f.name for f in fields(usage) if f.name != "wall_s"):
+        value = getattr(usage, name)
+        if not is_int(value) or value < 0:
+            raise ConfigError(f"notes.usage.{name} must be an int >= 0 (a count of what the sleep run spent), "
+                              f"got {value!r}: pass the Usage that ttc.sleep returned, or leave it Usage()")
+    if not is_finite_number(usage.wall_s) or usage.wall_s < 0:
+        raise ConfigError(f"notes.usage.wall_s must be a finite number of seconds >= 0, got {usage.wall_s!r}")
 
 
 def context_plan(context: str, notes: Notes | None) -> dict[str, object]:
@@ -180,20 +214,41 @@ def question_prompt(problem: Problem, session: Session) -> tuple[str, dict[str, 
 
     A problem with its own ``context`` is asked through the setup's context template (not through a caller's
     ``prompt_template``, which has no ``{context}``), with the session's notes about that context if it has them;
-    a session opened about one context takes no problem with a context of its own.
+    a session opened about one context asks a problem about that context (every question of ``solve(...,
+    context=...)`` records it) through the session's template, and takes no problem about another.
     """
     setup = session.setup
     stored_meta(problem)  # a meta key the store keeps the context under is refused before the trace opens
-    if problem.context is None:
+    if problem.context is None or problem.context == session.context:  # the session's template holds it
         return setup.prompt_template, {}
     context, _ = check_context(problem.context, None)
-    if "context" in session.plan:
+    if session.context is not None:
         raise ConfigError("this session asks every question about the context it was opened with: leave out "
-                          "Problem.context, or open the session without context= and notes=")
+                          "Problem.context (or give that context), or open the session without context= and notes=")
     assert context is not None
-    notes = session.notes.get(context)
+    notes = session_notes(session, context)
     template = context_prompt_template(setup.context_template, context, None if notes is None else notes.text)
     return template, {"context": context_plan(context, notes)}
+
+
+def session_notes(session: Session, context: str) -> Notes | None:
+    """The session's notes about ``context``, checked as a caller's are: they are set by hand too, and notes keyed
+    under one context but written about another were asked with it silently."""
+    notes = session.notes.get(context)
+    if notes is None:
+        return None
+    check_context(None, notes)
+    if notes.context != context:
+        raise ConfigError(f"{ANOTHER_CONTEXT}: session.notes[context] must be the notes written about that context "
+                          "(key each by its notes.context)")
+    return notes
+
+
+def asked(problem: Problem, session: Session) -> Problem:
+    """``problem`` as its trace records it: with the session's context, where the session has one, so the store
+    and ``ttc traces show`` say what the question was about."""
+    return problem if session.context is None or problem.context is not None else \
+        replace(problem, context=session.context)
 
 
 def check_store(store: object) -> None:
@@ -266,6 +321,7 @@ class QuestionRun:
         """
         recorder = TraceRecorder()
         setup = session.setup
+        problem = asked(problem, session)
         template, context_fields = question_prompt(problem, session)
         backend = setup.backend
         draft = setup.draft_backend() if uses_draft else None
@@ -403,6 +459,7 @@ __all__ = [
     "StoreArg",
     "VerifierArg",
     "check_context",
+    "check_notes",
     "check_prompt",
     "check_prompts",
     "check_seed",
@@ -413,4 +470,5 @@ __all__ = [
     "guarded",
     "open_session",
     "question_prompt",
+    "session_notes",
 ]

@@ -6,10 +6,11 @@ context and those notes. The sleep run is a trace of its own (strategy ``sleep``
 opened before anything is spent, finished in one transaction, failed on any error. ``load_notes`` reads finished
 notes back from the store, so the thinking and the questions can happen in different processes.
 
-With budget for several drafts of the notes, the kept one is the *consensus*: among the drafts that ended on
-their own (not cut off by the token limit) and, with ``check_arithmetic``, whose every lone ``a op b = c`` is
-right (unless no draft passes), the one that shares the most lines with the others. Notes have no single answer
-to vote on; a fact several drafts derived alike is more likely right than one a single draft wrote.
+With budget for several drafts of the notes, the kept one is the *consensus*: among the drafts that, with
+``check_arithmetic``, get every lone ``a op b = c`` of their finished lines right (unless no draft does) and, of
+those, ended on their own (not cut off by the token limit) where any did, the one that shares the most lines with
+the others. Notes have no single answer to vote on; a fact several drafts derived alike is more likely right than
+one a single draft wrote.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import Field
@@ -25,7 +27,7 @@ from ttc.api import _run_sync
 from ttc.backends.base import Backend
 from ttc.budget import Meter
 from ttc.contexts import sleep_prompt_template
-from ttc.errors import BudgetExhausted, ConfigError, NotFound, OutputError
+from ttc.errors import BudgetExhausted, ConfigError, NotFound, OutputError, TTCError
 from ttc.session import QuestionRun, Session, StoreArg, check_context, check_seed, check_store, open_session
 from ttc.storage import TraceStore
 from ttc.strategies.base import TEMPERATURE, TOP_P, Context, StrategyOptions, StrategyResult, parse_options
@@ -91,6 +93,8 @@ async def think(context: str, meter: Meter, ctx: Context, plan: dict[str, Any]) 
     prompt_text = ctx.render(context)
     prompt = await ctx.backend.tokenize(prompt_text, add_special_tokens=True)
     root = ctx.recorder.add_node(parent=None, text=prompt_text, token_count=len(prompt))
+    # What ``draw`` will let each draft write: a draft cut shorter than this was cut by the model's window.
+    _, granted = meter.plan(plan["n"], plan["max_tokens"])
     completions = await draw(ctx, meter, prompt, plan["n"], plan["max_tokens"], plan["temperature"], plan["top_p"])
     ctx.recorder.event("sample", {"requested": plan["n"], "drawn": len(completions)})
     nodes = [ctx.recorder.add_node(parent=root, text=c.text, token_count=len(c.token_ids), status="finished",
@@ -99,55 +103,90 @@ async def think(context: str, meter: Meter, ctx: Context, plan: dict[str, Any]) 
         ctx.recorder.event("select", {"how": "consensus", "kept": None, "reason": "the budget bought no draft"})
         raise BudgetExhausted("the sleep budget bought no draft of the notes: raise it (a draft takes up to "
                               f"{plan['max_tokens']} tokens)")
-    eligible, left_out, failed_all = _eligible(completions, plan["check_arithmetic"])
+    chosen = _eligible(completions, plan["check_arithmetic"])
     # Rounded: equal agreement summed in another order differs in its last bits, and the first draft wins a tie.
-    scores = [round(score, 9) for score in agreement([note_lines(finished_text(completions[i])) for i in eligible])]
-    best = eligible[max(range(len(eligible)), key=lambda k: (scores[k], -k))]
-    by_draft = dict(zip(eligible, scores, strict=True))
+    scores = [round(score, 9) for score in agreement([note_lines(finished_text(completions[i]))
+                                                      for i in chosen.drafts])]
+    best = chosen.drafts[max(range(len(chosen.drafts)), key=lambda k: (scores[k], -k))]
+    by_draft = dict(zip(chosen.drafts, scores, strict=True))
     candidates = tuple(Candidate(text=c.text.strip(), answer=None, score=by_draft.get(i), node_id=nodes[i],
                                  token_count=len(c.token_ids)) for i, c in enumerate(completions))
     for i, node in enumerate(nodes):
         if i in by_draft:
             ctx.recorder.update(node, score=by_draft[i])
-    cut_off = completions[best].finish_reason == "length"  # every draft was: its unfinished last line is dropped
     text = finished_text(completions[best])
     if not text.strip():
-        ctx.recorder.event("select", {"how": "consensus", "kept": None, "left_out": left_out,
-                                      "failed_all": failed_all, "reason": "no draft finished a line"})
-        if not any(c.finish_reason == "length" for c in completions):
-            # Every draft ended itself, empty: a larger budget would buy the same nothing.
-            raise OutputError("the model wrote empty notes about the context (its drafts ended without a line): "
-                              "use a model that writes notes for this context template")
-        longest = max(len(c.token_ids) for c in completions)  # what the budget let a draft write, not the cap
-        raise BudgetExhausted(f"no draft of the notes finished a line within {longest} tokens (max_tokens "
-                              f"{plan['max_tokens']}): raise the sleep budget (or max_tokens)")
+        ctx.recorder.event("select", {"how": "consensus", "kept": None, **chosen.event(),
+                                      "reason": "no draft finished a line"})
+        raise _no_line_error(completions, granted, plan["max_tokens"])
     ctx.recorder.update(nodes[best], status="selected")
     agreement_of = [None if by_draft.get(i) is None else round(by_draft[i], 4) for i in range(len(completions))]
-    ctx.recorder.event("select", {"how": "consensus", "kept": best, "agreement": agreement_of,
-                                  "left_out": left_out, "failed_all": failed_all,
-                                  "unfinished_line_dropped": cut_off}, node_id=nodes[best])
+    ctx.recorder.event("select", {"how": "consensus", "kept": best, "agreement": agreement_of, **chosen.event(),
+                                  "unfinished_line_dropped": text != completions[best].text}, node_id=nodes[best])
     return StrategyResult(answer=None, text=text.strip(), score=by_draft[best], candidates=candidates)
 
 
-def _eligible(completions: Sequence[Completion],
-              check_arithmetic: bool) -> tuple[list[int], dict[str, int], list[str]]:
-    """The drafts the choice may keep, how many each filter left out, and the filters every draft failed. A
-    filter that would leave none is not applied (some notes beat none); the trace names it in ``failed_all``."""
+def _no_line_error(completions: Sequence[Completion], granted: int, max_tokens: int) -> TTCError:
+    """Why no draft finished a line, addressed to what can change it: the model (it ended its drafts itself,
+    empty: more budget buys the same nothing), the context (the model's window cut the drafts shorter than the
+    budget let them write: more budget buys nothing either), or the budget."""
+    cut = [len(c.token_ids) for c in completions if c.finish_reason == "length"]
+    if not cut:
+        return OutputError("the model wrote empty notes about the context (its drafts ended without a line): use a "
+                           "model that writes notes for this context template")
+    longest = max(cut)
+    if longest < granted:
+        return ConfigError(f"the context leaves only {longest} tokens of the model's window for notes (the budget "
+                           f"allowed {granted} a draft), and no draft finished a line in them: shorten the context, "
+                           "or use a model with a longer window")
+    return BudgetExhausted(f"no draft of the notes finished a line within {longest} tokens (max_tokens "
+                           f"{max_tokens}): raise the sleep budget (or max_tokens)")
+
+
+@dataclass(frozen=True)
+class Eligible:
+    """The drafts the choice may keep, and what the checks did, as the ``select`` event reports it."""
+
+    drafts: list[int]
+    left_out: dict[str, int]
+    """How many drafts each check left out (0 for a check not applied)."""
+    failed_all: list[str]
+    """The checks no draft with notes passes (``empty``: no draft at all has notes)."""
+    not_applied: list[str]
+    """``failed_all``, and ``cut_off`` where only drafts that miscompute ended on their own."""
+
+    def event(self) -> dict[str, object]:
+        return {"left_out": self.left_out, "failed_all": self.failed_all, "not_applied": self.not_applied}
+
+
+def _has_notes(draft: Completion) -> bool:
+    return bool(finished_text(draft).strip())
+
+
+def _eligible(completions: Sequence[Completion], check_arithmetic: bool) -> Eligible:
+    """Each check in turn keeps the drafts still in the running that pass it, and is not applied where none do
+    (some notes beat none). The order is the checks' weight: a draft with no finished line is not notes; a wrong
+    sum is a wrong note, where a draft cut off is judged by its finished lines; so a draft that ended on its own is
+    preferred only among those that compute right. Empty drafts are out before the others are judged, so a check
+    that drafts with notes all fail is named in ``failed_all`` whatever an empty draft would pass."""
+    checks: list[tuple[str, Callable[[Completion], bool]]] = [("empty", _has_notes)]
+    if check_arithmetic:
+        checks.append(("arithmetic", lambda c: computes_right(finished_text(c))))
+    checks.append(("cut_off", lambda c: c.finish_reason != "length"))
     eligible = list(range(len(completions)))
+    judged = [i for i in eligible if _has_notes(completions[i])] or eligible
     left_out: dict[str, int] = {}
     failed_all: list[str] = []
-    # Empty first: a cut-off draft with finished lines is notes, a draft that ended with none is not.
-    filters: list[tuple[str, Callable[[Completion], bool]]] = [("empty", lambda c: bool(finished_text(c).strip())),
-                                                               ("cut_off", lambda c: c.finish_reason != "length")]
-    if check_arithmetic:
-        filters.append(("arithmetic", lambda c: computes_right(finished_text(c))))
-    for name, keep in filters:
+    not_applied: list[str] = []
+    for name, keep in checks:
         passing = [i for i in eligible if keep(completions[i])]
         left_out[name] = len(eligible) - len(passing) if passing else 0
         if not passing:
-            failed_all.append(name)
+            not_applied.append(name)
+            if not any(keep(completions[i]) for i in judged):
+                failed_all.append(name)
         eligible = passing or eligible
-    return eligible, left_out, failed_all
+    return Eligible(drafts=eligible, left_out=left_out, failed_all=failed_all, not_applied=not_applied)
 
 
 async def asleep(context: str, budget: int | Budget, *, backend: Backend | None = None, store: StoreArg = None,
@@ -218,6 +257,9 @@ def load_notes(trace_id: str, *, store: TraceStore | str | os.PathLike[str] | No
     if record.strategy != SLEEP:
         raise NotFound(f"trace {record.id} is a {record.strategy!r} run, not a sleep run: pass the trace id that "
                        "ttc.sleep (or `ttc sleep`) printed")
+    if record.status == "running":
+        raise NotFound(f"sleep trace {record.id} is still running, so it has no notes yet: wait for it to finish "
+                       "(or, if its process died, sleep again)")
     if record.status != "done":
         raise NotFound(f"sleep trace {record.id} is {record.status!r}, so it has no notes to use: sleep again")
     return Notes(context=record.problem.question, text=record.text or "", usage=record.usage or Usage(),
