@@ -135,6 +135,13 @@ def test_extract_answer_phrase(text: str, expected: str) -> None:
         ("no numbers here", None),
         ("", None),
         ("The answer is:\n\n42 eggs", "42"),  # empty phrase answer falls back to the last number
+        # A fraction is read whole: its last number is only its denominator.
+        ("So the probability is 1/2.", "1/2"),
+        (r"The probability is $\frac{1}{2}$.", r"\frac{1}{2}"),
+        (r"so it is $-\dfrac{3}{4}$ in all", r"-\dfrac{3}{4}"),
+        ("She gave away 3/4 of the pens", "3/4"),
+        ("It was on 3/4/2024.", "2024"),  # a date is no fraction
+        ("She sold 5 million copies", "5 million"),  # scale words belong to the number
     ],
 )
 def test_extract_last_number_fallback(text: str, expected: str | None) -> None:
@@ -272,6 +279,66 @@ def _real_answers() -> list[str]:
     return rows
 
 
+@pytest.mark.parametrize(
+    ("spellings", "key"),
+    [
+        (["0.5", ".50", r"\frac{1}{2}", r"\dfrac{1}{2}", r"\tfrac12", "1/2", r"\frac{2}{4}", r"\boxed{1/2}"], "0.5"),
+        ([r"-\frac{1}{2}", r"\frac{-1}{2}", "-1/2", r"-\dfrac{3}{6}"], "-0.5"),
+        (["2", "2.0", "4/2", r"\frac{6}{3}"], "2"),
+        (["1/3", r"\frac{3}{9}", r"\frac13"], r"\frac{1}{3}"),
+        ([r"-\frac{2}{6}", "-2/6"], r"-\frac{1}{3}"),
+        (["2 3/4", "11/4", "2.75"], "2.75"),
+        (["1/0"], "1/0"),  # no number: left as written, not a crash
+        ([r"\frac{1}{0}"], r"\frac{1}{0}"),
+    ],
+)
+def test_spellings_of_one_rational_number_have_one_key(spellings: list[str], key: str) -> None:
+    """0.5, 1/2 and \\frac{1}{2} had three keys, so a vote split them and a worse answer won."""
+    assert [normalize_answer(spelling) for spelling in spellings] == [key] * len(spellings)
+
+
+@pytest.mark.parametrize(("a", "b"), [("0.333", "1/3"), ("0.3333333333", r"\frac{1}{3}"), ("1/2", "2/1"),
+                                      ("1/0", "0"), ("-1/2", "1/2"), (r"\frac{1}{2}x", "0.5")])
+def test_rationals_that_differ_keep_apart(a: str, b: str) -> None:
+    assert normalize_answer(a) != normalize_answer(b)
+
+
+@pytest.mark.parametrize(
+    ("text", "gold", "correct"),
+    [
+        (r"\boxed{5\text{ million}}", "5000000", True),
+        (r"\boxed{5\text{ million}}", "5", False),
+        (r"\boxed{3\text{ thousand}}", "3", False),
+        (r"\boxed{3\text{ thousand}}", "3000", True),
+        (r"\boxed{1.5\text{ million dollars}}", "1500000", True),
+        (r"\boxed{\text{5 dozen}}", "60", True),
+        ("The answer is 2 dozen eggs.", "24", True),
+        ("The answer is 2 dozen eggs.", "2", False),
+        ("#### 1.5 million", "1500000", True),
+    ],
+)
+def test_scale_words_scale_the_number_and_are_no_unit(text: str, gold: str, correct: bool) -> None:
+    """'5 million' graded wrong against 5000000 and '3 thousand' right against 3: the scale word was dropped."""
+    assert grade(text, gold) is correct
+
+
+def test_the_last_number_fallback_reads_a_fraction_whole() -> None:
+    """'The probability is 1/2.' was read as 2, its denominator."""
+    assert grade_detail("So the probability is 1/2.", "\\frac12") == GradeResult(True, "1/2", "exact")
+    assert grade_detail("The probability is $\\frac{1}{2}$.", "\\frac12").predicted == "\\frac{1}{2}"
+
+
+def test_public_helpers_refuse_a_non_string_as_a_config_error() -> None:
+    """These raised AttributeError or TypeError."""
+    from ttc.verifiers.answer import gold_key
+
+    for call, message in ((lambda: normalize_answer(None), "answer must be a string"),  # type: ignore[arg-type]
+                          (lambda: gold_key(None), "gold must be a string"),  # type: ignore[arg-type]
+                          (lambda: extract_stated_answer(None), "text must be a string")):  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match=message):
+            call()
+
+
 def test_normalize_is_idempotent_on_real_answers() -> None:
     answers = _real_answers()
     if not answers:
@@ -332,7 +399,8 @@ def test_grading_hand_checked_pairs(pair: dict[str, object]) -> None:
 def test_grade_reasons() -> None:
     assert grade_detail(r"\boxed{\dfrac{14}{3}}", r"\frac{14}{3}") == GradeResult(True, r"\dfrac{14}{3}", "exact")
     assert grade_detail("no digits at all", "5") == GradeResult(False, None, "no answer found")
-    assert grade_detail(r"\boxed{14/3}", r"\frac{14}{3}").reason == "equivalent"
+    assert grade_detail(r"\boxed{14/3}", r"\frac{14}{3}").reason == "exact"  # one rational, one key
+    assert grade_detail(r"\boxed{\sqrt{8}}", r"2\sqrt{2}").reason == "equivalent"
     assert grade_detail(r"\boxed{17}", "18") == GradeResult(False, "17", "not equivalent")
     assert grade(r"\boxed{0.5}", r"\frac{1}{2}") is True
     assert grade(r"\boxed{0.6}", r"\frac{1}{2}") is False
@@ -405,8 +473,8 @@ def test_answers_stated_in_prose_grade_by_what_they_state(text: str, gold: str, 
 
 
 def test_verdicts_are_cached_by_key() -> None:
-    assert answers_equivalent(r"\frac{3}{9}", r"\frac{1}{3}")
-    cached = answer._cache.get((normalize_answer(r"\frac{3}{9}"), normalize_answer(r"\frac{1}{3}")))
+    assert answers_equivalent(r"\sqrt{8}", r"2\sqrt{2}")
+    cached = answer._cache.get((normalize_answer(r"\sqrt{8}"), normalize_answer(r"2\sqrt{2}")))
     assert cached is not None and cached.equal
 
 
@@ -455,17 +523,42 @@ def test_an_answer_nested_past_the_recursion_limit_is_graded_wrong_not_raised() 
     assert grade_detail(f"\\boxed{{{nested}}}", "2") == GradeResult(False, nested, "too deeply nested to compare")
 
 
+def test_an_answer_too_deep_to_read_has_the_empty_key_and_raises_nothing() -> None:
+    """normalize_answer and answers_equivalent raised a raw RecursionError at 1000 levels, which crashed solve()."""
+    from ttc.verifiers.answer import gold_key
+
+    nested = "\\sqrt{" * 1200 + "2" + "}" * 1200
+    assert normalize_answer(nested) == "" and normalize_answer(f"\\boxed{{{nested}}}") == ""
+    assert not answers_equivalent(nested, "2") and not answers_equivalent("2", nested)
+    with pytest.raises(ConfigError, match="too deeply nested"):
+        gold_key(nested)
+    shallow = "\\sqrt{" * 60 + "2" + "}" * 60  # as deep as any answer a person writes, and more: still read
+    assert normalize_answer(shallow) == shallow
+
+
+def test_answers_of_many_unclosed_or_nested_groups_normalize_in_linear_time() -> None:
+    """Each \\frac{ or \\text{ level rescanned the text to its end: 8000 of them took 30 s and 48 s."""
+    unclosed = "\\frac{" * 8000
+    nested = "\\text{" * 8000 + "5" + "}" * 8000
+    started = time.monotonic()
+    assert normalize_answer(unclosed) == unclosed
+    assert normalize_answer(nested) == ""  # too deep to read
+    assert grade_detail(f"\\boxed{{{nested}}}", "5").reason == "too deeply nested to compare"
+    assert normalize_answer("\\text{" * 90 + "\\frac{1}{7}" * 4000 + "}" * 90) == "\\frac{1}{7}" * 4000
+    assert time.monotonic() - started < 5.0
+
+
 # ------------------------------------------------------------------------------------------------ workers
 
 
 def test_pathological_input_times_out_and_the_pool_recovers() -> None:
-    assert grade(r"\boxed{1/2}", "0.5")  # start a worker outside the timed part
+    assert grade(r"\boxed{\sqrt{27}}", r"3\sqrt{3}")  # start a worker outside the timed part
     started = time.monotonic()
     result = grade_detail(r"\boxed{9^{9^{9}}}", "3", timeout_s=1.0)  # sympy tries to evaluate the power
     elapsed = time.monotonic() - started
     assert result == GradeResult(False, "9^{9^{9}}", "timeout after 1s")
     assert elapsed < 1.0 + 2.5, elapsed  # the deadline plus killing the worker, on a loaded machine
-    assert grade_detail(r"\boxed{2/6}", r"\frac{1}{3}").reason == "equivalent"
+    assert grade_detail(r"\boxed{\sqrt{12}}", r"2\sqrt{3}").reason == "equivalent"
 
 
 def test_hung_worker_is_killed_and_replaced() -> None:
@@ -483,19 +576,19 @@ def test_hung_worker_is_killed_and_replaced() -> None:
 def test_crashed_worker_is_reported_and_replaced() -> None:
     outcome = grading_workers.run_in_worker(os._exit, (3,), 10.0)
     assert outcome.status == "crashed" and "exit code 3" in outcome.detail
-    assert answers_equivalent(r"\frac{5}{10}", "0.5")
+    assert answers_equivalent(r"2\sqrt{5}", r"\sqrt{20}")
 
 
 def test_a_worker_that_died_while_idle_is_replaced_not_blamed() -> None:
     """The next check went to the dead worker and a right answer graded wrong ('grading worker died')."""
-    assert grade(r"\boxed{1/2}", r"\frac{1}{2}")
+    assert grade(r"\boxed{\sqrt{45}}", r"3\sqrt{5}")
     pids = [grading_workers.run_in_worker(os.getpid, (), 10.0).value for _ in range(2)]
     for pid in set(pids):
         assert isinstance(pid, int)
         os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)  # reaped, as the pool's poll would find it
-    assert grade_detail(r"\boxed{3/2}", r"\frac{3}{2}") == GradeResult(True, "3/2", "equivalent")
+    assert grade_detail(r"\boxed{\sqrt{18}}", r"3\sqrt{2}") == GradeResult(True, r"\sqrt{18}", "equivalent")
 
 
 def test_a_worker_whose_parent_is_killed_mid_check_does_not_compute_for_good(tmp_path: Path) -> None:
@@ -598,7 +691,9 @@ def test_many_threads_share_the_pool() -> None:
 
 @pytest.mark.anyio
 async def test_fifty_concurrent_agrade_calls() -> None:
-    cases = [(f"\\frac{{{k}}}{{7}}", f"\\boxed{{{k if k % 3 else k + 1}/7}}", k % 3 != 0) for k in range(1, 51)]
+    # k*sqrt(2) against sqrt(2k^2): equal only by math-verify (rationals would settle by key, without a worker)
+    cases = [(f"{k}\\sqrt{{2}}", f"\\boxed{{\\sqrt{{{2 * (k if k % 3 else k + 1) ** 2}}}}}", k % 3 != 0)
+             for k in range(1, 51)]
     results: dict[int, GradeResult] = {}
     ticks: list[float] = []
     done = anyio.Event()
@@ -631,6 +726,30 @@ async def test_agrade_quick_paths_and_timeout() -> None:
     assert await agrade("nothing", "1") == GradeResult(False, None, "no answer found")
     slow = await agrade(r"\boxed{9^{9^{9}}}", "4", timeout_s=1.0)
     assert slow.reason == "timeout after 1s" and not slow.correct
+
+
+@pytest.mark.anyio
+async def test_agrade_extracts_and_normalizes_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quick path ran on the event loop, so a long answer stalled every other task for as long as it took."""
+    quick = answer._grade_quickly
+
+    def slow(prediction_text: str, gold: str, timeout_s: float) -> object:
+        time.sleep(1.0)
+        return quick(prediction_text, gold, timeout_s)
+
+    monkeypatch.setattr(answer, "_grade_quickly", slow)
+    ticks: list[float] = []
+
+    async def ticker() -> None:
+        for _ in range(30):
+            ticks.append(time.monotonic())
+            await anyio.sleep(0.05)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(ticker)
+        await anyio.sleep(0.1)  # the ticker is running
+        assert await agrade(r"\boxed{7}", "7") == GradeResult(True, "7", "exact")
+    assert max(later - earlier for earlier, later in itertools.pairwise(ticks)) < 0.5
 
 
 def _result(answer: str | None, text: str) -> Result:

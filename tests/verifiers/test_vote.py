@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 
 import pytest
 from hypothesis import assume, given, settings
@@ -17,11 +18,42 @@ NO_DEADLINE = settings(deadline=None)
 
 
 def test_plain_majority_groups_by_normalized_key() -> None:
-    result = majority_vote([r"\frac{1}{2}", "3", r"\dfrac{1}{2}", "3", r"\frac12", None])
-    assert result.key == r"\frac{1}{2}"
-    assert result.answer == r"\frac{1}{2}"  # the first spelling seen in the winning class
+    result = majority_vote([r"\frac{1}{3}", "3", r"\dfrac{1}{3}", "3", r"\frac13", None])
+    assert result.key == r"\frac{1}{3}"
+    assert result.answer == r"\frac{1}{3}"  # the first spelling seen in the winning class
     assert result.share == pytest.approx(3 / 5)
-    assert dict(result.tally) == {r"\frac{1}{2}": 3.0, "3": 2.0}
+    assert dict(result.tally) == {r"\frac{1}{3}": 3.0, "3": 2.0}
+
+
+def test_spellings_of_one_rational_number_vote_together() -> None:
+    """0.5, \\frac{1}{2} and 1/2 split three votes, and 0.3 won with two."""
+    result = majority_vote([r"\boxed{0.5}", r"\boxed{\frac{1}{2}}", r"\boxed{1/2}", r"\boxed{0.3}", r"\boxed{0.3}"])
+    assert (result.key, result.answer) == ("0.5", r"\boxed{0.5}")
+    assert dict(result.tally) == {"0.5": 3.0, "0.3": 2.0}
+
+
+def test_a_scale_word_is_part_of_the_number_it_follows() -> None:
+    """'5 million' voted with 5, its scale word dropped as a unit."""
+    result = majority_vote([r"5\text{ million}"] * 2 + ["5"] + ["5000000"] * 3)
+    assert dict(result.tally) == {"5000000": 5.0, "5": 1.0}
+
+
+def test_an_answer_too_deep_to_read_does_not_vote() -> None:
+    """It raised a raw RecursionError, which crashed solve()."""
+    nested = "\\sqrt{" * 1200 + "2" + "}" * 1200
+    result = majority_vote([f"\\boxed{{{nested}}}", r"\boxed{3}"])
+    assert (result.key, dict(result.tally)) == ("3", {"3": 1.0})
+
+
+def test_best_of_n_passes_over_an_answer_too_deep_to_read() -> None:
+    import ttc
+    from ttc.testing import ScriptedBackend
+
+    nested = "\\sqrt{" * 1200 + "2" + "}" * 1200
+    backend = ScriptedBackend([f"\\boxed{{{nested}}}", r"\boxed{3}"])
+    result = ttc.solve("q?", budget=100_000, strategy="best_of_n", n=2, store=False, seed=0,
+                       max_tokens=len(nested) + 50, backend=backend)
+    assert result.answer == "3"
 
 
 def test_gsm8k_style_numbers_group_across_spellings() -> None:
@@ -75,6 +107,25 @@ def test_all_zero_weights_still_pick_a_class_with_zero_share() -> None:
 def test_invalid_weights_are_config_errors(weights: list[float], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         majority_vote(["1", "2"], weights=weights)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: majority_vote([5]), "vote answer #0 must be a string, got int"),
+        (lambda: majority_vote("55"), "got one string"),
+        (lambda: majority_vote(["5"], ["1"]), "#0 is '1'"),
+        (lambda: majority_vote(["5"], [None]), "#0 is None"),
+        (lambda: majority_vote(["5"], [True]), "#0 is True"),
+        (lambda: majority_vote(["1", "2"], rng=5), "rng must be a random.Random"),
+        (lambda: vote_weights(["a"]), "score #0 is 'a'"),
+        (lambda: vote_weights([0.5, True]), "score #1 is True"),
+    ],
+)
+def test_wrong_types_are_config_errors(call: Callable[[], object], message: str) -> None:
+    """These raised AttributeError, TypeError or ValueError (the rng only at a tie)."""
+    with pytest.raises(ConfigError, match=message):
+        call()
 
 
 def test_tie_without_rng_goes_to_the_first_seen_key() -> None:

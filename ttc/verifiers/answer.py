@@ -14,6 +14,7 @@ import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING, cast
 
 import anyio.lowlevel
@@ -30,12 +31,26 @@ if TYPE_CHECKING:  # the grading workers import this module and nothing they do 
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _HASHES = re.compile(r"####[ \t]*([^\n]*)")
 _ANSWER_PHRASE = re.compile(r"\banswer\b\**[ \t]*(?:is\b[ \t]*:?|[:：])\**[ \t]*", re.IGNORECASE)
+# Words that scale the number before them (``5 million``, ``2 dozen``): part of the number, never a unit.
+_SCALES = {"hundred": 100, "thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12, "dozen": 12}
+_SCALE_WORDS = rf"(?i:{'|'.join(_SCALES)})\b"
+# Scale words after a number, taken whole (possessive): a shorter match would leave one to read as prose.
+_SCALED_BY = rf"(?:\s+{_SCALE_WORDS})*+"
 # A number not glued to a word or another number; thousands groups only when they are complete.
-_NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|(?<![\w.])-?\.\d+")
-# A number (or a fraction) and then prose: ``18 pens``, ``3/4 of the cake``, ``18, because ...``, ``5 (five)``.
-# A comma before another number is a list (``1, 2, 3``), so only a comma before a word ends the answer.
+_NUMBER = r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|(?<![\w.])-?\.\d+"
+# What the last-number fallback reads: a fraction whole (``1/2``, ``\frac{1}{2}``: its last number is only the
+# denominator), but not a date's ``3/4/2024``; else a number and its scale words.
+_LAST_VALUE = re.compile(
+    r"(?<![\w.])-?\\[dt]?frac(?:\{-?\d+\}|\d)(?:\{\d+\}|\d)"
+    r"|(?<![\w./])-?\d+/\d+(?![\w/]|\.\d)"
+    rf"|(?:{_NUMBER}){_SCALED_BY}"
+)
+# A number (or a fraction) and then prose: ``18 pens``, ``3/4 of the cake``, ``18, because ...``, ``5 (five)``;
+# its scale words belong to it (``2 dozen eggs``). A comma before another number is a list (``1, 2, 3``), so only
+# a comma before a word ends the answer.
 _LEADING_NUMBER_THEN_WORD = re.compile(
-    r"(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s+\d+/\d+|/\d+)?)(?:\s+[A-Za-z(]|\s*;|,\s*[A-Za-z])"
+    rf"(-?(?:\d{{1,3}}(?:,\d{{3}})+|\d+)(?:\.\d+)?(?:\s+\d+/\d+|/\d+)?{_SCALED_BY})"
+    r"(?:\s+[A-Za-z(]|\s*;|,\s*[A-Za-z])"
 )
 # A markdown heading after ``####``: ``#### 1. Find the cost``, ``#### (b) Money``, ``#### 2) Total``.
 _HEADING = re.compile(r"\s*\(?[A-Za-z0-9]{1,3}[.)]\s+[A-Za-z]")
@@ -63,25 +78,14 @@ _MATH_SEGMENT = re.compile(r"\$+((?:\\\$|[^$])+)\$+")
 _UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
 
 
-def _braced_group(text: str, start: int) -> tuple[str, int] | None:
-    """The contents of the ``{...}`` group opening at ``start`` and the index after it; None if unclosed.
-
-    Escaped braces (``\\{``) do not count, as in TeX, so ``\\boxed{\\{1,2\\}}`` reads as ``\\{1,2\\}``.
-    """
-    close = _closing_braces(text, start).get(start)
-    return None if close is None else (text[start + 1 : close], close + 1)
-
-
-def _closing_braces(text: str, start: int | None = None) -> dict[int, int]:
-    """Where each ``{`` of ``text`` closes (unclosed ones are absent), in one pass: a text of many unclosed boxes
-    (a sample looping on ``\\boxed{``) would cost a scan to its end per box, quadratic in its length. From
-    ``start``, only the group opening there is wanted, and the scan ends where it closes."""
+def _closing_braces(text: str) -> dict[int, int]:
+    """Where each ``{`` of ``text`` closes (unclosed ones are absent), in one pass: matching each group on its own
+    costs a scan to the end per unclosed one (a sample looping on ``\\boxed{`` or ``\\frac{``), quadratic in the
+    length. Escaped braces (``\\{``) do not count, as in TeX, so ``\\boxed{\\{1,2\\}}`` reads as ``\\{1,2\\}``."""
     closes: dict[int, int] = {}
     opened: list[int] = []
-    i = start or 0
+    i = 0
     while i < len(text):
-        if start is not None and start in closes:
-            break
         char = text[i]
         if char == "\\":
             i += 2
@@ -157,15 +161,15 @@ def _clean_phrase_answer(raw: str) -> str:
 
 
 def _last_number(text: str) -> str | None:
-    numbers = _NUMBER.findall(text)
-    return numbers[-1].replace(",", "") if numbers else None
+    values = _LAST_VALUE.findall(text)
+    return values[-1].replace(",", "") if values else None
 
 
 def extract_answer(text: str) -> str | None:
     """The final answer a solution states, or None.
 
     Priority follows how explicit the statement is: the last ``\\boxed{}``/``\\fbox{}``, then GSM8K's
-    ``#### N``, then "The answer is X" / "Answer: X", and only then the last number in the text, which is a
+    ``#### N``, then "The answer is X" / "Answer: X", and only then the last number (or fraction) in the text, a
     guess that is right for most arithmetic word problems and wrong for LaTeX answers (so say them explicitly).
     """
     stated = extract_stated_answer(_check_text(text, "text"))
@@ -178,7 +182,7 @@ def extract_stated_answer(text: str) -> str | None:
     For text cut off before its end (a sample that ran out of tokens): its last number is an intermediate
     value, not an answer, so only an explicit statement counts.
     """
-    boxed = _last_boxed(text)
+    boxed = _last_boxed(_check_text(text, "text"))
     if boxed is not None:
         return boxed
     for hashes in reversed(list(_HASHES.finditer(text))):
@@ -252,70 +256,116 @@ _SIZED_DELIMITERS = re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|big|Big|big
 _SPACING = re.compile(r"(?<!\\)\\[!,;: ]|~|\\displaystyle(?![A-Za-z])|\\quad(?![A-Za-z])|\\qquad(?![A-Za-z])")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree(?![A-Za-z])")
 # Two letters at least: ``3+4\\mathrm{i}`` is a complex number, not 3+4 with a unit.
-_TRAILING_UNIT = re.compile(r"(?:\\(?:text|mbox|mathrm|textrm)\{\s*[A-Za-z][A-Za-z ]*[A-Za-z]\s*\})(?:\^\{?[23]\}?)?$")
+_TRAILING_UNIT = re.compile(
+    r"\\(?:text|mbox|mathrm|textrm)\{\s*(?P<words>[A-Za-z][A-Za-z ]*[A-Za-z])\s*\}(?P<power>\^\{?[23]\}?)?$"
+)
+# A plain number and its scale words: ``5 million``, ``1.5 thousand``, ``2 dozen``.
+_SCALED_NUMBER = re.compile(rf"(?P<number>[-+]?[\d,.]+)\s*(?P<words>{_SCALE_WORDS}{_SCALED_BY})")
+_SCALE_WORD = re.compile(r"\b" + _SCALE_WORDS)
 _PLAIN_NUMBER = re.compile(r"([-+]?)(\d{1,3}(?:,\d{3})+|\d*)(?:\.(\d*))?")
 _INTEGER = re.compile(r"-?\d+")
-_MIXED_NUMBER = re.compile(r"(-?)(\d+)\s+(\d+/\d+)")
+_MIXED_NUMBER = re.compile(r"(-?)(\d+)\s+(\d+)/(\d+)")
+# A fraction of two integers, once its arguments are braced: ``\frac{1}{2}``, ``-\frac{1}{2}``, ``\frac{-1}{2}``,
+# ``1/2``. Digits are bounded: a key is exact arithmetic on them, and ``int`` refuses a string of thousands.
+_FRACTION = re.compile(r"(-?)(?:\\frac\{(-?\d{1,100})\}\{(\d{1,100})\}|(\d{1,100})/(\d{1,100}))")
+_MAX_DIGITS = 100
 # ``12, 345`` is a list of two numbers; squeezed to ``12,345`` it would read as twelve thousand.
 _LIST_COMMA = re.compile(r"(?<=\d),\s+(?=\d)")
 _LIST_MARK = ",\x00"  # a list's comma, marked before spacing commands (``10,\!080``) become spaces
 _WHITESPACE = re.compile(r"(\\[A-Za-z]+)?\s+(?=([A-Za-z])?)")
 _FRAC_OR_SQRT = re.compile(r"\\(frac|sqrt)(?![A-Za-z])")
 _CONTROL_SEQUENCE = re.compile(r"\\(?:[A-Za-z]+|.)", re.DOTALL)
+_MAX_NESTING = 100
+"""Deeper than any answer a person writes: a text nested past it (a sample looping on ``\\sqrt{``) is not read, as
+no reference answer is like it, and math-verify would only exhaust its recursion on it."""
 
 
-def _unwrap_whole(text: str) -> str:
-    """``\\text{(C)}`` -> ``(C)``: a wrapper around the entire answer carries no meaning of its own."""
-    while True:
-        match = _WRAPPER.match(text)
-        if not match:
-            return text
-        group = _braced_group(text, match.end())
-        if group is None or group[1] != len(text):
-            return text
-        text = group[0].strip()
+def _nesting_depth(closes: dict[int, int]) -> int:
+    """How many closed groups the deepest point of a text lies in, from its :func:`_closing_braces` map."""
+    depth = 0
+    enclosing: list[int] = []  # where the groups around the current one close, innermost last
+    for start in sorted(closes):
+        while enclosing and enclosing[-1] < start:
+            enclosing.pop()
+        enclosing.append(closes[start])
+        depth = max(depth, len(enclosing))
+    return depth
+
+
+def _unwrap_whole(text: str, closes: dict[int, int]) -> str:
+    """``\\text{(C)}`` -> ``(C)``: a wrapper around the entire answer carries no meaning of its own. It narrows a
+    span of ``text`` rather than cutting copies, so that one brace map serves every level of ``\\text{\\text{..}}``."""
+    start, end = 0, len(text)
+    while (match := _WRAPPER.match(text, start, end)) and closes.get(match.end()) == end - 1:
+        start, end = match.end() + 1, end - 1
+        while start < end and text[start].isspace():
+            start += 1
+        while end > start and text[end - 1].isspace():
+            end -= 1
+    return text[start:end]
 
 
 def _brace_arguments(text: str) -> str:
-    """Brace the arguments of ``\\frac`` and ``\\sqrt``: ``\\frac43`` and ``\\frac 4{3}`` become ``\\frac{4}{3}``."""
+    """Brace the arguments of ``\\frac`` and ``\\sqrt``: ``\\frac43`` and ``\\frac 4{3}`` become ``\\frac{4}{3}``.
+
+    A loop over one brace map, not a recursion per nested argument: an answer nested a thousand deep would exhaust
+    the recursion limit, and matching each group afresh is quadratic in the length of a text of unclosed ones.
+    """
+    closes = _closing_braces(text)
     out: list[str] = []
-    i = 0
-    while i < len(text):
-        match = _FRAC_OR_SQRT.match(text, i)
-        if not match:
-            out.append(text[i])
+    # The braced arguments being rewritten around ``i``, innermost last: where the enclosing region ends and how
+    # many arguments its macro has still to read after this one (a \frac's denominator after its numerator).
+    outer: list[tuple[int, int]] = []
+    end, wanted, i = len(text), 0, 0
+    while i < end or outer:
+        if i >= end:  # a braced argument ends
+            out.append("}")
+            end, wanted = outer.pop()
             i += 1
-            continue
-        out.append(match.group(0))
-        i = match.end()
-        if match.group(1) == "sqrt" and i < len(text) and text[i] == "[":
-            close = text.find("]", i)
-            if close < 0:
-                return "".join(out) + text[i:]
-            out.append(text[i : close + 1])
-            i = close + 1
-        for _ in range(2 if match.group(1) == "frac" else 1):
-            argument, i = _read_argument(text, i)
-            if argument is None:
-                break
-            out.append("{" + _brace_arguments(argument) + "}")
+        elif wanted:
+            while i < end and text[i] == " ":
+                i += 1
+            close = closes.get(i) if i < end and text[i] == "{" else None
+            if close is not None:
+                out.append("{")
+                outer.append((end, wanted - 1))
+                end, wanted, i = close, 0, i + 1
+            elif i < end and text[i] != "{":
+                argument = _unbraced_argument(text, i, end)
+                out.append("{" + argument + "}")
+                wanted, i = wanted - 1, i + len(argument)
+            else:  # nothing left, or an unclosed group: the macro goes without
+                wanted = 0
+        else:
+            i, wanted = _copy_up_to_argument(text, i, end, out)
     return "".join(out)
 
 
-def _read_argument(text: str, i: int) -> tuple[str | None, int]:
-    """One TeX macro argument starting at ``i``: a braced group, a control word, or a single character."""
-    while i < len(text) and text[i] == " ":
-        i += 1
-    if i >= len(text):
-        return None, i
-    if text[i] == "{":
-        group = _braced_group(text, i)
-        return (group[0], group[1]) if group else (None, i)
-    if text[i] == "\\":
-        word = _CONTROL_SEQUENCE.match(text, i)
-        if word is not None:
-            return word.group(0), word.end()
-    return text[i], i + 1
+def _copy_up_to_argument(text: str, i: int, end: int, out: list[str]) -> tuple[int, int]:
+    """Copy ``text[i]`` to ``out``, or a ``\\frac`` or ``\\sqrt`` (with its ``[n]``) there: where to go on, and how
+    many arguments it reads."""
+    match = _FRAC_OR_SQRT.match(text, i, end)
+    if not match:
+        out.append(text[i])
+        return i + 1, 0
+    out.append(match.group(0))
+    i = match.end()
+    if match.group(1) == "frac":
+        return i, 2
+    if i < end and text[i] == "[":
+        close = text.find("]", i, end)
+        if close < 0:  # an unclosed index: the rest is copied as it stands
+            out.append(text[i:end])
+            return end, 0
+        out.append(text[i : close + 1])
+        i = close + 1
+    return i, 1
+
+
+def _unbraced_argument(text: str, i: int, end: int) -> str:
+    """A macro argument without braces at ``i`` (before ``end``): a control word, or a single character."""
+    word = _CONTROL_SEQUENCE.match(text, i, end) if text[i] == "\\" else None
+    return word.group(0) if word else text[i]
 
 
 def _canonical_number(text: str) -> str | None:
@@ -330,15 +380,84 @@ def _canonical_number(text: str) -> str | None:
     return number if sign != "-" or number == "0" else "-" + number
 
 
+def _rational_key(value: Fraction) -> str:
+    """The key of an exact rational: as a plain number is keyed where a decimal writes it exactly (``0.5``, ``2``,
+    so that ``1/2``, ``\\frac{2}{4}`` and ``0.5`` vote together), else its reduced ``\\frac{1}{3}``."""
+    sign = "-" if value < 0 else ""
+    numerator, denominator = abs(value.numerator), value.denominator
+    rest, twos, fives = denominator, 0, 0
+    while rest % 2 == 0:
+        rest, twos = rest // 2, twos + 1
+    while rest % 5 == 0:
+        rest, fives = rest // 5, fives + 1
+    if rest != 1:
+        return f"{sign}\\frac{{{numerator}}}{{{denominator}}}"
+    places = max(twos, fives)
+    whole, part = divmod(numerator * 10**places // denominator, 10**places)
+    decimals = str(part).rjust(places, "0").rstrip("0")
+    return sign + str(whole) + ("." + decimals if decimals else "")
+
+
+def _fraction_key(text: str) -> str | None:
+    """The key of ``text`` if it is exactly a fraction of integers (see ``_FRACTION``) with a nonzero denominator."""
+    match = _FRACTION.fullmatch(text)
+    if match is None:
+        return None
+    sign, numerator, denominator = match.group(1), match.group(2) or match.group(4), match.group(3) or match.group(5)
+    if not denominator.strip("0"):  # 1/0 is no number: the text stays as written
+        return None
+    value = Fraction(int(numerator), int(denominator))
+    return _rational_key(-value if sign else value)
+
+
+def _scaled(number: str, words: str) -> str | None:
+    """``5`` and ``million`` -> ``5000000``, exactly (``1.5 thousand`` is 1500); None unless a plain number."""
+    canonical = _canonical_number(number.strip())
+    if canonical is None or len(canonical) > _MAX_DIGITS:
+        return None
+    value = Fraction(canonical)
+    for word in words.lower().split():
+        value *= _SCALES[word]
+    return _rational_key(value)
+
+
 def _without_unit(text: str) -> str:
-    """Drop a trailing ``\\text{ cm}^2``-style unit, but only after a pure number (no letters of its own)."""
+    """Drop a trailing ``\\text{ cm}^2``-style unit, but only after a pure number (no letters of its own).
+
+    A scale word is no unit: ``5\\text{ million}`` is 5000000 (``\\text{ million dollars}`` drops only the dollars).
+    Where the number cannot take it (``x\\text{ million}``, a scale word after the unit), the text stays whole:
+    dropping the unit would change the number.
+    """
     unit = _TRAILING_UNIT.search(text)
     if unit is None:
         return text
-    head = text[: unit.start()].strip()
-    if head and not re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", head)):
-        return head
-    return text
+    head, words = text[: unit.start()].strip(), unit.group("words")
+    if not _SCALE_WORD.search(words):
+        return head if head and not re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", head)) else text
+    scale = re.match(_SCALE_WORDS + _SCALED_BY, words)
+    if scale is None or unit.group("power") or _SCALE_WORD.search(words, scale.end()):
+        return text
+    return _scaled(head, scale.group(0)) or text
+
+
+def _scaled_number(text: str) -> str | None:
+    """The key of a plain number with scale words (``5 million``, ``1.5 thousand``, ``2 dozen``), else None."""
+    scaled = _SCALED_NUMBER.fullmatch(text)
+    return _scaled(scaled.group("number"), scaled.group("words")) if scaled else None
+
+
+def _mixed_number(text: str) -> str | None:
+    """The key of a mixed number: ``2 3/4`` is 2+3/4 (2.75), not the 23/4 that dropping its space would make;
+    ``-2 3/4`` is -(2+3/4). Past exact arithmetic's reach, the sum is written out for math-verify. None for other
+    text."""
+    mixed = _MIXED_NUMBER.fullmatch(text)
+    if mixed is None:
+        return None
+    sign, whole, numerator, denominator = mixed.groups()
+    if len(text) > _MAX_DIGITS or not denominator.strip("0"):
+        return f"-({whole}+{numerator}/{denominator})" if sign else f"{whole}+{numerator}/{denominator}"
+    value = int(whole) + Fraction(int(numerator), int(denominator))
+    return _rational_key(-value if sign else value)
 
 
 def _squeeze_spaces(text: str) -> str:
@@ -351,8 +470,17 @@ def normalize_answer(answer: str) -> str:
 
     Only rewrites that cannot merge different answers are applied: delimiters, spacing, ``\\left``/``\\right``,
     wrappers such as ``\\text{}``, ``\\dfrac`` -> ``\\frac``, degree signs, a currency sign, a unit after a plain
-    number, thousands separators and trailing zeros of plain numbers, and ``(C)`` -> ``C`` for a choice letter.
+    number, thousands separators and trailing zeros of plain numbers, and ``(C)`` -> ``C`` for a choice letter. An
+    exact number has one key however it is written: ``0.5``, ``1/2`` and ``\\frac{2}{4}`` are ``0.5``; ``4/2`` and
+    ``2 dozen`` are ``2`` and ``24``. An answer nested too deeply to read has the empty key, like an answer of only
+    spacing: it matches nothing and does not vote.
     """
+    key = _answer_key(_check_text(answer, "answer"))
+    return "" if key is None else key
+
+
+def _answer_key(answer: str) -> str | None:
+    """``normalize_answer``'s key, or None for an answer nested past ``_MAX_NESTING``: grading says why."""
     text = _LIST_COMMA.sub(_LIST_MARK, answer.strip())
     text = text.replace("\\$", "").replace("$", "")
     if (text.startswith("\\(") and text.endswith("\\)")) or (text.startswith("\\[") and text.endswith("\\]")):
@@ -361,18 +489,22 @@ def normalize_answer(answer: str) -> str:
     text = _SIZED_DELIMITERS.sub("", text)
     text = re.sub(r"\\[dt]frac(?![A-Za-z])", r"\\frac", text)
     text = _DEGREES.sub("", text).strip().rstrip(".").strip()
-    text = _unwrap_whole(text)
-    text = _without_unit(text)
-    mixed = _MIXED_NUMBER.fullmatch(text)
-    if mixed:  # 2 3/4 is 2+3/4, not the 23/4 that dropping its space would make; -2 3/4 is -(2+3/4)
-        sign, whole, part = mixed.groups()
-        text = f"-({whole}+{part})" if sign else f"{whole}+{part}"
+    closes = _closing_braces(text)
+    if _nesting_depth(closes) > _MAX_NESTING:
+        return None
+    text = _without_unit(_unwrap_whole(text, closes))
+    exact = _scaled_number(text) or _mixed_number(text)
+    if exact is not None:
+        return exact
     text = ", ".join(_brace_arguments(_squeeze_spaces(piece)) for piece in text.split(_LIST_MARK)).rstrip(".")
     choice = re.fullmatch(r"\(([A-Z])\)", text)
     if choice:
         return choice.group(1)
     number = _canonical_number(text)
-    return number if number is not None else text
+    if number is not None:
+        return number
+    fraction = _fraction_key(text)
+    return fraction if fraction is not None else text
 
 
 # --------------------------------------------------------------------------------------------- equivalence
@@ -487,11 +619,10 @@ def _worker_verdict(gold_key: str, predicted_key: str, timeout_s: float) -> _Ver
 def gold_key(gold: str) -> str:
     """The key a gold answer is graded by; ConfigError where none can be (no final answer in it, or one too deeply
     nested to read). Loaders and evaluations check it before a model runs: grading finds it only after."""
-    try:
-        key = normalize_answer(gold)
-    except RecursionError:
+    key = _answer_key(_check_text(gold, "gold"))
+    if key is None:
         raise ConfigError(f"the gold answer {gold[:40]!r}... is too deeply nested to grade; pass the reference "
-                          "final answer in a plain form") from None
+                          "final answer in a plain form")
     if not key:
         raise ConfigError(f"the gold answer {gold!r} is empty; pass the reference final answer (e.g. '42')")
     return key
@@ -509,13 +640,12 @@ class _NeedsWorker:
 def _grade_quickly(prediction_text: str, gold: str, timeout_s: float) -> GradeResult | _NeedsWorker:
     _check_timeout(timeout_s)
     _check_text(prediction_text, "prediction_text")
-    key = gold_key(_check_text(gold, "gold"))
+    key = gold_key(gold)
     predicted = extract_answer(prediction_text)
     if predicted is None:
         return GradeResult(False, None, "no answer found")
-    try:
-        answer_key = normalize_answer(predicted)
-    except RecursionError:  # hundreds of nested \sqrt{: no reference answer is like it
+    answer_key = _answer_key(predicted)
+    if answer_key is None:  # hundreds of nested \sqrt{: no reference answer is like it
         return GradeResult(False, predicted, "too deeply nested to compare")
     quick = _quick_verdict(key, answer_key)
     if quick is not None:
@@ -567,8 +697,10 @@ def _limiter() -> anyio.CapacityLimiter:
 
 
 async def agrade(prediction_text: str, gold: str, *, timeout_s: float = 5.0) -> GradeResult:
-    """``grade_detail`` for async code: quick verdicts inline, math-verify checks on a worker thread."""
-    step = _grade_quickly(prediction_text, gold, timeout_s)
+    """``grade_detail`` for async code. Both steps run on threads: extracting and normalizing a long answer is
+    work in this process that would stall the event loop, and a math-verify check waits on a worker."""
+    quick = functools.partial(_grade_quickly, prediction_text, gold, timeout_s)
+    step = await anyio.to_thread.run_sync(quick, abandon_on_cancel=True)
     if isinstance(step, GradeResult):
         return step
     work = functools.partial(_worker_verdict, step.gold_key, step.answer_key, timeout_s)

@@ -1,8 +1,9 @@
 """Majority and weighted voting over final answers (self-consistency and its verifier-weighted variants).
 
 Answers are grouped by ``normalize_answer`` key, not by pairwise math-verify checks: those would cost O(n^2)
-worker round trips per vote, and a vote runs after every sampling round. Two spellings of one answer that the
-key does not unify (``0.5`` and ``\\frac{1}{2}``) therefore split their votes; that is the price of speed.
+worker round trips per vote, and a vote runs after every sampling round. The key unifies the spellings of an exact
+number (``0.5``, ``1/2`` and ``\\frac{1}{2}`` vote together), but two spellings of one answer that it does not
+(``\\sqrt{8}`` and ``2\\sqrt{2}``) split their votes; that is the price of speed.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from ttc.errors import ConfigError
-from ttc.verifiers.answer import normalize_answer
+from ttc.types import is_finite_number, is_number
+from ttc.verifiers.answer import _check_text, normalize_answer
 
 
 @dataclass(frozen=True)
@@ -45,9 +47,21 @@ def _checked_weights(answers: Sequence[str | None], weights: Sequence[float] | N
             f"majority_vote got {len(answers)} answers but {len(weights)} weights; pass one weight per answer"
         )
     for index, weight in enumerate(weights):
-        if not math.isfinite(weight) or weight < 0:
-            raise ConfigError(f"vote weight #{index} is {weight!r}; weights must be finite and >= 0")
+        if not is_finite_number(weight) or weight < 0:
+            raise ConfigError(f"vote weight #{index} is {weight!r}; weights must be finite numbers >= 0")
     return [float(weight) for weight in weights]
+
+
+def _check_vote(answers: Sequence[str | None], rng: random.Random | None) -> None:
+    """Refuse, as a ConfigError, what would fail later as an AttributeError far from its cause (an int answer
+    when it is normalized, an rng only at the first tie) or vote on each letter of one string."""
+    if isinstance(answers, str):
+        raise ConfigError("majority_vote takes a list of answers, got one string; pass [answer]")
+    for index, answer in enumerate(answers):
+        if answer is not None:
+            _check_text(answer, f"vote answer #{index}")
+    if rng is not None and not isinstance(rng, random.Random):
+        raise ConfigError(f"rng must be a random.Random (e.g. random.Random(seed)) or None, got {type(rng).__name__}")
 
 
 def vote_weights(scores: Sequence[float | None]) -> list[float]:
@@ -58,6 +72,10 @@ def vote_weights(scores: Sequence[float | None]) -> list[float]:
     count: all-zero weights would tie every answer and leave the winner to the tie-break, whatever the counts.
     Rank by ``select="score"`` to use such scores' order rather than their size.
     """
+    for index, score in enumerate(scores):
+        if score is not None and not is_number(score):
+            raise ConfigError(f"score #{index} is {score!r}; pass each verifier score as a number, or None for an "
+                              "unscored candidate")
     weights = [1.0 if score is None else max(float(score), 0.0) for score in scores]
     return weights if any(weights) else [1.0] * len(weights)
 
@@ -69,10 +87,12 @@ def majority_vote(
 ) -> VoteResult:
     """The answer class with the largest total weight.
 
-    None answers (and answers that normalize to nothing) do not vote. Ties go to ``rng.choice`` over the tied
-    keys in sorted order, so a seeded rng gives the same winner every time; without an rng, to the key seen
-    first. Sums use ``math.fsum`` so that the order of the answers cannot change the winner.
+    None answers (and answers that normalize to nothing, as one nested too deeply to read does) do not vote. Ties
+    go to ``rng.choice`` over the tied keys in sorted order, so a seeded rng gives the same winner every time;
+    without an rng, to the key seen first. Sums use ``math.fsum`` so that the order of the answers cannot change
+    the winner.
     """
+    _check_vote(answers, rng)
     checked = _checked_weights(answers, weights)
     members: dict[str, list[float]] = {}
     first_spelling: dict[str, str] = {}
