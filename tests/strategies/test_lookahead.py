@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,12 +11,13 @@ import pytest
 
 from ttc import solve
 from ttc.budget import Meter
-from ttc.errors import ConfigError
+from ttc.errors import ConfigError, ContextLengthError
 from ttc.strategies.base import Context, make_strategy
 from ttc.strategies.lookahead import NO_DRAFT, steps_to_propose
 from ttc.testing import ScriptedBackend
+from ttc.testing.scripted import Responder
 from ttc.trace import TraceRecorder
-from ttc.types import Budget, Completion, Problem
+from ttc.types import Budget, Completion, Problem, Sampling
 
 pytestmark = pytest.mark.anyio
 
@@ -23,15 +25,20 @@ TARGET = ["1 + 2 = 3\n", "3 * 4 = 12\n", "12 - 5 = 7\n", "7 + 1 = 8\n", "The ans
 TEMPLATE = "Q: {question}\nA:\n"
 
 
-def writer(lines: Sequence[str], fail_after: int | None = None) -> ScriptedBackend:
-    """A model that writes ``lines`` in order: its next line is the one after those already in the prompt (a
-    prompt that strays from ``lines`` gets the line at the same position)."""
+def script(lines: Sequence[str]) -> Responder:
+    """Writing ``lines`` in order: the next line is the one after those already in the prompt (a prompt that
+    strays from ``lines`` gets the line at the same position)."""
 
     def respond(prompt_text: str, index: int, seed: int | None) -> str:
         done = prompt_text.split("A:\n", 1)[1].count("\n")
         return "".join(lines[done:])
 
-    return ScriptedBackend(respond, fail_after=fail_after)
+    return respond
+
+
+def writer(lines: Sequence[str], fail_after: int | None = None) -> ScriptedBackend:
+    """A model that writes ``lines`` in order (:func:`script`)."""
+    return ScriptedBackend(script(lines), fail_after=fail_after)
 
 
 def ctx_for(target: ScriptedBackend, draft: ScriptedBackend | None) -> Context:
@@ -218,3 +225,116 @@ async def test_a_chain_stopped_by_max_depth_states_no_answer_it_did_not_write() 
     """Its last line's value (3 after one step) is an intermediate value, not the solution's answer."""
     text, answer, _, _ = await run(writer(TARGET), writer(TARGET), gamma=1, max_depth=2)
     assert text == "".join(TARGET[:2]) and answer is None
+
+
+class Garbled(ScriptedBackend):
+    """A draft that writes the target's token ids but renders them as other text, with logprobs of its own: a
+    vocabulary that maps the same ids to other strings, seen from outside."""
+
+    async def complete(self, prompt: Sequence[int], n: int, sampling: Sampling) -> list[Completion]:
+        return [dataclasses.replace(c, text=c.text.replace("=", "+"), logprobs=(-9.0,) * len(c.token_ids))
+                for c in await super().complete(prompt, n, sampling)]
+
+
+async def test_an_accepted_step_reads_as_the_targets_text_and_logprob() -> None:
+    """The chain took an accepted step's text and logprob from the draft: '1 + 2 + 3' for the target's ids."""
+    text, answer, ctx, _ = await run(writer(TARGET), Garbled(script(TARGET)), gamma=2)
+    assert text == "".join(TARGET) and answer == "8"
+    chain = [n for n in ctx.recorder.nodes() if n.parent is not None and n.status != "pruned"]
+    assert "written by the draft" in {n.reason for n in chain}
+    assert [n.text for n in chain] == TARGET and all(n.logprob is None for n in chain)
+
+
+class SwappedSigns(ScriptedBackend):
+    """A vocabulary with the ids of '+' and '=' swapped: it reads the prompt as the target does."""
+
+    async def tokenize(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        swap = {ord("+"): ord("="), ord("="): ord("+")}
+        return [swap.get(ord(ch), ord(ch)) for ch in text]
+
+
+async def test_a_draft_that_reads_only_the_prompt_alike_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"draft model scripted tokenizes '\+-\*/=.*' differently.*TTC_DRAFT_MODEL"):
+        await run(writer(TARGET), SwappedSigns(script(TARGET)))
+
+
+class OtherEnd(ScriptedBackend):
+    @property
+    def eos_token_id(self) -> int | None:
+        return 7
+
+
+class OwnEnd(ScriptedBackend):
+    @property
+    def eos_token_id(self) -> int | None:
+        return 2
+
+
+async def test_a_draft_that_ends_sequences_with_another_token_is_refused() -> None:
+    with pytest.raises(ConfigError, match="ends sequences with token 7 where the target scripted uses 2"):
+        await run(OwnEnd(script(TARGET)), OtherEnd(script(TARGET)))
+
+
+def reciter(lines: Sequence[str]) -> ScriptedBackend:
+    """A model that writes ``lines`` on from wherever the prompt's solution stopped, mid-line too."""
+    text = "".join(lines)
+
+    def respond(prompt_text: str, index: int, seed: int | None) -> str:
+        return text[len(prompt_text.split("A:\n", 1)[1]):]
+
+    return ScriptedBackend(respond)
+
+
+async def test_a_step_cut_at_max_step_tokens_is_continued_not_ended() -> None:
+    """A step that reached max_step_tokens ended the solution: '1 + ' and no answer, the budget unspent."""
+    text, answer, ctx, _ = await run(reciter(TARGET), reciter(TARGET), gamma=2, max_step_tokens=4)
+    assert text == "".join(TARGET) and answer == "8"
+    pieces = [n for n in ctx.recorder.nodes() if n.parent is not None and n.status != "pruned"]
+    assert pieces[0].text == "1 + " and pieces[0].reason is not None and "next node goes on" in pieces[0].reason
+
+
+async def test_max_depth_counts_a_step_written_in_pieces_once() -> None:
+    text, answer, _, _ = await run(reciter(TARGET), reciter(TARGET), gamma=2, max_step_tokens=4, max_depth=2)
+    assert text == "".join(TARGET[:2]) and answer is None
+
+
+class ShortContext(ScriptedBackend):
+    """A served draft that learns its context window only when asked, as a vLLM server may."""
+
+    async def complete(self, prompt: Sequence[int], n: int, sampling: Sampling) -> list[Completion]:
+        if len(prompt) >= 20:
+            raise ContextLengthError("prompt leaves no room in the server's max_model_len of 20")
+        return await super().complete(prompt, n, sampling)
+
+
+async def test_a_chain_past_the_drafts_context_goes_on_with_target_steps() -> None:
+    """The draft's refusal of a long prompt failed the solve the target could finish on its own."""
+    text, answer, ctx, _ = await run(writer(TARGET), ShortContext(script(TARGET)), gamma=2)
+    assert text == "".join(TARGET) and answer == "8"
+    [stopped] = [e.payload for e in ctx.recorder.events() if e.kind == "draft_stopped"]
+    assert "max_model_len of 20" in str(stopped["reason"])
+
+
+class Window(ScriptedBackend):
+    """A target whose context holds ``max_model_len`` positions: it refuses a longer prompt and stops a
+    completion at the window's end, as the local engine and a vLLM server do."""
+
+    max_model_len = 24
+
+    async def complete(self, prompt: Sequence[int], n: int, sampling: Sampling) -> list[Completion]:
+        if len(prompt) >= self.max_model_len:
+            raise ContextLengthError(f"prompt of {len(prompt)} tokens leaves no room")
+        room = self.max_model_len - len(prompt)
+        out = await super().complete(prompt, n, dataclasses.replace(sampling, max_tokens=min(sampling.max_tokens,
+                                                                                             room)))
+        return [dataclasses.replace(c, finish_reason="length") if len(prompt) + len(c.token_ids) >= self.max_model_len
+                else c for c in out]
+
+
+async def test_proposals_and_heads_stay_within_the_targets_context() -> None:
+    """A draft with a larger context proposed steps past the target's, and the target was sent them as heads."""
+    target, draft = Window(script(TARGET)), writer(TARGET)
+    text, answer, _, _ = await run(target, draft, gamma=3)
+    assert text == "".join(TARGET)[: 24 - len(TEMPLATE.format(question="q"))] and answer is None
+    assert all(len(call.prompt) < Window.max_model_len for call in target.calls)
+    assert all(len(call.prompt) + call.sampling.max_tokens <= Window.max_model_len for call in draft.calls)

@@ -92,6 +92,11 @@ class LocalBackend:
         return eos[0] if eos else None
 
     @property
+    def max_model_len(self) -> int:
+        """The positions the model's context holds, named as the vLLM backend names its server's."""
+        return self._engine.config.max_positions
+
+    @property
     def engine(self) -> Engine:
         """The engine itself, for inspection (KV tree, config); drive it only through this backend."""
         return self._engine

@@ -11,13 +11,21 @@ changes, and only where the draft guesses the target's steps and is cheaper per 
 One budget covers both models: the draft's tokens and the target's (accepted or not) are generated tokens. A
 round plans its worst case, ``gamma`` draft steps and ``gamma + 1`` target steps of ``max_step_tokens``, and
 proposes fewer steps when the budget cannot cover it, down to a plain target step.
+
+Drafting changes only the speed, never the solution, so neither model's limits may cut it short. A step that
+stops at ``max_step_tokens`` with context left is not the end: the next round continues it (prompts are token
+ids, so the pieces concatenate into the step the target would write whole). Each proposal is at most as long as
+the target has room for, and the target is sent no head past its context. Once the chain outgrows the draft's
+context, the rest of the solution is plain target steps.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import anyio
 from pydantic import Field
@@ -25,7 +33,7 @@ from pydantic import Field
 from ttc.backends.base import Backend
 from ttc.budget import Meter
 from ttc.concurrency import run_concurrently
-from ttc.errors import ConfigError
+from ttc.errors import ConfigError, ContextLengthError
 from ttc.strategies.base import Context, Strategy, StrategyOptions, StrategyResult, register
 from ttc.strategies.tree import ends_solution
 from ttc.types import Candidate, Completion, Problem, Sampling
@@ -33,6 +41,14 @@ from ttc.verifiers.answer import stopped_answer
 
 NO_DRAFT = ("the lookahead strategy needs a draft model: pass draft=<Backend> to solve, or set TTC_DRAFT_MODEL to "
             "a model folder with the target's tokenizer (the embedded default brings the mini draft)")
+
+TOKENIZER_PROBES = ("0123456789", "+-*/=().,:?", "abcdefghijklmnopqrstuvwxyz", "The answer is 42.\nStep 1: ")
+"""Texts both models must read as the same token ids, besides the prompt: a prompt need not hold the digits,
+operators and words that steps are written in, and a draft whose vocabulary numbers those differently (``+`` and
+``=`` swapped) reads the prompt alike, then passes every check while its steps read as other text. Short pieces
+rather than one string, so that a character a small vocabulary lacks costs only its own piece."""
+
+StepState = Literal["unfinished", "ended", "done"]
 
 
 class LookaheadOptions(StrategyOptions):
@@ -51,6 +67,10 @@ class Chain:
     complete: bool = False
     cut: bool = False
     ended: bool = False  # the target ended the solution (rather than max_depth)
+    depth: int = 0  # steps begun: one cut at max_step_tokens and continued is one step, however many pieces
+    unfinished: bool = False  # the last step stopped at max_step_tokens with room left: the next round goes on
+    open_text: str = ""  # what the unfinished step says so far, since only the whole step can end the solution
+    drafting: bool = True  # False once the chain outgrew the draft's context: plain target steps from then on
 
 
 @dataclass
@@ -79,6 +99,28 @@ def steps_to_propose(meter: Meter, gamma: int, max_tokens: int) -> int | None:
     return k
 
 
+def context_window(backend: Backend) -> int | None:
+    """The positions ``backend``'s model holds, where it says (``max_model_len``: the local engine's, a vLLM
+    server's once connected); None otherwise. Read by name, as the Backend protocol leaves it out: a backend may
+    not know it (a test double, a server not yet asked), and the two models' windows may differ."""
+    window = getattr(backend, "max_model_len", None)
+    return window if isinstance(window, int) else None
+
+
+def step_state(step: Completion, before: str, end: int, *, max_tokens: int, window: int | None,
+               delimiter: str) -> StepState:
+    """How ``step`` leaves the solution: ``unfinished`` when it stopped at ``max_tokens`` with context left, since a
+    step's length limit is no reason for the solution to stop; ``ended`` when the whole step (``before`` is what
+    the unfinished step it continues said) ends the solution as :func:`ends_solution` says; else ``done``.
+
+    ``end`` is the sequence's length after the step and ``window`` the target's context: a step that filled the
+    context ended the solution, whatever its length. Where the window is unknown, a step at the limit goes on."""
+    if step.finish_reason == "length" and len(step.token_ids) >= max_tokens and (window is None or end < window):
+        return "unfinished"
+    whole = dataclasses.replace(step, text=before + step.text)
+    return "ended" if ends_solution(whole, delimiter) else "done"
+
+
 def accepted_prefix(drafts: Sequence[Completion], checks: Sequence[Completion]) -> int:
     """How many leading draft steps the target wrote the same way: ``checks[i]`` is the target's step after the
     first ``i`` draft steps."""
@@ -104,9 +146,7 @@ class Lookahead(Strategy[LookaheadOptions]):
                                                                 token_count=len(prompt)))
         tally = Tally()
         while not chain.complete:
-            # A proposal never runs past max_depth: the target's step after it would be the last one.
-            room = self.options.max_depth - len(chain.steps) - 1
-            k = steps_to_propose(meter, min(self.options.gamma, room), self.options.max_step_tokens)
+            k = steps_to_propose(meter, self._proposals_allowed(ctx, draft, chain), self.options.max_step_tokens)
             if k is None:
                 break
             held: dict[Backend, list[tuple[int, ...]]] = {draft: [], ctx.backend: []}
@@ -121,39 +161,49 @@ class Lookahead(Strategy[LookaheadOptions]):
                             await backend.release(ids)
         return self._result(ctx, chain, tally, prompt)
 
+    def _proposals_allowed(self, ctx: Context, draft: Backend, chain: Chain) -> int:
+        """How many draft steps this round may propose before the budget has its say.
+
+        A proposal never runs past max_depth: the target's step after it would be the last one (a first proposal
+        that continues an unfinished step begins none). 0 once the chain has outgrown the draft's context."""
+        window = context_window(draft)
+        if chain.drafting and window is not None and len(chain.prefix) >= window:
+            self._stop_drafting(ctx, chain, f"the chain fills the draft's {window}-position context")
+        if not chain.drafting:
+            return 0
+        room = self.options.max_depth - chain.depth - 1 + int(chain.unfinished)
+        return max(0, min(self.options.gamma, room))
+
+    def _stop_drafting(self, ctx: Context, chain: Chain, reason: str) -> None:
+        """Go on with plain target steps: the draft's limits must not end a solution the target can finish."""
+        chain.drafting = False
+        ctx.recorder.event("draft_stopped", {"reason": reason, "steps": len(chain.steps),
+                                             "tokens": len(chain.prefix)}, node_id=chain.node)
+
     async def _draft_backend(self, ctx: Context, prompt_text: str) -> Backend:
-        """The draft model; refused unless it reads the prompt as the same token ids as the target, since steps
-        are compared and passed between the two as token ids."""
+        """The draft model; refused unless it reads the prompt, and the probes steps are written in, as the same
+        token ids as the target and ends sequences with the same token, since steps are compared and passed
+        between the two as token ids."""
         if ctx.draft is None:
             raise ConfigError(NO_DRAFT)
-        ours = await ctx.backend.tokenize(prompt_text, add_special_tokens=True)
-        theirs = await ctx.draft.tokenize(prompt_text, add_special_tokens=True)
+        draft, target = ctx.draft, ctx.backend
+        ours = await target.tokenize(prompt_text, add_special_tokens=True)
+        theirs = await draft.tokenize(prompt_text, add_special_tokens=True)
         if list(ours) != list(theirs):
-            raise ConfigError(f"the draft model {ctx.draft.name} tokenizes the prompt differently from the target "
-                              f"{ctx.backend.name}: lookahead passes steps between them as token ids, so the draft "
-                              "must share the target's tokenizer")
-        return ctx.draft
+            raise other_tokenizer(draft, f"tokenizes the prompt differently from the target {target.name}")
+        for probe in TOKENIZER_PROBES:
+            if not await reads_alike(target, draft, probe):
+                raise other_tokenizer(draft, f"tokenizes {probe!r} differently from the target {target.name}")
+        eos = (target.eos_token_id, draft.eos_token_id)
+        if None not in eos and eos[0] != eos[1]:
+            raise other_tokenizer(draft, f"ends sequences with token {eos[1]} where the target {target.name} "
+                                         f"uses {eos[0]}")
+        return draft
 
     async def _round(self, ctx: Context, draft: Backend, meter: Meter, chain: Chain, k: int, tally: Tally,
                      held: dict[Backend, list[tuple[int, ...]]]) -> None:
         cap = self.options.max_step_tokens
-        proposals: list[Completion] = []
-        prefix = chain.prefix
-        for _ in range(k):
-            if meter.exhausted():  # the wall time can run out within a round: no call starts after it
-                break
-            step = (await draft.complete(prefix, 1, self._sampling(ctx, cap)))[0]
-            meter.charge([step])
-            tally.draft_tokens += len(step.token_ids)
-            proposals.append(step)
-            prefix += step.token_ids
-            held[draft].append(prefix)
-            if ends_solution(step, ctx.step_delimiter):
-                break
-        # The target's step after each prefix of the proposal; none after a proposal that ends the solution.
-        heads = [chain.prefix, *held[draft]]  # the draft's sequences are the chain plus 1, 2, ... proposals
-        if proposals and ends_solution(proposals[-1], ctx.step_delimiter):
-            heads.pop()
+        proposals, heads = await self._propose(ctx, draft, meter, chain, k, tally, held)
         if meter.exhausted():  # the drafts were paid for: the trace and the summary count them all the same
             tally.rounds += 1
             tally.proposed += len(proposals)
@@ -175,16 +225,63 @@ class Lookahead(Strategy[LookaheadOptions]):
         tally.rounds += 1
         tally.proposed += len(proposals)
         tally.accepted += accepted
-        for step in proposals[:accepted]:
-            self._extend(ctx, chain, step, source="draft")
+        # An accepted step is the target's own completion of the same ids: its text and logprob are the
+        # target's, whatever the draft's tokenizer made of them.
+        for check in checks[:accepted]:
+            self._extend(ctx, chain, check, source="draft")
             if chain.complete:
                 break
         if not chain.complete:
             self._unaccepted(ctx, chain, proposals[accepted:], "draft step rejected: the target wrote another step")
-        if not chain.complete and accepted < len(checks) and len(chain.steps) < self.options.max_depth:
+        if not chain.complete and accepted < len(checks):
             self._extend(ctx, chain, checks[accepted], source="target")
         ctx.recorder.event("lookahead", {"proposed": len(proposals), "accepted": accepted,
                                          "steps": len(chain.steps)}, node_id=chain.node)
+
+    async def _propose(self, ctx: Context, draft: Backend, meter: Meter, chain: Chain, k: int, tally: Tally,
+                       held: dict[Backend, list[tuple[int, ...]]]) -> tuple[list[Completion], list[tuple[int, ...]]]:
+        """Up to ``k`` draft steps one after another, and the heads the target writes its own step after: the
+        chain, then the chain plus each proposal that the solution goes on after and the target has room to
+        extend (a head past the target's context would be refused, and one after the end has nothing to add)."""
+        window = context_window(ctx.backend)
+        proposals: list[Completion] = []
+        heads = [chain.prefix]
+        prefix, before = chain.prefix, chain.open_text
+        for _ in range(k):
+            if meter.exhausted():  # the wall time can run out within a round: no call starts after it
+                break
+            step = await self._draft_step(ctx, draft, chain, prefix, window)
+            if step is None:
+                break
+            meter.charge([step])
+            tally.draft_tokens += len(step.token_ids)
+            proposals.append(step)
+            prefix += step.token_ids
+            held[draft].append(prefix)
+            state = step_state(step, before, len(prefix), max_tokens=self.options.max_step_tokens, window=window,
+                               delimiter=ctx.step_delimiter)
+            if state == "ended" or (window is not None and len(prefix) >= window):
+                break
+            before = before + step.text if state == "unfinished" else ""
+            heads.append(prefix)
+        return proposals, heads
+
+    async def _draft_step(self, ctx: Context, draft: Backend, chain: Chain, prefix: tuple[int, ...],
+                          window: int | None) -> Completion | None:
+        """The draft's next step after ``prefix``, no longer than the target has room for there (a longer one
+        could never be the target's); None where the draft has no room for one. Where that is the chain itself,
+        drafting stops for the rest of the solution."""
+        cap = self.options.max_step_tokens if window is None else min(self.options.max_step_tokens,
+                                                                      window - len(prefix))
+        draft_window = context_window(draft)
+        try:
+            if draft_window is not None and len(prefix) >= draft_window:
+                raise ContextLengthError(f"the chain fills the draft's {draft_window}-position context")
+            return (await draft.complete(prefix, 1, self._sampling(ctx, cap)))[0]
+        except ContextLengthError as exc:  # also from a server that learns its window only when asked
+            if prefix == chain.prefix:  # not one proposal more: drafting is over
+                self._stop_drafting(ctx, chain, str(exc))
+            return None
 
     def _unaccepted(self, ctx: Context, chain: Chain, proposals: Sequence[Completion], reason: str) -> None:
         """Record draft steps the chain does not take as a pruned branch under its last node: the first with
@@ -214,14 +311,24 @@ class Lookahead(Strategy[LookaheadOptions]):
         return Sampling(max_tokens=cap, temperature=0.0, stop=(ctx.step_delimiter,))
 
     def _extend(self, ctx: Context, chain: Chain, step: Completion, *, source: str) -> None:
+        """Add the target's ``step`` to the chain; one cut at max_step_tokens is a piece the next round goes on
+        from, and begins no new step."""
+        state = step_state(step, chain.open_text, len(chain.prefix) + len(step.token_ids),
+                           max_tokens=self.options.max_step_tokens, window=context_window(ctx.backend),
+                           delimiter=ctx.step_delimiter)
         chain.node = ctx.recorder.add_node(parent=chain.node, text=step.text, token_count=len(step.token_ids),
                                            logprob=step.cumulative_logprob)
-        ctx.recorder.update(chain.node, reason=f"written by the {source}")
+        goes_on = "; it reached max_step_tokens and the next node goes on with it" if state == "unfinished" else ""
+        ctx.recorder.update(chain.node, reason=f"written by the {source}{goes_on}")
+        if not chain.unfinished:
+            chain.depth += 1
         chain.prefix += step.token_ids
         chain.steps.append(step)
         chain.cut = step.finish_reason == "length"
-        chain.ended = ends_solution(step, ctx.step_delimiter)
-        chain.complete = chain.ended or len(chain.steps) >= self.options.max_depth
+        chain.unfinished = state == "unfinished"
+        chain.open_text = chain.open_text + step.text if chain.unfinished else ""
+        chain.ended = state == "ended"
+        chain.complete = chain.ended or (state == "done" and chain.depth >= self.options.max_depth)
 
     def _result(self, ctx: Context, chain: Chain, tally: Tally, prompt: tuple[int, ...]) -> StrategyResult:
         text = "".join(step.text for step in chain.steps)
@@ -244,4 +351,25 @@ class Lookahead(Strategy[LookaheadOptions]):
         return StrategyResult(answer=answer, text=text, score=None, candidates=(candidate,))
 
 
-__all__ = ["Lookahead", "LookaheadOptions", "accepted_prefix", "steps_to_propose"]
+def other_tokenizer(draft: Backend, how: str) -> ConfigError:
+    return ConfigError(f"the draft model {draft.name} {how}: lookahead passes steps between the two as token ids, "
+                       "so the draft must share the target's tokenizer; pass draft= (or set TTC_DRAFT_MODEL to) a "
+                       "model trained with the target's tokenizer")
+
+
+async def reads_alike(target: Backend, draft: Backend, text: str) -> bool:
+    """Whether both models read ``text`` as the same token ids. A text the target has no token for tells nothing
+    about the draft (the target never writes it), so it passes; one only the draft cannot read fails."""
+    try:
+        ours = await target.tokenize(text)
+    except ConfigError:
+        return True
+    try:
+        theirs = await draft.tokenize(text)
+    except ConfigError:
+        return False
+    return list(ours) == list(theirs)
+
+
+__all__ = ["TOKENIZER_PROBES", "Lookahead", "LookaheadOptions", "accepted_prefix", "context_window", "reads_alike",
+           "step_state", "steps_to_propose"]
