@@ -26,13 +26,13 @@ from rich.text import Text
 from ttc.api import Session, check_budget_scope, open_session, solve_problem
 from ttc.bench.datasets import dataset_names, dataset_setting, load_dataset
 from ttc.bench.eval import EvalReport, check_run_seeds, check_sleep, evaluate
-from ttc.cli_render import render_trace, shown
+from ttc.cli_render import render_trace, shown, shown_or_missing
 from ttc.errors import ConfigError, TTCError
 from ttc.pooled import check_pooled
 from ttc.session import check_context, check_prompt, check_seed
 from ttc.sleeptime import load_notes, sleep_in_session, sleep_options
 from ttc.storage import TraceStore
-from ttc.storage.export import strict_json
+from ttc.storage.export import strict_json_text
 from ttc.strategies.base import strategy_class
 from ttc.types import Budget, Notes, Problem, Result
 
@@ -157,9 +157,10 @@ def solve(
     if as_json:
         _write_json(_result_json(result), "result")
         return
-    out.print(Text.assemble(("answer:", "bold"), " ", shown(result.answer)))
-    out.print(f"strategy={shown(result.strategy)} score={result.score} tokens={result.usage.generated_tokens} "
-              f"calls={result.usage.backend_calls} wall={result.usage.wall_s:.2f}s")
+    out.print(Text.assemble(("answer:", "bold"), " ", shown_or_missing(result.answer)))
+    out.print(Text.assemble(f"strategy={shown(result.strategy)} score=", shown_or_missing(result.score),
+                            f" tokens={result.usage.generated_tokens} calls={result.usage.backend_calls} "
+                            f"wall={result.usage.wall_s:.2f}s"))
     if result.trace_id:
         out.print(f"trace: {result.trace_id}  (ttc traces show {result.trace_id[:8]})")
 
@@ -207,7 +208,7 @@ def sleep_cmd(
 def _write_json(data: object, what: str) -> None:
     """Plain strict JSON on stdout, whatever the terminal: a styled console colours it (FORCE_COLOR in CI) and
     writes a non-finite score as a bare NaN, neither of which a JSON reader takes."""
-    sys.stdout.write(json.dumps(strict_json(data, what), indent=2, allow_nan=False) + "\n")
+    sys.stdout.write(strict_json_text(data, what, indent=2) + "\n")
 
 
 def _result_json(result: Result) -> dict[str, Any]:
@@ -359,6 +360,10 @@ def view(
         server = make_server(store, host, port)
         # One line, flushed at once, so a script starting the viewer can read the address it got.
         print(f"ttc viewer on {server.url} for {store.url} (Ctrl-C stops it)", flush=True)
+        if store.snapshot:
+            err.print("note: the store's folder is not writable, so the viewer reads the store as it is now: traces "
+                      "written from now on show after a restart of the viewer (make the folder writable to see "
+                      "them live)")
         with contextlib.suppress(KeyboardInterrupt):
             serve(server)
 
@@ -382,8 +387,8 @@ def traces_list(
     for col in ("id", "status", "strategy", "answer", "tokens", "question"):
         table.add_column(col)
     for t in rows:
-        table.add_row(t.id[:8], t.status, Text(shown(t.strategy)), Text(shown(t.answer)), str(t.generated_tokens),
-                      Text(shown(_short(t.question, 60))))
+        table.add_row(t.id[:8], t.status, Text(shown(t.strategy)), shown_or_missing(t.answer),
+                      shown_or_missing(t.generated_tokens), Text(shown(_short(t.question, 60))))
     out.print(table)
 
 
@@ -425,7 +430,7 @@ def traces_export(trace_id: Annotated[str, typer.Argument()],
         raise ConfigError(f"unknown export format {format!r}: only json is supported")
     with TraceStore(db, read_only=True) as store:
         data = store.export_trace(trace_id)
-    text = json.dumps(strict_json(data, "trace"), indent=2, allow_nan=False)
+    text = strict_json_text(data, "trace", indent=2)
     if output is None:
         sys.stdout.write(text + "\n")
     else:

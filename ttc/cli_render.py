@@ -34,6 +34,17 @@ def shown(text: object) -> str:
                    for ch in value)
 
 
+MISSING = "-"
+"""How a value that is not there (no answer, no token count, no score) is printed: never as the text ``None``,
+which is also an answer a model can give."""
+
+
+def shown_or_missing(value: object) -> Text:
+    """``value`` as terminal-safe text (see ``shown``), or a dim ``MISSING`` where it is None; a real answer
+    "None" still prints as None."""
+    return Text(MISSING, style="dim") if value is None else Text(shown(value))
+
+
 def node_label(node: Node) -> Text:
     style = STATUS_STYLE.get(node.status, "white")
     label = Text.assemble((f"#{node.id} {node.status}", style), f" tok={node.token_count}")
@@ -83,10 +94,11 @@ def render_trace(console: Console, record: TraceRecord) -> None:
         console.print(Text.assemble(("gold:", "bold"), " ", shown(problem.gold)))
     console.print(Text.assemble(("status:", "bold"), f" {record.status}   ", ("strategy:", "bold"),
                                 f" {shown(record.strategy)}   ", ("backend:", "bold"), f" {shown(record.backend)}   ",
-                                ("seed:", "bold"), f" {record.seed}"))
+                                ("seed:", "bold"), " ", shown_or_missing(record.seed)))
     if record.error:
         console.print(Text.assemble(("error:", "red"), " ", shown(record.error)))
-    console.print(Text.assemble(("answer:", "bold"), f" {shown(record.answer)}   score={record.score}"))
+    console.print(Text.assemble(("answer:", "bold"), " ", shown_or_missing(record.answer), "   score=",
+                                shown_or_missing(record.score)))
     u = record.usage
     if u is None:
         console.print("[bold]usage:[/bold] not recorded (the trace did not finish)")
@@ -101,4 +113,4 @@ def render_trace(console: Console, record: TraceRecord) -> None:
     console.print(build_tree(record, max_depth=max(1, (console.width - 40) // 4)))
 
 
-__all__ = ["build_tree", "node_label", "render_trace", "shown"]
+__all__ = ["MISSING", "build_tree", "node_label", "render_trace", "shown", "shown_or_missing"]

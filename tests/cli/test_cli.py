@@ -595,3 +595,56 @@ def test_eval_checks_its_sleep_runs_seeds_before_it_makes_a_store(tmp_path: Path
                    "--sleep-budget", "100", db=tmp_path / "e.db", check=False)
     assert proc.returncode == 2 and "its context at seed + 2**30 + i" in proc.stderr, proc.stderr
     assert not (tmp_path / "e.db").exists()
+
+
+def _one_trace(db: Path, *, answer: str | None = "1", finish: bool = True, question: str = "q") -> str:
+    with TraceStore(str(db)) as store:
+        trace_id = store.start_trace(problem=Problem(question=question), strategy="beam", budget=Budget.of(10),
+                                     backend="b", seed=1)
+        if finish:
+            result = Result(answer=answer, text="t", score=None, strategy="beam", usage=Usage(generated_tokens=7),
+                            trace_id=trace_id)
+            store.finish_trace(trace_id, result=result, nodes=[Node(id=0, parent=None, depth=0, text="t",
+                                                                   token_count=1)],
+                               events=[TraceEvent(kind="e", payload={})])
+    return trace_id
+
+
+def test_export_and_show_a_trace_whose_meta_is_nested_500_deep(tmp_path: Path) -> None:
+    """An eval of a JSONL row with a 500-deep field stored it, and `ttc traces export` then died in a traceback."""
+    db = tmp_path / "meta.db"
+    trace_id = _one_trace(db)
+    with sqlite3.connect(db) as raw:
+        raw.execute("UPDATE problems SET meta = ?", ('{"level": ' + "[" * 500 + "]" * 500 + "}",))
+    exported = run_ttc("traces", "export", trace_id[:8], db=db)
+    assert json.loads(exported.stdout)["problem"]["meta"] == {"level": json.loads("[" * 500 + "]" * 500)}
+    assert "question: q" in run_ttc("traces", "show", trace_id[:8], db=db).stdout
+
+
+def test_a_trace_too_deep_to_read_is_one_error_line_and_exit_2(tmp_path: Path) -> None:
+    db = tmp_path / "deep.db"
+    trace_id = _one_trace(db)
+    with sqlite3.connect(db) as raw:
+        raw.execute("UPDATE events SET payload = ?", ('{"p": ' + "[" * 3000 + "]" * 3000 + "}",))
+    for command in ("show", "export"):
+        proc = run_ttc("traces", command, trace_id[:8], db=db, check=False)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.startswith("error: the trace database") and "nested too deeply" in proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_a_missing_answer_or_count_prints_as_a_dash_and_an_answer_none_as_none(tmp_path: Path) -> None:
+    """A missing answer and token count printed as the text None: the same as a model that answered "None"."""
+    db = tmp_path / "none.db"
+    running = _one_trace(db, finish=False, question="still running")
+    answered = _one_trace(db, answer="None", question="answered None")
+    wide = {"COLUMNS": "200"}
+    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[1:-1]]
+            for line in run_ttc("traces", "list", db=db, extra_env=wide).stdout.splitlines()
+            if line.startswith("│")}
+    assert rows[running[:8]][3:5] == ["-", "-"]  # answer, tokens
+    assert rows[answered[:8]][3:5] == ["None", "7"]
+    shown = run_ttc("traces", "show", running[:8], db=db, extra_env=wide).stdout
+    assert "answer: -   score=-" in shown and "None" not in shown
+    shown = run_ttc("traces", "show", answered[:8], db=db, extra_env=wide).stdout
+    assert "answer: None   score=-" in shown

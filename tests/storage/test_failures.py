@@ -13,10 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from trace_data import BUDGET, make_nodes, make_problem, make_result
+from trace_data import BUDGET, make_events, make_nodes, make_problem, make_result
 
 from ttc.errors import ConfigError, StorageError
 from ttc.storage import TraceStore
+from ttc.storage import store as store_module
+from ttc.storage import writer as writer_module
+from ttc.types import TraceEvent
 
 BUSY_S = 0.3
 
@@ -261,3 +264,85 @@ def test_an_error_while_explaining_a_failed_write_still_resolves_its_future(db_p
         assert "explaining failed" in str(caught.value)
         assert store.list_traces() == []  # the writer still works
         assert _start(store)
+
+
+class _Unrenderable(ValueError):
+    """A failure whose message cannot be rendered, as SQLAlchemy's error quoting a payload too deeply nested to
+    print is."""
+
+    def __str__(self) -> str:
+        raise RecursionError("maximum recursion depth exceeded while getting the repr of an object")
+
+
+def _raise_unrenderable(connection: object) -> None:
+    raise _Unrenderable
+
+
+def _explain_by_message(exc: BaseException) -> BaseException:
+    return StorageError(f"failed: {exc}")
+
+
+def test_a_failure_whose_message_cannot_be_rendered_still_resolves_its_future(db_path: Path) -> None:
+    """Explaining it raised, describing it for the fallback raised again, and the job's future was never
+    resolved: finish_trace blocked forever, and the writer thread was gone."""
+    with TraceStore(str(db_path), busy_timeout_s=BUSY_S) as store:
+        pending = store._writer.submit(_raise_unrenderable, store._explainer("finishing trace x"))
+        with pytest.raises(StorageError, match=r"rejected the data while finishing trace x: _Unrenderable;"):
+            pending.result(timeout=10)
+        pending = store._writer.submit(_raise_unrenderable, _explain_by_message)
+        with pytest.raises(StorageError, match=r"a write failed with _Unrenderable \(its message could not be "
+                                               r"rendered: RecursionError\), and explaining it raised "
+                                               r"RecursionError: maximum recursion"):
+            pending.result(timeout=10)
+        assert _start(store)  # the writer still works
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread dies
+def test_a_failure_escaping_a_job_s_own_handling_fails_the_job(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thread's last-resort path failed the queued jobs but not the one it was running: its caller hung."""
+    def broken_fail(job: object, exc: BaseException) -> None:
+        raise _Abort("the failure handling itself failed")
+
+    store = TraceStore(str(db_path), busy_timeout_s=BUSY_S)
+    try:
+        monkeypatch.setattr(writer_module, "_fail", broken_fail)
+        pending = store._writer.submit(_raise_abort, lambda exc: exc)
+        with pytest.raises(StorageError, match=r"writer stopped while running this write \(it failed: _Abort: the "
+                                               r"failure handling itself failed\), so it was not saved"):
+            pending.result(timeout=10)
+    finally:
+        store.close()
+
+
+def test_a_payload_too_deep_for_json_fails_the_write_rather_than_hanging(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the nesting limit (a store that did not refuse the payload up front), the JSON encoder's
+    RecursionError came wrapped in an error whose message recursed again: finish_trace never returned."""
+    monkeypatch.setattr(store_module, "MAX_NESTING", 10**9)
+    deep: dict[str, object] = {}
+    level = deep
+    for _ in range(3000):
+        level["a"] = {}
+        level = level["a"]  # type: ignore[assignment]
+    with TraceStore(str(db_path), busy_timeout_s=BUSY_S) as store:
+        trace_id = _start(store)
+        nodes = make_nodes(3)
+        outcome: list[BaseException | None] = []
+
+        def finish() -> None:
+            try:
+                store.finish_trace(trace_id, result=make_result(trace_id, nodes), nodes=nodes,
+                                   events=[TraceEvent(kind="deep", payload=deep)])
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        worker = threading.Thread(target=finish, daemon=True)
+        worker.start()
+        worker.join(30)
+        assert not worker.is_alive(), "finish_trace is still blocked"
+        [error] = outcome
+        assert isinstance(error, StorageError) and "nothing of this write was saved" in str(error)
+        assert store.get_trace(trace_id).status == "running"
+        store.fail_trace(trace_id, error="StorageError: too deep", nodes=nodes, events=make_events(1))
+        assert store.get_trace(trace_id).status == "failed"

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 from ttc import solve
 from ttc.errors import BackendError, ConfigError
 from ttc.storage import TraceStore
+from ttc.storage import export as export_module
 from ttc.storage.export import strict_json
 from ttc.testing import ScriptedBackend
 from ttc.viewer import make_server
@@ -274,3 +276,70 @@ def test_sigterm_stops_a_viewer_started_with_sigint_ignored(tmp_path: Path) -> N
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _stored_with(tmp_path: Path, *, meta: str | None = None, payload: str | None = None) -> tuple[Path, str]:
+    """A store with one done trace whose problem meta or event payload is then set to the given JSON text, as a
+    ttc that did not refuse deep values would have stored it."""
+    from ttc.types import Budget, Node, Problem, Result, TraceEvent, Usage
+
+    db = tmp_path / "deep.db"
+    with TraceStore(str(db)) as store:
+        trace_id = store.start_trace(problem=Problem("q"), strategy="beam", budget=Budget.of(10), backend="b",
+                                     seed=1)
+        store.finish_trace(trace_id, result=Result(answer="1", text="t", score=0.5, strategy="beam", usage=Usage(),
+                                                   trace_id=trace_id),
+                           nodes=[Node(id=0, parent=None, depth=0, text="t", token_count=1)],
+                           events=[TraceEvent(kind="e", payload={})])
+    with sqlite3.connect(db) as raw:
+        if meta is not None:
+            raw.execute("UPDATE problems SET meta = ?", (meta,))
+        if payload is not None:
+            raw.execute("UPDATE events SET payload = ?", (payload,))
+    return db, trace_id
+
+
+def test_a_trace_whose_meta_is_nested_500_deep_is_served(tmp_path: Path) -> None:
+    """A dataset row's 500-deep field was kept, and then its trace's JSON was a 500 (RecursionError)."""
+    db, trace_id = _stored_with(tmp_path, meta='{"level": ' + "[" * 500 + "]" * 500 + "}")
+    with TraceStore(str(db), read_only=True) as store:
+        for client in _serving(store, "127.0.0.1"):
+            reply = client.get(f"/api/traces/{trace_id}")
+            assert reply.status_code == 200
+            level = reply.json()["problem"]["meta"]["level"]
+            depth = 0
+            while level:
+                [level], depth = level, depth + 1
+            assert depth == 499
+            assert client.get(f"/traces/{trace_id}").status_code == 200
+
+
+def test_a_trace_too_deep_to_read_is_answered_with_the_store_s_message(tmp_path: Path) -> None:
+    """The reader's RecursionError was a 500 naming only RecursionError."""
+    db, trace_id = _stored_with(tmp_path, payload='{"p": ' + "[" * 3000 + "]" * 3000 + "}")
+    with TraceStore(str(db), read_only=True) as store:
+        for client in _serving(store, "127.0.0.1"):
+            for path in (f"/traces/{trace_id}", f"/api/traces/{trace_id}"):
+                reply = client.get(path)
+                assert reply.status_code == 503, path
+                assert "holds a value nested too deeply to read back" in reply.text, path
+                assert "RecursionError" not in reply.text
+            assert client.get("/").status_code == 200  # every other page still serves
+
+
+def test_json_the_encoder_cannot_write_is_answered_with_the_store_s_message(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The encoder's RecursionError (after a conversion that fit) was a 500 from the 'bug' path."""
+
+    class Recursing:
+        @staticmethod
+        def dumps(*args: object, **kwargs: object) -> str:
+            raise RecursionError("maximum recursion depth exceeded while encoding a JSON object")
+
+    db, trace_id = _stored_with(tmp_path)
+    with TraceStore(str(db), read_only=True) as store:
+        for client in _serving(store, "127.0.0.1"):
+            monkeypatch.setattr(export_module, "json", Recursing)
+            for path in (f"/traces/{trace_id}", f"/api/traces/{trace_id}"):
+                reply = client.get(path)
+                assert reply.status_code == 503 and "it is nested too deeply" in reply.text, path

@@ -138,13 +138,32 @@ def _place(path: Path, *, create: bool) -> None:
         ) from exc
 
 
+def reads_snapshot(location: Location) -> bool:
+    """Whether a reader opens this SQLite file as a snapshot (SQLite's ``immutable=1``): the file's folder is not
+    writable and holds no ``-wal`` file.
+
+    A read-only connection to a WAL database still creates the ``-wal`` and ``-shm`` files beside it when no writer
+    has, and in a folder it cannot write to that fails ("attempt to write a readonly database"). Without a ``-wal``
+    file every committed trace is in the database file itself, so reading the file as it is shows them all; what a
+    writer commits afterwards does not show. Where a ``-wal`` file exists, the open goes ahead and explains any
+    failure, since a snapshot would miss the traces it holds."""
+    path = location.path
+    return path is not None and not _folder_writable(path.parent) and not Path(f"{path}-wal").exists()
+
+
+def _folder_writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK)
+
+
 def make_engine(location: Location, *, busy_timeout_s: float, writer: bool, own_tables: Collection[str] = (),
-                read_only: bool = False) -> Engine:
+                read_only: bool = False, snapshot: bool = False) -> Engine:
     """An engine for the writer thread (one connection, ``BEGIN IMMEDIATE``) or for readers (a pool).
 
     The writer switches the file to WAL, which persists in the file, except in another program's database that
     already has tables named like ``own_tables``: the store refuses that file, and leaves it as it found it.
-    ``read_only`` opens an SQLite file with ``mode=ro``, so that a reader can neither create nor change it.
+    ``read_only`` opens an SQLite file with ``mode=ro``, so that a reader can change no data (SQLite still keeps
+    its ``-wal`` and ``-shm`` files beside a WAL database); ``snapshot`` (see ``reads_snapshot``) opens it
+    ``immutable`` too, creating nothing.
     """
     if not location.is_sqlite:
         return _server_engine(location, busy_timeout_s)
@@ -154,11 +173,10 @@ def make_engine(location: Location, *, busy_timeout_s: float, writer: bool, own_
     if location.path is None:
         connect_args["uri"] = True
     if read_only and location.path is not None:
-        path = location.path
+        uri = f"{location.path.as_uri()}?mode=ro{'&immutable=1' if snapshot else ''}"
 
         def connect() -> sqlite3.Connection:
-            return sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=busy_timeout_s,
-                                   check_same_thread=False)
+            return sqlite3.connect(uri, uri=True, timeout=busy_timeout_s, check_same_thread=False)
 
         engine = _create(location, creator=connect)
     else:
@@ -274,8 +292,15 @@ def _sqlstate(exc: BaseException) -> str:
 
 
 def _detail(exc: BaseException) -> str:
+    """The first line of the driver's message. Never raises: a statement's error renders its parameters, and one
+    nested too deeply to render would turn the explanation of a failed write into a second failure."""
     orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    return str(orig).splitlines()[0] if str(orig) else type(orig).__name__
+    try:
+        text = str(orig)
+    except Exception:
+        cause = getattr(orig, "orig", None)
+        return type(orig).__name__ + (f" ({type(cause).__name__})" if isinstance(cause, BaseException) else "")
+    return text.splitlines()[0] if text else type(orig).__name__
 
 
 def storage_error(
@@ -340,6 +365,7 @@ __all__ = [
     "default_path",
     "lock_for_creation",
     "make_engine",
+    "reads_snapshot",
     "resolve_location",
     "storage_error",
     "ttc_tables",

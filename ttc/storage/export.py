@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from datetime import date, datetime
@@ -17,8 +18,23 @@ def strict_json(value: object, where: str) -> object:
     try:
         return _strict(value, where)
     except RecursionError:
-        raise StorageError(f"cannot export {where}: it is nested too deeply to write as JSON here; read it with "
-                           "TraceStore.get_trace instead") from None
+        raise StorageError(_too_deep(where)) from None
+
+
+def strict_json_text(value: object, where: str, *, indent: int | None = None, sort_keys: bool = False) -> str:
+    """``value`` written as strict JSON text (see ``strict_json``). The encoder recurses too, one level at a time
+    and deeper below a caller's stack than the conversion was: its RecursionError is the same StorageError, so the
+    CLI and the viewer report it in one line instead of a traceback."""
+    converted = strict_json(value, where)
+    try:
+        return json.dumps(converted, indent=indent, sort_keys=sort_keys, allow_nan=False)
+    except RecursionError:
+        raise StorageError(_too_deep(where)) from None
+
+
+def _too_deep(where: str) -> str:
+    return (f"cannot write {where} as JSON: it is nested too deeply (a value stored before ttc refused such values); "
+            "read it in Python with TraceStore.get_trace instead")
 
 
 def _strict(value: object, where: str) -> object:
@@ -47,4 +63,4 @@ def _strict(value: object, where: str) -> object:
                       "store only JSON values (str, number, bool, None, lists, dicts) in traces")
 
 
-__all__ = ["strict_json"]
+__all__ = ["strict_json", "strict_json_text"]

@@ -24,6 +24,19 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
 
 
+def _problem_json(problem: Problem) -> dict[str, Any]:
+    """The problem field by field, not ``asdict``: that deep-copies ``meta`` recursively, two stack frames per
+    level, so a meta nested a few hundred levels deep (read from a dataset row) made the export fail."""
+    return {
+        "question": problem.question,
+        "gold": problem.gold,
+        "dataset": problem.dataset,
+        "index": problem.index,
+        "meta": dict(problem.meta),
+        "context": problem.context,
+    }
+
+
 @dataclass(frozen=True)
 class RunSummary:
     """A run and how many of its traces are done or failed so far."""
@@ -124,7 +137,7 @@ class TraceRecord:
             "backend": self.backend,
             "seed": self.seed,
             "budget": asdict(self.budget),
-            "problem": {**asdict(self.problem), "meta": dict(self.problem.meta)},
+            "problem": _problem_json(self.problem),
             "answer": self.answer,
             "text": self.text,
             "score": self.score,

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from sqlalchemy import Connection, Engine, Row, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -35,6 +35,7 @@ from ttc.storage.database import (
     check_layout,
     lock_for_creation,
     make_engine,
+    reads_snapshot,
     resolve_location,
     storage_error,
     ttc_tables,
@@ -67,17 +68,87 @@ _STILL_RUNNING = (
 )
 
 
+MAX_NESTING: Final = 200
+"""How many levels a stored JSON value (a problem's meta, an event's payload, a run's config or summary) may nest.
+Every reader walks such a value recursively (the JSON decoder, the export, the viewer), a stack frame or more per
+level, and Python stops at 1000 frames: a payload some 980 levels deep was stored and then broke every read of its
+trace. 200 leaves the readers' own stacks ample room."""
+
+
 def _check_no_nan(result: Result, nodes: Sequence[Node]) -> None:
     """SQLite stores a NaN REAL as NULL, which reads back as "not scored": a done trace would say something else
     than what was recorded. Refused here, so the trace is failed with this message instead (a failed trace keeps
     its nodes, a NaN among them as NULL)."""
-    if result.score is not None and math.isnan(result.score):
+    if result.score is not None and _is_real(result.score) and math.isnan(result.score):
         raise ConfigError("the result's score is NaN, which the store cannot keep: a score must be a number")
     for node in nodes:
         for name, value in (("score", node.score), ("logprob", node.logprob)):  # SQLite's JSON keeps a NaN step
-            if value is not None and math.isnan(value):
+            if value is not None and _is_real(value) and math.isnan(value):
                 raise ConfigError(f"node {node.id}'s {name} is NaN, which the store cannot keep: a score or "
                                   "log-probability must be a number (infinities are kept)")
+
+
+def _check_readable(nodes: Sequence[Node], events: Sequence[TraceEvent]) -> None:
+    """Refuse what the store would take but no reader could give back, for a done trace and a failed one alike:
+    one such value made every read of its trace (the viewer's page, ``ttc traces show``) fail."""
+    for node in nodes:
+        _check_node_numbers(node)
+    for seq, event in enumerate(events):
+        _check_nesting(event.payload, f"the payload of event {seq} ({event.kind!r})")
+
+
+def _check_result_score(result: Result) -> None:
+    if result.score is not None and not _is_real(result.score):
+        raise ConfigError(f"the result's score is {result.score!r:.60}, which the store cannot keep: a score must be "
+                          "a number (a float or an int) or None")
+
+
+def _check_node_numbers(node: Node) -> None:
+    """The node's numbers as its type declares them: readers rebuild each step score with ``float()``, so a None
+    among them (a step a verifier did not score) was stored and then failed every read as a damaged database."""
+    for name, value in (("score", node.score), ("logprob", node.logprob)):
+        if value is not None and not _is_real(value):
+            raise ConfigError(f"node {node.id}'s {name} is {value!r:.60}, which the store cannot keep: it must be a "
+                              "number (a float or an int) or None")
+    if not isinstance(node.step_scores, tuple | list):
+        raise ConfigError(f"node {node.id}'s step_scores is a {type(node.step_scores).__name__}, which the store "
+                          "cannot keep: pass a tuple of numbers, one per step")
+    for index, value in enumerate(node.step_scores):
+        if not _is_real(value):
+            raise ConfigError(f"node {node.id}'s step_scores[{index}] is {value!r:.60}, which the store cannot read "
+                              "back: each step score must be a number (a float or an int); record a step that was "
+                              "not scored as math.nan")
+
+
+def _is_real(value: object) -> bool:
+    """A number ``float()`` takes: not a bool, a string or None, nor an int past float range (it is stored, and
+    then fails the reader's ``float()``). NaN and infinities are floats; the callers decide about them."""
+    if not is_number(value):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
+def _check_nesting(value: object, what: str) -> None:
+    """Refuse ``value`` if it nests deeper than ``MAX_NESTING`` levels (the value itself is level 1). Measured
+    iteratively, so a value of any depth (or one that contains itself) is refused rather than overflowing here."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children: Iterable[object]
+        if isinstance(item, Mapping):
+            children = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if level > MAX_NESTING:
+            raise ConfigError(f"{what} is nested more than {MAX_NESTING} levels deep, which the store could not read "
+                              "back: flatten it, or store its deep part as a JSON string")
+        stack.extend((child, level + 1) for child in children)
 
 
 def _now() -> datetime:
@@ -147,8 +218,10 @@ class TraceStore:
 
     def __init__(self, url: str | os.PathLike[str] | None = None, *, busy_timeout_s: float | None = None,
                  read_only: bool = False) -> None:
-        """``read_only`` (the CLI's readers and the viewer) opens an existing store without a writer: it creates
-        no file, changes nothing, and refuses a path where there is no store."""
+        """``read_only`` (the CLI's readers and the viewer) opens an existing store without a writer: it writes no
+        data, creates no store, and refuses a path where there is no store. SQLite's WAL mode still keeps its
+        ``-wal`` and ``-shm`` files beside the database, which needs the folder writable; in a folder that is not,
+        the file is read as a snapshot (``snapshot``)."""
         if url is not None and not isinstance(url, str | os.PathLike):
             raise ConfigError(f"the trace store must be named by a path or a database URL, got {url!r}")
         if busy_timeout_s is None:
@@ -160,8 +233,9 @@ class TraceStore:
             )
         self._location: Location = resolve_location(url, create=not read_only)
         self._busy_timeout_s = busy_timeout_s
+        self._snapshot = read_only and reads_snapshot(self._location)
         self._read_engine = make_engine(self._location, busy_timeout_s=busy_timeout_s, writer=False,
-                                        read_only=read_only)
+                                        read_only=read_only, snapshot=self._snapshot)
         self._write_engine: Engine | None = None
         self._writer: Writer | None = None
         try:
@@ -187,6 +261,12 @@ class TraceStore:
     @property
     def url(self) -> str:
         return self._location.url.render_as_string(hide_password=True)
+
+    @property
+    def snapshot(self) -> bool:
+        """True where a read-only store reads its file as it was when opened (its folder is not writable: see
+        ``ttc.storage.database.reads_snapshot``), so traces written since then do not show; reopen it to see them."""
+        return self._snapshot
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -296,12 +376,18 @@ class TraceStore:
             raise StorageError(f"the trace database {self._location.describe()} holds a value that cannot be read "
                                f"back while {doing} ({type(exc).__name__}: {exc}); it was changed outside ttc: "
                                "restore it from a copy, or set TTC_DB to another file") from exc
+        except RecursionError:  # not from exc: its traceback is a thousand frames of the same line
+            raise StorageError(f"the trace database {self._location.describe()} holds a value nested too deeply to "
+                               f"read back while {doing} (stored by a ttc that did not refuse values nested more "
+                               f"than {MAX_NESTING} levels); read other traces, or set TTC_DB to another file"
+                               ) from None
 
     # -- runs ------------------------------------------------------------------------------------------------
 
     def create_run(self, *, kind: str, config: Mapping[str, object], name: str | None = None) -> str:
         """Open a run (status 'running') that traces can join; returns its id."""
         _check_choice("run kind", kind, RUN_KINDS)
+        _check_nesting(config, "the run config")
         run_id = str(uuid.uuid4())
         values = {"id": run_id, "kind": kind, "name": name, "config": dict(config), "status": "running",
                   "started_at": _now()}
@@ -339,6 +425,7 @@ class TraceStore:
 
     def finish_run(self, run_id: str, *, status: str, summary: Mapping[str, object]) -> None:
         _check_choice("run status", status, RUN_STATUSES[1:])
+        _check_nesting(summary, "the run summary")
         values = {"status": status, "summary": dict(summary), "finished_at": _now()}
 
         def work(connection: Connection) -> None:
@@ -359,6 +446,7 @@ class TraceStore:
     ) -> tuple[str, Future[None]]:
         trace_id = str(uuid.uuid4())
         problem_values = convert.problem_row(problem)
+        _check_nesting(problem_values["meta"], "the problem's meta")
         trace_values = {
             "id": trace_id, "run_id": run_id, "problem_id": problem_values["id"], "strategy": strategy,
             "backend": backend, "budget": convert.budget_json(budget), "seed": seed, "status": "running",
@@ -398,6 +486,8 @@ class TraceStore:
             raise ConfigError(
                 f"result.trace_id is {result.trace_id!r} but it is being saved as trace {trace_id!r}"
             )
+        _check_result_score(result)
+        _check_readable(nodes, events)
         _check_no_nan(result, nodes)
         values = {
             "status": "done", "answer": result.answer, "text": result.text, "score": result.score,
@@ -431,6 +521,11 @@ class TraceStore:
     def _fail_work(self, trace_id: str, error: str, nodes: Sequence[Node],
                    events: Sequence[TraceEvent]) -> Future[None]:
         values = {"status": "failed", "error": error, "finished_at": _now()}
+        try:  # the failure itself must be recorded even when the partial tree cannot be
+            _check_readable(nodes, events)
+        except ConfigError as refused:
+            return self._submit(_fail_without_tree(trace_id, values, error, len(nodes), len(events), refused,
+                                                   self._location), f"failing trace {trace_id}")
         node_values = convert.node_rows(trace_id, nodes)
         event_values = convert.event_rows(trace_id, events)
 
@@ -442,16 +537,16 @@ class TraceStore:
                 with connection.begin_nested():
                     _insert_tree(connection, node_values, event_values)
             except (SQLAlchemyError, TypeError, ValueError, OverflowError) as exc:
-                # The failure itself must be recorded even when the partial tree cannot be.
-                lost = f"its {len(node_values)} nodes and {len(event_values)} events were not saved"
-                note = f"{error} ({lost}: {str(exc).splitlines()[0]})"
+                note = _unsaved_note(error, len(node_values), len(event_values), exc)
                 connection.execute(update(TraceRow).where(TraceRow.id == trace_id).values(error=note))
 
         return self._submit(work, f"failing trace {trace_id}")
 
     def fail_trace(self, trace_id: str, *, error: str, nodes: Sequence[Node] = (),
                    events: Sequence[TraceEvent] = ()) -> None:
-        """Mark a running trace 'failed' with ``error``, keeping whatever partial tree it grew.
+        """Mark a running trace 'failed' with ``error``, keeping whatever partial tree it grew; a tree the store
+        could not give back (a payload nested too deeply, a step score that is no number) is left out, and
+        ``error`` notes why.
 
         A trace that is already done or failed keeps its status and data: failing is the cleanup path after an
         error (or a cancellation that raced a finished write) and must not raise over the original error.
@@ -656,6 +751,28 @@ def _close_trace(connection: Connection, trace_id: str, values: dict[str, Any], 
     if status is None:
         raise NotFound(f"no trace {trace_id!r} in {location.describe()}; use the id start_trace returned")
     return str(status)
+
+
+def _unsaved_note(error: str, nodes: int, events: int, why: BaseException) -> str:
+    """``error`` with a note that the partial tree was not saved, and why (its first line: a driver's message
+    goes on with the whole statement)."""
+    try:
+        reason = str(why).splitlines()[0] if str(why) else type(why).__name__
+    except Exception:  # a message that cannot be rendered (one that recurses) must not lose the failure
+        reason = type(why).__name__
+    return f"{error} (its {nodes} nodes and {events} events were not saved: {reason})"
+
+
+def _fail_without_tree(trace_id: str, values: dict[str, Any], error: str, nodes: int, events: int,
+                       refused: ConfigError, location: Location) -> Callable[[Connection], None]:
+    """The work of failing a trace whose partial tree the store refused (see ``_check_readable``): the trace is
+    failed all the same, with the refusal noted in its error."""
+    noted = {**values, "error": _unsaved_note(error, nodes, events, refused)}
+
+    def work(connection: Connection) -> None:
+        _close_trace(connection, trace_id, noted, location)
+
+    return work
 
 
 def _insert_tree(connection: Connection, nodes: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:

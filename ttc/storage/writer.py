@@ -8,10 +8,11 @@ or event loop only wait on a future.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -43,6 +44,8 @@ class Writer:
         self._engine = engine
         self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
+        self._running: _Job[Any] | None = None
+        """The job the thread is running, so that whatever ends the thread also fails it."""
         self._closed = False
         self._stopped_by: str | None = None
         opened: Future[None] = Future()
@@ -87,10 +90,10 @@ class Writer:
                 stopped_by = f"it could not connect: {_describe(exc)}"
                 return
             with connection:
-                if self._execute(connection, open_job) is not None:
+                if self._run_job(connection, open_job) is not None:
                     return
                 while (job := self._queue.get()) is not None:
-                    failure = self._execute(connection, job)
+                    failure = self._run_job(connection, job)
                     if failure is not None and not isinstance(failure, Exception):
                         # KeyboardInterrupt, SystemExit and the like mean stop: the job's caller has it
                         stopped_by = f"a write raised {_describe(failure)}"
@@ -99,7 +102,18 @@ class Writer:
             stopped_by = f"it failed: {_describe(exc)}"
             raise
         finally:
+            self._abandon_running(stopped_by)
             self._fail_pending(stopped_by)
+
+    def _abandon_running(self, stopped_by: str | None) -> None:
+        """A job still unresolved when the thread ends (a failure escaped even its own handling) gets an error, so
+        that its caller does not wait forever; what the job's transaction did was rolled back with it."""
+        job, self._running = self._running, None
+        if job is None or job.future.done():
+            return
+        why = f" ({stopped_by})" if stopped_by else ""
+        _resolve(job.future, StorageError(f"the trace store's writer stopped while running this write{why}, so "
+                                          "it was not saved; open a new TraceStore to write more traces"))
 
     def _fail_pending(self, stopped_by: str | None) -> None:
         """Whatever ends the thread, nobody may wait forever on a write that will not run."""
@@ -115,6 +129,14 @@ class Writer:
             if job is not None and job.future.set_running_or_notify_cancel():
                 stopped = StorageError(f"the trace store's writer stopped before this write ran{why}; reopen it")
                 job.future.set_exception(stopped)
+
+    def _run_job(self, connection: Connection, job: _Job[T]) -> BaseException | None:
+        """``_execute``, with the job kept as the one running while it does: if a failure escapes even the job's
+        own handling, the thread's end still answers it (``_abandon_running``)."""
+        self._running = job
+        failure = self._execute(connection, job)
+        self._running = None
+        return failure
 
     @staticmethod
     def _execute(connection: Connection, job: _Job[T]) -> BaseException | None:
@@ -139,21 +161,43 @@ class Writer:
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    """The exception's type and message; never raises, since it is what reports a failure (a message whose
+    rendering recurses, as a driver's error quoting a deeply nested parameter does, is left out)."""
+    name = type(exc).__name__
+    try:
+        message = str(exc)
+    except Exception as failure:
+        return f"{name} (its message could not be rendered: {type(failure).__name__})"
+    return f"{name}: {message}" if message else name
 
 
 def _fail(job: _Job[Any], exc: BaseException) -> None:
-    """Set the job's explained error on its future; if explaining fails, a StorageError carrying both."""
+    """Set the job's explained error on its future; if explaining fails, a StorageError carrying both. The future
+    is resolved whatever happens here: its caller is blocked on it."""
     try:
-        error = job.explain(exc)
+        error = _explained(job, exc)
+    except BaseException:  # KeyboardInterrupt and the like while explaining: the caller gets the original
+        _resolve(job.future, exc)
+        raise
+    _resolve(job.future, error)
+
+
+def _explained(job: _Job[Any], exc: BaseException) -> BaseException:
+    try:
+        return job.explain(exc)
     except Exception as failure:
         error = StorageError(f"a write failed with {_describe(exc)}, and explaining it raised {_describe(failure)}; "
                              "this is a bug in ttc, please report it with both messages")
         error.__cause__ = exc
-    except BaseException:
-        job.future.set_exception(exc)
-        raise
-    job.future.set_exception(error)
+        return error
+
+
+def _resolve(future: Future[Any], error: BaseException) -> None:
+    """Fail ``future`` unless it is already resolved (or was cancelled before it ran)."""
+    if future.done():
+        return
+    with contextlib.suppress(InvalidStateError):  # resolved in between: its caller has an answer
+        future.set_exception(error)
 
 
 __all__ = ["Explain", "Work", "Writer"]

@@ -6,14 +6,13 @@ autoescape every value: a step that writes ``<script>`` shows as text.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from ttc.storage.export import strict_json
+from ttc.storage.export import strict_json_text
 from ttc.storage.records import RunSummary, TraceRecord, TraceSummary
 from ttc.types import Node
 
@@ -65,8 +64,7 @@ def index_page(runs: Sequence[RunSummary], traces: Sequence[TraceSummary], *, ru
 
 def trace_page(record: TraceRecord, *, store: str) -> str:
     rows = tree_rows(record.nodes)
-    events = [(event, json.dumps(strict_json(dict(event.payload), "event"), sort_keys=True))
-              for event in record.events]
+    events = [(event, strict_json_text(dict(event.payload), "event", sort_keys=True)) for event in record.events]
     return _ENV.get_template("trace.html").render(record=record, rows=rows, hidden=len(record.nodes) - len(rows),
                                                   events=events, store=store)
 

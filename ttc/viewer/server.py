@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from ttc.errors import ConfigError, NotFound, StorageError
 from ttc.storage import TraceStore
-from ttc.storage.export import strict_json
+from ttc.storage.export import strict_json_text
 from ttc.viewer.pages import error_page, index_page, trace_page
 
 DEFAULT_LIMIT = 200
@@ -64,8 +64,8 @@ class ViewerHandler(BaseHTTPRequestHandler):
                 record = self.server.store.get_trace(path.removeprefix("/traces/"))
                 self._send(HTTPStatus.OK, trace_page(record, store=self.server.store.url))
             elif path.startswith("/api/traces/") and path.count("/") == 3:
-                data = strict_json(self.server.store.export_trace(path.removeprefix("/api/traces/")), "trace")
-                self._send(HTTPStatus.OK, json.dumps(data, allow_nan=False), "application/json")
+                data = self.server.store.export_trace(path.removeprefix("/api/traces/"))
+                self._send(HTTPStatus.OK, strict_json_text(data, "trace"), "application/json")
             else:
                 self._fail(HTTPStatus.NOT_FOUND, f"no page at {path}: the viewer has /, /traces/ID and "
                            "/api/traces/ID")
