@@ -29,6 +29,8 @@ def _reference_generate(model: Any, prompt: list[int], max_new_tokens: int) -> l
     generated: list[int] = out[0, len(prompt) :].tolist()
     if EOS_ID in generated:
         generated = generated[: generated.index(EOS_ID) + 1]
+    # A text of one repeated token would match an engine that ignored attention altogether.
+    assert len(set(generated)) > 3, f"the reference checkpoint writes a degenerate text: {generated}"
     return generated
 
 
