@@ -176,7 +176,9 @@ def plan_pooled(strategy: str, budget: Budget, questions: int, session: Session,
         growth = 1
     else:
         return None
-    check_affordable_search(budget, questions, planner(share).options.max_step_tokens)
+    first = planner(share)
+    check_affordable_search(budget, questions, first.options.max_step_tokens)
+    first.check_setup(setup.backend)  # such as an ETS embedder that cannot load, before any trace opens
     return SearchPlan(name, planner, share, growth)
 
 

@@ -155,10 +155,13 @@ def test_a_missing_embedding_model_fails_before_any_trace_opens(tmp_path: Path) 
     """A batch failed once, before its questions' traces opened (each was left ``failed`` with the error)."""
     db = tmp_path / "traces.db"
     for name in ("/nonexistent/embedding-model", "backend"):  # no folder; a backend that cannot embed
-        with pytest.raises(ConfigError, match=r"does not exist|cannot embed"):
-            ttc.solve_batch(["1 + 2?", "2 + 3?"], 256, strategy="ets", embedder=name, store=str(db),
-                            backend=ScriptedBackend(random_responder), verifier=HashPRM(), concurrency=2)
-        assert TraceStore(str(db)).list_traces() == []
+        for scope in ("question", "batch"):
+            with pytest.raises(ConfigError, match=r"does not exist|cannot embed"):
+                ttc.solve_batch(["1 + 2?", "2 + 3?"], 512, strategy="ets", embedder=name, store=str(db),
+                                backend=ScriptedBackend(random_responder), verifier=HashPRM(), concurrency=2,
+                                budget_scope=scope)  # type: ignore[arg-type]
+    with TraceStore(str(db)) as store:
+        assert store.list_traces() == []
 
 
 def test_weights_past_the_programs_range_are_refused() -> None:

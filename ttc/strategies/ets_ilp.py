@@ -127,17 +127,23 @@ def solve_retention(problem: RetentionProblem, *, time_limit_s: float = 10.0) ->
             matrix[r, col] = coef
     result = milp(cost, constraints=LinearConstraint(matrix.tocsr(), lower, upper), bounds=Bounds(0, 1),
                   integrality=np.ones(n + m + k), options={"mip_rel_gap": 0.0, "time_limit": time_limit_s})
-    # The best single leaf by the program's own objective: its path's KV and its cluster count, as they would in
-    # the program's solution.
-    fallback = max((_retention(problem, {leaf.id}, "fallback") for leaf in leaves), key=lambda r: r.objective)
     if result.x is None:
-        return fallback
+        return _fallback(problem)
     chosen = {leaves[i].id for i in range(n) if result.x[i] > 0.5}
     if result.status == 0:
         return _retention(problem, chosen, "optimal")
     # Stopped early (time limit): HiGHS's incumbent is feasible but unproven, and may be worse than the fallback.
     incumbent = _retention(problem, chosen, "time_limit")
-    return fallback if problem.min_keep <= 1 and fallback.objective > incumbent.objective else incumbent
+    if problem.min_keep > 1:
+        return incumbent
+    fallback = _fallback(problem)
+    return fallback if fallback.objective > incumbent.objective else incumbent
+
+
+def _fallback(problem: RetentionProblem) -> Retention:
+    """The best single leaf by the program's own objective: its path's KV and its cluster count, as they would in
+    the program's solution."""
+    return max((_retention(problem, {leaf.id}, "fallback") for leaf in problem.leaves), key=lambda r: r.objective)
 
 
 def _retention(problem: RetentionProblem, kept_ids: set[int], status: str) -> Retention:
