@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -255,6 +256,10 @@ def test_normalize_answer(raw: str, key: str) -> None:
         ("52_8", "52"),
         ("\\frac{1}{2}", "\\frac{2}{1}"),
         ("2,-1", "-1,2"),  # unordered lists are math-verify's business
+        ("5 million", "5"),  # a number with scale words may mean either, so is neither
+        ("5 million", "5000000"),
+        ("7 dozen", "84"),
+        ("5 thousand", "5 million"),
     ],
 )
 def test_normalize_keeps_different_answers_apart(a: str, b: str) -> None:
@@ -297,6 +302,35 @@ def test_spellings_of_one_rational_number_have_one_key(spellings: list[str], key
     assert [normalize_answer(spelling) for spelling in spellings] == [key] * len(spellings)
 
 
+@pytest.mark.parametrize(
+    ("spellings", "key"),
+    [
+        (["+0.5", "+1/2", r"+\frac{1}{2}", r"\frac{+1}{2}", r"\frac{-1}{-2}", r"-\frac{1}{-2}"], "0.5"),
+        ([r"\frac{1}{-2}", r"-\frac{-1}{-2}", r"\dfrac{3}{-6}"], "-0.5"),
+        (["+2 3/4", "2 3/4"], "2.75"),
+        ([r"\frac{1}{-0}"], r"\frac{1}{-0}"),  # no number, and no ZeroDivisionError
+    ],
+)
+def test_signed_fractions_have_the_key_of_their_value(spellings: list[str], key: str) -> None:
+    """'+1/2' kept its sign where '+0.5' did not, and a negative denominator was left unreduced."""
+    assert [normalize_answer(spelling) for spelling in spellings] == [key] * len(spellings)
+
+
+@pytest.mark.parametrize(
+    ("text", "read", "key"),
+    [
+        (r"so it is \frac123", r"\frac123", r"\frac{1}{2}3"),
+        (r"so it is $\frac{1}{2}3$", r"\frac{1}{2}3", r"\frac{1}{2}3"),
+        (r"so it is \frac{1}{-2}", r"\frac{1}{-2}", "-0.5"),
+    ],
+)
+def test_the_last_number_fallback_reads_a_fraction_as_tex_does(text: str, read: str, key: str) -> None:
+    """TeX reads \\frac123 as \\frac{1}{2}3, and so does normalizing it; the fallback read \\frac12 (a half) out of
+    it, the 3 alone out of \\frac{1}{2}3, and only the 2 out of \\frac{1}{-2}."""
+    assert extract_answer(text) == read
+    assert normalize_answer(read) == key
+
+
 @pytest.mark.parametrize(("a", "b"), [("0.333", "1/3"), ("0.3333333333", r"\frac{1}{3}"), ("1/2", "2/1"),
                                       ("1/0", "0"), ("-1/2", "1/2"), (r"\frac{1}{2}x", "0.5")])
 def test_rationals_that_differ_keep_apart(a: str, b: str) -> None:
@@ -307,25 +341,124 @@ def test_rationals_that_differ_keep_apart(a: str, b: str) -> None:
     ("text", "gold", "correct"),
     [
         (r"\boxed{5\text{ million}}", "5000000", True),
-        (r"\boxed{5\text{ million}}", "5", False),
-        (r"\boxed{3\text{ thousand}}", "3", False),
         (r"\boxed{3\text{ thousand}}", "3000", True),
         (r"\boxed{1.5\text{ million dollars}}", "1500000", True),
         (r"\boxed{\text{5 dozen}}", "60", True),
         ("The answer is 2 dozen eggs.", "24", True),
-        ("The answer is 2 dozen eggs.", "2", False),
         ("#### 1.5 million", "1500000", True),
+        (r"\boxed{3\text{ thousand}}", "30", False),
+        (r"\boxed{3\text{ thousand}}", "3001", False),
+        ("The answer is 2 dozen eggs.", "12", False),
     ],
 )
 def test_scale_words_scale_the_number_and_are_no_unit(text: str, gold: str, correct: bool) -> None:
-    """'5 million' graded wrong against 5000000 and '3 thousand' right against 3: the scale word was dropped."""
+    """'5 million' graded wrong against 5000000: the scale word was dropped as a unit."""
     assert grade(text, gold) is correct
+
+
+@pytest.mark.parametrize(
+    ("text", "gold", "correct"),
+    [
+        # GSM8K: "How many dozens of eggs will she eat in 4 weeks?", gold 7. Read as 84 alone, these graded wrong.
+        ("The answer is 7 dozen.", "7", True),
+        (r"\boxed{7 \text{ dozen}}", "7", True),
+        ("#### 7 dozen", "7", True),
+        ("The answer is 7 dozen.", "84", True),
+        ("The answer is 7 dozen.", "8", False),
+        ("The answer is 7 dozen.", "85", False),
+        (r"\boxed{5\text{ million}}", "5", True),
+        (r"\boxed{3\text{ thousand}}", "3", True),
+        ("The answer is 2 dozen eggs.", "2", True),
+        # A gold answer with scale words accepts both readings too; two of them compare by their scaled values.
+        (r"\boxed{5}", "5 million", True),
+        (r"\boxed{5000000}", r"5\text{ million}", True),
+        (r"\boxed{5000 thousand}", "5 million", True),
+        (r"\boxed{5 thousand}", "5 million", False),
+        (r"\boxed{6}", "5 million", False),
+        # Past the keys, math-verify compares a scaled number by its value, not "million" as seven symbols.
+        (r"\boxed{5 \times 10^{6}}", "5 million", True),
+    ],
+)
+def test_a_number_with_scale_words_answers_as_its_number_or_its_scaled_value(text: str, gold: str,
+                                                                           correct: bool) -> None:
+    assert grade(text, gold) is correct
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ("5 million", "5 million"),
+        (r"5\text{ Million}", "5 million"),
+        (r"5\,\text{million dollars}", "5 million"),
+        ("1,500 Thousand", "1500 thousand"),
+        ("7.0 dozen", "7 dozen"),
+        ("2 1/2 million", "2.5 million"),
+        (r"\frac12 million", "0.5 million"),
+        ("5 hundred thousand", "5 hundred thousand"),
+    ],
+)
+def test_a_number_with_scale_words_keeps_them_in_one_spelling(raw: str, key: str) -> None:
+    """'7 dozen' was keyed 84, so a vote merged it with 84 and grading refused it for 7 (see above)."""
+    assert normalize_answer(raw) == key
+    assert normalize_answer(key) == key
+
+
+def test_a_long_run_of_scale_words_raises_nothing_and_costs_linear_time() -> None:
+    """'5' and 400 trillions raised a raw ValueError (an int of more than 4300 digits), which crashed solve(); the
+    cost of the product grew faster than the text."""
+    run = "5" + " trillion" * 400
+    assert normalize_answer(run) == "5" + "trillion" * 400  # no number a person writes: text
+    assert grade_detail(f"The answer is {run}.", "5") == GradeResult(True, "5", "exact")  # the number alone
+    assert extract_answer(f"She sold {run} copies") == "5"
+    assert normalize_answer(f"5\\text{{{' trillion' * 400}}}") == "5\\text{" + "trillion" * 400 + "}"
+    started = time.monotonic()
+    long_run = "5" + " trillion" * 20_000
+    normalize_answer(long_run)
+    extract_answer(f"The answer is {long_run}.")
+    extract_answer(f"She sold {long_run} copies")
+    assert time.monotonic() - started < 2.0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The answer is 5 million!", "5 million"),
+        ("The answer is 5 million: that is a lot.", "5 million"),
+        ("The answer is 5 million, because 5 * 10^6 = 5000000.", "5 million"),
+        ("The answer is **5 dozen** eggs.", "5 dozen"),
+        ("The answer is 5 hundred-dollar bills.", "5"),  # a compound, not a scale word
+        ("The answer is 2 dozen - that is 24", "2 dozen"),
+        ("The answer is 2 1/2 million dollars.", "2 1/2 million"),
+        ("Total: 12\nDozen eggs fit in a box.", "12"),  # a scale word on the next line is not the number's
+        ("She had 5 hundred-dollar bills", "5"),
+    ],
+)
+def test_a_scale_word_then_punctuation_ends_the_number(text: str, expected: str) -> None:
+    """A scale word had to be followed by a word or ';': '5 million!' was read as the answer '5 million!' (key
+    '5million!'), '5 hundred-dollar bills' as itself, and '12' then 'Dozen eggs' on the next line as 144."""
+    assert extract_answer(text) == expected
+
+
+def test_a_mixed_number_with_scale_words_keys_as_its_value_scaled() -> None:
+    """'2 1/2 million dollars' keyed as '21/2million', where '2 1/2' alone keyed as 2+1/2."""
+    assert normalize_answer(extract_answer("The answer is 2 1/2 million dollars.") or "") == "2.5 million"
+    assert grade("The answer is 2 1/2 million dollars.", "2500000")
+    assert grade("The answer is 5 hundred-dollar bills.", "5")
 
 
 def test_the_last_number_fallback_reads_a_fraction_whole() -> None:
     """'The probability is 1/2.' was read as 2, its denominator."""
     assert grade_detail("So the probability is 1/2.", "\\frac12") == GradeResult(True, "1/2", "exact")
     assert grade_detail("The probability is $\\frac{1}{2}$.", "\\frac12").predicted == "\\frac{1}{2}"
+
+
+def test_the_text_check_is_public() -> None:
+    """Voting imported it as the private _check_text."""
+    from ttc.verifiers.answer import check_text
+
+    assert check_text("5", "answer") == "5"
+    with pytest.raises(ConfigError, match="vote answer #2 must be a string, got int"):
+        check_text(5, "vote answer #2")
 
 
 def test_public_helpers_refuse_a_non_string_as_a_config_error() -> None:
@@ -750,6 +883,31 @@ async def test_agrade_extracts_and_normalizes_off_the_event_loop(monkeypatch: py
         await anyio.sleep(0.1)  # the ticker is running
         assert await agrade(r"\boxed{7}", "7") == GradeResult(True, "7", "exact")
     assert max(later - earlier for earlier, later in itertools.pairwise(ticks)) < 0.5
+
+
+@pytest.mark.anyio
+async def test_agrade_keeps_off_the_default_thread_limiter() -> None:
+    """Its quick step ran on anyio's default limiter, whose slots trace writes need: with them all taken, as by
+    writes in flight, grading waited for them."""
+    default = anyio.to_thread.current_default_thread_limiter()
+    tokens = default.total_tokens
+    default.total_tokens = 1
+    taken, release = anyio.Event(), anyio.Event()
+
+    async def writer() -> None:  # another task holds the default limiter's one slot, as a trace write would
+        async with default:
+            taken.set()
+            await release.wait()
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(writer)
+            await taken.wait()
+            with anyio.fail_after(10):
+                assert await agrade(r"\boxed{7}", "7") == GradeResult(True, "7", "exact")
+            release.set()
+    finally:
+        default.total_tokens = tokens
 
 
 def _result(answer: str | None, text: str) -> Result:

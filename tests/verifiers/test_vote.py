@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
 
 import pytest
 from hypothesis import assume, given, settings
@@ -32,10 +34,13 @@ def test_spellings_of_one_rational_number_vote_together() -> None:
     assert dict(result.tally) == {"0.5": 3.0, "0.3": 2.0}
 
 
-def test_a_scale_word_is_part_of_the_number_it_follows() -> None:
-    """'5 million' voted with 5, its scale word dropped as a unit."""
+def test_a_number_with_scale_words_votes_apart_from_its_number_and_its_value() -> None:
+    """'5 million' voted with 5, its scale word dropped as a unit; then with 5000000. It may mean either ('7 dozen'
+    answers "how many dozens?" as 7), so merging it with one would merge different answers."""
     result = majority_vote([r"5\text{ million}"] * 2 + ["5"] + ["5000000"] * 3)
-    assert dict(result.tally) == {"5000000": 5.0, "5": 1.0}
+    assert dict(result.tally) == {"5 million": 2.0, "5": 1.0, "5000000": 3.0}
+    assert dict(majority_vote(["7 dozen", r"\boxed{7 \text{ dozen}}", "84", "7"]).tally) == {
+        "7 dozen": 2.0, "84": 1.0, "7": 1.0}
 
 
 def test_an_answer_too_deep_to_read_does_not_vote() -> None:
@@ -126,6 +131,38 @@ def test_wrong_types_are_config_errors(call: Callable[[], object], message: str)
     """These raised AttributeError, TypeError or ValueError (the rng only at a tie)."""
     with pytest.raises(ConfigError, match=message):
         call()
+
+
+def test_weights_and_scores_of_any_real_number_type_vote() -> None:
+    """numpy scores (a verifier's float32) and other real numbers were refused as ConfigErrors, where verifier score
+    checks take them; an int score past float range raised a raw OverflowError."""
+    import numpy as np
+
+    weights = list(np.array([0.9, 0.1], dtype=np.float32))
+    result = majority_vote(["1", "2"], weights=weights)
+    assert (result.key, result.share) == ("1", pytest.approx(0.9))
+    assert majority_vote(["1", "2", "2"], weights=[Fraction(3, 4), np.int64(0), Fraction(1, 2)]).key == "1"
+    assert vote_weights([np.float32(0.5), np.float64(-1.0), Fraction(1, 4), None]) == [0.5, 0.0, 0.25, 1.0]
+    with pytest.raises(ConfigError, match="score #0"):
+        vote_weights([10**400])
+    with pytest.raises(ConfigError, match="vote weight #0"):
+        majority_vote(["1"], weights=[10**400])
+    with pytest.raises(ConfigError, match="vote weight #0"):
+        majority_vote(["1"], weights=[np.float32("nan")])
+    with pytest.raises(ConfigError, match="vote weight #0"):
+        majority_vote(["1"], weights=[np.bool_(True)])  # type: ignore[list-item]
+
+
+def test_voting_uses_only_public_names_of_the_answer_module() -> None:
+    """It imported the private _check_text."""
+    import ast
+
+    import ttc.verifiers.vote as vote
+
+    tree = ast.parse(Path(vote.__file__).read_text(encoding="utf-8"))
+    imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and node.module == "ttc.verifiers.answer" for alias in node.names]
+    assert imported and not [name for name in imported if name.startswith("_")]
 
 
 def test_tie_without_rng_goes_to_the_first_seen_key() -> None:

@@ -31,27 +31,38 @@ if TYPE_CHECKING:  # the grading workers import this module and nothing they do 
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _HASHES = re.compile(r"####[ \t]*([^\n]*)")
 _ANSWER_PHRASE = re.compile(r"\banswer\b\**[ \t]*(?:is\b[ \t]*:?|[:：])\**[ \t]*", re.IGNORECASE)
-# Words that scale the number before them (``5 million``, ``2 dozen``): part of the number, never a unit.
+# Words that scale the number before them (``5 million``, ``2 dozen``): part of the number, never a unit. A number
+# with them has a key of its own (see ``normalize_answer``).
 _SCALES = {"hundred": 100, "thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12, "dozen": 12}
 _SCALE_WORDS = rf"(?i:{'|'.join(_SCALES)})\b"
-# Scale words after a number, taken whole (possessive): a shorter match would leave one to read as prose.
-_SCALED_BY = rf"(?:\s+{_SCALE_WORDS})*+"
+_MAX_SCALE_WORDS = 4
+"""More than any number a person writes has (``5 hundred thousand``): a longer run is not read as one, as its value
+would be arithmetic on a number of thousands of digits (``int`` refuses to spell one of 4300)."""
+# Scale words after a number: on its line (``Total: 12`` then ``Dozen eggs`` is 12), taken whole (possessive: a
+# shorter match would leave one to read as prose) and ending where a word or a punctuation mark starts. Not a
+# compound's first half (``5 hundred-dollar bills`` are 5 bills), nor a run longer than ``_MAX_SCALE_WORDS``: then
+# the number is read alone, as it was before scale words were read at all.
+_SCALE_RUN = (rf"(?:[ \t]+{_SCALE_WORDS}){{1,{_MAX_SCALE_WORDS}}}+"
+              rf"(?![ \t]+{_SCALE_WORDS}|[-'\u2019/]\w)")
 # A number not glued to a word or another number; thousands groups only when they are complete.
 _NUMBER = r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|(?<![\w.])-?\.\d+"
+# A ``\frac`` of integers as TeX reads it, with the digits it runs into: ``\frac123`` is ``\frac{1}{2}3``, not
+# ``\frac12`` then a 3, as ``normalize_answer`` reads it too.
+_FRAC_TOKEN = r"\\[dt]?frac(?:\{[-+]?\d+\}|\d)(?:\{[-+]?\d+\}|\d)\d*"
 # What the last-number fallback reads: a fraction whole (``1/2``, ``\frac{1}{2}``: its last number is only the
-# denominator), but not a date's ``3/4/2024``; else a number and its scale words.
+# denominator), but not a date's ``3/4/2024``; else a number; either with its scale words.
 _LAST_VALUE = re.compile(
-    r"(?<![\w.])-?\\[dt]?frac(?:\{-?\d+\}|\d)(?:\{\d+\}|\d)"
-    r"|(?<![\w./])-?\d+/\d+(?![\w/]|\.\d)"
-    rf"|(?:{_NUMBER}){_SCALED_BY}"
+    rf"(?<![\w.])-?{_FRAC_TOKEN}"
+    rf"|(?<![\w./])-?\d+/\d+(?![\w/]|\.\d)(?:{_SCALE_RUN})?"
+    rf"|(?:{_NUMBER})(?:{_SCALE_RUN})?"
 )
-# A number (or a fraction) and then prose: ``18 pens``, ``3/4 of the cake``, ``18, because ...``, ``5 (five)``;
-# its scale words belong to it (``2 dozen eggs``). A comma before another number is a list (``1, 2, 3``), so only
-# a comma before a word ends the answer.
-_LEADING_NUMBER_THEN_WORD = re.compile(
-    rf"(-?(?:\d{{1,3}}(?:,\d{{3}})+|\d+)(?:\.\d+)?(?:\s+\d+/\d+|/\d+)?{_SCALED_BY})"
-    r"(?:\s+[A-Za-z(]|\s*;|,\s*[A-Za-z])"
-)
+# A number, a fraction or a mixed number at the start of an answer.
+_LEADING_NUMBER = r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s+\d+/\d+|/\d+)?"
+# A number (or a fraction) and then prose: ``18 pens``, ``3/4 of the cake``, ``18, because ...``, ``5 (five)``.
+# A comma before another number is a list (``1, 2, 3``), so only a comma before a word ends the answer.
+_LEADING_NUMBER_THEN_WORD = re.compile(rf"({_LEADING_NUMBER})(?:\s+[A-Za-z(]|\s*;|,\s*[A-Za-z])")
+# The same number with its scale words, whatever follows them: ``2 dozen eggs``, ``5 million!``.
+_LEADING_SCALED_NUMBER = re.compile(_LEADING_NUMBER + _SCALE_RUN)
 # A markdown heading after ``####``: ``#### 1. Find the cost``, ``#### (b) Money``, ``#### 2) Total``.
 _HEADING = re.compile(r"\s*\(?[A-Za-z0-9]{1,3}[.)]\s+[A-Za-z]")
 # "The answer is in dollars", "the answer is given below": the phrase goes on about the answer, giving none.
@@ -157,7 +168,11 @@ def _clean_phrase_answer(raw: str) -> str:
     end = _SENTENCE_END.search(raw)
     text = _strip_dollars(raw[: end.start()] if end else raw).rstrip(".").strip()
     number = _LEADING_NUMBER_THEN_WORD.match(text)
-    return number.group(1) if number else text
+    if number is None:
+        return text
+    # Its scale words belong to it; where they cannot be read (``5 hundred-dollar bills``) the number stands alone.
+    scaled = _LEADING_SCALED_NUMBER.match(text)
+    return scaled.group(0) if scaled else number.group(1)
 
 
 def _last_number(text: str) -> str | None:
@@ -172,7 +187,7 @@ def extract_answer(text: str) -> str | None:
     ``#### N``, then "The answer is X" / "Answer: X", and only then the last number (or fraction) in the text, a
     guess that is right for most arithmetic word problems and wrong for LaTeX answers (so say them explicitly).
     """
-    stated = extract_stated_answer(_check_text(text, "text"))
+    stated = extract_stated_answer(check_text(text, "text"))
     return stated if stated is not None else _last_number(text)
 
 
@@ -182,7 +197,7 @@ def extract_stated_answer(text: str) -> str | None:
     For text cut off before its end (a sample that ran out of tokens): its last number is an intermediate
     value, not an answer, so only an explicit statement counts.
     """
-    boxed = _last_boxed(_check_text(text, "text"))
+    boxed = _last_boxed(check_text(text, "text"))
     if boxed is not None:
         return boxed
     for hashes in reversed(list(_HASHES.finditer(text))):
@@ -259,15 +274,26 @@ _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree(?![A-Za-z])")
 _TRAILING_UNIT = re.compile(
     r"\\(?:text|mbox|mathrm|textrm)\{\s*(?P<words>[A-Za-z][A-Za-z ]*[A-Za-z])\s*\}(?P<power>\^\{?[23]\}?)?$"
 )
-# A plain number and its scale words: ``5 million``, ``1.5 thousand``, ``2 dozen``.
-_SCALED_NUMBER = re.compile(rf"(?P<number>[-+]?[\d,.]+)\s*(?P<words>{_SCALE_WORDS}{_SCALED_BY})")
+# A number and its scale words, once spacing commands are spaces: ``5 million``, ``1.5 thousand``, ``2 1/2 dozen``,
+# ``\frac{1}{2} million``; ``_MAX_SCALE_WORDS`` words at most.
+_SCALED_NUMBER = re.compile(
+    r"(?P<number>[-+]?(?:\\frac(?:\{[-+]?\d+\}|\d)(?:\{[-+]?\d+\}|\d)|[\d,.]+(?:[ \t]+\d+/\d+|/\d+)?))[ \t]*"
+    rf"(?P<words>{_SCALE_WORDS}(?:[ \t]+{_SCALE_WORDS}){{0,{_MAX_SCALE_WORDS - 1}}})"
+)
+# A key of a number with scale words, as ``normalize_answer`` writes one: a rational's key, a space, the words.
+_SCALED_KEY = re.compile(
+    rf"(?P<number>\S+) (?P<words>(?:{'|'.join(_SCALES)})(?: (?:{'|'.join(_SCALES)})){{0,{_MAX_SCALE_WORDS - 1}}})"
+)
 _SCALE_WORD = re.compile(r"\b" + _SCALE_WORDS)
 _PLAIN_NUMBER = re.compile(r"([-+]?)(\d{1,3}(?:,\d{3})+|\d*)(?:\.(\d*))?")
 _INTEGER = re.compile(r"-?\d+")
-_MIXED_NUMBER = re.compile(r"(-?)(\d+)\s+(\d+)/(\d+)")
+_MIXED_NUMBER = re.compile(r"([-+]?)(\d+)\s+(\d+)/(\d+)")
 # A fraction of two integers, once its arguments are braced: ``\frac{1}{2}``, ``-\frac{1}{2}``, ``\frac{-1}{2}``,
-# ``1/2``. Digits are bounded: a key is exact arithmetic on them, and ``int`` refuses a string of thousands.
-_FRACTION = re.compile(r"(-?)(?:\\frac\{(-?\d{1,100})\}\{(\d{1,100})\}|(\d{1,100})/(\d{1,100}))")
+# ``\frac{1}{-2}``, ``+1/2``, ``1/2``. Digits are bounded: a key is exact arithmetic on them, and ``int`` refuses a
+# string of thousands.
+_FRACTION = re.compile(
+    r"([-+]?)(?:\\frac\{([-+]?\d{1,100})\}\{([-+]?\d{1,100})\}|(\d{1,100})/(\d{1,100}))"
+)
 _MAX_DIGITS = 100
 # ``12, 345`` is a list of two numbers; squeezed to ``12,345`` it would read as twelve thousand.
 _LIST_COMMA = re.compile(r"(?<=\d),\s+(?=\d)")
@@ -398,35 +424,78 @@ def _rational_key(value: Fraction) -> str:
     return sign + str(whole) + ("." + decimals if decimals else "")
 
 
-def _fraction_key(text: str) -> str | None:
-    """The key of ``text`` if it is exactly a fraction of integers (see ``_FRACTION``) with a nonzero denominator."""
+def _fraction_value(text: str) -> Fraction | None:
+    """The value of ``text`` if it is exactly a fraction of integers (see ``_FRACTION``) with a nonzero
+    denominator; ``1/0`` is no number."""
     match = _FRACTION.fullmatch(text)
     if match is None:
         return None
     sign, numerator, denominator = match.group(1), match.group(2) or match.group(4), match.group(3) or match.group(5)
-    if not denominator.strip("0"):  # 1/0 is no number: the text stays as written
+    if int(denominator) == 0:
         return None
     value = Fraction(int(numerator), int(denominator))
-    return _rational_key(-value if sign else value)
+    return -value if sign == "-" else value
 
 
-def _scaled(number: str, words: str) -> str | None:
-    """``5`` and ``million`` -> ``5000000``, exactly (``1.5 thousand`` is 1500); None unless a plain number."""
-    canonical = _canonical_number(number.strip())
-    if canonical is None or len(canonical) > _MAX_DIGITS:
+def _fraction_key(text: str) -> str | None:
+    """The key of ``text`` if it is exactly a fraction of integers, else None: the text stays as written."""
+    value = _fraction_value(text)
+    return None if value is None else _rational_key(value)
+
+
+def _mixed_value(text: str) -> Fraction | None:
+    """The value of a mixed number (``2 3/4`` is 2+3/4, ``-2 3/4`` is -(2+3/4)) within exact arithmetic's reach."""
+    mixed = _MIXED_NUMBER.fullmatch(text)
+    if mixed is None or len(text) > _MAX_DIGITS or int(mixed.group(4)) == 0:
         return None
-    value = Fraction(canonical)
-    for word in words.lower().split():
+    sign, whole, numerator, denominator = mixed.groups()
+    value = int(whole) + Fraction(int(numerator), int(denominator))
+    return -value if sign == "-" else value
+
+
+def _number_value(text: str) -> Fraction | None:
+    """The exact value of a number written plainly, as a mixed number or as a fraction of integers (a key's
+    ``\\frac{1}{3}`` too), with few enough digits for exact arithmetic; None for any other text."""
+    canonical = _canonical_number(text)
+    if canonical is not None:
+        return Fraction(canonical) if len(canonical) <= _MAX_DIGITS else None
+    mixed = _mixed_value(text)  # not ``or``: a value of 0 is falsy
+    return mixed if mixed is not None else _fraction_value(_brace_arguments(text))
+
+
+def _scaled_number(text: str) -> str | None:
+    """The key of a number with scale words: its number's key, a space, the words in lower case (``5 Million`` is
+    ``5 million``, ``2 1/2 dozen`` is ``2.5 dozen``); None for other text."""
+    scaled = _SCALED_NUMBER.fullmatch(text)
+    if scaled is None:
+        return None
+    value = _number_value(scaled.group("number"))
+    if value is None:
+        return None
+    return _rational_key(value) + " " + " ".join(scaled.group("words").lower().split())
+
+
+def _scaled_readings(key: str) -> tuple[str, str] | None:
+    """What a key with scale words may answer, as keys: its number's and its scaled value's. ``7 dozen`` answers
+    "how many dozens" as 7 and "how many eggs" as 84, and which one the question asks the key cannot know. None
+    for any other key. The arithmetic is bounded: the key has ``_MAX_SCALE_WORDS`` words at most, and its number
+    ``_MAX_DIGITS`` digits."""
+    scaled = _SCALED_KEY.fullmatch(key)
+    value = None if scaled is None else _number_value(scaled.group("number"))
+    if scaled is None or value is None:
+        return None
+    number = value
+    for word in scaled.group("words").split():
         value *= _SCALES[word]
-    return _rational_key(value)
+    return _rational_key(number), _rational_key(value)
 
 
 def _without_unit(text: str) -> str:
     """Drop a trailing ``\\text{ cm}^2``-style unit, but only after a pure number (no letters of its own).
 
-    A scale word is no unit: ``5\\text{ million}`` is 5000000 (``\\text{ million dollars}`` drops only the dollars).
-    Where the number cannot take it (``x\\text{ million}``, a scale word after the unit), the text stays whole:
-    dropping the unit would change the number.
+    A scale word is no unit: ``5\\text{ million}`` is ``5 million`` (``\\text{ million dollars}`` drops only the
+    dollars). Where the number cannot take it (``x\\text{ million}``, a scale word after the unit), the text stays
+    whole: dropping the unit would change the number.
     """
     unit = _TRAILING_UNIT.search(text)
     if unit is None:
@@ -434,16 +503,11 @@ def _without_unit(text: str) -> str:
     head, words = text[: unit.start()].strip(), unit.group("words")
     if not _SCALE_WORD.search(words):
         return head if head and not re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", head)) else text
-    scale = re.match(_SCALE_WORDS + _SCALED_BY, words)
+    scale = re.match(rf"{_SCALE_WORDS}(?:[ \t]+{_SCALE_WORDS})*+", words)
     if scale is None or unit.group("power") or _SCALE_WORD.search(words, scale.end()):
         return text
-    return _scaled(head, scale.group(0)) or text
-
-
-def _scaled_number(text: str) -> str | None:
-    """The key of a plain number with scale words (``5 million``, ``1.5 thousand``, ``2 dozen``), else None."""
-    scaled = _SCALED_NUMBER.fullmatch(text)
-    return _scaled(scaled.group("number"), scaled.group("words")) if scaled else None
+    scaled = f"{head} {scale.group(0)}"
+    return scaled if _scaled_number(scaled) is not None else text
 
 
 def _mixed_number(text: str) -> str | None:
@@ -453,11 +517,11 @@ def _mixed_number(text: str) -> str | None:
     mixed = _MIXED_NUMBER.fullmatch(text)
     if mixed is None:
         return None
+    value = _mixed_value(text)
+    if value is not None:
+        return _rational_key(value)
     sign, whole, numerator, denominator = mixed.groups()
-    if len(text) > _MAX_DIGITS or not denominator.strip("0"):
-        return f"-({whole}+{numerator}/{denominator})" if sign else f"{whole}+{numerator}/{denominator}"
-    value = int(whole) + Fraction(int(numerator), int(denominator))
-    return _rational_key(-value if sign else value)
+    return f"-({whole}+{numerator}/{denominator})" if sign == "-" else f"{whole}+{numerator}/{denominator}"
 
 
 def _squeeze_spaces(text: str) -> str:
@@ -471,11 +535,20 @@ def normalize_answer(answer: str) -> str:
     Only rewrites that cannot merge different answers are applied: delimiters, spacing, ``\\left``/``\\right``,
     wrappers such as ``\\text{}``, ``\\dfrac`` -> ``\\frac``, degree signs, a currency sign, a unit after a plain
     number, thousands separators and trailing zeros of plain numbers, and ``(C)`` -> ``C`` for a choice letter. An
-    exact number has one key however it is written: ``0.5``, ``1/2`` and ``\\frac{2}{4}`` are ``0.5``; ``4/2`` and
-    ``2 dozen`` are ``2`` and ``24``. An answer nested too deeply to read has the empty key, like an answer of only
-    spacing: it matches nothing and does not vote.
+    exact number has one key however it is written: ``0.5``, ``+1/2`` and ``\\frac{2}{4}`` are ``0.5``, ``4/2`` is
+    ``2``.
+
+    A number with scale words keeps them, in one spelling: ``5\\text{ Million}`` and ``5 million`` are
+    ``5 million``, and ``2 1/2 dozen`` is ``2.5 dozen``. That key is neither the bare number's nor the scaled
+    value's: ``7 dozen`` answers "how many dozens?" as 7 and "how many eggs?" as 84, so it may equal either, and a
+    key that merged it with one would merge different answers. Grading accepts it for both (:func:`grade`); a vote
+    counts it apart from both. A run of more than ``_MAX_SCALE_WORDS`` scale words is no number a person writes and
+    stays text.
+
+    An answer nested too deeply to read has the empty key, like an answer of only spacing: it matches nothing and
+    does not vote.
     """
-    key = _answer_key(_check_text(answer, "answer"))
+    key = _answer_key(check_text(answer, "answer"))
     return "" if key is None else key
 
 
@@ -582,10 +655,31 @@ def _check_timeout(timeout_s: object) -> None:
                           f"{timeout_s!r}")
 
 
-def _check_text(value: object, name: str) -> str:
+def check_text(value: object, name: str) -> str:
+    """``value`` if it is a string, else a ConfigError naming it as ``name``: an int or None reached as an answer
+    would fail as an AttributeError deep in extraction or normalization, far from the caller that passed it."""
     if not isinstance(value, str):
         raise ConfigError(f"{name} must be a string, got {type(value).__name__}")
     return value
+
+
+def _scale_words_agree(gold_key: str, predicted_key: str) -> bool:
+    """Whether keys agree by what a number with scale words may answer (:func:`_scaled_readings`): ``7 dozen``
+    answers both 7 and 84, and a gold answer ``7 dozen`` accepts both. Two of them agree by their scaled values
+    (``5000 thousand`` is ``5 million``), never by their numbers alone (``5 thousand`` is not ``5 million``)."""
+    gold, predicted = _scaled_readings(gold_key), _scaled_readings(predicted_key)
+    if gold is not None and predicted is not None:
+        return gold[1] == predicted[1]
+    if gold is not None:
+        return predicted_key in gold
+    return predicted is not None and gold_key in predicted
+
+
+def _compared_key(key: str) -> str:
+    """The form of a key that the rules after :func:`_scale_words_agree` and math-verify compare: a number with scale
+    words as its scaled value (math-verify would read ``million`` as a product of seven symbols), else the key."""
+    readings = _scaled_readings(key)
+    return key if readings is None else readings[1]
 
 
 def _quick_verdict(gold_key: str, predicted_key: str) -> _Verdict | None:
@@ -594,6 +688,9 @@ def _quick_verdict(gold_key: str, predicted_key: str) -> _Verdict | None:
         return _Verdict(False, "no answer found")
     if gold_key == predicted_key:
         return _Verdict(True, "exact")
+    if _scale_words_agree(gold_key, predicted_key):
+        return _Verdict(True, "equivalent")
+    gold_key, predicted_key = _compared_key(gold_key), _compared_key(predicted_key)
     number = gold_key.removesuffix("%")
     if number == predicted_key.removesuffix("%") and _canonical_number(number) is not None:
         # 12.5% answers "what percent" as 12.5 does; math-verify agrees for some numbers (25%) and not others.
@@ -604,6 +701,8 @@ def _quick_verdict(gold_key: str, predicted_key: str) -> _Verdict | None:
 
 
 def _worker_verdict(gold_key: str, predicted_key: str, timeout_s: float) -> _Verdict:
+    """math-verify's verdict on two keys, in a worker; kept in the cache where it is settled."""
+    gold_key, predicted_key = _compared_key(gold_key), _compared_key(predicted_key)
     outcome = run_in_worker(_math_verify_keys, (gold_key, predicted_key), timeout_s)
     if outcome.status == "ok":
         equal, reason = cast(tuple[bool, str], outcome.value)
@@ -619,7 +718,7 @@ def _worker_verdict(gold_key: str, predicted_key: str, timeout_s: float) -> _Ver
 def gold_key(gold: str) -> str:
     """The key a gold answer is graded by; ConfigError where none can be (no final answer in it, or one too deeply
     nested to read). Loaders and evaluations check it before a model runs: grading finds it only after."""
-    key = _answer_key(_check_text(gold, "gold"))
+    key = _answer_key(check_text(gold, "gold"))
     if key is None:
         raise ConfigError(f"the gold answer {gold[:40]!r}... is too deeply nested to grade; pass the reference "
                           "final answer in a plain form")
@@ -639,7 +738,7 @@ class _NeedsWorker:
 
 def _grade_quickly(prediction_text: str, gold: str, timeout_s: float) -> GradeResult | _NeedsWorker:
     _check_timeout(timeout_s)
-    _check_text(prediction_text, "prediction_text")
+    check_text(prediction_text, "prediction_text")
     key = gold_key(gold)
     predicted = extract_answer(prediction_text)
     if predicted is None:
@@ -656,7 +755,7 @@ def _grade_quickly(prediction_text: str, gold: str, timeout_s: float) -> GradeRe
 def answers_equivalent(a: str, b: str, *, timeout_s: float = 5.0) -> bool:
     """Whether two final answers agree; ``a`` plays the reference (``x=5`` accepts ``5``). Empty never agrees."""
     _check_timeout(timeout_s)
-    key_a, key_b = normalize_answer(_check_text(a, "a")), normalize_answer(_check_text(b, "b"))
+    key_a, key_b = normalize_answer(check_text(a, "a")), normalize_answer(check_text(b, "b"))
     if not key_a:
         return False
     quick = _quick_verdict(key_a, key_b)
@@ -686,8 +785,9 @@ _thread_limiter: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.R
 
 
 def _limiter() -> anyio.CapacityLimiter:
-    """One limiter per event loop, as wide as the pool: more threads would only queue for a worker while
-    holding slots of anyio's shared default limiter that other code (trace writes) needs."""
+    """One limiter per event loop, as wide as the pool, for both steps of :func:`agrade`: more threads would only
+    queue for a worker, and grading on anyio's shared default limiter would hold the slots that other code (trace
+    writes) needs, a long answer's quick step as much as a math-verify wait."""
     try:
         return _thread_limiter.get()
     except LookupError:
@@ -700,7 +800,7 @@ async def agrade(prediction_text: str, gold: str, *, timeout_s: float = 5.0) -> 
     """``grade_detail`` for async code. Both steps run on threads: extracting and normalizing a long answer is
     work in this process that would stall the event loop, and a math-verify check waits on a worker."""
     quick = functools.partial(_grade_quickly, prediction_text, gold, timeout_s)
-    step = await anyio.to_thread.run_sync(quick, abandon_on_cancel=True)
+    step = await anyio.to_thread.run_sync(quick, abandon_on_cancel=True, limiter=_limiter())
     if isinstance(step, GradeResult):
         return step
     work = functools.partial(_worker_verdict, step.gold_key, step.answer_key, timeout_s)
@@ -738,6 +838,7 @@ __all__ = [
     "agrade",
     "agrade_result",
     "answers_equivalent",
+    "check_text",
     "extract_answer",
     "extract_cut_answer",
     "extract_stated_answer",

@@ -3,20 +3,21 @@
 Answers are grouped by ``normalize_answer`` key, not by pairwise math-verify checks: those would cost O(n^2)
 worker round trips per vote, and a vote runs after every sampling round. The key unifies the spellings of an exact
 number (``0.5``, ``1/2`` and ``\\frac{1}{2}`` vote together), but two spellings of one answer that it does not
-(``\\sqrt{8}`` and ``2\\sqrt{2}``) split their votes; that is the price of speed.
+(``\\sqrt{8}`` and ``2\\sqrt{2}``) split their votes; that is the price of speed. A number with scale words
+(``5 million``) votes apart from both its bare number and its scaled value, as it may mean either.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from ttc.errors import ConfigError
-from ttc.types import is_finite_number, is_number
-from ttc.verifiers.answer import _check_text, normalize_answer
+from ttc.verifiers.answer import check_text, normalize_answer
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,18 @@ class VoteResult:
         return (ranked[0] - (ranked[1] if len(ranked) > 1 else 0.0)) / total
 
 
+def _real(value: object) -> float | None:
+    """``value`` as a float if it is a real number, else None. Any ``numbers.Real`` is one: verifier scores are often
+    numpy ``float32``, which the checks of verifier scores accept too; a bool is a flag, not a weight. An int
+    past float range is None too, where ``float()`` overflows."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
 def _checked_weights(answers: Sequence[str | None], weights: Sequence[float] | None) -> list[float]:
     if weights is None:
         return [1.0] * len(answers)
@@ -46,10 +59,13 @@ def _checked_weights(answers: Sequence[str | None], weights: Sequence[float] | N
         raise ConfigError(
             f"majority_vote got {len(answers)} answers but {len(weights)} weights; pass one weight per answer"
         )
+    checked: list[float] = []
     for index, weight in enumerate(weights):
-        if not is_finite_number(weight) or weight < 0:
+        value = _real(weight)
+        if value is None or not math.isfinite(value) or value < 0:
             raise ConfigError(f"vote weight #{index} is {weight!r}; weights must be finite numbers >= 0")
-    return [float(weight) for weight in weights]
+        checked.append(value)
+    return checked
 
 
 def _check_vote(answers: Sequence[str | None], rng: random.Random | None) -> None:
@@ -59,24 +75,26 @@ def _check_vote(answers: Sequence[str | None], rng: random.Random | None) -> Non
         raise ConfigError("majority_vote takes a list of answers, got one string; pass [answer]")
     for index, answer in enumerate(answers):
         if answer is not None:
-            _check_text(answer, f"vote answer #{index}")
+            check_text(answer, f"vote answer #{index}")
     if rng is not None and not isinstance(rng, random.Random):
         raise ConfigError(f"rng must be a random.Random (e.g. random.Random(seed)) or None, got {type(rng).__name__}")
 
 
 def vote_weights(scores: Sequence[float | None]) -> list[float]:
-    """Verifier scores as the weights of a weighted vote.
+    """Verifier scores (any real numbers: a numpy ``float32`` too) as the weights of a weighted vote.
 
     A weight is a share of belief: a negative score (a reward model's logit) weighs nothing, as 0 does, and an
     unscored candidate weighs 1. Where every weight is 0 the verifier prefers nothing, and the vote is a plain
     count: all-zero weights would tie every answer and leave the winner to the tie-break, whatever the counts.
     Rank by ``select="score"`` to use such scores' order rather than their size.
     """
+    weights: list[float] = []
     for index, score in enumerate(scores):
-        if score is not None and not is_number(score):
-            raise ConfigError(f"score #{index} is {score!r}; pass each verifier score as a number, or None for an "
-                              "unscored candidate")
-    weights = [1.0 if score is None else max(float(score), 0.0) for score in scores]
+        value = 1.0 if score is None else _real(score)
+        if value is None:
+            raise ConfigError(f"score #{index} is {score!r}; pass each verifier score as a number within float range, "
+                              "or None for an unscored candidate")
+        weights.append(max(value, 0.0))
     return weights if any(weights) else [1.0] * len(weights)
 
 
