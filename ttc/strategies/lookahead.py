@@ -71,6 +71,7 @@ class Chain:
     unfinished: bool = False  # the last step stopped at max_step_tokens with room left: the next round goes on
     open_text: str = ""  # what the unfinished step says so far, since only the whole step can end the solution
     drafting: bool = True  # False once the chain outgrew the draft's context: plain target steps from then on
+    continued: bool = False  # some step was written in pieces: its text is decoded whole at the end
 
 
 @dataclass
@@ -159,7 +160,7 @@ class Lookahead(Strategy[LookaheadOptions]):
                     for backend, sequences in held.items():
                         for ids in sequences:
                             await backend.release(ids)
-        return self._result(ctx, chain, tally, prompt)
+        return await self._result(ctx, chain, tally, prompt)
 
     def _proposals_allowed(self, ctx: Context, draft: Backend, chain: Chain) -> int:
         """How many draft steps this round may propose before the budget has its say.
@@ -320,7 +321,9 @@ class Lookahead(Strategy[LookaheadOptions]):
                                            logprob=step.cumulative_logprob)
         goes_on = "; it reached max_step_tokens and the next node goes on with it" if state == "unfinished" else ""
         ctx.recorder.update(chain.node, reason=f"written by the {source}{goes_on}")
-        if not chain.unfinished:
+        if chain.unfinished:
+            chain.continued = True
+        else:
             chain.depth += 1
         chain.prefix += step.token_ids
         chain.steps.append(step)
@@ -330,8 +333,13 @@ class Lookahead(Strategy[LookaheadOptions]):
         chain.ended = state == "ended"
         chain.complete = chain.ended or (state == "done" and chain.depth >= self.options.max_depth)
 
-    def _result(self, ctx: Context, chain: Chain, tally: Tally, prompt: tuple[int, ...]) -> StrategyResult:
+    async def _result(self, ctx: Context, chain: Chain, tally: Tally, prompt: tuple[int, ...]) -> StrategyResult:
         text = "".join(step.text for step in chain.steps)
+        if chain.continued:
+            # A piece decoded alone can read otherwise than inside its step (a SentencePiece word's leading space is
+            # dropped, a byte-level character cut in two is two replacement characters): the ids are the target's
+            # own, so their text is too when decoded together.
+            text = await ctx.backend.detokenize(chain.prefix[len(prompt):])
         # Stopped mid-line, by max_depth or by the budget: only an answer the chain states counts.
         answer = stopped_answer(text, cut=chain.cut, ended=chain.ended)
         if chain.steps:
