@@ -25,7 +25,7 @@ from rich.text import Text
 
 from ttc.api import Session, check_budget_scope, open_session, solve_problem
 from ttc.bench.datasets import dataset_names, dataset_setting, load_dataset
-from ttc.bench.eval import EvalReport, check_run_seeds, check_sleep, evaluate
+from ttc.bench.eval import EvalReport, EvaluationStopped, check_run_seeds, check_sleep, evaluate
 from ttc.cli_render import render_trace, shown, shown_or_missing
 from ttc.errors import ConfigError, TTCError
 from ttc.pooled import check_pooled
@@ -277,12 +277,24 @@ def eval_cmd(
         finally:
             await session.aclose()
 
-    report = anyio.run(main)
+    try:
+        report = anyio.run(main)
+    except EvaluationStopped as stopped:  # what was done is shown; the store's error (exit 2) comes after it
+        if stopped.report is not None:
+            _print_report(stopped.report, sleeps=sleep is not None)
+        raise
+    _print_report(report, sleeps=sleep is not None)
+    if report.failed or report.done < report.total:
+        err.print(f"{report.total - report.done} problems not done: rerun with --resume {report.run_id}")
+        raise typer.Exit(1)
+
+
+def _print_report(report: EvalReport, *, sleeps: bool) -> None:
     table = Table(title=f"run {report.run_id}")
     columns = ["problems", "done", "failed", "no answer", "accuracy", "mean tokens"]
     row = [str(report.total), str(report.done), str(report.failed), str(report.unanswered), f"{report.accuracy:.3f}",
            f"{report.mean_tokens:.1f}"]
-    if sleep is not None:
+    if sleeps:
         columns += ["contexts", "sleep tokens", "all tokens / question"]
         row += [str(report.contexts), str(report.sleep_tokens), f"{report.mean_total_tokens:.1f}"]
     for col in [*columns, "wall s"]:
@@ -295,9 +307,6 @@ def eval_cmd(
         out.print(f"{report.unanswered} of {report.done} questions ended without an answer (counted wrong): no "
                   "solution finished within the budget, or none stated one; a larger --budget lets long ones finish")
     out.print(f"inspect: ttc traces list --run {report.run_id}")
-    if report.failed or report.done < report.total:
-        err.print(f"{report.total - report.done} problems not done: rerun with --resume {report.run_id}")
-        raise typer.Exit(1)
 
 
 @app.command()
@@ -455,6 +464,13 @@ def _is_usage_error(exc: Exception) -> bool:
     return isinstance(exc, kinds) and hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int)
 
 
+def _with_notes(exc: BaseException) -> str:
+    """The message and the notes added to it on its way up (a trace or run that could not be marked either, and so
+    still reads 'running'): the one line printed is all the user learns of the failure."""
+    notes = [str(note) for note in getattr(exc, "__notes__", ())]
+    return "; ".join([str(exc), *notes])
+
+
 def _terminate_as_interrupt(_signum: int, frame: FrameType | None) -> None:
     """SIGTERM (``kill``, ``timeout``, a scheduler) ends a command the way Ctrl-C does: the SIGINT handler in place
     (the event loop's, which cancels its work so that every open trace is marked failed 'cancelled') runs for it.
@@ -474,7 +490,7 @@ def main() -> None:
         # Ctrl-C) instead of exiting with it, so the code is passed on here.
         code = app(standalone_mode=False)
     except TTCError as exc:
-        err.print(Text.assemble(("error:", "red"), " ", shown(exc)), highlight=False, soft_wrap=True)
+        err.print(Text.assemble(("error:", "red"), " ", shown(_with_notes(exc))), highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ttc.api import open_session, solve_problem
-from ttc.bench.eval import evaluate, summarize
-from ttc.errors import ConfigError
+from ttc.bench.eval import EvaluationStopped, evaluate, summarize
+from ttc.errors import ConfigError, StorageError
 from ttc.storage import TraceStore
+from ttc.storage import store as store_module
 from ttc.testing import ScriptedBackend, guessing_responder
 from ttc.types import Budget, Problem
 
@@ -294,3 +297,134 @@ async def test_a_parallel_thinking_run_recorded_without_its_synthesizer_still_re
         assert (resumed.run_id, resumed.done) == (old, 2)
     finally:
         await session.aclose()
+
+
+class _Killed(BaseException):
+    """The process ending outright (kill -9) at the point where it is raised: nothing after it runs."""
+
+
+async def test_a_new_run_is_leased_as_it_is_created_so_a_killed_eval_leaves_it_interrupted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run and its lease were two transactions: a process killed (or locked out) between them left a run
+    with no lease, which no later open could tell was orphaned, so it read 'running' for good."""
+    db = str(tmp_path / "t.db")
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise _Killed
+
+    # Whichever write or read comes first after the run's row is committed is where the process dies.
+    monkeypatch.setattr(TraceStore, "claim_run", killed)
+    monkeypatch.setattr(TraceStore, "done_problem_indices", killed)
+    session = open_session(backend=ScriptedBackend(guessing_responder), store=db, verifier=None,
+                           prompt_template=None)
+    try:
+        with pytest.raises(_Killed):
+            await evaluate(plus_one(2), Budget(tokens=200), session, strategy="best_of_n", options={"n": 1}, seed=0)
+    finally:
+        await session.aclose()
+    monkeypatch.setattr(store_module, "_process_alive", lambda pid: False)  # as the next process sees this one
+    with TraceStore(db) as store:
+        [run] = store.list_runs()
+        assert run.status == "interrupted"
+
+
+async def test_a_store_that_fails_mid_run_stops_it_as_an_interruption_does_and_reports_what_was_done(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failing store was taken for one question's failure after another: every later question was solved only
+    for its trace to be lost, and a failing finish_run at the end threw the report away."""
+    db = str(tmp_path / "t.db")
+    finish = TraceStore.afinish_trace
+
+    async def failing_at_problem_2(store: TraceStore, trace_id: str, **kwargs: Any) -> None:
+        [gold] = [e.payload["gold"] for e in kwargs["events"] if e.kind == "grade"]
+        if gold == "3":
+            raise StorageError("the trace database is on a full disk")
+        if gold == "4":  # problem 3 is still in progress when problem 2's write fails
+            await asyncio.sleep(30)
+        await finish(store, trace_id, **kwargs)
+
+    monkeypatch.setattr(TraceStore, "afinish_trace", failing_at_problem_2)
+    session = open_session(backend=ScriptedBackend(guessing_responder), store=db, verifier=None,
+                           prompt_template=None)
+    try:
+        with pytest.raises(EvaluationStopped, match="on a full disk") as caught:
+            await evaluate(plus_one(8), Budget(tokens=200), session, strategy="best_of_n", options={"n": 1}, seed=0,
+                           concurrency=2)
+        stopped = caught.value
+        assert isinstance(stopped, StorageError) and stopped.report is not None
+        assert (stopped.report.total, stopped.report.done, stopped.report.run_id) == (8, 2, stopped.run_id)
+        assert any(f"--resume {stopped.run_id}" in note for note in stopped.__notes__)
+        store = session.store
+        assert store is not None
+        assert store.get_run(stopped.run_id).status == "interrupted"
+        traces = store.list_traces(run_id=stopped.run_id, limit=None)
+        assert len(traces) == 4  # the two done, and the two in flight when the store failed: no more were started
+        assert sorted((t.status, t.error) for t in traces) == [
+            ("done", None), ("done", None), ("failed", "StorageError: the trace database is on a full disk"),
+            ("failed", "cancelled")]  # the question in flight, as Ctrl-C leaves it
+    finally:
+        await session.aclose()
+    monkeypatch.undo()
+    session = open_session(backend=ScriptedBackend(guessing_responder), store=db, verifier=None, prompt_template=None)
+    try:
+        resumed = await evaluate(plus_one(8), Budget(tokens=200), session, strategy="best_of_n", options={"n": 1},
+                                 seed=0, resume=stopped.run_id)
+        assert (resumed.done, resumed.failed) == (8, 0)
+    finally:
+        await session.aclose()
+
+
+async def test_a_store_locked_for_good_mid_run_says_what_it_left_running(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where even the cleanup writes wait out the lock in vain, the error says what still reads 'running' (and the
+    next open on this machine, once this process is gone, interrupts it)."""
+    db = tmp_path / "t.db"
+    monkeypatch.setenv("TTC_DB_BUSY_TIMEOUT_S", "0.2")
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+
+    def respond(prompt_text: str, index: int, seed: int | None) -> str:
+        if "What is 2 + 1?" in prompt_text and not holder.in_transaction:
+            holder.execute("BEGIN IMMEDIATE")  # another program takes the store, and keeps it
+        return guessing_responder(prompt_text, index, seed)
+
+    session = open_session(backend=ScriptedBackend(respond), store=str(db), verifier=None, prompt_template=None)
+    try:
+        with pytest.raises(EvaluationStopped, match="is locked") as caught:
+            await evaluate(plus_one(6), Budget(tokens=200), session, strategy="best_of_n", options={"n": 1}, seed=0,
+                           concurrency=1)
+    finally:
+        await session.aclose()
+        holder.execute("ROLLBACK")
+        holder.close()
+    stopped = caught.value
+    assert stopped.report is not None and stopped.report.done == 2
+    notes = "\n".join(stopped.__notes__)
+    assert "could not be marked failed either, so it still reads 'running'" in notes
+    assert f"run {stopped.run_id} could not be marked interrupted either" in notes
+    monkeypatch.setattr(store_module, "_process_alive", lambda pid: False)  # as the next process sees this one
+    with TraceStore(str(db)) as store:
+        assert store.get_run(stopped.run_id).status == "interrupted"
+        assert [t.status for t in store.list_traces(run_id=stopped.run_id, limit=None)].count("running") == 0
+
+
+async def test_a_run_whose_own_last_write_fails_still_gives_its_report(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every problem was done, and then the run's own status could not be written: the error replaced the report."""
+    finish_run = TraceStore.finish_run
+
+    def failing_when_done(store: TraceStore, run_id: str, *, status: str, summary: Any) -> None:
+        if status == "done":
+            raise StorageError("the trace database is locked")
+        finish_run(store, run_id, status=status, summary=summary)
+
+    monkeypatch.setattr(TraceStore, "finish_run", failing_when_done)
+    session = open_session(backend=ScriptedBackend(guessing_responder), store=str(tmp_path / "t.db"), verifier=None,
+                           prompt_template=None)
+    try:
+        with pytest.raises(EvaluationStopped, match="is locked") as caught:
+            await evaluate(plus_one(2), Budget(tokens=200), session, strategy="best_of_n", options={"n": 1}, seed=0)
+    finally:
+        await session.aclose()
+    stopped = caught.value
+    assert stopped.report is not None and (stopped.report.done, stopped.report.total) == (2, 2)
+    assert any(f"run {stopped.run_id} could not be marked finished" in note for note in stopped.__notes__)

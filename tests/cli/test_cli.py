@@ -519,6 +519,39 @@ def test_sigterm_fails_the_open_traces_and_marks_the_run_interrupted(tmp_path: P
         assert 2 <= len([t for t in traces if t.status == "done"]) < 40
 
 
+def test_a_store_locked_mid_eval_stops_it_with_its_report_and_one_error_line_naming_what_is_left(
+        tmp_path: Path) -> None:
+    """Every question waited out the lock in turn and was failed on its own; at the end the run's own write failed
+    too, and the error line (without its notes) replaced the report: 'running' traces and run, and no word of it."""
+    db = tmp_path / "locked-mid-run.db"
+    env = {**os.environ, "TTC_DB": str(db), "TTC_SCRIPTED_DELAY_S": "0.2", "TTC_DB_BUSY_TIMEOUT_S": "0.5"}
+    args = ["eval", "--dataset", "synthetic", "--limit", "40", "--backend", "scripted", "--concurrency", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "ttc", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    holder = sqlite3.connect(db, isolation_level=None, timeout=30)
+    try:
+        deadline = time.monotonic() + 60
+        while _done_count(db) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        holder.execute("BEGIN IMMEDIATE")  # another program takes the store until the eval has ended
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+    assert proc.returncode == 2, stderr
+    assert "problems" in stdout and "accuracy" in stdout  # the report of what was done
+    [line] = [text for text in stderr.splitlines() if text.startswith("error:")]
+    assert "is locked" in line and "Traceback" not in stderr
+    assert "could not be marked interrupted either" in line and "--resume" in line
+    with TraceStore(str(db)) as store:  # the eval's process is gone: what it left 'running' is interrupted
+        [run] = store.list_runs()
+        assert run.status == "interrupted"
+        assert not store.list_traces(run_id=run.id, status="running", limit=None)
+    resumed = run_ttc(*args, "--resume", run.id, db=db)
+    assert "│       40 │   40 │" in resumed.stdout
+
+
 def test_runs_show_whole_ids_on_a_narrow_terminal(tmp_path: Path) -> None:
     db = tmp_path / "r.db"
     run_ttc("eval", "--dataset", "synthetic", "--limit", "1", "--backend", "scripted", db=db)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -122,10 +124,71 @@ def test_a_read_only_file_is_refused_at_open(db_path: Path) -> None:
         db_path.chmod(0o644)
 
 
+def _permissions_bind(folder: Path) -> bool:
+    """Whether this process is refused a write to a read-only file (root, or a process with CAP_DAC_OVERRIDE, is
+    not)."""
+    probe = folder / "probe"
+    probe.touch(mode=0o444)
+    try:
+        probe.open("a").close()
+    except PermissionError:
+        return True
+    finally:
+        probe.unlink()
+    return False
+
+
+def test_a_read_only_wal_or_shm_file_beside_a_writable_store_is_named(tmp_path: Path) -> None:
+    """SQLite makes the -wal and -shm files with the database file's permissions: once a read-only file had been
+    opened, making the file writable again still failed, with advice to make the file writable."""
+    if not _permissions_bind(tmp_path):
+        pytest.skip("file permissions do not bind this process")
+    db = tmp_path / "t.db"
+    TraceStore(str(db)).close()
+    db.chmod(0o444)
+    with pytest.raises(StorageError, match="not writable"):
+        TraceStore(str(db))  # SQLite leaves read-only -wal and -shm files beside it
+    db.chmod(0o644)
+    with pytest.raises(StorageError, match="not writable") as caught:
+        TraceStore(str(db))
+    stuck = [f"{db}{suffix}" for suffix in ("-wal", "-shm") if not os.access(f"{db}{suffix}", os.W_OK)]
+    assert stuck  # SQLite makes an empty -wal file anew, but not the -shm file
+    assert f"make {' and '.join(stuck)} writable, or set TTC_DB" in str(caught.value)
+
+
+def test_the_advice_for_a_read_only_store_names_its_wal_and_shm_files(db_path: Path) -> None:
+    """Where the files that refuse writes cannot be told (an SQLite URI, or permissions that do not bind), the advice
+    names every file a write needs."""
+    TraceStore(str(db_path)).close()
+    with pytest.raises(StorageError, match=r"make the file and its directory writable, and the -wal and -shm files "
+                                           r"beside it"):
+        TraceStore(f"sqlite:///file:{db_path}?mode=ro&uri=true")
+
+
 def test_a_file_that_is_not_a_database_is_refused(db_path: Path) -> None:
     db_path.write_text("these are notes, not a database\n" * 200)
     with pytest.raises(StorageError, match=r"not an SQLite database.*move it away"):
         TraceStore(str(db_path))
+
+
+def test_a_damaged_database_is_said_to_be_damaged_with_what_to_do(db_path: Path) -> None:
+    """SQLite's 'database disk image is malformed' came through bare, with no word of what to do."""
+    with TraceStore(str(db_path)) as store:
+        for i in range(30):
+            trace_id = store.start_trace(problem=make_problem(i), strategy="beam", budget=BUDGET, backend="b", seed=i)
+            nodes = make_nodes(20, seed=i)
+            store.finish_trace(trace_id, result=make_result(trace_id, nodes), nodes=nodes, events=make_events(5, i))
+    with sqlite3.connect(db_path) as raw:
+        raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the file itself
+    assert db_path.stat().st_size > 32768
+    with db_path.open("r+b") as file:
+        file.seek(12288)
+        file.write(random.Random(0).randbytes(32768 - 12288))
+    damaged = r"is damaged \(database disk image is malformed, found while .*\); restore it from a copy, or set TTC_DB"
+    # The open, or else a read, comes upon the damaged pages.
+    with pytest.raises(StorageError, match=damaged), TraceStore(str(db_path)) as store:
+        for trace in store.list_traces(limit=None):
+            store.get_trace(trace.id)
 
 
 def test_a_database_from_a_newer_schema_is_refused(db_path: Path) -> None:
@@ -147,6 +210,33 @@ def test_an_sqlite_database_of_another_program_is_refused_and_left_alone(db_path
         assert raw.execute("PRAGMA user_version").fetchone() == (0,)
         assert raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall() == [("traces",)]
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("delete",)  # not switched to WAL either
+
+
+@pytest.mark.parametrize("user_version", [0, 1, 2, 7])
+def test_an_sqlite_database_with_none_of_ttc_s_tables_is_refused_as_such_and_left_alone(
+        db_path: Path, user_version: int) -> None:
+    """Stamped 0, another program's database gained ttc's tables, a WAL journal and ttc's stamp; stamped otherwise
+    (as other programs stamp theirs), it was switched to WAL and then called damaged or newer than ttc."""
+    with sqlite3.connect(db_path) as raw:
+        raw.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        raw.execute("INSERT INTO users (name) VALUES ('not ours')")
+        raw.execute(f"PRAGMA user_version = {user_version}")
+    for read_only in (False, True):
+        with pytest.raises(StorageError, match=r"is an SQLite database but not a ttc trace store: it holds other "
+                                               r"tables \(users\) and none of ttc's; set TTC_DB to another file"):
+            TraceStore(str(db_path), read_only=read_only)
+    with sqlite3.connect(db_path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone() == (user_version,)
+        assert raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall() == [("users",)]
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+
+
+def test_an_empty_file_becomes_a_store(db_path: Path) -> None:
+    db_path.touch()
+    with TraceStore(str(db_path)) as store:
+        assert store.get_trace(_start(store)).status == "running"
+    with sqlite3.connect(db_path) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
 def test_unusable_urls_are_explained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -346,3 +436,34 @@ def test_a_payload_too_deep_for_json_fails_the_write_rather_than_hanging(
         assert store.get_trace(trace_id).status == "running"
         store.fail_trace(trace_id, error="StorageError: too deep", nodes=nodes, events=make_events(1))
         assert store.get_trace(trace_id).status == "failed"
+
+
+_INTERRUPTED_OPEN = """
+import signal, sys, time
+from sqlalchemy import create_engine
+from ttc.storage.writer import Writer
+
+def slow_open(connection):  # an open that succeeds after a wait, as one waiting out another process's lock
+    time.sleep(1.0)
+
+def interrupt(*_):
+    raise KeyboardInterrupt
+
+signal.signal(signal.SIGALRM, interrupt)
+signal.setitimer(signal.ITIMER_REAL, 0.2)
+try:
+    Writer(create_engine("sqlite:///" + sys.argv[1]), open_work=slow_open, explain_open=lambda e: e, name="w")
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def test_an_interrupt_while_the_store_opens_ends_the_open_instead_of_hanging(db_path: Path) -> None:
+    """Ctrl-C during a slow open that then succeeded left the writer thread waiting for jobs, and the constructor
+    joining it: the process never ended. Run in a process of its own, so that a hang fails the test."""
+    try:
+        done = subprocess.run([sys.executable, "-c", _INTERRUPTED_OPEN, str(db_path)], capture_output=True,
+                              text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the interrupted open never returned")
+    assert (done.returncode, done.stdout) == (0, "interrupted\n"), done.stderr

@@ -34,7 +34,7 @@ from ttc.api import (
 )
 from ttc.backends.base import Backend
 from ttc.bench.datasets import same_dataset
-from ttc.errors import ConfigError, TTCError
+from ttc.errors import ConfigError, StorageError, TTCError
 from ttc.pooled import check_pooled, solve_pooled
 from ttc.session import SEED_LIMIT, question_prompt
 from ttc.sleeptime import SLEEP, SleepOptions, load_notes, sleep_in_session, sleep_options
@@ -97,6 +97,11 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
     ``ttc.sleep``); the session must then be contextual (``open_session(contextual=True)``), like any session
     asking questions about contexts. Questions about a context are asked through the setup's context template
     (``session.notes`` adds the notes a caller has for a context); a run's own notes are not kept on the session.
+
+    The store failing (locked past its busy timeout, a full disk) stops the whole run rather than failing one
+    question after another: the questions in flight are cancelled as by Ctrl-C, the run is marked 'interrupted'
+    where the store takes that write, and ``EvaluationStopped`` (a StorageError) is raised with the report of what
+    was done, so that ``resume`` can finish the rest once the store is usable.
     """
     store = session.store
     if store is None:
@@ -147,6 +152,9 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
     errors: list[str] = []
     before = await cache_snapshot(session.setup.backend)
     session.notes = dict(given_notes)  # this run's sleep runs add to a copy: a later run on the session starts over
+    report_now = partial(summarize, store, run_id, total=len(problems), errors=errors,
+                         indices={p.index for p in problems},
+                         contexts={p.context for p in problems if p.context is not None} if sleep else None)
     try:
         if sleep is not None and thinking is not None:
             unthought = await think_first(problems, todo, sleep, thinking, session, seed=seed,
@@ -161,6 +169,9 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
         # Ctrl-C or SIGTERM: the run says so (its traces read 'cancelled'), and --resume finishes it.
         store.finish_run(run_id, status="interrupted", summary={})
         raise
+    except StorageError as exc:  # the store itself failed: the in-flight questions were cancelled as by Ctrl-C
+        _mark_interrupted(store, run_id, exc)
+        raise _stopped(exc, run_id, partial(report_now, wall_s=time.monotonic() - started)) from exc
     except Exception as exc:  # an error that is no question's own (a bug, a broken backend double)
         store.finish_run(run_id, status="failed", summary={"error": f"{type(exc).__name__}: {exc}"})
         raise
@@ -169,9 +180,7 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
         session.run_id, session.extra_events, session.notes = given_run, given_events, given_notes
 
     hit_rate = await cache_hit_rate(session.setup.backend, before)
-    report = summarize(store, run_id, total=len(problems), wall_s=time.monotonic() - started, errors=errors,
-                       indices={p.index for p in problems},
-                       contexts={p.context for p in problems if p.context is not None} if sleep else None)
+    report = report_now(wall_s=time.monotonic() - started)
     summary: dict[str, object] = {"accuracy": report.accuracy, "done": report.done, "failed": report.failed,
                                   "correct": report.correct, "unanswered": report.unanswered,
                                   "mean_tokens": report.mean_tokens,
@@ -179,21 +188,66 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
     if sleep is not None:
         summary |= {"contexts": report.contexts, "sleep_tokens": report.sleep_tokens,
                     "mean_total_tokens": report.mean_total_tokens}
-    store.finish_run(run_id, status="done" if not errors else "failed", summary=summary)
+    try:
+        store.finish_run(run_id, status="done" if not errors else "failed", summary=summary)
+    except StorageError as exc:  # every problem was dealt with: only the run's own status is lost
+        exc.add_note(f"run {run_id} could not be marked finished, so it reads 'running' until the next solve or "
+                     f"eval on this machine opens the store (then 'interrupted': --resume {run_id} finishes it)")
+        raise EvaluationStopped(exc, run_id, report) from exc
     return report
+
+
+class EvaluationStopped(StorageError):
+    """The trace store failed during an evaluation, which therefore stopped: no further trace could be kept, and
+    going on would only spend the model on answers that are lost. ``report`` is what the run had done by then
+    (None where the store could not be read back either), so that the caller can show it before the error."""
+
+    def __init__(self, cause: StorageError, run_id: str, report: EvalReport | None) -> None:
+        super().__init__(str(cause))
+        self.run_id = run_id
+        self.report = report
+        for note in getattr(cause, "__notes__", ()):
+            self.add_note(note)
+
+
+def _mark_interrupted(store: TraceStore, run_id: str, failure: StorageError) -> None:
+    """Mark the run 'interrupted', as Ctrl-C leaves it, if the store takes the write now; if it does not, the
+    next open on this machine does so (the run's lease outlives this process), and ``failure`` says that."""
+    try:
+        store.finish_run(run_id, status="interrupted", summary={})
+    except StorageError as cleanup:  # its first sentence: the advice is the failure's own, already given
+        failure.add_note(f"run {run_id} could not be marked interrupted either ({str(cleanup).split('. ')[0]}), "
+                         "so it reads 'running' until the next solve or eval on this machine opens the store")
+
+
+def _stopped(failure: StorageError, run_id: str, report_now: Callable[[], EvalReport]) -> EvaluationStopped:
+    """``failure`` as the error that stops the evaluation, with the report of what was done (read back while the
+    store may still be failing: where that fails too, the error says so and carries no report)."""
+    failure.add_note(f"the evaluation stopped there; once the store is usable again, --resume {run_id} solves "
+                     "the problems it left")
+    try:
+        report: EvalReport | None = report_now()
+    except StorageError as unread:
+        failure.add_note(f"its report could not be read back either: {unread}")
+        report = None
+    return EvaluationStopped(failure, run_id, report)
 
 
 async def _solve_all(todo: Sequence[Problem], budget: Budget, session: Session, *, strategy: str,
                      options: Mapping[str, object], seed: int, concurrency: int, budget_scope: BudgetScope,
                      errors: list[str], progress: Progress | None) -> None:
     """Solve ``todo`` one problem at a time each (problem ``i`` seeded ``seed + i``), or as one pooled batch;
-    each failure is added to ``errors``, and every problem is reported to ``progress``."""
+    each failure is added to ``errors``, and every problem is reported to ``progress``. A StorageError is raised
+    instead: the store failing is no question's own failure, and every question after it would fail the same way
+    (each after waiting out the busy timeout), so it cancels the questions in flight and starts no more."""
 
     async def one(problem: Problem) -> None:
         problem_seed = seed + (problem.index or 0)
         try:
             result = await solve_problem(problem, budget, session, strategy=strategy, seed=problem_seed,
                                          options=options)
+        except StorageError:  # no question's own failure: the store's, which stops the whole evaluation
+            raise
         except TTCError as exc:
             errors.append(f"problem {problem.index}: {exc}")
             result = None
@@ -209,6 +263,8 @@ async def _solve_all(todo: Sequence[Problem], budget: Budget, session: Session, 
             results: Sequence[Result | None] = await solve_pooled(
                 todo, shared, session, strategy=strategy, options=options, concurrency=concurrency,
                 seeds=[seed + (p.index or 0) for p in todo])
+        except StorageError:
+            raise
         except TTCError as exc:
             errors.append(f"the batch of {len(todo)} problems sharing one budget: {exc}")
             results = [None] * len(todo)
@@ -275,6 +331,8 @@ async def think_first(problems: Sequence[Problem], todo: Sequence[Problem], budg
             session.notes[context] = await sleep_in_session(
                 context, budget, session, seed=seed + SLEEP_SEED_OFFSET + first[context], sleep_template=None,
                 options=options)
+        except StorageError:
+            raise
         except TTCError as exc:
             errors.append(f"sleep run on the context of problem {first[context]}: {exc}")
             failed.add(context)
@@ -321,10 +379,8 @@ async def model_identity(backend: Backend) -> str:
 
 def _open_run(store: TraceStore, resume: str | None, config: Mapping[str, object],
               problems: Sequence[Problem]) -> str:
-    if resume is None:
-        run_id = store.create_run(kind="eval", config=config)
-        store.claim_run(run_id)
-        return run_id
+    if resume is None:  # the run and its lease in one transaction: see create_run's claim
+        return store.create_run(kind="eval", config=config, claim=True)
     run = store.get_run(resume)  # a unique prefix of the id names it too
     resume = run.id
     _check_same_settings(resume, run.config, config)
@@ -418,5 +474,5 @@ def summarize(store: TraceStore, run_id: str, *, total: int, wall_s: float,
                       sleep_tokens=sum(slept.values()), unanswered=sum(s.answer is None for s in done.values()))
 
 
-__all__ = ["RUN_SETTINGS", "SLEEP_SEED_OFFSET", "EvalReport", "check_run_seeds", "check_sleep", "evaluate",
-           "model_identity", "summarize", "think_first"]
+__all__ = ["RUN_SETTINGS", "SLEEP_SEED_OFFSET", "EvalReport", "EvaluationStopped", "check_run_seeds", "check_sleep",
+           "evaluate", "model_identity", "summarize", "think_first"]

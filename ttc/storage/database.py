@@ -239,6 +239,19 @@ def ttc_tables(connection: Connection) -> set[str]:
     return set(inspect(connection).get_table_names()) & set(Base.metadata.tables)
 
 
+def refuse_foreign_file(connection: Connection, location: Location) -> None:
+    """Refuse an SQLite file that holds tables and none of ttc's: another program's database, which a store would
+    otherwise be created in (or be said to be damaged, or newer, by its user_version, which other programs set
+    too). A server database is shared by design, so its other tables say nothing."""
+    names = set(inspect(connection).get_table_names())
+    if not location.is_sqlite or not names or names & set(Base.metadata.tables):
+        return
+    shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
+    raise StorageError(f"{location.describe()} is an SQLite database but not a ttc trace store: it holds other "
+                       f"tables ({shown}) and none of ttc's; set {ENV_VAR} to another file (a new one, or a ttc "
+                       "store)")
+
+
 def check_layout(connection: Connection, location: Location) -> None:
     """Refuse a store whose tables or columns are not the ones this ttc writes: a dropped table would otherwise be
     created again, empty, and its done traces would read as complete without their events. Only the
@@ -260,11 +273,17 @@ def check_layout(connection: Connection, location: Location) -> None:
 
 
 def _foreign(cursor: sqlite3.Cursor, own_tables: Collection[str]) -> bool:
-    """Whether the file was never opened by ttc (user_version 0) and yet has one of its table names."""
-    if not own_tables or cursor.execute("PRAGMA user_version").fetchone()[0] != 0:
+    """Whether the file may be another program's database, whose journal mode (which persists in the file) is not
+    ttc's to change: it has tables, and none of them is ttc's or ttc never stamped it (user_version 0). Other
+    programs set user_version too, so the stamp alone does not make a file ttc's. An empty file is not foreign: it
+    becomes a store."""
+    if not own_tables:
         return False
-    names = {row[0] for row in cursor.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    return bool(names & set(own_tables))
+    names = {row[0] for row in cursor.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite~_%' ESCAPE '~'")}
+    if not names:
+        return False
+    return not names & set(own_tables) or cursor.execute("PRAGMA user_version").fetchone()[0] == 0
 
 
 def _create(location: Location, **options: Any) -> Engine:
@@ -303,6 +322,22 @@ def _detail(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(orig).__name__
 
 
+def _writable_advice(location: Location) -> str:
+    """What to make writable. SQLite gives the ``-wal`` and ``-shm`` files it creates beside a database the file's
+    permissions, so a file that was read-only leaves them read-only, and writes stay refused after the file itself
+    is made writable: the ones that are not writable are named, or else all of them."""
+    path = location.path
+    if path is not None:
+        beside = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
+        stuck = [str(file) for file in beside if file.exists() and not os.access(file, os.W_OK)]
+        if not _folder_writable(path.parent):
+            stuck.append(f"the directory {path.parent}")
+        if stuck:
+            return f"make {' and '.join(stuck)} writable"
+    return ("make the file and its directory writable, and the -wal and -shm files beside it (SQLite makes them "
+            "with the file's permissions)")
+
+
 def storage_error(
     exc: BaseException, location: Location, doing: str, *, busy_timeout_s: float, hint: str | None = None
 ) -> StorageError:
@@ -326,8 +361,8 @@ def storage_error(
         )
     if code.startswith("SQLITE_READONLY") or "readonly database" in lowered:
         return StorageError(
-            f"the trace database {where} is not writable ({detail}) while {doing}; make the file and its "
-            f"directory writable, or set {ENV_VAR} to a writable path"
+            f"the trace database {where} is not writable ({detail}) while {doing}; {_writable_advice(location)}, "
+            f"or set {ENV_VAR} to a writable path"
         )
     if code.startswith("SQLITE_CANTOPEN") or "unable to open database" in lowered:
         return StorageError(
@@ -339,6 +374,9 @@ def storage_error(
         return StorageError(
             f"{where} is not an SQLite database ({detail}); move it away or set {ENV_VAR} to another path"
         )
+    if code.startswith("SQLITE_CORRUPT") or "disk image is malformed" in lowered:
+        return StorageError(f"the trace database {where} is damaged ({detail}, found while {doing}); restore it "
+                            f"from a copy, or set {ENV_VAR} to another file")
     if code.startswith(("SQLITE_FULL", "SQLITE_IOERR")):
         return StorageError(f"the trace database {where} failed to write ({detail}); free disk space or "
                             f"set {ENV_VAR} to a path on another disk")
@@ -366,6 +404,7 @@ __all__ = [
     "lock_for_creation",
     "make_engine",
     "reads_snapshot",
+    "refuse_foreign_file",
     "resolve_location",
     "storage_error",
     "ttc_tables",

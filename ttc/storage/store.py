@@ -36,6 +36,7 @@ from ttc.storage.database import (
     lock_for_creation,
     make_engine,
     reads_snapshot,
+    refuse_foreign_file,
     resolve_location,
     storage_error,
     ttc_tables,
@@ -307,10 +308,12 @@ class TraceStore:
 
     def _is_fresh(self, connection: Connection) -> bool:
         """Whether ttc has not created its store in this database yet. SQLite stamps ``user_version`` in the
-        transaction that creates the tables, so a file still at 0 is fresh (and must not hold tables named like
-        ttc's: it is another program's); a server database is fresh while it holds none of ttc's tables."""
+        transaction that creates the tables, so a file still at 0 is fresh, provided it holds no tables: with any
+        (ttc's names among them or not) it is another program's. A server database is fresh while it holds none of
+        ttc's tables."""
         if not self._location.is_sqlite:
             return not ttc_tables(connection)
+        refuse_foreign_file(connection, self._location)  # before its user_version, which is not only ttc's
         if self._schema_version(connection) != 0:
             return False
         clashing = sorted(ttc_tables(connection))
@@ -324,6 +327,7 @@ class TraceStore:
     def _check_schema(self, session: Session) -> None:
         """A reader's check of what the writer would create: the store must be ttc's, whole, and not newer."""
         connection = session.connection()
+        refuse_foreign_file(connection, self._location)
         if self._location.is_sqlite and self._schema_version(connection) == 0:
             raise StorageError(f"{self._location.describe()} holds no ttc traces (it is an SQLite database ttc never "
                                "wrote to): check the path, or TTC_DB")
@@ -384,8 +388,14 @@ class TraceStore:
 
     # -- runs ------------------------------------------------------------------------------------------------
 
-    def create_run(self, *, kind: str, config: Mapping[str, object], name: str | None = None) -> str:
-        """Open a run (status 'running') that traces can join; returns its id."""
+    def create_run(self, *, kind: str, config: Mapping[str, object], name: str | None = None,
+                   claim: bool = False) -> str:
+        """Open a run (status 'running') that traces can join; returns its id.
+
+        ``claim`` also records this process as the one working on it (as ``claim_run`` does), in the same
+        transaction: a run committed without its lease (the claim locked out, or the process killed in between)
+        is one that no later open can tell is orphaned, so it would read 'running' for good.
+        """
         _check_choice("run kind", kind, RUN_KINDS)
         _check_nesting(config, "the run config")
         run_id = str(uuid.uuid4())
@@ -394,6 +404,8 @@ class TraceStore:
 
         def work(connection: Connection) -> None:
             connection.execute(insert(RunRow).values(**values))
+            if claim:
+                _insert_lease(connection, run_id)
 
         self._submit(work, "creating a run", "the run config must be JSON-serialisable").result()
         return run_id
@@ -416,7 +428,7 @@ class TraceStore:
                     f"{held.claimed_at:%Y-%m-%d %H:%M:%S} UTC): wait for it to finish or stop it, then resume"
                 )
             connection.execute(delete(RunLeaseRow).where(RunLeaseRow.run_id == run_id))
-            connection.execute(insert(RunLeaseRow).values(run_id=run_id, host=host, pid=pid, claimed_at=_now()))
+            _insert_lease(connection, run_id)
             # A resumed run is in progress again until it finishes, whatever ended its last attempt.
             connection.execute(update(RunRow).where(RunRow.id == run_id)
                                .values(status="running", summary=None, finished_at=None))
@@ -710,6 +722,12 @@ def _ensure_problem(connection: Connection, values: dict[str, Any]) -> None:
     except IntegrityError:  # another process stored the same problem first: it is the same content
         if not _exists(connection, ProblemRow.id, values["id"]):
             raise
+
+
+def _insert_lease(connection: Connection, run_id: str) -> None:
+    """Record this process on this host as the one working on ``run_id`` (see RunLeaseRow)."""
+    connection.execute(insert(RunLeaseRow).values(run_id=run_id, host=socket.gethostname(), pid=os.getpid(),
+                                                  claimed_at=_now()))
 
 
 def _fail_orphans(connection: Connection) -> None:

@@ -56,7 +56,9 @@ class Writer:
         try:
             opened.result()
         except BaseException:
-            self._closed = True
+            # Interrupted while the open job still runs (Ctrl-C during a long busy wait), the job may yet succeed
+            # and the thread go on to wait for jobs: the sentinel ends it there, so the join cannot hang.
+            self._stop()
             self._thread.join()
             raise
 
@@ -73,12 +75,18 @@ class Writer:
 
     def close(self) -> None:
         """Finish every queued write, then stop the thread and release its connection."""
+        if self._stop():
+            self._thread.join()
+
+    def _stop(self) -> bool:
+        """Refuse further writes and queue the sentinel that ends the thread after the queued ones; False if that
+        was done before."""
         with self._lock:
             if self._closed:
-                return
+                return False
             self._closed = True
             self._queue.put(None)
-        self._thread.join()
+        return True
 
     def _run(self, open_job: _Job[None]) -> None:
         stopped_by: str | None = None
