@@ -190,6 +190,28 @@ def test_a_reader_in_a_folder_it_cannot_write_reads_a_snapshot_and_creates_nothi
     assert sorted(p.name for p in db_path.parent.iterdir()) == [db_path.name]
 
 
+def test_a_snapshot_changed_under_its_reader_is_not_called_damaged(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite reads an immutable file that another process rewrote as damaged: the advice is to reopen it, not
+    to restore a file that is likely whole."""
+    with TraceStore(str(db_path)) as writer:
+        for _ in range(20):
+            _start(writer)
+    for side in ("-wal", "-shm"):
+        Path(f"{db_path}{side}").unlink(missing_ok=True)
+    monkeypatch.setattr(database_module, "_folder_writable", lambda folder: False)
+    with TraceStore(str(db_path), read_only=True) as reader:
+        assert reader.snapshot
+        size = db_path.stat().st_size
+        with db_path.open("r+b") as raw:  # what a writer's pages look like to a reader that assumed none
+            raw.seek(4096)
+            raw.write(bytes(range(256)) * ((size - 4096) // 256))
+        reader._read_engine.dispose()  # a connection opened now, as the viewer's pool opens them
+        with pytest.raises(StorageError, match=r"read as a snapshot.*open it again") as caught:
+            reader.list_traces()
+        assert "restore it from a copy" not in str(caught.value)
+
+
 def test_a_reader_beside_a_wal_file_never_reads_a_snapshot(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The -wal file holds committed traces that the database file does not have yet: a snapshot would miss them."""
     monkeypatch.setattr(database_module, "_folder_writable", lambda folder: False)

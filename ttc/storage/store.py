@@ -373,6 +373,8 @@ class TraceStore:
             with Session(self._read_engine) as session, session.begin():
                 return work(session)
         except SQLAlchemyError as exc:
+            if self._snapshot:
+                raise self._snapshot_error(exc, doing) from exc
             raise storage_error(exc, self._location, doing, busy_timeout_s=self._busy_timeout_s) from exc
         except TTCError:  # the work's own refusal (an id that is not text, no such trace) says what to do
             raise
@@ -385,6 +387,15 @@ class TraceStore:
                                f"read back while {doing} (stored by a ttc that did not refuse values nested more "
                                f"than {MAX_NESTING} levels); read other traces, or set TTC_DB to another file"
                                ) from None
+
+    def _snapshot_error(self, exc: SQLAlchemyError, doing: str) -> StorageError:
+        """A snapshot read fails when someone who may write the folder changes the file under it (SQLite promises
+        nothing of an immutable read then: it reads as damaged): the file is likely whole, so the advice to
+        restore it from a copy would be wrong."""
+        return StorageError(f"the trace database {self._location.describe()} failed while {doing} "
+                            f"({str(getattr(exc, 'orig', exc)).splitlines()[0]}); it is read as a snapshot, as its "
+                            "folder is not writable here, and another process may have written it since: open it "
+                            "again (restart `ttc view`) to read it as it is now, or read a copy of it")
 
     # -- runs ------------------------------------------------------------------------------------------------
 
