@@ -65,5 +65,10 @@ class NotFound(StorageError):
     """A run or trace id, or an id prefix, names no record in the store (or, for a prefix, several)."""
 
 
+class RejectedData(StorageError):
+    """The store refused one write for what it held (a value it cannot keep, a trace already finished): that
+    write's failure, not the store's, so an evaluation fails that question and goes on with the others."""
+
+
 __all__ = ["BackendError", "BudgetExhausted", "ConfigError", "ContextLengthError", "NotFound", "OutputError",
-           "StorageError", "TTCError", "VerifierError"]
+           "RejectedData", "StorageError", "TTCError", "VerifierError"]

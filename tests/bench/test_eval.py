@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -326,6 +327,37 @@ async def test_a_new_run_is_leased_as_it_is_created_so_a_killed_eval_leaves_it_i
     with TraceStore(db) as store:
         [run] = store.list_runs()
         assert run.status == "interrupted"
+
+
+async def test_a_write_refused_for_one_questions_data_fails_that_question_and_the_run_goes_on(
+        tmp_path: Path) -> None:
+    """The store refusing what one trace holds (here a lone surrogate in a sample) is that question's failure: a
+    resume meets it again, so stopping the run there left every later problem unsolved for good."""
+
+    def surrogate_for_problem_1(prompt: str, index: int, seed: int) -> str:
+        out = guessing_responder(prompt, index, seed)
+        return "\ud800 " + out if "What is 2 + 1" in prompt else out
+
+    session = open_session(backend=ScriptedBackend(surrogate_for_problem_1), store=str(tmp_path / "t.db"),
+                           verifier=None, prompt_template=None)
+    try:
+        report = await evaluate(plus_one(4), Budget(tokens=200), session, strategy="best_of_n", options={"n": 1},
+                                seed=0, concurrency=1)
+        assert (report.done, report.failed) == (3, 1)
+        store = session.store
+        assert store is not None and store.get_run(report.run_id).status == "failed"
+        [refused] = [t for t in store.list_traces(run_id=report.run_id, limit=None) if t.status == "failed"]
+        assert "rejected the data" in (refused.error or "")
+    finally:
+        await session.aclose()
+
+
+def test_an_evaluation_stopped_crosses_a_process_boundary() -> None:
+    stopped = EvaluationStopped(StorageError("the trace database is locked"), "run-1", None)
+    stopped.add_note("the evaluation stopped there")
+    again = pickle.loads(pickle.dumps(stopped))
+    assert (str(again), again.run_id, again.report, again.__notes__) == (
+        "the trace database is locked", "run-1", None, ["the evaluation stopped there"])
 
 
 async def test_a_store_that_fails_mid_run_stops_it_as_an_interruption_does_and_reports_what_was_done(

@@ -34,7 +34,7 @@ from ttc.api import (
 )
 from ttc.backends.base import Backend
 from ttc.bench.datasets import same_dataset
-from ttc.errors import ConfigError, StorageError, TTCError
+from ttc.errors import ConfigError, NotFound, RejectedData, StorageError, TTCError
 from ttc.pooled import check_pooled, solve_pooled
 from ttc.session import SEED_LIMIT, question_prompt
 from ttc.sleeptime import SLEEP, SleepOptions, load_notes, sleep_in_session, sleep_options
@@ -169,7 +169,7 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
         # Ctrl-C or SIGTERM: the run says so (its traces read 'cancelled'), and --resume finishes it.
         store.finish_run(run_id, status="interrupted", summary={})
         raise
-    except StorageError as exc:  # the store itself failed: the in-flight questions were cancelled as by Ctrl-C
+    except StorageError as exc:  # the store itself failed (store_failed): the questions in flight were cancelled
         _mark_interrupted(store, run_id, exc)
         raise _stopped(exc, run_id, partial(report_now, wall_s=time.monotonic() - started)) from exc
     except Exception as exc:  # an error that is no question's own (a bug, a broken backend double)
@@ -191,8 +191,9 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
     try:
         store.finish_run(run_id, status="done" if not errors else "failed", summary=summary)
     except StorageError as exc:  # every problem was dealt with: only the run's own status is lost
-        exc.add_note(f"run {run_id} could not be marked finished, so it reads 'running' until the next solve or "
-                     f"eval on this machine opens the store (then 'interrupted': --resume {run_id} finishes it)")
+        exc.add_note(f"run {run_id} could not be marked finished, so it reads 'running' until a solve or eval on "
+                     "this machine opens the store after this process has ended (then 'interrupted': --resume "
+                     f"{run_id} finishes it)")
         raise EvaluationStopped(exc, run_id, report) from exc
     return report
 
@@ -209,6 +210,18 @@ class EvaluationStopped(StorageError):
         for note in getattr(cause, "__notes__", ()):
             self.add_note(note)
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # An exception pickles as its class called with its args (the message alone here), which this __init__
+        # does not take: it is rebuilt from its parts, its notes with them, to cross a process pool.
+        return (EvaluationStopped, (StorageError(str(self)), self.run_id, self.report), self.__dict__)
+
+
+def store_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` is the store failing (locked, unwritable, unreachable, damaged), which every later question
+    would meet too, rather than a refusal of one write's data or an id it lacks: that question's own failure,
+    which a resume would meet again, so stopping there would leave the rest unsolved for good."""
+    return isinstance(exc, StorageError) and not isinstance(exc, NotFound | RejectedData)
+
 
 def _mark_interrupted(store: TraceStore, run_id: str, failure: StorageError) -> None:
     """Mark the run 'interrupted', as Ctrl-C leaves it, if the store takes the write now; if it does not, the
@@ -217,7 +230,8 @@ def _mark_interrupted(store: TraceStore, run_id: str, failure: StorageError) -> 
         store.finish_run(run_id, status="interrupted", summary={})
     except StorageError as cleanup:  # its first sentence: the advice is the failure's own, already given
         failure.add_note(f"run {run_id} could not be marked interrupted either ({str(cleanup).split('. ')[0]}), "
-                         "so it reads 'running' until the next solve or eval on this machine opens the store")
+                         "so it reads 'running' until a solve or eval on this machine opens the store after this "
+                         "process has ended")
 
 
 def _stopped(failure: StorageError, run_id: str, report_now: Callable[[], EvalReport]) -> EvaluationStopped:
@@ -246,9 +260,9 @@ async def _solve_all(todo: Sequence[Problem], budget: Budget, session: Session, 
         try:
             result = await solve_problem(problem, budget, session, strategy=strategy, seed=problem_seed,
                                          options=options)
-        except StorageError:  # no question's own failure: the store's, which stops the whole evaluation
-            raise
         except TTCError as exc:
+            if store_failed(exc):  # no question's own failure: the store's, which stops the whole evaluation
+                raise
             errors.append(f"problem {problem.index}: {exc}")
             result = None
         if progress is not None:
@@ -263,9 +277,9 @@ async def _solve_all(todo: Sequence[Problem], budget: Budget, session: Session, 
             results: Sequence[Result | None] = await solve_pooled(
                 todo, shared, session, strategy=strategy, options=options, concurrency=concurrency,
                 seeds=[seed + (p.index or 0) for p in todo])
-        except StorageError:
-            raise
         except TTCError as exc:
+            if store_failed(exc):
+                raise
             errors.append(f"the batch of {len(todo)} problems sharing one budget: {exc}")
             results = [None] * len(todo)
         for problem, result in zip(todo, results, strict=True):
@@ -331,9 +345,9 @@ async def think_first(problems: Sequence[Problem], todo: Sequence[Problem], budg
             session.notes[context] = await sleep_in_session(
                 context, budget, session, seed=seed + SLEEP_SEED_OFFSET + first[context], sleep_template=None,
                 options=options)
-        except StorageError:
-            raise
         except TTCError as exc:
+            if store_failed(exc):
+                raise
             errors.append(f"sleep run on the context of problem {first[context]}: {exc}")
             failed.add(context)
 

@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 
-from ttc.errors import StorageError
+from ttc.errors import RejectedData, StorageError
 from ttc.storage.models import LATER_TABLES, Base
 
 DEFAULT_BUSY_TIMEOUT_S: Final = 10.0
@@ -384,7 +384,7 @@ def storage_error(
         isinstance(exc, SQLAlchemyError) and not isinstance(exc, DBAPIError)
     ):
         advice = hint or "check the values being written"
-        return StorageError(f"the trace store rejected the data while {doing}: {detail}; {advice}")
+        return RejectedData(f"the trace store rejected the data while {doing}: {detail}; {advice}")
     if isinstance(exc, DBAPIError) and not location.is_sqlite:
         return StorageError(
             f"the trace database {where} failed while {doing} ({detail}); check that the server is running "

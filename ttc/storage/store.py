@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, Row, delete, func, insert, select, up
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from ttc.errors import ConfigError, NotFound, StorageError, TTCError
+from ttc.errors import ConfigError, NotFound, RejectedData, StorageError, TTCError
 from ttc.storage import convert
 from ttc.storage.database import (
     DEFAULT_BUSY_TIMEOUT_S,
@@ -523,7 +523,7 @@ class TraceStore:
         def work(connection: Connection) -> None:
             closed_as = _close_trace(connection, trace_id, values, self._location)
             if closed_as is not None:
-                raise StorageError(f"trace {trace_id} is already '{closed_as}'; a trace is finished only once")
+                raise RejectedData(f"trace {trace_id} is already '{closed_as}'; a trace is finished only once")
             _insert_tree(connection, node_values, event_values)
 
         return self._submit(work, f"finishing trace {trace_id}", _STILL_RUNNING)
