@@ -366,11 +366,12 @@ def test_scale_words_scale_the_number_and_are_no_unit(text: str, gold: str, corr
         ("The answer is 7 dozen.", "84", True),
         ("The answer is 7 dozen.", "8", False),
         ("The answer is 7 dozen.", "85", False),
-        (r"\boxed{5\text{ million}}", "5", True),
-        (r"\boxed{3\text{ thousand}}", "3", True),
+        # Only dozens count as a number of their own: a bare 5 for 5 million is a million times off.
+        (r"\boxed{5\text{ million}}", "5", False),
+        (r"\boxed{3\text{ thousand}}", "3", False),
         ("The answer is 2 dozen eggs.", "2", True),
         # A gold answer with scale words accepts both readings too; two of them compare by their scaled values.
-        (r"\boxed{5}", "5 million", True),
+        (r"\boxed{5}", "5 million", False),
         (r"\boxed{5000000}", r"5\text{ million}", True),
         (r"\boxed{5000 thousand}", "5 million", True),
         (r"\boxed{5 thousand}", "5 million", False),

@@ -339,7 +339,10 @@ class Lookahead(Strategy[LookaheadOptions]):
             # A piece decoded alone can read otherwise than inside its step (a SentencePiece word's leading space is
             # dropped, a byte-level character cut in two is two replacement characters): the ids are the target's
             # own, so their text is too when decoded together.
-            text = await ctx.backend.detokenize(chain.prefix[len(prompt):])
+            # Less the end-of-sequence token: a server's ids hold it, its texts do not (nor does its /detokenize
+            # leave it out).
+            eos = ctx.backend.eos_token_id
+            text = await ctx.backend.detokenize([i for i in chain.prefix[len(prompt):] if i != eos])
         # Stopped mid-line, by max_depth or by the budget: only an answer the chain states counts.
         answer = stopped_answer(text, cut=chain.cut, ended=chain.ended)
         if chain.steps:

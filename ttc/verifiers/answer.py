@@ -475,11 +475,12 @@ def _scaled_number(text: str) -> str | None:
     return _rational_key(value) + " " + " ".join(scaled.group("words").lower().split())
 
 
-def _scaled_readings(key: str) -> tuple[str, str] | None:
+def _scaled_readings(key: str) -> tuple[str | None, str] | None:
     """What a key with scale words may answer, as keys: its number's and its scaled value's. ``7 dozen`` answers
-    "how many dozens" as 7 and "how many eggs" as 84, and which one the question asks the key cannot know. None
-    for any other key. The arithmetic is bounded: the key has ``_MAX_SCALE_WORDS`` words at most, and its number
-    ``_MAX_DIGITS`` digits."""
+    "how many dozens" as 7 and "how many eggs" as 84, and which one the question asks the key cannot know. Only
+    dozens are counted so (word problems ask how many dozens; a bare 5 taken for ``5 million`` would pass an answer
+    a million times off): for other scale words the number's reading is None. None for any other key. The
+    arithmetic is bounded: the key has ``_MAX_SCALE_WORDS`` words at most, and its number ``_MAX_DIGITS`` digits."""
     scaled = _SCALED_KEY.fullmatch(key)
     value = None if scaled is None else _number_value(scaled.group("number"))
     if scaled is None or value is None:
@@ -487,7 +488,8 @@ def _scaled_readings(key: str) -> tuple[str, str] | None:
     number = value
     for word in scaled.group("words").split():
         value *= _SCALES[word]
-    return _rational_key(number), _rational_key(value)
+    counted = _rational_key(number) if scaled.group("words") == "dozen" else None
+    return counted, _rational_key(value)
 
 
 def _without_unit(text: str) -> str:
@@ -665,8 +667,9 @@ def check_text(value: object, name: str) -> str:
 
 def _scale_words_agree(gold_key: str, predicted_key: str) -> bool:
     """Whether keys agree by what a number with scale words may answer (:func:`_scaled_readings`): ``7 dozen``
-    answers both 7 and 84, and a gold answer ``7 dozen`` accepts both. Two of them agree by their scaled values
-    (``5000 thousand`` is ``5 million``), never by their numbers alone (``5 thousand`` is not ``5 million``)."""
+    answers both 7 and 84, and a gold answer ``7 dozen`` accepts both; ``5 million`` answers 5000000 alone. Two of
+    them agree by their scaled values (``5000 thousand`` is ``5 million``), never by their numbers alone
+    (``5 thousand`` is not ``5 million``)."""
     gold, predicted = _scaled_readings(gold_key), _scaled_readings(predicted_key)
     if gold is not None and predicted is not None:
         return gold[1] == predicted[1]
