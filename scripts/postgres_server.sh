@@ -53,26 +53,35 @@ cmd_start() {
     local dir="$1" port="$2" bin
     bin="$(bindir)"
     [[ -n "$bin" ]] || die "no PostgreSQL server installed; run: scripts/postgres_server.sh install"
-    [[ -f "$dir/postgres.pid" ]] && kill -0 "$(cat "$dir/postgres.pid")" 2>/dev/null \
-        && die "a server is already running with PID $(cat "$dir/postgres.pid") in $dir; stop it first"
+    if [[ -d "$dir/data" ]] && as_owner "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+        die "a server is already running on $dir/data; stop it first"
+    fi
     mkdir -p "$dir"
     [[ "$(id -u)" == 0 ]] && chown postgres "$dir"
-    as_owner "$bin/initdb" -D "$dir/data" -A trust -U ttc >"$dir/initdb.log" 2>&1 \
-        || die "initdb failed; see $dir/initdb.log"
-    as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t "$READY_TIMEOUT_S" \
-        -o "-p $port -k $dir -c listen_addresses=127.0.0.1" start >/dev/null \
-        || die "the server did not start; see $dir/postgres.log"
+    if [[ ! -f "$dir/data/PG_VERSION" ]]; then  # a cluster made by an earlier start is started again
+        as_owner "$bin/initdb" -D "$dir/data" -A trust -U ttc >"$dir/initdb.log" 2>&1 \
+            || die "initdb failed; see $dir/initdb.log"
+    fi
+    if ! as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t "$READY_TIMEOUT_S" \
+            -o "-p $port -k $dir -c listen_addresses=127.0.0.1" start >/dev/null; then
+        # A start that timed out may still come up: it must not outlive this script unrecorded.
+        as_owner "$bin/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
+        die "the server did not start; see $dir/postgres.log"
+    fi
     head -n 1 "$dir/data/postmaster.pid" >"$dir/postgres.pid"
-    as_owner "$bin/createdb" -h 127.0.0.1 -p "$port" -U ttc ttc_test
+    as_owner "$bin/psql" -h 127.0.0.1 -p "$port" -U ttc -d postgres -tAc \
+        "SELECT 1 FROM pg_database WHERE datname = 'ttc_test'" | grep -q 1 \
+        || as_owner "$bin/createdb" -h 127.0.0.1 -p "$port" -U ttc ttc_test
     echo "postgresql+psycopg://ttc@127.0.0.1:$port/ttc_test"
 }
 
 cmd_stop() {
     [[ $# -eq 1 ]] || die "usage: stop DIR"
-    local pidfile="$1/postgres.pid" pid
+    local dir="$1" pidfile="$1/postgres.pid" pid
     [[ -f "$pidfile" ]] || die "no pidfile $pidfile"
     pid="$(cat "$pidfile")"
-    if kill -0 "$pid" 2>/dev/null; then
+    # Only the postmaster of this cluster: a PID recorded long ago may belong to another process by now.
+    if [[ "$(head -n 1 "$dir/data/postmaster.pid" 2>/dev/null)" == "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
         kill -INT "$pid"  # PostgreSQL's fast shutdown: open sessions are ended, nothing is left to recover
         for _ in $(seq 1 "$READY_TIMEOUT_S"); do
             kill -0 "$pid" 2>/dev/null || break

@@ -210,11 +210,22 @@ def test_an_sqlite_database_with_none_of_ttc_s_tables_is_refused_as_such_and_lef
         raw.execute(f"PRAGMA user_version = {user_version}")
     for read_only in (False, True):
         with pytest.raises(StorageError, match=r"is an SQLite database but not a ttc trace store: it holds other "
-                                               r"tables \(users\) and none of ttc's; set TTC_DB to another file"):
+                                               r"tables or views \(users\) and none of ttc's tables; set TTC_DB to "
+                                               r"another file"):
             TraceStore(str(db_path), read_only=read_only)
     with sqlite3.connect(db_path) as raw:
         assert raw.execute("PRAGMA user_version").fetchone() == (user_version,)
         assert raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall() == [("users",)]
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+
+
+def test_an_sqlite_database_of_views_alone_is_refused_and_left_alone(db_path: Path) -> None:
+    with sqlite3.connect(db_path) as raw:
+        raw.execute("CREATE VIEW answers AS SELECT 42 AS answer")
+    with pytest.raises(StorageError, match=r"not a ttc trace store: it holds other tables or views \(answers\)"):
+        TraceStore(str(db_path))
+    with sqlite3.connect(db_path) as raw:
+        assert raw.execute("SELECT name FROM sqlite_master").fetchall() == [("answers",)]
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("delete",)
 
 

@@ -207,9 +207,8 @@ def test_a_snapshot_changed_under_its_reader_is_not_called_damaged(
             raw.seek(4096)
             raw.write(bytes(range(256)) * ((size - 4096) // 256))
         reader._read_engine.dispose()  # a connection opened now, as the viewer's pool opens them
-        with pytest.raises(StorageError, match=r"read as a snapshot.*open it again") as caught:
+        with pytest.raises(StorageError, match=r"read as a snapshot.*open it again.*if it fails again then"):
             reader.list_traces()
-        assert "restore it from a copy" not in str(caught.value)
 
 
 def test_a_reader_beside_a_wal_file_never_reads_a_snapshot(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -243,13 +243,20 @@ def refuse_foreign_file(connection: Connection, location: Location) -> None:
     """Refuse an SQLite file that holds tables and none of ttc's: another program's database, which a store would
     otherwise be created in (or be said to be damaged, or newer, by its user_version, which other programs set
     too). A server database is shared by design, so its other tables say nothing."""
-    names = set(inspect(connection).get_table_names())
-    if not location.is_sqlite or not names or names & set(Base.metadata.tables):
+    if not location.is_sqlite:
+        return
+    names = {row[0] for row in connection.exec_driver_sql(_SCHEMA_ENTRIES)}
+    if not names or names & set(Base.metadata.tables):
         return
     shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
     raise StorageError(f"{location.describe()} is an SQLite database but not a ttc trace store: it holds other "
-                       f"tables ({shown}) and none of ttc's; set {ENV_VAR} to another file (a new one, or a ttc "
-                       "store)")
+                       f"tables or views ({shown}) and none of ttc's tables; set {ENV_VAR} to another file (a new "
+                       "one, or a ttc store)")
+
+
+_SCHEMA_ENTRIES = "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite~_%' ESCAPE '~'"
+"""Every table, view, index and trigger a program made in an SQLite file: a file holding only a view is another
+program's as much as one holding a table."""
 
 
 def check_layout(connection: Connection, location: Location) -> None:
@@ -279,8 +286,7 @@ def _foreign(cursor: sqlite3.Cursor, own_tables: Collection[str]) -> bool:
     becomes a store."""
     if not own_tables:
         return False
-    names = {row[0] for row in cursor.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite~_%' ESCAPE '~'")}
+    names = {row[0] for row in cursor.execute(_SCHEMA_ENTRIES)}
     if not names:
         return False
     return not names & set(own_tables) or cursor.execute("PRAGMA user_version").fetchone()[0] == 0

@@ -89,6 +89,12 @@ def _check_no_nan(result: Result, nodes: Sequence[Node]) -> None:
                                   "log-probability must be a number (infinities are kept)")
 
 
+def _reads_as_damaged(exc: SQLAlchemyError) -> bool:
+    """SQLite's word for a file that does not read as a database (SQLITE_CORRUPT, SQLITE_NOTADB)."""
+    text = str(getattr(exc, "orig", exc)).lower()
+    return "malformed" in text or "not a database" in text
+
+
 def _check_readable(nodes: Sequence[Node], events: Sequence[TraceEvent]) -> None:
     """Refuse what the store would take but no reader could give back, for a done trace and a failed one alike:
     one such value made every read of its trace (the viewer's page, ``ttc traces show``) fail."""
@@ -373,7 +379,7 @@ class TraceStore:
             with Session(self._read_engine) as session, session.begin():
                 return work(session)
         except SQLAlchemyError as exc:
-            if self._snapshot:
+            if self._snapshot and _reads_as_damaged(exc):
                 raise self._snapshot_error(exc, doing) from exc
             raise storage_error(exc, self._location, doing, busy_timeout_s=self._busy_timeout_s) from exc
         except TTCError:  # the work's own refusal (an id that is not text, no such trace) says what to do
@@ -395,7 +401,8 @@ class TraceStore:
         return StorageError(f"the trace database {self._location.describe()} failed while {doing} "
                             f"({str(getattr(exc, 'orig', exc)).splitlines()[0]}); it is read as a snapshot, as its "
                             "folder is not writable here, and another process may have written it since: open it "
-                            "again (restart `ttc view`) to read it as it is now, or read a copy of it")
+                            "again (restart `ttc view`) to read it as it is now; if it fails again then, the file is "
+                            "damaged: restore it from a copy")
 
     # -- runs ------------------------------------------------------------------------------------------------
 
