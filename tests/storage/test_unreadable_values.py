@@ -231,3 +231,14 @@ def test_a_reader_in_a_read_only_folder_reads_the_store(db_path: Path, permissio
             assert reader.snapshot and [t.id for t in reader.list_traces()] == [trace_id]
     finally:
         db_path.parent.chmod(0o755)
+
+
+@pytest.mark.parametrize("field", ["meta", "gold", "dataset"])
+def test_a_problem_field_that_is_not_unicode_is_refused_before_its_trace_opens(store: TraceStore, field: str) -> None:
+    """A lone surrogate in a dataset row's meta (a JSON escape such as \\ud800) escaped evaluate as a raw
+    UnicodeEncodeError, from hashing the problem, and failed the whole run."""
+    value: object = {"note": "\ud800"} if field == "meta" else "\ud800"
+    problem = replace(make_problem(0), **{field: value})
+    with pytest.raises(ConfigError, match="not valid Unicode"):
+        store.start_trace(problem=problem, strategy="beam", budget=BUDGET, backend="b", seed=0)
+    assert store.list_traces() == []

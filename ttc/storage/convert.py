@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from ttc.errors import ConfigError
 from ttc.storage.models import EventRow, NodeRow, ProblemRow
-from ttc.types import Budget, Candidate, Node, NodeStatus, Problem, TraceEvent, Usage
+from ttc.types import Budget, Candidate, Node, NodeStatus, Problem, TraceEvent, Usage, check_unicode
 
 CONTEXT_KEY = "context"
 """Where a problem's shared context is kept in its stored ``meta`` (the problems table has no column for it)."""
@@ -41,6 +41,8 @@ def problem_id(problem: Problem) -> str:
         default=str,
         ensure_ascii=False,
     )
+    # The question is checked where it is asked; a dataset row's other fields come straight from its file.
+    check_unicode(canonical, "the problem's dataset name, gold answer or meta")
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
