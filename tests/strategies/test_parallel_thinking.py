@@ -155,10 +155,13 @@ async def test_where_no_path_fits_the_paths_vote_without_a_synthesis() -> None:
                                                                                    "reason": "no_path_fits"}]
 
 
-async def test_a_synthesis_that_states_no_answer_gives_way_to_the_paths_vote() -> None:
-    """A synthesis cut by synthesis_max_tokens left the question unanswered though every path agreed."""
+@pytest.mark.parametrize("synthesis", ["Let me check each attempt", "Thus \\boxed{\\,}",
+                                       "\\boxed{" + "{" * 105 + "3" + "}" * 106])
+async def test_a_synthesis_that_states_no_answer_gives_way_to_the_paths_vote(synthesis: str) -> None:
+    """A synthesis cut by synthesis_max_tokens left the question unanswered though every path agreed; one whose
+    answer a vote cannot count (blank, or nested past reading) was kept as the answer the same way."""
     target = ScriptedBackend(lambda prompt, index, seed: "1 + 2 = 3\nThe answer is 3.")
-    synth = ScriptedBackend(lambda prompt, index, seed: "Let me check each attempt")
+    synth = ScriptedBackend(lambda prompt, index, seed: synthesis)
     text, answer, ctx, _ = await run(target, synth)
     assert (text, answer) == ("1 + 2 = 3\nThe answer is 3.", "3")
     events = ctx.recorder.events()

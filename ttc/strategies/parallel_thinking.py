@@ -37,7 +37,7 @@ from ttc.strategies.base import (
     StrategyResult,
     register,
 )
-from ttc.strategies.sampling import choose, draw, mark_selected, record
+from ttc.strategies.sampling import choose, draw, has_answer, mark_selected, record
 from ttc.strategies.synthesis import PATH_TEMPLATE, SYNTHESIS_TEMPLATE, check_templates, merge_paths, render_synthesis
 from ttc.types import Candidate, Completion, Problem
 
@@ -89,8 +89,9 @@ class ParallelThinking(Strategy[ParallelThinkingOptions]):
                                          "prompt_tokens": len(tokens)}, node_id=node)
         # Where no path fits the prompt, a synthesis would answer unaided after every path was paid for.
         final = await self._synthesize(ctx, synthesizer, meter, tokens, node) if shown or not paths else None
-        answered = any(c.answer is not None for c in candidates)
-        if final is not None and (final.answer is not None or not answered):
+        # "States an answer" as a vote counts one: a synthesis answering `\,`, or nested past reading, does not.
+        answered = any(has_answer(c) for c in candidates)
+        if final is not None and (has_answer(final) or not answered):
             if final.node_id is not None:  # record gives every candidate its node
                 ctx.recorder.update(final.node_id, status="selected")
             ctx.recorder.event("select", {"how": "synthesis", "answer": final.answer}, node_id=final.node_id)
