@@ -447,6 +447,50 @@ def test_a_mixed_number_with_scale_words_keys_as_its_value_scaled() -> None:
     assert grade("The answer is 5 hundred-dollar bills.", "5")
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The answer is $5 million.", "5 million"),
+        ("#### $5 million", "5 million"),
+        ("Answer: $1.2 billion", "1.2 billion"),
+        ("The answer is $2.5 million, in all.", "2.5 million"),
+        ("The answer is $5 hundred-dollar bills.", "5"),  # a compound, not a scale word
+        ("The answer is $5, and he keeps a million.", "5"),
+        # A scale word right after a math segment's closing sign is the number's too; not after other math.
+        ("The answer is $5$ million.", "5 million"),
+        ("The answer is $\\frac{1}{2}$ million.", "\\frac{1}{2} million"),
+        ("The answer is $x$ million.", "x"),
+    ],
+)
+def test_a_scale_word_after_a_currency_amount_or_math_is_the_numbers(text: str, expected: str) -> None:
+    """'$5 million' was read as '5' (and '$5$ million' as '5'): a vote merged $2.5 million with a wrong 2.5."""
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "key"),
+    [
+        ("Each child gets 1 1/2 cups", "1 1/2", "1.5"),
+        ("The temperature fell to -1 1/2 degrees", "-1 1/2", "-1.5"),
+        ("so 2 1/2 dozen", "2 1/2 dozen", "2.5 dozen"),
+        ("So the prize is \\frac{1}{2} million", "\\frac{1}{2} million", "0.5 million"),
+        ("So the prize is 1/2 million", "1/2 million", "0.5 million"),
+        ("It is due 3/4/2024", "2024", "2024"),  # a date is still no fraction
+        ("It is due 3 3/4/2024", "2024", "2024"),
+    ],
+)
+def test_the_last_number_fallback_reads_a_mixed_number_whole_and_scale_words_after_frac(
+        text: str, expected: str, key: str) -> None:
+    """'1 1/2 cups' was read as 1/2 (and '-1 1/2' lost its sign), '\\frac{1}{2} million' as \\frac{1}{2}."""
+    assert extract_answer(text) == expected
+    assert normalize_answer(expected) == key
+
+
+def test_a_mixed_number_alone_grades_as_its_value() -> None:
+    assert grade_detail("1 1/2", "3/2").correct
+    assert grade_detail("Each child gets 1 1/2 cups", "3/2").correct
+
+
 def test_the_last_number_fallback_reads_a_fraction_whole() -> None:
     """'The probability is 1/2.' was read as 2, its denominator."""
     assert grade_detail("So the probability is 1/2.", "\\frac12") == GradeResult(True, "1/2", "exact")

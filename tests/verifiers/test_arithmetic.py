@@ -73,3 +73,21 @@ def test_wrong_results_are_found_as_written(text: str, slips: list[str]) -> None
 ])
 def test_equations_it_cannot_read_alone_are_skipped(text: str) -> None:
     assert arithmetic_slips(text) == []
+
+
+@pytest.mark.parametrize("text", [
+    "2,500,000 * 2 = 5 million",
+    "5 * 1000 = 5 thousand",
+    "4000 + 1000 = 5 thousand dollars",
+    "12 * 7 = 7 dozen",  # 84 is 7 dozen
+    "84 / 12 = 7 dozen",  # 7, counted in dozens
+    "3 + 4 = 7 dozen",  # 7 as written: which reading the text means it cannot say
+])
+def test_a_result_with_scale_words_is_right_by_its_number_or_its_scaled_value(text: str) -> None:
+    """'2,500,000 * 2 = 5 million' was a slip: the result was read as 5, without its scale word."""
+    assert arithmetic_slips(text) == []
+
+
+def test_a_result_with_scale_words_that_is_neither_is_a_slip() -> None:
+    assert arithmetic_slips("2 * 2 = 5 million") == ["2 * 2 = 5"]
+    assert arithmetic_slips("2 * 2 = 5 hundred-dollar bills") == ["2 * 2 = 5"]  # a compound, no scale word

@@ -71,3 +71,19 @@ def test_every_reference_solution_of_the_benchmarks_passes() -> None:
 def test_a_compound_or_a_percent_gives_only_its_own_numbers() -> None:
     assert unsourced_operands("Tom has twenty-five apples.", "26 + 3 = 29") == ["26", "3"]
     assert unsourced_operands("A shirt costs $20 and is 25% off.", "20 * 0.26 = 5.2") == ["0.26"]
+
+
+@pytest.mark.parametrize(("question", "solution"), [
+    ("A country has 5 million cars and 2 million trucks.", "5000000 + 2000000 = 7000000"),
+    ("She buys 3 thousand eggs and 2 more.", "3000 + 2 = 3002"),
+    ("She buys 3 thousand eggs and 2 more.", "3 + 2 = 5"),  # the number alone is still given
+    ("A city has a million people and doubles.", "1000000 * 2 = 2000000"),
+    ("A city has 1.5 billion people and doubles.", "1500000000 * 2 = 3000000000"),
+])
+def test_a_number_with_scale_words_gives_its_scaled_value(question: str, solution: str) -> None:
+    """'5 million cars' gave only 5: the solution's 5000000 was found unsourced."""
+    assert unsourced_operands(question, solution) == []
+
+
+def test_a_compound_with_a_scale_word_gives_no_scaled_value() -> None:
+    assert unsourced_operands("She has 5 hundred-dollar bills and 2 coins.", "500 * 2 = 1000") == ["500"]

@@ -10,11 +10,14 @@ caller, whatever the model wrote.
 from __future__ import annotations
 
 import functools
+import math
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
+from types import MappingProxyType
 from typing import TYPE_CHECKING, cast
 
 import anyio.lowlevel
@@ -44,20 +47,25 @@ would be arithmetic on a number of thousands of digits (``int`` refuses to spell
 # the number is read alone, as it was before scale words were read at all.
 _SCALE_RUN = (rf"(?:[ \t]+{_SCALE_WORDS}){{1,{_MAX_SCALE_WORDS}}}+"
               rf"(?![ \t]+{_SCALE_WORDS}|[-'\u2019/]\w)")
+_SCALE_RUN_AT = re.compile(_SCALE_RUN)
 # A number not glued to a word or another number; thousands groups only when they are complete.
 _NUMBER = r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|(?<![\w.])-?\.\d+"
 # A ``\frac`` of integers as TeX reads it, with the digits it runs into: ``\frac123`` is ``\frac{1}{2}3``, not
 # ``\frac12`` then a 3, as ``normalize_answer`` reads it too.
 _FRAC_TOKEN = r"\\[dt]?frac(?:\{[-+]?\d+\}|\d)(?:\{[-+]?\d+\}|\d)\d*"
 # What the last-number fallback reads: a fraction whole (``1/2``, ``\frac{1}{2}``: its last number is only the
-# denominator), but not a date's ``3/4/2024``; else a number; either with its scale words.
+# denominator), and a mixed number whole (``1 1/2``: its fraction alone is a third of it, and its sign is the whole
+# number's), but not a date's ``3/4/2024``; else a number; any of them with its scale words.
 _LAST_VALUE = re.compile(
-    rf"(?<![\w.])-?{_FRAC_TOKEN}"
+    rf"(?<![\w.])-?{_FRAC_TOKEN}(?:{_SCALE_RUN})?"
+    rf"|(?<![\w./])-?\d+[ \t]+\d+/\d+(?![\w/]|\.\d)(?:{_SCALE_RUN})?"
     rf"|(?<![\w./])-?\d+/\d+(?![\w/]|\.\d)(?:{_SCALE_RUN})?"
     rf"|(?:{_NUMBER})(?:{_SCALE_RUN})?"
 )
 # A number, a fraction or a mixed number at the start of an answer.
 _LEADING_NUMBER = r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s+\d+/\d+|/\d+)?"
+# A whole answer that is only a number, a fraction (``\frac`` too) or a mixed number: what scale words can scale.
+_PLAIN_VALUE = re.compile(rf"-?{_FRAC_TOKEN}|{_LEADING_NUMBER}")
 # A number (or a fraction) and then prose: ``18 pens``, ``3/4 of the cake``, ``18, because ...``, ``5 (five)``.
 # A comma before another number is a list (``1, 2, 3``), so only a comma before a word ends the answer.
 _LEADING_NUMBER_THEN_WORD = re.compile(rf"({_LEADING_NUMBER})(?:\s+[A-Za-z(]|\s*;|,\s*[A-Za-z])")
@@ -87,6 +95,19 @@ _SENTENCE_END = re.compile(r"\.(?=\s|$)")
 # ``$...$`` whose content may hold an escaped currency sign: ``$\$32,348$``.
 _MATH_SEGMENT = re.compile(r"\$+((?:\\\$|[^$])+)\$+")
 _UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
+
+
+def scale_after(text: str, pos: int) -> int | None:
+    """The factor by which the scale words at ``pos`` of ``text`` multiply the number that ends there (``5 million``
+    is 10**6 times 5, ``7 dozen`` 12 times 7), or None where none follow it as its own (``5 hundred-dollar bills``,
+    a run past ``_MAX_SCALE_WORDS``). The checks of written arithmetic read a number as answers are read, so that
+    ``2,500,000 * 2 = 5 million`` is right and ``5 million`` in a question gives 5000000."""
+    run = _SCALE_RUN_AT.match(text, pos)
+    return None if run is None else math.prod(_SCALES[word.lower()] for word in run.group(0).split())
+
+
+SCALES: Mapping[str, int] = MappingProxyType(_SCALES)
+"""The scale words and the factor of each, read-only: the words that count as part of a number."""
 
 
 def _closing_braces(text: str) -> dict[int, int]:
@@ -146,13 +167,17 @@ def _strip_dollars(text: str) -> str:
 
 def _currency_amount(text: str) -> str | None:
     """The amount of a ``$5, and ...`` answer: a currency sign, a number, then prose or the end, with no math
-    segment closing after it (a later ``$`` opens another amount: it follows a space)."""
+    segment closing after it (a later ``$`` opens another amount: it follows a space). Scale words after the
+    number are part of it: ``$5 million`` is ``5 million``, and read as ``5`` it would vote with a wrong 5."""
     amount = _CURRENCY.match(text)
     if amount is None:
         return None
     rest = text[amount.end():]
     closing = _UNESCAPED_DOLLAR.search(rest)
-    return amount.group(1) if closing is None or rest[closing.start() - 1 : closing.start()].isspace() else None
+    if closing is not None and not rest[closing.start() - 1 : closing.start()].isspace():
+        return None
+    scale = _SCALE_RUN_AT.match(text, amount.end())
+    return amount.group(1) + (scale.group(0) if scale else "")
 
 
 def _clean_phrase_answer(raw: str) -> str:
@@ -163,8 +188,12 @@ def _clean_phrase_answer(raw: str) -> str:
     amount = _currency_amount(raw)
     if amount is not None:
         return amount
-    if _MATH_SEGMENT.match(raw) or raw.startswith(("\\(", "\\[")):
-        return _strip_dollars(raw).rstrip(".").strip()
+    segment = _MATH_SEGMENT.match(raw)
+    if segment or raw.startswith(("\\(", "\\[")):
+        content = _strip_dollars(raw).rstrip(".").strip()
+        # ``$5$ million``: scale words after a number's closing sign are still its own.
+        scale = _SCALE_RUN_AT.match(raw, segment.end()) if segment else None
+        return content + scale.group(0) if scale and _PLAIN_VALUE.fullmatch(content) else content
     end = _SENTENCE_END.search(raw)
     text = _strip_dollars(raw[: end.start()] if end else raw).rstrip(".").strip()
     number = _LEADING_NUMBER_THEN_WORD.match(text)
@@ -837,6 +866,7 @@ def _unanswered(result: Result, gold: str) -> GradeResult | None:
 
 __all__ = [
     "NO_ANSWER",
+    "SCALES",
     "GradeResult",
     "agrade",
     "agrade_result",
@@ -850,6 +880,7 @@ __all__ = [
     "grade_detail",
     "grade_result",
     "normalize_answer",
+    "scale_after",
     "shutdown_grader",
     "stopped_answer",
 ]

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
+from ttc.verifiers.answer import scale_after
+
 # Thousands groups only where they are complete; a comma then prose ends the number (``1,000, which``).
 _NUMBER = r"\d{1,3}(?:,\d{3})+(?!\d|,\d)|\d+(?:\.\d+)?"
 NUMBER = re.compile(_NUMBER)
@@ -102,12 +104,18 @@ def lone_equations(text: str) -> Iterator[Equation]:
 
 
 def arithmetic_slips(text: str) -> list[str]:
-    """The lone binary equations of ``text`` whose stated result is wrong, as written, in order."""
+    """The lone binary equations of ``text`` whose stated result is wrong, as written, in order.
+
+    A result with scale words (``2,500,000 * 2 = 5 million``) may mean its scaled value or, like ``7 dozen`` for
+    "how many dozens", its number alone; which one the text cannot say, so it is a slip only where it is neither.
+    """
     slips = []
     for eq in lone_equations(text):
         exact = _exact(value(eq.a), eq.op, value(eq.b))
         tolerance = Fraction(1, 2 * 10 ** _decimals(eq.c)) if _decimals(eq.c) else Fraction(0)
-        if exact is None or abs(exact - value(eq.c)) > tolerance:
+        factor = scale_after(text, eq.start + len(eq.text))
+        factors = (1,) if factor is None else (1, factor)
+        if exact is None or all(abs(exact - value(eq.c) * f) > tolerance * f for f in factors):
             slips.append(eq.text)
     return slips
 

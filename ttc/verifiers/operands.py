@@ -8,12 +8,13 @@ misreading share a wrong answer, which is how such samples mislead a vote. Like 
 (``check_operands`` of the sampling strategies).
 
 A number counts as given when the question states it (in digits, or as a common number word: ``three``,
-``twenty-five``, ``twice``, ``dozen``; ``half`` gives 2 and 0.5, a percent 100 and 0.01, ``25%`` also 0.25) or the
-solution writes it anywhere before the equation that uses it (``An hour has 60 minutes, so 3 * 60 = 180``). Only the
-operands of lone ``a op b = c`` equations are checked, read as the calculator's check reads them, and not those of
-a link of a chain (``= 2 * 7 = 14``), which rewrites the expression before it. A solution that
-computes with a constant it never states (``3 * 60 = 180`` with no 60 before it) fails, so switch the check on only
-where problems state all their data or solutions state their constants, as the synthetic benchmark's do.
+``twenty-five``, ``twice``, ``dozen``, ``million``; ``half`` gives 2 and 0.5, a percent 100 and 0.01, ``25%`` also
+0.25, ``5 million`` also 5000000) or the solution writes it anywhere before the equation that uses it (``An hour
+has 60 minutes, so 3 * 60 = 180``). Only the operands of lone ``a op b = c`` equations are checked, read as the
+calculator's check reads them, and not those of a link of a chain (``= 2 * 7 = 14``), which rewrites the expression
+before it. A solution that computes with a constant it never states (``3 * 60 = 180`` with no 60 before it) fails,
+so switch the check on only where problems state all their data or solutions state their constants, as the
+synthetic benchmark's do.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
+from ttc.verifiers.answer import SCALES, scale_after
 from ttc.verifiers.arithmetic import NUMBER, lone_equations, value
 
 _SMALL = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
@@ -29,7 +31,7 @@ _TENS = ["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ni
 _WORDS: dict[str, tuple[Fraction, ...]] = {
     **{word: (Fraction(n),) for n, word in enumerate(_SMALL)},
     **{word: (Fraction(20 + 10 * n),) for n, word in enumerate(_TENS)},
-    "hundred": (Fraction(100),), "thousand": (Fraction(1000),),
+    **{word: (Fraction(factor),) for word, factor in SCALES.items()},  # hundred, ..., trillion, dozen
     "twice": (Fraction(2),), "double": (Fraction(2),), "doubles": (Fraction(2),),
     "triple": (Fraction(3),), "triples": (Fraction(3),), "thrice": (Fraction(3),),
     "half": (Fraction(2), Fraction(1, 2)), "halves": (Fraction(2), Fraction(1, 2)),
@@ -37,7 +39,7 @@ _WORDS: dict[str, tuple[Fraction, ...]] = {
     "quarter": (Fraction(4), Fraction(1, 4)), "quarters": (Fraction(4), Fraction(1, 4)),
     "fourth": (Fraction(4), Fraction(1, 4)), "fourths": (Fraction(4), Fraction(1, 4)),
     "fifth": (Fraction(5), Fraction(1, 5)), "fifths": (Fraction(5), Fraction(1, 5)),
-    "dozen": (Fraction(12),), "dozens": (Fraction(12),),
+    "dozens": (Fraction(12),),
     "percent": (Fraction(100), Fraction(1, 100)), "%": (Fraction(100), Fraction(1, 100)),
 }
 _WORD = re.compile(r"%|\b(?:" + "|".join(w for w in _WORDS if w != "%") + r")\b", re.IGNORECASE)
@@ -52,7 +54,11 @@ _BARE_DECIMAL = re.compile(r"(?<![\d.])\.\d+")
 
 
 def _given(text: str) -> set[Fraction]:
-    found = {value(m.group(0)) for m in NUMBER.finditer(text)}
+    """The numbers ``text`` gives; a number with scale words gives its scaled value too (``5 million``: 5 and
+    5000000), as a solution computes with either."""
+    numbers = list(NUMBER.finditer(text))
+    found = {value(m.group(0)) for m in numbers}
+    found |= {value(m.group(0)) * factor for m in numbers if (factor := scale_after(text, m.end()))}
     found |= {value(f"0{m.group(0)}") for m in _BARE_DECIMAL.finditer(text)}
     found |= {Fraction(_TENS.index(m.group(1).lower()) * 10 + 20 + _SMALL.index(m.group(2).lower()))
               for m in _COMPOUND.finditer(text)}
