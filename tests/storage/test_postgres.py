@@ -197,6 +197,14 @@ def test_a_dropped_table_is_refused_not_created_again_empty(pg_url: str, raw: Ra
     assert "events" not in _tables(raw)
 
 
+def test_another_programs_tables_under_ttcs_names_are_named_as_such(pg_url: str, raw: Raw) -> None:
+    """A shared database is shared by design: a table named like ttc's was called a damaged store to restore."""
+    raw().execute("CREATE TABLE runs (id integer PRIMARY KEY)")
+    with pytest.raises(StorageError, match=r"another program's tables may have ttc's names.*search_path") as caught:
+        TraceStore(pg_url)
+    assert "restore it from a copy" not in str(caught.value)
+
+
 def test_a_store_from_before_the_later_tables_opens_and_gains_them(pg_url: str, raw: Raw) -> None:
     with TraceStore(pg_url) as store:
         trace_id = _done_trace(store)

@@ -14,6 +14,7 @@ another connection holds is waited for that long and then reported as locked, as
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 from collections.abc import Collection
@@ -212,7 +213,11 @@ def _server_engine(location: Location, busy_timeout_s: float) -> Engine:
     REPEATABLE READ would hide."""
     if location.url.get_backend_name() != "postgresql":
         return _create(location, pool_pre_ping=True)
-    engine = _create(location, pool_pre_ping=True, isolation_level="READ COMMITTED")
+    # libpq's own default is to wait for ever (psycopg's, 130 s) on a server that accepts and never answers;
+    # ttc's wait is the busy timeout, as for a lock, unless the URL names its own.
+    connect_args = {} if "connect_timeout" in location.url.query else {
+        "connect_timeout": max(2, math.ceil(min(busy_timeout_s, 60)))}
+    engine = _create(location, pool_pre_ping=True, isolation_level="READ COMMITTED", connect_args=connect_args)
     lock_ms = max(1, int(busy_timeout_s * 1000))
 
     @event.listens_for(engine, "connect")
@@ -273,6 +278,12 @@ def check_layout(connection: Connection, location: Location) -> None:
             continue
         columns = {column["name"] for column in inspector.get_columns(name)}
         problems += [f"column {name}.{c.name} is missing" for c in table.columns if c.name not in columns]
+    if problems and not location.is_sqlite:  # a shared database: another program may own a table named like ttc's
+        raise StorageError(f"the trace database {location.describe()} is not laid out as ttc writes it "
+                           f"({'; '.join(problems)}): another program's tables may have ttc's names (runs, events, "
+                           "...), or the store was changed outside ttc; give ttc a database of its own, or a schema "
+                           "of its own in this one (add ?options=-csearch_path%3Dttc to the URL, after CREATE SCHEMA "
+                           "ttc)")
     if problems:
         raise StorageError(f"the trace database {location.describe()} is not laid out as ttc writes it "
                            f"({'; '.join(problems)}): it was changed outside ttc; restore it from a copy, or set "

@@ -33,6 +33,11 @@ class _Job(Generic[T]):
     future: Future[T]
 
 
+INTERRUPTED_JOIN_S = 1.0
+"""How long an interrupted open waits for the writer thread before raising: enough for an open that was about to
+finish, not a server's connect timeout."""
+
+
 class Writer:
     """Owns the write connection; ``submit`` queues a transaction and returns a future for its result.
 
@@ -57,9 +62,11 @@ class Writer:
             opened.result()
         except BaseException:
             # Interrupted while the open job still runs (Ctrl-C during a long busy wait), the job may yet succeed
-            # and the thread go on to wait for jobs: the sentinel ends it there, so the join cannot hang.
+            # and the thread go on to wait for jobs: the sentinel ends it there. The open itself may take as long
+            # as its connect timeout, which the interrupt need not wait out: the thread is a daemon, and exits once
+            # the open returns.
             self._stop()
-            self._thread.join()
+            self._thread.join(timeout=INTERRUPTED_JOIN_S)
             raise
 
     def submit(self, work: Work[T], explain: Explain) -> Future[T]:
