@@ -6,6 +6,7 @@ They are frozen so that a value handed to a strategy, a backend or the trace sto
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Literal, TypeGuard
@@ -167,15 +168,22 @@ def is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def real_float(value: object) -> float | None:
+    """``value`` as a float if it is a real number (any ``numbers.Real``, numpy's included) that converts to one;
+    None for a bool (a flag, not a number), a non-number, or an int past float range, whose ``float()`` overflows
+    wherever it is first read as one."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
 def is_finite_number(value: object) -> TypeGuard[int | float]:
     """A number that reads as a finite float: an int past float range is not one, since the engine samples with
     (and httpx times out after) the float it stands for, and converting it there would fail far from the caller."""
-    if not is_number(value):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
+    return is_number(value) and (number := real_float(value)) is not None and math.isfinite(number)
 
 
 @dataclass(frozen=True)

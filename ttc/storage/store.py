@@ -57,7 +57,7 @@ from ttc.storage.models import (
 )
 from ttc.storage.records import RunSummary, TraceRecord, TraceSummary
 from ttc.storage.writer import Writer
-from ttc.types import Budget, Node, Problem, Result, TraceEvent, check_unicode, is_int, is_number
+from ttc.types import Budget, Node, Problem, Result, TraceEvent, check_unicode, is_int, is_number, real_float
 
 T = TypeVar("T")
 RowT = TypeVar("RowT", RunRow, TraceRow)
@@ -130,13 +130,7 @@ def _check_node_numbers(node: Node) -> None:
 def _is_real(value: object) -> bool:
     """A number ``float()`` takes: not a bool, a string or None, nor an int past float range (it is stored, and
     then fails the reader's ``float()``). NaN and infinities are floats; the callers decide about them."""
-    if not is_number(value):
-        return False
-    try:
-        float(value)
-    except OverflowError:
-        return False
-    return True
+    return is_number(value) and real_float(value) is not None
 
 
 def _check_nesting(value: object, what: str) -> None:

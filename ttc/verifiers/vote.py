@@ -10,13 +10,13 @@ number (``0.5``, ``1/2`` and ``\\frac{1}{2}`` vote together), but two spellings 
 from __future__ import annotations
 
 import math
-import numbers
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from ttc.errors import ConfigError
+from ttc.types import real_float
 from ttc.verifiers.answer import check_text, normalize_answer
 
 
@@ -40,18 +40,6 @@ class VoteResult:
         return (ranked[0] - (ranked[1] if len(ranked) > 1 else 0.0)) / total
 
 
-def _real(value: object) -> float | None:
-    """``value`` as a float if it is a real number, else None. Any ``numbers.Real`` is one: verifier scores are often
-    numpy ``float32``, which the checks of verifier scores accept too; a bool is a flag, not a weight. An int
-    past float range is None too, where ``float()`` overflows."""
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        return None
-    try:
-        return float(value)
-    except OverflowError:
-        return None
-
-
 def _checked_weights(answers: Sequence[str | None], weights: Sequence[float] | None) -> list[float]:
     if weights is None:
         return [1.0] * len(answers)
@@ -61,7 +49,7 @@ def _checked_weights(answers: Sequence[str | None], weights: Sequence[float] | N
         )
     checked: list[float] = []
     for index, weight in enumerate(weights):
-        value = _real(weight)
+        value = real_float(weight)
         if value is None or not math.isfinite(value) or value < 0:
             raise ConfigError(f"vote weight #{index} is {weight!r}; weights must be finite numbers >= 0")
         checked.append(value)
@@ -90,7 +78,7 @@ def vote_weights(scores: Sequence[float | None]) -> list[float]:
     """
     weights: list[float] = []
     for index, score in enumerate(scores):
-        value = 1.0 if score is None else _real(score)
+        value = 1.0 if score is None else real_float(score)
         if value is None:
             raise ConfigError(f"score #{index} is {score!r}; pass each verifier score as a number within float range, "
                               "or None for an unscored candidate")
