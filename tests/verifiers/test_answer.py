@@ -828,10 +828,11 @@ def test_workers_load_only_what_grading_needs() -> None:
     expression = "sorted(m for m in __import__('sys').modules if m.startswith('ttc'))"
     outcome = grading_workers.run_in_worker(eval, (expression,), 10.0)
     assert isinstance(outcome.value, list) and "ttc.verifiers.grading_workers" in outcome.value
-    # The answer module comes in with the first check a worker runs; nothing of the service (ttc/__init__, the
+    # The answer modules come in with the first check a worker runs; nothing of the service (ttc/__init__, the
     # store, the backends) ever does.
     assert set(outcome.value) <= {"ttc", "ttc.errors", "ttc.verifiers", "ttc.verifiers.grading_workers",
-                                  "ttc.verifiers.answer"}
+                                  "ttc.verifiers.answer", "ttc.verifiers.answer_extraction",
+                                  "ttc.verifiers.answer_keys"}
 
 
 def test_a_script_without_a_main_guard_can_grade(tmp_path: Path) -> None:
