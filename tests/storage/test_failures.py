@@ -18,8 +18,7 @@ import pytest
 from trace_data import BUDGET, make_events, make_nodes, make_problem, make_result
 
 from ttc.errors import ConfigError, StorageError
-from ttc.storage import TraceStore
-from ttc.storage import store as store_module
+from ttc.storage import TraceStore, checks
 from ttc.storage import writer as writer_module
 from ttc.types import TraceEvent
 
@@ -406,7 +405,7 @@ def test_a_payload_too_deep_for_json_fails_the_write_rather_than_hanging(
         db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the nesting limit (a store that did not refuse the payload up front), the JSON encoder's
     RecursionError came wrapped in an error whose message recursed again: finish_trace never returned."""
-    monkeypatch.setattr(store_module, "MAX_NESTING", 10**9)
+    monkeypatch.setattr(checks, "MAX_NESTING", 10**9)
     deep: dict[str, object] = {}
     level = deep
     for _ in range(3000):

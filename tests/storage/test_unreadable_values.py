@@ -16,9 +16,9 @@ from ttc.errors import ConfigError, StorageError
 from ttc.storage import TraceStore
 from ttc.storage import database as database_module
 from ttc.storage import export as export_module
+from ttc.storage.checks import MAX_NESTING
 from ttc.storage.export import strict_json_text
 from ttc.storage.records import _problem_json
-from ttc.storage.store import MAX_NESTING
 from ttc.types import Node, Problem, TraceEvent
 
 

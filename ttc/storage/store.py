@@ -19,14 +19,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Row, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from ttc.errors import ConfigError, NotFound, RejectedData, StorageError, TTCError
-from ttc.storage import convert
+from ttc.storage import checks, convert
 from ttc.storage.database import (
     DEFAULT_BUSY_TIMEOUT_S,
     ENV_VAR,
@@ -57,7 +57,7 @@ from ttc.storage.models import (
 )
 from ttc.storage.records import RunSummary, TraceRecord, TraceSummary
 from ttc.storage.writer import Writer
-from ttc.types import Budget, Node, Problem, Result, TraceEvent, check_unicode, is_int, is_number, real_float
+from ttc.types import Budget, Node, Problem, Result, TraceEvent, is_number
 
 T = TypeVar("T")
 RowT = TypeVar("RowT", RunRow, TraceRow)
@@ -69,117 +69,14 @@ _STILL_RUNNING = (
 )
 
 
-MAX_NESTING: Final = 200
-"""How many levels a stored JSON value (a problem's meta, an event's payload, a run's config or summary) may nest.
-Every reader walks such a value recursively (the JSON decoder, the export, the viewer), a stack frame or more per
-level, and Python stops at 1000 frames: a payload some 980 levels deep was stored and then broke every read of its
-trace. 200 leaves the readers' own stacks ample room."""
-
-
-def _check_no_nan(result: Result, nodes: Sequence[Node]) -> None:
-    """SQLite stores a NaN REAL as NULL, which reads back as "not scored": a done trace would say something else
-    than what was recorded. Refused here, so the trace is failed with this message instead (a failed trace keeps
-    its nodes, a NaN among them as NULL)."""
-    if result.score is not None and _is_real(result.score) and math.isnan(result.score):
-        raise ConfigError("the result's score is NaN, which the store cannot keep: a score must be a number")
-    for node in nodes:
-        for name, value in (("score", node.score), ("logprob", node.logprob)):  # SQLite's JSON keeps a NaN step
-            if value is not None and _is_real(value) and math.isnan(value):
-                raise ConfigError(f"node {node.id}'s {name} is NaN, which the store cannot keep: a score or "
-                                  "log-probability must be a number (infinities are kept)")
-
-
 def _reads_as_damaged(exc: SQLAlchemyError) -> bool:
     """SQLite's word for a file that does not read as a database (SQLITE_CORRUPT, SQLITE_NOTADB)."""
     text = str(getattr(exc, "orig", exc)).lower()
     return "malformed" in text or "not a database" in text
 
 
-def _check_readable(nodes: Sequence[Node], events: Sequence[TraceEvent]) -> None:
-    """Refuse what the store would take but no reader could give back, for a done trace and a failed one alike:
-    one such value made every read of its trace (the viewer's page, ``ttc traces show``) fail."""
-    for node in nodes:
-        _check_node_numbers(node)
-    for seq, event in enumerate(events):
-        _check_nesting(event.payload, f"the payload of event {seq} ({event.kind!r})")
-
-
-def _check_result_score(result: Result) -> None:
-    if result.score is not None and not _is_real(result.score):
-        raise ConfigError(f"the result's score is {result.score!r:.60}, which the store cannot keep: a score must be "
-                          "a number (a float or an int) or None")
-
-
-def _check_node_numbers(node: Node) -> None:
-    """The node's numbers as its type declares them: readers rebuild each step score with ``float()``, so a None
-    among them (a step a verifier did not score) was stored and then failed every read as a damaged database."""
-    for name, value in (("score", node.score), ("logprob", node.logprob)):
-        if value is not None and not _is_real(value):
-            raise ConfigError(f"node {node.id}'s {name} is {value!r:.60}, which the store cannot keep: it must be a "
-                              "number (a float or an int) or None")
-    if not isinstance(node.step_scores, tuple | list):
-        raise ConfigError(f"node {node.id}'s step_scores is a {type(node.step_scores).__name__}, which the store "
-                          "cannot keep: pass a tuple of numbers, one per step")
-    for index, value in enumerate(node.step_scores):
-        if not _is_real(value):
-            raise ConfigError(f"node {node.id}'s step_scores[{index}] is {value!r:.60}, which the store cannot read "
-                              "back: each step score must be a number (a float or an int); record a step that was "
-                              "not scored as math.nan")
-
-
-def _is_real(value: object) -> bool:
-    """A number ``float()`` takes: not a bool, a string or None, nor an int past float range (it is stored, and
-    then fails the reader's ``float()``). NaN and infinities are floats; the callers decide about them."""
-    return is_number(value) and real_float(value) is not None
-
-
-def _check_nesting(value: object, what: str) -> None:
-    """Refuse ``value`` if it nests deeper than ``MAX_NESTING`` levels (the value itself is level 1). Measured
-    iteratively, so a value of any depth (or one that contains itself) is refused rather than overflowing here."""
-    stack: list[tuple[object, int]] = [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        children: Iterable[object]
-        if isinstance(item, Mapping):
-            children = item.values()
-        elif isinstance(item, list | tuple):
-            children = item
-        else:
-            continue
-        if level > MAX_NESTING:
-            raise ConfigError(f"{what} is nested more than {MAX_NESTING} levels deep, which the store could not read "
-                              "back: flatten it, or store its deep part as a JSON string")
-        stack.extend((child, level + 1) for child in children)
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-
-
-def _check_id(value: object, what: str) -> None:
-    """An id as given (typed, pasted): text every database can take. A byte that is no character (a stray \\xff
-    from a terminal) failed in the query and read as a damaged database; a NUL, which no id holds, is named as
-    such rather than searched for."""
-    if not isinstance(value, str):
-        raise ConfigError(f"a {what} id is a string, got {type(value).__name__}")
-    check_unicode(value, f"the {what} id {value!r}")
-    if "\x00" in value:
-        raise NotFound(f"no {what} has the id {value!r}: ids never contain a NUL character; copy the id as "
-                       "`ttc traces list` or `ttc traces runs` shows it")
-
-
-def _check_limit(limit: int | None, *, unlimited: bool = False) -> None:
-    """A positive int; ``None`` (no limit) too where ``unlimited``."""
-    if unlimited and limit is None:
-        return
-    if not is_int(limit) or not 1 <= limit < 1 << 63:  # SQLite's LIMIT is a signed 64-bit integer
-        also = " or None (no limit)" if unlimited else ""
-        raise ConfigError(f"limit must be a positive int below 2**63{also}, got {limit!r}")
 
 
 async def _wait(future: Future[T]) -> T:
@@ -385,7 +282,7 @@ class TraceStore:
         except RecursionError:  # not from exc: its traceback is a thousand frames of the same line
             raise StorageError(f"the trace database {self._location.describe()} holds a value nested too deeply to "
                                f"read back while {doing} (stored by a ttc that did not refuse values nested more "
-                               f"than {MAX_NESTING} levels); read other traces, or set TTC_DB to another file"
+                               f"than {checks.MAX_NESTING} levels); read other traces, or set TTC_DB to another file"
                                ) from None
 
     def _snapshot_error(self, exc: SQLAlchemyError, doing: str) -> StorageError:
@@ -408,8 +305,8 @@ class TraceStore:
         transaction: a run committed without its lease (the claim locked out, or the process killed in between)
         is one that no later open can tell is orphaned, so it would read 'running' for good.
         """
-        _check_choice("run kind", kind, RUN_KINDS)
-        _check_nesting(config, "the run config")
+        checks.check_choice("run kind", kind, RUN_KINDS)
+        checks.check_nesting(config, "the run config")
         run_id = str(uuid.uuid4())
         values = {"id": run_id, "kind": kind, "name": name, "config": dict(config), "status": "running",
                   "started_at": _now()}
@@ -448,8 +345,8 @@ class TraceStore:
         self._submit(work, f"claiming run {run_id}").result()
 
     def finish_run(self, run_id: str, *, status: str, summary: Mapping[str, object]) -> None:
-        _check_choice("run status", status, RUN_STATUSES[1:])
-        _check_nesting(summary, "the run summary")
+        checks.check_choice("run status", status, RUN_STATUSES[1:])
+        checks.check_nesting(summary, "the run summary")
         values = {"status": status, "summary": dict(summary), "finished_at": _now()}
 
         def work(connection: Connection) -> None:
@@ -470,7 +367,7 @@ class TraceStore:
     ) -> tuple[str, Future[None]]:
         trace_id = str(uuid.uuid4())
         problem_values = convert.problem_row(problem)
-        _check_nesting(problem_values["meta"], "the problem's meta")
+        checks.check_nesting(problem_values["meta"], "the problem's meta")
         trace_values = {
             "id": trace_id, "run_id": run_id, "problem_id": problem_values["id"], "strategy": strategy,
             "backend": backend, "budget": convert.budget_json(budget), "seed": seed, "status": "running",
@@ -510,9 +407,9 @@ class TraceStore:
             raise ConfigError(
                 f"result.trace_id is {result.trace_id!r} but it is being saved as trace {trace_id!r}"
             )
-        _check_result_score(result)
-        _check_readable(nodes, events)
-        _check_no_nan(result, nodes)
+        checks.check_result_score(result)
+        checks.check_readable(nodes, events)
+        checks.check_no_nan(result, nodes)
         values = {
             "status": "done", "answer": result.answer, "text": result.text, "score": result.score,
             "strategy": result.strategy, "usage": convert.usage_json(result.usage),
@@ -546,7 +443,7 @@ class TraceStore:
                    events: Sequence[TraceEvent]) -> Future[None]:
         values = {"status": "failed", "error": error, "finished_at": _now()}
         try:  # the failure itself must be recorded even when the partial tree cannot be
-            _check_readable(nodes, events)
+            checks.check_readable(nodes, events)
         except ConfigError as refused:
             return self._submit(_fail_without_tree(trace_id, values, error, len(nodes), len(events), refused,
                                                    self._location), f"failing trace {trace_id}")
@@ -609,7 +506,7 @@ class TraceStore:
 
     def list_runs(self, limit: int = 50) -> list[RunSummary]:
         """The newest runs first, with their trace counts."""
-        _check_limit(limit)
+        checks.check_limit(limit)
 
         def work(session: Session) -> list[RunSummary]:
             query = select(RunRow).order_by(RunRow.started_at.desc(), RunRow.id).limit(limit)
@@ -635,9 +532,9 @@ class TraceStore:
 
         ``limit=None`` lists every matching trace (all of a run's, say), with no cut-off.
         """
-        _check_limit(limit, unlimited=True)
+        checks.check_limit(limit, unlimited=True)
         if status is not None:
-            _check_choice("trace status", status, TRACE_STATUSES)
+            checks.check_choice("trace status", status, TRACE_STATUSES)
 
         def work(session: Session) -> list[TraceSummary]:
             query = select(TraceRow, ProblemRow).join(ProblemRow, TraceRow.problem_id == ProblemRow.id)
@@ -700,7 +597,7 @@ class TraceStore:
         """The row with id ``given``, or the one whose id starts with it (at least ``MIN_PREFIX`` characters, as
         tables show ids); NotFound says whether none or several matched. Ids are lowercase hex (UUIDs), so case is
         ignored: SQLite's LIKE ignores it and PostgreSQL's does not, and an id typed in capitals names the same."""
-        _check_id(given, what)
+        checks.check_id(given, what)
         wanted = given.lower()
         found = session.get(row, wanted)
         if found is not None:
@@ -795,7 +692,7 @@ def _unsaved_note(error: str, nodes: int, events: int, why: BaseException) -> st
 
 def _fail_without_tree(trace_id: str, values: dict[str, Any], error: str, nodes: int, events: int,
                        refused: ConfigError, location: Location) -> Callable[[Connection], None]:
-    """The work of failing a trace whose partial tree the store refused (see ``_check_readable``): the trace is
+    """The work of failing a trace whose partial tree the store refused (see ``checks.check_readable``): the trace is
     failed all the same, with the refusal noted in its error."""
     noted = {**values, "error": _unsaved_note(error, nodes, events, refused)}
 
