@@ -136,6 +136,41 @@ def test_a_node_number_that_is_no_number_is_refused_like_nan(store: TraceStore, 
     assert "were not saved: node 2's" in (failed.error or "")
 
 
+@pytest.mark.parametrize(("bad", "field"), [
+    ({"id": 1.5}, "id"),
+    ({"id": -1}, "id"),
+    ({"id": 2**31}, "id"),
+    ({"parent": "1"}, "parent"),
+    ({"depth": 2**40}, "depth"),
+    ({"depth": True}, "depth"),
+    ({"token_count": -5}, "token_count"),
+    ({"token_count": 2**70}, "token_count"),
+    ({"text": 5}, "text"),
+    ({"answer": 18}, "answer"),
+    ({"reason": b"pruned"}, "reason"),
+    ({"status": "done"}, "status"),
+])
+def test_a_node_field_its_type_does_not_allow_is_refused_by_every_database(
+        store: TraceStore, bad: dict[str, object], field: str) -> None:
+    """SQLite kept an id of 1.5, a depth of 2**40, a negative token count and a text given as a number (read back as
+    a string), where PostgreSQL refused ids past 32 bits: one trace was kept by one database and not the other."""
+    trace_id = _start(store)
+    nodes = make_nodes(4)
+    broken = [*nodes[:2], replace(nodes[2], **bad), nodes[3]]  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=rf"node .*'s {field} is .*(cannot keep|must be one of)"):
+        _finish(store, trace_id, broken, [])
+    assert store.get_trace(trace_id).status == "running"
+
+
+def test_node_ids_and_depths_up_to_32_bits_are_kept(store: TraceStore) -> None:
+    trace_id = _start(store)
+    top = 2**31 - 1
+    nodes = [Node(id=top - 1, parent=None, depth=0, text="", token_count=0),
+             Node(id=top, parent=top - 1, depth=top, text="x", token_count=2**63 - 1, answer="", reason="")]
+    _finish(store, trace_id, nodes, [])
+    assert store.get_trace(trace_id).nodes == nodes
+
+
 def test_a_result_score_that_is_no_number_is_refused(store: TraceStore) -> None:
     trace_id = _start(store)
     nodes = make_nodes(3)

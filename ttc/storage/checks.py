@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
 from ttc.errors import ConfigError, NotFound
+from ttc.storage.models import NODE_STATUSES
 from ttc.types import Node, Result, TraceEvent, check_unicode, is_int, is_number, real_float
 
 MAX_NESTING: Final = 200
@@ -37,6 +38,7 @@ def check_readable(nodes: Sequence[Node], events: Sequence[TraceEvent]) -> None:
     """Refuse what the store would take but no reader could give back, for a done trace and a failed one alike:
     one such value made every read of its trace (the viewer's page, ``ttc traces show``) fail."""
     for node in nodes:
+        check_node_fields(node)
         check_node_numbers(node)
     for seq, event in enumerate(events):
         check_nesting(event.payload, f"the payload of event {seq} ({event.kind!r})")
@@ -46,6 +48,34 @@ def check_result_score(result: Result) -> None:
     if result.score is not None and not is_real(result.score):
         raise ConfigError(f"the result's score is {result.score!r:.60}, which the store cannot keep: a score must be "
                           "a number (a float or an int) or None")
+
+
+MAX_NODE_ID: Final = 2**31 - 1
+"""The largest node id, parent or depth: PostgreSQL's columns hold 32 bits where SQLite's hold 64, so a larger one
+was kept by one database and refused by the other."""
+
+MAX_TOKEN_COUNT: Final = 2**63 - 1
+"""A node's token count is a signed 64-bit column in both databases."""
+
+
+def check_node_fields(node: Node) -> None:
+    """The node's ids, depth, count and texts as its type declares them, checked alike for every database: a float
+    id (1.5), a depth of 2**40 or a negative token count was kept by SQLite and read back as a tree no strategy
+    built, a text given as a number came back as a string, and PostgreSQL refused ids past 32 bits outright."""
+    for name, value in (("id", node.id), ("parent", node.parent), ("depth", node.depth)):
+        if (value is not None or name != "parent") and not (is_int(value) and 0 <= value <= MAX_NODE_ID):
+            raise ConfigError(f"node {node.id!r:.40}'s {name} is {value!r:.60}, which the store cannot keep: it must "
+                              f"be an int from 0 to {MAX_NODE_ID}" + (" or None (a root)" if name == "parent" else ""))
+    if not (is_int(node.token_count) and 0 <= node.token_count <= MAX_TOKEN_COUNT):
+        raise ConfigError(f"node {node.id}'s token_count is {node.token_count!r:.60}, which the store cannot keep: it "
+                          "must be an int from 0 (the tokens its step generated)")
+    for name, text in (("text", node.text), ("answer", node.answer), ("reason", node.reason)):
+        if (text is not None or name == "text") and not isinstance(text, str):
+            raise ConfigError(f"node {node.id}'s {name} is {text!r:.60} ({type(text).__name__}), which the store "
+                              "cannot keep: pass a string" + ("" if name == "text" else " or None"))
+    if node.status not in NODE_STATUSES:
+        raise ConfigError(f"node {node.id}'s status is {node.status!r:.60}; it must be one of "
+                          f"{', '.join(NODE_STATUSES)}")
 
 
 def check_node_numbers(node: Node) -> None:
