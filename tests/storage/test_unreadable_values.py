@@ -162,6 +162,29 @@ def test_a_node_field_its_type_does_not_allow_is_refused_by_every_database(
     assert store.get_trace(trace_id).status == "running"
 
 
+@pytest.mark.parametrize(("bad", "field"), [
+    ({"node_id": 2**40}, "node_id"),
+    ({"node_id": -3}, "node_id"),
+    ({"node_id": "2"}, "node_id"),
+    ({"kind": 5}, "kind"),
+    ({"kind": ""}, "kind"),
+    ({"t": "soon"}, "t"),
+    ({"t": math.nan}, "t"),
+    ({"t": math.inf}, "t"),
+    ({"payload": [1, 2]}, "payload"),
+])
+def test_an_event_field_its_type_does_not_allow_is_refused_by_every_database(
+        store: TraceStore, bad: dict[str, object], field: str) -> None:
+    """SQLite kept a node id of 2**40 and a kind given as a number, PostgreSQL a NaN time; a list payload failed
+    with a raw TypeError."""
+    trace_id = _start(store)
+    events = make_events(3)
+    broken = [events[0], replace(events[1], **bad), events[2]]  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=rf"event 1.*'s {field} is .*which the store cannot keep"):
+        _finish(store, trace_id, make_nodes(3), broken)
+    assert store.get_trace(trace_id).status == "running"
+
+
 def test_node_ids_and_depths_up_to_32_bits_are_kept(store: TraceStore) -> None:
     trace_id = _start(store)
     top = 2**31 - 1

@@ -41,6 +41,7 @@ def check_readable(nodes: Sequence[Node], events: Sequence[TraceEvent]) -> None:
         check_node_fields(node)
         check_node_numbers(node)
     for seq, event in enumerate(events):
+        check_event_fields(seq, event)
         check_nesting(event.payload, f"the payload of event {seq} ({event.kind!r})")
 
 
@@ -76,6 +77,24 @@ def check_node_fields(node: Node) -> None:
     if node.status not in NODE_STATUSES:
         raise ConfigError(f"node {node.id}'s status is {node.status!r:.60}; it must be one of "
                           f"{', '.join(NODE_STATUSES)}")
+
+
+def check_event_fields(seq: int, event: TraceEvent) -> None:
+    """The event's kind, time, node and payload as its type declares them, checked alike for every database: SQLite
+    kept a node id of 2**40 and a kind given as a number (PostgreSQL refused both), PostgreSQL kept a NaN time
+    (SQLite refused it as a broken constraint), and a payload that is no mapping failed with a raw TypeError."""
+    if not isinstance(event.kind, str) or not event.kind:
+        raise ConfigError(f"event {seq}'s kind is {event.kind!r:.60}, which the store cannot keep: pass a non-empty "
+                          "string such as 'select'")
+    if not is_real(event.t) or not math.isfinite(event.t):
+        raise ConfigError(f"event {seq} ({event.kind!r})'s t is {event.t!r:.60}, which the store cannot keep: it must "
+                          "be a finite number of seconds since the trace started")
+    if event.node_id is not None and not (is_int(event.node_id) and 0 <= event.node_id <= MAX_NODE_ID):
+        raise ConfigError(f"event {seq} ({event.kind!r})'s node_id is {event.node_id!r:.60}, which the store cannot "
+                          f"keep: it must be a node's id (an int from 0 to {MAX_NODE_ID}) or None")
+    if not isinstance(event.payload, Mapping):
+        raise ConfigError(f"event {seq} ({event.kind!r})'s payload is a {type(event.payload).__name__}, which the "
+                          "store cannot keep: pass a mapping of JSON values (a dict)")
 
 
 def check_node_numbers(node: Node) -> None:
