@@ -89,3 +89,24 @@ def test_a_distinct_draw_needs_a_temperature_and_an_engine_that_can_draw_it() ->
     with pytest.raises(ConfigError, match="local engine"):
         solve("What is 2 + 3?", 400, strategy="best_of_n", distinct=True, store=False,
               backend=ScriptedBackend(["The answer is 5."]))
+
+
+@pytest.mark.parametrize(("strategy", "options", "scope"), [
+    ("best_of_n", {"n": 2}, "question"), ("parallel_thinking", {"paths": 2}, "question"),
+    ("beam", {}, "question"), ("beam", {}, "batch"), ("ets", {"embedder": "ngram"}, "batch"),
+])
+def test_a_backend_that_cannot_draw_distinct_samples_is_refused_before_any_trace_opens(
+        tmp_path: Path, strategy: str, options: dict[str, object], scope: str) -> None:
+    """The backend refused only once a question's trace had opened: a batch left one failed trace a question."""
+    db = tmp_path / "traces.db"
+    with pytest.raises(ConfigError, match=rf"{strategy} with distinct=True .* scripted cannot"):
+        solve_batch(["What is 1 + 1?", "What is 2 + 2?"], 600, strategy=strategy, distinct=True, store=str(db),
+                    backend=ScriptedBackend(["The answer is 5."]), verifier=None if strategy in (
+                        "best_of_n", "parallel_thinking") else _HalfPRM(), budget_scope=scope, **options)
+    with TraceStore(str(db)) as store:
+        assert store.list_traces() == []
+
+
+class _HalfPRM:
+    async def score_steps(self, question: str, steps: list[str]) -> list[float]:
+        return [0.5] * len(steps)

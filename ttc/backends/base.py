@@ -83,6 +83,15 @@ class Backend(Protocol):
     async def aclose(self) -> None: ...
 
 
+def draws_distinct(backend: object) -> bool | None:
+    """Whether ``backend`` can draw continuations without replacement (``Sampling(distinct=True)``), where it says
+    (a ``draws_distinct`` attribute); None where it does not, and its ``complete`` decides. Read by name, as
+    ``max_model_len`` is, so a backend written before the attribute existed keeps working: strategies refuse
+    ``distinct`` up front only on a backend that says it cannot, before any question's trace opens."""
+    value = getattr(backend, "draws_distinct", None)
+    return value if isinstance(value, bool) else None
+
+
 def token_ids(prompt: object) -> tuple[int, ...]:
     """The engine's form of a prompt; text or other values are a ConfigError saying how to get token ids."""
     if isinstance(prompt, str | bytes):
@@ -96,4 +105,4 @@ def token_ids(prompt: object) -> tuple[int, ...]:
     return tuple(int(t) for t in ids)
 
 
-__all__ = ["MAX_THREADS", "Backend", "BackendStats", "token_ids"]
+__all__ = ["MAX_THREADS", "Backend", "BackendStats", "draws_distinct", "token_ids"]

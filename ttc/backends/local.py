@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from ttc.backends.base import MAX_THREADS, BackendStats, token_ids
 from ttc.backends.base import token_ids as token_ids_of  # detokenize's parameter shadows the name
@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 class LocalBackend:
     """``Backend`` implementation over the local engine. Build it with :meth:`from_pretrained`."""
+
+    draws_distinct: ClassVar[bool] = True
+    """The engine draws ``Sampling(distinct=True)`` continuations without replacement (``ttc.engine.distinct``)."""
 
     def __init__(self, engine: Engine, scheduler: Scheduler, *, name: str) -> None:
         self._engine = engine

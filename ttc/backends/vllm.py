@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -115,6 +115,9 @@ class VLLMBackend:
     ``block_tokens`` (vLLM's KV block size), ``min_cached`` and ``spill_in_flight`` tune replica affinity; see
     ``ttc.backends.routing.ReplicaRouter``.
     """
+
+    draws_distinct: ClassVar[bool] = False
+    """vLLM samples each continuation independently: ``Sampling(distinct=True)`` is refused."""
 
     def __init__(self, base_url: str | Sequence[str], model: str | None = None, api_key: str | None = None,
                  max_concurrency: int = 64, timeout: float = 120.0, retries: int = 3, *,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import ClassVar
 
 import anyio
 
@@ -27,6 +28,9 @@ _Key = tuple[tuple[int, ...], Sampling]
 
 class ReplayBackend:
     """A backend that replays each prompt's samples, in the order they were first drawn, to every caller."""
+
+    draws_distinct: ClassVar[bool] = False
+    """Replayed samples are the independent draws of one pool: ``Sampling(distinct=True)`` is refused."""
 
     def __init__(self, inner: Backend) -> None:
         self.inner = inner

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from ttc.backends.base import Backend
+from ttc.backends.base import Backend, draws_distinct
 from ttc.budget import Meter
 from ttc.errors import ConfigError
 from ttc.strategies.synthesis import PATH_TEMPLATE, SYNTHESIS_TEMPLATE
@@ -144,7 +144,12 @@ class Strategy(ABC, Generic[OptionsT]):
 
     def check_setup(self, backend: Backend) -> None:
         """Refuse what this strategy cannot run with on ``backend`` (its options were checked when it was made):
-        called before any question's trace opens, so a setup error fails once, not as one failed trace each."""
+        called before any question's trace opens, so a setup error fails once, not as one failed trace each.
+        Here, samples drawn without replacement from a backend that says it cannot draw them; a strategy that
+        checks more calls this too."""
+        if getattr(self.options, "distinct", False) is True and draws_distinct(backend) is False:
+            raise ConfigError(f"{self.name} with distinct=True draws its samples without replacement, which "
+                              f"{backend.name} cannot: use the local engine for distinct=True, or distinct=False")
 
     @abstractmethod
     async def run(self, problem: Problem, meter: Meter, ctx: Context) -> StrategyResult:

@@ -54,6 +54,7 @@ class Ets(RebaseBase[EtsOptions]):
     Options = EtsOptions
 
     def check_setup(self, backend: Backend) -> None:
+        super().check_setup(backend)
         resolve_embedder(self.options.embedder, backend)  # a folder holding no model, a backend that cannot embed
 
     async def run(self, problem: Problem, meter: Meter, ctx: Context) -> StrategyResult:

@@ -11,6 +11,7 @@ import hashlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import anyio
 
@@ -30,6 +31,9 @@ class Call:
 
 class ScriptedBackend:
     """Answers ``complete`` from a responder; records every call for assertions."""
+
+    draws_distinct: ClassVar[bool] = False
+    """A script is replayed, not drawn from: ``Sampling(distinct=True)`` is refused."""
 
     def __init__(self, responses: Responder | Sequence[str], *, fail_after: int | None = None,
                  delay_s: float = 0.0) -> None:
