@@ -15,8 +15,9 @@ from pooled_doubles import answer, events
 from ttc import solve_batch
 from ttc.budget import Meter
 from ttc.errors import BackendError, ConfigError
-from ttc.pooled_search import MAX_SEARCHES
+from ttc.pooled_search import MAX_SEARCHES, _Searcher
 from ttc.storage import TraceStore
+from ttc.strategies.tree import StepNode
 from ttc.testing import ScriptedBackend
 from ttc.types import Budget, Completion
 
@@ -215,3 +216,23 @@ def test_solutions_that_disagree_are_not_decided_where_the_verifier_scores_some_
             assert len(answers) > 1 and stop["reason"] != "decided"
     finally:
         store.close()
+
+
+def _solution(node_id: int, answer: str | None, score: float) -> StepNode:
+    return StepNode(id=node_id, parent=None, prefix=(), token_ids=(), text="", depth=1, score=score, complete=True,
+                    answer=answer)
+
+
+def _searcher_with(*finished: StepNode) -> _Searcher:
+    searcher = _Searcher(0, run=None, planner=lambda tokens: None, first_tokens=None,  # type: ignore[arg-type]
+                         growth=2)
+    searcher.finished = list(finished)
+    return searcher
+
+
+def test_a_solution_without_an_answer_does_not_turn_the_margin_into_zero() -> None:
+    """Scored 0 (or below), the answers weigh nothing; the non-answer's 0.9 kept them from counting as a plain
+    vote, so 7 against 9 by two to one had a margin of 0 and took the batch's next search first."""
+    searcher = _searcher_with(_solution(1, "7", 0.0), _solution(2, "7", 0.0), _solution(3, "9", 0.0),
+                             _solution(4, None, 0.9))
+    assert searcher.margin() == 1 / 3

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ttc.budget import Meter
-from ttc.errors import ConfigError
+from ttc.errors import ConfigError, VerifierError
 from ttc.strategies.base import Context, make_strategy
 from ttc.testing import ScriptedBackend
 from ttc.trace import TraceRecorder
@@ -237,3 +237,82 @@ def test_a_stepwise_outcome_refuses_an_unknown_aggregation_when_made() -> None:
 class TablePRMForOutcome:
     async def score_steps(self, question: str, steps: Sequence[str]) -> list[float]:
         return [0.5] * len(steps)
+
+
+class LogitScorer:
+    """A reward model's logits: below 0 for every answering sample, above 0 for the one that states no answer."""
+
+    async def score(self, question: str, solution: str) -> float:
+        return 2.0 if "not sure" in solution else -1.0
+
+
+async def test_a_positive_score_on_a_sample_without_an_answer_leaves_the_vote_a_plain_count() -> None:
+    """Its weight kept the all-zero check from applying, so the answers' zero weights tied and the seed's tie-break
+    chose 9 or 7 whatever the counts."""
+    for seed in range(6):
+        ctx = ctx_for(ScriptedBackend([*texts("7", "7", "9"), "I am not sure"]), seed=seed)
+        ctx.verifier = LogitScorer()
+        result = await make_strategy("best_of_n", {"n": 4}).run(Problem("q"), Meter(Budget(tokens=100_000)), ctx)
+        assert result.answer == "7", seed
+        select = next(e for e in ctx.recorder.events() if e.kind == "select")
+        assert select.payload["tally"] == {"7": 2.0, "9": 1.0}
+
+
+class PlainDefScorer:
+    def score(self, question: str, solution: str) -> float:
+        return 0.5
+
+
+async def test_an_outcome_verifier_that_is_not_async_is_a_verifier_error() -> None:
+    ctx = ctx_for(ScriptedBackend(texts("5")))
+    ctx.verifier = PlainDefScorer()  # type: ignore[assignment]
+    with pytest.raises(VerifierError, match=r"PlainDefScorer\.score must be a coroutine function \(async def\)"):
+        await make_strategy("best_of_n", {"n": 2}).run(Problem("q"), Meter(Budget(tokens=100_000)), ctx)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class SlowScorer(AnswerScorer):
+    """Each scoring takes a quarter of a second on ``clock``."""
+
+    def __init__(self, table: dict[str, float], clock: FakeClock) -> None:
+        super().__init__(table)
+        self.clock = clock
+
+    async def score(self, question: str, solution: str) -> float:
+        self.clock.now += 0.25
+        return await super().score(question, solution)
+
+
+async def test_no_verifier_call_starts_after_the_wall_time_is_spent() -> None:
+    """Every sample was scored however long it took; those left unscored would then weigh 1 in a vote of
+    probabilities (the six 7s would outvote the scored 3s by 6 to 0.4)."""
+    clock = FakeClock()
+    verifier = SlowScorer({"3": 0.2, "7": 0.2}, clock)
+    ctx = ctx_for(ScriptedBackend(texts("3", "3", "7", "7", "7", "7", "7", "7")), verifier=verifier)
+    meter = Meter(Budget(wall_s=0.5), clock=clock)
+    result = await make_strategy("best_of_n", {"n": 8, "max_tokens": 64}).run(Problem("q"), meter, ctx)
+    assert verifier.calls == 2 and meter.usage().verifier_calls == 2
+    [unscored] = [e.payload for e in ctx.recorder.events() if e.kind == "unscored"]
+    assert unscored == {"reason": "wall_time", "scored": 2, "unscored": 6}
+    assert [c.score for c in result.candidates] == [0.2, 0.2, *[None] * 6]
+    assert result.answer == "3"  # only the scored samples take part in the weighted vote
+    select = next(e for e in ctx.recorder.events() if e.kind == "select")
+    assert select.payload["unscored"] == 6 and select.payload["tally"] == {"3": pytest.approx(0.4)}
+
+
+async def test_unscored_samples_still_answer_where_no_scored_one_does() -> None:
+    clock = FakeClock()
+    verifier = SlowScorer({}, clock)
+    ctx = ctx_for(ScriptedBackend(["I am not sure", "No idea", *texts("7", "7")]), verifier=verifier)
+    result = await make_strategy("best_of_n", {"n": 4, "max_tokens": 64, "select": "score"}).run(
+        Problem("q"), Meter(Budget(wall_s=0.5), clock=clock), ctx)
+    assert verifier.calls == 2 and result.answer == "7"
+    select = next(e for e in ctx.recorder.events() if e.kind == "select")
+    assert select.payload["unscored"] == 0

@@ -208,3 +208,25 @@ async def test_a_tied_vote_answers_the_leader_its_trace_recorded() -> None:
         rounds = [e for e in ctx.recorder.events() if e.kind == "round"]
         select = [e for e in ctx.recorder.events() if e.kind == "select"][-1]
         assert result.answer == rounds[-1].payload["leader"] == select.payload["answer"], seed
+
+
+class LogitScorer:
+    """A reward model's logits: below 0 for every answering sample, above 0 for the one that states no answer."""
+
+    async def score(self, question: str, solution: str) -> float:
+        return 2.0 if "not sure" in solution else -1.0
+
+
+async def test_a_positive_score_on_a_sample_without_an_answer_does_not_keep_the_vote_from_deciding() -> None:
+    """Its weight kept the all-zero check from applying: every answer weighed 0, the leader's share stayed 0 and
+    the vote never stopped early (its leader was the seed's tie-break)."""
+    for seed in range(4):
+        backend = ScriptedBackend([answer("7"), answer("7"), answer("7"), answer("9"), "I am not sure"])
+        ctx = Context(backend=backend, recorder=TraceRecorder(), rng=random.Random(seed), verifier=LogitScorer(),
+                      prompt_template="Q: {question}\nA:")
+        result = await make_strategy("self_consistency", {
+            "max_samples": 10, "round_size": 5, "min_samples": 4, "stop_share": 0.7}).run(
+            Problem("q"), Meter(Budget(tokens=10_000)), ctx)
+        assert result.answer == "7" and len(backend.calls) == 1, seed
+        [stop] = [e.payload for e in ctx.recorder.events() if e.kind == "stop"]
+        assert stop["reason"] == "decided" and stop["share"] == 0.75

@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 from ttc.backends.local import LocalBackend  # noqa: E402
 from ttc.engine.synthetic import build_checkpoint  # noqa: E402
 from ttc.errors import ConfigError, VerifierError  # noqa: E402
+from ttc.testing import ScriptedBackend  # noqa: E402
 from ttc.verifiers.base import aggregate, split_steps  # noqa: E402
 from ttc.verifiers.prm import GenerativeJudge, StepScoreCache, TokenPRM, judge, judgement, load_prm  # noqa: E402
 from ttc.verifiers.prm_presets import PRMPreset, get_preset  # noqa: E402
@@ -151,6 +152,22 @@ def test_preset_from_json(tmp_path: Path) -> None:
     path.write_text('{"family": "token", "tag": "#", "colour": "red"}', encoding="utf-8")
     with pytest.raises(ConfigError, match="unknown keys"):
         get_preset(str(path))
+
+
+def test_a_preset_file_loads_from_a_path_as_from_its_string(tmp_path: Path) -> None:
+    path = tmp_path / "mine.json"
+    path.write_text('{"family": "likelihood"}', encoding="utf-8")
+    assert get_preset(path) == get_preset(str(path))
+    prm = load_prm(ScriptedBackend(["x"]), path)  # AttributeError: 'PosixPath' object has no attribute 'family'
+    assert type(prm).__name__ == "LikelihoodPRM" and prm.preset.name == "mine"
+
+
+@pytest.mark.parametrize("preset", [5, None, b"mine.json", ["mini"]])
+def test_a_preset_that_is_neither_a_name_a_path_nor_a_preset_is_a_config_error(preset: object) -> None:
+    with pytest.raises(ConfigError, match=r"a PRM preset is a name or a \.json file's path"):
+        get_preset(preset)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"a PRM preset is a name or a \.json file's path"):
+        load_prm(ScriptedBackend(["x"]), preset)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("text", "message"), [

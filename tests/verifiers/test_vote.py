@@ -254,3 +254,18 @@ def test_vote_weights_count_unscored_candidates_once_and_zero_weights_as_a_plain
 def test_a_negative_score_weighs_nothing() -> None:
     assert vote_weights([0.2, -0.1]) == [0.2, 0.0]
     assert vote_weights([-0.3, -0.1]) == [1.0, 1.0]
+
+
+def test_a_score_whose_answer_casts_no_vote_weighs_nothing() -> None:
+    """Only the votes cast decide whether the verifier prefers any: the non-answer's 2.0 kept the answers' zero
+    weights from becoming a plain count, and the tie-break chose."""
+    answers = ["7", "7", "9", None, ""]
+    weights = vote_weights([-1.0, -1.0, -1.0, 2.0, 3.0], answers)
+    assert weights == [1.0, 1.0, 1.0, 1.0, 1.0]
+    assert all(majority_vote(answers, weights, rng=random.Random(seed)).key == "7" for seed in range(8))
+    assert vote_weights([0.5, 2.0], ["7", None]) == [0.5, 0.0]
+    assert vote_weights([None, None], [None, "5"]) == [0.0, 1.0]
+    with pytest.raises(ConfigError, match="2 scores but 1 answers"):
+        vote_weights([0.5, 0.5], ["7"])
+    with pytest.raises(ConfigError, match=r"score #1 is '0\.5'"):
+        vote_weights([0.5, "0.5"], ["7", None])  # type: ignore[list-item]  # a non-answer's score is still checked

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from pydantic import Field
@@ -61,11 +61,16 @@ def record(ctx: Context, root: int, completions: Sequence[Completion]) -> list[C
 
 
 async def score(ctx: Context, meter: Meter, question: str, candidates: Sequence[Candidate]) -> list[Candidate]:
-    """Attach the verifier's score to each candidate (unchanged when no verifier is configured)."""
+    """Attach the verifier's score to each candidate (unchanged when no verifier is configured). Those the wall
+    time leaves no time to score keep ``score=None``; ``choose`` leaves them out of a choice by score."""
     if ctx.verifier is None:
         return list(candidates)
-    scored = []
+    scored: list[Candidate] = []
     for cand in candidates:
+        if meter.time_left() == 0.0:  # no verifier call starts after the wall time is spent, as no backend call does
+            ctx.recorder.event("unscored", {"reason": "wall_time", "scored": len(scored),
+                                            "unscored": len(candidates) - len(scored)})
+            return scored + list(candidates[len(scored):])
         value, tokens, calls = await score_outcome_costed(ctx.verifier, question, cand.text)
         meter.charge_verifier(tokens, calls=calls)
         if cand.node_id is not None:
@@ -120,6 +125,7 @@ class Choice:
     failed: tuple[tuple[str, int], ...] = ()  # (check, candidates failing it) for each check that is on
     passing: int = 0  # candidates that passed every check that is on (all of them when none is on)
     voters: int = 0  # candidates that passed every check and state an answer: the votes a decision rests on
+    unscored: int = 0  # candidates the verifier had no time to score, which took no part in a choice by score
 
 
 def resolve_selection(selection: Selection, ctx: Context) -> str:
@@ -145,8 +151,19 @@ def choose(ctx: Context, candidates: Sequence[Candidate], how: str, checks: Chec
     reported text actually contains the reported answer; by score, the best-scored candidate that states an
     answer (any candidate only where none does). Candidates that fail one of ``checks`` (read against
     ``question``) take no part, unless no candidate that passes them states an answer: then all do, so a question
-    is never left unanswered for them.
+    is never left unanswered for them. In a choice by score (``score``, ``weighted_vote``), candidates the verifier
+    had no time to score take no part either, on the same terms: an unscored sample would weigh 1 in a vote of
+    probabilities, and its score is unknown, not low.
     """
+    scored = [c for c in candidates if c.score is not None]
+    unscored = len(candidates) - len(scored) if how != "vote" else 0
+    if not unscored or not any(has_answer(c) for c in scored):
+        return _choose_among(ctx, candidates, how, checks, question)
+    return replace(_choose_among(ctx, scored, how, checks, question), unscored=unscored)
+
+
+def _choose_among(ctx: Context, candidates: Sequence[Candidate], how: str, checks: Checks,
+                  question: str) -> Choice:
     failures = [checks.failed(question, c.text) for c in candidates]
     failed = tuple((name, sum(name in f for f in failures)) for name in checks.enabled())
     passing = [c for c, f in zip(candidates, failures, strict=True) if not f]
@@ -163,7 +180,8 @@ def choose(ctx: Context, candidates: Sequence[Candidate], how: str, checks: Chec
         ranked = [c for c in candidates if has_answer(c)] or list(candidates)
         best = max(ranked, key=lambda c: (c.score if c.score is not None else float("-inf"), -c.token_count))
         return Choice(best, how, None, left_out, failed, n_passing)
-    weights = vote_weights([c.score for c in candidates]) if how == "weighted_vote" else None
+    weights = (vote_weights([c.score for c in candidates], [c.answer for c in candidates])
+               if how == "weighted_vote" else None)
     result = majority_vote([c.answer for c in candidates], weights, rng=ctx.rng)
     if result.key is None:  # no answer to vote on: the best-scored candidate (the first when none is scored)
         fallback = max(candidates, key=lambda c: c.score if c.score is not None else float("-inf"))
@@ -185,5 +203,6 @@ def mark_selected(ctx: Context, choice: Choice) -> None:
     tally = dict(choice.vote.tally) if choice.vote is not None else {}
     ctx.recorder.event("select", {"how": choice.how, "answer": cand.answer if cand else None,
                                   "score": cand.score if cand else None, "tally": tally,
-                                  "left_out": choice.left_out, "failed": dict(choice.failed)},
+                                  "left_out": choice.left_out, "failed": dict(choice.failed),
+                                  "unscored": choice.unscored},
                        node_id=cand.node_id if cand else None)

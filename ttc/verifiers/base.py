@@ -98,7 +98,7 @@ async def score_outcome_costed(verifier: OutcomeVerifier, question: str,
     if isinstance(verifier, StepwiseOutcome):
         value, tokens, calls = await verifier.score_detailed(question, solution)
     else:
-        value, tokens, calls = await verifier.score(question, solution), 0, 1
+        value, tokens, calls = await _awaited(verifier, "score", verifier.score(question, solution)), 0, 1
     return _check_score(verifier, value), tokens, calls
 
 

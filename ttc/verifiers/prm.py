@@ -12,6 +12,7 @@ import contextlib
 import functools
 import hashlib
 import math
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from typing import ClassVar, Protocol, runtime_checkable
@@ -320,9 +321,10 @@ FAMILIES: dict[str, type[CachedPRM]] = {"token": TokenPRM, "chat": ChatPRM, "poo
                                         "likelihood": LikelihoodPRM}
 
 
-def load_prm(backend: Backend, preset: str | PRMPreset = "mini") -> CachedPRM:
-    """A PRM of the preset's family on ``backend`` (the backend serving the PRM checkpoint)."""
-    chosen = get_preset(preset) if isinstance(preset, str) else preset
+def load_prm(backend: Backend, preset: str | os.PathLike[str] | PRMPreset = "mini") -> CachedPRM:
+    """A PRM of the preset's family on ``backend`` (the backend serving the PRM checkpoint); ``preset`` is a
+    PRMPreset, or what ``get_preset`` looks up (a name or a preset file's path)."""
+    chosen = preset if isinstance(preset, PRMPreset) else get_preset(preset)
     return FAMILIES[chosen.family](backend, chosen)
 
 

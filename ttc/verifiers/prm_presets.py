@@ -16,6 +16,7 @@ JSON file), never an if-chain on model names. Three families:
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -105,8 +106,13 @@ def preset_from_json(path: Path) -> PRMPreset:
     return PRMPreset(**{"name": path.stem, **data})
 
 
-def get_preset(name: str) -> PRMPreset:
-    """A registered preset, ``mini`` or ``mini-checker`` (the bundled models' own files), or a preset JSON file."""
+def get_preset(name: str | os.PathLike[str]) -> PRMPreset:
+    """A registered preset, ``mini`` or ``mini-checker`` (the bundled models' own files), or a preset JSON file
+    (its path as a string or a ``pathlib.Path``)."""
+    name = os.fspath(name) if isinstance(name, os.PathLike) else name
+    if not isinstance(name, str):  # a number or bytes would fail as a TypeError in the path handling below
+        raise ConfigError(f"a PRM preset is a name or a .json file's path, got {type(name).__name__} {name!r:.60}: "
+                          f"pass one of {', '.join([*PRESETS, 'mini', 'mini-checker'])}, a path, or a PRMPreset")
     if name in PRESETS:
         return PRESETS[name]
     if name in ("mini", "mini-checker"):

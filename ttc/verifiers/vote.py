@@ -68,22 +68,33 @@ def _check_vote(answers: Sequence[str | None], rng: random.Random | None) -> Non
         raise ConfigError(f"rng must be a random.Random (e.g. random.Random(seed)) or None, got {type(rng).__name__}")
 
 
-def vote_weights(scores: Sequence[float | None]) -> list[float]:
+def vote_weights(scores: Sequence[float | None], answers: Sequence[str | None] | None = None) -> list[float]:
     """Verifier scores (any real numbers: a numpy ``float32`` too) as the weights of a weighted vote.
 
     A weight is a share of belief: a negative score (a reward model's logit) weighs nothing, as 0 does, and an
     unscored candidate weighs 1. Where every weight is 0 the verifier prefers nothing, and the vote is a plain
     count: all-zero weights would tie every answer and leave the winner to the tie-break, whatever the counts.
+    Given ``answers`` (one per score), a candidate whose answer casts no vote weighs 0, so that only the votes
+    cast decide whether the verifier prefers any: a positive score on a sample that states no answer would
+    otherwise keep the count from applying and leave the winner to the tie-break all the same.
     Rank by ``select="score"`` to use such scores' order rather than their size.
     """
+    if answers is not None and len(answers) != len(scores):
+        raise ConfigError(f"vote_weights got {len(scores)} scores but {len(answers)} answers; pass one answer per "
+                          "score")
     weights: list[float] = []
     for index, score in enumerate(scores):
         value = 1.0 if score is None else real_float(score)
         if value is None:
             raise ConfigError(f"score #{index} is {score!r}; pass each verifier score as a number within float range, "
                               "or None for an unscored candidate")
-        weights.append(max(value, 0.0))
+        weights.append(max(value, 0.0) if answers is None or _votes(answers[index], index) else 0.0)
     return weights if any(weights) else [1.0] * len(weights)
+
+
+def _votes(answer: str | None, index: int) -> bool:
+    """Whether ``majority_vote`` counts this answer (None, and one that normalizes to nothing, do not vote)."""
+    return answer is not None and bool(normalize_answer(check_text(answer, f"vote answer #{index}")))
 
 
 def majority_vote(
