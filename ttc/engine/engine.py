@@ -132,7 +132,10 @@ class Engine:
         self.share = share_prefix
         self.max_held = max_held
         self.hold_budget_tokens = budget
-        self.holds: OrderedDict[tuple[int, ...], list[KVBlock]] = OrderedDict()
+        # The finished branches holding each sequence, oldest first. Branches, not their blocks: branches that
+        # ended on their first token all hold the prompt's own block, and one request's hold must not be taken
+        # for another's when it is dropped (a cancelled request took away a hold the cap had left to another).
+        self.holds: OrderedDict[tuple[int, ...], list[_Branch]] = OrderedDict()
         self._held_count = 0
         self._rng = random.Random(seed)
         self._running: list[_Running] = []
@@ -398,7 +401,7 @@ class Engine:
         branch.pending = None
         branch.block = self.tree.seal(branch.block)
         key = branch.request.request.prompt + tuple(branch.generated)
-        self.holds.setdefault(key, []).append(branch.block)
+        self.holds.setdefault(key, []).append(branch)
         self.holds.move_to_end(key)
         self._held_count += 1
         self._count(branch)
@@ -408,14 +411,14 @@ class Engine:
             self._drop_hold(next(iter(self.holds)))
 
     def _drop_hold(self, key: tuple[int, ...]) -> bool:
-        blocks = self.holds.get(key)
-        if not blocks:
+        held = self.holds.get(key)
+        if not held:
             return False
-        block = blocks.pop(0)
-        if not blocks:
+        branch = held.pop(0)
+        if not held:
             del self.holds[key]
         self._held_count -= 1
-        self.tree.release(block)
+        self.tree.release(branch.block)
         return True
 
     def _deliver_finished(self) -> None:
@@ -495,11 +498,13 @@ class Engine:
                 self._drop_hold_on(branch)
 
     def _drop_hold_on(self, branch: _Branch) -> None:
+        """Drop ``branch``'s own hold, where the cap or a release has not dropped it already."""
         key = branch.request.request.prompt + tuple(branch.generated)
-        blocks = self.holds.get(key, [])
-        if branch.block in blocks:
-            blocks.remove(branch.block)
-            if not blocks:
+        held = self.holds.get(key, [])
+        index = next((i for i, other in enumerate(held) if other is branch), None)
+        if index is not None:
+            del held[index]
+            if not held:
                 del self.holds[key]
             self._held_count -= 1
             self.tree.release(branch.block)
