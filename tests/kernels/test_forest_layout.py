@@ -60,6 +60,10 @@ def test_tensors_that_do_not_fit_the_layout_are_errors() -> None:
         layout_attention(make.randn(2, 1, 4, 8), layout, [keys[0], keys[0]], [values[0], values[0]])
     with pytest.raises(ConfigError, match="built for 2 rows of 1"):
         layout_attention(make.randn(3, 1, 4, 8), layout, keys, values)
+    with pytest.raises(ConfigError, match="keys must be a sequence of tensors"):  # was a raw TypeError
+        layout_attention(make.randn(2, 1, 4, 8), layout, iter(keys), values)
+    with pytest.raises(ConfigError, match="layout must be a ForestLayout"):  # was a raw AttributeError
+        layout_attention(make.randn(2, 1, 4, 8), None, keys, values)  # type: ignore[arg-type]
 
 
 def test_malformed_layouts_are_errors() -> None:

@@ -71,3 +71,5 @@ def test_mismatched_shapes_are_rejected() -> None:
         merge_state(torch.zeros(2, 8), torch.zeros(2), torch.zeros(3, 8), torch.zeros(3))
     with pytest.raises(ConfigError, match="merge_state needs"):
         merge_state(torch.zeros(2, 8), torch.zeros(2, 1), torch.zeros(2, 8), torch.zeros(2, 1))
+    with pytest.raises(ConfigError, match="merge_state needs four tensors; lse_b is a float"):
+        merge_state(torch.zeros(2, 8), torch.zeros(2), torch.zeros(2, 8), 0.0)  # type: ignore[arg-type]

@@ -48,6 +48,10 @@ def merge_state(
     empty the result is zeros with ``lse = -inf`` rather than NaN. Statistics are computed in fp32; the output
     keeps the promoted dtype of ``o_a`` and ``o_b``.
     """
+    given = {"o_a": o_a, "lse_a": lse_a, "o_b": o_b, "lse_b": lse_b}
+    wrong = next((name for name, value in given.items() if not isinstance(value, torch.Tensor)), None)
+    if wrong is not None:
+        raise ConfigError(f"merge_state needs four tensors; {wrong} is a {type(given[wrong]).__name__}")
     if o_a.shape != o_b.shape or lse_a.shape != lse_b.shape or o_a.shape[:-1] != lse_a.shape:
         raise ConfigError(
             f"merge_state needs o_a, o_b of one shape [..., D] and lse_a, lse_b of shape [...]; got "

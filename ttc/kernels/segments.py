@@ -168,6 +168,11 @@ def bind_forest(q: torch.Tensor, layout: ForestLayout, keys: Sequence[torch.Tens
                 values: Sequence[torch.Tensor], scale: float | None) -> Forest:
     """Check one call's queries and KV against a checked layout; raise ConfigError naming what is wrong."""
     batch, tokens, heads_q, head_dim = _check_query(q)
+    if not isinstance(layout, ForestLayout):
+        raise ConfigError(f"layout must be a ForestLayout (from forest_layout), got {type(layout).__name__}")
+    for name, tensors in (("keys", keys), ("values", values)):
+        if not isinstance(tensors, Sequence):  # an iterator has no length to check against the layout's
+            raise ConfigError(f"{name} must be a sequence of tensors, one per segment, got {type(tensors).__name__}")
     if (batch, tokens) != (layout.batch, layout.tokens):
         raise ConfigError(
             f"q has {batch} rows of {tokens} tokens but the forest layout was built for {layout.batch} rows of "
