@@ -58,6 +58,18 @@ cmd_start() {
     max_len="${TTC_VLLM_MAX_MODEL_LEN:-$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))
 print(c.get("max_position_embeddings") or 2048)' "$model/config.json")}"
     local batched=$(( max_len > 2048 ? max_len : 2048 ))
+    # vLLM checks a request's logprobs count against --max-logprobs only: one above the vocabulary size crashes
+    # the whole server (torch.topk out of range), so the flag never exceeds the vocabulary.
+    local max_logprobs="${TTC_VLLM_MAX_LOGPROBS:-128}" vocab
+    [[ "$max_logprobs" =~ ^[0-9]+$ ]] || die "TTC_VLLM_MAX_LOGPROBS must be a whole number, got '$max_logprobs'"
+    vocab="$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))
+v=c.get("vocab_size") or (c.get("text_config") or {}).get("vocab_size")
+print(v if isinstance(v, int) and v > 0 else "")' "$model/config.json")"
+    if [[ -n "$vocab" ]] && (( max_logprobs > vocab )); then
+        [[ -n "${TTC_VLLM_MAX_LOGPROBS:-}" ]] && \
+            echo "vllm_server.sh: TTC_VLLM_MAX_LOGPROBS=$max_logprobs is above the vocabulary ($vocab); using $vocab" >&2
+        max_logprobs="$vocab"
+    fi
     # Small KV cache (GiB) and a thread count that leaves room for the client on a small machine.
     VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}" \
     VLLM_CPU_OMP_THREADS_BIND="${VLLM_CPU_OMP_THREADS_BIND:-nobind}" \
@@ -68,7 +80,7 @@ print(c.get("max_position_embeddings") or 2048)' "$model/config.json")}"
         --host 127.0.0.1 --port "$port" \
         --enforce-eager --dtype float32 \
         --enable-prefix-caching --enable-prompt-tokens-details --enable-tokenizer-info-endpoint \
-        --max-logprobs "${TTC_VLLM_MAX_LOGPROBS:-128}" --max-num-seqs 64 \
+        --max-logprobs "$max_logprobs" --max-num-seqs 64 \
         --max-model-len "$max_len" --no-enable-chunked-prefill --max-num-batched-tokens "$batched" \
         ${TTC_VLLM_EXTRA_ARGS:-} \
         >"$logfile" 2>&1 </dev/null &

@@ -363,8 +363,9 @@ async def test_tokenize_and_detokenize_are_cached() -> None:
     assert await backend.tokenize("ab") == [97, 98]
     assert await backend.detokenize([97, 98]) == "ab"
     assert await backend.detokenize((97, 98)) == "ab"
-    assert fake.paths().count("/tokenize") == 1 and fake.paths().count("/detokenize") == 1
-    assert dict(fake.requests)["/tokenize"]["add_special_tokens"] is False
+    asked = [body for path, body in fake.requests if path == "/tokenize" and body["prompt"] == "ab"]
+    assert len(asked) == 1 and fake.paths().count("/detokenize") == 1
+    assert asked[0]["add_special_tokens"] is False
 
 
 async def test_a_prompt_that_leaves_no_room_is_refused_before_sending_with_the_lengths_named() -> None:
@@ -789,5 +790,105 @@ async def test_a_refusal_after_other_replicas_answered_is_not_called_every_repli
         with pytest.raises(BackendError) as caught:
             await backend.complete([1, 2], 1, Sampling(max_tokens=2))
         assert "any of the" not in str(caught.value)
+    finally:
+        await backend.aclose()
+
+
+@pytest.mark.parametrize("body", [b'["not", "an", "object"]', b"<html>tokenizer info</html>", b"null"])
+async def test_a_tokenizer_info_body_that_is_no_json_object_reads_as_no_tokenizer_info(body: bytes) -> None:
+    """The endpoint is optional; a 200 with some other body (a proxy's page, another server's answer) failed
+    connect() as a missing endpoint does not."""
+    fake = FakeVLLM()
+
+    async def odd(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/tokenizer_info":
+            return httpx.Response(200, content=body, headers={"content-type": "application/json"})
+        return await fake(request)
+
+    backend = make_backend(odd)
+    try:
+        info = await backend.connect()
+        assert info.model == "m" and backend.eos_token_id is None
+        assert (await backend.complete([1, 2], 1, Sampling(max_tokens=2)))[0].token_ids == (100, 101)
+    finally:
+        await backend.aclose()
+
+
+_NAN_BODY = ('{"choices": [{"index": 0, "text": "ab", "token_ids": [97, 98], "finish_reason": "stop", '
+             '"logprobs": {"token_logprobs": [-0.5, NaN]}}], "usage": {"prompt_tokens": 3}}')
+
+
+@pytest.mark.parametrize(("call", "answer", "message"), [
+    ("complete", _NAN_BODY, r"a logprob of nan is no log-probability"),
+    ("complete", {"choices": [_choice(0, logprobs={"token_logprobs": [-0.5, 0.75]})]}, "a logprob of 0.75"),
+    ("complete", {"choices": [_choice(0, token_ids=[97, -3], logprobs={"token_logprobs": [-0.5, -0.25]})]},
+     r"token_ids are not a list of ints >= 0"),
+    ("prompt_logprobs", {"choices": [{"index": 0, "text": "x", "token_ids": [1], "prompt_logprobs": [
+        None, {"5": {"logprob": 2.5}}, {"6": {"logprob": -1.0}}]}]}, "a logprob of 2.5"),
+    ("prompt_logprobs", '{"choices": [{"index": 0, "text": "x", "token_ids": [1], "prompt_logprobs": '
+                        '[null, {"5": {"logprob": NaN}}, {"6": {"logprob": -1.0}}]}]}', "a logprob of nan"),
+    ("prompt_logprobs", {"choices": [{"index": 0, "text": "x", "token_ids": [1], "prompt_logprobs": [
+        None, {"-1": {"logprob": -0.5}}, {"6": {"logprob": -1.0}}]}]}, "names token id '-1', below 0"),
+    ("tokenize", {"tokens": [104, -105]}, "not a list of ints >= 0"),
+])
+async def test_impossible_logprobs_and_token_ids_are_protocol_errors(call: str, answer: Any, message: str) -> None:
+    """NaN and positive logprobs were taken as scores, and a negative id as a token (the vocabulary's last ones)."""
+    fake = FakeVLLM()
+    path = "/tokenize" if call == "tokenize" else "/v1/completions"
+
+    async def odd(request: httpx.Request) -> httpx.Response:
+        if request.url.path == path and b"</s>" not in request.content:
+            if isinstance(answer, str):
+                return httpx.Response(200, content=answer.encode(), headers={"content-type": "application/json"})
+            return httpx.Response(200, json={"usage": {"prompt_tokens": 3}, **answer})
+        return await fake(request)
+
+    backend = make_backend(odd)
+    try:
+        with pytest.raises(BackendError, match=message) as err:
+            if call == "complete":
+                await backend.complete([1, 2, 3], 1, Sampling(max_tokens=8, logprobs=True))
+            elif call == "prompt_logprobs":
+                await backend.prompt_logprobs([4, 5, 6], top_k=1)
+            else:
+                await backend.tokenize("hi")
+        assert "unexpected answer from the vLLM server" in str(err.value) and not err.value.retryable
+    finally:
+        await backend.aclose()
+
+
+async def test_a_dead_replica_beside_a_live_one_fails_over_without_using_up_retries(dead_url: str) -> None:
+    """VLLMBackend([dead, live], retries=0) failed at connect: the move to the live replica counted as a retry."""
+    fake = FakeVLLM()
+    network = httpx.AsyncHTTPTransport()
+    dead_hits: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if str(request.url).startswith(dead_url):
+            dead_hits.append(request.url.path)
+            return await network.handle_async_request(request)  # a real connection to a closed port
+        return await fake(request)
+
+    backend = make_backend(handler, [dead_url, "http://alive:2"], retries=0, cooldown_s=60)
+    try:
+        out = await backend.complete([1, 2, 3], 1, Sampling(max_tokens=2))
+        assert out[0].token_ids == (100, 101) and dead_hits == ["/v1/models"]
+    finally:
+        await backend.aclose()
+        await network.aclose()
+
+
+async def test_failovers_are_bounded_by_the_replicas_even_without_a_cool_down() -> None:
+    hits: list[str] = []
+
+    async def refuses(request: httpx.Request) -> httpx.Response:
+        hits.append(request.url.host)
+        raise httpx.ConnectError("connection refused")
+
+    backend = make_backend(refuses, ["http://a:1", "http://b:2", "http://c:3"], retries=1, cooldown_s=0)
+    try:
+        with pytest.raises(BackendError, match=r"any of the 3 vLLM replicas .* after 4 attempt"):
+            await backend.complete([1, 2], 1, Sampling(max_tokens=2))
+        assert len(hits) == 4  # the first, two failovers and one retry
     finally:
         await backend.aclose()

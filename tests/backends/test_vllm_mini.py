@@ -134,3 +134,47 @@ async def test_lookahead_on_a_served_reasoner_writes_its_greedy_text(tmp_path: P
         store.close()
         await target.aclose()
         await draft.aclose()
+
+
+async def test_top_k_above_the_served_reasoners_vocabulary_is_refused_and_the_server_stays_up() -> None:
+    """top_k=65 on the 64-token reasoner crashed the whole server: vLLM checks top_k against --max-logprobs only,
+    which scripts/vllm_server.sh now caps at the model's vocabulary."""
+    from ttc.errors import TTCError
+
+    backend = VLLMBackend(server("reasoner"), retries=0)
+    try:
+        with pytest.raises(TTCError, match="65"):
+            await backend.prompt_logprobs([1, 20, 30, 40], top_k=65)
+        whole = await backend.prompt_logprobs([1, 20, 30, 40], top_k=64)
+        assert all(len(row) >= 64 for row in whole.top[1:] if row is not None)
+    finally:
+        await backend.aclose()
+    again = VLLMBackend(server("reasoner"), retries=0)  # a fresh pool: the server itself still answers
+    try:
+        assert len(await again.complete([1, 20, 30], 1, Sampling(max_tokens=2, temperature=0.0))) == 1
+    finally:
+        await again.aclose()
+
+
+async def test_characters_the_served_reasoner_has_no_token_for_are_named() -> None:
+    """They became <unk> on vLLM, read silently as something else, where the local engine names them."""
+    from ttc.errors import ConfigError
+
+    backend = VLLMBackend(server("reasoner"))
+    try:
+        with pytest.raises(ConfigError, match=r"no token for 'W', 'Z', 'ë' in 'What is 12 \+ 30\? Zoë"):
+            await backend.tokenize("What is 12 + 30? Zoë has 4 apples.\n", add_special_tokens=True)
+        assert await backend.tokenize("<unk>") == [3]  # the unknown token's own text is that token, as asked
+        assert len(await backend.tokenize("what is 12 + 30?\n")) == 17
+    finally:
+        await backend.aclose()
+
+
+async def test_a_dead_replica_beside_the_served_reasoner_is_passed_over_with_no_retries(dead_url: str) -> None:
+    """Moving on to the live replica counted as a retry: with retries=0 the first call failed at connect."""
+    backend = VLLMBackend([dead_url, server("reasoner")], retries=0, cooldown_s=60)
+    try:
+        [out] = await backend.complete([1, 20, 30], 1, Sampling(max_tokens=2, temperature=0.0))
+        assert len(out.token_ids) == 2 and backend.model == "reasoner"
+    finally:
+        await backend.aclose()

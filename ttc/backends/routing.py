@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from ttc.errors import ConfigError
@@ -80,8 +80,10 @@ class ReplicaRouter:
         # Block-prefix key -> the replicas it was sent to; least recently sent keys are forgotten first.
         self._holders: OrderedDict[int, set[int]] = OrderedDict()
 
-    def pick(self, prompt: Sequence[int] | None = None, avoid: Replica | None = None) -> Replica:
-        """The replica for ``prompt`` (None: any). ``avoid`` is skipped when another healthy replica exists."""
+    def pick(self, prompt: Sequence[int] | None = None,
+             avoid: Replica | Collection[Replica] | None = None) -> Replica:
+        """The replica for ``prompt`` (None: any). ``avoid`` (one replica or several, e.g. those a request found
+        unreachable) is skipped when another healthy replica exists."""
         now = self._clock()
         candidates = self._candidates(now, avoid)
         keys = [] if prompt is None else block_keys(prompt, self.block_tokens)
@@ -97,8 +99,9 @@ class ReplicaRouter:
         self._remember(keys, chosen)
         return chosen
 
-    def _candidates(self, now: float, avoid: Replica | None) -> list[Replica]:
-        healthy = [r for r in self.replicas if r.healthy(now) and r is not avoid]
+    def _candidates(self, now: float, avoid: Replica | Collection[Replica] | None) -> list[Replica]:
+        skipped = _indices(avoid)
+        healthy = [r for r in self.replicas if r.healthy(now) and r.index not in skipped]
         if not healthy:
             healthy = [r for r in self.replicas if r.healthy(now)]
         if not healthy:
@@ -129,10 +132,11 @@ class ReplicaRouter:
         while len(self._holders) > self._max_keys:
             self._holders.popitem(last=False)
 
-    def has_alternative(self, replica: Replica) -> bool:
-        """Whether a healthy replica other than ``replica`` exists (a retry can fail over without waiting)."""
+    def has_alternative(self, replica: Replica | Collection[Replica]) -> bool:
+        """Whether a healthy replica other than ``replica`` (or those) exists: a request can fail over to it."""
         now = self._clock()
-        return any(r is not replica and r.healthy(now) for r in self.replicas)
+        skipped = _indices(replica)
+        return any(r.index not in skipped and r.healthy(now) for r in self.replicas)
 
     def is_healthy(self, replica: Replica) -> bool:
         return replica.healthy(self._clock())
@@ -153,6 +157,12 @@ class ReplicaRouter:
 
     def end(self, replica: Replica) -> None:
         replica.in_flight -= 1
+
+
+def _indices(which: Replica | Collection[Replica] | None) -> set[int]:
+    if which is None:
+        return set()
+    return {which.index} if isinstance(which, Replica) else {r.index for r in which}
 
 
 __all__ = ["Replica", "ReplicaRouter", "block_keys"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -95,6 +96,10 @@ def _normalise_url(url: object) -> str:
     return url
 
 
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 @contextlib.contextmanager
 def _shape(kind: str, response: httpx.Response) -> Iterator[None]:
     """A body that is JSON but not of the shape vLLM sends becomes a BackendError naming the call and the server,
@@ -152,6 +157,7 @@ class VLLMBackend:
         self._info: ServerInfo | None = None
         self._connected: ServerInfo | None = None  # set once connect() has finished
         self._eos: int | None = None
+        self._unk: tuple[str, int] | None = None  # the unknown token's text and id, where the tokenizer has one
         self._baseline: PrefixCacheSnapshot | None = None
         self._latest: PrefixCacheSnapshot | None = None
         self._calls = self._prompt_tokens = self._cached_tokens = self._generated = self._scored = 0
@@ -217,7 +223,7 @@ class VLLMBackend:
                     info = parse_models(self._json(response, "models"), self._model, url=str(response.url))
                 self._info = info  # the EOS lookup and the cache snapshot below ask the server with it
                 try:
-                    self._eos = await self._discover_eos()
+                    self._eos, self._unk = await self._discover_special_tokens()
                     self._baseline = self._latest = await self.prefix_cache_snapshot()
                 except BaseException:
                     self._info = None  # not connected after all: the next call starts over
@@ -226,18 +232,27 @@ class VLLMBackend:
                 self._connected = info
             return self._connected
 
-    async def _discover_eos(self) -> int | None:
-        """EOS from ``/tokenizer_info`` (an optional endpoint); None when the server does not offer it."""
+    async def _discover_special_tokens(self) -> tuple[int | None, tuple[str, int] | None]:
+        """The EOS id and the unknown token from ``/tokenizer_info``, an optional endpoint: a server without it, or
+        one that answers it with something else than a JSON object, offers neither."""
         try:
             response = await self._send("tokenizer_info", "GET", "/tokenizer_info", retry=False)
+            info = self._json(response, "tokenizer_info")
         except BackendError:
+            return None, None
+        eos = await self._single_token(info.get("eos_token"))
+        unk = info.get("unk_token")
+        unk = unk.get("content") if isinstance(unk, dict) else unk
+        unk_id = await self._single_token(unk)
+        return eos, (None if unk_id is None or not isinstance(unk, str) else (unk, unk_id))
+
+    async def _single_token(self, token: object) -> int | None:
+        """The id of a special token named by its text (or ``{"content": text}``); None unless it is one token."""
+        if isinstance(token, dict):
+            token = token.get("content")
+        if not isinstance(token, str) or not token:
             return None
-        eos = self._json(response, "tokenizer_info").get("eos_token")
-        if isinstance(eos, dict):
-            eos = eos.get("content")
-        if not isinstance(eos, str) or not eos:
-            return None
-        ids = await self.tokenize(eos)
+        ids = await self._tokenized({"prompt": token, "add_special_tokens": False})
         return ids[0] if len(ids) == 1 else None
 
     async def aclose(self) -> None:
@@ -264,34 +279,46 @@ class VLLMBackend:
     async def _send(self, kind: str, method: str, path: str, *, body: dict[str, Any] | None = None,
                     prompt: Sequence[int] | None = None, replica: Replica | None = None,
                     retry: bool = True) -> httpx.Response:
-        """One request with bounded concurrency, failover and retries; returns a 2xx response or raises."""
+        """One request with bounded concurrency, failover and retries; returns a 2xx response or raises.
+
+        Moving on from a replica that cannot be reached (or does not answer in time) to another healthy one is a
+        failover, not a retry: with ``retries=0`` a dead replica beside a live one must not fail the call. Failovers
+        are bounded by the number of replicas, retries by ``retries``."""
         state = self._loop_state()
-        attempts = self.retries + 1 if retry else 1
-        previous: Replica | None = None
+        retries = self.retries if retry else 0
+        failovers = len(self.urls) - 1 if replica is None else 0
+        previous: list[Replica] = []
+        down: list[Replica] = []  # unreachable or silent for this request: failovers go elsewhere
         refused: set[str] = set()  # the replicas that could not be reached, for the error where none could
-        for attempt in range(attempts):
-            target = replica or self._router.pick(prompt, avoid=previous)
+        for attempt in itertools.count(1):
+            target = replica or self._router.pick(prompt, avoid=[*down, *previous])
             url = target.url + path
-            final = attempt + 1 == attempts
             try:
                 response = await self._exchange(state, target, method, url, body)
             except _UNREACHABLE as exc:
                 self._router.mark_down(target)
                 refused.add(target.url)
-                if final:
+                down.append(target)
+                if failovers and self._router.has_alternative(down):
+                    failovers -= 1
+                elif retries:
+                    retries -= 1
+                    await asyncio.sleep(self._backoff.delay(self.retries - retries - 1))
+                else:
                     every = len(refused) if replica is None and len(refused) == len(self.urls) else 1
-                    raise connection_error(exc, kind=kind, url=url, attempts=attempts, replicas=every) from exc
-                if not self._router.has_alternative(target) or replica is not None:
-                    await asyncio.sleep(self._backoff.delay(attempt))
+                    raise connection_error(exc, kind=kind, url=url, attempts=attempt, replicas=every) from exc
             except _BROKEN as exc:
-                if final:
-                    raise connection_error(exc, kind=kind, url=url, attempts=attempts, reached=True) from exc
-                await asyncio.sleep(self._backoff.delay(attempt))
+                if not retries:
+                    raise connection_error(exc, kind=kind, url=url, attempts=attempt, reached=True) from exc
+                retries -= 1
+                await asyncio.sleep(self._backoff.delay(self.retries - retries - 1))
             except (httpx.TimeoutException, TimeoutError) as exc:
                 # A replica that does not answer in time is benched like one that refuses: another may answer.
                 self._router.mark_down(target)
-                if final or replica is not None or not self._router.has_alternative(target):
+                down.append(target)
+                if not failovers or not self._router.has_alternative(down):
                     raise timeout_error(exc, kind=kind, url=url, timeout=self.timeout) from exc
+                failovers -= 1
             except httpx.HTTPError as exc:
                 raise BackendError(f"HTTP request failed: {type(exc).__name__}: {exc}", url=url,
                                    kind=kind) from exc
@@ -301,11 +328,12 @@ class VLLMBackend:
                 if response.is_success:
                     return response
                 error = error_from_response(response, kind=kind, url=url)
-                if not error.retryable or final:
+                if not error.retryable or not retries:
                     raise error
-                await asyncio.sleep(self._backoff.delay(attempt))
-            previous = target
-        raise AssertionError("unreachable: the last attempt returns or raises")
+                retries -= 1
+                await asyncio.sleep(self._backoff.delay(self.retries - retries - 1))
+            previous = [target]
+        raise AssertionError("unreachable: every attempt returns, raises or uses up a bounded budget")
 
     async def _exchange(self, state: _LoopState, target: Replica, method: str, url: str,
                         body: dict[str, Any] | None) -> httpx.Response:
@@ -340,14 +368,34 @@ class VLLMBackend:
     # -- tokenization ---------------------------------------------------------------------------------------
 
     async def tokenize(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
-        """Token ids from the server's own tokenizer (cached), so ttc needs no tokenizer for remote models."""
+        """Token ids from the server's own tokenizer (cached), so ttc needs no tokenizer for remote models.
+
+        A character the vocabulary has no token for is a ConfigError, as on the local engine, not an unknown token:
+        the model would read something else than was asked. That needs the unknown token's id, learnt by
+        ``connect`` from ``/tokenizer_info`` (``--enable-tokenizer-info-endpoint``)."""
+        if not isinstance(text, str):
+            raise ConfigError(f"tokenize takes text (a str), got {type(text).__name__}")
         key = (text, add_special_tokens)
         cached = self._tokens.get(key)
         if cached is not None:
             return list(cached)
+        await self.connect()
         ids = await self._tokenized({"prompt": text, "add_special_tokens": add_special_tokens})
+        if self._unk is not None and self._unk[1] in ids and self._unk[0] not in text:
+            await self._refuse_unknown(text, self._unk[1])
         self._tokens.put(key, ids)
         return list(ids)
+
+    async def _refuse_unknown(self, text: str, unk_id: int) -> None:
+        """Name the characters of ``text`` that the vocabulary lacks: /tokenize gives no offsets, so each distinct
+        character is tokenized alone (only on this failing path)."""
+        chars = sorted(set(text))
+        alone = await asyncio.gather(*(self._tokenized({"prompt": c, "add_special_tokens": False}) for c in chars))
+        unknown = [c for c, ids in zip(chars, alone, strict=True) if unk_id in ids]
+        shown = ", ".join(map(repr, unknown)) if unknown else "some of the characters"
+        raise ConfigError(f"{self.name} (model {self.model!r}) has no token for {shown} in {_short(text)!r}: write "
+                          "the text (a prompt template's own words too) with the characters its vocabulary holds, "
+                          "or use a model that reads them (TTC_MODEL, TTC_VLLM_URL)")
 
     async def _tokenized(self, body: dict[str, Any]) -> tuple[int, ...]:
         """The token ids /tokenize returns for ``body`` (a text or a conversation)."""
@@ -357,7 +405,7 @@ class VLLMBackend:
             raise protocol_error("/tokenize returned no token list", kind="tokenize", url=str(response.url))
         ids = int_token_ids(tokens)
         if ids is None:
-            raise protocol_error("/tokenize returned token ids that are not a list of ints", kind="tokenize",
+            raise protocol_error("/tokenize returned token ids that are not a list of ints >= 0", kind="tokenize",
                                  url=str(response.url))
         return tuple(ids)
 
@@ -469,7 +517,9 @@ class VLLMBackend:
     async def prompt_logprobs(self, prompt: Sequence[int], top_k: int = 0) -> PromptLogprobs:
         """Logprobs of each prompt token (and the ``top_k`` best) from one ``max_tokens=1`` request.
 
-        The server caps ``top_k`` at its ``--max-logprobs`` (20 by default); a larger value is refused with 400.
+        The server refuses (400) a ``top_k`` above its ``--max-logprobs`` (20 by default), and checks it against
+        nothing else: a ``top_k`` above the model's vocabulary crashes the server (vLLM 0.32), so serve a model with
+        ``--max-logprobs`` no larger than its vocabulary (``scripts/vllm_server.sh`` caps it so).
         """
         if not is_int(top_k) or top_k < 0:
             raise ConfigError(f"top_k must be an int >= 0, got {top_k!r}")

@@ -110,11 +110,29 @@ def _choices(body: Any, *, kind: str, url: str) -> list[dict[str, Any]]:
     return sorted((c for c in choices if isinstance(c, dict)), key=lambda c: int(c.get("index", 0)))
 
 
+def _is_token_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def int_token_ids(values: object) -> tuple[int, ...] | None:
-    """Token ids as the server must send them: a list of ints (a float, a string or a bool is not one)."""
-    if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+    """Token ids as the server must send them: a list of ints >= 0 (a float, a string, a bool or a negative number
+    is not one, and would index the vocabulary from its end)."""
+    if not isinstance(values, list) or not all(_is_token_id(v) for v in values):
         return None
     return tuple(values)
+
+
+# A log-probability is at most 0; vLLM's float32 arithmetic may round one just above it.
+_LOGPROB_SLACK = 1e-6
+
+
+def _logprob(value: Any, *, kind: str, url: str) -> float:
+    """One log-probability as the server sent it. NaN or a value above 0 is no probability at all: taken as data it
+    would rank a path above every real one (or poison every comparison), so it is refused."""
+    number = -math.inf if value is None else float(value)
+    if math.isnan(number) or number > _LOGPROB_SLACK:
+        raise protocol_error(f"a logprob of {value!r} is no log-probability (NaN or above 0)", kind=kind, url=url)
+    return number
 
 
 def parse_completions(body: Any, *, n: int, want_logprobs: bool, url: str, max_tokens: int | None = None,
@@ -143,7 +161,7 @@ def _completion(choice: Mapping[str, Any], usage: CallUsage, want_logprobs: bool
                              "return_token_ids", kind=kind, url=url)
     token_ids = int_token_ids(choice.get("token_ids"))
     if token_ids is None:
-        raise protocol_error(f"a choice's token_ids are not a list of ints: {str(choice.get('token_ids'))[:80]}",
+        raise protocol_error(f"a choice's token_ids are not a list of ints >= 0: {str(choice.get('token_ids'))[:80]}",
                              kind=kind, url=url)
     text = choice.get("text")
     if not isinstance(text, str):
@@ -154,7 +172,7 @@ def _completion(choice: Mapping[str, Any], usage: CallUsage, want_logprobs: bool
         values = block.get("token_logprobs")
         if not isinstance(values, list) or len(values) != len(token_ids):
             raise protocol_error("logprobs were requested but the choice has none per token", kind=kind, url=url)
-        logprobs = tuple(-math.inf if v is None else float(v) for v in values)
+        logprobs = tuple(_logprob(v, kind=kind, url=url) for v in values)
     return Completion(
         text=text,
         token_ids=token_ids,
@@ -163,6 +181,14 @@ def _completion(choice: Mapping[str, Any], usage: CallUsage, want_logprobs: bool
         prompt_tokens=usage.prompt_tokens,
         cached_prompt_tokens=usage.cached_prompt_tokens,
     )
+
+
+def _row_token(key: str, *, kind: str, url: str) -> int:
+    """A prompt-logprob row's key: a token id written as a JSON object key."""
+    token = int(key)
+    if token < 0:
+        raise protocol_error(f"a prompt logprob row names token id {key!r}, below 0", kind=kind, url=url)
+    return token
 
 
 def parse_prompt_logprobs(body: Any, prompt: Sequence[int], *, url: str,
@@ -178,7 +204,8 @@ def parse_prompt_logprobs(body: Any, prompt: Sequence[int], *, url: str,
         if row is None:
             top.append(None)
             continue
-        top.append({int(token): float(entry["logprob"]) for token, entry in row.items()})
+        top.append({_row_token(token, kind=kind, url=url): _logprob(entry["logprob"], kind=kind, url=url)
+                    for token, entry in row.items()})
     return PromptLogprobs(token_ids=tuple(prompt), top=tuple(top)), parse_usage(body)
 
 
