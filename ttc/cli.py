@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
@@ -254,7 +255,7 @@ def eval_cmd(
     sleep = None if sleep_budget is None else Budget.of(sleep_budget)
     check_sleep(problems, sleep, sleep_opts)  # before the model loads
     check_run_seeds(problems, seed, sleeps=sleep is not None)
-    contextual = any(p.context is not None for p in problems)
+    contextual = _about_contexts(problems, dataset)
     # Questions about contexts go to the setup's model for contexts (the embedded default's stateful reasoner).
     session = make_session(backend, url, model, db, contextual=contextual)
     config = {"dataset": dataset_setting(dataset), "limit": limit, "offset": offset, "budget": budget,
@@ -287,6 +288,19 @@ def eval_cmd(
     if report.failed or report.done < report.total:
         err.print(f"{report.total - report.done} problems not done: rerun with --resume {report.run_id}")
         raise typer.Exit(1)
+
+
+def _about_contexts(problems: Sequence[Problem], dataset: str) -> bool:
+    """Whether the questions are about contexts. One evaluation asks every question of the one session, whose model
+    is either the setup's for contexts (on the embedded default, the stateful reasoner, with no verifier) or its
+    model for plain questions: a dataset mixing the two kinds would have one kind answered by the wrong model."""
+    about = next((p for p in problems if p.context is not None), None)
+    plain = next((p for p in problems if p.context is None), None)
+    if about is not None and plain is not None:
+        raise ConfigError(f"{dataset} mixes questions about a context (line {(about.index or 0) + 1}) with questions "
+                          f"without one (line {(plain.index or 0) + 1}), which go to different models: evaluate "
+                          "them as two datasets, the rows with a 'context' in one file and the others in another")
+    return about is not None
 
 
 def _print_report(report: EvalReport, *, sleeps: bool) -> None:

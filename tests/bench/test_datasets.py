@@ -142,3 +142,11 @@ def test_a_byte_order_mark_is_not_part_of_the_first_row_and_blank_lines_are_not_
     rows = load_dataset(str(path))
     assert [(p.question, p.index) for p in rows] == [("q1", 0), ("q2", 3), ("q3", 4)]
     assert [p.question for p in load_dataset(str(path), offset=1, limit=1)] == ["q2"]
+
+
+@pytest.mark.parametrize("levels", [5, "12", b"1", 2.0])
+@pytest.mark.parametrize("name", ["synthetic", "synthetic-totals"])
+def test_levels_that_are_no_selection_are_config_errors(name: str, levels: object) -> None:
+    """A single level or a text went through list(levels): a raw TypeError, or a text's characters as levels."""
+    with pytest.raises(ConfigError, match=r"a list such as \[1, 2\]"):
+        load_dataset(name, limit=2, levels=levels)  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ import pytest
 
 from ttc.api import open_session, solve_problem
 from ttc.bench.eval import EvaluationStopped, evaluate, summarize
-from ttc.errors import ConfigError, StorageError
+from ttc.errors import BackendError, ConfigError, StorageError
 from ttc.storage import TraceStore
 from ttc.storage import store as store_module
 from ttc.testing import ScriptedBackend, guessing_responder
@@ -138,10 +138,89 @@ async def test_a_resume_with_other_problems_or_settings_is_refused(tmp_path: Pat
             budget = kwargs.pop("budget")
             with pytest.raises(ConfigError, match=r"started with other settings \(.*evaluate\."):
                 await evaluate(plus_one(4), budget, session, resume=first.run_id, **kwargs)
-        # The same problems, and more of them, the same way: the run goes on.
-        again = await evaluate(plus_one(4), Budget(tokens=200), session, strategy="best_of_n", options={"n": 2},
+        # The same problems the same way: the run goes on.
+        again = await evaluate(plus_one(2), Budget(tokens=200), session, strategy="best_of_n", options={"n": 2},
                                seed=0, resume=first.run_id)
-        assert (again.done, again.total) == (4, 4)
+        assert (again.done, again.total) == (2, 2)
+    finally:
+        await session.aclose()
+
+
+def failing_at(question: str) -> ScriptedBackend:
+    """The dry-run model, whose every answer to ``question`` fails: a run left with that problem to do."""
+
+    def respond(prompt_text: str, index: int, seed: int | None) -> str:
+        if question in prompt_text:
+            raise BackendError("the server went away")
+        return guessing_responder(prompt_text, index, seed)
+
+    return ScriptedBackend(respond)
+
+
+async def test_a_resume_lacking_problems_the_run_has_done_is_refused(tmp_path: Path) -> None:
+    """Rows removed from a finished run's file dropped its done problems from its figures, and the resume
+    rewrote its summary with what was left."""
+    session = open_session(backend=ScriptedBackend(guessing_responder), store=str(tmp_path / "t.db"), verifier=None,
+                           prompt_template=None)
+    try:
+        first = await evaluate(plus_one(3), Budget(tokens=200), session, strategy="best_of_n", options={"n": 1},
+                               seed=0)
+        store = session.store
+        assert store is not None
+        summary = store.get_run(first.run_id).summary
+        with pytest.raises(ConfigError, match="has done the problems at index 2, which the problems given lack"):
+            await evaluate(plus_one(2), Budget(tokens=200), session, strategy="best_of_n", options={"n": 1}, seed=0,
+                           resume=first.run_id)
+        without_first = plus_one(3)[1:]
+        with pytest.raises(ConfigError, match="at index 0, which"):
+            await evaluate(without_first, Budget(tokens=200), session, strategy="best_of_n", options={"n": 1},
+                           seed=0, resume=first.run_id)
+        run = store.get_run(first.run_id)
+        assert (run.status, run.summary) == ("done", summary)
+    finally:
+        await session.aclose()
+
+
+async def test_a_resume_with_another_number_of_problems_is_refused(tmp_path: Path) -> None:
+    """Rows added to a run's file made a finished run grow; rows removed that it had not done vanished from it."""
+    db = str(tmp_path / "t.db")
+    failing = open_session(backend=failing_at("What is 1 + 1?"), store=db, verifier=None, prompt_template=None)
+    try:
+        first = await evaluate(plus_one(2), Budget(tokens=200), failing, strategy="best_of_n", options={"n": 1},
+                               seed=0)
+        assert (first.done, first.failed) == (1, 1)
+    finally:
+        await failing.aclose()
+    session = open_session(backend=ScriptedBackend(guessing_responder), store=db, verifier=None,
+                           prompt_template=None)
+    try:
+        for problems in (plus_one(1), plus_one(3)):
+            with pytest.raises(ConfigError, match=f"started with 2 problems, and {len(problems)} are given"):
+                await evaluate(problems, Budget(tokens=200), session, strategy="best_of_n", options={"n": 1},
+                               seed=0, resume=first.run_id)
+        again = await evaluate(plus_one(2), Budget(tokens=200), session, strategy="best_of_n", options={"n": 1},
+                               seed=0, resume=first.run_id)
+        assert (again.run_id, again.done, again.total) == (first.run_id, 2, 2)
+    finally:
+        await session.aclose()
+
+
+async def test_a_run_recorded_without_its_number_of_problems_still_resumes(tmp_path: Path) -> None:
+    """Runs begun before the number was recorded: theirs is not known, so a resume is not refused for it."""
+    session = open_session(backend=ScriptedBackend(guessing_responder), store=str(tmp_path / "t.db"), verifier=None,
+                           prompt_template=None)
+    try:
+        first = await evaluate(plus_one(2), Budget(tokens=200), session, strategy="best_of_n", options={"n": 1},
+                               seed=0)
+        store = session.store
+        assert store is not None
+        recorded = dict(store.get_run(first.run_id).config)
+        settings = dict(recorded["evaluate"])  # type: ignore[call-overload]
+        assert settings.pop("problems") == 2
+        old = store.create_run(kind="eval", config={**recorded, "evaluate": settings})
+        resumed = await evaluate(plus_one(3), Budget(tokens=200), session, strategy="best_of_n", options={"n": 1},
+                                 seed=0, resume=old)
+        assert (resumed.run_id, resumed.done, resumed.total) == (old, 3, 3)
     finally:
         await session.aclose()
 
@@ -271,8 +350,8 @@ async def test_a_resume_with_another_synthesizer_is_refused(tmp_path: Path) -> N
 
     run_id = await run(plus_one(2), "synth-a")
     with pytest.raises(ConfigError, match=r"other settings \(evaluate.synthesizer 'synth-a' -> 'synth-bb'\)"):
-        await run(plus_one(4), "synth-bb", run_id)
-    assert await run(plus_one(4), "synth-a", run_id) == run_id
+        await run(plus_one(2), "synth-bb", run_id)
+    assert await run(plus_one(2), "synth-a", run_id) == run_id
 
 
 
@@ -288,6 +367,7 @@ async def test_a_parallel_thinking_run_recorded_without_its_synthesizer_still_re
     finally:
         await first.aclose()
     assert recorded["evaluate"].pop("synthesizer") == "synth"  # as a run of the earlier settings stored them
+    assert recorded["evaluate"].pop("problems") == 1
     session = open_session(backend=ScriptedBackend(guessing_responder), store=str(tmp_path / "b.db"), verifier=None,
                            prompt_template=None, synthesizer=NamedScripted("synth", ["The answer is 5."]))
     try:

@@ -268,6 +268,29 @@ def test_a_run_on_a_file_resumes_under_another_spelling_of_its_path(tmp_path: Pa
     assert refused.returncode == 2 and "other settings (dataset" in refused.stderr
 
 
+def test_a_resume_on_a_file_that_lost_or_gained_rows_is_refused(tmp_path: Path) -> None:
+    """Rows removed from a finished run's file dropped its done problems and rewrote its summary; rows added made
+    the finished run grow."""
+    rows = [f'{{"question": "What is {i} + 1?", "answer": {i + 1}}}\n' for i in range(4)]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(rows[:3]))
+    db = tmp_path / "f.db"
+    args = ("eval", "--dataset", str(data), "--backend", "scripted", "--budget", "100", "--strategy", "best_of_n",
+            "-o", "n=1")
+    run_ttc(*args, db=db)
+    with TraceStore(str(db)) as store:
+        [run] = store.list_runs()
+    for kept, message in ((rows[:2], "has done the problems at index 2"), (rows, "started with 3 problems, and 4")):
+        data.write_text("".join(kept))
+        refused = run_ttc(*args, "--resume", run.id, db=db, check=False)
+        assert refused.returncode == 2 and message in " ".join(refused.stderr.split())
+    with TraceStore(str(db)) as store:
+        assert store.get_run(run.id).summary == run.summary
+    data.write_text("".join(rows[:3]))
+    again = run_ttc(*args, "--resume", run.id, db=db)
+    assert "│        3 │    3 │" in again.stdout
+
+
 def test_text_with_markup_characters_is_printed_as_text(tmp_path: Path) -> None:
     db = tmp_path / "m.db"
     solved = run_ttc("solve", "Ann has [/] 12 pens and 7 more [b]. How many?", "--backend", "scripted", db=db)
@@ -628,6 +651,20 @@ def test_eval_checks_its_sleep_runs_seeds_before_it_makes_a_store(tmp_path: Path
                    "--sleep-budget", "100", db=tmp_path / "e.db", check=False)
     assert proc.returncode == 2 and "its context at seed + 2**30 + i" in proc.stderr, proc.stderr
     assert not (tmp_path / "e.db").exists()
+
+
+def test_eval_refuses_a_file_mixing_questions_with_and_without_a_context(tmp_path: Path) -> None:
+    """Every question of such a file went to the model for contexts: the plain ones were answered by the mini
+    stateful reasoner with no verifier, not by the reasoner and its checker."""
+    data = tmp_path / "mixed.jsonl"
+    data.write_text('{"context": "Meg has 13 cups.", "question": "How many cups does Meg have?", "answer": "13"}\n'
+                    '{"question": "Ann has 3 cups. Ann gets 4 more. How many cups does Ann have?", "answer": "7"}\n',
+                    encoding="utf-8")
+    proc = run_ttc("eval", "--dataset", str(data), "--backend", "scripted", db=tmp_path / "e.db", check=False)
+    assert proc.returncode == 2, proc.stderr
+    message = " ".join(proc.stderr.split())
+    assert "with questions without one (line 2)" in message and "evaluate them as two datasets" in message
+    assert not (tmp_path / "e.db").exists()  # refused before a store is made
 
 
 def _one_trace(db: Path, *, answer: str | None = "1", finish: bool = True, question: str = "q") -> str:

@@ -12,6 +12,7 @@ import ttc.cli as cli
 from ttc.api import Session, open_session
 from ttc.bench.datasets import load_dataset
 from ttc.errors import BackendError
+from ttc.storage import TraceStore
 from ttc.testing import ScriptedBackend
 from ttc.types import Completion, Sampling
 
@@ -49,3 +50,26 @@ def test_an_arm_whose_questions_failed_says_so_and_exits_1(
     assert "failed" in out
     assert "greedy: 2 of 4 problems failed; its accuracy counts the 2 it finished" in " ".join(err.split())
     assert "the server timed out" in err
+
+
+def test_samples_an_arm_cannot_take_are_refused_before_any_arm_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """--samples 5000 was refused only after the greedy arm had run (minutes on the default problems), its result
+    never shown, in a message naming the strategy's option n rather than --samples."""
+    db = tmp_path / "d.db"
+
+    def make_session(*args: object, **kwargs: object) -> Session:
+        session = open_session(backend=ScriptedBackend(right_answer), store=str(db), verifier=None,
+                               prompt_template=None)
+        session.setup.owned = True
+        return session
+
+    monkeypatch.setattr(cli, "make_session", make_session)
+    monkeypatch.setattr(sys, "argv", ["ttc", "demo", "--problems", "4", "--samples", "5000"])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the majority@5000 arm cannot run with samples=5000" in err and "--samples" in err
+    with TraceStore(str(db)) as store:
+        assert store.list_runs() == []  # no arm ran

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ttc.api import Session
+from ttc.api import Session, plan_runner
 from ttc.bench.datasets import load_dataset
 from ttc.bench.eval import EvalReport, Progress, evaluate
 from ttc.bench.synthetic import EVAL_SEEDS
@@ -61,16 +61,31 @@ async def run_demo(session: Session, *, problems: int, samples: int, seed: int, 
     if not 0 <= seed < len(EVAL_SEEDS) - _DEMO_SEED_OFFSET:
         raise ConfigError(f"seed must be in [0, {len(EVAL_SEEDS) - _DEMO_SEED_OFFSET}), got {seed}")
     data = load_dataset("synthetic", limit=problems, seed=_DEMO_SEED_OFFSET + seed)
+    arms = [arm for arm in default_arms(samples) if session.setup.verifier is not None or not _needs_verifier(arm)]
+    for arm in arms:
+        _check_arm(arm, samples, session)
     reports = []
-    for arm in default_arms(samples):
-        if (arm.options.get("select") == "weighted_vote" or arm.strategy == "auto") and session.setup.verifier is None:
-            continue
+    for arm in arms:
         report = await evaluate(data, Budget(tokens=arm.budget), session, strategy=arm.strategy,
                                 options=arm.options, seed=seed, concurrency=concurrency,
                                 config={"demo": arm.label, "dataset": "synthetic", "problems": problems},
                                 progress=progress)
         reports.append((arm, report))
     return reports
+
+
+def _needs_verifier(arm: Arm) -> bool:
+    return arm.options.get("select") == "weighted_vote" or arm.strategy == "auto"
+
+
+def _check_arm(arm: Arm, samples: int, session: Session) -> None:
+    """Refuse an arm these samples make impossible before the first arm runs: it failed only after the arms before
+    it had run (minutes), their results never shown, and it named the strategy's option rather than the samples."""
+    try:
+        plan_runner(arm.strategy, Budget(tokens=arm.budget), session, arm.options)
+    except ConfigError as exc:
+        raise ConfigError(f"the {arm.label} arm cannot run with samples={samples} ({exc}): use fewer samples "
+                          "(--samples)") from None
 
 
 __all__ = ["GREEDY", "Arm", "default_arms", "run_demo"]

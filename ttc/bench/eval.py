@@ -139,6 +139,7 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
             helpers["draft"] = await model_identity(draft)
     settings = {"model": await model_identity(session.setup.backend), **helpers,
                 "strategy": strategy, "options": dict(options), "seed": seed, "budget_scope": budget_scope,
+                PROBLEM_COUNT: len(problems),
                 "budget": [budget.tokens, budget.wall_s, budget.calls],
                 "sleep": None if sleep is None else [sleep.tokens, sleep.wall_s, sleep.calls],
                 "sleep_options": dict(sleep_opts or {})}
@@ -381,6 +382,10 @@ RUN_SETTINGS = "evaluate"
 """The config key under which :func:`evaluate` keeps what decides a run's figures, so a resume is checked
 against them whatever its caller stored besides."""
 
+PROBLEM_COUNT = "problems"
+"""The key of :data:`RUN_SETTINGS` under which a run keeps how many problems it was started with."""
+
+
 async def model_identity(backend: Backend) -> str:
     """Which model answers: a vLLM server's served model (not its address, which may change between a run and
     its resume), else the backend's name (a local engine's model folder)."""
@@ -399,6 +404,7 @@ def _open_run(store: TraceStore, resume: str | None, config: Mapping[str, object
     resume = run.id
     _check_same_settings(resume, run.config, config)
     _check_same_problems(resume, store.done_problem_ids(resume), problems)
+    _check_same_count(resume, run.config.get(RUN_SETTINGS), problems)
     store.claim_run(resume)  # refused while the process that holds it still runs: its traces are not stale
     store.mark_stale_running(resume)
     return resume
@@ -413,6 +419,8 @@ def _check_same_settings(run_id: str, stored: Mapping[str, object], given: Mappi
     if RUN_SETTINGS not in stored:  # a run begun before evaluate kept its own settings: what it stored decides
         given = {key: value for key, value in given.items() if not key.startswith(f"{RUN_SETTINGS}.")}
     stored = _flat(stored)
+    for flat in (stored, given):  # _check_same_count compares it, with a message of its own
+        flat.pop(f"{RUN_SETTINGS}.{PROBLEM_COUNT}", None)
     for helper in (f"{RUN_SETTINGS}.synthesizer", f"{RUN_SETTINGS}.draft"):
         if helper not in stored:  # a run begun before these were recorded: its resume is not refused for them
             given.pop(helper, None)
@@ -429,13 +437,33 @@ def _check_same_settings(run_id: str, stored: Mapping[str, object], given: Mappi
 def _check_same_problems(run_id: str, done: Mapping[int, str], problems: Sequence[Problem]) -> None:
     """A resume's problem at an index the run has done must be the problem done there: a done trace is matched to
     its problem by index, so another file at the same path, or an edited one, would count its answers for
-    other questions."""
+    other questions. Every index the run has done must be among them too: the run's summary counts the problems
+    given, so one whose rows were removed would drop its done problems from its figures without a word."""
+    missing = sorted(done.keys() - {p.index for p in problems})
+    if missing:
+        shown = ", ".join(map(str, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        which = "index" if len(missing) == 1 else "indices"
+        raise ConfigError(f"run {run_id} has done the problems at {which} {shown}, which the problems given lack: "
+                          "the dataset lost rows since the run started; resume it with the rows it was started "
+                          "with (the same file, --limit and --offset), or leave out --resume to start a new run")
     for problem in problems:
         if problem.index is not None and problem.index in done and done[problem.index] != problem_id(problem):
             raise ConfigError(f"run {run_id} solved another problem at index {problem.index} than this "
                               f"{problem.dataset or 'dataset'}'s ({shorten(problem.question, 60)!r}): the dataset "
                               "changed since the run started; resume it with the rows it was started with, or "
                               "leave out --resume to start a new run")
+
+
+def _check_same_count(run_id: str, settings: object, problems: Sequence[Problem]) -> None:
+    """A resume must give as many problems as the run was started with: rows added to its file would make a
+    finished run grow, and rows removed that it had not done yet would vanish from its figures. A run begun
+    before its count was recorded is not refused for it."""
+    started = settings.get(PROBLEM_COUNT) if isinstance(settings, Mapping) else None
+    if isinstance(started, int) and started != len(problems):
+        raise ConfigError(f"run {run_id} was started with {started} problems, and {len(problems)} are given: the "
+                          "dataset gained or lost rows since the run started; resume it with the rows it was "
+                          "started with (the same file, --limit and --offset), or leave out --resume to start a "
+                          "new run")
 
 
 def _flat(config: Mapping[str, object]) -> dict[str, object]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from ttc.errors import ConfigError
@@ -308,7 +308,11 @@ def _event_of(made: Sequence[Step]) -> Event:
 
 
 def check_levels(levels: Sequence[int]) -> list[int]:
-    """``levels`` as a list, or a ConfigError naming the allowed range."""
+    """``levels`` as a list, or a ConfigError naming the allowed range: also for one level given alone
+    (``levels=5``, which ``list`` refused with a raw TypeError) and for a text, whose characters are no levels."""
+    if isinstance(levels, str | bytes) or not isinstance(levels, Iterable):
+        raise ConfigError(f"levels must be a non-empty selection of 1..8, a list such as [1, 2] ([5] for level 5 "
+                          f"alone), got {levels!r}")
     chosen = list(levels)
     if not chosen or any(not is_int(level) or level not in LEVELS for level in chosen):
         raise ConfigError(f"levels must be a non-empty selection of 1..8, got {chosen!r}")
