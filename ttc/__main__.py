@@ -1,3 +1,3 @@
-from ttc.cli import main
+from ttc.entry import main
 
 main()
