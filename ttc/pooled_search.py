@@ -6,11 +6,12 @@ gets one search sized for an even share of the batch. A search spends what its s
 than its grant (REBASE with different children spends a third to a half of it on the mini models), and the rest
 stays in the pool. A question whose complete solutions all give one answer is then decided; the others, least
 settled first, get another search, grown from the same prompt node with seeds of their own, while the pool affords
-its whole grant (a fresh search: growing the first one's tree again from the leaves it dropped solved fewer;
-docs/mini_models.md). Under ``auto`` each further search has twice the grant of the one before and is what ``auto``
-runs with that budget (a wider REBASE on the embedded default, where a wider search found more than another of
-the same width; docs/mini_models.md). A named search keeps its options and its grant. A question's answer is the
-verifier-weighted vote over the complete solutions of all its searches. Waves are barriers and a grant depends only
+its whole grant, or what the pool has left where that is at least its even share (a fresh search:
+growing the first one's tree again from the leaves it dropped solved fewer; docs/mini_models.md). Under ``auto``
+each further search has twice the grant of the one before and is what ``auto`` runs with that budget (a wider
+REBASE on the embedded default, where a wider search found more than another of the same width;
+docs/mini_models.md). A named search keeps its options and its grant. A question's answer is the verifier-weighted
+vote over the complete solutions of all its searches. Waves are barriers and a grant depends only
 on what the searches found, so a seeded batch spends the same way at any concurrency.
 """
 
@@ -45,6 +46,7 @@ class _Searcher:
         self.index = index
         self.run = run
         self.planner = planner
+        self.first_tokens = first_tokens  # its even share: the least grant a further search may take
         self.next_tokens = first_tokens
         self.growth = growth
         self.searches = 0
@@ -90,7 +92,8 @@ class _Searcher:
 
     def standing(self) -> SearchStanding:
         return SearchStanding(index=self.index, searches=self.searches, cap=MAX_SEARCHES, open=self.open,
-                              margin=self.margin() if self.finished else 0.0, next_tokens=self.next_tokens)
+                              margin=self.margin() if self.finished else 0.0, next_tokens=self.next_tokens,
+                              least_tokens=self.first_tokens)
 
     async def finish(self, select: TreeSelection) -> Result:
         if self.open:

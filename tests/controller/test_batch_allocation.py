@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from ttc.controller import Pool, Standing, check_affordable, first_wave, next_wave, pooled_options
@@ -115,3 +117,18 @@ def test_a_batch_budget_must_give_each_search_one_step() -> None:
                                           r"max_step_tokens=24"):
         check_affordable_search(Budget(tokens=239), 10, 24)
     check_affordable_search(Budget(tokens=240), 10, 24)
+
+
+def test_a_grant_the_pool_cannot_afford_whole_shrinks_to_what_is_left_down_to_an_even_share() -> None:
+    """Each further grant doubles: after a first wave of two questions had been granted the whole pool, a second
+    search needed the whole pool again, so a batch of two never searched twice however little it had spent."""
+    pool = Pool(Budget(tokens=2048))
+    pool.tokens_spent = 839  # 1209 left
+    standings = [SearchStanding(index=i, searches=1, cap=4, open=True, margin=0.5, next_tokens=2048,
+                                least_tokens=1024) for i in range(2)]
+    assert search_wave(standings, pool) == {0: Grant(tokens=1209, calls=None)}  # the other's 1024 no longer fits
+    pool.tokens_spent = 1100  # 948 left: less than an even share, so no search
+    assert search_wave(standings, pool) == {}
+    whole = [replace(s, least_tokens=None) for s in standings]  # a named search keeps its grant, or waits
+    pool.tokens_spent = 0
+    assert search_wave(whole, pool) == {0: Grant(tokens=2048, calls=None)}

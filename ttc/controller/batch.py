@@ -173,6 +173,7 @@ class SearchStanding:
     open: bool  # neither decided nor out of searches
     margin: float  # its weighted vote's leader's lead over the runner-up, as a share of the vote (0.0 before any)
     next_tokens: int | None  # the grant its next search would need (None: the batch has no token limit)
+    least_tokens: int | None = None  # the least grant its next search may take instead (None: next_tokens or none)
 
 
 @dataclass(frozen=True)
@@ -187,24 +188,29 @@ def search_wave(standings: Sequence[SearchStanding], pool: Pool) -> dict[int, Gr
     """The searches of the next wave of a pooled batch of tree searches, by batch index; empty when it is done.
 
     Every question still open and under its cap gets one more search, the least settled first (the smallest
-    margin of its weighted vote), while the pool affords that search's whole grant (the search's own meter stops
-    it there, so the pool is never overdrawn; a question whose grant no longer fits waits, and a smaller one behind
-    it may go). A batch budget of calls is shared out evenly over the wave's searches, at least one each.
+    margin of its weighted vote), while the pool affords it: its whole grant, or what the pool has left where that
+    is at least its ``least_tokens`` (the search's own meter stops it there, so the pool is never overdrawn; a
+    question whose grant no longer fits waits, and a smaller one behind it may go). Without the smaller grant a
+    batch of few questions never searched twice: its second grants, twice the first, overdrew what even an untouched
+    pool holds. A batch budget of calls is shared out evenly over the wave's searches, at least one each.
     """
     if pool.out_of_time():
         return {}
     tokens, calls = pool.tokens_left(), pool.calls_left()
-    chosen: list[SearchStanding] = []
+    chosen: dict[int, int | None] = {}  # batch index -> its grant of tokens
     for s in sorted(standings, key=lambda s: (s.margin, s.searches, s.index)):
         if not s.open or s.searches >= s.cap or (calls is not None and len(chosen) >= calls):
             continue
+        grant = s.next_tokens
         if tokens is not None and s.next_tokens is not None:
-            if s.next_tokens > tokens:
+            least = s.next_tokens if s.least_tokens is None else min(s.least_tokens, s.next_tokens)
+            grant = min(s.next_tokens, tokens)
+            if grant < least:
                 continue
-            tokens -= s.next_tokens
-        chosen.append(s)
+            tokens -= grant
+        chosen[s.index] = grant
     each_calls = None if calls is None or not chosen else calls // len(chosen)
-    return {s.index: Grant(tokens=s.next_tokens, calls=each_calls) for s in chosen}
+    return {index: Grant(tokens=grant, calls=each_calls) for index, grant in chosen.items()}
 
 
 __all__ = ["POOLED_STRATEGIES", "Grant", "Pool", "SearchStanding", "Standing", "check_affordable",
