@@ -184,6 +184,21 @@ def test_backend_failure_leaves_failed_trace(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_failed_trace_records_what_its_run_spent(tmp_path: Path) -> None:
+    """Its usage read None, though the calls before the failure had been charged to the run."""
+    store = TraceStore(str(tmp_path / "t.db"))
+    backend = ScriptedBackend(["The answer is 1.", "The answer is 2."], fail_after=2)  # a split vote: no stop
+    with pytest.raises(BackendError, match="refused"):
+        solve("q", 10_000, backend=backend, store=store, strategy="self_consistency", max_samples=8,
+              round_size=2, stop_share=1.0)
+    [trace] = store.list_traces()
+    usage = store.get_trace(trace.id).usage
+    assert usage is not None and trace.status == "failed"
+    assert (usage.generated_tokens, usage.backend_calls) == (backend.stats().generated_tokens, 2)
+    assert usage.generated_tokens == 4 * len("The answer is 1.") == trace.generated_tokens
+    store.close()
+
+
 def test_solve_batch_many_questions_concurrently(tmp_path: Path) -> None:
     store = TraceStore(str(tmp_path / "t.db"))
     questions = [f"What is {i} + {i}?" for i in range(40)]

@@ -95,6 +95,19 @@ def test_a_failure_marks_every_trace_of_the_batch_failed(tmp_path: Path) -> None
     store.close()
 
 
+def test_the_failed_traces_of_a_batch_record_what_each_spent(tmp_path: Path) -> None:
+    store = TraceStore(str(tmp_path / "t.db"))
+    backend = ScriptedBackend(responder, fail_after=6)
+    with pytest.raises(BackendError, match="refused"):
+        solve_batch(EASY[:2] + HARD, 100 * SAMPLE, backend=backend, store=store, seed=0, budget_scope="batch",
+                    max_tokens=SAMPLE, concurrency=2, stop_share=0.95)
+    usages = [store.get_trace(t.id).usage for t in store.list_traces()]
+    assert all(u is not None and u.generated_tokens > 0 for u in usages)
+    assert sum(u.generated_tokens for u in usages if u is not None) == backend.stats().generated_tokens
+    assert sum(u.backend_calls for u in usages if u is not None) == 6
+    store.close()
+
+
 def test_what_cannot_share_a_budget_is_refused_before_anything_runs() -> None:
     backend = ScriptedBackend(responder)
     with pytest.raises(ConfigError, match="use strategy='auto', 'self_consistency' or a tree search"):

@@ -20,11 +20,16 @@ async def bounded_gather(jobs: Sequence[Callable[[], Awaitable[T]]], concurrency
     Only ``concurrency`` tasks exist at once (a fixed pool of workers pulls from the list), so a batch of ten
     thousand questions does not create ten thousand tasks. The first failure cancels the rest and is raised as
     itself (a ``TTCError`` stays one), not wrapped in the task group's ``ExceptionGroup``.
+
+    A KeyboardInterrupt or SystemExit a job raises (a second Ctrl-C lands in whatever code runs) is caught in its
+    worker too and raised here, once the others have stopped: asyncio re-raises a task's interrupt out of the event
+    loop itself, which skipped every caller's cleanup (their traces stayed 'running'). It wins over any other
+    failure, and over a cancellation of this call, so the interrupt still reaches the caller.
     """
     check_concurrency(concurrency)
     results: list[T | None] = [None] * len(jobs)
     next_index = 0
-    failures: list[Exception] = []
+    failures: list[BaseException] = []
 
     async def worker(scope: anyio.CancelScope) -> None:
         nonlocal next_index
@@ -33,14 +38,21 @@ async def bounded_gather(jobs: Sequence[Callable[[], Awaitable[T]]], concurrency
             next_index += 1
             try:
                 results[i] = await jobs[i]()
-            except Exception as exc:
+            except anyio.get_cancelled_exc_class():
+                raise
+            except BaseException as exc:
                 failures.append(exc)
                 scope.cancel()
                 return
 
-    async with anyio.create_task_group() as tg:
-        for _ in range(min(concurrency, len(jobs))):
-            tg.start_soon(worker, tg.cancel_scope)
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(min(concurrency, len(jobs))):
+                tg.start_soon(worker, tg.cancel_scope)
+    finally:
+        interrupt = next((exc for exc in failures if not isinstance(exc, Exception)), None)
+        if interrupt is not None:
+            raise interrupt
     if failures:
         raise failures[0]
     return results  # type: ignore[return-value]
@@ -53,20 +65,10 @@ def check_concurrency(concurrency: object) -> None:
 
 async def run_concurrently(jobs: Sequence[Callable[[], Coroutine[Any, Any, None]]]) -> None:
     """Run jobs concurrently; the first failure cancels the rest and is raised as itself, not as a group, so
-    callers see the typed error (BackendError, VerifierError) they would see from one call."""
-    try:
-        async with anyio.create_task_group() as group:
-            for job in jobs:
-                group.start_soon(job)
-    except BaseExceptionGroup as failures:
-        raise _first_leaf(failures) from None
-
-
-def _first_leaf(failures: BaseExceptionGroup[BaseException]) -> BaseException:
-    for exc in failures.exceptions:
-        if not isinstance(exc, BaseExceptionGroup):
-            return exc
-    return _first_leaf(failures.exceptions[0])  # type: ignore[arg-type]
+    callers see the typed error (BackendError, VerifierError) they would see from one call. An interrupt is
+    raised here once every job has stopped, as in :func:`bounded_gather`."""
+    if jobs:
+        await bounded_gather(jobs, len(jobs))
 
 
 __all__ = ["bounded_gather", "check_concurrency", "run_concurrently"]

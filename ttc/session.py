@@ -397,8 +397,8 @@ async def _fail_runs(failures: Sequence[tuple[QuestionRun, BaseException]]) -> N
             continue
         try:
             queued.append((run, exc, store.queue_fail_trace(trace_id, error=_failure_text(exc),
-                                                            nodes=run.recorder.nodes(),
-                                                            events=run.recorder.events())))
+                                                            nodes=run.recorder.nodes(), events=run.recorder.events(),
+                                                            usage=run.meter.usage())))
         except Exception as cleanup:
             _note_still_running(exc, trace_id, cleanup)
     for run, exc, future in queued:
@@ -413,8 +413,15 @@ def _note_still_running(exc: BaseException, trace_id: str | None, cleanup: Excep
 
 
 def _failure_text(exc: BaseException) -> str:
-    return "cancelled" if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt) else \
-        f"{type(exc).__name__}: {exc}"
+    return "cancelled" if _interrupted(exc) else f"{type(exc).__name__}: {exc}"
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` only stopped the run (a cancellation or Ctrl-C), also where a task group wraps those:
+    its 'unhandled errors in a TaskGroup' says nothing of what happened."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_interrupted(inner) for inner in exc.exceptions)
+    return isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
 
 
 async def _outlast_cancellation(future: asyncio.Future[T]) -> T:
