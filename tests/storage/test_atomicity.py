@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from trace_data import BUDGET, make_events, make_nodes, make_problem, make_result
 
-from ttc.errors import StorageError
+from ttc.errors import ConfigError, StorageError
 from ttc.storage import TraceStore
-from ttc.types import Node, TraceEvent
+from ttc.types import Node, TraceEvent, Usage
 
 
 def _counts(db_path: Path, trace_id: str) -> tuple[str, int, int]:
@@ -40,13 +40,16 @@ def _bad_status(nodes: list[Node]) -> list[Node]:
     return [*nodes[:10], replace(nodes[10], status="exploded"), *nodes[11:]]  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("corrupt", [_duplicate_id, _bad_status], ids=["duplicate-node-id", "invalid-status"])
-def test_failed_finish_leaves_the_trace_running_with_no_nodes(store: TraceStore, db_path: Path,
-                                                             corrupt: Corruption) -> None:
+@pytest.mark.parametrize(("corrupt", "error", "says"), [
+    (_duplicate_id, StorageError, r"still 'running'.*fail_trace"),  # the database refuses it mid-write
+    (_bad_status, ConfigError, r"status is 'exploded'; it must be one of"),  # refused before the write
+], ids=["duplicate-node-id", "invalid-status"])
+def test_failed_finish_leaves_the_trace_running_with_no_nodes(store: TraceStore, db_path: Path, corrupt: Corruption,
+                                                             error: type[Exception], says: str) -> None:
     trace_id = _start(store)
     nodes = make_nodes(20)
     bad_nodes = corrupt(nodes)
-    with pytest.raises(StorageError, match=r"still 'running'.*fail_trace"):
+    with pytest.raises(error, match=says):
         store.finish_trace(trace_id, result=make_result(trace_id, nodes), nodes=bad_nodes, events=make_events(5))
     assert _counts(db_path, trace_id) == ("running", 0, 0)
     record = store.get_trace(trace_id)
@@ -77,6 +80,20 @@ def test_fail_trace_keeps_the_partial_tree(store: TraceStore, db_path: Path) -> 
     assert record.nodes == make_nodes(7) and record.events == make_events(2)
 
 
+def test_fail_trace_keeps_what_the_run_spent(store: TraceStore) -> None:
+    """A failed trace's usage read None, though its run had been charged for every call before the failure."""
+    spent = Usage(generated_tokens=120, prompt_tokens=40, backend_calls=3, wall_s=0.5)
+    trace_id = _start(store)
+    store.fail_trace(trace_id, error="BackendError: gone", nodes=make_nodes(3), usage=spent)
+    assert store.get_trace(trace_id).usage == spent
+    assert store.list_traces()[0].generated_tokens == 120
+    bare = _start(store)
+    store.fail_trace(bare, error="BackendError: gone")
+    assert store.get_trace(bare).usage is None
+    with pytest.raises(ConfigError, match=r"usage must be the ttc\.Usage"):
+        store.fail_trace(_start(store), error="x", usage={"generated_tokens": 1})  # type: ignore[arg-type]
+
+
 def test_fail_trace_with_an_unsavable_tree_still_records_the_failure(store: TraceStore, db_path: Path) -> None:
     trace_id = _start(store)
     store.fail_trace(trace_id, error="ValueError: bad step", nodes=_duplicate_id(make_nodes(8)),
@@ -99,7 +116,7 @@ def test_no_failure_ever_reads_as_done(store: TraceStore, db_path: Path) -> None
     for bad_nodes, events in breakages:
         trace_id = _start(store)
         ids.append(trace_id)
-        with pytest.raises(StorageError):
+        with pytest.raises((StorageError, ConfigError)):
             store.finish_trace(trace_id, result=make_result(trace_id, nodes), nodes=bad_nodes, events=events)
         store.fail_trace(trace_id, error="finish failed")
     assert {_counts(db_path, trace_id) for trace_id in ids} == {("failed", 0, 0)}

@@ -100,7 +100,8 @@ class TraceRecord:
     score: float | None
     error: str | None
     usage: Usage | None
-    """None where the trace recorded none: a trace that failed or is still running has not counted its usage."""
+    """What the run spent; a failed trace's is what it had spent when it failed. None where nothing counted it: a
+    trace still running, one failed while it was opening, or one failed for a process that died."""
     candidates: tuple[Candidate, ...]
     nodes: list[Node]
     events: list[TraceEvent]

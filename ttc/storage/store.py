@@ -57,7 +57,7 @@ from ttc.storage.models import (
 )
 from ttc.storage.records import RunSummary, TraceRecord, TraceSummary
 from ttc.storage.writer import Writer
-from ttc.types import Budget, Node, Problem, Result, TraceEvent, is_number
+from ttc.types import Budget, Node, Problem, Result, TraceEvent, Usage, is_number
 
 T = TypeVar("T")
 RowT = TypeVar("RowT", RunRow, TraceRow)
@@ -440,8 +440,13 @@ class TraceStore:
         await _wait(self._finish_work(trace_id, result, nodes, events))
 
     def _fail_work(self, trace_id: str, error: str, nodes: Sequence[Node],
-                   events: Sequence[TraceEvent]) -> Future[None]:
-        values = {"status": "failed", "error": error, "finished_at": _now()}
+                   events: Sequence[TraceEvent], usage: Usage | None) -> Future[None]:
+        values: dict[str, Any] = {"status": "failed", "error": error, "finished_at": _now()}
+        if usage is not None:
+            if not isinstance(usage, Usage):
+                raise ConfigError(f"usage must be the ttc.Usage the run spent (its Meter's usage()) or None, got "
+                                  f"{type(usage).__name__}")
+            values["usage"] = convert.usage_json(usage)
         try:  # the failure itself must be recorded even when the partial tree cannot be
             checks.check_readable(nodes, events)
         except ConfigError as refused:
@@ -464,26 +469,27 @@ class TraceStore:
         return self._submit(work, f"failing trace {trace_id}")
 
     def fail_trace(self, trace_id: str, *, error: str, nodes: Sequence[Node] = (),
-                   events: Sequence[TraceEvent] = ()) -> None:
+                   events: Sequence[TraceEvent] = (), usage: Usage | None = None) -> None:
         """Mark a running trace 'failed' with ``error``, keeping whatever partial tree it grew; a tree the store
         could not give back (a payload nested too deeply, a step score that is no number) is left out, and
-        ``error`` notes why.
+        ``error`` notes why. ``usage`` is what the run spent before it failed (its meter's count): the tokens of
+        calls whose nodes were never recorded were spent all the same.
 
         A trace that is already done or failed keeps its status and data: failing is the cleanup path after an
         error (or a cancellation that raced a finished write) and must not raise over the original error.
         An unknown id still raises StorageError.
         """
-        self._fail_work(trace_id, error, nodes, events).result()
+        self._fail_work(trace_id, error, nodes, events, usage).result()
 
     async def afail_trace(self, trace_id: str, *, error: str, nodes: Sequence[Node] = (),
-                          events: Sequence[TraceEvent] = ()) -> None:
-        await _wait(self.queue_fail_trace(trace_id, error=error, nodes=nodes, events=events))
+                          events: Sequence[TraceEvent] = (), usage: Usage | None = None) -> None:
+        await _wait(self.queue_fail_trace(trace_id, error=error, nodes=nodes, events=events, usage=usage))
 
     def queue_fail_trace(self, trace_id: str, *, error: str, nodes: Sequence[Node] = (),
-                         events: Sequence[TraceEvent] = ()) -> Future[None]:
+                         events: Sequence[TraceEvent] = (), usage: Usage | None = None) -> Future[None]:
         """``fail_trace`` handed to the writer without waiting: once this returns, the write happens whatever
         becomes of the caller (a batch queues every trace's failure before it waits on any of them)."""
-        return self._fail_work(trace_id, error, nodes, events)
+        return self._fail_work(trace_id, error, nodes, events, usage)
 
     def mark_stale_running(self, run_id: str) -> int:
         """Fail the traces of ``run_id`` left 'running' by a process that died; returns how many.
