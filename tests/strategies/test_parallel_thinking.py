@@ -119,6 +119,22 @@ async def test_a_budget_of_one_call_goes_to_the_synthesis() -> None:
     assert text == "The answer is 0."  # it was shown no path
 
 
+@pytest.mark.parametrize(("budget", "limit"), [(Budget(calls=1), "calls"), (Budget(tokens=5000, calls=1), "calls"),
+                                             (Budget(tokens=30), "tokens"), (Budget(tokens=20), "tokens")])
+async def test_a_budget_that_leaves_the_paths_nothing_says_so(budget: Budget, limit: str) -> None:
+    """The synthesizer answered unaided, and nothing in the trace said why no path was drawn."""
+    target, synth = sampler(), synthesizer()
+    _, _, ctx, _ = await run(target, synth, budget, synthesis_max_tokens=30)
+    assert target.calls == [] and len(synth.calls) == 1
+    assert [e.payload for e in ctx.recorder.events() if e.kind == "fallback"] == [
+        {"to": "synthesis", "reason": "no_budget_for_paths", "limit": limit}]
+
+
+async def test_paths_drawn_record_no_fallback_to_the_synthesis() -> None:
+    _, _, ctx, _ = await run(sampler(), synthesizer(), Budget(tokens=31), synthesis_max_tokens=30)
+    assert [e.kind for e in ctx.recorder.events() if e.kind == "fallback"] == []
+
+
 async def test_the_least_common_paths_are_left_out_of_a_prompt_too_long() -> None:
     target, synth = sampler(), synthesizer()
     full = len("q?\n2 of 3:\n1 + 2 = 3\nThe answer is 3.\n1 of 3:\n1 + 2 = 4\nThe answer is 4.\nso:\n")

@@ -9,7 +9,9 @@ The synthesizer is the setup's synthesis model when it has one (the embedded def
 trained on this prompt), else the target model itself, with the setup's synthesis template; the prompt is text,
 so a synthesizer with another tokenizer than the target's works as well. One budget covers both calls: the paths
 are planned with the synthesis's ``synthesis_max_tokens`` (and its call) kept back, so the synthesis always runs
-within a token or call budget.
+within a token or call budget; a budget that leaves the paths nothing then (tokens at most
+``synthesis_max_tokens``, or fewer than two calls) draws no path, and the synthesizer answers alone after a
+``fallback`` event ``{"to": "synthesis", "reason": "no_budget_for_paths"}`` whose ``limit`` names what ran short.
 Where all the paths make the synthesis prompt longer than ``synthesis_max_prompt_tokens``, the different paths are
 taken most common first, each only if the prompt still fits, and the trace's ``synthesis`` event says how many it
 showed and left out; a limit the prompt exceeds with no path at all is a ConfigError before any path is drawn.
@@ -114,10 +116,12 @@ class ParallelThinking(Strategy[ParallelThinkingOptions]):
         """The paths, within what the budget leaves after the synthesis (its tokens and its call)."""
         opts = self.options
         calls = meter.calls_left()
-        if calls is not None and calls < 2:
-            return []
-        return await draw(ctx, meter, prompt, opts.paths, opts.max_tokens, opts.temperature, opts.top_p,
-                          distinct=opts.distinct, reserve=opts.synthesis_max_tokens)
+        paths = [] if calls is not None and calls < 2 else \
+            await draw(ctx, meter, prompt, opts.paths, opts.max_tokens, opts.temperature, opts.top_p,
+                       distinct=opts.distinct, reserve=opts.synthesis_max_tokens)
+        if not paths:
+            _no_paths(ctx, meter, short_of_calls=calls is not None and calls < 2)
+        return paths
 
     async def _synthesis_prompt(self, ctx: Context, synthesizer: Backend, question: str,
                                 paths: Sequence[Completion]) -> tuple[str, int, list[int]]:
@@ -169,3 +173,11 @@ class ParallelThinking(Strategy[ParallelThinkingOptions]):
             return None
         (final,) = record(ctx, node, completions)
         return final
+
+
+def _no_paths(ctx: Context, meter: Meter, *, short_of_calls: bool) -> None:
+    """Say in the trace why the synthesizer answers with no path to read: a budget that leaves the paths nothing
+    once the synthesis's call and ``synthesis_max_tokens`` are kept back otherwise reads as a model that wrote
+    none. ``limit`` names the budget's field that ran short."""
+    limit = "calls" if short_of_calls else "wall_s" if meter.time_left() == 0.0 else "tokens"
+    ctx.recorder.event("fallback", {"to": "synthesis", "reason": "no_budget_for_paths", "limit": limit})
