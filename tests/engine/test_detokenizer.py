@@ -60,6 +60,8 @@ def test_a_stop_is_found_by_the_token_that_completes_it_though_that_token_starts
     detok = IncrementalDetokenizer(tokenizer, stops=["is: "])
     assert [detok.push(t) for t in ids[:4]] == [None, None, None, "is: "]
     assert detok.text == "is:"  # the streamed text still waits for the whole character
+    assert detok.full_text() == tokenizer.decode(ids[:4]) == "is: \ufffd"
+    assert detok.full_text(stopped=True) == "is: "  # a stopped text ends with its stop, not the character's bytes
     plain = IncrementalDetokenizer(tokenizer)
     for token in ids:
         plain.push(token)
@@ -81,3 +83,46 @@ def test_special_tokens_add_no_text() -> None:
     for t in [tokenizer.token_to_id("a"), 1, tokenizer.token_to_id("b")]:
         detok.push(t)
     assert detok.text == "ab"
+
+
+def _sentencepiece_tokenizer() -> Any:
+    """A Llama-2-style tokenizer (▁ for spaces, the text's first space stripped when decoding)."""
+    from tokenizers import Tokenizer, decoders, models
+
+    pieces = ["<unk>", "<s>", "</s>", "▁Hello", "▁world", "▁The", "▁answer", "▁is", "▁", "4", "2"]
+    tokenizer = Tokenizer(models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=[], unk_token="<unk>"))
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                           decoders.Strip(" ", 1, 0)])
+    tokenizer.add_special_tokens(pieces[:3])
+    return tokenizer
+
+
+def test_a_continuation_keeps_its_leading_space_after_the_prompt() -> None:
+    """Decoded alone, '▁The' loses its space (the decoder strips a text's first one): 'The answer', and a stop
+    string ' The' never matched. After the prompt's last tokens it reads as it does in the whole text."""
+    tokenizer = _sentencepiece_tokenizer()
+    ids = {tokenizer.id_to_token(i): i for i in range(tokenizer.get_vocab_size())}
+    prompt = [ids["<s>"], ids["▁Hello"], ids["▁world"]]
+    continuation = [ids["▁The"], ids["▁answer"], ids["▁is"], ids["▁"], ids["4"], ids["2"]]
+    plain = IncrementalDetokenizer(tokenizer, prompt=prompt)
+    for token in continuation:
+        plain.push(token)
+    assert plain.text == plain.full_text() == " The answer is 42"
+    assert tokenizer.decode(prompt + continuation).endswith(plain.text)
+    stopped = IncrementalDetokenizer(tokenizer, stops=[" The"], prompt=prompt)
+    assert stopped.push(continuation[0]) == " The"
+    assert stopped.copy().full_text() == " The"
+
+
+def test_a_prompt_ending_inside_a_character_gives_no_context() -> None:
+    """A context whose text ends in U+FFFD would change once the continuation completes the character; with none
+    whole within reach the continuation is decoded alone, as a byte-level text always could be."""
+    tokenizer = _byte_level_tokenizer()
+    ids = tokenizer.encode("中" * 10).ids
+    detok = IncrementalDetokenizer(tokenizer, prompt=ids[:-1])
+    detok.push(ids[-1])
+    assert detok.full_text() == tokenizer.decode(ids[-1:])
+    whole = IncrementalDetokenizer(tokenizer, prompt=tokenizer.encode("abc 中").ids)
+    for token in tokenizer.encode("é!").ids:
+        whole.push(token)
+    assert whole.text == whole.full_text() == "é!"

@@ -4,12 +4,20 @@ Decoding the whole continuation after every token costs O(n) per token; decoding
 for tokenizers whose pieces depend on their neighbours (leading-space markers, multi-byte characters split
 across byte tokens). The middle road: decode a short window of recent tokens twice, with and without the newest
 ones, and emit the difference once it no longer ends in an incomplete character (U+FFFD).
+
+A continuation is decoded after the last few tokens of its prompt, as vLLM does: SentencePiece-style decoders
+drop the leading space of a text's first token, so decoded alone a continuation would lose the space it starts
+with, and a stop string starting with that space would never be found.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Protocol
+
+_CONTEXT_TOKENS = 6
+_MAX_CONTEXT_TOKENS = 24
 
 
 class Decoder(Protocol):
@@ -19,23 +27,41 @@ class Decoder(Protocol):
 class IncrementalDetokenizer:
     """Text of a growing token list, plus the earliest stop string it contains."""
 
-    def __init__(self, tokenizer: Decoder, stops: Sequence[str] = ()) -> None:
+    def __init__(self, tokenizer: Decoder, stops: Sequence[str] = (), prompt: Sequence[int] = ()) -> None:
         self.tokenizer = tokenizer
         self.stops = tuple(s for s in stops if s)
         self._longest_stop = max((len(s) for s in self.stops), default=0)
-        self.ids: list[int] = []
+        self.ids: list[int] = _context(tokenizer, prompt)
+        self._context = len(self.ids)
+        self._context_text = tokenizer.decode(self.ids)
         self.text = ""
         self._prefix_offset = 0
-        self._read_offset = 0
+        self._read_offset = self._context
 
     def copy(self) -> IncrementalDetokenizer:
         """An independent detokenizer in the same state, for a sequence that forks."""
-        twin = IncrementalDetokenizer(self.tokenizer, self.stops)
+        twin = copy.copy(self)
         twin.ids = list(self.ids)
-        twin.text = self.text
-        twin._prefix_offset = self._prefix_offset
-        twin._read_offset = self._read_offset
         return twin
+
+    @property
+    def generated(self) -> list[int]:
+        """The tokens pushed so far (the prompt's context tokens excluded)."""
+        return self.ids[self._context :]
+
+    def full_text(self, stopped: bool = False) -> str:
+        """The text of every pushed token, decoded after the prompt's context as the streamed text is.
+
+        Unlike ``text`` it includes a trailing incomplete character (U+FFFD), as decoding the tokens does, except
+        after a stop string (``stopped``): the token that completed the stop may also start a character, whose
+        first bytes are no text the model wrote before stopping.
+        """
+        whole = self.tokenizer.decode(self.ids)
+        if whole.startswith(self._context_text):
+            text = whole[len(self._context_text) :]
+        else:  # a decoder whose context text changes with what follows
+            text = self.tokenizer.decode(self.generated)
+        return text.rstrip("\ufffd") if stopped else text
 
     def push(self, token_id: int) -> str | None:
         """Add a token; return the stop string it completed, if any."""
@@ -48,8 +74,8 @@ class IncrementalDetokenizer:
             # The token also starts a character its successor completes: the text before that character is final,
             # and a stop string it completes is found now (it was found a token late, or never where the
             # sequence ended there), while the offsets wait for the whole character. A completion that stops there
-            # keeps the token, so its decoded text ends in the character's first bytes (U+FFFD); vLLM holds such a
-            # token back and finds the stop one token later.
+            # keeps the token, but not the character's first bytes (U+FFFD) in its text (``full_text``); vLLM holds
+            # such a token back and finds the stop one token later.
             complete = after.rstrip("\ufffd")
             if len(complete) <= len(before):
                 return None
@@ -68,6 +94,23 @@ class IncrementalDetokenizer:
         found = [(window.find(s), s) for s in self.stops]
         hits = [(pos + len(s), s) for pos, s in found if pos >= 0]
         return min(hits)[1] if hits else None
+
+
+def _context(tokenizer: Decoder, prompt: Sequence[int]) -> list[int]:
+    """The prompt's last few tokens, as few as give whole characters: the continuation is decoded after them.
+
+    A suffix whose text holds U+FFFD (a character cut at either end) could change its text once the continuation
+    follows, so the shortest suffix from ``_CONTEXT_TOKENS`` tokens on without one is taken (where none is, no
+    context: the continuation is decoded alone).
+    """
+    if len(prompt) <= _CONTEXT_TOKENS:
+        candidates = [list(prompt)]
+    else:
+        candidates = [list(prompt[-n:]) for n in range(_CONTEXT_TOKENS, min(len(prompt), _MAX_CONTEXT_TOKENS) + 1)]
+    for ids in candidates:
+        if "\ufffd" not in tokenizer.decode(ids):
+            return ids
+    return []
 
 
 __all__ = ["IncrementalDetokenizer"]

@@ -77,6 +77,7 @@ class _Branch:
     logprobs: list[float] = field(default_factory=list)
     pending: int | None = None
     finish: FinishReason | None = None
+    stopped: bool = False  # finished by a stop string (not EOS, not its length)
     inherited: int = 0  # generated tokens copied from the branch it forked from, which decoded and counted them
     phi: float = 0.0  # distinct requests: the text's log-probability under the sampling distribution
     gumbel: float = 0.0  # distinct requests: its perturbed value (the beam keeps the largest)
@@ -375,7 +376,7 @@ class Engine:
         # not released by ``_launch``'s cleanup.
         generator = make_generator(branch_seed(seed, index), self.model.device)
         settings = RowSettings(sampling.temperature, sampling.top_p, generator)
-        detok = IncrementalDetokenizer(self.tokenizer, sampling.stop)
+        detok = IncrementalDetokenizer(self.tokenizer, sampling.stop, running.request.prompt)
         block = self.tree.branch(end, capacity) if self.share else self.tree.copy_path(end, end.end + capacity)
         self.tree.acquire(block)
         return _Branch(running, index, block, settings, detok)
@@ -387,6 +388,7 @@ class Engine:
         sampling = branch.request.request.sampling
         full = branch.block.end + 1 >= self.config.max_positions  # no position left for another token
         if token in self.eos or (stop is not None and not full):
+            branch.stopped = stop is not None
             self._finish(branch, "stop")
         elif full or len(branch.generated) >= sampling.max_tokens:
             # A stop string on the context's last position ends a step whose sequence cannot go on: a caller
@@ -434,7 +436,7 @@ class Engine:
     def _completion(self, running: _Running, branch: _Branch) -> Completion:
         assert branch.finish is not None
         return Completion(
-            text=self.tokenizer.decode(branch.generated, skip_special_tokens=True),
+            text=branch.detok.full_text(stopped=branch.stopped),
             token_ids=tuple(branch.generated),
             finish_reason=branch.finish,
             logprobs=tuple(branch.logprobs) if running.request.sampling.logprobs else None,
