@@ -66,6 +66,50 @@ def test_unsupported_architecture_is_rejected(llama_path: Path, tmp_path: Path) 
         load_model(folder)
 
 
+@pytest.mark.parametrize(
+    ("architectures", "message"),
+    [
+        (["Qwen2ForSequenceClassification"], r"Qwen2ForSequenceClassification is a reward/classification .*pooling"),
+        (["LlamaForSequenceClassification"], r"LlamaForSequenceClassification is a reward/classification"),
+        (["LlamaForTokenClassification"], r"LlamaForTokenClassification is a reward/classification"),
+        (["Qwen2ForProcessRewardModel"], r"Qwen2ForProcessRewardModel is a reward/classification"),
+        (["MistralForCausalLM"], r"MistralForCausalLM is not supported.*LlamaForCausalLM, Qwen2ForCausalLM"),
+        ("LlamaForCausalLM", r"architectures must be a list"),
+    ],
+)
+def test_a_checkpoint_that_is_not_a_causal_lm_is_refused(llama_path: Path, tmp_path: Path, architectures: object,
+                                                          message: str) -> None:
+    """A classifier on a Llama/Qwen2 body has its ``model_type``, and with tied embeddings every weight the
+    engine reads: it loaded and generated from the embedding table as if it were a language model."""
+    folder = _copy(llama_path, tmp_path / "model")
+    _edit_config(folder, architectures=architectures)
+    with pytest.raises(ConfigError, match=message):
+        load_model(folder)
+
+
+def test_a_causal_lm_among_the_architectures_is_accepted(llama_path: Path, tmp_path: Path) -> None:
+    folder = _copy(llama_path, tmp_path / "model")
+    _edit_config(folder, architectures=["LlamaForSequenceClassification", "LlamaForCausalLM"])
+    assert load_model(folder).config.model_type == "llama"
+    _edit_config(folder, architectures=None)
+    assert load_model(folder).config.model_type == "llama"
+
+
+def test_a_tied_sequence_classifier_saved_by_transformers_is_refused(tmp_path: Path) -> None:
+    from transformers import Qwen2Config, Qwen2ForSequenceClassification
+
+    from ttc.engine.synthetic import char_tokenizer
+
+    tokenizer = char_tokenizer()
+    config = Qwen2Config(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, intermediate_size=48,
+                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                         num_labels=1, pad_token_id=0)
+    Qwen2ForSequenceClassification(config).save_pretrained(tmp_path)
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(ConfigError, match="Qwen2ForSequenceClassification is a reward/classification"):
+        load_model(tmp_path, device="cpu")
+
+
 def test_unsupported_rope_scaling_is_rejected(llama_path: Path, tmp_path: Path) -> None:
     folder = _copy(llama_path, tmp_path / "model")
     _edit_config(folder, rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0})
@@ -219,3 +263,75 @@ def test_a_malformed_shard_index_is_a_config_error(llama_path: Path, tmp_path: P
     (folder / "model.safetensors.index.json").write_text(index)
     with pytest.raises(ConfigError, match=r"model\.safetensors\.index\.json"):
         load_model(folder)
+
+
+def _edit_weights(folder: Path, add: dict[str, int] | None = None, drop: tuple[str, ...] = ()) -> None:
+    """Adds seeded random tensors of the given lengths to the checkpoint and drops the named ones."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(folder / "model.safetensors"))
+    generator = torch.Generator().manual_seed(7)
+    for name, size in (add or {}).items():
+        tensors[name] = torch.randn(size, generator=generator) * 0.5
+    for name in drop:
+        del tensors[name]
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _biases(folder: Path, names: tuple[str, ...]) -> dict[str, int]:
+    """Every layer's ``names`` biases (``self_attn.o_proj`` ...), with their lengths from the stored weights."""
+    from safetensors.torch import load_file
+
+    return {name[: -len("weight")] + "bias": tensor.shape[0]
+            for name, tensor in load_file(str(folder / "model.safetensors")).items()
+            if name.startswith("model.layers.") and any(f".{n}.weight" in name for n in names)}
+
+
+async def _matches_transformers(folder: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from ttc.backends.local import LocalBackend
+
+    reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    prompt = [3 + (i * 7) % 60 for i in range(24)]
+    with torch.no_grad():
+        ref = torch.log_softmax(reference(torch.tensor([prompt])).logits[0].float(), dim=-1)
+    async with LocalBackend.from_pretrained(folder, threads=1) as backend:
+        scored = await backend.prompt_logprobs(prompt)
+    for i in range(1, len(prompt)):
+        assert scored.token_logprob(i) == pytest.approx(ref[i - 1, prompt[i]].item(), abs=1e-4)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+async def test_biases_the_config_does_not_declare_are_ignored_as_transformers_ignores_them(
+        llama_path: Path, qwen2_path: Path, tmp_path: Path, family: str) -> None:
+    """An o_proj or MLP bias in the weights of a model whose config declares none (Qwen2 never has them) was
+    added to every layer's output: the logprobs were not the model's."""
+    folder = _copy(llama_path if family == "llama" else qwen2_path, tmp_path / "model")
+    extra = ("self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+    _edit_weights(folder, add=_biases(folder, extra + (("self_attn.q_proj",) if family == "llama" else ())))
+    _edit_config(folder, attention_bias=family == "qwen2", mlp_bias=family == "qwen2")
+    await _matches_transformers(folder)
+    layer = load_model(folder).model.weights.layers[0]
+    assert layer.o_bias is None and layer.gate_up_bias is None and layer.down_bias is None
+    assert (layer.qkv_bias is None) == (family == "llama")
+
+
+@pytest.mark.anyio
+async def test_every_bias_the_config_declares_is_read_and_a_missing_one_is_refused(
+        llama_path: Path, tmp_path: Path) -> None:
+    """With attention_bias and mlp_bias true, a missing o_proj or MLP bias loaded silently as zeros."""
+    complete = _copy(llama_path, tmp_path / "complete")
+    names = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+             "mlp.up_proj", "mlp.down_proj")
+    biases = _biases(complete, names)
+    _edit_weights(complete, add=biases)
+    _edit_config(complete, attention_bias=True, mlp_bias=True)
+    await _matches_transformers(complete)
+    for name in names:
+        folder = _copy(complete, tmp_path / name)
+        _edit_weights(folder, drop=(f"model.layers.1.{name}.bias",))
+        setting = "mlp_bias=true" if name.startswith("mlp") else "attention_bias=true"
+        with pytest.raises(ConfigError, match=rf"'model.layers.1.{name}.bias' is missing, but {setting}"):
+            load_model(folder)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -40,8 +41,7 @@ class LocalBackend:
         self._engine = engine
         self._scheduler = scheduler
         self._name = name
-        unk = getattr(engine.tokenizer.model, "unk_token", None)
-        self._unk: int | None = engine.tokenizer.token_to_id(unk) if isinstance(unk, str) else None
+        self._unk = _unknown_id(engine.tokenizer)
 
     @classmethod
     def from_pretrained(
@@ -204,6 +204,18 @@ class LocalBackend:
         future: asyncio.Future[Any] = loop.create_future()
         submit(_settle(loop, future))
         return await future
+
+
+def _unknown_id(tokenizer: Any) -> int | None:
+    """The id a character outside the vocabulary encodes to, if any: BPE and WordPiece models name their unknown
+    token, a Unigram model only keeps its id in the tokenizer's JSON."""
+    unk = getattr(tokenizer.model, "unk_token", None)
+    if isinstance(unk, str):
+        found = tokenizer.token_to_id(unk)
+        return found if is_int(found) else None
+    model = json.loads(tokenizer.to_str()).get("model")
+    unk_id = model.get("unk_id") if isinstance(model, dict) else None
+    return unk_id if is_int(unk_id) else None
 
 
 def _short(text: str, width: int = 60) -> str:

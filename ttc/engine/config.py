@@ -18,6 +18,7 @@ from ttc.errors import ConfigError
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,16 @@ class ModelConfig:
     def qkv_bias(self) -> bool:
         """Qwen2 always has q/k/v biases; Llama only when ``attention_bias`` says so."""
         return self.model_type == "qwen2" or self.attention_bias
+
+    @property
+    def o_bias(self) -> bool:
+        """Llama's output projection has a bias when ``attention_bias`` says so; Qwen2's never has one."""
+        return self.model_type == "llama" and self.attention_bias
+
+    @property
+    def mlp_biases(self) -> bool:
+        """Llama's MLP projections have biases when ``mlp_bias`` says so; Qwen2's never have them."""
+        return self.model_type == "llama" and self.mlp_bias
 
 
 def _eos_ids(value: object, path: Path) -> tuple[int, ...]:
@@ -116,6 +127,26 @@ def _rope(raw: Mapping[str, Any], path: Path) -> RopeConfig:
     )
 
 
+def _check_architectures(raw: Mapping[str, Any], path: Path) -> None:
+    """A reward or classification head on a Llama/Qwen2 body shares its ``model_type``; with tied embeddings its
+    weights even load, and it would generate from the embedding table as if it were a language model."""
+    names = raw.get("architectures")
+    if names is None:
+        return
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{path}: architectures must be a list of class names, got {names!r}")
+    supported = {a.lower() for a in SUPPORTED_ARCHITECTURES}
+    if not names or any(n.lower() in supported for n in names):
+        return
+    named = ", ".join(names)
+    if any("classification" in n.lower() or "reward" in n.lower() for n in names):
+        raise ConfigError(f"{path}: architectures {named} is a reward/classification model, which the local engine "
+                          "cannot run (it generates with causal LMs only); serve it with vLLM's pooling runner and "
+                          "score with it through VLLMBackend (a `pooling` PRM preset)")
+    raise ConfigError(f"{path}: architectures {named} is not supported; the local engine runs "
+                      f"{', '.join(SUPPORTED_ARCHITECTURES)} checkpoints")
+
+
 def _check_supported(raw: Mapping[str, Any], path: Path) -> str:
     model_type = str(raw.get("model_type", ""))
     if model_type not in SUPPORTED_MODEL_TYPES:
@@ -123,6 +154,7 @@ def _check_supported(raw: Mapping[str, Any], path: Path) -> str:
             f"{path}: model_type {model_type!r} is not supported; the local engine runs "
             f"{SUPPORTED_MODEL_TYPES} checkpoints (LlamaForCausalLM, Qwen2ForCausalLM)"
         )
+    _check_architectures(raw, path)
     act = raw.get("hidden_act", "silu")
     if act != "silu":
         raise ConfigError(f"{path}: hidden_act {act!r} is not supported; expected 'silu' (SwiGLU MLP)")

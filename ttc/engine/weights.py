@@ -100,18 +100,33 @@ class _Taker:
     def maybe(self, name: str, shape: tuple[int, ...]) -> Tensor | None:
         return self.get(name, shape) if name in self.tensors else None
 
+    def bias(self, name: str, shape: tuple[int, ...], declared: str | None) -> Tensor | None:
+        """The bias ``name`` exactly where the config declares one (``declared`` says how), as transformers builds
+        the layer: one the config does not declare is ignored, as transformers ignores an unexpected tensor
+        (adding it changed every output), and a declared one that is missing is an error, not a zero bias."""
+        if declared is None:
+            return None
+        if name not in self.tensors:
+            raise ConfigError(f"{self.folder}: weight {name!r} is missing, but {declared} says the layer has a "
+                              "bias; fix config.json or use the complete weights")
+        return self.get(name, shape)
+
 
 def _fuse(parts: list[Tensor]) -> Tensor:
     return torch.cat(parts, dim=0).contiguous()
 
 
 def _fuse_bias(parts: list[Tensor | None]) -> Tensor | None:
+    """The fused biases, or None where the config declares none (``_Taker.bias`` gives all of them or none)."""
     present = [p for p in parts if p is not None]
-    if not present:
-        return None
-    if len(present) != len(parts):
-        raise ConfigError("some but not all fused projections have biases; the checkpoint is inconsistent")
-    return _fuse(present)
+    return _fuse(present) if present else None
+
+
+def _declared(config: ModelConfig) -> tuple[str | None, str | None, str | None]:
+    """How the config declares q/k/v, output-projection and MLP biases; None where it declares none."""
+    qkv = "model_type 'qwen2'" if config.model_type == "qwen2" else "attention_bias=true"
+    return (qkv if config.qkv_bias else None, "attention_bias=true" if config.o_bias else None,
+            "mlp_bias=true" if config.mlp_biases else None)
 
 
 def _layer(take: _Taker, i: int, config: ModelConfig) -> LayerWeights:
@@ -119,21 +134,19 @@ def _layer(take: _Taker, i: int, config: ModelConfig) -> LayerWeights:
     hidden, inner = config.hidden_size, config.intermediate_size
     q_rows, kv_rows = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
     attn = [(f"{p}self_attn.q_proj", q_rows), (f"{p}self_attn.k_proj", kv_rows), (f"{p}self_attn.v_proj", kv_rows)]
-    qkv_bias = _fuse_bias([take.maybe(f"{a}.bias", (rows,)) for a, rows in attn])
-    if config.qkv_bias and qkv_bias is None:
-        raise ConfigError(f"{take.folder}: layer {i} has no q/k/v biases but the config requires them")
     mlp = [f"{p}mlp.{n}_proj" for n in ("gate", "up")]
+    qkv_bias, o_bias, mlp_bias = _declared(config)
     return LayerWeights(
         input_norm=take.get(f"{p}input_layernorm.weight", (hidden,)),
         qkv=_fuse([take.get(f"{a}.weight", (rows, hidden)) for a, rows in attn]),
-        qkv_bias=qkv_bias,
+        qkv_bias=_fuse_bias([take.bias(f"{a}.bias", (rows,), qkv_bias) for a, rows in attn]),
         o_proj=take.get(f"{p}self_attn.o_proj.weight", (hidden, q_rows)),
-        o_bias=take.maybe(f"{p}self_attn.o_proj.bias", (hidden,)),
+        o_bias=take.bias(f"{p}self_attn.o_proj.bias", (hidden,), o_bias),
         post_norm=take.get(f"{p}post_attention_layernorm.weight", (hidden,)),
         gate_up=_fuse([take.get(f"{m}.weight", (inner, hidden)) for m in mlp]),
-        gate_up_bias=_fuse_bias([take.maybe(f"{m}.bias", (inner,)) for m in mlp]),
+        gate_up_bias=_fuse_bias([take.bias(f"{m}.bias", (inner,), mlp_bias) for m in mlp]),
         down=take.get(f"{p}mlp.down_proj.weight", (hidden, inner)),
-        down_bias=take.maybe(f"{p}mlp.down_proj.bias", (hidden,)),
+        down_bias=take.bias(f"{p}mlp.down_proj.bias", (hidden,), mlp_bias),
     )
 
 
