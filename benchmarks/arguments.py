@@ -4,7 +4,9 @@ traceback after the models load, nor a table of nothing."""
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +49,18 @@ def sampling_seed(text: str) -> int:
         value = -1
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}")
+    return value
+
+
+def torch_seed(text: str) -> int:
+    """A seed for ``torch.manual_seed``, which refuses one outside [0, 2**63) only once the models have loaded and
+    greedy decoding has run."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be an int in [0, 2**63), got {text!r}")
     return value
 
 
@@ -115,10 +129,35 @@ def weight_list(text: str) -> list[float]:
     """A comma-separated list of distinct finite numbers >= 0 (cost weights): each is an arm of the table, and the
     strategies refuse a negative weight only when that arm runs."""
     values = [_number(part) for part in text.split(",")]
-    if not all(math.isfinite(v) and v >= 0 for v in values) or len(set(values)) != len(values):
-        raise argparse.ArgumentTypeError(f"must be distinct finite numbers >= 0 separated by commas, such as 0,1,2; "
-                                         f"got {text!r}")
+    # An arm is named by its weight to 6 significant digits: two weights named alike would leave one arm.
+    if not all(math.isfinite(v) and v >= 0 for v in values) or len({f"{v:g}" for v in values}) != len(values):
+        raise argparse.ArgumentTypeError(f"must be distinct finite numbers >= 0 separated by commas, such as 0,1,2, "
+                                         f"that differ in their first 6 significant digits; got {text!r}")
     return values
+
+
+def finite_positive(text: str) -> float:
+    """A finite number > 0 (a size cap, a bandwidth): nan passes a ``<= 0`` check and then compares false with every
+    size, and inf removes the cap."""
+    value = _number(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def writable_path(path: Path) -> str | None:
+    """Why ``path`` cannot be written once its missing folders are made, or None: checked while parsing, since the
+    scripts write their file only after the run."""
+    if path.is_dir():
+        return f"{str(path)!r} is a folder; name a file"
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{str(ancestor)!r} is not a folder, so {str(path)!r} cannot be made"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"the folder {str(ancestor)!r} is not writable"
+    return None
 
 
 def _number(text: str) -> float:
@@ -135,6 +174,20 @@ def model_folder(text: str) -> Path:
     if not (path / "config.json").is_file():
         raise argparse.ArgumentTypeError(f"must be a model folder holding config.json, got {text!r}")
     return path
+
+
+def model_context(path: Path) -> int | None:
+    """The positions a model folder's config.json states (``max_position_embeddings``), None when it states none:
+    the engines stop a sequence there, so a setting past it measures tokens that are never generated."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    positions = config.get("max_position_embeddings") or (config.get("text_config") or {}).get(
+        "max_position_embeddings")
+    return positions if isinstance(positions, int) and positions > 0 else None
 
 
 def run_or_exit(parser: argparse.ArgumentParser, main: Callable[[], T]) -> T:
@@ -175,9 +228,9 @@ def _usage_exit(prog: str, error: TTCError) -> NoReturn:
     sys.exit(2)
 
 
-__all__ = ["at_least_one", "count_list", "model_folder", "optional_count_list", "positive_list", "probability",
-           "run_or_exit", "run_script", "sampling_seed", "sampling_temperature", "synthetic_problems", "synthetic_seed",
-           "weight_list"]
+__all__ = ["at_least_one", "count_list", "finite_positive", "model_context", "model_folder", "optional_count_list",
+           "positive_list", "probability", "run_or_exit", "run_script", "sampling_seed", "sampling_temperature",
+           "synthetic_problems", "synthetic_seed", "torch_seed", "weight_list", "writable_path"]
 
 if __name__ == "__main__":
     sys.exit("a module of the benchmark scripts, not a script")

@@ -50,7 +50,7 @@ from ttc.bench.replay import ReplayBackend, ScoreCache
 from ttc.bench.report import format_table
 from ttc.concurrency import bounded_gather
 from ttc.config import embedded_setup
-from ttc.controller import pooled_options
+from ttc.controller import AUTO_MAX_SAMPLES, pooled_options
 from ttc.pooled import solve_pooled
 from ttc.strategies.sampling import Checks
 from ttc.types import Budget, Candidate, Problem, Result
@@ -233,6 +233,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--seed", type=synthetic_seed(SEED_BASE), default=0,
                    help=f"the problems are drawn with synthetic seed {SEED_BASE} + this, and sampled with it")
     args = p.parse_args()
+    if max(args.fractions) * args.samples > AUTO_MAX_SAMPLES:
+        # A pooled arm draws at most AUTO_MAX_SAMPLES a question, and the even split of such a fraction would draw
+        # as many samples for every question as the fraction asks, without bound.
+        p.error(f"argument --fractions: each must be at most {AUTO_MAX_SAMPLES} / --samples "
+                f"({AUTO_MAX_SAMPLES / args.samples:g}), the samples a pooled arm may draw for a question; "
+                f"got {max(args.fractions):g}")
     if args.min_samples is not None and args.min_samples > args.samples:
         p.error(f"argument --min-samples: must be at most --samples ({args.samples}), or the early-stopping arm could "
                 f"never stop early; got {args.min_samples}")

@@ -29,10 +29,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from arguments import at_least_one, run_or_exit, run_script  # noqa: E402
+from arguments import at_least_one, model_context, model_folder, run_or_exit, run_script  # noqa: E402
 
 from ttc.backends.local import LocalBackend  # noqa: E402
 from ttc.types import Sampling  # noqa: E402
+
+SYNTHETIC_CONTEXT = 4096  # positions of the random-init model built without --model
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Run:
     generated: int
     peak_kv_tokens: int
     peak_kv_bytes: int
+    fewest: int  # new tokens of the branch that stopped first (at an end-of-text token)
 
     @property
     def tokens_per_s(self) -> float:
@@ -78,6 +81,7 @@ async def _run_once(path: Path, prompt: list[int], args: argparse.Namespace, sha
         generated=sum(len(o.token_ids) for o in outs),
         peak_kv_tokens=stats.peak_kv_tokens,
         peak_kv_bytes=stats.peak_kv_tokens * stats.kv_bytes_per_token,
+        fewest=min(len(o.token_ids) for o in outs),
     )
 
 
@@ -87,6 +91,7 @@ def _median_run(runs: list[Run]) -> Run:
         generated=int(statistics.median(r.generated for r in runs)),
         peak_kv_tokens=int(statistics.median(r.peak_kv_tokens for r in runs)),
         peak_kv_bytes=int(statistics.median(r.peak_kv_bytes for r in runs)),
+        fewest=min(r.fewest for r in runs),
     )
 
 
@@ -115,15 +120,19 @@ def _model_path(args: argparse.Namespace, scratch: Path) -> Path:
         num_heads=4,
         num_kv_heads=4,
         intermediate_size=688,
-        max_positions=4096,
+        max_positions=SYNTHETIC_CONTEXT,
         eos_token_id=None,
         seed=0,
     )
 
 
 def _table(results: dict[str, Run], args: argparse.Namespace) -> str:
+    fewest = min(run.fewest for run in results.values())
+    # A branch that ended at an end-of-text token generated fewer tokens than asked: the sizes in the heading and
+    # the ideal ratio would describe a run that did not happen.
+    short = f" asked, a branch stopped after {fewest}" if fewest < args.new_tokens else ""
     lines = [
-        f"best-of-{args.branches}: {args.prompt_tokens}-token prompt, {args.new_tokens} new tokens per branch, "
+        f"best-of-{args.branches}: {args.prompt_tokens}-token prompt, {args.new_tokens} new tokens per branch{short}, "
         f"median of {args.repeats}",
         f"{'mode':<10} {'peak KV tokens':>15} {'peak KV MiB':>12} {'wall s':>8} {'tokens/s':>10}",
     ]
@@ -134,20 +143,29 @@ def _table(results: dict[str, Run], args: argparse.Namespace) -> str:
         )
     p, n, g = args.prompt_tokens, args.branches, args.new_tokens
     bound = (p + n * (g - 1)) / (n * (p + g - 1))
-    lines.append(f"ideal kv_ratio for these sizes: {bound:.4f} (the last sampled token of a branch is never fed)")
+    if short:
+        lines.append("ideal kv_ratio: none (branches of different lengths)")
+    else:
+        lines.append(f"ideal kv_ratio for these sizes: {bound:.4f} (the last sampled token of a branch is never fed)")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="Llama/Qwen2 folder (default: a random-init Llama, hidden 256, 4 layers); "
-                        "its context must hold --prompt-tokens plus --new-tokens (the mini models': 512)")
+    parser.add_argument("--model", type=model_folder, help="Llama/Qwen2 folder (default: a random-init Llama, hidden "
+                        "256, 4 layers); its context must hold --prompt-tokens plus --new-tokens (the mini models': "
+                        "512)")
     parser.add_argument("--prompt-tokens", type=at_least_one, default=1024)
     parser.add_argument("--branches", type=at_least_one, default=32)
     parser.add_argument("--new-tokens", type=at_least_one, default=128)
     parser.add_argument("--repeats", type=at_least_one, default=3)
     parser.add_argument("--threads", type=at_least_one, default=None, help="engine CPU threads (default: torch's)")
     args = parser.parse_args()
+    context = model_context(args.model) if args.model else SYNTHETIC_CONTEXT
+    if context is not None and args.prompt_tokens + args.new_tokens > context:
+        # The engine stops a branch at the context's end: the table would report tokens never generated.
+        parser.error(f"--prompt-tokens {args.prompt_tokens} plus --new-tokens {args.new_tokens} exceed the model's "
+                     f"context of {context} positions; lower one of them")
     with tempfile.TemporaryDirectory() as scratch:
         path = _model_path(args, Path(scratch))
         results = run_or_exit(parser, lambda: asyncio.run(_measure(path, args)))

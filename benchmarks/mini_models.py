@@ -63,7 +63,15 @@ from transformers import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, when a test loads it by path
-from arguments import at_least_one, model_folder, probability, run_or_exit, run_script, sampling_temperature
+from arguments import (
+    at_least_one,
+    model_folder,
+    probability,
+    run_or_exit,
+    run_script,
+    sampling_temperature,
+    torch_seed,
+)
 
 from ttc.backends.local import LocalBackend
 from ttc.bench.synthetic import (
@@ -77,6 +85,7 @@ from ttc.bench.synthetic import (
     split_steps,
 )
 from ttc.bench.totals import generate_totals
+from ttc.errors import ConfigError
 from ttc.models import mini_model_path, mini_prompt
 from ttc.strategies.base import TEMPERATURE, TOP_P
 from ttc.strategies.sampling import Checks
@@ -86,10 +95,35 @@ from ttc.verifiers.prm_presets import PRMPreset, get_preset
 
 
 def load_model(path: Path) -> PreTrainedModel:
-    """A causal LM in float32, in inference mode."""
-    model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+    """A causal LM in float32, in inference mode, that reads the mini models' tokens and has every weight.
+
+    Every model here is fed the shipped reasoner's token ids, and transformers fills a weight the folder lacks (an
+    ``lm_head``) with random numbers without a word: either way the figures would describe a broken model.
+    """
+    _check_vocabulary(path)
+    loaded = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True,
+                                                  output_loading_info=True)
+    # With output_loading_info the call returns the model and what loading found, which its stubs do not say.
+    model, info = cast(tuple[PreTrainedModel, dict[str, list[str]]], loaded)
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        raise ConfigError(f"model folder {path} lacks weights {', '.join(missing[:3])}"
+                          f"{' ...' if len(missing) > 3 else ''}: pass a complete checkpoint of a mini model")
     torch.nn.Module.eval(model)  # transformers' own eval() is untyped
     return model
+
+
+def _vocabulary(path: Path) -> object:
+    try:
+        return json.loads((path / "tokenizer.json").read_text())["model"]["vocab"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _check_vocabulary(path: Path) -> None:
+    if _vocabulary(path) != _vocabulary(mini_model_path("reasoner")):
+        raise ConfigError(f"model folder {path} does not use the mini models' tokenizer (its tokenizer.json is "
+                          f"missing or has another vocabulary): pass a model trained with ttc/models/mini's tokenizer")
 
 
 class Models:
@@ -368,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="the word problems of ttc.bench.synthetic (the shipped models' family), the totals "
                         "questions of ttc.bench.totals, or half of each (reported per family too)")
     parser.add_argument("--samples", type=at_least_one, default=16)
-    parser.add_argument("--sampling-seed", type=int, default=None, help="reseed torch before sampling: other "
+    parser.add_argument("--sampling-seed", type=torch_seed, default=None, help="reseed torch before sampling: other "
                         "samples of the same problems (without it, the samples follow from --seed)")
     parser.add_argument("--temperature", type=sampling_temperature, default=TEMPERATURE, help="the strategies' default")
     parser.add_argument("--top-p", type=probability, default=TOP_P, help="the strategies' default")
@@ -391,6 +425,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dump", type=dump_file, default=None, help="write each problem's greedy solution, "
                         "samples and their PRM and checker step scores here (JSON lines), after the report")
     args = parser.parse_args(argv)
+    if args.family == "mix" and args.n < 2:  # half of one question is none: the totals columns would be empty
+        parser.error("--family mix splits --n between two families; pass --n 2 or more")
     if args.distinct and args.calculator:  # before the models load and greedy decoding runs
         parser.error("--distinct draws with ttc's engine, which has no calculator; drop one of the two")
     if args.seed not in EVAL_SEEDS:

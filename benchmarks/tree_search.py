@@ -22,7 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-from arguments import at_least_one, count_list, run_script, synthetic_problems, synthetic_seed, weight_list
+from arguments import (
+    at_least_one,
+    count_list,
+    run_script,
+    synthetic_problems,
+    synthetic_seed,
+    weight_list,
+    writable_path,
+)
 
 from ttc.api import Session, solve_problem
 from ttc.bench.datasets import load_dataset
@@ -138,10 +146,10 @@ async def main(args: argparse.Namespace) -> None:
                         "median mean KV", "wall s"],
                        [[c.strategy, c.budget, c.accuracy(), c.accuracy(HARD), sum(c.tokens) / len(c.tokens),
                          median(c.peak_kv), median(c.mean_kv), c.wall_s] for c in cells]))
+    print(headline(cells, max(args.budgets)), flush=True)  # the run's figures, whatever becomes of the plot
     if args.plot is not None:
         plot(cells, args.plot)
         print(f"plot: {args.plot}")
-    print(headline(cells, max(args.budgets)))
 
 
 def headline(cells: list[Cell], top: int) -> str:
@@ -193,6 +201,8 @@ def parse() -> argparse.Namespace:
     if args.plot is not None and args.plot.suffix.lower().lstrip(".") not in plot_formats():
         p.error(f"argument --plot: must end in a format matplotlib writes ({', '.join(sorted(plot_formats()))}), "
                 f"got {str(args.plot)!r}")
+    if args.plot is not None and (problem := writable_path(args.plot)) is not None:
+        p.error(f"argument --plot: {problem}")
     return args
 
 

@@ -111,6 +111,8 @@ def main() -> None:
     parser.add_argument("out_dir", type=Path, help="folder to write the checkpoint into (created if missing)")
     args = parser.parse_args()
     out: Path = args.out_dir
+    if out.exists() and not out.is_dir():
+        parser.error(f"out_dir {out} is a file; pass a folder to write the checkpoint into")
     out.mkdir(parents=True, exist_ok=True)
     vocab_size = write_tokenizer(out)
     write_model(out, vocab_size)

@@ -24,6 +24,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
     out: Path = parser.parse_args().out_dir
+    if out.exists() and not out.is_dir():
+        parser.error(f"out_dir {out} is a file; pass a folder to write the checkpoint into")
     out.mkdir(parents=True, exist_ok=True)
 
     import torch

@@ -1104,6 +1104,16 @@ def check_inputs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> N
                          f"it first (--stage {name} --out {args.out}), or pass the --out that holds it")
     if args.score_synthesizer is not None and not (args.score_synthesizer / "config.json").is_file():
         parser.error(f"--score-synthesizer {args.score_synthesizer} has no model (config.json)")
+    # The log is first written when training starts, and its folder made only then: a folder named as the log, or
+    # a file among its parents, failed after the data was drawn.
+    if args.log.is_dir():
+        parser.error(f"--log {args.log} is a folder; pass a file to append the training log to")
+    existing = args.log.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        parser.error(f"--log {args.log} cannot be written ({existing} is not a writable folder); pass a file in a "
+                     f"writable folder")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -85,6 +85,26 @@ def test_no_script_shadows_an_importable_module(stem: str, tmp_path: Path) -> No
     pytest.param(("tree_search.py", "--plot", "out.txt"), "argument --plot: must end in a format matplotlib writes",
                  marks=pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
                                           reason="without matplotlib --plot is refused as such")),
+    # The table printed, then the folder could not be made: a FileExistsError traceback and no headline.
+    pytest.param(("tree_search.py", "--plot", "/dev/null/x.png"), "'/dev/null' is not a folder",
+                 marks=pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
+                                          reason="without matplotlib --plot is refused as such")),
+    # Two weights formatted alike name one arm: one ETS arm silently replaced the other.
+    (("tree_search.py", "--ets-lambda-kv", "1,2,2.0000001"), "differ in their first 6 significant digits"),
+    # A table of "100 new tokens per branch" where each branch stopped at the context's end after a few.
+    (("engine.py", "--model", "ttc/models/mini/reasoner", "--prompt-tokens", "500", "--new-tokens", "100"),
+     "--prompt-tokens 500 plus --new-tokens 100 exceed the model's context of 512 positions"),
+    # A KeyError after every model had run (half of one question is no totals question).
+    (("mini_models.py", "--family", "mix", "--n", "1"), "--family mix splits --n between two families"),
+    # torch.manual_seed refused it after the models loaded and greedy decoding ran.
+    (("mini_models.py", "--sampling-seed", str(2**64)), "argument --sampling-seed: must be an int in [0, 2**63)"),
+    # An OverflowError after three arms had run; a pooled arm draws at most 64 samples a question anyway.
+    (("batch_budget.py", "--fractions", "1e308"), "argument --fractions: each must be at most 64 / --samples (4)"),
+    (("batch_budget.py", "--samples", "32", "--fractions", "0.5,3"), "at most 64 / --samples (2)"),
+    # nan passed the "<= 0" check and disabled the size cap: every case ran, whatever its size.
+    (("cascade_attention.py", "--max-gib", "nan"), "argument --max-gib: must be a finite number > 0, got 'nan'"),
+    (("cascade_attention.py", "--gpu-max-gib", "inf"), "argument --gpu-max-gib: must be a finite number > 0"),
+    (("cascade_attention.py", "--peak-bw", "nan"), "argument --peak-bw: must be a finite number > 0"),
 ])
 def test_a_setting_that_measures_nothing_is_a_usage_error_before_any_model_loads(
         args: tuple[str, ...], message: str) -> None:
@@ -212,6 +232,9 @@ TRAIN = Path(__file__).resolve().parents[1] / "scripts" / "train_mini_models.py"
     (("--stage", "synthesizer", "--synthesizer-examples", "0"), "expected an int >= 1, got 0"),  # hung for good
     (("--stage", "draft", "--draft-shape", "0x4"), "HIDDEN a multiple of 32"),
     (("--stage", "draft", "--save-every", "-1"), "argument --save-every: expected an int >= 0"),
+    # The log was first opened after the data was drawn: IsADirectoryError, or FileExistsError making its folder.
+    (("--stage", "draft", "--log", "/"), "--log / is a folder"),
+    (("--stage", "draft", "--log", "/dev/null/log.jsonl"), "(/dev/null is not a writable folder)"),
 ])
 def test_training_settings_that_cannot_train_are_usage_errors(args: tuple[str, ...], message: str,
                                                               tmp_path: Path) -> None:
@@ -241,3 +264,73 @@ def test_each_bundled_tokenizer_config_states_its_models_context() -> None:
     for folder in sorted(p for p in mini.iterdir() if (p / "config.json").is_file()):
         positions = json.loads((folder / "config.json").read_text())["max_position_embeddings"]
         assert json.loads((folder / "tokenizer_config.json").read_text())["model_max_length"] == positions, folder
+
+
+@pytest.mark.parametrize("name", ["make_tiny_llama.py", "make_tiny_qwen2_prm.py"])
+def test_a_tiny_checkpoint_into_a_file_is_a_usage_error(name: str, tmp_path: Path) -> None:
+    """It was a FileExistsError traceback."""
+    (tmp_path / "afile").write_text("")
+    proc = subprocess.run([sys.executable, str(TRAIN.parent / name), str(tmp_path / "afile")], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "is a file; pass a folder" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def candidate(tmp_path: Path, config: dict[str, object] | None = None, vocab: dict[str, int] | None = None) -> Path:
+    """A copy of the shipped draft with its config or its tokenizer's vocabulary changed."""
+    import json
+    import shutil
+
+    folder = tmp_path / "candidate"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "ttc" / "models" / "mini" / "draft", folder)
+    if config is not None:
+        path = folder / "config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **config}))
+    if vocab is not None:
+        path = folder / "tokenizer.json"
+        tokenizer = json.loads(path.read_text())
+        tokenizer["model"]["vocab"] = vocab
+        path.write_text(json.dumps(tokenizer))
+    return folder
+
+
+def test_a_candidate_model_with_another_vocabulary_or_missing_weights_is_refused(
+        script: Callable[[str], ModuleType], tmp_path: Path) -> None:
+    """A foreign tokenizer's model was fed the mini models' token ids, and a missing lm_head was filled with random
+    numbers: both were measured as if they were candidate models."""
+    import json
+
+    from ttc.errors import ConfigError
+
+    mini_models = script("mini_models")
+    shipped = mini_models.load_model(candidate(tmp_path / "same"))
+    assert shipped is not None
+    shipped_tokenizer = Path(__file__).resolve().parents[1] / "ttc" / "models" / "mini" / "draft" / "tokenizer.json"
+    vocab = json.loads(shipped_tokenizer.read_text())["model"]["vocab"]
+    swapped = dict(zip(vocab, reversed(list(vocab.values())), strict=True))
+    with pytest.raises(ConfigError, match="does not use the mini models' tokenizer"):
+        mini_models.load_model(candidate(tmp_path / "foreign", vocab=swapped))
+    with pytest.raises(ConfigError, match=r"lacks weights lm_head\.weight"):
+        mini_models.load_model(candidate(tmp_path / "untied", config={"tie_word_embeddings": False}))
+
+
+def test_a_foreign_reasoner_is_a_one_line_usage_error(tmp_path: Path) -> None:
+    folder = candidate(tmp_path, vocab={"a": 0, "b": 1})
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "wrong_totals.py"), "--reasoner", str(folder)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("wrong_totals.py: error: model folder ")
+    assert "Traceback" not in proc.stderr
+
+
+def test_engine_labels_a_run_whose_branches_stopped_before_the_tokens_asked(
+        script: Callable[[str], ModuleType]) -> None:
+    """The heading said 100 new tokens per branch, and an ideal ratio for 100, where branches had ended early."""
+    engine = script("engine")
+    args = argparse.Namespace(branches=2, prompt_tokens=100, new_tokens=100, repeats=1)
+    full = {mode: engine.Run(1.0, 200, 300, 3000, fewest=100) for mode in ("shared", "unshared")}
+    assert "ideal kv_ratio for these sizes" in engine._table(full, args)
+    short = {**full, "unshared": engine.Run(1.0, 120, 300, 3000, fewest=20)}
+    table = engine._table(short, args)
+    assert "100 new tokens per branch asked, a branch stopped after 20" in table
+    assert "ideal kv_ratio for these sizes" not in table
