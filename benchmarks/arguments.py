@@ -4,7 +4,6 @@ traceback after the models load, nor a table of nothing."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -176,20 +175,6 @@ def model_folder(text: str) -> Path:
     return path
 
 
-def model_context(path: Path) -> int | None:
-    """The positions a model folder's config.json states (``max_position_embeddings``), None when it states none:
-    the engines stop a sequence there, so a setting past it measures tokens that are never generated."""
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(config, dict):
-        return None
-    positions = config.get("max_position_embeddings") or (config.get("text_config") or {}).get(
-        "max_position_embeddings")
-    return positions if isinstance(positions, int) and positions > 0 else None
-
-
 def run_or_exit(parser: argparse.ArgumentParser, main: Callable[[], T]) -> T:
     """``main()``, where a ttc error (a setting the models or the library refuse) ends the script as a usage error
     that says what to change, not a traceback."""
@@ -228,7 +213,7 @@ def _usage_exit(prog: str, error: TTCError) -> NoReturn:
     sys.exit(2)
 
 
-__all__ = ["at_least_one", "count_list", "finite_positive", "model_context", "model_folder", "optional_count_list",
+__all__ = ["at_least_one", "count_list", "finite_positive", "model_folder", "optional_count_list",
            "positive_list", "probability", "run_or_exit", "run_script", "sampling_seed", "sampling_temperature",
            "synthetic_problems", "synthetic_seed", "torch_seed", "weight_list", "writable_path"]
 

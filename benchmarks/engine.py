@@ -29,9 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from arguments import at_least_one, model_context, model_folder, run_or_exit, run_script  # noqa: E402
+from arguments import at_least_one, model_folder, run_or_exit, run_script  # noqa: E402
 
 from ttc.backends.local import LocalBackend  # noqa: E402
+from ttc.engine.config import load_config  # noqa: E402
 from ttc.types import Sampling  # noqa: E402
 
 SYNTHETIC_CONTEXT = 4096  # positions of the random-init model built without --model
@@ -161,8 +162,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=at_least_one, default=3)
     parser.add_argument("--threads", type=at_least_one, default=None, help="engine CPU threads (default: torch's)")
     args = parser.parse_args()
-    context = model_context(args.model) if args.model else SYNTHETIC_CONTEXT
-    if context is not None and args.prompt_tokens + args.new_tokens > context:
+    # The positions the engine reads the model to hold (its own default where config.json states none).
+    context = run_or_exit(parser, lambda: load_config(args.model).max_positions) if args.model else SYNTHETIC_CONTEXT
+    if args.prompt_tokens + args.new_tokens > context:
         # The engine stops a branch at the context's end: the table would report tokens never generated.
         parser.error(f"--prompt-tokens {args.prompt_tokens} plus --new-tokens {args.new_tokens} exceed the model's "
                      f"context of {context} positions; lower one of them")

@@ -92,7 +92,7 @@ print(v if isinstance(v, int) and v > 0 else "")' "$model/config.json")"
     VLLM_CPU_OMP_THREADS_BIND="${VLLM_CPU_OMP_THREADS_BIND:-nobind}" \
     OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" \
     VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
-    setsid nohup "$VENV/bin/python" -m vllm.entrypoints.openai.api_server \
+    setsid nohup "$VENV/bin/python" -m "$SERVER_MODULE" \
         --model "$model" --served-model-name "${TTC_VLLM_SERVED_NAME:-$(basename "$model")}" \
         --host 127.0.0.1 --port "$port" \
         --enforce-eager --dtype float32 \

@@ -213,6 +213,10 @@ def _unknown_id(tokenizer: Any) -> int | None:
     if isinstance(unk, str):
         found = tokenizer.token_to_id(unk)
         return found if is_int(found) else None
+    from tokenizers.models import Unigram  # the local extra's, as the engine that loaded this tokenizer is
+
+    if not isinstance(tokenizer.model, Unigram):  # the JSON of a large BPE vocabulary takes a while to write
+        return None
     model = json.loads(tokenizer.to_str()).get("model")
     unk_id = model.get("unk_id") if isinstance(model, dict) else None
     return unk_id if is_int(unk_id) else None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ttc.backends.vllm_errors import protocol_error
-from ttc.types import Completion, FinishReason, PromptLogprobs, Sampling
+from ttc.types import Completion, FinishReason, PromptLogprobs, Sampling, is_int
 
 _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
 
@@ -111,7 +111,7 @@ def _choices(body: Any, *, kind: str, url: str) -> list[dict[str, Any]]:
 
 
 def _is_token_id(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return is_int(value) and value >= 0
 
 
 def int_token_ids(values: object) -> tuple[int, ...] | None:

@@ -10,6 +10,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -118,8 +119,7 @@ def _fuse(parts: list[Tensor]) -> Tensor:
 
 def _fuse_bias(parts: list[Tensor | None]) -> Tensor | None:
     """The fused biases, or None where the config declares none (``_Taker.bias`` gives all of them or none)."""
-    present = [p for p in parts if p is not None]
-    return _fuse(present) if present else None
+    return None if parts[0] is None else _fuse(cast(list[Tensor], parts))
 
 
 def _declared(config: ModelConfig) -> tuple[str | None, str | None, str | None]:
