@@ -138,7 +138,9 @@ async def test_a_batch_of_searches_shares_one_budget_on_the_server(vllm_url: str
             assert record.status == "done"
             assert sum(n.parent is None for n in record.nodes) == 1
             grants = [e.payload for e in record.events if e.kind == "grant"]
-            assert [g["tokens"] for g in grants] == [300 * 2**k for k in range(len(grants))]
+            # Twice the grant before while the pool affords it, else what it has left, at least an even share.
+            tokens = [g["tokens"] for g in grants]
+            assert tokens[0] == 300 and all(300 <= t <= 300 * 2**k for k, t in enumerate(tokens))
             [stop] = [e.payload for e in record.events if e.kind == "stop"]
             assert stop["searches"] == len(grants) >= 1
     finally:

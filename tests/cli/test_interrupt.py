@@ -5,6 +5,7 @@ console script and ``python -m ttc``: also while the command line is still being
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -29,6 +30,13 @@ sys.meta_path.insert(0, Interrupter())
 SCRIPT = Path(sysconfig.get_path("scripts")) / "ttc"
 
 
+def _as_a_terminal_starts_it() -> None:
+    """Ctrl-C as a shell delivers it: a signal a test process ignores or blocks (its own code, or a library's, may
+    have left it so) is ignored or blocked in every child it starts, and the command would never see it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def commands() -> list[list[str]]:
     return [[str(SCRIPT)], [sys.executable, "-m", "ttc"]]
 
@@ -45,6 +53,7 @@ def test_ctrl_c_says_interrupted_and_exits_130(tmp_path: Path, command: list[str
     (tmp_path / "sitecustomize.py").write_text(INTERRUPTER, encoding="utf-8")
     path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path, "TTC_TEST_INTERRUPT_AT": module, "TTC_DB": str(tmp_path / "t.db")}
-    proc = subprocess.run([*command, "view", "--port", "0"], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run([*command, "view", "--port", "0"], capture_output=True, text=True, env=env, timeout=120,
+                          preexec_fn=_as_a_terminal_starts_it)
     assert (proc.returncode, proc.stderr.strip().splitlines()[-1:]) == (130, ["interrupted"]), proc.stderr
     assert "Traceback" not in proc.stderr

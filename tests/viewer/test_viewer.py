@@ -25,6 +25,7 @@ from ttc.storage import TraceStore
 from ttc.storage import export as export_module
 from ttc.storage.export import strict_json
 from ttc.testing import ScriptedBackend
+from ttc.types import Budget, Problem
 from ttc.viewer import make_server
 from ttc.viewer.pages import tree_rows
 from ttc.viewer.server import ViewerServer
@@ -128,14 +129,22 @@ def test_the_json_endpoint_is_the_export(viewer: Viewer) -> None:
     assert reply.json() == json.loads(json.dumps(strict_json(viewer.store.export_trace(viewer.searched), "t")))
 
 
-def test_a_failed_trace_shows_its_usage_as_not_recorded_rather_than_zero(viewer: Viewer) -> None:
-    """A failed trace has no usage row: zeros read as 'spent nothing', which a partial tree can contradict."""
+def test_a_failed_trace_shows_what_it_spent_and_one_failed_without_it_not_recorded(viewer: Viewer) -> None:
+    """A failed trace records what its run spent (here nothing: the backend refused the first call). One failed
+    without it (by fail_trace alone, or an older ttc) has no usage row: zeros would read as 'spent nothing', which
+    a partial tree can contradict, so the page says it was not recorded."""
     record = viewer.store.get_trace(viewer.failed)
-    assert record.usage is None and record.to_json()["usage"] is None
-    assert viewer.client.get(f"/api/traces/{viewer.failed}").json()["usage"] is None
+    assert record.usage is not None and record.usage.generated_tokens == 0
     page = viewer.client.get(f"/traces/{viewer.failed}").text
-    assert "not recorded (the trace did not finish)" in page and "generated=0" not in page
+    assert "generated=0" in page and "not recorded" not in page
     assert "answer</th><td><span class=\"muted\">none</span>" in page and "None" not in page
+    bare = viewer.store.start_trace(problem=Problem("What is 1 + 1?"), strategy="best_of_n", budget=Budget(tokens=8),
+                                    backend="scripted", seed=0)
+    viewer.store.fail_trace(bare, error="RuntimeError: stopped")
+    assert viewer.store.get_trace(bare).usage is None
+    assert viewer.client.get(f"/api/traces/{bare}").json()["usage"] is None
+    page = viewer.client.get(f"/traces/{bare}").text
+    assert "not recorded (the trace did not finish)" in page and "generated=0" not in page
     done = viewer.store.get_trace(viewer.solved)
     assert done.usage is not None and done.usage.generated_tokens > 0
     assert f"generated={done.usage.generated_tokens}" in viewer.client.get(f"/traces/{viewer.solved}").text
