@@ -32,20 +32,26 @@ class FailsEveryOtherQuestion(ScriptedBackend):
         return await super().complete(prompt, n, sampling)
 
 
-def test_an_arm_whose_questions_failed_says_so_and_exits_1(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    """Every arm read 'accuracy 1.000' over the half it finished, with no failed count or error, and exit 0."""
+def _demo_exit_code(monkeypatch: pytest.MonkeyPatch, backend: ScriptedBackend, db: Path, samples: int) -> int:
+    """``ttc demo`` on 4 problems with ``samples``, every arm on ``backend`` with no verifier: its exit code."""
     def make_session(*args: object, **kwargs: object) -> Session:
-        session = open_session(backend=FailsEveryOtherQuestion(right_answer), store=str(tmp_path / "d.db"),
-                               verifier=None, prompt_template=None)
+        session = open_session(backend=backend, store=str(db), verifier=None, prompt_template=None)
         session.setup.owned = True
         return session
 
     monkeypatch.setattr(cli, "make_session", make_session)
-    monkeypatch.setattr(sys, "argv", ["ttc", "demo", "--problems", "4", "--samples", "2"])
+    monkeypatch.setattr(sys, "argv", ["ttc", "demo", "--problems", "4", "--samples", str(samples)])
     with pytest.raises(SystemExit) as exited:
         cli.main()
-    assert exited.value.code == 1
+    code = exited.value.code
+    assert isinstance(code, int)
+    return code
+
+
+def test_an_arm_whose_questions_failed_says_so_and_exits_1(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every arm read 'accuracy 1.000' over the half it finished, with no failed count or error, and exit 0."""
+    assert _demo_exit_code(monkeypatch, FailsEveryOtherQuestion(right_answer), tmp_path / "d.db", 2) == 1
     out, err = capsys.readouterr()
     assert "failed" in out
     assert "greedy: 2 of 4 problems failed; its accuracy counts the 2 it finished" in " ".join(err.split())
@@ -57,18 +63,7 @@ def test_samples_an_arm_cannot_take_are_refused_before_any_arm_runs(
     """--samples 5000 was refused only after the greedy arm had run (minutes on the default problems), its result
     never shown, in a message naming the strategy's option n rather than --samples."""
     db = tmp_path / "d.db"
-
-    def make_session(*args: object, **kwargs: object) -> Session:
-        session = open_session(backend=ScriptedBackend(right_answer), store=str(db), verifier=None,
-                               prompt_template=None)
-        session.setup.owned = True
-        return session
-
-    monkeypatch.setattr(cli, "make_session", make_session)
-    monkeypatch.setattr(sys, "argv", ["ttc", "demo", "--problems", "4", "--samples", "5000"])
-    with pytest.raises(SystemExit) as exited:
-        cli.main()
-    assert exited.value.code == 2
+    assert _demo_exit_code(monkeypatch, ScriptedBackend(right_answer), db, 5000) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "the majority@5000 arm cannot run with samples=5000" in err and "--samples" in err
     with TraceStore(str(db)) as store:
