@@ -88,7 +88,7 @@ class _Searcher:
     def margin(self) -> float:
         """The weighted vote's leader's lead over the runner-up, as a share of the vote (1.0: all agree)."""
         answers = [n.answer for n in self.finished]
-        return majority_vote(answers, vote_weights([n.score for n in self.finished], answers)).margin
+        return majority_vote(answers, vote_weights([n.known_score for n in self.finished], answers)).margin
 
     def standing(self) -> SearchStanding:
         return SearchStanding(index=self.index, searches=self.searches, cap=MAX_SEARCHES, open=self.open,

@@ -360,3 +360,54 @@ async def test_a_path_stopped_by_max_depth_states_no_answer_it_did_not_write(nam
     result, _, _ = await run_search(name, {**options, "max_depth": 3}, ScriptedBackend(tree_responder(
         {**script, "1 + 2 = 3\n3 * 4 = 12\n": ["The answer is 12.\n"]})), TablePRM(default=0.5))
     assert result.answer == "12"
+
+
+class WallClock:
+    """A clock that only the scripted backend moves: each call to a path in ``slow`` takes ``seconds``."""
+
+    def __init__(self, slow: Sequence[str], seconds: float) -> None:
+        self.now = 0.0
+        self.slow = set(slow)
+        self.seconds = seconds
+
+    def __call__(self) -> float:
+        return self.now
+
+    def responder(self, script: dict[str, list[str]]) -> object:
+        respond = tree_responder(script)
+
+        def timed(prompt_text: str, index: int, seed: int | None) -> str:
+            if index == 0 and prompt_text[len("Q: q\n"):] in self.slow:
+                self.now += self.seconds
+            return respond(prompt_text, index, seed)
+
+        return timed
+
+
+async def test_no_step_is_scored_after_the_wall_time_is_spent() -> None:
+    """The last expansion's steps were scored after the wall time, and the path found then outvoted the one
+    scored in time; unscored paths take no part in a choice by score, as unscored samples do not."""
+    script = {"": ["The answer is 3.\n", "a\n"], "a\n": ["The answer is 7.\n"]}
+    prm = TablePRM({"The answer is 3.": 0.2, "a": 0.9, "The answer is 7.": 0.95})
+    clock = WallClock(["a\n"], seconds=1.0)
+    ctx = make_ctx(ScriptedBackend(clock.responder(script)), prm)  # type: ignore[arg-type]
+    meter = Meter(Budget(wall_s=0.5), clock=clock)
+    result = await make_strategy("beam", {"beam_width": 2, "expand": 1}).run(Problem("q"), meter, ctx)
+    assert prm.calls == [("The answer is 3.",), ("a",)]
+    assert meter.usage().verifier_calls == 2
+    [unscored] = [e.payload for e in ctx.recorder.events() if e.kind == "unscored"]
+    late = next(n for n in ctx.recorder.nodes() if n.text == "The answer is 7.\n")
+    assert unscored == {"reason": "wall_time", "scored": 0, "unscored": 1, "node_ids": [late.id]}
+    assert late.score is None and late.step_scores == ()
+    assert result.answer == "3"
+    assert sorted((c.answer, c.score) for c in result.candidates) == [("3", 0.2), ("7", None)]
+
+
+async def test_unscored_paths_still_answer_where_no_scored_one_does() -> None:
+    script = {"": ["The answer is 7.\n", "The answer is 7.\n"]}
+    prm = TablePRM()
+    clock = WallClock([""], seconds=1.0)
+    ctx = make_ctx(ScriptedBackend(clock.responder(script)), prm)  # type: ignore[arg-type]
+    result = await make_strategy("beam", {"beam_width": 2, "expand": 1}).run(
+        Problem("q"), Meter(Budget(wall_s=0.5), clock=clock), ctx)
+    assert prm.calls == [] and result.answer == "7" and result.score is None

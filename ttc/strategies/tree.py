@@ -85,6 +85,7 @@ class StepNode:
     depth: int
     step_scores: tuple[float, ...] = ()
     score: float = 0.0
+    scored: bool = False  # False where the wall time ran out before the verifier saw this path
     complete: bool = False
     cut: bool = False  # the step ran out of tokens (finish reason "length")
     ended: bool = False  # the model ended the solution here (rather than max_depth)
@@ -105,6 +106,11 @@ class StepNode:
 
     def solution(self) -> str:
         return "".join(step.text for step in self.path())
+
+    @property
+    def known_score(self) -> float | None:
+        """The path's score, or None where it was never scored: unknown, not low."""
+        return self.score if self.scored else None
 
     @property
     def open(self) -> bool:
@@ -311,14 +317,19 @@ class SearchTree:
         return child
 
     async def _score(self, nodes: Sequence[StepNode]) -> None:
-        """PRM scores for each node's path, concurrently; an empty step inherits its parent's scores."""
+        """PRM scores for each node's path, concurrently; an empty step inherits its parent's scores. No verifier
+        call starts after the wall time is spent, as no backend call does: those nodes stay unscored (``scored``
+        False), and a choice by score leaves them out."""
         results: dict[int, list[float]] = {}
 
         async def one(node: StepNode) -> None:
             steps = [s for s in (step.text.strip() for step in node.path()) if s]
             if not node.text.strip():
                 parent = node.parent
-                results[node.id] = list(parent.step_scores) if parent is not None else []
+                if parent is None or parent.parent is None or parent.scored:
+                    results[node.id] = list(parent.step_scores) if parent is not None else []
+                return
+            if self.meter.time_left() == 0.0:
                 return
             scored = await score_steps_costed(self.prm, self.ctx.question_text(self.problem.question), steps)
             scores = scored.scores
@@ -329,9 +340,16 @@ class SearchTree:
             results[node.id] = [float(s) for s in scores]
 
         await run_concurrently([functools.partial(one, node) for node in nodes])
+        unscored = [node.id for node in nodes if node.id not in results]
+        if unscored:
+            self.ctx.recorder.event("unscored", {"reason": "wall_time", "scored": len(nodes) - len(unscored),
+                                                 "unscored": len(unscored), "node_ids": unscored})
         for node in nodes:
+            if node.id not in results:
+                continue
             node.step_scores = tuple(results[node.id])
             node.score = aggregate(node.step_scores, self.aggregation) if node.step_scores else 0.0
+            node.scored = True
             if not math.isfinite(node.score):  # each step's score is finite, but a product of them can overflow
                 raise VerifierError(f"the path of node {node.id} scores {node.score!r} under aggregate="
                                     f"{self.aggregation!r} of its step scores {list(node.step_scores)}: path scores "
@@ -399,7 +417,7 @@ def choose_leaves(ctx: Context, prompt_tokens: int, finished: Sequence[StepNode]
     # the partial leaves compete with those on their scores (a fragment once beat a better-scored path).
     answering = any(n.answer is not None for n in finished)
     leaves = list(finished) if answering else [*finished, *sorted(leftover, key=by_rank)]
-    candidates = [Candidate(text=n.solution(), answer=n.answer, score=n.score,
+    candidates = [Candidate(text=n.solution(), answer=n.answer, score=n.known_score,
                             token_count=len(n.prefix) - prompt_tokens, node_id=n.id) for n in leaves]
     choice = choose(ctx, candidates, select)
     mark_selected(ctx, choice)
