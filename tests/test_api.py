@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import traceback
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -538,3 +539,38 @@ def test_a_question_about_a_context_records_the_context_as_its_problems(tmp_path
         problems = [conn.execute("SELECT problem_id FROM traces WHERE id = ?", (i,)).fetchone()[0] for i in ids]
     assert problems[0] != problems[1]  # one question about two contexts is two problems
     assert problems[2] == problems[3] != problems[0]  # a batch's question has its index
+
+
+def _failing() -> ScriptedBackend:
+    return ScriptedBackend(["The answer is 1."], fail_after=0)
+
+
+@pytest.mark.parametrize(("call", "error"), [
+    (lambda: solve("q", 500, backend=_failing(), store=False, strategy="best_of_n", n=2), BackendError),
+    (lambda: solve_batch(["q", "r"], 500, backend=_failing(), store=False, strategy="best_of_n", n=2), BackendError),
+    (lambda: ttc.sleep("Meg has 3 cups.", 500, backend=_failing(), store=False, n=2, max_tokens=50), BackendError),
+    (lambda: solve("q", 500, backend=_failing(), store=False, strategy="nope"), ConfigError),
+])
+def test_an_error_from_a_blocking_call_does_not_chain_the_event_loop_probe(call: Any, error: type[Exception]) -> None:
+    """Every error out of solve, solve_batch and sleep carried "RuntimeError: no running event loop" as its context,
+    and its traceback read "During handling of the above exception, another exception occurred"."""
+    with pytest.raises(error) as caught:
+        call()
+    chained: BaseException | None = caught.value
+    while chained is not None:
+        assert not isinstance(chained, RuntimeError), chained
+        chained = chained.__context__
+    assert "no running event loop" not in "".join(traceback.format_exception(caught.value))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("call", [
+    lambda: solve("q", 100, backend=ScriptedBackend(["The answer is 1."]), store=False),
+    lambda: solve_batch(["q"], 100, backend=ScriptedBackend(["The answer is 1."]), store=False),
+    lambda: ttc.sleep("Meg has 3 cups.", 100, backend=ScriptedBackend(["The answer is 1."]), store=False),
+])
+async def test_a_blocking_call_inside_an_event_loop_says_what_to_await(call: Any) -> None:
+    with pytest.raises(ConfigError, match=r"cannot run inside a running event loop: await asolve\(\.\.\.\), "
+                                          r"asolve_batch\(\.\.\.\) or asleep\(\.\.\.\)") as caught:
+        call()
+    assert caught.value.__context__ is None

@@ -81,3 +81,32 @@ def test_from_env_trims_the_model_and_key_as_the_embedded_settings_do(monkeypatc
     monkeypatch.setenv("TTC_VLLM_API_KEY", "   ")
     backend = VLLMBackend.from_env()
     assert backend.model == "qwen" and backend._api_key is None
+
+
+@pytest.mark.parametrize("target", ["TTC_VLLM_URL", "url"])
+def test_the_vllm_model_variable_names_the_targets_model_only(monkeypatch: pytest.MonkeyPatch, target: str) -> None:
+    """TTC_VLLM_MODEL=reasoner was asked of the draft server too, which failed: "model 'reasoner' is not served here;
+    the server lists ['draft']". Each helper server is asked for the one model it serves."""
+    monkeypatch.setenv("TTC_VLLM_MODEL", " reasoner ")
+    monkeypatch.setenv("TTC_DRAFT_URL", "http://127.0.0.1:8002")
+    monkeypatch.setenv("TTC_SYNTHESIZER_URL", "http://127.0.0.1:8003")
+    if target == "url":
+        setup = default_backend(url="http://127.0.0.1:8001")
+    else:
+        monkeypatch.setenv("TTC_VLLM_URL", "http://127.0.0.1:8001")
+        setup = default_backend()
+    draft, synthesizer = setup.draft_backend(), setup.synthesizer_backend()
+    assert isinstance(setup.backend, VLLMBackend) and isinstance(draft, VLLMBackend)
+    assert isinstance(synthesizer, VLLMBackend)
+    assert setup.backend.model == "reasoner"
+    assert (draft.urls, draft.model) == (("http://127.0.0.1:8002",), None)
+    assert (synthesizer.urls, synthesizer.model) == (("http://127.0.0.1:8003",), None)
+
+
+def test_the_api_key_still_goes_to_every_vllm_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TTC_VLLM_API_KEY", " secret ")
+    monkeypatch.setenv("TTC_DRAFT_URL", "http://127.0.0.1:8002")
+    setup = default_backend(url="http://127.0.0.1:8001")
+    draft = setup.draft_backend()
+    assert isinstance(setup.backend, VLLMBackend) and isinstance(draft, VLLMBackend)
+    assert setup.backend._api_key == draft._api_key == "secret"

@@ -155,11 +155,17 @@ def check_budget_scope(scope: object) -> BudgetScope:
 
 
 def _run_sync(func: Callable[[], Awaitable[T]]) -> T:
+    """Run ``func`` on a new event loop. The loop runs after the probe's ``except`` has ended: run inside it, every
+    error the call raised carried "RuntimeError: no running event loop" as its context, and tracebacks showed it."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return anyio.run(func)
-    raise ConfigError("solve() was called inside a running event loop: use `await asolve(...)` there instead")
+        pass
+    else:
+        # One message for the three blocking calls: sleep() inside a loop was told to await asolve.
+        raise ConfigError("solve(), solve_batch() and sleep() block, so they cannot run inside a running event loop: "
+                          "await asolve(...), asolve_batch(...) or asleep(...) there instead")
+    return anyio.run(func)
 
 
 def solve(prompt: str, budget: int | Budget, *, strategy: str = "auto", backend: Backend | None = None,

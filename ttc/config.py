@@ -4,6 +4,9 @@ Environment variables (all optional):
 
 - ``TTC_VLLM_URL``: a vLLM server (comma-separated for replicas); wins over ``TTC_MODEL`` (a ``--url`` or
   ``--model`` given on the command line wins over both).
+- ``TTC_VLLM_MODEL``: the model to ask that server for (``TTC_VLLM_URL``, or the ``--url`` / ``url=`` given instead),
+  where it serves several; by default the first it lists. The draft and synthesizer servers are each asked for the
+  model they serve: they run other models, which this name does not fit.
 - ``TTC_MODEL``: a Hugging Face model folder for the in-process local engine.
 - ``TTC_DRAFT_MODEL`` / ``TTC_DRAFT_URL``: a draft model (a local folder, or a vLLM server) for the lookahead
   strategy; it must share the target's tokenizer. The embedded default brings the mini draft.
@@ -14,7 +17,7 @@ Environment variables (all optional):
 - ``TTC_THREADS``: CPU threads of the local engine.
 - ``TTC_DATA_DIR``: where benchmark JSONL files live (default: the first of ``../shared/datasets``,
   ``./datasets`` and ``shared/datasets`` beside the checkout that exists).
-- ``TTC_VLLM_MODEL`` / ``TTC_VLLM_API_KEY``: the served model's name and the server's API key, for every vLLM URL.
+- ``TTC_VLLM_API_KEY``: the API key sent to every vLLM server (the target's and the helpers').
 - ``TTC_DB_BUSY_TIMEOUT_S``: seconds a locked trace store is waited for (default 10).
 - ``TTC_SCRIPTED_DELAY_S``: seconds the CLI's scripted stand-in model waits per call (default 0).
 
@@ -121,11 +124,11 @@ def default_backend(*, url: str | None = None, model: str | Path | None = None,
     embedded default then brings its stateful reasoner instead of the reasoner.
     """
     if url:
-        return with_helpers(BackendSetup(backend=_vllm(url, what="url")))
+        return with_helpers(BackendSetup(backend=_vllm(url, what="url", model=env("TTC_VLLM_MODEL"))))
     if model:
         return with_helpers(BackendSetup(backend=_local(Path(model).expanduser())))
     if url := env("TTC_VLLM_URL"):
-        return with_helpers(BackendSetup(backend=_vllm(url, what="TTC_VLLM_URL")))
+        return with_helpers(BackendSetup(backend=_vllm(url, what="TTC_VLLM_URL", model=env("TTC_VLLM_MODEL"))))
     if model := env("TTC_MODEL"):
         return with_helpers(BackendSetup(backend=_local(Path(model).expanduser())))
     embedded = _embedded(contextual)
@@ -151,7 +154,8 @@ def with_helpers(setup: BackendSetup) -> BackendSetup:
 
 def _env_model(url_var: str, model_var: str) -> Callable[[], Backend] | None:
     """A loader for the model the environment names: a vLLM server (``url_var``) before a local folder
-    (``model_var``); None when it names neither."""
+    (``model_var``); None when it names neither. The server is asked for the model it serves, not for
+    ``TTC_VLLM_MODEL``: that names the target's model, which a draft or synthesizer server does not serve."""
     if url := env(url_var):
         return lambda: _vllm(url, what=url_var)
     if model := env(model_var):
@@ -160,8 +164,9 @@ def _env_model(url_var: str, model_var: str) -> Callable[[], Backend] | None:
     return None
 
 
-def _vllm(url: str, *, what: str) -> Backend:
-    """A vLLM backend for ``url``; an error in it names where it came from (``what``: a variable or argument)."""
+def _vllm(url: str, *, what: str, model: str | None = None) -> Backend:
+    """A vLLM backend for ``url`` asking for ``model`` (None: the one the server serves); an error in it names where
+    it came from (``what``: a variable or argument)."""
     try:
         from ttc.backends.vllm import VLLMBackend
     except ImportError as exc:  # pragma: no cover - the module ships with ttc
@@ -171,7 +176,7 @@ def _vllm(url: str, *, what: str) -> Backend:
         raise ConfigError(f"{what} {url!r} names no server URL: set it to one such as http://127.0.0.1:8000 "
                           "(comma-separated for replicas)")
     try:
-        return VLLMBackend(urls, model=env("TTC_VLLM_MODEL"), api_key=env("TTC_VLLM_API_KEY"))
+        return VLLMBackend(urls, model=model, api_key=env("TTC_VLLM_API_KEY"))
     except ConfigError as exc:
         raise ConfigError(f"{what}: {exc}") from None
 
