@@ -188,6 +188,29 @@ def test_a_draft_that_fails_mid_solution_fails_the_trace_and_releases_the_round(
     store.close()
 
 
+def test_a_target_check_that_fails_within_a_wave_leaves_the_checks_that_returned_charged_and_released(
+        tmp_path: Path) -> None:
+    """The wave's checks were charged only once all had returned: the failed trace reported fewer target tokens
+    and calls than the target generated, and the sequences of the checks that returned stayed held."""
+    from ttc.errors import BackendError
+    from ttc.storage import TraceStore
+
+    target = writer(TARGET, fail_after=1)  # the first round's wave checks three heads: one returns
+    draft = writer(TARGET)
+    store = TraceStore(f"{tmp_path}/t.db")
+    with pytest.raises(BackendError, match="fail_after"):
+        solve("q", 500, strategy="lookahead", backend=target, draft=draft, store=store, prompt_template=TEMPLATE,
+              gamma=2)
+    [failed] = store.list_traces(status="failed")
+    usage = store.get_trace(failed.id).usage
+    store.close()
+    assert len(target.calls) == 1 and len(draft.calls) == 2
+    assert usage is not None
+    assert usage.generated_tokens == target.stats().generated_tokens + draft.stats().generated_tokens
+    assert usage.backend_calls == 3
+    assert len(draft.released) == len(draft.calls) and len(target.released) == len(target.calls)
+
+
 def test_no_call_starts_once_the_wall_time_is_spent_within_a_round() -> None:
     """Draft and target steps kept starting after the deadline: 7 calls of 0.1 s on a 0.05 s budget."""
     def steps(prompt: str, index: int, seed: int | None) -> str:

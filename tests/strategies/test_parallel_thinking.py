@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from ttc import asolve, solve
 from ttc.budget import Meter
-from ttc.errors import ConfigError
+from ttc.errors import ConfigError, ContextLengthError
 from ttc.strategies.base import Context, make_strategy
 from ttc.strategies.synthesis import PATH_TEMPLATE, SYNTHESIS_TEMPLATE, merge_paths, render_synthesis
 from ttc.testing import ScriptedBackend
+from ttc.testing.scripted import Responder
 from ttc.trace import TraceRecorder
-from ttc.types import Budget, Problem
+from ttc.types import Budget, Completion, Problem, Sampling
 
 pytestmark = pytest.mark.anyio
 
@@ -23,25 +26,46 @@ TEMPLATE = "{question}\n{paths}so:\n"
 PATH = "{count} of {total}:\n{text}\n"
 
 
+def path_or_synthesis(prompt: str, index: int, seed: int | None) -> str:
+    if prompt.endswith("so:\n") or "attempts at it" in prompt:  # the mini template's end, the generic one's
+        return "the target wrote this\nThe answer is 7."
+    return PATHS[index % len(PATHS)]
+
+
 def sampler() -> ScriptedBackend:
     """The target: path ``i`` of a call is ``PATHS[i % 3]``; asked to synthesize, it says so."""
+    return ScriptedBackend(path_or_synthesis)
 
-    def respond(prompt: str, index: int, seed: int | None) -> str:
-        if prompt.endswith("so:\n") or "attempts at it" in prompt:  # the mini template's end, the generic one's
-            return "the target wrote this\nThe answer is 7."
-        return PATHS[index % len(PATHS)]
 
-    return ScriptedBackend(respond)
+def last_answer_shown(prompt: str, index: int, seed: int | None) -> str:
+    lines = [line for line in prompt.splitlines() if line.startswith("The answer is")]
+    return lines[-1] if lines else "The answer is 0."
 
 
 def synthesizer() -> ScriptedBackend:
     """A synthesizer that answers with the last answer line its prompt shows (so a test sees what it was shown)."""
+    return ScriptedBackend(last_answer_shown)
 
-    def respond(prompt: str, index: int, seed: int | None) -> str:
-        lines = [line for line in prompt.splitlines() if line.startswith("The answer is")]
-        return lines[-1] if lines else "The answer is 0."
 
-    return ScriptedBackend(respond)
+class Windowed(ScriptedBackend):
+    """A model whose context holds ``max_model_len`` positions: a longer generation is cut to the room left and a
+    prompt that leaves none is refused, as a server does."""
+
+    def __init__(self, responses: Responder, max_model_len: int) -> None:
+        super().__init__(responses)
+        self.max_model_len = max_model_len
+
+    async def complete(self, prompt: Sequence[int], n: int, sampling: Sampling) -> list[Completion]:
+        room = self.max_model_len - len(prompt)
+        if room < 1:
+            raise ContextLengthError(f"prompt of {len(prompt)} tokens leaves no room in {self.max_model_len}")
+        return await super().complete(prompt, n, dataclasses.replace(sampling,
+                                                                     max_tokens=min(sampling.max_tokens, room)))
+
+
+def windowed_synthesizer(max_model_len: int) -> Windowed:
+    """:func:`synthesizer` with a context of ``max_model_len``."""
+    return Windowed(last_answer_shown, max_model_len)
 
 
 def context(target: ScriptedBackend, synth: ScriptedBackend | None) -> Context:
@@ -270,3 +294,39 @@ async def test_a_wall_time_spent_before_the_synthesis_answers_by_the_paths_major
                    store=False, paths=3, synthesis_max_tokens=50, seed=0)
     assert (result.answer, result.text) == ("2", "The answer is 2.")
     assert len(backend.calls) == 1  # the paths' call: no synthesis started past the wall time
+
+
+async def test_the_synthesizers_context_holds_the_prompt_to_what_leaves_the_synthesis_its_tokens() -> None:
+    """A synthesizer's context shorter than synthesis_max_prompt_tokens was never consulted: the prompt showed
+    every path and the synthesis was cut to what its context left, or refused after every path was paid for."""
+    target = sampler()
+    full = len("q?\n2 of 3:\n1 + 2 = 3\nThe answer is 3.\n1 of 3:\n1 + 2 = 4\nThe answer is 4.\nso:\n")
+    synth = windowed_synthesizer(full - 1 + 30)
+    _, answer, ctx, _ = await run(target, synth, synthesis_max_tokens=30)
+    [call] = synth.calls
+    shown = "".join(chr(t) for t in call.prompt)
+    assert shown == "q?\n2 of 2:\n1 + 2 = 3\nThe answer is 3.\nso:\n" and answer == "3"
+    assert call.sampling.max_tokens == 30 and len(call.prompt) + 30 <= synth.max_model_len
+    [event] = [e.payload for e in ctx.recorder.events() if e.kind == "synthesis"]
+    assert (event["shown"], event["left_out"]) == (2, 1)
+
+
+async def test_a_target_synthesizing_in_a_short_context_falls_back_to_the_vote_rather_than_failing() -> None:
+    """The target synthesizes (no synthesizer is set up) and no path fits its context with the synthesis's tokens:
+    the solve failed with its context error after the paths were paid for."""
+    target = Windowed(path_or_synthesis, 60)
+    _, answer, ctx, meter = await run(target, None, synthesis_max_tokens=30)
+    assert answer == "3" and [c.n for c in target.calls] == [3]
+    assert [e.payload for e in ctx.recorder.events() if e.kind == "fallback"] == [{"to": "vote",
+                                                                                   "reason": "no_path_fits"}]
+    assert meter.usage().generated_tokens == target.stats().generated_tokens
+
+
+async def test_a_synthesizer_context_too_short_for_the_bare_prompt_is_refused_before_any_path_is_drawn() -> None:
+    target, synth = sampler(), windowed_synthesizer(len("q?\nso:\n") + 30)
+    with pytest.raises(ConfigError, match=r"takes 7 tokens before any path is shown, and the synthesizer scripted "
+                                          r"holds 37 positions, which leaves 7 for the prompt once "
+                                          r"synthesis_max_tokens \(30\) are kept for the synthesis: lower "
+                                          r"synthesis_max_tokens"):
+        await run(target, synth, synthesis_max_tokens=30)
+    assert target.calls == [] and synth.calls == []

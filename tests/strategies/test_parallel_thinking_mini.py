@@ -9,10 +9,11 @@ import anyio
 import pytest
 
 from ttc import solve, solve_batch
+from ttc.backends.local import LocalBackend
 from ttc.bench.datasets import load_dataset
 from ttc.config import default_backend
 from ttc.errors import BackendError
-from ttc.models import MINI_PATH_TEMPLATE, MINI_SYNTHESIS_TEMPLATE
+from ttc.models import MINI_PATH_TEMPLATE, MINI_SYNTHESIS_TEMPLATE, mini_model_path, mini_prompt
 from ttc.session import Session
 from ttc.storage import TraceStore
 from ttc.strategies.synthesis import render_synthesis
@@ -67,3 +68,25 @@ def test_the_embedded_synthesizer_loads_only_for_parallel_thinking_and_closes_wi
         anyio.run(synthesizer.complete, [1, 5, 6], 1, Sampling(max_tokens=2, temperature=0.0))
     result = solve(question, 2600, strategy="parallel_thinking", store=False, seed=1)
     assert result.answer is not None and len(result.candidates) == 9
+
+
+def test_the_reasoner_synthesizing_in_its_own_context_leaves_out_paths_rather_than_failing(tmp_path: Path) -> None:
+    """The reasoner (a 512-position context) as its own synthesizer: six long paths made a synthesis prompt of
+    about 700 tokens against the default 1280-token limit, and the solve failed once every path was paid for."""
+    question = load_dataset("synthetic", limit=1, seed=41, levels=(6,))[0].question
+    reasoner = LocalBackend.from_pretrained(mini_model_path("reasoner"), threads=1)
+    store = TraceStore(str(tmp_path / "t.db"))
+    try:
+        result = solve(question, 1200, strategy="parallel_thinking", backend=reasoner, store=store, seed=0,
+                       prompt_template=mini_prompt("{question}"), paths=6, max_tokens=120, synthesis_max_tokens=120,
+                       synthesis_template=MINI_SYNTHESIS_TEMPLATE, path_template=MINI_PATH_TEMPLATE)
+        assert result.trace_id is not None
+        record = store.get_trace(result.trace_id)
+    finally:
+        store.close()
+        reasoner.close()
+    assert record.status == "done"
+    [event] = [e.payload for e in record.events if e.kind == "synthesis"]
+    assert event["synthesizer"] == "target" and event["paths"] == 6
+    assert 0 < event["shown"] < 6 and event["prompt_tokens"] <= 512 - 120  # type: ignore[operator]
+    assert result.usage.backend_calls == 2

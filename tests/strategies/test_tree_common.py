@@ -267,6 +267,23 @@ async def test_backend_failure_surfaces_as_itself_and_releases_held_nodes() -> N
         assert prefix_of(step) in backend.released
 
 
+async def test_a_call_that_fails_within_a_wave_leaves_the_calls_that_returned_charged_recorded_and_released(
+) -> None:
+    """The wave's calls were charged only once all had returned: the failed trace reported fewer tokens and calls
+    than the backend generated, and the children of a call that returned were neither in the tree nor released."""
+    script = {"": ["a\n", "b\n"], "a\n": ["a1\n"], "b\n": ["b1\n"]}
+    backend = ScriptedBackend(tree_responder(script), fail_after=2)  # the root's call, then one of the wave's two
+    ctx, meter = make_ctx(backend, TablePRM({"a\n": 0.6, "b\n": 0.4})), Meter(Budget(tokens=1000))
+    with pytest.raises(BackendError, match="fail_after"):
+        await make_strategy("beam", {"beam_width": 2, "expand": 1}).run(Problem("q"), meter, ctx)
+    assert len(backend.calls) == 2
+    assert meter.usage().generated_tokens == backend.stats().generated_tokens == len("a\nb\na1\n")
+    assert meter.usage().backend_calls == 2
+    nodes = {n.text: n for n in ctx.recorder.nodes()}
+    assert nodes["a1\n"].parent == nodes["a\n"].id and "b1\n" not in nodes
+    assert prefix_of("a\n", "a1\n") in backend.released
+
+
 async def test_step_delimiter_comes_from_the_context() -> None:
     script = {"": ["first part\n\n"], "first part\n\n": ["The answer is 3.\n\n"]}
     backend = ScriptedBackend(tree_responder(script))

@@ -213,11 +213,10 @@ class Lookahead(Strategy[LookaheadOptions]):
             return
         # A round without proposals is one plain target step, trimmed to what is left (never to nothing: the
         # budget was not exhausted when the round was planned).
-        checks = await self._check(ctx, meter, heads, cap if k > 0 else meter.plan(1, cap)[1])
+        checks = await self._check(ctx, meter, heads, cap if k > 0 else meter.plan(1, cap)[1], held[ctx.backend])
         tally.target_tokens += sum(len(c.token_ids) for c in checks)
         # The wave decodes together, so the target's sequential decode steps are those of its longest step.
         tally.target_passes += max((len(c.token_ids) for c in checks), default=0)
-        held[ctx.backend] += [head + c.token_ids for head, c in zip(heads, checks, strict=True)]
         # The target's live KV at the wave's end: the engine's figure, else the wave's unique tokens (the longest
         # head holds every shorter one as its prefix).
         live = ctx.backend.stats().live_kv_tokens
@@ -293,19 +292,22 @@ class Lookahead(Strategy[LookaheadOptions]):
                                            status="pruned")
             ctx.recorder.update(parent, reason=reason if index == 0 else "draft step after one not taken")
 
-    async def _check(self, ctx: Context, meter: Meter, heads: Sequence[tuple[int, ...]],
-                     cap: int) -> list[Completion]:
-        """The target's next step after each head, all requests in flight together."""
+    async def _check(self, ctx: Context, meter: Meter, heads: Sequence[tuple[int, ...]], cap: int,
+                     held: list[tuple[int, ...]]) -> list[Completion]:
+        """The target's next step after each head, all requests in flight together, in the heads' order.
+
+        Each step is charged, and its sequence added to ``held`` (the round releases it), as soon as it returns:
+        where another request of the wave fails, those that returned were still paid for and still hold KV."""
         found: list[Completion | None] = [None] * len(heads)
 
         async def one(index: int) -> None:
-            found[index] = (await ctx.backend.complete(heads[index], 1, self._sampling(ctx, cap)))[0]
+            check = (await ctx.backend.complete(heads[index], 1, self._sampling(ctx, cap)))[0]
+            meter.charge([check])
+            held.append(heads[index] + check.token_ids)
+            found[index] = check
 
         await run_concurrently([functools.partial(one, i) for i in range(len(heads))])
-        checks = [c for c in found if c is not None]
-        for check in checks:
-            meter.charge([check])
-        return checks
+        return [c for c in found if c is not None]
 
     def _sampling(self, ctx: Context, cap: int) -> Sampling:
         # Greedy: exact agreement between the models is what makes an accepted step the target's own.

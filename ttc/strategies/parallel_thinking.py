@@ -12,9 +12,11 @@ are planned with the synthesis's ``synthesis_max_tokens`` (and its call) kept ba
 within a token or call budget; a budget that leaves the paths nothing then (tokens at most
 ``synthesis_max_tokens``, or fewer than two calls) draws no path, and the synthesizer answers alone after a
 ``fallback`` event ``{"to": "synthesis", "reason": "no_budget_for_paths"}`` whose ``limit`` names what ran short.
-Where all the paths make the synthesis prompt longer than ``synthesis_max_prompt_tokens``, the different paths are
-taken most common first, each only if the prompt still fits, and the trace's ``synthesis`` event says how many it
-showed and left out; a limit the prompt exceeds with no path at all is a ConfigError before any path is drawn.
+Where all the paths make the synthesis prompt longer than ``synthesis_max_prompt_tokens``, or than the synthesizer's
+context leaves once ``synthesis_max_tokens`` are kept for the synthesis (where the backend says its context), the
+different paths are taken most common first, each only if the prompt still fits, and the trace's ``synthesis``
+event says how many it showed and left out; a limit the prompt exceeds with no path at all is a ConfigError before
+any path is drawn.
 The paths' majority answers instead (a ``fallback`` event naming why, then a ``select`` event with ``how: vote``;
 the synthesis node, if any, is kept and not selected) where the wall time runs out before the synthesis, where no
 path fits its prompt, or where the synthesis states no answer while paths do.
@@ -39,6 +41,7 @@ from ttc.strategies.base import (
     StrategyResult,
     register,
 )
+from ttc.strategies.lookahead import context_window
 from ttc.strategies.sampling import choose, draw, has_answer, mark_selected, record
 from ttc.strategies.synthesis import PATH_TEMPLATE, SYNTHESIS_TEMPLATE, check_templates, merge_paths, render_synthesis
 from ttc.types import Candidate, Completion, Problem
@@ -53,7 +56,8 @@ class ParallelThinkingOptions(StrategyOptions):
     synthesis_max_tokens: int = Field(256, ge=1, description="generated tokens of the synthesis at most")
     synthesis_max_prompt_tokens: int = Field(
         1280, ge=1, description="the synthesis prompt's length at most: paths are shown most common first while "
-                                "they fit (set it to the synthesizer's context minus synthesis_max_tokens)")
+                                "they fit (a synthesizer whose context is shorter than this plus "
+                                "synthesis_max_tokens holds it to its context minus synthesis_max_tokens)")
     synthesis_template: str | None = Field(None, description="the synthesis prompt, with {question}, {paths} and "
                                                              "optionally {total}; default: the setup's")
     path_template: str | None = Field(None, description="one distinct path, with {text} and optionally {index}, "
@@ -126,13 +130,14 @@ class ParallelThinking(Strategy[ParallelThinkingOptions]):
     async def _synthesis_prompt(self, ctx: Context, synthesizer: Backend, question: str,
                                 paths: Sequence[Completion]) -> tuple[str, int, list[int]]:
         """The synthesis prompt, its token ids and how many of the paths it shows. Where all of them make it longer
-        than ``synthesis_max_prompt_tokens``, the different paths are taken most common first (the earliest first
-        among equals), each kept only if the prompt still fits: a long common path that does not fit leaves room
-        for the shorter ones after it, where dropping the least common first left every path out."""
+        than :meth:`_prompt_limit`, the different paths are taken most common first (the earliest first among
+        equals), each kept only if the prompt still fits: a long common path that does not fit leaves room for the
+        shorter ones after it, where dropping the least common first left every path out."""
         opts = self.options
         template = opts.synthesis_template or ctx.synthesis_template
         path_template = opts.path_template or ctx.path_template
         texts = [c.text for c in paths]
+        limit = self._prompt_limit(synthesizer)
 
         async def rendered(kept: set[str]) -> tuple[str, int, list[int]]:
             shown = [t for t in texts if t.strip() in kept]
@@ -141,28 +146,49 @@ class ParallelThinking(Strategy[ParallelThinkingOptions]):
 
         order = merge_paths([t.strip() for t in texts])
         best = await rendered({p.text for p in order})
-        if len(best[2]) <= opts.synthesis_max_prompt_tokens:
+        if len(best[2]) <= limit:
             return best
         kept: set[str] = set()
         best = await rendered(kept)
         for path in order:
             trial = await rendered(kept | {path.text})
-            if len(trial[2]) <= opts.synthesis_max_prompt_tokens:
+            if len(trial[2]) <= limit:
                 kept.add(path.text)
                 best = trial
         return best
 
     async def _check_room(self, ctx: Context, synthesizer: Backend, question: str) -> None:
-        """Refuse, before any path is drawn, a ``synthesis_max_prompt_tokens`` that the question's synthesis prompt
-        exceeds with no path in it: every path would be left out, and the synthesizer would answer unaided."""
+        """Refuse, before any path is drawn, a prompt limit (:meth:`_prompt_limit`) that the question's synthesis
+        prompt exceeds with no path in it: every path would be left out, and the synthesizer would answer unaided
+        (or, past its context, fail) after all of them were paid for."""
         opts = self.options
         template = opts.synthesis_template or ctx.synthesis_template
         bare = render_synthesis(question, [], template, opts.path_template or ctx.path_template)
+        # Tokenized first: a server learns its context when first asked.
         needed = len(await synthesizer.tokenize(bare, add_special_tokens=True))
-        if needed >= opts.synthesis_max_prompt_tokens:
-            raise ConfigError(f"the synthesis prompt takes {needed} tokens before any path is shown, and "
-                              f"synthesis_max_prompt_tokens is {opts.synthesis_max_prompt_tokens}: raise it (up to "
-                              "the synthesizer's context minus synthesis_max_tokens), or ask a shorter question")
+        limit = self._prompt_limit(synthesizer)
+        if needed < limit:
+            return
+        window = context_window(synthesizer)
+        if window is not None and limit < opts.synthesis_max_prompt_tokens:
+            raise ConfigError(f"the synthesis prompt takes {needed} tokens before any path is shown, and the "
+                              f"synthesizer {synthesizer.name} holds {window} positions, which leaves "
+                              f"{max(limit, 0)} for the prompt once synthesis_max_tokens ({opts.synthesis_max_tokens})"
+                              " are kept for the synthesis: lower synthesis_max_tokens, use a synthesizer with a "
+                              "longer context, or ask a shorter question")
+        raise ConfigError(f"the synthesis prompt takes {needed} tokens before any path is shown, and "
+                          f"synthesis_max_prompt_tokens is {opts.synthesis_max_prompt_tokens}: raise it (up to "
+                          "the synthesizer's context minus synthesis_max_tokens), or ask a shorter question")
+
+    def _prompt_limit(self, synthesizer: Backend) -> int:
+        """The synthesis prompt's length at most: ``synthesis_max_prompt_tokens``, and no more than the
+        synthesizer's context leaves once the whole ``synthesis_max_tokens`` are kept for the synthesis, where the
+        backend says its context. The whole of them, not just room for a token: a prompt past the context is
+        refused outright, and a backend cuts a synthesis to the room left, so one cut before its answer line would
+        leave the answer to the paths' vote though a shorter prompt, with fewer paths, let it write one."""
+        limit = self.options.synthesis_max_prompt_tokens
+        window = context_window(synthesizer)
+        return limit if window is None else min(limit, window - self.options.synthesis_max_tokens)
 
     async def _synthesize(self, ctx: Context, synthesizer: Backend, meter: Meter, prompt: Sequence[int],
                           node: int) -> Candidate | None:

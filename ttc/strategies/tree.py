@@ -272,22 +272,40 @@ class SearchTree:
         return created
 
     async def _wave(self, jobs: Sequence[tuple[StepNode, int, int]]) -> list[StepNode]:
-        """One concurrent backend call per (node, children, max_tokens); the children, in job order."""
+        """One concurrent backend call per (node, children, max_tokens); the children, in job order.
+
+        Each call is charged as it returns: where another call of the wave fails, the calls that returned were
+        still paid for, and the failed trace's usage says so. Their children join the tree before the failure goes
+        on, so the trace holds what was spent and the search's close releases their sequences."""
         seeded = [(node, k, cap, self.ctx.next_seed()) for node, k, cap in jobs]
-        drawn: list[list[Completion]] = [[] for _ in seeded]
+        drawn: list[list[Completion] | None] = [None for _ in seeded]
 
         async def run(index: int, node: StepNode, k: int, cap: int, seed: int) -> None:
             sampling = Sampling(max_tokens=cap, temperature=self.options.temperature, top_p=self.options.top_p,
                                 stop=(self.ctx.step_delimiter,), seed=seed, distinct=self.options.distinct)
-            drawn[index] = await self.ctx.backend.complete(node.prefix, k, sampling)
+            completions = await self.ctx.backend.complete(node.prefix, k, sampling)
+            self.meter.charge(completions)
+            drawn[index] = completions
             live = self.ctx.backend.stats().live_kv_tokens
             if live > 0:
                 self.meter.note_kv(live)
 
-        await run_concurrently([functools.partial(run, index, *job) for index, job in enumerate(seeded)])
+        try:
+            await run_concurrently([functools.partial(run, index, *job) for index, job in enumerate(seeded)])
+        except BaseException:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await self._keep(seeded, drawn)
+            raise
+        return await self._keep(seeded, drawn)
+
+    async def _keep(self, seeded: Sequence[tuple[StepNode, int, int, int]],
+                    drawn: Sequence[list[Completion] | None]) -> list[StepNode]:
+        """The children of the calls that returned, added to the tree in job order, so node ids do not depend on
+        which call returned first."""
         children: list[StepNode] = []
         for (node, _, _, _), completions in zip(seeded, drawn, strict=True):
-            self.meter.charge(completions)
+            if completions is None:
+                continue
             if self.options.distinct:
                 # A node whose children the budget split over several waves was drawn without replacement
                 # within each wave only: a later wave's repeat of an earlier child is spent but not kept.
