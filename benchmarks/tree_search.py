@@ -3,7 +3,7 @@
 For each token budget, every strategy answers the same held-out problems (levels 4 to 8) on the local engine:
 accuracy, generated tokens, peak live KV tokens (exact, from the engine's block tree), the live KV tokens held at a
 decode step, averaged over the search (ETS's "average KV cache size during the search") and wall time. Problems run
-one at a time so each KV figure belongs to one search. Prints a table, writes a PNG of accuracy against
+one at a time so each KV figure belongs to one search. Prints a table, with ``--plot PNG`` draws accuracy against
 generated tokens, and ends with headline ratios: ETS against REBASE at the same width, and the best search
 against best-of-N on levels 6 to 8.
 

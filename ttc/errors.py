@@ -11,7 +11,8 @@ The tree::
     ├── OutputError          the model's output cannot serve, and more budget would not change it (empty notes)
     ├── VerifierError        a verifier could not score (bad preset, missing judgement tokens)
     └── StorageError         the trace store cannot be opened, is locked, or is not writable
-        └── NotFound         a run or trace id (or id prefix) that names no record, or several
+        ├── NotFound         a run or trace id (or id prefix) that names no record, or several
+        └── RejectedData     the store refused one write (a value it cannot keep, a finished trace)
 
 The CLI prints these without a traceback and exits non-zero; anything else is a bug.
 """
