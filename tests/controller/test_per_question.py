@@ -131,3 +131,17 @@ def test_n_keeps_auto_on_best_of_n_without_a_verifier_too() -> None:
     result = solve("What is 2 + 3?", 1024, backend=ScriptedBackend(["2 + 3 = 5\nThe answer is 5."]), store=False,
                    n=3)
     assert (result.strategy, result.answer, len(result.candidates)) == ("best_of_n", "5", 3)
+
+
+@pytest.mark.parametrize("distinct_children", [False, True])
+def test_select_keeps_auto_on_the_family_whose_value_it_is(distinct_children: bool) -> None:
+    """``select`` is an option of both families: "vote" (a plain count) and "auto" went to a tree search with a
+    process verifier, which refused both values as not its own."""
+    search = "rebase" if distinct_children else "beam"
+    plan = {select: plan_strategy("auto", Budget(tokens=1024), has_verifier=True, has_prm=True,
+                                  options={"select": select}, distinct_children=distinct_children)
+            for select in ("auto", "vote", "score", "weighted_vote")}
+    assert plan["vote"] == ("best_of_n", {"select": "vote", "n": 2})
+    assert plan["auto"][0] == search and plan["auto"][1]["select"] == "weighted_vote"
+    assert plan["score"][0] == search and plan["score"][1]["select"] == "score"
+    assert plan["weighted_vote"][0] == search

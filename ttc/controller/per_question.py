@@ -32,12 +32,14 @@ Explicit strategy names pass through with the caller's options untouched.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import get_args
 
 from ttc.errors import ConfigError
 from ttc.strategies.beam import BeamOptions
 from ttc.strategies.best_of_n import BestOfNOptions
 from ttc.strategies.rebase import RebaseOptions
 from ttc.strategies.self_consistency import SelfConsistencyOptions
+from ttc.strategies.tree import TreeSelection
 from ttc.types import Budget, is_int
 
 AUTO_MAX_SAMPLES = 64
@@ -76,9 +78,15 @@ def plan_strategy(strategy: str, budget: Budget, *, has_verifier: bool, options:
         raise ConfigError("strategy must be a non-empty name such as 'auto', 'best_of_n' or 'self_consistency'")
     if strategy != "auto":
         return strategy, dict(options)
-    if has_prm and distinct_children and set(options) <= _REBASE_OPTIONS:
+    # ``select`` is an option of both families, with values of its own in each: "auto" (sampling's default) asks
+    # for nothing a search does not do by default, and "vote" (a plain count) is sampling's alone.
+    select = options.get("select", "auto")
+    searchable = isinstance(select, str) and select in _TREE_SELECTIONS
+    if options.get("select") == "auto":
+        options = {k: v for k, v in options.items() if k != "select"}
+    if has_prm and searchable and distinct_children and set(options) <= _REBASE_OPTIONS:
         return "rebase", _rebase_options(budget, options, solution_tokens or DEFAULT_MAX_TOKENS, step_tokens)
-    if has_prm and set(options) <= _BEAM_OPTIONS:
+    if has_prm and searchable and set(options) <= _BEAM_OPTIONS:
         return "beam", _beam_options(budget, options, solution_tokens or DEFAULT_MAX_TOKENS, step_tokens,
                                      distinct_children)
     opts = dict(options)
@@ -106,6 +114,7 @@ _BEAM_OPTIONS = frozenset(BeamOptions.model_fields)
 _SELF_CONSISTENCY_OPTIONS = frozenset(SelfConsistencyOptions.model_fields)
 _BEST_OF_N_OPTIONS = frozenset(BestOfNOptions.model_fields)
 _REBASE_OPTIONS = frozenset(RebaseOptions.model_fields)
+_TREE_SELECTIONS = frozenset({"auto", *get_args(TreeSelection)})
 
 
 def _rebase_options(budget: Budget, options: Mapping[str, object], solution_tokens: int,
