@@ -7,7 +7,16 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
-from tree_doubles import HashPRM, TablePRM, make_ctx, prefix_of, random_responder, run_search, tree_responder
+from tree_doubles import (
+    HashPRM,
+    TablePRM,
+    make_ctx,
+    prefix_of,
+    random_responder,
+    round_events,
+    run_search,
+    tree_responder,
+)
 
 from ttc.backends.base import BackendStats
 from ttc.budget import Meter
@@ -428,3 +437,25 @@ async def test_unscored_paths_still_answer_where_no_scored_one_does() -> None:
     result = await make_strategy("beam", {"beam_width": 2, "expand": 1}).run(
         Problem("q"), Meter(Budget(wall_s=0.5), clock=clock), ctx)
     assert prm.calls == [] and result.answer == "7" and result.score is None
+
+
+@pytest.mark.parametrize("name", ["beam", "rebase"])
+async def test_a_blank_first_step_is_left_unscored_and_never_outranks_a_judged_one(name: str) -> None:
+    """It was written to the trace as scored 0.0, which a verifier scoring logits ranks above every real step:
+    beam kept the blank path and REBASE gave it the whole width, and the search answered by the path scored
+    lowest."""
+    script = {"": ["\n", "x = 2 + 2\n", "y = 5\n"], "\n": ["The answer is 9.\n"],
+              "x = 2 + 2\n": ["The answer is 4.\n"], "y = 5\n": ["The answer is 5.\n"]}
+    prm = TablePRM({"x = 2 + 2": -0.5, "y = 5": -1.0, "The answer is 4.": -0.1, "The answer is 5.": -0.2,
+                    "The answer is 9.": -3.0})
+    options = {"beam_width": 1, "expand": 3} if name == "beam" else {"width": 3}
+    result, ctx, _ = await run_search(name, options, ScriptedBackend(tree_responder(script)), prm)
+    blank = next(n for n in ctx.recorder.nodes() if n.text == "\n")
+    assert blank.score is None and blank.step_scores == ()
+    assert ("",) not in prm.calls and () not in prm.calls
+    [event] = [e.payload for e in ctx.recorder.events() if e.kind == "unscored"]
+    assert event == {"reason": "blank_steps", "scored": 2, "unscored": 1, "node_ids": [blank.id],
+                     "ranked_as": -1.0}
+    first_round = round_events(ctx)[0]
+    assert str(blank.id) not in first_round.get("allocation", {str(n): 1 for n in first_round["kept"]})
+    assert result.answer == "4"

@@ -163,9 +163,10 @@ def plan_round(meter: Meter, wants: Sequence[int], max_tokens: int) -> list[tupl
     return grants
 
 
-def by_rank(node: StepNode) -> tuple[float, int]:
-    """Sort key: best score first, then creation order (so ties break the same way every run)."""
-    return (-node.score, node.id)
+def by_rank(node: StepNode) -> tuple[float, bool, int]:
+    """Sort key: best score first, a judged step before an unscored one of the same score, then creation order
+    (so ties break the same way every run)."""
+    return (-node.score, not node.scored, node.id)
 
 
 class SearchTree:
@@ -335,20 +336,28 @@ class SearchTree:
         return child
 
     async def _score(self, nodes: Sequence[StepNode]) -> None:
-        """PRM scores for each node's path, concurrently; an empty step inherits its parent's scores. No verifier
-        call starts after the wall time is spent, as no backend call does: those nodes stay unscored (``scored``
-        False), and a choice by score leaves them out."""
+        """PRM scores for each node's path, concurrently; an empty step inherits its parent's scores.
+
+        Two kinds of node stay unscored (``scored`` False, no score in the trace), and a choice by score leaves them
+        out: those the wall time leaves no time to score (no verifier call starts after it, as no backend call does),
+        and a path of blank lines only, which gives a verifier nothing to judge. The latter still has to rank
+        among its siblings: it takes the lowest score of the steps judged with it (0.0 where none was), so that it
+        never outranks a judged step, whatever scale the verifier scores on."""
         results: dict[int, list[float]] = {}
+        blank = [node for node in nodes if not any(step.text.strip() for step in node.path())]
+        blank_ids = {node.id for node in blank}
 
         async def one(node: StepNode) -> None:
-            steps = [s for s in (step.text.strip() for step in node.path()) if s]
+            if node.id in blank_ids:
+                return
             if not node.text.strip():
-                parent = node.parent
-                if parent is None or parent.parent is None or parent.scored:
-                    results[node.id] = list(parent.step_scores) if parent is not None else []
+                parent = node.parent  # a step before it is not blank: the parent is a step, scored or left late
+                if parent is not None and parent.scored:
+                    results[node.id] = list(parent.step_scores)
                 return
             if self.meter.time_left() == 0.0:
                 return
+            steps = [s for s in (step.text.strip() for step in node.path()) if s]
             scored = await score_steps_costed(self.prm, self.ctx.question_text(self.problem.question), steps)
             scores = scored.scores
             self.meter.charge_verifier(scored.scored_tokens, calls=scored.calls)
@@ -358,10 +367,10 @@ class SearchTree:
             results[node.id] = [float(s) for s in scores]
 
         await run_concurrently([functools.partial(one, node) for node in nodes])
-        unscored = [node.id for node in nodes if node.id not in results]
-        if unscored:
-            self.ctx.recorder.event("unscored", {"reason": "wall_time", "scored": len(nodes) - len(unscored),
-                                                 "unscored": len(unscored), "node_ids": unscored})
+        late = [node.id for node in nodes if node.id not in results and node.id not in blank_ids]
+        if late:
+            self.ctx.recorder.event("unscored", {"reason": "wall_time", "scored": len(results),
+                                                 "unscored": len(late), "node_ids": late})
         for node in nodes:
             if node.id not in results:
                 continue
@@ -373,6 +382,13 @@ class SearchTree:
                                     f"{self.aggregation!r} of its step scores {list(node.step_scores)}: path scores "
                                     "must be finite; use aggregate='min' or 'last', or a verifier scoring in [0, 1]")
             self.ctx.recorder.update(node.id, step_scores=node.step_scores, score=node.score)
+        if blank:
+            floor = min((node.score for node in nodes if node.scored), default=0.0)
+            for node in blank:
+                node.score = floor
+            self.ctx.recorder.event("unscored", {"reason": "blank_steps", "scored": len(results),
+                                                 "unscored": len(blank), "node_ids": [n.id for n in blank],
+                                                 "ranked_as": floor})
 
     async def _finish(self, node: StepNode) -> None:
         # A path whose last step ran out of tokens stops mid-line, and one stopped by max_depth mid-solution.
