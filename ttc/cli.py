@@ -48,6 +48,15 @@ UrlOpt = Annotated[str | None, typer.Option(help="vLLM server URL (comma-separat
 ModelOpt = Annotated[str | None, typer.Option(help="Hugging Face model folder for the local engine")]
 DbOpt = Annotated[str | None, typer.Option("--db", help="trace store: file path or SQLAlchemy URL (TTC_DB)")]
 OptionOpt = Annotated[list[str] | None, typer.Option("--option", "-o", help="strategy option KEY=VALUE")]
+PromptTemplateOpt = Annotated[str | None, typer.Option(
+    "--prompt-template",
+    help="how each question is put to the model: text holding {question} (and {context} with --context or "
+         "--notes), e.g. $'Q: {question}\\nA:' in bash; or 'mini', the bundled mini models' own (the question, then "
+         "a newline). Default: the setup's own (the mini models' for the embedded default, a generic "
+         "'Question: ...' one for other models)")]
+
+MINI_TEMPLATE = "mini"
+"""The name ``--prompt-template`` takes for the bundled mini models' own template."""
 
 
 _DECIMAL = re.compile(r"[+-]?(\d+\.\d*|\.\d+)")
@@ -85,8 +94,19 @@ def scripted_delay() -> float:
     return delay
 
 
+def prompt_template(given: str | None, *, about_context: bool) -> str | None:
+    """The template ``--prompt-template`` names: the text given (open_session checks it), or for ``mini`` the mini
+    models' own, with the context and notes first where the question is about one, as the mini stateful reasoner
+    reads them."""
+    if given != MINI_TEMPLATE:
+        return given
+    from ttc.models import MINI_CONTEXT_TEMPLATE, mini_prompt
+
+    return MINI_CONTEXT_TEMPLATE if about_context else mini_prompt("{question}")
+
+
 def make_session(backend: str, url: str | None, model: str | None, db: str | None, *, context: str | None = None,
-                 notes: Notes | None = None, contextual: bool = False) -> Session:
+                 notes: Notes | None = None, contextual: bool = False, template: str | None = None) -> Session:
     from ttc.testing import ScriptedBackend, guessing_responder
 
     if backend not in ("auto", "local", "vllm", "scripted"):
@@ -107,15 +127,16 @@ def make_session(backend: str, url: str | None, model: str | None, db: str | Non
         raise ConfigError("--backend vllm needs --url http://HOST:PORT (or set TTC_VLLM_URL and use auto)")
     if backend == "local" and not model:
         raise ConfigError("--backend local needs --model DIR (a Hugging Face model folder), or use auto")
+    template = prompt_template(template, about_context=context is not None or notes is not None)
     if backend == "scripted":
         # TTC_SCRIPTED_DELAY_S simulates model latency, to exercise progress, interruption and resume.
         delay = scripted_delay()
         session = open_session(backend=ScriptedBackend(guessing_responder, delay_s=delay), store=db,
-                               verifier=None, prompt_template=None, context=context, notes=notes,
+                               verifier=None, prompt_template=template, context=context, notes=notes,
                                contextual=contextual)
         session.setup.owned = True
         return session
-    return open_session(backend=None, store=db, verifier=None, prompt_template=None,
+    return open_session(backend=None, store=db, verifier=None, prompt_template=template,
                         url=url if backend in ("auto", "vllm") else None,
                         model=model if backend in ("auto", "local") else None, context=context, notes=notes,
                         contextual=contextual)
@@ -136,6 +157,7 @@ def solve(
     context: Annotated[str | None, typer.Option(help="text the question is about")] = None,
     notes: Annotated[str | None, typer.Option(
         help="id of a sleep trace (`ttc sleep`): ask the question with its context and notes")] = None,
+    template: PromptTemplateOpt = None,
 ) -> None:
     """Answer one question within a token budget and record its trace."""
     check_prompt(question)  # before a model loads or a store is made
@@ -145,7 +167,7 @@ def solve(
     if strategy != "auto":
         strategy_class(strategy)  # an unknown name makes no store and loads no model
     kept = load_notes(notes, store=db) if notes is not None else None
-    session = make_session(backend, url, model, db, context=context, notes=kept)
+    session = make_session(backend, url, model, db, context=context, notes=kept, template=template)
 
     async def main() -> Result:
         try:
@@ -243,6 +265,7 @@ def eval_cmd(
              "datasets of questions about contexts: synthetic-stateful, or JSONL rows with a 'context')")] = None,
     sleep_option: Annotated[list[str] | None, typer.Option(
         "--sleep-option", help="sleep option KEY=VALUE: n, max_tokens, temperature, top_p, check_arithmetic")] = None,
+    template: PromptTemplateOpt = None,
     db: DbOpt = None,
 ) -> None:
     """Evaluate a strategy on a dataset: accuracy, mean tokens, wall time; every trace is recorded."""
@@ -256,8 +279,12 @@ def eval_cmd(
     check_sleep(problems, sleep, sleep_opts)  # before the model loads
     check_run_seeds(problems, seed, sleeps=sleep is not None)
     contextual = _about_contexts(problems, dataset)
+    if contextual and template is not None:
+        raise ConfigError(f"--prompt-template is how questions without a context are put to the model, and "
+                          f"{dataset}'s questions are about contexts, which the model's context template puts: "
+                          "leave it out")
     # Questions about contexts go to the setup's model for contexts (the embedded default's stateful reasoner).
-    session = make_session(backend, url, model, db, contextual=contextual)
+    session = make_session(backend, url, model, db, contextual=contextual, template=template)
     config = {"dataset": dataset_setting(dataset), "limit": limit, "offset": offset, "budget": budget,
               "strategy": strategy, "backend": session.setup.backend.name, "seed": seed, "options": options}
     if scope != "question":

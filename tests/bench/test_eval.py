@@ -540,3 +540,187 @@ async def test_a_run_whose_own_last_write_fails_still_gives_its_report(
     stopped = caught.value
     assert stopped.report is not None and (stopped.report.done, stopped.report.total) == (2, 2)
     assert any(f"run {stopped.run_id} could not be marked finished" in note for note in stopped.__notes__)
+
+
+class FixedScore:
+    """A verifier of the caller's own: every solution scores ``value``."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    async def score(self, question: str, solution: str) -> float:
+        return self.value
+
+
+class OtherFixedScore(FixedScore):
+    """Another verifier class, as a caller's second scorer would be."""
+
+
+async def test_a_resume_with_another_verifier_is_refused_and_each_trace_names_its_verifier(tmp_path: Path) -> None:
+    """The settings named the models but not the verifier: a resume scoring with another one mixed two setups."""
+    db = str(tmp_path / "t.db")
+
+    async def run(verifier: FixedScore | None, resume: str | None = None) -> str:
+        session = open_session(backend=ScriptedBackend(guessing_responder), store=db, verifier=verifier,
+                               prompt_template=None)
+        try:
+            report = await evaluate(plus_one(2), Budget(tokens=200), session, strategy="best_of_n",
+                                    options={"n": 2}, seed=0, resume=resume)
+            assert session.plan == {}  # the verifier went into this run's traces, not into the caller's session
+            return report.run_id
+        finally:
+            await session.aclose()
+
+    run_id = await run(FixedScore(0.5))
+    name = f"{__name__}.FixedScore"
+    for other, shown in ((OtherFixedScore(0.5), f"'{__name__}.OtherFixedScore'"), (None, "None")):
+        with pytest.raises(ConfigError, match=rf"other settings \(evaluate\.verifier '{name}' -> {shown}\)"):
+            await run(other, run_id)
+    assert await run(FixedScore(0.5), run_id) == run_id
+    with TraceStore(db) as store:
+        traces = store.list_traces(run_id=run_id, limit=None)
+        assert len(traces) == 2
+        for trace in traces:
+            [plan] = [e.payload for e in store.get_trace(trace.id).events if e.kind == "plan"]
+            assert plan["verifier"] == name
+
+
+async def test_a_beam_run_resumed_with_the_reasoner_as_its_prm_is_refused(tmp_path: Path) -> None:
+    """A PRM is named by its preset and the model serving it: the reasoner loaded as the mini PRM is another
+    verifier, though of the same class and preset."""
+    pytest.importorskip("torch")
+    from ttc.backends.local import LocalBackend
+    from ttc.bench.datasets import load_dataset
+    from ttc.models import mini_model_path, mini_prompt
+    from ttc.verifiers.prm import load_prm
+
+    db = str(tmp_path / "t.db")
+    problems = load_dataset("synthetic", limit=2, seed=5)
+    reasoner = LocalBackend.from_pretrained(mini_model_path("reasoner"), threads=1)
+    prm_model = LocalBackend.from_pretrained(mini_model_path("prm"), threads=1)
+
+    async def run(scorer: LocalBackend, resume: str | None = None) -> str:
+        session = open_session(backend=reasoner, store=db, verifier=load_prm(scorer, "mini"),
+                               prompt_template=mini_prompt("{question}"))
+        try:
+            report = await evaluate(problems, Budget(tokens=200), session, strategy="beam",
+                                    options={"beam_width": 1, "expand": 2, "max_step_tokens": 24}, seed=5,
+                                    concurrency=1, resume=resume)
+            return report.run_id
+        finally:
+            await session.aclose()
+
+    try:
+        run_id = await run(prm_model)
+        named = f"PRM preset 'mini' on {prm_model.name}"
+        with TraceStore(db) as store:
+            assert store.get_run(run_id).config["evaluate"]["verifier"] == named  # type: ignore[index]
+        with pytest.raises(ConfigError, match=rf"evaluate\.verifier \"{named}\" -> \"PRM preset 'mini' on "
+                                              rf"{reasoner.name}\""):
+            await run(reasoner, run_id)
+        assert await run(prm_model, run_id) == run_id
+    finally:
+        await reasoner.aclose()
+        await prm_model.aclose()
+
+
+async def test_a_resume_with_another_prompt_template_is_refused(tmp_path: Path) -> None:
+    """The questions' prompt decides the answers as the model does, and the settings did not name it."""
+    db = str(tmp_path / "t.db")
+
+    async def run(template: str | None, resume: str | None = None) -> str:
+        session = open_session(backend=ScriptedBackend(guessing_responder), store=db, verifier=None,
+                               prompt_template=template)
+        try:
+            report = await evaluate(plus_one(2), Budget(tokens=200), session, strategy="best_of_n",
+                                    options={"n": 1}, seed=0, resume=resume)
+            return report.run_id
+        finally:
+            await session.aclose()
+
+    run_id = await run("{question}\n")
+    with pytest.raises(ConfigError, match=r"other settings \(evaluate\.prompt_template '\{question\}\\n' -> "
+                                          r"'Q: \{question\}\\nA:'\)"):
+        await run("Q: {question}\nA:", run_id)
+    assert await run("{question}\n", run_id) == run_id
+
+
+async def test_a_run_recorded_without_its_verifier_and_prompt_template_still_resumes(tmp_path: Path) -> None:
+    """Runs begun before these were part of the settings: a resume is not refused for them."""
+    session = open_session(backend=ScriptedBackend(guessing_responder), store=str(tmp_path / "t.db"),
+                           verifier=FixedScore(0.5), prompt_template="{question}\n")
+    try:
+        first = await evaluate(plus_one(1), Budget(tokens=200), session, strategy="best_of_n", options={"n": 1},
+                               seed=0)
+        assert session.store is not None
+        recorded = dict(session.store.get_run(first.run_id).config)
+        settings = dict(recorded["evaluate"])  # type: ignore[call-overload]
+        assert settings.pop("verifier") == f"{__name__}.FixedScore"
+        assert settings.pop("prompt_template") == "{question}\n"
+        old = session.store.create_run(kind="eval", config={**recorded, "evaluate": settings})
+        resumed = await evaluate(plus_one(1), Budget(tokens=200), session, strategy="best_of_n", options={"n": 1},
+                                 seed=0, resume=old)
+        assert (resumed.run_id, resumed.done) == (old, 1)
+    finally:
+        await session.aclose()
+
+
+class CapitalsUnread(ScriptedBackend):
+    """A model whose vocabulary has no capital letters, as the mini models' has few."""
+
+    async def tokenize(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        if capitals := sorted({ch for ch in text if ch.isupper()}):
+            raise ConfigError(f"scripted has no token for {', '.join(map(repr, capitals))} in {text!r}")
+        return await super().tokenize(text, add_special_tokens=add_special_tokens)
+
+
+async def test_a_template_the_model_cannot_read_is_refused_before_the_run_opens(tmp_path: Path) -> None:
+    """Every question failed alike on the template's own words, each in a trace, and the run said to resume it."""
+    backend = CapitalsUnread(guessing_responder)
+    session = open_session(backend=backend, store=str(tmp_path / "t.db"), verifier=None,
+                           prompt_template="Q: {question}\n")
+    try:
+        with pytest.raises(ConfigError, match=r"every question would fail on the prompt template's own words, so "
+                                              r"the run is not started: scripted has no token for 'Q'"):
+            await evaluate(plus_one(2), Budget(tokens=200), session, strategy="best_of_n", options={"n": 1}, seed=0)
+        assert session.store is not None
+        assert session.store.list_runs() == [] and session.store.list_traces(limit=None) == []
+        assert backend.calls == []
+    finally:
+        await session.aclose()
+
+
+async def test_a_question_of_unreadable_text_still_fails_alone_and_a_good_run_makes_no_more_calls(
+        tmp_path: Path) -> None:
+    """Only the template's own words refuse the run: a question the model cannot read is that question's failure
+    (here the first), and the others are solved with the calls they always took."""
+    backend = CapitalsUnread(guessing_responder)
+    session = open_session(backend=backend, store=str(tmp_path / "t.db"), verifier=None,
+                           prompt_template="{question}\n")
+    problems = [Problem("WHAT is 1 + 1?" if i == 0 else f"what is {i} + 1?", gold=str(i + 1), index=i)
+                for i in range(3)]
+    try:
+        report = await evaluate(problems, Budget(tokens=200), session, strategy="best_of_n", options={"n": 2},
+                                seed=0)
+        assert (report.done, report.failed) == (2, 1)
+        assert report.errors and "has no token for 'A', 'H', 'T', 'W'" in report.errors[0]
+        assert len(backend.calls) == 2  # one call of n=2 for each problem solved, none for the check
+    finally:
+        await session.aclose()
+
+
+async def test_a_prm_is_named_by_its_preset_and_model_and_by_how_its_steps_make_a_score(tmp_path: Path) -> None:
+    """A PRM passed alone is scored as StepwiseOutcome(prm) scores: the same verifier; another aggregation is not."""
+    from ttc.bench.eval import verifier_identity
+    from ttc.verifiers.base import StepwiseOutcome
+    from ttc.verifiers.prm import load_prm
+
+    prm = load_prm(NamedScripted("prm-a", ["x"]), "mini")
+    names = []
+    for verifier in (prm, StepwiseOutcome(prm), StepwiseOutcome(prm, how="mean"),
+                     load_prm(NamedScripted("prm-b", ["x"]), "mini"), None):
+        session = open_session(backend=ScriptedBackend(guessing_responder), store=False, verifier=verifier,
+                               prompt_template=None)
+        names.append(await verifier_identity(session.setup))
+    assert names == ["PRM preset 'mini' on prm-a", "PRM preset 'mini' on prm-a",
+                     "PRM preset 'mini' on prm-a, mean over steps split at '\\n'", "PRM preset 'mini' on prm-b", None]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from ttc.models import mini_model_path
 from ttc.storage import TraceStore
 from ttc.types import Budget, Node, Problem, Result, TraceEvent, Usage
 
@@ -96,6 +97,12 @@ def test_solve_prints_answer_and_trace(tmp_path: Path, colour: str) -> None:
         (("solve", "q", "--backend", "local", "--model", "x", "--url", "http://127.0.0.1:9"), "name two models"),
         (("solve", "q", "--model", ""), "--model is empty"),
         (("solve", "q", "--backend", "scripted", "-o", "n=2", "-o", "n=6"), "option 'n' is given twice"),
+        (("solve", "q", "--backend", "scripted", "--prompt-template", "Q: {q}"),
+         "prompt_template must contain the placeholder(s) {question}"),
+        (("solve", "q", "--backend", "scripted", "--context", "Meg has 3 cups.", "--prompt-template", "{question}"),
+         "prompt_template must contain the placeholder(s) {context}"),
+        (("eval", "--dataset", "synthetic-stateful", "--limit", "1", "--backend", "scripted", "--prompt-template",
+          "mini"), "--prompt-template is how questions without a context are put to the model"),
     ],
 )
 def test_errors_are_one_line_without_traceback(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
@@ -718,3 +725,50 @@ def test_a_missing_answer_or_count_prints_as_a_dash_and_an_answer_none_as_none(t
     assert "answer: -   score=-" in shown and "None" not in shown
     shown = run_ttc("traces", "show", answered[:8], db=db, extra_env=wide).stdout
     assert "answer: None   score=-" in shown
+
+
+MINI_REASONER = ("--backend", "local", "--model", str(mini_model_path("reasoner")))
+
+
+def test_solve_and_eval_take_a_prompt_template_and_a_resume_with_another_is_refused(tmp_path: Path) -> None:
+    """The mini reasoner reads none of the generic template's 'Q', 'N' and quote: without --prompt-template the
+    command line could not ask it anything, though the Python API could (prompt_template=)."""
+    pytest.importorskip("torch")
+    db = tmp_path / "t.db"
+    question = "Ann has 12 pens. Ann gets 5 more. How many pens does Ann have?"
+    solved = run_ttc("solve", question, *MINI_REASONER, "--prompt-template", "mini", "--budget", "256", "--seed", "1",
+                     "--json", db=db)
+    data = json.loads(solved.stdout)
+    evaluated = run_ttc("eval", "--dataset", "synthetic", "--limit", "2", *MINI_REASONER, "--prompt-template",
+                        "{question}\n", "--strategy", "best_of_n", "-o", "n=1", "--budget", "200", db=db)
+    assert "│        2 │    2 │      0 │" in evaluated.stdout
+    with TraceStore(str(db)) as store:
+        assert store.get_trace(data["trace_id"]).nodes[0].text == f"{question}\n"
+        [run] = store.list_runs()
+        assert run.config["evaluate"]["prompt_template"] == "{question}\n"  # type: ignore[index]
+        for trace in store.list_traces(run_id=run.id, limit=None):
+            record = store.get_trace(trace.id)
+            assert record.nodes[0].text == f"{record.problem.question}\n"
+    other = run_ttc("eval", "--dataset", "synthetic", "--limit", "2", *MINI_REASONER, "--prompt-template",
+                    "{question} =\n", "--strategy", "best_of_n", "-o", "n=1", "--budget", "200", "--resume",
+                    run.id, db=db, check=False)
+    assert other.returncode == 2, other.stderr
+    assert r"(evaluate.prompt_template '{question}\n' -> '{question} =\n')" in " ".join(other.stderr.split())
+    again = run_ttc("eval", "--dataset", "synthetic", "--limit", "2", *MINI_REASONER, "--prompt-template", "mini",
+                    "--strategy", "best_of_n", "-o", "n=1", "--budget", "200", "--resume", run.id, db=db)
+    assert "│        2 │    2 │      0 │" in again.stdout  # 'mini' is that same template
+
+
+def test_eval_with_a_template_the_model_cannot_read_stops_once_before_the_run_opens(tmp_path: Path) -> None:
+    """Every problem failed alike on the template's own words, and the run said to rerun with --resume, which
+    failed the same way."""
+    pytest.importorskip("torch")
+    db = tmp_path / "t.db"
+    proc = run_ttc("eval", "--dataset", "synthetic", "--limit", "2", *MINI_REASONER, db=db, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    message = " ".join(proc.stderr.split())
+    assert "every question would fail on the prompt template's own words, so the run is not started" in message
+    assert "has no token for" in message and "--prompt-template mini" in message
+    assert "--resume" not in message and "Traceback" not in message
+    with TraceStore(str(db)) as store:
+        assert store.list_runs() == [] and store.list_traces(limit=None) == []

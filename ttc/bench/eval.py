@@ -34,6 +34,7 @@ from ttc.api import (
 )
 from ttc.backends.base import Backend
 from ttc.bench.datasets import same_dataset
+from ttc.config import BackendSetup
 from ttc.errors import ConfigError, NotFound, RejectedData, StorageError, TTCError
 from ttc.pooled import check_pooled, solve_pooled
 from ttc.session import SEED_LIMIT, question_prompt
@@ -42,6 +43,8 @@ from ttc.storage import TraceStore, TraceSummary
 from ttc.storage.convert import problem_id
 from ttc.types import BUDGET_LIMIT, Budget, Problem, Result, TraceEvent
 from ttc.verifiers.answer import agrade_result, gold_key
+from ttc.verifiers.base import StepwiseOutcome
+from ttc.verifiers.prm import CachedPRM
 
 SLEEP_SEED_OFFSET = 1 << 30
 """A context's sleep run draws from ``seed + SLEEP_SEED_OFFSET + i``, ``i`` the index of its first question: apart
@@ -137,16 +140,21 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
             helpers["synthesizer"] = "target" if synthesizer is None else await model_identity(synthesizer)
         if runner.uses_draft and (draft := session.setup.draft_backend()) is not None:
             helpers["draft"] = await model_identity(draft)
-    settings = {"model": await model_identity(session.setup.backend), **helpers,
+    # Any strategy's answers may rest on the verifier (its scores, the choice among samples, a search's steps) and
+    # do on the prompt the model reads: a resume with another of either would mix two setups too.
+    verifier = await verifier_identity(session.setup)
+    settings = {"model": await model_identity(session.setup.backend), **helpers, "verifier": verifier,
+                "prompt_template": session.setup.prompt_template,
                 "strategy": strategy, "options": dict(options), "seed": seed, "budget_scope": budget_scope,
                 PROBLEM_COUNT: len(problems),
                 "budget": [budget.tokens, budget.wall_s, budget.calls],
                 "sleep": None if sleep is None else [sleep.tokens, sleep.wall_s, sleep.calls],
                 "sleep_options": dict(sleep_opts or {})}
+    await check_template_reads(problems[0], session)
     run_id = _open_run(store, resume, {**(config or {}), RUN_SETTINGS: settings}, problems)
     done_before = store.done_problem_indices(run_id)
     todo = [p for p in problems if p.index not in done_before]
-    given_run, given_events, given_notes = session.run_id, session.extra_events, session.notes
+    given_run, given_events, given_notes, given_plan = session.run_id, session.extra_events, session.notes, session.plan
     session.run_id = run_id
     session.extra_events = _grade_event
     started = time.monotonic()
@@ -164,6 +172,7 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
                 if problem.context in unthought and progress is not None:
                     progress(problem, None)
             todo = [p for p in todo if p.context not in unthought]
+        session.plan = {**given_plan, "verifier": verifier}  # each question's trace says what scored it
         await _solve_all(todo, budget, session, strategy=strategy, options=options, seed=seed,
                          concurrency=concurrency, budget_scope=budget_scope, errors=errors, progress=progress)
     except (asyncio.CancelledError, KeyboardInterrupt):
@@ -178,7 +187,8 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
         raise
     finally:
         # The session is left as it was found: a later solve on it belongs to no run and is graded by no one.
-        session.run_id, session.extra_events, session.notes = given_run, given_events, given_notes
+        session.run_id, session.extra_events, session.notes, session.plan = given_run, given_events, given_notes, \
+            given_plan
 
     hit_rate = await cache_hit_rate(session.setup.backend, before)
     report = report_now(wall_s=time.monotonic() - started)
@@ -396,6 +406,56 @@ async def model_identity(backend: Backend) -> str:
     return backend.name
 
 
+async def verifier_identity(setup: BackendSetup) -> str | None:
+    """Which verifier scores, as ``model_identity`` names a model: a PRM of ``load_prm`` by its preset and the
+    model that serves it, another verifier by its class. None where the setup has none."""
+    prm = None if setup.prm is None else await _scorer_identity(setup.prm)
+    outcome = None if setup.verifier is None else await _scorer_identity(setup.verifier)
+    if prm is None or outcome is None or prm == outcome:  # a PRM passed alone also scores whole solutions
+        return prm or outcome
+    return f"{prm} (steps), {outcome} (solutions)"
+
+
+async def _scorer_identity(verifier: object) -> str:
+    if isinstance(verifier, StepwiseOutcome):
+        inner = await _scorer_identity(verifier.prm)
+        plain = StepwiseOutcome(verifier.prm)  # as open_session wraps a PRM passed alone
+        if (verifier.how, verifier.delimiter) == (plain.how, plain.delimiter):
+            return inner
+        return f"{inner}, {verifier.how} over steps split at {verifier.delimiter!r}"
+    if isinstance(verifier, CachedPRM):
+        return f"PRM preset {verifier.preset.name!r} on {await model_identity(verifier.backend)}"
+    kind = type(verifier)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+async def check_template_reads(problem: Problem, session: Session) -> None:
+    """Refuse, before the run opens, a prompt template whose own words the model's tokenizer has no tokens for:
+    every question would fail on it alike, each after its trace opened, and a resume would fail the same way.
+
+    ``problem``'s prompt is tokenized as its strategy will (a vLLM backend keeps the result, so that costs no
+    request later); only where that fails is the template tried with its fields left empty, so that a question
+    of its own unreadable text still fails alone, as it would in the run."""
+    template, _ = question_prompt(problem, session)
+    backend = session.setup.backend
+    try:
+        await backend.tokenize(template.format(question=problem.question), add_special_tokens=True)
+        return
+    except ConfigError as exc:
+        failure = exc
+    own_context = problem.context is not None and problem.context != session.context
+    words = session.setup.context_template.format(context="", notes="", question="") if own_context else \
+        session.setup.prompt_template.format(question="")
+    try:
+        await backend.tokenize(words, add_special_tokens=True)
+    except ConfigError:
+        fix = ("use a model trained on questions about contexts (the setup's context template asks them)"
+               if own_context else "pass a prompt template in words the model reads (prompt_template=, or "
+               "--prompt-template on the command line; --prompt-template mini for the bundled mini models)")
+        raise ConfigError(f"every question would fail on the {'context' if own_context else 'prompt'} template's "
+                          f"own words, so the run is not started: {failure}; {fix}") from None
+
+
 def _open_run(store: TraceStore, resume: str | None, config: Mapping[str, object],
               problems: Sequence[Problem]) -> str:
     if resume is None:  # the run and its lease in one transaction: see create_run's claim
@@ -421,7 +481,7 @@ def _check_same_settings(run_id: str, stored: Mapping[str, object], given: Mappi
     stored = _flat(stored)
     for flat in (stored, given):  # _check_same_count compares it, with a message of its own
         flat.pop(f"{RUN_SETTINGS}.{PROBLEM_COUNT}", None)
-    for helper in (f"{RUN_SETTINGS}.synthesizer", f"{RUN_SETTINGS}.draft"):
+    for helper in (f"{RUN_SETTINGS}.{name}" for name in ("synthesizer", "draft", "verifier", "prompt_template")):
         if helper not in stored:  # a run begun before these were recorded: its resume is not refused for them
             given.pop(helper, None)
     differ = sorted(key for key in (stored.keys() | given.keys()) - {"backend", "dataset"}
@@ -517,4 +577,4 @@ def summarize(store: TraceStore, run_id: str, *, total: int, wall_s: float,
 
 
 __all__ = ["RUN_SETTINGS", "SLEEP_SEED_OFFSET", "EvalReport", "EvaluationStopped", "check_run_seeds", "check_sleep",
-           "evaluate", "model_identity", "summarize", "think_first"]
+           "check_template_reads", "evaluate", "model_identity", "summarize", "think_first", "verifier_identity"]
