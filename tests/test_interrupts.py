@@ -93,3 +93,37 @@ def test_a_task_group_of_interrupts_reads_cancelled() -> None:
     assert _failure_text(group) == "cancelled"
     assert _failure_text(BaseExceptionGroup("nested", [group])) == "cancelled"
     assert _failure_text(ExceptionGroup("one failed", [ValueError("x")])).startswith("ExceptionGroup: one failed")
+
+
+def test_a_trace_whose_start_is_cancelled_with_every_task_is_failed_not_left_running(tmp_path: Path) -> None:
+    """What an event loop torn down by an interrupt does: every task is cancelled at once, the start of a trace
+    whose row is being written among them. The start ran in a task of its own, cancelled with the rest, so its id
+    was lost and the row it wrote read 'running' for good."""
+    from ttc.session import _start_trace
+    from ttc.trace import TraceRecorder
+    from ttc.types import Budget, Problem
+
+    db = tmp_path / "torn-down.db"
+
+    async def main() -> BaseException | str:
+        store = TraceStore(str(db))
+        try:
+            question = asyncio.ensure_future(_start_trace(store, TraceRecorder(), problem=Problem("What is 2+2?"),
+                                                          strategy="best_of_n", budget=Budget.of(10),
+                                                          backend="scripted", seed=1, run_id=None))
+            for _ in range(2):  # the question starts its trace and waits on the row being written
+                await asyncio.sleep(0)
+            me = asyncio.current_task()
+            for task in asyncio.all_tasks():  # as asyncio's runner does after a KeyboardInterrupt
+                if task is not me:
+                    task.cancel()
+            [outcome] = await asyncio.gather(question, return_exceptions=True)
+            return outcome
+        finally:
+            store.close()
+
+    outcome = asyncio.run(main())
+    assert isinstance(outcome, asyncio.CancelledError)
+    with TraceStore(str(db), read_only=True) as store:
+        [trace] = store.list_traces(limit=None)
+        assert (trace.status, trace.error) == ("failed", "cancelled")

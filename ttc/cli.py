@@ -17,7 +17,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
 
-import anyio
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -28,6 +27,7 @@ from ttc.api import Session, check_budget_scope, open_session, solve_problem
 from ttc.bench.datasets import dataset_names, dataset_setting, load_dataset
 from ttc.bench.eval import EvalReport, EvaluationStopped, check_run_seeds, check_sleep, evaluate
 from ttc.cli_render import render_trace, shown, shown_or_missing
+from ttc.cli_signals import run_interruptible
 from ttc.errors import ConfigError, TTCError
 from ttc.pooled import check_pooled
 from ttc.session import check_context, check_prompt, check_seed
@@ -176,7 +176,7 @@ def solve(
         finally:
             await session.aclose()
 
-    result = anyio.run(main)
+    result = run_interruptible(main)
     if as_json:
         _write_json(_result_json(result), "result")
         return
@@ -215,7 +215,7 @@ def sleep_cmd(
         finally:
             await session.aclose()
 
-    notes = anyio.run(main)
+    notes = run_interruptible(main)
     if as_json:
         _write_json({"context": notes.context, "notes": notes.text, "trace_id": notes.trace_id,
                      "model": notes.model, "usage": notes.usage.__dict__}, "notes")
@@ -306,7 +306,7 @@ def eval_cmd(
             await session.aclose()
 
     try:
-        report = anyio.run(main)
+        report = run_interruptible(main)
     except EvaluationStopped as stopped:  # what was done is shown; the store's error (exit 2) comes after it
         if stopped.report is not None:
             _print_report(stopped.report, sleeps=sleep is not None)
@@ -373,7 +373,7 @@ def demo(
         finally:
             await session.aclose()
 
-    reports = anyio.run(main)
+    reports = run_interruptible(main)
     table = Table(title=f"synthetic benchmark, {problems} held-out problems, backend {session.setup.backend.name}")
     for col in ("arm", "accuracy", "failed", "mean tokens", "wall s", "run"):
         table.add_column(col, justify="right")
@@ -513,9 +513,10 @@ def _with_notes(exc: BaseException) -> str:
 
 
 def _terminate_as_interrupt(_signum: int, frame: FrameType | None) -> None:
-    """SIGTERM (``kill``, ``timeout``, a scheduler) ends a command the way Ctrl-C does: the SIGINT handler in place
-    (the event loop's, which cancels its work so that every open trace is marked failed 'cancelled') runs for it.
-    Where SIGINT is ignored (a background job of a script), SIGTERM still ends the command."""
+    """SIGTERM (``kill``, ``timeout``, a scheduler) ends a command the way Ctrl-C does. This handler applies outside
+    a command's event loop (before it starts, while a report prints), where no trace is open; inside it, both
+    signals cancel the command's work (``ttc.cli_signals``). Where SIGINT is ignored (a background job of a
+    script), SIGTERM still ends the command."""
     handler = signal.getsignal(signal.SIGINT)
     if callable(handler):
         handler(signal.SIGINT, frame)

@@ -440,15 +440,19 @@ async def _outlast_cancellation(future: asyncio.Future[T]) -> T:
 async def _start_trace(store: TraceStore, recorder: TraceRecorder, **fields: Any) -> str:
     """Start a trace; a cancellation while its row is being written marks that row failed, never 'running'.
 
-    The store keeps a start write it was handed even when the caller is cancelled, so the id is waited for
-    (through further cancellations too) and the trace failed before the cancellation goes on.
+    The start is queued here, not in a task of its own: the id is known before anything can be cancelled (a loop
+    torn down by an interrupt cancels every task, a start task too, and its id was then lost with the row written).
+    On a cancellation the write is waited for (through further cancellations too) and the trace failed before the
+    cancellation goes on.
     """
-    start = asyncio.ensure_future(store.astart_trace(**fields))
+    trace_id, written = store.queue_start_trace(**fields)
+    start = asyncio.wrap_future(written)
     try:
-        return await asyncio.shield(start)
+        await asyncio.shield(start)
+        return trace_id
     except asyncio.CancelledError as exc:
         try:
-            trace_id = await _outlast_cancellation(start)
+            await _outlast_cancellation(start)
         except Exception:
             raise exc from None  # the row was never written: there is nothing to fail
         try:

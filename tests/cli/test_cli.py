@@ -549,6 +549,35 @@ def test_sigterm_fails_the_open_traces_and_marks_the_run_interrupted(tmp_path: P
         assert 2 <= len([t for t in traces if t.status == "done"]) < 40
 
 
+@pytest.mark.parametrize("second", [False, True])
+def test_sigterm_to_a_background_job_or_twice_leaves_no_trace_running(tmp_path: Path, second: bool) -> None:
+    """A background job of a script ignores SIGINT: SIGTERM then raised KeyboardInterrupt wherever the main thread
+    was, the event loop cancelled every task at once, and traces whose start was being written read 'running' for
+    good (most runs of 32 questions at once); a second signal did the same with SIGINT at its default."""
+    db = tmp_path / "background.db"
+    env = {**os.environ, "TTC_DB": str(db), "TTC_SCRIPTED_DELAY_S": "0.02"}
+    args = [sys.executable, "-m", "ttc", "eval", "--dataset", "synthetic", "--limit", "200", "--backend", "scripted",
+            "--concurrency", "32", "--budget", "256"]
+    ignore = None if second else (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ignore)
+    deadline = time.monotonic() + 60
+    while _done_count(db) < 5 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    if second:
+        time.sleep(0.05)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    with TraceStore(str(db), read_only=True) as store:
+        [run] = store.list_runs()
+        traces = store.list_traces(run_id=run.id, limit=None)
+        assert run.status == "interrupted"
+        assert not [t for t in traces if t.status == "running"]
+        assert {store.get_trace(t.id).error for t in traces if t.status == "failed"} == {"cancelled"}
+
+
 def test_a_store_locked_mid_eval_stops_it_with_its_report_and_one_error_line_naming_what_is_left(
         tmp_path: Path) -> None:
     """Every question waited out the lock in turn and was failed on its own; at the end the run's own write failed

@@ -401,6 +401,14 @@ class TraceStore:
         await _wait(future)
         return trace_id
 
+    def queue_start_trace(self, *, problem: Problem, strategy: str, budget: Budget, backend: str,
+                          seed: int | None, run_id: str | None = None) -> tuple[str, Future[None]]:
+        """``start_trace`` handed to the writer without waiting: the trace's id at once, and the write's future.
+        A caller cancelled while the row is written still knows which trace to fail (the writer runs writes in
+        the order they were queued, so a failure queued next lands after the start)."""
+        return self._start_work(problem=problem, strategy=strategy, budget=budget, backend=backend, seed=seed,
+                                run_id=run_id)
+
     def _finish_work(self, trace_id: str, result: Result, nodes: Sequence[Node],
                      events: Sequence[TraceEvent]) -> Future[None]:
         if result.trace_id is not None and result.trace_id != trace_id:
