@@ -8,14 +8,13 @@ otherwise reach the terminal (clear the screen, hide what follows, make a link).
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 from rich.console import Console
 from rich.text import Text
 from rich.tree import Tree
 
 from ttc.storage.records import TraceRecord
 from ttc.types import Node
+from ttc.viewer.pages import tree_rows
 
 STATUS_STYLE = {"selected": "bold green", "finished": "cyan", "pruned": "dim red", "active": "yellow"}
 MAX_RENDERED_NODES = 500
@@ -65,23 +64,20 @@ def node_label(node: Node) -> Text:
 def build_tree(record: TraceRecord, max_depth: int | None = None) -> Tree:
     """The trace's nodes as a tree, drawn at most ``max_depth`` levels deep: a tree indents each level, and a
     terminal draws nothing past its width, so deeper nodes (a search's 24 steps on 80 columns; the selected answer
-    among them) are drawn at the deepest level, after their parent, labelled with their depth."""
-    children: dict[int | None, list[Node]] = defaultdict(list)
-    for node in record.nodes:
-        children[node.parent].append(node)
+    among them) are drawn at the deepest level, after their parent, labelled with their depth. Past
+    ``MAX_RENDERED_NODES`` the nodes off the path to the selected answer are left out, as on the viewer's page."""
     tree = Tree(Text(f"trace {record.id}", style="bold"))
-    shown = 0
-    stack: list[tuple[Tree, Node, int]] = [(tree, n, 1) for n in reversed(children[None])]
-    while stack and shown < MAX_RENDERED_NODES:
-        branch, node, level = stack.pop()
+    rows = tree_rows(record.nodes, MAX_RENDERED_NODES)
+    below: dict[int, Tree] = {}  # where each drawn node's children go; a drawn node's parent is drawn before it
+    for row in rows:
+        node, level = row.node, row.depth + 1
+        branch = tree if node.parent is None else below[node.parent]
         flat = max_depth is not None and level > max_depth
         label = Text.assemble((f"d={node.depth} ", "dim"), node_label(node)) if flat else node_label(node)
         sub = branch.add(label)
-        shown += 1
-        below = branch if max_depth is not None and level >= max_depth else sub
-        stack.extend((below, child, level + 1) for child in reversed(children[node.id]))
-    if len(record.nodes) > shown:
-        tree.add(f"[dim]… {len(record.nodes) - shown} more nodes (ttc traces export for all)[/dim]")
+        below[node.id] = branch if max_depth is not None and level >= max_depth else sub
+    if len(record.nodes) > len(rows):
+        tree.add(f"[dim]… {len(record.nodes) - len(rows)} more nodes (ttc traces export for all)[/dim]")
     return tree
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -176,6 +177,41 @@ def test_tree_rows_walk_a_deep_chain_without_recursion(viewer: Viewer) -> None:
                   status="selected" if i == 4999 else "active") for i in range(5000)]
     rows = tree_rows(chain, limit=5000)
     assert [r.depth for r in rows] == list(range(5000)) and all(r.on_selected_path for r in rows)
+
+
+def test_a_tree_over_the_cap_shows_the_path_to_its_last_node_selected(viewer: Viewer) -> None:
+    """A best-of-3000 whose last sample won showed no selected row and only the root on the path: the walk stopped
+    at MAX_TREE_ROWS before it. Room is now kept for the path; the siblings shown keep their id order."""
+    from ttc.types import Node, Result, Usage
+    from ttc.viewer.pages import MAX_TREE_ROWS
+
+    last = MAX_TREE_ROWS + 200
+    nodes = [Node(id=0, parent=None, depth=0, text="q", token_count=0)]
+    nodes += [Node(id=i, parent=0, depth=1, text=f"sample {i}", token_count=1, status="finished")
+              for i in range(1, last)]
+    nodes.append(Node(id=last, parent=last - 1, depth=2, text="the answer", token_count=1, status="selected",
+                      answer="42"))
+    trace_id = viewer.store.start_trace(problem=Problem(question="q"), strategy="beam", budget=Budget.of(10),
+                                        backend="b", seed=1)
+    viewer.store.finish_trace(trace_id, result=Result(answer="42", text="t", score=None, strategy="beam",
+                                                      usage=Usage(), trace_id=trace_id), nodes=nodes, events=[])
+    page = viewer.client.get(f"/traces/{trace_id}").text
+    for node_id in (0, last - 1, last):
+        assert f'<tr id="node-{node_id}" class="path">' in page
+    assert '<td class="status-selected">selected</td>' in page
+    shown = [int(found) for found in re.findall(r'<tr id="node-(\d+)"', page)]
+    assert shown == [*range(MAX_TREE_ROWS - 2), last - 1, last]
+    assert f"{len(nodes) - MAX_TREE_ROWS} more nodes are in the" in page
+
+
+def test_tree_rows_keep_to_the_limit_when_the_path_alone_is_longer() -> None:
+    from ttc.types import Node
+
+    chain = [Node(id=i, parent=i - 1 if i else None, depth=i, text="", token_count=1,
+                  status="selected" if i == 9 else "active") for i in range(10)]
+    side = [Node(id=10, parent=0, depth=1, text="", token_count=1)]
+    assert [r.node.id for r in tree_rows(chain + side, limit=4)] == [0, 1, 2, 3]
+    assert [r.node.id for r in tree_rows(chain + side, limit=11)] == [*range(11)]
 
 
 def test_a_taken_port_is_a_config_error(viewer: Viewer) -> None:
