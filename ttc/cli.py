@@ -28,6 +28,7 @@ from ttc.bench.datasets import dataset_names, dataset_setting, load_dataset
 from ttc.bench.eval import EvalReport, EvaluationStopped, check_run_seeds, check_sleep, evaluate
 from ttc.cli_render import render_trace, shown, shown_or_missing
 from ttc.cli_signals import run_interruptible
+from ttc.controller.batch import UnaffordableBatch
 from ttc.errors import ConfigError, TTCError
 from ttc.pooled import check_pooled
 from ttc.session import check_context, check_prompt, check_seed
@@ -274,7 +275,10 @@ def eval_cmd(
     sleep_opts = parse_options(sleep_option)
     scope = check_budget_scope(budget_scope)
     if scope == "batch":
-        check_pooled(Budget.of(budget), 1, strategy=strategy, options=options)
+        try:  # --budget is each question's share of the pool, so it is checked as a batch of one
+            check_pooled(Budget.of(budget), 1, strategy=strategy, options=options)
+        except UnaffordableBatch as short:
+            raise ConfigError(short.per_question("--budget", option_flag="-o")) from None
     sleep = None if sleep_budget is None else Budget.of(sleep_budget)
     check_sleep(problems, sleep, sleep_opts)  # before the model loads
     check_run_seeds(problems, seed, sleeps=sleep is not None)

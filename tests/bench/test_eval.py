@@ -62,6 +62,23 @@ async def test_a_runs_summary_reads_every_one_of_its_traces(tmp_path: Path, monk
         await session.aclose()
 
 
+async def test_a_batch_budget_too_small_is_refused_in_terms_of_the_budget_a_question(tmp_path: Path) -> None:
+    """evaluate's budget is each question's: the refusal spoke of "a batch budget of 10 tokens" and "each of 1
+    questions" for a batch of five."""
+    session = open_session(backend=ScriptedBackend(guessing_responder), store=str(tmp_path / "t.db"), verifier=None,
+                           prompt_template=None)
+    problems = [Problem(f"What is {i} + 1?", gold=str(i + 1), index=i) for i in range(5)]
+    try:
+        with pytest.raises(ConfigError) as refused:
+            await evaluate(problems, Budget(tokens=10), session, strategy="auto", options={"max_tokens": 40}, seed=0,
+                           budget_scope="batch")
+        assert str(refused.value) == ("the budget 10 tokens a question cannot give each question one sample of up "
+                                      "to max_tokens=40: raise the budget to at least 40 or lower max_tokens")
+        assert session.store is not None and not session.store.list_runs()
+    finally:
+        await session.aclose()
+
+
 async def test_a_batch_sharing_one_budget_fails_whole_and_resumes_whole(tmp_path: Path) -> None:
     db = str(tmp_path / "t.db")
     problems = [Problem(f"What is {i} + 1?", gold=str(i + 1), index=i) for i in range(5)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -220,6 +221,24 @@ def test_eval_with_one_budget_for_the_batch(tmp_path: Path) -> None:
     assert {len(r.nodes) for r in records} != {len(records[0].nodes)}  # rounds went where votes were split
 
 
+@pytest.mark.parametrize(("strategy", "budget", "message"), [
+    ("self_consistency", "400", "--budget 400 tokens a question cannot give each question one sample of up to "
+                                "max_tokens=512: raise --budget to at least 512 or lower max_tokens (-o max_tokens=N)"),
+    ("beam", "100", "--budget 100 tokens a question cannot give each question's search one step of up to "
+                    "max_step_tokens=256: raise --budget to at least 256 or lower max_step_tokens "
+                    "(-o max_step_tokens=N)"),
+])
+def test_eval_refuses_a_batch_budget_too_small_in_terms_of_its_budget_a_question(tmp_path: Path, strategy: str,
+                                                                                  budget: str, message: str) -> None:
+    """--budget is each question's share of the pool: the refusal spoke of "a batch budget of 400 tokens" and
+    "each of 1 questions" for a batch of 4."""
+    proc = run_ttc("eval", "--dataset", "synthetic", "--limit", "4", "--backend", "scripted", "--budget", budget,
+                   "--budget-scope", "batch", "--strategy", strategy, db=tmp_path / "b.db", check=False,
+                   extra_env={"COLUMNS": "300"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"error: {message}"
+
+
 def test_eval_says_how_many_questions_the_budget_left_without_an_answer(tmp_path: Path) -> None:
     """The embedded default at 64 tokens a question: a search whose every path is cut short has no answer, which
     counts wrong even where its partial text ends on the gold number, and the summary says how many there were."""
@@ -349,6 +368,30 @@ def test_a_deep_search_is_drawn_whole_on_an_80_column_terminal(tmp_path: Path) -
     assert "more nodes" not in shown
     # An event's name reached the terminal raw, though every other stored text is escaped.
     assert "\x1b" not in shown and "\u202e" not in shown and "pick\\x1b[31m\\u202e" in shown
+
+
+def test_show_draws_the_path_to_a_selected_node_past_the_cap(tmp_path: Path) -> None:
+    """A best-of-3000 whose last sample won showed no selected node: the tree stopped at MAX_RENDERED_NODES
+    before it. Room is now kept for the path, and the line below says how many nodes were left out."""
+    from ttc.cli_render import MAX_RENDERED_NODES
+
+    db = tmp_path / "wide.db"
+    last = MAX_RENDERED_NODES + 100
+    nodes = [Node(id=0, parent=None, depth=0, text="q", token_count=0)]
+    nodes += [Node(id=i, parent=0, depth=1, text=f"sample {i}", token_count=1, status="finished")
+              for i in range(1, last)]
+    nodes.append(Node(id=last, parent=last - 1, depth=2, text="the answer", token_count=1, status="selected",
+                      answer="42"))
+    with TraceStore(str(db)) as store:
+        trace_id = store.start_trace(problem=Problem(question="q"), strategy="beam", budget=Budget.of(10),
+                                     backend="b", seed=1)
+        result = Result(answer="42", text="t", score=None, strategy="beam", usage=Usage(), trace_id=trace_id)
+        store.finish_trace(trace_id, result=result, nodes=nodes, events=[])
+    shown = run_ttc("traces", "show", trace_id[:8], db=db, extra_env={"COLUMNS": "120"}).stdout
+    drawn = [int(n) for n in re.findall(r"#(\d+) ", shown)]
+    assert drawn == [*range(MAX_RENDERED_NODES - 2), last - 1, last]
+    assert f"#{last} selected tok=1 answer=42" in shown
+    assert f"… {len(nodes) - MAX_RENDERED_NODES} more nodes" in shown
 
 
 def test_a_payload_nested_deeper_than_export_can_write_is_a_storage_error() -> None:

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from ttc.controller import Pool, Standing, check_affordable, first_wave, next_wave, pooled_options
-from ttc.controller.batch import Grant, SearchStanding, check_affordable_search, search_wave
+from ttc.controller.batch import Grant, SearchStanding, UnaffordableBatch, check_affordable_search, search_wave
 from ttc.errors import ConfigError
 from ttc.types import Budget
 
@@ -117,6 +117,20 @@ def test_a_batch_budget_must_give_each_search_one_step() -> None:
                                           r"max_step_tokens=24"):
         check_affordable_search(Budget(tokens=239), 10, 24)
     check_affordable_search(Budget(tokens=240), 10, 24)
+
+
+def test_a_refused_batch_budget_can_be_worded_as_the_budget_each_question_was_given() -> None:
+    """``ttc eval --budget-scope batch`` sets the budget a question: its refusal spoke of "each of 1 questions"."""
+    with pytest.raises(UnaffordableBatch) as sampled:
+        check_affordable(Budget(tokens=1200), 4, 512)
+    assert sampled.value.per_question("--budget", option_flag="-o") == (
+        "--budget 300 tokens a question cannot give each question one sample of up to max_tokens=512: raise --budget "
+        "to at least 512 or lower max_tokens (-o max_tokens=N)")
+    with pytest.raises(UnaffordableBatch) as searched:
+        check_affordable_search(Budget(tokens=10), 1, 24)
+    assert searched.value.per_question("budget") == (
+        "budget 10 tokens a question cannot give each question's search one step of up to max_step_tokens=24: raise "
+        "budget to at least 24 or lower max_step_tokens")
 
 
 def test_a_grant_the_pool_cannot_afford_whole_shrinks_to_what_is_left_down_to_an_even_share() -> None:

@@ -35,6 +35,7 @@ from ttc.api import (
 from ttc.backends.base import Backend
 from ttc.bench.datasets import same_dataset
 from ttc.config import BackendSetup
+from ttc.controller.batch import UnaffordableBatch
 from ttc.errors import ConfigError, NotFound, RejectedData, StorageError, TTCError
 from ttc.pooled import check_pooled, solve_pooled
 from ttc.session import SEED_LIMIT, question_prompt
@@ -130,7 +131,10 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
     check_run_seeds(problems, seed, sleeps=sleep is not None)
     helpers: dict[str, object] = {}
     if check_budget_scope(budget_scope) == "batch":
-        check_pooled(budget, 1, strategy=strategy, options=options, session=session)
+        try:  # the budget is each question's here (the batch's is that times the problems): said so
+            check_pooled(budget, 1, strategy=strategy, options=options, session=session)
+        except UnaffordableBatch as short:
+            raise ConfigError(short.per_question("the budget")) from None
     else:
         _, _, runner = plan_runner(strategy, budget, session, options)  # a bad option fails here, not per problem
         # The models beside the target that this strategy's answers also depend on: a resume with another one

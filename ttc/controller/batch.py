@@ -102,22 +102,45 @@ def pooled_options(strategy: str, options: Mapping[str, object], *, has_verifier
     return opts
 
 
+class UnaffordableBatch(ConfigError):
+    """A batch budget whose tokens cannot give each question its start (one sample, or one step of its search):
+    some questions would get no answer.
+
+    It keeps its figures, so that a caller whose budget is set a question (``ttc eval --budget-scope batch`` pools
+    ``--budget`` times the number of questions, and checks it as a batch of one) can refuse it in the terms it was
+    set in (``per_question``), not as "each of 1 questions".
+    """
+
+    def __init__(self, tokens: int, questions: int, *, option: str, each: int, search: bool) -> None:
+        self.tokens, self.questions, self.option, self.each, self.search = tokens, questions, option, each, search
+        whom = f"each of {questions} questions' searches" if search else f"each of {questions} questions"
+        super().__init__(f"a batch budget of {tokens} tokens cannot give {whom} {self._start} ({questions * each} "
+                         f"tokens): raise the budget or lower {option}")
+
+    @property
+    def _start(self) -> str:
+        return f"{'one step' if self.search else 'one sample'} of up to {self.option}={self.each}"
+
+    def per_question(self, name: str, option_flag: str | None = None) -> str:
+        """The refusal worded for a budget set a question (the batch's is that times the number of questions),
+        named as its user set it (``--budget``), with how its user sets an option (``-o``) where that is a flag."""
+        whom = "each question's search" if self.search else "each question"
+        lower = self.option if option_flag is None else f"{self.option} ({option_flag} {self.option}=N)"
+        return (f"{name} {self.tokens // self.questions} tokens a question cannot give {whom} {self._start}: raise "
+                f"{name} to at least {self.each} or lower {lower}")
+
+
 def check_affordable(budget: Budget, questions: int, max_tokens: int) -> None:
     """Refuse a batch budget that cannot give every question one sample: some questions would get no answer."""
     if budget.tokens is not None and budget.tokens < questions * max_tokens:
-        raise ConfigError(
-            f"a batch budget of {budget.tokens} tokens cannot give each of {questions} questions one sample of up to "
-            f"max_tokens={max_tokens} ({questions * max_tokens} tokens): raise the budget or lower max_tokens")
+        raise UnaffordableBatch(budget.tokens, questions, option="max_tokens", each=max_tokens, search=False)
     _check_calls(budget, questions)
 
 
 def check_affordable_search(budget: Budget, questions: int, step_tokens: int) -> None:
     """Refuse a batch budget that cannot give every question's search one step: some would get no answer."""
     if budget.tokens is not None and budget.tokens < questions * step_tokens:
-        raise ConfigError(
-            f"a batch budget of {budget.tokens} tokens cannot give each of {questions} questions' searches one step "
-            f"of up to max_step_tokens={step_tokens} ({questions * step_tokens} tokens): raise the budget or lower "
-            "max_step_tokens")
+        raise UnaffordableBatch(budget.tokens, questions, option="max_step_tokens", each=step_tokens, search=True)
     _check_calls(budget, questions)
 
 
@@ -213,5 +236,6 @@ def search_wave(standings: Sequence[SearchStanding], pool: Pool) -> dict[int, Gr
     return {index: Grant(tokens=grant, calls=each_calls) for index, grant in chosen.items()}
 
 
-__all__ = ["POOLED_STRATEGIES", "Grant", "Pool", "SearchStanding", "Standing", "check_affordable",
-           "check_affordable_search", "first_wave", "next_wave", "pooled_options", "search_wave"]
+__all__ = ["POOLED_STRATEGIES", "Grant", "Pool", "SearchStanding", "Standing", "UnaffordableBatch",
+           "check_affordable", "check_affordable_search", "first_wave", "next_wave", "pooled_options",
+           "search_wave"]
