@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
 import traceback
+from concurrent.futures import Future
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -284,12 +286,13 @@ def test_200_concurrent_solves_lose_no_row(tmp_path: Path) -> None:
 
 
 class _SlowStartStore(TraceStore):
-    """A store whose start write lands at once but whose id comes back late (a busy writer, a locked file)."""
+    """A store whose start write lands at once but is reported done late (a busy writer, a locked file)."""
 
-    async def astart_trace(self, **fields: Any) -> str:
-        trace_id = self.start_trace(**fields)
-        await asyncio.sleep(0.3)
-        return trace_id
+    def queue_start_trace(self, **fields: Any) -> tuple[str, Future[None]]:
+        trace_id, written = super().queue_start_trace(**fields)
+        late: Future[None] = Future()
+        threading.Timer(0.3, lambda: late.set_result(written.result())).start()
+        return trace_id, late
 
 
 def test_cancelled_while_starting_the_trace_leaves_no_running_trace(tmp_path: Path) -> None:
