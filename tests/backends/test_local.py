@@ -272,6 +272,43 @@ async def test_a_call_cancelled_once_the_engine_has_answered_frees_its_kv(
     backend.engine.tree.check()
 
 
+def test_a_completion_answered_after_its_event_loop_closed_frees_its_kv(
+        model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop closed with the call still pending (never cancelled): the engine's reply could not be posted to it
+    and was dropped with its holds, which nobody could release any more."""
+    import ttc.backends.local as local
+
+    answered = threading.Event()
+    settle = local._settle
+
+    def watched(*args: Any) -> Any:
+        reply = settle(*args)
+
+        def on_reply(result: object) -> None:
+            reply(result)
+            answered.set()
+
+        return on_reply
+
+    monkeypatch.setattr(local, "_settle", watched)
+    backend = LocalBackend.from_pretrained(model_path, threads=1)
+    try:
+        prompt = backend.engine.tokenizer.encode("Left behind").ids
+        gate = threading.Event()
+        backend._scheduler.call(lambda _: gate.wait(60), lambda _: None)  # the engine thread waits for the loop
+        loop = asyncio.new_event_loop()
+        pending = loop.create_task(backend.complete(prompt, 3, Sampling(max_tokens=4, temperature=1.0, seed=0)))
+        loop.run_until_complete(asyncio.sleep(0.01))  # the request is submitted
+        loop.close()
+        gate.set()
+        assert answered.wait(60) and not pending.done()  # answered, and never read
+        asyncio.run(backend.release([1]))  # one round trip through the engine thread: the orphans' release ran first
+        assert backend.stats().live_kv_tokens == 0
+        backend.engine.tree.check()
+    finally:
+        backend.close()
+
+
 @pytest.mark.anyio
 async def test_a_failing_step_fails_its_calls_and_the_engine_recovers(
     backend: LocalBackend, monkeypatch: pytest.MonkeyPatch

@@ -73,6 +73,19 @@ async def test_a_sentencepiece_completion_keeps_its_leading_space_and_finds_a_st
     assert (stopped.text, stopped.token_ids, stopped.finish_reason) == (" The", (ids["▁The"],), "stop")
 
 
+@pytest.mark.anyio
+async def test_a_stop_ending_inside_a_token_ends_the_text_and_keeps_the_token(tmp_path: Path) -> None:
+    """The stop ' ans' ends inside '▁answer': the text was the whole token's, ' The answer', not ending with its
+    stop as vLLM's text does."""
+    ids = {p: i for i, p in enumerate(SENTENCEPIECE)}
+    prompt = [ids["<s>"], ids["▁Hello"], ids["▁world"]]
+    continuation = [ids[p] for p in ("▁The", "▁answer", "▁is", "</s>")]
+    async with LocalBackend.from_pretrained(_checkpoint(tmp_path, _sentencepiece_tokenizer()), threads=1) as b:
+        _script(b, continuation)
+        [stopped] = await b.complete(prompt, 1, Sampling(max_tokens=20, temperature=0, stop=(" ans",)))
+    assert (stopped.text, stopped.token_ids, stopped.finish_reason) == (" The ans", tuple(continuation[:2]), "stop")
+
+
 def _unigram_tokenizer() -> Any:
     """A SentencePiece-unigram tokenizer: its model has no unknown token by name, only an id."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers

@@ -114,6 +114,18 @@ def test_a_continuation_keeps_its_leading_space_after_the_prompt() -> None:
     assert stopped.copy().full_text() == " The"
 
 
+def test_a_stopped_text_ends_with_its_earliest_stop_though_the_last_token_goes_on() -> None:
+    """' ans' ends inside '▁answer': the stopped text kept the whole token, ' The answer', which does not end with
+    its stop string (vLLM cuts it there, and keeps the token)."""
+    tokenizer = _sentencepiece_tokenizer()
+    ids = {tokenizer.id_to_token(i): i for i in range(tokenizer.get_vocab_size())}
+    prompt = [ids["<s>"], ids["▁Hello"], ids["▁world"]]
+    detok = IncrementalDetokenizer(tokenizer, stops=["swer", " an"], prompt=prompt)
+    assert [detok.push(ids[p]) for p in ("▁The", "▁answer")] == [None, " an"]
+    assert detok.generated == [ids["▁The"], ids["▁answer"]]
+    assert (detok.full_text(), detok.full_text(stopped=True)) == (" The answer", " The an")
+
+
 def test_a_prompt_ending_inside_a_character_gives_no_context() -> None:
     """A context whose text ends in U+FFFD would change once the continuation completes the character; with none
     whole within reach the continuation is decoded alone, as a byte-level text always could be."""

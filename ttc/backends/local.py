@@ -229,7 +229,7 @@ def _short(text: str, width: int = 60) -> str:
 def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any],
             orphaned: Callable[[object], None] | None = None) -> Callable[[object], None]:
     """A reply callback for the engine thread that resolves ``future`` on its own event loop; a result that
-    arrives after the caller was cancelled goes to ``orphaned``."""
+    arrives after the caller was cancelled, or after its event loop closed, goes to ``orphaned``."""
 
     def resolve(result: object) -> None:
         if future.done():
@@ -242,8 +242,11 @@ def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any],
             future.set_result(result)
 
     def reply(result: object) -> None:
-        with contextlib.suppress(RuntimeError):  # the caller's loop has closed; nobody is waiting any more
+        try:
             loop.call_soon_threadsafe(resolve, result)
+        except RuntimeError:  # the caller's loop has closed: nobody will read the result, nor release its holds
+            if orphaned is not None and not isinstance(result, BaseException):
+                orphaned(result)
 
     return reply
 

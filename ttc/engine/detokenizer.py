@@ -53,15 +53,21 @@ class IncrementalDetokenizer:
         """The text of every pushed token, decoded after the prompt's context as the streamed text is.
 
         Unlike ``text`` it includes a trailing incomplete character (U+FFFD), as decoding the tokens does, except
-        after a stop string (``stopped``): the token that completed the stop may also start a character, whose
-        first bytes are no text the model wrote before stopping.
+        after a stop string (``stopped``): the text ends with the earliest stop string, as vLLM's does. The token
+        that completed it may hold more text (a stop ending inside a multi-character token, or the first bytes of
+        a character): that is no text the model wrote before stopping, though the token stays in the ids.
         """
         whole = self.tokenizer.decode(self.ids)
         if whole.startswith(self._context_text):
             text = whole[len(self._context_text) :]
         else:  # a decoder whose context text changes with what follows
             text = self.tokenizer.decode(self.generated)
-        return text.rstrip("\ufffd") if stopped else text
+        return self._cut_at_stop(text) if stopped else text
+
+    def _cut_at_stop(self, text: str) -> str:
+        """``text`` up to the end of the stop string it ends earliest with (without a trailing U+FFFD if none)."""
+        ends = [found + len(s) for s in self.stops if (found := text.find(s)) >= 0]
+        return text[: min(ends)] if ends else text.rstrip("\ufffd")
 
     def push(self, token_id: int) -> str | None:
         """Add a token; return the stop string it completed, if any."""

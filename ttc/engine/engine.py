@@ -9,9 +9,10 @@ step keeps its ``n`` best children of its live branches and finished ones, forki
 children under a sealed block they share and dropping one that keeps none.
 
 A finished branch keeps a *hold* on its blocks, keyed by its full token sequence (prompt + completion), because
-a search strategy usually extends what it just generated. ``release`` drops the hold; blocks nobody holds stay
-in the tree as cache until evicted. Holds are capped, oldest dropped first, by count (``max_held``) and by live
-KV tokens (``cache_tokens``), so a caller that never releases cannot pin memory forever.
+a search strategy usually extends what it just generated. ``release`` drops the hold of a completion its caller
+has (a request still running may hold the same tokens); blocks nobody holds stay in the tree as cache until
+evicted. Holds are capped, oldest dropped first, by count (``max_held``) and by live KV tokens (``cache_tokens``),
+so a caller that never releases cannot pin memory forever.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class _Running:
     cached: int
     branches: list[_Branch] = field(default_factory=list)
     generator: torch.Generator | None = None  # distinct requests: the beam's noise
+    delivered: bool = False  # its completions went to its caller, who alone may release their holds
 
 
 @dataclass
@@ -412,11 +414,17 @@ class Engine:
         ):
             self._drop_hold(next(iter(self.holds)))
 
-    def _drop_hold(self, key: tuple[int, ...]) -> bool:
-        held = self.holds.get(key)
-        if not held:
+    def _drop_hold(self, key: tuple[int, ...], *, delivered: bool = False) -> bool:
+        """Drop the oldest hold on ``key``; with ``delivered``, the oldest of a request whose caller has it.
+
+        A caller releases what it was given. A branch of a request still running (or cancelled before its reply)
+        may hold the same tokens: taking its hold would leave the caller's own, which nobody releases after.
+        """
+        held = self.holds.get(key, [])
+        index = next((i for i, b in enumerate(held) if not delivered or b.request.delivered), None)
+        if index is None:
             return False
-        branch = held.pop(0)
+        branch = held.pop(index)
         if not held:
             del self.holds[key]
         self._held_count -= 1
@@ -424,13 +432,20 @@ class Engine:
         return True
 
     def _deliver_finished(self) -> None:
+        """Reply to every request whose branches have all finished; a cancelled one's holds are dropped instead,
+        as its caller is gone (its event loop may be closed: a reply could never reach it, nor be released)."""
         done = [r for r in self._running if all(b.finish is not None for b in r.branches)]
         if not done:
             return
         self._running = [r for r in self._running if r not in done]
         for running in done:
+            if running.request.cancelled:
+                for branch in running.branches:
+                    self._drop_hold_on(branch)
+                continue
             if running.generator is not None:  # a draw without replacement, in the order it ranks them
                 running.branches.sort(key=lambda b: b.gumbel, reverse=True)
+            running.delivered = True  # before the reply: the caller may release as soon as it has it
             running.request.reply([self._completion(running, b) for b in running.branches])
 
     def _completion(self, running: _Running, branch: _Branch) -> Completion:
@@ -526,8 +541,8 @@ class Engine:
 
     # ------------------------------------------------------------------ release
     def release(self, tokens: Sequence[int]) -> bool:
-        """Drop one hold on the sequence ``tokens``; False when nothing held it."""
-        return self._drop_hold(tuple(tokens))
+        """Drop one hold on the sequence ``tokens`` that a delivered completion took; False when none held it."""
+        return self._drop_hold(tuple(tokens), delivered=True)
 
     # ------------------------------------------------------------------ embedding
     def embed(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
