@@ -51,10 +51,10 @@ DbOpt = Annotated[str | None, typer.Option("--db", help="trace store: file path 
 OptionOpt = Annotated[list[str] | None, typer.Option("--option", "-o", help="strategy option KEY=VALUE")]
 PromptTemplateOpt = Annotated[str | None, typer.Option(
     "--prompt-template",
-    help="how each question is put to the model: text holding {question} (and {context} with --context or "
-         "--notes), e.g. $'Q: {question}\\nA:' in bash; or 'mini', the bundled mini models' own (the question, then "
-         "a newline). Default: the setup's own (the mini models' for the embedded default, a generic "
-         "'Question: ...' one for other models)")]
+    help="how each question is put to the model: text holding {question} (and {context} with --context, "
+         "{context} and {notes} with --notes), e.g. $'Q: {question}\\nA:' in bash; or 'mini', the bundled mini "
+         "models' own (the question, then a newline). Default: the setup's own (the mini models' for the embedded "
+         "default, a generic 'Question: ...' one for other models)")]
 
 MINI_TEMPLATE = "mini"
 """The name ``--prompt-template`` takes for the bundled mini models' own template."""

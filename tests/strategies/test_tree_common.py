@@ -459,3 +459,18 @@ async def test_a_blank_first_step_is_left_unscored_and_never_outranks_a_judged_o
     first_round = round_events(ctx)[0]
     assert str(blank.id) not in first_round.get("allocation", {str(n): 1 for n in first_round["kept"]})
     assert result.answer == "4"
+
+
+def test_rebase_gives_a_tied_remainder_to_a_judged_step_before_an_unscored_one() -> None:
+    """A blank path ranks with the lowest judged score beside it; where their remainders tied, the older node won
+    the child, and blank paths are usually the older."""
+    from ttc.strategies.rebase import apportion
+    from ttc.strategies.tree import StepNode
+
+    def node(node_id: int, score: float, scored: bool) -> StepNode:
+        return StepNode(id=node_id, parent=None, prefix=(), token_ids=(), text="", depth=1, score=score,
+                        scored=scored)
+
+    blank, judged = node(1, -1.0, scored=False), node(3, -1.0, scored=True)
+    assert apportion([blank, judged], [0.5, 0.5], 1) == {1: 0, 3: 1}
+    assert apportion([node(1, -1.0, True), judged], [0.5, 0.5], 1) == {1: 1, 3: 0}  # judged alike: the older

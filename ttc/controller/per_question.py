@@ -80,10 +80,9 @@ def plan_strategy(strategy: str, budget: Budget, *, has_verifier: bool, options:
         return strategy, dict(options)
     # ``select`` is an option of both families, with values of its own in each: "auto" (sampling's default) asks
     # for nothing a search does not do by default, and "vote" (a plain count) is sampling's alone.
-    select = options.get("select", "auto")
-    searchable = isinstance(select, str) and select in _TREE_SELECTIONS
     if options.get("select") == "auto":
         options = {k: v for k, v in options.items() if k != "select"}
+    searchable = options.get("select", "weighted_vote") in get_args(TreeSelection)
     if has_prm and searchable and distinct_children and set(options) <= _REBASE_OPTIONS:
         return "rebase", _rebase_options(budget, options, solution_tokens or DEFAULT_MAX_TOKENS, step_tokens)
     if has_prm and searchable and set(options) <= _BEAM_OPTIONS:
@@ -114,7 +113,6 @@ _BEAM_OPTIONS = frozenset(BeamOptions.model_fields)
 _SELF_CONSISTENCY_OPTIONS = frozenset(SelfConsistencyOptions.model_fields)
 _BEST_OF_N_OPTIONS = frozenset(BestOfNOptions.model_fields)
 _REBASE_OPTIONS = frozenset(RebaseOptions.model_fields)
-_TREE_SELECTIONS = frozenset({"auto", *get_args(TreeSelection)})
 
 
 def _rebase_options(budget: Budget, options: Mapping[str, object], solution_tokens: int,

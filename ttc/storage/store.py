@@ -361,10 +361,11 @@ class TraceStore:
 
     # -- trace writes ----------------------------------------------------------------------------------------
 
-    def _start_work(
-        self, *, problem: Problem, strategy: str, budget: Budget, backend: str, seed: int | None,
-        run_id: str | None,
-    ) -> tuple[str, Future[None]]:
+    def queue_start_trace(self, *, problem: Problem, strategy: str, budget: Budget, backend: str,
+                          seed: int | None, run_id: str | None = None) -> tuple[str, Future[None]]:
+        """``start_trace`` handed to the writer without waiting: the trace's id at once, and the write's future.
+        A caller cancelled while the row is written still knows which trace to fail (the writer runs writes in
+        the order they were queued, so a failure queued next lands after the start)."""
         trace_id = str(uuid.uuid4())
         problem_values = convert.problem_row(problem)
         checks.check_nesting(problem_values["meta"], "the problem's meta")
@@ -389,25 +390,17 @@ class TraceStore:
     def start_trace(self, *, problem: Problem, strategy: str, budget: Budget, backend: str, seed: int | None,
                     run_id: str | None = None) -> str:
         """Record that a strategy starts on a problem; the trace reads 'running' until finished or failed."""
-        trace_id, future = self._start_work(problem=problem, strategy=strategy, budget=budget,
-                                            backend=backend, seed=seed, run_id=run_id)
+        trace_id, future = self.queue_start_trace(problem=problem, strategy=strategy, budget=budget,
+                                                  backend=backend, seed=seed, run_id=run_id)
         future.result()
         return trace_id
 
     async def astart_trace(self, *, problem: Problem, strategy: str, budget: Budget, backend: str,
                            seed: int | None, run_id: str | None = None) -> str:
-        trace_id, future = self._start_work(problem=problem, strategy=strategy, budget=budget,
-                                            backend=backend, seed=seed, run_id=run_id)
+        trace_id, future = self.queue_start_trace(problem=problem, strategy=strategy, budget=budget,
+                                                  backend=backend, seed=seed, run_id=run_id)
         await _wait(future)
         return trace_id
-
-    def queue_start_trace(self, *, problem: Problem, strategy: str, budget: Budget, backend: str,
-                          seed: int | None, run_id: str | None = None) -> tuple[str, Future[None]]:
-        """``start_trace`` handed to the writer without waiting: the trace's id at once, and the write's future.
-        A caller cancelled while the row is written still knows which trace to fail (the writer runs writes in
-        the order they were queued, so a failure queued next lands after the start)."""
-        return self._start_work(problem=problem, strategy=strategy, budget=budget, backend=backend, seed=seed,
-                                run_id=run_id)
 
     def _finish_work(self, trace_id: str, result: Result, nodes: Sequence[Node],
                      events: Sequence[TraceEvent]) -> Future[None]:

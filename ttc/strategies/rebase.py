@@ -19,7 +19,7 @@ from pydantic import Field
 
 from ttc.strategies.base import register
 from ttc.strategies.ets_ilp import softmax
-from ttc.strategies.tree import SearchTree, StepNode, TreeSearch, TreeSearchOptions
+from ttc.strategies.tree import SearchTree, StepNode, TreeSearch, TreeSearchOptions, by_rank
 
 FINISH_HORIZON = 0.5
 """With ``narrow_to_finish``, the share of the steps a path has taken that it is assumed still to need."""
@@ -51,11 +51,11 @@ def finishable(tree: SearchTree, best: StepNode, owed: int) -> int:
 
 
 def apportion(nodes: Sequence[StepNode], weights: Sequence[float], total: int) -> dict[int, int]:
-    """Split ``total`` children by weight (largest remainder); ties go to the better, then older, node."""
+    """Split ``total`` children by weight (largest remainder); ties go to the better node as ``by_rank`` orders
+    them (a judged step before an unscored one of the same score, then the older)."""
     quotas = [w * total for w in weights]
     shares = {n.id: math.floor(q) for n, q in zip(nodes, quotas, strict=True)}
-    order = sorted(range(len(nodes)), key=lambda i: (-(quotas[i] - math.floor(quotas[i])), -nodes[i].score,
-                                                    nodes[i].id))
+    order = sorted(range(len(nodes)), key=lambda i: (-(quotas[i] - math.floor(quotas[i])), *by_rank(nodes[i])))
     for i in order[: total - sum(shares.values())]:
         shares[nodes[i].id] += 1
     return shares

@@ -85,7 +85,7 @@ class StepNode:
     depth: int
     step_scores: tuple[float, ...] = ()
     score: float = 0.0
-    scored: bool = False  # False where the wall time ran out before the verifier saw this path
+    scored: bool = False  # False where the wall time ran out before the verifier saw it, or it is blank lines only
     complete: bool = False
     cut: bool = False  # the step ran out of tokens (finish reason "length")
     ended: bool = False  # the model ended the solution here (rather than max_depth)
@@ -122,7 +122,8 @@ def ends_solution(completion: Completion, delimiter: str) -> bool:
     """A step ends the solution when it states the answer, or when generation stopped for anything but the step
     delimiter. The delimiter is the only stop string, so a stop with the delimiter in the text ended a step and one
     without it was the end of sequence; a token limit ends it too. (A subword token can finish the delimiter and go
-    on, "\n\nThe", so the text need not end with it.)"""
+    on, "\n\nThe": the text ends at the delimiter, on both backends, while the step's token ids hold the whole token,
+    so a solution's text can lack what such a token held past it, mostly whitespace.)"""
     if extract_stated_answer(completion.text) is not None:
         return True
     return completion.finish_reason != "stop" or delimiter not in completion.text
