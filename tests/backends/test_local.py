@@ -238,11 +238,8 @@ async def test_a_cancelled_request_waiting_for_room_does_not_hold_back_the_ones_
         await long
 
 
-@pytest.mark.anyio
-@pytest.mark.parametrize("read_first", [False, True], ids=["reply-after-cancel", "cancel-after-reply"])
-async def test_a_call_cancelled_once_the_engine_has_answered_frees_its_kv(
-        backend: LocalBackend, monkeypatch: pytest.MonkeyPatch, read_first: bool) -> None:
-    """The completions reached no caller, so no caller could release them: they held KV for good."""
+def watch_replies(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """An event set once the engine thread has handed a reply to the caller's loop (posted, not yet read)."""
     import ttc.backends.local as local
 
     answered = threading.Event()
@@ -258,6 +255,15 @@ async def test_a_call_cancelled_once_the_engine_has_answered_frees_its_kv(
         return on_reply
 
     monkeypatch.setattr(local, "_settle", watched)
+    return answered
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("read_first", [False, True], ids=["reply-after-cancel", "cancel-after-reply"])
+async def test_a_call_cancelled_once_the_engine_has_answered_frees_its_kv(
+        backend: LocalBackend, monkeypatch: pytest.MonkeyPatch, read_first: bool) -> None:
+    """The completions reached no caller, so no caller could release them: they held KV for good."""
+    answered = watch_replies(monkeypatch)
     prompt = await backend.tokenize("Answered")
     task = asyncio.create_task(backend.complete(prompt, 4, Sampling(max_tokens=4, temperature=1.0, seed=3)))
     await asyncio.sleep(0)  # the request is submitted
@@ -276,21 +282,7 @@ def test_a_completion_answered_after_its_event_loop_closed_frees_its_kv(
         model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A loop closed with the call still pending (never cancelled): the engine's reply could not be posted to it
     and was dropped with its holds, which nobody could release any more."""
-    import ttc.backends.local as local
-
-    answered = threading.Event()
-    settle = local._settle
-
-    def watched(*args: Any) -> Any:
-        reply = settle(*args)
-
-        def on_reply(result: object) -> None:
-            reply(result)
-            answered.set()
-
-        return on_reply
-
-    monkeypatch.setattr(local, "_settle", watched)
+    answered = watch_replies(monkeypatch)
     backend = LocalBackend.from_pretrained(model_path, threads=1)
     try:
         prompt = backend.engine.tokenizer.encode("Left behind").ids

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from wide_trees import selected_past
 
 from ttc.models import mini_model_path
 from ttc.storage import TraceStore
@@ -377,11 +378,7 @@ def test_show_draws_the_path_to_a_selected_node_past_the_cap(tmp_path: Path) -> 
 
     db = tmp_path / "wide.db"
     last = MAX_RENDERED_NODES + 100
-    nodes = [Node(id=0, parent=None, depth=0, text="q", token_count=0)]
-    nodes += [Node(id=i, parent=0, depth=1, text=f"sample {i}", token_count=1, status="finished")
-              for i in range(1, last)]
-    nodes.append(Node(id=last, parent=last - 1, depth=2, text="the answer", token_count=1, status="selected",
-                      answer="42"))
+    nodes = selected_past(last)
     with TraceStore(str(db)) as store:
         trace_id = store.start_trace(problem=Problem(question="q"), strategy="beam", budget=Budget.of(10),
                                      backend="b", seed=1)

@@ -19,6 +19,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from wide_trees import selected_past
 
 from ttc import solve
 from ttc.errors import BackendError, ConfigError
@@ -182,15 +183,11 @@ def test_tree_rows_walk_a_deep_chain_without_recursion(viewer: Viewer) -> None:
 def test_a_tree_over_the_cap_shows_the_path_to_its_last_node_selected(viewer: Viewer) -> None:
     """A best-of-3000 whose last sample won showed no selected row and only the root on the path: the walk stopped
     at MAX_TREE_ROWS before it. Room is now kept for the path; the siblings shown keep their id order."""
-    from ttc.types import Node, Result, Usage
+    from ttc.types import Result, Usage
     from ttc.viewer.pages import MAX_TREE_ROWS
 
     last = MAX_TREE_ROWS + 200
-    nodes = [Node(id=0, parent=None, depth=0, text="q", token_count=0)]
-    nodes += [Node(id=i, parent=0, depth=1, text=f"sample {i}", token_count=1, status="finished")
-              for i in range(1, last)]
-    nodes.append(Node(id=last, parent=last - 1, depth=2, text="the answer", token_count=1, status="selected",
-                      answer="42"))
+    nodes = selected_past(last)
     trace_id = viewer.store.start_trace(problem=Problem(question="q"), strategy="beam", budget=Budget.of(10),
                                         backend="b", seed=1)
     viewer.store.finish_trace(trace_id, result=Result(answer="42", text="t", score=None, strategy="beam",
