@@ -83,6 +83,14 @@ class Backend(Protocol):
     async def aclose(self) -> None: ...
 
 
+def context_window(backend: object) -> int | None:
+    """The positions ``backend``'s model holds, where it says (``max_model_len``: the local engine's, a vLLM
+    server's once connected); None otherwise. Read by name, as the Backend protocol leaves it out: a backend may
+    not know it (a test double, a server not yet asked), and a draft's or synthesizer's may differ from the target's."""
+    window = getattr(backend, "max_model_len", None)
+    return window if isinstance(window, int) else None
+
+
 def draws_distinct(backend: object) -> bool | None:
     """Whether ``backend`` can draw continuations without replacement (``Sampling(distinct=True)``), where it says
     (a ``draws_distinct`` attribute); None where it does not, and its ``complete`` decides. Read by name, as
@@ -105,4 +113,4 @@ def token_ids(prompt: object) -> tuple[int, ...]:
     return tuple(int(t) for t in ids)
 
 
-__all__ = ["MAX_THREADS", "Backend", "BackendStats", "draws_distinct", "token_ids"]
+__all__ = ["MAX_THREADS", "Backend", "BackendStats", "context_window", "draws_distinct", "token_ids"]

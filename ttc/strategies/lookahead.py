@@ -30,7 +30,7 @@ from typing import Literal
 import anyio
 from pydantic import Field
 
-from ttc.backends.base import Backend
+from ttc.backends.base import Backend, context_window
 from ttc.budget import Meter
 from ttc.concurrency import run_concurrently
 from ttc.errors import ConfigError, ContextLengthError
@@ -98,14 +98,6 @@ def steps_to_propose(meter: Meter, gamma: int, max_tokens: int) -> int | None:
                      or (calls is not None and 2 * k + 1 > calls)):
         k -= 1
     return k
-
-
-def context_window(backend: Backend) -> int | None:
-    """The positions ``backend``'s model holds, where it says (``max_model_len``: the local engine's, a vLLM
-    server's once connected); None otherwise. Read by name, as the Backend protocol leaves it out: a backend may
-    not know it (a test double, a server not yet asked), and the two models' windows may differ."""
-    window = getattr(backend, "max_model_len", None)
-    return window if isinstance(window, int) else None
 
 
 def step_state(step: Completion, before: str, end: int, *, max_tokens: int, window: int | None,
@@ -384,5 +376,5 @@ async def reads_alike(target: Backend, draft: Backend, text: str) -> bool:
     return list(ours) == list(theirs)
 
 
-__all__ = ["TOKENIZER_PROBES", "Lookahead", "LookaheadOptions", "accepted_prefix", "context_window", "reads_alike",
+__all__ = ["TOKENIZER_PROBES", "Lookahead", "LookaheadOptions", "accepted_prefix", "reads_alike",
            "step_state", "steps_to_propose"]

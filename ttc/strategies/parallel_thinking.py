@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 from pydantic import Field, model_validator
 
-from ttc.backends.base import Backend
+from ttc.backends.base import Backend, context_window
 from ttc.budget import Meter
 from ttc.errors import ConfigError
 from ttc.strategies.base import (
@@ -41,7 +41,6 @@ from ttc.strategies.base import (
     StrategyResult,
     register,
 )
-from ttc.strategies.lookahead import context_window
 from ttc.strategies.sampling import choose, draw, has_answer, mark_selected, record
 from ttc.strategies.synthesis import PATH_TEMPLATE, SYNTHESIS_TEMPLATE, check_templates, merge_paths, render_synthesis
 from ttc.types import Candidate, Completion, Problem
