@@ -6,7 +6,7 @@ The tree::
     ├── ConfigError          bad input or settings: empty prompt, budget <= 0, unknown strategy or option,
     │                        no backend configured, unreadable dataset row
     ├── BackendError         a backend refused, failed or timed out (``retryable`` says whether a retry may help)
-    │   └── ContextLengthError   the request does not fit the served model's context window
+    │   └── ContextLengthError   the request does not fit the model's context window (also a ConfigError)
     ├── BudgetExhausted      a strategy was asked to spend what its budget no longer holds
     ├── OutputError          the model's output cannot serve, and more budget would not change it (empty notes)
     ├── VerifierError        a verifier could not score (bad preset, missing judgement tokens)
@@ -40,9 +40,9 @@ class BackendError(TTCError):
         self.retryable = retryable
 
 
-class ContextLengthError(BackendError):
-    """The request does not fit the served model's context window. Its own type, so a verifier whose scoring
-    prompt is too long can say so as its failure (the local engine refuses such a prompt as a ConfigError)."""
+class ContextLengthError(BackendError, ConfigError):
+    """The request does not fit the model's context window, on a server or in the local engine alike, so one
+    ``except`` serves both backends. Also a ConfigError: the fix is a shorter input, not a retry."""
 
 
 class BudgetExhausted(TTCError):

@@ -17,7 +17,7 @@ import pytest
 from ttc.backends.base import Backend
 from ttc.backends.local import LocalBackend
 from ttc.engine.synthetic import EOS_ID
-from ttc.errors import BackendError, ConfigError
+from ttc.errors import BackendError, ConfigError, ContextLengthError
 from ttc.types import Completion, Sampling
 
 REPO = Path(__file__).resolve().parents[2]
@@ -424,8 +424,9 @@ async def test_a_completion_ends_within_the_context_and_can_be_scored_whole(mode
         assert len(whole) == positions  # the context's every position, not one past it
         scored = await backend.prompt_logprobs(whole)
         assert len(scored.top) == positions
-        with pytest.raises(ConfigError, match="no room"):
+        with pytest.raises(ContextLengthError, match="no room") as refused:
             await backend.complete(whole, 1, Sampling())
+        assert isinstance(refused.value, ConfigError)  # what it was before: one except serves both backends
 
 
 @pytest.mark.anyio

@@ -35,7 +35,7 @@ from ttc.engine.kv_tree import KVBlock, KVTree, ScoredPosition
 from ttc.engine.loading import LoadedModel
 from ttc.engine.plans import DecodePlan, ExtendPlan
 from ttc.engine.sampler import RowSettings, branch_seed, make_generator, sample
-from ttc.errors import ConfigError
+from ttc.errors import ConfigError, ContextLengthError
 from ttc.types import Completion, FinishReason, PromptLogprobs, Sampling
 
 Reply = Callable[[object], None]
@@ -186,7 +186,7 @@ class Engine:
         self.check_vocabulary(prompt, "prompt token id")
         if len(prompt) + generate > self.config.max_positions:
             room = "leaves no room" if generate else "does not fit"
-            raise ConfigError(
+            raise ContextLengthError(
                 f"prompt of {len(prompt)} tokens {room} in the model's {self.config.max_positions}-position "
                 "context; shorten it"
             )

@@ -134,7 +134,7 @@ class CachedPRM(ABC):
 
     @contextlib.contextmanager
     def _readable(self, ids: Sequence[int]) -> Iterator[None]:
-        """A refusal of the scoring prompt ``ids`` (the local engine's ConfigError, a server's ContextLengthError)
+        """A refusal of the scoring prompt ``ids`` (a ContextLengthError from either backend, or a token it cannot read)
         as this verifier's failure: the prompt is the PRM's, not the caller's."""
         try:
             yield
