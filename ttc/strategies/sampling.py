@@ -10,12 +10,12 @@ from pydantic import Field
 
 from ttc.backends.base import Backend
 from ttc.budget import Meter
-from ttc.errors import ConfigError
+from ttc.errors import ConfigError, ContextLengthError, TTCError, VerifierError
 from ttc.strategies.base import TEMPERATURE, TOP_P, Context, StrategyOptions
 from ttc.types import Candidate, Completion, Sampling
 from ttc.verifiers.answer import normalize_answer, stopped_answer
 from ttc.verifiers.arithmetic import computes_right
-from ttc.verifiers.base import score_outcome_costed
+from ttc.verifiers.base import score_outcome_costed, too_long_to_score
 from ttc.verifiers.operands import operands_sourced
 from ttc.verifiers.vote import VoteResult, majority_vote, vote_weights
 
@@ -61,23 +61,43 @@ def record(ctx: Context, root: int, completions: Sequence[Completion]) -> list[C
 
 
 async def score(ctx: Context, meter: Meter, question: str, candidates: Sequence[Candidate]) -> list[Candidate]:
-    """Attach the verifier's score to each candidate (unchanged when no verifier is configured). Those the wall
-    time leaves no time to score keep ``score=None``; ``choose`` leaves them out of a choice by score."""
+    """Attach the verifier's score to each candidate (unchanged when no verifier is configured).
+
+    Two kinds keep ``score=None``, and ``choose`` leaves them out of a choice by score: those the wall time leaves
+    no time to score, and those too long for the verifier's context (each named in an ``unscored`` event). Where
+    no candidate fits, the verifier cannot judge this question at all and its error is raised.
+    """
     if ctx.verifier is None:
         return list(candidates)
-    scored: list[Candidate] = []
-    for cand in candidates:
+    out: list[Candidate] = []
+    too_long: list[Candidate] = []
+    refusal: TTCError | None = None
+    for index, cand in enumerate(candidates):
         if meter.time_left() == 0.0:  # no verifier call starts after the wall time is spent, as no backend call does
-            ctx.recorder.event("unscored", {"reason": "wall_time", "scored": len(scored),
-                                            "unscored": len(candidates) - len(scored)})
-            return scored + list(candidates[len(scored):])
-        value, tokens, calls = await score_outcome_costed(ctx.verifier, question, cand.text)
+            ctx.recorder.event("unscored", {"reason": "wall_time", "scored": index - len(too_long),
+                                            "unscored": len(candidates) - index})
+            out.extend(candidates[index:])
+            break
+        try:
+            value, tokens, calls = await score_outcome_costed(ctx.verifier, question, cand.text)
+        except (VerifierError, ContextLengthError) as exc:
+            if not too_long_to_score(exc):
+                raise
+            refusal = refusal or exc
+            too_long.append(cand)
+            out.append(cand)
+            continue
         meter.charge_verifier(tokens, calls=calls)
         if cand.node_id is not None:
             ctx.recorder.update(cand.node_id, score=value)
-        scored.append(Candidate(text=cand.text, answer=cand.answer, score=value, token_count=cand.token_count,
-                                node_id=cand.node_id))
-    return scored
+        out.append(Candidate(text=cand.text, answer=cand.answer, score=value, token_count=cand.token_count,
+                             node_id=cand.node_id))
+    if refusal is not None:
+        if len(too_long) == len(candidates):
+            raise refusal
+        ctx.recorder.event("unscored", {"reason": "verifier_context", "unscored": len(too_long),
+                                        "node_ids": [c.node_id for c in too_long], "error": str(refusal)})
+    return out
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from pydantic import Field, model_validator
 
 from ttc.budget import Meter
 from ttc.concurrency import run_concurrently
-from ttc.errors import ConfigError, VerifierError
+from ttc.errors import ConfigError, ContextLengthError, TTCError, VerifierError
 from ttc.strategies.base import (
     DISTINCT,
     TEMPERATURE,
@@ -45,7 +45,7 @@ from ttc.strategies.base import (
 from ttc.strategies.sampling import choose, mark_selected
 from ttc.types import Candidate, Completion, Problem, Sampling
 from ttc.verifiers.answer import extract_stated_answer, stopped_answer
-from ttc.verifiers.base import Aggregation, ProcessVerifier, aggregate, score_steps_costed
+from ttc.verifiers.base import Aggregation, ProcessVerifier, aggregate, score_steps_costed, too_long_to_score
 
 TreeSelection = Literal["score", "weighted_vote"]
 
@@ -339,12 +339,15 @@ class SearchTree:
     async def _score(self, nodes: Sequence[StepNode]) -> None:
         """PRM scores for each node's path, concurrently; an empty step inherits its parent's scores.
 
-        Two kinds of node stay unscored (``scored`` False, no score in the trace), and a choice by score leaves them
-        out: those the wall time leaves no time to score (no verifier call starts after it, as no backend call does),
-        and a path of blank lines only, which gives a verifier nothing to judge. The latter still has to rank
-        among its siblings: it takes the lowest score of the steps judged with it (0.0 where none was), so that it
-        never outranks a judged step, whatever scale the verifier scores on."""
+        Three kinds of node stay unscored (``scored`` False, no score in the trace), and a choice by score leaves
+        them out: those the wall time leaves no time to score (no verifier call starts after it, as no backend call
+        does), a path of blank lines only, which gives a verifier nothing to judge, and a path longer than the
+        verifier's context. The last two still have to rank among their siblings: each takes the lowest score of
+        the steps judged with it (0.0 where none was), so that it never outranks a judged step, whatever scale the
+        verifier scores on. Where not even the first steps fit, the verifier cannot guide this search, and its
+        error is raised."""
         results: dict[int, list[float]] = {}
+        too_long: dict[int, TTCError] = {}  # node id -> the verifier's refusal of a path longer than its context
         blank = [node for node in nodes if not any(step.text.strip() for step in node.path())]
         blank_ids = {node.id for node in blank}
 
@@ -359,7 +362,13 @@ class SearchTree:
             if self.meter.time_left() == 0.0:
                 return
             steps = [s for s in (step.text.strip() for step in node.path()) if s]
-            scored = await score_steps_costed(self.prm, self.ctx.question_text(self.problem.question), steps)
+            try:
+                scored = await score_steps_costed(self.prm, self.ctx.question_text(self.problem.question), steps)
+            except (VerifierError, ContextLengthError) as exc:
+                if not too_long_to_score(exc):
+                    raise
+                too_long[node.id] = exc
+                return
             scores = scored.scores
             self.meter.charge_verifier(scored.scored_tokens, calls=scored.calls)
             if len(scores) != len(steps):
@@ -368,7 +377,8 @@ class SearchTree:
             results[node.id] = [float(s) for s in scores]
 
         await run_concurrently([functools.partial(one, node) for node in nodes])
-        late = [node.id for node in nodes if node.id not in results and node.id not in blank_ids]
+        late = [node.id for node in nodes if node.id not in results and node.id not in blank_ids
+                and node.id not in too_long]
         if late:
             self.ctx.recorder.event("unscored", {"reason": "wall_time", "scored": len(results),
                                                  "unscored": len(late), "node_ids": late})
@@ -383,13 +393,23 @@ class SearchTree:
                                     f"{self.aggregation!r} of its step scores {list(node.step_scores)}: path scores "
                                     "must be finite; use aggregate='min' or 'last', or a verifier scoring in [0, 1]")
             self.ctx.recorder.update(node.id, step_scores=node.step_scores, score=node.score)
+        floor = min((node.score for node in nodes if node.scored), default=0.0)
         if blank:
-            floor = min((node.score for node in nodes if node.scored), default=0.0)
             for node in blank:
                 node.score = floor
             self.ctx.recorder.event("unscored", {"reason": "blank_steps", "scored": len(results),
                                                  "unscored": len(blank), "node_ids": [n.id for n in blank],
                                                  "ranked_as": floor})
+        if too_long and not results and not any(node.scored for node in self.nodes):
+            # Not even the first steps fit: every path only grows, so the search would go on blind.
+            raise next(iter(too_long.values()))
+        if too_long:  # ranked as a blank path is: never above a judged step, and left out of a choice by score
+            for node in nodes:
+                if node.id in too_long:
+                    node.score = floor
+            self.ctx.recorder.event("unscored", {"reason": "verifier_context", "scored": len(results),
+                                                 "unscored": len(too_long), "node_ids": list(too_long),
+                                                 "ranked_as": floor, "error": str(next(iter(too_long.values())))})
 
     async def _finish(self, node: StepNode) -> None:
         # A path whose last step ran out of tokens stops mid-line, and one stopped by max_depth mid-solution.

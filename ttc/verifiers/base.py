@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol, TypeVar, runtime_checkable
 
-from ttc.errors import ConfigError, VerifierError
+from ttc.errors import ConfigError, ContextLengthError, VerifierError
 
 T = TypeVar("T")
 
@@ -102,6 +102,18 @@ async def score_outcome_costed(verifier: OutcomeVerifier, question: str,
     return _check_score(verifier, value), tokens, calls
 
 
+def too_long_to_score(exc: BaseException) -> bool:
+    """Whether a verifier failed because one solution does not fit its context (the error itself, or what it was
+    raised from, is a ContextLengthError). That solution alone cannot be judged; the others of its question still
+    can, so a strategy leaves it unscored rather than failing the question that paid for every sample."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ContextLengthError):
+            return True
+        seen = seen.__cause__
+    return False
+
+
 async def _awaited(verifier: object, method: str, result: Awaitable[T]) -> T:
     """The result of a verifier's async method; a plain ``def`` passes the protocol's attribute check and then
     failed at the ``await`` with a raw TypeError."""
@@ -160,4 +172,5 @@ __all__ = [
     "score_outcome_costed",
     "score_steps_costed",
     "split_steps",
+    "too_long_to_score",
 ]
