@@ -119,3 +119,46 @@ def test_a_reader_reads_without_writing(tmp_path: Path) -> None:
         with pytest.raises(StorageError, match="opened read-only"):
             store.start_trace(problem=make_problem(1), strategy="beam", budget=BUDGET, backend="b", seed=0)
     assert db.read_bytes() == before
+
+
+def test_a_store_copied_as_sql_text_is_read_and_written_as_a_store(tmp_path: Path) -> None:
+    """``sqlite3 traces.db .dump | sqlite3 copy.db`` keeps every table and row but not the user_version stamp: the
+    copy was refused by readers ("holds no ttc traces") and writers ("has tables ttc did not create")."""
+    source, copy = tmp_path / "t.db", tmp_path / "copy.db"
+    trace_id = _done_trace(source)
+    with TraceStore(str(source)) as store:
+        run_id = store.create_run(kind="eval", name="copied", config={"n": 1})
+        store.finish_run(run_id, status="done", summary={})
+    with sqlite3.connect(source) as raw:
+        dump = "\n".join(raw.iterdump())
+    with sqlite3.connect(copy) as raw:
+        raw.executescript(dump)
+        assert raw.execute("PRAGMA user_version").fetchone() == (0,)
+    with TraceStore(str(copy), read_only=True) as reader:
+        assert reader.get_trace(trace_id).status == "done"
+        assert [run.id for run in reader.list_runs()] == [run_id]
+    with sqlite3.connect(copy) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone() == (0,)  # a reader changes nothing
+    with TraceStore(str(copy)) as writer:
+        assert len(writer.get_trace(trace_id).nodes) == 5
+        writer.start_trace(problem=make_problem(1), strategy="beam", budget=BUDGET, backend="b", seed=0)
+    with sqlite3.connect(copy) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone() == (1,)
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # as every store ttc writes
+        assert raw.execute("SELECT count(*) FROM traces").fetchone() == (2,)
+
+
+def test_a_file_at_user_version_0_with_ttc_s_tables_and_another_s_is_still_refused(tmp_path: Path) -> None:
+    """Only exactly ttc's tables make an unstamped file a store: with another program's table beside them, ttc's
+    names may be that program's too."""
+    db = tmp_path / "t.db"
+    _done_trace(db)
+    with sqlite3.connect(db) as raw:
+        raw.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+        raw.execute("PRAGMA user_version = 0")
+    with pytest.raises(StorageError, match="has tables ttc did not create"):
+        TraceStore(str(db))
+    with pytest.raises(StorageError, match="holds no ttc traces"):
+        TraceStore(str(db), read_only=True)
+    with sqlite3.connect(db) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone() == (0,)

@@ -21,12 +21,12 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Row, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, Row, delete, func, insert, inspect, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from ttc.errors import ConfigError, NotFound, RejectedData, StorageError, TTCError
-from ttc.storage import checks, convert
+from ttc.storage import checks, convert, process
 from ttc.storage.database import (
     DEFAULT_BUSY_TIMEOUT_S,
     ENV_VAR,
@@ -86,16 +86,6 @@ async def _wait(future: Future[T]) -> T:
     return await asyncio.shield(wrapped)
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
-
-
 def _env_busy_timeout() -> float:
     """``TTC_DB_BUSY_TIMEOUT_S``: how long a locked database is waited for before StorageError (default 10 s)."""
     raw = os.environ.get("TTC_DB_BUSY_TIMEOUT_S", "").strip()
@@ -136,18 +126,18 @@ class TraceStore:
                                         read_only=read_only, snapshot=self._snapshot)
         self._write_engine: Engine | None = None
         self._writer: Writer | None = None
+        self._pid = os.getpid()
+        self._restamped = False
         try:
             if read_only:
                 self._read(self._check_schema, "opening it")
             else:
-                self._write_engine = make_engine(self._location, busy_timeout_s=busy_timeout_s, writer=True,
-                                                 own_tables=tuple(Base.metadata.tables))
-                self._writer = Writer(
-                    self._write_engine,
-                    open_work=self._open_schema,
-                    explain_open=self._explainer("opening it"),
-                    name="ttc-trace-writer",
-                )
+                self._open_writer()
+                if self._restamped:
+                    # The file was taken for another program's when the writer connected (no stamp), so it was not
+                    # switched to WAL; stamped now, a new connection switches it.
+                    self._close_writer()
+                    self._open_writer()
         except BaseException:
             if self._write_engine is not None:
                 self._write_engine.dispose()
@@ -155,6 +145,22 @@ class TraceStore:
             raise
         self._closed = False
         atexit.register(self.close)
+
+    def _open_writer(self) -> None:
+        self._write_engine = make_engine(self._location, busy_timeout_s=self._busy_timeout_s, writer=True,
+                                         own_tables=tuple(Base.metadata.tables))
+        self._writer = Writer(
+            self._write_engine,
+            open_work=self._open_schema,
+            explain_open=self._explainer("opening it"),
+            name="ttc-trace-writer",
+        )
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._write_engine is not None:
+            self._write_engine.dispose()
 
     @property
     def url(self) -> str:
@@ -174,10 +180,14 @@ class TraceStore:
             return
         self._closed = True
         atexit.unregister(self.close)
-        if self._writer is not None:
-            self._writer.close()
-        if self._write_engine is not None:
-            self._write_engine.dispose()
+        if self._forked():
+            # A forked child's copies of the parent's connections are the parent's to close (closing a WAL
+            # connection may checkpoint the file), and its copy of the writer has no thread to stop.
+            for engine in (self._write_engine, self._read_engine):
+                if engine is not None:
+                    engine.dispose(close=False)
+            return
+        self._close_writer()
         self._read_engine.dispose()
 
     def __enter__(self) -> TraceStore:
@@ -198,6 +208,7 @@ class TraceStore:
         lock_for_creation(connection)
         if not self._is_fresh(connection):
             check_layout(connection, self._location)
+            self._restamped = self._location.is_sqlite and self._schema_version(connection) == 0
         Base.metadata.create_all(connection)
         if self._location.is_sqlite:
             connection.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -206,12 +217,12 @@ class TraceStore:
     def _is_fresh(self, connection: Connection) -> bool:
         """Whether ttc has not created its store in this database yet. SQLite stamps ``user_version`` in the
         transaction that creates the tables, so a file still at 0 is fresh, provided it holds no tables: with any
-        (ttc's names among them or not) it is another program's. A server database is fresh while it holds none of
-        ttc's tables."""
+        (ttc's names among them or not) it is another program's, unless they are exactly ttc's tables as ttc
+        writes them (``_lost_its_stamp``). A server database is fresh while it holds none of ttc's tables."""
         if not self._location.is_sqlite:
             return not ttc_tables(connection)
         refuse_foreign_file(connection, self._location)  # before its user_version, which is not only ttc's
-        if self._schema_version(connection) != 0:
+        if self._schema_version(connection) != 0 or self._lost_its_stamp(connection):
             return False
         clashing = sorted(ttc_tables(connection))
         if clashing:
@@ -225,13 +236,30 @@ class TraceStore:
         """A reader's check of what the writer would create: the store must be ttc's, whole, and not newer."""
         connection = session.connection()
         refuse_foreign_file(connection, self._location)
-        if self._location.is_sqlite and self._schema_version(connection) == 0:
+        if self._location.is_sqlite and self._schema_version(connection) == 0 and \
+                not self._lost_its_stamp(connection):
             raise StorageError(f"{self._location.describe()} holds no ttc traces (it is an SQLite database ttc never "
                                "wrote to): check the path, or TTC_DB")
         if not self._location.is_sqlite and not ttc_tables(connection):
             raise StorageError(f"there is no trace store in the database {self._location.describe()} yet: a first "
                                f"solve or eval creates it; check the URL (or {ENV_VAR})")
         check_layout(connection, self._location)
+
+    def _lost_its_stamp(self, connection: Connection) -> bool:
+        """Whether an SQLite file at ``user_version`` 0 is a ttc store all the same: it holds ttc's tables, as ttc
+        writes them, and nothing else. A store copied as SQL text (``sqlite3 traces.db .dump``, restored into a new
+        file) keeps every table and row and loses the stamp, which is no part of the text; a writer stamps it
+        again."""
+        if not ttc_tables(connection):
+            return False
+        inspector = inspect(connection)
+        if not set(inspector.get_table_names()) | set(inspector.get_view_names()) <= set(Base.metadata.tables):
+            return False
+        try:
+            check_layout(connection, self._location)
+        except StorageError:  # tables named like ttc's, laid out otherwise: another program's
+            return False
+        return True
 
     def _schema_version(self, connection: Connection) -> int:
         version = int(connection.exec_driver_sql("PRAGMA user_version").scalar_one())
@@ -259,13 +287,26 @@ class TraceStore:
 
         return explain
 
+    def _forked(self) -> bool:
+        return os.getpid() != self._pid
+
+    def _refuse_forked(self, doing: str) -> None:
+        """A forked child has a copy of the store without its writer thread (writes would wait on it for ever) and
+        with the parent's SQLite connections, which must not be used from two processes."""
+        if self._forked():
+            raise StorageError(f"the trace store {self._location.describe()} was opened in process {self._pid}, and "
+                               f"{doing} was asked of it in process {os.getpid()}, forked from it: a TraceStore "
+                               "cannot be used across fork(); open one in each process (pass the database path)")
+
     def _submit(self, work: Callable[[Connection], T], doing: str, hint: str | None = None) -> Future[T]:
+        self._refuse_forked(doing)
         if self._writer is None:
             raise StorageError(f"the trace database {self._location.describe()} was opened read-only, so "
                                f"{doing} is not possible: open it with TraceStore(path) to write")
         return self._writer.submit(work, self._explainer(doing, hint))
 
     def _read(self, work: Callable[[Session], T], doing: str) -> T:
+        self._refuse_forked(doing)
         try:
             with Session(self._read_engine) as session, session.begin():
                 return work(session)
@@ -320,18 +361,19 @@ class TraceStore:
         return run_id
 
     def claim_run(self, run_id: str) -> None:
-        """Record this process as the one working on ``run_id``; refuse while another live process on this host
-        holds it. A holder on another host cannot be checked from here, so it is taken over: resume a run on the
-        machine that started it.
+        """Record this process as the one working on ``run_id``; refuse while another live process on this machine
+        holds it. A holder on another machine (another host, or another PID namespace on this one: another
+        container) cannot be checked from here, so it is taken over: resume a run on the machine that started it.
         """
-        host, pid = socket.gethostname(), os.getpid()
+        pid = os.getpid()
 
         def work(connection: Connection) -> None:
             # No second claimant may read the lease in between: SQLite's BEGIN IMMEDIATE already excludes it, and on
             # a server the run's row lock makes it wait until this claim commits, then read this lease.
             connection.execute(select(RunRow.id).where(RunRow.id == run_id).with_for_update())
             held = connection.execute(select(RunLeaseRow).where(RunLeaseRow.run_id == run_id)).first()
-            if held is not None and held.host == host and held.pid != pid and _process_alive(held.pid):
+            if held is not None and held.pid != pid and \
+                    process.holder_state(held.host, held.pid) is process.Holder.ALIVE:
                 raise ConfigError(
                     f"run {run_id} is being evaluated by process {held.pid} on this machine (since "
                     f"{held.claimed_at:%Y-%m-%d %H:%M:%S} UTC): wait for it to finish or stop it, then resume"
@@ -381,7 +423,7 @@ class TraceStore:
                                    "start traces with the id create_run returned")
             _ensure_problem(connection, problem_values)
             connection.execute(insert(TraceRow).values(**trace_values))
-            connection.execute(insert(TraceOwnerRow).values(trace_id=trace_id, host=socket.gethostname(),
+            connection.execute(insert(TraceOwnerRow).values(trace_id=trace_id, host=process.holder_text(),
                                                             pid=os.getpid()))
 
         hint = "the problem's meta must be JSON-serialisable and the seed fit in 64 bits"
@@ -641,24 +683,26 @@ def _ensure_problem(connection: Connection, values: dict[str, Any]) -> None:
 
 
 def _insert_lease(connection: Connection, run_id: str) -> None:
-    """Record this process on this host as the one working on ``run_id`` (see RunLeaseRow)."""
-    connection.execute(insert(RunLeaseRow).values(run_id=run_id, host=socket.gethostname(), pid=os.getpid(),
+    """Record this process on this machine as the one working on ``run_id`` (see RunLeaseRow)."""
+    connection.execute(insert(RunLeaseRow).values(run_id=run_id, host=process.holder_text(), pid=os.getpid(),
                                                   claimed_at=_now()))
 
 
 def _fail_orphans(connection: Connection) -> None:
-    """Fail the running traces, and interrupt the running runs, whose process on this host is gone (see
-    TraceOwnerRow and RunLeaseRow); a process on another host cannot be checked from here, so its traces and runs
-    are left as they are."""
-    host = socket.gethostname()
-    leases = connection.execute(select(RunLeaseRow.run_id, RunLeaseRow.pid).where(RunLeaseRow.host == host))
+    """Fail the running traces, and interrupt the running runs, whose process on this machine is gone (see
+    TraceOwnerRow and RunLeaseRow, and ``ttc.storage.process`` for how that is told); a process on another machine
+    (another host, or another PID namespace on this one) cannot be checked from here, so its traces and runs are
+    left as they are."""
+    leases = connection.execute(select(RunLeaseRow.run_id, RunLeaseRow.host, RunLeaseRow.pid)
+                                .where(_of_this_host(RunLeaseRow.host)))
     for run_id, _pid in _dead(leases):
         connection.execute(  # as a Ctrl-C leaves it: --resume finishes it
             update(RunRow).where(RunRow.id == run_id, RunRow.status == "running")
             .values(status="interrupted", summary={}, finished_at=_now())
         )
         connection.execute(delete(RunLeaseRow).where(RunLeaseRow.run_id == run_id))
-    owners = connection.execute(select(TraceOwnerRow.trace_id, TraceOwnerRow.pid).where(TraceOwnerRow.host == host))
+    owners = connection.execute(select(TraceOwnerRow.trace_id, TraceOwnerRow.host, TraceOwnerRow.pid)
+                                .where(_of_this_host(TraceOwnerRow.host)))
     for trace_id, pid in _dead(owners):
         connection.execute(
             update(TraceRow).where(TraceRow.id == trace_id, TraceRow.status == "running")
@@ -668,9 +712,16 @@ def _fail_orphans(connection: Connection) -> None:
         connection.execute(delete(TraceOwnerRow).where(TraceOwnerRow.trace_id == trace_id))
 
 
-def _dead(holders: Iterable[Row[str, int]]) -> list[tuple[str, int]]:
-    """The (id, pid) rows whose process is gone."""
-    return [(key, pid) for key, pid in holders if not _process_alive(pid)]
+def _of_this_host(host: InstrumentedAttribute[str]) -> ColumnElement[bool]:
+    """Rows naming this host, in either form of ``ttc.storage.process`` (a bare host name, or the full identity
+    that begins with it): rows of other hosts need not be read, as nothing here can check them."""
+    hostname = socket.gethostname()
+    return or_(host == hostname, host.startswith(f"{hostname}|", autoescape=True))
+
+
+def _dead(holders: Iterable[Row[str, str, int]]) -> list[tuple[str, int]]:
+    """The (id, pid) of the rows whose process has ended."""
+    return [(key, pid) for key, host, pid in holders if process.holder_state(host, pid) is process.Holder.DEAD]
 
 
 def _close_trace(connection: Connection, trace_id: str, values: dict[str, Any], location: Location) -> str | None:
