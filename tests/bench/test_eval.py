@@ -14,7 +14,8 @@ from ttc.api import open_session, solve_problem
 from ttc.bench.eval import EvaluationStopped, evaluate, summarize
 from ttc.errors import BackendError, ConfigError, StorageError
 from ttc.storage import TraceStore
-from ttc.storage import store as store_module
+from ttc.storage import process as process_module
+from ttc.storage.process import Holder
 from ttc.testing import ScriptedBackend, guessing_responder
 from ttc.types import Budget, Problem
 
@@ -420,7 +421,7 @@ async def test_a_new_run_is_leased_as_it_is_created_so_a_killed_eval_leaves_it_i
             await evaluate(plus_one(2), Budget(tokens=200), session, strategy="best_of_n", options={"n": 1}, seed=0)
     finally:
         await session.aclose()
-    monkeypatch.setattr(store_module, "_process_alive", lambda pid: False)  # as the next process sees this one
+    monkeypatch.setattr(process_module, "holder_state", lambda host, pid: Holder.DEAD)  # as the next process sees it
     with TraceStore(db) as store:
         [run] = store.list_runs()
         assert run.status == "interrupted"
@@ -530,7 +531,7 @@ async def test_a_store_locked_for_good_mid_run_says_what_it_left_running(
     notes = "\n".join(stopped.__notes__)
     assert "could not be marked failed either, so it still reads 'running'" in notes
     assert f"run {stopped.run_id} could not be marked interrupted either" in notes
-    monkeypatch.setattr(store_module, "_process_alive", lambda pid: False)  # as the next process sees this one
+    monkeypatch.setattr(process_module, "holder_state", lambda host, pid: Holder.DEAD)  # as the next process sees it
     with TraceStore(str(db)) as store:
         assert store.get_run(stopped.run_id).status == "interrupted"
         assert [t.status for t in store.list_traces(run_id=stopped.run_id, limit=None)].count("running") == 0
@@ -741,3 +742,56 @@ async def test_a_prm_is_named_by_its_preset_and_model_and_by_how_its_steps_make_
         names.append(await verifier_identity(session.setup))
     assert names == ["PRM preset 'mini' on prm-a", "PRM preset 'mini' on prm-a",
                      "PRM preset 'mini' on prm-a, mean over steps split at '\\n'", "PRM preset 'mini' on prm-b", None]
+
+
+async def _until_a_trace_runs(store: TraceStore) -> str:
+    for _ in range(500):
+        running = store.list_traces(status="running")
+        if running and running[0].run_id is not None:
+            return running[0].run_id
+        await asyncio.sleep(0.01)
+    raise AssertionError("the first evaluation started no trace within 5 s")
+
+
+async def test_a_run_this_process_is_evaluating_is_not_resumed_by_it(tmp_path: Path) -> None:
+    """The run's lease names this process, which claim_run let take it over: the second evaluate() failed the
+    first's running trace as stale, and both solved the rest, each problem done twice."""
+    store = TraceStore(str(tmp_path / "t.db"))
+    sessions = [open_session(backend=ScriptedBackend(guessing_responder, delay_s=0.2), store=store, verifier=None,
+                             prompt_template=None) for _ in range(2)]
+    kwargs: dict[str, Any] = {"strategy": "best_of_n", "options": {"n": 1}, "seed": 0, "concurrency": 1}
+    try:
+        first = asyncio.create_task(evaluate(plus_one(3), Budget(tokens=200), sessions[0], **kwargs))
+        run_id = await _until_a_trace_runs(store)
+        with pytest.raises(ConfigError, match=f"run {run_id} is being evaluated by this process .*then resume"):
+            await evaluate(plus_one(3), Budget(tokens=200), sessions[1], resume=run_id, **kwargs)
+        report = await first
+        assert (report.done, report.failed, report.errors) == (3, 0, ())
+        traces = store.list_traces(run_id=run_id, limit=None)
+        assert sorted((t.problem_index, t.status) for t in traces) == [(0, "done"), (1, "done"), (2, "done")]
+        again = await evaluate(plus_one(3), Budget(tokens=200), sessions[1], resume=run_id, **kwargs)  # it ended
+        assert (again.run_id, again.done) == (run_id, 3)
+    finally:
+        for session in sessions:
+            await session.aclose()
+        store.close()
+
+
+async def test_a_run_whose_evaluation_here_was_cancelled_is_resumed_here(tmp_path: Path) -> None:
+    """A run is this process's only while an evaluate() call on it runs: cancelled (or failed), it resumes."""
+    store = TraceStore(str(tmp_path / "t.db"))
+    session = open_session(backend=ScriptedBackend(guessing_responder, delay_s=0.2), store=store, verifier=None,
+                           prompt_template=None)
+    kwargs: dict[str, Any] = {"strategy": "best_of_n", "options": {"n": 1}, "seed": 0, "concurrency": 1}
+    try:
+        first = asyncio.create_task(evaluate(plus_one(3), Budget(tokens=200), session, **kwargs))
+        run_id = await _until_a_trace_runs(store)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert store.get_run(run_id).status == "interrupted"
+        resumed = await evaluate(plus_one(3), Budget(tokens=200), session, resume=run_id, **kwargs)
+        assert (resumed.run_id, resumed.done) == (run_id, 3)
+    finally:
+        await session.aclose()
+        store.close()

@@ -3,7 +3,8 @@
 A run is a row in the store; each problem is a trace carrying a ``grade`` event. Resuming a run marks traces a
 dead process left ``running`` as failed and solves exactly the problems that have no ``done`` trace yet, so an
 interrupted evaluation ends with one done trace per problem: none missing, none twice. A run that a live process
-on this machine still evaluates is not resumed (``TraceStore.claim_run``), nor one started with other settings.
+on this machine still evaluates is not resumed (``TraceStore.claim_run``), this one included (``_EVALUATING``), nor
+one started with other settings.
 
 Problems about a shared context (``Problem.context``: the ``synthetic-stateful`` questions) are asked with it.
 With a sleep budget, each context is first thought about once (``ttc.sleeptime``; a sleep trace in the same run)
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence, Set
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from textwrap import shorten
@@ -155,62 +158,63 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
                 "sleep": None if sleep is None else [sleep.tokens, sleep.wall_s, sleep.calls],
                 "sleep_options": dict(sleep_opts or {})}
     await check_template_reads(problems[0], session)
-    run_id = _open_run(store, resume, {**(config or {}), RUN_SETTINGS: settings}, problems)
-    done_before = store.done_problem_indices(run_id)
-    todo = [p for p in problems if p.index not in done_before]
-    given_run, given_events, given_notes, given_plan = session.run_id, session.extra_events, session.notes, session.plan
-    session.run_id = run_id
-    session.extra_events = _grade_event
-    started = time.monotonic()
-    errors: list[str] = []
-    before = await cache_snapshot(session.setup.backend)
-    session.notes = dict(given_notes)  # this run's sleep runs add to a copy: a later run on the session starts over
-    report_now = partial(summarize, store, run_id, total=len(problems), errors=errors,
-                         indices={p.index for p in problems},
-                         contexts={p.context for p in problems if p.context is not None} if sleep else None)
-    try:
-        if sleep is not None and thinking is not None:
-            unthought = await think_first(problems, todo, sleep, thinking, session, seed=seed,
-                                          concurrency=concurrency, errors=errors)
-            for problem in todo:
-                if problem.context in unthought and progress is not None:
-                    progress(problem, None)
-            todo = [p for p in todo if p.context not in unthought]
-        session.plan = {**given_plan, "verifier": verifier}  # each question's trace says what scored it
-        await _solve_all(todo, budget, session, strategy=strategy, options=options, seed=seed,
-                         concurrency=concurrency, budget_scope=budget_scope, errors=errors, progress=progress)
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        # Ctrl-C or SIGTERM: the run says so (its traces read 'cancelled'), and --resume finishes it.
-        store.finish_run(run_id, status="interrupted", summary={})
-        raise
-    except StorageError as exc:  # the store itself failed (store_failed): the questions in flight were cancelled
-        _mark_interrupted(store, run_id, exc)
-        raise _stopped(exc, run_id, partial(report_now, wall_s=time.monotonic() - started)) from exc
-    except Exception as exc:  # an error that is no question's own (a bug, a broken backend double)
-        store.finish_run(run_id, status="failed", summary={"error": f"{type(exc).__name__}: {exc}"})
-        raise
-    finally:
-        # The session is left as it was found: a later solve on it belongs to no run and is graded by no one.
-        session.run_id, session.extra_events, session.notes, session.plan = given_run, given_events, given_notes, \
-            given_plan
+    with _open_run(store, resume, {**(config or {}), RUN_SETTINGS: settings}, problems) as run_id:
+        done_before = store.done_problem_indices(run_id)
+        todo = [p for p in problems if p.index not in done_before]
+        given_run, given_events, given_notes, given_plan = (session.run_id, session.extra_events, session.notes,
+                                                            session.plan)
+        session.run_id = run_id
+        session.extra_events = _grade_event
+        started = time.monotonic()
+        errors: list[str] = []
+        before = await cache_snapshot(session.setup.backend)
+        session.notes = dict(given_notes)  # this run's sleep runs add to a copy: a later run on the session starts over
+        report_now = partial(summarize, store, run_id, total=len(problems), errors=errors,
+                             indices={p.index for p in problems},
+                             contexts={p.context for p in problems if p.context is not None} if sleep else None)
+        try:
+            if sleep is not None and thinking is not None:
+                unthought = await think_first(problems, todo, sleep, thinking, session, seed=seed,
+                                              concurrency=concurrency, errors=errors)
+                for problem in todo:
+                    if problem.context in unthought and progress is not None:
+                        progress(problem, None)
+                todo = [p for p in todo if p.context not in unthought]
+            session.plan = {**given_plan, "verifier": verifier}  # each question's trace says what scored it
+            await _solve_all(todo, budget, session, strategy=strategy, options=options, seed=seed,
+                             concurrency=concurrency, budget_scope=budget_scope, errors=errors, progress=progress)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            # Ctrl-C or SIGTERM: the run says so (its traces read 'cancelled'), and --resume finishes it.
+            store.finish_run(run_id, status="interrupted", summary={})
+            raise
+        except StorageError as exc:  # the store itself failed (store_failed): the questions in flight were cancelled
+            _mark_interrupted(store, run_id, exc)
+            raise _stopped(exc, run_id, partial(report_now, wall_s=time.monotonic() - started)) from exc
+        except Exception as exc:  # an error that is no question's own (a bug, a broken backend double)
+            store.finish_run(run_id, status="failed", summary={"error": f"{type(exc).__name__}: {exc}"})
+            raise
+        finally:
+            # The session is left as it was found: a later solve on it belongs to no run and is graded by no one.
+            session.run_id, session.extra_events, session.notes, session.plan = given_run, given_events, given_notes, \
+                given_plan
 
-    hit_rate = await cache_hit_rate(session.setup.backend, before)
-    report = report_now(wall_s=time.monotonic() - started)
-    summary: dict[str, object] = {"accuracy": report.accuracy, "done": report.done, "failed": report.failed,
-                                  "correct": report.correct, "unanswered": report.unanswered,
-                                  "mean_tokens": report.mean_tokens,
-                                  "prefix_cache_hit_rate": hit_rate}
-    if sleep is not None:
-        summary |= {"contexts": report.contexts, "sleep_tokens": report.sleep_tokens,
-                    "mean_total_tokens": report.mean_total_tokens}
-    try:
-        store.finish_run(run_id, status="done" if not errors else "failed", summary=summary)
-    except StorageError as exc:  # every problem was dealt with: only the run's own status is lost
-        exc.add_note(f"run {run_id} could not be marked finished, so it reads 'running' until a solve or eval on "
-                     "this machine opens the store after this process has ended (then 'interrupted': --resume "
-                     f"{run_id} finishes it)")
-        raise EvaluationStopped(exc, run_id, report) from exc
-    return report
+        hit_rate = await cache_hit_rate(session.setup.backend, before)
+        report = report_now(wall_s=time.monotonic() - started)
+        summary: dict[str, object] = {"accuracy": report.accuracy, "done": report.done, "failed": report.failed,
+                                      "correct": report.correct, "unanswered": report.unanswered,
+                                      "mean_tokens": report.mean_tokens,
+                                      "prefix_cache_hit_rate": hit_rate}
+        if sleep is not None:
+            summary |= {"contexts": report.contexts, "sleep_tokens": report.sleep_tokens,
+                        "mean_total_tokens": report.mean_total_tokens}
+        try:
+            store.finish_run(run_id, status="done" if not errors else "failed", summary=summary)
+        except StorageError as exc:  # every problem was dealt with: only the run's own status is lost
+            exc.add_note(f"run {run_id} could not be marked finished, so it reads 'running' until a solve or eval on "
+                         "this machine opens the store after this process has ended (then 'interrupted': --resume "
+                         f"{run_id} finishes it)")
+            raise EvaluationStopped(exc, run_id, report) from exc
+        return report
 
 
 class EvaluationStopped(StorageError):
@@ -460,18 +464,46 @@ async def check_template_reads(problem: Problem, session: Session) -> None:
                           f"own words, so the run is not started: {failure}; {fix}") from None
 
 
+_EVALUATING: set[str] = set()
+"""The runs this process is evaluating: one ``evaluate`` call's each, until it returns or raises. The store's lease
+names this process alike for a run it evaluates now and one whose evaluation here has ended, so ``claim_run`` lets
+this process take either over; a second call resuming a run the first still evaluates would fail its traces."""
+_EVALUATING_LOCK = threading.Lock()
+
+
+@contextmanager
 def _open_run(store: TraceStore, resume: str | None, config: Mapping[str, object],
-              problems: Sequence[Problem]) -> str:
+              problems: Sequence[Problem]) -> Iterator[str]:
+    """The run to evaluate (a new one, or ``resume``), held as this process's while the body runs."""
     if resume is None:  # the run and its lease in one transaction: see create_run's claim
-        return store.create_run(kind="eval", config=config, claim=True)
+        run_id = store.create_run(kind="eval", config=config, claim=True)
+        with _evaluating(run_id):
+            yield run_id
+        return
     run = store.get_run(resume)  # a unique prefix of the id names it too
     resume = run.id
     _check_same_settings(resume, run.config, config)
     _check_same_problems(resume, store.done_problem_ids(resume), problems)
     _check_same_count(resume, run.config.get(RUN_SETTINGS), problems)
-    store.claim_run(resume)  # refused while the process that holds it still runs: its traces are not stale
-    store.mark_stale_running(resume)
-    return resume
+    with _evaluating(resume):
+        store.claim_run(resume)  # refused while the process that holds it still runs: its traces are not stale
+        store.mark_stale_running(resume)
+        yield resume
+
+
+@contextmanager
+def _evaluating(run_id: str) -> Iterator[None]:
+    """Refuse a run this process is evaluating already (see ``_EVALUATING``), and mark it so until the body ends."""
+    with _EVALUATING_LOCK:
+        if run_id in _EVALUATING:
+            raise ConfigError(f"run {run_id} is being evaluated by this process (an evaluate() call on it has not "
+                              "returned yet): wait for it to finish or cancel it, then resume")
+        _EVALUATING.add(run_id)
+    try:
+        yield
+    finally:
+        with _EVALUATING_LOCK:
+            _EVALUATING.discard(run_id)
 
 
 def _check_same_settings(run_id: str, stored: Mapping[str, object], given: Mapping[str, object]) -> None:
