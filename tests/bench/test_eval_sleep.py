@@ -4,6 +4,7 @@ thought about once, its notes given to all of its questions, a resumed run reusi
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from ttc.session import Session
 from ttc.sleeptime import SLEEP
 from ttc.storage import TraceStore
 from ttc.testing import ScriptedBackend, guessing_responder
-from ttc.types import Budget, Problem
+from ttc.types import Budget, Notes, Problem, Usage
 
 pytestmark = pytest.mark.anyio
 
@@ -278,5 +279,83 @@ async def test_a_seed_whose_sleep_runs_pass_2_63_is_refused_before_the_run_opens
             await evaluate(problems, Budget(tokens=60), session, strategy="best_of_n", options=GREEDY,
                            seed=(1 << 63) - 1 - (1 << 30) - 1, sleep=Budget(tokens=40), sleep_opts={"max_tokens": 40})
         assert session.store is not None and session.store.list_runs() == []
+    finally:
+        await session.aclose()
+
+
+def callers_notes(context: str) -> Notes:
+    return Notes(context=context, text="The caller's own notes.", usage=Usage(generated_tokens=7), trace_id=None,
+                 model="elsewhere")
+
+
+async def test_a_resume_without_the_callers_notes_is_refused(tmp_path: Path) -> None:
+    """Its questions about that context would be asked without them, beside those asked with them in one run."""
+    problems = stateful(6)
+    unlucky = problems[2].question
+
+    def failing(prompt: str, index: int, seed: int | None) -> str:
+        if unlucky in prompt:
+            raise BackendError("the server went away")
+        return note_taker(prompt, index, seed)
+
+    first_session = scripted(tmp_path, failing)
+    first_session.notes = {problems[0].context or "": callers_notes(problems[0].context or "")}
+    try:
+        first = await evaluate(problems, Budget(tokens=60), first_session, strategy="best_of_n", options=GREEDY,
+                               seed=0)
+    finally:
+        await first_session.aclose()
+    assert first.failed == 1
+    session = scripted(tmp_path)
+    try:
+        with pytest.raises(ConfigError, match=r"other settings.*notes"):
+            await evaluate(problems, Budget(tokens=60), session, strategy="best_of_n", options=GREEDY, seed=0,
+                           resume=first.run_id)
+        session.notes = {problems[0].context or "": callers_notes(problems[0].context or "")}
+        again = await evaluate(problems, Budget(tokens=60), session, strategy="best_of_n", options=GREEDY, seed=0,
+                               resume=first.run_id)
+        assert again.done == 6
+    finally:
+        await session.aclose()
+
+
+async def test_a_resume_with_another_context_template_is_refused(tmp_path: Path) -> None:
+    problems = stateful(3)
+    first_session = scripted(tmp_path)
+    first_session.setup = replace(first_session.setup, context_template="FACTS: {context}\n{notes}Q: {question}\n")
+    try:
+        first = await evaluate(problems, Budget(tokens=60), first_session, strategy="best_of_n", options=GREEDY,
+                               seed=0)
+    finally:
+        await first_session.aclose()
+    session = scripted(tmp_path)
+    try:
+        with pytest.raises(ConfigError, match="context_template"):
+            await evaluate(problems, Budget(tokens=60), session, strategy="best_of_n", options=GREEDY, seed=0,
+                           resume=first.run_id)
+    finally:
+        await session.aclose()
+
+
+async def test_a_sleep_budget_is_not_spent_on_a_context_the_caller_has_notes_for(tmp_path: Path) -> None:
+    problems = stateful(6)
+    given = problems[0].context or ""
+    others = {p.context for p in problems} - {given}
+    session = scripted(tmp_path)
+    session.notes = {given: callers_notes(given)}
+    try:
+        report = await evaluate(problems, Budget(tokens=60), session, strategy="best_of_n", options=GREEDY, seed=0,
+                                sleep=Budget(tokens=40), sleep_opts={"max_tokens": 40})
+        store = session.store
+        assert store is not None
+        sleeps = [t for t in store.list_traces(run_id=report.run_id, limit=None) if t.strategy == SLEEP]
+        assert {t.question for t in sleeps} == others and report.done == 6
+        for trace_id in report.trace_ids:
+            plan = store.get_trace(trace_id).events[0].payload["context"]
+            assert isinstance(plan, dict)
+            if plan["text"] == given:
+                assert plan["notes"] == "The caller's own notes."
+            else:
+                assert plan["notes"] == NOTE_LINE
     finally:
         await session.aclose()

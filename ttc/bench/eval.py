@@ -103,7 +103,8 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
     ``sleep`` is each context's budget for thinking before its questions (``sleep_opts``: the options of
     ``ttc.sleep``); the session must then be contextual (``open_session(contextual=True)``), like any session
     asking questions about contexts. Questions about a context are asked through the setup's context template
-    (``session.notes`` adds the notes a caller has for a context); a run's own notes are not kept on the session.
+    (``session.notes`` adds the notes a caller has for a context, and a sleep budget is not spent on those); a
+    run's own notes are not kept on the session.
 
     The store failing (locked past its busy timeout, a full disk) stops the whole run rather than failing one
     question after another: the questions in flight are cancelled as by Ctrl-C, the run is marked 'interrupted'
@@ -151,7 +152,7 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
     # do on the prompt the model reads: a resume with another of either would mix two setups too.
     verifier = await verifier_identity(session.setup)
     settings = {"model": await model_identity(session.setup.backend), **helpers, "verifier": verifier,
-                "prompt_template": session.setup.prompt_template,
+                "prompt_template": session.setup.prompt_template, **_context_settings(problems, session, sleep),
                 "strategy": strategy, "options": dict(options), "seed": seed, "budget_scope": budget_scope,
                 PROBLEM_COUNT: len(problems),
                 "budget": [budget.tokens, budget.wall_s, budget.calls],
@@ -323,6 +324,21 @@ def check_run_seeds(problems: Sequence[Problem], seed: int, *, sleeps: bool) -> 
                           "keep: use a smaller seed")
 
 
+def _context_settings(problems: Sequence[Problem], session: Session, sleep: Budget | None) -> dict[str, object]:
+    """What else the questions about contexts read: the context template (not the prompt template), the sleep
+    template where a sleep budget writes notes, and the notes the caller gave for their contexts. A resume with
+    another of any would ask one context's questions two ways in one run."""
+    contexts = {p.context for p in problems if p.context is not None}
+    if not contexts:
+        return {}
+    settings: dict[str, object] = {
+        "context_template": session.setup.context_template,
+        "notes": {context: notes.text for context, notes in sorted(session.notes.items()) if context in contexts}}
+    if sleep is not None:
+        settings["sleep_template"] = session.setup.sleep_template
+    return settings
+
+
 def check_sleep(problems: Sequence[Problem], sleep: Budget | None,
                 options: Mapping[str, object] | None) -> SleepOptions | None:
     """The sleep options of an evaluation, checked before anything loads: a sleep budget needs questions about
@@ -340,16 +356,17 @@ def check_sleep(problems: Sequence[Problem], sleep: Budget | None,
 
 async def think_first(problems: Sequence[Problem], todo: Sequence[Problem], budget: Budget, options: SleepOptions,
                       session: Session, *, seed: int, concurrency: int, errors: list[str]) -> set[str]:
-    """Notes about every context the questions in ``todo`` are about, into ``session.notes``: the ones this run
-    already wrote (a resumed run) read back, the others from a sleep run each. Returns the contexts whose sleep run
-    failed (each failure is added to ``errors``)."""
+    """Notes about every context the questions in ``todo`` are about, into ``session.notes``: the caller's where it
+    gave some (no budget is spent on those contexts), the ones this run already wrote (a resumed run) read back,
+    the others from a sleep run each. Returns the contexts whose sleep run failed (each failure is added to
+    ``errors``)."""
     store = session.store
     assert store is not None and session.run_id is not None
     first: dict[str, int] = {}  # each context's first question over all the problems: a resume seeds it alike
     for problem in problems:
         if problem.context is not None:
             first.setdefault(problem.context, problem.index or 0)
-    needed = dict.fromkeys(p.context for p in todo if p.context is not None)
+    needed = dict.fromkeys(p.context for p in todo if p.context is not None and p.context not in session.notes)
     written: dict[str, str] = {}
     for trace in store.list_traces(run_id=session.run_id, status="done", limit=None):  # newest first
         if trace.strategy == SLEEP:
@@ -517,7 +534,8 @@ def _check_same_settings(run_id: str, stored: Mapping[str, object], given: Mappi
     stored = _flat(stored)
     for flat in (stored, given):  # _check_same_count compares it, with a message of its own
         flat.pop(f"{RUN_SETTINGS}.{PROBLEM_COUNT}", None)
-    for helper in (f"{RUN_SETTINGS}.{name}" for name in ("synthesizer", "draft", "verifier", "prompt_template")):
+    for helper in (f"{RUN_SETTINGS}.{name}" for name in ("synthesizer", "draft", "verifier", "prompt_template",
+                                                          "context_template", "sleep_template", "notes")):
         if helper not in stored:  # a run begun before these were recorded: its resume is not refused for them
             given.pop(helper, None)
     differ = sorted(key for key in (stored.keys() | given.keys()) - {"backend", "dataset"}
