@@ -116,11 +116,12 @@ def probability(text: str) -> float:
 
 
 def positive_list(text: str) -> list[float]:
-    """A comma-separated list of finite numbers > 0 (budget fractions): nan or inf would pass a ``<= 0`` check
-    and fail only when the arm's budget is computed."""
+    """A comma-separated list of distinct finite numbers > 0 (budget fractions): nan or inf would pass a ``<= 0``
+    check and fail only when the arm's budget is computed, and a fraction given twice is one arm counted twice."""
     values = [_number(part) for part in text.split(",")]
-    if not all(math.isfinite(v) and v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"must be finite numbers > 0 separated by commas, such as 0.5,1; got {text!r}")
+    if not all(math.isfinite(v) and v > 0 for v in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"must be finite numbers > 0, each given once, separated by commas, such "
+                                         f"as 0.5,1; got {text!r}")
     return values
 
 

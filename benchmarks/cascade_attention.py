@@ -176,7 +176,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="B in {8, 64}, prefix in {1k, 4k}, 3 repeats")
     parser.add_argument("--repeats", type=at_least_one, default=None,
-                        help="timed repeats per case (default 5; 3 quick)")
+                        help="timed repeats per case (default 5; 3 quick; at least 20 on a GPU, whose "
+                             "timings are far shorter and noisier)")
     parser.add_argument("--max-gib", type=finite_positive, default=6.0,
                         help="skip cases whose duplicated KV exceeds this many GiB (default 6)")
     parser.add_argument("--gpu-max-gib", type=finite_positive, default=24.0,

@@ -1,11 +1,13 @@
 """Where a tree search's time goes in the local engine: prefills, decode steps, scoring, embedding.
 
 Runs one strategy over held-out synthetic problems (levels 4-8) with the embedded default, and times each kind of
-engine call on the engine thread. To compare two versions of the engine, run it from a checkout of each, one
-after the other on the same machine (the counts of steps and score calls show whether both ran the same search):
+engine call on the engine thread. To compare two versions of the engine, run it on each, one after the other on
+the same machine (the counts of steps and score calls show whether both ran the same search). ``import ttc``
+finds the installed package wherever the script is started, so put the other checkout first on the path; the
+first line names the package that was timed:
 
     python3 benchmarks/engine_time.py --strategy ets --budget 2048 --problems 10
-    git worktree add /tmp/before REV && (cd /tmp/before && python3 /path/to/benchmarks/engine_time.py ...)
+    git worktree add /tmp/before REV && PYTHONPATH=/tmp/before python3 benchmarks/engine_time.py ...
 
 The last line is ``name=value`` pairs: wall seconds and each call kind's seconds and count.
 """
@@ -27,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from arguments import at_least_one, run_script, synthetic_problems
 from tree_search import arms, width_for
 
+import ttc
 from ttc.api import Session, solve_problem
 from ttc.bench.datasets import load_dataset
 from ttc.config import embedded_setup
@@ -72,7 +75,8 @@ async def main(args: argparse.Namespace) -> None:
     for single, batched in (("start", "start_all"), ("score", "score_all")):
         if counts[batched] and counts[single]:
             del seconds[single], counts[single]
-    print(f"{args.strategy} at {args.budget} tokens, {len(problems)} problems: {wall:.1f} s")
+    print(f"{args.strategy} at {args.budget} tokens, {len(problems)} problems: {wall:.1f} s "
+          f"(ttc from {Path(ttc.__file__).parent})")
     for name in (n for n in CALLS if counts[n]):
         print(f"  {name:<9} {seconds[name]:7.2f} s  {counts[name]:6d} calls")
     print(" ".join([f"wall_s={wall:.2f}"] + [f"{n}_s={seconds[n]:.2f} {n}_calls={counts[n]}"

@@ -146,28 +146,35 @@ async def main(args: argparse.Namespace) -> None:
                         "median mean KV", "wall s"],
                        [[c.strategy, c.budget, c.accuracy(), c.accuracy(HARD), sum(c.tokens) / len(c.tokens),
                          median(c.peak_kv), median(c.mean_kv), c.wall_s] for c in cells]))
-    print(headline(cells, max(args.budgets)), flush=True)  # the run's figures, whatever becomes of the plot
-    if args.plot is not None:
-        plot(cells, args.plot)
-        print(f"plot: {args.plot}")
+    try:
+        if args.plot is not None:
+            plot(cells, args.plot)
+            print(f"plot: {args.plot}")
+    finally:  # the run's figures, the last line whatever becomes of the plot
+        print(headline(cells, max(args.budgets)), flush=True)
 
 
 def headline(cells: list[Cell], top: int) -> str:
     """A line per ETS arm comparing it with REBASE at the ``top`` budget, and last the headline figures. A run that
     drew no problem of levels 6-8 (fewer than three problems) leaves out ``search_minus_bon_l68``, which it cannot
-    define, rather than print nan, and picks the best search by its accuracy over every level."""
+    define, rather than print nan, and picks the best search by its accuracy over every level; one whose budget
+    decoded nothing leaves out the mean KV ratio (0 over 0)."""
     by = {c.strategy: c for c in cells if c.budget == top}
     ets, rebase, bon = by["ets"], by["rebase"], by["best_of_n"]
     searches = [c for name, c in by.items() if name != "best_of_n"]
     hard_drawn = not math.isnan(bon.accuracy(HARD))
     best = max(searches, key=lambda c: c.accuracy(HARD) if hard_drawn else c.accuracy())
+    # A budget too small for a decode step holds no KV on average in either arm: that ratio is left out, not 0.
+    decoded = median(rebase.mean_kv) > 0 or median(ets.mean_kv) > 0
     lines = [f"{name} vs rebase @ {top}: peak KV {median(rebase.peak_kv) / max(1.0, median(c.peak_kv)):.2f}x "
-             f"smaller, mean KV {median(rebase.mean_kv) / max(1.0, median(c.mean_kv)):.2f}x smaller, "
-             f"{rebase.wall_s / max(1e-9, c.wall_s):.2f}x faster, "
+             "smaller, " + (f"mean KV {median(rebase.mean_kv) / max(1.0, median(c.mean_kv)):.2f}x smaller, "
+                            if decoded else "")
+             + f"{rebase.wall_s / max(1e-9, c.wall_s):.2f}x faster, "
              f"accuracy {100 * (c.accuracy() - rebase.accuracy()):+.1f} points"
              for name, c in by.items() if name.startswith("ets")]
     figures = [f"ets_kv_reduction={median(rebase.peak_kv) / max(1.0, median(ets.peak_kv)):.2f}",
-               f"ets_mean_kv_reduction={median(rebase.mean_kv) / max(1.0, median(ets.mean_kv)):.2f}",
+               *([f"ets_mean_kv_reduction={median(rebase.mean_kv) / max(1.0, median(ets.mean_kv)):.2f}"]
+                 if decoded else []),
                f"ets_speedup={rebase.wall_s / max(1e-9, ets.wall_s):.2f}",
                f"ets_acc_delta={100 * (ets.accuracy() - rebase.accuracy()):.1f}",
                f"best_search={best.strategy}"]

@@ -169,6 +169,39 @@ def test_tree_search_leaves_out_the_levels_6_to_8_figure_where_no_such_problem_w
     assert "search_minus_bon_l68=0.0" in tree_search.headline(cells([4, 5, 6]), 256).splitlines()[-1]
 
 
+def test_tree_search_leaves_out_the_mean_kv_ratio_where_no_decode_step_ran(
+        script: Callable[[str], ModuleType]) -> None:
+    """A budget of one token decodes nothing: both arms' mean KV is 0, and the headline read 0.00x smaller."""
+    tree_search = script("tree_search")
+
+    def cells(mean_kv: float) -> list[object]:
+        return [tree_search.Cell(name, 1, correct=[False], levels=[4], tokens=[1], peak_kv=[50], mean_kv=[mean_kv],
+                                 wall_s=1.0) for name in ("best_of_n", "beam", "dvts", "rebase", "ets")]
+
+    lines = tree_search.headline(cells(0.0), 1).splitlines()
+    assert "mean KV" not in lines[0] and "ets_mean_kv_reduction" not in lines[-1]
+    assert "ets_mean_kv_reduction=1.00" in tree_search.headline(cells(20.0), 1).splitlines()[-1]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="--plot needs matplotlib")
+def test_tree_search_with_a_plot_still_ends_with_its_headline(tmp_path: Path) -> None:
+    """The plot's notice came after the headline, so the last line was no longer the run's figures."""
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "tree_search.py"), "--problems", "1", "--budgets", "64",
+                           "--plot", str(tmp_path / "curve.png")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[-1].startswith("ets_kv_reduction=") and f"plot: {tmp_path / 'curve.png'}" in lines
+    assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+def test_a_budget_fraction_given_twice_is_refused(script: Callable[[str], ModuleType]) -> None:
+    """It ran the same pooled arm twice and counted it twice in the mean gain over the even splits."""
+    arguments = script("arguments")
+    assert arguments.positive_list("0.5,1") == [0.5, 1.0]
+    with pytest.raises(argparse.ArgumentTypeError, match="each given once"):
+        arguments.positive_list("0.5,0.5,1")
+
+
 def test_batch_budget_headline_has_no_nan_and_compares_only_a_pooled_arm_at_uniforms_tokens(
         script: Callable[[str], ModuleType]) -> None:
     """token_ratio_at_uniform_acc was nan where no pooled arm matched uniform; pooled_gain compared a half-budget
