@@ -32,9 +32,9 @@ class _Call:
 class Scheduler:
     """Owns the worker thread; ``max_batch`` caps how many branches decode together.
 
-    ``threads`` sets the worker's CPU intra-op thread count (OpenMP's setting is per thread, so the rest of the
-    process keeps its own). Small models on a busy machine decode far faster single-threaded, because tiny
-    matmuls split across spinning threads mostly wait for cores.
+    ``threads`` sets the worker's CPU intra-op thread count, and the rest of the process keeps its own (see
+    :func:`_own_threads`). Small models on a busy machine decode far faster single-threaded, because tiny matmuls
+    split across spinning threads mostly wait for cores.
     """
 
     def __init__(self, engine: Engine, *, max_batch: int = 64, threads: int | None = None) -> None:
@@ -72,7 +72,7 @@ class Scheduler:
     def _loop(self) -> None:
         try:
             if self.threads is not None:
-                torch.set_num_threads(self.threads)
+                _own_threads(self.threads)
             while True:
                 with self._wake:
                     while not self._inbox and not self._has_work() and not self._closing:
@@ -169,6 +169,22 @@ class Scheduler:
             self._waiting.clear()  # in the lock: once it is released, a new worker may queue requests here
         for item in leftovers:
             item.reply(error)
+
+
+def _own_threads(count: int) -> None:
+    """Give the calling thread ``count`` intra-op threads and leave the process's setting as it was.
+
+    OpenMP's count is per thread, but ``torch.set_num_threads`` also writes the count torch gives every thread that
+    first runs an op after it: one engine with ``threads=1`` left each thread the application started afterwards
+    on one thread. The process's count is written back from a thread of its own, since writing it here would
+    undo this thread's. A thread whose first op falls between the two writes still starts with ``count``.
+    """
+    process = torch.get_num_threads()  # a new thread's first call: the count the process gives new threads
+    torch.set_num_threads(count)
+    if process != count:
+        restore = threading.Thread(target=torch.set_num_threads, args=(process,), name="ttc-threads-restore")
+        restore.start()
+        restore.join()
 
 
 def _as_backend_error(exc: Exception) -> Exception:
