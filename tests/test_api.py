@@ -11,7 +11,7 @@ from concurrent.futures import Future
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -153,6 +153,89 @@ def test_a_backend_that_fails_to_load_closes_the_store_the_call_opened(monkeypat
     assert [t.name for t in threading.enumerate() if t.ident not in before and t.name == "ttc-trace-writer"] == []
 
 
+class _ThreadNotingStore(TraceStore):
+    """Notes the thread it was opened on."""
+
+    opened_on: ClassVar[list[int]] = []
+
+    def __init__(self, url: str | None = None, **kwargs: Any) -> None:
+        self.opened_on.append(threading.get_ident())
+        super().__init__(url, **kwargs)
+
+
+def test_asolve_loads_its_backend_and_opens_its_store_off_the_event_loop(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path) -> None:
+    """Both ran on the event loop's thread: every other task of the caller stalled for the whole load (0.4-0.7 s a
+    call for a 200 MB model), and asyncio.wait_for(asolve(...), 0.05) returned only after it."""
+    import ttc.session
+    from ttc.config import BackendSetup
+
+    loaded_on: list[int] = []
+
+    def default_backend(**kwargs: object) -> BackendSetup:
+        loaded_on.append(threading.get_ident())
+        return BackendSetup(backend=ScriptedBackend(["The answer is 4."]))
+
+    monkeypatch.setattr(ttc.session, "default_backend", default_backend)
+    monkeypatch.setattr(ttc.session, "TraceStore", _ThreadNotingStore)
+    monkeypatch.setattr(_ThreadNotingStore, "opened_on", [])
+
+    async def main() -> int:
+        await asolve("2+2?", 200, store=str(tmp_path / "t.db"), seed=0, strategy="best_of_n", n=2)
+        await ttc.asolve_batch(["2+2?", "3+3?"], 200, store=str(tmp_path / "t.db"), seed=0, strategy="best_of_n",
+                               n=2)
+        await ttc.asleep("Ann has 3 pens.", 200, store=str(tmp_path / "t.db"), seed=0)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert len(loaded_on) == len(_ThreadNotingStore.opened_on) == 3
+    assert loop_thread not in loaded_on + _ThreadNotingStore.opened_on
+
+
+@pytest.mark.parametrize("cancels", [1, 2])
+def test_asolve_cancelled_while_its_backend_loads_closes_what_the_load_opened(monkeypatch: pytest.MonkeyPatch,
+                                                                              tmp_path: Path, cancels: int) -> None:
+    """The load cannot be stopped: the call waits for it, through further cancellations too, and closes the
+    backend and the store it opened before the cancellation goes on, so no engine or writer thread is left."""
+    import ttc.session
+    from ttc.config import BackendSetup
+
+    class Engine(ScriptedBackend):
+        closed = 0
+
+        async def aclose(self) -> None:
+            self.closed += 1
+
+    loading, finish = threading.Event(), threading.Event()
+    backend = Engine(["The answer is 4."])
+
+    def default_backend(**kwargs: object) -> BackendSetup:
+        loading.set()
+        assert finish.wait(10), "the event loop never got to cancel the call"
+        return BackendSetup(backend=backend)
+
+    monkeypatch.setattr(ttc.session, "default_backend", default_backend)
+    before = {t.ident for t in threading.enumerate()}
+
+    async def main() -> None:
+        task = asyncio.ensure_future(asolve("2+2?", 200, store=str(tmp_path / "t.db"), strategy="best_of_n"))
+        while not loading.is_set():
+            await asyncio.sleep(0.001)
+        for _ in range(cancels):
+            task.cancel()
+            await asyncio.sleep(0.01)
+        assert not task.done()  # still waiting for the load
+        finish.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert backend.closed == 1
+    assert [t.name for t in threading.enumerate() if t.ident not in before and t.name == "ttc-trace-writer"] == []
+    with TraceStore(str(tmp_path / "t.db"), read_only=True) as store:
+        assert store.list_traces() == []  # cancelled before any question began
+
+
 def test_nothing_configured_runs_the_embedded_mini_models(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("torch")
     monkeypatch.delenv("TTC_VLLM_URL", raising=False)
@@ -288,10 +371,13 @@ def test_200_concurrent_solves_lose_no_row(tmp_path: Path) -> None:
 class _SlowStartStore(TraceStore):
     """A store whose start write lands at once but is reported done late (a busy writer, a locked file)."""
 
+    queued = False  # a start write was asked for: the call waits on it
+
     def queue_start_trace(self, **fields: Any) -> tuple[str, Future[None]]:
         trace_id, written = super().queue_start_trace(**fields)
+        self.queued = True
         late: Future[None] = Future()
-        threading.Timer(0.3, lambda: late.set_result(written.result())).start()
+        threading.Timer(1.0, lambda: late.set_result(written.result())).start()
         return trace_id, late
 
 
@@ -299,9 +385,10 @@ def test_cancelled_while_starting_the_trace_leaves_no_running_trace(tmp_path: Pa
     store = _SlowStartStore(str(tmp_path / "t.db"))
 
     async def main() -> None:
-        with pytest.raises(TimeoutError):
+        with pytest.raises(TimeoutError):  # well after the session opens, well before the start is reported
             await asyncio.wait_for(asolve("2+2?", 200, backend=ScriptedBackend(["The answer is 4."]), store=store,
-                                          seed=1), 0.05)
+                                          seed=1), 0.3)
+        assert store.queued
 
     asyncio.run(main())
     [trace] = store.list_traces()
@@ -313,12 +400,13 @@ def test_cancelled_while_starting_the_trace_leaves_no_running_trace(tmp_path: Pa
 def test_cancelled_twice_while_starting_the_trace_leaves_no_running_trace(tmp_path: Path) -> None:
     """A second task.cancel() (which an anyio shield does not stop) broke the wait for the trace's id, and the
     trace read 'running' for good."""
-    store = TraceStore(str(tmp_path / "t.db"))
+    store = _SlowStartStore(str(tmp_path / "t.db"))
 
     async def main() -> None:
         task = asyncio.ensure_future(asolve("2+2?", 200, backend=ScriptedBackend(["The answer is 4."]),
                                             store=store, seed=1))
-        await asyncio.sleep(0)  # the call is inside the trace's start write
+        while not store.queued:  # the call is inside the trace's start write
+            await asyncio.sleep(0.001)
         task.cancel()
         await asyncio.sleep(0)
         task.cancel()
@@ -361,9 +449,9 @@ def test_a_cancelled_solve_closes_the_store_it_opened(tmp_path: Path) -> None:
     import anyio
 
     async def main() -> None:
-        with anyio.move_on_after(0.05):
+        with anyio.move_on_after(0.5):  # once the store has opened (off the event loop), while the call is out
             await asolve("What is 2 + 3?", 200, strategy="best_of_n",
-                         backend=ScriptedBackend(["The answer is 5."], delay_s=1), store=str(tmp_path / "t.db"))
+                         backend=ScriptedBackend(["The answer is 5."], delay_s=10), store=str(tmp_path / "t.db"))
 
     before = {t.ident for t in threading.enumerate()}
     for _ in range(3):

@@ -27,6 +27,7 @@ from ttc.session import (
     check_prompt,
     check_prompts,
     check_seed,
+    open_off_loop,
     open_session,
 )
 from ttc.strategies.base import Strategy, make_strategy
@@ -91,13 +92,15 @@ async def asolve(prompt: str, budget: int | Budget, *, strategy: str = "auto", b
     tokenizer); ``synthesizer`` the model that reads parallel thinking's paths and writes the answer. ``context``
     is text the question is about; ``notes`` are what ``ttc.sleep`` wrote about a context before the question came
     (their context comes with them). Extra keyword arguments are the strategy's options; unknown ones raise
-    ConfigError.
+    ConfigError. The backend and the store open on a worker thread, so the caller's event loop runs on while a
+    model loads.
     """
     question = check_prompt(prompt)
     limits = Budget.of(budget)
     check_seed(seed)
-    session = open_session(backend=backend, store=store, verifier=verifier, prompt_template=prompt_template,
-                           draft=draft, context=context, notes=notes, synthesizer=synthesizer)
+    session = await open_off_loop(lambda: open_session(
+        backend=backend, store=store, verifier=verifier, prompt_template=prompt_template, draft=draft,
+        context=context, notes=notes, synthesizer=synthesizer))
     try:
         return await solve_problem(Problem(question=question), limits, session, strategy=strategy, seed=seed,
                                    options=options)
@@ -127,8 +130,9 @@ async def asolve_batch(prompts: Sequence[str], budget: int | Budget, *, strategy
         check_pooled(limits, len(questions), strategy=strategy, options=options)
     checked = check_seed(seed, len(questions))
     base_seed = secrets.randbits(30) if checked is None else checked
-    session = open_session(backend=backend, store=store, verifier=verifier, prompt_template=prompt_template,
-                           draft=draft, context=context, notes=notes, synthesizer=synthesizer)
+    session = await open_off_loop(lambda: open_session(
+        backend=backend, store=store, verifier=verifier, prompt_template=prompt_template, draft=draft,
+        context=context, notes=notes, synthesizer=synthesizer))
     try:
         if budget_scope == "batch":
             problems = [Problem(question=q, index=i) for i, q in enumerate(questions)]

@@ -3,6 +3,8 @@ with the first failure raised as itself."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
@@ -71,4 +73,39 @@ async def run_concurrently(jobs: Sequence[Callable[[], Coroutine[Any, Any, None]
         await bounded_gather(jobs, len(jobs))
 
 
-__all__ = ["bounded_gather", "check_concurrency", "run_concurrently"]
+async def outlast_cancellation(future: asyncio.Future[T]) -> T:
+    """``future``'s result, waited for through any number of cancellations of the caller (the caller re-raises
+    the first one afterwards). The store's writes take milliseconds; giving up on one leaves a trace 'running'."""
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
+    with anyio.CancelScope(shield=True):  # anyio's own cancellations; asyncio's task.cancel() is caught below
+        while not future.done():
+            try:
+                await asyncio.shield(future)
+            except asyncio.CancelledError:
+                continue
+    return future.result()
+
+
+async def run_to_end(work: Coroutine[Any, Any, T]) -> T:
+    """``work``'s result, with ``work`` run to its end as a task of its own even where the caller is cancelled
+    meanwhile (any number of times): the first cancellation is raised once it has ended, and an error of ``work``
+    then gives way to it. For work that must not stop halfway, such as releasing a batch of sequences: one
+    cancellation between two releases left the rest held in a caller's backend for good."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await outlast_cancellation(task)
+        raise
+
+
+async def clean_up(work: Coroutine[Any, Any, object]) -> None:
+    """Run ``work`` to its end through any number of cancellations, its errors suppressed: the cleanup of an
+    ``except`` block that re-raises what it caught. An anyio shield does not stop asyncio's own ``task.cancel()``,
+    so a second cancellation cut such a cleanup off after its first await."""
+    with contextlib.suppress(Exception):
+        await outlast_cancellation(asyncio.ensure_future(work))
+
+
+__all__ = ["bounded_gather", "check_concurrency", "clean_up", "outlast_cancellation", "run_concurrently", "run_to_end"]

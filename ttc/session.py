@@ -21,6 +21,7 @@ import anyio
 
 from ttc.backends.base import Backend
 from ttc.budget import Meter
+from ttc.concurrency import clean_up, outlast_cancellation
 from ttc.config import BackendSetup, default_backend, with_helpers
 from ttc.contexts import context_prompt_template, template_fields
 from ttc.errors import ConfigError
@@ -130,6 +131,23 @@ def open_session(*, backend: Backend | None, store: StoreArg, verifier: Verifier
     elif prompt_template is not None:
         setup.prompt_template = prompt_template
     return Session(setup=setup, store=trace_store, plan=plan, context=context, _owned_store=owned)
+
+
+async def open_off_loop(opener: Callable[[], Session]) -> Session:
+    """The session ``opener`` opens (an ``open_session`` call), opened on a worker thread: loading a model and
+    opening a store take up to seconds, and every other task of the caller's event loop stalled for as long. A
+    caller cancelled meanwhile waits for the thread (it cannot be stopped) and closes what it opened, through
+    further cancellations too, so no engine thread or store is left open; the cancellation then goes on."""
+    opening = asyncio.ensure_future(anyio.to_thread.run_sync(opener))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        await clean_up(_close_when_open(opening))
+        raise
+
+
+async def _close_when_open(opening: Awaitable[Session]) -> None:
+    await (await opening).aclose()
 
 
 def check_context(context: object, notes: object) -> tuple[str | None, Notes | None]:
@@ -403,7 +421,7 @@ async def _fail_runs(failures: Sequence[tuple[QuestionRun, BaseException]]) -> N
             _note_still_running(exc, trace_id, cleanup)
     for run, exc, future in queued:
         try:
-            await _outlast_cancellation(asyncio.wrap_future(future))
+            await outlast_cancellation(asyncio.wrap_future(future))
         except Exception as cleanup:
             _note_still_running(exc, run.trace_id, cleanup)
 
@@ -424,19 +442,6 @@ def _interrupted(exc: BaseException) -> bool:
     return isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
 
 
-async def _outlast_cancellation(future: asyncio.Future[T]) -> T:
-    """``future``'s result, waited for through any number of cancellations of the caller (the caller re-raises
-    the first one afterwards). The store's writes take milliseconds; giving up on one leaves a trace 'running'."""
-    future.add_done_callback(lambda done: done.cancelled() or done.exception())
-    with anyio.CancelScope(shield=True):  # anyio's own cancellations; asyncio's task.cancel() is caught below
-        while not future.done():
-            try:
-                await asyncio.shield(future)
-            except asyncio.CancelledError:
-                continue
-    return future.result()
-
-
 async def _start_trace(store: TraceStore, recorder: TraceRecorder, **fields: Any) -> str:
     """Start a trace; a cancellation while its row is being written marks that row failed, never 'running'.
 
@@ -452,11 +457,11 @@ async def _start_trace(store: TraceStore, recorder: TraceRecorder, **fields: Any
         return trace_id
     except asyncio.CancelledError as exc:
         try:
-            await _outlast_cancellation(start)
+            await outlast_cancellation(start)
         except Exception:
             raise exc from None  # the row was never written: there is nothing to fail
         try:
-            await _outlast_cancellation(asyncio.wrap_future(store.queue_fail_trace(
+            await outlast_cancellation(asyncio.wrap_future(store.queue_fail_trace(
                 trace_id, error=_failure_text(exc), nodes=recorder.nodes(), events=recorder.events())))
         except Exception as cleanup:
             _note_still_running(exc, trace_id, cleanup)
@@ -479,6 +484,7 @@ __all__ = [
     "context_plan",
     "fail_batch",
     "guarded",
+    "open_off_loop",
     "open_session",
     "question_prompt",
     "session_notes",

@@ -28,7 +28,16 @@ from ttc.backends.base import Backend
 from ttc.budget import Meter
 from ttc.contexts import sleep_prompt_template
 from ttc.errors import BudgetExhausted, ConfigError, NotFound, OutputError, TTCError
-from ttc.session import QuestionRun, Session, StoreArg, check_context, check_seed, check_store, open_session
+from ttc.session import (
+    QuestionRun,
+    Session,
+    StoreArg,
+    check_context,
+    check_seed,
+    check_store,
+    open_off_loop,
+    open_session,
+)
 from ttc.storage import TraceStore
 from ttc.strategies.base import TEMPERATURE, TOP_P, Context, StrategyOptions, StrategyResult, parse_options
 from ttc.strategies.sampling import draw
@@ -204,7 +213,8 @@ async def asleep(context: str, budget: int | Budget, *, backend: Backend | None 
     opts = sleep_options(dict(options))
     if sleep_template is not None:
         sleep_prompt_template(sleep_template)
-    session = open_session(backend=backend, store=store, verifier=None, prompt_template=None, contextual=True)
+    session = await open_off_loop(lambda: open_session(backend=backend, store=store, verifier=None,
+                                                       prompt_template=None, contextual=True))
     try:
         return await sleep_in_session(context, limits, session, seed=seed, sleep_template=sleep_template,
                                       options=opts)

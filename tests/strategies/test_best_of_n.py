@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Sequence
 
@@ -13,7 +14,7 @@ from ttc.errors import ConfigError, VerifierError
 from ttc.strategies.base import Context, make_strategy
 from ttc.testing import ScriptedBackend
 from ttc.trace import TraceRecorder
-from ttc.types import Budget, Problem
+from ttc.types import Budget, Completion, Problem, Sampling
 from ttc.verifiers.base import StepScores, StepwiseOutcome
 
 pytestmark = pytest.mark.anyio
@@ -316,3 +317,42 @@ async def test_unscored_samples_still_answer_where_no_scored_one_does() -> None:
     assert verifier.calls == 2 and result.answer == "7"
     select = next(e for e in ctx.recorder.events() if e.kind == "select")
     assert select.payload["unscored"] == 0
+
+
+class CancelledAtRelease(ScriptedBackend):
+    """Its caller is cancelled as release number ``at`` is made, and with ``again`` once more at the next one.
+    Each release is taken at once and answered after a round trip, as the local engine's is: that wait is where
+    a cancellation (asyncio.wait_for's timeout) lands."""
+
+    def __init__(self, responses: Sequence[str], at: int, again: bool) -> None:
+        super().__init__(responses)
+        self.at, self.again = at, again
+        self.victim: asyncio.Task[object] | None = None
+        self.drawn: set[tuple[int, ...]] = set()
+
+    async def complete(self, prompt: Sequence[int], n: int, sampling: Sampling) -> list[Completion]:
+        out = await super().complete(prompt, n, sampling)
+        self.drawn.update(tuple(prompt) + tuple(c.token_ids) for c in out)
+        return out
+
+    async def release(self, prompt: Sequence[int]) -> None:
+        await super().release(prompt)
+        if self.victim is not None and len(self.released) in {self.at, self.at + self.again}:
+            self.victim.cancel()
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("again", [False, True])
+@pytest.mark.parametrize("at", [1, 2, 3])
+async def test_a_cancellation_while_the_samples_are_released_still_releases_every_one(at: int, again: bool) -> None:
+    """draw() released its samples one await at a time: a cancellation at one of them left the rest held in the
+    caller's backend, and every later run on it counted them in its peak KV."""
+    backend = CancelledAtRelease(texts("3", "5", "4", "7"), at, again)
+    run = make_strategy("best_of_n", {"n": 4, "max_tokens": 64}).run(Problem("1+2?"), Meter(Budget(tokens=1000)),
+                                                                     ctx_for(backend))
+    task: asyncio.Task[object] = asyncio.ensure_future(run)
+    backend.victim = task
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(backend.drawn) == 4
+    assert backend.drawn - set(backend.released) == set()

@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-import anyio
 from pydantic import Field
 
 from ttc.backends.base import Backend, context_window
 from ttc.budget import Meter
-from ttc.concurrency import run_concurrently
+from ttc.concurrency import run_concurrently, run_to_end
 from ttc.errors import ConfigError, ContextLengthError
 from ttc.strategies.base import Context, Strategy, StrategyOptions, StrategyResult, register
 from ttc.strategies.tree import ends_solution
@@ -147,11 +146,10 @@ class Lookahead(Strategy[LookaheadOptions]):
                 await self._round(ctx, draft, meter, chain, k, tally, held)
             finally:
                 # Nothing extends a round's sequences in place: the next round's prompts are new, and the
-                # engine's prefix cache still finds the chain in what was released.
-                with anyio.CancelScope(shield=True):
-                    for backend, sequences in held.items():
-                        for ids in sequences:
-                            await backend.release(ids)
+                # engine's prefix cache still finds the chain in what was released. To the end, through any
+                # cancellation: an anyio shield does not stop asyncio's task.cancel(), and one between two
+                # releases left the rest held in the caller's backend.
+                await run_to_end(_release(held))
         return await self._result(ctx, chain, tally, prompt)
 
     def _proposals_allowed(self, ctx: Context, draft: Backend, chain: Chain) -> int:
@@ -360,6 +358,12 @@ def other_tokenizer(draft: Backend, how: str) -> ConfigError:
     return ConfigError(f"the draft model {draft.name} {how}: lookahead passes steps between the two as token ids, "
                        "so the draft must share the target's tokenizer; pass draft= (or set TTC_DRAFT_MODEL to) a "
                        "model trained with the target's tokenizer")
+
+
+async def _release(held: Mapping[Backend, Sequence[tuple[int, ...]]]) -> None:
+    for backend, sequences in held.items():
+        for ids in sequences:
+            await backend.release(ids)
 
 
 async def reads_alike(target: Backend, draft: Backend, text: str) -> bool:

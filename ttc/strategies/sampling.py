@@ -10,6 +10,7 @@ from pydantic import Field
 
 from ttc.backends.base import Backend
 from ttc.budget import Meter
+from ttc.concurrency import run_to_end
 from ttc.errors import ConfigError, ContextLengthError, TTCError, VerifierError
 from ttc.strategies.base import TEMPERATURE, TOP_P, Context, StrategyOptions
 from ttc.types import Candidate, Completion, Sampling
@@ -43,9 +44,19 @@ async def draw(ctx: Context, meter: Meter, prompt: Sequence[int], n: int, max_to
     meter.note_kv(model.stats().live_kv_tokens or len(prompt) + sum(len(c.token_ids) for c in completions))
     # Complete samples are never extended: let the engine free their private KV now (the shared prompt stays
     # cached for the next round).
-    for c in completions:
-        await model.release([*prompt, *c.token_ids])
+    await release_all(model, [[*prompt, *c.token_ids] for c in completions])
     return completions
+
+
+async def release_all(model: Backend, sequences: Sequence[Sequence[int]]) -> None:
+    """Release every sequence, also where the caller is cancelled meanwhile (then re-raised once all are): a
+    cancellation between two releases left the rest held in the caller's backend, and every later run on it
+    counted them in its peak KV."""
+    async def release_each() -> None:
+        for ids in sequences:
+            await model.release(ids)
+
+    await run_to_end(release_each())
 
 
 def record(ctx: Context, root: int, completions: Sequence[Completion]) -> list[Candidate]:

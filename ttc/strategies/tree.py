@@ -18,7 +18,6 @@ many children, and which to drop; this module does the rest the same way for all
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from abc import abstractmethod
@@ -26,11 +25,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
-import anyio
 from pydantic import Field, model_validator
 
 from ttc.budget import Meter
-from ttc.concurrency import run_concurrently
+from ttc.concurrency import clean_up, run_concurrently, run_to_end
 from ttc.errors import ConfigError, ContextLengthError, TTCError, VerifierError
 from ttc.strategies.base import (
     DISTINCT,
@@ -295,10 +293,10 @@ class SearchTree:
         try:
             await run_concurrently([functools.partial(run, index, *job) for index, job in enumerate(seeded)])
         except BaseException:
-            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await self._keep(seeded, drawn)
+            await clean_up(self._keep(seeded, drawn))
             raise
-        return await self._keep(seeded, drawn)
+        # To its end: children not yet added when a cancellation lands would hold their KV past the search's close.
+        return await run_to_end(self._keep(seeded, drawn))
 
     async def _keep(self, seeded: Sequence[tuple[StepNode, int, int, int]],
                     drawn: Sequence[list[Completion] | None]) -> list[StepNode]:
@@ -496,10 +494,9 @@ class TreeSearch(Strategy[TreeOptionsT]):
         try:
             await self.search(tree)
         except BaseException:
-            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await tree.close()
+            await clean_up(tree.close())  # a second cancellation cut an anyio-shielded close off after one release
             raise
-        return await tree.close()
+        return await run_to_end(tree.close())
 
     @abstractmethod
     async def search(self, tree: SearchTree) -> None:
