@@ -6,7 +6,9 @@ import asyncio
 import subprocess
 import sys
 import threading
+import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import Future
 from decimal import Decimal
 from fractions import Fraction
@@ -190,6 +192,38 @@ def test_asolve_loads_its_backend_and_opens_its_store_off_the_event_loop(monkeyp
     loop_thread = asyncio.run(main())
     assert len(loaded_on) == len(_ThreadNotingStore.opened_on) == 3
     assert loop_thread not in loaded_on + _ThreadNotingStore.opened_on
+
+
+def test_a_draft_and_a_synthesizer_load_off_the_event_loop_and_once_for_a_batch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both loaded on the event loop's thread on a question's first use: the caller's other tasks stalled for it."""
+    import ttc.session
+    from ttc.config import BackendSetup
+
+    loads: list[tuple[str, int]] = []
+
+    def loader(kind: str) -> Callable[[], ScriptedBackend]:
+        def load() -> ScriptedBackend:
+            loads.append((kind, threading.get_ident()))
+            time.sleep(0.05)  # long enough for every question of the batch to ask for it meanwhile
+            return ScriptedBackend(["1 + 1 = 2\nThe answer is 2."])
+        return load
+
+    def default_backend(**kwargs: object) -> BackendSetup:
+        return BackendSetup(backend=ScriptedBackend(["1 + 1 = 2\nThe answer is 2."]), draft_loader=loader("draft"),
+                            synthesizer_loader=loader("synthesizer"))
+
+    monkeypatch.setattr(ttc.session, "default_backend", default_backend)
+
+    async def main() -> int:
+        await ttc.asolve_batch(["1+1?"] * 4, 400, store=False, seed=0, strategy="lookahead", concurrency=4)
+        await ttc.asolve_batch(["1+1?"] * 4, 2000, store=False, seed=0, strategy="parallel_thinking", paths=2,
+                               concurrency=4)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert [kind for kind, _ in loads] == ["draft", "synthesizer"]  # once each, for the four questions
+    assert loop_thread not in [thread for _, thread in loads]
 
 
 @pytest.mark.parametrize("cancels", [1, 2])

@@ -27,9 +27,12 @@ Each is trimmed, a blank one is unset, and a folder or file path may start with 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import anyio
 
 from ttc.backends.base import MAX_THREADS, Backend
 from ttc.contexts import DEFAULT_CONTEXT_TEMPLATE, DEFAULT_SLEEP_TEMPLATE
@@ -73,6 +76,8 @@ class BackendSetup:
     synthesizer_loader: Callable[[], Backend] | None = None
     """The model that reads a question's parallel paths and writes the final solution (parallel thinking); without
     one the target model synthesizes."""
+    _loading: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    """Held while a helper model loads (see :meth:`draft_backend`)."""
     synthesis_template: str = SYNTHESIS_TEMPLATE
     """How the synthesizer is shown a question and its paths (``ttc.strategies.synthesis``)."""
     path_template: str = PATH_TEMPLATE
@@ -80,18 +85,34 @@ class BackendSetup:
 
     def draft_backend(self) -> Backend | None:
         """The draft model, loaded on first use: only lookahead needs one, so other runs never pay for it. A draft
-        this setup loaded is closed with it; a caller's own draft is left open."""
-        if self.draft is None and self.draft_loader is not None:
-            self.draft = self.draft_loader()
-            self.closers = (*self.closers, self.draft)
-        return self.draft
+        this setup loaded is closed with it; a caller's own draft is left open. Async code loads it off the event
+        loop (:meth:`load_draft`), so the load is guarded: two questions asking at once load it once."""
+        with self._loading:
+            if self.draft is None and self.draft_loader is not None:
+                self.draft = self.draft_loader()
+                self.closers = (*self.closers, self.draft)
+            return self.draft
 
     def synthesizer_backend(self) -> Backend | None:
         """The synthesis model, loaded on first use like the draft: only parallel thinking needs one."""
-        if self.synthesizer is None and self.synthesizer_loader is not None:
-            self.synthesizer = self.synthesizer_loader()
-            self.closers = (*self.closers, self.synthesizer)
-        return self.synthesizer
+        with self._loading:
+            if self.synthesizer is None and self.synthesizer_loader is not None:
+                self.synthesizer = self.synthesizer_loader()
+                self.closers = (*self.closers, self.synthesizer)
+            return self.synthesizer
+
+    async def load_draft(self) -> Backend | None:
+        """:meth:`draft_backend` on a worker thread where it has a model to load: a load takes up to seconds, and
+        every other task of the caller's event loop stalled for as long."""
+        if self.draft is not None or self.draft_loader is None:
+            return self.draft
+        return await anyio.to_thread.run_sync(self.draft_backend)
+
+    async def load_synthesizer(self) -> Backend | None:
+        """:meth:`synthesizer_backend` on a worker thread where it has a model to load (see :meth:`load_draft`)."""
+        if self.synthesizer is not None or self.synthesizer_loader is None:
+            return self.synthesizer
+        return await anyio.to_thread.run_sync(self.synthesizer_backend)
 
     async def aclose(self) -> None:
         """Close the backends this setup opened (a caller's own backend is left open)."""

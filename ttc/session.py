@@ -342,10 +342,10 @@ class QuestionRun:
         problem = asked(problem, session)
         template, context_fields = question_prompt(problem, session)
         backend = setup.backend
-        draft = setup.draft_backend() if uses_draft else None
+        draft = await setup.load_draft() if uses_draft else None
         if uses_draft and draft is None:  # refused here, before a trace opens only to fail on it
             raise ConfigError(NO_DRAFT)
-        synthesizer = setup.synthesizer_backend() if uses_synthesizer else None
+        synthesizer = await setup.load_synthesizer() if uses_synthesizer else None
         trace_id = None
         if session.store is not None:
             trace_id = await _start_trace(session.store, recorder, problem=problem, strategy=strategy,

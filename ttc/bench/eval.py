@@ -144,9 +144,9 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
         # The models beside the target that this strategy's answers also depend on: a resume with another one
         # would mix two setups in one run.
         if runner.uses_synthesizer:
-            synthesizer = session.setup.synthesizer_backend()
+            synthesizer = await session.setup.load_synthesizer()
             helpers["synthesizer"] = "target" if synthesizer is None else await model_identity(synthesizer)
-        if runner.uses_draft and (draft := session.setup.draft_backend()) is not None:
+        if runner.uses_draft and (draft := await session.setup.load_draft()) is not None:
             helpers["draft"] = await model_identity(draft)
     # Any strategy's answers may rest on the verifier (its scores, the choice among samples, a search's steps) and
     # do on the prompt the model reads: a resume with another of either would mix two setups too.
