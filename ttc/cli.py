@@ -317,7 +317,9 @@ def eval_cmd(
         raise
     _print_report(report, sleeps=sleep is not None)
     if report.failed or report.done < report.total:
-        err.print(f"{report.total - report.done} problems not done: rerun with --resume {report.run_id}")
+        again = (f"; {report.lasting} of the failures above are their input's (a ConfigError), which a resume "
+                 "with the same settings meets again" if report.lasting else "")
+        err.print(f"{report.total - report.done} problems not done: rerun with --resume {report.run_id}{again}")
         raise typer.Exit(1)
 
 

@@ -68,6 +68,9 @@ class EvalReport:
     wall_s: float
     trace_ids: tuple[str, ...] = field(default_factory=tuple)
     errors: tuple[str, ...] = field(default_factory=tuple)
+    lasting: int = 0
+    """Of this attempt's ``errors``, those a resume with the same settings would meet again (a ConfigError: the
+    input's, such as a question longer than the model's context)."""
     contexts: int = 0
     """Contexts thought about at sleep time (each once, whatever number of questions it has)."""
     sleep_tokens: int = 0
@@ -168,22 +171,24 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
         session.extra_events = _grade_event
         started = time.monotonic()
         errors: list[str] = []
+        lasting: list[str] = []  # those of errors a resume with these settings would meet again
         before = await cache_snapshot(session.setup.backend)
         session.notes = dict(given_notes)  # this run's sleep runs add to a copy: a later run on the session starts over
-        report_now = partial(summarize, store, run_id, total=len(problems), errors=errors,
+        report_now = partial(summarize, store, run_id, total=len(problems), errors=errors, lasting=lasting,
                              indices={p.index for p in problems},
                              contexts={p.context for p in problems if p.context is not None} if sleep else None)
         try:
             if sleep is not None and thinking is not None:
                 unthought = await think_first(problems, todo, sleep, thinking, session, seed=seed,
-                                              concurrency=concurrency, errors=errors)
+                                              concurrency=concurrency, errors=errors, lasting=lasting)
                 for problem in todo:
                     if problem.context in unthought and progress is not None:
                         progress(problem, None)
                 todo = [p for p in todo if p.context not in unthought]
             session.plan = {**given_plan, "verifier": verifier}  # each question's trace says what scored it
             await _solve_all(todo, budget, session, strategy=strategy, options=options, seed=seed,
-                             concurrency=concurrency, budget_scope=budget_scope, errors=errors, progress=progress)
+                             concurrency=concurrency, budget_scope=budget_scope, errors=errors, lasting=lasting,
+                             progress=progress)
         except (asyncio.CancelledError, KeyboardInterrupt):
             # Ctrl-C or SIGTERM: the run says so (its traces read 'cancelled'), and --resume finishes it.
             store.finish_run(run_id, status="interrupted", summary={})
@@ -269,7 +274,7 @@ def _stopped(failure: StorageError, run_id: str, report_now: Callable[[], EvalRe
 
 async def _solve_all(todo: Sequence[Problem], budget: Budget, session: Session, *, strategy: str,
                      options: Mapping[str, object], seed: int, concurrency: int, budget_scope: BudgetScope,
-                     errors: list[str], progress: Progress | None) -> None:
+                     errors: list[str], lasting: list[str], progress: Progress | None) -> None:
     """Solve ``todo`` one problem at a time each (problem ``i`` seeded ``seed + i``), or as one pooled batch;
     each failure is added to ``errors``, and every problem is reported to ``progress``. A StorageError is raised
     instead: the store failing is no question's own failure, and every question after it would fail the same way
@@ -283,7 +288,7 @@ async def _solve_all(todo: Sequence[Problem], budget: Budget, session: Session, 
         except TTCError as exc:
             if store_failed(exc):  # no question's own failure: the store's, which stops the whole evaluation
                 raise
-            errors.append(f"problem {problem.index}: {exc}")
+            note_failure(errors, lasting, f"problem {problem.index}", exc)
             result = None
         if progress is not None:
             progress(problem, result)
@@ -300,7 +305,7 @@ async def _solve_all(todo: Sequence[Problem], budget: Budget, session: Session, 
         except TTCError as exc:
             if store_failed(exc):
                 raise
-            errors.append(f"the batch of {len(todo)} problems sharing one budget: {exc}")
+            note_failure(errors, lasting, f"the batch of {len(todo)} problems sharing one budget", exc)
             results = [None] * len(todo)
         for problem, result in zip(todo, results, strict=True):
             if progress is not None:
@@ -310,6 +315,16 @@ async def _solve_all(todo: Sequence[Problem], budget: Budget, session: Session, 
         await pooled()
     else:
         await bounded_gather([partial(one, p) for p in todo], concurrency)
+
+
+def note_failure(errors: list[str], lasting: list[str], where: str, exc: TTCError) -> None:
+    """Add ``exc``'s message to ``errors``, and to ``lasting`` where a resume with the same settings would meet it
+    again: a ConfigError is the input's (a question longer than the model's context, a character the model has
+    no token for), not the moment's, unlike a server gone away."""
+    message = f"{where}: {exc}"
+    errors.append(message)
+    if isinstance(exc, ConfigError):
+        lasting.append(message)
 
 
 def check_run_seeds(problems: Sequence[Problem], seed: int, *, sleeps: bool) -> None:
@@ -355,7 +370,8 @@ def check_sleep(problems: Sequence[Problem], sleep: Budget | None,
 
 
 async def think_first(problems: Sequence[Problem], todo: Sequence[Problem], budget: Budget, options: SleepOptions,
-                      session: Session, *, seed: int, concurrency: int, errors: list[str]) -> set[str]:
+                      session: Session, *, seed: int, concurrency: int, errors: list[str],
+                      lasting: list[str]) -> set[str]:
     """Notes about every context the questions in ``todo`` are about, into ``session.notes``: the caller's where it
     gave some (no budget is spent on those contexts), the ones this run already wrote (a resumed run) read back,
     the others from a sleep run each. Returns the contexts whose sleep run failed (each failure is added to
@@ -384,7 +400,7 @@ async def think_first(problems: Sequence[Problem], todo: Sequence[Problem], budg
         except TTCError as exc:
             if store_failed(exc):
                 raise
-            errors.append(f"sleep run on the context of problem {first[context]}: {exc}")
+            note_failure(errors, lasting, f"sleep run on the context of problem {first[context]}", exc)
             failed.add(context)
 
     await bounded_gather([partial(one, context) for context in needed], concurrency)
@@ -600,7 +616,7 @@ async def _grade_event(problem: Problem, result: Result) -> Sequence[TraceEvent]
 
 
 def summarize(store: TraceStore, run_id: str, *, total: int, wall_s: float,
-              errors: Sequence[str] = (), indices: Set[int | None] | None = None,
+              errors: Sequence[str] = (), lasting: Sequence[str] = (), indices: Set[int | None] | None = None,
               contexts: Set[str] | None = None) -> EvalReport:
     """Accuracy and cost of a run, read back from the store (so resumed runs count their earlier traces).
 
@@ -626,7 +642,8 @@ def summarize(store: TraceStore, run_id: str, *, total: int, wall_s: float,
         correct += any(e.kind == "grade" and e.payload.get("correct") is True for e in record.events)
     return EvalReport(run_id=run_id, total=total, done=len(done), failed=len(failed_indices - done.keys()),
                       correct=correct, mean_tokens=tokens / len(done) if done else 0.0, wall_s=wall_s,
-                      trace_ids=tuple(s.id for s in done.values()), errors=tuple(errors), contexts=len(slept),
+                      trace_ids=tuple(s.id for s in done.values()), errors=tuple(errors), lasting=len(lasting),
+                      contexts=len(slept),
                       sleep_tokens=sum(slept.values()), unanswered=sum(s.answer is None for s in done.values()))
 
 
