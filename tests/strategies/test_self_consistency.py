@@ -6,7 +6,9 @@ import random
 
 import pytest
 
+from ttc import solve, solve_batch
 from ttc.budget import Meter
+from ttc.errors import ContextLengthError, VerifierError
 from ttc.strategies.base import Context, make_strategy
 from ttc.testing import ScriptedBackend
 from ttc.trace import TraceRecorder
@@ -230,3 +232,39 @@ async def test_a_positive_score_on_a_sample_without_an_answer_does_not_keep_the_
         assert result.answer == "7" and len(backend.calls) == 1, seed
         [stop] = [e.payload for e in ctx.recorder.events() if e.kind == "stop"]
         assert stop["reason"] == "decided" and stop["share"] == 0.75
+
+
+class FitsHundredCharacters:
+    """An outcome verifier whose context holds 100 characters of solution, as a PRM's holds its positions."""
+
+    async def score(self, question: str, solution: str) -> float:
+        if len(solution) > 100:
+            raise VerifierError("cannot score this solution") from ContextLengthError(
+                "prompt does not fit in the model's 512-position context")
+        return 0.9
+
+
+LONG = "x" * 300 + " The answer is 5."
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_a_round_whose_samples_are_all_too_long_for_the_verifier_leaves_them_unscored(pooled: bool) -> None:
+    """The refusal was judged a round at a time: one round of one long sample failed the question (and a pooled
+    batch every question) although the other rounds' samples were scored."""
+    texts = ["The answer is 4.", "The answer is 4.", LONG, "The answer is 4."]
+    options: dict[str, object] = {"round_size": 1, "max_samples": 4, "min_samples": 4, "select": "weighted_vote"}
+    if pooled:
+        [result, _] = solve_batch(["2+2?", "3+1?"], 100_000, strategy="self_consistency", store=False, seed=1,
+                                  backend=ScriptedBackend(texts * 2), verifier=FitsHundredCharacters(),
+                                  budget_scope="batch", **options)
+    else:
+        result = solve("2+2?", 100_000, strategy="self_consistency", backend=ScriptedBackend(texts),
+                       verifier=FitsHundredCharacters(), store=False, seed=1, **options)
+    assert result.answer == "4" and None in [c.score for c in result.candidates]
+
+
+def test_a_question_not_one_sample_of_which_fits_the_verifier_fails_with_its_error() -> None:
+    with pytest.raises(VerifierError, match="cannot score this solution"):
+        solve("2+2?", 100_000, strategy="self_consistency", backend=ScriptedBackend([LONG] * 4),
+              verifier=FitsHundredCharacters(), store=False, seed=1, round_size=1, max_samples=4, min_samples=4,
+              select="weighted_vote")

@@ -71,12 +71,15 @@ def record(ctx: Context, root: int, completions: Sequence[Completion]) -> list[C
     return out
 
 
-async def score(ctx: Context, meter: Meter, question: str, candidates: Sequence[Candidate]) -> list[Candidate]:
+async def score(ctx: Context, meter: Meter, question: str, candidates: Sequence[Candidate],
+                refusals: list[TTCError] | None = None) -> list[Candidate]:
     """Attach the verifier's score to each candidate (unchanged when no verifier is configured).
 
     Two kinds keep ``score=None``, and ``choose`` leaves them out of a choice by score: those the wall time leaves
     no time to score, and those too long for the verifier's context (each named in an ``unscored`` event). Where
-    no candidate fits, the verifier cannot judge this question at all and its error is raised.
+    no candidate fits, the verifier cannot judge this question at all and its error is raised; a caller that
+    scores a question's samples a round at a time passes ``refusals`` instead, which collects each refusal, and
+    decides once every round is in (:class:`ttc.strategies.vote_rounds.VoteRounds`).
     """
     if ctx.verifier is None:
         return list(candidates)
@@ -104,7 +107,9 @@ async def score(ctx: Context, meter: Meter, question: str, candidates: Sequence[
         out.append(Candidate(text=cand.text, answer=cand.answer, score=value, token_count=cand.token_count,
                              node_id=cand.node_id))
     if refusal is not None:
-        if len(too_long) == len(candidates):
+        if refusals is not None:
+            refusals.extend([refusal] * len(too_long))
+        elif len(too_long) == len(candidates):
             raise refusal
         ctx.recorder.event("unscored", {"reason": "verifier_context", "unscored": len(too_long),
                                         "node_ids": [c.node_id for c in too_long], "error": str(refusal)})

@@ -7,6 +7,7 @@ which of them gets the next round, so the rule for "decided" and the record of e
 from __future__ import annotations
 
 from ttc.budget import Meter
+from ttc.errors import TTCError
 from ttc.strategies.base import Context, StrategyResult
 from ttc.strategies.sampling import Choice, SampledOptions, choose, draw, mark_selected, record, score
 from ttc.types import Candidate, Problem
@@ -24,6 +25,7 @@ class VoteRounds:
         self.choice: Choice | None = None
         self._prompt: list[int] | None = None
         self._root = -1
+        self._refusals: list[TTCError] = []  # one for each sample too long for the verifier's context
 
     async def open(self) -> None:
         """Tokenize the prompt and record it as the root of the question's tree."""
@@ -65,7 +67,7 @@ class VoteRounds:
         if not completions:
             return 0
         self.candidates += await score(self.ctx, meter, self.ctx.question_text(self.problem.question),
-                                       record(self.ctx, self._root, completions))
+                                       record(self.ctx, self._root, completions), self._refusals)
         self.choice = choose(self.ctx, self.candidates, self.how, opts.checks,
                              self.ctx.question_text(self.problem.question))
         vote = self.choice.vote
@@ -99,8 +101,11 @@ class VoteRounds:
         """Choose among every sample drawn, mark the chosen node and return it.
 
         The last round's choice already covers every sample, and is the leader its ``round`` event recorded: a
-        second vote would break a tie with a second draw of the rng and could answer another leader.
+        second vote would break a tie with a second draw of the rng and could answer another leader. Where every
+        sample of every round was too long for the verifier's context, its error is raised, as best-of-N raises it.
         """
+        if self._refusals and len(self._refusals) == len(self.candidates):
+            raise self._refusals[0]  # not one sample of any round fits the verifier: it cannot judge this question
         choice = self.choice
         if choice is None:
             choice = choose(self.ctx, self.candidates, self.how, self.options.checks,
