@@ -317,8 +317,8 @@ def eval_cmd(
         raise
     _print_report(report, sleeps=sleep is not None)
     if report.failed or report.done < report.total:
-        again = (f"; {report.lasting} of the failures above are their input's (a ConfigError), which a resume "
-                 "with the same settings meets again" if report.lasting else "")
+        again = (f"; {report.lasting} of the failures above are their input's (a ConfigError, or a solution too "
+                 "long for the verifier), which a resume with the same settings meets again" if report.lasting else "")
         err.print(f"{report.total - report.done} problems not done: rerun with --resume {report.run_id}{again}")
         raise typer.Exit(1)
 

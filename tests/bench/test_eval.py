@@ -12,7 +12,7 @@ import pytest
 
 from ttc.api import open_session, solve_problem
 from ttc.bench.eval import EvaluationStopped, evaluate, summarize
-from ttc.errors import BackendError, ConfigError, ContextLengthError, StorageError
+from ttc.errors import BackendError, ConfigError, ContextLengthError, StorageError, VerifierError
 from ttc.storage import TraceStore
 from ttc.storage import process as process_module
 from ttc.storage.process import Holder
@@ -109,13 +109,15 @@ async def test_a_batch_sharing_one_budget_fails_whole_and_resumes_whole(tmp_path
 
 async def test_a_failure_a_resume_would_meet_again_is_counted_apart_from_one_of_the_moment(tmp_path: Path) -> None:
     """Both said "rerun with --resume"; a question longer than the model's context fails the same way again."""
-    problems = [Problem(f"What is {i} + 1?", gold=str(i + 1), index=i) for i in range(3)]
+    problems = [Problem(f"What is {i} + 1?", gold=str(i + 1), index=i) for i in range(4)]
 
     def respond(prompt: str, index: int, seed: int | None) -> str:
         if "0 + 1" in prompt:
             raise ContextLengthError("prompt of 900 tokens leaves no room in the model's 512-position context")
         if "1 + 1" in prompt:
             raise BackendError("the server went away")
+        if "2 + 1" in prompt:
+            raise VerifierError("cannot score this solution") from ContextLengthError("no room in its context")
         return guessing_responder(prompt, index, seed)
 
     session = open_session(backend=ScriptedBackend(respond), store=str(tmp_path / "t.db"), verifier=None,
@@ -125,7 +127,7 @@ async def test_a_failure_a_resume_would_meet_again_is_counted_apart_from_one_of_
                                 seed=0, concurrency=1)
     finally:
         await session.aclose()
-    assert (report.done, report.failed, report.lasting) == (1, 2, 1) and len(report.errors) == 2
+    assert (report.done, report.failed, report.lasting) == (1, 3, 2) and len(report.errors) == 3
 
 
 async def test_a_question_left_without_an_answer_is_counted_wrong_and_reported(tmp_path: Path) -> None:

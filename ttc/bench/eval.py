@@ -47,7 +47,7 @@ from ttc.storage import TraceStore, TraceSummary
 from ttc.storage.convert import problem_id
 from ttc.types import BUDGET_LIMIT, Budget, Problem, Result, TraceEvent
 from ttc.verifiers.answer import agrade_result, gold_key
-from ttc.verifiers.base import StepwiseOutcome
+from ttc.verifiers.base import StepwiseOutcome, too_long_to_score
 from ttc.verifiers.prm import CachedPRM
 
 SLEEP_SEED_OFFSET = 1 << 30
@@ -320,10 +320,11 @@ async def _solve_all(todo: Sequence[Problem], budget: Budget, session: Session, 
 def note_failure(errors: list[str], lasting: list[str], where: str, exc: TTCError) -> None:
     """Add ``exc``'s message to ``errors``, and to ``lasting`` where a resume with the same settings would meet it
     again: a ConfigError is the input's (a question longer than the model's context, a character the model has
-    no token for), not the moment's, unlike a server gone away."""
+    no token for), not the moment's, unlike a server gone away; so is a question the verifier's context cannot
+    hold."""
     message = f"{where}: {exc}"
     errors.append(message)
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, ConfigError) or too_long_to_score(exc):
         lasting.append(message)
 
 
