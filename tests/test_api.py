@@ -229,8 +229,8 @@ def test_a_draft_and_a_synthesizer_load_off_the_event_loop_and_once_for_a_batch(
 @pytest.mark.parametrize("cancels", [1, 2])
 def test_asolve_cancelled_while_its_backend_loads_closes_what_the_load_opened(monkeypatch: pytest.MonkeyPatch,
                                                                               tmp_path: Path, cancels: int) -> None:
-    """The load cannot be stopped: the call waits for it, through further cancellations too, and closes the
-    backend and the store it opened before the cancellation goes on, so no engine or writer thread is left."""
+    """The load cannot be stopped: the call is cancelled at once, however many times, and the thread closes the
+    backend and the store it opened once it has, so no engine or writer thread is left."""
     import ttc.session
     from ttc.config import BackendSetup
 
@@ -258,16 +258,101 @@ def test_asolve_cancelled_while_its_backend_loads_closes_what_the_load_opened(mo
         for _ in range(cancels):
             task.cancel()
             await asyncio.sleep(0.01)
-        assert not task.done()  # still waiting for the load
+        assert task.done()  # cancelled while the load goes on
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert backend.closed == 0
+    finish.set()
+    deadline = time.monotonic() + 10
+    while (backend.closed == 0 or [t for t in threading.enumerate() if t.ident not in before and
+                                   t.name in ("ttc-trace-writer", "ttc-open", "ttc-undo")]) \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert backend.closed == 1
+    assert [t.name for t in threading.enumerate() if t.ident not in before and t.name == "ttc-trace-writer"] == []
+    with TraceStore(str(tmp_path / "t.db"), read_only=True) as store:
+        assert store.list_traces() == []  # cancelled before any question began
+
+
+def test_a_draft_loading_when_its_solve_is_cancelled_is_closed_with_the_setup(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The load went on in an abandoned worker thread: the setup closed before the draft joined it, and the draft
+    stayed loaded."""
+    import ttc.session
+    from ttc.config import BackendSetup
+
+    class Model(ScriptedBackend):
+        closed = 0
+
+        async def aclose(self) -> None:
+            self.closed += 1
+
+    loading, finish = threading.Event(), threading.Event()
+    draft = Model(["1 + 1 = 2\nThe answer is 2."])
+
+    def load_draft() -> Model:
+        loading.set()
+        assert finish.wait(10), "the event loop never got to cancel the call"
+        return draft
+
+    monkeypatch.setattr(ttc.session, "default_backend", lambda **kwargs: BackendSetup(
+        backend=Model(["1 + 1 = 2\nThe answer is 2."]), draft_loader=load_draft))
+
+    async def main() -> None:
+        task = asyncio.ensure_future(asolve("1+1?", 400, store=False, strategy="lookahead"))
+        while not loading.is_set():
+            await asyncio.sleep(0.001)
+        task.cancel()
+        await asyncio.sleep(0.01)
         finish.set()
         with pytest.raises(asyncio.CancelledError):
             await task
 
     asyncio.run(main())
-    assert backend.closed == 1
+    assert draft.closed == 1
+
+
+def test_a_session_opening_when_its_event_loop_shuts_down_is_closed_once_open(monkeypatch: pytest.MonkeyPatch,
+                                                                              tmp_path: Path) -> None:
+    """asyncio.run cancels what its main coroutine left running; that cancelled the wait for the opening thread,
+    and what it opened (a store's writer thread, a model) stayed open."""
+    import ttc.session
+    from ttc.config import BackendSetup
+
+    class Model(ScriptedBackend):
+        closed = 0
+
+        async def aclose(self) -> None:
+            self.closed += 1
+
+    loading, finish = threading.Event(), threading.Event()
+    model = Model(["The answer is 4."])
+
+    def default_backend(**kwargs: object) -> BackendSetup:
+        loading.set()
+        assert finish.wait(10), "the event loop never shut down"
+        return BackendSetup(backend=model)
+
+    monkeypatch.setattr(ttc.session, "default_backend", default_backend)
+    before = {t.ident for t in threading.enumerate()}
+
+    async def main() -> None:
+        left = asyncio.ensure_future(asolve("2+2?", 200, store=str(tmp_path / "t.db"), strategy="best_of_n"))
+        while not loading.is_set():
+            await asyncio.sleep(0.001)
+        assert not left.done()
+
+    asyncio.run(main())
+    finish.set()
+    deadline = time.monotonic() + 10
+    while (model.closed == 0 or [t for t in threading.enumerate() if t.ident not in before and
+                                 t.name in ("ttc-trace-writer", "ttc-open", "ttc-undo")]) \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert model.closed == 1
     assert [t.name for t in threading.enumerate() if t.ident not in before and t.name == "ttc-trace-writer"] == []
-    with TraceStore(str(tmp_path / "t.db"), read_only=True) as store:
-        assert store.list_traces() == []  # cancelled before any question began
 
 
 def test_nothing_configured_runs_the_embedded_mini_models(monkeypatch: pytest.MonkeyPatch) -> None:

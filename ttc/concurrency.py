@@ -4,7 +4,9 @@ with the first failure raised as itself."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
@@ -73,6 +75,44 @@ async def run_concurrently(jobs: Sequence[Callable[[], Coroutine[Any, Any, None]
         await bounded_gather(jobs, len(jobs))
 
 
+def start_in_thread(work: Callable[[], T]) -> concurrent.futures.Future[T]:
+    """``work()`` started on a thread of its own, its outcome in the returned future. Unlike anyio's worker
+    threads, nothing here is tied to a task: however its awaiter goes away (a timeout, Ctrl-C, the event loop
+    shutting down), the future still gets the outcome, for whoever must close what ``work`` opened."""
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
+    future.set_running_or_notify_cancel()  # running: an awaiter's cancellation cannot cancel it, only stop waiting
+
+    def run() -> None:
+        try:
+            result = work()
+        except BaseException as exc:  # handed to the awaiter, as anyio.to_thread would
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+    threading.Thread(target=run, name="ttc-open", daemon=True).start()
+    return future
+
+
+async def in_thread(work: Callable[[], T], undo: Callable[[T], object]) -> T:
+    """``work()`` run off the event loop (:func:`start_in_thread`). A caller cancelled meanwhile is cancelled at
+    once, as the thread cannot be stopped; ``undo`` then gets the result on a thread of its own when it comes, so
+    what ``work`` opened is closed however the caller went away."""
+    future = start_in_thread(work)
+    try:
+        return await asyncio.shield(asyncio.wrap_future(future))
+    except BaseException:
+        future.add_done_callback(lambda done: _undo_in_thread(done, undo))
+        raise
+
+
+def _undo_in_thread(done: concurrent.futures.Future[T], undo: Callable[[T], object]) -> None:
+    if done.cancelled() or done.exception() is not None:
+        return
+    # Called on the worker thread, or on the event loop's where the work had ended: never block the loop.
+    threading.Thread(target=undo, args=(done.result(),), name="ttc-undo", daemon=True).start()
+
+
 async def outlast_cancellation(future: asyncio.Future[T]) -> T:
     """``future``'s result, waited for through any number of cancellations of the caller (the caller re-raises
     the first one afterwards). The store's writes take milliseconds; giving up on one leaves a trace 'running'."""
@@ -108,4 +148,5 @@ async def clean_up(work: Coroutine[Any, Any, object]) -> None:
         await outlast_cancellation(asyncio.ensure_future(work))
 
 
-__all__ = ["bounded_gather", "check_concurrency", "clean_up", "outlast_cancellation", "run_concurrently", "run_to_end"]
+__all__ = ["bounded_gather", "check_concurrency", "clean_up", "in_thread", "outlast_cancellation", "run_concurrently",
+           "run_to_end", "start_in_thread"]

@@ -26,15 +26,17 @@ Each is trimmed, a blank one is unset, and a folder or file path may start with 
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import anyio
-
 from ttc.backends.base import MAX_THREADS, Backend
+from ttc.concurrency import outlast_cancellation, start_in_thread
 from ttc.contexts import DEFAULT_CONTEXT_TEMPLATE, DEFAULT_SLEEP_TEMPLATE
 from ttc.errors import ConfigError
 from ttc.strategies.base import DEFAULT_PROMPT_TEMPLATE
@@ -78,6 +80,8 @@ class BackendSetup:
     one the target model synthesizes."""
     _loading: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     """Held while a helper model loads (see :meth:`draft_backend`)."""
+    _pending: set[concurrent.futures.Future[Backend | None]] = field(default_factory=set, repr=False, compare=False)
+    """Helper models loading off the event loop (see :meth:`_load`)."""
     synthesis_template: str = SYNTHESIS_TEMPLATE
     """How the synthesizer is shown a question and its paths (``ttc.strategies.synthesis``)."""
     path_template: str = PATH_TEMPLATE
@@ -102,20 +106,32 @@ class BackendSetup:
             return self.synthesizer
 
     async def load_draft(self) -> Backend | None:
-        """:meth:`draft_backend` on a worker thread where it has a model to load: a load takes up to seconds, and
-        every other task of the caller's event loop stalled for as long."""
+        """:meth:`draft_backend` on a thread of its own where it has a model to load: a load takes up to seconds,
+        and every other task of the caller's event loop stalled for as long."""
         if self.draft is not None or self.draft_loader is None:
             return self.draft
-        return await anyio.to_thread.run_sync(self.draft_backend)
+        return await self._load(self.draft_backend)
 
     async def load_synthesizer(self) -> Backend | None:
-        """:meth:`synthesizer_backend` on a worker thread where it has a model to load (see :meth:`load_draft`)."""
+        """:meth:`synthesizer_backend` on a thread of its own where it has a model to load (see :meth:`load_draft`)."""
         if self.synthesizer is not None or self.synthesizer_loader is None:
             return self.synthesizer
-        return await anyio.to_thread.run_sync(self.synthesizer_backend)
+        return await self._load(self.synthesizer_backend)
+
+    async def _load(self, load: Callable[[], Backend | None]) -> Backend | None:
+        """A load awaited off the loop, and kept in ``_pending`` until it ends: a caller cancelled meanwhile goes
+        on to close the setup, which waits for it, so that the model it loads is among those closed."""
+        pending = start_in_thread(load)
+        self._pending.add(pending)
+        pending.add_done_callback(self._pending.discard)
+        return await asyncio.shield(asyncio.wrap_future(pending))
 
     async def aclose(self) -> None:
-        """Close the backends this setup opened (a caller's own backend is left open)."""
+        """Close the backends this setup opened (a caller's own backend is left open), once every helper model
+        still loading has loaded."""
+        for pending in list(self._pending):
+            with contextlib.suppress(Exception):  # a load that failed opened nothing
+                await outlast_cancellation(asyncio.wrap_future(pending))
         own = (self.backend, *self.closers) if self.owned else \
             tuple(b for b in self.closers if b is self.draft or b is self.synthesizer)
         for backend in own:

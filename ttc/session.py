@@ -21,7 +21,7 @@ import anyio
 
 from ttc.backends.base import Backend
 from ttc.budget import Meter
-from ttc.concurrency import clean_up, outlast_cancellation
+from ttc.concurrency import in_thread, outlast_cancellation
 from ttc.config import BackendSetup, default_backend, with_helpers
 from ttc.contexts import context_prompt_template, template_fields
 from ttc.errors import ConfigError
@@ -134,20 +134,15 @@ def open_session(*, backend: Backend | None, store: StoreArg, verifier: Verifier
 
 
 async def open_off_loop(opener: Callable[[], Session]) -> Session:
-    """The session ``opener`` opens (an ``open_session`` call), opened on a worker thread: loading a model and
+    """The session ``opener`` opens (an ``open_session`` call), opened on a thread of its own: loading a model and
     opening a store take up to seconds, and every other task of the caller's event loop stalled for as long. A
-    caller cancelled meanwhile waits for the thread (it cannot be stopped) and closes what it opened, through
-    further cancellations too, so no engine thread or store is left open; the cancellation then goes on."""
-    opening = asyncio.ensure_future(anyio.to_thread.run_sync(opener))
-    try:
-        return await asyncio.shield(opening)
-    except asyncio.CancelledError:
-        await clean_up(_close_when_open(opening))
-        raise
+    caller that goes away meanwhile (cancelled, interrupted, its loop shut down) leaves the thread to close what it
+    opened once it has, so no engine thread or store is left open."""
+    return await in_thread(opener, _close_session)
 
 
-async def _close_when_open(opening: Awaitable[Session]) -> None:
-    await (await opening).aclose()
+def _close_session(session: Session) -> None:
+    anyio.run(session.aclose)  # on a thread of its own, which runs no event loop
 
 
 def check_context(context: object, notes: object) -> tuple[str | None, Notes | None]:
