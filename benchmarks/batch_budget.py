@@ -163,7 +163,7 @@ async def main(args: argparse.Namespace) -> None:
         print(arms[-1].line(), flush=True)
         evens: dict[float, Arm] = {}
         for fraction in args.fractions:
-            k = max(1, round(fraction * args.samples))
+            k = even_samples(fraction, args.samples)
             evens[fraction] = uniform if k == args.samples else await run(
                 f"uniform@{k}", "best_of_n", {"n": k, **SELECTIONS[args.select]}, k * MAX_TOKENS)
             if k != args.samples:
@@ -195,6 +195,11 @@ async def main(args: argparse.Namespace) -> None:
                         for a in arms]))
     gains = [100 * (pool.accuracy - evens[f].accuracy) for f, pool in zip(args.fractions, pools, strict=True)]
     print(headline(arms[0], uniform, at_uniform, pools, gains))
+
+
+def even_samples(fraction: float, samples: int) -> int:
+    """The samples a question of the even split at ``fraction`` of the uniform arm's budget draws."""
+    return max(1, round(fraction * samples))
 
 
 def headline(greedy: Arm, uniform: Arm, at_uniform: Arm | None, pools: Sequence[Arm], gains: Sequence[float]) -> str:
@@ -239,6 +244,12 @@ def parse() -> argparse.Namespace:
         p.error(f"argument --fractions: each must be at most {AUTO_MAX_SAMPLES} / --samples "
                 f"({AUTO_MAX_SAMPLES / args.samples:g}), the samples a pooled arm may draw for a question; "
                 f"got {max(args.fractions):g}")
+    even = [even_samples(f, args.samples) for f in args.fractions]
+    if len(set(even)) != len(even):
+        # Each fraction's even split is an arm of its own, and the mean gain counts it once per fraction.
+        p.error(f"argument --fractions: at --samples {args.samples} they give even splits of "
+                f"{', '.join(map(str, even))} samples a question, one of them twice: give fractions whose "
+                "splits differ")
     if args.min_samples is not None and args.min_samples > args.samples:
         p.error(f"argument --min-samples: must be at most --samples ({args.samples}), or the early-stopping arm could "
                 f"never stop early; got {args.min_samples}")

