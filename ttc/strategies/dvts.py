@@ -35,9 +35,11 @@ class Dvts(TreeSearch[DvtsOptions]):
             kept: list[StepNode] = []
             cut: list[StepNode] = []
             for index, head in enumerate(heads):
-                if not head.expanded or not head.children:
+                # Children the tree dropped (too long for the verifier) are no head: with none left, the subtree ends.
+                children = [child for child in head.children if not child.pruned]
+                if not head.expanded or not children:
                     continue
-                best, *rest = sorted(head.children, key=by_rank)
+                best, *rest = sorted(children, key=by_rank)
                 heads[index] = best
                 kept.append(best)
                 cut += [child for child in rest if child.open]

@@ -18,6 +18,7 @@ from ttc.verifiers.answer import normalize_answer, stopped_answer
 from ttc.verifiers.arithmetic import computes_right
 from ttc.verifiers.base import score_outcome_costed, too_long_to_score
 from ttc.verifiers.operands import operands_sourced
+from ttc.verifiers.prm import spent_before
 from ttc.verifiers.vote import VoteResult, majority_vote, vote_weights
 
 Selection = Literal["auto", "score", "vote", "weighted_vote"]
@@ -95,6 +96,8 @@ async def score(ctx: Context, meter: Meter, question: str, candidates: Sequence[
         try:
             value, tokens, calls = await score_outcome_costed(ctx.verifier, question, cand.text)
         except (VerifierError, ContextLengthError) as exc:
+            spent = spent_before(exc)  # requests answered before the failing one (a judge asks step by step)
+            meter.charge_verifier(spent.scored_tokens, calls=spent.calls)
             if not too_long_to_score(exc):
                 raise
             refusal = refusal or exc

@@ -8,6 +8,7 @@ many children, and which to drop; this module does the rest the same way for all
 - expansion within budget: every expansion of a round is planned up front (highest priority first, trimmed as
   ``Meter.plan`` trims), then the round's backend calls run concurrently, so a batching engine sees them together;
 - PRM scoring of each new step against its whole path (``score_steps``), kept on the node with its aggregate;
+  a path too long for the verifier's context is not grown while a judged one is open;
 - KV hygiene: a node that will never be extended again (pruned, finished, or already expanded, since its
   children now hold its prefix) is released at once, so the local engine frees its private blocks;
 - live-KV accounting: the engine's own figure when it reports one, else the tree's unique live tokens (prompt
@@ -42,13 +43,15 @@ from ttc.strategies.base import (
 )
 from ttc.strategies.sampling import choose, mark_selected
 from ttc.types import Candidate, Completion, Problem, Sampling
-from ttc.verifiers.answer import extract_stated_answer, stopped_answer
+from ttc.verifiers.answer import extract_stated_answer, normalize_answer, stopped_answer
 from ttc.verifiers.base import Aggregation, ProcessVerifier, aggregate, score_steps_costed, too_long_to_score
+from ttc.verifiers.prm import spent_before
 
 TreeSelection = Literal["score", "weighted_vote"]
 
 NO_PROCESS_VERIFIER = ("tree searches score every step with a process verifier: pass one, e.g. solve(..., "
                        "verifier=prm) with a ProcessVerifier (score_steps)")
+TOO_LONG = "longer than the verifier's context"
 
 
 class TreeSearchOptions(StrategyOptions):
@@ -83,7 +86,8 @@ class StepNode:
     depth: int
     step_scores: tuple[float, ...] = ()
     score: float = 0.0
-    scored: bool = False  # False where the wall time ran out before the verifier saw it, or it is blank lines only
+    scored: bool = False  # False where the wall time ran out before the verifier saw it, blank lines, or too long
+    too_long: bool = False  # the verifier refused its path as longer than its context (so it refuses every child's)
     complete: bool = False
     cut: bool = False  # the step ran out of tokens (finish reason "length")
     ended: bool = False  # the model ended the solution here (rather than max_depth)
@@ -267,6 +271,7 @@ class SearchTree:
         for child in created:
             if child.complete:
                 await self._finish(child)
+        await self._set_aside_unjudgeable()
         for node in expanded:
             await self._release(node)
         return created
@@ -353,16 +358,19 @@ class SearchTree:
             if node.id in blank_ids:
                 return
             if not node.text.strip():
-                parent = node.parent  # a step before it is not blank: the parent is a step, scored or left late
+                parent = node.parent  # a step before it is not blank: the parent is a step, scored, late or too long
                 if parent is not None and parent.scored:
                     results[node.id] = list(parent.step_scores)
-                return
+                if parent is None or not parent.too_long:
+                    return  # under a path too long, asked again: the verifier's refusal names it as one
             if self.meter.time_left() == 0.0:
                 return
             steps = [s for s in (step.text.strip() for step in node.path()) if s]
             try:
                 scored = await score_steps_costed(self.prm, self.ctx.question_text(self.problem.question), steps)
             except (VerifierError, ContextLengthError) as exc:
+                spent = spent_before(exc)  # requests answered before the failing one (a judge asks step by step)
+                self.meter.charge_verifier(spent.scored_tokens, calls=spent.calls)
                 if not too_long_to_score(exc):
                     raise
                 too_long[node.id] = exc
@@ -404,10 +412,24 @@ class SearchTree:
         if too_long:  # ranked as a blank path is: never above a judged step, and left out of a choice by score
             for node in nodes:
                 if node.id in too_long:
-                    node.score = floor
+                    node.score, node.too_long = floor, True
             self.ctx.recorder.event("unscored", {"reason": "verifier_context", "scored": len(results),
                                                  "unscored": len(too_long), "node_ids": list(too_long),
                                                  "ranked_as": floor, "error": str(next(iter(too_long.values())))})
+
+    async def _set_aside_unjudgeable(self) -> None:
+        """Drop the open paths too long for the verifier while a judged one is open: every step only lengthens a
+        path, so nothing grown under one can be scored, ranked against a judged path or chosen by score, and the
+        budget it would take goes to judged paths instead. Where no judged path is open they are grown on blind,
+        so that the search can still end with an answer, unless a judged solution already states one: a choice
+        by score would leave out anything grown under them."""
+        unjudgeable = [node for node in self.nodes if node.open and node.too_long]
+        if not unjudgeable:
+            return
+        if any(node.open and node.scored for node in self.nodes):
+            await self.prune(unjudgeable, TOO_LONG)
+        elif any(node.scored and node.answer is not None and normalize_answer(node.answer) for node in self.finished):
+            await self.prune(unjudgeable, f"{TOO_LONG}, and a judged solution states an answer")
 
     async def _finish(self, node: StepNode) -> None:
         # A path whose last step ran out of tokens stops mid-line, and one stopped by max_depth mid-solution.
@@ -503,5 +525,5 @@ class TreeSearch(Strategy[TreeOptionsT]):
         """Grow and prune ``tree`` until the budget or the search is done."""
 
 
-__all__ = ["NO_PROCESS_VERIFIER", "SearchTree", "StepNode", "TreeSearch", "TreeSearchOptions", "TreeSelection",
-           "by_rank", "choose_leaves", "ends_solution", "plan_round"]
+__all__ = ["NO_PROCESS_VERIFIER", "TOO_LONG", "SearchTree", "StepNode", "TreeSearch", "TreeSearchOptions",
+           "TreeSelection", "by_rank", "choose_leaves", "ends_solution", "plan_round"]

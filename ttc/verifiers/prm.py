@@ -63,6 +63,24 @@ class StepScoreCache:
         self._lru.put(key, value)
 
 
+class PartlyScored(VerifierError):
+    """A scoring that failed after some of its requests were answered (a judge asks about each step in a request
+    of its own, and a later step can overflow its context): those were spent, and ``spent`` holds the steps judged
+    before the failure and what they cost, so that the caller charges them also where it leaves the solution
+    unscored. The failure itself is the cause (``too_long_to_score`` reads it there)."""
+
+    def __init__(self, message: str, spent: StepScores) -> None:
+        super().__init__(message)
+        self.spent = spent
+
+
+def spent_before(exc: BaseException) -> StepScores:
+    """What a scoring that raised ``exc`` spent before it failed. Nothing, unless it is a ``PartlyScored``: every
+    other family sends one request per scoring, and a backend refuses a prompt too long for its context before
+    computing any of it."""
+    return exc.spent if isinstance(exc, PartlyScored) else StepScores(())
+
+
 class CachedPRM(ABC):
     """Shared machinery: the cache, usage counters, and the ProcessVerifier methods."""
 
@@ -98,15 +116,25 @@ class CachedPRM(ABC):
             cached.append(value)
         if len(cached) == len(steps):
             return StepScores(tuple(cached), 0, len(cached))
-        scores, new_tokens = await self._score(question, steps, cached)
+        try:
+            scores, new_tokens = await self._score(question, steps, cached)
+        except PartlyScored as exc:
+            self._keep(keys, exc.spent)
+            raise
         if len(scores) != len(steps):
             raise VerifierError(f"{self.preset.name}: got {len(scores)} scores for {len(steps)} steps")
-        for key, value in zip(keys, scores, strict=True):
-            self.cache.put(key, value)
-        self.scored_tokens += new_tokens
         requests = len(steps) - len(cached) if self.call_per_step else 1
-        self.calls += requests
-        return StepScores(tuple(scores), new_tokens, len(cached), requests)
+        result = StepScores(tuple(scores), new_tokens, len(cached), requests)
+        self._keep(keys, result)
+        return result
+
+    def _keep(self, keys: Sequence[bytes], scored: StepScores) -> None:
+        """Steps judged before a failure are kept as a finished scoring's are: what they cost is counted, and
+        the next path through them asks only about the rest."""
+        for key, value in zip(keys[: len(scored.scores)], scored.scores, strict=True):
+            self.cache.put(key, value)
+        self.scored_tokens += scored.scored_tokens
+        self.calls += scored.calls
 
     async def score_many(self, question: str, candidates: Sequence[Sequence[str]]) -> list[list[float]]:
         """Score several candidates concurrently (the backend batches them)."""
@@ -307,13 +335,21 @@ class GenerativeJudge(CachedPRM):
     async def _score(self, question: str, steps: Sequence[str], cached: Sequence[float]) -> tuple[list[float], int]:
         good, bad = await self.single_token(self.preset.good), await self.single_token(self.preset.bad)
         scores = list(cached)  # as found before the awaits above: re-read after them, an evicted one read as 0.0
-        sent = 0
-        for k in range(len(cached), len(steps)):
-            text = self.TEMPLATE.format(question=question, previous="\n".join(steps[:k]) or "(none)", step=steps[k])
-            ids = await self.backend.tokenize(text, add_special_tokens=True) + [good]
-            lp = await self._logprobs(ids, self.preset.top_k)
-            scores.append(judgement(lp.top[-1], good, bad, f"step {k + 1}", actual=ids[-1], top_k=self.preset.top_k))
-            sent += len(ids)
+        sent = asked = 0
+        try:
+            for k in range(len(cached), len(steps)):
+                text = self.TEMPLATE.format(question=question, previous="\n".join(steps[:k]) or "(none)",
+                                            step=steps[k])
+                ids = await self.backend.tokenize(text, add_special_tokens=True) + [good]
+                lp = await self._logprobs(ids, self.preset.top_k)
+                sent, asked = sent + len(ids), asked + 1
+                scores.append(judgement(lp.top[-1], good, bad, f"step {k + 1}", actual=ids[-1],
+                                        top_k=self.preset.top_k))
+        except VerifierError as exc:
+            if not asked:
+                raise
+            # The requests answered before this one were computed: spent, whether or not the solution is scored.
+            raise PartlyScored(str(exc), StepScores(tuple(scores), sent, len(cached), asked)) from exc
         return scores, sent
 
 
@@ -333,5 +369,6 @@ def judge(backend: Backend, *, yes: str = " Yes", no: str = " No", top_k: int = 
     return GenerativeJudge(backend, PRMPreset(name="judge", family="chat", good=yes, bad=no, top_k=top_k))
 
 
-__all__ = ["CachedPRM", "ChatPRM", "GenerativeJudge", "LikelihoodPRM", "PoolingPRM", "StepScoreCache", "StepScores",
-           "SupportsChatTemplate", "SupportsPooling", "TokenPRM", "judge", "judgement", "load_prm"]
+__all__ = ["CachedPRM", "ChatPRM", "GenerativeJudge", "LikelihoodPRM", "PartlyScored", "PoolingPRM", "StepScoreCache",
+           "StepScores", "SupportsChatTemplate", "SupportsPooling", "TokenPRM", "judge", "judgement", "load_prm",
+           "spent_before"]
