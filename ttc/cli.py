@@ -49,12 +49,15 @@ UrlOpt = Annotated[str | None, typer.Option(help="vLLM server URL (comma-separat
 ModelOpt = Annotated[str | None, typer.Option(help="Hugging Face model folder for the local engine")]
 DbOpt = Annotated[str | None, typer.Option("--db", help="trace store: file path or SQLAlchemy URL (TTC_DB)")]
 OptionOpt = Annotated[list[str] | None, typer.Option("--option", "-o", help="strategy option KEY=VALUE")]
+TEMPLATE_HELP = ("how each question is put to the model: text holding {question}%s, e.g. $'Q: {question}\\nA:' in "
+                 "bash; or 'mini', the bundled mini models' own (the question, then a newline). Default: the setup's "
+                 "own (the mini models' for the embedded default, a generic 'Question: ...' one for other models)")
 PromptTemplateOpt = Annotated[str | None, typer.Option(
     "--prompt-template",
-    help="how each question is put to the model: text holding {question} (and {context} with --context, "
-         "{context} and {notes} with --notes), e.g. $'Q: {question}\\nA:' in bash; or 'mini', the bundled mini "
-         "models' own (the question, then a newline). Default: the setup's own (the mini models' for the embedded "
-         "default, a generic 'Question: ...' one for other models)")]
+    help=TEMPLATE_HELP % " (and {context} with --context, {context} and {notes} with --notes)")]
+EvalPromptTemplateOpt = Annotated[str | None, typer.Option(
+    "--prompt-template", help=TEMPLATE_HELP % " (a dataset of questions about contexts asks them through the "
+                                              "model's context template instead, and refuses this option)")]
 
 MINI_TEMPLATE = "mini"
 """The name ``--prompt-template`` takes for the bundled mini models' own template."""
@@ -266,7 +269,7 @@ def eval_cmd(
              "datasets of questions about contexts: synthetic-stateful, or JSONL rows with a 'context')")] = None,
     sleep_option: Annotated[list[str] | None, typer.Option(
         "--sleep-option", help="sleep option KEY=VALUE: n, max_tokens, temperature, top_p, check_arithmetic")] = None,
-    template: PromptTemplateOpt = None,
+    template: EvalPromptTemplateOpt = None,
     db: DbOpt = None,
 ) -> None:
     """Evaluate a strategy on a dataset: accuracy, mean tokens, wall time; every trace is recorded."""
@@ -305,12 +308,17 @@ def eval_cmd(
                 return await evaluate(problems, Budget.of(budget), session, strategy=strategy, options=options,
                                       seed=seed, concurrency=concurrency, config=config, resume=resume,
                                       progress=lambda _p, _r: bar.advance(task),
-                                      budget_scope=scope, sleep=sleep, sleep_opts=sleep_opts)
+                                      budget_scope=scope, sleep=sleep, sleep_opts=sleep_opts, opened=runs.append)
         finally:
             await session.aclose()
 
+    runs: list[str] = []
     try:
         report = run_interruptible(main)
+    except KeyboardInterrupt:  # the run reads 'interrupted'; its id is what --resume needs
+        if runs:
+            err.print(f"run {runs[0]} interrupted: rerun with --resume {runs[0]}", soft_wrap=True)
+        raise
     except EvaluationStopped as stopped:  # what was done is shown; the store's error (exit 2) comes after it
         if stopped.report is not None:
             _print_report(stopped.report, sleeps=sleep is not None)

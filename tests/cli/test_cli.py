@@ -582,10 +582,13 @@ def test_sigterm_fails_the_open_traces_and_marks_the_run_interrupted(tmp_path: P
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 130
+    stderr = proc.stderr.read() if proc.stderr is not None else ""
     with TraceStore(str(db), read_only=True) as store:
         [run] = store.list_runs()
         traces = store.list_traces(run_id=run.id, limit=100)
         assert run.status == "interrupted"
+        # It said only "interrupted": the id --resume needs was left to be found in the store.
+        assert f"run {run.id} interrupted: rerun with --resume {run.id}" in stderr
         assert not [t for t in traces if t.status == "running"]
         assert {store.get_trace(t.id).error for t in traces if t.status == "failed"} == {"cancelled"}
         assert 2 <= len([t for t in traces if t.status == "done"]) < 40

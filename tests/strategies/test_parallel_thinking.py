@@ -104,7 +104,8 @@ async def test_the_setups_synthesizer_reads_every_path_and_its_solution_is_the_a
     assert usage.generated_tokens == sum(len(p) for p in PATHS) + len(text)
     assert usage.backend_calls == 2 and usage.prompt_tokens == len("q?\n") + len(shown)
     [event] = [e.payload for e in ctx.recorder.events() if e.kind == "synthesis"]
-    assert event == {"synthesizer": "setup", "paths": 3, "shown": 3, "left_out": 0, "prompt_tokens": len(shown)}
+    assert event == {"synthesizer": "setup", "model": synth.name, "paths": 3, "shown": 3, "left_out": 0,
+                     "prompt_tokens": len(shown)}
     nodes = ctx.recorder.nodes()
     # The question and its three paths; the synthesis prompt is a root of its own, its solution the selected node.
     assert [(n.parent, n.status) for n in nodes] == [(None, "active"), (0, "finished"), (0, "finished"),

@@ -42,6 +42,7 @@ def test_the_synthesizer_reads_the_paths_and_writes_a_solution_in_the_reasoners_
                                                     MINI_SYNTHESIS_TEMPLATE, MINI_PATH_TEMPLATE)
         [event] = [e.payload for e in record.events if e.kind == "synthesis"]
         assert event["synthesizer"] == "setup" and event["shown"] == 8 and event["left_out"] == 0
+        assert str(event["model"]).endswith("mini/synthesizer")
         [final] = [n for n in record.nodes if n.parent == prompt_node.id]
         assert final.status == "selected" and final.text == result.text
         assert SOLUTION.fullmatch(result.text.strip()), result.text

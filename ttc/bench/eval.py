@@ -96,8 +96,10 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
                    options: Mapping[str, object], seed: int, concurrency: int = 8,
                    config: Mapping[str, object] | None = None, resume: str | None = None,
                    progress: Progress | None = None, budget_scope: BudgetScope = "question",
-                   sleep: Budget | None = None, sleep_opts: Mapping[str, object] | None = None) -> EvalReport:
+                   sleep: Budget | None = None, sleep_opts: Mapping[str, object] | None = None,
+                   opened: Callable[[str], object] | None = None) -> EvalReport:
     """Solve and grade ``problems``; with ``resume`` set, continue that run instead of starting a new one.
+    ``opened`` is told the run's id once the run is open (a caller interrupted later can name it for ``--resume``).
 
     ``budget`` is each problem's. With ``budget_scope="batch"`` the problems still to solve share ``budget`` times
     their number (``ttc.pooled``), so a run spends the same on average and the controller decides where; a resumed
@@ -163,6 +165,8 @@ async def evaluate(problems: Sequence[Problem], budget: Budget, session: Session
                 "sleep_options": dict(sleep_opts or {})}
     await check_template_reads(problems[0], session)
     with _open_run(store, resume, {**(config or {}), RUN_SETTINGS: settings}, problems) as run_id:
+        if opened is not None:
+            opened(run_id)
         done_before = store.done_problem_indices(run_id)
         todo = [p for p in problems if p.index not in done_before]
         given_run, given_events, given_notes, given_plan = (session.run_id, session.extra_events, session.notes,

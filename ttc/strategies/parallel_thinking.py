@@ -90,8 +90,8 @@ class ParallelThinking(Strategy[ParallelThinkingOptions]):
                                                             paths)
         node = ctx.recorder.add_node(parent=None, text=text, token_count=len(tokens))
         ctx.recorder.event("synthesis", {"synthesizer": "setup" if ctx.synthesizer else "target",
-                                         "paths": len(paths), "shown": shown, "left_out": len(paths) - shown,
-                                         "prompt_tokens": len(tokens)}, node_id=node)
+                                         "model": synthesizer.name, "paths": len(paths), "shown": shown,
+                                         "left_out": len(paths) - shown, "prompt_tokens": len(tokens)}, node_id=node)
         # Where no path fits the prompt, a synthesis would answer unaided after every path was paid for.
         final = await self._synthesize(ctx, synthesizer, meter, tokens, node) if shown or not paths else None
         # "States an answer" as a vote counts one: a synthesis answering `\,`, or nested past reading, does not.

@@ -50,7 +50,8 @@ from ttc.verifiers.prm import spent_before
 TreeSelection = Literal["score", "weighted_vote"]
 
 NO_PROCESS_VERIFIER = ("tree searches score every step with a process verifier: pass one, e.g. solve(..., "
-                       "verifier=prm) with a ProcessVerifier (score_steps)")
+                       "verifier=prm) with a ProcessVerifier (score_steps); on the command line only the embedded "
+                       "default has one (leave out --model and --url), so search another model from Python")
 TOO_LONG = "longer than the verifier's context"
 
 
