@@ -8,13 +8,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+from cancelling import CancelledAtRelease
 
 from ttc.budget import Meter
 from ttc.errors import ConfigError, VerifierError
 from ttc.strategies.base import Context, make_strategy
 from ttc.testing import ScriptedBackend
 from ttc.trace import TraceRecorder
-from ttc.types import Budget, Completion, Problem, Sampling
+from ttc.types import Budget, Problem
 from ttc.verifiers.base import StepScores, StepwiseOutcome
 
 pytestmark = pytest.mark.anyio
@@ -317,29 +318,6 @@ async def test_unscored_samples_still_answer_where_no_scored_one_does() -> None:
     assert verifier.calls == 2 and result.answer == "7"
     select = next(e for e in ctx.recorder.events() if e.kind == "select")
     assert select.payload["unscored"] == 0
-
-
-class CancelledAtRelease(ScriptedBackend):
-    """Its caller is cancelled as release number ``at`` is made, and with ``again`` once more at the next one.
-    Each release is taken at once and answered after a round trip, as the local engine's is: that wait is where
-    a cancellation (asyncio.wait_for's timeout) lands."""
-
-    def __init__(self, responses: Sequence[str], at: int, again: bool) -> None:
-        super().__init__(responses)
-        self.at, self.again = at, again
-        self.victim: asyncio.Task[object] | None = None
-        self.drawn: set[tuple[int, ...]] = set()
-
-    async def complete(self, prompt: Sequence[int], n: int, sampling: Sampling) -> list[Completion]:
-        out = await super().complete(prompt, n, sampling)
-        self.drawn.update(tuple(prompt) + tuple(c.token_ids) for c in out)
-        return out
-
-    async def release(self, prompt: Sequence[int]) -> None:
-        await super().release(prompt)
-        if self.victim is not None and len(self.released) in {self.at, self.at + self.again}:
-            self.victim.cancel()
-        await asyncio.sleep(0)
 
 
 @pytest.mark.parametrize("again", [False, True])

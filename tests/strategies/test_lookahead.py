@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from cancelling import CancelledAtRelease
 
 from ttc import solve
 from ttc.budget import Meter
@@ -102,28 +103,12 @@ async def test_every_round_releases_what_it_generated() -> None:
     assert len(target.released) == len(target.calls)
 
 
-class CancellingReleases(ScriptedBackend):
-    """A writer of TARGET whose caller is cancelled as its release number ``at`` is made, and with ``again`` at the
-    next one too; each release is answered after a round trip, where a timeout's cancellation lands."""
-
-    def __init__(self, at: int, again: bool) -> None:
-        super().__init__(script(TARGET))
-        self.at, self.again = at, again
-        self.victim: asyncio.Task[object] | None = None
-
-    async def release(self, prompt: Sequence[int]) -> None:
-        await super().release(prompt)
-        if self.victim is not None and len(self.released) in {self.at, self.at + self.again}:
-            self.victim.cancel()
-        await asyncio.sleep(0)
-
-
 @pytest.mark.parametrize("again", [False, True])
 @pytest.mark.parametrize("at", [1, 2])
 async def test_a_cancellation_while_a_round_is_released_still_releases_all_of_it(at: int, again: bool) -> None:
     """An anyio shield does not stop asyncio's task.cancel(): a cancellation between two releases left the rest of
     the round held in the caller's backends."""
-    target, draft = writer(TARGET), CancellingReleases(at, again)
+    target, draft = writer(TARGET), CancelledAtRelease(script(TARGET), at, again)
     task: asyncio.Task[object] = asyncio.ensure_future(
         make_strategy("lookahead", {"gamma": 3}).run(Problem(question="q"), Meter(Budget(tokens=10_000)),
                                                      ctx_for(target, draft)))

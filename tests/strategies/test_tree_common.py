@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
+from cancelling import CancelledAtRelease
 from tree_doubles import (
     HashPRM,
     TablePRM,
@@ -478,33 +479,8 @@ def test_rebase_gives_a_tied_remainder_to_a_judged_step_before_an_unscored_one()
     assert apportion([node(1, -1.0, True), judged], [0.5, 0.5], 1) == {1: 1, 3: 0}  # judged alike: the older
 
 
-class CancelledAtRelease(ScriptedBackend):
-    """Its caller is cancelled as release number ``at`` is made, and with ``again`` once more at the next one (a
-    timeout, then an impatient caller's second cancel). Each release is taken at once and answered after a round
-    trip, as the local engine's is: that wait is where a cancellation lands."""
-
-    def __init__(self, at: int, again: bool) -> None:
-        super().__init__(random_responder)
-        self.at, self.again = at, again
-        self.victim: asyncio.Task[object] | None = None
-        self.drawn: set[tuple[int, ...]] = set()
-        self.requests = 0
-
-    async def complete(self, prompt: Sequence[int], n: int, sampling: Sampling) -> list[Completion]:
-        out = await super().complete(prompt, n, sampling)
-        self.drawn.update(tuple(prompt) + tuple(c.token_ids) for c in out)
-        return out
-
-    async def release(self, prompt: Sequence[int]) -> None:
-        await super().release(prompt)
-        self.requests += 1
-        if self.victim is not None and self.requests in {self.at, self.at + self.again}:
-            self.victim.cancel()
-        await asyncio.sleep(0)
-
-
 async def _cancelled_search(name: str, at: int, again: bool) -> CancelledAtRelease:
-    backend = CancelledAtRelease(at, again)
+    backend = CancelledAtRelease(random_responder, at, again)
     task: asyncio.Task[object] = asyncio.ensure_future(run_search(name, SEARCHES[name], backend, HashPRM()))
     backend.victim = task
     with contextlib.suppress(asyncio.CancelledError):
@@ -519,7 +495,7 @@ async def test_a_search_cancelled_at_any_release_still_releases_every_sequence_i
     """A second cancellation during a cancelled search's cleanup (anyio's shield does not stop asyncio's own
     task.cancel()) cut its close off after one release, and one during the close of a finished search did too:
     the KV of every node not yet released stayed held in the caller's backend."""
-    releases = (await _cancelled_search(name, 0, again=False)).requests
+    releases = len((await _cancelled_search(name, 0, again=False)).released)
     assert releases > 5
     for at in range(1, releases + 1):
         backend = await _cancelled_search(name, at, again)
