@@ -226,6 +226,27 @@ def test_a_draft_and_a_synthesizer_load_off_the_event_loop_and_once_for_a_batch(
     assert loop_thread not in [thread for _, thread in loads]
 
 
+class Closing(ScriptedBackend):
+    """Counts its closes."""
+
+    closed = 0
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+def wait_until_closed(model: Closing, before: set[int | None]) -> None:
+    """Wait (10 s at most) for ``model`` to close and for every thread the open started since ``before`` to end:
+    a caller that went away leaves the closing to the opening thread."""
+    deadline = time.monotonic() + 10
+    while (model.closed == 0 or [t for t in threading.enumerate() if t.ident not in before and
+                                 t.name in ("ttc-trace-writer", "ttc-open", "ttc-undo")]) \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert model.closed == 1
+    assert [t.name for t in threading.enumerate() if t.ident not in before and t.name == "ttc-trace-writer"] == []
+
+
 @pytest.mark.parametrize("cancels", [1, 2])
 def test_asolve_cancelled_while_its_backend_loads_closes_what_the_load_opened(monkeypatch: pytest.MonkeyPatch,
                                                                               tmp_path: Path, cancels: int) -> None:
@@ -234,14 +255,8 @@ def test_asolve_cancelled_while_its_backend_loads_closes_what_the_load_opened(mo
     import ttc.session
     from ttc.config import BackendSetup
 
-    class Engine(ScriptedBackend):
-        closed = 0
-
-        async def aclose(self) -> None:
-            self.closed += 1
-
     loading, finish = threading.Event(), threading.Event()
-    backend = Engine(["The answer is 4."])
+    backend = Closing(["The answer is 4."])
 
     def default_backend(**kwargs: object) -> BackendSetup:
         loading.set()
@@ -265,13 +280,7 @@ def test_asolve_cancelled_while_its_backend_loads_closes_what_the_load_opened(mo
     asyncio.run(main())
     assert backend.closed == 0
     finish.set()
-    deadline = time.monotonic() + 10
-    while (backend.closed == 0 or [t for t in threading.enumerate() if t.ident not in before and
-                                   t.name in ("ttc-trace-writer", "ttc-open", "ttc-undo")]) \
-            and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert backend.closed == 1
-    assert [t.name for t in threading.enumerate() if t.ident not in before and t.name == "ttc-trace-writer"] == []
+    wait_until_closed(backend, before)
     with TraceStore(str(tmp_path / "t.db"), read_only=True) as store:
         assert store.list_traces() == []  # cancelled before any question began
 
@@ -283,22 +292,16 @@ def test_a_draft_loading_when_its_solve_is_cancelled_is_closed_with_the_setup(
     import ttc.session
     from ttc.config import BackendSetup
 
-    class Model(ScriptedBackend):
-        closed = 0
-
-        async def aclose(self) -> None:
-            self.closed += 1
-
     loading, finish = threading.Event(), threading.Event()
-    draft = Model(["1 + 1 = 2\nThe answer is 2."])
+    draft = Closing(["1 + 1 = 2\nThe answer is 2."])
 
-    def load_draft() -> Model:
+    def load_draft() -> Closing:
         loading.set()
         assert finish.wait(10), "the event loop never got to cancel the call"
         return draft
 
     monkeypatch.setattr(ttc.session, "default_backend", lambda **kwargs: BackendSetup(
-        backend=Model(["1 + 1 = 2\nThe answer is 2."]), draft_loader=load_draft))
+        backend=Closing(["1 + 1 = 2\nThe answer is 2."]), draft_loader=load_draft))
 
     async def main() -> None:
         task = asyncio.ensure_future(asolve("1+1?", 400, store=False, strategy="lookahead"))
@@ -321,14 +324,8 @@ def test_a_session_opening_when_its_event_loop_shuts_down_is_closed_once_open(mo
     import ttc.session
     from ttc.config import BackendSetup
 
-    class Model(ScriptedBackend):
-        closed = 0
-
-        async def aclose(self) -> None:
-            self.closed += 1
-
     loading, finish = threading.Event(), threading.Event()
-    model = Model(["The answer is 4."])
+    model = Closing(["The answer is 4."])
 
     def default_backend(**kwargs: object) -> BackendSetup:
         loading.set()
@@ -346,13 +343,7 @@ def test_a_session_opening_when_its_event_loop_shuts_down_is_closed_once_open(mo
 
     asyncio.run(main())
     finish.set()
-    deadline = time.monotonic() + 10
-    while (model.closed == 0 or [t for t in threading.enumerate() if t.ident not in before and
-                                 t.name in ("ttc-trace-writer", "ttc-open", "ttc-undo")]) \
-            and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert model.closed == 1
-    assert [t.name for t in threading.enumerate() if t.ident not in before and t.name == "ttc-trace-writer"] == []
+    wait_until_closed(model, before)
 
 
 def test_nothing_configured_runs_the_embedded_mini_models(monkeypatch: pytest.MonkeyPatch) -> None:
