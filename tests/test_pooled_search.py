@@ -14,7 +14,7 @@ from pooled_doubles import answer, events
 
 from ttc import solve_batch
 from ttc.budget import Meter
-from ttc.errors import BackendError, ConfigError
+from ttc.errors import BackendError, ConfigError, ContextLengthError, VerifierError
 from ttc.pooled_search import MAX_SEARCHES, _Searcher
 from ttc.storage import TraceStore
 from ttc.strategies.tree import StepNode
@@ -238,3 +238,36 @@ def test_a_solution_without_an_answer_does_not_turn_the_margin_into_zero() -> No
     searcher = _searcher_with(_solution(1, "7", 0.0), _solution(2, "7", 0.0), _solution(3, "9", 0.0),
                              _solution(4, None, 0.9))
     assert searcher.margin() == 1 / 3
+
+
+class ThirtyCharacterPRM:
+    """Scores 0.9 for "The answer is 1.", 0.4 else, and refuses a path over 30 characters as too long."""
+
+    async def score_steps(self, question: str, steps: Sequence[str]) -> list[float]:
+        if sum(len(step) for step in steps) > 30:
+            raise VerifierError("cannot score this solution") from ContextLengthError("no room in its context")
+        return [0.9 if step == "The answer is 1." else 0.4 for step in steps]
+
+
+def test_a_later_search_whose_first_steps_are_too_long_keeps_the_questions_judged_answer(tmp_path: Path) -> None:
+    """A question's second search, every first step of it too long for the verifier, raised as if the question
+    had no judged path at all: the whole batch failed, the questions already decided among it."""
+    first_search: dict[int | None, int] = {}
+
+    def respond(prompt_text: str, index: int, seed: int | None) -> str:
+        head, path = prompt_text.split("\n", 1)
+        if head != "Q: q":
+            return "The answer is 7.\n"
+        if path:
+            return "The answer is 3.\n"
+        if first_search.setdefault(seed, len(first_search)) == 0:  # two judged answers that disagree
+            return ["The answer is 1.\n", "The answer is 2.\n"][index % 2]
+        return "y = " + "9" * 40 + "\n"
+
+    db = str(tmp_path / "t.db")
+    results = solve_batch(["q", "q2", "q3"], 2000, strategy="rebase", backend=ScriptedBackend(respond),
+                          verifier=ThirtyCharacterPRM(), store=db, seed=1, budget_scope="batch",
+                          prompt_template="Q: {question}\n", width=2, max_step_tokens=50)
+    assert [r.answer for r in results] == ["1", "7", "7"] and len(first_search) > 1  # q was searched again
+    with TraceStore(db, read_only=True) as store:
+        assert {t.status for t in store.list_traces()} == {"done"}

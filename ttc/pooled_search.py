@@ -64,7 +64,8 @@ class _Searcher:
                                      "options": runner.options.model_dump()})
         before = run.meter.usage().generated_tokens
         run.meter.allow(tokens=grant.tokens, calls=grant.calls)
-        tree = await SearchTree.open(run.problem, run.meter, run.ctx, runner.options, root=self.root)
+        tree = await SearchTree.open(run.problem, run.meter, run.ctx, runner.options, root=self.root,
+                                     earlier=self.finished)
         self.root = tree.root
         tree.rounds = self.rounds
         self.leftover += await runner.grow(tree)

@@ -186,14 +186,16 @@ class SearchTree:
         self.root = root
         self.nodes: list[StepNode] = [root]
         self.finished: list[StepNode] = []
+        self.earlier: tuple[StepNode, ...] = ()  # solutions of earlier searches of the question (see open)
         self.rounds = 0
 
     @classmethod
     async def open(cls, problem: Problem, meter: Meter, ctx: Context, options: TreeSearchOptions, *,
-                   root: StepNode | None = None) -> SearchTree:
+                   root: StepNode | None = None, earlier: Sequence[StepNode] = ()) -> SearchTree:
         """A new search over ``problem``; from ``root``, the root of an earlier search of the same question, it
         grows new children under that recorded prompt node instead of opening another (a pooled batch's next
-        search for a question: one tree per question in its trace)."""
+        search for a question: one tree per question in its trace). ``earlier`` are the solutions those searches
+        finished: where they were judged, the question can be answered whatever this search's paths are."""
         if ctx.prm is None:
             raise ConfigError(NO_PROCESS_VERIFIER)
         if not ctx.step_delimiter:
@@ -206,6 +208,7 @@ class SearchTree:
             root = StepNode(id=root.id, parent=None, prefix=root.prefix, token_ids=root.token_ids, text=root.text,
                             depth=0)
         tree = cls(problem, meter, ctx, ctx.prm, options, root)
+        tree.earlier = tuple(earlier)
         tree.note_kv()
         return tree
 
@@ -407,7 +410,7 @@ class SearchTree:
             self.ctx.recorder.event("unscored", {"reason": "blank_steps", "scored": len(results),
                                                  "unscored": len(blank), "node_ids": [n.id for n in blank],
                                                  "ranked_as": floor})
-        if too_long and not results and not any(node.scored for node in self.nodes):
+        if too_long and not results and not any(node.scored for node in (*self.earlier, *self.nodes)):
             # Not even the first steps fit: every path only grows, so the search would go on blind.
             raise next(iter(too_long.values()))
         if too_long:  # ranked as a blank path is: never above a judged step, and left out of a choice by score
@@ -429,7 +432,8 @@ class SearchTree:
             return
         if any(node.open and node.scored for node in self.nodes):
             await self.prune(unjudgeable, TOO_LONG)
-        elif any(node.scored and node.answer is not None and normalize_answer(node.answer) for node in self.finished):
+        elif any(node.scored and node.answer is not None and normalize_answer(node.answer)
+                 for node in (*self.earlier, *self.finished)):
             await self.prune(unjudgeable, f"{TOO_LONG}, and a judged solution states an answer")
 
     async def _finish(self, node: StepNode) -> None:
