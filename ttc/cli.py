@@ -305,18 +305,22 @@ def eval_cmd(
         try:
             with _progress() as bar:
                 task = bar.add_task(f"{dataset} · {strategy}", total=len(problems))
-                return await evaluate(problems, Budget.of(budget), session, strategy=strategy, options=options,
-                                      seed=seed, concurrency=concurrency, config=config, resume=resume,
-                                      progress=lambda _p, _r: bar.advance(task),
-                                      budget_scope=scope, sleep=sleep, sleep_opts=sleep_opts, opened=runs.append)
+                finished.append(await evaluate(
+                    problems, Budget.of(budget), session, strategy=strategy, options=options, seed=seed,
+                    concurrency=concurrency, config=config, resume=resume, progress=lambda _p, _r: bar.advance(task),
+                    budget_scope=scope, sleep=sleep, sleep_opts=sleep_opts, opened=runs.append))
+                return finished[0]
         finally:
             await session.aclose()
 
     runs: list[str] = []
+    finished: list[EvalReport] = []  # the run's report, once it has ended (a signal may come while closing)
     try:
         report = run_interruptible(main)
-    except KeyboardInterrupt:  # the run reads 'interrupted'; its id is what --resume needs
-        if runs:
+    except KeyboardInterrupt:
+        if finished:
+            _print_report(finished[0], sleeps=sleep is not None)
+        elif runs:  # the run reads 'interrupted'; its id is what --resume needs
             err.print(f"run {runs[0]} interrupted: rerun with --resume {runs[0]}", soft_wrap=True)
         raise
     except EvaluationStopped as stopped:  # what was done is shown; the store's error (exit 2) comes after it

@@ -846,3 +846,35 @@ def test_eval_with_a_template_the_model_cannot_read_stops_once_before_the_run_op
     assert "--resume" not in message and "Traceback" not in message
     with TraceStore(str(db)) as store:
         assert store.list_runs() == [] and store.list_traces(limit=None) == []
+
+
+SLOW_CLOSE = '''
+import asyncio, sys
+import ttc.cli, ttc.session
+opened = ttc.session.Session.aclose
+async def slow(self):
+    print("closing", file=sys.stderr, flush=True)
+    await asyncio.sleep(3)
+    await opened(self)
+ttc.session.Session.aclose = slow
+sys.argv = ["ttc", *sys.argv[1:]]
+ttc.cli.main()
+'''
+
+
+def test_a_signal_while_a_finished_eval_closes_prints_its_report_not_a_resume(tmp_path: Path) -> None:
+    """Interrupted once the run had ended (its session closing, which waits for a helper model still loading), it
+    said the done run was interrupted and to resume it, and printed no report."""
+    script = tmp_path / "slow_close.py"
+    script.write_text(SLOW_CLOSE, encoding="utf-8")
+    db = tmp_path / "e.db"
+    proc = subprocess.Popen([sys.executable, str(script), "eval", "--backend", "scripted", "--dataset", "synthetic",
+                             "--limit", "3", "--strategy", "best_of_n", "-o", "n=1", "--db", str(db)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None and proc.stderr.readline().strip() == "closing"
+    proc.send_signal(signal.SIGTERM)
+    out, errors = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "--resume" not in errors, errors
+    with TraceStore(str(db), read_only=True) as store:
+        [run] = store.list_runs()
+    assert run.status == "done" and f"inspect: ttc traces list --run {run.id}" in " ".join(out.split())
