@@ -161,26 +161,31 @@ async def main(args: argparse.Namespace) -> None:
         print(arms[-1].line(), flush=True)
         arms.append(await run("per-question SC", "self_consistency", early_stop, args.samples * MAX_TOKENS))
         print(arms[-1].line(), flush=True)
-        evens: dict[float, Arm] = {}
-        for fraction in args.fractions:
-            k = even_samples(fraction, args.samples)
-            evens[fraction] = uniform if k == args.samples else await run(
-                f"uniform@{k}", "best_of_n", {"n": k, **SELECTIONS[args.select]}, k * MAX_TOKENS)
-            if k != args.samples:
-                arms.append(evens[fraction])
-                print(arms[-1].line(), flush=True)
+        # Fractions whose even splits draw the same samples a question (0.25 and 0.5 of 2) share one arm: it ran
+        # and was listed once for each.
+        by_samples: dict[int, Arm] = {args.samples: uniform}
+        for k in even_splits(args.fractions, args.samples):
+            by_samples[k] = await run(f"uniform@{k}", "best_of_n", {"n": k, **SELECTIONS[args.select]},
+                                      k * MAX_TOKENS)
+            arms.append(by_samples[k])
+            print(arms[-1].line(), flush=True)
+        evens = {fraction: by_samples[even_samples(fraction, args.samples)] for fraction in args.fractions}
         pools: list[Arm] = []
+        by_tokens: dict[int, Arm] = {}  # fractions raised to one floor share its arm, as even splits do
         at_uniform: Arm | None = None
         for fraction in args.fractions:
-            if replay is not None:
-                replay.rewind()
             # A pooled batch affords at least one whole sample per problem, whatever the fraction asks.
             tokens = max(len(problems) * MAX_TOKENS, round(fraction * uniform.tokens))
-            label = f"pooled x{fraction:g}" if tokens == round(fraction * uniform.tokens) else \
-                f"pooled x{tokens / uniform.tokens:.2f} (floor)"
-            pools.append(await pooled(session, problems, label, tokens, chosen, args.seed, args.concurrency))
-            arms.append(pools[-1])
-            print(arms[-1].line(), flush=True)
+            if tokens not in by_tokens:
+                if replay is not None:
+                    replay.rewind()
+                label = f"pooled x{fraction:g}" if tokens == round(fraction * uniform.tokens) else \
+                    f"pooled x{tokens / uniform.tokens:.2f} (floor)"
+                by_tokens[tokens] = await pooled(session, problems, label, tokens, chosen, args.seed,
+                                                 args.concurrency)
+                arms.append(by_tokens[tokens])
+                print(arms[-1].line(), flush=True)
+            pools.append(by_tokens[tokens])
             if tokens == uniform.tokens:
                 at_uniform = pools[-1]
     finally:
@@ -200,6 +205,11 @@ async def main(args: argparse.Namespace) -> None:
 def even_samples(fraction: float, samples: int) -> int:
     """The samples a question of the even split at ``fraction`` of the uniform arm's budget draws."""
     return max(1, round(fraction * samples))
+
+
+def even_splits(fractions: Sequence[float], samples: int) -> list[int]:
+    """The even-split arms to run besides the uniform one: each number of samples a question once, in order."""
+    return [k for k in dict.fromkeys(even_samples(f, samples) for f in fractions) if k != samples]
 
 
 def headline(greedy: Arm, uniform: Arm, at_uniform: Arm | None, pools: Sequence[Arm], gains: Sequence[float]) -> str:
@@ -244,12 +254,6 @@ def parse() -> argparse.Namespace:
         p.error(f"argument --fractions: each must be at most {AUTO_MAX_SAMPLES} / --samples "
                 f"({AUTO_MAX_SAMPLES / args.samples:g}), the samples a pooled arm may draw for a question; "
                 f"got {max(args.fractions):g}")
-    even = [even_samples(f, args.samples) for f in args.fractions]
-    if len(set(even)) != len(even):
-        # Each fraction's even split is an arm of its own, and the mean gain counts it once per fraction.
-        p.error(f"argument --fractions: at --samples {args.samples} they give even splits of "
-                f"{', '.join(map(str, even))} samples a question, one of them twice: give fractions whose "
-                "splits differ")
     if args.min_samples is not None and args.min_samples > args.samples:
         p.error(f"argument --min-samples: must be at most --samples ({args.samples}), or the early-stopping arm could "
                 f"never stop early; got {args.min_samples}")
