@@ -96,10 +96,7 @@ async def score(ctx: Context, meter: Meter, question: str, candidates: Sequence[
         try:
             value, tokens, calls = await score_outcome_costed(ctx.verifier, question, cand.text)
         except (VerifierError, ContextLengthError) as exc:
-            spent = spent_before(exc)  # requests answered before the failing one (a judge asks step by step)
-            meter.charge_verifier(spent.scored_tokens, calls=spent.calls)
-            if not too_long_to_score(exc):
-                raise
+            charge_refusal(meter, exc)
             refusal = refusal or exc
             too_long.append(cand)
             out.append(cand)
@@ -117,6 +114,15 @@ async def score(ctx: Context, meter: Meter, question: str, candidates: Sequence[
         ctx.recorder.event("unscored", {"reason": "verifier_context", "unscored": len(too_long),
                                         "node_ids": [c.node_id for c in too_long], "error": str(refusal)})
     return out
+
+
+def charge_refusal(meter: Meter, exc: VerifierError | ContextLengthError) -> None:
+    """Charge what a scoring that raised ``exc`` spent before it failed (a judge asks step by step), and raise it
+    again unless it refused a solution too long for the verifier's context, which the caller leaves unscored."""
+    spent = spent_before(exc)
+    meter.charge_verifier(spent.scored_tokens, calls=spent.calls)
+    if not too_long_to_score(exc):
+        raise exc
 
 
 @dataclass(frozen=True)

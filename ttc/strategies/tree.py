@@ -41,11 +41,10 @@ from ttc.strategies.base import (
     StrategyResult,
     check_distinct,
 )
-from ttc.strategies.sampling import choose, mark_selected
+from ttc.strategies.sampling import charge_refusal, choose, mark_selected
 from ttc.types import Candidate, Completion, Problem, Sampling
 from ttc.verifiers.answer import extract_stated_answer, normalize_answer, stopped_answer
-from ttc.verifiers.base import Aggregation, ProcessVerifier, aggregate, score_steps_costed, too_long_to_score
-from ttc.verifiers.prm import spent_before
+from ttc.verifiers.base import Aggregation, ProcessVerifier, aggregate, score_steps_costed
 
 TreeSelection = Literal["score", "weighted_vote"]
 
@@ -373,10 +372,7 @@ class SearchTree:
             try:
                 scored = await score_steps_costed(self.prm, self.ctx.question_text(self.problem.question), steps)
             except (VerifierError, ContextLengthError) as exc:
-                spent = spent_before(exc)  # requests answered before the failing one (a judge asks step by step)
-                self.meter.charge_verifier(spent.scored_tokens, calls=spent.calls)
-                if not too_long_to_score(exc):
-                    raise
+                charge_refusal(self.meter, exc)
                 too_long[node.id] = exc
                 return
             scores = scored.scores
