@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import SupportsIndex
 
 import anyio
 import anyio.to_thread
@@ -34,6 +35,7 @@ from ttc.verifiers.answer import (
     grade_detail,
     grade_result,
     normalize_answer,
+    scale_after,
     shutdown_grader,
 )
 
@@ -183,6 +185,7 @@ def test_gsm8k_hashes_round_trip(filler: str, n: int) -> None:
 def test_last_number_fallback(before: str, after: str, n: int) -> None:
     assume("answer" not in (before + after).lower())
     assume(not after.lstrip().startswith((".", ",")))  # "5.x" / "5,x" are fine; this keeps the sign rule simple
+    assume(scale_after(f" {after}", 0) is None)  # "0 DOZEN" is a number with its scale word, read whole
     text = f"{before} 7 then {n:,} {after}"
     assert extract_answer(text) == str(n)
 
@@ -601,6 +604,29 @@ def test_answers_equivalent() -> None:
     assert not answers_equivalent("5", "")
 
 
+@pytest.mark.parametrize(
+    ("gold", "predicted", "correct"),
+    [
+        # MATH-500 test/number_theory/598: math-verify rounds decimals to 6 places, so .000067 and .0000673 graded
+        # correct there, and .0000675 (rounded up) wrong.
+        (".0000672", ".000067", False),
+        (".0000672", ".0000673", False),
+        (".0000672", ".0000675", False),
+        (".0000672", "0.00006720", True),
+        (".0000672", r"\frac{21}{312500}", True),
+        ("0.0000001", "0.0000004", False),
+        ("1.0000001", "1.0000002", False),
+        ("3.14159265", "3.1415929", False),
+        ("-0.0000001", "0.0000001", False),
+        ("0.1234567", "0.1234568", False),
+    ],
+)
+def test_plain_decimals_agree_only_where_their_values_do(gold: str, predicted: str, correct: bool) -> None:
+    result = grade_detail(f"The answer is $\\boxed{{{predicted}}}$.", gold)
+    assert (result.correct, result.reason) == (correct, "exact" if correct else "not equivalent"), result
+    assert answers_equivalent(gold, predicted) is correct
+
+
 def test_bad_arguments_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="timeout_s"):
         grade(r"\boxed{1}", "1", timeout_s=0)
@@ -650,6 +676,31 @@ def test_answers_stated_in_prose_grade_by_what_they_state(text: str, gold: str, 
     assert grade(text, gold) is correct
 
 
+@pytest.mark.parametrize(
+    ("text", "gold", "predicted"),
+    [
+        # "\\[" alone on the line after "the answer is:" was read as the answer, and a "$$" block lost to the last
+        # number of the text (2 for the point below).
+        ("Adding them up, 9 * 2 = 18 dollars. So the answer is:\n\\[\n18\n\\]", "18", "18"),
+        ("The final answer is:\n\\[\nx = 5\n\\]", "5", "x = 5"),
+        ("The answer is:\n$$\n(3, \\frac{\\pi}{2})\n$$", r"\left( 3, \frac{\pi}{2} \right)", r"(3, \frac{\pi}{2})"),
+        ("The answer is:\n\n$$\n\\text{Evelyn}\n$$\n", r"\text{Evelyn}", r"\text{Evelyn}"),
+        ("The answer is $$\n\\frac{14}{3}\n$$ in all.", r"\frac{14}{3}", r"\frac{14}{3}"),
+        ("The answer is:\n$$\n\\begin{pmatrix} 1 \\\\\n 2 \\end{pmatrix}\n$$", r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}",
+         r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}"),
+    ],
+)
+def test_an_answer_displayed_over_several_lines_is_read_whole(text: str, gold: str, predicted: str) -> None:
+    result = grade_detail(text, gold)
+    assert (result.correct, result.predicted) == (True, predicted), result
+
+
+def test_a_display_cut_off_before_it_closes_states_no_answer() -> None:
+    for cut in ("The answer is:\n\\[\n18", "The answer is:\n$$\n18\n", "The answer is \\[\n18"):
+        assert extract_stated_answer(cut) is None, cut
+        assert extract_stated_answer(cut + "\n\\]\n" if "\\[" in cut else cut + "$$") == "18", cut
+
+
 def test_verdicts_are_cached_by_key() -> None:
     assert answers_equivalent(r"\sqrt{8}", r"2\sqrt{2}")
     cached = answer._cache.get((normalize_answer(r"\sqrt{8}"), normalize_answer(r"2\sqrt{2}")))
@@ -687,6 +738,39 @@ def test_many_unclosed_boxes_are_read_in_linear_time() -> None:
     assert extract_stated_answer(looping + "\\boxed{7} and \\boxed{") == "7"
     assert extract_stated_answer(looping) is None
     assert time.monotonic() - started < 1.0
+
+
+class _CountingText(str):
+    """A text that counts the characters its slices copy: how much extraction reads per answer phrase, the same on
+    every machine, where a timing would depend on the machine's load."""
+
+    copied = 0
+
+    def __getitem__(self, key: SupportsIndex | slice) -> str:
+        part = super().__getitem__(key)
+        self.copied += len(part)
+        return part
+
+
+@pytest.mark.parametrize(
+    "unit",
+    [
+        "Wait, so the answer is correct. Let me double-check again. ",  # a sample looping on one line
+        "answer: in ",
+        "checking the answer: 5 ",
+        "answer is\n",
+        "#### 1. Find the cost\nx\n",
+    ],
+)
+def test_many_answer_phrases_cost_work_linear_in_the_text(unit: str) -> None:
+    """Each phrase read the rest of its line, and the whole line before it: a sample looping on "the answer is
+    correct" over one 118 KB line took 19 s, and four times as long at twice the length."""
+    copied = []
+    for length in (40_000, 80_000):
+        text = _CountingText("The answer is 18. " + unit * (length // len(unit)))
+        assert extract_stated_answer(text) == "18"
+        copied.append(text.copied)
+    assert copied[1] < 2.5 * copied[0], copied
 
 
 def test_a_long_answer_of_many_groups_normalizes_in_linear_time() -> None:

@@ -13,7 +13,6 @@ module grades, and is where callers import all three from.
 from __future__ import annotations
 
 import functools
-import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -38,7 +37,6 @@ from ttc.verifiers.grading_workers import POOL_SIZE, run_in_worker, shutdown_gra
 if TYPE_CHECKING:  # the grading workers import this module and nothing they do not need
     from ttc.types import Result
 
-_INTEGER = re.compile(r"-?\d+")
 
 @dataclass(frozen=True)
 class GradeResult:
@@ -146,8 +144,12 @@ def _quick_verdict(gold_key: str, predicted_key: str) -> _Verdict | None:
     if number == predicted_key.removesuffix("%") and canonical_number(number) is not None:
         # 12.5% answers "what percent" as 12.5 does; math-verify agrees for some numbers (25%) and not others.
         return _Verdict(True, "equivalent")
-    if _INTEGER.fullmatch(gold_key) and _INTEGER.fullmatch(predicted_key):
-        return _Verdict(False, "not equivalent")  # two distinct canonical integers never agree
+    gold_number, predicted_number = canonical_number(gold_key), canonical_number(predicted_key)
+    if gold_number is not None and predicted_number is not None:
+        # Two plain numbers agree exactly where their values do, which their canonical forms say: math-verify rounds
+        # decimals to 6 places, so it equates 0.0000001 with 0.0000004 and .0000672 with .0000673 (not .0000675).
+        equal = gold_number == predicted_number
+        return _Verdict(equal, "equivalent" if equal else "not equivalent")
     return _cache.get((gold_key, predicted_key))
 
 

@@ -6,9 +6,10 @@ Also what the other answer modules read numbers by: where braces close (one pass
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 
 from ttc.errors import ConfigError
@@ -55,6 +56,9 @@ _LEADING_NUMBER_THEN_WORD = re.compile(rf"({_LEADING_NUMBER})(?:\s+[A-Za-z(]|\s*
 _LEADING_SCALED_NUMBER = re.compile(_LEADING_NUMBER + _SCALE_RUN)
 # A markdown heading after ``####``: ``#### 1. Find the cost``, ``#### (b) Money``, ``#### 2) Total``.
 _HEADING = re.compile(r"\s*\(?[A-Za-z0-9]{1,3}[.)]\s+[A-Za-z]")
+# Any text at all after a heading; a search for it stops there, where a copy of the rest to strip would cost the
+# rest of the text at each of many headings.
+_VISIBLE = re.compile(r"\S")
 # "The answer is in dollars", "the answer is given below": the phrase goes on about the answer, giving none.
 _NOT_AN_ANSWER = frozenset({"in", "on", "at", "as", "below", "above", "following", "given", "not", "to", "from",
                             "of", "that", "this", "which", "what", "how", "where", "when", "why", "expressed",
@@ -62,6 +66,19 @@ _NOT_AN_ANSWER = frozenset({"in", "on", "at", "as", "below", "above", "following
 # "Checking the answer: 9 eggs at $2 is $18" reworks an answer rather than stating one.
 _CHECKING = re.compile(r"\b(?:check(?:ing)?|verify(?:ing)?|double-check(?:ing)?|confirm(?:ing)?|test(?:ing)?)"
                        r"\s+(?:the|my|our|this|that)?\s*$", re.IGNORECASE)
+_CHECK_WINDOW = 200
+"""How far before an answer phrase the words that make it a check are looked for: far more than they take."""
+_MAX_PHRASE_LINE = 1000
+"""How much of what follows "the answer is" is read as its answer: more than any answer a solution writes out."""
+_FOLLOWING_WINDOW = 4 * _MAX_PHRASE_LINE
+"""How far past an answer phrase with nothing after it on its line the answer (or its display) is looked for."""
+# Display math opened alone on a line: ``$$`` or ``\[``, then the answer, then the closing sign on a later line.
+_DISPLAY_CLOSE = {"$$": "$$", "\\[": "\\]"}
+_DISPLAY_OPENERS = tuple(_DISPLAY_CLOSE)
+_MAX_DISPLAY_LINES = 20
+"""How many lines of a display after its opening sign are looked through for its close: more than an answer takes."""
+# A line with text on it, from its first visible character: one scan skips the blank lines before it.
+_LINE_TEXT = re.compile(r"\S[^\n]*")
 # What "the answer is ..." says when it judges an answer rather than giving one: a phrase whose first word is one
 # of these (``correct!``, ``plausible: 12 + 8 = 20``) restates an earlier answer.
 _JUDGEMENTS = frozenset({"correct", "incorrect", "right", "wrong", "confirmed", "verified", "consistent",
@@ -216,12 +233,11 @@ def extract_stated_answer(text: str) -> str | None:
         answer = _clean_phrase_answer(raw)
         # "#### Step 2" is a markdown heading, not GSM8K's answer line; so is "#### 1. Find the cost" where the
         # solution goes on below it ("#### 18. That is 9 eggs times 2." on the last line is the answer).
-        heading = _HEADING.match(raw) is not None and bool(text[hashes.end():].strip())
+        heading = _HEADING.match(raw) is not None and _VISIBLE.search(text, hashes.end()) is not None
         if answer and not answer[0].isalpha() and not heading:
             return answer
     for phrase in reversed(list(_ANSWER_PHRASE.finditer(text))):
-        before = text[text.rfind("\n", 0, phrase.start()) + 1 : phrase.start()]
-        if _CHECKING.search(before) and "is" not in phrase.group(0).lower():  # "I can confirm the answer is 18"
+        if _checks(text, phrase.start()) and "is" not in phrase.group(0).lower():  # "I can confirm the answer is 18"
             continue
         answer = _clean_phrase_answer(_phrase_line(text, phrase.end()))
         # "the answer is correct!" restates an earlier one; "the answer is in dollars" gives none
@@ -264,15 +280,58 @@ def _is_judgement(answer: str) -> bool:
     return not rest or not rest[0].isspace() or bool(re.match(r"\s+(?:because|since|as|and|so|given)\b", rest))
 
 
+def _checks(text: str, phrase_start: int) -> bool:
+    """Whether the words just before an answer phrase check an answer (``Checking the answer:``). Only the last
+    ``_CHECK_WINDOW`` characters of its line are read, so that each phrase of a sample looping on one long line
+    costs the same, not the length of the line before it."""
+    window_start = max(0, phrase_start - _CHECK_WINDOW)
+    line_start = text.rfind("\n", window_start, phrase_start) + 1
+    return _CHECKING.search(text, max(line_start, window_start), phrase_start) is not None
+
+
 def _phrase_line(text: str, start: int) -> str:
     """What follows "the answer is" on its line; where nothing does, the next line if it states the answer by
-    itself (math, a box, or a number first: ``The answer is:`` then ``$$\\frac{1}{2}$$``)."""
-    line_end = text.find("\n", start)
-    line = text[start : line_end if line_end >= 0 else len(text)]
-    if line.strip().strip("*:").strip() or line_end < 0:
+    itself (math, a box, or a number first: ``The answer is:`` then ``$$\\frac{1}{2}$$``). A display opened there or
+    on the next line and closed lines later (``$$``, ``18``, ``$$``) is read whole, as one line.
+
+    At most ``_MAX_PHRASE_LINE`` characters of it: an answer is never longer, and a sample looping on "the answer is
+    correct" over one long line would otherwise cost the rest of the line at each phrase, time quadratic in it."""
+    window_end = min(len(text), start + _MAX_PHRASE_LINE)
+    line_end = text.find("\n", start, window_end)
+    line = text[start : line_end if line_end >= 0 else window_end]
+    stated = line.strip().strip("*:").strip()
+    if stated and not stated.startswith(_DISPLAY_OPENERS):
         return line
-    following = next((ln for ln in text[line_end:].splitlines() if ln.strip()), "").strip()
-    return following if re.match(r"(?:\$|\\[(\[]|\\boxed|-?\d)", following) else line
+    following = _lines_after(text, line_end) if line_end >= 0 else iter(())
+    first = stated or next(following, "")
+    display = _display_block(first, following)
+    if display is not None:
+        return display
+    if stated or not re.match(r"(?:\$|\\[(\[]|\\boxed|-?\d)", first):
+        return line
+    return first[:_MAX_PHRASE_LINE]
+
+
+def _lines_after(text: str, line_end: int) -> Iterator[str]:
+    """The lines with text on them after the one ending at ``line_end``, stripped, as far as ``_FOLLOWING_WINDOW``
+    reaches; read only as far as they are asked for."""
+    for line in _LINE_TEXT.finditer(text, line_end + 1, line_end + 1 + _FOLLOWING_WINDOW):
+        yield line.group(0).rstrip()
+
+
+def _display_block(first: str, rest: Iterator[str]) -> str | None:
+    """The display math that ``first`` opens (``$$`` or ``\\[``) and a line of ``rest`` closes, joined into one
+    line: read line by line, ``\\[`` alone would be taken for the answer. "" where no line closes it within
+    ``_MAX_DISPLAY_LINES`` (cut off, it states nothing yet); None where ``first`` opens none, or closes its own."""
+    opener = next((sign for sign in _DISPLAY_OPENERS if first.startswith(sign)), None)
+    if opener is None or _DISPLAY_CLOSE[opener] in first[len(opener) :]:
+        return None
+    block = [first]
+    for line in itertools.islice(rest, _MAX_DISPLAY_LINES):
+        block.append(line)
+        if _DISPLAY_CLOSE[opener] in line:
+            return " ".join(block)[:_MAX_PHRASE_LINE]
+    return ""
 
 
 
