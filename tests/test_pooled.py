@@ -17,7 +17,7 @@ import pytest
 from pooled_doubles import answer, events
 
 from ttc import Budget, solve, solve_batch
-from ttc.errors import BackendError, ConfigError
+from ttc.errors import BackendError, BudgetExhausted, ConfigError
 from ttc.storage import TraceStore
 from ttc.testing import ScriptedBackend
 from ttc.types import Completion, Sampling
@@ -193,7 +193,8 @@ class SlowToOpen(TraceStore):
 @pytest.mark.parametrize("strategy", ["self_consistency", "rebase"])
 def test_every_question_counts_the_batch_wall_time_from_the_batch_start(tmp_path: Path, strategy: str) -> None:
     """Each question's clock started when its trace opened, so with four traces taking 0.2 s to open, calls
-    started at 0.24 s of a 0.12 s batch."""
+    started at 0.24 s of a 0.12 s batch. Counted from the batch's start, the time is gone before any call: the
+    batch bought nothing, and says so."""
     started: list[float] = []
 
     class Timed(ScriptedBackend):
@@ -205,13 +206,16 @@ def test_every_question_counts_the_batch_wall_time_from_the_batch_start(tmp_path
     t0 = time.monotonic()
     try:
         options = {"max_step_tokens": 16} if strategy == "rebase" else {"max_tokens": 16}
-        results = solve_batch([f"Tom has {i} apples and 4 pears. How many?" for i in range(4)], Budget(wall_s=0.12),
-                              backend=Timed(answer), store=store, seed=0, budget_scope="batch", strategy=strategy,
-                              verifier=EvenPRM() if strategy == "rebase" else None, concurrency=4, **options)
+        with pytest.raises(BudgetExhausted, match=r"wall_s \(0\.12 s\) ran out before any of its 4 questions"):
+            solve_batch([f"Tom has {i} apples and 4 pears. How many?" for i in range(4)], Budget(wall_s=0.12),
+                        backend=Timed(answer), store=store, seed=0, budget_scope="batch", strategy=strategy,
+                        verifier=EvenPRM() if strategy == "rebase" else None, concurrency=4, **options)
+        traces = [store.get_trace(t.id) for t in store.list_traces()]
+        assert len(traces) == 4 and {t.status for t in traces} == {"failed"}
+        assert all("ran out before any of its 4 questions" in (t.error or "") for t in traces)
     finally:
         store.close()
-    assert all(s < 0.12 for s in started), started
-    assert len(results) == 4
+    assert started == []
 
 
 @pytest.mark.parametrize("scope", ["batch", "question"])

@@ -17,6 +17,7 @@ import anyio
 from ttc.backends.base import Backend
 from ttc.concurrency import bounded_gather, check_concurrency
 from ttc.controller import plan_strategy
+from ttc.controller.per_question import bought_nothing
 from ttc.errors import ConfigError
 from ttc.pooled import check_pooled, solve_pooled
 from ttc.session import (
@@ -50,7 +51,10 @@ async def solve_problem(problem: Problem, budget: Budget, session: Session, *, s
                                   seed=secrets.randbits(31) if checked is None else checked,
                                   uses_draft=runner.uses_draft, uses_synthesizer=runner.uses_synthesizer)
     try:
-        return await run.finish(await runner.run(problem, run.meter, run.ctx))
+        found = await runner.run(problem, run.meter, run.ctx)
+        if (unbought := bought_nothing(run.meter, "no answer")) is not None:
+            raise unbought
+        return await run.finish(found)
     except BaseException as exc:
         await run.fail(exc)
         raise

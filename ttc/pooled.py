@@ -4,8 +4,9 @@ Where ``auto`` would search a question's steps, or a tree search is named, the b
 (``ttc.pooled_search``). Otherwise each question runs self-consistency, but the rounds are granted by the batch
 controller (``ttc.controller.batch``) rather than by a budget of its own: what an easy question does not spend
 (its vote settles in the first round) is spent on the questions whose votes are still split. Every question keeps
-its own trace, seed and usage; the trace's ``plan`` event says it shared a batch budget and each ``grant`` event
-records a round the controller gave it.
+its own trace, seed and usage; the trace's budget is the batch's, its ``plan`` event says it shared it (with
+``question_cap``, the most tokens the question alone could be granted) and each ``grant`` event records a round
+the controller gave it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ttc.controller.batch import (
     Standing,
     check_affordable,
     check_affordable_search,
+    check_bought,
     first_wave,
     next_wave,
     pooled_options,
@@ -96,7 +98,7 @@ def check_pooled(budget: Budget, questions: int, *, strategy: str, options: Mapp
     elif strategy == "auto" and set(options) <= SEARCH_OPTIONS and not set(options) <= SAMPLING_OPTIONS:
         return
     elif strategy == "auto":
-        make_strategy(STRATEGY, pooled_options(strategy, options, has_verifier=False))
+        _voting(strategy, options, has_verifier=False)
     else:
         sampling_options(budget, questions, strategy=strategy, options=options)
 
@@ -106,12 +108,39 @@ def sampling_options(budget: Budget, questions: int, *, strategy: str, options: 
     """The self-consistency options every question of a batch that pools samples runs with, refused (ConfigError)
     when the strategy cannot grow a vote, an option is invalid, the budget cannot give each question one sample,
     or the choice needs a verifier the setup lacks (``has_verifier=None``: the setup is not known yet)."""
-    opts: SelfConsistencyOptions = make_strategy(
-        STRATEGY, pooled_options(strategy, options, has_verifier=bool(has_verifier))).options
+    opts = _voting(strategy, options, has_verifier=bool(has_verifier))
     if has_verifier is not None:
         check_selection(opts.select, has_verifier=has_verifier)
     check_affordable(budget, questions, opts.max_tokens)
     return opts
+
+
+def _voting(strategy: str, options: Mapping[str, object], *, has_verifier: bool) -> SelfConsistencyOptions:
+    """The self-consistency options of a batch that pools samples. Under ``auto`` a refusal says that auto runs
+    as self-consistency here: it named only 'self_consistency', a strategy the caller never chose."""
+    try:
+        opts: SelfConsistencyOptions = make_strategy(
+            STRATEGY, pooled_options(strategy, options, has_verifier=has_verifier)).options
+    except ConfigError as exc:
+        if strategy != "auto":
+            raise
+        raise ConfigError(f"strategy 'auto' with budget_scope='batch' runs each question as a self-consistency vote "
+                          f"grown round by round with these options, which refuses them: {exc}{_instead(options)}"
+                          ) from None
+    return opts
+
+
+def _instead(options: Mapping[str, object]) -> str:
+    """What to pass in place of the options auto's pooled votes do not take."""
+    hints = []
+    if "n" in options:
+        hints.append("max_samples=N in place of n (the most samples one question may draw; the batch's budget "
+                     "decides how many it does)")
+    searching = sorted(set(options) & SEARCH_OPTIONS - SAMPLING_OPTIONS)
+    if searching:
+        hints.append(f"tree search options ({', '.join(searching)}) only with a process verifier (verifier=prm), "
+                     "where auto searches each question's steps, and without sampling options")
+    return f"; use {'; '.join(hints)}" if hints else ""
 
 
 def search_names() -> list[str]:
@@ -206,13 +235,15 @@ async def solve_pooled(problems: Sequence[Problem], budget: Budget, session: Ses
                             has_verifier=session.setup.verifier is not None)
     pool = Pool(budget)
     # Each question's meter also holds the batch's wall limit, counted from the batch's start (not from when its
-    # trace opened), so a wave stops drawing once the batch is out of time, not only the next wave.
-    own_budget = Budget(tokens=min(BUDGET_LIMIT, opts.max_samples * opts.max_tokens), wall_s=budget.wall_s)
+    # trace opened), so a wave stops drawing once the batch is out of time, not only the next wave. Its trace
+    # records the batch's budget, the only one its caller set; the meter stops it at its own cap of samples.
+    cap = min(BUDGET_LIMIT, opts.max_samples * opts.max_tokens)
     questions: list[_Question] = []
     try:
         for index, (problem, seed) in enumerate(zip(problems, seeds, strict=True)):
-            run = await QuestionRun.start(problem, own_budget, session, strategy=STRATEGY,
-                                          options=opts.model_dump(), seed=seed, plan=plan, started=pool.started)
+            run = await QuestionRun.start(problem, budget, session, strategy=STRATEGY, options=opts.model_dump(),
+                                          seed=seed, plan={**plan, "question_cap": cap}, started=pool.started)
+            run.meter.allow(tokens=cap, calls=None)
             try:
                 rounds = VoteRounds(problem, run.ctx, opts, resolve_selection(opts.select, run.ctx))
             except BaseException as exc:  # its trace is open and not yet in `questions`: fail it here
@@ -232,6 +263,7 @@ async def solve_pooled(problems: Sequence[Problem], budget: Budget, session: Ses
             wave += 1
             grants = next_wave([q.standing() for q in questions], pool, round_size=opts.round_size,
                                max_tokens=opts.max_tokens)
+        check_bought(pool, (q.run.meter.usage() for q in questions))
         results = []
         for q in questions:
             q.close_unfinished()

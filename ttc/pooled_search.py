@@ -22,7 +22,7 @@ from functools import partial
 from typing import Any
 
 from ttc.concurrency import bounded_gather
-from ttc.controller.batch import Grant, Pool, SearchStanding, search_wave
+from ttc.controller.batch import Grant, Pool, SearchStanding, check_bought, search_wave
 from ttc.session import QuestionRun, Session, fail_batch, guarded
 from ttc.strategies.tree import SearchTree, StepNode, TreeSearch, TreeSelection, choose_leaves
 from ttc.types import BUDGET_LIMIT, Budget, Problem, Result
@@ -119,15 +119,18 @@ async def solve_searches(problems: Sequence[Problem], budget: Budget, session: S
     one ``growth`` times the one before."""
     first = planner(share)
     pool = Pool(budget)
+    # The most a question's searches may be granted together; its trace records the batch's budget, the only one
+    # its caller set (each grant then sets what its meter lets through).
     cap = None if share is None else min(BUDGET_LIMIT, share * sum(growth**k for k in range(MAX_SEARCHES)))
-    own = Budget(tokens=cap, wall_s=budget.wall_s, calls=budget.calls)
     members: list[_Searcher] = []
     try:
         for index, (problem, seed) in enumerate(zip(problems, seeds, strict=True)):
-            run = await QuestionRun.start(problem, own, session, strategy=strategy,
+            run = await QuestionRun.start(problem, budget, session, strategy=strategy,
                                           options=first.options.model_dump(), seed=seed,
-                                          plan={**plan, "max_searches": MAX_SEARCHES, "growth": growth},
+                                          plan={**plan, "max_searches": MAX_SEARCHES, "growth": growth,
+                                                "question_cap": cap},
                                           started=pool.started)
+            run.meter.allow(tokens=cap, calls=budget.calls)
             members.append(_Searcher(index, run, planner, share, growth))
         wave = 0
         while grants := search_wave([m.standing() for m in members], pool):
@@ -135,6 +138,7 @@ async def solve_searches(problems: Sequence[Problem], budget: Budget, session: S
                                   for i, g in grants.items()], concurrency)
             pool.settle(m.run.meter.usage() for m in members)
             wave += 1
+        check_bought(pool, (m.run.meter.usage() for m in members))
         return [await m.finish(first.options.select) for m in members]
     except BaseException as exc:
         await fail_batch([m.run for m in members if not m.done], exc)

@@ -27,6 +27,7 @@ from ttc.api import _run_sync
 from ttc.backends.base import Backend
 from ttc.budget import Meter
 from ttc.contexts import sleep_prompt_template
+from ttc.controller.per_question import bought_nothing
 from ttc.errors import BudgetExhausted, ConfigError, NotFound, OutputError, TTCError
 from ttc.session import (
     QuestionRun,
@@ -110,8 +111,9 @@ async def think(context: str, meter: Meter, ctx: Context, plan: dict[str, Any]) 
                                    logprob=c.cumulative_logprob) for c in completions]
     if not completions:
         ctx.recorder.event("select", {"how": "consensus", "kept": None, "reason": "the budget bought no draft"})
-        raise BudgetExhausted("the sleep budget bought no draft of the notes: raise it (a draft takes up to "
-                              f"{plan['max_tokens']} tokens)")
+        raise bought_nothing(meter, "no draft of the notes", budget_name="the sleep budget") or BudgetExhausted(
+            f"the sleep budget bought no draft of the notes: raise it (a draft takes up to {plan['max_tokens']} "
+            "tokens)")
     chosen = _eligible(completions, plan["check_arithmetic"])
     # Rounded: equal agreement summed in another order differs in its last bits, and the first draft wins a tie.
     scores = [round(score, 9) for score in agreement([note_lines(finished_text(completions[i]))

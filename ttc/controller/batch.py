@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ttc.controller.per_question import AUTO_MAX_SAMPLES
-from ttc.errors import ConfigError
+from ttc.controller.per_question import AUTO_MAX_SAMPLES, limit_text
+from ttc.errors import BudgetExhausted, ConfigError
 from ttc.types import Budget, Usage, is_int
 
 POOLED_STRATEGIES = ("auto", "self_consistency")
@@ -74,6 +74,21 @@ class Pool:
     def out_of_time(self) -> bool:
         """Whether the wall limit has passed: it is checked before each wave, never in the middle of one."""
         return self.budget.wall_s is not None and self.clock() - self._start >= self.budget.wall_s
+
+
+def check_bought(pool: Pool, usages: Iterable[Usage]) -> None:
+    """Refuse (BudgetExhausted) a batch whose wall time ran out before any of its questions made a backend call, as
+    ``solve`` refuses one question's: otherwise every trace read 'done' with no answer, and the caller had no error
+    to say the budget bought nothing.
+
+    A batch that answered some of its questions keeps those answers: the questions the pool could no longer serve
+    say so in their ``stop`` events, as when its tokens run out.
+    """
+    calls = [u.backend_calls for u in usages]
+    if pool.out_of_time() and not any(calls):
+        raise BudgetExhausted(f"the batch budget's {limit_text(pool.budget, 'wall_s')} ran out before any of its "
+                              f"{len(calls)} questions made a backend call (it counts from the batch's start, and "
+                              "every question's trace opens first), so it bought no answer: raise Budget.wall_s")
 
 
 def pooled_options(strategy: str, options: Mapping[str, object], *, has_verifier: bool) -> dict[str, object]:
@@ -237,5 +252,5 @@ def search_wave(standings: Sequence[SearchStanding], pool: Pool) -> dict[int, Gr
 
 
 __all__ = ["POOLED_STRATEGIES", "Grant", "Pool", "SearchStanding", "Standing", "UnaffordableBatch",
-           "check_affordable", "check_affordable_search", "first_wave", "next_wave", "pooled_options",
+           "check_affordable", "check_affordable_search", "check_bought", "first_wave", "next_wave", "pooled_options",
            "search_wave"]

@@ -34,7 +34,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import get_args
 
-from ttc.errors import ConfigError
+from ttc.budget import Meter
+from ttc.errors import BudgetExhausted, ConfigError
 from ttc.strategies.beam import BeamOptions
 from ttc.strategies.best_of_n import BestOfNOptions
 from ttc.strategies.rebase import RebaseOptions
@@ -150,6 +151,32 @@ def _beam_options(budget: Budget, options: Mapping[str, object], solution_tokens
     return opts
 
 
+def spent_limit(meter: Meter) -> str | None:
+    """The limit of the meter's budget that has run out (``wall_s``, ``tokens`` or ``calls``), or ``None`` while
+    each has some left."""
+    for axis, left in (("wall_s", meter.time_left()), ("tokens", meter.tokens_left()), ("calls", meter.calls_left())):
+        if left is not None and not left:
+            return axis
+    return None
+
+
+def bought_nothing(meter: Meter, what: str, *, budget_name: str = "the budget") -> BudgetExhausted | None:
+    """The error for a run whose budget ran out before its first backend call (a wall time spent while its trace
+    opened), or ``None`` where it made a call or each limit has some left. Without it such a run ended 'done'
+    with no answer and nothing in its trace to say why; ``what`` is what the run would have bought."""
+    axis = spent_limit(meter)
+    if axis is None or meter.usage().backend_calls:
+        return None
+    return BudgetExhausted(f"{budget_name}'s {limit_text(meter.budget, axis)} ran out before the first backend "
+                           f"call, so it bought {what}: raise Budget.{axis}")
+
+
+def limit_text(budget: Budget, axis: str) -> str:
+    """One limit of ``budget`` as an error names it: ``wall_s (0.5 s)``."""
+    unit = {"wall_s": "s", "tokens": "tokens", "calls": "calls"}[axis]
+    return f"{axis} ({getattr(budget, axis)} {unit})"
+
+
 def _positive_int(opts: Mapping[str, object], name: str, default: int) -> int:
     """The option ``name`` (``default`` when absent), refused unless it is an int >= 1 (a bool is not one)."""
     value = opts.get(name, default)
@@ -159,4 +186,4 @@ def _positive_int(opts: Mapping[str, object], name: str, default: int) -> int:
 
 
 __all__ = ["AUTO_DISTINCT_MAX_BEAM", "AUTO_FULL_WIDTH", "AUTO_MAX_BEAM", "AUTO_MAX_SAMPLES", "AUTO_MAX_WIDTH",
-           "DEFAULT_MAX_TOKENS", "plan_strategy"]
+           "DEFAULT_MAX_TOKENS", "bought_nothing", "limit_text", "plan_strategy", "spent_limit"]
