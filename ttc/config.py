@@ -12,12 +12,14 @@ Environment variables (all optional):
   strategy; it must share the target's tokenizer. The embedded default brings the mini draft.
 - ``TTC_SYNTHESIZER_MODEL`` / ``TTC_SYNTHESIZER_URL``: the model that reads parallel thinking's paths and writes
   the answer (a local folder, or a vLLM server), asked through the generic synthesis templates; without one the
-  target synthesizes. The embedded default brings the mini synthesizer.
+  target synthesizes. The embedded default brings the mini synthesizer (for questions about a context, the
+  mini stateful reasoner synthesizes itself).
 - ``TTC_DB``: the trace store, as a file path or an SQLAlchemy URL.
 - ``TTC_THREADS``: CPU threads of the local engine.
 - ``TTC_DATA_DIR``: where benchmark JSONL files live (default: the first of ``../shared/datasets``,
   ``./datasets`` and ``shared/datasets`` beside the checkout that exists).
 - ``TTC_VLLM_API_KEY``: the API key sent to every vLLM server (the target's and the helpers').
+- ``TTC_VLLM_TIMEOUT``: seconds one vLLM request may take (default 120); a backend's own ``timeout=`` wins.
 - ``TTC_DB_BUSY_TIMEOUT_S``: seconds a locked trace store is waited for (default 10).
 - ``TTC_SCRIPTED_DELAY_S``: seconds the CLI's scripted stand-in model waits per call (default 0).
 
@@ -297,15 +299,32 @@ def embedded_setup(*, threads: int | None = None) -> BackendSetup:
 def embedded_context_setup(*, threads: int | None = None) -> BackendSetup:
     """The bundled mini stateful reasoner: questions about a shared context, and notes about one at sleep time.
 
-    It has no verifier: the checker was trained on the reasoner's prompts, not on contexts with notes.
+    It has no verifier: the checker was trained on the reasoner's prompts, not on contexts with notes. The mini
+    draft shares its tokenizer and loads when lookahead asks for it, so that lookahead runs here too; trained on
+    the reasoner's solutions, it rarely guesses this model's steps (3 of 402 proposals accepted on 12 held-out
+    questions), so lookahead writes the greedy solution without saving time. No synthesis model: the mini
+    synthesizer was trained on the reasoner's questions and misreads a context's (none right of 24 held-out
+    questions, where the stateful reasoner's greedy answer had 10), so the stateful reasoner synthesizes, through
+    the mini templates its vocabulary can spell (the generic ones hold characters it has no token for).
     """
     from ttc.backends.local import LocalBackend
-    from ttc.models import MINI_CONTEXT_TEMPLATE, MINI_SLEEP_TEMPLATE, mini_model_path, mini_prompt
+    from ttc.models import (
+        MINI_CONTEXT_TEMPLATE,
+        MINI_PATH_TEMPLATE,
+        MINI_SLEEP_TEMPLATE,
+        MINI_SYNTHESIS_TEMPLATE,
+        mini_model_path,
+        mini_prompt,
+    )
 
-    model = LocalBackend.from_pretrained(mini_model_path("stateful"), threads=threads or _threads(1))
+    threads = threads or _threads(1)
+    model = LocalBackend.from_pretrained(mini_model_path("stateful"), threads=threads)
+    draft_dir = mini_model_path("draft")
     return BackendSetup(backend=model, prompt_template=mini_prompt("{question}"),
                         solution_tokens=MINI_STATEFUL_SOLUTION_TOKENS, step_tokens=MINI_STEP_TOKENS,
-                        sleep_template=MINI_SLEEP_TEMPLATE, context_template=MINI_CONTEXT_TEMPLATE)
+                        sleep_template=MINI_SLEEP_TEMPLATE, context_template=MINI_CONTEXT_TEMPLATE,
+                        draft_loader=lambda: LocalBackend.from_pretrained(draft_dir, threads=threads),
+                        synthesis_template=MINI_SYNTHESIS_TEMPLATE, path_template=MINI_PATH_TEMPLATE)
 
 
 __all__ = ["NO_BACKEND_HELP", "BackendSetup", "default_backend", "embedded_context_setup", "embedded_setup", "env",

@@ -112,7 +112,7 @@ def test_parallel_thinking_with_a_synthesizer_served_by_vllm(vllm_url: str, tmp_
     monkeypatch.setenv("TTC_SYNTHESIZER_URL", vllm_url)
     with TraceStore(str(tmp_path / "t.db")) as store:
         result = solve(QUESTION, 1000, strategy="parallel_thinking", backend=target, store=store, seed=5, paths=4,
-                       synthesis_max_tokens=16)
+                       max_tokens=64, synthesis_max_tokens=16)
         record = store.get_trace(result.trace_id or "")
         synthesis = next(e.payload for e in record.events if e.kind == "synthesis")
         assert synthesis["synthesizer"] == "setup" and synthesis["shown"] == 4

@@ -298,6 +298,34 @@ async def test_a_draft_that_reads_only_the_prompt_alike_is_refused() -> None:
         await run(writer(TARGET), SwappedSigns(script(TARGET)))
 
 
+class FewCapitals(ScriptedBackend):
+    """A small vocabulary, as the mini models': of the capitals only A B E H K M Q S T. ``swap`` numbers two of them
+    the other way round."""
+
+    def __init__(self, responses: Responder, swap: str = "") -> None:
+        super().__init__(responses)
+        self.swap = {ord(a): ord(b) for a, b in zip(swap, swap[::-1], strict=True)}
+
+    async def tokenize(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        if missing := [ch for ch in dict.fromkeys(text) if ch.isupper() and ch not in "ABEHKMQST"]:
+            raise ConfigError(f"{self.name} has no token for {missing}")
+        return [self.swap.get(ord(ch), ord(ch)) for ch in text]
+
+
+async def test_a_draft_that_reads_capitals_as_other_ids_is_refused_where_the_target_lacks_some() -> None:
+    """The probes held only lowercase letters, and a target with no token for C let a whole probe of capitals pass
+    unread: a draft with A and M swapped was taken."""
+    target, draft = FewCapitals(script(TARGET)), FewCapitals(script(TARGET), swap="AM")
+    ctx = dataclasses.replace(ctx_for(target, draft), prompt_template="Q: {question}\nB:\n")
+    with pytest.raises(ConfigError, match=r"draft model scripted tokenizes 'ABCDEFGHIJKLMNOPQRSTUVWXYZ' "
+                                          r"differently from the target scripted"):
+        await make_strategy("lookahead", {}).run(Problem(question="q"), Meter(Budget(tokens=10_000)), ctx)
+    assert target.calls == [] and draft.calls == []
+    # The same vocabulary passes: the capitals the target lacks are no reason to refuse a draft.
+    text, answer, _, _ = await run(FewCapitals(script(TARGET)), FewCapitals(script(TARGET)), gamma=2)
+    assert (text, answer) == ("".join(TARGET), "8")
+
+
 class OtherEnd(ScriptedBackend):
     @property
     def eos_token_id(self) -> int | None:

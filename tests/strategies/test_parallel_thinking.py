@@ -120,12 +120,19 @@ async def test_without_a_synthesizer_the_target_synthesizes() -> None:
     assert [e.payload["synthesizer"] for e in ctx.recorder.events() if e.kind == "synthesis"] == ["target"]
 
 
-async def test_the_paths_leave_the_synthesis_its_tokens() -> None:
+@pytest.mark.parametrize(("budget", "planned"), [(Budget(tokens=60), 1), (Budget(tokens=119), 2),
+                                               (Budget(tokens=120), 3), (Budget(calls=5), 3)])
+async def test_the_paths_are_drawn_whole_as_many_as_the_budget_affords_beside_the_synthesis(
+        budget: Budget, planned: int) -> None:
+    """The paths shared what the synthesis left: at 60 tokens, three of 10, cut before their answer lines, which
+    the synthesizer read as attempts (on the mini models it answered worse than shown no path)."""
     target, synth = sampler(), synthesizer()
-    # 60 tokens: 30 kept for a synthesis of at most 30, so the three paths share 30 (10 each, cut off).
-    text, _, _, meter = await run(target, synth, Budget(tokens=60), synthesis_max_tokens=30)
-    assert target.calls[0].sampling.max_tokens == 10 and synth.calls[0].sampling.max_tokens == 30
-    assert meter.usage().generated_tokens <= 60 and text
+    text, _, ctx, meter = await run(target, synth, budget, max_tokens=30, synthesis_max_tokens=30)
+    assert [(c.n, c.sampling.max_tokens) for c in target.calls] == [(planned, 30)]
+    assert synth.calls[0].sampling.max_tokens == 30
+    assert [e.payload for e in ctx.recorder.events() if e.kind == "sample"] == [
+        {"requested": 3, "planned": planned, "drawn": planned, "distinct": False}]
+    assert meter.usage().generated_tokens <= (budget.tokens or 10_000) and text
 
 
 def test_the_meter_keeps_a_reserve_back_from_a_plan() -> None:
@@ -145,9 +152,11 @@ async def test_a_budget_of_one_call_goes_to_the_synthesis() -> None:
 
 
 @pytest.mark.parametrize(("budget", "limit"), [(Budget(calls=1), "calls"), (Budget(tokens=5000, calls=1), "calls"),
-                                             (Budget(tokens=30), "tokens"), (Budget(tokens=20), "tokens")])
+                                             (Budget(tokens=30), "tokens"), (Budget(tokens=20), "tokens"),
+                                             (Budget(tokens=285), "tokens")])
 async def test_a_budget_that_leaves_the_paths_nothing_says_so(budget: Budget, limit: str) -> None:
-    """The synthesizer answered unaided, and nothing in the trace said why no path was drawn."""
+    """The synthesizer answered unaided, and nothing in the trace said why no path was drawn. 285 tokens leave
+    255 beside the synthesis, short of one whole path (max_tokens 256): no path, rather than three cut short."""
     target, synth = sampler(), synthesizer()
     _, _, ctx, _ = await run(target, synth, budget, synthesis_max_tokens=30)
     assert target.calls == [] and len(synth.calls) == 1
@@ -156,7 +165,7 @@ async def test_a_budget_that_leaves_the_paths_nothing_says_so(budget: Budget, li
 
 
 async def test_paths_drawn_record_no_fallback_to_the_synthesis() -> None:
-    _, _, ctx, _ = await run(sampler(), synthesizer(), Budget(tokens=31), synthesis_max_tokens=30)
+    _, _, ctx, _ = await run(sampler(), synthesizer(), Budget(tokens=40), max_tokens=10, synthesis_max_tokens=30)
     assert [e.kind for e in ctx.recorder.events() if e.kind == "fallback"] == []
 
 
@@ -331,3 +340,31 @@ async def test_a_synthesizer_context_too_short_for_the_bare_prompt_is_refused_be
                                           r"synthesis_max_tokens"):
         await run(target, synth, synthesis_max_tokens=30)
     assert target.calls == [] and synth.calls == []
+
+
+class Lowercase(ScriptedBackend):
+    """A small vocabulary with no capital letters, which has no token for the generic templates' own words."""
+
+    async def tokenize(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        if missing := [ch for ch in dict.fromkeys(text) if ch.isupper()]:
+            raise ConfigError(f"{self.name} has no token for {missing} in {text[:20]!r}: write the text with the "
+                              "characters its vocabulary holds")
+        return await super().tokenize(text, add_special_tokens=add_special_tokens)
+
+
+async def test_templates_the_synthesizer_cannot_spell_are_named_rather_than_the_question() -> None:
+    """The backend's error quoted the prompt, which opens with the question, and so blamed the caller's question
+    for the template's 'Q', 'C' and 'N'."""
+    target, synth = sampler(), Lowercase(last_answer_shown)
+    ctx = dataclasses.replace(context(target, synth), synthesis_template=SYNTHESIS_TEMPLATE,
+                              path_template=PATH_TEMPLATE)
+    strategy = make_strategy("parallel_thinking", {"paths": 3})
+    with pytest.raises(ConfigError, match=r"synthesizer scripted has no token for characters of the synthesis "
+                                          r"prompt's own words \(synthesis_template holds 'Q', 'H', 'C', 'T', 'N', "
+                                          r"'A'; path_template holds 'A'\): pass synthesis_template= and "
+                                          r"path_template="):
+        await strategy.run(Problem(question="how many?"), Meter(Budget(tokens=10_000)), ctx)
+    assert target.calls == [] and synth.calls == []
+    # Templates it reads leave a capital of the question's own to the backend's error, which names it.
+    with pytest.raises(ConfigError, match=r"no token for \['W'\] in 'What\?"):
+        await strategy.run(Problem(question="What?"), Meter(Budget(tokens=10_000)), context(target, synth))

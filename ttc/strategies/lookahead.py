@@ -38,14 +38,17 @@ from ttc.strategies.tree import ends_solution
 from ttc.types import Candidate, Completion, Problem, Sampling
 from ttc.verifiers.answer import stopped_answer
 
-NO_DRAFT = ("the lookahead strategy needs a draft model: pass draft=<Backend> to solve, or set TTC_DRAFT_MODEL to "
-            "a model folder with the target's tokenizer (the embedded default brings the mini draft)")
+NO_DRAFT = ("the lookahead strategy needs a draft model and this setup has none: pass draft=<Backend> to solve, or "
+            "set TTC_DRAFT_MODEL (a model folder) or TTC_DRAFT_URL (a vLLM server) to a model with the target's "
+            "tokenizer")
 
-TOKENIZER_PROBES = ("0123456789", "+-*/=().,:?", "abcdefghijklmnopqrstuvwxyz", "The answer is 42.\nStep 1: ")
+TOKENIZER_PROBES = ("0123456789", "+-*/=().,:?", "abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+                    "The answer is 42.\nStep 1: ")
 """Texts both models must read as the same token ids, besides the prompt: a prompt need not hold the digits,
-operators and words that steps are written in, and a draft whose vocabulary numbers those differently (``+`` and
-``=`` swapped) reads the prompt alike, then passes every check while its steps read as other text. Short pieces
-rather than one string, so that a character a small vocabulary lacks costs only its own piece."""
+operators and letters that steps are written in, and a draft whose vocabulary numbers those differently (``+`` and
+``=`` swapped, or ``A`` and ``M``) reads the prompt alike, then passes every check while its steps read as other
+text. A piece the target cannot read whole is compared a character at a time (:func:`reads_alike`), so that a
+character a small vocabulary lacks leaves the rest of its piece checked."""
 
 StepState = Literal["unfinished", "ended", "done"]
 
@@ -367,11 +370,18 @@ async def _release(held: Mapping[Backend, Sequence[tuple[int, ...]]]) -> None:
 
 
 async def reads_alike(target: Backend, draft: Backend, text: str) -> bool:
-    """Whether both models read ``text`` as the same token ids. A text the target has no token for tells nothing
-    about the draft (the target never writes it), so it passes; one only the draft cannot read fails."""
+    """Whether both models read ``text`` as the same token ids. A character the target has no token for tells
+    nothing about the draft (the target never writes it), so it passes; one only the draft cannot read fails. A text
+    the target cannot read whole is compared a character at a time: passed whole, the capitals of a vocabulary
+    short of ``C`` went unchecked, and a draft with ``A`` and ``M`` swapped was taken."""
     try:
         ours = await target.tokenize(text)
     except ConfigError:
+        if len(text) < 2:
+            return True
+        for char in dict.fromkeys(text):
+            if not await reads_alike(target, draft, char):
+                return False
         return True
     try:
         theirs = await draft.tokenize(text)

@@ -9,9 +9,11 @@ The synthesizer is the setup's synthesis model when it has one (the embedded def
 trained on this prompt), else the target model itself, with the setup's synthesis template; the prompt is text,
 so a synthesizer with another tokenizer than the target's works as well. One budget covers both calls: the paths
 are planned with the synthesis's ``synthesis_max_tokens`` (and its call) kept back, so the synthesis always runs
-within a token or call budget; a budget that leaves the paths nothing then (tokens at most
-``synthesis_max_tokens``, or fewer than two calls) draws no path, and the synthesizer answers alone after a
-``fallback`` event ``{"to": "synthesis", "reason": "no_budget_for_paths"}`` whose ``limit`` names what ran short.
+within a token or call budget, and each path keeps its whole ``max_tokens``: a budget short of ``paths`` of them
+draws as many as it affords (the ``sample`` event's ``planned``), not more paths cut short. One that affords none
+(fewer than ``synthesis_max_tokens + max_tokens`` tokens, or fewer than two calls) draws no path, and the
+synthesizer answers alone after a ``fallback`` event ``{"to": "synthesis", "reason": "no_budget_for_paths"}``
+whose ``limit`` names what ran short.
 Where all the paths make the synthesis prompt longer than ``synthesis_max_prompt_tokens``, or than the synthesizer's
 context leaves once ``synthesis_max_tokens`` are kept for the synthesis (where the backend says its context), the
 different paths are taken most common first, each only if the prompt still fits, and the trace's ``synthesis``
@@ -83,8 +85,10 @@ class ParallelThinking(Strategy[ParallelThinkingOptions]):
         _, prompt, root = await ctx.open_question(problem.question)
         synthesizer = ctx.synthesizer or ctx.backend
         await self._check_room(ctx, synthesizer, ctx.question_text(problem.question))
-        paths = await self._paths(ctx, meter, prompt)
-        ctx.recorder.event("sample", {"requested": opts.paths, "drawn": len(paths), "distinct": opts.distinct})
+        planned = self._planned(meter)
+        paths = await self._paths(ctx, meter, prompt, planned)
+        ctx.recorder.event("sample", {"requested": opts.paths, "planned": planned, "drawn": len(paths),
+                                      "distinct": opts.distinct})
         candidates = record(ctx, root, paths)
         text, shown, tokens = await self._synthesis_prompt(ctx, synthesizer, ctx.question_text(problem.question),
                                                             paths)
@@ -115,14 +119,26 @@ class ParallelThinking(Strategy[ParallelThinkingOptions]):
         return StrategyResult(answer=best.answer if best else None, text=best.text if best else "", score=None,
                               candidates=(*candidates, *([final] if final else [])))
 
-    async def _paths(self, ctx: Context, meter: Meter, prompt: Sequence[int]) -> list[Completion]:
-        """The paths, within what the budget leaves after the synthesis (its tokens and its call)."""
+    def _planned(self, meter: Meter) -> int:
+        """How many paths the budget affords at their whole ``max_tokens`` once the synthesis's call and
+        ``synthesis_max_tokens`` are kept back. Fewer paths rather than shorter ones: paths cut to a share of what
+        is left stop a few tokens into their work (``4 * 3``), and the mini synthesizer, shown eight such, answered
+        worse than shown none (2 right of 16 where it alone had 7)."""
         opts = self.options
-        calls = meter.calls_left()
-        paths = [] if calls is not None and calls < 2 else \
-            await draw(ctx, meter, prompt, opts.paths, opts.max_tokens, opts.temperature, opts.top_p,
-                       distinct=opts.distinct, reserve=opts.synthesis_max_tokens)
+        calls, tokens = meter.calls_left(), meter.tokens_left()
+        if meter.exhausted() or (calls is not None and calls < 2):
+            return 0
+        if tokens is None:
+            return opts.paths
+        return min(opts.paths, max(0, tokens - opts.synthesis_max_tokens) // opts.max_tokens)
+
+    async def _paths(self, ctx: Context, meter: Meter, prompt: Sequence[int], planned: int) -> list[Completion]:
+        """The ``planned`` paths (:meth:`_planned`), each with its whole ``max_tokens``."""
+        opts = self.options
+        paths = await draw(ctx, meter, prompt, planned, opts.max_tokens, opts.temperature, opts.top_p,
+                           distinct=opts.distinct, reserve=opts.synthesis_max_tokens) if planned else []
         if not paths:
+            calls = meter.calls_left()
             _no_paths(ctx, meter, short_of_calls=calls is not None and calls < 2)
         return paths
 
@@ -141,7 +157,7 @@ class ParallelThinking(Strategy[ParallelThinkingOptions]):
         async def rendered(kept: set[str]) -> tuple[str, int, list[int]]:
             shown = [t for t in texts if t.strip() in kept]
             text = render_synthesis(question, shown, template, path_template)
-            return text, len(shown), await synthesizer.tokenize(text, add_special_tokens=True)
+            return text, len(shown), await _tokenize(synthesizer, text, template, path_template)
 
         order = merge_paths([t.strip() for t in texts])
         best = await rendered({p.text for p in order})
@@ -162,9 +178,10 @@ class ParallelThinking(Strategy[ParallelThinkingOptions]):
         (or, past its context, fail) after all of them were paid for."""
         opts = self.options
         template = opts.synthesis_template or ctx.synthesis_template
-        bare = render_synthesis(question, [], template, opts.path_template or ctx.path_template)
+        path_template = opts.path_template or ctx.path_template
+        bare = render_synthesis(question, [], template, path_template)
         # Tokenized first: a server learns its context when first asked.
-        needed = len(await synthesizer.tokenize(bare, add_special_tokens=True))
+        needed = len(await _tokenize(synthesizer, bare, template, path_template))
         limit = self._prompt_limit(synthesizer)
         if needed < limit:
             return
@@ -198,6 +215,42 @@ class ParallelThinking(Strategy[ParallelThinkingOptions]):
             return None
         (final,) = record(ctx, node, completions)
         return final
+
+
+async def _tokenize(synthesizer: Backend, text: str, template: str, path_template: str) -> list[int]:
+    """The synthesis prompt ``text``'s token ids. Where the synthesizer has no token for characters of the templates'
+    own words (the generic template's ``Q`` and ``'`` in a mini vocabulary), the ConfigError names the templates
+    and the options that replace them: the backend's own error quotes the prompt, which opens with the question,
+    and sent the caller to rewrite a question that was never at fault."""
+    try:
+        return await synthesizer.tokenize(text, add_special_tokens=True)
+    except ConfigError as exc:
+        words = {"synthesis_template": template.format(question="", paths="", total=1),
+                 "path_template": path_template.format(index=1, count=1, total=1, text="")}
+        unread = {name: await _unreadable(synthesizer, own) for name, own in words.items()}
+        if not any(unread.values()):
+            raise
+        which = "; ".join(f"{name} holds {', '.join(map(repr, chars))}" for name, chars in unread.items() if chars)
+        raise ConfigError(f"the synthesizer {synthesizer.name} has no token for characters of the synthesis "
+                          f"prompt's own words ({which}): pass synthesis_template= and path_template= written in "
+                          "characters its vocabulary holds (ttc.models.MINI_SYNTHESIS_TEMPLATE and "
+                          "MINI_PATH_TEMPLATE for a mini model), or a synthesizer= that reads them") from exc
+
+
+async def _unreadable(backend: Backend, text: str) -> list[str]:
+    """The characters of ``text`` that ``backend`` has no token for, each asked alone (only once ``text`` fails)."""
+    try:
+        await backend.tokenize(text)
+        return []
+    except ConfigError:
+        pass
+    missing = []
+    for char in dict.fromkeys(text):
+        try:
+            await backend.tokenize(char)
+        except ConfigError:
+            missing.append(char)
+    return missing
 
 
 def _no_paths(ctx: Context, meter: Meter, *, short_of_calls: bool) -> None:
