@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 
@@ -33,6 +34,9 @@ from ttc.strategies.synthesis import PATH_TEMPLATE, SYNTHESIS_TEMPLATE
 from ttc.trace import TraceRecorder
 from ttc.types import Budget, Notes, Problem, Result, TraceEvent, Usage, check_unicode, is_finite_number, is_int
 from ttc.verifiers.base import OutcomeVerifier, ProcessVerifier, StepwiseOutcome
+
+if TYPE_CHECKING:
+    from ttc.backends.vllm import VLLMBackend
 
 T = TypeVar("T")
 
@@ -64,10 +68,32 @@ class Session:
         store's writer thread and connections open, and a backend that failed to close skipped the store."""
         with anyio.CancelScope(shield=True):
             try:
-                await self.setup.aclose()
+                try:
+                    await self.setup.aclose()
+                finally:
+                    for backend in _vllm_backends(self.setup):
+                        await backend.release_loop()
             finally:
                 if self._owned_store and self.store is not None:
                     await anyio.to_thread.run_sync(self.store.close)
+
+
+def _vllm_backends(setup: BackendSetup) -> list[VLLMBackend]:
+    """The vLLM backends ``setup`` asks (the caller's, left open, among them), whose connection pools on this event
+    loop the session closes: each ``solve()`` runs on a loop of its own, and a lent backend's pool from every call
+    stayed open until garbage collection. Those the setup opened are closed already, which leaves nothing to do."""
+    if "ttc.backends.vllm" not in sys.modules:
+        return []  # no vLLM backend was ever made: importing the client (and httpx) here would only cost time
+    from ttc.backends.vllm import VLLMBackend
+    from ttc.verifiers.prm import CachedPRM
+
+    asked = [setup.backend, setup.draft, setup.synthesizer]
+    asked += [v.backend for v in (setup.prm, setup.verifier) if isinstance(v, CachedPRM)]
+    found: list[VLLMBackend] = []
+    for backend in asked:
+        if isinstance(backend, VLLMBackend) and all(backend is not seen for seen in found):
+            found.append(backend)
+    return found
 
 
 def open_session(*, backend: Backend | None, store: StoreArg, verifier: VerifierArg,

@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import enum
 import itertools
 import os
+import ssl
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -34,7 +36,9 @@ from ttc.backends.vllm_errors import (
     connection_error,
     context_length_error,
     error_from_response,
+    is_html,
     protocol_error,
+    server_message,
     timeout_error,
 )
 from ttc.backends.vllm_metrics import (
@@ -60,6 +64,16 @@ _UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout)
 # The connection broke mid-request (server restarting, idle keep-alive closed): worth another try.
 _BROKEN = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 
+DEFAULT_TIMEOUT_S = 120.0
+"""Seconds one request may take where neither ``timeout=`` nor ``TTC_VLLM_TIMEOUT`` says otherwise."""
+
+
+class _Default(enum.Enum):
+    """``timeout``'s default, read when the backend is made. Not None: to httpx that means no limit at all, so a
+    ``timeout=None`` is refused rather than read as the default."""
+
+    FROM_ENV = "TTC_VLLM_TIMEOUT, else 120 s"
+
 
 @dataclass
 class _LoopState:
@@ -69,6 +83,8 @@ class _LoopState:
     client: httpx.AsyncClient
     semaphore: asyncio.Semaphore
     connect_lock: asyncio.Lock
+    users: int = 0
+    """Requests under way on this client (queued behind the semaphore too): ``release_loop`` leaves it open."""
 
 
 def _normalise_url(url: object) -> str:
@@ -96,6 +112,33 @@ def _normalise_url(url: object) -> str:
     return url
 
 
+def _env_timeout() -> float:
+    """``TTC_VLLM_TIMEOUT``, else the default: a backend made from ``TTC_VLLM_URL`` or ``--url`` has no other way
+    to wait longer for a slow server."""
+    raw = os.environ.get("TTC_VLLM_TIMEOUT", "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not is_finite_number(seconds) or seconds <= 0:
+        raise ConfigError(f"TTC_VLLM_TIMEOUT must be a positive number of seconds, e.g. 300, got {raw!r}: set it "
+                          f"so, or unset it for the default {DEFAULT_TIMEOUT_S:g}s")
+    return seconds
+
+
+def _tls_context(urls: Sequence[str]) -> ssl.SSLContext:
+    """The TLS settings every client of the backend uses, made once, by whoever makes the backend.
+
+    An httpx client loads the certificate store (tens to hundreds of ms) when it is made, also for http:// URLs,
+    and a client is made on each event loop the backend is used on: that stalled the loop. For plain-HTTP servers a
+    bare verifying context serves, as no TLS connection is ever opened (redirects are not followed)."""
+    if any(url.startswith("https://") for url in urls):
+        return httpx.create_ssl_context()
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
 def _short(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -115,7 +158,8 @@ class VLLMBackend:
     """A ``Backend`` that sends every request to vLLM servers over HTTP.
 
     ``base_url`` is a server root (``http://host:8000``) or several, one per replica. ``model`` defaults to the
-    first model the server lists. ``retries`` counts extra attempts after the first, made on connection errors,
+    first model the server lists. ``timeout`` bounds each request, in seconds: by default ``TTC_VLLM_TIMEOUT``, or
+    120 where that is unset. ``retries`` counts extra attempts after the first, made on connection errors,
     429, 500, 502, 503 and 504 only, with exponential backoff and seeded jitter (``backoff_s`` is the first delay).
     ``block_tokens`` (vLLM's KV block size), ``min_cached`` and ``spill_in_flight`` tune replica affinity; see
     ``ttc.backends.routing.ReplicaRouter``.
@@ -125,13 +169,14 @@ class VLLMBackend:
     """vLLM samples each continuation independently: ``Sampling(distinct=True)`` is refused."""
 
     def __init__(self, base_url: str | Sequence[str], model: str | None = None, api_key: str | None = None,
-                 max_concurrency: int = 64, timeout: float = 120.0, retries: int = 3, *,
+                 max_concurrency: int = 64, timeout: float | _Default = _Default.FROM_ENV, retries: int = 3, *,
                  block_tokens: int = 16, min_cached: float = 0.5, spill_in_flight: int = 32,
                  cooldown_s: float = 10.0, backoff_s: float = 0.25, seed: int = 0,
                  cache_size: int = 4096, transport: httpx.AsyncBaseTransport | None = None) -> None:
         if not isinstance(base_url, str) and not (isinstance(base_url, Sequence) and base_url):
             raise ConfigError(f"base_url must be a server URL or a list of them, got {base_url!r}")
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        timeout = _env_timeout() if timeout is _Default.FROM_ENV else timeout
         for name, count, least in (("max_concurrency", max_concurrency, 1), ("retries", retries, 0),
                                    ("cache_size", cache_size, 1)):
             if not is_int(count) or count < least:
@@ -151,6 +196,7 @@ class VLLMBackend:
         self.retries = retries
         self._backoff = Backoff(base_s=backoff_s, seed=seed)
         self._transport = transport
+        self._tls = _tls_context(self.urls) if transport is None else None  # a given transport brings its own
         self._tokens: LRUCache[tuple[str, bool], tuple[int, ...]] = LRUCache(cache_size)
         self._texts: LRUCache[tuple[int, ...], str] = LRUCache(cache_size)
         self._state: _LoopState | None = None
@@ -208,7 +254,8 @@ class VLLMBackend:
             limits = httpx.Limits(max_connections=self.max_concurrency,
                                   max_keepalive_connections=self.max_concurrency)
             timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0))
-            client = httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout, transport=self._transport)
+            client = httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout, transport=self._transport,
+                                       verify=self._tls or True)
             self._state = _LoopState(loop, client, asyncio.Semaphore(self.max_concurrency), asyncio.Lock())
         return self._state
 
@@ -262,6 +309,17 @@ class VLLMBackend:
         if state is not None and state.loop is asyncio.get_running_loop():
             await state.client.aclose()
 
+    async def release_loop(self) -> None:
+        """Close the connection pool of the running event loop where no request is using it; the backend stays
+        open, and a later request opens a new pool.
+
+        A session calls this for the backends it was lent: ``solve()`` runs each call on an event loop of its own,
+        and the pool each call left behind held its connections open until garbage collection."""
+        state = self._state
+        if state is not None and state.loop is asyncio.get_running_loop() and not state.users:
+            self._state = None
+            await state.client.aclose()
+
     async def __aenter__(self) -> VLLMBackend:
         try:
             await self.connect()
@@ -285,6 +343,15 @@ class VLLMBackend:
         failover, not a retry: with ``retries=0`` a dead replica beside a live one must not fail the call. Failovers
         are bounded by the number of replicas, retries by ``retries``."""
         state = self._loop_state()
+        state.users += 1
+        try:
+            return await self._attempts(state, kind, method, path, body=body, prompt=prompt, replica=replica,
+                                        retry=retry)
+        finally:
+            state.users -= 1
+
+    async def _attempts(self, state: _LoopState, kind: str, method: str, path: str, *, body: dict[str, Any] | None,
+                        prompt: Sequence[int] | None, replica: Replica | None, retry: bool) -> httpx.Response:
         retries = self.retries if retry else 0
         failovers = len(self.urls) - 1 if replica is None else 0
         previous: list[Replica] = []
@@ -358,8 +425,8 @@ class VLLMBackend:
         try:
             body = response.json()
         except ValueError as exc:
-            raise protocol_error(f"the body is not JSON: {response.text[:200]!r}", kind=kind,
-                                 url=str(response.url)) from exc
+            detail = server_message(response) if is_html(response) else f"the body is not JSON: {response.text[:200]!r}"
+            raise protocol_error(detail, kind=kind, url=str(response.url)) from exc
         if not isinstance(body, dict):
             raise protocol_error(f"the body is not a JSON object: {response.text[:200]!r}", kind=kind,
                                  url=str(response.url))

@@ -8,21 +8,32 @@ problem with the server, which a retry would only repeat.
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 
 from ttc.errors import BackendError, ContextLengthError
 
 _MAX_BODY_CHARS = 500
+_MAX_TEXT_CHARS = 200
+"""A body that is not vLLM's JSON (a proxy's or another server's page) is shown as one line of at most this."""
 
 
 def server_message(response: httpx.Response) -> str:
-    """The human-readable message in a vLLM error body (either of its JSON shapes), else the raw body."""
+    """The human-readable message in a vLLM error body (either of its JSON shapes), else the body on one line.
+
+    Errors are printed on one line: another server's HTML page came through whole, over a dozen lines of markup,
+    where what to say is that the URL does not lead to vLLM."""
     text = response.text
+    if is_html(response):
+        title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+        named = f" ({_one_line(title.group(1), 80)!r})" if title and title.group(1).strip() else ""
+        return (f"an HTML page{named}, not vLLM's JSON API: check that the URL is a vLLM server's base URL "
+                "(e.g. http://127.0.0.1:8000)")
     try:
         body = json.loads(text)
     except ValueError:
-        return text.strip()[:_MAX_BODY_CHARS] or response.reason_phrase
+        return _one_line(text, _MAX_TEXT_CHARS) or response.reason_phrase
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
@@ -30,7 +41,27 @@ def server_message(response: httpx.Response) -> str:
         for key in ("message", "detail"):
             if isinstance(body.get(key), str):
                 return str(body[key])[:_MAX_BODY_CHARS]
-    return text.strip()[:_MAX_BODY_CHARS]
+    return _one_line(text, _MAX_BODY_CHARS)
+
+
+def is_html(response: httpx.Response) -> bool:
+    """Whether the body is a web page: vLLM answers every error in JSON, so the URL leads to something else."""
+    media = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    return media in ("text/html", "application/xhtml+xml") or \
+        response.text.lstrip()[:15].lower().startswith(("<!doctype html", "<html"))
+
+
+def _one_line(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _is_json(response: httpx.Response) -> bool:
+    try:
+        json.loads(response.text)
+    except ValueError:
+        return False
+    return True
 
 
 _TRANSIENT = frozenset({429, 500, 502, 503, 504})
@@ -46,6 +77,10 @@ def error_from_response(response: httpx.Response, *, kind: str, url: str) -> Bac
     status = response.status_code
     message = server_message(response)
     retryable = is_retryable_status(status)
+    if is_html(response) and not 300 <= status < 400:
+        # The message says what to check; a hint about vLLM's own statuses would mislead.
+        return BackendError(f"the server answered HTTP {status} with {message}", url=url, kind=kind,
+                            retryable=retryable)
     if status in (401, 403):
         hint = "the server rejected the API key; pass api_key= or set TTC_VLLM_API_KEY to the server's --api-key"
     elif status == 404:
@@ -65,7 +100,8 @@ def error_from_response(response: httpx.Response, *, kind: str, url: str) -> Bac
     else:
         hint = "the request was invalid for this server"
     error = ContextLengthError if "maximum context length" in message else BackendError
-    return error(f"vLLM answered HTTP {status}: {message} ({hint})", url=url, kind=kind, retryable=retryable)
+    sender = "vLLM" if _is_json(response) else "the server"  # vLLM's errors are JSON; a proxy's may not be
+    return error(f"{sender} answered HTTP {status}: {message} ({hint})", url=url, kind=kind, retryable=retryable)
 
 
 def context_length_error(*, prompt_tokens: int, max_tokens: int, max_model_len: int, kind: str,
@@ -100,7 +136,7 @@ def connection_error(exc: Exception, *, kind: str, url: str, attempts: int, reac
 def timeout_error(exc: Exception, *, kind: str, url: str, timeout: float) -> BackendError:
     return BackendError(
         f"no answer from the vLLM server within {timeout:g}s ({type(exc).__name__}); the server may be overloaded: "
-        "raise timeout= or lower max_concurrency / max_tokens",
+        "raise timeout= (or the TTC_VLLM_TIMEOUT environment variable) or lower max_concurrency / max_tokens",
         url=url, kind=kind, retryable=True,
     )
 
@@ -113,6 +149,7 @@ __all__ = [
     "connection_error",
     "context_length_error",
     "error_from_response",
+    "is_html",
     "is_retryable_status",
     "protocol_error",
     "server_message",
