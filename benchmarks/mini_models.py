@@ -51,6 +51,7 @@ from typing import cast
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shared cores: do not spin while waiting
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -101,8 +102,15 @@ def load_model(path: Path) -> PreTrainedModel:
     ``lm_head``) with random numbers without a word: either way the figures would describe a broken model.
     """
     _check_vocabulary(path)
-    loaded = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True,
-                                                  output_loading_info=True)
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True,
+                                                      output_loading_info=True)
+    except (OSError, ValueError, SafetensorError) as exc:
+        # No weights file, or one cut short by a stopped save: the loader's own traceback named neither the
+        # folder nor what to do.
+        why = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"model folder {path} cannot be loaded ({why}): pass a complete checkpoint of a mini "
+                          f"model, or train it again") from exc
     # With output_loading_info the call returns the model and what loading found, which its stubs do not say.
     model, info = cast(tuple[PreTrainedModel, dict[str, list[str]]], loaded)
     missing = sorted(info.get("missing_keys") or ())

@@ -18,7 +18,8 @@ Every run is a pure function of ``--seed`` on a given machine and torch build: d
 through ``random.Random(seed)``, weights from ``torch.manual_seed``; training runs a fixed number of steps (never
 "until time is up"), on two threads unless ``--threads`` says otherwise. Another CPU can round differently; the
 draft came out bit for bit the same on a second machine, the 1600-step reasoner did not (docs/mini_models.md has
-both). Each model folder gets a ``train_log.json`` with the settings, wall time and final numbers.
+both). Each model folder gets a ``train_log.json`` with the settings, wall time and final numbers, and is written
+beside the old one and then swapped in whole: a run stopped while saving leaves the old model or the new one.
 """
 
 from __future__ import annotations
@@ -33,12 +34,13 @@ import math
 import os
 import random
 import re
+import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 # Other work shares these cores: busy-waiting OpenMP threads would then burn most of the time slice.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -385,10 +387,12 @@ def greedy_accuracy(model: LlamaForCausalLM, problems: Sequence[SyntheticProblem
 
 def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path, *, solutions: str = "fixed",
              attention: str = "eager", totals_fraction: float = 0.0, save_every: int = 0,
-             teacher: Path | None = None) -> dict[str, object]:
+             teacher: Path | None = None, files: Mapping[str, str] | None = None) -> dict[str, object]:
     """Train one language model on the solution stream: next-token loss on the solutions, or, with ``teacher``,
     the teacher's next-token distribution at the same positions (distillation: where a problem has several right
-    next steps, the data draw one at random, and a draft must learn which one its target picks)."""
+    next steps, the data draw one at random, and a draft must learn which one its target picks). ``files`` (name:
+    text, a preset) are saved in the model's folder with it."""
+    remove_snapshots(out, name)
     seed_everything(seed)
     model = new_model(SHAPES[name], attention)
     teacher_model = None if teacher is None else load_model(teacher, attention)
@@ -421,7 +425,6 @@ def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path
                                       teacher=teacher_model)
     train_s = time.time() - started
     final = dev_scores()
-    save_lm(model, out / name)
     result: dict[str, object] = {
         "model": name, "params": n_params(model), "train_s": round(train_s, 1), "tokens": tokens,
         "final_loss": round(running, 4), **final, "schedule": asdict(schedule),
@@ -433,14 +436,73 @@ def train_lm(name: str, schedule: Schedule, out: Path, seed: int, log_path: Path
         result["teacher"] = teacher.name
     if totals_fraction:
         result["totals_fraction"] = totals_fraction
+    save_lm(model, out / name, {**(files or {}), "train_log.json": train_log(result)})
     log(log_path, event="done", **result)
-    (out / name / "train_log.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
-def save_lm(model: LlamaForCausalLM, directory: Path) -> None:
-    """Ship weights in bfloat16 (what vLLM's CPU backend runs) with the tokenizer and generation defaults."""
-    directory.mkdir(parents=True, exist_ok=True)
+def remove_snapshots(out: Path, name: str) -> None:
+    """Remove the ``NAME-stepK`` snapshots an earlier run left in ``out``: beside this run's they would read as its
+    own, and nothing in them says which run wrote them."""
+    for folder in sorted(out.glob(f"{name}-step*")):
+        if folder.is_dir() and re.fullmatch(rf"{re.escape(name)}-step\d+", folder.name):
+            print(f"train_mini_models.py: removing {folder}, a snapshot of an earlier {name} run", file=sys.stderr,
+                  flush=True)
+            shutil.rmtree(folder)
+
+
+def train_log(result: Mapping[str, object]) -> str:
+    """``train_log.json``'s text, strict JSON: a figure that is not a number (an undefined AUROC, the loss of a run
+    that diverged) is written null, as json.dumps would write NaN, which strict parsers refuse."""
+    return json.dumps(finite(result), indent=2, allow_nan=False) + "\n"
+
+
+def finite(value: object) -> object:
+    """``value`` with every float that is NaN or infinite, at any depth of dicts and lists, replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def save_lm(model: LlamaForCausalLM, directory: Path, files: Mapping[str, str] | None = None) -> None:
+    """Ship weights in bfloat16 (what vLLM's CPU backend runs) with the tokenizer, generation defaults and
+    ``files`` (name: text, the training log and a preset). All of it is written into a sibling folder that then
+    takes ``directory``'s place, so a run stopped while saving leaves the old model or the whole new one: written
+    in place, it left new weights beside the old train_log.json and prm.json, which ttc loads without a word."""
+    staging = beside(directory, "saving")
+    shutil.rmtree(staging, ignore_errors=True)  # what a save stopped before its swap left
+    staging.mkdir(parents=True)
+    try:
+        write_lm(model, staging)
+        for name, text in (files or {}).items():
+            (staging / name).write_text(text)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    swap_in(staging, directory)
+
+
+def beside(directory: Path, why: str) -> Path:
+    """A hidden sibling of ``directory``: on the same file system, so that a rename moves it whole."""
+    return directory.with_name(f".{directory.name}.{why}")
+
+
+def swap_in(new: Path, directory: Path) -> None:
+    """Put the folder ``new`` where ``directory`` is: the old one is renamed aside, the new one renamed in, and only
+    then the old one removed (two renames: a folder cannot be replaced by another in one)."""
+    old = beside(directory, "old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(new, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_lm(model: LlamaForCausalLM, directory: Path) -> None:
     # A copy of the config: the attention switch below must not reach the model in training.
     shipped = LlamaForCausalLM(copy.deepcopy(model.config))
     shipped.load_state_dict(model.state_dict())
@@ -486,8 +548,8 @@ def synthesis_paths(reasoner_dir: Path, cache_dir: Path, problems: Sequence[Synt
     asked = hashlib.sha256("\n".join(p.question for p in problems).encode()).hexdigest()[:8]
     path = cache_dir / (f"synthesis_paths_{digest}_{asked}_n{len(problems)}x{samples}_T{SAMPLE_TEMPERATURE}"
                         f"_p{TOP_P}_s{seed}.json")
-    if path.is_file():
-        cached: list[list[str]] = json.loads(path.read_text())
+    cached = read_cache(path)
+    if cached is not None:
         return cached
     torch.manual_seed(seed)
     order = sorted(range(len(problems)), key=lambda i: problems[i].level)
@@ -496,9 +558,33 @@ def synthesis_paths(reasoner_dir: Path, cache_dir: Path, problems: Sequence[Synt
     paths: list[list[str]] = [[] for _ in problems]
     for i, sampled in zip(order, texts, strict=True):
         paths[i] = [clean(t) for t in sampled]
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(paths))
+    write_cache(path, paths)
     return paths
+
+
+def read_cache(path: Path) -> list[Any] | None:
+    """A sample cache's list, or None when there is none or it is damaged (cut short by a stop or a full disk):
+    a damaged one is said and sampled again, where it failed every later run with a raw JSONDecodeError."""
+    if not path.is_file():
+        return None
+    try:
+        cached = json.loads(path.read_text())
+    except ValueError as exc:  # a cut file, or cut inside a character (UnicodeDecodeError)
+        why = str(exc)
+    else:
+        if isinstance(cached, list):
+            return cached
+        why = "not a list"
+    print(f"train_mini_models.py: the cache {path} is damaged ({why}); sampling again", file=sys.stderr, flush=True)
+    return None
+
+
+def write_cache(path: Path, value: object) -> None:
+    """Write a sample cache whole or not at all: into a file beside it, then renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(value))
+    os.replace(partial, path)
 
 
 def synthesis_target(problem: SyntheticProblem, shown: Sequence[str], target: str) -> str:
@@ -606,15 +692,14 @@ def train_synthesizer(schedule: Schedule, out: Path, seed: int, log_path: Path, 
     running, tokens = masked_lm_steps(model, schedule, epochs, log_path, "synthesizer", check, every=400)
     train_s = time.time() - started
     final = synthesis_scores(model, dev, dev_paths, dev_greedy)
-    save_lm(model, out / "synthesizer")
     result: dict[str, object] = {
         "model": "synthesizer", "params": n_params(model), "train_s": round(train_s, 1),
         "sampling_s": round(sampling_s, 1), "tokens": tokens, "final_loss": round(running, 4), "dev": final,
         "schedule": asdict(schedule), "seed": seed, "problems": n_problems, "examples": len(data),
         "attention": attention, "start": "reasoner", "target": target, "prompt": SYNTHESIS["prompt"],
     }
+    save_lm(model, out / "synthesizer", {"train_log.json": train_log(result)})
     log(log_path, event="done", **result)
-    (out / "synthesizer" / "train_log.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -763,15 +848,14 @@ def train_stateful(schedule: Schedule, out: Path, seed: int, log_path: Path, sta
         lambda step: log(log_path, model="stateful", step=step, dev=stateful_scores(model, dev)))
     train_s = time.time() - started
     scores = stateful_scores(model, dev)  # minutes: before the weights land, so a stop here leaves the old folder
-    save_lm(model, out / "stateful")
     result: dict[str, object] = {
         "model": "stateful", "params": n_params(model), "train_s": round(train_s, 1), "tokens": tokens,
         "final_loss": round(running, 4), "dev": scores, "schedule": asdict(schedule),
         "shape": asdict(shape), "seed": seed, "start": None if start is None else start.name, "drills": drills,
         "drill_steps": drill_steps,
     }
+    save_lm(model, out / "stateful", {"train_log.json": train_log(result)})
     log(log_path, event="done", **result)
-    (out / "stateful" / "train_log.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -916,7 +1000,9 @@ def judgement_logits(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tenso
 
 
 @torch.no_grad()
-def prm_eval(model: LlamaForCausalLM, data: Sequence[tuple[list[int], list[int]]]) -> dict[str, float]:
+def prm_eval(model: LlamaForCausalLM, data: Sequence[tuple[list[int], list[int]]]) -> dict[str, float | None]:
+    """AUROC of the PRM's step scores on ``data``, None where it is undefined (the steps are all right or all
+    wrong): NaN is not JSON, and the training log must stay readable by strict parsers."""
     torch.nn.Module.eval(model)
     scores: list[float] = []
     labels: list[bool] = []
@@ -924,7 +1010,8 @@ def prm_eval(model: LlamaForCausalLM, data: Sequence[tuple[list[int], list[int]]
         ids, rows, cols, y = prm_collate(data[start : start + 32])
         scores += judgement_logits(model(input_ids=ids).logits, rows, cols).softmax(-1)[:, 1].tolist()
         labels += [bool(v) for v in y.tolist()]
-    return {"auroc": round(auroc(scores, labels), 4), "steps": len(labels),
+    area = auroc(scores, labels)
+    return {"auroc": None if math.isnan(area) else round(area, 4), "steps": len(labels),
             "good_fraction": round(sum(labels) / max(1, len(labels)), 4)}
 
 
@@ -948,18 +1035,21 @@ def cached_samples(reasoner_dir: Path, cache_dir: Path, problems: Sequence[Synth
     digest = hashlib.sha256((reasoner_dir / "model.safetensors").read_bytes()).hexdigest()[:12]
     asked = hashlib.sha256("\n".join(p.question for p in problems).encode()).hexdigest()[:8]
     path = cache_dir / f"prm_samples_{digest}_{asked}_n{len(problems)}x{samples}_T{SAMPLE_TEMPERATURE}_s{seed}.json"
-    if path.is_file():
-        return [(ids, packed) for ids, packed in json.loads(path.read_text())], 0.0
+    cached = read_cache(path)
+    if cached is not None:
+        return [(ids, packed) for ids, packed in cached], 0.0
     started = time.time()
     data = sample_prm_data(load_model(reasoner_dir), problems, samples, seed, SAMPLE_TEMPERATURE)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data))
+    write_cache(path, data)
     return data, time.time() - started
 
 
 def prm_problems(seed: int, stateful_seed: int, n: int, totals_seed: int = 0, totals_fraction: float = 0.0
                  ) -> list[SyntheticProblem]:
-    """The PRM's problems: :func:`problem_mix` over all eight levels, not cut to ``n``."""
+    """The PRM's problems: :func:`problem_mix` over all eight levels, not cut to ``n``; none for ``n`` 0 (the mix
+    adds a context's questions to any ``n``, and --prm-contrastive-problems 0 trained three while logging 0)."""
+    if n == 0:
+        return []
     return problem_mix(seed, stateful_seed, totals_seed, n, totals_fraction)
 
 
@@ -1011,8 +1101,6 @@ def train_prm(schedule: Schedule, out: Path, seed: int, log_path: Path, n_proble
             step += 1
     train_s = time.time() - started
     held_scores = prm_eval(model, held)
-    save_lm(model, out / "prm")
-    write_prm_preset(out / "prm")
     result: dict[str, object] = {
         "model": "prm", "params": n_params(model), "sample_s": round(sample_s, 1), "train_s": round(train_s, 1),
         "problems": len(problems), "samples_per_problem": samples, "sample_temperature": SAMPLE_TEMPERATURE,
@@ -1021,12 +1109,12 @@ def train_prm(schedule: Schedule, out: Path, seed: int, log_path: Path, n_proble
         "final_loss": round(running, 4), "held_out": held_scores, "schedule": asdict(schedule), "seed": seed,
         "init": init.name, "attention": attention,
     }
+    save_lm(model, out / "prm", {"prm.json": prm_preset(), "train_log.json": train_log(result)})
     log(log_path, event="done", **result)
-    (out / "prm" / "train_log.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
-def write_prm_preset(directory: Path) -> None:
+def prm_preset() -> str:
     """``prm.json`` in :class:`ttc.verifiers.prm_presets.PRMPreset`'s keys: a token (Math-Shepherd-style) PRM
     whose input is exactly :func:`prm_text` (the separator after the last tag does not change any score)."""
     preset = {
@@ -1039,14 +1127,14 @@ def write_prm_preset(directory: Path) -> None:
         "separator": STEP_DELIMITER,
         "top_k": VOCAB_SIZE,
     }
-    (directory / "prm.json").write_text(json.dumps(preset, indent=2, ensure_ascii=False) + "\n")
+    return json.dumps(preset, indent=2, ensure_ascii=False) + "\n"
 
 
-def write_checker_preset(directory: Path) -> None:
+def checker_preset() -> str:
     """``prm.json`` for the checker: a likelihood verifier over the reasoner's own prompt and step format."""
     preset = {"family": "likelihood", "prefix": mini_prompt("{question}"), "step_template": "{step}",
               "separator": STEP_DELIMITER}
-    (directory / "prm.json").write_text(json.dumps(preset, indent=2) + "\n")
+    return json.dumps(preset, indent=2) + "\n"
 
 
 # ------------------------------------------------------------------------------------------------------ main
@@ -1089,31 +1177,70 @@ def rate(*, zero: bool = False) -> Callable[[str], float]:
     return parse
 
 
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")  # what a stage reads of an earlier one
+
+
+def has_model(folder: Path) -> bool:
+    """Whether ``folder`` holds a model a stage can read: a save stopped in a fresh folder left config.json alone."""
+    return all((folder / name).is_file() for name in MODEL_FILES)
+
+
+def writable_at(path: Path) -> tuple[bool, Path]:
+    """Whether ``path`` can be made or written, and the nearest existing folder at or above it that decides it."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing.is_dir() and os.access(existing, os.W_OK | os.X_OK), existing
+
+
 def check_inputs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Refuse, before any work, an --out that is a file, and a stage whose earlier stage's model is missing from
-    --out (found late, they failed as a download attempt or a raw FileNotFoundError after minutes of sampling)."""
+    """Refuse, before any work, an --out that cannot be written, a stage whose earlier stage's model is missing
+    from --out, and a --save-every that would save nothing (found late, they failed as a download attempt or a raw
+    traceback after minutes of training or sampling, or were silently ignored)."""
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} is a file; pass a folder (the models are written into DIR/NAME)")
+    writable, existing = writable_at(args.out)
+    if args.score_synthesizer is None and not writable:
+        parser.error(f"--out {args.out} cannot be written ({existing} is not a writable folder); pass a folder "
+                     f"that can be written or made")
     needs = {"draft": ["reasoner"] if args.draft_from == "reasoner" else [], "prm": ["reasoner", "checker"],
              "synthesizer": ["reasoner"],
-             "stateful": [] if args.stateful_from == "scratch" else [args.stateful_from]}
-    for name in needs.get(args.stage, []):  # --stage all trains each before it is read
+             "stateful": [] if args.stateful_from == "scratch" else [args.stateful_from]}.get(args.stage, [])
+    reader = f"--stage {args.stage}"
+    if args.score_synthesizer is not None:  # it trains nothing: the paths it scores come from --out's reasoner
+        if not has_model(args.score_synthesizer):
+            parser.error(f"--score-synthesizer {args.score_synthesizer} has no complete model "
+                         f"({', '.join(MODEL_FILES)})")
+        needs, reader = ["reasoner"], "--score-synthesizer"
+    for name in needs:  # --stage all trains each before it is read
         folder = args.out / name
-        if not (folder / "config.json").is_file():
-            parser.error(f"--stage {args.stage} reads the trained {name} from {folder}, which has no model: train "
-                         f"it first (--stage {name} --out {args.out}), or pass the --out that holds it")
-    if args.score_synthesizer is not None and not (args.score_synthesizer / "config.json").is_file():
-        parser.error(f"--score-synthesizer {args.score_synthesizer} has no model (config.json)")
+        if not has_model(folder):
+            parser.error(f"{reader} reads the trained {name} from {folder}, which has no complete model "
+                         f"({', '.join(MODEL_FILES)}): train it first (--stage {name} --out {args.out}), or pass the "
+                         f"--out that holds it")
+    if args.save_every and args.score_synthesizer is None:
+        check_save_every(args, parser)
     # The log is first written when training starts, and its folder made only then: a folder named as the log, or
     # a file among its parents, failed after the data was drawn.
     if args.log.is_dir():
         parser.error(f"--log {args.log} is a folder; pass a file to append the training log to")
-    existing = args.log.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    writable, existing = writable_at(args.log.parent)
+    if not writable:
         parser.error(f"--log {args.log} cannot be written ({existing} is not a writable folder); pass a file in a "
                      f"writable folder")
+
+
+def check_save_every(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Snapshots are taken by the reasoner, draft and checker runs at each multiple of --save-every below their
+    steps: one that no run of this --stage reaches was ignored without a word."""
+    steps = {name: getattr(args, f"{name}_steps") for name in ("reasoner", "draft", "checker")
+             if args.stage in ("all", name)}
+    if not steps:
+        parser.error(f"--save-every snapshots the reasoner, draft and checker; --stage {args.stage} trains none of "
+                     f"them: leave --save-every out")
+    if all(args.save_every >= n for n in steps.values()):
+        parser.error(f"--save-every {args.save_every} would save no snapshot: it must be below the steps of a model "
+                     f"this run trains ({', '.join(f'--{name}-steps {n}' for name, n in steps.items())})")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -1162,8 +1289,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="share of the training problems that are totals questions (ttc.bench.totals), each "
                         "with its own grouping of the sum; the shipped models: 0")
     parser.add_argument("--save-every", type=count(0), default=0,
-                        help="also save each language model every this many steps, as DIR/NAME-stepK (0: only "
-                        "at the end)")
+                        help="also save the reasoner, draft and checker every this many steps (below their "
+                        "steps), as DIR/NAME-stepK, removing the NAME-stepK an earlier run left (0: only at the end)")
     parser.add_argument("--draft-from", choices=["data", "reasoner"], default="data",
                         help="train the draft on the solutions themselves, or on the trained reasoner's next-token "
                         "distribution over them (distillation: where several next steps are right, the draft "
@@ -1227,8 +1354,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                  teacher=args.out / "reasoner" if args.draft_from == "reasoner" else None)
     if args.stage in ("all", "checker"):
         train_lm("checker", Schedule(steps=args.checker_steps, tokens_per_batch=2048, lr=1e-3), args.out,
-                 args.seed + 2, args.log, **{**lm, "attention": args.judge_attention})
-        write_checker_preset(args.out / "checker")
+                 args.seed + 2, args.log, **{**lm, "attention": args.judge_attention},
+                 files={"prm.json": checker_preset()})
     if args.stage in ("all", "prm"):
         train_prm(Schedule(steps=args.prm_steps, tokens_per_batch=3072, lr=args.prm_lr, warmup=50), args.out,
                   args.seed, args.log, args.prm_problems, args.prm_samples, args.prm_contrastive_problems,
@@ -1247,15 +1374,24 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def highest_data_seed(args: argparse.Namespace, seed: int) -> int:
-    """The largest problem seed any stage draws for ``seed``; each must stay in TRAIN_SEEDS, or training would draw
-    the held-out problems. The language models read chunk seeds (seed + k) * 10_000 + chunk (k up to 2, fewer
-    chunks than steps) offset up to TOTALS_SEED; the PRM PRM_DATA_SEED + 90_000 + seed; the synthesizer
-    SYNTHESIS_SEED + seed * 10_000; the stateful reasoner STATEFUL_SEED + (seed + 3) * 10_000 + chunk."""
-    most_steps: int = max(args.reasoner_steps, args.draft_steps, args.checker_steps)
-    stateful_steps: int = args.stateful_steps + args.stateful_drill_steps
-    return max((seed + 2) * 10_000 + most_steps + TOTALS_SEED, PRM_DATA_SEED + 90_000 + seed,
-               SYNTHESIS_SEED + seed * 10_000,
-               STATEFUL_SEED + (seed + 3) * 10_000 + stateful_steps)
+    """The largest problem seed the stages this --stage trains draw for ``seed``; each must stay in TRAIN_SEEDS, or
+    training would draw the held-out problems. The language models read chunk seeds (seed + k) * 10_000 + chunk
+    (k 0, 1, 2 for the reasoner, draft and checker; fewer chunks than steps) offset up to TOTALS_SEED; the PRM
+    PRM_DATA_SEED + 90_000 + seed; the synthesizer SYNTHESIS_SEED + seed * 10_000; the stateful reasoner
+    STATEFUL_SEED + (seed + 3) * 10_000 + chunk (its recall drills draw no problems)."""
+    def runs(name: str) -> bool:
+        return bool(args.stage in ("all", name))
+
+    language_models = {"reasoner": args.reasoner_steps, "draft": args.draft_steps, "checker": args.checker_steps}
+    drawn: list[int] = [(seed + k) * 10_000 + steps + TOTALS_SEED
+                        for k, (name, steps) in enumerate(language_models.items()) if runs(name)]
+    if runs("prm"):
+        drawn.append(PRM_DATA_SEED + 90_000 + seed)
+    if runs("synthesizer"):
+        drawn.append(SYNTHESIS_SEED + seed * 10_000)
+    if runs("stateful"):
+        drawn.append(STATEFUL_SEED + (seed + 3) * 10_000 + args.stateful_steps)
+    return max(drawn)
 
 
 if __name__ == "__main__":

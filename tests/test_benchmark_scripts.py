@@ -246,8 +246,8 @@ def test_training_refuses_every_seed_whose_data_would_reach_the_held_out_problem
         spec.loader.exec_module(train)
     finally:
         del sys.modules[spec.name]
-    defaults = argparse.Namespace(reasoner_steps=1600, draft_steps=3000, checker_steps=4000, stateful_steps=6000,
-                                  stateful_drill_steps=8000)
+    defaults = argparse.Namespace(stage="stateful", reasoner_steps=1600, draft_steps=3000, checker_steps=4000,
+                                  stateful_steps=6000, stateful_drill_steps=8000)
     # The seed it suggests passes the check (the suggestion was once one past it); the next one does not.
     assert train.highest_data_seed(defaults, largest) < train.TRAIN_SEEDS.stop <= train.highest_data_seed(
         defaults, largest + 1)

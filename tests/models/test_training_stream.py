@@ -155,9 +155,10 @@ def test_a_draft_distilled_from_a_teacher_moves_towards_its_distribution(script:
 
 @pytest.mark.parametrize(("seed", "message"), [("30", "outside TRAIN_SEEDS"), ("-1", "must be >= 0")])
 def test_a_seed_whose_data_would_reach_the_held_out_seeds_is_refused(script: ModuleType, seed: str, message: str,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+                                                                      capsys: pytest.CaptureFixture[str],
+                                                                      tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
-        script.main(["--stage", "draft", "--seed", seed, "--out", "/nonexistent"])
+        script.main(["--stage", "draft", "--seed", seed, "--out", str(tmp_path / "out")])
     assert message in capsys.readouterr().err
 
 
