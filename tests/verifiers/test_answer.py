@@ -695,10 +695,23 @@ def test_an_answer_displayed_over_several_lines_is_read_whole(text: str, gold: s
     assert (result.correct, result.predicted) == (True, predicted), result
 
 
+@pytest.mark.parametrize("form", ["The answer is {}.", "So the answer is:\n$$\n{}\n$$"])
+def test_an_answer_longer_than_the_judged_window_is_read_whole(form: str) -> None:
+    """The bounded read that judges each phrase cut a long answer (a list of 300 numbers, 1498 characters) to its
+    first 1000 characters, and graded the prefix wrong as if it were the answer stated."""
+    listed = ", ".join(str(i) for i in range(100, 400))
+    assert extract_stated_answer(form.format(listed)) == listed
+    assert grade_detail(form.format(listed), listed).correct
+
+
 def test_a_display_cut_off_before_it_closes_states_no_answer() -> None:
     for cut in ("The answer is:\n\\[\n18", "The answer is:\n$$\n18\n", "The answer is \\[\n18"):
         assert extract_stated_answer(cut) is None, cut
         assert extract_stated_answer(cut + "\n\\]\n" if "\\[" in cut else cut + "$$") == "18", cut
+    # Cut while stating a later answer, the text has not stated its answer: an earlier statement is not it.
+    later = "The answer is $$20$$, or so it seems. Checking again, the answer is:\n$$\n2"
+    assert extract_stated_answer(later) is None
+    assert extract_stated_answer(later + "4\n$$") == "24"
 
 
 def test_verdicts_are_cached_by_key() -> None:

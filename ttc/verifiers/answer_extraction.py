@@ -69,9 +69,11 @@ _CHECKING = re.compile(r"\b(?:check(?:ing)?|verify(?:ing)?|double-check(?:ing)?|
 _CHECK_WINDOW = 200
 """How far before an answer phrase the words that make it a check are looked for: far more than they take."""
 _MAX_PHRASE_LINE = 1000
-"""How much of what follows "the answer is" is read as its answer: more than any answer a solution writes out."""
+"""How much of what follows "the answer is" is read to judge whether it states an answer (``correct``, ``in
+dollars`` do not); the one phrase that does is then read whole."""
 _FOLLOWING_WINDOW = 4 * _MAX_PHRASE_LINE
-"""How far past an answer phrase with nothing after it on its line the answer (or its display) is looked for."""
+"""How far past an answer phrase with nothing after it on its line the answer (or its display) is looked for,
+to judge it."""
 # Display math opened alone on a line: ``$$`` or ``\[``, then the answer, then the closing sign on a later line.
 _DISPLAY_CLOSE = {"$$": "$$", "\\[": "\\]"}
 _DISPLAY_OPENERS = tuple(_DISPLAY_CLOSE)
@@ -239,10 +241,15 @@ def extract_stated_answer(text: str) -> str | None:
     for phrase in reversed(list(_ANSWER_PHRASE.finditer(text))):
         if _checks(text, phrase.start()) and "is" not in phrase.group(0).lower():  # "I can confirm the answer is 18"
             continue
-        answer = _clean_phrase_answer(_phrase_line(text, phrase.end()))
+        line = _phrase_line(text, phrase.end())
+        if line is None:
+            return None  # the last answer stated is a display not closed yet: an earlier one is not the answer
+        answer = _clean_phrase_answer(line)
         # "the answer is correct!" restates an earlier one; "the answer is in dollars" gives none
         if answer and not _is_judgement(answer) and not _says_nothing(answer):
-            return answer
+            # Judged on a bounded read (phrases passed over cost the same, however long their line); the one
+            # taken is read whole, so that a long answer (a list) is not cut to its first characters.
+            return _clean_phrase_answer(_phrase_line(text, phrase.end(), whole=True) or "") or answer
     return None
 
 
@@ -289,33 +296,36 @@ def _checks(text: str, phrase_start: int) -> bool:
     return _CHECKING.search(text, max(line_start, window_start), phrase_start) is not None
 
 
-def _phrase_line(text: str, start: int) -> str:
+def _phrase_line(text: str, start: int, *, whole: bool = False) -> str | None:
     """What follows "the answer is" on its line; where nothing does, the next line if it states the answer by
     itself (math, a box, or a number first: ``The answer is:`` then ``$$\\frac{1}{2}$$``). A display opened there or
-    on the next line and closed lines later (``$$``, ``18``, ``$$``) is read whole, as one line.
+    on the next line and closed lines later (``$$``, ``18``, ``$$``) is read whole, as one line; one that no line
+closes (cut off) is None.
 
-    At most ``_MAX_PHRASE_LINE`` characters of it: an answer is never longer, and a sample looping on "the answer is
-    correct" over one long line would otherwise cost the rest of the line at each phrase, time quadratic in it."""
-    window_end = min(len(text), start + _MAX_PHRASE_LINE)
+    At most ``_MAX_PHRASE_LINE`` characters of it, and of the lines after it ``_FOLLOWING_WINDOW``, unless ``whole``:
+    a sample looping on "the answer is correct" over one long line would otherwise cost the rest of the line at
+    each phrase, time quadratic in it."""
+    reach = len(text) if whole else _MAX_PHRASE_LINE
+    window_end = min(len(text), start + reach)
     line_end = text.find("\n", start, window_end)
     line = text[start : line_end if line_end >= 0 else window_end]
     stated = line.strip().strip("*:").strip()
     if stated and not stated.startswith(_DISPLAY_OPENERS):
         return line
-    following = _lines_after(text, line_end) if line_end >= 0 else iter(())
+    following = _lines_after(text, line_end, len(text) if whole else _FOLLOWING_WINDOW) if line_end >= 0 else iter(())
     first = stated or next(following, "")
     display = _display_block(first, following)
     if display is not None:
-        return display
+        return display or None
     if stated or not re.match(r"(?:\$|\\[(\[]|\\boxed|-?\d)", first):
         return line
-    return first[:_MAX_PHRASE_LINE]
+    return first[:reach]
 
 
-def _lines_after(text: str, line_end: int) -> Iterator[str]:
-    """The lines with text on them after the one ending at ``line_end``, stripped, as far as ``_FOLLOWING_WINDOW``
-    reaches; read only as far as they are asked for."""
-    for line in _LINE_TEXT.finditer(text, line_end + 1, line_end + 1 + _FOLLOWING_WINDOW):
+def _lines_after(text: str, line_end: int, reach: int) -> Iterator[str]:
+    """The lines with text on them after the one ending at ``line_end``, stripped, as far as ``reach`` characters;
+    read only as far as they are asked for."""
+    for line in _LINE_TEXT.finditer(text, line_end + 1, line_end + 1 + reach):
         yield line.group(0).rstrip()
 
 
@@ -330,7 +340,7 @@ def _display_block(first: str, rest: Iterator[str]) -> str | None:
     for line in itertools.islice(rest, _MAX_DISPLAY_LINES):
         block.append(line)
         if _DISPLAY_CLOSE[opener] in line:
-            return " ".join(block)[:_MAX_PHRASE_LINE]
+            return " ".join(block)
     return ""
 
 
