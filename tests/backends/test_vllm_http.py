@@ -254,6 +254,23 @@ def test_a_pool_another_question_is_using_stays_open_until_it_is_done(vllm_fake:
     assert vllm_fake.settled_open() == 0
 
 
+def test_a_transport_the_caller_gave_is_left_open_for_its_other_backends(vllm_fake: _FakeServer) -> None:
+    """A transport passed in is the caller's, perhaps shared by several backends: releasing one backend's pool
+    closed it under the others."""
+    async def shared() -> None:
+        transport = httpx.AsyncHTTPTransport()
+        first, second = (VLLMBackend(vllm_fake.url, transport=transport, retries=0) for _ in range(2))
+        await first.connect()
+        vllm_fake.delay_s = 0.3
+        asking = asyncio.ensure_future(second.connect())
+        await asyncio.sleep(0.1)  # the second backend's request is under way on the shared transport
+        await first.release_loop()
+        await asking  # and is answered
+        await transport.aclose()
+
+    asyncio.run(shared())
+
+
 async def _released_while_in_flight(backend: VLLMBackend) -> ttc.Result:
     await asyncio.sleep(0.1)  # the other question's request is under way
     return await ttc.asolve("What is 4 + 1?", 64, strategy="best_of_n", n=1, backend=backend, store=False, seed=2)
@@ -292,6 +309,16 @@ def test_a_body_that_is_not_json_is_one_bounded_line_not_said_to_come_from_vllm(
     assert "\n" not in message and len(message) < 450
     vllm = error_from_response(httpx.Response(404, json={"detail": "Not Found"}), kind="models", url="http://h:1")
     assert str(vllm).startswith("vLLM answered HTTP 404: Not Found")
+
+
+@pytest.mark.parametrize(("status", "hint"), [(502, "see its log"), (401, "API key")])
+def test_a_proxys_page_for_another_status_keeps_that_statuss_hint(status: int, hint: str) -> None:
+    """A proxy in front of vLLM answers a restart (502) or its login (401) with a page of its own: the URL is right
+    there, and the status's own hint says what to do."""
+    page = f"<html><head><title>{status} Error</title></head><body><center>nginx</center></body></html>"
+    message = str(error_from_response(httpx.Response(status, html=page), kind="complete", url="http://h:1"))
+    assert message.startswith(f"the server answered HTTP {status}: an HTML page ('{status} Error')"), message
+    assert hint in message and "not vLLM's JSON API" not in message and "\n" not in message
 
 
 def test_an_html_page_answered_with_200_says_the_url_is_not_vllms() -> None:

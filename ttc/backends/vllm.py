@@ -37,6 +37,7 @@ from ttc.backends.vllm_errors import (
     context_length_error,
     error_from_response,
     is_html,
+    not_vllm,
     protocol_error,
     server_message,
     timeout_error,
@@ -318,7 +319,8 @@ class VLLMBackend:
         state = self._state
         if state is not None and state.loop is asyncio.get_running_loop() and not state.users:
             self._state = None
-            await state.client.aclose()
+            if self._transport is None:  # a transport given is the caller's, perhaps another backend's too
+                await state.client.aclose()
 
     async def __aenter__(self) -> VLLMBackend:
         try:
@@ -425,7 +427,8 @@ class VLLMBackend:
         try:
             body = response.json()
         except ValueError as exc:
-            detail = server_message(response) if is_html(response) else f"the body is not JSON: {response.text[:200]!r}"
+            detail = not_vllm(server_message(response)) if is_html(response) else \
+                f"the body is not JSON: {response.text[:200]!r}"
             raise protocol_error(detail, kind=kind, url=str(response.url)) from exc
         if not isinstance(body, dict):
             raise protocol_error(f"the body is not a JSON object: {response.text[:200]!r}", kind=kind,

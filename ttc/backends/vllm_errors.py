@@ -28,8 +28,7 @@ def server_message(response: httpx.Response) -> str:
     if is_html(response):
         title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
         named = f" ({_one_line(title.group(1), 80)!r})" if title and title.group(1).strip() else ""
-        return (f"an HTML page{named}, not vLLM's JSON API: check that the URL is a vLLM server's base URL "
-                "(e.g. http://127.0.0.1:8000)")
+        return f"an HTML page{named}"
     try:
         body = json.loads(text)
     except ValueError:
@@ -49,6 +48,11 @@ def is_html(response: httpx.Response) -> bool:
     media = response.headers.get("content-type", "").split(";")[0].strip().lower()
     return media in ("text/html", "application/xhtml+xml") or \
         response.text.lstrip()[:15].lower().startswith(("<!doctype html", "<html"))
+
+
+def not_vllm(page: str) -> str:
+    """What to say of a web page where vLLM's JSON was due (a 404 or a success): the URL leads to another server."""
+    return f"{page}, not vLLM's JSON API: check that the URL is a vLLM server's base URL (e.g. http://127.0.0.1:8000)"
 
 
 def _one_line(text: str, width: int) -> str:
@@ -77,9 +81,10 @@ def error_from_response(response: httpx.Response, *, kind: str, url: str) -> Bac
     status = response.status_code
     message = server_message(response)
     retryable = is_retryable_status(status)
-    if is_html(response) and not 300 <= status < 400:
-        # The message says what to check; a hint about vLLM's own statuses would mislead.
-        return BackendError(f"the server answered HTTP {status} with {message}", url=url, kind=kind,
+    if is_html(response) and status == 404:
+        # Another server's "not found" page: the URL is what to check. A proxy's page for another status (a 502
+        # while vLLM restarts behind it, a 401 from its login) keeps that status's hint below.
+        return BackendError(f"the server answered HTTP 404 with {not_vllm(message)}", url=url, kind=kind,
                             retryable=retryable)
     if status in (401, 403):
         hint = "the server rejected the API key; pass api_key= or set TTC_VLLM_API_KEY to the server's --api-key"
@@ -151,6 +156,7 @@ __all__ = [
     "error_from_response",
     "is_html",
     "is_retryable_status",
+    "not_vllm",
     "protocol_error",
     "server_message",
     "timeout_error",
