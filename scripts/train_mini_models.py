@@ -472,9 +472,11 @@ def save_lm(model: LlamaForCausalLM, directory: Path, files: Mapping[str, str] |
     """Ship weights in bfloat16 (what vLLM's CPU backend runs) with the tokenizer, generation defaults and
     ``files`` (name: text, the training log and a preset). All of it is written into a sibling folder that then
     takes ``directory``'s place, so a run stopped while saving leaves the old model or the whole new one: written
-    in place, it left new weights beside the old train_log.json and prm.json, which ttc loads without a word."""
+    in place, it left new weights beside the old train_log.json and prm.json, which ttc loads without a word.
+    A ``directory`` that is a symlink has the folder it points to replaced, and stays a link to it."""
+    directory = directory.resolve() if directory.is_symlink() else directory
     staging = beside(directory, "saving")
-    shutil.rmtree(staging, ignore_errors=True)  # what a save stopped before its swap left
+    remove(staging)  # what a save stopped before its swap left
     staging.mkdir(parents=True)
     try:
         write_lm(model, staging)
@@ -495,11 +497,19 @@ def swap_in(new: Path, directory: Path) -> None:
     """Put the folder ``new`` where ``directory`` is: the old one is renamed aside, the new one renamed in, and only
     then the old one removed (two renames: a folder cannot be replaced by another in one)."""
     old = beside(directory, "old")
-    shutil.rmtree(old, ignore_errors=True)
+    remove(old)
     if directory.exists():
         os.replace(directory, old)
     os.replace(new, directory)
-    shutil.rmtree(old, ignore_errors=True)
+    remove(old)
+
+
+def remove(path: Path) -> None:
+    """Remove what is at ``path``, if anything: a folder with its files, a file or a link (not where it points)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
 
 
 def write_lm(model: LlamaForCausalLM, directory: Path) -> None:

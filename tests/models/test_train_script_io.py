@@ -83,6 +83,20 @@ def test_a_save_stopped_after_the_weights_leaves_the_old_model_byte_identical(
     assert script.load_model(folder).config.hidden_size == 32
 
 
+def test_a_model_folder_that_is_a_link_is_saved_where_it_points(script: ModuleType, tmp_path: Path) -> None:
+    """The swap renamed the link itself aside, left its target old, and the next save failed on the stale link."""
+    (tmp_path / "disk").mkdir()
+    link = tmp_path / "out" / "reasoner"
+    link.parent.mkdir()
+    link.symlink_to(tmp_path / "disk" / "reasoner", target_is_directory=True)
+    for steps in (1, 2):
+        script.save_lm(tiny(script, steps), link, {"train_log.json": f'{{"steps": {steps}}}\n'})
+        assert link.is_symlink() and (tmp_path / "disk" / "reasoner" / "train_log.json").read_text() == \
+            f'{{"steps": {steps}}}\n'
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["reasoner"]
+    assert sorted(p.name for p in (tmp_path / "disk").iterdir()) == ["reasoner"]
+
+
 def test_a_training_run_stopped_while_saving_keeps_the_old_model_with_its_own_log(
         script: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(script, "greedy_accuracy", lambda model, problems: {"all": 0.0})  # minutes of decoding
