@@ -5,16 +5,28 @@ machinery it escapes the loop, which then cancels every task at once, and one la
 and its ``with`` block left the trace writer waiting on that lock for good. A cancellation is delivered where the
 code awaits, which is where it is ready for one, so a command's work ends as it does on a first Ctrl-C however many
 signals come: a second one cancels again, and the failing of the open traces outlasts it.
+
+That cleanup waits for the trace store, and a server that stops answering (frozen, or cut off by the network) holds
+a write for good: once signalled, a command whose store leaves a write unanswered past the store's patience (its
+busy timeout, ``ttc.storage.writer.overdue``) ends there, with the interrupted status. What it left open is no
+worse off than after a kill: its owner rows mark it interrupted when the store is next opened on this machine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
+import sys
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import anyio
+
+from ttc.storage.writer import overdue
 
 T = TypeVar("T")
 
@@ -33,7 +45,7 @@ def run_interruptible(main: Callable[[], Awaitable[T]]) -> T:
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - a coroutine run by anyio always has its task
             return await main()
-        stop = _Stop(task)
+        stop = _Stop(task, watch)
         installed = _install(asyncio.get_running_loop(), stop)
         try:
             return await main()
@@ -44,20 +56,70 @@ def run_interruptible(main: Callable[[], Awaitable[T]]) -> T:
         finally:
             installed()
 
-    result = anyio.run(guarded)
+    watch = _StoreWatch()
+    try:
+        result = anyio.run(guarded)
+    finally:
+        watch.stop()
     if isinstance(result, _Interrupted):
         raise KeyboardInterrupt
     return result
 
 
 class _Stop:
-    def __init__(self, task: asyncio.Task[object]) -> None:
+    def __init__(self, task: asyncio.Task[object], watch: _StoreWatch) -> None:
         self.task = task
+        self.watch = watch
         self.signalled = False
 
     def __call__(self) -> None:
         self.signalled = True
+        self.watch.start()
         self.task.cancel()
+
+
+WATCH_POLL_S = 0.2
+
+
+class _StoreWatch:
+    """From the first signal on, a thread that ends the process where the trace store leaves a write unanswered
+    past its patience. A thread, since the event loop itself may be the one waiting (a synchronous write in an
+    ``except`` block): its signal handlers would not run again, and the thread cannot be stopped."""
+
+    def __init__(self) -> None:
+        self._started = False
+        self._ended = threading.Event()
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        since = time.monotonic()
+        threading.Thread(target=self._watch, args=(since,), name="ttc-store-watch", daemon=True).start()
+
+    def stop(self) -> None:
+        self._ended.set()
+
+    def _watch(self, since: float) -> None:
+        while not self._ended.wait(WATCH_POLL_S):
+            patience = overdue(since)
+            if patience is not None:
+                _give_up(patience)
+
+
+def _give_up(patience: float) -> None:
+    """End the process at once, with the status an interrupt ends it with: its main thread waits on the store (or
+    on a thread that does), and its writer thread is blocked in the driver, so nothing else would end it."""
+    message = (f"interrupted: the trace store did not answer for {patience:g}s, so the traces this command left open "
+               "read 'running' until a solve or eval on this machine opens the store after this process has ended "
+               "(then 'interrupted'; `ttc traces runs` lists an eval's run, and --resume RUN finishes it)")
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with contextlib.suppress(Exception):
+        sys.stderr.write(("\n" if sys.stderr.isatty() else "") + message + "\n")
+        sys.stderr.flush()
+    os._exit(130)
 
 
 def _install(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> Callable[[], None]:

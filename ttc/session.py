@@ -25,9 +25,10 @@ from ttc.budget import Meter
 from ttc.concurrency import in_thread, outlast_cancellation
 from ttc.config import BackendSetup, default_backend, with_helpers
 from ttc.contexts import context_prompt_template, template_fields
-from ttc.errors import ConfigError
+from ttc.errors import ConfigError, RejectedData
 from ttc.storage import TraceStore
 from ttc.storage.convert import stored_meta
+from ttc.storage.store import refused_finish_to_fail
 from ttc.strategies.base import Context, StrategyResult
 from ttc.strategies.lookahead import NO_DRAFT
 from ttc.strategies.synthesis import PATH_TEMPLATE, SYNTHESIS_TEMPLATE
@@ -390,8 +391,14 @@ class QuestionRun:
             extra = await self.session.extra_events(self.problem, result) if self.session.extra_events else ()
             for event in extra:  # recorded now, so that each carries the time it was made (a grade at the end)
                 self.recorder.event(event.kind, event.payload, node_id=event.node_id)
-            await store.afinish_trace(self.trace_id, result=result, nodes=self.recorder.nodes(),
-                                      events=self.recorder.events())
+            try:
+                await store.afinish_trace(self.trace_id, result=result, nodes=self.recorder.nodes(),
+                                          events=self.recorder.events())
+            except RejectedData as refused:  # every caller fails the trace with it next (``fail``)
+                told = refused_finish_to_fail(refused)
+                if told is refused:
+                    raise
+                raise told from refused.__cause__
         return result
 
     async def fail(self, exc: BaseException) -> None:

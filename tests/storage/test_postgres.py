@@ -9,6 +9,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -261,3 +266,108 @@ def test_a_nan_score_is_still_refused(pg_url: str) -> None:
         with pytest.raises(ConfigError, match="score is NaN"):
             store.finish_trace(trace_id, result=dataclasses.replace(make_result(trace_id, nodes), score=math.nan),
                                nodes=nodes, events=[])
+
+
+def test_a_write_after_the_server_closed_the_idle_connection_succeeds(pg_url: str) -> None:
+    """The writer kept one connection for the store's life: once the server closed it for sitting idle, the next
+    write failed although the server was there (and a failure recorded with fail_trace was lost with it)."""
+    closing = make_url(pg_url).update_query_dict({"options": "-cidle_session_timeout=500"})
+    with TraceStore(closing.render_as_string(hide_password=False)) as store:
+        trace_id = store.start_trace(problem=make_problem(1), strategy="beam", budget=BUDGET, backend="b", seed=1)
+        time.sleep(1.5)
+        store.fail_trace(trace_id, error="boom")
+        assert (store.get_trace(trace_id).status, store.get_trace(trace_id).error) == ("failed", "boom")
+        time.sleep(1.5)
+        assert store.get_trace(_done_trace(store, seed=2)).status == "done"
+
+
+def test_a_write_after_the_server_ended_the_writers_connection_succeeds(pg_url: str, raw: Raw) -> None:
+    """As after a server restart: the connection the last write used is gone before the next one."""
+    with TraceStore(pg_url) as store:
+        trace_id = store.start_trace(problem=make_problem(1), strategy="beam", budget=BUDGET, backend="b", seed=1)
+        admin = raw()
+        # The store has read nothing yet, so its one connection to the database is the writer's.
+        pids = [row[0] for row in admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
+        assert len(pids) == 1, pids
+        assert admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pids[0],)).fetchone()[0]
+        store.fail_trace(trace_id, error="boom")
+        assert store.get_trace(trace_id).status == "failed"
+
+
+class _Relay:
+    """A TCP relay to the server that can stop passing anything on, as a network that drops every packet does: the
+    connections stay open and no answer comes back, so the driver waits without end."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._upstream = (host, port)
+        self._passing = threading.Event()
+        self._passing.set()
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def freeze(self) -> None:
+        self._passing.clear()
+
+    def close(self) -> None:
+        for sock in [self._listener, *self._sockets]:
+            sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self._upstream)
+            self._sockets += [client, server]
+            for source, target in ((client, server), (server, client)):
+                threading.Thread(target=self._pass, args=(source, target), daemon=True).start()
+
+    def _pass(self, source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                self._passing.wait()
+                target.sendall(data)
+            target.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+
+
+def test_a_signal_ends_an_eval_whose_server_stopped_answering(pg_url: str, raw: Raw) -> None:
+    """The open traces' failures waited on the server for good: SIGTERM (and every signal after it) left `ttc eval`
+    running."""
+    url = make_url(pg_url)
+    relay = _Relay(url.host or "127.0.0.1", url.port or 5432)
+    relayed = url.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
+    env = {**os.environ, "TTC_DB_BUSY_TIMEOUT_S": "1", "TTC_SCRIPTED_DELAY_S": "0.2"}
+    proc = subprocess.Popen([sys.executable, "-m", "ttc", "eval", "--backend", "scripted", "--dataset", "synthetic",
+                             "--limit", "40", "--concurrency", "2", "--db", relayed],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        watcher = raw()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            tables = watcher.execute("SELECT to_regclass('traces') IS NOT NULL").fetchone()[0]
+            if tables and watcher.execute("SELECT count(*) FROM traces WHERE status = 'done'").fetchone()[0] >= 2:
+                break
+            time.sleep(0.05)
+        relay.freeze()
+        time.sleep(1.0)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, errors = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        relay.close()
+    assert time.monotonic() - signalled < 30
+    assert proc.returncode == 130, errors
+    assert errors.strip().splitlines()[-1].startswith("interrupted: the trace store did not answer for 5s"), errors
+    with TraceStore(pg_url) as store:  # the next open marks what the ended process left open
+        [run] = store.list_runs()
+        assert run.status == "interrupted"
+        assert not store.list_traces(run_id=run.id, status="running", limit=None)

@@ -96,7 +96,7 @@ def _resolve(given: str | None) -> Location:
         return _sqlite_file(Path(given).expanduser())
     try:
         parsed = make_url(given)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
         raise StorageError(
             f"{given!r} is neither a file path nor a valid SQLAlchemy URL ({exc}); "
             "pass a path such as ~/traces.db or a URL such as postgresql://user@host/db "
@@ -308,6 +308,11 @@ def _create(location: Location, **options: Any) -> Engine:
         return create_engine(location.url, **options)
     except (NoSuchModuleError, ImportError) as exc:
         driver = location.url.drivername
+        if driver == "postgres":  # the scheme of Heroku's and others' URLs, which SQLAlchemy does not know
+            raise StorageError(
+                f"{location.describe()} starts with postgres://, which ttc does not read as PostgreSQL: write "
+                f"it as postgresql+psycopg://... (the rest of the URL stays as it is), as the argument or {ENV_VAR}"
+            ) from exc
         raise StorageError(
             f"no database driver for {location.describe()} ({driver}: {exc}); install the driver package "
             "(for PostgreSQL: pip install psycopg) or use an SQLite file path"

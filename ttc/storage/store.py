@@ -64,9 +64,20 @@ RowT = TypeVar("RowT", RunRow, TraceRow)
 
 MIN_PREFIX = 6
 STALE_ERROR = "interrupted"
-_STILL_RUNNING = (
-    "nothing of this write was saved and the trace is still 'running'; record the failure with fail_trace"
-)
+_UNSAVED = "nothing of this write was saved"
+_STILL_RUNNING = f"{_UNSAVED} and the trace is still 'running'; record the failure with fail_trace"
+
+
+def refused_finish_to_fail(error: RejectedData) -> RejectedData:
+    """A finish the store refused, as told by a caller that fails the trace with it next (a session does): the
+    advice to call fail_trace is that caller's own next step, and the error becomes the failed trace's, where
+    "still 'running'" would be false. Any other error is returned as it is."""
+    text = str(error)
+    if not text.endswith(_STILL_RUNNING):
+        return error
+    told = RejectedData(text.removesuffix(_STILL_RUNNING) + _UNSAVED)
+    told.__cause__ = error.__cause__
+    return told
 
 
 def _reads_as_damaged(exc: SQLAlchemyError) -> bool:
@@ -154,6 +165,7 @@ class TraceStore:
             open_work=self._open_schema,
             explain_open=self._explainer("opening it"),
             name="ttc-trace-writer",
+            patience_s=self._busy_timeout_s,
         )
 
     def _close_writer(self) -> None:
@@ -820,4 +832,4 @@ def _trace_record(trace: TraceRow, problem: ProblemRow, nodes: Sequence[NodeRow]
     )
 
 
-__all__ = ["MIN_PREFIX", "STALE_ERROR", "TraceStore"]
+__all__ = ["MIN_PREFIX", "STALE_ERROR", "TraceStore", "refused_finish_to_fail"]

@@ -1,9 +1,14 @@
-"""The single writer: one thread, one connection, one transaction at a time.
+"""The single writer: one thread, one connection at a time, one transaction at a time.
 
 Every write of a TraceStore is a job queued here. Serialising writes in one place means SQLite never sees two
 writers from the same process fighting over its lock (which would turn concurrency into "database is locked"
 errors), each job is exactly one transaction (all of it commits or none of it does), and callers on any thread
 or event loop only wait on a future.
+
+Each job checks its connection out of the engine's pool and gives it back: a server may close a connection that
+sat idle (``idle_session_timeout``) or restart between two writes, and the pool's pre-ping (set on a server's
+engine) finds that out and reconnects before the job begins, as it does for reads. A connection that drops while
+a job runs fails that job, which is never run again: its transaction may have reached the server.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
@@ -31,22 +38,50 @@ class _Job(Generic[T]):
     work: Work[T]
     explain: Explain
     future: Future[T]
+    queued_at: float = 0.0
+    """``time.monotonic()`` when it was queued."""
 
 
 INTERRUPTED_JOIN_S = 1.0
 """How long an interrupted open waits for the writer thread before raising: enough for an open that was about to
 finish, not a server's connect timeout."""
 
+MIN_PATIENCE_S = 5.0
+"""The least time a write is given before ``overdue`` names it: a responsive store on a slow link takes seconds to
+fail each of many open traces in turn, and a busy timeout of 0 (no waiting for a lock) says nothing of that."""
+
+_writers: weakref.WeakSet[Writer] = weakref.WeakSet()
+_writers_lock = threading.Lock()
+
+
+def overdue(since: float) -> float | None:
+    """The patience of a writer in this process whose running write has waited longer than that, counted from
+    ``since`` (a ``time.monotonic()`` reading: when the process was interrupted) or from when the write was queued,
+    whichever is later; None where no write has. A server that stops answering holds a write for good (the driver
+    waits without end), and an interrupted process that waits for its cleanup writes would never end."""
+    now = time.monotonic()
+    with _writers_lock:
+        writers = list(_writers)
+    for writer in writers:
+        job = writer._running
+        if job is not None and not job.future.done() and now - max(job.queued_at, since) > writer.patience_s:
+            return writer.patience_s
+    return None
+
 
 class Writer:
-    """Owns the write connection; ``submit`` queues a transaction and returns a future for its result.
+    """Owns the writes; ``submit`` queues a transaction and returns a future for its result.
 
     ``open_work`` runs first, in its own transaction (schema creation, a write probe); if it fails the
     constructor raises its explained error and no thread is left behind.
     """
 
-    def __init__(self, engine: Engine, *, open_work: Work[None], explain_open: Explain, name: str) -> None:
+    def __init__(self, engine: Engine, *, open_work: Work[None], explain_open: Explain, name: str,
+                 patience_s: float = 0.0) -> None:
+        """``patience_s`` is how long a write may wait for the database before ``overdue`` names it (its busy
+        timeout, at least ``MIN_PATIENCE_S``)."""
         self._engine = engine
+        self.patience_s = max(patience_s, MIN_PATIENCE_S)
         self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._running: _Job[Any] | None = None
@@ -55,9 +90,11 @@ class Writer:
         self._stopped_by: str | None = None
         opened: Future[None] = Future()
         self._thread = threading.Thread(
-            target=self._run, args=(_Job(open_work, explain_open, opened),), name=name, daemon=True
+            target=self._run, args=(_Job(open_work, explain_open, opened, time.monotonic()),), name=name, daemon=True
         )
         self._thread.start()
+        with _writers_lock:
+            _writers.add(self)
         try:
             opened.result()
         except BaseException:
@@ -77,7 +114,7 @@ class Writer:
                                    "run; open a new TraceStore to write more traces")
             if self._closed:
                 raise StorageError("the trace store is closed; open a new TraceStore to write more traces")
-            self._queue.put(_Job(work, explain, future))
+            self._queue.put(_Job(work, explain, future, time.monotonic()))
         return future
 
     def close(self) -> None:
@@ -98,21 +135,15 @@ class Writer:
     def _run(self, open_job: _Job[None]) -> None:
         stopped_by: str | None = None
         try:
-            try:
-                connection = self._engine.connect()
-            except BaseException as exc:  # the constructor raises it from the open job's future
-                _fail(open_job, exc)
-                stopped_by = f"it could not connect: {_describe(exc)}"
+            if (failure := self._run_job(open_job)) is not None:  # the constructor raises it from the future
+                stopped_by = f"opening the store failed: {_describe(failure)}"
                 return
-            with connection:
-                if self._run_job(connection, open_job) is not None:
+            while (job := self._queue.get()) is not None:
+                failure = self._run_job(job)
+                if failure is not None and not isinstance(failure, Exception):
+                    # KeyboardInterrupt, SystemExit and the like mean stop: the job's caller has it
+                    stopped_by = f"a write raised {_describe(failure)}"
                     return
-                while (job := self._queue.get()) is not None:
-                    failure = self._run_job(connection, job)
-                    if failure is not None and not isinstance(failure, Exception):
-                        # KeyboardInterrupt, SystemExit and the like mean stop: the job's caller has it
-                        stopped_by = f"a write raised {_describe(failure)}"
-                        return
         except BaseException as exc:
             stopped_by = f"it failed: {_describe(exc)}"
             raise
@@ -145,34 +176,45 @@ class Writer:
                 stopped = StorageError(f"the trace store's writer stopped before this write ran{why}; reopen it")
                 job.future.set_exception(stopped)
 
-    def _run_job(self, connection: Connection, job: _Job[T]) -> BaseException | None:
+    def _run_job(self, job: _Job[T]) -> BaseException | None:
         """``_execute``, with the job kept as the one running while it does: if a failure escapes even the job's
         own handling, the thread's end still answers it (``_abandon_running``)."""
         self._running = job
-        failure = self._execute(connection, job)
+        failure = self._execute(self._engine, job)
         self._running = None
         return failure
 
     @staticmethod
-    def _execute(connection: Connection, job: _Job[T]) -> BaseException | None:
-        """Run one job in one transaction; resolves its future whatever is raised, and returns the failure."""
+    def _execute(engine: Engine, job: _Job[T]) -> BaseException | None:
+        """Run one job in one transaction, on a connection checked out for it (see the module docstring); resolves
+        its future whatever is raised, and returns the failure. A failed connect fails only this job: the next one
+        connects again, so a server that is back takes writes again."""
         if not job.future.set_running_or_notify_cancel():
             return None
         try:
-            with connection.begin():
-                value = job.work(connection)
+            with engine.connect() as connection:
+                try:
+                    with connection.begin():
+                        value = job.work(connection)
+                except BaseException:
+                    _discard_transaction(connection)
+                    raise
         except BaseException as exc:
-            try:
-                if connection.in_transaction():  # a failed BEGIN can leave a half-open transaction object
-                    try:
-                        connection.rollback()
-                    except Exception:  # the connection is unusable; the next job reports why
-                        connection.invalidate()
-            finally:
-                _fail(job, exc)
+            _fail(job, exc)
             return exc
         job.future.set_result(value)
         return None
+
+
+def _discard_transaction(connection: Connection) -> None:
+    """A failed BEGIN can leave a half-open transaction object; a connection that cannot roll it back is unusable,
+    and is dropped from the pool rather than handed to the next job."""
+    if not connection.in_transaction():
+        return
+    try:
+        connection.rollback()
+    except Exception:
+        connection.invalidate()
 
 
 def _describe(exc: BaseException) -> str:
@@ -215,4 +257,4 @@ def _resolve(future: Future[Any], error: BaseException) -> None:
         future.set_exception(error)
 
 
-__all__ = ["Explain", "Work", "Writer"]
+__all__ = ["MIN_PATIENCE_S", "Explain", "Work", "Writer", "overdue"]
