@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from ttc.backends.vllm import VLLMBackend
 from ttc.bench.datasets import data_dir
-from ttc.cli import parse_options
+from ttc.cli import parse_options, scripted_delay
 from ttc.config import default_backend, with_helpers
 from ttc.errors import ConfigError
 from ttc.storage import TraceStore
@@ -110,3 +111,20 @@ def test_the_api_key_still_goes_to_every_vllm_server(monkeypatch: pytest.MonkeyP
     draft = setup.draft_backend()
     assert isinstance(setup.backend, VLLMBackend) and isinstance(draft, VLLMBackend)
     assert setup.backend._api_key == draft._api_key == "secret"
+
+
+@pytest.mark.parametrize(("variable", "value", "span", "read"), [
+    ("TTC_VLLM_TIMEOUT", "-1", "above 0", lambda: VLLMBackend("http://127.0.0.1:9")),
+    ("TTC_DB_BUSY_TIMEOUT_S", "inf", "from 0 to", None),
+    ("TTC_SCRIPTED_DELAY_S", "nan", "0 or more", scripted_delay),
+])
+def test_every_seconds_variable_refuses_a_bad_value_alike(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                          variable: str, value: str, span: str,
+                                                          read: Callable[[], object] | None) -> None:
+    """Each names itself, the range it takes, and that unsetting it gives the default."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=rf"^{variable} must be a number of seconds {span}.*got '{value}'.*unset "
+                                          r"it for the default \(\d+ s\)$"):
+        read() if read is not None else TraceStore(tmp_path / "t.db")
+    monkeypatch.setenv(variable, "  ")
+    read() if read is not None else TraceStore(tmp_path / "t.db").close()

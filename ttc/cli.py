@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-import os
 import re
 import signal
 import sys
@@ -29,6 +27,7 @@ from ttc.bench.eval import EvalReport, EvaluationStopped, check_run_seeds, check
 from ttc.cli_render import render_trace, shown, shown_or_missing
 from ttc.cli_signals import run_interruptible
 from ttc.controller.batch import UnaffordableBatch
+from ttc.envvars import env_seconds
 from ttc.errors import ConfigError, TTCError
 from ttc.pooled import check_pooled
 from ttc.session import check_context, check_prompt, check_seed
@@ -88,14 +87,7 @@ def parse_options(pairs: list[str] | None) -> dict[str, object]:
 
 def scripted_delay() -> float:
     """``TTC_SCRIPTED_DELAY_S``: seconds the scripted backend waits per call (default 0)."""
-    raw = os.environ.get("TTC_SCRIPTED_DELAY_S", "").strip()
-    try:
-        delay = float(raw or 0)
-    except ValueError:
-        delay = math.nan
-    if not math.isfinite(delay) or delay < 0:
-        raise ConfigError(f"TTC_SCRIPTED_DELAY_S must be a finite number of seconds >= 0, got {raw!r}")
-    return delay
+    return env_seconds("TTC_SCRIPTED_DELAY_S", default=0.0)
 
 
 def prompt_template(given: str | None, *, about_context: bool) -> str | None:

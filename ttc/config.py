@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from pathlib import Path
 from ttc.backends.base import MAX_THREADS, Backend
 from ttc.concurrency import outlast_cancellation, start_in_thread
 from ttc.contexts import DEFAULT_CONTEXT_TEMPLATE, DEFAULT_SLEEP_TEMPLATE
+from ttc.envvars import env_text
 from ttc.errors import ConfigError
 from ttc.strategies.base import DEFAULT_PROMPT_TEMPLATE
 from ttc.strategies.synthesis import PATH_TEMPLATE, SYNTHESIS_TEMPLATE
@@ -148,11 +148,6 @@ MINI_STEP_TOKENS = 24
 """A mini step (``17 + 8 = 25``, ``The answer is 25.``) is under 24 characters."""
 
 
-def env(name: str) -> str | None:
-    value = os.environ.get(name, "").strip()
-    return value or None
-
-
 def default_backend(*, url: str | None = None, model: str | Path | None = None,
                     contextual: bool = False) -> BackendSetup:
     """Resolve the backend to use when the caller gave none: a vLLM URL, then a local model folder.
@@ -163,12 +158,12 @@ def default_backend(*, url: str | None = None, model: str | Path | None = None,
     embedded default then brings its stateful reasoner instead of the reasoner.
     """
     if url:
-        return with_helpers(BackendSetup(backend=_vllm(url, what="url", model=env("TTC_VLLM_MODEL"))))
+        return with_helpers(BackendSetup(backend=_vllm(url, what="url", model=env_text("TTC_VLLM_MODEL"))))
     if model:
         return with_helpers(BackendSetup(backend=_local(Path(model).expanduser())))
-    if url := env("TTC_VLLM_URL"):
-        return with_helpers(BackendSetup(backend=_vllm(url, what="TTC_VLLM_URL", model=env("TTC_VLLM_MODEL"))))
-    if model := env("TTC_MODEL"):
+    if url := env_text("TTC_VLLM_URL"):
+        return with_helpers(BackendSetup(backend=_vllm(url, what="TTC_VLLM_URL", model=env_text("TTC_VLLM_MODEL"))))
+    if model := env_text("TTC_MODEL"):
         return with_helpers(BackendSetup(backend=_local(Path(model).expanduser())))
     embedded = _embedded(contextual)
     if embedded is not None:
@@ -195,9 +190,9 @@ def _env_model(url_var: str, model_var: str) -> Callable[[], Backend] | None:
     """A loader for the model the environment names: a vLLM server (``url_var``) before a local folder
     (``model_var``); None when it names neither. The server is asked for the model it serves, not for
     ``TTC_VLLM_MODEL``: that names the target's model, which a draft or synthesizer server does not serve."""
-    if url := env(url_var):
+    if url := env_text(url_var):
         return lambda: _vllm(url, what=url_var)
-    if model := env(model_var):
+    if model := env_text(model_var):
         path = Path(model).expanduser()  # a quoted or .env value reaches here with its ~ unexpanded
         return lambda: _local(path, what=model_var)
     return None
@@ -215,7 +210,7 @@ def _vllm(url: str, *, what: str, model: str | None = None) -> Backend:
         raise ConfigError(f"{what} {url!r} names no server URL: set it to one such as http://127.0.0.1:8000 "
                           "(comma-separated for replicas)")
     try:
-        return VLLMBackend(urls, model=model, api_key=env("TTC_VLLM_API_KEY"))
+        return VLLMBackend(urls, model=model, api_key=env_text("TTC_VLLM_API_KEY"))
     except ConfigError as exc:
         raise ConfigError(f"{what}: {exc}") from None
 
@@ -253,7 +248,7 @@ def _embedded(contextual: bool = False) -> BackendSetup | None:
 def _threads(default: int | None) -> int | None:
     """``TTC_THREADS``: CPU threads of a local engine (default: torch's choice; 1 for the tiny bundled models,
     which are faster on one thread than on several that wait for each other)."""
-    raw = env("TTC_THREADS")
+    raw = env_text("TTC_THREADS")
     if raw is None:
         return default
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_THREADS:  # "²".isdigit(), int("²") fails
@@ -327,5 +322,5 @@ def embedded_context_setup(*, threads: int | None = None) -> BackendSetup:
                         synthesis_template=MINI_SYNTHESIS_TEMPLATE, path_template=MINI_PATH_TEMPLATE)
 
 
-__all__ = ["NO_BACKEND_HELP", "BackendSetup", "default_backend", "embedded_context_setup", "embedded_setup", "env",
+__all__ = ["NO_BACKEND_HELP", "BackendSetup", "default_backend", "embedded_context_setup", "embedded_setup",
            "with_helpers"]

@@ -163,7 +163,7 @@ def test_an_explicit_timeout_wins_over_the_variable_and_unset_means_120(monkeypa
 @pytest.mark.parametrize("value", ["abc", "0", "-5", "nan", "inf", "1s"])
 def test_a_bad_ttc_vllm_timeout_says_what_to_set(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TTC_VLLM_TIMEOUT", value)
-    with pytest.raises(ConfigError, match=r"TTC_VLLM_TIMEOUT must be a positive number of seconds"):
+    with pytest.raises(ConfigError, match=r"TTC_VLLM_TIMEOUT must be a number of seconds above 0"):
         VLLMBackend("http://127.0.0.1:8000")
     with pytest.raises(ConfigError, match=r"TTC_VLLM_TIMEOUT"):
         default_backend(url="http://127.0.0.1:8000")

@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import enum
 import itertools
-import os
 import ssl
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,6 +56,7 @@ from ttc.backends.vllm_protocol import (
     parse_prompt_logprobs,
     prompt_logprobs_payload,
 )
+from ttc.envvars import env_seconds, env_text
 from ttc.errors import BackendError, ConfigError, ContextLengthError
 from ttc.types import Completion, PromptLogprobs, Sampling, is_finite_number, is_int
 
@@ -116,17 +116,7 @@ def _normalise_url(url: object) -> str:
 def _env_timeout() -> float:
     """``TTC_VLLM_TIMEOUT``, else the default: a backend made from ``TTC_VLLM_URL`` or ``--url`` has no other way
     to wait longer for a slow server."""
-    raw = os.environ.get("TTC_VLLM_TIMEOUT", "").strip()
-    if not raw:
-        return DEFAULT_TIMEOUT_S
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = float("nan")
-    if not is_finite_number(seconds) or seconds <= 0:
-        raise ConfigError(f"TTC_VLLM_TIMEOUT must be a positive number of seconds, e.g. 300, got {raw!r}: set it "
-                          f"so, or unset it for the default {DEFAULT_TIMEOUT_S:g}s")
-    return seconds
+    return env_seconds("TTC_VLLM_TIMEOUT", default=DEFAULT_TIMEOUT_S, zero=False)
 
 
 def _tls_context(urls: Sequence[str]) -> ssl.SSLContext:
@@ -214,16 +204,12 @@ class VLLMBackend:
     @classmethod
     def from_env(cls, **options: Any) -> VLLMBackend:
         """Build from ``TTC_VLLM_URL`` (comma-separated for replicas), ``TTC_VLLM_MODEL``, ``TTC_VLLM_API_KEY``."""
-        raw = os.environ.get("TTC_VLLM_URL", "")
-        urls = [u.strip() for u in raw.split(",") if u.strip()]
+        urls = [u.strip() for u in (env_text("TTC_VLLM_URL") or "").split(",") if u.strip()]
         if not urls:
             raise ConfigError("TTC_VLLM_URL is not set: set it to the vLLM server's base URL, e.g. "
                               "http://127.0.0.1:8000 (comma-separate several replicas)")
-        # Trimmed, blank read as unset, as ttc.config reads them: ' qwen ' named no served model, and a blank key
-        # went out as 'Bearer   '.
-        model = os.environ.get("TTC_VLLM_MODEL", "").strip() or None
-        api_key = os.environ.get("TTC_VLLM_API_KEY", "").strip() or None
-        return cls(urls, model=model, api_key=api_key, **options)
+        # Trimmed, blank read as unset: ' qwen ' named no served model, and a blank key went out as 'Bearer   '.
+        return cls(urls, model=env_text("TTC_VLLM_MODEL"), api_key=env_text("TTC_VLLM_API_KEY"), **options)
 
     # -- identity -------------------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from ttc.envvars import env_text
 from ttc.errors import ConfigError
 from ttc.types import Problem, check_unicode, is_int
 from ttc.verifiers.answer import gold_key
@@ -23,7 +24,7 @@ SYNTHETIC = ("synthetic", "synthetic-stateful", "synthetic-totals")
 def data_dir() -> Path:
     """``TTC_DATA_DIR``, else the first of ``../shared/datasets``, ``./datasets`` and ``shared/datasets`` beside the
     checkout that exists."""
-    configured = os.environ.get("TTC_DATA_DIR", "").strip()  # blank is unset, as for every TTC_* variable
+    configured = env_text("TTC_DATA_DIR")
     if configured:
         return Path(configured).expanduser()
     for candidate in (Path.cwd().parent / "shared" / "datasets", Path.cwd() / "datasets",

@@ -27,6 +27,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 
+from ttc.envvars import env_text
 from ttc.errors import RejectedData, StorageError
 from ttc.storage.models import LATER_TABLES, Base
 
@@ -75,9 +76,8 @@ def resolve_location(url: str | os.PathLike[str] | None, *, create: bool = True)
     ``create=False`` (a reader) makes no directory and refuses an SQLite file that is not there: a mistyped path
     should say so, not read as an empty store.
     """
-    # Read as every TTC_* variable is (ttc.config.env): " /data/t.db" means /data/t.db, not a folder named " " in
-    # the working directory, and a blank value means unset.
-    given = os.fspath(url) if url is not None else os.environ.get(ENV_VAR, "").strip() or None
+    # " /data/t.db" means /data/t.db, not a folder named " " in the working directory (ttc.envvars).
+    given = os.fspath(url) if url is not None else env_text(ENV_VAR)
     if given is not None and not given.strip():
         raise StorageError(f"the trace database path is empty: pass a file path or URL (or unset {ENV_VAR} to use "
                            f"the default, {default_path()})")

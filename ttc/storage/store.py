@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import math
 import os
 import socket
 import uuid
@@ -25,6 +24,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, Row, delete, func, ins
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from ttc.envvars import env_seconds
 from ttc.errors import ConfigError, NotFound, RejectedData, StorageError, TTCError
 from ttc.storage import checks, convert, process
 from ttc.storage.database import (
@@ -71,13 +71,12 @@ _STILL_RUNNING = f"{_UNSAVED} and the trace is still 'running'; record the failu
 def refused_finish_to_fail(error: RejectedData) -> RejectedData:
     """A finish the store refused, as told by a caller that fails the trace with it next (a session does): the
     advice to call fail_trace is that caller's own next step, and the error becomes the failed trace's, where
-    "still 'running'" would be false. Any other error is returned as it is."""
+    "still 'running'" would be false. Any other error is returned as it is; the caller raises the new one from the
+    refused finish's cause."""
     text = str(error)
     if not text.endswith(_STILL_RUNNING):
         return error
-    told = RejectedData(text.removesuffix(_STILL_RUNNING) + _UNSAVED)
-    told.__cause__ = error.__cause__
-    return told
+    return RejectedData(text.removesuffix(_STILL_RUNNING) + _UNSAVED)
 
 
 def _reads_as_damaged(exc: SQLAlchemyError) -> bool:
@@ -99,17 +98,7 @@ async def _wait(future: Future[T]) -> T:
 
 def _env_busy_timeout() -> float:
     """``TTC_DB_BUSY_TIMEOUT_S``: how long a locked database is waited for before StorageError (default 10 s)."""
-    raw = os.environ.get("TTC_DB_BUSY_TIMEOUT_S", "").strip()
-    if not raw:
-        return DEFAULT_BUSY_TIMEOUT_S
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = math.nan
-    if not 0 <= seconds <= MAX_BUSY_TIMEOUT_S:  # the variable is named here, not the parameter it feeds
-        raise ConfigError(f"TTC_DB_BUSY_TIMEOUT_S must be a number of seconds from 0 to {MAX_BUSY_TIMEOUT_S:.0f}, "
-                          f"got {raw!r}")
-    return seconds
+    return env_seconds("TTC_DB_BUSY_TIMEOUT_S", default=DEFAULT_BUSY_TIMEOUT_S, most=MAX_BUSY_TIMEOUT_S)
 
 
 class TraceStore:
