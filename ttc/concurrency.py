@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from ttc.errors import ConfigError
+from ttc.errors import BackendError, ConfigError
 from ttc.types import is_int
 
 T = TypeVar("T")
@@ -29,6 +29,10 @@ async def bounded_gather(jobs: Sequence[Callable[[], Awaitable[T]]], concurrency
     worker too and raised here, once the others have stopped: asyncio re-raises a task's interrupt out of the event
     loop itself, which skipped every caller's cleanup (their traces stayed 'running'). It wins over any other
     failure, and over a cancellation of this call, so the interrupt still reaches the caller.
+
+    A job that raises ``CancelledError`` while nothing cancelled this call (a future it awaited was cancelled: an
+    executor shut down, a client closed mid-call) has failed: the task group would end the other workers and
+    return, leaving ``None`` where that job's and every unstarted job's result belongs.
     """
     check_concurrency(concurrency)
     results: list[T | None] = [None] * len(jobs)
@@ -42,8 +46,12 @@ async def bounded_gather(jobs: Sequence[Callable[[], Awaitable[T]]], concurrency
             next_index += 1
             try:
                 results[i] = await jobs[i]()
-            except anyio.get_cancelled_exc_class():
-                raise
+            except anyio.get_cancelled_exc_class() as exc:
+                if _cancelled_from_outside():
+                    raise
+                failures.append(_stray_cancellation(exc))
+                scope.cancel()
+                return
             except BaseException as exc:
                 failures.append(exc)
                 scope.cancel()
@@ -60,6 +68,20 @@ async def bounded_gather(jobs: Sequence[Callable[[], Awaitable[T]]], concurrency
     if failures:
         raise failures[0]
     return results  # type: ignore[return-value]
+
+
+def _cancelled_from_outside() -> bool:
+    """Whether the running task was asked to stop (by its caller, the task group, or the loop shutting down)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
+def _stray_cancellation(exc: BaseException) -> BackendError:
+    error = BackendError(f"a call stopped with {type(exc).__name__} though nothing cancelled it (a future it awaited "
+                         "was cancelled, e.g. by a backend closed while in use): close a backend only after its "
+                         "calls have ended")
+    error.__cause__ = exc
+    return error
 
 
 def check_concurrency(concurrency: object) -> None:
