@@ -249,6 +249,13 @@ class TraceEvent:
     node_id: int | None = None
 
 
+CONTEXT_ROW = "context_row"
+"""``Problem.meta`` key a dataset sets on a question about a context: the row of the first question about that
+context in the whole dataset, whatever slice was loaded. An evaluation seeds the context's sleep run from it, so a
+row's result depends on its seed and row alone. It is derived from the dataset, not part of the problem's content
+(the store's problem id leaves it out)."""
+
+
 @dataclass(frozen=True)
 class Problem:
     """A question as strategies see it. ``gold`` is known only in evaluation and never shown to a strategy.
@@ -314,6 +321,7 @@ class Notes:
 
 
 __all__ = [
+    "CONTEXT_ROW",
     "MIN_TEMPERATURE",
     "Budget",
     "Candidate",

@@ -18,8 +18,9 @@ from ttc.errors import BackendError, ConfigError
 from ttc.session import Session
 from ttc.sleeptime import SLEEP
 from ttc.storage import TraceStore
+from ttc.storage.convert import problem_id
 from ttc.testing import ScriptedBackend, guessing_responder
-from ttc.types import Budget, Notes, Problem, Usage
+from ttc.types import CONTEXT_ROW, Budget, Notes, Problem, Usage
 
 pytestmark = pytest.mark.anyio
 
@@ -64,6 +65,37 @@ def test_jsonl_rows_may_name_their_context(tmp_path: Path) -> None:
     path.write_text(json.dumps({"question": "How many?", "answer": "3", "context": ""}) + "\n")
     with pytest.raises(ConfigError, match="'context' must be"):
         load_dataset(str(path))
+
+
+def test_a_question_knows_its_contexts_first_row_in_the_whole_dataset(tmp_path: Path) -> None:
+    """A slice that starts after a context's first question still names that row (it seeds the sleep run)."""
+    assert [p.meta[CONTEXT_ROW] for p in load_dataset("synthetic-stateful", limit=4, offset=1, seed=0)] == [0, 0, 3, 3]
+    path = tmp_path / "q.jsonl"
+    rows = [{"question": "How many?", "answer": "3", "context": "Ann has 3 pens."},
+            {"question": "What is 1 + 1?", "answer": "2"},
+            {"question": "And twice that?", "answer": "6", "context": "Ann has 3 pens."}]
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    assert [p.meta.get(CONTEXT_ROW) for p in load_dataset(str(path), offset=1)] == [None, 0]
+    assert [p.meta.get(CONTEXT_ROW) for p in load_dataset(str(path))] == [0, None, 0]
+    # Derived from the dataset, not content: a run started before datasets set it resumes with the same ids.
+    first = load_dataset(str(path))[0]
+    assert problem_id(first) == problem_id(replace(first, meta={}))
+
+
+async def test_a_slice_thinks_about_a_context_with_the_seed_of_the_whole_run(tmp_path: Path) -> None:
+    """Rows 1-2 of a run from row 1 got other notes (and answers) than in a run from row 0: the sleep run was seeded
+    by the context's first question in the slice."""
+    session = scripted(tmp_path)
+    try:
+        report = await evaluate(load_dataset("synthetic-stateful", limit=4, offset=1, seed=0), Budget(tokens=60),
+                                session, strategy="best_of_n", options=GREEDY, seed=3, sleep=Budget(tokens=40),
+                                sleep_opts={"max_tokens": 40})
+        store = session.store
+        assert store is not None
+        seeds = sorted(t.seed for t in store.list_traces(run_id=report.run_id, limit=None) if t.strategy == SLEEP)
+        assert seeds == [3 + SLEEP_SEED_OFFSET + 0, 3 + SLEEP_SEED_OFFSET + 3]
+    finally:
+        await session.aclose()
 
 
 async def test_each_context_is_thought_about_once_and_its_notes_reach_its_questions(tmp_path: Path) -> None:

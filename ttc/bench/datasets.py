@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ttc.envvars import env_text
 from ttc.errors import ConfigError
-from ttc.types import Problem, check_unicode, is_int
+from ttc.types import CONTEXT_ROW, Problem, check_unicode, is_int
 from ttc.verifiers.answer import gold_key
 
 FILES = {"gsm8k": "gsm8k_test.jsonl", "math500": "math500_test.jsonl", "aime24": "aime24_test.jsonl"}
@@ -88,8 +88,12 @@ def same_dataset(recorded: object, given: object) -> bool:
 
 
 def _read_jsonl(path: Path, label: str, limit: int | None, offset: int) -> list[Problem]:
-    """Rows ``offset`` to ``offset + limit`` (blank lines are not rows), each indexed by its line in the file."""
+    """Rows ``offset`` to ``offset + limit`` (blank lines are not rows), each indexed by its line in the file.
+
+    Rows before ``offset`` are still read for their context, so that a question's ``context_row`` (the line of its
+    context's first question, which seeds the context's sleep run) is the file's, not the slice's."""
     problems: list[Problem] = []
+    firsts: dict[str, int] = {}
     rows = 0
     try:
         # utf-8-sig: a byte-order mark, which some editors write at the start of a UTF-8 file, is not JSON.
@@ -99,10 +103,11 @@ def _read_jsonl(path: Path, label: str, limit: int | None, offset: int) -> list[
                     continue
                 rows += 1
                 if rows <= offset:
+                    _note_context(line, lineno, firsts)
                     continue
                 if limit is not None and len(problems) >= limit:
                     break
-                problems.append(_parse_row(line, path, lineno, label))
+                problems.append(_parse_row(line, path, lineno, label, firsts))
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason}); save it as UTF-8 JSON lines") from None
     except OSError as exc:
@@ -110,7 +115,18 @@ def _read_jsonl(path: Path, label: str, limit: int | None, offset: int) -> list[
     return problems
 
 
-def _parse_row(line: str, path: Path, lineno: int, label: str) -> Problem:
+def _note_context(line: str, lineno: int, firsts: dict[str, int]) -> None:
+    """A skipped row's context, if it has one: the row is not asked, so a flaw in it is not this run's error."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return
+    context = row.get("context") if isinstance(row, dict) else None
+    if isinstance(context, str) and context.strip():
+        firsts.setdefault(context, lineno)
+
+
+def _parse_row(line: str, path: Path, lineno: int, label: str, firsts: dict[str, int]) -> Problem:
     where = f"{path}:{lineno + 1}"
     try:
         row = json.loads(line)
@@ -130,6 +146,8 @@ def _parse_row(line: str, path: Path, lineno: int, label: str) -> Problem:
         {key: value for key, value in meta.items() if isinstance(value, str)}
     for key, text in texts.items():  # a JSON escape of a lone surrogate: no store or tokenizer can encode it
         check_unicode(text, f"{where}: {key!r}")
+    if context is not None:
+        meta[CONTEXT_ROW] = firsts.setdefault(context, lineno)
     return Problem(question=question, gold=gold, dataset=label, index=lineno, meta=meta, context=context)
 
 
@@ -203,7 +221,8 @@ def _synthetic(name: str, limit: int, offset: int, seed: int, levels: Sequence[i
         rows = [(query, p, ctx.context) for ctx in contexts for query, p in zip(ctx.queries, ctx.problems,
                                                                                  strict=True)]
         return [Problem(question=query, gold=p.answer, dataset=name, index=i,
-                        meta={"level": p.level, "seed": seed}, context=context)
+                        meta={"level": p.level, "seed": seed, CONTEXT_ROW: i - i % STATEFUL_QUESTIONS},
+                        context=context)
                 for i, (query, p, context) in enumerate(rows) if offset <= i < offset + limit]
     return [Problem(question=p.question, gold=p.answer, dataset=name, index=i,
                     meta={"level": p.level, "seed": seed})

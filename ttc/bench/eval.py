@@ -45,14 +45,14 @@ from ttc.session import SEED_LIMIT, question_prompt
 from ttc.sleeptime import SLEEP, SleepOptions, load_notes, sleep_in_session, sleep_options
 from ttc.storage import TraceStore, TraceSummary
 from ttc.storage.convert import problem_id
-from ttc.types import BUDGET_LIMIT, Budget, Problem, Result, TraceEvent
+from ttc.types import BUDGET_LIMIT, CONTEXT_ROW, Budget, Problem, Result, TraceEvent, is_int
 from ttc.verifiers.answer import agrade_result, gold_key
 from ttc.verifiers.base import StepwiseOutcome, too_long_to_score
 from ttc.verifiers.prm import CachedPRM
 
 SLEEP_SEED_OFFSET = 1 << 30
-"""A context's sleep run draws from ``seed + SLEEP_SEED_OFFSET + i``, ``i`` the index of its first question: apart
-from every question's ``seed + index``, and the same on a resumed run."""
+"""A context's sleep run draws from ``seed + SLEEP_SEED_OFFSET + i``, ``i`` the dataset row of its first question
+(:func:`context_row`): apart from every question's ``seed + index``, and the same on a resumed run or a slice."""
 
 Progress = Callable[[Problem, Result | None], None]
 
@@ -374,6 +374,13 @@ def check_sleep(problems: Sequence[Problem], sleep: Budget | None,
     return sleep_options(dict(options or {}))
 
 
+def context_row(problem: Problem) -> int:
+    """The dataset row of the first question about ``problem``'s context (:data:`CONTEXT_ROW`); for problems made
+    without it, the problem's own index (the first of them about the context counts)."""
+    row = problem.meta.get(CONTEXT_ROW)
+    return row if is_int(row) and 0 <= row <= (problem.index or 0) else problem.index or 0
+
+
 async def think_first(problems: Sequence[Problem], todo: Sequence[Problem], budget: Budget, options: SleepOptions,
                       session: Session, *, seed: int, concurrency: int, errors: list[str],
                       lasting: list[str]) -> set[str]:
@@ -383,10 +390,10 @@ async def think_first(problems: Sequence[Problem], todo: Sequence[Problem], budg
     ``errors``)."""
     store = session.store
     assert store is not None and session.run_id is not None
-    first: dict[str, int] = {}  # each context's first question over all the problems: a resume seeds it alike
+    first: dict[str, int] = {}  # each context's first question in the dataset: a resume or a slice seeds it alike
     for problem in problems:
         if problem.context is not None:
-            first.setdefault(problem.context, problem.index or 0)
+            first.setdefault(problem.context, context_row(problem))
     needed = dict.fromkeys(p.context for p in todo if p.context is not None and p.context not in session.notes)
     written: dict[str, str] = {}
     for trace in store.list_traces(run_id=session.run_id, status="done", limit=None):  # newest first

@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from ttc.errors import ConfigError
 from ttc.storage.models import EventRow, NodeRow, ProblemRow
-from ttc.types import Budget, Candidate, Node, NodeStatus, Problem, TraceEvent, Usage, check_unicode
+from ttc.types import CONTEXT_ROW, Budget, Candidate, Node, NodeStatus, Problem, TraceEvent, Usage, check_unicode
 
 CONTEXT_KEY = "context"
 """Where a problem's shared context is kept in its stored ``meta`` (the problems table has no column for it)."""
@@ -34,9 +34,11 @@ def stored_meta(problem: Problem) -> dict[str, object]:
 
 def problem_id(problem: Problem) -> str:
     """A content hash, so the same question asked by many traces (an eval, a resume) is stored once; a context
-    is part of the content, so one question about two contexts is two problems."""
+    is part of the content, so one question about two contexts is two problems. ``CONTEXT_ROW`` is not content
+    (it follows from the dataset), and a run started before datasets set it resumes with the same ids."""
+    content = {key: value for key, value in stored_meta(problem).items() if key != CONTEXT_ROW}
     canonical = json.dumps(
-        [problem.dataset, problem.index, problem.question, problem.gold, stored_meta(problem)],
+        [problem.dataset, problem.index, problem.question, problem.gold, content],
         sort_keys=True,
         default=str,
         ensure_ascii=False,
