@@ -10,10 +10,10 @@ import json
 import re
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -33,6 +33,7 @@ from ttc.pooled import check_pooled
 from ttc.session import check_context, check_prompt, check_seed
 from ttc.sleeptime import load_notes, sleep_in_session, sleep_options
 from ttc.storage import TraceStore
+from ttc.storage.checks import MAX_LIMIT, check_limit
 from ttc.storage.export import strict_json_text
 from ttc.strategies.base import strategy_class
 from ttc.types import Budget, Notes, Problem, Result
@@ -42,6 +43,7 @@ traces_app = typer.Typer(no_args_is_help=True, help="Inspect recorded traces.")
 app.add_typer(traces_app, name="traces")
 out = Console()
 err = Console(stderr=True)
+T = TypeVar("T")
 
 BackendOpt = Annotated[str, typer.Option(help="auto | local | vllm | scripted (a dry-run stand-in model)")]
 UrlOpt = Annotated[str | None, typer.Option(help="vLLM server URL (comma-separated for replicas)")]
@@ -433,6 +435,16 @@ def _progress() -> Progress:
                     console=err, transient=False, disable=not sys.stderr.isatty())
 
 
+def _newest(listing: Callable[[int], list[T]], limit: int, what: str) -> list[T]:
+    """The newest ``limit`` rows, and a line on stderr where more match: a run's 60 traces listed as 50 read as
+    the whole run."""
+    check_limit(limit)
+    rows = listing(limit + 1) if limit < MAX_LIMIT else listing(limit)
+    if len(rows) > limit:
+        err.print(f"the newest {limit} {what} are shown and more match: pass a larger --limit to see them")
+    return rows[:limit]
+
+
 @traces_app.command("list")
 def traces_list(
     run: Annotated[str | None, typer.Option(help="only traces of this run")] = None,
@@ -442,7 +454,7 @@ def traces_list(
 ) -> None:
     """List recent traces."""
     with TraceStore(db, read_only=True) as store:
-        rows = store.list_traces(run_id=run, status=status, limit=limit)
+        rows = _newest(lambda n: store.list_traces(run_id=run, status=status, limit=n), limit, "traces")
     table = Table()
     for col in ("id", "status", "strategy", "answer", "tokens", "question"):
         table.add_column(col)
@@ -456,7 +468,7 @@ def traces_list(
 def traces_runs(limit: Annotated[int, typer.Option()] = 20, db: DbOpt = None) -> None:
     """List recent evaluation runs (`ttc eval`, `ttc demo`); a single solve is a trace of no run."""
     with TraceStore(db, read_only=True) as store:
-        rows = store.list_runs(limit=limit)
+        rows = _newest(lambda n: store.list_runs(limit=n), limit, "runs")
     table = Table()
     table.add_column("id", no_wrap=True, min_width=36)  # whole: `--run` takes whole run ids
     for col in ("kind", "status", "started", "summary"):

@@ -878,3 +878,17 @@ def test_a_signal_while_a_finished_eval_closes_prints_its_report_not_a_resume(tm
     with TraceStore(str(db), read_only=True) as store:
         [run] = store.list_runs()
     assert run.status == "done" and f"inspect: ttc traces list --run {run.id}" in " ".join(out.split())
+
+
+def test_a_listing_cut_at_its_limit_says_that_more_match(tmp_path: Path) -> None:
+    """A run's 60 traces were listed as 50 rows with nothing saying more exist, after `ttc eval` pointed there."""
+    db = tmp_path / "e.db"
+    run_ttc("eval", "--dataset", "synthetic", "--limit", "3", "--backend", "scripted", "--strategy", "best_of_n",
+            db=db)
+    cut = run_ttc("traces", "list", "--limit", "2", db=db)
+    assert cut.stdout.count("done") == 2 and "the newest 2 traces are shown and more match" in cut.stderr
+    whole = run_ttc("traces", "list", "--limit", "3", db=db)
+    assert whole.stdout.count("done") == 3 and "more match" not in whole.stderr
+    run_ttc("eval", "--dataset", "synthetic", "--limit", "1", "--backend", "scripted", db=db)
+    assert "the newest 1 runs are shown" in run_ttc("traces", "runs", "--limit", "1", db=db).stderr
+    assert "limit must be a positive int" in run_ttc("traces", "list", "--limit", "0", db=db, check=False).stderr

@@ -156,10 +156,14 @@ def check_id(value: object, what: str) -> None:
                        "`ttc traces list` or `ttc traces runs` shows it")
 
 
+MAX_LIMIT = (1 << 63) - 1
+"""The largest row limit: SQLite's LIMIT is a signed 64-bit integer."""
+
+
 def check_limit(limit: int | None, *, unlimited: bool = False) -> None:
     """A positive int; ``None`` (no limit) too where ``unlimited``."""
     if unlimited and limit is None:
         return
-    if not is_int(limit) or not 1 <= limit < 1 << 63:  # SQLite's LIMIT is a signed 64-bit integer
+    if not is_int(limit) or not 1 <= limit <= MAX_LIMIT:
         also = " or None (no limit)" if unlimited else ""
         raise ConfigError(f"limit must be a positive int below 2**63{also}, got {limit!r}")
