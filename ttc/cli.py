@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -559,17 +559,26 @@ def main() -> None:
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
-        err.print("interrupted")
-        raise SystemExit(130) from None
+        _interrupted()
     except Exception as exc:  # click's usage errors
         if _is_usage_error(exc):
             exc.show()  # type: ignore[attr-defined]
             raise SystemExit(exc.exit_code) from None  # type: ignore[attr-defined]
         raise
     if code == 130:
-        err.print("interrupted")
+        _interrupted()
     if isinstance(code, int) and code:
         raise SystemExit(code)
+
+
+def _interrupted() -> NoReturn:
+    """Exit 130, as a shell reports Ctrl-C. The work is stopped and recorded by now; a Ctrl-C held down, or a
+    second one, that lands while the process exits is ignored: it raised KeyboardInterrupt in the interpreter's
+    shutdown, which ended the process by the signal (status -2) and sometimes printed a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    err.print("interrupted")
+    raise SystemExit(130)
 
 
 __all__ = ["app", "main"]

@@ -892,3 +892,24 @@ def test_a_listing_cut_at_its_limit_says_that_more_match(tmp_path: Path) -> None
     run_ttc("eval", "--dataset", "synthetic", "--limit", "1", "--backend", "scripted", db=db)
     assert "the newest 1 runs are shown" in run_ttc("traces", "runs", "--limit", "1", db=db).stderr
     assert "limit must be a positive int" in run_ttc("traces", "list", "--limit", "0", db=db, check=False).stderr
+
+
+def test_ctrl_c_held_down_still_exits_130(tmp_path: Path) -> None:
+    """Signals landing while the process exited raised KeyboardInterrupt in the interpreter's shutdown: the
+    process ended by the signal (status -2) instead of 130."""
+    db = tmp_path / "held.db"
+    env = {**os.environ, "TTC_DB": str(db), "TTC_SCRIPTED_DELAY_S": "0.1"}
+    args = [sys.executable, "-m", "ttc", "eval", "--dataset", "synthetic", "--limit", "400", "--backend",
+            "scripted", "--concurrency", "2"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _done_count(db) < 4 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    while proc.poll() is None and time.monotonic() < deadline:
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.02)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr
+    with TraceStore(str(db)) as store:
+        [run] = store.list_runs()
+        assert run.status == "interrupted" and not store.list_traces(status="running", limit=None)
