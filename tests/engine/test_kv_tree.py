@@ -254,3 +254,29 @@ def test_a_split_head_does_not_keep_its_evicted_tail_s_storage() -> None:
     tree.check()
     assert block.id not in tree.blocks and head.id in tree.blocks
     assert _held_bytes(tree) == 4 * 2 * 2 * 1 * 2 * 4
+
+
+def test_a_split_leaves_no_block_viewing_more_than_its_tokens() -> None:
+    """A closed tail kept viewing the whole buffer its head was cut from: ten 64-token prompts found again to 63
+    tokens held 1270 tokens' KV for 640 cached, and reserved_bytes said 640."""
+    tree = _tree()
+    per_token = 2 * 2 * 1 * 2 * 4
+    for k in range(10):
+        tokens = [k * 100 + i for i in range(64)]
+        _insert(tree, tokens)
+        tree.lookup(tokens[:63])
+    tree.check()
+    assert tree.cached_tokens == 640
+    assert _held_bytes(tree) == tree.reserved_bytes == 640 * per_token
+    # An open block split at its end keeps appending into its buffer; sealed, it holds its own tokens only.
+    prompt = _insert(tree, [5] * 8)
+    branch = tree.branch(prompt, 6)
+    tree.acquire(branch)
+    _decode(tree, branch, [1, 2, 3])
+    tree.lookup([5] * 8 + [1, 2])
+    _decode(tree, branch, [4, 5, 6])
+    sealed = tree.seal(branch)
+    assert _path_values(sealed) == [5] * 8 + [1, 2, 3, 4, 5, 6]
+    tree.release(sealed)
+    tree.check()
+    assert _held_bytes(tree) == tree.reserved_bytes == (640 + 8 + 6) * per_token

@@ -148,10 +148,16 @@ class KVTree:
 
     @property
     def reserved_bytes(self) -> int:
-        """Bytes of KV storage allocated (capacity, not content)."""
-        layers, two, heads, dim = self.shape
-        per_token = layers * two * heads * dim * self.dtype.itemsize
-        return sum(b.capacity for b in self.blocks.values()) * per_token
+        """Bytes of KV storage allocated (capacity, not content): each buffer once, however many blocks view it."""
+        buffers = {b.storage.untyped_storage().data_ptr(): b.storage.untyped_storage().nbytes()
+                   for b in self.blocks.values() if b.storage is not None}
+        return sum(buffers.values())
+
+    def _oversized(self, block: KVBlock) -> bool:
+        """Whether ``block`` keeps alive more KV memory than its tokens': a doubled buffer, or a view into a buffer
+        another block was cut from. Cached as it is, the cache's token cap would not bound its memory."""
+        assert block.storage is not None
+        return block.storage.untyped_storage().nbytes() > block.length * self.bytes_per_token
 
     # ------------------------------------------------------------------ lookup
     def match(self, tokens: Sequence[int]) -> tuple[KVBlock, int]:
@@ -197,9 +203,10 @@ class KVTree:
     def split(self, block: KVBlock, offset: int) -> KVBlock:
         """Cut ``block`` before its ``offset``-th token; return the new head, leaving ``block`` as the tail.
 
-        The tail keeps its identity, so sequences decoding into it are unaffected, and keeps viewing the old
-        storage; the head gets a copy of its part, so that the old storage goes when the tail does (a cached
-        tail is evicted before its head), not only when both have.
+        The tail keeps its identity, so sequences decoding into it are unaffected. The head gets a copy of its
+        part; a closed tail gets one too, so the old buffer goes now: a tail viewing it kept all of it alive (a
+        1-token tail held 64 tokens' KV), up to twice what the cache's token cap allows. An open tail keeps
+        viewing it (a sequence appends there) until :meth:`seal` trims it.
         """
         if not 0 < offset <= block.length:
             raise ValueError(f"split offset {offset} outside (0, {block.length}]")
@@ -215,7 +222,8 @@ class KVTree:
         self.blocks[head.id] = head
         block.tokens = block.tokens[offset:]
         block.start += offset
-        block.storage = block.storage[:, :, offset:]
+        tail = block.storage[:, :, offset:]
+        block.storage = tail if block.open else tail.clone()
         block.scores = {i - offset: s for i, s in block.scores.items() if i >= offset}
         block.parent = head
         if block.tokens:
@@ -312,9 +320,9 @@ class KVTree:
         """
         block.open = False
         parent = block.parent
-        if block.length and block.storage is not None and block.capacity > block.length:
-            # Growth doubled its storage and a step may stop after a few tokens: kept as it is, a cached block
-            # would hold up to 128 tokens' KV for 5, and the cache's token cap would not bound its memory.
+        if block.length and block.storage is not None and self._oversized(block):
+            # Growth doubled its storage and a step may stop after a few tokens (up to 128 tokens' KV for 5), or a
+            # split left it viewing the buffer its head was cut from.
             block.storage = block.storage[:, :, : block.length].clone()
         if block.length or parent is None or any(block.children.values()):
             return block
