@@ -13,7 +13,7 @@ import torch
 from ttc.backends.local import LocalBackend
 from ttc.engine.engine import Engine, ScoreRequest
 from ttc.engine.loading import load_model
-from ttc.types import PromptLogprobs
+from ttc.types import PromptLogprobs, Sampling
 
 CountForwards = Callable[[Engine], list[tuple[int, ...]]]
 
@@ -101,3 +101,24 @@ async def test_concurrent_scoring_calls_share_forwards(
             alone = _engine(checkpoint).score(tuple(node), 2)
             assert [scored.token_logprob(i) for i in range(1, len(node))] == pytest.approx(
                 [alone.token_logprob(i) for i in range(1, len(node))], abs=1e-5)
+
+
+def test_scoring_a_generated_sequence_keeps_no_more_kv_than_its_tokens(llama_path: Path) -> None:
+    """A score run alone recomputes a cached, unscored path, and kept its new last token as a view of the whole
+    forward's buffer: twelve 1-token blocks held 3979 tokens' KV for 1990 cached, past the cache's cap."""
+    backend = LocalBackend.from_pretrained(llama_path, device="cpu", cache_tokens=4096, threads=1)
+
+    async def run() -> None:
+        for prompt in ([3, 4, 5], [3, 9], [6, 7, 8, 9, 10]):
+            (completion,) = await backend.complete(prompt, 1, Sampling(max_tokens=12, temperature=0))
+            await backend.prompt_logprobs([*prompt, *completion.token_ids], 0)
+            await backend.release([*prompt, *completion.token_ids])
+
+    try:
+        asyncio.run(run())
+        tree = backend.engine.tree
+        tree.check()
+        assert tree.live_tokens == 0 and tree.cached_tokens > 0
+        assert tree.reserved_bytes == tree.cached_tokens * tree.bytes_per_token
+    finally:
+        backend.close()

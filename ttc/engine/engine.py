@@ -222,9 +222,8 @@ class Engine:
             if matched < start:  # the KV of tokens[matched:start] is in no scratch row: keeping it would corrupt
                 raise RuntimeError(f"the cached prefix shrank from {start} to {matched} tokens during a forward")
             if matched < len(tokens):
-                kv = scratch[:, :, row, matched - start : n]
-                # A batch's rows each get their own storage: a view would keep the whole padded scratch alive.
-                end = self.tree.add(end, tokens[matched:], kv.clone() if len(rows) > 1 else kv)
+                # The tree copies a view of a larger scratch (a batch's rows, a recomputed cached prefix).
+                end = self.tree.add(end, tokens[matched:], scratch[:, :, row, matched - start : n])
             ends.append(end)
         return ends, hidden
 

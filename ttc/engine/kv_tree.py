@@ -232,9 +232,14 @@ class KVTree:
 
     # ------------------------------------------------------------------ growth
     def add(self, parent: KVBlock, tokens: Sequence[int], storage: Tensor) -> KVBlock:
-        """A new cached (unreferenced) child of ``parent`` holding ``tokens`` and their KV ``storage``."""
+        """A new cached (unreferenced) child of ``parent`` holding ``tokens`` and their KV ``storage``.
+
+        Storage that views a larger buffer (a row of a batch's scratch, the tail of a recomputed prefix) is copied:
+        kept as a view, the block would keep the whole buffer alive past the cache's token cap."""
         if parent.open:
             raise ValueError("cannot add children under a block that is still being appended to")
+        if tokens and storage.untyped_storage().nbytes() > len(tokens) * self.bytes_per_token:
+            storage = storage[:, :, : len(tokens)].clone()
         block = KVBlock(next(self._ids), parent, parent.end, storage)
         block.tokens = list(tokens)
         self.blocks[block.id] = block
