@@ -16,6 +16,7 @@ from ttc.storage import TraceStore
 from ttc.strategies.base import make_strategy
 from ttc.strategies.ets import EtsOptions
 from ttc.testing import ScriptedBackend
+from ttc.types import Budget
 
 pytestmark = pytest.mark.anyio
 
@@ -142,6 +143,14 @@ async def test_a_backend_that_embeds_is_used_by_default(asynchronous: bool) -> N
     event = round_events(ctx)[0]
     assert sorted(event["clusters"].values()) == [0, 0, 1]  # type: ignore[attr-defined]
     assert len(event["kept"]) == 1  # type: ignore[arg-type]
+
+
+async def test_each_embedding_request_is_a_backend_call_the_budget_counts() -> None:
+    """The backend's embeddings went uncounted: 30 calls charged where the backend served 33 requests."""
+    backend = EmbeddingBackend(random_responder)
+    options = {k: v for k, v in OPTIONS.items() if k != "n_clusters"}
+    _, _, meter = await run_search("ets", {**options, "width": 6}, backend, HashPRM(), budget=Budget(calls=7))
+    assert backend.embedded and len(backend.calls) + len(backend.embedded) == meter.usage().backend_calls <= 7
 
 
 async def test_a_missing_embedding_model_fails_before_spending() -> None:

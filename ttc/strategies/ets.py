@@ -22,7 +22,7 @@ from pydantic import Field
 from ttc.backends.base import Backend
 from ttc.budget import Meter
 from ttc.strategies.base import Context, StrategyResult, register
-from ttc.strategies.embed import cluster, default_threshold, embed_steps, resolve_embedder
+from ttc.strategies.embed import BackendEmbedder, cluster, default_threshold, embed_steps, resolve_embedder
 from ttc.strategies.ets_ilp import KvCost, paper_problem, solve_retention
 from ttc.strategies.rebase import RebaseBase, RebaseOptions, Retained
 from ttc.strategies.tree import SearchTree, StepNode
@@ -111,5 +111,7 @@ class Ets(RebaseBase[EtsOptions]):
             return [0]
         embedder = resolve_embedder(self.options.embedder, tree.ctx.backend)
         vectors = await embed_steps(embedder, [n.text for n in frontier], [n.prefix for n in frontier])
+        if isinstance(embedder, BackendEmbedder):  # a request to the backend, counted and limited as one
+            tree.meter.charge([], calls=1)
         threshold = self.options.cluster_threshold or default_threshold(embedder)
         return cluster(vectors, threshold=threshold, n_clusters=self.options.n_clusters)
