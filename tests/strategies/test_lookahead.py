@@ -197,10 +197,16 @@ def test_a_draft_that_fails_mid_solution_fails_the_trace_and_releases_the_round(
     [failed] = store.list_traces(status="failed")
     record = store.get_trace(failed.id)
     assert "BackendError" in (record.error or "")
-    # The first round kept two draft steps and the target's third; the second round's second proposal failed.
+    # The first round kept two draft steps and the target's third; the second round's second proposal failed,
+    # and its first, paid for, is in the tree (it was not: the failed trace's usage counted tokens no node held).
     # Nothing either model generated may stay held.
     assert [n.reason for n in record.nodes if n.parent is not None] == ["written by the draft"] * 2 + \
-        ["written by the target"]
+        ["written by the target", "draft step not taken: the round stopped (the trace's error)"]
+    assert record.usage is not None
+    # An accepted step was generated twice, by the draft and by the target's check: one node holds both.
+    steps = [n for n in record.nodes if n.parent is not None]
+    accepted = sum(n.token_count for n in steps if n.reason == "written by the draft")
+    assert sum(n.token_count for n in steps) + accepted == record.usage.generated_tokens
     assert len(draft.released) == len(draft.calls) and len(target.released) == len(target.calls)
     store.close()
 
@@ -219,11 +225,16 @@ def test_a_target_check_that_fails_within_a_wave_leaves_the_checks_that_returned
         solve("q", 500, strategy="lookahead", backend=target, draft=draft, store=store, prompt_template=TEMPLATE,
               gamma=2)
     [failed] = store.list_traces(status="failed")
-    usage = store.get_trace(failed.id).usage
+    record = store.get_trace(failed.id)
+    usage = record.usage
     store.close()
     assert len(target.calls) == 1 and len(draft.calls) == 2
     assert usage is not None
     assert usage.generated_tokens == target.stats().generated_tokens + draft.stats().generated_tokens
+    # The two proposals and the check that returned are in the tree, pruned, as a tree search keeps them.
+    kept = [n for n in record.nodes if n.parent is not None]
+    assert [n.status for n in kept] == ["pruned"] * 3
+    assert sum(n.token_count for n in kept) == usage.generated_tokens
     assert usage.backend_calls == 3
     assert len(draft.released) == len(draft.calls) and len(target.released) == len(target.calls)
 

@@ -196,17 +196,37 @@ class Lookahead(Strategy[LookaheadOptions]):
 
     async def _round(self, ctx: Context, draft: Backend, meter: Meter, chain: Chain, k: int, tally: Tally,
                      held: dict[Backend, list[tuple[int, ...]]]) -> None:
+        proposals: list[Completion] = []
+        checks: list[Completion | None] = []
+        try:
+            await self._round_steps(ctx, draft, meter, chain, k, tally, held, proposals, checks)
+        except BaseException:
+            # What returned was charged: the failed trace's tree holds it, as a tree search's does.
+            self._unaccepted(ctx, chain, proposals, "draft step not taken: the round stopped (the trace's error)")
+            for check in (c for c in checks if c is not None):
+                node = ctx.recorder.add_node(parent=chain.node, text=check.text, token_count=len(check.token_ids),
+                                             status="pruned")
+                ctx.recorder.update(node, reason="target step not taken: the round stopped (the trace's error)")
+            raise
+
+    async def _round_steps(self, ctx: Context, draft: Backend, meter: Meter, chain: Chain, k: int, tally: Tally,
+                           held: dict[Backend, list[tuple[int, ...]]], proposals: list[Completion],
+                           found: list[Completion | None]) -> None:
+        """One round: ``proposals`` and ``found`` (the target's checks) fill as their calls return, so that a
+        round that fails can record what it paid for."""
         cap = self.options.max_step_tokens
-        proposals, heads = await self._propose(ctx, draft, meter, chain, k, tally, held)
+        heads = await self._propose(ctx, draft, meter, chain, k, tally, held, proposals)
         if meter.exhausted():  # the drafts were paid for: the trace and the summary count them all the same
             tally.rounds += 1
             tally.proposed += len(proposals)
             tally.unchecked += len(proposals)
             self._unaccepted(ctx, chain, proposals, "draft step not checked: the budget ran out after drafting")
+            proposals.clear()  # recorded
             return
         # A round without proposals is one plain target step, trimmed to what is left (never to nothing: the
         # budget was not exhausted when the round was planned).
-        checks = await self._check(ctx, meter, heads, cap if k > 0 else meter.plan(1, cap)[1], held[ctx.backend])
+        checks = await self._check(ctx, meter, heads, cap if k > 0 else meter.plan(1, cap)[1], held[ctx.backend],
+                                   found)
         tally.target_tokens += sum(len(c.token_ids) for c in checks)
         # The wave decodes together, so the target's sequential decode steps are those of its longest step.
         tally.target_passes += max((len(c.token_ids) for c in checks), default=0)
@@ -232,12 +252,12 @@ class Lookahead(Strategy[LookaheadOptions]):
                                          "steps": len(chain.steps)}, node_id=chain.node)
 
     async def _propose(self, ctx: Context, draft: Backend, meter: Meter, chain: Chain, k: int, tally: Tally,
-                       held: dict[Backend, list[tuple[int, ...]]]) -> tuple[list[Completion], list[tuple[int, ...]]]:
+                       held: dict[Backend, list[tuple[int, ...]]], proposals: list[Completion]
+                       ) -> list[tuple[int, ...]]:
         """Up to ``k`` draft steps one after another, and the heads the target writes its own step after: the
         chain, then the chain plus each proposal that the solution goes on after and the target has room to
         extend (a head past the target's context would be refused, and one after the end has nothing to add)."""
         window = context_window(ctx.backend)
-        proposals: list[Completion] = []
         heads = [chain.prefix]
         prefix, before = chain.prefix, chain.open_text
         for _ in range(k):
@@ -257,7 +277,7 @@ class Lookahead(Strategy[LookaheadOptions]):
                 break
             before = before + step.text if state == "unfinished" else ""
             heads.append(prefix)
-        return proposals, heads
+        return heads
 
     async def _draft_step(self, ctx: Context, draft: Backend, chain: Chain, prefix: tuple[int, ...],
                           window: int | None) -> Completion | None:
@@ -286,12 +306,13 @@ class Lookahead(Strategy[LookaheadOptions]):
             ctx.recorder.update(parent, reason=reason if index == 0 else "draft step after one not taken")
 
     async def _check(self, ctx: Context, meter: Meter, heads: Sequence[tuple[int, ...]], cap: int,
-                     held: list[tuple[int, ...]]) -> list[Completion]:
+                     held: list[tuple[int, ...]], found: list[Completion | None]) -> list[Completion]:
         """The target's next step after each head, all requests in flight together, in the heads' order.
 
         Each step is charged, and its sequence added to ``held`` (the round releases it), as soon as it returns:
-        where another request of the wave fails, those that returned were still paid for and still hold KV."""
-        found: list[Completion | None] = [None] * len(heads)
+        where another request of the wave fails, those that returned were still paid for and still hold KV (and
+        are in ``found``, in the heads' order)."""
+        found[:] = [None] * len(heads)
 
         async def one(index: int) -> None:
             check = (await ctx.backend.complete(heads[index], 1, self._sampling(ctx, cap)))[0]
