@@ -43,7 +43,7 @@ from ttc.envvars import env_text
 from ttc.errors import ConfigError
 from ttc.strategies.base import DEFAULT_PROMPT_TEMPLATE
 from ttc.strategies.synthesis import PATH_TEMPLATE, SYNTHESIS_TEMPLATE
-from ttc.verifiers.base import OutcomeVerifier, ProcessVerifier, StepwiseOutcome
+from ttc.verifiers.base import AGGREGATIONS, Aggregation, OutcomeVerifier, ProcessVerifier, StepwiseOutcome
 
 NO_BACKEND_HELP = (
     "no backend is configured: pass backend=..., or set TTC_VLLM_URL=http://HOST:PORT to use a vLLM server, "
@@ -146,6 +146,25 @@ MINI_STATEFUL_SOLUTION_TOKENS = 288
 """The mini stateful reasoner's longest writing: a context's derivation and an answer, about 250 characters."""
 MINI_STEP_TOKENS = 24
 """A mini step (``17 + 8 = 25``, ``The answer is 25.``) is under 24 characters."""
+
+
+def preferred_aggregate(prm: ProcessVerifier) -> Aggregation:
+    """How ``prm`` wants its step scores to rank a path (its ``preferred_aggregate``), else ``min``. Read when a
+    call starts, so that a value no aggregation knows is refused before anything is spent, not at the first
+    scoring of a search."""
+    value: object = getattr(prm, "preferred_aggregate", "min")
+    for how in AGGREGATIONS:
+        if isinstance(value, str) and value == how:
+            return how
+    raise ConfigError(f"{type(prm).__name__}.preferred_aggregate is {value!r:.60}: set it to one of "
+                      f"{', '.join(AGGREGATIONS)} (how its step scores rank a path), or leave it out (whole "
+                      "solutions then rank by min, tree searches by last)")
+
+
+def solution_scorer(prm: ProcessVerifier) -> StepwiseOutcome:
+    """``prm`` scoring whole solutions by the aggregation it prefers: a verifier that judges the whole prefix
+    (``last``) would otherwise rank best-of-N's samples by a weakest step it never meant as the path's score."""
+    return StepwiseOutcome(prm, how=preferred_aggregate(prm))
 
 
 def default_backend(*, url: str | None = None, model: str | Path | None = None,
@@ -279,7 +298,7 @@ def embedded_setup(*, threads: int | None = None) -> BackendSetup:
                          f"{close_error}")
         raise
     draft_dir = mini_model_path("draft")
-    return BackendSetup(backend=reasoner, prompt_template=mini_prompt("{question}"), verifier=StepwiseOutcome(prm),
+    return BackendSetup(backend=reasoner, prompt_template=mini_prompt("{question}"), verifier=solution_scorer(prm),
                         prm=prm, closers=(prm.backend,),
                         draft_loader=lambda: LocalBackend.from_pretrained(draft_dir, threads=threads),
                         synthesizer_loader=lambda: LocalBackend.from_pretrained(mini_model_path("synthesizer"),
@@ -323,4 +342,4 @@ def embedded_context_setup(*, threads: int | None = None) -> BackendSetup:
 
 
 __all__ = ["NO_BACKEND_HELP", "BackendSetup", "default_backend", "embedded_context_setup", "embedded_setup",
-           "with_helpers"]
+           "preferred_aggregate", "solution_scorer", "with_helpers"]

@@ -23,7 +23,7 @@ import anyio
 from ttc.backends.base import Backend
 from ttc.budget import Meter
 from ttc.concurrency import in_thread, outlast_cancellation
-from ttc.config import BackendSetup, default_backend, with_helpers
+from ttc.config import BackendSetup, default_backend, solution_scorer, with_helpers
 from ttc.contexts import context_prompt_template, template_fields
 from ttc.errors import ConfigError, RejectedData
 from ttc.storage import TraceStore
@@ -34,7 +34,7 @@ from ttc.strategies.lookahead import NO_DRAFT
 from ttc.strategies.synthesis import PATH_TEMPLATE, SYNTHESIS_TEMPLATE
 from ttc.trace import TraceRecorder
 from ttc.types import Budget, Notes, Problem, Result, TraceEvent, Usage, check_unicode, is_finite_number, is_int
-from ttc.verifiers.base import OutcomeVerifier, ProcessVerifier, StepwiseOutcome
+from ttc.verifiers.base import OutcomeVerifier, ProcessVerifier
 
 if TYPE_CHECKING:
     from ttc.backends.vllm import VLLMBackend
@@ -121,6 +121,8 @@ def open_session(*, backend: Backend | None, store: StoreArg, verifier: Verifier
     if verifier is not None and not isinstance(verifier, OutcomeVerifier | ProcessVerifier):
         raise ConfigError(f"verifier must be an OutcomeVerifier or a ProcessVerifier (e.g. load_prm("
                           f"backend, 'mini-checker') from ttc.verifiers.prm), got {type(verifier).__name__}")
+    # Made before anything opens: it checks the verifier's preferred aggregation.
+    stepwise = solution_scorer(verifier) if isinstance(verifier, ProcessVerifier) else None
     check_store(store)
     context, notes = check_context(context, notes)
     if prompt_template is not None and context is None:
@@ -146,8 +148,7 @@ def open_session(*, backend: Backend | None, store: StoreArg, verifier: Verifier
         setup.synthesizer, setup.synthesizer_loader = synthesizer, None
         setup.synthesis_template, setup.path_template = SYNTHESIS_TEMPLATE, PATH_TEMPLATE
     if isinstance(verifier, ProcessVerifier):
-        setup.prm = verifier
-        setup.verifier = StepwiseOutcome(verifier)
+        setup.prm, setup.verifier = verifier, stepwise
     elif verifier is not None:
         setup.verifier = verifier
     plan: dict[str, object] = {}

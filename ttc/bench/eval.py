@@ -37,7 +37,7 @@ from ttc.api import (
 )
 from ttc.backends.base import Backend
 from ttc.bench.datasets import same_dataset
-from ttc.config import BackendSetup
+from ttc.config import BackendSetup, solution_scorer
 from ttc.controller.batch import UnaffordableBatch
 from ttc.errors import ConfigError, NotFound, RejectedData, StorageError, TTCError
 from ttc.pooled import check_pooled, solve_pooled
@@ -472,7 +472,7 @@ async def verifier_identity(setup: BackendSetup) -> str | None:
 async def _scorer_identity(verifier: object) -> str:
     if isinstance(verifier, StepwiseOutcome):
         inner = await _scorer_identity(verifier.prm)
-        plain = StepwiseOutcome(verifier.prm)  # as open_session wraps a PRM passed alone
+        plain = solution_scorer(verifier.prm)  # as open_session wraps a PRM passed alone
         if (verifier.how, verifier.delimiter) == (plain.how, plain.delimiter):
             return inner
         return f"{inner}, {verifier.how} over steps split at {verifier.delimiter!r}"

@@ -62,11 +62,11 @@ class PRMPreset:
                 raise ConfigError(f"{where}: {f.name} must be a string, got {value!r}")
         if self.family not in ("token", "chat", "pooling", "likelihood"):
             raise ConfigError(f"{where}: unknown family {self.family!r} (token, chat, pooling, likelihood)")
-        if self.family == "token" and not self.tag:
-            raise ConfigError(f"{where}: a token PRM needs a step tag")
-        if self.family in ("token", "chat") and self.top_k < 2:
-            raise ConfigError(f"{where}: a {self.family} PRM reads two judgement tokens from the top-k logprobs, "
-                              f"so top_k must be >= 2, got {self.top_k}")
+        if self.family in ("token", "pooling") and not self.tag:
+            raise ConfigError(f"{where}: a {self.family} PRM needs a step tag: set 'tag' to the text it reads each "
+                              f"step's score at (e.g. {_TAG_EXAMPLES[self.family]})")
+        if self.family in ("token", "chat"):
+            self._check_judgement_tokens(where)
         template_fields(self.prefix, name=f"{where}: prefix", required={"question"}, allowed={"question"})
         template_fields(self.step_template, name=f"{where}: step_template", required={"step"},
                         allowed={"step", "n"})
@@ -74,6 +74,22 @@ class PRMPreset:
             template_fields(self.first_turn, name=f"{where}: first_turn", required={"question", "step"},
                             allowed={"question", "step"})
 
+    def _check_judgement_tokens(self, where: str) -> None:
+        """A step's score is P(good) against P(bad): with one token for both, or an empty one, every step would
+        score the same (0.5, or nothing read at all) and rank nothing."""
+        for key in ("good", "bad"):
+            if not getattr(self, key):
+                raise ConfigError(f"{where}: a {self.family} PRM needs a non-empty '{key}' judgement token: set it "
+                                  "to the token the model writes for a correct ('good') or wrong ('bad') step")
+        if self.good == self.bad:
+            raise ConfigError(f"{where}: 'good' and 'bad' are both {self.good!r}, so every step would score 0.5: "
+                              "set them to the two different tokens the model writes for a correct and a wrong step")
+        if self.top_k < 2:
+            raise ConfigError(f"{where}: a {self.family} PRM reads two judgement tokens from the top-k logprobs, "
+                              f"so top_k must be >= 2, got {self.top_k}")
+
+
+_TAG_EXAMPLES = {"token": "'ки' for Math-Shepherd", "pooling": "'<extra_0>' for Qwen2.5-Math-PRM"}
 
 PRESETS: dict[str, PRMPreset] = {
     "math-shepherd": PRMPreset(
@@ -93,6 +109,9 @@ def preset_from_json(path: Path) -> PRMPreset:
     """A preset from a JSON file (keys as in :class:`PRMPreset`; unknown keys are an error)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:  # a ValueError, not a JSONDecodeError: it failed before JSON was parsed
+        raise ConfigError(f"cannot read PRM preset {path}: it is not UTF-8 text ({exc.reason} at byte {exc.start}): "
+                          "save it as UTF-8") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"cannot read PRM preset {path}: {exc}") from None
     if not isinstance(data, Mapping):
