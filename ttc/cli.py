@@ -546,9 +546,20 @@ def _terminate_as_interrupt(_signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
 
-def main() -> None:
-    """Entry point: typed errors become one red line and exit code 2."""
+def main(*, restore_signals: bool = True) -> None:
+    """Entry point: typed errors become one red line and exit code 2. With ``restore_signals`` the signal handlers
+    found are put back on the way out, for a process that goes on after the command; the console script exits
+    instead (``ttc.entry``), and a signal between the two would land in neither's handling."""
+    found = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    try:
+        _main()
+    finally:
+        for sig, handler in found.items() if restore_signals else ():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _main() -> None:
     try:
         # Without standalone mode click returns an Exit's code (typer.Exit(1) after failed problems, 130 on
         # Ctrl-C) instead of exiting with it, so the code is passed on here.
@@ -572,11 +583,7 @@ def main() -> None:
 
 
 def _interrupted() -> NoReturn:
-    """Exit 130, as a shell reports Ctrl-C. The work is stopped and recorded by now; a Ctrl-C held down, or a
-    second one, that lands while the process exits is ignored: it raised KeyboardInterrupt in the interpreter's
-    shutdown, which ended the process by the signal (status -2) and sometimes printed a traceback."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """Exit 130, as a shell reports Ctrl-C."""
     err.print("interrupted")
     raise SystemExit(130)
 

@@ -54,7 +54,7 @@ def run_interruptible(main: Callable[[], Awaitable[T]]) -> T:
                 return _Interrupted()
             raise
         finally:
-            installed()
+            installed(stop.signalled)
 
     watch = _StoreWatch()
     try:
@@ -122,8 +122,12 @@ def _give_up(patience: float) -> None:
     os._exit(130)
 
 
-def _install(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> Callable[[], None]:
-    """Route SIGTERM, and SIGINT unless it is ignored, to ``stop``; return what puts the previous handlers back."""
+def _install(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> Callable[[bool], None]:
+    """Route SIGTERM, and SIGINT unless it is ignored, to ``stop``; return what puts the previous handlers back,
+    or, once signalled, a handler that lets further signals pass: the command is ending, and a Ctrl-C held down
+    raised KeyboardInterrupt in the event loop's teardown (which skipped stopping its worker thread, so the process
+    never exited) or in the report of what was left (the ``--resume`` hint went unprinted). ``ttc.cli.main`` puts
+    the handlers it found back when the command has ended."""
     wanted = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN else [])
     previous = {sig: signal.getsignal(sig) for sig in wanted}
     installed: list[signal.Signals] = []
@@ -134,13 +138,17 @@ def _install(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> Calla
             continue
         installed.append(sig)
 
-    def restore() -> None:
+    def restore(signalled: bool) -> None:
         for sig in installed:
             loop.remove_signal_handler(sig)
             handler = previous[sig]
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+            signal.signal(sig, _another if signalled else handler if handler is not None else signal.SIG_DFL)
 
     return restore
+
+
+def _another(_signum: int, _frame: object) -> None:
+    """A signal after the one that stopped the command: its work is already cancelled and being recorded."""
 
 
 __all__ = ["run_interruptible"]

@@ -6,17 +6,43 @@ ends the command the way it does once the command runs, with ``interrupted`` and
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
+from types import FrameType
+
+INTERRUPTED = 130
 
 
 def main() -> None:
     try:
         from ttc.cli import main as cli_main
 
-        cli_main()
+        cli_main(restore_signals=False)
     except KeyboardInterrupt:
+        _exiting()
         sys.stderr.write("interrupted\n")  # as ttc.cli.main says it
-        raise SystemExit(130) from None
+        raise SystemExit(INTERRUPTED) from None
+    except SystemExit as exc:
+        if exc.code == INTERRUPTED:
+            _exiting()
+        raise
+
+
+def _exiting() -> None:
+    """An interrupted command's process exits now, with its work stopped and recorded. A Ctrl-C held down that
+    lands in the interpreter's shutdown raised KeyboardInterrupt there, ending the process by the signal (status
+    -2) rather than 130: it is ignored. SIGTERM still ends a shutdown that does not finish, with 130."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _end_now)
+
+
+def _end_now(_signum: int, _frame: FrameType | None) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(INTERRUPTED)
 
 
 __all__ = ["main"]
