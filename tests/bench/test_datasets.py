@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,14 @@ def test_levels_that_are_no_selection_are_config_errors(name: str, levels: objec
     """A single level or a text went through list(levels): a raw TypeError, or a text's characters as levels."""
     with pytest.raises(ConfigError, match=r"a list such as \[1, 2\]"):
         load_dataset(name, limit=2, levels=levels)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", ['{"question": "q", "answer": ' + "9" * 5000 + "}", "[" * 100_000 + "]" * 100_000],
+                         ids=["long-number", "deep-nesting"])
+def test_a_row_json_cannot_read_is_named_and_one_before_the_offset_is_skipped(tmp_path: Path, bad: str) -> None:
+    """A number past int()'s digit limit, or nesting past the stack, raised ValueError or RecursionError raw."""
+    path = tmp_path / "rows.jsonl"
+    path.write_text(bad + "\n" + "".join(json.dumps({"question": f"q{i}", "answer": "1"}) + "\n" for i in range(3)))
+    assert [p.question for p in load_dataset(str(path), offset=1)] == ["q0", "q1", "q2"]
+    with pytest.raises(ConfigError, match=r"rows.jsonl:1: JSON that cannot be read"):
+        load_dataset(str(path))

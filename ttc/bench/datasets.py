@@ -119,7 +119,7 @@ def _note_context(line: str, lineno: int, firsts: dict[str, int]) -> None:
     """A skipped row's context, if it has one: the row is not asked, so a flaw in it is not this run's error."""
     try:
         row = json.loads(line)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, a number past int()'s digit limit, nesting past the stack
         return
     context = row.get("context") if isinstance(row, dict) else None
     if isinstance(context, str) and context.strip():
@@ -132,6 +132,9 @@ def _parse_row(line: str, path: Path, lineno: int, label: str, firsts: dict[str,
         row = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{where}: not valid JSON ({exc.msg}); fix or remove that line") from None
+    except (ValueError, RecursionError) as exc:  # a number past int()'s digit limit, nesting past the stack
+        raise ConfigError(f"{where}: JSON that cannot be read ({str(exc)[:80] or type(exc).__name__}); fix or "
+                          "remove that line") from None
     if not isinstance(row, dict):
         raise ConfigError(f"{where}: expected a JSON object with question/problem and answer fields")
     question = row.get("question") or row.get("problem")
