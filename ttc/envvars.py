@@ -34,7 +34,8 @@ def env_seconds(name: str, *, default: float, most: float = math.inf, zero: bool
     if math.isfinite(seconds) and (seconds >= 0 if zero else seconds > 0) and seconds <= most:
         return seconds
     if math.isfinite(most):
-        span = f"from 0 to {most:g}" if zero else f"above 0 and at most {most:g}"
+        top = f"{most:.0f}" if float(most).is_integer() else repr(most)  # :g wrote 2147483 as 2.14748e+06
+        span = f"from 0 to {top}" if zero else f"above 0 and at most {top}"
     else:
         span = "0 or more" if zero else "above 0"
     raise ConfigError(f"{name} must be a number of seconds {span}, got {raw!r}: set it so, or unset it for the "
