@@ -39,3 +39,19 @@ def test_cancelling_the_gather_still_cancels_it() -> None:
 
     with pytest.raises(TimeoutError):
         asyncio.run(main())
+
+
+def test_a_job_whose_own_task_is_cancelled_by_another_fails_the_gather_too() -> None:
+    """Its worker ended as cancelled, and the task group returned [0, None, None, None]."""
+    async def cancels_itself() -> int:
+        await asyncio.sleep(0.005)
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        await asyncio.sleep(1)
+        return 1
+
+    jobs = [lambda i=i: _value(i) for i in range(4)]
+    jobs[1] = cancels_itself
+    with pytest.raises(BackendError, match="though nothing cancelled it"):
+        asyncio.run(bounded_gather(jobs, 2))

@@ -35,7 +35,7 @@ async def bounded_gather(jobs: Sequence[Callable[[], Awaitable[T]]], concurrency
     return, leaving ``None`` where that job's and every unstarted job's result belongs.
     """
     check_concurrency(concurrency)
-    results: list[T | None] = [None] * len(jobs)
+    results: list[object] = [_NO_RESULT] * len(jobs)
     next_index = 0
     failures: list[BaseException] = []
 
@@ -67,7 +67,12 @@ async def bounded_gather(jobs: Sequence[Callable[[], Awaitable[T]]], concurrency
             raise interrupt
     if failures:
         raise failures[0]
+    if any(r is _NO_RESULT for r in results):  # a worker's own task cancelled by someone else: the group ended it quietly
+        raise _stray_cancellation(None)
     return results  # type: ignore[return-value]
+
+
+_NO_RESULT = object()
 
 
 def _cancelled_from_outside() -> bool:
@@ -76,8 +81,8 @@ def _cancelled_from_outside() -> bool:
     return task is None or task.cancelling() > 0
 
 
-def _stray_cancellation(exc: BaseException) -> BackendError:
-    error = BackendError(f"a call stopped with {type(exc).__name__} though nothing cancelled it (a future it awaited "
+def _stray_cancellation(exc: BaseException | None) -> BackendError:
+    error = BackendError("a call stopped with CancelledError though nothing cancelled it (a future it awaited "
                          "was cancelled, e.g. by a backend closed while in use): close a backend only after its "
                          "calls have ended")
     error.__cause__ = exc
