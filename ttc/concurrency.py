@@ -67,7 +67,7 @@ async def bounded_gather(jobs: Sequence[Callable[[], Awaitable[T]]], concurrency
             raise interrupt
     if failures:
         raise failures[0]
-    if any(r is _NO_RESULT for r in results):  # a worker's own task cancelled by someone else: the group ended it quietly
+    if any(r is _NO_RESULT for r in results):  # a worker's own task cancelled by another: the group ended it
         raise _stray_cancellation(None)
     return results  # type: ignore[return-value]
 
