@@ -10,7 +10,7 @@ import pytest
 from ttc.errors import ContextLengthError, VerifierError
 from ttc.testing import ScriptedBackend
 from ttc.types import PromptLogprobs
-from ttc.verifiers.base import too_long_to_score
+from ttc.verifiers.base import unscorable
 from ttc.verifiers.prm import PartlyScored, judge, load_prm, spent_before
 from ttc.verifiers.prm_presets import PRMPreset
 
@@ -44,7 +44,7 @@ async def test_a_judge_refused_at_a_later_step_counts_and_keeps_the_steps_it_jud
     verdicts = judge(backend, yes="Y", no="N")
     with pytest.raises(VerifierError, match="cannot score this solution") as raised:
         await verdicts.score_steps_detailed(QUESTION, STEPS)
-    assert too_long_to_score(raised.value)
+    assert unscorable(raised.value) == "verifier_context"
     spent = spent_before(raised.value)
     assert spent.scores == (0.5, 0.5, 0.5) and spent.calls == 3
     assert spent.scored_tokens == backend.stats().scored_tokens > 0

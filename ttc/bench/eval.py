@@ -47,7 +47,7 @@ from ttc.storage import TraceStore, TraceSummary
 from ttc.storage.convert import problem_id
 from ttc.types import BUDGET_LIMIT, CONTEXT_ROW, Budget, Problem, Result, TraceEvent, is_int
 from ttc.verifiers.answer import agrade_result, gold_key
-from ttc.verifiers.base import StepwiseOutcome, too_long_to_score
+from ttc.verifiers.base import StepwiseOutcome, unscorable
 from ttc.verifiers.prm import CachedPRM
 
 SLEEP_SEED_OFFSET = 1 << 30
@@ -328,7 +328,7 @@ def note_failure(errors: list[str], lasting: list[str], where: str, exc: TTCErro
     hold."""
     message = f"{where}: {exc}"
     errors.append(message)
-    if isinstance(exc, ConfigError) or too_long_to_score(exc):
+    if isinstance(exc, ConfigError) or unscorable(exc) is not None:  # a resume with these models meets it again
         lasting.append(message)
 
 

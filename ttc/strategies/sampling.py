@@ -16,7 +16,7 @@ from ttc.strategies.base import TEMPERATURE, TOP_P, Context, StrategyOptions
 from ttc.types import Candidate, Completion, Sampling
 from ttc.verifiers.answer import normalize_answer, stopped_answer
 from ttc.verifiers.arithmetic import computes_right
-from ttc.verifiers.base import score_outcome_costed, too_long_to_score
+from ttc.verifiers.base import score_outcome_costed, unscorable
 from ttc.verifiers.operands import operands_sourced
 from ttc.verifiers.prm import spent_before
 from ttc.verifiers.vote import VoteResult, majority_vote, vote_weights
@@ -77,28 +77,27 @@ async def score(ctx: Context, meter: Meter, question: str, candidates: Sequence[
     """Attach the verifier's score to each candidate (unchanged when no verifier is configured).
 
     Two kinds keep ``score=None``, and ``choose`` leaves them out of a choice by score: those the wall time leaves
-    no time to score, and those too long for the verifier's context (each named in an ``unscored`` event). Where
-    no candidate fits, the verifier cannot judge this question at all and its error is raised; a caller that
-    scores a question's samples a round at a time passes ``refusals`` instead, which collects each refusal, and
-    decides once every round is in (:class:`ttc.strategies.vote_rounds.VoteRounds`).
+    no time to score, and those the verifier cannot judge on their own account, too long for its context or
+    holding text it cannot read (each kind named in an ``unscored`` event). Where no candidate can be judged, the
+    verifier cannot judge this question at all and its error is raised; a caller that scores a question's samples
+    a round at a time passes ``refusals`` instead, which collects each refusal, and decides once every round is in
+    (:class:`ttc.strategies.vote_rounds.VoteRounds`).
     """
     if ctx.verifier is None:
         return list(candidates)
     out: list[Candidate] = []
-    too_long: list[Candidate] = []
-    refusal: TTCError | None = None
+    refused: dict[str, list[tuple[Candidate, TTCError]]] = {}  # by unscorable's reason
     for index, cand in enumerate(candidates):
         if meter.time_left() == 0.0:  # no verifier call starts after the wall time is spent, as no backend call does
-            ctx.recorder.event("unscored", {"reason": "wall_time", "scored": index - len(too_long),
+            ctx.recorder.event("unscored", {"reason": "wall_time",
+                                            "scored": index - sum(map(len, refused.values())),
                                             "unscored": len(candidates) - index})
             out.extend(candidates[index:])
             break
         try:
             value, tokens, calls = await score_outcome_costed(ctx.verifier, question, cand.text)
         except (VerifierError, ContextLengthError) as exc:
-            charge_refusal(meter, exc)
-            refusal = refusal or exc
-            too_long.append(cand)
+            refused.setdefault(charge_refusal(meter, exc), []).append((cand, exc))
             out.append(cand)
             continue
         meter.charge_verifier(tokens, calls=calls)
@@ -106,23 +105,27 @@ async def score(ctx: Context, meter: Meter, question: str, candidates: Sequence[
             ctx.recorder.update(cand.node_id, score=value)
         out.append(Candidate(text=cand.text, answer=cand.answer, score=value, token_count=cand.token_count,
                              node_id=cand.node_id))
-    if refusal is not None:
-        if refusals is not None:
-            refusals.extend([refusal] * len(too_long))
-        elif len(too_long) == len(candidates):
-            raise refusal
-        ctx.recorder.event("unscored", {"reason": "verifier_context", "unscored": len(too_long),
-                                        "node_ids": [c.node_id for c in too_long], "error": str(refusal)})
+    every = [exc for group in refused.values() for _, exc in group]
+    if refusals is not None:
+        refusals.extend(every)
+    elif every and len(every) == len(candidates):
+        raise every[0]
+    for reason, group in refused.items():
+        ctx.recorder.event("unscored", {"reason": reason, "unscored": len(group),
+                                        "node_ids": [c.node_id for c, _ in group], "error": str(group[0][1])})
     return out
 
 
-def charge_refusal(meter: Meter, exc: VerifierError | ContextLengthError) -> None:
+def charge_refusal(meter: Meter, exc: VerifierError | ContextLengthError) -> str:
     """Charge what a scoring that raised ``exc`` spent before it failed (a judge asks step by step), and raise it
-    again unless it refused a solution too long for the verifier's context, which the caller leaves unscored."""
+    again unless it refused this one solution on its own account (too long for the verifier's context, or text it
+    cannot read), which the caller leaves unscored; ``unscorable``'s reason for it."""
     spent = spent_before(exc)
     meter.charge_verifier(spent.scored_tokens, calls=spent.calls)
-    if not too_long_to_score(exc):
+    reason = unscorable(exc)
+    if reason is None:
         raise exc
+    return reason
 
 
 @dataclass(frozen=True)

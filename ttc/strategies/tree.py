@@ -52,6 +52,8 @@ NO_PROCESS_VERIFIER = ("tree searches score every step with a process verifier: 
                        "verifier=prm) with a ProcessVerifier (score_steps); on the command line only the embedded "
                        "default has one (leave out --model and --url), so search another model from Python")
 TOO_LONG = "longer than the verifier's context"
+UNREADABLE = "unreadable by the verifier"
+SET_ASIDE = {"verifier_context": TOO_LONG, "verifier_unreadable": UNREADABLE}  # unscorable's reason -> prune reason
 
 
 class TreeSearchOptions(StrategyOptions):
@@ -86,8 +88,8 @@ class StepNode:
     depth: int
     step_scores: tuple[float, ...] = ()
     score: float = 0.0
-    scored: bool = False  # False where the wall time ran out before the verifier saw it, blank lines, or too long
-    too_long: bool = False  # the verifier refused its path as longer than its context (so it refuses every child's)
+    scored: bool = False  # False where the wall time ran out before the verifier saw it, blank lines, or refused
+    refused: str | None = None  # TOO_LONG or UNREADABLE: the verifier refused its path (so every child's too)
     complete: bool = False
     cut: bool = False  # the step ran out of tokens (finish reason "length")
     ended: bool = False  # the model ended the solution here (rather than max_depth)
@@ -348,12 +350,12 @@ class SearchTree:
         Three kinds of node stay unscored (``scored`` False, no score in the trace), and a choice by score leaves
         them out: those the wall time leaves no time to score (no verifier call starts after it, as no backend call
         does), a path of blank lines only, which gives a verifier nothing to judge, and a path longer than the
-        verifier's context. The last two still have to rank among their siblings: each takes the lowest score of
-        the steps judged with it (0.0 where none was), so that it never outranks a judged step, whatever scale the
-        verifier scores on. Where not even the first steps fit, the verifier cannot guide this search, and its
-        error is raised."""
+        verifier's context or holding text it cannot read. The last two still have to rank among their siblings:
+        each takes the lowest score of the steps judged with it (0.0 where none was), so that it never outranks a
+        judged step, whatever scale the verifier scores on. Where not even the first steps can be judged, the
+        verifier cannot guide this search, and its error is raised."""
         results: dict[int, list[float]] = {}
-        too_long: dict[int, TTCError] = {}  # node id -> the verifier's refusal of a path longer than its context
+        set_aside: dict[int, tuple[str, TTCError]] = {}  # node id -> why (unscorable) and the refusal
         blank = [node for node in nodes if not any(step.text.strip() for step in node.path())]
         blank_ids = {node.id for node in blank}
 
@@ -361,19 +363,18 @@ class SearchTree:
             if node.id in blank_ids:
                 return
             if not node.text.strip():
-                parent = node.parent  # a step before it is not blank: the parent is a step, scored, late or too long
+                parent = node.parent  # a step before it is not blank: the parent is a step, scored, late or refused
                 if parent is not None and parent.scored:
                     results[node.id] = list(parent.step_scores)
-                if parent is None or not parent.too_long:
-                    return  # under a path too long, asked again: the verifier's refusal names it as one
+                if parent is None or parent.refused is None:
+                    return  # under a refused path, asked again: the verifier's refusal names it as one
             if self.meter.time_left() == 0.0:
                 return
             steps = [s for s in (step.text.strip() for step in node.path()) if s]
             try:
                 scored = await score_steps_costed(self.prm, self.ctx.question_text(self.problem.question), steps)
             except (VerifierError, ContextLengthError) as exc:
-                charge_refusal(self.meter, exc)
-                too_long[node.id] = exc
+                set_aside[node.id] = (charge_refusal(self.meter, exc), exc)
                 return
             scores = scored.scores
             self.meter.charge_verifier(scored.scored_tokens, calls=scored.calls)
@@ -384,7 +385,7 @@ class SearchTree:
 
         await run_concurrently([functools.partial(one, node) for node in nodes])
         late = [node.id for node in nodes if node.id not in results and node.id not in blank_ids
-                and node.id not in too_long]
+                and node.id not in set_aside]
         if late:
             self.ctx.recorder.event("unscored", {"reason": "wall_time", "scored": len(results),
                                                  "unscored": len(late), "node_ids": late})
@@ -406,31 +407,35 @@ class SearchTree:
             self.ctx.recorder.event("unscored", {"reason": "blank_steps", "scored": len(results),
                                                  "unscored": len(blank), "node_ids": [n.id for n in blank],
                                                  "ranked_as": floor})
-        if too_long and not results and not any(node.scored for node in (*self.earlier, *self.nodes)):
-            # Not even the first steps fit: every path only grows, so the search would go on blind.
-            raise next(iter(too_long.values()))
-        if too_long:  # ranked as a blank path is: never above a judged step, and left out of a choice by score
-            for node in nodes:
-                if node.id in too_long:
-                    node.score, node.too_long = floor, True
-            self.ctx.recorder.event("unscored", {"reason": "verifier_context", "scored": len(results),
-                                                 "unscored": len(too_long), "node_ids": list(too_long),
-                                                 "ranked_as": floor, "error": str(next(iter(too_long.values())))})
+        if set_aside and not results and not any(node.scored for node in (*self.earlier, *self.nodes)):
+            # Not even the first steps can be judged: every path only grows, so the search would go on blind.
+            raise next(iter(set_aside.values()))[1]
+        for node in nodes:  # ranked as a blank path is: never above a judged step, and left out of a choice by score
+            if node.id in set_aside:
+                node.score, node.refused = floor, SET_ASIDE[set_aside[node.id][0]]
+        for reason in dict.fromkeys(why for why, _ in set_aside.values()):
+            refused = {node_id: exc for node_id, (why, exc) in set_aside.items() if why == reason}
+            self.ctx.recorder.event("unscored", {"reason": reason, "scored": len(results), "unscored": len(refused),
+                                                 "node_ids": list(refused), "ranked_as": floor,
+                                                 "error": str(next(iter(refused.values())))})
 
     async def _set_aside_unjudgeable(self) -> None:
-        """Drop the open paths too long for the verifier while a judged one is open: every step only lengthens a
-        path, so nothing grown under one can be scored, ranked against a judged path or chosen by score, and the
-        budget it would take goes to judged paths instead. Where no judged path is open they are grown on blind,
-        so that the search can still end with an answer, unless a judged solution already states one: a choice
-        by score would leave out anything grown under them."""
-        unjudgeable = [node for node in self.nodes if node.open and node.too_long]
+        """Drop the open paths the verifier refused (too long for it, or unreadable) while a judged one is open:
+        every step only extends a path, so nothing grown under one can be scored, ranked against a judged path or
+        chosen by score, and the budget it would take goes to judged paths instead. Where no judged path is open
+        they are grown on blind, so that the search can still end with an answer, unless a judged solution already
+        states one: a choice by score would leave out anything grown under them."""
+        unjudgeable = [node for node in self.nodes if node.open and node.refused is not None]
         if not unjudgeable:
             return
-        if any(node.open and node.scored for node in self.nodes):
-            await self.prune(unjudgeable, TOO_LONG)
-        elif any(node.scored and node.answer is not None and normalize_answer(node.answer)
-                 for node in (*self.earlier, *self.finished)):
-            await self.prune(unjudgeable, f"{TOO_LONG}, and a judged solution states an answer")
+        suffix = ""
+        if not any(node.open and node.scored for node in self.nodes):
+            if not any(node.scored and node.answer is not None and normalize_answer(node.answer)
+                       for node in (*self.earlier, *self.finished)):
+                return
+            suffix = ", and a judged solution states an answer"
+        for why in dict.fromkeys(node.refused for node in unjudgeable):
+            await self.prune([node for node in unjudgeable if node.refused == why], f"{why}{suffix}")
 
     async def _finish(self, node: StepNode) -> None:
         # A path whose last step ran out of tokens stops mid-line, and one stopped by max_depth mid-solution.
@@ -526,5 +531,5 @@ class TreeSearch(Strategy[TreeOptionsT]):
         """Grow and prune ``tree`` until the budget or the search is done."""
 
 
-__all__ = ["NO_PROCESS_VERIFIER", "TOO_LONG", "SearchTree", "StepNode", "TreeSearch", "TreeSearchOptions",
+__all__ = ["NO_PROCESS_VERIFIER", "TOO_LONG", "UNREADABLE", "SearchTree", "StepNode", "TreeSearch", "TreeSearchOptions",
            "TreeSelection", "by_rank", "choose_leaves", "ends_solution", "plan_round"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol, TypeVar, runtime_checkable
 
@@ -52,6 +52,12 @@ def aggregate(step_scores: Sequence[float], how: Aggregation = "min") -> float:
     raise ConfigError(f"unknown aggregation {how!r}: use one of min, last, prod, mean")
 
 
+class UnreadableSolution(VerifierError):
+    """A solution this verifier cannot read, whatever its length: a character its vocabulary has no token for, text
+    that is not valid Unicode, or its own step marker written inside a step. The policy wrote it, so the other
+    solutions of the question can still be judged, as those a context too short refuses are (``unscorable``)."""
+
+
 @dataclass(frozen=True)
 class StepScores:
     """Scores of every step, and what computing them cost: tokens not scored before, steps found cached."""
@@ -79,16 +85,29 @@ class CostedProcessVerifier(Protocol):
 
 
 async def score_steps_costed(prm: ProcessVerifier, question: str, steps: Sequence[str]) -> StepScores:
-    """Step scores with their cost; a verifier that cannot report cost is charged nothing."""
+    """Step scores with their cost; a verifier that cannot report cost is charged nothing. A caller's verifier
+    returns anything: scores that are not one per step would be aggregated over the wrong steps (a dict's keys,
+    a single score for a whole path), so they are refused here, as a tree search refuses them."""
     if isinstance(prm, CostedProcessVerifier):
-        scored = await _awaited(prm, "score_steps_detailed", prm.score_steps_detailed(question, steps))
+        method = "score_steps_detailed"
+        scored = await _awaited(prm, method, prm.score_steps_detailed(question, steps))
+        if not isinstance(scored, StepScores):
+            raise VerifierError(f"{type(prm).__name__}.{method} returned {type(scored).__name__} {scored!r:.60}: it "
+                                "must return a ttc.verifiers.base.StepScores (or define score_steps alone, returning "
+                                "one score per step)")
+        values: object = scored.scores
     else:
-        values = await _awaited(prm, "score_steps", prm.score_steps(question, steps))
-        if isinstance(values, str | bytes) or not isinstance(values, Iterable):
-            raise VerifierError(f"{type(prm).__name__}.score_steps returned {values!r:.60}: it must return one "
-                                "score per step (a list of floats)")
-        scored = StepScores(tuple(values))
-    return replace(scored, scores=tuple(_check_score(prm, value) for value in scored.scores))
+        method = "score_steps"
+        values = await _awaited(prm, method, prm.score_steps(question, steps))
+        scored = StepScores(())
+    if isinstance(values, str | bytes | Mapping) or not isinstance(values, Iterable):
+        raise VerifierError(f"{type(prm).__name__}.{method} returned {values!r:.60}: it must return one score per "
+                            "step, in step order (a list of floats)")
+    scores = tuple(values)
+    if len(scores) != len(steps):
+        raise VerifierError(f"the process verifier {type(prm).__name__} returned {len(scores)} scores for "
+                            f"{len(steps)} steps: {method} must return one score per step")
+    return replace(scored, scores=tuple(_check_score(prm, value) for value in scores))
 
 
 async def score_outcome_costed(verifier: OutcomeVerifier, question: str,
@@ -102,16 +121,20 @@ async def score_outcome_costed(verifier: OutcomeVerifier, question: str,
     return _check_score(verifier, value), tokens, calls
 
 
-def too_long_to_score(exc: BaseException) -> bool:
-    """Whether a verifier failed because one solution does not fit its context (the error itself, or what it was
-    raised from, is a ContextLengthError). That solution alone cannot be judged; the others of its question still
-    can, so a strategy leaves it unscored rather than failing the question that paid for every sample."""
+def unscorable(exc: BaseException) -> str | None:
+    """Why a verifier failed on this one solution alone, or None where it failed otherwise: ``verifier_context``
+    where the solution does not fit its context (the error itself, or what it was raised from, is a
+    ContextLengthError), ``verifier_unreadable`` where it holds text the verifier cannot read (an
+    ``UnreadableSolution``). The others of its question can still be judged, so a strategy leaves it unscored
+    rather than failing the question that paid for every sample."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ContextLengthError):
-            return True
+            return "verifier_context"
+        if isinstance(seen, UnreadableSolution):
+            return "verifier_unreadable"
         seen = seen.__cause__
-    return False
+    return None
 
 
 async def _awaited(verifier: object, method: str, result: Awaitable[T]) -> T:
@@ -168,9 +191,10 @@ __all__ = [
     "ProcessVerifier",
     "StepScores",
     "StepwiseOutcome",
+    "UnreadableSolution",
     "aggregate",
     "score_outcome_costed",
     "score_steps_costed",
     "split_steps",
-    "too_long_to_score",
+    "unscorable",
 ]

@@ -14,16 +14,18 @@ import hashlib
 import math
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
-from typing import ClassVar, Protocol, runtime_checkable
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from typing import ClassVar, Protocol, TypeVar, runtime_checkable
 
 from ttc.backends.base import Backend
 from ttc.backends.lru import LRUCache
 from ttc.concurrency import run_concurrently
 from ttc.errors import ConfigError, ContextLengthError, VerifierError
-from ttc.types import PromptLogprobs
-from ttc.verifiers.base import Aggregation, StepScores
+from ttc.types import PromptLogprobs, check_unicode
+from ttc.verifiers.base import Aggregation, StepScores, UnreadableSolution
 from ttc.verifiers.prm_presets import PRMPreset, get_preset
+
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -38,21 +40,22 @@ class SupportsPooling(Protocol):
 
 
 class StepScoreCache:
-    """Scores by a hash of (question, steps[:i+1]): the key of step i depends on every step before it."""
+    """Scores by a hash of (verifier, question, steps[:i+1]): the key of step i depends on every step before it,
+    and on the verifier that scored it, so that PRMs given one cache never answer each other's scores."""
 
     def __init__(self, capacity: int = 100_000) -> None:
         self._lru: LRUCache[bytes, float] = LRUCache(capacity)
 
     @staticmethod
-    def keys(question: str, steps: Sequence[str]) -> list[bytes]:
-        """Each text enters the hash after its length, so no split of the same characters between the question
-        and the steps (or between two steps) gives another key's input."""
+    def keys(question: str, steps: Sequence[str], verifier: str = "") -> list[bytes]:
+        """Each text enters the hash after its length, so no split of the same characters between the verifier's
+        identity, the question and the steps (or between two steps) gives another key's input."""
         digest = hashlib.sha256()
         out = []
-        for index, text in enumerate((question, *steps)):
+        for index, text in enumerate((verifier, question, *steps)):
             data = text.encode()
             digest.update(len(data).to_bytes(8, "big") + data)
-            if index:  # a key per step: the question's own hash keys nothing
+            if index > 1:  # a key per step: the verifier's and the question's own hashes key nothing
                 out.append(digest.copy().digest())
         return out
 
@@ -67,7 +70,7 @@ class PartlyScored(VerifierError):
     """A scoring that failed after some of its requests were answered (a judge asks about each step in a request
     of its own, and a later step can overflow its context): those were spent, and ``spent`` holds the steps judged
     before the failure and what they cost, so that the caller charges them also where it leaves the solution
-    unscored. The failure itself is the cause (``too_long_to_score`` reads it there)."""
+    unscored. The failure itself is the cause (``unscorable`` reads it there)."""
 
     def __init__(self, message: str, spent: StepScores) -> None:
         super().__init__(message)
@@ -107,7 +110,8 @@ class CachedPRM(ABC):
                               f"solution), got {steps!r:.80}")
         if not steps:
             return StepScores((), 0, 0)
-        keys = self.cache.keys(question, steps)
+        self._check_unicode(question, steps)
+        keys = self.cache.keys(question, steps, self.identity)
         cached: list[float] = []
         for key in keys if self.incremental else ():
             value = self.cache.get(key)
@@ -124,14 +128,33 @@ class CachedPRM(ABC):
         if len(scores) != len(steps):
             raise VerifierError(f"{self.preset.name}: got {len(scores)} scores for {len(steps)} steps")
         requests = len(steps) - len(cached) if self.call_per_step else 1
-        result = StepScores(tuple(scores), new_tokens, len(cached), requests)
+        # The cached steps keep the scores the cache gave them: the same (question, steps) always scores the same,
+        # whichever path through them was scored first.
+        result = StepScores((*cached, *scores[len(cached):]), new_tokens, len(cached), requests)
         self._keep(keys, result)
         return result
 
+    @property
+    def identity(self) -> str:
+        """What a cached score depends on besides the text: the family, the model and the preset."""
+        return f"{type(self).__qualname__}\n{self.backend.name}\n{self.preset!r}"
+
+    def _check_unicode(self, question: str, steps: Sequence[str]) -> None:
+        """No tokenizer (nor the cache's hash) encodes a lone surrogate: in the question it is the caller's text to
+        fix; in a step, this one solution cannot be read."""
+        check_unicode(question, "the question")
+        for n, step in enumerate(steps, start=1):
+            try:
+                check_unicode(step, f"step {n}")
+            except ConfigError as exc:
+                raise UnreadableSolution(f"PRM preset {self.preset.name!r} cannot read this solution: {exc}") \
+                    from exc
+
     def _keep(self, keys: Sequence[bytes], scored: StepScores) -> None:
         """Steps judged before a failure are kept as a finished scoring's are: what they cost is counted, and
-        the next path through them asks only about the rest."""
-        for key, value in zip(keys[: len(scored.scores)], scored.scores, strict=True):
+        the next path through them asks only about the rest. Those found cached are left as they are."""
+        for key, value in zip(keys[scored.cached_steps: len(scored.scores)], scored.scores[scored.cached_steps:],
+                              strict=True):
             self.cache.put(key, value)
         self.scored_tokens += scored.scored_tokens
         self.calls += scored.calls
@@ -153,6 +176,34 @@ class CachedPRM(ABC):
             raise VerifierError(f"PRM preset {self.preset.name!r}: {text!r} must be one token for this model, "
                                 f"got {len(ids)} ({ids}); pick a preset that matches the model")
         return ids[0]
+
+    async def _tokenized(self, tokenizing: Awaitable[T], question: str, steps: Sequence[str]) -> T:
+        """The tokens of a scoring prompt holding ``question`` and ``steps``. Where the backend has no token for
+        some of its characters, a step the policy wrote with them is this solution's failure, not the caller's
+        (the others of its question can still be scored); the question's, or the preset's own words', is raised
+        as the backend raised it."""
+        try:
+            return await tokenizing
+        except ConfigError as exc:
+            if isinstance(exc, ContextLengthError) or await _unreadable(self.backend, question):
+                raise
+            for n, step in enumerate(steps, start=1):
+                chars = await _unreadable(self.backend, step)
+                if chars:
+                    raise UnreadableSolution(
+                        f"PRM preset {self.preset.name!r} on {self.backend.name} cannot read step {n} of this "
+                        f"solution ({step!r:.80}): its vocabulary has no token for {', '.join(map(repr, chars))}; "
+                        "a verifier whose vocabulary holds the characters the policy writes can score it") from exc
+            raise
+
+    def _tag_inside(self, step: int | None) -> VerifierError:
+        """The refusal of a text holding the preset's step tag, which the PRM would read as a step boundary that no
+        judgement follows (part of a step would go unjudged): in the question (``step`` None) it is the caller's
+        text; in step ``step``, this one solution's."""
+        where = "the question" if step is None else f"step {step}"
+        message = (f"PRM preset {self.preset.name!r} separates steps with {self.preset.tag!r}, and the question or a "
+                   f"step contains it ({where}): remove it from the text before scoring")
+        return VerifierError(message) if step is None else UnreadableSolution(message)
 
     async def _logprobs(self, ids: Sequence[int], top_k: int) -> PromptLogprobs:
         """The prompt logprobs of a scoring prompt; one the PRM cannot read (longer than its context, with the
@@ -192,9 +243,7 @@ def judgement(dist: Mapping[int, float] | None, good: int, bad: int, where: str,
     if lg is None and lb is None:
         raise VerifierError(f"neither judgement token is among the returned logprobs at {where}: raise top_k "
                             "(and the server's --max-logprobs) or check the preset's good/bad tokens")
-    ranked = dist
-    if actual is not None and top_k is not None and len(dist) > top_k and actual in dist:
-        ranked = {token: logprob for token, logprob in dist.items() if token != actual}
+    ranked = top_k_only(dist, actual, top_k)
     floor = min(ranked.values()) if ranked else min(dist.values())
     lg = floor if lg is None else lg
     lb = floor if lb is None else lb
@@ -203,24 +252,46 @@ def judgement(dist: Mapping[int, float] | None, good: int, bad: int, where: str,
     return pg / (pg + pb)
 
 
+def top_k_only(dist: Mapping[int, float], actual: int | None, top_k: int | None) -> Mapping[int, float]:
+    """The top-k of a prompt position's distribution, without the prompt's own token there (``actual``) where it
+    was returned only as that (one entry more than ``top_k``)."""
+    if actual is not None and top_k is not None and len(dist) > top_k and actual in dist:
+        return {token: logprob for token, logprob in dist.items() if token != actual}
+    return dist
+
+
 class TokenPRM(CachedPRM):
-    """Math-Shepherd-style PRM: judgement read from the distribution right after each step tag."""
+    """Math-Shepherd-style PRM: judgement read from the distribution right after each step tag.
+
+    After the last tag the prompt holds the good token (after the others, the separator), and a prompt position
+    also returns its own token's logprob: read from the top-k alone, a step scores the same whether or not it is
+    the last one, so its score depends only on the steps up to it and caches like every other family's."""
 
     async def _score(self, question: str, steps: Sequence[str], cached: Sequence[float]) -> tuple[list[float], int]:
         cached_steps = len(cached)
         p = self.preset
         tag, good, bad = [await self.single_token(t) for t in (p.tag, p.good, p.bad)]
         ids = await self.backend.tokenize(p.prefix.format(question=question), add_special_tokens=True)
+        if tag in ids:
+            raise self._tag_inside(None)
         tags: list[int] = []
         for n, step in enumerate(steps, start=1):
-            ids += await self.backend.tokenize(p.step_template.format(step=step, n=n))
+            step_ids = await self._tokenized(self.backend.tokenize(p.step_template.format(step=step, n=n)),
+                                             question, [step])
+            if tag in step_ids:
+                raise self._tag_inside(n)
+            ids += step_ids
             ids.append(tag)
             tags.append(len(ids) - 1)
             ids += await self.backend.tokenize(p.separator) if n < len(steps) else [good]
         known = tags[cached_steps - 1] + 1 if cached_steps else 0
         lp = await self._logprobs(ids, p.top_k)
-        return [judgement(lp.top[t + 1], good, bad, f"step {i + 1}", actual=ids[t + 1], top_k=p.top_k)
-                for i, t in enumerate(tags)], len(ids) - known
+        return [judgement(self._top_k(lp, t + 1, ids), good, bad, f"step {i + 1}") for i, t in enumerate(tags)], \
+            len(ids) - known
+
+    def _top_k(self, lp: PromptLogprobs, position: int, ids: Sequence[int]) -> Mapping[int, float] | None:
+        dist = lp.top[position]
+        return None if dist is None else top_k_only(dist, ids[position], self.preset.top_k)
 
 
 class ChatPRM(CachedPRM):
@@ -239,11 +310,7 @@ class ChatPRM(CachedPRM):
         if not isinstance(backend, SupportsChatTemplate):
             raise VerifierError(f"chat PRMs need a backend that applies chat templates; {backend.name} does not")
         good, bad = await self.single_token(self.preset.good), await self.single_token(self.preset.bad)
-        positions = []
-        for k in range(len(steps)):
-            turns = self._messages(question, steps, k + 1)[:-1]
-            positions.append(len(await backend.tokenize_chat(turns, add_generation_prompt=True)))
-        ids = await backend.tokenize_chat(self._messages(question, steps, len(steps)), add_generation_prompt=False)
+        positions, ids = await self._tokenized(self._layout(backend, question, steps), question, steps)
         if any(pos >= len(ids) or ids[pos] != good for pos in positions):
             raise VerifierError("the chat template does not place the judgement token where expected: "
                                 "its prompts are not prefixes of the whole conversation")
@@ -251,6 +318,16 @@ class ChatPRM(CachedPRM):
         known = positions[cached_steps - 1] + 1 if cached_steps else 0
         return [judgement(lp.top[pos], good, bad, f"step {i + 1}", actual=ids[pos], top_k=self.preset.top_k)
                 for i, pos in enumerate(positions)], len(ids) - known
+
+    async def _layout(self, backend: SupportsChatTemplate, question: str,
+                      steps: Sequence[str]) -> tuple[list[int], list[int]]:
+        """Where each judgement is read, and the whole conversation's tokens."""
+        positions = []
+        for k in range(len(steps)):
+            turns = self._messages(question, steps, k + 1)[:-1]
+            positions.append(len(await backend.tokenize_chat(turns, add_generation_prompt=True)))
+        ids = await backend.tokenize_chat(self._messages(question, steps, len(steps)), add_generation_prompt=False)
+        return positions, ids
 
 
 class PoolingPRM(CachedPRM):
@@ -262,16 +339,18 @@ class PoolingPRM(CachedPRM):
         if not isinstance(backend, SupportsPooling) or not isinstance(backend, SupportsChatTemplate):
             raise VerifierError(f"pooling PRMs need vLLM's pooling endpoint; {backend.name} does not offer it")
         p = self.preset
-        if any(p.tag in text for text in (question, *steps)):
-            # Steps are read at the separators: one inside a step would be read as another step.
-            raise VerifierError(f"PRM preset {p.name!r} separates steps with {p.tag!r}, and the question or a step "
-                                "contains it: remove it from the text before scoring")
+        # Steps are read at the separators: one inside a step would be read as another step.
+        if p.tag in question:
+            raise self._tag_inside(None)
+        inside = next((n for n, step in enumerate(steps, start=1) if p.tag in step), None)
+        if inside is not None:
+            raise self._tag_inside(inside)
         sep = await self.single_token(p.tag)
         messages = [{"role": "user", "content": p.prefix.format(question=question)},
                     {"role": "assistant", "content": p.tag.join(steps) + p.tag}]
         if p.system:
             messages.insert(0, {"role": "system", "content": p.system})
-        ids = await backend.tokenize_chat(messages, add_generation_prompt=False)
+        ids = await self._tokenized(backend.tokenize_chat(messages, add_generation_prompt=False), question, steps)
         where = [i for i, t in enumerate(ids) if t == sep]
         with self._readable(ids):
             rows = await backend.pool(ids)
@@ -307,7 +386,8 @@ class LikelihoodPRM(CachedPRM):
             if n > 1:
                 ids += await self.backend.tokenize(p.separator)
             start = max(1, len(ids))  # nothing predicts the first token of the input
-            ids += await self.backend.tokenize(p.step_template.format(step=step, n=n))
+            ids += await self._tokenized(self.backend.tokenize(p.step_template.format(step=step, n=n)), question,
+                                         [step])
             spans.append((start, len(ids)))
         if not ids:
             raise VerifierError(f"{p.name}: the question and steps tokenized to nothing; check the preset's prefix")
@@ -322,6 +402,22 @@ class LikelihoodPRM(CachedPRM):
         if any(v is None for v in values):
             raise VerifierError("the backend's prompt logprobs lack a prompt token's own logprob")
         return math.exp(min((v for v in values if v is not None), default=0.0))
+
+
+async def _unreadable(backend: Backend, text: str) -> list[str]:
+    """The characters of ``text`` that ``backend`` has no token for, each asked alone (only once ``text`` fails)."""
+    try:
+        await backend.tokenize(text)
+        return []
+    except ConfigError:
+        pass
+    missing = []
+    for char in dict.fromkeys(text):
+        try:
+            await backend.tokenize(char)
+        except ConfigError:
+            missing.append(char)
+    return missing
 
 
 class GenerativeJudge(CachedPRM):
@@ -340,7 +436,8 @@ class GenerativeJudge(CachedPRM):
             for k in range(len(cached), len(steps)):
                 text = self.TEMPLATE.format(question=question, previous="\n".join(steps[:k]) or "(none)",
                                             step=steps[k])
-                ids = await self.backend.tokenize(text, add_special_tokens=True) + [good]
+                ids = await self._tokenized(self.backend.tokenize(text, add_special_tokens=True), question,
+                                            steps[: k + 1]) + [good]
                 lp = await self._logprobs(ids, self.preset.top_k)
                 sent, asked = sent + len(ids), asked + 1
                 scores.append(judgement(lp.top[-1], good, bad, f"step {k + 1}", actual=ids[-1],
@@ -360,6 +457,9 @@ FAMILIES: dict[str, type[CachedPRM]] = {"token": TokenPRM, "chat": ChatPRM, "poo
 def load_prm(backend: Backend, preset: str | os.PathLike[str] | PRMPreset = "mini") -> CachedPRM:
     """A PRM of the preset's family on ``backend`` (the backend serving the PRM checkpoint); ``preset`` is a
     PRMPreset, or what ``get_preset`` looks up (a name or a preset file's path)."""
+    if not isinstance(backend, Backend):  # else a PRM that failed at its first scoring with a raw AttributeError
+        raise ConfigError(f"load_prm needs the Backend serving the PRM checkpoint (e.g. LocalBackend.from_pretrained("
+                          f"mini_model_path('checker'))) as its first argument, got {type(backend).__name__}")
     chosen = preset if isinstance(preset, PRMPreset) else get_preset(preset)
     return FAMILIES[chosen.family](backend, chosen)
 
@@ -371,4 +471,4 @@ def judge(backend: Backend, *, yes: str = " Yes", no: str = " No", top_k: int = 
 
 __all__ = ["CachedPRM", "ChatPRM", "GenerativeJudge", "LikelihoodPRM", "PartlyScored", "PoolingPRM", "StepScoreCache",
            "StepScores", "SupportsChatTemplate", "SupportsPooling", "TokenPRM", "judge", "judgement", "load_prm",
-           "spent_before"]
+           "spent_before", "top_k_only"]
