@@ -25,7 +25,7 @@ from ttc.api import Session, check_budget_scope, open_session, solve_problem
 from ttc.bench.datasets import dataset_names, dataset_setting, load_dataset
 from ttc.bench.eval import EvalReport, EvaluationStopped, check_run_seeds, check_sleep, evaluate
 from ttc.cli_render import render_trace, shown, shown_or_missing
-from ttc.cli_signals import run_interruptible
+from ttc.cli_signals import restore_signals, run_interruptible
 from ttc.controller.batch import UnaffordableBatch
 from ttc.envvars import env_seconds
 from ttc.errors import ConfigError, TTCError
@@ -41,6 +41,17 @@ from ttc.types import Budget, Notes, Problem, Result
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Test-time compute for language models.")
 traces_app = typer.Typer(no_args_is_help=True, help="Inspect recorded traces.")
 app.add_typer(traces_app, name="traces")
+
+
+@app.callback()
+def _command(ctx: typer.Context) -> None:
+    # Called before every command: an interrupted one leaves signals passed over until it has reported; run
+    # in-process (not as the console script, which exits then), the handlers it found go back when it ends.
+    if not _exits_after[0]:
+        ctx.call_on_close(restore_signals)
+
+
+_exits_after = [False]
 out = Console()
 err = Console(stderr=True)
 T = TypeVar("T")
@@ -551,6 +562,7 @@ def main(*, restore_signals: bool = True) -> None:
     found are put back on the way out, for a process that goes on after the command; the console script exits
     instead (``ttc.entry``), and a signal between the two would land in neither's handling."""
     found = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _exits_after[0] = not restore_signals
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         _main()

@@ -57,10 +57,14 @@ def run_interruptible(main: Callable[[], Awaitable[T]]) -> T:
             installed(stop.signalled)
 
     watch = _StoreWatch()
+    outer = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}  # asyncio's own is inside
     try:
         result = anyio.run(guarded)
     finally:
         watch.stop()
+        for sig, handler in outer.items():
+            if signal.getsignal(sig) is _another:
+                _replaced.setdefault(sig, handler if handler is not None else signal.SIG_DFL)
     if isinstance(result, _Interrupted):
         raise KeyboardInterrupt
     return result
@@ -126,8 +130,8 @@ def _install(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> Calla
     """Route SIGTERM, and SIGINT unless it is ignored, to ``stop``; return what puts the previous handlers back,
     or, once signalled, a handler that lets further signals pass: the command is ending, and a Ctrl-C held down
     raised KeyboardInterrupt in the event loop's teardown (which skipped stopping its worker thread, so the process
-    never exited) or in the report of what was left (the ``--resume`` hint went unprinted). ``ttc.cli.main`` puts
-    the handlers it found back when the command has ended."""
+    never exited) or in the report of what was left (the ``--resume`` hint went unprinted). The command line puts
+    the previous ones back when the command has ended (:func:`restore_signals`)."""
     wanted = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN else [])
     previous = {sig: signal.getsignal(sig) for sig in wanted}
     installed: list[signal.Signals] = []
@@ -141,14 +145,26 @@ def _install(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> Calla
     def restore(signalled: bool) -> None:
         for sig in installed:
             loop.remove_signal_handler(sig)
-            handler = previous[sig]
-            signal.signal(sig, _another if signalled else handler if handler is not None else signal.SIG_DFL)
+            handler = previous[sig] if previous[sig] is not None else signal.SIG_DFL
+            signal.signal(sig, _another if signalled else handler)
 
     return restore
+
+
+_replaced: dict[signal.Signals, signal._HANDLER] = {}
+"""The handlers ``_another`` stands in for since an interrupt, until :func:`restore_signals`."""
 
 
 def _another(_signum: int, _frame: object) -> None:
     """A signal after the one that stopped the command: its work is already cancelled and being recorded."""
 
 
-__all__ = ["run_interruptible"]
+def restore_signals() -> None:
+    """Put back the handlers an interrupted command left ``_another`` in place of, for a process that goes on after
+    the command (the command line run in-process); the console script exits instead, and keeps them."""
+    while _replaced:
+        sig, handler = _replaced.popitem()
+        signal.signal(sig, handler)
+
+
+__all__ = ["restore_signals", "run_interruptible"]

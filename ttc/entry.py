@@ -6,11 +6,8 @@ ends the command the way it does once the command runs, with ``interrupted`` and
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import sys
-from types import FrameType
 
 INTERRUPTED = 130
 
@@ -31,18 +28,12 @@ def main() -> None:
 
 
 def _exiting() -> None:
-    """An interrupted command's process exits now, with its work stopped and recorded. A Ctrl-C held down that
-    lands in the interpreter's shutdown raised KeyboardInterrupt there, ending the process by the signal (status
-    -2) rather than 130: it is ignored. SIGTERM still ends a shutdown that does not finish, with 130."""
+    """An interrupted command's process exits now, with its work stopped and recorded. A Ctrl-C held down, or a
+    second SIGTERM, that lands in the interpreter's shutdown raised KeyboardInterrupt there or ended the process by
+    the signal (status -2 or -15) rather than 130: both are ignored (a handler of Python's own would be reset as
+    the interpreter shuts down)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _end_now)
-
-
-def _end_now(_signum: int, _frame: FrameType | None) -> None:
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(INTERRUPTED)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 __all__ = ["main"]

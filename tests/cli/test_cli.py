@@ -894,7 +894,8 @@ def test_a_listing_cut_at_its_limit_says_that_more_match(tmp_path: Path) -> None
     assert "limit must be a positive int" in run_ttc("traces", "list", "--limit", "0", db=db, check=False).stderr
 
 
-def test_ctrl_c_held_down_still_exits_130(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_held_down_still_exits_130(tmp_path: Path, sig: signal.Signals) -> None:
     """Signals landing while the process exited raised KeyboardInterrupt in the interpreter's shutdown: the
     process ended by the signal (status -2) instead of 130."""
     db = tmp_path / "held.db"
@@ -907,7 +908,7 @@ def test_ctrl_c_held_down_still_exits_130(tmp_path: Path) -> None:
         while _done_count(db) < 4 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
         while proc.poll() is None and time.monotonic() < deadline:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             time.sleep(0.01)
         _, stderr = proc.communicate(timeout=60)
     finally:
@@ -918,3 +919,23 @@ def test_ctrl_c_held_down_still_exits_130(tmp_path: Path) -> None:
     with TraceStore(str(db)) as store:
         [run] = store.list_runs()
         assert run.status == "interrupted" and not store.list_traces(status="running", limit=None)
+
+
+IN_PROCESS = """
+import os, signal, sys, threading
+from ttc.cli import app
+found = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+code = app(["eval", "--dataset", "synthetic", "--limit", "40", "--concurrency", "1", "--backend", "scripted",
+            "--db", sys.argv[1]], standalone_mode=False)
+print(code, (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == found)
+"""
+
+
+def test_an_interrupted_command_run_in_process_gives_back_the_signal_handlers_it_found(tmp_path: Path) -> None:
+    """Signals after an interrupt are passed over until the command has reported: run in-process, the command
+    left Ctrl-C and SIGTERM doing nothing for the rest of the process."""
+    env = {**os.environ, "TTC_SCRIPTED_DELAY_S": "0.2"}
+    proc = subprocess.run([sys.executable, "-c", IN_PROCESS, str(tmp_path / "p.db")], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.split() == ["130", "True"], proc.stderr
