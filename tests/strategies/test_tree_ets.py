@@ -153,6 +153,15 @@ async def test_each_embedding_request_is_a_backend_call_the_budget_counts() -> N
     assert backend.embedded and len(backend.calls) + len(backend.embedded) == meter.usage().backend_calls <= 7
 
 
+async def test_the_last_call_goes_to_an_expansion_not_to_embeddings() -> None:
+    """With one call left the backend's embeddings took it, and the expansion they chose for never ran."""
+    backend = EmbeddingBackend(random_responder)
+    options = {k: v for k, v in OPTIONS.items() if k != "n_clusters"}
+    _, ctx, meter = await run_search("ets", {**options, "width": 6}, backend, HashPRM(), budget=Budget(calls=2))
+    assert not backend.embedded and len(backend.calls) == meter.usage().backend_calls == 2
+    assert round_events(ctx)[0]["embedder"] == "ngram: no call left to spare for the backend's"
+
+
 async def test_a_missing_embedding_model_fails_before_spending() -> None:
     backend = ScriptedBackend(random_responder)
     with pytest.raises(ConfigError, match="does not exist"):

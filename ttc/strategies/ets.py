@@ -22,7 +22,15 @@ from pydantic import Field
 from ttc.backends.base import Backend
 from ttc.budget import Meter
 from ttc.strategies.base import Context, StrategyResult, register
-from ttc.strategies.embed import BackendEmbedder, cluster, default_threshold, embed_steps, resolve_embedder
+from ttc.strategies.embed import (
+    AnyEmbedder,
+    BackendEmbedder,
+    HashedNgramEmbedder,
+    cluster,
+    default_threshold,
+    embed_steps,
+    resolve_embedder,
+)
 from ttc.strategies.ets_ilp import KvCost, paper_problem, solve_retention
 from ttc.strategies.rebase import RebaseBase, RebaseOptions, Retained
 from ttc.strategies.tree import SearchTree, StepNode
@@ -67,7 +75,7 @@ class Ets(RebaseBase[EtsOptions]):
             # Weights alone: the program would keep the owed best nodes and break ties its own way (where the
             # width is narrowed), not REBASE's; keeping everything is REBASE exactly.
             return await super().retain(tree, frontier, owed)
-        labels = await self._clusters(tree, frontier)
+        labels, embedded_by = await self._clusters(tree, frontier)
         paths = [node.path()[:-1] for node in frontier]
         problem = paper_problem(
             ids=[n.id for n in frontier], scores=[n.score for n in frontier],
@@ -104,14 +112,22 @@ class Ets(RebaseBase[EtsOptions]):
             "kv_cost": solution.kv_cost,
             "ilp_status": solution.status,
         }
+        if embedded_by is not None:
+            payload["embedder"] = embedded_by
         return Retained(nodes=kept, dropped=dropped, reasons=reasons, payload=payload)
 
-    async def _clusters(self, tree: SearchTree, frontier: list[StepNode]) -> list[int]:
+    async def _clusters(self, tree: SearchTree, frontier: list[StepNode]) -> tuple[list[int], str | None]:
+        """The frontier's clusters, and the embedder used where it is not the one asked for."""
         if len(frontier) == 1:
-            return [0]
-        embedder = resolve_embedder(self.options.embedder, tree.ctx.backend)
+            return [0], None
+        embedder: AnyEmbedder = resolve_embedder(self.options.embedder, tree.ctx.backend)
+        embedded_by = None
+        calls = tree.meter.calls_left() if isinstance(embedder, BackendEmbedder) else None
+        if calls is not None and calls < 2:
+            # The backend's embeddings would take the last call, leaving none for the expansion they choose for.
+            embedder, embedded_by = HashedNgramEmbedder(), "ngram: no call left to spare for the backend's"
         vectors = await embed_steps(embedder, [n.text for n in frontier], [n.prefix for n in frontier])
         if isinstance(embedder, BackendEmbedder):  # a request to the backend, counted and limited as one
             tree.meter.charge([], calls=1)
         threshold = self.options.cluster_threshold or default_threshold(embedder)
-        return cluster(vectors, threshold=threshold, n_clusters=self.options.n_clusters)
+        return cluster(vectors, threshold=threshold, n_clusters=self.options.n_clusters), embedded_by
