@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -237,6 +237,29 @@ def test_a_target_check_that_fails_within_a_wave_leaves_the_checks_that_returned
     assert sum(n.token_count for n in kept) == usage.generated_tokens
     assert usage.backend_calls == 3
     assert len(draft.released) == len(draft.calls) and len(target.released) == len(target.calls)
+
+
+class FailsAtRoundEnd(TraceRecorder):
+    """A failure after a round has recorded its steps (an interrupt in a script, say): its last event raises."""
+
+    def event(self, kind: str, payload: Mapping[str, object], *, node_id: int | None = None) -> None:
+        if kind == "lookahead":
+            raise KeyboardInterrupt
+        super().event(kind, payload, node_id=node_id)
+
+
+async def test_a_round_that_fails_after_recording_its_steps_records_them_once() -> None:
+    """The round's handler recorded its proposals and checks again, as pruned children of its own last step."""
+    target, draft = writer(TARGET), writer(TARGET)
+    ctx = Context(backend=target, recorder=FailsAtRoundEnd(), rng=random.Random(0), prompt_template=TEMPLATE,
+                  draft=draft)
+    meter = Meter(Budget(tokens=10_000))
+    with pytest.raises(KeyboardInterrupt):
+        await make_strategy("lookahead", {"gamma": 2}).run(Problem(question="q"), meter, ctx)
+    steps = ctx.recorder.nodes()[1:]
+    assert [n.reason for n in steps] == ["written by the draft"] * 2 + ["written by the target"]
+    accepted = sum(n.token_count for n in steps if n.reason == "written by the draft")
+    assert sum(n.token_count for n in steps) + accepted == meter.usage().generated_tokens
 
 
 def test_no_call_starts_once_the_wall_time_is_spent_within_a_round() -> None:

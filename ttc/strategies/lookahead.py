@@ -227,6 +227,9 @@ class Lookahead(Strategy[LookaheadOptions]):
         # budget was not exhausted when the round was planned).
         checks = await self._check(ctx, meter, heads, cap if k > 0 else meter.plan(1, cap)[1], held[ctx.backend],
                                    found)
+        drafted = proposals[:]
+        proposals.clear()  # recorded below, by the round itself: a failure from here on must not record them again
+        found.clear()
         tally.target_tokens += sum(len(c.token_ids) for c in checks)
         # The wave decodes together, so the target's sequential decode steps are those of its longest step.
         tally.target_passes += max((len(c.token_ids) for c in checks), default=0)
@@ -234,9 +237,9 @@ class Lookahead(Strategy[LookaheadOptions]):
         # head holds every shorter one as its prefix).
         live = ctx.backend.stats().live_kv_tokens
         meter.note_kv(live if live > 0 else len(heads[-1]) + sum(len(c.token_ids) for c in checks))
-        accepted = accepted_prefix(proposals, checks)
+        accepted = accepted_prefix(drafted, checks)
         tally.rounds += 1
-        tally.proposed += len(proposals)
+        tally.proposed += len(drafted)
         tally.accepted += accepted
         # An accepted step is the target's own completion of the same ids: its text and logprob are the
         # target's, whatever the draft's tokenizer made of them.
@@ -245,10 +248,10 @@ class Lookahead(Strategy[LookaheadOptions]):
             if chain.complete:
                 break
         if not chain.complete:
-            self._unaccepted(ctx, chain, proposals[accepted:], "draft step rejected: the target wrote another step")
+            self._unaccepted(ctx, chain, drafted[accepted:], "draft step rejected: the target wrote another step")
         if not chain.complete and accepted < len(checks):
             self._extend(ctx, chain, checks[accepted], source="target")
-        ctx.recorder.event("lookahead", {"proposed": len(proposals), "accepted": accepted,
+        ctx.recorder.event("lookahead", {"proposed": len(drafted), "accepted": accepted,
                                          "steps": len(chain.steps)}, node_id=chain.node)
 
     async def _propose(self, ctx: Context, draft: Backend, meter: Meter, chain: Chain, k: int, tally: Tally,
