@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import pickle
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -765,6 +766,24 @@ async def test_a_prm_is_named_by_its_preset_and_model_and_by_how_its_steps_make_
         names.append(await verifier_identity(session.setup))
     assert names == ["PRM preset 'mini' on prm-a", "PRM preset 'mini' on prm-a",
                      "PRM preset 'mini' on prm-a, mean over steps split at '\\n'", "PRM preset 'mini' on prm-b", None]
+
+
+async def test_a_verifier_wrapped_by_the_caller_is_named_whatever_its_prm_prefers() -> None:
+    """A PRM whose preferred_aggregate is the caller's own word, wrapped by the caller: solve ran it, and
+    evaluate() refused it for a preference the wrapper never reads."""
+    from ttc.bench.eval import verifier_identity
+    from ttc.verifiers.base import StepwiseOutcome
+
+    class OwnWords:
+        preferred_aggregate = "weighted"
+
+        async def score_steps(self, question: str, steps: Sequence[str]) -> list[float]:
+            return [0.5] * len(steps)
+
+    session = open_session(backend=ScriptedBackend(guessing_responder), store=False,
+                           verifier=StepwiseOutcome(OwnWords(), how="mean"), prompt_template=None)
+    name = await verifier_identity(session.setup)
+    assert name is not None and name.endswith("OwnWords, mean over steps split at '\\n'")
 
 
 async def _until_a_trace_runs(store: TraceStore) -> str:

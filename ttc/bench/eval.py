@@ -472,8 +472,11 @@ async def verifier_identity(setup: BackendSetup) -> str | None:
 async def _scorer_identity(verifier: object) -> str:
     if isinstance(verifier, StepwiseOutcome):
         inner = await _scorer_identity(verifier.prm)
-        plain = solution_scorer(verifier.prm)  # as open_session wraps a PRM passed alone
-        if (verifier.how, verifier.delimiter) == (plain.how, plain.delimiter):
+        try:
+            plain = solution_scorer(verifier.prm)  # as open_session wraps a PRM passed alone
+        except ConfigError:  # a preference the caller's own wrapper never reads
+            plain = None
+        if plain is not None and (verifier.how, verifier.delimiter) == (plain.how, plain.delimiter):
             return inner
         return f"{inner}, {verifier.how} over steps split at {verifier.delimiter!r}"
     if isinstance(verifier, CachedPRM):
