@@ -137,7 +137,8 @@ class CachedPRM(ABC):
     @property
     def identity(self) -> str:
         """What a cached score depends on besides the text: the family, the model and the preset."""
-        return f"{type(self).__qualname__}\n{self.backend.name}\n{self.preset!r}"
+        model = getattr(self.backend, "model", None)  # one server's URL may serve several (an adapter, a router)
+        return f"{type(self).__qualname__}\n{self.backend.name}\n{model}\n{self.preset!r}"
 
     def _check_unicode(self, question: str, steps: Sequence[str]) -> None:
         """No tokenizer (nor the cache's hash) encodes a lone surrogate: in the question it is the caller's text to
@@ -196,14 +197,14 @@ class CachedPRM(ABC):
                         "a verifier whose vocabulary holds the characters the policy writes can score it") from exc
             raise
 
-    def _tag_inside(self, step: int | None) -> VerifierError:
+    def _tag_inside(self, step: int | None) -> ConfigError | UnreadableSolution:
         """The refusal of a text holding the preset's step tag, which the PRM would read as a step boundary that no
         judgement follows (part of a step would go unjudged): in the question (``step`` None) it is the caller's
         text; in step ``step``, this one solution's."""
         where = "the question" if step is None else f"step {step}"
         message = (f"PRM preset {self.preset.name!r} separates steps with {self.preset.tag!r}, and the question or a "
                    f"step contains it ({where}): remove it from the text before scoring")
-        return VerifierError(message) if step is None else UnreadableSolution(message)
+        return ConfigError(message) if step is None else UnreadableSolution(message)
 
     async def _logprobs(self, ids: Sequence[int], top_k: int) -> PromptLogprobs:
         """The prompt logprobs of a scoring prompt; one the PRM cannot read (longer than its context, with the
@@ -277,7 +278,7 @@ class TokenPRM(CachedPRM):
         tags: list[int] = []
         for n, step in enumerate(steps, start=1):
             step_ids = await self._tokenized(self.backend.tokenize(p.step_template.format(step=step, n=n)),
-                                             question, [step])
+                                             question, steps[:n])
             if tag in step_ids:
                 raise self._tag_inside(n)
             ids += step_ids
@@ -387,7 +388,7 @@ class LikelihoodPRM(CachedPRM):
                 ids += await self.backend.tokenize(p.separator)
             start = max(1, len(ids))  # nothing predicts the first token of the input
             ids += await self._tokenized(self.backend.tokenize(p.step_template.format(step=step, n=n)), question,
-                                         [step])
+                                         steps[:n])
             spans.append((start, len(ids)))
         if not ids:
             raise VerifierError(f"{p.name}: the question and steps tokenized to nothing; check the preset's prefix")
