@@ -894,6 +894,12 @@ def test_a_listing_cut_at_its_limit_says_that_more_match(tmp_path: Path) -> None
     assert "limit must be a positive int" in run_ttc("traces", "list", "--limit", "0", db=db, check=False).stderr
 
 
+def _ctrl_c_at_its_default() -> None:
+    """As a terminal starts a command: a test run as a background job of a script (CI) ignores SIGINT, and every
+    process it starts would too."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_ctrl_c_held_down_still_exits_130(tmp_path: Path, sig: signal.Signals) -> None:
     """Signals landing while the process exited raised KeyboardInterrupt in the interpreter's shutdown: the
@@ -902,7 +908,8 @@ def test_ctrl_c_held_down_still_exits_130(tmp_path: Path, sig: signal.Signals) -
     env = {**os.environ, "TTC_DB": str(db), "TTC_SCRIPTED_DELAY_S": "0.1"}
     args = [sys.executable, "-m", "ttc", "eval", "--dataset", "synthetic", "--limit", "400", "--backend",
             "scripted", "--concurrency", "2"]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_at_its_default)
     try:
         deadline = time.monotonic() + 120
         while _done_count(db) < 4 and time.monotonic() < deadline and proc.poll() is None:
@@ -937,5 +944,5 @@ def test_an_interrupted_command_run_in_process_gives_back_the_signal_handlers_it
     left Ctrl-C and SIGTERM doing nothing for the rest of the process."""
     env = {**os.environ, "TTC_SCRIPTED_DELAY_S": "0.2"}
     proc = subprocess.run([sys.executable, "-c", IN_PROCESS, str(tmp_path / "p.db")], env=env, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, preexec_fn=_ctrl_c_at_its_default)
     assert proc.stdout.split() == ["130", "True"], proc.stderr

@@ -134,10 +134,12 @@ class CachedPRM(ABC):
         self._keep(keys, result)
         return result
 
-    @property
+    @functools.cached_property
     def identity(self) -> str:
-        """What a cached score depends on besides the text: the family, the model and the preset."""
-        model = getattr(self.backend, "model", None)  # one server's URL may serve several (an adapter, a router)
+        """What a cached score depends on besides the text: the family, the model and the preset. Read once: a
+        server's model name is learnt on its first call, and the key must not change with it (nothing would be
+        found again); a model named up front tells apart two served at one URL (an adapter, a router)."""
+        model = getattr(self.backend, "model", None)
         return f"{type(self).__qualname__}\n{self.backend.name}\n{model}\n{self.preset!r}"
 
     def _check_unicode(self, question: str, steps: Sequence[str]) -> None:
