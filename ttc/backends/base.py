@@ -113,4 +113,22 @@ def token_ids(prompt: object) -> tuple[int, ...]:
     return tuple(int(t) for t in ids)
 
 
-__all__ = ["MAX_THREADS", "Backend", "BackendStats", "context_window", "draws_distinct", "token_ids"]
+async def unreadable_characters(backend: Backend, text: str) -> list[str]:
+    """The characters of ``text`` that ``backend`` has no token for, each asked alone (only once ``text`` fails):
+    what an error about text a model cannot read names, where the backend's own error names the whole text."""
+    try:
+        await backend.tokenize(text)
+        return []
+    except ConfigError:
+        pass
+    missing = []
+    for char in dict.fromkeys(text):
+        try:
+            await backend.tokenize(char)
+        except ConfigError:
+            missing.append(char)
+    return missing
+
+
+__all__ = ["MAX_THREADS", "Backend", "BackendStats", "context_window", "draws_distinct", "token_ids",
+           "unreadable_characters"]

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 from pydantic import Field, model_validator
 
-from ttc.backends.base import Backend, context_window
+from ttc.backends.base import Backend, context_window, unreadable_characters
 from ttc.budget import Meter
 from ttc.errors import ConfigError
 from ttc.strategies.base import (
@@ -227,7 +227,7 @@ async def _tokenize(synthesizer: Backend, text: str, template: str, path_templat
     except ConfigError as exc:
         words = {"synthesis_template": template.format(question="", paths="", total=1),
                  "path_template": path_template.format(index=1, count=1, total=1, text="")}
-        unread = {name: await _unreadable(synthesizer, own) for name, own in words.items()}
+        unread = {name: await unreadable_characters(synthesizer, own) for name, own in words.items()}
         if not any(unread.values()):
             raise
         which = "; ".join(f"{name} holds {', '.join(map(repr, chars))}" for name, chars in unread.items() if chars)
@@ -235,22 +235,6 @@ async def _tokenize(synthesizer: Backend, text: str, template: str, path_templat
                           f"prompt's own words ({which}): pass synthesis_template= and path_template= written in "
                           "characters its vocabulary holds (ttc.models.MINI_SYNTHESIS_TEMPLATE and "
                           "MINI_PATH_TEMPLATE for a mini model), or a synthesizer= that reads them") from exc
-
-
-async def _unreadable(backend: Backend, text: str) -> list[str]:
-    """The characters of ``text`` that ``backend`` has no token for, each asked alone (only once ``text`` fails)."""
-    try:
-        await backend.tokenize(text)
-        return []
-    except ConfigError:
-        pass
-    missing = []
-    for char in dict.fromkeys(text):
-        try:
-            await backend.tokenize(char)
-        except ConfigError:
-            missing.append(char)
-    return missing
 
 
 def _no_paths(ctx: Context, meter: Meter, *, short_of_calls: bool) -> None:

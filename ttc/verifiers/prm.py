@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from typing import ClassVar, Protocol, TypeVar, runtime_checkable
 
-from ttc.backends.base import Backend
+from ttc.backends.base import Backend, unreadable_characters
 from ttc.backends.lru import LRUCache
 from ttc.concurrency import run_concurrently
 from ttc.errors import ConfigError, ContextLengthError, VerifierError
@@ -188,10 +188,10 @@ class CachedPRM(ABC):
         try:
             return await tokenizing
         except ConfigError as exc:
-            if isinstance(exc, ContextLengthError) or await _unreadable(self.backend, question):
+            if isinstance(exc, ContextLengthError) or await unreadable_characters(self.backend, question):
                 raise
             for n, step in enumerate(steps, start=1):
-                chars = await _unreadable(self.backend, step)
+                chars = await unreadable_characters(self.backend, step)
                 if chars:
                     raise UnreadableSolution(
                         f"PRM preset {self.preset.name!r} on {self.backend.name} cannot read step {n} of this "
@@ -405,22 +405,6 @@ class LikelihoodPRM(CachedPRM):
         if any(v is None for v in values):
             raise VerifierError("the backend's prompt logprobs lack a prompt token's own logprob")
         return math.exp(min((v for v in values if v is not None), default=0.0))
-
-
-async def _unreadable(backend: Backend, text: str) -> list[str]:
-    """The characters of ``text`` that ``backend`` has no token for, each asked alone (only once ``text`` fails)."""
-    try:
-        await backend.tokenize(text)
-        return []
-    except ConfigError:
-        pass
-    missing = []
-    for char in dict.fromkeys(text):
-        try:
-            await backend.tokenize(char)
-        except ConfigError:
-            missing.append(char)
-    return missing
 
 
 class GenerativeJudge(CachedPRM):
