@@ -153,11 +153,11 @@ class KVTree:
                    for b in self.blocks.values() if b.storage is not None}
         return sum(buffers.values())
 
-    def _oversized(self, block: KVBlock) -> bool:
-        """Whether ``block`` keeps alive more KV memory than its tokens': a doubled buffer, or a view into a buffer
-        another block was cut from. Cached as it is, the cache's token cap would not bound its memory."""
-        assert block.storage is not None
-        return block.storage.untyped_storage().nbytes() > block.length * self.bytes_per_token
+    def _oversized(self, storage: Tensor, tokens: int) -> bool:
+        """Whether ``storage`` keeps alive more KV memory than ``tokens`` tokens need: a doubled buffer, or a view
+        into a larger one (a batch's scratch, a buffer another block was cut from). Cached as it is, the cache's
+        token cap would not bound its memory."""
+        return storage.untyped_storage().nbytes() > tokens * self.bytes_per_token
 
     # ------------------------------------------------------------------ lookup
     def match(self, tokens: Sequence[int]) -> tuple[KVBlock, int]:
@@ -238,7 +238,7 @@ class KVTree:
         kept as a view, the block would keep the whole buffer alive past the cache's token cap."""
         if parent.open:
             raise ValueError("cannot add children under a block that is still being appended to")
-        if tokens and storage.untyped_storage().nbytes() > len(tokens) * self.bytes_per_token:
+        if tokens and self._oversized(storage, len(tokens)):
             storage = storage[:, :, : len(tokens)].clone()
         block = KVBlock(next(self._ids), parent, parent.end, storage)
         block.tokens = list(tokens)
@@ -325,7 +325,7 @@ class KVTree:
         """
         block.open = False
         parent = block.parent
-        if block.length and block.storage is not None and self._oversized(block):
+        if block.length and block.storage is not None and self._oversized(block.storage, block.length):
             # Growth doubled its storage and a step may stop after a few tokens (up to 128 tokens' KV for 5), or a
             # split left it viewing the buffer its head was cut from.
             block.storage = block.storage[:, :, : block.length].clone()
