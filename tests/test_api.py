@@ -652,6 +652,21 @@ def test_a_bad_ttc_threads_is_reported_not_taken_for_no_backend(monkeypatch: pyt
         default_backend()
 
 
+@pytest.mark.parametrize("contextual", [False, True])
+def test_without_torch_the_bundled_models_ask_for_the_local_extra(monkeypatch: pytest.MonkeyPatch,
+                                                                   contextual: bool) -> None:
+    """A base install ships the mini models but not torch: what it lacks is the ``local`` extra, which the advice
+    for a user with no model at all mentioned only as a need of TTC_MODEL."""
+    from ttc.config import default_backend
+
+    for name in ("TTC_VLLM_URL", "TTC_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(ConfigError, match=r"the bundled mini models need torch to run in process: "
+                                          r"`pip install 'ttc-engine\[local\]'`"):
+        default_backend(contextual=contextual)
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [

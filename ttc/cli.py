@@ -531,10 +531,11 @@ def _short(text: str, width: int) -> str:
 
 def _is_usage_error(exc: Exception) -> bool:
     """A usage error of the command line (a missing argument, a bad value, an unknown command): click's own, or
-    those of the copy of click that typer vendors from 0.2x on, which do not derive from click's."""
-    import click
-
-    kinds = tuple(k for k in (click.ClickException, getattr(typer, "TyperException", None)) if isinstance(k, type))
+    those of the copy of click that typer vendors from 0.2x on, which do not derive from click's. That typer does
+    not install click, so click is looked for, not imported."""
+    click = sys.modules.get("click")
+    kinds = tuple(k for k in (getattr(click, "ClickException", None), getattr(typer, "TyperException", None))
+                  if isinstance(k, type))
     return isinstance(exc, kinds) and hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int)
 
 

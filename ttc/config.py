@@ -246,13 +246,10 @@ def _local(path: Path, *, what: str = "TTC_MODEL / --model") -> Backend:
 
 
 def _embedded(contextual: bool = False) -> BackendSetup | None:
-    """The embedded default when the package ships the mini models and torch is installed; None otherwise (the
-    caller then explains how to configure a backend). Only their absence means None: a wrong ``TTC_THREADS`` or a
-    model that fails to load is reported as itself."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return None
+    """The embedded default when the package ships the mini models and torch is installed; None where the models
+    are absent (the caller then explains how to configure a backend). Only their absence means None: missing torch,
+    a wrong ``TTC_THREADS`` or a model that fails to load is reported as itself, since a base install that has the
+    models needs only the ``local`` extra, which the generic advice would not say."""
     from ttc.models import MiniModelName, mini_model_path
 
     needed: tuple[MiniModelName, ...] = ("stateful",) if contextual else ("reasoner", "checker")
@@ -261,6 +258,12 @@ def _embedded(contextual: bool = False) -> BackendSetup | None:
             mini_model_path(name)
     except ConfigError:
         return None
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise ConfigError("no backend is configured, and the bundled mini models need torch to run in process: "
+                          "`pip install 'ttc-engine[local]'`; or set TTC_VLLM_URL=http://HOST:PORT to use a vLLM "
+                          "server") from None
     return embedded_context_setup() if contextual else embedded_setup()
 
 

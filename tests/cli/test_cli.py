@@ -147,6 +147,17 @@ def test_usage_errors_print_usage_without_traceback(tmp_path: Path, args: tuple[
     assert "Traceback" not in proc.stderr
 
 
+def test_usage_errors_need_no_click_where_typer_brings_its_own(tmp_path: Path) -> None:
+    """typer 0.2x vendors click and does not install it: where click is absent, a usage error still prints its
+    usage, not an ImportError raised while telling it apart."""
+    code = ("import sys; sys.modules['click'] = None; sys.argv = ['ttc', 'traces', 'show']; "
+            "from ttc.entry import main; main()")
+    env = {**os.environ, "TTC_DB": str(tmp_path / "e.db")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Missing argument" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_eval_with_failed_problems_exits_1(tmp_path: Path) -> None:
     """Questions the embedded model cannot read (its vocabulary has no capitals but a few) fail each problem's
     trace; the summary counts them and says how to go on."""
