@@ -15,6 +15,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, ClassVar
 
+import anyio
 import pytest
 
 import ttc
@@ -418,6 +419,35 @@ def test_solve_batch_raises_the_typed_error_itself(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="concurrency must be an int >= 1"):
         solve_batch(["What is 2+3?"], 256, backend=ScriptedBackend(guessing_responder), store=False,
                     concurrency=0)
+
+
+@pytest.mark.parametrize("scope", ["question", "batch"])
+def test_a_batch_question_the_model_cannot_read_fails_the_batch_before_any_is_answered(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, scope: str) -> None:
+    """It failed at its turn, after the questions before it had spent their compute (and written done traces whose
+    results the caller never got), and its error quoted the start of a text that did not show which question."""
+    pytest.importorskip("torch")
+    from ttc.backends.local import LocalBackend
+    from ttc.errors import ContextLengthError
+    from ttc.models import mini_model_path
+
+    backend = LocalBackend.from_pretrained(mini_model_path("reasoner"), threads=1)
+    good = ["Ann has 12 pens. She buys 7 more. How many pens does she have?"] * 2
+    store = TraceStore(str(tmp_path / "t.db"))
+    try:
+        for bad, error, message in [
+            ("Ann has 12 pens. She buys 7 more. How many pens does she have? ки", ConfigError,
+             r"question 2 of the batch: .*has no token for 'и', 'к'"),
+            ("Ann has 12 pens. " * 60, ContextLengthError,
+             r"question 2 of the batch: its prompt of \d+ tokens leaves no room in the model's 512-position context"),
+        ]:
+            with pytest.raises(error, match=message):
+                solve_batch([*good, bad], 4000, backend=backend, store=store, strategy="self_consistency",
+                            max_samples=2, concurrency=1, budget_scope=scope, seed=0, prompt_template="{question}\n")
+        assert store.list_traces() == [] and backend.stats().generated_tokens == 0
+    finally:
+        store.close()
+        anyio.run(backend.aclose)
 
 
 def test_an_explicit_model_comes_before_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

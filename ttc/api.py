@@ -8,28 +8,31 @@ trace failed, with whatever nodes were recorded, before the error reaches the ca
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 import anyio
 
-from ttc.backends.base import Backend
+from ttc.backends.base import Backend, context_window
 from ttc.concurrency import bounded_gather, check_concurrency
 from ttc.controller import plan_strategy
 from ttc.controller.per_question import bought_nothing
-from ttc.errors import ConfigError
+from ttc.errors import ConfigError, ContextLengthError
 from ttc.pooled import check_pooled, solve_pooled
 from ttc.session import (
     QuestionRun,
     Session,
     StoreArg,
     VerifierArg,
+    asked,
     check_prompt,
     check_prompts,
     check_seed,
     open_off_loop,
     open_session,
+    question_prompt,
 )
 from ttc.strategies.base import Strategy, make_strategy
 from ttc.strategies.sampling import SampledOptions, check_selection
@@ -138,19 +141,44 @@ async def asolve_batch(prompts: Sequence[str], budget: int | Budget, *, strategy
         backend=backend, store=store, verifier=verifier, prompt_template=prompt_template, draft=draft,
         context=context, notes=notes, synthesizer=synthesizer))
     try:
+        problems = [Problem(question=q, index=i) for i, q in enumerate(questions)]
         if budget_scope == "batch":
-            problems = [Problem(question=q, index=i) for i, q in enumerate(questions)]
+            await check_readable(problems, session, concurrency)
             return await solve_pooled(problems, limits, session, strategy=strategy, options=options,
                                       seeds=[base_seed + i for i in range(len(problems))], concurrency=concurrency)
         plan_runner(strategy, limits, session, options)  # a bad strategy or option fails once, before any trace
+        await check_readable(problems, session, concurrency)
         jobs = [
-            lambda i=i, q=q: solve_problem(Problem(question=q, index=i), limits, session, strategy=strategy,
-                                           seed=base_seed + i, options=options)
-            for i, q in enumerate(questions)
+            lambda p=p: solve_problem(p, limits, session, strategy=strategy, seed=base_seed + p.index,
+                                      options=options)
+            for p in problems
         ]
         return await bounded_gather(jobs, concurrency)
     finally:
         await session.aclose()
+
+
+async def check_readable(problems: Sequence[Problem], session: Session, concurrency: int) -> None:
+    """Every question's prompt is tokenized, and measured against the model's context, before any is answered.
+
+    A question the model cannot read (a character its vocabulary lacks, a prompt past its context) would otherwise
+    fail at its turn, after the questions before it had spent their compute, and take the whole batch's results
+    with it; the error names the question, which a message quoting the start of its text may not."""
+    backend = session.setup.backend
+    window = context_window(backend)
+
+    async def check(problem: Problem) -> None:
+        template, _ = question_prompt(asked(problem, session), session)
+        try:
+            ids = await backend.tokenize(template.format(question=problem.question), add_special_tokens=True)
+        except ConfigError as exc:
+            raise ConfigError(f"question {problem.index} of the batch: {exc}") from None
+        limit = context_window(backend) if window is None else window  # a server says once it was asked
+        if limit is not None and len(ids) >= limit:
+            raise ContextLengthError(f"question {problem.index} of the batch: its prompt of {len(ids)} tokens leaves "
+                                     f"no room in the model's {limit}-position context; shorten it")
+
+    await bounded_gather([functools.partial(check, p) for p in problems], concurrency)
 
 
 def check_budget_scope(scope: object) -> BudgetScope:
