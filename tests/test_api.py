@@ -445,6 +445,10 @@ def test_a_batch_question_the_model_cannot_read_fails_the_batch_before_any_is_an
                 solve_batch([*good, bad], 4000, backend=backend, store=store, strategy="self_consistency",
                             max_samples=2, concurrency=1, budget_scope=scope, seed=0, prompt_template="{question}\n")
         assert store.list_traces() == [] and backend.stats().generated_tokens == 0
+        with pytest.raises(ConfigError, match=r"every question would fail on the prompt template's own words, so "
+                                              r"the run is not started: .*has no token for 'Q'"):
+            solve_batch(good, 4000, backend=backend, store=store, strategy="self_consistency", max_samples=2,
+                        budget_scope=scope, seed=0, prompt_template="{question}\nQ:")
     finally:
         store.close()
         anyio.run(backend.aclose)
@@ -682,19 +686,34 @@ def test_a_bad_ttc_threads_is_reported_not_taken_for_no_backend(monkeypatch: pyt
         default_backend()
 
 
+@pytest.mark.parametrize("missing", ["torch", "tokenizers", "safetensors"])
 @pytest.mark.parametrize("contextual", [False, True])
-def test_without_torch_the_bundled_models_ask_for_the_local_extra(monkeypatch: pytest.MonkeyPatch,
-                                                                   contextual: bool) -> None:
-    """A base install ships the mini models but not torch: what it lacks is the ``local`` extra, which the advice
-    for a user with no model at all mentioned only as a need of TTC_MODEL."""
+def test_without_the_local_extra_the_bundled_models_ask_for_it(monkeypatch: pytest.MonkeyPatch, contextual: bool,
+                                                              missing: str) -> None:
+    """A base install ships the mini models but not the local extra's packages: what it lacks is that extra, which
+    the advice for a user with no model at all mentioned only as a need of TTC_MODEL; and where torch alone was
+    installed, loading a model raised the tokenizers' ImportError as a traceback."""
     from ttc.config import default_backend
 
     for name in ("TTC_VLLM_URL", "TTC_MODEL"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setitem(sys.modules, "torch", None)
-    with pytest.raises(ConfigError, match=r"the bundled mini models need torch to run in process: "
+    monkeypatch.setitem(sys.modules, missing, None)
+    with pytest.raises(ConfigError, match=rf"the bundled mini models need {missing} to run in process: "
                                           r"`pip install 'ttc-engine\[local\]'`"):
         default_backend(contextual=contextual)
+
+
+@pytest.mark.parametrize("missing", ["tokenizers", "safetensors.torch"])
+def test_a_model_folder_without_the_local_extras_packages_asks_for_it(monkeypatch: pytest.MonkeyPatch,
+                                                                       missing: str) -> None:
+    pytest.importorskip("torch")
+    from ttc.config import default_backend
+    from ttc.models import mini_model_path
+
+    monkeypatch.setitem(sys.modules, missing, None)
+    with pytest.raises(ConfigError, match=r"the local engine needs the local extra: `pip install "
+                                          r"'ttc-engine\[local\]'`"):
+        default_backend(model=mini_model_path("reasoner"))
 
 
 @pytest.mark.parametrize(

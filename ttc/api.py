@@ -19,7 +19,7 @@ from ttc.backends.base import Backend, context_window
 from ttc.concurrency import bounded_gather, check_concurrency
 from ttc.controller import plan_strategy
 from ttc.controller.per_question import bought_nothing
-from ttc.errors import ConfigError, ContextLengthError
+from ttc.errors import BackendError, ConfigError, ContextLengthError
 from ttc.pooled import check_pooled, solve_pooled
 from ttc.session import (
     QuestionRun,
@@ -30,6 +30,7 @@ from ttc.session import (
     check_prompt,
     check_prompts,
     check_seed,
+    check_template_reads,
     open_off_loop,
     open_session,
     question_prompt,
@@ -165,12 +166,17 @@ async def check_readable(problems: Sequence[Problem], session: Session, concurre
     fail at its turn, after the questions before it had spent their compute, and take the whole batch's results
     with it; the error names the question, which a message quoting the start of its text may not."""
     backend = session.setup.backend
+    if problems:  # a template the model cannot read fails every question: that is said, not question 0
+        await check_template_reads(asked(problems[0], session), session)
     window = context_window(backend)
 
     async def check(problem: Problem) -> None:
         template, _ = question_prompt(asked(problem, session), session)
         try:
             ids = await backend.tokenize(template.format(question=problem.question), add_special_tokens=True)
+        except BackendError as exc:  # a server's refusal keeps its kind, URL and class
+            exc.add_note(f"question {problem.index} of the batch")
+            raise
         except ConfigError as exc:
             raise ConfigError(f"question {problem.index} of the batch: {exc}") from None
         limit = context_window(backend) if window is None else window  # a server says once it was asked

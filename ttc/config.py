@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import importlib.util
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,11 @@ NO_BACKEND_HELP = (
     "no backend is configured: pass backend=..., or set TTC_VLLM_URL=http://HOST:PORT to use a vLLM server, "
     "or TTC_MODEL=/path/to/hf-model-folder to run a model in process (needs `pip install 'ttc-engine[local]'`)"
 )
+
+
+LOCAL_PACKAGES = ("torch", "tokenizers", "safetensors")
+"""What the local engine imports to load and run a model folder: the ``local`` extra, less transformers, which
+loading and running do not import."""
 
 
 @dataclass
@@ -240,9 +246,11 @@ def _local(path: Path, *, what: str = "TTC_MODEL / --model") -> Backend:
                           "config.json, model.safetensors and tokenizer.json")
     try:
         from ttc.backends.local import LocalBackend
-    except ImportError as exc:
-        raise ConfigError(f"the local engine needs torch: `pip install 'ttc-engine[local]'` ({exc})") from exc
-    return LocalBackend.from_pretrained(path, threads=_threads(None))
+
+        return LocalBackend.from_pretrained(path, threads=_threads(None))
+    except ImportError as exc:  # torch, or a package the engine imports as it loads (tokenizers, safetensors)
+        raise ConfigError(f"the local engine needs the local extra: `pip install 'ttc-engine[local]'` ({exc})") \
+            from exc
 
 
 def _embedded(contextual: bool = False) -> BackendSetup | None:
@@ -258,12 +266,11 @@ def _embedded(contextual: bool = False) -> BackendSetup | None:
             mini_model_path(name)
     except ConfigError:
         return None
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise ConfigError("no backend is configured, and the bundled mini models need torch to run in process: "
-                          "`pip install 'ttc-engine[local]'`; or set TTC_VLLM_URL=http://HOST:PORT to use a vLLM "
-                          "server") from None
+    missing = [name for name in LOCAL_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"no backend is configured, and the bundled mini models need {', '.join(missing)} to run "
+                          "in process: `pip install 'ttc-engine[local]'`; or set TTC_VLLM_URL=http://HOST:PORT to use "
+                          "a vLLM server")
     return embedded_context_setup() if contextual else embedded_setup()
 
 

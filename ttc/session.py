@@ -272,6 +272,33 @@ def question_prompt(problem: Problem, session: Session) -> tuple[str, dict[str, 
     return template, {"context": context_plan(context, notes)}
 
 
+async def check_template_reads(problem: Problem, session: Session) -> None:
+    """Refuse, before the run opens, a prompt template whose own words the model's tokenizer has no tokens for:
+    every question would fail on it alike, each after its trace opened, and a resume would fail the same way.
+
+    ``problem``'s prompt is tokenized as its strategy will (a vLLM backend keeps the result, so that costs no
+    request later); only where that fails is the template tried with its fields left empty, so that a question
+    of its own unreadable text still fails alone, as it would in the run."""
+    template, _ = question_prompt(problem, session)
+    backend = session.setup.backend
+    try:
+        await backend.tokenize(template.format(question=problem.question), add_special_tokens=True)
+        return
+    except ConfigError as exc:
+        failure = exc
+    own_context = problem.context is not None and problem.context != session.context
+    words = session.setup.context_template.format(context="", notes="", question="") if own_context else \
+        session.setup.prompt_template.format(question="")
+    try:
+        await backend.tokenize(words, add_special_tokens=True)
+    except ConfigError:
+        fix = ("use a model trained on questions about contexts (the setup's context template asks them)"
+               if own_context else "pass a prompt template in words the model reads (prompt_template=, or "
+               "--prompt-template on the command line; --prompt-template mini for the bundled mini models)")
+        raise ConfigError(f"every question would fail on the {'context' if own_context else 'prompt'} template's "
+                          f"own words, so the run is not started: {failure}; {fix}") from None
+
+
 def session_notes(session: Session, context: str) -> Notes | None:
     """The session's notes about ``context``, checked as a caller's are: they are set by hand too, and notes keyed
     under one context but written about another were asked with it silently."""
@@ -509,6 +536,7 @@ __all__ = [
     "check_prompts",
     "check_seed",
     "check_store",
+    "check_template_reads",
     "check_unicode",
     "context_plan",
     "fail_batch",

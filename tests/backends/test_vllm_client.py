@@ -892,3 +892,30 @@ async def test_failovers_are_bounded_by_the_replicas_even_without_a_cool_down() 
         assert len(hits) == 4  # the first, two failovers and one retry
     finally:
         await backend.aclose()
+
+
+@dataclass
+class _TokenizeRefusingFake(FakeVLLM):
+    """A server (or a proxy before one) whose ``/tokenize`` refuses a text past the context, in vLLM's words."""
+
+    def _answer(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        if path == "/tokenize" and len(body["prompt"]) > 100:
+            return httpx.Response(400, json={"error": {"message": "This model's maximum context length is 512 "
+                                                                  "tokens", "code": 400}})
+        return super()._answer(path, body)
+
+
+def test_a_batch_questions_refusal_by_the_server_keeps_its_class_and_names_the_question() -> None:
+    """The batch's up-front check rewrapped every ConfigError, and a server's ContextLengthError (a BackendError
+    too) lost its class, kind and URL: ``except BackendError`` no longer caught it."""
+    from ttc.api import solve_batch
+
+    backend = make_backend(_TokenizeRefusingFake())
+    try:
+        with pytest.raises(ContextLengthError) as caught:
+            solve_batch(["q1?", "y" * 200], 400, backend=backend, store=False, strategy="best_of_n", n=2,
+                        max_tokens=8, seed=0)
+        assert caught.value.kind == "tokenize" and caught.value.url == "http://vllm:8000/tokenize"
+        assert "question 1 of the batch" in caught.value.__notes__
+    finally:
+        asyncio.run(backend.aclose())

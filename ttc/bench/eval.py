@@ -41,7 +41,7 @@ from ttc.config import BackendSetup, solution_scorer
 from ttc.controller.batch import UnaffordableBatch
 from ttc.errors import ConfigError, NotFound, RejectedData, StorageError, TTCError
 from ttc.pooled import check_pooled, solve_pooled
-from ttc.session import SEED_LIMIT, question_prompt
+from ttc.session import SEED_LIMIT, check_template_reads, question_prompt
 from ttc.sleeptime import SLEEP, SleepOptions, load_notes, sleep_in_session, sleep_options
 from ttc.storage import TraceStore, TraceSummary
 from ttc.storage.convert import problem_id
@@ -485,33 +485,6 @@ async def _scorer_identity(verifier: object) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
-async def check_template_reads(problem: Problem, session: Session) -> None:
-    """Refuse, before the run opens, a prompt template whose own words the model's tokenizer has no tokens for:
-    every question would fail on it alike, each after its trace opened, and a resume would fail the same way.
-
-    ``problem``'s prompt is tokenized as its strategy will (a vLLM backend keeps the result, so that costs no
-    request later); only where that fails is the template tried with its fields left empty, so that a question
-    of its own unreadable text still fails alone, as it would in the run."""
-    template, _ = question_prompt(problem, session)
-    backend = session.setup.backend
-    try:
-        await backend.tokenize(template.format(question=problem.question), add_special_tokens=True)
-        return
-    except ConfigError as exc:
-        failure = exc
-    own_context = problem.context is not None and problem.context != session.context
-    words = session.setup.context_template.format(context="", notes="", question="") if own_context else \
-        session.setup.prompt_template.format(question="")
-    try:
-        await backend.tokenize(words, add_special_tokens=True)
-    except ConfigError:
-        fix = ("use a model trained on questions about contexts (the setup's context template asks them)"
-               if own_context else "pass a prompt template in words the model reads (prompt_template=, or "
-               "--prompt-template on the command line; --prompt-template mini for the bundled mini models)")
-        raise ConfigError(f"every question would fail on the {'context' if own_context else 'prompt'} template's "
-                          f"own words, so the run is not started: {failure}; {fix}") from None
-
-
 _EVALUATING: set[str] = set()
 """The runs this process is evaluating: one ``evaluate`` call's each, until it returns or raises. The store's lease
 names this process alike for a run it evaluates now and one whose evaluation here has ended, so ``claim_run`` lets
@@ -663,4 +636,4 @@ def summarize(store: TraceStore, run_id: str, *, total: int, wall_s: float,
 
 
 __all__ = ["RUN_SETTINGS", "SLEEP_SEED_OFFSET", "EvalReport", "EvaluationStopped", "check_run_seeds", "check_sleep",
-           "check_template_reads", "evaluate", "model_identity", "summarize", "think_first", "verifier_identity"]
+           "evaluate", "model_identity", "summarize", "think_first", "verifier_identity"]
