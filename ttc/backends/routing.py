@@ -10,7 +10,10 @@ Two things override that affinity, since cache hits are worth less than a balanc
 
 - A prompt whose best cached prefix is under ``min_cached`` of its length goes to the least-loaded replica. A chat
   template or system prompt shared by every question would otherwise pin every new question to the replica that
-  saw the template first; what a new question shares with old ones is worth little next to its own tokens.
+  saw the template first; what a new question shares with old ones is worth little next to its own tokens. That
+  holds only where the template is shorter than the question: one that is more than ``min_cached`` of a new
+  question's prompt (a 256-token template before a 96-token question) keeps it on the template's replica until
+  the spill below moves it, so a batch of new questions behind a long template fills one replica first.
 - When the best-cached replica has ``spill_in_flight`` or more requests in flight beyond the least-loaded one,
   the prompt spills there: one busy question cannot queue behind itself while other replicas idle.
 
