@@ -127,8 +127,9 @@ def main() -> None:
             print(f"  {key:18s} {len(rows):9d} {100 * sum(g for g, _ in rows) / len(rows):6.1f} "
                   f"{100 * sum(v for _, v in rows) / len(rows):6.1f}")
     twice = steps["an event done twice"] + steps["an event before the product or share it must follow"]
-    print(f"wrong={wrong_total} bookkeeping={twice / max(1, wrong_total):.3f} close_losses={close_losses} "
-          f"greedy_wrong={len(right)}")
+    # A share of no wrong samples is undefined: left out, not printed as 0.
+    bookkeeping = f" bookkeeping={twice / wrong_total:.3f}" if wrong_total else ""
+    print(f"wrong={wrong_total}{bookkeeping} close_losses={close_losses} greedy_wrong={len(right)}")
 
 
 if __name__ == "__main__":

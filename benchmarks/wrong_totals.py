@@ -144,9 +144,14 @@ def main() -> None:
           f"common wrong answer {statistics.median(top_copies or [0])} times; that answer is")
     print("\n".join(share(top_kinds, top_kinds.total())))
     offered = sum(n for kind, n in steps.items() if kind.startswith("right arithmetic"))
-    print(f"wrong={wrong_total} operand_not_offered={offered / max(1, wrong_total):.3f} "
-          f"within9={kinds['within 9'] / max(1, wrong_total):.3f} "
-          f"top_within9={top_kinds['within 9'] / max(1, top_kinds.total()):.3f}")
+    # A share of nothing is undefined: left out, not printed as 0.
+    figures = [f"wrong={wrong_total}"]
+    if wrong_total:
+        figures += [f"operand_not_offered={offered / wrong_total:.3f}",
+                    f"within9={kinds['within 9'] / wrong_total:.3f}"]
+    if top_kinds.total():
+        figures.append(f"top_within9={top_kinds['within 9'] / top_kinds.total():.3f}")
+    print(" ".join(figures))
 
 
 if __name__ == "__main__":

@@ -396,3 +396,12 @@ def test_vllm_client_raw_side_fails_with_a_typed_error_on_a_refused_request(
 
     with pytest.raises(BackendError, match=r"a raw request failed \(HTTP 503\)"):
         asyncio.run(one_raw_request())
+
+
+def test_wrong_steps_leaves_out_a_share_of_no_wrong_samples() -> None:
+    """With no wrong sample the share of bookkeeping errors is undefined; it read 0.000."""
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "wrong_steps.py"), "--n", "1", "--levels", "1-1",
+                           "--samples", "1", "--temperature", "0.01", "--threads", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "wrong=0 close_losses=0 greedy_wrong=0"
