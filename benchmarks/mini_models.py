@@ -257,6 +257,21 @@ def plain(text: str, preset: PRMPreset) -> str:
     return text[:cut]
 
 
+
+def prm_folder(text: str) -> Path:
+    """A candidate PRM folder: the benchmark scores with the shipped PRM's preset, so a folder whose ``prm.json``
+    says another format (or that has none: a policy's folder) would be scored by rules it was not trained on."""
+    path = model_folder(text)
+    shipped = json.loads((mini_model_path("prm") / "prm.json").read_text(encoding="utf-8"))
+    try:
+        own = json.loads((path / "prm.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        own = None
+    if own != shipped:
+        raise argparse.ArgumentTypeError(f"must be a PRM folder whose prm.json is the shipped PRM's (the benchmark "
+                                         f"scores with that preset), got {text!r}")
+    return path
+
 @torch.no_grad()
 def prm_step_scores(models: Models, questions: Sequence[str], solutions: Sequence[list[str]],
                     batch: int = 64) -> list[list[float]]:
@@ -415,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--temperature", type=sampling_temperature, default=TEMPERATURE, help="the strategies' default")
     parser.add_argument("--top-p", type=probability, default=TOP_P, help="the strategies' default")
     parser.add_argument("--threads", type=at_least_one, default=2)
-    parser.add_argument("--prm", type=model_folder, default=None,
+    parser.add_argument("--prm", type=prm_folder, default=None,
                         help="a candidate PRM folder instead of the shipped one "
                         "(same tokenizer and prm.json format)")
     parser.add_argument("--checker", type=model_folder, default=None, help="a candidate checker folder instead of the "

@@ -94,6 +94,9 @@ def test_no_script_shadows_an_importable_module(stem: str, tmp_path: Path) -> No
     # A table of "100 new tokens per branch" where each branch stopped at the context's end after a few.
     (("engine.py", "--model", "ttc/models/mini/reasoner", "--prompt-tokens", "500", "--new-tokens", "100"),
      "--prompt-tokens 500 plus --new-tokens 100 exceed the model's context of 512 positions"),
+    # A policy's folder taken for a PRM: scored with the shipped preset, its figures reported without a word.
+    (("mini_models.py", "--prm", "ttc/models/mini/reasoner"),
+     "argument --prm: must be a PRM folder whose prm.json is the shipped PRM's"),
     # A KeyError after every model had run (half of one question is no totals question).
     (("mini_models.py", "--family", "mix", "--n", "1"), "--family mix splits --n between two families"),
     # torch.manual_seed refused it after the models loaded and greedy decoding ran.
