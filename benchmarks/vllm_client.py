@@ -189,7 +189,7 @@ def report(results: dict[str, float]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default=os.environ.get("TTC_VLLM_URL"),
                         help="use this running server (default: $TTC_VLLM_URL; unset, the script starts its own)")
     parser.add_argument("--model-dir", type=model_folder, default=None,
@@ -199,6 +199,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=at_least_one, default=32)
     parser.add_argument("--rounds", type=at_least_one, default=4)
     args = parser.parse_args()
+    if args.url and args.model_dir is not None:  # a running server serves its own model: the folder would go unused
+        parser.error("--model-dir is served only without --url (or $TTC_VLLM_URL): leave one of them out")
     if args.url:
         report(asyncio.run(measure(args.url, args.concurrency, args.n, args.max_tokens, args.rounds)))
         return

