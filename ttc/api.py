@@ -168,7 +168,6 @@ async def check_readable(problems: Sequence[Problem], session: Session, concurre
     backend = session.setup.backend
     if problems:  # a template the model cannot read fails every question: that is said, not question 0
         await check_template_reads(asked(problems[0], session), session)
-    window = context_window(backend)
 
     async def check(problem: Problem) -> None:
         template, _ = question_prompt(asked(problem, session), session)
@@ -179,7 +178,7 @@ async def check_readable(problems: Sequence[Problem], session: Session, concurre
             raise
         except ConfigError as exc:
             raise ConfigError(f"question {problem.index} of the batch: {exc}") from None
-        limit = context_window(backend) if window is None else window  # a server says once it was asked
+        limit = context_window(backend)  # read after the call: a server says it once it was asked
         if limit is not None and len(ids) >= limit:
             raise ContextLengthError(f"question {problem.index} of the batch: its prompt of {len(ids)} tokens leaves "
                                      f"no room in the model's {limit}-position context; shorten it")
